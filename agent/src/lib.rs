@@ -1,0 +1,4 @@
+//! berth-agent: the node agent. Runs pods through the Docker Engine, wires their network,
+//! and programs the eBPF service datapath.
+
+pub mod net;

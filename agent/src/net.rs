@@ -1,0 +1,144 @@
+//! Thin wrapper over iproute2 (`ip`) for links, addresses, routes and network namespaces.
+//!
+//! The agent configures the node the way a CNI plugin does; going through `ip` keeps every
+//! step visible and reproducible by hand (`ip -n <ns> ...`), and one helper does it for the
+//! agent's pod networking and for the tests' namespaces alike.
+
+use std::process::Command;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("could not run `ip {args}`: {source} (is iproute2 installed?)")]
+    Spawn {
+        args: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`ip {args}` failed: {stderr}")]
+    Failed { args: String, stderr: String },
+}
+
+/// Runs `ip [-n netns] args...` and returns its standard output.
+pub fn ip(netns: Option<&str>, args: &[&str]) -> Result<String, NetError> {
+    let mut full: Vec<&str> = Vec::with_capacity(args.len() + 2);
+    if let Some(ns) = netns {
+        full.extend(["-n", ns]);
+    }
+    full.extend_from_slice(args);
+    let shown = full.join(" ");
+    let output = Command::new("ip")
+        .args(&full)
+        .output()
+        .map_err(|source| NetError::Spawn {
+            args: shown.clone(),
+            source,
+        })?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(NetError::Failed {
+            args: shown,
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        })
+    }
+}
+
+/// Creates a named network namespace (`/run/netns/<name>`).
+pub fn netns_add(name: &str) -> Result<(), NetError> {
+    ip(None, &["netns", "add", name]).map(drop)
+}
+
+/// Deletes a named network namespace; a missing one is not an error.
+pub fn netns_delete(name: &str) -> Result<(), NetError> {
+    if !netns_exists(name) {
+        return Ok(());
+    }
+    ip(None, &["netns", "delete", name]).map(drop)
+}
+
+pub fn netns_exists(name: &str) -> bool {
+    std::path::Path::new("/run/netns").join(name).exists()
+}
+
+/// Gives the network namespace of process `pid` a name, so `ip -n <name>` reaches it.
+pub fn netns_attach(name: &str, pid: u32) -> Result<(), NetError> {
+    ip(None, &["netns", "attach", name, &pid.to_string()]).map(drop)
+}
+
+/// Creates a veth pair in `netns` (or the current namespace).
+pub fn veth_add(netns: Option<&str>, name: &str, peer: &str) -> Result<(), NetError> {
+    ip(
+        netns,
+        &["link", "add", name, "type", "veth", "peer", "name", peer],
+    )
+    .map(drop)
+}
+
+/// Moves a link into the named namespace.
+pub fn link_set_netns(netns: Option<&str>, link: &str, target: &str) -> Result<(), NetError> {
+    ip(netns, &["link", "set", "dev", link, "netns", target]).map(drop)
+}
+
+pub fn link_up(netns: Option<&str>, link: &str) -> Result<(), NetError> {
+    ip(netns, &["link", "set", "dev", link, "up"]).map(drop)
+}
+
+pub fn link_exists(netns: Option<&str>, link: &str) -> bool {
+    ip(netns, &["link", "show", "dev", link]).is_ok()
+}
+
+/// Deletes a link (and with a veth, its peer); a missing link is not an error.
+pub fn link_delete(netns: Option<&str>, link: &str) -> Result<(), NetError> {
+    if !link_exists(netns, link) {
+        return Ok(());
+    }
+    ip(netns, &["link", "delete", "dev", link]).map(drop)
+}
+
+/// Adds an address in CIDR form (`198.18.0.1/24`) to a link.
+pub fn addr_add(netns: Option<&str>, link: &str, cidr: &str) -> Result<(), NetError> {
+    ip(netns, &["addr", "add", cidr, "dev", link]).map(drop)
+}
+
+/// Adds or replaces a route: `route` is the destination and anything after it, as `ip route`
+/// takes it (`["198.18.1.0/24", "via", "198.18.0.2"]`).
+pub fn route_replace(netns: Option<&str>, route: &[&str]) -> Result<(), NetError> {
+    let mut args = vec!["route", "replace"];
+    args.extend_from_slice(route);
+    ip(netns, &args).map(drop)
+}
+
+/// The interface index of a link, as XDP and TC attachment report it.
+pub fn link_index(netns: Option<&str>, link: &str) -> Result<u32, NetError> {
+    let out = ip(netns, &["-o", "link", "show", "dev", link])?;
+    out.split(':')
+        .next()
+        .and_then(|index| index.trim().parse().ok())
+        .ok_or_else(|| NetError::Failed {
+            args: format!("-o link show dev {link}"),
+            stderr: format!("unexpected output {out:?}"),
+        })
+}
+
+/// The MAC address of a link.
+pub fn link_mac(netns: Option<&str>, link: &str) -> Result<[u8; 6], NetError> {
+    let out = ip(netns, &["-o", "link", "show", "dev", link])?;
+    let parse_error = || NetError::Failed {
+        args: format!("-o link show dev {link}"),
+        stderr: format!("no link/ether address in {out:?}"),
+    };
+    let text = out
+        .split_whitespace()
+        .skip_while(|word| *word != "link/ether")
+        .nth(1)
+        .ok_or_else(parse_error)?;
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        *byte = parts
+            .next()
+            .and_then(|part| u8::from_str_radix(part, 16).ok())
+            .ok_or_else(parse_error)?;
+    }
+    Ok(mac)
+}

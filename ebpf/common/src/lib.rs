@@ -1,0 +1,387 @@
+//! Map layouts shared by Berth's eBPF programs and the agent.
+//!
+//! Every type here is `#[repr(C)]` with explicit padding fields so the kernel and user
+//! space agree on the bytes, and so no uninitialised padding is ever hashed as part of a
+//! map key. Addresses and ports are stored in network byte order, exactly as they appear
+//! in packets: the programs compare them without swapping, user space converts once.
+#![no_std]
+
+/// Names of the maps in the eBPF object. Pinned by these names under the agent's bpffs
+/// directory, so a restarted agent re-opens the same maps.
+pub mod map_names {
+    pub const CONFIG: &str = "BERTH_CONFIG";
+    pub const SERVICES: &str = "BERTH_SERVICES";
+    pub const BACKENDS: &str = "BERTH_BACKENDS";
+    pub const MAGLEV: &str = "BERTH_MAGLEV";
+    pub const CONNTRACK: &str = "BERTH_CT";
+    pub const AFFINITY: &str = "BERTH_AFFINITY";
+    pub const NODES: &str = "BERTH_NODES";
+    pub const SERVICE_STATS: &str = "BERTH_SVC_STATS";
+    pub const BACKEND_STATS: &str = "BERTH_BE_STATS";
+    pub const REASONS: &str = "BERTH_REASONS";
+}
+
+/// Names of the programs in the eBPF object.
+pub mod program_names {
+    /// TC ingress on a pod's host-side veth: packets leaving the pod.
+    pub const FROM_POD: &str = "berth_from_pod";
+    /// TC egress on a pod's host-side veth: packets entering the pod.
+    pub const TO_POD: &str = "berth_to_pod";
+    /// XDP on the node's external interface: north-south service traffic.
+    pub const EXTERNAL: &str = "berth_external";
+}
+
+/// Default sizes. The agent overrides them at load time from its configuration.
+pub mod defaults {
+    pub const MAX_SERVICES: u32 = 10_000;
+    pub const MAX_BACKENDS: u32 = 100_000;
+    /// Tracked connections; the conntrack map holds a forward and a reverse entry each.
+    pub const MAX_CONNECTIONS: u32 = 1_000_000;
+    pub const MAX_AFFINITY: u32 = 100_000;
+    pub const MAX_NODES: u32 = 4_096;
+    /// Maglev lookup table size per service: prime, and large against the backend count
+    /// (the Maglev paper keeps M > 100 * N for near-minimal disruption).
+    pub const MAGLEV_TABLE_SIZE: u32 = 1_021;
+}
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_IPIP: u8 = 4;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// Datapath-wide settings, one entry at index 0 of the config array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DatapathConfig {
+    /// Entries per Maglev table; each service owns two tables (double buffering).
+    pub maglev_size: u32,
+    /// This node's id; backends with another node id are remote.
+    pub node_id: u32,
+    /// This node's underlay address (network order): the outer source of IPIP packets
+    /// that forward north-south flows to backends on other nodes.
+    pub node_addr: u32,
+    /// Zero until the agent has written the config; the programs pass everything until then.
+    pub ready: u32,
+}
+
+/// Service lookup key: a frontend address (ClusterIP, NodePort address, LoadBalancer IP).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    pub addr: u32,
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// The frontend accepts traffic arriving on the node's external interface (XDP).
+pub const SVC_FLAG_EXTERNAL: u32 = 1 << 0;
+/// Session affinity by client address.
+pub const SVC_FLAG_AFFINITY: u32 = 1 << 1;
+/// New flows pick a random table slot instead of hashing the 5-tuple.
+pub const SVC_FLAG_RANDOM: u32 = 1 << 2;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceValue {
+    /// Index into the per-service tables (Maglev, counters); below `max_services`.
+    pub id: u32,
+    /// Backends in the live Maglev table; zero means new flows are dropped (counted).
+    pub backend_count: u32,
+    /// Which of the service's two Maglev tables is live (0 or 1).
+    pub table_gen: u32,
+    pub flags: u32,
+    pub affinity_timeout_secs: u32,
+    /// Fingerprint of the backend list the live table was built from: lets a restarted
+    /// agent skip rewriting tables that are already right.
+    pub table_hash: u32,
+}
+
+/// Backend states. Only `ACTIVE` backends receive new flows.
+pub const BACKEND_ACTIVE: u8 = 1;
+/// Draining: established flows continue, new flows go elsewhere.
+pub const BACKEND_TERMINATING: u8 = 2;
+/// Failed its health check: established flows are moved on their next packet.
+pub const BACKEND_FAILED: u8 = 3;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    pub addr: u32,
+    pub port: u16,
+    pub state: u8,
+    pub _pad: u8,
+    pub node_id: u32,
+}
+
+/// Conntrack key direction: the client-to-service leg (before translation).
+pub const CT_FORWARD: u8 = 1;
+/// Conntrack key direction: replies from a backend (after translation).
+pub const CT_REVERSE: u8 = 2;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src_addr: u32,
+    pub dst_addr: u32,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub proto: u8,
+    pub direction: u8,
+    pub _pad: u16,
+}
+
+/// The flow was forwarded to a backend on another node (north-south, IPIP).
+pub const CT_FLAG_REMOTE: u8 = 1 << 0;
+
+/// Forward entries: `addr:port` is the backend. Reverse entries: `addr:port` is the
+/// frontend the client addressed, restored as the source of replies.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtEntry {
+    pub addr: u32,
+    pub port: u16,
+    pub flags: u8,
+    pub _pad: u8,
+    pub backend_id: u32,
+    pub service_id: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    pub service_id: u32,
+    pub client_addr: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AffinityValue {
+    pub backend_id: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns()` of the last new flow that used this entry.
+    pub last_used_ns: u64,
+}
+
+/// Per-CPU traffic counters of a service or a backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_connections: u64,
+}
+
+/// Why a packet was passed untouched, translated, or dropped. Indexes the reasons array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Reason {
+    /// Not IPv4 (IPv6, ARP, ...): not handled yet, passed untouched.
+    PassNotIpv4 = 0,
+    /// IPv4 but neither TCP nor UDP (ICMP, ...).
+    PassNotTcpUdp = 1,
+    /// IPv4 fragment: ports are not visible, passed untouched.
+    PassFragment = 2,
+    /// Frame too short for the headers it claims.
+    PassTruncated = 3,
+    /// Not addressed to a service and not a reply of a translated flow.
+    PassNotService = 4,
+    /// IPv4 header length below 20 bytes or beyond the packet.
+    DropBadIpHeader = 5,
+    /// A service frontend with no active backend.
+    DropNoBackend = 6,
+    /// Rewriting the packet failed (helper error).
+    DropRewriteFailed = 7,
+    /// IPIP from an address that is not a known node.
+    DropUnknownTunnelPeer = 8,
+    /// The datapath is loaded but not configured yet.
+    PassNotConfigured = 9,
+    /// Forward translation to a backend (new or tracked flow).
+    Translated = 10,
+    /// Reply translated back to the frontend address.
+    ReverseTranslated = 11,
+    /// North-south flow sent to a backend's node inside IPIP.
+    ForwardedToNode = 12,
+    /// IPIP from another node unwrapped and delivered to a local backend.
+    TunnelDelivered = 13,
+    /// A tracked flow whose backend failed or vanished got a new backend.
+    Rebalanced = 14,
+    /// No route to a remote backend's node (FIB lookup failed).
+    DropNoRoute = 15,
+}
+
+impl Reason {
+    pub const COUNT: u32 = 16;
+    pub const ALL: [Reason; Self::COUNT as usize] = [
+        Reason::PassNotIpv4,
+        Reason::PassNotTcpUdp,
+        Reason::PassFragment,
+        Reason::PassTruncated,
+        Reason::PassNotService,
+        Reason::DropBadIpHeader,
+        Reason::DropNoBackend,
+        Reason::DropRewriteFailed,
+        Reason::DropUnknownTunnelPeer,
+        Reason::PassNotConfigured,
+        Reason::Translated,
+        Reason::ReverseTranslated,
+        Reason::ForwardedToNode,
+        Reason::TunnelDelivered,
+        Reason::Rebalanced,
+        Reason::DropNoRoute,
+    ];
+
+    /// Label used in metrics.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Reason::PassNotIpv4 => "pass_not_ipv4",
+            Reason::PassNotTcpUdp => "pass_not_tcp_udp",
+            Reason::PassFragment => "pass_fragment",
+            Reason::PassTruncated => "pass_truncated",
+            Reason::PassNotService => "pass_not_service",
+            Reason::DropBadIpHeader => "drop_bad_ip_header",
+            Reason::DropNoBackend => "drop_no_backend",
+            Reason::DropRewriteFailed => "drop_rewrite_failed",
+            Reason::DropUnknownTunnelPeer => "drop_unknown_tunnel_peer",
+            Reason::PassNotConfigured => "pass_not_configured",
+            Reason::Translated => "translated",
+            Reason::ReverseTranslated => "reverse_translated",
+            Reason::ForwardedToNode => "forwarded_to_node",
+            Reason::TunnelDelivered => "tunnel_delivered",
+            Reason::Rebalanced => "rebalanced",
+            Reason::DropNoRoute => "drop_no_route",
+        }
+    }
+
+    pub const fn is_drop(self) -> bool {
+        matches!(
+            self,
+            Reason::DropBadIpHeader
+                | Reason::DropNoBackend
+                | Reason::DropRewriteFailed
+                | Reason::DropUnknownTunnelPeer
+                | Reason::DropNoRoute
+        )
+    }
+}
+
+/// Index of a Maglev table entry in the flat table array: each service owns two
+/// consecutive tables of `maglev_size` entries, one live and one being rebuilt.
+#[inline(always)]
+pub const fn maglev_index(service_id: u32, generation: u32, slot: u32, maglev_size: u32) -> u32 {
+    (service_id * 2 + (generation & 1)) * maglev_size + slot
+}
+
+/// Hash of a flow used to pick its Maglev slot. Shared by the programs and user space so
+/// that every node, and the agent's own tests, make the same choice for the same flow.
+/// Inputs are taken in network byte order as they appear in the packet.
+#[inline(always)]
+pub const fn flow_hash(
+    src_addr: u32,
+    dst_addr: u32,
+    src_port: u16,
+    dst_port: u16,
+    proto: u8,
+) -> u32 {
+    let mut h = mix(0x9e37_79b9, src_addr);
+    h = mix(h, dst_addr);
+    h = mix(h, ((src_port as u32) << 16) | dst_port as u32);
+    h = mix(h, proto as u32);
+    finalize(h)
+}
+
+/// Hash of a client address alone, for session affinity.
+#[inline(always)]
+pub const fn client_hash(src_addr: u32) -> u32 {
+    finalize(mix(0x85eb_ca6b, src_addr))
+}
+
+// murmur3's 32-bit block mix and finaliser: cheap, branch-free, verifier-friendly.
+#[inline(always)]
+const fn mix(h: u32, k: u32) -> u32 {
+    let k = k
+        .wrapping_mul(0xcc9e_2d51)
+        .rotate_left(15)
+        .wrapping_mul(0x1b87_3593);
+    (h ^ k)
+        .rotate_left(13)
+        .wrapping_mul(5)
+        .wrapping_add(0xe654_6b64)
+}
+
+#[inline(always)]
+const fn finalize(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+
+    // SAFETY: each type is #[repr(C)], built only from integers, with every padding
+    // byte spelled out as a field, so any bit pattern is valid and no byte is uninit.
+    unsafe impl aya::Pod for DatapathConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ServiceKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ServiceValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Backend {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FlowKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for CtEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for AffinityKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for AffinityValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Traffic {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<DatapathConfig>(), 16);
+        assert_eq!(size_of::<ServiceKey>(), 8);
+        assert_eq!(size_of::<ServiceValue>(), 24);
+        assert_eq!(size_of::<Backend>(), 12);
+        assert_eq!(size_of::<FlowKey>(), 16);
+        assert_eq!(size_of::<CtEntry>(), 16);
+        assert_eq!(size_of::<AffinityKey>(), 8);
+        assert_eq!(size_of::<AffinityValue>(), 16);
+        assert_eq!(size_of::<Traffic>(), 24);
+    }
+
+    #[test]
+    fn reasons_are_indexed_in_order() {
+        for (index, reason) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*reason as usize, index);
+        }
+    }
+
+    #[test]
+    fn flow_hash_depends_on_every_field() {
+        let base = flow_hash(1, 2, 3, 4, 6);
+        assert_ne!(base, flow_hash(9, 2, 3, 4, 6));
+        assert_ne!(base, flow_hash(1, 9, 3, 4, 6));
+        assert_ne!(base, flow_hash(1, 2, 9, 4, 6));
+        assert_ne!(base, flow_hash(1, 2, 3, 9, 6));
+        assert_ne!(base, flow_hash(1, 2, 3, 4, 17));
+    }
+
+    #[test]
+    fn maglev_tables_of_a_service_do_not_overlap_the_next() {
+        let m = 7;
+        assert_eq!(maglev_index(0, 0, 6, m) + 1, maglev_index(0, 1, 0, m));
+        assert_eq!(maglev_index(0, 1, 6, m) + 1, maglev_index(1, 0, 0, m));
+    }
+}
