@@ -1,4 +1,5 @@
 //! berth-agent: the node agent. Runs pods through the Docker Engine, wires their network,
 //! and programs the eBPF service datapath.
 
-pub mod net;
+pub use berth_net as net;
+pub mod datapath;

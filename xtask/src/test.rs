@@ -10,7 +10,10 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{images, setup, util::is_root};
+use crate::{
+    images, setup,
+    util::{is_root, workspace_root},
+};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -66,6 +69,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 
     println!("==> cargo test --workspace");
     let mut child = Command::new(env!("CARGO"))
+        .current_dir(workspace_root())
         .args([
             "test",
             "--workspace",

@@ -192,8 +192,8 @@ pub enum Reason {
     DropNoBackend = 6,
     /// Rewriting the packet failed (helper error).
     DropRewriteFailed = 7,
-    /// IPIP from an address that is not a known node.
-    DropUnknownTunnelPeer = 8,
+    /// IPIP from an address that is not a known node: someone else's tunnel.
+    PassForeignTunnel = 8,
     /// The datapath is loaded but not configured yet.
     PassNotConfigured = 9,
     /// Forward translation to a backend (new or tracked flow).
@@ -221,7 +221,7 @@ impl Reason {
         Reason::DropBadIpHeader,
         Reason::DropNoBackend,
         Reason::DropRewriteFailed,
-        Reason::DropUnknownTunnelPeer,
+        Reason::PassForeignTunnel,
         Reason::PassNotConfigured,
         Reason::Translated,
         Reason::ReverseTranslated,
@@ -242,7 +242,7 @@ impl Reason {
             Reason::DropBadIpHeader => "drop_bad_ip_header",
             Reason::DropNoBackend => "drop_no_backend",
             Reason::DropRewriteFailed => "drop_rewrite_failed",
-            Reason::DropUnknownTunnelPeer => "drop_unknown_tunnel_peer",
+            Reason::PassForeignTunnel => "pass_foreign_tunnel",
             Reason::PassNotConfigured => "pass_not_configured",
             Reason::Translated => "translated",
             Reason::ReverseTranslated => "reverse_translated",
@@ -259,17 +259,44 @@ impl Reason {
             Reason::DropBadIpHeader
                 | Reason::DropNoBackend
                 | Reason::DropRewriteFailed
-                | Reason::DropUnknownTunnelPeer
                 | Reason::DropNoRoute
         )
     }
 }
 
-/// Index of a Maglev table entry in the flat table array: each service owns two
-/// consecutive tables of `maglev_size` entries, one live and one being rebuilt.
+/// Map entries one Maglev table of `maglev_size` slots takes. The kernel stores array map
+/// values in 8-byte strides, so a u64 entry holds two u32 backend ids (slot 2k in the low
+/// half, 2k+1 in the high half) and no memory is wasted on padding.
 #[inline(always)]
-pub const fn maglev_index(service_id: u32, generation: u32, slot: u32, maglev_size: u32) -> u32 {
-    (service_id * 2 + (generation & 1)) * maglev_size + slot
+pub const fn maglev_entries_per_table(maglev_size: u32) -> u32 {
+    maglev_size.div_ceil(2)
+}
+
+/// Map entries for `max_services` services: each owns two tables, the live one and the
+/// one being rebuilt.
+pub const fn maglev_map_entries(max_services: u32, maglev_size: u32) -> u32 {
+    max_services * 2 * maglev_entries_per_table(maglev_size)
+}
+
+/// Where a table slot lives: the map entry, and the half of it (0 low, 1 high).
+#[inline(always)]
+pub const fn maglev_position(
+    service_id: u32,
+    generation: u32,
+    slot: u32,
+    maglev_size: u32,
+) -> (u32, u32) {
+    let table = service_id * 2 + (generation & 1);
+    (
+        table * maglev_entries_per_table(maglev_size) + slot / 2,
+        slot & 1,
+    )
+}
+
+/// The first slot of a table in the map seen as an array of u32 (as user space maps it):
+/// a table's slots are contiguous there.
+pub const fn maglev_table_start(service_id: u32, generation: u32, maglev_size: u32) -> u32 {
+    (service_id * 2 + (generation & 1)) * maglev_entries_per_table(maglev_size) * 2
 }
 
 /// Hash of a flow used to pick its Maglev slot. Shared by the programs and user space so
@@ -379,9 +406,19 @@ mod tests {
     }
 
     #[test]
-    fn maglev_tables_of_a_service_do_not_overlap_the_next() {
+    fn maglev_positions_agree_with_the_u32_view_and_do_not_overlap() {
         let m = 7;
-        assert_eq!(maglev_index(0, 0, 6, m) + 1, maglev_index(0, 1, 0, m));
-        assert_eq!(maglev_index(0, 1, 6, m) + 1, maglev_index(1, 0, 0, m));
+        for service in 0..3 {
+            for generation in 0..2 {
+                let start = maglev_table_start(service, generation, m);
+                for slot in 0..m {
+                    let (entry, half) = maglev_position(service, generation, slot, m);
+                    assert_eq!(entry * 2 + half, start + slot);
+                }
+            }
+        }
+        assert_eq!(maglev_table_start(0, 1, m), 8);
+        assert_eq!(maglev_table_start(1, 0, m), 16);
+        assert_eq!(maglev_map_entries(3, m), 24);
     }
 }

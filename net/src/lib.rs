@@ -1,4 +1,4 @@
-//! Thin wrapper over iproute2 (`ip`) for links, addresses, routes and network namespaces.
+//! berth-net: a thin wrapper over iproute2 (`ip`) for links, addresses, routes and network namespaces.
 //!
 //! The agent configures the node the way a CNI plugin does; going through `ip` keeps every
 //! step visible and reproducible by hand (`ip -n <ns> ...`), and one helper does it for the

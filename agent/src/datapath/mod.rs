@@ -1,0 +1,1127 @@
+//! The eBPF service datapath seen from user space: loads the programs embedded in the
+//! agent, keeps their maps pinned under the node's bpffs directory, attaches the programs
+//! to interfaces, and turns a desired [`ServiceSet`] into map entries.
+//!
+//! Two-phase apply: [`Datapath::apply`] first computes every entry (ids, backends, Maglev
+//! tables) without touching the kernel, and fails before writing anything if the input is
+//! invalid; then it writes in an order that never exposes a half-built service: backends,
+//! then the rebuilt table into the service's idle half, then the service entry that
+//! switches to it, then removals.
+//!
+//! Restart: maps and attachments are pinned. A new agent process re-opens the maps,
+//! rebuilds its bookkeeping from them, and atomically replaces the programs behind the
+//! pinned links, so traffic keeps flowing while the agent is away and while it returns.
+
+pub mod maglev;
+mod mmap;
+mod model;
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    fs, io,
+    net::Ipv4Addr,
+    os::fd::AsFd as _,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray},
+    programs::{
+        ProgramError, SchedClassifier, TcAttachType, Xdp,
+        links::{FdLink, LinkError, PinnedLink},
+        tc::SchedClassifierLink,
+        xdp::XdpLink,
+    },
+};
+use berth_ebpf_common::{
+    BACKEND_ACTIVE, BACKEND_FAILED, BACKEND_TERMINATING, Backend, CT_FORWARD, CtEntry,
+    DatapathConfig, FlowKey, Reason, SVC_FLAG_AFFINITY, SVC_FLAG_EXTERNAL, SVC_FLAG_RANDOM,
+    ServiceKey, ServiceValue, Traffic, defaults, maglev_map_entries, maglev_table_start, map_names,
+    program_names,
+};
+pub use maglev::BackendIdentity;
+pub use model::*;
+
+/// The eBPF object built from ../ebpf by build.rs.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/berth"));
+
+/// Map capacities. Memory is reserved up front for array maps: the Maglev array takes
+/// about `max_services * 2 * maglev_size * 4` bytes (80 MiB for the defaults).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub max_services: u32,
+    pub max_backends: u32,
+    pub max_connections: u32,
+    pub max_affinity: u32,
+    pub max_nodes: u32,
+    pub maglev_size: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_services: defaults::MAX_SERVICES,
+            max_backends: defaults::MAX_BACKENDS,
+            max_connections: defaults::MAX_CONNECTIONS,
+            max_affinity: defaults::MAX_AFFINITY,
+            max_nodes: defaults::MAX_NODES,
+            maglev_size: defaults::MAGLEV_TABLE_SIZE,
+        }
+    }
+}
+
+impl Limits {
+    /// Frontend keys per service port: ClusterIP, NodePort on a few node addresses and
+    /// LoadBalancer IPs.
+    const FRONTENDS_PER_SERVICE: u32 = 4;
+
+    fn map_sizes(&self) -> [(&'static str, u32); 9] {
+        [
+            (map_names::CONFIG, 1),
+            (
+                map_names::SERVICES,
+                self.max_services * Self::FRONTENDS_PER_SERVICE,
+            ),
+            (map_names::BACKENDS, self.max_backends),
+            (
+                map_names::MAGLEV,
+                maglev_map_entries(self.max_services, self.maglev_size),
+            ),
+            // A forward and a reverse entry per connection.
+            (map_names::CONNTRACK, self.max_connections * 2),
+            (map_names::AFFINITY, self.max_affinity),
+            (map_names::NODES, self.max_nodes),
+            (map_names::SERVICE_STATS, self.max_services),
+            (map_names::BACKEND_STATS, self.max_backends),
+        ]
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct DatapathOptions {
+    /// bpffs directory holding this node's pinned maps and links, e.g.
+    /// `/sys/fs/bpf/berth/<node>`. Everything Berth pins lives below it.
+    pub pin_dir: PathBuf,
+    pub node_id: u32,
+    /// The node's underlay address: source of IPIP towards other nodes.
+    pub node_addr: Ipv4Addr,
+    pub limits: Limits,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error(
+        "loading the eBPF programs failed: {0} (the agent needs root, a kernel with BPF, and bpffs mounted at /sys/fs/bpf)"
+    )]
+    Load(#[from] aya::EbpfError),
+    #[error("map {map}: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("program {program}: {source}")]
+    Program {
+        program: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("link pinned at {path}: {source}")]
+    Link {
+        path: PathBuf,
+        #[source]
+        source: LinkError,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the eBPF object has no map or program named {0}")]
+    Missing(&'static str),
+    #[error(
+        "the map {map} pinned in {dir} holds {pinned} entries but the configuration asks for {configured}: keep the old limits, or remove {dir} to start over (this forgets tracked connections)"
+    )]
+    LimitsChanged {
+        map: &'static str,
+        dir: PathBuf,
+        pinned: u32,
+        configured: u32,
+    },
+    #[error(
+        "maglev table size {0} must be a prime number (for example 1021, 4093, 16381 or 65537)"
+    )]
+    MaglevSizeNotPrime(u32),
+    #[error("{what}: {count} exceeds the configured limit of {limit}")]
+    TooMany {
+        what: &'static str,
+        count: usize,
+        limit: u32,
+    },
+    #[error("frontend {frontend} is claimed by both service {first} and service {second}")]
+    DuplicateFrontend {
+        frontend: Frontend,
+        first: String,
+        second: String,
+    },
+    #[error("service {service}: {reason}")]
+    InvalidService { service: String, reason: String },
+    #[error(
+        "backend {addr}:{port} is on node {first} for one service and on node {second} for another"
+    )]
+    BackendNodeConflict {
+        addr: Ipv4Addr,
+        port: u16,
+        first: u32,
+        second: u32,
+    },
+}
+
+fn map_error(map: &'static str) -> impl FnOnce(MapError) -> DatapathError {
+    move |source| DatapathError::Map { map, source }
+}
+
+fn program_error(program: &'static str) -> impl FnOnce(ProgramError) -> DatapathError {
+    move |source| DatapathError::Program { program, source }
+}
+
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> DatapathError + '_ {
+    move |source| DatapathError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What one `apply` changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub services: usize,
+    pub frontends_written: usize,
+    pub frontends_removed: usize,
+    pub tables_written: usize,
+    pub backends_written: usize,
+    pub backends_removed: usize,
+    pub elapsed: Duration,
+}
+
+impl ApplyReport {
+    pub fn changed_anything(&self) -> bool {
+        self.frontends_written
+            + self.frontends_removed
+            + self.tables_written
+            + self.backends_written
+            + self.backends_removed
+            > 0
+    }
+}
+
+/// How the XDP program is attached to the external interface.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum XdpMode {
+    /// In the driver: fastest. On a veth, XDP_TX needs the peer to have NAPI (GRO on).
+    #[default]
+    Native,
+    /// After the kernel built the skb: works on any interface.
+    Generic,
+}
+
+/// Per-service or per-backend traffic summed over CPUs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrafficReport<K> {
+    pub key: K,
+    pub traffic: Traffic,
+}
+
+struct PlannedService {
+    name: String,
+    id: u32,
+    /// Frontend keys, each with its own external flag.
+    keys: Vec<(ServiceKey, u32)>,
+    value: ServiceValue,
+    /// Backend id per Maglev slot; empty when there is no active backend.
+    table: Vec<u32>,
+}
+
+struct Plan {
+    services: Vec<PlannedService>,
+    backends: BTreeMap<u32, Backend>,
+    backend_ids: HashMap<(Ipv4Addr, u16), u32>,
+    nodes: BTreeMap<u32, u32>,
+}
+
+pub struct Datapath {
+    ebpf: Ebpf,
+    options: DatapathOptions,
+    config: Array<MapData, DatapathConfig>,
+    services: BpfHashMap<MapData, ServiceKey, ServiceValue>,
+    backends: Array<MapData, Backend>,
+    nodes: BpfHashMap<MapData, u32, u32>,
+    conntrack: BpfHashMap<MapData, FlowKey, CtEntry>,
+    service_stats: PerCpuArray<MapData, Traffic>,
+    backend_stats: PerCpuArray<MapData, Traffic>,
+    reasons: PerCpuArray<MapData, u64>,
+    maglev: mmap::MappedArray,
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    /// Mirror of the services map, read back at open.
+    live_services: HashMap<ServiceKey, ServiceValue>,
+    /// Mirror of the in-use backend slots, read back at open.
+    live_backends: BTreeMap<u32, Backend>,
+    live_nodes: BTreeMap<u32, u32>,
+    /// Service names by id; names are not stored in the kernel, so after a restart they
+    /// are re-learned from the first apply.
+    service_names: HashMap<u32, String>,
+}
+
+impl Datapath {
+    /// Loads the programs and opens (or creates) the pinned maps.
+    pub fn open(options: DatapathOptions) -> Result<Self, DatapathError> {
+        let limits = options.limits;
+        if !maglev::is_prime(limits.maglev_size) {
+            return Err(DatapathError::MaglevSizeNotPrime(limits.maglev_size));
+        }
+        let pin_dir = options.pin_dir.clone();
+        fs::create_dir_all(pin_dir.join("links")).map_err(io_error(&pin_dir))?;
+        let sizes = limits.map_sizes();
+        for (map, configured) in sizes {
+            let path = pin_dir.join(map);
+            if !path.exists() {
+                continue;
+            }
+            let pinned = MapData::from_pin(&path)
+                .and_then(|data| data.info())
+                .map_err(map_error(map))?
+                .max_entries();
+            if pinned != configured {
+                return Err(DatapathError::LimitsChanged {
+                    map,
+                    dir: pin_dir,
+                    pinned,
+                    configured,
+                });
+            }
+        }
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(&pin_dir);
+        for (map, size) in sizes {
+            loader.map_max_entries(map, size);
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT)?;
+        // Without a reader the programs' log records are simply dropped, so a failure to
+        // set one up must not stop the datapath.
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(logger) => Some(logger),
+            Err(error) => {
+                tracing::warn!(%error, "eBPF log records will not be forwarded");
+                None
+            }
+        };
+        for program in [program_names::FROM_POD, program_names::TO_POD] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(program)
+                .ok_or(DatapathError::Missing(program))?
+                .try_into()
+                .map_err(program_error(program))?;
+            prog.load().map_err(program_error(program))?;
+        }
+        let xdp: &mut Xdp = ebpf
+            .program_mut(program_names::EXTERNAL)
+            .ok_or(DatapathError::Missing(program_names::EXTERNAL))?
+            .try_into()
+            .map_err(program_error(program_names::EXTERNAL))?;
+        xdp.load().map_err(program_error(program_names::EXTERNAL))?;
+
+        let mut take = |name: &'static str| ebpf.take_map(name).ok_or(DatapathError::Missing(name));
+        let config: Array<_, DatapathConfig> = take(map_names::CONFIG)?
+            .try_into()
+            .map_err(map_error(map_names::CONFIG))?;
+        let services: BpfHashMap<_, ServiceKey, ServiceValue> = take(map_names::SERVICES)?
+            .try_into()
+            .map_err(map_error(map_names::SERVICES))?;
+        let backends: Array<_, Backend> = take(map_names::BACKENDS)?
+            .try_into()
+            .map_err(map_error(map_names::BACKENDS))?;
+        let nodes: BpfHashMap<_, u32, u32> = take(map_names::NODES)?
+            .try_into()
+            .map_err(map_error(map_names::NODES))?;
+        let conntrack: BpfHashMap<_, FlowKey, CtEntry> = take(map_names::CONNTRACK)?
+            .try_into()
+            .map_err(map_error(map_names::CONNTRACK))?;
+        let service_stats: PerCpuArray<_, Traffic> = take(map_names::SERVICE_STATS)?
+            .try_into()
+            .map_err(map_error(map_names::SERVICE_STATS))?;
+        let backend_stats: PerCpuArray<_, Traffic> = take(map_names::BACKEND_STATS)?
+            .try_into()
+            .map_err(map_error(map_names::BACKEND_STATS))?;
+        let reasons: PerCpuArray<_, u64> = take(map_names::REASONS)?
+            .try_into()
+            .map_err(map_error(map_names::REASONS))?;
+        let maglev_map = match take(map_names::MAGLEV)? {
+            Map::Array(data) => data,
+            _ => return Err(DatapathError::Missing(map_names::MAGLEV)),
+        };
+        // Seen from user space the map is an array of u32 slots, two per map entry.
+        let slots = maglev_map_entries(limits.max_services, limits.maglev_size) as usize * 2;
+        let maglev = mmap::MappedArray::new(maglev_map, slots)
+            .map_err(io_error(&pin_dir.join(map_names::MAGLEV)))?;
+
+        let mut datapath = Datapath {
+            ebpf,
+            options,
+            config,
+            services,
+            backends,
+            nodes,
+            conntrack,
+            service_stats,
+            backend_stats,
+            reasons,
+            maglev,
+            logger,
+            live_services: HashMap::new(),
+            live_backends: BTreeMap::new(),
+            live_nodes: BTreeMap::new(),
+            service_names: HashMap::new(),
+        };
+        datapath.read_back()?;
+        datapath.write_config()?;
+        Ok(datapath)
+    }
+
+    pub fn options(&self) -> &DatapathOptions {
+        &self.options
+    }
+
+    /// Rebuilds the bookkeeping from what the pinned maps hold (empty on a first start).
+    fn read_back(&mut self) -> Result<(), DatapathError> {
+        for entry in self.services.iter() {
+            let (key, value) = entry.map_err(map_error(map_names::SERVICES))?;
+            self.live_services.insert(key, value);
+        }
+        // Only slots some service's backend could use are scanned: ids are allocated from
+        // the bottom, so the scan stops after a long run of free slots.
+        let mut free_run = 0u32;
+        for id in 1..self.options.limits.max_backends {
+            let backend = self
+                .backends
+                .get(&id, 0)
+                .map_err(map_error(map_names::BACKENDS))?;
+            if backend.state == 0 {
+                free_run += 1;
+                if free_run > 4096 {
+                    break;
+                }
+                continue;
+            }
+            free_run = 0;
+            self.live_backends.insert(id, backend);
+        }
+        for entry in self.nodes.iter() {
+            let (addr, id) = entry.map_err(map_error(map_names::NODES))?;
+            self.live_nodes.insert(addr, id);
+        }
+        Ok(())
+    }
+
+    fn write_config(&mut self) -> Result<(), DatapathError> {
+        let config = DatapathConfig {
+            maglev_size: self.options.limits.maglev_size,
+            node_id: self.options.node_id,
+            node_addr: u32::from(self.options.node_addr).to_be(),
+            ready: 1,
+        };
+        let current = self
+            .config
+            .get(&0, 0)
+            .map_err(map_error(map_names::CONFIG))?;
+        if current != config {
+            self.config
+                .set(0, config, 0)
+                .map_err(map_error(map_names::CONFIG))?;
+        }
+        Ok(())
+    }
+
+    /// Makes the maps serve exactly `set`. Validation errors leave the maps untouched.
+    pub fn apply(&mut self, set: &ServiceSet) -> Result<ApplyReport, DatapathError> {
+        let started = Instant::now();
+        let plan = self.plan(set)?;
+        let mut report = self.write(plan)?;
+        report.elapsed = started.elapsed();
+        Ok(report)
+    }
+
+    /// Phase one: every id, entry and table, computed without touching the kernel.
+    fn plan(&self, set: &ServiceSet) -> Result<Plan, DatapathError> {
+        let limits = self.options.limits;
+        if set.services.len() > limits.max_services as usize {
+            return Err(DatapathError::TooMany {
+                what: "services",
+                count: set.services.len(),
+                limit: limits.max_services,
+            });
+        }
+        if set.nodes.len() > limits.max_nodes as usize {
+            return Err(DatapathError::TooMany {
+                what: "nodes",
+                count: set.nodes.len(),
+                limit: limits.max_nodes,
+            });
+        }
+        let mut owners: HashMap<ServiceKey, &str> = HashMap::new();
+        let mut names = HashSet::new();
+        for service in &set.services {
+            if !names.insert(service.name.as_str()) {
+                return Err(DatapathError::InvalidService {
+                    service: service.name.clone(),
+                    reason: "the name is used by two services".into(),
+                });
+            }
+            if service.frontends.is_empty() {
+                return Err(DatapathError::InvalidService {
+                    service: service.name.clone(),
+                    reason: "it has no frontend address".into(),
+                });
+            }
+            for frontend in &service.frontends {
+                if frontend.port == 0 {
+                    return Err(DatapathError::InvalidService {
+                        service: service.name.clone(),
+                        reason: format!("frontend {frontend} has port 0"),
+                    });
+                }
+                if let Some(first) = owners.insert(service_key(frontend), &service.name)
+                    && first != service.name
+                {
+                    return Err(DatapathError::DuplicateFrontend {
+                        frontend: *frontend,
+                        first: first.to_owned(),
+                        second: service.name.clone(),
+                    });
+                }
+            }
+            for backend in &service.backends {
+                if backend.port == 0 {
+                    return Err(DatapathError::InvalidService {
+                        service: service.name.clone(),
+                        reason: format!("backend {} has port 0", backend.addr),
+                    });
+                }
+            }
+        }
+        if owners.len() > (limits.max_services * Limits::FRONTENDS_PER_SERVICE) as usize {
+            return Err(DatapathError::TooMany {
+                what: "frontends",
+                count: owners.len(),
+                limit: limits.max_services * Limits::FRONTENDS_PER_SERVICE,
+            });
+        }
+
+        // Backends: one id per address and port, shared by the services that use it.
+        let mut merged: BTreeMap<(Ipv4Addr, u16), BackendSpec> = BTreeMap::new();
+        for backend in set.services.iter().flat_map(|s| &s.backends) {
+            match merged.get_mut(&(backend.addr, backend.port)) {
+                None => {
+                    merged.insert((backend.addr, backend.port), *backend);
+                }
+                Some(existing) => {
+                    if existing.node_id != backend.node_id {
+                        return Err(DatapathError::BackendNodeConflict {
+                            addr: backend.addr,
+                            port: backend.port,
+                            first: existing.node_id,
+                            second: backend.node_id,
+                        });
+                    }
+                    // The most cautious state wins (Failed over Terminating over Active).
+                    existing.state = existing.state.max(backend.state);
+                }
+            }
+        }
+        if merged.len() >= limits.max_backends as usize {
+            return Err(DatapathError::TooMany {
+                what: "backends",
+                count: merged.len(),
+                limit: limits.max_backends - 1,
+            });
+        }
+        let live_ids: HashMap<(Ipv4Addr, u16), u32> = self
+            .live_backends
+            .iter()
+            .map(|(id, backend)| {
+                (
+                    (
+                        Ipv4Addr::from(u32::from_be(backend.addr)),
+                        u16::from_be(backend.port),
+                    ),
+                    *id,
+                )
+            })
+            .collect();
+        let mut backend_ids = HashMap::new();
+        let mut used_ids: HashSet<u32> = HashSet::new();
+        for key in merged.keys() {
+            if let Some(id) = live_ids.get(key) {
+                backend_ids.insert(*key, *id);
+                used_ids.insert(*id);
+            }
+        }
+        // New backends avoid ids still live for a backend being removed, so a tracked
+        // flow never silently lands on a different backend that inherited its id.
+        let mut next_id = 1u32;
+        let mut backends = BTreeMap::new();
+        for (key, spec) in &merged {
+            let id = match backend_ids.get(key) {
+                Some(id) => *id,
+                None => {
+                    while used_ids.contains(&next_id) || self.live_backends.contains_key(&next_id) {
+                        next_id += 1;
+                    }
+                    if next_id >= limits.max_backends {
+                        // All fresh ids taken: fall back to ids being freed now.
+                        next_id = 1;
+                        while used_ids.contains(&next_id) {
+                            next_id += 1;
+                        }
+                    }
+                    backend_ids.insert(*key, next_id);
+                    used_ids.insert(next_id);
+                    next_id
+                }
+            };
+            backends.insert(
+                id,
+                Backend {
+                    addr: u32::from(spec.addr).to_be(),
+                    port: spec.port.to_be(),
+                    state: match spec.state {
+                        BackendState::Active => BACKEND_ACTIVE,
+                        BackendState::Terminating => BACKEND_TERMINATING,
+                        BackendState::Failed => BACKEND_FAILED,
+                    },
+                    _pad: 0,
+                    node_id: spec.node_id,
+                },
+            );
+        }
+
+        // Service ids: keep the id a service had (by name, else by a frontend it still
+        // has), so its counters and tables carry on.
+        let mut service_ids: Vec<Option<u32>> = vec![None; set.services.len()];
+        let mut claimed: HashSet<u32> = HashSet::new();
+        let by_name: HashMap<&str, u32> = self
+            .service_names
+            .iter()
+            .map(|(id, name)| (name.as_str(), *id))
+            .collect();
+        for (index, service) in set.services.iter().enumerate() {
+            if let Some(id) = by_name.get(service.name.as_str())
+                && claimed.insert(*id)
+            {
+                service_ids[index] = Some(*id);
+            }
+        }
+        for (index, service) in set.services.iter().enumerate() {
+            if service_ids[index].is_some() {
+                continue;
+            }
+            for frontend in &service.frontends {
+                if let Some(value) = self.live_services.get(&service_key(frontend))
+                    && !self.service_names.contains_key(&value.id)
+                    && claimed.insert(value.id)
+                {
+                    service_ids[index] = Some(value.id);
+                    break;
+                }
+            }
+        }
+        let live_service_ids: HashSet<u32> = self.live_services.values().map(|v| v.id).collect();
+        let mut next_service_id = 0u32;
+        let mut services = Vec::with_capacity(set.services.len());
+        for (index, service) in set.services.iter().enumerate() {
+            let id = match service_ids[index] {
+                Some(id) => id,
+                None => {
+                    while claimed.contains(&next_service_id)
+                        || (live_service_ids.contains(&next_service_id)
+                            && next_service_id < limits.max_services)
+                    {
+                        next_service_id += 1;
+                    }
+                    if next_service_id >= limits.max_services {
+                        next_service_id = 0;
+                        while claimed.contains(&next_service_id) {
+                            next_service_id += 1;
+                        }
+                    }
+                    claimed.insert(next_service_id);
+                    next_service_id
+                }
+            };
+            let mut active: Vec<(BackendIdentity, u32)> = service
+                .backends
+                .iter()
+                .filter(|backend| {
+                    merged
+                        .get(&(backend.addr, backend.port))
+                        .is_some_and(|merged| merged.state == BackendState::Active)
+                })
+                .map(|backend| {
+                    let identity = BackendIdentity {
+                        addr: backend.addr,
+                        port: backend.port,
+                    };
+                    (identity, backend_ids[&(backend.addr, backend.port)])
+                })
+                .collect();
+            active.sort_unstable();
+            active.dedup();
+            let identities: Vec<BackendIdentity> = active.iter().map(|(i, _)| *i).collect();
+            let table: Vec<u32> = maglev::build_table(&identities, limits.maglev_size)
+                .into_iter()
+                .map(|index| active[index as usize].1)
+                .collect();
+            let mut flags = 0;
+            if service.algorithm == Algorithm::Random {
+                flags |= SVC_FLAG_RANDOM;
+            }
+            let mut affinity_timeout_secs = 0;
+            if let Some(timeout) = service.affinity_timeout {
+                flags |= SVC_FLAG_AFFINITY;
+                affinity_timeout_secs = u32::try_from(timeout.as_secs()).unwrap_or(u32::MAX).max(1);
+            }
+            let value = ServiceValue {
+                id,
+                backend_count: identities.len() as u32,
+                table_gen: 0,
+                flags,
+                affinity_timeout_secs,
+                table_hash: maglev::fingerprint(&identities, limits.maglev_size),
+            };
+            // Each frontend carries its own external flag: a ClusterIP never answers on
+            // the external interface even when the service also has a NodePort.
+            let mut keys: Vec<(ServiceKey, u32)> = service
+                .frontends
+                .iter()
+                .map(|frontend| {
+                    let external = if frontend.external {
+                        SVC_FLAG_EXTERNAL
+                    } else {
+                        0
+                    };
+                    (service_key(frontend), external)
+                })
+                .collect();
+            keys.sort_unstable();
+            keys.dedup();
+            services.push(PlannedService {
+                name: service.name.clone(),
+                id,
+                keys,
+                value,
+                table,
+            });
+        }
+        let nodes = set
+            .nodes
+            .iter()
+            .map(|node| (u32::from(node.addr).to_be(), node.id))
+            .collect();
+        Ok(Plan {
+            services,
+            backends,
+            backend_ids,
+            nodes,
+        })
+    }
+
+    /// Phase two: write the plan in an order that keeps every service consistent.
+    fn write(&mut self, plan: Plan) -> Result<ApplyReport, DatapathError> {
+        let mut report = ApplyReport {
+            services: plan.services.len(),
+            ..ApplyReport::default()
+        };
+        let size = self.options.limits.maglev_size;
+
+        for (addr, id) in &plan.nodes {
+            if self.live_nodes.get(addr) != Some(id) {
+                self.nodes
+                    .insert(addr, id, 0)
+                    .map_err(map_error(map_names::NODES))?;
+                self.live_nodes.insert(*addr, *id);
+            }
+        }
+
+        // 1. Backends the new tables refer to.
+        for (id, backend) in &plan.backends {
+            if self.live_backends.get(id) != Some(backend) {
+                self.backends
+                    .set(*id, backend, 0)
+                    .map_err(map_error(map_names::BACKENDS))?;
+                self.live_backends.insert(*id, *backend);
+                report.backends_written += 1;
+            }
+        }
+
+        // 2 and 3. Tables into the idle half, then the entries that switch to them.
+        let mut wanted_keys = HashSet::new();
+        let mut names = HashMap::new();
+        for service in &plan.services {
+            let live = service
+                .keys
+                .iter()
+                .filter_map(|(key, _)| self.live_services.get(key))
+                .find(|live| live.id == service.id)
+                .copied();
+            let generation = match live {
+                Some(live) if live.table_hash == service.value.table_hash => live.table_gen,
+                Some(live) => {
+                    self.write_table(service.id, live.table_gen ^ 1, &service.table, size);
+                    report.tables_written += 1;
+                    live.table_gen ^ 1
+                }
+                None => {
+                    self.write_table(service.id, 0, &service.table, size);
+                    report.tables_written += 1;
+                    0
+                }
+            };
+            for (key, external) in &service.keys {
+                let value = ServiceValue {
+                    table_gen: generation,
+                    flags: service.value.flags | external,
+                    ..service.value
+                };
+                wanted_keys.insert(*key);
+                if self.live_services.get(key) != Some(&value) {
+                    self.services
+                        .insert(key, value, 0)
+                        .map_err(map_error(map_names::SERVICES))?;
+                    self.live_services.insert(*key, value);
+                    report.frontends_written += 1;
+                }
+            }
+            names.insert(service.id, service.name.clone());
+        }
+
+        // 4. Frontends, backends and nodes that are gone.
+        let stale_keys: Vec<ServiceKey> = self
+            .live_services
+            .keys()
+            .filter(|key| !wanted_keys.contains(key))
+            .copied()
+            .collect();
+        for key in stale_keys {
+            match self.services.remove(&key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(error) => return Err(map_error(map_names::SERVICES)(error)),
+            }
+            self.live_services.remove(&key);
+            report.frontends_removed += 1;
+        }
+        let stale_backends: Vec<u32> = self
+            .live_backends
+            .keys()
+            .filter(|id| !plan.backends.contains_key(id))
+            .copied()
+            .collect();
+        for id in stale_backends {
+            self.backends
+                .set(id, Backend::default(), 0)
+                .map_err(map_error(map_names::BACKENDS))?;
+            self.live_backends.remove(&id);
+            report.backends_removed += 1;
+        }
+        let stale_nodes: Vec<u32> = self
+            .live_nodes
+            .keys()
+            .filter(|addr| !plan.nodes.contains_key(addr))
+            .copied()
+            .collect();
+        for addr in stale_nodes {
+            match self.nodes.remove(&addr) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(error) => return Err(map_error(map_names::NODES)(error)),
+            }
+            self.live_nodes.remove(&addr);
+        }
+        self.service_names = names;
+        debug_assert!(
+            plan.backend_ids
+                .values()
+                .all(|id| self.live_backends.contains_key(id))
+        );
+        Ok(report)
+    }
+
+    fn write_table(&mut self, service_id: u32, generation: u32, table: &[u32], size: u32) {
+        if table.is_empty() {
+            return;
+        }
+        let start = maglev_table_start(service_id, generation, size) as usize;
+        self.maglev.write(start, table);
+    }
+
+    /// Attaches the east-west programs to a pod's host-side veth: translation of packets
+    /// leaving the pod (ingress) and of replies entering it (egress).
+    pub fn attach_pod_interface(&mut self, interface: &str) -> Result<(), DatapathError> {
+        self.attach_tc(interface, program_names::FROM_POD, TcAttachType::Ingress)?;
+        self.attach_tc(interface, program_names::TO_POD, TcAttachType::Egress)
+    }
+
+    /// Detaches the east-west programs from a pod's veth (a vanished interface is fine).
+    pub fn detach_pod_interface(&mut self, interface: &str) -> Result<(), DatapathError> {
+        for suffix in ["ingress", "egress"] {
+            self.unpin_link(&self.link_pin(interface, suffix))?;
+        }
+        Ok(())
+    }
+
+    /// Attaches the north-south program to the node's external interface.
+    pub fn attach_external_interface(
+        &mut self,
+        interface: &str,
+        mode: XdpMode,
+    ) -> Result<(), DatapathError> {
+        let pin = self.link_pin(interface, "xdp");
+        let program = program_names::EXTERNAL;
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(program)
+            .ok_or(DatapathError::Missing(program))?
+            .try_into()
+            .map_err(program_error(program))?;
+        let link_id = match PinnedLink::from_pin(&pin) {
+            Ok(pinned) => {
+                let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|source| {
+                    DatapathError::Link {
+                        path: pin.clone(),
+                        source,
+                    }
+                })?;
+                prog.attach_to_link(link).map_err(program_error(program))?
+            }
+            Err(_) => {
+                let flags = match mode {
+                    XdpMode::Native => aya::programs::XdpMode::Driver,
+                    XdpMode::Generic => aya::programs::XdpMode::Skb,
+                };
+                prog.attach(interface, flags)
+                    .map_err(program_error(program))?
+            }
+        };
+        let link = prog.take_link(link_id).map_err(program_error(program))?;
+        let fd_link = FdLink::try_from(link).map_err(|source| DatapathError::Link {
+            path: pin.clone(),
+            source,
+        })?;
+        self.pin_link(fd_link, &pin)
+    }
+
+    pub fn detach_external_interface(&mut self, interface: &str) -> Result<(), DatapathError> {
+        self.unpin_link(&self.link_pin(interface, "xdp"))
+    }
+
+    fn link_pin(&self, interface: &str, suffix: &str) -> PathBuf {
+        self.options
+            .pin_dir
+            .join("links")
+            .join(format!("{interface}.{suffix}"))
+    }
+
+    /// Attaches through TCX and pins the link; when a pinned link exists (the agent
+    /// restarted) the program behind it is replaced atomically instead.
+    fn attach_tc(
+        &mut self,
+        interface: &str,
+        program: &'static str,
+        attach_type: TcAttachType,
+    ) -> Result<(), DatapathError> {
+        let suffix = match attach_type {
+            TcAttachType::Ingress => "ingress",
+            _ => "egress",
+        };
+        let pin = self.link_pin(interface, suffix);
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(program)
+            .ok_or(DatapathError::Missing(program))?
+            .try_into()
+            .map_err(program_error(program))?;
+        let link_id = match PinnedLink::from_pin(&pin) {
+            Ok(pinned) => {
+                let link =
+                    SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|source| {
+                        DatapathError::Link {
+                            path: pin.clone(),
+                            source,
+                        }
+                    })?;
+                prog.attach_to_link(link).map_err(program_error(program))?
+            }
+            Err(_) => prog
+                .attach(interface, attach_type)
+                .map_err(program_error(program))?,
+        };
+        let link = prog.take_link(link_id).map_err(program_error(program))?;
+        let fd_link = FdLink::try_from(link).map_err(|source| DatapathError::Link {
+            path: pin.clone(),
+            source,
+        })?;
+        self.pin_link(fd_link, &pin)
+    }
+
+    fn pin_link(&self, link: FdLink, pin: &Path) -> Result<(), DatapathError> {
+        match fs::remove_file(pin) {
+            Ok(()) => {}
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => return Err(io_error(pin)(error)),
+        }
+        link.pin(pin).map(drop).map_err(|error| DatapathError::Io {
+            path: pin.to_path_buf(),
+            source: io::Error::other(error),
+        })
+    }
+
+    fn unpin_link(&self, pin: &Path) -> Result<(), DatapathError> {
+        match fs::remove_file(pin) {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(io_error(pin)(error)),
+        }
+    }
+
+    /// Forwards the programs' aya-log records to the agent's log. Call when the log
+    /// file descriptor is readable (see [`Datapath::log_fd`]), or periodically.
+    pub fn flush_logs(&mut self) {
+        if let Some(logger) = self.logger.as_mut() {
+            logger.flush();
+        }
+    }
+
+    /// The descriptor to poll for program log records, if logs are forwarded.
+    pub fn log_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.logger.as_ref().map(|logger| logger.as_fd())
+    }
+
+    /// Packets by reason, summed over CPUs.
+    pub fn reasons(&self) -> Result<Vec<(Reason, u64)>, DatapathError> {
+        Reason::ALL
+            .iter()
+            .map(|reason| {
+                let per_cpu = self
+                    .reasons
+                    .get(&(*reason as u32), 0)
+                    .map_err(map_error(map_names::REASONS))?;
+                Ok((*reason, per_cpu.iter().sum()))
+            })
+            .collect()
+    }
+
+    fn traffic(map: &PerCpuArray<MapData, Traffic>, index: u32) -> Result<Traffic, MapError> {
+        let per_cpu = map.get(&index, 0)?;
+        Ok(per_cpu.iter().fold(Traffic::default(), |sum, cpu| Traffic {
+            packets: sum.packets + cpu.packets,
+            bytes: sum.bytes + cpu.bytes,
+            new_connections: sum.new_connections + cpu.new_connections,
+        }))
+    }
+
+    /// Traffic per service (by name), summed over CPUs.
+    pub fn service_traffic(&self) -> Result<Vec<TrafficReport<String>>, DatapathError> {
+        let mut ids: Vec<(&u32, &String)> = self.service_names.iter().collect();
+        ids.sort();
+        ids.into_iter()
+            .map(|(id, name)| {
+                Ok(TrafficReport {
+                    key: name.clone(),
+                    traffic: Self::traffic(&self.service_stats, *id)
+                        .map_err(map_error(map_names::SERVICE_STATS))?,
+                })
+            })
+            .collect()
+    }
+
+    /// Traffic per backend address, summed over CPUs.
+    pub fn backend_traffic(&self) -> Result<Vec<TrafficReport<(Ipv4Addr, u16)>>, DatapathError> {
+        self.live_backends
+            .iter()
+            .map(|(id, backend)| {
+                Ok(TrafficReport {
+                    key: (
+                        Ipv4Addr::from(u32::from_be(backend.addr)),
+                        u16::from_be(backend.port),
+                    ),
+                    traffic: Self::traffic(&self.backend_stats, *id)
+                        .map_err(map_error(map_names::BACKEND_STATS))?,
+                })
+            })
+            .collect()
+    }
+
+    /// Connections currently tracked (forward entries in the conntrack map).
+    pub fn tracked_connections(&self) -> Result<usize, DatapathError> {
+        let mut count = 0;
+        for key in self.conntrack.keys() {
+            if key.map_err(map_error(map_names::CONNTRACK))?.direction == CT_FORWARD {
+                count += 1;
+            }
+        }
+        Ok(count)
+    }
+
+    /// The live Maglev table of the service serving `frontend`, as backend addresses,
+    /// read back from the kernel's map (what the programs actually use).
+    pub fn live_table(
+        &self,
+        frontend: &Frontend,
+    ) -> Result<Option<Vec<(Ipv4Addr, u16)>>, DatapathError> {
+        let Some(value) = self.live_services.get(&service_key(frontend)) else {
+            return Ok(None);
+        };
+        if value.backend_count == 0 {
+            return Ok(Some(Vec::new()));
+        }
+        let size = self.options.limits.maglev_size;
+        let start = maglev_table_start(value.id, value.table_gen, size) as usize;
+        let ids = self.maglev.read(start, size as usize);
+        let mut table = Vec::with_capacity(ids.len());
+        for id in ids {
+            let backend = self
+                .backends
+                .get(&id, 0)
+                .map_err(map_error(map_names::BACKENDS))?;
+            table.push((
+                Ipv4Addr::from(u32::from_be(backend.addr)),
+                u16::from_be(backend.port),
+            ));
+        }
+        Ok(Some(table))
+    }
+
+    /// Direct access to the loaded programs (tests run them with BPF_PROG_TEST_RUN).
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    /// Removes every pinned map and link under `pin_dir`: detaches the programs and
+    /// forgets all state. For teardown; a running agent never calls this.
+    pub fn remove_pins(pin_dir: &Path) -> Result<(), DatapathError> {
+        match fs::remove_dir_all(pin_dir) {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(io_error(pin_dir)(error)),
+        }
+    }
+}
+
+pub fn service_key(frontend: &Frontend) -> ServiceKey {
+    ServiceKey {
+        addr: u32::from(frontend.addr).to_be(),
+        port: frontend.port.to_be(),
+        proto: frontend.protocol.number(),
+        _pad: 0,
+    }
+}

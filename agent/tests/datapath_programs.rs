@@ -1,0 +1,562 @@
+//! The datapath programs run on hand-built packets with BPF_PROG_TEST_RUN: one test per
+//! behaviour, before any interface is involved. Needs root and bpffs.
+
+use std::{net::Ipv4Addr, time::Duration};
+
+use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp};
+use berth_agent::datapath::{
+    Algorithm, BackendSpec, BackendState, Datapath, DatapathOptions, Frontend, Limits, Node,
+    Protocol, Service, ServiceSet,
+};
+use berth_ebpf_common::{Reason, program_names};
+use berth_testkit::{
+    PinDir,
+    packet::{self, Frame, ICMP, IPIP, Parsed},
+};
+
+const NODE_ID: u32 = 1;
+const NODE_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const PEER_NODE_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+const VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
+const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 10);
+const CLIENT: (Ipv4Addr, u16) = (Ipv4Addr::new(198, 18, 10, 5), 40_000);
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+
+fn backend(last: u8, state: BackendState) -> BackendSpec {
+    BackendSpec {
+        addr: Ipv4Addr::new(198, 18, 1, last),
+        port: 8080,
+        node_id: NODE_ID,
+        state,
+    }
+}
+
+fn frontend(addr: Ipv4Addr, protocol: Protocol, external: bool) -> Frontend {
+    Frontend {
+        addr,
+        port: 80,
+        protocol,
+        external,
+    }
+}
+
+fn web(backends: Vec<BackendSpec>) -> Service {
+    Service {
+        name: "default/web:80".into(),
+        frontends: vec![
+            frontend(VIP, Protocol::Tcp, false),
+            frontend(VIP, Protocol::Udp, false),
+            frontend(EXTERNAL_IP, Protocol::Tcp, true),
+        ],
+        backends,
+        algorithm: Algorithm::Maglev,
+        affinity_timeout: None,
+    }
+}
+
+fn set(services: Vec<Service>) -> ServiceSet {
+    ServiceSet {
+        services,
+        nodes: vec![
+            Node {
+                id: NODE_ID,
+                addr: NODE_ADDR,
+            },
+            Node {
+                id: 2,
+                addr: PEER_NODE_ADDR,
+            },
+        ],
+    }
+}
+
+struct Harness {
+    datapath: Datapath,
+    // Dropped after the datapath, so its maps are unpinned last.
+    _pins: PinDir,
+}
+
+impl Harness {
+    fn new(services: Vec<Service>) -> Self {
+        let pins = PinDir::new("prog");
+        let mut datapath = Datapath::open(DatapathOptions {
+            pin_dir: pins.path().to_path_buf(),
+            node_id: NODE_ID,
+            node_addr: NODE_ADDR,
+            limits: Limits {
+                max_services: 64,
+                max_backends: 256,
+                max_connections: 4096,
+                max_affinity: 1024,
+                max_nodes: 16,
+                maglev_size: 1021,
+            },
+        })
+        .expect("loading the datapath");
+        datapath.apply(&set(services)).expect("applying services");
+        Harness {
+            datapath,
+            _pins: pins,
+        }
+    }
+
+    fn run(&mut self, program: &str, frame: &[u8]) -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; frame.len() + 512];
+        let ebpf = self.datapath.ebpf_mut();
+        let program_ref = ebpf.program(program).expect("program exists");
+        let result = if matches!(program_ref, aya::programs::Program::Xdp(_)) {
+            let xdp: &Xdp = program_ref.try_into().expect("xdp program");
+            xdp.test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..TestRunOptions::default()
+            })
+        } else {
+            let tc: &SchedClassifier = program_ref.try_into().expect("tc program");
+            tc.test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..TestRunOptions::default()
+            })
+        }
+        .unwrap_or_else(|error| {
+            panic!(
+                "BPF_PROG_TEST_RUN of {program} on {} bytes: {error}",
+                frame.len()
+            )
+        });
+        out.truncate(result.data_size_out as usize);
+        (result.return_value, out)
+    }
+
+    fn reason(&self, reason: Reason) -> u64 {
+        self.datapath
+            .reasons()
+            .expect("reading reasons")
+            .into_iter()
+            .find(|(r, _)| *r == reason)
+            .map_or(0, |(_, count)| count)
+    }
+
+    /// Runs `program` and returns the verdict, the output, and whether `reason` was
+    /// counted for this packet.
+    fn run_counting(
+        &mut self,
+        program: &str,
+        frame: &[u8],
+        reason: Reason,
+    ) -> (u32, Vec<u8>, bool) {
+        let before = self.reason(reason);
+        let (verdict, out) = self.run(program, frame);
+        (verdict, out, self.reason(reason) == before + 1)
+    }
+}
+
+fn parsed(frame: &[u8]) -> Parsed {
+    packet::parse(frame).expect("output is an IPv4 frame")
+}
+
+fn three_backends() -> Vec<BackendSpec> {
+    (2..5).map(|i| backend(i, BackendState::Active)).collect()
+}
+
+#[test]
+fn tcp_to_vip_is_translated_to_a_backend_with_valid_checksums() {
+    let mut h = Harness::new(vec![web(three_backends())]);
+    let frame = Frame::tcp(CLIENT, (VIP, 80)).build();
+    let (verdict, out, counted) =
+        h.run_counting(program_names::FROM_POD, &frame, Reason::Translated);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert!(counted);
+    let p = parsed(&out);
+    assert!(three_backends().iter().any(|b| b.addr == p.dst));
+    assert_eq!(p.dst_port, 8080);
+    assert_eq!((p.src, p.src_port), CLIENT, "client address is kept");
+    assert!(p.ip_checksum_ok, "IPv4 checksum");
+    assert!(p.l4_checksum_ok, "TCP checksum");
+}
+
+#[test]
+fn udp_to_vip_is_translated_and_zero_checksum_stays_zero() {
+    let mut h = Harness::new(vec![web(three_backends())]);
+    let frame = Frame::udp(CLIENT, (VIP, 80)).build();
+    let (verdict, out) = h.run(program_names::FROM_POD, &frame);
+    assert_eq!(verdict, TC_ACT_OK);
+    let p = parsed(&out);
+    assert_eq!(p.dst_port, 8080);
+    assert!(p.ip_checksum_ok && p.l4_checksum_ok);
+
+    let mut no_checksum = Frame::udp((CLIENT.0, 40_001), (VIP, 80));
+    no_checksum.udp_zero_checksum = true;
+    let (_, out) = h.run(program_names::FROM_POD, &no_checksum.build());
+    assert_eq!(
+        &out[14 + 20 + 6..14 + 20 + 8],
+        &[0, 0],
+        "no checksum stays none"
+    );
+    assert_eq!(parsed(&out).dst_port, 8080);
+}
+
+#[test]
+fn established_flow_keeps_its_backend() {
+    let mut h = Harness::new(vec![web(three_backends())]);
+    let frame = Frame::tcp(CLIENT, (VIP, 80)).build();
+    let first = parsed(&h.run(program_names::FROM_POD, &frame).1).dst;
+    for _ in 0..5 {
+        assert_eq!(parsed(&h.run(program_names::FROM_POD, &frame).1).dst, first);
+    }
+}
+
+#[test]
+fn reply_from_backend_is_reverse_translated_to_the_vip() {
+    let mut h = Harness::new(vec![web(three_backends())]);
+    let out = h
+        .run(
+            program_names::FROM_POD,
+            &Frame::tcp(CLIENT, (VIP, 80)).build(),
+        )
+        .1;
+    let chosen = parsed(&out).dst;
+    let reply = Frame::tcp((chosen, 8080), CLIENT).build();
+    // Replies are translated entering the client pod (backend on another node) ...
+    let (verdict, out, counted) =
+        h.run_counting(program_names::TO_POD, &reply, Reason::ReverseTranslated);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert!(counted);
+    let p = parsed(&out);
+    assert_eq!((p.src, p.src_port), (VIP, 80));
+    assert_eq!((p.dst, p.dst_port), CLIENT);
+    assert!(p.ip_checksum_ok && p.l4_checksum_ok);
+    // ... or leaving a local backend pod.
+    let (_, out) = h.run(program_names::FROM_POD, &reply);
+    assert_eq!(parsed(&out).src, VIP);
+}
+
+#[test]
+fn traffic_not_for_a_service_passes_untouched() {
+    let mut h = Harness::new(vec![web(three_backends())]);
+    for frame in [
+        Frame::tcp(CLIENT, (Ipv4Addr::new(198, 18, 7, 7), 80)).build(),
+        // Right address, wrong port.
+        Frame::tcp(CLIENT, (VIP, 81)).build(),
+    ] {
+        for program in [program_names::FROM_POD, program_names::TO_POD] {
+            let (verdict, out, counted) = h.run_counting(program, &frame, Reason::PassNotService);
+            assert_eq!(verdict, TC_ACT_OK);
+            assert_eq!(out, frame);
+            assert!(counted, "{program} counts pass_not_service");
+        }
+    }
+}
+
+#[test]
+fn odd_packets_pass_untouched_or_drop_with_a_counted_reason() {
+    let mut h = Harness::new(vec![web(three_backends())]);
+    let to_vip = Frame::tcp(CLIENT, (VIP, 80));
+
+    // An IPv4 header and nothing after it. (The kernel hands TC only frames with a whole
+    // IPv4 header, and so does its test runner; the XDP test covers shorter frames.)
+    let no_l4 = to_vip.build()[..14 + 20].to_vec();
+    let (verdict, out, counted) =
+        h.run_counting(program_names::FROM_POD, &no_l4, Reason::PassTruncated);
+    assert_eq!(
+        (verdict, out, counted),
+        (TC_ACT_OK, no_l4, true),
+        "no TCP header"
+    );
+
+    // TCP header cut short.
+    let full = to_vip.build();
+    let cut = full[..14 + 20 + 10].to_vec();
+    let (verdict, out, counted) =
+        h.run_counting(program_names::FROM_POD, &cut, Reason::PassTruncated);
+    assert_eq!(
+        (verdict, out, counted),
+        (TC_ACT_OK, cut, true),
+        "truncated TCP"
+    );
+
+    // IPv4 header length below 20 bytes.
+    let mut short_header = to_vip.build();
+    short_header[14] = 0x44;
+    let (verdict, _, counted) = h.run_counting(
+        program_names::FROM_POD,
+        &short_header,
+        Reason::DropBadIpHeader,
+    );
+    assert_eq!(
+        (verdict, counted),
+        (TC_ACT_SHOT, true),
+        "IHL < 5 is dropped"
+    );
+
+    // Fragments carry no ports beyond the first: passed untouched.
+    let mut fragment = to_vip.clone();
+    fragment.fragment = 0x2000;
+    let fragment = fragment.build();
+    let (verdict, out, counted) =
+        h.run_counting(program_names::FROM_POD, &fragment, Reason::PassFragment);
+    assert_eq!(
+        (verdict, out, counted),
+        (TC_ACT_OK, fragment, true),
+        "fragment"
+    );
+
+    // ICMP to the VIP.
+    let mut icmp = to_vip.clone();
+    icmp.proto = ICMP;
+    icmp.payload = vec![8, 0, 0xf7, 0xff, 0, 0, 0, 0];
+    let icmp = icmp.build();
+    let (verdict, out, counted) =
+        h.run_counting(program_names::FROM_POD, &icmp, Reason::PassNotTcpUdp);
+    assert_eq!((verdict, out, counted), (TC_ACT_OK, icmp, true), "ICMP");
+
+    // IPv6.
+    let ipv6 = packet::ethernet([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1], 0x86dd, &[0x60; 60]);
+    let (verdict, out, counted) =
+        h.run_counting(program_names::FROM_POD, &ipv6, Reason::PassNotIpv4);
+    assert_eq!((verdict, out, counted), (TC_ACT_OK, ipv6, true), "IPv6");
+}
+
+#[test]
+fn ip_options_are_kept_and_the_ports_found_behind_them() {
+    let mut h = Harness::new(vec![web(three_backends())]);
+    let mut frame = Frame::tcp(CLIENT, (VIP, 80));
+    // Two NOPs, then a 2-byte option type 0x94 (router alert-like, harmless), padded.
+    frame.ip_options = vec![1, 1, 0x94, 4, 0, 0, 0, 0];
+    let (verdict, out) = h.run(program_names::FROM_POD, &frame.build());
+    assert_eq!(verdict, TC_ACT_OK);
+    let p = parsed(&out);
+    assert_eq!(p.header_len, 28);
+    assert_eq!(p.dst_port, 8080);
+    assert_eq!((p.src_port, p.src), (CLIENT.1, CLIENT.0));
+    assert!(p.ip_checksum_ok && p.l4_checksum_ok);
+    assert_eq!(&out[34..42], &[1, 1, 0x94, 4, 0, 0, 0, 0]);
+}
+
+#[test]
+fn a_service_without_active_backends_drops_new_flows_with_a_reason() {
+    let mut h = Harness::new(vec![web(vec![backend(2, BackendState::Failed)])]);
+    let frame = Frame::tcp(CLIENT, (VIP, 80)).build();
+    let (verdict, _, counted) =
+        h.run_counting(program_names::FROM_POD, &frame, Reason::DropNoBackend);
+    assert_eq!((verdict, counted), (TC_ACT_SHOT, true));
+}
+
+#[test]
+fn failed_backend_gets_no_new_flows_and_its_flows_move_on_their_next_packet() {
+    let mut h = Harness::new(vec![web(three_backends())]);
+    // Find a flow on each backend.
+    let mut flows = Vec::new();
+    for port in 40_000..40_200u16 {
+        let frame = Frame::tcp((CLIENT.0, port), (VIP, 80)).build();
+        let dst = parsed(&h.run(program_names::FROM_POD, &frame).1).dst;
+        flows.push((frame, dst));
+    }
+    let victim = flows[0].1;
+    let mut backends = three_backends();
+    for b in &mut backends {
+        if b.addr == victim {
+            b.state = BackendState::Failed;
+        }
+    }
+    h.datapath.apply(&set(vec![web(backends)])).expect("apply");
+    let rebalanced_before = h.reason(Reason::Rebalanced);
+    let mut moved = 0;
+    for (frame, before) in &flows {
+        let after = parsed(&h.run(program_names::FROM_POD, frame).1).dst;
+        assert_ne!(after, victim, "no packet reaches the failed backend");
+        if *before == victim {
+            moved += 1;
+        } else {
+            assert_eq!(after, *before, "flows on healthy backends stay");
+        }
+    }
+    assert!(moved > 0);
+    assert_eq!(h.reason(Reason::Rebalanced) - rebalanced_before, moved);
+    for port in 41_000..41_100u16 {
+        let frame = Frame::tcp((CLIENT.0, port), (VIP, 80)).build();
+        assert_ne!(
+            parsed(&h.run(program_names::FROM_POD, &frame).1).dst,
+            victim
+        );
+    }
+}
+
+#[test]
+fn terminating_backend_keeps_established_flows_but_gets_no_new_ones() {
+    let mut h = Harness::new(vec![web(three_backends())]);
+    let frame = Frame::tcp(CLIENT, (VIP, 80)).build();
+    let chosen = parsed(&h.run(program_names::FROM_POD, &frame).1).dst;
+    let mut backends = three_backends();
+    for b in &mut backends {
+        if b.addr == chosen {
+            b.state = BackendState::Terminating;
+        }
+    }
+    h.datapath.apply(&set(vec![web(backends)])).expect("apply");
+    assert_eq!(
+        parsed(&h.run(program_names::FROM_POD, &frame).1).dst,
+        chosen
+    );
+    for port in 41_000..41_100u16 {
+        let frame = Frame::tcp((CLIENT.0, port), (VIP, 80)).build();
+        assert_ne!(
+            parsed(&h.run(program_names::FROM_POD, &frame).1).dst,
+            chosen
+        );
+    }
+}
+
+#[test]
+fn session_affinity_sends_a_client_to_one_backend() {
+    let mut service = web(three_backends());
+    service.affinity_timeout = Some(Duration::from_secs(600));
+    let mut h = Harness::new(vec![service]);
+    let mut seen = std::collections::HashSet::new();
+    for port in 40_000..40_050u16 {
+        let frame = Frame::tcp((CLIENT.0, port), (VIP, 80)).build();
+        seen.insert(parsed(&h.run(program_names::FROM_POD, &frame).1).dst);
+    }
+    assert_eq!(seen.len(), 1, "one backend for one client: {seen:?}");
+    let mut spread = std::collections::HashSet::new();
+    for last in 1..60u8 {
+        let frame = Frame::tcp((Ipv4Addr::new(198, 18, 11, last), 40_000), (VIP, 80)).build();
+        spread.insert(parsed(&h.run(program_names::FROM_POD, &frame).1).dst);
+    }
+    assert_eq!(spread.len(), 3, "different clients still spread");
+}
+
+#[test]
+fn random_algorithm_spreads_flows() {
+    let mut service = web(three_backends());
+    service.algorithm = Algorithm::Random;
+    let mut h = Harness::new(vec![service]);
+    let mut seen = std::collections::HashSet::new();
+    for port in 40_000..40_100u16 {
+        let frame = Frame::tcp((CLIENT.0, port), (VIP, 80)).build();
+        seen.insert(parsed(&h.run(program_names::FROM_POD, &frame).1).dst);
+    }
+    assert_eq!(seen.len(), 3);
+}
+
+#[test]
+fn xdp_translates_external_frontends_only() {
+    let mut h = Harness::new(vec![web(three_backends())]);
+    let external = Frame::tcp(CLIENT, (EXTERNAL_IP, 80)).build();
+    let (verdict, out, counted) =
+        h.run_counting(program_names::EXTERNAL, &external, Reason::Translated);
+    assert_eq!((verdict, counted), (XDP_PASS, true));
+    let p = parsed(&out);
+    assert_eq!(p.dst_port, 8080);
+    assert_eq!(
+        (p.src, p.src_port),
+        CLIENT,
+        "the client's address is preserved"
+    );
+    assert!(p.ip_checksum_ok && p.l4_checksum_ok);
+
+    // A ClusterIP is not reachable from outside.
+    let cluster_ip = Frame::tcp(CLIENT, (VIP, 80)).build();
+    let (verdict, out, counted) =
+        h.run_counting(program_names::EXTERNAL, &cluster_ip, Reason::PassNotService);
+    assert_eq!((verdict, out, counted), (XDP_PASS, cluster_ip, true));
+}
+
+#[test]
+fn xdp_handles_odd_packets() {
+    let mut h = Harness::new(vec![web(three_backends())]);
+    let to_external = Frame::tcp(CLIENT, (EXTERNAL_IP, 80));
+    let runt = to_external.build()[..14].to_vec();
+    let (verdict, out, counted) =
+        h.run_counting(program_names::EXTERNAL, &runt, Reason::PassTruncated);
+    assert_eq!(
+        (verdict, out, counted),
+        (XDP_PASS, runt, true),
+        "runt Ethernet frame"
+    );
+
+    let short_ip = to_external.build()[..14 + 10].to_vec();
+    let (verdict, out, counted) =
+        h.run_counting(program_names::EXTERNAL, &short_ip, Reason::PassTruncated);
+    assert_eq!(
+        (verdict, out, counted),
+        (XDP_PASS, short_ip, true),
+        "short IPv4 header"
+    );
+
+    let mut ipv6 = to_external.build();
+    ipv6[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+    let (verdict, out, counted) =
+        h.run_counting(program_names::EXTERNAL, &ipv6, Reason::PassNotIpv4);
+    assert_eq!((verdict, out, counted), (XDP_PASS, ipv6, true), "IPv6");
+
+    let mut short_header = to_external.build();
+    short_header[14] = 0x44;
+    let (verdict, _, counted) = h.run_counting(
+        program_names::EXTERNAL,
+        &short_header,
+        Reason::DropBadIpHeader,
+    );
+    assert_eq!((verdict, counted), (XDP_DROP, true));
+
+    let cut = to_external.build()[..14 + 20 + 10].to_vec();
+    let (verdict, out, counted) =
+        h.run_counting(program_names::EXTERNAL, &cut, Reason::PassTruncated);
+    assert_eq!((verdict, out, counted), (XDP_PASS, cut, true));
+
+    let mut fragment = to_external.clone();
+    fragment.fragment = 0x0010;
+    let fragment = fragment.build();
+    let (verdict, out, counted) =
+        h.run_counting(program_names::EXTERNAL, &fragment, Reason::PassFragment);
+    assert_eq!((verdict, out, counted), (XDP_PASS, fragment, true));
+
+    let mut options = to_external.clone();
+    options.ip_options = vec![1, 1, 1, 0];
+    let (verdict, out) = h.run(program_names::EXTERNAL, &options.build());
+    assert_eq!(verdict, XDP_PASS);
+    let p = parsed(&out);
+    assert_eq!((p.header_len, p.dst_port), (24, 8080));
+    assert!(p.ip_checksum_ok && p.l4_checksum_ok);
+}
+
+#[test]
+fn xdp_unwraps_ipip_from_a_known_node_and_delivers_to_the_backend() {
+    let mut h = Harness::new(vec![web(three_backends())]);
+    let backend = Ipv4Addr::new(198, 18, 1, 3);
+    let inner = Frame::tcp(CLIENT, (EXTERNAL_IP, 80)).ipv4();
+    let mut outer = packet::ipv4_packet(PEER_NODE_ADDR, backend, IPIP, &[], 0x4000, &inner);
+    // The sending node puts the backend's port in the outer IP id.
+    outer[4..6].copy_from_slice(&8080u16.to_be_bytes());
+    outer[10..12].copy_from_slice(&[0, 0]);
+    let check = packet::internet_checksum(&outer[..20]);
+    outer[10..12].copy_from_slice(&check.to_be_bytes());
+    let frame = packet::ethernet([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 9], 0x0800, &outer);
+
+    let (verdict, out, counted) =
+        h.run_counting(program_names::EXTERNAL, &frame, Reason::TunnelDelivered);
+    assert_eq!((verdict, counted), (XDP_PASS, true));
+    assert_eq!(out.len(), frame.len() - 20, "outer header removed");
+    let p = parsed(&out);
+    assert_eq!((p.dst, p.dst_port), (backend, 8080));
+    assert_eq!((p.src, p.src_port), CLIENT);
+    assert!(p.ip_checksum_ok && p.l4_checksum_ok);
+
+    // The backend's reply leaves with the external address restored.
+    let reply = Frame::tcp((backend, 8080), CLIENT).build();
+    let (_, out) = h.run(program_names::FROM_POD, &reply);
+    let p = parsed(&out);
+    assert_eq!((p.src, p.src_port), (EXTERNAL_IP, 80));
+    assert!(p.ip_checksum_ok && p.l4_checksum_ok);
+
+    // IPIP from an address that is not a node is someone else's tunnel.
+    let mut foreign = frame.clone();
+    foreign[14 + 12..14 + 16].copy_from_slice(&[198, 18, 99, 99]);
+    let (verdict, out, counted) =
+        h.run_counting(program_names::EXTERNAL, &foreign, Reason::PassForeignTunnel);
+    assert_eq!((verdict, out, counted), (XDP_PASS, foreign, true));
+}

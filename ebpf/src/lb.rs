@@ -1,0 +1,225 @@
+//! Backend choice and connection tracking, shared by the TC and XDP programs.
+
+use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
+use berth_ebpf_common::{
+    AffinityKey, AffinityValue, BACKEND_ACTIVE, BACKEND_FAILED, Backend, CT_FLAG_REMOTE,
+    CT_FORWARD, CT_REVERSE, CtEntry, DatapathConfig, FlowKey, Reason, SVC_FLAG_AFFINITY,
+    SVC_FLAG_RANDOM, ServiceKey, ServiceValue, client_hash, flow_hash, maglev_position,
+};
+
+use crate::maps::{AFFINITY, BACKENDS, CT, MAGLEV, SERVICES, count};
+
+/// The fields of an IPv4 TCP/UDP packet the datapath works on, in network byte order.
+#[derive(Clone, Copy)]
+pub struct Flow {
+    pub src_addr: u32,
+    pub dst_addr: u32,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub proto: u8,
+}
+
+impl Flow {
+    #[inline(always)]
+    pub fn service_key(&self) -> ServiceKey {
+        ServiceKey {
+            addr: self.dst_addr,
+            port: self.dst_port,
+            proto: self.proto,
+            _pad: 0,
+        }
+    }
+
+    #[inline(always)]
+    fn key(&self, direction: u8) -> FlowKey {
+        FlowKey {
+            src_addr: self.src_addr,
+            dst_addr: self.dst_addr,
+            src_port: self.src_port,
+            dst_port: self.dst_port,
+            proto: self.proto,
+            direction,
+            _pad: 0,
+        }
+    }
+}
+
+#[inline(always)]
+pub fn service(flow: &Flow) -> Option<ServiceValue> {
+    // SAFETY: the value is copied out at once; a concurrent update by the agent replaces
+    // whole entries, so the copy is either the old or the new service.
+    unsafe { SERVICES.get(flow.service_key()).copied() }
+}
+
+/// How many table slots past the hashed one are tried when the agent has marked a
+/// backend unusable but not yet swapped in the rebuilt table.
+const PROBES: u32 = 4;
+
+#[inline(always)]
+fn usable(backend_id: u32) -> Option<Backend> {
+    let backend = BACKENDS.get(backend_id)?;
+    (backend.state == BACKEND_ACTIVE).then_some(*backend)
+}
+
+/// Maglev (or random) choice among the service's active backends.
+#[inline(always)]
+fn choose(service: &ServiceValue, flow: &Flow, config: &DatapathConfig) -> Option<(u32, Backend)> {
+    let size = config.maglev_size;
+    let hash = if service.flags & SVC_FLAG_AFFINITY != 0 {
+        client_hash(flow.src_addr)
+    } else if service.flags & SVC_FLAG_RANDOM != 0 {
+        // SAFETY: helper without preconditions.
+        unsafe { bpf_get_prandom_u32() }
+    } else {
+        flow_hash(
+            flow.src_addr,
+            flow.dst_addr,
+            flow.src_port,
+            flow.dst_port,
+            flow.proto,
+        )
+    };
+    let slot = hash % size;
+    for probe in 0..PROBES {
+        let (entry, half) =
+            maglev_position(service.id, service.table_gen, (slot + probe) % size, size);
+        let pair = *MAGLEV.get(entry)?;
+        let backend_id = if half == 0 {
+            pair as u32
+        } else {
+            (pair >> 32) as u32
+        };
+        if let Some(backend) = usable(backend_id) {
+            return Some((backend_id, backend));
+        }
+    }
+    None
+}
+
+/// Session affinity: reuse the client's backend while it is active and the entry fresh.
+#[inline(always)]
+fn choose_with_affinity(
+    service: &ServiceValue,
+    flow: &Flow,
+    config: &DatapathConfig,
+) -> Option<(u32, Backend)> {
+    if service.flags & SVC_FLAG_AFFINITY == 0 {
+        return choose(service, flow, config);
+    }
+    let key = AffinityKey {
+        service_id: service.id,
+        client_addr: flow.src_addr,
+    };
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let timeout_ns = u64::from(service.affinity_timeout_secs) * 1_000_000_000;
+    // SAFETY: copied out at once (see `service`).
+    if let Some(previous) = unsafe { AFFINITY.get(key).copied() }
+        && now.saturating_sub(previous.last_used_ns) < timeout_ns
+        && let Some(backend) = usable(previous.backend_id)
+    {
+        let refreshed = AffinityValue {
+            last_used_ns: now,
+            ..previous
+        };
+        let _ = AFFINITY.insert(key, refreshed, 0);
+        return Some((previous.backend_id, backend));
+    }
+    let (backend_id, backend) = choose(service, flow, config)?;
+    let value = AffinityValue {
+        backend_id,
+        _pad: 0,
+        last_used_ns: now,
+    };
+    let _ = AFFINITY.insert(key, value, 0);
+    Some((backend_id, backend))
+}
+
+/// A flow's translation: the backend for this packet and whether the flow is new.
+pub struct Target {
+    pub entry: CtEntry,
+    pub new_flow: bool,
+}
+
+/// Conntrack first (established flows keep their backend while the set changes), then a
+/// fresh choice. A tracked flow whose backend failed or was replaced is re-balanced here,
+/// on its next packet: UDP continues on the new backend, TCP gets a reset from it instead
+/// of silence.
+#[inline(always)]
+pub fn forward(
+    service: &ServiceValue,
+    flow: &Flow,
+    config: &DatapathConfig,
+) -> Result<Target, Reason> {
+    let key = flow.key(CT_FORWARD);
+    // SAFETY: copied out at once (see `service`).
+    if let Some(tracked) = unsafe { CT.get(key).copied() } {
+        if let Some(backend) = BACKENDS.get(tracked.backend_id)
+            && backend.addr == tracked.addr
+            && backend.port == tracked.port
+            && backend.state != BACKEND_FAILED
+            && backend.state != 0
+        {
+            return Ok(Target {
+                entry: tracked,
+                new_flow: false,
+            });
+        }
+        count(Reason::Rebalanced);
+    }
+    let Some((backend_id, backend)) = choose_with_affinity(service, flow, config) else {
+        return Err(Reason::DropNoBackend);
+    };
+    let remote = backend.node_id != config.node_id;
+    let entry = CtEntry {
+        addr: backend.addr,
+        port: backend.port,
+        flags: if remote { CT_FLAG_REMOTE } else { 0 },
+        _pad: 0,
+        backend_id,
+        service_id: service.id,
+    };
+    let _ = CT.insert(key, entry, 0);
+    if !remote {
+        track_reply(flow, &entry);
+    }
+    Ok(Target {
+        entry,
+        new_flow: true,
+    })
+}
+
+/// Records how to restore the frontend address on the replies of a translated flow.
+/// `flow` is the client's packet before translation, `entry` its backend.
+#[inline(always)]
+pub fn track_reply(flow: &Flow, entry: &CtEntry) {
+    let key = FlowKey {
+        src_addr: entry.addr,
+        dst_addr: flow.src_addr,
+        src_port: entry.port,
+        dst_port: flow.src_port,
+        proto: flow.proto,
+        direction: CT_REVERSE,
+        _pad: 0,
+    };
+    let value = CtEntry {
+        addr: flow.dst_addr,
+        port: flow.dst_port,
+        flags: 0,
+        _pad: 0,
+        backend_id: entry.backend_id,
+        service_id: entry.service_id,
+    };
+    // SAFETY: copied out at once (see `service`).
+    let current = unsafe { CT.get(key).copied() };
+    if current != Some(value) {
+        let _ = CT.insert(key, value, 0);
+    }
+}
+
+/// The reverse entry of a reply packet, if it belongs to a translated flow.
+#[inline(always)]
+pub fn reply(flow: &Flow) -> Option<CtEntry> {
+    // SAFETY: copied out at once (see `service`).
+    unsafe { CT.get(flow.key(CT_REVERSE)).copied() }
+}

@@ -1,0 +1,86 @@
+//! The maps, pinned by name so a restarted agent re-opens them instead of starting empty.
+//! Sizes here are defaults; the agent sets the real ones at load time.
+
+use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use berth_ebpf_common::{
+    AffinityKey, AffinityValue, Backend, CtEntry, DatapathConfig, FlowKey, Reason, ServiceKey,
+    ServiceValue, Traffic, defaults, maglev_map_entries,
+};
+
+#[map(name = "BERTH_CONFIG")]
+pub static CONFIG: Array<DatapathConfig> = Array::pinned(1, 0);
+
+#[map(name = "BERTH_SERVICES")]
+pub static SERVICES: HashMap<ServiceKey, ServiceValue> =
+    HashMap::pinned(defaults::MAX_SERVICES * 4, 0);
+
+#[map(name = "BERTH_BACKENDS")]
+pub static BACKENDS: Array<Backend> = Array::pinned(defaults::MAX_BACKENDS, 0);
+
+/// Backend ids, two per entry; two tables per service (live and being rebuilt).
+/// Memory-mapped by the agent: a table is written with plain stores instead of one
+/// syscall per slot, which is what makes programming 10,000 services fast.
+#[map(name = "BERTH_MAGLEV")]
+pub static MAGLEV: Array<u64> = Array::pinned(
+    maglev_map_entries(defaults::MAX_SERVICES, defaults::MAGLEV_TABLE_SIZE),
+    BPF_F_MMAPABLE,
+);
+
+#[map(name = "BERTH_CT")]
+pub static CT: LruHashMap<FlowKey, CtEntry> = LruHashMap::pinned(defaults::MAX_CONNECTIONS * 2, 0);
+
+#[map(name = "BERTH_AFFINITY")]
+pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
+    LruHashMap::pinned(defaults::MAX_AFFINITY, 0);
+
+/// Underlay address of every node → node id: the peers IPIP is accepted from.
+#[map(name = "BERTH_NODES")]
+pub static NODES: HashMap<u32, u32> = HashMap::pinned(defaults::MAX_NODES, 0);
+
+#[map(name = "BERTH_SVC_STATS")]
+pub static SERVICE_STATS: PerCpuArray<Traffic> = PerCpuArray::pinned(defaults::MAX_SERVICES, 0);
+
+#[map(name = "BERTH_BE_STATS")]
+pub static BACKEND_STATS: PerCpuArray<Traffic> = PerCpuArray::pinned(defaults::MAX_BACKENDS, 0);
+
+#[map(name = "BERTH_REASONS")]
+pub static REASONS: PerCpuArray<u64> = PerCpuArray::pinned(Reason::COUNT, 0);
+
+#[inline(always)]
+pub fn count(reason: Reason) {
+    if let Some(counter) = REASONS.get_ptr_mut(reason as u32) {
+        // SAFETY: per-CPU slot; programs on this CPU run to completion without preemption
+        // by another program touching the same slot.
+        unsafe { *counter += 1 };
+    }
+}
+
+#[inline(always)]
+fn add_traffic(map: &PerCpuArray<Traffic>, index: u32, bytes: u64, new_connection: bool) {
+    if let Some(traffic) = map.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, as in `count`.
+        unsafe {
+            (*traffic).packets += 1;
+            (*traffic).bytes += bytes;
+            if new_connection {
+                (*traffic).new_connections += 1;
+            }
+        }
+    }
+}
+
+#[inline(always)]
+pub fn account(entry: &CtEntry, bytes: u64, new_connection: bool) {
+    add_traffic(&SERVICE_STATS, entry.service_id, bytes, new_connection);
+    add_traffic(&BACKEND_STATS, entry.backend_id, bytes, new_connection);
+}
+
+#[inline(always)]
+pub fn config() -> Option<DatapathConfig> {
+    let config = CONFIG.get(0)?;
+    (config.ready != 0 && config.maglev_size != 0).then_some(*config)
+}

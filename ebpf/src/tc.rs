@@ -1,0 +1,200 @@
+//! East-west: TC programs on each pod's host-side veth. Packets leaving a pod for a
+//! service frontend are translated to a backend; replies are translated back, either as
+//! they leave a local backend (`berth_from_pod`) or as they enter the client pod
+//! (`berth_to_pod`) when the backend is on another node.
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT},
+    macros::classifier,
+    programs::TcContext,
+};
+use aya_log_ebpf::warn;
+use berth_ebpf_common::{IPPROTO_TCP, IPPROTO_UDP, Reason};
+
+use crate::{
+    lb::{self, Flow},
+    maps::{account, config, count},
+};
+
+const ETH_HLEN: usize = 14;
+const IP_CHECK: usize = ETH_HLEN + 10;
+const IP_SRC: usize = ETH_HLEN + 12;
+const IP_DST: usize = ETH_HLEN + 16;
+
+#[classifier]
+pub fn berth_from_pod(ctx: TcContext) -> i32 {
+    verdict(from_pod(&ctx))
+}
+
+#[classifier]
+pub fn berth_to_pod(ctx: TcContext) -> i32 {
+    verdict(to_pod(&ctx))
+}
+
+#[inline(always)]
+fn verdict(reason: Reason) -> i32 {
+    count(reason);
+    if reason.is_drop() {
+        TC_ACT_SHOT as i32
+    } else {
+        TC_ACT_OK as i32
+    }
+}
+
+fn from_pod(ctx: &TcContext) -> Reason {
+    let Some(config) = config() else {
+        return Reason::PassNotConfigured;
+    };
+    let (flow, l4) = match parse(ctx) {
+        Ok(parsed) => parsed,
+        Err(reason) => return reason,
+    };
+    let Some(service) = lb::service(&flow) else {
+        return reverse(ctx, &flow, l4);
+    };
+    let target = match lb::forward(&service, &flow, &config) {
+        Ok(target) => target,
+        Err(reason) => {
+            warn!(
+                ctx,
+                "service {} has no active backend; dropping", service.id
+            );
+            return reason;
+        }
+    };
+    let entry = target.entry;
+    if rewrite(
+        ctx,
+        l4,
+        flow.proto,
+        Side::Destination,
+        (flow.dst_addr, entry.addr),
+        (flow.dst_port, entry.port),
+    )
+    .is_err()
+    {
+        return Reason::DropRewriteFailed;
+    }
+    account(&entry, u64::from(ctx.len()), target.new_flow);
+    Reason::Translated
+}
+
+fn to_pod(ctx: &TcContext) -> Reason {
+    if config().is_none() {
+        return Reason::PassNotConfigured;
+    }
+    match parse(ctx) {
+        Ok((flow, l4)) => reverse(ctx, &flow, l4),
+        Err(reason) => reason,
+    }
+}
+
+/// Restores the frontend as the source of a reply from a backend.
+#[inline(always)]
+fn reverse(ctx: &TcContext, flow: &Flow, l4: usize) -> Reason {
+    let Some(entry) = lb::reply(flow) else {
+        return Reason::PassNotService;
+    };
+    if rewrite(
+        ctx,
+        l4,
+        flow.proto,
+        Side::Source,
+        (flow.src_addr, entry.addr),
+        (flow.src_port, entry.port),
+    )
+    .is_err()
+    {
+        return Reason::DropRewriteFailed;
+    }
+    account(&entry, u64::from(ctx.len()), false);
+    Reason::ReverseTranslated
+}
+
+/// Reads the IPv4 TCP/UDP fields; everything else is a pass (or drop) reason.
+#[inline(always)]
+fn parse(ctx: &TcContext) -> Result<(Flow, usize), Reason> {
+    let ether_type: u16 = ctx.load(12).map_err(|_| Reason::PassTruncated)?;
+    if ether_type != 0x0800u16.to_be() {
+        return Err(Reason::PassNotIpv4);
+    }
+    let version_ihl: u8 = ctx.load(ETH_HLEN).map_err(|_| Reason::PassTruncated)?;
+    let header_len = usize::from(version_ihl & 0x0f) * 4;
+    if version_ihl >> 4 != 4 || header_len < 20 {
+        return Err(Reason::DropBadIpHeader);
+    }
+    let frag: u16 = ctx.load(ETH_HLEN + 6).map_err(|_| Reason::PassTruncated)?;
+    if u16::from_be(frag) & 0x3fff != 0 {
+        return Err(Reason::PassFragment);
+    }
+    let proto: u8 = ctx.load(ETH_HLEN + 9).map_err(|_| Reason::PassTruncated)?;
+    let l4 = ETH_HLEN + header_len;
+    let l4_needed = match proto {
+        IPPROTO_TCP => 20,
+        IPPROTO_UDP => 8,
+        _ => return Err(Reason::PassNotTcpUdp),
+    };
+    if (ctx.len() as usize) < l4 + l4_needed {
+        return Err(Reason::PassTruncated);
+    }
+    let src_addr: u32 = ctx.load(IP_SRC).map_err(|_| Reason::PassTruncated)?;
+    let dst_addr: u32 = ctx.load(IP_DST).map_err(|_| Reason::PassTruncated)?;
+    let src_port: u16 = ctx.load(l4).map_err(|_| Reason::PassTruncated)?;
+    let dst_port: u16 = ctx.load(l4 + 2).map_err(|_| Reason::PassTruncated)?;
+    Ok((
+        Flow {
+            src_addr,
+            dst_addr,
+            src_port,
+            dst_port,
+            proto,
+        },
+        l4,
+    ))
+}
+
+#[derive(Clone, Copy)]
+enum Side {
+    Source,
+    Destination,
+}
+
+/// Rewrites one side's address and port, fixing the IPv4 and L4 checksums through the
+/// kernel helpers, which also handle checksum-offloaded (CHECKSUM_PARTIAL) packets from
+/// local pods correctly.
+#[inline(always)]
+fn rewrite(
+    ctx: &TcContext,
+    l4: usize,
+    proto: u8,
+    side: Side,
+    (old_addr, new_addr): (u32, u32),
+    (old_port, new_port): (u16, u16),
+) -> Result<(), i64> {
+    let (addr_at, port_at) = match side {
+        Side::Source => (IP_SRC, l4),
+        Side::Destination => (IP_DST, l4 + 2),
+    };
+    let (check_at, mangled) = if proto == IPPROTO_TCP {
+        (l4 + 16, 0)
+    } else {
+        // A zero UDP checksum means "none": the helper leaves it alone.
+        (l4 + 6, u64::from(BPF_F_MARK_MANGLED_0))
+    };
+    ctx.l4_csum_replace(
+        check_at,
+        u64::from(old_addr),
+        u64::from(new_addr),
+        u64::from(BPF_F_PSEUDO_HDR) | mangled | 4,
+    )?;
+    ctx.l4_csum_replace(
+        check_at,
+        u64::from(old_port),
+        u64::from(new_port),
+        mangled | 2,
+    )?;
+    ctx.l3_csum_replace(IP_CHECK, u64::from(old_addr), u64::from(new_addr), 4)?;
+    ctx.store(addr_at, &new_addr, 0)?;
+    ctx.store(port_at, &new_port, 0)?;
+    Ok(())
+}

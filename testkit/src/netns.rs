@@ -1,0 +1,153 @@
+//! Network namespaces that play nodes, pods and clients in tests. Each one is deleted when
+//! its guard drops, which also removes the veth ends inside it.
+
+use std::{
+    fs::File,
+    os::fd::AsRawFd as _,
+    process::{Child, Command, Output},
+    thread,
+};
+
+use berth_net::{self as net, NetError};
+
+use crate::{require_root, unique_name};
+
+pub struct NetNs {
+    name: String,
+}
+
+impl NetNs {
+    /// Creates a namespace named `<prefix><unique suffix>` with loopback up.
+    pub fn new(prefix: &str) -> Result<Self, NetError> {
+        require_root();
+        let name = unique_name(prefix);
+        net::netns_add(&name)?;
+        let ns = NetNs { name };
+        net::link_up(Some(&ns.name), "lo")?;
+        Ok(ns)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs `ip` inside this namespace.
+    pub fn ip(&self, args: &[&str]) -> Result<String, NetError> {
+        net::ip(Some(&self.name), args)
+    }
+
+    /// Sets a sysctl inside this namespace (`net.ipv4.ip_forward=1`).
+    pub fn sysctl(&self, setting: &str) {
+        let output = self.exec("sysctl", &["-qw", setting]);
+        assert!(
+            output.status.success(),
+            "sysctl {setting} in {}: {}",
+            self.name,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// Runs a program inside this namespace and waits for it.
+    pub fn exec(&self, program: &str, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name, program])
+            .args(args)
+            .output()
+            .unwrap_or_else(|error| panic!("running {program} in {}: {error}", self.name))
+    }
+
+    /// Starts a program inside this namespace; the guard kills it (by pid) on drop.
+    pub fn spawn(&self, program: &str, args: &[&str]) -> ChildGuard {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.name, program])
+            .args(args)
+            .spawn()
+            .unwrap_or_else(|error| panic!("starting {program} in {}: {error}", self.name));
+        ChildGuard { child }
+    }
+
+    /// Runs `f` on a fresh thread that has entered this namespace: sockets it creates
+    /// live in the namespace. The thread ends with `f`, so no other code runs there.
+    pub fn run<F, R>(&self, f: F) -> R
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let path = format!("/run/netns/{}", self.name);
+        thread::spawn(move || {
+            enter(&path);
+            f()
+        })
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    }
+
+    /// Starts `f` on a thread inside this namespace and returns its handle.
+    pub fn spawn_thread<F, R>(&self, f: F) -> thread::JoinHandle<R>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let path = format!("/run/netns/{}", self.name);
+        thread::spawn(move || {
+            enter(&path);
+            f()
+        })
+    }
+}
+
+/// Moves the calling thread into the namespace at `path`.
+fn enter(path: &str) {
+    let file = File::open(path).unwrap_or_else(|error| panic!("opening {path}: {error}"));
+    // SAFETY: setns on a valid namespace fd affects only the calling thread's network
+    // namespace; the fd stays open for the duration of the call.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns({path}): {}", std::io::Error::last_os_error());
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        if let Err(error) = net::netns_delete(&self.name) {
+            eprintln!("cleanup: {error}");
+        }
+    }
+}
+
+/// A child process killed and reaped on drop.
+pub struct ChildGuard {
+    child: Child,
+}
+
+impl ChildGuard {
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Connects namespace `a` (interface `a_if`, address `a_cidr`) with namespace `b` through
+/// a veth pair. Interfaces come up; addresses are added where given.
+pub fn veth_between(
+    a: &NetNs,
+    a_if: &str,
+    a_cidr: Option<&str>,
+    b: &NetNs,
+    b_if: &str,
+    b_cidr: Option<&str>,
+) -> Result<(), NetError> {
+    net::veth_add(Some(a.name()), a_if, b_if)?;
+    net::link_set_netns(Some(a.name()), b_if, b.name())?;
+    for (ns, link, cidr) in [(a, a_if, a_cidr), (b, b_if, b_cidr)] {
+        if let Some(cidr) = cidr {
+            net::addr_add(Some(ns.name()), link, cidr)?;
+        }
+        net::link_up(Some(ns.name()), link)?;
+    }
+    Ok(())
+}
