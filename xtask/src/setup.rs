@@ -230,7 +230,7 @@ fn cargo_bin(name: &str) -> PathBuf {
 }
 
 fn check_bpf_linker() -> anyhow::Result<Option<Vec<String>>> {
-    let version = output(&mut Command::new(cargo_bin("bpf-linker")).arg("--version"));
+    let version = output(Command::new(cargo_bin("bpf-linker")).arg("--version"));
     let ok = version.is_some_and(|v| v.contains(BPF_LINKER_VERSION));
     let prefix = llvm_prefix();
     Ok((!ok).then(|| {

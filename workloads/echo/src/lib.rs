@@ -28,6 +28,14 @@ use std::{
 
 use http::{Parsed, Status};
 
+/// The workload's container images. There is no registry: `cargo xtask images` builds them
+/// locally, and the tests and the demo name them through these constants.
+pub const IMAGE_V1: &str = "berth/echo:v1";
+/// Same binary, `ECHO_VERSION=v2` baked in, so a rolling update shows in the replies.
+pub const IMAGE_V2: &str = "berth/echo:v2";
+/// Every image with the version it reports.
+pub const IMAGES: &[(&str, &str)] = &[(IMAGE_V1, "v1"), (IMAGE_V2, "v2")];
+
 pub const DEFAULT_PORT: u16 = 8080;
 pub const DEFAULT_VERSION: &str = "v1";
 /// While this file exists the liveness endpoint fails (`docker exec <c> touch ...`).
