@@ -2,3 +2,4 @@
 //! and programs the eBPF service datapath.
 
 pub mod net;
+pub mod runtime;
