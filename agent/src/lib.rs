@@ -2,4 +2,5 @@
 //! and programs the eBPF service datapath.
 
 pub mod net;
+pub mod podnet;
 pub mod runtime;
