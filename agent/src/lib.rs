@@ -1,5 +1,7 @@
 //! berth-agent: the node agent. Runs pods through the Docker Engine, wires their network,
 //! and programs the eBPF service datapath.
 
-pub use berth_net as net;
 pub mod datapath;
+pub use berth_net as net;
+pub mod podnet;
+pub mod runtime;

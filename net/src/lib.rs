@@ -16,6 +16,19 @@ pub enum NetError {
     },
     #[error("`ip {args}` failed: {stderr}")]
     Failed { args: String, stderr: String },
+    #[error("could not write {value} to /proc/sys/{key}: {source}")]
+    Sysctl {
+        key: String,
+        value: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("could not enter network namespace {name}: {source}")]
+    EnterNetns {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Runs `ip [-n netns] args...` and returns its standard output.
@@ -141,4 +154,131 @@ pub fn link_mac(netns: Option<&str>, link: &str) -> Result<[u8; 6], NetError> {
             .ok_or_else(parse_error)?;
     }
     Ok(mac)
+}
+
+/// Creates a veth pair in `netns` (or the current namespace) whose peer comes into being
+/// in `peer_netns` (a namespace name, or a pid's namespace). Doing it in one step means
+/// the peer never sits in the first namespace, where its name could collide.
+pub fn veth_add_peer_in(
+    netns: Option<&str>,
+    name: &str,
+    peer: &str,
+    peer_netns: &str,
+) -> Result<(), NetError> {
+    ip(
+        netns,
+        &[
+            "link", "add", name, "type", "veth", "peer", "name", peer, "netns", peer_netns,
+        ],
+    )
+    .map(drop)
+}
+
+/// Adds or replaces a permanent neighbour (ARP) entry: `ip` is reached at `mac` over `link`.
+pub fn neigh_replace_permanent(
+    netns: Option<&str>,
+    ip_addr: &str,
+    mac: [u8; 6],
+    link: &str,
+) -> Result<(), NetError> {
+    let mac = mac
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    ip(
+        netns,
+        &[
+            "neigh",
+            "replace",
+            ip_addr,
+            "lladdr",
+            &mac,
+            "dev",
+            link,
+            "nud",
+            "permanent",
+        ],
+    )
+    .map(drop)
+}
+
+/// Writes a sysctl of `netns` (or the current namespace). `key` is the path below
+/// /proc/sys (`net/ipv4/conf/eth0/proxy_arp`): the dotted form is ambiguous for interface
+/// names with dots. /proc/sys/net shows the namespace of whoever opens it, so for another
+/// namespace the write runs under `ip netns exec`.
+pub fn sysctl_set(netns: Option<&str>, key: &str, value: &str) -> Result<(), NetError> {
+    if key.split('/').any(|part| part.is_empty() || part == "..") {
+        return Err(NetError::Sysctl {
+            key: key.to_owned(),
+            value: value.to_owned(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a sysctl path"),
+        });
+    }
+    let path = format!("/proc/sys/{key}");
+    match netns {
+        None => std::fs::write(&path, value).map_err(|source| NetError::Sysctl {
+            key: key.to_owned(),
+            value: value.to_owned(),
+            source,
+        }),
+        // Positional parameters keep the value and path out of the shell's parsing.
+        Some(ns) => ip(
+            None,
+            &[
+                "netns",
+                "exec",
+                ns,
+                "sh",
+                "-c",
+                "echo \"$1\" > \"$2\"",
+                "sysctl",
+                value,
+                &path,
+            ],
+        )
+        .map(drop),
+    }
+}
+
+/// Moves the calling thread into the named network namespace. Only for threads that
+/// exist to work in that namespace and end afterwards (see [`in_netns`]).
+pub fn enter_netns(name: &str) -> Result<(), NetError> {
+    use std::os::fd::AsRawFd as _;
+    let enter_error = |source| NetError::EnterNetns {
+        name: name.to_owned(),
+        source,
+    };
+    let netns =
+        std::fs::File::open(std::path::Path::new("/run/netns").join(name)).map_err(enter_error)?;
+    // SAFETY: `netns` is an open namespace file for the duration of the call; setns
+    // changes only the calling thread's network namespace.
+    let entered = unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) };
+    if entered != 0 {
+        return Err(enter_error(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Runs `f` on a thread that has entered the named network namespace, and returns what it
+/// returns. Sockets `f` creates belong to that namespace for their whole life, so servers
+/// and clients can be started there without `ip netns exec`. Only the helper thread ever
+/// changes namespace; a panic in `f` is passed on to the caller.
+pub fn in_netns<T, F>(name: &str, f: F) -> Result<T, NetError>
+where
+    T: Send,
+    F: FnOnce() -> T + Send,
+{
+    let joined = std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                enter_netns(name)?;
+                Ok(f())
+            })
+            .join()
+    });
+    match joined {
+        Ok(result) => result,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
 }

@@ -2,8 +2,6 @@
 //! its guard drops, which also removes the veth ends inside it.
 
 use std::{
-    fs::File,
-    os::fd::AsRawFd as _,
     process::{Child, Command, Output},
     thread,
 };
@@ -36,15 +34,11 @@ impl NetNs {
         net::ip(Some(&self.name), args)
     }
 
-    /// Sets a sysctl inside this namespace (`net.ipv4.ip_forward=1`).
-    pub fn sysctl(&self, setting: &str) {
-        let output = self.exec("sysctl", &["-qw", setting]);
-        assert!(
-            output.status.success(),
-            "sysctl {setting} in {}: {}",
-            self.name,
-            String::from_utf8_lossy(&output.stderr)
-        );
+    /// Sets a sysctl inside this namespace; `key` is the path below /proc/sys
+    /// (`net/ipv4/ip_forward`).
+    pub fn sysctl(&self, key: &str, value: &str) {
+        net::sysctl_set(Some(&self.name), key, value)
+            .unwrap_or_else(|error| panic!("in {}: {error}", self.name));
     }
 
     /// Runs a program inside this namespace and waits for it.
@@ -66,20 +60,14 @@ impl NetNs {
         ChildGuard { child }
     }
 
-    /// Runs `f` on a fresh thread that has entered this namespace: sockets it creates
-    /// live in the namespace. The thread ends with `f`, so no other code runs there.
+    /// Runs `f` on a fresh thread that has entered this namespace.
     pub fn run<F, R>(&self, f: F) -> R
     where
-        F: FnOnce() -> R + Send + 'static,
-        R: Send + 'static,
+        F: FnOnce() -> R + Send,
+        R: Send,
     {
-        let path = format!("/run/netns/{}", self.name);
-        thread::spawn(move || {
-            enter(&path);
-            f()
-        })
-        .join()
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        net::in_netns(&self.name, f)
+            .unwrap_or_else(|error| panic!("entering {}: {error}", self.name))
     }
 
     /// Starts `f` on a thread inside this namespace and returns its handle.
@@ -88,21 +76,12 @@ impl NetNs {
         F: FnOnce() -> R + Send + 'static,
         R: Send + 'static,
     {
-        let path = format!("/run/netns/{}", self.name);
+        let name = self.name.clone();
         thread::spawn(move || {
-            enter(&path);
+            net::enter_netns(&name).unwrap_or_else(|error| panic!("entering {name}: {error}"));
             f()
         })
     }
-}
-
-/// Moves the calling thread into the namespace at `path`.
-fn enter(path: &str) {
-    let file = File::open(path).unwrap_or_else(|error| panic!("opening {path}: {error}"));
-    // SAFETY: setns on a valid namespace fd affects only the calling thread's network
-    // namespace; the fd stays open for the duration of the call.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns({path}): {}", std::io::Error::last_os_error());
 }
 
 impl Drop for NetNs {

@@ -1,0 +1,379 @@
+//! The Docker Engine through bollard.
+
+use std::{collections::HashMap, time::Duration};
+
+use bollard::{
+    API_DEFAULT_VERSION, Docker,
+    errors::Error as BollardError,
+    models::{ContainerCreateBody, HostConfig, RestartPolicy, RestartPolicyNameEnum},
+    query_parameters::{
+        CreateContainerOptionsBuilder, InspectContainerOptions, ListContainersOptionsBuilder,
+        RemoveContainerOptionsBuilder, StartContainerOptions, StopContainerOptionsBuilder,
+    },
+};
+
+use super::{ContainerSpec, ContainerStatus, ContainerSummary, Limits, RuntimeError};
+
+/// Engine requests give up after this long, so a hung engine shows up as an error.
+const REQUEST_TIMEOUT_SECS: u64 = 120;
+/// The engine reports "never" as Go's zero time.
+const ZERO_TIME_PREFIX: &str = "0001-01-01";
+
+#[derive(Debug, Clone)]
+pub struct DockerRuntime {
+    docker: Docker,
+}
+
+impl DockerRuntime {
+    /// Connects to the engine at `socket_path` (a path, or `unix://` URL).
+    pub async fn connect(socket_path: &str) -> Result<Self, RuntimeError> {
+        let connect_error = |source| RuntimeError::Connect {
+            socket: socket_path.to_owned(),
+            source,
+        };
+        let docker =
+            Docker::connect_with_unix(socket_path, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
+                .map_err(connect_error)?;
+        // bollard speaks the newest API and engines refuse clients newer than themselves
+        // (Debian's 20.10 speaks 1.41), so settle on the engine's version first. This is
+        // also the first request: a dead engine fails here, not in the middle of a pod.
+        let docker = docker.negotiate_version().await.map_err(connect_error)?;
+        Ok(DockerRuntime { docker })
+    }
+
+    pub async fn image_present(&self, image: &str) -> Result<bool, RuntimeError> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => Ok(true),
+            Err(error) if status_code(&error) == Some(404) => Ok(false),
+            Err(source) => Err(RuntimeError::Docker {
+                operation: "image inspect",
+                source,
+            }),
+        }
+    }
+
+    /// Fails with [`RuntimeError::ImageNotFound`] when the image isn't on this machine:
+    /// with no registry there is nothing to pull, so that is the error to show.
+    pub async fn ensure_image(&self, image: &str) -> Result<(), RuntimeError> {
+        if self.image_present(image).await? {
+            Ok(())
+        } else {
+            Err(RuntimeError::ImageNotFound {
+                image: image.to_owned(),
+            })
+        }
+    }
+
+    /// Creates and starts the container and returns its id. If the start fails the
+    /// created container is removed again, so a retry doesn't run into its name.
+    pub async fn create_and_start(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+        spec.validate()?;
+        self.ensure_image(&spec.image).await?;
+        let name = spec.docker_name();
+        let options = CreateContainerOptionsBuilder::new().name(&name).build();
+        let created = match self
+            .docker
+            .create_container(Some(options), create_body(spec)?)
+            .await
+        {
+            Ok(created) => created,
+            Err(error) if status_code(&error) == Some(409) => {
+                return Err(RuntimeError::AlreadyExists { name });
+            }
+            // The image went away between the check and the create.
+            Err(error) if status_code(&error) == Some(404) => {
+                return Err(RuntimeError::ImageNotFound {
+                    image: spec.image.clone(),
+                });
+            }
+            Err(source) => {
+                return Err(RuntimeError::Docker {
+                    operation: "container create",
+                    source,
+                });
+            }
+        };
+        if let Err(source) = self
+            .docker
+            .start_container(&created.id, None::<StartContainerOptions>)
+            .await
+        {
+            // Best effort: the start error is the one worth reporting.
+            let _ = self.remove(&created.id).await;
+            return Err(RuntimeError::Docker {
+                operation: "container start",
+                source,
+            });
+        }
+        Ok(created.id)
+    }
+
+    /// The container's state, pid, limits and environment; `container` is an id or name.
+    pub async fn inspect(&self, container: &str) -> Result<ContainerStatus, RuntimeError> {
+        const OPERATION: &str = "container inspect";
+        let info = self
+            .docker
+            .inspect_container(container, None::<InspectContainerOptions>)
+            .await
+            .map_err(|error| not_found_or(error, container, OPERATION))?;
+        let id = info.id.ok_or(RuntimeError::Incomplete {
+            operation: OPERATION,
+            missing: "the container id",
+        })?;
+        let state = info.state.unwrap_or_default();
+        let running = state.running.unwrap_or(false);
+        let started_at = real_time(state.started_at);
+        let finished_at = real_time(state.finished_at);
+        let config = info.config.unwrap_or_default();
+        let host = info.host_config.unwrap_or_default();
+        Ok(ContainerStatus {
+            id,
+            name: info
+                .name
+                .map(|name| name.trim_start_matches('/').to_owned())
+                .unwrap_or_default(),
+            image: config.image.unwrap_or_default(),
+            running,
+            pid: state
+                .pid
+                .filter(|_| running)
+                .and_then(|pid| u32::try_from(pid).ok())
+                .filter(|pid| *pid > 0),
+            // A created container reports exit code 0 though it never ran.
+            exit_code: if running || finished_at.is_none() {
+                None
+            } else {
+                state.exit_code
+            },
+            oom_killed: state.oom_killed.unwrap_or(false),
+            restart_count: info
+                .restart_count
+                .and_then(|count| u64::try_from(count).ok())
+                .unwrap_or(0),
+            started_at,
+            finished_at,
+            labels: config.labels.unwrap_or_default().into_iter().collect(),
+            env: config.env.unwrap_or_default(),
+            limits: Limits {
+                cpu_millis: host
+                    .nano_cpus
+                    .and_then(|nanos| u64::try_from(nanos).ok())
+                    .filter(|nanos| *nanos > 0)
+                    .map(|nanos| nanos / 1_000_000),
+                memory_bytes: host
+                    .memory
+                    .and_then(|bytes| u64::try_from(bytes).ok())
+                    .filter(|bytes| *bytes > 0),
+            },
+        })
+    }
+
+    /// Sends SIGTERM (or the image's stop signal), and kills after `grace`. Stopping a
+    /// stopped container is not an error.
+    pub async fn stop(&self, container: &str, grace: Duration) -> Result<(), RuntimeError> {
+        let seconds = i32::try_from(grace.as_secs()).unwrap_or(i32::MAX);
+        let options = StopContainerOptionsBuilder::new().t(seconds).build();
+        match self.docker.stop_container(container, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(error) if status_code(&error) == Some(304) => Ok(()),
+            Err(error) => Err(not_found_or(error, container, "container stop")),
+        }
+    }
+
+    /// Removes the container, killing it first if it still runs, with its anonymous
+    /// volumes. A container that is already gone (or going) is not an error: removal is
+    /// what cleanup paths call, and they must be safe to repeat.
+    pub async fn remove(&self, container: &str) -> Result<(), RuntimeError> {
+        let options = RemoveContainerOptionsBuilder::new()
+            .force(true)
+            .v(true)
+            .build();
+        match self.docker.remove_container(container, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(error) if matches!(status_code(&error), Some(404 | 409)) => Ok(()),
+            Err(source) => Err(RuntimeError::Docker {
+                operation: "container remove",
+                source,
+            }),
+        }
+    }
+
+    /// Every container (running or not) carrying all of `labels`.
+    pub async fn list_by_labels(
+        &self,
+        labels: &[(&str, &str)],
+    ) -> Result<Vec<ContainerSummary>, RuntimeError> {
+        let wanted: Vec<String> = labels
+            .iter()
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect();
+        let filters = HashMap::from([("label", wanted)]);
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let containers = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|source| RuntimeError::Docker {
+                operation: "container list",
+                source,
+            })?;
+        containers
+            .into_iter()
+            .map(|container| {
+                Ok(ContainerSummary {
+                    id: container.id.ok_or(RuntimeError::Incomplete {
+                        operation: "container list",
+                        missing: "a container id",
+                    })?,
+                    name: container
+                        .names
+                        .and_then(|names| names.into_iter().next())
+                        .map(|name| name.trim_start_matches('/').to_owned())
+                        .unwrap_or_default(),
+                    image: container.image.unwrap_or_default(),
+                    state: container
+                        .state
+                        .map(|state| state.to_string())
+                        .unwrap_or_default(),
+                    labels: container.labels.unwrap_or_default().into_iter().collect(),
+                })
+            })
+            .collect()
+    }
+}
+
+fn create_body(spec: &ContainerSpec) -> Result<ContainerCreateBody, RuntimeError> {
+    let too_big = |what: &str| RuntimeError::InvalidSpec(format!("{what} limit is too large"));
+    let nano_cpus = spec
+        .limits
+        .cpu_millis
+        .map(|millis| {
+            millis
+                .checked_mul(1_000_000)
+                .and_then(|nanos| i64::try_from(nanos).ok())
+                .ok_or_else(|| too_big("CPU"))
+        })
+        .transpose()?;
+    let memory = spec
+        .limits
+        .memory_bytes
+        .map(|bytes| i64::try_from(bytes).map_err(|_| too_big("memory")))
+        .transpose()?;
+    Ok(ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        // As in Kubernetes, a pod's hostname is its name (at most one DNS label long).
+        hostname: Some(spec.pod_name.chars().take(63).collect()),
+        entrypoint: spec.command.clone(),
+        cmd: spec.args.clone(),
+        env: Some(
+            spec.env
+                .iter()
+                .map(|(key, value)| format!("{key}={value}"))
+                .collect(),
+        ),
+        labels: Some(spec.labels().into_iter().collect()),
+        host_config: Some(HostConfig {
+            // The agent wires the network itself (crate::podnet), as a CNI plugin does.
+            network_mode: Some("none".to_owned()),
+            nano_cpus,
+            memory,
+            // Swap equal to memory means no swap beyond it: the limit means what it says.
+            memory_swap: memory,
+            // Restarts are the agent's decision (restart policy, back-off), not the engine's.
+            restart_policy: Some(RestartPolicy {
+                name: Some(RestartPolicyNameEnum::NO),
+                maximum_retry_count: None,
+            }),
+            ..HostConfig::default()
+        }),
+        ..ContainerCreateBody::default()
+    })
+}
+
+fn status_code(error: &BollardError) -> Option<u16> {
+    match error {
+        BollardError::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}
+
+fn not_found_or(error: BollardError, container: &str, operation: &'static str) -> RuntimeError {
+    if status_code(&error) == Some(404) {
+        RuntimeError::ContainerNotFound {
+            container: container.to_owned(),
+        }
+    } else {
+        RuntimeError::Docker {
+            operation,
+            source: error,
+        }
+    }
+}
+
+fn real_time(time: Option<String>) -> Option<String> {
+    time.filter(|time| !time.is_empty() && !time.starts_with(ZERO_TIME_PREFIX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_body_sets_limits_network_and_labels() {
+        let spec = ContainerSpec {
+            pod_namespace: "default".to_owned(),
+            pod_name: "web-0".to_owned(),
+            pod_uid: "uid-1".to_owned(),
+            container_name: "echo".to_owned(),
+            node: "node-1".to_owned(),
+            image: "berth/echo:v1".to_owned(),
+            args: Some(vec!["--port".to_owned(), "9000".to_owned()]),
+            env: vec![("POD_NAME".to_owned(), "web-0".to_owned())],
+            limits: Limits {
+                cpu_millis: Some(250),
+                memory_bytes: Some(64 << 20),
+            },
+            ..ContainerSpec::default()
+        };
+        let body = create_body(&spec).expect("valid spec");
+        let host = body.host_config.expect("host config");
+        assert_eq!(host.network_mode.as_deref(), Some("none"));
+        assert_eq!(host.nano_cpus, Some(250_000_000));
+        assert_eq!(host.memory, Some(64 << 20));
+        assert_eq!(body.env, Some(vec!["POD_NAME=web-0".to_owned()]));
+        assert_eq!(
+            body.entrypoint, None,
+            "no command keeps the image's entrypoint"
+        );
+        assert_eq!(body.hostname.as_deref(), Some("web-0"));
+        let labels = body.labels.expect("labels");
+        assert_eq!(
+            labels.get("berth.pod.uid").map(String::as_str),
+            Some("uid-1")
+        );
+
+        let huge = ContainerSpec {
+            limits: Limits {
+                cpu_millis: Some(u64::MAX),
+                memory_bytes: None,
+            },
+            ..spec
+        };
+        assert!(matches!(
+            create_body(&huge),
+            Err(RuntimeError::InvalidSpec(_))
+        ));
+    }
+
+    #[test]
+    fn zero_times_mean_never() {
+        assert_eq!(real_time(Some("0001-01-01T00:00:00Z".to_owned())), None);
+        assert_eq!(
+            real_time(Some("2025-01-01T10:00:00.5Z".to_owned())).as_deref(),
+            Some("2025-01-01T10:00:00.5Z")
+        );
+    }
+}

@@ -1,0 +1,261 @@
+//! Container runtime: the agent runs each pod's containers through the Docker Engine.
+//!
+//! Containers start with network mode "none"; `crate::podnet` wires their network the way
+//! a CNI plugin does. Every container carries labels naming its pod and node, so an agent
+//! that restarts finds its containers again with [`DockerRuntime::list_by_labels`], and
+//! agents of several test nodes can share one engine without touching each other's.
+
+mod docker;
+
+use std::collections::BTreeMap;
+
+pub use docker::DockerRuntime;
+
+/// Labels the agent puts on every container it creates.
+pub mod labels {
+    pub const POD_NAMESPACE: &str = "berth.pod.namespace";
+    pub const POD_NAME: &str = "berth.pod.name";
+    pub const POD_UID: &str = "berth.pod.uid";
+    pub const CONTAINER_NAME: &str = "berth.container.name";
+    pub const NODE: &str = "berth.node";
+}
+
+/// The engine's usual socket.
+pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
+
+/// What to run: one container of one pod on one node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainerSpec {
+    pub pod_namespace: String,
+    pub pod_name: String,
+    pub pod_uid: String,
+    pub container_name: String,
+    pub node: String,
+    pub image: String,
+    /// Replaces the image's entrypoint when set (a Kubernetes container's `command`).
+    pub command: Option<Vec<String>>,
+    /// Replaces the image's CMD when set (a Kubernetes container's `args`).
+    pub args: Option<Vec<String>>,
+    /// Environment variables in the order given.
+    pub env: Vec<(String, String)>,
+    pub limits: Limits,
+}
+
+/// Resource limits; None leaves the resource unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Thousandths of a CPU (Kubernetes' `500m` is 500).
+    pub cpu_millis: Option<u64>,
+    pub memory_bytes: Option<u64>,
+}
+
+impl ContainerSpec {
+    /// The labels that identify this container's pod, container and node.
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        [
+            (labels::POD_NAMESPACE, &self.pod_namespace),
+            (labels::POD_NAME, &self.pod_name),
+            (labels::POD_UID, &self.pod_uid),
+            (labels::CONTAINER_NAME, &self.container_name),
+            (labels::NODE, &self.node),
+        ]
+        .into_iter()
+        .map(|(key, value)| (key.to_owned(), value.clone()))
+        .collect()
+    }
+
+    /// The Docker container name: readable in `docker ps`, and unique per node, pod
+    /// (uid included, so a recreated pod of the same name doesn't collide) and container.
+    pub fn docker_name(&self) -> String {
+        let uid: String = self
+            .pod_uid
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .take(8)
+            .collect();
+        let raw = format!(
+            "berth_{}_{}_{}_{}_{uid}",
+            self.node, self.pod_namespace, self.pod_name, self.container_name
+        );
+        // Docker accepts [a-zA-Z0-9_.-] only; names from the API are DNS labels already,
+        // this keeps anything else from turning into a confusing engine error.
+        raw.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect()
+    }
+
+    fn validate(&self) -> Result<(), RuntimeError> {
+        let required = [
+            ("image", &self.image),
+            ("pod namespace", &self.pod_namespace),
+            ("pod name", &self.pod_name),
+            ("pod uid", &self.pod_uid),
+            ("container name", &self.container_name),
+            ("node", &self.node),
+        ];
+        for (what, value) in required {
+            if value.is_empty() {
+                return Err(RuntimeError::InvalidSpec(format!("{what} is empty")));
+            }
+        }
+        if let Some((key, _)) = self
+            .env
+            .iter()
+            .find(|(key, _)| key.is_empty() || key.contains('='))
+        {
+            return Err(RuntimeError::InvalidSpec(format!(
+                "environment variable name {key:?} is empty or contains '='"
+            )));
+        }
+        if self.limits.cpu_millis == Some(0) || self.limits.memory_bytes == Some(0) {
+            return Err(RuntimeError::InvalidSpec(
+                "a limit of 0 would never let the container run; leave it unset for no limit"
+                    .to_owned(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A container's state as the engine reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerStatus {
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    pub running: bool,
+    /// The container's init process on the host; None when it isn't running.
+    pub pid: Option<u32>,
+    /// Set once the container has exited.
+    pub exit_code: Option<i64>,
+    pub oom_killed: bool,
+    pub restart_count: u64,
+    /// RFC 3339, as the engine reports it; None before the first start.
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    /// `KEY=value` entries: the image's environment merged with the spec's.
+    pub env: Vec<String>,
+    pub limits: Limits,
+}
+
+/// One entry of [`DockerRuntime::list_by_labels`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerSummary {
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    /// The engine's word: created, running, exited, ...
+    pub state: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(
+        "cannot reach the Docker engine at {socket}: {source} (is dockerd running? `cargo xtask setup` starts it)"
+    )]
+    Connect {
+        socket: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error(
+        "image {image} is not on this machine, and there is no registry to pull it from: build it locally with `cargo xtask images`"
+    )]
+    ImageNotFound { image: String },
+    #[error("no container {container}")]
+    ContainerNotFound { container: String },
+    #[error("a container named {name} already exists")]
+    AlreadyExists { name: String },
+    #[error("invalid container spec: {0}")]
+    InvalidSpec(String),
+    #[error("Docker {operation} failed: {source}")]
+    Docker {
+        operation: &'static str,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error("Docker answered {operation} without {missing}")]
+    Incomplete {
+        operation: &'static str,
+        missing: &'static str,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> ContainerSpec {
+        ContainerSpec {
+            pod_namespace: "default".to_owned(),
+            pod_name: "web-0".to_owned(),
+            pod_uid: "0f8e2a4c-1b2d-4e5f-8a9b-0c1d2e3f4a5b".to_owned(),
+            container_name: "echo".to_owned(),
+            node: "node-1".to_owned(),
+            image: "berth/echo:v1".to_owned(),
+            ..ContainerSpec::default()
+        }
+    }
+
+    #[test]
+    fn docker_names_are_readable_and_valid() {
+        assert_eq!(
+            spec().docker_name(),
+            "berth_node-1_default_web-0_echo_0f8e2a4c"
+        );
+        let odd = ContainerSpec {
+            pod_name: "we b/0".to_owned(),
+            ..spec()
+        };
+        assert_eq!(
+            odd.docker_name(),
+            "berth_node-1_default_we-b-0_echo_0f8e2a4c"
+        );
+    }
+
+    #[test]
+    fn labels_name_pod_container_and_node() {
+        let labels = spec().labels();
+        assert_eq!(labels[labels::POD_NAME], "web-0");
+        assert_eq!(
+            labels[labels::POD_UID],
+            "0f8e2a4c-1b2d-4e5f-8a9b-0c1d2e3f4a5b"
+        );
+        assert_eq!(labels[labels::NODE], "node-1");
+        assert_eq!(labels.len(), 5);
+    }
+
+    #[test]
+    fn validation_catches_what_the_engine_would_reject_obscurely() {
+        assert!(spec().validate().is_ok());
+        let no_image = ContainerSpec {
+            image: String::new(),
+            ..spec()
+        };
+        assert!(matches!(
+            no_image.validate(),
+            Err(RuntimeError::InvalidSpec(_))
+        ));
+        let bad_env = ContainerSpec {
+            env: vec![("A=B".to_owned(), "c".to_owned())],
+            ..spec()
+        };
+        assert!(bad_env.validate().is_err());
+        let zero_cpu = ContainerSpec {
+            limits: Limits {
+                cpu_millis: Some(0),
+                memory_bytes: None,
+            },
+            ..spec()
+        };
+        assert!(zero_cpu.validate().is_err());
+    }
+}

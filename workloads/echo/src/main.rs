@@ -1,0 +1,66 @@
+//! The berth-echo binary: serves until SIGTERM or SIGINT.
+
+use std::{
+    process::ExitCode,
+    sync::atomic::{AtomicBool, Ordering},
+    thread,
+    time::Duration,
+};
+
+use berth_echo::{EchoConfig, EchoServer};
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn request_stop(_signal: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+const USAGE: &str = "usage: berth-echo [--port N] [--bind ADDR]
+environment: ECHO_PORT (default 8080), POD_NAME (default: hostname), ECHO_VERSION (default v1)
+  GET /           one line: pod=.. addr=.. client=.. version=..
+  GET /healthz    200 ok, or 503 after POST /fail/live or while /tmp/berth-unhealthy exists
+  GET /readyz     200 ok, or 503 after POST /fail/ready or while /tmp/berth-unready exists
+  POST /recover   clears both failures set over HTTP
+UDP on the same port answers every datagram with the same line.";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|arg| arg == "--help" || arg == "-h") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    let config = match EchoConfig::from_args_and_env(args, |key| std::env::var(key).ok()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("berth-echo: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    // As a container's PID 1 the process gets no default signal actions: without handlers
+    // `docker stop` would wait out its whole grace period and then kill.
+    let handler = request_stop as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe {
+            libc::signal(signal, handler);
+        }
+    }
+    let (pod, version) = (config.pod_name.clone(), config.version.clone());
+    let server = match EchoServer::bind(config) {
+        Ok(server) => server,
+        Err(error) => {
+            eprintln!("berth-echo: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    eprintln!(
+        "berth-echo: pod {pod} version {version} serving HTTP and UDP on {}",
+        server.local_addr()
+    );
+    while !STOP.load(Ordering::Relaxed) {
+        thread::sleep(Duration::from_millis(100));
+    }
+    server.stop();
+    eprintln!("berth-echo: stopped");
+    ExitCode::SUCCESS
+}
