@@ -142,7 +142,8 @@ pub struct Target {
 }
 
 /// Conntrack first (established flows keep their backend while the set changes), then a
-/// fresh choice. A tracked flow whose backend failed or was replaced is re-balanced here,
+/// fresh choice. For a new flow the caller records the reverse entry where the replies
+/// will pass ([`track_reply`]). A tracked flow whose backend failed or was replaced is re-balanced here,
 /// on its next packet: UDP continues on the new backend, TCP gets a reset from it instead
 /// of silence.
 #[inline(always)]
@@ -180,9 +181,6 @@ pub fn forward(
         service_id: service.id,
     };
     let _ = CT.insert(key, entry, 0);
-    if !remote {
-        track_reply(flow, &entry);
-    }
     Ok(Target {
         entry,
         new_flow: true,

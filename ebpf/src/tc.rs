@@ -35,9 +35,9 @@ pub fn berth_to_pod(ctx: TcContext) -> i32 {
 fn verdict(reason: Reason) -> i32 {
     count(reason);
     if reason.is_drop() {
-        TC_ACT_SHOT as i32
+        TC_ACT_SHOT
     } else {
-        TC_ACT_OK as i32
+        TC_ACT_OK
     }
 }
 
@@ -63,6 +63,11 @@ fn from_pod(ctx: &TcContext) -> Reason {
         }
     };
     let entry = target.entry;
+    if target.new_flow {
+        // Replies come back through this node whatever node the backend is on: the
+        // client pod's veth (remote backend) or the backend's own veth (local backend).
+        lb::track_reply(&flow, &entry);
+    }
     if rewrite(
         ctx,
         l4,

@@ -185,7 +185,11 @@ fn external(ctx: &XdpContext) -> (Reason, u32) {
     let bytes = u64::from(packet.ip_len) + ETH_HLEN as u64;
     account(&target.entry, bytes, target.new_flow);
     if target.entry.flags & CT_FLAG_REMOTE != 0 {
+        // The backend's node translates the replies: it records them when it unwraps.
         return to_tunnel(ctx, &packet, &config, &target.entry);
+    }
+    if target.new_flow {
+        lb::track_reply(&packet.flow, &target.entry);
     }
     match translate_destination(ctx, &packet, target.entry.addr, target.entry.port) {
         Some(()) => pass(Reason::Translated),

@@ -60,6 +60,25 @@ impl NetNs {
         ChildGuard { child }
     }
 
+    /// Starts a process that only sleeps inside this namespace, as a container's init
+    /// would: code that wires pods by pid (podnet) gets its pid. Killed on drop.
+    pub fn hold(&self) -> ChildGuard {
+        use std::os::unix::fs::MetadataExt as _;
+        let guard = self.spawn("sleep", &["infinity"]);
+        let wanted = std::fs::metadata(format!("/run/netns/{}", self.name))
+            .unwrap_or_else(|error| panic!("{}: {error}", self.name))
+            .ino();
+        // `ip netns exec` enters the namespace and then execs sleep under the same pid.
+        for _ in 0..250 {
+            let theirs = std::fs::metadata(format!("/proc/{}/ns/net", guard.id()));
+            if theirs.is_ok_and(|meta| meta.ino() == wanted) {
+                return guard;
+            }
+            thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!("the holder process never entered {}", self.name);
+    }
+
     /// Runs `f` on a fresh thread that has entered this namespace.
     pub fn run<F, R>(&self, f: F) -> R
     where

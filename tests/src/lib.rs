@@ -1,1 +1,367 @@
-//! berth-tests
+//! A cluster on one machine for multi-node tests and benchmarks.
+//!
+//! Every node is a network namespace whose `eth0` is plugged into a bridge in a fabric
+//! namespace (the underlay, 198.18.0.0/24, node N at 198.18.0.N); node N's pods get
+//! 198.18.N.0/24 and are wired by the agent's own pod networking (`podnet`). An external
+//! client namespace sits on the same underlay at 198.18.0.100. Each node runs its own
+//! datapath (maps pinned under a bpffs directory of the test), with the TC programs on its
+//! pods' host veths and the XDP program on its `eth0`. Everything is removed when the
+//! [`Cluster`] drops, also when a test fails.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
+    time::Duration,
+};
+
+use berth_agent::{
+    datapath::{Datapath, DatapathOptions, Limits, Node, XdpMode},
+    podnet,
+};
+use berth_echo::{EchoConfig, EchoServer, Reply};
+use berth_testkit::{
+    PinDir,
+    netns::{ChildGuard, NetNs},
+};
+
+/// Where the external client sits on the underlay.
+pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
+/// The port every echo backend listens on.
+pub const BACKEND_PORT: u16 = 8080;
+
+pub fn node_addr(node_id: u32) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 0, node_id as u8)
+}
+
+pub fn pod_addr(node_id: u32, host: u8) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, node_id as u8, host)
+}
+
+/// Small maps: many test clusters run side by side.
+pub fn test_limits() -> Limits {
+    Limits {
+        max_services: 64,
+        max_backends: 1024,
+        max_connections: 16_384,
+        max_affinity: 1024,
+        max_nodes: 16,
+        maglev_size: 1021,
+    }
+}
+
+pub struct SimPod {
+    pub name: String,
+    pub node_id: u32,
+    pub ip: Ipv4Addr,
+    pub host_veth: String,
+    /// The echo server answering on `ip:BACKEND_PORT`, if the pod is a backend.
+    pub server: Option<EchoServer>,
+    // Drop order: server, wiring, holder process, namespace.
+    network: podnet::PodNetwork,
+    _holder: ChildGuard,
+    pub ns: NetNs,
+}
+
+impl Drop for SimPod {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop();
+        }
+        if let Err(error) = self.network.teardown() {
+            eprintln!("cleanup: pod {}: {error}", self.name);
+        }
+    }
+}
+
+pub struct SimNode {
+    pub id: u32,
+    pub addr: Ipv4Addr,
+    pub datapath: Option<Datapath>,
+    pub pins: PinDir,
+    pub ns: NetNs,
+}
+
+impl SimNode {
+    pub fn as_datapath_node(&self) -> Node {
+        Node {
+            id: self.id,
+            addr: self.addr,
+        }
+    }
+
+    fn options(&self) -> DatapathOptions {
+        DatapathOptions {
+            pin_dir: self.pins.path().to_path_buf(),
+            node_id: self.id,
+            node_addr: self.addr,
+            limits: test_limits(),
+        }
+    }
+
+    /// Opens the datapath (again, after [`SimNode::close_datapath`]): the programs are
+    /// reloaded, the pinned maps reused and the pinned links' programs replaced.
+    pub fn open_datapath(&mut self, pod_veths: &[String]) {
+        let options = self.options();
+        let veths = pod_veths.to_vec();
+        let datapath = self.ns.run(move || {
+            let mut datapath = Datapath::open(options).expect("opening the datapath");
+            for veth in &veths {
+                datapath
+                    .attach_pod_interface(veth)
+                    .unwrap_or_else(|error| panic!("attaching to {veth}: {error}"));
+            }
+            // Generic mode: in native mode on a veth, XDP_TX frames only reach the peer
+            // when the peer runs an XDP program itself; the test fabric's bridge ports
+            // don't. Real NICs take native mode.
+            datapath
+                .attach_external_interface("eth0", XdpMode::Generic)
+                .expect("attaching XDP to eth0");
+            datapath
+        });
+        self.datapath = Some(datapath);
+    }
+
+    /// Drops the datapath handle, as an agent that exits would; pinned maps and links
+    /// keep the programs running.
+    pub fn close_datapath(&mut self) {
+        self.datapath = None;
+    }
+
+    pub fn datapath(&mut self) -> &mut Datapath {
+        self.datapath.as_mut().expect("the node's datapath is open")
+    }
+}
+
+pub struct Cluster {
+    // Fields drop in order: pods, then nodes (datapath, pins), then the client and fabric.
+    pub pods: Vec<SimPod>,
+    pub nodes: Vec<SimNode>,
+    pub client: NetNs,
+    pub fabric: NetNs,
+}
+
+impl Cluster {
+    /// Builds the underlay, `nodes` nodes (ids 1..=nodes) and the external client.
+    pub fn new(nodes: u32) -> Cluster {
+        let fabric = NetNs::new("bfab").expect("fabric namespace");
+        fabric
+            .ip(&["link", "add", "br0", "type", "bridge"])
+            .expect("bridge");
+        fabric.ip(&["link", "set", "br0", "up"]).expect("bridge up");
+        let client = NetNs::new("bcli").expect("client namespace");
+        plug(&fabric, &client, "cl", CLIENT_ADDR);
+        // The client's kernel would leave TCP/UDP checksums to "hardware" (the veth), and
+        // the packet would reach XDP with a partial checksum; a real NIC delivers full ones.
+        let offload = client.exec("ethtool", &["-K", "eth0", "tx", "off"]);
+        assert!(
+            offload.status.success(),
+            "ethtool -K eth0 tx off: {}",
+            String::from_utf8_lossy(&offload.stderr)
+        );
+        let mut cluster = Cluster {
+            pods: Vec::new(),
+            nodes: Vec::new(),
+            client,
+            fabric,
+        };
+        for id in 1..=nodes {
+            let ns = NetNs::new(&format!("bn{id}")).expect("node namespace");
+            for (key, value) in [
+                ("net/ipv4/ip_forward", "1"),
+                ("net/ipv4/conf/all/rp_filter", "0"),
+                ("net/ipv4/conf/default/rp_filter", "0"),
+                ("net/ipv4/conf/all/send_redirects", "0"),
+                ("net/ipv4/conf/default/send_redirects", "0"),
+            ] {
+                ns.sysctl(key, value);
+            }
+            plug(&cluster.fabric, &ns, &format!("n{id}"), node_addr(id));
+            let pins = PinDir::new(&format!("n{id}"));
+            cluster.nodes.push(SimNode {
+                id,
+                addr: node_addr(id),
+                datapath: None,
+                pins,
+                ns,
+            });
+        }
+        // Node routes: every other node's pod range through that node.
+        for node in &cluster.nodes {
+            for other in &cluster.nodes {
+                if other.id != node.id {
+                    let range = format!("198.18.{}.0/24", other.id);
+                    let via = other.addr.to_string();
+                    node.ns
+                        .ip(&["route", "replace", &range, "via", &via])
+                        .expect("node route");
+                }
+            }
+        }
+        cluster
+    }
+
+    pub fn node(&mut self, id: u32) -> &mut SimNode {
+        self.nodes
+            .iter_mut()
+            .find(|node| node.id == id)
+            .expect("no such node")
+    }
+
+    pub fn datapath_nodes(&self) -> Vec<Node> {
+        self.nodes.iter().map(SimNode::as_datapath_node).collect()
+    }
+
+    /// Adds a pod on `node_id` at 198.18.<node>.<host>; with `serve`, an echo server
+    /// named after the pod answers on port 8080.
+    pub fn add_pod(&mut self, node_id: u32, host: u8, name: &str, serve: bool) -> usize {
+        let ip = pod_addr(node_id, host);
+        let ns = NetNs::new("bpod").expect("pod namespace");
+        let holder = ns.hold();
+        let host_veth = podnet::host_veth_name(ns.name()).expect("veth name");
+        let node_ns = self.node(node_id).ns.name().to_owned();
+        let network = podnet::setup(&podnet::PodNetSpec {
+            pid: holder.id(),
+            pod_ip: ip,
+            host_veth: &host_veth,
+            host_netns: Some(&node_ns),
+        })
+        .unwrap_or_else(|error| panic!("wiring pod {name}: {error}"));
+        let server = serve.then(|| {
+            let config = EchoConfig {
+                bind: ip.into(),
+                port: BACKEND_PORT,
+                ..EchoConfig::loopback(name)
+            };
+            ns.run(move || EchoServer::bind(config))
+                .unwrap_or_else(|error| panic!("echo server in {name}: {error}"))
+        });
+        self.pods.push(SimPod {
+            name: name.to_owned(),
+            node_id,
+            ip,
+            host_veth,
+            server,
+            network,
+            _holder: holder,
+            ns,
+        });
+        self.pods.len() - 1
+    }
+
+    /// Host veths of the pods on a node.
+    pub fn pod_veths(&self, node_id: u32) -> Vec<String> {
+        self.pods
+            .iter()
+            .filter(|pod| pod.node_id == node_id)
+            .map(|pod| pod.host_veth.clone())
+            .collect()
+    }
+
+    /// Opens every node's datapath and makes each node's neighbour entries for the other
+    /// nodes valid, as the agent does, so XDP can forward to them at once.
+    pub fn start_datapaths(&mut self) {
+        let ids: Vec<u32> = self.nodes.iter().map(|node| node.id).collect();
+        let peers: Vec<Ipv4Addr> = self.nodes.iter().map(|node| node.addr).collect();
+        for id in ids {
+            let veths = self.pod_veths(id);
+            let node = self.node(id);
+            node.open_datapath(&veths);
+            let addr = node.addr;
+            let others: Vec<Ipv4Addr> = peers.iter().copied().filter(|p| *p != addr).collect();
+            node.ns.run(move || {
+                berth_agent::datapath::resolve_neighbours(&others)
+                    .expect("resolving the other nodes' neighbour entries")
+            });
+        }
+    }
+
+    pub fn pod(&self, name: &str) -> &SimPod {
+        self.pods
+            .iter()
+            .find(|pod| pod.name == name)
+            .unwrap_or_else(|| panic!("no pod {name}"))
+    }
+}
+
+/// Plugs `ns` into the fabric bridge: `eth0` in `ns` with `addr`/24, `port` on the bridge.
+fn plug(fabric: &NetNs, ns: &NetNs, port: &str, addr: Ipv4Addr) {
+    berth_net::veth_add_peer_in(Some(fabric.name()), port, "eth0", ns.name())
+        .expect("underlay veth");
+    fabric
+        .ip(&["link", "set", port, "master", "br0"])
+        .expect("bridge port");
+    fabric.ip(&["link", "set", port, "up"]).expect("port up");
+    berth_net::addr_add(Some(ns.name()), "eth0", &format!("{addr}/24")).expect("address");
+    berth_net::link_up(Some(ns.name()), "eth0").expect("eth0 up");
+}
+
+/// One HTTP GET / on a new connection from inside `ns`; the echo server's answer.
+pub fn get(ns: &NetNs, target: SocketAddrV4) -> Result<Reply, String> {
+    ns.run(move || get_here(target))
+}
+
+/// One HTTP GET / on a new connection from the current thread's namespace.
+pub fn get_here(target: SocketAddrV4) -> Result<Reply, String> {
+    let mut stream = TcpStream::connect_timeout(&SocketAddr::V4(target), Duration::from_secs(2))
+        .map_err(|error| format!("connect {target}: {error}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(|error| error.to_string())?;
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: berth\r\nConnection: close\r\n\r\n")
+        .map_err(|error| format!("send to {target}: {error}"))?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|error| format!("read from {target}: {error}"))?;
+    let body = response
+        .split("\r\n\r\n")
+        .nth(1)
+        .ok_or_else(|| format!("no HTTP body from {target}: {response:?}"))?;
+    Reply::parse(body.trim()).ok_or_else(|| format!("not an echo reply from {target}: {body:?}"))
+}
+
+/// An HTTP/1.1 keep-alive connection to an echo server: requests reuse one TCP flow.
+pub struct KeepAlive {
+    stream: TcpStream,
+}
+
+impl KeepAlive {
+    /// Connects from the current thread's namespace.
+    pub fn connect(target: SocketAddrV4) -> Result<KeepAlive, String> {
+        let stream = TcpStream::connect_timeout(&SocketAddr::V4(target), Duration::from_secs(2))
+            .map_err(|error| format!("connect {target}: {error}"))?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .map_err(|error| error.to_string())?;
+        Ok(KeepAlive { stream })
+    }
+
+    /// One GET / on this connection.
+    pub fn get(&mut self) -> Result<Reply, std::io::Error> {
+        self.stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: berth\r\n\r\n")?;
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if self.stream.read(&mut byte)? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head);
+        let length: usize = head
+            .lines()
+            .find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse().ok())?
+            })
+            .ok_or_else(|| std::io::Error::other(format!("no Content-Length in {head:?}")))?;
+        let mut body = vec![0u8; length];
+        self.stream.read_exact(&mut body)?;
+        let body = String::from_utf8_lossy(&body);
+        Reply::parse(body.trim())
+            .ok_or_else(|| std::io::Error::other(format!("not an echo reply: {body:?}")))
+    }
+}

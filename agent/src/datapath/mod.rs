@@ -35,10 +35,11 @@ use aya::{
         xdp::XdpLink,
     },
 };
+pub use berth_ebpf_common::Reason;
 use berth_ebpf_common::{
     BACKEND_ACTIVE, BACKEND_FAILED, BACKEND_TERMINATING, Backend, CT_FORWARD, CtEntry,
-    DatapathConfig, FlowKey, Reason, SVC_FLAG_AFFINITY, SVC_FLAG_EXTERNAL, SVC_FLAG_RANDOM,
-    ServiceKey, ServiceValue, Traffic, defaults, maglev_map_entries, maglev_table_start, map_names,
+    DatapathConfig, FlowKey, SVC_FLAG_AFFINITY, SVC_FLAG_EXTERNAL, SVC_FLAG_RANDOM, ServiceKey,
+    ServiceValue, Traffic, defaults, maglev_map_entries, maglev_table_start, map_names,
     program_names,
 };
 pub use maglev::BackendIdentity;
@@ -924,11 +925,12 @@ impl Datapath {
         self.unpin_link(&self.link_pin(interface, "xdp"))
     }
 
+    /// bpffs refuses names with dots, so a VLAN interface `eth0.100` pins as `eth0_100`.
     fn link_pin(&self, interface: &str, suffix: &str) -> PathBuf {
         self.options
             .pin_dir
             .join("links")
-            .join(format!("{interface}.{suffix}"))
+            .join(format!("{}-{suffix}", interface.replace('.', "_")))
     }
 
     /// Attaches through TCX and pins the link; when a pinned link exists (the agent
@@ -1124,4 +1126,35 @@ pub fn service_key(frontend: &Frontend) -> ServiceKey {
         proto: frontend.protocol.number(),
         _pad: 0,
     }
+}
+
+/// Makes the kernel resolve the link-layer addresses of other nodes: XDP forwards
+/// north-south flows to them with `bpf_fib_lookup`, which fails (and the packet is dropped,
+/// counted as `drop_no_route`) while a neighbour entry is missing. Sends one UDP datagram
+/// to the discard port of each address from the calling thread's network namespace and
+/// waits up to a second for the entries to become valid.
+pub fn resolve_neighbours(addrs: &[Ipv4Addr]) -> Result<(), DatapathError> {
+    let socket = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).map_err(|source| {
+        DatapathError::Io {
+            path: PathBuf::from("udp socket"),
+            source,
+        }
+    })?;
+    for addr in addrs {
+        // A node that is down or filters port 9 is fine: only the ARP exchange matters.
+        let _ = socket.send_to(b"berth", (*addr, 9));
+    }
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut pending: Vec<Ipv4Addr> = addrs.to_vec();
+    while !pending.is_empty() && Instant::now() < deadline {
+        pending.retain(|addr| {
+            let shown =
+                berth_net::ip(None, &["neigh", "show", &addr.to_string()]).unwrap_or_default();
+            !["REACHABLE", "STALE", "DELAY", "PROBE", "PERMANENT"]
+                .iter()
+                .any(|state| shown.contains(state))
+        });
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
 }
