@@ -139,10 +139,14 @@ fn wire(pid: u32, network: &PodNetwork) -> Result<(), PodNetError> {
 
     // Host side. Proxy ARP needs forwarding on the interface the request comes in on;
     // proxy_delay 0 answers at once instead of after up to 0.8 s of random delay.
+    // accept_local: a pod answering a NodePort client has its reply translated (by the
+    // datapath, as it leaves the pod) to come from the node's own address; without it the
+    // kernel takes such a packet for a spoofed one and drops it.
     for (key, value) in [
         (format!("net/ipv4/conf/{host_veth}/forwarding"), "1"),
         (format!("net/ipv4/conf/{host_veth}/proxy_arp"), "1"),
         (format!("net/ipv4/neigh/{host_veth}/proxy_delay"), "0"),
+        (format!("net/ipv4/conf/{host_veth}/accept_local"), "1"),
     ] {
         net::sysctl_set(host, &key, value).map_err(step("setting the host veth's sysctls"))?;
     }

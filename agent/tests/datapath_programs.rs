@@ -92,7 +92,8 @@ impl Harness {
                 max_connections: 4096,
                 max_affinity: 1024,
                 max_nodes: 16,
-                maglev_size: 1021,
+                maglev_min_table: 1021,
+                maglev_pool_slots: 1 << 16,
             },
         })
         .expect("loading the datapath");

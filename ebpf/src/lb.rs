@@ -63,8 +63,11 @@ fn usable(backend_id: u32) -> Option<Backend> {
 
 /// Maglev (or random) choice among the service's active backends.
 #[inline(always)]
-fn choose(service: &ServiceValue, flow: &Flow, config: &DatapathConfig) -> Option<(u32, Backend)> {
-    let size = config.maglev_size;
+fn choose(service: &ServiceValue, flow: &Flow) -> Option<(u32, Backend)> {
+    let size = service.table_size;
+    if size == 0 {
+        return None;
+    }
     let hash = if service.flags & SVC_FLAG_AFFINITY != 0 {
         client_hash(flow.src_addr)
     } else if service.flags & SVC_FLAG_RANDOM != 0 {
@@ -81,8 +84,7 @@ fn choose(service: &ServiceValue, flow: &Flow, config: &DatapathConfig) -> Optio
     };
     let slot = hash % size;
     for probe in 0..PROBES {
-        let (entry, half) =
-            maglev_position(service.id, service.table_gen, (slot + probe) % size, size);
+        let (entry, half) = maglev_position(service.table_offset + (slot + probe) % size);
         let pair = *MAGLEV.get(entry)?;
         let backend_id = if half == 0 {
             pair as u32
@@ -98,13 +100,9 @@ fn choose(service: &ServiceValue, flow: &Flow, config: &DatapathConfig) -> Optio
 
 /// Session affinity: reuse the client's backend while it is active and the entry fresh.
 #[inline(always)]
-fn choose_with_affinity(
-    service: &ServiceValue,
-    flow: &Flow,
-    config: &DatapathConfig,
-) -> Option<(u32, Backend)> {
+fn choose_with_affinity(service: &ServiceValue, flow: &Flow) -> Option<(u32, Backend)> {
     if service.flags & SVC_FLAG_AFFINITY == 0 {
-        return choose(service, flow, config);
+        return choose(service, flow);
     }
     let key = AffinityKey {
         service_id: service.id,
@@ -125,7 +123,7 @@ fn choose_with_affinity(
         let _ = AFFINITY.insert(key, refreshed, 0);
         return Some((previous.backend_id, backend));
     }
-    let (backend_id, backend) = choose(service, flow, config)?;
+    let (backend_id, backend) = choose(service, flow)?;
     let value = AffinityValue {
         backend_id,
         _pad: 0,
@@ -168,7 +166,7 @@ pub fn forward(
         }
         count(Reason::Rebalanced);
     }
-    let Some((backend_id, backend)) = choose_with_affinity(service, flow, config) else {
+    let Some((backend_id, backend)) = choose_with_affinity(service, flow) else {
         return Err(Reason::DropNoBackend);
     };
     let remote = backend.node_id != config.node_id;

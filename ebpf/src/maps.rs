@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use berth_ebpf_common::{
     AffinityKey, AffinityValue, Backend, CtEntry, DatapathConfig, FlowKey, Reason, ServiceKey,
-    ServiceValue, Traffic, defaults, maglev_map_entries,
+    ServiceValue, Traffic, defaults,
 };
 
 #[map(name = "BERTH_CONFIG")]
@@ -21,14 +21,11 @@ pub static SERVICES: HashMap<ServiceKey, ServiceValue> =
 #[map(name = "BERTH_BACKENDS")]
 pub static BACKENDS: Array<Backend> = Array::pinned(defaults::MAX_BACKENDS, 0);
 
-/// Backend ids, two per entry; two tables per service (live and being rebuilt).
+/// The pool the services' Maglev tables are carved from: backend ids, two per entry.
 /// Memory-mapped by the agent: a table is written with plain stores instead of one
 /// syscall per slot, which is what makes programming 10,000 services fast.
 #[map(name = "BERTH_MAGLEV")]
-pub static MAGLEV: Array<u64> = Array::pinned(
-    maglev_map_entries(defaults::MAX_SERVICES, defaults::MAGLEV_TABLE_SIZE),
-    BPF_F_MMAPABLE,
-);
+pub static MAGLEV: Array<u64> = Array::pinned(defaults::MAGLEV_POOL_SLOTS / 2, BPF_F_MMAPABLE);
 
 #[map(name = "BERTH_CT")]
 pub static CT: LruHashMap<FlowKey, CtEntry> = LruHashMap::pinned(defaults::MAX_CONNECTIONS * 2, 0);
@@ -82,5 +79,5 @@ pub fn account(entry: &CtEntry, bytes: u64, new_connection: bool) {
 #[inline(always)]
 pub fn config() -> Option<DatapathConfig> {
     let config = CONFIG.get(0)?;
-    (config.ready != 0 && config.maglev_size != 0).then_some(*config)
+    (config.ready != 0).then_some(*config)
 }

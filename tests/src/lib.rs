@@ -45,7 +45,8 @@ pub fn test_limits() -> Limits {
         max_connections: 16_384,
         max_affinity: 1024,
         max_nodes: 16,
-        maglev_size: 1021,
+        maglev_min_table: 1021,
+        maglev_pool_slots: 1 << 16,
     }
 }
 

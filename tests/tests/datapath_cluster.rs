@@ -141,14 +141,22 @@ fn connections_from_pods_and_from_outside_reach_backends_on_both_nodes() {
     assert!(reason(&mut cluster, 1, Reason::ForwardedToNode) > 0);
     assert!(reason(&mut cluster, 2, Reason::TunnelDelivered) > 0);
 
-    // Any node answers for the NodePort, on its own address.
+    // Any node answers for the NodePort, on its own address, with local and remote
+    // backends alike.
     for node in [1, 2] {
-        let reply = get(
-            &cluster.client,
-            SocketAddrV4::new(node_addr(node), NODE_PORT),
-        )
-        .unwrap_or_else(|error| panic!("NodePort on node {node}: {error}"));
-        assert_eq!(reply.client.ip(), std::net::IpAddr::V4(CLIENT_ADDR));
+        let mut seen = BTreeSet::new();
+        for _ in 0..40 {
+            let target = SocketAddrV4::new(node_addr(node), NODE_PORT);
+            let reply = get(&cluster.client, target)
+                .unwrap_or_else(|error| panic!("NodePort on node {node}: {error}"));
+            assert_eq!(reply.client.ip(), std::net::IpAddr::V4(CLIENT_ADDR));
+            seen.insert(reply.pod);
+        }
+        assert_eq!(
+            seen.len(),
+            BACKENDS.len(),
+            "NodePort on node {node}: {seen:?}"
+        );
     }
     // The pod's ClusterIP is not reachable from outside.
     assert!(get(&cluster.client, SocketAddrV4::new(VIP, 80)).is_err());

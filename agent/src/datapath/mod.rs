@@ -15,6 +15,7 @@
 pub mod maglev;
 mod mmap;
 mod model;
+mod slots;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -39,8 +40,7 @@ pub use berth_ebpf_common::Reason;
 use berth_ebpf_common::{
     BACKEND_ACTIVE, BACKEND_FAILED, BACKEND_TERMINATING, Backend, CT_FORWARD, CtEntry,
     DatapathConfig, FlowKey, SVC_FLAG_AFFINITY, SVC_FLAG_EXTERNAL, SVC_FLAG_RANDOM, ServiceKey,
-    ServiceValue, Traffic, defaults, maglev_map_entries, maglev_table_start, map_names,
-    program_names,
+    ServiceValue, Traffic, defaults, map_names, program_names,
 };
 pub use maglev::BackendIdentity;
 pub use model::*;
@@ -48,8 +48,8 @@ pub use model::*;
 /// The eBPF object built from ../ebpf by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/berth"));
 
-/// Map capacities. Memory is reserved up front for array maps: the Maglev array takes
-/// about `max_services * 2 * maglev_size * 4` bytes (80 MiB for the defaults).
+/// Map capacities. Memory for array maps is reserved up front: the Maglev pool takes
+/// `maglev_pool_slots * 4` bytes (128 MiB by default), the backend array 16 bytes a backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     pub max_services: u32,
@@ -57,7 +57,11 @@ pub struct Limits {
     pub max_connections: u32,
     pub max_affinity: u32,
     pub max_nodes: u32,
-    pub maglev_size: u32,
+    /// The smallest Maglev table (a prime); services with more than 1/200 of it in
+    /// backends get larger tables.
+    pub maglev_min_table: u32,
+    /// Slots in the pool the tables are carved from (rounded down to a power of two).
+    pub maglev_pool_slots: u32,
 }
 
 impl Default for Limits {
@@ -68,12 +72,17 @@ impl Default for Limits {
             max_connections: defaults::MAX_CONNECTIONS,
             max_affinity: defaults::MAX_AFFINITY,
             max_nodes: defaults::MAX_NODES,
-            maglev_size: defaults::MAGLEV_TABLE_SIZE,
+            maglev_min_table: defaults::MAGLEV_MIN_TABLE,
+            maglev_pool_slots: defaults::MAGLEV_POOL_SLOTS,
         }
     }
 }
 
 impl Limits {
+    fn pool_slots(&self) -> u64 {
+        slots::SlotPool::new(self.maglev_pool_slots).capacity()
+    }
+
     /// Frontend keys per service port: ClusterIP, NodePort on a few node addresses and
     /// LoadBalancer IPs.
     const FRONTENDS_PER_SERVICE: u32 = 4;
@@ -85,17 +94,15 @@ impl Limits {
                 map_names::SERVICES,
                 self.max_services * Self::FRONTENDS_PER_SERVICE,
             ),
-            (map_names::BACKENDS, self.max_backends),
-            (
-                map_names::MAGLEV,
-                maglev_map_entries(self.max_services, self.maglev_size),
-            ),
+            // Backend id 0 is never used: a zeroed slot must not look like a backend.
+            (map_names::BACKENDS, self.max_backends + 1),
+            (map_names::MAGLEV, (self.pool_slots() / 2) as u32),
             // A forward and a reverse entry per connection.
             (map_names::CONNTRACK, self.max_connections * 2),
             (map_names::AFFINITY, self.max_affinity),
             (map_names::NODES, self.max_nodes),
             (map_names::SERVICE_STATS, self.max_services),
-            (map_names::BACKEND_STATS, self.max_backends),
+            (map_names::BACKEND_STATS, self.max_backends + 1),
         ]
     }
 }
@@ -153,9 +160,17 @@ pub enum DatapathError {
         configured: u32,
     },
     #[error(
-        "maglev table size {0} must be a prime number (for example 1021, 4093, 16381 or 65537)"
+        "the smallest Maglev table size {0} must be a prime number of at most 131071 (for example 251, 1021 or 4093)"
     )]
     MaglevSizeNotPrime(u32),
+    #[error(
+        "the Maglev pool ({capacity} slots) has no room for a {size}-slot table of service {service}: raise maglev_pool_slots"
+    )]
+    MaglevPoolFull {
+        service: String,
+        size: u32,
+        capacity: u64,
+    },
     #[error("{what}: {count} exceeds the configured limit of {limit}")]
     TooMany {
         what: &'static str,
@@ -244,10 +259,16 @@ struct PlannedService {
     value: ServiceValue,
     /// Backend id per Maglev slot; empty when there is no active backend.
     table: Vec<u32>,
+    /// Whether `table` must be written at `value.table_offset` (a rebuilt table).
+    write_table: bool,
 }
 
 struct Plan {
     services: Vec<PlannedService>,
+    /// The slot pool after this apply, and the tables it retires: their slots are
+    /// reused from the next apply on, when no packet can still be reading them.
+    pool: slots::SlotPool,
+    retiring: Vec<(u32, u32)>,
     backends: BTreeMap<u32, Backend>,
     backend_ids: HashMap<(Ipv4Addr, u16), u32>,
     nodes: BTreeMap<u32, u32>,
@@ -265,6 +286,9 @@ pub struct Datapath {
     backend_stats: PerCpuArray<MapData, Traffic>,
     reasons: PerCpuArray<MapData, u64>,
     maglev: mmap::MappedArray,
+    pool: slots::SlotPool,
+    /// Tables unlinked by the last apply, as (offset, size): free from the next one on.
+    retiring: Vec<(u32, u32)>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     /// Mirror of the services map, read back at open.
     live_services: HashMap<ServiceKey, ServiceValue>,
@@ -280,8 +304,8 @@ impl Datapath {
     /// Loads the programs and opens (or creates) the pinned maps.
     pub fn open(options: DatapathOptions) -> Result<Self, DatapathError> {
         let limits = options.limits;
-        if !maglev::is_prime(limits.maglev_size) {
-            return Err(DatapathError::MaglevSizeNotPrime(limits.maglev_size));
+        if !maglev::is_prime(limits.maglev_min_table) || limits.maglev_min_table > 131_071 {
+            return Err(DatapathError::MaglevSizeNotPrime(limits.maglev_min_table));
         }
         let pin_dir = options.pin_dir.clone();
         fs::create_dir_all(pin_dir.join("links")).map_err(io_error(&pin_dir))?;
@@ -364,8 +388,7 @@ impl Datapath {
             _ => return Err(DatapathError::Missing(map_names::MAGLEV)),
         };
         // Seen from user space the map is an array of u32 slots, two per map entry.
-        let slots = maglev_map_entries(limits.max_services, limits.maglev_size) as usize * 2;
-        let maglev = mmap::MappedArray::new(maglev_map, slots)
+        let maglev = mmap::MappedArray::new(maglev_map, limits.pool_slots() as usize)
             .map_err(io_error(&pin_dir.join(map_names::MAGLEV)))?;
 
         let mut datapath = Datapath {
@@ -380,6 +403,8 @@ impl Datapath {
             backend_stats,
             reasons,
             maglev,
+            pool: slots::SlotPool::new(limits.maglev_pool_slots),
+            retiring: Vec::new(),
             logger,
             live_services: HashMap::new(),
             live_backends: BTreeMap::new(),
@@ -397,14 +422,19 @@ impl Datapath {
 
     /// Rebuilds the bookkeeping from what the pinned maps hold (empty on a first start).
     fn read_back(&mut self) -> Result<(), DatapathError> {
+        let mut tables = HashSet::new();
         for entry in self.services.iter() {
             let (key, value) = entry.map_err(map_error(map_names::SERVICES))?;
+            if value.table_size > 0 && tables.insert((value.table_offset, value.table_size)) {
+                // A table the pool cannot place is rewritten by the next apply.
+                let _ = self.pool.reserve(value.table_offset, value.table_size);
+            }
             self.live_services.insert(key, value);
         }
         // Only slots some service's backend could use are scanned: ids are allocated from
         // the bottom, so the scan stops after a long run of free slots.
         let mut free_run = 0u32;
-        for id in 1..self.options.limits.max_backends {
+        for id in 1..=self.options.limits.max_backends {
             let backend = self
                 .backends
                 .get(&id, 0)
@@ -428,7 +458,7 @@ impl Datapath {
 
     fn write_config(&mut self) -> Result<(), DatapathError> {
         let config = DatapathConfig {
-            maglev_size: self.options.limits.maglev_size,
+            maglev_pool_slots: self.options.limits.pool_slots() as u32,
             node_id: self.options.node_id,
             node_addr: u32::from(self.options.node_addr).to_be(),
             ready: 1,
@@ -541,11 +571,11 @@ impl Datapath {
                 }
             }
         }
-        if merged.len() >= limits.max_backends as usize {
+        if merged.len() > limits.max_backends as usize {
             return Err(DatapathError::TooMany {
                 what: "backends",
                 count: merged.len(),
-                limit: limits.max_backends - 1,
+                limit: limits.max_backends,
             });
         }
         let live_ids: HashMap<(Ipv4Addr, u16), u32> = self
@@ -580,7 +610,7 @@ impl Datapath {
                     while used_ids.contains(&next_id) || self.live_backends.contains_key(&next_id) {
                         next_id += 1;
                     }
-                    if next_id >= limits.max_backends {
+                    if next_id > limits.max_backends {
                         // All fresh ids taken: fall back to ids being freed now.
                         next_id = 1;
                         while used_ids.contains(&next_id) {
@@ -638,6 +668,11 @@ impl Datapath {
                 }
             }
         }
+        let live_tables: HashMap<u32, ServiceValue> = self
+            .live_services
+            .values()
+            .map(|value| (value.id, *value))
+            .collect();
         let live_service_ids: HashSet<u32> = self.live_services.values().map(|v| v.id).collect();
         let mut next_service_id = 0u32;
         let mut services = Vec::with_capacity(set.services.len());
@@ -680,10 +715,25 @@ impl Datapath {
             active.sort_unstable();
             active.dedup();
             let identities: Vec<BackendIdentity> = active.iter().map(|(i, _)| *i).collect();
-            let table: Vec<u32> = maglev::build_table(&identities, limits.maglev_size)
-                .into_iter()
-                .map(|index| active[index as usize].1)
-                .collect();
+            let size = if identities.is_empty() {
+                0
+            } else {
+                maglev::table_size(identities.len(), limits.maglev_min_table)
+            };
+            let table_hash = maglev::fingerprint(&identities, size);
+            // Building a table is the costly part of a plan: skip it when the live one was
+            // built from the same backends (one change among 10,000 services stays cheap).
+            let unchanged = live_tables
+                .get(&id)
+                .is_some_and(|live| live.table_hash == table_hash && live.table_size == size);
+            let table: Vec<u32> = if unchanged {
+                Vec::new()
+            } else {
+                maglev::build_table(&identities, size)
+                    .into_iter()
+                    .map(|index| active[index as usize].1)
+                    .collect()
+            };
             let mut flags = 0;
             if service.algorithm == Algorithm::Random {
                 flags |= SVC_FLAG_RANDOM;
@@ -696,10 +746,12 @@ impl Datapath {
             let value = ServiceValue {
                 id,
                 backend_count: identities.len() as u32,
-                table_gen: 0,
+                table_offset: 0,
+                table_size: size,
                 flags,
                 affinity_timeout_secs,
-                table_hash: maglev::fingerprint(&identities, limits.maglev_size),
+                table_hash,
+                _pad: 0,
             };
             // Each frontend carries its own external flag: a ClusterIP never answers on
             // the external interface even when the service also has a NodePort.
@@ -723,8 +775,57 @@ impl Datapath {
                 keys,
                 value,
                 table,
+                write_table: false,
             });
         }
+
+        // Tables: keep a live table that is already right, else carve a new one. Slots of
+        // tables retired by the previous apply are free again now.
+        let mut pool = self.pool.clone();
+        for (offset, size) in &self.retiring {
+            pool.release(*offset, *size);
+        }
+        let mut kept = HashSet::new();
+        for service in &mut services {
+            let live = live_tables.get(&service.id);
+            match live {
+                Some(live)
+                    if live.table_hash == service.value.table_hash
+                        && live.table_size == service.value.table_size =>
+                {
+                    service.value.table_offset = live.table_offset;
+                    kept.insert(service.id);
+                }
+                _ if service.value.table_size == 0 => {}
+                _ => {
+                    let size = service.value.table_size;
+                    service.write_table = true;
+                    service.value.table_offset = match (pool.alloc(size), live) {
+                        (Some(offset), _) => offset,
+                        // No room for a second copy (many tables rebuilt at once, say when a
+                        // node with backends of every service fails): rewrite this one in
+                        // place. Each slot then holds the old or the new choice, and both
+                        // are valid backends until the stale ones are removed below.
+                        (None, Some(live)) if live.table_size == size => {
+                            kept.insert(service.id);
+                            live.table_offset
+                        }
+                        (None, _) => {
+                            return Err(DatapathError::MaglevPoolFull {
+                                service: service.name.clone(),
+                                size,
+                                capacity: pool.capacity(),
+                            });
+                        }
+                    };
+                }
+            }
+        }
+        let retiring = live_tables
+            .values()
+            .filter(|live| live.table_size > 0 && !kept.contains(&live.id))
+            .map(|live| (live.table_offset, live.table_size))
+            .collect();
         let nodes = set
             .nodes
             .iter()
@@ -732,6 +833,8 @@ impl Datapath {
             .collect();
         Ok(Plan {
             services,
+            pool,
+            retiring,
             backends,
             backend_ids,
             nodes,
@@ -744,8 +847,6 @@ impl Datapath {
             services: plan.services.len(),
             ..ApplyReport::default()
         };
-        let size = self.options.limits.maglev_size;
-
         for (addr, id) in &plan.nodes {
             if self.live_nodes.get(addr) != Some(id) {
                 self.nodes
@@ -766,32 +867,17 @@ impl Datapath {
             }
         }
 
-        // 2 and 3. Tables into the idle half, then the entries that switch to them.
+        // 2 and 3. Rebuilt tables into fresh slots, then the entries that switch to them.
         let mut wanted_keys = HashSet::new();
         let mut names = HashMap::new();
         for service in &plan.services {
-            let live = service
-                .keys
-                .iter()
-                .filter_map(|(key, _)| self.live_services.get(key))
-                .find(|live| live.id == service.id)
-                .copied();
-            let generation = match live {
-                Some(live) if live.table_hash == service.value.table_hash => live.table_gen,
-                Some(live) => {
-                    self.write_table(service.id, live.table_gen ^ 1, &service.table, size);
-                    report.tables_written += 1;
-                    live.table_gen ^ 1
-                }
-                None => {
-                    self.write_table(service.id, 0, &service.table, size);
-                    report.tables_written += 1;
-                    0
-                }
-            };
+            if service.write_table {
+                self.maglev
+                    .write(service.value.table_offset as usize, &service.table);
+                report.tables_written += 1;
+            }
             for (key, external) in &service.keys {
                 let value = ServiceValue {
-                    table_gen: generation,
                     flags: service.value.flags | external,
                     ..service.value
                 };
@@ -849,20 +935,14 @@ impl Datapath {
             self.live_nodes.remove(&addr);
         }
         self.service_names = names;
+        self.pool = plan.pool;
+        self.retiring = plan.retiring;
         debug_assert!(
             plan.backend_ids
                 .values()
                 .all(|id| self.live_backends.contains_key(id))
         );
         Ok(report)
-    }
-
-    fn write_table(&mut self, service_id: u32, generation: u32, table: &[u32], size: u32) {
-        if table.is_empty() {
-            return;
-        }
-        let start = maglev_table_start(service_id, generation, size) as usize;
-        self.maglev.write(start, table);
     }
 
     /// Attaches the east-west programs to a pod's host-side veth: translation of packets
@@ -1063,6 +1143,11 @@ impl Datapath {
             .collect()
     }
 
+    /// Slots of the Maglev pool in use, and its capacity.
+    pub fn maglev_pool_usage(&self) -> (u64, u64) {
+        (self.pool.used(), self.pool.capacity())
+    }
+
     /// Connections currently tracked (forward entries in the conntrack map).
     pub fn tracked_connections(&self) -> Result<usize, DatapathError> {
         let mut count = 0;
@@ -1086,9 +1171,9 @@ impl Datapath {
         if value.backend_count == 0 {
             return Ok(Some(Vec::new()));
         }
-        let size = self.options.limits.maglev_size;
-        let start = maglev_table_start(value.id, value.table_gen, size) as usize;
-        let ids = self.maglev.read(start, size as usize);
+        let ids = self
+            .maglev
+            .read(value.table_offset as usize, value.table_size as usize);
         let mut table = Vec::with_capacity(ids.len());
         for id in ids {
             let backend = self

@@ -39,9 +39,13 @@ pub mod defaults {
     pub const MAX_CONNECTIONS: u32 = 1_000_000;
     pub const MAX_AFFINITY: u32 = 100_000;
     pub const MAX_NODES: u32 = 4_096;
-    /// Maglev lookup table size per service: prime, and large against the backend count
-    /// (the Maglev paper keeps M > 100 * N for near-minimal disruption).
-    pub const MAGLEV_TABLE_SIZE: u32 = 1_021;
+    /// Smallest Maglev table (prime). Larger services get larger tables (200 slots per
+    /// backend): the Maglev paper keeps M > 100 * N for near-minimal disruption.
+    pub const MAGLEV_MIN_TABLE: u32 = 1_021;
+    /// Slots in the pool all tables are carved from (u32 each, two per map entry):
+    /// 128 MiB, enough for 10,000 services of 10 backends (2,048 slots each) with a third
+    /// to spare for rebuilding tables.
+    pub const MAGLEV_POOL_SLOTS: u32 = 1 << 25;
 }
 
 pub const IPPROTO_ICMP: u8 = 1;
@@ -53,8 +57,8 @@ pub const IPPROTO_UDP: u8 = 17;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DatapathConfig {
-    /// Entries per Maglev table; each service owns two tables (double buffering).
-    pub maglev_size: u32,
+    /// Slots in the Maglev pool (for inspection; tables carry their own bounds).
+    pub maglev_pool_slots: u32,
     /// This node's id; backends with another node id are remote.
     pub node_id: u32,
     /// This node's underlay address (network order): the outer source of IPIP packets
@@ -88,13 +92,17 @@ pub struct ServiceValue {
     pub id: u32,
     /// Backends in the live Maglev table; zero means new flows are dropped (counted).
     pub backend_count: u32,
-    /// Which of the service's two Maglev tables is live (0 or 1).
-    pub table_gen: u32,
+    /// First slot of the live Maglev table in the pool. A rebuilt table is written to
+    /// fresh slots and this entry switched to them in one update.
+    pub table_offset: u32,
+    /// Slots in the live table: a prime.
+    pub table_size: u32,
     pub flags: u32,
     pub affinity_timeout_secs: u32,
     /// Fingerprint of the backend list the live table was built from: lets a restarted
     /// agent skip rewriting tables that are already right.
     pub table_hash: u32,
+    pub _pad: u32,
 }
 
 /// Backend states. Only `ACTIVE` backends receive new flows.
@@ -264,39 +272,13 @@ impl Reason {
     }
 }
 
-/// Map entries one Maglev table of `maglev_size` slots takes. The kernel stores array map
-/// values in 8-byte strides, so a u64 entry holds two u32 backend ids (slot 2k in the low
-/// half, 2k+1 in the high half) and no memory is wasted on padding.
+/// Where a pool slot lives in the Maglev map: the kernel stores array values in 8-byte
+/// strides, so each u64 entry holds two u32 backend ids (even slot in the low half, odd
+/// slot in the high half) and no memory goes to padding. Seen from user space through
+/// mmap, the map is then simply an array of u32 slots.
 #[inline(always)]
-pub const fn maglev_entries_per_table(maglev_size: u32) -> u32 {
-    maglev_size.div_ceil(2)
-}
-
-/// Map entries for `max_services` services: each owns two tables, the live one and the
-/// one being rebuilt.
-pub const fn maglev_map_entries(max_services: u32, maglev_size: u32) -> u32 {
-    max_services * 2 * maglev_entries_per_table(maglev_size)
-}
-
-/// Where a table slot lives: the map entry, and the half of it (0 low, 1 high).
-#[inline(always)]
-pub const fn maglev_position(
-    service_id: u32,
-    generation: u32,
-    slot: u32,
-    maglev_size: u32,
-) -> (u32, u32) {
-    let table = service_id * 2 + (generation & 1);
-    (
-        table * maglev_entries_per_table(maglev_size) + slot / 2,
-        slot & 1,
-    )
-}
-
-/// The first slot of a table in the map seen as an array of u32 (as user space maps it):
-/// a table's slots are contiguous there.
-pub const fn maglev_table_start(service_id: u32, generation: u32, maglev_size: u32) -> u32 {
-    (service_id * 2 + (generation & 1)) * maglev_entries_per_table(maglev_size) * 2
+pub const fn maglev_position(slot: u32) -> (u32, u32) {
+    (slot / 2, slot & 1)
 }
 
 /// Hash of a flow used to pick its Maglev slot. Shared by the programs and user space so
@@ -379,7 +361,7 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<DatapathConfig>(), 16);
         assert_eq!(size_of::<ServiceKey>(), 8);
-        assert_eq!(size_of::<ServiceValue>(), 24);
+        assert_eq!(size_of::<ServiceValue>(), 32);
         assert_eq!(size_of::<Backend>(), 12);
         assert_eq!(size_of::<FlowKey>(), 16);
         assert_eq!(size_of::<CtEntry>(), 16);
@@ -406,19 +388,9 @@ mod tests {
     }
 
     #[test]
-    fn maglev_positions_agree_with_the_u32_view_and_do_not_overlap() {
-        let m = 7;
-        for service in 0..3 {
-            for generation in 0..2 {
-                let start = maglev_table_start(service, generation, m);
-                for slot in 0..m {
-                    let (entry, half) = maglev_position(service, generation, slot, m);
-                    assert_eq!(entry * 2 + half, start + slot);
-                }
-            }
-        }
-        assert_eq!(maglev_table_start(0, 1, m), 8);
-        assert_eq!(maglev_table_start(1, 0, m), 16);
-        assert_eq!(maglev_map_entries(3, m), 24);
+    fn maglev_slots_pack_two_per_entry() {
+        assert_eq!(maglev_position(0), (0, 0));
+        assert_eq!(maglev_position(1), (0, 1));
+        assert_eq!(maglev_position(1021), (510, 1));
     }
 }
