@@ -1,4 +1,13 @@
-//! berth-control: the control plane. The API server validates and stores resources in a
-//! revisioned store and streams changes to watchers.
+//! berth-control: the control plane. The API server validates resources, stores them in
+//! a revisioned store and streams their changes to watchers.
 
+pub mod api;
+pub mod client;
+pub mod config;
+pub mod kubeconfig;
+pub mod metrics;
+pub mod pki;
+pub mod registry;
+pub mod server;
 pub mod store;
+mod util;

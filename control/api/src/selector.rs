@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use crate::validation::{FieldPath, Validator, check_dns_subdomain};
+use crate::validation::{FieldPath, Validator};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Requirement {
@@ -188,11 +188,6 @@ impl FieldSelector {
             (found == *expected) == *equal
         })
     }
-}
-
-/// Whether `name` could be an object name; used to reject path segments early.
-pub fn is_object_name(name: &str) -> bool {
-    check_dns_subdomain(name).is_ok()
 }
 
 #[cfg(test)]
