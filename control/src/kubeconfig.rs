@@ -20,6 +20,7 @@ pub enum KubeconfigError {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct Kubeconfig {
+    #[serde(rename = "apiVersion")]
     pub api_version: String,
     pub kind: String,
     pub clusters: Vec<NamedCluster>,
