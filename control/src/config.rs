@@ -41,6 +41,19 @@ pub struct Config {
     #[arg(long, env = "BERTH_COMPACTION_INTERVAL", default_value_t = 300)]
     pub compaction_interval_secs: u64,
 
+    /// Serve the API only; run no scheduler or controllers (for an API-only replica, and
+    /// for tests of the API alone).
+    #[arg(long, env = "BERTH_NO_CONTROLLERS")]
+    pub no_controllers: bool,
+
+    /// Seconds without a heartbeat before a node is marked `Ready=Unknown`.
+    #[arg(long, env = "BERTH_NODE_GRACE", default_value_t = 40)]
+    pub node_grace_secs: u64,
+
+    /// Seconds a node may be not ready before its pods are deleted and rescheduled.
+    #[arg(long, env = "BERTH_POD_EVICTION_TIMEOUT", default_value_t = 60)]
+    pub pod_eviction_timeout_secs: u64,
+
     /// Log filter (tracing-subscriber env-filter syntax).
     #[arg(long, env = "BERTH_LOG", default_value = "info")]
     pub log: String,
@@ -59,6 +72,14 @@ impl Config {
 
     pub fn pki_dir(&self) -> PathBuf {
         self.data_dir.join("pki")
+    }
+
+    pub fn controller_settings(&self) -> crate::controllers::Settings {
+        crate::controllers::Settings {
+            node_grace: Duration::from_secs(self.node_grace_secs),
+            pod_eviction_timeout: Duration::from_secs(self.pod_eviction_timeout_secs),
+            ..crate::controllers::Settings::default()
+        }
     }
 
     pub fn compaction_interval(&self) -> Duration {

@@ -4,10 +4,11 @@
 pub mod api;
 pub mod client;
 pub mod config;
+pub mod controllers;
 pub mod kubeconfig;
 pub mod metrics;
 pub mod pki;
 pub mod registry;
 pub mod server;
 pub mod store;
-mod util;
+pub mod util;

@@ -711,7 +711,7 @@ impl Registry {
                 )
             }
             None => {
-                let hash = &util::sha256_hex(template.to_string().as_bytes())[..10];
+                let hash = util::template_hash(&template);
                 let revision_name = format!("{name}-{hash}");
                 (
                     revision_name.clone(),

@@ -19,6 +19,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::{
     api::{self, ApiState, Auth},
     config::Config,
+    controllers::Controllers,
     kubeconfig::Kubeconfig,
     metrics::Metrics,
     pki::{self, Pki},
@@ -54,6 +55,7 @@ pub struct Server {
     store: Arc<dyn Store>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    controllers: Option<Controllers>,
 }
 
 impl Server {
@@ -106,12 +108,26 @@ impl Server {
         )?;
 
         let registry = Registry::new(Arc::clone(&store), metrics.clone());
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let controllers = if config.no_controllers {
+            None
+        } else {
+            Some(
+                Controllers::start(
+                    registry.clone(),
+                    Arc::clone(&store),
+                    Controllers::all(),
+                    config.controller_settings(),
+                    shutdown_rx.clone(),
+                )
+                .await?,
+            )
+        };
         let router = api::router(ApiState {
             registry,
             metrics: metrics.clone(),
             auth: Some(auth),
         });
-        let (shutdown, shutdown_rx) = watch::channel(false);
         let accept = tokio::spawn(accept_loop(listener, tls, router, shutdown_rx.clone()));
         let compaction = tokio::spawn(compact_periodically(
             Arc::clone(&store),
@@ -128,6 +144,7 @@ impl Server {
             store,
             shutdown,
             tasks: vec![accept, compaction],
+            controllers,
         })
     }
 
@@ -141,6 +158,9 @@ impl Server {
         let _ = self.shutdown.send(true);
         for task in self.tasks {
             let _ = task.await;
+        }
+        if let Some(controllers) = self.controllers {
+            controllers.join().await;
         }
     }
 }

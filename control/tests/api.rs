@@ -697,7 +697,7 @@ async fn openapi_document_describes_the_api() {
 
 #[tokio::test]
 async fn plain_http_only_when_asked_and_still_authenticated() {
-    let t = start_with(&["--insecure-http"]).await;
+    let t = start_with(&["--insecure-http", "--no-controllers"]).await;
     assert!(t.server.url.starts_with("http://127.0.0.1:"));
     let (status, _) = t.call(Method::GET, DEPLOYMENTS, None).await;
     assert_eq!(status, 200);

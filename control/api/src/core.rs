@@ -174,6 +174,9 @@ pub struct Condition {
     pub message: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub last_transition_time: String,
+    /// For node conditions: when the agent last confirmed it (its heartbeat).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub last_heartbeat_time: String,
 }
 
 impl PodSpec {

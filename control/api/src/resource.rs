@@ -202,6 +202,13 @@ pub struct ResourceType {
     schema: fn(&mut SchemaGenerator) -> schemars::Schema,
 }
 
+/// A kind is identified by group, version and kind; the function pointers follow from them.
+impl PartialEq for ResourceType {
+    fn eq(&self, other: &Self) -> bool {
+        (self.group, self.version, self.kind) == (other.group, other.version, other.kind)
+    }
+}
+
 impl std::fmt::Debug for ResourceType {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.api_version(), self.kind)

@@ -14,8 +14,9 @@ pub struct TestServer {
     pub dir: tempfile::TempDir,
 }
 
+/// The API alone: no controllers writing behind the test's back.
 pub async fn start() -> TestServer {
-    start_with(&[]).await
+    start_with(&["--no-controllers"]).await
 }
 
 pub async fn start_with(extra: &[&str]) -> TestServer {
