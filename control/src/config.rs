@@ -38,7 +38,11 @@ pub struct Config {
     pub history_revisions: u64,
 
     /// How often to compact the store's history, in seconds.
-    #[arg(long, env = "BERTH_COMPACTION_INTERVAL", default_value_t = 300)]
+    #[arg(
+        long = "compaction-interval",
+        env = "BERTH_COMPACTION_INTERVAL",
+        default_value_t = 300
+    )]
     pub compaction_interval_secs: u64,
 
     /// Serve the API only; run no scheduler or controllers (for an API-only replica, and
@@ -47,11 +51,15 @@ pub struct Config {
     pub no_controllers: bool,
 
     /// Seconds without a heartbeat before a node is marked `Ready=Unknown`.
-    #[arg(long, env = "BERTH_NODE_GRACE", default_value_t = 40)]
+    #[arg(long = "node-grace", env = "BERTH_NODE_GRACE", default_value_t = 40)]
     pub node_grace_secs: u64,
 
     /// Seconds a node may be not ready before its pods are deleted and rescheduled.
-    #[arg(long, env = "BERTH_POD_EVICTION_TIMEOUT", default_value_t = 60)]
+    #[arg(
+        long = "pod-eviction-timeout",
+        env = "BERTH_POD_EVICTION_TIMEOUT",
+        default_value_t = 60
+    )]
     pub pod_eviction_timeout_secs: u64,
 
     /// Log filter (tracing-subscriber env-filter syntax).

@@ -40,13 +40,17 @@ pub fn parse_rfc3339(text: &str) -> Option<u64> {
     let (date, time) = text.strip_suffix('Z')?.split_once('T')?;
     let mut date = date.splitn(3, '-').map(str::parse::<i64>);
     let (y, m, d) = (date.next()?.ok()?, date.next()?.ok()?, date.next()?.ok()?);
-    let mut time = time.splitn(3, ':').map(|p| p.split('.').next().unwrap_or(p).parse::<u64>());
+    let mut time = time
+        .splitn(3, ':')
+        .map(|p| p.split('.').next().unwrap_or(p).parse::<u64>());
     let (hh, mm, ss) = (time.next()?.ok()?, time.next()?.ok()?, time.next()?.ok()?);
     if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
         return None;
     }
     let days = days_from_civil(y, m, d);
-    u64::try_from(days).ok().map(|days| days * 86_400 + hh * 3600 + mm * 60 + ss)
+    u64::try_from(days)
+        .ok()
+        .map(|days| days * 86_400 + hh * 3600 + mm * 60 + ss)
 }
 
 fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
@@ -60,7 +64,9 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 }
 
 pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 pub fn random_bytes<const N: usize>() -> [u8; N] {

@@ -13,7 +13,8 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ObjectMeta {
-    #[serde(default)]
+    /// Required on objects; empty in pod templates.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
     /// Empty for cluster-scoped kinds; filled with `default` for namespaced ones.
     #[serde(default, skip_serializing_if = "String::is_empty")]

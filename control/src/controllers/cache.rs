@@ -28,7 +28,11 @@ impl Snapshot {
     }
 
     /// Objects of a kind, in one namespace or (None) all of them, in key order.
-    pub fn list<'a>(&'a self, rt: &ResourceType, namespace: Option<&str>) -> impl Iterator<Item = &'a Value> + 'a {
+    pub fn list<'a>(
+        &'a self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
+    ) -> impl Iterator<Item = &'a Value> + 'a {
         let prefix = prefix(rt, namespace);
         self.objects
             .range(prefix.clone()..)
@@ -45,12 +49,21 @@ impl Snapshot {
     }
 
     /// For tests and hollow setups: a snapshot from objects, keyed like the store.
-    pub fn from_objects(objects: impl IntoIterator<Item = (&'static ResourceType, Value)>, revision: Revision) -> Self {
+    pub fn from_objects(
+        objects: impl IntoIterator<Item = (&'static ResourceType, Value)>,
+        revision: Revision,
+    ) -> Self {
         let objects = objects
             .into_iter()
             .map(|(rt, v)| {
-                let ns = v.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default();
-                let name = v.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+                let ns = v
+                    .pointer("/metadata/namespace")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                let name = v
+                    .pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
                 (key(rt, ns, name), v)
             })
             .collect();
@@ -74,7 +87,10 @@ pub struct Cache {
 impl Cache {
     /// Starts the reflector; `changes` receives every applied change (and, after a
     /// relist, every object) so the runtime can enqueue work.
-    pub async fn start(store: Arc<dyn Store>, changes: mpsc::UnboundedSender<Vec<Change>>) -> Result<Arc<Self>, StoreError> {
+    pub async fn start(
+        store: Arc<dyn Store>,
+        changes: mpsc::UnboundedSender<Vec<Change>>,
+    ) -> Result<Arc<Self>, StoreError> {
         let initial = list_all(&store).await?;
         let (revision, _) = watch::channel(initial.revision);
         let all = initial
@@ -106,7 +122,11 @@ impl Cache {
         let _ = rx.wait_for(|r| *r >= revision).await;
     }
 
-    async fn reflect(self: Arc<Self>, store: Arc<dyn Store>, changes: mpsc::UnboundedSender<Vec<Change>>) {
+    async fn reflect(
+        self: Arc<Self>,
+        store: Arc<dyn Store>,
+        changes: mpsc::UnboundedSender<Vec<Change>>,
+    ) {
         let mut wake = store.subscribe();
         loop {
             wake.borrow_and_update();
@@ -152,12 +172,16 @@ impl Cache {
         let mut applied = Vec::with_capacity(events.len());
         for event in events {
             snapshot.revision = event.revision();
-            let Ok(object) = decode_stored(&event.kv) else { continue };
+            let Ok(object) = decode_stored(&event.kv) else {
+                continue;
+            };
             let deleted = event.kind == EventKind::Delete;
             if deleted {
                 snapshot.objects.remove(&event.kv.key);
             } else {
-                snapshot.objects.insert(event.kv.key.clone(), object.clone());
+                snapshot
+                    .objects
+                    .insert(event.kv.key.clone(), object.clone());
             }
             applied.push(Change {
                 key: event.kv.key,

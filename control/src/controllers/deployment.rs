@@ -6,8 +6,8 @@ use berth_api::ResourceType;
 use serde_json::{Value, json};
 
 use super::{
-    Change, Context, DEPLOYMENTS, Outcome, PODS, REPLICASETS, Reconciler, Snapshot, Write, controller_of, is_kind,
-    owner_reference, uid_of,
+    Change, Context, DEPLOYMENTS, Outcome, PODS, REPLICASETS, Reconciler, Snapshot, Write,
+    controller_of, is_kind, owner_reference, uid_of,
 };
 use crate::{
     registry::{name_of, namespace_of},
@@ -30,7 +30,10 @@ impl Reconciler for DeploymentController {
 
     fn affected(&self, change: &Change, _snapshot: &Snapshot) -> Vec<(String, String)> {
         if is_kind(change, &DEPLOYMENTS) {
-            return vec![(namespace_of(&change.object).to_owned(), name_of(&change.object).to_owned())];
+            return vec![(
+                namespace_of(&change.object).to_owned(),
+                name_of(&change.object).to_owned(),
+            )];
         }
         if is_kind(change, &REPLICASETS)
             && let Some(("Deployment", owner, _)) = controller_of(&change.object)
@@ -53,11 +56,18 @@ fn int(value: &Value, pointer: &str) -> i64 {
 fn scaled(value: Option<&Value>, total: i64, round_up: bool, default_percent: i64) -> i64 {
     let percent = |p: i64| {
         let exact = total * p;
-        if round_up { (exact + 99) / 100 } else { exact / 100 }
+        if round_up {
+            (exact + 99) / 100
+        } else {
+            exact / 100
+        }
     };
     match value {
         Some(Value::Number(n)) => n.as_i64().unwrap_or(0),
-        Some(Value::String(s)) => s.strip_suffix('%').and_then(|p| p.parse().ok()).map_or(0, percent),
+        Some(Value::String(s)) => s
+            .strip_suffix('%')
+            .and_then(|p| p.parse().ok())
+            .map_or(0, percent),
         _ => percent(default_percent),
     }
 }
@@ -66,7 +76,10 @@ fn plan(deployment: &Value, snapshot: &Snapshot) -> Vec<Write> {
     let namespace = namespace_of(deployment);
     let uid = uid_of(deployment);
     let desired = int(deployment, "/spec/replicas");
-    let template = deployment.pointer("/spec/template").cloned().unwrap_or(json!({}));
+    let template = deployment
+        .pointer("/spec/template")
+        .cloned()
+        .unwrap_or(json!({}));
     let hash = util::template_hash(&template);
     let new_name = format!("{}-{hash}", name_of(deployment));
 
@@ -74,9 +87,18 @@ fn plan(deployment: &Value, snapshot: &Snapshot) -> Vec<Write> {
         .list(&REPLICASETS, Some(namespace))
         .filter(|rs| controller_of(rs).is_some_and(|(_, _, owner)| owner == uid))
         .collect();
-    owned.sort_by_key(|rs| rs.pointer("/metadata/creationTimestamp").and_then(Value::as_str).unwrap_or_default().to_owned());
+    owned.sort_by_key(|rs| {
+        rs.pointer("/metadata/creationTimestamp")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    });
     let new_rs = owned.iter().find(|rs| name_of(rs) == new_name).copied();
-    let old: Vec<&Value> = owned.iter().filter(|rs| name_of(rs) != new_name).copied().collect();
+    let old: Vec<&Value> = owned
+        .iter()
+        .filter(|rs| name_of(rs) != new_name)
+        .copied()
+        .collect();
     let old_replicas: i64 = old.iter().map(|rs| int(rs, "/spec/replicas")).sum();
 
     let Some(new_rs) = new_rs else {
@@ -98,19 +120,31 @@ fn plan(deployment: &Value, snapshot: &Snapshot) -> Vec<Write> {
     };
     let new_replicas = int(new_rs, "/spec/replicas");
     let mut writes = Vec::new();
-    let recreate = deployment.pointer("/spec/strategy/type").and_then(Value::as_str) == Some("Recreate");
+    let recreate = deployment
+        .pointer("/spec/strategy/type")
+        .and_then(Value::as_str)
+        == Some("Recreate");
     if deployment.pointer("/spec/paused").and_then(Value::as_bool) == Some(true) {
         // Paused: keep everything as it is, report only.
     } else if recreate {
         if old_replicas > 0 {
-            writes.extend(old.iter().filter(|rs| int(rs, "/spec/replicas") > 0).map(|rs| set_replicas(rs, 0)));
+            writes.extend(
+                old.iter()
+                    .filter(|rs| int(rs, "/spec/replicas") > 0)
+                    .map(|rs| set_replicas(rs, 0)),
+            );
         } else if old_pods_remaining(snapshot, namespace, &old) == 0 && new_replicas != desired {
             writes.push(set_replicas(new_rs, desired));
         }
     } else {
         let rolling = deployment.pointer("/spec/strategy/rollingUpdate");
         let mut surge = scaled(rolling.and_then(|r| r.get("maxSurge")), desired, true, 25);
-        let unavailable = scaled(rolling.and_then(|r| r.get("maxUnavailable")), desired, false, 25);
+        let unavailable = scaled(
+            rolling.and_then(|r| r.get("maxUnavailable")),
+            desired,
+            false,
+            25,
+        );
         if surge == 0 && unavailable == 0 {
             surge = 1;
         }
@@ -124,7 +158,10 @@ fn plan(deployment: &Value, snapshot: &Snapshot) -> Vec<Write> {
         }
         // Scale old ReplicaSets down only as far as availability allows; their pods
         // that are not ready count as already unavailable and can go at once.
-        let ready_total: i64 = owned.iter().map(|rs| int(rs, "/status/readyReplicas")).sum();
+        let ready_total: i64 = owned
+            .iter()
+            .map(|rs| int(rs, "/status/readyReplicas"))
+            .sum();
         let mut removable = (ready_total - (desired - unavailable)).max(0);
         for rs in &old {
             let replicas = int(rs, "/spec/replicas");
@@ -150,16 +187,30 @@ fn plan(deployment: &Value, snapshot: &Snapshot) -> Vec<Write> {
 fn old_pods_remaining(snapshot: &Snapshot, namespace: &str, old: &[&Value]) -> usize {
     snapshot
         .list(&PODS, Some(namespace))
-        .filter(|p| controller_of(p).is_some_and(|(_, _, owner)| old.iter().any(|rs| uid_of(rs) == owner)))
+        .filter(|p| {
+            controller_of(p).is_some_and(|(_, _, owner)| old.iter().any(|rs| uid_of(rs) == owner))
+        })
         .count()
 }
 
-fn new_replica_set(deployment: &Value, template: &Value, name: &str, hash: &str, replicas: i64) -> Value {
+fn new_replica_set(
+    deployment: &Value,
+    template: &Value,
+    name: &str,
+    hash: &str,
+    replicas: i64,
+) -> Value {
     let mut template = template.clone();
     template["metadata"]["labels"][TEMPLATE_HASH_LABEL] = json!(hash);
-    let mut selector = deployment.pointer("/spec/selector").cloned().unwrap_or(json!({}));
+    let mut selector = deployment
+        .pointer("/spec/selector")
+        .cloned()
+        .unwrap_or(json!({}));
     selector["matchLabels"][TEMPLATE_HASH_LABEL] = json!(hash);
-    let mut labels = template.pointer("/metadata/labels").cloned().unwrap_or(json!({}));
+    let mut labels = template
+        .pointer("/metadata/labels")
+        .cloned()
+        .unwrap_or(json!({}));
     labels[TEMPLATE_HASH_LABEL] = json!(hash);
     json!({
         "apiVersion": "apps/v1",
@@ -181,7 +232,10 @@ fn new_replica_set(deployment: &Value, template: &Value, name: &str, hash: &str,
 }
 
 fn prune_history(deployment: &Value, old: &[&Value]) -> Vec<Write> {
-    let limit = deployment.pointer("/spec/revisionHistoryLimit").and_then(Value::as_u64).unwrap_or(10) as usize;
+    let limit = deployment
+        .pointer("/spec/revisionHistoryLimit")
+        .and_then(Value::as_u64)
+        .unwrap_or(10) as usize;
     let idle: Vec<&&Value> = old
         .iter()
         .filter(|rs| int(rs, "/spec/replicas") == 0 && int(rs, "/status/replicas") == 0)
@@ -200,7 +254,10 @@ fn prune_history(deployment: &Value, old: &[&Value]) -> Vec<Write> {
 fn status_write(deployment: &Value, new_rs: &Value, owned: &[&Value]) -> Option<Write> {
     let desired = int(deployment, "/spec/replicas");
     let replicas: i64 = owned.iter().map(|rs| int(rs, "/status/replicas")).sum();
-    let ready: i64 = owned.iter().map(|rs| int(rs, "/status/readyReplicas")).sum();
+    let ready: i64 = owned
+        .iter()
+        .map(|rs| int(rs, "/status/readyReplicas"))
+        .sum();
     let updated = int(new_rs, "/status/replicas");
     let available = ready >= desired;
     let complete = available && updated == desired && replicas == desired;
@@ -255,7 +312,14 @@ mod tests {
         objects.extend(sets.into_iter().map(|rs| (&REPLICASETS, rs)));
         let snapshot = Snapshot::from_objects(objects, 1);
         DeploymentController
-            .reconcile(d, &snapshot, &Context { now: 0, settings: Settings::default() })
+            .reconcile(
+                d,
+                &snapshot,
+                &Context {
+                    now: 0,
+                    settings: Settings::default(),
+                },
+            )
             .writes
     }
 
@@ -275,8 +339,13 @@ mod tests {
         assert_eq!(writes.len(), 1);
         let (name, replicas) = replicas_of(&writes[0]);
         assert_eq!((name.starts_with("web-"), replicas), (true, 3));
-        let Write::Create { object, .. } = &writes[0] else { panic!() };
-        assert_eq!(object["spec"]["selector"]["matchLabels"][TEMPLATE_HASH_LABEL], object["metadata"]["labels"][TEMPLATE_HASH_LABEL]);
+        let Write::Create { object, .. } = &writes[0] else {
+            panic!()
+        };
+        assert_eq!(
+            object["spec"]["selector"]["matchLabels"][TEMPLATE_HASH_LABEL],
+            object["metadata"]["labels"][TEMPLATE_HASH_LABEL]
+        );
     }
 
     #[test]
@@ -290,11 +359,25 @@ mod tests {
         // maxSurge 1: new goes to 1; maxUnavailable 0: old stays at 3 while new is not ready.
         let new = replica_set(&v2, 0, 0, "2026-01-01T00:01:00Z");
         let writes = run(&v2, vec![old.clone(), new]);
-        assert_eq!(writes.iter().map(replicas_of).map(|(_, r)| r).collect::<Vec<_>>(), [1]);
+        assert_eq!(
+            writes
+                .iter()
+                .map(replicas_of)
+                .map(|(_, r)| r)
+                .collect::<Vec<_>>(),
+            [1]
+        );
         // Once the new pod is ready, one old one can go.
         let new = replica_set(&v2, 1, 1, "2026-01-01T00:01:00Z");
         let writes = run(&v2, vec![old, new]);
-        assert_eq!(writes.iter().map(replicas_of).map(|(_, r)| r).collect::<Vec<_>>(), [2]);
+        assert_eq!(
+            writes
+                .iter()
+                .map(replicas_of)
+                .map(|(_, r)| r)
+                .collect::<Vec<_>>(),
+            [2]
+        );
     }
 
     #[test]
@@ -302,9 +385,14 @@ mod tests {
         let v2 = deployment("v2", 2);
         let new = replica_set(&v2, 2, 2, "2026-01-01T00:01:00Z");
         let writes = run(&v2, vec![new.clone()]);
-        let [Write::UpdateStatus { object, .. }] = writes.as_slice() else { panic!("{writes:?}") };
+        let [Write::UpdateStatus { object, .. }] = writes.as_slice() else {
+            panic!("{writes:?}")
+        };
         assert_eq!(object["status"]["readyReplicas"], 2);
-        assert_eq!(object["status"]["conditions"][1]["reason"], "NewReplicaSetAvailable");
+        assert_eq!(
+            object["status"]["conditions"][1]["reason"],
+            "NewReplicaSetAvailable"
+        );
         assert!(run(object, vec![new]).is_empty(), "idempotent");
     }
 

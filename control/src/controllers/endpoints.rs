@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 use berth_api::ResourceType;
 use serde_json::{Value, json};
 
-use super::{Change, Context, ENDPOINTS, Outcome, PODS, Reconciler, SERVICES, Snapshot, Write, is_kind, owner_reference, pod_is_ready, pod_is_terminal};
+use super::{
+    Change, Context, ENDPOINTS, Outcome, PODS, Reconciler, SERVICES, Snapshot, Write, is_kind,
+    owner_reference, pod_is_ready, pod_is_terminal,
+};
 use crate::registry::{labels_of, name_of, namespace_of};
 
 pub struct EndpointsController;
@@ -15,7 +18,11 @@ fn selector_of(service: &Value) -> BTreeMap<String, String> {
     service
         .pointer("/spec/selector")
         .and_then(Value::as_object)
-        .map(|m| m.iter().filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned()))).collect())
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned())))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -64,7 +71,10 @@ impl Reconciler for EndpointsController {
         let mut not_ready = Vec::new();
         let mut pods: Vec<&Value> = Vec::new();
         for pod in snapshot.list(&PODS, Some(ns)) {
-            let ip = pod.pointer("/status/podIP").and_then(Value::as_str).unwrap_or_default();
+            let ip = pod
+                .pointer("/status/podIP")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
             if !selects(&selector, pod) || ip.is_empty() || pod_is_terminal(pod) {
                 continue;
             }
@@ -73,13 +83,22 @@ impl Reconciler for EndpointsController {
                 "nodeName": pod.pointer("/spec/nodeName").cloned().unwrap_or(json!("")),
                 "targetPod": name_of(pod),
             });
-            if pod_is_ready(pod) { ready.push(address) } else { not_ready.push(address) }
+            if pod_is_ready(pod) {
+                ready.push(address)
+            } else {
+                not_ready.push(address)
+            }
             pods.push(pod);
         }
         let ports: Vec<Value> = service
             .pointer("/spec/ports")
             .and_then(Value::as_array)
-            .map(|ports| ports.iter().filter_map(|p| resolve_port(p, &pods)).collect())
+            .map(|ports| {
+                ports
+                    .iter()
+                    .filter_map(|p| resolve_port(p, &pods))
+                    .collect()
+            })
             .unwrap_or_default();
         let subsets = if ready.is_empty() && not_ready.is_empty() {
             json!([])
@@ -96,7 +115,10 @@ impl Reconciler for EndpointsController {
             Some(current) => {
                 let mut updated = current.clone();
                 updated["subsets"] = subsets;
-                Write::Update { rt: &ENDPOINTS, object: updated }
+                Write::Update {
+                    rt: &ENDPOINTS,
+                    object: updated,
+                }
             }
             None => Write::Create {
                 rt: &ENDPOINTS,
@@ -123,18 +145,26 @@ fn resolve_port(port: &Value, pods: &[&Value]) -> Option<Value> {
         None | Some(Value::Null) => port.get("port")?.as_i64()?,
         Some(Value::Number(n)) => n.as_i64()?,
         Some(Value::String(name)) => pods.iter().find_map(|pod| {
-            pod.pointer("/spec/containers")?.as_array()?.iter().find_map(|c| {
-                c.get("ports")?
-                    .as_array()?
-                    .iter()
-                    .find(|p| p["name"].as_str() == Some(name))
-                    .and_then(|p| p["containerPort"].as_i64())
-            })
+            pod.pointer("/spec/containers")?
+                .as_array()?
+                .iter()
+                .find_map(|c| {
+                    c.get("ports")?
+                        .as_array()?
+                        .iter()
+                        .find(|p| p["name"].as_str() == Some(name))
+                        .and_then(|p| p["containerPort"].as_i64())
+                })
         })?,
         Some(_) => return None,
     };
-    let mut out = json!({"port": number, "protocol": port.get("protocol").cloned().unwrap_or(json!("TCP"))});
-    if let Some(name) = port.get("name").and_then(Value::as_str).filter(|n| !n.is_empty()) {
+    let mut out =
+        json!({"port": number, "protocol": port.get("protocol").cloned().unwrap_or(json!("TCP"))});
+    if let Some(name) = port
+        .get("name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+    {
         out["name"] = json!(name);
     }
     Some(out)
@@ -146,10 +176,13 @@ mod tests {
     use crate::controllers::Settings;
 
     fn pod(name: &str, ip: &str, ready: bool, app: &str) -> (&'static ResourceType, Value) {
-        (&PODS, json!({"apiVersion": "v1", "kind": "Pod",
+        (
+            &PODS,
+            json!({"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "namespace": "default", "labels": {"app": app}},
             "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "i", "ports": [{"name": "http", "containerPort": 8080}]}]},
-            "status": {"phase": "Running", "podIP": ip, "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}}))
+            "status": {"phase": "Running", "podIP": ip, "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}}),
+        )
     }
 
     #[test]
@@ -166,9 +199,14 @@ mod tests {
             ],
             1,
         );
-        let ctx = Context { now: 0, settings: Settings::default() };
+        let ctx = Context {
+            now: 0,
+            settings: Settings::default(),
+        };
         let outcome = EndpointsController.reconcile(&service, &snapshot, &ctx);
-        let [Write::Create { object, .. }] = outcome.writes.as_slice() else { panic!("{outcome:?}") };
+        let [Write::Create { object, .. }] = outcome.writes.as_slice() else {
+            panic!("{outcome:?}")
+        };
         let subset = &object["subsets"][0];
         assert_eq!(subset["addresses"][0]["ip"], "198.18.1.2");
         assert_eq!(subset["notReadyAddresses"][0]["ip"], "198.18.1.3");
@@ -176,8 +214,15 @@ mod tests {
         assert_eq!(subset["ports"], json!([{"port": 8080, "protocol": "TCP"}]));
 
         let mut with_endpoints = vec![(&SERVICES, service.clone()), (&ENDPOINTS, object.clone())];
-        with_endpoints.extend([pod("a", "198.18.1.2", true, "web"), pod("b", "198.18.1.3", false, "web")]);
+        with_endpoints.extend([
+            pod("a", "198.18.1.2", true, "web"),
+            pod("b", "198.18.1.3", false, "web"),
+        ]);
         let snapshot = Snapshot::from_objects(with_endpoints, 2);
-        assert_eq!(EndpointsController.reconcile(&service, &snapshot, &ctx), Outcome::default(), "idempotent");
+        assert_eq!(
+            EndpointsController.reconcile(&service, &snapshot, &ctx),
+            Outcome::default(),
+            "idempotent"
+        );
     }
 }

@@ -5,7 +5,9 @@
 use berth_api::{ResourceType, find_by_kind};
 use serde_json::Value;
 
-use super::{Change, Context, Outcome, Reconciler, Snapshot, Write, controller_of, is_kind, uid_of};
+use super::{
+    Change, Context, Outcome, Reconciler, Snapshot, Write, controller_of, is_kind, uid_of,
+};
 use crate::registry::{name_of, namespace_of};
 
 pub struct GarbageCollector(pub &'static ResourceType);
@@ -21,7 +23,10 @@ impl Reconciler for GarbageCollector {
 
     fn affected(&self, change: &Change, snapshot: &Snapshot) -> Vec<(String, String)> {
         if is_kind(change, self.0) {
-            return vec![(namespace_of(&change.object).to_owned(), name_of(&change.object).to_owned())];
+            return vec![(
+                namespace_of(&change.object).to_owned(),
+                name_of(&change.object).to_owned(),
+            )];
         }
         if change.deleted {
             // Dependents of the deleted owner.
@@ -43,13 +48,19 @@ impl Reconciler for GarbageCollector {
             .pointer("/metadata/ownerReferences/0/apiVersion")
             .and_then(Value::as_str)
             .unwrap_or_default();
-        let Some(owner_type) = find_by_kind(api_version, kind).or_else(|| {
-            berth_api::RESOURCE_TYPES.iter().find(|t| t.kind == kind)
-        }) else {
+        let Some(owner_type) = find_by_kind(api_version, kind)
+            .or_else(|| berth_api::RESOURCE_TYPES.iter().find(|t| t.kind == kind))
+        else {
             return Outcome::default();
         };
-        let namespace = if owner_type.namespaced { namespace_of(object) } else { "" };
-        let alive = snapshot.get(owner_type, namespace, name).is_some_and(|owner| uid_of(owner) == uid);
+        let namespace = if owner_type.namespaced {
+            namespace_of(object)
+        } else {
+            ""
+        };
+        let alive = snapshot
+            .get(owner_type, namespace, name)
+            .is_some_and(|owner| uid_of(owner) == uid);
         if alive {
             return Outcome::default();
         }

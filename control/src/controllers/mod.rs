@@ -49,11 +49,29 @@ pub static REPLICASETS: ResourceType = ResourceType::of::<ReplicaSet>();
 /// from, so a write based on stale state fails with a conflict and is retried.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Write {
-    Create { rt: &'static ResourceType, object: Value },
-    Update { rt: &'static ResourceType, object: Value },
-    UpdateStatus { rt: &'static ResourceType, object: Value },
-    Delete { rt: &'static ResourceType, namespace: String, name: String },
-    Event { involved: Value, reason: String, message: String, type_: &'static str },
+    Create {
+        rt: &'static ResourceType,
+        object: Value,
+    },
+    Update {
+        rt: &'static ResourceType,
+        object: Value,
+    },
+    UpdateStatus {
+        rt: &'static ResourceType,
+        object: Value,
+    },
+    Delete {
+        rt: &'static ResourceType,
+        namespace: String,
+        name: String,
+    },
+    Event {
+        involved: Value,
+        reason: String,
+        message: String,
+        type_: &'static str,
+    },
 }
 
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -108,7 +126,10 @@ pub trait Reconciler: Send + Sync {
     fn affected(&self, change: &Change, snapshot: &Snapshot) -> Vec<(String, String)> {
         let _ = snapshot;
         if is_kind(change, self.kind()) {
-            vec![(namespace_of(&change.object).to_owned(), name_of(&change.object).to_owned())]
+            vec![(
+                namespace_of(&change.object).to_owned(),
+                name_of(&change.object).to_owned(),
+            )]
         } else {
             Vec::new()
         }
@@ -142,7 +163,10 @@ pub fn controller_of(object: &Value) -> Option<(&str, &str, &str)> {
 }
 
 pub fn uid_of(object: &Value) -> &str {
-    object.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default()
+    object
+        .pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
 }
 
 pub fn owner_reference(owner: &Value) -> Value {
@@ -165,7 +189,11 @@ pub fn pod_is_terminal(pod: &Value) -> bool {
 pub fn pod_is_ready(pod: &Value) -> bool {
     pod.pointer("/status/conditions")
         .and_then(Value::as_array)
-        .is_some_and(|conditions| conditions.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+        .is_some_and(|conditions| {
+            conditions
+                .iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
 }
 
 /// Runs the reconcilers until `shutdown` flips.
@@ -225,10 +253,20 @@ struct Runtime {
 }
 
 impl Runtime {
-    async fn run(mut self, mut changes: mpsc::UnboundedReceiver<Vec<Change>>, mut shutdown: watch::Receiver<bool>) {
+    async fn run(
+        mut self,
+        mut changes: mpsc::UnboundedReceiver<Vec<Change>>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let mut next_resync = Instant::now() + self.settings.resync;
         loop {
-            let wake_at = self.requeue.values().min().copied().unwrap_or(next_resync).min(next_resync);
+            let wake_at = self
+                .requeue
+                .values()
+                .min()
+                .copied()
+                .unwrap_or(next_resync)
+                .min(next_resync);
             let mut batch = Vec::new();
             tokio::select! {
                 received = changes.recv() => match received {
@@ -255,11 +293,20 @@ impl Runtime {
                 next_resync = now + self.settings.resync;
                 for (i, reconciler) in self.reconcilers.iter().enumerate() {
                     for object in snapshot.list(reconciler.kind(), None) {
-                        queue.insert((i, namespace_of(object).to_owned(), name_of(object).to_owned()));
+                        queue.insert((
+                            i,
+                            namespace_of(object).to_owned(),
+                            name_of(object).to_owned(),
+                        ));
                     }
                 }
             }
-            let due: Vec<WorkKey> = self.requeue.iter().filter(|(_, at)| **at <= now).map(|(k, _)| k.clone()).collect();
+            let due: Vec<WorkKey> = self
+                .requeue
+                .iter()
+                .filter(|(_, at)| **at <= now)
+                .map(|(k, _)| k.clone())
+                .collect();
             for key in due {
                 self.requeue.remove(&key);
                 queue.insert(key);
@@ -299,7 +346,11 @@ impl Runtime {
                     }
                 }
             }
-            let delay = if retry { Some(Duration::from_millis(200)) } else { outcome.requeue_after };
+            let delay = if retry {
+                Some(Duration::from_millis(200))
+            } else {
+                outcome.requeue_after
+            };
             if let Some(delay) = delay {
                 let at = Instant::now() + delay;
                 let entry = self.requeue.entry(key).or_insert(at);
@@ -336,10 +387,19 @@ impl Runtime {
                 Ok(revision_of(&self.registry.update(rt, object).await?))
             }
             Write::UpdateStatus { rt, object } => {
-                let (ns, name) = (namespace_of(&object).to_owned(), name_of(&object).to_owned());
-                Ok(revision_of(&self.registry.update_status(rt, &ns, &name, object).await?))
+                let (ns, name) = (
+                    namespace_of(&object).to_owned(),
+                    name_of(&object).to_owned(),
+                );
+                Ok(revision_of(
+                    &self.registry.update_status(rt, &ns, &name, object).await?,
+                ))
             }
-            Write::Delete { rt, namespace, name } => match self.registry.delete(rt, &namespace, &name, None).await {
+            Write::Delete {
+                rt,
+                namespace,
+                name,
+            } => match self.registry.delete(rt, &namespace, &name, None).await {
                 Ok(_) => Ok(self.registry.store().revision().unwrap_or(0)),
                 Err(e) if e.code == axum::http::StatusCode::NOT_FOUND => Ok(0),
                 Err(e) => Err(e),
@@ -350,7 +410,9 @@ impl Runtime {
                 message,
                 type_,
             } => {
-                self.registry.record_event(&involved, &reason, &message, type_).await;
+                self.registry
+                    .record_event(&involved, &reason, &message, type_)
+                    .await;
                 Ok(0)
             }
         }

@@ -23,7 +23,10 @@ fn ready_condition(node: &Value) -> Option<&Value> {
 }
 
 fn timestamp(condition: &Value, field: &str) -> Option<u64> {
-    condition.get(field).and_then(Value::as_str).and_then(util::parse_rfc3339)
+    condition
+        .get(field)
+        .and_then(Value::as_str)
+        .and_then(util::parse_rfc3339)
 }
 
 impl Reconciler for NodeLifecycle {
@@ -49,7 +52,10 @@ impl Reconciler for NodeLifecycle {
         let mut requeue = Duration::from_secs(grace.saturating_sub(silent_for).max(1));
         if status == "True" && silent_for > grace {
             let mut updated = node.clone();
-            if let Some(conditions) = updated.pointer_mut("/status/conditions").and_then(Value::as_array_mut) {
+            if let Some(conditions) = updated
+                .pointer_mut("/status/conditions")
+                .and_then(Value::as_array_mut)
+            {
                 for condition in conditions.iter_mut().filter(|c| c["type"] == "Ready") {
                     *condition = json!({
                         "type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown",
@@ -59,11 +65,17 @@ impl Reconciler for NodeLifecycle {
                     });
                 }
             }
-            writes.push(Write::UpdateStatus { rt: &NODES, object: updated });
+            writes.push(Write::UpdateStatus {
+                rt: &NODES,
+                object: updated,
+            });
             writes.push(Write::Event {
                 involved: node.clone(),
                 reason: "NodeNotReady".to_owned(),
-                message: format!("Node {} stopped posting status for {silent_for}s", name_of(node)),
+                message: format!(
+                    "Node {} stopped posting status for {silent_for}s",
+                    name_of(node)
+                ),
                 type_: "Warning",
             });
             requeue = Duration::from_secs(eviction.max(1));
@@ -72,7 +84,8 @@ impl Reconciler for NodeLifecycle {
             let down_for = ctx.now.saturating_sub(since);
             if down_for >= eviction {
                 for pod in snapshot.list(&PODS, None) {
-                    if pod.pointer("/spec/nodeName").and_then(Value::as_str) == Some(name_of(node)) {
+                    if pod.pointer("/spec/nodeName").and_then(Value::as_str) == Some(name_of(node))
+                    {
                         writes.push(Write::Delete {
                             rt: &PODS,
                             namespace: namespace_of(pod).to_owned(),
@@ -118,8 +131,11 @@ mod tests {
         Snapshot::from_objects(
             vec![
                 (&NODES, node),
-                (&PODS, json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "default"},
-                    "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "i"}]}})),
+                (
+                    &PODS,
+                    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "default"},
+                    "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "i"}]}}),
+                ),
             ],
             1,
         )
@@ -137,13 +153,18 @@ mod tests {
     fn silence_marks_unknown_then_evicts() {
         let n = node("True", 1000, 900);
         let outcome = NodeLifecycle.reconcile(&n, &with_pod(n.clone()), &ctx(1041));
-        let Some(Write::UpdateStatus { object, .. }) = outcome.writes.first() else { panic!("{outcome:?}") };
+        let Some(Write::UpdateStatus { object, .. }) = outcome.writes.first() else {
+            panic!("{outcome:?}")
+        };
         assert_eq!(object["status"]["conditions"][0]["status"], "Unknown");
 
         let unknown = node("Unknown", 1000, 1041);
         let early = NodeLifecycle.reconcile(&unknown, &with_pod(unknown.clone()), &ctx(1060));
         assert!(early.writes.is_empty(), "not yet past the eviction timeout");
         let late = NodeLifecycle.reconcile(&unknown, &with_pod(unknown.clone()), &ctx(1101));
-        assert!(matches!(late.writes.as_slice(), [Write::Delete { name, .. }] if name == "p"), "{late:?}");
+        assert!(
+            matches!(late.writes.as_slice(), [Write::Delete { name, .. }] if name == "p"),
+            "{late:?}"
+        );
     }
 }

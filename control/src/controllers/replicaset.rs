@@ -4,8 +4,8 @@ use berth_api::ResourceType;
 use serde_json::{Value, json};
 
 use super::{
-    Change, Context, Outcome, PODS, REPLICASETS, Reconciler, Snapshot, Write, controller_of, is_kind, owner_reference,
-    pod_is_ready, pod_is_terminal, uid_of,
+    Change, Context, Outcome, PODS, REPLICASETS, Reconciler, Snapshot, Write, controller_of,
+    is_kind, owner_reference, pod_is_ready, pod_is_terminal, uid_of,
 };
 use crate::{
     registry::{name_of, namespace_of},
@@ -29,7 +29,10 @@ impl Reconciler for ReplicaSetController {
 
     fn affected(&self, change: &Change, _snapshot: &Snapshot) -> Vec<(String, String)> {
         if is_kind(change, &REPLICASETS) {
-            return vec![(namespace_of(&change.object).to_owned(), name_of(&change.object).to_owned())];
+            return vec![(
+                namespace_of(&change.object).to_owned(),
+                name_of(&change.object).to_owned(),
+            )];
         }
         if is_kind(change, &PODS)
             && let Some(("ReplicaSet", owner, _)) = controller_of(&change.object)
@@ -42,10 +45,15 @@ impl Reconciler for ReplicaSetController {
     fn reconcile(&self, rs: &Value, snapshot: &Snapshot, _ctx: &Context) -> Outcome {
         let namespace = namespace_of(rs);
         let uid = uid_of(rs);
-        let desired = rs.pointer("/spec/replicas").and_then(Value::as_u64).unwrap_or(0) as usize;
+        let desired = rs
+            .pointer("/spec/replicas")
+            .and_then(Value::as_u64)
+            .unwrap_or(0) as usize;
         let mut pods: Vec<&Value> = snapshot
             .list(&PODS, Some(namespace))
-            .filter(|p| controller_of(p).is_some_and(|(_, _, owner)| owner == uid) && !pod_is_terminal(p))
+            .filter(|p| {
+                controller_of(p).is_some_and(|(_, _, owner)| owner == uid) && !pod_is_terminal(p)
+            })
             .collect();
         let mut writes = Vec::new();
         let mut requeue_after = None;
@@ -63,9 +71,20 @@ impl Reconciler for ReplicaSetController {
         } else if pods.len() > desired {
             // Least useful first: unscheduled, then not ready, then the newest.
             pods.sort_by_key(|p| {
-                let scheduled = !p.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or_default().is_empty();
-                let created = p.pointer("/metadata/creationTimestamp").and_then(Value::as_str).unwrap_or_default();
-                (scheduled, pod_is_ready(p), std::cmp::Reverse(created.to_owned()))
+                let scheduled = !p
+                    .pointer("/spec/nodeName")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .is_empty();
+                let created = p
+                    .pointer("/metadata/creationTimestamp")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                (
+                    scheduled,
+                    pod_is_ready(p),
+                    std::cmp::Reverse(created.to_owned()),
+                )
             });
             for pod in &pods[..pods.len() - desired] {
                 writes.push(Write::Delete {
@@ -88,7 +107,10 @@ impl Reconciler for ReplicaSetController {
                 object: updated,
             });
         }
-        Outcome { writes, requeue_after }
+        Outcome {
+            writes,
+            requeue_after,
+        }
     }
 }
 
@@ -133,23 +155,46 @@ mod tests {
         let mut objects = vec![(&REPLICASETS, rs)];
         objects.extend(pods.into_iter().map(|p| (&PODS, p)));
         let snapshot = Snapshot::from_objects(objects, 1);
-        let rs = snapshot.get(&REPLICASETS, "default", "web-abc").expect("rs").clone();
-        ReplicaSetController.reconcile(&rs, &snapshot, &Context { now: 0, settings: Settings::default() })
+        let rs = snapshot
+            .get(&REPLICASETS, "default", "web-abc")
+            .expect("rs")
+            .clone();
+        ReplicaSetController.reconcile(
+            &rs,
+            &snapshot,
+            &Context {
+                now: 0,
+                settings: Settings::default(),
+            },
+        )
     }
 
     #[test]
     fn creates_missing_pods_from_the_template() {
         let outcome = run(rs(3), vec![pod("web-abc-1", "n1", true)]);
         assert_eq!(outcome.writes.len(), 2);
-        let Write::Create { object, .. } = &outcome.writes[0] else { panic!("{outcome:?}") };
+        let Write::Create { object, .. } = &outcome.writes[0] else {
+            panic!("{outcome:?}")
+        };
         assert_eq!(object["metadata"]["labels"]["app"], "web");
         assert_eq!(object["metadata"]["ownerReferences"][0]["uid"], "rs-uid");
-        assert!(object["metadata"]["name"].as_str().is_some_and(|n| n.starts_with("web-abc-")));
+        assert!(
+            object["metadata"]["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("web-abc-"))
+        );
     }
 
     #[test]
     fn deletes_the_least_useful_pods_first() {
-        let outcome = run(rs(1), vec![pod("ready", "n1", true), pod("notready", "n1", false), pod("pending", "", false)]);
+        let outcome = run(
+            rs(1),
+            vec![
+                pod("ready", "n1", true),
+                pod("notready", "n1", false),
+                pod("pending", "", false),
+            ],
+        );
         let deleted: Vec<&str> = outcome
             .writes
             .iter()
@@ -164,9 +209,17 @@ mod tests {
     #[test]
     fn at_the_desired_count_only_status_is_written_once() {
         let outcome = run(rs(2), vec![pod("a", "n1", true), pod("b", "n1", false)]);
-        let [Write::UpdateStatus { object, .. }] = outcome.writes.as_slice() else { panic!("{outcome:?}") };
-        assert_eq!(object["status"], json!({"observedGeneration": 1, "replicas": 2, "readyReplicas": 1}));
-        let outcome = run(object.clone(), vec![pod("a", "n1", true), pod("b", "n1", false)]);
+        let [Write::UpdateStatus { object, .. }] = outcome.writes.as_slice() else {
+            panic!("{outcome:?}")
+        };
+        assert_eq!(
+            object["status"],
+            json!({"observedGeneration": 1, "replicas": 2, "readyReplicas": 1})
+        );
+        let outcome = run(
+            object.clone(),
+            vec![pod("a", "n1", true), pod("b", "n1", false)],
+        );
         assert_eq!(outcome, Outcome::default(), "idempotent");
     }
 }

@@ -9,7 +9,10 @@ use berth_api::{
 };
 use serde_json::{Value, json};
 
-use super::{Change, Context, NODES, Outcome, PODS, Reconciler, Snapshot, Write, controller_of, is_kind, pod_is_terminal};
+use super::{
+    Change, Context, NODES, Outcome, PODS, Reconciler, Snapshot, Write, controller_of, is_kind,
+    pod_is_terminal,
+};
 use crate::registry::{name_of, namespace_of};
 
 pub struct Scheduler;
@@ -29,12 +32,20 @@ impl Reconciler for Scheduler {
 
     fn affected(&self, change: &Change, snapshot: &Snapshot) -> Vec<(String, String)> {
         let pending = |pod: &&Value| {
-            pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or_default().is_empty() && !pod_is_terminal(pod)
+            pod.pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .is_empty()
+                && !pod_is_terminal(pod)
         };
         if is_kind(change, &PODS) {
             return if change.deleted {
                 // Freed resources: pods waiting for room may fit now.
-                snapshot.list(&PODS, None).filter(pending).map(key).collect()
+                snapshot
+                    .list(&PODS, None)
+                    .filter(pending)
+                    .map(key)
+                    .collect()
             } else if pending(&&change.object) {
                 vec![key(&change.object)]
             } else {
@@ -42,13 +53,23 @@ impl Reconciler for Scheduler {
             };
         }
         if is_kind(change, &NODES) {
-            return snapshot.list(&PODS, None).filter(pending).map(key).collect();
+            return snapshot
+                .list(&PODS, None)
+                .filter(pending)
+                .map(key)
+                .collect();
         }
         Vec::new()
     }
 
     fn reconcile(&self, pod: &Value, snapshot: &Snapshot, _ctx: &Context) -> Outcome {
-        if !pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or_default().is_empty() || pod_is_terminal(pod) {
+        if !pod
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .is_empty()
+            || pod_is_terminal(pod)
+        {
             return Outcome::default();
         }
         let Ok(typed) = serde_json::from_value::<Pod>(pod.clone()) else {
@@ -58,9 +79,16 @@ impl Reconciler for Scheduler {
             Ok(node) => {
                 let mut bound = pod.clone();
                 bound["spec"]["nodeName"] = json!(node);
-                let message = format!("Successfully assigned {}/{} to {node}", namespace_of(pod), name_of(pod));
+                let message = format!(
+                    "Successfully assigned {}/{} to {node}",
+                    namespace_of(pod),
+                    name_of(pod)
+                );
                 Outcome::writes(vec![
-                    Write::Update { rt: &PODS, object: bound },
+                    Write::Update {
+                        rt: &PODS,
+                        object: bound,
+                    },
                     Write::Event {
                         involved: pod.clone(),
                         reason: "Scheduled".to_owned(),
@@ -70,14 +98,18 @@ impl Reconciler for Scheduler {
                 ])
             }
             Err(reason) => {
-                let already_reported = pod.pointer("/status/message").and_then(Value::as_str) == Some(reason.as_str());
+                let already_reported =
+                    pod.pointer("/status/message").and_then(Value::as_str) == Some(reason.as_str());
                 let mut writes = Vec::new();
                 if !already_reported {
                     let mut status = pod.clone();
                     status["status"] = json!({"phase": "Pending", "message": reason, "conditions": [
                         {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": reason}
                     ]});
-                    writes.push(Write::UpdateStatus { rt: &PODS, object: status });
+                    writes.push(Write::UpdateStatus {
+                        rt: &PODS,
+                        object: status,
+                    });
                     writes.push(Write::Event {
                         involved: pod.clone(),
                         reason: "FailedScheduling".to_owned(),
@@ -107,16 +139,24 @@ fn requests(pod: &Pod) -> (u64, u64) {
     pod.spec.containers.iter().fold((0, 0), |(cpu, mem), c| {
         let r = &c.resources.requests;
         (
-            cpu + r.get("cpu").and_then(|q| parse_cpu_millis(q).ok()).unwrap_or(0),
-            mem + r.get("memory").and_then(|q| parse_memory_bytes(q).ok()).unwrap_or(0),
+            cpu + r
+                .get("cpu")
+                .and_then(|q| parse_cpu_millis(q).ok())
+                .unwrap_or(0),
+            mem + r
+                .get("memory")
+                .and_then(|q| parse_memory_bytes(q).ok())
+                .unwrap_or(0),
         )
     })
 }
 
 fn node_ready(node: &Node) -> bool {
-    node.status
-        .as_ref()
-        .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    node.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+    })
 }
 
 /// The chosen node's name, or why no node fits (counted per reason, like kube-scheduler).
@@ -130,16 +170,23 @@ pub fn choose_node(pod: &Pod, raw: &Value, snapshot: &Snapshot) -> Result<String
     // Per node: requested CPU, memory, pods of the same owner, all pods.
     let mut used: BTreeMap<String, (u64, u64, usize, usize)> = BTreeMap::new();
     for other in snapshot.list(&PODS, None) {
-        let node = other.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or_default();
+        let node = other
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         if node.is_empty() || pod_is_terminal(other) {
             continue;
         }
-        let Ok(typed) = serde_json::from_value::<Pod>(other.clone()) else { continue };
+        let Ok(typed) = serde_json::from_value::<Pod>(other.clone()) else {
+            continue;
+        };
         let (c, m) = requests(&typed);
         let entry = used.entry(node.to_owned()).or_default();
         entry.0 += c;
         entry.1 += m;
-        entry.2 += usize::from(owner.is_some() && controller_of(other).map(|(_, _, uid)| uid) == owner.as_deref());
+        entry.2 += usize::from(
+            owner.is_some() && controller_of(other).map(|(_, _, uid)| uid) == owner.as_deref(),
+        );
         entry.3 += 1;
     }
     let mut rejected: BTreeMap<&str, usize> = BTreeMap::new();
@@ -150,7 +197,12 @@ pub fn choose_node(pod: &Pod, raw: &Value, snapshot: &Snapshot) -> Result<String
             Some("node(s) were not ready")
         } else if node.spec.unschedulable {
             Some("node(s) were unschedulable")
-        } else if !pod.spec.node_selector.iter().all(|(k, v)| node.metadata.labels.get(k) == Some(v)) {
+        } else if !pod
+            .spec
+            .node_selector
+            .iter()
+            .all(|(k, v)| node.metadata.labels.get(k) == Some(v))
+        {
             Some("node(s) didn't match the pod's node selector")
         } else {
             None
@@ -174,11 +226,14 @@ pub fn choose_node(pod: &Pod, raw: &Value, snapshot: &Snapshot) -> Result<String
             continue;
         }
         if used_mem + memory > cap_mem {
-            *rejected.entry("node(s) had insufficient memory").or_default() += 1;
+            *rejected
+                .entry("node(s) had insufficient memory")
+                .or_default() += 1;
             continue;
         }
         // Spread replicas first, then prefer the emptier node (in thousandths).
-        let load = ((used_cpu + cpu) * 1000 / cap_cpu.max(1)).max((used_mem + memory) * 1000 / cap_mem.max(1));
+        let load = ((used_cpu + cpu) * 1000 / cap_cpu.max(1))
+            .max((used_mem + memory) * 1000 / cap_mem.max(1));
         let score = (same_owner, load, pods);
         if best.as_ref().is_none_or(|(s, _)| score < *s) {
             best = Some((score, name.clone()));
@@ -186,7 +241,11 @@ pub fn choose_node(pod: &Pod, raw: &Value, snapshot: &Snapshot) -> Result<String
     }
     best.map(|(_, name)| name).ok_or_else(|| {
         let reasons: Vec<String> = rejected.iter().map(|(r, n)| format!("{n} {r}")).collect();
-        format!("0/{} nodes are available: {}", nodes.len(), reasons.join(", "))
+        format!(
+            "0/{} nodes are available: {}",
+            nodes.len(),
+            reasons.join(", ")
+        )
     })
 }
 
@@ -214,7 +273,10 @@ mod tests {
         )
     }
 
-    fn schedule(objects: Vec<(&'static ResourceType, Value)>, name: &str) -> Result<String, String> {
+    fn schedule(
+        objects: Vec<(&'static ResourceType, Value)>,
+        name: &str,
+    ) -> Result<String, String> {
         let snapshot = Snapshot::from_objects(objects, 1);
         let raw = snapshot.get(&PODS, "default", name).expect("pod").clone();
         let typed: Pod = serde_json::from_value(raw.clone()).expect("typed");
@@ -230,7 +292,11 @@ mod tests {
             pod("other", "b", "1", "x"),
             pod("p2", "", "100m", "rs"),
         ];
-        assert_eq!(schedule(objects, "p2"), Ok("b".to_owned()), "b has no replica of rs yet");
+        assert_eq!(
+            schedule(objects, "p2"),
+            Ok("b".to_owned()),
+            "b has no replica of rs yet"
+        );
     }
 
     #[test]
@@ -259,12 +325,18 @@ mod tests {
         assert!(reason.starts_with("0/3 nodes are available"), "{reason}");
         assert!(reason.contains("1 node(s) were not ready"), "{reason}");
         assert!(reason.contains("node selector"), "{reason}");
-        assert!(reason.contains("insufficient cpu") || reason.contains("node selector"), "{reason}");
+        assert!(
+            reason.contains("insufficient cpu") || reason.contains("node selector"),
+            "{reason}"
+        );
     }
 
     #[test]
     fn reconcile_binds_and_is_idempotent() {
-        let snapshot = Snapshot::from_objects(vec![node("a", true, "4", json!({})), pod("p", "", "100m", "rs")], 1);
+        let snapshot = Snapshot::from_objects(
+            vec![node("a", true, "4", json!({})), pod("p", "", "100m", "rs")],
+            1,
+        );
         let ctx = Context {
             now: 0,
             settings: super::super::Settings::default(),
@@ -276,6 +348,9 @@ mod tests {
         };
         assert_eq!(object["spec"]["nodeName"], "a");
         // Once bound, nothing more to do.
-        assert_eq!(Scheduler.reconcile(object, &snapshot, &ctx), Outcome::default());
+        assert_eq!(
+            Scheduler.reconcile(object, &snapshot, &ctx),
+            Outcome::default()
+        );
     }
 }
