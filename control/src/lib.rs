@@ -1,1 +1,14 @@
-//! berth-control
+//! berth-control: the control plane. The API server validates resources, stores them in
+//! a revisioned store and streams their changes to watchers.
+
+pub mod api;
+pub mod client;
+pub mod config;
+pub mod controllers;
+pub mod kubeconfig;
+pub mod metrics;
+pub mod pki;
+pub mod registry;
+pub mod server;
+pub mod store;
+pub mod util;

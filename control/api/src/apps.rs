@@ -1,0 +1,314 @@
+//! Workload kinds (`apiVersion: apps/v1`): Deployment, ReplicaSet, ControllerRevision,
+//! and the Scale subresource.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    core::{Condition, IntOrString, PodSpec},
+    meta::{LabelSelector, ObjectMeta},
+    validation::{FieldPath, Validator},
+};
+
+/// Annotation carrying a Deployment's rollout revision (the name Kubernetes uses, so
+/// tooling that reads it keeps working).
+pub const REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PodTemplateSpec {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: PodSpec,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Deployment {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: DeploymentSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<DeploymentStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentSpec {
+    #[serde(default = "one")]
+    pub replicas: i32,
+    #[serde(default)]
+    pub selector: LabelSelector,
+    #[serde(default)]
+    pub template: PodTemplateSpec,
+    #[serde(default)]
+    pub strategy: DeploymentStrategy,
+    /// How many old templates `rollout undo` can go back to.
+    #[serde(default = "ten")]
+    pub revision_history_limit: i32,
+    #[serde(default)]
+    pub min_ready_seconds: i32,
+    #[serde(default)]
+    pub paused: bool,
+}
+
+impl Default for DeploymentSpec {
+    fn default() -> Self {
+        Self {
+            replicas: one(),
+            selector: LabelSelector::default(),
+            template: PodTemplateSpec::default(),
+            strategy: DeploymentStrategy::default(),
+            revision_history_limit: ten(),
+            min_ready_seconds: 0,
+            paused: false,
+        }
+    }
+}
+
+fn one() -> i32 {
+    1
+}
+
+fn ten() -> i32 {
+    10
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentStrategy {
+    /// `RollingUpdate` (default) or `Recreate`.
+    #[serde(rename = "type", default = "rolling_update")]
+    pub type_: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolling_update: Option<RollingUpdate>,
+}
+
+impl Default for DeploymentStrategy {
+    fn default() -> Self {
+        Self {
+            type_: rolling_update(),
+            rolling_update: None,
+        }
+    }
+}
+
+fn rolling_update() -> String {
+    "RollingUpdate".to_owned()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RollingUpdate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_surge: Option<IntOrString>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<IntOrString>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentStatus {
+    #[serde(default)]
+    pub observed_generation: i64,
+    #[serde(default)]
+    pub replicas: i32,
+    #[serde(default)]
+    pub updated_replicas: i32,
+    #[serde(default)]
+    pub ready_replicas: i32,
+    #[serde(default)]
+    pub available_replicas: i32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+impl DeploymentSpec {
+    pub(crate) fn validate(&self, v: &mut Validator, path: &FieldPath) {
+        v.non_negative(&path.child("replicas"), self.replicas.into());
+        v.non_negative(
+            &path.child("revisionHistoryLimit"),
+            self.revision_history_limit.into(),
+        );
+        v.non_negative(
+            &path.child("minReadySeconds"),
+            self.min_ready_seconds.into(),
+        );
+        validate_selected_template(v, path, &self.selector, &self.template);
+        let strategy = path.child("strategy");
+        v.one_of(
+            &strategy.child("type"),
+            &self.strategy.type_,
+            &["RollingUpdate", "Recreate"],
+        );
+        if let Some(rolling) = &self.strategy.rolling_update {
+            let rp = strategy.child("rollingUpdate");
+            if self.strategy.type_ != "RollingUpdate" {
+                v.error(&rp, "may only be set when type is RollingUpdate");
+            }
+            let surge = rolling
+                .max_surge
+                .as_ref()
+                .map(|s| check_int_or_percent(v, &rp.child("maxSurge"), s));
+            let unavailable = rolling
+                .max_unavailable
+                .as_ref()
+                .map(|u| check_int_or_percent(v, &rp.child("maxUnavailable"), u));
+            // Both zero means a rollout can never make progress.
+            if surge == Some(Some(0)) && unavailable == Some(Some(0)) {
+                v.error(
+                    &rp.child("maxUnavailable"),
+                    "may not be 0 when maxSurge is 0",
+                );
+            }
+        }
+    }
+}
+
+/// An absolute count or a percentage; returns the number when it parses.
+fn check_int_or_percent(v: &mut Validator, path: &FieldPath, value: &IntOrString) -> Option<i64> {
+    match value {
+        IntOrString::Int(n) => {
+            v.non_negative(path, (*n).into());
+            Some((*n).into())
+        }
+        IntOrString::String(s) => match s.strip_suffix('%').and_then(|n| n.parse::<i64>().ok()) {
+            Some(n) if (0..=100).contains(&n) => Some(n),
+            _ => {
+                v.error(
+                    path,
+                    &format!("{s:?} must be an integer or a percentage between 0% and 100%"),
+                );
+                None
+            }
+        },
+    }
+}
+
+fn validate_selected_template(
+    v: &mut Validator,
+    path: &FieldPath,
+    selector: &LabelSelector,
+    template: &PodTemplateSpec,
+) {
+    selector.validate(v, &path.child("selector"));
+    let tp = path.child("template");
+    let labels = tp.child("metadata").child("labels");
+    for (key, value) in &template.metadata.labels {
+        v.label_key(&labels.key(key), key);
+        v.label_value(&labels.key(key), value);
+    }
+    if !selector.is_empty() && !selector.matches(&template.metadata.labels) {
+        v.error(&labels, "`selector` does not match template `labels`");
+    }
+    template.spec.validate(v, &tp.child("spec"));
+}
+
+// ---------------------------------------------------------------------------- ReplicaSet
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaSet {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: ReplicaSetSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<ReplicaSetStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaSetSpec {
+    #[serde(default = "one")]
+    pub replicas: i32,
+    #[serde(default)]
+    pub selector: LabelSelector,
+    #[serde(default)]
+    pub template: PodTemplateSpec,
+}
+
+impl Default for ReplicaSetSpec {
+    fn default() -> Self {
+        Self {
+            replicas: one(),
+            selector: LabelSelector::default(),
+            template: PodTemplateSpec::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaSetStatus {
+    #[serde(default)]
+    pub observed_generation: i64,
+    #[serde(default)]
+    pub replicas: i32,
+    #[serde(default)]
+    pub ready_replicas: i32,
+}
+
+impl ReplicaSetSpec {
+    pub(crate) fn validate(&self, v: &mut Validator, path: &FieldPath) {
+        v.non_negative(&path.child("replicas"), self.replicas.into());
+        validate_selected_template(v, path, &self.selector, &self.template);
+    }
+}
+
+// ---------------------------------------------------------------------------- ControllerRevision
+
+/// One recorded pod template of a Deployment: what `rollout undo` returns to.
+/// Written by the API server in the same transaction as the Deployment change.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ControllerRevision {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    pub revision: i64,
+    pub data: PodTemplateSpec,
+}
+
+// ---------------------------------------------------------------------------- Scale
+
+/// The `scale` subresource: only the replica count, so scaling never races a template edit.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Scale {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    pub spec: ScaleSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<ScaleStatus>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ScaleSpec {
+    #[serde(default)]
+    pub replicas: i32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ScaleStatus {
+    #[serde(default)]
+    pub replicas: i32,
+    #[serde(default)]
+    pub selector: String,
+}

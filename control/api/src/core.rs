@@ -1,0 +1,698 @@
+//! Core kinds (`apiVersion: v1`): Pod, Service, Endpoints, Node, Event.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    meta::ObjectMeta,
+    validation::{FieldPath, Validator},
+};
+
+/// A port given either by number or by a container port's name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum IntOrString {
+    Int(i32),
+    String(String),
+}
+
+// ---------------------------------------------------------------------------- Pod
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Pod {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: PodSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<PodStatus>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSpec {
+    #[serde(default)]
+    pub containers: Vec<Container>,
+    /// Set by the scheduler (or by the user, which bypasses scheduling).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node_name: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// `Always` (default), `OnFailure` or `Never`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub restart_policy: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub termination_grace_period_seconds: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Container {
+    pub name: String,
+    pub image: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<ContainerPort>,
+    #[serde(default, skip_serializing_if = "ResourceRequirements::is_empty")]
+    pub resources: ResourceRequirements,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness_probe: Option<Probe>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness_probe: Option<Probe>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct EnvVar {
+    pub name: String,
+    #[serde(default)]
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerPort {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    pub container_port: i32,
+    #[serde(default = "tcp")]
+    pub protocol: String,
+}
+
+fn tcp() -> String {
+    "TCP".to_owned()
+}
+
+/// Quantities in Kubernetes notation (`250m` CPU, `128Mi` memory).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ResourceRequirements {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub requests: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub limits: BTreeMap<String, String>,
+}
+
+impl ResourceRequirements {
+    pub fn is_empty(&self) -> bool {
+        self.requests.is_empty() && self.limits.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Probe {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_get: Option<HttpGetAction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_socket: Option<TcpSocketAction>,
+    #[serde(default)]
+    pub initial_delay_seconds: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period_seconds: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_threshold: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_threshold: Option<i32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct HttpGetAction {
+    #[serde(default = "slash")]
+    pub path: String,
+    pub port: IntOrString,
+}
+
+fn slash() -> String {
+    "/".to_owned()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TcpSocketAction {
+    pub port: IntOrString,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodStatus {
+    /// `Pending`, `Running`, `Succeeded`, `Failed` or `Unknown`.
+    #[serde(default)]
+    pub phase: String,
+    #[serde(default, rename = "podIP", skip_serializing_if = "String::is_empty")]
+    pub pod_ip: String,
+    #[serde(default, rename = "hostIP", skip_serializing_if = "String::is_empty")]
+    pub host_ip: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+/// `type`/`status` pairs such as `Ready=True`, shared by pods, nodes and deployments.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub last_transition_time: String,
+    /// For node conditions: when the agent last confirmed it (its heartbeat).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub last_heartbeat_time: String,
+}
+
+impl PodSpec {
+    pub(crate) fn validate(&self, v: &mut Validator, path: &FieldPath) {
+        let containers = path.child("containers");
+        if self.containers.is_empty() {
+            v.error(&containers, "must have at least one container");
+        }
+        let mut names = BTreeSet::new();
+        let mut host_ports = BTreeSet::new();
+        for (i, c) in self.containers.iter().enumerate() {
+            let p = containers.index(i);
+            v.dns_label(&p.child("name"), &c.name);
+            if !names.insert(c.name.as_str()) {
+                v.error(
+                    &p.child("name"),
+                    &format!("duplicate container name {:?}", c.name),
+                );
+            }
+            if c.image.trim().is_empty() {
+                v.error(&p.child("image"), "is required");
+            }
+            let mut port_names = BTreeSet::new();
+            for (j, port) in c.ports.iter().enumerate() {
+                let pp = p.child("ports").index(j);
+                v.port(&pp.child("containerPort"), port.container_port);
+                v.protocol(&pp.child("protocol"), &port.protocol);
+                if !port.name.is_empty() {
+                    v.dns_label(&pp.child("name"), &port.name);
+                    if !port_names.insert(port.name.as_str()) {
+                        v.error(
+                            &pp.child("name"),
+                            &format!("duplicate port name {:?}", port.name),
+                        );
+                    }
+                }
+                // Containers of a pod share one network namespace.
+                if !host_ports.insert((port.container_port, port.protocol.as_str())) {
+                    v.error(
+                        &pp.child("containerPort"),
+                        &format!(
+                            "port {}/{} is used twice in this pod",
+                            port.container_port, port.protocol
+                        ),
+                    );
+                }
+            }
+            for (j, env) in c.env.iter().enumerate() {
+                if env.name.is_empty() || env.name.contains('=') {
+                    v.error(
+                        &p.child("env").index(j).child("name"),
+                        "must be non-empty and contain no '='",
+                    );
+                }
+            }
+            validate_resources(v, &p.child("resources"), &c.resources);
+            for (field, probe) in [
+                ("readinessProbe", &c.readiness_probe),
+                ("livenessProbe", &c.liveness_probe),
+            ] {
+                if let Some(probe) = probe {
+                    probe.validate(v, &p.child(field), c);
+                }
+            }
+        }
+        if !self.restart_policy.is_empty() {
+            v.one_of(
+                &path.child("restartPolicy"),
+                &self.restart_policy,
+                &["Always", "OnFailure", "Never"],
+            );
+        }
+        if !self.node_name.is_empty() {
+            v.dns_subdomain(&path.child("nodeName"), &self.node_name);
+        }
+        for (key, value) in &self.node_selector {
+            let p = path.child("nodeSelector").key(key);
+            v.label_key(&p, key);
+            v.label_value(&p, value);
+        }
+        if let Some(grace) = self.termination_grace_period_seconds {
+            v.non_negative(&path.child("terminationGracePeriodSeconds"), grace);
+        }
+    }
+}
+
+impl Probe {
+    fn validate(&self, v: &mut Validator, path: &FieldPath, container: &Container) {
+        let port = match (&self.http_get, &self.tcp_socket) {
+            (Some(http), None) => Some((path.child("httpGet").child("port"), &http.port)),
+            (None, Some(tcp)) => Some((path.child("tcpSocket").child("port"), &tcp.port)),
+            _ => {
+                v.error(path, "must have exactly one of httpGet or tcpSocket");
+                None
+            }
+        };
+        if let Some((port_path, port)) = port {
+            match port {
+                IntOrString::Int(n) => v.port(&port_path, *n),
+                IntOrString::String(name) => {
+                    if !container.ports.iter().any(|p| &p.name == name) {
+                        v.error(&port_path, &format!("no container port is named {name:?}"));
+                    }
+                }
+            }
+        }
+        v.non_negative(
+            &path.child("initialDelaySeconds"),
+            self.initial_delay_seconds.into(),
+        );
+        for (field, value) in [
+            ("periodSeconds", self.period_seconds),
+            ("timeoutSeconds", self.timeout_seconds),
+            ("failureThreshold", self.failure_threshold),
+            ("successThreshold", self.success_threshold),
+        ] {
+            if value.is_some_and(|n| n < 1) {
+                v.error(&path.child(field), "must be at least 1");
+            }
+        }
+    }
+}
+
+fn validate_resources(v: &mut Validator, path: &FieldPath, resources: &ResourceRequirements) {
+    for (section, map) in [
+        ("requests", &resources.requests),
+        ("limits", &resources.limits),
+    ] {
+        for (name, quantity) in map {
+            let p = path.child(section).key(name);
+            let parsed = match name.as_str() {
+                "cpu" => parse_cpu_millis(quantity).map(drop),
+                "memory" => parse_memory_bytes(quantity).map(drop),
+                other => Err(format!("unsupported resource {other:?}: use cpu or memory")),
+            };
+            if let Err(reason) = parsed {
+                v.error(&p, &reason);
+            }
+        }
+    }
+}
+
+/// `"2"`, `"0.5"` or `"250m"` → millicores.
+pub fn parse_cpu_millis(quantity: &str) -> Result<u64, String> {
+    let bad = || format!("{quantity:?} is not a CPU quantity such as 250m or 0.5");
+    if let Some(millis) = quantity.strip_suffix('m') {
+        return millis.parse::<u64>().map_err(|_| bad());
+    }
+    let cores: f64 = quantity.parse().map_err(|_| bad())?;
+    if !cores.is_finite() || !(0.0..=1e6).contains(&cores) {
+        return Err(bad());
+    }
+    // Kubernetes rounds sub-millicore amounts up.
+    Ok((cores * 1000.0).ceil() as u64)
+}
+
+/// `"128Mi"`, `"1G"`, `"1000"` → bytes.
+pub fn parse_memory_bytes(quantity: &str) -> Result<u64, String> {
+    const SUFFIXES: &[(&str, u64)] = &[
+        ("Ki", 1 << 10),
+        ("Mi", 1 << 20),
+        ("Gi", 1 << 30),
+        ("Ti", 1 << 40),
+        ("k", 1_000),
+        ("M", 1_000_000),
+        ("G", 1_000_000_000),
+        ("T", 1_000_000_000_000),
+    ];
+    let bad = || format!("{quantity:?} is not a memory quantity such as 128Mi or 1G");
+    let (number, multiplier) = SUFFIXES
+        .iter()
+        .find_map(|(suffix, m)| quantity.strip_suffix(suffix).map(|n| (n, *m)))
+        .unwrap_or((quantity, 1));
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(multiplier))
+        .ok_or_else(bad)
+}
+
+// ---------------------------------------------------------------------------- Service
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Service {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: ServiceSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    #[serde(default)]
+    pub selector: BTreeMap<String, String>,
+    #[serde(default)]
+    pub ports: Vec<ServicePort>,
+    /// `ClusterIP` (default) or `NodePort`.
+    #[serde(default, rename = "type", skip_serializing_if = "String::is_empty")]
+    pub type_: String,
+    /// Allocated by the control plane when empty.
+    #[serde(
+        default,
+        rename = "clusterIP",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub cluster_ip: String,
+    /// `None` (default) or `ClientIP`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub session_affinity: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicePort {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    pub port: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_port: Option<IntOrString>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_port: Option<i32>,
+    #[serde(default = "tcp")]
+    pub protocol: String,
+}
+
+/// Kubernetes' default NodePort range.
+pub const NODE_PORT_RANGE: std::ops::RangeInclusive<i32> = 30000..=32767;
+
+impl ServiceSpec {
+    pub(crate) fn validate(&self, v: &mut Validator, path: &FieldPath) {
+        let ports = path.child("ports");
+        if self.ports.is_empty() {
+            v.error(&ports, "must have at least one port");
+        }
+        let mut names = BTreeSet::new();
+        let mut seen = BTreeSet::new();
+        for (i, port) in self.ports.iter().enumerate() {
+            let p = ports.index(i);
+            v.port(&p.child("port"), port.port);
+            v.protocol(&p.child("protocol"), &port.protocol);
+            if self.ports.len() > 1 && port.name.is_empty() {
+                v.error(
+                    &p.child("name"),
+                    "is required when a service has more than one port",
+                );
+            }
+            if !port.name.is_empty() {
+                v.dns_label(&p.child("name"), &port.name);
+                if !names.insert(port.name.as_str()) {
+                    v.error(
+                        &p.child("name"),
+                        &format!("duplicate port name {:?}", port.name),
+                    );
+                }
+            }
+            if !seen.insert((port.port, port.protocol.as_str())) {
+                v.error(
+                    &p.child("port"),
+                    &format!("port {}/{} is listed twice", port.port, port.protocol),
+                );
+            }
+            match &port.target_port {
+                Some(IntOrString::Int(n)) => v.port(&p.child("targetPort"), *n),
+                Some(IntOrString::String(name)) => v.dns_label(&p.child("targetPort"), name),
+                None => {}
+            }
+            if let Some(node_port) = port.node_port {
+                if self.type_ != "NodePort" {
+                    v.error(
+                        &p.child("nodePort"),
+                        "may only be set when type is NodePort",
+                    );
+                } else if !NODE_PORT_RANGE.contains(&node_port) {
+                    v.error(
+                        &p.child("nodePort"),
+                        &format!(
+                            "must be between {} and {}",
+                            NODE_PORT_RANGE.start(),
+                            NODE_PORT_RANGE.end()
+                        ),
+                    );
+                }
+            }
+        }
+        for (key, value) in &self.selector {
+            let p = path.child("selector").key(key);
+            v.label_key(&p, key);
+            v.label_value(&p, value);
+        }
+        if !self.type_.is_empty() {
+            v.one_of(&path.child("type"), &self.type_, &["ClusterIP", "NodePort"]);
+        }
+        if !self.cluster_ip.is_empty() && self.cluster_ip != "None" {
+            v.ipv4(&path.child("clusterIP"), &self.cluster_ip);
+        }
+        if !self.session_affinity.is_empty() {
+            v.one_of(
+                &path.child("sessionAffinity"),
+                &self.session_affinity,
+                &["None", "ClientIP"],
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------- Endpoints
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoints {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub subsets: Vec<EndpointSubset>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointSubset {
+    #[serde(default)]
+    pub addresses: Vec<EndpointAddress>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_ready_addresses: Vec<EndpointAddress>,
+    #[serde(default)]
+    pub ports: Vec<EndpointPort>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointAddress {
+    pub ip: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node_name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub target_pod: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct EndpointPort {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    pub port: i32,
+    #[serde(default = "tcp")]
+    pub protocol: String,
+}
+
+impl Endpoints {
+    pub(crate) fn validate_subsets(&self, v: &mut Validator, path: &FieldPath) {
+        for (i, subset) in self.subsets.iter().enumerate() {
+            let p = path.index(i);
+            for (field, list) in [
+                ("addresses", &subset.addresses),
+                ("notReadyAddresses", &subset.not_ready_addresses),
+            ] {
+                for (j, address) in list.iter().enumerate() {
+                    v.ipv4(&p.child(field).index(j).child("ip"), &address.ip);
+                }
+            }
+            for (j, port) in subset.ports.iter().enumerate() {
+                v.port(&p.child("ports").index(j).child("port"), port.port);
+                v.protocol(&p.child("ports").index(j).child("protocol"), &port.protocol);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------- Node
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Node {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: NodeSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<NodeStatus>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeSpec {
+    /// The range this node's pods take addresses from.
+    #[serde(default, rename = "podCIDR", skip_serializing_if = "String::is_empty")]
+    pub pod_cidr: String,
+    #[serde(default)]
+    pub unschedulable: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    #[serde(default)]
+    pub addresses: Vec<NodeAddress>,
+    /// `cpu` and `memory` quantities the node offers to pods.
+    #[serde(default)]
+    pub allocatable: BTreeMap<String, String>,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct NodeAddress {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub address: String,
+}
+
+impl NodeSpec {
+    pub(crate) fn validate(&self, v: &mut Validator, path: &FieldPath) {
+        if !self.pod_cidr.is_empty() {
+            v.ipv4_cidr(&path.child("podCIDR"), &self.pod_cidr);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------- Event
+
+/// A record of something that happened to an object, for `berthctl events` and humans.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    pub involved_object: ObjectReference,
+    pub reason: String,
+    #[serde(default)]
+    pub message: String,
+    /// `Normal` or `Warning`.
+    #[serde(default, rename = "type")]
+    pub type_: String,
+    #[serde(default = "one")]
+    pub count: i32,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub first_timestamp: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub last_timestamp: String,
+    /// Which component wrote it (`apiserver`, `scheduler`, an agent's node name).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub source: String,
+}
+
+fn one() -> i32 {
+    1
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectReference {
+    #[serde(default)]
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub uid: String,
+}
+
+impl Event {
+    pub(crate) fn validate_body(&self, v: &mut Validator) {
+        let r = FieldPath::root("involvedObject");
+        if self.involved_object.kind.is_empty() {
+            v.error(&r.child("kind"), "is required");
+        }
+        if self.involved_object.name.is_empty() {
+            v.error(&r.child("name"), "is required");
+        }
+        if self.reason.is_empty() {
+            v.error(&FieldPath::root("reason"), "is required");
+        }
+        if !self.type_.is_empty() {
+            v.one_of(
+                &FieldPath::root("type"),
+                &self.type_,
+                &["Normal", "Warning"],
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities() {
+        assert_eq!(parse_cpu_millis("250m"), Ok(250));
+        assert_eq!(parse_cpu_millis("0.5"), Ok(500));
+        assert_eq!(parse_cpu_millis("2"), Ok(2000));
+        assert!(parse_cpu_millis("fast").is_err());
+        assert!(parse_cpu_millis("-1").is_err());
+        assert_eq!(parse_memory_bytes("128Mi"), Ok(128 << 20));
+        assert_eq!(parse_memory_bytes("1G"), Ok(1_000_000_000));
+        assert_eq!(parse_memory_bytes("1000"), Ok(1000));
+        assert!(parse_memory_bytes("1.5Gi").is_err());
+        assert!(parse_memory_bytes("99999999999Ti").is_err());
+    }
+}

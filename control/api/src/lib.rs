@@ -1,0 +1,18 @@
+//! berth-api: the resource model shared by the control plane, the agent and berthctl.
+//!
+//! Kinds are Kubernetes-shaped (`apiVersion`/`kind`/`metadata`/`spec`/`status`) so
+//! manifests written for Kubernetes mostly apply unchanged; fields Berth does not
+//! implement are reported back by name as warnings instead of being silently dropped.
+
+pub mod apps;
+pub mod core;
+pub mod manifest;
+pub mod meta;
+mod resource;
+pub mod selector;
+pub mod validation;
+
+pub use resource::{
+    DecodeError, Decoded, MAX_OBJECT_BYTES, RESOURCE_TYPES, Resource, ResourceType, Source,
+    TypeMeta, find_by_kind, find_by_plural,
+};

@@ -1,0 +1,371 @@
+//! The typed kinds behind one runtime descriptor ([`ResourceType`]), so the API server,
+//! the manifest parser and the OpenAPI document share one table of kinds.
+
+use schemars::{JsonSchema, SchemaGenerator};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde_json::Value;
+
+use crate::{
+    apps::{ControllerRevision, Deployment, ReplicaSet},
+    core::{Endpoints, Event, Node, Pod, Service},
+    meta::{DEFAULT_NAMESPACE, ObjectMeta},
+    validation::{FieldError, FieldPath, Validator},
+};
+
+/// Largest object the store accepts once encoded (etcd's default request limit is 1.5 MiB).
+pub const MAX_OBJECT_BYTES: usize = 1024 * 1024;
+
+pub trait Resource:
+    Serialize + DeserializeOwned + JsonSchema + Clone + Send + Sync + 'static
+{
+    /// Empty for the core group.
+    const GROUP: &'static str;
+    const VERSION: &'static str = "v1";
+    const KIND: &'static str;
+    const PLURAL: &'static str;
+    const NAMESPACED: bool = true;
+    /// Whether `status` is owned by controllers through the `/status` subresource, so
+    /// writes to the object itself keep the stored status.
+    const HAS_STATUS: bool = false;
+
+    fn meta(&self) -> &ObjectMeta;
+    fn meta_mut(&mut self) -> &mut ObjectMeta;
+    fn type_meta_mut(&mut self) -> (&mut String, &mut String);
+    /// Checks beyond metadata; paths start at the object root.
+    fn validate_body(&self, v: &mut Validator);
+
+    fn api_version() -> String {
+        api_version(Self::GROUP, Self::VERSION)
+    }
+}
+
+fn api_version(group: &str, version: &str) -> String {
+    if group.is_empty() {
+        version.to_owned()
+    } else {
+        format!("{group}/{version}")
+    }
+}
+
+macro_rules! resource {
+    ($ty:ty, group = $group:expr, plural = $plural:expr, namespaced = $ns:expr, status = $status:expr,
+     |$this:ident, $v:ident| $body:block) => {
+        impl Resource for $ty {
+            const GROUP: &'static str = $group;
+            const KIND: &'static str = stringify!($ty);
+            const PLURAL: &'static str = $plural;
+            const NAMESPACED: bool = $ns;
+            const HAS_STATUS: bool = $status;
+
+            fn meta(&self) -> &ObjectMeta {
+                &self.metadata
+            }
+
+            fn meta_mut(&mut self) -> &mut ObjectMeta {
+                &mut self.metadata
+            }
+
+            fn type_meta_mut(&mut self) -> (&mut String, &mut String) {
+                (&mut self.api_version, &mut self.kind)
+            }
+
+            fn validate_body(&self, $v: &mut Validator) {
+                let $this = self;
+                $body
+            }
+        }
+    };
+}
+
+resource!(
+    Pod,
+    group = "",
+    plural = "pods",
+    namespaced = true,
+    status = true,
+    |this, v| {
+        this.spec.validate(v, &FieldPath::root("spec"));
+    }
+);
+resource!(
+    Service,
+    group = "",
+    plural = "services",
+    namespaced = true,
+    status = true,
+    |this, v| {
+        this.spec.validate(v, &FieldPath::root("spec"));
+    }
+);
+resource!(
+    Endpoints,
+    group = "",
+    plural = "endpoints",
+    namespaced = true,
+    status = false,
+    |this, v| {
+        this.validate_subsets(v, &FieldPath::root("subsets"));
+    }
+);
+resource!(
+    Node,
+    group = "",
+    plural = "nodes",
+    namespaced = false,
+    status = true,
+    |this, v| {
+        this.spec.validate(v, &FieldPath::root("spec"));
+    }
+);
+resource!(
+    Event,
+    group = "",
+    plural = "events",
+    namespaced = true,
+    status = false,
+    |this, v| {
+        this.validate_body(v);
+    }
+);
+resource!(
+    Deployment,
+    group = "apps",
+    plural = "deployments",
+    namespaced = true,
+    status = true,
+    |this, v| {
+        this.spec.validate(v, &FieldPath::root("spec"));
+    }
+);
+resource!(
+    ReplicaSet,
+    group = "apps",
+    plural = "replicasets",
+    namespaced = true,
+    status = true,
+    |this, v| {
+        this.spec.validate(v, &FieldPath::root("spec"));
+    }
+);
+resource!(
+    ControllerRevision,
+    group = "apps",
+    plural = "controllerrevisions",
+    namespaced = true,
+    status = false,
+    |this, v| {
+        this.data
+            .spec
+            .validate(v, &FieldPath::root("data").child("spec"));
+    }
+);
+
+/// Where a document to decode comes from; errors carry a line when the source has lines.
+pub enum Source<'a> {
+    Json(&'a [u8]),
+    Yaml(&'a str),
+    Value(Value),
+}
+
+/// A valid object in canonical form (defaults filled, unknown fields dropped).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decoded {
+    pub object: Value,
+    /// Fields the input had that Berth does not support, by path; they were ignored.
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DecodeError {
+    /// Not the right shape for the kind (wrong type, missing required field, bad syntax).
+    #[error("{}{message}", line.map(|l| format!("line {l}: ")).unwrap_or_default())]
+    Malformed {
+        line: Option<usize>,
+        message: String,
+    },
+    /// Well-formed but breaks the rules; every broken rule is listed.
+    #[error("{} invalid field(s): {}", errors.len(), errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Invalid { errors: Vec<FieldError> },
+}
+
+/// A kind as the API server routes it: `/api/v1/...` for the core group,
+/// `/apis/<group>/v1/...` otherwise.
+#[derive(Clone, Copy)]
+pub struct ResourceType {
+    pub group: &'static str,
+    pub version: &'static str,
+    pub kind: &'static str,
+    pub plural: &'static str,
+    pub namespaced: bool,
+    pub has_status: bool,
+    decode: fn(Source<'_>) -> Result<Decoded, DecodeError>,
+    schema: fn(&mut SchemaGenerator) -> schemars::Schema,
+}
+
+/// A kind is identified by group, version and kind; the function pointers follow from them.
+impl PartialEq for ResourceType {
+    fn eq(&self, other: &Self) -> bool {
+        (self.group, self.version, self.kind) == (other.group, other.version, other.kind)
+    }
+}
+
+impl std::fmt::Debug for ResourceType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.api_version(), self.kind)
+    }
+}
+
+impl ResourceType {
+    pub const fn of<R: Resource>() -> Self {
+        Self {
+            group: R::GROUP,
+            version: R::VERSION,
+            kind: R::KIND,
+            plural: R::PLURAL,
+            namespaced: R::NAMESPACED,
+            has_status: R::HAS_STATUS,
+            decode: decode::<R>,
+            schema: |generator| generator.subschema_for::<R>(),
+        }
+    }
+
+    pub fn api_version(&self) -> String {
+        api_version(self.group, self.version)
+    }
+
+    /// Parses, defaults and validates one object of this kind.
+    pub fn decode(&self, source: Source<'_>) -> Result<Decoded, DecodeError> {
+        (self.decode)(source)
+    }
+
+    pub fn schema(&self, generator: &mut SchemaGenerator) -> schemars::Schema {
+        (self.schema)(generator)
+    }
+
+    /// `/api/v1` or `/apis/apps/v1`.
+    pub fn group_path(&self) -> String {
+        if self.group.is_empty() {
+            format!("/api/{}", self.version)
+        } else {
+            format!("/apis/{}/{}", self.group, self.version)
+        }
+    }
+}
+
+/// Every kind the API serves.
+pub static RESOURCE_TYPES: &[ResourceType] = &[
+    ResourceType::of::<Pod>(),
+    ResourceType::of::<Service>(),
+    ResourceType::of::<Endpoints>(),
+    ResourceType::of::<Node>(),
+    ResourceType::of::<Event>(),
+    ResourceType::of::<Deployment>(),
+    ResourceType::of::<ReplicaSet>(),
+    ResourceType::of::<ControllerRevision>(),
+];
+
+pub fn find_by_kind(api_version: &str, kind: &str) -> Option<&'static ResourceType> {
+    RESOURCE_TYPES
+        .iter()
+        .find(|t| t.kind == kind && t.api_version() == api_version)
+}
+
+pub fn find_by_plural(group: &str, plural: &str) -> Option<&'static ResourceType> {
+    RESOURCE_TYPES
+        .iter()
+        .find(|t| t.group == group && t.plural == plural)
+}
+
+fn decode<R: Resource>(source: Source<'_>) -> Result<Decoded, DecodeError> {
+    let mut ignored = Vec::new();
+    let on_ignored = |path: serde_ignored::Path<'_>| ignored.push(path.to_string());
+    let typed: Result<R, DecodeError> = match source {
+        Source::Json(bytes) => {
+            let mut de = serde_json::Deserializer::from_slice(bytes);
+            serde_ignored::deserialize(&mut de, on_ignored)
+                .and_then(|r| de.end().map(|()| r))
+                .map_err(|e| DecodeError::Malformed {
+                    line: Some(e.line()),
+                    message: e.to_string(),
+                })
+        }
+        Source::Yaml(text) => {
+            serde_ignored::deserialize(serde_norway::Deserializer::from_str(text), on_ignored)
+                .map_err(|e| DecodeError::Malformed {
+                    line: e.location().map(|l| l.line()),
+                    message: e.to_string(),
+                })
+        }
+        Source::Value(value) => {
+            serde_ignored::deserialize(value, on_ignored).map_err(|e| DecodeError::Malformed {
+                line: None,
+                message: e.to_string(),
+            })
+        }
+    };
+    let mut object = typed?;
+    let warnings = ignored
+        .into_iter()
+        // Read-only metadata that kubectl round-trips; not worth a warning.
+        .filter(|path| {
+            !matches!(
+                path.as_str(),
+                "metadata.managedFields" | "metadata.selfLink" | "status"
+            )
+        })
+        .map(|path| format!("{path}: unsupported field, ignored"))
+        .collect();
+    normalize(&mut object)?;
+    let object = serde_json::to_value(&object).map_err(|e| DecodeError::Malformed {
+        line: None,
+        message: e.to_string(),
+    })?;
+    Ok(Decoded { object, warnings })
+}
+
+fn normalize<R: Resource>(object: &mut R) -> Result<(), DecodeError> {
+    let mut v = Validator::default();
+    let (api_version, kind) = object.type_meta_mut();
+    if !api_version.is_empty() && *api_version != R::api_version() {
+        v.error(
+            &FieldPath::root("apiVersion"),
+            &format!(
+                "{api_version:?} is not served for {}: use {:?}",
+                R::KIND,
+                R::api_version()
+            ),
+        );
+    }
+    if !kind.is_empty() && kind != R::KIND {
+        v.error(
+            &FieldPath::root("kind"),
+            &format!("expected {:?}, got {kind:?}", R::KIND),
+        );
+    }
+    *api_version = R::api_version();
+    *kind = R::KIND.to_owned();
+    let meta = object.meta_mut();
+    if R::NAMESPACED && meta.namespace.is_empty() {
+        meta.namespace = DEFAULT_NAMESPACE.to_owned();
+    }
+    object
+        .meta()
+        .validate(R::NAMESPACED, &mut v, &FieldPath::root("metadata"));
+    object.validate_body(&mut v);
+    let errors = v.into_errors();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(DecodeError::Invalid { errors })
+    }
+}
+
+/// Type metadata alone, to find which kind a document is before decoding it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TypeMeta {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+}

@@ -1,0 +1,145 @@
+//! The mesh control API: Kubernetes-shaped REST over HTTPS.
+//!
+//! Resource paths (`/api/v1/...`, `/apis/apps/v1/...`) are routed by one handler that
+//! resolves the kind from berth-api's table, so adding a kind needs no routing change.
+
+pub mod auth;
+pub mod error;
+mod openapi;
+mod resources;
+mod watch;
+
+use std::{sync::Arc, time::Instant};
+
+use axum::{
+    Json, Router,
+    body::Body,
+    extract::{Request, State},
+    http::{HeaderValue, StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{any, get, post},
+};
+use serde_json::json;
+
+use crate::{metrics::Metrics, registry::Registry};
+
+pub use self::auth::Auth;
+use self::error::ApiError;
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub registry: Registry,
+    pub metrics: Metrics,
+    /// None only when the operator explicitly turned authentication off.
+    pub auth: Option<Arc<Auth>>,
+}
+
+/// How a request is labelled in metrics; handlers attach it to their response.
+#[derive(Clone, Debug)]
+pub struct RequestInfo {
+    pub verb: &'static str,
+    pub resource: String,
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/api/{*path}", any(resources::handle))
+        .route("/apis/{*path}", any(resources::handle))
+        .route("/apply", post(resources::apply))
+        .route("/openapi.json", get(openapi::serve))
+        .route("/metrics", get(metrics))
+        .route("/version", get(version))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(healthz))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+pub(crate) fn with_info(mut response: Response, verb: &'static str, resource: &str) -> Response {
+    response.extensions_mut().insert(RequestInfo {
+        verb,
+        resource: resource.to_owned(),
+    });
+    response
+}
+
+async fn observe(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    let (verb, resource) = match response.extensions().get::<RequestInfo>() {
+        Some(info) => (info.verb, info.resource.clone()),
+        None => (method_verb(&method), String::new()),
+    };
+    state
+        .metrics
+        .request_seconds
+        .with_label_values(&[verb, resource.as_str(), response.status().as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+fn method_verb(method: &axum::http::Method) -> &'static str {
+    match *method {
+        axum::http::Method::GET => "get",
+        axum::http::Method::POST => "create",
+        axum::http::Method::PUT => "update",
+        axum::http::Method::DELETE => "delete",
+        axum::http::Method::PATCH => "patch",
+        _ => "other",
+    }
+}
+
+async fn metrics(State(state): State<ApiState>) -> Response {
+    if let Ok(revision) = state.registry.store().revision() {
+        state
+            .metrics
+            .store_revision
+            .set(i64::try_from(revision).unwrap_or(i64::MAX));
+    }
+    if let Ok(revision) = state.registry.store().compacted_revision() {
+        state
+            .metrics
+            .store_compacted_revision
+            .set(i64::try_from(revision).unwrap_or(i64::MAX));
+    }
+    let response = match state.metrics.render() {
+        Ok(text) => {
+            let mut response = Body::from(text).into_response();
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            response
+        }
+        Err(e) => ApiError::internal(format!("rendering metrics: {e}")).into_response(),
+    };
+    with_info(response, "get", "metrics")
+}
+
+async fn version() -> Response {
+    with_info(
+        Json(json!({"gitVersion": env!("CARGO_PKG_VERSION"), "platform": "berth"})).into_response(),
+        "get",
+        "version",
+    )
+}
+
+async fn healthz() -> Response {
+    with_info((StatusCode::OK, "ok").into_response(), "get", "healthz")
+}
+
+async fn not_found(request: Request) -> Response {
+    ApiError::no_route(format!(
+        "no endpoint {} {}",
+        request.method(),
+        request.uri().path()
+    ))
+    .into_response()
+}

@@ -1,0 +1,225 @@
+//! `/openapi.json`: an OpenAPI 3.0 document generated from the same kind table and
+//! typed models that validate requests, so it cannot drift from what the server does.
+
+use axum::{
+    Json,
+    extract::State,
+    response::{IntoResponse, Response},
+};
+use berth_api::{RESOURCE_TYPES, ResourceType};
+use schemars::generate::SchemaSettings;
+use serde_json::{Map, Value, json};
+
+use super::{ApiState, with_info};
+
+pub async fn serve(State(_state): State<ApiState>) -> Response {
+    with_info(Json(document()).into_response(), "get", "openapi")
+}
+
+pub fn document() -> Value {
+    let mut generator = SchemaSettings::openapi3().into_generator();
+    let mut paths = Map::new();
+    for rt in RESOURCE_TYPES {
+        let schema = serde_json::to_value(rt.schema(&mut generator)).unwrap_or(Value::Null);
+        add_paths(&mut paths, rt, &schema);
+    }
+    let scale = serde_json::to_value(generator.subschema_for::<berth_api::apps::Scale>())
+        .unwrap_or(Value::Null);
+    for rt in RESOURCE_TYPES
+        .iter()
+        .filter(|rt| matches!(rt.kind, "Deployment" | "ReplicaSet"))
+    {
+        let path = format!(
+            "{}/namespaces/{{namespace}}/{}/{{name}}/scale",
+            rt.group_path(),
+            rt.plural
+        );
+        paths.insert(
+            path,
+            json!({
+                "parameters": [param("namespace"), param("name")],
+                "get": op(&format!("Read the scale of a {}", rt.kind), &scale, None),
+                "put": op(&format!("Set the replicas of a {}", rt.kind), &scale, Some(&scale)),
+            }),
+        );
+    }
+    paths.insert(
+        "/apis/apps/v1/namespaces/{namespace}/deployments/{name}/rollback".to_owned(),
+        json!({
+            "parameters": [param("namespace"), param("name")],
+            "post": {
+                "summary": "Roll a Deployment back to an earlier pod template (rollout undo)",
+                "requestBody": {"content": {"application/json": {"schema": {
+                    "type": "object",
+                    "properties": {"toRevision": {"type": "integer", "description": "0 or absent: the previous revision"}},
+                }}}},
+                "responses": responses(&json!({"$ref": "#/components/schemas/Deployment"})),
+            },
+        }),
+    );
+    paths.insert(
+        "/apply".to_owned(),
+        json!({
+            "post": {
+                "summary": "Create or update every object of a YAML or JSON manifest, all or nothing",
+                "parameters": [{"name": "dryRun", "in": "query", "schema": {"type": "boolean"}}],
+                "requestBody": {"content": {
+                    "application/yaml": {"schema": {"type": "string"}},
+                    "application/json": {"schema": {"type": "object"}},
+                }},
+                "responses": responses(&json!({"type": "object"})),
+            },
+        }),
+    );
+    for (path, summary) in [
+        ("/metrics", "Prometheus metrics (text exposition format)"),
+        ("/healthz", "Liveness; no authentication"),
+        ("/readyz", "Readiness; no authentication"),
+        ("/version", "Server version"),
+        ("/openapi.json", "This document"),
+    ] {
+        paths.insert(
+            path.to_owned(),
+            json!({"get": {"summary": summary, "responses": {"200": {"description": "OK"}}}}),
+        );
+    }
+    let mut schemas = generator.take_definitions(true);
+    schemas.insert(
+        "Status".to_owned(),
+        json!({
+            "type": "object",
+            "description": "Every error response (Kubernetes' Status).",
+            "properties": {
+                "apiVersion": {"type": "string"}, "kind": {"type": "string"},
+                "status": {"type": "string"}, "message": {"type": "string"},
+                "reason": {"type": "string", "description": "NotFound, AlreadyExists, Conflict, Invalid, BadRequest, Unauthorized, Expired, RequestEntityTooLarge, MethodNotAllowed, InternalError"},
+                "code": {"type": "integer"},
+                "details": {"type": "object", "properties": {
+                    "name": {"type": "string"}, "kind": {"type": "string"},
+                    "causes": {"type": "array", "items": {"type": "object", "properties": {
+                        "field": {"type": "string"}, "message": {"type": "string"}, "reason": {"type": "string"},
+                    }}},
+                }},
+            },
+        }),
+    );
+    json!({
+        "openapi": "3.0.3",
+        "info": {"title": "Berth mesh control API", "version": env!("CARGO_PKG_VERSION")},
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+        "paths": paths,
+    })
+}
+
+fn param(name: &str) -> Value {
+    json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}})
+}
+
+fn query_params() -> Value {
+    json!([
+        {"name": "labelSelector", "in": "query", "schema": {"type": "string"}, "description": "e.g. app=web,tier!=db,env in (a,b)"},
+        {"name": "fieldSelector", "in": "query", "schema": {"type": "string"}, "description": "e.g. spec.nodeName=node-1"},
+        {"name": "watch", "in": "query", "schema": {"type": "boolean"}, "description": "stream changes as newline-delimited JSON events"},
+        {"name": "resourceVersion", "in": "query", "schema": {"type": "string"}, "description": "watch: changes after this revision"},
+        {"name": "allowWatchBookmarks", "in": "query", "schema": {"type": "boolean"}},
+        {"name": "timeoutSeconds", "in": "query", "schema": {"type": "integer"}},
+    ])
+}
+
+fn responses(ok: &Value) -> Value {
+    let status = json!({"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Status"}}}});
+    let mut out =
+        json!({"200": {"description": "OK", "content": {"application/json": {"schema": ok}}}});
+    for (code, description) in [
+        ("400", "Malformed request"),
+        ("401", "Missing or wrong bearer token"),
+        ("404", "Not found"),
+        ("409", "Conflict (stale resourceVersion) or already exists"),
+        ("410", "Watch history compacted"),
+        ("413", "Request too large"),
+        ("422", "Invalid object: details.causes lists every field"),
+    ] {
+        let mut response = status.clone();
+        response["description"] = json!(description);
+        out[code] = response;
+    }
+    out
+}
+
+fn op(summary: &str, response: &Value, body: Option<&Value>) -> Value {
+    let mut op = json!({"summary": summary, "responses": responses(response)});
+    if let Some(body) = body {
+        op["requestBody"] =
+            json!({"required": true, "content": {"application/json": {"schema": body}}});
+    }
+    op
+}
+
+fn add_paths(paths: &mut Map<String, Value>, rt: &ResourceType, schema: &Value) {
+    let list = json!({"type": "object", "properties": {
+        "apiVersion": {"type": "string"}, "kind": {"type": "string"},
+        "metadata": {"type": "object", "properties": {"resourceVersion": {"type": "string"}}},
+        "items": {"type": "array", "items": schema},
+    }});
+    let base = rt.group_path();
+    let (collection, item, scope) = if rt.namespaced {
+        (
+            format!("{base}/namespaces/{{namespace}}/{}", rt.plural),
+            format!("{base}/namespaces/{{namespace}}/{}/{{name}}", rt.plural),
+            vec![param("namespace")],
+        )
+    } else {
+        (
+            format!("{base}/{}", rt.plural),
+            format!("{base}/{}/{{name}}", rt.plural),
+            Vec::new(),
+        )
+    };
+    let mut list_op = op(&format!("List or watch {}", rt.plural), &list, None);
+    list_op["parameters"] = query_params();
+    paths.insert(
+        collection,
+        json!({
+            "parameters": scope,
+            "get": list_op,
+            "post": op(&format!("Create a {}", rt.kind), schema, Some(schema)),
+        }),
+    );
+    let mut item_params = scope.clone();
+    item_params.push(param("name"));
+    let mut delete = op(&format!("Delete a {}", rt.kind), schema, None);
+    delete["parameters"] = json!([{"name": "resourceVersion", "in": "query", "schema": {"type": "string"},
+        "description": "delete only if this is still the current revision"}]);
+    paths.insert(
+        item.clone(),
+        json!({
+            "parameters": item_params,
+            "get": op(&format!("Read a {}", rt.kind), schema, None),
+            "put": op(&format!("Replace a {} (409 if metadata.resourceVersion is stale)", rt.kind), schema, Some(schema)),
+            "delete": delete,
+        }),
+    );
+    if rt.namespaced {
+        let mut all = op(
+            &format!("List or watch {} in all namespaces", rt.plural),
+            &list,
+            None,
+        );
+        all["parameters"] = query_params();
+        paths.insert(format!("{base}/{}", rt.plural), json!({"get": all}));
+    }
+    if rt.has_status {
+        paths.insert(
+            format!("{item}/status"),
+            json!({
+                "parameters": item_params,
+                "get": op(&format!("Read a {} with its status", rt.kind), schema, None),
+                "put": op(&format!("Replace the status of a {}", rt.kind), schema, Some(schema)),
+            }),
+        );
+    }
+}

@@ -1,0 +1,496 @@
+//! Resource endpoints: path parsing, verb dispatch, request bodies.
+
+use std::collections::HashMap;
+
+use axum::{
+    Json,
+    body::{Body, Bytes},
+    extract::{Query, State},
+    http::{HeaderMap, Method, StatusCode, Uri, header},
+    response::{IntoResponse, Response},
+};
+use berth_api::{
+    Decoded, MAX_OBJECT_BYTES, ResourceType, Source, find_by_plural,
+    manifest::{self, MAX_MANIFEST_BYTES},
+    selector::{FieldSelector, Selector},
+    validation::check_dns_label,
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiState, error::ApiError, watch, with_info};
+use crate::registry::{decode_error, name_of, parse_resource_version};
+
+/// A resource URL taken apart.
+#[derive(Debug)]
+struct Target {
+    rt: &'static ResourceType,
+    namespace: Option<String>,
+    name: Option<String>,
+    subresource: Option<String>,
+}
+
+fn parse_target(path: &str) -> Result<Target, ApiError> {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let no_route = || ApiError::no_route(format!("no resource at {path}"));
+    let (group, version, rest) = match segments.as_slice() {
+        ["api", version, rest @ ..] => ("", *version, rest),
+        ["apis", group, version, rest @ ..] => (*group, *version, rest),
+        _ => return Err(no_route()),
+    };
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, rest @ ..] if !rest.is_empty() => (Some((*ns).to_owned()), rest),
+        rest => (None, rest),
+    };
+    let (plural, name, subresource) = match rest {
+        [plural] => (*plural, None, None),
+        [plural, name] => (*plural, Some((*name).to_owned()), None),
+        [plural, name, sub] => (*plural, Some((*name).to_owned()), Some((*sub).to_owned())),
+        _ => return Err(no_route()),
+    };
+    let rt = find_by_plural(group, plural)
+        .filter(|rt| rt.version == version)
+        .ok_or_else(|| {
+            ApiError::no_route(format!(
+                "the server does not serve {plural} in {group}/{version}"
+            ))
+        })?;
+    if let Some(ns) = &namespace {
+        if !rt.namespaced {
+            return Err(ApiError::no_route(format!(
+                "{} are cluster-scoped; drop /namespaces/{ns}",
+                rt.plural
+            )));
+        }
+        check_dns_label(ns)
+            .map_err(|reason| ApiError::bad_request(format!("namespace: {reason}")))?;
+    } else if rt.namespaced && name.is_some() {
+        return Err(ApiError::no_route(format!(
+            "{} are namespaced: use {}/namespaces/<namespace>/{}/<name>",
+            rt.plural,
+            rt.group_path(),
+            rt.plural
+        )));
+    }
+    Ok(Target {
+        rt,
+        namespace,
+        name,
+        subresource,
+    })
+}
+
+pub async fn handle(
+    State(state): State<ApiState>,
+    method: Method,
+    uri: Uri,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let target = match parse_target(uri.path()) {
+        Ok(target) => target,
+        Err(e) => return e.into_response(),
+    };
+    let resource = target.rt.plural.to_owned();
+    let (verb, result) = dispatch(&state, target, &method, &query, &headers, body).await;
+    let response = result.unwrap_or_else(IntoResponse::into_response);
+    with_info(response, verb, &resource)
+}
+
+async fn dispatch(
+    state: &ApiState,
+    target: Target,
+    method: &Method,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: Body,
+) -> (&'static str, Result<Response, ApiError>) {
+    let Target {
+        rt,
+        namespace,
+        name,
+        subresource,
+    } = target;
+    let registry = &state.registry;
+    let ns = namespace.as_deref().unwrap_or_default();
+    match (method, name.as_deref(), subresource.as_deref()) {
+        (&Method::GET, None, None) if is_true(query.get("watch")) => {
+            ("watch", watch::start(state, rt, namespace, query).await)
+        }
+        (&Method::GET, None, None) => ("list", list(state, rt, namespace.as_deref(), query).await),
+        (&Method::POST, None, None) => {
+            let result = async {
+                if rt.namespaced && namespace.is_none() {
+                    return Err(ApiError::bad_request(format!(
+                        "create {} under {}/namespaces/<namespace>/{}",
+                        rt.plural,
+                        rt.group_path(),
+                        rt.plural
+                    )));
+                }
+                let decoded = read_object(rt, headers, body, namespace.as_deref()).await?;
+                let created = registry.create(rt, decoded.object).await?;
+                Ok(with_warnings(
+                    (StatusCode::CREATED, Json(created)).into_response(),
+                    &decoded.warnings,
+                ))
+            };
+            ("create", result.await)
+        }
+        (&Method::GET, Some(name), None) => ("get", registry.get(rt, ns, name).await.map(ok_json)),
+        (&Method::PUT, Some(name), None) => {
+            let result = async {
+                let decoded = read_object(rt, headers, body, namespace.as_deref()).await?;
+                if name_of(&decoded.object) != name {
+                    return Err(ApiError::bad_request(format!(
+                        "metadata.name {:?} does not match the URL's {name:?}",
+                        name_of(&decoded.object)
+                    )));
+                }
+                let updated = registry.update(rt, decoded.object).await?;
+                Ok(with_warnings(ok_json(updated), &decoded.warnings))
+            };
+            ("update", result.await)
+        }
+        (&Method::DELETE, Some(name), None) => {
+            let result = async {
+                let wanted = delete_precondition(query, body).await?;
+                registry.delete(rt, ns, name, wanted).await.map(ok_json)
+            };
+            ("delete", result.await)
+        }
+        (&Method::GET, Some(name), Some("status")) if rt.has_status => {
+            ("get", registry.get(rt, ns, name).await.map(ok_json))
+        }
+        (&Method::PUT, Some(name), Some("status")) if rt.has_status => {
+            let result = async {
+                let body: Value = read_json(body, MAX_OBJECT_BYTES).await?;
+                registry
+                    .update_status(rt, ns, name, body)
+                    .await
+                    .map(ok_json)
+            };
+            ("update_status", result.await)
+        }
+        (&Method::GET, Some(name), Some("scale")) if is_scalable(rt) => (
+            "get_scale",
+            registry.get_scale(rt, ns, name).await.map(ok_json),
+        ),
+        (&Method::PUT, Some(name), Some("scale")) if is_scalable(rt) => {
+            let result = async {
+                let scale: berth_api::apps::Scale = read_json(body, MAX_OBJECT_BYTES).await?;
+                if scale.spec.replicas < 0 {
+                    return Err(ApiError::invalid(
+                        "Scale",
+                        name,
+                        vec![berth_api::validation::FieldError {
+                            field: "spec.replicas".to_owned(),
+                            reason: "must be greater than or equal to 0".to_owned(),
+                        }],
+                    ));
+                }
+                let wanted = parse_resource_version(&scale.metadata.resource_version)?;
+                registry
+                    .scale(rt, ns, name, scale.spec.replicas, wanted)
+                    .await
+                    .map(ok_json)
+            };
+            ("scale", result.await)
+        }
+        (&Method::POST, Some(name), Some("rollback")) if rt.kind == "Deployment" => {
+            let result = async {
+                let bytes = read_body(body, MAX_OBJECT_BYTES).await?;
+                let request: RollbackRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
+                    RollbackRequest::default()
+                } else {
+                    serde_json::from_slice(&bytes)
+                        .map_err(|e| ApiError::bad_request(format!("request body: {e}")))?
+                };
+                registry
+                    .rollback(ns, name, request.to_revision)
+                    .await
+                    .map(ok_json)
+            };
+            ("rollback", result.await)
+        }
+        (_, _, Some(sub)) => (
+            "other",
+            Err(ApiError::no_route(format!(
+                "{} have no subresource {sub:?} for {method}",
+                rt.plural
+            ))),
+        ),
+        _ => (
+            "other",
+            Err(ApiError::method_not_allowed(format!(
+                "{method} is not supported on this {} URL",
+                rt.kind
+            ))),
+        ),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RollbackRequest {
+    /// 0 (or absent) means the revision before the current one.
+    #[serde(default)]
+    to_revision: i64,
+}
+
+fn is_scalable(rt: &ResourceType) -> bool {
+    matches!(rt.kind, "Deployment" | "ReplicaSet")
+}
+
+fn is_true(value: Option<&String>) -> bool {
+    value.is_some_and(|v| matches!(v.as_str(), "true" | "1"))
+}
+
+fn ok_json(value: Value) -> Response {
+    Json(value).into_response()
+}
+
+/// Unsupported fields are reported the way Kubernetes reports deprecations.
+fn with_warnings(mut response: Response, warnings: &[String]) -> Response {
+    for warning in warnings {
+        if let Ok(value) = header::HeaderValue::from_str(&format!("299 - {:?}", warning)) {
+            response.headers_mut().append(header::WARNING, value);
+        }
+    }
+    response
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let message = e.to_string();
+        if message.contains("length limit") {
+            ApiError::too_large(limit)
+        } else {
+            ApiError::bad_request(format!("reading request body: {message}"))
+        }
+    })
+}
+
+async fn read_json<T: serde::de::DeserializeOwned>(
+    body: Body,
+    limit: usize,
+) -> Result<T, ApiError> {
+    let bytes = read_body(body, limit).await?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("request body: {e}")))
+}
+
+/// Decodes one object (JSON, or YAML when sent as such); fills in the URL's namespace
+/// when the body names none and refuses a body that names a different one.
+async fn read_object(
+    rt: &'static ResourceType,
+    headers: &HeaderMap,
+    body: Body,
+    namespace: Option<&str>,
+) -> Result<Decoded, ApiError> {
+    let bytes = read_body(body, MAX_OBJECT_BYTES).await?;
+    let yaml = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("yaml"));
+    let text;
+    let source = if yaml {
+        text =
+            std::str::from_utf8(&bytes).map_err(|_| ApiError::bad_request("body is not UTF-8"))?;
+        Source::Yaml(text)
+    } else {
+        Source::Json(&bytes)
+    };
+    let name_hint = "(body)";
+    let mut decoded = rt
+        .decode(source)
+        .map_err(|e| decode_error(rt, name_hint, e))?;
+    if let Some(path_ns) = namespace {
+        #[derive(Deserialize, Default)]
+        struct Probe {
+            #[serde(default)]
+            metadata: ProbeMeta,
+        }
+        #[derive(Deserialize, Default)]
+        struct ProbeMeta {
+            #[serde(default)]
+            namespace: String,
+        }
+        let probe: Probe = if yaml {
+            serde_norway::from_slice(&bytes).unwrap_or_default()
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_default()
+        };
+        if probe.metadata.namespace.is_empty() {
+            decoded.object["metadata"]["namespace"] = json!(path_ns);
+        } else if probe.metadata.namespace != path_ns {
+            return Err(ApiError::bad_request(format!(
+                "metadata.namespace {:?} does not match the URL's namespace {path_ns:?}",
+                probe.metadata.namespace
+            )));
+        }
+    }
+    Ok(decoded)
+}
+
+/// `?resourceVersion=N` or a DeleteOptions body with `preconditions.resourceVersion`.
+async fn delete_precondition(
+    query: &HashMap<String, String>,
+    body: Body,
+) -> Result<Option<u64>, ApiError> {
+    if let Some(rv) = query.get("resourceVersion") {
+        return parse_resource_version(rv);
+    }
+    let bytes = read_body(body, MAX_OBJECT_BYTES).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let options: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("DeleteOptions: {e}")))?;
+    parse_resource_version(
+        options
+            .pointer("/preconditions/resourceVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default(),
+    )
+}
+
+pub(super) fn selectors(
+    query: &HashMap<String, String>,
+) -> Result<(Selector, FieldSelector), ApiError> {
+    let labels = Selector::parse(query.get("labelSelector").map_or("", String::as_str))
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let fields = FieldSelector::parse(query.get("fieldSelector").map_or("", String::as_str))
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    Ok((labels, fields))
+}
+
+async fn list(
+    state: &ApiState,
+    rt: &'static ResourceType,
+    namespace: Option<&str>,
+    query: &HashMap<String, String>,
+) -> Result<Response, ApiError> {
+    let (labels, fields) = selectors(query)?;
+    let (items, revision) = state.registry.list(rt, namespace, &labels, &fields).await?;
+    Ok(ok_json(json!({
+        "apiVersion": rt.api_version(),
+        "kind": format!("{}List", rt.kind),
+        "metadata": {"resourceVersion": revision.to_string()},
+        "items": items,
+    })))
+}
+
+/// `POST /apply`: a whole manifest, validated in full, then written in one transaction.
+pub async fn apply(
+    State(state): State<ApiState>,
+    Query(query): Query<HashMap<String, String>>,
+    body: Body,
+) -> Response {
+    let result = async {
+        let bytes = read_body(body, MAX_MANIFEST_BYTES).await?;
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|_| ApiError::bad_request("manifest is not UTF-8"))?;
+        let objects = manifest::parse(text).map_err(manifest_errors)?;
+        let dry_run = is_true(query.get("dryRun"));
+        let results = state.registry.apply(objects, dry_run).await?;
+        Ok::<_, ApiError>(ok_json(json!({
+            "apiVersion": "v1",
+            "kind": "ApplyResult",
+            "dryRun": dry_run,
+            "items": results,
+        })))
+    };
+    let response = result.await.unwrap_or_else(IntoResponse::into_response);
+    with_info(response, "apply", "")
+}
+
+fn manifest_errors(errors: Vec<manifest::ManifestError>) -> ApiError {
+    use super::error::{Cause, Details};
+    if let [manifest::ManifestError::TooLarge { limit, .. }] = errors.as_slice() {
+        return ApiError::too_large(*limit);
+    }
+    let causes: Vec<Cause> = errors
+        .iter()
+        .flat_map(|e| match e {
+            manifest::ManifestError::Invalid {
+                document,
+                kind,
+                name,
+                errors,
+                ..
+            } => errors
+                .iter()
+                .map(|fe| Cause {
+                    field: format!("[{document}] {kind}/{name}: {}", fe.field),
+                    message: fe.reason.clone(),
+                    reason: "FieldValueInvalid",
+                })
+                .collect::<Vec<_>>(),
+            other => vec![Cause {
+                field: String::new(),
+                message: other.to_string(),
+                reason: "ManifestMalformed",
+            }],
+        })
+        .collect();
+    let messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    let code = if errors
+        .iter()
+        .all(|e| matches!(e, manifest::ManifestError::Invalid { .. }))
+    {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    let reason = if code == StatusCode::UNPROCESSABLE_ENTITY {
+        "Invalid"
+    } else {
+        "BadRequest"
+    };
+    ApiError::new(
+        code,
+        reason,
+        format!(
+            "manifest rejected, nothing applied: {}",
+            messages.join("; ")
+        ),
+    )
+    .with_details(Details {
+        causes,
+        ..Details::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_paths() {
+        let t = parse_target("/apis/apps/v1/namespaces/shop/deployments/web/scale").expect("valid");
+        assert_eq!(
+            (t.rt.kind, t.namespace.as_deref(), t.name.as_deref()),
+            ("Deployment", Some("shop"), Some("web"))
+        );
+        assert_eq!(t.subresource.as_deref(), Some("scale"));
+        let t = parse_target("/api/v1/nodes/n1").expect("valid");
+        assert_eq!(
+            (t.rt.kind, t.namespace, t.name.as_deref()),
+            ("Node", None, Some("n1"))
+        );
+        let t = parse_target("/api/v1/pods").expect("all namespaces");
+        assert_eq!((t.rt.kind, t.namespace, t.name), ("Pod", None, None));
+        assert!(
+            parse_target("/api/v1/namespaces/x/nodes").is_err(),
+            "cluster-scoped"
+        );
+        assert!(
+            parse_target("/api/v1/pods/web").is_err(),
+            "namespaced item without namespace"
+        );
+        assert!(parse_target("/api/v2/pods").is_err());
+        assert!(parse_target("/apis/apps/v1/pods").is_err(), "wrong group");
+        assert!(parse_target("/api/v1/namespaces/Bad/pods").is_err());
+    }
+}

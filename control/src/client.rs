@@ -1,0 +1,238 @@
+//! A small HTTPS client for the control API, configured from admin.conf: what berthctl
+//! and the tests use. One connection per request keeps it simple; watches hold theirs.
+
+use std::{path::Path, sync::Arc};
+
+use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject as _};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::kubeconfig::{ClientSettings, Kubeconfig, KubeconfigError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Config(#[from] KubeconfigError),
+    #[error("server address {0:?}: expected http(s)://host:port")]
+    BadServer(String),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("HTTP: {0}")]
+    Http(#[from] hyper::Error),
+    #[error("building request: {0}")]
+    Request(#[from] axum::http::Error),
+    #[error("response is not JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+pub struct Client {
+    host: String,
+    port: u16,
+    token: Option<String>,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+}
+
+/// A response read in full.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> Result<Value, ClientError> {
+        Ok(serde_json::from_slice(&self.body)?)
+    }
+}
+
+impl Client {
+    pub fn from_kubeconfig(path: &Path) -> Result<Self, ClientError> {
+        Self::new(Kubeconfig::load(path)?.settings()?)
+    }
+
+    pub fn new(settings: ClientSettings) -> Result<Self, ClientError> {
+        let bad = || ClientError::BadServer(settings.server.clone());
+        let (https, rest) = if let Some(rest) = settings.server.strip_prefix("https://") {
+            (true, rest)
+        } else if let Some(rest) = settings.server.strip_prefix("http://") {
+            (false, rest)
+        } else {
+            return Err(bad());
+        };
+        let (host, port) = rest
+            .trim_end_matches('/')
+            .rsplit_once(':')
+            .ok_or_else(bad)?;
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let tls = if https {
+            let mut roots = rustls::RootCertStore::empty();
+            let pem = settings.ca_pem.as_deref().ok_or_else(|| {
+                ClientError::Tls("no certificate-authority-data to trust".to_owned())
+            })?;
+            for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                roots
+                    .add(cert.map_err(|e| ClientError::Tls(e.to_string()))?)
+                    .map_err(|e| ClientError::Tls(e.to_string()))?;
+            }
+            let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ClientError::Tls(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            let name =
+                ServerName::try_from(host.clone()).map_err(|e| ClientError::Tls(e.to_string()))?;
+            Some((TlsConnector::from(Arc::new(config)), name))
+        } else {
+            None
+        };
+        Ok(Self {
+            host,
+            port,
+            token: settings.token,
+            tls,
+        })
+    }
+
+    /// The same client with another token (or none): for testing authentication.
+    pub fn with_token(mut self, token: Option<&str>) -> Self {
+        self.token = token.map(str::to_owned);
+        self
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&[u8], &str)>,
+    ) -> Result<hyper::Response<Incoming>, ClientError> {
+        let addr = format!("{}:{}", self.host, self.port);
+        let tcp = TcpStream::connect(&addr)
+            .await
+            .map_err(|source| ClientError::Connect {
+                addr: addr.clone(),
+                source,
+            })?;
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, &addr);
+        if let Some(token) = &self.token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let (bytes, content_type) = body.unwrap_or((b"", "application/json"));
+        let request = request
+            .header(header::CONTENT_TYPE, content_type)
+            .body(Full::new(Bytes::copy_from_slice(bytes)))?;
+        match &self.tls {
+            Some((connector, name)) => {
+                let stream = connector
+                    .connect(name.clone(), tcp)
+                    .await
+                    .map_err(|e| ClientError::Tls(e.to_string()))?;
+                let (mut sender, connection) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+                tokio::spawn(connection);
+                Ok(sender.send_request(request).await?)
+            }
+            None => {
+                let (mut sender, connection) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+                tokio::spawn(connection);
+                Ok(sender.send_request(request).await?)
+            }
+        }
+    }
+
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&[u8], &str)>,
+    ) -> Result<Reply, ClientError> {
+        let response = self.send(method, path, body).await?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok(Reply {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// A JSON request; returns the status and the JSON body (a `Status` on errors).
+    pub async fn json(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(StatusCode, Value), ClientError> {
+        let encoded = body.map(serde_json::to_vec).transpose()?;
+        let reply = self
+            .request(
+                method,
+                path,
+                encoded.as_deref().map(|b| (b, "application/json")),
+            )
+            .await?;
+        let value = if reply.body.is_empty() {
+            Value::Null
+        } else {
+            reply.json()?
+        };
+        Ok((reply.status, value))
+    }
+
+    /// Starts a watch (`path` should carry `?watch=true`); events arrive in order.
+    pub async fn watch(&self, path: &str) -> Result<Watch, ClientError> {
+        let response = self.send(Method::GET, path, None).await?;
+        Ok(Watch {
+            status: response.status(),
+            body: response.into_body(),
+            buffer: Vec::new(),
+        })
+    }
+}
+
+pub struct Watch {
+    pub status: StatusCode,
+    body: Incoming,
+    buffer: Vec<u8>,
+}
+
+impl Watch {
+    /// The next event, or None when the server closed the stream.
+    pub async fn next(&mut self) -> Result<Option<Value>, ClientError> {
+        loop {
+            if let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buffer.drain(..=end).collect();
+                return Ok(Some(serde_json::from_slice(&line)?));
+            }
+            match self.body.frame().await {
+                None => return Ok(None),
+                Some(frame) => {
+                    if let Some(data) = frame?.data_ref() {
+                        self.buffer.extend_from_slice(data);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! All of the control plane's settings, parsed in one place from flags and `BERTH_*`
+//! environment variables. Tests build it with `Config::parse_from`, never from the
+//! process environment.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::Parser;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "berth-control",
+    version,
+    about = "Berth control plane: the mesh control API server"
+)]
+pub struct Config {
+    /// Where the store, the PKI and admin.conf live.
+    #[arg(long, env = "BERTH_DATA_DIR", default_value = "/var/lib/berth")]
+    pub data_dir: PathBuf,
+
+    /// Address to serve the API on; port 0 picks a free port.
+    #[arg(long, env = "BERTH_LISTEN", default_value = "127.0.0.1:6443")]
+    pub listen: SocketAddr,
+
+    /// Extra names or addresses for the serving certificate (comma-separated).
+    #[arg(long = "tls-san", env = "BERTH_TLS_SAN", value_delimiter = ',')]
+    pub tls_sans: Vec<String>,
+
+    /// Serve plain HTTP instead of HTTPS. Tokens then cross the network in clear text.
+    #[arg(long, env = "BERTH_INSECURE_HTTP")]
+    pub insecure_http: bool,
+
+    /// Where to write the admin client configuration [default: <data-dir>/admin.conf].
+    #[arg(long, env = "BERTH_ADMIN_CONFIG")]
+    pub admin_config: Option<PathBuf>,
+
+    /// Store revisions of watch history to keep; older history is compacted.
+    #[arg(long, env = "BERTH_HISTORY_REVISIONS", default_value_t = 100_000)]
+    pub history_revisions: u64,
+
+    /// How often to compact the store's history, in seconds.
+    #[arg(
+        long = "compaction-interval",
+        env = "BERTH_COMPACTION_INTERVAL",
+        default_value_t = 300
+    )]
+    pub compaction_interval_secs: u64,
+
+    /// Serve the API only; run no scheduler or controllers (for an API-only replica, and
+    /// for tests of the API alone).
+    #[arg(long, env = "BERTH_NO_CONTROLLERS")]
+    pub no_controllers: bool,
+
+    /// Seconds without a heartbeat before a node is marked `Ready=Unknown`.
+    #[arg(long = "node-grace", env = "BERTH_NODE_GRACE", default_value_t = 40)]
+    pub node_grace_secs: u64,
+
+    /// Seconds a node may be not ready before its pods are deleted and rescheduled.
+    #[arg(
+        long = "pod-eviction-timeout",
+        env = "BERTH_POD_EVICTION_TIMEOUT",
+        default_value_t = 60
+    )]
+    pub pod_eviction_timeout_secs: u64,
+
+    /// Log filter (tracing-subscriber env-filter syntax).
+    #[arg(long, env = "BERTH_LOG", default_value = "info")]
+    pub log: String,
+}
+
+impl Config {
+    pub fn admin_config_path(&self) -> PathBuf {
+        self.admin_config
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("admin.conf"))
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        self.data_dir.join("state.redb")
+    }
+
+    pub fn pki_dir(&self) -> PathBuf {
+        self.data_dir.join("pki")
+    }
+
+    pub fn controller_settings(&self) -> crate::controllers::Settings {
+        crate::controllers::Settings {
+            node_grace: Duration::from_secs(self.node_grace_secs),
+            pod_eviction_timeout: Duration::from_secs(self.pod_eviction_timeout_secs),
+            ..crate::controllers::Settings::default()
+        }
+    }
+
+    pub fn compaction_interval(&self) -> Duration {
+        Duration::from_secs(self.compaction_interval_secs.max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_parse_without_the_environment() {
+        let config = Config::parse_from([
+            "berth-control",
+            "--data-dir",
+            "/tmp/x",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-san",
+            "a.example,198.18.0.1",
+        ]);
+        assert_eq!(config.tls_sans, ["a.example", "198.18.0.1"]);
+        assert_eq!(
+            config.admin_config_path(),
+            PathBuf::from("/tmp/x/admin.conf")
+        );
+        assert!(!config.insecure_http);
+    }
+}

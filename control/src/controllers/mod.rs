@@ -1,0 +1,420 @@
+//! Controllers in the kube-rs style: each is an idempotent `reconcile(object, snapshot,
+//! ctx) -> Outcome` over the local cache that returns the writes it wants. The runtime
+//! applies them through the registry, re-queues on conflicts, and waits for the cache
+//! to reflect its writes before looking again, so a reconcile never acts twice on the
+//! same stale state (the reason Kubernetes controllers need "expectations").
+
+mod cache;
+pub mod deployment;
+pub mod endpoints;
+pub mod gc;
+pub mod nodes;
+pub mod replicaset;
+pub mod scheduler;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::Duration,
+};
+
+use berth_api::{
+    ResourceType, Source,
+    apps::{Deployment, ReplicaSet},
+    core::{Endpoints, Node, Pod, Service},
+};
+use serde_json::Value;
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinHandle,
+    time::Instant,
+};
+
+pub use self::cache::{Cache, Change, Snapshot};
+use crate::{
+    api::error::ApiError,
+    registry::{Registry, name_of, namespace_of},
+    store::Store,
+    util,
+};
+
+pub static PODS: ResourceType = ResourceType::of::<Pod>();
+pub static NODES: ResourceType = ResourceType::of::<Node>();
+pub static SERVICES: ResourceType = ResourceType::of::<Service>();
+pub static ENDPOINTS: ResourceType = ResourceType::of::<Endpoints>();
+pub static DEPLOYMENTS: ResourceType = ResourceType::of::<Deployment>();
+pub static REPLICASETS: ResourceType = ResourceType::of::<ReplicaSet>();
+
+/// A write a reconciler asks for. Updates carry the `resourceVersion` they were computed
+/// from, so a write based on stale state fails with a conflict and is retried.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    Create {
+        rt: &'static ResourceType,
+        object: Value,
+    },
+    Update {
+        rt: &'static ResourceType,
+        object: Value,
+    },
+    UpdateStatus {
+        rt: &'static ResourceType,
+        object: Value,
+    },
+    Delete {
+        rt: &'static ResourceType,
+        namespace: String,
+        name: String,
+    },
+    Event {
+        involved: Value,
+        reason: String,
+        message: String,
+        type_: &'static str,
+    },
+}
+
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Outcome {
+    pub writes: Vec<Write>,
+    /// Look again after this long even if nothing changes (time-based conditions).
+    pub requeue_after: Option<Duration>,
+}
+
+impl Outcome {
+    pub fn writes(writes: Vec<Write>) -> Self {
+        Self {
+            writes,
+            requeue_after: None,
+        }
+    }
+}
+
+/// Timing knobs; tests shrink them.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// A node whose last heartbeat is older than this is marked `Ready=Unknown`.
+    pub node_grace: Duration,
+    /// Pods on a node not ready for this long are deleted (and so rescheduled).
+    pub pod_eviction_timeout: Duration,
+    /// Everything is reconciled again this often, to heal missed mappings.
+    pub resync: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            node_grace: Duration::from_secs(40),
+            pod_eviction_timeout: Duration::from_secs(60),
+            resync: Duration::from_secs(60),
+        }
+    }
+}
+
+pub struct Context {
+    /// Unix seconds; passed in so reconcilers stay pure and tests deterministic.
+    pub now: u64,
+    pub settings: Settings,
+}
+
+pub trait Reconciler: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// The kind whose objects `reconcile` is called for.
+    fn kind(&self) -> &'static ResourceType;
+    /// Objects of `kind` (namespace, name) to reconcile after `change`. The default maps
+    /// a change of `kind` to itself.
+    fn affected(&self, change: &Change, snapshot: &Snapshot) -> Vec<(String, String)> {
+        let _ = snapshot;
+        if is_kind(change, self.kind()) {
+            vec![(
+                namespace_of(&change.object).to_owned(),
+                name_of(&change.object).to_owned(),
+            )]
+        } else {
+            Vec::new()
+        }
+    }
+    fn reconcile(&self, object: &Value, snapshot: &Snapshot, ctx: &Context) -> Outcome;
+    /// Whether each reconcile must see the previous one's writes (the scheduler counts
+    /// resources already bound); others run a whole batch on one snapshot.
+    fn sequential(&self) -> bool {
+        false
+    }
+}
+
+pub fn is_kind(change: &Change, rt: &ResourceType) -> bool {
+    change.key.starts_with(&crate::registry::prefix(rt, None))
+}
+
+/// The controller that owns `object`, as (kind, name, uid).
+pub fn controller_of(object: &Value) -> Option<(&str, &str, &str)> {
+    object
+        .pointer("/metadata/ownerReferences")?
+        .as_array()?
+        .iter()
+        .find(|r| r["controller"].as_bool() == Some(true))
+        .map(|r| {
+            (
+                r["kind"].as_str().unwrap_or_default(),
+                r["name"].as_str().unwrap_or_default(),
+                r["uid"].as_str().unwrap_or_default(),
+            )
+        })
+}
+
+pub fn uid_of(object: &Value) -> &str {
+    object
+        .pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
+pub fn owner_reference(owner: &Value) -> Value {
+    serde_json::json!({
+        "apiVersion": owner["apiVersion"],
+        "kind": owner["kind"],
+        "name": name_of(owner),
+        "uid": uid_of(owner),
+        "controller": true,
+    })
+}
+
+pub fn pod_is_terminal(pod: &Value) -> bool {
+    matches!(
+        pod.pointer("/status/phase").and_then(Value::as_str),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+pub fn pod_is_ready(pod: &Value) -> bool {
+    pod.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .is_some_and(|conditions| {
+            conditions
+                .iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+}
+
+/// Runs the reconcilers until `shutdown` flips.
+pub struct Controllers {
+    task: JoinHandle<()>,
+}
+
+impl Controllers {
+    pub async fn start(
+        registry: Registry,
+        store: Arc<dyn Store>,
+        reconcilers: Vec<Box<dyn Reconciler>>,
+        settings: Settings,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Self, crate::store::StoreError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let cache = Cache::start(store, tx).await?;
+        let runtime = Runtime {
+            registry,
+            cache,
+            reconcilers,
+            settings,
+            requeue: BTreeMap::new(),
+        };
+        Ok(Self {
+            task: tokio::spawn(runtime.run(rx, shutdown)),
+        })
+    }
+
+    pub async fn join(self) {
+        let _ = self.task.await;
+    }
+
+    /// Every controller Berth runs.
+    pub fn all() -> Vec<Box<dyn Reconciler>> {
+        vec![
+            Box::new(deployment::DeploymentController),
+            Box::new(replicaset::ReplicaSetController),
+            Box::new(scheduler::Scheduler),
+            Box::new(endpoints::EndpointsController),
+            Box::new(nodes::NodeLifecycle),
+            Box::new(gc::GarbageCollector(&PODS)),
+            Box::new(gc::GarbageCollector(&REPLICASETS)),
+            Box::new(gc::GarbageCollector(&ENDPOINTS)),
+        ]
+    }
+}
+
+type WorkKey = (usize, String, String);
+
+struct Runtime {
+    registry: Registry,
+    cache: Arc<Cache>,
+    reconcilers: Vec<Box<dyn Reconciler>>,
+    settings: Settings,
+    requeue: BTreeMap<WorkKey, Instant>,
+}
+
+impl Runtime {
+    async fn run(
+        mut self,
+        mut changes: mpsc::UnboundedReceiver<Vec<Change>>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut next_resync = Instant::now() + self.settings.resync;
+        loop {
+            let wake_at = self
+                .requeue
+                .values()
+                .min()
+                .copied()
+                .unwrap_or(next_resync)
+                .min(next_resync);
+            let mut batch = Vec::new();
+            tokio::select! {
+                received = changes.recv() => match received {
+                    Some(received) => batch.extend(received),
+                    None => return,
+                },
+                () = tokio::time::sleep_until(wake_at) => {}
+                _ = shutdown.changed() => return,
+            }
+            while let Ok(more) = changes.try_recv() {
+                batch.extend(more);
+            }
+            let snapshot = self.cache.snapshot().await;
+            let mut queue: BTreeSet<WorkKey> = BTreeSet::new();
+            for change in &batch {
+                for (i, reconciler) in self.reconcilers.iter().enumerate() {
+                    for (ns, name) in reconciler.affected(change, &snapshot) {
+                        queue.insert((i, ns, name));
+                    }
+                }
+            }
+            let now = Instant::now();
+            if now >= next_resync {
+                next_resync = now + self.settings.resync;
+                for (i, reconciler) in self.reconcilers.iter().enumerate() {
+                    for object in snapshot.list(reconciler.kind(), None) {
+                        queue.insert((
+                            i,
+                            namespace_of(object).to_owned(),
+                            name_of(object).to_owned(),
+                        ));
+                    }
+                }
+            }
+            let due: Vec<WorkKey> = self
+                .requeue
+                .iter()
+                .filter(|(_, at)| **at <= now)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for key in due {
+                self.requeue.remove(&key);
+                queue.insert(key);
+            }
+            self.process(queue, snapshot).await;
+        }
+    }
+
+    async fn process(&mut self, queue: BTreeSet<WorkKey>, mut snapshot: Arc<Snapshot>) {
+        let mut written = 0;
+        for key in queue {
+            let (i, ns, name) = &key;
+            let reconciler = &self.reconcilers[*i];
+            if reconciler.sequential() && written > snapshot.revision {
+                self.cache.wait_for(written).await;
+                snapshot = self.cache.snapshot().await;
+            }
+            let Some(object) = snapshot.get(reconciler.kind(), ns, name) else {
+                continue;
+            };
+            let ctx = Context {
+                now: util::unix_now(),
+                settings: self.settings.clone(),
+            };
+            let outcome = reconciler.reconcile(object, &snapshot, &ctx);
+            let mut retry = false;
+            for write in outcome.writes {
+                match self.execute(write).await {
+                    Ok(revision) => written = written.max(revision),
+                    Err(e) => {
+                        if e.code != axum::http::StatusCode::CONFLICT {
+                            tracing::warn!(controller = reconciler.name(), object = %format!("{ns}/{name}"), "write failed: {e}");
+                        }
+                        retry = true;
+                        // Later writes were planned on the assumption this one happened.
+                        break;
+                    }
+                }
+            }
+            let delay = if retry {
+                Some(Duration::from_millis(200))
+            } else {
+                outcome.requeue_after
+            };
+            if let Some(delay) = delay {
+                let at = Instant::now() + delay;
+                let entry = self.requeue.entry(key).or_insert(at);
+                *entry = (*entry).min(at);
+            }
+        }
+        if written > 0 {
+            self.cache.wait_for(written).await;
+        }
+    }
+
+    /// Applies one write; returns the store revision it produced (0 if none).
+    async fn execute(&self, write: Write) -> Result<u64, ApiError> {
+        let revision_of = |object: &Value| {
+            object
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .and_then(|r| r.parse().ok())
+                .unwrap_or(0)
+        };
+        let decode = |rt: &ResourceType, object: Value| {
+            let name = name_of(&object).to_owned();
+            rt.decode(Source::Value(object))
+                .map(|d| d.object)
+                .map_err(|e| crate::registry::decode_error(rt, &name, e))
+        };
+        match write {
+            Write::Create { rt, object } => {
+                let object = decode(rt, object)?;
+                Ok(revision_of(&self.registry.create(rt, object).await?))
+            }
+            Write::Update { rt, object } => {
+                let object = decode(rt, object)?;
+                Ok(revision_of(&self.registry.update(rt, object).await?))
+            }
+            Write::UpdateStatus { rt, object } => {
+                let (ns, name) = (
+                    namespace_of(&object).to_owned(),
+                    name_of(&object).to_owned(),
+                );
+                Ok(revision_of(
+                    &self.registry.update_status(rt, &ns, &name, object).await?,
+                ))
+            }
+            Write::Delete {
+                rt,
+                namespace,
+                name,
+            } => match self.registry.delete(rt, &namespace, &name, None).await {
+                Ok(_) => Ok(self.registry.store().revision().unwrap_or(0)),
+                Err(e) if e.code == axum::http::StatusCode::NOT_FOUND => Ok(0),
+                Err(e) => Err(e),
+            },
+            Write::Event {
+                involved,
+                reason,
+                message,
+                type_,
+            } => {
+                self.registry
+                    .record_event(&involved, &reason, &message, type_)
+                    .await;
+                Ok(0)
+            }
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! Node lifecycle: a node whose agent stopped heartbeating is marked `Ready=Unknown`;
+//! after the eviction timeout its pods are deleted so their ReplicaSets replace them
+//! on live nodes.
+
+use std::time::Duration;
+
+use berth_api::ResourceType;
+use serde_json::{Value, json};
+
+use super::{Context, NODES, Outcome, PODS, Reconciler, Snapshot, Write};
+use crate::{
+    registry::{name_of, namespace_of},
+    util,
+};
+
+pub struct NodeLifecycle;
+
+fn ready_condition(node: &Value) -> Option<&Value> {
+    node.pointer("/status/conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")
+}
+
+fn timestamp(condition: &Value, field: &str) -> Option<u64> {
+    condition
+        .get(field)
+        .and_then(Value::as_str)
+        .and_then(util::parse_rfc3339)
+}
+
+impl Reconciler for NodeLifecycle {
+    fn name(&self) -> &'static str {
+        "node-lifecycle"
+    }
+
+    fn kind(&self) -> &'static ResourceType {
+        &NODES
+    }
+
+    fn reconcile(&self, node: &Value, snapshot: &Snapshot, ctx: &Context) -> Outcome {
+        let grace = ctx.settings.node_grace.as_secs();
+        let eviction = ctx.settings.pod_eviction_timeout.as_secs();
+        let Some(ready) = ready_condition(node) else {
+            // Never reported: nothing to judge yet.
+            return Outcome::default();
+        };
+        let mut writes = Vec::new();
+        let heartbeat = timestamp(ready, "lastHeartbeatTime").unwrap_or(0);
+        let status = ready["status"].as_str().unwrap_or("Unknown");
+        let silent_for = ctx.now.saturating_sub(heartbeat);
+        let mut requeue = Duration::from_secs(grace.saturating_sub(silent_for).max(1));
+        if status == "True" && silent_for > grace {
+            let mut updated = node.clone();
+            if let Some(conditions) = updated
+                .pointer_mut("/status/conditions")
+                .and_then(Value::as_array_mut)
+            {
+                for condition in conditions.iter_mut().filter(|c| c["type"] == "Ready") {
+                    *condition = json!({
+                        "type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown",
+                        "message": format!("no heartbeat for {silent_for}s"),
+                        "lastHeartbeatTime": ready.get("lastHeartbeatTime").cloned().unwrap_or(json!("")),
+                        "lastTransitionTime": util::rfc3339(ctx.now),
+                    });
+                }
+            }
+            writes.push(Write::UpdateStatus {
+                rt: &NODES,
+                object: updated,
+            });
+            writes.push(Write::Event {
+                involved: node.clone(),
+                reason: "NodeNotReady".to_owned(),
+                message: format!(
+                    "Node {} stopped posting status for {silent_for}s",
+                    name_of(node)
+                ),
+                type_: "Warning",
+            });
+            requeue = Duration::from_secs(eviction.max(1));
+        } else if status != "True" {
+            let since = timestamp(ready, "lastTransitionTime").unwrap_or(heartbeat);
+            let down_for = ctx.now.saturating_sub(since);
+            if down_for >= eviction {
+                for pod in snapshot.list(&PODS, None) {
+                    if pod.pointer("/spec/nodeName").and_then(Value::as_str) == Some(name_of(node))
+                    {
+                        writes.push(Write::Delete {
+                            rt: &PODS,
+                            namespace: namespace_of(pod).to_owned(),
+                            name: name_of(pod).to_owned(),
+                        });
+                    }
+                }
+                requeue = Duration::from_secs(eviction.max(1));
+            } else {
+                requeue = Duration::from_secs((eviction - down_for).max(1));
+            }
+        }
+        Outcome {
+            writes,
+            requeue_after: Some(requeue),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controllers::Settings;
+
+    fn node(status: &str, heartbeat: u64, transition: u64) -> Value {
+        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"},
+            "status": {"conditions": [{"type": "Ready", "status": status,
+                "lastHeartbeatTime": util::rfc3339(heartbeat), "lastTransitionTime": util::rfc3339(transition)}]}})
+    }
+
+    fn ctx(now: u64) -> Context {
+        Context {
+            now,
+            settings: Settings {
+                node_grace: Duration::from_secs(40),
+                pod_eviction_timeout: Duration::from_secs(60),
+                resync: Duration::from_secs(60),
+            },
+        }
+    }
+
+    fn with_pod(node: Value) -> Snapshot {
+        Snapshot::from_objects(
+            vec![
+                (&NODES, node),
+                (
+                    &PODS,
+                    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "default"},
+                    "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "i"}]}}),
+                ),
+            ],
+            1,
+        )
+    }
+
+    #[test]
+    fn a_fresh_heartbeat_changes_nothing() {
+        let n = node("True", 1000, 900);
+        let outcome = NodeLifecycle.reconcile(&n, &with_pod(n.clone()), &ctx(1010));
+        assert!(outcome.writes.is_empty());
+        assert_eq!(outcome.requeue_after, Some(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn silence_marks_unknown_then_evicts() {
+        let n = node("True", 1000, 900);
+        let outcome = NodeLifecycle.reconcile(&n, &with_pod(n.clone()), &ctx(1041));
+        let Some(Write::UpdateStatus { object, .. }) = outcome.writes.first() else {
+            panic!("{outcome:?}")
+        };
+        assert_eq!(object["status"]["conditions"][0]["status"], "Unknown");
+
+        let unknown = node("Unknown", 1000, 1041);
+        let early = NodeLifecycle.reconcile(&unknown, &with_pod(unknown.clone()), &ctx(1060));
+        assert!(early.writes.is_empty(), "not yet past the eviction timeout");
+        let late = NodeLifecycle.reconcile(&unknown, &with_pod(unknown.clone()), &ctx(1101));
+        assert!(
+            matches!(late.writes.as_slice(), [Write::Delete { name, .. }] if name == "p"),
+            "{late:?}"
+        );
+    }
+}

@@ -1,0 +1,163 @@
+//! The client configuration file (`admin.conf`): kubeconfig-shaped, so the server
+//! address, the CA to trust and the bearer token travel together in one file.
+
+use std::path::Path;
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeconfigError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {reason}")]
+    Invalid { path: String, reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Kubeconfig {
+    #[serde(rename = "apiVersion")]
+    pub api_version: String,
+    pub kind: String,
+    pub clusters: Vec<NamedCluster>,
+    pub users: Vec<NamedUser>,
+    pub contexts: Vec<NamedContext>,
+    pub current_context: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NamedCluster {
+    pub name: String,
+    pub cluster: Cluster,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Cluster {
+    pub server: String,
+    /// Base64 of the CA certificate PEM, as kubectl expects it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub certificate_authority_data: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NamedUser {
+    pub name: String,
+    pub user: User,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct User {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub token: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NamedContext {
+    pub name: String,
+    pub context: Context,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Context {
+    pub cluster: String,
+    pub user: String,
+}
+
+/// What a client needs, resolved from the current context.
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    pub server: String,
+    pub ca_pem: Option<String>,
+    pub token: Option<String>,
+}
+
+impl Kubeconfig {
+    pub fn new(server: &str, ca_pem: Option<&str>, token: Option<&str>) -> Self {
+        const NAME: &str = "berth";
+        Self {
+            api_version: "v1".to_owned(),
+            kind: "Config".to_owned(),
+            clusters: vec![NamedCluster {
+                name: NAME.to_owned(),
+                cluster: Cluster {
+                    server: server.to_owned(),
+                    certificate_authority_data: ca_pem
+                        .map(|pem| base64::engine::general_purpose::STANDARD.encode(pem))
+                        .unwrap_or_default(),
+                },
+            }],
+            users: vec![NamedUser {
+                name: "admin".to_owned(),
+                user: User {
+                    token: token.unwrap_or_default().to_owned(),
+                },
+            }],
+            contexts: vec![NamedContext {
+                name: NAME.to_owned(),
+                context: Context {
+                    cluster: NAME.to_owned(),
+                    user: "admin".to_owned(),
+                },
+            }],
+            current_context: NAME.to_owned(),
+        }
+    }
+
+    pub fn load(path: &Path) -> Result<Self, KubeconfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| KubeconfigError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        serde_norway::from_str(&text).map_err(|e| KubeconfigError::Invalid {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    pub fn to_yaml(&self) -> Result<String, KubeconfigError> {
+        serde_norway::to_string(self).map_err(|e| KubeconfigError::Invalid {
+            path: String::new(),
+            reason: e.to_string(),
+        })
+    }
+
+    pub fn settings(&self) -> Result<ClientSettings, KubeconfigError> {
+        let invalid = |reason: String| KubeconfigError::Invalid {
+            path: String::new(),
+            reason,
+        };
+        let context = self
+            .contexts
+            .iter()
+            .find(|c| c.name == self.current_context)
+            .ok_or_else(|| invalid(format!("no context named {:?}", self.current_context)))?;
+        let cluster = self
+            .clusters
+            .iter()
+            .find(|c| c.name == context.context.cluster)
+            .ok_or_else(|| invalid(format!("no cluster named {:?}", context.context.cluster)))?;
+        let user = self.users.iter().find(|u| u.name == context.context.user);
+        let ca_pem = match cluster.cluster.certificate_authority_data.as_str() {
+            "" => None,
+            data => {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(data)
+                    .map_err(|e| invalid(format!("certificate-authority-data: {e}")))?;
+                Some(
+                    String::from_utf8(bytes)
+                        .map_err(|_| invalid("certificate-authority-data is not PEM".to_owned()))?,
+                )
+            }
+        };
+        Ok(ClientSettings {
+            server: cluster.cluster.server.clone(),
+            ca_pem,
+            token: user.map(|u| u.user.token.clone()).filter(|t| !t.is_empty()),
+        })
+    }
+}

@@ -1,0 +1,80 @@
+//! The control plane's Prometheus metrics, registered once in a registry of our own
+//! (not the process-global one, so tests with several servers never collide).
+
+use prometheus::{
+    Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// `verb` is the API verb (get, list, watch, create, update, delete, apply, scale, ...),
+    /// not the HTTP method; `code` is the HTTP status.
+    pub request_seconds: HistogramVec,
+    pub watches: IntGaugeVec,
+    pub watch_events: IntCounterVec,
+    pub store_commit_seconds: prometheus::Histogram,
+    pub store_revision: IntGauge,
+    pub store_compacted_revision: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new_custom(Some("berth".to_owned()), None)?;
+        let request_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "apiserver_request_duration_seconds",
+                "Time to answer an API request (for watches: until the stream starts).",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["verb", "resource", "code"],
+        )?;
+        let watches = IntGaugeVec::new(
+            Opts::new("apiserver_watches", "Open watch streams."),
+            &["resource"],
+        )?;
+        let watch_events = IntCounterVec::new(
+            Opts::new("apiserver_watch_events_total", "Events sent to watchers."),
+            &["resource"],
+        )?;
+        let store_commit_seconds = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "store_commit_duration_seconds",
+                "Time to commit a store transaction, fsync included.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            ]),
+        )?;
+        let store_revision = IntGauge::new("store_revision", "The store's current revision.")?;
+        let store_compacted_revision = IntGauge::new(
+            "store_compacted_revision",
+            "History at and below this revision has been compacted.",
+        )?;
+        registry.register(Box::new(request_seconds.clone()))?;
+        registry.register(Box::new(watches.clone()))?;
+        registry.register(Box::new(watch_events.clone()))?;
+        registry.register(Box::new(store_commit_seconds.clone()))?;
+        registry.register(Box::new(store_revision.clone()))?;
+        registry.register(Box::new(store_compacted_revision.clone()))?;
+        Ok(Self {
+            registry,
+            request_seconds,
+            watches,
+            watch_events,
+            store_commit_seconds,
+            store_revision,
+            store_compacted_revision,
+        })
+    }
+
+    /// The text exposition format Prometheus scrapes.
+    pub fn render(&self) -> Result<String, prometheus::Error> {
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
+        String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
+    }
+}

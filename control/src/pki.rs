@@ -1,0 +1,167 @@
+//! The control plane's own certificate authority, its serving certificate and the admin
+//! token, created at first start under `<data-dir>/pki/`.
+//!
+//! The CA and token persist; the serving certificate is re-issued at every start so a
+//! changed address or `--tls-san` takes effect without touching the CA clients trust.
+
+use std::{
+    fs,
+    io::Write as _,
+    net::IpAddr,
+    os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+
+use crate::util;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("certificate generation: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    #[error("{path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
+    move |source| PkiError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+pub struct Pki {
+    pub ca_cert_pem: String,
+    pub server_cert_pem: String,
+    pub server_key_pem: String,
+    /// SHA-256 of the admin token; the token itself is only in admin.conf.
+    pub admin_token_digest: [u8; 32],
+    /// Only set when the token was created by this start (to write admin.conf).
+    pub new_admin_token: Option<String>,
+}
+
+const CA_CERT: &str = "ca.crt";
+const CA_KEY: &str = "ca.key";
+const SERVER_CERT: &str = "server.crt";
+const SERVER_KEY: &str = "server.key";
+const ADMIN_TOKEN_DIGEST: &str = "admin-token.sha256";
+
+/// The CA's identity; rebuilt identically at each start to sign with the stored key.
+fn ca_params() -> Result<CertificateParams, rcgen::Error> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "berth-ca");
+    dn.push(DnType::OrganizationName, "Berth");
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    Ok(params)
+}
+
+impl Pki {
+    /// Loads the CA and token from `dir`, creating them the first time, and issues a
+    /// serving certificate for `names` (DNS names or IP addresses).
+    pub fn load_or_create(dir: &Path, names: &[String]) -> Result<Self, PkiError> {
+        fs::create_dir_all(dir).map_err(io(dir))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io(dir))?;
+        let (ca_key_path, ca_cert_path) = (dir.join(CA_KEY), dir.join(CA_CERT));
+        let (ca_key, ca_cert_pem) = if ca_key_path.exists() && ca_cert_path.exists() {
+            let key_pem = fs::read_to_string(&ca_key_path).map_err(io(&ca_key_path))?;
+            let key = KeyPair::from_pem(&key_pem).map_err(|e| PkiError::Invalid {
+                path: ca_key_path.clone(),
+                reason: e.to_string(),
+            })?;
+            (
+                key,
+                fs::read_to_string(&ca_cert_path).map_err(io(&ca_cert_path))?,
+            )
+        } else {
+            let key = KeyPair::generate()?;
+            let cert = ca_params()?.self_signed(&key)?;
+            write_private(&ca_key_path, key.serialize_pem().as_bytes())?;
+            fs::write(&ca_cert_path, cert.pem()).map_err(io(&ca_cert_path))?;
+            (key, cert.pem())
+        };
+        let issuer = Issuer::new(ca_params()?, ca_key);
+
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "berth-control");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        for name in names {
+            let san = match name.parse::<IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(name.clone().try_into()?),
+            };
+            if !params.subject_alt_names.contains(&san) {
+                params.subject_alt_names.push(san);
+            }
+        }
+        let server_key = KeyPair::generate()?;
+        let server_cert = params.signed_by(&server_key, &issuer)?;
+        let server_key_pem = server_key.serialize_pem();
+        write_private(&dir.join(SERVER_KEY), server_key_pem.as_bytes())?;
+        let server_cert_path = dir.join(SERVER_CERT);
+        fs::write(&server_cert_path, server_cert.pem()).map_err(io(&server_cert_path))?;
+
+        let digest_path = dir.join(ADMIN_TOKEN_DIGEST);
+        let (admin_token_digest, new_admin_token) = if digest_path.exists() {
+            let text = fs::read_to_string(&digest_path).map_err(io(&digest_path))?;
+            let digest = parse_hex32(text.trim()).ok_or_else(|| PkiError::Invalid {
+                path: digest_path.clone(),
+                reason: "expected 64 hex digits".to_owned(),
+            })?;
+            (digest, None)
+        } else {
+            let token = util::hex(&util::random_bytes::<32>());
+            let digest = crate::api::Auth::digest(&token);
+            write_private(&digest_path, util::hex(&digest).as_bytes())?;
+            (digest, Some(token))
+        };
+        Ok(Self {
+            ca_cert_pem,
+            server_cert_pem: server_cert.pem(),
+            server_key_pem,
+            admin_token_digest,
+            new_admin_token,
+        })
+    }
+}
+
+fn parse_hex32(text: &str) -> Option<[u8; 32]> {
+    if text.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Creates the file readable by its owner only, before any secret is written into it.
+pub fn write_private(path: &Path, data: &[u8]) -> Result<(), PkiError> {
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(path))?;
+    file.write_all(data).map_err(io(path))?;
+    file.sync_all().map_err(io(path))
+}

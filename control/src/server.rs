@@ -1,0 +1,298 @@
+//! Wires the parts together and serves the API: store, PKI, admin.conf, compaction,
+//! and the HTTPS (or, when asked, plain HTTP) listener.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+    service::TowerToHyperService,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+use tokio_rustls::TlsAcceptor;
+
+use crate::{
+    api::{self, ApiState, Auth},
+    config::Config,
+    controllers::Controllers,
+    kubeconfig::Kubeconfig,
+    metrics::Metrics,
+    pki::{self, Pki},
+    registry::Registry,
+    store::{RedbStore, Store},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
+    #[error(transparent)]
+    Kubeconfig(#[from] crate::kubeconfig::KubeconfigError),
+    #[error("TLS setup: {0}")]
+    Tls(String),
+    #[error("metrics setup: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// A running server; dropping it does not stop it, `shutdown` does.
+pub struct Server {
+    pub local_addr: SocketAddr,
+    /// `https://127.0.0.1:6443` or `http://...`.
+    pub url: String,
+    pub admin_config: PathBuf,
+    store: Arc<dyn Store>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    controllers: Option<Controllers>,
+}
+
+impl Server {
+    pub async fn start(config: &Config) -> Result<Self, ServerError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::Io {
+            what: format!("creating {}", config.data_dir.display()),
+            source,
+        })?;
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open(&config.store_path())?);
+        let metrics = Metrics::new()?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServerError::Io {
+                    what: format!("binding {}", config.listen),
+                    source,
+                })?;
+        let local_addr = listener.local_addr().map_err(|source| ServerError::Io {
+            what: "reading the bound address".to_owned(),
+            source,
+        })?;
+        // A wildcard listen address is reached through loopback from this machine.
+        let client_host = if local_addr.ip().is_unspecified() {
+            "127.0.0.1".to_owned()
+        } else {
+            local_addr.ip().to_string()
+        };
+
+        let mut names = vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+            client_host.clone(),
+        ];
+        names.extend(config.tls_sans.iter().cloned());
+        let pki = Pki::load_or_create(&config.pki_dir(), &names)?;
+        let auth = Arc::new(Auth::from_digests(vec![pki.admin_token_digest]));
+        let (scheme, tls) = if config.insecure_http {
+            tracing::warn!("serving plain HTTP: bearer tokens cross the network unencrypted");
+            ("http", None)
+        } else {
+            ("https", Some(tls_acceptor(&pki)?))
+        };
+        let url = format!("{scheme}://{client_host}:{}", local_addr.port());
+        let admin_config = config.admin_config_path();
+        write_admin_config(
+            &admin_config,
+            &url,
+            (!config.insecure_http).then_some(pki.ca_cert_pem.as_str()),
+            pki.new_admin_token.as_deref(),
+        )?;
+
+        let registry = Registry::new(Arc::clone(&store), metrics.clone());
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let controllers = if config.no_controllers {
+            None
+        } else {
+            Some(
+                Controllers::start(
+                    registry.clone(),
+                    Arc::clone(&store),
+                    Controllers::all(),
+                    config.controller_settings(),
+                    shutdown_rx.clone(),
+                )
+                .await?,
+            )
+        };
+        let router = api::router(ApiState {
+            registry,
+            metrics: metrics.clone(),
+            auth: Some(auth),
+        });
+        let accept = tokio::spawn(accept_loop(listener, tls, router, shutdown_rx.clone()));
+        let compaction = tokio::spawn(compact_periodically(
+            Arc::clone(&store),
+            metrics,
+            config.history_revisions,
+            config.compaction_interval(),
+            shutdown_rx,
+        ));
+        tracing::info!(%url, admin_config = %admin_config.display(), "serving the mesh control API");
+        Ok(Self {
+            local_addr,
+            url,
+            admin_config,
+            store,
+            shutdown,
+            tasks: vec![accept, compaction],
+            controllers,
+        })
+    }
+
+    /// The store this server writes to, for in-process controllers and tests.
+    pub fn store(&self) -> Arc<dyn Store> {
+        Arc::clone(&self.store)
+    }
+
+    /// Stops accepting connections and background work; open connections end with the runtime.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        if let Some(controllers) = self.controllers {
+            controllers.join().await;
+        }
+    }
+}
+
+fn tls_acceptor(pki: &Pki) -> Result<TlsAcceptor, ServerError> {
+    let tls = |e: &dyn std::fmt::Display| ServerError::Tls(e.to_string());
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(pki.server_cert_pem.as_bytes())
+            .chain(CertificateDer::pem_slice_iter(pki.ca_cert_pem.as_bytes()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| tls(&e))?;
+    let key = PrivateKeyDer::from_pem_slice(pki.server_key_pem.as_bytes()).map_err(|e| tls(&e))?;
+    // An explicit provider: other crates in the workspace may enable a second one, and
+    // then rustls refuses to pick a default.
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| tls(&e))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| tls(&e))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Writes admin.conf with this start's address. The token is only known when it was
+/// just created; otherwise the token already in admin.conf is kept.
+fn write_admin_config(
+    path: &Path,
+    url: &str,
+    ca_pem: Option<&str>,
+    new_token: Option<&str>,
+) -> Result<(), ServerError> {
+    let token = match new_token {
+        Some(token) => Some(token.to_owned()),
+        None if path.exists() => Kubeconfig::load(path)?.settings()?.token,
+        None => {
+            tracing::warn!(
+                "{} is missing and the admin token is only stored hashed; delete pki/admin-token.sha256 \
+                 and restart to issue a new one",
+                path.display()
+            );
+            return Ok(());
+        }
+    };
+    let yaml = Kubeconfig::new(url, ca_pem, token.as_deref()).to_yaml()?;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|source| ServerError::Io {
+            what: format!("creating {}", parent.display()),
+            source,
+        })?;
+    }
+    pki::write_private(path, yaml.as_bytes())?;
+    Ok(())
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    router: axum::Router,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let service = TowerToHyperService::new(router.clone());
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let result = match tls {
+                Some(tls) => match tls.accept(stream).await {
+                    Ok(stream) => {
+                        builder
+                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                            .await
+                    }
+                    Err(e) => {
+                        tracing::debug!(%peer, "TLS handshake failed: {e}");
+                        return;
+                    }
+                },
+                None => {
+                    builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, "connection ended: {e}");
+            }
+        });
+    }
+}
+
+async fn compact_periodically(
+    store: Arc<dyn Store>,
+    metrics: Metrics,
+    keep: u64,
+    interval: std::time::Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            _ = shutdown.changed() => return,
+        }
+        let store = Arc::clone(&store);
+        let result = tokio::task::spawn_blocking(move || {
+            let revision = store.revision()?;
+            if revision > keep {
+                store.compact(revision - keep)?;
+            }
+            store.compacted_revision()
+        })
+        .await;
+        match result {
+            Ok(Ok(compacted)) => metrics
+                .store_compacted_revision
+                .set(i64::try_from(compacted).unwrap_or(i64::MAX)),
+            Ok(Err(e)) => tracing::warn!("compaction failed: {e}"),
+            Err(e) => tracing::warn!("compaction task failed: {e}"),
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! The revisioned key-value store under the API server.
+//!
+//! etcd's model, so an etcd backend can be added behind the same trait: one cluster-wide
+//! revision counter bumped by every committed transaction, each key remembering the
+//! revisions that created and last modified it, and an ordered event log that watchers
+//! read from a revision onward. Watchers are woken through a channel but always read the
+//! log itself, so a slow watcher can fall behind but never miss or reorder an event.
+
+mod redb;
+
+pub use self::redb::RedbStore;
+
+/// A store-wide, strictly increasing transaction number (Kubernetes' `resourceVersion`).
+pub type Revision = u64;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub create_revision: Revision,
+    pub mod_revision: Revision,
+}
+
+/// What must hold for a write to proceed; checked inside the transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precondition {
+    Always,
+    /// Create only.
+    Absent,
+    /// Must exist, any revision.
+    Present,
+    /// Optimistic concurrency: the key's last write must be this revision.
+    ModRevision(Revision),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    Put {
+        key: String,
+        value: Vec<u8>,
+        precondition: Precondition,
+    },
+    Delete {
+        key: String,
+        precondition: Precondition,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Put,
+    Delete,
+}
+
+/// One change in the log. For a delete, `kv` is the value the key had when deleted, with
+/// `mod_revision` set to the deleting revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub kind: EventKind,
+    pub kv: KeyValue,
+}
+
+impl Event {
+    pub fn revision(&self) -> Revision {
+        self.kv.mod_revision
+    }
+
+    /// Whether the key was created by this event (vs. modified).
+    pub fn is_create(&self) -> bool {
+        self.kind == EventKind::Put && self.kv.create_revision == self.kv.mod_revision
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{key} was modified: expected revision {expected}, found {}", found.map(|r| r.to_string()).unwrap_or_else(|| "none (deleted)".to_owned()))]
+    Conflict {
+        key: String,
+        expected: Revision,
+        found: Option<Revision>,
+    },
+    #[error("{key} already exists")]
+    AlreadyExists { key: String },
+    #[error("{key} not found")]
+    NotFound { key: String },
+    /// History before `compacted` is gone; the watcher must list again.
+    #[error("revision {requested} has been compacted; the oldest available is {compacted}")]
+    Compacted {
+        requested: Revision,
+        compacted: Revision,
+    },
+    #[error("store backend: {0}")]
+    Backend(String),
+    #[error("corrupt store record for {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Blocking by design (redb transactions are synchronous); the API layer calls it from
+/// `spawn_blocking` for writes, which wait for fsync.
+pub trait Store: Send + Sync + 'static {
+    fn get(&self, key: &str) -> Result<Option<KeyValue>>;
+    /// Every key starting with `prefix`, in key order, and the revision of that snapshot.
+    fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision)>;
+    /// Applies all ops atomically as one revision, or none of them. Returns the new
+    /// revision; durable when this returns.
+    fn commit(&self, ops: Vec<Op>) -> Result<Revision>;
+    /// Events with revision greater than `after`, oldest first, at most `limit` revisions'
+    /// worth (a revision's events are never split).
+    fn events_after(&self, after: Revision, limit: usize) -> Result<Vec<Event>>;
+    /// Drops history at and below `revision`; watches from before it get `Compacted`.
+    fn compact(&self, revision: Revision) -> Result<()>;
+    fn revision(&self) -> Result<Revision>;
+    fn compacted_revision(&self) -> Result<Revision>;
+    /// Woken with the latest revision after every commit.
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<Revision>;
+}

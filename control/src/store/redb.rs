@@ -1,0 +1,304 @@
+//! The default backend: one redb file, fsynced on every commit.
+
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase as _, ReadableTable, TableDefinition};
+use tokio::sync::watch;
+
+use super::{Event, EventKind, KeyValue, Op, Precondition, Result, Revision, Store, StoreError};
+
+/// key → create revision (u64 LE) ‖ mod revision (u64 LE) ‖ value
+const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
+/// (revision, index within the transaction) → kind (u8) ‖ create revision ‖ key len (u32 LE) ‖ key ‖ value
+const LOG: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("log");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const META_REVISION: &str = "revision";
+const META_COMPACTED: &str = "compacted";
+
+pub struct RedbStore {
+    db: Database,
+    notify: watch::Sender<Revision>,
+}
+
+fn backend(error: impl Into<redb::Error>) -> StoreError {
+    StoreError::Backend(error.into().to_string())
+}
+
+impl RedbStore {
+    pub fn open(path: &Path) -> Result<Self> {
+        let db = Database::create(path).map_err(backend)?;
+        let txn = db.begin_write().map_err(backend)?;
+        let revision = {
+            // Creating the tables up front lets read transactions assume they exist.
+            txn.open_table(KV).map_err(backend)?;
+            txn.open_table(LOG).map_err(backend)?;
+            let meta = txn.open_table(META).map_err(backend)?;
+            meta.get(META_REVISION)
+                .map_err(backend)?
+                .map(|g| g.value())
+                .unwrap_or(0)
+        };
+        txn.commit().map_err(backend)?;
+        let (notify, _) = watch::channel(revision);
+        Ok(Self { db, notify })
+    }
+
+    fn meta(&self, name: &str) -> Result<Revision> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let meta = txn.open_table(META).map_err(backend)?;
+        Ok(meta
+            .get(name)
+            .map_err(backend)?
+            .map(|g| g.value())
+            .unwrap_or(0))
+    }
+}
+
+fn encode_kv(create: Revision, modified: Revision, value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + value.len());
+    out.extend_from_slice(&create.to_le_bytes());
+    out.extend_from_slice(&modified.to_le_bytes());
+    out.extend_from_slice(value);
+    out
+}
+
+fn decode_kv(key: &str, raw: &[u8]) -> Result<KeyValue> {
+    let corrupt = || StoreError::Corrupt(key.to_owned());
+    let (create, rest) = split_u64(raw).ok_or_else(corrupt)?;
+    let (modified, value) = split_u64(rest).ok_or_else(corrupt)?;
+    Ok(KeyValue {
+        key: key.to_owned(),
+        value: value.to_vec(),
+        create_revision: create,
+        mod_revision: modified,
+    })
+}
+
+fn encode_event(kind: EventKind, create: Revision, key: &str, value: &[u8]) -> Result<Vec<u8>> {
+    let key_len = u32::try_from(key.len())
+        .map_err(|_| StoreError::Backend(format!("key too long: {key}")))?;
+    let mut out = Vec::with_capacity(13 + key.len() + value.len());
+    out.push(match kind {
+        EventKind::Put => 0,
+        EventKind::Delete => 1,
+    });
+    out.extend_from_slice(&create.to_le_bytes());
+    out.extend_from_slice(&key_len.to_le_bytes());
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(value);
+    Ok(out)
+}
+
+fn decode_event(revision: Revision, raw: &[u8]) -> Result<Event> {
+    let corrupt = || StoreError::Corrupt(format!("log entry at revision {revision}"));
+    let (&kind, rest) = raw.split_first().ok_or_else(corrupt)?;
+    let kind = match kind {
+        0 => EventKind::Put,
+        1 => EventKind::Delete,
+        _ => return Err(corrupt()),
+    };
+    let (create, rest) = split_u64(rest).ok_or_else(corrupt)?;
+    let (len, rest) = rest.split_first_chunk::<4>().ok_or_else(corrupt)?;
+    let len = u32::from_le_bytes(*len) as usize;
+    if rest.len() < len {
+        return Err(corrupt());
+    }
+    let (key, value) = rest.split_at(len);
+    let key = std::str::from_utf8(key).map_err(|_| corrupt())?;
+    Ok(Event {
+        kind,
+        kv: KeyValue {
+            key: key.to_owned(),
+            value: value.to_vec(),
+            create_revision: create,
+            mod_revision: revision,
+        },
+    })
+}
+
+fn split_u64(raw: &[u8]) -> Option<(u64, &[u8])> {
+    let (head, rest) = raw.split_first_chunk::<8>()?;
+    Some((u64::from_le_bytes(*head), rest))
+}
+
+fn check(key: &str, precondition: Precondition, existing: Option<&KeyValue>) -> Result<()> {
+    match (precondition, existing) {
+        (Precondition::Always, _) => Ok(()),
+        (Precondition::Absent, None) => Ok(()),
+        (Precondition::Absent, Some(_)) => Err(StoreError::AlreadyExists {
+            key: key.to_owned(),
+        }),
+        (Precondition::Present, Some(_)) => Ok(()),
+        (Precondition::Present, None) => Err(StoreError::NotFound {
+            key: key.to_owned(),
+        }),
+        (Precondition::ModRevision(expected), Some(kv)) if kv.mod_revision == expected => Ok(()),
+        (Precondition::ModRevision(expected), found) => Err(StoreError::Conflict {
+            key: key.to_owned(),
+            expected,
+            found: found.map(|kv| kv.mod_revision),
+        }),
+    }
+}
+
+impl Store for RedbStore {
+    fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let kv = txn.open_table(KV).map_err(backend)?;
+        let found = kv.get(key).map_err(backend)?;
+        found.map(|g| decode_kv(key, g.value())).transpose()
+    }
+
+    fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision)> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let kv = txn.open_table(KV).map_err(backend)?;
+        let meta = txn.open_table(META).map_err(backend)?;
+        let revision = meta
+            .get(META_REVISION)
+            .map_err(backend)?
+            .map(|g| g.value())
+            .unwrap_or(0);
+        let mut out = Vec::new();
+        for entry in kv.range(prefix..).map_err(backend)? {
+            let (key, value) = entry.map_err(backend)?;
+            let key = key.value();
+            if !key.starts_with(prefix) {
+                break;
+            }
+            out.push(decode_kv(key, value.value())?);
+        }
+        Ok((out, revision))
+    }
+
+    fn commit(&self, ops: Vec<Op>) -> Result<Revision> {
+        let txn = self.db.begin_write().map_err(backend)?;
+        let revision = {
+            let mut meta = txn.open_table(META).map_err(backend)?;
+            let mut kv = txn.open_table(KV).map_err(backend)?;
+            let mut log = txn.open_table(LOG).map_err(backend)?;
+            let revision = meta
+                .get(META_REVISION)
+                .map_err(backend)?
+                .map(|g| g.value())
+                .unwrap_or(0)
+                + 1;
+            for (index, op) in (0u32..).zip(ops) {
+                let key = match &op {
+                    Op::Put { key, .. } | Op::Delete { key, .. } => key.clone(),
+                };
+                let existing = kv
+                    .get(key.as_str())
+                    .map_err(backend)?
+                    .map(|g| decode_kv(&key, g.value()))
+                    .transpose()?;
+                // An early return drops `txn`, which aborts it: all ops or none.
+                match op {
+                    Op::Put {
+                        value,
+                        precondition,
+                        ..
+                    } => {
+                        check(&key, precondition, existing.as_ref())?;
+                        let create = existing.map_or(revision, |kv| kv.create_revision);
+                        kv.insert(key.as_str(), encode_kv(create, revision, &value).as_slice())
+                            .map_err(backend)?;
+                        log.insert(
+                            (revision, index),
+                            encode_event(EventKind::Put, create, &key, &value)?.as_slice(),
+                        )
+                        .map_err(backend)?;
+                    }
+                    Op::Delete { precondition, .. } => {
+                        check(&key, precondition, existing.as_ref())?;
+                        if let Some(old) = existing {
+                            kv.remove(key.as_str()).map_err(backend)?;
+                            let entry = encode_event(
+                                EventKind::Delete,
+                                old.create_revision,
+                                &key,
+                                &old.value,
+                            )?;
+                            log.insert((revision, index), entry.as_slice())
+                                .map_err(backend)?;
+                        }
+                    }
+                }
+            }
+            meta.insert(META_REVISION, revision).map_err(backend)?;
+            revision
+        };
+        txn.commit().map_err(backend)?;
+        self.notify
+            .send_modify(|latest| *latest = (*latest).max(revision));
+        Ok(revision)
+    }
+
+    fn events_after(&self, after: Revision, limit: usize) -> Result<Vec<Event>> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let meta = txn.open_table(META).map_err(backend)?;
+        let compacted = meta
+            .get(META_COMPACTED)
+            .map_err(backend)?
+            .map(|g| g.value())
+            .unwrap_or(0);
+        if after < compacted {
+            return Err(StoreError::Compacted {
+                requested: after,
+                compacted,
+            });
+        }
+        let log = txn.open_table(LOG).map_err(backend)?;
+        let mut events: Vec<Event> = Vec::new();
+        let mut revisions = 0usize;
+        for entry in log.range((after.saturating_add(1), 0)..).map_err(backend)? {
+            let (key, value) = entry.map_err(backend)?;
+            let (revision, _) = key.value();
+            if events.last().is_none_or(|e| e.revision() != revision) {
+                if revisions == limit {
+                    break;
+                }
+                revisions += 1;
+            }
+            events.push(decode_event(revision, value.value())?);
+        }
+        Ok(events)
+    }
+
+    fn compact(&self, revision: Revision) -> Result<()> {
+        let txn = self.db.begin_write().map_err(backend)?;
+        {
+            let mut meta = txn.open_table(META).map_err(backend)?;
+            let current = meta
+                .get(META_REVISION)
+                .map_err(backend)?
+                .map(|g| g.value())
+                .unwrap_or(0);
+            let compacted = meta
+                .get(META_COMPACTED)
+                .map_err(backend)?
+                .map(|g| g.value())
+                .unwrap_or(0);
+            let target = revision.min(current);
+            if target <= compacted {
+                return Ok(());
+            }
+            let mut log = txn.open_table(LOG).map_err(backend)?;
+            log.retain_in((0u64, 0u32)..=(target, u32::MAX), |_, _| false)
+                .map_err(backend)?;
+            meta.insert(META_COMPACTED, target).map_err(backend)?;
+        }
+        txn.commit().map_err(backend)
+    }
+
+    fn revision(&self) -> Result<Revision> {
+        self.meta(META_REVISION)
+    }
+
+    fn compacted_revision(&self) -> Result<Revision> {
+        self.meta(META_COMPACTED)
+    }
+
+    fn subscribe(&self) -> watch::Receiver<Revision> {
+        self.notify.subscribe()
+    }
+}

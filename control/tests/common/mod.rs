@@ -1,0 +1,86 @@
+//! A real server on 127.0.0.1 with an ephemeral port, TLS, and a client from its admin.conf.
+
+#![allow(dead_code)]
+
+use axum::http::Method;
+use berth_control::{client::Client, config::Config, server::Server};
+use clap::Parser as _;
+use serde_json::{Value, json};
+
+pub struct TestServer {
+    pub server: Server,
+    pub client: Client,
+    // Last: removed after the server is gone.
+    pub dir: tempfile::TempDir,
+}
+
+/// The API alone: no controllers writing behind the test's back.
+pub async fn start() -> TestServer {
+    start_with(&["--no-controllers"]).await
+}
+
+pub async fn start_with(extra: &[&str]) -> TestServer {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data_dir = dir.path().to_str().expect("utf-8 temp path").to_owned();
+    let mut args = vec![
+        "berth-control",
+        "--data-dir",
+        &data_dir,
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    let config = Config::parse_from(args);
+    let server = Server::start(&config).await.expect("server starts");
+    let client = Client::from_kubeconfig(&server.admin_config).expect("client from admin.conf");
+    TestServer {
+        server,
+        client,
+        dir,
+    }
+}
+
+pub fn deployment(name: &str, image: &str) -> Value {
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "main", "image": image, "ports": [{"containerPort": 8080}]}]},
+            },
+        },
+    })
+}
+
+pub const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/default/deployments";
+
+impl TestServer {
+    pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let (status, value) = self.client.json(method, path, body).await.expect("request");
+        (status.as_u16(), value)
+    }
+
+    pub async fn apply(&self, manifest: &str) -> (u16, Value) {
+        let reply = self
+            .client
+            .request(
+                Method::POST,
+                "/apply",
+                Some((manifest.as_bytes(), "application/yaml")),
+            )
+            .await
+            .expect("apply request");
+        (reply.status.as_u16(), reply.json().expect("json reply"))
+    }
+}
+
+pub fn rv(object: &Value) -> u64 {
+    object["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|r| r.parse().ok())
+        .expect("resourceVersion")
+}
