@@ -5,3 +5,4 @@ pub mod datapath;
 pub use berth_net as net;
 pub mod podnet;
 pub mod runtime;
+pub mod services;

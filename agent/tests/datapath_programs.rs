@@ -347,6 +347,42 @@ fn a_service_without_active_backends_drops_new_flows_with_a_reason() {
     assert_eq!((verdict, counted), (TC_ACT_SHOT, true));
 }
 
+/// Collects the log records that reach the `log` facade, as the agent's log would.
+struct CaptureLog(std::sync::Mutex<Vec<String>>);
+
+impl log::Log for CaptureLog {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        if let Ok(mut records) = self.0.lock() {
+            records.push(format!("{} {}", record.level(), record.args()));
+        }
+    }
+    fn flush(&self) {}
+}
+
+static CAPTURE: CaptureLog = CaptureLog(std::sync::Mutex::new(Vec::new()));
+
+#[test]
+fn program_log_records_reach_the_agent_log() {
+    // The logger must be in place before the datapath opens its log reader.
+    let _ = log::set_logger(&CAPTURE);
+    log::set_max_level(log::LevelFilter::Trace);
+    let mut h = Harness::new(vec![web(vec![backend(2, BackendState::Failed)])]);
+    let frame = Frame::tcp(CLIENT, (VIP, 80)).build();
+    let (verdict, _) = h.run(program_names::FROM_POD, &frame);
+    assert_eq!(verdict, TC_ACT_SHOT);
+    h.datapath.flush_logs();
+    let records = CAPTURE.0.lock().expect("log records").clone();
+    assert!(
+        records
+            .iter()
+            .any(|r| r.starts_with("WARN") && r.contains("has no active backend")),
+        "records: {records:?}"
+    );
+}
+
 #[test]
 fn failed_backend_gets_no_new_flows_and_its_flows_move_on_their_next_packet() {
     let mut h = Harness::new(vec![web(three_backends())]);

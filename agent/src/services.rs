@@ -1,0 +1,421 @@
+//! From the cluster's Services, Endpoints and Nodes (as the control plane sends them) to
+//! the datapath's [`ServiceSet`]: one datapath service per service port, with the node's
+//! own NodePort addresses, every endpoint with its node, and not-ready endpoints marked
+//! failed so their flows move at once.
+//!
+//! A pure function of its input: the agent calls it on every change and lets
+//! [`Datapath::apply`](crate::datapath::Datapath::apply) work out what differs.
+
+use std::{collections::HashMap, net::Ipv4Addr, str::FromStr as _, time::Duration};
+
+use berth_api::core::{Endpoints, IntOrString, Node as ApiNode, Service as ApiService};
+
+use crate::datapath::{
+    Algorithm, BackendSpec, BackendState, Frontend, Node, Protocol, Service, ServiceSet,
+};
+
+/// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds`.
+pub const DEFAULT_AFFINITY_TIMEOUT: Duration = Duration::from_secs(10_800);
+
+/// Something in the input the datapath cannot serve, said in words for the agent's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub object: String,
+    pub reason: String,
+}
+
+/// A node's datapath id: the network address of its pod range. Pod ranges never overlap,
+/// so the id is unique, and every agent derives the same one from the Node object.
+pub fn node_id(node: &ApiNode) -> Option<u32> {
+    let (network, prefix) = parse_cidr(&node.spec.pod_cidr)?;
+    (prefix > 0).then_some(u32::from(network))
+}
+
+fn parse_cidr(cidr: &str) -> Option<(Ipv4Addr, u8)> {
+    let (addr, prefix) = cidr.split_once('/')?;
+    let addr = Ipv4Addr::from_str(addr).ok()?;
+    let prefix: u8 = prefix.parse().ok().filter(|p| *p <= 32)?;
+    let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+    Some((Ipv4Addr::from(u32::from(addr) & mask), prefix))
+}
+
+/// The node's address on the underlay: its InternalIP (else ExternalIP).
+pub fn node_address(node: &ApiNode) -> Option<Ipv4Addr> {
+    let addresses = &node.status.as_ref()?.addresses;
+    ["InternalIP", "ExternalIP"].iter().find_map(|kind| {
+        addresses
+            .iter()
+            .filter(|address| address.type_ == *kind)
+            .find_map(|address| Ipv4Addr::from_str(&address.address).ok())
+    })
+}
+
+/// Every address of the node that NodePorts answer on.
+fn node_addresses(node: &ApiNode) -> Vec<Ipv4Addr> {
+    let mut addresses: Vec<Ipv4Addr> = node
+        .status
+        .iter()
+        .flat_map(|status| &status.addresses)
+        .filter(|address| address.type_ == "InternalIP" || address.type_ == "ExternalIP")
+        .filter_map(|address| Ipv4Addr::from_str(&address.address).ok())
+        .collect();
+    addresses.sort_unstable();
+    addresses.dedup();
+    addresses
+}
+
+fn protocol(name: &str) -> Option<Protocol> {
+    match name.to_ascii_uppercase().as_str() {
+        "TCP" | "" => Some(Protocol::Tcp),
+        "UDP" => Some(Protocol::Udp),
+        _ => None,
+    }
+}
+
+fn object_name(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+/// Builds what node `me` should serve.
+pub fn service_set(
+    services: &[ApiService],
+    endpoints: &[Endpoints],
+    nodes: &[ApiNode],
+    me: &str,
+) -> (ServiceSet, Vec<Skipped>) {
+    let mut skipped = Vec::new();
+    let mut datapath_nodes = Vec::new();
+    // Pod ranges, to place endpoints whose nodeName is missing.
+    let mut ranges: Vec<(u32, u32, u32)> = Vec::new();
+    let mut ids_by_name: HashMap<&str, u32> = HashMap::new();
+    for node in nodes {
+        let Some(id) = node_id(node) else {
+            skipped.push(Skipped {
+                object: format!("node {}", node.metadata.name),
+                reason: "it has no pod range (spec.podCIDR) yet".into(),
+            });
+            continue;
+        };
+        ids_by_name.insert(node.metadata.name.as_str(), id);
+        if let Some((network, prefix)) = parse_cidr(&node.spec.pod_cidr) {
+            let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+            ranges.push((u32::from(network), mask, id));
+        }
+        if let Some(addr) = node_address(node) {
+            datapath_nodes.push(Node { id, addr });
+        }
+    }
+    datapath_nodes.sort_unstable();
+    let own_addresses = nodes
+        .iter()
+        .find(|node| node.metadata.name == me)
+        .map(node_addresses)
+        .unwrap_or_default();
+    let node_of = |ip: Ipv4Addr, node_name: &str| -> Option<u32> {
+        ids_by_name.get(node_name).copied().or_else(|| {
+            ranges
+                .iter()
+                .find(|(network, mask, _)| u32::from(ip) & mask == *network)
+                .map(|(_, _, id)| *id)
+        })
+    };
+    let endpoints_by_name: HashMap<(&str, &str), &Endpoints> = endpoints
+        .iter()
+        .map(|e| ((e.metadata.namespace.as_str(), e.metadata.name.as_str()), e))
+        .collect();
+
+    let mut out = Vec::new();
+    for service in services {
+        let meta = &service.metadata;
+        let name = object_name(&meta.namespace, &meta.name);
+        let spec = &service.spec;
+        let cluster_ip = match spec.cluster_ip.as_str() {
+            "" | "None" => None,
+            ip => match Ipv4Addr::from_str(ip) {
+                Ok(ip) => Some(ip),
+                Err(_) => {
+                    skipped.push(Skipped {
+                        object: format!("service {name}"),
+                        reason: format!("clusterIP {ip:?} is not an IPv4 address"),
+                    });
+                    None
+                }
+            },
+        };
+        let affinity = (spec.session_affinity == "ClientIP").then_some(DEFAULT_AFFINITY_TIMEOUT);
+        let subsets = endpoints_by_name
+            .get(&(meta.namespace.as_str(), meta.name.as_str()))
+            .map(|e| e.subsets.as_slice())
+            .unwrap_or_default();
+        for port in &spec.ports {
+            let port_label = if port.name.is_empty() {
+                port.port.to_string()
+            } else {
+                port.name.clone()
+            };
+            let object = format!("service {name} port {port_label}");
+            let Some(protocol) = protocol(&port.protocol) else {
+                skipped.push(Skipped {
+                    object,
+                    reason: format!(
+                        "protocol {} is not supported (TCP and UDP are)",
+                        port.protocol
+                    ),
+                });
+                continue;
+            };
+            let Ok(service_port) = u16::try_from(port.port) else {
+                skipped.push(Skipped {
+                    object,
+                    reason: format!("port {} is out of range", port.port),
+                });
+                continue;
+            };
+            let mut frontends = Vec::new();
+            if let Some(ip) = cluster_ip {
+                frontends.push(Frontend {
+                    addr: ip,
+                    port: service_port,
+                    protocol,
+                    external: false,
+                });
+            }
+            if spec.type_ == "NodePort"
+                && let Some(node_port) = port.node_port.and_then(|p| u16::try_from(p).ok())
+            {
+                for addr in &own_addresses {
+                    frontends.push(Frontend {
+                        addr: *addr,
+                        port: node_port,
+                        protocol,
+                        external: true,
+                    });
+                }
+            }
+            if frontends.is_empty() {
+                // Headless or not yet allocated: nothing for the datapath to answer on.
+                continue;
+            }
+            let mut backends = Vec::new();
+            for subset in subsets {
+                // The endpoint port: by name when the service port is named, else the
+                // subset's only port (targetPort resolved by the endpoints controller).
+                let target = subset
+                    .ports
+                    .iter()
+                    .find(|p| p.name == port.name && protocol_matches(&p.protocol, protocol))
+                    .or_else(|| (subset.ports.len() == 1).then(|| &subset.ports[0]))
+                    .and_then(|p| u16::try_from(p.port).ok())
+                    .or_else(|| match port.target_port {
+                        Some(IntOrString::Int(n)) => u16::try_from(n).ok(),
+                        _ => None,
+                    });
+                let Some(target) = target else { continue };
+                for (list, state) in [
+                    (&subset.addresses, BackendState::Active),
+                    (&subset.not_ready_addresses, BackendState::Failed),
+                ] {
+                    for address in list {
+                        let Ok(ip) = Ipv4Addr::from_str(&address.ip) else {
+                            continue;
+                        };
+                        let Some(node_id) = node_of(ip, &address.node_name) else {
+                            skipped.push(Skipped {
+                                object: format!("{object} endpoint {ip}"),
+                                reason: "no known node runs it".into(),
+                            });
+                            continue;
+                        };
+                        backends.push(BackendSpec {
+                            addr: ip,
+                            port: target,
+                            node_id,
+                            state,
+                        });
+                    }
+                }
+            }
+            out.push(Service {
+                name: format!("{name}:{port_label}"),
+                frontends,
+                backends,
+                algorithm: Algorithm::Maglev,
+                affinity_timeout: affinity,
+            });
+        }
+    }
+    (
+        ServiceSet {
+            services: out,
+            nodes: datapath_nodes,
+        },
+        skipped,
+    )
+}
+
+fn protocol_matches(name: &str, protocol: Protocol) -> bool {
+    self::protocol(name) == Some(protocol)
+}
+
+#[cfg(test)]
+mod tests {
+    use berth_api::{
+        core::{
+            EndpointAddress, EndpointPort, EndpointSubset, NodeAddress, NodeSpec, NodeStatus,
+            ServicePort, ServiceSpec,
+        },
+        meta::ObjectMeta,
+    };
+
+    use super::*;
+
+    fn meta(namespace: &str, name: &str) -> ObjectMeta {
+        ObjectMeta {
+            name: name.into(),
+            namespace: namespace.into(),
+            ..ObjectMeta::default()
+        }
+    }
+
+    fn node(name: &str, cidr: &str, ip: &str) -> ApiNode {
+        ApiNode {
+            metadata: meta("", name),
+            spec: NodeSpec {
+                pod_cidr: cidr.into(),
+                unschedulable: false,
+            },
+            status: Some(NodeStatus {
+                addresses: vec![NodeAddress {
+                    type_: "InternalIP".into(),
+                    address: ip.into(),
+                }],
+                ..NodeStatus::default()
+            }),
+            ..ApiNode::default()
+        }
+    }
+
+    fn web() -> ApiService {
+        ApiService {
+            metadata: meta("default", "web"),
+            spec: ServiceSpec {
+                ports: vec![ServicePort {
+                    name: "http".into(),
+                    port: 80,
+                    target_port: Some(IntOrString::Int(8080)),
+                    node_port: Some(30080),
+                    protocol: "TCP".into(),
+                }],
+                type_: "NodePort".into(),
+                cluster_ip: "198.19.0.10".into(),
+                session_affinity: "ClientIP".into(),
+                ..ServiceSpec::default()
+            },
+            ..ApiService::default()
+        }
+    }
+
+    fn address(ip: &str, node: &str) -> EndpointAddress {
+        EndpointAddress {
+            ip: ip.into(),
+            node_name: node.into(),
+            target_pod: String::new(),
+        }
+    }
+
+    fn web_endpoints() -> Endpoints {
+        Endpoints {
+            metadata: meta("default", "web"),
+            subsets: vec![EndpointSubset {
+                addresses: vec![address("198.18.1.2", "n1"), address("198.18.2.2", "")],
+                not_ready_addresses: vec![address("198.18.2.3", "n2")],
+                ports: vec![EndpointPort {
+                    name: "http".into(),
+                    port: 8080,
+                    protocol: "TCP".into(),
+                }],
+            }],
+            ..Endpoints::default()
+        }
+    }
+
+    #[test]
+    fn a_nodeport_service_becomes_one_datapath_service() {
+        let nodes = [
+            node("n1", "198.18.1.0/24", "198.18.0.1"),
+            node("n2", "198.18.2.0/24", "198.18.0.2"),
+        ];
+        let (set, skipped) = service_set(&[web()], &[web_endpoints()], &nodes, "n2");
+        assert!(skipped.is_empty(), "{skipped:?}");
+        let n1 = u32::from(Ipv4Addr::new(198, 18, 1, 0));
+        let n2 = u32::from(Ipv4Addr::new(198, 18, 2, 0));
+        assert_eq!(
+            set.nodes,
+            vec![
+                Node {
+                    id: n1,
+                    addr: Ipv4Addr::new(198, 18, 0, 1)
+                },
+                Node {
+                    id: n2,
+                    addr: Ipv4Addr::new(198, 18, 0, 2)
+                }
+            ]
+        );
+        let [service] = set.services.as_slice() else {
+            panic!("one service: {set:?}");
+        };
+        assert_eq!(service.name, "default/web:http");
+        assert_eq!(service.affinity_timeout, Some(DEFAULT_AFFINITY_TIMEOUT));
+        let frontends: Vec<String> = service.frontends.iter().map(|f| f.to_string()).collect();
+        assert_eq!(frontends, ["198.19.0.10:80/TCP", "198.18.0.2:30080/TCP"]);
+        assert!(!service.frontends[0].external && service.frontends[1].external);
+        assert_eq!(
+            service.backends,
+            vec![
+                BackendSpec {
+                    addr: Ipv4Addr::new(198, 18, 1, 2),
+                    port: 8080,
+                    node_id: n1,
+                    state: BackendState::Active
+                },
+                // No nodeName: placed by its node's pod range.
+                BackendSpec {
+                    addr: Ipv4Addr::new(198, 18, 2, 2),
+                    port: 8080,
+                    node_id: n2,
+                    state: BackendState::Active
+                },
+                BackendSpec {
+                    addr: Ipv4Addr::new(198, 18, 2, 3),
+                    port: 8080,
+                    node_id: n2,
+                    state: BackendState::Failed
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn unsupported_input_is_skipped_with_a_reason() {
+        let mut service = web();
+        service.spec.ports[0].protocol = "SCTP".into();
+        let nodes = [
+            node("n1", "198.18.1.0/24", "198.18.0.1"),
+            node("n9", "", "198.18.0.9"),
+        ];
+        let (set, skipped) = service_set(&[service], &[], &nodes, "n1");
+        assert!(set.services.is_empty());
+        assert!(skipped.iter().any(|s| s.reason.contains("SCTP")));
+        assert!(skipped.iter().any(|s| s.object == "node n9"));
+    }
+
+    #[test]
+    fn a_headless_service_has_nothing_to_serve() {
+        let mut service = web();
+        service.spec.cluster_ip = "None".into();
+        service.spec.type_ = String::new();
+        let (set, _) = service_set(&[service], &[web_endpoints()], &[], "n1");
+        assert!(set.services.is_empty());
+    }
+}
