@@ -27,7 +27,10 @@ fn the_second_setup_changes_nothing() {
         .collect();
     assert!(!steps.is_empty(), "no steps reported:\n{second}");
     for line in &steps {
-        assert!(line.starts_with("ok "), "a step was not already in place: {line}\n{second}");
+        assert!(
+            line.starts_with("ok "),
+            "a step was not already in place: {line}\n{second}"
+        );
     }
     assert!(
         second.contains("nothing changed"),
