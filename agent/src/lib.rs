@@ -4,6 +4,7 @@
 pub mod datapath;
 pub use berth_net as net;
 pub mod dns;
+pub mod metrics;
 pub mod podnet;
 pub mod runtime;
 pub mod services;
