@@ -41,9 +41,7 @@ async fn cluster() -> Cluster {
 }
 
 async fn cluster_with(extra: &[&str]) -> Cluster {
-    let mut args = vec!["--agent-listen", "127.0.0.1:0"];
-    args.extend_from_slice(extra);
-    let t = start_with(&args).await;
+    let t = start_with(extra).await;
     let pki = t.dir.path().join("pki");
     let ca = std::fs::read_to_string(pki.join("ca.crt")).expect("ca.crt");
     let token = std::fs::read_to_string(pki.join("bootstrap-token")).expect("bootstrap-token");
