@@ -2,7 +2,11 @@
 //! environment variables. Tests build it with `Config::parse_from`, never from the
 //! process environment.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
 
 use clap::Parser;
 
@@ -20,6 +24,14 @@ pub struct Config {
     /// Address to serve the API on; port 0 picks a free port.
     #[arg(long, env = "BERTH_LISTEN", default_value = "127.0.0.1:6443")]
     pub listen: SocketAddr,
+
+    /// Address of the agents' gRPC API (always TLS; mTLS after joining).
+    #[arg(long, env = "BERTH_AGENT_LISTEN", default_value = "127.0.0.1:6444")]
+    pub agent_listen: SocketAddr,
+
+    /// Range pod CIDRs (/24 per node) are allocated from.
+    #[arg(long, env = "BERTH_CLUSTER_CIDR", default_value = "198.19.0.0/16", value_parser = parse_cidr)]
+    pub cluster_cidr: (Ipv4Addr, u8),
 
     /// Extra names or addresses for the serving certificate (comma-separated).
     #[arg(long = "tls-san", env = "BERTH_TLS_SAN", value_delimiter = ',')]
@@ -95,6 +107,18 @@ impl Config {
     }
 }
 
+/// `a.b.c.d/len` with len 8..=24, so it holds whole /24s.
+fn parse_cidr(text: &str) -> Result<(Ipv4Addr, u8), String> {
+    let (addr, len) = text.split_once('/').ok_or("expected a.b.c.d/len")?;
+    let addr: Ipv4Addr = addr.parse().map_err(|e| format!("{e}"))?;
+    let len: u8 = len.parse().map_err(|e| format!("{e}"))?;
+    if !(8..=24).contains(&len) {
+        return Err("prefix length must be between 8 and 24".to_owned());
+    }
+    let mask = u32::MAX << (32 - u32::from(len));
+    Ok((Ipv4Addr::from(u32::from(addr) & mask), len))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,5 +140,8 @@ mod tests {
             PathBuf::from("/tmp/x/admin.conf")
         );
         assert!(!config.insecure_http);
+        assert_eq!(config.cluster_cidr, (Ipv4Addr::new(198, 19, 0, 0), 16));
+        assert!(parse_cidr("10.1.2.3/16").is_ok_and(|c| c == (Ipv4Addr::new(10, 1, 0, 0), 16)));
+        assert!(parse_cidr("10.0.0.0/28").is_err());
     }
 }

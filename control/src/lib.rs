@@ -1,10 +1,12 @@
 //! berth-control: the control plane. The API server validates resources, stores them in
 //! a revisioned store and streams their changes to watchers.
 
+pub mod agent_api;
 pub mod api;
 pub mod client;
 pub mod config;
 pub mod controllers;
+pub mod hollow;
 pub mod kubeconfig;
 pub mod metrics;
 pub mod pki;

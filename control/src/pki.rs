@@ -41,6 +41,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
 
 pub struct Pki {
     pub ca_cert_pem: String,
+    ca_key_pem: String,
+    /// Shared secret nodes present to join (like k3s' node token); 0600 in the PKI dir.
+    pub bootstrap_token: String,
     pub server_cert_pem: String,
     pub server_key_pem: String,
     /// SHA-256 of the admin token; the token itself is only in admin.conf.
@@ -54,6 +57,9 @@ const CA_KEY: &str = "ca.key";
 const SERVER_CERT: &str = "server.crt";
 const SERVER_KEY: &str = "server.key";
 const ADMIN_TOKEN_DIGEST: &str = "admin-token.sha256";
+const BOOTSTRAP_TOKEN: &str = "bootstrap-token";
+/// Organisation in node certificates: what makes a client certificate a node's.
+pub const NODE_ORGANIZATION: &str = "berth:nodes";
 
 /// The CA's identity; rebuilt identically at each start to sign with the stored key.
 fn ca_params() -> Result<CertificateParams, rcgen::Error> {
@@ -95,6 +101,7 @@ impl Pki {
             fs::write(&ca_cert_path, cert.pem()).map_err(io(&ca_cert_path))?;
             (key, cert.pem())
         };
+        let ca_key_pem = ca_key.serialize_pem();
         let issuer = Issuer::new(ca_params()?, ca_key);
 
         let mut params = CertificateParams::new(Vec::<String>::new())?;
@@ -132,14 +139,62 @@ impl Pki {
             write_private(&digest_path, util::hex(&digest).as_bytes())?;
             (digest, Some(token))
         };
+        let bootstrap_path = dir.join(BOOTSTRAP_TOKEN);
+        let bootstrap_token = if bootstrap_path.exists() {
+            fs::read_to_string(&bootstrap_path)
+                .map_err(io(&bootstrap_path))?
+                .trim()
+                .to_owned()
+        } else {
+            let token = util::hex(&util::random_bytes::<24>());
+            write_private(&bootstrap_path, token.as_bytes())?;
+            token
+        };
         Ok(Self {
             ca_cert_pem,
+            ca_key_pem,
+            bootstrap_token,
             server_cert_pem: server_cert.pem(),
             server_key_pem,
             admin_token_digest,
             new_admin_token,
         })
     }
+}
+
+impl Pki {
+    /// Issues a node client certificate for the key in `csr_pem`. Whatever subject the
+    /// CSR asks for is replaced: the certificate names exactly `node_name`.
+    pub fn sign_node_csr(&self, csr_pem: &str, node_name: &str) -> Result<String, PkiError> {
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, node_name);
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, NODE_ORGANIZATION);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let key = KeyPair::from_pem(&self.ca_key_pem)?;
+        let issuer = Issuer::new(ca_params()?, key);
+        let request = rcgen::CertificateSigningRequestParams {
+            params,
+            public_key: csr.public_key,
+        };
+        Ok(request.signed_by(&issuer)?.pem())
+    }
+}
+
+/// The node name a node certificate was issued for: its CN, if its O says it is a node's.
+pub fn node_name_of_certificate(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let subject = cert.subject();
+    let is_node = subject
+        .iter_organization()
+        .any(|o| o.as_str().is_ok_and(|o| o == NODE_ORGANIZATION));
+    let name = subject.iter_common_name().next()?.as_str().ok()?;
+    is_node.then(|| name.to_owned())
 }
 
 fn parse_hex32(text: &str) -> Option<[u8; 32]> {

@@ -16,7 +16,10 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tokio_rustls::TlsAcceptor;
 
+use berth_api::agent::agent_server::AgentServer;
+
 use crate::{
+    agent_api::AgentService,
     api::{self, ApiState, Auth},
     config::Config,
     controllers::Controllers,
@@ -52,6 +55,8 @@ pub struct Server {
     /// `https://127.0.0.1:6443` or `http://...`.
     pub url: String,
     pub admin_config: PathBuf,
+    /// The agents' gRPC endpoint, `https://host:port`.
+    pub agent_url: String,
     store: Arc<dyn Store>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -123,6 +128,52 @@ impl Server {
                 .await?,
             )
         };
+        let pki = Arc::new(pki);
+        let agent_listener = TcpListener::bind(config.agent_listen)
+            .await
+            .map_err(|source| ServerError::Io {
+                what: format!("binding {}", config.agent_listen),
+                source,
+            })?;
+        let agent_port = agent_listener
+            .local_addr()
+            .map_err(|source| ServerError::Io {
+                what: "reading the agent API address".to_owned(),
+                source,
+            })?
+            .port();
+        let agent_url = format!("https://{client_host}:{agent_port}");
+        let agent_tls = tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(
+                &pki.server_cert_pem,
+                &pki.server_key_pem,
+            ))
+            .client_ca_root(tonic::transport::Certificate::from_pem(&pki.ca_cert_pem))
+            // Join is the one call made before the node has a certificate.
+            .client_auth_optional(true);
+        let agent_service = AgentService::new(
+            registry.clone(),
+            metrics.clone(),
+            Arc::clone(&pki),
+            config.cluster_cidr,
+        );
+        let agent_server = tonic::transport::Server::builder()
+            .tls_config(agent_tls)
+            .map_err(|e| ServerError::Tls(e.to_string()))?
+            .add_service(AgentServer::new(agent_service));
+        let mut agent_shutdown = shutdown_rx.clone();
+        let agent = tokio::spawn(async move {
+            let incoming = tonic::transport::server::TcpIncoming::from(agent_listener);
+            let stop = async move {
+                let _ = agent_shutdown.changed().await;
+            };
+            if let Err(e) = agent_server
+                .serve_with_incoming_shutdown(incoming, stop)
+                .await
+            {
+                tracing::error!("agent API stopped: {e}");
+            }
+        });
         let router = api::router(ApiState {
             registry,
             metrics: metrics.clone(),
@@ -136,14 +187,15 @@ impl Server {
             config.compaction_interval(),
             shutdown_rx,
         ));
-        tracing::info!(%url, admin_config = %admin_config.display(), "serving the mesh control API");
+        tracing::info!(%url, %agent_url, admin_config = %admin_config.display(), "serving the mesh control API");
         Ok(Self {
             local_addr,
             url,
             admin_config,
+            agent_url,
             store,
             shutdown,
-            tasks: vec![accept, compaction],
+            tasks: vec![accept, compaction, agent],
             controllers,
         })
     }

@@ -21,7 +21,14 @@ impl ServerProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_berth-control"))
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--listen", "127.0.0.1:0", "--log", "warn"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--agent-listen",
+                "127.0.0.1:0",
+                "--log",
+                "warn",
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

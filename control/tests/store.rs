@@ -238,3 +238,50 @@ async fn subscribers_are_woken_by_commits() {
     rx.changed().await.expect("sender alive");
     assert_eq!(*rx.borrow(), revision);
 }
+
+#[test]
+fn group_commit_keeps_each_transaction_separate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(open(&dir));
+    // Many writers racing: some on their own keys, some fighting over one key.
+    let writers: Vec<_> = (0..16)
+        .map(|w| {
+            let store = Arc::clone(&store);
+            thread::spawn(move || {
+                let key = if w % 2 == 0 {
+                    "/contended".to_owned()
+                } else {
+                    format!("/own/{w}")
+                };
+                store.commit(vec![put(&key, &w.to_string(), Precondition::Absent)])
+            })
+        })
+        .collect();
+    let results: Vec<_> = writers
+        .into_iter()
+        .map(|w| w.join().expect("writer thread"))
+        .collect();
+    let won: Vec<u64> = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok().copied())
+        .collect();
+    let lost = results
+        .iter()
+        .filter(|r| matches!(r, Err(StoreError::AlreadyExists { .. })))
+        .count();
+    assert_eq!(
+        (won.len(), lost),
+        (9, 7),
+        "8 own keys and one winner of the contended key"
+    );
+    let mut sorted = won.clone();
+    sorted.sort_unstable();
+    assert_eq!(
+        sorted,
+        (1..=9).collect::<Vec<u64>>(),
+        "failed transactions take no revision"
+    );
+    let events = store.events_after(0, usize::MAX).expect("events");
+    assert_eq!(events.len(), 9);
+    assert!(events.windows(2).all(|w| w[0].revision() < w[1].revision()));
+}

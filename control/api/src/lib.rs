@@ -4,6 +4,11 @@
 //! manifests written for Kubernetes mostly apply unchanged; fields Berth does not
 //! implement are reported back by name as warnings instead of being silently dropped.
 
+/// The agent ↔ control plane gRPC API (`proto/berth/agent/v1/agent.proto`).
+pub mod agent {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("berth.agent.v1");
+}
 pub mod apps;
 pub mod core;
 pub mod manifest;

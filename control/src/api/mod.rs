@@ -7,7 +7,7 @@ pub mod auth;
 pub mod error;
 mod openapi;
 mod resources;
-mod watch;
+pub mod watch;
 
 use std::{sync::Arc, time::Instant};
 

@@ -1,21 +1,26 @@
-//! Watch streams: newline-delimited `{"type": ..., "object": ...}` events, read from the
-//! store's event log so a watcher resuming from a resourceVersion sees every change
-//! after it, in order, or a 410 `Expired` error if that history was compacted.
+//! Watch streams, read from the store's event log so a watcher resuming from a
+//! resourceVersion sees every change after it, in order, or an `Expired` error if that
+//! history was compacted. [`open`] is shared by the REST watch (newline-delimited JSON)
+//! and the agents' gRPC watches.
 
-use std::{collections::HashMap, convert::Infallible, time::Duration};
+use std::{collections::HashMap, convert::Infallible, sync::Arc, time::Duration};
 
 use axum::{
     body::{Body, Bytes},
     http::header,
     response::{IntoResponse, Response},
 };
-use berth_api::ResourceType;
+use berth_api::{
+    ResourceType,
+    selector::{FieldSelector, Selector},
+};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::{ApiState, error::ApiError, resources::selectors};
 use crate::{
-    registry::{decode_stored, labels_of, parse_resource_version, prefix},
+    metrics::Metrics,
+    registry::{Registry, decode_stored, labels_of, parse_resource_version, prefix},
     store::{EventKind, Revision, StoreError},
 };
 
@@ -25,32 +30,41 @@ const BATCH: usize = 500;
 /// load balancers; one fixed bound keeps tests deterministic.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
 
-pub async fn start(
-    state: &ApiState,
-    rt: &'static ResourceType,
-    namespace: Option<String>,
-    query: &HashMap<String, String>,
-) -> Result<Response, ApiError> {
-    let (labels, fields) = selectors(query)?;
-    // "" and "0" mean "current state, then changes" as in Kubernetes.
-    let from = match query.get("resourceVersion").map(String::as_str) {
-        None | Some("") | Some("0") => None,
-        Some(rv) => parse_resource_version(rv)?,
-    };
-    let bookmarks = query
-        .get("allowWatchBookmarks")
-        .is_some_and(|v| v == "true");
-    let timeout = query
-        .get("timeoutSeconds")
-        .and_then(|t| t.parse().ok())
-        .map_or(DEFAULT_TIMEOUT, Duration::from_secs);
-    let prefix = prefix(rt, namespace.as_deref());
-    let store = std::sync::Arc::clone(state.registry.store());
-    let metrics = state.metrics.clone();
+#[derive(Debug, Clone, PartialEq)]
+pub struct WatchEvent {
+    /// `ADDED`, `MODIFIED`, `DELETED`, `BOOKMARK`, `SYNCED` or `ERROR`.
+    pub type_: &'static str,
+    pub kind: &'static str,
+    pub object: Value,
+}
 
+pub struct WatchOptions {
+    pub kinds: Vec<&'static ResourceType>,
+    pub namespace: Option<String>,
+    pub labels: Selector,
+    pub fields: FieldSelector,
+    /// None: the current state as ADDED first, then changes.
+    pub from: Option<Revision>,
+    pub bookmarks: bool,
+    /// Send `SYNCED` between the initial state and the changes.
+    pub synced_marker: bool,
+    pub timeout: Duration,
+}
+
+/// Starts a watch; events arrive on the returned channel until it is dropped, the
+/// timeout passes, or an `ERROR` event ends it.
+pub async fn open(
+    registry: &Registry,
+    metrics: &Metrics,
+    options: WatchOptions,
+) -> Result<mpsc::Receiver<WatchEvent>, ApiError> {
+    let store = Arc::clone(registry.store());
     // Subscribe before reading so a commit between the read and the wait still wakes us.
     let mut wake = store.subscribe();
-    let start = match from {
+    let mut initial = Vec::new();
+    // Per kind: deliver log events only after the revision its state was read at.
+    let mut starts = Vec::new();
+    match options.from {
         Some(revision) => {
             let compacted = store.compacted_revision()?;
             if revision < compacted {
@@ -60,69 +74,85 @@ pub async fn start(
                 }
                 .into());
             }
-            Initial {
-                revision,
-                items: Vec::new(),
-            }
+            starts.extend(options.kinds.iter().map(|rt| (*rt, revision)));
         }
         None => {
-            let (items, revision) = state
-                .registry
-                .list(rt, namespace.as_deref(), &labels, &fields)
-                .await?;
-            Initial { revision, items }
+            for rt in &options.kinds {
+                let (items, revision) = registry
+                    .list(
+                        rt,
+                        options.namespace.as_deref(),
+                        &options.labels,
+                        &options.fields,
+                    )
+                    .await?;
+                initial.extend(items.into_iter().map(|object| WatchEvent {
+                    type_: "ADDED",
+                    kind: rt.kind,
+                    object,
+                }));
+                starts.push((*rt, revision));
+            }
         }
-    };
-
-    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    }
+    let label = options
+        .kinds
+        .iter()
+        .map(|rt| rt.plural)
+        .collect::<Vec<_>>()
+        .join(",");
+    let gauge = metrics.watches.with_label_values(&[label.as_str()]);
+    let sent = metrics.watch_events.with_label_values(&[label.as_str()]);
+    let prefixes: Vec<(String, &'static ResourceType, Revision)> = starts
+        .iter()
+        .map(|(rt, start)| (prefix(rt, options.namespace.as_deref()), *rt, *start))
+        .collect();
+    let mut last = starts.iter().map(|(_, r)| *r).min().unwrap_or(0);
+    let (tx, rx) = mpsc::channel::<WatchEvent>(64);
     tokio::spawn(async move {
-        let gauge = metrics.watches.with_label_values(&[rt.plural]);
         gauge.inc();
-        let events_sent = metrics.watch_events.with_label_values(&[rt.plural]);
-        let send = async |value: Value| -> bool {
-            let mut line = value.to_string().into_bytes();
-            line.push(b'\n');
-            let ok = tx.send(Bytes::from(line)).await.is_ok();
+        let send = async |event: WatchEvent| -> bool {
+            let ok = tx.send(event).await.is_ok();
             if ok {
-                events_sent.inc();
+                sent.inc();
             }
             ok
         };
-        let deadline = tokio::time::sleep(timeout);
+        let deadline = tokio::time::sleep(options.timeout);
         tokio::pin!(deadline);
-        let mut last = start.revision;
+        let bookmark_kind = options.kinds.first().map_or("", |rt| rt.kind);
         let mut reported = last;
         'stream: {
-            for object in start.items {
-                if !send(json!({"type": "ADDED", "object": object})).await {
+            for event in initial {
+                if !send(event).await {
                     break 'stream;
                 }
+            }
+            if options.synced_marker && !send(marker("SYNCED", bookmark_kind, last)).await {
+                break 'stream;
             }
             loop {
                 wake.borrow_and_update();
                 let read_from = last;
-                let store = std::sync::Arc::clone(&store);
+                let reader = Arc::clone(&store);
                 let batch =
-                    tokio::task::spawn_blocking(move || store.events_after(read_from, BATCH)).await;
+                    tokio::task::spawn_blocking(move || reader.events_after(read_from, BATCH))
+                        .await;
                 let events = match batch {
                     Ok(Ok(events)) => events,
                     Ok(Err(e)) => {
-                        send(json!({"type": "ERROR", "object": ApiError::from(e).status()})).await;
+                        send(error_event(&ApiError::from(e))).await;
                         break 'stream;
                     }
                     Err(e) => {
-                        send(json!({"type": "ERROR", "object": ApiError::internal(e.to_string()).status()})).await;
+                        send(error_event(&ApiError::internal(e.to_string()))).await;
                         break 'stream;
                     }
                 };
                 if events.is_empty() {
-                    if bookmarks && last > reported {
+                    if options.bookmarks && last > reported {
                         reported = last;
-                        let bookmark = json!({"type": "BOOKMARK", "object": {
-                            "apiVersion": rt.api_version(), "kind": rt.kind,
-                            "metadata": {"resourceVersion": last.to_string()},
-                        }});
-                        if !send(bookmark).await {
+                        if !send(marker("BOOKMARK", bookmark_kind, last)).await {
                             break 'stream;
                         }
                     }
@@ -135,21 +165,31 @@ pub async fn start(
                 }
                 for event in events {
                     last = event.revision();
-                    if !event.kv.key.starts_with(&prefix) {
+                    let Some((_, rt, _)) = prefixes.iter().find(|(p, _, start)| {
+                        event.kv.key.starts_with(p.as_str()) && last > *start
+                    }) else {
                         continue;
-                    }
+                    };
                     let Ok(object) = decode_stored(&event.kv) else {
                         continue;
                     };
-                    if !labels.matches(&labels_of(&object)) || !fields.matches(&object) {
+                    if !options.labels.matches(&labels_of(&object))
+                        || !options.fields.matches(&object)
+                    {
                         continue;
                     }
-                    let kind = match event.kind {
+                    let type_ = match event.kind {
                         EventKind::Delete => "DELETED",
                         EventKind::Put if event.is_create() => "ADDED",
                         EventKind::Put => "MODIFIED",
                     };
-                    if !send(json!({"type": kind, "object": object})).await {
+                    if !send(WatchEvent {
+                        type_,
+                        kind: rt.kind,
+                        object,
+                    })
+                    .await
+                    {
                         break 'stream;
                     }
                     reported = last;
@@ -158,9 +198,69 @@ pub async fn start(
         }
         gauge.dec();
     });
+    Ok(rx)
+}
 
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|line| (Ok::<_, Infallible>(line), rx))
+fn marker(type_: &'static str, kind: &'static str, revision: Revision) -> WatchEvent {
+    WatchEvent {
+        type_,
+        kind,
+        object: json!({"kind": kind, "metadata": {"resourceVersion": revision.to_string()}}),
+    }
+}
+
+fn error_event(error: &ApiError) -> WatchEvent {
+    WatchEvent {
+        type_: "ERROR",
+        kind: "Status",
+        object: error.status(),
+    }
+}
+
+/// `GET <collection>?watch=true`: the stream as newline-delimited JSON.
+pub async fn start(
+    state: &ApiState,
+    rt: &'static ResourceType,
+    namespace: Option<String>,
+    query: &HashMap<String, String>,
+) -> Result<Response, ApiError> {
+    let (labels, fields) = selectors(query)?;
+    // "" and "0" mean "current state, then changes" as in Kubernetes.
+    let from = match query.get("resourceVersion").map(String::as_str) {
+        None | Some("" | "0") => None,
+        Some(rv) => parse_resource_version(rv)?,
+    };
+    let options = WatchOptions {
+        kinds: vec![rt],
+        namespace,
+        labels,
+        fields,
+        from,
+        bookmarks: query
+            .get("allowWatchBookmarks")
+            .is_some_and(|v| v == "true"),
+        synced_marker: false,
+        timeout: query
+            .get("timeoutSeconds")
+            .and_then(|t| t.parse().ok())
+            .map_or(DEFAULT_TIMEOUT, Duration::from_secs),
+    };
+    let rx = open(&state.registry, &state.metrics, options).await?;
+    let api_version = rt.api_version();
+    let stream = futures_util::stream::unfold(rx, move |mut rx| {
+        let api_version = api_version.clone();
+        async move {
+            let event = rx.recv().await?;
+            let mut object = event.object;
+            if event.type_ == "BOOKMARK" {
+                object["apiVersion"] = json!(api_version);
+            }
+            let mut line = json!({"type": event.type_, "object": object})
+                .to_string()
+                .into_bytes();
+            line.push(b'\n');
+            Some((Ok::<_, Infallible>(Bytes::from(line)), rx))
+        }
     });
     let mut response = Body::from_stream(stream).into_response();
     response.headers_mut().insert(
@@ -170,7 +270,7 @@ pub async fn start(
     Ok(response)
 }
 
-struct Initial {
-    revision: Revision,
-    items: Vec<Value>,
+/// The default watch duration, for other front ends of [`open`].
+pub fn default_timeout() -> Duration {
+    DEFAULT_TIMEOUT
 }

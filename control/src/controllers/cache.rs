@@ -48,6 +48,19 @@ impl Snapshot {
             .collect()
     }
 
+    /// Records a write this process is about to make, before the store confirms it.
+    pub fn assume(&mut self, rt: &ResourceType, object: Value) {
+        let ns = object
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let name = object
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        self.objects.insert(key(rt, ns, name), object);
+    }
+
     /// For tests and hollow setups: a snapshot from objects, keyed like the store.
     pub fn from_objects(
         objects: impl IntoIterator<Item = (&'static ResourceType, Value)>,

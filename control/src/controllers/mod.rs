@@ -136,7 +136,8 @@ pub trait Reconciler: Send + Sync {
     }
     fn reconcile(&self, object: &Value, snapshot: &Snapshot, ctx: &Context) -> Outcome;
     /// Whether each reconcile must see the previous one's writes (the scheduler counts
-    /// resources already bound); others run a whole batch on one snapshot.
+    /// resources already bound): they are applied to a private copy of the snapshot
+    /// before the next reconcile. Others run a whole batch on one snapshot.
     fn sequential(&self) -> bool {
         false
     }
@@ -315,50 +316,108 @@ impl Runtime {
         }
     }
 
-    async fn process(&mut self, queue: BTreeSet<WorkKey>, mut snapshot: Arc<Snapshot>) {
-        let mut written = 0;
-        for key in queue {
-            let (i, ns, name) = &key;
-            let reconciler = &self.reconcilers[*i];
-            if reconciler.sequential() && written > snapshot.revision {
-                self.cache.wait_for(written).await;
-                snapshot = self.cache.snapshot().await;
-            }
-            let Some(object) = snapshot.get(reconciler.kind(), ns, name) else {
-                continue;
-            };
-            let ctx = Context {
-                now: util::unix_now(),
-                settings: self.settings.clone(),
-            };
-            let outcome = reconciler.reconcile(object, &snapshot, &ctx);
-            let mut retry = false;
-            for write in outcome.writes {
-                match self.execute(write).await {
-                    Ok(revision) => written = written.max(revision),
-                    Err(e) => {
-                        if e.code != axum::http::StatusCode::CONFLICT {
-                            tracing::warn!(controller = reconciler.name(), object = %format!("{ns}/{name}"), "write failed: {e}");
-                        }
-                        retry = true;
-                        // Later writes were planned on the assumption this one happened.
-                        break;
+    async fn process(&mut self, queue: BTreeSet<WorkKey>, snapshot: Arc<Snapshot>) {
+        let (sequential, parallel): (Vec<WorkKey>, Vec<WorkKey>) = queue
+            .into_iter()
+            .partition(|(i, _, _)| self.reconcilers[*i].sequential());
+        // Independent objects: every reconcile is planned on the same snapshot.
+        let mut planned: Vec<(WorkKey, Outcome)> = parallel
+            .into_iter()
+            .filter_map(|key| {
+                let outcome = self.reconcile(&key, &snapshot)?;
+                Some((key, outcome))
+            })
+            .collect();
+        // The scheduler counts what is already bound, so each decision must see the ones
+        // before it: they are "assumed" into a private copy of the snapshot (as
+        // kube-scheduler's assume cache does) instead of waiting for each write.
+        if !sequential.is_empty() {
+            let mut assumed = (*snapshot).clone();
+            for key in sequential {
+                let Some(outcome) = self.reconcile(&key, &assumed) else {
+                    continue;
+                };
+                for write in &outcome.writes {
+                    if let Write::Create { rt, object }
+                    | Write::Update { rt, object }
+                    | Write::UpdateStatus { rt, object } = write
+                    {
+                        assumed.assume(rt, object.clone());
                     }
                 }
+                planned.push((key, outcome));
             }
-            let delay = if retry {
-                Some(Duration::from_millis(200))
-            } else {
-                outcome.requeue_after
-            };
-            if let Some(delay) = delay {
-                let at = Instant::now() + delay;
-                let entry = self.requeue.entry(key).or_insert(at);
-                *entry = (*entry).min(at);
-            }
+        }
+        // All writes at once: the store commits concurrent writes in groups.
+        let this = &*self;
+        let applied =
+            futures_util::future::join_all(planned.into_iter().map(|(key, outcome)| async move {
+                let result = this.apply(&key, outcome).await;
+                (key, result)
+            }))
+            .await;
+        let mut written = 0;
+        for (key, (revision, delay)) in applied {
+            written = written.max(revision);
+            self.requeue_after(key, delay);
         }
         if written > 0 {
             self.cache.wait_for(written).await;
+        }
+    }
+
+    fn reconcile(&self, (i, ns, name): &WorkKey, snapshot: &Snapshot) -> Option<Outcome> {
+        let reconciler = &self.reconcilers[*i];
+        let object = snapshot.get(reconciler.kind(), ns, name)?;
+        let ctx = Context {
+            now: util::unix_now(),
+            settings: self.settings.clone(),
+        };
+        Some(reconciler.reconcile(object, snapshot, &ctx))
+    }
+
+    /// Writes an outcome; returns the highest revision written and when to look again.
+    async fn apply(&self, (i, ns, name): &WorkKey, outcome: Outcome) -> (u64, Option<Duration>) {
+        let reconciler = &self.reconcilers[*i];
+        // Object writes go out together; events only once they all succeeded, so none
+        // reports a write that failed.
+        let (events, writes): (Vec<Write>, Vec<Write>) = outcome
+            .writes
+            .into_iter()
+            .partition(|w| matches!(w, Write::Event { .. }));
+        let results =
+            futures_util::future::join_all(writes.into_iter().map(|w| self.execute(w))).await;
+        let mut written = 0;
+        let mut retry = false;
+        for result in results {
+            match result {
+                Ok(revision) => written = written.max(revision),
+                Err(e) => {
+                    if e.code != axum::http::StatusCode::CONFLICT {
+                        tracing::warn!(controller = reconciler.name(), object = %format!("{ns}/{name}"), "write failed: {e}");
+                    }
+                    retry = true;
+                }
+            }
+        }
+        if !retry {
+            for event in events {
+                let _ = self.execute(event).await;
+            }
+        }
+        let delay = if retry {
+            Some(Duration::from_millis(200))
+        } else {
+            outcome.requeue_after
+        };
+        (written, delay)
+    }
+
+    fn requeue_after(&mut self, key: WorkKey, delay: Option<Duration>) {
+        if let Some(delay) = delay {
+            let at = Instant::now() + delay;
+            let entry = self.requeue.entry(key).or_insert(at);
+            *entry = (*entry).min(at);
         }
     }
 

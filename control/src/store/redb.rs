@@ -1,6 +1,10 @@
 //! The default backend: one redb file, fsynced on every commit.
 
-use std::path::Path;
+use std::{
+    collections::HashMap,
+    path::Path,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+};
 
 use redb::{Database, ReadableDatabase as _, ReadableTable, TableDefinition};
 use tokio::sync::watch;
@@ -18,6 +22,10 @@ const META_COMPACTED: &str = "compacted";
 pub struct RedbStore {
     db: Database,
     notify: watch::Sender<Revision>,
+    /// Transactions waiting for the next group commit.
+    queue: Mutex<Vec<Arc<Slot>>>,
+    /// Held by the thread committing a group.
+    writer: Mutex<()>,
 }
 
 fn backend(error: impl Into<redb::Error>) -> StoreError {
@@ -40,7 +48,53 @@ impl RedbStore {
         };
         txn.commit().map_err(backend)?;
         let (notify, _) = watch::channel(revision);
-        Ok(Self { db, notify })
+        Ok(Self {
+            db,
+            notify,
+            queue: Mutex::new(Vec::new()),
+            writer: Mutex::new(()),
+        })
+    }
+
+    /// Applies each transaction whose preconditions hold as its own revision, all in one
+    /// redb transaction; returns one result per transaction, in order.
+    fn commit_group(&self, transactions: Vec<Vec<Op>>) -> Result<Vec<Result<Revision>>> {
+        let txn = self.db.begin_write().map_err(backend)?;
+        let mut results = Vec::with_capacity(transactions.len());
+        let (first, last) = {
+            let mut meta = txn.open_table(META).map_err(backend)?;
+            let mut kv = txn.open_table(KV).map_err(backend)?;
+            let mut log = txn.open_table(LOG).map_err(backend)?;
+            let first = meta
+                .get(META_REVISION)
+                .map_err(backend)?
+                .map(|g| g.value())
+                .unwrap_or(0);
+            let mut revision = first;
+            for ops in transactions {
+                // Check every precondition before writing anything, so a failed
+                // transaction leaves no trace in the group.
+                if let Err(e) = check_all(&kv, &ops) {
+                    results.push(Err(e));
+                    continue;
+                }
+                revision += 1;
+                apply(&mut kv, &mut log, revision, ops)?;
+                results.push(Ok(revision));
+            }
+            if revision > first {
+                meta.insert(META_REVISION, revision).map_err(backend)?;
+            }
+            (first, revision)
+        };
+        if last == first {
+            // Nothing to write: dropping the transaction aborts it without an fsync.
+            return Ok(results);
+        }
+        txn.commit().map_err(backend)?;
+        self.notify
+            .send_modify(|latest| *latest = (*latest).max(last));
+        Ok(results)
     }
 
     fn meta(&self, name: &str) -> Result<Revision> {
@@ -121,6 +175,90 @@ fn split_u64(raw: &[u8]) -> Option<(u64, &[u8])> {
     Some((u64::from_le_bytes(*head), rest))
 }
 
+fn read_kv(
+    kv: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<Option<KeyValue>> {
+    kv.get(key)
+        .map_err(backend)?
+        .map(|g| decode_kv(key, g.value()))
+        .transpose()
+}
+
+/// Preconditions of a whole transaction, each op seeing the effect of the ones before.
+fn check_all(kv: &impl ReadableTable<&'static str, &'static [u8]>, ops: &[Op]) -> Result<()> {
+    let mut overlay: HashMap<&str, Option<KeyValue>> = HashMap::new();
+    for op in ops {
+        let (key, precondition) = match op {
+            Op::Put {
+                key, precondition, ..
+            }
+            | Op::Delete { key, precondition } => (key.as_str(), *precondition),
+        };
+        let existing = match overlay.get(key) {
+            Some(state) => state.clone(),
+            None => read_kv(kv, key)?,
+        };
+        check(key, precondition, existing.as_ref())?;
+        let after = match op {
+            // The revision is not known yet; a later op in the same transaction may
+            // still require presence, which is all that is checked against it.
+            Op::Put { .. } => Some(KeyValue {
+                key: key.to_owned(),
+                value: Vec::new(),
+                create_revision: existing.as_ref().map_or(0, |e| e.create_revision),
+                mod_revision: 0,
+            }),
+            Op::Delete { .. } => None,
+        };
+        overlay.insert(key, after);
+    }
+    Ok(())
+}
+
+fn apply(
+    kv: &mut redb::Table<'_, &'static str, &'static [u8]>,
+    log: &mut redb::Table<'_, (u64, u32), &'static [u8]>,
+    revision: Revision,
+    ops: Vec<Op>,
+) -> Result<()> {
+    for (index, op) in (0u32..).zip(ops) {
+        match op {
+            Op::Put { key, value, .. } => {
+                let create = read_kv(kv, &key)?.map_or(revision, |kv| kv.create_revision);
+                kv.insert(key.as_str(), encode_kv(create, revision, &value).as_slice())
+                    .map_err(backend)?;
+                log.insert(
+                    (revision, index),
+                    encode_event(EventKind::Put, create, &key, &value)?.as_slice(),
+                )
+                .map_err(backend)?;
+            }
+            Op::Delete { key, .. } => {
+                if let Some(old) = read_kv(kv, &key)? {
+                    kv.remove(key.as_str()).map_err(backend)?;
+                    let entry =
+                        encode_event(EventKind::Delete, old.create_revision, &key, &old.value)?;
+                    log.insert((revision, index), entry.as_slice())
+                        .map_err(backend)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+struct Slot {
+    ops: Mutex<Option<Vec<Op>>>,
+    result: Mutex<Option<Result<Revision>>>,
+}
+
+/// Locks ignoring poisoning: the guarded data stays consistent because every critical
+/// section only moves values in or out.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 fn check(key: &str, precondition: Precondition, existing: Option<&KeyValue>) -> Result<()> {
     match (precondition, existing) {
         (Precondition::Always, _) => Ok(()),
@@ -170,67 +308,43 @@ impl Store for RedbStore {
         Ok((out, revision))
     }
 
+    /// Group commit: concurrent callers queue their transactions; whoever holds the
+    /// writer lock commits every queued one in a single redb transaction (one fsync),
+    /// each still getting its own revision and its own precondition checks.
     fn commit(&self, ops: Vec<Op>) -> Result<Revision> {
-        let txn = self.db.begin_write().map_err(backend)?;
-        let revision = {
-            let mut meta = txn.open_table(META).map_err(backend)?;
-            let mut kv = txn.open_table(KV).map_err(backend)?;
-            let mut log = txn.open_table(LOG).map_err(backend)?;
-            let revision = meta
-                .get(META_REVISION)
-                .map_err(backend)?
-                .map(|g| g.value())
-                .unwrap_or(0)
-                + 1;
-            for (index, op) in (0u32..).zip(ops) {
-                let key = match &op {
-                    Op::Put { key, .. } | Op::Delete { key, .. } => key.clone(),
-                };
-                let existing = kv
-                    .get(key.as_str())
-                    .map_err(backend)?
-                    .map(|g| decode_kv(&key, g.value()))
-                    .transpose()?;
-                // An early return drops `txn`, which aborts it: all ops or none.
-                match op {
-                    Op::Put {
-                        value,
-                        precondition,
-                        ..
-                    } => {
-                        check(&key, precondition, existing.as_ref())?;
-                        let create = existing.map_or(revision, |kv| kv.create_revision);
-                        kv.insert(key.as_str(), encode_kv(create, revision, &value).as_slice())
-                            .map_err(backend)?;
-                        log.insert(
-                            (revision, index),
-                            encode_event(EventKind::Put, create, &key, &value)?.as_slice(),
-                        )
-                        .map_err(backend)?;
-                    }
-                    Op::Delete { precondition, .. } => {
-                        check(&key, precondition, existing.as_ref())?;
-                        if let Some(old) = existing {
-                            kv.remove(key.as_str()).map_err(backend)?;
-                            let entry = encode_event(
-                                EventKind::Delete,
-                                old.create_revision,
-                                &key,
-                                &old.value,
-                            )?;
-                            log.insert((revision, index), entry.as_slice())
-                                .map_err(backend)?;
-                        }
-                    }
-                }
+        let slot = Arc::new(Slot {
+            ops: Mutex::new(Some(ops)),
+            result: Mutex::new(None),
+        });
+        lock(&self.queue).push(Arc::clone(&slot));
+        let _writer = lock(&self.writer);
+        if let Some(result) = lock(&slot.result).take() {
+            // An earlier writer committed this transaction with its group.
+            return result;
+        }
+        let group: Vec<Arc<Slot>> = std::mem::take(&mut *lock(&self.queue));
+        let transactions: Vec<Vec<Op>> = group
+            .iter()
+            .map(|s| lock(&s.ops).take().unwrap_or_default())
+            .collect();
+        let results = match self.commit_group(transactions) {
+            Ok(results) => results,
+            Err(e) => {
+                let message = e.to_string();
+                group
+                    .iter()
+                    .map(|_| Err(StoreError::Backend(message.clone())))
+                    .collect()
             }
-            meta.insert(META_REVISION, revision).map_err(backend)?;
-            revision
         };
-        txn.commit().map_err(backend)?;
-        self.notify
-            .send_modify(|latest| *latest = (*latest).max(revision));
-        Ok(revision)
+        for (member, result) in group.iter().zip(results) {
+            *lock(&member.result) = Some(result);
+        }
+        lock(&slot.result).take().unwrap_or_else(|| {
+            Err(StoreError::Backend(
+                "transaction lost from its commit group".to_owned(),
+            ))
+        })
     }
 
     fn events_after(&self, after: Revision, limit: usize) -> Result<Vec<Event>> {

@@ -28,6 +28,8 @@ pub async fn start_with(extra: &[&str]) -> TestServer {
         &data_dir,
         "--listen",
         "127.0.0.1:0",
+        "--agent-listen",
+        "127.0.0.1:0",
     ];
     args.extend_from_slice(extra);
     let config = Config::parse_from(args);

@@ -1,0 +1,337 @@
+//! The agents' gRPC API (berth.agent.v1): join with a bootstrap token, then mTLS with a
+//! node certificate from the control plane's CA. The node a call acts for is read from
+//! its certificate, so a node can only heartbeat as itself, see its own pods and
+//! report status for pods bound to it.
+
+use std::{net::Ipv4Addr, pin::Pin, sync::Arc};
+
+use berth_api::{
+    agent::{
+        HeartbeatRequest, HeartbeatResponse, JoinRequest, JoinResponse, PodStatusAck,
+        PodStatusReport, WatchEvent, WatchRequest, agent_server, watch_event::Type,
+    },
+    selector::{FieldSelector, Selector},
+    validation::check_dns_subdomain,
+};
+use futures_util::Stream;
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+use tonic::{Request, Response, Status};
+
+use crate::{
+    api::{
+        Auth,
+        error::ApiError,
+        watch::{self, WatchOptions},
+    },
+    controllers::{ENDPOINTS, NODES, PODS, SERVICES},
+    metrics::Metrics,
+    pki::{Pki, node_name_of_certificate},
+    registry::{Registry, parse_resource_version},
+    util,
+};
+
+pub struct AgentService {
+    registry: Registry,
+    metrics: Metrics,
+    pki: Arc<Pki>,
+    bootstrap: Auth,
+    cluster_cidr: (Ipv4Addr, u8),
+    /// Joins allocate pod CIDRs from what is stored; one at a time keeps them distinct.
+    join_lock: Mutex<()>,
+}
+
+impl AgentService {
+    pub fn new(
+        registry: Registry,
+        metrics: Metrics,
+        pki: Arc<Pki>,
+        cluster_cidr: (Ipv4Addr, u8),
+    ) -> Self {
+        let bootstrap = Auth::from_digests(vec![Auth::digest(&pki.bootstrap_token)]);
+        Self {
+            registry,
+            metrics,
+            pki,
+            bootstrap,
+            cluster_cidr,
+            join_lock: Mutex::new(()),
+        }
+    }
+
+    /// A free /24 of the cluster range, or the node's own if it has one.
+    async fn pod_cidr_for(&self, node: &str) -> Result<String, Status> {
+        let (nodes, _) = self
+            .registry
+            .list(
+                &NODES,
+                None,
+                &Selector::default(),
+                &FieldSelector::default(),
+            )
+            .await
+            .map_err(status)?;
+        let cidr_of = |n: &Value| {
+            n.pointer("/spec/podCIDR")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        if let Some(existing) = nodes
+            .iter()
+            .find(|n| n["metadata"]["name"] == node)
+            .map(cidr_of)
+            .filter(|c| !c.is_empty())
+        {
+            return Ok(existing);
+        }
+        let used: Vec<String> = nodes.iter().map(cidr_of).collect();
+        let (base, len) = self.cluster_cidr;
+        let base = u32::from(base);
+        let subnets = 1u32 << (24u8.saturating_sub(len)).min(16);
+        (0..subnets)
+            .map(|i| format!("{}/24", Ipv4Addr::from(base + (i << 8))))
+            .find(|c| !used.contains(c))
+            .ok_or_else(|| {
+                Status::resource_exhausted("the cluster CIDR has no free /24 for another node")
+            })
+    }
+}
+
+fn status(error: ApiError) -> Status {
+    let message = error.message.clone();
+    match error.code.as_u16() {
+        400 | 422 => Status::invalid_argument(message),
+        401 => Status::unauthenticated(message),
+        404 => Status::not_found(message),
+        409 => Status::aborted(message),
+        410 => Status::out_of_range(message),
+        _ => Status::internal(message),
+    }
+}
+
+/// The node name from the verified client certificate.
+fn node_of<T>(request: &Request<T>) -> Result<String, Status> {
+    request
+        .peer_certs()
+        .and_then(|certs| certs.first().and_then(|der| node_name_of_certificate(der)))
+        .ok_or_else(|| {
+            Status::unauthenticated("a node client certificate is required (call Join first)")
+        })
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send>>;
+
+impl AgentService {
+    async fn watch(
+        &self,
+        kinds: Vec<&'static berth_api::ResourceType>,
+        fields: FieldSelector,
+        resource_version: &str,
+    ) -> Result<Response<EventStream>, Status> {
+        let from = parse_resource_version(resource_version).map_err(status)?;
+        let options = WatchOptions {
+            kinds,
+            namespace: None,
+            labels: Selector::default(),
+            fields,
+            from,
+            bookmarks: true,
+            synced_marker: from.is_none(),
+            timeout: watch::default_timeout(),
+        };
+        let rx = match watch::open(&self.registry, &self.metrics, options).await {
+            Ok(rx) => rx,
+            // A resume point that was compacted: tell the agent to resync, in-band.
+            Err(e) if e.code.as_u16() == 410 => {
+                let expired = WatchEvent {
+                    r#type: Type::Expired.into(),
+                    ..WatchEvent::default()
+                };
+                return Ok(Response::new(Box::pin(futures_util::stream::iter([Ok(
+                    expired,
+                )]))));
+            }
+            Err(e) => return Err(status(e)),
+        };
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            let event = rx.recv().await?;
+            let type_ = match event.type_ {
+                "ADDED" => Type::Added,
+                "MODIFIED" => Type::Modified,
+                "DELETED" => Type::Deleted,
+                "SYNCED" => Type::Synced,
+                "BOOKMARK" => Type::Bookmark,
+                _ => Type::Expired,
+            };
+            let resource_version = event
+                .object
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            let object_json = if matches!(type_, Type::Added | Type::Modified | Type::Deleted) {
+                serde_json::to_vec(&event.object).unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            let message = WatchEvent {
+                r#type: type_.into(),
+                kind: event.kind.to_owned(),
+                resource_version,
+                object_json,
+            };
+            Some((Ok(message), rx))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+#[tonic::async_trait]
+impl agent_server::Agent for AgentService {
+    async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        let request = request.into_inner();
+        if !self.bootstrap.accepts(&request.bootstrap_token) {
+            return Err(Status::unauthenticated("invalid bootstrap token"));
+        }
+        check_dns_subdomain(&request.node_name)
+            .map_err(|reason| Status::invalid_argument(format!("node_name: {reason}")))?;
+        let certificate_pem = self
+            .pki
+            .sign_node_csr(&request.csr_pem, &request.node_name)
+            .map_err(|e| Status::invalid_argument(format!("csr_pem: {e}")))?;
+        let _guard = self.join_lock.lock().await;
+        let pod_cidr = self.pod_cidr_for(&request.node_name).await?;
+        let existing = self.registry.get(&NODES, "", &request.node_name).await;
+        match existing {
+            Ok(node)
+                if node.pointer("/spec/podCIDR").and_then(Value::as_str)
+                    == Some(pod_cidr.as_str()) => {}
+            Ok(mut node) => {
+                node["spec"]["podCIDR"] = json!(pod_cidr);
+                self.registry.update(&NODES, node).await.map_err(status)?;
+            }
+            Err(e) if e.code.as_u16() == 404 => {
+                let node = json!({"apiVersion": "v1", "kind": "Node",
+                    "metadata": {"name": request.node_name}, "spec": {"podCIDR": pod_cidr}});
+                let decoded = NODES
+                    .decode(berth_api::Source::Value(node))
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
+                self.registry
+                    .create(&NODES, decoded.object)
+                    .await
+                    .map_err(status)?;
+            }
+            Err(e) => return Err(status(e)),
+        }
+        tracing::info!(node = %request.node_name, %pod_cidr, "node joined");
+        Ok(Response::new(JoinResponse {
+            certificate_pem,
+            ca_pem: self.pki.ca_cert_pem.clone(),
+            pod_cidr,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        let node = node_of(&request)?;
+        let mut reported: Value = if request.get_ref().status_json.is_empty() {
+            json!({})
+        } else {
+            serde_json::from_slice(&request.get_ref().status_json)
+                .map_err(|e| Status::invalid_argument(format!("status_json: {e}")))?
+        };
+        let current = self.registry.get(&NODES, "", &node).await.map_err(status)?;
+        let now = util::rfc3339_now();
+        let was_ready = current
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+            .filter(|c| c["status"] == "True")
+            .and_then(|c| c.get("lastTransitionTime").cloned());
+        // The server's clock stamps heartbeats, so node clock skew cannot fake liveness.
+        reported["conditions"] = json!([{
+            "type": "Ready", "status": "True", "reason": "AgentReady",
+            "lastHeartbeatTime": now,
+            "lastTransitionTime": was_ready.unwrap_or(json!(now)),
+        }]);
+        let updated = self
+            .registry
+            .update_status(&NODES, "", &node, json!({"status": reported}))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(HeartbeatResponse {
+            resource_version: updated["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        }))
+    }
+
+    type WatchPodsStream = EventStream;
+
+    async fn watch_pods(
+        &self,
+        request: Request<WatchRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let node = node_of(&request)?;
+        let fields = FieldSelector::parse(&format!("spec.nodeName={node}"))
+            .map_err(|e| Status::internal(e.to_string()))?;
+        self.watch(vec![&PODS], fields, &request.get_ref().resource_version)
+            .await
+    }
+
+    type WatchServicesStream = EventStream;
+
+    async fn watch_services(
+        &self,
+        request: Request<WatchRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        node_of(&request)?;
+        self.watch(
+            vec![&SERVICES, &ENDPOINTS],
+            FieldSelector::default(),
+            &request.get_ref().resource_version,
+        )
+        .await
+    }
+
+    async fn report_pod_status(
+        &self,
+        request: Request<PodStatusReport>,
+    ) -> Result<Response<PodStatusAck>, Status> {
+        let node = node_of(&request)?;
+        let report = request.into_inner();
+        let pod = self
+            .registry
+            .get(&PODS, &report.namespace, &report.name)
+            .await
+            .map_err(status)?;
+        if pod.pointer("/spec/nodeName").and_then(Value::as_str) != Some(node.as_str()) {
+            return Err(Status::permission_denied(format!(
+                "pod {}/{} is not bound to node {node}",
+                report.namespace, report.name
+            )));
+        }
+        let pod_status: Value = serde_json::from_slice(&report.status_json)
+            .map_err(|e| Status::invalid_argument(format!("status_json: {e}")))?;
+        let updated = self
+            .registry
+            .update_status(
+                &PODS,
+                &report.namespace,
+                &report.name,
+                json!({"status": pod_status}),
+            )
+            .await
+            .map_err(status)?;
+        Ok(Response::new(PodStatusAck {
+            resource_version: updated["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        }))
+    }
+}

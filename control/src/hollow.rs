@@ -1,0 +1,294 @@
+//! Hollow nodes: simulated agents for scale and integration tests (kubemark's idea).
+//! They speak the real agent gRPC API — bootstrap-token join with a CSR, mTLS,
+//! heartbeats, pod and service watches with resume — but run no containers and load
+//! no programs: a pod is "running" as soon as it is reported so, with an address from
+//! the node's pod CIDR.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use berth_api::agent::{
+    HeartbeatRequest, JoinRequest, PodStatusReport, WatchRequest, agent_client::AgentClient,
+    watch_event::Type,
+};
+use rcgen::{CertificateParams, DnType, KeyPair};
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+#[derive(Debug, thiserror::Error)]
+pub enum HollowError {
+    #[error("connecting: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("{0}")]
+    Rpc(#[from] tonic::Status),
+    #[error("key or CSR: {0}")]
+    Key(#[from] rcgen::Error),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What a hollow node has seen and done, for assertions.
+#[derive(Debug, Default, Clone)]
+pub struct HollowStats {
+    /// `namespace/name` → pod IP of pods it runs.
+    pub pods: BTreeMap<String, String>,
+    /// `Kind namespace/name` of Services and Endpoints it knows.
+    pub services: BTreeSet<String>,
+    /// Times a watch had to start over from a snapshot (compaction, reconnects).
+    pub resyncs: usize,
+}
+
+pub struct HollowNode {
+    pub name: String,
+    pub pod_cidr: String,
+    client: AgentClient<Channel>,
+}
+
+impl HollowNode {
+    /// Joins the cluster: a fresh key, a CSR, and the bootstrap token for a certificate.
+    pub async fn join(
+        endpoint: &str,
+        ca_pem: &str,
+        bootstrap_token: &str,
+        name: &str,
+    ) -> Result<Self, HollowError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, name);
+        let csr_pem = params.serialize_request(&key)?.pem()?;
+        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem));
+        let anonymous = Channel::from_shared(endpoint.to_owned())
+            .map_err(|e| HollowError::Invalid(e.to_string()))?
+            .tls_config(tls.clone())?
+            .connect()
+            .await?;
+        let joined = AgentClient::new(anonymous)
+            .join(JoinRequest {
+                bootstrap_token: bootstrap_token.to_owned(),
+                node_name: name.to_owned(),
+                csr_pem,
+            })
+            .await?
+            .into_inner();
+        let identity = Identity::from_pem(joined.certificate_pem, key.serialize_pem());
+        let channel = Channel::from_shared(endpoint.to_owned())
+            .map_err(|e| HollowError::Invalid(e.to_string()))?
+            .tls_config(tls.identity(identity))?
+            .connect()
+            .await?;
+        Ok(Self {
+            name: name.to_owned(),
+            pod_cidr: joined.pod_cidr,
+            client: AgentClient::new(channel),
+        })
+    }
+
+    pub fn client(&self) -> AgentClient<Channel> {
+        self.client.clone()
+    }
+
+    pub async fn heartbeat(&self) -> Result<(), HollowError> {
+        let status = json!({
+            "allocatable": {"cpu": "4", "memory": "8Gi"},
+            "addresses": [{"type": "InternalIP", "address": self.gateway().to_string()}],
+        });
+        self.client
+            .clone()
+            .heartbeat(HeartbeatRequest {
+                status_json: serde_json::to_vec(&status).unwrap_or_default(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    fn gateway(&self) -> Ipv4Addr {
+        let base: Ipv4Addr = self
+            .pod_cidr
+            .split_once('/')
+            .and_then(|(a, _)| a.parse().ok())
+            .unwrap_or(Ipv4Addr::UNSPECIFIED);
+        Ipv4Addr::from(u32::from(base) + 1)
+    }
+
+    /// Runs heartbeats and both watches until the handle is dropped.
+    pub async fn start(self, heartbeat_every: Duration) -> Result<HollowHandle, HollowError> {
+        self.heartbeat().await?;
+        let stats = Arc::new(Mutex::new(HollowStats::default()));
+        let node = Arc::new(self);
+        let heartbeat = {
+            let node = Arc::clone(&node);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(heartbeat_every).await;
+                    if let Err(e) = node.heartbeat().await {
+                        tracing::debug!(node = %node.name, "heartbeat failed: {e}");
+                    }
+                }
+            })
+        };
+        let pods = tokio::spawn(run_pods(Arc::clone(&node), Arc::clone(&stats)));
+        let services = tokio::spawn(run_services(Arc::clone(&node), Arc::clone(&stats)));
+        Ok(HollowHandle {
+            name: node.name.clone(),
+            pod_cidr: node.pod_cidr.clone(),
+            stats,
+            tasks: vec![heartbeat, pods, services],
+        })
+    }
+}
+
+/// A running hollow node; dropping it stops it (as a crashed agent would).
+pub struct HollowHandle {
+    pub name: String,
+    pub pod_cidr: String,
+    stats: Arc<Mutex<HollowStats>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl HollowHandle {
+    pub fn stats(&self) -> HollowStats {
+        self.stats.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for HollowHandle {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+fn update(stats: &Mutex<HollowStats>, f: impl FnOnce(&mut HollowStats)) {
+    if let Ok(mut stats) = stats.lock() {
+        f(&mut stats);
+    }
+}
+
+/// Watches its pods and reports each new one running and ready.
+async fn run_pods(node: Arc<HollowNode>, stats: Arc<Mutex<HollowStats>>) {
+    let mut resource_version = String::new();
+    let mut next_host = 2u32;
+    loop {
+        let stream = node
+            .client()
+            .watch_pods(WatchRequest {
+                resource_version: resource_version.clone(),
+            })
+            .await;
+        let mut stream = match stream {
+            Ok(stream) => stream.into_inner(),
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        while let Ok(Some(event)) = stream.message().await {
+            let kind = Type::try_from(event.r#type).unwrap_or(Type::Unspecified);
+            if kind == Type::Expired {
+                resource_version.clear();
+                update(&stats, |s| s.resyncs += 1);
+                break;
+            }
+            resource_version = event.resource_version.clone();
+            let Ok(pod) = serde_json::from_slice::<Value>(&event.object_json) else {
+                continue;
+            };
+            let namespace = pod["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let name = pod["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let key = format!("{namespace}/{name}");
+            match kind {
+                Type::Deleted => update(&stats, |s| {
+                    s.pods.remove(&key);
+                }),
+                Type::Added | Type::Modified => {
+                    if pod
+                        .pointer("/status/podIP")
+                        .and_then(Value::as_str)
+                        .is_some()
+                    {
+                        continue;
+                    }
+                    let ip = Ipv4Addr::from(u32::from(node.gateway()) - 1 + next_host);
+                    next_host = if next_host >= 254 { 2 } else { next_host + 1 };
+                    let status = json!({
+                        "phase": "Running", "podIP": ip.to_string(), "hostIP": node.gateway().to_string(),
+                        "conditions": [{"type": "Ready", "status": "True"}],
+                    });
+                    let report = PodStatusReport {
+                        namespace,
+                        name,
+                        status_json: serde_json::to_vec(&status).unwrap_or_default(),
+                    };
+                    if node.client().report_pod_status(report).await.is_ok() {
+                        update(&stats, |s| {
+                            s.pods.insert(key, ip.to_string());
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Keeps the set of Services and Endpoints, as an agent's datapath would.
+async fn run_services(node: Arc<HollowNode>, stats: Arc<Mutex<HollowStats>>) {
+    let mut resource_version = String::new();
+    loop {
+        let stream = node
+            .client()
+            .watch_services(WatchRequest {
+                resource_version: resource_version.clone(),
+            })
+            .await;
+        let mut stream = match stream {
+            Ok(stream) => stream.into_inner(),
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        while let Ok(Some(event)) = stream.message().await {
+            let kind = Type::try_from(event.r#type).unwrap_or(Type::Unspecified);
+            if kind == Type::Expired {
+                resource_version.clear();
+                update(&stats, |s| {
+                    s.services.clear();
+                    s.resyncs += 1;
+                });
+                break;
+            }
+            resource_version = event.resource_version.clone();
+            let Ok(object) = serde_json::from_slice::<Value>(&event.object_json) else {
+                continue;
+            };
+            let key = format!(
+                "{} {}/{}",
+                event.kind,
+                object["metadata"]["namespace"].as_str().unwrap_or_default(),
+                object["metadata"]["name"].as_str().unwrap_or_default()
+            );
+            match kind {
+                Type::Added | Type::Modified => update(&stats, |s| {
+                    s.services.insert(key);
+                }),
+                Type::Deleted => update(&stats, |s| {
+                    s.services.remove(&key);
+                }),
+                _ => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! The agents' gRPC API with hollow nodes: bootstrap join, mTLS identity, pod and
+//! service watches, status reports, and failover when a node dies.
+
+mod common;
+
+use std::{future::Future, time::Duration};
+
+use axum::http::Method;
+use berth_api::agent::{HeartbeatRequest, JoinRequest, PodStatusReport, agent_client::AgentClient};
+use berth_control::hollow::{HollowHandle, HollowNode};
+use common::{TestServer, start_with};
+use serde_json::Value;
+use tonic::{
+    Code,
+    transport::{Certificate, Channel, ClientTlsConfig},
+};
+
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    for _ in 0..600 {
+        if let Some(value) = check().await {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+struct Cluster {
+    t: TestServer,
+    ca: String,
+    token: String,
+}
+
+/// Short node grace and eviction timeouts, for failover tests.
+async fn cluster() -> Cluster {
+    cluster_with(&["--node-grace", "1", "--pod-eviction-timeout", "1"]).await
+}
+
+async fn cluster_with(extra: &[&str]) -> Cluster {
+    let t = start_with(extra).await;
+    let pki = t.dir.path().join("pki");
+    let ca = std::fs::read_to_string(pki.join("ca.crt")).expect("ca.crt");
+    let token = std::fs::read_to_string(pki.join("bootstrap-token")).expect("bootstrap-token");
+    Cluster { t, ca, token }
+}
+
+impl Cluster {
+    async fn node(&self, name: &str) -> HollowHandle {
+        self.node_with_heartbeat(name, Duration::from_millis(200))
+            .await
+    }
+
+    async fn node_with_heartbeat(&self, name: &str, every: Duration) -> HollowHandle {
+        HollowNode::join(&self.t.server.agent_url, &self.ca, &self.token, name)
+            .await
+            .expect("join")
+            .start(every)
+            .await
+            .expect("start")
+    }
+
+    async fn anonymous(&self) -> AgentClient<Channel> {
+        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca));
+        let channel = Channel::from_shared(self.t.server.agent_url.clone())
+            .expect("url")
+            .tls_config(tls)
+            .expect("tls")
+            .connect()
+            .await
+            .expect("connect");
+        AgentClient::new(channel)
+    }
+
+    async fn pods(&self) -> Vec<Value> {
+        let (_, list) = self
+            .t
+            .call(Method::GET, "/api/v1/namespaces/default/pods", None)
+            .await;
+        list["items"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+fn manifest(replicas: u32) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: web}}\nspec:\n  replicas: {replicas}\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec: {{containers: [{{name: web, image: 'echo:1', ports: [{{containerPort: 8080}}]}}]}}\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec: {{selector: {{app: web}}, ports: [{{port: 80, targetPort: 8080}}]}}\n"
+    )
+}
+
+fn in_cidr(ip: &str, cidr: &str) -> bool {
+    let prefix = cidr.trim_end_matches("0/24");
+    ip.starts_with(prefix)
+}
+
+#[tokio::test]
+async fn join_requires_the_bootstrap_token_and_calls_require_a_node_certificate() {
+    let c = cluster().await;
+    let mut anonymous = c.anonymous().await;
+    let wrong = anonymous
+        .join(JoinRequest {
+            bootstrap_token: "guess".to_owned(),
+            node_name: "n1".to_owned(),
+            csr_pem: String::new(),
+        })
+        .await
+        .expect_err("wrong token");
+    assert_eq!(wrong.code(), Code::Unauthenticated);
+    let bad_csr = anonymous
+        .join(JoinRequest {
+            bootstrap_token: c.token.clone(),
+            node_name: "n1".to_owned(),
+            csr_pem: "not a csr".to_owned(),
+        })
+        .await
+        .expect_err("bad csr");
+    assert_eq!(bad_csr.code(), Code::InvalidArgument);
+    let no_cert = anonymous
+        .heartbeat(HeartbeatRequest::default())
+        .await
+        .expect_err("no client certificate");
+    assert_eq!(no_cert.code(), Code::Unauthenticated);
+}
+
+#[tokio::test]
+async fn hollow_nodes_run_a_deployment_and_fail_over() {
+    let c = cluster().await;
+    let n0 = c.node("n0").await;
+    let n1 = c.node("n1").await;
+    let n2 = c.node("n2").await;
+    let cidrs = [&n0.pod_cidr, &n1.pod_cidr, &n2.pod_cidr];
+    assert!(
+        cidrs[0] != cidrs[1] && cidrs[1] != cidrs[2] && cidrs[0] != cidrs[2],
+        "{cidrs:?}"
+    );
+    let (_, node) = c.t.call(Method::GET, "/api/v1/nodes/n0", None).await;
+    assert_eq!(node["spec"]["podCIDR"], n0.pod_cidr.as_str());
+    assert_eq!(node["status"]["conditions"][0]["status"], "True");
+
+    let (status, body) = c.t.apply(&manifest(6)).await;
+    assert_eq!(status, 200, "{body}");
+    eventually("two running pods per node", || async {
+        let all = [n0.stats(), n1.stats(), n2.stats()];
+        all.iter().all(|s| s.pods.len() == 2).then_some(())
+    })
+    .await;
+    for node in [&n0, &n1, &n2] {
+        for ip in node.stats().pods.values() {
+            assert!(
+                in_cidr(ip, &node.pod_cidr),
+                "{ip} outside {}",
+                node.pod_cidr
+            );
+        }
+    }
+    eventually("endpoints everywhere", || async {
+        let (_, ep) =
+            c.t.call(
+                Method::GET,
+                "/api/v1/namespaces/default/endpoints/web",
+                None,
+            )
+            .await;
+        let ready = ep
+            .pointer("/subsets/0/addresses")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
+        let known = [&n0, &n1, &n2].iter().all(|n| {
+            n.stats().services.contains("Endpoints default/web")
+                && n.stats().services.contains("Service default/web")
+        });
+        (ready == 6 && known).then_some(())
+    })
+    .await;
+
+    // A node may only report on its own pods.
+    let foreign = c
+        .pods()
+        .await
+        .into_iter()
+        .find(|p| p["spec"]["nodeName"] == "n1")
+        .expect("a pod on n1");
+    let denied = HollowNode::join(&c.t.server.agent_url, &c.ca, &c.token, "n0")
+        .await
+        .expect("second join of n0 reuses its CIDR")
+        .client()
+        .report_pod_status(PodStatusReport {
+            namespace: "default".to_owned(),
+            name: foreign["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            status_json: b"{\"phase\": \"Failed\"}".to_vec(),
+        })
+        .await
+        .expect_err("n0 reporting for n1");
+    assert_eq!(denied.code(), Code::PermissionDenied);
+
+    // n2's agent dies: its pods are evicted and rescheduled onto n0 and n1.
+    drop(n2);
+    eventually("six pods on the two live nodes", || async {
+        let pods = c.pods().await;
+        let live = pods
+            .iter()
+            .filter(|p| p["spec"]["nodeName"] != "n2")
+            .count();
+        let running = n0.stats().pods.len() + n1.stats().pods.len();
+        (pods.len() == 6 && live == 6 && running == 6).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn many_hollow_nodes() {
+    const NODES: usize = 20;
+    const REPLICAS: u32 = 100;
+    // Default node grace: heartbeats are store writes, so they stay infrequent here.
+    let c = cluster_with(&[]).await;
+    let mut nodes = Vec::new();
+    for i in 0..NODES {
+        nodes.push(
+            c.node_with_heartbeat(&format!("hollow-{i}"), Duration::from_secs(10))
+                .await,
+        );
+    }
+    let (status, _) = c.t.apply(&manifest(REPLICAS)).await;
+    assert_eq!(status, 200);
+    eventually("every replica running", || async {
+        let running: usize = nodes.iter().map(|n| n.stats().pods.len()).sum();
+        (running == REPLICAS as usize).then_some(())
+    })
+    .await;
+    let per_node: Vec<usize> = nodes.iter().map(|n| n.stats().pods.len()).collect();
+    assert!(
+        per_node.iter().all(|n| *n == 5),
+        "spread evenly: {per_node:?}"
+    );
+}
