@@ -2,6 +2,9 @@
 //! and programs the eBPF service datapath.
 
 pub mod datapath;
+pub mod ipam;
 pub use berth_net as net;
 pub mod podnet;
+pub mod pods;
+pub mod probes;
 pub mod runtime;
