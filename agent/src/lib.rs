@@ -7,4 +7,5 @@ pub use berth_net as net;
 pub mod podnet;
 pub mod pods;
 pub mod probes;
+pub mod readiness;
 pub mod runtime;

@@ -18,6 +18,10 @@ use std::{
 };
 
 use berth_agent::{
+    datapath::{
+        Algorithm, BackendSpec, BackendState, Datapath, DatapathOptions, Frontend, Node, Protocol,
+        Service, ServiceSet,
+    },
     ipam::Cidr,
     net, podnet,
     pods::{
@@ -25,9 +29,11 @@ use berth_agent::{
         PodManager, PodManagerConfig, PodPhase, PodReport, RestartPolicy, reason,
     },
     probes::{ProbeAction, ProbeEvent, ProbeKind, ProbeResult, ProbeSpec},
+    readiness::LocalReadiness,
     runtime::{DEFAULT_SOCKET, DockerRuntime, Limits, labels},
 };
 use berth_echo::{DEFAULT_PORT, IMAGE_V1, PAUSE_IMAGE, Reply, UNHEALTHY_FILE};
+use berth_testkit::PinDir;
 use tokio::{
     runtime::{Handle, Runtime},
     sync::{mpsc::UnboundedReceiver, oneshot, watch},
@@ -275,6 +281,19 @@ impl Events {
                     self.backlog
                 ),
             }
+        }
+    }
+
+    /// The next event of any kind, with when it arrived (after the backlog's).
+    async fn next(&mut self) -> (PodEvent, Instant) {
+        if !self.backlog.is_empty() {
+            let (event, arrived) = self.backlog.remove(0);
+            return (PodEvent::Probe(event), arrived);
+        }
+        match tokio::time::timeout(PATIENCE, self.receiver.recv()).await {
+            Ok(Some(event)) => (event, Instant::now()),
+            Ok(None) => panic!("the event channel closed"),
+            Err(_) => panic!("no event within {PATIENCE:?}"),
         }
     }
 
@@ -905,4 +924,182 @@ fn a_pod_no_longer_desired_is_torn_down() {
     assert!(manager.report(&pod.uid).is_none());
     let pass = rt.block_on(manager.reconcile(&[])).expect("reconcile");
     assert!(pass.actions.is_empty(), "{:?}", pass.actions);
+}
+
+#[test]
+fn a_readiness_failure_takes_the_backend_out_of_the_datapath_within_one_period() {
+    let rt = tokio_runtime();
+    let mut node = TestNode::new(&rt, "198.18.109.0/24");
+    let (mut manager, mut events) = node.manager(BackoffConfig::default());
+    let mut pod = node.echo_pod("backend", RestartPolicy::Always);
+    let readiness = http_probe("/readyz", ProbeKind::Readiness);
+    let bound = readiness.period + readiness.timeout + Duration::from_secs(2);
+    pod.containers[0].probes.readiness = Some(readiness);
+    let desired = vec![pod.clone()];
+    let report = rt.block_on(drive(
+        &mut manager,
+        &desired,
+        &pod.uid,
+        "ready",
+        running_and_ready,
+    ));
+    let ip = report.pod_ip.expect("an IP");
+
+    // The service the control plane would send: this pod and a backend elsewhere.
+    let pins = PinDir::new("pods");
+    let mut datapath = Datapath::open(DatapathOptions {
+        pin_dir: pins.path().to_path_buf(),
+        node_id: 1,
+        node_addr: NODE_IP,
+        limits: berth_agent::datapath::Limits {
+            max_services: 8,
+            max_backends: 64,
+            max_connections: 1024,
+            max_affinity: 64,
+            max_nodes: 4,
+            maglev_min_table: 1021,
+            maglev_pool_slots: 1 << 14,
+        },
+    })
+    .expect("loading the datapath");
+    let frontend = Frontend {
+        addr: Ipv4Addr::new(198, 19, 0, 10),
+        port: 80,
+        protocol: Protocol::Tcp,
+        external: false,
+    };
+    let backend = |addr| BackendSpec {
+        addr,
+        port: DEFAULT_PORT,
+        node_id: 1,
+        state: BackendState::Active,
+    };
+    let elsewhere = Ipv4Addr::new(198, 18, 9, 2);
+    let services = ServiceSet {
+        services: vec![Service {
+            name: "default/backend:http".to_owned(),
+            frontends: vec![frontend],
+            backends: vec![backend(ip), backend(elsewhere)],
+            algorithm: Algorithm::Maglev,
+            affinity_timeout: None,
+        }],
+        nodes: vec![Node {
+            id: 1,
+            addr: NODE_IP,
+        }],
+    };
+    let mut local = LocalReadiness::default();
+    let in_table = |datapath: &Datapath, addr: Ipv4Addr| {
+        datapath
+            .live_table(&frontend)
+            .expect("read the Maglev table")
+            .expect("the service is programmed")
+            .contains(&(addr, DEFAULT_PORT))
+    };
+    // Whatever happened so far (the first readiness success) goes in first.
+    for event in events.drain() {
+        local.observe(&PodEvent::Probe(event));
+    }
+    datapath
+        .apply(&local.overlay(&services))
+        .expect("apply the services");
+    assert!(in_table(&datapath, ip), "the ready pod is a backend");
+
+    let (code, _) = http(&node.name, ip, "POST", "/fail/ready");
+    assert_eq!(code, 200);
+    let failed_at = Instant::now();
+    let applied_at = rt.block_on(async {
+        loop {
+            let (event, _) = events.next().await;
+            if local.observe(&event) {
+                datapath
+                    .apply(&local.overlay(&services))
+                    .expect("apply the services");
+                break Instant::now();
+            }
+        }
+    });
+    let took = applied_at.duration_since(failed_at);
+    assert!(
+        !in_table(&datapath, ip),
+        "the unready pod gets no new flows"
+    );
+    assert!(
+        in_table(&datapath, elsewhere),
+        "the other backend takes them"
+    );
+    assert!(
+        took <= bound,
+        "out of the datapath after {took:?} (bound {bound:?})"
+    );
+
+    let (code, _) = http(&node.name, ip, "POST", "/recover");
+    assert_eq!(code, 200);
+    rt.block_on(async {
+        loop {
+            let (event, _) = events.next().await;
+            if local.observe(&event) {
+                datapath
+                    .apply(&local.overlay(&services))
+                    .expect("apply the services");
+                break;
+            }
+        }
+    });
+    assert!(in_table(&datapath, ip), "back in once ready again");
+    drop(datapath);
+    drop(pins);
+}
+
+#[test]
+fn the_run_loop_keeps_restarting_crashed_containers_without_its_feed() {
+    let rt = tokio_runtime();
+    let mut node = TestNode::new(&rt, "198.18.110.0/24");
+    let (manager, _events) = node.manager(BackoffConfig::default());
+    let pod = node.echo_pod("orphan", RestartPolicy::Always);
+    let (desired_tx, desired_rx) = watch::channel(vec![pod.clone()]);
+    let (reports_tx, mut reports_rx) = watch::channel(Vec::new());
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let running = rt.spawn(manager.run(desired_rx, reports_tx, async move {
+        let _ = stop_rx.await;
+    }));
+    let uid = pod.uid.clone();
+    let wait_for = |reports_rx: &mut watch::Receiver<Vec<PodReport>>,
+                    what: &str,
+                    done: &dyn Fn(&PodReport) -> bool| {
+        rt.block_on(async {
+            let reports = tokio::time::timeout(
+                PATIENCE,
+                reports_rx.wait_for(|reports| {
+                    reports
+                        .iter()
+                        .any(|report| report.uid == uid && done(report))
+                }),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("no report of {what} within {PATIENCE:?}"))
+            .expect("the manager publishes reports");
+            reports
+                .iter()
+                .find(|report| report.uid == uid)
+                .cloned()
+                .expect("the pod's report")
+        })
+    };
+    let report = wait_for(&mut reports_rx, "the pod running", &|report| {
+        report.phase == PodPhase::Running
+    });
+    // The control plane is unreachable: nothing feeds desired pods any more.
+    drop(desired_tx);
+    rt.block_on(node.docker.kill(&container_id(&report), "SIGKILL"))
+        .expect("kill the app container");
+    let restarted = wait_for(&mut reports_rx, "the restart", &|report| {
+        report
+            .container("echo")
+            .is_some_and(|echo| echo.restart_count == 1 && echo.state == ContainerState::Running)
+    });
+    assert_ne!(container_id(&restarted), container_id(&report));
+    assert_eq!(restarted.pod_ip, report.pod_ip);
+    let _ = stop_tx.send(());
+    drop(rt.block_on(running).expect("the run loop ends on shutdown"));
 }
