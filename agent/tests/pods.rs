@@ -1103,3 +1103,72 @@ fn the_run_loop_keeps_restarting_crashed_containers_without_its_feed() {
     let _ = stop_tx.send(());
     drop(rt.block_on(running).expect("the run loop ends on shutdown"));
 }
+
+#[test]
+fn a_lost_sandbox_is_set_up_again_with_the_same_address() {
+    let rt = tokio_runtime();
+    let mut node = TestNode::new(&rt, "198.18.111.0/24");
+    let (mut manager, _events) = node.manager(BackoffConfig::default());
+    let pod = node.echo_pod("sandboxed", RestartPolicy::Always);
+    let desired = vec![pod.clone()];
+    let report = rt.block_on(drive(
+        &mut manager,
+        &desired,
+        &pod.uid,
+        "running",
+        |report| report.phase == PodPhase::Running,
+    ));
+    let ip = report.pod_ip.expect("an IP");
+    let old_app = container_id(&report);
+    let pause = node
+        .containers_of(&pod.uid)
+        .into_iter()
+        .find(|container| {
+            container
+                .labels
+                .get(labels::CONTAINER_NAME)
+                .map(String::as_str)
+                == Some("POD")
+        })
+        .expect("a pause container");
+    rt.block_on(node.docker.kill(&pause.id, "SIGKILL"))
+        .expect("kill the pause container");
+
+    let mut lost = false;
+    let report = rt.block_on(async {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let pass = manager.reconcile(&desired).await.expect("reconcile");
+            lost |= pass
+                .actions
+                .iter()
+                .any(|action| action.kind == ActionKind::SandboxLost);
+            if let Some(report) = manager.report(&pod.uid)
+                && lost
+                && report.phase == PodPhase::Running
+                && report
+                    .container("echo")
+                    .is_some_and(|echo| echo.state == ContainerState::Running)
+            {
+                return report;
+            }
+            assert!(Instant::now() < deadline, "{:#?}", manager.report(&pod.uid));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    assert_eq!(report.pod_ip, Some(ip), "the pod keeps its address");
+    assert_ne!(
+        container_id(&report),
+        old_app,
+        "the app container was set up again"
+    );
+    assert_eq!(
+        report.container("echo").map(|echo| echo.restart_count),
+        Some(1)
+    );
+    let containers = node.containers_of(&pod.uid);
+    assert_eq!(containers.len(), 2, "no leftovers: {containers:?}");
+    assert!(containers.iter().all(|container| container.id != pause.id));
+    let (code, _) = http(&node.name, ip, "GET", "/");
+    assert_eq!(code, 200);
+}

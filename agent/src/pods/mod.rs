@@ -189,6 +189,16 @@ struct Sandbox {
     network: PodNetwork,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SandboxOutcome {
+    /// Running already (or adopted): the observed app containers are its own.
+    Running,
+    /// Set up in this pass: any app containers seen before were removed.
+    New,
+    /// None could be set up.
+    Missing,
+}
+
 #[derive(Default)]
 struct ContainerTrack {
     instance: Option<Instance>,
@@ -493,13 +503,17 @@ impl PodManager {
             message: String::new(),
         });
         state.desired = desired.clone();
-        let (pauses, apps): (Vec<_>, Vec<_>) = containers.into_iter().partition(|container| {
+        let (pauses, mut apps): (Vec<_>, Vec<_>) = containers.into_iter().partition(|container| {
             label(container, labels::CONTAINER_NAME) == Some(PAUSE_CONTAINER)
         });
-        if self
+        let sandbox = self
             .ensure_sandbox(&mut state, &pauses, &apps, actions)
-            .await
-        {
+            .await;
+        if sandbox != SandboxOutcome::Missing {
+            if sandbox == SandboxOutcome::New {
+                // The old sandbox's app containers were removed with it.
+                apps.clear();
+            }
             state.message.clear();
             let wanted: BTreeSet<&str> = desired
                 .containers
@@ -530,21 +544,21 @@ impl PodManager {
     }
 
     /// Makes sure the pod has a running pause container with its network wired;
-    /// adopts one that runs already. False when there is none (the reason is on the pod).
+    /// adopts one that runs already. When there is none, the reason is on the pod.
     async fn ensure_sandbox(
         &mut self,
         state: &mut PodState,
         pauses: &[ContainerSummary],
         apps: &[ContainerSummary],
         actions: &mut Vec<Action>,
-    ) -> bool {
+    ) -> SandboxOutcome {
         let pod = state.desired.key();
         let uid = state.desired.uid.clone();
         let running_pause = pauses.iter().find(|pause| is_running(pause));
         if let (Some(sandbox), Some(pause)) = (&state.sandbox, running_pause)
             && sandbox.pause_id == pause.id
         {
-            return true;
+            return SandboxOutcome::Running;
         }
         if state.sandbox.is_none()
             && let Some(pause) = running_pause
@@ -560,7 +574,7 @@ impl PodManager {
                         },
                     });
                     state.sandbox = Some(sandbox);
-                    return true;
+                    return SandboxOutcome::Running;
                 }
                 Err(message) => {
                     tracing::warn!(%pod, %message, "can't adopt the pod's sandbox; setting it up again");
@@ -605,7 +619,7 @@ impl PodManager {
                     },
                 });
                 state.sandbox = Some(sandbox);
-                true
+                SandboxOutcome::New
             }
             Err(message) => {
                 state.message = format!("{}: {message}", reason::SANDBOX_ERROR);
@@ -615,7 +629,7 @@ impl PodManager {
                     container: None,
                     kind: ActionKind::SandboxFailed { message },
                 });
-                false
+                SandboxOutcome::Missing
             }
         }
     }
