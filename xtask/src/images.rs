@@ -14,7 +14,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use berth_echo::IMAGES;
+use berth_echo::{IMAGES, PAUSE_IMAGE};
 
 use crate::{
     setup::{DOCKER_SOCKET, docker_answers},
@@ -85,14 +85,65 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             started.elapsed().as_secs_f64()
         );
     }
-    // Tags moved to new builds leave their old images behind untagged; only ours are pruned.
+    build_pause(&work_dir, &busybox_sha, args.force)?;
+    // Tags moved to new builds leave their old images behind untagged; only ours (they
+    // all carry the recipe label) are pruned.
     let _ = output(docker().args([
         "image",
         "prune",
         "--force",
         "--filter",
-        &format!("label={BINARY_LABEL}"),
+        &format!("label={RECIPE_LABEL}"),
     ]));
+    Ok(())
+}
+
+/// The pod sandbox image: busybox's shell, sleeping until SIGTERM. As PID 1 it would
+/// ignore signals it has no handler for, so the trap makes it exit at once on stop.
+const PAUSE_ENTRYPOINT: &str =
+    r#"["/bin/sh", "-c", "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done"]"#;
+
+fn pause_dockerfile(recipe_sha: Option<&str>) -> String {
+    let mut text = format!("FROM scratch\nCOPY rootfs/ /\nENTRYPOINT {PAUSE_ENTRYPOINT}\n");
+    if let Some(sha) = recipe_sha {
+        text.push_str(&format!("LABEL {RECIPE_LABEL}=\"{sha}\"\n"));
+    }
+    text
+}
+
+fn build_pause(work_dir: &Path, busybox_sha: &str, force: bool) -> anyhow::Result<()> {
+    let recipe = pause_dockerfile(None);
+    let recipe_sha = sha256_bytes(format!("{recipe}\nbusybox {busybox_sha}\n").as_bytes())?;
+    let format = format!("{{{{index .Config.Labels \"{RECIPE_LABEL}\"}}}}");
+    let current = output(docker().args(["image", "inspect", "--format", &format, PAUSE_IMAGE]));
+    if !force && current.as_deref().map(str::trim) == Some(recipe_sha.as_str()) {
+        println!("images: {PAUSE_IMAGE} is up to date");
+        return Ok(());
+    }
+    let started = Instant::now();
+    println!("images: building {PAUSE_IMAGE} (docker build, FROM scratch: nothing is pulled)");
+    let context = work_dir
+        .join("context")
+        .join(PAUSE_IMAGE.replace([':', '/'], "-"));
+    if context.exists() {
+        fs::remove_dir_all(&context).with_context(|| format!("clearing {}", context.display()))?;
+    }
+    let bin = context.join("rootfs/bin");
+    fs::create_dir_all(&bin).with_context(|| format!("creating {}", bin.display()))?;
+    fs::copy(BUSYBOX, bin.join("busybox")).context("copying busybox into the context")?;
+    for applet in ["sh", "sleep"] {
+        std::os::unix::fs::symlink("busybox", bin.join(applet))
+            .with_context(|| format!("linking the {applet} applet"))?;
+    }
+    fs::write(
+        context.join("Dockerfile"),
+        pause_dockerfile(Some(&recipe_sha)),
+    )?;
+    docker_build(PAUSE_IMAGE, &context)?;
+    println!(
+        "images: built {PAUSE_IMAGE} in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

@@ -5,14 +5,23 @@ use std::{collections::HashMap, time::Duration};
 use bollard::{
     API_DEFAULT_VERSION, Docker,
     errors::Error as BollardError,
+    exec::{CreateExecOptions, StartExecResults},
     models::{ContainerCreateBody, HostConfig, RestartPolicy, RestartPolicyNameEnum},
     query_parameters::{
-        CreateContainerOptionsBuilder, InspectContainerOptions, ListContainersOptionsBuilder,
-        RemoveContainerOptionsBuilder, StartContainerOptions, StopContainerOptionsBuilder,
+        CreateContainerOptionsBuilder, InspectContainerOptions, KillContainerOptionsBuilder,
+        ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, StartContainerOptions,
+        StopContainerOptionsBuilder,
     },
 };
+use futures_util::StreamExt as _;
 
-use super::{ContainerSpec, ContainerStatus, ContainerSummary, Limits, RuntimeError};
+use super::{
+    ContainerSpec, ContainerStatus, ContainerSummary, ExecOutput, Limits, NetworkMode, RuntimeError,
+};
+
+/// Exec output beyond this is dropped: probes only need the exit code, and a chatty
+/// command must not make the agent buffer without bound.
+const MAX_EXEC_OUTPUT: usize = 4096;
 
 /// Engine requests give up after this long, so a hung engine shows up as an error.
 const REQUEST_TIMEOUT_SECS: u64 = 120;
@@ -180,6 +189,95 @@ impl DockerRuntime {
         }
     }
 
+    /// Sends `signal` (`SIGKILL`, `SIGTERM`, ...) to the container's init process.
+    pub async fn kill(&self, container: &str, signal: &str) -> Result<(), RuntimeError> {
+        let options = KillContainerOptionsBuilder::new().signal(signal).build();
+        self.docker
+            .kill_container(container, Some(options))
+            .await
+            .map_err(|error| not_found_or(error, container, "container kill"))
+    }
+
+    /// Runs `command` in the running container and waits at most `timeout` for it.
+    /// The engine has no way to stop an exec'd process, so on timeout it may run on
+    /// (as with Kubernetes' dockershim); the caller gets [`RuntimeError::Timeout`].
+    pub async fn exec(
+        &self,
+        container: &str,
+        command: &[String],
+        timeout: Duration,
+    ) -> Result<ExecOutput, RuntimeError> {
+        tokio::time::timeout(timeout, self.exec_inner(container, command))
+            .await
+            .map_err(|_| RuntimeError::Timeout {
+                operation: "container exec",
+                timeout,
+            })?
+    }
+
+    async fn exec_inner(
+        &self,
+        container: &str,
+        command: &[String],
+    ) -> Result<ExecOutput, RuntimeError> {
+        if command.is_empty() {
+            return Err(RuntimeError::InvalidSpec(
+                "exec command is empty".to_owned(),
+            ));
+        }
+        let options = CreateExecOptions {
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            cmd: Some(command.to_vec()),
+            ..CreateExecOptions::default()
+        };
+        let created = self
+            .docker
+            .create_exec(container, options)
+            .await
+            .map_err(|error| not_found_or(error, container, "exec create"))?;
+        let started = self
+            .docker
+            .start_exec(&created.id, None)
+            .await
+            .map_err(|source| RuntimeError::Docker {
+                operation: "exec start",
+                source,
+            })?;
+        let mut output = Vec::new();
+        if let StartExecResults::Attached {
+            output: mut stream, ..
+        } = started
+        {
+            // The stream ends when the command does.
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|source| RuntimeError::Docker {
+                    operation: "exec output",
+                    source,
+                })?;
+                let bytes = chunk.into_bytes();
+                let room = MAX_EXEC_OUTPUT.saturating_sub(output.len());
+                output.extend_from_slice(&bytes[..bytes.len().min(room)]);
+            }
+        }
+        let inspected = self
+            .docker
+            .inspect_exec(&created.id)
+            .await
+            .map_err(|source| RuntimeError::Docker {
+                operation: "exec inspect",
+                source,
+            })?;
+        let exit_code = inspected.exit_code.ok_or(RuntimeError::Incomplete {
+            operation: "exec inspect",
+            missing: "the exit code",
+        })?;
+        Ok(ExecOutput {
+            exit_code,
+            output: String::from_utf8_lossy(&output).into_owned(),
+        })
+    }
+
     /// Removes the container, killing it first if it still runs, with its anonymous
     /// volumes. A container that is already gone (or going) is not an error: removal is
     /// what cleanup paths call, and they must be safe to repeat.
@@ -262,10 +360,18 @@ fn create_body(spec: &ContainerSpec) -> Result<ContainerCreateBody, RuntimeError
         .memory_bytes
         .map(|bytes| i64::try_from(bytes).map_err(|_| too_big("memory")))
         .transpose()?;
+    let (network_mode, hostname) = match &spec.network {
+        // As in Kubernetes, a pod's hostname is its name (at most one DNS label long).
+        NetworkMode::None => (
+            "none".to_owned(),
+            Some(spec.pod_name.chars().take(63).collect()),
+        ),
+        // The engine refuses a hostname here: the container takes its namespace owner's.
+        NetworkMode::Container(owner) => (format!("container:{owner}"), None),
+    };
     Ok(ContainerCreateBody {
         image: Some(spec.image.clone()),
-        // As in Kubernetes, a pod's hostname is its name (at most one DNS label long).
-        hostname: Some(spec.pod_name.chars().take(63).collect()),
+        hostname,
         entrypoint: spec.command.clone(),
         cmd: spec.args.clone(),
         env: Some(
@@ -277,7 +383,7 @@ fn create_body(spec: &ContainerSpec) -> Result<ContainerCreateBody, RuntimeError
         labels: Some(spec.labels().into_iter().collect()),
         host_config: Some(HostConfig {
             // The agent wires the network itself (crate::podnet), as a CNI plugin does.
-            network_mode: Some("none".to_owned()),
+            network_mode: Some(network_mode),
             nano_cpus,
             memory,
             // Swap equal to memory means no swap beyond it: the limit means what it says.

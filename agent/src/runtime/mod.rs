@@ -18,6 +18,33 @@ pub mod labels {
     pub const POD_UID: &str = "berth.pod.uid";
     pub const CONTAINER_NAME: &str = "berth.container.name";
     pub const NODE: &str = "berth.node";
+    /// On a pod's pause container: the pod's IP, so an agent that restarts gets its
+    /// address book (IPAM) back from what runs.
+    pub const POD_IP: &str = "berth.pod.ip";
+    /// On app containers: how many times the container was restarted before this one
+    /// was created, so the restart count survives an agent restart.
+    pub const ATTEMPT: &str = "berth.container.attempt";
+    /// On app containers: a hash of the container's spec, to notice a changed spec.
+    pub const SPEC_HASH: &str = "berth.container.spec-hash";
+}
+
+/// Which network namespace a container gets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum NetworkMode {
+    /// A namespace of its own with only loopback: `crate::podnet` wires it.
+    #[default]
+    None,
+    /// The namespace of another container (a pod's pause container), so the app
+    /// container can restart without its pod losing the IP and veth.
+    Container(String),
+}
+
+/// What a command run in a container with [`DockerRuntime::exec`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    pub exit_code: i64,
+    /// Standard output and error, interleaved, lossily decoded and cut short.
+    pub output: String,
 }
 
 /// The engine's usual socket.
@@ -39,6 +66,9 @@ pub struct ContainerSpec {
     /// Environment variables in the order given.
     pub env: Vec<(String, String)>,
     pub limits: Limits,
+    pub network: NetworkMode,
+    /// Labels besides the identifying ones (which win on a clash).
+    pub extra_labels: BTreeMap<String, String>,
 }
 
 /// Resource limits; None leaves the resource unlimited.
@@ -52,6 +82,12 @@ pub struct Limits {
 impl ContainerSpec {
     /// The labels that identify this container's pod, container and node.
     pub fn labels(&self) -> BTreeMap<String, String> {
+        let mut labels = self.extra_labels.clone();
+        labels.extend(self.identity_labels());
+        labels
+    }
+
+    fn identity_labels(&self) -> BTreeMap<String, String> {
         [
             (labels::POD_NAMESPACE, &self.pod_namespace),
             (labels::POD_NAME, &self.pod_name),
@@ -112,6 +148,11 @@ impl ContainerSpec {
             return Err(RuntimeError::InvalidSpec(format!(
                 "environment variable name {key:?} is empty or contains '='"
             )));
+        }
+        if self.network == NetworkMode::Container(String::new()) {
+            return Err(RuntimeError::InvalidSpec(
+                "network mode container: names no container".to_owned(),
+            ));
         }
         if self.limits.cpu_millis == Some(0) || self.limits.memory_bytes == Some(0) {
             return Err(RuntimeError::InvalidSpec(
@@ -181,6 +222,11 @@ pub enum RuntimeError {
         operation: &'static str,
         #[source]
         source: bollard::errors::Error,
+    },
+    #[error("{operation} did not finish within {timeout:?}")]
+    Timeout {
+        operation: &'static str,
+        timeout: std::time::Duration,
     },
     #[error("Docker answered {operation} without {missing}")]
     Incomplete {

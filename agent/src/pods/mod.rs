@@ -1,0 +1,1117 @@
+//! The pod manager: runs this node's pods through the Docker Engine.
+//!
+//! [`PodManager::reconcile`] is a function of the desired pods and what the engine
+//! reports (kube-rs style): it may be called any number of times, and each call moves
+//! every pod one step closer to its spec, then says when to call again. It keeps no state
+//! that can't be found again on the engine, so a new manager (an agent restart) adopts
+//! the containers the last one left running instead of recreating them:
+//!
+//! - Each pod has a **pause container** that owns its network namespace (as in
+//!   Kubernetes). The agent wires that namespace (`crate::podnet`: veth, IP from the
+//!   node's pod CIDR, routes); app containers join it (network mode `container:<id>`), so
+//!   an app container can restart without the pod losing its address or veth.
+//! - Container labels carry what must survive a restart: pod identity and node
+//!   (`crate::runtime::labels`), the pod IP on the pause container (IPAM is rebuilt from
+//!   them), the restart count (attempt) and a spec hash on app containers.
+//! - Restarts follow the pod's policy with exponential back-off (CrashLoopBackOff).
+//!   A restart creates a fresh container (Kubernetes does the same), numbered by attempt.
+//! - Probes run in a worker task per container (`crate::probes`); their result changes
+//!   come out of [`PodManager::new`]'s event channel at once, ahead of any status.
+//!
+//! [`PodManager::run`] drives it: it reconciles whenever the desired pods change, a probe
+//! result changes, a back-off ends, or at least every resync period, and publishes pod
+//! reports on a watch channel. It reconciles against the last desired pods it was given,
+//! so while the control plane is unreachable crashed containers keep being restarted.
+
+mod backoff;
+mod spec;
+mod status;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    sync::{Notify, mpsc, watch},
+    task::AbortHandle,
+};
+
+pub use self::{
+    backoff::BackoffConfig,
+    spec::{ContainerDesired, DEFAULT_TERMINATION_GRACE, PodDesired, RestartPolicy, SpecError},
+    status::{ContainerReport, ContainerState, PodPhase, PodReport, Terminated, reason},
+};
+use crate::{
+    ipam::{Cidr, Ipam, IpamError},
+    net,
+    podnet::{self, PodNetwork},
+    probes::{self, ProbeEvent, ProbeState, ProbeTarget},
+    runtime::{ContainerSpec, ContainerSummary, DockerRuntime, NetworkMode, RuntimeError, labels},
+};
+
+/// The container name of a pod's pause container. Not a DNS label (upper case), so no
+/// app container of a valid pod can be called that.
+pub const PAUSE_CONTAINER: &str = "POD";
+/// The default pause image, built by `cargo xtask images`.
+pub const DEFAULT_PAUSE_IMAGE: &str = berth_echo::PAUSE_IMAGE;
+/// How often the manager looks at the engine when nothing else wakes it: the bound on
+/// noticing a crashed container.
+pub const DEFAULT_RESYNC_PERIOD: Duration = Duration::from_secs(1);
+/// The pause container only sleeps; it gets no grace.
+const PAUSE_STOP_GRACE: Duration = Duration::ZERO;
+
+#[derive(Debug, Clone)]
+pub struct PodManagerConfig {
+    /// The node's name: its containers carry it as a label, so agents of several (test)
+    /// nodes can share one engine.
+    pub node: String,
+    pub pod_cidr: Cidr,
+    /// The named network namespace the pods' host veths live in and probes connect
+    /// from; None is the agent's own. Tests pass a node namespace of their own.
+    pub host_netns: Option<String>,
+    pub pause_image: String,
+    pub backoff: BackoffConfig,
+    pub resync_period: Duration,
+}
+
+impl PodManagerConfig {
+    pub fn new(node: &str, pod_cidr: Cidr) -> Self {
+        PodManagerConfig {
+            node: node.to_owned(),
+            pod_cidr,
+            host_netns: None,
+            pause_image: DEFAULT_PAUSE_IMAGE.to_owned(),
+            backoff: BackoffConfig::default(),
+            resync_period: DEFAULT_RESYNC_PERIOD,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PodError {
+    #[error("listing this node's containers: {0}")]
+    List(#[source] RuntimeError),
+    #[error("invalid pod manager configuration: {0}")]
+    Config(#[source] IpamError),
+}
+
+/// Something the manager did or saw, for logs, events and the control plane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Action {
+    /// `namespace/name`.
+    pub pod: String,
+    pub uid: String,
+    pub container: Option<String>,
+    pub kind: ActionKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ActionKind {
+    SandboxCreated {
+        ip: Ipv4Addr,
+    },
+    SandboxAdopted {
+        ip: Ipv4Addr,
+    },
+    /// The pause container is gone or stopped: the pod's containers and network are set
+    /// up again.
+    SandboxLost,
+    SandboxFailed {
+        message: String,
+    },
+    ContainerCreated {
+        id: String,
+        attempt: u32,
+    },
+    ContainerAdopted {
+        id: String,
+        attempt: u32,
+    },
+    ContainerExited {
+        id: String,
+        exit_code: Option<i64>,
+        reason: String,
+    },
+    /// The container's spec changed: it was replaced.
+    ContainerReplaced {
+        id: String,
+    },
+    BackOff {
+        delay: Duration,
+    },
+    ImageNotFound {
+        image: String,
+        message: String,
+    },
+    CreateFailed {
+        message: String,
+    },
+    PodRemoved,
+}
+
+/// What comes out of the manager's event channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PodEvent {
+    /// A probe result changed. A readiness failure is the signal to take the pod's
+    /// backends out of the local datapath.
+    Probe(ProbeEvent),
+    Action(Action),
+}
+
+/// What one reconcile did, and when to call it again at the latest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reconciled {
+    pub actions: Vec<Action>,
+    pub requeue_after: Duration,
+}
+
+pub struct PodManager {
+    runtime: DockerRuntime,
+    config: PodManagerConfig,
+    ipam: Ipam,
+    pods: BTreeMap<String, PodState>,
+    events: mpsc::UnboundedSender<PodEvent>,
+    wake: Arc<Notify>,
+}
+
+struct PodState {
+    desired: PodDesired,
+    sandbox: Option<Sandbox>,
+    containers: BTreeMap<String, ContainerTrack>,
+    message: String,
+}
+
+struct Sandbox {
+    pause_id: String,
+    network: PodNetwork,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SandboxOutcome {
+    /// Running already (or adopted): the observed app containers are its own.
+    Running,
+    /// Set up in this pass: any app containers seen before were removed.
+    New,
+    /// None could be set up.
+    Missing,
+}
+
+#[derive(Default)]
+struct ContainerTrack {
+    instance: Option<Instance>,
+    restart_count: u32,
+    /// Restarts in a row without the container staying up for `reset_after`.
+    backoff_step: u32,
+    /// In back-off until then.
+    next_start: Option<Instant>,
+    last_backoff: Duration,
+    waiting: Option<(String, String)>,
+    last_termination: Option<Terminated>,
+}
+
+struct Instance {
+    id: String,
+    attempt: u32,
+    spec_hash: String,
+    /// When this manager first saw it running (created or adopted).
+    since: Instant,
+    probes: Arc<ProbeState>,
+    worker: Option<AbortHandle>,
+    /// Set once the container is seen not running.
+    ended: Option<Terminated>,
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if let Some(worker) = self.worker.take() {
+            worker.abort();
+        }
+    }
+}
+
+impl Instance {
+    fn stop_probing(&mut self) {
+        if let Some(worker) = self.worker.take() {
+            worker.abort();
+        }
+    }
+}
+
+fn is_running(container: &ContainerSummary) -> bool {
+    matches!(container.state.as_str(), "running" | "paused")
+}
+
+fn label<'a>(container: &'a ContainerSummary, key: &str) -> Option<&'a str> {
+    container.labels.get(key).map(String::as_str)
+}
+
+fn attempt_of(container: &ContainerSummary) -> u32 {
+    label(container, labels::ATTEMPT)
+        .and_then(|attempt| attempt.parse().ok())
+        .unwrap_or(0)
+}
+
+impl PodManager {
+    /// A manager for `config.node`, and the receiving end of its events. Nothing happens
+    /// on the engine until the first [`PodManager::reconcile`], which also adopts what
+    /// an earlier agent left running.
+    pub fn new(
+        runtime: DockerRuntime,
+        config: PodManagerConfig,
+    ) -> Result<(Self, mpsc::UnboundedReceiver<PodEvent>), PodError> {
+        let ipam = Ipam::new(config.pod_cidr).map_err(PodError::Config)?;
+        let (events, receiver) = mpsc::unbounded_channel();
+        Ok((
+            PodManager {
+                runtime,
+                config,
+                ipam,
+                pods: BTreeMap::new(),
+                events,
+                wake: Arc::new(Notify::new()),
+            },
+            receiver,
+        ))
+    }
+
+    pub fn config(&self) -> &PodManagerConfig {
+        &self.config
+    }
+
+    pub fn ipam(&self) -> &Ipam {
+        &self.ipam
+    }
+
+    /// The status of every pod the manager knows.
+    pub fn reports(&self) -> Vec<PodReport> {
+        self.pods.values().map(report).collect()
+    }
+
+    pub fn report(&self, uid: &str) -> Option<PodReport> {
+        self.pods.get(uid).map(report)
+    }
+
+    /// Reconciles with the last desired pods until `shutdown` resolves, publishing pod
+    /// reports after every pass; returns the manager (its containers keep running).
+    pub async fn run(
+        mut self,
+        mut desired: watch::Receiver<Vec<PodDesired>>,
+        reports: watch::Sender<Vec<PodReport>>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Self {
+        tokio::pin!(shutdown);
+        let mut feeding = true;
+        loop {
+            let pods = desired.borrow_and_update().clone();
+            let requeue_after = match self.reconcile(&pods).await {
+                Ok(done) => done.requeue_after,
+                Err(error) => {
+                    tracing::warn!(%error, "reconciling pods");
+                    self.config.resync_period
+                }
+            };
+            reports.send_replace(self.reports());
+            tokio::select! {
+                biased;
+                () = &mut shutdown => return self,
+                changed = desired.changed(), if feeding => {
+                    // Whoever fed the desired pods is gone: keep running the last ones.
+                    feeding = changed.is_ok();
+                }
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(requeue_after) => {}
+            }
+        }
+    }
+
+    /// Moves every pod a step towards `desired` (this node's pods) and removes the pods
+    /// that are no longer in it. Problems with one pod show on its status and do not stop
+    /// the others; only an engine that can't list containers fails the whole pass.
+    pub async fn reconcile(&mut self, desired: &[PodDesired]) -> Result<Reconciled, PodError> {
+        let observed = self
+            .runtime
+            .list_by_labels(&[(labels::NODE, &self.config.node)])
+            .await
+            .map_err(PodError::List)?;
+        let mut by_uid: BTreeMap<String, Vec<ContainerSummary>> = BTreeMap::new();
+        for container in observed {
+            if let Some(uid) = label(&container, labels::POD_UID) {
+                by_uid.entry(uid.to_owned()).or_default().push(container);
+            }
+        }
+        let mut wanted: BTreeMap<&str, &PodDesired> = BTreeMap::new();
+        for pod in desired {
+            if wanted.insert(&pod.uid, pod).is_some() {
+                tracing::warn!(uid = %pod.uid, "pod uid given twice; using the last one");
+            }
+        }
+        let mut actions = Vec::new();
+
+        // Addresses of running sandboxes this manager doesn't know yet (after a restart)
+        // go into the book before any new pod gets an address.
+        for (uid, containers) in &by_uid {
+            if self.pods.contains_key(uid) {
+                continue;
+            }
+            let pause = containers.iter().find(|container| {
+                label(container, labels::CONTAINER_NAME) == Some(PAUSE_CONTAINER)
+                    && is_running(container)
+            });
+            let Some(ip) = pause.and_then(|pause| label(pause, labels::POD_IP)) else {
+                continue;
+            };
+            match ip.parse::<Ipv4Addr>() {
+                Ok(ip) => {
+                    if let Err(error) = self.ipam.reserve(ip, uid) {
+                        tracing::warn!(%uid, %error, "a running pod's address can't be kept; its sandbox will be set up again");
+                    }
+                }
+                Err(_) => {
+                    tracing::warn!(%uid, ip, "pause container has an unreadable pod IP label")
+                }
+            }
+        }
+
+        let unwanted: BTreeSet<String> = self
+            .pods
+            .keys()
+            .chain(by_uid.keys())
+            .filter(|uid| !wanted.contains_key(uid.as_str()))
+            .cloned()
+            .collect();
+        for uid in unwanted {
+            let containers = by_uid.remove(&uid).unwrap_or_default();
+            self.remove_pod(&uid, containers, &mut actions).await;
+        }
+
+        for pod in wanted.values() {
+            let containers = by_uid.remove(&pod.uid).unwrap_or_default();
+            self.sync_pod(pod, containers, &mut actions).await;
+        }
+
+        for action in &actions {
+            tracing::info!(pod = %action.pod, container = ?action.container, kind = ?action.kind, "pod action");
+            // Nobody listening is fine: the agent may only want statuses.
+            let _ = self.events.send(PodEvent::Action(action.clone()));
+        }
+        Ok(Reconciled {
+            actions,
+            requeue_after: self.requeue_after(),
+        })
+    }
+
+    fn requeue_after(&self) -> Duration {
+        let now = Instant::now();
+        self.pods
+            .values()
+            .flat_map(|pod| pod.containers.values())
+            .filter_map(|track| track.next_start)
+            .map(|at| at.saturating_duration_since(now))
+            .min()
+            .map_or(self.config.resync_period, |wait| {
+                wait.clamp(Duration::from_millis(10), self.config.resync_period)
+            })
+    }
+
+    async fn remove_pod(
+        &mut self,
+        uid: &str,
+        containers: Vec<ContainerSummary>,
+        actions: &mut Vec<Action>,
+    ) {
+        // Dropping the state aborts the probe workers first: a container being stopped
+        // must not be reported as failing its probes.
+        let state = self.pods.remove(uid);
+        let pod = state.as_ref().map(|state| state.desired.key()).or_else(|| {
+            containers.first().map(|container| {
+                format!(
+                    "{}/{}",
+                    label(container, labels::POD_NAMESPACE).unwrap_or_default(),
+                    label(container, labels::POD_NAME).unwrap_or_default()
+                )
+            })
+        });
+        let grace = state.as_ref().map_or(DEFAULT_TERMINATION_GRACE, |state| {
+            state.desired.termination_grace
+        });
+        let network = state.and_then(|state| state.sandbox.map(|sandbox| sandbox.network));
+        let (pauses, apps): (Vec<_>, Vec<_>) = containers.iter().partition(|container| {
+            label(container, labels::CONTAINER_NAME) == Some(PAUSE_CONTAINER)
+        });
+        // App containers get their grace together, then the sandbox goes.
+        let stops = apps
+            .iter()
+            .map(|container| self.stop_and_remove(&container.id, grace));
+        futures_util::future::join_all(stops).await;
+        self.teardown_network(uid, network).await;
+        for pause in pauses {
+            self.stop_and_remove(&pause.id, PAUSE_STOP_GRACE).await;
+        }
+        self.ipam.release(uid);
+        actions.push(Action {
+            pod: pod.unwrap_or_default(),
+            uid: uid.to_owned(),
+            container: None,
+            kind: ActionKind::PodRemoved,
+        });
+    }
+
+    async fn stop_and_remove(&self, id: &str, grace: Duration) {
+        if !grace.is_zero()
+            && let Err(error) = self.runtime.stop(id, grace).await
+            && !matches!(error, RuntimeError::ContainerNotFound { .. })
+        {
+            tracing::warn!(%error, container = %id, "stopping a container");
+        }
+        if let Err(error) = self.runtime.remove(id).await {
+            tracing::warn!(%error, container = %id, "removing a container");
+        }
+    }
+
+    async fn teardown_network(&self, uid: &str, network: Option<PodNetwork>) {
+        let host_netns = self.config.host_netns.clone();
+        let uid = uid.to_owned();
+        // `ip` runs block; they stay off the async threads.
+        let done = tokio::task::spawn_blocking(move || match network {
+            Some(network) => network.teardown(),
+            None => match podnet::host_veth_name(&uid) {
+                Ok(veth) => podnet::teardown(host_netns.as_deref(), &veth),
+                Err(error) => Err(error),
+            },
+        })
+        .await;
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "tearing down a pod's network"),
+            Err(error) => tracing::warn!(%error, "the network teardown task failed"),
+        }
+    }
+
+    async fn sync_pod(
+        &mut self,
+        desired: &PodDesired,
+        containers: Vec<ContainerSummary>,
+        actions: &mut Vec<Action>,
+    ) {
+        let mut state = self.pods.remove(&desired.uid).unwrap_or_else(|| PodState {
+            desired: desired.clone(),
+            sandbox: None,
+            containers: BTreeMap::new(),
+            message: String::new(),
+        });
+        state.desired = desired.clone();
+        let (pauses, mut apps): (Vec<_>, Vec<_>) = containers.into_iter().partition(|container| {
+            label(container, labels::CONTAINER_NAME) == Some(PAUSE_CONTAINER)
+        });
+        let sandbox = self
+            .ensure_sandbox(&mut state, &pauses, &apps, actions)
+            .await;
+        if sandbox != SandboxOutcome::Missing {
+            if sandbox == SandboxOutcome::New {
+                // The old sandbox's app containers were removed with it.
+                apps.clear();
+            }
+            state.message.clear();
+            let wanted: BTreeSet<&str> = desired
+                .containers
+                .iter()
+                .map(|container| container.name.as_str())
+                .collect();
+            for container in &desired.containers {
+                let mine: Vec<&ContainerSummary> = apps
+                    .iter()
+                    .filter(|app| label(app, labels::CONTAINER_NAME) == Some(&container.name))
+                    .collect();
+                self.sync_container(&mut state, container, &mine, actions)
+                    .await;
+            }
+            // Containers the spec no longer has.
+            for app in &apps {
+                let name = label(app, labels::CONTAINER_NAME).unwrap_or_default();
+                if !wanted.contains(name) {
+                    self.stop_and_remove(&app.id, desired.termination_grace)
+                        .await;
+                }
+            }
+            state
+                .containers
+                .retain(|name, _| wanted.contains(name.as_str()));
+        }
+        self.pods.insert(desired.uid.clone(), state);
+    }
+
+    /// Makes sure the pod has a running pause container with its network wired;
+    /// adopts one that runs already. When there is none, the reason is on the pod.
+    async fn ensure_sandbox(
+        &mut self,
+        state: &mut PodState,
+        pauses: &[ContainerSummary],
+        apps: &[ContainerSummary],
+        actions: &mut Vec<Action>,
+    ) -> SandboxOutcome {
+        let pod = state.desired.key();
+        let uid = state.desired.uid.clone();
+        let running_pause = pauses.iter().find(|pause| is_running(pause));
+        if let (Some(sandbox), Some(pause)) = (&state.sandbox, running_pause)
+            && sandbox.pause_id == pause.id
+        {
+            return SandboxOutcome::Running;
+        }
+        if state.sandbox.is_none()
+            && let Some(pause) = running_pause
+        {
+            match self.adopt_sandbox(&uid, pause).await {
+                Ok(sandbox) => {
+                    actions.push(Action {
+                        pod: pod.clone(),
+                        uid: uid.clone(),
+                        container: None,
+                        kind: ActionKind::SandboxAdopted {
+                            ip: sandbox.network.pod_ip,
+                        },
+                    });
+                    state.sandbox = Some(sandbox);
+                    return SandboxOutcome::Running;
+                }
+                Err(message) => {
+                    tracing::warn!(%pod, %message, "can't adopt the pod's sandbox; setting it up again");
+                }
+            }
+        }
+
+        // No usable sandbox. Whatever is left of an old one goes, app containers too:
+        // they live in its network namespace.
+        if state.sandbox.is_some() || !pauses.is_empty() || !apps.is_empty() {
+            if state.sandbox.is_some() {
+                actions.push(Action {
+                    pod: pod.clone(),
+                    uid: uid.clone(),
+                    container: None,
+                    kind: ActionKind::SandboxLost,
+                });
+            }
+            for track in state.containers.values_mut() {
+                if track.instance.take().is_some() {
+                    // The new sandbox's containers are restarts of these.
+                    track.restart_count = track.restart_count.saturating_add(1);
+                }
+            }
+            for app in apps {
+                self.stop_and_remove(&app.id, Duration::ZERO).await;
+            }
+            let network = state.sandbox.take().map(|sandbox| sandbox.network);
+            self.teardown_network(&uid, network).await;
+            for pause in pauses {
+                self.stop_and_remove(&pause.id, PAUSE_STOP_GRACE).await;
+            }
+        }
+        match self.create_sandbox(&state.desired).await {
+            Ok(sandbox) => {
+                actions.push(Action {
+                    pod,
+                    uid,
+                    container: None,
+                    kind: ActionKind::SandboxCreated {
+                        ip: sandbox.network.pod_ip,
+                    },
+                });
+                state.sandbox = Some(sandbox);
+                SandboxOutcome::New
+            }
+            Err(message) => {
+                state.message = format!("{}: {message}", reason::SANDBOX_ERROR);
+                actions.push(Action {
+                    pod,
+                    uid,
+                    container: None,
+                    kind: ActionKind::SandboxFailed { message },
+                });
+                SandboxOutcome::Missing
+            }
+        }
+    }
+
+    async fn adopt_sandbox(
+        &mut self,
+        uid: &str,
+        pause: &ContainerSummary,
+    ) -> Result<Sandbox, String> {
+        let ip: Ipv4Addr = label(pause, labels::POD_IP)
+            .and_then(|ip| ip.parse().ok())
+            .ok_or("the pause container has no pod IP label")?;
+        if self.ipam.owner(ip) != Some(uid) {
+            return Err(format!("{ip} is not this pod's in the address book"));
+        }
+        let host_veth = podnet::host_veth_name(uid).map_err(|error| error.to_string())?;
+        let host_netns = self.config.host_netns.clone();
+        let wired = {
+            let (host_netns, host_veth) = (host_netns.clone(), host_veth.clone());
+            tokio::task::spawn_blocking(move || {
+                net::link_exists(host_netns.as_deref(), &host_veth)
+                    && net::netns_exists(&podnet::pod_netns_name(&host_veth))
+            })
+            .await
+            .unwrap_or(false)
+        };
+        let network = if wired {
+            PodNetwork {
+                pod_ip: ip,
+                host_veth: host_veth.clone(),
+                host_netns,
+                pod_netns: podnet::pod_netns_name(&host_veth),
+            }
+        } else {
+            // The pause container survived but its wiring didn't (a node reboot of the
+            // network, a crash mid-setup): wire it again, same address.
+            self.wire(&pause.id, uid, ip).await?
+        };
+        Ok(Sandbox {
+            pause_id: pause.id.clone(),
+            network,
+        })
+    }
+
+    async fn create_sandbox(&mut self, pod: &PodDesired) -> Result<Sandbox, String> {
+        self.runtime
+            .ensure_image(&self.config.pause_image)
+            .await
+            .map_err(|error| error.to_string())?;
+        let ip = self
+            .ipam
+            .allocate(&pod.uid)
+            .map_err(|error| error.to_string())?;
+        let spec = ContainerSpec {
+            pod_namespace: pod.namespace.clone(),
+            pod_name: pod.name.clone(),
+            pod_uid: pod.uid.clone(),
+            container_name: PAUSE_CONTAINER.to_owned(),
+            node: self.config.node.clone(),
+            image: self.config.pause_image.clone(),
+            extra_labels: BTreeMap::from([(labels::POD_IP.to_owned(), ip.to_string())]),
+            ..ContainerSpec::default()
+        };
+        let pause_id = match self.runtime.create_and_start(&spec).await {
+            Ok(id) => id,
+            // A pause container of this pod that the listing didn't show as ours
+            // (another node label, half removed): its name is in the way.
+            Err(RuntimeError::AlreadyExists { name }) => {
+                self.stop_and_remove(&name, PAUSE_STOP_GRACE).await;
+                self.runtime
+                    .create_and_start(&spec)
+                    .await
+                    .map_err(|error| error.to_string())?
+            }
+            Err(error) => return Err(error.to_string()),
+        };
+        match self.wire(&pause_id, &pod.uid, ip).await {
+            Ok(network) => Ok(Sandbox { pause_id, network }),
+            Err(message) => {
+                self.stop_and_remove(&pause_id, PAUSE_STOP_GRACE).await;
+                Err(message)
+            }
+        }
+    }
+
+    /// Wires the pause container's namespace; a stale host veth of the same pod (left by
+    /// a crash) is removed and the wiring tried once more.
+    async fn wire(&self, pause_id: &str, uid: &str, ip: Ipv4Addr) -> Result<PodNetwork, String> {
+        let pid = self
+            .runtime
+            .inspect(pause_id)
+            .await
+            .map_err(|error| error.to_string())?
+            .pid
+            .ok_or("the pause container exited before its network was wired")?;
+        let host_veth = podnet::host_veth_name(uid).map_err(|error| error.to_string())?;
+        let host_netns = self.config.host_netns.clone();
+        tokio::task::spawn_blocking(move || {
+            let spec = podnet::PodNetSpec {
+                pid,
+                pod_ip: ip,
+                host_veth: &host_veth,
+                host_netns: host_netns.as_deref(),
+            };
+            match podnet::setup(&spec) {
+                Err(podnet::PodNetError::AlreadyWired { .. }) => {
+                    podnet::teardown(spec.host_netns, spec.host_veth)?;
+                    podnet::setup(&spec)
+                }
+                other => other,
+            }
+        })
+        .await
+        .map_err(|error| format!("the wiring task failed: {error}"))?
+        .map_err(|error| format!("wiring the pod network: {error}"))
+    }
+
+    async fn sync_container(
+        &mut self,
+        state: &mut PodState,
+        desired: &ContainerDesired,
+        observed: &[&ContainerSummary],
+        actions: &mut Vec<Action>,
+    ) {
+        let pod = state.desired.key();
+        let uid = state.desired.uid.clone();
+        let policy = state.desired.restart_policy;
+        let grace = state.desired.termination_grace;
+        let Some(sandbox) = &state.sandbox else {
+            return;
+        };
+        let (pause_id, pod_ip) = (sandbox.pause_id.clone(), sandbox.network.pod_ip);
+        let track = state.containers.entry(desired.name.clone()).or_default();
+        let action = |kind| Action {
+            pod: pod.clone(),
+            uid: uid.clone(),
+            container: Some(desired.name.clone()),
+            kind,
+        };
+        let hash = desired.spec_hash();
+        let now = Instant::now();
+
+        // The newest attempt is the container; older ones are leftovers of a restart
+        // that was interrupted.
+        let mut observed: Vec<&ContainerSummary> = observed.to_vec();
+        observed.sort_by_key(|container| std::cmp::Reverse(attempt_of(container)));
+        for leftover in observed.iter().skip(1) {
+            self.stop_and_remove(&leftover.id, Duration::ZERO).await;
+        }
+        let current = observed.first().copied();
+
+        let mut next_attempt = None;
+        match current {
+            Some(container) => {
+                if track.instance.as_ref().map(|instance| &instance.id) != Some(&container.id) {
+                    let attempt = attempt_of(container);
+                    let mut instance = Instance {
+                        id: container.id.clone(),
+                        attempt,
+                        spec_hash: label(container, labels::SPEC_HASH)
+                            .unwrap_or_default()
+                            .to_owned(),
+                        since: now,
+                        probes: Arc::new(ProbeState::default()),
+                        worker: None,
+                        ended: None,
+                    };
+                    if is_running(container) {
+                        instance.worker = Some(self.spawn_worker(
+                            &state.desired,
+                            desired,
+                            &instance,
+                            pod_ip,
+                            true,
+                        ));
+                    }
+                    track.restart_count = attempt;
+                    track.instance = Some(instance);
+                    actions.push(action(ActionKind::ContainerAdopted {
+                        id: container.id.clone(),
+                        attempt,
+                    }));
+                }
+                let Some(instance) = track.instance.as_mut() else {
+                    return;
+                };
+                if is_running(container) {
+                    if instance.spec_hash == hash {
+                        if instance.since.elapsed() >= self.config.backoff.reset_after {
+                            track.backoff_step = 0;
+                        }
+                        track.waiting = None;
+                        return;
+                    }
+                    // A new spec: replace the container at once, no back-off.
+                    instance.stop_probing();
+                    self.stop_and_remove(&container.id, grace).await;
+                    actions.push(action(ActionKind::ContainerReplaced {
+                        id: container.id.clone(),
+                    }));
+                    next_attempt = Some(instance.attempt.saturating_add(1));
+                    track.instance = None;
+                    track.next_start = None;
+                } else {
+                    if instance.ended.is_none() {
+                        instance.stop_probing();
+                        let ended = self.termination(&container.id, &instance.probes).await;
+                        if instance.since.elapsed() >= self.config.backoff.reset_after {
+                            track.backoff_step = 0;
+                        }
+                        actions.push(action(ActionKind::ContainerExited {
+                            id: container.id.clone(),
+                            exit_code: ended.exit_code,
+                            reason: ended.reason.clone(),
+                        }));
+                        track.last_termination = Some(ended.clone());
+                        instance.ended = Some(ended);
+                    }
+                    let exit_code = instance.ended.as_ref().and_then(|ended| ended.exit_code);
+                    if !policy.restarts(exit_code, instance.probes.killed()) {
+                        track.waiting = None;
+                        track.next_start = None;
+                        return;
+                    }
+                    if track.next_start.is_none() {
+                        let delay = self.config.backoff.delay(track.backoff_step);
+                        track.backoff_step = track.backoff_step.saturating_add(1);
+                        track.last_backoff = delay;
+                        track.next_start = Some(now + delay);
+                        if !delay.is_zero() {
+                            actions.push(action(ActionKind::BackOff { delay }));
+                        }
+                    }
+                    let next_start = track.next_start.unwrap_or(now);
+                    if now < next_start {
+                        track.waiting = Some((
+                            reason::CRASH_LOOP_BACK_OFF.to_owned(),
+                            format!(
+                                "back-off {:?} restarting failed container {} of pod {pod}",
+                                track.last_backoff, desired.name
+                            ),
+                        ));
+                        return;
+                    }
+                    next_attempt = Some(instance.attempt.saturating_add(1));
+                    self.stop_and_remove(&container.id, Duration::ZERO).await;
+                    track.instance = None;
+                    track.next_start = None;
+                }
+            }
+            None => {
+                if let Some(instance) = track.instance.take() {
+                    // Removed behind the agent's back: that is a container that ended.
+                    let killed = instance.probes.killed();
+                    if !policy.restarts(None, killed) {
+                        track.waiting = None;
+                        return;
+                    }
+                    next_attempt = Some(instance.attempt.saturating_add(1));
+                }
+            }
+        }
+
+        // Create the container (first start, restart or image retry).
+        if track.next_start.is_some_and(|at| now < at) {
+            return;
+        }
+        let attempt = next_attempt.unwrap_or(track.restart_count);
+        let spec = ContainerSpec {
+            pod_namespace: state.desired.namespace.clone(),
+            pod_name: state.desired.name.clone(),
+            pod_uid: uid.clone(),
+            container_name: desired.name.clone(),
+            node: self.config.node.clone(),
+            image: desired.image.clone(),
+            command: desired.command.clone(),
+            args: desired.args.clone(),
+            env: desired.env.clone(),
+            limits: desired.limits,
+            network: NetworkMode::Container(pause_id),
+            extra_labels: BTreeMap::from([
+                (labels::ATTEMPT.to_owned(), attempt.to_string()),
+                (labels::SPEC_HASH.to_owned(), hash.clone()),
+            ]),
+        };
+        match self.runtime.create_and_start(&spec).await {
+            Ok(id) => {
+                let mut instance = Instance {
+                    id: id.clone(),
+                    attempt,
+                    spec_hash: hash,
+                    since: Instant::now(),
+                    probes: Arc::new(ProbeState::default()),
+                    worker: None,
+                    ended: None,
+                };
+                instance.worker =
+                    Some(self.spawn_worker(&state.desired, desired, &instance, pod_ip, false));
+                // An image or engine error before must not count as crashes later.
+                if track
+                    .waiting
+                    .as_ref()
+                    .is_some_and(|(reason, _)| reason != reason::CRASH_LOOP_BACK_OFF)
+                {
+                    track.backoff_step = 0;
+                }
+                track.instance = Some(instance);
+                track.restart_count = attempt;
+                track.next_start = None;
+                track.waiting = None;
+                actions.push(action(ActionKind::ContainerCreated { id, attempt }));
+            }
+            Err(error) => {
+                let message = error.to_string();
+                let (waiting_reason, kind) = match &error {
+                    RuntimeError::ImageNotFound { image } => (
+                        reason::IMAGE_NOT_FOUND,
+                        ActionKind::ImageNotFound {
+                            image: image.clone(),
+                            message: message.clone(),
+                        },
+                    ),
+                    _ => (
+                        reason::CREATE_CONTAINER_ERROR,
+                        ActionKind::CreateFailed {
+                            message: message.clone(),
+                        },
+                    ),
+                };
+                if let RuntimeError::AlreadyExists { name } = &error {
+                    // A container of this name the listing didn't show as ours.
+                    self.stop_and_remove(name, Duration::ZERO).await;
+                }
+                // Retries back off like restarts, starting at the base delay.
+                let delay = self.config.backoff.delay(track.backoff_step.max(1));
+                track.backoff_step = track.backoff_step.saturating_add(1);
+                track.next_start = Some(now + delay);
+                if let Some(attempt) = next_attempt {
+                    // The old container is gone: this attempt number is used up either way.
+                    track.restart_count = attempt;
+                }
+                track.waiting = Some((waiting_reason.to_owned(), message));
+                actions.push(action(kind));
+            }
+        }
+    }
+
+    async fn termination(&self, id: &str, probes: &ProbeState) -> Terminated {
+        match self.runtime.inspect(id).await {
+            Ok(status) => {
+                let reason = if probes.killed() {
+                    reason::LIVENESS_PROBE_FAILED
+                } else if status.oom_killed {
+                    reason::OOM_KILLED
+                } else if status.exit_code == Some(0) {
+                    reason::COMPLETED
+                } else {
+                    reason::ERROR
+                };
+                Terminated {
+                    exit_code: status.exit_code,
+                    reason: reason.to_owned(),
+                    finished_at: status.finished_at,
+                }
+            }
+            Err(error) => Terminated {
+                exit_code: None,
+                reason: format!("{}: {error}", reason::ERROR),
+                finished_at: None,
+            },
+        }
+    }
+
+    fn spawn_worker(
+        &self,
+        pod: &PodDesired,
+        container: &ContainerDesired,
+        instance: &Instance,
+        pod_ip: Ipv4Addr,
+        adopted: bool,
+    ) -> AbortHandle {
+        let target = ProbeTarget {
+            runtime: self.runtime.clone(),
+            netns: self.config.host_netns.clone(),
+            pod_namespace: pod.namespace.clone(),
+            pod_name: pod.name.clone(),
+            pod_uid: pod.uid.clone(),
+            pod_ip,
+            container: container.name.clone(),
+            container_id: instance.id.clone(),
+            stop_grace: pod.termination_grace,
+        };
+        let events = self.events.clone();
+        let wake = Arc::clone(&self.wake);
+        let report: probes::Reporter = Arc::new(move |event| {
+            let _ = events.send(PodEvent::Probe(event));
+            // A failed liveness probe stopped the container: restart it without waiting
+            // for the next resync.
+            wake.notify_one();
+        });
+        tokio::spawn(probes::run_worker(
+            target,
+            container.probes.clone(),
+            Arc::clone(&instance.probes),
+            report,
+            adopted,
+        ))
+        .abort_handle()
+    }
+}
+
+fn report(state: &PodState) -> PodReport {
+    let containers: Vec<ContainerReport> = state
+        .desired
+        .containers
+        .iter()
+        .map(|desired| {
+            let track = state.containers.get(&desired.name);
+            let instance = track.and_then(|track| track.instance.as_ref());
+            let running = instance.is_some_and(|instance| instance.ended.is_none());
+            let started = running && instance.is_some_and(|instance| instance.probes.started());
+            let ready =
+                started && instance.is_some_and(|instance| instance.probes.ready() == Some(true));
+            let state = match (track.and_then(|track| track.waiting.as_ref()), instance) {
+                (Some((reason, message)), _) => ContainerState::Waiting {
+                    reason: reason.clone(),
+                    message: message.clone(),
+                },
+                (None, Some(instance)) => match &instance.ended {
+                    None => ContainerState::Running,
+                    Some(ended) => ContainerState::Terminated(ended.clone()),
+                },
+                (None, None) => ContainerState::Waiting {
+                    reason: reason::CONTAINER_CREATING.to_owned(),
+                    message: String::new(),
+                },
+            };
+            ContainerReport {
+                name: desired.name.clone(),
+                image: desired.image.clone(),
+                container_id: instance.map(|instance| instance.id.clone()),
+                state,
+                // The termination now shown as the state is not "last" yet.
+                last_termination: track
+                    .and_then(|track| track.last_termination.clone())
+                    .filter(|_| running || track.is_some_and(|track| track.waiting.is_some())),
+                ready,
+                started,
+                restart_count: track.map_or(0, |track| track.restart_count),
+                last_backoff: track.map_or(Duration::ZERO, |track| track.last_backoff),
+            }
+        })
+        .collect();
+    let ever_ran = |container: &ContainerReport| {
+        container.restart_count > 0 || !matches!(container.state, ContainerState::Waiting { .. })
+    };
+    let terminated: Vec<&Terminated> = containers
+        .iter()
+        .filter_map(|container| match &container.state {
+            ContainerState::Terminated(ended) => Some(ended),
+            _ => None,
+        })
+        .collect();
+    let phase = if state.sandbox.is_none() || !containers.iter().all(ever_ran) {
+        PodPhase::Pending
+    } else if !containers.is_empty() && terminated.len() == containers.len() {
+        if terminated.iter().all(|ended| ended.exit_code == Some(0)) {
+            PodPhase::Succeeded
+        } else {
+            PodPhase::Failed
+        }
+    } else {
+        PodPhase::Running
+    };
+    PodReport {
+        namespace: state.desired.namespace.clone(),
+        name: state.desired.name.clone(),
+        uid: state.desired.uid.clone(),
+        phase,
+        pod_ip: state.sandbox.as_ref().map(|sandbox| sandbox.network.pod_ip),
+        ready: phase == PodPhase::Running && containers.iter().all(|container| container.ready),
+        message: state.message.clone(),
+        containers,
+    }
+}

@@ -1,0 +1,167 @@
+//! Local readiness for the datapath: the node's own probe results, applied to the service
+//! backends the control plane sent, so an unready local backend stops getting new flows
+//! at once — before the control plane has even heard of it (DESIGN: "unhealthy backends
+//! are skipped for new flows at once by the local agent, then removed cluster-wide by the
+//! control plane").
+//!
+//! The agent feeds every [`PodEvent`] to [`LocalReadiness::observe`]; when it returns
+//! true, it re-applies `overlay(&services)` to the datapath.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
+
+use crate::{
+    datapath::{BackendState, ServiceSet},
+    pods::{ActionKind, PodEvent},
+    probes::{ProbeKind, ProbeResult},
+};
+
+/// Which local pod addresses failed readiness, by pod and container.
+#[derive(Debug, Default, Clone)]
+pub struct LocalReadiness {
+    /// (pod uid, container name) → the pod's address, for each container whose last
+    /// readiness result is Failure.
+    unready: BTreeMap<(String, String), Ipv4Addr>,
+}
+
+impl LocalReadiness {
+    /// Takes in one event; true when the set of unready addresses changed.
+    pub fn observe(&mut self, event: &PodEvent) -> bool {
+        let before = self.addresses();
+        match event {
+            PodEvent::Probe(probe) if probe.kind == ProbeKind::Readiness => {
+                let key = (probe.pod_uid.clone(), probe.container.clone());
+                match probe.result {
+                    ProbeResult::Failure => {
+                        self.unready.insert(key, probe.pod_ip);
+                    }
+                    ProbeResult::Success => {
+                        self.unready.remove(&key);
+                    }
+                }
+            }
+            PodEvent::Action(action) if action.kind == ActionKind::PodRemoved => {
+                self.unready.retain(|(uid, _), _| *uid != action.uid);
+            }
+            _ => {}
+        }
+        self.addresses() != before
+    }
+
+    /// The local pod addresses that must get no new flows.
+    pub fn addresses(&self) -> BTreeSet<Ipv4Addr> {
+        self.unready.values().copied().collect()
+    }
+
+    pub fn is_ready(&self, addr: Ipv4Addr) -> bool {
+        !self.unready.values().any(|unready| *unready == addr)
+    }
+
+    /// `services` with every backend at an unready local address marked Failed: the
+    /// datapath gives it no new flows, and its established flows move on their next
+    /// packet. Backends already Terminating or Failed stay as they are.
+    pub fn overlay(&self, services: &ServiceSet) -> ServiceSet {
+        let unready = self.addresses();
+        let mut set = services.clone();
+        for backend in set
+            .services
+            .iter_mut()
+            .flat_map(|service| service.backends.iter_mut())
+        {
+            if unready.contains(&backend.addr) {
+                backend.state = backend.state.max(BackendState::Failed);
+            }
+        }
+        set
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        datapath::{Algorithm, BackendSpec, Frontend, Protocol, Service},
+        pods::Action,
+        probes::ProbeEvent,
+    };
+
+    const POD: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
+    const OTHER: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 2);
+
+    fn readiness(container: &str, result: ProbeResult) -> PodEvent {
+        PodEvent::Probe(ProbeEvent {
+            pod_namespace: "default".to_owned(),
+            pod_name: "web-0".to_owned(),
+            pod_uid: "u1".to_owned(),
+            pod_ip: POD,
+            container: container.to_owned(),
+            container_id: "c1".to_owned(),
+            kind: ProbeKind::Readiness,
+            result,
+            message: String::new(),
+        })
+    }
+
+    fn services() -> ServiceSet {
+        let backend = |addr| BackendSpec {
+            addr,
+            port: 8080,
+            node_id: 1,
+            state: BackendState::Active,
+        };
+        ServiceSet {
+            services: vec![Service {
+                name: "default/web:http".to_owned(),
+                frontends: vec![Frontend {
+                    addr: Ipv4Addr::new(198, 19, 0, 10),
+                    port: 80,
+                    protocol: Protocol::Tcp,
+                    external: false,
+                }],
+                backends: vec![backend(POD), backend(OTHER)],
+                algorithm: Algorithm::Maglev,
+                affinity_timeout: None,
+            }],
+            nodes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_readiness_failure_fails_the_backend_until_success() {
+        let mut local = LocalReadiness::default();
+        assert!(!local.observe(&readiness("echo", ProbeResult::Success)));
+        assert!(local.observe(&readiness("echo", ProbeResult::Failure)));
+        assert!(!local.is_ready(POD));
+        let set = local.overlay(&services());
+        let states: Vec<_> = set.services[0]
+            .backends
+            .iter()
+            .map(|backend| (backend.addr, backend.state))
+            .collect();
+        assert_eq!(
+            states,
+            [(POD, BackendState::Failed), (OTHER, BackendState::Active)]
+        );
+        // Another container of the pod failing too keeps the pod out until both pass.
+        assert!(!local.observe(&readiness("sidecar", ProbeResult::Failure)));
+        assert!(!local.observe(&readiness("echo", ProbeResult::Success)));
+        assert!(local.observe(&readiness("sidecar", ProbeResult::Success)));
+        assert_eq!(local.overlay(&services()), services());
+    }
+
+    #[test]
+    fn a_removed_pod_is_forgotten() {
+        let mut local = LocalReadiness::default();
+        local.observe(&readiness("echo", ProbeResult::Failure));
+        let removed = PodEvent::Action(Action {
+            pod: "default/web-0".to_owned(),
+            uid: "u1".to_owned(),
+            container: None,
+            kind: ActionKind::PodRemoved,
+        });
+        assert!(local.observe(&removed));
+        assert!(local.is_ready(POD));
+    }
+}
