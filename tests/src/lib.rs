@@ -77,6 +77,9 @@ impl Drop for SimPod {
 pub struct SimNode {
     pub id: u32,
     pub addr: Ipv4Addr,
+    /// Map sizes of the node's datapath: [`test_limits`] unless changed before
+    /// [`SimNode::open_datapath`] (benchmarks program 10,000 services).
+    pub limits: Limits,
     pub datapath: Option<Datapath>,
     pub pins: PinDir,
     pub ns: NetNs,
@@ -95,7 +98,7 @@ impl SimNode {
             pin_dir: self.pins.path().to_path_buf(),
             node_id: self.id,
             node_addr: self.addr,
-            limits: test_limits(),
+            limits: self.limits,
         }
     }
 
@@ -181,6 +184,7 @@ impl Cluster {
             cluster.nodes.push(SimNode {
                 id,
                 addr: node_addr(id),
+                limits: test_limits(),
                 datapath: None,
                 pins,
                 ns,

@@ -1,5 +1,6 @@
 //! `cargo xtask <task>`: the project's build, setup and test entry points.
 
+mod bench;
 mod images;
 mod setup;
 mod test;
@@ -22,6 +23,8 @@ enum Task {
     Images(images::Args),
     /// Run every test, including the privileged ones (BPF, netns, Docker).
     Test(test::Args),
+    /// Benchmark the datapath against direct, iptables and HAProxy; writes docs/BENCHMARKS.md.
+    Bench(bench::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -30,6 +33,7 @@ fn main() -> std::process::ExitCode {
         Task::Setup(args) => setup::run(&args).map(drop),
         Task::Images(args) => images::run(&args),
         Task::Test(args) => test::run(&args),
+        Task::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -26,6 +26,10 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "protobuf-compiler",
     "prometheus",
     "curl",
+    // The benchmark's client, backends and userspace proxy (cargo xtask bench).
+    "wrk",
+    "nginx-light",
+    "haproxy",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

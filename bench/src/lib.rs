@@ -1,0 +1,53 @@
+//! berth-bench: Berth's eBPF datapath side by side with the paths users run today, on one
+//! machine, in one run — the datapath and programming-time parts of `cargo xtask bench`.
+//!
+//! The run: build the topology (one node namespace per mode and service count), program
+//! every mode (timing it), then send the same wrk load to each mode in interleaved rounds
+//! (a b c … a b c …) so slow drifts of the machine hit every mode alike, take medians, and
+//! write docs/BENCHMARKS.md with SVG charts and the raw results.
+
+pub mod kubeproxy;
+pub mod procs;
+pub mod programming;
+pub mod report;
+pub mod run;
+pub mod servers;
+pub mod services;
+pub mod svg;
+pub mod topology;
+pub mod wrk;
+
+use serde::{Deserialize, Serialize};
+
+/// A way for the client pod to reach the backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Mode {
+    /// The client itself spreads its connections over the three backends' pod IPs: the
+    /// limit, with the same number of busy server processes as behind a VIP.
+    Direct,
+    /// Every connection to one backend's pod IP (one server process busy).
+    DirectOne,
+    /// A ClusterIP served by Berth's TC programs on the pod veths.
+    Ebpf,
+    /// A ClusterIP served by kube-proxy-shaped iptables rules (iptables-legacy).
+    Iptables,
+    /// A ClusterIP served by HAProxy (TCP mode) in the node's namespace.
+    Haproxy,
+}
+
+impl Mode {
+    pub fn label(self) -> &'static str {
+        match self {
+            Mode::Direct => "direct (3 pod IPs)",
+            Mode::DirectOne => "direct (1 pod IP)",
+            Mode::Ebpf => "Berth eBPF",
+            Mode::Iptables => "iptables (kube-proxy)",
+            Mode::Haproxy => "HAProxy",
+        }
+    }
+
+    /// Whether the service count matters (direct has no services).
+    pub fn has_services(self) -> bool {
+        !matches!(self, Mode::Direct | Mode::DirectOne)
+    }
+}

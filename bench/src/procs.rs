@@ -1,0 +1,274 @@
+//! Processes the benchmark starts (servers, proxies, clients), the cgroup that accounts
+//! their CPU time, and interruption (Ctrl-C) handling.
+//!
+//! CPU accounting: this kernel has no IRQ time accounting, so the network stack's softirq
+//! work is charged to the task it runs on — the sender, on veths — or to ksoftirqd. The
+//! CPU time of the benchmark's cgroup (client, backends, proxy) plus ksoftirqd's is what
+//! a request costs the machine, independent of unrelated load elsewhere on it.
+
+use std::{
+    fs,
+    io::Read as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    sync::atomic::{AtomicBool, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Turns SIGINT and SIGTERM into a flag checked between runs, so the benchmark unwinds
+/// and removes its namespaces and processes instead of dying with them in place.
+pub fn catch_interrupts() {
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe {
+            libc::signal(
+                signal,
+                on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
+            );
+        }
+    }
+}
+
+pub fn check_interrupted() -> anyhow::Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// A cgroup (v2, or v1 cpuacct) holding the processes the benchmark starts.
+pub struct Cgroup {
+    dir: PathBuf,
+    v2: bool,
+}
+
+impl Cgroup {
+    pub fn create(name: &str) -> anyhow::Result<Cgroup> {
+        let mounts = fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
+        let mut v2_root = None;
+        let mut v1_root = None;
+        for line in mounts.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 4 {
+                continue;
+            }
+            if fields[2] == "cgroup2" && v2_root.is_none() {
+                v2_root = Some(PathBuf::from(fields[1]));
+            } else if fields[2] == "cgroup" && fields[3].split(',').any(|opt| opt == "cpuacct") {
+                v1_root = Some(PathBuf::from(fields[1]));
+            }
+        }
+        let (root, v2) = match (v2_root, v1_root) {
+            (Some(root), _) => (root, true),
+            (None, Some(root)) => (root, false),
+            (None, None) => bail!("no cgroup2 or cpuacct cgroup hierarchy is mounted"),
+        };
+        let dir = root.join(name);
+        fs::create_dir_all(&dir).with_context(|| format!("creating cgroup {}", dir.display()))?;
+        Ok(Cgroup { dir, v2 })
+    }
+
+    pub fn procs_file(&self) -> PathBuf {
+        self.dir.join("cgroup.procs")
+    }
+
+    /// CPU time used by the cgroup's processes so far.
+    pub fn usage(&self) -> anyhow::Result<Duration> {
+        if self.v2 {
+            let path = self.dir.join("cpu.stat");
+            let stat =
+                fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            let usec = stat
+                .lines()
+                .find_map(|line| line.strip_prefix("usage_usec "))
+                .context("cpu.stat has no usage_usec")?
+                .trim()
+                .parse::<u64>()?;
+            Ok(Duration::from_micros(usec))
+        } else {
+            let path = self.dir.join("cpuacct.usage");
+            let nanos = fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?
+                .trim()
+                .parse::<u64>()?;
+            Ok(Duration::from_nanos(nanos))
+        }
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        // Everything in it was started by the benchmark; the guards have normally killed
+        // it all already, so this only catches stragglers (nothing else is ever put here).
+        let kill = self.dir.join("cgroup.kill");
+        if kill.exists() {
+            let _ = fs::write(&kill, "1");
+        }
+        for _ in 0..100 {
+            if fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("cleanup: could not remove cgroup {}", self.dir.display());
+    }
+}
+
+/// `program args...` inside the named network namespace, moved into `cgroup` before it
+/// starts (the shell writes its own pid, then execs: one pid from start to end).
+pub fn in_netns_and_cgroup(netns: &str, cgroup: &Cgroup, program: &str, args: &[&str]) -> Command {
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg("echo $$ > \"$0\" && exec \"$@\"")
+        .arg(cgroup.procs_file())
+        .args(["ip", "netns", "exec", netns, program])
+        .args(args)
+        .stdin(Stdio::null());
+    command
+}
+
+/// Runs a command to completion, killing it (by pid) if it outlives `limit`.
+pub fn output_within(mut command: Command, limit: Duration) -> anyhow::Result<Output> {
+    let mut child = command.spawn().context("starting")?;
+    let mut stdout = child.stdout.take();
+    let mut stderr = child.stderr.take();
+    // Drain the pipes on threads so a chatty child never blocks on a full pipe.
+    let out_reader = thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(pipe) = stdout.as_mut() {
+            let _ = pipe.read_to_end(&mut buf);
+        }
+        buf
+    });
+    let err_reader = thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(pipe) = stderr.as_mut() {
+            let _ = pipe.read_to_end(&mut buf);
+        }
+        buf
+    });
+    let status = wait_within(&mut child, limit)?;
+    let stdout = out_reader.join().unwrap_or_default();
+    let stderr = err_reader.join().unwrap_or_default();
+    Ok(Output {
+        status,
+        stdout,
+        stderr,
+    })
+}
+
+fn wait_within(child: &mut Child, limit: Duration) -> anyhow::Result<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("still running after {:.0} s: killed", limit.as_secs_f64());
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A long-running process (server, proxy), killed by pid and reaped on drop.
+pub struct Guarded {
+    pub name: String,
+    child: Child,
+}
+
+impl Guarded {
+    pub fn spawn(name: &str, mut command: Command, log: &Path) -> anyhow::Result<Guarded> {
+        let file = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        command.stdout(file.try_clone()?).stderr(file);
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        Ok(Guarded {
+            name: name.to_owned(),
+            child,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Fails if the process has exited (say, it could not bind).
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("{} exited: {status}", self.name);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Clock ticks the kernel's softirq threads (ksoftirqd/N) have used.
+pub fn ksoftirqd_time() -> Duration {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let mut ticks = 0u64;
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Duration::ZERO;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let is_ksoftirqd =
+            fs::read_to_string(path.join("comm")).is_ok_and(|comm| comm.starts_with("ksoftirqd/"));
+        if !is_ksoftirqd {
+            continue;
+        }
+        if let Ok(stat) = fs::read_to_string(path.join("stat"))
+            && let Some((_, rest)) = stat.rsplit_once(')')
+        {
+            // Fields after the name: state is field 3; utime and stime are 14 and 15.
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            for index in [11, 12] {
+                ticks += fields
+                    .get(index)
+                    .and_then(|f| f.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+    }
+    Duration::from_micros(ticks * 1_000_000 / hz)
+}
+
+/// Busy and total CPU time of the whole machine (/proc/stat), to tell how much of it other
+/// work used during a run.
+pub fn machine_cpu() -> (Duration, Duration) {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().find(|line| line.starts_with("cpu ")) else {
+        return (Duration::ZERO, Duration::ZERO);
+    };
+    let values: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let total: u64 = values.iter().take(8).sum();
+    // idle and iowait
+    let idle = values.get(3).copied().unwrap_or(0) + values.get(4).copied().unwrap_or(0);
+    let to_duration = |ticks: u64| Duration::from_micros(ticks * 1_000_000 / hz);
+    (to_duration(total - idle), to_duration(total))
+}

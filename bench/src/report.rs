@@ -1,0 +1,672 @@
+//! docs/BENCHMARKS.md, its charts and the raw results, from one run's [`Results`].
+
+use std::{fmt::Write as _, path::Path};
+
+use anyhow::Context as _;
+
+use crate::{
+    Mode,
+    programming::Step,
+    run::{Results, RunRecord},
+    svg::{self, BarChart, COLORS, Series},
+    wrk::Kind,
+};
+
+/// Where the charts and raw results go, relative to the report.
+pub const ASSET_DIR: &str = "bench";
+
+pub fn median(values: &mut [f64]) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    Some(if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    })
+}
+
+/// Medians over the rounds of one mode at one service count.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Summary {
+    pub rate: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub cpu_us: f64,
+    pub errors: u64,
+    pub requests: u64,
+    pub background_cores: f64,
+}
+
+pub fn summarize(runs: &[RunRecord], kind: Kind, mode: Mode, services: usize) -> Option<Summary> {
+    let selected: Vec<&RunRecord> = runs
+        .iter()
+        .filter(|r| {
+            r.kind == kind && r.mode == mode && (!mode.has_services() || r.services == services)
+        })
+        .collect();
+    if selected.is_empty() {
+        return None;
+    }
+    let pick = |f: &dyn Fn(&RunRecord) -> f64| {
+        let mut values: Vec<f64> = selected.iter().map(|r| f(r)).collect();
+        median(&mut values).unwrap_or(0.0)
+    };
+    Some(Summary {
+        rate: pick(&|r| r.wrk.requests_per_sec),
+        p50_us: pick(&|r| r.wrk.p50_us),
+        p99_us: pick(&|r| r.wrk.p99_us),
+        cpu_us: pick(&|r| r.cpu_us_per_request),
+        errors: selected.iter().map(|r| r.wrk.errors).sum(),
+        requests: selected.iter().map(|r| r.wrk.requests).sum(),
+        background_cores: pick(&|r| r.background_cores),
+    })
+}
+
+fn programming_median(results: &Results, mode: Mode, services: usize, step: Step) -> Option<f64> {
+    let mut values: Vec<f64> = results
+        .programming
+        .iter()
+        .filter(|r| r.mode == mode && r.services == services && r.step == step)
+        .map(|r| r.seconds)
+        .collect();
+    median(&mut values)
+}
+
+fn programming_detail(results: &Results, mode: Mode, services: usize, step: Step) -> String {
+    results
+        .programming
+        .iter()
+        .find(|r| r.mode == mode && r.services == services && r.step == step)
+        .map(|r| r.detail.clone())
+        .unwrap_or_default()
+}
+
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn rate(value: f64) -> String {
+    thousands(value.round() as usize)
+}
+
+fn micros(value: f64) -> String {
+    if value >= 10_000.0 {
+        format!("{:.1} ms", value / 1000.0)
+    } else {
+        format!("{value:.0} µs")
+    }
+}
+
+fn seconds(value: f64) -> String {
+    if value < 0.01 {
+        format!("{:.2} ms", value * 1e3)
+    } else if value < 1.0 {
+        format!("{:.0} ms", value * 1e3)
+    } else {
+        format!("{value:.2} s")
+    }
+}
+
+fn ratio(value: f64, reference: f64) -> String {
+    if reference > 0.0 {
+        format!("{:.2}", value / reference)
+    } else {
+        "–".into()
+    }
+}
+
+const SERVICE_MODES: [Mode; 3] = [Mode::Ebpf, Mode::Iptables, Mode::Haproxy];
+
+fn mode_color(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Ebpf => COLORS[0],
+        Mode::Iptables => COLORS[1],
+        Mode::Haproxy => COLORS[2],
+        Mode::Direct => COLORS[4],
+        Mode::DirectOne => COLORS[3],
+    }
+}
+
+/// Charts: (file name, alt text, svg).
+fn charts(results: &Results) -> Vec<(String, String, String)> {
+    let counts = &results.parameters.services;
+    let groups: Vec<String> = counts
+        .iter()
+        .map(|n| format!("{} services", thousands(*n)))
+        .collect();
+    let series = |kind: Kind, value: fn(&Summary) -> f64| -> Vec<Series> {
+        SERVICE_MODES
+            .iter()
+            .map(|mode| Series {
+                name: mode.label().to_owned(),
+                color: mode_color(*mode),
+                values: counts
+                    .iter()
+                    .map(|n| summarize(&results.runs, kind, *mode, *n).map(|s| value(&s)))
+                    .collect(),
+            })
+            .collect()
+    };
+    let direct = |kind: Kind, value: fn(&Summary) -> f64| {
+        summarize(&results.runs, kind, Mode::Direct, 0).map(|s| {
+            (
+                format!("direct, 3 pod IPs: {}", svg::compact(value(&s))),
+                value(&s),
+            )
+        })
+    };
+    let mut charts = vec![
+        (
+            "requests.svg".to_owned(),
+            "Keep-alive requests per second by mode and service count".to_owned(),
+            svg::bar_chart(&BarChart {
+                title: "HTTP requests/s over keep-alive connections (higher is better)".into(),
+                y_label: "requests/s".into(),
+                groups: groups.clone(),
+                series: series(Kind::KeepAlive, |s| s.rate),
+                reference: direct(Kind::KeepAlive, |s| s.rate),
+                log: false,
+                format: svg::compact,
+            }),
+        ),
+        (
+            "p99.svg".to_owned(),
+            "p99 latency by mode and service count".to_owned(),
+            svg::bar_chart(&BarChart {
+                title: "p99 latency, keep-alive, µs (lower is better)".into(),
+                y_label: "p99 latency (µs)".into(),
+                groups: groups.clone(),
+                series: series(Kind::KeepAlive, |s| s.p99_us),
+                reference: direct(Kind::KeepAlive, |s| s.p99_us),
+                log: false,
+                format: svg::compact,
+            }),
+        ),
+        (
+            "connections.svg".to_owned(),
+            "New connections per second by mode and service count".to_owned(),
+            svg::bar_chart(&BarChart {
+                title: "New TCP connections/s, one request each (higher is better)".into(),
+                y_label: "connections/s".into(),
+                groups: groups.clone(),
+                series: series(Kind::NewConnections, |s| s.rate),
+                reference: direct(Kind::NewConnections, |s| s.rate),
+                log: false,
+                format: svg::compact,
+            }),
+        ),
+        (
+            "cpu.svg".to_owned(),
+            "CPU time per request by mode and service count".to_owned(),
+            svg::bar_chart(&BarChart {
+                title: "CPU per keep-alive request, µs, whole path (lower is better)".into(),
+                y_label: "CPU µs per request".into(),
+                groups,
+                series: series(Kind::KeepAlive, |s| s.cpu_us),
+                reference: direct(Kind::KeepAlive, |s| s.cpu_us),
+                log: false,
+                format: svg::compact,
+            }),
+        ),
+    ];
+    let prog_groups: Vec<String> = counts
+        .iter()
+        .map(|n| format!("{} services", thousands(*n)))
+        .collect();
+    let mut prog_series = Vec::new();
+    for (mode, step, name, color) in [
+        (
+            Mode::Ebpf,
+            Step::Full,
+            "Berth eBPF: all services",
+            COLORS[0],
+        ),
+        (
+            Mode::Iptables,
+            Step::Full,
+            "iptables-restore: all services",
+            COLORS[1],
+        ),
+        (
+            Mode::Ebpf,
+            Step::OneChange,
+            "Berth eBPF: one change",
+            COLORS[3],
+        ),
+        (
+            Mode::Iptables,
+            Step::OneChange,
+            "iptables-restore: one change",
+            COLORS[5],
+        ),
+    ] {
+        prog_series.push(Series {
+            name: name.into(),
+            color,
+            values: counts
+                .iter()
+                .map(|n| programming_median(results, mode, *n, step))
+                .collect(),
+        });
+    }
+    charts.push((
+        "programming.svg".to_owned(),
+        "Programming time, Berth against iptables-restore".to_owned(),
+        svg::bar_chart(&BarChart {
+            title: format!(
+                "Programming time, {} endpoints per service, seconds (log scale, lower is better)",
+                results.parameters.dummy_backends
+            ),
+            y_label: "seconds".into(),
+            groups: prog_groups,
+            series: prog_series,
+            reference: None,
+            log: true,
+            format: |v| {
+                if v < 0.001 {
+                    format!("{:.0}µs", v * 1e6)
+                } else if v < 1.0 {
+                    format!("{:.1}ms", v * 1e3)
+                } else {
+                    format!("{v:.1}s")
+                }
+            },
+        }),
+    ));
+    charts
+}
+
+/// The report's markdown. `command` is how this run was started.
+pub fn markdown(results: &Results, command: &str) -> String {
+    let p = &results.parameters;
+    let counts = &p.services;
+    let max_n = counts.iter().copied().max().unwrap_or(0);
+    let min_n = counts.iter().copied().min().unwrap_or(0);
+    let runs = &results.runs;
+    let direct_ka = summarize(runs, Kind::KeepAlive, Mode::Direct, 0).unwrap_or_default();
+    let direct_nc = summarize(runs, Kind::NewConnections, Mode::Direct, 0).unwrap_or_default();
+    let mut md = String::new();
+    let _ = writeln!(md, "# Benchmarks\n");
+    let _ = writeln!(
+        md,
+        "<!-- Generated by `cargo xtask bench` (bench/src/report.rs). Edit the generator, not this file. -->\n"
+    );
+    if p.smoke {
+        let _ = writeln!(
+            md,
+            "> **Smoke run** ({} s per run, {} round): shows that the benchmark works, not how fast anything is.\n",
+            p.duration_secs, p.rounds
+        );
+    }
+    let _ = writeln!(
+        md,
+        "Berth's eBPF datapath side by side with what users run today, measured in one run on one machine \
+         ({}), {}. Reproduce with:\n\n```sh\n{command}\n```\n\n\
+         It takes about {:.0} minutes; `cargo xtask bench --smoke` is the seconds-long version CI runs. \
+         Raw results: [{ASSET_DIR}/results.json]({ASSET_DIR}/results.json).\n",
+        results.machine.cpu_model,
+        results.started,
+        (results.elapsed_secs / 60.0).ceil()
+    );
+
+    // Targets.
+    let _ = writeln!(md, "## Targets (issue 8)\n");
+    let _ = writeln!(md, "| target | measured | |");
+    let _ = writeln!(md, "|---|---|---|");
+    let mut rate_ratios = Vec::new();
+    let mut p99_ratios = Vec::new();
+    for n in counts {
+        if let Some(s) = summarize(runs, Kind::KeepAlive, Mode::Ebpf, *n) {
+            rate_ratios.push((*n, s.rate / direct_ka.rate.max(1e-9)));
+            p99_ratios.push((*n, s.p99_us / direct_ka.p99_us.max(1e-9)));
+        }
+    }
+    let list = |ratios: &[(usize, f64)]| {
+        ratios
+            .iter()
+            .map(|(n, r)| format!("{r:.2} ({} svc)", thousands(*n)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let verdict = |ok: bool| if ok { "met" } else { "**missed**" };
+    let worst_rate = rate_ratios
+        .iter()
+        .map(|(_, r)| *r)
+        .fold(f64::INFINITY, f64::min);
+    let worst_p99 = p99_ratios.iter().map(|(_, r)| *r).fold(0.0, f64::max);
+    let _ = writeln!(
+        md,
+        "| eBPF VIP requests/s ≥ 0.95 × direct | {} | {} |",
+        list(&rate_ratios),
+        verdict(worst_rate >= 0.95)
+    );
+    let _ = writeln!(
+        md,
+        "| eBPF VIP p99 ≤ 1.10 × direct | {} | {} |",
+        list(&p99_ratios),
+        verdict(worst_p99 <= 1.10)
+    );
+    let change = |mode: Mode, kind: Kind| {
+        let first = summarize(runs, kind, mode, min_n)?.rate;
+        let last = summarize(runs, kind, mode, max_n)?.rate;
+        Some(last / first - 1.0)
+    };
+    if let (Some(ebpf), Some(ipt)) = (
+        change(Mode::Ebpf, Kind::KeepAlive),
+        change(Mode::Iptables, Kind::KeepAlive),
+    ) {
+        let ebpf_nc = change(Mode::Ebpf, Kind::NewConnections).unwrap_or(0.0);
+        let ipt_nc = change(Mode::Iptables, Kind::NewConnections).unwrap_or(0.0);
+        let _ = writeln!(
+            md,
+            "| flat from {} to {} services (≤ 5% change) while iptables degrades | eBPF {:+.1}% requests/s, {:+.1}% connections/s; iptables {:+.1}% requests/s, {:+.1}% connections/s | {} |",
+            thousands(min_n),
+            thousands(max_n),
+            ebpf * 100.0,
+            ebpf_nc * 100.0,
+            ipt * 100.0,
+            ipt_nc * 100.0,
+            verdict(ebpf.abs() <= 0.05 && ebpf_nc.abs() <= 0.05)
+        );
+    }
+    if let Some(full) = programming_median(results, Mode::Ebpf, max_n, Step::Full) {
+        let ipt = programming_median(results, Mode::Iptables, max_n, Step::Full);
+        let _ = writeln!(
+            md,
+            "| programming {} services in under 1 s | {} (iptables-restore: {}) | {} |",
+            thousands(max_n),
+            seconds(full),
+            ipt.map_or("–".into(), seconds),
+            verdict(full < 1.0)
+        );
+    }
+    md.push('\n');
+
+    // Summary ratios.
+    let _ = writeln!(
+        md,
+        "## Summary: Berth eBPF against the limit and each baseline\n"
+    );
+    let _ = writeln!(
+        md,
+        "Ratios of medians; above 1 is better for requests/s and connections/s, below 1 is better for p99 and CPU.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| services | vs | requests/s | p99 | CPU/request | new connections/s |"
+    );
+    let _ = writeln!(md, "|---:|---|---:|---:|---:|---:|");
+    for n in counts {
+        let (Some(e_ka), Some(e_nc)) = (
+            summarize(runs, Kind::KeepAlive, Mode::Ebpf, *n),
+            summarize(runs, Kind::NewConnections, Mode::Ebpf, *n),
+        ) else {
+            continue;
+        };
+        for (label, mode) in [
+            ("direct (limit)", Mode::Direct),
+            ("iptables", Mode::Iptables),
+            ("HAProxy", Mode::Haproxy),
+        ] {
+            let (Some(ka), Some(nc)) = (
+                summarize(runs, Kind::KeepAlive, mode, *n),
+                summarize(runs, Kind::NewConnections, mode, *n),
+            ) else {
+                continue;
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {label} | {} | {} | {} | {} |",
+                thousands(*n),
+                ratio(e_ka.rate, ka.rate),
+                ratio(e_ka.p99_us, ka.p99_us),
+                ratio(e_ka.cpu_us, ka.cpu_us),
+                ratio(e_nc.rate, nc.rate)
+            );
+        }
+    }
+    md.push('\n');
+
+    // Per-mode tables.
+    let _ = writeln!(md, "## Request/response over keep-alive connections\n");
+    let _ = writeln!(
+        md,
+        "wrk, {} threads, {} connections, {} s per run, HTTP GET of a 7-byte body; medians of {} interleaved rounds. \
+         CPU is the whole machine's cost of a request: client, backends, proxy and the kernel work they cause.\n",
+        p.threads, p.connections, p.duration_secs, p.rounds
+    );
+    let _ = writeln!(
+        md,
+        "| path | services | requests/s | ÷ direct | p50 | p99 | p99 ÷ direct | CPU/request | errors |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut rows: Vec<(Mode, usize)> = vec![(Mode::Direct, 0), (Mode::DirectOne, 0)];
+    for mode in SERVICE_MODES {
+        for n in counts {
+            rows.push((mode, *n));
+        }
+    }
+    for (mode, n) in &rows {
+        if let Some(s) = summarize(runs, Kind::KeepAlive, *mode, *n) {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} | {:.1} µs | {} |",
+                mode.label(),
+                if mode.has_services() {
+                    thousands(*n)
+                } else {
+                    "–".into()
+                },
+                rate(s.rate),
+                ratio(s.rate, direct_ka.rate),
+                micros(s.p50_us),
+                micros(s.p99_us),
+                ratio(s.p99_us, direct_ka.p99_us),
+                s.cpu_us,
+                s.errors
+            );
+        }
+    }
+    let _ = writeln!(md, "\n![Requests per second]({ASSET_DIR}/requests.svg)\n");
+    let _ = writeln!(md, "![p99 latency]({ASSET_DIR}/p99.svg)\n");
+    let _ = writeln!(md, "![CPU per request]({ASSET_DIR}/cpu.svg)\n");
+
+    let _ = writeln!(md, "## New connections per second\n");
+    let _ = writeln!(
+        md,
+        "The same load with `Connection: close`: every request opens a TCP connection, so a new flow is set up \
+         (service lookup, backend choice, connection tracking) per request.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| path | services | connections/s | ÷ direct | p99 | CPU/connection | errors |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|");
+    for (mode, n) in &rows {
+        if let Some(s) = summarize(runs, Kind::NewConnections, *mode, *n) {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {:.1} µs | {} |",
+                mode.label(),
+                if mode.has_services() {
+                    thousands(*n)
+                } else {
+                    "–".into()
+                },
+                rate(s.rate),
+                ratio(s.rate, direct_nc.rate),
+                micros(s.p99_us),
+                s.cpu_us,
+                s.errors
+            );
+        }
+    }
+    let _ = writeln!(
+        md,
+        "\n![New connections per second]({ASSET_DIR}/connections.svg)\n"
+    );
+
+    // Programming.
+    let _ = writeln!(md, "## Programming time\n");
+    let _ = writeln!(
+        md,
+        "From N services (the measured one with its 3 backends, every other with {} endpoints) to serving them, \
+         and one endpoint change among them. Medians of {} repetitions (a change and its reversal each count). \
+         Berth: `Datapath::apply` into freshly created maps (the programs read the maps per packet: when apply \
+         returns, the services are served — checked with a request through the measured service each time). \
+         iptables: `iptables-legacy-restore --noflush` of the rules kube-proxy writes in a full sync, into empty \
+         tables; the change is what kube-proxy 1.28+ writes for it (a partial sync: the top-level chains in full, \
+         the changed service's chains). HAProxy: from process start until the measured service answers (a reload \
+         parses the whole configuration the same way).\n",
+        p.dummy_backends, p.programming_reps
+    );
+    let _ = writeln!(
+        md,
+        "| path | services | all services | one change | what is written |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---|");
+    for mode in SERVICE_MODES {
+        for n in counts {
+            let Some(full) = programming_median(results, mode, *n, Step::Full) else {
+                continue;
+            };
+            let change = programming_median(results, mode, *n, Step::OneChange);
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} |",
+                mode.label(),
+                thousands(*n),
+                seconds(full),
+                change.map_or("–".into(), seconds),
+                programming_detail(results, mode, *n, Step::Full)
+            );
+        }
+    }
+    if let Some(open) = programming_median(results, Mode::Ebpf, max_n, Step::Open) {
+        let _ = writeln!(
+            md,
+            "\nOpening Berth's datapath once at agent start (load and verify the programs, create the maps, attach to \
+             the pod veths) took {} more; it is not repeated per change.",
+            seconds(open)
+        );
+    }
+    let _ = writeln!(md, "\n![Programming time]({ASSET_DIR}/programming.svg)\n");
+
+    // Method.
+    let _ = writeln!(md, "## How it is measured\n");
+    let _ = writeln!(
+        md,
+        "- **Topology**: berth-tests' `Cluster` — network namespaces on one machine. One node namespace per path \
+         and service count, so the paths never share rules, programs or connection tracking; on each node a client \
+         pod and three backend pods, wired by the agent's own pod networking (`podnet`: a veth per pod, /32 routes, \
+         the node routes between pods). Every path crosses the same two veths each way.\n\
+         - **Backends**: nginx, one worker process each (`master_process off`), answering `200` with a 7-byte body \
+         — the server the machine's earlier baselines (shared/notes/benchmarking.md) were measured with; an \
+         event loop with a small, well-known cost per request, so differences come from the path, not the server.\n\
+         - **Paths**: *direct (3 pod IPs)* — the limit: the client spreads its threads over the three backends' pod \
+         IPs itself (wrk's `setup`/`thread.addr`), so as many server processes are busy as behind a VIP; *direct (1 \
+         pod IP)* — one backend; *Berth eBPF* — the ClusterIP translated by Berth's TC programs on the pod veths \
+         (Maglev, connection tracking), maps programmed with `Datapath::apply`; *iptables (kube-proxy)* — \
+         KUBE-SERVICES → KUBE-SVC-* (`statistic --mode random`) → KUBE-SEP-* (DNAT), plus kube-proxy's filter \
+         rules, loaded into iptables-legacy (iptables-nft needed 6.8 s for 1,000 services and did not finish 10,000 \
+         in 45 minutes on this machine, see the notes); *HAProxy* — TCP mode, round robin, one `listen` per \
+         service, in the node namespace with the VIPs local.\n\
+         - **Services**: N services with a VIP each; the measured one sits in the middle of the list (a linear rule \
+         walk passes half the others), the rest have {} endpoints each.\n\
+         - **Load**: wrk {}, {} threads × {} connections total, closed loop, {} s per run, after a 1 s warm-up of every \
+         path. Rounds interleave the paths (a b c … a b c …) so drifts of the machine hit all of them alike; tables \
+         show medians.\n\
+         - **CPU per request**: CPU time of the benchmark's cgroup (wrk, nginx, HAProxy) plus the kernel's softirq \
+         threads, over the run, divided by the requests. This kernel has no IRQ time accounting, so the network \
+         stack's work is charged to the process it runs for — on veths, mostly the sender — and the figure is the \
+         whole path's cost. Other work on the machine used a median of {:.2} CPUs during the runs (the runs share the \
+         {} CPUs with it).\n\
+         - **Not measured**: IPVS (kube-proxy's ipvs mode) — this kernel is built without IPVS (`CONFIG_IP_VS` unset, \
+         no loadable modules), so there is no IPVS to measure. Failover (issue item 3) and the control plane at \
+         scale (item 4) are pending: they need the agent binary and the control plane, which are still being built.\n",
+        p.dummy_backends,
+        results
+            .machine
+            .tools
+            .iter()
+            .find(|(name, _)| name == "wrk")
+            .map_or("", |(_, v)| v.as_str()),
+        p.threads,
+        p.connections,
+        p.duration_secs,
+        {
+            let mut bg: Vec<f64> = runs.iter().map(|r| r.background_cores).collect();
+            median(&mut bg).unwrap_or(0.0)
+        },
+        results.machine.cpus
+    );
+
+    let _ = writeln!(md, "## The machine\n");
+    let m = &results.machine;
+    let _ = writeln!(
+        md,
+        "{} · {} CPUs · {:.0} GiB · {} · Linux {}\n",
+        m.cpu_model, m.cpus, m.memory_gib, m.os, m.kernel
+    );
+    for (tool, version) in &m.tools {
+        let _ = writeln!(md, "- {tool}: `{version}`");
+    }
+    md.push('\n');
+
+    let _ = writeln!(md, "<details><summary>Every run</summary>\n");
+    let _ = writeln!(
+        md,
+        "| round | load | path | services | rate/s | p50 | p99 | CPU/request | other load (CPUs) | errors |"
+    );
+    let _ = writeln!(md, "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    for r in runs {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {:.1} µs | {:.2} | {} |",
+            r.round,
+            r.kind.label(),
+            r.mode.label(),
+            if r.mode.has_services() {
+                thousands(r.services)
+            } else {
+                "–".into()
+            },
+            rate(r.wrk.requests_per_sec),
+            micros(r.wrk.p50_us),
+            micros(r.wrk.p99_us),
+            r.cpu_us_per_request,
+            r.background_cores,
+            r.wrk.errors
+        );
+    }
+    let _ = writeln!(md, "\n</details>");
+    md
+}
+
+/// Writes `<out>/BENCHMARKS.md`, `<out>/bench/*.svg` and `<out>/bench/results.json`.
+pub fn write(results: &Results, out: &Path, command: &str) -> anyhow::Result<()> {
+    let assets = out.join(ASSET_DIR);
+    std::fs::create_dir_all(&assets).with_context(|| format!("creating {}", assets.display()))?;
+    for (name, _, svg) in charts(results) {
+        std::fs::write(assets.join(&name), svg)?;
+    }
+    std::fs::write(
+        assets.join("results.json"),
+        serde_json::to_string_pretty(results)?,
+    )?;
+    let report = out.join("BENCHMARKS.md");
+    std::fs::write(&report, markdown(results, command))
+        .with_context(|| format!("writing {}", report.display()))?;
+    Ok(())
+}
