@@ -6,6 +6,7 @@ pub mod api;
 pub mod client;
 pub mod config;
 pub mod controllers;
+pub mod ctl;
 pub mod hollow;
 pub mod kubeconfig;
 pub mod metrics;

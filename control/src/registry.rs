@@ -269,28 +269,43 @@ impl Registry {
         name: &str,
         wanted: Option<Revision>,
     ) -> Result<Value, ApiError> {
-        let Some(kv) = self.read(key(rt, namespace, name)).await? else {
-            return Err(ApiError::not_found(rt.kind, name));
-        };
-        let object = decode_stored(&kv)?;
-        let mut ops = vec![Op::Delete {
-            key: kv.key.clone(),
-            precondition: Precondition::ModRevision(wanted.unwrap_or(kv.mod_revision)),
-        }];
-        // Revision history is owned by its Deployment and goes with it.
-        if rt.kind == "Deployment" {
-            for revision in self
-                .controller_revisions(namespace, str_at(&object, "/metadata/uid"))
-                .await?
-            {
-                ops.push(Op::Delete {
-                    key: revision.0.key.clone(),
-                    precondition: Precondition::ModRevision(revision.0.mod_revision),
-                });
+        let mut attempt = 0;
+        loop {
+            let Some(kv) = self.read(key(rt, namespace, name)).await? else {
+                return Err(ApiError::not_found(rt.kind, name));
+            };
+            let object = decode_stored(&kv)?;
+            let mut ops = vec![Op::Delete {
+                key: kv.key.clone(),
+                precondition: Precondition::ModRevision(wanted.unwrap_or(kv.mod_revision)),
+            }];
+            // Revision history is owned by its Deployment and goes with it.
+            if rt.kind == "Deployment" {
+                for revision in self
+                    .controller_revisions(namespace, str_at(&object, "/metadata/uid"))
+                    .await?
+                {
+                    ops.push(Op::Delete {
+                        key: revision.0.key.clone(),
+                        precondition: Precondition::ModRevision(revision.0.mod_revision),
+                    });
+                }
+            }
+            match self.commit(ops).await {
+                // The revision of the deletion, as the DELETED watch event carries it.
+                Ok(revision) => return Ok(stamp(object, revision)),
+                // Without a precondition from the caller, a concurrent status write is no
+                // reason to refuse the delete.
+                Err(e)
+                    if e.code == StatusCode::CONFLICT
+                        && wanted.is_none()
+                        && attempt < MAX_RETRIES =>
+                {
+                    attempt += 1
+                }
+                Err(e) => return Err(e),
             }
         }
-        self.commit(ops).await?;
-        Ok(object)
     }
 
     /// Creates or replaces every object of a manifest in one transaction: all or nothing.

@@ -6,7 +6,10 @@ mod common;
 use std::{future::Future, time::Duration};
 
 use axum::http::Method;
-use berth_api::agent::{HeartbeatRequest, JoinRequest, PodStatusReport, agent_client::AgentClient};
+use berth_api::agent::{
+    HeartbeatRequest, JoinRequest, PodStatusReport, WatchRequest, agent_client::AgentClient,
+    watch_event::Type,
+};
 use berth_control::hollow::{HollowHandle, HollowNode};
 use common::{TestServer, start_with};
 use serde_json::Value;
@@ -210,6 +213,49 @@ async fn hollow_nodes_run_a_deployment_and_fail_over() {
         (pods.len() == 6 && live == 6 && running == 6).then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+async fn watches_resync_after_compaction() {
+    let c = cluster().await;
+    let node = HollowNode::join(&c.t.server.agent_url, &c.ca, &c.token, "n0")
+        .await
+        .expect("join");
+    let mut client = node.client();
+    // Fresh watch: snapshot, then SYNCED with the revision to resume from.
+    let mut fresh = client
+        .watch_services(WatchRequest::default())
+        .await
+        .expect("watch")
+        .into_inner();
+    let synced = fresh.message().await.expect("read").expect("event");
+    assert_eq!(synced.r#type(), Type::Synced);
+    assert!(!synced.resource_version.is_empty());
+
+    let (status, _) = c.t.apply(&manifest(1)).await;
+    assert_eq!(status, 200);
+    let store = c.t.server.store();
+    let head = tokio::task::spawn_blocking(move || {
+        let head = store.revision()?;
+        store.compact(head).map(|()| head)
+    })
+    .await
+    .expect("join")
+    .expect("compact");
+    assert!(head > 1);
+    let mut stale = client
+        .watch_pods(WatchRequest {
+            resource_version: "1".to_owned(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let expired = stale.message().await.expect("read").expect("event");
+    assert_eq!(
+        expired.r#type(),
+        Type::Expired,
+        "the agent must resync from a snapshot"
+    );
 }
 
 #[tokio::test]

@@ -713,3 +713,22 @@ async fn plain_http_only_when_asked_and_still_authenticated() {
         .expect("request");
     assert_eq!(status.as_u16(), 401);
 }
+
+#[tokio::test]
+async fn bookmarks_advance_a_filtered_watch() {
+    let t = start().await;
+    let mut watch = t
+        .client
+        .watch(&format!(
+            "{DEPLOYMENTS}?watch=true&resourceVersion=0&allowWatchBookmarks=true"
+        ))
+        .await
+        .expect("watch");
+    // A write of another kind: nothing for this watch, but its resume point moves on.
+    let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}});
+    let (_, created) = t.call(Method::POST, "/api/v1/nodes", Some(&node)).await;
+    let event = watch.next().await.expect("read").expect("event");
+    assert_eq!(event["type"], "BOOKMARK");
+    assert_eq!(event["object"]["kind"], "Deployment");
+    assert_eq!(rv(&event["object"]), rv(&created));
+}

@@ -238,12 +238,14 @@ async fn deployment_rolls_out_schedules_serves_and_heals() {
         (pods(&t, "app%3Dweb").await.len() == 1).then_some(())
     })
     .await;
-    t.call(
-        Method::DELETE,
-        "/apis/apps/v1/namespaces/default/deployments/web",
-        None,
-    )
-    .await;
+    let (status, body) = t
+        .call(
+            Method::DELETE,
+            "/apis/apps/v1/namespaces/default/deployments/web",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
     eventually("nothing left", || async {
         let (_, sets) = t
             .call(

@@ -459,7 +459,7 @@ impl Runtime {
                 namespace,
                 name,
             } => match self.registry.delete(rt, &namespace, &name, None).await {
-                Ok(_) => Ok(self.registry.store().revision().unwrap_or(0)),
+                Ok(deleted) => Ok(revision_of(&deleted)),
                 Err(e) if e.code == axum::http::StatusCode::NOT_FOUND => Ok(0),
                 Err(e) => Err(e),
             },

@@ -1,0 +1,24 @@
+use berth_control::ctl::{Cli, run};
+use clap::Parser as _;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let mut warnings = Vec::new();
+    let result = run(cli, &mut warnings).await;
+    for warning in warnings {
+        eprintln!("Warning: {warning}");
+    }
+    match result {
+        Ok(output) => {
+            if !output.is_empty() {
+                println!("{output}");
+            }
+            std::process::ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
