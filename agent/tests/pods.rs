@@ -1055,7 +1055,10 @@ fn a_readiness_failure_takes_the_backend_out_of_the_datapath_within_one_period()
 fn the_run_loop_keeps_restarting_crashed_containers_without_its_feed() {
     let rt = tokio_runtime();
     let mut node = TestNode::new(&rt, "198.18.110.0/24");
-    let (manager, _events) = node.manager(BackoffConfig::default());
+    // A resync far longer than the test: restarts come from the engine's death events.
+    let mut config = node.config(BackoffConfig::default());
+    config.resync_period = Duration::from_secs(600);
+    let (manager, _events) = PodManager::new(node.docker.clone(), config).expect("a pod manager");
     let pod = node.echo_pod("orphan", RestartPolicy::Always);
     let (desired_tx, desired_rx) = watch::channel(vec![pod.clone()]);
     let (reports_tx, mut reports_rx) = watch::channel(Vec::new());
@@ -1093,11 +1096,13 @@ fn the_run_loop_keeps_restarting_crashed_containers_without_its_feed() {
     drop(desired_tx);
     rt.block_on(node.docker.kill(&container_id(&report), "SIGKILL"))
         .expect("kill the app container");
+    let killed_at = Instant::now();
     let restarted = wait_for(&mut reports_rx, "the restart", &|report| {
         report
             .container("echo")
             .is_some_and(|echo| echo.restart_count == 1 && echo.state == ContainerState::Running)
     });
+    eprintln!("restarted {:?} after the kill", killed_at.elapsed());
     assert_ne!(container_id(&restarted), container_id(&report));
     assert_eq!(restarted.pod_ip, report.pod_ip);
     let _ = stop_tx.send(());
