@@ -20,9 +20,10 @@
 //!
 //! [`PodManager::run`] drives it: it reconciles whenever the desired pods change, a probe
 //! result changes, a back-off ends, or at least every resync period, and publishes pod
-//! reports on a watch channel. It follows the engine's `die` events for the node's containers, so
-//! a crash is handled at once. It reconciles against the last desired pods it was given,
-//! so while the control plane is unreachable crashed containers keep being restarted.
+//! reports on a watch channel. It follows the engine's `die` events for the node's
+//! containers, so a crash is handled at once. It reconciles against the last desired pods
+//! it was given, so while the control plane is unreachable crashed containers keep being
+//! restarted.
 
 mod backoff;
 mod spec;
