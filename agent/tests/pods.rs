@@ -1177,3 +1177,60 @@ fn a_lost_sandbox_is_set_up_again_with_the_same_address() {
     let (code, _) = http(&node.name, ip, "GET", "/");
     assert_eq!(code, 200);
 }
+
+#[test]
+fn a_failed_startup_probe_restarts_the_container() {
+    let rt = tokio_runtime();
+    let mut node = TestNode::new(&rt, "198.18.112.0/24");
+    let (mut manager, mut events) = node.manager(BackoffConfig {
+        base: Duration::from_millis(500),
+        ..BackoffConfig::default()
+    });
+    let mut pod = node.echo_pod("never-starts", RestartPolicy::OnFailure);
+    let mut startup = ProbeSpec::new(
+        ProbeKind::Startup,
+        ProbeAction::Exec {
+            command: vec!["cat".to_owned(), "/tmp/never".to_owned()],
+        },
+    );
+    startup.failure_threshold = 2;
+    pod.containers[0].probes.startup = Some(startup);
+    pod.containers[0].probes.liveness = Some(http_probe("/healthz", ProbeKind::Liveness));
+    let desired = vec![pod.clone()];
+    let report = rt.block_on(drive(
+        &mut manager,
+        &desired,
+        &pod.uid,
+        "running",
+        |report| report.phase == PodPhase::Running,
+    ));
+    let first = container_id(&report);
+    let (event, _) =
+        rt.block_on(events.wait("startup failure", |event| event.kind == ProbeKind::Startup));
+    assert_eq!(event.result, ProbeResult::Failure);
+    assert_eq!(event.container_id, first);
+    assert!(event.message.contains("exit code"), "{}", event.message);
+    let report = rt.block_on(drive(
+        &mut manager,
+        &desired,
+        &pod.uid,
+        "the restart after the startup failure",
+        |report| {
+            report
+                .container("echo")
+                .is_some_and(|echo| echo.restart_count >= 1)
+        },
+    ));
+    let echo = report.container("echo").expect("echo");
+    assert_eq!(
+        echo.last_termination
+            .as_ref()
+            .map(|ended| ended.reason.as_str()),
+        Some(reason::STARTUP_PROBE_FAILED),
+        "{echo:?}"
+    );
+    // Liveness never ran: the startup probe gates it.
+    for event in events.drain() {
+        assert_ne!(event.kind, ProbeKind::Liveness, "{event:?}");
+    }
+}

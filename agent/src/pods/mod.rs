@@ -50,7 +50,7 @@ use crate::{
     ipam::{Cidr, Ipam, IpamError},
     net,
     podnet::{self, PodNetwork},
-    probes::{self, ProbeEvent, ProbeState, ProbeTarget},
+    probes::{self, ProbeEvent, ProbeKind, ProbeState, ProbeTarget},
     runtime::{ContainerSpec, ContainerSummary, DockerRuntime, NetworkMode, RuntimeError, labels},
 };
 
@@ -990,7 +990,9 @@ impl PodManager {
     async fn termination(&self, id: &str, probes: &ProbeState) -> Terminated {
         match self.runtime.inspect(id).await {
             Ok(status) => {
-                let reason = if probes.killed() {
+                let reason = if probes.killed_by() == Some(ProbeKind::Startup) {
+                    reason::STARTUP_PROBE_FAILED
+                } else if probes.killed() {
                     reason::LIVENESS_PROBE_FAILED
                 } else if status.oom_killed {
                     reason::OOM_KILLED
