@@ -149,8 +149,8 @@ pub struct ProbeState {
 struct ProbeStateInner {
     started: bool,
     ready: Option<bool>,
-    /// The worker stopped the container because its liveness or startup probe failed.
-    killed: bool,
+    /// The probe whose failure made the worker stop the container.
+    killed_by: Option<ProbeKind>,
 }
 
 impl ProbeState {
@@ -166,7 +166,12 @@ impl ProbeState {
 
     /// Whether the worker stopped the container after a liveness or startup failure.
     pub fn killed(&self) -> bool {
-        self.read().killed
+        self.read().killed_by.is_some()
+    }
+
+    /// Which probe's failure made the worker stop the container.
+    pub fn killed_by(&self) -> Option<ProbeKind> {
+        self.read().killed_by
     }
 
     fn read(&self) -> ProbeStateInner {
@@ -357,7 +362,7 @@ impl Worker {
 
     async fn kill(&self, kind: ProbeKind) {
         self.state.update(|state| {
-            state.killed = true;
+            state.killed_by = Some(kind);
             state.ready = Some(false);
         });
         tracing::warn!(

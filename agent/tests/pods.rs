@@ -658,7 +658,7 @@ fn readiness_failure_is_an_event_within_one_period() {
     }));
     let took = seen_at.duration_since(failed_at);
     // One period plus the probe's timeout, and slack for a busy machine.
-    let bound = period + timeout + Duration::from_secs(2);
+    let bound = period + timeout + Duration::from_secs(3);
     assert!(
         took <= bound,
         "readiness failure took {took:?} (bound {bound:?})"
@@ -933,7 +933,7 @@ fn a_readiness_failure_takes_the_backend_out_of_the_datapath_within_one_period()
     let (mut manager, mut events) = node.manager(BackoffConfig::default());
     let mut pod = node.echo_pod("backend", RestartPolicy::Always);
     let readiness = http_probe("/readyz", ProbeKind::Readiness);
-    let bound = readiness.period + readiness.timeout + Duration::from_secs(2);
+    let bound = readiness.period + readiness.timeout + Duration::from_secs(3);
     pod.containers[0].probes.readiness = Some(readiness);
     let desired = vec![pod.clone()];
     let report = rt.block_on(drive(
@@ -1055,7 +1055,10 @@ fn a_readiness_failure_takes_the_backend_out_of_the_datapath_within_one_period()
 fn the_run_loop_keeps_restarting_crashed_containers_without_its_feed() {
     let rt = tokio_runtime();
     let mut node = TestNode::new(&rt, "198.18.110.0/24");
-    let (manager, _events) = node.manager(BackoffConfig::default());
+    // A resync far longer than the test: restarts come from the engine's death events.
+    let mut config = node.config(BackoffConfig::default());
+    config.resync_period = Duration::from_secs(600);
+    let (manager, _events) = PodManager::new(node.docker.clone(), config).expect("a pod manager");
     let pod = node.echo_pod("orphan", RestartPolicy::Always);
     let (desired_tx, desired_rx) = watch::channel(vec![pod.clone()]);
     let (reports_tx, mut reports_rx) = watch::channel(Vec::new());
@@ -1093,11 +1096,13 @@ fn the_run_loop_keeps_restarting_crashed_containers_without_its_feed() {
     drop(desired_tx);
     rt.block_on(node.docker.kill(&container_id(&report), "SIGKILL"))
         .expect("kill the app container");
+    let killed_at = Instant::now();
     let restarted = wait_for(&mut reports_rx, "the restart", &|report| {
         report
             .container("echo")
             .is_some_and(|echo| echo.restart_count == 1 && echo.state == ContainerState::Running)
     });
+    eprintln!("restarted {:?} after the kill", killed_at.elapsed());
     assert_ne!(container_id(&restarted), container_id(&report));
     assert_eq!(restarted.pod_ip, report.pod_ip);
     let _ = stop_tx.send(());
@@ -1171,4 +1176,61 @@ fn a_lost_sandbox_is_set_up_again_with_the_same_address() {
     assert!(containers.iter().all(|container| container.id != pause.id));
     let (code, _) = http(&node.name, ip, "GET", "/");
     assert_eq!(code, 200);
+}
+
+#[test]
+fn a_failed_startup_probe_restarts_the_container() {
+    let rt = tokio_runtime();
+    let mut node = TestNode::new(&rt, "198.18.112.0/24");
+    let (mut manager, mut events) = node.manager(BackoffConfig {
+        base: Duration::from_millis(500),
+        ..BackoffConfig::default()
+    });
+    let mut pod = node.echo_pod("never-starts", RestartPolicy::OnFailure);
+    let mut startup = ProbeSpec::new(
+        ProbeKind::Startup,
+        ProbeAction::Exec {
+            command: vec!["cat".to_owned(), "/tmp/never".to_owned()],
+        },
+    );
+    startup.failure_threshold = 2;
+    pod.containers[0].probes.startup = Some(startup);
+    pod.containers[0].probes.liveness = Some(http_probe("/healthz", ProbeKind::Liveness));
+    let desired = vec![pod.clone()];
+    let report = rt.block_on(drive(
+        &mut manager,
+        &desired,
+        &pod.uid,
+        "running",
+        |report| report.phase == PodPhase::Running,
+    ));
+    let first = container_id(&report);
+    let (event, _) =
+        rt.block_on(events.wait("startup failure", |event| event.kind == ProbeKind::Startup));
+    assert_eq!(event.result, ProbeResult::Failure);
+    assert_eq!(event.container_id, first);
+    assert!(event.message.contains("exit code"), "{}", event.message);
+    let report = rt.block_on(drive(
+        &mut manager,
+        &desired,
+        &pod.uid,
+        "the restart after the startup failure",
+        |report| {
+            report
+                .container("echo")
+                .is_some_and(|echo| echo.restart_count >= 1)
+        },
+    ));
+    let echo = report.container("echo").expect("echo");
+    assert_eq!(
+        echo.last_termination
+            .as_ref()
+            .map(|ended| ended.reason.as_str()),
+        Some(reason::STARTUP_PROBE_FAILED),
+        "{echo:?}"
+    );
+    // Liveness never ran: the startup probe gates it.
+    for event in events.drain() {
+        assert_ne!(event.kind, ProbeKind::Liveness, "{event:?}");
+    }
 }

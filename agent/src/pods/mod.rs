@@ -20,8 +20,10 @@
 //!
 //! [`PodManager::run`] drives it: it reconciles whenever the desired pods change, a probe
 //! result changes, a back-off ends, or at least every resync period, and publishes pod
-//! reports on a watch channel. It reconciles against the last desired pods it was given,
-//! so while the control plane is unreachable crashed containers keep being restarted.
+//! reports on a watch channel. It follows the engine's `die` events for the node's
+//! containers, so a crash is handled at once. It reconciles against the last desired pods
+//! it was given, so while the control plane is unreachable crashed containers keep being
+//! restarted.
 
 mod backoff;
 mod spec;
@@ -48,7 +50,7 @@ use crate::{
     ipam::{Cidr, Ipam, IpamError},
     net,
     podnet::{self, PodNetwork},
-    probes::{self, ProbeEvent, ProbeState, ProbeTarget},
+    probes::{self, ProbeEvent, ProbeKind, ProbeState, ProbeTarget},
     runtime::{ContainerSpec, ContainerSummary, DockerRuntime, NetworkMode, RuntimeError, labels},
 };
 
@@ -303,6 +305,14 @@ impl PodManager {
         shutdown: impl Future<Output = ()>,
     ) -> Self {
         tokio::pin!(shutdown);
+        let deaths = tokio::spawn(wake_on_deaths(
+            self.runtime.clone(),
+            self.config.node.clone(),
+            Arc::clone(&self.wake),
+            self.config.resync_period,
+        ));
+        // Stops the watcher however this future ends (returned or dropped).
+        let _deaths = AbortOnDrop(deaths.abort_handle());
         let mut feeding = true;
         loop {
             let pods = desired.borrow_and_update().clone();
@@ -980,7 +990,9 @@ impl PodManager {
     async fn termination(&self, id: &str, probes: &ProbeState) -> Terminated {
         match self.runtime.inspect(id).await {
             Ok(status) => {
-                let reason = if probes.killed() {
+                let reason = if probes.killed_by() == Some(ProbeKind::Startup) {
+                    reason::STARTUP_PROBE_FAILED
+                } else if probes.killed() {
                     reason::LIVENESS_PROBE_FAILED
                 } else if status.oom_killed {
                     reason::OOM_KILLED
@@ -1038,6 +1050,47 @@ impl PodManager {
             adopted,
         ))
         .abort_handle()
+    }
+}
+
+struct AbortOnDrop(AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Wakes the run loop whenever one of the node's containers dies, so a crash is handled
+/// at once rather than at the next resync; reconnects when the event stream breaks (the
+/// resync still covers the gap).
+async fn wake_on_deaths(runtime: DockerRuntime, node: String, wake: Arc<Notify>, retry: Duration) {
+    use futures_util::StreamExt as _;
+    loop {
+        let deaths = runtime.container_deaths(&[(labels::NODE, &node)]);
+        tokio::pin!(deaths);
+        while let Some(death) = deaths.next().await {
+            match death {
+                Ok(id) => {
+                    // The event can come before the engine reports the container as
+                    // stopped; a reconcile then would still see it running.
+                    for _ in 0..40 {
+                        match runtime.inspect(&id).await {
+                            Ok(status) if status.running => {
+                                tokio::time::sleep(Duration::from_millis(25)).await;
+                            }
+                            _ => break,
+                        }
+                    }
+                    wake.notify_one();
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "the engine's event stream broke; reconnecting");
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(retry).await;
     }
 }
 

@@ -18,6 +18,7 @@ pub mod reason {
     pub const ERROR: &str = "Error";
     pub const OOM_KILLED: &str = "OOMKilled";
     pub const LIVENESS_PROBE_FAILED: &str = "LivenessProbeFailed";
+    pub const STARTUP_PROBE_FAILED: &str = "StartupProbeFailed";
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,12 +8,12 @@ use bollard::{
     exec::{CreateExecOptions, StartExecResults},
     models::{ContainerCreateBody, HostConfig, RestartPolicy, RestartPolicyNameEnum},
     query_parameters::{
-        CreateContainerOptionsBuilder, InspectContainerOptions, KillContainerOptionsBuilder,
-        ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, StartContainerOptions,
-        StopContainerOptionsBuilder,
+        CreateContainerOptionsBuilder, EventsOptionsBuilder, InspectContainerOptions,
+        KillContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+        StartContainerOptions, StopContainerOptionsBuilder,
     },
 };
-use futures_util::StreamExt as _;
+use futures_util::{Stream, StreamExt as _};
 
 use super::{
     ContainerSpec, ContainerStatus, ContainerSummary, ExecOutput, Limits, NetworkMode, RuntimeError,
@@ -294,6 +294,40 @@ impl DockerRuntime {
                 source,
             }),
         }
+    }
+
+    /// The ids of containers carrying all of `labels` as they die (exit, are killed, run
+    /// out of memory), from the engine's event stream: a crash is seen at once instead of
+    /// at the next poll. The stream ends (or fails) when the connection does.
+    pub fn container_deaths(
+        &self,
+        labels: &[(&str, &str)],
+    ) -> impl Stream<Item = Result<String, RuntimeError>> + use<> {
+        let mut filters: HashMap<&str, Vec<String>> = HashMap::from([
+            ("type", vec!["container".to_owned()]),
+            ("event", vec!["die".to_owned()]),
+        ]);
+        filters.insert(
+            "label",
+            labels
+                .iter()
+                .map(|(key, value)| format!("{key}={value}"))
+                .collect(),
+        );
+        let options = EventsOptionsBuilder::new().filters(&filters).build();
+        self.docker.events(Some(options)).map(|event| {
+            let event = event.map_err(|source| RuntimeError::Docker {
+                operation: "events",
+                source,
+            })?;
+            event
+                .actor
+                .and_then(|actor| actor.id)
+                .ok_or(RuntimeError::Incomplete {
+                    operation: "events",
+                    missing: "the container id",
+                })
+        })
     }
 
     /// Every container (running or not) carrying all of `labels`.
