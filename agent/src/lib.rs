@@ -1,14 +1,18 @@
 //! berth-agent: the node agent. Runs pods through the Docker Engine, wires their network,
 //! and programs the eBPF service datapath.
 
-pub mod datapath;
-pub mod ipam;
 pub use berth_net as net;
+
+pub mod config;
+pub mod controlplane;
+pub mod datapath;
 pub mod dns;
+pub mod ipam;
 pub mod metrics;
 pub mod podnet;
 pub mod pods;
 pub mod probes;
 pub mod readiness;
+pub mod run;
 pub mod runtime;
 pub mod services;

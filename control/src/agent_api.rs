@@ -290,8 +290,10 @@ impl agent_server::Agent for AgentService {
         request: Request<WatchRequest>,
     ) -> Result<Response<EventStream>, Status> {
         node_of(&request)?;
+        // Nodes too: agents place endpoints on nodes by their pod ranges and send
+        // north-south flows to other nodes' addresses.
         self.watch(
-            vec![&SERVICES, &ENDPOINTS],
+            vec![&SERVICES, &ENDPOINTS, &NODES],
             FieldSelector::default(),
             &request.get_ref().resource_version,
         )

@@ -142,12 +142,16 @@ pub enum DatapathError {
         #[source]
         source: LinkError,
     },
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
+    #[error(
+        "{0} is not on a BPF filesystem: mount one with `mount -t bpf bpf /sys/fs/bpf` (note that `ip netns exec` hides /sys/fs/bpf; start the agent in a network namespace with `nsenter --net=/run/netns/<name>` instead)"
+    )]
+    NotBpffs(PathBuf),
     #[error("the eBPF object has no map or program named {0}")]
     Missing(&'static str),
     #[error(
@@ -308,6 +312,9 @@ impl Datapath {
             return Err(DatapathError::MaglevSizeNotPrime(limits.maglev_min_table));
         }
         let pin_dir = options.pin_dir.clone();
+        if !on_bpffs(&pin_dir) {
+            return Err(DatapathError::NotBpffs(pin_dir));
+        }
         fs::create_dir_all(pin_dir.join("links")).map_err(io_error(&pin_dir))?;
         let sizes = limits.map_sizes();
         for (map, configured) in sizes {
@@ -974,17 +981,13 @@ impl Datapath {
             .ok_or(DatapathError::Missing(program))?
             .try_into()
             .map_err(program_error(program))?;
-        let link_id = match PinnedLink::from_pin(&pin) {
-            Ok(pinned) => {
-                let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|source| {
-                    DatapathError::Link {
-                        path: pin.clone(),
-                        source,
-                    }
-                })?;
-                prog.attach_to_link(link).map_err(program_error(program))?
-            }
-            Err(_) => {
+        let replaced = PinnedLink::from_pin(&pin)
+            .ok()
+            .and_then(|pinned| XdpLink::try_from(FdLink::from(pinned)).ok())
+            .and_then(|link| prog.attach_to_link(link).ok());
+        let link_id = match replaced {
+            Some(link_id) => link_id,
+            None => {
                 let flags = match mode {
                     XdpMode::Native => aya::programs::XdpMode::Driver,
                     XdpMode::Generic => aya::programs::XdpMode::Skb,
@@ -1032,18 +1035,15 @@ impl Datapath {
             .ok_or(DatapathError::Missing(program))?
             .try_into()
             .map_err(program_error(program))?;
-        let link_id = match PinnedLink::from_pin(&pin) {
-            Ok(pinned) => {
-                let link =
-                    SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|source| {
-                        DatapathError::Link {
-                            path: pin.clone(),
-                            source,
-                        }
-                    })?;
-                prog.attach_to_link(link).map_err(program_error(program))?
-            }
-            Err(_) => prog
+        let replaced = PinnedLink::from_pin(&pin)
+            .ok()
+            .and_then(|pinned| SchedClassifierLink::try_from(FdLink::from(pinned)).ok())
+            .and_then(|link| prog.attach_to_link(link).ok());
+        let link_id = match replaced {
+            Some(link_id) => link_id,
+            // No pinned link, or one whose interface is gone (a pod's veth recreated under
+            // the same name): attach afresh; pinning below replaces the stale pin.
+            None => prog
                 .attach(interface, attach_type)
                 .map_err(program_error(program))?,
         };
@@ -1202,6 +1202,25 @@ impl Datapath {
             Err(error) => Err(io_error(pin_dir)(error)),
         }
     }
+}
+
+/// Whether `dir`, or the nearest ancestor that exists, lives on a bpffs mount: pins only
+/// survive the agent there.
+fn on_bpffs(dir: &Path) -> bool {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let existing = dir.ancestors().find(|path| path.exists());
+    let Some(existing) = existing else {
+        return false;
+    };
+    let Ok(path) = std::ffi::CString::new(existing.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    let mut stat = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: `path` is a NUL-terminated string and `stat` a properly sized buffer that
+    // statfs fills on success.
+    let rc = unsafe { libc::statfs(path.as_ptr(), stat.as_mut_ptr()) };
+    // SAFETY: statfs returned 0, so it initialised `stat`.
+    rc == 0 && unsafe { stat.assume_init() }.f_type == BPF_FS_MAGIC
 }
 
 pub fn service_key(frontend: &Frontend) -> ServiceKey {

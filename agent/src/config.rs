@@ -1,0 +1,319 @@
+//! The agent's configuration, parsed in one place: command-line flags, then `BERTH_AGENT_*`
+//! environment variables, then a YAML file (`--config`), then defaults. Tests build it
+//! with [`Config::from_args`] and never touch the process environment.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+};
+
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::datapath::XdpMode;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Args(#[from] clap::Error),
+    #[error("reading the configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("configuration file {path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("{field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+/// Flags and environment. Every setting is optional here so that the file can fill it.
+#[derive(Debug, Parser)]
+#[command(
+    name = "berth-agent",
+    about = "Berth node agent: runs the node's pods through Docker and programs the eBPF datapath",
+    after_help = "Example:\n  berth-agent --node-name node-1 --server https://198.18.0.254:6444 \\\n    --ca-file /var/lib/berth/control/ca.crt --bootstrap-token-file token \\\n    --node-address 198.18.0.1 --external-interface eth0"
+)]
+struct Args {
+    /// YAML file with any of the settings below (flag names, with dashes or underscores).
+    #[arg(long, env = "BERTH_AGENT_CONFIG")]
+    config: Option<PathBuf>,
+    /// This node's name in the cluster [default: the host name].
+    #[arg(long, env = "BERTH_AGENT_NODE_NAME")]
+    node_name: Option<String>,
+    /// The control plane's agent API (gRPC over TLS).
+    #[arg(long, env = "BERTH_AGENT_SERVER")]
+    server: Option<String>,
+    /// The control plane's CA certificate (PEM).
+    #[arg(long, env = "BERTH_AGENT_CA_FILE")]
+    ca_file: Option<PathBuf>,
+    /// File holding the bootstrap token used to join the first time.
+    #[arg(long, env = "BERTH_AGENT_BOOTSTRAP_TOKEN_FILE")]
+    bootstrap_token_file: Option<PathBuf>,
+    /// Where the node's key, certificate and pod range are kept
+    /// [default: /var/lib/berth/agent/<node>].
+    #[arg(long, env = "BERTH_AGENT_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// bpffs directory for the datapath's pinned maps and links
+    /// [default: /sys/fs/bpf/berth/<node>].
+    #[arg(long, env = "BERTH_AGENT_PIN_DIR")]
+    pin_dir: Option<PathBuf>,
+    /// The node's address on the network between nodes.
+    #[arg(long, env = "BERTH_AGENT_NODE_ADDRESS")]
+    node_address: Option<Ipv4Addr>,
+    /// Interface for north-south traffic (XDP). Berth attaches to no other interface
+    /// than this and the pods' own veths; leave it out to serve east-west only.
+    #[arg(long, env = "BERTH_AGENT_EXTERNAL_INTERFACE")]
+    external_interface: Option<String>,
+    /// How XDP attaches to the external interface: native or generic [default: native].
+    #[arg(long, env = "BERTH_AGENT_XDP_MODE")]
+    xdp_mode: Option<String>,
+    /// Where the DNS server listens (UDP) [default: <node address>:53].
+    #[arg(long, env = "BERTH_AGENT_DNS_LISTEN")]
+    dns_listen: Option<SocketAddr>,
+    /// The cluster's DNS domain [default: cluster.local].
+    #[arg(long, env = "BERTH_AGENT_CLUSTER_DOMAIN")]
+    cluster_domain: Option<String>,
+    /// Where /metrics is served [default: <node address>:9102].
+    #[arg(long, env = "BERTH_AGENT_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    /// The Docker engine's socket [default: /var/run/docker.sock].
+    #[arg(long, env = "BERTH_AGENT_DOCKER_SOCKET")]
+    docker_socket: Option<String>,
+}
+
+/// The same settings as the file spells them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileConfig {
+    #[serde(alias = "node_name")]
+    node_name: Option<String>,
+    server: Option<String>,
+    #[serde(alias = "ca_file")]
+    ca_file: Option<PathBuf>,
+    #[serde(alias = "bootstrap_token_file")]
+    bootstrap_token_file: Option<PathBuf>,
+    #[serde(alias = "state_dir")]
+    state_dir: Option<PathBuf>,
+    #[serde(alias = "pin_dir")]
+    pin_dir: Option<PathBuf>,
+    #[serde(alias = "node_address")]
+    node_address: Option<Ipv4Addr>,
+    #[serde(alias = "external_interface")]
+    external_interface: Option<String>,
+    #[serde(alias = "xdp_mode")]
+    xdp_mode: Option<String>,
+    #[serde(alias = "dns_listen")]
+    dns_listen: Option<SocketAddr>,
+    #[serde(alias = "cluster_domain")]
+    cluster_domain: Option<String>,
+    #[serde(alias = "metrics_listen")]
+    metrics_listen: Option<SocketAddr>,
+    #[serde(alias = "docker_socket")]
+    docker_socket: Option<String>,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub node_name: String,
+    pub server: String,
+    pub ca_file: PathBuf,
+    pub bootstrap_token_file: Option<PathBuf>,
+    pub state_dir: PathBuf,
+    pub pin_dir: PathBuf,
+    pub node_address: Ipv4Addr,
+    pub external_interface: Option<String>,
+    pub xdp_mode: XdpMode,
+    pub dns_listen: SocketAddr,
+    pub cluster_domain: String,
+    pub metrics_listen: SocketAddr,
+    pub docker_socket: String,
+}
+
+fn required<T>(value: Option<T>, field: &'static str) -> Result<T, ConfigError> {
+    value.ok_or(ConfigError::Invalid {
+        field,
+        reason: "is required (flag, BERTH_AGENT_* variable or configuration file)".into(),
+    })
+}
+
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+}
+
+impl Config {
+    /// Parses the process's arguments and environment (and the file they name).
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Self::resolve(Args::try_parse()?)
+    }
+
+    /// Parses the given arguments (the first is the program name). The environment is
+    /// still consulted for unset flags; tests pass everything explicitly.
+    pub fn from_args<I, T>(args: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        Self::resolve(Args::try_parse_from(args)?)
+    }
+
+    fn resolve(args: Args) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let node_name = required(
+            args.node_name.or(file.node_name).or_else(hostname),
+            "node-name",
+        )?;
+        let node_address = required(args.node_address.or(file.node_address), "node-address")?;
+        let xdp_mode = match args
+            .xdp_mode
+            .or(file.xdp_mode)
+            .as_deref()
+            .unwrap_or("native")
+        {
+            "native" => XdpMode::Native,
+            "generic" => XdpMode::Generic,
+            other => {
+                return Err(ConfigError::Invalid {
+                    field: "xdp-mode",
+                    reason: format!("{other:?} is not one of: native, generic"),
+                });
+            }
+        };
+        let server = required(args.server.or(file.server), "server")?;
+        if !server.starts_with("https://") {
+            return Err(ConfigError::Invalid {
+                field: "server",
+                reason: format!("{server:?} must be an https:// URL (the agent API is TLS only)"),
+            });
+        }
+        Ok(Config {
+            state_dir: args
+                .state_dir
+                .or(file.state_dir)
+                .unwrap_or_else(|| Path::new("/var/lib/berth/agent").join(&node_name)),
+            pin_dir: args
+                .pin_dir
+                .or(file.pin_dir)
+                .unwrap_or_else(|| Path::new("/sys/fs/bpf/berth").join(&node_name)),
+            server,
+            ca_file: required(args.ca_file.or(file.ca_file), "ca-file")?,
+            bootstrap_token_file: args.bootstrap_token_file.or(file.bootstrap_token_file),
+            external_interface: args.external_interface.or(file.external_interface),
+            xdp_mode,
+            dns_listen: args
+                .dns_listen
+                .or(file.dns_listen)
+                .unwrap_or(SocketAddr::from((node_address, 53))),
+            cluster_domain: args
+                .cluster_domain
+                .or(file.cluster_domain)
+                .unwrap_or_else(|| "cluster.local".into()),
+            metrics_listen: args
+                .metrics_listen
+                .or(file.metrics_listen)
+                .unwrap_or(SocketAddr::from((node_address, 9102))),
+            docker_socket: args
+                .docker_socket
+                .or(file.docker_socket)
+                .unwrap_or_else(|| "/var/run/docker.sock".into()),
+            node_name,
+            node_address,
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_norway::from_str(&text).map_err(|error| ConfigError::File {
+        path: path.to_path_buf(),
+        message: error.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &[&str] = &[
+        "berth-agent",
+        "--node-name",
+        "n1",
+        "--server",
+        "https://198.18.0.254:6444",
+        "--ca-file",
+        "/tmp/ca.crt",
+        "--node-address",
+        "198.18.0.1",
+    ];
+
+    #[test]
+    fn defaults_follow_the_node() {
+        let config = Config::from_args(BASE).expect("valid");
+        assert_eq!(config.pin_dir, Path::new("/sys/fs/bpf/berth/n1"));
+        assert_eq!(config.state_dir, Path::new("/var/lib/berth/agent/n1"));
+        assert_eq!(config.dns_listen, "198.18.0.1:53".parse().expect("addr"));
+        assert_eq!(
+            config.metrics_listen,
+            "198.18.0.1:9102".parse().expect("addr")
+        );
+        assert_eq!(config.external_interface, None);
+        assert_eq!(config.xdp_mode, XdpMode::Native);
+    }
+
+    #[test]
+    fn the_file_fills_what_flags_leave_out_and_flags_win() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("agent.yaml");
+        std::fs::write(
+            &file,
+            "external-interface: eth0\nxdp_mode: generic\nnode-name: from-file\n",
+        )
+        .expect("write");
+        let mut args: Vec<String> = BASE.iter().map(|s| s.to_string()).collect();
+        args.extend(["--config".into(), file.display().to_string()]);
+        let config = Config::from_args(&args).expect("valid");
+        assert_eq!(config.external_interface.as_deref(), Some("eth0"));
+        assert_eq!(config.xdp_mode, XdpMode::Generic);
+        assert_eq!(config.node_name, "n1", "the flag wins over the file");
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("agent.yaml");
+        std::fs::write(&file, "external-interfaces: eth0\n").expect("write");
+        let mut args: Vec<String> = BASE.iter().map(|s| s.to_string()).collect();
+        args.extend(["--config".into(), file.display().to_string()]);
+        let error = Config::from_args(&args)
+            .expect_err("unknown key")
+            .to_string();
+        assert!(
+            error.contains("agent.yaml") && error.contains("external-interfaces"),
+            "{error}"
+        );
+
+        let mut args: Vec<&str> = BASE.to_vec();
+        args.extend(["--xdp-mode", "fast"]);
+        let error = Config::from_args(&args).expect_err("bad mode").to_string();
+        assert!(
+            error.contains("xdp-mode") && error.contains("fast"),
+            "{error}"
+        );
+
+        let error = Config::from_args(["berth-agent", "--node-name", "n1"])
+            .expect_err("missing")
+            .to_string();
+        assert!(error.contains("is required"), "{error}");
+    }
+}

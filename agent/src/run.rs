@@ -1,0 +1,326 @@
+//! The agent process: joins the cluster, then keeps three things in step with the control
+//! plane — the node's pods (Docker), the datapath (eBPF maps) and the DNS records — and
+//! reports back pod status and node heartbeats. Everything it serves keeps being served
+//! while the control plane is away: the last known state stays programmed and crashed
+//! containers keep being restarted.
+
+use std::{
+    collections::BTreeSet,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use berth_api::{
+    agent::{HeartbeatRequest, PodStatusReport, agent_client::AgentClient},
+    core::{Endpoints, Node, Pod, Service},
+};
+use serde_json::json;
+use tokio::sync::{mpsc, watch};
+
+use crate::{
+    config::Config,
+    controlplane::{self, Objects, Watched},
+    datapath::{Datapath, DatapathOptions, Limits, ServiceSet, resolve_neighbours},
+    dns::{DnsServer, Records},
+    ipam::Cidr,
+    metrics::AgentMetrics,
+    podnet,
+    pods::{PodDesired, PodEvent, PodManager, PodManagerConfig, PodReport},
+    readiness::LocalReadiness,
+    runtime::DockerRuntime,
+    services,
+};
+
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
+
+/// CPU and memory the node offers, as Kubernetes quantities.
+fn allocatable() -> serde_json::Value {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let memory_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("MemTotal:"))
+                .and_then(|rest| {
+                    rest.trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
+        })
+        .unwrap_or(0);
+    json!({"cpu": cpus.to_string(), "memory": format!("{memory_kib}Ki")})
+}
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let membership = controlplane::connect(&config)
+        .await
+        .context("connecting to the control plane")?;
+    let pod_cidr: Cidr = membership
+        .pod_cidr
+        .parse()
+        .with_context(|| format!("pod range {:?} from the control plane", membership.pod_cidr))?;
+    let node_id = services::node_id(&Node {
+        spec: berth_api::core::NodeSpec {
+            pod_cidr: membership.pod_cidr.clone(),
+            unschedulable: false,
+        },
+        ..Node::default()
+    })
+    .context("the node's pod range has no network address")?;
+
+    // Pods' traffic is routed through the node: forwarding must be on (a CNI plugin or
+    // kubelet's prerequisites would say the same).
+    crate::net::sysctl_set(None, "net/ipv4/ip_forward", "1").context("enabling IPv4 forwarding")?;
+    let mut datapath = Datapath::open(DatapathOptions {
+        pin_dir: config.pin_dir.clone(),
+        node_id,
+        node_addr: config.node_address,
+        limits: Limits::default(),
+    })
+    .context("opening the eBPF datapath")?;
+    if let Some(interface) = &config.external_interface {
+        datapath
+            .attach_external_interface(interface, config.xdp_mode)
+            .with_context(|| format!("attaching XDP to {interface}"))?;
+    }
+    let datapath = Arc::new(Mutex::new(datapath));
+    let metrics = AgentMetrics::new(Some(datapath.clone()))?;
+    let (metrics_addr, _metrics_task) = metrics.serve(config.metrics_listen).await?;
+    let dns = DnsServer::start(config.dns_listen, &config.cluster_domain).await?;
+
+    let runtime = DockerRuntime::connect(&config.docker_socket)
+        .await
+        .context("connecting to the Docker engine")?;
+    let (manager, mut pod_events) =
+        PodManager::new(runtime, PodManagerConfig::new(&config.node_name, pod_cidr))?;
+    // Until the control plane's snapshot arrives, the pods to run are the last ones it
+    // sent: a restarted agent must neither tear down healthy pods nor stop restarting
+    // crashed ones because the control plane is slow or away.
+    let pods_file = config.state_dir.join("pods.json");
+    let remembered: Vec<Pod> = std::fs::read(&pods_file)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default();
+    let (desired_tx, desired_rx) = watch::channel(desired_pods(&remembered));
+    let (reports_tx, mut reports_rx) = watch::channel(Vec::<PodReport>::new());
+    tokio::spawn(manager.run(desired_rx, reports_tx, std::future::pending()));
+    tracing::info!(
+        node = %config.node_name,
+        %node_id,
+        metrics = %metrics_addr,
+        dns = %dns.local_addr(),
+        "agent started in {:?}",
+        started.elapsed()
+    );
+
+    let client = AgentClient::new(membership.channel.clone());
+    tokio::spawn(heartbeats(client.clone(), config.node_address));
+    let (pods_tx, mut pods_rx) = mpsc::channel::<Objects>(16);
+    let (services_tx, mut services_rx) = mpsc::channel::<Objects>(16);
+    tokio::spawn(controlplane::watch(client.clone(), Watched::Pods, pods_tx));
+    tokio::spawn(controlplane::watch(
+        client.clone(),
+        Watched::Services,
+        services_tx,
+    ));
+
+    let mut readiness = LocalReadiness::default();
+    let mut cluster: Option<(ServiceSet, Vec<Node>)> = None;
+    let mut reported: Vec<PodReport> = Vec::new();
+    // Host veths with the east-west programs attached.
+    let mut attached: BTreeSet<String> = BTreeSet::new();
+    let mut logs = tokio::time::interval(Duration::from_secs(1));
+    let mut neighbours = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            Some(objects) = pods_rx.recv() => {
+                let pods: Vec<Pod> = objects.of_kind("Pod");
+                remember(&pods_file, &pods);
+                desired_tx.send_replace(desired_pods(&pods));
+            }
+            Some(objects) = services_rx.recv() => {
+                let received = Instant::now();
+                let nodes: Vec<Node> = objects.of_kind("Node");
+                let (set, skipped) = services::service_set(
+                    &objects.of_kind::<Service>("Service"),
+                    &objects.of_kind::<Endpoints>("Endpoints"),
+                    &nodes,
+                    &config.node_name,
+                );
+                for skip in skipped {
+                    tracing::debug!(object = %skip.object, reason = %skip.reason, "not served");
+                }
+                dns.update(Records::build(
+                    &objects.of_kind::<Service>("Service"),
+                    &objects.of_kind::<Endpoints>("Endpoints"),
+                    &config.cluster_domain,
+                ));
+                let changed_nodes = cluster.as_ref().is_none_or(|(old, _)| old.nodes != set.nodes);
+                apply(&datapath, &metrics, &readiness.overlay(&set), Some(received));
+                if changed_nodes {
+                    warm_neighbours(&set, config.node_address);
+                }
+                cluster = Some((set, nodes));
+            }
+            Some(event) = pod_events.recv() => {
+                if readiness.observe(&event)
+                    && let Some((set, _)) = &cluster
+                {
+                    apply(&datapath, &metrics, &readiness.overlay(set), None);
+                }
+                if let PodEvent::Action(action) = &event {
+                    tracing::info!(?action, "pod");
+                }
+            }
+            Ok(()) = reports_rx.changed() => {
+                let reports = reports_rx.borrow_and_update().clone();
+                attach_pod_programs(&datapath, &reports, &mut attached);
+                for report in reports.iter().filter(|r| !reported.contains(r)) {
+                    let status = report.to_api(Some(config.node_address));
+                    let request = PodStatusReport {
+                        namespace: report.namespace.clone(),
+                        name: report.name.clone(),
+                        status_json: serde_json::to_vec(&status).unwrap_or_default(),
+                    };
+                    // A report that does not get through is sent again with the next change;
+                    // the control plane also learns the state from the next full report.
+                    if let Err(status) = client.clone().report_pod_status(request).await {
+                        tracing::debug!(pod = %report.name, %status, "pod status not reported");
+                    }
+                }
+                reported = reports;
+            }
+            _ = logs.tick() => {
+                if let Ok(mut datapath) = datapath.lock() {
+                    datapath.flush_logs();
+                }
+            }
+            _ = neighbours.tick() => {
+                if let Some((set, _)) = &cluster {
+                    warm_neighbours(set, config.node_address);
+                }
+            }
+        }
+    }
+}
+
+fn desired_pods(pods: &[Pod]) -> Vec<PodDesired> {
+    pods.iter()
+        .filter_map(|pod| match PodDesired::from_api(pod) {
+            Ok(desired) => Some(desired),
+            Err(error) => {
+                tracing::warn!(%error, "cannot run pod");
+                None
+            }
+        })
+        .collect()
+}
+
+/// Keeps the last pods the control plane sent, written atomically (temp file, rename).
+fn remember(path: &std::path::Path, pods: &[Pod]) {
+    let Ok(bytes) = serde_json::to_vec(pods) else {
+        return;
+    };
+    let temporary = path.with_extension("json.tmp");
+    let written =
+        std::fs::write(&temporary, bytes).and_then(|()| std::fs::rename(&temporary, path));
+    if let Err(error) = written {
+        tracing::warn!(path = %path.display(), %error, "could not keep the node's pods");
+    }
+}
+
+fn apply(
+    datapath: &Arc<Mutex<Datapath>>,
+    metrics: &AgentMetrics,
+    set: &ServiceSet,
+    received: Option<Instant>,
+) {
+    let mut datapath = match datapath.lock() {
+        Ok(datapath) => datapath,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    match datapath.apply(set) {
+        Ok(report) => {
+            metrics.apply_duration.observe(report.elapsed.as_secs_f64());
+            if let Some(received) = received {
+                metrics
+                    .propagation
+                    .observe(received.elapsed().as_secs_f64());
+            }
+            if report.changed_anything() {
+                tracing::info!(?report, "datapath updated");
+            }
+        }
+        // The previous state stays programmed; the next change tries again.
+        Err(error) => tracing::error!(%error, "datapath update refused"),
+    }
+}
+
+/// Keeps the east-west programs on exactly the veths of the pods that have a network.
+/// Attaching an interface that is already attached (a restarted agent, whose links are
+/// pinned) replaces the program behind its link, which is harmless.
+fn attach_pod_programs(
+    datapath: &Arc<Mutex<Datapath>>,
+    reports: &[PodReport],
+    attached: &mut BTreeSet<String>,
+) {
+    let wanted: BTreeSet<String> = reports
+        .iter()
+        .filter(|report| report.pod_ip.is_some())
+        .filter_map(|report| podnet::host_veth_name(&report.uid).ok())
+        .collect();
+    let mut datapath = match datapath.lock() {
+        Ok(datapath) => datapath,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    for veth in wanted.difference(attached) {
+        if let Err(error) = datapath.attach_pod_interface(veth) {
+            tracing::error!(%veth, %error, "attaching the datapath to a pod");
+        }
+    }
+    for veth in attached.difference(&wanted) {
+        if let Err(error) = datapath.detach_pod_interface(veth) {
+            tracing::warn!(%veth, %error, "detaching the datapath from a pod");
+        }
+    }
+    *attached = wanted;
+}
+
+fn warm_neighbours(set: &ServiceSet, own: std::net::Ipv4Addr) {
+    let peers: Vec<_> = set
+        .nodes
+        .iter()
+        .map(|node| node.addr)
+        .filter(|addr| *addr != own)
+        .collect();
+    // Waits up to a second for ARP: off the event loop.
+    tokio::task::spawn_blocking(move || {
+        if let Err(error) = resolve_neighbours(&peers) {
+            tracing::warn!(%error, "resolving other nodes' link addresses");
+        }
+    });
+}
+
+async fn heartbeats(client: AgentClient<tonic::transport::Channel>, address: std::net::Ipv4Addr) {
+    let status = json!({
+        "addresses": [{"type": "InternalIP", "address": address.to_string()}],
+        "allocatable": allocatable(),
+    });
+    let body = serde_json::to_vec(&status).unwrap_or_default();
+    loop {
+        if let Err(status) = client
+            .clone()
+            .heartbeat(HeartbeatRequest {
+                status_json: body.clone(),
+            })
+            .await
+        {
+            tracing::warn!(%status, "heartbeat not delivered");
+        }
+        tokio::time::sleep(HEARTBEAT_EVERY).await;
+    }
+}
