@@ -222,13 +222,23 @@ async fn watches_resync_after_compaction() {
         .await
         .expect("join");
     let mut client = node.client();
-    // Fresh watch: snapshot, then SYNCED with the revision to resume from.
+    // Fresh watch: snapshot (the joined node itself), then SYNCED with the revision to
+    // resume from.
     let mut fresh = client
         .watch_services(WatchRequest::default())
         .await
         .expect("watch")
         .into_inner();
-    let synced = fresh.message().await.expect("read").expect("event");
+    let synced = loop {
+        let event = fresh.message().await.expect("read").expect("event");
+        if event.r#type() != Type::Added {
+            break event;
+        }
+        assert_eq!(
+            event.kind, "Node",
+            "only the node exists before anything is applied"
+        );
+    };
     assert_eq!(synced.r#type(), Type::Synced);
     assert!(!synced.resource_version.is_empty());
 
