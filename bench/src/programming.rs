@@ -57,6 +57,9 @@ pub fn program_all(
         let set = topology.beds[index].set.clone();
         match mode {
             Mode::Direct | Mode::DirectOne => {}
+            Mode::DirectEbpfAttached => {
+                topology.open_fresh_datapath(index)?;
+            }
             Mode::Ebpf => program_ebpf(topology, index, &set, reps, &mut records, progress)?,
             Mode::Iptables => {
                 program_iptables(topology, index, &set, reps, &mut records, progress)?

@@ -135,6 +135,7 @@ fn mode_color(mode: Mode) -> &'static str {
         Mode::Haproxy => COLORS[2],
         Mode::Direct => COLORS[4],
         Mode::DirectOne => COLORS[3],
+        Mode::DirectEbpfAttached => COLORS[5],
     }
 }
 
@@ -451,7 +452,11 @@ pub fn markdown(results: &Results, command: &str) -> String {
         "| path | services | requests/s | ÷ direct | p50 | p99 | p99 ÷ direct | CPU/request | errors |"
     );
     let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    let mut rows: Vec<(Mode, usize)> = vec![(Mode::Direct, 0), (Mode::DirectOne, 0)];
+    let mut rows: Vec<(Mode, usize)> = vec![
+        (Mode::Direct, 0),
+        (Mode::DirectOne, 0),
+        (Mode::DirectEbpfAttached, 0),
+    ];
     for mode in SERVICE_MODES {
         for n in counts {
             rows.push((mode, *n));
