@@ -102,6 +102,7 @@ fn main() -> anyhow::Result<()> {
         parameters.nice,
         std::time::Duration::from_micros(parameters.slice_us),
     );
+    procs::apply_scheduling_to_self()?;
     let workdir = std::env::temp_dir().join(format!("berth-bench-{}", std::process::id()));
     let results = run::run(&parameters, workdir)?;
     report::write(&results, &out, &args.command)?;

@@ -180,6 +180,13 @@ fn apply_scheduling(nice: i32, slice_ns: u64) -> std::io::Result<()> {
     }
 }
 
+/// Gives the benchmark process itself the same scheduling as what it starts: programming
+/// is timed in this process (Berth's apply) and its children (iptables-restore).
+pub fn apply_scheduling_to_self() -> anyhow::Result<()> {
+    apply_scheduling(NICE.load(Ordering::SeqCst), SLICE_NS.load(Ordering::SeqCst))
+        .context("setting the benchmark's scheduling priority")
+}
+
 /// `program args...` inside the named network namespace, moved into `cgroup` before it
 /// starts and with the benchmark's scheduling (the shell writes its own pid, then execs
 /// `ip netns exec`, which execs the program: one pid from start to end; scheduling
