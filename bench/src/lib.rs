@@ -27,6 +27,9 @@ pub enum Mode {
     Direct,
     /// Every connection to one backend's pod IP (one server process busy).
     DirectOne,
+    /// Like `Direct`, on a node whose pod veths run Berth's programs with no service to
+    /// translate: what the programs cost on traffic they only inspect (a diagnostic).
+    DirectEbpfAttached,
     /// A ClusterIP served by Berth's TC programs on the pod veths.
     Ebpf,
     /// A ClusterIP served by kube-proxy-shaped iptables rules (iptables-legacy).
@@ -40,6 +43,7 @@ impl Mode {
         match self {
             Mode::Direct => "direct (3 pod IPs)",
             Mode::DirectOne => "direct (1 pod IP)",
+            Mode::DirectEbpfAttached => "direct, Berth programs attached",
             Mode::Ebpf => "Berth eBPF",
             Mode::Iptables => "iptables (kube-proxy)",
             Mode::Haproxy => "HAProxy",
@@ -48,6 +52,9 @@ impl Mode {
 
     /// Whether the service count matters (direct has no services).
     pub fn has_services(self) -> bool {
-        !matches!(self, Mode::Direct | Mode::DirectOne)
+        !matches!(
+            self,
+            Mode::Direct | Mode::DirectOne | Mode::DirectEbpfAttached
+        )
     }
 }

@@ -23,10 +23,10 @@ struct Args {
     /// Service counts to install, comma separated (default 1,1000,10000; smoke 1,100).
     #[arg(long, value_delimiter = ',')]
     services: Option<Vec<usize>>,
-    /// Seconds per load run (default 8; smoke 1).
+    /// Seconds per load run (default 6; smoke 1).
     #[arg(long)]
     duration: Option<u64>,
-    /// Interleaved rounds (default 3; smoke 1).
+    /// Interleaved rounds (default 5; smoke 1).
     #[arg(long)]
     rounds: Option<u32>,
     #[arg(long, default_value_t = 3)]
@@ -43,6 +43,14 @@ struct Args {
     /// Only rewrite the report (and charts) from a results.json of an earlier run.
     #[arg(long)]
     report_only: Option<PathBuf>,
+    /// Nice level of the benchmark's processes (client, servers, proxy): -20 keeps other
+    /// work on the machine from skewing the figures; 0 measures without that.
+    #[arg(long, default_value_t = -20, allow_negative_numbers = true)]
+    nice: i32,
+    /// Scheduler slice the benchmark's processes request, in microseconds (EEVDF, Linux
+    /// 6.12+): short slices let them preempt other work at wakeup. 0: the kernel's default.
+    #[arg(long, default_value_t = 100)]
+    slice_us: u64,
     /// How the report says to reproduce it.
     #[arg(long, default_value = "cargo xtask bench")]
     command: String,
@@ -75,19 +83,26 @@ fn main() -> anyhow::Result<()> {
             }
         }),
         dummy_backends: args.dummy_backends,
-        duration_secs: args.duration.unwrap_or(if args.smoke { 1 } else { 8 }),
-        rounds: args.rounds.unwrap_or(if args.smoke { 1 } else { 3 }),
+        duration_secs: args.duration.unwrap_or(if args.smoke { 1 } else { 6 }),
+        rounds: args.rounds.unwrap_or(if args.smoke { 1 } else { 5 }),
         threads: args.threads,
         connections: args.connections,
         programming_reps: args
             .programming_reps
             .unwrap_or(if args.smoke { 1 } else { 3 }),
+        nice: args.nice,
+        slice_us: args.slice_us,
     };
     anyhow::ensure!(
         parameters.services.iter().all(|n| *n >= 1),
         "service counts start at 1"
     );
     procs::catch_interrupts();
+    procs::set_scheduling(
+        parameters.nice,
+        std::time::Duration::from_micros(parameters.slice_us),
+    );
+    procs::apply_scheduling_to_self()?;
     let workdir = std::env::temp_dir().join(format!("berth-bench-{}", std::process::id()));
     let results = run::run(&parameters, workdir)?;
     report::write(&results, &out, &args.command)?;

@@ -28,6 +28,33 @@ pub enum Step {
     Full,
     /// One endpoint of one service replaced.
     OneChange,
+    /// Berth only, a breakdown of `Full`: computing the Maglev tables alone, in this
+    /// process, without touching the kernel.
+    MaglevCompute,
+}
+
+/// Builds every service's Maglev table the way the loader's plan does (sorted backends,
+/// the table size for their count) and returns how long that took.
+fn maglev_compute(set: &[Svc]) -> Duration {
+    use berth_agent::datapath::{Limits, maglev};
+    let min = Limits::default().maglev_min_table;
+    let started = std::time::Instant::now();
+    let mut slots = 0usize;
+    for svc in set {
+        let mut identities: Vec<maglev::BackendIdentity> = svc
+            .backends
+            .iter()
+            .map(|(addr, port)| maglev::BackendIdentity {
+                addr: *addr,
+                port: *port,
+            })
+            .collect();
+        identities.sort_unstable();
+        let size = maglev::table_size(identities.len(), min);
+        slots += std::hint::black_box(maglev::build_table(&identities, size)).len();
+    }
+    std::hint::black_box(slots);
+    started.elapsed()
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -57,6 +84,9 @@ pub fn program_all(
         let set = topology.beds[index].set.clone();
         match mode {
             Mode::Direct | Mode::DirectOne => {}
+            Mode::DirectEbpfAttached => {
+                topology.open_fresh_datapath(index)?;
+            }
             Mode::Ebpf => program_ebpf(topology, index, &set, reps, &mut records, progress)?,
             Mode::Iptables => {
                 program_iptables(topology, index, &set, reps, &mut records, progress)?
@@ -135,6 +165,18 @@ fn program_ebpf(
             ),
         });
     }
+    let compute = maglev_compute(set);
+    progress(&format!(
+        "Berth eBPF, {count} services: Maglev tables alone {:.3} s",
+        secs(compute)
+    ));
+    records.push(Record {
+        mode: Mode::Ebpf,
+        services: count,
+        step: Step::MaglevCompute,
+        seconds: secs(compute),
+        detail: "Maglev table builds alone".into(),
+    });
     let changed = services::with_one_change(set);
     for _ in 0..reps {
         for (to, label) in [(&changed, "change"), (&set.to_vec(), "change back")] {

@@ -29,6 +29,12 @@ pub struct Parameters {
     pub threads: u32,
     pub connections: u32,
     pub programming_reps: u32,
+    /// Nice level of the benchmark's processes.
+    #[serde(default)]
+    pub nice: i32,
+    /// Scheduler slice they request (µs; 0 = the kernel's default).
+    #[serde(default)]
+    pub slice_us: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -66,7 +72,7 @@ pub struct Results {
 
 /// Nodes of the topology: direct first, then per service count eBPF, iptables, HAProxy.
 pub fn layout(services: &[usize]) -> Vec<(Mode, usize)> {
-    let mut layout = vec![(Mode::Direct, 0)];
+    let mut layout = vec![(Mode::Direct, 0), (Mode::DirectEbpfAttached, 0)];
     for count in services {
         for mode in [Mode::Ebpf, Mode::Iptables, Mode::Haproxy] {
             layout.push((mode, *count));
@@ -83,6 +89,7 @@ fn targets(topology: &Topology) -> Vec<(usize, Mode)> {
             targets.push((index, Mode::Direct));
             targets.push((index, Mode::DirectOne));
         } else {
+            // Every other bed, the diagnostic one included, is measured in its own mode.
             targets.push((index, bed.mode));
         }
     }

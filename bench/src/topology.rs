@@ -47,7 +47,7 @@ impl Bed {
     /// The address(es) the client sends to.
     pub fn targets(&self, mode: Mode) -> Vec<(Ipv4Addr, u16)> {
         match mode {
-            Mode::Direct => self.backends.clone(),
+            Mode::Direct | Mode::DirectEbpfAttached => self.backends.clone(),
             Mode::DirectOne => self.backends[..1].to_vec(),
             _ => vec![(
                 services::vip(services::measured_index(self.services)),
@@ -183,7 +183,7 @@ impl Topology {
             }
             let node_netns = topology.cluster.node(node_id).ns.name().to_owned();
             let set = match mode {
-                Mode::Direct | Mode::DirectOne => Vec::new(),
+                Mode::Direct | Mode::DirectOne | Mode::DirectEbpfAttached => Vec::new(),
                 _ => services::services(*count, &backends, dummy_backends),
             };
             topology.beds.push(Bed {
