@@ -370,3 +370,60 @@ impl KeepAlive {
             .ok_or_else(|| std::io::Error::other(format!("not an echo reply: {body:?}")))
     }
 }
+
+/// HTTP requests on new connections in a loop from a named namespace until finished;
+/// counts answers and failures.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ok: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    failed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    errors: std::thread::JoinHandle<Vec<String>>,
+}
+
+impl Load {
+    pub fn start(netns: &str, target: SocketAddrV4) -> Load {
+        use std::sync::{
+            Arc,
+            atomic::{AtomicBool, AtomicU64, Ordering},
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let (s, o, f, ns) = (stop.clone(), ok.clone(), failed.clone(), netns.to_owned());
+        let errors = std::thread::spawn(move || {
+            berth_net::enter_netns(&ns).unwrap_or_else(|error| panic!("{error}"));
+            let mut errors = Vec::new();
+            while !s.load(Ordering::Relaxed) {
+                match get_here(target) {
+                    Ok(_) => o.fetch_add(1, Ordering::Relaxed),
+                    Err(error) => {
+                        errors.push(error);
+                        f.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+            errors
+        });
+        Load {
+            stop,
+            ok,
+            failed,
+            errors,
+        }
+    }
+
+    /// Stops the loop: (answered, failed, the failures' messages).
+    pub fn finish(self) -> (u64, u64, Vec<String>) {
+        use std::sync::atomic::Ordering;
+        self.stop.store(true, Ordering::Relaxed);
+        let errors = self
+            .errors
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            errors,
+        )
+    }
+}

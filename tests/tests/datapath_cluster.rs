@@ -5,10 +5,6 @@
 use std::{
     collections::BTreeSet,
     net::{Ipv4Addr, SocketAddrV4},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
     thread,
     time::Duration,
 };
@@ -16,7 +12,7 @@ use std::{
 use berth_agent::datapath::{
     Algorithm, BackendSpec, BackendState, Frontend, Protocol, Reason, Service, ServiceSet,
 };
-use berth_tests::{BACKEND_PORT, CLIENT_ADDR, Cluster, KeepAlive, get, get_here, node_addr};
+use berth_tests::{BACKEND_PORT, CLIENT_ADDR, Cluster, KeepAlive, Load, get, node_addr};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
 const LB_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 10);
@@ -219,58 +215,12 @@ fn failed_backend_gets_no_new_connections_and_other_connections_see_no_error() {
     }
 }
 
-/// Requests in a loop from a namespace until stopped; counts answers and failures.
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    errors: thread::JoinHandle<Vec<String>>,
-}
-
-impl Load {
-    fn start(ns: &berth_testkit::netns::NetNs, target: SocketAddrV4) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let failed = Arc::new(AtomicU64::new(0));
-        let (s, o, f) = (stop.clone(), ok.clone(), failed.clone());
-        let errors = ns.spawn_thread(move || {
-            let mut errors = Vec::new();
-            while !s.load(Ordering::Relaxed) {
-                match get_here(target) {
-                    Ok(_) => o.fetch_add(1, Ordering::Relaxed),
-                    Err(error) => {
-                        errors.push(error);
-                        f.fetch_add(1, Ordering::Relaxed)
-                    }
-                };
-            }
-            errors
-        });
-        Load {
-            stop,
-            ok,
-            failed,
-            errors,
-        }
-    }
-
-    fn finish(self) -> (u64, u64, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        let errors = self.errors.join().expect("load thread");
-        (
-            self.ok.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
-            errors,
-        )
-    }
-}
-
 #[test]
 fn reopening_the_datapath_from_bpffs_drops_no_connection() {
     let mut cluster = cluster();
     apply_everywhere(&mut cluster, &[]);
-    let east_west = Load::start(&cluster.pod("client").ns, SocketAddrV4::new(VIP, 80));
-    let north_south = Load::start(&cluster.client, SocketAddrV4::new(LB_IP, 80));
+    let east_west = Load::start(cluster.pod("client").ns.name(), SocketAddrV4::new(VIP, 80));
+    let north_south = Load::start(cluster.client.name(), SocketAddrV4::new(LB_IP, 80));
     thread::sleep(Duration::from_millis(300));
     for round in 0..3 {
         for id in [1, 2] {
