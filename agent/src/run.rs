@@ -34,6 +34,20 @@ use crate::{
 
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 
+/// After a start, how long a pod the control plane knows as ready is not reported
+/// unready: an adopted container's probes have not run yet, and reporting it unready would
+/// take it out of every node's endpoints (resetting its connections) for nothing. Long
+/// enough for the first probes (period 1 s, timeout 1 s) to decide.
+const ADOPTION_GRACE: Duration = Duration::from_secs(5);
+
+fn ready_in_api(pods: &[Pod], uid: &str) -> bool {
+    pods.iter()
+        .filter(|pod| pod.metadata.uid == uid)
+        .filter_map(|pod| pod.status.as_ref())
+        .flat_map(|status| &status.conditions)
+        .any(|condition| condition.type_ == "Ready" && condition.status == "True")
+}
+
 /// CPU and memory the node offers, as Kubernetes quantities.
 fn allocatable() -> serde_json::Value {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -95,8 +109,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let runtime = DockerRuntime::connect(&config.docker_socket)
         .await
         .context("connecting to the Docker engine")?;
-    let (manager, mut pod_events) =
-        PodManager::new(runtime, PodManagerConfig::new(&config.node_name, pod_cidr))?;
+    let mut pods_config = PodManagerConfig::new(&config.node_name, pod_cidr);
+    pods_config.dns = Some((
+        config.dns_listen.ip().to_string(),
+        config.cluster_domain.clone(),
+    ));
+    let (manager, mut pod_events) = PodManager::new(runtime, pods_config)?;
     // Until the control plane's snapshot arrives, the pods to run are the last ones it
     // sent: a restarted agent must neither tear down healthy pods nor stop restarting
     // crashed ones because the control plane is slow or away.
@@ -131,6 +149,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut readiness = LocalReadiness::default();
     let mut cluster: Option<(ServiceSet, Vec<Node>)> = None;
     let mut reported: Vec<PodReport> = Vec::new();
+    let mut api_pods: Vec<Pod> = remembered;
     // Host veths with the east-west programs attached.
     let mut attached: BTreeSet<String> = BTreeSet::new();
     let mut logs = tokio::time::interval(Duration::from_secs(1));
@@ -141,6 +160,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 let pods: Vec<Pod> = objects.of_kind("Pod");
                 remember(&pods_file, &pods);
                 desired_tx.send_replace(desired_pods(&pods));
+                api_pods = pods;
             }
             Some(objects) = services_rx.recv() => {
                 let received = Instant::now();
@@ -179,7 +199,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Ok(()) = reports_rx.changed() => {
                 let reports = reports_rx.borrow_and_update().clone();
                 attach_pod_programs(&datapath, &reports, &mut attached);
+                let mut sent = Vec::new();
                 for report in reports.iter().filter(|r| !reported.contains(r)) {
+                    if !report.ready
+                        && started.elapsed() < ADOPTION_GRACE
+                        && ready_in_api(&api_pods, &report.uid)
+                    {
+                        continue;
+                    }
+                    sent.push(report.clone());
                     let status = report.to_api(Some(config.node_address));
                     let request = PodStatusReport {
                         namespace: report.namespace.clone(),
@@ -192,7 +220,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                         tracing::debug!(pod = %report.name, %status, "pod status not reported");
                     }
                 }
-                reported = reports;
+                // What was held back is compared again on the next change.
+                reported = reports.into_iter().filter(|r| sent.contains(r) || reported.contains(r)).collect();
             }
             _ = logs.tick() => {
                 if let Ok(mut datapath) = datapath.lock() {

@@ -271,6 +271,37 @@ async fn run(setup: &Setup) {
         }
     }
 
+    // Service discovery from inside a pod: its resolv.conf points at the node's DNS.
+    let runtime = DockerRuntime::connect("/var/run/docker.sock")
+        .await
+        .expect("docker");
+    let client = runtime
+        .list_by_labels(&[
+            ("berth.node", &setup.node),
+            ("berth.container.name", "echo"),
+        ])
+        .await
+        .expect("containers")
+        .into_iter()
+        .find(|container| container.name.contains("_client-"))
+        .expect("the client container");
+    let lookup = runtime
+        .exec(
+            &client.id,
+            &[
+                "/bin/busybox".to_owned(),
+                "nslookup".to_owned(),
+                "web.default.svc.cluster.local".to_owned(),
+            ],
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("nslookup in the client pod");
+    assert!(
+        lookup.output.contains(&VIP.to_string()),
+        "nslookup web from a pod: {lookup:?}"
+    );
+
     // Restart the agent while the client keeps connecting.
     let before = container_ids(&setup.node).await;
     let load = Load::start(&client_ns, target);

@@ -51,7 +51,10 @@ use crate::{
     net,
     podnet::{self, PodNetwork},
     probes::{self, ProbeEvent, ProbeKind, ProbeState, ProbeTarget},
-    runtime::{ContainerSpec, ContainerSummary, DockerRuntime, NetworkMode, RuntimeError, labels},
+    runtime::{
+        ContainerSpec, ContainerSummary, DnsSettings, DockerRuntime, NetworkMode, RuntimeError,
+        labels,
+    },
 };
 
 /// The container name of a pod's pause container. Not a DNS label (upper case), so no
@@ -75,6 +78,9 @@ pub struct PodManagerConfig {
     /// from; None is the agent's own. Tests pass a node namespace of their own.
     pub host_netns: Option<String>,
     pub pause_image: String,
+    /// The cluster DNS server (the node's) and domain for the pods' resolv.conf; None
+    /// leaves the engine's default.
+    pub dns: Option<(String, String)>,
     pub backoff: BackoffConfig,
     pub resync_period: Duration,
 }
@@ -86,6 +92,7 @@ impl PodManagerConfig {
             pod_cidr,
             host_netns: None,
             pause_image: DEFAULT_PAUSE_IMAGE.to_owned(),
+            dns: None,
             backoff: BackoffConfig::default(),
             resync_period: DEFAULT_RESYNC_PERIOD,
         }
@@ -701,6 +708,20 @@ impl PodManager {
             node: self.config.node.clone(),
             image: self.config.pause_image.clone(),
             extra_labels: BTreeMap::from([(labels::POD_IP.to_owned(), ip.to_string())]),
+            // Kubernetes' pod resolv.conf: short names resolve in the pod's namespace.
+            dns: self
+                .config
+                .dns
+                .as_ref()
+                .map(|(server, domain)| DnsSettings {
+                    servers: vec![server.clone()],
+                    search: vec![
+                        format!("{}.svc.{domain}", pod.namespace),
+                        format!("svc.{domain}"),
+                        domain.clone(),
+                    ],
+                    options: vec!["ndots:5".to_owned()],
+                }),
             ..ContainerSpec::default()
         };
         let pause_id = match self.runtime.create_and_start(&spec).await {
@@ -924,6 +945,8 @@ impl PodManager {
                 (labels::ATTEMPT.to_owned(), attempt.to_string()),
                 (labels::SPEC_HASH.to_owned(), hash.clone()),
             ]),
+            // In the pause container's network, it shares that one's resolv.conf.
+            dns: None,
         };
         match self.runtime.create_and_start(&spec).await {
             Ok(id) => {

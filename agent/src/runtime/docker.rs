@@ -427,6 +427,9 @@ fn create_body(spec: &ContainerSpec) -> Result<ContainerCreateBody, RuntimeError
                 name: Some(RestartPolicyNameEnum::NO),
                 maximum_retry_count: None,
             }),
+            dns: spec.dns.as_ref().map(|dns| dns.servers.clone()),
+            dns_search: spec.dns.as_ref().map(|dns| dns.search.clone()),
+            dns_options: spec.dns.as_ref().map(|dns| dns.options.clone()),
             ..HostConfig::default()
         }),
         ..ContainerCreateBody::default()

@@ -69,6 +69,17 @@ pub struct ContainerSpec {
     pub network: NetworkMode,
     /// Labels besides the identifying ones (which win on a clash).
     pub extra_labels: BTreeMap<String, String>,
+    /// The container's resolv.conf; None keeps the engine's default. Containers that join
+    /// another's network (app containers in a pod) share that one's resolv.conf.
+    pub dns: Option<DnsSettings>,
+}
+
+/// What goes into a container's /etc/resolv.conf.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DnsSettings {
+    pub servers: Vec<String>,
+    pub search: Vec<String>,
+    pub options: Vec<String>,
 }
 
 /// Resource limits; None leaves the resource unlimited.
