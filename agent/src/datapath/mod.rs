@@ -997,11 +997,7 @@ impl Datapath {
             }
         };
         let link = prog.take_link(link_id).map_err(program_error(program))?;
-        let fd_link = FdLink::try_from(link).map_err(|source| DatapathError::Link {
-            path: pin.clone(),
-            source,
-        })?;
-        self.pin_link(fd_link, &pin)
+        self.pin_link(link, &pin)
     }
 
     pub fn detach_external_interface(&mut self, interface: &str) -> Result<(), DatapathError> {
@@ -1048,19 +1044,19 @@ impl Datapath {
                 .map_err(program_error(program))?,
         };
         let link = prog.take_link(link_id).map_err(program_error(program))?;
-        let fd_link = FdLink::try_from(link).map_err(|source| DatapathError::Link {
-            path: pin.clone(),
-            source,
-        })?;
-        self.pin_link(fd_link, &pin)
+        self.pin_link(link, &pin)
     }
 
-    fn pin_link(&self, link: FdLink, pin: &Path) -> Result<(), DatapathError> {
-        match fs::remove_file(pin) {
-            Ok(()) => {}
-            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-            Err(error) => return Err(io_error(pin)(error)),
-        }
+    /// Pins a link taken from its program, replacing a stale pin of the same name.
+    fn pin_link<L>(&self, link: L, pin: &Path) -> Result<(), DatapathError>
+    where
+        FdLink: TryFrom<L, Error = LinkError>,
+    {
+        let link = FdLink::try_from(link).map_err(|source| DatapathError::Link {
+            path: pin.to_path_buf(),
+            source,
+        })?;
+        self.unpin_link(pin)?;
         link.pin(pin).map(drop).map_err(|error| DatapathError::Io {
             path: pin.to_path_buf(),
             source: io::Error::other(error),
