@@ -18,9 +18,7 @@ use crate::net::{self, NetError};
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 /// The interface name inside the pod.
 pub const POD_INTERFACE: &str = "eth0";
-/// Linux interface names are at most 15 bytes (IFNAMSIZ less the terminator).
-pub const MAX_INTERFACE_NAME: usize = 15;
-const HOST_VETH_PREFIX: &str = "bv";
+pub use crate::net::{MAX_INTERFACE_NAME, pod_netns_name};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PodNetError {
@@ -63,25 +61,9 @@ pub struct PodNetwork {
     pub pod_netns: String,
 }
 
-/// The host-side veth name for a pod: `bv` and the first 13 letters and digits of its uid
-/// (52 bits of a random uuid, so two pods on one node don't collide in practice).
+/// The host-side veth name for a pod; see [`crate::net::pod_host_veth`].
 pub fn host_veth_name(pod_uid: &str) -> Result<String, PodNetError> {
-    let tail: String = pod_uid
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .map(|c| c.to_ascii_lowercase())
-        .take(MAX_INTERFACE_NAME - HOST_VETH_PREFIX.len())
-        .collect();
-    if tail.is_empty() {
-        return Err(PodNetError::InvalidUid(pod_uid.to_owned()));
-    }
-    Ok(format!("{HOST_VETH_PREFIX}{tail}"))
-}
-
-/// The /run/netns name given to a pod's namespace. Named after the host veth so it is
-/// unique on the machine (test nodes share /run/netns) and found again after a restart.
-pub fn pod_netns_name(host_veth: &str) -> String {
-    format!("berth-pod-{host_veth}")
+    net::pod_host_veth(pod_uid).ok_or_else(|| PodNetError::InvalidUid(pod_uid.to_owned()))
 }
 
 fn valid_interface_name(name: &str) -> bool {

@@ -31,6 +31,30 @@ pub enum NetError {
     },
 }
 
+/// Linux interface names are at most 15 bytes (IFNAMSIZ less the terminator).
+pub const MAX_INTERFACE_NAME: usize = 15;
+const POD_HOST_VETH_PREFIX: &str = "bv";
+
+/// The host-side veth name the agent gives a pod: `bv` and the first 13 letters and digits
+/// of its uid (52 bits of a random uuid, so two pods on one node don't collide in
+/// practice). None when the uid has no letters or digits. Kept here, not in the agent, so
+/// tools that clean up after an agent (`cargo xtask down`) derive the same names.
+pub fn pod_host_veth(pod_uid: &str) -> Option<String> {
+    let tail: String = pod_uid
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .take(MAX_INTERFACE_NAME - POD_HOST_VETH_PREFIX.len())
+        .collect();
+    (!tail.is_empty()).then(|| format!("{POD_HOST_VETH_PREFIX}{tail}"))
+}
+
+/// The /run/netns name given to a pod's namespace. Named after the host veth so it is
+/// unique on the machine (test nodes share /run/netns) and found again after a restart.
+pub fn pod_netns_name(host_veth: &str) -> String {
+    format!("berth-pod-{host_veth}")
+}
+
 /// Runs `ip [-n netns] args...` and returns its standard output.
 pub fn ip(netns: Option<&str>, args: &[&str]) -> Result<String, NetError> {
     let mut full: Vec<&str> = Vec::with_capacity(args.len() + 2);

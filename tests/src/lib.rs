@@ -305,26 +305,7 @@ pub fn get(ns: &NetNs, target: SocketAddrV4) -> Result<Reply, String> {
     ns.run(move || get_here(target))
 }
 
-/// One HTTP GET / on a new connection from the current thread's namespace.
-pub fn get_here(target: SocketAddrV4) -> Result<Reply, String> {
-    let mut stream = TcpStream::connect_timeout(&SocketAddr::V4(target), Duration::from_secs(2))
-        .map_err(|error| format!("connect {target}: {error}"))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(2)))
-        .map_err(|error| error.to_string())?;
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: berth\r\nConnection: close\r\n\r\n")
-        .map_err(|error| format!("send to {target}: {error}"))?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .map_err(|error| format!("read from {target}: {error}"))?;
-    let body = response
-        .split("\r\n\r\n")
-        .nth(1)
-        .ok_or_else(|| format!("no HTTP body from {target}: {response:?}"))?;
-    Reply::parse(body.trim()).ok_or_else(|| format!("not an echo reply from {target}: {body:?}"))
-}
+pub use berth_echo::http_get as get_here;
 
 /// An HTTP/1.1 keep-alive connection to an echo server: requests reuse one TCP flow.
 pub struct KeepAlive {

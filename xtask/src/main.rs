@@ -4,6 +4,7 @@ mod bench;
 mod images;
 mod setup;
 mod test;
+mod up;
 mod util;
 
 use clap::{Parser, Subcommand};
@@ -25,6 +26,10 @@ enum Task {
     Test(test::Args),
     /// Benchmark the datapath against direct, iptables and HAProxy; writes docs/BENCHMARKS.md.
     Bench(bench::Args),
+    /// Bring up a one-node cluster on this machine with a demo service (as root).
+    Up(up::UpArgs),
+    /// Stop what `up` started and remove its namespaces, containers and BPF pins.
+    Down(up::DownArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -34,6 +39,8 @@ fn main() -> std::process::ExitCode {
         Task::Images(args) => images::run(&args),
         Task::Test(args) => test::run(&args),
         Task::Bench(args) => bench::run(&args),
+        Task::Up(args) => up::up(&args),
+        Task::Down(args) => up::down(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,19 +1,18 @@
 //! `cargo xtask setup`: brings a fresh Debian machine to the point where Berth builds,
-//! its tests run, and `berth up` works. Every step checks first and only acts when
+//! its tests run, and `cargo xtask up` works. Every step checks first and only acts when
 //! something is missing, so a second run changes nothing.
 
 use std::{
     fs,
-    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
 
-use crate::util::{is_root, output, run_command, succeeds};
+use crate::util::{is_root, output, run_command, spawn_detached, succeeds};
 
 /// Debian packages the build, the tests and the demo use.
 pub const DEBIAN_PACKAGES: &[&str] = &[
@@ -331,24 +330,11 @@ fn check_docker() -> anyhow::Result<Option<Vec<String>>> {
 }
 
 fn start_docker() -> anyhow::Result<()> {
-    let log = fs::File::create(DOCKERD_LOG).with_context(|| format!("creating {DOCKERD_LOG}"))?;
-    let mut command = Command::new("dockerd");
-    command
-        .args(DOCKERD_ARGS)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
-    // SAFETY: setsid is async-signal-safe; the engine gets its own session so it outlives
-    // this process and the terminal it ran from.
-    unsafe {
-        command.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
-    let child = command
-        .spawn()
-        .context("starting dockerd (is docker.io installed?)")?;
+    let child = spawn_detached(
+        Command::new("dockerd").args(DOCKERD_ARGS),
+        Path::new(DOCKERD_LOG),
+    )
+    .context("starting dockerd (is docker.io installed?)")?;
     println!(
         "    dockerd started (pid {}), log in {DOCKERD_LOG}",
         child.id()

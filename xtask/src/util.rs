@@ -1,8 +1,10 @@
 //! Small helpers shared by the tasks.
 
 use std::{
-    path::PathBuf,
-    process::{Command, Stdio},
+    fs,
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
 };
 
 use anyhow::{Context as _, bail};
@@ -48,4 +50,29 @@ pub fn output(command: &mut Command) -> Option<String> {
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Starts a long-running process in its own session with its output appended to `log`, so
+/// it outlives this process and the terminal it ran from.
+pub fn spawn_detached(command: &mut Command, log: &Path) -> anyhow::Result<Child> {
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening {}", log.display()))?;
+    command
+        .stdin(Stdio::null())
+        .stdout(file.try_clone()?)
+        .stderr(file);
+    // SAFETY: setsid is async-signal-safe and only affects the child being started.
+    unsafe {
+        command.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let shown = format!("{command:?}");
+    command
+        .spawn()
+        .with_context(|| format!("could not start {shown}"))
 }

@@ -15,7 +15,10 @@ mod http;
 use std::{
     collections::HashMap,
     io::{self, Read as _, Write as _},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{
+        IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream,
+        UdpSocket,
+    },
     os::fd::AsRawFd as _,
     path::PathBuf,
     sync::{
@@ -574,6 +577,27 @@ fn reply_source(bound: IpAddr, peer: SocketAddr, cache: &mut HashMap<IpAddr, IpA
     }
     cache.insert(peer.ip(), source);
     source
+}
+
+/// One HTTP GET / on a new connection from the current thread's network namespace.
+pub fn http_get(target: SocketAddrV4) -> Result<Reply, String> {
+    let mut stream = TcpStream::connect_timeout(&SocketAddr::V4(target), Duration::from_secs(2))
+        .map_err(|error| format!("connect {target}: {error}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(|error| error.to_string())?;
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: berth\r\nConnection: close\r\n\r\n")
+        .map_err(|error| format!("send to {target}: {error}"))?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|error| format!("read from {target}: {error}"))?;
+    let body = response
+        .split("\r\n\r\n")
+        .nth(1)
+        .ok_or_else(|| format!("no HTTP body from {target}: {response:?}"))?;
+    Reply::parse(body.trim()).ok_or_else(|| format!("not an echo reply from {target}: {body:?}"))
 }
 
 #[cfg(test)]

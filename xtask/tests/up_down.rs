@@ -1,0 +1,142 @@
+//! The README's first command: `cargo xtask up` brings up a one-node cluster whose demo
+//! service answers from all three replicas through the eBPF datapath, a second `up`
+//! changes nothing, and `cargo xtask down` leaves no process, container, namespace, link
+//! or pinned map behind. Needs root, BPF and Docker, like the rest of the privileged tests.
+
+use std::{
+    collections::BTreeSet,
+    fs,
+    net::{Ipv4Addr, SocketAddrV4},
+    path::Path,
+    process::{Command, Output},
+    time::{Duration, Instant},
+};
+
+const HOME: &str = "/var/lib/berth";
+const DEMO: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 10, 2), 30080);
+
+fn cargo_xtask(args: &[&str]) -> Output {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root");
+    let output = Command::new(env!("CARGO"))
+        .current_dir(root)
+        .arg("xtask")
+        .args(args)
+        .output()
+        .expect("running cargo xtask");
+    println!(
+        "$ cargo xtask {}\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// Runs `down` if the test ends before it did, so a failure leaves nothing running.
+struct Teardown {
+    done: bool,
+}
+
+impl Drop for Teardown {
+    fn drop(&mut self) {
+        if !self.done {
+            cargo_xtask(&["down"]);
+        }
+    }
+}
+
+fn pod_namespaces() -> BTreeSet<String> {
+    fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("berth-pod-"))
+        .collect()
+}
+
+fn pid(file: &str) -> u32 {
+    fs::read_to_string(Path::new(HOME).join("run").join(file))
+        .unwrap_or_default()
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("no pid in {HOME}/run/{file}"))
+}
+
+#[test]
+fn up_serves_the_demo_from_every_replica_and_down_leaves_nothing() {
+    let namespaces_before = pod_namespaces();
+    let mut teardown = Teardown { done: false };
+
+    let up = cargo_xtask(&["up"]);
+    assert!(up.status.success(), "cargo xtask up failed");
+    let printed = String::from_utf8_lossy(&up.stdout);
+    assert!(printed.contains("Berth is up"), "{printed}");
+    assert!(
+        printed.contains("get pods -o wide"),
+        "next steps: {printed}"
+    );
+
+    // New connections from this host land on every replica.
+    let mut replicas = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while replicas.len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "replicas answering: {replicas:?}"
+        );
+        if let Ok(reply) = berth_echo::http_get(DEMO) {
+            assert_eq!(reply.client.ip(), Ipv4Addr::new(198, 18, 10, 1));
+            replicas.insert(reply.pod);
+        }
+    }
+
+    let again = cargo_xtask(&["up"]);
+    assert!(again.status.success(), "second up failed");
+    let printed = String::from_utf8_lossy(&again.stdout);
+    assert!(
+        printed.contains("already up") && printed.contains("nothing changed"),
+        "second up: {printed}"
+    );
+
+    let node = fs::read_to_string(Path::new(HOME).join("run/node-name"))
+        .expect("node name")
+        .trim()
+        .to_owned();
+    let pids = [pid("berth-control.pid"), pid("berth-agent.pid")];
+
+    teardown.done = true;
+    let down = cargo_xtask(&["down"]);
+    assert!(down.status.success(), "cargo xtask down failed");
+
+    for pid in pids {
+        let alive = fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmd| !cmd.is_empty());
+        assert!(!alive, "process {pid} is still running");
+    }
+    let containers = Command::new("docker")
+        .args(["ps", "--all", "--quiet", "--filter"])
+        .arg(format!("label=berth.node={node}"))
+        .output()
+        .expect("docker ps");
+    assert!(
+        containers.stdout.is_empty(),
+        "containers left: {}",
+        String::from_utf8_lossy(&containers.stdout)
+    );
+    assert!(
+        !berth_net::netns_exists("berth-node"),
+        "node namespace left"
+    );
+    assert!(!berth_net::link_exists(None, "berth0"), "host link left");
+    assert!(
+        !Path::new("/sys/fs/bpf/berth").join(&node).exists(),
+        "pinned maps left"
+    );
+    let left: Vec<String> = pod_namespaces()
+        .difference(&namespaces_before)
+        .cloned()
+        .collect();
+    assert!(left.is_empty(), "pod namespaces left: {left:?}");
+}
