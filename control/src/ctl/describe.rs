@@ -656,7 +656,12 @@ pub async fn run(ctx: &Ctx, args: DescribeArgs, out: &mut dyn Write) -> Result<(
     Ok(())
 }
 
-pub async fn events(ctx: &Ctx, args: EventsArgs, out: &mut dyn Write) -> Result<(), CtlError> {
+pub async fn events(
+    ctx: &Ctx,
+    args: EventsArgs,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<(), CtlError> {
     let rt = resolve("events")?;
     let namespace = (!args.all_namespaces).then(|| ctx.namespace());
     let items = match &args.for_object {
@@ -677,7 +682,7 @@ pub async fn events(ctx: &Ctx, args: EventsArgs, out: &mut dyn Write) -> Result<
         }
     };
     if items.is_empty() {
-        emit(out, "No events found");
+        let _ = writeln!(err, "No events found");
         return Ok(());
     }
     let mut rows = vec![output::header(rt, false, args.all_namespaces)];

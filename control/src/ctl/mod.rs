@@ -64,11 +64,19 @@ pub enum Command {
     Describe(describe::DescribeArgs),
     Delete(DeleteArgs),
     Scale(rollout::ScaleArgs),
+    /// Follow, list and undo Deployment rollouts (status, history, undo).
+    #[command(after_help = "Examples:\n  berthctl rollout status deployment web\n  \
+                            berthctl rollout history deployment web\n  \
+                            berthctl rollout undo deployment web --to-revision 2")]
     Rollout {
         #[command(subcommand)]
         action: rollout::Rollout,
     },
     Events(describe::EventsArgs),
+    /// Create, list and delete the bootstrap tokens node agents join with.
+    #[command(after_help = "Examples:\n  berthctl token create --ttl 2h\n  \
+                            berthctl token list\n  berthctl token delete abcdef\n\n\
+                            Nodes: `berthctl get nodes -o wide`, `berthctl describe node NAME`.")]
     Token {
         #[command(subcommand)]
         action: cluster::Token,
@@ -499,7 +507,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(
         Command::Delete(args) => delete(&ctx, args, out).await,
         Command::Scale(args) => rollout::scale(&ctx, args, out).await,
         Command::Rollout { action } => rollout::run(&ctx, action, out).await,
-        Command::Events(args) => describe::events(&ctx, args, out).await,
+        Command::Events(args) => describe::events(&ctx, args, out, err).await,
         Command::Token { action } => cluster::token(&ctx, action, out).await,
         Command::Completion(_) => Ok(()),
     }
