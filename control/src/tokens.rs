@@ -223,9 +223,37 @@ mod tests {
             reloaded.delete(&record.id),
             Err(TokenError::NotFound(_))
         ));
+    }
 
-        let mut stale = record.clone();
-        stale.expires = Some(util::rfc3339(util::unix_now() - 1));
-        assert!(stale.expired(util::unix_now()));
+    #[test]
+    fn expired_tokens_are_refused_and_not_listed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token = "abcdef.0123456789abcdef";
+        let stale = TokenRecord {
+            id: "abcdef".to_owned(),
+            digest: util::hex(&Auth::digest(token)),
+            description: String::new(),
+            creation_timestamp: util::rfc3339(util::unix_now() - 7200),
+            expires: Some(util::rfc3339(util::unix_now() - 1)),
+        };
+        std::fs::write(
+            dir.path().join(FILE),
+            serde_json::to_vec(std::slice::from_ref(&stale)).expect("json"),
+        )
+        .expect("write");
+        let tokens = BootstrapTokens::load(dir.path(), "initial").expect("load");
+        assert!(!tokens.accepts(token));
+        assert!(tokens.list().is_empty());
+        let fresh = TokenRecord {
+            expires: Some(util::rfc3339(util::unix_now() + 60)),
+            ..stale
+        };
+        std::fs::write(
+            dir.path().join(FILE),
+            serde_json::to_vec(&[fresh]).expect("json"),
+        )
+        .expect("write");
+        let tokens = BootstrapTokens::load(dir.path(), "initial").expect("load");
+        assert!(tokens.accepts(token));
     }
 }

@@ -177,6 +177,10 @@ async fn apply_get_scale_undo_events_delete() {
     );
     let run = ctl(&admin, "delete svc web --ignore-not-found").await;
     run.ok();
+    let run = ctl(&admin, "delete deploy/web").await;
+    assert_eq!(run.ok().out, "deployment.apps/web deleted\n");
+    let run = ctl(&admin, "describe deployments").await;
+    assert_eq!(run.ok().err, "No resources found in default namespace.\n");
 }
 
 #[tokio::test]

@@ -102,13 +102,16 @@ fn describe_error(source: &str, error: &manifest::ManifestError) -> String {
     let mut text = format!("{source}: {error}");
     if let manifest::ManifestError::Malformed { message, .. } = error {
         // "apps/v1 Deploymnet is not supported; ..." → suggest the kind meant.
-        if let Some(kind) = message
+        let written = message
             .split_once(" is not supported")
-            .and_then(|(head, _)| head.split_whitespace().nth(1))
-        {
+            .and_then(|(head, _)| {
+                let mut words = head.split_whitespace();
+                Some((words.next()?, words.next()?))
+            });
+        if let Some((api_version, kind)) = written {
             let meant = closest_kind(&kind.to_ascii_lowercase())
                 .and_then(|plural| resolve(&plural).ok())
-                .filter(|rt| rt.kind != kind);
+                .filter(|rt| rt.kind != kind || rt.api_version() != api_version);
             if let Some(rt) = meant {
                 text.push_str(&format!(
                     "\n  did you mean `apiVersion: {}` and `kind: {}`?",
@@ -319,4 +322,35 @@ pub async fn create(
         let _ = writeln!(err, "{}", failure.render());
     }
     last.map_or(Ok(()), Err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsupported_kinds_and_versions_suggest_the_supported_one() {
+        for (manifest, hint) in [
+            (
+                "apiVersion: apps/v1\nkind: Deploymnet\nmetadata: {name: a}\n",
+                Some("did you mean `apiVersion: apps/v1` and `kind: Deployment`?"),
+            ),
+            (
+                "apiVersion: extensions/v1beta1\nkind: Deployment\nmetadata: {name: a}\n",
+                Some("did you mean `apiVersion: apps/v1` and `kind: Deployment`?"),
+            ),
+            (
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n",
+                None,
+            ),
+        ] {
+            let errors = manifest::parse(manifest).expect_err("unsupported");
+            let text = describe_error("app.yaml", &errors[0]);
+            assert!(text.starts_with("app.yaml: document 1"), "{text}");
+            match hint {
+                Some(hint) => assert!(text.ends_with(hint), "{text}"),
+                None => assert!(!text.contains("did you mean"), "{text}"),
+            }
+        }
+    }
 }

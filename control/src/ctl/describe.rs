@@ -599,7 +599,12 @@ fn events_section(events: &[Value]) -> String {
     )
 }
 
-pub async fn run(ctx: &Ctx, args: DescribeArgs, out: &mut dyn Write) -> Result<(), CtlError> {
+pub async fn run(
+    ctx: &Ctx,
+    args: DescribeArgs,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<(), CtlError> {
     let (kind, mut names) = match args.kind.split_once('/') {
         Some((kind, name)) => (kind.to_owned(), vec![name.to_owned()]),
         None => (args.kind.clone(), Vec::new()),
@@ -625,11 +630,8 @@ pub async fn run(ctx: &Ctx, args: DescribeArgs, out: &mut dyn Write) -> Result<(
         objects
     };
     if objects.is_empty() {
-        return Err(CtlError::Usage(format!(
-            "no {} found in namespace {:?}",
-            rt.plural,
-            ctx.namespace()
-        )));
+        let _ = writeln!(err, "No resources found in {} namespace.", ctx.namespace());
+        return Ok(());
     }
     let mut first = true;
     for object in objects {

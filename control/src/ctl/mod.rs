@@ -87,9 +87,10 @@ pub enum Command {
 /// Delete objects by kind and name.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:\n  berthctl delete deployment web\n  \
-                        berthctl delete svc web db\n  berthctl delete pods -l app=web")]
+                        berthctl delete svc web db\n  berthctl delete deploy/web\n  \
+                        berthctl delete pods -l app=web")]
 pub struct DeleteArgs {
-    /// Kind, e.g. deployment, svc, pods.
+    /// Kind, e.g. deployment, svc, pods, or KIND/NAME.
     pub kind: String,
     /// Names of the objects; with -l, none.
     pub names: Vec<String>,
@@ -503,7 +504,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(
         Command::Apply(args) => apply::apply(&ctx, args, out, err).await,
         Command::Create(args) => apply::create(&ctx, args, out, err).await,
         Command::Get(args) => get::run(&ctx, args, out, err).await,
-        Command::Describe(args) => describe::run(&ctx, args, out).await,
+        Command::Describe(args) => describe::run(&ctx, args, out, err).await,
         Command::Delete(args) => delete(&ctx, args, out).await,
         Command::Scale(args) => rollout::scale(&ctx, args, out).await,
         Command::Rollout { action } => rollout::run(&ctx, action, out).await,
@@ -520,8 +521,13 @@ pub fn emit(out: &mut dyn Write, text: &str) {
 }
 
 async fn delete(ctx: &Ctx, args: DeleteArgs, out: &mut dyn Write) -> Result<(), CtlError> {
-    let rt = resolve(&args.kind)?;
-    let names = match (&args.selector, args.names.is_empty()) {
+    let (kind, mut names) = match args.kind.split_once('/') {
+        Some((kind, name)) => (kind.to_owned(), vec![name.to_owned()]),
+        None => (args.kind.clone(), Vec::new()),
+    };
+    names.extend(args.names);
+    let rt = resolve(&kind)?;
+    let names = match (&args.selector, names.is_empty()) {
         (Some(selector), true) => {
             let path = format!(
                 "{}?labelSelector={}",
@@ -540,7 +546,7 @@ async fn delete(ctx: &Ctx, args: DeleteArgs, out: &mut dyn Write) -> Result<(), 
             }
             names
         }
-        (None, false) => args.names,
+        (None, false) => names,
         _ => {
             return Err(CtlError::Usage(
                 "give names or -l SELECTOR, not both and not neither \
@@ -586,6 +592,11 @@ mod tests {
             assert_eq!(resolve(name).map(|t| t.kind).ok(), Some(kind));
         }
         assert_eq!(encode("app in (a,b)"), "app%20in%20%28a%2Cb%29");
+    }
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
     }
 
     #[test]
