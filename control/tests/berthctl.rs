@@ -115,6 +115,13 @@ async fn apply_get_scale_undo_events_delete() {
     let admin = t.server.admin_config.clone();
     let manifest = write(t.dir.path(), "app.yaml", APP);
 
+    let run = ctl(&admin, &format!("apply -f {manifest} --dry-run")).await;
+    assert_eq!(
+        run.ok().out,
+        "deployment.apps/web created (server dry run)\nservice/web created (server dry run)\n"
+    );
+    ctl(&admin, "get deploy web").await.failed();
+
     let run = berthctl(&admin, &["apply", "-f", &manifest]).await;
     run.ok();
     assert_eq!(
@@ -529,6 +536,21 @@ async fn kubernetes_manifests_apply_unchanged_and_roll_out() {
         assert!(run.out.contains(expected), "{expected:?} in\n{}", run.out);
     }
 
+    // The endpoints controller follows the pods on its own schedule.
+    for _ in 0..600 {
+        let endpoints = ctl(admin, "get ep frontend -o json").await.json();
+        let ready = endpoints["subsets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s["addresses"].as_array())
+            .map(Vec::len)
+            .sum::<usize>();
+        if ready == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let run = ctl(admin, "describe svc frontend").await;
     run.ok();
     assert!(
@@ -645,8 +667,8 @@ async fn rollout_history_undo_and_status_deadline() {
         .await
         .fails_with(&["Error from server"]);
 
-    // A rollout that cannot finish (no node has room for 10000 pods would take long;
-    // simpler: a selector no node matches) ends at the deadline with exit 1.
+    // A rollout that cannot finish (its pods select no node) ends at the deadline with
+    // exit 1, after saying what it waits for.
     let stuck = v1
         .replace("name: frontend", "name: stuck")
         .replace("app: frontend", "app: stuck")
@@ -656,6 +678,14 @@ async fn rollout_history_undo_and_status_deadline() {
         );
     let stuck_path = write(c.t.dir.path(), "stuck.yaml", &stuck);
     berthctl(admin, &["apply", "-f", &stuck_path]).await.ok();
+    // Once all its pods exist, what is left is their availability.
+    for _ in 0..600 {
+        let deployment = ctl(admin, "get deploy stuck -o json").await.json();
+        if deployment["status"]["updatedReplicas"] == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let run = ctl(admin, "rollout status deployment stuck --timeout 3s").await;
     run.failed();
     assert!(

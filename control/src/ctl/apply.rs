@@ -257,7 +257,11 @@ pub async fn apply(
             .map(|(g, _)| format!(".{g}"))
             .unwrap_or_default();
         let name = str_at(item, "/name");
-        let suffix = if dry_run { " (server dry run)" } else { "" };
+        let suffix = match args.dry_run.as_deref() {
+            Some("server") => " (server dry run)",
+            Some("client") => " (dry run)",
+            _ => "",
+        };
         emit(
             out,
             &format!("{kind}{group}/{name} {}{suffix}", str_at(item, "/action")),
