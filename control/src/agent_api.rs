@@ -20,7 +20,6 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     api::{
-        Auth,
         error::ApiError,
         watch::{self, WatchOptions},
     },
@@ -28,6 +27,7 @@ use crate::{
     metrics::Metrics,
     pki::{Pki, node_name_of_certificate},
     registry::{Registry, parse_resource_version},
+    tokens::BootstrapTokens,
     util,
 };
 
@@ -35,7 +35,7 @@ pub struct AgentService {
     registry: Registry,
     metrics: Metrics,
     pki: Arc<Pki>,
-    bootstrap: Auth,
+    bootstrap: Arc<BootstrapTokens>,
     cluster_cidr: (Ipv4Addr, u8),
     /// Joins allocate pod CIDRs from what is stored; one at a time keeps them distinct.
     join_lock: Mutex<()>,
@@ -46,9 +46,9 @@ impl AgentService {
         registry: Registry,
         metrics: Metrics,
         pki: Arc<Pki>,
+        bootstrap: Arc<BootstrapTokens>,
         cluster_cidr: (Ipv4Addr, u8),
     ) -> Self {
-        let bootstrap = Auth::from_digests(vec![Auth::digest(&pki.bootstrap_token)]);
         Self {
             registry,
             metrics,

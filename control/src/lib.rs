@@ -14,4 +14,5 @@ pub mod pki;
 pub mod registry;
 pub mod server;
 pub mod store;
+pub mod tokens;
 pub mod util;

@@ -197,7 +197,7 @@ pub fn node_name_of_certificate(der: &[u8]) -> Option<String> {
     is_node.then(|| name.to_owned())
 }
 
-fn parse_hex32(text: &str) -> Option<[u8; 32]> {
+pub(crate) fn parse_hex32(text: &str) -> Option<[u8; 32]> {
     if text.len() != 64 {
         return None;
     }

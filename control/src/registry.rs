@@ -749,6 +749,13 @@ impl Registry {
         if let Some(m) = meta.as_object_mut() {
             m.remove("resourceVersion");
         }
+        // `rollout history` shows why each revision was made, as kubectl does.
+        if let Some(cause) = deployment
+            .pointer("/metadata/annotations/kubernetes.io~1change-cause")
+            .cloned()
+        {
+            meta["annotations"]["kubernetes.io/change-cause"] = cause;
+        }
         let revision = json!({
             "apiVersion": "apps/v1",
             "kind": "ControllerRevision",

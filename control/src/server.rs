@@ -28,6 +28,7 @@ use crate::{
     pki::{self, Pki},
     registry::Registry,
     store::{RedbStore, Store},
+    tokens::{BootstrapTokens, TokenError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +46,8 @@ pub enum ServerError {
     Kubeconfig(#[from] crate::kubeconfig::KubeconfigError),
     #[error("TLS setup: {0}")]
     Tls(String),
+    #[error(transparent)]
+    Tokens(#[from] TokenError),
     #[error("metrics setup: {0}")]
     Metrics(#[from] prometheus::Error),
 }
@@ -128,6 +131,10 @@ impl Server {
                 .await?,
             )
         };
+        let tokens = Arc::new(BootstrapTokens::load(
+            &config.pki_dir(),
+            &pki.bootstrap_token,
+        )?);
         let pki = Arc::new(pki);
         let agent_listener = TcpListener::bind(config.agent_listen)
             .await
@@ -155,6 +162,7 @@ impl Server {
             registry.clone(),
             metrics.clone(),
             Arc::clone(&pki),
+            Arc::clone(&tokens),
             config.cluster_cidr,
         );
         let agent_server = tonic::transport::Server::builder()
@@ -178,6 +186,7 @@ impl Server {
             registry,
             metrics: metrics.clone(),
             auth: Some(auth),
+            tokens: Some(tokens),
         });
         let accept = tokio::spawn(accept_loop(listener, tls, router, shutdown_rx.clone()));
         let compaction = tokio::spawn(compact_periodically(

@@ -82,16 +82,18 @@ impl Setup {
         Process(child)
     }
 
-    /// `name IP` of running pods, from `berthctl get pods`.
+    /// `name IP` of running pods, from `berthctl get pods -o wide`.
     fn running_pods(&self) -> Vec<(String, Ipv4Addr)> {
-        let output = self.berthctl(&["get", "pods"]);
+        let output = self.berthctl(&["get", "pods", "-o", "wide"]);
         String::from_utf8_lossy(&output.stdout)
             .lines()
             .skip(1)
             .filter_map(|line| {
                 let fields: Vec<&str> = line.split_whitespace().collect();
                 match fields.as_slice() {
-                    [name, _node, "Running", ip] => Some(((*name).to_owned(), ip.parse().ok()?)),
+                    [name, _ready, "Running", _restarts, _age, ip, _node] => {
+                        Some(((*name).to_owned(), ip.parse().ok()?))
+                    }
                     _ => None,
                 }
             })

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod error;
 mod openapi;
 mod resources;
+mod tokens;
 pub mod watch;
 
 use std::{sync::Arc, time::Instant};
@@ -18,7 +19,7 @@ use axum::{
     http::{HeaderValue, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::{any, get, post},
+    routing::{any, delete, get, post},
 };
 use serde_json::json;
 
@@ -33,6 +34,8 @@ pub struct ApiState {
     pub metrics: Metrics,
     /// None only when the operator explicitly turned authentication off.
     pub auth: Option<Arc<Auth>>,
+    /// The node bootstrap tokens; None serves no `/bootstrap-tokens`.
+    pub tokens: Option<Arc<crate::tokens::BootstrapTokens>>,
 }
 
 /// How a request is labelled in metrics; handlers attach it to their response.
@@ -47,6 +50,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/{*path}", any(resources::handle))
         .route("/apis/{*path}", any(resources::handle))
         .route("/apply", post(resources::apply))
+        .route("/bootstrap-tokens", get(tokens::list).post(tokens::create))
+        .route("/bootstrap-tokens/{id}", delete(tokens::delete))
         .route("/openapi.json", get(openapi::serve))
         .route("/metrics", get(metrics))
         .route("/version", get(version))

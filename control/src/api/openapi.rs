@@ -71,6 +71,36 @@ pub fn document() -> Value {
             },
         }),
     );
+    paths.insert(
+        "/bootstrap-tokens".to_owned(),
+        json!({
+            "get": {
+                "summary": "List the unexpired bootstrap tokens created for node agents (no secrets)",
+                "responses": responses(&json!({"type": "object"})),
+            },
+            "post": {
+                "summary": "Create a bootstrap token; the answer's `token` is shown only once",
+                "requestBody": {"content": {"application/json": {"schema": {
+                    "type": "object",
+                    "properties": {
+                        "ttlSeconds": {"type": "integer", "description": "0 or absent: never expires"},
+                        "description": {"type": "string"},
+                    },
+                }}}},
+                "responses": responses(&json!({"type": "object"})),
+            },
+        }),
+    );
+    paths.insert(
+        "/bootstrap-tokens/{id}".to_owned(),
+        json!({
+            "parameters": [param("id")],
+            "delete": {
+                "summary": "Delete a bootstrap token; nodes that joined with it stay",
+                "responses": responses(&json!({"type": "object"})),
+            },
+        }),
+    );
     for (path, summary) in [
         ("/metrics", "Prometheus metrics (text exposition format)"),
         ("/healthz", "Liveness; no authentication"),

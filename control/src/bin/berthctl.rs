@@ -3,21 +3,23 @@ use clap::Parser as _;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    let mut warnings = Vec::new();
-    let result = run(cli, &mut warnings).await;
-    for warning in warnings {
-        eprintln!("Warning: {warning}");
-    }
-    match result {
-        Ok(output) => {
-            if !output.is_empty() {
-                println!("{output}");
-            }
-            std::process::ExitCode::SUCCESS
+    // kubectl exits 1 for every error, usage errors included; help and version exit 0.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                std::process::ExitCode::FAILURE
+            } else {
+                std::process::ExitCode::SUCCESS
+            };
         }
+    };
+    let result = run(cli, &mut std::io::stdout(), &mut std::io::stderr()).await;
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error}");
+            eprintln!("{}", error.render());
             std::process::ExitCode::FAILURE
         }
     }
