@@ -8,7 +8,10 @@ use berth_api::{RESOURCE_TYPES, ResourceType};
 use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
 
-use crate::client::{Client, ClientError};
+use crate::{
+    client::{Client, ClientError},
+    ctl_node,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -69,6 +72,10 @@ pub enum Command {
         #[command(subcommand)]
         action: Rollout,
     },
+    /// Print a container's logs.
+    Logs(ctl_node::LogsArgs),
+    /// Run a command in a container (no stdin or terminal); exits with its exit code.
+    Exec(ctl_node::ExecArgs),
     /// Events in the namespace, optionally about one object.
     Events {
         /// Only events about this object name.
@@ -99,6 +106,9 @@ pub enum CtlError {
     /// The server's Status message, with every cause on its own line.
     #[error("{0}")]
     Server(String),
+    /// `exec`: the command ran and failed; berthctl exits with its code.
+    #[error("command terminated with exit code {0}")]
+    CommandExited(i32),
 }
 
 /// Short names as kubectl knows them.
@@ -134,7 +144,7 @@ fn collection(rt: &ResourceType, namespace: Option<&str>) -> String {
     }
 }
 
-fn failure(body: &Value) -> CtlError {
+pub(crate) fn failure(body: &Value) -> CtlError {
     let mut message = body["message"]
         .as_str()
         .unwrap_or("request failed")
@@ -152,7 +162,7 @@ fn failure(body: &Value) -> CtlError {
     CtlError::Server(message)
 }
 
-async fn call(
+pub(crate) async fn call(
     client: &Client,
     method: Method,
     path: &str,
@@ -166,7 +176,7 @@ async fn call(
     }
 }
 
-fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {
+pub(crate) fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {
     v.pointer(pointer)
         .and_then(Value::as_str)
         .unwrap_or_default()
@@ -323,11 +333,13 @@ pub async fn run(cli: Cli, warnings: &mut Vec<String>) -> Result<String, CtlErro
                     None,
                 )
                 .await?;
-                return Ok(if json_output {
-                    serde_json::to_string_pretty(&object).unwrap_or_default()
+                return if json_output {
+                    Ok(serde_json::to_string_pretty(&object).unwrap_or_default())
+                } else if rt.kind == "Endpoints" {
+                    ctl_node::endpoints_view(&client, ns, &name, &object).await
                 } else {
-                    table(rt, &[object])
-                });
+                    Ok(table(rt, &[object]))
+                };
             }
             let mut path = collection(rt, scope);
             if let Some(selector) = selector {
@@ -394,6 +406,8 @@ pub async fn run(cli: Cli, warnings: &mut Vec<String>) -> Result<String, CtlErro
                 rt.kind.to_ascii_lowercase()
             ))
         }
+        Command::Logs(args) => ctl_node::logs(&client, ns, &args).await,
+        Command::Exec(args) => ctl_node::exec(&client, ns, &args).await,
         Command::Events { for_name } => {
             let rt = resolve("events")?;
             let mut path = collection(rt, Some(ns));
@@ -412,7 +426,7 @@ pub async fn run(cli: Cli, warnings: &mut Vec<String>) -> Result<String, CtlErro
 }
 
 /// Percent-encodes a query value.
-fn encode(text: &str) -> String {
+pub(crate) fn encode(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {

@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod error;
+mod node_proxy;
 mod openapi;
 mod resources;
 pub mod watch;
@@ -33,6 +34,8 @@ pub struct ApiState {
     pub metrics: Metrics,
     /// None only when the operator explicitly turned authentication off.
     pub auth: Option<Arc<Auth>>,
+    /// Calls nodes' agents for logs, exec and datapath views.
+    pub nodes: Arc<crate::node_client::NodeClient>,
 }
 
 /// How a request is labelled in metrics; handlers attach it to their response.
