@@ -299,7 +299,7 @@ impl Node for NodeApi {
                 Some(table) => (true, table),
                 None => (false, Vec::new()),
             };
-            let mut backends: Vec<_> = table.iter().copied().collect();
+            let mut backends = table.clone();
             backends.sort_unstable();
             backends.dedup();
             ports.push(ServicePortBackends {

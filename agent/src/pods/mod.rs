@@ -909,8 +909,11 @@ impl PodManager {
                         ));
                         return;
                     }
-                    // The ended container stays as the previous attempt (the next
-                    // pass removes the one before it); the new one has a name of its own.
+                    // The ended container stays as the previous attempt, so the one
+                    // kept before it goes; the new one has a name of its own.
+                    if let Some(older) = observed.get(1) {
+                        self.stop_and_remove(&older.id, Duration::ZERO).await;
+                    }
                     next_attempt = Some(instance.attempt.saturating_add(1));
                     track.instance = None;
                     track.next_start = None;
