@@ -176,6 +176,20 @@ impl Setup {
         }
     }
 
+    /// Runs a test's body, then cleans up, also when the body panicked (its processes
+    /// are dropped, so killed, while the panic unwinds out of it).
+    pub async fn run<'a, F>(&'a self, body: impl FnOnce(&'a Setup) -> F)
+    where
+        F: std::future::Future<Output = ()> + 'a,
+    {
+        let result =
+            futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(body(self))).await;
+        self.cleanup().await;
+        if let Err(panic) = result {
+            std::panic::resume_unwind(panic);
+        }
+    }
+
     /// Removes the node's containers and the pod namespaces the agent named.
     pub async fn cleanup(&self) {
         if let Ok(runtime) = DockerRuntime::connect("/var/run/docker.sock").await {

@@ -56,14 +56,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread")]
 async fn agent_runs_pods_serves_the_service_and_restarts_without_a_failed_request() {
-    let setup = Setup::new("agt");
-    let result =
-        futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(run(&setup))).await;
-    // Cleanup whatever happened: the agent's containers and the pods' namespace names.
-    setup.cleanup().await;
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
-    }
+    Setup::new("agt").run(run).await;
 }
 
 async fn run(setup: &Setup) {

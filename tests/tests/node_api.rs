@@ -80,13 +80,7 @@ async fn until(setup: &Setup, args: &[&str], what: &str, done: impl Fn(&Output) 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn logs_exec_and_live_endpoints_through_the_control_plane() {
-    let setup = Setup::new("napi");
-    let result =
-        futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(run(&setup))).await;
-    setup.cleanup().await;
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
-    }
+    Setup::new("napi").run(run).await;
 }
 
 async fn run(setup: &Setup) {

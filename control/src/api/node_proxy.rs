@@ -13,7 +13,6 @@ use axum::{
 use berth_api::{
     core::{Node, Pod},
     node::{ContainerRef, ExecRequest, LogsRequest, ServiceBackendsRequest},
-    selector::{FieldSelector, Selector},
 };
 use futures_util::StreamExt as _;
 use serde::Deserialize;
@@ -224,15 +223,7 @@ pub async fn service_backends(
     name: &str,
 ) -> Result<Response, ApiError> {
     state.registry.get(&SERVICES, namespace, name).await?;
-    let (nodes, _) = state
-        .registry
-        .list(
-            &NODES,
-            None,
-            &Selector::default(),
-            &FieldSelector::default(),
-        )
-        .await?;
+    let nodes = state.registry.list_all(&NODES).await?;
     let views = nodes.into_iter().map(|stored| async move {
         let node: Node = serde_json::from_value(stored.clone()).unwrap_or_default();
         let node_name = node.metadata.name.clone();
