@@ -14,7 +14,9 @@ use std::{
 };
 
 use berth_agent::runtime::DockerRuntime;
-use berth_tests::process::{Process, Setup};
+use berth_api::node::{ServiceBackendsRequest, node_client::NodeClient};
+use berth_tests::process::{NODE_ADDR, Process, Setup};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 const MANIFEST: &str = r#"
 # A pod that says two lines at start (a second apart: the engine orders its two streams
@@ -247,6 +249,26 @@ async fn run(setup: &Setup) {
     .await;
     println!("{}", stdout(&one));
 
+    // Only the control plane may call the node API: not a node, not anyone without a
+    // certificate of the cluster CA.
+    let read = |path: std::path::PathBuf| std::fs::read_to_string(path).expect("PEM file");
+    let ca = read(setup.data.path().join("pki/ca.crt"));
+    let node_identity = Identity::from_pem(
+        read(setup.state.path().join("node.crt")),
+        read(setup.state.path().join("node.key")),
+    );
+    let as_node = call_node_api(setup, &ca, Some(node_identity));
+    assert_eq!(
+        as_node,
+        Err(tonic::Code::PermissionDenied),
+        "with a node's certificate"
+    );
+    let anonymous = call_node_api(setup, &ca, None);
+    assert!(
+        anonymous.is_err(),
+        "without a client certificate: {anonymous:?}"
+    );
+
     // Errors, with kubectl's exit code 1 and the server's words.
     let missing = setup.berthctl(&["logs", "nope"]);
     assert_eq!(missing.status.code(), Some(1));
@@ -299,4 +321,40 @@ async fn run(setup: &Setup) {
         "{}",
         stderr(&down)
     );
+}
+
+/// Calls the agent's node API directly (from the node's namespace) with `identity` as the
+/// client certificate: the answer's code, or Unavailable when TLS refused the connection.
+fn call_node_api(setup: &Setup, ca: &str, identity: Option<Identity>) -> Result<(), tonic::Code> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .domain_name(setup.node.clone());
+    if let Some(identity) = identity {
+        tls = tls.identity(identity);
+    }
+    let url = format!("https://{NODE_ADDR}:10250");
+    berth_net::in_netns(setup.ns.name(), move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let channel = Endpoint::from_shared(url)
+                .expect("url")
+                .tls_config(tls)
+                .expect("tls")
+                .connect()
+                .await
+                .map_err(|_| tonic::Code::Unavailable)?;
+            NodeClient::new(channel)
+                .service_backends(ServiceBackendsRequest {
+                    namespace: "default".into(),
+                    name: "web".into(),
+                })
+                .await
+                .map(|_| ())
+                .map_err(|status| status.code())
+        })
+    })
+    .expect("the node namespace")
 }
