@@ -81,6 +81,10 @@ struct Args {
     /// The Docker engine's socket [default: /var/run/docker.sock].
     #[arg(long, env = "BERTH_AGENT_DOCKER_SOCKET")]
     docker_socket: Option<String>,
+    /// Where the node API (logs, exec, datapath views for the control plane; mTLS)
+    /// listens [default: <node address>:10250].
+    #[arg(long, env = "BERTH_AGENT_NODE_API_LISTEN")]
+    node_api_listen: Option<SocketAddr>,
 }
 
 /// The same settings as the file spells them.
@@ -112,6 +116,8 @@ struct FileConfig {
     metrics_listen: Option<SocketAddr>,
     #[serde(alias = "docker_socket")]
     docker_socket: Option<String>,
+    #[serde(alias = "node_api_listen")]
+    node_api_listen: Option<SocketAddr>,
 }
 
 /// The resolved configuration.
@@ -130,7 +136,11 @@ pub struct Config {
     pub cluster_domain: String,
     pub metrics_listen: SocketAddr,
     pub docker_socket: String,
+    pub node_api_listen: SocketAddr,
 }
+
+/// The node API's port unless configured: the kubelet's.
+pub const DEFAULT_NODE_API_PORT: u16 = 10250;
 
 fn required<T>(value: Option<T>, field: &'static str) -> Result<T, ConfigError> {
     value.ok_or(ConfigError::Invalid {
@@ -224,6 +234,10 @@ impl Config {
                 .docker_socket
                 .or(file.docker_socket)
                 .unwrap_or_else(|| "/var/run/docker.sock".into()),
+            node_api_listen: args
+                .node_api_listen
+                .or(file.node_api_listen)
+                .unwrap_or(SocketAddr::from((node_address, DEFAULT_NODE_API_PORT))),
             node_name,
             node_address,
         })
@@ -267,6 +281,10 @@ mod tests {
             config.metrics_listen,
             "198.18.0.1:9102".parse().expect("addr")
         );
+        assert_eq!(
+            config.node_api_listen,
+            "198.18.0.1:10250".parse().expect("addr")
+        );
         assert_eq!(config.external_interface, None);
         assert_eq!(config.xdp_mode, XdpMode::Native);
     }
@@ -277,7 +295,7 @@ mod tests {
         let file = dir.path().join("agent.yaml");
         std::fs::write(
             &file,
-            "external-interface: eth0\nxdp_mode: generic\nnode-name: from-file\n",
+            "external-interface: eth0\nxdp_mode: generic\nnode-name: from-file\nnode-api-listen: 127.0.0.1:11250\n",
         )
         .expect("write");
         let mut args: Vec<String> = BASE.iter().map(|s| s.to_string()).collect();
@@ -286,6 +304,10 @@ mod tests {
         assert_eq!(config.external_interface.as_deref(), Some("eth0"));
         assert_eq!(config.xdp_mode, XdpMode::Generic);
         assert_eq!(config.node_name, "n1", "the flag wins over the file");
+        assert_eq!(
+            config.node_api_listen,
+            "127.0.0.1:11250".parse().expect("addr")
+        );
     }
 
     #[test]

@@ -45,6 +45,12 @@ pub enum ControlPlaneError {
 pub struct Membership {
     pub pod_cidr: String,
     pub channel: Channel,
+    /// The node certificate and key (PEM): the agent's identity as a client of the
+    /// control plane and as the server of the node API.
+    pub cert_pem: String,
+    pub key_pem: String,
+    /// The cluster CA (PEM).
+    pub ca_pem: String,
 }
 
 fn read(path: &Path) -> Result<String, ControlPlaneError> {
@@ -125,7 +131,8 @@ pub async fn connect(config: &Config) -> Result<Membership, ControlPlaneError> {
         write_private(&cidr_path, &joined.pod_cidr)?;
         tracing::info!(node = %config.node_name, pod_cidr = %joined.pod_cidr, "joined the cluster");
     }
-    let identity = Identity::from_pem(read(&cert_path)?, read(&key_path)?);
+    let (cert_pem, key_pem) = (read(&cert_path)?, read(&key_path)?);
+    let identity = Identity::from_pem(&cert_pem, &key_pem);
     let channel = endpoint
         .tls_config(tls.identity(identity))
         .map_err(transport)?
@@ -133,6 +140,9 @@ pub async fn connect(config: &Config) -> Result<Membership, ControlPlaneError> {
     Ok(Membership {
         pod_cidr: read(&cidr_path)?.trim().to_owned(),
         channel,
+        cert_pem,
+        key_pem,
+        ca_pem,
     })
 }
 

@@ -9,6 +9,7 @@ pub mod datapath;
 pub mod dns;
 pub mod ipam;
 pub mod metrics;
+pub mod nodeapi;
 pub mod podnet;
 pub mod pods;
 pub mod probes;

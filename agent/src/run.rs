@@ -25,6 +25,7 @@ use crate::{
     dns::{DnsServer, Records},
     ipam::Cidr,
     metrics::AgentMetrics,
+    nodeapi::{NodeApi, NodeApiTls},
     podnet,
     pods::{PodDesired, PodEvent, PodManager, PodManagerConfig, PodReport},
     readiness::LocalReadiness,
@@ -109,6 +110,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let runtime = DockerRuntime::connect(&config.docker_socket)
         .await
         .context("connecting to the Docker engine")?;
+    // What the datapath serves, readiness applied, for the node API's live views.
+    let (applied_tx, applied_rx) = watch::channel(ServiceSet::default());
+    let node_api_addr = NodeApi::new(
+        runtime.clone(),
+        &config.node_name,
+        applied_rx,
+        datapath.clone(),
+    )
+    .serve(
+        config.node_api_listen,
+        &NodeApiTls {
+            cert_pem: membership.cert_pem.clone(),
+            key_pem: membership.key_pem.clone(),
+            ca_pem: membership.ca_pem.clone(),
+        },
+    )
+    .await?;
     let mut pods_config = PodManagerConfig::new(&config.node_name, pod_cidr);
     pods_config.dns = Some((
         config.dns_listen.ip().to_string(),
@@ -131,12 +149,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         %node_id,
         metrics = %metrics_addr,
         dns = %dns.local_addr(),
+        node_api = %node_api_addr,
         "agent started in {:?}",
         started.elapsed()
     );
 
     let client = AgentClient::new(membership.channel.clone());
-    tokio::spawn(heartbeats(client.clone(), config.node_address));
+    tokio::spawn(heartbeats(
+        client.clone(),
+        config.node_address,
+        node_api_addr.port(),
+    ));
     let (pods_tx, mut pods_rx) = mpsc::channel::<Objects>(16);
     let (services_tx, mut services_rx) = mpsc::channel::<Objects>(16);
     tokio::spawn(controlplane::watch(client.clone(), Watched::Pods, pods_tx));
@@ -180,7 +203,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     &config.cluster_domain,
                 ));
                 let changed_nodes = cluster.as_ref().is_none_or(|(old, _)| old.nodes != set.nodes);
-                apply(&datapath, &metrics, &readiness.overlay(&set), Some(received));
+                apply(&datapath, &metrics, &readiness.overlay(&set), Some(received), &applied_tx);
                 if changed_nodes {
                     warm_neighbours(&set, config.node_address);
                 }
@@ -190,7 +213,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 if readiness.observe(&event)
                     && let Some((set, _)) = &cluster
                 {
-                    apply(&datapath, &metrics, &readiness.overlay(set), None);
+                    apply(&datapath, &metrics, &readiness.overlay(set), None, &applied_tx);
                 }
                 if let PodEvent::Action(action) = &event {
                     tracing::info!(?action, "pod");
@@ -267,6 +290,7 @@ fn apply(
     metrics: &AgentMetrics,
     set: &ServiceSet,
     received: Option<Instant>,
+    applied: &watch::Sender<ServiceSet>,
 ) {
     let mut datapath = match datapath.lock() {
         Ok(datapath) => datapath,
@@ -283,6 +307,7 @@ fn apply(
             if report.changed_anything() {
                 tracing::info!(?report, "datapath updated");
             }
+            applied.send_replace(set.clone());
         }
         // The previous state stays programmed; the next change tries again.
         Err(error) => tracing::error!(%error, "datapath update refused"),
@@ -334,10 +359,15 @@ fn warm_neighbours(set: &ServiceSet, own: std::net::Ipv4Addr) {
     });
 }
 
-async fn heartbeats(client: AgentClient<tonic::transport::Channel>, address: std::net::Ipv4Addr) {
+async fn heartbeats(
+    client: AgentClient<tonic::transport::Channel>,
+    address: std::net::Ipv4Addr,
+    node_api_port: u16,
+) {
     let status = json!({
         "addresses": [{"type": "InternalIP", "address": address.to_string()}],
         "allocatable": allocatable(),
+        "daemonEndpoints": {"agentEndpoint": {"Port": node_api_port}},
     });
     let body = serde_json::to_vec(&status).unwrap_or_default();
     loop {

@@ -524,12 +524,20 @@ fn a_killed_container_is_restarted_with_growing_back_off() {
     // The restarted container answers on the same address, through the same veth.
     let (code, body) = http(&node.name, ip, "GET", "/");
     assert_eq!(code, 200, "{body}");
-    let attempt = node
-        .containers_of(&pod.uid)
-        .into_iter()
+    let containers = node.containers_of(&pod.uid);
+    let attempt = containers
+        .iter()
         .find(|container| container.id == id)
         .and_then(|container| container.labels.get(labels::ATTEMPT).cloned());
     assert_eq!(attempt.as_deref(), Some("3"));
+    // Besides the pause container, only the killed attempt before it is kept (for
+    // `logs --previous`); older attempts are gone.
+    let mut attempts: Vec<String> = containers
+        .iter()
+        .filter_map(|container| container.labels.get(labels::ATTEMPT).cloned())
+        .collect();
+    attempts.sort();
+    assert_eq!(attempts, ["2", "3"], "{containers:?}");
 }
 
 #[test]

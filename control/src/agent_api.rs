@@ -61,16 +61,7 @@ impl AgentService {
 
     /// A free /24 of the cluster range, or the node's own if it has one.
     async fn pod_cidr_for(&self, node: &str) -> Result<String, Status> {
-        let (nodes, _) = self
-            .registry
-            .list(
-                &NODES,
-                None,
-                &Selector::default(),
-                &FieldSelector::default(),
-            )
-            .await
-            .map_err(status)?;
+        let nodes = self.registry.list_all(&NODES).await.map_err(status)?;
         let cidr_of = |n: &Value| {
             n.pointer("/spec/podCIDR")
                 .and_then(Value::as_str)

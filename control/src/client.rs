@@ -116,7 +116,9 @@ impl Client {
         self
     }
 
-    async fn send(
+    /// Sends a request and returns the response as it starts: for bodies read as they
+    /// come (`logs -f`).
+    pub async fn send(
         &self,
         method: Method,
         path: &str,

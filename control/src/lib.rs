@@ -10,6 +10,7 @@ pub mod ctl;
 pub mod hollow;
 pub mod kubeconfig;
 pub mod metrics;
+pub mod node_client;
 pub mod pki;
 pub mod registry;
 pub mod server;

@@ -17,6 +17,8 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 
+use berth_api::identity;
+
 use crate::util;
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +52,11 @@ pub struct Pki {
     pub admin_token_digest: [u8; 32],
     /// Only set when the token was created by this start (to write admin.conf).
     pub new_admin_token: Option<String>,
+    /// The control plane's client certificate for the agents' node API (O =
+    /// berth:control-plane), issued at every start like the serving certificate and
+    /// kept in memory only.
+    pub node_client_cert_pem: String,
+    pub node_client_key_pem: String,
 }
 
 const CA_CERT: &str = "ca.crt";
@@ -58,8 +65,7 @@ const SERVER_CERT: &str = "server.crt";
 const SERVER_KEY: &str = "server.key";
 const ADMIN_TOKEN_DIGEST: &str = "admin-token.sha256";
 const BOOTSTRAP_TOKEN: &str = "bootstrap-token";
-/// Organisation in node certificates: what makes a client certificate a node's.
-pub const NODE_ORGANIZATION: &str = "berth:nodes";
+pub use berth_api::identity::{CONTROL_PLANE_ORGANIZATION, NODE_ORGANIZATION};
 
 /// The CA's identity; rebuilt identically at each start to sign with the stored key.
 fn ca_params() -> Result<CertificateParams, rcgen::Error> {
@@ -125,6 +131,8 @@ impl Pki {
         let server_cert_path = dir.join(SERVER_CERT);
         fs::write(&server_cert_path, server_cert.pem()).map_err(io(&server_cert_path))?;
 
+        let (node_client_cert_pem, node_client_key_pem) = control_plane_client(&issuer)?;
+
         let digest_path = dir.join(ADMIN_TOKEN_DIGEST);
         let (admin_token_digest, new_admin_token) = if digest_path.exists() {
             let text = fs::read_to_string(&digest_path).map_err(io(&digest_path))?;
@@ -158,13 +166,17 @@ impl Pki {
             server_key_pem,
             admin_token_digest,
             new_admin_token,
+            node_client_cert_pem,
+            node_client_key_pem,
         })
     }
 }
 
 impl Pki {
-    /// Issues a node client certificate for the key in `csr_pem`. Whatever subject the
-    /// CSR asks for is replaced: the certificate names exactly `node_name`.
+    /// Issues a node certificate for the key in `csr_pem`. Whatever subject the CSR asks
+    /// for is replaced: the certificate names exactly `node_name`, as its CN (what the
+    /// agent API reads) and as its one DNS name (what the control plane verifies when it
+    /// calls the node's API, whatever address it dials). It is good for both ends of TLS.
     pub fn sign_node_csr(&self, csr_pem: &str, node_name: &str) -> Result<String, PkiError> {
         let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
@@ -174,8 +186,15 @@ impl Pki {
         params
             .distinguished_name
             .push(DnType::OrganizationName, NODE_ORGANIZATION);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ClientAuth,
+            ExtendedKeyUsagePurpose::ServerAuth,
+        ];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.subject_alt_names = vec![SanType::DnsName(node_name.try_into()?)];
         let key = KeyPair::from_pem(&self.ca_key_pem)?;
         let issuer = Issuer::new(ca_params()?, key);
         let request = rcgen::CertificateSigningRequestParams {
@@ -188,13 +207,23 @@ impl Pki {
 
 /// The node name a node certificate was issued for: its CN, if its O says it is a node's.
 pub fn node_name_of_certificate(der: &[u8]) -> Option<String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let subject = cert.subject();
-    let is_node = subject
-        .iter_organization()
-        .any(|o| o.as_str().is_ok_and(|o| o == NODE_ORGANIZATION));
-    let name = subject.iter_common_name().next()?.as_str().ok()?;
-    is_node.then(|| name.to_owned())
+    identity::name_in_role(der, NODE_ORGANIZATION)
+}
+
+/// A client certificate and key naming the control plane, for calling the nodes.
+fn control_plane_client(issuer: &Issuer<'_, KeyPair>) -> Result<(String, String), PkiError> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "berth-control");
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, CONTROL_PLANE_ORGANIZATION);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, issuer)?;
+    Ok((cert.pem(), key.serialize_pem()))
 }
 
 pub(crate) fn parse_hex32(text: &str) -> Option<[u8; 32]> {
@@ -219,4 +248,59 @@ pub fn write_private(path: &Path, data: &[u8]) -> Result<(), PkiError> {
         .map_err(io(path))?;
     file.write_all(data).map_err(io(path))?;
     file.sync_all().map_err(io(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use rustls::pki_types::{CertificateDer, pem::PemObject as _};
+
+    use super::*;
+
+    fn der(pem: &str) -> Vec<u8> {
+        CertificateDer::from_pem_slice(pem.as_bytes())
+            .expect("a PEM certificate")
+            .to_vec()
+    }
+
+    #[test]
+    fn node_certificates_name_the_node_for_both_ends_of_tls() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = Pki::load_or_create(dir.path(), &["127.0.0.1".to_owned()]).expect("pki");
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.distinguished_name.push(DnType::CommonName, "evil");
+        let csr = params
+            .serialize_request(&key)
+            .and_then(|csr| csr.pem())
+            .expect("csr");
+        let cert = der(&pki.sign_node_csr(&csr, "node-1").expect("signed"));
+        assert_eq!(node_name_of_certificate(&cert).as_deref(), Some("node-1"));
+        let (_, parsed) = x509_parser::parse_x509_certificate(&cert).expect("x509");
+        let usage = parsed
+            .extended_key_usage()
+            .expect("eku")
+            .expect("present")
+            .value;
+        assert!(usage.client_auth && usage.server_auth);
+        let names = parsed
+            .subject_alternative_name()
+            .expect("san")
+            .expect("present");
+        assert_eq!(
+            names.value.general_names,
+            [x509_parser::extensions::GeneralName::DNSName("node-1")]
+        );
+
+        // The control plane's client certificate is not a node's, and says whose it is.
+        let control = der(&pki.node_client_cert_pem);
+        assert_eq!(node_name_of_certificate(&control), None);
+        assert_eq!(
+            identity::name_in_role(&control, CONTROL_PLANE_ORGANIZATION).as_deref(),
+            Some("berth-control")
+        );
+        assert_eq!(
+            identity::name_in_role(&cert, CONTROL_PLANE_ORGANIZATION),
+            None
+        );
+    }
 }

@@ -187,6 +187,14 @@ impl Registry {
         }
     }
 
+    /// Every object of a kind, in every namespace.
+    pub async fn list_all(&self, rt: &'static ResourceType) -> Result<Vec<Value>, ApiError> {
+        let (objects, _) = self
+            .list(rt, None, &Selector::default(), &FieldSelector::default())
+            .await?;
+        Ok(objects)
+    }
+
     pub async fn list(
         &self,
         rt: &'static ResourceType,

@@ -25,6 +25,7 @@ use crate::{
     controllers::Controllers,
     kubeconfig::Kubeconfig,
     metrics::Metrics,
+    node_client::NodeClient,
     pki::{self, Pki},
     registry::Registry,
     store::{RedbStore, Store},
@@ -187,6 +188,7 @@ impl Server {
             metrics: metrics.clone(),
             auth: Some(auth),
             tokens: Some(tokens),
+            nodes: Arc::new(NodeClient::new(&pki)),
         });
         let accept = tokio::spawn(accept_loop(listener, tls, router, shutdown_rx.clone()));
         let compaction = tokio::spawn(compact_periodically(

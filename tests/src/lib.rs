@@ -8,6 +8,8 @@
 //! pods' host veths and the XDP program on its `eth0`. Everything is removed when the
 //! [`Cluster`] drops, also when a test fails.
 
+pub mod process;
+
 use std::{
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},

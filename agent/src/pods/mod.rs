@@ -803,11 +803,15 @@ impl PodManager {
         let hash = desired.spec_hash();
         let now = Instant::now();
 
-        // The newest attempt is the container; older ones are leftovers of a restart
-        // that was interrupted.
+        // The newest attempt is the container. The one before it stays while it is
+        // stopped, for its logs (`logs --previous`, as the kubelet keeps one dead
+        // container); anything older, or still running, is a leftover.
         let mut observed: Vec<&ContainerSummary> = observed.to_vec();
         observed.sort_by_key(|container| std::cmp::Reverse(attempt_of(container)));
-        for leftover in observed.iter().skip(1) {
+        for (index, leftover) in observed.iter().enumerate().skip(1) {
+            if index == 1 && !is_running(leftover) {
+                continue;
+            }
             self.stop_and_remove(&leftover.id, Duration::ZERO).await;
         }
         let current = observed.first().copied();
@@ -905,8 +909,12 @@ impl PodManager {
                         ));
                         return;
                     }
+                    // The ended container stays as the previous attempt, so the one
+                    // kept before it goes; the new one has a name of its own.
+                    if let Some(older) = observed.get(1) {
+                        self.stop_and_remove(&older.id, Duration::ZERO).await;
+                    }
                     next_attempt = Some(instance.attempt.saturating_add(1));
-                    self.stop_and_remove(&container.id, Duration::ZERO).await;
                     track.instance = None;
                     track.next_start = None;
                 }

@@ -9,14 +9,15 @@ use bollard::{
     models::{ContainerCreateBody, HostConfig, RestartPolicy, RestartPolicyNameEnum},
     query_parameters::{
         CreateContainerOptionsBuilder, EventsOptionsBuilder, InspectContainerOptions,
-        KillContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
-        StartContainerOptions, StopContainerOptionsBuilder,
+        KillContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
+        RemoveContainerOptionsBuilder, StartContainerOptions, StopContainerOptionsBuilder,
     },
 };
 use futures_util::{Stream, StreamExt as _};
 
 use super::{
-    ContainerSpec, ContainerStatus, ContainerSummary, ExecOutput, Limits, NetworkMode, RuntimeError,
+    ContainerSpec, ContainerStatus, ContainerSummary, ExecCapture, ExecOutput, Limits, LogOptions,
+    NetworkMode, RuntimeError,
 };
 
 /// Exec output beyond this is dropped: probes only need the exit code, and a chatty
@@ -201,13 +202,32 @@ impl DockerRuntime {
     /// Runs `command` in the running container and waits at most `timeout` for it.
     /// The engine has no way to stop an exec'd process, so on timeout it may run on
     /// (as with Kubernetes' dockershim); the caller gets [`RuntimeError::Timeout`].
+    /// Output is interleaved and cut at a few KiB: what probes need.
     pub async fn exec(
         &self,
         container: &str,
         command: &[String],
         timeout: Duration,
     ) -> Result<ExecOutput, RuntimeError> {
-        tokio::time::timeout(timeout, self.exec_inner(container, command))
+        let captured = self
+            .exec_captured(container, command, timeout, MAX_EXEC_OUTPUT)
+            .await?;
+        Ok(ExecOutput {
+            exit_code: captured.exit_code,
+            output: String::from_utf8_lossy(&captured.interleaved).into_owned(),
+        })
+    }
+
+    /// Like [`DockerRuntime::exec`], keeping standard output and error apart and up to
+    /// `max_bytes` of output in all: for users' commands (`berthctl exec`).
+    pub async fn exec_captured(
+        &self,
+        container: &str,
+        command: &[String],
+        timeout: Duration,
+        max_bytes: usize,
+    ) -> Result<ExecCapture, RuntimeError> {
+        tokio::time::timeout(timeout, self.exec_inner(container, command, max_bytes))
             .await
             .map_err(|_| RuntimeError::Timeout {
                 operation: "container exec",
@@ -219,7 +239,8 @@ impl DockerRuntime {
         &self,
         container: &str,
         command: &[String],
-    ) -> Result<ExecOutput, RuntimeError> {
+        max_bytes: usize,
+    ) -> Result<ExecCapture, RuntimeError> {
         if command.is_empty() {
             return Err(RuntimeError::InvalidSpec(
                 "exec command is empty".to_owned(),
@@ -244,7 +265,7 @@ impl DockerRuntime {
                 operation: "exec start",
                 source,
             })?;
-        let mut output = Vec::new();
+        let mut captured = ExecCapture::default();
         if let StartExecResults::Attached {
             output: mut stream, ..
         } = started
@@ -255,9 +276,7 @@ impl DockerRuntime {
                     operation: "exec output",
                     source,
                 })?;
-                let bytes = chunk.into_bytes();
-                let room = MAX_EXEC_OUTPUT.saturating_sub(output.len());
-                output.extend_from_slice(&bytes[..bytes.len().min(room)]);
+                captured.push(chunk, max_bytes);
             }
         }
         let inspected = self
@@ -268,14 +287,37 @@ impl DockerRuntime {
                 operation: "exec inspect",
                 source,
             })?;
-        let exit_code = inspected.exit_code.ok_or(RuntimeError::Incomplete {
+        captured.exit_code = inspected.exit_code.ok_or(RuntimeError::Incomplete {
             operation: "exec inspect",
             missing: "the exit code",
         })?;
-        Ok(ExecOutput {
-            exit_code,
-            output: String::from_utf8_lossy(&output).into_owned(),
-        })
+        Ok(captured)
+    }
+
+    /// The container's output as the engine keeps it (both streams, in order), ending
+    /// with what is there unless `options.follow`, in which case it goes on until the
+    /// container stops or the stream is dropped.
+    pub fn logs(
+        &self,
+        container: &str,
+        options: &LogOptions,
+    ) -> impl Stream<Item = Result<Vec<u8>, RuntimeError>> + use<> {
+        let mut builder = LogsOptionsBuilder::new()
+            .follow(options.follow)
+            .stdout(true)
+            .stderr(true)
+            .timestamps(options.timestamps);
+        if let Some(tail) = options.tail_lines {
+            builder = builder.tail(&tail.to_string());
+        }
+        let container = container.to_owned();
+        self.docker
+            .logs(&container, Some(builder.build()))
+            .map(move |chunk| {
+                chunk
+                    .map(|output| output.into_bytes().to_vec())
+                    .map_err(|error| not_found_or(error, &container, "container logs"))
+            })
     }
 
     /// Removes the container, killing it first if it still runs, with its anonymous

@@ -47,6 +47,46 @@ pub struct ExecOutput {
     pub output: String,
 }
 
+/// What a command run with [`DockerRuntime::exec_captured`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecCapture {
+    pub exit_code: i64,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    /// Both streams in the order the engine sent them.
+    pub interleaved: Vec<u8>,
+    /// Output beyond the limit was dropped.
+    pub truncated: bool,
+}
+
+impl ExecCapture {
+    /// Keeps what fits of one chunk of output; stdin echoes and console output count as
+    /// standard output.
+    fn push(&mut self, chunk: bollard::container::LogOutput, max_bytes: usize) {
+        let is_stderr = matches!(chunk, bollard::container::LogOutput::StdErr { .. });
+        let bytes = chunk.into_bytes();
+        let room = max_bytes.saturating_sub(self.interleaved.len());
+        let kept = &bytes[..bytes.len().min(room)];
+        self.truncated |= kept.len() < bytes.len();
+        self.interleaved.extend_from_slice(kept);
+        if is_stderr {
+            self.stderr.extend_from_slice(kept);
+        } else {
+            self.stdout.extend_from_slice(kept);
+        }
+    }
+}
+
+/// Which part of a container's output [`DockerRuntime::logs`] returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogOptions {
+    pub follow: bool,
+    /// Only the last lines; None: all.
+    pub tail_lines: Option<u64>,
+    /// Prefix each line with the engine's RFC 3339 timestamp.
+    pub timestamps: bool,
+}
+
 /// The engine's usual socket.
 pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
 
@@ -112,7 +152,8 @@ impl ContainerSpec {
     }
 
     /// The Docker container name: readable in `docker ps`, and unique per node, pod
-    /// (uid included, so a recreated pod of the same name doesn't collide) and container.
+    /// (uid included, so a recreated pod of the same name doesn't collide), container
+    /// and attempt (the previous attempt is kept for its logs while the next one runs).
     pub fn docker_name(&self) -> String {
         let uid: String = self
             .pod_uid
@@ -120,10 +161,14 @@ impl ContainerSpec {
             .filter(char::is_ascii_alphanumeric)
             .take(8)
             .collect();
-        let raw = format!(
+        let mut raw = format!(
             "berth_{}_{}_{}_{}_{uid}",
             self.node, self.pod_namespace, self.pod_name, self.container_name
         );
+        if let Some(attempt) = self.extra_labels.get(labels::ATTEMPT) {
+            raw.push('_');
+            raw.push_str(attempt);
+        }
         // Docker accepts [a-zA-Z0-9_.-] only; names from the API are DNS labels already,
         // this keeps anything else from turning into a confusing engine error.
         raw.chars()
@@ -275,6 +320,14 @@ mod tests {
         assert_eq!(
             odd.docker_name(),
             "berth_node-1_default_we-b-0_echo_0f8e2a4c"
+        );
+        let restarted = ContainerSpec {
+            extra_labels: BTreeMap::from([(labels::ATTEMPT.to_owned(), "3".to_owned())]),
+            ..spec()
+        };
+        assert_eq!(
+            restarted.docker_name(),
+            "berth_node-1_default_web-0_echo_0f8e2a4c_3"
         );
     }
 

@@ -592,6 +592,24 @@ pub struct NodeStatus {
     pub allocatable: BTreeMap<String, String>,
     #[serde(default)]
     pub conditions: Vec<Condition>,
+    /// Where the node's agent serves the node API (logs, exec, datapath views).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daemon_endpoints: Option<NodeDaemonEndpoints>,
+}
+
+/// Kubernetes' `daemonEndpoints`, with the agent in the kubelet's place.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeDaemonEndpoints {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_endpoint: Option<DaemonEndpoint>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DaemonEndpoint {
+    /// Spelled as in Kubernetes (`Port`): the port on the node's InternalIP.
+    #[serde(rename = "Port")]
+    pub port: u16,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

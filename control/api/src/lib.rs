@@ -9,8 +9,14 @@ pub mod agent {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("berth.agent.v1");
 }
+/// The control plane → node agent gRPC API (`proto/berth/node/v1/node.proto`).
+pub mod node {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("berth.node.v1");
+}
 pub mod apps;
 pub mod core;
+pub mod identity;
 pub mod manifest;
 pub mod meta;
 mod resource;

@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod error;
+mod node_proxy;
 mod openapi;
 mod resources;
 mod tokens;
@@ -36,6 +37,8 @@ pub struct ApiState {
     pub auth: Option<Arc<Auth>>,
     /// The node bootstrap tokens; None serves no `/bootstrap-tokens`.
     pub tokens: Option<Arc<crate::tokens::BootstrapTokens>>,
+    /// Calls nodes' agents for logs, exec and datapath views.
+    pub nodes: Arc<crate::node_client::NodeClient>,
 }
 
 /// How a request is labelled in metrics; handlers attach it to their response.

@@ -57,6 +57,7 @@ pub fn document() -> Value {
             },
         }),
     );
+    add_node_paths(&mut paths);
     paths.insert(
         "/apply".to_owned(),
         json!({
@@ -158,6 +159,66 @@ fn query_params() -> Value {
         {"name": "allowWatchBookmarks", "in": "query", "schema": {"type": "boolean"}},
         {"name": "timeoutSeconds", "in": "query", "schema": {"type": "integer"}},
     ])
+}
+
+/// The routes answered by a node's agent through the control plane (`node_proxy`).
+fn add_node_paths(paths: &mut Map<String, Value>) {
+    let flag = |name: &str, description: &str| json!({"name": name, "in": "query", "schema": {"type": "boolean"}, "description": description});
+    let mut log_responses = responses(&json!({"type": "string"}));
+    log_responses["200"] = json!({"description": "The container's output",
+        "content": {"text/plain": {"schema": {"type": "string"}}}});
+    paths.insert(
+        "/api/v1/namespaces/{namespace}/pods/{name}/log".to_owned(),
+        json!({
+            "parameters": [param("namespace"), param("name")],
+            "get": {
+                "summary": "A container's output, from its node (streamed while follow)",
+                "parameters": [
+                    {"name": "container", "in": "query", "schema": {"type": "string"},
+                     "description": "may be left out when the pod has one container"},
+                    flag("follow", "keep streaming new output"),
+                    flag("previous", "the attempt before the current one"),
+                    flag("timestamps", "prefix each line with its time"),
+                    {"name": "tailLines", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                ],
+                "responses": log_responses,
+            },
+        }),
+    );
+    paths.insert(
+        "/api/v1/namespaces/{namespace}/pods/{name}/exec".to_owned(),
+        json!({
+            "parameters": [param("namespace"), param("name")],
+            "post": {
+                "summary": "Run a command in a pod's container to its end (no stdin, no terminal)",
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["command"],
+                    "properties": {
+                        "command": {"type": "array", "items": {"type": "string"}},
+                        "container": {"type": "string"},
+                        "timeoutSeconds": {"type": "integer", "minimum": 0, "maximum": 600},
+                    },
+                }}}},
+                "responses": responses(&json!({"type": "object", "properties": {
+                    "exitCode": {"type": "integer"}, "stdout": {"type": "string"},
+                    "stderr": {"type": "string"}, "truncated": {"type": "boolean"},
+                    "container": {"type": "string"}, "node": {"type": "string"},
+                }})),
+            },
+        }),
+    );
+    paths.insert(
+        "/api/v1/namespaces/{namespace}/services/{name}/backends".to_owned(),
+        json!({
+            "parameters": [param("namespace"), param("name")],
+            "get": {
+                "summary": "The backends each Ready node's datapath serves the service with, read from its maps",
+                "responses": responses(&json!({"type": "object", "properties": {
+                    "nodes": {"type": "array", "items": {"type": "object"}},
+                }})),
+            },
+        }),
+    );
 }
 
 fn responses(ok: &Value) -> Value {

@@ -18,7 +18,7 @@ use berth_api::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiState, error::ApiError, watch, with_info};
+use super::{ApiState, error::ApiError, node_proxy, watch, with_info};
 use crate::registry::{decode_error, name_of, parse_resource_version};
 
 /// A resource URL taken apart.
@@ -214,6 +214,20 @@ async fn dispatch(
             };
             ("rollback", result.await)
         }
+        (&Method::GET, Some(name), Some("log")) if rt.kind == "Pod" => {
+            ("log", node_proxy::logs(state, ns, name, query).await)
+        }
+        (&Method::POST, Some(name), Some("exec")) if rt.kind == "Pod" => {
+            let result = async {
+                let request: node_proxy::ExecBody = read_json(body, MAX_OBJECT_BYTES).await?;
+                node_proxy::exec(state, ns, name, request).await
+            };
+            ("exec", result.await)
+        }
+        (&Method::GET, Some(name), Some("backends")) if rt.kind == "Service" => (
+            "backends",
+            node_proxy::service_backends(state, ns, name).await,
+        ),
         (_, _, Some(sub)) => (
             "other",
             Err(ApiError::no_route(format!(

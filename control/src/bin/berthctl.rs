@@ -1,4 +1,4 @@
-use berth_control::ctl::{Cli, run};
+use berth_control::ctl::{Cli, CtlError, run};
 use clap::Parser as _;
 
 #[tokio::main(flavor = "current_thread")]
@@ -18,6 +18,11 @@ async fn main() -> std::process::ExitCode {
     let result = run(cli, &mut std::io::stdout(), &mut std::io::stderr()).await;
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(CtlError::CommandExited(code)) => {
+            // As kubectl: the command's own code, for scripts to branch on.
+            eprintln!("command terminated with exit code {code}");
+            std::process::ExitCode::from(u8::try_from(code & 0xff).unwrap_or(1))
+        }
         Err(error) => {
             eprintln!("{}", error.render());
             std::process::ExitCode::FAILURE

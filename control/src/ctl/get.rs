@@ -125,6 +125,15 @@ pub async fn run(
                 emit(out, &output::name_of(rt, item));
             }
         }
+        // One Endpoints object: also what each node's datapath serves for it.
+        None if rt.kind == "Endpoints" && names.len() == 1 && !args.watch => {
+            for item in &items {
+                emit(
+                    out,
+                    &super::node::endpoints_view(ctx, &names[0], item).await?,
+                );
+            }
+        }
         Some(Format::Wide) | None => {
             rows.extend(items.iter().map(|i| output::row(rt, i, wide, namespaces)));
             if items.is_empty() {

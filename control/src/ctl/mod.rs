@@ -9,6 +9,7 @@ mod apply;
 mod cluster;
 mod describe;
 mod get;
+mod node;
 mod output;
 mod rollout;
 
@@ -73,6 +74,8 @@ pub enum Command {
         action: rollout::Rollout,
     },
     Events(describe::EventsArgs),
+    Logs(node::LogsArgs),
+    Exec(node::ExecArgs),
     /// Create, list and delete the bootstrap tokens node agents join with.
     #[command(after_help = "Examples:\n  berthctl token create --ttl 2h\n  \
                             berthctl token list\n  berthctl token delete abcdef\n\n\
@@ -144,6 +147,9 @@ pub enum CtlError {
     Usage(String),
     #[error("timed out waiting for the condition")]
     Timeout,
+    /// `exec`: the command ran and failed; berthctl exits with its code.
+    #[error("command terminated with exit code {0}")]
+    CommandExited(i32),
 }
 
 fn did_you_mean(suggestion: &Option<String>) -> String {
@@ -509,6 +515,8 @@ pub async fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(
         Command::Scale(args) => rollout::scale(&ctx, args, out).await,
         Command::Rollout { action } => rollout::run(&ctx, action, out).await,
         Command::Events(args) => describe::events(&ctx, args, out, err).await,
+        Command::Logs(args) => node::logs(&ctx, &args, out).await,
+        Command::Exec(args) => node::exec(&ctx, &args, out, err).await,
         Command::Token { action } => cluster::token(&ctx, action, out).await,
         Command::Completion(_) => Ok(()),
     }

@@ -1,0 +1,21 @@
+//! Who a cluster certificate names. Every certificate the cluster CA issues carries its
+//! holder's role in the subject's organisation, and its name in the common name, so
+//! both ends of the agent and node APIs decide who is calling from the verified
+//! certificate alone (the way Kubernetes reads `O=system:nodes`).
+
+/// Organisation of node certificates (the agents').
+pub const NODE_ORGANIZATION: &str = "berth:nodes";
+/// Organisation of the control plane's client certificate, the only caller the node
+/// API accepts.
+pub const CONTROL_PLANE_ORGANIZATION: &str = "berth:control-plane";
+
+/// The common name of a DER certificate if its subject's organisation is `organization`.
+pub fn name_in_role(der: &[u8], organization: &str) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let subject = cert.subject();
+    let in_role = subject
+        .iter_organization()
+        .any(|o| o.as_str().is_ok_and(|o| o == organization));
+    let name = subject.iter_common_name().next()?.as_str().ok()?;
+    in_role.then(|| name.to_owned())
+}

@@ -1,0 +1,250 @@
+//! The real binaries on one node: berth-control and berth-agent run inside a node network
+//! namespace (the agent with real Docker and its eBPF datapath), berthctl against them.
+//! Processes are killed by pid and reaped on drop; [`Setup::cleanup`] removes the node's
+//! containers and the pod namespaces the agent named.
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output},
+    time::{Duration, Instant},
+};
+
+use berth_agent::runtime::DockerRuntime;
+use berth_testkit::{PinDir, netns::NetNs, unique_name};
+
+/// The node's address (on its namespace's loopback).
+pub const NODE_ADDR: &str = "198.18.0.1";
+
+/// A binary of the workspace, next to this test's own executable's directory.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is not built", path.display());
+    path
+}
+
+/// A process killed by pid and reaped on drop.
+pub struct Process(pub Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub struct Setup {
+    pub node: String,
+    pub data: tempfile::TempDir,
+    pub state: tempfile::TempDir,
+    pub pins: PinDir,
+    pub ns: NetNs,
+    /// Pod namespace names that existed before, so cleanup leaves other tests' alone.
+    pod_namespaces_before: Vec<String>,
+}
+
+impl Setup {
+    /// A node namespace holding [`NODE_ADDR`]; `prefix` names it and the node.
+    pub fn new(prefix: &str) -> Setup {
+        let ns = NetNs::new(&format!("b{prefix}")).expect("node namespace");
+        ns.ip(&["addr", "add", &format!("{NODE_ADDR}/32"), "dev", "lo"])
+            .expect("node address");
+        Setup {
+            node: unique_name(prefix),
+            data: tempfile::tempdir().expect("data dir"),
+            state: tempfile::tempdir().expect("state dir"),
+            pins: PinDir::new(prefix),
+            ns,
+            pod_namespaces_before: pod_netns_names(),
+        }
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.data.path().join("admin.conf")
+    }
+
+    /// berthctl with the admin configuration.
+    pub fn berthctl(&self, args: &[&str]) -> Output {
+        self.berthctl_with(&self.kubeconfig(), args)
+    }
+
+    /// berthctl with another client configuration.
+    pub fn berthctl_with(&self, kubeconfig: &Path, args: &[&str]) -> Output {
+        self.berthctl_command(kubeconfig, args)
+            .output()
+            .expect("berthctl")
+    }
+
+    /// The berthctl command, for callers that read its output as it comes.
+    pub fn berthctl_command(&self, kubeconfig: &Path, args: &[&str]) -> Command {
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", self.ns.name()])
+            .arg(binary("berthctl"))
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(args);
+        command
+    }
+
+    /// Starts the control plane in the node namespace (REST on 127.0.0.1:6443, agent API
+    /// on :6444) and waits for its admin.conf.
+    pub async fn control_plane(&self) -> Process {
+        let control = Process(
+            Command::new("ip")
+                .args(["netns", "exec", self.ns.name()])
+                .arg(binary("berth-control"))
+                .arg("--data-dir")
+                .arg(self.data.path())
+                .args(["--listen", "127.0.0.1:6443"])
+                .args(["--agent-listen", "127.0.0.1:6444"])
+                .spawn()
+                .expect("starting berth-control"),
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.kubeconfig().exists() {
+            assert!(Instant::now() < deadline, "the control plane did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        control
+    }
+
+    pub fn agent(&self) -> Process {
+        let data = self.data.path();
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.ns.name()))
+            .arg(binary("berth-agent"))
+            .args(["--node-name", &self.node])
+            .args(["--server", "https://127.0.0.1:6444"])
+            .arg("--ca-file")
+            .arg(data.join("pki/ca.crt"))
+            .arg("--bootstrap-token-file")
+            .arg(data.join("pki/bootstrap-token"))
+            .arg("--state-dir")
+            .arg(self.state.path())
+            .arg("--pin-dir")
+            .arg(self.pins.path())
+            .args(["--node-address", NODE_ADDR])
+            .spawn()
+            .expect("starting berth-agent");
+        Process(child)
+    }
+
+    /// Applies `manifest` with berthctl, failing the test if it is refused.
+    pub fn apply(&self, manifest: &str) {
+        let path = self.data.path().join(format!("{}.yaml", unique_name("m")));
+        std::fs::write(&path, manifest).expect("manifest");
+        let applied = self.berthctl(&["apply", "-f", &path.display().to_string()]);
+        assert!(
+            applied.status.success(),
+            "apply: {}",
+            String::from_utf8_lossy(&applied.stderr)
+        );
+    }
+
+    /// `name IP` of running pods, from `berthctl get pods`.
+    pub fn running_pods(&self) -> Vec<(String, Ipv4Addr)> {
+        let output = self.berthctl(&["get", "pods", "-o", "wide"]);
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .skip(1)
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                match fields.as_slice() {
+                    [name, _ready, "Running", _restarts, _age, ip, _node] => {
+                        Some(((*name).to_owned(), ip.parse().ok()?))
+                    }
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
+    /// Waits until `count` pods run, and returns them.
+    pub async fn wait_running(&self, count: usize) -> Vec<(String, Ipv4Addr)> {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let pods = self.running_pods();
+            if pods.len() == count {
+                return pods;
+            }
+            assert!(Instant::now() < deadline, "pods not running: {pods:?}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Runs a test's body, then cleans up, also when the body panicked (its processes
+    /// are dropped, so killed, while the panic unwinds out of it).
+    pub async fn run<'a, F>(&'a self, body: impl FnOnce(&'a Setup) -> F)
+    where
+        F: std::future::Future<Output = ()> + 'a,
+    {
+        let result =
+            futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(body(self))).await;
+        self.cleanup().await;
+        if let Err(panic) = result {
+            std::panic::resume_unwind(panic);
+        }
+    }
+
+    /// Removes the node's containers and the pod namespaces the agent named.
+    pub async fn cleanup(&self) {
+        if let Ok(runtime) = DockerRuntime::connect("/var/run/docker.sock").await {
+            for container in runtime
+                .list_by_labels(&[("berth.node", &self.node)])
+                .await
+                .unwrap_or_default()
+            {
+                let _ = runtime.remove(&container.id).await;
+            }
+        }
+        for name in pod_netns_names() {
+            if !self.pod_namespaces_before.contains(&name) {
+                let _ = berth_net::netns_delete(&name);
+            }
+        }
+    }
+}
+
+/// Names of the pod namespaces the agents gave names to.
+pub fn pod_netns_names() -> Vec<String> {
+    std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("berth-pod-"))
+        .collect()
+}
+
+/// The /run/netns name of the pod namespace holding `ip`.
+pub fn pod_netns(ip: Ipv4Addr) -> String {
+    for name in pod_netns_names() {
+        let addresses = berth_net::ip(Some(&name), &["-o", "addr", "show"]).unwrap_or_default();
+        if addresses.contains(&format!("inet {ip}/32")) {
+            return name;
+        }
+    }
+    panic!("no pod namespace holds {ip}");
+}
+
+/// Ids of the node's containers, sorted.
+pub async fn container_ids(node: &str) -> Vec<String> {
+    let runtime = DockerRuntime::connect("/var/run/docker.sock")
+        .await
+        .expect("docker");
+    let mut ids: Vec<String> = runtime
+        .list_by_labels(&[("berth.node", node)])
+        .await
+        .expect("list containers")
+        .into_iter()
+        .map(|container| container.id)
+        .collect();
+    ids.sort();
+    ids
+}
