@@ -45,6 +45,8 @@ pub enum ServerError {
     Kubeconfig(#[from] crate::kubeconfig::KubeconfigError),
     #[error("TLS setup: {0}")]
     Tls(String),
+    #[error("{0}")]
+    Setup(String),
     #[error("metrics setup: {0}")]
     Metrics(#[from] prometheus::Error),
 }
@@ -112,7 +114,11 @@ impl Server {
             pki.new_admin_token.as_deref(),
         )?;
 
-        let registry = Registry::new(Arc::clone(&store), metrics.clone());
+        let registry = Registry::new(Arc::clone(&store), metrics.clone(), config.ranges());
+        registry
+            .ensure_namespace(berth_api::meta::DEFAULT_NAMESPACE)
+            .await
+            .map_err(|e| ServerError::Setup(format!("creating the default namespace: {e}")))?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let controllers = if config.no_controllers {
             None
