@@ -93,3 +93,33 @@ async fn errors_name_the_field_and_exit_non_zero() {
     let (ok, _, err) = berthctl(&t.server.admin_config, &["get", "widgets"]).await;
     assert!(!ok && err.contains("unknown kind"), "{err}");
 }
+
+#[tokio::test]
+async fn namespaces_through_the_generic_commands() {
+    let t = start().await;
+    let admin = t.server.admin_config.clone();
+    let manifest = t.dir.path().join("ns.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec: {ports: [{port: 80}]}\n",
+    )
+    .expect("write manifest");
+    let (ok, out, err) =
+        berthctl(&admin, &["apply", "-f", manifest.to_str().expect("utf-8")]).await;
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "namespace/shop created\nservice/web created");
+
+    let (ok, out, err) = berthctl(&admin, &["get", "namespaces"]).await;
+    assert!(ok, "{err}");
+    let names: Vec<&str> = out
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(names, ["default", "shop"], "{out}");
+
+    let (ok, out, err) = berthctl(&admin, &["delete", "namespace", "shop"]).await;
+    assert!(ok && out.trim() == "namespace/shop deleted", "{out}{err}");
+    let (ok, _, err) = berthctl(&admin, &["delete", "namespace", "default"]).await;
+    assert!(!ok && err.contains("may not be deleted"), "{err}");
+}

@@ -845,6 +845,57 @@ impl Event {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{DecodeError, ResourceType, Source};
+
+    fn service_errors(yaml: &str) -> Vec<(String, String)> {
+        match ResourceType::of::<Service>().decode(Source::Yaml(yaml)) {
+            Ok(_) => Vec::new(),
+            Err(DecodeError::Invalid { errors }) => {
+                errors.into_iter().map(|e| (e.field, e.reason)).collect()
+            }
+            Err(other) => panic!("malformed: {other}"),
+        }
+    }
+
+    #[test]
+    fn service_types_addresses_and_algorithm_are_validated_with_paths() {
+        let ok = "metadata: {name: web, annotations: {service.cilium.io/lb-algorithm: random}}
+spec: {type: LoadBalancer, loadBalancerIP: 198.18.128.9, ports: [{port: 80, nodePort: 30080}]}";
+        assert_eq!(service_errors(ok), []);
+        let bad = "metadata: {name: web, annotations: {service.cilium.io/lb-algorithm: fastest}}
+spec:
+  type: ClusterIP
+  loadBalancerIP: 198.18.128.9
+  ports: [{name: a, port: 80, nodePort: 30080}]";
+        let fields: Vec<String> = service_errors(bad).into_iter().map(|e| e.0).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.ports[0].nodePort",
+                "spec.loadBalancerIP",
+                r#"metadata.annotations["service.cilium.io/lb-algorithm"]"#,
+            ]
+        );
+        let twice = "metadata: {name: web}
+spec:
+  type: NodePort
+  clusterIP: None
+  ports: [{name: a, port: 80, nodePort: 30080}, {name: b, port: 81, nodePort: 30080}, {name: c, port: 81, protocol: UDP, nodePort: 30080}]";
+        let fields: Vec<String> = service_errors(twice).into_iter().map(|e| e.0).collect();
+        // The same nodePort for TCP and UDP is allowed, as in Kubernetes.
+        assert_eq!(fields, ["spec.ports[1].nodePort", "spec.clusterIP"]);
+    }
+
+    #[test]
+    fn namespace_names_are_labels() {
+        let ns = ResourceType::of::<Namespace>();
+        assert!(ns.decode(Source::Yaml("metadata: {name: shop}")).is_ok());
+        assert!(ns.decode(Source::Yaml("metadata: {name: a.b}")).is_err());
+        assert!(
+            ns.decode(Source::Yaml("metadata: {name: shop, namespace: x}"))
+                .is_err()
+        );
+    }
 
     #[test]
     fn quantities() {
