@@ -33,6 +33,10 @@ impl Cidr {
         u32::from(ip) & self.mask() == u32::from(self.network)
     }
 
+    pub fn overlaps(self, other: Cidr) -> bool {
+        self.contains(other.network) || other.contains(self.network)
+    }
+
     /// Usable host addresses: the network and broadcast addresses are never handed out
     /// (for /31 and /32 every address is usable).
     pub fn hosts(self) -> RangeInclusive<u32> {
@@ -181,6 +185,9 @@ mod tests {
         );
         assert!("198.18.0.0/33".parse::<Cidr>().is_err());
         assert!("198.18.0.0".parse::<Cidr>().is_err());
+        let pool: Cidr = "198.18.128.0/18".parse().expect("valid");
+        assert!(!cidr.overlaps(pool) && !pool.overlaps(cidr));
+        assert!(cidr.overlaps("198.18.0.0/16".parse().expect("valid")));
     }
 
     #[test]

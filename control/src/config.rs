@@ -115,11 +115,26 @@ impl Config {
         }
     }
 
-    pub fn ranges(&self) -> Ranges {
-        Ranges {
+    /// The Service ranges, refused when they overlap each other or the pod range.
+    pub fn ranges(&self) -> Result<Ranges, String> {
+        let (network, prefix) = self.cluster_cidr;
+        let pods = Cidr { network, prefix };
+        let mut named = vec![
+            ("--cluster-cidr", pods),
+            ("--service-cidr", self.service_cidr),
+        ];
+        named.extend(self.load_balancer_cidr.map(|c| ("--load-balancer-cidr", c)));
+        for (i, (a, x)) in named.iter().enumerate() {
+            for (b, y) in &named[i + 1..] {
+                if x.overlaps(*y) {
+                    return Err(format!("{a} {x} overlaps {b} {y}"));
+                }
+            }
+        }
+        Ok(Ranges {
             service_cidr: self.service_cidr,
             load_balancer_pool: self.load_balancer_cidr,
-        }
+        })
     }
 
     pub fn compaction_interval(&self) -> Duration {
@@ -177,5 +192,11 @@ mod tests {
         );
         let none = Config::parse_from(["berth-control", "--load-balancer-cidr", "none"]);
         assert_eq!(none.load_balancer_cidr, None);
+        assert!(config.ranges().is_ok());
+        let clash = Config::parse_from(["berth-control", "--service-cidr", "198.19.0.0/20"]);
+        assert_eq!(
+            clash.ranges(),
+            Err("--cluster-cidr 198.19.0.0/16 overlaps --service-cidr 198.19.0.0/20".to_owned())
+        );
     }
 }

@@ -41,6 +41,7 @@ pub struct Registry {
 }
 
 static NAMESPACES: ResourceType = ResourceType::of::<Namespace>();
+static SERVICES: ResourceType = ResourceType::of::<Service>();
 
 /// Where an object lives in the store: `/<group or core>/<plural>/<namespace>/<name>`
 /// (no namespace segment for cluster-scoped kinds).
@@ -160,6 +161,42 @@ impl Registry {
 
     pub fn ranges(&self) -> &Ranges {
         &self.ranges
+    }
+
+    /// Writes the allocation keys of Services that hold values without them (stored
+    /// before allocation existed), so nothing else can take those values. Two Services
+    /// holding the same value are reported; the first keeps it.
+    pub async fn reserve_held_values(&self) -> Result<(), ApiError> {
+        let (services, _) = self
+            .list(
+                &SERVICES,
+                None,
+                &Selector::default(),
+                &FieldSelector::default(),
+            )
+            .await?;
+        for object in services {
+            let service = typed_service(&object)?;
+            for key in allocation::claims(&service) {
+                if let Some(kv) = self.read(key.clone()).await? {
+                    let holder = decode_stored(&kv)?;
+                    let owner = str_at(&holder, "/owner/uid");
+                    if owner != service.metadata.uid {
+                        tracing::warn!(service = %name_of(&object), "{key} is held by another object ({owner})");
+                    }
+                    continue;
+                }
+                let ops = allocation::claim_ops(
+                    &BTreeSet::new(),
+                    &BTreeSet::from([key.clone()]),
+                    &object,
+                );
+                if let Err(e) = self.commit(ops).await {
+                    tracing::warn!(service = %name_of(&object), "could not reserve {key}: {e}");
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Creates namespace `name` unless it exists (`default`, at every start).

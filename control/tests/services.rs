@@ -108,6 +108,29 @@ async fn cluster_ips_are_unique_under_concurrent_creates_survive_a_restart_and_a
 }
 
 #[tokio::test]
+async fn values_of_services_stored_before_allocation_are_reserved_at_start() {
+    use berth_control::store::{Op, Precondition};
+    let t = start_with(&["--no-controllers"]).await;
+    let old = json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "old", "namespace": "default", "uid": "u-old"},
+        "spec": {"clusterIP": "198.18.192.77", "type": "NodePort", "ports": [{"port": 80, "nodePort": 30777}]}});
+    t.server
+        .store()
+        .commit(vec![Op::Put {
+            key: "/core/services/default/old".into(),
+            value: serde_json::to_vec(&old).expect("json"),
+            precondition: Precondition::Absent,
+        }])
+        .expect("an object without allocation keys");
+    let t = t.restart(&["--no-controllers"]).await;
+    let (status, body) = create(&t, "new", json!({"clusterIP": "198.18.192.77"})).await;
+    assert_eq!(status, 422, "{body}");
+    let ports = json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 30777}]});
+    let (status, body) = create(&t, "new", ports).await;
+    assert_eq!(status, 422, "{body}");
+}
+
+#[tokio::test]
 async fn user_given_cluster_ips_are_checked_and_immutable() {
     let t = start_with(&["--no-controllers"]).await;
     let (status, body) = create(&t, "outside", json!({"clusterIP": "10.0.0.1"})).await;
