@@ -358,8 +358,35 @@ async fn load_balancers_get_addresses_from_the_pool_or_wait_with_a_reason() {
     assert_eq!(status, 200);
     assert_eq!(wait_for_address(&t, "third").await, "198.18.128.1");
 
+    // A service that stops being a LoadBalancer gives its address back at once (well
+    // before the 60 s resync): a pending one takes it.
+    let (status, _) = create(&t, "fourth", lb.clone()).await;
+    assert_eq!(status, 201);
+    eventually("fourth pending", || async {
+        let (_, fourth) = t
+            .call(Method::GET, &format!("{SERVICES}/fourth"), None)
+            .await;
+        (fourth["status"]["conditions"][0]["status"] == "False").then_some(())
+    })
+    .await;
+    let (_, mut second) = t
+        .call(Method::GET, &format!("{SERVICES}/second"), None)
+        .await;
+    second["spec"]["type"] = json!("ClusterIP");
+    let spec = second["spec"].as_object_mut().expect("spec");
+    spec.remove("loadBalancerIP");
+    if let Some(port) = spec["ports"][0].as_object_mut() {
+        port.remove("nodePort");
+    }
+    let (status, body) = t
+        .call(Method::PUT, &format!("{SERVICES}/second"), Some(&second))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(load_balancer_ip(&body), None, "{body}");
+    assert_eq!(wait_for_address(&t, "fourth").await, "198.18.128.2");
+
     // Outside the pool: pending with the reason.
-    let mut outside = lb;
+    let mut outside = lb.clone();
     outside["loadBalancerIP"] = json!("203.0.113.9");
     let (status, _) = create(&t, "outside", outside).await;
     assert_eq!(status, 201);

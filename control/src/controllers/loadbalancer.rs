@@ -45,10 +45,9 @@ impl Reconciler for LoadBalancerController {
         if !is_kind(change, &SERVICES) {
             return Vec::new();
         }
-        let held_address =
-            typed(&change.object).is_some_and(|s| s.load_balancer_ips().next().is_some());
-        if change.deleted || held_address && !is_load_balancer(&change.object) {
-            // An address came free: pending services may take it now.
+        if change.deleted || !is_load_balancer(&change.object) {
+            // An address may have come free (the service went, or stopped being a
+            // LoadBalancer, which the registry clears): pending services may take it.
             return snapshot
                 .list(&SERVICES, None)
                 .filter(|s| is_load_balancer(s))
