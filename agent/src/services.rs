@@ -1,7 +1,8 @@
 //! From the cluster's Services, Endpoints and Nodes (as the control plane sends them) to
 //! the datapath's [`ServiceSet`]: one datapath service per service port, with the node's
-//! own NodePort addresses, every endpoint with its node, and not-ready endpoints marked
-//! failed so their flows move at once.
+//! own NodePort addresses and the LoadBalancer addresses as external frontends, the
+//! algorithm the service's annotation asks for, every endpoint with its node, and
+//! not-ready endpoints marked failed so their flows move at once.
 //!
 //! A pure function of its input: the agent calls it on every change and lets
 //! [`Datapath::apply`](crate::datapath::Datapath::apply) work out what differs.
@@ -143,6 +144,22 @@ pub fn service_set(
             },
         };
         let affinity = (spec.session_affinity == "ClientIP").then_some(DEFAULT_AFFINITY_TIMEOUT);
+        let algorithm = match service.lb_algorithm() {
+            "random" => Algorithm::Random,
+            _ => Algorithm::Maglev,
+        };
+        let mut load_balancer_ips = Vec::new();
+        if spec.type_ == "LoadBalancer" {
+            for ip in service.load_balancer_ips() {
+                match Ipv4Addr::from_str(ip) {
+                    Ok(ip) => load_balancer_ips.push(ip),
+                    Err(_) => skipped.push(Skipped {
+                        object: format!("service {name}"),
+                        reason: format!("load-balancer address {ip:?} is not an IPv4 address"),
+                    }),
+                }
+            }
+        }
         let subsets = endpoints_by_name
             .get(&(meta.namespace.as_str(), meta.name.as_str()))
             .map(|e| e.subsets.as_slice())
@@ -180,7 +197,16 @@ pub fn service_set(
                     external: false,
                 });
             }
-            if spec.type_ == "NodePort"
+            // Served on every node, like the NodePorts: any node answers from outside.
+            for addr in &load_balancer_ips {
+                frontends.push(Frontend {
+                    addr: *addr,
+                    port: service_port,
+                    protocol,
+                    external: true,
+                });
+            }
+            if spec.has_node_ports()
                 && let Some(node_port) = port.node_port.and_then(|p| u16::try_from(p).ok())
             {
                 for addr in &own_addresses {
@@ -239,7 +265,7 @@ pub fn service_set(
                 name: format!("{name}:{port_label}"),
                 frontends,
                 backends,
-                algorithm: Algorithm::Maglev,
+                algorithm,
                 affinity_timeout: affinity,
             });
         }
@@ -408,6 +434,58 @@ mod tests {
         assert!(set.services.is_empty());
         assert!(skipped.iter().any(|s| s.reason.contains("SCTP")));
         assert!(skipped.iter().any(|s| s.object == "node n9"));
+    }
+
+    #[test]
+    fn a_load_balancer_service_is_served_on_its_address_and_node_ports() {
+        use berth_api::core::{LoadBalancerIngress, LoadBalancerStatus, ServiceStatus};
+        let mut service = web();
+        service.spec.type_ = "LoadBalancer".into();
+        service.status = Some(ServiceStatus {
+            load_balancer: LoadBalancerStatus {
+                ingress: vec![LoadBalancerIngress {
+                    ip: "198.18.128.1".into(),
+                }],
+            },
+            ..ServiceStatus::default()
+        });
+        let nodes = [
+            node("n1", "198.18.1.0/24", "198.18.0.1"),
+            node("n2", "198.18.2.0/24", "198.18.0.2"),
+        ];
+        let (set, skipped) = service_set(&[service.clone()], &[web_endpoints()], &nodes, "n1");
+        assert!(skipped.is_empty(), "{skipped:?}");
+        let frontends: Vec<(String, bool)> = set.services[0]
+            .frontends
+            .iter()
+            .map(|f| (f.to_string(), f.external))
+            .collect();
+        assert_eq!(
+            frontends,
+            [
+                ("198.19.0.10:80/TCP".to_owned(), false),
+                ("198.18.128.1:80/TCP".to_owned(), true),
+                ("198.18.0.1:30080/TCP".to_owned(), true),
+            ]
+        );
+        // Pending (no address yet): still served on its ClusterIP and NodePorts.
+        service.status = None;
+        let (set, _) = service_set(&[service], &[web_endpoints()], &nodes, "n1");
+        assert_eq!(set.services[0].frontends.len(), 2);
+    }
+
+    #[test]
+    fn the_annotation_picks_the_algorithm() {
+        let nodes = [node("n1", "198.18.1.0/24", "198.18.0.1")];
+        let (set, _) = service_set(&[web()], &[], &nodes, "n1");
+        assert_eq!(set.services[0].algorithm, Algorithm::Maglev, "the default");
+        let mut random = web();
+        random.metadata.annotations.insert(
+            berth_api::core::LB_ALGORITHM_ANNOTATION.into(),
+            "random".into(),
+        );
+        let (set, _) = service_set(&[random], &[], &nodes, "n1");
+        assert_eq!(set.services[0].algorithm, Algorithm::Random);
     }
 
     #[test]

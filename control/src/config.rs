@@ -10,6 +10,8 @@ use std::{
 
 use clap::Parser;
 
+use crate::allocation::{Cidr, Ranges};
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "berth-control",
@@ -32,6 +34,16 @@ pub struct Config {
     /// Range pod CIDRs (/24 per node) are allocated from.
     #[arg(long, env = "BERTH_CLUSTER_CIDR", default_value = "198.19.0.0/16", value_parser = parse_cidr)]
     pub cluster_cidr: (Ipv4Addr, u8),
+
+    /// Range Service clusterIPs are allocated from. Must not overlap the cluster CIDR or
+    /// the nodes' network.
+    #[arg(long, env = "BERTH_SERVICE_CIDR", default_value = "198.18.192.0/18")]
+    pub service_cidr: Cidr,
+
+    /// Pool LoadBalancer Services get their external address from (what MetalLB or k3s'
+    /// servicelb provide elsewhere); `none` leaves them pending.
+    #[arg(long, env = "BERTH_LOAD_BALANCER_CIDR", default_value = "198.18.128.0/18", value_parser = parse_pool)]
+    pub load_balancer_cidr: ::std::option::Option<Cidr>,
 
     /// Extra names or addresses for the serving certificate (comma-separated).
     #[arg(long = "tls-san", env = "BERTH_TLS_SAN", value_delimiter = ',')]
@@ -98,12 +110,42 @@ impl Config {
         crate::controllers::Settings {
             node_grace: Duration::from_secs(self.node_grace_secs),
             pod_eviction_timeout: Duration::from_secs(self.pod_eviction_timeout_secs),
+            load_balancer_pool: self.load_balancer_cidr,
             ..crate::controllers::Settings::default()
         }
     }
 
+    /// The Service ranges, refused when they overlap each other or the pod range.
+    pub fn ranges(&self) -> Result<Ranges, String> {
+        let (network, prefix) = self.cluster_cidr;
+        let pods = Cidr { network, prefix };
+        let mut named = vec![
+            ("--cluster-cidr", pods),
+            ("--service-cidr", self.service_cidr),
+        ];
+        named.extend(self.load_balancer_cidr.map(|c| ("--load-balancer-cidr", c)));
+        for (i, (a, x)) in named.iter().enumerate() {
+            for (b, y) in &named[i + 1..] {
+                if x.overlaps(*y) {
+                    return Err(format!("{a} {x} overlaps {b} {y}"));
+                }
+            }
+        }
+        Ok(Ranges {
+            service_cidr: self.service_cidr,
+            load_balancer_pool: self.load_balancer_cidr,
+        })
+    }
+
     pub fn compaction_interval(&self) -> Duration {
         Duration::from_secs(self.compaction_interval_secs.max(1))
+    }
+}
+
+fn parse_pool(text: &str) -> Result<Option<Cidr>, String> {
+    match text {
+        "" | "none" => Ok(None),
+        cidr => cidr.parse().map(Some),
     }
 }
 
@@ -143,5 +185,18 @@ mod tests {
         assert_eq!(config.cluster_cidr, (Ipv4Addr::new(198, 19, 0, 0), 16));
         assert!(parse_cidr("10.1.2.3/16").is_ok_and(|c| c == (Ipv4Addr::new(10, 1, 0, 0), 16)));
         assert!(parse_cidr("10.0.0.0/28").is_err());
+        assert_eq!(config.service_cidr.to_string(), "198.18.192.0/18");
+        assert_eq!(
+            config.load_balancer_cidr.map(|c| c.to_string()).as_deref(),
+            Some("198.18.128.0/18")
+        );
+        let none = Config::parse_from(["berth-control", "--load-balancer-cidr", "none"]);
+        assert_eq!(none.load_balancer_cidr, None);
+        assert!(config.ranges().is_ok());
+        let clash = Config::parse_from(["berth-control", "--service-cidr", "198.19.0.0/20"]);
+        assert_eq!(
+            clash.ranges(),
+            Err("--cluster-cidr 198.19.0.0/16 overlaps --service-cidr 198.19.0.0/20".to_owned())
+        );
     }
 }

@@ -2,6 +2,7 @@
 //! a revisioned store and streams their changes to watchers.
 
 pub mod agent_api;
+pub mod allocation;
 pub mod api;
 pub mod client;
 pub mod config;

@@ -2,20 +2,28 @@
 //! optimistic concurrency, status subresources, Deployment revision history, apply,
 //! scale and rollback. HTTP-free, so controllers in this process can use it directly.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    sync::Arc,
+};
 
 use axum::http::StatusCode;
 use berth_api::{
-    MAX_OBJECT_BYTES, ResourceType, Source,
+    MAX_OBJECT_BYTES, RESOURCE_TYPES, ResourceType, Source,
     apps::REVISION_ANNOTATION,
+    core::{Namespace, Service},
     find_by_plural,
     manifest::ManifestObject,
+    meta::DEFAULT_NAMESPACE,
     selector::{FieldSelector, Selector},
+    validation::FieldError,
 };
 use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::{
+    allocation::{self, Ranges},
     api::error::ApiError,
     metrics::Metrics,
     store::{KeyValue, Op, Precondition, Revision, Store, StoreError},
@@ -29,7 +37,11 @@ const MAX_RETRIES: usize = 8;
 pub struct Registry {
     store: Arc<dyn Store>,
     metrics: Metrics,
+    ranges: Arc<Ranges>,
 }
+
+static NAMESPACES: ResourceType = ResourceType::of::<Namespace>();
+static SERVICES: ResourceType = ResourceType::of::<Service>();
 
 /// Where an object lives in the store: `/<group or core>/<plural>/<namespace>/<name>`
 /// (no namespace segment for cluster-scoped kinds).
@@ -139,8 +151,65 @@ struct Planned {
 }
 
 impl Registry {
-    pub fn new(store: Arc<dyn Store>, metrics: Metrics) -> Self {
-        Self { store, metrics }
+    pub fn new(store: Arc<dyn Store>, metrics: Metrics, ranges: Ranges) -> Self {
+        Self {
+            store,
+            metrics,
+            ranges: Arc::new(ranges),
+        }
+    }
+
+    pub fn ranges(&self) -> &Ranges {
+        &self.ranges
+    }
+
+    /// Writes the allocation keys of Services that hold values without them (stored
+    /// before allocation existed), so nothing else can take those values. Two Services
+    /// holding the same value are reported; the first keeps it.
+    pub async fn reserve_held_values(&self) -> Result<(), ApiError> {
+        let (services, _) = self
+            .list(
+                &SERVICES,
+                None,
+                &Selector::default(),
+                &FieldSelector::default(),
+            )
+            .await?;
+        for object in services {
+            let service = typed_service(&object)?;
+            for key in allocation::claims(&service) {
+                if let Some(kv) = self.read(key.clone()).await? {
+                    let holder = decode_stored(&kv)?;
+                    let owner = str_at(&holder, "/owner/uid");
+                    if owner != service.metadata.uid {
+                        tracing::warn!(service = %name_of(&object), "{key} is held by another object ({owner})");
+                    }
+                    continue;
+                }
+                let ops = allocation::claim_ops(
+                    &BTreeSet::new(),
+                    &BTreeSet::from([key.clone()]),
+                    &object,
+                );
+                if let Err(e) = self.commit(ops).await {
+                    tracing::warn!(service = %name_of(&object), "could not reserve {key}: {e}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates namespace `name` unless it exists (`default`, at every start).
+    pub async fn ensure_namespace(&self, name: &str) -> Result<(), ApiError> {
+        let object = NAMESPACES
+            .decode(Source::Value(json!({"metadata": {"name": name}})))
+            .map_err(|e| decode_error(&NAMESPACES, name, e))?
+            .object;
+        match self.create(&NAMESPACES, object).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.reason == "AlreadyExists" => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -161,7 +230,21 @@ impl Registry {
 
     async fn commit(&self, ops: Vec<Op>) -> Result<Revision, ApiError> {
         let timer = self.metrics.store_commit_seconds.start_timer();
-        let result = self.blocking(move |s| s.commit(ops)).await;
+        let store = Arc::clone(&self.store);
+        let result = tokio::task::spawn_blocking(move || store.commit(ops))
+            .await
+            .map_err(|e| ApiError::internal(format!("store task failed: {e}")))?
+            .map_err(|e| match e {
+                // Another write took the same address or port first: plan again.
+                StoreError::AlreadyExists { key } if allocation::is_allocation_key(&key) => {
+                    ApiError::new(
+                        StatusCode::CONFLICT,
+                        "Conflict",
+                        format!("{key} was allocated by a concurrent write; retry"),
+                    )
+                }
+                e => ApiError::from(e),
+            });
         timer.observe_duration();
         if let Ok(revision) = &result {
             self.metrics
@@ -219,9 +302,18 @@ impl Registry {
         rt: &'static ResourceType,
         object: Value,
     ) -> Result<Value, ApiError> {
-        let planned = self.plan(rt, None, object).await?;
-        let revision = self.commit(planned.ops).await?;
-        Ok(stamp(planned.object, revision))
+        let mut attempt = 0;
+        loop {
+            let planned = self
+                .plan(rt, None, object.clone(), &BTreeSet::new())
+                .await?;
+            match self.commit(planned.ops).await {
+                Ok(revision) => return Ok(stamp(planned.object, revision)),
+                // A lost allocation race or a namespace that changed: plan again.
+                Err(e) if is_retryable(&e) && attempt < MAX_RETRIES => attempt += 1,
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Replaces an object. With `metadata.resourceVersion` set, the write only happens if
@@ -277,6 +369,11 @@ impl Registry {
         name: &str,
         wanted: Option<Revision>,
     ) -> Result<Value, ApiError> {
+        if rt.kind == NAMESPACES.kind
+            && let Some(terminating) = self.begin_namespace_deletion(name, wanted).await?
+        {
+            return Ok(terminating);
+        }
         let mut attempt = 0;
         loop {
             let Some(kv) = self.read(key(rt, namespace, name)).await? else {
@@ -287,6 +384,7 @@ impl Registry {
                 key: kv.key.clone(),
                 precondition: Precondition::ModRevision(wanted.unwrap_or(kv.mod_revision)),
             }];
+            ops.extend(claim_ops(rt, Some(&object), None)?);
             // Revision history is owned by its Deployment and goes with it.
             if rt.kind == "Deployment" {
                 for revision in self
@@ -324,6 +422,18 @@ impl Registry {
     ) -> Result<Vec<ApplyResult>, ApiError> {
         let mut attempt = 0;
         loop {
+            // Namespaces this manifest creates: objects may be created in them in the same
+            // transaction, before they are in the store.
+            let mut new_namespaces = BTreeSet::new();
+            for object in objects
+                .iter()
+                .filter(|o| o.resource_type.kind == NAMESPACES.kind)
+            {
+                let name = name_of(&object.decoded.object);
+                if self.read(key(&NAMESPACES, "", name)).await?.is_none() {
+                    new_namespaces.insert(name.to_owned());
+                }
+            }
             let mut ops = Vec::new();
             let mut results = Vec::new();
             for object in &objects {
@@ -336,7 +446,9 @@ impl Registry {
                 } else {
                     "configured"
                 };
-                let planned = self.plan(rt, existing.as_ref(), incoming.clone()).await?;
+                let planned = self
+                    .plan(rt, existing.as_ref(), incoming.clone(), &new_namespaces)
+                    .await?;
                 results.push(ApplyResult {
                     api_version: rt.api_version(),
                     kind: rt.kind.to_owned(),
@@ -365,6 +477,7 @@ impl Registry {
                     }
                     return Ok(results);
                 }
+                // Also a concurrent create of one of the objects: it is configured instead.
                 Err(e) if e.code == StatusCode::CONFLICT && attempt < MAX_RETRIES => attempt += 1,
                 Err(e) => return Err(e),
             }
@@ -566,7 +679,9 @@ impl Registry {
                 "metadata.name and metadata.namespace must match the URL; renaming is not supported",
             ));
         }
-        let planned = self.plan(rt, Some(kv), decoded.object).await?;
+        let planned = self
+            .plan(rt, Some(kv), decoded.object, &BTreeSet::new())
+            .await?;
         if !planned.changed {
             return Ok(existing.clone());
         }
@@ -591,12 +706,14 @@ impl Registry {
             };
             let existing = decode_stored(&kv)?;
             let object = modify(&existing)?;
-            let op = Op::Put {
+            let mut ops = vec![Op::Put {
                 key: kv.key.clone(),
                 value: encode(&object)?,
                 precondition: Precondition::ModRevision(wanted.unwrap_or(kv.mod_revision)),
-            };
-            match self.commit(vec![op]).await {
+            }];
+            // A status write can take or release LoadBalancer addresses.
+            ops.extend(claim_ops(rt, Some(&existing), Some(&object))?);
+            match self.commit(ops).await {
                 Ok(revision) => return Ok(stamp(object, revision)),
                 Err(e)
                     if e.code == StatusCode::CONFLICT
@@ -611,12 +728,14 @@ impl Registry {
     }
 
     /// Fills server-owned fields and computes the store ops for writing `incoming` over
-    /// `existing` (None = create). Pure apart from reading revision history.
+    /// `existing` (None = create). Reads revision history, allocations and the namespace;
+    /// `new_namespaces` are created in the same transaction.
     async fn plan(
         &self,
         rt: &'static ResourceType,
         existing: Option<&KeyValue>,
         mut incoming: Value,
+        new_namespaces: &BTreeSet<String>,
     ) -> Result<Planned, ApiError> {
         let (namespace, name) = (
             namespace_of(&incoming).to_owned(),
@@ -633,9 +752,6 @@ impl Registry {
                 for field in ["uid", "creationTimestamp"] {
                     meta.insert(field.to_owned(), old["metadata"][field].clone());
                 }
-                let generation = old["metadata"]["generation"].as_i64().unwrap_or(1);
-                let spec_changed = incoming.get("spec") != old.get("spec");
-                incoming["metadata"]["generation"] = json!(generation + i64::from(spec_changed));
                 if rt.has_status {
                     match old.get("status") {
                         Some(status) => incoming["status"] = status.clone(),
@@ -655,6 +771,24 @@ impl Registry {
             }
         }
         let mut ops = Vec::new();
+        if existing.is_none() && rt.namespaced && !new_namespaces.contains(&namespace) {
+            ops.push(self.namespace_check(&namespace).await?);
+        }
+        if existing.is_none() && rt.kind == NAMESPACES.kind {
+            incoming["status"] = json!({"phase": "Active"});
+        }
+        if rt.kind == SERVICES_KIND {
+            self.complete_service(stored.as_ref(), &mut incoming)
+                .await?;
+            ops.extend(claim_ops(rt, stored.as_ref(), Some(&incoming))?);
+        }
+        if let Some(old) = &stored {
+            // After the server filled in what it allocates, so re-sending a spec without
+            // those fields is no change.
+            let generation = old["metadata"]["generation"].as_i64().unwrap_or(1);
+            let spec_changed = incoming.get("spec") != old.get("spec");
+            incoming["metadata"]["generation"] = json!(generation + i64::from(spec_changed));
+        }
         if rt.kind == "Deployment" {
             // The annotation is server-owned: keep what is stored unless a new revision is cut.
             let current = stored.as_ref().map(revision_of).unwrap_or(0);
@@ -797,6 +931,209 @@ impl Registry {
         Ok(ops)
     }
 
+    /// The op that makes a create in `namespace` depend on the namespace as read: it must
+    /// exist and not be terminating, and must not change before the commit.
+    async fn namespace_check(&self, namespace: &str) -> Result<Op, ApiError> {
+        let Some(kv) = self.read(key(&NAMESPACES, "", namespace)).await? else {
+            return Err(ApiError::not_found(NAMESPACES.plural, namespace));
+        };
+        if str_at(&decode_stored(&kv)?, "/status/phase") == "Terminating" {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                format!(
+                    "unable to create new content in namespace {namespace} because it is being terminated"
+                ),
+            ));
+        }
+        Ok(Op::Check {
+            key: kv.key,
+            precondition: Precondition::ModRevision(kv.mod_revision),
+        })
+    }
+
+    /// Deleting a namespace first marks it `Terminating` (the namespace controller then
+    /// deletes its objects and deletes it again); returns None once it is empty and may go.
+    async fn begin_namespace_deletion(
+        &self,
+        name: &str,
+        wanted: Option<Revision>,
+    ) -> Result<Option<Value>, ApiError> {
+        if name == DEFAULT_NAMESPACE {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                format!("namespaces {name:?} is forbidden: this namespace may not be deleted"),
+            ));
+        }
+        let current = self.get(&NAMESPACES, "", name).await?;
+        if str_at(&current, "/status/phase") != "Terminating" {
+            let terminating = self
+                .read_modify_write_raw(&NAMESPACES, "", name, wanted, |existing| {
+                    let mut object = existing.clone();
+                    object["status"]["phase"] = json!("Terminating");
+                    Ok(object)
+                })
+                .await?;
+            return Ok(Some(terminating));
+        }
+        for rt in RESOURCE_TYPES.iter().filter(|rt| rt.namespaced) {
+            let prefix = prefix(rt, Some(name));
+            let (kvs, _) = self.blocking(move |s| s.list(&prefix)).await?;
+            if !kvs.is_empty() {
+                return Ok(Some(current));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Gives a Service what the control plane allocates: a clusterIP and the nodePorts
+    /// left empty, kept across updates (an apply that leaves them out keeps them);
+    /// checks the ones the user chose. LoadBalancer status goes when the type does.
+    async fn complete_service(
+        &self,
+        stored: Option<&Value>,
+        incoming: &mut Value,
+    ) -> Result<(), ApiError> {
+        let old = stored.map(typed_service).transpose()?;
+        let mut new = typed_service(incoming)?;
+        let held = old.as_ref().map(allocation::claims).unwrap_or_default();
+        let mut errors = Vec::new();
+        let mut error = |field: String, reason: String| errors.push(FieldError { field, reason });
+
+        let old_ip = old
+            .as_ref()
+            .map(|o| o.spec.cluster_ip.clone())
+            .filter(|ip| !ip.is_empty());
+        match old_ip {
+            Some(ip) if new.spec.cluster_ip.is_empty() => new.spec.cluster_ip = ip,
+            Some(ip) if new.spec.cluster_ip != ip => error(
+                "spec.clusterIP".into(),
+                format!("field is immutable (it is {ip})"),
+            ),
+            Some(_) => {}
+            None if new.spec.cluster_ip.is_empty() => {
+                new.spec.cluster_ip = self.allocate_cluster_ip().await?;
+            }
+            None if new.spec.is_headless() => {}
+            None => {
+                let cidr = self.ranges.service_cidr;
+                let ip: Ipv4Addr = new.spec.cluster_ip.parse().map_err(|_| {
+                    ApiError::internal("a validated clusterIP did not parse as IPv4")
+                })?;
+                if !cidr.contains(ip) {
+                    error(
+                        "spec.clusterIP".into(),
+                        format!(
+                            "failed to allocate IP {ip}: the provided IP is not in the valid range; the range of valid IPs is {cidr}"
+                        ),
+                    );
+                } else if self
+                    .read(allocation::cluster_ip_key(&new.spec.cluster_ip))
+                    .await?
+                    .is_some()
+                {
+                    error(
+                        "spec.clusterIP".into(),
+                        format!("failed to allocate IP {ip}: provided IP is already allocated"),
+                    );
+                }
+            }
+        }
+
+        if new.spec.has_node_ports() {
+            let mut chosen: BTreeSet<i32> = BTreeSet::new();
+            for (i, port) in new.spec.ports.iter().enumerate() {
+                let Some(node_port) = port.node_port else {
+                    continue;
+                };
+                let key = allocation::node_port_key(node_port);
+                if chosen.insert(node_port)
+                    && !held.contains(&key)
+                    && self.read(key).await?.is_some()
+                {
+                    error(
+                        format!("spec.ports[{i}].nodePort"),
+                        format!("provided port {node_port} is already allocated"),
+                    );
+                }
+            }
+            let taken = if new.spec.ports.iter().any(|p| p.node_port.is_none()) {
+                self.allocated("nodeports", |t| t.parse().ok()).await?
+            } else {
+                BTreeSet::new()
+            };
+            for port in new.spec.ports.iter_mut().filter(|p| p.node_port.is_none()) {
+                // The same service port keeps its nodePort across updates.
+                let kept = old
+                    .iter()
+                    .flat_map(|o| &o.spec.ports)
+                    .find(|p| p.port == port.port && p.protocol == port.protocol)
+                    .and_then(|p| p.node_port)
+                    .filter(|n| !chosen.contains(n));
+                let node_port = match kept {
+                    Some(n) => n,
+                    None => {
+                        let free = allocation::pick_free(allocation::node_port_range(), |v| {
+                            taken.contains(&v) || chosen.contains(&(v as i32))
+                        })
+                        .ok_or_else(|| {
+                            ApiError::internal(
+                                "failed to allocate a nodePort: the range 30000-32767 is full",
+                            )
+                        })?;
+                        free as i32
+                    }
+                };
+                chosen.insert(node_port);
+                port.node_port = Some(node_port);
+            }
+        }
+
+        if new.spec.type_ != "LoadBalancer"
+            && let Some(status) = &mut new.status
+        {
+            status.load_balancer = Default::default();
+            status
+                .conditions
+                .retain(|c| c.type_ != LOAD_BALANCER_CONDITION);
+        }
+        if !errors.is_empty() {
+            return Err(ApiError::invalid("Service", &new.metadata.name, errors));
+        }
+        *incoming = serde_json::to_value(&new).map_err(|e| ApiError::internal(e.to_string()))?;
+        Ok(())
+    }
+
+    async fn allocate_cluster_ip(&self) -> Result<String, ApiError> {
+        let taken = self
+            .allocated("clusterips", |t| t.parse::<Ipv4Addr>().ok().map(u32::from))
+            .await?;
+        let cidr = self.ranges.service_cidr;
+        allocation::pick_free(cidr.hosts(), |v| taken.contains(&v))
+            .map(|ip| Ipv4Addr::from(ip).to_string())
+            .ok_or_else(|| {
+                ApiError::internal(format!(
+                    "failed to allocate a cluster IP: the service range {cidr} is full"
+                ))
+            })
+    }
+
+    /// The values held under `/allocations/<kind>/`.
+    async fn allocated(
+        &self,
+        kind: &str,
+        parse: impl Fn(&str) -> Option<u32>,
+    ) -> Result<BTreeSet<u32>, ApiError> {
+        let prefix = format!("{}{kind}/", allocation::PREFIX);
+        let list_prefix = prefix.clone();
+        let (kvs, _) = self.blocking(move |s| s.list(&list_prefix)).await?;
+        Ok(kvs
+            .iter()
+            .filter_map(|kv| kv.key.strip_prefix(&prefix).and_then(&parse))
+            .collect())
+    }
+
     async fn controller_revisions(
         &self,
         namespace: &str,
@@ -824,6 +1161,45 @@ impl Registry {
         }
         Ok(out)
     }
+}
+
+const SERVICES_KIND: &str = "Service";
+/// The Service condition saying whether a LoadBalancer address was assigned.
+pub const LOAD_BALANCER_CONDITION: &str = "LoadBalancerReady";
+
+fn typed_service(object: &Value) -> Result<Service, ApiError> {
+    serde_json::from_value(object.clone())
+        .map_err(|e| ApiError::internal(format!("stored Service does not decode: {e}")))
+}
+
+/// The allocation ops for writing `after` over `before` (None: absent) when the kind
+/// holds allocations.
+fn claim_ops(
+    rt: &ResourceType,
+    before: Option<&Value>,
+    after: Option<&Value>,
+) -> Result<Vec<Op>, ApiError> {
+    if rt.kind != SERVICES_KIND {
+        return Ok(Vec::new());
+    }
+    let claims = |object: Option<&Value>| -> Result<BTreeSet<String>, ApiError> {
+        Ok(object
+            .map(typed_service)
+            .transpose()?
+            .map(|s| allocation::claims(&s))
+            .unwrap_or_default())
+    };
+    let owner = after.or(before).cloned().unwrap_or(Value::Null);
+    Ok(allocation::claim_ops(
+        &claims(before)?,
+        &claims(after)?,
+        &owner,
+    ))
+}
+
+/// Conflicts a server-side retry can resolve: a stale read, a lost allocation race.
+fn is_retryable(error: &ApiError) -> bool {
+    error.code == StatusCode::CONFLICT && error.reason == "Conflict"
 }
 
 struct RevisionRecord {

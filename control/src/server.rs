@@ -49,6 +49,8 @@ pub enum ServerError {
     Tls(String),
     #[error(transparent)]
     Tokens(#[from] TokenError),
+    #[error("{0}")]
+    Setup(String),
     #[error("metrics setup: {0}")]
     Metrics(#[from] prometheus::Error),
 }
@@ -116,7 +118,16 @@ impl Server {
             pki.new_admin_token.as_deref(),
         )?;
 
-        let registry = Registry::new(Arc::clone(&store), metrics.clone());
+        let ranges = config.ranges().map_err(ServerError::Setup)?;
+        let registry = Registry::new(Arc::clone(&store), metrics.clone(), ranges);
+        registry
+            .ensure_namespace(berth_api::meta::DEFAULT_NAMESPACE)
+            .await
+            .map_err(|e| ServerError::Setup(format!("creating the default namespace: {e}")))?;
+        registry
+            .reserve_held_values()
+            .await
+            .map_err(|e| ServerError::Setup(format!("reserving Service allocations: {e}")))?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let controllers = if config.no_controllers {
             None

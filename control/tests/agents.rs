@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::{future::Future, time::Duration};
+use std::time::Duration;
 
 use axum::http::Method;
 use berth_api::agent::{
@@ -11,26 +11,12 @@ use berth_api::agent::{
     watch_event::Type,
 };
 use berth_control::hollow::{HollowHandle, HollowNode};
-use common::{TestServer, start_with};
+use common::{TestServer, eventually, start_with};
 use serde_json::Value;
 use tonic::{
     Code,
     transport::{Certificate, Channel, ClientTlsConfig},
 };
-
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    for _ in 0..600 {
-        if let Some(value) = check().await {
-            return value;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
 
 struct Cluster {
     t: TestServer,

@@ -292,11 +292,14 @@ async fn errors_name_the_file_field_and_fix_and_exit_one() {
 async fn get_formats_selectors_and_namespaces() {
     let t = start().await;
     let admin = &t.server.admin_config;
-    let two = "apiVersion: v1\nkind: Service\nmetadata: {name: a, labels: {tier: web}}\nspec: {selector: {app: a}, ports: [{port: 80}], clusterIP: 198.18.100.1}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: b, labels: {tier: db}}\nspec: {selector: {app: b}, ports: [{port: 5432, nodePort: 30432}], type: NodePort}\n";
+    let two = "apiVersion: v1\nkind: Service\nmetadata: {name: a, labels: {tier: web}}\nspec: {selector: {app: a}, ports: [{port: 80}], clusterIP: 198.18.200.1}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: b, labels: {tier: db}}\nspec: {selector: {app: b}, ports: [{port: 5432, nodePort: 30432}], type: NodePort}\n";
     berthctl_with_stdin(admin, &["apply", "-f", "-"], two)
         .await
         .ok();
-    berthctl_with_stdin(admin, &["apply", "-n", "other", "-f", "-"], two)
+    // The same names in another namespace; addresses and node ports are cluster-wide, so
+    // these get allocated ones.
+    let other = "apiVersion: v1\nkind: Namespace\nmetadata: {name: other}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {selector: {app: a}, ports: [{port: 80}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: b}\nspec: {selector: {app: b}, ports: [{port: 5432}], type: NodePort}\n";
+    berthctl_with_stdin(admin, &["apply", "-n", "other", "-f", "-"], other)
         .await
         .ok();
 
@@ -317,7 +320,7 @@ async fn get_formats_selectors_and_namespaces() {
     let a = row(&run.out, "a").expect("row a");
     assert_eq!(
         &a[..5],
-        ["a", "ClusterIP", "198.18.100.1", "<none>", "80/TCP"]
+        ["a", "ClusterIP", "198.18.200.1", "<none>", "80/TCP"]
     );
     assert_eq!(a[6], "app=a");
     let b = row(&run.out, "b").expect("row b");
@@ -332,7 +335,7 @@ async fn get_formats_selectors_and_namespaces() {
     assert_eq!(one["metadata"]["name"], "a");
     let run = ctl(admin, "get svc/a -o yaml").await;
     assert!(
-        run.ok().out.contains("kind: Service") && run.out.contains("clusterIP: 198.18.100.1"),
+        run.ok().out.contains("kind: Service") && run.out.contains("clusterIP: 198.18.200.1"),
         "{}",
         run.out
     );
@@ -809,4 +812,39 @@ async fn help_has_examples_and_completions_generate() {
             "{shell}"
         );
     }
+}
+
+#[tokio::test]
+async fn namespaces_through_the_generic_commands() {
+    let t = start().await;
+    let admin = t.server.admin_config.clone();
+    let manifest = t.dir.path().join("ns.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec: {ports: [{port: 80}]}\n",
+    )
+    .expect("write manifest");
+    let run = berthctl(&admin, &["apply", "-f", manifest.to_str().expect("utf-8")]).await;
+    assert_eq!(
+        run.ok().out.trim(),
+        "namespace/shop created\nservice/web created"
+    );
+
+    let run = berthctl(&admin, &["get", "namespaces"]).await;
+    let out = &run.ok().out;
+    let names: Vec<&str> = out
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(names, ["default", "shop"], "{out}");
+
+    let run = berthctl(&admin, &["delete", "namespace", "shop"]).await;
+    assert_eq!(run.ok().out.trim(), "namespace/shop deleted");
+    let run = berthctl(&admin, &["delete", "namespace", "default"]).await;
+    assert!(
+        run.failed().err.contains("may not be deleted"),
+        "{}",
+        run.err
+    );
 }

@@ -4,7 +4,6 @@
 mod common;
 
 use std::{
-    future::Future,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -14,26 +13,10 @@ use std::{
 
 use axum::http::Method;
 use berth_control::{client::Client, util};
-use common::{TestServer, start_with};
+use common::{TestServer, eventually, start_with};
 use serde_json::{Value, json};
 
 const PODS: &str = "/api/v1/namespaces/default/pods";
-
-/// Polls until `check` yields a value; a bounded wait for asynchronous controllers, not
-/// a timing assertion.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    for _ in 0..600 {
-        if let Some(value) = check().await {
-            return value;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
 
 /// A stand-in agent for a set of nodes: heartbeats and marks its bound pods running and
 /// ready with an address. Stops when `alive` turns false.

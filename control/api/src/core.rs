@@ -1,4 +1,4 @@
-//! Core kinds (`apiVersion: v1`): Pod, Service, Endpoints, Node, Event.
+//! Core kinds (`apiVersion: v1`): Namespace, Pod, Service, Endpoints, Node, Event.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -16,6 +16,49 @@ use crate::{
 pub enum IntOrString {
     Int(i32),
     String(String),
+}
+
+// ---------------------------------------------------------------------------- Namespace
+
+/// A cluster-scoped name scope for other objects. `default` always exists; deleting a
+/// namespace deletes everything in it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Namespace {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<NamespaceStatus>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct NamespaceStatus {
+    /// `Active`, or `Terminating` while its objects are being deleted.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub phase: String,
+}
+
+impl Namespace {
+    pub(crate) fn validate(&self, v: &mut Validator) {
+        // Namespaces are path segments and key prefixes: labels, not subdomains.
+        v.dns_label(
+            &FieldPath::root("metadata").child("name"),
+            &self.metadata.name,
+        );
+        if let Some(status) = &self.status
+            && !status.phase.is_empty()
+        {
+            v.one_of(
+                &FieldPath::root("status").child("phase"),
+                &status.phase,
+                &["Active", "Terminating"],
+            );
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------- Pod
@@ -371,7 +414,84 @@ pub struct Service {
     #[serde(default)]
     pub spec: ServiceSpec,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<serde_json::Value>,
+    pub status: Option<ServiceStatus>,
+}
+
+/// Chooses how a Service's backends are picked; the annotation Cilium users know.
+pub const LB_ALGORITHM_ANNOTATION: &str = "service.cilium.io/lb-algorithm";
+/// The values [`LB_ALGORITHM_ANNOTATION`] takes; the first is the default.
+pub const LB_ALGORITHMS: &[&str] = &["maglev", "random"];
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceStatus {
+    #[serde(default, skip_serializing_if = "LoadBalancerStatus::is_empty")]
+    pub load_balancer: LoadBalancerStatus,
+    /// `LoadBalancerReady` for type LoadBalancer: whether an address was assigned and,
+    /// if not, why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LoadBalancerStatus {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ingress: Vec<LoadBalancerIngress>,
+}
+
+impl LoadBalancerStatus {
+    pub fn is_empty(&self) -> bool {
+        self.ingress.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LoadBalancerIngress {
+    pub ip: String,
+}
+
+impl Service {
+    /// The external addresses assigned to a LoadBalancer service.
+    pub fn load_balancer_ips(&self) -> impl Iterator<Item = &str> {
+        self.status
+            .iter()
+            .flat_map(|s| &s.load_balancer.ingress)
+            .map(|i| i.ip.as_str())
+    }
+
+    /// `maglev` (default) or `random`, from [`LB_ALGORITHM_ANNOTATION`].
+    pub fn lb_algorithm(&self) -> &str {
+        self.metadata
+            .annotations
+            .get(LB_ALGORITHM_ANNOTATION)
+            .map_or(LB_ALGORITHMS[0], String::as_str)
+    }
+
+    pub(crate) fn validate(&self, v: &mut Validator) {
+        self.spec.validate(v, &FieldPath::root("spec"));
+        if let Some(algorithm) = self.metadata.annotations.get(LB_ALGORITHM_ANNOTATION) {
+            v.one_of(
+                &FieldPath::root("metadata")
+                    .child("annotations")
+                    .key(LB_ALGORITHM_ANNOTATION),
+                algorithm,
+                LB_ALGORITHMS,
+            );
+        }
+        for (i, ingress) in self
+            .status
+            .iter()
+            .flat_map(|s| &s.load_balancer.ingress)
+            .enumerate()
+        {
+            let path = FieldPath::root("status")
+                .child("loadBalancer")
+                .child("ingress")
+                .index(i)
+                .child("ip");
+            v.ipv4(&path, &ingress.ip);
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -381,10 +501,11 @@ pub struct ServiceSpec {
     pub selector: BTreeMap<String, String>,
     #[serde(default)]
     pub ports: Vec<ServicePort>,
-    /// `ClusterIP` (default) or `NodePort`.
+    /// `ClusterIP` (default), `NodePort` or `LoadBalancer`.
     #[serde(default, rename = "type", skip_serializing_if = "String::is_empty")]
     pub type_: String,
-    /// Allocated by the control plane when empty.
+    /// Allocated by the control plane from `--service-cidr` when empty; `None` makes a
+    /// headless service. Immutable once set.
     #[serde(
         default,
         rename = "clusterIP",
@@ -394,6 +515,13 @@ pub struct ServiceSpec {
     /// `None` (default) or `ClientIP`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub session_affinity: String,
+    /// For type LoadBalancer: the address wanted from the load-balancer pool.
+    #[serde(
+        default,
+        rename = "loadBalancerIP",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub load_balancer_ip: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -404,6 +532,7 @@ pub struct ServicePort {
     pub port: i32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_port: Option<IntOrString>,
+    /// For types NodePort and LoadBalancer; allocated by the control plane when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_port: Option<i32>,
     #[serde(default = "tcp")]
@@ -414,6 +543,15 @@ pub struct ServicePort {
 pub const NODE_PORT_RANGE: std::ops::RangeInclusive<i32> = 30000..=32767;
 
 impl ServiceSpec {
+    /// Whether the ports are also served on every node's addresses.
+    pub fn has_node_ports(&self) -> bool {
+        matches!(self.type_.as_str(), "NodePort" | "LoadBalancer")
+    }
+
+    pub fn is_headless(&self) -> bool {
+        self.cluster_ip == "None"
+    }
+
     pub(crate) fn validate(&self, v: &mut Validator, path: &FieldPath) {
         let ports = path.child("ports");
         if self.ports.is_empty() {
@@ -421,6 +559,7 @@ impl ServiceSpec {
         }
         let mut names = BTreeSet::new();
         let mut seen = BTreeSet::new();
+        let mut node_ports = BTreeSet::new();
         for (i, port) in self.ports.iter().enumerate() {
             let p = ports.index(i);
             v.port(&p.child("port"), port.port);
@@ -452,10 +591,15 @@ impl ServiceSpec {
                 None => {}
             }
             if let Some(node_port) = port.node_port {
-                if self.type_ != "NodePort" {
+                if !self.has_node_ports() {
                     v.error(
                         &p.child("nodePort"),
-                        "may only be set when type is NodePort",
+                        "may only be set when type is NodePort or LoadBalancer",
+                    );
+                } else if !node_ports.insert((node_port, port.protocol.as_str())) {
+                    v.error(
+                        &p.child("nodePort"),
+                        &format!("nodePort {node_port}/{} is listed twice", port.protocol),
                     );
                 } else if !NODE_PORT_RANGE.contains(&node_port) {
                     v.error(
@@ -475,10 +619,30 @@ impl ServiceSpec {
             v.label_value(&p, value);
         }
         if !self.type_.is_empty() {
-            v.one_of(&path.child("type"), &self.type_, &["ClusterIP", "NodePort"]);
+            v.one_of(
+                &path.child("type"),
+                &self.type_,
+                &["ClusterIP", "NodePort", "LoadBalancer"],
+            );
         }
-        if !self.cluster_ip.is_empty() && self.cluster_ip != "None" {
+        if !self.cluster_ip.is_empty() && !self.is_headless() {
             v.ipv4(&path.child("clusterIP"), &self.cluster_ip);
+        }
+        if self.is_headless() && self.has_node_ports() {
+            v.error(
+                &path.child("clusterIP"),
+                &format!("may not be None when type is {}", self.type_),
+            );
+        }
+        if !self.load_balancer_ip.is_empty() {
+            if self.type_ == "LoadBalancer" {
+                v.ipv4(&path.child("loadBalancerIP"), &self.load_balancer_ip);
+            } else {
+                v.error(
+                    &path.child("loadBalancerIP"),
+                    "may only be set when type is LoadBalancer",
+                );
+            }
         }
         if !self.session_affinity.is_empty() {
             v.one_of(
@@ -699,6 +863,57 @@ impl Event {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{DecodeError, ResourceType, Source};
+
+    fn service_errors(yaml: &str) -> Vec<(String, String)> {
+        match ResourceType::of::<Service>().decode(Source::Yaml(yaml)) {
+            Ok(_) => Vec::new(),
+            Err(DecodeError::Invalid { errors }) => {
+                errors.into_iter().map(|e| (e.field, e.reason)).collect()
+            }
+            Err(other) => panic!("malformed: {other}"),
+        }
+    }
+
+    #[test]
+    fn service_types_addresses_and_algorithm_are_validated_with_paths() {
+        let ok = "metadata: {name: web, annotations: {service.cilium.io/lb-algorithm: random}}
+spec: {type: LoadBalancer, loadBalancerIP: 198.18.128.9, ports: [{port: 80, nodePort: 30080}]}";
+        assert_eq!(service_errors(ok), []);
+        let bad = "metadata: {name: web, annotations: {service.cilium.io/lb-algorithm: fastest}}
+spec:
+  type: ClusterIP
+  loadBalancerIP: 198.18.128.9
+  ports: [{name: a, port: 80, nodePort: 30080}]";
+        let fields: Vec<String> = service_errors(bad).into_iter().map(|e| e.0).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.ports[0].nodePort",
+                "spec.loadBalancerIP",
+                r#"metadata.annotations["service.cilium.io/lb-algorithm"]"#,
+            ]
+        );
+        let twice = "metadata: {name: web}
+spec:
+  type: NodePort
+  clusterIP: None
+  ports: [{name: a, port: 80, nodePort: 30080}, {name: b, port: 81, nodePort: 30080}, {name: c, port: 81, protocol: UDP, nodePort: 30080}]";
+        let fields: Vec<String> = service_errors(twice).into_iter().map(|e| e.0).collect();
+        // The same nodePort for TCP and UDP is allowed, as in Kubernetes.
+        assert_eq!(fields, ["spec.ports[1].nodePort", "spec.clusterIP"]);
+    }
+
+    #[test]
+    fn namespace_names_are_labels() {
+        let ns = ResourceType::of::<Namespace>();
+        assert!(ns.decode(Source::Yaml("metadata: {name: shop}")).is_ok());
+        assert!(ns.decode(Source::Yaml("metadata: {name: a.b}")).is_err());
+        assert!(
+            ns.decode(Source::Yaml("metadata: {name: shop, namespace: x}"))
+                .is_err()
+        );
+    }
 
     #[test]
     fn quantities() {

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::{
     apps::{ControllerRevision, Deployment, ReplicaSet},
-    core::{Endpoints, Event, Node, Pod, Service},
+    core::{Endpoints, Event, Namespace, Node, Pod, Service},
     meta::{DEFAULT_NAMESPACE, ObjectMeta},
     validation::{FieldError, FieldPath, Validator},
 };
@@ -94,7 +94,17 @@ resource!(
     namespaced = true,
     status = true,
     |this, v| {
-        this.spec.validate(v, &FieldPath::root("spec"));
+        this.validate(v);
+    }
+);
+resource!(
+    Namespace,
+    group = "",
+    plural = "namespaces",
+    namespaced = false,
+    status = true,
+    |this, v| {
+        this.validate(v);
     }
 );
 resource!(
@@ -254,6 +264,7 @@ impl ResourceType {
 
 /// Every kind the API serves.
 pub static RESOURCE_TYPES: &[ResourceType] = &[
+    ResourceType::of::<Namespace>(),
     ResourceType::of::<Pod>(),
     ResourceType::of::<Service>(),
     ResourceType::of::<Endpoints>(),

@@ -8,6 +8,8 @@ mod cache;
 pub mod deployment;
 pub mod endpoints;
 pub mod gc;
+pub mod loadbalancer;
+pub mod namespace;
 pub mod nodes;
 pub mod replicaset;
 pub mod scheduler;
@@ -21,7 +23,7 @@ use std::{
 use berth_api::{
     ResourceType, Source,
     apps::{Deployment, ReplicaSet},
-    core::{Endpoints, Node, Pod, Service},
+    core::{Endpoints, Namespace, Node, Pod, Service},
 };
 use serde_json::Value;
 use tokio::{
@@ -38,6 +40,7 @@ use crate::{
     util,
 };
 
+pub static NAMESPACES: ResourceType = ResourceType::of::<Namespace>();
 pub static PODS: ResourceType = ResourceType::of::<Pod>();
 pub static NODES: ResourceType = ResourceType::of::<Node>();
 pub static SERVICES: ResourceType = ResourceType::of::<Service>();
@@ -90,7 +93,7 @@ impl Outcome {
     }
 }
 
-/// Timing knobs; tests shrink them.
+/// Timing knobs (tests shrink them) and the LoadBalancer pool.
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// A node whose last heartbeat is older than this is marked `Ready=Unknown`.
@@ -99,6 +102,8 @@ pub struct Settings {
     pub pod_eviction_timeout: Duration,
     /// Everything is reconciled again this often, to heal missed mappings.
     pub resync: Duration,
+    /// Where LoadBalancer Services get their addresses; None leaves them pending.
+    pub load_balancer_pool: Option<crate::allocation::Cidr>,
 }
 
 impl Default for Settings {
@@ -107,6 +112,7 @@ impl Default for Settings {
             node_grace: Duration::from_secs(40),
             pod_eviction_timeout: Duration::from_secs(60),
             resync: Duration::from_secs(60),
+            load_balancer_pool: None,
         }
     }
 }
@@ -236,6 +242,8 @@ impl Controllers {
             Box::new(scheduler::Scheduler),
             Box::new(endpoints::EndpointsController),
             Box::new(nodes::NodeLifecycle),
+            Box::new(loadbalancer::LoadBalancerController),
+            Box::new(namespace::NamespaceController),
             Box::new(gc::GarbageCollector(&PODS)),
             Box::new(gc::GarbageCollector(&REPLICASETS)),
             Box::new(gc::GarbageCollector(&ENDPOINTS)),

@@ -423,11 +423,12 @@ impl Ctx {
                     .into_iter()
                     .flatten()
                 {
-                    message.push_str(&format!(
-                        "\n  {}: {}",
-                        str_at(cause, "/field"),
-                        str_at(cause, "/message")
-                    ));
+                    let cause =
+                        format!("{}: {}", str_at(cause, "/field"), str_at(cause, "/message"));
+                    // A message that names its one cause already needn't repeat it.
+                    if !message.contains(&cause) {
+                        message.push_str(&format!("\n  {cause}"));
+                    }
                 }
                 message
             }

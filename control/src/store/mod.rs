@@ -44,6 +44,12 @@ pub enum Op {
         key: String,
         precondition: Precondition,
     },
+    /// Writes nothing: the transaction only proceeds if `key` meets `precondition` (an
+    /// object created in a namespace requires the namespace as it was read).
+    Check {
+        key: String,
+        precondition: Precondition,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -193,7 +193,8 @@ fn check_all(kv: &impl ReadableTable<&'static str, &'static [u8]>, ops: &[Op]) -
             Op::Put {
                 key, precondition, ..
             }
-            | Op::Delete { key, precondition } => (key.as_str(), *precondition),
+            | Op::Delete { key, precondition }
+            | Op::Check { key, precondition } => (key.as_str(), *precondition),
         };
         let existing = match overlay.get(key) {
             Some(state) => state.clone(),
@@ -210,6 +211,7 @@ fn check_all(kv: &impl ReadableTable<&'static str, &'static [u8]>, ops: &[Op]) -
                 mod_revision: 0,
             }),
             Op::Delete { .. } => None,
+            Op::Check { .. } => existing,
         };
         overlay.insert(key, after);
     }
@@ -243,6 +245,7 @@ fn apply(
                         .map_err(backend)?;
                 }
             }
+            Op::Check { .. } => {}
         }
     }
     Ok(())

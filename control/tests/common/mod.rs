@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+use std::{future::Future, time::Duration};
+
 use axum::http::Method;
 use berth_control::{client::Client, config::Config, server::Server};
 use clap::Parser as _;
@@ -20,19 +22,12 @@ pub async fn start() -> TestServer {
 }
 
 pub async fn start_with(extra: &[&str]) -> TestServer {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data_dir = dir.path().to_str().expect("utf-8 temp path").to_owned();
-    let mut args = vec![
-        "berth-control",
-        "--data-dir",
-        &data_dir,
-        "--listen",
-        "127.0.0.1:0",
-        "--agent-listen",
-        "127.0.0.1:0",
-    ];
-    args.extend_from_slice(extra);
-    let config = Config::parse_from(args);
+    start_in(tempfile::tempdir().expect("tempdir"), extra).await
+}
+
+/// A server on an existing data directory (a restart keeps the store).
+pub async fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> TestServer {
+    let config = config(dir.path(), extra);
     let server = Server::start(&config).await.expect("server starts");
     let client = Client::from_kubeconfig(&server.admin_config).expect("client from admin.conf");
     TestServer {
@@ -40,6 +35,21 @@ pub async fn start_with(extra: &[&str]) -> TestServer {
         client,
         dir,
     }
+}
+
+fn config(dir: &std::path::Path, extra: &[&str]) -> Config {
+    let data_dir = dir.to_str().expect("utf-8 temp path");
+    let mut args = vec![
+        "berth-control",
+        "--data-dir",
+        data_dir,
+        "--listen",
+        "127.0.0.1:0",
+        "--agent-listen",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    Config::parse_from(args)
 }
 
 pub fn deployment(name: &str, image: &str) -> Value {
@@ -61,6 +71,27 @@ pub fn deployment(name: &str, image: &str) -> Value {
 pub const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/default/deployments";
 
 impl TestServer {
+    /// Stops the server and starts a new one on the same store.
+    pub async fn restart(self, extra: &[&str]) -> TestServer {
+        let Self {
+            server,
+            dir,
+            client,
+        } = self;
+        // Open connections hold the store until they notice the client is gone.
+        drop(client);
+        server.shutdown().await;
+        let store = config(dir.path(), extra).store_path();
+        for _ in 0..200 {
+            // Opened and closed again: only whether the lock is free.
+            if berth_control::store::RedbStore::open(&store).is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        start_in(dir, extra).await
+    }
+
     pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> (u16, Value) {
         let (status, value) = self.client.json(method, path, body).await.expect("request");
         (status.as_u16(), value)
@@ -85,4 +116,20 @@ pub fn rv(object: &Value) -> u64 {
         .as_str()
         .and_then(|r| r.parse().ok())
         .expect("resourceVersion")
+}
+
+/// Polls until `check` yields a value; a bounded wait for asynchronous controllers, not
+/// a timing assertion.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    for _ in 0..600 {
+        if let Some(value) = check().await {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
 }
