@@ -171,8 +171,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let mut readiness = LocalReadiness::default();
     let mut cluster: Option<(ServiceSet, Vec<Node>)> = None;
-    let mut reported: Vec<PodReport> = Vec::new();
-    let mut api_pods: Vec<Pod> = remembered;
+    let (api_pods_tx, api_pods_rx) = watch::channel(remembered);
+    tokio::spawn(report_pod_status(
+        client.clone(),
+        reports_rx.clone(),
+        api_pods_rx,
+        started,
+        config.node_address,
+    ));
     // Host veths with the east-west programs attached.
     let mut attached: BTreeSet<String> = BTreeSet::new();
     let mut logs = tokio::time::interval(Duration::from_secs(1));
@@ -183,7 +189,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 let pods: Vec<Pod> = objects.of_kind("Pod");
                 remember(&pods_file, &pods);
                 desired_tx.send_replace(desired_pods(&pods));
-                api_pods = pods;
+                api_pods_tx.send_replace(pods);
             }
             Some(objects) = services_rx.recv() => {
                 let received = Instant::now();
@@ -222,29 +228,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Ok(()) = reports_rx.changed() => {
                 let reports = reports_rx.borrow_and_update().clone();
                 attach_pod_programs(&datapath, &reports, &mut attached);
-                let mut sent = Vec::new();
-                for report in reports.iter().filter(|r| !reported.contains(r)) {
-                    if !report.ready
-                        && started.elapsed() < ADOPTION_GRACE
-                        && ready_in_api(&api_pods, &report.uid)
-                    {
-                        continue;
-                    }
-                    sent.push(report.clone());
-                    let status = report.to_api(Some(config.node_address));
-                    let request = PodStatusReport {
-                        namespace: report.namespace.clone(),
-                        name: report.name.clone(),
-                        status_json: serde_json::to_vec(&status).unwrap_or_default(),
-                    };
-                    // A report that does not get through is sent again with the next change;
-                    // the control plane also learns the state from the next full report.
-                    if let Err(status) = client.clone().report_pod_status(request).await {
-                        tracing::debug!(pod = %report.name, %status, "pod status not reported");
-                    }
-                }
-                // What was held back is compared again on the next change.
-                reported = reports.into_iter().filter(|r| sent.contains(r) || reported.contains(r)).collect();
             }
             _ = logs.tick() => {
                 if let Ok(mut datapath) = datapath.lock() {
@@ -357,6 +340,58 @@ fn warm_neighbours(set: &ServiceSet, own: std::net::Ipv4Addr) {
             tracing::warn!(%error, "resolving other nodes' link addresses");
         }
     });
+}
+
+/// Sends each pod's status to the control plane when it changes, on a task of its own so
+/// an unreachable control plane never holds up the datapath. What did not get through is
+/// sent again every second until it does, so the control plane learns what happened while
+/// it was away (a container restarted during an outage shows up once it is back).
+async fn report_pod_status(
+    client: AgentClient<tonic::transport::Channel>,
+    mut reports_rx: watch::Receiver<Vec<PodReport>>,
+    api_pods_rx: watch::Receiver<Vec<Pod>>,
+    started: Instant,
+    node_address: std::net::Ipv4Addr,
+) {
+    let mut delivered: Vec<PodReport> = Vec::new();
+    let mut retry = tokio::time::interval(Duration::from_secs(1));
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            changed = reports_rx.changed() => if changed.is_err() { return },
+            _ = retry.tick() => {}
+        }
+        let reports = reports_rx.borrow_and_update().clone();
+        let api_pods = api_pods_rx.borrow().clone();
+        let mut sent = Vec::new();
+        for report in reports.iter().filter(|r| !delivered.contains(r)) {
+            if !report.ready
+                && started.elapsed() < ADOPTION_GRACE
+                && ready_in_api(&api_pods, &report.uid)
+            {
+                continue;
+            }
+            let status = report.to_api(Some(node_address));
+            let request = PodStatusReport {
+                namespace: report.namespace.clone(),
+                name: report.name.clone(),
+                status_json: serde_json::to_vec(&status).unwrap_or_default(),
+            };
+            match client.clone().report_pod_status(request).await {
+                Ok(_) => sent.push(report.clone()),
+                Err(status) => {
+                    // The rest would fail the same way; all of it goes again on the retry.
+                    tracing::debug!(pod = %report.name, %status, "pod status not reported");
+                    break;
+                }
+            }
+        }
+        // What was held back or failed is compared again on the next round.
+        delivered = reports
+            .into_iter()
+            .filter(|r| sent.contains(r) || delivered.contains(r))
+            .collect();
+    }
 }
 
 async fn heartbeats(

@@ -104,6 +104,11 @@ pub struct Settings {
     pub resync: Duration,
     /// Where LoadBalancer Services get their addresses; None leaves them pending.
     pub load_balancer_pool: Option<crate::allocation::Cidr>,
+    /// Unix seconds from which these controllers have been watching. Nodes are judged
+    /// silent only from then on, so a control plane that was down itself gives every node
+    /// a full grace period instead of evicting pods whose agents kept running (Kubernetes'
+    /// node lifecycle controller does the same with its own observation times).
+    pub observing_since: u64,
 }
 
 impl Default for Settings {
@@ -113,6 +118,7 @@ impl Default for Settings {
             pod_eviction_timeout: Duration::from_secs(60),
             resync: Duration::from_secs(60),
             load_balancer_pool: None,
+            observing_since: 0,
         }
     }
 }
@@ -213,9 +219,10 @@ impl Controllers {
         registry: Registry,
         store: Arc<dyn Store>,
         reconcilers: Vec<Box<dyn Reconciler>>,
-        settings: Settings,
+        mut settings: Settings,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Self, crate::store::StoreError> {
+        settings.observing_since = util::unix_now();
         let (tx, rx) = mpsc::unbounded_channel();
         let cache = Cache::start(store, tx).await?;
         let runtime = Runtime {

@@ -46,9 +46,10 @@ impl Reconciler for NodeLifecycle {
             return Outcome::default();
         };
         let mut writes = Vec::new();
+        let observing_since = ctx.settings.observing_since;
         let heartbeat = timestamp(ready, "lastHeartbeatTime").unwrap_or(0);
         let status = ready["status"].as_str().unwrap_or("Unknown");
-        let silent_for = ctx.now.saturating_sub(heartbeat);
+        let silent_for = ctx.now.saturating_sub(heartbeat.max(observing_since));
         let mut requeue = Duration::from_secs(grace.saturating_sub(silent_for).max(1));
         if status == "True" && silent_for > grace {
             let mut updated = node.clone();
@@ -81,7 +82,7 @@ impl Reconciler for NodeLifecycle {
             requeue = Duration::from_secs(eviction.max(1));
         } else if status != "True" {
             let since = timestamp(ready, "lastTransitionTime").unwrap_or(heartbeat);
-            let down_for = ctx.now.saturating_sub(since);
+            let down_for = ctx.now.saturating_sub(since.max(observing_since));
             if down_for >= eviction {
                 for pod in snapshot.list(&PODS, None) {
                     if pod.pointer("/spec/nodeName").and_then(Value::as_str) == Some(name_of(node))
@@ -124,6 +125,7 @@ mod tests {
                 pod_eviction_timeout: Duration::from_secs(60),
                 resync: Duration::from_secs(60),
                 load_balancer_pool: None,
+                observing_since: 0,
             },
         }
     }
@@ -166,6 +168,27 @@ mod tests {
         assert!(
             matches!(late.writes.as_slice(), [Write::Delete { name, .. }] if name == "p"),
             "{late:?}"
+        );
+    }
+
+    #[test]
+    fn a_restarted_control_plane_gives_every_node_a_full_grace_period() {
+        // Last heartbeat long ago, but the controllers only started watching at 2000.
+        let mut restarted = ctx(2030);
+        restarted.settings.observing_since = 2000;
+        let n = node("True", 1000, 900);
+        let outcome = NodeLifecycle.reconcile(&n, &with_pod(n.clone()), &restarted);
+        assert!(outcome.writes.is_empty(), "{outcome:?}");
+
+        // A node already Unknown before the restart is not evicted at once either.
+        let unknown = node("Unknown", 1000, 1041);
+        let outcome = NodeLifecycle.reconcile(&unknown, &with_pod(unknown.clone()), &restarted);
+        assert!(outcome.writes.is_empty(), "{outcome:?}");
+        restarted.now = 2061;
+        let outcome = NodeLifecycle.reconcile(&unknown, &with_pod(unknown.clone()), &restarted);
+        assert!(
+            !outcome.writes.is_empty(),
+            "evicted once the timeout passed since the restart"
         );
     }
 }
