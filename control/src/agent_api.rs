@@ -28,6 +28,7 @@ use crate::{
     metrics::Metrics,
     pki::{Pki, node_name_of_certificate},
     registry::{Registry, parse_resource_version},
+    usage::Usage,
     util,
 };
 
@@ -37,6 +38,7 @@ pub struct AgentService {
     pki: Arc<Pki>,
     bootstrap: Auth,
     cluster_cidr: (Ipv4Addr, u8),
+    usage: Usage,
     /// Joins allocate pod CIDRs from what is stored; one at a time keeps them distinct.
     join_lock: Mutex<()>,
 }
@@ -47,6 +49,7 @@ impl AgentService {
         metrics: Metrics,
         pki: Arc<Pki>,
         cluster_cidr: (Ipv4Addr, u8),
+        usage: Usage,
     ) -> Self {
         let bootstrap = Auth::from_digests(vec![Auth::digest(&pki.bootstrap_token)]);
         Self {
@@ -55,6 +58,7 @@ impl AgentService {
             pki,
             bootstrap,
             cluster_cidr,
+            usage,
             join_lock: Mutex::new(()),
         }
     }
@@ -262,6 +266,10 @@ impl agent_server::Agent for AgentService {
             .update_status(&NODES, "", &node, json!({"status": reported}))
             .await
             .map_err(status)?;
+        // After the status write: figures of a node that is not there are not kept.
+        if let Some(usage) = &request.get_ref().usage {
+            self.usage.record(&node, usage, util::unix_now());
+        }
         Ok(Response::new(HeartbeatResponse {
             resource_version: updated["metadata"]["resourceVersion"]
                 .as_str()

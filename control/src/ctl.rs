@@ -69,6 +69,11 @@ pub enum Command {
         #[command(subcommand)]
         action: Rollout,
     },
+    /// CPU and memory in use by nodes or pods (`top nodes`, `top pods`).
+    Top {
+        #[command(subcommand)]
+        what: crate::ctl_top::Top,
+    },
     /// Events in the namespace, optionally about one object.
     Events {
         /// Only events about this object name.
@@ -394,6 +399,7 @@ pub async fn run(cli: Cli, warnings: &mut Vec<String>) -> Result<String, CtlErro
                 rt.kind.to_ascii_lowercase()
             ))
         }
+        Command::Top { what } => crate::ctl_top::run(&client, ns, what).await,
         Command::Events { for_name } => {
             let rt = resolve("events")?;
             let mut path = collection(rt, Some(ns));

@@ -28,6 +28,7 @@ use crate::{
     pki::{self, Pki},
     registry::Registry,
     store::{RedbStore, Store},
+    usage::Usage,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +114,7 @@ impl Server {
         )?;
 
         let registry = Registry::new(Arc::clone(&store), metrics.clone());
+        let usage = Usage::default();
         let (shutdown, shutdown_rx) = watch::channel(false);
         let controllers = if config.no_controllers {
             None
@@ -121,7 +123,7 @@ impl Server {
                 Controllers::start(
                     registry.clone(),
                     Arc::clone(&store),
-                    Controllers::all(),
+                    Controllers::all(&usage),
                     config.controller_settings(),
                     shutdown_rx.clone(),
                 )
@@ -156,6 +158,7 @@ impl Server {
             metrics.clone(),
             Arc::clone(&pki),
             config.cluster_cidr,
+            usage.clone(),
         );
         let agent_server = tonic::transport::Server::builder()
             .tls_config(agent_tls)
@@ -178,6 +181,7 @@ impl Server {
             registry,
             metrics: metrics.clone(),
             auth: Some(auth),
+            usage,
         });
         let accept = tokio::spawn(accept_loop(listener, tls, router, shutdown_rx.clone()));
         let compaction = tokio::spawn(compact_periodically(

@@ -2,23 +2,7 @@
 
 mod common;
 
-use common::start;
-
-async fn berthctl(admin: &std::path::Path, args: &[&str]) -> (bool, String, String) {
-    // tokio's Command: the server runs on this test's runtime and must keep answering.
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_berthctl"))
-        .arg("--kubeconfig")
-        .arg(admin)
-        .args(args)
-        .output()
-        .await
-        .expect("run berthctl");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
+use common::{berthctl, start};
 
 const APP: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      hostNetwork: true\n      containers: [{name: web, image: 'echo:1'}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {selector: {app: web}, ports: [{port: 80}]}\n";
 

@@ -10,6 +10,7 @@ pub mod agent {
     tonic::include_proto!("berth.agent.v1");
 }
 pub mod apps;
+pub mod autoscaling;
 pub mod core;
 pub mod manifest;
 pub mod meta;

@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod error;
+mod metrics_api;
 mod openapi;
 mod resources;
 pub mod watch;
@@ -33,6 +34,8 @@ pub struct ApiState {
     pub metrics: Metrics,
     /// None only when the operator explicitly turned authentication off.
     pub auth: Option<Arc<Auth>>,
+    /// Load figures from the agents, served under metrics.k8s.io.
+    pub usage: crate::usage::Usage,
 }
 
 /// How a request is labelled in metrics; handlers attach it to their response.
@@ -46,6 +49,10 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/api/{*path}", any(resources::handle))
         .route("/apis/{*path}", any(resources::handle))
+        .route(
+            &format!("{}/{{*path}}", metrics_api::PREFIX),
+            any(metrics_api::serve),
+        )
         .route("/apply", post(resources::apply))
         .route("/openapi.json", get(openapi::serve))
         .route("/metrics", get(metrics))
