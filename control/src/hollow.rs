@@ -12,8 +12,8 @@ use std::{
 };
 
 use berth_api::agent::{
-    ContainerUsage, HeartbeatRequest, JoinRequest, NodeUsage, PodStatusReport, PodUsage,
-    WatchRequest, agent_client::AgentClient, watch_event::Type,
+    BackendRate, ContainerUsage, HeartbeatRequest, JoinRequest, NodeUsage, PodStatusReport,
+    PodUsage, WatchRequest, agent_client::AgentClient, watch_event::Type,
 };
 use rcgen::{CertificateParams, DnType, KeyPair};
 use serde_json::{Value, json};
@@ -43,7 +43,8 @@ pub struct HollowStats {
     pub resyncs: usize,
 }
 
-/// Figures a test makes a hollow pod report.
+/// Figures a test makes a hollow pod report; its node reports the connection rate as
+/// its own datapath's (one node's share of what a real pod would get).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct PodLoad {
     pub cpu_millicores: u64,
@@ -55,8 +56,8 @@ pub struct PodLoad {
 #[derive(Debug, Default)]
 struct Loads {
     set: BTreeMap<String, PodLoad>,
-    /// uid and first container name of the pods it runs.
-    running: BTreeMap<String, (String, String)>,
+    /// uid, first container name and address of the pods it runs.
+    running: BTreeMap<String, (String, String, String)>,
 }
 
 pub struct HollowNode {
@@ -137,11 +138,15 @@ impl HollowNode {
             return usage;
         };
         for (key, load) in &loads.set {
-            let (Some((uid, container)), Some((namespace, name))) =
+            let (Some((uid, container, ip)), Some((namespace, name))) =
                 (loads.running.get(key), key.split_once('/'))
             else {
                 continue;
             };
+            usage.backends.push(BackendRate {
+                ip: ip.clone(),
+                connections_per_second: load.connections_per_second,
+            });
             usage.cpu_millicores += load.cpu_millicores;
             usage.memory_bytes += load.memory_bytes;
             usage.pods.push(PodUsage {
@@ -150,7 +155,6 @@ impl HollowNode {
                 uid: uid.clone(),
                 cpu_millicores: load.cpu_millicores,
                 memory_bytes: load.memory_bytes,
-                connections_per_second: load.connections_per_second,
                 containers: vec![ContainerUsage {
                     name: container.clone(),
                     cpu_millicores: load.cpu_millicores,
@@ -284,21 +288,21 @@ async fn run_pods(node: Arc<HollowNode>, stats: Arc<Mutex<HollowStats>>) {
                     }
                 }
                 Type::Added | Type::Modified => {
-                    if let Ok(mut loads) = node.loads.lock() {
-                        let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
-                        let container = pod
-                            .pointer("/spec/containers/0/name")
-                            .and_then(Value::as_str)
-                            .unwrap_or_default();
-                        loads
-                            .running
-                            .insert(key.clone(), (uid.to_owned(), container.to_owned()));
-                    }
-                    if pod
-                        .pointer("/status/podIP")
-                        .and_then(Value::as_str)
-                        .is_some()
-                    {
+                    let running = |ip: &str| {
+                        if let Ok(mut loads) = node.loads.lock() {
+                            let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
+                            let container = pod
+                                .pointer("/spec/containers/0/name")
+                                .and_then(Value::as_str)
+                                .unwrap_or_default();
+                            loads.running.insert(
+                                key.clone(),
+                                (uid.to_owned(), container.to_owned(), ip.to_owned()),
+                            );
+                        }
+                    };
+                    if let Some(ip) = pod.pointer("/status/podIP").and_then(Value::as_str) {
+                        running(ip);
                         continue;
                     }
                     let ip = Ipv4Addr::from(u32::from(node.gateway()) - 1 + next_host);
@@ -313,6 +317,7 @@ async fn run_pods(node: Arc<HollowNode>, stats: Arc<Mutex<HollowStats>>) {
                         status_json: serde_json::to_vec(&status).unwrap_or_default(),
                     };
                     if node.client().report_pod_status(report).await.is_ok() {
+                        running(&ip.to_string());
                         update(&stats, |s| {
                             s.pods.insert(key, ip.to_string());
                         });

@@ -3,9 +3,10 @@
 //! facts, not state: a restarted control plane has none until the next heartbeats, and
 //! the autoscaler treats pods without figures conservatively.
 //!
-//! Figures are attributed to a pod only while it is still bound to the node that
+//! CPU and memory are attributed to a pod only while it is still bound to the node that
 //! reported them and has the uid it reported, so a node cannot speak for other nodes'
-//! pods, and a replaced pod does not inherit its predecessor's figures.
+//! pods, and a replaced pod does not inherit its predecessor's figures. A pod's
+//! connection rate is the sum of what every node's datapath sent to its address.
 
 use std::{
     collections::BTreeMap,
@@ -28,6 +29,8 @@ pub struct NodeFigures {
     pub cpu_millicores: u64,
     pub memory_bytes: u64,
     pub pods: Vec<PodFigures>,
+    /// Backend address → new connections per second this node's datapath sent there.
+    pub backends: BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -37,6 +40,7 @@ pub struct PodFigures {
     pub uid: String,
     pub cpu_millicores: u64,
     pub memory_bytes: u64,
+    /// Summed over the nodes' backend rates for the pod's address.
     pub connections_per_second: f64,
     /// (container name, millicores, bytes).
     pub containers: Vec<(String, u64, u64)>,
@@ -53,11 +57,7 @@ fn pods_of(usage: &NodeUsage) -> Vec<PodFigures> {
                 uid: p.uid.clone(),
                 cpu_millicores: p.cpu_millicores,
                 memory_bytes: p.memory_bytes,
-                connections_per_second: if p.connections_per_second.is_finite() {
-                    p.connections_per_second.max(0.0)
-                } else {
-                    0.0
-                },
+                connections_per_second: 0.0,
                 containers: p
                     .containers
                     .iter()
@@ -80,6 +80,8 @@ pub struct UsageView {
     pub nodes: BTreeMap<String, NodeFigures>,
     /// `namespace/name` → (reporting node, figures).
     pods: BTreeMap<String, (String, PodFigures)>,
+    /// Pod address → new connections per second, summed over the nodes.
+    connections: BTreeMap<String, f64>,
 }
 
 impl Usage {
@@ -90,6 +92,13 @@ impl Usage {
             cpu_millicores: usage.cpu_millicores,
             memory_bytes: usage.memory_bytes,
             pods: pods_of(usage),
+            backends: usage
+                .backends
+                .iter()
+                // A NaN or negative rate is a broken report, not a figure.
+                .filter(|b| b.connections_per_second.is_finite() && b.connections_per_second >= 0.0)
+                .map(|b| (b.ip.clone(), b.connections_per_second))
+                .collect(),
         };
         if let Ok(mut nodes) = self.nodes.write() {
             nodes.insert(node.to_owned(), figures);
@@ -126,11 +135,20 @@ impl UsageView {
                 })
             })
             .collect();
-        Self { nodes, pods }
+        let mut connections = BTreeMap::new();
+        for (ip, rate) in nodes.values().flat_map(|f| &f.backends) {
+            *connections.entry(ip.clone()).or_insert(0.0) += rate;
+        }
+        Self {
+            nodes,
+            pods,
+            connections,
+        }
     }
 
-    /// The figures of `pod` (an API object), if its node reported them for this very pod.
-    pub fn pod(&self, pod: &Value) -> Option<&PodFigures> {
+    /// The figures of `pod` (an API object), if its node reported them for this very pod,
+    /// with its connection rate from every node.
+    pub fn pod(&self, pod: &Value) -> Option<PodFigures> {
         let str_at = |p: &str| pod.pointer(p).and_then(Value::as_str).unwrap_or_default();
         let key = format!(
             "{}/{}",
@@ -138,8 +156,16 @@ impl UsageView {
             str_at("/metadata/name")
         );
         let (node, figures) = self.pods.get(&key)?;
-        (node == str_at("/spec/nodeName") && figures.uid == str_at("/metadata/uid"))
-            .then_some(figures)
+        if node != str_at("/spec/nodeName") || figures.uid != str_at("/metadata/uid") {
+            return None;
+        }
+        let mut figures = figures.clone();
+        figures.connections_per_second = self
+            .connections
+            .get(str_at("/status/podIP"))
+            .copied()
+            .unwrap_or(0.0);
+        Some(figures)
     }
 }
 
@@ -191,7 +217,7 @@ pub fn pod_metrics(figures: &PodFigures, node: &NodeFigures) -> Value {
 
 #[cfg(test)]
 mod tests {
-    use berth_api::agent::{ContainerUsage, PodUsage};
+    use berth_api::agent::{BackendRate, ContainerUsage, PodUsage};
 
     use super::*;
 
@@ -206,13 +232,22 @@ mod tests {
                 uid: "u1".to_owned(),
                 cpu_millicores: 250,
                 memory_bytes: 4096,
-                connections_per_second: f64::NAN,
                 containers: vec![ContainerUsage {
                     name: "web".to_owned(),
                     cpu_millicores: 250,
                     memory_bytes: 4096,
                 }],
             }],
+            backends: vec![
+                BackendRate {
+                    ip: "198.19.0.2".to_owned(),
+                    connections_per_second: 3.0,
+                },
+                BackendRate {
+                    ip: "198.19.1.2".to_owned(),
+                    connections_per_second: f64::NAN,
+                },
+            ],
         }
     }
 
@@ -220,19 +255,32 @@ mod tests {
     fn figures_belong_to_the_reporting_node_and_pod_and_age_out() {
         let usage = Usage::default();
         usage.record("n1", &report(), 1000);
+        // Another node sent connections to web-1 too; its own pods it does not report.
+        let mut other = report();
+        other.pods.clear();
+        usage.record("n2", &other, 1005);
         let view = usage.view(1010);
         let pod = json!({"metadata": {"namespace": "default", "name": "web-1", "uid": "u1"},
-            "spec": {"nodeName": "n1"}});
+            "spec": {"nodeName": "n1"}, "status": {"podIP": "198.19.0.2"}});
         let figures = view.pod(&pod).expect("figures");
         assert_eq!(figures.cpu_millicores, 250);
-        assert_eq!(figures.connections_per_second, 0.0, "NaN is not a rate");
+        assert_eq!(figures.connections_per_second, 6.0, "both nodes' rates");
+        assert!(
+            !view.nodes["n1"].backends.contains_key("198.19.1.2"),
+            "NaN is not a rate"
+        );
         let mut elsewhere = pod.clone();
         elsewhere["spec"]["nodeName"] = json!("n2");
         assert!(view.pod(&elsewhere).is_none(), "another node's pod");
         let mut replaced = pod.clone();
         replaced["metadata"]["uid"] = json!("u2");
         assert!(view.pod(&replaced).is_none(), "a new pod of the same name");
-        assert!(usage.view(1000 + MAX_AGE_SECS + 1).nodes.is_empty());
+        assert_eq!(
+            usage.view(1000 + MAX_AGE_SECS + 1).nodes.len(),
+            1,
+            "n1 aged out"
+        );
+        assert!(usage.view(1005 + MAX_AGE_SECS + 1).nodes.is_empty());
 
         let node = &view.nodes["n1"];
         assert_eq!(
@@ -241,7 +289,7 @@ mod tests {
         );
         assert_eq!(node_metrics("n1", node)["window"], "2s");
         assert_eq!(
-            pod_metrics(figures, node)["containers"][0]["usage"]["cpu"],
+            pod_metrics(&figures, node)["containers"][0]["usage"]["cpu"],
             "250m"
         );
     }

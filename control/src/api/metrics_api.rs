@@ -137,7 +137,7 @@ async fn pods(
         .filter_map(|pod| {
             let figures = view.pod(pod)?;
             let node = view.nodes.get(pod.pointer("/spec/nodeName")?.as_str()?)?;
-            Some(usage::pod_metrics(figures, node))
+            Some(usage::pod_metrics(&figures, node))
         })
         .collect();
     list_or_item("PodMetrics", items, name)

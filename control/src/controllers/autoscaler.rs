@@ -531,7 +531,7 @@ pub fn stabilize(
     current.max(up).min(down)
 }
 
-fn pod_sample(pod: &Value, figures: Option<&PodFigures>) -> PodSample {
+fn pod_sample(pod: &Value, figures: Option<PodFigures>) -> PodSample {
     let phase = pod
         .pointer("/status/phase")
         .and_then(Value::as_str)
@@ -556,7 +556,7 @@ fn pod_sample(pod: &Value, figures: Option<&PodFigures>) -> PodSample {
         ready: pod_is_ready(pod),
         cpu_request: request("cpu", parse_cpu_millis),
         memory_request: request("memory", parse_memory_bytes),
-        figures: figures.cloned(),
+        figures,
     }
 }
 
@@ -1007,6 +1007,7 @@ mod tests {
                 cpu_millicores: 0,
                 memory_bytes: 0,
                 pods: vec![figures(1), figures(2)],
+                backends: BTreeMap::new(),
             },
         )]));
         let snapshot_of = |hpa: &Value, deployment: Value| {
