@@ -16,3 +16,4 @@ pub mod readiness;
 pub mod run;
 pub mod runtime;
 pub mod services;
+pub mod usage;

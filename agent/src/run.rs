@@ -30,6 +30,7 @@ use crate::{
     readiness::LocalReadiness,
     runtime::DockerRuntime,
     services,
+    usage::{self, Collector},
 };
 
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
@@ -53,18 +54,9 @@ fn allocatable() -> serde_json::Value {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let memory_kib = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|text| {
-            text.lines()
-                .find_map(|line| line.strip_prefix("MemTotal:"))
-                .and_then(|rest| {
-                    rest.trim()
-                        .trim_end_matches("kB")
-                        .trim()
-                        .parse::<u64>()
-                        .ok()
-                })
-        })
-        .unwrap_or(0);
+        .and_then(|text| usage::meminfo_bytes(&text, "MemTotal"))
+        .unwrap_or(0)
+        / 1024;
     json!({"cpu": cpus.to_string(), "memory": format!("{memory_kib}Ki")})
 }
 
@@ -114,7 +106,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.dns_listen.ip().to_string(),
         config.cluster_domain.clone(),
     ));
-    let (manager, mut pod_events) = PodManager::new(runtime, pods_config)?;
+    let (manager, mut pod_events) = PodManager::new(runtime.clone(), pods_config)?;
     // Until the control plane's snapshot arrives, the pods to run are the last ones it
     // sent: a restarted agent must neither tear down healthy pods nor stop restarting
     // crashed ones because the control plane is slow or away.
@@ -136,7 +128,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
 
     let client = AgentClient::new(membership.channel.clone());
-    tokio::spawn(heartbeats(client.clone(), config.node_address));
+    tokio::spawn(heartbeats(
+        client.clone(),
+        config.node_address,
+        Figures {
+            runtime,
+            datapath: datapath.clone(),
+            node: config.node_name.clone(),
+        },
+    ));
     let (pods_tx, mut pods_rx) = mpsc::channel::<Objects>(16);
     let (services_tx, mut services_rx) = mpsc::channel::<Objects>(16);
     tokio::spawn(controlplane::watch(client.clone(), Watched::Pods, pods_tx));
@@ -334,17 +334,45 @@ fn warm_neighbours(set: &ServiceSet, own: std::net::Ipv4Addr) {
     });
 }
 
-async fn heartbeats(client: AgentClient<tonic::transport::Channel>, address: std::net::Ipv4Addr) {
+/// Where the heartbeat's load figures come from.
+struct Figures {
+    runtime: DockerRuntime,
+    datapath: Arc<Mutex<Datapath>>,
+    node: String,
+}
+
+/// Collecting figures may take this long; a heartbeat never waits longer for them.
+const FIGURES_TIMEOUT: Duration = Duration::from_secs(1);
+
+async fn heartbeats(
+    client: AgentClient<tonic::transport::Channel>,
+    address: std::net::Ipv4Addr,
+    figures: Figures,
+) {
     let status = json!({
         "addresses": [{"type": "InternalIP", "address": address.to_string()}],
         "allocatable": allocatable(),
     });
     let body = serde_json::to_vec(&status).unwrap_or_default();
+    let mut collector = Collector::default();
     loop {
+        let traffic = match figures.datapath.lock() {
+            Ok(datapath) => datapath.backend_traffic().ok(),
+            Err(_) => None,
+        };
+        // Liveness must not depend on Docker answering: without figures the heartbeat
+        // still goes out, and the control plane treats this node's pods as unmeasured.
+        let usage = tokio::time::timeout(
+            FIGURES_TIMEOUT,
+            collector.collect(&figures.runtime, &figures.node, traffic.as_deref()),
+        )
+        .await
+        .ok();
         if let Err(status) = client
             .clone()
             .heartbeat(HeartbeatRequest {
                 status_json: body.clone(),
+                usage,
             })
             .await
         {
