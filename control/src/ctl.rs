@@ -115,6 +115,7 @@ const ALIASES: &[(&str, &str)] = &[
     ("ev", "events"),
     ("deploy", "deployments"),
     ("rs", "replicasets"),
+    ("hpa", "horizontalpodautoscalers"),
 ];
 
 fn resolve(kind: &str) -> Result<&'static ResourceType, CtlError> {
