@@ -107,6 +107,17 @@ impl Drop for ContainerGuard<'_> {
     }
 }
 
+fn start<'a>(
+    rt: &'a Runtime,
+    docker: &'a DockerRuntime,
+    spec: &ContainerSpec,
+) -> ContainerGuard<'a> {
+    let id = rt
+        .block_on(docker.create_and_start(spec))
+        .unwrap_or_else(|error| panic!("starting {}: {error}", spec.image));
+    ContainerGuard { rt, docker, id }
+}
+
 struct PodNetGuard(podnet::PodNetwork);
 
 impl Drop for PodNetGuard {
@@ -198,14 +209,7 @@ fn echo_container_is_wired_into_the_node_namespace_and_answers() {
     let pod_name = unique("echo");
     let uid = unique_uid();
     let spec = echo_spec(&pod_name, &uid, &node.0, IMAGE_V1);
-    let id = rt
-        .block_on(docker.create_and_start(&spec))
-        .unwrap_or_else(|error| panic!("starting {IMAGE_V1}: {error}"));
-    let container = ContainerGuard {
-        rt: &rt,
-        docker: &docker,
-        id,
-    };
+    let container = start(&rt, &docker, &spec);
 
     let status = rt
         .block_on(docker.inspect(&container.id))
@@ -349,14 +353,7 @@ fn stats_feed_the_pod_figures() {
     let node = unique("stats-node");
     let pod_name = unique("stats");
     let spec = echo_spec(&pod_name, &unique_uid(), &node, IMAGE_V1);
-    let id = rt
-        .block_on(docker.create_and_start(&spec))
-        .unwrap_or_else(|error| panic!("starting {IMAGE_V1}: {error}"));
-    let container = ContainerGuard {
-        rt: &rt,
-        docker: &docker,
-        id,
-    };
+    let container = start(&rt, &docker, &spec);
     let first = rt.block_on(docker.stats(&container.id)).expect("stats");
     assert!(first.memory_bytes > 0, "{first:?}");
     assert!(first.online_cpus >= 1, "{first:?}");
