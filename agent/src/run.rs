@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::Context as _;
 use berth_api::{
-    agent::{HeartbeatRequest, PodStatusReport, agent_client::AgentClient},
+    agent::{HeartbeatRequest, NodeUsage, PodStatusReport, agent_client::AgentClient},
     core::{Endpoints, Node, Pod, Service},
 };
 use serde_json::json;
@@ -128,15 +128,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
 
     let client = AgentClient::new(membership.channel.clone());
-    tokio::spawn(heartbeats(
-        client.clone(),
-        config.node_address,
+    let (figures_tx, figures_rx) = watch::channel(None);
+    tokio::spawn(collect_figures(
         Figures {
             runtime,
             datapath: datapath.clone(),
             node: config.node_name.clone(),
         },
+        figures_tx,
     ));
+    tokio::spawn(heartbeats(client.clone(), config.node_address, figures_rx));
     let (pods_tx, mut pods_rx) = mpsc::channel::<Objects>(16);
     let (services_tx, mut services_rx) = mpsc::channel::<Objects>(16);
     tokio::spawn(controlplane::watch(client.clone(), Watched::Pods, pods_tx));
@@ -341,33 +342,50 @@ struct Figures {
     node: String,
 }
 
-/// Collecting figures may take this long; a heartbeat never waits longer for them.
-const FIGURES_TIMEOUT: Duration = Duration::from_secs(1);
+/// Figures older than this are not sent: a stuck Docker engine must not make stale
+/// figures look current.
+const FIGURES_MAX_AGE: Duration = Duration::from_secs(10);
 
-async fn heartbeats(
-    client: AgentClient<tonic::transport::Channel>,
-    address: std::net::Ipv4Addr,
-    figures: Figures,
-) {
-    let status = json!({
-        "addresses": [{"type": "InternalIP", "address": address.to_string()}],
-        "allocatable": allocatable(),
-    });
-    let body = serde_json::to_vec(&status).unwrap_or_default();
+/// Collects figures once per heartbeat period, in a task of its own: Docker answers a
+/// one-shot stats request at its next collection tick (up to a second), which the
+/// heartbeat must not wait for.
+async fn collect_figures(figures: Figures, latest: watch::Sender<Option<(Instant, NodeUsage)>>) {
     let mut collector = Collector::default();
     loop {
         let traffic = match figures.datapath.lock() {
             Ok(datapath) => datapath.backend_traffic().ok(),
             Err(_) => None,
         };
-        // Liveness must not depend on Docker answering: without figures the heartbeat
+        let usage = collector
+            .collect(&figures.runtime, &figures.node, traffic.as_deref())
+            .await;
+        if let Some(usage) = usage
+            && latest.send(Some((Instant::now(), usage))).is_err()
+        {
+            return;
+        }
+        tokio::time::sleep(HEARTBEAT_EVERY).await;
+    }
+}
+
+async fn heartbeats(
+    client: AgentClient<tonic::transport::Channel>,
+    address: std::net::Ipv4Addr,
+    figures: watch::Receiver<Option<(Instant, NodeUsage)>>,
+) {
+    let status = json!({
+        "addresses": [{"type": "InternalIP", "address": address.to_string()}],
+        "allocatable": allocatable(),
+    });
+    let body = serde_json::to_vec(&status).unwrap_or_default();
+    loop {
+        // Liveness never depends on Docker answering: without fresh figures the heartbeat
         // still goes out, and the control plane treats this node's pods as unmeasured.
-        let usage = tokio::time::timeout(
-            FIGURES_TIMEOUT,
-            collector.collect(&figures.runtime, &figures.node, traffic.as_deref()),
-        )
-        .await
-        .ok();
+        let usage = figures
+            .borrow()
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < FIGURES_MAX_AGE)
+            .map(|(_, usage)| usage.clone());
         if let Err(status) = client
             .clone()
             .heartbeat(HeartbeatRequest {

@@ -2,7 +2,9 @@
 //! pod's containers (Docker stats, pause containers left out as metrics-server does), and
 //! the new connections per second this node's service datapath sent to each backend
 //! address. Counters are cumulative; rates come from the difference between two
-//! heartbeats, so the first heartbeat after a start carries memory but no rates.
+//! readings, so the first reading after a start only primes them and is not reported,
+//! and a pod whose containers were not all read before is left out until they were (the
+//! control plane then treats it as unmeasured, never as idle).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -125,14 +127,15 @@ pub struct Collector {
 }
 
 impl Collector {
-    /// Reads everything once and returns the figures since the previous call.
-    /// `traffic` is the datapath's per-backend counters (None if it could not be read).
+    /// Reads everything once and returns the figures since the previous call (None on
+    /// the first). `traffic` is the datapath's per-backend counters (None if they could
+    /// not be read).
     pub async fn collect(
         &mut self,
         runtime: &DockerRuntime,
         node: &str,
         traffic: Option<&[TrafficReport<(Ipv4Addr, u16)>]>,
-    ) -> NodeUsage {
+    ) -> Option<NodeUsage> {
         let now = Instant::now();
         let elapsed = self.last.map(|last| now - last);
         self.last = Some(now);
@@ -165,7 +168,7 @@ impl Collector {
             self.connections = current;
         }
         usage.pods = self.pods(runtime, node).await;
-        usage
+        elapsed.map(|_| usage)
     }
 
     async fn pods(&mut self, runtime: &DockerRuntime, node: &str) -> Vec<PodUsage> {
@@ -185,7 +188,8 @@ impl Collector {
             .collect();
         let samples =
             futures_util::future::join_all(running.iter().map(|c| runtime.stats(&c.id))).await;
-        let mut pods: BTreeMap<(String, String, String), PodUsage> = BTreeMap::new();
+        // Per pod: its figures, and whether every container had a previous reading.
+        let mut pods: BTreeMap<(String, String, String), (PodUsage, bool)> = BTreeMap::new();
         let mut seen = HashMap::new();
         for (container, sample) in running.iter().zip(samples) {
             let Ok(sample) = sample else { continue };
@@ -198,16 +202,20 @@ impl Collector {
             let cpu = self
                 .containers
                 .get(&container.id)
-                .and_then(|previous| cpu_millicores(previous, &sample))
-                .unwrap_or(0);
+                .and_then(|previous| cpu_millicores(previous, &sample));
             let memory = working_set(&sample);
             seen.insert(container.id.clone(), sample);
-            let pod = pods.entry(key.clone()).or_insert_with(|| PodUsage {
-                namespace: key.0.clone(),
-                name: key.1.clone(),
-                uid: key.2.clone(),
-                ..PodUsage::default()
+            let (pod, complete) = pods.entry(key.clone()).or_insert_with(|| {
+                let pod = PodUsage {
+                    namespace: key.0.clone(),
+                    name: key.1.clone(),
+                    uid: key.2.clone(),
+                    ..PodUsage::default()
+                };
+                (pod, true)
             });
+            *complete &= cpu.is_some();
+            let cpu = cpu.unwrap_or(0);
             pod.cpu_millicores += cpu;
             pod.memory_bytes += memory;
             pod.containers.push(ContainerUsage {
@@ -218,7 +226,9 @@ impl Collector {
         }
         // Containers that are gone drop out of the previous readings.
         self.containers = seen;
-        pods.into_values().collect()
+        pods.into_values()
+            .filter_map(|(pod, complete)| complete.then_some(pod))
+            .collect()
     }
 }
 

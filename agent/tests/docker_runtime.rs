@@ -366,10 +366,12 @@ fn stats_feed_the_pod_figures() {
     assert!(second.cpu_ns >= first.cpu_ns);
 
     let mut collector = berth_agent::usage::Collector::default();
-    let usage = rt.block_on(collector.collect(&docker, &node, None));
-    assert_eq!(usage.window_ms, 0, "no window before a second reading");
+    let primed = rt.block_on(collector.collect(&docker, &node, None));
+    assert_eq!(primed, None, "no figures before a second reading");
     std::thread::sleep(Duration::from_millis(200));
-    let usage = rt.block_on(collector.collect(&docker, &node, None));
+    let usage = rt
+        .block_on(collector.collect(&docker, &node, None))
+        .expect("figures");
     assert!(usage.window_ms >= 200, "{usage:?}");
     assert!(usage.memory_bytes > 0, "node memory in use: {usage:?}");
     let [pod] = usage.pods.as_slice() else {
