@@ -603,24 +603,29 @@ impl Reconciler for Autoscaler {
         &HPAS
     }
 
-    /// Spec changes only: the autoscaler's own status writes would otherwise re-run it
-    /// at once instead of every sync period.
+    /// Spec changes and autoscalers this process has not evaluated yet (after a
+    /// restart); not the autoscaler's own status writes, which would otherwise re-run
+    /// it at once instead of every sync period.
     fn affected(&self, change: &Change, _snapshot: &Snapshot) -> Vec<(String, String)> {
+        if !is_kind(change, &HPAS) {
+            return Vec::new();
+        }
         let object = &change.object;
+        let Ok(mut history) = self.history.lock() else {
+            return Vec::new();
+        };
+        if change.deleted {
+            history.remove(uid_of(object));
+            return Vec::new();
+        }
         let generation = object
             .pointer("/metadata/generation")
             .and_then(Value::as_i64);
         let observed = object
             .pointer("/status/observedGeneration")
             .and_then(Value::as_i64);
-        if is_kind(change, &HPAS) && !change.deleted && generation != observed {
+        if generation != observed || !history.contains_key(uid_of(object)) {
             return vec![(namespace_of(object).to_owned(), name_of(object).to_owned())];
-        }
-        if is_kind(change, &HPAS)
-            && change.deleted
-            && let Ok(mut history) = self.history.lock()
-        {
-            history.remove(uid_of(object));
         }
         Vec::new()
     }
@@ -969,6 +974,49 @@ mod tests {
         assert_eq!(d.desired, 4);
         assert_eq!(d.recommendation, Some(1));
         assert_eq!(d.conditions[0].2, "ScaleDownStabilized");
+    }
+
+    #[test]
+    fn own_status_writes_do_not_retrigger_but_unseen_autoscalers_do() {
+        let autoscaler = Autoscaler::new(Usage::default());
+        let hpa = json!({"metadata": {"name": "web", "namespace": "default", "uid": "h1", "generation": 2},
+            "status": {"observedGeneration": 2}});
+        let change = |object: &Value, deleted| Change {
+            key: crate::registry::key(&HPAS, "default", "web"),
+            object: object.clone(),
+            deleted,
+        };
+        let snapshot = Snapshot::default();
+        // Never evaluated by this process (a restart): looked at.
+        assert_eq!(
+            autoscaler.affected(&change(&hpa, false), &snapshot).len(),
+            1
+        );
+        if let Ok(mut history) = autoscaler.history.lock() {
+            history.insert("h1".to_owned(), vec![(1000, 2)]);
+        }
+        // Its own status write: left to the sync period.
+        assert!(
+            autoscaler
+                .affected(&change(&hpa, false), &snapshot)
+                .is_empty()
+        );
+        // A spec change: at once.
+        let mut edited = hpa.clone();
+        edited["metadata"]["generation"] = json!(3);
+        assert_eq!(
+            autoscaler
+                .affected(&change(&edited, false), &snapshot)
+                .len(),
+            1
+        );
+        // Deleted: its history goes.
+        assert!(
+            autoscaler
+                .affected(&change(&hpa, true), &snapshot)
+                .is_empty()
+        );
+        assert!(autoscaler.history.lock().is_ok_and(|h| h.is_empty()));
     }
 
     #[test]
