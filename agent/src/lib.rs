@@ -17,3 +17,4 @@ pub mod readiness;
 pub mod run;
 pub mod runtime;
 pub mod services;
+pub mod usage;

@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::Context as _;
 use berth_api::{
-    agent::{HeartbeatRequest, PodStatusReport, agent_client::AgentClient},
+    agent::{HeartbeatRequest, NodeUsage, PodStatusReport, agent_client::AgentClient},
     core::{Endpoints, Node, Pod, Service},
 };
 use serde_json::json;
@@ -31,6 +31,7 @@ use crate::{
     readiness::LocalReadiness,
     runtime::DockerRuntime,
     services,
+    usage::{self, Collector},
 };
 
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
@@ -54,18 +55,9 @@ fn allocatable() -> serde_json::Value {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let memory_kib = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|text| {
-            text.lines()
-                .find_map(|line| line.strip_prefix("MemTotal:"))
-                .and_then(|rest| {
-                    rest.trim()
-                        .trim_end_matches("kB")
-                        .trim()
-                        .parse::<u64>()
-                        .ok()
-                })
-        })
-        .unwrap_or(0);
+        .and_then(|text| usage::meminfo_bytes(&text, "MemTotal"))
+        .unwrap_or(0)
+        / 1024;
     json!({"cpu": cpus.to_string(), "memory": format!("{memory_kib}Ki")})
 }
 
@@ -132,7 +124,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.dns_listen.ip().to_string(),
         config.cluster_domain.clone(),
     ));
-    let (manager, mut pod_events) = PodManager::new(runtime, pods_config)?;
+    let (manager, mut pod_events) = PodManager::new(runtime.clone(), pods_config)?;
     // Until the control plane's snapshot arrives, the pods to run are the last ones it
     // sent: a restarted agent must neither tear down healthy pods nor stop restarting
     // crashed ones because the control plane is slow or away.
@@ -155,10 +147,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
 
     let client = AgentClient::new(membership.channel.clone());
+    let (figures_tx, figures_rx) = watch::channel(None);
+    tokio::spawn(collect_figures(
+        Figures {
+            runtime,
+            datapath: datapath.clone(),
+            node: config.node_name.clone(),
+        },
+        figures_tx,
+    ));
     tokio::spawn(heartbeats(
         client.clone(),
         config.node_address,
         node_api_addr.port(),
+        figures_rx,
     ));
     let (pods_tx, mut pods_rx) = mpsc::channel::<Objects>(16);
     let (services_tx, mut services_rx) = mpsc::channel::<Objects>(16);
@@ -394,10 +396,44 @@ async fn report_pod_status(
     }
 }
 
+/// Where the heartbeat's load figures come from.
+struct Figures {
+    runtime: DockerRuntime,
+    datapath: Arc<Mutex<Datapath>>,
+    node: String,
+}
+
+/// Figures older than this are not sent: a stuck Docker engine must not make stale
+/// figures look current.
+const FIGURES_MAX_AGE: Duration = Duration::from_secs(10);
+
+/// Collects figures once per heartbeat period, in a task of its own: Docker answers a
+/// one-shot stats request at its next collection tick (up to a second), which the
+/// heartbeat must not wait for.
+async fn collect_figures(figures: Figures, latest: watch::Sender<Option<(Instant, NodeUsage)>>) {
+    let mut collector = Collector::default();
+    loop {
+        let traffic = match figures.datapath.lock() {
+            Ok(datapath) => datapath.backend_traffic().ok(),
+            Err(_) => None,
+        };
+        let usage = collector
+            .collect(&figures.runtime, &figures.node, traffic.as_deref())
+            .await;
+        if let Some(usage) = usage
+            && latest.send(Some((Instant::now(), usage))).is_err()
+        {
+            return;
+        }
+        tokio::time::sleep(HEARTBEAT_EVERY).await;
+    }
+}
+
 async fn heartbeats(
     client: AgentClient<tonic::transport::Channel>,
     address: std::net::Ipv4Addr,
     node_api_port: u16,
+    figures: watch::Receiver<Option<(Instant, NodeUsage)>>,
 ) {
     let status = json!({
         "addresses": [{"type": "InternalIP", "address": address.to_string()}],
@@ -406,10 +442,18 @@ async fn heartbeats(
     });
     let body = serde_json::to_vec(&status).unwrap_or_default();
     loop {
+        // Liveness never depends on Docker answering: without fresh figures the heartbeat
+        // still goes out, and the control plane treats this node's pods as unmeasured.
+        let usage = figures
+            .borrow()
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < FIGURES_MAX_AGE)
+            .map(|(_, usage)| usage.clone());
         if let Err(status) = client
             .clone()
             .heartbeat(HeartbeatRequest {
                 status_json: body.clone(),
+                usage,
             })
             .await
         {

@@ -107,6 +107,17 @@ impl Drop for ContainerGuard<'_> {
     }
 }
 
+fn start<'a>(
+    rt: &'a Runtime,
+    docker: &'a DockerRuntime,
+    spec: &ContainerSpec,
+) -> ContainerGuard<'a> {
+    let id = rt
+        .block_on(docker.create_and_start(spec))
+        .unwrap_or_else(|error| panic!("starting {}: {error}", spec.image));
+    ContainerGuard { rt, docker, id }
+}
+
 struct PodNetGuard(podnet::PodNetwork);
 
 impl Drop for PodNetGuard {
@@ -198,14 +209,7 @@ fn echo_container_is_wired_into_the_node_namespace_and_answers() {
     let pod_name = unique("echo");
     let uid = unique_uid();
     let spec = echo_spec(&pod_name, &uid, &node.0, IMAGE_V1);
-    let id = rt
-        .block_on(docker.create_and_start(&spec))
-        .unwrap_or_else(|error| panic!("starting {IMAGE_V1}: {error}"));
-    let container = ContainerGuard {
-        rt: &rt,
-        docker: &docker,
-        id,
-    };
+    let container = start(&rt, &docker, &spec);
 
     let status = rt
         .block_on(docker.inspect(&container.id))
@@ -330,6 +334,55 @@ fn operations_on_a_missing_container_are_typed() {
         rt.block_on(docker.stop(&name, Duration::from_secs(1))),
         Err(RuntimeError::ContainerNotFound { .. })
     ));
+    assert!(matches!(
+        rt.block_on(docker.stats(&name)),
+        Err(RuntimeError::ContainerNotFound { .. })
+    ));
     rt.block_on(docker.remove(&name))
         .expect("removing what is gone already is fine");
+}
+
+/// Docker stats of a running container, and the agent's figures built from them: the
+/// pod's container with its working set, CPU from the second reading on.
+#[test]
+fn stats_feed_the_pod_figures() {
+    require_root();
+    let rt = tokio_runtime();
+    let docker = connect(&rt);
+    require_image(&rt, &docker, IMAGE_V1);
+    let node = unique("stats-node");
+    let pod_name = unique("stats");
+    let spec = echo_spec(&pod_name, &unique_uid(), &node, IMAGE_V1);
+    let container = start(&rt, &docker, &spec);
+    let first = rt.block_on(docker.stats(&container.id)).expect("stats");
+    assert!(first.memory_bytes > 0, "{first:?}");
+    assert!(first.online_cpus >= 1, "{first:?}");
+    std::thread::sleep(Duration::from_millis(200));
+    let second = rt.block_on(docker.stats(&container.id)).expect("stats");
+    assert!(
+        second.system_cpu_ns > first.system_cpu_ns,
+        "{first:?} {second:?}"
+    );
+    assert!(second.cpu_ns >= first.cpu_ns);
+
+    let mut collector = berth_agent::usage::Collector::default();
+    let primed = rt.block_on(collector.collect(&docker, &node, None));
+    assert_eq!(primed, None, "no figures before a second reading");
+    std::thread::sleep(Duration::from_millis(200));
+    let usage = rt
+        .block_on(collector.collect(&docker, &node, None))
+        .expect("figures");
+    assert!(usage.window_ms >= 200, "{usage:?}");
+    assert!(usage.memory_bytes > 0, "node memory in use: {usage:?}");
+    let [pod] = usage.pods.as_slice() else {
+        panic!("one pod on this test's node: {usage:?}")
+    };
+    assert_eq!(pod.name, pod_name);
+    assert_eq!(pod.uid, spec.pod_uid);
+    assert_eq!(pod.containers.len(), 1);
+    assert_eq!(pod.containers[0].name, "echo");
+    assert!(
+        pod.memory_bytes > 0 && pod.memory_bytes <= 64 << 20,
+        "{pod:?}"
+    );
 }

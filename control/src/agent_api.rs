@@ -28,6 +28,7 @@ use crate::{
     pki::{Pki, node_name_of_certificate},
     registry::{Registry, parse_resource_version},
     tokens::BootstrapTokens,
+    usage::Usage,
     util,
 };
 
@@ -37,6 +38,7 @@ pub struct AgentService {
     pki: Arc<Pki>,
     bootstrap: Arc<BootstrapTokens>,
     cluster_cidr: (Ipv4Addr, u8),
+    usage: Usage,
     /// Joins allocate pod CIDRs from what is stored; one at a time keeps them distinct.
     join_lock: Mutex<()>,
 }
@@ -48,6 +50,7 @@ impl AgentService {
         pki: Arc<Pki>,
         bootstrap: Arc<BootstrapTokens>,
         cluster_cidr: (Ipv4Addr, u8),
+        usage: Usage,
     ) -> Self {
         Self {
             registry,
@@ -55,6 +58,7 @@ impl AgentService {
             pki,
             bootstrap,
             cluster_cidr,
+            usage,
             join_lock: Mutex::new(()),
         }
     }
@@ -253,6 +257,10 @@ impl agent_server::Agent for AgentService {
             .update_status(&NODES, "", &node, json!({"status": reported}))
             .await
             .map_err(status)?;
+        // After the status write: figures of a node that is not there are not kept.
+        if let Some(usage) = &request.get_ref().usage {
+            self.usage.record(&node, usage, util::unix_now());
+        }
         Ok(Response::new(HeartbeatResponse {
             resource_version: updated["metadata"]["resourceVersion"]
                 .as_str()

@@ -86,6 +86,23 @@ pub struct Config {
     )]
     pub pod_eviction_timeout_secs: u64,
 
+    /// Seconds between evaluations of each HorizontalPodAutoscaler.
+    #[arg(
+        long = "autoscaler-sync-period",
+        env = "BERTH_AUTOSCALER_SYNC_PERIOD",
+        default_value_t = 15
+    )]
+    pub autoscaler_sync_secs: u64,
+
+    /// Scale-down stabilisation window (seconds) of autoscalers that set none in
+    /// `behavior.scaleDown.stabilizationWindowSeconds`.
+    #[arg(
+        long = "autoscaler-downscale-stabilization",
+        env = "BERTH_AUTOSCALER_DOWNSCALE_STABILIZATION",
+        default_value_t = 300
+    )]
+    pub autoscaler_downscale_stabilization_secs: u64,
+
     /// Log filter (tracing-subscriber env-filter syntax).
     #[arg(long, env = "BERTH_LOG", default_value = "info")]
     pub log: String,
@@ -111,6 +128,10 @@ impl Config {
             node_grace: Duration::from_secs(self.node_grace_secs),
             pod_eviction_timeout: Duration::from_secs(self.pod_eviction_timeout_secs),
             load_balancer_pool: self.load_balancer_cidr,
+            autoscaler_sync: Duration::from_secs(self.autoscaler_sync_secs.max(1)),
+            downscale_stabilization: Duration::from_secs(
+                self.autoscaler_downscale_stabilization_secs,
+            ),
             ..crate::controllers::Settings::default()
         }
     }

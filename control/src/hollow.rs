@@ -2,7 +2,7 @@
 //! They speak the real agent gRPC API — bootstrap-token join with a CSR, mTLS,
 //! heartbeats, pod and service watches with resume — but run no containers and load
 //! no programs: a pod is "running" as soon as it is reported so, with an address from
-//! the node's pod CIDR.
+//! the node's pod CIDR. Their load figures are whatever a test sets per pod.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -12,8 +12,8 @@ use std::{
 };
 
 use berth_api::agent::{
-    HeartbeatRequest, JoinRequest, PodStatusReport, WatchRequest, agent_client::AgentClient,
-    watch_event::Type,
+    BackendRate, ContainerUsage, HeartbeatRequest, JoinRequest, NodeUsage, PodStatusReport,
+    PodUsage, WatchRequest, agent_client::AgentClient, watch_event::Type,
 };
 use rcgen::{CertificateParams, DnType, KeyPair};
 use serde_json::{Value, json};
@@ -43,10 +43,29 @@ pub struct HollowStats {
     pub resyncs: usize,
 }
 
+/// Figures a test makes a hollow pod report; its node reports the connection rate as
+/// its own datapath's (one node's share of what a real pod would get).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PodLoad {
+    pub cpu_millicores: u64,
+    pub memory_bytes: u64,
+    pub connections_per_second: f64,
+}
+
+/// Loads set by the test and what the node needs to report them, by `namespace/name`.
+#[derive(Debug, Default)]
+struct Loads {
+    set: BTreeMap<String, PodLoad>,
+    /// uid, first container name and address of the pods it runs.
+    running: BTreeMap<String, (String, String, String)>,
+}
+
 pub struct HollowNode {
     pub name: String,
     pub pod_cidr: String,
     client: AgentClient<Channel>,
+    loads: Arc<Mutex<Loads>>,
+    heartbeat_every: Duration,
 }
 
 impl HollowNode {
@@ -85,6 +104,8 @@ impl HollowNode {
             name: name.to_owned(),
             pod_cidr: joined.pod_cidr,
             client: AgentClient::new(channel),
+            loads: Arc::default(),
+            heartbeat_every: Duration::from_secs(1),
         })
     }
 
@@ -101,9 +122,47 @@ impl HollowNode {
             .clone()
             .heartbeat(HeartbeatRequest {
                 status_json: serde_json::to_vec(&status).unwrap_or_default(),
+                usage: Some(self.usage()),
             })
             .await?;
         Ok(())
+    }
+
+    /// The figures set for pods this node runs; the node's usage is their sum.
+    fn usage(&self) -> NodeUsage {
+        let mut usage = NodeUsage {
+            window_ms: u32::try_from(self.heartbeat_every.as_millis()).unwrap_or(u32::MAX),
+            ..NodeUsage::default()
+        };
+        let Ok(loads) = self.loads.lock() else {
+            return usage;
+        };
+        for (key, load) in &loads.set {
+            let (Some((uid, container, ip)), Some((namespace, name))) =
+                (loads.running.get(key), key.split_once('/'))
+            else {
+                continue;
+            };
+            usage.backends.push(BackendRate {
+                ip: ip.clone(),
+                connections_per_second: load.connections_per_second,
+            });
+            usage.cpu_millicores += load.cpu_millicores;
+            usage.memory_bytes += load.memory_bytes;
+            usage.pods.push(PodUsage {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+                uid: uid.clone(),
+                cpu_millicores: load.cpu_millicores,
+                memory_bytes: load.memory_bytes,
+                containers: vec![ContainerUsage {
+                    name: container.clone(),
+                    cpu_millicores: load.cpu_millicores,
+                    memory_bytes: load.memory_bytes,
+                }],
+            });
+        }
+        usage
     }
 
     fn gateway(&self) -> Ipv4Addr {
@@ -116,7 +175,8 @@ impl HollowNode {
     }
 
     /// Runs heartbeats and both watches until the handle is dropped.
-    pub async fn start(self, heartbeat_every: Duration) -> Result<HollowHandle, HollowError> {
+    pub async fn start(mut self, heartbeat_every: Duration) -> Result<HollowHandle, HollowError> {
+        self.heartbeat_every = heartbeat_every;
         self.heartbeat().await?;
         let stats = Arc::new(Mutex::new(HollowStats::default()));
         let node = Arc::new(self);
@@ -137,6 +197,7 @@ impl HollowNode {
             name: node.name.clone(),
             pod_cidr: node.pod_cidr.clone(),
             stats,
+            loads: Arc::clone(&node.loads),
             tasks: vec![heartbeat, pods, services],
         })
     }
@@ -147,12 +208,20 @@ pub struct HollowHandle {
     pub name: String,
     pub pod_cidr: String,
     stats: Arc<Mutex<HollowStats>>,
+    loads: Arc<Mutex<Loads>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl HollowHandle {
     pub fn stats(&self) -> HollowStats {
         self.stats.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Makes the pod report `load` with every heartbeat from now on (once it runs here).
+    pub fn set_load(&self, namespace: &str, name: &str, load: PodLoad) {
+        if let Ok(mut loads) = self.loads.lock() {
+            loads.set.insert(format!("{namespace}/{name}"), load);
+        }
     }
 }
 
@@ -209,15 +278,31 @@ async fn run_pods(node: Arc<HollowNode>, stats: Arc<Mutex<HollowStats>>) {
                 .to_owned();
             let key = format!("{namespace}/{name}");
             match kind {
-                Type::Deleted => update(&stats, |s| {
-                    s.pods.remove(&key);
-                }),
+                Type::Deleted => {
+                    update(&stats, |s| {
+                        s.pods.remove(&key);
+                    });
+                    if let Ok(mut loads) = node.loads.lock() {
+                        loads.running.remove(&key);
+                        loads.set.remove(&key);
+                    }
+                }
                 Type::Added | Type::Modified => {
-                    if pod
-                        .pointer("/status/podIP")
-                        .and_then(Value::as_str)
-                        .is_some()
-                    {
+                    let running = |ip: &str| {
+                        if let Ok(mut loads) = node.loads.lock() {
+                            let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
+                            let container = pod
+                                .pointer("/spec/containers/0/name")
+                                .and_then(Value::as_str)
+                                .unwrap_or_default();
+                            loads.running.insert(
+                                key.clone(),
+                                (uid.to_owned(), container.to_owned(), ip.to_owned()),
+                            );
+                        }
+                    };
+                    if let Some(ip) = pod.pointer("/status/podIP").and_then(Value::as_str) {
+                        running(ip);
                         continue;
                     }
                     let ip = Ipv4Addr::from(u32::from(node.gateway()) - 1 + next_host);
@@ -232,6 +317,7 @@ async fn run_pods(node: Arc<HollowNode>, stats: Arc<Mutex<HollowStats>>) {
                         status_json: serde_json::to_vec(&status).unwrap_or_default(),
                     };
                     if node.client().report_pod_status(report).await.is_ok() {
+                        running(&ip.to_string());
                         update(&stats, |s| {
                             s.pods.insert(key, ip.to_string());
                         });

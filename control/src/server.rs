@@ -30,6 +30,7 @@ use crate::{
     registry::Registry,
     store::{RedbStore, Store},
     tokens::{BootstrapTokens, TokenError},
+    usage::Usage,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +129,7 @@ impl Server {
             .reserve_held_values()
             .await
             .map_err(|e| ServerError::Setup(format!("reserving Service allocations: {e}")))?;
+        let usage = Usage::default();
         let (shutdown, shutdown_rx) = watch::channel(false);
         let controllers = if config.no_controllers {
             None
@@ -136,7 +138,7 @@ impl Server {
                 Controllers::start(
                     registry.clone(),
                     Arc::clone(&store),
-                    Controllers::all(),
+                    Controllers::all(&usage),
                     config.controller_settings(),
                     shutdown_rx.clone(),
                 )
@@ -176,6 +178,7 @@ impl Server {
             Arc::clone(&pki),
             Arc::clone(&tokens),
             config.cluster_cidr,
+            usage.clone(),
         );
         let agent_server = tonic::transport::Server::builder()
             .tls_config(agent_tls)
@@ -200,6 +203,7 @@ impl Server {
             auth: Some(auth),
             tokens: Some(tokens),
             nodes: Arc::new(NodeClient::new(&pki)),
+            usage,
         });
         let accept = tokio::spawn(accept_loop(listener, tls, router, shutdown_rx.clone()));
         let compaction = tokio::spawn(compact_periodically(

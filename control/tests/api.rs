@@ -676,6 +676,9 @@ async fn openapi_document_describes_the_api() {
         "/apis/apps/v1/namespaces/{namespace}/deployments/{name}/scale",
         "/apis/apps/v1/namespaces/{namespace}/deployments/{name}/rollback",
         "/api/v1/nodes/{name}/status",
+        "/apis/autoscaling/v2/namespaces/{namespace}/horizontalpodautoscalers/{name}/status",
+        "/apis/metrics.k8s.io/v1beta1/nodes",
+        "/apis/metrics.k8s.io/v1beta1/namespaces/{namespace}/pods/{name}",
         "/apply",
     ] {
         assert!(doc["paths"].get(path).is_some(), "{path} missing");

@@ -10,14 +10,15 @@ use bollard::{
     query_parameters::{
         CreateContainerOptionsBuilder, EventsOptionsBuilder, InspectContainerOptions,
         KillContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
-        RemoveContainerOptionsBuilder, StartContainerOptions, StopContainerOptionsBuilder,
+        RemoveContainerOptionsBuilder, StartContainerOptions, StatsOptionsBuilder,
+        StopContainerOptionsBuilder,
     },
 };
 use futures_util::{Stream, StreamExt as _};
 
 use super::{
-    ContainerSpec, ContainerStatus, ContainerSummary, ExecCapture, ExecOutput, Limits, LogOptions,
-    NetworkMode, RuntimeError,
+    ContainerSpec, ContainerStats, ContainerStatus, ContainerSummary, ExecCapture, ExecOutput,
+    Limits, LogOptions, NetworkMode, RuntimeError,
 };
 
 /// Exec output beyond this is dropped: probes only need the exit code, and a chatty
@@ -175,6 +176,49 @@ impl DockerRuntime {
                     .and_then(|bytes| u64::try_from(bytes).ok())
                     .filter(|bytes| *bytes > 0),
             },
+        })
+    }
+
+    /// One sample of the container's CPU and memory counters. One-shot: the engine does
+    /// not wait a second for a second sample; callers keep the previous one themselves.
+    pub async fn stats(&self, container: &str) -> Result<ContainerStats, RuntimeError> {
+        const OPERATION: &str = "container stats";
+        let options = StatsOptionsBuilder::new()
+            .stream(false)
+            .one_shot(true)
+            .build();
+        let sample = self
+            .docker
+            .stats(container, Some(options))
+            .next()
+            .await
+            .ok_or(RuntimeError::Incomplete {
+                operation: OPERATION,
+                missing: "a sample",
+            })?
+            .map_err(|error| not_found_or(error, container, OPERATION))?;
+        let cpu = sample.cpu_stats.unwrap_or_default();
+        let usage = cpu.cpu_usage.unwrap_or_default();
+        let memory = sample.memory_stats.unwrap_or_default();
+        let counters = memory.stats.unwrap_or_default();
+        Ok(ContainerStats {
+            cpu_ns: usage.total_usage.unwrap_or(0),
+            system_cpu_ns: cpu.system_cpu_usage.unwrap_or(0),
+            online_cpus: cpu
+                .online_cpus
+                .or_else(|| {
+                    usage
+                        .percpu_usage
+                        .and_then(|per_cpu| u32::try_from(per_cpu.len()).ok())
+                })
+                .unwrap_or(1),
+            memory_bytes: memory.usage.unwrap_or(0),
+            // cgroup v1 names it total_inactive_file, v2 inactive_file.
+            inactive_file_bytes: counters
+                .get("total_inactive_file")
+                .or_else(|| counters.get("inactive_file"))
+                .copied()
+                .unwrap_or(0),
         })
     }
 

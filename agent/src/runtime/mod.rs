@@ -242,6 +242,20 @@ pub struct ContainerStatus {
     pub limits: Limits,
 }
 
+/// Cumulative counters of a running container, from [`DockerRuntime::stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ContainerStats {
+    /// CPU time the container used since it started.
+    pub cpu_ns: u64,
+    /// CPU time of the whole machine (all CPUs) since boot, as the engine reads it.
+    pub system_cpu_ns: u64,
+    pub online_cpus: u32,
+    /// Memory charged to the container, page cache included.
+    pub memory_bytes: u64,
+    /// Page cache the kernel can drop at once.
+    pub inactive_file_bytes: u64,
+}
+
 /// One entry of [`DockerRuntime::list_by_labels`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerSummary {

@@ -364,16 +364,22 @@ fn validate_resources(v: &mut Validator, path: &FieldPath, resources: &ResourceR
 
 /// `"2"`, `"0.5"` or `"250m"` → millicores.
 pub fn parse_cpu_millis(quantity: &str) -> Result<u64, String> {
-    let bad = || format!("{quantity:?} is not a CPU quantity such as 250m or 0.5");
+    parse_milli(quantity, 1e6)
+        .ok_or_else(|| format!("{quantity:?} is not a CPU quantity such as 250m or 0.5"))
+}
+
+/// A decimal quantity up to `max` in thousandths: `"10"` → 10000, `"1.5"` → 1500,
+/// `"250m"` → 250.
+pub fn parse_milli(quantity: &str, max: f64) -> Option<u64> {
     if let Some(millis) = quantity.strip_suffix('m') {
-        return millis.parse::<u64>().map_err(|_| bad());
+        return millis.parse::<u64>().ok();
     }
-    let cores: f64 = quantity.parse().map_err(|_| bad())?;
-    if !cores.is_finite() || !(0.0..=1e6).contains(&cores) {
-        return Err(bad());
+    let value: f64 = quantity.parse().ok()?;
+    if !value.is_finite() || !(0.0..=max).contains(&value) {
+        return None;
     }
-    // Kubernetes rounds sub-millicore amounts up.
-    Ok((cores * 1000.0).ceil() as u64)
+    // Kubernetes rounds sub-milli amounts up.
+    Some((value * 1000.0).ceil() as u64)
 }
 
 /// `"128Mi"`, `"1G"`, `"1000"` → bytes.
@@ -922,6 +928,9 @@ spec:
         assert_eq!(parse_cpu_millis("2"), Ok(2000));
         assert!(parse_cpu_millis("fast").is_err());
         assert!(parse_cpu_millis("-1").is_err());
+        assert_eq!(parse_milli("10", 1e12), Some(10_000));
+        assert_eq!(parse_milli("1.5", 1e12), Some(1500));
+        assert_eq!(parse_milli("2e7", 1e6), None);
         assert_eq!(parse_memory_bytes("128Mi"), Ok(128 << 20));
         assert_eq!(parse_memory_bytes("1G"), Ok(1_000_000_000));
         assert_eq!(parse_memory_bytes("1000"), Ok(1000));

@@ -15,6 +15,7 @@ pub mod node {
     tonic::include_proto!("berth.node.v1");
 }
 pub mod apps;
+pub mod autoscaling;
 pub mod core;
 pub mod identity;
 pub mod manifest;

@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use crate::{
     apps::{ControllerRevision, Deployment, ReplicaSet},
+    autoscaling::HorizontalPodAutoscaler,
     core::{Endpoints, Event, Namespace, Node, Pod, Service},
     meta::{DEFAULT_NAMESPACE, ObjectMeta},
     validation::{FieldError, FieldPath, Validator},
@@ -50,8 +51,21 @@ fn api_version(group: &str, version: &str) -> String {
 macro_rules! resource {
     ($ty:ty, group = $group:expr, plural = $plural:expr, namespaced = $ns:expr, status = $status:expr,
      |$this:ident, $v:ident| $body:block) => {
+        resource!(
+            $ty,
+            group = $group,
+            version = "v1",
+            plural = $plural,
+            namespaced = $ns,
+            status = $status,
+            |$this, $v| $body
+        );
+    };
+    ($ty:ty, group = $group:expr, version = $version:expr, plural = $plural:expr, namespaced = $ns:expr,
+     status = $status:expr, |$this:ident, $v:ident| $body:block) => {
         impl Resource for $ty {
             const GROUP: &'static str = $group;
+            const VERSION: &'static str = $version;
             const KIND: &'static str = stringify!($ty);
             const PLURAL: &'static str = $plural;
             const NAMESPACED: bool = $ns;
@@ -170,6 +184,18 @@ resource!(
     }
 );
 
+resource!(
+    HorizontalPodAutoscaler,
+    group = "autoscaling",
+    version = "v2",
+    plural = "horizontalpodautoscalers",
+    namespaced = true,
+    status = true,
+    |this, v| {
+        this.spec.validate(v, &FieldPath::root("spec"));
+    }
+);
+
 /// Where a document to decode comes from; errors carry a line when the source has lines.
 pub enum Source<'a> {
     Json(&'a [u8]),
@@ -273,6 +299,7 @@ pub static RESOURCE_TYPES: &[ResourceType] = &[
     ResourceType::of::<Deployment>(),
     ResourceType::of::<ReplicaSet>(),
     ResourceType::of::<ControllerRevision>(),
+    ResourceType::of::<HorizontalPodAutoscaler>(),
 ];
 
 pub fn find_by_kind(api_version: &str, kind: &str) -> Option<&'static ResourceType> {

@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod error;
+mod metrics_api;
 mod node_proxy;
 mod openapi;
 mod resources;
@@ -39,6 +40,8 @@ pub struct ApiState {
     pub tokens: Option<Arc<crate::tokens::BootstrapTokens>>,
     /// Calls nodes' agents for logs, exec and datapath views.
     pub nodes: Arc<crate::node_client::NodeClient>,
+    /// Load figures from the agents, served under metrics.k8s.io.
+    pub usage: crate::usage::Usage,
 }
 
 /// How a request is labelled in metrics; handlers attach it to their response.
@@ -52,6 +55,10 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/api/{*path}", any(resources::handle))
         .route("/apis/{*path}", any(resources::handle))
+        .route(
+            &format!("{}/{{*path}}", metrics_api::PREFIX),
+            any(metrics_api::serve),
+        )
         .route("/apply", post(resources::apply))
         .route("/bootstrap-tokens", get(tokens::list).post(tokens::create))
         .route("/bootstrap-tokens/{id}", delete(tokens::delete))

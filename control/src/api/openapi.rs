@@ -102,6 +102,7 @@ pub fn document() -> Value {
             },
         }),
     );
+    add_metrics_paths(&mut paths);
     for (path, summary) in [
         ("/metrics", "Prometheus metrics (text exposition format)"),
         ("/healthz", "Liveness; no authentication"),
@@ -312,5 +313,70 @@ fn add_paths(paths: &mut Map<String, Value>, rt: &ResourceType, schema: &Value) 
                 "put": op(&format!("Replace the status of a {}", rt.kind), schema, Some(schema)),
             }),
         );
+    }
+}
+
+/// metrics.k8s.io/v1beta1: read-only, the shapes metrics-server serves.
+fn add_metrics_paths(paths: &mut Map<String, Value>) {
+    let usage = json!({"type": "object", "properties": {
+        "cpu": {"type": "string", "description": "millicores, e.g. 250m"},
+        "memory": {"type": "string", "description": "e.g. 65536Ki"},
+    }});
+    let common = json!({
+        "metadata": {"type": "object", "properties": {"name": {"type": "string"}, "namespace": {"type": "string"}}},
+        "timestamp": {"type": "string", "description": "when the control plane received the figures"},
+        "window": {"type": "string", "description": "the interval they were measured over, e.g. 2s"},
+    });
+    let mut node = common.clone();
+    node["usage"] = usage.clone();
+    let mut pod = common;
+    pod["containers"] = json!({"type": "array", "items": {"type": "object", "properties": {
+        "name": {"type": "string"}, "usage": usage}}});
+    pod["newConnectionsPerSecond"] = json!({"type": "number",
+        "description": "Berth extension: new connections per second the service datapath sent to the pod"});
+    let node = json!({"type": "object", "properties": node});
+    let pod = json!({"type": "object", "properties": pod});
+    let list = |item: &Value| {
+        json!({"type": "object", "properties": {
+        "kind": {"type": "string"}, "apiVersion": {"type": "string"},
+        "items": {"type": "array", "items": item}}})
+    };
+    let selector = json!([{"name": "labelSelector", "in": "query", "schema": {"type": "string"}}]);
+    let base = "/apis/metrics.k8s.io/v1beta1";
+    for (path, params, summary, schema) in [
+        (
+            format!("{base}/nodes"),
+            selector.clone(),
+            "Latest CPU and memory of every node",
+            list(&node),
+        ),
+        (
+            format!("{base}/nodes/{{name}}"),
+            json!([param("name")]),
+            "Latest CPU and memory of a node",
+            node.clone(),
+        ),
+        (
+            format!("{base}/pods"),
+            selector.clone(),
+            "Latest figures of pods in all namespaces",
+            list(&pod),
+        ),
+        (
+            format!("{base}/namespaces/{{namespace}}/pods"),
+            json!([param("namespace"), selector[0].clone()]),
+            "Latest figures of a namespace's pods",
+            list(&pod),
+        ),
+        (
+            format!("{base}/namespaces/{{namespace}}/pods/{{name}}"),
+            json!([param("namespace"), param("name")]),
+            "Latest figures of a pod",
+            pod.clone(),
+        ),
+    ] {
+        let mut get = op(summary, &schema, None);
+        get["parameters"] = params;
+        paths.insert(path, json!({"get": get}));
     }
 }

@@ -4,6 +4,7 @@
 //! to reflect its writes before looking again, so a reconcile never acts twice on the
 //! same stale state (the reason Kubernetes controllers need "expectations").
 
+pub mod autoscaler;
 mod cache;
 pub mod deployment;
 pub mod endpoints;
@@ -23,6 +24,7 @@ use std::{
 use berth_api::{
     ResourceType, Source,
     apps::{Deployment, ReplicaSet},
+    autoscaling::HorizontalPodAutoscaler,
     core::{Endpoints, Namespace, Node, Pod, Service},
 };
 use serde_json::Value;
@@ -47,6 +49,7 @@ pub static SERVICES: ResourceType = ResourceType::of::<Service>();
 pub static ENDPOINTS: ResourceType = ResourceType::of::<Endpoints>();
 pub static DEPLOYMENTS: ResourceType = ResourceType::of::<Deployment>();
 pub static REPLICASETS: ResourceType = ResourceType::of::<ReplicaSet>();
+pub static HPAS: ResourceType = ResourceType::of::<HorizontalPodAutoscaler>();
 
 /// A write a reconciler asks for. Updates carry the `resourceVersion` they were computed
 /// from, so a write based on stale state fails with a conflict and is retried.
@@ -109,6 +112,10 @@ pub struct Settings {
     /// a full grace period instead of evicting pods whose agents kept running (Kubernetes'
     /// node lifecycle controller does the same with its own observation times).
     pub observing_since: u64,
+    /// How often each HorizontalPodAutoscaler is evaluated.
+    pub autoscaler_sync: Duration,
+    /// Scale-down stabilisation window of autoscalers that do not set one.
+    pub downscale_stabilization: Duration,
 }
 
 impl Default for Settings {
@@ -119,6 +126,8 @@ impl Default for Settings {
             resync: Duration::from_secs(60),
             load_balancer_pool: None,
             observing_since: 0,
+            autoscaler_sync: Duration::from_secs(15),
+            downscale_stabilization: Duration::from_secs(300),
         }
     }
 }
@@ -241,8 +250,8 @@ impl Controllers {
         let _ = self.task.await;
     }
 
-    /// Every controller Berth runs.
-    pub fn all() -> Vec<Box<dyn Reconciler>> {
+    /// Every controller Berth runs; the autoscaler reads the agents' load figures.
+    pub fn all(usage: &crate::usage::Usage) -> Vec<Box<dyn Reconciler>> {
         vec![
             Box::new(deployment::DeploymentController),
             Box::new(replicaset::ReplicaSetController),
@@ -254,6 +263,7 @@ impl Controllers {
             Box::new(gc::GarbageCollector(&PODS)),
             Box::new(gc::GarbageCollector(&REPLICASETS)),
             Box::new(gc::GarbageCollector(&ENDPOINTS)),
+            Box::new(autoscaler::Autoscaler::new(usage.clone())),
         ]
     }
 }

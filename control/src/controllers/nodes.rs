@@ -123,9 +123,7 @@ mod tests {
             settings: Settings {
                 node_grace: Duration::from_secs(40),
                 pod_eviction_timeout: Duration::from_secs(60),
-                resync: Duration::from_secs(60),
-                load_balancer_pool: None,
-                observing_since: 0,
+                ..Settings::default()
             },
         }
     }

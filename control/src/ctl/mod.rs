@@ -12,6 +12,7 @@ mod get;
 mod node;
 mod output;
 mod rollout;
+mod top;
 
 use std::{io::Write, path::PathBuf};
 
@@ -74,6 +75,15 @@ pub enum Command {
         action: rollout::Rollout,
     },
     Events(describe::EventsArgs),
+    /// CPU and memory in use by nodes or pods (`top nodes`, `top pods`).
+    #[command(
+        after_help = "Examples:\n  berthctl top nodes\n  berthctl top pods -A\n  \
+                            berthctl top pods -l app=web"
+    )]
+    Top {
+        #[command(subcommand)]
+        what: top::Top,
+    },
     Logs(node::LogsArgs),
     Exec(node::ExecArgs),
     /// Create, list and delete the bootstrap tokens node agents join with.
@@ -178,6 +188,7 @@ const ALIASES: &[(&str, &str)] = &[
     ("ev", "events"),
     ("deploy", "deployments"),
     ("rs", "replicasets"),
+    ("hpa", "horizontalpodautoscalers"),
     ("controllerrevision", "controllerrevisions"),
 ];
 
@@ -516,6 +527,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(
         Command::Scale(args) => rollout::scale(&ctx, args, out).await,
         Command::Rollout { action } => rollout::run(&ctx, action, out).await,
         Command::Events(args) => describe::events(&ctx, args, out, err).await,
+        Command::Top { what } => top::run(&ctx, what, out, err).await,
         Command::Logs(args) => node::logs(&ctx, &args, out).await,
         Command::Exec(args) => node::exec(&ctx, &args, out, err).await,
         Command::Token { action } => cluster::token(&ctx, action, out).await,

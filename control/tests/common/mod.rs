@@ -133,3 +133,60 @@ where
     }
     panic!("timed out waiting for {what}");
 }
+
+/// A server with controllers and the bootstrap material hollow nodes join with.
+pub struct HollowCluster {
+    pub t: TestServer,
+    pub ca: String,
+    pub token: String,
+}
+
+impl HollowCluster {
+    pub async fn start(extra: &[&str]) -> Self {
+        let t = start_with(extra).await;
+        let pki = t.dir.path().join("pki");
+        let ca = std::fs::read_to_string(pki.join("ca.crt")).expect("ca.crt");
+        let token = std::fs::read_to_string(pki.join("bootstrap-token")).expect("bootstrap-token");
+        Self { t, ca, token }
+    }
+
+    /// A hollow node heartbeating (and reporting its pods' figures) every 200 ms.
+    pub async fn node(&self, name: &str) -> berth_control::hollow::HollowHandle {
+        berth_control::hollow::HollowNode::join(
+            &self.t.server.agent_url,
+            &self.ca,
+            &self.token,
+            name,
+        )
+        .await
+        .expect("join")
+        .start(std::time::Duration::from_millis(200))
+        .await
+        .expect("start")
+    }
+
+    pub async fn pods(&self) -> Vec<Value> {
+        let (_, list) = self
+            .t
+            .call(Method::GET, "/api/v1/namespaces/default/pods", None)
+            .await;
+        list["items"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+/// Runs the berthctl binary: (exit code 0, stdout, stderr).
+pub async fn berthctl(admin: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    // tokio's Command: the server runs on this test's runtime and must keep answering.
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_berthctl"))
+        .arg("--kubeconfig")
+        .arg(admin)
+        .args(args)
+        .output()
+        .await
+        .expect("run berthctl");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
