@@ -338,10 +338,19 @@ async fn invalid_autoscalers_are_refused_with_field_paths_and_change_nothing() {
     // berthctl knows the kind like any other.
     let admin = &t.server.admin_config;
     let (ok, out, err) = berthctl(admin, &["get", "hpa"]).await;
-    assert!(ok && out.lines().nth(1) == Some("web"), "{out}{err}");
+    let row: Vec<&str> = out
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert!(
+        ok && row.first() == Some(&"web") && row.get(1) == Some(&"Deployment/web"),
+        "{out}{err}"
+    );
     let (ok, out, err) = berthctl(admin, &["delete", "hpa", "web"]).await;
     assert!(
-        ok && out.trim() == "horizontalpodautoscaler/web deleted",
+        ok && out.trim() == "horizontalpodautoscaler.autoscaling/web deleted",
         "{out}{err}"
     );
 }
@@ -399,10 +408,10 @@ async fn berthctl_top_nodes_and_pods() {
         ok && out.starts_with("NAMESPACE   NAME") && out.contains("\ndefault     "),
         "{out}"
     );
-    let (ok, out, _) = berthctl(&admin, &["top", "pods", "-n", "other"]).await;
+    let (ok, out, err) = berthctl(&admin, &["top", "pods", "-n", "other"]).await;
     assert!(
-        ok && out.trim() == "No resources found in other namespace.",
-        "{out}"
+        ok && out.is_empty() && err.trim() == "No resources found in other namespace.",
+        "{out}{err}"
     );
     let (ok, _, err) = berthctl(&admin, &["top", "pods", "nope"]).await;
     assert!(!ok && err.contains("not found"), "{err}");

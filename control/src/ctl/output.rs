@@ -224,6 +224,71 @@ fn endpoints_summary(endpoints: &Value) -> String {
     }
 }
 
+/// `cpu: 90%/50%, new_connections_per_second: 12/10` as kubectl prints an autoscaler's
+/// targets: the current figure (`<unknown>` before the first evaluation) over the target.
+fn autoscaler_targets(hpa: &Value) -> String {
+    let metrics = hpa
+        .pointer("/spec/metrics")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let current = hpa
+        .pointer("/status/currentMetrics")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let shown: Vec<String> = metrics
+        .iter()
+        .enumerate()
+        .map(|(i, metric)| {
+            let (name, target) = match str_at(metric, "/type") {
+                "Pods" => (
+                    str_at(metric, "/pods/metric/name"),
+                    &metric["pods"]["target"],
+                ),
+                _ => (
+                    str_at(metric, "/resource/name"),
+                    &metric["resource"]["target"],
+                ),
+            };
+            let now = current.get(i).map(|c| {
+                let c = if c["pods"].is_object() {
+                    &c["pods"]
+                } else {
+                    &c["resource"]
+                };
+                &c["current"]
+            });
+            let figure = |v: &Value, key: &str, suffix: &str| match &v[key] {
+                Value::Null => None,
+                Value::String(s) => Some(format!("{s}{suffix}")),
+                other => Some(format!("{other}{suffix}")),
+            };
+            let (wanted, got) = if target["averageUtilization"].is_null() {
+                (
+                    figure(target, "averageValue", ""),
+                    now.and_then(|n| figure(n, "averageValue", "")),
+                )
+            } else {
+                (
+                    figure(target, "averageUtilization", "%"),
+                    now.and_then(|n| figure(n, "averageUtilization", "%")),
+                )
+            };
+            format!(
+                "{name}: {}/{}",
+                got.unwrap_or_else(|| "<unknown>".to_owned()),
+                wanted.unwrap_or_default()
+            )
+        })
+        .collect();
+    if shown.is_empty() {
+        "<none>".to_owned()
+    } else {
+        shown.join(", ")
+    }
+}
+
 /// The column headers of `rt`'s table.
 pub fn header(rt: &ResourceType, wide: bool, namespaces: bool) -> Vec<String> {
     let (normal, extra): (&[&str], &[&str]) = match rt.kind {
@@ -260,6 +325,18 @@ pub fn header(rt: &ResourceType, wide: bool, namespaces: bool) -> Vec<String> {
             &["COUNT"],
         ),
         "ControllerRevision" => (&["NAME", "CONTROLLER", "REVISION", "AGE"], &[]),
+        "HorizontalPodAutoscaler" => (
+            &[
+                "NAME",
+                "REFERENCE",
+                "TARGETS",
+                "MINPODS",
+                "MAXPODS",
+                "REPLICAS",
+                "AGE",
+            ],
+            &[],
+        ),
         _ => (&["NAME", "AGE"], &[]),
     };
     let mut columns: Vec<String> = Vec::new();
@@ -373,6 +450,25 @@ pub fn row(rt: &ResourceType, item: &Value, wide: bool, namespaces: bool) -> Vec
                 str_at(item, "/message").to_owned(),
             ],
             vec![int_at(item, "/count").max(1).to_string()],
+        ),
+        "HorizontalPodAutoscaler" => (
+            vec![
+                name,
+                format!(
+                    "{}/{}",
+                    str_at(item, "/spec/scaleTargetRef/kind"),
+                    str_at(item, "/spec/scaleTargetRef/name")
+                ),
+                autoscaler_targets(item),
+                item.pointer("/spec/minReplicas")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(1)
+                    .to_string(),
+                int_at(item, "/spec/maxReplicas").to_string(),
+                int_at(item, "/status/currentReplicas").to_string(),
+                created,
+            ],
+            vec![],
         ),
         "ControllerRevision" => {
             let owner = item
