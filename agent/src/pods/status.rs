@@ -93,8 +93,8 @@ impl PodReport {
             .find(|container| container.name == name)
     }
 
-    /// berth-api's PodStatus: it has no container statuses yet, so a waiting or failed
-    /// container's reason goes into the message, where `berthctl get pods` shows it.
+    /// berth-api's PodStatus: container statuses as Kubernetes shapes them, and the reason
+    /// of a waiting or failed container also in the message, for a one-line summary.
     pub fn to_api(&self, host_ip: Option<Ipv4Addr>) -> api::PodStatus {
         let mut problems: Vec<String> = Vec::new();
         if !self.message.is_empty() {
@@ -144,6 +144,60 @@ impl PodReport {
             host_ip: host_ip.map(|ip| ip.to_string()).unwrap_or_default(),
             conditions: vec![ready],
             message: problems.join("; "),
+            container_statuses: self
+                .containers
+                .iter()
+                .map(ContainerReport::to_api)
+                .collect(),
+        }
+    }
+}
+
+impl Terminated {
+    fn to_api(&self) -> api::ContainerStateTerminated {
+        api::ContainerStateTerminated {
+            exit_code: self.exit_code,
+            reason: self.reason.clone(),
+            finished_at: self.finished_at.clone().unwrap_or_default(),
+        }
+    }
+}
+
+impl ContainerReport {
+    fn to_api(&self) -> api::ContainerStatus {
+        let state = match &self.state {
+            ContainerState::Waiting { reason, message } => api::ContainerState {
+                waiting: Some(api::ContainerStateWaiting {
+                    reason: reason.clone(),
+                    message: message.clone(),
+                }),
+                ..api::ContainerState::default()
+            },
+            ContainerState::Running => api::ContainerState {
+                running: Some(api::ContainerStateRunning {}),
+                ..api::ContainerState::default()
+            },
+            ContainerState::Terminated(end) => api::ContainerState {
+                terminated: Some(end.to_api()),
+                ..api::ContainerState::default()
+            },
+        };
+        api::ContainerStatus {
+            name: self.name.clone(),
+            image: self.image.clone(),
+            container_id: self
+                .container_id
+                .as_ref()
+                .map(|id| format!("docker://{id}"))
+                .unwrap_or_default(),
+            ready: self.ready,
+            started: self.started,
+            restart_count: self.restart_count,
+            state,
+            last_state: api::ContainerState {
+                terminated: self.last_termination.as_ref().map(Terminated::to_api),
+                ..api::ContainerState::default()
+            },
         }
     }
 }
@@ -190,5 +244,9 @@ mod tests {
         );
         let json = serde_json::to_value(&status).expect("serialisable");
         assert_eq!(json["podIP"], "198.18.1.2");
+        let container = &json["containerStatuses"][0];
+        assert_eq!(container["name"], "echo");
+        assert_eq!(container["restartCount"], 0);
+        assert_eq!(container["state"]["waiting"]["reason"], "ImageNotFound");
     }
 }
