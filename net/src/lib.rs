@@ -49,10 +49,23 @@ pub fn pod_host_veth(pod_uid: &str) -> Option<String> {
     (!tail.is_empty()).then(|| format!("{POD_HOST_VETH_PREFIX}{tail}"))
 }
 
+/// Every pod namespace name in /run/netns, of whichever agent on this machine.
+pub fn pod_netns_names() -> Vec<String> {
+    std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(POD_NETNS_PREFIX))
+        .collect()
+}
+
+const POD_NETNS_PREFIX: &str = "berth-pod-";
+
 /// The /run/netns name given to a pod's namespace. Named after the host veth so it is
 /// unique on the machine (test nodes share /run/netns) and found again after a restart.
 pub fn pod_netns_name(host_veth: &str) -> String {
-    format!("berth-pod-{host_veth}")
+    format!("{POD_NETNS_PREFIX}{host_veth}")
 }
 
 /// Runs `ip [-n netns] args...` and returns its standard output.

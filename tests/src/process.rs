@@ -211,16 +211,7 @@ impl Setup {
     }
 }
 
-/// Names of the pod namespaces the agents gave names to.
-pub fn pod_netns_names() -> Vec<String> {
-    std::fs::read_dir("/run/netns")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|entry| entry.file_name().to_string_lossy().into_owned())
-        .filter(|name| name.starts_with("berth-pod-"))
-        .collect()
-}
+pub use berth_net::pod_netns_names;
 
 /// The /run/netns name of the pod namespace holding `ip`.
 pub fn pod_netns(ip: Ipv4Addr) -> String {
@@ -247,4 +238,53 @@ pub async fn container_ids(node: &str) -> Vec<String> {
         .collect();
     ids.sort();
     ids
+}
+
+/// A Deployment `web` of `replicas` echo servers behind Service `web` at `cluster_ip`
+/// (port 80 → 8080, readiness checked every second), optionally with a one-replica
+/// Deployment `client` that is not a backend, to send requests from.
+pub fn web_manifest(replicas: u32, cluster_ip: &str, with_client: bool) -> String {
+    let mut manifest = format!(
+        "
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      containers:
+        - name: echo
+          image: berth/echo:v1
+          ports: [{{containerPort: 8080}}]
+          readinessProbe: {{httpGet: {{path: /readyz, port: 8080}}, periodSeconds: 1}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web}}
+spec:
+  clusterIP: {cluster_ip}
+  selector: {{app: web}}
+  ports: [{{name: http, port: 80, targetPort: 8080}}]
+"
+    );
+    if with_client {
+        manifest.push_str(
+            "---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: client}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: client}}
+  template:
+    metadata: {labels: {app: client}}
+    spec:
+      containers: [{name: echo, image: berth/echo:v1}]
+",
+        );
+    }
+    manifest
 }

@@ -12,47 +12,11 @@ use std::{
 use berth_agent::runtime::{DockerRuntime, labels};
 use berth_tests::{
     Load, get_here,
-    process::{Setup, container_ids, pod_netns},
+    process::{Setup, container_ids, pod_netns, web_manifest},
 };
 
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 200, 11);
 const OUTAGE: Duration = Duration::from_secs(60);
-
-const MANIFEST: &str = "
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: web}
-spec:
-  replicas: 3
-  selector: {matchLabels: {app: web}}
-  template:
-    metadata: {labels: {app: web}}
-    spec:
-      containers:
-        - name: echo
-          image: berth/echo:v1
-          ports: [{containerPort: 8080}]
-          readinessProbe: {httpGet: {path: /readyz, port: 8080}}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: client}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: client}}
-  template:
-    metadata: {labels: {app: client}}
-    spec:
-      containers: [{name: echo, image: berth/echo:v1}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: web}
-spec:
-  clusterIP: 198.18.200.11
-  selector: {app: web}
-  ports: [{name: http, port: 80, targetPort: 8080}]
-";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn without_the_control_plane_traffic_flows_and_crashes_are_restarted() {
@@ -87,7 +51,7 @@ fn reported_restarts(setup: &Setup, pod: &str) -> Option<String> {
 async fn run(setup: &Setup) {
     let control = setup.control_plane().await;
     let _agent = setup.agent();
-    setup.apply(MANIFEST);
+    setup.apply(&web_manifest(3, "198.18.200.11", true));
     let pods = setup.wait_running(4).await;
     let client_ip = pods
         .iter()

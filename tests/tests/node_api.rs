@@ -15,7 +15,7 @@ use std::{
 
 use berth_agent::runtime::DockerRuntime;
 use berth_api::node::{ServiceBackendsRequest, node_client::NodeClient};
-use berth_tests::process::{NODE_ADDR, Process, Setup};
+use berth_tests::process::{NODE_ADDR, Process, Setup, web_manifest};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 const MANIFEST: &str = r#"
@@ -29,29 +29,6 @@ spec:
     - name: talk
       image: berth/echo:v1
       command: ["/bin/sh", "-c", "echo first line; sleep 1; echo second line >&2; trap 'exit 0' TERM; while true; do cat /tmp/say 2>/dev/null && rm /tmp/say; sleep 1; done"]
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: web}
-spec:
-  replicas: 2
-  selector: {matchLabels: {app: web}}
-  template:
-    metadata: {labels: {app: web}}
-    spec:
-      containers:
-        - name: echo
-          image: berth/echo:v1
-          ports: [{containerPort: 8080}]
-          readinessProbe: {httpGet: {path: /readyz, port: 8080}, periodSeconds: 1}
----
-apiVersion: v1
-kind: Service
-metadata: {name: web}
-spec:
-  clusterIP: 198.18.200.20
-  selector: {app: web}
-  ports: [{name: http, port: 80, targetPort: 8080}]
 "#;
 
 fn stdout(output: &Output) -> String {
@@ -89,6 +66,7 @@ async fn run(setup: &Setup) {
     let _control = setup.control_plane().await;
     let agent = setup.agent();
     setup.apply(MANIFEST);
+    setup.apply(&web_manifest(2, "198.18.200.20", false));
     let pods = setup.wait_running(3).await;
     let web: Vec<_> = pods
         .iter()

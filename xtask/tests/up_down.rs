@@ -48,13 +48,7 @@ impl Drop for Teardown {
 }
 
 fn pod_namespaces() -> BTreeSet<String> {
-    fs::read_dir("/run/netns")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|entry| entry.file_name().to_string_lossy().into_owned())
-        .filter(|name| name.starts_with("berth-pod-"))
-        .collect()
+    berth_net::pod_netns_names().into_iter().collect()
 }
 
 fn pid(file: &str) -> u32 {
