@@ -17,6 +17,15 @@ pub struct Metrics {
     pub store_commit_seconds: prometheus::Histogram,
     pub store_revision: IntGauge,
     pub store_compacted_revision: IntGauge,
+    pub store_size_bytes: IntGauge,
+    /// Per controller: `result` is `success`, or `error` when a write failed (the object
+    /// is reconciled again shortly).
+    pub reconciles: IntCounterVec,
+    /// Per controller, the time to compute one object's reconcile (the scheduler's is its
+    /// per-pod scheduling latency).
+    pub reconcile_seconds: HistogramVec,
+    /// `result`: `scheduled` or `unschedulable`.
+    pub scheduling_attempts: IntCounterVec,
 }
 
 impl Metrics {
@@ -54,7 +63,36 @@ impl Metrics {
             "store_compacted_revision",
             "History at and below this revision has been compacted.",
         )?;
+        let store_size_bytes = IntGauge::new("store_size_bytes", "Bytes the store takes on disk.")?;
+        let reconciles = IntCounterVec::new(
+            Opts::new(
+                "controller_reconciles_total",
+                "Objects reconciled, by controller and result.",
+            ),
+            &["controller", "result"],
+        )?;
+        let reconcile_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "controller_reconcile_duration_seconds",
+                "Time to compute one object's reconcile, by controller.",
+            )
+            .buckets(vec![
+                0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5,
+            ]),
+            &["controller"],
+        )?;
+        let scheduling_attempts = IntCounterVec::new(
+            Opts::new(
+                "scheduler_schedule_attempts_total",
+                "Pods the scheduler tried to place, by result.",
+            ),
+            &["result"],
+        )?;
         registry.register(Box::new(request_seconds.clone()))?;
+        registry.register(Box::new(store_size_bytes.clone()))?;
+        registry.register(Box::new(reconciles.clone()))?;
+        registry.register(Box::new(reconcile_seconds.clone()))?;
+        registry.register(Box::new(scheduling_attempts.clone()))?;
         registry.register(Box::new(watches.clone()))?;
         registry.register(Box::new(watch_events.clone()))?;
         registry.register(Box::new(store_commit_seconds.clone()))?;
@@ -68,6 +106,10 @@ impl Metrics {
             store_commit_seconds,
             store_revision,
             store_compacted_revision,
+            store_size_bytes,
+            reconciles,
+            reconcile_seconds,
+            scheduling_attempts,
         })
     }
 

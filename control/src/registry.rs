@@ -159,6 +159,10 @@ impl Registry {
         }
     }
 
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     pub fn ranges(&self) -> &Ranges {
         &self.ranges
     }

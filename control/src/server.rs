@@ -352,6 +352,12 @@ async fn compact_periodically(
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
+        // At start and after each compaction (which is what shrinks it).
+        if let Ok(size) = store.size_bytes() {
+            metrics
+                .store_size_bytes
+                .set(i64::try_from(size).unwrap_or(i64::MAX));
+        }
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
             _ = shutdown.changed() => return,

@@ -8,7 +8,7 @@ use std::{
 };
 
 use axum::http::Method;
-use common::{DEPLOYMENTS, deployment, start};
+use common::{DEPLOYMENTS, deployment, eventually, start, start_with};
 
 #[tokio::test]
 async fn metrics_have_request_latency_by_verb_resource_and_code_and_pass_promtool() {
@@ -41,6 +41,7 @@ async fn metrics_have_request_latency_by_verb_resource_and_code_and_pass_promtoo
         // Revision 1 creates the `default` namespace; the Deployment and its first
         // ControllerRevision are one transaction.
         "berth_store_revision 2",
+        "berth_store_size_bytes ",
     ] {
         assert!(text.contains(series), "missing {series} in\n{text}");
     }
@@ -66,4 +67,41 @@ async fn metrics_have_request_latency_by_verb_resource_and_code_and_pass_promtoo
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+async fn scrape(t: &common::TestServer) -> String {
+    let reply = t
+        .client
+        .request(Method::GET, "/metrics", None)
+        .await
+        .expect("scrape");
+    String::from_utf8(reply.body.to_vec()).expect("utf-8")
+}
+
+#[tokio::test]
+async fn controllers_count_reconciles_and_the_scheduler_its_attempts() {
+    // Controllers on, no node: the Deployment's pods cannot be placed.
+    let t = start_with(&[]).await;
+    t.call(
+        Method::POST,
+        DEPLOYMENTS,
+        Some(&deployment("web", "echo:1")),
+    )
+    .await;
+    let text = eventually("an unschedulable attempt on /metrics", || async {
+        let text = scrape(&t).await;
+        text.lines()
+            .any(|l| {
+                l.starts_with(r#"berth_scheduler_schedule_attempts_total{result="unschedulable"}"#)
+            })
+            .then_some(text)
+    })
+    .await;
+    for series in [
+        r#"berth_controller_reconciles_total{controller="deployment",result="success"}"#,
+        r#"berth_controller_reconciles_total{controller="scheduler",result="success"}"#,
+        r#"berth_controller_reconcile_duration_seconds_count{controller="scheduler"}"#,
+    ] {
+        assert!(text.contains(series), "missing {series} in\n{text}");
+    }
 }

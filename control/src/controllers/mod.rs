@@ -398,7 +398,15 @@ impl Runtime {
             now: util::unix_now(),
             settings: self.settings.clone(),
         };
-        Some(reconciler.reconcile(object, snapshot, &ctx))
+        let timer = self
+            .registry
+            .metrics()
+            .reconcile_seconds
+            .with_label_values(&[reconciler.name()])
+            .start_timer();
+        let outcome = reconciler.reconcile(object, snapshot, &ctx);
+        timer.observe_duration();
+        Some(outcome)
     }
 
     /// Writes an outcome; returns the highest revision written and when to look again.
@@ -425,8 +433,27 @@ impl Runtime {
                 }
             }
         }
+        let metrics = self.registry.metrics();
+        metrics
+            .reconciles
+            .with_label_values(&[reconciler.name(), if retry { "error" } else { "success" }])
+            .inc();
         if !retry {
             for event in events {
+                // The scheduler's verdicts are its events; count them as attempts.
+                if let Write::Event { reason, .. } = &event {
+                    let result = match reason.as_str() {
+                        "Scheduled" => Some("scheduled"),
+                        "FailedScheduling" => Some("unschedulable"),
+                        _ => None,
+                    };
+                    if let Some(result) = result {
+                        metrics
+                            .scheduling_attempts
+                            .with_label_values(&[result])
+                            .inc();
+                    }
+                }
                 let _ = self.execute(event).await;
             }
         }

@@ -119,6 +119,8 @@ pub trait Store: Send + Sync + 'static {
     fn compact(&self, revision: Revision) -> Result<()>;
     fn revision(&self) -> Result<Revision>;
     fn compacted_revision(&self) -> Result<Revision>;
+    /// Bytes the store takes on disk (etcd: its db size).
+    fn size_bytes(&self) -> Result<u64>;
     /// Woken with the latest revision after every commit.
     fn subscribe(&self) -> tokio::sync::watch::Receiver<Revision>;
 }

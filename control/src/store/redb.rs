@@ -21,6 +21,7 @@ const META_COMPACTED: &str = "compacted";
 
 pub struct RedbStore {
     db: Database,
+    path: std::path::PathBuf,
     notify: watch::Sender<Revision>,
     /// Transactions waiting for the next group commit.
     queue: Mutex<Vec<Arc<Slot>>>,
@@ -50,6 +51,7 @@ impl RedbStore {
         let (notify, _) = watch::channel(revision);
         Ok(Self {
             db,
+            path: path.to_path_buf(),
             notify,
             queue: Mutex::new(Vec::new()),
             writer: Mutex::new(()),
@@ -417,5 +419,11 @@ impl Store for RedbStore {
 
     fn subscribe(&self) -> watch::Receiver<Revision> {
         self.notify.subscribe()
+    }
+
+    fn size_bytes(&self) -> Result<u64> {
+        std::fs::metadata(&self.path)
+            .map(|m| m.len())
+            .map_err(|e| StoreError::Backend(format!("{}: {e}", self.path.display())))
     }
 }
