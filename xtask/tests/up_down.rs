@@ -7,13 +7,18 @@ use std::{
     collections::BTreeSet,
     fs,
     net::{Ipv4Addr, SocketAddrV4},
-    path::Path,
+    path::{Path, PathBuf},
     process::{Command, Output},
     time::{Duration, Instant},
 };
 
-const HOME: &str = "/var/lib/berth";
 const DEMO: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 10, 2), 30080);
+
+/// The cluster's home for this test (BERTH_HOME), so a cluster of the machine's own in
+/// /var/lib/berth is not touched; removed by `down --purge`.
+fn home() -> PathBuf {
+    std::env::temp_dir().join(format!("berth-up-test-{}", std::process::id()))
+}
 
 fn cargo_xtask(args: &[&str]) -> Output {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -21,6 +26,7 @@ fn cargo_xtask(args: &[&str]) -> Output {
         .expect("workspace root");
     let output = Command::new(env!("CARGO"))
         .current_dir(root)
+        .env("BERTH_HOME", home())
         .arg("xtask")
         .args(args)
         .output()
@@ -42,7 +48,7 @@ struct Teardown {
 impl Drop for Teardown {
     fn drop(&mut self) {
         if !self.done {
-            cargo_xtask(&["down"]);
+            cargo_xtask(&["down", "--purge"]);
         }
     }
 }
@@ -52,11 +58,12 @@ fn pod_namespaces() -> BTreeSet<String> {
 }
 
 fn pid(file: &str) -> u32 {
-    fs::read_to_string(Path::new(HOME).join("run").join(file))
+    let path = home().join("run").join(file);
+    fs::read_to_string(&path)
         .unwrap_or_default()
         .trim()
         .parse()
-        .unwrap_or_else(|_| panic!("no pid in {HOME}/run/{file}"))
+        .unwrap_or_else(|_| panic!("no pid in {}", path.display()))
 }
 
 #[test]
@@ -95,15 +102,16 @@ fn up_serves_the_demo_from_every_replica_and_down_leaves_nothing() {
         "second up: {printed}"
     );
 
-    let node = fs::read_to_string(Path::new(HOME).join("run/node-name"))
+    let node = fs::read_to_string(home().join("run/node-name"))
         .expect("node name")
         .trim()
         .to_owned();
     let pids = [pid("berth-control.pid"), pid("berth-agent.pid")];
 
     teardown.done = true;
-    let down = cargo_xtask(&["down"]);
+    let down = cargo_xtask(&["down", "--purge"]);
     assert!(down.status.success(), "cargo xtask down failed");
+    assert!(!home().exists(), "--purge left {}", home().display());
 
     for pid in pids {
         let alive = fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmd| !cmd.is_empty());
