@@ -276,7 +276,8 @@ async fn run(setup: &Setup) {
     let unauthorised = setup.berthctl_with(&tokenless, &["logs", "talker"]);
     assert_eq!(unauthorised.status.code(), Some(1));
     assert!(
-        stderr(&unauthorised).contains("bearer token is required"),
+        stderr(&unauthorised).contains("rejected the token")
+            && stderr(&unauthorised).contains("no-token.conf"),
         "{}",
         stderr(&unauthorised)
     );
@@ -285,7 +286,7 @@ async fn run(setup: &Setup) {
     let unreachable = setup.berthctl_with(&elsewhere, &["exec", "talker", "--", "echo"]);
     assert_eq!(unreachable.status.code(), Some(1));
     assert!(
-        stderr(&unreachable).contains("connecting to 127.0.0.1:9"),
+        stderr(&unreachable).contains("cannot reach the control plane at https://127.0.0.1:9"),
         "{}",
         stderr(&unreachable)
     );

@@ -53,8 +53,20 @@ impl Drop for Teardown {
     }
 }
 
-fn pod_namespaces() -> BTreeSet<String> {
-    berth_net::pod_netns_names().into_iter().collect()
+/// The pod namespaces of the node's pods, from its containers' pod uids (other tests on
+/// the machine have pod namespaces of their own).
+fn pod_namespaces(node: &str) -> BTreeSet<String> {
+    let listing = Command::new("docker")
+        .args(["ps", "--all", "--filter"])
+        .arg(format!("label=berth.node={node}"))
+        .args(["--format", "{{.Label \"berth.pod.uid\"}}"])
+        .output()
+        .expect("docker ps");
+    String::from_utf8_lossy(&listing.stdout)
+        .lines()
+        .filter_map(berth_net::pod_host_veth)
+        .map(|veth| berth_net::pod_netns_name(&veth))
+        .collect()
 }
 
 fn pid(file: &str) -> u32 {
@@ -68,7 +80,6 @@ fn pid(file: &str) -> u32 {
 
 #[test]
 fn up_serves_the_demo_from_every_replica_and_down_leaves_nothing() {
-    let namespaces_before = pod_namespaces();
     let mut teardown = Teardown { done: false };
 
     let up = cargo_xtask(&["up"]);
@@ -107,6 +118,11 @@ fn up_serves_the_demo_from_every_replica_and_down_leaves_nothing() {
         .trim()
         .to_owned();
     let pids = [pid("berth-control.pid"), pid("berth-agent.pid")];
+    let namespaces = pod_namespaces(&node);
+    assert!(
+        namespaces.len() >= 3 && namespaces.iter().all(|ns| berth_net::netns_exists(ns)),
+        "the demo's pod namespaces: {namespaces:?}"
+    );
 
     teardown.done = true;
     let down = cargo_xtask(&["down", "--purge"]);
@@ -136,9 +152,9 @@ fn up_serves_the_demo_from_every_replica_and_down_leaves_nothing() {
         !Path::new("/sys/fs/bpf/berth").join(&node).exists(),
         "pinned maps left"
     );
-    let left: Vec<String> = pod_namespaces()
-        .difference(&namespaces_before)
-        .cloned()
+    let left: Vec<&String> = namespaces
+        .iter()
+        .filter(|ns| berth_net::netns_exists(ns))
         .collect();
     assert!(left.is_empty(), "pod namespaces left: {left:?}");
 }

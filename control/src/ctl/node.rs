@@ -8,7 +8,7 @@ use clap::Args;
 use http_body_util::BodyExt as _;
 use serde_json::{Value, json};
 
-use super::{CtlError, Ctx, Target, encode, output, resolve, str_at};
+use super::{CtlError, Ctx, encode, output, resolve, str_at};
 
 /// Print a container's logs.
 #[derive(Debug, Args)]
@@ -78,13 +78,6 @@ fn log_query(args: &LogsArgs) -> String {
     }
 }
 
-fn pod_target(name: &str) -> Result<Target<'_>, CtlError> {
-    Ok(Target {
-        rt: resolve("pods")?,
-        name,
-    })
-}
-
 /// Prints the log as it arrives; with `-f` that is until the container ends.
 pub async fn logs(ctx: &Ctx, args: &LogsArgs, out: &mut dyn Write) -> Result<(), CtlError> {
     let path = format!(
@@ -108,7 +101,9 @@ pub async fn logs(ctx: &Ctx, args: &LogsArgs, out: &mut dyn Write) -> Result<(),
         let value: Value = serde_json::from_slice(&bytes).unwrap_or_else(
             |_| json!({"message": format!("{status}: {}", String::from_utf8_lossy(&bytes))}),
         );
-        return Err(ctx.failure(status, &value, Some(pod_target(&args.pod)?)));
+        // The server's own words: "not found" may be the pod, its container or a
+        // previous attempt.
+        return Err(ctx.failure(status, &value, None));
     }
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| ctx.transport(e.into()))?;
@@ -138,14 +133,7 @@ pub async fn exec(
         request["timeoutSeconds"] = json!(timeout);
     }
     let path = format!("{}/exec", ctx.object_path(resolve("pods")?, &args.pod));
-    let result = ctx
-        .call(
-            Method::POST,
-            &path,
-            Some(&request),
-            Some(pod_target(&args.pod)?),
-        )
-        .await?;
+    let result = ctx.call(Method::POST, &path, Some(&request), None).await?;
     // Output is best effort: a closed pipe must not hide the exit code.
     let _ = out.write_all(str_at(&result, "/stdout").as_bytes());
     let _ = out.flush();
