@@ -23,7 +23,7 @@ use berth_testkit::{PinDir, netns::NetNs, unique_name};
 
 use crate::{
     full_checksums, node_sysctls, plug,
-    process::{Process, RunningPod, binary, running_pods},
+    process::{Process, RunningPod, binary, delete_pod_namespaces, running_pods},
 };
 
 /// The underlay: node N at 198.18.64.N.
@@ -233,7 +233,8 @@ impl E2eCluster {
         }
     }
 
-    async fn wait_nodes_ready(&self) {
+    /// Waits until every node is Ready.
+    pub async fn wait_nodes_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let output = self.berthctl(&["get", "nodes"]);
@@ -293,31 +294,52 @@ impl E2eCluster {
         running_pods(&self.berthctl(&["get", "pods", "-o", "wide"]))
     }
 
-    /// Waits until exactly `count` pods whose name starts with `prefix` run and are ready.
+    /// Waits until exactly `count` pods whose name starts with `prefix` exist, all running
+    /// and ready.
     pub async fn wait_ready(
         &self,
         prefix: &str,
         count: usize,
         within: Duration,
     ) -> Vec<RunningPod> {
+        self.wait_ready_off(prefix, count, None, within).await
+    }
+
+    /// Like [`E2eCluster::wait_ready`], none of them listed on node `avoid`.
+    pub async fn wait_ready_off(
+        &self,
+        prefix: &str,
+        count: usize,
+        avoid: Option<&str>,
+        within: Duration,
+    ) -> Vec<RunningPod> {
         let deadline = Instant::now() + within;
         loop {
-            let pods: Vec<RunningPod> = self
-                .running_pods()
+            let listing = self.berthctl(&["get", "pods", "-o", "wide"]);
+            let pods: Vec<RunningPod> = running_pods(&listing)
                 .into_iter()
                 .filter(|pod| pod.name.starts_with(prefix))
                 .collect();
-            let all =
-                String::from_utf8_lossy(&self.berthctl(&["get", "pods", "-o", "wide"]).stdout)
-                    .lines()
-                    .filter(|line| line.starts_with(prefix))
-                    .count();
-            if pods.len() == count && all == count && pods.iter().all(|pod| pod.ready) {
+            let listing = String::from_utf8_lossy(&listing.stdout);
+            let listed: Vec<&str> = listing
+                .lines()
+                .filter(|line| line.starts_with(prefix))
+                .collect();
+            let on_avoided = avoid.is_some_and(|node| {
+                listed
+                    .iter()
+                    .any(|line| line.split_whitespace().last() == Some(node))
+            });
+            if pods.len() == count
+                && listed.len() == count
+                && !on_avoided
+                && pods.iter().all(|pod| pod.ready)
+            {
                 return pods;
             }
             assert!(
                 Instant::now() < deadline,
-                "{count} ready {prefix}* pods wanted: {pods:?}"
+                "{count} ready {prefix}* pods wanted (none on {avoid:?}): {listing}"
             );
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
@@ -347,15 +369,8 @@ impl E2eCluster {
                 }
             }
         }
-        // The pod namespaces are named after their host veths, which live in the nodes'
-        // namespaces: other tests' pods are never touched.
         for node in &self.nodes {
-            for veth in host_veths(&node.ns) {
-                let name = berth_net::pod_netns_name(&veth);
-                if berth_net::netns_exists(&name) {
-                    let _ = berth_net::netns_delete(&name);
-                }
-            }
+            delete_pod_namespaces(&node.ns);
         }
     }
 
@@ -370,16 +385,4 @@ impl E2eCluster {
             Err(panic) => std::panic::resume_unwind(panic),
         }
     }
-}
-
-/// Names of the links in `ns` (a node's pods' host veths among them).
-fn host_veths(ns: &NetNs) -> Vec<String> {
-    ns.ip(&["-o", "link", "show"])
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|line| {
-            let name = line.split(':').nth(1)?.trim();
-            Some(name.split('@').next()?.to_owned())
-        })
-        .collect()
 }

@@ -44,8 +44,6 @@ pub struct Setup {
     pub state: tempfile::TempDir,
     pub pins: PinDir,
     pub ns: NetNs,
-    /// Pod namespace names that existed before, so cleanup leaves other tests' alone.
-    pod_namespaces_before: Vec<String>,
 }
 
 impl Setup {
@@ -60,7 +58,6 @@ impl Setup {
             state: tempfile::tempdir().expect("state dir"),
             pins: PinDir::new(prefix),
             ns,
-            pod_namespaces_before: pod_netns_names(),
         }
     }
 
@@ -193,10 +190,23 @@ impl Setup {
                 let _ = runtime.remove(&container.id).await;
             }
         }
-        for name in pod_netns_names() {
-            if !self.pod_namespaces_before.contains(&name) {
-                let _ = berth_net::netns_delete(&name);
-            }
+        delete_pod_namespaces(&self.ns);
+    }
+}
+
+/// Deletes the pod namespaces of the node whose namespace is `node`. They are named after
+/// their host veths, which live in the node's namespace: other tests' pods, made while
+/// this one ran, are never touched.
+pub fn delete_pod_namespaces(node: &NetNs) {
+    let links = node.ip(&["-o", "link", "show"]).unwrap_or_default();
+    for line in links.lines() {
+        let Some(link) = line.split(':').nth(1) else {
+            continue;
+        };
+        let veth = link.trim().split('@').next().unwrap_or_default();
+        let name = berth_net::pod_netns_name(veth);
+        if berth_net::netns_exists(&name) {
+            let _ = berth_net::netns_delete(&name);
         }
     }
 }
