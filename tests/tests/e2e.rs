@@ -510,8 +510,30 @@ async fn scenarios(cluster: &mut E2eCluster) -> String {
         .ip(&["link", "set", "eth0", "down"])
         .expect("cutting the node off");
     let cut_at = Instant::now();
-    let endpoints_left =
-        wait_responders(&client_ns, vip, &remaining, Duration::from_secs(60)).await;
+    // The Endpoints object, polled: what every node's datapath follows. Requests alone
+    // measure it coarsely, as each one to the unreachable pod waits out a connect timeout.
+    let cut_addresses: Vec<String> = web
+        .iter()
+        .filter(|pod| pod.node == cut_name)
+        .map(|pod| format!("{}:", pod.ip))
+        .collect();
+    let endpoints_left = loop {
+        // The list, not `get endpoints web`: that one also asks every node's agent.
+        let endpoints = cluster.berthctl_ok(&["get", "endpoints"]);
+        if !cut_addresses.iter().any(|address| {
+            endpoints
+                .split([' ', ','])
+                .any(|e| e.starts_with(address.as_str()))
+        }) {
+            break cut_at.elapsed();
+        }
+        assert!(
+            cut_at.elapsed() < Duration::from_secs(60),
+            "the cut node's endpoints stayed: {endpoints}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let traffic_left = wait_responders(&client_ns, vip, &remaining, Duration::from_secs(60)).await;
     let moved = cluster
         .wait_ready_off("web-", 3, Some(&cut_name), Duration::from_secs(120))
         .await;
@@ -521,9 +543,10 @@ async fn scenarios(cluster: &mut E2eCluster) -> String {
         "6 node cut off",
         traffic,
         format!(
-            "its endpoints gone after {} (node grace 4 s), its pods running elsewhere after {} \
-             (eviction timeout 10 s)",
+            "its endpoints gone after {} (node grace 4 s), only the others answer after {}, \
+             its pods running elsewhere after {} (eviction timeout 10 s)",
             seconds(endpoints_left),
+            seconds(traffic_left),
             seconds(pods_back)
         ),
     );
