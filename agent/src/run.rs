@@ -366,7 +366,17 @@ async fn report_pod_status(
         let reports = reports_rx.borrow_and_update().clone();
         let api_pods = api_pods_rx.borrow().clone();
         let mut sent = Vec::new();
-        for report in reports.iter().filter(|r| !delivered.contains(r)) {
+        // Sent again when the control plane has the pod unready while it is ready here:
+        // it marks the pods of a node it lost touch with unready.
+        let stale = |r: &PodReport| {
+            r.ready
+                && api_pods.iter().any(|pod| pod.metadata.uid == r.uid)
+                && !ready_in_api(&api_pods, &r.uid)
+        };
+        for report in reports
+            .iter()
+            .filter(|r| !delivered.contains(r) || stale(r))
+        {
             if !report.ready
                 && started.elapsed() < ADOPTION_GRACE
                 && ready_in_api(&api_pods, &report.uid)

@@ -8,6 +8,7 @@
 //! pods' host veths and the XDP program on its `eth0`. Everything is removed when the
 //! [`Cluster`] drops, also when a test fails.
 
+pub mod e2e;
 pub mod process;
 
 use std::{
@@ -156,14 +157,7 @@ impl Cluster {
         fabric.ip(&["link", "set", "br0", "up"]).expect("bridge up");
         let client = NetNs::new("bcli").expect("client namespace");
         plug(&fabric, &client, "cl", CLIENT_ADDR);
-        // The client's kernel would leave TCP/UDP checksums to "hardware" (the veth), and
-        // the packet would reach XDP with a partial checksum; a real NIC delivers full ones.
-        let offload = client.exec("ethtool", &["-K", "eth0", "tx", "off"]);
-        assert!(
-            offload.status.success(),
-            "ethtool -K eth0 tx off: {}",
-            String::from_utf8_lossy(&offload.stderr)
-        );
+        full_checksums(&client);
         let mut cluster = Cluster {
             pods: Vec::new(),
             nodes: Vec::new(),
@@ -172,15 +166,7 @@ impl Cluster {
         };
         for id in 1..=nodes {
             let ns = NetNs::new(&format!("bn{id}")).expect("node namespace");
-            for (key, value) in [
-                ("net/ipv4/ip_forward", "1"),
-                ("net/ipv4/conf/all/rp_filter", "0"),
-                ("net/ipv4/conf/default/rp_filter", "0"),
-                ("net/ipv4/conf/all/send_redirects", "0"),
-                ("net/ipv4/conf/default/send_redirects", "0"),
-            ] {
-                ns.sysctl(key, value);
-            }
+            node_sysctls(&ns);
             plug(&cluster.fabric, &ns, &format!("n{id}"), node_addr(id));
             let pins = PinDir::new(&format!("n{id}"));
             cluster.nodes.push(SimNode {
@@ -290,8 +276,33 @@ impl Cluster {
     }
 }
 
+/// A node forwards between its pods and the underlay, and accepts replies that return by
+/// another path than the request left.
+pub fn node_sysctls(ns: &NetNs) {
+    for (key, value) in [
+        ("net/ipv4/ip_forward", "1"),
+        ("net/ipv4/conf/all/rp_filter", "0"),
+        ("net/ipv4/conf/default/rp_filter", "0"),
+        ("net/ipv4/conf/all/send_redirects", "0"),
+        ("net/ipv4/conf/default/send_redirects", "0"),
+    ] {
+        ns.sysctl(key, value);
+    }
+}
+
+/// An outside client's kernel would leave TCP/UDP checksums to "hardware" (the veth), and
+/// the packet would reach XDP with a partial checksum; a real NIC delivers full ones.
+pub fn full_checksums(client: &NetNs) {
+    let offload = client.exec("ethtool", &["-K", "eth0", "tx", "off"]);
+    assert!(
+        offload.status.success(),
+        "ethtool -K eth0 tx off: {}",
+        String::from_utf8_lossy(&offload.stderr)
+    );
+}
+
 /// Plugs `ns` into the fabric bridge: `eth0` in `ns` with `addr`/24, `port` on the bridge.
-fn plug(fabric: &NetNs, ns: &NetNs, port: &str, addr: Ipv4Addr) {
+pub fn plug(fabric: &NetNs, ns: &NetNs, port: &str, addr: Ipv4Addr) {
     berth_net::veth_add_peer_in(Some(fabric.name()), port, "eth0", ns.name())
         .expect("underlay veth");
     fabric
@@ -364,7 +375,13 @@ pub struct Load {
 }
 
 impl Load {
+    /// As fast as answers come.
     pub fn start(netns: &str, target: SocketAddrV4) -> Load {
+        Load::paced(netns, target, Duration::ZERO)
+    }
+
+    /// One request every `interval` at most (a steady rate).
+    pub fn paced(netns: &str, target: SocketAddrV4, interval: Duration) -> Load {
         use std::sync::{
             Arc,
             atomic::{AtomicBool, AtomicU64, Ordering},
@@ -377,6 +394,7 @@ impl Load {
             berth_net::enter_netns(&ns).unwrap_or_else(|error| panic!("{error}"));
             let mut errors = Vec::new();
             while !s.load(Ordering::Relaxed) {
+                let started = std::time::Instant::now();
                 match get_here(target) {
                     Ok(_) => o.fetch_add(1, Ordering::Relaxed),
                     Err(error) => {
@@ -384,6 +402,7 @@ impl Load {
                         f.fetch_add(1, Ordering::Relaxed)
                     }
                 };
+                std::thread::sleep(interval.saturating_sub(started.elapsed()));
             }
             errors
         });

@@ -44,8 +44,6 @@ pub struct Setup {
     pub state: tempfile::TempDir,
     pub pins: PinDir,
     pub ns: NetNs,
-    /// Pod namespace names that existed before, so cleanup leaves other tests' alone.
-    pod_namespaces_before: Vec<String>,
 }
 
 impl Setup {
@@ -60,7 +58,6 @@ impl Setup {
             state: tempfile::tempdir().expect("state dir"),
             pins: PinDir::new(prefix),
             ns,
-            pod_namespaces_before: pod_netns_names(),
         }
     }
 
@@ -149,19 +146,9 @@ impl Setup {
 
     /// `name IP` of running pods, from `berthctl get pods`.
     pub fn running_pods(&self) -> Vec<(String, Ipv4Addr)> {
-        let output = self.berthctl(&["get", "pods", "-o", "wide"]);
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .skip(1)
-            .filter_map(|line| {
-                let fields: Vec<&str> = line.split_whitespace().collect();
-                match fields.as_slice() {
-                    [name, _ready, "Running", _restarts, _age, ip, _node] => {
-                        Some(((*name).to_owned(), ip.parse().ok()?))
-                    }
-                    _ => None,
-                }
-            })
+        running_pods(&self.berthctl(&["get", "pods", "-o", "wide"]))
+            .into_iter()
+            .map(|pod| (pod.name, pod.ip))
             .collect()
     }
 
@@ -203,15 +190,57 @@ impl Setup {
                 let _ = runtime.remove(&container.id).await;
             }
         }
-        for name in pod_netns_names() {
-            if !self.pod_namespaces_before.contains(&name) {
-                let _ = berth_net::netns_delete(&name);
-            }
+        delete_pod_namespaces(&self.ns);
+    }
+}
+
+/// Deletes the pod namespaces of the node whose namespace is `node`. They are named after
+/// their host veths, which live in the node's namespace: other tests' pods, made while
+/// this one ran, are never touched.
+pub fn delete_pod_namespaces(node: &NetNs) {
+    let links = node.ip(&["-o", "link", "show"]).unwrap_or_default();
+    for line in links.lines() {
+        let Some(link) = line.split(':').nth(1) else {
+            continue;
+        };
+        let veth = link.trim().split('@').next().unwrap_or_default();
+        let name = berth_net::pod_netns_name(veth);
+        if berth_net::netns_exists(&name) {
+            let _ = berth_net::netns_delete(&name);
         }
     }
 }
 
 pub use berth_net::pod_netns_names;
+
+/// A running pod as `berthctl get pods -o wide` lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunningPod {
+    pub name: String,
+    pub ready: bool,
+    pub ip: Ipv4Addr,
+    pub node: String,
+}
+
+/// The running pods in the output of `berthctl get pods -o wide`.
+pub fn running_pods(output: &Output) -> Vec<RunningPod> {
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            match fields.as_slice() {
+                [name, ready, "Running", _restarts, _age, ip, node] => Some(RunningPod {
+                    name: (*name).to_owned(),
+                    ready: ready.split_once('/').is_some_and(|(r, t)| r == t),
+                    ip: ip.parse().ok()?,
+                    node: (*node).to_owned(),
+                }),
+                _ => None,
+            }
+        })
+        .collect()
+}
 
 /// The /run/netns name of the pod namespace holding `ip`.
 pub fn pod_netns(ip: Ipv4Addr) -> String {
@@ -244,8 +273,41 @@ pub async fn container_ids(node: &str) -> Vec<String> {
 /// (port 80 → 8080, readiness checked every second), optionally with a one-replica
 /// Deployment `client` that is not a backend, to send requests from.
 pub fn web_manifest(replicas: u32, cluster_ip: &str, with_client: bool) -> String {
-    let mut manifest = format!(
-        "
+    WebManifest {
+        replicas,
+        cluster_ip,
+        image: "berth/echo:v1",
+        node_port: None,
+        with_client,
+    }
+    .render()
+}
+
+/// The web Deployment and Service of [`web_manifest`], every part chosen.
+pub struct WebManifest<'a> {
+    pub replicas: u32,
+    pub cluster_ip: &'a str,
+    pub image: &'a str,
+    /// Makes the Service a NodePort one, answering on every node's address at this port.
+    pub node_port: Option<u16>,
+    pub with_client: bool,
+}
+
+impl WebManifest<'_> {
+    pub fn render(&self) -> String {
+        let WebManifest {
+            replicas,
+            cluster_ip,
+            image,
+            node_port,
+            with_client,
+        } = self;
+        let (service_type, node_port) = match node_port {
+            Some(port) => ("NodePort", format!(", nodePort: {port}")),
+            None => ("ClusterIP", String::new()),
+        };
+        let mut manifest = format!(
+            "
 apiVersion: apps/v1
 kind: Deployment
 metadata: {{name: web}}
@@ -257,7 +319,7 @@ spec:
     spec:
       containers:
         - name: echo
-          image: berth/echo:v1
+          image: {image}
           ports: [{{containerPort: 8080}}]
           readinessProbe: {{httpGet: {{path: /readyz, port: 8080}}, periodSeconds: 1}}
 ---
@@ -265,14 +327,15 @@ apiVersion: v1
 kind: Service
 metadata: {{name: web}}
 spec:
+  type: {service_type}
   clusterIP: {cluster_ip}
   selector: {{app: web}}
-  ports: [{{name: http, port: 80, targetPort: 8080}}]
+  ports: [{{name: http, port: 80, targetPort: 8080{node_port}}}]
 "
-    );
-    if with_client {
-        manifest.push_str(
-            "---
+        );
+        if *with_client {
+            manifest.push_str(
+                "---
 apiVersion: apps/v1
 kind: Deployment
 metadata: {name: client}
@@ -284,7 +347,8 @@ spec:
     spec:
       containers: [{name: echo, image: berth/echo:v1}]
 ",
-        );
+            );
+        }
+        manifest
     }
-    manifest
 }

@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: the project's build, setup and test entry points.
 
 mod bench;
+mod e2e;
 mod images;
 mod setup;
 mod test;
@@ -24,6 +25,8 @@ enum Task {
     Images(images::Args),
     /// Run every test, including the privileged ones (BPF, netns, Docker).
     Test(test::Args),
+    /// The end-to-end scenarios on a three-node cluster on this machine (as root).
+    E2e(e2e::Args),
     /// Benchmark the datapath against direct, iptables and HAProxy; writes docs/BENCHMARKS.md.
     Bench(bench::Args),
     /// Bring up a one-node cluster on this machine with a demo service (as root).
@@ -38,6 +41,7 @@ fn main() -> std::process::ExitCode {
         Task::Setup(args) => setup::run(&args).map(drop),
         Task::Images(args) => images::run(&args),
         Task::Test(args) => test::run(&args),
+        Task::E2e(args) => e2e::run(&args),
         Task::Bench(args) => bench::run(&args),
         Task::Up(args) => up::up(&args),
         Task::Down(args) => up::down(&args),

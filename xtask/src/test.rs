@@ -56,7 +56,23 @@ impl Tally {
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
-    let started = Instant::now();
+    prepare()?;
+    let mut command = Command::new(env!("CARGO"));
+    command.args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "berth-ebpf",
+        "--no-fail-fast",
+        "--",
+    ]);
+    command.args(&args.test_args);
+    println!("==> cargo test --workspace");
+    run_tallied(command)
+}
+
+/// What every privileged test run needs first: root, the machine set up, the images built.
+pub fn prepare() -> anyhow::Result<()> {
     if !is_root() {
         bail!(
             "the test suite includes privileged tests (BPF, network namespaces, Docker): run it as root"
@@ -66,19 +82,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     setup::run(&setup::Args::default())?;
     println!("==> building workload images (cargo xtask images)");
     images::run(&images::Args::default())?;
+    Ok(())
+}
 
-    println!("==> cargo test --workspace");
-    let mut child = Command::new(env!("CARGO"))
+/// Runs a `cargo test` command in the workspace, echoing its output, and ends with one
+/// summary line; fails when any test failed.
+pub fn run_tallied(mut command: Command) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut child = command
         .current_dir(workspace_root())
-        .args([
-            "test",
-            "--workspace",
-            "--exclude",
-            "berth-ebpf",
-            "--no-fail-fast",
-            "--",
-        ])
-        .args(&args.test_args)
         .stdout(Stdio::piped())
         .spawn()
         .context("starting cargo test")?;

@@ -29,6 +29,25 @@ fn timestamp(condition: &Value, field: &str) -> Option<u64> {
         .and_then(util::parse_rfc3339)
 }
 
+fn pods_on<'a>(snapshot: &'a Snapshot, node: &'a Value) -> impl Iterator<Item = &'a Value> {
+    snapshot.list(&PODS, None).filter(move |pod| {
+        pod.pointer("/spec/nodeName").and_then(Value::as_str) == Some(name_of(node))
+    })
+}
+
+/// The pod with its Ready condition False (reason NodeNotReady), if it was Ready.
+fn marked_not_ready(pod: &Value) -> Option<Value> {
+    let mut pod = pod.clone();
+    let condition = pod
+        .pointer_mut("/status/conditions")?
+        .as_array_mut()?
+        .iter_mut()
+        .find(|c| c["type"] == "Ready" && c["status"] == "True")?;
+    condition["status"] = json!("False");
+    condition["reason"] = json!("NodeNotReady");
+    Some(pod)
+}
+
 impl Reconciler for NodeLifecycle {
     fn name(&self) -> &'static str {
         "node-lifecycle"
@@ -70,6 +89,16 @@ impl Reconciler for NodeLifecycle {
                 rt: &NODES,
                 object: updated,
             });
+            // As Kubernetes does: its pods stop being Ready, so the Services' endpoints
+            // drop them now, not at eviction. The agent reports them again when it returns.
+            for pod in pods_on(snapshot, node) {
+                if let Some(not_ready) = marked_not_ready(pod) {
+                    writes.push(Write::UpdateStatus {
+                        rt: &PODS,
+                        object: not_ready,
+                    });
+                }
+            }
             writes.push(Write::Event {
                 involved: node.clone(),
                 reason: "NodeNotReady".to_owned(),
@@ -84,15 +113,12 @@ impl Reconciler for NodeLifecycle {
             let since = timestamp(ready, "lastTransitionTime").unwrap_or(heartbeat);
             let down_for = ctx.now.saturating_sub(since.max(observing_since));
             if down_for >= eviction {
-                for pod in snapshot.list(&PODS, None) {
-                    if pod.pointer("/spec/nodeName").and_then(Value::as_str) == Some(name_of(node))
-                    {
-                        writes.push(Write::Delete {
-                            rt: &PODS,
-                            namespace: namespace_of(pod).to_owned(),
-                            name: name_of(pod).to_owned(),
-                        });
-                    }
+                for pod in pods_on(snapshot, node) {
+                    writes.push(Write::Delete {
+                        rt: &PODS,
+                        namespace: namespace_of(pod).to_owned(),
+                        name: name_of(pod).to_owned(),
+                    });
                 }
                 requeue = Duration::from_secs(eviction.max(1));
             } else {
@@ -167,6 +193,28 @@ mod tests {
             matches!(late.writes.as_slice(), [Write::Delete { name, .. }] if name == "p"),
             "{late:?}"
         );
+    }
+
+    #[test]
+    fn a_silent_nodes_ready_pods_stop_being_ready() {
+        let n = node("True", 1000, 900);
+        let mut pod = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "namespace": "default"},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "i"}]},
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}});
+        let snapshot = Snapshot::from_objects(vec![(&NODES, n.clone()), (&PODS, pod.clone())], 1);
+        let outcome = NodeLifecycle.reconcile(&n, &snapshot, &ctx(1041));
+        let updated: Vec<&Value> = outcome
+            .writes
+            .iter()
+            .filter_map(|write| match write {
+                Write::UpdateStatus { rt, object } if rt.kind == "Pod" => Some(object),
+                _ => None,
+            })
+            .collect();
+        pod["status"]["conditions"][0] =
+            json!({"type": "Ready", "status": "False", "reason": "NodeNotReady"});
+        assert_eq!(updated, [&pod]);
     }
 
     #[test]

@@ -1,0 +1,388 @@
+//! A whole cluster on one machine, for the end-to-end scenarios (`cargo xtask e2e`): three
+//! node namespaces and a control-plane namespace joined by an underlay bridge
+//! (198.18.64.0/24), a client namespace outside the cluster on the same underlay, the real
+//! `berth-control`, one real `berth-agent` per node with its XDP program on the node's
+//! `eth0`, and the real Docker engine. Routes between the nodes' pod ranges are the
+//! harness's job (the agent leaves the underlay's routing to the machine, as a node's
+//! operating system would): once every agent has joined, each node routes every other
+//! node's pod range through that node's underlay address.
+//!
+//! Everything the cluster made is removed when it drops, also when a scenario fails:
+//! processes by pid, containers by the run's own node names, pod namespaces the agents
+//! made, pin directories and the namespaces.
+
+use std::{
+    net::Ipv4Addr,
+    path::PathBuf,
+    process::{Command, Output},
+    time::{Duration, Instant},
+};
+
+use berth_agent::runtime::DockerRuntime;
+use berth_testkit::{PinDir, netns::NetNs, unique_name};
+
+use crate::{
+    full_checksums, node_sysctls, plug,
+    process::{Process, RunningPod, binary, delete_pod_namespaces, running_pods},
+};
+
+/// The underlay: node N at 198.18.64.N.
+pub fn node_addr(index: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 64, index as u8 + 1)
+}
+/// The control plane's address on the underlay (its agent API and node-API client side).
+pub const CONTROL_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 64, 10);
+/// The client outside the cluster.
+pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 64, 100);
+const AGENT_API_PORT: u16 = 6444;
+
+pub struct E2eNode {
+    pub name: String,
+    pub addr: Ipv4Addr,
+    pub state: tempfile::TempDir,
+    pub pins: PinDir,
+    pub ns: NetNs,
+    pub agent: Option<Process>,
+}
+
+impl E2eNode {
+    /// The pod range the control plane gave the node, once its agent joined.
+    pub fn pod_cidr(&self) -> Option<String> {
+        let cidr = std::fs::read_to_string(self.state.path().join("pod-cidr")).ok()?;
+        let cidr = cidr.trim();
+        (!cidr.is_empty()).then(|| cidr.to_owned())
+    }
+}
+
+/// Control-plane flags that make the node-failure and autoscaler scenarios fit in minutes.
+pub struct ControlOptions {
+    pub node_grace_secs: u64,
+    pub pod_eviction_timeout_secs: u64,
+    pub autoscaler_sync_secs: u64,
+    pub autoscaler_downscale_stabilization_secs: u64,
+}
+
+pub struct E2eCluster {
+    // Drop order: processes first (control, then agents in nodes), then everything else.
+    pub control: Option<Process>,
+    pub nodes: Vec<E2eNode>,
+    pub options: ControlOptions,
+    pub data: tempfile::TempDir,
+    pub client: NetNs,
+    pub control_ns: NetNs,
+    pub fabric: NetNs,
+}
+
+impl E2eCluster {
+    /// The namespaces and the underlay; no process runs yet.
+    pub fn new(nodes: usize, options: ControlOptions) -> E2eCluster {
+        let fabric = NetNs::new("befab").expect("fabric namespace");
+        fabric
+            .ip(&["link", "add", "br0", "type", "bridge"])
+            .expect("bridge");
+        fabric.ip(&["link", "set", "br0", "up"]).expect("bridge up");
+        let control_ns = NetNs::new("bectl").expect("control-plane namespace");
+        plug(&fabric, &control_ns, "ctl", CONTROL_ADDR);
+        let client = NetNs::new("becli").expect("client namespace");
+        plug(&fabric, &client, "cli", CLIENT_ADDR);
+        full_checksums(&client);
+        let nodes = (0..nodes)
+            .map(|index| {
+                let ns = NetNs::new(&format!("ben{index}")).expect("node namespace");
+                node_sysctls(&ns);
+                plug(&fabric, &ns, &format!("n{index}"), node_addr(index));
+                E2eNode {
+                    name: unique_name(&format!("e2e{index}")),
+                    addr: node_addr(index),
+                    state: tempfile::tempdir().expect("state dir"),
+                    pins: PinDir::new(&format!("e2e{index}")),
+                    ns,
+                    agent: None,
+                }
+            })
+            .collect();
+        E2eCluster {
+            control: None,
+            nodes,
+            options,
+            data: tempfile::tempdir().expect("data dir"),
+            client,
+            control_ns,
+            fabric,
+        }
+    }
+
+    /// Starts every process, waits until every node joined, and routes the pod ranges.
+    pub async fn start(&mut self) {
+        self.start_control().await;
+        for index in 0..self.nodes.len() {
+            self.start_agent(index);
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.nodes.iter().any(|node| node.pod_cidr().is_none()) {
+            assert!(Instant::now() < deadline, "the agents did not join");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        self.route_pod_ranges();
+        self.wait_nodes_ready().await;
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.data.path().join("admin.conf")
+    }
+
+    /// Starts the control plane (REST on 127.0.0.1:6443 in its namespace, the agent API
+    /// on the underlay) and waits for its admin.conf.
+    pub async fn start_control(&mut self) {
+        let options = &self.options;
+        let control = Process(
+            Command::new("ip")
+                .args(["netns", "exec", self.control_ns.name()])
+                .arg(binary("berth-control"))
+                .arg("--data-dir")
+                .arg(self.data.path())
+                .args(["--listen", "127.0.0.1:6443"])
+                .args([
+                    "--agent-listen",
+                    &format!("{CONTROL_ADDR}:{AGENT_API_PORT}"),
+                ])
+                .args(["--tls-san", &CONTROL_ADDR.to_string()])
+                .args(["--node-grace", &options.node_grace_secs.to_string()])
+                .args([
+                    "--pod-eviction-timeout",
+                    &options.pod_eviction_timeout_secs.to_string(),
+                ])
+                .args([
+                    "--autoscaler-sync-period",
+                    &options.autoscaler_sync_secs.to_string(),
+                ])
+                .args([
+                    "--autoscaler-downscale-stabilization",
+                    &options.autoscaler_downscale_stabilization_secs.to_string(),
+                ])
+                .args(["--log", "warn"])
+                .spawn()
+                .expect("starting berth-control"),
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.kubeconfig().exists() {
+            assert!(Instant::now() < deadline, "the control plane did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // The REST API answers a little after admin.conf is written.
+        while !self.berthctl(&["get", "nodes"]).status.success() {
+            assert!(
+                Instant::now() < deadline,
+                "the control plane does not answer"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.control = Some(control);
+    }
+
+    /// Kills the control plane with SIGKILL.
+    pub fn kill_control(&mut self) {
+        self.control = None;
+    }
+
+    pub fn start_agent(&mut self, index: usize) {
+        let pki = self.data.path().join("pki");
+        let node = &mut self.nodes[index];
+        // nsenter rather than `ip netns exec`: the latter remounts /sys, hiding bpffs.
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", node.ns.name()))
+            .arg(binary("berth-agent"))
+            .args(["--node-name", &node.name])
+            .args([
+                "--server",
+                &format!("https://{CONTROL_ADDR}:{AGENT_API_PORT}"),
+            ])
+            .arg("--ca-file")
+            .arg(pki.join("ca.crt"))
+            .arg("--bootstrap-token-file")
+            .arg(pki.join("bootstrap-token"))
+            .arg("--state-dir")
+            .arg(node.state.path())
+            .arg("--pin-dir")
+            .arg(node.pins.path())
+            .args(["--node-address", &node.addr.to_string()])
+            .args(["--external-interface", "eth0"])
+            // A veth: native XDP_TX needs a program on the peer too, generic works alone.
+            .args(["--xdp-mode", "generic"])
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .expect("starting berth-agent");
+        node.agent = Some(Process(child));
+    }
+
+    /// Kills a node's agent with SIGKILL; its pods and datapath stay.
+    pub fn kill_agent(&mut self, index: usize) {
+        self.nodes[index].agent = None;
+    }
+
+    fn route_pod_ranges(&self) {
+        for node in &self.nodes {
+            for other in &self.nodes {
+                if other.name != node.name {
+                    let range = other.pod_cidr().expect("joined");
+                    node.ns
+                        .ip(&["route", "replace", &range, "via", &other.addr.to_string()])
+                        .expect("route to another node's pods");
+                }
+            }
+        }
+    }
+
+    /// Waits until every node is Ready.
+    pub async fn wait_nodes_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let output = self.berthctl(&["get", "nodes"]);
+            let ready = String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .filter(|line| line.split_whitespace().nth(1) == Some("Ready"))
+                .count();
+            if ready == self.nodes.len() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nodes not ready: {}",
+                String::from_utf8_lossy(&output.stdout)
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    /// berthctl with the admin configuration, from the control plane's namespace.
+    pub fn berthctl(&self, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", self.control_ns.name()])
+            .arg(binary("berthctl"))
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .args(args)
+            .output()
+            .expect("berthctl")
+    }
+
+    /// berthctl that must succeed; its standard output.
+    pub fn berthctl_ok(&self, args: &[&str]) -> String {
+        let output = self.berthctl(args);
+        assert!(
+            output.status.success(),
+            "berthctl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Applies `manifest` with berthctl, failing the test if it is refused.
+    pub fn apply(&self, manifest: &str) {
+        let path = self.write_manifest(manifest);
+        self.berthctl_ok(&["apply", "-f", &path.display().to_string()]);
+    }
+
+    fn write_manifest(&self, manifest: &str) -> PathBuf {
+        let path = self.data.path().join(format!("{}.yaml", unique_name("m")));
+        std::fs::write(&path, manifest).expect("manifest");
+        path
+    }
+
+    pub fn running_pods(&self) -> Vec<RunningPod> {
+        running_pods(&self.berthctl(&["get", "pods", "-o", "wide"]))
+    }
+
+    /// Waits until exactly `count` pods whose name starts with `prefix` exist, all running
+    /// and ready.
+    pub async fn wait_ready(
+        &self,
+        prefix: &str,
+        count: usize,
+        within: Duration,
+    ) -> Vec<RunningPod> {
+        self.wait_ready_off(prefix, count, None, within).await
+    }
+
+    /// Like [`E2eCluster::wait_ready`], none of them listed on node `avoid`.
+    pub async fn wait_ready_off(
+        &self,
+        prefix: &str,
+        count: usize,
+        avoid: Option<&str>,
+        within: Duration,
+    ) -> Vec<RunningPod> {
+        let deadline = Instant::now() + within;
+        loop {
+            let listing = self.berthctl(&["get", "pods", "-o", "wide"]);
+            let pods: Vec<RunningPod> = running_pods(&listing)
+                .into_iter()
+                .filter(|pod| pod.name.starts_with(prefix))
+                .collect();
+            let listing = String::from_utf8_lossy(&listing.stdout);
+            let listed: Vec<&str> = listing
+                .lines()
+                .filter(|line| line.starts_with(prefix))
+                .collect();
+            let on_avoided = avoid.is_some_and(|node| {
+                listed
+                    .iter()
+                    .any(|line| line.split_whitespace().last() == Some(node))
+            });
+            if pods.len() == count
+                && listed.len() == count
+                && !on_avoided
+                && pods.iter().all(|pod| pod.ready)
+            {
+                return pods;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{count} ready {prefix}* pods wanted (none on {avoid:?}): {listing}"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    pub fn node_index(&self, name: &str) -> usize {
+        self.nodes
+            .iter()
+            .position(|node| node.name == name)
+            .unwrap_or_else(|| panic!("no node {name}"))
+    }
+
+    /// Removes the run's containers and the pod namespaces its agents made.
+    pub async fn cleanup(&mut self) {
+        self.control = None;
+        for node in &mut self.nodes {
+            node.agent = None;
+        }
+        if let Ok(runtime) = DockerRuntime::connect("/var/run/docker.sock").await {
+            for node in &self.nodes {
+                for container in runtime
+                    .list_by_labels(&[("berth.node", &node.name)])
+                    .await
+                    .unwrap_or_default()
+                {
+                    let _ = runtime.remove(&container.id).await;
+                }
+            }
+        }
+        for node in &self.nodes {
+            delete_pod_namespaces(&node.ns);
+        }
+    }
+
+    /// Runs the scenarios, then cleans up, also when they panicked.
+    pub async fn run<F>(mut self, body: impl AsyncFnOnce(&mut E2eCluster) -> F) -> F {
+        let result =
+            futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(body(&mut self)))
+                .await;
+        self.cleanup().await;
+        match result {
+            Ok(value) => value,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+}
