@@ -164,11 +164,8 @@ impl E2eCluster {
                 .spawn()
                 .expect("starting berth-control"),
         );
+        crate::process::wait_for_admin_config(&self.kubeconfig()).await;
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.kubeconfig().exists() {
-            assert!(Instant::now() < deadline, "the control plane did not start");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
         // The REST API answers a little after admin.conf is written.
         while !self.berthctl(&["get", "nodes"]).status.success() {
             assert!(

@@ -103,11 +103,7 @@ impl Setup {
                 .spawn()
                 .expect("starting berth-control"),
         );
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.kubeconfig().exists() {
-            assert!(Instant::now() < deadline, "the control plane did not start");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_for_admin_config(&self.kubeconfig()).await;
         control
     }
 
@@ -350,5 +346,14 @@ spec:
             );
         }
         manifest
+    }
+}
+
+/// Waits up to 30 s for a starting control plane to write its admin.conf.
+pub async fn wait_for_admin_config(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !path.exists() {
+        assert!(Instant::now() < deadline, "the control plane did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
