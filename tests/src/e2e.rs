@@ -18,12 +18,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use berth_agent::runtime::DockerRuntime;
 use berth_testkit::{PinDir, netns::NetNs, unique_name};
 
 use crate::{
     full_checksums, node_sysctls, plug,
-    process::{Process, RunningPod, binary, delete_pod_namespaces, running_pods},
+    process::{Process, RunningPod, binary, remove_node_pods, running_pods},
 };
 
 /// The underlay: node N at 198.18.64.N.
@@ -355,19 +354,8 @@ impl E2eCluster {
         for node in &mut self.nodes {
             node.agent = None;
         }
-        if let Ok(runtime) = DockerRuntime::connect("/var/run/docker.sock").await {
-            for node in &self.nodes {
-                for container in runtime
-                    .list_by_labels(&[("berth.node", &node.name)])
-                    .await
-                    .unwrap_or_default()
-                {
-                    let _ = runtime.remove(&container.id).await;
-                }
-            }
-        }
         for node in &self.nodes {
-            delete_pod_namespaces(&node.ns);
+            remove_node_pods(&node.name, &node.ns).await;
         }
     }
 

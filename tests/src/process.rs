@@ -177,32 +177,43 @@ impl Setup {
 
     /// Removes the node's containers and the pod namespaces the agent named.
     pub async fn cleanup(&self) {
-        if let Ok(runtime) = DockerRuntime::connect("/var/run/docker.sock").await {
-            for container in runtime
-                .list_by_labels(&[("berth.node", &self.node)])
-                .await
-                .unwrap_or_default()
-            {
-                let _ = runtime.remove(&container.id).await;
-            }
-        }
-        delete_pod_namespaces(&self.ns);
+        remove_node_pods(&self.node, &self.ns).await;
     }
 }
 
-/// Deletes the pod namespaces of the node whose namespace is `node`. They are named after
-/// their host veths, which live in the node's namespace: other tests' pods, made while
-/// this one ran, are never touched.
-pub fn delete_pod_namespaces(node: &NetNs) {
+/// Removes the containers of node `name` (whose namespace is `node`) and the pod
+/// namespaces its agent named. Those are found from the containers' pod uids and from the
+/// host veths in the node's namespace (a pod whose containers are already gone), so other
+/// tests' pods, made while this one ran, are never touched.
+pub async fn remove_node_pods(name: &str, node: &NetNs) {
+    let mut namespaces = std::collections::BTreeSet::new();
+    if let Ok(runtime) = DockerRuntime::connect("/var/run/docker.sock").await {
+        for container in runtime
+            .list_by_labels(&[("berth.node", name)])
+            .await
+            .unwrap_or_default()
+        {
+            if let Some(veth) = container
+                .labels
+                .get("berth.pod.uid")
+                .and_then(|uid| berth_net::pod_host_veth(uid))
+            {
+                namespaces.insert(berth_net::pod_netns_name(&veth));
+            }
+            let _ = runtime.remove(&container.id).await;
+        }
+    }
     let links = node.ip(&["-o", "link", "show"]).unwrap_or_default();
     for line in links.lines() {
         let Some(link) = line.split(':').nth(1) else {
             continue;
         };
         let veth = link.trim().split('@').next().unwrap_or_default();
-        let name = berth_net::pod_netns_name(veth);
-        if berth_net::netns_exists(&name) {
-            let _ = berth_net::netns_delete(&name);
+        namespaces.insert(berth_net::pod_netns_name(veth));
+    }
+    for namespace in namespaces {
+        if berth_net::netns_exists(&namespace) {
+            let _ = berth_net::netns_delete(&namespace);
         }
     }
 }
