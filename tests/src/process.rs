@@ -368,3 +368,27 @@ pub async fn wait_for_admin_config(path: &Path) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Asks `target` from the pod namespace `client_ns` on new connections until `count`
+/// different pods have answered (30 s at most); returns one answer of each.
+pub fn answers_from_every_replica(
+    client_ns: &str,
+    target: std::net::SocketAddrV4,
+    count: usize,
+) -> Vec<berth_echo::Reply> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen: std::collections::BTreeMap<String, berth_echo::Reply> =
+        std::collections::BTreeMap::new();
+    while seen.len() < count {
+        assert!(
+            Instant::now() < deadline,
+            "replicas answering: {:?}",
+            seen.keys()
+        );
+        let reply = berth_net::in_netns(client_ns, move || crate::get_here(target)).expect("netns");
+        if let Ok(reply) = reply {
+            seen.insert(reply.pod.clone(), reply);
+        }
+    }
+    seen.into_values().collect()
+}

@@ -6,13 +6,13 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use berth_agent::runtime::DockerRuntime;
 use berth_tests::{
-    Load, get_here,
-    process::{Setup, container_ids, pod_netns, web_manifest},
+    Load,
+    process::{Setup, answers_from_every_replica, container_ids, pod_netns, web_manifest},
 };
 
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 200, 10);
@@ -37,15 +37,8 @@ async fn run(setup: &Setup) {
 
     // The service answers from every replica through the datapath.
     let target = SocketAddrV4::new(VIP, 80);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut seen = std::collections::BTreeSet::new();
-    while seen.len() < 3 {
-        assert!(Instant::now() < deadline, "replicas answering: {seen:?}");
-        let reply = berth_net::in_netns(&client_ns, move || get_here(target)).expect("netns");
-        if let Ok(reply) = reply {
-            assert_eq!(reply.client.ip(), std::net::IpAddr::V4(client_ip));
-            seen.insert(reply.pod);
-        }
+    for reply in answers_from_every_replica(&client_ns, target, 3) {
+        assert_eq!(reply.client.ip(), std::net::IpAddr::V4(client_ip));
     }
 
     // Service discovery from inside a pod: its resolv.conf points at the node's DNS.

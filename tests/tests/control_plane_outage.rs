@@ -12,7 +12,7 @@ use std::{
 use berth_agent::runtime::{DockerRuntime, labels};
 use berth_tests::{
     Load, get_here,
-    process::{Setup, container_ids, pod_netns, web_manifest},
+    process::{Setup, answers_from_every_replica, container_ids, pod_netns, web_manifest},
 };
 
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 200, 11);
@@ -60,15 +60,7 @@ async fn run(setup: &Setup) {
         .expect("the client pod");
     let client_ns = pod_netns(client_ip);
     let target = SocketAddrV4::new(VIP, 80);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut seen = std::collections::BTreeSet::new();
-    while seen.len() < 3 {
-        assert!(Instant::now() < deadline, "replicas answering: {seen:?}");
-        let reply = berth_net::in_netns(&client_ns, move || get_here(target)).expect("netns");
-        if let Ok(reply) = reply {
-            seen.insert(reply.pod);
-        }
-    }
+    answers_from_every_replica(&client_ns, target, 3);
     let runtime = DockerRuntime::connect("/var/run/docker.sock")
         .await
         .expect("docker");
