@@ -6,6 +6,7 @@
 mod csum;
 mod lb;
 mod maps;
+mod route;
 mod tc;
 mod xdp;
 

@@ -38,6 +38,11 @@ pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
 #[map(name = "BERTH_NODES")]
 pub static NODES: HashMap<u32, u32> = HashMap::pinned(defaults::MAX_NODES, 0);
 
+/// Host-side ifindex of every pod veth on this node: where a packet may be handed
+/// straight to the pod with bpf_redirect_peer (only a veth has a peer to hand it to).
+#[map(name = "BERTH_POD_IFACES")]
+pub static POD_INTERFACES: HashMap<u32, u32> = HashMap::pinned(defaults::MAX_POD_INTERFACES, 0);
+
 #[map(name = "BERTH_SVC_STATS")]
 pub static SERVICE_STATS: PerCpuArray<Traffic> = PerCpuArray::pinned(defaults::MAX_SERVICES, 0);
 

@@ -12,10 +12,8 @@ use core::{
 };
 
 use aya_ebpf::{
-    bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams, xdp_action},
-    helpers::{
-        bpf_fib_lookup, bpf_redirect, bpf_xdp_adjust_head, bpf_xdp_load_bytes, bpf_xdp_store_bytes,
-    },
+    bindings::xdp_action,
+    helpers::{bpf_redirect, bpf_xdp_adjust_head, bpf_xdp_load_bytes, bpf_xdp_store_bytes},
     macros::xdp,
     programs::XdpContext,
 };
@@ -28,11 +26,11 @@ use crate::{
     csum,
     lb::{self, Flow},
     maps::{NODES, account, config, count},
+    route,
 };
 
 const ETH_HLEN: usize = 14;
 const IPV4_HLEN: usize = 20;
-const AF_INET: u8 = 2;
 
 #[xdp]
 pub fn berth_external(ctx: XdpContext) -> u32 {
@@ -238,19 +236,19 @@ fn to_tunnel(
     let outer_len = packet.ip_len.saturating_add(IPV4_HLEN as u16);
     let ingress = ctx.ingress_ifindex() as u32;
     // Route first, so an unreachable node leaves the packet unchanged.
-    // SAFETY: an all-zero bpf_fib_lookup is a valid (empty) request.
-    let mut fib: FibParams = unsafe { core::mem::zeroed() };
-    fib.family = AF_INET;
-    fib.l4_protocol = IPPROTO_IPIP;
-    fib.__bindgen_anon_1.tot_len = outer_len;
-    fib.ifindex = ingress;
-    fib.__bindgen_anon_3.ipv4_src = config.node_addr;
-    fib.__bindgen_anon_4.ipv4_dst = entry.addr;
-    // SAFETY: ctx is the program's context and fib a properly sized request on the stack.
-    let rc = unsafe { bpf_fib_lookup(ctx.ctx.cast(), &mut fib, size_of::<FibParams>() as i32, 0) };
-    if rc != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
+    // SAFETY: ctx.ctx is this program's context.
+    let route = unsafe {
+        route::lookup(
+            ctx.ctx.cast(),
+            ingress,
+            (config.node_addr, entry.addr),
+            IPPROTO_IPIP,
+            outer_len,
+        )
+    };
+    let Some(fib) = route else {
         return drop(Reason::DropNoRoute);
-    }
+    };
     // SAFETY: growing the headroom by one IPv4 header; pointers are re-derived after.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(IPV4_HLEN as i32)) } != 0 {
         return drop(Reason::DropRewriteFailed);

@@ -121,6 +121,9 @@ fn connections_from_pods_and_from_outside_reach_backends_on_both_nodes() {
         seen.insert(reply.pod);
     }
     assert_eq!(seen, BACKENDS.iter().map(|b| b.to_string()).collect());
+    // Node 1's own backends (and their replies to the client pod) are handed straight
+    // to the pod past the node's stack.
+    assert!(reason(&mut cluster, 1, Reason::DeliveredToPod) > 0);
 
     let mut seen = BTreeSet::new();
     for _ in 0..60 {

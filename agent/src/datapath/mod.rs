@@ -289,6 +289,8 @@ pub struct Datapath {
     service_stats: PerCpuArray<MapData, Traffic>,
     backend_stats: PerCpuArray<MapData, Traffic>,
     reasons: PerCpuArray<MapData, u64>,
+    /// Host-side ifindex of each pod veth the programs are attached to (value unused).
+    pod_interfaces: BpfHashMap<MapData, u32, u32>,
     maglev: mmap::MappedArray,
     pool: slots::SlotPool,
     /// Tables unlinked by the last apply, as (offset, size): free from the next one on.
@@ -334,6 +336,18 @@ impl Datapath {
                     configured,
                 });
             }
+        }
+        // The reason counters grow with new reasons; an older agent's pinned array is
+        // too short, so it is replaced (counters restart, as after a reboot).
+        let reasons_pin = pin_dir.join(map_names::REASONS);
+        if reasons_pin.exists()
+            && MapData::from_pin(&reasons_pin)
+                .and_then(|data| data.info())
+                .map_err(map_error(map_names::REASONS))?
+                .max_entries()
+                != Reason::COUNT
+        {
+            fs::remove_file(&reasons_pin).map_err(io_error(&reasons_pin))?;
         }
         let mut loader = EbpfLoader::new();
         loader.default_map_pin_directory(&pin_dir);
@@ -390,6 +404,10 @@ impl Datapath {
         let reasons: PerCpuArray<_, u64> = take(map_names::REASONS)?
             .try_into()
             .map_err(map_error(map_names::REASONS))?;
+        let pod_interfaces: BpfHashMap<_, u32, u32> =
+            take(map_names::POD_INTERFACES)?
+                .try_into()
+                .map_err(map_error(map_names::POD_INTERFACES))?;
         let maglev_map = match take(map_names::MAGLEV)? {
             Map::Array(data) => data,
             _ => return Err(DatapathError::Missing(map_names::MAGLEV)),
@@ -409,6 +427,7 @@ impl Datapath {
             service_stats,
             backend_stats,
             reasons,
+            pod_interfaces,
             maglev,
             pool: slots::SlotPool::new(limits.maglev_pool_slots),
             retiring: Vec::new(),
@@ -419,6 +438,7 @@ impl Datapath {
             service_names: HashMap::new(),
         };
         datapath.read_back()?;
+        datapath.forget_vanished_pod_interfaces()?;
         datapath.write_config()?;
         Ok(datapath)
     }
@@ -954,15 +974,48 @@ impl Datapath {
 
     /// Attaches the east-west programs to a pod's host-side veth: translation of packets
     /// leaving the pod (ingress) and of replies entering it (egress).
+    /// The veth is also registered as one the programs may deliver packets straight into.
     pub fn attach_pod_interface(&mut self, interface: &str) -> Result<(), DatapathError> {
         self.attach_tc(interface, program_names::FROM_POD, TcAttachType::Ingress)?;
-        self.attach_tc(interface, program_names::TO_POD, TcAttachType::Egress)
+        self.attach_tc(interface, program_names::TO_POD, TcAttachType::Egress)?;
+        let index = interface_index(interface).ok_or_else(|| DatapathError::Io {
+            path: PathBuf::from("/sys/class/net").join(interface),
+            source: io::Error::from(io::ErrorKind::NotFound),
+        })?;
+        self.pod_interfaces
+            .insert(index, 0, 0)
+            .map_err(map_error(map_names::POD_INTERFACES))
     }
 
     /// Detaches the east-west programs from a pod's veth (a vanished interface is fine).
     pub fn detach_pod_interface(&mut self, interface: &str) -> Result<(), DatapathError> {
         for suffix in ["ingress", "egress"] {
             self.unpin_link(&self.link_pin(interface, suffix))?;
+        }
+        if let Some(index) = interface_index(interface) {
+            match self.pod_interfaces.remove(&index) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(error) => return Err(map_error(map_names::POD_INTERFACES)(error)),
+            }
+        }
+        self.forget_vanished_pod_interfaces()
+    }
+
+    /// Drops registered pod veths that no longer exist (removed with their pod while the
+    /// agent was away, or before it could detach), so a later interface reusing the
+    /// index is never mistaken for a pod's veth.
+    fn forget_vanished_pod_interfaces(&mut self) -> Result<(), DatapathError> {
+        let vanished: Vec<u32> = self
+            .pod_interfaces
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|index| interface_name(*index).is_none())
+            .collect();
+        for index in vanished {
+            match self.pod_interfaces.remove(&index) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(error) => return Err(map_error(map_names::POD_INTERFACES)(error)),
+            }
         }
         Ok(())
     }
@@ -1217,6 +1270,25 @@ fn on_bpffs(dir: &Path) -> bool {
     let rc = unsafe { libc::statfs(path.as_ptr(), stat.as_mut_ptr()) };
     // SAFETY: statfs returned 0, so it initialised `stat`.
     rc == 0 && unsafe { stat.assume_init() }.f_type == BPF_FS_MAGIC
+}
+
+fn interface_index(name: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: a NUL-terminated string that outlives the call.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (index != 0).then_some(index)
+}
+
+fn interface_name(index: u32) -> Option<String> {
+    let mut buffer = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: the buffer has the IF_NAMESIZE bytes the call may write.
+    let name = unsafe { libc::if_indextoname(index, buffer.as_mut_ptr()) };
+    if name.is_null() {
+        return None;
+    }
+    // SAFETY: on success the buffer holds a NUL-terminated name.
+    let name = unsafe { std::ffi::CStr::from_ptr(buffer.as_ptr()) };
+    Some(name.to_string_lossy().into_owned())
 }
 
 pub fn service_key(frontend: &Frontend) -> ServiceKey {

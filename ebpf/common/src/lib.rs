@@ -19,6 +19,7 @@ pub mod map_names {
     pub const SERVICE_STATS: &str = "BERTH_SVC_STATS";
     pub const BACKEND_STATS: &str = "BERTH_BE_STATS";
     pub const REASONS: &str = "BERTH_REASONS";
+    pub const POD_INTERFACES: &str = "BERTH_POD_IFACES";
 }
 
 /// Names of the programs in the eBPF object.
@@ -39,6 +40,8 @@ pub mod defaults {
     pub const MAX_CONNECTIONS: u32 = 1_000_000;
     pub const MAX_AFFINITY: u32 = 100_000;
     pub const MAX_NODES: u32 = 4_096;
+    /// Host-side pod veths on one node the programs may deliver straight into.
+    pub const MAX_POD_INTERFACES: u32 = 4_096;
     /// Smallest Maglev table (prime). Larger services get larger tables (200 slots per
     /// backend): the Maglev paper keeps M > 100 * N for near-minimal disruption.
     pub const MAGLEV_MIN_TABLE: u32 = 1_021;
@@ -216,10 +219,13 @@ pub enum Reason {
     Rebalanced = 14,
     /// No route to a remote backend's node (FIB lookup failed).
     DropNoRoute = 15,
+    /// Delivered straight into a pod on this node, past the node's stack. Counted in
+    /// addition to the packet's translation reason (translated, reverse, not a service).
+    DeliveredToPod = 16,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 16;
+    pub const COUNT: u32 = 17;
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::PassNotIpv4,
         Reason::PassNotTcpUdp,
@@ -237,6 +243,7 @@ impl Reason {
         Reason::TunnelDelivered,
         Reason::Rebalanced,
         Reason::DropNoRoute,
+        Reason::DeliveredToPod,
     ];
 
     /// Label used in metrics.
@@ -258,6 +265,7 @@ impl Reason {
             Reason::TunnelDelivered => "tunnel_delivered",
             Reason::Rebalanced => "rebalanced",
             Reason::DropNoRoute => "drop_no_route",
+            Reason::DeliveredToPod => "delivered_to_pod",
         }
     }
 
