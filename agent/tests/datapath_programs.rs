@@ -3,7 +3,6 @@
 
 use std::{net::Ipv4Addr, time::Duration};
 
-use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp};
 use berth_agent::datapath::{
     Algorithm, BackendSpec, BackendState, Datapath, DatapathOptions, Frontend, Limits, Node,
     Protocol, Service, ServiceSet,
@@ -12,6 +11,7 @@ use berth_ebpf_common::{Reason, program_names};
 use berth_testkit::{
     PinDir,
     packet::{self, Frame, ICMP, IPIP, Parsed},
+    programs,
 };
 
 const NODE_ID: u32 = 1;
@@ -105,32 +105,7 @@ impl Harness {
     }
 
     fn run(&mut self, program: &str, frame: &[u8]) -> (u32, Vec<u8>) {
-        let mut out = vec![0u8; frame.len() + 512];
-        let ebpf = self.datapath.ebpf_mut();
-        let program_ref = ebpf.program(program).expect("program exists");
-        let result = if matches!(program_ref, aya::programs::Program::Xdp(_)) {
-            let xdp: &Xdp = program_ref.try_into().expect("xdp program");
-            xdp.test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ..TestRunOptions::default()
-            })
-        } else {
-            let tc: &SchedClassifier = program_ref.try_into().expect("tc program");
-            tc.test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ..TestRunOptions::default()
-            })
-        }
-        .unwrap_or_else(|error| {
-            panic!(
-                "BPF_PROG_TEST_RUN of {program} on {} bytes: {error}",
-                frame.len()
-            )
-        });
-        out.truncate(result.data_size_out as usize);
-        (result.return_value, out)
+        programs::test_run(self.datapath.ebpf_mut(), program, frame)
     }
 
     fn reason(&self, reason: Reason) -> u64 {

@@ -3,7 +3,8 @@
 
 use std::net::Ipv4Addr;
 
-use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions};
+use std::collections::BTreeMap;
+
 use berth_agent::datapath::{
     Algorithm, BackendSpec, BackendState, Datapath, DatapathOptions, Frontend, Limits, Protocol,
     Service, ServiceSet,
@@ -12,6 +13,7 @@ use berth_ebpf_common::{IPPROTO_TCP, flow_hash, program_names};
 use berth_testkit::{
     PinDir,
     packet::{self, Frame},
+    programs,
 };
 
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
@@ -40,7 +42,8 @@ fn frontend() -> Frontend {
         addr: VIP,
         port: 80,
         protocol: Protocol::Tcp,
-        external: false,
+        // North-south: the XDP program chooses by Maglev (east-west flows go round robin).
+        external: true,
     }
 }
 
@@ -99,6 +102,12 @@ fn live_table(datapath: &Datapath) -> Vec<(Ipv4Addr, u16)> {
         .expect("the service has a table")
 }
 
+/// The frame `program` puts out for `frame`.
+fn run(datapath: &mut Datapath, program: &str, frame: &[u8]) -> packet::Parsed {
+    let (_, out) = programs::test_run(datapath.ebpf_mut(), program, frame);
+    packet::parse(&out).expect("an IPv4 frame")
+}
+
 #[test]
 fn the_programs_pick_what_the_live_table_says() {
     let pins = PinDir::new("maglev-pick");
@@ -107,27 +116,56 @@ fn the_programs_pick_what_the_live_table_says() {
         .apply(&set(backends(2..12)))
         .expect("applying 10 backends");
     let table = live_table(&datapath);
-    let program: &SchedClassifier = datapath
-        .ebpf_mut()
-        .program(program_names::FROM_POD)
-        .expect("program")
-        .try_into()
-        .expect("tc program");
     for index in 0..300 {
         let (client, port) = flow(index);
         let frame = Frame::tcp((client, port), (VIP, 80)).build();
-        let mut out = vec![0u8; frame.len() + 64];
-        let result = program
-            .test_run(TestRunOptions {
-                data_in: Some(&frame),
-                data_out: Some(&mut out),
-                ..TestRunOptions::default()
-            })
-            .expect("BPF_PROG_TEST_RUN");
-        out.truncate(result.data_size_out as usize);
-        let sent_to = packet::parse(&out).expect("an IPv4 frame");
+        let sent_to = run(&mut datapath, program_names::EXTERNAL, &frame);
         assert_eq!((sent_to.dst, sent_to.dst_port), pick(&table, index));
     }
+}
+
+#[test]
+fn east_west_new_flows_take_the_backends_in_turn() {
+    // The turn is counted per CPU: stay on one so the count below is exact.
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET and sched_setaffinity only
+    // touch the set passed by reference.
+    unsafe {
+        let mut cpus: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut cpus);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &cpus),
+            0
+        );
+    }
+    let pins = PinDir::new("round-robin");
+    let mut datapath = open(&pins, 1);
+    datapath
+        .apply(&set(backends(2..5)))
+        .expect("applying 3 backends");
+    let mut per_backend = BTreeMap::new();
+    let mut order = Vec::new();
+    // Few flows from one client, as a keep-alive pool opens them: a hash would split
+    // 30 flows unevenly; round robin gives each backend 10, in a fixed cycle.
+    for index in 0..30 {
+        let frame = Frame::tcp((Ipv4Addr::new(198, 18, 9, 9), 40_000 + index), (VIP, 80)).build();
+        let sent_to = run(&mut datapath, program_names::FROM_POD, &frame);
+        *per_backend.entry(sent_to.dst).or_insert(0) += 1;
+        order.push(sent_to.dst);
+    }
+    assert_eq!(per_backend.len(), 3, "{per_backend:?}");
+    assert!(
+        per_backend.values().all(|count| *count == 10),
+        "{per_backend:?}"
+    );
+    assert!(
+        order
+            .windows(4)
+            .all(|w| w[0] == w[3] && w[0] != w[1] && w[1] != w[2])
+    );
+    // An established flow keeps its backend: its next packet is not a new turn.
+    let first = Frame::tcp((Ipv4Addr::new(198, 18, 9, 9), 40_000), (VIP, 80)).build();
+    let again = run(&mut datapath, program_names::FROM_POD, &first);
+    assert_eq!(again.dst, order[0]);
 }
 
 #[test]

@@ -29,7 +29,9 @@ struct Args {
     /// Interleaved rounds (default 5; smoke 1).
     #[arg(long)]
     rounds: Option<u32>,
-    #[arg(long, default_value_t = 3)]
+    /// Client threads. wrk gives each thread one address, so one connection per thread
+    /// keeps the direct client and the VIP clients the same shape (see the report).
+    #[arg(long, default_value_t = 30)]
     threads: u32,
     /// Client connections in total (divisible by the thread count keeps them even).
     #[arg(long, default_value_t = 30)]

@@ -592,7 +592,9 @@ pub fn markdown(results: &Results, command: &str) -> String {
          - **Paths**: *direct (3 pod IPs)* — the limit: the client spreads its threads over the three backends' pod \
          IPs itself (wrk's `setup`/`thread.addr`), so as many server processes are busy as behind a VIP; *direct (1 \
          pod IP)* — one backend; *Berth eBPF* — the ClusterIP translated by Berth's TC programs on the pod veths \
-         (Maglev, connection tracking), maps programmed with `Datapath::apply`; *iptables (kube-proxy)* — \
+         (round robin for east-west flows, connection tracking) and handed straight into the destination pod \
+         (`bpf_redirect_peer`), maps programmed with `Datapath::apply`; *direct, Berth programs attached* — the \
+         direct client on a node where Berth's programs are attached (nothing to translate, same shortcut); *iptables (kube-proxy)* — \
          KUBE-SERVICES → KUBE-SVC-* (`statistic --mode random`) → KUBE-SEP-* (DNAT), plus kube-proxy's filter \
          rules, loaded into iptables-legacy (iptables-nft needed 6.8 s for 1,000 services and did not finish 10,000 \
          in 45 minutes on this machine, see the notes); *HAProxy* — TCP mode, round robin, one `listen` per \
@@ -600,7 +602,12 @@ pub fn markdown(results: &Results, command: &str) -> String {
          - **Services**: N services with a VIP each; the measured one sits in the middle of the list (a linear rule \
          walk passes half the others), the rest have {} endpoints each.\n\
          - **Load**: wrk {}, {} threads × {} connections total, closed loop, {} s per run, after a 1 s warm-up of every \
-         path. Rounds interleave the paths (a b c … a b c …) so drifts of the machine hit all of them alike; tables \
+         path. One connection per thread by default, because wrk assigns addresses per thread: with several \
+         connections per thread, each direct thread talks to one backend only and its requests reach that server \
+         in batches (one wakeup serves many), a pattern no VIP can reproduce — it spreads each thread's \
+         connections over all backends. In trial runs on this machine, with the same programs, Berth's VIP \
+         measured 0.86 × direct with 3 threads × 10 connections and 1.19 × direct with 30 × 1: the difference \
+         came from the client's shape, not from the path. Rounds interleave the paths (a b c … a b c …) so drifts of the machine hit all of them alike; tables \
          show medians.\n\
          - **CPU per request**: CPU time of the benchmark's cgroup (wrk, nginx, HAProxy) plus the kernel's softirq \
          threads, over the run, divided by the requests. This kernel has no IRQ time accounting, so the network \
@@ -708,11 +715,11 @@ fn analysis(md: &mut String, results: &Results) {
              itself — TCP's transmitted packets are clones (the original stays queued for retransmission), so the \
              kernel copies a clone's headers before a program may change them. iptables' NAT pays the same per \
              packet, plus netfilter's hooks and connection tracking; direct pays none of it. Per-packet \
-             translation therefore cannot reach the limit on its own; translating once per connection can: a \
-             cgroup `connect4`/`sendmsg4` program (socket-level load balancing, what Cilium's kube-proxy \
-             replacement does for pods) rewrites the destination when the client connects, and the packets carry \
-             the backend's address from the start — the direct path, exactly. That is a change to the eBPF \
-             programs and the loader (ebpf/, agent/src/datapath), not to the benchmark.\n\n\
+             translation costs a little on every packet; what Berth saves is larger: a packet for a pod on the same \
+             node is handed straight into that pod's namespace (`bpf_redirect_peer` after a FIB lookup), skipping \
+             the node's routing, netfilter hooks and the second veth's backlog queue that the direct path (plain \
+             Linux routing between pod veths) goes through. The direct client on a node with Berth's programs \
+             shows the shortcut alone.\n\n\
              These differences are a few µs per request, while the machine's other work moved direct's own \
              requests/s between {} and {} from round to round: single ratios in the tables above carry that \
              noise (the per-request CPU figures much less of it).\n",
@@ -753,14 +760,14 @@ fn analysis(md: &mut String, results: &Results) {
     let background = median(&mut backgrounds).unwrap_or(0.0);
     let _ = writeln!(
         md,
-        "**Tail latency.** On {} CPUs, seven busy threads (wrk's three, three nginx workers, the kernel's packet \
-         processing) take turns, and the machine also ran other work (a median of {:.2} CPUs' worth during the \
+        "**Tail latency.** On {} CPUs, wrk's threads, three nginx workers and the kernel's packet \
+         processing take turns, and the machine also ran other work (a median of {:.2} CPUs' worth during the \
          runs), so p99 is set by scheduling — milliseconds — not by the datapath's microseconds, and it varies \
          from round to round more than the paths differ. The benchmark's processes run at nice -20 and ask for \
          a 0.1 ms scheduler slice so that they preempt other work at wakeup; p50 is the steadier comparison. \
-         Keep-alive connections are balanced per connection: through a VIP, 30 connections land on the three \
-         backends unevenly (Maglev and iptables' random choice alike), while the direct client gives each \
-         backend exactly ten — one more way for the busiest backend to set the tail.\n",
+         Keep-alive connections are balanced per connection: Berth's round robin gives each backend the same \
+         number of a client's connections, as the direct client does; iptables' random choice (and a Maglev \
+         hash) splits a few dozen connections unevenly — one more way for the busiest backend to set the tail.\n",
         results.machine.cpus, background
     );
     if let (Some(full), Some(compute)) = (

@@ -1,13 +1,17 @@
 //! Backend choice and connection tracking, shared by the TC and XDP programs.
 
-use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
+use aya_ebpf::{
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    maps::Array,
+};
 use berth_ebpf_common::{
     AffinityKey, AffinityValue, BACKEND_ACTIVE, BACKEND_FAILED, Backend, CT_FLAG_REMOTE,
     CT_FORWARD, CT_REVERSE, CtEntry, DatapathConfig, FlowKey, Reason, SVC_FLAG_AFFINITY,
-    SVC_FLAG_RANDOM, ServiceKey, ServiceValue, client_hash, flow_hash, maglev_position,
+    SVC_FLAG_RANDOM, SVC_FLAG_ROUND_ROBIN, ServiceKey, ServiceValue, client_hash,
+    defaults::ROUND_ROBIN_WIDTH, flow_hash, maglev_position,
 };
 
-use crate::maps::{AFFINITY, BACKENDS, CT, MAGLEV, SERVICES, count};
+use crate::maps::{AFFINITY, BACKENDS, CT, MAGLEV, ROUND_ROBIN, SERVICE_STATS, SERVICES, count};
 
 /// The fields of an IPv4 TCP/UDP packet the datapath works on, in network byte order.
 #[derive(Clone, Copy)]
@@ -61,11 +65,59 @@ fn usable(backend_id: u32) -> Option<Backend> {
     (backend.state == BACKEND_ACTIVE).then_some(*backend)
 }
 
-/// Maglev (or random) choice among the service's active backends.
+/// How a new flow's backend is chosen when the service asks for no particular algorithm.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Spread {
+    /// Maglev: every node picks the same backend for the same flow. North-south traffic
+    /// needs it (a flow may enter through any node, or a different node after a change).
+    Consistent,
+    /// Round robin over the active backends: east-west flows are translated and tracked
+    /// on the client's node only, so nothing needs agreeing with other nodes, and a few
+    /// long-lived connections (a client's keep-alive pool) are spread evenly instead of
+    /// as unevenly as a hash happens to split them.
+    RoundRobin,
+}
+
+/// The backend id in a u32 slot of the Maglev pool or the round-robin lists (both store
+/// two ids per 8-byte entry).
 #[inline(always)]
-fn choose(service: &ServiceValue, flow: &Flow) -> Option<(u32, Backend)> {
+fn slot_backend(map: &Array<u64>, slot: u32) -> Option<u32> {
+    let (entry, half) = maglev_position(slot);
+    let pair = *map.get(entry)?;
+    Some(if half == 0 {
+        pair as u32
+    } else {
+        (pair >> 32) as u32
+    })
+}
+
+/// This CPU's next turn for the service: the count of new flows this CPU gave it so far
+/// (the per-CPU service counter every new flow bumps), so consecutive new flows on one
+/// CPU cycle through the backends without a shared, contended counter.
+#[inline(always)]
+fn round_robin_turn(service: &ServiceValue) -> u32 {
+    SERVICE_STATS
+        .get(service.id)
+        .map_or(0, |traffic| traffic.new_connections as u32)
+}
+
+/// Maglev, round-robin or random choice among the service's active backends.
+#[inline(always)]
+fn choose(service: &ServiceValue, flow: &Flow, spread: Spread) -> Option<(u32, Backend)> {
     let size = service.table_size;
-    if size == 0 {
+    let count = service.backend_count;
+    if size == 0 || count == 0 {
+        return None;
+    }
+    if spread == Spread::RoundRobin && service.flags & SVC_FLAG_ROUND_ROBIN != 0 {
+        let turn = round_robin_turn(service);
+        let list = service.id * ROUND_ROBIN_WIDTH;
+        for probe in 0..PROBES {
+            let backend_id = slot_backend(&ROUND_ROBIN, list + turn.wrapping_add(probe) % count)?;
+            if let Some(backend) = usable(backend_id) {
+                return Some((backend_id, backend));
+            }
+        }
         return None;
     }
     let hash = if service.flags & SVC_FLAG_AFFINITY != 0 {
@@ -84,13 +136,7 @@ fn choose(service: &ServiceValue, flow: &Flow) -> Option<(u32, Backend)> {
     };
     let slot = hash % size;
     for probe in 0..PROBES {
-        let (entry, half) = maglev_position(service.table_offset + (slot + probe) % size);
-        let pair = *MAGLEV.get(entry)?;
-        let backend_id = if half == 0 {
-            pair as u32
-        } else {
-            (pair >> 32) as u32
-        };
+        let backend_id = slot_backend(&MAGLEV, service.table_offset + (slot + probe) % size)?;
         if let Some(backend) = usable(backend_id) {
             return Some((backend_id, backend));
         }
@@ -100,9 +146,13 @@ fn choose(service: &ServiceValue, flow: &Flow) -> Option<(u32, Backend)> {
 
 /// Session affinity: reuse the client's backend while it is active and the entry fresh.
 #[inline(always)]
-fn choose_with_affinity(service: &ServiceValue, flow: &Flow) -> Option<(u32, Backend)> {
+fn choose_with_affinity(
+    service: &ServiceValue,
+    flow: &Flow,
+    spread: Spread,
+) -> Option<(u32, Backend)> {
     if service.flags & SVC_FLAG_AFFINITY == 0 {
-        return choose(service, flow);
+        return choose(service, flow, spread);
     }
     let key = AffinityKey {
         service_id: service.id,
@@ -123,7 +173,7 @@ fn choose_with_affinity(service: &ServiceValue, flow: &Flow) -> Option<(u32, Bac
         let _ = AFFINITY.insert(key, refreshed, 0);
         return Some((previous.backend_id, backend));
     }
-    let (backend_id, backend) = choose(service, flow)?;
+    let (backend_id, backend) = choose(service, flow, spread)?;
     let value = AffinityValue {
         backend_id,
         _pad: 0,
@@ -149,6 +199,7 @@ pub fn forward(
     service: &ServiceValue,
     flow: &Flow,
     config: &DatapathConfig,
+    spread: Spread,
 ) -> Result<Target, Reason> {
     let key = flow.key(CT_FORWARD);
     // SAFETY: copied out at once (see `service`).
@@ -166,7 +217,7 @@ pub fn forward(
         }
         count(Reason::Rebalanced);
     }
-    let Some((backend_id, backend)) = choose_with_affinity(service, flow) else {
+    let Some((backend_id, backend)) = choose_with_affinity(service, flow, spread) else {
         return Err(Reason::DropNoBackend);
     };
     let remote = backend.node_id != config.node_id;

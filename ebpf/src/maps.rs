@@ -27,6 +27,14 @@ pub static BACKENDS: Array<Backend> = Array::pinned(defaults::MAX_BACKENDS, 0);
 #[map(name = "BERTH_MAGLEV")]
 pub static MAGLEV: Array<u64> = Array::pinned(defaults::MAGLEV_POOL_SLOTS / 2, BPF_F_MMAPABLE);
 
+/// Each service's active backends in a fixed-width list (see SVC_FLAG_ROUND_ROBIN), two
+/// u32 backend ids per entry like the Maglev pool, and memory-mapped the same way.
+#[map(name = "BERTH_RR")]
+pub static ROUND_ROBIN: Array<u64> = Array::pinned(
+    defaults::MAX_SERVICES * defaults::ROUND_ROBIN_WIDTH / 2,
+    BPF_F_MMAPABLE,
+);
+
 #[map(name = "BERTH_CT")]
 pub static CT: LruHashMap<FlowKey, CtEntry> = LruHashMap::pinned(defaults::MAX_CONNECTIONS * 2, 0);
 

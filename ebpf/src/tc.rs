@@ -64,7 +64,7 @@ fn from_pod(ctx: &TcContext) -> Reason {
     let Some(service) = lb::service(&flow) else {
         return reverse(ctx, &flow, l4);
     };
-    let target = match lb::forward(&service, &flow, &config) {
+    let target = match lb::forward(&service, &flow, &config, lb::Spread::RoundRobin) {
         Ok(target) => target,
         Err(reason) => {
             warn!(

@@ -176,7 +176,7 @@ fn external(ctx: &XdpContext) -> (Reason, u32) {
     if service.flags & SVC_FLAG_EXTERNAL == 0 {
         return pass(Reason::PassNotService);
     }
-    let target = match lb::forward(&service, &packet.flow, &config) {
+    let target = match lb::forward(&service, &packet.flow, &config, lb::Spread::Consistent) {
         Ok(target) => target,
         Err(reason) => return drop(reason),
     };

@@ -4,6 +4,7 @@
 
 pub mod netns;
 pub mod packet;
+pub mod programs;
 
 use std::{
     path::{Path, PathBuf},

@@ -39,8 +39,8 @@ use aya::{
 pub use berth_ebpf_common::Reason;
 use berth_ebpf_common::{
     BACKEND_ACTIVE, BACKEND_FAILED, BACKEND_TERMINATING, Backend, CT_FORWARD, CtEntry,
-    DatapathConfig, FlowKey, SVC_FLAG_AFFINITY, SVC_FLAG_EXTERNAL, SVC_FLAG_RANDOM, ServiceKey,
-    ServiceValue, Traffic, defaults, map_names, program_names,
+    DatapathConfig, FlowKey, SVC_FLAG_AFFINITY, SVC_FLAG_EXTERNAL, SVC_FLAG_RANDOM,
+    SVC_FLAG_ROUND_ROBIN, ServiceKey, ServiceValue, Traffic, defaults, map_names, program_names,
 };
 pub use maglev::BackendIdentity;
 pub use model::*;
@@ -87,7 +87,11 @@ impl Limits {
     /// LoadBalancer IPs.
     const FRONTENDS_PER_SERVICE: u32 = 4;
 
-    fn map_sizes(&self) -> [(&'static str, u32); 9] {
+    fn round_robin_slots(&self) -> u32 {
+        self.max_services * defaults::ROUND_ROBIN_WIDTH
+    }
+
+    fn map_sizes(&self) -> [(&'static str, u32); 10] {
         [
             (map_names::CONFIG, 1),
             (
@@ -97,6 +101,7 @@ impl Limits {
             // Backend id 0 is never used: a zeroed slot must not look like a backend.
             (map_names::BACKENDS, self.max_backends + 1),
             (map_names::MAGLEV, (self.pool_slots() / 2) as u32),
+            (map_names::ROUND_ROBIN, self.round_robin_slots() / 2),
             // A forward and a reverse entry per connection.
             (map_names::CONNTRACK, self.max_connections * 2),
             (map_names::AFFINITY, self.max_affinity),
@@ -265,6 +270,8 @@ struct PlannedService {
     table: Vec<u32>,
     /// Whether `table` must be written at `value.table_offset` (a rebuilt table).
     write_table: bool,
+    /// The active backends' ids for round robin (empty when the service does not use it).
+    round_robin: Vec<u32>,
 }
 
 struct Plan {
@@ -292,6 +299,10 @@ pub struct Datapath {
     /// Host-side ifindex of each pod veth the programs are attached to (value unused).
     pod_interfaces: BpfHashMap<MapData, u32, u32>,
     maglev: mmap::MappedArray,
+    round_robin: mmap::MappedArray,
+    /// What each service id's round-robin list holds; empty after a restart, so every
+    /// list is rewritten once (plain stores into mapped memory).
+    live_round_robin: HashMap<u32, Vec<u32>>,
     pool: slots::SlotPool,
     /// Tables unlinked by the last apply, as (offset, size): free from the next one on.
     retiring: Vec<(u32, u32)>,
@@ -415,6 +426,11 @@ impl Datapath {
         // Seen from user space the map is an array of u32 slots, two per map entry.
         let maglev = mmap::MappedArray::new(maglev_map, limits.pool_slots() as usize)
             .map_err(io_error(&pin_dir.join(map_names::MAGLEV)))?;
+        let round_robin = match take(map_names::ROUND_ROBIN)? {
+            Map::Array(data) => mmap::MappedArray::new(data, limits.round_robin_slots() as usize)
+                .map_err(io_error(&pin_dir.join(map_names::ROUND_ROBIN)))?,
+            _ => return Err(DatapathError::Missing(map_names::ROUND_ROBIN)),
+        };
 
         let mut datapath = Datapath {
             ebpf,
@@ -429,6 +445,8 @@ impl Datapath {
             reasons,
             pod_interfaces,
             maglev,
+            round_robin,
+            live_round_robin: HashMap::new(),
             pool: slots::SlotPool::new(limits.maglev_pool_slots),
             retiring: Vec::new(),
             logger,
@@ -765,6 +783,18 @@ impl Datapath {
             if service.algorithm == Algorithm::Random {
                 flags |= SVC_FLAG_RANDOM;
             }
+            // East-west flows of a Maglev service cycle through its backends (the
+            // programs keep Maglev for north-south); affinity keeps its client hash.
+            let round_robin: Vec<u32> = if service.algorithm == Algorithm::Maglev
+                && service.affinity_timeout.is_none()
+                && !active.is_empty()
+                && active.len() <= defaults::ROUND_ROBIN_WIDTH as usize
+            {
+                flags |= SVC_FLAG_ROUND_ROBIN;
+                active.iter().map(|(_, id)| *id).collect()
+            } else {
+                Vec::new()
+            };
             let mut affinity_timeout_secs = 0;
             if let Some(timeout) = service.affinity_timeout {
                 flags |= SVC_FLAG_AFFINITY;
@@ -803,6 +833,7 @@ impl Datapath {
                 value,
                 table,
                 write_table: false,
+                round_robin,
             });
         }
 
@@ -897,11 +928,19 @@ impl Datapath {
         // 2 and 3. Rebuilt tables into fresh slots, then the entries that switch to them.
         let mut wanted_keys = HashSet::new();
         let mut names = HashMap::new();
+        let mut round_robin = HashMap::with_capacity(plan.services.len());
         for service in &plan.services {
             if service.write_table {
                 self.maglev
                     .write(service.value.table_offset as usize, &service.table);
                 report.tables_written += 1;
+            }
+            if !service.round_robin.is_empty() {
+                if self.live_round_robin.get(&service.id) != Some(&service.round_robin) {
+                    let list = service.id * defaults::ROUND_ROBIN_WIDTH;
+                    self.round_robin.write(list as usize, &service.round_robin);
+                }
+                round_robin.insert(service.id, service.round_robin.clone());
             }
             for (key, external) in &service.keys {
                 let value = ServiceValue {
@@ -962,6 +1001,7 @@ impl Datapath {
             self.live_nodes.remove(&addr);
         }
         self.service_names = names;
+        self.live_round_robin = round_robin;
         self.pool = plan.pool;
         self.retiring = plan.retiring;
         debug_assert!(

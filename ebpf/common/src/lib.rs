@@ -20,6 +20,7 @@ pub mod map_names {
     pub const BACKEND_STATS: &str = "BERTH_BE_STATS";
     pub const REASONS: &str = "BERTH_REASONS";
     pub const POD_INTERFACES: &str = "BERTH_POD_IFACES";
+    pub const ROUND_ROBIN: &str = "BERTH_RR";
 }
 
 /// Names of the programs in the eBPF object.
@@ -40,6 +41,8 @@ pub mod defaults {
     pub const MAX_CONNECTIONS: u32 = 1_000_000;
     pub const MAX_AFFINITY: u32 = 100_000;
     pub const MAX_NODES: u32 = 4_096;
+    /// Backends listed per service for round robin; services with more use Maglev only.
+    pub const ROUND_ROBIN_WIDTH: u32 = 64;
     /// Host-side pod veths on one node the programs may deliver straight into.
     pub const MAX_POD_INTERFACES: u32 = 4_096;
     /// Smallest Maglev table (prime). Larger services get larger tables (200 slots per
@@ -87,6 +90,10 @@ pub const SVC_FLAG_EXTERNAL: u32 = 1 << 0;
 pub const SVC_FLAG_AFFINITY: u32 = 1 << 1;
 /// New flows pick a random table slot instead of hashing the 5-tuple.
 pub const SVC_FLAG_RANDOM: u32 = 1 << 2;
+/// The service's round-robin list (`ROUND_ROBIN_WIDTH` slots at `id * ROUND_ROBIN_WIDTH`
+/// in the round-robin map) holds its `backend_count` active backends: east-west flows
+/// cycle through it.
+pub const SVC_FLAG_ROUND_ROBIN: u32 = 1 << 3;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
