@@ -777,14 +777,13 @@ fn analysis(md: &mut String, results: &Results) {
         let change = programming_median(results, Mode::Ebpf, max_n, Step::OneChange).unwrap_or(0.0);
         let _ = writeln!(
             md,
-            "**Programming.** Of the {} Berth's apply takes for {} services × {} endpoints, computing the Maglev \
-             tables ({} of them, built one after another on one core) takes {} alone; most of the rest is one \
-             `bpf()` system call per map entry ({} backends and {} service entries) and the plan's bookkeeping \
-             over all of them. A single change takes {} because `apply` re-plans the whole service set (it \
-             fingerprints every service to find the one whose table changed). Ways under the 1 s target and \
-             well below it for changes: build the tables on all cores (they are independent), write the backend \
-             and service maps with batched updates (`BPF_MAP_UPDATE_BATCH`), and plan only the services a change \
-             touches. iptables-legacy-restore, for comparison, replaces the whole nat table in the kernel on \
+            "**Programming.** Berth's apply takes {} for {} services × {} endpoints. Computing the {} Maglev \
+             tables one after another on one core takes {} (measured apart); the apply builds them on all of the \
+             machine's cores, as they are independent. The rest is one `bpf()` system call per map entry ({} \
+             backends and {} service entries) and the plan's bookkeeping. A single change takes {} because \
+             `apply` re-plans the whole service set (it fingerprints every service to find the one whose table \
+             changed). Further ways down: write the backend and service maps with batched updates \
+             (`BPF_MAP_UPDATE_BATCH`), and plan only the services a change touches. iptables-legacy-restore, for comparison, replaces the whole nat table in the kernel on \
              every restore, so even kube-proxy's partial sync of one change grows with the rule set.\n",
             seconds(full),
             thousands(max_n),

@@ -268,10 +268,48 @@ struct PlannedService {
     value: ServiceValue,
     /// Backend id per Maglev slot; empty when there is no active backend.
     table: Vec<u32>,
+    /// What `table` is built from, when the live table cannot be kept.
+    pending_table: Option<MaglevInput>,
     /// Whether `table` must be written at `value.table_offset` (a rebuilt table).
     write_table: bool,
     /// The active backends' ids for round robin (empty when the service does not use it).
     round_robin: Vec<u32>,
+}
+
+struct MaglevInput {
+    identities: Vec<BackendIdentity>,
+    /// The backend id of each identity, in the same order.
+    backend_ids: Vec<u32>,
+    size: u32,
+}
+
+/// Builds the Maglev tables a plan needs. They are independent and, for 10,000 services,
+/// most of an apply's time: spread over the machine's cores.
+fn build_tables(services: &mut [PlannedService]) {
+    let mut pending: Vec<&mut PlannedService> = services
+        .iter_mut()
+        .filter(|service| service.pending_table.is_some())
+        .collect();
+    let build = |service: &mut PlannedService| {
+        if let Some(input) = service.pending_table.take() {
+            service.table = maglev::build_table(&input.identities, input.size)
+                .into_iter()
+                .map(|index| input.backend_ids[index as usize])
+                .collect();
+        }
+    };
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    // Threads cost more than a few tables: one change stays on this thread.
+    if cores == 1 || pending.len() < 64 {
+        pending.into_iter().for_each(build);
+        return;
+    }
+    let chunk = pending.len().div_ceil(cores);
+    std::thread::scope(|scope| {
+        for part in pending.chunks_mut(chunk) {
+            scope.spawn(|| part.iter_mut().for_each(|service| build(service)));
+        }
+    });
 }
 
 struct Plan {
@@ -771,14 +809,12 @@ impl Datapath {
             let unchanged = live_tables
                 .get(&id)
                 .is_some_and(|live| live.table_hash == table_hash && live.table_size == size);
-            let table: Vec<u32> = if unchanged {
-                Vec::new()
-            } else {
-                maglev::build_table(&identities, size)
-                    .into_iter()
-                    .map(|index| active[index as usize].1)
-                    .collect()
-            };
+            // Tables are built after this loop, on every core.
+            let pending_table = (!unchanged).then(|| MaglevInput {
+                backend_ids: active.iter().map(|(_, id)| *id).collect(),
+                identities: identities.clone(),
+                size,
+            });
             let mut flags = 0;
             if service.algorithm == Algorithm::Random {
                 flags |= SVC_FLAG_RANDOM;
@@ -831,11 +867,13 @@ impl Datapath {
                 id,
                 keys,
                 value,
-                table,
+                table: Vec::new(),
+                pending_table,
                 write_table: false,
                 round_robin,
             });
         }
+        build_tables(&mut services);
 
         // Tables: keep a live table that is already right, else carve a new one. Slots of
         // tables retired by the previous apply are free again now.
