@@ -1,5 +1,5 @@
-//! Local readiness for the datapath: the node's own probe results, applied to the service
-//! backends the control plane sent, so an unready local backend stops getting new flows
+//! Local readiness for the datapath: the node's own probe results and container exits,
+//! applied to the service backends the control plane sent, so an unready local backend stops getting new flows
 //! at once — before the control plane has even heard of it (DESIGN: "unhealthy backends
 //! are skipped for new flows at once by the local agent, then removed cluster-wide by the
 //! control plane").
@@ -14,16 +14,21 @@ use std::{
 
 use crate::{
     datapath::{BackendState, ServiceSet},
-    pods::{ActionKind, PodEvent},
+    pods::{Action, ActionKind, PodEvent},
     probes::{ProbeKind, ProbeResult},
 };
 
-/// Which local pod addresses failed readiness, by pod and container.
+/// Which local pod addresses failed readiness or lost a container, by pod and container.
 #[derive(Debug, Default, Clone)]
 pub struct LocalReadiness {
     /// (pod uid, container name) → the pod's address, for each container whose last
     /// readiness result is Failure.
     unready: BTreeMap<(String, String), Ipv4Addr>,
+    /// (pod uid, container name) → the pod's address, for each container that exited and
+    /// has not been started again: nothing listens there, so new flows would be refused.
+    exited: BTreeMap<(String, String), Ipv4Addr>,
+    /// Pod uid → its address, from the sandbox actions (exits carry no address).
+    pod_addresses: BTreeMap<String, Ipv4Addr>,
 }
 
 impl LocalReadiness {
@@ -42,21 +47,59 @@ impl LocalReadiness {
                     }
                 }
             }
-            PodEvent::Action(action) if action.kind == ActionKind::PodRemoved => {
-                self.unready.retain(|(uid, _), _| *uid != action.uid);
-            }
+            PodEvent::Action(action) => self.observe_action(action),
             _ => {}
         }
         self.addresses() != before
     }
 
+    /// A container that exits takes its pod out of the local datapath at once, before
+    /// its status reaches the control plane (as a Kubernetes pod turns NotReady when a
+    /// container dies); a started container hands the decision back to its readiness
+    /// probe and the control plane's endpoints.
+    fn observe_action(&mut self, action: &Action) {
+        let container = || {
+            (
+                action.uid.clone(),
+                action.container.clone().unwrap_or_default(),
+            )
+        };
+        match &action.kind {
+            ActionKind::SandboxCreated { ip } | ActionKind::SandboxAdopted { ip } => {
+                self.pod_addresses.insert(action.uid.clone(), *ip);
+            }
+            ActionKind::ContainerExited { .. } => {
+                if let Some(ip) = self.pod_addresses.get(&action.uid) {
+                    self.exited.insert(container(), *ip);
+                }
+            }
+            ActionKind::ContainerCreated { .. }
+            | ActionKind::ContainerAdopted { .. }
+            | ActionKind::ContainerReplaced { .. } => {
+                self.exited.remove(&container());
+            }
+            ActionKind::SandboxLost | ActionKind::PodRemoved => {
+                self.unready.retain(|(uid, _), _| *uid != action.uid);
+                self.exited.retain(|(uid, _), _| *uid != action.uid);
+                if action.kind == ActionKind::PodRemoved {
+                    self.pod_addresses.remove(&action.uid);
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// The local pod addresses that must get no new flows.
     pub fn addresses(&self) -> BTreeSet<Ipv4Addr> {
-        self.unready.values().copied().collect()
+        self.unready
+            .values()
+            .chain(self.exited.values())
+            .copied()
+            .collect()
     }
 
     pub fn is_ready(&self, addr: Ipv4Addr) -> bool {
-        !self.unready.values().any(|unready| *unready == addr)
+        !self.addresses().contains(&addr)
     }
 
     /// `services` with every backend at an unready local address marked Failed: the
@@ -83,7 +126,6 @@ mod tests {
     use super::*;
     use crate::{
         datapath::{Algorithm, BackendSpec, Frontend, Protocol, Service},
-        pods::Action,
         probes::ProbeEvent,
     };
 
@@ -148,6 +190,39 @@ mod tests {
         assert!(!local.observe(&readiness("sidecar", ProbeResult::Failure)));
         assert!(!local.observe(&readiness("echo", ProbeResult::Success)));
         assert!(local.observe(&readiness("sidecar", ProbeResult::Success)));
+        assert_eq!(local.overlay(&services()), services());
+    }
+
+    fn action(container: Option<&str>, kind: ActionKind) -> PodEvent {
+        PodEvent::Action(Action {
+            pod: "default/web-0".to_owned(),
+            uid: "u1".to_owned(),
+            container: container.map(str::to_owned),
+            kind,
+        })
+    }
+
+    #[test]
+    fn an_exited_container_fails_the_backend_until_it_is_started_again() {
+        let mut local = LocalReadiness::default();
+        assert!(!local.observe(&action(None, ActionKind::SandboxCreated { ip: POD })));
+        let exited = ActionKind::ContainerExited {
+            id: "c1".to_owned(),
+            exit_code: Some(137),
+            reason: "Error".to_owned(),
+        };
+        assert!(local.observe(&action(Some("echo"), exited)));
+        assert!(!local.is_ready(POD));
+        assert_eq!(
+            local.overlay(&services()).services[0].backends[0].state,
+            BackendState::Failed
+        );
+        let started = ActionKind::ContainerCreated {
+            id: "c2".to_owned(),
+            attempt: 1,
+        };
+        assert!(local.observe(&action(Some("echo"), started)));
+        assert!(local.is_ready(POD));
         assert_eq!(local.overlay(&services()), services());
     }
 
