@@ -29,6 +29,8 @@ pub struct LocalReadiness {
     exited: BTreeMap<(String, String), Ipv4Addr>,
     /// Pod uid → its address, from the sandbox actions (exits carry no address).
     pod_addresses: BTreeMap<String, Ipv4Addr>,
+    /// Containers with a readiness probe: after a restart they stay out until it passes.
+    probed: BTreeSet<(String, String)>,
 }
 
 impl LocalReadiness {
@@ -38,12 +40,14 @@ impl LocalReadiness {
         match event {
             PodEvent::Probe(probe) if probe.kind == ProbeKind::Readiness => {
                 let key = (probe.pod_uid.clone(), probe.container.clone());
+                self.probed.insert(key.clone());
                 match probe.result {
                     ProbeResult::Failure => {
                         self.unready.insert(key, probe.pod_ip);
                     }
                     ProbeResult::Success => {
                         self.unready.remove(&key);
+                        self.exited.remove(&key);
                     }
                 }
             }
@@ -55,8 +59,8 @@ impl LocalReadiness {
 
     /// A container that exits takes its pod out of the local datapath at once, before
     /// its status reaches the control plane (as a Kubernetes pod turns NotReady when a
-    /// container dies); a started container hands the decision back to its readiness
-    /// probe and the control plane's endpoints.
+    /// container dies). It comes back when started again — after its readiness probe's
+    /// first success if it has one, since a started process may not listen yet.
     fn observe_action(&mut self, action: &Action) {
         let container = || {
             (
@@ -76,13 +80,17 @@ impl LocalReadiness {
             ActionKind::ContainerCreated { .. }
             | ActionKind::ContainerAdopted { .. }
             | ActionKind::ContainerReplaced { .. } => {
-                self.exited.remove(&container());
+                let key = container();
+                if !self.probed.contains(&key) {
+                    self.exited.remove(&key);
+                }
             }
             ActionKind::SandboxLost | ActionKind::PodRemoved => {
                 self.unready.retain(|(uid, _), _| *uid != action.uid);
                 self.exited.retain(|(uid, _), _| *uid != action.uid);
                 if action.kind == ActionKind::PodRemoved {
                     self.pod_addresses.remove(&action.uid);
+                    self.probed.retain(|(uid, _)| *uid != action.uid);
                 }
             }
             _ => {}
@@ -221,9 +229,22 @@ mod tests {
             id: "c2".to_owned(),
             attempt: 1,
         };
-        assert!(local.observe(&action(Some("echo"), started)));
+        assert!(local.observe(&action(Some("echo"), started.clone())));
         assert!(local.is_ready(POD));
         assert_eq!(local.overlay(&services()), services());
+
+        // With a readiness probe, a restarted container waits for it to pass.
+        assert!(!local.observe(&readiness("echo", ProbeResult::Success)));
+        let exited = ActionKind::ContainerExited {
+            id: "c2".to_owned(),
+            exit_code: Some(137),
+            reason: "Error".to_owned(),
+        };
+        assert!(local.observe(&action(Some("echo"), exited)));
+        assert!(!local.observe(&action(Some("echo"), started)));
+        assert!(!local.is_ready(POD));
+        assert!(local.observe(&readiness("echo", ProbeResult::Success)));
+        assert!(local.is_ready(POD));
     }
 
     #[test]

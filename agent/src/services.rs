@@ -256,7 +256,11 @@ pub fn service_set(
                             addr: ip,
                             port: target,
                             node_id,
-                            state,
+                            state: if address.terminating {
+                                BackendState::Terminating
+                            } else {
+                                state
+                            },
                         });
                     }
                 }
@@ -346,6 +350,7 @@ mod tests {
             ip: ip.into(),
             node_name: node.into(),
             target_pod: String::new(),
+            terminating: false,
         }
     }
 
