@@ -615,8 +615,9 @@ pub fn markdown(results: &Results, command: &str) -> String {
          whole path's cost. Other work on the machine used a median of {:.2} CPUs during the runs (the runs share the \
          {} CPUs with it).\n\
          - **Not measured**: IPVS (kube-proxy's ipvs mode) — this kernel is built without IPVS (`CONFIG_IP_VS` unset, \
-         no loadable modules), so there is no IPVS to measure. Failover (issue item 3) and the control plane at \
-         scale (item 4) are pending: they need the agent binary and the control plane, which are still being built.\n",
+         no loadable modules), so there is no IPVS to measure. Failover against Kubernetes' probe defaults (issue \
+         item 3) and the control plane at scale (item 4) are not benchmarked yet; the end-to-end test measures \
+         Berth's own failover times on a real cluster ([E2E.md](E2E.md)).\n",
         p.dummy_backends,
         results
             .machine
@@ -741,7 +742,14 @@ fn analysis(md: &mut String, results: &Results) {
         let pct = |a: f64, b: f64| (b / a - 1.0) * 100.0;
         let _ = writeln!(
             md,
-            "**Service count.** Berth finds a service with one hash lookup whatever the count; kube-proxy's \
+            "**New connections.** Berth's VIP sets up less than direct per second because a new flow costs \
+             more than an established one: the service lookup, the backend choice, and two connection-tracking \
+             entries created (forward and reverse, in an LRU hash map) on the first packet, looked up on every \
+             later one; and the client's own kernel works harder to find a source port for a connection to one \
+             address (the VIP) with thousands of its earlier connections in TIME-WAIT than for connections \
+             spread over three pod IPs — direct to one pod IP shows that part. iptables pays the same per-flow \
+             setup in conntrack plus the rule walk.\n\n\
+             **Service count.** Berth finds a service with one hash lookup whatever the count; kube-proxy's \
              KUBE-SERVICES chain is a list that the first packet of every connection walks until its service's \
              rule (half of it for the service measured here), while established connections skip the nat table \
              (conntrack remembers the translation). CPU per new connection, {} → {} services: Berth {:.1} → {:.1} µs \
