@@ -150,7 +150,7 @@ fn deliver_to_local_pod(ctx: &TcContext) -> Option<i32> {
     let ingress = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: ctx.skb.skb is this program's context.
     let fib = unsafe { route::lookup(ctx.skb.skb.cast(), ingress, (src, dst), proto, 0) }?;
-    POD_INTERFACES.get_ptr(&fib.ifindex)?;
+    POD_INTERFACES.get_ptr(fib.ifindex)?;
     // A router's hop: TTL down by one, the header checksum adjusted to match.
     let decremented = u16::from_ne_bytes([ttl - 1, proto]);
     ctx.l3_csum_replace(IP_CHECK, u64::from(ttl_proto), u64::from(decremented), 2)
