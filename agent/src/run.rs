@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::Context as _;
 use berth_api::{
-    agent::{HeartbeatRequest, NodeUsage, PodRemoval, PodStatusReport, agent_client::AgentClient},
+    agent::{HeartbeatRequest, NodeUsage, PodStatusReport, agent_client::AgentClient},
     core::{Endpoints, Node, Pod, Service},
 };
 use serde_json::json;
@@ -177,14 +177,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tokio::spawn(report_pod_status(
         client.clone(),
         reports_rx.clone(),
-        api_pods_rx.clone(),
+        api_pods_rx,
         started,
         config.node_address,
-    ));
-    tokio::spawn(confirm_removals(
-        client.clone(),
-        reports_rx.clone(),
-        api_pods_rx,
     ));
     // Host veths with the east-west programs attached.
     let mut attached: BTreeSet<String> = BTreeSet::new();
@@ -250,11 +245,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 }
 
-/// The pods to run: every pod of the node but those being deleted, which the pod
-/// manager then stops (preStop, SIGTERM, grace) and removes.
 fn desired_pods(pods: &[Pod]) -> Vec<PodDesired> {
     pods.iter()
-        .filter(|pod| pod.metadata.deletion_timestamp.is_empty())
         .filter_map(|pod| match PodDesired::from_api(pod) {
             Ok(desired) => Some(desired),
             Err(error) => {
@@ -411,66 +403,6 @@ async fn report_pod_status(
             .into_iter()
             .filter(|r| sent.contains(r) || delivered.contains(r))
             .collect();
-    }
-}
-
-/// Completes graceful deletions: a pod the control plane is deleting that no longer runs
-/// here (stopped by the pod manager, or never started) is removed for good. Retried
-/// every second while the control plane is unreachable; idempotent, so an agent restart
-/// in the middle simply confirms again.
-async fn confirm_removals(
-    client: AgentClient<tonic::transport::Channel>,
-    mut reports_rx: watch::Receiver<Vec<PodReport>>,
-    mut api_pods_rx: watch::Receiver<Vec<Pod>>,
-) {
-    let mut retry = tokio::time::interval(Duration::from_secs(1));
-    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut confirmed: BTreeSet<String> = BTreeSet::new();
-    loop {
-        tokio::select! {
-            changed = reports_rx.changed() => if changed.is_err() { return },
-            changed = api_pods_rx.changed() => if changed.is_err() { return },
-            _ = retry.tick() => {}
-        }
-        let running: BTreeSet<String> = reports_rx
-            .borrow_and_update()
-            .iter()
-            .map(|report| report.uid.clone())
-            .collect();
-        let stopped: Vec<Pod> = api_pods_rx
-            .borrow_and_update()
-            .iter()
-            .filter(|pod| {
-                !pod.metadata.deletion_timestamp.is_empty()
-                    && !running.contains(&pod.metadata.uid)
-                    && !confirmed.contains(&pod.metadata.uid)
-            })
-            .cloned()
-            .collect();
-        for pod in stopped {
-            let removal = PodRemoval {
-                namespace: pod.metadata.namespace.clone(),
-                name: pod.metadata.name.clone(),
-                uid: pod.metadata.uid.clone(),
-            };
-            match client.clone().remove_pod(removal).await {
-                Ok(_) => {
-                    tracing::info!(pod = %pod.metadata.name, "terminated pod removed");
-                    confirmed.insert(pod.metadata.uid.clone());
-                }
-                Err(status) => {
-                    tracing::debug!(pod = %pod.metadata.name, %status, "pod removal not confirmed");
-                    break;
-                }
-            }
-        }
-        // Forget what the control plane no longer lists.
-        let listed: BTreeSet<String> = api_pods_rx
-            .borrow()
-            .iter()
-            .map(|pod| pod.metadata.uid.clone())
-            .collect();
-        confirmed.retain(|uid| listed.contains(uid));
     }
 }
 

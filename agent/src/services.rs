@@ -256,11 +256,7 @@ pub fn service_set(
                             addr: ip,
                             port: target,
                             node_id,
-                            state: if address.terminating {
-                                BackendState::Terminating
-                            } else {
-                                state
-                            },
+                            state,
                         });
                     }
                 }
@@ -350,7 +346,6 @@ mod tests {
             ip: ip.into(),
             node_name: node.into(),
             target_pod: String::new(),
-            terminating: false,
         }
     }
 

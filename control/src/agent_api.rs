@@ -7,8 +7,8 @@ use std::{net::Ipv4Addr, pin::Pin, sync::Arc};
 
 use berth_api::{
     agent::{
-        HeartbeatRequest, HeartbeatResponse, JoinRequest, JoinResponse, PodRemoval, PodRemovalAck,
-        PodStatusAck, PodStatusReport, WatchEvent, WatchRequest, agent_server, watch_event::Type,
+        HeartbeatRequest, HeartbeatResponse, JoinRequest, JoinResponse, PodStatusAck,
+        PodStatusReport, WatchEvent, WatchRequest, agent_server, watch_event::Type,
     },
     selector::{FieldSelector, Selector},
     validation::check_dns_subdomain,
@@ -334,55 +334,5 @@ impl agent_server::Agent for AgentService {
                 .unwrap_or_default()
                 .to_owned(),
         }))
-    }
-
-    async fn remove_pod(
-        &self,
-        request: Request<PodRemoval>,
-    ) -> Result<Response<PodRemovalAck>, Status> {
-        let node = node_of(&request)?;
-        let removal = request.into_inner();
-        let pod = match self
-            .registry
-            .get(&PODS, &removal.namespace, &removal.name)
-            .await
-        {
-            Ok(pod) => pod,
-            Err(error) if error.code == axum::http::StatusCode::NOT_FOUND => {
-                return Ok(Response::new(PodRemovalAck {}));
-            }
-            Err(error) => return Err(status(error)),
-        };
-        if pod.pointer("/metadata/uid").and_then(Value::as_str) != Some(removal.uid.as_str()) {
-            // A new pod of the same name: not the one this node stopped.
-            return Ok(Response::new(PodRemovalAck {}));
-        }
-        if pod.pointer("/spec/nodeName").and_then(Value::as_str) != Some(node.as_str()) {
-            return Err(Status::permission_denied(format!(
-                "pod {}/{} is not bound to node {node}",
-                removal.namespace, removal.name
-            )));
-        }
-        if !crate::controllers::pod_is_terminating(&pod) {
-            return Err(Status::failed_precondition(format!(
-                "pod {}/{} is not being deleted",
-                removal.namespace, removal.name
-            )));
-        }
-        let revision = pod
-            .pointer("/metadata/resourceVersion")
-            .and_then(Value::as_str)
-            .and_then(|rv| rv.parse().ok());
-        match self
-            .registry
-            .delete_with_grace(&PODS, &removal.namespace, &removal.name, revision, Some(0))
-            .await
-        {
-            Ok(_) => Ok(Response::new(PodRemovalAck {})),
-            Err(error) if error.code == axum::http::StatusCode::NOT_FOUND => {
-                Ok(Response::new(PodRemovalAck {}))
-            }
-            Err(error) => Err(status(error)),
-        }
     }
 }

@@ -12,8 +12,8 @@ use std::{
 };
 
 use berth_api::agent::{
-    BackendRate, ContainerUsage, HeartbeatRequest, JoinRequest, NodeUsage, PodRemoval,
-    PodStatusReport, PodUsage, WatchRequest, agent_client::AgentClient, watch_event::Type,
+    BackendRate, ContainerUsage, HeartbeatRequest, JoinRequest, NodeUsage, PodStatusReport,
+    PodUsage, WatchRequest, agent_client::AgentClient, watch_event::Type,
 };
 use rcgen::{CertificateParams, DnType, KeyPair};
 use serde_json::{Value, json};
@@ -286,23 +286,6 @@ async fn run_pods(node: Arc<HollowNode>, stats: Arc<Mutex<HollowStats>>) {
                         loads.running.remove(&key);
                         loads.set.remove(&key);
                     }
-                }
-                Type::Added | Type::Modified
-                    if pod
-                        .pointer("/metadata/deletionTimestamp")
-                        .is_some_and(|stamp| stamp.as_str() != Some("")) =>
-                {
-                    // Being deleted: a hollow pod stops at once and the node confirms,
-                    // as an agent does once its containers are gone.
-                    let removal = PodRemoval {
-                        namespace,
-                        name,
-                        uid: pod["metadata"]["uid"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_owned(),
-                    };
-                    let _ = node.client().remove_pod(removal).await;
                 }
                 Type::Added | Type::Modified => {
                     let running = |ip: &str| {

@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use berth_api::{
     MAX_OBJECT_BYTES, RESOURCE_TYPES, ResourceType, Source,
     apps::REVISION_ANNOTATION,
-    core::{Namespace, Pod, Service},
+    core::{Namespace, Service},
     find_by_plural,
     manifest::ManifestObject,
     meta::DEFAULT_NAMESPACE,
@@ -41,13 +41,6 @@ pub struct Registry {
 }
 
 static NAMESPACES: ResourceType = ResourceType::of::<Namespace>();
-static PODS: ResourceType = ResourceType::of::<Pod>();
-
-/// Kubernetes' default `terminationGracePeriodSeconds`.
-const DEFAULT_TERMINATION_GRACE_SECONDS: i64 = 30;
-
-/// Written by the server only: by a deletion, never by a create or an update.
-const SERVER_DELETION_FIELDS: [&str; 2] = ["deletionTimestamp", "deletionGracePeriodSeconds"];
 static SERVICES: ResourceType = ResourceType::of::<Service>();
 
 /// Where an object lives in the store: `/<group or core>/<plural>/<namespace>/<name>`
@@ -380,32 +373,8 @@ impl Registry {
         name: &str,
         wanted: Option<Revision>,
     ) -> Result<Value, ApiError> {
-        self.delete_with_grace(rt, namespace, name, wanted, None)
-            .await
-    }
-
-    /// Deletes an object. A pod bound to a node is deleted gracefully, as in Kubernetes:
-    /// it gets `metadata.deletionTimestamp` and stays until its node has stopped it and
-    /// confirms (a deletion with grace 0). `grace_seconds` (DeleteOptions'
-    /// `gracePeriodSeconds`) overrides the pod's `terminationGracePeriodSeconds`
-    /// (default 30); 0 removes the pod at once.
-    pub async fn delete_with_grace(
-        &self,
-        rt: &'static ResourceType,
-        namespace: &str,
-        name: &str,
-        wanted: Option<Revision>,
-        grace_seconds: Option<i64>,
-    ) -> Result<Value, ApiError> {
         if rt.kind == NAMESPACES.kind
             && let Some(terminating) = self.begin_namespace_deletion(name, wanted).await?
-        {
-            return Ok(terminating);
-        }
-        if rt.kind == PODS.kind
-            && let Some(terminating) = self
-                .begin_pod_termination(namespace, name, wanted, grace_seconds)
-                .await?
         {
             return Ok(terminating);
         }
@@ -787,13 +756,6 @@ impl Registry {
                 for field in ["uid", "creationTimestamp"] {
                     meta.insert(field.to_owned(), old["metadata"][field].clone());
                 }
-                // Only a deletion starts (or shortens) a graceful deletion.
-                for field in SERVER_DELETION_FIELDS {
-                    match old["metadata"].get(field) {
-                        Some(value) => meta.insert(field.to_owned(), value.clone()),
-                        None => meta.remove(field),
-                    };
-                }
                 if rt.has_status {
                     match old.get("status") {
                         Some(status) => incoming["status"] = status.clone(),
@@ -802,9 +764,6 @@ impl Registry {
                 }
             }
             None => {
-                for field in SERVER_DELETION_FIELDS {
-                    meta.remove(field);
-                }
                 meta.insert("uid".to_owned(), json!(util::uuid_v4()));
                 meta.insert("creationTimestamp".to_owned(), json!(util::rfc3339_now()));
                 meta.insert("generation".to_owned(), json!(1));
@@ -995,47 +954,6 @@ impl Registry {
             key: kv.key,
             precondition: Precondition::ModRevision(kv.mod_revision),
         })
-    }
-
-    /// Marks a bound pod terminating; None when it goes at once (not bound, or grace 0).
-    async fn begin_pod_termination(
-        &self,
-        namespace: &str,
-        name: &str,
-        wanted: Option<Revision>,
-        grace_seconds: Option<i64>,
-    ) -> Result<Option<Value>, ApiError> {
-        let Some(kv) = self.read(key(&PODS, namespace, name)).await? else {
-            return Err(ApiError::not_found(PODS.kind, name));
-        };
-        let current = decode_stored(&kv)?;
-        let bound = !str_at(&current, "/spec/nodeName").is_empty();
-        let grace = grace_seconds
-            .or_else(|| {
-                current
-                    .pointer("/spec/terminationGracePeriodSeconds")
-                    .and_then(Value::as_i64)
-            })
-            .unwrap_or(DEFAULT_TERMINATION_GRACE_SECONDS);
-        if !bound || grace <= 0 {
-            return Ok(None);
-        }
-        let already = current
-            .pointer("/metadata/deletionGracePeriodSeconds")
-            .and_then(Value::as_i64);
-        if already.is_some_and(|already| already <= grace) {
-            return Ok(Some(current));
-        }
-        let deadline = util::rfc3339(util::unix_now().saturating_add(grace.unsigned_abs()));
-        let terminating = self
-            .read_modify_write_raw(&PODS, namespace, name, wanted, |existing| {
-                let mut object = existing.clone();
-                object["metadata"]["deletionTimestamp"] = json!(deadline);
-                object["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
-                Ok(object)
-            })
-            .await?;
-        Ok(Some(terminating))
     }
 
     /// Deleting a namespace first marks it `Terminating` (the namespace controller then

@@ -45,21 +45,10 @@ fn fake_agent(client: Arc<Client>, node: &'static str, index: u8, alive: Arc<Ato
                 .await
             {
                 for pod in pods["items"].as_array().into_iter().flatten() {
-                    let name = pod["metadata"]["name"].as_str().unwrap_or_default();
-                    if pod.pointer("/metadata/deletionTimestamp").is_some() {
-                        // Stopped at once; confirmed as the kubelet does, with grace 0.
-                        let _ = client
-                            .json(
-                                Method::DELETE,
-                                &format!("{PODS}/{name}?gracePeriodSeconds=0"),
-                                None,
-                            )
-                            .await;
-                        continue;
-                    }
                     if pod.pointer("/status/podIP").is_some() {
                         continue;
                     }
+                    let name = pod["metadata"]["name"].as_str().unwrap_or_default();
                     let status = json!({"status": {"phase": "Running", "podIP": format!("198.18.{index}.{next_ip}"),
                         "conditions": [{"type": "Ready", "status": "True"}]}});
                     next_ip = next_ip.wrapping_add(1);
@@ -77,17 +66,6 @@ async fn register(t: &TestServer, node: &str) {
     let body = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node, "labels": {"zone": node}}});
     let (status, created) = t.call(Method::POST, "/api/v1/nodes", Some(&body)).await;
     assert_eq!(status, 201, "{created}");
-}
-
-async fn web_endpoints(t: &TestServer) -> Value {
-    let (_, ep) = t
-        .call(
-            Method::GET,
-            "/api/v1/namespaces/default/endpoints/web",
-            None,
-        )
-        .await;
-    ep
 }
 
 async fn pods(t: &TestServer, selector: &str) -> Vec<Value> {
@@ -168,7 +146,13 @@ async fn deployment_rolls_out_schedules_serves_and_heals() {
         .count();
     assert_eq!(on_n1, 2, "replicas are spread evenly");
     eventually("endpoints with 4 addresses", || async {
-        let ep = web_endpoints(&t).await;
+        let (_, ep) = t
+            .call(
+                Method::GET,
+                "/api/v1/namespaces/default/endpoints/web",
+                None,
+            )
+            .await;
         let ready = ep
             .pointer("/subsets/0/addresses")
             .and_then(Value::as_array)
@@ -294,109 +278,4 @@ async fn unschedulable_pods_say_why_and_schedule_when_a_node_fits() {
         (pod["spec"]["nodeName"] == "z1-node").then_some(())
     })
     .await;
-}
-
-#[tokio::test]
-async fn deleting_a_bound_pod_waits_for_its_node_and_drains_its_endpoint() {
-    let t = start_with(&[]).await;
-    let manifest = r#"
-apiVersion: v1
-kind: Pod
-metadata: {name: web-0, labels: {app: web}}
-spec:
-  nodeName: n1
-  terminationGracePeriodSeconds: 20
-  containers: [{name: web, image: "echo:1", ports: [{name: http, containerPort: 8080}],
-                lifecycle: {preStop: {sleep: {seconds: 2}}}}]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: unbound, labels: {app: other}}
-spec:
-  containers: [{name: web, image: "echo:1"}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: web}
-spec:
-  selector: {app: web}
-  ports: [{port: 80, targetPort: http}]
-"#;
-    t.apply(manifest).await;
-    let status = json!({"status": {"phase": "Running", "podIP": "198.18.1.2",
-        "conditions": [{"type": "Ready", "status": "True"}]}});
-    let (code, _) = t
-        .call(Method::PUT, &format!("{PODS}/web-0/status"), Some(&status))
-        .await;
-    assert_eq!(code, 200);
-    eventually("web-0 ready in the endpoints", || async {
-        let ep = web_endpoints(&t).await;
-        (ep.pointer("/subsets/0/addresses/0/ip") == Some(&json!("198.18.1.2"))).then_some(())
-    })
-    .await;
-
-    // A bound pod is only marked: its node stops it within the grace period.
-    let (code, deleted) = t.call(Method::DELETE, &format!("{PODS}/web-0"), None).await;
-    assert_eq!(code, 200, "{deleted}");
-    assert!(
-        deleted.pointer("/metadata/deletionTimestamp").is_some(),
-        "{deleted}"
-    );
-    let (code, pod) = t.call(Method::GET, &format!("{PODS}/web-0"), None).await;
-    assert_eq!(code, 200, "still there until its node confirms");
-    assert_eq!(pod["metadata"]["deletionGracePeriodSeconds"], 20);
-    // Its endpoint drains: no longer ready, marked terminating.
-    eventually("web-0 terminating in the endpoints", || async {
-        let ep = web_endpoints(&t).await;
-        let address = ep.pointer("/subsets/0/notReadyAddresses/0")?;
-        (address["ip"] == "198.18.1.2"
-            && address["terminating"] == true
-            && ep
-                .pointer("/subsets/0/addresses")
-                .and_then(Value::as_array)
-                .is_none_or(Vec::is_empty))
-        .then_some(())
-    })
-    .await;
-    // An update cannot take the mark away.
-    t.apply(manifest).await;
-    let (_, pod) = t.call(Method::GET, &format!("{PODS}/web-0"), None).await;
-    assert!(
-        pod.pointer("/metadata/deletionTimestamp").is_some(),
-        "{pod}"
-    );
-    // A negative grace period is refused, naming the parameter.
-    let (code, error) = t
-        .call(
-            Method::DELETE,
-            &format!("{PODS}/web-0?gracePeriodSeconds=-1"),
-            None,
-        )
-        .await;
-    assert_eq!(code, 400, "{error}");
-    assert!(
-        error["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("gracePeriodSeconds")
-    );
-    // The node's confirmation (grace 0) removes it.
-    let (code, _) = t
-        .call(
-            Method::DELETE,
-            &format!("{PODS}/web-0?gracePeriodSeconds=0"),
-            None,
-        )
-        .await;
-    assert_eq!(code, 200);
-    let (code, _) = t.call(Method::GET, &format!("{PODS}/web-0"), None).await;
-    assert_eq!(code, 404);
-
-    // A pod no node runs goes at once.
-    let (code, _) = t
-        .call(Method::DELETE, &format!("{PODS}/unbound"), None)
-        .await;
-    assert_eq!(code, 200);
-    let (code, _) = t.call(Method::GET, &format!("{PODS}/unbound"), None).await;
-    assert_eq!(code, 404);
 }

@@ -329,9 +329,6 @@ spec:
           image: {image}
           ports: [{{containerPort: 8080}}]
           readinessProbe: {{httpGet: {{path: /readyz, port: 8080}}, periodSeconds: 1}}
-          # Every node drops a deleted pod's endpoint within milliseconds; the second
-          # before SIGTERM covers the slowest, as Kubernetes users do with preStop.
-          lifecycle: {{preStop: {{sleep: {{seconds: 1}}}}}}
 ---
 apiVersion: v1
 kind: Service

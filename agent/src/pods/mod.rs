@@ -454,36 +454,14 @@ impl PodManager {
         let grace = state.as_ref().map_or(DEFAULT_TERMINATION_GRACE, |state| {
             state.desired.termination_grace
         });
-        // A container's preStop sleep comes out of the grace period, before its SIGTERM.
-        let pre_stop: BTreeMap<String, Duration> = state
-            .as_ref()
-            .map(|state| {
-                state
-                    .desired
-                    .containers
-                    .iter()
-                    .filter_map(|c| Some((c.name.clone(), c.pre_stop_sleep?.min(grace))))
-                    .collect()
-            })
-            .unwrap_or_default();
         let network = state.and_then(|state| state.sandbox.map(|sandbox| sandbox.network));
         let (pauses, apps): (Vec<_>, Vec<_>) = containers.iter().partition(|container| {
             label(container, labels::CONTAINER_NAME) == Some(PAUSE_CONTAINER)
         });
         // App containers get their grace together, then the sandbox goes.
-        let manager = &*self;
-        let stops = apps.iter().map(|container| {
-            let wait = label(container, labels::CONTAINER_NAME)
-                .and_then(|name| pre_stop.get(name))
-                .copied()
-                .unwrap_or_default();
-            async move {
-                tokio::time::sleep(wait).await;
-                manager
-                    .stop_and_remove(&container.id, grace.saturating_sub(wait))
-                    .await;
-            }
-        });
+        let stops = apps
+            .iter()
+            .map(|container| self.stop_and_remove(&container.id, grace));
         futures_util::future::join_all(stops).await;
         self.teardown_network(uid, network).await;
         for pause in pauses {

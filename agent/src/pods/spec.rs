@@ -55,9 +55,6 @@ pub struct ContainerDesired {
     pub env: Vec<(String, String)>,
     pub limits: Limits,
     pub probes: ContainerProbes,
-    /// `lifecycle.preStop.sleep`: how long to wait before SIGTERM when the pod is deleted
-    /// (within the pod's grace period).
-    pub pre_stop_sleep: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -186,22 +183,6 @@ impl ContainerDesired {
                     ProbeKind::Readiness,
                     &container.readiness_probe,
                 )?,
-            },
-            pre_stop_sleep: match container
-                .lifecycle
-                .as_ref()
-                .and_then(|lifecycle| lifecycle.pre_stop.as_ref())
-                .and_then(|pre_stop| pre_stop.sleep.as_ref())
-            {
-                None => None,
-                Some(sleep) => Some(Duration::from_secs(u64::try_from(sleep.seconds).map_err(
-                    |_| {
-                        (
-                            "lifecycle.preStop.sleep.seconds".to_owned(),
-                            "is negative".to_owned(),
-                        )
-                    },
-                )?)),
             },
         })
     }
@@ -336,8 +317,7 @@ mod tests {
                     "ports": [{"name": "http", "containerPort": 8080}],
                     "resources": {"limits": {"cpu": "250m", "memory": "64Mi"}},
                     "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 2},
-                    "livenessProbe": {"tcpSocket": {"port": 8080}, "failureThreshold": 5},
-                    "lifecycle": {"preStop": {"sleep": {"seconds": 2}}}
+                    "livenessProbe": {"tcpSocket": {"port": 8080}, "failureThreshold": 5}
                 }]
             }
         });
@@ -354,7 +334,6 @@ mod tests {
         assert_eq!(container.command, None);
         assert_eq!(container.args.as_deref().map(<[String]>::len), Some(2));
         assert_eq!(container.limits.cpu_millis, Some(250));
-        assert_eq!(container.pre_stop_sleep, Some(Duration::from_secs(2)));
         assert_eq!(container.limits.memory_bytes, Some(64 << 20));
         let readiness = container
             .probes

@@ -114,29 +114,6 @@ pub struct Container {
     pub readiness_probe: Option<Probe>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub liveness_probe: Option<Probe>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lifecycle: Option<Lifecycle>,
-}
-
-/// What runs around a container's life. Only `preStop.sleep` (Kubernetes 1.30) is
-/// supported: the usual way to let every node drop a terminating pod's endpoint before
-/// the container is sent SIGTERM.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Lifecycle {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pre_stop: Option<LifecycleHandler>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-pub struct LifecycleHandler {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sleep: Option<SleepAction>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-pub struct SleepAction {
-    pub seconds: i64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -371,19 +348,6 @@ impl PodSpec {
             ] {
                 if let Some(probe) = probe {
                     probe.validate(v, &p.child(field), c);
-                }
-            }
-            if let Some(pre_stop) = c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()) {
-                let pre_stop_path = p.child("lifecycle").child("preStop");
-                match &pre_stop.sleep {
-                    Some(sleep) => v.non_negative(
-                        &pre_stop_path.child("sleep").child("seconds"),
-                        sleep.seconds,
-                    ),
-                    None => v.error(
-                        &pre_stop_path,
-                        "must have sleep (the only handler supported)",
-                    ),
                 }
             }
         }
@@ -796,10 +760,6 @@ pub struct EndpointAddress {
     pub node_name: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub target_pod: String,
-    /// The pod is shutting down (EndpointSlice's `terminating` condition, carried on the
-    /// v1 address): listed under `notReadyAddresses`, its connections drain.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub terminating: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

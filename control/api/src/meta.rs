@@ -38,12 +38,6 @@ pub struct ObjectMeta {
     pub annotations: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub owner_references: Vec<OwnerReference>,
-    /// Set by the server when a graceful deletion starts (pods bound to a node): the
-    /// moment the grace period ends, RFC 3339. The object goes once its node confirms.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub deletion_timestamp: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub deletion_grace_period_seconds: Option<i64>,
 }
 
 fn is_zero(value: &i64) -> bool {

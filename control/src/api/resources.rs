@@ -155,17 +155,8 @@ async fn dispatch(
         }
         (&Method::DELETE, Some(name), None) => {
             let result = async {
-                let options = delete_options(query, body).await?;
-                registry
-                    .delete_with_grace(
-                        rt,
-                        ns,
-                        name,
-                        options.resource_version,
-                        options.grace_seconds,
-                    )
-                    .await
-                    .map(ok_json)
+                let wanted = delete_precondition(query, body).await?;
+                registry.delete(rt, ns, name, wanted).await.map(ok_json)
             };
             ("delete", result.await)
         }
@@ -356,57 +347,26 @@ async fn read_object(
     Ok(decoded)
 }
 
-struct DeleteOptions {
-    resource_version: Option<u64>,
-    grace_seconds: Option<i64>,
-}
-
-/// `?resourceVersion=N&gracePeriodSeconds=S`, or a DeleteOptions body with
-/// `preconditions.resourceVersion` and `gracePeriodSeconds` (the query wins).
-async fn delete_options(
+/// `?resourceVersion=N` or a DeleteOptions body with `preconditions.resourceVersion`.
+async fn delete_precondition(
     query: &HashMap<String, String>,
     body: Body,
-) -> Result<DeleteOptions, ApiError> {
-    let bytes = read_body(body, MAX_OBJECT_BYTES).await?;
-    let options: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::bad_request(format!("DeleteOptions: {e}")))?
-    };
-    let resource_version = match query.get("resourceVersion") {
-        Some(rv) => parse_resource_version(rv)?,
-        None => parse_resource_version(
-            options
-                .pointer("/preconditions/resourceVersion")
-                .and_then(Value::as_str)
-                .unwrap_or_default(),
-        )?,
-    };
-    let grace_seconds = match query.get("gracePeriodSeconds") {
-        Some(text) => Some(text.parse::<i64>().map_err(|_| {
-            ApiError::bad_request(format!(
-                "gracePeriodSeconds: {text:?} is not a whole number of seconds"
-            ))
-        })?),
-        None => match options.get("gracePeriodSeconds") {
-            None | Some(Value::Null) => None,
-            Some(value) => Some(value.as_i64().ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "DeleteOptions: gracePeriodSeconds: {value} is not a whole number of seconds"
-                ))
-            })?),
-        },
-    };
-    if grace_seconds.is_some_and(|grace| grace < 0) {
-        return Err(ApiError::bad_request(
-            "gracePeriodSeconds: must be greater than or equal to 0",
-        ));
+) -> Result<Option<u64>, ApiError> {
+    if let Some(rv) = query.get("resourceVersion") {
+        return parse_resource_version(rv);
     }
-    Ok(DeleteOptions {
-        resource_version,
-        grace_seconds,
-    })
+    let bytes = read_body(body, MAX_OBJECT_BYTES).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let options: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("DeleteOptions: {e}")))?;
+    parse_resource_version(
+        options
+            .pointer("/preconditions/resourceVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default(),
+    )
 }
 
 pub(super) fn selectors(

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use super::{
     Change, Context, ENDPOINTS, Outcome, PODS, Reconciler, SERVICES, Snapshot, Write, is_kind,
-    owner_reference, pod_is_ready, pod_is_terminal, pod_is_terminating,
+    owner_reference, pod_is_ready, pod_is_terminal,
 };
 use crate::registry::{labels_of, name_of, namespace_of};
 
@@ -83,13 +83,7 @@ impl Reconciler for EndpointsController {
                 "nodeName": pod.pointer("/spec/nodeName").cloned().unwrap_or(json!("")),
                 "targetPod": name_of(pod),
             });
-            if pod_is_terminating(pod) {
-                // As an EndpointSlice's `terminating` condition: agents drain it (its
-                // established connections continue, new ones go elsewhere).
-                let mut address = address;
-                address["terminating"] = json!(true);
-                not_ready.push(address)
-            } else if pod_is_ready(pod) {
+            if pod_is_ready(pod) {
                 ready.push(address)
             } else {
                 not_ready.push(address)

@@ -71,9 +71,6 @@ pub enum Write {
         rt: &'static ResourceType,
         namespace: String,
         name: String,
-        /// Remove at once, skipping a pod's graceful termination: for pods of a node that
-        /// is gone, which will never confirm.
-        force: bool,
     },
     Event {
         involved: Value,
@@ -209,14 +206,6 @@ pub fn pod_is_terminal(pod: &Value) -> bool {
         pod.pointer("/status/phase").and_then(Value::as_str),
         Some("Succeeded" | "Failed")
     )
-}
-
-/// Deleted, waiting for its node to stop it: no longer counted as a replica, and out of
-/// its services' ready endpoints.
-pub fn pod_is_terminating(pod: &Value) -> bool {
-    pod.pointer("/metadata/deletionTimestamp")
-        .and_then(Value::as_str)
-        .is_some_and(|stamp| !stamp.is_empty())
 }
 
 pub fn pod_is_ready(pod: &Value) -> bool {
@@ -521,12 +510,7 @@ impl Runtime {
                 rt,
                 namespace,
                 name,
-                force,
-            } => match self
-                .registry
-                .delete_with_grace(rt, &namespace, &name, None, force.then_some(0))
-                .await
-            {
+            } => match self.registry.delete(rt, &namespace, &name, None).await {
                 Ok(deleted) => Ok(revision_of(&deleted)),
                 Err(e) if e.code == axum::http::StatusCode::NOT_FOUND => Ok(0),
                 Err(e) => Err(e),

@@ -57,7 +57,6 @@ impl Reconciler for NamespaceController {
                         rt,
                         namespace: name.to_owned(),
                         name: name_of(object).to_owned(),
-                        force: false,
                     })
             })
             .collect();
@@ -67,7 +66,6 @@ impl Reconciler for NamespaceController {
                 rt: &NAMESPACES,
                 namespace: String::new(),
                 name: name.to_owned(),
-                force: false,
             }]);
         }
         Outcome {
@@ -120,7 +118,6 @@ mod tests {
                     rt,
                     namespace,
                     name,
-                    ..
                 } => format!("{}/{namespace}/{name}", rt.plural),
                 other => panic!("only deletes: {other:?}"),
             })
@@ -135,8 +132,7 @@ mod tests {
             vec![Write::Delete {
                 rt: &NAMESPACES,
                 namespace: String::new(),
-                name: "shop".into(),
-                force: false,
+                name: "shop".into()
             }]
         );
     }

@@ -118,7 +118,6 @@ impl Reconciler for NodeLifecycle {
                         rt: &PODS,
                         namespace: namespace_of(pod).to_owned(),
                         name: name_of(pod).to_owned(),
-                        force: true,
                     });
                 }
                 requeue = Duration::from_secs(eviction.max(1));

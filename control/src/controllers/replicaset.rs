@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 
 use super::{
     Change, Context, Outcome, PODS, REPLICASETS, Reconciler, Snapshot, Write, controller_of,
-    is_kind, owner_reference, pod_is_ready, pod_is_terminal, pod_is_terminating, uid_of,
+    is_kind, owner_reference, pod_is_ready, pod_is_terminal, uid_of,
 };
 use crate::{
     registry::{name_of, namespace_of},
@@ -52,9 +52,7 @@ impl Reconciler for ReplicaSetController {
         let mut pods: Vec<&Value> = snapshot
             .list(&PODS, Some(namespace))
             .filter(|p| {
-                controller_of(p).is_some_and(|(_, _, owner)| owner == uid)
-                    && !pod_is_terminal(p)
-                    && !pod_is_terminating(p)
+                controller_of(p).is_some_and(|(_, _, owner)| owner == uid) && !pod_is_terminal(p)
             })
             .collect();
         let mut writes = Vec::new();
@@ -93,7 +91,6 @@ impl Reconciler for ReplicaSetController {
                     rt: &PODS,
                     namespace: namespace.to_owned(),
                     name: name_of(pod).to_owned(),
-                    force: false,
                 });
             }
         }

@@ -101,8 +101,7 @@ pub enum Command {
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:\n  berthctl delete deployment web\n  \
                         berthctl delete svc web db\n  berthctl delete deploy/web\n  \
-                        berthctl delete pods -l app=web\n  \
-                        berthctl delete pod web-5f2a1 --grace-period=0 --force")]
+                        berthctl delete pods -l app=web")]
 pub struct DeleteArgs {
     /// Kind, e.g. deployment, svc, pods, or KIND/NAME.
     pub kind: String,
@@ -114,14 +113,6 @@ pub struct DeleteArgs {
     /// Succeed when an object does not exist.
     #[arg(long)]
     pub ignore_not_found: bool,
-    /// Seconds a pod gets to shut down (default: its terminationGracePeriodSeconds).
-    /// 0 removes it at once and needs --force.
-    #[arg(long, allow_negative_numbers = true)]
-    pub grace_period: Option<i64>,
-    /// Remove pods at once, without waiting for their node to confirm they stopped
-    /// (the containers may still be running for a while).
-    #[arg(long)]
-    pub force: bool,
 }
 
 /// Print a shell completion script.
@@ -557,21 +548,6 @@ async fn delete(ctx: &Ctx, args: DeleteArgs, out: &mut dyn Write) -> Result<(), 
     };
     names.extend(args.names);
     let rt = resolve(&kind)?;
-    let grace = match (args.grace_period, args.force) {
-        (Some(grace), _) if grace < 0 => {
-            return Err(CtlError::Usage(format!(
-                "--grace-period={grace}: must be 0 or more seconds"
-            )));
-        }
-        (Some(0), false) => {
-            return Err(CtlError::Usage(
-                "--grace-period=0 removes pods without waiting for them to stop: add --force"
-                    .to_owned(),
-            ));
-        }
-        (grace, true) => Some(grace.unwrap_or(0)),
-        (grace, false) => grace,
-    };
     let names = match (&args.selector, names.is_empty()) {
         (Some(selector), true) => {
             let path = format!(
@@ -602,14 +578,15 @@ async fn delete(ctx: &Ctx, args: DeleteArgs, out: &mut dyn Write) -> Result<(), 
     };
     for name in names {
         let target = Target { rt, name: &name };
-        let mut path = ctx.object_path(rt, &name);
-        if let Some(grace) = grace {
-            path.push_str(&format!("?gracePeriodSeconds={grace}"));
-        }
-        match ctx.call(Method::DELETE, &path, None, Some(target)).await {
-            Ok(_) if grace == Some(0) => {
-                emit(out, &format!("{}/{name} force deleted", kind_ref(rt)))
-            }
+        match ctx
+            .call(
+                Method::DELETE,
+                &ctx.object_path(rt, &name),
+                None,
+                Some(target),
+            )
+            .await
+        {
             Ok(_) => emit(out, &format!("{}/{name} deleted", kind_ref(rt))),
             Err(CtlError::Server { reason, .. })
                 if reason == "NotFound" && args.ignore_not_found => {}
