@@ -237,11 +237,16 @@ pub fn service_set(
                         _ => None,
                     });
                 let Some(target) = target else { continue };
-                for (list, state) in [
+                for (list, not_ready) in [
                     (&subset.addresses, BackendState::Active),
                     (&subset.not_ready_addresses, BackendState::Failed),
                 ] {
                     for address in list {
+                        let state = if address.terminating {
+                            BackendState::Terminating
+                        } else {
+                            not_ready
+                        };
                         let Ok(ip) = Ipv4Addr::from_str(&address.ip) else {
                             continue;
                         };
