@@ -992,7 +992,10 @@ fn a_terminating_pod_runs_its_pre_stop_hook_before_sigterm() {
         took >= Duration::from_secs(2) && took < Duration::from_secs(10),
         "{took:?}"
     );
-    assert!(node.containers_of(&pod.uid).is_empty(), "no container is left");
+    assert!(
+        node.containers_of(&pod.uid).is_empty(),
+        "no container is left"
+    );
     assert!(manager.report(&pod.uid).is_none());
 }
 

@@ -366,6 +366,31 @@ mod tests {
     }
 
     #[test]
+    fn a_deleted_pod_is_terminating_with_its_deletion_grace_and_hooks() {
+        let mut pod = api_pod();
+        assert!(!PodDesired::from_api(&pod).expect("convertible").terminating);
+        pod.metadata.deletion_timestamp = "2026-01-01T00:00:10Z".to_owned();
+        pod.metadata.deletion_grace_period_seconds = Some(10);
+        pod.spec.containers[0].lifecycle = Some(api::Lifecycle {
+            pre_stop: Some(api::LifecycleHandler {
+                sleep: Some(api::SleepAction { seconds: 2 }),
+                ..api::LifecycleHandler::default()
+            }),
+        });
+        let desired = PodDesired::from_api(&pod).expect("convertible");
+        assert!(desired.terminating);
+        assert_eq!(desired.termination_grace, Duration::from_secs(10));
+        assert_eq!(
+            desired.containers[0].pre_stop,
+            Some(PreStop::Sleep(Duration::from_secs(2)))
+        );
+        // The hook is no part of what the container runs: changing it restarts nothing.
+        let mut without = desired.containers[0].clone();
+        without.pre_stop = None;
+        assert_eq!(without.spec_hash(), desired.containers[0].spec_hash());
+    }
+
+    #[test]
     fn converts_an_api_pod() {
         let pod = PodDesired::from_api(&api_pod()).expect("convertible");
         assert_eq!(pod.key(), "default/web-0");

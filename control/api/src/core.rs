@@ -1034,6 +1034,44 @@ spec:
     }
 
     #[test]
+    fn pre_stop_hooks_need_exactly_one_handler() {
+        let fields = |lifecycle: &str| -> Vec<String> {
+            let yaml = format!(
+                "metadata: {{name: p}}\nspec: {{containers: [{{name: c, image: i, lifecycle: {lifecycle}}}]}}"
+            );
+            match ResourceType::of::<Pod>().decode(Source::Yaml(&yaml)) {
+                Ok(_) => Vec::new(),
+                Err(DecodeError::Invalid { errors }) => {
+                    errors.into_iter().map(|e| e.field).collect()
+                }
+                Err(other) => panic!("malformed: {other}"),
+            }
+        };
+        assert_eq!(
+            fields("{preStop: {sleep: {seconds: 2}}}"),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            fields("{preStop: {exec: {command: [sh, -c, 'sleep 1']}}}"),
+            Vec::<String>::new()
+        );
+        let prefix = "spec.containers[0].lifecycle.preStop";
+        assert_eq!(fields("{preStop: {}}"), [prefix]);
+        assert_eq!(
+            fields("{preStop: {sleep: {seconds: 1}, exec: {command: [x]}}}"),
+            [prefix]
+        );
+        assert_eq!(
+            fields("{preStop: {exec: {command: []}}}"),
+            [format!("{prefix}.exec.command")]
+        );
+        assert_eq!(
+            fields("{preStop: {sleep: {seconds: -1}}}"),
+            [format!("{prefix}.sleep.seconds")]
+        );
+    }
+
+    #[test]
     fn namespace_names_are_labels() {
         let ns = ResourceType::of::<Namespace>();
         assert!(ns.decode(Source::Yaml("metadata: {name: shop}")).is_ok());
