@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::Context as _;
 use berth_api::{
-    agent::{HeartbeatRequest, NodeUsage, PodStatusReport, agent_client::AgentClient},
+    agent::{HeartbeatRequest, NodeUsage, PodDeletion, PodStatusReport, agent_client::AgentClient},
     core::{Endpoints, Node, Pod, Service},
 };
 use serde_json::json;
@@ -356,15 +356,23 @@ async fn report_pod_status(
     node_address: std::net::Ipv4Addr,
 ) {
     let mut delivered: Vec<PodReport> = Vec::new();
+    // Until the pod manager's first pass, its empty reports say nothing about what runs.
+    let mut reconciled = false;
     let mut retry = tokio::time::interval(Duration::from_secs(1));
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            changed = reports_rx.changed() => if changed.is_err() { return },
+            changed = reports_rx.changed() => match changed {
+                Ok(()) => reconciled = true,
+                Err(_) => return,
+            },
             _ = retry.tick() => {}
         }
         let reports = reports_rx.borrow_and_update().clone();
         let api_pods = api_pods_rx.borrow().clone();
+        if reconciled {
+            confirm_deletions(&client, &api_pods, &reports).await;
+        }
         let mut sent = Vec::new();
         // Sent again when the control plane has the pod unready while it is ready here:
         // it marks the pods of a node it lost touch with unready.
@@ -403,6 +411,35 @@ async fn report_pod_status(
             .into_iter()
             .filter(|r| sent.contains(r) || delivered.contains(r))
             .collect();
+    }
+}
+
+/// Ends the graceful deletions this node has carried out: a terminating pod the pod
+/// manager no longer runs (stopped and removed after its preStop hook and grace) may leave
+/// the store. A failed call is tried again on the next round, so an agent restarted or cut
+/// off in the middle still confirms once it is back.
+async fn confirm_deletions(
+    client: &AgentClient<tonic::transport::Channel>,
+    api_pods: &[Pod],
+    reports: &[PodReport],
+) {
+    let done = api_pods.iter().filter(|pod| {
+        !pod.metadata.deletion_timestamp.is_empty()
+            && !reports.iter().any(|report| report.uid == pod.metadata.uid)
+    });
+    for pod in done {
+        let request = PodDeletion {
+            namespace: pod.metadata.namespace.clone(),
+            name: pod.metadata.name.clone(),
+            uid: pod.metadata.uid.clone(),
+        };
+        match client.clone().confirm_pod_deletion(request).await {
+            Ok(_) => tracing::info!(pod = %pod.metadata.name, "pod deletion confirmed"),
+            Err(status) => {
+                tracing::debug!(pod = %pod.metadata.name, %status, "pod deletion not confirmed");
+                return;
+            }
+        }
     }
 }
 

@@ -237,11 +237,16 @@ pub fn service_set(
                         _ => None,
                     });
                 let Some(target) = target else { continue };
-                for (list, state) in [
+                for (list, not_ready) in [
                     (&subset.addresses, BackendState::Active),
                     (&subset.not_ready_addresses, BackendState::Failed),
                 ] {
                     for address in list {
+                        let state = if address.terminating {
+                            BackendState::Terminating
+                        } else {
+                            not_ready
+                        };
                         let Ok(ip) = Ipv4Addr::from_str(&address.ip) else {
                             continue;
                         };
@@ -346,6 +351,7 @@ mod tests {
             ip: ip.into(),
             node_name: node.into(),
             target_pod: String::new(),
+            terminating: false,
         }
     }
 
@@ -354,7 +360,13 @@ mod tests {
             metadata: meta("default", "web"),
             subsets: vec![EndpointSubset {
                 addresses: vec![address("198.18.1.2", "n1"), address("198.18.2.2", "")],
-                not_ready_addresses: vec![address("198.18.2.3", "n2")],
+                not_ready_addresses: vec![
+                    address("198.18.2.3", "n2"),
+                    EndpointAddress {
+                        terminating: true,
+                        ..address("198.18.2.4", "n2")
+                    },
+                ],
                 ports: vec![EndpointPort {
                     name: "http".into(),
                     port: 8080,
@@ -417,6 +429,13 @@ mod tests {
                     port: 8080,
                     node_id: n2,
                     state: BackendState::Failed
+                },
+                // A pod shutting down drains: established flows stay, new ones go elsewhere.
+                BackendSpec {
+                    addr: Ipv4Addr::new(198, 18, 2, 4),
+                    port: 8080,
+                    node_id: n2,
+                    state: BackendState::Terminating
                 },
             ]
         );

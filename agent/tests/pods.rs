@@ -26,13 +26,13 @@ use berth_agent::{
     net, podnet,
     pods::{
         ActionKind, BackoffConfig, ContainerDesired, ContainerState, PodDesired, PodEvent,
-        PodManager, PodManagerConfig, PodPhase, PodReport, RestartPolicy, reason,
+        PodManager, PodManagerConfig, PodPhase, PodReport, PreStop, RestartPolicy, reason,
     },
     probes::{ProbeAction, ProbeEvent, ProbeKind, ProbeResult, ProbeSpec},
     readiness::LocalReadiness,
     runtime::{DEFAULT_SOCKET, DockerRuntime, Limits, labels},
 };
-use berth_echo::{DEFAULT_PORT, IMAGE_V1, PAUSE_IMAGE, Reply, UNHEALTHY_FILE};
+use berth_echo::{DEFAULT_PORT, IMAGE_V1, PAUSE_IMAGE, Reply, UNHEALTHY_FILE, UNREADY_FILE};
 use berth_testkit::PinDir;
 use tokio::{
     runtime::{Handle, Runtime},
@@ -147,6 +147,7 @@ impl TestNode {
             uid,
             restart_policy: policy,
             termination_grace: Duration::from_secs(5),
+            terminating: false,
             containers: vec![ContainerDesired {
                 name: "echo".to_owned(),
                 image: IMAGE_V1.to_owned(),
@@ -932,6 +933,70 @@ fn a_pod_no_longer_desired_is_torn_down() {
     assert!(manager.report(&pod.uid).is_none());
     let pass = rt.block_on(manager.reconcile(&[])).expect("reconcile");
     assert!(pass.actions.is_empty(), "{:?}", pass.actions);
+}
+
+#[test]
+fn a_terminating_pod_runs_its_pre_stop_hook_before_sigterm() {
+    let rt = tokio_runtime();
+    let mut node = TestNode::new(&rt, "198.18.113.0/24");
+    let (mut manager, _events) = node.manager(BackoffConfig::default());
+    let mut pod = node.echo_pod("draining", RestartPolicy::Always);
+    // The hook marks the server unready from inside the container, then waits: while it
+    // runs, the server must still answer (no SIGTERM yet) and say it is unready.
+    pod.containers[0].pre_stop = Some(PreStop::Exec(
+        ["sh", "-c", &format!("touch {UNREADY_FILE}; sleep 2")]
+            .map(str::to_owned)
+            .to_vec(),
+    ));
+    let report = rt.block_on(drive(
+        &mut manager,
+        std::slice::from_ref(&pod),
+        &pod.uid,
+        "running",
+        |report| report.phase == PodPhase::Running,
+    ));
+    let ip = report.pod_ip.expect("an IP");
+    assert_eq!(http(&node.name, ip, "GET", "/readyz").0, 200);
+
+    let mut terminating = pod.clone();
+    terminating.terminating = true;
+    terminating.termination_grace = Duration::from_secs(10);
+    let started = Instant::now();
+    let removal = rt.spawn(async move {
+        let pass = manager.reconcile(&[terminating]).await;
+        (manager, pass)
+    });
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut unready_while_serving = false;
+    while Instant::now() < deadline && !unready_while_serving {
+        unready_while_serving = http(&node.name, ip, "GET", "/readyz").0 == 503;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (manager, pass) = rt.block_on(removal).expect("the removal task");
+    let pass = pass.expect("reconcile");
+    let took = started.elapsed();
+    assert!(
+        unready_while_serving,
+        "the preStop hook ran in the container before it was stopped"
+    );
+    assert!(
+        pass.actions
+            .iter()
+            .any(|action| action.kind == ActionKind::PodRemoved && action.uid == pod.uid),
+        "{:?}",
+        pass.actions
+    );
+    // The hook's 2 s, then SIGTERM, which the echo server handles well inside the rest
+    // of the 10 s grace.
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+    assert!(
+        node.containers_of(&pod.uid).is_empty(),
+        "no container is left"
+    );
+    assert!(manager.report(&pod.uid).is_none());
 }
 
 #[test]

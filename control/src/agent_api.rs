@@ -7,8 +7,9 @@ use std::{net::Ipv4Addr, pin::Pin, sync::Arc};
 
 use berth_api::{
     agent::{
-        HeartbeatRequest, HeartbeatResponse, JoinRequest, JoinResponse, PodStatusAck,
-        PodStatusReport, WatchEvent, WatchRequest, agent_server, watch_event::Type,
+        HeartbeatRequest, HeartbeatResponse, JoinRequest, JoinResponse, PodDeletion,
+        PodDeletionAck, PodStatusAck, PodStatusReport, WatchEvent, WatchRequest, agent_server,
+        watch_event::Type,
     },
     selector::{FieldSelector, Selector},
     validation::check_dns_subdomain,
@@ -23,10 +24,10 @@ use crate::{
         error::ApiError,
         watch::{self, WatchOptions},
     },
-    controllers::{ENDPOINTS, NODES, PODS, SERVICES},
+    controllers::{ENDPOINTS, NODES, PODS, SERVICES, pod_is_terminating},
     metrics::Metrics,
     pki::{Pki, node_name_of_certificate},
-    registry::{Registry, parse_resource_version},
+    registry::{DeleteOptions, Registry, parse_resource_version},
     tokens::BootstrapTokens,
     usage::Usage,
     util,
@@ -334,5 +335,56 @@ impl agent_server::Agent for AgentService {
                 .unwrap_or_default()
                 .to_owned(),
         }))
+    }
+
+    async fn confirm_pod_deletion(
+        &self,
+        request: Request<PodDeletion>,
+    ) -> Result<Response<PodDeletionAck>, Status> {
+        let node = node_of(&request)?;
+        let deletion = request.into_inner();
+        let pod = match self
+            .registry
+            .get(&PODS, &deletion.namespace, &deletion.name)
+            .await
+        {
+            Ok(pod) => pod,
+            // Gone already (forced, or confirmed before): nothing left to do.
+            Err(e) if e.code == axum::http::StatusCode::NOT_FOUND => {
+                return Ok(Response::new(PodDeletionAck {}));
+            }
+            Err(e) => return Err(status(e)),
+        };
+        if pod.pointer("/metadata/uid").and_then(Value::as_str) != Some(deletion.uid.as_str()) {
+            return Ok(Response::new(PodDeletionAck {}));
+        }
+        if pod.pointer("/spec/nodeName").and_then(Value::as_str) != Some(node.as_str()) {
+            return Err(Status::permission_denied(format!(
+                "pod {}/{} is not bound to node {node}",
+                deletion.namespace, deletion.name
+            )));
+        }
+        // A node may only end deletions the control plane started.
+        if !pod_is_terminating(&pod) {
+            return Err(Status::failed_precondition(format!(
+                "pod {}/{} is not being deleted",
+                deletion.namespace, deletion.name
+            )));
+        }
+        let options = DeleteOptions {
+            uid: Some(deletion.uid),
+            ..DeleteOptions::force()
+        };
+        match self
+            .registry
+            .delete(&PODS, &deletion.namespace, &deletion.name, &options)
+            .await
+        {
+            Ok(_) => Ok(Response::new(PodDeletionAck {})),
+            Err(e) if e.code == axum::http::StatusCode::NOT_FOUND => {
+                Ok(Response::new(PodDeletionAck {}))
+            }
+            Err(e) => Err(status(e)),
+        }
     }
 }

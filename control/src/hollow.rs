@@ -12,8 +12,8 @@ use std::{
 };
 
 use berth_api::agent::{
-    BackendRate, ContainerUsage, HeartbeatRequest, JoinRequest, NodeUsage, PodStatusReport,
-    PodUsage, WatchRequest, agent_client::AgentClient, watch_event::Type,
+    BackendRate, ContainerUsage, HeartbeatRequest, JoinRequest, NodeUsage, PodDeletion,
+    PodStatusReport, PodUsage, WatchRequest, agent_client::AgentClient, watch_event::Type,
 };
 use rcgen::{CertificateParams, DnType, KeyPair};
 use serde_json::{Value, json};
@@ -286,6 +286,25 @@ async fn run_pods(node: Arc<HollowNode>, stats: Arc<Mutex<HollowStats>>) {
                         loads.running.remove(&key);
                         loads.set.remove(&key);
                     }
+                }
+                // A graceful deletion: nothing runs, so it is stopped at once and confirmed.
+                // The watch then brings the DELETED event; a failed confirmation is tried
+                // again when the watch starts over (its snapshot lists the pod again).
+                Type::Added | Type::Modified
+                    if pod
+                        .pointer("/metadata/deletionTimestamp")
+                        .and_then(Value::as_str)
+                        .is_some_and(|at| !at.is_empty()) =>
+                {
+                    let deletion = PodDeletion {
+                        namespace,
+                        name,
+                        uid: pod["metadata"]["uid"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned(),
+                    };
+                    let _ = node.client().confirm_pod_deletion(deletion).await;
                 }
                 Type::Added | Type::Modified => {
                     let running = |ip: &str| {

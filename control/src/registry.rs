@@ -371,8 +371,9 @@ impl Registry {
         rt: &'static ResourceType,
         namespace: &str,
         name: &str,
-        wanted: Option<Revision>,
+        options: &DeleteOptions,
     ) -> Result<Value, ApiError> {
+        let wanted = options.resource_version;
         if rt.kind == NAMESPACES.kind
             && let Some(terminating) = self.begin_namespace_deletion(name, wanted).await?
         {
@@ -384,6 +385,35 @@ impl Registry {
                 return Err(ApiError::not_found(rt.kind, name));
             };
             let object = decode_stored(&kv)?;
+            if let Some(uid) = &options.uid
+                && str_at(&object, "/metadata/uid") != uid
+            {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "Conflict",
+                    format!(
+                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                        str_at(&object, "/metadata/uid")
+                    ),
+                ));
+            }
+            if rt.kind == "Pod"
+                && let Some(grace) = graceful_pod_deletion(&object, options.grace_period_seconds)
+            {
+                if grace_already_shorter(&object, grace) {
+                    return Ok(object);
+                }
+                let terminating = self
+                    .read_modify_write_raw(rt, namespace, name, wanted, |existing| {
+                        let mut object = existing.clone();
+                        object["metadata"]["deletionTimestamp"] =
+                            json!(util::rfc3339(util::unix_now() + grace.unsigned_abs()));
+                        object["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+                        Ok(object)
+                    })
+                    .await?;
+                return Ok(terminating);
+            }
             let mut ops = vec![Op::Delete {
                 key: kv.key.clone(),
                 precondition: Precondition::ModRevision(wanted.unwrap_or(kv.mod_revision)),
@@ -756,6 +786,13 @@ impl Registry {
                 for field in ["uid", "creationTimestamp"] {
                     meta.insert(field.to_owned(), old["metadata"][field].clone());
                 }
+                // Server-owned: a deletion in progress survives any update.
+                for field in ["deletionTimestamp", "deletionGracePeriodSeconds"] {
+                    match old["metadata"].get(field) {
+                        Some(value) => drop(meta.insert(field.to_owned(), value.clone())),
+                        None => drop(meta.remove(field)),
+                    }
+                }
                 if rt.has_status {
                     match old.get("status") {
                         Some(status) => incoming["status"] = status.clone(),
@@ -767,6 +804,8 @@ impl Registry {
                 meta.insert("uid".to_owned(), json!(util::uuid_v4()));
                 meta.insert("creationTimestamp".to_owned(), json!(util::rfc3339_now()));
                 meta.insert("generation".to_owned(), json!(1));
+                meta.remove("deletionTimestamp");
+                meta.remove("deletionGracePeriodSeconds");
                 if rt.has_status
                     && let Some(object) = incoming.as_object_mut()
                 {
@@ -1268,6 +1307,51 @@ fn scale_view(object: &Value) -> Value {
             "selector": selector,
         },
     })
+}
+
+/// How a DELETE was asked for: the preconditions and the grace (Kubernetes' DeleteOptions).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeleteOptions {
+    pub resource_version: Option<Revision>,
+    pub uid: Option<String>,
+    pub grace_period_seconds: Option<i64>,
+}
+
+impl DeleteOptions {
+    /// Gone at once, whatever the pod's grace: for what no agent will confirm.
+    pub fn force() -> Self {
+        DeleteOptions {
+            grace_period_seconds: Some(0),
+            ..DeleteOptions::default()
+        }
+    }
+}
+
+/// Kubernetes' default `terminationGracePeriodSeconds`.
+pub const DEFAULT_POD_GRACE_SECONDS: i64 = 30;
+
+/// The grace a pod's deletion gets, or None when it goes at once: grace 0, or a pod no
+/// node runs (unbound, or already finished), which has no agent to stop it.
+fn graceful_pod_deletion(pod: &Value, asked: Option<i64>) -> Option<i64> {
+    if str_at(pod, "/spec/nodeName").is_empty()
+        || matches!(str_at(pod, "/status/phase"), "Succeeded" | "Failed")
+    {
+        return None;
+    }
+    let grace = asked
+        .or_else(|| {
+            pod.pointer("/spec/terminationGracePeriodSeconds")
+                .and_then(Value::as_i64)
+        })
+        .unwrap_or(DEFAULT_POD_GRACE_SECONDS);
+    (grace > 0).then_some(grace)
+}
+
+/// A pod already terminating keeps its deletion unless this one asks for less grace.
+fn grace_already_shorter(pod: &Value, grace: i64) -> bool {
+    pod.pointer("/metadata/deletionGracePeriodSeconds")
+        .and_then(Value::as_i64)
+        .is_some_and(|current| current <= grace)
 }
 
 pub fn decode_error(rt: &ResourceType, name: &str, error: berth_api::DecodeError) -> ApiError {

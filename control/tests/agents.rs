@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use axum::http::Method;
 use berth_api::agent::{
-    HeartbeatRequest, JoinRequest, PodStatusReport, WatchRequest, agent_client::AgentClient,
-    watch_event::Type,
+    HeartbeatRequest, JoinRequest, PodDeletion, PodStatusReport, WatchRequest,
+    agent_client::AgentClient, watch_event::Type,
 };
 use berth_control::hollow::{HollowHandle, HollowNode};
 use common::{TestServer, eventually, start_with};
@@ -186,6 +186,36 @@ async fn hollow_nodes_run_a_deployment_and_fail_over() {
         .await
         .expect_err("n0 reporting for n1");
     assert_eq!(denied.code(), Code::PermissionDenied);
+    // Nor end another node's pod's deletion, nor one the control plane did not start.
+    let deletion = |pod: &Value| PodDeletion {
+        namespace: "default".to_owned(),
+        name: pod["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        uid: pod["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    };
+    let n1_client = HollowNode::join(&c.t.server.agent_url, &c.ca, &c.token, "n1")
+        .await
+        .expect("second join of n1 reuses its CIDR")
+        .client();
+    let denied = HollowNode::join(&c.t.server.agent_url, &c.ca, &c.token, "n0")
+        .await
+        .expect("join")
+        .client()
+        .confirm_pod_deletion(deletion(&foreign))
+        .await
+        .expect_err("n0 ending n1's pod");
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    let refused = n1_client
+        .clone()
+        .confirm_pod_deletion(deletion(&foreign))
+        .await
+        .expect_err("a pod nobody deleted");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
 
     // n2's agent dies: its pods are evicted and rescheduled onto n0 and n1.
     drop(n2);

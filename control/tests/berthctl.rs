@@ -848,3 +848,63 @@ async fn namespaces_through_the_generic_commands() {
         run.err
     );
 }
+
+#[tokio::test]
+async fn delete_pods_gracefully_or_by_force() {
+    let t = start().await;
+    let admin = t.server.admin_config.clone();
+    // Bound to a node no agent runs: nothing confirms its graceful deletion.
+    let bound = write(
+        t.dir.path(),
+        "pods.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: bound}\n\
+         spec: {nodeName: far-away, containers: [{name: c, image: berth/echo:v1}]}\n\
+         ---\napiVersion: v1\nkind: Pod\nmetadata: {name: unbound}\n\
+         spec: {containers: [{name: c, image: berth/echo:v1}]}\n",
+    );
+    berthctl(&admin, &["apply", "-f", &bound]).await.ok();
+
+    let run = berthctl(&admin, &["delete", "pod", "bound", "--grace-period=5"]).await;
+    assert_eq!(run.ok().out, "pod/bound deleted\n");
+    let pod = berthctl(&admin, &["get", "pod", "bound", "-o", "json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(pod["metadata"]["deletionGracePeriodSeconds"], 5);
+    assert!(pod["metadata"]["deletionTimestamp"].is_string(), "{pod}");
+    let table = berthctl(&admin, &["get", "pods"]).await.ok().out.clone();
+    assert_eq!(row(&table, "bound").expect("listed")[2], "Terminating");
+    // A second delete may shorten the grace, never lengthen it.
+    berthctl(&admin, &["delete", "pod", "bound", "--grace-period=60"])
+        .await
+        .ok();
+    let pod = berthctl(&admin, &["get", "pod", "bound", "-o", "json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(pod["metadata"]["deletionGracePeriodSeconds"], 5);
+
+    let run = berthctl(
+        &admin,
+        &["delete", "pod", "bound", "--grace-period=0", "--force"],
+    )
+    .await;
+    assert!(
+        run.ok().out.contains("Immediate deletion does not wait"),
+        "{}",
+        run.out
+    );
+    berthctl(&admin, &["get", "pod", "bound"])
+        .await
+        .fails_with(&["NotFound"]);
+
+    // No node runs it: it goes at once.
+    berthctl(&admin, &["delete", "pod", "unbound"]).await.ok();
+    berthctl(&admin, &["get", "pod", "unbound"])
+        .await
+        .fails_with(&["NotFound"]);
+
+    berthctl(&admin, &["delete", "pod", "x", "--grace-period=-2"])
+        .await
+        .fails_with(&["--grace-period"]);
+}

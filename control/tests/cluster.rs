@@ -45,10 +45,20 @@ fn fake_agent(client: Arc<Client>, node: &'static str, index: u8, alive: Arc<Ato
                 .await
             {
                 for pod in pods["items"].as_array().into_iter().flatten() {
+                    let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+                    // Deleted gracefully: stopped at once (nothing runs), then the final
+                    // delete with grace 0 and the uid as precondition, as the kubelet does.
+                    if pod.pointer("/metadata/deletionTimestamp").is_some() {
+                        let options = json!({"gracePeriodSeconds": 0,
+                            "preconditions": {"uid": pod["metadata"]["uid"]}});
+                        let _ = client
+                            .json(Method::DELETE, &format!("{PODS}/{name}"), Some(&options))
+                            .await;
+                        continue;
+                    }
                     if pod.pointer("/status/podIP").is_some() {
                         continue;
                     }
-                    let name = pod["metadata"]["name"].as_str().unwrap_or_default();
                     let status = json!({"status": {"phase": "Running", "podIP": format!("198.18.{index}.{next_ip}"),
                         "conditions": [{"type": "Ready", "status": "True"}]}});
                     next_ip = next_ip.wrapping_add(1);

@@ -286,6 +286,7 @@ pub fn web_manifest(replicas: u32, cluster_ip: &str, with_client: bool) -> Strin
         image: "berth/echo:v1",
         node_port: None,
         with_client,
+        pre_stop_sleep: 0,
     }
     .render()
 }
@@ -298,6 +299,10 @@ pub struct WebManifest<'a> {
     /// Makes the Service a NodePort one, answering on every node's address at this port.
     pub node_port: Option<u16>,
     pub with_client: bool,
+    /// Seconds of `lifecycle.preStop.sleep` for the echo container (0: no hook): what a
+    /// Kubernetes user gives a server so that every node's datapath has dropped a deleted
+    /// pod's endpoint before it gets SIGTERM.
+    pub pre_stop_sleep: u32,
 }
 
 impl WebManifest<'_> {
@@ -308,7 +313,13 @@ impl WebManifest<'_> {
             image,
             node_port,
             with_client,
+            pre_stop_sleep,
         } = self;
+        let pre_stop = if *pre_stop_sleep > 0 {
+            format!("\n          lifecycle: {{preStop: {{sleep: {{seconds: {pre_stop_sleep}}}}}}}")
+        } else {
+            String::new()
+        };
         let (service_type, node_port) = match node_port {
             Some(port) => ("NodePort", format!(", nodePort: {port}")),
             None => ("ClusterIP", String::new()),
@@ -328,7 +339,7 @@ spec:
         - name: echo
           image: {image}
           ports: [{{containerPort: 8080}}]
-          readinessProbe: {{httpGet: {{path: /readyz, port: 8080}}, periodSeconds: 1}}
+          readinessProbe: {{httpGet: {{path: /readyz, port: 8080}}, periodSeconds: 1}}{pre_stop}
 ---
 apiVersion: v1
 kind: Service

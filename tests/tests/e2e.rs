@@ -25,6 +25,10 @@ const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 200, 31);
 const NODE_PORT: u16 = 30081;
 /// One request every 20 ms from each client: 50 requests per second each.
 const PACE: Duration = Duration::from_millis(20);
+/// The web pods' `lifecycle.preStop.sleep`: longer than it takes every node's datapath to
+/// drop a deleted pod's endpoint, so the server gets SIGTERM only after the last new
+/// connection reached it.
+const PRE_STOP_SLEEP: u32 = 2;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn end_to_end_scenarios() {
@@ -164,6 +168,7 @@ fn manifest(replicas: u32, image: &str) -> String {
         image,
         node_port: Some(NODE_PORT),
         with_client: true,
+        pre_stop_sleep: PRE_STOP_SLEEP,
     }
     .render()
 }
@@ -277,7 +282,7 @@ async fn scenarios(cluster: &mut E2eCluster) -> String {
         .await;
     let down_done = scaled.elapsed();
     let down_follow = wait_responders(&client_ns, vip, &names(&two), Duration::from_secs(30)).await;
-    let (_, errors) = report.add(
+    let (failed, errors) = report.add(
         "2 scale 3→6→2",
         traffic,
         format!(
@@ -288,7 +293,9 @@ async fn scenarios(cluster: &mut E2eCluster) -> String {
             seconds(down_follow)
         ),
     );
-    println!("scale failures: {errors:?}");
+    // Deleted pods terminate gracefully: out of the endpoints at once, SIGTERM after the
+    // preStop sleep, so no request is lost.
+    assert_eq!(failed, 0, "scale: {errors:?}");
 
     // 3. Rolling update to v2, then rollout undo: no failed request.
     cluster.berthctl_ok(&["scale", "deployment", "web", "--replicas", "3"]);
@@ -338,10 +345,7 @@ async fn scenarios(cluster: &mut E2eCluster) -> String {
         traffic,
         format!("update {}, undo {}", seconds(updated), seconds(undone)),
     );
-    // Not asserted zero: pods are deleted at once (no graceful deletion, no preStop), so
-    // the agent stops a replaced container while the other nodes' datapaths may still
-    // send it a request, and the echo server exits at SIGTERM. The report shows the count.
-    println!("rolling update: {failed} failed: {errors:?}");
+    assert_eq!(failed, 0, "rolling update: {errors:?}");
 
     // 7. An agent restarts: no failed request.
     let traffic = Traffic::start(cluster, &client_ns);

@@ -43,7 +43,9 @@ use tokio::{
 
 pub use self::{
     backoff::BackoffConfig,
-    spec::{ContainerDesired, DEFAULT_TERMINATION_GRACE, PodDesired, RestartPolicy, SpecError},
+    spec::{
+        ContainerDesired, DEFAULT_TERMINATION_GRACE, PodDesired, PreStop, RestartPolicy, SpecError,
+    },
     status::{ContainerReport, ContainerState, PodPhase, PodReport, Terminated, reason},
 };
 use crate::{
@@ -67,6 +69,9 @@ pub const DEFAULT_PAUSE_IMAGE: &str = berth_echo::PAUSE_IMAGE;
 pub const DEFAULT_RESYNC_PERIOD: Duration = Duration::from_secs(1);
 /// The pause container only sleeps; it gets no grace.
 const PAUSE_STOP_GRACE: Duration = Duration::ZERO;
+/// What a container still gets after a preStop hook that used up the grace (the kubelet's
+/// minimum).
+const MIN_GRACE_AFTER_PRE_STOP: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct PodManagerConfig {
@@ -196,6 +201,16 @@ struct PodState {
 struct Sandbox {
     pause_id: String,
     network: PodNetwork,
+}
+
+/// A pod on its way out, taken from the manager's book.
+struct Removal {
+    uid: String,
+    /// What the pod was (the terminating one from the API first: it carries the grace
+    /// of the deletion), if known; after an agent restart only the API knows it.
+    spec: Option<PodDesired>,
+    containers: Vec<ContainerSummary>,
+    network: Option<PodNetwork>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -360,7 +375,13 @@ impl PodManager {
             }
         }
         let mut wanted: BTreeMap<&str, &PodDesired> = BTreeMap::new();
-        for pod in desired {
+        // Deleted gracefully: stopped with their preStop hooks and grace, never started.
+        let terminating: BTreeMap<&str, &PodDesired> = desired
+            .iter()
+            .filter(|pod| pod.terminating)
+            .map(|pod| (pod.uid.as_str(), pod))
+            .collect();
+        for pod in desired.iter().filter(|pod| !pod.terminating) {
             if wanted.insert(&pod.uid, pod).is_some() {
                 tracing::warn!(uid = %pod.uid, "pod uid given twice; using the last one");
             }
@@ -399,9 +420,32 @@ impl PodManager {
             .filter(|uid| !wanted.contains_key(uid.as_str()))
             .cloned()
             .collect();
-        for uid in unwanted {
-            let containers = by_uid.remove(&uid).unwrap_or_default();
-            self.remove_pod(&uid, containers, &mut actions).await;
+        // Together: one pod's preStop hook and grace must not hold up another's.
+        let removals: Vec<Removal> = unwanted
+            .into_iter()
+            .map(|uid| {
+                let containers = by_uid.remove(&uid).unwrap_or_default();
+                // Dropping the state aborts the probe workers first: a container being
+                // stopped must not be reported as failing its probes.
+                let state = self.pods.remove(&uid);
+                let spec = terminating
+                    .get(uid.as_str())
+                    .map(|pod| (*pod).clone())
+                    .or_else(|| state.as_ref().map(|state| state.desired.clone()));
+                let network = state.and_then(|state| state.sandbox.map(|sandbox| sandbox.network));
+                Removal {
+                    uid,
+                    spec,
+                    containers,
+                    network,
+                }
+            })
+            .collect();
+        let removed =
+            futures_util::future::join_all(removals.into_iter().map(|r| self.remove_pod(r))).await;
+        for (uid, action) in removed {
+            self.ipam.release(&uid);
+            actions.push(action);
         }
 
         for pod in wanted.values() {
@@ -433,16 +477,17 @@ impl PodManager {
             })
     }
 
-    async fn remove_pod(
-        &mut self,
-        uid: &str,
-        containers: Vec<ContainerSummary>,
-        actions: &mut Vec<Action>,
-    ) {
-        // Dropping the state aborts the probe workers first: a container being stopped
-        // must not be reported as failing its probes.
-        let state = self.pods.remove(uid);
-        let pod = state.as_ref().map(|state| state.desired.key()).or_else(|| {
+    /// Stops and removes a pod that is no longer wanted: each running app container's
+    /// preStop hook, then SIGTERM with what is left of the grace, then the network and the
+    /// sandbox. Returns the uid and the action; the caller releases the address.
+    async fn remove_pod(&self, removal: Removal) -> (String, Action) {
+        let Removal {
+            uid,
+            spec,
+            containers,
+            network,
+        } = removal;
+        let pod = spec.as_ref().map(PodDesired::key).or_else(|| {
             containers.first().map(|container| {
                 format!(
                     "{}/{}",
@@ -451,29 +496,66 @@ impl PodManager {
                 )
             })
         });
-        let grace = state.as_ref().map_or(DEFAULT_TERMINATION_GRACE, |state| {
-            state.desired.termination_grace
-        });
-        let network = state.and_then(|state| state.sandbox.map(|sandbox| sandbox.network));
+        let grace = spec
+            .as_ref()
+            .map_or(DEFAULT_TERMINATION_GRACE, |spec| spec.termination_grace);
         let (pauses, apps): (Vec<_>, Vec<_>) = containers.iter().partition(|container| {
             label(container, labels::CONTAINER_NAME) == Some(PAUSE_CONTAINER)
         });
         // App containers get their grace together, then the sandbox goes.
-        let stops = apps
-            .iter()
-            .map(|container| self.stop_and_remove(&container.id, grace));
+        let stops = apps.iter().map(|container| {
+            let pre_stop = spec
+                .as_ref()
+                .and_then(|spec| {
+                    spec.containers
+                        .iter()
+                        .find(|c| Some(c.name.as_str()) == label(container, labels::CONTAINER_NAME))
+                })
+                .and_then(|c| c.pre_stop.clone())
+                .filter(|_| is_running(container) && !grace.is_zero());
+            async move {
+                let started = Instant::now();
+                if let Some(hook) = pre_stop {
+                    self.run_pre_stop(&container.id, &hook, grace).await;
+                }
+                // As the kubelet does: a hook that used up the grace still leaves the
+                // container a moment to handle SIGTERM.
+                let left = grace
+                    .saturating_sub(started.elapsed())
+                    .max(MIN_GRACE_AFTER_PRE_STOP.min(grace));
+                self.stop_and_remove(&container.id, left).await
+            }
+        });
         futures_util::future::join_all(stops).await;
-        self.teardown_network(uid, network).await;
+        self.teardown_network(&uid, network).await;
         for pause in pauses {
             self.stop_and_remove(&pause.id, PAUSE_STOP_GRACE).await;
         }
-        self.ipam.release(uid);
-        actions.push(Action {
+        let action = Action {
             pod: pod.unwrap_or_default(),
-            uid: uid.to_owned(),
+            uid: uid.clone(),
             container: None,
             kind: ActionKind::PodRemoved,
-        });
+        };
+        (uid, action)
+    }
+
+    /// Runs a preStop hook, bounded by the grace; a failing hook is logged and the
+    /// container stopped all the same, as in Kubernetes.
+    async fn run_pre_stop(&self, id: &str, hook: &PreStop, grace: Duration) {
+        match hook {
+            PreStop::Sleep(duration) => tokio::time::sleep((*duration).min(grace)).await,
+            PreStop::Exec(command) => match self.runtime.exec(id, command, grace).await {
+                Ok(output) if output.exit_code == 0 => {}
+                Ok(output) => tracing::warn!(
+                    container = %id,
+                    exit_code = output.exit_code,
+                    output = %output.output,
+                    "preStop hook failed"
+                ),
+                Err(error) => tracing::warn!(container = %id, %error, "preStop hook failed"),
+            },
+        }
     }
 
     async fn stop_and_remove(&self, id: &str, grace: Duration) {

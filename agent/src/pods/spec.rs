@@ -42,8 +42,21 @@ pub struct PodDesired {
     pub name: String,
     pub uid: String,
     pub restart_policy: RestartPolicy,
+    /// The pod's grace, or the one its deletion was given once it is terminating.
     pub termination_grace: Duration,
+    /// Deleted gracefully (the API pod has a deletionTimestamp): the node stops it, runs
+    /// no more of it, and then confirms the deletion.
+    pub terminating: bool,
     pub containers: Vec<ContainerDesired>,
+}
+
+/// A container's `lifecycle.preStop` hook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PreStop {
+    /// Runs in the container; the pod's grace bounds it.
+    Exec(Vec<String>),
+    /// The agent waits, so images without a `sleep` binary can have one too.
+    Sleep(Duration),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -55,6 +68,7 @@ pub struct ContainerDesired {
     pub env: Vec<(String, String)>,
     pub limits: Limits,
     pub probes: ContainerProbes,
+    pub pre_stop: Option<PreStop>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -100,7 +114,11 @@ impl PodDesired {
                 ));
             }
         };
-        let termination_grace = match pod.spec.termination_grace_period_seconds {
+        let grace_seconds = pod
+            .metadata
+            .deletion_grace_period_seconds
+            .or(pod.spec.termination_grace_period_seconds);
+        let termination_grace = match grace_seconds {
             None => DEFAULT_TERMINATION_GRACE,
             Some(seconds) => Duration::from_secs(u64::try_from(seconds).map_err(|_| {
                 error(
@@ -129,8 +147,30 @@ impl PodDesired {
             uid: pod.metadata.uid.clone(),
             restart_policy,
             termination_grace,
+            terminating: !pod.metadata.deletion_timestamp.is_empty(),
             containers,
         })
+    }
+}
+
+fn pre_stop_from_api(container: &api::Container) -> Result<Option<PreStop>, (String, String)> {
+    let Some(handler) = container
+        .lifecycle
+        .as_ref()
+        .and_then(|lifecycle| lifecycle.pre_stop.as_ref())
+    else {
+        return Ok(None);
+    };
+    let error = |reason: &str| Err(("lifecycle.preStop".to_owned(), reason.to_owned()));
+    match (&handler.exec, &handler.sleep) {
+        (Some(exec), None) if !exec.command.is_empty() => {
+            Ok(Some(PreStop::Exec(exec.command.clone())))
+        }
+        (None, Some(sleep)) => match u64::try_from(sleep.seconds) {
+            Ok(seconds) => Ok(Some(PreStop::Sleep(Duration::from_secs(seconds)))),
+            Err(_) => error("sleep.seconds is negative"),
+        },
+        _ => error("needs exactly one of a non-empty exec command or sleep"),
     }
 }
 
@@ -184,6 +224,7 @@ impl ContainerDesired {
                     &container.readiness_probe,
                 )?,
             },
+            pre_stop: pre_stop_from_api(container)?,
         })
     }
 
@@ -322,6 +363,31 @@ mod tests {
             }
         });
         serde_json::from_value(manifest).expect("a pod")
+    }
+
+    #[test]
+    fn a_deleted_pod_is_terminating_with_its_deletion_grace_and_hooks() {
+        let mut pod = api_pod();
+        assert!(!PodDesired::from_api(&pod).expect("convertible").terminating);
+        pod.metadata.deletion_timestamp = "2026-01-01T00:00:10Z".to_owned();
+        pod.metadata.deletion_grace_period_seconds = Some(10);
+        pod.spec.containers[0].lifecycle = Some(api::Lifecycle {
+            pre_stop: Some(api::LifecycleHandler {
+                sleep: Some(api::SleepAction { seconds: 2 }),
+                ..api::LifecycleHandler::default()
+            }),
+        });
+        let desired = PodDesired::from_api(&pod).expect("convertible");
+        assert!(desired.terminating);
+        assert_eq!(desired.termination_grace, Duration::from_secs(10));
+        assert_eq!(
+            desired.containers[0].pre_stop,
+            Some(PreStop::Sleep(Duration::from_secs(2)))
+        );
+        // The hook is no part of what the container runs: changing it restarts nothing.
+        let mut without = desired.containers[0].clone();
+        without.pre_stop = None;
+        assert_eq!(without.spec_hash(), desired.containers[0].spec_hash());
     }
 
     #[test]

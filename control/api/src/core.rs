@@ -114,6 +114,39 @@ pub struct Container {
     pub readiness_probe: Option<Probe>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub liveness_probe: Option<Probe>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<Lifecycle>,
+}
+
+/// Hooks the node runs around a container's life; Berth supports `preStop`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Lifecycle {
+    /// Runs when the pod is deleted, before its containers get SIGTERM; its time counts
+    /// against the pod's termination grace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_stop: Option<LifecycleHandler>,
+}
+
+/// Exactly one of `exec` or `sleep`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LifecycleHandler {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<ExecAction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sleep: Option<SleepAction>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ExecAction {
+    /// Run directly in the container, not through a shell.
+    #[serde(default)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SleepAction {
+    pub seconds: i64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -350,6 +383,9 @@ impl PodSpec {
                     probe.validate(v, &p.child(field), c);
                 }
             }
+            if let Some(pre_stop) = c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()) {
+                pre_stop.validate(v, &p.child("lifecycle").child("preStop"));
+            }
         }
         if !self.restart_policy.is_empty() {
             v.one_of(
@@ -368,6 +404,22 @@ impl PodSpec {
         }
         if let Some(grace) = self.termination_grace_period_seconds {
             v.non_negative(&path.child("terminationGracePeriodSeconds"), grace);
+        }
+    }
+}
+
+impl LifecycleHandler {
+    fn validate(&self, v: &mut Validator, path: &FieldPath) {
+        match (&self.exec, &self.sleep) {
+            (Some(exec), None) => {
+                if exec.command.is_empty() {
+                    v.error(&path.child("exec").child("command"), "must not be empty");
+                }
+            }
+            (None, Some(sleep)) => {
+                v.non_negative(&path.child("sleep").child("seconds"), sleep.seconds);
+            }
+            _ => v.error(path, "must specify exactly one handler: exec or sleep"),
         }
     }
 }
@@ -760,6 +812,11 @@ pub struct EndpointAddress {
     pub node_name: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub target_pod: String,
+    /// The pod is shutting down (it has a deletionTimestamp), as an EndpointSlice's
+    /// `terminating` condition says: listed under notReadyAddresses, its established
+    /// connections drain and new ones go elsewhere.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub terminating: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -974,6 +1031,44 @@ spec:
         let fields: Vec<String> = service_errors(twice).into_iter().map(|e| e.0).collect();
         // The same nodePort for TCP and UDP is allowed, as in Kubernetes.
         assert_eq!(fields, ["spec.ports[1].nodePort", "spec.clusterIP"]);
+    }
+
+    #[test]
+    fn pre_stop_hooks_need_exactly_one_handler() {
+        let fields = |lifecycle: &str| -> Vec<String> {
+            let yaml = format!(
+                "metadata: {{name: p}}\nspec: {{containers: [{{name: c, image: i, lifecycle: {lifecycle}}}]}}"
+            );
+            match ResourceType::of::<Pod>().decode(Source::Yaml(&yaml)) {
+                Ok(_) => Vec::new(),
+                Err(DecodeError::Invalid { errors }) => {
+                    errors.into_iter().map(|e| e.field).collect()
+                }
+                Err(other) => panic!("malformed: {other}"),
+            }
+        };
+        assert_eq!(
+            fields("{preStop: {sleep: {seconds: 2}}}"),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            fields("{preStop: {exec: {command: [sh, -c, 'sleep 1']}}}"),
+            Vec::<String>::new()
+        );
+        let prefix = "spec.containers[0].lifecycle.preStop";
+        assert_eq!(fields("{preStop: {}}"), [prefix]);
+        assert_eq!(
+            fields("{preStop: {sleep: {seconds: 1}, exec: {command: [x]}}}"),
+            [prefix]
+        );
+        assert_eq!(
+            fields("{preStop: {exec: {command: []}}}"),
+            [format!("{prefix}.exec.command")]
+        );
+        assert_eq!(
+            fields("{preStop: {sleep: {seconds: -1}}}"),
+            [format!("{prefix}.sleep.seconds")]
+        );
     }
 
     #[test]

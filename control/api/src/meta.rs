@@ -38,6 +38,13 @@ pub struct ObjectMeta {
     pub annotations: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub owner_references: Vec<OwnerReference>,
+    /// RFC 3339, set by the server when a graceful deletion starts: the time by which the
+    /// object should be gone. Kept across updates; users cannot set or clear it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub deletion_timestamp: String,
+    /// The grace the deletion was given, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_grace_period_seconds: Option<i64>,
 }
 
 fn is_zero(value: &i64) -> bool {

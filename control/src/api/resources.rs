@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiState, error::ApiError, node_proxy, watch, with_info};
-use crate::registry::{decode_error, name_of, parse_resource_version};
+use crate::registry::{DeleteOptions, decode_error, name_of, parse_resource_version};
 
 /// A resource URL taken apart.
 #[derive(Debug)]
@@ -155,8 +155,8 @@ async fn dispatch(
         }
         (&Method::DELETE, Some(name), None) => {
             let result = async {
-                let wanted = delete_precondition(query, body).await?;
-                registry.delete(rt, ns, name, wanted).await.map(ok_json)
+                let options = delete_options(query, body).await?;
+                registry.delete(rt, ns, name, &options).await.map(ok_json)
             };
             ("delete", result.await)
         }
@@ -348,25 +348,53 @@ async fn read_object(
 }
 
 /// `?resourceVersion=N` or a DeleteOptions body with `preconditions.resourceVersion`.
-async fn delete_precondition(
+/// Kubernetes' DeleteOptions, from the query (`resourceVersion`, `gracePeriodSeconds`) or
+/// the body (`preconditions`, `gracePeriodSeconds`); the query wins.
+async fn delete_options(
     query: &HashMap<String, String>,
     body: Body,
-) -> Result<Option<u64>, ApiError> {
-    if let Some(rv) = query.get("resourceVersion") {
-        return parse_resource_version(rv);
-    }
+) -> Result<DeleteOptions, ApiError> {
     let bytes = read_body(body, MAX_OBJECT_BYTES).await?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(None);
+    let body: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::bad_request(format!("DeleteOptions: {e}")))?
+    };
+    let resource_version = match query.get("resourceVersion") {
+        Some(rv) => parse_resource_version(rv)?,
+        None => parse_resource_version(
+            body.pointer("/preconditions/resourceVersion")
+                .and_then(Value::as_str)
+                .unwrap_or_default(),
+        )?,
+    };
+    let grace_period_seconds = match query.get("gracePeriodSeconds") {
+        Some(text) => Some(text.parse::<i64>().map_err(|_| {
+            ApiError::bad_request(format!("gracePeriodSeconds {text:?} is not an integer"))
+        })?),
+        None => match body.get("gracePeriodSeconds") {
+            None | Some(Value::Null) => None,
+            Some(value) => Some(value.as_i64().ok_or_else(|| {
+                ApiError::bad_request("DeleteOptions: gracePeriodSeconds must be an integer")
+            })?),
+        },
+    };
+    if grace_period_seconds.is_some_and(|grace| grace < 0) {
+        return Err(ApiError::bad_request(
+            "gracePeriodSeconds must be greater than or equal to 0",
+        ));
     }
-    let options: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::bad_request(format!("DeleteOptions: {e}")))?;
-    parse_resource_version(
-        options
-            .pointer("/preconditions/resourceVersion")
-            .and_then(Value::as_str)
-            .unwrap_or_default(),
-    )
+    let uid = body
+        .pointer("/preconditions/uid")
+        .and_then(Value::as_str)
+        .filter(|uid| !uid.is_empty())
+        .map(str::to_owned);
+    Ok(DeleteOptions {
+        resource_version,
+        uid,
+        grace_period_seconds,
+    })
 }
 
 pub(super) fn selectors(

@@ -247,6 +247,7 @@ fn prune_history(deployment: &Value, old: &[&Value]) -> Vec<Write> {
             rt: &REPLICASETS,
             namespace: namespace_of(rs).to_owned(),
             name: name_of(rs).to_owned(),
+            force: false,
         })
         .collect()
 }

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use super::{
     Change, Context, ENDPOINTS, Outcome, PODS, Reconciler, SERVICES, Snapshot, Write, is_kind,
-    owner_reference, pod_is_ready, pod_is_terminal,
+    owner_reference, pod_is_ready, pod_is_terminal, pod_is_terminating,
 };
 use crate::registry::{labels_of, name_of, namespace_of};
 
@@ -78,12 +78,17 @@ impl Reconciler for EndpointsController {
             if !selects(&selector, pod) || ip.is_empty() || pod_is_terminal(pod) {
                 continue;
             }
-            let address = json!({
+            let mut address = json!({
                 "ip": ip,
                 "nodeName": pod.pointer("/spec/nodeName").cloned().unwrap_or(json!("")),
                 "targetPod": name_of(pod),
             });
-            if pod_is_ready(pod) {
+            if pod_is_terminating(pod) {
+                // Out of the ready addresses at once, so every node stops sending it new
+                // connections while the pod's preStop hook and grace run.
+                address["terminating"] = json!(true);
+                not_ready.push(address)
+            } else if pod_is_ready(pod) {
                 ready.push(address)
             } else {
                 not_ready.push(address)
@@ -223,6 +228,39 @@ mod tests {
             EndpointsController.reconcile(&service, &snapshot, &ctx),
             Outcome::default(),
             "idempotent"
+        );
+    }
+
+    #[test]
+    fn terminating_pods_leave_the_ready_addresses_at_once() {
+        let service = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "default", "uid": "s"},
+            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}});
+        let (rt, mut leaving) = pod("b", "198.18.1.3", true, "web");
+        leaving["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:30Z");
+        let snapshot = Snapshot::from_objects(
+            vec![
+                (&SERVICES, service.clone()),
+                pod("a", "198.18.1.2", true, "web"),
+                (rt, leaving),
+            ],
+            1,
+        );
+        let ctx = Context {
+            now: 0,
+            settings: Settings::default(),
+        };
+        let outcome = EndpointsController.reconcile(&service, &snapshot, &ctx);
+        let [Write::Create { object, .. }] = outcome.writes.as_slice() else {
+            panic!("{outcome:?}")
+        };
+        let subset = &object["subsets"][0];
+        assert_eq!(
+            subset["addresses"],
+            json!([{"ip": "198.18.1.2", "nodeName": "n1", "targetPod": "a"}])
+        );
+        assert_eq!(
+            subset["notReadyAddresses"],
+            json!([{"ip": "198.18.1.3", "nodeName": "n1", "targetPod": "b", "terminating": true}])
         );
     }
 }

@@ -68,6 +68,7 @@ impl Reconciler for GarbageCollector {
             rt: self.0,
             namespace: namespace_of(object).to_owned(),
             name: name_of(object).to_owned(),
+            force: false,
         }])
     }
 }

@@ -37,7 +37,7 @@ use tokio::{
 pub use self::cache::{Cache, Change, Snapshot};
 use crate::{
     api::error::ApiError,
-    registry::{Registry, name_of, namespace_of},
+    registry::{DeleteOptions, Registry, name_of, namespace_of},
     store::Store,
     util,
 };
@@ -71,6 +71,8 @@ pub enum Write {
         rt: &'static ResourceType,
         namespace: String,
         name: String,
+        /// Gone at once, skipping a pod's graceful termination.
+        force: bool,
     },
     Event {
         involved: Value,
@@ -206,6 +208,13 @@ pub fn pod_is_terminal(pod: &Value) -> bool {
         pod.pointer("/status/phase").and_then(Value::as_str),
         Some("Succeeded" | "Failed")
     )
+}
+
+/// Deleted gracefully and waiting for its node to stop it (Kubernetes' deletionTimestamp).
+pub fn pod_is_terminating(pod: &Value) -> bool {
+    pod.pointer("/metadata/deletionTimestamp")
+        .and_then(Value::as_str)
+        .is_some_and(|at| !at.is_empty())
 }
 
 pub fn pod_is_ready(pod: &Value) -> bool {
@@ -510,11 +519,19 @@ impl Runtime {
                 rt,
                 namespace,
                 name,
-            } => match self.registry.delete(rt, &namespace, &name, None).await {
-                Ok(deleted) => Ok(revision_of(&deleted)),
-                Err(e) if e.code == axum::http::StatusCode::NOT_FOUND => Ok(0),
-                Err(e) => Err(e),
-            },
+                force,
+            } => {
+                let options = if force {
+                    DeleteOptions::force()
+                } else {
+                    DeleteOptions::default()
+                };
+                match self.registry.delete(rt, &namespace, &name, &options).await {
+                    Ok(deleted) => Ok(revision_of(&deleted)),
+                    Err(e) if e.code == axum::http::StatusCode::NOT_FOUND => Ok(0),
+                    Err(e) => Err(e),
+                }
+            }
             Write::Event {
                 involved,
                 reason,

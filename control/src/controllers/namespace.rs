@@ -57,6 +57,7 @@ impl Reconciler for NamespaceController {
                         rt,
                         namespace: name.to_owned(),
                         name: name_of(object).to_owned(),
+                        force: false,
                     })
             })
             .collect();
@@ -66,6 +67,7 @@ impl Reconciler for NamespaceController {
                 rt: &NAMESPACES,
                 namespace: String::new(),
                 name: name.to_owned(),
+                force: false,
             }]);
         }
         Outcome {
@@ -118,6 +120,7 @@ mod tests {
                     rt,
                     namespace,
                     name,
+                    ..
                 } => format!("{}/{namespace}/{name}", rt.plural),
                 other => panic!("only deletes: {other:?}"),
             })
@@ -132,7 +135,8 @@ mod tests {
             vec![Write::Delete {
                 rt: &NAMESPACES,
                 namespace: String::new(),
-                name: "shop".into()
+                name: "shop".into(),
+                force: false,
             }]
         );
     }

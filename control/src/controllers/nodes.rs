@@ -118,6 +118,8 @@ impl Reconciler for NodeLifecycle {
                         rt: &PODS,
                         namespace: namespace_of(pod).to_owned(),
                         name: name_of(pod).to_owned(),
+                        // The node is gone: no agent will confirm a graceful deletion.
+                        force: true,
                     });
                 }
                 requeue = Duration::from_secs(eviction.max(1));

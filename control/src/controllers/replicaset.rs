@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 
 use super::{
     Change, Context, Outcome, PODS, REPLICASETS, Reconciler, Snapshot, Write, controller_of,
-    is_kind, owner_reference, pod_is_ready, pod_is_terminal, uid_of,
+    is_kind, owner_reference, pod_is_ready, pod_is_terminal, pod_is_terminating, uid_of,
 };
 use crate::{
     registry::{name_of, namespace_of},
@@ -52,7 +52,11 @@ impl Reconciler for ReplicaSetController {
         let mut pods: Vec<&Value> = snapshot
             .list(&PODS, Some(namespace))
             .filter(|p| {
-                controller_of(p).is_some_and(|(_, _, owner)| owner == uid) && !pod_is_terminal(p)
+                // Terminating pods are not counted: their replacements start at once, as
+                // Kubernetes' FilterActivePods does.
+                controller_of(p).is_some_and(|(_, _, owner)| owner == uid)
+                    && !pod_is_terminal(p)
+                    && !pod_is_terminating(p)
             })
             .collect();
         let mut writes = Vec::new();
@@ -91,6 +95,7 @@ impl Reconciler for ReplicaSetController {
                     rt: &PODS,
                     namespace: namespace.to_owned(),
                     name: name_of(pod).to_owned(),
+                    force: false,
                 });
             }
         }
@@ -221,5 +226,27 @@ mod tests {
             vec![pod("a", "n1", true), pod("b", "n1", false)],
         );
         assert_eq!(outcome, Outcome::default(), "idempotent");
+    }
+
+    #[test]
+    fn terminating_pods_are_not_counted_nor_deleted_again() {
+        let mut leaving = pod("leaving", "n1", true);
+        leaving["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:30Z");
+        leaving["metadata"]["deletionGracePeriodSeconds"] = json!(30);
+        // Its replacement starts at once, as Kubernetes' FilterActivePods has it.
+        let outcome = run(rs(2), vec![pod("a", "n1", true), leaving.clone()]);
+        assert!(
+            matches!(outcome.writes.as_slice(), [Write::Create { .. }]),
+            "{outcome:?}"
+        );
+        // Scaling down past it picks among the active pods only.
+        let outcome = run(
+            rs(1),
+            vec![pod("a", "n1", true), pod("b", "n1", false), leaving],
+        );
+        let [Write::Delete { name, force, .. }] = outcome.writes.as_slice() else {
+            panic!("{outcome:?}")
+        };
+        assert_eq!((name.as_str(), *force), ("b", false));
     }
 }

@@ -19,7 +19,7 @@ use std::{io::Write, path::PathBuf};
 use axum::http::{Method, StatusCode};
 use berth_api::{RESOURCE_TYPES, ResourceType};
 use clap::{CommandFactory as _, Parser, Subcommand};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::{
     client::{Client, ClientError},
@@ -101,7 +101,9 @@ pub enum Command {
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:\n  berthctl delete deployment web\n  \
                         berthctl delete svc web db\n  berthctl delete deploy/web\n  \
-                        berthctl delete pods -l app=web")]
+                        berthctl delete pods -l app=web\n  \
+                        berthctl delete pod web-1a2b3 --grace-period=5\n  \
+                        berthctl delete pod web-1a2b3 --grace-period=0 --force")]
 pub struct DeleteArgs {
     /// Kind, e.g. deployment, svc, pods, or KIND/NAME.
     pub kind: String,
@@ -113,6 +115,33 @@ pub struct DeleteArgs {
     /// Succeed when an object does not exist.
     #[arg(long)]
     pub ignore_not_found: bool,
+    /// Seconds a pod gets to shut down (preStop hook and SIGTERM) before it is killed;
+    /// -1 uses the pod's terminationGracePeriodSeconds. 0 means 1 unless --force.
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+    pub grace_period: i64,
+    /// Remove the objects from the API at once, without waiting for their node to stop
+    /// them (the containers may run on for a while).
+    #[arg(long)]
+    pub force: bool,
+}
+
+impl DeleteArgs {
+    /// The DeleteOptions body, as kubectl builds it from the same flags.
+    fn options(&self) -> Result<Option<Value>, CtlError> {
+        let grace = match (self.grace_period, self.force) {
+            (grace, _) if grace < -1 => {
+                return Err(CtlError::Usage(
+                    "--grace-period must be -1 (the pod's own) or more".to_owned(),
+                ));
+            }
+            (-1 | 0, true) => Some(0),
+            (-1, false) => None,
+            // Immediate deletion needs --force; without it the shortest grace is 1s.
+            (0, false) => Some(1),
+            (grace, _) => Some(grace),
+        };
+        Ok(grace.map(|grace| json!({"gracePeriodSeconds": grace})))
+    }
 }
 
 /// Print a shell completion script.
@@ -542,6 +571,7 @@ pub fn emit(out: &mut dyn Write, text: &str) {
 }
 
 async fn delete(ctx: &Ctx, args: DeleteArgs, out: &mut dyn Write) -> Result<(), CtlError> {
+    let options = args.options()?;
     let (kind, mut names) = match args.kind.split_once('/') {
         Some((kind, name)) => (kind.to_owned(), vec![name.to_owned()]),
         None => (args.kind.clone(), Vec::new()),
@@ -576,13 +606,19 @@ async fn delete(ctx: &Ctx, args: DeleteArgs, out: &mut dyn Write) -> Result<(), 
             ));
         }
     };
+    if args.force {
+        emit(
+            out,
+            "Warning: Immediate deletion does not wait for confirmation that the running resource has been terminated. The resource may continue to run on the cluster indefinitely.",
+        );
+    }
     for name in names {
         let target = Target { rt, name: &name };
         match ctx
             .call(
                 Method::DELETE,
                 &ctx.object_path(rt, &name),
-                None,
+                options.as_ref(),
                 Some(target),
             )
             .await

@@ -26,7 +26,7 @@ use std::{
         atomic::{AtomicBool, Ordering},
     },
     thread::{self, JoinHandle},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use http::{Parsed, Status};
@@ -383,24 +383,26 @@ fn wait_readable(listener: &TcpListener, timeout: Duration) {
     }
 }
 
+/// How long a stopping server still waits for a request on an open connection.
+const STOP_DRAIN: Duration = Duration::from_secs(1);
+
 fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
     let mut connections: Vec<JoinHandle<()>> = Vec::new();
+    let mut serve = |stream: TcpStream, peer: SocketAddr| {
+        // Finished threads need no join; keep only the ones stop() must wait for.
+        connections.retain(|connection| !connection.is_finished());
+        let shared = Arc::clone(shared);
+        match thread::Builder::new()
+            .name("echo-conn".to_owned())
+            .spawn(move || serve_connection(stream, peer, &shared))
+        {
+            Ok(connection) => connections.push(connection),
+            Err(error) => eprintln!("berth-echo: dropping a connection from {peer}: {error}"),
+        }
+    };
     while !shared.stopping() {
         match listener.accept() {
-            Ok((stream, peer)) => {
-                // Finished threads need no join; keep only the ones stop() must wait for.
-                connections.retain(|connection| !connection.is_finished());
-                let shared = Arc::clone(shared);
-                match thread::Builder::new()
-                    .name("echo-conn".to_owned())
-                    .spawn(move || serve_connection(stream, peer, &shared))
-                {
-                    Ok(connection) => connections.push(connection),
-                    Err(error) => {
-                        eprintln!("berth-echo: dropping a connection from {peer}: {error}")
-                    }
-                }
-            }
+            Ok((stream, peer)) => serve(stream, peer),
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
                 wait_readable(listener, POLL_INTERVAL);
             }
@@ -411,6 +413,12 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
                 thread::sleep(POLL_INTERVAL);
             }
         }
+    }
+    // A graceful stop: connections the kernel completed before it are served, not reset
+    // when the listener closes (the listener is non-blocking, so this ends at the first
+    // WouldBlock).
+    while let Ok((stream, peer)) = listener.accept() {
+        serve(stream, peer);
     }
     for connection in connections {
         let _ = connection.join();
@@ -432,6 +440,8 @@ fn serve_connection(mut stream: TcpStream, peer: SocketAddr, shared: &Shared) {
     }
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut chunk = [0u8; 4096];
+    // Once stopping: until when a connection may still bring its request.
+    let mut drain_until: Option<Instant> = None;
     loop {
         // Answer every complete request already buffered (clients may pipeline).
         loop {
@@ -445,14 +455,17 @@ fn serve_connection(mut stream: TcpStream, peer: SocketAddr, shared: &Shared) {
                 }
                 Parsed::Complete { request, consumed } => {
                     let (status, body) = route(shared, &request, local, peer);
+                    // While stopping, the answer says `Connection: close`, so a keep-alive
+                    // client opens its next connection elsewhere instead of losing it.
+                    let keep_alive = request.keep_alive && !shared.stopping();
                     let response = http::response(
                         status,
                         &body,
-                        request.keep_alive,
+                        keep_alive,
                         request.http10,
                         request.method == "HEAD",
                     );
-                    (response, consumed, request.keep_alive)
+                    (response, consumed, keep_alive)
                 }
             };
             if stream.write_all(&response).is_err() {
@@ -464,8 +477,13 @@ fn serve_connection(mut stream: TcpStream, peer: SocketAddr, shared: &Shared) {
                 return;
             }
         }
+        // A graceful stop finishes what is in flight: a request already sent (or still on
+        // its way on a just-accepted connection) is answered, an idle connection closed.
         if shared.stopping() {
-            return;
+            let until = *drain_until.get_or_insert_with(|| Instant::now() + STOP_DRAIN);
+            if Instant::now() >= until {
+                return;
+            }
         }
         match stream.read(&mut chunk) {
             Ok(0) => return,

@@ -1,4 +1,5 @@
-//! The berth-echo binary: serves until SIGTERM or SIGINT.
+//! The berth-echo binary: serves until SIGTERM or SIGINT, then stops gracefully (answers
+//! what is in flight, closes idle connections, accepts nothing new).
 
 use std::{
     process::ExitCode,

@@ -156,6 +156,36 @@ fn keep_alive_serves_two_requests_on_one_connection() {
 }
 
 #[test]
+fn a_stopping_server_answers_what_is_in_flight_and_closes() {
+    let server = EchoServer::bind(config("web-9")).expect("bind");
+    let kept = connect(server.local_addr());
+    let mut kept_reader = BufReader::new(&kept);
+    (&kept)
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .expect("send");
+    assert_eq!(read_response(&mut kept_reader).header("Connection"), None);
+    // Connected, request not sent yet: as a client whose SYN beat the SIGTERM.
+    let fresh = connect(server.local_addr());
+    let stopping = std::thread::spawn(move || {
+        let started = Instant::now();
+        server.stop();
+        started.elapsed()
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    for mut stream in [&fresh, &kept] {
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            .expect("send while stopping");
+        let response = read_response(&mut BufReader::new(stream));
+        assert_eq!(response.status, 200);
+        // So a keep-alive client takes its next request elsewhere.
+        assert_eq!(response.header("Connection"), Some("close"));
+    }
+    let took = stopping.join().expect("stop");
+    assert!(took < Duration::from_secs(3), "stop took {took:?}");
+}
+
+#[test]
 fn health_endpoints_follow_http_toggles() {
     let server = EchoServer::bind(config("web-2")).expect("bind");
     let addr = server.local_addr();
