@@ -1,11 +1,14 @@
 //! berth-bench: Berth's eBPF datapath side by side with the paths users run today, on one
-//! machine, in one run — the datapath and programming-time parts of `cargo xtask bench`.
+//! machine, in one run — the datapath and programming-time parts of `cargo xtask bench` —
+//! and failover on a real cluster against Kubernetes' probe defaults ([`failover`]).
 //!
 //! The run: build the topology (one node namespace per mode and service count), program
 //! every mode (timing it), then send the same wrk load to each mode in interleaved rounds
 //! (a b c … a b c …) so slow drifts of the machine hit every mode alike, take medians, and
 //! write docs/BENCHMARKS.md with SVG charts and the raw results.
 
+pub mod failover;
+pub mod failover_report;
 pub mod kubeproxy;
 pub mod procs;
 pub mod programming;

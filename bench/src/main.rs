@@ -4,15 +4,28 @@
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use berth_bench::{procs, report, run};
+use berth_bench::{failover, procs, report, run};
 use clap::Parser;
 
 #[derive(Parser)]
 #[command(
     name = "berth-bench",
-    about = "Berth's eBPF datapath against direct, iptables (kube-proxy shape) and HAProxy"
+    about = "Berth's eBPF datapath against direct, iptables (kube-proxy shape) and HAProxy; failover against Kubernetes' probe defaults"
 )]
 struct Args {
+    /// Parts to run, comma separated: datapath (the load rounds; it programs the services
+    /// too), programming (programming time only), failover. The figures of parts left out
+    /// are kept from <out>/bench/results.json, so one part can be rerun alone.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "datapath,programming,failover"
+    )]
+    parts: Vec<Part>,
+    /// Repetitions of each failover trial (default 5; smoke 1, Berth's defaults only).
+    #[arg(long)]
+    failover_reps: Option<u32>,
     /// A seconds-long run that shows the benchmark works (CI): few services, 1 s runs.
     #[arg(long)]
     smoke: bool,
@@ -56,6 +69,19 @@ struct Args {
     /// How the report says to reproduce it.
     #[arg(long, default_value = "cargo xtask bench")]
     command: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Part {
+    Datapath,
+    Programming,
+    Failover,
+}
+
+/// The results of an earlier run in `out`, to keep the figures of the parts not rerun.
+fn previous_results(out: &std::path::Path) -> Option<run::Results> {
+    let text = std::fs::read_to_string(out.join(report::ASSET_DIR).join("results.json")).ok()?;
+    serde_json::from_str(&text).ok()
 }
 
 fn main() -> anyhow::Result<()> {
@@ -105,14 +131,49 @@ fn main() -> anyhow::Result<()> {
         std::time::Duration::from_micros(parameters.slice_us),
     );
     procs::apply_scheduling_to_self()?;
-    let workdir = std::env::temp_dir().join(format!("berth-bench-{}", std::process::id()));
-    let results = run::run(&parameters, workdir)?;
+    let started = std::time::Instant::now();
+    let has = |part: Part| args.parts.contains(&part);
+    let mut results = previous_results(&out)
+        .filter(|_| !(has(Part::Datapath) && has(Part::Programming) && has(Part::Failover)))
+        .unwrap_or_else(|| run::Results {
+            parameters: parameters.clone(),
+            machine: run::machine(),
+            started: run::now_utc(),
+            elapsed_secs: 0.0,
+            programming: Vec::new(),
+            runs: Vec::new(),
+            failover: None,
+        });
+    if has(Part::Datapath) || has(Part::Programming) {
+        let workdir = std::env::temp_dir().join(format!("berth-bench-{}", std::process::id()));
+        let fresh = run::run(&parameters, workdir, has(Part::Datapath))?;
+        if has(Part::Datapath) {
+            results = run::Results {
+                failover: results.failover.take(),
+                ..fresh
+            };
+        } else {
+            results.programming = fresh.programming;
+        }
+    }
+    // A failed failover part still leaves the other parts' report written.
+    let mut failed = None;
+    if has(Part::Failover) {
+        let say = |text: &str| println!("[{:>6.1} s] {text}", started.elapsed().as_secs_f64());
+        match failover::run(&failover::options(args.smoke, args.failover_reps), &say) {
+            Ok(figures) => results.failover = Some(figures),
+            Err(error) => failed = Some(error),
+        }
+    }
     report::write(&results, &out, &args.command)?;
     println!(
         "wrote {} and its charts in {} ({:.0} s)",
         out.join("BENCHMARKS.md").display(),
         out.join(report::ASSET_DIR).display(),
-        results.elapsed_secs
+        started.elapsed().as_secs_f64()
     );
+    if let Some(error) = failed {
+        return Err(error.context("the failover part"));
+    }
     Ok(())
 }

@@ -68,6 +68,9 @@ pub struct Results {
     pub elapsed_secs: f64,
     pub programming: Vec<programming::Record>,
     pub runs: Vec<RunRecord>,
+    /// The failover part (absent in results of runs before it existed, or without it).
+    #[serde(default)]
+    pub failover: Option<crate::failover::FailoverResults>,
 }
 
 /// Nodes of the topology: direct first, then per service count eBPF, iptables, HAProxy.
@@ -154,11 +157,12 @@ pub fn machine() -> Machine {
     }
 }
 
-fn now_utc() -> String {
+pub fn now_utc() -> String {
     first_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"])
 }
 
-pub fn run(parameters: &Parameters, workdir: PathBuf) -> anyhow::Result<Results> {
+/// Programs the services (timed) and, with `load`, runs the load rounds.
+pub fn run(parameters: &Parameters, workdir: PathBuf, load: bool) -> anyhow::Result<Results> {
     let started = Instant::now();
     let started_at = now_utc();
     let say = |text: &str| {
@@ -176,7 +180,7 @@ pub fn run(parameters: &Parameters, workdir: PathBuf) -> anyhow::Result<Results>
     let programming =
         programming::program_all(&mut topology, parameters.programming_reps, &mut progress)?;
 
-    let targets = targets(&topology);
+    let targets = if load { targets(&topology) } else { Vec::new() };
     let duration = Duration::from_secs(parameters.duration_secs);
     let load = |topology: &Topology, bed: usize, mode: Mode, kind: Kind, duration: Duration| {
         let bed = topology.bed(bed);
@@ -270,5 +274,6 @@ pub fn run(parameters: &Parameters, workdir: PathBuf) -> anyhow::Result<Results>
         elapsed_secs: started.elapsed().as_secs_f64(),
         programming,
         runs,
+        failover: None,
     })
 }

@@ -12,12 +12,14 @@
 //! made, pin directories and the namespaces.
 
 use std::{
-    net::Ipv4Addr,
+    collections::BTreeSet,
+    net::{Ipv4Addr, SocketAddrV4},
     path::PathBuf,
     process::{Command, Output},
     time::{Duration, Instant},
 };
 
+use berth_agent::runtime::{DockerRuntime, labels};
 use berth_testkit::{PinDir, netns::NetNs, unique_name};
 
 use crate::{
@@ -274,6 +276,11 @@ impl E2eCluster {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
+    /// Waits (up to 3 minutes) until the rollout of Deployment `name` has finished.
+    pub fn rollout_status(&self, name: &str) {
+        self.berthctl_ok(&["rollout", "status", "deployment", name, "--timeout", "180s"]);
+    }
+
     /// Applies `manifest` with berthctl, failing the test if it is refused.
     pub fn apply(&self, manifest: &str) {
         let path = self.write_manifest(manifest);
@@ -370,4 +377,61 @@ impl E2eCluster {
             Err(panic) => std::panic::resume_unwind(panic),
         }
     }
+}
+
+/// The pods answering `target` from namespace `ns` over `tries` requests.
+pub fn responders(ns: &str, target: SocketAddrV4, tries: usize) -> BTreeSet<String> {
+    berth_net::in_netns(ns, move || {
+        (0..tries)
+            .filter_map(|_| crate::get_here(target).ok().map(|reply| reply.pod))
+            .collect()
+    })
+    .expect("netns")
+}
+
+/// Waits until exactly the pods `wanted` answer `target` (over 30 requests); the time it took.
+pub async fn wait_responders(
+    ns: &str,
+    target: SocketAddrV4,
+    wanted: &BTreeSet<String>,
+    within: Duration,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        let seen = responders(ns, target, 30);
+        if &seen == wanted {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "{target} answered from {seen:?}, wanted {wanted:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub fn names(pods: &[RunningPod]) -> BTreeSet<String> {
+    pods.iter().map(|pod| pod.name.clone()).collect()
+}
+
+/// The app container (named `echo`, as in [`crate::process::WebManifest`]) of pod `pod`,
+/// running, by the agent's labels.
+pub async fn app_container(runtime: &DockerRuntime, pod: &str) -> Option<String> {
+    runtime
+        .list_by_labels(&[(labels::POD_NAME, pod), (labels::CONTAINER_NAME, "echo")])
+        .await
+        .expect("containers")
+        .into_iter()
+        .find(|c| c.state == "running")
+        .map(|c| c.id)
+}
+
+/// Runs `command` in `container` (docker exec); its output.
+pub async fn exec(runtime: &DockerRuntime, container: &str, command: &[&str]) -> String {
+    let command: Vec<String> = command.iter().map(|s| (*s).to_owned()).collect();
+    let output = runtime
+        .exec(container, &command, Duration::from_secs(15))
+        .await
+        .unwrap_or_else(|error| panic!("exec {command:?}: {error}"));
+    output.output
 }

@@ -365,12 +365,23 @@ impl KeepAlive {
     }
 }
 
+/// One request of a [`Load`]: when it was sent, how long it took, and which pod answered
+/// (None: it failed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sample {
+    pub at: std::time::Instant,
+    pub took: Duration,
+    pub pod: Option<String>,
+}
+
 /// HTTP requests on new connections in a loop from a named namespace until finished;
-/// counts answers and failures.
+/// counts answers and failures, and keeps every request's [`Sample`] (benchmarks read the
+/// timeline: when a backend stopped answering, when it came back).
 pub struct Load {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     ok: std::sync::Arc<std::sync::atomic::AtomicU64>,
     failed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    samples: std::sync::Arc<std::sync::Mutex<Vec<Sample>>>,
     errors: std::thread::JoinHandle<Vec<String>>,
 }
 
@@ -383,25 +394,40 @@ impl Load {
     /// One request every `interval` at most (a steady rate).
     pub fn paced(netns: &str, target: SocketAddrV4, interval: Duration) -> Load {
         use std::sync::{
-            Arc,
+            Arc, Mutex,
             atomic::{AtomicBool, AtomicU64, Ordering},
         };
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicU64::new(0));
         let failed = Arc::new(AtomicU64::new(0));
+        let samples = Arc::new(Mutex::new(Vec::new()));
         let (s, o, f, ns) = (stop.clone(), ok.clone(), failed.clone(), netns.to_owned());
+        let timeline = samples.clone();
         let errors = std::thread::spawn(move || {
             berth_net::enter_netns(&ns).unwrap_or_else(|error| panic!("{error}"));
             let mut errors = Vec::new();
             while !s.load(Ordering::Relaxed) {
                 let started = std::time::Instant::now();
-                match get_here(target) {
-                    Ok(_) => o.fetch_add(1, Ordering::Relaxed),
+                let pod = match get_here(target) {
+                    Ok(reply) => {
+                        o.fetch_add(1, Ordering::Relaxed);
+                        Some(reply.pod)
+                    }
                     Err(error) => {
                         errors.push(error);
-                        f.fetch_add(1, Ordering::Relaxed)
+                        f.fetch_add(1, Ordering::Relaxed);
+                        None
                     }
                 };
+                let sample = Sample {
+                    at: started,
+                    took: started.elapsed(),
+                    pod,
+                };
+                timeline
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(sample);
                 std::thread::sleep(interval.saturating_sub(started.elapsed()));
             }
             errors
@@ -410,8 +436,19 @@ impl Load {
             stop,
             ok,
             failed,
+            samples,
             errors,
         }
+    }
+
+    /// Reads the requests so far, oldest first, while the load goes on.
+    pub fn with_samples<R>(&self, read: impl FnOnce(&[Sample]) -> R) -> R {
+        read(
+            &self
+                .samples
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 
     /// Stops the loop: (answered, failed, the failures' messages).

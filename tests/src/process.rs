@@ -16,14 +16,17 @@ use berth_testkit::{PinDir, netns::NetNs, unique_name};
 /// The node's address (on its namespace's loopback).
 pub const NODE_ADDR: &str = "198.18.0.1";
 
-/// A binary of the workspace, next to this test's own executable's directory.
+/// A binary of the workspace, of the same build profile as the running executable: next
+/// to it (a binary such as berth-bench in target/release) or in the directory above (a test
+/// executable in target/<profile>/deps).
 pub fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target directory");
-    let path = dir.join(name);
+    let exe = std::env::current_exe().expect("running executable");
+    let dir = exe.parent().expect("target directory");
+    let next_to = dir.join(name);
+    if next_to.is_file() {
+        return next_to;
+    }
+    let path = dir.parent().expect("target directory").join(name);
     assert!(path.exists(), "{} is not built", path.display());
     path
 }
@@ -287,6 +290,8 @@ pub fn web_manifest(replicas: u32, cluster_ip: &str, with_client: bool) -> Strin
         node_port: None,
         with_client,
         pre_stop_sleep: 0,
+        readiness_period: Some(1),
+        readiness_failure_threshold: None,
     }
     .render()
 }
@@ -303,6 +308,10 @@ pub struct WebManifest<'a> {
     /// Kubernetes user gives a server so that every node's datapath has dropped a deleted
     /// pod's endpoint before it gets SIGTERM.
     pub pre_stop_sleep: u32,
+    /// The readiness probe's `periodSeconds` and `failureThreshold`; None leaves the field
+    /// out, so the agent's default applies (1 s and 1; Kubernetes': 10 s and 3).
+    pub readiness_period: Option<u32>,
+    pub readiness_failure_threshold: Option<u32>,
 }
 
 impl WebManifest<'_> {
@@ -314,7 +323,16 @@ impl WebManifest<'_> {
             node_port,
             with_client,
             pre_stop_sleep,
+            readiness_period,
+            readiness_failure_threshold,
         } = self;
+        let readiness = [
+            ("periodSeconds", readiness_period),
+            ("failureThreshold", readiness_failure_threshold),
+        ]
+        .iter()
+        .filter_map(|(field, value)| value.map(|value| format!(", {field}: {value}")))
+        .collect::<String>();
         let pre_stop = if *pre_stop_sleep > 0 {
             format!("\n          lifecycle: {{preStop: {{sleep: {{seconds: {pre_stop_sleep}}}}}}}")
         } else {
@@ -339,7 +357,7 @@ spec:
         - name: echo
           image: {image}
           ports: [{{containerPort: 8080}}]
-          readinessProbe: {{httpGet: {{path: /readyz, port: 8080}}, periodSeconds: 1}}{pre_stop}
+          readinessProbe: {{httpGet: {{path: /readyz, port: 8080}}{readiness}}}{pre_stop}
 ---
 apiVersion: v1
 kind: Service

@@ -13,12 +13,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use berth_agent::runtime::{DockerRuntime, labels};
+use berth_agent::runtime::DockerRuntime;
 use berth_tests::{
     Load,
-    e2e::{ControlOptions, E2eCluster},
+    e2e::{ControlOptions, E2eCluster, app_container, exec, names, responders, wait_responders},
     get_here,
-    process::{RunningPod, WebManifest, pod_netns},
+    process::{WebManifest, pod_netns},
 };
 
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 200, 31);
@@ -126,41 +126,6 @@ impl Traffic {
     }
 }
 
-/// The pods answering `target` from namespace `ns` over `tries` requests.
-fn responders(ns: &str, target: SocketAddrV4, tries: usize) -> BTreeSet<String> {
-    berth_net::in_netns(ns, move || {
-        (0..tries)
-            .filter_map(|_| get_here(target).ok().map(|reply| reply.pod))
-            .collect()
-    })
-    .expect("netns")
-}
-
-/// Waits until exactly the pods `wanted` answer `target` (over 30 requests); the time it took.
-async fn wait_responders(
-    ns: &str,
-    target: SocketAddrV4,
-    wanted: &BTreeSet<String>,
-    within: Duration,
-) -> Duration {
-    let started = Instant::now();
-    loop {
-        let seen = responders(ns, target, 30);
-        if &seen == wanted {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < within,
-            "{target} answered from {seen:?}, wanted {wanted:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn names(pods: &[RunningPod]) -> BTreeSet<String> {
-    pods.iter().map(|pod| pod.name.clone()).collect()
-}
-
 fn manifest(replicas: u32, image: &str) -> String {
     WebManifest {
         replicas,
@@ -169,28 +134,10 @@ fn manifest(replicas: u32, image: &str) -> String {
         node_port: Some(NODE_PORT),
         with_client: true,
         pre_stop_sleep: PRE_STOP_SLEEP,
+        readiness_period: Some(1),
+        readiness_failure_threshold: None,
     }
     .render()
-}
-
-/// The app container of pod `pod` (running), by the agent's labels.
-async fn app_container(runtime: &DockerRuntime, pod: &str) -> Option<String> {
-    runtime
-        .list_by_labels(&[(labels::POD_NAME, pod), (labels::CONTAINER_NAME, "echo")])
-        .await
-        .expect("containers")
-        .into_iter()
-        .find(|c| c.state == "running")
-        .map(|c| c.id)
-}
-
-async fn exec(runtime: &DockerRuntime, container: &str, command: &[&str]) -> String {
-    let command: Vec<String> = command.iter().map(|s| (*s).to_owned()).collect();
-    let output = runtime
-        .exec(container, &command, Duration::from_secs(15))
-        .await
-        .unwrap_or_else(|error| panic!("exec {command:?}: {error}"));
-    output.output
 }
 
 fn seconds(duration: Duration) -> String {
@@ -306,14 +253,7 @@ async fn scenarios(cluster: &mut E2eCluster) -> String {
     let traffic = Traffic::start(cluster, &client_ns);
     let started = Instant::now();
     cluster.apply(&manifest(3, "berth/echo:v2"));
-    cluster.berthctl_ok(&[
-        "rollout",
-        "status",
-        "deployment",
-        "web",
-        "--timeout",
-        "180s",
-    ]);
+    cluster.rollout_status("web");
     let updated = started.elapsed();
     let versions = |ns: &str| -> BTreeSet<String> {
         berth_net::in_netns(ns, move || {
@@ -328,14 +268,7 @@ async fn scenarios(cluster: &mut E2eCluster) -> String {
     assert_eq!(versions(&client_ns), BTreeSet::from(["v2".to_owned()]));
     let started = Instant::now();
     cluster.berthctl_ok(&["rollout", "undo", "deployment", "web"]);
-    cluster.berthctl_ok(&[
-        "rollout",
-        "status",
-        "deployment",
-        "web",
-        "--timeout",
-        "180s",
-    ]);
+    cluster.rollout_status("web");
     let undone = started.elapsed();
     let web = cluster.wait_ready("web-", 3, Duration::from_secs(60)).await;
     wait_responders(&client_ns, vip, &names(&web), Duration::from_secs(30)).await;

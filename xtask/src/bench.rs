@@ -1,15 +1,17 @@
 //! `cargo xtask bench`: the benchmark of issue 8 — Berth's eBPF datapath against the
-//! limit (direct to pod IPs), kube-proxy-shaped iptables and HAProxy, and programming time
-//! against iptables-restore — run in one go on this machine. Writes docs/BENCHMARKS.md,
-//! docs/bench/*.svg and docs/bench/results.json. `--smoke` is the seconds-long version
-//! (written to a temporary directory unless `--out` is given).
+//! limit (direct to pod IPs), kube-proxy-shaped iptables and HAProxy, programming time
+//! against iptables-restore, and failover on the end-to-end cluster against Kubernetes'
+//! probe defaults — run in one go on this machine. Writes docs/BENCHMARKS.md,
+//! docs/bench/*.svg and docs/bench/results.json. `--smoke` is the short version (written to
+//! a temporary directory unless `--out` is given); `cargo xtask bench -- --parts failover`
+//! reruns one part and keeps the others' figures.
 
 use std::process::Command;
 
 use anyhow::bail;
 
 use crate::{
-    setup,
+    test::prepare,
     util::{is_root, run_command, workspace_root},
 };
 
@@ -27,15 +29,21 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     if !is_root() {
         bail!("the benchmark loads BPF programs and creates network namespaces: run it as root");
     }
-    println!("==> checking the machine (cargo xtask setup)");
-    setup::run(&setup::Args::default())?;
+    // The machine, and the workload images the failover part's cluster runs.
+    prepare()?;
     let root = workspace_root();
-    println!("==> cargo build --release -p berth-bench");
+    // The failover part runs the control plane and the agents: release builds, as users
+    // would, found next to berth-bench.
+    println!("==> cargo build --release -p berth-bench -p berth-control -p berth-agent");
     run_command(Command::new(env!("CARGO")).current_dir(&root).args([
         "build",
         "--release",
         "-p",
         "berth-bench",
+        "-p",
+        "berth-control",
+        "-p",
+        "berth-agent",
     ]))?;
     let mut command = Command::new(root.join("target/release/berth-bench"));
     command.current_dir(&root);
