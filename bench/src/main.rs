@@ -165,6 +165,10 @@ fn main() -> anyhow::Result<()> {
             Err(error) => failed = Some(error),
         }
     }
+    if failed.is_some() {
+        // Interrupted: leave the report as it was.
+        procs::check_interrupted()?;
+    }
     report::write(&results, &out, &args.command)?;
     println!(
         "wrote {} and its charts in {} ({:.0} s)",
