@@ -23,6 +23,9 @@ fn smoke_run_writes_the_report_and_charts() {
         "| Berth eBPF | 100 |",
         "| iptables (kube-proxy) | 100 |",
         "| HAProxy | 100 |",
+        "## Failover",
+        "| readiness fails | Berth's defaults",
+        "| container killed | Berth's defaults",
     ] {
         assert!(
             report.contains(section),
@@ -35,6 +38,7 @@ fn smoke_run_writes_the_report_and_charts() {
         "connections.svg",
         "cpu.svg",
         "programming.svg",
+        "failover.svg",
     ] {
         let svg = std::fs::read_to_string(out.path().join("bench").join(chart))
             .unwrap_or_else(|error| panic!("{chart}: {error}"));
@@ -46,4 +50,6 @@ fn smoke_run_writes_the_report_and_charts() {
         results.runs.iter().all(|run| run.wrk.requests > 0),
         "every path served requests"
     );
+    let failover = results.failover.expect("failover figures");
+    assert_eq!(failover.trials.len(), 2, "a readiness failure and a kill");
 }
