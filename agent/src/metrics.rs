@@ -121,9 +121,10 @@ impl DatapathCollector {
                     .cloned(),
             );
         }
-        let (tracked, slots) = gauges()?;
+        let (tracked, slots, frontends) = gauges()?;
         descs.extend(tracked.desc().into_iter().cloned());
         descs.extend(slots.desc().into_iter().cloned());
+        descs.extend(frontends.desc().into_iter().cloned());
         Ok(DatapathCollector { datapath, descs })
     }
 
@@ -183,10 +184,11 @@ impl DatapathCollector {
                     .inc_by(count);
             }
         }
-        let (tracked, slots) = gauges()?;
+        let (tracked, slots, frontends) = gauges()?;
         if let Ok(count) = datapath.tracked_connections() {
             tracked.set(count as i64);
         }
+        frontends.set(datapath.frontend_count() as i64);
         let (used, capacity) = datapath.maglev_pool_usage();
         slots.with_label_values(&["used"]).set(used as i64);
         slots
@@ -205,12 +207,13 @@ impl DatapathCollector {
             families.extend(vec.collect());
         }
         families.extend(tracked.collect());
+        families.extend(frontends.collect());
         families.extend(slots.collect());
         Ok(families)
     }
 }
 
-fn gauges() -> Result<(IntGauge, IntGaugeVec), prometheus::Error> {
+fn gauges() -> Result<(IntGauge, IntGaugeVec, IntGauge), prometheus::Error> {
     Ok((
         IntGauge::new(
             "berth_datapath_tracked_connections",
@@ -222,6 +225,10 @@ fn gauges() -> Result<(IntGauge, IntGaugeVec), prometheus::Error> {
                 "Slots of the Maglev table pool, used and free",
             ),
             &["state"],
+        )?,
+        IntGauge::new(
+            "berth_datapath_service_frontends",
+            "Service frontends (address, port, protocol) programmed in the datapath",
         )?,
     ))
 }

@@ -135,6 +135,7 @@ async fn metrics_show_datapath_counters_and_pass_promtool() {
         "berth_datapath_packets_total{reason=\"translated\",verdict=\"translate\"} 3",
         "berth_datapath_packets_total{reason=\"drop_no_backend\",verdict=\"drop\"} 0",
         "berth_datapath_tracked_connections 3",
+        "berth_datapath_service_frontends 1",
         "berth_datapath_apply_duration_seconds_count 1",
     ] {
         assert!(body.contains(expected), "missing {expected:?} in:\n{body}");

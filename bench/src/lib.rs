@@ -14,6 +14,8 @@ pub mod procs;
 pub mod programming;
 pub mod report;
 pub mod run;
+pub mod scale;
+pub mod scale_report;
 pub mod servers;
 pub mod services;
 pub mod svg;

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use berth_bench::{failover, procs, report, run};
+use berth_bench::{failover, procs, report, run, scale};
 use clap::Parser;
 
 #[derive(Parser)]
@@ -14,15 +14,22 @@ use clap::Parser;
 )]
 struct Args {
     /// Parts to run, comma separated: datapath (the load rounds; it programs the services
-    /// too), programming (programming time only), failover. The figures of parts left out
-    /// are kept from <out>/bench/results.json, so one part can be rerun alone.
+    /// too), programming (programming time only), failover, scale (the control plane with
+    /// simulated nodes). The figures of parts left out are kept from
+    /// <out>/bench/results.json, so one part can be rerun alone.
     #[arg(
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "datapath,programming,failover"
+        default_value = "datapath,programming,failover,scale"
     )]
     parts: Vec<Part>,
+    /// Cluster sizes of the scale part, comma separated (default 1000,5000; smoke 20).
+    #[arg(long, value_delimiter = ',')]
+    scale_nodes: Option<Vec<usize>>,
+    /// Pods the scale part schedules (default 50000; smoke 200).
+    #[arg(long)]
+    scale_pods: Option<usize>,
     /// Repetitions of each failover trial (default 5; smoke 1, Berth's defaults only).
     #[arg(long)]
     failover_reps: Option<u32>,
@@ -76,6 +83,7 @@ enum Part {
     Datapath,
     Programming,
     Failover,
+    Scale,
 }
 
 /// The results of an earlier run in `out`, to keep the figures of the parts not rerun.
@@ -134,7 +142,16 @@ fn main() -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let has = |part: Part| args.parts.contains(&part);
     let mut results = previous_results(&out)
-        .filter(|_| !(has(Part::Datapath) && has(Part::Programming) && has(Part::Failover)))
+        .filter(|_| {
+            ![
+                Part::Datapath,
+                Part::Programming,
+                Part::Failover,
+                Part::Scale,
+            ]
+            .into_iter()
+            .all(has)
+        })
         .unwrap_or_else(|| run::Results {
             parameters: parameters.clone(),
             machine: run::machine(),
@@ -143,6 +160,7 @@ fn main() -> anyhow::Result<()> {
             programming: Vec::new(),
             runs: Vec::new(),
             failover: None,
+            scale: None,
         });
     if has(Part::Datapath) || has(Part::Programming) {
         let workdir = std::env::temp_dir().join(format!("berth-bench-{}", std::process::id()));
@@ -150,19 +168,35 @@ fn main() -> anyhow::Result<()> {
         if has(Part::Datapath) {
             results = run::Results {
                 failover: results.failover.take(),
+                scale: results.scale.take(),
                 ..fresh
             };
         } else {
             results.programming = fresh.programming;
         }
     }
-    // A failed failover part still leaves the other parts' report written.
+    // A failed part still leaves the other parts' report written.
     let mut failed = None;
     if has(Part::Failover) {
         let say = |text: &str| println!("[{:>6.1} s] {text}", started.elapsed().as_secs_f64());
         match failover::run(&failover::options(args.smoke, args.failover_reps), &say) {
             Ok(figures) => results.failover = Some(figures),
-            Err(error) => failed = Some(error),
+            Err(error) => failed = Some(error.context("the failover part")),
+        }
+    }
+    if has(Part::Scale) {
+        let say = |text: &str| println!("[{:>6.1} s] {text}", started.elapsed().as_secs_f64());
+        let mut options = scale::options(args.smoke);
+        if let Some(nodes) = &args.scale_nodes {
+            options.node_counts.clone_from(nodes);
+        }
+        if let Some(pods) = args.scale_pods {
+            options.pods = pods;
+        }
+        match scale::run(&options, &say) {
+            Ok(figures) => results.scale = Some(figures),
+            Err(error) if failed.is_some() => eprintln!("the scale part: {error:#}"),
+            Err(error) => failed = Some(error.context("the scale part")),
         }
     }
     if failed.is_some() {
@@ -177,7 +211,7 @@ fn main() -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     if let Some(error) = failed {
-        return Err(error.context("the failover part"));
+        return Err(error);
     }
     Ok(())
 }

@@ -15,6 +15,12 @@ use crate::{
 /// Where the charts and raw results go, relative to the report.
 pub const ASSET_DIR: &str = "bench";
 
+/// Why the control plane misses a scale target, where it does (from the measurements).
+const SCALE_GAP: &str = "";
+
+/// What the control-plane-at-scale figures come from (from the measurements).
+const SCALE_ANALYSIS: &str = "";
+
 pub fn median(values: &mut [f64]) -> Option<f64> {
     if values.is_empty() {
         return None;
@@ -288,6 +294,9 @@ fn charts(results: &Results) -> Vec<(String, String, String)> {
     if let Some(failover) = &results.failover {
         charts.push(crate::failover_report::chart(failover));
     }
+    if let Some(scale) = &results.scale {
+        charts.extend(crate::scale_report::charts(scale));
+    }
     charts
 }
 
@@ -321,7 +330,10 @@ pub fn markdown(results: &Results, command: &str) -> String {
          Raw results: [{ASSET_DIR}/results.json]({ASSET_DIR}/results.json).\n",
         results.machine.cpu_model,
         results.started,
-        ((results.elapsed_secs + results.failover.as_ref().map_or(0.0, |f| f.elapsed_secs)) / 60.0)
+        ((results.elapsed_secs
+            + results.failover.as_ref().map_or(0.0, |f| f.elapsed_secs)
+            + results.scale.as_ref().map_or(0.0, |s| s.elapsed_secs))
+            / 60.0)
             .ceil()
     );
 
@@ -409,6 +421,9 @@ pub fn markdown(results: &Results, command: &str) -> String {
     }
     if let Some(failover) = &results.failover {
         crate::failover_report::target_row(&mut md, failover);
+    }
+    if let Some(scale) = &results.scale {
+        crate::scale_report::target_rows(&mut md, scale, SCALE_GAP);
     }
     md.push('\n');
 
@@ -591,6 +606,9 @@ pub fn markdown(results: &Results, command: &str) -> String {
     if let Some(failover) = &results.failover {
         crate::failover_report::section(&mut md, failover, ASSET_DIR);
     }
+    if let Some(scale) = &results.scale {
+        crate::scale_report::section(&mut md, scale, ASSET_DIR, SCALE_ANALYSIS);
+    }
 
     // Method.
     let _ = writeln!(md, "## How it is measured\n");
@@ -629,8 +647,7 @@ pub fn markdown(results: &Results, command: &str) -> String {
          whole path's cost. Other work on the machine used a median of {:.2} CPUs during the runs (the runs share the \
          {} CPUs with it).\n\
          - **Not measured**: IPVS (kube-proxy's ipvs mode) — this kernel is built without IPVS (`CONFIG_IP_VS` unset, \
-         no loadable modules), so there is no IPVS to measure. The control plane at scale (issue item 4) is not \
-         benchmarked yet.\n",
+         no loadable modules), so there is no IPVS to measure.\n",
         p.dummy_backends,
         results
             .machine

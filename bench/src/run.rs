@@ -71,6 +71,9 @@ pub struct Results {
     /// The failover part (absent in results of runs before it existed, or without it).
     #[serde(default)]
     pub failover: Option<crate::failover::FailoverResults>,
+    /// The control plane at scale (absent without that part).
+    #[serde(default)]
+    pub scale: Option<crate::scale::ScaleResults>,
 }
 
 /// Nodes of the topology: direct first, then per service count eBPF, iptables, HAProxy.
@@ -275,5 +278,6 @@ pub fn run(parameters: &Parameters, workdir: PathBuf, load: bool) -> anyhow::Res
         programming,
         runs,
         failover: None,
+        scale: None,
     })
 }

@@ -8,7 +8,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use berth_api::agent::{
@@ -43,6 +43,19 @@ pub struct HollowStats {
     pub resyncs: usize,
 }
 
+/// When things happened on a hollow node, for benchmarks: scheduling throughput and
+/// endpoint propagation are measured from what the nodes saw, not from the control plane.
+#[derive(Debug, Default, Clone)]
+pub struct Timeline {
+    /// `namespace/name` → when the pod first arrived on this node's pod watch.
+    pub pods_arrived: BTreeMap<String, Instant>,
+    /// Pod IP → just before this node reported the pod running and ready (the store write
+    /// that makes it ready is part of what follows).
+    pub pods_ready: BTreeMap<String, Instant>,
+    /// Address → when it first appeared as ready in one of the tracked Endpoints.
+    pub endpoints_seen: BTreeMap<String, Instant>,
+}
+
 /// Figures a test makes a hollow pod report; its node reports the connection rate as
 /// its own datapath's (one node's share of what a real pod would get).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -66,6 +79,8 @@ pub struct HollowNode {
     client: AgentClient<Channel>,
     loads: Arc<Mutex<Loads>>,
     heartbeat_every: Duration,
+    /// `namespace/name` of Endpoints whose ready addresses go into the timeline.
+    tracked_endpoints: BTreeSet<String>,
 }
 
 impl HollowNode {
@@ -106,7 +121,15 @@ impl HollowNode {
             client: AgentClient::new(channel),
             loads: Arc::default(),
             heartbeat_every: Duration::from_secs(1),
+            tracked_endpoints: BTreeSet::new(),
         })
+    }
+
+    /// Records in the timeline when each ready address of these Endpoints
+    /// (`namespace/name`) first reaches this node.
+    pub fn track_endpoints(mut self, endpoints: impl IntoIterator<Item = String>) -> Self {
+        self.tracked_endpoints.extend(endpoints);
+        self
     }
 
     pub fn client(&self) -> AgentClient<Channel> {
@@ -179,6 +202,7 @@ impl HollowNode {
         self.heartbeat_every = heartbeat_every;
         self.heartbeat().await?;
         let stats = Arc::new(Mutex::new(HollowStats::default()));
+        let timeline = Arc::new(Mutex::new(Timeline::default()));
         let node = Arc::new(self);
         let heartbeat = {
             let node = Arc::clone(&node);
@@ -191,12 +215,21 @@ impl HollowNode {
                 }
             })
         };
-        let pods = tokio::spawn(run_pods(Arc::clone(&node), Arc::clone(&stats)));
-        let services = tokio::spawn(run_services(Arc::clone(&node), Arc::clone(&stats)));
+        let pods = tokio::spawn(run_pods(
+            Arc::clone(&node),
+            Arc::clone(&stats),
+            Arc::clone(&timeline),
+        ));
+        let services = tokio::spawn(run_services(
+            Arc::clone(&node),
+            Arc::clone(&stats),
+            Arc::clone(&timeline),
+        ));
         Ok(HollowHandle {
             name: node.name.clone(),
             pod_cidr: node.pod_cidr.clone(),
             stats,
+            timeline,
             loads: Arc::clone(&node.loads),
             tasks: vec![heartbeat, pods, services],
         })
@@ -208,6 +241,7 @@ pub struct HollowHandle {
     pub name: String,
     pub pod_cidr: String,
     stats: Arc<Mutex<HollowStats>>,
+    timeline: Arc<Mutex<Timeline>>,
     loads: Arc<Mutex<Loads>>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -215,6 +249,25 @@ pub struct HollowHandle {
 impl HollowHandle {
     pub fn stats(&self) -> HollowStats {
         self.stats.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    pub fn timeline(&self) -> Timeline {
+        self.timeline.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    /// Pods that have arrived on this node so far (without copying the timeline).
+    pub fn pods_arrived(&self) -> usize {
+        self.timeline
+            .lock()
+            .map(|t| t.pods_arrived.len())
+            .unwrap_or(0)
+    }
+
+    /// Whether `address` has reached this node in a tracked Endpoints.
+    pub fn has_endpoint(&self, address: &str) -> bool {
+        self.timeline
+            .lock()
+            .is_ok_and(|t| t.endpoints_seen.contains_key(address))
     }
 
     /// Makes the pod report `load` with every heartbeat from now on (once it runs here).
@@ -233,14 +286,18 @@ impl Drop for HollowHandle {
     }
 }
 
-fn update(stats: &Mutex<HollowStats>, f: impl FnOnce(&mut HollowStats)) {
-    if let Ok(mut stats) = stats.lock() {
-        f(&mut stats);
+fn update<T>(shared: &Mutex<T>, f: impl FnOnce(&mut T)) {
+    if let Ok(mut shared) = shared.lock() {
+        f(&mut shared);
     }
 }
 
 /// Watches its pods and reports each new one running and ready.
-async fn run_pods(node: Arc<HollowNode>, stats: Arc<Mutex<HollowStats>>) {
+async fn run_pods(
+    node: Arc<HollowNode>,
+    stats: Arc<Mutex<HollowStats>>,
+    timeline: Arc<Mutex<Timeline>>,
+) {
     let mut resource_version = String::new();
     let mut next_host = 2u32;
     loop {
@@ -277,6 +334,12 @@ async fn run_pods(node: Arc<HollowNode>, stats: Arc<Mutex<HollowStats>>) {
                 .unwrap_or_default()
                 .to_owned();
             let key = format!("{namespace}/{name}");
+            if matches!(kind, Type::Added | Type::Modified) {
+                let now = Instant::now();
+                update(&timeline, |t| {
+                    t.pods_arrived.entry(key.clone()).or_insert(now);
+                });
+            }
             match kind {
                 Type::Deleted => {
                     update(&stats, |s| {
@@ -335,7 +398,11 @@ async fn run_pods(node: Arc<HollowNode>, stats: Arc<Mutex<HollowStats>>) {
                         name,
                         status_json: serde_json::to_vec(&status).unwrap_or_default(),
                     };
+                    let reporting = Instant::now();
                     if node.client().report_pod_status(report).await.is_ok() {
+                        update(&timeline, |t| {
+                            t.pods_ready.insert(ip.to_string(), reporting);
+                        });
                         running(&ip.to_string());
                         update(&stats, |s| {
                             s.pods.insert(key, ip.to_string());
@@ -349,7 +416,11 @@ async fn run_pods(node: Arc<HollowNode>, stats: Arc<Mutex<HollowStats>>) {
 }
 
 /// Keeps the set of Services and Endpoints, as an agent's datapath would.
-async fn run_services(node: Arc<HollowNode>, stats: Arc<Mutex<HollowStats>>) {
+async fn run_services(
+    node: Arc<HollowNode>,
+    stats: Arc<Mutex<HollowStats>>,
+    timeline: Arc<Mutex<Timeline>>,
+) {
     let mut resource_version = String::new();
     loop {
         let stream = node
@@ -379,12 +450,30 @@ async fn run_services(node: Arc<HollowNode>, stats: Arc<Mutex<HollowStats>>) {
             let Ok(object) = serde_json::from_slice::<Value>(&event.object_json) else {
                 continue;
             };
-            let key = format!(
-                "{} {}/{}",
-                event.kind,
+            let object_key = format!(
+                "{}/{}",
                 object["metadata"]["namespace"].as_str().unwrap_or_default(),
                 object["metadata"]["name"].as_str().unwrap_or_default()
             );
+            if event.kind == "Endpoints"
+                && kind != Type::Deleted
+                && node.tracked_endpoints.contains(&object_key)
+            {
+                let now = Instant::now();
+                let ready = object["subsets"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|subset| subset["addresses"].as_array())
+                    .flatten()
+                    .filter_map(|address| address["ip"].as_str());
+                update(&timeline, |t| {
+                    for ip in ready {
+                        t.endpoints_seen.entry(ip.to_owned()).or_insert(now);
+                    }
+                });
+            }
+            let key = format!("{} {object_key}", event.kind);
             match kind {
                 Type::Added | Type::Modified => update(&stats, |s| {
                     s.services.insert(key);

@@ -1270,6 +1270,11 @@ impl Datapath {
             .collect()
     }
 
+    /// Service frontends (address, port, protocol) in the services map.
+    pub fn frontend_count(&self) -> usize {
+        self.live_services.len()
+    }
+
     /// Slots of the Maglev pool in use, and its capacity.
     pub fn maglev_pool_usage(&self) -> (u64, u64) {
         (self.pool.used(), self.pool.capacity())
