@@ -48,19 +48,6 @@ impl Snapshot {
             .collect()
     }
 
-    /// Records a write this process is about to make, before the store confirms it.
-    pub fn assume(&mut self, rt: &ResourceType, object: Value) {
-        let ns = object
-            .pointer("/metadata/namespace")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let name = object
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        self.objects.insert(key(rt, ns, name), object);
-    }
-
     /// For tests and hollow setups: a snapshot from objects, keyed like the store.
     pub fn from_objects(
         objects: impl IntoIterator<Item = (&'static ResourceType, Value)>,
@@ -90,6 +77,10 @@ pub struct Change {
     pub key: String,
     pub object: Value,
     pub deleted: bool,
+    /// The object as the cache had it before, None if it had not (a creation, or the
+    /// first list). It lets a reconciler tell which fields changed: a node's heartbeat
+    /// rewrites its status every few seconds, and only some of those writes matter.
+    pub previous: Option<Value>,
 }
 
 pub struct Cache {
@@ -113,6 +104,7 @@ impl Cache {
                 key: k.clone(),
                 object: v.clone(),
                 deleted: false,
+                previous: None,
             })
             .collect();
         let cache = Arc::new(Self {
@@ -189,17 +181,19 @@ impl Cache {
                 continue;
             };
             let deleted = event.kind == EventKind::Delete;
-            if deleted {
-                snapshot.objects.remove(&event.kv.key);
+            // The replaced value is moved out of the map, not copied.
+            let previous = if deleted {
+                snapshot.objects.remove(&event.kv.key)
             } else {
                 snapshot
                     .objects
-                    .insert(event.kv.key.clone(), object.clone());
-            }
+                    .insert(event.kv.key.clone(), object.clone())
+            };
             applied.push(Change {
                 key: event.kv.key,
                 object,
                 deleted,
+                previous,
             });
         }
         let revision = snapshot.revision;
@@ -218,12 +212,14 @@ impl Cache {
                 key: k.clone(),
                 object: v.clone(),
                 deleted: true,
+                previous: Some(v.clone()),
             })
             .collect();
         changes.extend(fresh.objects.iter().map(|(k, v)| Change {
             key: k.clone(),
             object: v.clone(),
             deleted: false,
+            previous: guard.objects.get(k).cloned(),
         }));
         let revision = fresh.revision;
         *guard = Arc::new(fresh);
