@@ -333,9 +333,9 @@ impl NodeState {
 /// snapshot, then kept up to date with the batch's own bindings.
 pub struct Cluster {
     nodes: Vec<NodeState>,
-    /// Per owner uid, its pods on each node (indexed like `nodes`). Only the owners of
-    /// the pods being scheduled are counted: no other count is ever asked for.
-    owners: HashMap<String, Vec<usize>>,
+    /// Per owner uid, its pods per node. Only the owners of the pods being scheduled are
+    /// counted: no other count is ever asked for.
+    owners: HashMap<String, Spread>,
 }
 
 impl Cluster {
@@ -353,9 +353,9 @@ impl Cluster {
             index.insert(name_of(value), nodes.len());
             nodes.push(NodeState::new(node));
         }
-        let mut owners: HashMap<String, Vec<usize>> = owners
+        let mut owners: HashMap<String, Spread> = owners
             .into_iter()
-            .map(|uid| (uid.to_owned(), vec![0; nodes.len()]))
+            .map(|uid| (uid.to_owned(), Spread::default()))
             .collect();
         for pod in snapshot.list(&PODS, None) {
             if !holds_resources(pod) {
@@ -371,9 +371,9 @@ impl Cluster {
             node.used_memory = node.used_memory.saturating_add(memory);
             node.pods += 1;
             if let Some((_, _, uid)) = controller_of(pod)
-                && let Some(counts) = owners.get_mut(uid)
+                && let Some(spread) = owners.get_mut(uid)
             {
-                counts[i] += 1;
+                spread.add(i);
             }
         }
         Self { nodes, owners }
@@ -386,11 +386,19 @@ impl Cluster {
             return Err("0 nodes are available: no nodes registered".to_owned());
         }
         let (cpu, memory) = requests(pod);
-        let same_owner = owner.and_then(|uid| self.owners.get(uid));
+        let mut same_owner = owner
+            .and_then(|uid| self.owners.get(uid))
+            .map_or(&[][..], |spread| spread.0.as_slice())
+            .iter()
+            .peekable();
         let selector = &pod.spec.node_selector;
         let mut rejected = [0usize; REASONS.len()];
         let mut best: Option<((usize, u64, usize), usize)> = None;
         for (i, node) in self.nodes.iter().enumerate() {
+            // The owner's counts are in node order: step along with the nodes.
+            let same = same_owner
+                .next_if(|(at, _)| *at == i)
+                .map_or(0, |(_, n)| *n);
             let wanted_cpu = node.used_cpu.saturating_add(cpu);
             let wanted_memory = node.used_memory.saturating_add(memory);
             let reason = if let Some(reason) = node.unfit {
@@ -411,7 +419,7 @@ impl Cluster {
             // Spread replicas first, then prefer the emptier node (in thousandths).
             let load = (wanted_cpu.saturating_mul(1000) / node.cpu.max(1))
                 .max(wanted_memory.saturating_mul(1000) / node.memory.max(1));
-            let score = (same_owner.map_or(0, |counts| counts[i]), load, node.pods);
+            let score = (same, load, node.pods);
             if best.as_ref().is_none_or(|(s, _)| score < *s) {
                 best = Some((score, i));
             }
@@ -441,11 +449,22 @@ impl Cluster {
         node.used_cpu = node.used_cpu.saturating_add(cpu);
         node.used_memory = node.used_memory.saturating_add(memory);
         node.pods += 1;
-        if let Some(count) = owner
-            .and_then(|uid| self.owners.get_mut(uid))
-            .and_then(|counts| counts.get_mut(i))
-        {
-            *count += 1;
+        if let Some(spread) = owner.and_then(|uid| self.owners.get_mut(uid)) {
+            spread.add(i);
+        }
+    }
+}
+
+/// One owner's pods per node as (node index, count), in node order, listing only nodes
+/// that have some: thousands of owners in a batch must not cost a count per node each.
+#[derive(Default)]
+struct Spread(Vec<(usize, usize)>);
+
+impl Spread {
+    fn add(&mut self, node: usize) {
+        match self.0.binary_search_by_key(&node, |(at, _)| *at) {
+            Ok(found) => self.0[found].1 += 1,
+            Err(at) => self.0.insert(at, (node, 1)),
         }
     }
 }
@@ -661,8 +680,104 @@ mod tests {
         assert!(again.requeue_after.is_some());
     }
 
-    /// The batch decides as one pod at a time on a store that already has the earlier
-    /// bindings would, across owners, sizes, selectors and unfit nodes.
+    /// The scheduler as it was before batches (every pod and node decoded per decision),
+    /// kept as the reference the batch must agree with.
+    fn reference_choose_node(
+        pod: &Pod,
+        raw: &Value,
+        snapshot: &Snapshot,
+    ) -> Result<String, String> {
+        let nodes: Vec<Node> = snapshot.typed(&NODES, None);
+        if nodes.is_empty() {
+            return Err("0 nodes are available: no nodes registered".to_owned());
+        }
+        let (cpu, memory) = requests(pod);
+        let owner = controller_of(raw).map(|(_, _, uid)| uid.to_owned());
+        // Per node: requested CPU, memory, pods of the same owner, all pods.
+        let mut used: BTreeMap<String, (u64, u64, usize, usize)> = BTreeMap::new();
+        for other in snapshot.list(&PODS, None) {
+            let node = other
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if node.is_empty() || pod_is_terminal(other) {
+                continue;
+            }
+            let Ok(typed) = serde_json::from_value::<Pod>(other.clone()) else {
+                continue;
+            };
+            let (c, m) = requests(&typed);
+            let entry = used.entry(node.to_owned()).or_default();
+            entry.0 += c;
+            entry.1 += m;
+            entry.2 += usize::from(
+                owner.is_some() && controller_of(other).map(|(_, _, uid)| uid) == owner.as_deref(),
+            );
+            entry.3 += 1;
+        }
+        let mut rejected: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut best: Option<((usize, u64, usize), String)> = None;
+        for node in &nodes {
+            let name = &node.metadata.name;
+            let reason = if !node_ready(node) {
+                Some("node(s) were not ready")
+            } else if node.spec.unschedulable {
+                Some("node(s) were unschedulable")
+            } else if !pod
+                .spec
+                .node_selector
+                .iter()
+                .all(|(k, v)| node.metadata.labels.get(k) == Some(v))
+            {
+                Some("node(s) didn't match the pod's node selector")
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                *rejected.entry(reason).or_default() += 1;
+                continue;
+            }
+            let allocatable = node.status.as_ref().map(|s| &s.allocatable);
+            let cap_cpu = allocatable
+                .and_then(|a| a.get("cpu"))
+                .and_then(|q| parse_cpu_millis(q).ok())
+                .unwrap_or(DEFAULT_CPU_MILLIS);
+            let cap_mem = allocatable
+                .and_then(|a| a.get("memory"))
+                .and_then(|q| parse_memory_bytes(q).ok())
+                .unwrap_or(DEFAULT_MEMORY_BYTES);
+            let (used_cpu, used_mem, same_owner, pods) =
+                used.get(name).copied().unwrap_or_default();
+            if used_cpu + cpu > cap_cpu {
+                *rejected.entry("node(s) had insufficient cpu").or_default() += 1;
+                continue;
+            }
+            if used_mem + memory > cap_mem {
+                *rejected
+                    .entry("node(s) had insufficient memory")
+                    .or_default() += 1;
+                continue;
+            }
+            // Spread replicas first, then prefer the emptier node (in thousandths).
+            let load = ((used_cpu + cpu) * 1000 / cap_cpu.max(1))
+                .max((used_mem + memory) * 1000 / cap_mem.max(1));
+            let score = (same_owner, load, pods);
+            if best.as_ref().is_none_or(|(s, _)| score < *s) {
+                best = Some((score, name.clone()));
+            }
+        }
+        best.map(|(_, name)| name).ok_or_else(|| {
+            let reasons: Vec<String> = rejected.iter().map(|(r, n)| format!("{n} {r}")).collect();
+            format!(
+                "0/{} nodes are available: {}",
+                nodes.len(),
+                reasons.join(", ")
+            )
+        })
+    }
+
+    /// The batch decides as the old scheduler did one pod at a time on a store that had
+    /// the earlier bindings, across owners, sizes, selectors and unfit nodes.
     #[test]
     fn a_batch_decides_as_one_pod_at_a_time_would() {
         let mut objects = vec![
@@ -670,14 +785,28 @@ mod tests {
             node("b", true, "3", json!({"zone": "y"})),
             node("c", false, "8", json!({"zone": "x"})),
             node("d", true, "1", json!({})),
+            node("e", true, "8", json!({"zone": "x"})),
             pod("old", "b", "1", "rs1"),
+            pod("older", "d", "100m", "rs2"),
         ];
-        for i in 0..12 {
+        objects[4].1["spec"]["unschedulable"] = json!(true);
+        for i in 0..30 {
             let owner = ["rs1", "rs2", "rs3"][i % 3];
-            let cpu = ["100m", "500m", "250m", "1"][i % 4];
+            let big_memory = i % 3 == 1;
+            let cpu = if big_memory {
+                "50m"
+            } else {
+                ["100m", "500m", "250m", "1"][i % 4]
+            };
             let mut p = pod(&format!("p{i:02}"), "", cpu, owner);
             if i % 5 == 0 {
                 p.1["spec"]["nodeSelector"] = json!({"zone": "x"});
+            }
+            if big_memory {
+                p.1["spec"]["containers"][0]["resources"]["requests"]["memory"] = json!("700Mi");
+            }
+            if i % 6 == 0 {
+                p.1["metadata"]["ownerReferences"] = json!([]);
             }
             objects.push(p);
         }
@@ -685,7 +814,11 @@ mod tests {
         // One at a time, each binding written back before the next decision.
         let mut one_by_one = Vec::new();
         for (name, _) in &batch {
-            let verdict = schedule(objects.clone(), name).unwrap_or_else(|reason| reason);
+            let snapshot = Snapshot::from_objects(objects.clone(), 1);
+            let raw = snapshot.get(&PODS, "default", name).expect("pod");
+            let typed: Pod = serde_json::from_value(raw.clone()).expect("typed");
+            let verdict =
+                reference_choose_node(&typed, raw, &snapshot).unwrap_or_else(|reason| reason);
             if let Some(entry) = objects.iter_mut().find(|(_, o)| name_of(o) == name)
                 && !verdict.starts_with("0/")
             {
@@ -694,10 +827,12 @@ mod tests {
             one_by_one.push((name.clone(), verdict));
         }
         assert_eq!(batch, one_by_one);
-        assert!(
-            batch.iter().any(|(_, v)| v.starts_with("0/")),
-            "some pod finds no room: {batch:?}"
-        );
+        for full in ["insufficient cpu", "insufficient memory"] {
+            assert!(
+                batch.iter().any(|(_, v)| v.contains(full)),
+                "some pod finds no room, {full}: {batch:?}"
+            );
+        }
     }
 
     /// No timing here: a cluster-sized batch must place every pod, evenly.
