@@ -22,7 +22,8 @@ pub struct Metrics {
     /// is reconciled again shortly).
     pub reconciles: IntCounterVec,
     /// Per controller, the time to compute one object's reconcile (the scheduler's is its
-    /// per-pod scheduling latency).
+    /// per-pod scheduling latency). Objects reconciled in one batch each count an equal
+    /// share of the batch's time.
     pub reconcile_seconds: HistogramVec,
     /// `result`: `scheduled` or `unschedulable`.
     pub scheduling_attempts: IntCounterVec,

@@ -985,6 +985,7 @@ mod tests {
             key: crate::registry::key(&HPAS, "default", "web"),
             object: object.clone(),
             deleted,
+            previous: None,
         };
         let snapshot = Snapshot::default();
         // Never evaluated by this process (a restart): looked at.

@@ -18,13 +18,16 @@ use crate::{
 /// An immutable view of every object at one revision.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
-    objects: BTreeMap<String, Value>,
+    /// Objects are shared: the cache copies the map when it changes while a reconcile
+    /// still reads the last snapshot, and with tens of thousands of pods a copy of every
+    /// object each time would cost more than the reconcile.
+    objects: BTreeMap<String, Arc<Value>>,
     pub revision: Revision,
 }
 
 impl Snapshot {
     pub fn get(&self, rt: &ResourceType, namespace: &str, name: &str) -> Option<&Value> {
-        self.objects.get(&key(rt, namespace, name))
+        self.objects.get(&key(rt, namespace, name)).map(|v| &**v)
     }
 
     /// Objects of a kind, in one namespace or (None) all of them, in key order.
@@ -37,28 +40,15 @@ impl Snapshot {
         self.objects
             .range(prefix.clone()..)
             .take_while(move |(k, _)| k.starts_with(&prefix))
-            .map(|(_, v)| v)
+            .map(|(_, v)| &**v)
     }
 
     /// Typed objects of a kind; objects that do not decode are skipped (they were
     /// validated on write, so this only happens across incompatible upgrades).
     pub fn typed<T: DeserializeOwned>(&self, rt: &ResourceType, namespace: Option<&str>) -> Vec<T> {
         self.list(rt, namespace)
-            .filter_map(|v| serde_json::from_value(v.clone()).ok())
+            .filter_map(|v| T::deserialize(v).ok())
             .collect()
-    }
-
-    /// Records a write this process is about to make, before the store confirms it.
-    pub fn assume(&mut self, rt: &ResourceType, object: Value) {
-        let ns = object
-            .pointer("/metadata/namespace")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let name = object
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        self.objects.insert(key(rt, ns, name), object);
     }
 
     /// For tests and hollow setups: a snapshot from objects, keyed like the store.
@@ -77,7 +67,7 @@ impl Snapshot {
                     .pointer("/metadata/name")
                     .and_then(Value::as_str)
                     .unwrap_or_default();
-                (key(rt, ns, name), v)
+                (key(rt, ns, name), Arc::new(v))
             })
             .collect();
         Self { objects, revision }
@@ -90,6 +80,10 @@ pub struct Change {
     pub key: String,
     pub object: Value,
     pub deleted: bool,
+    /// The object as the cache had it before, None if it had not (a creation, or the
+    /// first list). It lets a reconciler tell which fields changed: a node's heartbeat
+    /// rewrites its status every few seconds, and only some of those writes matter.
+    pub previous: Option<Value>,
 }
 
 pub struct Cache {
@@ -111,8 +105,9 @@ impl Cache {
             .iter()
             .map(|(k, v)| Change {
                 key: k.clone(),
-                object: v.clone(),
+                object: Value::clone(v),
                 deleted: false,
+                previous: None,
             })
             .collect();
         let cache = Arc::new(Self {
@@ -189,17 +184,21 @@ impl Cache {
                 continue;
             };
             let deleted = event.kind == EventKind::Delete;
-            if deleted {
-                snapshot.objects.remove(&event.kv.key);
+            // The replaced value is moved out of the map, not copied.
+            let previous = if deleted {
+                snapshot.objects.remove(&event.kv.key)
             } else {
                 snapshot
                     .objects
-                    .insert(event.kv.key.clone(), object.clone());
-            }
+                    .insert(event.kv.key.clone(), Arc::new(object.clone()))
+            };
+            // Copied only if a snapshot still being read shares it.
+            let previous = previous.map(Arc::unwrap_or_clone);
             applied.push(Change {
                 key: event.kv.key,
                 object,
                 deleted,
+                previous,
             });
         }
         let revision = snapshot.revision;
@@ -216,14 +215,16 @@ impl Cache {
             .filter(|(k, _)| !fresh.objects.contains_key(*k))
             .map(|(k, v)| Change {
                 key: k.clone(),
-                object: v.clone(),
+                object: Value::clone(v),
                 deleted: true,
+                previous: Some(Value::clone(v)),
             })
             .collect();
         changes.extend(fresh.objects.iter().map(|(k, v)| Change {
             key: k.clone(),
-            object: v.clone(),
+            object: Value::clone(v),
             deleted: false,
+            previous: guard.objects.get(k).map(|v| Value::clone(v)),
         }));
         let revision = fresh.revision;
         *guard = Arc::new(fresh);
@@ -240,7 +241,11 @@ async fn list_all(store: &Arc<dyn Store>) -> Result<Snapshot, StoreError> {
         .map_err(|e| StoreError::Backend(e.to_string()))??;
     let objects = kvs
         .iter()
-        .filter_map(|kv| decode_stored(kv).ok().map(|v| (kv.key.clone(), v)))
+        .filter_map(|kv| {
+            decode_stored(kv)
+                .ok()
+                .map(|v| (kv.key.clone(), Arc::new(v)))
+        })
         .collect();
     Ok(Snapshot { objects, revision })
 }

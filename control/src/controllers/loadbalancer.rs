@@ -8,7 +8,10 @@
 //! allocation key in the same transaction as the status, so a stale choice is a conflict
 //! and is retried.
 
-use std::{collections::BTreeSet, net::Ipv4Addr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
 
 use berth_api::{
     ResourceType,
@@ -61,87 +64,119 @@ impl Reconciler for LoadBalancerController {
         )]
     }
 
-    /// Each assignment must see the ones before it in the same batch.
-    fn sequential(&self) -> bool {
-        true
+    fn reconcile(&self, object: &Value, snapshot: &Snapshot, ctx: &Context) -> Outcome {
+        let mut assigned = assigned_addresses(snapshot);
+        reconcile_with(object, &mut assigned, ctx)
     }
 
-    fn reconcile(&self, object: &Value, snapshot: &Snapshot, ctx: &Context) -> Outcome {
-        let Some(service) = typed(object).filter(|_| is_load_balancer(object)) else {
-            return Outcome::default();
-        };
-        let uid = &service.metadata.uid;
-        let used: BTreeSet<Ipv4Addr> = snapshot
-            .typed::<Service>(&SERVICES, None)
+    /// Each assignment must see the ones before it in the same batch: they are recorded
+    /// in the batch's table of assigned addresses as they are made.
+    fn reconcile_batch(
+        &self,
+        objects: &[&Value],
+        snapshot: &Snapshot,
+        ctx: &Context,
+    ) -> Vec<Outcome> {
+        let mut assigned = assigned_addresses(snapshot);
+        objects
             .iter()
-            .filter(|other| &other.metadata.uid != uid)
-            .flat_map(|other| {
-                other
-                    .load_balancer_ips()
-                    .map(str::to_owned)
-                    .collect::<Vec<_>>()
-            })
-            .filter_map(|ip| ip.parse().ok())
-            .collect();
-        let decision = decide(&service, &used, ctx);
-        let current = service.status.clone().unwrap_or_default();
-        let current_condition = current
+            .map(|object| reconcile_with(object, &mut assigned, ctx))
+            .collect()
+    }
+}
+
+/// Per service (namespace, name): its uid and the addresses its status has.
+type Assigned = BTreeMap<(String, String), (String, Vec<Ipv4Addr>)>;
+
+fn assigned_addresses(snapshot: &Snapshot) -> Assigned {
+    snapshot
+        .typed::<Service>(&SERVICES, None)
+        .into_iter()
+        .map(|service| {
+            let ips = service
+                .load_balancer_ips()
+                .filter_map(|ip| ip.parse().ok())
+                .collect();
+            let meta = service.metadata;
+            ((meta.namespace, meta.name), (meta.uid, ips))
+        })
+        .collect()
+}
+
+/// Reconciles one service against `assigned`, which it updates with its own decision so
+/// the next service of a batch sees it.
+fn reconcile_with(object: &Value, assigned: &mut Assigned, ctx: &Context) -> Outcome {
+    let Some(service) = typed(object).filter(|_| is_load_balancer(object)) else {
+        return Outcome::default();
+    };
+    let uid = &service.metadata.uid;
+    let used: BTreeSet<Ipv4Addr> = assigned
+        .values()
+        .filter(|(other, _)| other != uid)
+        .flat_map(|(_, ips)| ips.iter().copied())
+        .collect();
+    let decision = decide(&service, &used, ctx);
+    assigned.insert(
+        (namespace_of(object).to_owned(), name_of(object).to_owned()),
+        (uid.clone(), decision.iter().copied().collect()),
+    );
+    let current = service.status.clone().unwrap_or_default();
+    let current_condition = current
+        .conditions
+        .iter()
+        .find(|c| c.type_ == LOAD_BALANCER_CONDITION);
+    let (ingress, status, reason, message) = match &decision {
+        Ok(ip) => (
+            vec![LoadBalancerIngress { ip: ip.to_string() }],
+            "True",
+            "IPAllocated",
+            format!("Assigned IP [{:?}]", ip.to_string()),
+        ),
+        Err((reason, message)) => (Vec::new(), "False", *reason, message.clone()),
+    };
+    if current.load_balancer.ingress == ingress
+        && current_condition
+            .is_some_and(|c| c.status == status && c.reason == reason && c.message == message)
+    {
+        return Outcome::default();
+    }
+    let mut next = ServiceStatus {
+        load_balancer: current.load_balancer.clone(),
+        conditions: current
             .conditions
             .iter()
-            .find(|c| c.type_ == LOAD_BALANCER_CONDITION);
-        let (ingress, status, reason, message) = match &decision {
-            Ok(ip) => (
-                vec![LoadBalancerIngress { ip: ip.to_string() }],
-                "True",
-                "IPAllocated",
-                format!("Assigned IP [{:?}]", ip.to_string()),
-            ),
-            Err((reason, message)) => (Vec::new(), "False", *reason, message.clone()),
-        };
-        if current.load_balancer.ingress == ingress
-            && current_condition
-                .is_some_and(|c| c.status == status && c.reason == reason && c.message == message)
-        {
-            return Outcome::default();
-        }
-        let mut next = ServiceStatus {
-            load_balancer: current.load_balancer.clone(),
-            conditions: current
-                .conditions
-                .iter()
-                .filter(|c| c.type_ != LOAD_BALANCER_CONDITION)
-                .cloned()
-                .collect(),
-        };
-        next.load_balancer.ingress = ingress;
-        next.conditions.push(Condition {
-            type_: LOAD_BALANCER_CONDITION.to_owned(),
-            status: status.to_owned(),
-            reason: reason.to_owned(),
-            message: message.clone(),
-            last_transition_time: util::rfc3339(ctx.now),
-            last_heartbeat_time: String::new(),
-        });
-        let mut updated = object.clone();
-        updated["status"] = serde_json::to_value(&next).unwrap_or(Value::Null);
-        let (event_reason, type_) = if decision.is_ok() {
-            ("IPAllocated", "Normal")
-        } else {
-            ("AllocationFailed", "Warning")
-        };
-        Outcome::writes(vec![
-            Write::UpdateStatus {
-                rt: &SERVICES,
-                object: updated,
-            },
-            Write::Event {
-                involved: object.clone(),
-                reason: event_reason.to_owned(),
-                message,
-                type_,
-            },
-        ])
-    }
+            .filter(|c| c.type_ != LOAD_BALANCER_CONDITION)
+            .cloned()
+            .collect(),
+    };
+    next.load_balancer.ingress = ingress;
+    next.conditions.push(Condition {
+        type_: LOAD_BALANCER_CONDITION.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message: message.clone(),
+        last_transition_time: util::rfc3339(ctx.now),
+        last_heartbeat_time: String::new(),
+    });
+    let mut updated = object.clone();
+    updated["status"] = serde_json::to_value(&next).unwrap_or(Value::Null);
+    let (event_reason, type_) = if decision.is_ok() {
+        ("IPAllocated", "Normal")
+    } else {
+        ("AllocationFailed", "Warning")
+    };
+    Outcome::writes(vec![
+        Write::UpdateStatus {
+            rt: &SERVICES,
+            object: updated,
+        },
+        Write::Event {
+            involved: object.clone(),
+            reason: event_reason.to_owned(),
+            message,
+            type_,
+        },
+    ])
 }
 
 /// The address the service should have, or why it has none: (condition reason, message).
@@ -336,5 +371,31 @@ mod tests {
             &ctx(Some("198.18.128.0/24")),
         );
         assert_eq!(outcome, Outcome::default());
+    }
+
+    #[test]
+    fn a_batch_gives_each_service_its_own_address() {
+        let (a, b, wanted) = (
+            service("a", "", None),
+            service("b", "", None),
+            service("wanted", "198.18.128.1", None),
+        );
+        let c = ctx(Some("198.18.128.0/24"));
+        let outcomes = LoadBalancerController.reconcile_batch(
+            &[&a, &b, &wanted],
+            &snapshot(&[&a, &b, &wanted]),
+            &c,
+        );
+        let ips: Vec<Option<String>> = outcomes.iter().map(assigned).collect();
+        assert_eq!(
+            ips,
+            [
+                Some("198.18.128.1".to_owned()),
+                Some("198.18.128.2".to_owned()),
+                Some(String::new()),
+            ],
+            "the address a took in this batch is in use for the next ones"
+        );
+        assert!(event(&outcomes[2]).is_some_and(|e| e.1.contains("already assigned")));
     }
 }

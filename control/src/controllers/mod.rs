@@ -157,12 +157,32 @@ pub trait Reconciler: Send + Sync {
             Vec::new()
         }
     }
+    /// `affected` over a batch of changes. The default asks about each change in turn; a
+    /// reconciler whose answer may be "every object waiting for X" overrides it to look
+    /// that up once per batch rather than once per change.
+    fn affected_batch(&self, changes: &[Change], snapshot: &Snapshot) -> Vec<(String, String)> {
+        changes
+            .iter()
+            .flat_map(|change| self.affected(change, snapshot))
+            .collect()
+    }
     fn reconcile(&self, object: &Value, snapshot: &Snapshot, ctx: &Context) -> Outcome;
-    /// Whether each reconcile must see the previous one's writes (the scheduler counts
-    /// resources already bound): they are applied to a private copy of the snapshot
-    /// before the next reconcile. Others run a whole batch on one snapshot.
-    fn sequential(&self) -> bool {
-        false
+    /// Reconciles a batch of objects on one snapshot: one outcome per object, in order.
+    /// The default reconciles each on its own. A reconciler whose decisions depend on the
+    /// ones before it in the batch (the scheduler counts what it has just bound, the
+    /// load balancer the addresses it has just given) overrides this and carries that
+    /// state itself, like kube-scheduler's assume cache, so nothing waits for the store
+    /// between two decisions and nobody copies the snapshot to record them.
+    fn reconcile_batch(
+        &self,
+        objects: &[&Value],
+        snapshot: &Snapshot,
+        ctx: &Context,
+    ) -> Vec<Outcome> {
+        objects
+            .iter()
+            .map(|object| self.reconcile(object, snapshot, ctx))
+            .collect()
     }
 }
 
@@ -316,11 +336,9 @@ impl Runtime {
             }
             let snapshot = self.cache.snapshot().await;
             let mut queue: BTreeSet<WorkKey> = BTreeSet::new();
-            for change in &batch {
-                for (i, reconciler) in self.reconcilers.iter().enumerate() {
-                    for (ns, name) in reconciler.affected(change, &snapshot) {
-                        queue.insert((i, ns, name));
-                    }
+            for (i, reconciler) in self.reconcilers.iter().enumerate() {
+                for (ns, name) in reconciler.affected_batch(&batch, &snapshot) {
+                    queue.insert((i, ns, name));
                 }
             }
             let now = Instant::now();
@@ -351,37 +369,24 @@ impl Runtime {
     }
 
     async fn process(&mut self, queue: BTreeSet<WorkKey>, snapshot: Arc<Snapshot>) {
-        let (sequential, parallel): (Vec<WorkKey>, Vec<WorkKey>) = queue
-            .into_iter()
-            .partition(|(i, _, _)| self.reconcilers[*i].sequential());
-        // Independent objects: every reconcile is planned on the same snapshot.
-        let mut planned: Vec<(WorkKey, Outcome)> = parallel
-            .into_iter()
-            .filter_map(|key| {
-                let outcome = self.reconcile(&key, &snapshot)?;
-                Some((key, outcome))
-            })
-            .collect();
-        // The scheduler counts what is already bound, so each decision must see the ones
-        // before it: they are "assumed" into a private copy of the snapshot (as
-        // kube-scheduler's assume cache does) instead of waiting for each write.
-        if !sequential.is_empty() {
-            let mut assumed = (*snapshot).clone();
-            for key in sequential {
-                let Some(outcome) = self.reconcile(&key, &assumed) else {
-                    continue;
-                };
-                for write in &outcome.writes {
-                    if let Write::Create { rt, object }
-                    | Write::Update { rt, object }
-                    | Write::UpdateStatus { rt, object } = write
-                    {
-                        assumed.assume(rt, object.clone());
-                    }
-                }
-                planned.push((key, outcome));
+        let ctx = Context {
+            now: util::unix_now(),
+            settings: self.settings.clone(),
+        };
+        // The queue is ordered by reconciler first, so each one's work is a contiguous
+        // batch, planned on the same snapshot.
+        let mut planned: Vec<(WorkKey, Outcome)> = Vec::new();
+        let mut batch: Vec<WorkKey> = Vec::new();
+        for key in queue {
+            if batch.last().is_some_and(|last| last.0 != key.0) {
+                planned.extend(self.reconcile_batch(std::mem::take(&mut batch), &snapshot, &ctx));
             }
+            batch.push(key);
         }
+        planned.extend(self.reconcile_batch(batch, &snapshot, &ctx));
+        // Let go of the snapshot before waiting for the writes: the cache copies its
+        // whole map on its next change while anyone still holds the old one.
+        drop(snapshot);
         // All writes at once: the store commits concurrent writes in groups.
         let this = &*self;
         let applied =
@@ -400,22 +405,50 @@ impl Runtime {
         }
     }
 
-    fn reconcile(&self, (i, ns, name): &WorkKey, snapshot: &Snapshot) -> Option<Outcome> {
-        let reconciler = &self.reconcilers[*i];
-        let object = snapshot.get(reconciler.kind(), ns, name)?;
-        let ctx = Context {
-            now: util::unix_now(),
-            settings: self.settings.clone(),
+    /// Reconciles keys of one reconciler (objects gone from the snapshot are skipped).
+    fn reconcile_batch(
+        &self,
+        keys: Vec<WorkKey>,
+        snapshot: &Snapshot,
+        ctx: &Context,
+    ) -> Vec<(WorkKey, Outcome)> {
+        let Some((i, _, _)) = keys.first() else {
+            return Vec::new();
         };
-        let timer = self
+        let reconciler = &self.reconcilers[*i];
+        let (keys, objects): (Vec<WorkKey>, Vec<&Value>) = keys
+            .into_iter()
+            .filter_map(|key| {
+                let object = snapshot.get(reconciler.kind(), &key.1, &key.2)?;
+                Some((key, object))
+            })
+            .unzip();
+        if objects.is_empty() {
+            return Vec::new();
+        }
+        let started = std::time::Instant::now();
+        let outcomes = reconciler.reconcile_batch(&objects, snapshot, ctx);
+        // A batch shares its setup (the scheduler's per-node sums), so each object is
+        // charged an equal part of the whole: the histogram still counts one observation
+        // per object, and its sum is the time spent.
+        let each = started.elapsed().as_secs_f64() / objects.len() as f64;
+        let histogram = self
             .registry
             .metrics()
             .reconcile_seconds
-            .with_label_values(&[reconciler.name()])
-            .start_timer();
-        let outcome = reconciler.reconcile(object, snapshot, &ctx);
-        timer.observe_duration();
-        Some(outcome)
+            .with_label_values(&[reconciler.name()]);
+        for _ in &objects {
+            histogram.observe(each);
+        }
+        if outcomes.len() != objects.len() {
+            tracing::warn!(
+                controller = reconciler.name(),
+                "reconcile_batch returned {} outcomes for {} objects",
+                outcomes.len(),
+                objects.len()
+            );
+        }
+        keys.into_iter().zip(outcomes).collect()
     }
 
     /// Writes an outcome; returns the highest revision written and when to look again.

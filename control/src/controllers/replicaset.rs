@@ -1,5 +1,7 @@
 //! Keeps the number of live pods of a ReplicaSet at `spec.replicas` and reports counts.
 
+use std::collections::BTreeSet;
+
 use berth_api::ResourceType;
 use serde_json::{Value, json};
 
@@ -14,9 +16,15 @@ use crate::{
 
 pub struct ReplicaSetController;
 
-/// Pods created per reconcile; the rest follow after the cache catches up (bounds a
-/// burst the way kube-controller-manager's slow-start batches do).
-const MAX_CREATES: usize = 100;
+/// Pods created per reconcile, slow-start style: as many as the ReplicaSet already has
+/// (so the batch doubles every round while creates succeed), at least
+/// `SLOW_START_INITIAL`, at most `MAX_BURST`; the rest follow once the cache has these.
+/// Like kube-controller-manager's slow-start batches, a create that keeps failing (quota,
+/// admission) costs one small batch, not thousands of failed writes; unlike a fixed small
+/// batch, 50,000 replicas take a few dozen rounds, not hundreds, each of which reads
+/// every pod of the namespace (and has the scheduler sum every pod of the cluster).
+const SLOW_START_INITIAL: usize = 100;
+const MAX_BURST: usize = 2_000;
 
 impl Reconciler for ReplicaSetController {
     fn name(&self) -> &'static str {
@@ -63,13 +71,17 @@ impl Reconciler for ReplicaSetController {
         let mut requeue_after = None;
         if pods.len() < desired {
             let missing = desired - pods.len();
-            for _ in 0..missing.min(MAX_CREATES) {
+            let batch = pods.len().clamp(SLOW_START_INITIAL, MAX_BURST);
+            let mut names = BTreeSet::new();
+            for _ in 0..missing.min(batch) {
+                let name = free_name(rs, snapshot, &names);
+                names.insert(name.clone());
                 writes.push(Write::Create {
                     rt: &PODS,
-                    object: new_pod(rs),
+                    object: new_pod(rs, name),
                 });
             }
-            if missing > MAX_CREATES {
+            if missing > batch {
                 requeue_after = Some(std::time::Duration::ZERO);
             }
         } else if pods.len() > desired {
@@ -119,14 +131,35 @@ impl Reconciler for ReplicaSetController {
     }
 }
 
-fn new_pod(rs: &Value) -> Value {
+/// `<replicaset>-<5 hex digits>`, not taken by a pod the cache knows nor by one this
+/// reconcile is creating. A million suffixes run out of room fast: at 50,000 replicas a
+/// random one is taken one time in twenty, and a create that fails that way makes the
+/// whole round wait for a retry.
+fn free_name(rs: &Value, snapshot: &Snapshot, creating: &BTreeSet<String>) -> String {
+    let namespace = namespace_of(rs);
+    let candidate = || {
+        let suffix = &util::hex(&util::random_bytes::<3>())[..5];
+        format!("{}-{suffix}", name_of(rs))
+    };
+    let mut name = candidate();
+    // Bounded: should every try be taken, the store refuses the create and the
+    // ReplicaSet is reconciled again.
+    for _ in 0..8 {
+        if snapshot.get(&PODS, namespace, &name).is_none() && !creating.contains(&name) {
+            break;
+        }
+        name = candidate();
+    }
+    name
+}
+
+fn new_pod(rs: &Value, name: String) -> Value {
     let template = rs.pointer("/spec/template").cloned().unwrap_or(json!({}));
-    let suffix: String = util::hex(&util::random_bytes::<3>())[..5].to_owned();
     json!({
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
-            "name": format!("{}-{suffix}", name_of(rs)),
+            "name": name,
             "namespace": namespace_of(rs),
             "labels": template.pointer("/metadata/labels").cloned().unwrap_or(json!({})),
             "annotations": template.pointer("/metadata/annotations").cloned().unwrap_or(json!({})),
@@ -248,5 +281,30 @@ mod tests {
             panic!("{outcome:?}")
         };
         assert_eq!((name.as_str(), *force), ("b", false));
+    }
+
+    #[test]
+    fn large_scale_ups_create_in_doubling_batches() {
+        let creates = |existing: usize| {
+            // Named as the controller names them, so new names could collide.
+            let pods = (0..existing)
+                .map(|i| pod(&format!("web-abc-{i:05x}"), "n1", true))
+                .collect::<Vec<_>>();
+            let mut names: BTreeSet<String> = pods.iter().map(|p| name_of(p).to_owned()).collect();
+            let outcome = run(rs(50_000), pods);
+            let mut created = 0;
+            for write in &outcome.writes {
+                if let Write::Create { object, .. } = write {
+                    created += 1;
+                    assert!(names.insert(name_of(object).to_owned()), "{object}");
+                }
+            }
+            (created, outcome.requeue_after)
+        };
+        let again = Some(std::time::Duration::ZERO);
+        assert_eq!(creates(0), (SLOW_START_INITIAL, again));
+        assert_eq!(creates(300), (300, again), "as many as there are");
+        assert_eq!(creates(4_000), (MAX_BURST, again), "capped");
+        assert_eq!(creates(49_000), (1_000, None), "the last ones");
     }
 }

@@ -1,12 +1,19 @@
 //! Binds pending pods to nodes: filter (ready, schedulable, node selector, free CPU and
 //! memory), then score (fewest pods of the same owner, then least requested).
+//!
+//! Pods are scheduled a batch at a time on one snapshot. A [`Cluster`] parses every node
+//! once and sums what is already bound to it once per batch; each binding decided in the
+//! batch is then added to those sums (kube-scheduler's "assume"), so the next pod sees it
+//! without waiting for the store, and one decision costs one pass over the nodes, not a
+//! pass over every pod and node of the cluster.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use berth_api::{
     ResourceType,
     core::{Node, Pod, parse_cpu_millis, parse_memory_bytes},
 };
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
@@ -21,6 +28,21 @@ pub struct Scheduler;
 const DEFAULT_CPU_MILLIS: u64 = 4_000;
 const DEFAULT_MEMORY_BYTES: u64 = 8 << 30;
 
+/// Why a node was filtered out, in the order the filters run, worded as kube-scheduler
+/// words them.
+const NOT_READY: usize = 0;
+const UNSCHEDULABLE: usize = 1;
+const SELECTOR: usize = 2;
+const CPU: usize = 3;
+const MEMORY: usize = 4;
+const REASONS: [&str; 5] = [
+    "node(s) were not ready",
+    "node(s) were unschedulable",
+    "node(s) didn't match the pod's node selector",
+    "node(s) had insufficient cpu",
+    "node(s) had insufficient memory",
+];
+
 impl Reconciler for Scheduler {
     fn name(&self) -> &'static str {
         "scheduler"
@@ -31,103 +53,144 @@ impl Reconciler for Scheduler {
     }
 
     fn affected(&self, change: &Change, snapshot: &Snapshot) -> Vec<(String, String)> {
-        let pending = |pod: &&Value| {
-            pod.pointer("/spec/nodeName")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .is_empty()
-                && !pod_is_terminal(pod)
-        };
-        if is_kind(change, &PODS) {
-            return if change.deleted {
-                // Freed resources: pods waiting for room may fit now.
-                snapshot
-                    .list(&PODS, None)
-                    .filter(pending)
-                    .map(key)
-                    .collect()
-            } else if pending(&&change.object) {
-                vec![key(&change.object)]
-            } else {
-                Vec::new()
-            };
+        self.affected_batch(std::slice::from_ref(change), snapshot)
+    }
+
+    /// A pending pod is looked at when it changes, and every pending pod when room may
+    /// have appeared: a bound pod went away, or a node appeared or changed in a way that
+    /// can let a pod in. Those are found once per batch, however many changes ask.
+    fn affected_batch(&self, changes: &[Change], snapshot: &Snapshot) -> Vec<(String, String)> {
+        let mut keys = Vec::new();
+        let mut wake_all = false;
+        for change in changes {
+            if is_kind(change, &PODS) {
+                // Freed resources (a bound pod went, or finished): pods waiting for room
+                // may fit now.
+                if change.deleted {
+                    wake_all |= holds_resources(&change.object);
+                } else if pod_is_terminal(&change.object) {
+                    wake_all |= change.previous.as_ref().is_none_or(holds_resources);
+                } else if pending(&change.object) {
+                    keys.push(key(&change.object));
+                }
+            } else if is_kind(change, &NODES) && !change.deleted {
+                // Node heartbeats rewrite the status of every node every few seconds;
+                // only a new node, or a change to what the filters look at, can help.
+                wake_all |= change
+                    .previous
+                    .as_ref()
+                    .is_none_or(|previous| fit_inputs(previous) != fit_inputs(&change.object));
+            }
         }
-        if is_kind(change, &NODES) {
+        if wake_all {
             return snapshot
                 .list(&PODS, None)
-                .filter(pending)
+                .filter(|pod| pending(pod))
                 .map(key)
                 .collect();
         }
-        Vec::new()
+        keys
     }
 
-    fn reconcile(&self, pod: &Value, snapshot: &Snapshot, _ctx: &Context) -> Outcome {
-        if !pod
-            .pointer("/spec/nodeName")
-            .and_then(Value::as_str)
+    fn reconcile(&self, pod: &Value, snapshot: &Snapshot, ctx: &Context) -> Outcome {
+        self.reconcile_batch(&[pod], snapshot, ctx)
+            .pop()
             .unwrap_or_default()
-            .is_empty()
-            || pod_is_terminal(pod)
-        {
-            return Outcome::default();
-        }
-        let Ok(typed) = serde_json::from_value::<Pod>(pod.clone()) else {
-            return Outcome::default();
-        };
-        match choose_node(&typed, pod, snapshot) {
-            Ok(node) => {
-                let mut bound = pod.clone();
-                bound["spec"]["nodeName"] = json!(node);
-                let message = format!(
-                    "Successfully assigned {}/{} to {node}",
-                    namespace_of(pod),
-                    name_of(pod)
-                );
-                Outcome::writes(vec![
-                    Write::Update {
-                        rt: &PODS,
-                        object: bound,
-                    },
-                    Write::Event {
-                        involved: pod.clone(),
-                        reason: "Scheduled".to_owned(),
-                        message,
-                        type_: "Normal",
-                    },
-                ])
-            }
-            Err(reason) => {
-                let already_reported =
-                    pod.pointer("/status/message").and_then(Value::as_str) == Some(reason.as_str());
-                let mut writes = Vec::new();
-                if !already_reported {
-                    let mut status = pod.clone();
-                    status["status"] = json!({"phase": "Pending", "message": reason, "conditions": [
-                        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": reason}
-                    ]});
-                    writes.push(Write::UpdateStatus {
-                        rt: &PODS,
-                        object: status,
-                    });
-                    writes.push(Write::Event {
-                        involved: pod.clone(),
-                        reason: "FailedScheduling".to_owned(),
-                        message: reason,
-                        type_: "Warning",
-                    });
-                }
-                // Node changes re-queue pending pods; this is the safety net.
-                Outcome {
-                    writes,
-                    requeue_after: Some(std::time::Duration::from_secs(10)),
-                }
-            }
-        }
     }
 
-    fn sequential(&self) -> bool {
-        true
+    /// Each pod sees the bindings made before it in the batch, through the batch's
+    /// [`Cluster`] rather than the store.
+    fn reconcile_batch(
+        &self,
+        pods: &[&Value],
+        snapshot: &Snapshot,
+        _ctx: &Context,
+    ) -> Vec<Outcome> {
+        let typed: Vec<Option<Pod>> = pods
+            .iter()
+            .map(|pod| {
+                if pending(pod) {
+                    Pod::deserialize(*pod).ok()
+                } else {
+                    None
+                }
+            })
+            .collect();
+        if typed.iter().all(Option::is_none) {
+            // Bound already (a resync or its own update coming back): nothing to sum.
+            return vec![Outcome::default(); pods.len()];
+        }
+        let owners = pods
+            .iter()
+            .zip(&typed)
+            .filter(|(_, typed)| typed.is_some())
+            .filter_map(|(pod, _)| controller_of(pod).map(|(_, _, uid)| uid));
+        let mut cluster = Cluster::new(snapshot, owners);
+        pods.iter()
+            .zip(typed)
+            .map(|(pod, typed)| match typed {
+                Some(typed) => schedule(&mut cluster, &typed, pod),
+                None => Outcome::default(),
+            })
+            .collect()
+    }
+}
+
+/// Binds one pending pod to the best node of `cluster` and records it there, or reports
+/// why it fits nowhere.
+fn schedule(cluster: &mut Cluster, typed: &Pod, pod: &Value) -> Outcome {
+    let owner = controller_of(pod).map(|(_, _, uid)| uid);
+    let (cpu, memory) = requests(typed);
+    match cluster.choose(typed, owner) {
+        Ok(i) => {
+            cluster.bind(i, cpu, memory, owner);
+            let node = cluster.nodes[i].name.clone();
+            let mut bound = pod.clone();
+            bound["spec"]["nodeName"] = json!(node);
+            let message = format!(
+                "Successfully assigned {}/{} to {node}",
+                namespace_of(pod),
+                name_of(pod)
+            );
+            Outcome::writes(vec![
+                Write::Update {
+                    rt: &PODS,
+                    object: bound,
+                },
+                Write::Event {
+                    involved: pod.clone(),
+                    reason: "Scheduled".to_owned(),
+                    message,
+                    type_: "Normal",
+                },
+            ])
+        }
+        Err(reason) => {
+            let already_reported =
+                pod.pointer("/status/message").and_then(Value::as_str) == Some(reason.as_str());
+            let mut writes = Vec::new();
+            if !already_reported {
+                let mut status = pod.clone();
+                status["status"] = json!({"phase": "Pending", "message": reason, "conditions": [
+                    {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": reason}
+                ]});
+                writes.push(Write::UpdateStatus {
+                    rt: &PODS,
+                    object: status,
+                });
+                writes.push(Write::Event {
+                    involved: pod.clone(),
+                    reason: "FailedScheduling".to_owned(),
+                    message: reason,
+                    type_: "Warning",
+                });
+            }
+            // Node changes re-queue pending pods; this is the safety net.
+            Outcome {
+                writes,
+                requeue_after: Some(std::time::Duration::from_secs(10)),
+            }
+        }
     }
 }
 
@@ -135,18 +198,79 @@ fn key(object: &Value) -> (String, String) {
     (namespace_of(object).to_owned(), name_of(object).to_owned())
 }
 
+fn node_name(pod: &Value) -> &str {
+    pod.pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
+fn pending(pod: &Value) -> bool {
+    node_name(pod).is_empty() && !pod_is_terminal(pod)
+}
+
+/// Whether the pod counts against its node's resources.
+fn holds_resources(pod: &Value) -> bool {
+    !node_name(pod).is_empty() && !pod_is_terminal(pod)
+}
+
+/// What the filters read of a node: its Ready status, whether it is cordoned, its labels
+/// and what it offers. A change to anything else (a heartbeat's timestamps) cannot make
+/// a pod fit.
+fn fit_inputs(node: &Value) -> [Option<&Value>; 4] {
+    let ready = node
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .and_then(|conditions| conditions.iter().find(|c| c["type"] == "Ready"))
+        .and_then(|c| c.get("status"));
+    [
+        ready,
+        node.pointer("/spec/unschedulable"),
+        node.pointer("/metadata/labels"),
+        node.pointer("/status/allocatable"),
+    ]
+}
+
 fn requests(pod: &Pod) -> (u64, u64) {
     pod.spec.containers.iter().fold((0, 0), |(cpu, mem), c| {
         let r = &c.resources.requests;
         (
-            cpu + r
-                .get("cpu")
-                .and_then(|q| parse_cpu_millis(q).ok())
-                .unwrap_or(0),
-            mem + r
-                .get("memory")
-                .and_then(|q| parse_memory_bytes(q).ok())
-                .unwrap_or(0),
+            cpu.saturating_add(
+                r.get("cpu")
+                    .and_then(|q| parse_cpu_millis(q).ok())
+                    .unwrap_or(0),
+            ),
+            mem.saturating_add(
+                r.get("memory")
+                    .and_then(|q| parse_memory_bytes(q).ok())
+                    .unwrap_or(0),
+            ),
+        )
+    })
+}
+
+/// [`requests`] read straight from the stored object: summing every bound pod of the
+/// cluster once per batch must not cost a full decode of each.
+fn requests_of_value(pod: &Value) -> (u64, u64) {
+    let Some(containers) = pod.pointer("/spec/containers").and_then(Value::as_array) else {
+        return (0, 0);
+    };
+    containers.iter().fold((0, 0), |(cpu, mem), c| {
+        let quantity = |name: &str| {
+            c.pointer("/resources/requests")
+                .and_then(|r| r.get(name))
+                .and_then(Value::as_str)
+        };
+        (
+            cpu.saturating_add(
+                quantity("cpu")
+                    .and_then(|q| parse_cpu_millis(q).ok())
+                    .unwrap_or(0),
+            ),
+            mem.saturating_add(
+                quantity("memory")
+                    .and_then(|q| parse_memory_bytes(q).ok())
+                    .unwrap_or(0),
+            ),
         )
     })
 }
@@ -159,94 +283,199 @@ fn node_ready(node: &Node) -> bool {
     })
 }
 
-/// The chosen node's name, or why no node fits (counted per reason, like kube-scheduler).
-pub fn choose_node(pod: &Pod, raw: &Value, snapshot: &Snapshot) -> Result<String, String> {
-    let nodes: Vec<Node> = snapshot.typed(&NODES, None);
-    if nodes.is_empty() {
-        return Err("0 nodes are available: no nodes registered".to_owned());
-    }
-    let (cpu, memory) = requests(pod);
-    let owner = controller_of(raw).map(|(_, _, uid)| uid.to_owned());
-    // Per node: requested CPU, memory, pods of the same owner, all pods.
-    let mut used: BTreeMap<String, (u64, u64, usize, usize)> = BTreeMap::new();
-    for other in snapshot.list(&PODS, None) {
-        let node = other
-            .pointer("/spec/nodeName")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        if node.is_empty() || pod_is_terminal(other) {
-            continue;
-        }
-        let Ok(typed) = serde_json::from_value::<Pod>(other.clone()) else {
-            continue;
-        };
-        let (c, m) = requests(&typed);
-        let entry = used.entry(node.to_owned()).or_default();
-        entry.0 += c;
-        entry.1 += m;
-        entry.2 += usize::from(
-            owner.is_some() && controller_of(other).map(|(_, _, uid)| uid) == owner.as_deref(),
-        );
-        entry.3 += 1;
-    }
-    let mut rejected: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut best: Option<((usize, u64, usize), String)> = None;
-    for node in &nodes {
-        let name = &node.metadata.name;
-        let reason = if !node_ready(node) {
-            Some("node(s) were not ready")
+/// One node as the scheduler sees it during a batch.
+struct NodeState {
+    name: String,
+    labels: BTreeMap<String, String>,
+    /// A filter no pod passes (not ready, cordoned), as an index into [`REASONS`].
+    unfit: Option<usize>,
+    /// Allocatable millicores and bytes.
+    cpu: u64,
+    memory: u64,
+    /// Requested by the pods bound to it, and how many they are.
+    used_cpu: u64,
+    used_memory: u64,
+    pods: usize,
+}
+
+impl NodeState {
+    fn new(node: Node) -> Self {
+        let unfit = if !node_ready(&node) {
+            Some(NOT_READY)
         } else if node.spec.unschedulable {
-            Some("node(s) were unschedulable")
-        } else if !pod
-            .spec
-            .node_selector
-            .iter()
-            .all(|(k, v)| node.metadata.labels.get(k) == Some(v))
-        {
-            Some("node(s) didn't match the pod's node selector")
+            Some(UNSCHEDULABLE)
         } else {
             None
         };
-        if let Some(reason) = reason {
-            *rejected.entry(reason).or_default() += 1;
-            continue;
-        }
         let allocatable = node.status.as_ref().map(|s| &s.allocatable);
-        let cap_cpu = allocatable
+        let cpu = allocatable
             .and_then(|a| a.get("cpu"))
             .and_then(|q| parse_cpu_millis(q).ok())
             .unwrap_or(DEFAULT_CPU_MILLIS);
-        let cap_mem = allocatable
+        let memory = allocatable
             .and_then(|a| a.get("memory"))
             .and_then(|q| parse_memory_bytes(q).ok())
             .unwrap_or(DEFAULT_MEMORY_BYTES);
-        let (used_cpu, used_mem, same_owner, pods) = used.get(name).copied().unwrap_or_default();
-        if used_cpu + cpu > cap_cpu {
-            *rejected.entry("node(s) had insufficient cpu").or_default() += 1;
-            continue;
-        }
-        if used_mem + memory > cap_mem {
-            *rejected
-                .entry("node(s) had insufficient memory")
-                .or_default() += 1;
-            continue;
-        }
-        // Spread replicas first, then prefer the emptier node (in thousandths).
-        let load = ((used_cpu + cpu) * 1000 / cap_cpu.max(1))
-            .max((used_mem + memory) * 1000 / cap_mem.max(1));
-        let score = (same_owner, load, pods);
-        if best.as_ref().is_none_or(|(s, _)| score < *s) {
-            best = Some((score, name.clone()));
+        Self {
+            name: node.metadata.name,
+            labels: node.metadata.labels,
+            unfit,
+            cpu,
+            memory,
+            used_cpu: 0,
+            used_memory: 0,
+            pods: 0,
         }
     }
-    best.map(|(_, name)| name).ok_or_else(|| {
-        let reasons: Vec<String> = rejected.iter().map(|(r, n)| format!("{n} {r}")).collect();
-        format!(
-            "0/{} nodes are available: {}",
-            nodes.len(),
-            reasons.join(", ")
-        )
-    })
+}
+
+/// The nodes, in name order, with what is bound to them: built once per batch from the
+/// snapshot, then kept up to date with the batch's own bindings.
+pub struct Cluster {
+    nodes: Vec<NodeState>,
+    /// Per owner uid, its pods per node. Only the owners of the pods being scheduled are
+    /// counted: no other count is ever asked for.
+    owners: HashMap<String, Spread>,
+}
+
+impl Cluster {
+    /// Sums the snapshot's bound pods per node; `owners` are the controllers (uids) whose
+    /// replicas will be spread.
+    pub fn new<'a>(snapshot: &Snapshot, owners: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        let mut nodes = Vec::new();
+        for value in snapshot.list(&NODES, None) {
+            // Nodes were validated on write; one that does not decode (an incompatible
+            // upgrade) is left out, as if it were not there.
+            let Ok(node) = Node::deserialize(value) else {
+                continue;
+            };
+            index.insert(name_of(value), nodes.len());
+            nodes.push(NodeState::new(node));
+        }
+        let mut owners: HashMap<String, Spread> = owners
+            .into_iter()
+            .map(|uid| (uid.to_owned(), Spread::default()))
+            .collect();
+        for pod in snapshot.list(&PODS, None) {
+            if !holds_resources(pod) {
+                continue;
+            }
+            // Pods of a node that is gone take nothing from the others.
+            let Some(&i) = index.get(node_name(pod)) else {
+                continue;
+            };
+            let (cpu, memory) = requests_of_value(pod);
+            let node = &mut nodes[i];
+            node.used_cpu = node.used_cpu.saturating_add(cpu);
+            node.used_memory = node.used_memory.saturating_add(memory);
+            node.pods += 1;
+            if let Some((_, _, uid)) = controller_of(pod)
+                && let Some(spread) = owners.get_mut(uid)
+            {
+                spread.add(i);
+            }
+        }
+        Self { nodes, owners }
+    }
+
+    /// The index of the best node for `pod` (of controller `owner`), or why none fits,
+    /// counted per reason like kube-scheduler.
+    fn choose(&self, pod: &Pod, owner: Option<&str>) -> Result<usize, String> {
+        if self.nodes.is_empty() {
+            return Err("0 nodes are available: no nodes registered".to_owned());
+        }
+        let (cpu, memory) = requests(pod);
+        let mut same_owner = owner
+            .and_then(|uid| self.owners.get(uid))
+            .map_or(&[][..], |spread| spread.0.as_slice())
+            .iter()
+            .peekable();
+        let selector = &pod.spec.node_selector;
+        let mut rejected = [0usize; REASONS.len()];
+        let mut best: Option<((usize, u64, usize), usize)> = None;
+        for (i, node) in self.nodes.iter().enumerate() {
+            // The owner's counts are in node order: step along with the nodes.
+            let same = same_owner
+                .next_if(|(at, _)| *at == i)
+                .map_or(0, |(_, n)| *n);
+            let wanted_cpu = node.used_cpu.saturating_add(cpu);
+            let wanted_memory = node.used_memory.saturating_add(memory);
+            let reason = if let Some(reason) = node.unfit {
+                Some(reason)
+            } else if !selector.iter().all(|(k, v)| node.labels.get(k) == Some(v)) {
+                Some(SELECTOR)
+            } else if wanted_cpu > node.cpu {
+                Some(CPU)
+            } else if wanted_memory > node.memory {
+                Some(MEMORY)
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                rejected[reason] += 1;
+                continue;
+            }
+            // Spread replicas first, then prefer the emptier node (in thousandths).
+            let load = (wanted_cpu.saturating_mul(1000) / node.cpu.max(1))
+                .max(wanted_memory.saturating_mul(1000) / node.memory.max(1));
+            let score = (same, load, node.pods);
+            if best.as_ref().is_none_or(|(s, _)| score < *s) {
+                best = Some((score, i));
+            }
+        }
+        best.map(|(_, i)| i).ok_or_else(|| {
+            // Sorted by wording, as they always were.
+            let counted: BTreeMap<&str, usize> = REASONS
+                .iter()
+                .zip(rejected)
+                .filter(|(_, n)| *n > 0)
+                .map(|(r, n)| (*r, n))
+                .collect();
+            let reasons: Vec<String> = counted.iter().map(|(r, n)| format!("{n} {r}")).collect();
+            format!(
+                "0/{} nodes are available: {}",
+                self.nodes.len(),
+                reasons.join(", ")
+            )
+        })
+    }
+
+    /// Records a binding decided in this batch, before the store has it.
+    fn bind(&mut self, i: usize, cpu: u64, memory: u64, owner: Option<&str>) {
+        let Some(node) = self.nodes.get_mut(i) else {
+            return;
+        };
+        node.used_cpu = node.used_cpu.saturating_add(cpu);
+        node.used_memory = node.used_memory.saturating_add(memory);
+        node.pods += 1;
+        if let Some(spread) = owner.and_then(|uid| self.owners.get_mut(uid)) {
+            spread.add(i);
+        }
+    }
+}
+
+/// One owner's pods per node as (node index, count), in node order, listing only nodes
+/// that have some: thousands of owners in a batch must not cost a count per node each.
+#[derive(Default)]
+struct Spread(Vec<(usize, usize)>);
+
+impl Spread {
+    fn add(&mut self, node: usize) {
+        match self.0.binary_search_by_key(&node, |(at, _)| *at) {
+            Ok(found) => self.0[found].1 += 1,
+            Err(at) => self.0.insert(at, (node, 1)),
+        }
+    }
+}
+
+/// The chosen node's name, or why no node fits (counted per reason, like kube-scheduler).
+pub fn choose_node(pod: &Pod, raw: &Value, snapshot: &Snapshot) -> Result<String, String> {
+    let owner = controller_of(raw).map(|(_, _, uid)| uid);
+    let cluster = Cluster::new(snapshot, owner);
+    cluster
+        .choose(pod, owner)
+        .map(|i| cluster.nodes[i].name.clone())
 }
 
 #[cfg(test)]
@@ -352,5 +581,363 @@ mod tests {
             Scheduler.reconcile(object, &snapshot, &ctx),
             Outcome::default()
         );
+    }
+
+    fn ctx() -> Context {
+        Context {
+            now: 0,
+            settings: super::super::Settings::default(),
+        }
+    }
+
+    /// Schedules every pending pod of `objects` in one batch: pod name -> node or reason.
+    fn schedule_batch(objects: Vec<(&'static ResourceType, Value)>) -> Vec<(String, String)> {
+        let snapshot = Snapshot::from_objects(objects, 1);
+        let pods: Vec<&Value> = snapshot.list(&PODS, None).filter(|p| pending(p)).collect();
+        let outcomes = Scheduler.reconcile_batch(&pods, &snapshot, &ctx());
+        assert_eq!(outcomes.len(), pods.len());
+        pods.iter()
+            .zip(outcomes)
+            .map(|(pod, outcome)| {
+                let verdict = match outcome.writes.first() {
+                    Some(Write::Update { object, .. }) => object["spec"]["nodeName"]
+                        .as_str()
+                        .unwrap_or("?")
+                        .to_owned(),
+                    Some(Write::UpdateStatus { object, .. }) => object["status"]["message"]
+                        .as_str()
+                        .unwrap_or("?")
+                        .to_owned(),
+                    other => panic!("{other:?}"),
+                };
+                (name_of(pod).to_owned(), verdict)
+            })
+            .collect()
+    }
+
+    fn verdicts(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(p, v)| ((*p).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_spreads_one_owner_one_pod_per_node() {
+        let objects = vec![
+            node("a", true, "4", json!({})),
+            node("b", true, "4", json!({})),
+            node("c", true, "4", json!({})),
+            pod("p1", "", "100m", "rs"),
+            pod("p2", "", "100m", "rs"),
+            pod("p3", "", "100m", "rs"),
+        ];
+        assert_eq!(
+            schedule_batch(objects),
+            verdicts(&[("p1", "a"), ("p2", "b"), ("p3", "c")])
+        );
+    }
+
+    #[test]
+    fn a_batch_sees_the_resources_it_has_used() {
+        let objects = vec![
+            node("a", true, "1", json!({})),
+            pod("p1", "", "400m", "rs"),
+            pod("p2", "", "400m", "rs"),
+            pod("p3", "", "400m", "rs"),
+        ];
+        assert_eq!(
+            schedule_batch(objects),
+            verdicts(&[
+                ("p1", "a"),
+                ("p2", "a"),
+                (
+                    "p3",
+                    "0/1 nodes are available: 1 node(s) had insufficient cpu"
+                ),
+            ])
+        );
+    }
+
+    #[test]
+    fn an_unschedulable_verdict_is_reported_once_and_retried() {
+        let snapshot = Snapshot::from_objects(
+            vec![node("a", true, "1", json!({})), pod("p", "", "2", "rs")],
+            1,
+        );
+        let p = snapshot.get(&PODS, "default", "p").expect("pod");
+        let outcome = Scheduler.reconcile(p, &snapshot, &ctx());
+        let Some(Write::UpdateStatus { object, .. }) = outcome.writes.first() else {
+            panic!("{outcome:?}");
+        };
+        assert_eq!(object["status"]["conditions"][0]["reason"], "Unschedulable");
+        assert!(matches!(
+            outcome.writes.get(1),
+            Some(Write::Event { reason, type_: "Warning", .. }) if reason == "FailedScheduling"
+        ));
+        let again = Scheduler.reconcile(object, &snapshot, &ctx());
+        assert!(again.writes.is_empty(), "{again:?}");
+        assert!(again.requeue_after.is_some());
+    }
+
+    /// The scheduler as it was before batches (every pod and node decoded per decision),
+    /// kept as the reference the batch must agree with.
+    fn reference_choose_node(
+        pod: &Pod,
+        raw: &Value,
+        snapshot: &Snapshot,
+    ) -> Result<String, String> {
+        let nodes: Vec<Node> = snapshot.typed(&NODES, None);
+        if nodes.is_empty() {
+            return Err("0 nodes are available: no nodes registered".to_owned());
+        }
+        let (cpu, memory) = requests(pod);
+        let owner = controller_of(raw).map(|(_, _, uid)| uid.to_owned());
+        // Per node: requested CPU, memory, pods of the same owner, all pods.
+        let mut used: BTreeMap<String, (u64, u64, usize, usize)> = BTreeMap::new();
+        for other in snapshot.list(&PODS, None) {
+            let node = other
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if node.is_empty() || pod_is_terminal(other) {
+                continue;
+            }
+            let Ok(typed) = serde_json::from_value::<Pod>(other.clone()) else {
+                continue;
+            };
+            let (c, m) = requests(&typed);
+            let entry = used.entry(node.to_owned()).or_default();
+            entry.0 += c;
+            entry.1 += m;
+            entry.2 += usize::from(
+                owner.is_some() && controller_of(other).map(|(_, _, uid)| uid) == owner.as_deref(),
+            );
+            entry.3 += 1;
+        }
+        let mut rejected: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut best: Option<((usize, u64, usize), String)> = None;
+        for node in &nodes {
+            let name = &node.metadata.name;
+            let reason = if !node_ready(node) {
+                Some("node(s) were not ready")
+            } else if node.spec.unschedulable {
+                Some("node(s) were unschedulable")
+            } else if !pod
+                .spec
+                .node_selector
+                .iter()
+                .all(|(k, v)| node.metadata.labels.get(k) == Some(v))
+            {
+                Some("node(s) didn't match the pod's node selector")
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                *rejected.entry(reason).or_default() += 1;
+                continue;
+            }
+            let allocatable = node.status.as_ref().map(|s| &s.allocatable);
+            let cap_cpu = allocatable
+                .and_then(|a| a.get("cpu"))
+                .and_then(|q| parse_cpu_millis(q).ok())
+                .unwrap_or(DEFAULT_CPU_MILLIS);
+            let cap_mem = allocatable
+                .and_then(|a| a.get("memory"))
+                .and_then(|q| parse_memory_bytes(q).ok())
+                .unwrap_or(DEFAULT_MEMORY_BYTES);
+            let (used_cpu, used_mem, same_owner, pods) =
+                used.get(name).copied().unwrap_or_default();
+            if used_cpu + cpu > cap_cpu {
+                *rejected.entry("node(s) had insufficient cpu").or_default() += 1;
+                continue;
+            }
+            if used_mem + memory > cap_mem {
+                *rejected
+                    .entry("node(s) had insufficient memory")
+                    .or_default() += 1;
+                continue;
+            }
+            // Spread replicas first, then prefer the emptier node (in thousandths).
+            let load = ((used_cpu + cpu) * 1000 / cap_cpu.max(1))
+                .max((used_mem + memory) * 1000 / cap_mem.max(1));
+            let score = (same_owner, load, pods);
+            if best.as_ref().is_none_or(|(s, _)| score < *s) {
+                best = Some((score, name.clone()));
+            }
+        }
+        best.map(|(_, name)| name).ok_or_else(|| {
+            let reasons: Vec<String> = rejected.iter().map(|(r, n)| format!("{n} {r}")).collect();
+            format!(
+                "0/{} nodes are available: {}",
+                nodes.len(),
+                reasons.join(", ")
+            )
+        })
+    }
+
+    /// The batch decides as the old scheduler did one pod at a time on a store that had
+    /// the earlier bindings, across owners, sizes, selectors and unfit nodes.
+    #[test]
+    fn a_batch_decides_as_one_pod_at_a_time_would() {
+        let mut objects = vec![
+            node("a", true, "2", json!({"zone": "x"})),
+            node("b", true, "3", json!({"zone": "y"})),
+            node("c", false, "8", json!({"zone": "x"})),
+            node("d", true, "1", json!({})),
+            node("e", true, "8", json!({"zone": "x"})),
+            pod("old", "b", "1", "rs1"),
+            pod("older", "d", "100m", "rs2"),
+        ];
+        objects[4].1["spec"]["unschedulable"] = json!(true);
+        for i in 0..30 {
+            let owner = ["rs1", "rs2", "rs3"][i % 3];
+            let big_memory = i % 3 == 1;
+            let cpu = if big_memory {
+                "50m"
+            } else {
+                ["100m", "500m", "250m", "1"][i % 4]
+            };
+            let mut p = pod(&format!("p{i:02}"), "", cpu, owner);
+            if i % 5 == 0 {
+                p.1["spec"]["nodeSelector"] = json!({"zone": "x"});
+            }
+            if big_memory {
+                p.1["spec"]["containers"][0]["resources"]["requests"]["memory"] = json!("700Mi");
+            }
+            if i % 6 == 0 {
+                p.1["metadata"]["ownerReferences"] = json!([]);
+            }
+            objects.push(p);
+        }
+        let batch = schedule_batch(objects.clone());
+        // One at a time, each binding written back before the next decision.
+        let mut one_by_one = Vec::new();
+        for (name, _) in &batch {
+            let snapshot = Snapshot::from_objects(objects.clone(), 1);
+            let raw = snapshot.get(&PODS, "default", name).expect("pod");
+            let typed: Pod = serde_json::from_value(raw.clone()).expect("typed");
+            let verdict =
+                reference_choose_node(&typed, raw, &snapshot).unwrap_or_else(|reason| reason);
+            if let Some(entry) = objects.iter_mut().find(|(_, o)| name_of(o) == name)
+                && !verdict.starts_with("0/")
+            {
+                entry.1["spec"]["nodeName"] = json!(verdict);
+            }
+            one_by_one.push((name.clone(), verdict));
+        }
+        assert_eq!(batch, one_by_one);
+        for full in ["insufficient cpu", "insufficient memory"] {
+            assert!(
+                batch.iter().any(|(_, v)| v.contains(full)),
+                "some pod finds no room, {full}: {batch:?}"
+            );
+        }
+    }
+
+    /// No timing here: a cluster-sized batch must place every pod, evenly.
+    #[test]
+    fn a_large_batch_fills_every_node_evenly() {
+        let mut objects: Vec<(&'static ResourceType, Value)> = (0..200)
+            .map(|i| node(&format!("n{i:03}"), true, "4", json!({})))
+            .collect();
+        objects.extend((0..2000).map(|i| pod(&format!("p{i:04}"), "", "100m", "rs")));
+        let batch = schedule_batch(objects);
+        let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
+        for (_, node) in &batch {
+            *per_node.entry(node.clone()).or_default() += 1;
+        }
+        assert_eq!(per_node.len(), 200, "{per_node:?}");
+        assert!(per_node.values().all(|n| *n == 10), "{per_node:?}");
+    }
+
+    fn change(
+        rt: &ResourceType,
+        object: &Value,
+        previous: Option<&Value>,
+        deleted: bool,
+    ) -> Change {
+        Change {
+            key: crate::registry::key(rt, namespace_of(object), name_of(object)),
+            object: object.clone(),
+            deleted,
+            previous: previous.cloned(),
+        }
+    }
+
+    #[test]
+    fn heartbeats_do_not_requeue_pending_pods_but_real_node_changes_do() {
+        let (_, a) = node("a", true, "4", json!({}));
+        let snapshot = Snapshot::from_objects(
+            vec![
+                (&NODES, a.clone()),
+                pod("bound", "a", "1", "rs"),
+                pod("waiting", "", "100m", "rs"),
+            ],
+            1,
+        );
+        let waiting = vec![("default".to_owned(), "waiting".to_owned())];
+        let affected = |c: Change| Scheduler.affected(&c, &snapshot);
+
+        let mut beat = a.clone();
+        beat["status"]["conditions"][0]["lastHeartbeatTime"] = json!("2026-01-01T00:00:10Z");
+        assert!(affected(change(&NODES, &beat, Some(&a), false)).is_empty());
+        assert_eq!(
+            affected(change(&NODES, &a, None, false)),
+            waiting,
+            "a new node"
+        );
+        let mut labelled = a.clone();
+        labelled["metadata"]["labels"] = json!({"zone": "x"});
+        assert_eq!(
+            affected(change(&NODES, &labelled, Some(&a), false)),
+            waiting
+        );
+        let mut bigger = a.clone();
+        bigger["status"]["allocatable"]["cpu"] = json!("8");
+        assert_eq!(affected(change(&NODES, &bigger, Some(&a), false)), waiting);
+        let (_, down) = node("a", false, "4", json!({}));
+        assert_eq!(
+            affected(change(&NODES, &a, Some(&down), false)),
+            waiting,
+            "ready again"
+        );
+        let mut uncordoned = a.clone();
+        uncordoned["spec"]["unschedulable"] = json!(true);
+        assert_eq!(
+            affected(change(&NODES, &a, Some(&uncordoned), false)),
+            waiting
+        );
+        assert!(
+            affected(change(&NODES, &a, Some(&a), true)).is_empty(),
+            "a node gone"
+        );
+    }
+
+    #[test]
+    fn only_pods_that_held_resources_free_room_for_others() {
+        let snapshot = Snapshot::from_objects(
+            vec![
+                node("a", true, "4", json!({})),
+                pod("waiting", "", "100m", "rs"),
+            ],
+            1,
+        );
+        let waiting = vec![("default".to_owned(), "waiting".to_owned())];
+        let affected = |c: Change| Scheduler.affected(&c, &snapshot);
+        let (_, bound) = pod("bound", "a", "1", "rs");
+        let (_, other) = pod("other", "", "1", "rs");
+        assert_eq!(affected(change(&PODS, &bound, Some(&bound), true)), waiting);
+        assert!(affected(change(&PODS, &other, Some(&other), true)).is_empty());
+        let mut done = bound.clone();
+        done["status"] = json!({"phase": "Succeeded"});
+        assert_eq!(affected(change(&PODS, &done, Some(&bound), false)), waiting);
+        assert!(affected(change(&PODS, &done, Some(&done), false)).is_empty());
+        assert_eq!(
+            affected(change(&PODS, &other, None, false)),
+            vec![("default".to_owned(), "other".to_owned())],
+            "a pending pod itself"
+        );
+        assert!(affected(change(&PODS, &bound, None, false)).is_empty());
     }
 }
