@@ -6,9 +6,10 @@
 //!
 //! Watchers are indexed by kind and by the value their field selector requires for
 //! `spec.nodeName`, so a pod event costs its own node's watcher and the watchers without
-//! such a selector, not every node's. A watcher whose queue fills up is ended with
-//! `Expired` so its client lists again, instead of holding the others back; a watcher
-//! resuming from before the window reads the store's log until it reaches the window.
+//! such a selector, not every node's. Nobody waits for a slow watcher: when its queue
+//! fills it catches up from the window on its own, and once it falls out of the window
+//! it is ended with `Expired` so its client lists again. A watcher resuming from before
+//! the window reads the store's log until it reaches the window.
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
@@ -35,9 +36,9 @@ pub const BATCH: usize = 500;
 /// Older resume points are served from the store's log, so this only trades memory for
 /// how often that slower path is taken.
 const WINDOW: usize = 10_000;
-/// Events a watcher may have waiting before it is ended as too slow. Generous, because an
-/// ended watcher's client lists everything again, which costs far more than the queue.
-pub const QUEUE: usize = 4096;
+/// Events a watcher may have waiting before the fan-out stops queueing to it; it then
+/// catches up from the window by itself, and is ended only once it falls out of it.
+pub const QUEUE: usize = 1024;
 /// The field whose required value watchers are indexed by: agents watch their pods
 /// with `spec.nodeName=<node>`.
 const INDEXED_FIELD: &str = "spec.nodeName";
@@ -109,6 +110,18 @@ impl From<&WatchEnd> for ApiError {
     }
 }
 
+/// Why the fan-out stopped queueing to a watcher.
+#[derive(Debug)]
+enum Stop {
+    /// Its queue was full: it catches up from the window by itself, if still there.
+    Lagging,
+    End(WatchEnd),
+}
+
+/// A cached event with its place in the cache: one more than the event before it. Finer
+/// than revisions, since a full queue can cut a revision's events in two.
+type Sequenced = (u64, Arc<CachedEvent>);
+
 pub struct WatchCache {
     store: Arc<dyn Store>,
     inner: Mutex<Inner>,
@@ -127,7 +140,11 @@ struct Inner {
     revision: Revision,
     /// Every event after this revision (up to `revision`) is in `window`.
     oldest: Revision,
-    window: VecDeque<Arc<CachedEvent>>,
+    window: VecDeque<Sequenced>,
+    /// The sequence number of the next event.
+    next_seq: u64,
+    /// Every event from this sequence number on is in `window`.
+    first_seq: u64,
     next_id: u64,
     watchers: HashMap<u64, Watcher>,
     /// By kind prefix (`/core/pods/`).
@@ -136,8 +153,8 @@ struct Inner {
 
 struct Watcher {
     filter: Arc<Filter>,
-    tx: mpsc::Sender<Arc<CachedEvent>>,
-    end: Arc<OnceLock<WatchEnd>>,
+    tx: mpsc::Sender<Sequenced>,
+    stop: Arc<OnceLock<Stop>>,
     /// Where it is registered: kind prefix and indexed value.
     slots: Vec<(String, Option<String>)>,
 }
@@ -152,31 +169,47 @@ struct Bucket {
 /// A watcher's feed from the cache; dropping it unregisters the watcher.
 pub struct Subscription {
     cache: Weak<WatchCache>,
+    filter: Arc<Filter>,
     id: u64,
-    /// What the window held after the resume point when the watcher attached.
-    backlog: VecDeque<Arc<CachedEvent>>,
-    rx: mpsc::Receiver<Arc<CachedEvent>>,
-    end: Arc<OnceLock<WatchEnd>>,
+    /// The sequence number of the next event this watcher has not been offered.
+    next_seq: u64,
+    /// What the window held after the resume point when the watcher (re)attached.
+    backlog: VecDeque<Sequenced>,
+    rx: mpsc::Receiver<Sequenced>,
+    stop: Arc<OnceLock<Stop>>,
     progress: watch::Receiver<Revision>,
 }
 
 impl Subscription {
     /// The next event for this watcher, in revision order. `Ok(None)`: the cache is gone
-    /// (the server is stopping).
+    /// (the server is stopping). Cancel-safe: state only changes between awaits.
     pub async fn next(&mut self) -> Result<Option<Arc<CachedEvent>>, WatchEnd> {
-        if let Some(event) = self.backlog.pop_front() {
-            return Ok(Some(event));
-        }
-        match self.rx.recv().await {
-            Some(event) => Ok(Some(event)),
-            None => self.end.get().cloned().map_or(Ok(None), Err),
+        loop {
+            let next = match self.backlog.pop_front() {
+                Some(next) => Some(next),
+                None => self.rx.recv().await,
+            };
+            if let Some((seq, event)) = next {
+                self.next_seq = seq + 1;
+                return Ok(Some(event));
+            }
+            match self.stop.get() {
+                None => return Ok(None),
+                Some(Stop::End(end)) => return Err(end.clone()),
+                Some(Stop::Lagging) => {
+                    let Some(cache) = self.cache.upgrade() else {
+                        return Ok(None);
+                    };
+                    cache.lock().reattach(self)?;
+                }
+            }
         }
     }
 
-    /// Nothing is waiting: a revision [`WatchCache`] reported as fanned out before this
+    /// Nothing is waiting: a revision the cache reported as fanned out before this
     /// returned true is safe to bookmark.
     pub fn is_idle(&self) -> bool {
-        self.backlog.is_empty() && self.rx.is_empty()
+        self.backlog.is_empty() && self.rx.is_empty() && self.stop.get().is_none()
     }
 
     /// Follows the cache's progress (for bookmarks) without borrowing the subscription.
@@ -244,59 +277,36 @@ impl WatchCache {
         if after < inner.oldest {
             return Ok(None);
         }
-        let first = inner.window.partition_point(|e| e.revision <= after);
-        let backlog = inner
+        let first = inner.window.partition_point(|(_, e)| e.revision <= after);
+        let next_seq = inner
             .window
-            .range(first..)
-            .filter(|e| filter.kind_of(e).is_some())
-            .cloned()
-            .collect();
-        let id = inner.next_id;
-        inner.next_id += 1;
-        let indexed = filter.fields.required(INDEXED_FIELD).map(str::to_owned);
-        let mut slots: Vec<(String, Option<String>)> = Vec::new();
-        for (_, rt, _) in &filter.kinds {
-            let kind = prefix(rt, None);
-            if slots.iter().any(|(k, _)| *k == kind) {
-                continue;
-            }
-            let bucket = inner.buckets.entry(kind.clone()).or_default();
-            match &indexed {
-                Some(value) => bucket.by_value.entry(value.clone()).or_default().push(id),
-                None => bucket.others.push(id),
-            }
-            slots.push((kind, indexed.clone()));
-        }
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let end = Arc::new(OnceLock::new());
-        inner.watchers.insert(
-            id,
-            Watcher {
-                filter,
-                tx,
-                end: Arc::clone(&end),
-                slots,
-            },
-        );
-        Ok(Some(Subscription {
+            .get(first)
+            .map_or(inner.next_seq, |(seq, _)| *seq);
+        let (id, rx, stop) = inner.register(&filter);
+        let mut subscription = Subscription {
             cache: Arc::downgrade(self),
+            filter,
             id,
-            backlog,
+            next_seq,
+            backlog: VecDeque::new(),
             rx,
-            end,
+            stop,
             progress: self.progress.subscribe(),
-        }))
+        };
+        subscription.backlog = inner.backlog(&subscription);
+        Ok(Some(subscription))
     }
 
     /// Queues a batch (in revision order) to the watchers that want each event.
     fn publish(&self, events: Vec<Arc<CachedEvent>>, through: Revision) {
         let mut inner = self.lock();
-        let mut ended: Vec<(u64, Option<WatchEnd>)> = Vec::new();
+        let mut stopped: Vec<(u64, Option<Stop>)> = Vec::new();
+        let first_seq = inner.next_seq;
         {
             let Inner {
                 buckets, watchers, ..
             } = &*inner;
-            for event in &events {
+            for (seq, event) in (first_seq..).zip(&events) {
                 let Some(bucket) = buckets.get(kind_prefix(&event.key)) else {
                     continue;
                 };
@@ -314,31 +324,34 @@ impl WatchCache {
                     if watcher.filter.kind_of(event).is_none() {
                         continue;
                     }
-                    match watcher.tx.try_send(Arc::clone(event)) {
+                    match watcher.tx.try_send((seq, Arc::clone(event))) {
                         Ok(()) => {}
-                        // Ending it once is enough; later events find it already ended.
-                        Err(_) if ended.iter().any(|(e, _)| e == id) => {}
+                        // Stopped once already; it resumes from its own position.
+                        Err(_) if stopped.iter().any(|(s, _)| s == id) => {}
                         Err(mpsc::error::TrySendError::Full(_)) => {
-                            ended.push((*id, Some(WatchEnd::FellBehind { limit: QUEUE })));
+                            stopped.push((*id, Some(Stop::Lagging)));
                         }
-                        Err(mpsc::error::TrySendError::Closed(_)) => ended.push((*id, None)),
+                        Err(mpsc::error::TrySendError::Closed(_)) => stopped.push((*id, None)),
                     }
                 }
             }
         }
-        for (id, end) in ended {
+        for (id, stop) in stopped {
             if let Some(watcher) = inner.remove(id)
-                && let Some(end) = end
+                && let Some(stop) = stop
             {
-                let _ = watcher.end.set(end);
+                let _ = watcher.stop.set(stop);
             }
         }
         for event in events {
-            inner.window.push_back(event);
+            let seq = inner.next_seq;
+            inner.next_seq += 1;
+            inner.window.push_back((seq, event));
         }
         while inner.window.len() > WINDOW {
-            if let Some(evicted) = inner.window.pop_front() {
+            if let Some((seq, evicted)) = inner.window.pop_front() {
                 inner.oldest = inner.oldest.max(evicted.revision);
+                inner.first_seq = seq + 1;
             }
         }
         inner.revision = through;
@@ -352,7 +365,7 @@ impl WatchCache {
         let ids: Vec<u64> = inner.watchers.keys().copied().collect();
         for id in ids {
             if let Some(watcher) = inner.remove(id) {
-                let _ = watcher.end.set(end.clone());
+                let _ = watcher.stop.set(Stop::End(end.clone()));
             }
         }
     }
@@ -365,6 +378,9 @@ impl WatchCache {
         inner.window.clear();
         inner.revision = inner.revision.max(compacted);
         inner.oldest = inner.revision;
+        // A gap in the sequence: no lagging watcher can catch up across the lost events.
+        inner.next_seq += 1;
+        inner.first_seq = inner.next_seq;
         let revision = inner.revision;
         drop(inner);
         self.progress.send_replace(revision);
@@ -372,6 +388,67 @@ impl WatchCache {
 }
 
 impl Inner {
+    /// Adds a watcher to the fan-out under the kinds and node it can want.
+    fn register(
+        &mut self,
+        filter: &Arc<Filter>,
+    ) -> (u64, mpsc::Receiver<Sequenced>, Arc<OnceLock<Stop>>) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let indexed = filter.fields.required(INDEXED_FIELD).map(str::to_owned);
+        let mut slots: Vec<(String, Option<String>)> = Vec::new();
+        for (_, rt, _) in &filter.kinds {
+            let kind = prefix(rt, None);
+            if slots.iter().any(|(k, _)| *k == kind) {
+                continue;
+            }
+            let bucket = self.buckets.entry(kind.clone()).or_default();
+            match &indexed {
+                Some(value) => bucket.by_value.entry(value.clone()).or_default().push(id),
+                None => bucket.others.push(id),
+            }
+            slots.push((kind, indexed.clone()));
+        }
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let stop = Arc::new(OnceLock::new());
+        self.watchers.insert(
+            id,
+            Watcher {
+                filter: Arc::clone(filter),
+                tx,
+                stop: Arc::clone(&stop),
+                slots,
+            },
+        );
+        (id, rx, stop)
+    }
+
+    /// What the window holds for a subscription from its position on.
+    fn backlog(&self, subscription: &Subscription) -> VecDeque<Sequenced> {
+        let front = self.window.front().map_or(self.next_seq, |(seq, _)| *seq);
+        let skip =
+            usize::try_from(subscription.next_seq.saturating_sub(front)).unwrap_or(usize::MAX);
+        self.window
+            .iter()
+            .skip(skip)
+            .filter(|(_, e)| subscription.filter.kind_of(e).is_some())
+            .cloned()
+            .collect()
+    }
+
+    /// Feeds a lagging watcher again from its position, if the window still holds it.
+    fn reattach(&mut self, subscription: &mut Subscription) -> Result<(), WatchEnd> {
+        if subscription.next_seq < self.first_seq {
+            return Err(WatchEnd::FellBehind { limit: WINDOW });
+        }
+        let (id, rx, stop) = self.register(&subscription.filter);
+        subscription.id = id;
+        subscription.rx = rx;
+        subscription.stop = stop;
+        subscription.backlog = self.backlog(subscription);
+        Ok(())
+    }
+
     fn remove(&mut self, id: u64) -> Option<Watcher> {
         let watcher = self.watchers.remove(&id)?;
         for (kind, value) in &watcher.slots {
@@ -471,5 +548,413 @@ async fn fan_out(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+    use berth_api::selector::{FieldSelector, Selector};
+    use serde_json::json;
+    use tokio::sync::mpsc;
+
+    use super::{QUEUE, WINDOW, WatchCache};
+    use crate::{
+        allocation::{Cidr, Ranges},
+        api::watch::{self, WatchEvent, WatchOptions},
+        controllers::PODS,
+        metrics::Metrics,
+        registry::{Registry, key},
+        store::{Op, Precondition, RedbStore, Revision, Store, StoreError},
+    };
+
+    struct Fixture {
+        registry: Registry,
+        metrics: Metrics,
+        _dir: tempfile::TempDir,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn Store> =
+            Arc::new(RedbStore::open(&dir.path().join("store.redb")).expect("store"));
+        let metrics = Metrics::new().expect("metrics");
+        let ranges = Ranges {
+            service_cidr: Cidr {
+                network: [10, 96, 0, 0].into(),
+                prefix: 12,
+            },
+            load_balancer_pool: None,
+        };
+        Fixture {
+            registry: Registry::new(store, metrics.clone(), ranges),
+            metrics,
+            _dir: dir,
+        }
+    }
+
+    impl Fixture {
+        fn cache(&self) -> &Arc<WatchCache> {
+            self.registry.watch_cache()
+        }
+
+        async fn commit(&self, ops: Vec<Op>) -> Revision {
+            let store = Arc::clone(self.registry.store());
+            tokio::task::spawn_blocking(move || store.commit(ops))
+                .await
+                .expect("join")
+                .expect("commit")
+        }
+
+        async fn open(&self, fields: &str, from: Option<Revision>) -> mpsc::Receiver<WatchEvent> {
+            let options = WatchOptions {
+                kinds: vec![&PODS],
+                namespace: None,
+                labels: Selector::default(),
+                fields: FieldSelector::parse(fields).expect("field selector"),
+                from,
+                bookmarks: false,
+                synced_marker: false,
+                timeout: watch::default_timeout(),
+            };
+            watch::open(&self.registry, &self.metrics, options)
+                .await
+                .expect("watch")
+        }
+
+        /// Waits until `count` watchers are fed by the cache, so what is committed next
+        /// reaches them through it (not as a backlog when they attach).
+        async fn attached(&self, count: usize) {
+            wait_until(|| self.cache().lock().watchers.len() == count).await;
+        }
+
+        /// Waits until the cache has fanned out `revision`.
+        async fn published(&self, revision: Revision) {
+            wait_until(|| self.cache().lock().revision >= revision).await;
+        }
+    }
+
+    /// Polls a condition; the bound only keeps a broken build from hanging.
+    async fn wait_until(mut condition: impl FnMut() -> bool) {
+        let poll = async {
+            while !condition() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), poll)
+            .await
+            .expect("condition reached");
+    }
+
+    async fn next(rx: &mut mpsc::Receiver<WatchEvent>) -> WatchEvent {
+        tokio::time::timeout(Duration::from_secs(30), rx.recv())
+            .await
+            .expect("an event in time")
+            .expect("watch still open")
+    }
+
+    fn pod(name: &str, node: Option<&str>) -> Op {
+        let mut object = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default"}, "spec": {}});
+        if let Some(node) = node {
+            object["spec"]["nodeName"] = json!(node);
+        }
+        Op::Put {
+            key: key(&PODS, "default", name),
+            value: serde_json::to_vec(&object).expect("json"),
+            precondition: Precondition::Always,
+        }
+    }
+
+    fn delete(name: &str) -> Op {
+        Op::Delete {
+            key: key(&PODS, "default", name),
+            precondition: Precondition::Present,
+        }
+    }
+
+    fn name(event: &WatchEvent) -> &str {
+        event.object["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+    }
+
+    fn rv(event: &WatchEvent) -> Revision {
+        event.object["metadata"]["resourceVersion"]
+            .as_str()
+            .and_then(|rv| rv.parse().ok())
+            .unwrap_or_default()
+    }
+
+    type Seen = (&'static str, String, Revision);
+
+    fn seen(event: &WatchEvent) -> Seen {
+        (event.type_, name(event).to_owned(), rv(event))
+    }
+
+    #[tokio::test]
+    async fn node_watchers_get_exactly_their_pods_in_order() {
+        const NODES: usize = 12;
+        const PODS_: usize = 60;
+        let f = fixture();
+        let mut watchers = Vec::new();
+        for n in 0..NODES {
+            watchers.push(f.open(&format!("spec.nodeName=node-{n}"), Some(0)).await);
+        }
+        let mut everything = f.open("", Some(0)).await;
+        f.attached(NODES + 1).await;
+
+        // A model of where each pod is, to know which node each event belongs to: a
+        // watcher gets the events whose object (the new state, or the deleted one) is on
+        // its node, as the field selector says.
+        let mut on: BTreeMap<String, Option<String>> = BTreeMap::new();
+        let mut expected: BTreeMap<String, Vec<Seen>> = BTreeMap::new();
+        let mut all: Vec<Seen> = Vec::new();
+        let node = |j: usize| format!("node-{}", j % NODES);
+        let rounds: Vec<Vec<(String, Option<Option<String>>)>> = vec![
+            // Created, a third of them unscheduled.
+            (0..PODS_)
+                .map(|j| (format!("p{j}"), Some((j % 3 != 0).then(|| node(j)))))
+                .collect(),
+            // The unscheduled ones bound; every fifth moved to the next node.
+            (0..PODS_)
+                .filter(|j| j % 3 == 0 || j % 5 == 0)
+                .map(|j| {
+                    let target = if j % 5 == 0 { node(j + 1) } else { node(j) };
+                    (format!("p{j}"), Some(Some(target)))
+                })
+                .collect(),
+            // Every fourth deleted (None).
+            (0..PODS_)
+                .filter(|j| j % 4 == 0)
+                .map(|j| (format!("p{j}"), None))
+                .collect(),
+        ];
+        for round in rounds {
+            for chunk in round.chunks(7) {
+                let ops = chunk
+                    .iter()
+                    .map(|(name, change)| match change {
+                        Some(target) => pod(name, target.as_deref()),
+                        None => delete(name),
+                    })
+                    .collect();
+                let revision = f.commit(ops).await;
+                for (name, change) in chunk {
+                    let (type_, at) = match change {
+                        Some(target) => {
+                            let created = !on.contains_key(name);
+                            on.insert(name.clone(), target.clone());
+                            (if created { "ADDED" } else { "MODIFIED" }, target.clone())
+                        }
+                        None => ("DELETED", on.remove(name).flatten()),
+                    };
+                    let event = (type_, name.clone(), revision);
+                    if let Some(at) = at {
+                        expected.entry(at).or_default().push(event.clone());
+                    }
+                    all.push(event);
+                }
+            }
+        }
+        // One last pod per node marks the end of what each watcher should get.
+        let sentinels: Vec<Op> = (0..NODES)
+            .map(|n| pod(&format!("end-{n}"), Some(&format!("node-{n}"))))
+            .collect();
+        let last = f.commit(sentinels).await;
+        for (n, rx) in watchers.iter_mut().enumerate() {
+            let mut got = Vec::new();
+            loop {
+                let event = next(rx).await;
+                if name(&event).starts_with("end-") {
+                    assert_eq!(seen(&event), ("ADDED", format!("end-{n}"), last));
+                    break;
+                }
+                got.push(seen(&event));
+            }
+            let want = expected.remove(&format!("node-{n}")).unwrap_or_default();
+            assert!(!want.is_empty(), "node-{n} has pods in this test");
+            assert_eq!(got, want, "node-{n}");
+        }
+        let mut got = Vec::new();
+        for _ in 0..all.len() {
+            got.push(seen(&next(&mut everything).await));
+        }
+        assert_eq!(
+            got, all,
+            "a watcher without a node selector sees everything"
+        );
+    }
+
+    #[tokio::test]
+    async fn resume_from_a_revision_is_served_from_the_window() {
+        let f = fixture();
+        let mut witness = f.open("", Some(0)).await;
+        f.attached(1).await;
+        let a = f.commit(vec![pod("p1", None)]).await;
+        let b = f.commit(vec![pod("p1", Some("n1"))]).await;
+        let c = f.commit(vec![pod("p2", Some("n2"))]).await;
+        for want in [a, b, c] {
+            assert_eq!(rv(&next(&mut witness).await), want);
+        }
+        assert!(
+            f.cache().lock().oldest < a,
+            "the window holds everything after a"
+        );
+
+        let mut resumed = f.open("", Some(a)).await;
+        assert_eq!(
+            seen(&next(&mut resumed).await),
+            ("MODIFIED", "p1".to_owned(), b)
+        );
+        assert_eq!(
+            seen(&next(&mut resumed).await),
+            ("ADDED", "p2".to_owned(), c)
+        );
+        let mut on_n2 = f.open("spec.nodeName=n2", Some(a)).await;
+        assert_eq!(seen(&next(&mut on_n2).await), ("ADDED", "p2".to_owned(), c));
+        let d = f.commit(vec![delete("p1"), pod("p3", Some("n2"))]).await;
+        assert_eq!(
+            seen(&next(&mut resumed).await),
+            ("DELETED", "p1".to_owned(), d)
+        );
+        assert_eq!(
+            seen(&next(&mut resumed).await),
+            ("ADDED", "p3".to_owned(), d)
+        );
+        assert_eq!(seen(&next(&mut on_n2).await), ("ADDED", "p3".to_owned(), d));
+    }
+
+    #[tokio::test]
+    async fn a_slow_watcher_is_expired_without_holding_back_others() {
+        let f = fixture();
+        let mut slow = f.open("", Some(0)).await;
+        let mut fast = f.open("", Some(0)).await;
+        f.attached(2).await;
+        // More than a queue in one revision: both queues fill mid-revision, and the fast
+        // watcher catches up from the window without losing or repeating an event.
+        let burst = QUEUE + 100;
+        let ops = (0..burst).map(|i| pod(&format!("p{i}"), None)).collect();
+        let revision = f.commit(ops).await;
+        // Nobody reads `slow` meanwhile.
+        for i in 0..burst {
+            assert_eq!(
+                seen(&next(&mut fast).await),
+                ("ADDED", format!("p{i}"), revision)
+            );
+        }
+        // A window's worth of other events: `slow` is now out of the window.
+        let filler = (0..WINDOW)
+            .map(|i| Op::Put {
+                key: format!("/core/configmaps/default/c{i}"),
+                value: b"{}".to_vec(),
+                precondition: Precondition::Always,
+            })
+            .collect();
+        f.commit(filler).await;
+        let later = f.commit(vec![pod("after", None)]).await;
+        assert_eq!(
+            seen(&next(&mut fast).await),
+            ("ADDED", "after".to_owned(), later)
+        );
+
+        // What the slow one had queued comes in order, then the error that makes its
+        // client list again.
+        let mut received = 0;
+        let error = loop {
+            let event = next(&mut slow).await;
+            if event.type_ == "ERROR" {
+                break event;
+            }
+            assert_eq!(seen(&event), ("ADDED", format!("p{received}"), revision));
+            received += 1;
+        };
+        assert!(received < burst);
+        assert_eq!(error.object["code"], 410);
+        assert_eq!(error.object["reason"], "Expired");
+        assert!(
+            slow.recv().await.is_none(),
+            "the watch ends after the error"
+        );
+        wait_until(|| f.cache().lock().watchers.len() == 1).await;
+    }
+
+    #[tokio::test]
+    async fn resume_from_before_the_window_reads_the_log_then_the_cache() {
+        let f = fixture();
+        let _witness = f.open("", Some(0)).await;
+        f.attached(1).await;
+        let a = f.commit(vec![pod("p1", None)]).await;
+        let b = f.commit(vec![pod("p1", Some("n1"))]).await;
+        // Other kinds push a and b out of the window.
+        let filler = (0..WINDOW)
+            .map(|i| Op::Put {
+                key: format!("/core/configmaps/default/c{i}"),
+                value: b"{}".to_vec(),
+                precondition: Precondition::Always,
+            })
+            .collect();
+        let c = f.commit(filler).await;
+        f.published(c).await;
+        assert!(f.cache().lock().oldest >= b, "b left the window");
+
+        let mut resumed = f.open("", Some(a)).await;
+        assert_eq!(
+            seen(&next(&mut resumed).await),
+            ("MODIFIED", "p1".to_owned(), b)
+        );
+        f.attached(2).await;
+        let d = f.commit(vec![delete("p1")]).await;
+        assert_eq!(
+            seen(&next(&mut resumed).await),
+            ("DELETED", "p1".to_owned(), d)
+        );
+
+        // Once the log is compacted past a resume point, the watch is refused as before.
+        let store = Arc::clone(f.registry.store());
+        tokio::task::spawn_blocking(move || store.compact(b))
+            .await
+            .expect("join")
+            .expect("compact");
+        let options = WatchOptions {
+            kinds: vec![&PODS],
+            namespace: None,
+            labels: Selector::default(),
+            fields: FieldSelector::default(),
+            from: Some(a),
+            bookmarks: false,
+            synced_marker: false,
+            timeout: watch::default_timeout(),
+        };
+        let refused = watch::open(&f.registry, &f.metrics, options).await;
+        assert_eq!(
+            refused.map(|_| ()).map_err(|e| (e.code.as_u16(), e.reason)),
+            Err((410, "Expired"))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cache_behind_compaction_expires_its_watchers() {
+        let f = fixture();
+        let mut watcher = f.open("", Some(0)).await;
+        f.attached(1).await;
+        let a = f.commit(vec![pod("p1", None)]).await;
+        assert_eq!(rv(&next(&mut watcher).await), a);
+        // What the fan-out does when the log it has not read yet was compacted away.
+        f.cache().restart_after_compaction(
+            StoreError::Compacted {
+                requested: a,
+                compacted: a + 5,
+            },
+            a + 5,
+        );
+        let error = next(&mut watcher).await;
+        assert_eq!(
+            (error.type_, &error.object["code"], &error.object["reason"]),
+            ("ERROR", &json!(410), &json!("Expired"))
+        );
+        assert!(f.cache().lock().watchers.is_empty());
+        assert!(f.cache().lock().oldest >= a + 5);
     }
 }
