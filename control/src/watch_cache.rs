@@ -43,6 +43,37 @@ pub const QUEUE: usize = 1024;
 /// with `spec.nodeName=<node>`.
 const INDEXED_FIELD: &str = "spec.nodeName";
 
+/// An object as watchers get it: decoded once, and encoded as JSON at most once however
+/// many watchers it goes to (an Endpoints update goes to every agent).
+#[derive(Debug)]
+pub struct SharedObject {
+    value: Value,
+    json: OnceLock<Vec<u8>>,
+}
+
+impl SharedObject {
+    pub fn new(value: Value) -> Arc<Self> {
+        Arc::new(Self {
+            value,
+            json: OnceLock::new(),
+        })
+    }
+
+    pub fn json(&self) -> &[u8] {
+        // Serializing a `Value` cannot fail: its keys are strings.
+        self.json
+            .get_or_init(|| serde_json::to_vec(&self.value).unwrap_or_default())
+    }
+}
+
+impl std::ops::Deref for SharedObject {
+    type Target = Value;
+
+    fn deref(&self) -> &Value {
+        &self.value
+    }
+}
+
 /// One change from the log, decoded once and shared by every watcher it goes to.
 #[derive(Debug)]
 pub struct CachedEvent {
@@ -50,7 +81,7 @@ pub struct CachedEvent {
     pub key: String,
     /// `ADDED`, `MODIFIED` or `DELETED`.
     pub type_: &'static str,
-    pub object: Arc<Value>,
+    pub object: Arc<SharedObject>,
     labels: BTreeMap<String, String>,
 }
 
@@ -67,7 +98,7 @@ impl CachedEvent {
             key: event.kv.key.clone(),
             type_,
             labels: labels_of(&object),
-            object: Arc::new(object),
+            object: SharedObject::new(object),
         })
     }
 }

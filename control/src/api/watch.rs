@@ -14,7 +14,6 @@ use berth_api::{
     ResourceType,
     selector::{FieldSelector, Selector},
 };
-use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 
@@ -23,7 +22,7 @@ use crate::{
     metrics::Metrics,
     registry::{Registry, parse_resource_version, prefix},
     store::{Revision, StoreError},
-    watch_cache::{BATCH, CachedEvent, Filter},
+    watch_cache::{BATCH, CachedEvent, Filter, SharedObject},
 };
 
 /// Kubernetes closes watches after 30–60 minutes so clients re-establish them through
@@ -33,13 +32,13 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
 /// commit would cost every watcher a wake-up per commit again.
 const BOOKMARK_INTERVAL: Duration = Duration::from_secs(1);
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct WatchEvent {
     /// `ADDED`, `MODIFIED`, `DELETED`, `BOOKMARK`, `SYNCED` or `ERROR`.
     pub type_: &'static str,
     pub kind: &'static str,
     /// Shared with every other watcher the event goes to.
-    pub object: Arc<Value>,
+    pub object: Arc<SharedObject>,
 }
 
 pub struct WatchOptions {
@@ -94,7 +93,7 @@ pub async fn open(
                 initial.extend(items.into_iter().map(|object| WatchEvent {
                     type_: "ADDED",
                     kind: rt.kind,
-                    object: Arc::new(object),
+                    object: SharedObject::new(object),
                 }));
                 starts.push((*rt, revision));
             }
@@ -257,7 +256,7 @@ fn marker(type_: &'static str, kind: &'static str, revision: Revision) -> WatchE
     WatchEvent {
         type_,
         kind,
-        object: Arc::new(
+        object: SharedObject::new(
             json!({"kind": kind, "metadata": {"resourceVersion": revision.to_string()}}),
         ),
     }
@@ -267,16 +266,8 @@ fn error_event(error: &ApiError) -> WatchEvent {
     WatchEvent {
         type_: "ERROR",
         kind: "Status",
-        object: Arc::new(error.status()),
+        object: SharedObject::new(error.status()),
     }
-}
-
-/// One line of a REST watch, in the key order `json!` gave it before.
-#[derive(Serialize)]
-struct Line<'a> {
-    object: &'a Value,
-    #[serde(rename = "type")]
-    type_: &'a str,
 }
 
 /// `GET <collection>?watch=true`: the stream as newline-delimited JSON.
@@ -313,16 +304,17 @@ pub async fn start(
         let api_version = api_version.clone();
         async move {
             let event = rx.recv().await?;
-            let mut object = event.object;
+            // Built around the shared encoding of the object, so it is not encoded again
+            // for every watcher; the type is one of a few fixed words.
+            let mut line = br#"{"object":"#.to_vec();
             if event.type_ == "BOOKMARK" {
-                Arc::make_mut(&mut object)["apiVersion"] = json!(api_version);
+                let mut object = Value::clone(&event.object);
+                object["apiVersion"] = json!(api_version);
+                line.extend(serde_json::to_vec(&object).unwrap_or_default());
+            } else {
+                line.extend_from_slice(event.object.json());
             }
-            // Serialized from the shared object: no per-watcher copy of it.
-            let line = Line {
-                object: &object,
-                type_: event.type_,
-            };
-            let mut line = serde_json::to_vec(&line).unwrap_or_default();
+            line.extend_from_slice(format!(r#","type":"{}"}}"#, event.type_).as_bytes());
             line.push(b'\n');
             Some((Ok::<_, Infallible>(Bytes::from(line)), rx))
         }
