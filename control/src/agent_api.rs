@@ -167,7 +167,7 @@ impl AgentService {
                 .unwrap_or_default()
                 .to_owned();
             let object_json = if matches!(type_, Type::Added | Type::Modified | Type::Deleted) {
-                serde_json::to_vec(&event.object).unwrap_or_default()
+                event.object.json().to_vec()
             } else {
                 Vec::new()
             };

@@ -19,3 +19,4 @@ pub mod store;
 pub mod tokens;
 pub mod usage;
 pub mod util;
+pub mod watch_cache;

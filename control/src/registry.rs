@@ -28,6 +28,7 @@ use crate::{
     metrics::Metrics,
     store::{KeyValue, Op, Precondition, Revision, Store, StoreError},
     util,
+    watch_cache::WatchCache,
 };
 
 /// Server-driven read-modify-write loops retry this often on a conflict before giving up.
@@ -38,6 +39,7 @@ pub struct Registry {
     store: Arc<dyn Store>,
     metrics: Metrics,
     ranges: Arc<Ranges>,
+    watch_cache: Arc<WatchCache>,
 }
 
 static NAMESPACES: ResourceType = ResourceType::of::<Namespace>();
@@ -153,6 +155,7 @@ struct Planned {
 impl Registry {
     pub fn new(store: Arc<dyn Store>, metrics: Metrics, ranges: Ranges) -> Self {
         Self {
+            watch_cache: WatchCache::new(Arc::clone(&store)),
             store,
             metrics,
             ranges: Arc::new(ranges),
@@ -218,6 +221,11 @@ impl Registry {
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// The one reader of the store's log that every watch is fed from.
+    pub fn watch_cache(&self) -> &Arc<WatchCache> {
+        &self.watch_cache
     }
 
     /// Runs a blocking store call off the async workers (commits wait for fsync).

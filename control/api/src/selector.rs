@@ -176,18 +176,33 @@ impl FieldSelector {
 
     pub fn matches(&self, object: &Value) -> bool {
         self.0.iter().all(|(path, equal, expected)| {
-            let found = path
-                .iter()
-                .try_fold(object, |v, seg| v.get(seg))
-                .map(|v| match v {
-                    Value::String(s) => s.clone(),
-                    Value::Null => String::new(),
-                    other => other.to_string(),
-                })
-                .unwrap_or_default();
-            (found == *expected) == *equal
+            (value_at(object, path.iter().map(String::as_str)) == *expected) == *equal
         })
     }
+
+    /// The value an equality term requires at `path` (dot-separated), if there is one:
+    /// what a watch fan-out can index watchers by, since no other value can match.
+    pub fn required(&self, path: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(p, equal, _)| *equal && p.iter().map(String::as_str).eq(path.split('.')))
+            .map(|(_, _, value)| value.as_str())
+    }
+}
+
+/// The field at `path` (dot-separated) as field selectors compare it.
+pub fn field_value(object: &Value, path: &str) -> String {
+    value_at(object, path.split('.'))
+}
+
+fn value_at<'a>(object: &Value, mut path: impl Iterator<Item = &'a str>) -> String {
+    path.try_fold(object, |v, seg| v.get(seg))
+        .map(|v| match v {
+            Value::String(s) => s.clone(),
+            Value::Null => String::new(),
+            other => other.to_string(),
+        })
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -245,5 +260,16 @@ mod tests {
         assert!(!f.matches(&object));
         assert!(f.matches(&serde_json::json!({})));
         assert!(FieldSelector::parse("nonsense").is_err());
+    }
+
+    #[test]
+    fn field_selector_required_value() {
+        let f = FieldSelector::parse("metadata.name!=q,spec.nodeName=n1").expect("valid");
+        assert_eq!(f.required("spec.nodeName"), Some("n1"));
+        assert_eq!(f.required("metadata.name"), None, "!= does not pin a value");
+        assert_eq!(f.required("spec"), None);
+        let object = serde_json::json!({"spec": {"nodeName": "n1"}});
+        assert_eq!(field_value(&object, "spec.nodeName"), "n1");
+        assert_eq!(field_value(&object, "spec.missing"), "");
     }
 }

@@ -49,6 +49,11 @@ impl ApiError {
         }
     }
 
+    /// 410: the watch cannot go on from where it is; the client must list again.
+    pub fn expired(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::GONE, "Expired", message)
+    }
+
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "BadRequest", message)
     }
@@ -139,6 +144,12 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
+        Self::from(&error)
+    }
+}
+
+impl From<&StoreError> for ApiError {
+    fn from(error: &StoreError) -> Self {
         let message = error.to_string();
         match error {
             StoreError::Conflict { .. } => Self::new(
@@ -150,7 +161,7 @@ impl From<StoreError> for ApiError {
                 Self::new(StatusCode::CONFLICT, "AlreadyExists", message)
             }
             StoreError::NotFound { .. } => Self::new(StatusCode::NOT_FOUND, "NotFound", message),
-            StoreError::Compacted { .. } => Self::new(StatusCode::GONE, "Expired", message),
+            StoreError::Compacted { .. } => Self::expired(message),
             StoreError::Backend(_) | StoreError::Corrupt(_) => Self::internal(message),
         }
     }

@@ -1,7 +1,7 @@
-//! Watch streams, read from the store's event log so a watcher resuming from a
-//! resourceVersion sees every change after it, in order, or an `Expired` error if that
-//! history was compacted. [`open`] is shared by the REST watch (newline-delimited JSON)
-//! and the agents' gRPC watches.
+//! Watch streams, fed from the store's event log through the shared watch cache so a
+//! watcher resuming from a resourceVersion sees every change after it, in order, or an
+//! `Expired` error if that history was compacted. [`open`] is shared by the REST watch
+//! (newline-delimited JSON) and the agents' gRPC watches.
 
 use std::{collections::HashMap, convert::Infallible, sync::Arc, time::Duration};
 
@@ -15,27 +15,30 @@ use berth_api::{
     selector::{FieldSelector, Selector},
 };
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::{ApiState, error::ApiError, resources::selectors};
 use crate::{
     metrics::Metrics,
-    registry::{Registry, decode_stored, labels_of, parse_resource_version, prefix},
-    store::{EventKind, Revision, StoreError},
+    registry::{Registry, parse_resource_version, prefix},
+    store::{Revision, StoreError},
+    watch_cache::{BATCH, CachedEvent, Filter, SharedObject},
 };
 
-/// Revisions read from the log per batch; bounds memory for a watcher far behind.
-const BATCH: usize = 500;
 /// Kubernetes closes watches after 30–60 minutes so clients re-establish them through
 /// load balancers; one fixed bound keeps tests deterministic.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
+/// At most one bookmark per watcher this often: with thousands of watchers, one per
+/// commit would cost every watcher a wake-up per commit again.
+const BOOKMARK_INTERVAL: Duration = Duration::from_secs(1);
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct WatchEvent {
     /// `ADDED`, `MODIFIED`, `DELETED`, `BOOKMARK`, `SYNCED` or `ERROR`.
     pub type_: &'static str,
     pub kind: &'static str,
-    pub object: Value,
+    /// Shared with every other watcher the event goes to.
+    pub object: Arc<SharedObject>,
 }
 
 pub struct WatchOptions {
@@ -59,6 +62,7 @@ pub async fn open(
     options: WatchOptions,
 ) -> Result<mpsc::Receiver<WatchEvent>, ApiError> {
     let store = Arc::clone(registry.store());
+    let cache = Arc::clone(registry.watch_cache());
     // Subscribe before reading so a commit between the read and the wait still wakes us.
     let mut wake = store.subscribe();
     let mut initial = Vec::new();
@@ -89,7 +93,7 @@ pub async fn open(
                 initial.extend(items.into_iter().map(|object| WatchEvent {
                     type_: "ADDED",
                     kind: rt.kind,
-                    object,
+                    object: SharedObject::new(object),
                 }));
                 starts.push((*rt, revision));
             }
@@ -103,11 +107,15 @@ pub async fn open(
         .join(",");
     let gauge = metrics.watches.with_label_values(&[label.as_str()]);
     let sent = metrics.watch_events.with_label_values(&[label.as_str()]);
-    let prefixes: Vec<(String, &'static ResourceType, Revision)> = starts
-        .iter()
-        .map(|(rt, start)| (prefix(rt, options.namespace.as_deref()), *rt, *start))
-        .collect();
     let mut last = starts.iter().map(|(_, r)| *r).min().unwrap_or(0);
+    let filter = Arc::new(Filter {
+        kinds: starts
+            .iter()
+            .map(|(rt, start)| (prefix(rt, options.namespace.as_deref()), *rt, *start))
+            .collect(),
+        labels: options.labels,
+        fields: options.fields,
+    });
     let (tx, rx) = mpsc::channel::<WatchEvent>(64);
     tokio::spawn(async move {
         gauge.inc();
@@ -131,7 +139,17 @@ pub async fn open(
             if options.synced_marker && !send(marker("SYNCED", bookmark_kind, last)).await {
                 break 'stream;
             }
-            loop {
+            // A resume point older than the cache's window: read the log up to it (the
+            // initial state is attached right after it is sent, so this is rare).
+            let mut subscription = loop {
+                match cache.subscribe(Arc::clone(&filter), last) {
+                    Ok(Some(subscription)) => break subscription,
+                    Ok(None) => {}
+                    Err(e) => {
+                        send(error_event(&ApiError::from(e))).await;
+                        break 'stream;
+                    }
+                }
                 wake.borrow_and_update();
                 let read_from = last;
                 let reader = Arc::clone(&store);
@@ -150,12 +168,6 @@ pub async fn open(
                     }
                 };
                 if events.is_empty() {
-                    if options.bookmarks && last > reported {
-                        reported = last;
-                        if !send(marker("BOOKMARK", bookmark_kind, last)).await {
-                            break 'stream;
-                        }
-                    }
                     tokio::select! {
                         changed = wake.changed() => if changed.is_err() { break 'stream },
                         () = tx.closed() => break 'stream,
@@ -165,34 +177,55 @@ pub async fn open(
                 }
                 for event in events {
                     last = event.revision();
-                    let Some((_, rt, _)) = prefixes.iter().find(|(p, _, start)| {
-                        event.kv.key.starts_with(p.as_str()) && last > *start
-                    }) else {
+                    let Ok(event) = CachedEvent::decode(&event) else {
                         continue;
                     };
-                    let Ok(object) = decode_stored(&event.kv) else {
+                    let Some(rt) = filter.kind_of(&event) else {
                         continue;
                     };
-                    if !options.labels.matches(&labels_of(&object))
-                        || !options.fields.matches(&object)
-                    {
-                        continue;
-                    }
-                    let type_ = match event.kind {
-                        EventKind::Delete => "DELETED",
-                        EventKind::Put if event.is_create() => "ADDED",
-                        EventKind::Put => "MODIFIED",
-                    };
-                    if !send(WatchEvent {
-                        type_,
-                        kind: rt.kind,
-                        object,
-                    })
-                    .await
-                    {
+                    if !send(delivered(&event, rt)).await {
                         break 'stream;
                     }
                     reported = last;
+                }
+            };
+            let mut progress = subscription.progress();
+            let mut next_bookmark = tokio::time::Instant::now();
+            loop {
+                tokio::select! {
+                    // Events first: a bookmark must not overtake one that is waiting.
+                    biased;
+                    next = subscription.next() => match next {
+                        Ok(Some(event)) => {
+                            let Some(rt) = filter.kind_of(&event) else {
+                                continue;
+                            };
+                            if !send(delivered(&event, rt)).await {
+                                break 'stream;
+                            }
+                            reported = event.revision;
+                        }
+                        Ok(None) => break 'stream,
+                        Err(end) => {
+                            send(error_event(&ApiError::from(&end))).await;
+                            break 'stream;
+                        }
+                    },
+                    Some(revision) = progressed(&mut progress, reported, next_bookmark),
+                        if options.bookmarks =>
+                    {
+                        // Everything up to `revision` was queued before it was reported,
+                        // so an empty queue means none of it is still on its way.
+                        if subscription.is_idle() {
+                            if !send(marker("BOOKMARK", bookmark_kind, revision)).await {
+                                break 'stream;
+                            }
+                            reported = revision;
+                            next_bookmark = tokio::time::Instant::now() + BOOKMARK_INTERVAL;
+                        }
+                    }
+                    () = tx.closed() => break 'stream,
+                    () = &mut deadline => break 'stream,
                 }
             }
         }
@@ -201,11 +234,31 @@ pub async fn open(
     Ok(rx)
 }
 
+/// Waits until `not_before`, then until the cache has fanned out past `reported`.
+async fn progressed(
+    progress: &mut watch::Receiver<Revision>,
+    reported: Revision,
+    not_before: tokio::time::Instant,
+) -> Option<Revision> {
+    tokio::time::sleep_until(not_before).await;
+    progress.wait_for(|r| *r > reported).await.ok().map(|r| *r)
+}
+
+fn delivered(event: &CachedEvent, rt: &ResourceType) -> WatchEvent {
+    WatchEvent {
+        type_: event.type_,
+        kind: rt.kind,
+        object: Arc::clone(&event.object),
+    }
+}
+
 fn marker(type_: &'static str, kind: &'static str, revision: Revision) -> WatchEvent {
     WatchEvent {
         type_,
         kind,
-        object: json!({"kind": kind, "metadata": {"resourceVersion": revision.to_string()}}),
+        object: SharedObject::new(
+            json!({"kind": kind, "metadata": {"resourceVersion": revision.to_string()}}),
+        ),
     }
 }
 
@@ -213,7 +266,7 @@ fn error_event(error: &ApiError) -> WatchEvent {
     WatchEvent {
         type_: "ERROR",
         kind: "Status",
-        object: error.status(),
+        object: SharedObject::new(error.status()),
     }
 }
 
@@ -251,13 +304,17 @@ pub async fn start(
         let api_version = api_version.clone();
         async move {
             let event = rx.recv().await?;
-            let mut object = event.object;
+            // Built around the shared encoding of the object, so it is not encoded again
+            // for every watcher; the type is one of a few fixed words.
+            let mut line = br#"{"object":"#.to_vec();
             if event.type_ == "BOOKMARK" {
+                let mut object = Value::clone(&event.object);
                 object["apiVersion"] = json!(api_version);
+                line.extend(serde_json::to_vec(&object).unwrap_or_default());
+            } else {
+                line.extend_from_slice(event.object.json());
             }
-            let mut line = json!({"type": event.type_, "object": object})
-                .to_string()
-                .into_bytes();
+            line.extend_from_slice(format!(r#","type":"{}"}}"#, event.type_).as_bytes());
             line.push(b'\n');
             Some((Ok::<_, Infallible>(Bytes::from(line)), rx))
         }
