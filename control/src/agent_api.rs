@@ -3,7 +3,7 @@
 //! its certificate, so a node can only heartbeat as itself, see its own pods and
 //! report status for pods bound to it.
 
-use std::{net::Ipv4Addr, pin::Pin, sync::Arc};
+use std::{net::Ipv4Addr, pin::Pin, sync::Arc, time::Duration};
 
 use berth_api::{
     agent::{
@@ -42,6 +42,9 @@ pub struct AgentService {
     usage: Usage,
     /// Joins allocate pod CIDRs from what is stored; one at a time keeps them distinct.
     join_lock: Mutex<()>,
+    /// How stale a Node's stored heartbeat may get before an unchanged status is written
+    /// again (see `heartbeat`).
+    status_refresh: Duration,
 }
 
 impl AgentService {
@@ -52,6 +55,7 @@ impl AgentService {
         bootstrap: Arc<BootstrapTokens>,
         cluster_cidr: (Ipv4Addr, u8),
         usage: Usage,
+        node_grace: Duration,
     ) -> Self {
         Self {
             registry,
@@ -61,6 +65,10 @@ impl AgentService {
             cluster_cidr,
             usage,
             join_lock: Mutex::new(()),
+            // Four refreshes per grace period, as kubelet's 10 s status updates against
+            // the node controller's 40 s grace: a missed write or two never looks like
+            // a silent node.
+            status_refresh: node_grace / 4,
         }
     }
 
@@ -183,6 +191,17 @@ impl AgentService {
     }
 }
 
+/// A Node status as stored (the typed form fills in defaults) with its conditions'
+/// heartbeat times left out: what a heartbeat changes when nothing else did. None if it
+/// does not decode.
+fn without_heartbeat_times(status: &Value) -> Option<berth_api::core::NodeStatus> {
+    let mut status: berth_api::core::NodeStatus = serde_json::from_value(status.clone()).ok()?;
+    for condition in &mut status.conditions {
+        condition.last_heartbeat_time.clear();
+    }
+    Some(status)
+}
+
 #[tonic::async_trait]
 impl agent_server::Agent for AgentService {
     async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
@@ -253,6 +272,31 @@ impl agent_server::Agent for AgentService {
             "lastHeartbeatTime": now,
             "lastTransitionTime": was_ready.unwrap_or(json!(now)),
         }]);
+        // Every Node write goes to every agent (they watch Nodes for pod ranges and
+        // addresses): an unchanged status is written again only when its heartbeat gets
+        // stale, not on every heartbeat, so 5,000 agents heartbeating every 2 s do not
+        // turn into 2,500 writes a second, each sent to 5,000 agents.
+        let stored_heartbeat = current
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+            .and_then(|c| c["lastHeartbeatTime"].as_str())
+            .and_then(util::parse_rfc3339);
+        let fresh = stored_heartbeat
+            .is_some_and(|at| util::unix_now().saturating_sub(at) < self.status_refresh.as_secs());
+        let unchanged = without_heartbeat_times(&current["status"])
+            .is_some_and(|stored| Some(stored) == without_heartbeat_times(&reported));
+        if fresh && unchanged {
+            if let Some(usage) = &request.get_ref().usage {
+                self.usage.record(&node, usage, util::unix_now());
+            }
+            return Ok(Response::new(HeartbeatResponse {
+                resource_version: current["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            }));
+        }
         let updated = self
             .registry
             .update_status(&NODES, "", &node, json!({"status": reported}))

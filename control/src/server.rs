@@ -5,6 +5,7 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     sync::Arc,
+    time::Duration,
 };
 
 use hyper_util::{
@@ -179,6 +180,7 @@ impl Server {
             Arc::clone(&tokens),
             config.cluster_cidr,
             usage.clone(),
+            Duration::from_secs(config.node_grace_secs),
         );
         let agent_server = tonic::transport::Server::builder()
             .tls_config(agent_tls)

@@ -310,3 +310,39 @@ async fn many_hollow_nodes() {
         "spread evenly: {per_node:?}"
     );
 }
+
+/// A heartbeat that changes nothing but the time is not written while the stored one is
+/// fresh (every Node write goes to every agent), and a changed status is written at once.
+#[tokio::test]
+async fn unchanged_heartbeats_do_not_rewrite_the_node() {
+    let c = cluster_with(&["--node-grace", "40"]).await;
+    let node = HollowNode::join(&c.t.server.agent_url, &c.ca, &c.token, "steady")
+        .await
+        .expect("join");
+    let heartbeat = |address: &str| HeartbeatRequest {
+        status_json: serde_json::to_vec(&serde_json::json!({
+            "addresses": [{"type": "InternalIP", "address": address}],
+        }))
+        .expect("status"),
+        usage: None,
+    };
+    let beat = async |address: &str| {
+        node.client()
+            .heartbeat(heartbeat(address))
+            .await
+            .expect("heartbeat")
+            .into_inner()
+            .resource_version
+    };
+    let first = beat("198.18.7.1").await;
+    let again = beat("198.18.7.1").await;
+    assert_eq!(
+        first, again,
+        "an unchanged status within 10 s is not rewritten"
+    );
+    let moved = beat("198.18.7.2").await;
+    assert_ne!(first, moved, "a changed address is written at once");
+    let (_, stored) = c.t.call(Method::GET, "/api/v1/nodes/steady", None).await;
+    assert_eq!(stored["status"]["addresses"][0]["address"], "198.18.7.2");
+    assert_eq!(stored["metadata"]["resourceVersion"], moved.as_str());
+}
