@@ -269,7 +269,7 @@ impl Control {
             .client
             .json(method, path, Some(body))
             .await
-            .with_context(|| format!("{path}"))?;
+            .with_context(|| path.to_owned())?;
         if !status.is_success() {
             bail!("{path}: {status}: {}", reply["message"]);
         }

@@ -143,6 +143,8 @@ impl AgentService {
             bookmarks: true,
             synced_marker: from.is_none(),
             timeout: watch::default_timeout(),
+            // Agents use Nodes for their pod ranges and addresses, never their heartbeats.
+            skip_heartbeats: true,
         };
         let rx = match watch::open(&self.registry, &self.metrics, options).await {
             Ok(rx) => rx,

@@ -83,6 +83,8 @@ pub struct CachedEvent {
     pub type_: &'static str,
     pub object: Arc<SharedObject>,
     labels: BTreeMap<String, String>,
+    /// A Node change that only moved its heartbeat times (see [`Heartbeats`]).
+    pub heartbeat_only: bool,
 }
 
 impl CachedEvent {
@@ -99,7 +101,51 @@ impl CachedEvent {
             type_,
             labels: labels_of(&object),
             object: SharedObject::new(object),
+            heartbeat_only: false,
         })
+    }
+}
+
+/// What each Node looked like apart from its heartbeat times, as of the last event the
+/// cache read for it. A change that leaves that alone is marked heartbeat-only, so the
+/// agents' Services watch (which needs Nodes for their pod ranges and addresses) skips
+/// it: with thousands of nodes, their periodic status refreshes would otherwise each go
+/// to every agent. Skipping is safe for any watcher: the previous event of the same Node
+/// already carried everything else, and a watcher that started later listed the Node.
+#[derive(Debug, Default)]
+pub struct Heartbeats {
+    fingerprints: std::collections::HashMap<String, u64>,
+}
+
+impl Heartbeats {
+    fn mark(&mut self, event: &mut CachedEvent) {
+        if !event
+            .key
+            .starts_with(&prefix(&crate::controllers::NODES, None))
+        {
+            return;
+        }
+        if event.type_ == "DELETED" {
+            self.fingerprints.remove(&event.key);
+            return;
+        }
+        let mut rest = event.object.value.clone();
+        if let Some(metadata) = rest.get_mut("metadata").and_then(Value::as_object_mut) {
+            metadata.remove("resourceVersion");
+        }
+        if let Some(conditions) = rest
+            .pointer_mut("/status/conditions")
+            .and_then(Value::as_array_mut)
+        {
+            for condition in conditions.iter_mut().filter_map(Value::as_object_mut) {
+                condition.remove("lastHeartbeatTime");
+            }
+        }
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        std::hash::Hash::hash(&rest.to_string(), &mut hasher);
+        let fingerprint = std::hash::Hasher::finish(&hasher);
+        let previous = self.fingerprints.insert(event.key.clone(), fingerprint);
+        event.heartbeat_only = event.type_ == "MODIFIED" && previous == Some(fingerprint);
     }
 }
 
@@ -111,11 +157,16 @@ pub struct Filter {
     pub kinds: Vec<(String, &'static ResourceType, Revision)>,
     pub labels: Selector,
     pub fields: FieldSelector,
+    /// Leave out Node changes that only moved heartbeat times.
+    pub skip_heartbeats: bool,
 }
 
 impl Filter {
     /// The kind `event` is delivered as, if this watcher wants it.
     pub fn kind_of(&self, event: &CachedEvent) -> Option<&'static ResourceType> {
+        if self.skip_heartbeats && event.heartbeat_only {
+            return None;
+        }
         let (_, rt, _) = self.kinds.iter().find(|(prefix, _, start)| {
             event.key.starts_with(prefix.as_str()) && event.revision > *start
         })?;
@@ -510,13 +561,17 @@ impl Inner {
 fn read(
     store: &dyn Store,
     after: Revision,
+    heartbeats: &mut Heartbeats,
 ) -> Result<(Vec<Arc<CachedEvent>>, Revision), StoreError> {
     let events = store.events_after(after, BATCH)?;
     let through = events.last().map_or(after, Event::revision);
     let decoded = events
         .iter()
         .filter_map(|event| match CachedEvent::decode(event) {
-            Ok(decoded) => Some(Arc::new(decoded)),
+            Ok(mut decoded) => {
+                heartbeats.mark(&mut decoded);
+                Some(Arc::new(decoded))
+            }
             Err(e) => {
                 // Validated on write: only an incompatible upgrade gets here. Watchers
                 // skipped such events before the cache too.
@@ -534,6 +589,7 @@ async fn fan_out(
     mut wake: watch::Receiver<Revision>,
     mut stop: watch::Receiver<()>,
 ) {
+    let mut heartbeats = Heartbeats::default();
     loop {
         // Marked seen before reading, so a commit during the read wakes the wait below.
         wake.borrow_and_update();
@@ -543,7 +599,17 @@ async fn fan_out(
         else {
             return;
         };
-        let result = tokio::task::spawn_blocking(move || read(store.as_ref(), after)).await;
+        let mut taken = std::mem::take(&mut heartbeats);
+        let result = tokio::task::spawn_blocking(move || {
+            let result = read(store.as_ref(), after, &mut taken);
+            (result, taken)
+        })
+        .await
+        .map(|(result, taken)| {
+            // Lost only if the read task died: then every Node's next change is sent.
+            heartbeats = taken;
+            result
+        });
         let Some(this) = cache.upgrade() else {
             return;
         };
@@ -648,6 +714,7 @@ mod tests {
                 bookmarks: false,
                 synced_marker: false,
                 timeout: watch::default_timeout(),
+                skip_heartbeats: false,
             };
             watch::open(&self.registry, &self.metrics, options)
                 .await
@@ -957,6 +1024,7 @@ mod tests {
             bookmarks: false,
             synced_marker: false,
             timeout: watch::default_timeout(),
+            skip_heartbeats: false,
         };
         let refused = watch::open(&f.registry, &f.metrics, options).await;
         assert_eq!(
@@ -987,5 +1055,42 @@ mod tests {
         );
         assert!(f.cache().lock().watchers.is_empty());
         assert!(f.cache().lock().oldest >= a + 5);
+    }
+
+    #[test]
+    fn node_changes_of_heartbeat_times_alone_are_marked() {
+        use super::{CachedEvent, Heartbeats, SharedObject};
+        let node = |rv: &str, heartbeat: &str, address: &str| {
+            json!({"apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": "n1", "resourceVersion": rv},
+                "status": {"addresses": [{"type": "InternalIP", "address": address}],
+                    "conditions": [{"type": "Ready", "status": "True", "lastHeartbeatTime": heartbeat}]}})
+        };
+        let event = |type_: &'static str, object: serde_json::Value| CachedEvent {
+            revision: 1,
+            key: key(&crate::controllers::NODES, "", "n1"),
+            type_,
+            object: SharedObject::new(object),
+            labels: BTreeMap::new(),
+            heartbeat_only: false,
+        };
+        let mut heartbeats = Heartbeats::default();
+        let mut marked = |type_, object| {
+            let mut event = event(type_, object);
+            heartbeats.mark(&mut event);
+            event.heartbeat_only
+        };
+        assert!(!marked("ADDED", node("1", "t1", "198.18.7.1")));
+        assert!(marked("MODIFIED", node("2", "t2", "198.18.7.1")));
+        assert!(
+            !marked("MODIFIED", node("3", "t3", "198.18.7.2")),
+            "address changed"
+        );
+        assert!(marked("MODIFIED", node("4", "t4", "198.18.7.2")));
+        assert!(!marked("DELETED", node("5", "t4", "198.18.7.2")));
+        assert!(
+            !marked("ADDED", node("6", "t5", "198.18.7.2")),
+            "a new node is news"
+        );
     }
 }

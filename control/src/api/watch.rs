@@ -52,6 +52,8 @@ pub struct WatchOptions {
     /// Send `SYNCED` between the initial state and the changes.
     pub synced_marker: bool,
     pub timeout: Duration,
+    /// Leave out Node changes that only moved heartbeat times (the agents' watch).
+    pub skip_heartbeats: bool,
 }
 
 /// Starts a watch; events arrive on the returned channel until it is dropped, the
@@ -115,6 +117,7 @@ pub async fn open(
             .collect(),
         labels: options.labels,
         fields: options.fields,
+        skip_heartbeats: options.skip_heartbeats,
     });
     let (tx, rx) = mpsc::channel::<WatchEvent>(64);
     tokio::spawn(async move {
@@ -297,6 +300,7 @@ pub async fn start(
             .get("timeoutSeconds")
             .and_then(|t| t.parse().ok())
             .map_or(DEFAULT_TIMEOUT, Duration::from_secs),
+        skip_heartbeats: false,
     };
     let rx = open(&state.registry, &state.metrics, options).await?;
     let api_version = rt.api_version();
