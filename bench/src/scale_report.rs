@@ -70,7 +70,7 @@ pub fn target_rows(md: &mut String, results: &ScaleResults, cause: &str) {
         let met = p.missed == 0 && p99 < PROPAGATION_TARGET_MS;
         let _ = writeln!(
             md,
-            "| endpoint propagation p99 under 100 ms to 1,000 agents | p99 {} (p50 {}) from a pod reported ready to the last of {} nodes having it, {} pods{} | {} |",
+            "| endpoint propagation p99 under 100 ms to 1,000 agents | p99 {} (p50 {}) from a pod reported ready to the last of {} nodes having it, {} pods{}{} | {} |",
             ms(p99),
             ms(percentile(&p.all_nodes_ms, 0.5)),
             run.nodes,
@@ -79,6 +79,11 @@ pub fn target_rows(md: &mut String, results: &ScaleResults, cause: &str) {
                 format!("; {} deliveries missing after 30 s", p.missed)
             } else {
                 String::new()
+            },
+            if met {
+                String::new()
+            } else {
+                format!(" — {cause}")
             },
             verdict(met)
         );
