@@ -45,6 +45,18 @@ pub struct AgentService {
     /// How stale a Node's stored heartbeat may get before an unchanged status is written
     /// again (see `heartbeat`).
     status_refresh: Duration,
+    /// Per node, the status its agent last reported as stored: while the agent keeps
+    /// reporting the same and the stored heartbeat is fresh, a heartbeat needs neither a
+    /// store read nor a write. Lost on restart, when the first heartbeats take the long way.
+    confirmed: Mutex<std::collections::HashMap<String, ConfirmedStatus>>,
+}
+
+struct ConfirmedStatus {
+    /// The agent's `status_json`, byte for byte.
+    reported: Vec<u8>,
+    /// Unix seconds of the heartbeat time stored with it.
+    stored_heartbeat: u64,
+    resource_version: String,
 }
 
 impl AgentService {
@@ -69,6 +81,7 @@ impl AgentService {
             // the node controller's 40 s grace: a missed write or two never looks like
             // a silent node.
             status_refresh: node_grace / 4,
+            confirmed: Mutex::default(),
         }
     }
 
@@ -241,6 +254,9 @@ impl agent_server::Agent for AgentService {
             }
             Err(e) => return Err(status(e)),
         }
+        // A node that joins again may have been deleted and made anew without a status:
+        // its next heartbeat must write one.
+        self.confirmed.lock().await.remove(&request.node_name);
         tracing::info!(node = %request.node_name, %pod_cidr, "node joined");
         Ok(Response::new(JoinResponse {
             certificate_pem,
@@ -254,6 +270,19 @@ impl agent_server::Agent for AgentService {
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
         let node = node_of(&request)?;
+        let fresh = |stored_heartbeat: u64| {
+            util::unix_now().saturating_sub(stored_heartbeat) < self.status_refresh.as_secs()
+        };
+        let confirmed = self.confirmed.lock().await.get(&node).and_then(|c| {
+            (c.reported == request.get_ref().status_json && fresh(c.stored_heartbeat))
+                .then(|| c.resource_version.clone())
+        });
+        if let Some(resource_version) = confirmed {
+            if let Some(usage) = &request.get_ref().usage {
+                self.usage.record(&node, usage, util::unix_now());
+            }
+            return Ok(Response::new(HeartbeatResponse { resource_version }));
+        }
         let mut reported: Value = if request.get_ref().status_json.is_empty() {
             json!({})
         } else {
@@ -284,36 +313,35 @@ impl agent_server::Agent for AgentService {
             .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
             .and_then(|c| c["lastHeartbeatTime"].as_str())
             .and_then(util::parse_rfc3339);
-        let fresh = stored_heartbeat
-            .is_some_and(|at| util::unix_now().saturating_sub(at) < self.status_refresh.as_secs());
         let unchanged = without_heartbeat_times(&current["status"])
             .is_some_and(|stored| Some(stored) == without_heartbeat_times(&reported));
-        if fresh && unchanged {
-            if let Some(usage) = &request.get_ref().usage {
-                self.usage.record(&node, usage, util::unix_now());
-            }
-            return Ok(Response::new(HeartbeatResponse {
-                resource_version: current["metadata"]["resourceVersion"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned(),
-            }));
-        }
-        let updated = self
-            .registry
-            .update_status(&NODES, "", &node, json!({"status": reported}))
-            .await
-            .map_err(status)?;
+        let (stored, stored_heartbeat) = match stored_heartbeat {
+            Some(at) if fresh(at) && unchanged => (current, at),
+            _ => (
+                self.registry
+                    .update_status(&NODES, "", &node, json!({"status": reported}))
+                    .await
+                    .map_err(status)?,
+                util::unix_now(),
+            ),
+        };
         // After the status write: figures of a node that is not there are not kept.
         if let Some(usage) = &request.get_ref().usage {
             self.usage.record(&node, usage, util::unix_now());
         }
-        Ok(Response::new(HeartbeatResponse {
-            resource_version: updated["metadata"]["resourceVersion"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-        }))
+        let resource_version = stored["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        self.confirmed.lock().await.insert(
+            node,
+            ConfirmedStatus {
+                reported: request.into_inner().status_json,
+                stored_heartbeat,
+                resource_version: resource_version.clone(),
+            },
+        );
+        Ok(Response::new(HeartbeatResponse { resource_version }))
     }
 
     type WatchPodsStream = EventStream;
