@@ -27,7 +27,7 @@ use crate::{
     controllers::{ENDPOINTS, NODES, PODS, SERVICES, pod_is_terminating},
     metrics::Metrics,
     pki::{Pki, node_name_of_certificate},
-    registry::{DeleteOptions, Registry, parse_resource_version},
+    registry::{DeleteOptions, Registry, name_of, parse_resource_version},
     tokens::BootstrapTokens,
     usage::Usage,
     util,
@@ -40,8 +40,8 @@ pub struct AgentService {
     bootstrap: Arc<BootstrapTokens>,
     cluster_cidr: (Ipv4Addr, u8),
     usage: Usage,
-    /// Joins allocate pod CIDRs from what is stored; one at a time keeps them distinct.
-    join_lock: Mutex<()>,
+    /// Joins allocate pod CIDRs one at a time, which keeps them distinct.
+    join_lock: Mutex<Option<PodCidrs>>,
     /// How stale a Node's stored heartbeat may get before an unchanged status is written
     /// again (see `heartbeat`).
     status_refresh: Duration,
@@ -76,7 +76,7 @@ impl AgentService {
             bootstrap,
             cluster_cidr,
             usage,
-            join_lock: Mutex::new(()),
+            join_lock: Mutex::new(None),
             // Four refreshes per grace period, as kubelet's 10 s status updates against
             // the node controller's 40 s grace: a missed write or two never looks like
             // a silent node.
@@ -85,33 +85,58 @@ impl AgentService {
         }
     }
 
-    /// A free /24 of the cluster range, or the node's own if it has one.
-    async fn pod_cidr_for(&self, node: &str) -> Result<String, Status> {
-        let nodes = self.registry.list_all(&NODES).await.map_err(status)?;
-        let cidr_of = |n: &Value| {
-            n.pointer("/spec/podCIDR")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned()
+    /// A free /24 of the cluster range, or the node's own if it has one. Called under
+    /// `join_lock`, which guards `allocated`.
+    async fn pod_cidr_for(
+        &self,
+        node: &str,
+        allocated: &mut Option<PodCidrs>,
+    ) -> Result<String, Status> {
+        // Read from the store once; afterwards joins keep the map current, so a join
+        // costs no listing of every node (thousands of nodes joining at once).
+        let cidrs = match allocated {
+            Some(cidrs) => cidrs,
+            None => {
+                let mut cidrs = PodCidrs::default();
+                for n in self.registry.list_all(&NODES).await.map_err(status)? {
+                    if let Some(cidr) = n.pointer("/spec/podCIDR").and_then(Value::as_str)
+                        && !cidr.is_empty()
+                    {
+                        cidrs.insert(name_of(&n), cidr);
+                    }
+                }
+                allocated.insert(cidrs)
+            }
         };
-        if let Some(existing) = nodes
-            .iter()
-            .find(|n| n["metadata"]["name"] == node)
-            .map(cidr_of)
-            .filter(|c| !c.is_empty())
-        {
-            return Ok(existing);
+        if let Some(existing) = cidrs.by_node.get(node) {
+            return Ok(existing.clone());
         }
-        let used: Vec<String> = nodes.iter().map(cidr_of).collect();
         let (base, len) = self.cluster_cidr;
         let base = u32::from(base);
         let subnets = 1u32 << (24u8.saturating_sub(len)).min(16);
-        (0..subnets)
+        let free = (0..subnets)
             .map(|i| format!("{}/24", Ipv4Addr::from(base + (i << 8))))
-            .find(|c| !used.contains(c))
+            .find(|c| !cidrs.used.contains(c))
             .ok_or_else(|| {
                 Status::resource_exhausted("the cluster CIDR has no free /24 for another node")
-            })
+            })?;
+        cidrs.insert(node, &free);
+        Ok(free)
+    }
+}
+
+/// Pod CIDRs handed out, by node and as a set. A deleted node's range stays reserved until
+/// the control plane restarts (it is then read back from the Nodes that exist).
+#[derive(Default)]
+struct PodCidrs {
+    by_node: std::collections::HashMap<String, String>,
+    used: std::collections::HashSet<String>,
+}
+
+impl PodCidrs {
+    fn insert(&mut self, node: &str, cidr: &str) {
+        self.by_node.insert(node.to_owned(), cidr.to_owned());
+        self.used.insert(cidr.to_owned());
     }
 }
 
@@ -230,8 +255,10 @@ impl agent_server::Agent for AgentService {
             .pki
             .sign_node_csr(&request.csr_pem, &request.node_name)
             .map_err(|e| Status::invalid_argument(format!("csr_pem: {e}")))?;
-        let _guard = self.join_lock.lock().await;
-        let pod_cidr = self.pod_cidr_for(&request.node_name).await?;
+        let mut allocated = self.join_lock.lock().await;
+        let pod_cidr = self
+            .pod_cidr_for(&request.node_name, &mut allocated)
+            .await?;
         let existing = self.registry.get(&NODES, "", &request.node_name).await;
         match existing {
             Ok(node)
