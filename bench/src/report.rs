@@ -22,12 +22,22 @@ const SCALE_GAP: &str = "the controllers run in one loop; every pod is a JSON do
     delivery per node); all of it on the 2 CPUs the simulated nodes also use";
 
 /// What the control-plane-at-scale figures come from (from the measurements).
-const SCALE_ANALYSIS: &str = "**Where the time goes.** Node heartbeats no longer cost a store write each (an \
-    unchanged status is written again only when its heartbeat is a quarter of the node grace old) nor a \
-    delivery to every agent (agents' watches skip Node changes that only moved heartbeat times); the watch \
-    cache reads and decodes each store event once for all watchers and sends a pod event only to its \
-    node's watch; the scheduler decides each pod in one pass over the nodes. What remains per pod is \
-    listed in the targets table.";
+const SCALE_ANALYSIS: &str = "**Where the time goes.** A profile of berth-control while it scheduled 50,000 pods \
+    on 1,000 nodes (perf, this machine): about half of its CPU in the controllers' loop — the scheduler \
+    sums what every bound pod requests once per batch, reading each pod's JSON again, and every pod change \
+    also passes through the ReplicaSet, garbage-collector and Endpoints controllers — and a quarter serving \
+    the nodes' calls (each pod's ready report is a store write) — the rest is JSON, allocation and the \
+    store. Before the work done for this part the control plane scheduled 25 pods/s on 200 nodes and took \
+    1.5 s to bring a new endpoint to 1,000 nodes. Built for it: heartbeats that change nothing are answered \
+    from memory and their periodic refresh writes skip the agents' watches (every heartbeat was a Node \
+    write sent to every agent); a watch cache that reads and decodes each store \
+    event once for all watchers and sends a pod event only to its node's watch; a scheduler that decides \
+    each pod in one pass over the nodes instead of one over every pod; snapshots that share objects instead \
+    of copying them; ReplicaSets that create pods in slow-start batches of up to 2,000. Next: keep the \
+    scheduler's sums across batches (kube-scheduler's cache) instead of rebuilding them, and run the \
+    controllers' reconciles on more than one core. Joining grows with the square of the node count: each \
+    agent lists every Node when it starts watching, and each new Node goes to every agent (agents need \
+    all Nodes for their pod ranges and addresses).";
 
 pub fn median(values: &mut [f64]) -> Option<f64> {
     if values.is_empty() {
