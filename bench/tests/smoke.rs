@@ -26,6 +26,9 @@ fn smoke_run_writes_the_report_and_charts() {
         "## Failover",
         "| readiness fails | Berth's defaults",
         "| container killed | Berth's defaults",
+        "## Control plane at scale",
+        "| scheduling ≥ 5,000 pods/s",
+        "| endpoint propagation p99 under 100 ms",
     ] {
         assert!(
             report.contains(section),
@@ -39,6 +42,8 @@ fn smoke_run_writes_the_report_and_charts() {
         "cpu.svg",
         "programming.svg",
         "failover.svg",
+        "scheduling.svg",
+        "propagation.svg",
     ] {
         let svg = std::fs::read_to_string(out.path().join("bench").join(chart))
             .unwrap_or_else(|error| panic!("{chart}: {error}"));
@@ -52,4 +57,19 @@ fn smoke_run_writes_the_report_and_charts() {
     );
     let failover = results.failover.expect("failover figures");
     assert_eq!(failover.trials.len(), 2, "a readiness failure and a kill");
+    let scale = results.scale.expect("control plane at scale figures");
+    for cluster in &scale.clusters {
+        assert_eq!(
+            cluster.scheduling.arrived, cluster.scheduling.pods,
+            "every pod reached its node"
+        );
+        assert_eq!(
+            cluster.propagation.missed, 0,
+            "every node got every endpoint"
+        );
+    }
+    assert_eq!(
+        scale.memory.services, 100,
+        "the agent programmed the smoke run's Services"
+    );
 }
