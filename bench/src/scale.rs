@@ -283,19 +283,8 @@ impl Control {
 fn rss_bytes(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("VmRSS:"))
-                .and_then(|rest| {
-                    rest.trim()
-                        .trim_end_matches("kB")
-                        .trim()
-                        .parse::<u64>()
-                        .ok()
-                })
-        })
-        .map_or(0, |kib| kib * 1024)
+        .and_then(|status| berth_agent::usage::meminfo_bytes(&status, "VmRSS"))
+        .unwrap_or(0)
 }
 
 fn log_path(name: &str) -> std::path::PathBuf {
@@ -448,14 +437,7 @@ async fn propagation(
         // The new pod: the one address reported ready that was not there before.
         let deadline = Instant::now() + Duration::from_secs(30);
         let (address, ready_at) = loop {
-            let fresh = hollow.iter().find_map(|node| {
-                let timeline = node.timeline();
-                timeline
-                    .pods_ready
-                    .iter()
-                    .find(|(ip, _)| !known.contains(*ip))
-                    .map(|(ip, at)| (ip.clone(), *at))
-            });
+            let fresh = hollow.iter().find_map(|node| node.pod_ready_except(&known));
             if let Some(fresh) = fresh {
                 break fresh;
             }
@@ -473,7 +455,7 @@ async fn propagation(
         }
         let mut last = 0.0f64;
         for node in hollow {
-            let seen = node.timeline().endpoints_seen.get(&address).copied();
+            let seen = node.endpoint_seen_at(&address);
             match seen {
                 Some(seen) => {
                     let ms = millis_between(ready_at, seen);

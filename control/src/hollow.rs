@@ -265,9 +265,26 @@ impl HollowHandle {
 
     /// Whether `address` has reached this node in a tracked Endpoints.
     pub fn has_endpoint(&self, address: &str) -> bool {
+        self.endpoint_seen_at(address).is_some()
+    }
+
+    /// When `address` first reached this node in a tracked Endpoints. The lookups below
+    /// copy one entry, not the timeline: benchmarks poll them on thousands of nodes.
+    pub fn endpoint_seen_at(&self, address: &str) -> Option<Instant> {
         self.timeline
             .lock()
-            .is_ok_and(|t| t.endpoints_seen.contains_key(address))
+            .ok()
+            .and_then(|t| t.endpoints_seen.get(address).copied())
+    }
+
+    /// A pod this node reported ready whose address is not in `known`, with when.
+    pub fn pod_ready_except(&self, known: &BTreeSet<String>) -> Option<(String, Instant)> {
+        self.timeline.lock().ok().and_then(|t| {
+            t.pods_ready
+                .iter()
+                .find(|(ip, _)| !known.contains(*ip))
+                .map(|(ip, at)| (ip.clone(), *at))
+        })
     }
 
     /// Makes the pod report `load` with every heartbeat from now on (once it runs here).
