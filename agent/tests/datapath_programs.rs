@@ -104,6 +104,31 @@ impl Harness {
         }
     }
 
+    /// Applies `backends` as the service's set with the one at `addr` in `state`.
+    fn mark_one(&mut self, backends: &[BackendSpec], addr: Ipv4Addr, state: BackendState) {
+        let mut backends = backends.to_vec();
+        for b in &mut backends {
+            if b.addr == addr {
+                b.state = state;
+            }
+        }
+        self.datapath
+            .apply(&set(vec![web(backends)]))
+            .expect("apply");
+    }
+
+    /// Opens a connection (its SYN) from each of the client's `ports` to the VIP: each
+    /// SYN and the backend it was sent to.
+    fn open_flows(&mut self, ports: std::ops::Range<u16>) -> Vec<(Vec<u8>, Ipv4Addr)> {
+        ports
+            .map(|port| {
+                let syn = Frame::tcp((CLIENT.0, port), (VIP, 80)).build();
+                let dst = parsed(&self.run(program_names::FROM_POD, &syn).1).dst;
+                (syn, dst)
+            })
+            .collect()
+    }
+
     fn run(&mut self, program: &str, frame: &[u8]) -> (u32, Vec<u8>) {
         programs::test_run(self.datapath.ebpf_mut(), program, frame)
     }
@@ -362,20 +387,9 @@ fn program_log_records_reach_the_agent_log() {
 fn failed_backend_gets_no_new_flows_and_its_flows_move_on_their_next_packet() {
     let mut h = Harness::new(vec![web(three_backends())]);
     // Find a flow on each backend.
-    let mut flows = Vec::new();
-    for port in 40_000..40_200u16 {
-        let frame = Frame::tcp((CLIENT.0, port), (VIP, 80)).build();
-        let dst = parsed(&h.run(program_names::FROM_POD, &frame).1).dst;
-        flows.push((frame, dst));
-    }
+    let flows = h.open_flows(40_000..40_200);
     let victim = flows[0].1;
-    let mut backends = three_backends();
-    for b in &mut backends {
-        if b.addr == victim {
-            b.state = BackendState::Failed;
-        }
-    }
-    h.datapath.apply(&set(vec![web(backends)])).expect("apply");
+    h.mark_one(&three_backends(), victim, BackendState::Failed);
     let rebalanced_before = h.reason(Reason::Rebalanced);
     let mut moved = 0;
     for (frame, before) in &flows {
@@ -398,21 +412,27 @@ fn failed_backend_gets_no_new_flows_and_its_flows_move_on_their_next_packet() {
     }
 }
 
+/// A packet of an established TCP connection (ACK set).
+fn tcp_established(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Vec<u8> {
+    let mut frame = Frame::tcp(src, dst);
+    frame.tcp_flags = 0x10;
+    frame.build()
+}
+
 #[test]
 fn terminating_backend_keeps_established_flows_but_gets_no_new_ones() {
     let mut h = Harness::new(vec![web(three_backends())]);
     let frame = Frame::tcp(CLIENT, (VIP, 80)).build();
     let chosen = parsed(&h.run(program_names::FROM_POD, &frame).1).dst;
-    let mut backends = three_backends();
-    for b in &mut backends {
-        if b.addr == chosen {
-            b.state = BackendState::Terminating;
-        }
-    }
-    h.datapath.apply(&set(vec![web(backends)])).expect("apply");
+    h.mark_one(&three_backends(), chosen, BackendState::Terminating);
     assert_eq!(
-        parsed(&h.run(program_names::FROM_POD, &frame).1).dst,
-        chosen
+        parsed(
+            &h.run(program_names::FROM_POD, &tcp_established(CLIENT, (VIP, 80)))
+                .1
+        )
+        .dst,
+        chosen,
+        "the established connection stays"
     );
     for port in 41_000..41_100u16 {
         let frame = Frame::tcp((CLIENT.0, port), (VIP, 80)).build();
@@ -421,6 +441,47 @@ fn terminating_backend_keeps_established_flows_but_gets_no_new_ones() {
             chosen
         );
     }
+}
+
+#[test]
+fn a_new_connection_on_reused_ports_avoids_a_terminating_backend() {
+    // Clients reuse their ports after some thousands of connections, while the datapath
+    // may still track the old connection: its SYN must be balanced as a new flow.
+    let mut h = Harness::new(vec![web(three_backends())]);
+    let tracked = h.open_flows(40_000..40_060);
+    let draining = tracked[0].1;
+    h.mark_one(&three_backends(), draining, BackendState::Terminating);
+    let rebalanced_before = h.reason(Reason::Rebalanced);
+    let mut reopened = 0;
+    for (syn, before) in &tracked {
+        let after = parsed(&h.run(program_names::FROM_POD, syn).1).dst;
+        if *before == draining {
+            assert_ne!(after, draining, "a new connection on the old one's ports");
+            reopened += 1;
+        } else {
+            assert_eq!(
+                after, *before,
+                "a SYN on an active backend's flow stays (a retransmission)"
+            );
+        }
+    }
+    assert!(reopened > 0);
+    assert_eq!(h.reason(Reason::Rebalanced) - rebalanced_before, reopened);
+    // The same from outside the cluster, through XDP and Maglev.
+    let mut h = Harness::new(vec![web(three_backends())]);
+    let outside = (Ipv4Addr::new(198, 18, 20, 5), 50_000);
+    let syn = Frame::tcp(outside, (EXTERNAL_IP, 80)).build();
+    let first = parsed(&h.run(program_names::EXTERNAL, &syn).1).dst;
+    h.mark_one(&three_backends(), first, BackendState::Terminating);
+    let established = tcp_established(outside, (EXTERNAL_IP, 80));
+    let (_, out) = h.run(program_names::EXTERNAL, &established);
+    assert_eq!(parsed(&out).dst, first, "the established connection stays");
+    let (_, out) = h.run(program_names::EXTERNAL, &syn);
+    assert_ne!(
+        parsed(&out).dst,
+        first,
+        "a new connection on the same ports moves"
+    );
 }
 
 #[test]

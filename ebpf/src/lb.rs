@@ -6,9 +6,9 @@ use aya_ebpf::{
 };
 use berth_ebpf_common::{
     AffinityKey, AffinityValue, BACKEND_ACTIVE, BACKEND_FAILED, Backend, CT_FLAG_REMOTE,
-    CT_FORWARD, CT_REVERSE, CtEntry, DatapathConfig, FlowKey, Reason, SVC_FLAG_AFFINITY,
-    SVC_FLAG_RANDOM, SVC_FLAG_ROUND_ROBIN, ServiceKey, ServiceValue, client_hash,
-    defaults::ROUND_ROBIN_WIDTH, flow_hash, maglev_position,
+    CT_FORWARD, CT_REVERSE, CtEntry, DatapathConfig, FlowKey, IPPROTO_TCP, Reason,
+    SVC_FLAG_AFFINITY, SVC_FLAG_RANDOM, SVC_FLAG_ROUND_ROBIN, ServiceKey, ServiceValue,
+    client_hash, defaults::ROUND_ROBIN_WIDTH, flow_hash, maglev_position,
 };
 
 use crate::maps::{AFFINITY, BACKENDS, CT, MAGLEV, ROUND_ROBIN, SERVICE_STATS, SERVICES, count};
@@ -21,6 +21,20 @@ pub struct Flow {
     pub src_port: u16,
     pub dst_port: u16,
     pub proto: u8,
+    /// A TCP SYN without ACK: a client opening a connection. On a tracked flow it means
+    /// the client reused the ports of an earlier connection (ports wrap after some 14,000
+    /// connections to one destination), so it is a new flow, not the old one's packet.
+    pub opens_connection: bool,
+}
+
+/// TCP's flag bits (the header's 14th byte).
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
+/// Whether a TCP header's flags byte opens a connection.
+#[inline(always)]
+pub fn opens_connection(proto: u8, tcp_flags: u8) -> bool {
+    proto == IPPROTO_TCP && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
 }
 
 impl Flow {
@@ -193,7 +207,9 @@ pub struct Target {
 /// fresh choice. For a new flow the caller records the reverse entry where the replies
 /// will pass ([`track_reply`]). A tracked flow whose backend failed or was replaced is re-balanced here,
 /// on its next packet: UDP continues on the new backend, TCP gets a reset from it instead
-/// of silence.
+/// of silence. A SYN on a tracked flow whose backend is terminating is a new connection
+/// on reused ports and is balanced like one: kept there, it would reach a server that is
+/// about to close its listener.
 #[inline(always)]
 pub fn forward(
     service: &ServiceValue,
@@ -209,6 +225,7 @@ pub fn forward(
             && backend.port == tracked.port
             && backend.state != BACKEND_FAILED
             && backend.state != 0
+            && (backend.state == BACKEND_ACTIVE || !flow.opens_connection)
         {
             return Ok(Target {
                 entry: tracked,

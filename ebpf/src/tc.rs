@@ -193,6 +193,11 @@ fn parse(ctx: &TcContext) -> Result<(Flow, usize), Reason> {
     let dst_addr: u32 = ctx.load(IP_DST).map_err(|_| Reason::PassTruncated)?;
     let src_port: u16 = ctx.load(l4).map_err(|_| Reason::PassTruncated)?;
     let dst_port: u16 = ctx.load(l4 + 2).map_err(|_| Reason::PassTruncated)?;
+    let tcp_flags: u8 = if proto == IPPROTO_TCP {
+        ctx.load(l4 + 13).map_err(|_| Reason::PassTruncated)?
+    } else {
+        0
+    };
     Ok((
         Flow {
             src_addr,
@@ -200,6 +205,7 @@ fn parse(ctx: &TcContext) -> Result<(Flow, usize), Reason> {
             src_port,
             dst_port,
             proto,
+            opens_connection: lb::opens_connection(proto, tcp_flags),
         },
         l4,
     ))

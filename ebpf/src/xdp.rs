@@ -125,17 +125,18 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Result<Parsed, Reason> {
     }
     let proto = header.proto;
     let l4 = l3 + header_len;
-    let (src_port, dst_port) = match proto {
+    let (src_port, dst_port, tcp_flags) = match proto {
         IPPROTO_TCP => {
             // The whole header, checksum included: translation rewrites it.
             let tcp: [u16; 10] = read(ctx, l4).ok_or(Reason::PassTruncated)?;
-            (tcp[0], tcp[1])
+            // Bytes 12 and 13: data offset, then the flags.
+            (tcp[0], tcp[1], u16::from_be(tcp[6]) as u8)
         }
         IPPROTO_UDP => {
             let ports: [u16; 4] = read(ctx, l4).ok_or(Reason::PassTruncated)?;
-            (ports[0], ports[1])
+            (ports[0], ports[1], 0)
         }
-        IPPROTO_IPIP => (0, 0),
+        IPPROTO_IPIP => (0, 0, 0),
         _ => return Err(Reason::PassNotTcpUdp),
     };
     Ok(Parsed {
@@ -146,6 +147,7 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Result<Parsed, Reason> {
             src_port,
             dst_port,
             proto,
+            opens_connection: lb::opens_connection(proto, tcp_flags),
         },
         l3,
         l4,

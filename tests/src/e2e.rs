@@ -55,6 +55,36 @@ impl E2eNode {
     }
 }
 
+/// `BERTH_E2E_LOGS=DIR` keeps every process's log at level info in DIR (control.log,
+/// agent-N.log, appended across restarts) to find out afterwards why a scenario failed;
+/// without it the processes log warnings to the test's stderr.
+fn log_dir() -> Option<PathBuf> {
+    std::env::var_os("BERTH_E2E_LOGS").map(PathBuf::from)
+}
+
+fn log_level() -> &'static str {
+    if log_dir().is_some() { "info" } else { "warn" }
+}
+
+/// Points a process's output at its log in `BERTH_E2E_LOGS` (stdout too: tracing's
+/// default writer), or leaves it on the test's.
+fn log_to<'a>(command: &'a mut Command, process: &str) -> &'a mut Command {
+    let Some(dir) = log_dir() else {
+        return command;
+    };
+    let path = dir.join(format!("{process}.log"));
+    let (stdout, stderr) = std::fs::create_dir_all(&dir)
+        .and_then(|()| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+        })
+        .and_then(|file| Ok((file.try_clone()?, file)))
+        .unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+    command.stdout(stdout).stderr(stderr)
+}
+
 /// Control-plane flags that make the node-failure and autoscaler scenarios fit in minutes.
 pub struct ControlOptions {
     pub node_grace_secs: u64,
@@ -137,7 +167,7 @@ impl E2eCluster {
     pub async fn start_control(&mut self) {
         let options = &self.options;
         let control = Process(
-            Command::new("ip")
+            log_to(&mut Command::new("ip"), "control")
                 .args(["netns", "exec", self.control_ns.name()])
                 .arg(binary("berth-control"))
                 .arg("--data-dir")
@@ -161,7 +191,7 @@ impl E2eCluster {
                     "--autoscaler-downscale-stabilization",
                     &options.autoscaler_downscale_stabilization_secs.to_string(),
                 ])
-                .args(["--log", "warn"])
+                .args(["--log", log_level()])
                 .spawn()
                 .expect("starting berth-control"),
         );
@@ -187,7 +217,7 @@ impl E2eCluster {
         let pki = self.data.path().join("pki");
         let node = &mut self.nodes[index];
         // nsenter rather than `ip netns exec`: the latter remounts /sys, hiding bpffs.
-        let child = Command::new("nsenter")
+        let child = log_to(&mut Command::new("nsenter"), &format!("agent-{index}"))
             .arg(format!("--net=/run/netns/{}", node.ns.name()))
             .arg(binary("berth-agent"))
             .args(["--node-name", &node.name])
@@ -207,7 +237,7 @@ impl E2eCluster {
             .args(["--external-interface", "eth0"])
             // A veth: native XDP_TX needs a program on the peer too, generic works alone.
             .args(["--xdp-mode", "generic"])
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", log_level())
             .spawn()
             .expect("starting berth-agent");
         node.agent = Some(Process(child));

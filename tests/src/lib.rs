@@ -414,7 +414,11 @@ impl Load {
                         Some(reply.pod)
                     }
                     Err(error) => {
-                        errors.push(error);
+                        // Wall-clock time, to find the moment in the processes' logs.
+                        let at = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .unwrap_or_default();
+                        errors.push(format!("at unix time {:.3} s: {error}", at.as_secs_f64()));
                         f.fetch_add(1, Ordering::Relaxed);
                         None
                     }

