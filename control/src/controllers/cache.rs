@@ -3,7 +3,7 @@
 //! calling the API, and the runtime waits for it to reach its own writes before
 //! reconciling again, so a reconcile never acts on state older than its last write.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use berth_api::ResourceType;
 use serde::de::DeserializeOwned;
@@ -16,20 +16,23 @@ use crate::{
     store::{EventKind, Revision, Store, StoreError},
 };
 
+type Objects = imbl::OrdMap<String, Arc<Value>>;
+
 /// An immutable view of every object at one revision.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
-    /// Objects are shared: the cache copies the map when it changes while a reconcile
-    /// still reads the last snapshot, and with tens of thousands of pods a copy of every
-    /// object each time would cost more than the reconcile.
-    objects: BTreeMap<String, Arc<Value>>,
+    /// A persistent map of shared objects: the cache changes its map while reconciles
+    /// (one per lane of controllers) still read the last snapshot, and a change then
+    /// copies only the path to it, not the whole map — with tens of thousands of pods a
+    /// copy of every key on each change cost more than the reconciles.
+    objects: Objects,
     /// Sums over the objects, changed with them (see [`Index`]).
     index: Index,
     pub revision: Revision,
 }
 
 impl Snapshot {
-    fn new(objects: BTreeMap<String, Arc<Value>>, revision: Revision) -> Self {
+    fn new(objects: Objects, revision: Revision) -> Self {
         let mut index = Index::default();
         for (key, object) in &objects {
             index.count(Kind::of_key(key), object, true);
@@ -77,7 +80,7 @@ impl Snapshot {
     ) -> impl Iterator<Item = &'a Value> + 'a {
         let prefix = prefix(rt, namespace);
         self.objects
-            .range(prefix.clone()..)
+            .range::<_, String>(prefix.clone()..)
             .take_while(move |(k, _)| k.starts_with(&prefix))
             .map(|(_, v)| &**v)
     }

@@ -295,16 +295,19 @@ impl Controllers {
     /// Every controller Berth runs (the autoscaler reads the agents' load figures), in
     /// lanes. Each lane is one loop — a batch of changes, its reconciles on one snapshot,
     /// its writes, a wait for the cache to have them — and the lanes run side by side,
-    /// like Kubernetes' controllers, each with its own work queue. So a pod turning ready
-    /// reaches the Endpoints controller while the scheduler binds thousands of pods, and
-    /// binding overlaps the ReplicaSets creating the next pods (two cores, two loops).
+    /// like Kubernetes' controllers with their own work queues, so a pod turning ready
+    /// reaches the Endpoints controller while thousands of pods are being created and
+    /// bound. The scheduler stays in the ReplicaSets' loop: binding each round of new
+    /// pods in one batch, with the next round's creations, makes few large group commits
+    /// (in a loop of its own it bound pods as they trickled in, in many small commits,
+    /// and scheduled fewer pods a second).
     pub fn all(usage: &crate::usage::Usage) -> Vec<Lane> {
         vec![
             vec![Box::new(endpoints::EndpointsController)],
-            vec![Box::new(scheduler::Scheduler)],
             vec![
                 Box::new(deployment::DeploymentController),
                 Box::new(replicaset::ReplicaSetController),
+                Box::new(scheduler::Scheduler),
                 Box::new(nodes::NodeLifecycle),
                 Box::new(loadbalancer::LoadBalancerController),
                 Box::new(namespace::NamespaceController),
