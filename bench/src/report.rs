@@ -26,10 +26,10 @@ const SCALE_GAP: &str = "every pod is a JSON document written four times (create
 const SCALE_ANALYSIS: &str = "**Where the time goes.** A profile of berth-control while it scheduled pods on \
     1,000 nodes (perf, this machine): the controllers' own decisions — scheduler, ReplicaSet, garbage \
     collector, Endpoints — are about 5% of its CPU; the rest is writing and serving: a fifth the store's \
-    commits (redb's commit and its fsync), a fifth the registry's creates and status writes (typed \
-    round trips, JSON), a fifth the nodes' gRPC calls (each pod's ready report is a store write; \
-    heartbeats; HTTP/2 and TLS), and reading back and decoding each change for the controllers' cache and \
-    the watch cache most of the rest; malloc and free are a quarter of all of it. Before the work done for \
+    commits (redb's commit and its fsync), a fifth the registry's writes (each pod created, bound, its \
+    event, its status report: typed round trips and JSON), a tenth the rest of the nodes' gRPC calls \
+    (HTTP/2, TLS, heartbeats), another tenth reading back and decoding each change for the controllers' \
+    cache and the watch cache; malloc and free are a fifth of all of it. Before the work done for \
     this part the control plane scheduled 25 pods/s on 200 nodes and took 1.5 s to bring a new endpoint to \
     1,000 nodes. Built for it: heartbeats that change nothing are answered from memory and their periodic \
     refresh writes skip the agents' watches (every heartbeat was a Node write sent to every agent); a \
@@ -41,10 +41,10 @@ const SCALE_ANALYSIS: &str = "**Where the time goes.** A profile of berth-contro
     scheduling pass costs one pass over the nodes and a ReplicaSet a look-up, not a pass over every pod; \
     the Endpoints controller in a loop of its own beside the other controllers', so a ready pod's \
     Endpoints write never waits behind thousands of creations or bindings; snapshots that share objects \
-    instead of copying them; ReplicaSets that create pods in slow-start batches of up to 2,000; a node's \
-    status report written with one read of the store. Next: fewer writes per pod (the Scheduled event \
-    aggregated, as Kubernetes' event recorder does; creation and binding in one write where the scheduler \
-    can), cheaper commits, and an allocator that suits the many small JSON values. Joining grows with the \
+    and structure (persistent maps) instead of copying them; ReplicaSets that create pods in slow-start batches of up to 2,000; a node's \
+    status report written with one read of the store. Next: fewer writes per pod (Scheduled events \
+    aggregated, as Kubernetes' event recorder does), cheaper commits, and an allocator that suits the many \
+    small JSON values. Joining grows with the \
     square of the node count: each agent lists every Node when it starts watching, and each new Node goes \
     to every agent (agents need all Nodes for their pod ranges and addresses). With 5,000 nodes the \
     heartbeats alone are 2,500 calls and 500 status refresh writes a second, on the same 2 CPUs as the \
