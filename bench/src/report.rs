@@ -16,30 +16,39 @@ use crate::{
 pub const ASSET_DIR: &str = "bench";
 
 /// Why the control plane misses a scale target, where it does (from the measurements).
-const SCALE_GAP: &str = "the controllers run in one loop; every pod is a JSON document written three times \
-    (created, bound, reported running), each write an fsynced commit with an event beside it, and each \
-    sent to its node; propagation waits behind that work (the pod's status write, the Endpoints write, one \
-    delivery per node); all of it on the 2 CPUs the simulated nodes also use";
+const SCALE_GAP: &str = "every pod is a JSON document written four times (created, bound, its \
+    Scheduled event, reported running), each write an fsynced commit that the controllers' cache and the \
+    watch cache read back and decode, and each sent to its node; propagation is the pod's status write, \
+    the Endpoints write and one delivery per node (HTTP/2 over TLS); all of it on the 2 CPUs the simulated \
+    nodes also use";
 
 /// What the control-plane-at-scale figures come from (from the measurements).
-const SCALE_ANALYSIS: &str = "**Where the time goes.** A profile of berth-control while it scheduled 50,000 pods \
-    on 1,000 nodes (perf, this machine): about half of its CPU in the controllers' loop — the scheduler \
-    sums what every bound pod requests once per batch, reading each pod's JSON again, and every pod change \
-    also passes through the ReplicaSet, garbage-collector and Endpoints controllers — and a quarter serving \
-    the nodes' calls (each pod's ready report is a store write) — the rest is JSON, allocation and the \
-    store. Before the work done for this part the control plane scheduled 25 pods/s on 200 nodes and took \
-    1.5 s to bring a new endpoint to 1,000 nodes. Built for it: heartbeats that change nothing are answered \
-    from memory and their periodic refresh writes skip the agents' watches (every heartbeat was a Node \
-    write sent to every agent); a watch cache that reads and decodes each store \
-    event once for all watchers and sends a pod event only to its node's watch; a scheduler that decides \
-    each pod in one pass over the nodes instead of one over every pod; snapshots that share objects instead \
-    of copying them; ReplicaSets that create pods in slow-start batches of up to 2,000. Next: keep the \
-    scheduler's sums across batches (kube-scheduler's cache) instead of rebuilding them, and run the \
-    controllers' reconciles on more than one core. Joining grows with the square of the node count: each \
-    agent lists every Node when it starts watching, and each new Node goes to every agent (agents need \
-    all Nodes for their pod ranges and addresses). With 5,000 nodes the heartbeats alone are 2,500 calls \
-    and 500 status refresh writes a second, on the same 2 CPUs as the controllers and the simulated nodes, \
-    which is why propagation is slower there than with 1,000.";
+const SCALE_ANALYSIS: &str = "**Where the time goes.** A profile of berth-control while it scheduled pods on \
+    1,000 nodes (perf, this machine): the controllers' own decisions — scheduler, ReplicaSet, garbage \
+    collector, Endpoints — are about 5% of its CPU; the rest is writing and serving: a fifth the store's \
+    commits (redb's commit and its fsync), a fifth the registry's writes (each pod created, bound, its \
+    event, its status report: typed round trips and JSON), a tenth the rest of the nodes' gRPC calls \
+    (HTTP/2, TLS, heartbeats), another tenth reading back and decoding each change for the controllers' \
+    cache and the watch cache; malloc and free are a fifth of all of it. Before the work done for \
+    this part the control plane scheduled 25 pods/s on 200 nodes and took 1.5 s to bring a new endpoint to \
+    1,000 nodes. Built for it: heartbeats that change nothing are answered from memory and their periodic \
+    refresh writes skip the agents' watches (every heartbeat was a Node write sent to every agent); a \
+    watch cache that reads and decodes each store event once for all watchers and sends a pod event only \
+    to its node's watch; watch bookmarks at most once a minute (one a second was two messages a second per \
+    agent, as many as an Endpoints change sent to every node, all the time); an index in the controllers' \
+    snapshots kept change by change (kube-scheduler's cache, client-go's indexers: what the pods bound to \
+    each node request, each owner's pods per node, its live and ready pods, every Node parsed once), so a \
+    scheduling pass costs one pass over the nodes and a ReplicaSet a look-up, not a pass over every pod; \
+    the Endpoints controller in a loop of its own beside the other controllers', so a ready pod's \
+    Endpoints write never waits behind thousands of creations or bindings; snapshots that share objects \
+    and structure (persistent maps) instead of copying them; ReplicaSets that create pods in slow-start batches of up to 2,000; a node's \
+    status report written with one read of the store. Next: fewer writes per pod (Scheduled events \
+    aggregated, as Kubernetes' event recorder does), cheaper commits, and an allocator that suits the many \
+    small JSON values. Joining grows with the \
+    square of the node count: each agent lists every Node when it starts watching, and each new Node goes \
+    to every agent (agents need all Nodes for their pod ranges and addresses). With 5,000 nodes the \
+    heartbeats alone are 2,500 calls and 500 status refresh writes a second, on the same 2 CPUs as the \
+    controllers and the simulated nodes, which is why propagation is slower there than with 1,000.";
 
 pub fn median(values: &mut [f64]) -> Option<f64> {
     if values.is_empty() {

@@ -145,6 +145,7 @@ fn status(error: ApiError) -> Status {
     match error.code.as_u16() {
         400 | 422 => Status::invalid_argument(message),
         401 => Status::unauthenticated(message),
+        403 => Status::permission_denied(message),
         404 => Status::not_found(message),
         409 => Status::aborted(message),
         410 => Status::out_of_range(message),
@@ -407,26 +408,30 @@ impl agent_server::Agent for AgentService {
     ) -> Result<Response<PodStatusAck>, Status> {
         let node = node_of(&request)?;
         let report = request.into_inner();
-        let pod = self
-            .registry
-            .get(&PODS, &report.namespace, &report.name)
-            .await
-            .map_err(status)?;
-        if pod.pointer("/spec/nodeName").and_then(Value::as_str) != Some(node.as_str()) {
-            return Err(Status::permission_denied(format!(
-                "pod {}/{} is not bound to node {node}",
-                report.namespace, report.name
-            )));
-        }
         let pod_status: Value = serde_json::from_slice(&report.status_json)
             .map_err(|e| Status::invalid_argument(format!("status_json: {e}")))?;
+        let bound_here = |pod: &Value| {
+            if pod.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node.as_str()) {
+                Ok(())
+            } else {
+                Err(ApiError::new(
+                    axum::http::StatusCode::FORBIDDEN,
+                    "Forbidden",
+                    format!(
+                        "pod {}/{} is not bound to node {node}",
+                        report.namespace, report.name
+                    ),
+                ))
+            }
+        };
         let updated = self
             .registry
-            .update_status(
+            .update_status_checked(
                 &PODS,
                 &report.namespace,
                 &report.name,
                 json!({"status": pod_status}),
+                bound_here,
             )
             .await
             .map_err(status)?;

@@ -358,10 +358,26 @@ impl Registry {
         name: &str,
         body: Value,
     ) -> Result<Value, ApiError> {
+        self.update_status_checked(rt, namespace, name, body, |_| Ok(()))
+            .await
+    }
+
+    /// [`Self::update_status`] for a writer that may only change objects `allowed`
+    /// accepts (a node reporting for the pods bound to it), checked on the object the
+    /// write replaces: one read of the store, not one to check and one to write.
+    pub async fn update_status_checked(
+        &self,
+        rt: &'static ResourceType,
+        namespace: &str,
+        name: &str,
+        body: Value,
+        allowed: impl Fn(&Value) -> Result<(), ApiError>,
+    ) -> Result<Value, ApiError> {
         let wanted = parse_resource_version(str_at(&body, "/metadata/resourceVersion"))?;
         let status = body.get("status").cloned().unwrap_or(Value::Null);
         let written = self
             .read_modify_write_raw(rt, namespace, name, wanted, |existing| {
+                allowed(existing)?;
                 let mut object = existing.clone();
                 object["status"] = status.clone();
                 // Round-trip through the typed model so a bad status is rejected here.

@@ -28,9 +28,13 @@ use crate::{
 /// Kubernetes closes watches after 30–60 minutes so clients re-establish them through
 /// load balancers; one fixed bound keeps tests deterministic.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
-/// At most one bookmark per watcher this often: with thousands of watchers, one per
-/// commit would cost every watcher a wake-up per commit again.
-const BOOKMARK_INTERVAL: Duration = Duration::from_secs(1);
+/// At most one bookmark per watcher this often (the first comes at once): with thousands
+/// of watchers, one per commit would cost every watcher a wake-up per commit again, and
+/// even one a second was two messages a second per agent (its pod and services watches),
+/// as many as an Endpoints change sent to every node, all the time. kube-apiserver's
+/// watch cache bookmarks about once a minute too; a watch resuming from an older point
+/// reads the store's history, kept for many more revisions than a minute brings.
+const BOOKMARK_INTERVAL: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
 pub struct WatchEvent {

@@ -983,7 +983,7 @@ mod tests {
             "status": {"observedGeneration": 2}});
         let change = |object: &Value, deleted| Change {
             key: crate::registry::key(&HPAS, "default", "web"),
-            object: object.clone(),
+            object: std::sync::Arc::new(object.clone()),
             deleted,
             previous: None,
         };

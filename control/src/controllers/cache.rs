@@ -3,29 +3,71 @@
 //! calling the API, and the runtime waits for it to reach its own writes before
 //! reconciling again, so a reconcile never acts on state older than its last write.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use berth_api::ResourceType;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::sync::{RwLock, mpsc, watch};
 
+use super::index::{Index, Kind};
 use crate::{
     registry::{decode_stored, key, prefix},
     store::{EventKind, Revision, Store, StoreError},
 };
 
+type Objects = imbl::OrdMap<String, Arc<Value>>;
+
 /// An immutable view of every object at one revision.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
-    /// Objects are shared: the cache copies the map when it changes while a reconcile
-    /// still reads the last snapshot, and with tens of thousands of pods a copy of every
-    /// object each time would cost more than the reconcile.
-    objects: BTreeMap<String, Arc<Value>>,
+    /// A persistent map of shared objects: the cache changes its map while reconciles
+    /// (one per lane of controllers) still read the last snapshot, and a change then
+    /// copies only the path to it, not the whole map — with tens of thousands of pods a
+    /// copy of every key on each change cost more than the reconciles.
+    objects: Objects,
+    /// Sums over the objects, changed with them (see [`Index`]).
+    index: Index,
     pub revision: Revision,
 }
 
 impl Snapshot {
+    fn new(objects: Objects, revision: Revision) -> Self {
+        let mut index = Index::default();
+        for (key, object) in &objects {
+            index.count(Kind::of_key(key), object, true);
+        }
+        Self {
+            objects,
+            index,
+            revision,
+        }
+    }
+
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    /// Stores `object` under `key`; returns what it replaced.
+    fn insert(&mut self, key: String, object: Arc<Value>) -> Option<Arc<Value>> {
+        let kind = Kind::of_key(&key);
+        let previous = self.objects.insert(key, Arc::clone(&object));
+        // The old version leaves first: a Node keeps its place under the same name.
+        if let Some(previous) = &previous {
+            self.index.count(kind, previous, false);
+        }
+        self.index.count(kind, &object, true);
+        previous
+    }
+
+    fn remove(&mut self, key: &str) -> Option<Arc<Value>> {
+        let previous = self.objects.remove(key);
+        if let Some(previous) = &previous {
+            self.index.count(Kind::of_key(key), previous, false);
+        }
+        previous
+    }
+
     pub fn get(&self, rt: &ResourceType, namespace: &str, name: &str) -> Option<&Value> {
         self.objects.get(&key(rt, namespace, name)).map(|v| &**v)
     }
@@ -38,7 +80,7 @@ impl Snapshot {
     ) -> impl Iterator<Item = &'a Value> + 'a {
         let prefix = prefix(rt, namespace);
         self.objects
-            .range(prefix.clone()..)
+            .range::<_, String>(prefix.clone()..)
             .take_while(move |(k, _)| k.starts_with(&prefix))
             .map(|(_, v)| &**v)
     }
@@ -70,21 +112,25 @@ impl Snapshot {
                 (key(rt, ns, name), Arc::new(v))
             })
             .collect();
-        Self { objects, revision }
+        Self::new(objects, revision)
     }
 }
 
 /// A change the cache applied: the object after it (for deletes, its last state).
+/// Objects are shared with the snapshot, and a change with every lane of controllers.
 #[derive(Debug, Clone)]
 pub struct Change {
     pub key: String,
-    pub object: Value,
+    pub object: Arc<Value>,
     pub deleted: bool,
     /// The object as the cache had it before, None if it had not (a creation, or the
     /// first list). It lets a reconciler tell which fields changed: a node's heartbeat
     /// rewrites its status every few seconds, and only some of those writes matter.
-    pub previous: Option<Value>,
+    pub previous: Option<Arc<Value>>,
 }
+
+/// Where the cache sends what it applied: one receiver per lane of controllers.
+pub type ChangeSenders = Vec<mpsc::UnboundedSender<Arc<Vec<Change>>>>;
 
 pub struct Cache {
     snapshot: RwLock<Arc<Snapshot>>,
@@ -92,11 +138,11 @@ pub struct Cache {
 }
 
 impl Cache {
-    /// Starts the reflector; `changes` receives every applied change (and, after a
-    /// relist, every object) so the runtime can enqueue work.
+    /// Starts the reflector; each of `changes` receives every applied change (and, after
+    /// a relist, every object) so the runtimes can enqueue work.
     pub async fn start(
         store: Arc<dyn Store>,
-        changes: mpsc::UnboundedSender<Vec<Change>>,
+        changes: ChangeSenders,
     ) -> Result<Arc<Self>, StoreError> {
         let initial = list_all(&store).await?;
         let (revision, _) = watch::channel(initial.revision);
@@ -105,7 +151,7 @@ impl Cache {
             .iter()
             .map(|(k, v)| Change {
                 key: k.clone(),
-                object: Value::clone(v),
+                object: Arc::clone(v),
                 deleted: false,
                 previous: None,
             })
@@ -114,7 +160,7 @@ impl Cache {
             snapshot: RwLock::new(Arc::new(initial)),
             revision,
         });
-        let _ = changes.send(all);
+        send(&changes, all);
         tokio::spawn(Arc::clone(&cache).reflect(store, changes));
         Ok(cache)
     }
@@ -130,11 +176,7 @@ impl Cache {
         let _ = rx.wait_for(|r| *r >= revision).await;
     }
 
-    async fn reflect(
-        self: Arc<Self>,
-        store: Arc<dyn Store>,
-        changes: mpsc::UnboundedSender<Vec<Change>>,
-    ) {
+    async fn reflect(self: Arc<Self>, store: Arc<dyn Store>, changes: ChangeSenders) {
         let mut wake = store.subscribe();
         loop {
             wake.borrow_and_update();
@@ -143,7 +185,7 @@ impl Cache {
             let events = tokio::task::spawn_blocking(move || reader.events_after(from, 1000)).await;
             let applied = match events {
                 Ok(Ok(events)) if events.is_empty() => {
-                    if wake.changed().await.is_err() || changes.is_closed() {
+                    if wake.changed().await.is_err() || changes.iter().all(|c| c.is_closed()) {
                         return;
                     }
                     continue;
@@ -168,7 +210,7 @@ impl Cache {
                     return;
                 }
             };
-            if changes.send(applied).is_err() {
+            if !send(&changes, applied) {
                 return;
             }
         }
@@ -184,16 +226,12 @@ impl Cache {
                 continue;
             };
             let deleted = event.kind == EventKind::Delete;
-            // The replaced value is moved out of the map, not copied.
+            let object = Arc::new(object);
             let previous = if deleted {
-                snapshot.objects.remove(&event.kv.key)
+                snapshot.remove(&event.kv.key)
             } else {
-                snapshot
-                    .objects
-                    .insert(event.kv.key.clone(), Arc::new(object.clone()))
+                snapshot.insert(event.kv.key.clone(), Arc::clone(&object))
             };
-            // Copied only if a snapshot still being read shares it.
-            let previous = previous.map(Arc::unwrap_or_clone);
             applied.push(Change {
                 key: event.kv.key,
                 object,
@@ -215,16 +253,16 @@ impl Cache {
             .filter(|(k, _)| !fresh.objects.contains_key(*k))
             .map(|(k, v)| Change {
                 key: k.clone(),
-                object: Value::clone(v),
+                object: Arc::clone(v),
                 deleted: true,
-                previous: Some(Value::clone(v)),
+                previous: Some(Arc::clone(v)),
             })
             .collect();
         changes.extend(fresh.objects.iter().map(|(k, v)| Change {
             key: k.clone(),
-            object: Value::clone(v),
+            object: Arc::clone(v),
             deleted: false,
-            previous: guard.objects.get(k).map(|v| Value::clone(v)),
+            previous: guard.objects.get(k).cloned(),
         }));
         let revision = fresh.revision;
         *guard = Arc::new(fresh);
@@ -232,6 +270,16 @@ impl Cache {
         self.revision.send_replace(revision);
         changes
     }
+}
+
+/// Sends a batch to every lane; false once none is left to receive.
+fn send(changes: &ChangeSenders, batch: Vec<Change>) -> bool {
+    let batch = Arc::new(batch);
+    let mut delivered = false;
+    for lane in changes {
+        delivered |= lane.send(Arc::clone(&batch)).is_ok();
+    }
+    delivered
 }
 
 async fn list_all(store: &Arc<dyn Store>) -> Result<Snapshot, StoreError> {
@@ -247,5 +295,92 @@ async fn list_all(store: &Arc<dyn Store>) -> Result<Snapshot, StoreError> {
                 .map(|v| (kv.key.clone(), Arc::new(v)))
         })
         .collect();
-    Ok(Snapshot { objects, revision })
+    Ok(Snapshot::new(objects, revision))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::controllers::{NODES, PODS};
+
+    fn node(name: &str, ready: bool) -> Value {
+        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
+            "status": {"allocatable": {"cpu": "4", "memory": "8Gi"},
+                "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}})
+    }
+
+    fn pod(name: &str, owner: &str, cpu: &str) -> Value {
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default",
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": owner, "uid": owner, "controller": true}]},
+            "spec": {"containers": [{"name": "c", "image": "i",
+                "resources": {"requests": {"cpu": cpu, "memory": "64Mi"}}}]}})
+    }
+
+    /// Applies `object` (or deletes it) as the cache does, then checks the index kept
+    /// up to date change by change against one computed afresh from the same objects.
+    fn step(snapshot: &mut Snapshot, rt: &'static ResourceType, object: Value, delete: bool) {
+        let ns = object["metadata"]["namespace"].as_str().unwrap_or_default();
+        let name = object["metadata"]["name"].as_str().unwrap_or_default();
+        let key = key(rt, ns, name);
+        if delete {
+            snapshot.remove(&key);
+        } else {
+            snapshot.insert(key, Arc::new(object));
+        }
+        let afresh = Snapshot::new(snapshot.objects.clone(), snapshot.revision);
+        assert_eq!(snapshot.index(), afresh.index());
+    }
+
+    #[test]
+    fn the_index_kept_change_by_change_equals_a_full_recount() {
+        let mut snapshot = Snapshot::default();
+        step(&mut snapshot, &NODES, node("a", true), false);
+        step(&mut snapshot, &NODES, node("b", true), false);
+        let pods: Vec<Value> = (0..6)
+            .map(|i| pod(&format!("p{i}"), ["rs1", "rs2"][i % 2], "250m"))
+            .collect();
+        for p in &pods {
+            step(&mut snapshot, &PODS, p.clone(), false);
+        }
+        // Bound, then running and ready.
+        let mut bound = Vec::new();
+        for (i, p) in pods.iter().enumerate() {
+            let mut p = p.clone();
+            p["spec"]["nodeName"] = json!(["a", "b"][i % 3 % 2]);
+            step(&mut snapshot, &PODS, p.clone(), false);
+            p["status"] = json!({"phase": "Running",
+                "conditions": [{"type": "Ready", "status": "True"}]});
+            step(&mut snapshot, &PODS, p.clone(), false);
+            bound.push(p);
+        }
+        let index = snapshot.index();
+        assert_eq!(index.usage("a").pods + index.usage("b").pods, 6);
+        assert_eq!(index.usage("a").cpu() + index.usage("b").cpu(), 1500);
+        assert_eq!(index.replicas("default", "rs1").ready, 3);
+        assert_eq!(index.spread("rs2").map(|(_, n)| n).sum::<usize>(), 3);
+        // One finishes, one is being deleted, one goes, a node changes and one goes.
+        let mut done = bound[0].clone();
+        done["status"]["phase"] = json!("Succeeded");
+        step(&mut snapshot, &PODS, done, false);
+        let mut leaving = bound[1].clone();
+        leaving["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+        step(&mut snapshot, &PODS, leaving, false);
+        step(&mut snapshot, &PODS, bound[2].clone(), true);
+        step(&mut snapshot, &NODES, node("a", false), false);
+        step(&mut snapshot, &NODES, node("b", true), true);
+        let index = snapshot.index();
+        assert_eq!(index.replicas("default", "rs1").active, 1);
+        assert_eq!(index.replicas("default", "rs2").active, 2);
+        assert_eq!(index.nodes().count(), 1);
+        // Everything gone: nothing left behind.
+        for p in &bound[1..] {
+            step(&mut snapshot, &PODS, p.clone(), true);
+        }
+        step(&mut snapshot, &PODS, bound[0].clone(), true);
+        step(&mut snapshot, &NODES, node("a", true), true);
+        assert_eq!(snapshot.index(), &Index::default());
+    }
 }

@@ -23,6 +23,16 @@ impl Reconciler for GarbageCollector {
 
     fn affected(&self, change: &Change, snapshot: &Snapshot) -> Vec<(String, String)> {
         if is_kind(change, self.0) {
+            // Only a new object, or a new owner, can be an orphan the last look did not
+            // see: a status report or a binding leaves the owner as it was, and owners
+            // going are handled below. Every pod change passes here.
+            if !change.deleted
+                && change.previous.as_ref().is_some_and(|previous| {
+                    controller_of(previous) == controller_of(&change.object)
+                })
+            {
+                return Vec::new();
+            }
             return vec![(
                 namespace_of(&change.object).to_owned(),
                 name_of(&change.object).to_owned(),

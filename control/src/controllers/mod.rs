@@ -9,6 +9,7 @@ mod cache;
 pub mod deployment;
 pub mod endpoints;
 pub mod gc;
+pub mod index;
 pub mod loadbalancer;
 pub mod namespace;
 pub mod nodes;
@@ -249,50 +250,72 @@ pub fn pod_is_ready(pod: &Value) -> bool {
 
 /// Runs the reconcilers until `shutdown` flips.
 pub struct Controllers {
-    task: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
+/// Reconcilers that share one loop (see [`Controllers::all`]).
+pub type Lane = Vec<Box<dyn Reconciler>>;
+
 impl Controllers {
+    /// Runs each lane as a loop of its own over one shared cache.
     pub async fn start(
         registry: Registry,
         store: Arc<dyn Store>,
-        reconcilers: Vec<Box<dyn Reconciler>>,
+        lanes: Vec<Lane>,
         mut settings: Settings,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Self, crate::store::StoreError> {
         settings.observing_since = util::unix_now();
-        let (tx, rx) = mpsc::unbounded_channel();
-        let cache = Cache::start(store, tx).await?;
-        let runtime = Runtime {
-            registry,
-            cache,
-            reconcilers,
-            settings,
-            requeue: BTreeMap::new(),
-        };
-        Ok(Self {
-            task: tokio::spawn(runtime.run(rx, shutdown)),
-        })
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            lanes.iter().map(|_| mpsc::unbounded_channel()).unzip();
+        let cache = Cache::start(store, senders).await?;
+        let tasks = lanes
+            .into_iter()
+            .zip(receivers)
+            .map(|(reconcilers, rx)| {
+                let runtime = Runtime {
+                    registry: registry.clone(),
+                    cache: Arc::clone(&cache),
+                    reconcilers,
+                    settings: settings.clone(),
+                    requeue: BTreeMap::new(),
+                };
+                tokio::spawn(runtime.run(rx, shutdown.clone()))
+            })
+            .collect();
+        Ok(Self { tasks })
     }
 
     pub async fn join(self) {
-        let _ = self.task.await;
+        for task in self.tasks {
+            let _ = task.await;
+        }
     }
 
-    /// Every controller Berth runs; the autoscaler reads the agents' load figures.
-    pub fn all(usage: &crate::usage::Usage) -> Vec<Box<dyn Reconciler>> {
+    /// Every controller Berth runs (the autoscaler reads the agents' load figures), in
+    /// lanes. Each lane is one loop — a batch of changes, its reconciles on one snapshot,
+    /// its writes, a wait for the cache to have them — and the lanes run side by side,
+    /// like Kubernetes' controllers with their own work queues, so a pod turning ready
+    /// reaches the Endpoints controller while thousands of pods are being created and
+    /// bound. The scheduler stays in the ReplicaSets' loop: binding each round of new
+    /// pods in one batch, with the next round's creations, makes few large group commits
+    /// (in a loop of its own it bound pods as they trickled in, in many small commits,
+    /// and scheduled fewer pods a second).
+    pub fn all(usage: &crate::usage::Usage) -> Vec<Lane> {
         vec![
-            Box::new(deployment::DeploymentController),
-            Box::new(replicaset::ReplicaSetController),
-            Box::new(scheduler::Scheduler),
-            Box::new(endpoints::EndpointsController),
-            Box::new(nodes::NodeLifecycle),
-            Box::new(loadbalancer::LoadBalancerController),
-            Box::new(namespace::NamespaceController),
-            Box::new(gc::GarbageCollector(&PODS)),
-            Box::new(gc::GarbageCollector(&REPLICASETS)),
-            Box::new(gc::GarbageCollector(&ENDPOINTS)),
-            Box::new(autoscaler::Autoscaler::new(usage.clone())),
+            vec![Box::new(endpoints::EndpointsController)],
+            vec![
+                Box::new(deployment::DeploymentController),
+                Box::new(replicaset::ReplicaSetController),
+                Box::new(scheduler::Scheduler),
+                Box::new(nodes::NodeLifecycle),
+                Box::new(loadbalancer::LoadBalancerController),
+                Box::new(namespace::NamespaceController),
+                Box::new(gc::GarbageCollector(&PODS)),
+                Box::new(gc::GarbageCollector(&REPLICASETS)),
+                Box::new(gc::GarbageCollector(&ENDPOINTS)),
+                Box::new(autoscaler::Autoscaler::new(usage.clone())),
+            ],
         ]
     }
 }
@@ -310,7 +333,7 @@ struct Runtime {
 impl Runtime {
     async fn run(
         mut self,
-        mut changes: mpsc::UnboundedReceiver<Vec<Change>>,
+        mut changes: mpsc::UnboundedReceiver<Arc<Vec<Change>>>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut next_resync = Instant::now() + self.settings.resync;
@@ -322,17 +345,17 @@ impl Runtime {
                 .copied()
                 .unwrap_or(next_resync)
                 .min(next_resync);
-            let mut batch = Vec::new();
+            let mut batch: Vec<Change> = Vec::new();
             tokio::select! {
                 received = changes.recv() => match received {
-                    Some(received) => batch.extend(received),
+                    Some(received) => batch.extend(received.iter().cloned()),
                     None => return,
                 },
                 () = tokio::time::sleep_until(wake_at) => {}
                 _ = shutdown.changed() => return,
             }
             while let Ok(more) = changes.try_recv() {
-                batch.extend(more);
+                batch.extend(more.iter().cloned());
             }
             let snapshot = self.cache.snapshot().await;
             let mut queue: BTreeSet<WorkKey> = BTreeSet::new();

@@ -57,21 +57,15 @@ impl Reconciler for ReplicaSetController {
             .pointer("/spec/replicas")
             .and_then(Value::as_u64)
             .unwrap_or(0) as usize;
-        let mut pods: Vec<&Value> = snapshot
-            .list(&PODS, Some(namespace))
-            .filter(|p| {
-                // Terminating pods are not counted: their replacements start at once, as
-                // Kubernetes' FilterActivePods does.
-                controller_of(p).is_some_and(|(_, _, owner)| owner == uid)
-                    && !pod_is_terminal(p)
-                    && !pod_is_terminating(p)
-            })
-            .collect();
+        // Counted by the snapshot's index: a ReplicaSet looked at after each change of one
+        // of its 50,000 pods must not read all of them each time. Only a scale-down,
+        // which has to choose, lists them.
+        let replicas = snapshot.index().replicas(namespace, uid);
         let mut writes = Vec::new();
         let mut requeue_after = None;
-        if pods.len() < desired {
-            let missing = desired - pods.len();
-            let batch = pods.len().clamp(SLOW_START_INITIAL, MAX_BURST);
+        if replicas.active < desired {
+            let missing = desired - replicas.active;
+            let batch = replicas.active.clamp(SLOW_START_INITIAL, MAX_BURST);
             let mut names = BTreeSet::new();
             for _ in 0..missing.min(batch) {
                 let name = free_name(rs, snapshot, &names);
@@ -84,7 +78,17 @@ impl Reconciler for ReplicaSetController {
             if missing > batch {
                 requeue_after = Some(std::time::Duration::ZERO);
             }
-        } else if pods.len() > desired {
+        } else if replicas.active > desired {
+            let mut pods: Vec<&Value> = snapshot
+                .list(&PODS, Some(namespace))
+                .filter(|p| {
+                    // Terminating pods are not counted: their replacements start at once,
+                    // as Kubernetes' FilterActivePods does.
+                    controller_of(p).is_some_and(|(_, _, owner)| owner == uid)
+                        && !pod_is_terminal(p)
+                        && !pod_is_terminating(p)
+                })
+                .collect();
             // Least useful first: unscheduled, then not ready, then the newest.
             pods.sort_by_key(|p| {
                 let scheduled = !p
@@ -102,7 +106,7 @@ impl Reconciler for ReplicaSetController {
                     std::cmp::Reverse(created.to_owned()),
                 )
             });
-            for pod in &pods[..pods.len() - desired] {
+            for pod in &pods[..pods.len().saturating_sub(desired)] {
                 writes.push(Write::Delete {
                     rt: &PODS,
                     namespace: namespace.to_owned(),
@@ -113,8 +117,8 @@ impl Reconciler for ReplicaSetController {
         }
         let status = json!({
             "observedGeneration": rs.pointer("/metadata/generation").cloned().unwrap_or(json!(0)),
-            "replicas": pods.len(),
-            "readyReplicas": pods.iter().filter(|p| pod_is_ready(p)).count(),
+            "replicas": replicas.active,
+            "readyReplicas": replicas.ready,
         });
         if writes.is_empty() && rs.get("status") != Some(&status) {
             let mut updated = rs.clone();

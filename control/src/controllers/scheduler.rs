@@ -1,21 +1,26 @@
 //! Binds pending pods to nodes: filter (ready, schedulable, node selector, free CPU and
 //! memory), then score (fewest pods of the same owner, then least requested).
 //!
-//! Pods are scheduled a batch at a time on one snapshot. A [`Cluster`] parses every node
-//! once and sums what is already bound to it once per batch; each binding decided in the
-//! batch is then added to those sums (kube-scheduler's "assume"), so the next pod sees it
-//! without waiting for the store, and one decision costs one pass over the nodes, not a
-//! pass over every pod and node of the cluster.
+//! Pods are scheduled a batch at a time on one snapshot. A [`Cluster`] reads every node
+//! and what is bound to it from the snapshot's index (kept up to date as pods come and
+//! go, like kube-scheduler's cache) once per batch; each binding decided in the batch is
+//! then added to those sums (kube-scheduler's "assume"), so the next pod sees it without
+//! waiting for the store, and one decision costs one pass over the nodes, not a pass
+//! over every pod of the cluster.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use berth_api::{
     ResourceType,
-    core::{Node, Pod, parse_cpu_millis, parse_memory_bytes},
+    core::{Pod, parse_cpu_millis, parse_memory_bytes},
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::index::{NodeFit, Unfit, holds_resources, node_name};
 use super::{
     Change, Context, NODES, Outcome, PODS, Reconciler, Snapshot, Write, controller_of, is_kind,
     pod_is_terminal,
@@ -23,10 +28,6 @@ use super::{
 use crate::registry::{name_of, namespace_of};
 
 pub struct Scheduler;
-
-/// What a node offers when its status does not say (hollow or just-joined nodes).
-const DEFAULT_CPU_MILLIS: u64 = 4_000;
-const DEFAULT_MEMORY_BYTES: u64 = 8 << 30;
 
 /// Why a node was filtered out, in the order the filters run, worded as kube-scheduler
 /// words them.
@@ -69,7 +70,7 @@ impl Reconciler for Scheduler {
                 if change.deleted {
                     wake_all |= holds_resources(&change.object);
                 } else if pod_is_terminal(&change.object) {
-                    wake_all |= change.previous.as_ref().is_none_or(holds_resources);
+                    wake_all |= change.previous.as_deref().is_none_or(holds_resources);
                 } else if pending(&change.object) {
                     keys.push(key(&change.object));
                 }
@@ -144,7 +145,7 @@ fn schedule(cluster: &mut Cluster, typed: &Pod, pod: &Value) -> Outcome {
     match cluster.choose(typed, owner) {
         Ok(i) => {
             cluster.bind(i, cpu, memory, owner);
-            let node = cluster.nodes[i].name.clone();
+            let node = cluster.nodes[i].fit.name.clone();
             let mut bound = pod.clone();
             bound["spec"]["nodeName"] = json!(node);
             let message = format!(
@@ -198,19 +199,8 @@ fn key(object: &Value) -> (String, String) {
     (namespace_of(object).to_owned(), name_of(object).to_owned())
 }
 
-fn node_name(pod: &Value) -> &str {
-    pod.pointer("/spec/nodeName")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-}
-
 fn pending(pod: &Value) -> bool {
     node_name(pod).is_empty() && !pod_is_terminal(pod)
-}
-
-/// Whether the pod counts against its node's resources.
-fn holds_resources(pod: &Value) -> bool {
-    !node_name(pod).is_empty() && !pod_is_terminal(pod)
 }
 
 /// What the filters read of a node: its Ready status, whether it is cordoned, its labels
@@ -248,89 +238,18 @@ fn requests(pod: &Pod) -> (u64, u64) {
     })
 }
 
-/// [`requests`] read straight from the stored object: summing every bound pod of the
-/// cluster once per batch must not cost a full decode of each.
-fn requests_of_value(pod: &Value) -> (u64, u64) {
-    let Some(containers) = pod.pointer("/spec/containers").and_then(Value::as_array) else {
-        return (0, 0);
-    };
-    containers.iter().fold((0, 0), |(cpu, mem), c| {
-        let quantity = |name: &str| {
-            c.pointer("/resources/requests")
-                .and_then(|r| r.get(name))
-                .and_then(Value::as_str)
-        };
-        (
-            cpu.saturating_add(
-                quantity("cpu")
-                    .and_then(|q| parse_cpu_millis(q).ok())
-                    .unwrap_or(0),
-            ),
-            mem.saturating_add(
-                quantity("memory")
-                    .and_then(|q| parse_memory_bytes(q).ok())
-                    .unwrap_or(0),
-            ),
-        )
-    })
-}
-
-fn node_ready(node: &Node) -> bool {
-    node.status.as_ref().is_some_and(|s| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True")
-    })
-}
-
-/// One node as the scheduler sees it during a batch.
+/// One node as the scheduler sees it during a batch: what the filters read of it, shared
+/// with the snapshot's index, and what is bound to it.
 struct NodeState {
-    name: String,
-    labels: BTreeMap<String, String>,
-    /// A filter no pod passes (not ready, cordoned), as an index into [`REASONS`].
-    unfit: Option<usize>,
-    /// Allocatable millicores and bytes.
-    cpu: u64,
-    memory: u64,
+    fit: Arc<NodeFit>,
     /// Requested by the pods bound to it, and how many they are.
     used_cpu: u64,
     used_memory: u64,
     pods: usize,
 }
 
-impl NodeState {
-    fn new(node: Node) -> Self {
-        let unfit = if !node_ready(&node) {
-            Some(NOT_READY)
-        } else if node.spec.unschedulable {
-            Some(UNSCHEDULABLE)
-        } else {
-            None
-        };
-        let allocatable = node.status.as_ref().map(|s| &s.allocatable);
-        let cpu = allocatable
-            .and_then(|a| a.get("cpu"))
-            .and_then(|q| parse_cpu_millis(q).ok())
-            .unwrap_or(DEFAULT_CPU_MILLIS);
-        let memory = allocatable
-            .and_then(|a| a.get("memory"))
-            .and_then(|q| parse_memory_bytes(q).ok())
-            .unwrap_or(DEFAULT_MEMORY_BYTES);
-        Self {
-            name: node.metadata.name,
-            labels: node.metadata.labels,
-            unfit,
-            cpu,
-            memory,
-            used_cpu: 0,
-            used_memory: 0,
-            pods: 0,
-        }
-    }
-}
-
-/// The nodes, in name order, with what is bound to them: built once per batch from the
-/// snapshot, then kept up to date with the batch's own bindings.
+/// The nodes, in name order, with what is bound to them: read once per batch from the
+/// snapshot's index, then kept up to date with the batch's own bindings.
 pub struct Cluster {
     nodes: Vec<NodeState>,
     /// Per owner uid, its pods per node. Only the owners of the pods being scheduled are
@@ -339,43 +258,40 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Sums the snapshot's bound pods per node; `owners` are the controllers (uids) whose
-    /// replicas will be spread.
+    /// The snapshot's nodes with what is bound to each; `owners` are the controllers
+    /// (uids) whose replicas will be spread. Costs a pass over the nodes, not the pods:
+    /// the snapshot's index keeps the sums as pods come and go.
     pub fn new<'a>(snapshot: &Snapshot, owners: impl IntoIterator<Item = &'a str>) -> Self {
-        let mut index: HashMap<&str, usize> = HashMap::new();
-        let mut nodes = Vec::new();
-        for value in snapshot.list(&NODES, None) {
-            // Nodes were validated on write; one that does not decode (an incompatible
-            // upgrade) is left out, as if it were not there.
-            let Ok(node) = Node::deserialize(value) else {
-                continue;
-            };
-            index.insert(name_of(value), nodes.len());
-            nodes.push(NodeState::new(node));
-        }
-        let mut owners: HashMap<String, Spread> = owners
-            .into_iter()
-            .map(|uid| (uid.to_owned(), Spread::default()))
+        let index = snapshot.index();
+        let mut positions: HashMap<&str, usize> = HashMap::new();
+        let nodes: Vec<NodeState> = index
+            .nodes()
+            .enumerate()
+            .map(|(i, fit)| {
+                positions.insert(fit.name.as_str(), i);
+                let usage = index.usage(&fit.name);
+                NodeState {
+                    fit: Arc::clone(fit),
+                    used_cpu: usage.cpu(),
+                    used_memory: usage.memory(),
+                    pods: usage.pods,
+                }
+            })
             .collect();
-        for pod in snapshot.list(&PODS, None) {
-            if !holds_resources(pod) {
-                continue;
-            }
-            // Pods of a node that is gone take nothing from the others.
-            let Some(&i) = index.get(node_name(pod)) else {
-                continue;
-            };
-            let (cpu, memory) = requests_of_value(pod);
-            let node = &mut nodes[i];
-            node.used_cpu = node.used_cpu.saturating_add(cpu);
-            node.used_memory = node.used_memory.saturating_add(memory);
-            node.pods += 1;
-            if let Some((_, _, uid)) = controller_of(pod)
-                && let Some(spread) = owners.get_mut(uid)
-            {
-                spread.add(i);
-            }
-        }
+        // Each pod of the batch names its owner: thousands of times the same one.
+        let distinct: std::collections::HashSet<&str> = owners.into_iter().collect();
+        let owners = distinct
+            .into_iter()
+            .map(|uid| {
+                let mut spread: Vec<(usize, usize)> = index
+                    .spread(uid)
+                    // Pods of a node that is gone take nothing from the others.
+                    .filter_map(|(node, count)| positions.get(node).map(|&i| (i, count)))
+                    .collect();
+                spread.sort_unstable();
+                (uid.to_owned(), Spread(spread))
+            })
+            .collect();
         Self { nodes, owners }
     }
 
@@ -401,13 +317,17 @@ impl Cluster {
                 .map_or(0, |(_, n)| *n);
             let wanted_cpu = node.used_cpu.saturating_add(cpu);
             let wanted_memory = node.used_memory.saturating_add(memory);
-            let reason = if let Some(reason) = node.unfit {
-                Some(reason)
-            } else if !selector.iter().all(|(k, v)| node.labels.get(k) == Some(v)) {
+            let fit = &node.fit;
+            let reason = if let Some(unfit) = fit.unfit {
+                Some(match unfit {
+                    Unfit::NotReady => NOT_READY,
+                    Unfit::Unschedulable => UNSCHEDULABLE,
+                })
+            } else if !selector.iter().all(|(k, v)| fit.labels.get(k) == Some(v)) {
                 Some(SELECTOR)
-            } else if wanted_cpu > node.cpu {
+            } else if wanted_cpu > fit.cpu {
                 Some(CPU)
-            } else if wanted_memory > node.memory {
+            } else if wanted_memory > fit.memory {
                 Some(MEMORY)
             } else {
                 None
@@ -417,8 +337,8 @@ impl Cluster {
                 continue;
             }
             // Spread replicas first, then prefer the emptier node (in thousandths).
-            let load = (wanted_cpu.saturating_mul(1000) / node.cpu.max(1))
-                .max(wanted_memory.saturating_mul(1000) / node.memory.max(1));
+            let load = (wanted_cpu.saturating_mul(1000) / fit.cpu.max(1))
+                .max(wanted_memory.saturating_mul(1000) / fit.memory.max(1));
             let score = (same, load, node.pods);
             if best.as_ref().is_none_or(|(s, _)| score < *s) {
                 best = Some((score, i));
@@ -475,14 +395,26 @@ pub fn choose_node(pod: &Pod, raw: &Value, snapshot: &Snapshot) -> Result<String
     let cluster = Cluster::new(snapshot, owner);
     cluster
         .choose(pod, owner)
-        .map(|i| cluster.nodes[i].name.clone())
+        .map(|i| cluster.nodes[i].fit.name.clone())
 }
 
 #[cfg(test)]
 mod tests {
+    use berth_api::core::Node;
     use serde_json::json;
 
-    use super::*;
+    use super::{
+        super::index::{DEFAULT_CPU_MILLIS, DEFAULT_MEMORY_BYTES},
+        *,
+    };
+
+    fn node_ready(node: &Node) -> bool {
+        node.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+    }
 
     fn node(name: &str, ready: bool, cpu: &str, labels: Value) -> (&'static ResourceType, Value) {
         (
@@ -859,9 +791,9 @@ mod tests {
     ) -> Change {
         Change {
             key: crate::registry::key(rt, namespace_of(object), name_of(object)),
-            object: object.clone(),
+            object: Arc::new(object.clone()),
             deleted,
-            previous: previous.cloned(),
+            previous: previous.cloned().map(Arc::new),
         }
     }
 

@@ -1,0 +1,281 @@
+//! Sums the controllers would otherwise recompute from every pod of the cluster on each
+//! pass, kept up to date as the cache applies each change (client-go's indexers,
+//! kube-scheduler's cache): what the pods bound to each node request, how many pods of
+//! each controller sit on each node, and how many live and ready pods each controller
+//! has. Maintained by [`super::Snapshot`] itself, so it always describes exactly the
+//! objects of the snapshot it belongs to, and a controller reading it costs a look-up,
+//! not a pass over tens of thousands of pods.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, LazyLock},
+};
+
+use berth_api::core::{Node, parse_cpu_millis, parse_memory_bytes};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{controller_of, pod_is_ready, pod_is_terminal, pod_is_terminating};
+use crate::registry::{name_of, namespace_of, prefix};
+
+/// What a node offers when its status does not say (hollow or just-joined nodes).
+pub const DEFAULT_CPU_MILLIS: u64 = 4_000;
+pub const DEFAULT_MEMORY_BYTES: u64 = 8 << 30;
+
+/// Why no pod fits a node whatever it asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unfit {
+    NotReady,
+    Unschedulable,
+}
+
+/// What the scheduler's filters read of a Node, parsed once per change of the Node
+/// rather than once per scheduling pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeFit {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub unfit: Option<Unfit>,
+    /// Allocatable millicores and bytes.
+    pub cpu: u64,
+    pub memory: u64,
+}
+
+impl NodeFit {
+    /// None for a Node that does not decode (validated on write, so only across an
+    /// incompatible upgrade): the scheduler leaves it out, as if it were not there.
+    pub fn parse(value: &Value) -> Option<Self> {
+        let node = Node::deserialize(value).ok()?;
+        let ready = node.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        });
+        let unfit = if !ready {
+            Some(Unfit::NotReady)
+        } else if node.spec.unschedulable {
+            Some(Unfit::Unschedulable)
+        } else {
+            None
+        };
+        let allocatable = node.status.as_ref().map(|s| &s.allocatable);
+        let cpu = allocatable
+            .and_then(|a| a.get("cpu"))
+            .and_then(|q| parse_cpu_millis(q).ok())
+            .unwrap_or(DEFAULT_CPU_MILLIS);
+        let memory = allocatable
+            .and_then(|a| a.get("memory"))
+            .and_then(|q| parse_memory_bytes(q).ok())
+            .unwrap_or(DEFAULT_MEMORY_BYTES);
+        Some(Self {
+            name: node.metadata.name,
+            labels: node.metadata.labels,
+            unfit,
+            cpu,
+            memory,
+        })
+    }
+}
+
+/// What the pods bound to one node request. Wider than any one request, so adding and
+/// taking away pods is exact (a sum can never wrap); readers saturate it to u64.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub cpu: u128,
+    pub memory: u128,
+    pub pods: usize,
+}
+
+impl Usage {
+    pub fn cpu(&self) -> u64 {
+        u64::try_from(self.cpu).unwrap_or(u64::MAX)
+    }
+
+    pub fn memory(&self) -> u64 {
+        u64::try_from(self.memory).unwrap_or(u64::MAX)
+    }
+}
+
+/// A controller's pods that count as its replicas (not finished, not being deleted),
+/// and how many of them are ready: what a ReplicaSet's status reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Replicas {
+    pub active: usize,
+    pub ready: usize,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Index {
+    /// Nodes by name, parsed for the scheduler.
+    nodes: BTreeMap<String, Arc<NodeFit>>,
+    /// Per node name: the pods bound to it that hold resources (see [`holds_resources`]).
+    usage: HashMap<String, Usage>,
+    /// Per controller uid: how many of its pods holding resources each node has.
+    spread: HashMap<String, HashMap<String, usize>>,
+    /// Per namespace and controller uid: its replicas (a ReplicaSet counts the pods of
+    /// its own namespace only).
+    replicas: HashMap<(String, String), Replicas>,
+}
+
+/// The node a pod is bound to ("" while pending).
+pub fn node_name(pod: &Value) -> &str {
+    pod.pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
+/// Whether the pod counts against its node's resources: bound and not finished
+/// (a terminating pod still runs, and holds what it asked for until it is gone).
+pub fn holds_resources(pod: &Value) -> bool {
+    !node_name(pod).is_empty() && !pod_is_terminal(pod)
+}
+
+/// What the pod's containers request: millicores and bytes, read straight from the
+/// stored object (no full decode of each pod).
+pub fn requests_of_value(pod: &Value) -> (u64, u64) {
+    let Some(containers) = pod.pointer("/spec/containers").and_then(Value::as_array) else {
+        return (0, 0);
+    };
+    containers.iter().fold((0, 0), |(cpu, mem), c| {
+        let quantity = |name: &str| {
+            c.pointer("/resources/requests")
+                .and_then(|r| r.get(name))
+                .and_then(Value::as_str)
+        };
+        (
+            cpu.saturating_add(
+                quantity("cpu")
+                    .and_then(|q| parse_cpu_millis(q).ok())
+                    .unwrap_or(0),
+            ),
+            mem.saturating_add(
+                quantity("memory")
+                    .and_then(|q| parse_memory_bytes(q).ok())
+                    .unwrap_or(0),
+            ),
+        )
+    })
+}
+
+impl Index {
+    /// Accounts for `object` of `kind` appearing or going away; a change is the old
+    /// version going and the new one appearing.
+    pub fn count(&mut self, kind: Kind, object: &Value, appearing: bool) {
+        match kind {
+            Kind::Node => {
+                let name = name_of(object);
+                if appearing && let Some(fit) = NodeFit::parse(object) {
+                    self.nodes.insert(name.to_owned(), Arc::new(fit));
+                } else {
+                    self.nodes.remove(name);
+                }
+            }
+            Kind::Pod => self.count_pod(object, appearing),
+            Kind::Other => {}
+        }
+    }
+
+    fn count_pod(&mut self, pod: &Value, appearing: bool) {
+        let owner = controller_of(pod).map(|(_, _, uid)| uid);
+        if holds_resources(pod) {
+            let node = node_name(pod);
+            let (cpu, memory) = requests_of_value(pod);
+            let usage = self.usage.entry(node.to_owned()).or_default();
+            if appearing {
+                usage.cpu += u128::from(cpu);
+                usage.memory += u128::from(memory);
+                usage.pods += 1;
+            } else {
+                usage.cpu = usage.cpu.saturating_sub(u128::from(cpu));
+                usage.memory = usage.memory.saturating_sub(u128::from(memory));
+                usage.pods = usage.pods.saturating_sub(1);
+            }
+            if *usage == Usage::default() {
+                self.usage.remove(node);
+            }
+            if let Some(uid) = owner {
+                let nodes = self.spread.entry(uid.to_owned()).or_default();
+                let count = nodes.entry(node.to_owned()).or_default();
+                *count = if appearing {
+                    *count + 1
+                } else {
+                    count.saturating_sub(1)
+                };
+                if *count == 0 {
+                    nodes.remove(node);
+                }
+                if nodes.is_empty() {
+                    self.spread.remove(uid);
+                }
+            }
+        }
+        if let Some(uid) = owner
+            && !pod_is_terminal(pod)
+            && !pod_is_terminating(pod)
+        {
+            let key = (namespace_of(pod).to_owned(), uid.to_owned());
+            let replicas = self.replicas.entry(key.clone()).or_default();
+            let ready = usize::from(pod_is_ready(pod));
+            if appearing {
+                replicas.active += 1;
+                replicas.ready += ready;
+            } else {
+                replicas.active = replicas.active.saturating_sub(1);
+                replicas.ready = replicas.ready.saturating_sub(ready);
+            }
+            if *replicas == Replicas::default() {
+                self.replicas.remove(&key);
+            }
+        }
+    }
+
+    /// Nodes in name order.
+    pub fn nodes(&self) -> impl Iterator<Item = &Arc<NodeFit>> {
+        self.nodes.values()
+    }
+
+    pub fn usage(&self, node: &str) -> Usage {
+        self.usage.get(node).copied().unwrap_or_default()
+    }
+
+    /// How many pods of controller `uid` holding resources each node has.
+    pub fn spread(&self, uid: &str) -> impl Iterator<Item = (&str, usize)> {
+        self.spread
+            .get(uid)
+            .into_iter()
+            .flatten()
+            .map(|(node, count)| (node.as_str(), *count))
+    }
+
+    /// The replicas of controller `uid` in `namespace`.
+    pub fn replicas(&self, namespace: &str, uid: &str) -> Replicas {
+        self.replicas
+            .get(&(namespace.to_owned(), uid.to_owned()))
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
+/// The kinds the index looks at, told apart by key once per change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Node,
+    Pod,
+    Other,
+}
+
+static PREFIXES: LazyLock<[String; 2]> =
+    LazyLock::new(|| [prefix(&super::PODS, None), prefix(&super::NODES, None)]);
+
+impl Kind {
+    pub fn of_key(key: &str) -> Self {
+        let [pods, nodes] = &*PREFIXES;
+        if key.starts_with(pods.as_str()) {
+            Self::Pod
+        } else if key.starts_with(nodes.as_str()) {
+            Self::Node
+        } else {
+            Self::Other
+        }
+    }
+}
