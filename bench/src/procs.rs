@@ -296,32 +296,36 @@ impl Drop for Guarded {
 
 /// Clock ticks the kernel's softirq threads (ksoftirqd/N) have used.
 pub fn ksoftirqd_time() -> Duration {
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    let mut ticks = 0u64;
     let Ok(entries) = fs::read_dir("/proc") else {
         return Duration::ZERO;
     };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let is_ksoftirqd =
-            fs::read_to_string(path.join("comm")).is_ok_and(|comm| comm.starts_with("ksoftirqd/"));
-        if !is_ksoftirqd {
-            continue;
-        }
-        if let Ok(stat) = fs::read_to_string(path.join("stat"))
-            && let Some((_, rest)) = stat.rsplit_once(')')
-        {
-            // Fields after the name: state is field 3; utime and stime are 14 and 15.
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            for index in [11, 12] {
-                ticks += fields
-                    .get(index)
-                    .and_then(|f| f.parse::<u64>().ok())
-                    .unwrap_or(0);
-            }
-        }
-    }
+    entries
+        .flatten()
+        .filter(|entry| {
+            fs::read_to_string(entry.path().join("comm"))
+                .is_ok_and(|comm| comm.starts_with("ksoftirqd/"))
+        })
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .map(process_cpu_time)
+        .sum()
+}
+
+/// CPU time (user and system) process `pid` has used so far; zero once it is gone.
+pub fn process_cpu_time(pid: u32) -> Duration {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return Duration::ZERO;
+    };
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return Duration::ZERO;
+    };
+    // Fields after the name: state is field 3; utime and stime are 14 and 15.
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&index| fields.get(index)?.parse::<u64>().ok())
+        .sum();
     Duration::from_micros(ticks * 1_000_000 / hz)
 }
 

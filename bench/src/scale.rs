@@ -38,7 +38,7 @@ use hyper::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::procs::{Guarded, check_interrupted};
+use crate::procs::{Guarded, check_interrupted, machine_cpu, process_cpu_time};
 
 /// A real agent's heartbeat period (agent/src/run.rs).
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
@@ -140,6 +140,16 @@ pub struct Scheduling {
     pub pods_per_second: f64,
     /// Arrivals in each second from the Deployment's creation (the rate as it went).
     pub per_second: Vec<usize>,
+    /// CPU time the control plane used over the run, in seconds (0 in results from
+    /// before it was measured).
+    #[serde(default)]
+    pub control_cpu_secs: f64,
+    /// The whole machine's busy and total CPU time over the run, in seconds: the
+    /// simulated nodes, the control plane and anything else running.
+    #[serde(default)]
+    pub machine_busy_secs: f64,
+    #[serde(default)]
+    pub machine_total_secs: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -504,6 +514,8 @@ async fn scheduling(
         "scale: {} nodes: creating a Deployment of {pods} replicas",
         hollow.len()
     ));
+    let control_cpu_before = process_cpu_time(control.process.pid());
+    let (busy_before, total_before) = machine_cpu();
     let created = Instant::now();
     control
         .write(
@@ -530,6 +542,8 @@ async fn scheduling(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let control_cpu = process_cpu_time(control.process.pid()).saturating_sub(control_cpu_before);
+    let (busy_after, total_after) = machine_cpu();
     let prefix = format!("default/{SCALE_DEPLOYMENT}-");
     let arrivals: Vec<f64> = hollow
         .iter()
@@ -563,6 +577,9 @@ async fn scheduling(
             0.0
         },
         per_second,
+        control_cpu_secs: control_cpu.as_secs_f64(),
+        machine_busy_secs: busy_after.saturating_sub(busy_before).as_secs_f64(),
+        machine_total_secs: total_after.saturating_sub(total_before).as_secs_f64(),
     })
 }
 

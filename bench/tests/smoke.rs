@@ -67,6 +67,11 @@ fn smoke_run_writes_the_report_and_charts() {
             cluster.propagation.missed, 0,
             "every node got every endpoint"
         );
+        assert!(
+            cluster.scheduling.control_cpu_secs > 0.0
+                && cluster.scheduling.machine_total_secs > 0.0,
+            "the CPU the control plane and the machine used while scheduling was measured"
+        );
     }
     assert_eq!(
         scale.memory.services, 100,
