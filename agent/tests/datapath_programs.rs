@@ -403,11 +403,16 @@ fn failed_backend_gets_no_new_flows_and_its_flows_move_on_their_next_packet() {
     }
     assert!(moved > 0);
     assert_eq!(h.reason(Reason::Rebalanced) - rebalanced_before, moved);
+    assert_new_flows_avoid(&mut h, victim);
+}
+
+/// No new connection from the client (100 fresh ports) is sent to `backend`.
+fn assert_new_flows_avoid(h: &mut Harness, backend: Ipv4Addr) {
     for port in 41_000..41_100u16 {
         let frame = Frame::tcp((CLIENT.0, port), (VIP, 80)).build();
         assert_ne!(
             parsed(&h.run(program_names::FROM_POD, &frame).1).dst,
-            victim
+            backend
         );
     }
 }
@@ -434,13 +439,7 @@ fn terminating_backend_keeps_established_flows_but_gets_no_new_ones() {
         chosen,
         "the established connection stays"
     );
-    for port in 41_000..41_100u16 {
-        let frame = Frame::tcp((CLIENT.0, port), (VIP, 80)).build();
-        assert_ne!(
-            parsed(&h.run(program_names::FROM_POD, &frame).1).dst,
-            chosen
-        );
-    }
+    assert_new_flows_avoid(&mut h, chosen);
 }
 
 #[test]
