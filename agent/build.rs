@@ -1,5 +1,5 @@
 //! Builds the eBPF programs in ../ebpf for bpfel-unknown-none and leaves the object in
-//! OUT_DIR, where `datapath::loader` embeds it into the agent binary.
+//! OUT_DIR, where `datapath` (`EBPF_OBJECT` in agent/src/datapath/mod.rs) embeds it into the agent binary.
 
 use anyhow::Context as _;
 use aya_build::{Package, Toolchain};

@@ -648,7 +648,7 @@ pub fn markdown(results: &Results, command: &str) -> String {
          pod and three backend pods, wired by the agent's own pod networking (`podnet`: a veth per pod, /32 routes, \
          the node routes between pods). Every path crosses the same two veths each way.\n\
          - **Backends**: nginx, one worker process each (`master_process off`), answering `200` with a 7-byte body \
-         — the server the machine's earlier baselines (shared/notes/benchmarking.md) were measured with; an \
+         — the server this machine's earlier iptables/HAProxy baselines were measured with; an \
          event loop with a small, well-known cost per request, so differences come from the path, not the server.\n\
          - **Paths**: *direct (3 pod IPs)* — the limit: the client spreads its threads over the three backends' pod \
          IPs itself (wrk's `setup`/`thread.addr`), so as many server processes are busy as behind a VIP; *direct (1 \

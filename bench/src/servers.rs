@@ -1,7 +1,7 @@
 //! The backends (nginx) and the userspace proxy (HAProxy) the benchmark runs.
 //!
 //! Backends are nginx with one worker process each, not Berth's echo server: nginx is
-//! what the machine's baselines in shared/notes/benchmarking.md were measured with, it is
+//! what this machine's earlier iptables/nftables/HAProxy baselines were measured with, it is
 //! a single-threaded event loop per worker (so "3 backends" means 3 busy processes, in
 //! every mode alike), and its cost per request is low and well known, so the figures
 //! compare the paths to the backends rather than the backends.

@@ -1,5 +1,5 @@
 //! `metrics.k8s.io/v1beta1`: the latest load figures of nodes and pods, in the shape
-//! metrics-server serves (what `berthctl top` and `kubectl top` read). Read-only; the
+//! metrics-server serves (what `berthctl top` reads; `kubectl top` would too, once discovery is served). Read-only; the
 //! figures come from the agents' heartbeats (`crate::usage`).
 
 use std::collections::HashMap;
