@@ -1519,6 +1519,15 @@ impl ConntrackSweeper {
                 }
             }
             for key in expired {
+                // A packet may have replaced the entry since the walk (the programs treat
+                // an expired entry as absent and record the flow afresh): checked again
+                // just before the removal, which leaves a window of microseconds instead
+                // of the walk's seconds.
+                match table.get(&key, 0) {
+                    Ok(value) if ct_expired(value.state, value.last_seen_secs, now_secs) => {}
+                    Ok(_) | Err(MapError::KeyNotFound) => continue,
+                    Err(error) => return Err(map_error(name)(error)),
+                }
                 match table.remove(&key) {
                     Ok(()) => collected += 1,
                     Err(MapError::KeyNotFound) => {}
