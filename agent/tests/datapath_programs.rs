@@ -799,7 +799,7 @@ impl Harness {
             let entries: Vec<(FlowKey, CtEntry)> =
                 table.iter().map(|entry| entry.expect("entry")).collect();
             for (key, mut entry) in entries {
-                entry.last_seen_secs -= secs;
+                entry.last_seen_secs = entry.last_seen_secs.wrapping_sub(secs);
                 table.insert(key, entry, 0).expect("aging an entry");
             }
         }
