@@ -831,6 +831,13 @@ fn expired_entries_are_absent_for_the_programs() {
         VIP,
         "a UDP stream outlives the one-way timeout"
     );
+    let before = h.new_connections();
+    h.run(program_names::FROM_POD, &request);
+    assert_eq!(
+        h.new_connections(),
+        before,
+        "the reply kept the client's direction alive too"
+    );
     h.age_connections(121);
     let (_, out, counted) = h.run_counting(program_names::TO_POD, &reply, Reason::PassNotService);
     assert_eq!((out, counted), (reply, true), "an expired flow's reply");
@@ -902,4 +909,33 @@ fn the_sweep_collects_entries_past_their_lifetime() {
         2
     );
     assert_eq!(tracked(&h), 0);
+}
+
+#[test]
+fn a_tunnelled_connection_moves_to_the_main_table_on_the_clients_ack() {
+    let mut h = Harness::new(vec![web(three_backends())]);
+    let backend = Ipv4Addr::new(198, 18, 1, 3);
+    let syn = Frame::tcp(CLIENT, (EXTERNAL_IP, 80));
+    assert_eq!(
+        h.run(program_names::EXTERNAL, &tunnelled(&syn, (backend, 8080)))
+            .0,
+        XDP_PASS
+    );
+    let mut syn_ack = Frame::tcp((backend, 8080), CLIENT);
+    syn_ack.tcp_flags = 0x12;
+    let (_, out) = h.run(program_names::FROM_POD, &syn_ack.build());
+    assert_eq!(
+        parsed(&out).src,
+        EXTERNAL_IP,
+        "the SYN-ACK of a half-open connection"
+    );
+    let mut ack = syn.clone();
+    ack.tcp_flags = 0x10;
+    h.run(program_names::EXTERNAL, &tunnelled(&ack, (backend, 8080)));
+    // Data from the backend (no SYN, no RST) finds its entry in the main table only.
+    let data = tcp_established((backend, 8080), CLIENT);
+    let (_, out, counted) =
+        h.run_counting(program_names::FROM_POD, &data, Reason::ReverseTranslated);
+    assert!(counted);
+    assert_eq!(parsed(&out).src, EXTERNAL_IP);
 }
