@@ -478,7 +478,11 @@ pub fn track_tunnelled_reply(flow: &Flow, entry: &CtEntry) {
     if flow.proto == IPPROTO_TCP && flow.opens_connection {
         // SAFETY: copied out at once (see `service`).
         let current = unsafe { HALF_OPEN.get(key).copied() };
-        if !current.is_some_and(|current| current.same_translation(&wanted)) {
+        let fresh = current.is_some_and(|current| {
+            current.same_translation(&wanted)
+                && !ct_expired(current.state, current.last_seen_secs, now)
+        });
+        if !fresh {
             let pending = CtEntry {
                 state: CT_SYN_SENT,
                 last_seen_secs: now,
