@@ -527,10 +527,11 @@ pub fn track_tunnelled_reply(flow: &Flow, entry: &CtEntry) {
 #[inline(always)]
 pub fn reply(flow: &Flow) -> Option<CtEntry> {
     let key = flow.key(CT_REVERSE);
-    let now = now_secs();
     if let Some(pointer) = CT.get_ptr_mut(key) {
         // SAFETY: a pointer into the map, copied at once.
         let entry = unsafe { *pointer };
+        // Read here, not before the lookup: traffic of no service skips the clock too.
+        let now = now_secs();
         if ct_expired(entry.state, entry.last_seen_secs, now) {
             return None;
         }
@@ -562,5 +563,5 @@ pub fn reply(flow: &Flow) -> Option<CtEntry> {
     }
     // SAFETY: copied out at once (see `service`).
     let entry = unsafe { HALF_OPEN.get(key).copied() }?;
-    (!ct_expired(entry.state, entry.last_seen_secs, now)).then_some(entry)
+    (!ct_expired(entry.state, entry.last_seen_secs, now_secs())).then_some(entry)
 }
