@@ -8,8 +8,8 @@ use std::{
 };
 
 use prometheus::{
-    Encoder as _, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
     core::{Collector, Desc},
     proto::MetricFamily,
 };
@@ -257,6 +257,8 @@ pub struct AgentMetrics {
     pub apply_duration: Histogram,
     /// From the moment a change arrived from the control plane to the maps being written.
     pub propagation: Histogram,
+    /// Conntrack entries collected by the agent's sweep after their lifetime.
+    pub conntrack_collected: IntCounter,
 }
 
 impl AgentMetrics {
@@ -279,6 +281,11 @@ impl AgentMetrics {
             )
             .buckets(buckets),
         )?;
+        let conntrack_collected = IntCounter::new(
+            "berth_datapath_conntrack_collected_total",
+            "Connection tracking entries removed by the agent after their lifetime",
+        )?;
+        registry.register(Box::new(conntrack_collected.clone()))?;
         registry.register(Box::new(apply_duration.clone()))?;
         registry.register(Box::new(propagation.clone()))?;
         if let Some(datapath) = datapath {
@@ -288,6 +295,7 @@ impl AgentMetrics {
             registry,
             apply_duration,
             propagation,
+            conntrack_collected,
         })
     }
 

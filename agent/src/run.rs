@@ -5,7 +5,8 @@
 //! containers keep being restarted.
 
 use std::{
-    collections::BTreeSet,
+    collections::BTreeMap,
+    net::Ipv4Addr,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -21,7 +22,10 @@ use tokio::sync::{mpsc, watch};
 use crate::{
     config::Config,
     controlplane::{self, Objects, Watched},
-    datapath::{Datapath, DatapathOptions, Limits, ServiceSet, resolve_neighbours},
+    datapath::{
+        ConntrackSweeper, Datapath, DatapathOptions, Limits, ServiceSet, monotonic_secs,
+        resolve_neighbours,
+    },
     dns::{DnsServer, Records},
     ipam::Cidr,
     metrics::AgentMetrics,
@@ -94,8 +98,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .attach_external_interface(interface, config.xdp_mode)
             .with_context(|| format!("attaching XDP to {interface}"))?;
     }
+    let sweeper = datapath
+        .conntrack_sweeper()
+        .context("opening the conntrack tables for the sweep")?;
     let datapath = Arc::new(Mutex::new(datapath));
     let metrics = AgentMetrics::new(Some(datapath.clone()))?;
+    tokio::spawn(sweep_conntrack(
+        sweeper,
+        metrics.conntrack_collected.clone(),
+    ));
     let (metrics_addr, _metrics_task) = metrics.serve(config.metrics_listen).await?;
     let dns = DnsServer::start(config.dns_listen, &config.cluster_domain).await?;
 
@@ -181,8 +192,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         started,
         config.node_address,
     ));
-    // Host veths with the east-west programs attached.
-    let mut attached: BTreeSet<String> = BTreeSet::new();
+    // Host veths with the east-west programs attached, and their pods' addresses.
+    let mut attached: BTreeMap<String, Ipv4Addr> = BTreeMap::new();
     let mut logs = tokio::time::interval(Duration::from_secs(1));
     let mut neighbours = tokio::time::interval(Duration::from_secs(30));
     loop {
@@ -299,34 +310,67 @@ fn apply(
     }
 }
 
-/// Keeps the east-west programs on exactly the veths of the pods that have a network.
+/// Keeps the east-west programs on exactly the veths of the pods that have a network,
+/// each registered with its pod's address (anti-spoofing).
 /// Attaching an interface that is already attached (a restarted agent, whose links are
 /// pinned) replaces the program behind its link, which is harmless.
 fn attach_pod_programs(
     datapath: &Arc<Mutex<Datapath>>,
     reports: &[PodReport],
-    attached: &mut BTreeSet<String>,
+    attached: &mut BTreeMap<String, Ipv4Addr>,
 ) {
-    let wanted: BTreeSet<String> = reports
+    let wanted: BTreeMap<String, Ipv4Addr> = reports
         .iter()
-        .filter(|report| report.pod_ip.is_some())
-        .filter_map(|report| podnet::host_veth_name(&report.uid).ok())
+        .filter_map(|report| {
+            let veth = podnet::host_veth_name(&report.uid).ok()?;
+            Some((veth, report.pod_ip?))
+        })
         .collect();
     let mut datapath = match datapath.lock() {
         Ok(datapath) => datapath,
         Err(poisoned) => poisoned.into_inner(),
     };
-    for veth in wanted.difference(attached) {
-        if let Err(error) = datapath.attach_pod_interface(veth) {
+    for (veth, pod_ip) in &wanted {
+        if attached.get(veth) != Some(pod_ip)
+            && let Err(error) = datapath.attach_pod_interface(veth, *pod_ip)
+        {
             tracing::error!(%veth, %error, "attaching the datapath to a pod");
         }
     }
-    for veth in attached.difference(&wanted) {
+    for veth in attached.keys().filter(|veth| !wanted.contains_key(*veth)) {
         if let Err(error) = datapath.detach_pod_interface(veth) {
             tracing::warn!(%veth, %error, "detaching the datapath from a pod");
         }
     }
     *attached = wanted;
+}
+
+/// How often expired conntrack entries are collected: the shortest lifetime (a reset
+/// connection's 10 seconds) is not worth chasing, a table full of dead UDP flows is.
+const CONNTRACK_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Collects expired conntrack entries, off the event loop and without the datapath's
+/// lock (a full table's walk takes seconds).
+async fn sweep_conntrack(sweeper: ConntrackSweeper, collected: prometheus::IntCounter) {
+    let sweeper = Arc::new(Mutex::new(sweeper));
+    let mut interval = tokio::time::interval(CONNTRACK_SWEEP_INTERVAL);
+    loop {
+        interval.tick().await;
+        let sweeper = sweeper.clone();
+        let swept = tokio::task::spawn_blocking(move || {
+            let mut sweeper = match sweeper.lock() {
+                Ok(sweeper) => sweeper,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            sweeper.sweep(monotonic_secs())
+        })
+        .await;
+        match swept {
+            Ok(Ok(count)) => collected.inc_by(count),
+            Ok(Err(error)) => tracing::warn!(%error, "collecting expired conntrack entries"),
+            Err(error) => tracing::warn!(%error, "the conntrack sweep stopped"),
+        }
+    }
 }
 
 fn warm_neighbours(set: &ServiceSet, own: std::net::Ipv4Addr) {

@@ -3,11 +3,15 @@
 
 use std::{net::Ipv4Addr, time::Duration};
 
+use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 use berth_agent::datapath::{
     Algorithm, BackendSpec, BackendState, Datapath, DatapathOptions, Frontend, Limits, Node,
-    Protocol, Service, ServiceSet,
+    Protocol, Service, ServiceSet, monotonic_secs,
 };
-use berth_ebpf_common::{Reason, program_names};
+use berth_ebpf_common::{
+    CT_TIMEOUT_CLOSED, CT_TIMEOUT_ESTABLISHED, CT_TIMEOUT_SYN_SENT, CT_TIMEOUT_UDP, CtEntry,
+    FlowKey, Reason, map_names, program_names,
+};
 use berth_testkit::{
     PinDir,
     packet::{self, Frame, ICMP, IPIP, Parsed},
@@ -76,7 +80,7 @@ fn set(services: Vec<Service>) -> ServiceSet {
 struct Harness {
     datapath: Datapath,
     // Dropped after the datapath, so its maps are unpinned last.
-    _pins: PinDir,
+    pins: PinDir,
 }
 
 impl Harness {
@@ -98,10 +102,7 @@ impl Harness {
         })
         .expect("loading the datapath");
         datapath.apply(&set(services)).expect("applying services");
-        Harness {
-            datapath,
-            _pins: pins,
-        }
+        Harness { datapath, pins }
     }
 
     /// Applies `backends` as the service's set with the one at `addr` in `state`.
@@ -596,18 +597,22 @@ fn xdp_handles_odd_packets() {
     assert!(p.ip_checksum_ok && p.l4_checksum_ok);
 }
 
+/// `inner` as the peer node sends it to `backend` in IPIP: the backend's port in the
+/// outer IP id.
+fn tunnelled(inner: &Frame, (backend, port): (Ipv4Addr, u16)) -> Vec<u8> {
+    let mut outer = packet::ipv4_packet(PEER_NODE_ADDR, backend, IPIP, &[], 0x4000, &inner.ipv4());
+    outer[4..6].copy_from_slice(&port.to_be_bytes());
+    outer[10..12].copy_from_slice(&[0, 0]);
+    let check = packet::internet_checksum(&outer[..20]);
+    outer[10..12].copy_from_slice(&check.to_be_bytes());
+    packet::ethernet([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 9], 0x0800, &outer)
+}
+
 #[test]
 fn xdp_unwraps_ipip_from_a_known_node_and_delivers_to_the_backend() {
     let mut h = Harness::new(vec![web(three_backends())]);
     let backend = Ipv4Addr::new(198, 18, 1, 3);
-    let inner = Frame::tcp(CLIENT, (EXTERNAL_IP, 80)).ipv4();
-    let mut outer = packet::ipv4_packet(PEER_NODE_ADDR, backend, IPIP, &[], 0x4000, &inner);
-    // The sending node puts the backend's port in the outer IP id.
-    outer[4..6].copy_from_slice(&8080u16.to_be_bytes());
-    outer[10..12].copy_from_slice(&[0, 0]);
-    let check = packet::internet_checksum(&outer[..20]);
-    outer[10..12].copy_from_slice(&check.to_be_bytes());
-    let frame = packet::ethernet([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 9], 0x0800, &outer);
+    let frame = tunnelled(&Frame::tcp(CLIENT, (EXTERNAL_IP, 80)), (backend, 8080));
 
     let (verdict, out, counted) =
         h.run_counting(program_names::EXTERNAL, &frame, Reason::TunnelDelivered);
@@ -631,4 +636,306 @@ fn xdp_unwraps_ipip_from_a_known_node_and_delivers_to_the_backend() {
     let (verdict, out, counted) =
         h.run_counting(program_names::EXTERNAL, &foreign, Reason::PassForeignTunnel);
     assert_eq!((verdict, out, counted), (XDP_PASS, foreign, true));
+}
+
+#[test]
+fn ipip_to_a_pod_port_that_is_no_local_service_backend_is_dropped_and_counted() {
+    let mut backends = three_backends();
+    let remote = Ipv4Addr::new(198, 18, 2, 9);
+    backends.push(BackendSpec {
+        addr: remote,
+        port: 8080,
+        node_id: 2,
+        state: BackendState::Active,
+    });
+    let mut h = Harness::new(vec![web(backends)]);
+    let backend = Ipv4Addr::new(198, 18, 1, 3);
+    let to_external = Frame::tcp(CLIENT, (EXTERNAL_IP, 80));
+    for (frame, what) in [
+        (
+            tunnelled(&to_external, (backend, 22)),
+            "a backend pod's other port",
+        ),
+        (
+            tunnelled(&to_external, (Ipv4Addr::new(198, 18, 1, 77), 8080)),
+            "a pod that is no backend",
+        ),
+        (
+            tunnelled(&to_external, (remote, 8080)),
+            "another node's backend",
+        ),
+        (
+            tunnelled(&Frame::tcp(CLIENT, (VIP, 80)), (backend, 8080)),
+            "a ClusterIP, which is not reachable from outside",
+        ),
+        (
+            tunnelled(
+                &Frame::tcp(CLIENT, (Ipv4Addr::new(198, 18, 7, 7), 80)),
+                (backend, 8080),
+            ),
+            "no frontend at all",
+        ),
+    ] {
+        let (verdict, _, counted) = h.run_counting(
+            program_names::EXTERNAL,
+            &frame,
+            Reason::DropTunnelNotBackend,
+        );
+        assert_eq!((verdict, counted), (XDP_DROP, true), "{what}");
+    }
+    // Nothing was recorded for the dropped packets: a reply is not translated.
+    let reply = Frame::tcp((backend, 22), CLIENT).build();
+    let (_, out) = h.run(program_names::FROM_POD, &reply);
+    assert_eq!(out, reply);
+    // The local backend itself is still delivered to.
+    let frame = tunnelled(&to_external, (backend, 8080));
+    let (verdict, _, counted) =
+        h.run_counting(program_names::EXTERNAL, &frame, Reason::TunnelDelivered);
+    assert_eq!((verdict, counted), (XDP_PASS, true));
+}
+
+/// The pod's address the anti-spoofing test registers for the test runs' interface.
+const POD: Ipv4Addr = CLIENT.0;
+
+#[test]
+fn a_spoofed_source_leaving_a_pod_is_dropped_and_counted() {
+    let mut h = Harness::new(vec![web(three_backends())]);
+    // BPF_PROG_TEST_RUN hands TC programs a packet on the loopback interface: registered
+    // as the pod's veth, its packets must come from the pod's address.
+    h.datapath
+        .register_pod_interface("lo", POD)
+        .expect("registering the pod interface");
+    let spoofer = Ipv4Addr::new(198, 18, 10, 99);
+    let mut icmp = Frame::tcp((spoofer, 0), (Ipv4Addr::new(198, 18, 7, 7), 0));
+    icmp.proto = ICMP;
+    for frame in [
+        Frame::tcp((spoofer, 40_000), (VIP, 80)).build(),
+        Frame::udp((spoofer, 40_000), (Ipv4Addr::new(198, 18, 7, 7), 53)).build(),
+        icmp.build(),
+    ] {
+        let (verdict, _, counted) =
+            h.run_counting(program_names::FROM_POD, &frame, Reason::DropSpoofedSource);
+        assert_eq!((verdict, counted), (TC_ACT_SHOT, true));
+    }
+    assert_eq!(
+        h.datapath.tracked_connections().expect("conntrack"),
+        0,
+        "a spoofed packet leaves no state"
+    );
+    // The pod's own address goes through.
+    let frame = Frame::tcp((POD, 40_000), (VIP, 80)).build();
+    let (verdict, _, counted) = h.run_counting(program_names::FROM_POD, &frame, Reason::Translated);
+    assert_ne!(verdict, TC_ACT_SHOT);
+    assert!(counted);
+    // Non-IP frames (ARP) pass as before: only IPv4 carries a source to check.
+    let mut arp = Frame::tcp((spoofer, 0), (VIP, 0)).build();
+    arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    let (verdict, out, counted) =
+        h.run_counting(program_names::FROM_POD, &arp, Reason::PassNotIpv4);
+    assert_eq!((verdict, out, counted), (TC_ACT_OK, arp, true));
+    // The check is the pod veth's only: replies arriving for the pod are not checked.
+    let reply = Frame::tcp((spoofer, 80), (POD, 40_000)).build();
+    let (verdict, _) = h.run(program_names::TO_POD, &reply);
+    assert_eq!(verdict, TC_ACT_OK);
+}
+
+#[test]
+fn a_syn_flood_does_not_evict_established_connections() {
+    let mut h = Harness::new(vec![web(three_backends())]);
+    // Fifty connections through their handshake: the SYN, then the client's ACK.
+    let established: Vec<(u16, Ipv4Addr)> = (40_000..40_050u16)
+        .map(|port| {
+            let syn = Frame::tcp((CLIENT.0, port), (VIP, 80)).build();
+            let backend = parsed(&h.run(program_names::FROM_POD, &syn).1).dst;
+            let ack = tcp_established((CLIENT.0, port), (VIP, 80));
+            assert_eq!(parsed(&h.run(program_names::FROM_POD, &ack).1).dst, backend);
+            (port, backend)
+        })
+        .collect();
+    // SYNs from spoofed outside clients, ten times the size of the main table (4,096
+    // connections, 8,192 entries) and forty times the half-open one's.
+    let mut flooded = 0;
+    for source in 0..80u8 {
+        for port in 0..1_000u16 {
+            let syn = Frame::tcp(
+                (Ipv4Addr::new(198, 18, 100, source), 10_000 + port),
+                (EXTERNAL_IP, 80),
+            )
+            .build();
+            let (verdict, _) = h.run(program_names::EXTERNAL, &syn);
+            assert_eq!(verdict, XDP_PASS);
+            flooded += 1;
+        }
+    }
+    assert_eq!(flooded, 80_000);
+    for (port, backend) in established {
+        let reply = tcp_established((backend, 8080), (CLIENT.0, port));
+        let (verdict, out, counted) =
+            h.run_counting(program_names::TO_POD, &reply, Reason::ReverseTranslated);
+        assert_eq!(
+            (verdict, counted),
+            (TC_ACT_OK, true),
+            "reply of port {port}"
+        );
+        let p = parsed(&out);
+        assert_eq!((p.src, p.src_port), (VIP, 80));
+        let next = tcp_established((CLIENT.0, port), (VIP, 80));
+        assert_eq!(
+            parsed(&h.run(program_names::FROM_POD, &next).1).dst,
+            backend,
+            "the connection keeps its backend"
+        );
+    }
+}
+
+impl Harness {
+    /// Moves every conntrack entry's last packet `secs` into the past, as if that much
+    /// time went by without traffic.
+    fn age_connections(&self, secs: u32) {
+        for name in [map_names::CONNTRACK, map_names::HALF_OPEN] {
+            let data = MapData::from_pin(self.pins.path().join(name)).expect("pinned table");
+            let mut table: BpfHashMap<_, FlowKey, CtEntry> =
+                BpfHashMap::try_from(Map::LruHashMap(data)).expect("conntrack table");
+            let entries: Vec<(FlowKey, CtEntry)> =
+                table.iter().map(|entry| entry.expect("entry")).collect();
+            for (key, mut entry) in entries {
+                entry.last_seen_secs = entry.last_seen_secs.wrapping_sub(secs);
+                table.insert(key, entry, 0).expect("aging an entry");
+            }
+        }
+    }
+
+    fn new_connections(&self) -> u64 {
+        self.datapath
+            .service_traffic()
+            .expect("service traffic")
+            .iter()
+            .map(|report| report.traffic.new_connections)
+            .sum()
+    }
+}
+
+#[test]
+fn expired_entries_are_absent_for_the_programs() {
+    let mut h = Harness::new(vec![web(three_backends())]);
+    let request = Frame::udp(CLIENT, (VIP, 80)).build();
+    let backend = parsed(&h.run(program_names::FROM_POD, &request).1).dst;
+    let reply = Frame::udp((backend, 8080), CLIENT).build();
+    let (_, out) = h.run(program_names::TO_POD, &reply);
+    assert_eq!(parsed(&out).src, VIP, "a fresh flow's reply is translated");
+    // A UDP flow with replies lives two minutes from its last packet.
+    h.age_connections(CT_TIMEOUT_UDP + 5);
+    let (_, out) = h.run(program_names::TO_POD, &reply);
+    assert_eq!(
+        parsed(&out).src,
+        VIP,
+        "a UDP stream outlives the one-way timeout"
+    );
+    let before = h.new_connections();
+    h.run(program_names::FROM_POD, &request);
+    assert_eq!(
+        h.new_connections(),
+        before,
+        "the reply kept the client's direction alive too"
+    );
+    h.age_connections(121);
+    let (_, out, counted) = h.run_counting(program_names::TO_POD, &reply, Reason::PassNotService);
+    assert_eq!((out, counted), (reply, true), "an expired flow's reply");
+    let before = h.new_connections();
+    h.run(program_names::FROM_POD, &request);
+    assert_eq!(
+        h.new_connections(),
+        before + 1,
+        "the next packet opens a new flow"
+    );
+}
+
+#[test]
+fn the_sweep_collects_entries_past_their_lifetime() {
+    let mut h = Harness::new(vec![web(three_backends())]);
+    let mut sweeper = h.datapath.conntrack_sweeper().expect("sweeper");
+    // One connection of each kind: established, reset, half-open, and a UDP flow.
+    let established = tcp_established((CLIENT.0, 40_001), (VIP, 80));
+    h.run(
+        program_names::FROM_POD,
+        &Frame::tcp((CLIENT.0, 40_001), (VIP, 80)).build(),
+    );
+    h.run(program_names::FROM_POD, &established);
+    h.run(
+        program_names::FROM_POD,
+        &Frame::tcp((CLIENT.0, 40_002), (VIP, 80)).build(),
+    );
+    let mut reset = Frame::tcp((CLIENT.0, 40_002), (VIP, 80));
+    reset.tcp_flags = 0x10;
+    h.run(program_names::FROM_POD, &reset.build());
+    reset.tcp_flags = 0x14;
+    h.run(program_names::FROM_POD, &reset.build());
+    h.run(
+        program_names::FROM_POD,
+        &Frame::tcp((CLIENT.0, 40_003), (VIP, 80)).build(),
+    );
+    h.run(
+        program_names::FROM_POD,
+        &Frame::udp(CLIENT, (VIP, 80)).build(),
+    );
+    let tracked = |h: &Harness| h.datapath.tracked_connections().expect("conntrack");
+    assert_eq!(tracked(&h), 4);
+
+    let now = monotonic_secs();
+    // Each step collects one connection: its forward and its reverse entry.
+    assert_eq!(sweeper.sweep(now + 2).expect("sweep"), 0);
+    assert_eq!(
+        sweeper.sweep(now + CT_TIMEOUT_CLOSED + 2).expect("sweep"),
+        2
+    );
+    assert_eq!(tracked(&h), 3, "the reset connection went first");
+    assert_eq!(sweeper.sweep(now + CT_TIMEOUT_UDP + 2).expect("sweep"), 2);
+    assert_eq!(
+        sweeper.sweep(now + CT_TIMEOUT_SYN_SENT + 2).expect("sweep"),
+        2
+    );
+    assert_eq!(tracked(&h), 1);
+    assert_eq!(
+        sweeper
+            .sweep(now + CT_TIMEOUT_ESTABLISHED - 10)
+            .expect("sweep"),
+        0,
+        "an established connection lives a day"
+    );
+    assert_eq!(
+        sweeper
+            .sweep(now + CT_TIMEOUT_ESTABLISHED + 2)
+            .expect("sweep"),
+        2
+    );
+    assert_eq!(tracked(&h), 0);
+}
+
+#[test]
+fn a_tunnelled_connection_moves_to_the_main_table_on_the_clients_ack() {
+    let mut h = Harness::new(vec![web(three_backends())]);
+    let backend = Ipv4Addr::new(198, 18, 1, 3);
+    let syn = Frame::tcp(CLIENT, (EXTERNAL_IP, 80));
+    assert_eq!(
+        h.run(program_names::EXTERNAL, &tunnelled(&syn, (backend, 8080)))
+            .0,
+        XDP_PASS
+    );
+    let mut syn_ack = Frame::tcp((backend, 8080), CLIENT);
+    syn_ack.tcp_flags = 0x12;
+    let (_, out) = h.run(program_names::FROM_POD, &syn_ack.build());
+    assert_eq!(
+        parsed(&out).src,
+        EXTERNAL_IP,
+        "the SYN-ACK of a half-open connection"
+    );
+    let mut ack = syn.clone();
+    ack.tcp_flags = 0x10;
+    h.run(program_names::EXTERNAL, &tunnelled(&ack, (backend, 8080)));
+    // Data from the backend (no SYN, no RST) finds its entry in the main table only.
+    let data = tcp_established((backend, 8080), CLIENT);
+    let (_, out, counted) =
+        h.run_counting(program_names::FROM_POD, &data, Reason::ReverseTranslated);
+    assert!(counted);
+    assert_eq!(parsed(&out).src, EXTERNAL_IP);
 }

@@ -7,8 +7,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use berth_ebpf_common::{
-    AffinityKey, AffinityValue, Backend, CtEntry, DatapathConfig, FlowKey, Reason, ServiceKey,
-    ServiceValue, Traffic, defaults,
+    AffinityKey, AffinityValue, Backend, BackendAddr, CtEntry, DatapathConfig, FlowKey, Reason,
+    ServiceKey, ServiceValue, Traffic, defaults,
 };
 
 #[map(name = "BERTH_CONFIG")]
@@ -35,8 +35,20 @@ pub static ROUND_ROBIN: Array<u64> = Array::pinned(
     BPF_F_MMAPABLE,
 );
 
+/// Established connections (and UDP flows): what every packet of a tracked flow looks up.
 #[map(name = "BERTH_CT")]
 pub static CT: LruHashMap<FlowKey, CtEntry> = LruHashMap::pinned(defaults::MAX_CONNECTIONS * 2, 0);
+
+/// TCP connections that have sent only their SYN, moved to `CT` by the client's first
+/// ACK. A SYN flood evicts entries of this table only, never an established connection.
+#[map(name = "BERTH_CT_SYN")]
+pub static HALF_OPEN: LruHashMap<FlowKey, CtEntry> =
+    LruHashMap::pinned(defaults::MAX_CONNECTIONS * 2 / defaults::HALF_OPEN_SHARE, 0);
+
+/// (address, port) of every backend on this node → its backend id: the only places
+/// IPIP from other nodes is delivered to.
+#[map(name = "BERTH_LOCAL_BE")]
+pub static LOCAL_BACKENDS: HashMap<BackendAddr, u32> = HashMap::pinned(defaults::MAX_BACKENDS, 0);
 
 #[map(name = "BERTH_AFFINITY")]
 pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
@@ -46,8 +58,9 @@ pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
 #[map(name = "BERTH_NODES")]
 pub static NODES: HashMap<u32, u32> = HashMap::pinned(defaults::MAX_NODES, 0);
 
-/// Host-side ifindex of every pod veth on this node: where a packet may be handed
-/// straight to the pod with bpf_redirect_peer (only a veth has a peer to hand it to).
+/// Host-side ifindex of every pod veth on this node → the pod's IPv4 address (network
+/// order): where a packet may be handed straight to the pod with bpf_redirect_peer (only
+/// a veth has a peer to hand it to), and the only source address its packets may carry.
 #[map(name = "BERTH_POD_IFACES")]
 pub static POD_INTERFACES: HashMap<u32, u32> = HashMap::pinned(defaults::MAX_POD_INTERFACES, 0);
 

@@ -57,6 +57,9 @@ fn from_pod(ctx: &TcContext) -> Reason {
     let Some(config) = config() else {
         return Reason::PassNotConfigured;
     };
+    if spoofed(ctx) {
+        return Reason::DropSpoofedSource;
+    }
     let (flow, l4) = match parse(ctx) {
         Ok(parsed) => parsed,
         Err(reason) => return reason,
@@ -75,11 +78,9 @@ fn from_pod(ctx: &TcContext) -> Reason {
         }
     };
     let entry = target.entry;
-    if target.new_flow {
-        // Replies come back through this node whatever node the backend is on: the
-        // client pod's veth (remote backend) or the backend's own veth (local backend).
-        lb::track_reply(&flow, &entry);
-    }
+    // Replies come back through this node whatever node the backend is on: the client
+    // pod's veth (remote backend) or the backend's own veth (local backend).
+    lb::track_reply(&flow, &entry, target.reply);
     if rewrite(
         ctx,
         l4,
@@ -94,6 +95,24 @@ fn from_pod(ctx: &TcContext) -> Reason {
     }
     account(&entry, u64::from(ctx.len()), target.new_flow);
     Reason::Translated
+}
+
+/// Whether an IPv4 packet leaving a pod carries a source address other than the pod's
+/// (the agent registers each pod veth with its pod's address before it attaches the
+/// programs). Only IPv4 is checked: ARP and IPv6 pass as before, and IPv4 packets too
+/// short to hold a source address are left to the parser's reasons.
+#[inline(always)]
+fn spoofed(ctx: &TcContext) -> bool {
+    // SAFETY: reading a field of the program's own context.
+    let ingress = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: copied out at once; the agent replaces whole entries.
+    let Some(pod_addr) = (unsafe { POD_INTERFACES.get(ingress) }).copied() else {
+        return false;
+    };
+    match (ctx.load::<u16>(12), ctx.load::<u32>(IP_SRC)) {
+        (Ok(ether_type), Ok(src)) => ether_type == 0x0800u16.to_be() && src != pod_addr,
+        _ => false,
+    }
 }
 
 fn to_pod(ctx: &TcContext) -> Reason {
@@ -206,6 +225,7 @@ fn parse(ctx: &TcContext) -> Result<(Flow, usize), Reason> {
             dst_port,
             proto,
             opens_connection: lb::opens_connection(proto, tcp_flags),
+            tcp_flags,
         },
         l4,
     ))

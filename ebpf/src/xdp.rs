@@ -18,14 +18,14 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use berth_ebpf_common::{
-    CT_FLAG_REMOTE, CtEntry, DatapathConfig, IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP, Reason,
-    SVC_FLAG_EXTERNAL,
+    BackendAddr, CT_FLAG_REMOTE, CtEntry, DatapathConfig, IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP,
+    Reason, SVC_FLAG_EXTERNAL,
 };
 
 use crate::{
     csum,
     lb::{self, Flow},
-    maps::{NODES, account, config, count},
+    maps::{LOCAL_BACKENDS, NODES, account, config, count},
     route,
 };
 
@@ -148,6 +148,7 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Result<Parsed, Reason> {
             dst_port,
             proto,
             opens_connection: lb::opens_connection(proto, tcp_flags),
+            tcp_flags,
         },
         l3,
         l4,
@@ -188,9 +189,7 @@ fn external(ctx: &XdpContext) -> (Reason, u32) {
         // The backend's node translates the replies: it records them when it unwraps.
         return to_tunnel(ctx, &packet, &config, &target.entry);
     }
-    if target.new_flow {
-        lb::track_reply(&packet.flow, &target.entry);
-    }
+    lb::track_reply(&packet.flow, &target.entry, target.reply);
     match translate_destination(ctx, &packet, target.entry.addr, target.entry.port) {
         Some(()) => pass(Reason::Translated),
         None => drop(Reason::DropRewriteFailed),
@@ -309,6 +308,21 @@ fn from_tunnel(ctx: &XdpContext, outer: &Parsed) -> (Reason, u32) {
         Err(reason) => return pass(reason),
     };
     let client = inner.flow;
+    // Only a backend of an external frontend on this node is a tunnel's destination:
+    // anything else (a pod's port that serves no Service, a frontend that is not
+    // external) would let any node, or anyone who can forge a node's address, reach
+    // pods past the network's policy.
+    let service = lb::service(&client).filter(|service| service.flags & SVC_FLAG_EXTERNAL != 0);
+    let local_backend = BackendAddr {
+        addr: backend_addr,
+        port: backend_port,
+        _pad: 0,
+    };
+    // SAFETY: only checked for presence.
+    let Some(service) = service.filter(|_| unsafe { LOCAL_BACKENDS.get(local_backend) }.is_some())
+    else {
+        return drop(Reason::DropTunnelNotBackend);
+    };
     let Some(ethernet) = read::<[u8; ETH_HLEN]>(ctx, 0) else {
         return pass(Reason::PassTruncated);
     };
@@ -328,16 +342,14 @@ fn from_tunnel(ctx: &XdpContext, outer: &Parsed) -> (Reason, u32) {
     if translate_destination(ctx, &packet, backend_addr, backend_port).is_none() {
         return drop(Reason::DropRewriteFailed);
     }
-    let service_id = lb::service(&client).map_or(u32::MAX, |service| service.id);
     let entry = CtEntry {
         addr: backend_addr,
         port: backend_port,
-        flags: 0,
-        _pad: 0,
         // Backend ids are node-local; the node that chose the backend counts per backend.
         backend_id: u32::MAX,
-        service_id,
+        service_id: service.id,
+        ..CtEntry::default()
     };
-    lb::track_reply(&client, &entry);
+    lb::track_tunnelled_reply(&client, &entry);
     pass(Reason::TunnelDelivered)
 }

@@ -107,14 +107,14 @@ impl SimNode {
 
     /// Opens the datapath (again, after [`SimNode::close_datapath`]): the programs are
     /// reloaded, the pinned maps reused and the pinned links' programs replaced.
-    pub fn open_datapath(&mut self, pod_veths: &[String]) {
+    pub fn open_datapath(&mut self, pod_veths: &[(String, Ipv4Addr)]) {
         let options = self.options();
         let veths = pod_veths.to_vec();
         let datapath = self.ns.run(move || {
             let mut datapath = Datapath::open(options).expect("opening the datapath");
-            for veth in &veths {
+            for (veth, pod_ip) in &veths {
                 datapath
-                    .attach_pod_interface(veth)
+                    .attach_pod_interface(veth, *pod_ip)
                     .unwrap_or_else(|error| panic!("attaching to {veth}: {error}"));
             }
             // Generic mode: in native mode on a veth, XDP_TX frames only reach the peer
@@ -241,12 +241,12 @@ impl Cluster {
         self.pods.len() - 1
     }
 
-    /// Host veths of the pods on a node.
-    pub fn pod_veths(&self, node_id: u32) -> Vec<String> {
+    /// Host veths of the pods on a node, with the pods' addresses.
+    pub fn pod_veths(&self, node_id: u32) -> Vec<(String, Ipv4Addr)> {
         self.pods
             .iter()
             .filter(|pod| pod.node_id == node_id)
-            .map(|pod| pod.host_veth.clone())
+            .map(|pod| (pod.host_veth.clone(), pod.ip))
             .collect()
     }
 

@@ -38,9 +38,10 @@ use aya::{
 };
 pub use berth_ebpf_common::Reason;
 use berth_ebpf_common::{
-    BACKEND_ACTIVE, BACKEND_FAILED, BACKEND_TERMINATING, Backend, CT_FORWARD, CtEntry,
+    BACKEND_ACTIVE, BACKEND_FAILED, BACKEND_TERMINATING, Backend, BackendAddr, CT_FORWARD, CtEntry,
     DatapathConfig, FlowKey, SVC_FLAG_AFFINITY, SVC_FLAG_EXTERNAL, SVC_FLAG_RANDOM,
-    SVC_FLAG_ROUND_ROBIN, ServiceKey, ServiceValue, Traffic, defaults, map_names, program_names,
+    SVC_FLAG_ROUND_ROBIN, ServiceKey, ServiceValue, Traffic, ct_expired, defaults, map_names,
+    program_names,
 };
 pub use maglev::BackendIdentity;
 pub use model::*;
@@ -91,7 +92,12 @@ impl Limits {
         self.max_services * defaults::ROUND_ROBIN_WIDTH
     }
 
-    fn map_sizes(&self) -> [(&'static str, u32); 10] {
+    /// Entries of the half-open table: a forward and a reverse entry per connection.
+    fn half_open_entries(&self) -> u32 {
+        (self.max_connections * 2 / defaults::HALF_OPEN_SHARE).max(2)
+    }
+
+    fn map_sizes(&self) -> [(&'static str, u32); 12] {
         [
             (map_names::CONFIG, 1),
             (
@@ -104,6 +110,8 @@ impl Limits {
             (map_names::ROUND_ROBIN, self.round_robin_slots() / 2),
             // A forward and a reverse entry per connection.
             (map_names::CONNTRACK, self.max_connections * 2),
+            (map_names::HALF_OPEN, self.half_open_entries()),
+            (map_names::LOCAL_BACKENDS, self.max_backends),
             (map_names::AFFINITY, self.max_affinity),
             (map_names::NODES, self.max_nodes),
             (map_names::SERVICE_STATS, self.max_services),
@@ -331,10 +339,14 @@ pub struct Datapath {
     backends: Array<MapData, Backend>,
     nodes: BpfHashMap<MapData, u32, u32>,
     conntrack: BpfHashMap<MapData, FlowKey, CtEntry>,
+    half_open: BpfHashMap<MapData, FlowKey, CtEntry>,
+    local_backends: BpfHashMap<MapData, BackendAddr, u32>,
+    /// Mirror of the local backends map, read back at open.
+    live_local_backends: HashMap<BackendAddr, u32>,
     service_stats: PerCpuArray<MapData, Traffic>,
     backend_stats: PerCpuArray<MapData, Traffic>,
     reasons: PerCpuArray<MapData, u64>,
-    /// Host-side ifindex of each pod veth the programs are attached to (value unused).
+    /// Host-side ifindex of each pod veth the programs are attached to → the pod's address.
     pod_interfaces: BpfHashMap<MapData, u32, u32>,
     maglev: mmap::MappedArray,
     round_robin: mmap::MappedArray,
@@ -398,6 +410,21 @@ impl Datapath {
         {
             fs::remove_file(&reasons_pin).map_err(io_error(&reasons_pin))?;
         }
+        // Conntrack entries grew a state and a last-seen time: an older agent's table
+        // cannot be read by these programs, so it is replaced. Connections it tracked
+        // lose their translation, as after a reboot.
+        for table in [map_names::CONNTRACK, map_names::HALF_OPEN] {
+            let pin = pin_dir.join(table);
+            if pin.exists()
+                && MapData::from_pin(&pin)
+                    .and_then(|data| data.info())
+                    .map_err(map_error(table))?
+                    .value_size() as usize
+                    != std::mem::size_of::<CtEntry>()
+            {
+                fs::remove_file(&pin).map_err(io_error(&pin))?;
+            }
+        }
         let mut loader = EbpfLoader::new();
         loader.default_map_pin_directory(&pin_dir);
         for (map, size) in sizes {
@@ -444,6 +471,12 @@ impl Datapath {
         let conntrack: BpfHashMap<_, FlowKey, CtEntry> = take(map_names::CONNTRACK)?
             .try_into()
             .map_err(map_error(map_names::CONNTRACK))?;
+        let half_open: BpfHashMap<_, FlowKey, CtEntry> = take(map_names::HALF_OPEN)?
+            .try_into()
+            .map_err(map_error(map_names::HALF_OPEN))?;
+        let local_backends: BpfHashMap<_, BackendAddr, u32> = take(map_names::LOCAL_BACKENDS)?
+            .try_into()
+            .map_err(map_error(map_names::LOCAL_BACKENDS))?;
         let service_stats: PerCpuArray<_, Traffic> = take(map_names::SERVICE_STATS)?
             .try_into()
             .map_err(map_error(map_names::SERVICE_STATS))?;
@@ -478,6 +511,9 @@ impl Datapath {
             backends,
             nodes,
             conntrack,
+            half_open,
+            local_backends,
+            live_local_backends: HashMap::new(),
             service_stats,
             backend_stats,
             reasons,
@@ -535,6 +571,10 @@ impl Datapath {
         for entry in self.nodes.iter() {
             let (addr, id) = entry.map_err(map_error(map_names::NODES))?;
             self.live_nodes.insert(addr, id);
+        }
+        for entry in self.local_backends.iter() {
+            let (addr, id) = entry.map_err(map_error(map_names::LOCAL_BACKENDS))?;
+            self.live_local_backends.insert(addr, id);
         }
         Ok(())
     }
@@ -962,6 +1002,28 @@ impl Datapath {
                 report.backends_written += 1;
             }
         }
+        // The local ones, where tunnelled north-south flows may be delivered.
+        let local_backends: HashMap<BackendAddr, u32> = plan
+            .backends
+            .iter()
+            .filter(|(_, backend)| backend.node_id == self.options.node_id)
+            .map(|(id, backend)| {
+                let addr = BackendAddr {
+                    addr: backend.addr,
+                    port: backend.port,
+                    _pad: 0,
+                };
+                (addr, *id)
+            })
+            .collect();
+        for (addr, id) in &local_backends {
+            if self.live_local_backends.get(addr) != Some(id) {
+                self.local_backends
+                    .insert(addr, id, 0)
+                    .map_err(map_error(map_names::LOCAL_BACKENDS))?;
+                self.live_local_backends.insert(*addr, *id);
+            }
+        }
 
         // 2 and 3. Rebuilt tables into fresh slots, then the entries that switch to them.
         let mut wanted_keys = HashSet::new();
@@ -1025,6 +1087,19 @@ impl Datapath {
             self.live_backends.remove(&id);
             report.backends_removed += 1;
         }
+        let stale_local: Vec<BackendAddr> = self
+            .live_local_backends
+            .keys()
+            .filter(|addr| !local_backends.contains_key(addr))
+            .copied()
+            .collect();
+        for addr in stale_local {
+            match self.local_backends.remove(&addr) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(error) => return Err(map_error(map_names::LOCAL_BACKENDS)(error)),
+            }
+            self.live_local_backends.remove(&addr);
+        }
         let stale_nodes: Vec<u32> = self
             .live_nodes
             .keys()
@@ -1052,16 +1127,32 @@ impl Datapath {
 
     /// Attaches the east-west programs to a pod's host-side veth: translation of packets
     /// leaving the pod (ingress) and of replies entering it (egress).
-    /// The veth is also registered as one the programs may deliver packets straight into.
-    pub fn attach_pod_interface(&mut self, interface: &str) -> Result<(), DatapathError> {
+    /// The veth is first registered with the pod's address ([`Self::register_pod_interface`]).
+    pub fn attach_pod_interface(
+        &mut self,
+        interface: &str,
+        pod_addr: Ipv4Addr,
+    ) -> Result<(), DatapathError> {
+        self.register_pod_interface(interface, pod_addr)?;
         self.attach_tc(interface, program_names::FROM_POD, TcAttachType::Ingress)?;
-        self.attach_tc(interface, program_names::TO_POD, TcAttachType::Egress)?;
+        self.attach_tc(interface, program_names::TO_POD, TcAttachType::Egress)
+    }
+
+    /// Registers a pod's host-side veth with the pod's address: the programs may deliver
+    /// packets straight into it, and drop packets leaving it from any other source
+    /// address. [`Self::attach_pod_interface`] does this before attaching the programs,
+    /// so a pod's first packet already meets the check.
+    pub fn register_pod_interface(
+        &mut self,
+        interface: &str,
+        pod_addr: Ipv4Addr,
+    ) -> Result<(), DatapathError> {
         let index = interface_index(interface).ok_or_else(|| DatapathError::Io {
             path: PathBuf::from("/sys/class/net").join(interface),
             source: io::Error::from(io::ErrorKind::NotFound),
         })?;
         self.pod_interfaces
-            .insert(index, 0, 0)
+            .insert(index, u32::from(pod_addr).to_be(), 0)
             .map_err(map_error(map_names::POD_INTERFACES))
     }
 
@@ -1280,15 +1371,40 @@ impl Datapath {
         (self.pool.used(), self.pool.capacity())
     }
 
-    /// Connections currently tracked (forward entries in the conntrack map).
+    /// Connections currently tracked (forward entries in the conntrack tables, half-open
+    /// ones included).
     pub fn tracked_connections(&self) -> Result<usize, DatapathError> {
         let mut count = 0;
-        for key in self.conntrack.keys() {
-            if key.map_err(map_error(map_names::CONNTRACK))?.direction == CT_FORWARD {
-                count += 1;
+        for (table, name) in [
+            (&self.conntrack, map_names::CONNTRACK),
+            (&self.half_open, map_names::HALF_OPEN),
+        ] {
+            for key in table.keys() {
+                if key.map_err(map_error(name))?.direction == CT_FORWARD {
+                    count += 1;
+                }
             }
         }
         Ok(count)
+    }
+
+    /// A handle on the conntrack tables of its own, for collecting expired entries
+    /// without holding the datapath (a sweep of a full table takes seconds).
+    pub fn conntrack_sweeper(&self) -> Result<ConntrackSweeper, DatapathError> {
+        let open = |name: &'static str| {
+            MapData::from_pin(self.options.pin_dir.join(name))
+                .map_err(map_error(name))
+                .and_then(|data| {
+                    BpfHashMap::<_, FlowKey, CtEntry>::try_from(Map::LruHashMap(data))
+                        .map_err(map_error(name))
+                })
+        };
+        Ok(ConntrackSweeper {
+            tables: [
+                (map_names::CONNTRACK, open(map_names::CONNTRACK)?),
+                (map_names::HALF_OPEN, open(map_names::HALF_OPEN)?),
+            ],
+        })
     }
 
     /// The live Maglev table of the service serving `frontend`, as backend addresses,
@@ -1372,6 +1488,67 @@ fn interface_name(index: u32) -> Option<String> {
     // SAFETY: on success the buffer holds a NUL-terminated name.
     let name = unsafe { std::ffi::CStr::from_ptr(buffer.as_ptr()) };
     Some(name.to_string_lossy().into_owned())
+}
+
+/// Collects the conntrack entries past their lifetime (see
+/// `berth_ebpf_common::ct_timeout_secs`). The programs already treat them as absent;
+/// collecting frees their room for new connections before the LRU has to evict.
+pub struct ConntrackSweeper {
+    tables: [(&'static str, BpfHashMap<MapData, FlowKey, CtEntry>); 2],
+}
+
+impl ConntrackSweeper {
+    /// Removes every entry expired at `now_secs` (CLOCK_MONOTONIC seconds, the
+    /// programs' clock: [`monotonic_secs`]) and returns how many it removed.
+    pub fn sweep(&mut self, now_secs: u32) -> Result<u64, DatapathError> {
+        let mut collected = 0;
+        for (name, table) in &mut self.tables {
+            let name: &'static str = name;
+            // Keys first: deleting while walking would restart the walk at each deletion.
+            let mut expired = Vec::new();
+            for entry in table.iter() {
+                match entry {
+                    Ok((key, value)) => {
+                        if ct_expired(value.state, value.last_seen_secs, now_secs) {
+                            expired.push(key);
+                        }
+                    }
+                    // Removed by the LRU between the walk's steps.
+                    Err(MapError::KeyNotFound) => {}
+                    Err(error) => return Err(map_error(name)(error)),
+                }
+            }
+            for key in expired {
+                // A packet may have replaced the entry since the walk (the programs treat
+                // an expired entry as absent and record the flow afresh): checked again
+                // just before the removal, which leaves a window of microseconds instead
+                // of the walk's seconds.
+                match table.get(&key, 0) {
+                    Ok(value) if ct_expired(value.state, value.last_seen_secs, now_secs) => {}
+                    Ok(_) | Err(MapError::KeyNotFound) => continue,
+                    Err(error) => return Err(map_error(name)(error)),
+                }
+                match table.remove(&key) {
+                    Ok(()) => collected += 1,
+                    Err(MapError::KeyNotFound) => {}
+                    Err(error) => return Err(map_error(name)(error)),
+                }
+            }
+        }
+        Ok(collected)
+    }
+}
+
+/// CLOCK_MONOTONIC in whole seconds: the clock of the conntrack entries' last-seen times
+/// (the programs read it with `bpf_ktime_get_coarse_ns`).
+pub fn monotonic_secs() -> u32 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec to write into; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u32
 }
 
 pub fn service_key(frontend: &Frontend) -> ServiceKey {

@@ -14,6 +14,10 @@ pub mod map_names {
     pub const BACKENDS: &str = "BERTH_BACKENDS";
     pub const MAGLEV: &str = "BERTH_MAGLEV";
     pub const CONNTRACK: &str = "BERTH_CT";
+    /// TCP flows that have only sent a SYN, apart from the established ones.
+    pub const HALF_OPEN: &str = "BERTH_CT_SYN";
+    /// (address, port) of every backend on this node: where IPIP may deliver.
+    pub const LOCAL_BACKENDS: &str = "BERTH_LOCAL_BE";
     pub const AFFINITY: &str = "BERTH_AFFINITY";
     pub const NODES: &str = "BERTH_NODES";
     pub const SERVICE_STATS: &str = "BERTH_SVC_STATS";
@@ -39,6 +43,9 @@ pub mod defaults {
     pub const MAX_BACKENDS: u32 = 100_000;
     /// Tracked connections; the conntrack map holds a forward and a reverse entry each.
     pub const MAX_CONNECTIONS: u32 = 1_000_000;
+    /// Half-open (SYN only) connections are tracked in their own table, this fraction of
+    /// the established one's size: a SYN flood churns that table only.
+    pub const HALF_OPEN_SHARE: u32 = 4;
     pub const MAX_AFFINITY: u32 = 100_000;
     pub const MAX_NODES: u32 = 4_096;
     /// Backends listed per service for round robin; services with more use Maglev only.
@@ -152,6 +159,54 @@ pub struct FlowKey {
 /// The flow was forwarded to a backend on another node (north-south, IPIP).
 pub const CT_FLAG_REMOTE: u8 = 1 << 0;
 
+/// Connection states, as the programs see them from the packets they handle. Each
+/// state has its lifetime since the entry's last packet ([`ct_timeout_secs`]).
+/// A TCP SYN was sent and nothing else yet: only in the half-open table.
+pub const CT_SYN_SENT: u8 = 1;
+/// TCP past its handshake (the client's first ACK), or a mid-connection packet.
+pub const CT_ESTABLISHED: u8 = 2;
+/// A FIN was seen: the connection is closing.
+pub const CT_CLOSING: u8 = 3;
+/// A RST was seen: the connection is gone.
+pub const CT_CLOSED: u8 = 4;
+/// UDP, no reply seen yet.
+pub const CT_UDP: u8 = 5;
+/// UDP with replies seen (a stream, Linux's "assured").
+pub const CT_UDP_STREAM: u8 = 6;
+
+/// Lifetimes after the last packet, in seconds. Linux conntrack's defaults
+/// (nf_conntrack_tcp_timeout_syn_sent, _fin_wait/_time_wait, _close, udp_timeout and
+/// udp_timeout_stream) except for established TCP: 24 hours, kube-proxy's
+/// `conntrack.tcpEstablishedTimeout`, which is what Kubernetes users get today, instead
+/// of Linux's 5 days that keeps dead connections in the table for most of a week.
+pub const CT_TIMEOUT_SYN_SENT: u32 = 120;
+pub const CT_TIMEOUT_ESTABLISHED: u32 = 86_400;
+pub const CT_TIMEOUT_CLOSING: u32 = 120;
+pub const CT_TIMEOUT_CLOSED: u32 = 10;
+pub const CT_TIMEOUT_UDP: u32 = 30;
+pub const CT_TIMEOUT_UDP_STREAM: u32 = 120;
+
+/// How long an entry in `state` lives after its last packet.
+#[inline(always)]
+pub const fn ct_timeout_secs(state: u8) -> u32 {
+    match state {
+        CT_SYN_SENT => CT_TIMEOUT_SYN_SENT,
+        CT_CLOSING => CT_TIMEOUT_CLOSING,
+        CT_CLOSED => CT_TIMEOUT_CLOSED,
+        CT_UDP => CT_TIMEOUT_UDP,
+        CT_UDP_STREAM => CT_TIMEOUT_UDP_STREAM,
+        _ => CT_TIMEOUT_ESTABLISHED,
+    }
+}
+
+/// Whether an entry last seen at `last_seen_secs` (CLOCK_MONOTONIC seconds) is past its
+/// lifetime at `now_secs`. The programs treat such entries as absent, the agent collects
+/// them.
+#[inline(always)]
+pub const fn ct_expired(state: u8, last_seen_secs: u32, now_secs: u32) -> bool {
+    now_secs.wrapping_sub(last_seen_secs) > ct_timeout_secs(state)
+}
+
 /// Forward entries: `addr:port` is the backend. Reverse entries: `addr:port` is the
 /// frontend the client addressed, restored as the source of replies.
 #[repr(C)]
@@ -160,9 +215,36 @@ pub struct CtEntry {
     pub addr: u32,
     pub port: u16,
     pub flags: u8,
-    pub _pad: u8,
+    /// One of the `CT_*` states.
+    pub state: u8,
     pub backend_id: u32,
     pub service_id: u32,
+    /// CLOCK_MONOTONIC seconds (`bpf_ktime_get_coarse_ns`) of the entry's last packet,
+    /// written at most once a second so a busy flow does not dirty its cache line on
+    /// every packet.
+    pub last_seen_secs: u32,
+    pub _pad: u32,
+}
+
+impl CtEntry {
+    /// The same translation: everything but the state and the last packet's time.
+    #[inline(always)]
+    pub const fn same_translation(&self, other: &CtEntry) -> bool {
+        self.addr == other.addr
+            && self.port == other.port
+            && self.flags == other.flags
+            && self.backend_id == other.backend_id
+            && self.service_id == other.service_id
+    }
+}
+
+/// A backend's address and port (network order): key of the local backends map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendAddr {
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
 }
 
 #[repr(C)]
@@ -229,10 +311,14 @@ pub enum Reason {
     /// Delivered straight into a pod on this node, past the node's stack. Counted in
     /// addition to the packet's translation reason (translated, reverse, not a service).
     DeliveredToPod = 16,
+    /// A packet leaving a pod with a source address that is not the pod's.
+    DropSpoofedSource = 17,
+    /// IPIP from a node whose inner destination is not a backend on this node.
+    DropTunnelNotBackend = 18,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 19;
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::PassNotIpv4,
         Reason::PassNotTcpUdp,
@@ -251,6 +337,8 @@ impl Reason {
         Reason::Rebalanced,
         Reason::DropNoRoute,
         Reason::DeliveredToPod,
+        Reason::DropSpoofedSource,
+        Reason::DropTunnelNotBackend,
     ];
 
     /// Label used in metrics.
@@ -273,6 +361,8 @@ impl Reason {
             Reason::Rebalanced => "rebalanced",
             Reason::DropNoRoute => "drop_no_route",
             Reason::DeliveredToPod => "delivered_to_pod",
+            Reason::DropSpoofedSource => "drop_spoofed_source",
+            Reason::DropTunnelNotBackend => "drop_tunnel_not_backend",
         }
     }
 
@@ -283,6 +373,8 @@ impl Reason {
                 | Reason::DropNoBackend
                 | Reason::DropRewriteFailed
                 | Reason::DropNoRoute
+                | Reason::DropSpoofedSource
+                | Reason::DropTunnelNotBackend
         )
     }
 }
@@ -360,6 +452,8 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for CtEntry {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for BackendAddr {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for AffinityKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for AffinityValue {}
@@ -379,7 +473,8 @@ mod tests {
         assert_eq!(size_of::<ServiceValue>(), 32);
         assert_eq!(size_of::<Backend>(), 12);
         assert_eq!(size_of::<FlowKey>(), 16);
-        assert_eq!(size_of::<CtEntry>(), 16);
+        assert_eq!(size_of::<CtEntry>(), 24);
+        assert_eq!(size_of::<BackendAddr>(), 8);
         assert_eq!(size_of::<AffinityKey>(), 8);
         assert_eq!(size_of::<AffinityValue>(), 16);
         assert_eq!(size_of::<Traffic>(), 24);
@@ -400,6 +495,25 @@ mod tests {
         assert_ne!(base, flow_hash(1, 2, 9, 4, 6));
         assert_ne!(base, flow_hash(1, 2, 3, 9, 6));
         assert_ne!(base, flow_hash(1, 2, 3, 4, 17));
+    }
+
+    #[test]
+    fn conntrack_lifetimes_follow_the_state() {
+        assert!(!ct_expired(
+            CT_ESTABLISHED,
+            100,
+            100 + CT_TIMEOUT_ESTABLISHED
+        ));
+        assert!(ct_expired(
+            CT_ESTABLISHED,
+            100,
+            101 + CT_TIMEOUT_ESTABLISHED
+        ));
+        assert!(ct_expired(CT_CLOSED, 100, 111));
+        assert!(!ct_expired(CT_UDP_STREAM, 100, 200));
+        assert!(ct_expired(CT_UDP, 100, 200));
+        // The clock is monotonic; a wrapped difference is far in the past.
+        assert!(!ct_expired(CT_SYN_SENT, u32::MAX - 5, 10));
     }
 
     #[test]
