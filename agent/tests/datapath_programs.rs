@@ -694,6 +694,43 @@ fn ipip_to_a_pod_port_that_is_no_local_service_backend_is_dropped_and_counted() 
     assert_eq!((verdict, counted), (XDP_PASS, true));
 }
 
+#[test]
+fn ipip_for_a_nodeport_on_the_peer_node_is_delivered_to_the_local_backend() {
+    const NODE_PORT: u16 = 30_080;
+    let mut service = web(three_backends());
+    service.frontends.push(Frontend {
+        port: NODE_PORT,
+        ..frontend(NODE_ADDR, Protocol::Tcp, true)
+    });
+    let mut h = Harness::new(vec![service]);
+    let backend = Ipv4Addr::new(198, 18, 1, 3);
+    // The peer chose this node's backend for a client of its own NodePort address.
+    let to_peer = Frame::tcp(CLIENT, (PEER_NODE_ADDR, NODE_PORT));
+    let (verdict, out, counted) = h.run_counting(
+        program_names::EXTERNAL,
+        &tunnelled(&to_peer, (backend, 8080)),
+        Reason::TunnelDelivered,
+    );
+    assert_eq!((verdict, counted), (XDP_PASS, true));
+    let p = parsed(&out);
+    assert_eq!((p.dst, p.dst_port), (backend, 8080));
+    // The reply leaves as from the peer's NodePort, where the client sent it.
+    let reply = Frame::tcp((backend, 8080), CLIENT).build();
+    let (_, out) = h.run(program_names::FROM_POD, &reply);
+    let p = parsed(&out);
+    assert_eq!((p.src, p.src_port), (PEER_NODE_ADDR, NODE_PORT));
+    // A port of the peer's address that is no NodePort names no service.
+    let (verdict, _, counted) = h.run_counting(
+        program_names::EXTERNAL,
+        &tunnelled(
+            &Frame::tcp(CLIENT, (PEER_NODE_ADDR, 30_081)),
+            (backend, 8080),
+        ),
+        Reason::DropTunnelNotBackend,
+    );
+    assert_eq!((verdict, counted), (XDP_DROP, true));
+}
+
 /// The pod's address the anti-spoofing test registers for the test runs' interface.
 const POD: Ipv4Addr = CLIENT.0;
 

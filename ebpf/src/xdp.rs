@@ -171,7 +171,7 @@ fn external(ctx: &XdpContext) -> (Reason, u32) {
         Err(reason) => return pass(reason),
     };
     if packet.flow.proto == IPPROTO_IPIP {
-        return from_tunnel(ctx, &packet);
+        return from_tunnel(ctx, &packet, &config);
     }
     let Some(service) = lb::service(&packet.flow) else {
         return pass(Reason::PassNotService);
@@ -289,7 +289,7 @@ fn to_tunnel(
 
 /// Unwraps a north-south flow another node sent here and hands it to the local backend.
 #[inline(always)]
-fn from_tunnel(ctx: &XdpContext, outer: &Parsed) -> (Reason, u32) {
+fn from_tunnel(ctx: &XdpContext, outer: &Parsed, config: &DatapathConfig) -> (Reason, u32) {
     // SAFETY: copied out at once.
     if unsafe { NODES.get(outer.flow.src_addr) }.is_none() {
         return pass(Reason::PassForeignTunnel);
@@ -308,16 +308,23 @@ fn from_tunnel(ctx: &XdpContext, outer: &Parsed) -> (Reason, u32) {
         Err(reason) => return pass(reason),
     };
     let client = inner.flow;
-    // Only a backend of an external frontend on this node is a tunnel's destination:
-    // anything else (a pod's port that serves no Service, a frontend that is not
-    // external) would let any node, or anyone who can forge a node's address, reach
-    // pods past the network's policy.
-    let service = lb::service(&client).filter(|service| service.flags & SVC_FLAG_EXTERNAL != 0);
+    // Only a local backend of an external frontend is a tunnel's destination: anything
+    // else (a pod's port that serves no Service, a ClusterIP) would let any node, or
+    // anyone who can forge a node's address, reach pods past the network's policy. The
+    // inner destination is the frontend on the node that chose the backend: a NodePort
+    // there carries that node's address, so it is looked up as the same port on this
+    // node's own address (NodePorts are the same on every node).
+    let mut frontend = client;
+    // SAFETY: only checked for presence.
+    if unsafe { NODES.get(client.dst_addr) }.is_some() {
+        frontend.dst_addr = config.node_addr;
+    }
     let local_backend = BackendAddr {
         addr: backend_addr,
         port: backend_port,
         _pad: 0,
     };
+    let service = lb::service(&frontend).filter(|service| service.flags & SVC_FLAG_EXTERNAL != 0);
     // SAFETY: only checked for presence.
     let Some(service) = service.filter(|_| unsafe { LOCAL_BACKENDS.get(local_backend) }.is_some())
     else {
