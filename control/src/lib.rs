@@ -4,12 +4,8 @@
 pub mod agent_api;
 pub mod allocation;
 pub mod api;
-pub mod client;
 pub mod config;
 pub mod controllers;
-pub mod ctl;
-pub mod hollow;
-pub mod kubeconfig;
 pub mod metrics;
 pub mod node_client;
 pub mod pki;
