@@ -163,7 +163,7 @@ pub struct Memory {
 /// Runs the part; `say` prints progress.
 pub fn run(options: &Options, say: &(dyn Fn(&str) + Sync)) -> anyhow::Result<ScaleResults> {
     let started = Instant::now();
-    let started_at = crate::run::now_utc();
+    let started_at = crate::procs::now_utc();
     let mut clusters = Vec::new();
     for &nodes in &options.node_counts {
         clusters.push(in_cluster_namespace(|ns| async move {
