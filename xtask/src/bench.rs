@@ -34,7 +34,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let root = workspace_root();
     // The failover part runs the control plane and the agents: release builds, as users
     // would, found next to berth-bench.
-    println!("==> cargo build --release -p berth-bench -p berth-control -p berth-agent");
+    println!(
+        "==> cargo build --release -p berth-bench -p berth-control -p berth-agent -p berth-ctl"
+    );
     run_command(Command::new(env!("CARGO")).current_dir(&root).args([
         "build",
         "--release",
@@ -44,6 +46,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         "berth-control",
         "-p",
         "berth-agent",
+        "-p",
+        "berth-ctl",
     ]))?;
     let mut command = Command::new(root.join("target/release/berth-bench"));
     command.current_dir(&root);

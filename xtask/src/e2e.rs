@@ -26,7 +26,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     run_command(
         Command::new(env!("CARGO"))
             .current_dir(workspace_root())
-            .args(["build", "-p", "berth-control", "-p", "berth-agent"]),
+            .args([
+                "build",
+                "-p",
+                "berth-control",
+                "-p",
+                "berth-agent",
+                "-p",
+                "berth-ctl",
+            ]),
     )?;
     let report = workspace_root().join(&args.report);
     if let Some(dir) = report.parent() {

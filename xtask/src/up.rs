@@ -445,6 +445,8 @@ pub fn up(args: &UpArgs) -> anyhow::Result<()> {
                     "berth-control",
                     "-p",
                     "berth-agent",
+                    "-p",
+                    "berth-ctl",
                 ]),
         )
     })?;
