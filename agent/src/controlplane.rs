@@ -4,9 +4,10 @@
 //! reconnects — resumed from the last revision seen, or started over from a snapshot
 //! when the control plane's history no longer reaches back that far.
 
-use std::{collections::BTreeMap, path::Path, time::Duration};
+use std::{path::Path, time::Duration};
 
-use berth_api::agent::{JoinRequest, WatchRequest, agent_client::AgentClient, watch_event::Type};
+use berth_api::agent::{JoinRequest, agent_client::AgentClient};
+use berth_watch::{Change, Consumer, Objects, Watched};
 use rcgen::{CertificateParams, DnType, KeyPair};
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -146,39 +147,17 @@ pub async fn connect(config: &Config) -> Result<Membership, ControlPlaneError> {
     })
 }
 
-/// Which watch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Watched {
-    /// The pods bound to this node.
-    Pods,
-    /// All Services, Endpoints and Nodes.
-    Services,
-}
+/// Delivers the full object set whenever it changes, as long as `run` listens.
+struct Deliver(mpsc::Sender<Objects>);
 
-/// Objects by `Kind namespace/name`, kept current by a watch.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Objects {
-    pub by_key: BTreeMap<String, Value>,
-}
-
-impl Objects {
-    pub fn of_kind<T: serde::de::DeserializeOwned>(&self, kind: &str) -> Vec<T> {
-        let prefix = format!("{kind} ");
-        self.by_key
-            .range(prefix.clone()..)
-            .take_while(|(key, _)| key.starts_with(&prefix))
-            .filter_map(|(_, value)| serde_json::from_value(value.clone()).ok())
-            .collect()
+impl Consumer<Value> for Deliver {
+    async fn changed(&mut self, objects: &Objects, _change: Change<Value>) -> bool {
+        self.0.send(objects.clone()).await.is_ok()
     }
-}
 
-fn key_of(kind: &str, object: &Value) -> Option<String> {
-    let name = object.pointer("/metadata/name")?.as_str()?;
-    let namespace = object
-        .pointer("/metadata/namespace")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    Some(format!("{kind} {namespace}/{name}"))
+    fn wanted(&self) -> bool {
+        !self.0.is_closed()
+    }
 }
 
 /// Runs a watch for as long as `updates` has a receiver, sending the full object set
@@ -186,89 +165,6 @@ fn key_of(kind: &str, object: &Value) -> Option<String> {
 /// the first snapshot nothing is sent, so a consumer never acts on a partial view; while
 /// the control plane is unreachable nothing is sent either, and the consumer keeps
 /// serving what it has.
-pub async fn watch(
-    mut client: AgentClient<Channel>,
-    which: Watched,
-    updates: mpsc::Sender<Objects>,
-) {
-    let mut resource_version = String::new();
-    let mut live = Objects::default();
-    // Objects of a snapshot being received; swapped in at SYNCED.
-    let mut pending: Option<Objects> = None;
-    let mut retry = Duration::from_millis(200);
-    loop {
-        if updates.is_closed() {
-            return;
-        }
-        let request = WatchRequest {
-            resource_version: resource_version.clone(),
-        };
-        if resource_version.is_empty() {
-            pending = Some(Objects::default());
-        }
-        let response = match which {
-            Watched::Pods => client.watch_pods(request).await,
-            Watched::Services => client.watch_services(request).await,
-        };
-        let mut stream = match response {
-            Ok(response) => response.into_inner(),
-            Err(status) => {
-                tracing::warn!(?which, %status, "watch failed; retrying in {retry:?}");
-                tokio::time::sleep(retry).await;
-                retry = (retry * 2).min(Duration::from_secs(5));
-                continue;
-            }
-        };
-        loop {
-            let event = match stream.message().await {
-                Ok(Some(event)) => event,
-                Ok(None) => break,
-                Err(status) => {
-                    tracing::warn!(?which, %status, "watch stream broke; resuming");
-                    break;
-                }
-            };
-            retry = Duration::from_millis(200);
-            if !event.resource_version.is_empty() {
-                resource_version = event.resource_version.clone();
-            }
-            let kind = event.kind.as_str();
-            match event.r#type() {
-                Type::Added | Type::Modified | Type::Deleted => {
-                    let Ok(object) = serde_json::from_slice::<Value>(&event.object_json) else {
-                        tracing::warn!(?which, kind, "undecodable object in watch");
-                        continue;
-                    };
-                    let Some(key) = key_of(kind, &object) else {
-                        continue;
-                    };
-                    let target = pending.as_mut().unwrap_or(&mut live);
-                    if event.r#type() == Type::Deleted {
-                        target.by_key.remove(&key);
-                    } else {
-                        target.by_key.insert(key, object);
-                    }
-                    if pending.is_none() && updates.send(live.clone()).await.is_err() {
-                        return;
-                    }
-                }
-                Type::Synced => {
-                    if let Some(snapshot) = pending.take() {
-                        live = snapshot;
-                        if updates.send(live.clone()).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                Type::Expired => {
-                    // History is gone: start over from a snapshot, keeping `live` meanwhile.
-                    resource_version.clear();
-                    break;
-                }
-                Type::Bookmark | Type::Unspecified => {}
-            }
-        }
-        tokio::time::sleep(retry).await;
-        retry = (retry * 2).min(Duration::from_secs(5));
-    }
+pub async fn watch(client: AgentClient<Channel>, which: Watched, updates: mpsc::Sender<Objects>) {
+    berth_watch::run(client, which, &mut Deliver(updates)).await;
 }

@@ -16,12 +16,13 @@ use berth_api::{
     agent::{HeartbeatRequest, NodeUsage, PodDeletion, PodStatusReport, agent_client::AgentClient},
     core::{Endpoints, Node, Pod, Service},
 };
+use berth_watch::{Objects, Watched};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
 use crate::{
     config::Config,
-    controlplane::{self, Objects, Watched},
+    controlplane,
     datapath::{
         ConntrackSweeper, Datapath, DatapathOptions, Limits, ServiceSet, monotonic_secs,
         resolve_neighbours,

@@ -32,7 +32,8 @@ use berth_agent::{
     readiness::LocalReadiness,
     runtime::{DEFAULT_SOCKET, DockerRuntime, Limits, labels},
 };
-use berth_echo::{DEFAULT_PORT, IMAGE_V1, PAUSE_IMAGE, Reply, UNHEALTHY_FILE, UNREADY_FILE};
+use berth_api::core::PAUSE_IMAGE;
+use berth_echo::{DEFAULT_PORT, IMAGE_V1, Reply, UNHEALTHY_FILE, UNREADY_FILE};
 use berth_testkit::PinDir;
 use tokio::{
     runtime::{Handle, Runtime},

@@ -229,7 +229,7 @@ fn profile() -> String {
 /// Builds the cluster, runs every trial, removes everything (also on failure or Ctrl-C).
 pub fn run(options: &Options, say: &dyn Fn(&str)) -> anyhow::Result<FailoverResults> {
     let started = Instant::now();
-    let started_at = crate::run::now_utc();
+    let started_at = crate::procs::now_utc();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -346,16 +346,16 @@ async fn trials(
                     options.repetitions,
                     trial.failed(),
                     trial.to_failing(),
-                    crate::report::seconds(trial.failover_secs()),
+                    crate::figures::seconds(trial.failover_secs()),
                     trial
                         .recovery_secs()
-                        .map_or("–".into(), crate::report::seconds),
+                        .map_or("–".into(), crate::figures::seconds),
                     trial
                         .endpoints_left_secs
-                        .map_or("–".into(), crate::report::seconds),
+                        .map_or("–".into(), crate::figures::seconds),
                     trial
                         .endpoints_back_secs
-                        .map_or("–".into(), crate::report::seconds),
+                        .map_or("–".into(), crate::figures::seconds),
                 ));
                 trials.push(trial);
                 if failure == Failure::Killed {

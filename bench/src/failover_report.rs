@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use crate::{
     failover::{FailoverResults, Failure, PACE, Probes, Trial},
-    report::{median, seconds},
+    figures::{median, seconds},
     svg::{self, BarChart, COLORS, Series},
 };
 

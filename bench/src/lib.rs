@@ -9,6 +9,7 @@
 
 pub mod failover;
 pub mod failover_report;
+pub mod figures;
 pub mod kubeproxy;
 pub mod procs;
 pub mod programming;

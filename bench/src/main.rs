@@ -155,7 +155,7 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|| run::Results {
             parameters: parameters.clone(),
             machine: run::machine(),
-            started: run::now_utc(),
+            started: procs::now_utc(),
             elapsed_secs: 0.0,
             programming: Vec::new(),
             runs: Vec::new(),

@@ -349,3 +349,30 @@ pub fn machine_cpu() -> (Duration, Duration) {
     let to_duration = |ticks: u64| Duration::from_micros(ticks * 1_000_000 / hz);
     (to_duration(total - idle), to_duration(total))
 }
+
+/// The first line a program prints (stdout, or stderr when stdout is empty): versions
+/// and the date for the report.
+pub fn first_line(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .map(|out| {
+            let text = if out.stdout.is_empty() {
+                out.stderr
+            } else {
+                out.stdout
+            };
+            String::from_utf8_lossy(&text)
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_owned()
+        })
+        .unwrap_or_default()
+}
+
+pub fn now_utc() -> String {
+    first_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"])
+}

@@ -6,6 +6,7 @@ use anyhow::Context as _;
 
 use crate::{
     Mode,
+    figures::{median, seconds},
     programming::Step,
     run::{Results, RunRecord},
     svg::{self, BarChart, COLORS, Series},
@@ -49,19 +50,6 @@ const SCALE_ANALYSIS: &str = "**Where the time goes.** A profile of berth-contro
     to every agent (agents need all Nodes for their pod ranges and addresses). With 5,000 nodes the \
     heartbeats alone are 2,500 calls and 500 status refresh writes a second, on the same 2 CPUs as the \
     controllers and the simulated nodes, which is why propagation is slower there than with 1,000.";
-
-pub fn median(values: &mut [f64]) -> Option<f64> {
-    if values.is_empty() {
-        return None;
-    }
-    values.sort_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    Some(if values.len() % 2 == 1 {
-        values[mid]
-    } else {
-        (values[mid - 1] + values[mid]) / 2.0
-    })
-}
 
 /// Medians over the rounds of one mode at one service count.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -140,16 +128,6 @@ fn micros(value: f64) -> String {
         format!("{:.1} ms", value / 1000.0)
     } else {
         format!("{value:.0} µs")
-    }
-}
-
-pub fn seconds(value: f64) -> String {
-    if value < 0.01 {
-        format!("{:.2} ms", value * 1e3)
-    } else if value < 1.0 {
-        format!("{:.0} ms", value * 1e3)
-    } else {
-        format!("{value:.2} s")
     }
 }
 

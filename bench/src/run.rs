@@ -2,7 +2,6 @@
 
 use std::{
     path::PathBuf,
-    process::Command,
     time::{Duration, Instant},
 };
 
@@ -11,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     Mode,
-    procs::{self, check_interrupted},
+    procs::{self, check_interrupted, first_line, now_utc},
     programming,
     topology::Topology,
     wrk::{self, Kind, WrkResult},
@@ -102,27 +101,6 @@ fn targets(topology: &Topology) -> Vec<(usize, Mode)> {
     targets
 }
 
-fn first_line(program: &str, args: &[&str]) -> String {
-    Command::new(program)
-        .args(args)
-        .output()
-        .ok()
-        .map(|out| {
-            let text = if out.stdout.is_empty() {
-                out.stderr
-            } else {
-                out.stdout
-            };
-            String::from_utf8_lossy(&text)
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_owned()
-        })
-        .unwrap_or_default()
-}
-
 pub fn machine() -> Machine {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu_model = cpuinfo
@@ -158,10 +136,6 @@ pub fn machine() -> Machine {
             ),
         ],
     }
-}
-
-pub fn now_utc() -> String {
-    first_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"])
 }
 
 /// Programs the services (timed) and, with `load`, runs the load rounds.

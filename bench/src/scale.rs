@@ -1,7 +1,7 @@
 //! The control plane at scale (issue 8, item 4), with simulated agents.
 //!
 //! The real `berth-control` (release build) runs in a network namespace of its own, and
-//! the benchmark joins hollow nodes to it (`berth_control::hollow`, kubemark's idea): each
+//! the benchmark joins hollow nodes to it (`berth_sim::hollow`, kubemark's idea): each
 //! speaks the real agent API over its own mTLS connection — bootstrap-token join, a
 //! heartbeat every [`HEARTBEAT`] like a real agent, a pod watch and a Services/Endpoints
 //! watch — and reports each pod bound to it running and ready at once. Times are taken
@@ -27,10 +27,8 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use berth_control::{
-    client::Client,
-    hollow::{HollowHandle, HollowNode, Timeline},
-};
+use berth_ctl::client::Client;
+use berth_sim::hollow::{HollowHandle, HollowNode, Timeline};
 use berth_testkit::{PinDir, netns::NetNs};
 use berth_tests::process::{NODE_ADDR, binary};
 use futures_util::{StreamExt as _, stream};
@@ -165,7 +163,7 @@ pub struct Memory {
 /// Runs the part; `say` prints progress.
 pub fn run(options: &Options, say: &(dyn Fn(&str) + Sync)) -> anyhow::Result<ScaleResults> {
     let started = Instant::now();
-    let started_at = crate::run::now_utc();
+    let started_at = crate::procs::now_utc();
     let mut clusters = Vec::new();
     for &nodes in &options.node_counts {
         clusters.push(in_cluster_namespace(|ns| async move {

@@ -198,7 +198,7 @@ pub fn section(md: &mut String, results: &ScaleResults, asset_dir: &str, analysi
     let _ = writeln!(
         md,
         "The real berth-control (release build) in a network namespace of its own, and simulated nodes joined to it: \
-         hollow nodes (`control/src/hollow.rs`, kubemark's idea) that speak the real agent API, each over its own mTLS \
+         hollow nodes (`sim/src/hollow.rs`, kubemark's idea) that speak the real agent API, each over its own mTLS \
          connection — bootstrap-token join, a heartbeat every {:.0} s like a real agent, a pod watch and a \
          Services/Endpoints watch — and report each pod bound to them running and ready at once. They run in the \
          benchmark's process, on the same {} CPUs as the control plane. Times are taken on the nodes, where an agent \

@@ -4,7 +4,7 @@ use std::{
     fmt::Write as _,
     net::Ipv4Addr,
     path::Path,
-    process::{Command, Stdio},
+    process::Stdio,
     time::{Duration, Instant},
 };
 
@@ -188,19 +188,7 @@ pub fn run(load: &Load<'_>, cgroup: &Cgroup) -> anyhow::Result<WrkResult> {
 
 /// `wrk --version`'s first line, for the report.
 pub fn version() -> String {
-    Command::new("wrk")
-        .arg("--version")
-        .output()
-        .ok()
-        .map(|out| {
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_owned()
-        })
-        .unwrap_or_default()
+    procs::first_line("wrk", &["--version"])
 }
 
 #[cfg(test)]

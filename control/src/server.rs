@@ -17,14 +17,13 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tokio_rustls::TlsAcceptor;
 
-use berth_api::agent::agent_server::AgentServer;
+use berth_api::{agent::agent_server::AgentServer, kubeconfig::Kubeconfig};
 
 use crate::{
     agent_api::AgentService,
     api::{self, ApiState, Auth},
     config::Config,
     controllers::Controllers,
-    kubeconfig::Kubeconfig,
     metrics::Metrics,
     node_client::NodeClient,
     pki::{self, Pki},
@@ -46,7 +45,7 @@ pub enum ServerError {
     #[error(transparent)]
     Pki(#[from] pki::PkiError),
     #[error(transparent)]
-    Kubeconfig(#[from] crate::kubeconfig::KubeconfigError),
+    Kubeconfig(#[from] berth_api::kubeconfig::KubeconfigError),
     #[error("TLS setup: {0}")]
     Tls(String),
     #[error(transparent)]

@@ -10,7 +10,7 @@ use berth_api::agent::{
     HeartbeatRequest, JoinRequest, PodDeletion, PodStatusReport, WatchRequest,
     agent_client::AgentClient, watch_event::Type,
 };
-use berth_control::hollow::{HollowHandle, HollowNode};
+use berth_sim::hollow::{HollowHandle, HollowNode};
 use common::{TestServer, eventually, start_with};
 use serde_json::Value;
 use tonic::{

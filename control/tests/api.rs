@@ -3,14 +3,14 @@
 mod common;
 
 use axum::http::Method;
-use berth_control::client::Client;
+use berth_ctl::client::Client;
 use common::{DEPLOYMENTS, deployment, rv, start, start_with};
 use serde_json::{Value, json};
 
 #[tokio::test]
 async fn authentication_is_required_by_default() {
     let t = start().await;
-    let settings = berth_control::kubeconfig::Kubeconfig::load(&t.server.admin_config)
+    let settings = berth_api::kubeconfig::Kubeconfig::load(&t.server.admin_config)
         .expect("admin.conf")
         .settings()
         .expect("settings");
@@ -704,7 +704,7 @@ async fn plain_http_only_when_asked_and_still_authenticated() {
     assert!(t.server.url.starts_with("http://127.0.0.1:"));
     let (status, _) = t.call(Method::GET, DEPLOYMENTS, None).await;
     assert_eq!(status, 200);
-    let settings = berth_control::kubeconfig::Kubeconfig::load(&t.server.admin_config)
+    let settings = berth_api::kubeconfig::Kubeconfig::load(&t.server.admin_config)
         .expect("admin.conf")
         .settings()
         .expect("settings");

@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use axum::http::Method;
-use berth_control::hollow::{HollowHandle, PodLoad};
+use berth_sim::hollow::{HollowHandle, PodLoad};
 use common::{HollowCluster, berthctl, eventually, start};
 use serde_json::Value;
 

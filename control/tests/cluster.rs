@@ -12,7 +12,8 @@ use std::{
 };
 
 use axum::http::Method;
-use berth_control::{client::Client, util};
+use berth_api::time as util;
+use berth_ctl::client::Client;
 use common::{TestServer, eventually, start_with};
 use serde_json::{Value, json};
 

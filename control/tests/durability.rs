@@ -7,7 +7,7 @@ use std::{
 };
 
 use axum::http::Method;
-use berth_control::client::Client;
+use berth_ctl::client::Client;
 use serde_json::json;
 
 /// Kills the child on drop, so a failing assertion never leaves a server behind.

@@ -12,7 +12,7 @@ use anyhow::bail;
 
 use crate::{
     test::prepare,
-    util::{is_root, run_command, workspace_root},
+    util::{CLUSTER_PACKAGES, is_root, run_command, workspace_root},
 };
 
 #[derive(clap::Args)]
@@ -34,17 +34,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let root = workspace_root();
     // The failover part runs the control plane and the agents: release builds, as users
     // would, found next to berth-bench.
-    println!("==> cargo build --release -p berth-bench -p berth-control -p berth-agent");
-    run_command(Command::new(env!("CARGO")).current_dir(&root).args([
-        "build",
-        "--release",
-        "-p",
-        "berth-bench",
-        "-p",
-        "berth-control",
-        "-p",
-        "berth-agent",
-    ]))?;
+    println!(
+        "==> cargo build --release -p berth-bench -p berth-control -p berth-agent -p berth-ctl"
+    );
+    run_command(
+        Command::new(env!("CARGO"))
+            .current_dir(&root)
+            .args(["build", "--release", "-p", "berth-bench"])
+            .args(CLUSTER_PACKAGES),
+    )?;
     let mut command = Command::new(root.join("target/release/berth-bench"));
     command.current_dir(&root);
     if args.smoke {

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 
 use crate::{
     test::{prepare, run_tallied},
-    util::{run_command, workspace_root},
+    util::{CLUSTER_PACKAGES, run_command, workspace_root},
 };
 
 #[derive(clap::Args)]
@@ -26,7 +26,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     run_command(
         Command::new(env!("CARGO"))
             .current_dir(workspace_root())
-            .args(["build", "-p", "berth-control", "-p", "berth-agent"]),
+            .arg("build")
+            .args(CLUSTER_PACKAGES),
     )?;
     let report = workspace_root().join(&args.report);
     if let Some(dir) = report.parent() {

@@ -14,7 +14,8 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use berth_echo::{IMAGES, PAUSE_IMAGE};
+use berth_api::core::PAUSE_IMAGE;
+use berth_echo::IMAGES;
 
 use crate::{
     setup::{DOCKER_SOCKET, docker_answers},

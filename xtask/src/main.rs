@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: the project's build, setup and test entry points.
 
 mod bench;
+mod cycles;
 mod e2e;
 mod images;
 mod setup;
@@ -29,6 +30,8 @@ enum Task {
     E2e(e2e::Args),
     /// Benchmark the datapath against direct, iptables and HAProxy; writes docs/BENCHMARKS.md.
     Bench(bench::Args),
+    /// List import cycles between the modules of every workspace crate (fails if any).
+    Cycles(cycles::Args),
     /// Bring up a one-node cluster on this machine with a demo service (as root).
     Up(up::UpArgs),
     /// Stop what `up` started and remove its namespaces, containers and BPF pins.
@@ -43,6 +46,7 @@ fn main() -> std::process::ExitCode {
         Task::Test(args) => test::run(&args),
         Task::E2e(args) => e2e::run(&args),
         Task::Bench(args) => bench::run(&args),
+        Task::Cycles(args) => cycles::run(&args),
         Task::Up(args) => up::up(&args),
         Task::Down(args) => up::down(&args),
     };

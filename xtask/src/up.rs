@@ -26,7 +26,7 @@ use anyhow::{Context as _, bail};
 
 use crate::{
     images, setup,
-    util::{is_root, output, run_command, spawn_detached, workspace_root},
+    util::{CLUSTER_PACKAGES, is_root, output, run_command, spawn_detached, workspace_root},
 };
 
 const NODE_NETNS: &str = "berth-node";
@@ -438,14 +438,8 @@ pub fn up(args: &UpArgs) -> anyhow::Result<()> {
         run_command(
             Command::new(env!("CARGO"))
                 .current_dir(workspace_root())
-                .args([
-                    "build",
-                    "--quiet",
-                    "-p",
-                    "berth-control",
-                    "-p",
-                    "berth-agent",
-                ]),
+                .args(["build", "--quiet"])
+                .args(CLUSTER_PACKAGES),
         )
     })?;
 

@@ -9,6 +9,17 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
+/// `cargo build` arguments for a cluster's binaries: the control plane, the agent and
+/// berthctl (each in its own package).
+pub const CLUSTER_PACKAGES: [&str; 6] = [
+    "-p",
+    "berth-control",
+    "-p",
+    "berth-agent",
+    "-p",
+    "berth-ctl",
+];
+
 /// The workspace root (xtask lives one level below it).
 pub fn workspace_root() -> PathBuf {
     let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));

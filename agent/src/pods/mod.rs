@@ -63,7 +63,7 @@ use crate::{
 /// app container of a valid pod can be called that.
 pub const PAUSE_CONTAINER: &str = "POD";
 /// The default pause image, built by `cargo xtask images`.
-pub const DEFAULT_PAUSE_IMAGE: &str = berth_echo::PAUSE_IMAGE;
+pub const DEFAULT_PAUSE_IMAGE: &str = berth_api::core::PAUSE_IMAGE;
 /// How often the manager looks at the engine when nothing else wakes it: the bound on
 /// noticing a crashed container.
 pub const DEFAULT_RESYNC_PERIOD: Duration = Duration::from_secs(1);

@@ -1,192 +1,27 @@
-//! A real server on 127.0.0.1 with an ephemeral port, TLS, and a client from its admin.conf.
+//! The test control plane and hollow nodes are berth-sim's; berthctl runs in-process.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
-use std::{future::Future, time::Duration};
+use std::io::Write as _;
 
-use axum::http::Method;
-use berth_control::{client::Client, config::Config, server::Server};
+pub use berth_sim::server::*;
 use clap::Parser as _;
-use serde_json::{Value, json};
 
-pub struct TestServer {
-    pub server: Server,
-    pub client: Client,
-    // Last: removed after the server is gone.
-    pub dir: tempfile::TempDir,
-}
-
-/// The API alone: no controllers writing behind the test's back.
-pub async fn start() -> TestServer {
-    start_with(&["--no-controllers"]).await
-}
-
-pub async fn start_with(extra: &[&str]) -> TestServer {
-    start_in(tempfile::tempdir().expect("tempdir"), extra).await
-}
-
-/// A server on an existing data directory (a restart keeps the store).
-pub async fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> TestServer {
-    let config = config(dir.path(), extra);
-    let server = Server::start(&config).await.expect("server starts");
-    let client = Client::from_kubeconfig(&server.admin_config).expect("client from admin.conf");
-    TestServer {
-        server,
-        client,
-        dir,
-    }
-}
-
-fn config(dir: &std::path::Path, extra: &[&str]) -> Config {
-    let data_dir = dir.to_str().expect("utf-8 temp path");
-    let mut args = vec![
-        "berth-control",
-        "--data-dir",
-        data_dir,
-        "--listen",
-        "127.0.0.1:0",
-        "--agent-listen",
-        "127.0.0.1:0",
-    ];
-    args.extend_from_slice(extra);
-    Config::parse_from(args)
-}
-
-pub fn deployment(name: &str, image: &str) -> Value {
-    json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "labels": {"app": name}},
-        "spec": {
-            "replicas": 2,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [{"name": "main", "image": image, "ports": [{"containerPort": 8080}]}]},
-            },
-        },
-    })
-}
-
-pub const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/default/deployments";
-
-impl TestServer {
-    /// Stops the server and starts a new one on the same store.
-    pub async fn restart(self, extra: &[&str]) -> TestServer {
-        let Self {
-            server,
-            dir,
-            client,
-        } = self;
-        // Open connections hold the store until they notice the client is gone.
-        drop(client);
-        server.shutdown().await;
-        let store = config(dir.path(), extra).store_path();
-        for _ in 0..200 {
-            // Opened and closed again: only whether the lock is free.
-            if berth_control::store::RedbStore::open(&store).is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        start_in(dir, extra).await
-    }
-
-    pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> (u16, Value) {
-        let (status, value) = self.client.json(method, path, body).await.expect("request");
-        (status.as_u16(), value)
-    }
-
-    pub async fn apply(&self, manifest: &str) -> (u16, Value) {
-        let reply = self
-            .client
-            .request(
-                Method::POST,
-                "/apply",
-                Some((manifest.as_bytes(), "application/yaml")),
-            )
-            .await
-            .expect("apply request");
-        (reply.status.as_u16(), reply.json().expect("json reply"))
-    }
-}
-
-pub fn rv(object: &Value) -> u64 {
-    object["metadata"]["resourceVersion"]
-        .as_str()
-        .and_then(|r| r.parse().ok())
-        .expect("resourceVersion")
-}
-
-/// Polls until `check` yields a value; a bounded wait for asynchronous controllers, not
-/// a timing assertion.
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    for _ in 0..600 {
-        if let Some(value) = check().await {
-            return value;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
-/// A server with controllers and the bootstrap material hollow nodes join with.
-pub struct HollowCluster {
-    pub t: TestServer,
-    pub ca: String,
-    pub token: String,
-}
-
-impl HollowCluster {
-    pub async fn start(extra: &[&str]) -> Self {
-        let t = start_with(extra).await;
-        let pki = t.dir.path().join("pki");
-        let ca = std::fs::read_to_string(pki.join("ca.crt")).expect("ca.crt");
-        let token = std::fs::read_to_string(pki.join("bootstrap-token")).expect("bootstrap-token");
-        Self { t, ca, token }
-    }
-
-    /// A hollow node heartbeating (and reporting its pods' figures) every 200 ms.
-    pub async fn node(&self, name: &str) -> berth_control::hollow::HollowHandle {
-        berth_control::hollow::HollowNode::join(
-            &self.t.server.agent_url,
-            &self.ca,
-            &self.token,
-            name,
-        )
-        .await
-        .expect("join")
-        .start(std::time::Duration::from_millis(200))
-        .await
-        .expect("start")
-    }
-
-    pub async fn pods(&self) -> Vec<Value> {
-        let (_, list) = self
-            .t
-            .call(Method::GET, "/api/v1/namespaces/default/pods", None)
-            .await;
-        list["items"].as_array().cloned().unwrap_or_default()
-    }
-}
-
-/// Runs the berthctl binary: (exit code 0, stdout, stderr).
+/// Runs berthctl's command line in-process: (exit code 0, stdout, stderr). Errors are
+/// rendered onto stderr as the binary renders them.
 pub async fn berthctl(admin: &std::path::Path, args: &[&str]) -> (bool, String, String) {
-    // tokio's Command: the server runs on this test's runtime and must keep answering.
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_berthctl"))
-        .arg("--kubeconfig")
-        .arg(admin)
-        .args(args)
-        .output()
-        .await
-        .expect("run berthctl");
+    let admin = admin.to_str().expect("utf-8 path");
+    let cli =
+        berth_ctl::Cli::try_parse_from(["berthctl", "--kubeconfig", admin].iter().chain(args))
+            .expect("valid berthctl arguments");
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let result = berth_ctl::run(cli, &mut out, &mut err).await;
+    if let Err(error) = &result {
+        writeln!(err, "{}", error.render()).expect("write to a Vec");
+    }
     (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
+        result.is_ok(),
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
     )
 }

@@ -38,9 +38,6 @@ pub const IMAGE_V1: &str = "berth/echo:v1";
 pub const IMAGE_V2: &str = "berth/echo:v2";
 /// Every image with the version it reports.
 pub const IMAGES: &[(&str, &str)] = &[(IMAGE_V1, "v1"), (IMAGE_V2, "v2")];
-/// The pod sandbox image the agent starts first in every pod: it only holds the pod's
-/// network namespace. Built by `cargo xtask images` alongside the echo images.
-pub const PAUSE_IMAGE: &str = "berth/pause:v1";
 
 pub const DEFAULT_PORT: u16 = 8080;
 pub const DEFAULT_VERSION: &str = "v1";

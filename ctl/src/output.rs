@@ -5,7 +5,7 @@ use berth_api::ResourceType;
 use serde_json::{Value, json};
 
 use super::{CtlError, int_at, kind_ref, str_at};
-use crate::util;
+use berth_api::time;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -64,8 +64,8 @@ pub fn human_duration(seconds: i64) -> String {
 
 /// Age of a timestamp field, `<unknown>` when it is missing.
 pub fn age(object: &Value, pointer: &str) -> String {
-    match util::parse_rfc3339(str_at(object, pointer)) {
-        Some(at) => human_duration(util::unix_now() as i64 - at as i64),
+    match time::parse_rfc3339(str_at(object, pointer)) {
+        Some(at) => human_duration(time::unix_now() as i64 - at as i64),
         None => "<unknown>".to_owned(),
     }
 }

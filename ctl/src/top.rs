@@ -3,9 +3,9 @@
 
 use std::io::Write;
 
-use axum::http::Method;
 use berth_api::core::{parse_cpu_millis, parse_memory_bytes};
 use clap::Subcommand;
+use hyper::http::Method;
 use serde_json::Value;
 
 use super::{CtlError, Ctx, emit, encode, output, str_at};

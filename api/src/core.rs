@@ -10,6 +10,10 @@ use crate::{
     validation::{FieldPath, Validator},
 };
 
+/// The pod sandbox image the agent starts first in every pod: it only holds the pod's
+/// network namespace (Kubernetes' pause image). `cargo xtask images` builds it.
+pub const PAUSE_IMAGE: &str = "berth/pause:v1";
+
 /// A port given either by number or by a container port's name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(untagged)]

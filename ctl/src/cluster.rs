@@ -3,11 +3,11 @@
 
 use std::{io::Write, time::Duration};
 
-use axum::http::Method;
+use hyper::http::Method;
 use serde_json::{Value, json};
 
 use super::{CtlError, Ctx, emit, output, rollout::parse_duration, str_at};
-use crate::util;
+use berth_api::time;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Token {
@@ -60,8 +60,8 @@ pub async fn token(ctx: &Ctx, action: Token, out: &mut dyn Write) -> Result<(), 
             ];
             rows.extend(items.iter().map(|t: &Value| {
                 let expires = str_at(t, "/expires");
-                let ttl = match util::parse_rfc3339(expires) {
-                    Some(at) => output::human_duration(at as i64 - util::unix_now() as i64),
+                let ttl = match time::parse_rfc3339(expires) {
+                    Some(at) => output::human_duration(at as i64 - time::unix_now() as i64),
                     None => "<forever>".to_owned(),
                 };
                 vec![

@@ -5,11 +5,13 @@
 //! implement are reported back by name as warnings instead of being silently dropped.
 
 /// The agent ↔ control plane gRPC API (`proto/berth/agent/v1/agent.proto`).
+#[cfg(feature = "grpc")]
 pub mod agent {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("berth.agent.v1");
 }
 /// The control plane → node agent gRPC API (`proto/berth/node/v1/node.proto`).
+#[cfg(feature = "grpc")]
 pub mod node {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("berth.node.v1");
@@ -18,10 +20,12 @@ pub mod apps;
 pub mod autoscaling;
 pub mod core;
 pub mod identity;
+pub mod kubeconfig;
 pub mod manifest;
 pub mod meta;
 mod resource;
 pub mod selector;
+pub mod time;
 pub mod validation;
 
 pub use resource::{

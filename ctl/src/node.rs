@@ -3,9 +3,9 @@
 
 use std::io::Write;
 
-use axum::http::Method;
 use clap::Args;
 use http_body_util::BodyExt as _;
+use hyper::http::Method;
 use serde_json::{Value, json};
 
 use super::{CtlError, Ctx, encode, output, resolve, str_at};

@@ -6,6 +6,7 @@
 //! verb is a variant in [`Command`] and an arm in [`run`].
 
 mod apply;
+pub mod client;
 mod cluster;
 mod describe;
 mod get;
@@ -16,15 +17,12 @@ mod top;
 
 use std::{io::Write, path::PathBuf};
 
-use axum::http::{Method, StatusCode};
-use berth_api::{RESOURCE_TYPES, ResourceType};
+use berth_api::{RESOURCE_TYPES, ResourceType, kubeconfig::Kubeconfig};
 use clap::{CommandFactory as _, Parser, Subcommand};
+use hyper::http::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::{
-    client::{Client, ClientError},
-    kubeconfig::Kubeconfig,
-};
+use crate::client::{Client, ClientError};
 
 pub const DEFAULT_CONFIG: &str = "/var/lib/berth/admin.conf";
 
@@ -342,7 +340,7 @@ impl Ctx {
             Some(file) => file
                 .settings()
                 .map_err(|e| CtlError::Io(format!("{}: {e}", config.display())))?,
-            None => crate::kubeconfig::ClientSettings {
+            None => berth_api::kubeconfig::ClientSettings {
                 server: String::new(),
                 ca_pem: None,
                 token: None,

@@ -2,8 +2,8 @@
 
 use std::io::Write;
 
-use axum::http::Method;
 use berth_api::ResourceType;
+use hyper::http::Method;
 use serde_json::Value;
 
 use super::{

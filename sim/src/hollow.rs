@@ -13,8 +13,9 @@ use std::{
 
 use berth_api::agent::{
     BackendRate, ContainerUsage, HeartbeatRequest, JoinRequest, NodeUsage, PodDeletion,
-    PodStatusReport, PodUsage, WatchRequest, agent_client::AgentClient, watch_event::Type,
+    PodStatusReport, PodUsage, agent_client::AgentClient,
 };
+use berth_watch::{Change, Consumer, Objects, WatchObject, Watched};
 use rcgen::{CertificateParams, DnType, KeyPair};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
@@ -309,133 +310,151 @@ fn update<T>(shared: &Mutex<T>, f: impl FnOnce(&mut T)) {
     }
 }
 
+/// The part of a key after the kind: `namespace/name`.
+fn object_key(key: &str) -> &str {
+    key.split_once(' ').map_or(key, |(_, rest)| rest)
+}
+
 /// Watches its pods and reports each new one running and ready.
 async fn run_pods(
     node: Arc<HollowNode>,
     stats: Arc<Mutex<HollowStats>>,
     timeline: Arc<Mutex<Timeline>>,
 ) {
-    let mut resource_version = String::new();
-    let mut next_host = 2u32;
-    loop {
-        let stream = node
-            .client()
-            .watch_pods(WatchRequest {
-                resource_version: resource_version.clone(),
-            })
-            .await;
-        let mut stream = match stream {
-            Ok(stream) => stream.into_inner(),
-            Err(_) => {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
+    let client = node.client();
+    let mut pods = PodsWatch {
+        node,
+        stats,
+        timeline,
+        next_host: 2,
+    };
+    berth_watch::run::<Value, _>(client, Watched::Pods, &mut pods).await;
+}
+
+struct PodsWatch {
+    node: Arc<HollowNode>,
+    stats: Arc<Mutex<HollowStats>>,
+    timeline: Arc<Mutex<Timeline>>,
+    next_host: u32,
+}
+
+impl Consumer<Value> for PodsWatch {
+    async fn changed(&mut self, objects: &Objects, change: Change<Value>) -> bool {
+        match change {
+            Change::Snapshot { resync } => {
+                let gone = |key: &String| !objects.by_key.contains_key(&format!("Pod {key}"));
+                update(&self.stats, |s| {
+                    s.pods.retain(|key, _| !gone(key));
+                    s.resyncs += usize::from(resync);
+                });
+                if let Ok(mut loads) = self.node.loads.lock() {
+                    loads.running.retain(|key, _| !gone(key));
+                }
+                for (key, pod) in &objects.by_key {
+                    self.applied(object_key(key), pod).await;
+                }
+            }
+            Change::Applied { key } => {
+                if let Some(pod) = objects.by_key.get(&key) {
+                    self.applied(object_key(&key), pod).await;
+                }
+            }
+            Change::Deleted { key, .. } => {
+                let key = object_key(&key);
+                update(&self.stats, |s| {
+                    s.pods.remove(key);
+                });
+                if let Ok(mut loads) = self.node.loads.lock() {
+                    loads.running.remove(key);
+                    loads.set.remove(key);
+                }
+            }
+        }
+        true
+    }
+}
+
+impl PodsWatch {
+    /// A pod added or changed: a new one is reported running and ready, a terminating one
+    /// is confirmed deleted.
+    async fn applied(&mut self, key: &str, pod: &Value) {
+        let node = &self.node;
+        let now = Instant::now();
+        update(&self.timeline, |t| {
+            t.pods_arrived.entry(key.to_owned()).or_insert(now);
+        });
+        let (namespace, name) = key.split_once('/').unwrap_or(("", key));
+        // A graceful deletion: nothing runs, so it is stopped at once and confirmed. The
+        // watch then brings the DELETED event; a failed confirmation is tried again when
+        // the watch starts over (its snapshot lists the pod again).
+        if pod
+            .pointer("/metadata/deletionTimestamp")
+            .and_then(Value::as_str)
+            .is_some_and(|at| !at.is_empty())
+        {
+            let deletion = PodDeletion {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+                uid: pod["metadata"]["uid"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            };
+            let _ = node.client().confirm_pod_deletion(deletion).await;
+            return;
+        }
+        let running = |ip: &str| {
+            if let Ok(mut loads) = node.loads.lock() {
+                let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
+                let container = pod
+                    .pointer("/spec/containers/0/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                loads.running.insert(
+                    key.to_owned(),
+                    (uid.to_owned(), container.to_owned(), ip.to_owned()),
+                );
             }
         };
-        while let Ok(Some(event)) = stream.message().await {
-            let kind = Type::try_from(event.r#type).unwrap_or(Type::Unspecified);
-            if kind == Type::Expired {
-                resource_version.clear();
-                update(&stats, |s| s.resyncs += 1);
-                break;
-            }
-            resource_version = event.resource_version.clone();
-            let Ok(pod) = serde_json::from_slice::<Value>(&event.object_json) else {
-                continue;
-            };
-            let namespace = pod["metadata"]["namespace"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            let name = pod["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            let key = format!("{namespace}/{name}");
-            if matches!(kind, Type::Added | Type::Modified) {
-                let now = Instant::now();
-                update(&timeline, |t| {
-                    t.pods_arrived.entry(key.clone()).or_insert(now);
-                });
-            }
-            match kind {
-                Type::Deleted => {
-                    update(&stats, |s| {
-                        s.pods.remove(&key);
-                    });
-                    if let Ok(mut loads) = node.loads.lock() {
-                        loads.running.remove(&key);
-                        loads.set.remove(&key);
-                    }
-                }
-                // A graceful deletion: nothing runs, so it is stopped at once and confirmed.
-                // The watch then brings the DELETED event; a failed confirmation is tried
-                // again when the watch starts over (its snapshot lists the pod again).
-                Type::Added | Type::Modified
-                    if pod
-                        .pointer("/metadata/deletionTimestamp")
-                        .and_then(Value::as_str)
-                        .is_some_and(|at| !at.is_empty()) =>
-                {
-                    let deletion = PodDeletion {
-                        namespace,
-                        name,
-                        uid: pod["metadata"]["uid"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_owned(),
-                    };
-                    let _ = node.client().confirm_pod_deletion(deletion).await;
-                }
-                Type::Added | Type::Modified => {
-                    let running = |ip: &str| {
-                        if let Ok(mut loads) = node.loads.lock() {
-                            let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
-                            let container = pod
-                                .pointer("/spec/containers/0/name")
-                                .and_then(Value::as_str)
-                                .unwrap_or_default();
-                            loads.running.insert(
-                                key.clone(),
-                                (uid.to_owned(), container.to_owned(), ip.to_owned()),
-                            );
-                        }
-                    };
-                    if let Some(ip) = pod.pointer("/status/podIP").and_then(Value::as_str) {
-                        running(ip);
-                        continue;
-                    }
-                    let ip = Ipv4Addr::from(u32::from(node.gateway()) - 1 + next_host);
-                    next_host = if next_host >= 254 { 2 } else { next_host + 1 };
-                    let status = json!({
-                        "phase": "Running", "podIP": ip.to_string(), "hostIP": node.gateway().to_string(),
-                        "conditions": [{"type": "Ready", "status": "True"}],
-                    });
-                    let report = PodStatusReport {
-                        namespace,
-                        name,
-                        status_json: serde_json::to_vec(&status).unwrap_or_default(),
-                    };
-                    let reporting = Instant::now();
-                    if node.client().report_pod_status(report).await.is_ok() {
-                        update(&timeline, |t| {
-                            t.pods_ready.insert(ip.to_string(), reporting);
-                        });
-                        running(&ip.to_string());
-                        update(&stats, |s| {
-                            s.pods.insert(key, ip.to_string());
-                        });
-                    }
-                }
-                _ => {}
-            }
+        if let Some(ip) = pod.pointer("/status/podIP").and_then(Value::as_str) {
+            running(ip);
+            return;
+        }
+        let ip = Ipv4Addr::from(u32::from(node.gateway()) - 1 + self.next_host);
+        self.next_host = if self.next_host >= 254 {
+            2
+        } else {
+            self.next_host + 1
+        };
+        let status = json!({
+            "phase": "Running", "podIP": ip.to_string(), "hostIP": node.gateway().to_string(),
+            "conditions": [{"type": "Ready", "status": "True"}],
+        });
+        let report = PodStatusReport {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            status_json: serde_json::to_vec(&status).unwrap_or_default(),
+        };
+        let reporting = Instant::now();
+        if node.client().report_pod_status(report).await.is_ok() {
+            update(&self.timeline, |t| {
+                t.pods_ready.insert(ip.to_string(), reporting);
+            });
+            running(&ip.to_string());
+            update(&self.stats, |s| {
+                s.pods.insert(key.to_owned(), ip.to_string());
+            });
         }
     }
 }
 
-/// What a hollow node reads of a Service, Endpoints or Node: its name and an Endpoints'
-/// ready addresses. A thousand simulated agents in one process parse each Endpoints
-/// change a thousand times; parsed whole, that work (each agent's own, on its own
-/// machine in a real cluster) took the CPUs the measured control plane shares with them.
+/// What a hollow node keeps of a Service, Endpoints or Node: an Endpoints' ready
+/// addresses (nothing for the others). A thousand simulated agents in one process parse
+/// each Endpoints change a thousand times; parsed whole, that work (each agent's own, on
+/// its own machine in a real cluster) took the CPUs the measured control plane shares
+/// with them.
+struct ReadyAddresses(Vec<String>);
+
 #[derive(serde::Deserialize)]
 struct Brief {
     metadata: BriefMetadata,
@@ -462,69 +481,89 @@ struct BriefAddress {
     ip: String,
 }
 
+impl WatchObject for ReadyAddresses {
+    fn decode(json: &[u8]) -> Option<(String, Self)> {
+        let brief: Brief = serde_json::from_slice(json).ok()?;
+        let ready = brief
+            .subsets
+            .into_iter()
+            .flat_map(|subset| subset.addresses)
+            .map(|address| address.ip)
+            .collect();
+        Some((
+            format!("{}/{}", brief.metadata.namespace, brief.metadata.name),
+            Self(ready),
+        ))
+    }
+}
+
 /// Keeps the set of Services and Endpoints, as an agent's datapath would.
 async fn run_services(
     node: Arc<HollowNode>,
     stats: Arc<Mutex<HollowStats>>,
     timeline: Arc<Mutex<Timeline>>,
 ) {
-    let mut resource_version = String::new();
-    loop {
-        let stream = node
-            .client()
-            .watch_services(WatchRequest {
-                resource_version: resource_version.clone(),
-            })
-            .await;
-        let mut stream = match stream {
-            Ok(stream) => stream.into_inner(),
-            Err(_) => {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            }
-        };
-        while let Ok(Some(event)) = stream.message().await {
-            // Delivered now: what the node does with it comes after.
-            let now = Instant::now();
-            let kind = Type::try_from(event.r#type).unwrap_or(Type::Unspecified);
-            if kind == Type::Expired {
-                resource_version.clear();
-                update(&stats, |s| {
-                    s.services.clear();
-                    s.resyncs += 1;
-                });
-                break;
-            }
-            resource_version = event.resource_version.clone();
-            let Ok(object) = serde_json::from_slice::<Brief>(&event.object_json) else {
-                continue;
-            };
-            let object_key = format!("{}/{}", object.metadata.namespace, object.metadata.name);
-            if event.kind == "Endpoints"
-                && kind != Type::Deleted
-                && node.tracked_endpoints.contains(&object_key)
-            {
-                let ready = object
-                    .subsets
-                    .iter()
-                    .flat_map(|subset| &subset.addresses)
-                    .map(|address| address.ip.as_str());
-                update(&timeline, |t| {
-                    for ip in ready {
-                        t.endpoints_seen.entry(ip.to_owned()).or_insert(now);
-                    }
-                });
-            }
-            let key = format!("{} {object_key}", event.kind);
-            match kind {
-                Type::Added | Type::Modified => update(&stats, |s| {
-                    s.services.insert(key);
-                }),
-                Type::Deleted => update(&stats, |s| {
-                    s.services.remove(&key);
-                }),
-                _ => {}
-            }
+    let client = node.client();
+    let mut services = ServicesWatch {
+        node,
+        stats,
+        timeline,
+    };
+    berth_watch::run::<ReadyAddresses, _>(client, Watched::Services, &mut services).await;
+}
+
+struct ServicesWatch {
+    node: Arc<HollowNode>,
+    stats: Arc<Mutex<HollowStats>>,
+    timeline: Arc<Mutex<Timeline>>,
+}
+
+impl ServicesWatch {
+    /// Records when each ready address of a tracked Endpoints first reached this node.
+    fn seen(&self, key: &str, ready: &ReadyAddresses, now: Instant) {
+        let tracked = key
+            .strip_prefix("Endpoints ")
+            .is_some_and(|name| self.node.tracked_endpoints.contains(name));
+        if tracked {
+            update(&self.timeline, |t| {
+                for ip in &ready.0 {
+                    t.endpoints_seen.entry(ip.clone()).or_insert(now);
+                }
+            });
         }
+    }
+}
+
+impl Consumer<ReadyAddresses> for ServicesWatch {
+    async fn changed(
+        &mut self,
+        objects: &Objects<ReadyAddresses>,
+        change: Change<ReadyAddresses>,
+    ) -> bool {
+        // Delivered now: what the node does with it comes after.
+        let now = Instant::now();
+        match change {
+            Change::Snapshot { resync } => {
+                for (key, ready) in &objects.by_key {
+                    self.seen(key, ready, now);
+                }
+                update(&self.stats, |s| {
+                    s.services = objects.by_key.keys().cloned().collect();
+                    s.resyncs += usize::from(resync);
+                });
+            }
+            Change::Applied { key } => {
+                if let Some(ready) = objects.by_key.get(&key) {
+                    self.seen(&key, ready, now);
+                }
+                update(&self.stats, |s| {
+                    s.services.insert(key);
+                });
+            }
+            Change::Deleted { key, .. } => update(&self.stats, |s| {
+                s.services.remove(&key);
+            }),
+        }
+        true
     }
 }

@@ -9,8 +9,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use axum::http::Method;
 use berth_api::{find_by_kind, manifest};
+use hyper::http::Method;
 use serde::Deserialize as _;
 use serde_json::{Value, json};
 
@@ -305,7 +305,7 @@ pub async fn create(
             .request(Method::POST, &path, Some((&bytes, "application/json")))
             .await
             .map_err(|e| ctx.transport(e))?;
-        for warning in reply.headers.get_all(axum::http::header::WARNING) {
+        for warning in reply.headers.get_all(hyper::http::header::WARNING) {
             let text = warning.to_str().unwrap_or_default();
             let text = text
                 .strip_prefix("299 - ")

@@ -1,4 +1,4 @@
-use berth_control::ctl::{Cli, CtlError, run};
+use berth_ctl::{Cli, CtlError, run};
 use clap::Parser as _;
 
 #[tokio::main(flavor = "current_thread")]

@@ -2,8 +2,8 @@
 
 use std::io::Write;
 
-use axum::http::Method;
-use berth_api::ResourceType;
+use berth_api::{ResourceType, apps::template_hash};
+use hyper::http::Method;
 use serde_json::Value;
 
 use super::{
@@ -11,7 +11,6 @@ use super::{
     output::{self, age, joined, pairs},
     resolve, str_at,
 };
-use crate::util;
 
 /// Show details of objects and what happened to them recently.
 #[derive(Debug, clap::Args)]
@@ -299,7 +298,7 @@ async fn describe_deployment(
     let new_name = format!(
         "{}-{}",
         str_at(deployment, "/metadata/name"),
-        util::template_hash(&template)
+        template_hash(&template)
     );
     let describe_rs = |rs: &Value| {
         format!(

@@ -14,6 +14,14 @@ use crate::{
 /// tooling that reads it keeps working).
 pub const REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
 
+/// A short stable digest of a pod template: names a Deployment's ReplicaSet and
+/// ControllerRevision, so the server and berthctl agree on which ReplicaSet is current.
+pub fn template_hash(template: &serde_json::Value) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, template.to_string().as_bytes());
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    hex[..10].to_owned()
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct PodTemplateSpec {
     #[serde(default)]

@@ -2,8 +2,8 @@
 
 use std::{io::Write, time::Duration};
 
-use axum::http::Method;
 use berth_api::ResourceType;
+use hyper::http::Method;
 use serde_json::{Value, json};
 
 use super::{CtlError, Ctx, Flow, Target, emit, encode, int_at, kind_ref, output, resolve, str_at};

@@ -2,16 +2,16 @@
 //! including the error cases. Clusters with controllers get hollow nodes (simulated
 //! agents on the real gRPC API) so pods run and rollouts finish.
 
-mod common;
-
 use std::{
     path::{Path, PathBuf},
     process::Stdio,
     time::Duration,
 };
 
-use berth_control::hollow::{HollowHandle, HollowNode};
-use common::{TestServer, start, start_with};
+use berth_sim::{
+    hollow::{HollowHandle, HollowNode},
+    server::{TestServer, start, start_with},
+};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 

@@ -3,16 +3,16 @@
 
 use std::{path::Path, sync::Arc};
 
-use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::{Bytes, Incoming};
+use hyper::http::{HeaderMap, Method, Request, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject as _};
 use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::kubeconfig::{ClientSettings, Kubeconfig, KubeconfigError};
+use berth_api::kubeconfig::{ClientSettings, Kubeconfig, KubeconfigError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -30,7 +30,7 @@ pub enum ClientError {
     #[error("HTTP: {0}")]
     Http(#[from] hyper::Error),
     #[error("building request: {0}")]
-    Request(#[from] axum::http::Error),
+    Request(#[from] hyper::http::Error),
     #[error("response is not JSON: {0}")]
     Json(#[from] serde_json::Error),
 }
