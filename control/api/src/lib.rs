@@ -18,6 +18,7 @@ pub mod apps;
 pub mod autoscaling;
 pub mod core;
 pub mod identity;
+pub mod kinds;
 pub mod manifest;
 pub mod meta;
 mod resource;

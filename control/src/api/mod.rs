@@ -27,8 +27,8 @@ use serde_json::json;
 
 use crate::{metrics::Metrics, registry::Registry};
 
-pub use self::auth::Auth;
 use self::error::ApiError;
+pub use crate::credentials::Auth;
 
 #[derive(Clone)]
 pub struct ApiState {

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 use super::{ApiState, error::ApiError, resources::selectors};
 use crate::{
     metrics::Metrics,
-    registry::{Registry, parse_resource_version, prefix},
+    registry::{self, Registry, parse_resource_version, prefix},
     store::{Revision, StoreError},
     watch_cache::{BATCH, CachedEvent, Filter, SharedObject},
 };
@@ -66,7 +66,7 @@ pub async fn open(
     registry: &Registry,
     metrics: &Metrics,
     options: WatchOptions,
-) -> Result<mpsc::Receiver<WatchEvent>, ApiError> {
+) -> registry::Result<mpsc::Receiver<WatchEvent>> {
     let store = Arc::clone(registry.store());
     let cache = Arc::clone(registry.watch_cache());
     // Subscribe before reading so a commit between the read and the wait still wakes us.
@@ -153,7 +153,7 @@ pub async fn open(
                     Ok(Some(subscription)) => break subscription,
                     Ok(None) => {}
                     Err(e) => {
-                        send(error_event(&ApiError::from(e))).await;
+                        send(error_event(registry::Error::from(e))).await;
                         break 'stream;
                     }
                 }
@@ -166,11 +166,11 @@ pub async fn open(
                 let events = match batch {
                     Ok(Ok(events)) => events,
                     Ok(Err(e)) => {
-                        send(error_event(&ApiError::from(e))).await;
+                        send(error_event(registry::Error::from(e))).await;
                         break 'stream;
                     }
                     Err(e) => {
-                        send(error_event(&ApiError::internal(e.to_string()))).await;
+                        send(error_event(registry::Error::internal(e.to_string()))).await;
                         break 'stream;
                     }
                 };
@@ -214,7 +214,7 @@ pub async fn open(
                         }
                         Ok(None) => break 'stream,
                         Err(end) => {
-                            send(error_event(&ApiError::from(&end))).await;
+                            send(error_event(registry::Error::from(&end))).await;
                             break 'stream;
                         }
                     },
@@ -269,11 +269,12 @@ fn marker(type_: &'static str, kind: &'static str, revision: Revision) -> WatchE
     }
 }
 
-fn error_event(error: &ApiError) -> WatchEvent {
+/// The watch's last event: the error as the `Status` a REST client would get.
+fn error_event(error: registry::Error) -> WatchEvent {
     WatchEvent {
         type_: "ERROR",
         kind: "Status",
-        object: SharedObject::new(error.status()),
+        object: SharedObject::new(ApiError::from(error).status()),
     }
 }
 

@@ -2,18 +2,14 @@
 //! optimistic concurrency, status subresources, Deployment revision history, apply,
 //! scale and rollback. HTTP-free, so controllers in this process can use it directly.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
-    sync::Arc,
-};
+use std::{collections::BTreeSet, net::Ipv4Addr, sync::Arc};
 
-use axum::http::StatusCode;
 use berth_api::{
     MAX_OBJECT_BYTES, RESOURCE_TYPES, ResourceType, Source,
     apps::REVISION_ANNOTATION,
-    core::{Namespace, Service},
+    core::Service,
     find_by_plural,
+    kinds::{NAMESPACES, SERVICES},
     manifest::ManifestObject,
     meta::DEFAULT_NAMESPACE,
     selector::{FieldSelector, Selector},
@@ -24,12 +20,17 @@ use serde_json::{Value, json};
 
 use crate::{
     allocation::{self, Ranges},
-    api::error::ApiError,
     metrics::Metrics,
+    objects::str_at,
     store::{KeyValue, Op, Precondition, Revision, Store, StoreError},
     util,
     watch_cache::WatchCache,
 };
+
+mod error;
+
+pub use self::error::{Error, Result, decode_error};
+pub use crate::objects::{decode_stored, key, labels_of, name_of, namespace_of, prefix};
 
 /// Server-driven read-modify-write loops retry this often on a conflict before giving up.
 const MAX_RETRIES: usize = 8;
@@ -42,89 +43,28 @@ pub struct Registry {
     watch_cache: Arc<WatchCache>,
 }
 
-static NAMESPACES: ResourceType = ResourceType::of::<Namespace>();
-static SERVICES: ResourceType = ResourceType::of::<Service>();
-
-/// Where an object lives in the store: `/<group or core>/<plural>/<namespace>/<name>`
-/// (no namespace segment for cluster-scoped kinds).
-pub fn key(rt: &ResourceType, namespace: &str, name: &str) -> String {
-    format!("{}{name}", prefix(rt, Some(namespace)))
-}
-
-pub fn prefix(rt: &ResourceType, namespace: Option<&str>) -> String {
-    let group = if rt.group.is_empty() {
-        "core"
-    } else {
-        rt.group
-    };
-    match namespace {
-        Some(ns) if rt.namespaced => format!("/{group}/{}/{ns}/", rt.plural),
-        _ => format!("/{group}/{}/", rt.plural),
-    }
-}
-
-/// The stored JSON with `metadata.resourceVersion` stamped from the store's revision.
-pub fn decode_stored(kv: &KeyValue) -> Result<Value, ApiError> {
-    let mut object: Value = serde_json::from_slice(&kv.value)
-        .map_err(|e| ApiError::internal(format!("corrupt object at {}: {e}", kv.key)))?;
-    object["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
-    Ok(object)
-}
-
-pub fn labels_of(object: &Value) -> BTreeMap<String, String> {
-    object
-        .pointer("/metadata/labels")
-        .and_then(Value::as_object)
-        .map(|labels| {
-            labels
-                .iter()
-                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned())))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn str_at<'a>(object: &'a Value, pointer: &str) -> &'a str {
-    object
-        .pointer(pointer)
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-}
-
-pub fn name_of(object: &Value) -> &str {
-    str_at(object, "/metadata/name")
-}
-
-pub fn namespace_of(object: &Value) -> &str {
-    str_at(object, "/metadata/namespace")
-}
-
 /// `resourceVersion` as a client sent it: empty means "no precondition".
-pub fn parse_resource_version(text: &str) -> Result<Option<Revision>, ApiError> {
+pub fn parse_resource_version(text: &str) -> Result<Option<Revision>, Error> {
     if text.is_empty() {
         return Ok(None);
     }
     text.parse().map(Some).map_err(|_| {
-        ApiError::bad_request(format!("resourceVersion {text:?} is not a revision number"))
+        Error::bad_request(format!("resourceVersion {text:?} is not a revision number"))
     })
 }
 
-fn encode(object: &Value) -> Result<Vec<u8>, ApiError> {
+fn encode(object: &Value) -> Result<Vec<u8>, Error> {
     let mut object = object.clone();
     if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
         // Derived from the store's own revision on every read; storing it would go stale.
         meta.remove("resourceVersion");
     }
-    let bytes = serde_json::to_vec(&object).map_err(|e| ApiError::internal(e.to_string()))?;
+    let bytes = serde_json::to_vec(&object).map_err(|e| Error::internal(e.to_string()))?;
     if bytes.len() > MAX_OBJECT_BYTES {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "RequestEntityTooLarge",
-            format!(
-                "object is {} bytes; the limit is {MAX_OBJECT_BYTES}",
-                bytes.len()
-            ),
-        ));
+        return Err(Error::TooLarge(format!(
+            "object is {} bytes; the limit is {MAX_OBJECT_BYTES}",
+            bytes.len()
+        )));
     }
     Ok(bytes)
 }
@@ -173,7 +113,7 @@ impl Registry {
     /// Writes the allocation keys of Services that hold values without them (stored
     /// before allocation existed), so nothing else can take those values. Two Services
     /// holding the same value are reported; the first keeps it.
-    pub async fn reserve_held_values(&self) -> Result<(), ApiError> {
+    pub async fn reserve_held_values(&self) -> Result<(), Error> {
         let (services, _) = self
             .list(
                 &SERVICES,
@@ -207,14 +147,14 @@ impl Registry {
     }
 
     /// Creates namespace `name` unless it exists (`default`, at every start).
-    pub async fn ensure_namespace(&self, name: &str) -> Result<(), ApiError> {
+    pub async fn ensure_namespace(&self, name: &str) -> Result<(), Error> {
         let object = NAMESPACES
             .decode(Source::Value(json!({"metadata": {"name": name}})))
             .map_err(|e| decode_error(&NAMESPACES, name, e))?
             .object;
         match self.create(&NAMESPACES, object).await {
             Ok(_) => Ok(()),
-            Err(e) if e.reason == "AlreadyExists" => Ok(()),
+            Err(Error::AlreadyExists(_)) => Ok(()),
             Err(e) => Err(e),
         }
     }
@@ -232,30 +172,26 @@ impl Registry {
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, ApiError> {
+    ) -> Result<T, Error> {
         let store = Arc::clone(&self.store);
         tokio::task::spawn_blocking(move || f(store.as_ref()))
             .await
-            .map_err(|e| ApiError::internal(format!("store task failed: {e}")))?
-            .map_err(ApiError::from)
+            .map_err(|e| Error::internal(format!("store task failed: {e}")))?
+            .map_err(Error::from)
     }
 
-    async fn commit(&self, ops: Vec<Op>) -> Result<Revision, ApiError> {
+    async fn commit(&self, ops: Vec<Op>) -> Result<Revision, Error> {
         let timer = self.metrics.store_commit_seconds.start_timer();
         let store = Arc::clone(&self.store);
         let result = tokio::task::spawn_blocking(move || store.commit(ops))
             .await
-            .map_err(|e| ApiError::internal(format!("store task failed: {e}")))?
+            .map_err(|e| Error::internal(format!("store task failed: {e}")))?
             .map_err(|e| match e {
                 // Another write took the same address or port first: plan again.
                 StoreError::AlreadyExists { key } if allocation::is_allocation_key(&key) => {
-                    ApiError::new(
-                        StatusCode::CONFLICT,
-                        "Conflict",
-                        format!("{key} was allocated by a concurrent write; retry"),
-                    )
+                    Error::Conflict(format!("{key} was allocated by a concurrent write; retry"))
                 }
-                e => ApiError::from(e),
+                e => Error::from(e),
             });
         timer.observe_duration();
         if let Ok(revision) = &result {
@@ -266,7 +202,7 @@ impl Registry {
         result
     }
 
-    async fn read(&self, key: String) -> Result<Option<KeyValue>, ApiError> {
+    async fn read(&self, key: String) -> Result<Option<KeyValue>, Error> {
         self.blocking(move |s| s.get(&key)).await
     }
 
@@ -275,15 +211,15 @@ impl Registry {
         rt: &'static ResourceType,
         namespace: &str,
         name: &str,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Value, Error> {
         match self.read(key(rt, namespace, name)).await? {
-            Some(kv) => decode_stored(&kv),
-            None => Err(ApiError::not_found(rt.kind, name)),
+            Some(kv) => Ok(decode_stored(&kv)?),
+            None => Err(Error::not_found(rt.kind, name)),
         }
     }
 
     /// Every object of a kind, in every namespace.
-    pub async fn list_all(&self, rt: &'static ResourceType) -> Result<Vec<Value>, ApiError> {
+    pub async fn list_all(&self, rt: &'static ResourceType) -> Result<Vec<Value>, Error> {
         let (objects, _) = self
             .list(rt, None, &Selector::default(), &FieldSelector::default())
             .await?;
@@ -296,7 +232,7 @@ impl Registry {
         namespace: Option<&str>,
         labels: &Selector,
         fields: &FieldSelector,
-    ) -> Result<(Vec<Value>, Revision), ApiError> {
+    ) -> Result<(Vec<Value>, Revision), Error> {
         let prefix = prefix(rt, namespace);
         let (kvs, revision) = self.blocking(move |s| s.list(&prefix)).await?;
         let mut items = Vec::with_capacity(kvs.len());
@@ -309,11 +245,7 @@ impl Registry {
         Ok((items, revision))
     }
 
-    pub async fn create(
-        &self,
-        rt: &'static ResourceType,
-        object: Value,
-    ) -> Result<Value, ApiError> {
+    pub async fn create(&self, rt: &'static ResourceType, object: Value) -> Result<Value, Error> {
         let mut attempt = 0;
         loop {
             let planned = self
@@ -330,11 +262,7 @@ impl Registry {
 
     /// Replaces an object. With `metadata.resourceVersion` set, the write only happens if
     /// that is still the stored revision (409 otherwise); without, the last writer wins.
-    pub async fn update(
-        &self,
-        rt: &'static ResourceType,
-        object: Value,
-    ) -> Result<Value, ApiError> {
+    pub async fn update(&self, rt: &'static ResourceType, object: Value) -> Result<Value, Error> {
         let wanted = parse_resource_version(str_at(&object, "/metadata/resourceVersion"))?;
         let (namespace, name) = (
             namespace_of(&object).to_owned(),
@@ -357,7 +285,7 @@ impl Registry {
         namespace: &str,
         name: &str,
         body: Value,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Value, Error> {
         self.update_status_checked(rt, namespace, name, body, |_| Ok(()))
             .await
     }
@@ -371,8 +299,8 @@ impl Registry {
         namespace: &str,
         name: &str,
         body: Value,
-        allowed: impl Fn(&Value) -> Result<(), ApiError>,
-    ) -> Result<Value, ApiError> {
+        allowed: impl Fn(&Value) -> Result<(), Error>,
+    ) -> Result<Value, Error> {
         let wanted = parse_resource_version(str_at(&body, "/metadata/resourceVersion"))?;
         let status = body.get("status").cloned().unwrap_or(Value::Null);
         let written = self
@@ -396,7 +324,7 @@ impl Registry {
         namespace: &str,
         name: &str,
         options: &DeleteOptions,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Value, Error> {
         let wanted = options.resource_version;
         if rt.kind == NAMESPACES.kind
             && let Some(terminating) = self.begin_namespace_deletion(name, wanted).await?
@@ -406,20 +334,16 @@ impl Registry {
         let mut attempt = 0;
         loop {
             let Some(kv) = self.read(key(rt, namespace, name)).await? else {
-                return Err(ApiError::not_found(rt.kind, name));
+                return Err(Error::not_found(rt.kind, name));
             };
             let object = decode_stored(&kv)?;
             if let Some(uid) = &options.uid
                 && str_at(&object, "/metadata/uid") != uid
             {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "Conflict",
-                    format!(
-                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
-                        str_at(&object, "/metadata/uid")
-                    ),
-                ));
+                return Err(Error::Conflict(format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    str_at(&object, "/metadata/uid")
+                )));
             }
             if rt.kind == "Pod"
                 && let Some(grace) = graceful_pod_deletion(&object, options.grace_period_seconds)
@@ -460,11 +384,7 @@ impl Registry {
                 Ok(revision) => return Ok(stamp(object, revision)),
                 // Without a precondition from the caller, a concurrent status write is no
                 // reason to refuse the delete.
-                Err(e)
-                    if e.code == StatusCode::CONFLICT
-                        && wanted.is_none()
-                        && attempt < MAX_RETRIES =>
-                {
+                Err(e) if e.is_conflict() && wanted.is_none() && attempt < MAX_RETRIES => {
                     attempt += 1
                 }
                 Err(e) => return Err(e),
@@ -477,7 +397,7 @@ impl Registry {
         &self,
         objects: Vec<ManifestObject>,
         dry_run: bool,
-    ) -> Result<Vec<ApplyResult>, ApiError> {
+    ) -> Result<Vec<ApplyResult>, Error> {
         let mut attempt = 0;
         loop {
             // Namespaces this manifest creates: objects may be created in them in the same
@@ -536,7 +456,7 @@ impl Registry {
                     return Ok(results);
                 }
                 // Also a concurrent create of one of the objects: it is configured instead.
-                Err(e) if e.code == StatusCode::CONFLICT && attempt < MAX_RETRIES => attempt += 1,
+                Err(e) if e.is_conflict() && attempt < MAX_RETRIES => attempt += 1,
                 Err(e) => return Err(e),
             }
         }
@@ -550,7 +470,7 @@ impl Registry {
         name: &str,
         replicas: i32,
         wanted: Option<Revision>,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Value, Error> {
         let mut previous = 0;
         let object = self
             .read_modify_write(rt, namespace, name, wanted, |existing| {
@@ -579,7 +499,7 @@ impl Registry {
         rt: &'static ResourceType,
         namespace: &str,
         name: &str,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Value, Error> {
         Ok(scale_view(&self.get(rt, namespace, name).await?))
     }
 
@@ -590,12 +510,12 @@ impl Registry {
         namespace: &str,
         name: &str,
         to_revision: i64,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Value, Error> {
         let rt = deployment_type()?;
         let mut attempt = 0;
         let (object, chosen) = loop {
             let Some(kv) = self.read(key(rt, namespace, name)).await? else {
-                return Err(ApiError::not_found(rt.kind, name));
+                return Err(Error::not_found(rt.kind, name));
             };
             let existing = decode_stored(&kv)?;
             let mut history = self
@@ -609,7 +529,7 @@ impl Registry {
                 history.iter().find(|(_, r)| r.revision == to_revision)
             };
             let Some((_, target)) = target else {
-                return Err(ApiError::bad_request(if to_revision == 0 {
+                return Err(Error::bad_request(if to_revision == 0 {
                     format!("deployment {name:?} has no previous revision to roll back to")
                 } else {
                     format!("deployment {name:?} has no revision {to_revision}")
@@ -619,7 +539,7 @@ impl Registry {
             modified["spec"]["template"] = target.data.clone();
             match self.write_over(rt, &kv, &existing, modified).await {
                 Ok(object) => break (object, target.revision),
-                Err(e) if e.code == StatusCode::CONFLICT && attempt < MAX_RETRIES => attempt += 1,
+                Err(e) if e.is_conflict() && attempt < MAX_RETRIES => attempt += 1,
                 Err(e) => return Err(e),
             }
         };
@@ -669,7 +589,7 @@ impl Registry {
         });
         let result = match rt.decode(Source::Value(event)) {
             Ok(decoded) => self.create(rt, decoded.object).await.map(drop),
-            Err(e) => Err(ApiError::internal(e.to_string())),
+            Err(e) => Err(Error::internal(e.to_string())),
         };
         if let Err(e) = result {
             tracing::warn!(
@@ -688,12 +608,12 @@ impl Registry {
         namespace: &str,
         name: &str,
         wanted: Option<Revision>,
-        mut modify: impl FnMut(&Value) -> Result<Value, ApiError>,
-    ) -> Result<Value, ApiError> {
+        mut modify: impl FnMut(&Value) -> Result<Value, Error>,
+    ) -> Result<Value, Error> {
         let mut attempt = 0;
         loop {
             let Some(kv) = self.read(key(rt, namespace, name)).await? else {
-                return Err(ApiError::not_found(rt.kind, name));
+                return Err(Error::not_found(rt.kind, name));
             };
             if let Some(wanted) = wanted
                 && wanted != kv.mod_revision
@@ -708,11 +628,7 @@ impl Registry {
             let existing = decode_stored(&kv)?;
             let modified = modify(&existing)?;
             match self.write_over(rt, &kv, &existing, modified).await {
-                Err(e)
-                    if e.code == StatusCode::CONFLICT
-                        && wanted.is_none()
-                        && attempt < MAX_RETRIES =>
-                {
+                Err(e) if e.is_conflict() && wanted.is_none() && attempt < MAX_RETRIES => {
                     attempt += 1
                 }
                 result => return result,
@@ -727,13 +643,13 @@ impl Registry {
         kv: &KeyValue,
         existing: &Value,
         modified: Value,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Value, Error> {
         let (namespace, name) = (namespace_of(existing), name_of(existing));
         let decoded = rt
             .decode(Source::Value(modified))
             .map_err(|e| decode_error(rt, name, e))?;
         if namespace_of(&decoded.object) != namespace || name_of(&decoded.object) != name {
-            return Err(ApiError::bad_request(
+            return Err(Error::bad_request(
                 "metadata.name and metadata.namespace must match the URL; renaming is not supported",
             ));
         }
@@ -755,12 +671,12 @@ impl Registry {
         namespace: &str,
         name: &str,
         wanted: Option<Revision>,
-        modify: impl Fn(&Value) -> Result<Value, ApiError>,
-    ) -> Result<Value, ApiError> {
+        modify: impl Fn(&Value) -> Result<Value, Error>,
+    ) -> Result<Value, Error> {
         let mut attempt = 0;
         loop {
             let Some(kv) = self.read(key(rt, namespace, name)).await? else {
-                return Err(ApiError::not_found(rt.kind, name));
+                return Err(Error::not_found(rt.kind, name));
             };
             let existing = decode_stored(&kv)?;
             let object = modify(&existing)?;
@@ -773,11 +689,7 @@ impl Registry {
             ops.extend(claim_ops(rt, Some(&existing), Some(&object))?);
             match self.commit(ops).await {
                 Ok(revision) => return Ok(stamp(object, revision)),
-                Err(e)
-                    if e.code == StatusCode::CONFLICT
-                        && wanted.is_none()
-                        && attempt < MAX_RETRIES =>
-                {
+                Err(e) if e.is_conflict() && wanted.is_none() && attempt < MAX_RETRIES => {
                     attempt += 1
                 }
                 Err(e) => return Err(e),
@@ -794,7 +706,7 @@ impl Registry {
         existing: Option<&KeyValue>,
         mut incoming: Value,
         new_namespaces: &BTreeSet<String>,
-    ) -> Result<Planned, ApiError> {
+    ) -> Result<Planned, Error> {
         let (namespace, name) = (
             namespace_of(&incoming).to_owned(),
             name_of(&incoming).to_owned(),
@@ -803,7 +715,7 @@ impl Registry {
         let meta = incoming
             .get_mut("metadata")
             .and_then(Value::as_object_mut)
-            .ok_or_else(|| ApiError::internal("decoded object has no metadata"))?;
+            .ok_or_else(|| Error::internal("decoded object has no metadata"))?;
         meta.remove("resourceVersion");
         match &stored {
             Some(old) => {
@@ -901,7 +813,7 @@ impl Registry {
         &self,
         namespace: &str,
         deployment: &mut Value,
-    ) -> Result<Vec<Op>, ApiError> {
+    ) -> Result<Vec<Op>, Error> {
         let uid = str_at(deployment, "/metadata/uid").to_owned();
         let name = name_of(deployment).to_owned();
         let template = deployment
@@ -918,7 +830,7 @@ impl Registry {
             return Ok(Vec::new());
         }
         let Some(rt) = find_by_plural("apps", "controllerrevisions") else {
-            return Err(ApiError::internal("ControllerRevision kind missing"));
+            return Err(Error::internal("ControllerRevision kind missing"));
         };
         let next = history.last().map_or(0, |(_, r)| r.revision).max(current) + 1;
         set_revision(deployment, next);
@@ -1000,18 +912,14 @@ impl Registry {
 
     /// The op that makes a create in `namespace` depend on the namespace as read: it must
     /// exist and not be terminating, and must not change before the commit.
-    async fn namespace_check(&self, namespace: &str) -> Result<Op, ApiError> {
+    async fn namespace_check(&self, namespace: &str) -> Result<Op, Error> {
         let Some(kv) = self.read(key(&NAMESPACES, "", namespace)).await? else {
-            return Err(ApiError::not_found(NAMESPACES.plural, namespace));
+            return Err(Error::not_found(NAMESPACES.plural, namespace));
         };
         if str_at(&decode_stored(&kv)?, "/status/phase") == "Terminating" {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "Forbidden",
-                format!(
-                    "unable to create new content in namespace {namespace} because it is being terminated"
-                ),
-            ));
+            return Err(Error::Forbidden(format!(
+                "unable to create new content in namespace {namespace} because it is being terminated"
+            )));
         }
         Ok(Op::Check {
             key: kv.key,
@@ -1025,13 +933,11 @@ impl Registry {
         &self,
         name: &str,
         wanted: Option<Revision>,
-    ) -> Result<Option<Value>, ApiError> {
+    ) -> Result<Option<Value>, Error> {
         if name == DEFAULT_NAMESPACE {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "Forbidden",
-                format!("namespaces {name:?} is forbidden: this namespace may not be deleted"),
-            ));
+            return Err(Error::Forbidden(format!(
+                "namespaces {name:?} is forbidden: this namespace may not be deleted"
+            )));
         }
         let current = self.get(&NAMESPACES, "", name).await?;
         if str_at(&current, "/status/phase") != "Terminating" {
@@ -1061,7 +967,7 @@ impl Registry {
         &self,
         stored: Option<&Value>,
         incoming: &mut Value,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), Error> {
         let old = stored.map(typed_service).transpose()?;
         let mut new = typed_service(incoming)?;
         let held = old.as_ref().map(allocation::claims).unwrap_or_default();
@@ -1085,9 +991,10 @@ impl Registry {
             None if new.spec.is_headless() => {}
             None => {
                 let cidr = self.ranges.service_cidr;
-                let ip: Ipv4Addr = new.spec.cluster_ip.parse().map_err(|_| {
-                    ApiError::internal("a validated clusterIP did not parse as IPv4")
-                })?;
+                let ip: Ipv4Addr =
+                    new.spec.cluster_ip.parse().map_err(|_| {
+                        Error::internal("a validated clusterIP did not parse as IPv4")
+                    })?;
                 if !cidr.contains(ip) {
                     error(
                         "spec.clusterIP".into(),
@@ -1145,7 +1052,7 @@ impl Registry {
                             taken.contains(&v) || chosen.contains(&(v as i32))
                         })
                         .ok_or_else(|| {
-                            ApiError::internal(
+                            Error::internal(
                                 "failed to allocate a nodePort: the range 30000-32767 is full",
                             )
                         })?;
@@ -1166,13 +1073,13 @@ impl Registry {
                 .retain(|c| c.type_ != LOAD_BALANCER_CONDITION);
         }
         if !errors.is_empty() {
-            return Err(ApiError::invalid("Service", &new.metadata.name, errors));
+            return Err(Error::invalid("Service", &new.metadata.name, errors));
         }
-        *incoming = serde_json::to_value(&new).map_err(|e| ApiError::internal(e.to_string()))?;
+        *incoming = serde_json::to_value(&new).map_err(|e| Error::internal(e.to_string()))?;
         Ok(())
     }
 
-    async fn allocate_cluster_ip(&self) -> Result<String, ApiError> {
+    async fn allocate_cluster_ip(&self) -> Result<String, Error> {
         let taken = self
             .allocated("clusterips", |t| t.parse::<Ipv4Addr>().ok().map(u32::from))
             .await?;
@@ -1180,7 +1087,7 @@ impl Registry {
         allocation::pick_free(cidr.hosts(), |v| taken.contains(&v))
             .map(|ip| Ipv4Addr::from(ip).to_string())
             .ok_or_else(|| {
-                ApiError::internal(format!(
+                Error::internal(format!(
                     "failed to allocate a cluster IP: the service range {cidr} is full"
                 ))
             })
@@ -1191,7 +1098,7 @@ impl Registry {
         &self,
         kind: &str,
         parse: impl Fn(&str) -> Option<u32>,
-    ) -> Result<BTreeSet<u32>, ApiError> {
+    ) -> Result<BTreeSet<u32>, Error> {
         let prefix = format!("{}{kind}/", allocation::PREFIX);
         let list_prefix = prefix.clone();
         let (kvs, _) = self.blocking(move |s| s.list(&list_prefix)).await?;
@@ -1205,7 +1112,7 @@ impl Registry {
         &self,
         namespace: &str,
         owner_uid: &str,
-    ) -> Result<Vec<(KeyValue, RevisionRecord)>, ApiError> {
+    ) -> Result<Vec<(KeyValue, RevisionRecord)>, Error> {
         let Some(rt) = find_by_plural("apps", "controllerrevisions") else {
             return Ok(Vec::new());
         };
@@ -1234,9 +1141,9 @@ const SERVICES_KIND: &str = "Service";
 /// The Service condition saying whether a LoadBalancer address was assigned.
 pub const LOAD_BALANCER_CONDITION: &str = "LoadBalancerReady";
 
-fn typed_service(object: &Value) -> Result<Service, ApiError> {
+fn typed_service(object: &Value) -> Result<Service, Error> {
     serde_json::from_value(object.clone())
-        .map_err(|e| ApiError::internal(format!("stored Service does not decode: {e}")))
+        .map_err(|e| Error::internal(format!("stored Service does not decode: {e}")))
 }
 
 /// The allocation ops for writing `after` over `before` (None: absent) when the kind
@@ -1245,11 +1152,11 @@ fn claim_ops(
     rt: &ResourceType,
     before: Option<&Value>,
     after: Option<&Value>,
-) -> Result<Vec<Op>, ApiError> {
+) -> Result<Vec<Op>, Error> {
     if rt.kind != SERVICES_KIND {
         return Ok(Vec::new());
     }
-    let claims = |object: Option<&Value>| -> Result<BTreeSet<String>, ApiError> {
+    let claims = |object: Option<&Value>| -> Result<BTreeSet<String>, Error> {
         Ok(object
             .map(typed_service)
             .transpose()?
@@ -1265,8 +1172,8 @@ fn claim_ops(
 }
 
 /// Conflicts a server-side retry can resolve: a stale read, a lost allocation race.
-fn is_retryable(error: &ApiError) -> bool {
-    error.code == StatusCode::CONFLICT && error.reason == "Conflict"
+fn is_retryable(error: &Error) -> bool {
+    matches!(error, Error::Conflict(_))
 }
 
 struct RevisionRecord {
@@ -1274,9 +1181,8 @@ struct RevisionRecord {
     data: Value,
 }
 
-fn deployment_type() -> Result<&'static ResourceType, ApiError> {
-    find_by_plural("apps", "deployments")
-        .ok_or_else(|| ApiError::internal("Deployment kind missing"))
+fn deployment_type() -> Result<&'static ResourceType, Error> {
+    find_by_plural("apps", "deployments").ok_or_else(|| Error::internal("Deployment kind missing"))
 }
 
 fn revision_of(deployment: &Value) -> i64 {
@@ -1376,14 +1282,4 @@ fn grace_already_shorter(pod: &Value, grace: i64) -> bool {
     pod.pointer("/metadata/deletionGracePeriodSeconds")
         .and_then(Value::as_i64)
         .is_some_and(|current| current <= grace)
-}
-
-pub fn decode_error(rt: &ResourceType, name: &str, error: berth_api::DecodeError) -> ApiError {
-    match error {
-        berth_api::DecodeError::Invalid { errors } => ApiError::invalid(rt.kind, name, errors),
-        berth_api::DecodeError::Malformed { line, message } => ApiError::bad_request(match line {
-            Some(line) => format!("{} body, line {line}: {message}", rt.kind),
-            None => format!("{} body: {message}", rt.kind),
-        }),
-    }
 }
