@@ -2,8 +2,9 @@
 //! a revisioned store and streams their changes to watchers.
 
 pub mod agent_api;
-pub mod allocation;
 pub mod api;
+/// Where the allocation ranges and keys are, for configuration and controllers.
+pub use registry::allocation;
 pub mod client;
 pub mod config;
 pub mod controllers;

@@ -1,36 +1,47 @@
 //! Resource semantics on top of the key-value store: keys, server-owned metadata,
-//! optimistic concurrency, status subresources, Deployment revision history, apply,
-//! scale and rollback. HTTP-free, so controllers in this process can use it directly.
+//! optimistic concurrency, status subresources, and each kind's own rules through its
+//! strategy (graceful pod deletion, Service allocation, Deployment revision history,
+//! namespace lifecycle). Free of HTTP: its errors are domain errors ([`Error`]) the API
+//! turns into a `Status`, so controllers and the agent API in this process use it
+//! directly.
+//!
+//! A write is decoded to the kind's typed object once, stays typed through the
+//! strategy's hooks, and is encoded once for the store.
 
-use std::{collections::BTreeSet, net::Ipv4Addr, sync::Arc};
+pub mod allocation;
+mod apply;
+mod error;
+mod events;
+mod history;
+mod namespace;
+mod scale;
+mod strategy;
+
+use std::{collections::BTreeSet, sync::Arc};
 
 use berth_api::{
-    MAX_OBJECT_BYTES, RESOURCE_TYPES, ResourceType, Source,
-    apps::REVISION_ANNOTATION,
-    core::Service,
-    find_by_plural,
-    kinds::{NAMESPACES, SERVICES},
-    manifest::ManifestObject,
-    meta::DEFAULT_NAMESPACE,
+    MAX_OBJECT_BYTES, Resource, ResourceType,
     selector::{FieldSelector, Selector},
-    validation::FieldError,
 };
-use serde::Serialize;
 use serde_json::{Value, json};
 
+pub use self::{
+    allocation::LOAD_BALANCER_CONDITION,
+    apply::ApplyResult,
+    error::{Error, Result, decode_error},
+    strategy::pod::DEFAULT_POD_GRACE_SECONDS,
+};
+use self::{
+    allocation::Ranges,
+    strategy::{Strategy, with_strategy},
+};
+pub use crate::objects::{decode_stored, key, labels_of, name_of, namespace_of, prefix};
 use crate::{
-    allocation::{self, Ranges},
     metrics::Metrics,
     objects::str_at,
     store::{KeyValue, Op, Precondition, Revision, Store, StoreError},
-    util,
     watch_cache::WatchCache,
 };
-
-mod error;
-
-pub use self::error::{Error, Result, decode_error};
-pub use crate::objects::{decode_stored, key, labels_of, name_of, namespace_of, prefix};
 
 /// Server-driven read-modify-write loops retry this often on a conflict before giving up.
 const MAX_RETRIES: usize = 8;
@@ -44,7 +55,7 @@ pub struct Registry {
 }
 
 /// `resourceVersion` as a client sent it: empty means "no precondition".
-pub fn parse_resource_version(text: &str) -> Result<Option<Revision>, Error> {
+pub fn parse_resource_version(text: &str) -> Result<Option<Revision>> {
     if text.is_empty() {
         return Ok(None);
     }
@@ -53,13 +64,17 @@ pub fn parse_resource_version(text: &str) -> Result<Option<Revision>, Error> {
     })
 }
 
-fn encode(object: &Value) -> Result<Vec<u8>, Error> {
-    let mut object = object.clone();
-    if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
-        // Derived from the store's own revision on every read; storing it would go stale.
-        meta.remove("resourceVersion");
+/// The stored form of a typed object; `resourceVersion` is derived from the store's own
+/// revision on every read, so storing it would go stale.
+fn encode<R: Resource>(object: &R) -> Result<Vec<u8>> {
+    let bytes = if object.meta().resource_version.is_empty() {
+        serde_json::to_vec(object)
+    } else {
+        let mut object = object.clone();
+        object.meta_mut().resource_version.clear();
+        serde_json::to_vec(&object)
     }
-    let bytes = serde_json::to_vec(&object).map_err(|e| Error::internal(e.to_string()))?;
+    .map_err(|e| Error::internal(e.to_string()))?;
     if bytes.len() > MAX_OBJECT_BYTES {
         return Err(Error::TooLarge(format!(
             "object is {} bytes; the limit is {MAX_OBJECT_BYTES}",
@@ -69,26 +84,36 @@ fn encode(object: &Value) -> Result<Vec<u8>, Error> {
     Ok(bytes)
 }
 
-/// What `apply` did with one object.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ApplyResult {
-    pub api_version: String,
-    pub kind: String,
-    pub namespace: String,
-    pub name: String,
-    /// `created`, `configured` or `unchanged`.
-    pub action: &'static str,
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub resource_version: String,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub warnings: Vec<String>,
+/// The typed object stored at `kv`, with its `resourceVersion`.
+fn decode_typed<R: Resource>(kv: &KeyValue) -> Result<R> {
+    let mut object: R = serde_json::from_slice(&kv.value)
+        .map_err(|e| StoreError::Corrupt(format!("{}: {e}", kv.key)))?;
+    object.meta_mut().resource_version = kv.mod_revision.to_string();
+    Ok(object)
+}
+
+/// The typed object of `strategy`'s kind from a `Value` the API already decoded and
+/// validated.
+fn typed<S: Strategy>(_strategy: &S, object: Value) -> Result<S::Object> {
+    serde_json::from_value(object).map_err(|e| {
+        Error::internal(format!(
+            "a decoded {} does not decode: {e}",
+            <S::Object as Resource>::KIND
+        ))
+    })
+}
+
+/// The object as the API returns it, stamped with the revision that wrote it.
+fn answer<R: Resource>(object: &R, revision: Revision) -> Result<Value> {
+    let mut value = serde_json::to_value(object).map_err(|e| Error::internal(e.to_string()))?;
+    value["metadata"]["resourceVersion"] = json!(revision.to_string());
+    Ok(value)
 }
 
 /// A planned write of one object: the ops and the object as it will read back.
-struct Planned {
+struct Planned<R> {
     ops: Vec<Op>,
-    object: Value,
+    object: R,
     changed: bool,
 }
 
@@ -110,55 +135,6 @@ impl Registry {
         &self.ranges
     }
 
-    /// Writes the allocation keys of Services that hold values without them (stored
-    /// before allocation existed), so nothing else can take those values. Two Services
-    /// holding the same value are reported; the first keeps it.
-    pub async fn reserve_held_values(&self) -> Result<(), Error> {
-        let (services, _) = self
-            .list(
-                &SERVICES,
-                None,
-                &Selector::default(),
-                &FieldSelector::default(),
-            )
-            .await?;
-        for object in services {
-            let service = typed_service(&object)?;
-            for key in allocation::claims(&service) {
-                if let Some(kv) = self.read(key.clone()).await? {
-                    let holder = decode_stored(&kv)?;
-                    let owner = str_at(&holder, "/owner/uid");
-                    if owner != service.metadata.uid {
-                        tracing::warn!(service = %name_of(&object), "{key} is held by another object ({owner})");
-                    }
-                    continue;
-                }
-                let ops = allocation::claim_ops(
-                    &BTreeSet::new(),
-                    &BTreeSet::from([key.clone()]),
-                    &object,
-                );
-                if let Err(e) = self.commit(ops).await {
-                    tracing::warn!(service = %name_of(&object), "could not reserve {key}: {e}");
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Creates namespace `name` unless it exists (`default`, at every start).
-    pub async fn ensure_namespace(&self, name: &str) -> Result<(), Error> {
-        let object = NAMESPACES
-            .decode(Source::Value(json!({"metadata": {"name": name}})))
-            .map_err(|e| decode_error(&NAMESPACES, name, e))?
-            .object;
-        match self.create(&NAMESPACES, object).await {
-            Ok(_) => Ok(()),
-            Err(Error::AlreadyExists(_)) => Ok(()),
-            Err(e) => Err(e),
-        }
-    }
-
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }
@@ -172,7 +148,7 @@ impl Registry {
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, Error> {
+    ) -> Result<T> {
         let store = Arc::clone(&self.store);
         tokio::task::spawn_blocking(move || f(store.as_ref()))
             .await
@@ -180,7 +156,7 @@ impl Registry {
             .map_err(Error::from)
     }
 
-    async fn commit(&self, ops: Vec<Op>) -> Result<Revision, Error> {
+    async fn commit(&self, ops: Vec<Op>) -> Result<Revision> {
         let timer = self.metrics.store_commit_seconds.start_timer();
         let store = Arc::clone(&self.store);
         let result = tokio::task::spawn_blocking(move || store.commit(ops))
@@ -202,8 +178,14 @@ impl Registry {
         result
     }
 
-    async fn read(&self, key: String) -> Result<Option<KeyValue>, Error> {
+    async fn read(&self, key: String) -> Result<Option<KeyValue>> {
         self.blocking(move |s| s.get(&key)).await
+    }
+
+    /// Every key under `prefix`, as stored.
+    async fn read_prefix(&self, prefix: String) -> Result<Vec<KeyValue>> {
+        let (kvs, _) = self.blocking(move |s| s.list(&prefix)).await?;
+        Ok(kvs)
     }
 
     pub async fn get(
@@ -211,7 +193,7 @@ impl Registry {
         rt: &'static ResourceType,
         namespace: &str,
         name: &str,
-    ) -> Result<Value, Error> {
+    ) -> Result<Value> {
         match self.read(key(rt, namespace, name)).await? {
             Some(kv) => Ok(decode_stored(&kv)?),
             None => Err(Error::not_found(rt.kind, name)),
@@ -219,7 +201,7 @@ impl Registry {
     }
 
     /// Every object of a kind, in every namespace.
-    pub async fn list_all(&self, rt: &'static ResourceType) -> Result<Vec<Value>, Error> {
+    pub async fn list_all(&self, rt: &'static ResourceType) -> Result<Vec<Value>> {
         let (objects, _) = self
             .list(rt, None, &Selector::default(), &FieldSelector::default())
             .await?;
@@ -232,7 +214,7 @@ impl Registry {
         namespace: Option<&str>,
         labels: &Selector,
         fields: &FieldSelector,
-    ) -> Result<(Vec<Value>, Revision), Error> {
+    ) -> Result<(Vec<Value>, Revision)> {
         let prefix = prefix(rt, namespace);
         let (kvs, revision) = self.blocking(move |s| s.list(&prefix)).await?;
         let mut items = Vec::with_capacity(kvs.len());
@@ -245,16 +227,29 @@ impl Registry {
         Ok((items, revision))
     }
 
-    pub async fn create(&self, rt: &'static ResourceType, object: Value) -> Result<Value, Error> {
+    /// Creates `object`, decoded and validated as `rt` by the caller.
+    pub async fn create(&self, rt: &'static ResourceType, object: Value) -> Result<Value> {
+        with_strategy!(rt, |strategy| {
+            let object = typed(strategy, object)?;
+            self.create_typed(strategy, rt, object).await
+        })
+    }
+
+    async fn create_typed<S: Strategy>(
+        &self,
+        strategy: &S,
+        rt: &'static ResourceType,
+        object: S::Object,
+    ) -> Result<Value> {
         let mut attempt = 0;
         loop {
             let planned = self
-                .plan(rt, None, object.clone(), &BTreeSet::new())
+                .plan(strategy, rt, None, object.clone(), &BTreeSet::new())
                 .await?;
             match self.commit(planned.ops).await {
-                Ok(revision) => return Ok(stamp(planned.object, revision)),
+                Ok(revision) => return answer(&planned.object, revision),
                 // A lost allocation race or a namespace that changed: plan again.
-                Err(e) if is_retryable(&e) && attempt < MAX_RETRIES => attempt += 1,
+                Err(Error::Conflict(_)) if attempt < MAX_RETRIES => attempt += 1,
                 Err(e) => return Err(e),
             }
         }
@@ -262,20 +257,19 @@ impl Registry {
 
     /// Replaces an object. With `metadata.resourceVersion` set, the write only happens if
     /// that is still the stored revision (409 otherwise); without, the last writer wins.
-    pub async fn update(&self, rt: &'static ResourceType, object: Value) -> Result<Value, Error> {
+    pub async fn update(&self, rt: &'static ResourceType, object: Value) -> Result<Value> {
         let wanted = parse_resource_version(str_at(&object, "/metadata/resourceVersion"))?;
         let (namespace, name) = (
             namespace_of(&object).to_owned(),
             name_of(&object).to_owned(),
         );
-        self.read_modify_write(
-            rt,
-            &namespace,
-            &name,
-            wanted,
-            |_existing| Ok(object.clone()),
-        )
-        .await
+        with_strategy!(rt, |strategy| {
+            let object = typed(strategy, object)?;
+            self.read_modify_write(strategy, rt, &namespace, &name, wanted, |_| {
+                Ok(object.clone())
+            })
+            .await
+        })
     }
 
     /// Replaces only `status`; everything else is kept as stored.
@@ -285,7 +279,7 @@ impl Registry {
         namespace: &str,
         name: &str,
         body: Value,
-    ) -> Result<Value, Error> {
+    ) -> Result<Value> {
         self.update_status_checked(rt, namespace, name, body, |_| Ok(()))
             .await
     }
@@ -299,23 +293,34 @@ impl Registry {
         namespace: &str,
         name: &str,
         body: Value,
-        allowed: impl Fn(&Value) -> Result<(), Error>,
-    ) -> Result<Value, Error> {
+        allowed: impl Fn(&Value) -> Result<()>,
+    ) -> Result<Value> {
         let wanted = parse_resource_version(str_at(&body, "/metadata/resourceVersion"))?;
         let status = body.get("status").cloned().unwrap_or(Value::Null);
-        let written = self
-            .read_modify_write_raw(rt, namespace, name, wanted, |existing| {
-                allowed(existing)?;
-                let mut object = existing.clone();
-                object["status"] = status.clone();
-                // Round-trip through the typed model so a bad status is rejected here.
-                let decoded = rt
-                    .decode(Source::Value(object.clone()))
-                    .map_err(|e| decode_error(rt, name, e))?;
-                Ok(decoded.object)
+        with_strategy!(rt, |strategy| {
+            self.write_raw(strategy, rt, namespace, name, wanted, |object| {
+                // The status is the kind's own type: set it through the JSON form, and
+                // check the result as the kind.
+                let mut value =
+                    serde_json::to_value(&*object).map_err(|e| Error::internal(e.to_string()))?;
+                allowed(&value)?;
+                value["status"] = status.clone();
+                let mut written = serde_json::from_value(value).map_err(|e| {
+                    decode_error(
+                        rt,
+                        name,
+                        berth_api::DecodeError::Malformed {
+                            line: None,
+                            message: e.to_string(),
+                        },
+                    )
+                })?;
+                berth_api::normalize(&mut written).map_err(|e| decode_error(rt, name, e))?;
+                *object = written;
+                Ok(())
             })
-            .await?;
-        Ok(written)
+            .await
+        })
     }
 
     pub async fn delete(
@@ -324,64 +329,66 @@ impl Registry {
         namespace: &str,
         name: &str,
         options: &DeleteOptions,
-    ) -> Result<Value, Error> {
+    ) -> Result<Value> {
+        with_strategy!(rt, |strategy| {
+            self.delete_typed(strategy, rt, namespace, name, options)
+                .await
+        })
+    }
+
+    async fn delete_typed<S: Strategy>(
+        &self,
+        strategy: &S,
+        rt: &'static ResourceType,
+        namespace: &str,
+        name: &str,
+        options: &DeleteOptions,
+    ) -> Result<Value> {
         let wanted = options.resource_version;
-        if rt.kind == NAMESPACES.kind
-            && let Some(terminating) = self.begin_namespace_deletion(name, wanted).await?
-        {
-            return Ok(terminating);
+        if let Some(kept) = strategy.begin_delete(self, name, wanted).await? {
+            return Ok(kept);
         }
         let mut attempt = 0;
         loop {
             let Some(kv) = self.read(key(rt, namespace, name)).await? else {
                 return Err(Error::not_found(rt.kind, name));
             };
-            let object = decode_stored(&kv)?;
-            if let Some(uid) = &options.uid
-                && str_at(&object, "/metadata/uid") != uid
+            let object: S::Object = decode_typed(&kv)?;
+            let uid = &object.meta().uid;
+            if let Some(wanted_uid) = &options.uid
+                && uid != wanted_uid
             {
                 return Err(Error::Conflict(format!(
-                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
-                    str_at(&object, "/metadata/uid")
+                    "Precondition failed: UID in precondition: {wanted_uid}, UID in object meta: {uid}"
                 )));
             }
-            if rt.kind == "Pod"
-                && let Some(grace) = graceful_pod_deletion(&object, options.grace_period_seconds)
-            {
-                if grace_already_shorter(&object, grace) {
-                    return Ok(object);
+            if let Some(grace) = strategy.graceful_deletion(&object, options) {
+                // Already terminating with no more grace than this asks for: unchanged.
+                if object
+                    .meta()
+                    .deletion_grace_period_seconds
+                    .is_some_and(|current| current <= grace)
+                {
+                    return Ok(decode_stored(&kv)?);
                 }
-                let terminating = self
-                    .read_modify_write_raw(rt, namespace, name, wanted, |existing| {
-                        let mut object = existing.clone();
-                        object["metadata"]["deletionTimestamp"] =
-                            json!(util::rfc3339(util::unix_now() + grace.unsigned_abs()));
-                        object["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
-                        Ok(object)
+                return self
+                    .write_raw(strategy, rt, namespace, name, wanted, |object| {
+                        let meta = object.meta_mut();
+                        meta.deletion_timestamp =
+                            crate::util::rfc3339(crate::util::unix_now() + grace.unsigned_abs());
+                        meta.deletion_grace_period_seconds = Some(grace);
+                        Ok(())
                     })
-                    .await?;
-                return Ok(terminating);
+                    .await;
             }
             let mut ops = vec![Op::Delete {
                 key: kv.key.clone(),
                 precondition: Precondition::ModRevision(wanted.unwrap_or(kv.mod_revision)),
             }];
-            ops.extend(claim_ops(rt, Some(&object), None)?);
-            // Revision history is owned by its Deployment and goes with it.
-            if rt.kind == "Deployment" {
-                for revision in self
-                    .controller_revisions(namespace, str_at(&object, "/metadata/uid"))
-                    .await?
-                {
-                    ops.push(Op::Delete {
-                        key: revision.0.key.clone(),
-                        precondition: Precondition::ModRevision(revision.0.mod_revision),
-                    });
-                }
-            }
+            ops.extend(strategy.delete_ops(self, &object).await?);
             match self.commit(ops).await {
                 // The revision of the deletion, as the DELETED watch event carries it.
-                Ok(revision) => return Ok(stamp(object, revision)),
+                Ok(revision) => return answer(&object, revision),
                 // Without a precondition from the caller, a concurrent status write is no
                 // reason to refuse the delete.
                 Err(e) if e.is_conflict() && wanted.is_none() && attempt < MAX_RETRIES => {
@@ -392,224 +399,18 @@ impl Registry {
         }
     }
 
-    /// Creates or replaces every object of a manifest in one transaction: all or nothing.
-    pub async fn apply(
-        &self,
-        objects: Vec<ManifestObject>,
-        dry_run: bool,
-    ) -> Result<Vec<ApplyResult>, Error> {
-        let mut attempt = 0;
-        loop {
-            // Namespaces this manifest creates: objects may be created in them in the same
-            // transaction, before they are in the store.
-            let mut new_namespaces = BTreeSet::new();
-            for object in objects
-                .iter()
-                .filter(|o| o.resource_type.kind == NAMESPACES.kind)
-            {
-                let name = name_of(&object.decoded.object);
-                if self.read(key(&NAMESPACES, "", name)).await?.is_none() {
-                    new_namespaces.insert(name.to_owned());
-                }
-            }
-            let mut ops = Vec::new();
-            let mut results = Vec::new();
-            for object in &objects {
-                let rt = object.resource_type;
-                let incoming = &object.decoded.object;
-                let (namespace, name) = (namespace_of(incoming), name_of(incoming));
-                let existing = self.read(key(rt, namespace, name)).await?;
-                let action = if existing.is_none() {
-                    "created"
-                } else {
-                    "configured"
-                };
-                let planned = self
-                    .plan(rt, existing.as_ref(), incoming.clone(), &new_namespaces)
-                    .await?;
-                results.push(ApplyResult {
-                    api_version: rt.api_version(),
-                    kind: rt.kind.to_owned(),
-                    namespace: namespace.to_owned(),
-                    name: name.to_owned(),
-                    action: if planned.changed { action } else { "unchanged" },
-                    resource_version: existing
-                        .as_ref()
-                        .map(|kv| kv.mod_revision.to_string())
-                        .unwrap_or_default(),
-                    warnings: object.decoded.warnings.clone(),
-                });
-                if planned.changed {
-                    ops.extend(planned.ops);
-                }
-            }
-            if dry_run || ops.is_empty() {
-                return Ok(results);
-            }
-            match self.commit(ops).await {
-                Ok(revision) => {
-                    for result in &mut results {
-                        if result.action != "unchanged" {
-                            result.resource_version = revision.to_string();
-                        }
-                    }
-                    return Ok(results);
-                }
-                // Also a concurrent create of one of the objects: it is configured instead.
-                Err(e) if e.is_conflict() && attempt < MAX_RETRIES => attempt += 1,
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    /// Sets `spec.replicas` of a Deployment or ReplicaSet; returns the `Scale` view.
-    pub async fn scale(
-        &self,
-        rt: &'static ResourceType,
-        namespace: &str,
-        name: &str,
-        replicas: i32,
-        wanted: Option<Revision>,
-    ) -> Result<Value, Error> {
-        let mut previous = 0;
-        let object = self
-            .read_modify_write(rt, namespace, name, wanted, |existing| {
-                previous = existing
-                    .pointer("/spec/replicas")
-                    .and_then(Value::as_i64)
-                    .unwrap_or(0);
-                let mut object = existing.clone();
-                object["spec"]["replicas"] = json!(replicas);
-                Ok(object)
-            })
-            .await?;
-        if i64::from(replicas) != previous {
-            let message = format!(
-                "Scaled {} {name} from {previous} to {replicas} replicas",
-                rt.kind
-            );
-            self.record_event(&object, "Scaled", &message, "Normal")
-                .await;
-        }
-        Ok(scale_view(&object))
-    }
-
-    pub async fn get_scale(
-        &self,
-        rt: &'static ResourceType,
-        namespace: &str,
-        name: &str,
-    ) -> Result<Value, Error> {
-        Ok(scale_view(&self.get(rt, namespace, name).await?))
-    }
-
-    /// `rollout undo`: puts back the pod template of `to_revision`, or of the revision
-    /// before the current one when 0. The restored template becomes the newest revision.
-    pub async fn rollback(
-        &self,
-        namespace: &str,
-        name: &str,
-        to_revision: i64,
-    ) -> Result<Value, Error> {
-        let rt = deployment_type()?;
-        let mut attempt = 0;
-        let (object, chosen) = loop {
-            let Some(kv) = self.read(key(rt, namespace, name)).await? else {
-                return Err(Error::not_found(rt.kind, name));
-            };
-            let existing = decode_stored(&kv)?;
-            let mut history = self
-                .controller_revisions(namespace, str_at(&existing, "/metadata/uid"))
-                .await?;
-            history.sort_by_key(|(_, r)| r.revision);
-            let current = revision_of(&existing);
-            let target = if to_revision == 0 {
-                history.iter().rev().find(|(_, r)| r.revision < current)
-            } else {
-                history.iter().find(|(_, r)| r.revision == to_revision)
-            };
-            let Some((_, target)) = target else {
-                return Err(Error::bad_request(if to_revision == 0 {
-                    format!("deployment {name:?} has no previous revision to roll back to")
-                } else {
-                    format!("deployment {name:?} has no revision {to_revision}")
-                }));
-            };
-            let mut modified = existing.clone();
-            modified["spec"]["template"] = target.data.clone();
-            match self.write_over(rt, &kv, &existing, modified).await {
-                Ok(object) => break (object, target.revision),
-                Err(e) if e.is_conflict() && attempt < MAX_RETRIES => attempt += 1,
-                Err(e) => return Err(e),
-            }
-        };
-        self.record_event(
-            &object,
-            "DeploymentRollback",
-            &format!(
-                "Rolled back to the template of revision {chosen}, now revision {}",
-                revision_of(&object)
-            ),
-            "Normal",
-        )
-        .await;
-        Ok(object)
-    }
-
-    /// Best effort: an event that fails to write must not fail the action it describes.
-    pub async fn record_event(&self, involved: &Value, reason: &str, message: &str, type_: &str) {
-        let Some(rt) = find_by_plural("", "events") else {
-            return;
-        };
-        let namespace = match namespace_of(involved) {
-            "" => berth_api::meta::DEFAULT_NAMESPACE,
-            ns => ns,
-        };
-        let now = util::rfc3339_now();
-        let event = json!({
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {
-                "name": format!("{}.{}", name_of(involved), util::hex(&util::random_bytes::<8>())),
-                "namespace": namespace,
-            },
-            "involvedObject": {
-                "apiVersion": str_at(involved, "/apiVersion"),
-                "kind": str_at(involved, "/kind"),
-                "name": name_of(involved),
-                "namespace": namespace_of(involved),
-                "uid": str_at(involved, "/metadata/uid"),
-            },
-            "reason": reason,
-            "message": message,
-            "type": type_,
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "source": "apiserver",
-        });
-        let result = match rt.decode(Source::Value(event)) {
-            Ok(decoded) => self.create(rt, decoded.object).await.map(drop),
-            Err(e) => Err(Error::internal(e.to_string())),
-        };
-        if let Err(e) = result {
-            tracing::warn!(
-                "could not record event {reason} for {}: {e}",
-                name_of(involved)
-            );
-        }
-    }
-
     /// Reads the object, lets `modify` produce the new version, and writes it with the
     /// read revision as precondition. A conflict is retried when the caller did not ask
     /// for a specific revision (the change is re-derived from fresh state each time).
-    async fn read_modify_write(
+    async fn read_modify_write<S: Strategy>(
         &self,
+        strategy: &S,
         rt: &'static ResourceType,
         namespace: &str,
         name: &str,
         wanted: Option<Revision>,
-        mut modify: impl FnMut(&Value) -> Result<Value, Error>,
-    ) -> Result<Value, Error> {
+        mut modify: impl FnMut(&S::Object) -> Result<S::Object>,
+    ) -> Result<Value> {
         let mut attempt = 0;
         loop {
             let Some(kv) = self.read(key(rt, namespace, name)).await? else {
@@ -625,9 +426,12 @@ impl Registry {
                 }
                 .into());
             }
-            let existing = decode_stored(&kv)?;
+            let existing: S::Object = decode_typed(&kv)?;
             let modified = modify(&existing)?;
-            match self.write_over(rt, &kv, &existing, modified).await {
+            match self
+                .write_over(strategy, rt, &kv, &existing, modified)
+                .await
+            {
                 Err(e) if e.is_conflict() && wanted.is_none() && attempt < MAX_RETRIES => {
                     attempt += 1
                 }
@@ -637,58 +441,65 @@ impl Registry {
     }
 
     /// Validates `modified` and writes it over the stored `kv` if that is still current.
-    async fn write_over(
+    async fn write_over<S: Strategy>(
         &self,
+        strategy: &S,
         rt: &'static ResourceType,
         kv: &KeyValue,
-        existing: &Value,
-        modified: Value,
-    ) -> Result<Value, Error> {
-        let (namespace, name) = (namespace_of(existing), name_of(existing));
-        let decoded = rt
-            .decode(Source::Value(modified))
-            .map_err(|e| decode_error(rt, name, e))?;
-        if namespace_of(&decoded.object) != namespace || name_of(&decoded.object) != name {
+        existing: &S::Object,
+        mut modified: S::Object,
+    ) -> Result<Value> {
+        let (namespace, name) = (&existing.meta().namespace, &existing.meta().name);
+        berth_api::normalize(&mut modified).map_err(|e| decode_error(rt, name, e))?;
+        if &modified.meta().namespace != namespace || &modified.meta().name != name {
             return Err(Error::bad_request(
                 "metadata.name and metadata.namespace must match the URL; renaming is not supported",
             ));
         }
         let planned = self
-            .plan(rt, Some(kv), decoded.object, &BTreeSet::new())
+            .plan(
+                strategy,
+                rt,
+                Some((kv, existing)),
+                modified,
+                &BTreeSet::new(),
+            )
             .await?;
         if !planned.changed {
-            return Ok(existing.clone());
+            return answer(existing, kv.mod_revision);
         }
         let revision = self.commit(planned.ops).await?;
-        Ok(stamp(planned.object, revision))
+        answer(&planned.object, revision)
     }
 
-    /// Like `read_modify_write` but `modify` returns the final stored object, bypassing
-    /// the metadata and status merge (the status subresource owns status only).
-    async fn read_modify_write_raw(
+    /// Like `read_modify_write` but `modify` changes the stored object in place,
+    /// bypassing the metadata and status merge (the status subresource owns status only,
+    /// a deletion owns its timestamps).
+    async fn write_raw<S: Strategy>(
         &self,
+        strategy: &S,
         rt: &'static ResourceType,
         namespace: &str,
         name: &str,
         wanted: Option<Revision>,
-        modify: impl Fn(&Value) -> Result<Value, Error>,
-    ) -> Result<Value, Error> {
+        modify: impl Fn(&mut S::Object) -> Result<()>,
+    ) -> Result<Value> {
         let mut attempt = 0;
         loop {
             let Some(kv) = self.read(key(rt, namespace, name)).await? else {
                 return Err(Error::not_found(rt.kind, name));
             };
-            let existing = decode_stored(&kv)?;
-            let object = modify(&existing)?;
+            let existing: S::Object = decode_typed(&kv)?;
+            let mut object = existing.clone();
+            modify(&mut object)?;
             let mut ops = vec![Op::Put {
                 key: kv.key.clone(),
                 value: encode(&object)?,
                 precondition: Precondition::ModRevision(wanted.unwrap_or(kv.mod_revision)),
             }];
-            // A status write can take or release LoadBalancer addresses.
-            ops.extend(claim_ops(rt, Some(&existing), Some(&object))?);
+            ops.extend(strategy.status_ops(&existing, &object));
             match self.commit(ops).await {
-                Ok(revision) => return Ok(stamp(object, revision)),
+                Ok(revision) => return answer(&object, revision),
                 Err(e) if e.is_conflict() && wanted.is_none() && attempt < MAX_RETRIES => {
                     attempt += 1
                 }
@@ -697,546 +508,81 @@ impl Registry {
         }
     }
 
-    /// Fills server-owned fields and computes the store ops for writing `incoming` over
-    /// `existing` (None = create). Reads revision history, allocations and the namespace;
-    /// `new_namespaces` are created in the same transaction.
-    async fn plan(
+    /// Fills server-owned fields and computes the store ops for writing `object` over
+    /// `existing` (the stored record and its object; None = create). Reads revision
+    /// history, allocations and the namespace; `new_namespaces` are created in the same
+    /// transaction.
+    async fn plan<S: Strategy>(
         &self,
+        strategy: &S,
         rt: &'static ResourceType,
-        existing: Option<&KeyValue>,
-        mut incoming: Value,
+        existing: Option<(&KeyValue, &S::Object)>,
+        mut object: S::Object,
         new_namespaces: &BTreeSet<String>,
-    ) -> Result<Planned, Error> {
-        let (namespace, name) = (
-            namespace_of(&incoming).to_owned(),
-            name_of(&incoming).to_owned(),
-        );
-        let stored = existing.map(decode_stored).transpose()?;
-        let meta = incoming
-            .get_mut("metadata")
-            .and_then(Value::as_object_mut)
-            .ok_or_else(|| Error::internal("decoded object has no metadata"))?;
-        meta.remove("resourceVersion");
-        match &stored {
+    ) -> Result<Planned<S::Object>> {
+        let old = existing.map(|(_, old)| old);
+        let meta = object.meta_mut();
+        meta.resource_version.clear();
+        match old {
             Some(old) => {
-                for field in ["uid", "creationTimestamp"] {
-                    meta.insert(field.to_owned(), old["metadata"][field].clone());
-                }
+                let old_meta = old.meta();
+                meta.uid.clone_from(&old_meta.uid);
+                meta.creation_timestamp
+                    .clone_from(&old_meta.creation_timestamp);
                 // Server-owned: a deletion in progress survives any update.
-                for field in ["deletionTimestamp", "deletionGracePeriodSeconds"] {
-                    match old["metadata"].get(field) {
-                        Some(value) => drop(meta.insert(field.to_owned(), value.clone())),
-                        None => drop(meta.remove(field)),
-                    }
-                }
-                if rt.has_status {
-                    match old.get("status") {
-                        Some(status) => incoming["status"] = status.clone(),
-                        None => drop(incoming.as_object_mut().map(|o| o.remove("status"))),
-                    }
-                }
+                meta.deletion_timestamp
+                    .clone_from(&old_meta.deletion_timestamp);
+                meta.deletion_grace_period_seconds = old_meta.deletion_grace_period_seconds;
+                strategy.prepare_for_update(&mut object, old);
             }
             None => {
-                meta.insert("uid".to_owned(), json!(util::uuid_v4()));
-                meta.insert("creationTimestamp".to_owned(), json!(util::rfc3339_now()));
-                meta.insert("generation".to_owned(), json!(1));
-                meta.remove("deletionTimestamp");
-                meta.remove("deletionGracePeriodSeconds");
-                if rt.has_status
-                    && let Some(object) = incoming.as_object_mut()
-                {
-                    object.remove("status");
-                }
+                meta.uid = crate::util::uuid_v4();
+                meta.creation_timestamp = crate::util::rfc3339_now();
+                meta.generation = 1;
+                meta.deletion_timestamp.clear();
+                meta.deletion_grace_period_seconds = None;
+                strategy.prepare_for_create(&mut object);
             }
         }
+        let namespace = object.meta().namespace.clone();
         let mut ops = Vec::new();
-        if existing.is_none() && rt.namespaced && !new_namespaces.contains(&namespace) {
+        if old.is_none() && rt.namespaced && !new_namespaces.contains(&namespace) {
             ops.push(self.namespace_check(&namespace).await?);
         }
-        if existing.is_none() && rt.kind == NAMESPACES.kind {
-            incoming["status"] = json!({"phase": "Active"});
+        ops.extend(strategy.complete(self, old, &mut object).await?);
+        if let Some(old) = old {
+            // After the strategy filled in what the server allocates, so re-sending a spec
+            // without those fields is no change.
+            let generation = old.meta().generation.max(1);
+            object.meta_mut().generation =
+                generation + i64::from(strategy.spec_changed(&object, old));
         }
-        if rt.kind == SERVICES_KIND {
-            self.complete_service(stored.as_ref(), &mut incoming)
-                .await?;
-            ops.extend(claim_ops(rt, stored.as_ref(), Some(&incoming))?);
-        }
-        if let Some(old) = &stored {
-            // After the server filled in what it allocates, so re-sending a spec without
-            // those fields is no change.
-            let generation = old["metadata"]["generation"].as_i64().unwrap_or(1);
-            let spec_changed = incoming.get("spec") != old.get("spec");
-            incoming["metadata"]["generation"] = json!(generation + i64::from(spec_changed));
-        }
-        if rt.kind == "Deployment" {
-            // The annotation is server-owned: keep what is stored unless a new revision is cut.
-            let current = stored.as_ref().map(revision_of).unwrap_or(0);
-            set_revision(&mut incoming, current);
-            ops.extend(
-                self.plan_revision_history(&namespace, &mut incoming)
-                    .await?,
-            );
-        }
-        let changed = match &stored {
+        let changed = match old {
             Some(old) => {
                 let mut old = old.clone();
-                if let Some(meta) = old.get_mut("metadata").and_then(Value::as_object_mut) {
-                    meta.remove("resourceVersion");
-                }
-                old != incoming
+                old.meta_mut().resource_version.clear();
+                old != object
             }
             None => true,
         };
         let precondition = match existing {
-            Some(kv) => Precondition::ModRevision(kv.mod_revision),
+            Some((kv, _)) => Precondition::ModRevision(kv.mod_revision),
             None => Precondition::Absent,
         };
         ops.insert(
             0,
             Op::Put {
-                key: key(rt, &namespace, &name),
-                value: encode(&incoming)?,
+                key: key(rt, &namespace, &object.meta().name),
+                value: encode(&object)?,
                 precondition,
             },
         );
         Ok(Planned {
             ops,
-            object: incoming,
+            object,
             changed,
         })
     }
-
-    /// Records the Deployment's pod template as a ControllerRevision when it is new, or
-    /// renumbers the matching old one (a rollback, or re-applying an old template), and
-    /// prunes history past `revisionHistoryLimit`. Sets the revision annotation.
-    async fn plan_revision_history(
-        &self,
-        namespace: &str,
-        deployment: &mut Value,
-    ) -> Result<Vec<Op>, Error> {
-        let uid = str_at(deployment, "/metadata/uid").to_owned();
-        let name = name_of(deployment).to_owned();
-        let template = deployment
-            .pointer("/spec/template")
-            .cloned()
-            .unwrap_or(Value::Null);
-        let mut history = self.controller_revisions(namespace, &uid).await?;
-        history.sort_by_key(|(_, r)| r.revision);
-        let current = revision_of(deployment);
-        if history
-            .iter()
-            .any(|(_, r)| r.revision == current && r.data == template)
-        {
-            return Ok(Vec::new());
-        }
-        let Some(rt) = find_by_plural("apps", "controllerrevisions") else {
-            return Err(Error::internal("ControllerRevision kind missing"));
-        };
-        let next = history.last().map_or(0, |(_, r)| r.revision).max(current) + 1;
-        set_revision(deployment, next);
-        let mut ops = Vec::new();
-        let reused = history.iter().position(|(_, r)| r.data == template);
-        let (revision_name, precondition, create_meta) = match reused {
-            Some(i) => {
-                let (kv, _) = &history[i];
-                let old = decode_stored(kv)?;
-                (
-                    name_of(&old).to_owned(),
-                    Precondition::ModRevision(kv.mod_revision),
-                    old["metadata"].clone(),
-                )
-            }
-            None => {
-                let hash = util::template_hash(&template);
-                let revision_name = format!("{name}-{hash}");
-                (
-                    revision_name.clone(),
-                    Precondition::Absent,
-                    json!({
-                        "name": revision_name,
-                        "namespace": namespace,
-                        "uid": util::uuid_v4(),
-                        "creationTimestamp": util::rfc3339_now(),
-                        "generation": 1,
-                        "labels": deployment.pointer("/spec/template/metadata/labels").cloned().unwrap_or(json!({})),
-                        "ownerReferences": [{
-                            "apiVersion": "apps/v1", "kind": "Deployment", "name": name, "uid": uid, "controller": true,
-                        }],
-                    }),
-                )
-            }
-        };
-        let mut meta = create_meta;
-        if let Some(m) = meta.as_object_mut() {
-            m.remove("resourceVersion");
-        }
-        // `rollout history` shows why each revision was made, as kubectl does.
-        if let Some(cause) = deployment
-            .pointer("/metadata/annotations/kubernetes.io~1change-cause")
-            .cloned()
-        {
-            meta["annotations"]["kubernetes.io/change-cause"] = cause;
-        }
-        let revision = json!({
-            "apiVersion": "apps/v1",
-            "kind": "ControllerRevision",
-            "metadata": meta,
-            "revision": next,
-            "data": template,
-        });
-        ops.push(Op::Put {
-            key: key(rt, namespace, &revision_name),
-            value: encode(&revision)?,
-            precondition,
-        });
-        // Keep `revisionHistoryLimit` old revisions besides the current one.
-        let limit = deployment
-            .pointer("/spec/revisionHistoryLimit")
-            .and_then(Value::as_u64)
-            .unwrap_or(10) as usize;
-        let old: Vec<&(KeyValue, RevisionRecord)> = history
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| Some(*i) != reused)
-            .map(|(_, entry)| entry)
-            .collect();
-        let excess = old.len().saturating_sub(limit);
-        for (kv, _) in old.into_iter().take(excess) {
-            ops.push(Op::Delete {
-                key: kv.key.clone(),
-                precondition: Precondition::ModRevision(kv.mod_revision),
-            });
-        }
-        Ok(ops)
-    }
-
-    /// The op that makes a create in `namespace` depend on the namespace as read: it must
-    /// exist and not be terminating, and must not change before the commit.
-    async fn namespace_check(&self, namespace: &str) -> Result<Op, Error> {
-        let Some(kv) = self.read(key(&NAMESPACES, "", namespace)).await? else {
-            return Err(Error::not_found(NAMESPACES.plural, namespace));
-        };
-        if str_at(&decode_stored(&kv)?, "/status/phase") == "Terminating" {
-            return Err(Error::Forbidden(format!(
-                "unable to create new content in namespace {namespace} because it is being terminated"
-            )));
-        }
-        Ok(Op::Check {
-            key: kv.key,
-            precondition: Precondition::ModRevision(kv.mod_revision),
-        })
-    }
-
-    /// Deleting a namespace first marks it `Terminating` (the namespace controller then
-    /// deletes its objects and deletes it again); returns None once it is empty and may go.
-    async fn begin_namespace_deletion(
-        &self,
-        name: &str,
-        wanted: Option<Revision>,
-    ) -> Result<Option<Value>, Error> {
-        if name == DEFAULT_NAMESPACE {
-            return Err(Error::Forbidden(format!(
-                "namespaces {name:?} is forbidden: this namespace may not be deleted"
-            )));
-        }
-        let current = self.get(&NAMESPACES, "", name).await?;
-        if str_at(&current, "/status/phase") != "Terminating" {
-            let terminating = self
-                .read_modify_write_raw(&NAMESPACES, "", name, wanted, |existing| {
-                    let mut object = existing.clone();
-                    object["status"]["phase"] = json!("Terminating");
-                    Ok(object)
-                })
-                .await?;
-            return Ok(Some(terminating));
-        }
-        for rt in RESOURCE_TYPES.iter().filter(|rt| rt.namespaced) {
-            let prefix = prefix(rt, Some(name));
-            let (kvs, _) = self.blocking(move |s| s.list(&prefix)).await?;
-            if !kvs.is_empty() {
-                return Ok(Some(current));
-            }
-        }
-        Ok(None)
-    }
-
-    /// Gives a Service what the control plane allocates: a clusterIP and the nodePorts
-    /// left empty, kept across updates (an apply that leaves them out keeps them);
-    /// checks the ones the user chose. LoadBalancer status goes when the type does.
-    async fn complete_service(
-        &self,
-        stored: Option<&Value>,
-        incoming: &mut Value,
-    ) -> Result<(), Error> {
-        let old = stored.map(typed_service).transpose()?;
-        let mut new = typed_service(incoming)?;
-        let held = old.as_ref().map(allocation::claims).unwrap_or_default();
-        let mut errors = Vec::new();
-        let mut error = |field: String, reason: String| errors.push(FieldError { field, reason });
-
-        let old_ip = old
-            .as_ref()
-            .map(|o| o.spec.cluster_ip.clone())
-            .filter(|ip| !ip.is_empty());
-        match old_ip {
-            Some(ip) if new.spec.cluster_ip.is_empty() => new.spec.cluster_ip = ip,
-            Some(ip) if new.spec.cluster_ip != ip => error(
-                "spec.clusterIP".into(),
-                format!("field is immutable (it is {ip})"),
-            ),
-            Some(_) => {}
-            None if new.spec.cluster_ip.is_empty() => {
-                new.spec.cluster_ip = self.allocate_cluster_ip().await?;
-            }
-            None if new.spec.is_headless() => {}
-            None => {
-                let cidr = self.ranges.service_cidr;
-                let ip: Ipv4Addr =
-                    new.spec.cluster_ip.parse().map_err(|_| {
-                        Error::internal("a validated clusterIP did not parse as IPv4")
-                    })?;
-                if !cidr.contains(ip) {
-                    error(
-                        "spec.clusterIP".into(),
-                        format!(
-                            "failed to allocate IP {ip}: the provided IP is not in the valid range; the range of valid IPs is {cidr}"
-                        ),
-                    );
-                } else if self
-                    .read(allocation::cluster_ip_key(&new.spec.cluster_ip))
-                    .await?
-                    .is_some()
-                {
-                    error(
-                        "spec.clusterIP".into(),
-                        format!("failed to allocate IP {ip}: provided IP is already allocated"),
-                    );
-                }
-            }
-        }
-
-        if new.spec.has_node_ports() {
-            let mut chosen: BTreeSet<i32> = BTreeSet::new();
-            for (i, port) in new.spec.ports.iter().enumerate() {
-                let Some(node_port) = port.node_port else {
-                    continue;
-                };
-                let key = allocation::node_port_key(node_port);
-                if chosen.insert(node_port)
-                    && !held.contains(&key)
-                    && self.read(key).await?.is_some()
-                {
-                    error(
-                        format!("spec.ports[{i}].nodePort"),
-                        format!("provided port {node_port} is already allocated"),
-                    );
-                }
-            }
-            let taken = if new.spec.ports.iter().any(|p| p.node_port.is_none()) {
-                self.allocated("nodeports", |t| t.parse().ok()).await?
-            } else {
-                BTreeSet::new()
-            };
-            for port in new.spec.ports.iter_mut().filter(|p| p.node_port.is_none()) {
-                // The same service port keeps its nodePort across updates.
-                let kept = old
-                    .iter()
-                    .flat_map(|o| &o.spec.ports)
-                    .find(|p| p.port == port.port && p.protocol == port.protocol)
-                    .and_then(|p| p.node_port)
-                    .filter(|n| !chosen.contains(n));
-                let node_port = match kept {
-                    Some(n) => n,
-                    None => {
-                        let free = allocation::pick_free(allocation::node_port_range(), |v| {
-                            taken.contains(&v) || chosen.contains(&(v as i32))
-                        })
-                        .ok_or_else(|| {
-                            Error::internal(
-                                "failed to allocate a nodePort: the range 30000-32767 is full",
-                            )
-                        })?;
-                        free as i32
-                    }
-                };
-                chosen.insert(node_port);
-                port.node_port = Some(node_port);
-            }
-        }
-
-        if new.spec.type_ != "LoadBalancer"
-            && let Some(status) = &mut new.status
-        {
-            status.load_balancer = Default::default();
-            status
-                .conditions
-                .retain(|c| c.type_ != LOAD_BALANCER_CONDITION);
-        }
-        if !errors.is_empty() {
-            return Err(Error::invalid("Service", &new.metadata.name, errors));
-        }
-        *incoming = serde_json::to_value(&new).map_err(|e| Error::internal(e.to_string()))?;
-        Ok(())
-    }
-
-    async fn allocate_cluster_ip(&self) -> Result<String, Error> {
-        let taken = self
-            .allocated("clusterips", |t| t.parse::<Ipv4Addr>().ok().map(u32::from))
-            .await?;
-        let cidr = self.ranges.service_cidr;
-        allocation::pick_free(cidr.hosts(), |v| taken.contains(&v))
-            .map(|ip| Ipv4Addr::from(ip).to_string())
-            .ok_or_else(|| {
-                Error::internal(format!(
-                    "failed to allocate a cluster IP: the service range {cidr} is full"
-                ))
-            })
-    }
-
-    /// The values held under `/allocations/<kind>/`.
-    async fn allocated(
-        &self,
-        kind: &str,
-        parse: impl Fn(&str) -> Option<u32>,
-    ) -> Result<BTreeSet<u32>, Error> {
-        let prefix = format!("{}{kind}/", allocation::PREFIX);
-        let list_prefix = prefix.clone();
-        let (kvs, _) = self.blocking(move |s| s.list(&list_prefix)).await?;
-        Ok(kvs
-            .iter()
-            .filter_map(|kv| kv.key.strip_prefix(&prefix).and_then(&parse))
-            .collect())
-    }
-
-    async fn controller_revisions(
-        &self,
-        namespace: &str,
-        owner_uid: &str,
-    ) -> Result<Vec<(KeyValue, RevisionRecord)>, Error> {
-        let Some(rt) = find_by_plural("apps", "controllerrevisions") else {
-            return Ok(Vec::new());
-        };
-        let prefix = prefix(rt, Some(namespace));
-        let (kvs, _) = self.blocking(move |s| s.list(&prefix)).await?;
-        let mut out = Vec::new();
-        for kv in kvs {
-            let object = decode_stored(&kv)?;
-            let owned = object
-                .pointer("/metadata/ownerReferences")
-                .and_then(Value::as_array)
-                .is_some_and(|refs| refs.iter().any(|r| r["uid"] == owner_uid));
-            if owned {
-                let record = RevisionRecord {
-                    revision: object["revision"].as_i64().unwrap_or(0),
-                    data: object["data"].clone(),
-                };
-                out.push((kv, record));
-            }
-        }
-        Ok(out)
-    }
-}
-
-const SERVICES_KIND: &str = "Service";
-/// The Service condition saying whether a LoadBalancer address was assigned.
-pub const LOAD_BALANCER_CONDITION: &str = "LoadBalancerReady";
-
-fn typed_service(object: &Value) -> Result<Service, Error> {
-    serde_json::from_value(object.clone())
-        .map_err(|e| Error::internal(format!("stored Service does not decode: {e}")))
-}
-
-/// The allocation ops for writing `after` over `before` (None: absent) when the kind
-/// holds allocations.
-fn claim_ops(
-    rt: &ResourceType,
-    before: Option<&Value>,
-    after: Option<&Value>,
-) -> Result<Vec<Op>, Error> {
-    if rt.kind != SERVICES_KIND {
-        return Ok(Vec::new());
-    }
-    let claims = |object: Option<&Value>| -> Result<BTreeSet<String>, Error> {
-        Ok(object
-            .map(typed_service)
-            .transpose()?
-            .map(|s| allocation::claims(&s))
-            .unwrap_or_default())
-    };
-    let owner = after.or(before).cloned().unwrap_or(Value::Null);
-    Ok(allocation::claim_ops(
-        &claims(before)?,
-        &claims(after)?,
-        &owner,
-    ))
-}
-
-/// Conflicts a server-side retry can resolve: a stale read, a lost allocation race.
-fn is_retryable(error: &Error) -> bool {
-    matches!(error, Error::Conflict(_))
-}
-
-struct RevisionRecord {
-    revision: i64,
-    data: Value,
-}
-
-fn deployment_type() -> Result<&'static ResourceType, Error> {
-    find_by_plural("apps", "deployments").ok_or_else(|| Error::internal("Deployment kind missing"))
-}
-
-fn revision_of(deployment: &Value) -> i64 {
-    deployment
-        .pointer("/metadata/annotations")
-        .and_then(|a| a.get(REVISION_ANNOTATION))
-        .and_then(Value::as_str)
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(0)
-}
-
-fn set_revision(deployment: &mut Value, revision: i64) {
-    if revision == 0 {
-        return;
-    }
-    let meta = &mut deployment["metadata"];
-    if !meta.get("annotations").is_some_and(Value::is_object) {
-        meta["annotations"] = json!({});
-    }
-    meta["annotations"][REVISION_ANNOTATION] = json!(revision.to_string());
-}
-
-fn stamp(mut object: Value, revision: Revision) -> Value {
-    object["metadata"]["resourceVersion"] = json!(revision.to_string());
-    object
-}
-
-fn scale_view(object: &Value) -> Value {
-    let selector = object
-        .pointer("/spec/selector/matchLabels")
-        .and_then(Value::as_object)
-        .map(|labels| {
-            labels
-                .iter()
-                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-        .unwrap_or_default();
-    json!({
-        "apiVersion": "autoscaling/v1",
-        "kind": "Scale",
-        "metadata": {
-            "name": name_of(object),
-            "namespace": namespace_of(object),
-            "uid": str_at(object, "/metadata/uid"),
-            "resourceVersion": str_at(object, "/metadata/resourceVersion"),
-        },
-        "spec": {"replicas": object.pointer("/spec/replicas").cloned().unwrap_or(json!(0))},
-        "status": {
-            "replicas": object.pointer("/status/replicas").cloned().unwrap_or(json!(0)),
-            "selector": selector,
-        },
-    })
 }
 
 /// How a DELETE was asked for: the preconditions and the grace (Kubernetes' DeleteOptions).
@@ -1255,31 +601,4 @@ impl DeleteOptions {
             ..DeleteOptions::default()
         }
     }
-}
-
-/// Kubernetes' default `terminationGracePeriodSeconds`.
-pub const DEFAULT_POD_GRACE_SECONDS: i64 = 30;
-
-/// The grace a pod's deletion gets, or None when it goes at once: grace 0, or a pod no
-/// node runs (unbound, or already finished), which has no agent to stop it.
-fn graceful_pod_deletion(pod: &Value, asked: Option<i64>) -> Option<i64> {
-    if str_at(pod, "/spec/nodeName").is_empty()
-        || matches!(str_at(pod, "/status/phase"), "Succeeded" | "Failed")
-    {
-        return None;
-    }
-    let grace = asked
-        .or_else(|| {
-            pod.pointer("/spec/terminationGracePeriodSeconds")
-                .and_then(Value::as_i64)
-        })
-        .unwrap_or(DEFAULT_POD_GRACE_SECONDS);
-    (grace > 0).then_some(grace)
-}
-
-/// A pod already terminating keeps its deletion unless this one asks for less grace.
-fn grace_already_shorter(pod: &Value, grace: i64) -> bool {
-    pod.pointer("/metadata/deletionGracePeriodSeconds")
-        .and_then(Value::as_i64)
-        .is_some_and(|current| current <= grace)
 }

@@ -1,0 +1,33 @@
+use berth_api::core::{Namespace, NamespaceStatus};
+use serde_json::Value;
+
+use super::Strategy;
+use crate::{
+    registry::{Registry, Result},
+    store::Revision,
+};
+
+pub(in crate::registry) struct NamespaceStrategy;
+
+impl Strategy for NamespaceStrategy {
+    type Object = Namespace;
+
+    fn prepare_for_create(&self, namespace: &mut Namespace) {
+        namespace.status = Some(NamespaceStatus {
+            phase: "Active".to_owned(),
+        });
+    }
+
+    fn prepare_for_update(&self, namespace: &mut Namespace, old: &Namespace) {
+        namespace.status = old.status.clone();
+    }
+
+    async fn begin_delete(
+        &self,
+        registry: &Registry,
+        name: &str,
+        wanted: Option<Revision>,
+    ) -> Result<Option<Value>> {
+        registry.begin_namespace_deletion(name, wanted).await
+    }
+}
