@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::{
     Error, MAX_RETRIES, Registry, Result, decode_typed, encode, key, prefix,
-    strategy::DeploymentStrategy,
+    strategy::{DeploymentStrategy, revision_of, set_revision},
 };
 use crate::{
     store::{KeyValue, Op, Precondition},
@@ -22,24 +22,6 @@ use crate::{
 const CHANGE_CAUSE: &str = "kubernetes.io/change-cause";
 /// Old revisions kept besides the current one when the Deployment does not say.
 const DEFAULT_HISTORY_LIMIT: usize = 10;
-
-pub(super) fn revision_of(deployment: &Deployment) -> i64 {
-    deployment
-        .metadata
-        .annotations
-        .get(REVISION_ANNOTATION)
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(0)
-}
-
-pub(super) fn set_revision(deployment: &mut Deployment, revision: i64) {
-    if revision != 0 {
-        deployment
-            .metadata
-            .annotations
-            .insert(REVISION_ANNOTATION.to_owned(), revision.to_string());
-    }
-}
 
 impl Registry {
     /// The revisions `owner_uid` owns, as stored, oldest first.

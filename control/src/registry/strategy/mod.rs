@@ -20,7 +20,10 @@ use berth_api::Resource;
 use serde_json::Value;
 
 pub(super) use self::{
-    deployment::DeploymentStrategy, namespace::NamespaceStrategy, plain::*, pod::PodStrategy,
+    deployment::{DeploymentStrategy, revision_of, set_revision},
+    namespace::NamespaceStrategy,
+    plain::*,
+    pod::PodStrategy,
     service::ServiceStrategy,
 };
 use super::{DeleteOptions, Registry, Result};

@@ -31,3 +31,27 @@ impl Strategy for NamespaceStrategy {
         registry.begin_namespace_deletion(name, wanted).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_namespace_is_active_and_an_update_keeps_its_phase() {
+        let mut created = Namespace::default();
+        NamespaceStrategy.prepare_for_create(&mut created);
+        assert_eq!(
+            created.status.as_ref().map(|s| s.phase.as_str()),
+            Some("Active")
+        );
+        let terminating = Namespace {
+            status: Some(NamespaceStatus {
+                phase: "Terminating".into(),
+            }),
+            ..Namespace::default()
+        };
+        let mut update = created.clone();
+        NamespaceStrategy.prepare_for_update(&mut update, &terminating);
+        assert_eq!(update.status, terminating.status);
+    }
+}

@@ -40,3 +40,74 @@ impl Strategy for PodStrategy {
         (grace > 0).then_some(grace)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use berth_api::core::PodStatus;
+
+    use super::*;
+
+    fn bound(grace: Option<i64>) -> Pod {
+        let mut pod = Pod::default();
+        pod.spec.node_name = "n1".into();
+        pod.spec.termination_grace_period_seconds = grace;
+        pod
+    }
+
+    fn asked(grace: Option<i64>) -> DeleteOptions {
+        DeleteOptions {
+            grace_period_seconds: grace,
+            ..DeleteOptions::default()
+        }
+    }
+
+    #[test]
+    fn a_running_pod_gets_the_grace_asked_for_then_its_own_then_the_default() {
+        assert_eq!(
+            PodStrategy.graceful_deletion(&bound(Some(5)), &asked(Some(2))),
+            Some(2)
+        );
+        assert_eq!(
+            PodStrategy.graceful_deletion(&bound(Some(5)), &asked(None)),
+            Some(5)
+        );
+        assert_eq!(
+            PodStrategy.graceful_deletion(&bound(None), &asked(None)),
+            Some(DEFAULT_POD_GRACE_SECONDS)
+        );
+    }
+
+    #[test]
+    fn a_pod_no_node_runs_or_asked_to_go_now_goes_now() {
+        assert_eq!(
+            PodStrategy.graceful_deletion(&Pod::default(), &asked(None)),
+            None
+        );
+        assert_eq!(
+            PodStrategy.graceful_deletion(&bound(None), &DeleteOptions::force()),
+            None
+        );
+        let mut finished = bound(None);
+        finished.status = Some(PodStatus {
+            phase: "Succeeded".into(),
+            ..PodStatus::default()
+        });
+        assert_eq!(PodStrategy.graceful_deletion(&finished, &asked(None)), None);
+    }
+
+    #[test]
+    fn an_update_keeps_the_stored_status_and_a_create_drops_the_given_one() {
+        let mut stored = bound(None);
+        stored.status = Some(PodStatus {
+            phase: "Running".into(),
+            ..PodStatus::default()
+        });
+        let mut update = bound(Some(3));
+        PodStrategy.prepare_for_update(&mut update, &stored);
+        assert_eq!(update.status, stored.status);
+        assert!(PodStrategy.spec_changed(&update, &stored));
+        let mut create = stored.clone();
+        PodStrategy.prepare_for_create(&mut create);
+        assert_eq!(create.status, None);
+    }
+}

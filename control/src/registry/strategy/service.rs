@@ -50,3 +50,58 @@ impl Strategy for ServiceStrategy {
         Ok(claim_ops(&claims(service), &BTreeSet::new(), service))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use berth_api::core::{LoadBalancerIngress, ServiceStatus};
+
+    use super::*;
+
+    fn with_address(ip: &str) -> Service {
+        let mut service = Service::default();
+        service.status = Some(ServiceStatus {
+            load_balancer: berth_api::core::LoadBalancerStatus {
+                ingress: vec![LoadBalancerIngress { ip: ip.into() }],
+            },
+            ..ServiceStatus::default()
+        });
+        service
+    }
+
+    #[test]
+    fn a_status_write_takes_the_new_load_balancer_address_and_releases_the_old() {
+        let ops = ServiceStrategy
+            .status_ops(&with_address("198.18.128.1"), &with_address("198.18.128.2"));
+        let taken: Vec<_> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Put { key, .. } => Some(key.as_str()),
+                _ => None,
+            })
+            .collect();
+        let released: Vec<_> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Delete { key, .. } => Some(key.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            taken,
+            [crate::registry::allocation::load_balancer_ip_key(
+                "198.18.128.2"
+            )]
+        );
+        assert_eq!(
+            released,
+            [crate::registry::allocation::load_balancer_ip_key(
+                "198.18.128.1"
+            )]
+        );
+        assert!(
+            ServiceStrategy
+                .status_ops(&Service::default(), &Service::default())
+                .is_empty()
+        );
+    }
+}
