@@ -58,14 +58,15 @@ mod tests {
     use super::*;
 
     fn with_address(ip: &str) -> Service {
-        let mut service = Service::default();
-        service.status = Some(ServiceStatus {
-            load_balancer: berth_api::core::LoadBalancerStatus {
-                ingress: vec![LoadBalancerIngress { ip: ip.into() }],
-            },
-            ..ServiceStatus::default()
-        });
-        service
+        Service {
+            status: Some(ServiceStatus {
+                load_balancer: berth_api::core::LoadBalancerStatus {
+                    ingress: vec![LoadBalancerIngress { ip: ip.into() }],
+                },
+                ..ServiceStatus::default()
+            }),
+            ..Service::default()
+        }
     }
 
     #[test]
