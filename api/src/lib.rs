@@ -20,6 +20,7 @@ pub mod apps;
 pub mod autoscaling;
 pub mod core;
 pub mod identity;
+pub mod kinds;
 pub mod kubeconfig;
 pub mod manifest;
 pub mod meta;
@@ -30,5 +31,5 @@ pub mod validation;
 
 pub use resource::{
     DecodeError, Decoded, MAX_OBJECT_BYTES, RESOURCE_TYPES, Resource, ResourceType, Source,
-    TypeMeta, find_by_kind, find_by_plural,
+    TypeMeta, find_by_kind, find_by_plural, normalize,
 };

@@ -361,7 +361,9 @@ fn decode<R: Resource>(source: Source<'_>) -> Result<Decoded, DecodeError> {
     Ok(Decoded { object, warnings })
 }
 
-fn normalize<R: Resource>(object: &mut R) -> Result<(), DecodeError> {
+/// Checks a typed object and fills its `apiVersion`, `kind` and default namespace: what
+/// decoding does, for an object already typed.
+pub fn normalize<R: Resource>(object: &mut R) -> Result<(), DecodeError> {
     let mut v = Validator::default();
     let (api_version, kind) = object.type_meta_mut();
     if !api_version.is_empty() && *api_version != R::api_version() {

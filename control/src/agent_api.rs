@@ -11,6 +11,7 @@ use berth_api::{
         PodDeletionAck, PodStatusAck, PodStatusReport, WatchEvent, WatchRequest, agent_server,
         watch_event::Type,
     },
+    kinds::{ENDPOINTS, NODES, PODS, SERVICES},
     selector::{FieldSelector, Selector},
     validation::check_dns_subdomain,
 };
@@ -20,14 +21,11 @@ use tokio::sync::Mutex;
 use tonic::{Request, Response, Status};
 
 use crate::{
-    api::{
-        error::ApiError,
-        watch::{self, WatchOptions},
-    },
-    controllers::{ENDPOINTS, NODES, PODS, SERVICES, pod_is_terminating},
+    api::watch::{self, WatchOptions},
+    controllers::pod_is_terminating,
     metrics::Metrics,
     pki::{Pki, node_name_of_certificate},
-    registry::{DeleteOptions, Registry, name_of, parse_resource_version},
+    registry::{self, DeleteOptions, Registry, name_of, parse_resource_version},
     tokens::BootstrapTokens,
     usage::Usage,
     util,
@@ -140,16 +138,17 @@ impl PodCidrs {
     }
 }
 
-fn status(error: ApiError) -> Status {
-    let message = error.message.clone();
-    match error.code.as_u16() {
-        400 | 422 => Status::invalid_argument(message),
-        401 => Status::unauthenticated(message),
-        403 => Status::permission_denied(message),
-        404 => Status::not_found(message),
-        409 => Status::aborted(message),
-        410 => Status::out_of_range(message),
-        _ => Status::internal(message),
+/// A registry error as the agent sees it: the gRPC code it acts on, the same message.
+fn status(error: registry::Error) -> Status {
+    use registry::Error as E;
+    let message = error.to_string();
+    match error {
+        E::BadRequest(_) | E::Invalid { .. } => Status::invalid_argument(message),
+        E::Forbidden(_) => Status::permission_denied(message),
+        E::NotFound { .. } | E::KeyNotFound { .. } => Status::not_found(message),
+        E::Conflict(_) | E::AlreadyExists(_) => Status::aborted(message),
+        E::Expired(_) => Status::out_of_range(message),
+        E::TooLarge(_) | E::Internal(_) => Status::internal(message),
     }
 }
 
@@ -188,7 +187,7 @@ impl AgentService {
         let rx = match watch::open(&self.registry, &self.metrics, options).await {
             Ok(rx) => rx,
             // A resume point that was compacted: tell the agent to resync, in-band.
-            Err(e) if e.code.as_u16() == 410 => {
+            Err(registry::Error::Expired(_)) => {
                 let expired = WatchEvent {
                     r#type: Type::Expired.into(),
                     ..WatchEvent::default()
@@ -269,7 +268,7 @@ impl agent_server::Agent for AgentService {
                 node["spec"]["podCIDR"] = json!(pod_cidr);
                 self.registry.update(&NODES, node).await.map_err(status)?;
             }
-            Err(e) if e.code.as_u16() == 404 => {
+            Err(e) if e.is_not_found() => {
                 let node = json!({"apiVersion": "v1", "kind": "Node",
                     "metadata": {"name": request.node_name}, "spec": {"podCIDR": pod_cidr}});
                 let decoded = NODES
@@ -414,14 +413,10 @@ impl agent_server::Agent for AgentService {
             if pod.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node.as_str()) {
                 Ok(())
             } else {
-                Err(ApiError::new(
-                    axum::http::StatusCode::FORBIDDEN,
-                    "Forbidden",
-                    format!(
-                        "pod {}/{} is not bound to node {node}",
-                        report.namespace, report.name
-                    ),
-                ))
+                Err(registry::Error::Forbidden(format!(
+                    "pod {}/{} is not bound to node {node}",
+                    report.namespace, report.name
+                )))
             }
         };
         let updated = self
@@ -456,7 +451,7 @@ impl agent_server::Agent for AgentService {
         {
             Ok(pod) => pod,
             // Gone already (forced, or confirmed before): nothing left to do.
-            Err(e) if e.code == axum::http::StatusCode::NOT_FOUND => {
+            Err(e) if e.is_not_found() => {
                 return Ok(Response::new(PodDeletionAck {}));
             }
             Err(e) => return Err(status(e)),
@@ -487,10 +482,36 @@ impl agent_server::Agent for AgentService {
             .await
         {
             Ok(_) => Ok(Response::new(PodDeletionAck {})),
-            Err(e) if e.code == axum::http::StatusCode::NOT_FOUND => {
-                Ok(Response::new(PodDeletionAck {}))
-            }
+            Err(e) if e.is_not_found() => Ok(Response::new(PodDeletionAck {})),
             Err(e) => Err(status(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+
+    use super::*;
+
+    #[test]
+    fn registry_errors_reach_the_agent_as_the_grpc_code_it_acts_on() {
+        use registry::Error as E;
+        let cases = [
+            (E::not_found("Pod", "web"), Code::NotFound),
+            (E::KeyNotFound { key: "/k".into() }, Code::NotFound),
+            (E::Conflict("stale".into()), Code::Aborted),
+            (E::AlreadyExists("there".into()), Code::Aborted),
+            (E::invalid("Pod", "web", Vec::new()), Code::InvalidArgument),
+            (E::bad_request("bad"), Code::InvalidArgument),
+            (E::Forbidden("not yours".into()), Code::PermissionDenied),
+            (E::Expired("compacted".into()), Code::OutOfRange),
+            (E::internal("broken"), Code::Internal),
+        ];
+        for (error, code) in cases {
+            let message = error.to_string();
+            let status = status(error);
+            assert_eq!((status.code(), status.message()), (code, message.as_str()));
         }
     }
 }

@@ -11,7 +11,28 @@ use berth_api::{
 use serde_json::Value;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-use crate::{api::error::ApiError, pki::Pki};
+use crate::pki::Pki;
+
+/// Why a call to a node's agent failed, in the terms a user acts on.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The node has not said where its agent serves.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The node could not be reached, or failed.
+    #[error("{0}")]
+    Unreachable(String),
+    /// The node has no such pod, container or log.
+    #[error("{0}")]
+    NotFound(String),
+    /// Not possible yet or as asked (a container not running, a bad argument).
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    Timeout(String),
+    #[error("{0}")]
+    Internal(String),
+}
 
 /// Connecting to a node gives up after this long: the node is then reported unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -32,12 +53,12 @@ impl NodeClient {
     }
 
     /// A connected client for the node in `node` (the stored Node object).
-    pub async fn connect(&self, node: &Value) -> Result<GrpcClient<Channel>, ApiError> {
+    pub async fn connect(&self, node: &Value) -> Result<GrpcClient<Channel>, NodeError> {
         let node: Node = serde_json::from_value(node.clone())
-            .map_err(|e| ApiError::internal(format!("stored node: {e}")))?;
+            .map_err(|e| NodeError::Internal(format!("stored node: {e}")))?;
         let name = node.metadata.name.clone();
         let url = node_api_url(node.status.as_ref()).ok_or_else(|| {
-            unavailable(format!(
+            NodeError::Unavailable(format!(
                 "node {name:?} has not reported where its agent serves the node API \
                  (status.daemonEndpoints.agentEndpoint and an InternalIP address)"
             ))
@@ -48,14 +69,14 @@ impl NodeClient {
             // The node certificate names the node, not an address.
             .domain_name(name.clone());
         let channel = Endpoint::from_shared(url.clone())
-            .map_err(|e| ApiError::internal(format!("node {name:?} address {url}: {e}")))?
+            .map_err(|e| NodeError::Internal(format!("node {name:?} address {url}: {e}")))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tls_config(tls)
-            .map_err(|e| ApiError::internal(format!("node API TLS: {e}")))?
+            .map_err(|e| NodeError::Internal(format!("node API TLS: {e}")))?
             .connect()
             .await
             .map_err(|e| {
-                bad_gateway(format!(
+                NodeError::Unreachable(format!(
                     "node {name:?} is unreachable at {url}: {}",
                     chain(&e)
                 ))
@@ -95,31 +116,20 @@ fn chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-fn unavailable(message: String) -> ApiError {
-    ApiError::new(
-        axum::http::StatusCode::SERVICE_UNAVAILABLE,
-        "ServiceUnavailable",
-        message,
-    )
-}
-
-fn bad_gateway(message: String) -> ApiError {
-    ApiError::new(axum::http::StatusCode::BAD_GATEWAY, "BadGateway", message)
-}
-
 /// What a node's answer means to the REST client: the node's own words, with the status
 /// a user acts on (404 for what is not there, 400 for what is not ready, 502 when the
 /// node failed).
-pub fn from_node(node: &str, status: &tonic::Status) -> ApiError {
-    use axum::http::StatusCode;
+pub fn from_node(node: &str, status: &tonic::Status) -> NodeError {
     use tonic::Code;
     let message = status.message().to_owned();
     match status.code() {
-        Code::NotFound => ApiError::new(StatusCode::NOT_FOUND, "NotFound", message),
-        Code::InvalidArgument | Code::FailedPrecondition => ApiError::bad_request(message),
-        Code::DeadlineExceeded => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "Timeout", message),
-        Code::Unavailable => bad_gateway(format!("node {node:?} is unreachable: {message}")),
-        _ => bad_gateway(format!("node {node:?} failed: {message}")),
+        Code::NotFound => NodeError::NotFound(message),
+        Code::InvalidArgument | Code::FailedPrecondition => NodeError::Refused(message),
+        Code::DeadlineExceeded => NodeError::Timeout(message),
+        Code::Unavailable => {
+            NodeError::Unreachable(format!("node {node:?} is unreachable: {message}"))
+        }
+        _ => NodeError::Unreachable(format!("node {node:?} failed: {message}")),
     }
 }
 
@@ -153,16 +163,5 @@ mod tests {
             Some("https://198.18.0.1:10250")
         );
         assert_eq!(node_api_url(None), None);
-    }
-
-    #[test]
-    fn node_answers_map_to_what_the_user_acts_on() {
-        let not_found = from_node("n1", &tonic::Status::not_found("no previous"));
-        assert_eq!(not_found.code.as_u16(), 404);
-        let waiting = from_node("n1", &tonic::Status::failed_precondition("not running"));
-        assert_eq!(waiting.code.as_u16(), 400);
-        let down = from_node("n1", &tonic::Status::unavailable("connection refused"));
-        assert_eq!(down.code.as_u16(), 502);
-        assert!(down.message.contains("\"n1\""), "{}", down.message);
     }
 }

@@ -19,7 +19,7 @@ use rcgen::{
 
 use berth_api::identity;
 
-use crate::util;
+use crate::{credentials::Auth, util};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
@@ -143,7 +143,7 @@ impl Pki {
             (digest, None)
         } else {
             let token = util::hex(&util::random_bytes::<32>());
-            let digest = crate::api::Auth::digest(&token);
+            let digest = Auth::digest(&token);
             write_private(&digest_path, util::hex(&digest).as_bytes())?;
             (digest, Some(token))
         };

@@ -71,6 +71,8 @@ pub struct Server {
 }
 
 impl Server {
+    /// Opens the store, loads or creates the PKI and admin.conf, and starts the API
+    /// listener, the agent API, the controllers and compaction.
     pub async fn start(config: &Config) -> Result<Self, ServerError> {
         std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::Io {
             what: format!("creating {}", config.data_dir.display()),
@@ -78,17 +80,7 @@ impl Server {
         })?;
         let store: Arc<dyn Store> = Arc::new(RedbStore::open(&config.store_path())?);
         let metrics = Metrics::new()?;
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| ServerError::Io {
-                    what: format!("binding {}", config.listen),
-                    source,
-                })?;
-        let local_addr = listener.local_addr().map_err(|source| ServerError::Io {
-            what: "reading the bound address".to_owned(),
-            source,
-        })?;
+        let (listener, local_addr) = bind(config.listen, "bound").await?;
         // A wildcard listen address is reached through loopback from this machine.
         let client_host = if local_addr.ip().is_unspecified() {
             "127.0.0.1".to_owned()
@@ -119,16 +111,7 @@ impl Server {
             pki.new_admin_token.as_deref(),
         )?;
 
-        let ranges = config.ranges().map_err(ServerError::Setup)?;
-        let registry = Registry::new(Arc::clone(&store), metrics.clone(), ranges);
-        registry
-            .ensure_namespace(berth_api::meta::DEFAULT_NAMESPACE)
-            .await
-            .map_err(|e| ServerError::Setup(format!("creating the default namespace: {e}")))?;
-        registry
-            .reserve_held_values()
-            .await
-            .map_err(|e| ServerError::Setup(format!("reserving Service allocations: {e}")))?;
+        let registry = open_registry(config, &store, &metrics).await?;
         let usage = Usage::default();
         let (shutdown, shutdown_rx) = watch::channel(false);
         let controllers = if config.no_controllers {
@@ -150,29 +133,7 @@ impl Server {
             &pki.bootstrap_token,
         )?);
         let pki = Arc::new(pki);
-        let agent_listener = TcpListener::bind(config.agent_listen)
-            .await
-            .map_err(|source| ServerError::Io {
-                what: format!("binding {}", config.agent_listen),
-                source,
-            })?;
-        let agent_port = agent_listener
-            .local_addr()
-            .map_err(|source| ServerError::Io {
-                what: "reading the agent API address".to_owned(),
-                source,
-            })?
-            .port();
-        let agent_url = format!("https://{client_host}:{agent_port}");
-        let agent_tls = tonic::transport::ServerTlsConfig::new()
-            .identity(tonic::transport::Identity::from_pem(
-                &pki.server_cert_pem,
-                &pki.server_key_pem,
-            ))
-            .client_ca_root(tonic::transport::Certificate::from_pem(&pki.ca_cert_pem))
-            // Join is the one call made before the node has a certificate.
-            .client_auth_optional(true);
-        let agent_service = AgentService::new(
+        let service = AgentService::new(
             registry.clone(),
             metrics.clone(),
             Arc::clone(&pki),
@@ -181,23 +142,9 @@ impl Server {
             usage.clone(),
             Duration::from_secs(config.node_grace_secs),
         );
-        let agent_server = tonic::transport::Server::builder()
-            .tls_config(agent_tls)
-            .map_err(|e| ServerError::Tls(e.to_string()))?
-            .add_service(AgentServer::new(agent_service));
-        let mut agent_shutdown = shutdown_rx.clone();
-        let agent = tokio::spawn(async move {
-            let incoming = tonic::transport::server::TcpIncoming::from(agent_listener);
-            let stop = async move {
-                let _ = agent_shutdown.changed().await;
-            };
-            if let Err(e) = agent_server
-                .serve_with_incoming_shutdown(incoming, stop)
-                .await
-            {
-                tracing::error!("agent API stopped: {e}");
-            }
-        });
+        let (agent, agent_port) =
+            serve_agent_api(config, &pki, service, shutdown_rx.clone()).await?;
+        let agent_url = format!("https://{client_host}:{agent_port}");
         let router = api::router(ApiState {
             registry,
             metrics: metrics.clone(),
@@ -242,6 +189,73 @@ impl Server {
             controllers.join().await;
         }
     }
+}
+
+/// Binds `address`; `name` says which listener in errors.
+async fn bind(address: SocketAddr, name: &str) -> Result<(TcpListener, SocketAddr), ServerError> {
+    let listener = TcpListener::bind(address)
+        .await
+        .map_err(|source| ServerError::Io {
+            what: format!("binding {address}"),
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| ServerError::Io {
+        what: format!("reading the {name} address"),
+        source,
+    })?;
+    Ok((listener, local_addr))
+}
+
+/// The registry over `store`, with what must hold before anything is served: the
+/// `default` namespace, and the allocations of Services stored before they were kept.
+async fn open_registry(
+    config: &Config,
+    store: &Arc<dyn Store>,
+    metrics: &Metrics,
+) -> Result<Registry, ServerError> {
+    let ranges = config.ranges().map_err(ServerError::Setup)?;
+    let registry = Registry::new(Arc::clone(store), metrics.clone(), ranges);
+    registry
+        .ensure_namespace(berth_api::meta::DEFAULT_NAMESPACE)
+        .await
+        .map_err(|e| ServerError::Setup(format!("creating the default namespace: {e}")))?;
+    registry
+        .reserve_held_values()
+        .await
+        .map_err(|e| ServerError::Setup(format!("reserving Service allocations: {e}")))?;
+    Ok(registry)
+}
+
+/// Serves the agents' gRPC API over mutual TLS until shutdown; returns its task and port.
+async fn serve_agent_api(
+    config: &Config,
+    pki: &Pki,
+    service: AgentService,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(JoinHandle<()>, u16), ServerError> {
+    let (listener, address) = bind(config.agent_listen, "agent API").await?;
+    let tls = tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(
+            &pki.server_cert_pem,
+            &pki.server_key_pem,
+        ))
+        .client_ca_root(tonic::transport::Certificate::from_pem(&pki.ca_cert_pem))
+        // Join is the one call made before the node has a certificate.
+        .client_auth_optional(true);
+    let server = tonic::transport::Server::builder()
+        .tls_config(tls)
+        .map_err(|e| ServerError::Tls(e.to_string()))?
+        .add_service(AgentServer::new(service));
+    let task = tokio::spawn(async move {
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        let stop = async move {
+            let _ = shutdown.changed().await;
+        };
+        if let Err(e) = server.serve_with_incoming_shutdown(incoming, stop).await {
+            tracing::error!("agent API stopped: {e}");
+        }
+    });
+    Ok((task, address.port()))
 }
 
 fn tls_acceptor(pki: &Pki) -> Result<TlsAcceptor, ServerError> {

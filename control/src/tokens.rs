@@ -14,7 +14,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    api::Auth,
+    credentials::Auth,
     pki::{self, PkiError},
     util,
 };

@@ -25,8 +25,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
 use crate::{
-    api::error::ApiError,
-    registry::{decode_stored, labels_of, prefix},
+    objects::{decode_stored, labels_of, prefix},
     store::{Event, EventKind, Revision, Store, StoreError},
 };
 
@@ -88,7 +87,7 @@ pub struct CachedEvent {
 }
 
 impl CachedEvent {
-    pub fn decode(event: &Event) -> Result<Self, ApiError> {
+    pub fn decode(event: &Event) -> Result<Self, StoreError> {
         let object = decode_stored(&event.kv)?;
         let type_ = match event.kind {
             EventKind::Delete => "DELETED",
@@ -121,7 +120,7 @@ impl Heartbeats {
     fn mark(&mut self, event: &mut CachedEvent) {
         if !event
             .key
-            .starts_with(&prefix(&crate::controllers::NODES, None))
+            .starts_with(&prefix(&berth_api::kinds::NODES, None))
         {
             return;
         }
@@ -181,15 +180,6 @@ pub enum WatchEnd {
     FellBehind { limit: usize },
     #[error(transparent)]
     Store(Arc<StoreError>),
-}
-
-impl From<&WatchEnd> for ApiError {
-    fn from(end: &WatchEnd) -> Self {
-        match end {
-            WatchEnd::FellBehind { .. } => Self::expired(end.to_string()),
-            WatchEnd::Store(e) => Self::from(e.as_ref()),
-        }
-    }
 }
 
 /// Why the fan-out stopped queueing to a watcher.
@@ -657,10 +647,11 @@ mod tests {
     use tokio::sync::mpsc;
 
     use super::{QUEUE, WINDOW, WatchCache};
+    use berth_api::kinds::PODS;
+
     use crate::{
         allocation::{Cidr, Ranges},
         api::watch::{self, WatchEvent, WatchOptions},
-        controllers::PODS,
         metrics::Metrics,
         registry::{Registry, key},
         store::{Op, Precondition, RedbStore, Revision, Store, StoreError},
@@ -1027,9 +1018,10 @@ mod tests {
             skip_heartbeats: false,
         };
         let refused = watch::open(&f.registry, &f.metrics, options).await;
-        assert_eq!(
-            refused.map(|_| ()).map_err(|e| (e.code.as_u16(), e.reason)),
-            Err((410, "Expired"))
+        assert!(
+            matches!(refused, Err(crate::registry::Error::Expired(_))),
+            "{:?}",
+            refused.map(|_| ())
         );
     }
 
@@ -1068,7 +1060,7 @@ mod tests {
         };
         let event = |type_: &'static str, object: serde_json::Value| CachedEvent {
             revision: 1,
-            key: key(&crate::controllers::NODES, "", "n1"),
+            key: key(&berth_api::kinds::NODES, "", "n1"),
             type_,
             object: SharedObject::new(object),
             labels: BTreeMap::new(),

@@ -10,7 +10,7 @@ use berth_api::validation::FieldError;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::store::StoreError;
+use crate::{node_client::NodeError, registry, store::StoreError};
 
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
@@ -142,27 +142,52 @@ impl ApiError {
     }
 }
 
-impl From<StoreError> for ApiError {
-    fn from(error: StoreError) -> Self {
-        Self::from(&error)
+/// The one place a domain error becomes an HTTP status: code, reason and details.
+impl From<registry::Error> for ApiError {
+    fn from(error: registry::Error) -> Self {
+        use registry::Error as E;
+        let message = error.to_string();
+        match error {
+            E::NotFound { kind, name } => Self::not_found(&kind, &name),
+            E::KeyNotFound { .. } => Self::new(StatusCode::NOT_FOUND, "NotFound", message),
+            E::AlreadyExists(_) => Self::new(StatusCode::CONFLICT, "AlreadyExists", message),
+            E::Conflict(_) => Self::new(StatusCode::CONFLICT, "Conflict", message),
+            E::Invalid { kind, name, causes } => Self::invalid(&kind, &name, causes),
+            E::BadRequest(_) => Self::bad_request(message),
+            E::TooLarge(_) => Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestEntityTooLarge",
+                message,
+            ),
+            E::Expired(_) => Self::expired(message),
+            E::Forbidden(_) => Self::new(StatusCode::FORBIDDEN, "Forbidden", message),
+            E::Internal(_) => Self::internal(message),
+        }
     }
 }
 
-impl From<&StoreError> for ApiError {
-    fn from(error: &StoreError) -> Self {
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        Self::from(registry::Error::from(error))
+    }
+}
+
+/// What a node's answer means to the REST client: 404 for what is not there, 400 for
+/// what is not ready, 502 when the node failed.
+impl From<NodeError> for ApiError {
+    fn from(error: NodeError) -> Self {
         let message = error.to_string();
         match error {
-            StoreError::Conflict { .. } => Self::new(
-                StatusCode::CONFLICT,
-                "Conflict",
-                format!("{message}; read the object again and retry with its new resourceVersion"),
+            NodeError::Unavailable(_) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                message,
             ),
-            StoreError::AlreadyExists { .. } => {
-                Self::new(StatusCode::CONFLICT, "AlreadyExists", message)
-            }
-            StoreError::NotFound { .. } => Self::new(StatusCode::NOT_FOUND, "NotFound", message),
-            StoreError::Compacted { .. } => Self::expired(message),
-            StoreError::Backend(_) | StoreError::Corrupt(_) => Self::internal(message),
+            NodeError::Unreachable(_) => Self::new(StatusCode::BAD_GATEWAY, "BadGateway", message),
+            NodeError::NotFound(_) => Self::new(StatusCode::NOT_FOUND, "NotFound", message),
+            NodeError::Refused(_) => Self::bad_request(message),
+            NodeError::Timeout(_) => Self::new(StatusCode::GATEWAY_TIMEOUT, "Timeout", message),
+            NodeError::Internal(_) => Self::internal(message),
         }
     }
 }
@@ -173,5 +198,102 @@ impl IntoResponse for ApiError {
             tracing::error!(reason = self.reason, "{}", self.message);
         }
         (self.code, Json(self.status())).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status_of(error: impl Into<ApiError>) -> (u16, &'static str, String) {
+        let error = error.into();
+        (error.code.as_u16(), error.reason, error.message)
+    }
+
+    #[test]
+    fn each_domain_error_has_its_kubernetes_code_and_reason() {
+        use registry::Error as E;
+        let cases = [
+            (E::not_found("Pod", "web"), 404, "NotFound"),
+            (
+                E::KeyNotFound {
+                    key: "/core/pods/default/web".into(),
+                },
+                404,
+                "NotFound",
+            ),
+            (E::AlreadyExists("x exists".into()), 409, "AlreadyExists"),
+            (E::Conflict("stale".into()), 409, "Conflict"),
+            (E::invalid("Pod", "web", Vec::new()), 422, "Invalid"),
+            (E::bad_request("bad"), 400, "BadRequest"),
+            (E::TooLarge("big".into()), 413, "RequestEntityTooLarge"),
+            (E::Expired("gone".into()), 410, "Expired"),
+            (E::Forbidden("no".into()), 403, "Forbidden"),
+            (E::internal("broken"), 500, "InternalError"),
+        ];
+        for (error, code, reason) in cases {
+            let message = error.to_string();
+            assert_eq!(status_of(error), (code, reason, message));
+        }
+    }
+
+    #[test]
+    fn not_found_and_invalid_carry_kind_name_and_causes() {
+        let status = ApiError::from(registry::Error::not_found("Pod", "web")).status();
+        assert_eq!(status["message"], "Pod \"web\" not found");
+        assert_eq!(status["details"]["kind"], "Pod");
+        assert_eq!(status["details"]["name"], "web");
+        let causes = vec![FieldError {
+            field: "spec.replicas".into(),
+            reason: "must be greater than or equal to 0".into(),
+        }];
+        let status = ApiError::from(registry::Error::invalid("Deployment", "web", causes)).status();
+        assert_eq!(status["code"], 422);
+        assert_eq!(
+            status["message"],
+            "Deployment \"web\" is invalid: spec.replicas: must be greater than or equal to 0"
+        );
+        assert_eq!(status["details"]["causes"][0]["field"], "spec.replicas");
+        assert_eq!(
+            status["details"]["causes"][0]["reason"],
+            "FieldValueInvalid"
+        );
+    }
+
+    #[test]
+    fn store_errors_keep_their_status() {
+        let conflict = StoreError::Conflict {
+            key: "/k".into(),
+            expected: 3,
+            found: Some(4),
+        };
+        let (code, reason, message) = status_of(conflict);
+        assert_eq!((code, reason), (409, "Conflict"));
+        assert!(
+            message.ends_with("retry with its new resourceVersion"),
+            "{message}"
+        );
+        let compacted = StoreError::Compacted {
+            requested: 1,
+            compacted: 5,
+        };
+        assert_eq!(status_of(compacted).1, "Expired");
+        let exists = StoreError::AlreadyExists { key: "/k".into() };
+        assert_eq!(status_of(exists).0, 409);
+    }
+
+    #[test]
+    fn node_answers_map_to_what_the_user_acts_on() {
+        use crate::node_client::from_node;
+        let (code, _, _) = status_of(from_node("n1", &tonic::Status::not_found("no previous")));
+        assert_eq!(code, 404);
+        let waiting = from_node("n1", &tonic::Status::failed_precondition("not running"));
+        assert_eq!(status_of(waiting).0, 400);
+        let (code, _, message) = status_of(from_node(
+            "n1",
+            &tonic::Status::unavailable("connection refused"),
+        ));
+        assert_eq!(code, 502);
+        assert!(message.contains("\"n1\""), "{message}");
     }
 }

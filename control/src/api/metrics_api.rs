@@ -11,6 +11,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use berth_api::{
+    kinds::{NODES, PODS},
     selector::{FieldSelector, Selector},
     validation::check_dns_label,
 };
@@ -18,7 +19,6 @@ use serde_json::{Value, json};
 
 use super::{ApiState, error::ApiError, with_info};
 use crate::{
-    controllers::{NODES, PODS},
     registry::name_of,
     usage::{self, UsageView},
     util,

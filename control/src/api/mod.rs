@@ -8,6 +8,7 @@ pub mod error;
 mod metrics_api;
 mod node_proxy;
 mod openapi;
+mod query;
 mod resources;
 mod tokens;
 pub mod watch;
@@ -27,8 +28,8 @@ use serde_json::json;
 
 use crate::{metrics::Metrics, registry::Registry};
 
-pub use self::auth::Auth;
 use self::error::ApiError;
+pub use crate::credentials::Auth;
 
 #[derive(Clone)]
 pub struct ApiState {

@@ -12,6 +12,7 @@ use axum::{
 };
 use berth_api::{
     core::{Node, Pod},
+    kinds::{NODES, PODS, SERVICES},
     node::{ContainerRef, ExecRequest, LogsRequest, ServiceBackendsRequest},
 };
 use futures_util::StreamExt as _;
@@ -19,10 +20,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiState, error::ApiError};
-use crate::{
-    controllers::{NODES, PODS, SERVICES},
-    node_client::from_node,
-};
+use crate::node_client::from_node;
 
 /// A node whose datapath view takes longer than this is reported as failing.
 const BACKENDS_TIMEOUT: Duration = Duration::from_secs(5);
@@ -60,7 +58,7 @@ async fn target(
         .get(&NODES, "", &pod.spec.node_name)
         .await
         .map_err(|e| {
-            if e.code == StatusCode::NOT_FOUND {
+            if e.is_not_found() {
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "ServiceUnavailable",
@@ -70,7 +68,7 @@ async fn target(
                     ),
                 )
             } else {
-                e
+                ApiError::from(e)
             }
         })?;
     Ok(Target {
@@ -258,7 +256,7 @@ pub async fn service_backends(
                     .collect();
                 json!({"node": node_name, "ready": true, "ports": ports})
             }
-            Ok(Err(error)) => json!({"node": node_name, "ready": true, "error": error.message}),
+            Ok(Err(error)) => json!({"node": node_name, "ready": true, "error": error.to_string()}),
             Err(_) => json!({"node": node_name, "ready": true,
                 "error": format!("no answer within {BACKENDS_TIMEOUT:?}")}),
         }

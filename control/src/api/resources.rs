@@ -12,14 +12,13 @@ use axum::{
 use berth_api::{
     Decoded, MAX_OBJECT_BYTES, ResourceType, Source, find_by_plural,
     manifest::{self, MAX_MANIFEST_BYTES},
-    selector::{FieldSelector, Selector},
     validation::check_dns_label,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiState, error::ApiError, node_proxy, watch, with_info};
-use crate::registry::{DeleteOptions, decode_error, name_of, parse_resource_version};
+use super::{ApiState, error::ApiError, node_proxy, query::selectors, watch, with_info};
+use crate::registry::{self, DeleteOptions, decode_error, name_of, parse_resource_version};
 
 /// A resource URL taken apart.
 #[derive(Debug)]
@@ -138,7 +137,7 @@ async fn dispatch(
             };
             ("create", result.await)
         }
-        (&Method::GET, Some(name), None) => ("get", registry.get(rt, ns, name).await.map(ok_json)),
+        (&Method::GET, Some(name), None) => ("get", replied(registry.get(rt, ns, name).await)),
         (&Method::PUT, Some(name), None) => {
             let result = async {
                 let decoded = read_object(rt, headers, body, namespace.as_deref()).await?;
@@ -156,27 +155,23 @@ async fn dispatch(
         (&Method::DELETE, Some(name), None) => {
             let result = async {
                 let options = delete_options(query, body).await?;
-                registry.delete(rt, ns, name, &options).await.map(ok_json)
+                replied(registry.delete(rt, ns, name, &options).await)
             };
             ("delete", result.await)
         }
         (&Method::GET, Some(name), Some("status")) if rt.has_status => {
-            ("get", registry.get(rt, ns, name).await.map(ok_json))
+            ("get", replied(registry.get(rt, ns, name).await))
         }
         (&Method::PUT, Some(name), Some("status")) if rt.has_status => {
             let result = async {
                 let body: Value = read_json(body, MAX_OBJECT_BYTES).await?;
-                registry
-                    .update_status(rt, ns, name, body)
-                    .await
-                    .map(ok_json)
+                replied(registry.update_status(rt, ns, name, body).await)
             };
             ("update_status", result.await)
         }
-        (&Method::GET, Some(name), Some("scale")) if is_scalable(rt) => (
-            "get_scale",
-            registry.get_scale(rt, ns, name).await.map(ok_json),
-        ),
+        (&Method::GET, Some(name), Some("scale")) if is_scalable(rt) => {
+            ("get_scale", replied(registry.get_scale(rt, ns, name).await))
+        }
         (&Method::PUT, Some(name), Some("scale")) if is_scalable(rt) => {
             let result = async {
                 let scale: berth_api::apps::Scale = read_json(body, MAX_OBJECT_BYTES).await?;
@@ -191,10 +186,11 @@ async fn dispatch(
                     ));
                 }
                 let wanted = parse_resource_version(&scale.metadata.resource_version)?;
-                registry
-                    .scale(rt, ns, name, scale.spec.replicas, wanted)
-                    .await
-                    .map(ok_json)
+                replied(
+                    registry
+                        .scale(rt, ns, name, scale.spec.replicas, wanted)
+                        .await,
+                )
             };
             ("scale", result.await)
         }
@@ -207,10 +203,7 @@ async fn dispatch(
                     serde_json::from_slice(&bytes)
                         .map_err(|e| ApiError::bad_request(format!("request body: {e}")))?
                 };
-                registry
-                    .rollback(ns, name, request.to_revision)
-                    .await
-                    .map(ok_json)
+                replied(registry.rollback(ns, name, request.to_revision).await)
             };
             ("rollback", result.await)
         }
@@ -259,6 +252,11 @@ fn is_scalable(rt: &ResourceType) -> bool {
 
 fn is_true(value: Option<&String>) -> bool {
     value.is_some_and(|v| matches!(v.as_str(), "true" | "1"))
+}
+
+/// A registry answer as the response: the object, or the error as a `Status`.
+fn replied(result: registry::Result<Value>) -> Result<Response, ApiError> {
+    result.map(ok_json).map_err(ApiError::from)
 }
 
 fn ok_json(value: Value) -> Response {
@@ -395,16 +393,6 @@ async fn delete_options(
         uid,
         grace_period_seconds,
     })
-}
-
-pub(super) fn selectors(
-    query: &HashMap<String, String>,
-) -> Result<(Selector, FieldSelector), ApiError> {
-    let labels = Selector::parse(query.get("labelSelector").map_or("", String::as_str))
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let fields = FieldSelector::parse(query.get("fieldSelector").map_or("", String::as_str))
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    Ok((labels, fields))
 }
 
 async fn list(

@@ -3,7 +3,7 @@
 //! `Expired` error if that history was compacted. [`open`] is shared by the REST watch
 //! (newline-delimited JSON) and the agents' gRPC watches.
 
-use std::{collections::HashMap, convert::Infallible, sync::Arc, time::Duration};
+use std::{collections::HashMap, convert::Infallible, pin::Pin, sync::Arc, time::Duration};
 
 use axum::{
     body::{Body, Bytes},
@@ -14,15 +14,19 @@ use berth_api::{
     ResourceType,
     selector::{FieldSelector, Selector},
 };
+use prometheus::IntCounter;
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, watch};
+use tokio::{
+    sync::{mpsc, watch},
+    time::Sleep,
+};
 
-use super::{ApiState, error::ApiError, resources::selectors};
+use super::{ApiState, error::ApiError, query::selectors};
 use crate::{
     metrics::Metrics,
-    registry::{Registry, parse_resource_version, prefix},
-    store::{Revision, StoreError},
-    watch_cache::{BATCH, CachedEvent, Filter, SharedObject},
+    registry::{self, Registry, parse_resource_version, prefix},
+    store::{Revision, Store, StoreError},
+    watch_cache::{BATCH, CachedEvent, Filter, SharedObject, Subscription, WatchCache},
 };
 
 /// Kubernetes closes watches after 30–60 minutes so clients re-establish them through
@@ -66,17 +70,82 @@ pub async fn open(
     registry: &Registry,
     metrics: &Metrics,
     options: WatchOptions,
-) -> Result<mpsc::Receiver<WatchEvent>, ApiError> {
+) -> registry::Result<mpsc::Receiver<WatchEvent>> {
     let store = Arc::clone(registry.store());
     let cache = Arc::clone(registry.watch_cache());
     // Subscribe before reading so a commit between the read and the wait still wakes us.
-    let mut wake = store.subscribe();
+    let wake = store.subscribe();
+    let (initial, starts) = initial_state(registry, &options).await?;
+    let label = options
+        .kinds
+        .iter()
+        .map(|rt| rt.plural)
+        .collect::<Vec<_>>()
+        .join(",");
+    let gauge = metrics.watches.with_label_values(&[label.as_str()]);
+    let last = starts.iter().map(|(_, r)| *r).min().unwrap_or(0);
+    let filter = Arc::new(Filter {
+        kinds: starts
+            .iter()
+            .map(|(rt, start)| (prefix(rt, options.namespace.as_deref()), *rt, *start))
+            .collect(),
+        labels: options.labels,
+        fields: options.fields,
+        skip_heartbeats: options.skip_heartbeats,
+    });
+    let (tx, rx) = mpsc::channel::<WatchEvent>(64);
+    let feed = Feed {
+        tx,
+        sent: metrics.watch_events.with_label_values(&[label.as_str()]),
+        filter,
+        bookmark_kind: options.kinds.first().map_or("", |rt| rt.kind),
+    };
+    tokio::spawn(async move {
+        gauge.inc();
+        let deadline = tokio::time::sleep(options.timeout);
+        tokio::pin!(deadline);
+        'stream: {
+            for event in initial {
+                if !feed.send(event).await {
+                    break 'stream;
+                }
+            }
+            if options.synced_marker && !feed.send(marker("SYNCED", feed.bookmark_kind, last)).await
+            {
+                break 'stream;
+            }
+            let mut reported = last;
+            let Some(subscription) = catch_up(
+                &feed,
+                store,
+                &cache,
+                wake,
+                last,
+                &mut reported,
+                deadline.as_mut(),
+            )
+            .await
+            else {
+                break 'stream;
+            };
+            follow(&feed, subscription, options.bookmarks, reported, deadline).await;
+        }
+        gauge.dec();
+    });
+    Ok(rx)
+}
+
+/// Where each kind's events start: the revision asked for, or (none asked for) the
+/// revision its current state was listed at, with that state as ADDED events.
+async fn initial_state(
+    registry: &Registry,
+    options: &WatchOptions,
+) -> registry::Result<(Vec<WatchEvent>, Vec<(&'static ResourceType, Revision)>)> {
     let mut initial = Vec::new();
-    // Per kind: deliver log events only after the revision its state was read at.
     let mut starts = Vec::new();
     match options.from {
         Some(revision) => {
-            let compacted = store.compacted_revision()?;
+            let compacted = registry.store().compacted_revision()?;
             if revision < compacted {
                 return Err(StoreError::Compacted {
                     requested: revision,
@@ -105,140 +174,140 @@ pub async fn open(
             }
         }
     }
-    let label = options
-        .kinds
-        .iter()
-        .map(|rt| rt.plural)
-        .collect::<Vec<_>>()
-        .join(",");
-    let gauge = metrics.watches.with_label_values(&[label.as_str()]);
-    let sent = metrics.watch_events.with_label_values(&[label.as_str()]);
-    let mut last = starts.iter().map(|(_, r)| *r).min().unwrap_or(0);
-    let filter = Arc::new(Filter {
-        kinds: starts
-            .iter()
-            .map(|(rt, start)| (prefix(rt, options.namespace.as_deref()), *rt, *start))
-            .collect(),
-        labels: options.labels,
-        fields: options.fields,
-        skip_heartbeats: options.skip_heartbeats,
-    });
-    let (tx, rx) = mpsc::channel::<WatchEvent>(64);
-    tokio::spawn(async move {
-        gauge.inc();
-        let send = async |event: WatchEvent| -> bool {
-            let ok = tx.send(event).await.is_ok();
-            if ok {
-                sent.inc();
-            }
-            ok
-        };
-        let deadline = tokio::time::sleep(options.timeout);
-        tokio::pin!(deadline);
-        let bookmark_kind = options.kinds.first().map_or("", |rt| rt.kind);
-        let mut reported = last;
-        'stream: {
-            for event in initial {
-                if !send(event).await {
-                    break 'stream;
-                }
-            }
-            if options.synced_marker && !send(marker("SYNCED", bookmark_kind, last)).await {
-                break 'stream;
-            }
-            // A resume point older than the cache's window: read the log up to it (the
-            // initial state is attached right after it is sent, so this is rare).
-            let mut subscription = loop {
-                match cache.subscribe(Arc::clone(&filter), last) {
-                    Ok(Some(subscription)) => break subscription,
-                    Ok(None) => {}
-                    Err(e) => {
-                        send(error_event(&ApiError::from(e))).await;
-                        break 'stream;
-                    }
-                }
-                wake.borrow_and_update();
-                let read_from = last;
-                let reader = Arc::clone(&store);
-                let batch =
-                    tokio::task::spawn_blocking(move || reader.events_after(read_from, BATCH))
-                        .await;
-                let events = match batch {
-                    Ok(Ok(events)) => events,
-                    Ok(Err(e)) => {
-                        send(error_event(&ApiError::from(e))).await;
-                        break 'stream;
-                    }
-                    Err(e) => {
-                        send(error_event(&ApiError::internal(e.to_string()))).await;
-                        break 'stream;
-                    }
-                };
-                if events.is_empty() {
-                    tokio::select! {
-                        changed = wake.changed() => if changed.is_err() { break 'stream },
-                        () = tx.closed() => break 'stream,
-                        () = &mut deadline => break 'stream,
-                    }
-                    continue;
-                }
-                for event in events {
-                    last = event.revision();
-                    let Ok(event) = CachedEvent::decode(&event) else {
-                        continue;
-                    };
-                    let Some(rt) = filter.kind_of(&event) else {
-                        continue;
-                    };
-                    if !send(delivered(&event, rt)).await {
-                        break 'stream;
-                    }
-                    reported = last;
-                }
-            };
-            let mut progress = subscription.progress();
-            let mut next_bookmark = tokio::time::Instant::now();
-            loop {
-                tokio::select! {
-                    // Events first: a bookmark must not overtake one that is waiting.
-                    biased;
-                    next = subscription.next() => match next {
-                        Ok(Some(event)) => {
-                            let Some(rt) = filter.kind_of(&event) else {
-                                continue;
-                            };
-                            if !send(delivered(&event, rt)).await {
-                                break 'stream;
-                            }
-                            reported = event.revision;
-                        }
-                        Ok(None) => break 'stream,
-                        Err(end) => {
-                            send(error_event(&ApiError::from(&end))).await;
-                            break 'stream;
-                        }
-                    },
-                    Some(revision) = progressed(&mut progress, reported, next_bookmark),
-                        if options.bookmarks =>
-                    {
-                        // Everything up to `revision` was queued before it was reported,
-                        // so an empty queue means none of it is still on its way.
-                        if subscription.is_idle() {
-                            if !send(marker("BOOKMARK", bookmark_kind, revision)).await {
-                                break 'stream;
-                            }
-                            reported = revision;
-                            next_bookmark = tokio::time::Instant::now() + BOOKMARK_INTERVAL;
-                        }
-                    }
-                    () = tx.closed() => break 'stream,
-                    () = &mut deadline => break 'stream,
-                }
+    Ok((initial, starts))
+}
+
+/// One watcher's side of the channel: what it wants, and the count of what it got.
+struct Feed {
+    tx: mpsc::Sender<WatchEvent>,
+    sent: IntCounter,
+    filter: Arc<Filter>,
+    bookmark_kind: &'static str,
+}
+
+impl Feed {
+    /// False once the watcher is gone.
+    async fn send(&self, event: WatchEvent) -> bool {
+        let ok = self.tx.send(event).await.is_ok();
+        if ok {
+            self.sent.inc();
+        }
+        ok
+    }
+
+    /// Ends the watch with `error` as its last event.
+    async fn end(&self, error: registry::Error) {
+        self.send(error_event(error)).await;
+    }
+}
+
+/// A resume point older than the cache's window: reads the log from `last` until the
+/// cache takes the watcher (the initial state is attached right after it is sent, so
+/// this is rare). None when the watch ended meanwhile.
+async fn catch_up(
+    feed: &Feed,
+    store: Arc<dyn Store>,
+    cache: &Arc<WatchCache>,
+    mut wake: watch::Receiver<Revision>,
+    mut last: Revision,
+    reported: &mut Revision,
+    mut deadline: Pin<&mut Sleep>,
+) -> Option<Subscription> {
+    loop {
+        match cache.subscribe(Arc::clone(&feed.filter), last) {
+            Ok(Some(subscription)) => return Some(subscription),
+            Ok(None) => {}
+            Err(e) => {
+                feed.end(registry::Error::from(e)).await;
+                return None;
             }
         }
-        gauge.dec();
-    });
-    Ok(rx)
+        wake.borrow_and_update();
+        let read_from = last;
+        let reader = Arc::clone(&store);
+        let batch =
+            tokio::task::spawn_blocking(move || reader.events_after(read_from, BATCH)).await;
+        let events = match batch {
+            Ok(Ok(events)) => events,
+            Ok(Err(e)) => {
+                feed.end(registry::Error::from(e)).await;
+                return None;
+            }
+            Err(e) => {
+                feed.end(registry::Error::internal(e.to_string())).await;
+                return None;
+            }
+        };
+        if events.is_empty() {
+            tokio::select! {
+                changed = wake.changed() => if changed.is_err() { return None },
+                () = feed.tx.closed() => return None,
+                () = &mut deadline => return None,
+            }
+            continue;
+        }
+        for event in events {
+            last = event.revision();
+            let Ok(event) = CachedEvent::decode(&event) else {
+                continue;
+            };
+            let Some(rt) = feed.filter.kind_of(&event) else {
+                continue;
+            };
+            if !feed.send(delivered(&event, rt)).await {
+                return None;
+            }
+            *reported = last;
+        }
+    }
+}
+
+/// Passes on what the cache fans out to the watcher, with a bookmark now and then when
+/// asked for, until the watcher goes, the deadline passes or the cache ends it.
+async fn follow(
+    feed: &Feed,
+    mut subscription: Subscription,
+    bookmarks: bool,
+    mut reported: Revision,
+    mut deadline: Pin<&mut Sleep>,
+) {
+    let mut progress = subscription.progress();
+    let mut next_bookmark = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            // Events first: a bookmark must not overtake one that is waiting.
+            biased;
+            next = subscription.next() => match next {
+                Ok(Some(event)) => {
+                    let Some(rt) = feed.filter.kind_of(&event) else {
+                        continue;
+                    };
+                    if !feed.send(delivered(&event, rt)).await {
+                        return;
+                    }
+                    reported = event.revision;
+                }
+                Ok(None) => return,
+                Err(end) => {
+                    feed.end(registry::Error::from(&end)).await;
+                    return;
+                }
+            },
+            Some(revision) = progressed(&mut progress, reported, next_bookmark), if bookmarks => {
+                // Everything up to `revision` was queued before it was reported, so an
+                // empty queue means none of it is still on its way.
+                if subscription.is_idle() {
+                    if !feed.send(marker("BOOKMARK", feed.bookmark_kind, revision)).await {
+                        return;
+                    }
+                    reported = revision;
+                    next_bookmark = tokio::time::Instant::now() + BOOKMARK_INTERVAL;
+                }
+            }
+            () = feed.tx.closed() => return,
+            () = &mut deadline => return,
+        }
+    }
 }
 
 /// Waits until `not_before`, then until the cache has fanned out past `reported`.
@@ -269,11 +338,12 @@ fn marker(type_: &'static str, kind: &'static str, revision: Revision) -> WatchE
     }
 }
 
-fn error_event(error: &ApiError) -> WatchEvent {
+/// The watch's last event: the error as the `Status` a REST client would get.
+fn error_event(error: registry::Error) -> WatchEvent {
     WatchEvent {
         type_: "ERROR",
         kind: "Status",
-        object: SharedObject::new(error.status()),
+        object: SharedObject::new(ApiError::from(error).status()),
     }
 }
 

@@ -22,12 +22,7 @@ use std::{
     time::Duration,
 };
 
-use berth_api::{
-    ResourceType, Source,
-    apps::{Deployment, ReplicaSet},
-    autoscaling::HorizontalPodAutoscaler,
-    core::{Endpoints, Namespace, Node, Pod, Service},
-};
+use berth_api::{ResourceType, Source};
 use serde_json::Value;
 use tokio::{
     sync::{mpsc, watch},
@@ -37,20 +32,14 @@ use tokio::{
 
 pub use self::cache::{Cache, Change, Snapshot};
 use crate::{
-    api::error::ApiError,
-    registry::{DeleteOptions, Registry, name_of, namespace_of},
+    registry::{self, DeleteOptions, Registry, name_of, namespace_of},
     store::Store,
     util,
 };
 
-pub static NAMESPACES: ResourceType = ResourceType::of::<Namespace>();
-pub static PODS: ResourceType = ResourceType::of::<Pod>();
-pub static NODES: ResourceType = ResourceType::of::<Node>();
-pub static SERVICES: ResourceType = ResourceType::of::<Service>();
-pub static ENDPOINTS: ResourceType = ResourceType::of::<Endpoints>();
-pub static DEPLOYMENTS: ResourceType = ResourceType::of::<Deployment>();
-pub static REPLICASETS: ResourceType = ResourceType::of::<ReplicaSet>();
-pub static HPAS: ResourceType = ResourceType::of::<HorizontalPodAutoscaler>();
+pub use berth_api::kinds::{
+    DEPLOYMENTS, ENDPOINTS, HPAS, NAMESPACES, NODES, PODS, REPLICASETS, SERVICES,
+};
 
 /// A write a reconciler asks for. Updates carry the `resourceVersion` they were computed
 /// from, so a write based on stale state fails with a conflict and is retried.
@@ -491,7 +480,7 @@ impl Runtime {
             match result {
                 Ok(revision) => written = written.max(revision),
                 Err(e) => {
-                    if e.code != axum::http::StatusCode::CONFLICT {
+                    if !e.is_conflict() {
                         tracing::warn!(controller = reconciler.name(), object = %format!("{ns}/{name}"), "write failed: {e}");
                     }
                     retry = true;
@@ -539,7 +528,7 @@ impl Runtime {
     }
 
     /// Applies one write; returns the store revision it produced (0 if none).
-    async fn execute(&self, write: Write) -> Result<u64, ApiError> {
+    async fn execute(&self, write: Write) -> registry::Result<u64> {
         let revision_of = |object: &Value| {
             object
                 .pointer("/metadata/resourceVersion")
@@ -584,7 +573,7 @@ impl Runtime {
                 };
                 match self.registry.delete(rt, &namespace, &name, &options).await {
                     Ok(deleted) => Ok(revision_of(&deleted)),
-                    Err(e) if e.code == axum::http::StatusCode::NOT_FOUND => Ok(0),
+                    Err(e) if e.is_not_found() => Ok(0),
                     Err(e) => Err(e),
                 }
             }

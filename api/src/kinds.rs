@@ -1,0 +1,20 @@
+//! The kind table's entries by name, for code that addresses one kind (the store keys of
+//! its objects, a watch on it) rather than every kind.
+
+use crate::{
+    ResourceType,
+    apps::{ControllerRevision, Deployment, ReplicaSet},
+    autoscaling::HorizontalPodAutoscaler,
+    core::{Endpoints, Event, Namespace, Node, Pod, Service},
+};
+
+pub static NAMESPACES: ResourceType = ResourceType::of::<Namespace>();
+pub static PODS: ResourceType = ResourceType::of::<Pod>();
+pub static SERVICES: ResourceType = ResourceType::of::<Service>();
+pub static ENDPOINTS: ResourceType = ResourceType::of::<Endpoints>();
+pub static NODES: ResourceType = ResourceType::of::<Node>();
+pub static EVENTS: ResourceType = ResourceType::of::<Event>();
+pub static DEPLOYMENTS: ResourceType = ResourceType::of::<Deployment>();
+pub static REPLICASETS: ResourceType = ResourceType::of::<ReplicaSet>();
+pub static CONTROLLER_REVISIONS: ResourceType = ResourceType::of::<ControllerRevision>();
+pub static HPAS: ResourceType = ResourceType::of::<HorizontalPodAutoscaler>();

@@ -1,0 +1,207 @@
+//! Deployment revision history: each pod template a Deployment had is kept as a
+//! ControllerRevision it owns, numbered by the `deployment.kubernetes.io/revision`
+//! annotation, so `rollout history` lists them and `rollout undo` puts one back.
+
+use berth_api::{
+    apps::{ControllerRevision, Deployment, REVISION_ANNOTATION},
+    kinds::{CONTROLLER_REVISIONS, DEPLOYMENTS},
+    meta::{ObjectMeta, OwnerReference},
+};
+use serde_json::Value;
+
+use super::{
+    Error, MAX_RETRIES, Registry, Result, decode_typed, encode, key, prefix,
+    strategy::{DeploymentStrategy, revision_of, set_revision},
+};
+use crate::{
+    store::{KeyValue, Op, Precondition},
+    util,
+};
+
+/// `rollout history` shows why each revision was made, as kubectl does.
+const CHANGE_CAUSE: &str = "kubernetes.io/change-cause";
+/// Old revisions kept besides the current one when the Deployment does not say.
+const DEFAULT_HISTORY_LIMIT: usize = 10;
+
+impl Registry {
+    /// The revisions `owner_uid` owns, as stored, oldest first.
+    pub(super) async fn controller_revisions(
+        &self,
+        namespace: &str,
+        owner_uid: &str,
+    ) -> Result<Vec<(KeyValue, ControllerRevision)>> {
+        let mut out = Vec::new();
+        for kv in self
+            .read_prefix(prefix(&CONTROLLER_REVISIONS, Some(namespace)))
+            .await?
+        {
+            let revision: ControllerRevision = decode_typed(&kv)?;
+            if revision
+                .metadata
+                .owner_references
+                .iter()
+                .any(|r| r.uid == owner_uid)
+            {
+                out.push((kv, revision));
+            }
+        }
+        out.sort_by_key(|(_, r)| r.revision);
+        Ok(out)
+    }
+
+    /// The ops deleting the revision history of `deployment`, which goes with it.
+    pub(super) async fn history_deletion(&self, deployment: &Deployment) -> Result<Vec<Op>> {
+        let meta = &deployment.metadata;
+        Ok(self
+            .controller_revisions(&meta.namespace, &meta.uid)
+            .await?
+            .into_iter()
+            .map(|(kv, _)| Op::Delete {
+                key: kv.key,
+                precondition: Precondition::ModRevision(kv.mod_revision),
+            })
+            .collect())
+    }
+
+    /// Records the Deployment's pod template as a ControllerRevision when it is new, or
+    /// renumbers the matching old one (a rollback, or re-applying an old template), and
+    /// prunes history past `revisionHistoryLimit`. Sets the revision annotation.
+    pub(super) async fn plan_revision_history(
+        &self,
+        deployment: &mut Deployment,
+    ) -> Result<Vec<Op>> {
+        let (namespace, name, uid) = (
+            deployment.metadata.namespace.clone(),
+            deployment.metadata.name.clone(),
+            deployment.metadata.uid.clone(),
+        );
+        let template = &deployment.spec.template;
+        let history = self.controller_revisions(&namespace, &uid).await?;
+        let current = revision_of(deployment);
+        if history
+            .iter()
+            .any(|(_, r)| r.revision == current && r.data == *template)
+        {
+            return Ok(Vec::new());
+        }
+        let next = history.last().map_or(0, |(_, r)| r.revision).max(current) + 1;
+        let reused = history.iter().position(|(_, r)| r.data == *template);
+        let (mut revision, precondition) = match reused {
+            Some(i) => {
+                let (kv, old) = &history[i];
+                (old.clone(), Precondition::ModRevision(kv.mod_revision))
+            }
+            None => {
+                let hash = util::template_hash(
+                    &serde_json::to_value(template).map_err(|e| Error::internal(e.to_string()))?,
+                );
+                let revision = ControllerRevision {
+                    api_version: "apps/v1".to_owned(),
+                    kind: "ControllerRevision".to_owned(),
+                    metadata: ObjectMeta {
+                        name: format!("{name}-{hash}"),
+                        namespace: namespace.clone(),
+                        uid: util::uuid_v4(),
+                        creation_timestamp: util::rfc3339_now(),
+                        generation: 1,
+                        labels: template.metadata.labels.clone(),
+                        owner_references: vec![OwnerReference {
+                            api_version: "apps/v1".to_owned(),
+                            kind: "Deployment".to_owned(),
+                            name: name.clone(),
+                            uid: uid.clone(),
+                            controller: true,
+                        }],
+                        ..ObjectMeta::default()
+                    },
+                    revision: 0,
+                    data: template.clone(),
+                };
+                (revision, Precondition::Absent)
+            }
+        };
+        revision.revision = next;
+        if let Some(cause) = deployment.metadata.annotations.get(CHANGE_CAUSE) {
+            revision
+                .metadata
+                .annotations
+                .insert(CHANGE_CAUSE.to_owned(), cause.clone());
+        }
+        set_revision(deployment, next);
+        let mut ops = vec![Op::Put {
+            key: key(&CONTROLLER_REVISIONS, &namespace, &revision.metadata.name),
+            value: encode(&revision)?,
+            precondition,
+        }];
+        // Keep `revisionHistoryLimit` old revisions besides the current one.
+        let limit = usize::try_from(deployment.spec.revision_history_limit)
+            .unwrap_or(DEFAULT_HISTORY_LIMIT);
+        let old: Vec<&(KeyValue, ControllerRevision)> = history
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != reused)
+            .map(|(_, entry)| entry)
+            .collect();
+        let excess = old.len().saturating_sub(limit);
+        for (kv, _) in old.into_iter().take(excess) {
+            ops.push(Op::Delete {
+                key: kv.key.clone(),
+                precondition: Precondition::ModRevision(kv.mod_revision),
+            });
+        }
+        Ok(ops)
+    }
+
+    /// `rollout undo`: puts back the pod template of `to_revision`, or of the revision
+    /// before the current one when 0. The restored template becomes the newest revision.
+    pub async fn rollback(&self, namespace: &str, name: &str, to_revision: i64) -> Result<Value> {
+        let rt = &DEPLOYMENTS;
+        let mut attempt = 0;
+        let (object, chosen) = loop {
+            let Some(kv) = self.read(key(rt, namespace, name)).await? else {
+                return Err(Error::not_found(rt.kind, name));
+            };
+            let existing: Deployment = decode_typed(&kv)?;
+            let history = self
+                .controller_revisions(namespace, &existing.metadata.uid)
+                .await?;
+            let current = revision_of(&existing);
+            let target = if to_revision == 0 {
+                history.iter().rev().find(|(_, r)| r.revision < current)
+            } else {
+                history.iter().find(|(_, r)| r.revision == to_revision)
+            };
+            let Some((_, target)) = target else {
+                return Err(Error::bad_request(if to_revision == 0 {
+                    format!("deployment {name:?} has no previous revision to roll back to")
+                } else {
+                    format!("deployment {name:?} has no revision {to_revision}")
+                }));
+            };
+            let mut modified = existing.clone();
+            modified.spec.template = target.data.clone();
+            match self
+                .write_over(&DeploymentStrategy, rt, &kv, &existing, modified)
+                .await
+            {
+                Ok(object) => break (object, target.revision),
+                Err(e) if e.is_conflict() && attempt < MAX_RETRIES => attempt += 1,
+                Err(e) => return Err(e),
+            }
+        };
+        let now = object
+            .pointer("/metadata/annotations")
+            .and_then(|a| a.get(REVISION_ANNOTATION))
+            .and_then(Value::as_str)
+            .unwrap_or("0")
+            .to_owned();
+        self.record_event(
+            &object,
+            "DeploymentRollback",
+            &format!("Rolled back to the template of revision {chosen}, now revision {now}"),
+            "Normal",
+        )
+        .await;
+        Ok(object)
+    }
+}

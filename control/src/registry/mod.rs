@@ -1,0 +1,604 @@
+//! Resource semantics on top of the key-value store: keys, server-owned metadata,
+//! optimistic concurrency, status subresources, and each kind's own rules through its
+//! strategy (graceful pod deletion, Service allocation, Deployment revision history,
+//! namespace lifecycle). Free of HTTP: its errors are domain errors ([`Error`]) the API
+//! turns into a `Status`, so controllers and the agent API in this process use it
+//! directly.
+//!
+//! A write is decoded to the kind's typed object once, stays typed through the
+//! strategy's hooks, and is encoded once for the store.
+
+pub mod allocation;
+mod apply;
+mod error;
+mod events;
+mod history;
+mod namespace;
+mod scale;
+mod strategy;
+
+use std::{collections::BTreeSet, sync::Arc};
+
+use berth_api::{
+    MAX_OBJECT_BYTES, Resource, ResourceType,
+    selector::{FieldSelector, Selector},
+};
+use serde_json::{Value, json};
+
+pub use self::{
+    allocation::LOAD_BALANCER_CONDITION,
+    apply::ApplyResult,
+    error::{Error, Result, decode_error},
+    strategy::pod::DEFAULT_POD_GRACE_SECONDS,
+};
+use self::{
+    allocation::Ranges,
+    strategy::{Strategy, with_strategy},
+};
+pub use crate::objects::{decode_stored, key, labels_of, name_of, namespace_of, prefix};
+use crate::{
+    metrics::Metrics,
+    objects::str_at,
+    store::{KeyValue, Op, Precondition, Revision, Store, StoreError},
+    watch_cache::WatchCache,
+};
+
+/// Server-driven read-modify-write loops retry this often on a conflict before giving up.
+const MAX_RETRIES: usize = 8;
+
+#[derive(Clone)]
+pub struct Registry {
+    store: Arc<dyn Store>,
+    metrics: Metrics,
+    ranges: Arc<Ranges>,
+    watch_cache: Arc<WatchCache>,
+}
+
+/// `resourceVersion` as a client sent it: empty means "no precondition".
+pub fn parse_resource_version(text: &str) -> Result<Option<Revision>> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|_| {
+        Error::bad_request(format!("resourceVersion {text:?} is not a revision number"))
+    })
+}
+
+/// The stored form of a typed object; `resourceVersion` is derived from the store's own
+/// revision on every read, so storing it would go stale.
+fn encode<R: Resource>(object: &R) -> Result<Vec<u8>> {
+    let bytes = if object.meta().resource_version.is_empty() {
+        serde_json::to_vec(object)
+    } else {
+        let mut object = object.clone();
+        object.meta_mut().resource_version.clear();
+        serde_json::to_vec(&object)
+    }
+    .map_err(|e| Error::internal(e.to_string()))?;
+    if bytes.len() > MAX_OBJECT_BYTES {
+        return Err(Error::TooLarge(format!(
+            "object is {} bytes; the limit is {MAX_OBJECT_BYTES}",
+            bytes.len()
+        )));
+    }
+    Ok(bytes)
+}
+
+/// The typed object stored at `kv`, with its `resourceVersion`.
+fn decode_typed<R: Resource>(kv: &KeyValue) -> Result<R> {
+    let mut object: R = serde_json::from_slice(&kv.value)
+        .map_err(|e| StoreError::Corrupt(format!("{}: {e}", kv.key)))?;
+    object.meta_mut().resource_version = kv.mod_revision.to_string();
+    Ok(object)
+}
+
+/// The typed object of `strategy`'s kind from a `Value` the API already decoded and
+/// validated.
+fn typed<S: Strategy>(_strategy: &S, object: Value) -> Result<S::Object> {
+    serde_json::from_value(object).map_err(|e| {
+        Error::internal(format!(
+            "a decoded {} does not decode: {e}",
+            <S::Object as Resource>::KIND
+        ))
+    })
+}
+
+/// The object as the API returns it, stamped with the revision that wrote it.
+fn answer<R: Resource>(object: &R, revision: Revision) -> Result<Value> {
+    let mut value = serde_json::to_value(object).map_err(|e| Error::internal(e.to_string()))?;
+    value["metadata"]["resourceVersion"] = json!(revision.to_string());
+    Ok(value)
+}
+
+/// A planned write of one object: the ops and the object as it will read back.
+struct Planned<R> {
+    ops: Vec<Op>,
+    object: R,
+    changed: bool,
+}
+
+impl Registry {
+    pub fn new(store: Arc<dyn Store>, metrics: Metrics, ranges: Ranges) -> Self {
+        Self {
+            watch_cache: WatchCache::new(Arc::clone(&store)),
+            store,
+            metrics,
+            ranges: Arc::new(ranges),
+        }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn ranges(&self) -> &Ranges {
+        &self.ranges
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The one reader of the store's log that every watch is fed from.
+    pub fn watch_cache(&self) -> &Arc<WatchCache> {
+        &self.watch_cache
+    }
+
+    /// Runs a blocking store call off the async workers (commits wait for fsync).
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T> {
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || f(store.as_ref()))
+            .await
+            .map_err(|e| Error::internal(format!("store task failed: {e}")))?
+            .map_err(Error::from)
+    }
+
+    async fn commit(&self, ops: Vec<Op>) -> Result<Revision> {
+        let timer = self.metrics.store_commit_seconds.start_timer();
+        let store = Arc::clone(&self.store);
+        let result = tokio::task::spawn_blocking(move || store.commit(ops))
+            .await
+            .map_err(|e| Error::internal(format!("store task failed: {e}")))?
+            .map_err(|e| match e {
+                // Another write took the same address or port first: plan again.
+                StoreError::AlreadyExists { key } if allocation::is_allocation_key(&key) => {
+                    Error::Conflict(format!("{key} was allocated by a concurrent write; retry"))
+                }
+                e => Error::from(e),
+            });
+        timer.observe_duration();
+        if let Ok(revision) = &result {
+            self.metrics
+                .store_revision
+                .set(i64::try_from(*revision).unwrap_or(i64::MAX));
+        }
+        result
+    }
+
+    async fn read(&self, key: String) -> Result<Option<KeyValue>> {
+        self.blocking(move |s| s.get(&key)).await
+    }
+
+    /// Every key under `prefix`, as stored.
+    async fn read_prefix(&self, prefix: String) -> Result<Vec<KeyValue>> {
+        let (kvs, _) = self.blocking(move |s| s.list(&prefix)).await?;
+        Ok(kvs)
+    }
+
+    pub async fn get(
+        &self,
+        rt: &'static ResourceType,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Value> {
+        match self.read(key(rt, namespace, name)).await? {
+            Some(kv) => Ok(decode_stored(&kv)?),
+            None => Err(Error::not_found(rt.kind, name)),
+        }
+    }
+
+    /// Every object of a kind, in every namespace.
+    pub async fn list_all(&self, rt: &'static ResourceType) -> Result<Vec<Value>> {
+        let (objects, _) = self
+            .list(rt, None, &Selector::default(), &FieldSelector::default())
+            .await?;
+        Ok(objects)
+    }
+
+    pub async fn list(
+        &self,
+        rt: &'static ResourceType,
+        namespace: Option<&str>,
+        labels: &Selector,
+        fields: &FieldSelector,
+    ) -> Result<(Vec<Value>, Revision)> {
+        let prefix = prefix(rt, namespace);
+        let (kvs, revision) = self.blocking(move |s| s.list(&prefix)).await?;
+        let mut items = Vec::with_capacity(kvs.len());
+        for kv in &kvs {
+            let object = decode_stored(kv)?;
+            if labels.matches(&labels_of(&object)) && fields.matches(&object) {
+                items.push(object);
+            }
+        }
+        Ok((items, revision))
+    }
+
+    /// Creates `object`, decoded and validated as `rt` by the caller.
+    pub async fn create(&self, rt: &'static ResourceType, object: Value) -> Result<Value> {
+        with_strategy!(rt, |strategy| {
+            let object = typed(strategy, object)?;
+            self.create_typed(strategy, rt, object).await
+        })
+    }
+
+    async fn create_typed<S: Strategy>(
+        &self,
+        strategy: &S,
+        rt: &'static ResourceType,
+        object: S::Object,
+    ) -> Result<Value> {
+        let mut attempt = 0;
+        loop {
+            let planned = self
+                .plan(strategy, rt, None, object.clone(), &BTreeSet::new())
+                .await?;
+            match self.commit(planned.ops).await {
+                Ok(revision) => return answer(&planned.object, revision),
+                // A lost allocation race or a namespace that changed: plan again.
+                Err(Error::Conflict(_)) if attempt < MAX_RETRIES => attempt += 1,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Replaces an object. With `metadata.resourceVersion` set, the write only happens if
+    /// that is still the stored revision (409 otherwise); without, the last writer wins.
+    pub async fn update(&self, rt: &'static ResourceType, object: Value) -> Result<Value> {
+        let wanted = parse_resource_version(str_at(&object, "/metadata/resourceVersion"))?;
+        let (namespace, name) = (
+            namespace_of(&object).to_owned(),
+            name_of(&object).to_owned(),
+        );
+        with_strategy!(rt, |strategy| {
+            let object = typed(strategy, object)?;
+            self.read_modify_write(strategy, rt, &namespace, &name, wanted, |_| {
+                Ok(object.clone())
+            })
+            .await
+        })
+    }
+
+    /// Replaces only `status`; everything else is kept as stored.
+    pub async fn update_status(
+        &self,
+        rt: &'static ResourceType,
+        namespace: &str,
+        name: &str,
+        body: Value,
+    ) -> Result<Value> {
+        self.update_status_checked(rt, namespace, name, body, |_| Ok(()))
+            .await
+    }
+
+    /// [`Self::update_status`] for a writer that may only change objects `allowed`
+    /// accepts (a node reporting for the pods bound to it), checked on the object the
+    /// write replaces: one read of the store, not one to check and one to write.
+    pub async fn update_status_checked(
+        &self,
+        rt: &'static ResourceType,
+        namespace: &str,
+        name: &str,
+        body: Value,
+        allowed: impl Fn(&Value) -> Result<()>,
+    ) -> Result<Value> {
+        let wanted = parse_resource_version(str_at(&body, "/metadata/resourceVersion"))?;
+        let status = body.get("status").cloned().unwrap_or(Value::Null);
+        with_strategy!(rt, |strategy| {
+            self.write_raw(strategy, rt, namespace, name, wanted, |object| {
+                // The status is the kind's own type: set it through the JSON form, and
+                // check the result as the kind.
+                let mut value =
+                    serde_json::to_value(&*object).map_err(|e| Error::internal(e.to_string()))?;
+                allowed(&value)?;
+                value["status"] = status.clone();
+                let mut written = serde_json::from_value(value).map_err(|e| {
+                    decode_error(
+                        rt,
+                        name,
+                        berth_api::DecodeError::Malformed {
+                            line: None,
+                            message: e.to_string(),
+                        },
+                    )
+                })?;
+                berth_api::normalize(&mut written).map_err(|e| decode_error(rt, name, e))?;
+                *object = written;
+                Ok(())
+            })
+            .await
+        })
+    }
+
+    pub async fn delete(
+        &self,
+        rt: &'static ResourceType,
+        namespace: &str,
+        name: &str,
+        options: &DeleteOptions,
+    ) -> Result<Value> {
+        with_strategy!(rt, |strategy| {
+            self.delete_typed(strategy, rt, namespace, name, options)
+                .await
+        })
+    }
+
+    async fn delete_typed<S: Strategy>(
+        &self,
+        strategy: &S,
+        rt: &'static ResourceType,
+        namespace: &str,
+        name: &str,
+        options: &DeleteOptions,
+    ) -> Result<Value> {
+        let wanted = options.resource_version;
+        if let Some(kept) = strategy.begin_delete(self, name, wanted).await? {
+            return Ok(kept);
+        }
+        let mut attempt = 0;
+        loop {
+            let Some(kv) = self.read(key(rt, namespace, name)).await? else {
+                return Err(Error::not_found(rt.kind, name));
+            };
+            let object: S::Object = decode_typed(&kv)?;
+            let uid = &object.meta().uid;
+            if let Some(wanted_uid) = &options.uid
+                && uid != wanted_uid
+            {
+                return Err(Error::Conflict(format!(
+                    "Precondition failed: UID in precondition: {wanted_uid}, UID in object meta: {uid}"
+                )));
+            }
+            if let Some(grace) = strategy.graceful_deletion(&object, options) {
+                // Already terminating with no more grace than this asks for: unchanged.
+                if object
+                    .meta()
+                    .deletion_grace_period_seconds
+                    .is_some_and(|current| current <= grace)
+                {
+                    return Ok(decode_stored(&kv)?);
+                }
+                return self
+                    .write_raw(strategy, rt, namespace, name, wanted, |object| {
+                        let meta = object.meta_mut();
+                        meta.deletion_timestamp =
+                            crate::util::rfc3339(crate::util::unix_now() + grace.unsigned_abs());
+                        meta.deletion_grace_period_seconds = Some(grace);
+                        Ok(())
+                    })
+                    .await;
+            }
+            let mut ops = vec![Op::Delete {
+                key: kv.key.clone(),
+                precondition: Precondition::ModRevision(wanted.unwrap_or(kv.mod_revision)),
+            }];
+            ops.extend(strategy.delete_ops(self, &object).await?);
+            match self.commit(ops).await {
+                // The revision of the deletion, as the DELETED watch event carries it.
+                Ok(revision) => return answer(&object, revision),
+                // Without a precondition from the caller, a concurrent status write is no
+                // reason to refuse the delete.
+                Err(e) if e.is_conflict() && wanted.is_none() && attempt < MAX_RETRIES => {
+                    attempt += 1
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Reads the object, lets `modify` produce the new version, and writes it with the
+    /// read revision as precondition. A conflict is retried when the caller did not ask
+    /// for a specific revision (the change is re-derived from fresh state each time).
+    async fn read_modify_write<S: Strategy>(
+        &self,
+        strategy: &S,
+        rt: &'static ResourceType,
+        namespace: &str,
+        name: &str,
+        wanted: Option<Revision>,
+        mut modify: impl FnMut(&S::Object) -> Result<S::Object>,
+    ) -> Result<Value> {
+        let mut attempt = 0;
+        loop {
+            let Some(kv) = self.read(key(rt, namespace, name)).await? else {
+                return Err(Error::not_found(rt.kind, name));
+            };
+            if let Some(wanted) = wanted
+                && wanted != kv.mod_revision
+            {
+                return Err(StoreError::Conflict {
+                    key: kv.key,
+                    expected: wanted,
+                    found: Some(kv.mod_revision),
+                }
+                .into());
+            }
+            let existing: S::Object = decode_typed(&kv)?;
+            let modified = modify(&existing)?;
+            match self
+                .write_over(strategy, rt, &kv, &existing, modified)
+                .await
+            {
+                Err(e) if e.is_conflict() && wanted.is_none() && attempt < MAX_RETRIES => {
+                    attempt += 1
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// Validates `modified` and writes it over the stored `kv` if that is still current.
+    async fn write_over<S: Strategy>(
+        &self,
+        strategy: &S,
+        rt: &'static ResourceType,
+        kv: &KeyValue,
+        existing: &S::Object,
+        mut modified: S::Object,
+    ) -> Result<Value> {
+        let (namespace, name) = (&existing.meta().namespace, &existing.meta().name);
+        berth_api::normalize(&mut modified).map_err(|e| decode_error(rt, name, e))?;
+        if &modified.meta().namespace != namespace || &modified.meta().name != name {
+            return Err(Error::bad_request(
+                "metadata.name and metadata.namespace must match the URL; renaming is not supported",
+            ));
+        }
+        let planned = self
+            .plan(
+                strategy,
+                rt,
+                Some((kv, existing)),
+                modified,
+                &BTreeSet::new(),
+            )
+            .await?;
+        if !planned.changed {
+            return answer(existing, kv.mod_revision);
+        }
+        let revision = self.commit(planned.ops).await?;
+        answer(&planned.object, revision)
+    }
+
+    /// Like `read_modify_write` but `modify` changes the stored object in place,
+    /// bypassing the metadata and status merge (the status subresource owns status only,
+    /// a deletion owns its timestamps).
+    async fn write_raw<S: Strategy>(
+        &self,
+        strategy: &S,
+        rt: &'static ResourceType,
+        namespace: &str,
+        name: &str,
+        wanted: Option<Revision>,
+        modify: impl Fn(&mut S::Object) -> Result<()>,
+    ) -> Result<Value> {
+        let mut attempt = 0;
+        loop {
+            let Some(kv) = self.read(key(rt, namespace, name)).await? else {
+                return Err(Error::not_found(rt.kind, name));
+            };
+            let existing: S::Object = decode_typed(&kv)?;
+            let mut object = existing.clone();
+            modify(&mut object)?;
+            let mut ops = vec![Op::Put {
+                key: kv.key.clone(),
+                value: encode(&object)?,
+                precondition: Precondition::ModRevision(wanted.unwrap_or(kv.mod_revision)),
+            }];
+            ops.extend(strategy.status_ops(&existing, &object));
+            match self.commit(ops).await {
+                Ok(revision) => return answer(&object, revision),
+                Err(e) if e.is_conflict() && wanted.is_none() && attempt < MAX_RETRIES => {
+                    attempt += 1
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Fills server-owned fields and computes the store ops for writing `object` over
+    /// `existing` (the stored record and its object; None = create). Reads revision
+    /// history, allocations and the namespace; `new_namespaces` are created in the same
+    /// transaction.
+    async fn plan<S: Strategy>(
+        &self,
+        strategy: &S,
+        rt: &'static ResourceType,
+        existing: Option<(&KeyValue, &S::Object)>,
+        mut object: S::Object,
+        new_namespaces: &BTreeSet<String>,
+    ) -> Result<Planned<S::Object>> {
+        let old = existing.map(|(_, old)| old);
+        let meta = object.meta_mut();
+        meta.resource_version.clear();
+        match old {
+            Some(old) => {
+                let old_meta = old.meta();
+                meta.uid.clone_from(&old_meta.uid);
+                meta.creation_timestamp
+                    .clone_from(&old_meta.creation_timestamp);
+                // Server-owned: a deletion in progress survives any update.
+                meta.deletion_timestamp
+                    .clone_from(&old_meta.deletion_timestamp);
+                meta.deletion_grace_period_seconds = old_meta.deletion_grace_period_seconds;
+                strategy.prepare_for_update(&mut object, old);
+            }
+            None => {
+                meta.uid = crate::util::uuid_v4();
+                meta.creation_timestamp = crate::util::rfc3339_now();
+                meta.generation = 1;
+                meta.deletion_timestamp.clear();
+                meta.deletion_grace_period_seconds = None;
+                strategy.prepare_for_create(&mut object);
+            }
+        }
+        let namespace = object.meta().namespace.clone();
+        let mut ops = Vec::new();
+        if old.is_none() && rt.namespaced && !new_namespaces.contains(&namespace) {
+            ops.push(self.namespace_check(&namespace).await?);
+        }
+        ops.extend(strategy.complete(self, old, &mut object).await?);
+        if let Some(old) = old {
+            // After the strategy filled in what the server allocates, so re-sending a spec
+            // without those fields is no change.
+            let generation = old.meta().generation.max(1);
+            object.meta_mut().generation =
+                generation + i64::from(strategy.spec_changed(&object, old));
+        }
+        let changed = match old {
+            Some(old) => {
+                let mut old = old.clone();
+                old.meta_mut().resource_version.clear();
+                old != object
+            }
+            None => true,
+        };
+        let precondition = match existing {
+            Some((kv, _)) => Precondition::ModRevision(kv.mod_revision),
+            None => Precondition::Absent,
+        };
+        ops.insert(
+            0,
+            Op::Put {
+                key: key(rt, &namespace, &object.meta().name),
+                value: encode(&object)?,
+                precondition,
+            },
+        );
+        Ok(Planned {
+            ops,
+            object,
+            changed,
+        })
+    }
+}
+
+/// How a DELETE was asked for: the preconditions and the grace (Kubernetes' DeleteOptions).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeleteOptions {
+    pub resource_version: Option<Revision>,
+    pub uid: Option<String>,
+    pub grace_period_seconds: Option<i64>,
+}
+
+impl DeleteOptions {
+    /// Gone at once, whatever the pod's grace: for what no agent will confirm.
+    pub fn force() -> Self {
+        DeleteOptions {
+            grace_period_seconds: Some(0),
+            ..DeleteOptions::default()
+        }
+    }
+}

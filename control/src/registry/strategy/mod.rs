@@ -1,0 +1,147 @@
+//! What each kind adds to the generic registry, after Kubernetes' registry strategies
+//! (pkg/registry/<kind>/strategy.go): server-owned fields on create and update, what an
+//! update keeps from the stored object (status, owned by the `/status` subresource), when
+//! the spec changed (the generation), the store writes that go with a write or a delete
+//! (allocations, revision history), and how a delete begins (grace, a terminating phase).
+//!
+//! Every hook works on the kind's typed object: the registry decodes a write once, runs
+//! the hooks, and encodes the result once for the store. Adding a kind is a file here
+//! and an arm in [`with_strategy`].
+
+mod deployment;
+mod namespace;
+mod plain;
+pub(super) mod pod;
+mod service;
+
+use std::future::Future;
+
+use berth_api::Resource;
+use serde_json::Value;
+
+pub(super) use self::{
+    deployment::{DeploymentStrategy, revision_of, set_revision},
+    namespace::NamespaceStrategy,
+    plain::*,
+    pod::PodStrategy,
+    service::ServiceStrategy,
+};
+use super::{DeleteOptions, Registry, Result};
+use crate::store::{Op, Revision};
+
+pub(super) trait Strategy: Sync {
+    type Object: Resource + PartialEq;
+
+    /// Server-owned fields of a new object beyond its metadata.
+    fn prepare_for_create(&self, _object: &mut Self::Object) {}
+
+    /// What an update keeps from the stored object beyond its metadata: the status, for
+    /// kinds whose status is written through the `/status` subresource only.
+    fn prepare_for_update(&self, _object: &mut Self::Object, _old: &Self::Object) {}
+
+    /// Whether `object` asks for something else than `old` did: the generation counts these.
+    fn spec_changed(&self, _object: &Self::Object, _old: &Self::Object) -> bool {
+        false
+    }
+
+    /// Fills what the control plane allocates or records for the write of `object` over
+    /// `old` (None: a create), and returns the store writes that go with it.
+    fn complete(
+        &self,
+        _registry: &Registry,
+        _old: Option<&Self::Object>,
+        _object: &mut Self::Object,
+    ) -> impl Future<Output = Result<Vec<Op>>> + Send {
+        async { Ok(Vec::new()) }
+    }
+
+    /// The store writes that go with a status write of `object` over `old`.
+    fn status_ops(&self, _old: &Self::Object, _object: &Self::Object) -> Vec<Op> {
+        Vec::new()
+    }
+
+    /// Runs before a delete: Some(object as it now is) when the delete only began and the
+    /// object stays for now.
+    fn begin_delete(
+        &self,
+        _registry: &Registry,
+        _name: &str,
+        _wanted: Option<Revision>,
+    ) -> impl Future<Output = Result<Option<Value>>> + Send {
+        async { Ok(None) }
+    }
+
+    /// The grace `object` gets before it goes (None: it goes now).
+    fn graceful_deletion(&self, _object: &Self::Object, _options: &DeleteOptions) -> Option<i64> {
+        None
+    }
+
+    /// The store writes that go with deleting `object`.
+    fn delete_ops(
+        &self,
+        _registry: &Registry,
+        _object: &Self::Object,
+    ) -> impl Future<Output = Result<Vec<Op>>> + Send {
+        async { Ok(Vec::new()) }
+    }
+}
+
+/// Runs `$body` with `$strategy` bound to the strategy of kind `$rt`: the kind table of
+/// the registry. A kind missing here is refused as an internal error.
+macro_rules! with_strategy {
+    ($rt:expr, |$strategy:ident| $body:expr) => {{
+        use berth_api::{
+            Resource as _,
+            apps::{ControllerRevision, Deployment, ReplicaSet},
+            autoscaling::HorizontalPodAutoscaler,
+            core::{Endpoints, Event, Namespace, Node, Pod, Service},
+        };
+        use $crate::registry::strategy::*;
+        match $rt.kind {
+            Namespace::KIND => {
+                let $strategy = &NamespaceStrategy;
+                $body
+            }
+            Pod::KIND => {
+                let $strategy = &PodStrategy;
+                $body
+            }
+            Service::KIND => {
+                let $strategy = &ServiceStrategy;
+                $body
+            }
+            Deployment::KIND => {
+                let $strategy = &DeploymentStrategy;
+                $body
+            }
+            Node::KIND => {
+                let $strategy = &NodeStrategy;
+                $body
+            }
+            ReplicaSet::KIND => {
+                let $strategy = &ReplicaSetStrategy;
+                $body
+            }
+            HorizontalPodAutoscaler::KIND => {
+                let $strategy = &HorizontalPodAutoscalerStrategy;
+                $body
+            }
+            Endpoints::KIND => {
+                let $strategy = &Plain::<Endpoints>::new();
+                $body
+            }
+            Event::KIND => {
+                let $strategy = &Plain::<Event>::new();
+                $body
+            }
+            ControllerRevision::KIND => {
+                let $strategy = &Plain::<ControllerRevision>::new();
+                $body
+            }
+            kind => Err($crate::registry::Error::internal(format!(
+                "the registry has no strategy for kind {kind}"
+            ))),
+        }
+    }};
+}
+pub(super) use with_strategy;
