@@ -85,10 +85,11 @@ impl Peers {
             }
             _ => {
                 self.macs.remove(&neighbour.addr);
-                // Resolution still under way (incomplete) ends in valid or failed.
-                let gone = removed || neighbour.failed;
+                // Resolution still under way (incomplete) ends in valid or failed. A node
+                // that does not answer fails again after each try: it is asked at most
+                // once per RETRY_INTERVAL.
                 let due = asked.is_none_or(|at| now.duration_since(at) >= RETRY_INTERVAL);
-                (gone && due).then(|| {
+                (removed || (neighbour.failed && due)).then(|| {
                     *asked = Some(now);
                     neighbour.addr
                 })
@@ -259,7 +260,7 @@ mod tests {
     }
 
     #[test]
-    fn a_removed_or_failed_node_entry_is_resolved_again_at_most_once_a_second() {
+    fn a_removed_node_entry_is_resolved_again_and_a_failed_one_at_most_once_a_second() {
         let mut peers = peers();
         let now = Instant::now();
         let valid = NeighbourEvent::Changed(entry(true, false, Some(MAC)));
@@ -269,6 +270,11 @@ mod tests {
         let removed = NeighbourEvent::Removed(entry(true, false, Some(MAC)));
         assert_eq!(peers.observe(removed, now), Some(NODE));
         assert_eq!(peers.macs.get(&NODE), None);
+        assert_eq!(
+            peers.observe(removed, now),
+            Some(NODE),
+            "a removal is never ignored"
+        );
 
         let failed = NeighbourEvent::Changed(entry(false, true, None));
         assert_eq!(peers.observe(failed, now), None, "asked a moment ago");
