@@ -274,6 +274,16 @@ fn sysctls_are_written_in_the_named_namespace() {
     net::sysctl_set(Some(a.name()), "net/ipv4/conf/a0/proxy_arp", "1").expect("sysctl");
     let read = a.run(|| std::fs::read_to_string("/proc/sys/net/ipv4/conf/a0/proxy_arp"));
     assert_eq!(read.expect("read back").trim(), "1");
+    // Seen by a process in the namespace, and not in the caller's namespace.
+    let host_before = std::fs::read_to_string("/proc/sys/net/ipv4/conf/all/send_redirects")
+        .expect("the caller's value");
+    let flipped = if host_before.trim() == "0" { "1" } else { "0" };
+    net::sysctl_set(Some(a.name()), "net/ipv4/conf/all/send_redirects", flipped).expect("set");
+    let shown = a.exec("cat", &["/proc/sys/net/ipv4/conf/all/send_redirects"]);
+    assert_eq!(String::from_utf8_lossy(&shown.stdout).trim(), flipped);
+    let host_after = std::fs::read_to_string("/proc/sys/net/ipv4/conf/all/send_redirects")
+        .expect("the caller's value");
+    assert_eq!(host_after, host_before);
     let escape = net::sysctl_set(Some(a.name()), "net/../../etc/passwd", "x");
     assert!(escape.is_err(), "paths that leave /proc/sys are refused");
 }
