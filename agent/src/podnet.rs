@@ -8,7 +8,8 @@
 //! neighbour entry for it, so its traffic doesn't depend on the host having a route that
 //! proxy ARP would need (test node namespaces often have none).
 //!
-//! All steps go through `ip` (crate::net), so each can be replayed by hand.
+//! All steps go through netlink in-process (crate::net); each error names its step in `ip`
+//! terms, so it can be replayed by hand.
 
 use std::{net::Ipv4Addr, path::Path};
 
@@ -111,7 +112,6 @@ fn wire(pid: u32, network: &PodNetwork) -> Result<(), PodNetError> {
     let pod = Some(network.pod_netns.as_str());
     let host_veth = network.host_veth.as_str();
     let pod_cidr = format!("{}/32", network.pod_ip);
-    let gateway = GATEWAY.to_string();
 
     // A name left by a pod whose wiring was never torn down points at a dead namespace.
     net::netns_delete(&network.pod_netns).map_err(step("removing a stale pod netns name"))?;
@@ -139,16 +139,25 @@ fn wire(pid: u32, network: &PodNetwork) -> Result<(), PodNetError> {
     net::addr_add(pod, POD_INTERFACE, &pod_cidr).map_err(step("adding the pod address"))?;
     net::link_up(pod, "lo").map_err(step("bringing the pod's lo up"))?;
     net::link_up(pod, POD_INTERFACE).map_err(step("bringing the pod's eth0 up"))?;
-    net::neigh_replace_permanent(pod, &gateway, host_mac, POD_INTERFACE)
+    net::neigh_replace_permanent(pod, GATEWAY, host_mac, POD_INTERFACE)
         .map_err(step("adding the gateway's neighbour entry in the pod"))?;
-    net::route_replace(
-        pod,
-        &["default", "via", &gateway, "dev", POD_INTERFACE, "onlink"],
-    )
-    .map_err(step("adding the pod's default route"))?;
+    let default_route = net::Route {
+        destination: Ipv4Addr::UNSPECIFIED,
+        prefix_len: 0,
+        gateway: Some(GATEWAY),
+        dev: POD_INTERFACE,
+        onlink: true,
+    };
+    net::route_replace(pod, &default_route).map_err(step("adding the pod's default route"))?;
 
-    net::route_replace(host, &[&pod_cidr, "dev", host_veth])
-        .map_err(step("adding the host route to the pod"))?;
+    let pod_route = net::Route {
+        destination: network.pod_ip,
+        prefix_len: 32,
+        gateway: None,
+        dev: host_veth,
+        onlink: false,
+    };
+    net::route_replace(host, &pod_route).map_err(step("adding the host route to the pod"))?;
     Ok(())
 }
 

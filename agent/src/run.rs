@@ -24,8 +24,8 @@ use crate::{
     config::Config,
     controlplane,
     datapath::{
-        ConntrackSweeper, Datapath, DatapathOptions, Limits, ServiceSet, monotonic_secs,
-        resolve_neighbours,
+        ConntrackSweeper, Datapath, DatapathOptions, Limits, NeighbourKeeper, ServiceSet,
+        monotonic_secs,
     },
     dns::{DnsServer, Records},
     ipam::Cidr,
@@ -196,7 +196,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Host veths with the east-west programs attached, and their pods' addresses.
     let mut attached: BTreeMap<String, Ipv4Addr> = BTreeMap::new();
     let mut logs = tokio::time::interval(Duration::from_secs(1));
-    let mut neighbours = tokio::time::interval(Duration::from_secs(30));
+    let neighbours = NeighbourKeeper::start().context("following the neighbour table")?;
     loop {
         tokio::select! {
             Some(objects) = pods_rx.recv() => {
@@ -225,7 +225,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 let changed_nodes = cluster.as_ref().is_none_or(|(old, _)| old.nodes != set.nodes);
                 apply(&datapath, &metrics, &readiness.overlay(&set), Some(received), &applied_tx);
                 if changed_nodes {
-                    warm_neighbours(&set, config.node_address);
+                    warm_neighbours(&neighbours, &set, config.node_address);
                 }
                 cluster = Some((set, nodes));
             }
@@ -246,11 +246,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             _ = logs.tick() => {
                 if let Ok(mut datapath) = datapath.lock() {
                     datapath.flush_logs();
-                }
-            }
-            _ = neighbours.tick() => {
-                if let Some((set, _)) = &cluster {
-                    warm_neighbours(set, config.node_address);
                 }
             }
         }
@@ -374,19 +369,13 @@ async fn sweep_conntrack(sweeper: ConntrackSweeper, collected: prometheus::IntCo
     }
 }
 
-fn warm_neighbours(set: &ServiceSet, own: std::net::Ipv4Addr) {
-    let peers: Vec<_> = set
-        .nodes
-        .iter()
-        .map(|node| node.addr)
-        .filter(|addr| *addr != own)
-        .collect();
-    // Waits up to a second for ARP: off the event loop.
-    tokio::task::spawn_blocking(move || {
-        if let Err(error) = resolve_neighbours(&peers) {
-            tracing::warn!(%error, "resolving other nodes' link addresses");
-        }
-    });
+fn warm_neighbours(keeper: &NeighbourKeeper, set: &ServiceSet, own: std::net::Ipv4Addr) {
+    keeper.set_peers(
+        set.nodes
+            .iter()
+            .map(|node| node.addr)
+            .filter(|addr| *addr != own),
+    );
 }
 
 /// Sends each pod's status to the control plane when it changes, on a task of its own so

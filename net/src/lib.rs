@@ -1,21 +1,67 @@
-//! berth-net: a thin wrapper over iproute2 (`ip`) for links, addresses, routes and network namespaces.
+//! berth-net: links, addresses, routes, neighbours and network namespaces, configured
+//! in-process over rtnetlink (and mount(2) for named namespaces), as iproute2 does.
 //!
-//! The agent configures the node the way a CNI plugin does; going through `ip` keeps every
-//! step visible and reproducible by hand (`ip -n <ns> ...`), and one helper does it for the
-//! agent's pod networking and for the tests' namespaces alike.
+//! The agent configures the node the way a CNI plugin does, and one crate does it for the
+//! agent's pod networking and for the tests' namespaces alike. Each operation's error
+//! names it in `ip` terms (`ip -n <ns> link set dev eth0 up`), so a failed step can be
+//! replayed by hand. Tests that want to show or change state the code under test does not
+//! use [`ip`] (the `testing` feature).
 
-use std::process::Command;
+use std::{
+    io,
+    net::Ipv4Addr,
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+};
+
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
+use netlink_packet_route::{
+    AddressFamily, RouteNetlinkMessage,
+    address::{AddressAttribute, AddressMessage},
+    link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
+    neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
+    route::{
+        RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol,
+        RouteScope, RouteType,
+    },
+};
+
+mod netlink;
+#[cfg(feature = "testing")]
+mod testing;
+
+use netlink::Rtnl;
+#[cfg(feature = "testing")]
+pub use testing::ip;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
+    #[cfg(feature = "testing")]
     #[error("could not run `ip {args}`: {source} (is iproute2 installed?)")]
     Spawn {
         args: String,
         #[source]
         source: std::io::Error,
     },
+    #[cfg(feature = "testing")]
     #[error("`ip {args}` failed: {stderr}")]
     Failed { args: String, stderr: String },
+    /// A netlink request the kernel refused; `op` is the request in `ip` terms.
+    #[error("`ip {}{op}` failed: {source}", netns_option(.netns))]
+    Netlink {
+        op: String,
+        netns: Option<String>,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Creating, naming or removing a named namespace under /run/netns.
+    #[error("`ip netns {op} {name}` failed: {source}")]
+    Netns {
+        op: &'static str,
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("could not write {value} to /proc/sys/{key}: {source}")]
     Sysctl {
         key: String,
@@ -68,34 +114,170 @@ pub fn pod_netns_name(host_veth: &str) -> String {
     format!("{POD_NETNS_PREFIX}{host_veth}")
 }
 
-/// Runs `ip [-n netns] args...` and returns its standard output.
-pub fn ip(netns: Option<&str>, args: &[&str]) -> Result<String, NetError> {
-    let mut full: Vec<&str> = Vec::with_capacity(args.len() + 2);
-    if let Some(ns) = netns {
-        full.extend(["-n", ns]);
+fn netns_option(netns: &Option<String>) -> String {
+    netns
+        .as_deref()
+        .map(|name| format!("-n {name} "))
+        .unwrap_or_default()
+}
+
+const NETNS_DIR: &str = "/run/netns";
+
+fn netns_path(name: &str) -> PathBuf {
+    Path::new(NETNS_DIR).join(name)
+}
+
+/// A netlink socket in `netns` (or the calling thread's namespace). For another namespace
+/// the socket is created on a helper thread that entered it: a socket keeps the namespace
+/// it was created in, so the caller's own thread never changes namespace.
+fn rtnl(netns: Option<&str>, op: &str) -> Result<Rtnl, NetError> {
+    let opened = match netns {
+        None => Rtnl::open(),
+        Some(name) => in_netns(name, Rtnl::open)?,
+    };
+    opened.map_err(netlink_error(netns, op))
+}
+
+fn netlink_error(netns: Option<&str>, op: &str) -> impl FnOnce(io::Error) -> NetError {
+    let op = op.to_owned();
+    let netns = netns.map(str::to_owned);
+    move |source| NetError::Netlink { op, netns, source }
+}
+
+/// Runs one request in `netns`, naming it `op` in its error.
+fn request(
+    netns: Option<&str>,
+    op: &str,
+    message: RouteNetlinkMessage,
+    flags: u16,
+) -> Result<Vec<RouteNetlinkMessage>, NetError> {
+    rtnl(netns, op)?
+        .request(message, flags)
+        .map_err(netlink_error(netns, op))
+}
+
+/// Makes /run/netns exist and a shared mount, as iproute2 does, so names created here
+/// show up in mount namespaces that were cloned from this one (and `ip netns` sees them).
+fn prepare_netns_dir() -> Result<(), NetError> {
+    let prepare_error = |source| NetError::Netns {
+        op: "add",
+        name: NETNS_DIR.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(NETNS_DIR).map_err(prepare_error)?;
+    let dir = c_path(Path::new(NETNS_DIR)).map_err(prepare_error)?;
+    let make_shared = || {
+        // SAFETY: `dir` is a NUL-terminated path; the other pointers may be null for a
+        // propagation change.
+        unsafe {
+            libc::mount(
+                std::ptr::null(),
+                dir.as_ptr(),
+                std::ptr::null(),
+                libc::MS_SHARED | libc::MS_REC,
+                std::ptr::null(),
+            )
+        }
+    };
+    if make_shared() == 0 {
+        return Ok(());
     }
-    full.extend_from_slice(args);
-    let shown = full.join(" ");
-    let output = Command::new("ip")
-        .args(&full)
-        .output()
-        .map_err(|source| NetError::Spawn {
-            args: shown.clone(),
-            source,
-        })?;
-    if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    } else {
-        Err(NetError::Failed {
-            args: shown,
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-        })
+    let error = io::Error::last_os_error();
+    if error.raw_os_error() != Some(libc::EINVAL) {
+        return Err(prepare_error(error));
     }
+    // Not a mount point yet: bind it onto itself first.
+    // SAFETY: both paths are NUL-terminated; fstype and data may be null for a bind mount.
+    let bound = unsafe {
+        libc::mount(
+            dir.as_ptr(),
+            dir.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND | libc::MS_REC,
+            std::ptr::null(),
+        )
+    };
+    if bound != 0 || make_shared() != 0 {
+        return Err(prepare_error(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+fn c_path(path: &Path) -> io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt as _;
+    std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path has a NUL byte"))
+}
+
+fn bind_mount(source: &Path, target: &Path) -> io::Result<()> {
+    let source = c_path(source)?;
+    let target = c_path(target)?;
+    // SAFETY: both paths are NUL-terminated; fstype and data may be null for a bind mount.
+    let mounted = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        )
+    };
+    if mounted != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Gives a namespace file a name: an empty file in /run/netns with `namespace` bind-mounted
+/// on it, which keeps the namespace alive without any process in it. `namespace` is
+/// called with the path to bind once the file exists.
+fn name_netns(
+    op: &'static str,
+    name: &str,
+    namespace: impl FnOnce(&Path) -> io::Result<()>,
+) -> Result<(), NetError> {
+    let netns_error = |source| NetError::Netns {
+        op,
+        name: name.to_owned(),
+        source,
+    };
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return Err(netns_error(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a namespace name",
+        )));
+    }
+    prepare_netns_dir()?;
+    let path = netns_path(name);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(netns_error)?;
+    namespace(&path).map_err(|error| {
+        let _ = std::fs::remove_file(&path);
+        netns_error(error)
+    })
 }
 
 /// Creates a named network namespace (`/run/netns/<name>`).
 pub fn netns_add(name: &str) -> Result<(), NetError> {
-    ip(None, &["netns", "add", name]).map(drop)
+    name_netns("add", name, |path| {
+        // A thread of its own unshares, so no other thread's namespace changes; the bind
+        // mount keeps the new namespace after the thread ends.
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    // SAFETY: unshare changes only the calling thread's network namespace.
+                    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    bind_mount(Path::new("/proc/thread-self/ns/net"), path)
+                })
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    })
 }
 
 /// Deletes a named network namespace; a missing one is not an error.
@@ -103,94 +285,87 @@ pub fn netns_delete(name: &str) -> Result<(), NetError> {
     if !netns_exists(name) {
         return Ok(());
     }
-    ip(None, &["netns", "delete", name]).map(drop)
+    let path = netns_path(name);
+    let delete_error = |source| NetError::Netns {
+        op: "delete",
+        name: name.to_owned(),
+        source,
+    };
+    let target = c_path(&path).map_err(delete_error)?;
+    // SAFETY: `target` is a NUL-terminated path. A lazy unmount, as iproute2 does: the
+    // namespace lives on while processes or sockets still use it.
+    if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } != 0 {
+        let error = io::Error::last_os_error();
+        // A file left without its mount (a crash between the two steps) is removed too.
+        if error.raw_os_error() != Some(libc::EINVAL) {
+            return Err(delete_error(error));
+        }
+    }
+    std::fs::remove_file(&path).map_err(delete_error)
 }
 
 pub fn netns_exists(name: &str) -> bool {
-    std::path::Path::new("/run/netns").join(name).exists()
+    netns_path(name).exists()
 }
 
 /// Gives the network namespace of process `pid` a name, so `ip -n <name>` reaches it.
 pub fn netns_attach(name: &str, pid: u32) -> Result<(), NetError> {
-    ip(None, &["netns", "attach", name, &pid.to_string()]).map(drop)
+    name_netns("attach", name, |path| {
+        bind_mount(Path::new(&format!("/proc/{pid}/ns/net")), path)
+    })
+}
+
+/// A namespace a link is created in or moved to: a /run/netns name, or else a pid's
+/// namespace, as `ip ... netns <target>` takes it. The file stays open until the request
+/// that names it by descriptor is done.
+enum NetnsTarget {
+    File(std::fs::File),
+    Pid(u32),
+}
+
+impl NetnsTarget {
+    fn open(target: &str) -> io::Result<Self> {
+        match std::fs::File::open(netns_path(target)) {
+            Ok(file) => Ok(NetnsTarget::File(file)),
+            Err(error) => match target.parse() {
+                Ok(pid) if error.kind() == io::ErrorKind::NotFound => Ok(NetnsTarget::Pid(pid)),
+                _ => Err(error),
+            },
+        }
+    }
+
+    fn attribute(&self) -> LinkAttribute {
+        match self {
+            NetnsTarget::File(file) => LinkAttribute::NetNsFd(file.as_raw_fd()),
+            NetnsTarget::Pid(pid) => LinkAttribute::NetNsPid(*pid),
+        }
+    }
+}
+
+fn veth_message(name: &str, peer: &str, peer_netns: Option<&NetnsTarget>) -> LinkMessage {
+    let mut peer_message = LinkMessage::default();
+    peer_message
+        .attributes
+        .push(LinkAttribute::IfName(peer.to_owned()));
+    if let Some(target) = peer_netns {
+        peer_message.attributes.push(target.attribute());
+    }
+    let mut message = LinkMessage::default();
+    message.attributes = vec![
+        LinkAttribute::IfName(name.to_owned()),
+        LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Veth),
+            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer_message))),
+        ]),
+    ];
+    message
 }
 
 /// Creates a veth pair in `netns` (or the current namespace).
 pub fn veth_add(netns: Option<&str>, name: &str, peer: &str) -> Result<(), NetError> {
-    ip(
-        netns,
-        &["link", "add", name, "type", "veth", "peer", "name", peer],
-    )
-    .map(drop)
-}
-
-/// Moves a link into the named namespace.
-pub fn link_set_netns(netns: Option<&str>, link: &str, target: &str) -> Result<(), NetError> {
-    ip(netns, &["link", "set", "dev", link, "netns", target]).map(drop)
-}
-
-pub fn link_up(netns: Option<&str>, link: &str) -> Result<(), NetError> {
-    ip(netns, &["link", "set", "dev", link, "up"]).map(drop)
-}
-
-pub fn link_exists(netns: Option<&str>, link: &str) -> bool {
-    ip(netns, &["link", "show", "dev", link]).is_ok()
-}
-
-/// Deletes a link (and with a veth, its peer); a missing link is not an error.
-pub fn link_delete(netns: Option<&str>, link: &str) -> Result<(), NetError> {
-    if !link_exists(netns, link) {
-        return Ok(());
-    }
-    ip(netns, &["link", "delete", "dev", link]).map(drop)
-}
-
-/// Adds an address in CIDR form (`198.18.0.1/24`) to a link.
-pub fn addr_add(netns: Option<&str>, link: &str, cidr: &str) -> Result<(), NetError> {
-    ip(netns, &["addr", "add", cidr, "dev", link]).map(drop)
-}
-
-/// Adds or replaces a route: `route` is the destination and anything after it, as `ip route`
-/// takes it (`["198.18.1.0/24", "via", "198.18.0.2"]`).
-pub fn route_replace(netns: Option<&str>, route: &[&str]) -> Result<(), NetError> {
-    let mut args = vec!["route", "replace"];
-    args.extend_from_slice(route);
-    ip(netns, &args).map(drop)
-}
-
-/// The interface index of a link, as XDP and TC attachment report it.
-pub fn link_index(netns: Option<&str>, link: &str) -> Result<u32, NetError> {
-    let out = ip(netns, &["-o", "link", "show", "dev", link])?;
-    out.split(':')
-        .next()
-        .and_then(|index| index.trim().parse().ok())
-        .ok_or_else(|| NetError::Failed {
-            args: format!("-o link show dev {link}"),
-            stderr: format!("unexpected output {out:?}"),
-        })
-}
-
-/// The MAC address of a link.
-pub fn link_mac(netns: Option<&str>, link: &str) -> Result<[u8; 6], NetError> {
-    let out = ip(netns, &["-o", "link", "show", "dev", link])?;
-    let parse_error = || NetError::Failed {
-        args: format!("-o link show dev {link}"),
-        stderr: format!("no link/ether address in {out:?}"),
-    };
-    let text = out
-        .split_whitespace()
-        .skip_while(|word| *word != "link/ether")
-        .nth(1)
-        .ok_or_else(parse_error)?;
-    let mut mac = [0u8; 6];
-    let mut parts = text.split(':');
-    for byte in &mut mac {
-        *byte = parts
-            .next()
-            .and_then(|part| u8::from_str_radix(part, 16).ok())
-            .ok_or_else(parse_error)?;
-    }
-    Ok(mac)
+    let op = format!("link add {name} type veth peer name {peer}");
+    let message = RouteNetlinkMessage::NewLink(veth_message(name, peer, None));
+    request(netns, &op, message, NLM_F_CREATE | NLM_F_EXCL).map(drop)
 }
 
 /// Creates a veth pair in `netns` (or the current namespace) whose peer comes into being
@@ -202,80 +377,372 @@ pub fn veth_add_peer_in(
     peer: &str,
     peer_netns: &str,
 ) -> Result<(), NetError> {
-    ip(
-        netns,
-        &[
-            "link", "add", name, "type", "veth", "peer", "name", peer, "netns", peer_netns,
-        ],
-    )
-    .map(drop)
+    let op = format!("link add {name} type veth peer name {peer} netns {peer_netns}");
+    let target = NetnsTarget::open(peer_netns).map_err(netlink_error(netns, &op))?;
+    let message = RouteNetlinkMessage::NewLink(veth_message(name, peer, Some(&target)));
+    request(netns, &op, message, NLM_F_CREATE | NLM_F_EXCL).map(drop)
 }
 
-/// Adds or replaces a permanent neighbour (ARP) entry: `ip` is reached at `mac` over `link`.
+/// Moves a link into the named namespace (or a pid's namespace).
+pub fn link_set_netns(netns: Option<&str>, link: &str, target: &str) -> Result<(), NetError> {
+    let op = format!("link set dev {link} netns {target}");
+    let target = NetnsTarget::open(target).map_err(netlink_error(netns, &op))?;
+    let mut message = LinkMessage::default();
+    message.header.index = link_index(netns, link)?;
+    message.attributes.push(target.attribute());
+    request(netns, &op, RouteNetlinkMessage::SetLink(message), 0).map(drop)
+}
+
+pub fn link_up(netns: Option<&str>, link: &str) -> Result<(), NetError> {
+    let op = format!("link set dev {link} up");
+    let mut message = LinkMessage::default();
+    message.header.index = link_index(netns, link)?;
+    message.header.flags = LinkFlags::Up;
+    message.header.change_mask = LinkFlags::Up;
+    request(netns, &op, RouteNetlinkMessage::SetLink(message), 0).map(drop)
+}
+
+/// A link's description as the kernel gives it, looked up by name.
+fn link_get(netns: Option<&str>, link: &str) -> Result<LinkMessage, NetError> {
+    let op = format!("link show dev {link}");
+    let mut message = LinkMessage::default();
+    message
+        .attributes
+        .push(LinkAttribute::IfName(link.to_owned()));
+    request(netns, &op, RouteNetlinkMessage::GetLink(message), 0)?
+        .into_iter()
+        .find_map(|reply| match reply {
+            RouteNetlinkMessage::NewLink(link) => Some(link),
+            _ => None,
+        })
+        .ok_or_else(|| {
+            netlink_error(netns, &op)(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the kernel answered without the link",
+            ))
+        })
+}
+
+pub fn link_exists(netns: Option<&str>, link: &str) -> bool {
+    link_get(netns, link).is_ok()
+}
+
+/// Deletes a link (and with a veth, its peer); a missing link is not an error.
+pub fn link_delete(netns: Option<&str>, link: &str) -> Result<(), NetError> {
+    let index = match link_index(netns, link) {
+        Ok(index) => index,
+        Err(NetError::Netlink { source, .. }) if source.raw_os_error() == Some(libc::ENODEV) => {
+            return Ok(());
+        }
+        Err(error) => return Err(error),
+    };
+    let op = format!("link delete dev {link}");
+    let mut message = LinkMessage::default();
+    message.header.index = index;
+    request(netns, &op, RouteNetlinkMessage::DelLink(message), 0).map(drop)
+}
+
+/// Splits `198.18.0.1/24` into the address and the prefix length.
+fn parse_cidr(cidr: &str) -> io::Result<(Ipv4Addr, u8)> {
+    let invalid = || io::Error::new(io::ErrorKind::InvalidInput, "not an IPv4 address/prefix");
+    let (addr, prefix) = cidr.split_once('/').ok_or_else(invalid)?;
+    let addr = addr.parse().map_err(|_| invalid())?;
+    let prefix: u8 = prefix.parse().map_err(|_| invalid())?;
+    if prefix > 32 {
+        return Err(invalid());
+    }
+    Ok((addr, prefix))
+}
+
+/// Adds an address in CIDR form (`198.18.0.1/24`) to a link.
+pub fn addr_add(netns: Option<&str>, link: &str, cidr: &str) -> Result<(), NetError> {
+    let op = format!("addr add {cidr} dev {link}");
+    let (addr, prefix_len) = parse_cidr(cidr).map_err(netlink_error(netns, &op))?;
+    let mut message = AddressMessage::default();
+    message.header.family = AddressFamily::Inet;
+    message.header.prefix_len = prefix_len;
+    message.header.index = link_index(netns, link)?;
+    message.attributes = vec![
+        AddressAttribute::Local(addr.into()),
+        AddressAttribute::Address(addr.into()),
+    ];
+    let message = RouteNetlinkMessage::NewAddress(message);
+    request(netns, &op, message, NLM_F_CREATE | NLM_F_EXCL).map(drop)
+}
+
+/// An IPv4 route in the main table: `destination/prefix_len` out of `dev`, via `gateway`
+/// or (without one) straight onto the link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route<'a> {
+    pub destination: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Option<Ipv4Addr>,
+    pub dev: &'a str,
+    /// The gateway counts as on the link even though no address of the link covers it.
+    pub onlink: bool,
+}
+
+impl std::fmt::Display for Route<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.prefix_len == 0 {
+            write!(f, "default")?;
+        } else {
+            write!(f, "{}/{}", self.destination, self.prefix_len)?;
+        }
+        if let Some(gateway) = self.gateway {
+            write!(f, " via {gateway}")?;
+        }
+        write!(f, " dev {}", self.dev)?;
+        if self.onlink {
+            write!(f, " onlink")?;
+        }
+        Ok(())
+    }
+}
+
+/// Adds or replaces a route.
+pub fn route_replace(netns: Option<&str>, route: &Route<'_>) -> Result<(), NetError> {
+    let op = format!("route replace {route}");
+    let mut message = RouteMessage::default();
+    message.header.address_family = AddressFamily::Inet;
+    message.header.destination_prefix_length = route.prefix_len;
+    message.header.table = RouteHeader::RT_TABLE_MAIN;
+    // What `ip route` sets: "boot" routes, and a route without a gateway reaches only
+    // the link.
+    message.header.protocol = RouteProtocol::Boot;
+    message.header.scope = match route.gateway {
+        Some(_) => RouteScope::Universe,
+        None => RouteScope::Link,
+    };
+    message.header.kind = RouteType::Unicast;
+    if route.onlink {
+        message.header.flags = RouteFlags::Onlink;
+    }
+    if route.prefix_len > 0 {
+        message
+            .attributes
+            .push(RouteAttribute::Destination(RouteAddress::Inet(
+                route.destination,
+            )));
+    }
+    if let Some(gateway) = route.gateway {
+        message
+            .attributes
+            .push(RouteAttribute::Gateway(RouteAddress::Inet(gateway)));
+    }
+    message
+        .attributes
+        .push(RouteAttribute::Oif(link_index(netns, route.dev)?));
+    let message = RouteNetlinkMessage::NewRoute(message);
+    request(netns, &op, message, NLM_F_CREATE | NLM_F_REPLACE).map(drop)
+}
+
+/// The interface index of a link, as XDP and TC attachment report it.
+pub fn link_index(netns: Option<&str>, link: &str) -> Result<u32, NetError> {
+    link_get(netns, link).map(|message| message.header.index)
+}
+
+/// The MAC address of a link.
+pub fn link_mac(netns: Option<&str>, link: &str) -> Result<[u8; 6], NetError> {
+    let message = link_get(netns, link)?;
+    message
+        .attributes
+        .iter()
+        .find_map(|attribute| match attribute {
+            LinkAttribute::Address(bytes) => bytes.as_slice().try_into().ok(),
+            _ => None,
+        })
+        .ok_or_else(|| {
+            netlink_error(netns, &format!("link show dev {link}"))(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the link has no Ethernet address",
+            ))
+        })
+}
+
+fn format_mac(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Adds or replaces a permanent neighbour (ARP) entry: `addr` is reached at `mac` over
+/// `link`.
 pub fn neigh_replace_permanent(
     netns: Option<&str>,
-    ip_addr: &str,
+    addr: Ipv4Addr,
     mac: [u8; 6],
     link: &str,
 ) -> Result<(), NetError> {
-    let mac = mac
+    let op = format!(
+        "neigh replace {addr} lladdr {} dev {link} nud permanent",
+        format_mac(mac)
+    );
+    let mut message = NeighbourMessage::default();
+    message.header.family = AddressFamily::Inet;
+    message.header.ifindex = link_index(netns, link)?;
+    message.header.state = NeighbourState::Permanent;
+    message.attributes = vec![
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(addr)),
+        NeighbourAttribute::LinkLayerAddress(mac.to_vec()),
+    ];
+    let message = RouteNetlinkMessage::NewNeighbour(message);
+    request(netns, &op, message, NLM_F_CREATE | NLM_F_REPLACE).map(drop)
+}
+
+/// An IPv4 neighbour (ARP) entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Neighbour {
+    pub addr: Ipv4Addr,
+    pub ifindex: u32,
+    /// The link-layer address, once resolved.
+    pub mac: Option<[u8; 6]>,
+    /// The entry can be used to send (the kernel's NUD_VALID states: reachable, stale,
+    /// delay, probe, permanent, noarp); `bpf_fib_lookup` finds only such entries.
+    pub valid: bool,
+    /// Resolution failed (no answer to ARP).
+    pub failed: bool,
+}
+
+impl Neighbour {
+    fn from_message(message: &NeighbourMessage) -> Option<Self> {
+        if message.header.family != AddressFamily::Inet {
+            return None;
+        }
+        let mut addr = None;
+        let mut mac = None;
+        for attribute in &message.attributes {
+            match attribute {
+                NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => addr = Some(*ip),
+                NeighbourAttribute::LinkLayerAddress(bytes) => {
+                    mac = bytes.as_slice().try_into().ok();
+                }
+                _ => {}
+            }
+        }
+        let state = message.header.state;
+        Some(Neighbour {
+            addr: addr?,
+            ifindex: message.header.ifindex,
+            mac,
+            valid: matches!(
+                state,
+                NeighbourState::Reachable
+                    | NeighbourState::Stale
+                    | NeighbourState::Delay
+                    | NeighbourState::Probe
+                    | NeighbourState::Permanent
+                    | NeighbourState::Noarp
+            ),
+            failed: state == NeighbourState::Failed,
+        })
+    }
+}
+
+/// Every IPv4 neighbour entry of `netns` (or the current namespace).
+pub fn neighbours(netns: Option<&str>) -> Result<Vec<Neighbour>, NetError> {
+    let op = "neigh show";
+    let mut message = NeighbourMessage::default();
+    message.header.family = AddressFamily::Inet;
+    let replies = rtnl(netns, op)?
+        .dump(RouteNetlinkMessage::GetNeighbour(message))
+        .map_err(netlink_error(netns, op))?;
+    Ok(replies
         .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect::<Vec<_>>()
-        .join(":");
-    ip(
-        netns,
-        &[
-            "neigh",
-            "replace",
-            ip_addr,
-            "lladdr",
-            &mac,
-            "dev",
-            link,
-            "nud",
-            "permanent",
-        ],
-    )
-    .map(drop)
+        .filter_map(|reply| match reply {
+            RouteNetlinkMessage::NewNeighbour(message) => Neighbour::from_message(message),
+            _ => None,
+        })
+        .collect())
+}
+
+/// A change to the neighbour table, as the kernel announces it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NeighbourEvent {
+    /// An entry was added or changed state or address.
+    Changed(Neighbour),
+    /// An entry was removed (garbage-collected, flushed, or its link went away).
+    Removed(Neighbour),
+    /// The kernel dropped announcements (the socket's buffer overflowed): read the table
+    /// afresh with [`neighbours`].
+    Lost,
+}
+
+/// A subscription to the neighbour table of the calling thread's namespace
+/// (RTNLGRP_NEIGH): changes arrive as they happen instead of being polled for.
+pub struct NeighbourEvents {
+    rtnl: Rtnl,
+}
+
+const RTNLGRP_NEIGH: u32 = 3;
+
+impl NeighbourEvents {
+    /// Subscribes in the calling thread's namespace. `timeout` bounds each
+    /// [`NeighbourEvents::next`], so a thread that waits for events can also stop.
+    pub fn subscribe(timeout: std::time::Duration) -> Result<Self, NetError> {
+        let op = "monitor neigh";
+        let subscribe_error = netlink_error(None, op);
+        let rtnl = Rtnl::subscribe(RTNLGRP_NEIGH).map_err(subscribe_error)?;
+        rtnl.set_receive_timeout(timeout)
+            .map_err(netlink_error(None, op))?;
+        Ok(NeighbourEvents { rtnl })
+    }
+
+    /// The next announced changes; empty when the timeout passed without any.
+    pub fn next(&self) -> Result<Vec<NeighbourEvent>, NetError> {
+        let messages = match self.rtnl.receive() {
+            Ok(messages) => messages,
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Ok(Vec::new());
+            }
+            Err(error) if error.raw_os_error() == Some(libc::ENOBUFS) => {
+                return Ok(vec![NeighbourEvent::Lost]);
+            }
+            Err(error) => return Err(netlink_error(None, "monitor neigh")(error)),
+        };
+        Ok(messages
+            .iter()
+            .filter_map(|message| match message {
+                RouteNetlinkMessage::NewNeighbour(message) => {
+                    Neighbour::from_message(message).map(NeighbourEvent::Changed)
+                }
+                RouteNetlinkMessage::DelNeighbour(message) => {
+                    Neighbour::from_message(message).map(NeighbourEvent::Removed)
+                }
+                _ => None,
+            })
+            .collect())
+    }
 }
 
 /// Writes a sysctl of `netns` (or the current namespace). `key` is the path below
 /// /proc/sys (`net/ipv4/conf/eth0/proxy_arp`): the dotted form is ambiguous for interface
-/// names with dots. /proc/sys/net shows the namespace of whoever opens it, so for another
-/// namespace the write runs under `ip netns exec`.
+/// names with dots. /proc/sys/net shows the namespace of the thread that opens it, so for
+/// another namespace the write happens on a helper thread that entered it.
 pub fn sysctl_set(netns: Option<&str>, key: &str, value: &str) -> Result<(), NetError> {
+    let sysctl_error = |source| NetError::Sysctl {
+        key: key.to_owned(),
+        value: value.to_owned(),
+        source,
+    };
     if key.split('/').any(|part| part.is_empty() || part == "..") {
-        return Err(NetError::Sysctl {
-            key: key.to_owned(),
-            value: value.to_owned(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a sysctl path"),
-        });
+        return Err(sysctl_error(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a sysctl path",
+        )));
     }
     let path = format!("/proc/sys/{key}");
-    match netns {
-        None => std::fs::write(&path, value).map_err(|source| NetError::Sysctl {
-            key: key.to_owned(),
-            value: value.to_owned(),
-            source,
-        }),
-        // Positional parameters keep the value and path out of the shell's parsing.
-        Some(ns) => ip(
-            None,
-            &[
-                "netns",
-                "exec",
-                ns,
-                "sh",
-                "-c",
-                "echo \"$1\" > \"$2\"",
-                "sysctl",
-                value,
-                &path,
-            ],
-        )
-        .map(drop),
-    }
+    let written = match netns {
+        None => std::fs::write(&path, value),
+        Some(ns) => in_netns(ns, || std::fs::write(&path, value))?,
+    };
+    written.map_err(sysctl_error)
 }
 
 /// Moves the calling thread into the named network namespace. Only for threads that

@@ -15,6 +15,7 @@
 pub mod maglev;
 mod mmap;
 mod model;
+mod neighbours;
 mod slots;
 
 use std::{
@@ -45,6 +46,7 @@ use berth_ebpf_common::{
 };
 pub use maglev::BackendIdentity;
 pub use model::*;
+pub use neighbours::{NeighbourKeeper, resolve_neighbours};
 
 /// The eBPF object built from ../ebpf by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/berth"));
@@ -155,6 +157,8 @@ pub enum DatapathError {
         #[source]
         source: LinkError,
     },
+    #[error("{0}")]
+    Net(#[from] berth_net::NetError),
     #[error("{path}")]
     Io {
         path: PathBuf,
@@ -1558,35 +1562,4 @@ pub fn service_key(frontend: &Frontend) -> ServiceKey {
         proto: frontend.protocol.number(),
         _pad: 0,
     }
-}
-
-/// Makes the kernel resolve the link-layer addresses of other nodes: XDP forwards
-/// north-south flows to them with `bpf_fib_lookup`, which fails (and the packet is dropped,
-/// counted as `drop_no_route`) while a neighbour entry is missing. Sends one UDP datagram
-/// to the discard port of each address from the calling thread's network namespace and
-/// waits up to a second for the entries to become valid.
-pub fn resolve_neighbours(addrs: &[Ipv4Addr]) -> Result<(), DatapathError> {
-    let socket = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).map_err(|source| {
-        DatapathError::Io {
-            path: PathBuf::from("udp socket"),
-            source,
-        }
-    })?;
-    for addr in addrs {
-        // A node that is down or filters port 9 is fine: only the ARP exchange matters.
-        let _ = socket.send_to(b"berth", (*addr, 9));
-    }
-    let deadline = Instant::now() + Duration::from_secs(1);
-    let mut pending: Vec<Ipv4Addr> = addrs.to_vec();
-    while !pending.is_empty() && Instant::now() < deadline {
-        pending.retain(|addr| {
-            let shown =
-                berth_net::ip(None, &["neigh", "show", &addr.to_string()]).unwrap_or_default();
-            !["REACHABLE", "STALE", "DELAY", "PROBE", "PERMANENT"]
-                .iter()
-                .any(|state| shown.contains(state))
-        });
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Ok(())
 }

@@ -573,7 +573,7 @@ impl PodManager {
     async fn teardown_network(&self, uid: &str, network: Option<PodNetwork>) {
         let host_netns = self.config.host_netns.clone();
         let uid = uid.to_owned();
-        // `ip` runs block; they stay off the async threads.
+        // Netlink requests and namespace threads block; they stay off the async threads.
         let done = tokio::task::spawn_blocking(move || match network {
             Some(network) => network.teardown(),
             None => match podnet::host_veth_name(&uid) {
