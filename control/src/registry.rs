@@ -31,6 +31,8 @@ use crate::{
     watch_cache::WatchCache,
 };
 
+pub mod batch;
+
 /// Server-driven read-modify-write loops retry this often on a conflict before giving up.
 const MAX_RETRIES: usize = 8;
 

@@ -1,0 +1,259 @@
+//! Writes of many objects in one store transaction, for the controllers: a ReplicaSet's
+//! round of new pods, a scheduling pass's bindings, a pass's events. One transaction is
+//! one revision and one trip through the store's commit queue, where the same writes
+//! one by one cost a read of the namespace, a task and a commit slot each.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use axum::http::StatusCode;
+use berth_api::{
+    ResourceType, Source,
+    core::{Event, ObjectReference},
+    find_by_plural,
+    meta::{DEFAULT_NAMESPACE, ObjectMeta},
+};
+use serde_json::{Value, json};
+
+use super::{MAX_RETRIES, Registry, decode_error, encode, is_retryable, key, name_of};
+use crate::{
+    api::error::ApiError,
+    store::{KeyValue, Op, Precondition, Revision, StoreError},
+    util,
+};
+
+/// A pending pod to bind to a node, at the revision the scheduler decided on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    pub namespace: String,
+    pub name: String,
+    pub node: String,
+    pub resource_version: Revision,
+}
+
+/// An event to record, and how many times it happened (Kubernetes' `count`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRecord {
+    pub involved: ObjectReference,
+    pub reason: String,
+    pub message: String,
+    pub type_: &'static str,
+    pub count: i32,
+}
+
+impl Registry {
+    /// Creates every object of `objects` in one transaction: all of them or none (a name
+    /// taken meanwhile fails the batch, and its controller plans it again). Returns the
+    /// revision written, 0 for no objects.
+    pub async fn create_many(
+        &self,
+        rt: &'static ResourceType,
+        objects: Vec<Value>,
+    ) -> Result<Revision, ApiError> {
+        let decoded = objects
+            .into_iter()
+            .map(|object| {
+                let name = name_of(&object).to_owned();
+                rt.decode(Source::Value(object))
+                    .map(|d| d.object)
+                    .map_err(|e| decode_error(rt, &name, e))
+            })
+            .collect::<Result<Vec<Value>, ApiError>>()?;
+        if decoded.is_empty() {
+            return Ok(0);
+        }
+        let mut attempt = 0;
+        loop {
+            let ops = self.plan_creations(rt, &decoded).await?;
+            match self.commit(ops).await {
+                Ok(revision) => return Ok(revision),
+                // A namespace that changed: plan again.
+                Err(e) if is_retryable(&e) && attempt < MAX_RETRIES => attempt += 1,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The ops creating `objects`: each namespace is checked once, not once per object.
+    async fn plan_creations(
+        &self,
+        rt: &'static ResourceType,
+        objects: &[Value],
+    ) -> Result<Vec<Op>, ApiError> {
+        let mut checked = BTreeSet::new();
+        let mut ops = Vec::new();
+        for object in objects {
+            let namespace = super::namespace_of(object);
+            if rt.namespaced && !checked.contains(namespace) {
+                ops.push(self.namespace_check(namespace).await?);
+                checked.insert(namespace.to_owned());
+            }
+            ops.extend(self.plan(rt, None, object.clone(), &checked).await?.ops);
+        }
+        Ok(ops)
+    }
+
+    /// Binds pending pods to nodes in one transaction, as Kubernetes' binding subresource
+    /// does: only `spec.nodeName` changes (and the generation with the spec), so the pod
+    /// is not decoded and validated again — the node is one the store holds. A pod that
+    /// changed since the scheduler read it, or is bound already, gets a conflict of its
+    /// own and the others are bound; should one change between this read and the commit,
+    /// the whole batch gets the conflict. One result per binding, in order.
+    pub async fn bind_many(&self, bindings: &[Binding]) -> Vec<Result<Revision, ApiError>> {
+        let Some(rt) = find_by_plural("", "pods") else {
+            return bindings
+                .iter()
+                .map(|_| Err(ApiError::internal("Pod kind missing")))
+                .collect();
+        };
+        let keys: Vec<String> = bindings
+            .iter()
+            .map(|b| key(rt, &b.namespace, &b.name))
+            .collect();
+        let stored = match self
+            .blocking(move |s| {
+                keys.iter()
+                    .map(|k| s.get(k))
+                    .collect::<Result<Vec<Option<KeyValue>>, StoreError>>()
+            })
+            .await
+        {
+            Ok(stored) => stored,
+            Err(e) => return bindings.iter().map(|_| Err(copy(&e))).collect(),
+        };
+        let mut results: Vec<Result<Revision, ApiError>> = Vec::with_capacity(bindings.len());
+        let mut ops = Vec::with_capacity(bindings.len());
+        for (binding, kv) in bindings.iter().zip(stored) {
+            let op = match kv {
+                None => Err(ApiError::not_found(rt.kind, &binding.name)),
+                Some(kv) => bound_pod(binding, &kv.key, &kv.value, kv.mod_revision),
+            };
+            match op {
+                Ok(op) => {
+                    ops.push(op);
+                    results.push(Ok(0));
+                }
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        if ops.is_empty() {
+            return results;
+        }
+        let committed = self.commit(ops).await;
+        results
+            .into_iter()
+            .map(|result| match (result, &committed) {
+                (Ok(_), Ok(revision)) => Ok(*revision),
+                (Ok(_), Err(e)) => Err(copy(e)),
+                (Err(e), _) => Err(e),
+            })
+            .collect()
+    }
+
+    /// Records events in one transaction per namespace (one being deleted refuses its
+    /// own events only); best effort, like [`Registry::record_event`]: an event that
+    /// fails to write must not fail the actions it describes.
+    pub async fn record_events(&self, events: Vec<EventRecord>) {
+        let Some(rt) = find_by_plural("", "events") else {
+            return;
+        };
+        let now = util::rfc3339_now();
+        let mut by_namespace: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        for record in events {
+            let event = event_object(record, &now);
+            match serde_json::to_value(&event) {
+                Ok(object) => by_namespace
+                    .entry(event.metadata.namespace)
+                    .or_default()
+                    .push(object),
+                Err(e) => tracing::warn!("could not encode event {}: {e}", event.reason),
+            }
+        }
+        let written = futures_util::future::join_all(
+            by_namespace
+                .into_iter()
+                .map(|(namespace, objects)| async move {
+                    (namespace, self.create_many(rt, objects).await)
+                }),
+        )
+        .await;
+        for (namespace, result) in written {
+            if let Err(e) = result {
+                tracing::warn!("could not record events in namespace {namespace}: {e}");
+            }
+        }
+    }
+}
+
+/// The same error for each of a batch's writes.
+fn copy(error: &ApiError) -> ApiError {
+    ApiError::new(error.code, error.reason, error.message.clone())
+}
+
+/// The op writing `binding` over the stored pod, or why it cannot be.
+fn bound_pod(
+    binding: &Binding,
+    key: &str,
+    stored: &[u8],
+    mod_revision: Revision,
+) -> Result<Op, ApiError> {
+    let conflict = |why: String| ApiError::new(StatusCode::CONFLICT, "Conflict", why);
+    if mod_revision != binding.resource_version {
+        return Err(ApiError::from(StoreError::Conflict {
+            key: key.to_owned(),
+            expected: binding.resource_version,
+            found: Some(mod_revision),
+        }));
+    }
+    let mut pod: Value = serde_json::from_slice(stored)
+        .map_err(|e| ApiError::internal(format!("corrupt object at {key}: {e}")))?;
+    let bound_to = pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if !bound_to.is_empty() {
+        return Err(conflict(format!(
+            "pod {} is already assigned to node {bound_to:?}",
+            binding.name
+        )));
+    }
+    let generation = pod
+        .pointer("/metadata/generation")
+        .and_then(Value::as_i64)
+        .unwrap_or(1);
+    pod["spec"]["nodeName"] = json!(binding.node);
+    pod["metadata"]["generation"] = json!(generation + 1);
+    Ok(Op::Put {
+        key: key.to_owned(),
+        value: encode(&pod)?,
+        precondition: Precondition::ModRevision(mod_revision),
+    })
+}
+
+/// An Event as [`Registry::record_event`] writes it, with its count.
+fn event_object(record: EventRecord, now: &str) -> Event {
+    let namespace = match record.involved.namespace.as_str() {
+        "" => DEFAULT_NAMESPACE.to_owned(),
+        ns => ns.to_owned(),
+    };
+    Event {
+        api_version: "v1".to_owned(),
+        kind: "Event".to_owned(),
+        metadata: ObjectMeta {
+            name: format!(
+                "{}.{}",
+                record.involved.name,
+                util::hex(&util::random_bytes::<8>())
+            ),
+            namespace,
+            ..ObjectMeta::default()
+        },
+        involved_object: record.involved,
+        reason: record.reason,
+        message: record.message,
+        type_: record.type_.to_owned(),
+        count: record.count,
+        first_timestamp: now.to_owned(),
+        last_timestamp: now.to_owned(),
+        source: "apiserver".to_owned(),
+    }
+}
