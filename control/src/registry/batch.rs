@@ -168,13 +168,9 @@ impl Registry {
                 Err(e) => tracing::warn!("could not encode event {}: {e}", event.reason),
             }
         }
-        let written = futures_util::future::join_all(
-            by_namespace
-                .into_iter()
-                .map(|(namespace, objects)| async move {
-                    (namespace, self.create_many(rt, objects).await)
-                }),
-        )
+        let written = futures_util::future::join_all(by_namespace.into_iter().map(
+            |(namespace, objects)| async move { (namespace, self.create_many(rt, objects).await) },
+        ))
         .await;
         for (namespace, result) in written {
             if let Err(e) = result {
