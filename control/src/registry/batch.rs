@@ -253,3 +253,117 @@ fn event_object(record: EventRecord, now: &str) -> Event {
         source: "apiserver".to_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::{
+        allocation::{Cidr, Ranges},
+        controllers::PODS,
+        metrics::Metrics,
+        store::{RedbStore, Store},
+    };
+
+    /// A registry over a fresh store, with the `default` namespace.
+    async fn registry(dir: &tempfile::TempDir) -> Registry {
+        let store: Arc<dyn Store> =
+            Arc::new(RedbStore::open(&dir.path().join("store.redb")).expect("store"));
+        let ranges = Ranges {
+            service_cidr: Cidr {
+                network: [10, 96, 0, 0].into(),
+                prefix: 12,
+            },
+            load_balancer_pool: None,
+        };
+        let registry = Registry::new(store, Metrics::new().expect("metrics"), ranges);
+        registry
+            .ensure_namespace("default")
+            .await
+            .expect("namespace");
+        registry
+    }
+
+    fn pod(name: &str) -> Value {
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"containers": [{"name": "c", "image": "i"}]}})
+    }
+
+    fn binding(name: &str, node: &str, resource_version: Revision) -> Binding {
+        Binding {
+            namespace: "default".to_owned(),
+            name: name.to_owned(),
+            node: node.to_owned(),
+            resource_version,
+        }
+    }
+
+    #[tokio::test]
+    async fn creations_are_all_or_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let registry = registry(&dir).await;
+        let first = registry
+            .create_many(&PODS, vec![pod("a"), pod("b")])
+            .await
+            .expect("created");
+        let stored = |name: &'static str| {
+            let registry = registry.clone();
+            async move { registry.get(&PODS, "default", name).await }
+        };
+        assert_eq!(
+            stored("a").await.expect("a")["metadata"]["resourceVersion"],
+            first.to_string()
+        );
+        assert_eq!(
+            stored("b").await.expect("b")["metadata"]["resourceVersion"],
+            first.to_string()
+        );
+        let taken = registry
+            .create_many(&PODS, vec![pod("c"), pod("a")])
+            .await
+            .expect_err("a is taken");
+        assert_eq!(taken.reason, "AlreadyExists");
+        assert!(stored("c").await.is_err(), "c must not be created alone");
+    }
+
+    #[tokio::test]
+    async fn binds_pods_still_at_the_revision_read_and_refuses_the_others() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let registry = registry(&dir).await;
+        let read = registry
+            .create_many(&PODS, vec![pod("a"), pod("b"), pod("c")])
+            .await
+            .expect("created");
+        let results = registry
+            .bind_many(&[
+                binding("a", "n1", read),
+                binding("b", "n1", read - 1),
+                binding("c", "n2", read),
+                binding("gone", "n2", read),
+            ])
+            .await;
+        let [Ok(bound), Err(stale), Ok(also_bound), Err(gone)] = results.as_slice() else {
+            panic!("{results:?}");
+        };
+        assert_eq!(bound, also_bound, "one transaction");
+        assert!(*bound > read);
+        assert_eq!(stale.reason, "Conflict");
+        assert_eq!(gone.reason, "NotFound");
+        let a = registry.get(&PODS, "default", "a").await.expect("a");
+        assert_eq!(a["spec"]["nodeName"], "n1");
+        assert_eq!(a["metadata"]["generation"], 2);
+        assert_eq!(a["metadata"]["resourceVersion"], bound.to_string());
+        let b = registry.get(&PODS, "default", "b").await.expect("b");
+        assert_eq!(b.pointer("/spec/nodeName"), None);
+        // Bound already: even at its current revision, no second binding.
+        let again = registry.bind_many(&[binding("a", "n2", *bound)]).await;
+        let [Err(again)] = again.as_slice() else {
+            panic!("{again:?}");
+        };
+        assert_eq!(again.reason, "Conflict");
+        let a = registry.get(&PODS, "default", "a").await.expect("a");
+        assert_eq!(a["spec"]["nodeName"], "n1");
+    }
+}
