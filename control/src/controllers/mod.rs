@@ -545,10 +545,12 @@ impl Runtime {
             };
             self.requeue_after(applied.key, delay);
         }
-        self.record_events(events).await;
-        if written > 0 {
-            self.cache.wait_for(written).await;
-        }
+        // The events' commit and the cache catching up with the writes overlap.
+        tokio::join!(self.record_events(events), async {
+            if written > 0 {
+                self.cache.wait_for(written).await;
+            }
+        });
     }
 
     /// Reconciles keys of one reconciler (objects gone from the snapshot are skipped).
