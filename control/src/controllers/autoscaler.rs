@@ -31,7 +31,7 @@ use serde_json::{Value, json};
 
 use super::{
     Change, Context, DEPLOYMENTS, HPAS, Outcome, PODS, Reconciler, Snapshot, Write, is_kind,
-    pod_is_ready, uid_of,
+    pod_is_ready, reference, uid_of,
 };
 use crate::{
     registry::{labels_of, name_of, namespace_of},
@@ -737,7 +737,7 @@ fn plan(
             object: scaled,
         });
         writes.push(Write::Event {
-            involved: hpa.clone(),
+            involved: reference(hpa),
             reason: "SuccessfulRescale".to_owned(),
             message: format!(
                 "New size: {}; reason: {}",
@@ -764,7 +764,7 @@ fn finish(hpa: &Value, status: Value, mut writes: Vec<Write>, decision: &Decisio
         let failing = *state == "False" && *type_ != "ScalingLimited";
         if failing && *reason != "ScalingDisabled" && !was_failing(type_) {
             writes.push(Write::Event {
-                involved: hpa.clone(),
+                involved: reference(hpa),
                 reason: (*reason).to_owned(),
                 message: message.clone(),
                 type_: "Warning",

@@ -19,7 +19,7 @@ use berth_api::{
 };
 use serde_json::Value;
 
-use super::{Change, Context, Outcome, Reconciler, SERVICES, Snapshot, Write, is_kind};
+use super::{Change, Context, Outcome, Reconciler, SERVICES, Snapshot, Write, is_kind, reference};
 use crate::{
     registry::{LOAD_BALANCER_CONDITION, name_of, namespace_of},
     util,
@@ -171,7 +171,7 @@ fn reconcile_with(object: &Value, assigned: &mut Assigned, ctx: &Context) -> Out
             object: updated,
         },
         Write::Event {
-            involved: object.clone(),
+            involved: reference(object),
             reason: event_reason.to_owned(),
             message,
             type_,

@@ -22,7 +22,7 @@ use std::{
     time::Duration,
 };
 
-use berth_api::{ResourceType, Source};
+use berth_api::{ResourceType, core::ObjectReference};
 use serde_json::Value;
 use tokio::{
     sync::{mpsc, watch},
@@ -32,7 +32,11 @@ use tokio::{
 
 pub use self::cache::{Cache, Change, Snapshot};
 use crate::{
-    registry::{self, DeleteOptions, Registry, name_of, namespace_of},
+    registry::{
+        self, DeleteOptions, Registry,
+        batch::{Binding, EventRecord},
+        name_of, namespace_of,
+    },
     store::Store,
     util,
 };
@@ -64,8 +68,13 @@ pub enum Write {
         /// Gone at once, skipping a pod's graceful termination.
         force: bool,
     },
+    /// A pending pod bound to a node. The bindings of one pass are written together, in
+    /// one transaction.
+    Bind(Binding),
+    /// Events of one pass are written together, similar ones aggregated (see
+    /// [`aggregate`]).
     Event {
-        involved: Value,
+        involved: ObjectReference,
         reason: String,
         message: String,
         type_: &'static str,
@@ -203,6 +212,24 @@ pub fn uid_of(object: &Value) -> &str {
         .unwrap_or_default()
 }
 
+/// What an Event names as its object.
+pub fn reference(object: &Value) -> ObjectReference {
+    let text = |pointer: &str| {
+        object
+            .pointer(pointer)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    ObjectReference {
+        api_version: text("/apiVersion"),
+        kind: text("/kind"),
+        name: text("/metadata/name"),
+        namespace: text("/metadata/namespace"),
+        uid: text("/metadata/uid"),
+    }
+}
+
 pub fn owner_reference(owner: &Value) -> Value {
     serde_json::json!({
         "apiVersion": owner["apiVersion"],
@@ -319,6 +346,58 @@ struct Runtime {
     requeue: BTreeMap<WorkKey, Instant>,
 }
 
+/// What came of one outcome's writes.
+struct Applied {
+    key: WorkKey,
+    /// The highest revision written, 0 if none.
+    written: u64,
+    /// A write failed: the object is looked at again shortly, its events are dropped.
+    failed: bool,
+    events: Vec<EventRecord>,
+    requeue_after: Option<Duration>,
+}
+
+/// Similar events of one pass (same namespace, kind of object, reason and type) past
+/// the first this many become one Event with their count, as Kubernetes' event
+/// aggregator does: scheduling a ReplicaSet's thousands of pods writes a few Scheduled
+/// events, not one per pod.
+const SIMILAR_EVENTS_KEPT: usize = 10;
+
+/// Kubernetes' EventAggregator over one pass: each group of similar events keeps its
+/// first [`SIMILAR_EVENTS_KEPT`] as they are; the rest are one event naming the last of
+/// them, "(combined from similar events)", with their count.
+pub fn aggregate(events: Vec<EventRecord>) -> Vec<EventRecord> {
+    let mut seen: BTreeMap<(String, String, String, &'static str), usize> = BTreeMap::new();
+    let mut combined: BTreeMap<(String, String, String, &'static str), EventRecord> =
+        BTreeMap::new();
+    let mut kept = Vec::new();
+    for event in events {
+        let similar = (
+            event.involved.namespace.clone(),
+            event.involved.kind.clone(),
+            event.reason.clone(),
+            event.type_,
+        );
+        let count = seen.entry(similar.clone()).or_default();
+        *count += 1;
+        if *count <= SIMILAR_EVENTS_KEPT {
+            kept.push(event);
+            continue;
+        }
+        let earlier = combined.get(&similar).map_or(0, |e| e.count);
+        combined.insert(
+            similar,
+            EventRecord {
+                message: format!("(combined from similar events): {}", event.message),
+                count: earlier.saturating_add(event.count),
+                ..event
+            },
+        );
+    }
+    kept.extend(combined.into_values());
+    kept
+}
+
 impl Runtime {
     async fn run(
         mut self,
@@ -399,22 +478,68 @@ impl Runtime {
         // Let go of the snapshot before waiting for the writes: the cache copies its
         // whole map on its next change while anyone still holds the old one.
         drop(snapshot);
+        // The pass's bindings go out in one transaction, beside the other writes.
+        let mut bindings: Vec<(usize, Binding)> = Vec::new();
+        for (at, (_, outcome)) in planned.iter_mut().enumerate() {
+            for write in std::mem::take(&mut outcome.writes) {
+                match write {
+                    Write::Bind(binding) => bindings.push((at, binding)),
+                    other => outcome.writes.push(other),
+                }
+            }
+        }
+        let (owners, bindings): (Vec<usize>, Vec<Binding>) = bindings.into_iter().unzip();
         // All writes at once: the store commits concurrent writes in groups.
         let this = &*self;
-        let applied =
-            futures_util::future::join_all(planned.into_iter().map(|(key, outcome)| async move {
-                let result = this.apply(&key, outcome).await;
-                (key, result)
-            }))
-            .await;
+        let (bound, mut applied) = tokio::join!(
+            async {
+                if bindings.is_empty() {
+                    Vec::new()
+                } else {
+                    this.registry.bind_many(&bindings).await
+                }
+            },
+            futures_util::future::join_all(
+                planned
+                    .into_iter()
+                    .map(|(key, outcome)| this.apply(key, outcome))
+            )
+        );
+        for (at, result) in owners.into_iter().zip(bound) {
+            let Some(applied) = applied.get_mut(at) else {
+                continue;
+            };
+            match result {
+                Ok(revision) => applied.written = applied.written.max(revision),
+                Err(e) => {
+                    self.log_failure(&applied.key, &e);
+                    applied.failed = true;
+                }
+            }
+        }
+        let reconciles = self.registry.metrics().reconciles.clone();
         let mut written = 0;
-        for (key, (revision, delay)) in applied {
-            written = written.max(revision);
-            self.requeue_after(key, delay);
+        let mut events = Vec::new();
+        for applied in applied {
+            written = written.max(applied.written);
+            let reconciler = self.reconcilers[applied.key.0].name();
+            let result = if applied.failed { "error" } else { "success" };
+            reconciles.with_label_values(&[reconciler, result]).inc();
+            // Events only once the writes they report succeeded.
+            let delay = if applied.failed {
+                Some(Duration::from_millis(200))
+            } else {
+                events.extend(applied.events);
+                applied.requeue_after
+            };
+            self.requeue_after(applied.key, delay);
         }
-        if written > 0 {
-            self.cache.wait_for(written).await;
-        }
+        // The events' commit and the cache catching up with the writes overlap.
+        tokio::join!(self.record_events(events), async {
+            if written > 0 {
+                self.cache.wait_for(written).await;
+            }
+        });
     }
 
     /// Reconciles keys of one reconciler (objects gone from the snapshot are skipped).
@@ -463,60 +588,92 @@ impl Runtime {
         keys.into_iter().zip(outcomes).collect()
     }
 
-    /// Writes an outcome; returns the highest revision written and when to look again.
-    async fn apply(&self, (i, ns, name): &WorkKey, outcome: Outcome) -> (u64, Option<Duration>) {
-        let reconciler = &self.reconcilers[*i];
-        // Object writes go out together; events only once they all succeeded, so none
-        // reports a write that failed.
-        let (events, writes): (Vec<Write>, Vec<Write>) = outcome
-            .writes
-            .into_iter()
-            .partition(|w| matches!(w, Write::Event { .. }));
-        let results =
-            futures_util::future::join_all(writes.into_iter().map(|w| self.execute(w))).await;
-        let mut written = 0;
-        let mut retry = false;
-        for result in results {
-            match result {
-                Ok(revision) => written = written.max(revision),
-                Err(e) => {
-                    if !e.is_conflict() {
-                        tracing::warn!(controller = reconciler.name(), object = %format!("{ns}/{name}"), "write failed: {e}");
+    /// Writes an outcome's object writes (a kind's creations in one transaction); its
+    /// events wait for the pass's end.
+    async fn apply(&self, key: WorkKey, outcome: Outcome) -> Applied {
+        let mut creations: Vec<(&'static ResourceType, Vec<Value>)> = Vec::new();
+        let mut events = Vec::new();
+        let mut writes = Vec::new();
+        for write in outcome.writes {
+            match write {
+                Write::Create { rt, object } => {
+                    match creations
+                        .iter_mut()
+                        .find(|(kind, _)| kind.group == rt.group && kind.kind == rt.kind)
+                    {
+                        Some((_, objects)) => objects.push(object),
+                        None => creations.push((rt, vec![object])),
                     }
-                    retry = true;
+                }
+                Write::Event {
+                    involved,
+                    reason,
+                    message,
+                    type_,
+                } => events.push(EventRecord {
+                    involved,
+                    reason,
+                    message,
+                    type_,
+                    count: 1,
+                }),
+                other => writes.push(other),
+            }
+        }
+        let (created, others) = tokio::join!(
+            futures_util::future::join_all(
+                creations
+                    .into_iter()
+                    .map(|(rt, objects)| self.registry.create_many(rt, objects))
+            ),
+            futures_util::future::join_all(writes.into_iter().map(|w| self.execute(w)))
+        );
+        let mut applied = Applied {
+            key,
+            written: 0,
+            failed: false,
+            events,
+            requeue_after: outcome.requeue_after,
+        };
+        for result in created.into_iter().chain(others) {
+            match result {
+                Ok(revision) => applied.written = applied.written.max(revision),
+                Err(e) => {
+                    self.log_failure(&applied.key, &e);
+                    applied.failed = true;
                 }
             }
+        }
+        applied
+    }
+
+    /// A conflict is expected (the write was planned on a stale snapshot) and retried
+    /// quietly; anything else is worth a line.
+    fn log_failure(&self, (i, ns, name): &WorkKey, error: &registry::Error) {
+        if !error.is_conflict() {
+            tracing::warn!(controller = self.reconcilers[*i].name(), object = %format!("{ns}/{name}"), "write failed: {error}");
+        }
+    }
+
+    /// Writes a pass's events, similar ones aggregated, and counts the scheduler's
+    /// verdicts among them as attempts.
+    async fn record_events(&self, events: Vec<EventRecord>) {
+        if events.is_empty() {
+            return;
         }
         let metrics = self.registry.metrics();
-        metrics
-            .reconciles
-            .with_label_values(&[reconciler.name(), if retry { "error" } else { "success" }])
-            .inc();
-        if !retry {
-            for event in events {
-                // The scheduler's verdicts are its events; count them as attempts.
-                if let Write::Event { reason, .. } = &event {
-                    let result = match reason.as_str() {
-                        "Scheduled" => Some("scheduled"),
-                        "FailedScheduling" => Some("unschedulable"),
-                        _ => None,
-                    };
-                    if let Some(result) = result {
-                        metrics
-                            .scheduling_attempts
-                            .with_label_values(&[result])
-                            .inc();
-                    }
-                }
-                let _ = self.execute(event).await;
-            }
+        for event in &events {
+            let result = match event.reason.as_str() {
+                "Scheduled" => "scheduled",
+                "FailedScheduling" => "unschedulable",
+                _ => continue,
+            };
+            metrics
+                .scheduling_attempts
+                .with_label_values(&[result])
+                .inc();
         }
-        let delay = if retry {
-            Some(Duration::from_millis(200))
-        } else {
-            outcome.requeue_after
-        };
-        (written, delay)
+        self.registry.record_events(aggregate(events)).await;
     }
 
     fn requeue_after(&mut self, key: WorkKey, delay: Option<Duration>) {
@@ -536,19 +693,10 @@ impl Runtime {
                 .and_then(|r| r.parse().ok())
                 .unwrap_or(0)
         };
-        let decode = |rt: &ResourceType, object: Value| {
-            let name = name_of(&object).to_owned();
-            rt.decode(Source::Value(object))
-                .map(|d| d.object)
-                .map_err(|e| crate::registry::decode_error(rt, &name, e))
-        };
         match write {
-            Write::Create { rt, object } => {
-                let object = decode(rt, object)?;
-                Ok(revision_of(&self.registry.create(rt, object).await?))
-            }
+            Write::Create { rt, object } => self.registry.create_many(rt, vec![object]).await,
+            // The registry decodes and validates what it writes over the stored object.
             Write::Update { rt, object } => {
-                let object = decode(rt, object)?;
                 Ok(revision_of(&self.registry.update(rt, object).await?))
             }
             Write::UpdateStatus { rt, object } => {
@@ -577,17 +725,83 @@ impl Runtime {
                     Err(e) => Err(e),
                 }
             }
+            Write::Bind(binding) => self
+                .registry
+                .bind_many(std::slice::from_ref(&binding))
+                .await
+                .pop()
+                .unwrap_or(Ok(0)),
             Write::Event {
                 involved,
                 reason,
                 message,
                 type_,
             } => {
-                self.registry
-                    .record_event(&involved, &reason, &message, type_)
-                    .await;
+                self.record_events(vec![EventRecord {
+                    involved,
+                    reason,
+                    message,
+                    type_,
+                    count: 1,
+                }])
+                .await;
                 Ok(0)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scheduled(pod: &str, namespace: &str) -> EventRecord {
+        EventRecord {
+            involved: ObjectReference {
+                api_version: "v1".to_owned(),
+                kind: "Pod".to_owned(),
+                name: pod.to_owned(),
+                namespace: namespace.to_owned(),
+                uid: format!("uid-{pod}"),
+            },
+            reason: "Scheduled".to_owned(),
+            message: format!("Successfully assigned {namespace}/{pod} to n1"),
+            type_: "Normal",
+            count: 1,
+        }
+    }
+
+    #[test]
+    fn similar_events_past_the_first_ten_become_one_with_their_count() {
+        let mut events: Vec<EventRecord> = (0..25)
+            .map(|i| scheduled(&format!("web-{i}"), "default"))
+            .collect();
+        events.push(scheduled("db-0", "other"));
+        let mut failed = scheduled("web-25", "default");
+        failed.reason = "FailedScheduling".to_owned();
+        failed.type_ = "Warning";
+        events.push(failed.clone());
+
+        let written = aggregate(events);
+
+        let kept: Vec<&str> = written
+            .iter()
+            .filter(|e| e.count == 1)
+            .map(|e| e.involved.name.as_str())
+            .collect();
+        let mut expected: Vec<String> = (0..10).map(|i| format!("web-{i}")).collect();
+        expected.extend(["db-0".to_owned(), "web-25".to_owned()]);
+        assert_eq!(kept, expected);
+        let combined: Vec<&EventRecord> = written.iter().filter(|e| e.count > 1).collect();
+        let [combined] = combined.as_slice() else {
+            panic!("{written:?}");
+        };
+        assert_eq!(combined.count, 15);
+        assert_eq!(combined.involved.name, "web-24");
+        assert_eq!(
+            combined.message,
+            "(combined from similar events): Successfully assigned default/web-24 to n1"
+        );
+        assert!(written.contains(&failed));
     }
 }

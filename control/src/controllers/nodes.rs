@@ -7,7 +7,7 @@ use std::time::Duration;
 use berth_api::ResourceType;
 use serde_json::{Value, json};
 
-use super::{Context, NODES, Outcome, PODS, Reconciler, Snapshot, Write};
+use super::{Context, NODES, Outcome, PODS, Reconciler, Snapshot, Write, reference};
 use crate::{
     registry::{name_of, namespace_of},
     util,
@@ -100,7 +100,7 @@ impl Reconciler for NodeLifecycle {
                 }
             }
             writes.push(Write::Event {
-                involved: node.clone(),
+                involved: reference(node),
                 reason: "NodeNotReady".to_owned(),
                 message: format!(
                     "Node {} stopped posting status for {silent_for}s",

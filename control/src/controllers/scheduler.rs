@@ -23,9 +23,9 @@ use serde_json::{Value, json};
 use super::index::{NodeFit, Unfit, holds_resources, node_name};
 use super::{
     Change, Context, NODES, Outcome, PODS, Reconciler, Snapshot, Write, controller_of, is_kind,
-    pod_is_terminal,
+    pod_is_terminal, reference,
 };
-use crate::registry::{name_of, namespace_of};
+use crate::registry::{batch::Binding, name_of, namespace_of};
 
 pub struct Scheduler;
 
@@ -146,20 +146,20 @@ fn schedule(cluster: &mut Cluster, typed: &Pod, pod: &Value) -> Outcome {
         Ok(i) => {
             cluster.bind(i, cpu, memory, owner);
             let node = cluster.nodes[i].fit.name.clone();
-            let mut bound = pod.clone();
-            bound["spec"]["nodeName"] = json!(node);
             let message = format!(
                 "Successfully assigned {}/{} to {node}",
                 namespace_of(pod),
                 name_of(pod)
             );
             Outcome::writes(vec![
-                Write::Update {
-                    rt: &PODS,
-                    object: bound,
-                },
+                Write::Bind(Binding {
+                    namespace: namespace_of(pod).to_owned(),
+                    name: name_of(pod).to_owned(),
+                    node,
+                    resource_version: resource_version(pod),
+                }),
                 Write::Event {
-                    involved: pod.clone(),
+                    involved: reference(pod),
                     reason: "Scheduled".to_owned(),
                     message,
                     type_: "Normal",
@@ -180,7 +180,7 @@ fn schedule(cluster: &mut Cluster, typed: &Pod, pod: &Value) -> Outcome {
                     object: status,
                 });
                 writes.push(Write::Event {
-                    involved: pod.clone(),
+                    involved: reference(pod),
                     reason: "FailedScheduling".to_owned(),
                     message: reason,
                     type_: "Warning",
@@ -193,6 +193,14 @@ fn schedule(cluster: &mut Cluster, typed: &Pod, pod: &Value) -> Outcome {
             }
         }
     }
+}
+
+/// The revision the pod was read at: a binding made on an older one is refused.
+fn resource_version(pod: &Value) -> u64 {
+    pod.pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0)
 }
 
 fn key(object: &Value) -> (String, String) {
@@ -504,13 +512,15 @@ mod tests {
         };
         let p = snapshot.get(&PODS, "default", "p").expect("pod");
         let outcome = Scheduler.reconcile(p, &snapshot, &ctx);
-        let Some(Write::Update { object, .. }) = outcome.writes.first() else {
+        let Some(Write::Bind(binding)) = outcome.writes.first() else {
             panic!("{outcome:?}");
         };
-        assert_eq!(object["spec"]["nodeName"], "a");
+        assert_eq!((binding.name.as_str(), binding.node.as_str()), ("p", "a"));
         // Once bound, nothing more to do.
+        let mut bound = p.clone();
+        bound["spec"]["nodeName"] = json!(binding.node);
         assert_eq!(
-            Scheduler.reconcile(object, &snapshot, &ctx),
+            Scheduler.reconcile(&bound, &snapshot, &ctx),
             Outcome::default()
         );
     }
@@ -532,10 +542,7 @@ mod tests {
             .zip(outcomes)
             .map(|(pod, outcome)| {
                 let verdict = match outcome.writes.first() {
-                    Some(Write::Update { object, .. }) => object["spec"]["nodeName"]
-                        .as_str()
-                        .unwrap_or("?")
-                        .to_owned(),
+                    Some(Write::Bind(binding)) => binding.node.clone(),
                     Some(Write::UpdateStatus { object, .. }) => object["status"]["message"]
                         .as_str()
                         .unwrap_or("?")

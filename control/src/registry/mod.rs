@@ -10,6 +10,7 @@
 
 pub mod allocation;
 mod apply;
+pub mod batch;
 mod error;
 mod events;
 mod history;
