@@ -3,7 +3,7 @@
 //! with [`Config::from_args`] and never touch the process environment.
 
 use std::{
-    net::{Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
 };
 
@@ -69,9 +69,21 @@ struct Args {
     /// How XDP attaches to the external interface: native or generic [default: native].
     #[arg(long, env = "BERTH_AGENT_XDP_MODE")]
     xdp_mode: Option<String>,
-    /// Where the DNS server listens (UDP) [default: <node address>:53].
+    /// Where the DNS server listens (UDP and TCP) [default: <node address>:53].
     #[arg(long, env = "BERTH_AGENT_DNS_LISTEN")]
     dns_listen: Option<SocketAddr>,
+    /// Where names outside the cluster domain are forwarded: IP or IP:PORT, comma-separated
+    /// or repeated [default: the nameservers of the node's /etc/resolv.conf].
+    #[arg(
+        long = "dns-upstream",
+        env = "BERTH_AGENT_DNS_UPSTREAMS",
+        value_delimiter = ','
+    )]
+    dns_upstreams: Vec<String>,
+    /// The resolv.conf whose nameservers are the upstreams when none are configured
+    /// [default: /etc/resolv.conf].
+    #[arg(long, env = "BERTH_AGENT_DNS_RESOLV_CONF")]
+    dns_resolv_conf: Option<PathBuf>,
     /// The cluster's DNS domain [default: cluster.local].
     #[arg(long, env = "BERTH_AGENT_CLUSTER_DOMAIN")]
     cluster_domain: Option<String>,
@@ -110,6 +122,10 @@ struct FileConfig {
     xdp_mode: Option<String>,
     #[serde(alias = "dns_listen")]
     dns_listen: Option<SocketAddr>,
+    #[serde(alias = "dns_upstreams")]
+    dns_upstreams: Option<Vec<String>>,
+    #[serde(alias = "dns_resolv_conf")]
+    dns_resolv_conf: Option<PathBuf>,
     #[serde(alias = "cluster_domain")]
     cluster_domain: Option<String>,
     #[serde(alias = "metrics_listen")]
@@ -133,6 +149,9 @@ pub struct Config {
     pub external_interface: Option<String>,
     pub xdp_mode: XdpMode,
     pub dns_listen: SocketAddr,
+    /// Upstream resolvers for names outside the cluster domain (never the agent's own
+    /// DNS address, which would loop).
+    pub dns_upstreams: Vec<SocketAddr>,
     pub cluster_domain: String,
     pub metrics_listen: SocketAddr,
     pub docker_socket: String,
@@ -204,6 +223,32 @@ impl Config {
                 reason: format!("{server:?} must be an https:// URL (the agent API is TLS only)"),
             });
         }
+        let dns_listen = args
+            .dns_listen
+            .or(file.dns_listen)
+            .unwrap_or(SocketAddr::from((node_address, 53)));
+        let configured = match args.dns_upstreams {
+            upstreams if !upstreams.is_empty() => upstreams,
+            _ => file.dns_upstreams.unwrap_or_default(),
+        };
+        let dns_upstreams = if configured.is_empty() {
+            let path = args
+                .dns_resolv_conf
+                .or(file.dns_resolv_conf)
+                .unwrap_or_else(|| PathBuf::from("/etc/resolv.conf"));
+            // A node without resolv.conf has no upstream: names outside the cluster fail.
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            resolv_conf_nameservers(&text)
+        } else {
+            configured
+                .iter()
+                .map(|text| parse_upstream(text))
+                .collect::<Result<_, _>>()?
+        };
+        let dns_upstreams = dns_upstreams
+            .into_iter()
+            .filter(|upstream| *upstream != dns_listen)
+            .collect();
         Ok(Config {
             state_dir: args
                 .state_dir
@@ -218,10 +263,8 @@ impl Config {
             bootstrap_token_file: args.bootstrap_token_file.or(file.bootstrap_token_file),
             external_interface: args.external_interface.or(file.external_interface),
             xdp_mode,
-            dns_listen: args
-                .dns_listen
-                .or(file.dns_listen)
-                .unwrap_or(SocketAddr::from((node_address, 53))),
+            dns_listen,
+            dns_upstreams,
             cluster_domain: args
                 .cluster_domain
                 .or(file.cluster_domain)
@@ -242,6 +285,29 @@ impl Config {
             node_address,
         })
     }
+}
+
+/// `IP` (port 53) or `IP:PORT`.
+fn parse_upstream(text: &str) -> Result<SocketAddr, ConfigError> {
+    let text = text.trim();
+    text.parse::<SocketAddr>()
+        .or_else(|_| text.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+        .map_err(|_| ConfigError::Invalid {
+            field: "dns-upstream",
+            reason: format!("{text:?} is not an IP address or IP:PORT"),
+        })
+}
+
+/// The `nameserver` lines of a resolv.conf, on port 53.
+fn resolv_conf_nameservers(text: &str) -> Vec<SocketAddr> {
+    text.lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            (words.next() == Some("nameserver")).then(|| words.next())?
+        })
+        .filter_map(|ip| ip.parse::<IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect()
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -337,5 +403,53 @@ mod tests {
             .expect_err("missing")
             .to_string();
         assert!(error.contains("is required"), "{error}");
+    }
+
+    #[test]
+    fn dns_upstreams_from_flags_file_or_resolv_conf() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let resolv = dir.path().join("resolv.conf");
+        std::fs::write(
+            &resolv,
+            "# the node's\nnameserver 10.0.0.2\nnameserver 198.18.0.1\nsearch lan\n",
+        )
+        .expect("write");
+        let mut args: Vec<String> = BASE.iter().map(|s| s.to_string()).collect();
+        args.extend(["--dns-resolv-conf".into(), resolv.display().to_string()]);
+        let config = Config::from_args(&args).expect("valid");
+        // The agent's own DNS address (198.18.0.1:53) would forward to itself.
+        assert_eq!(
+            config.dns_upstreams,
+            ["10.0.0.2:53".parse::<SocketAddr>().expect("addr")]
+        );
+
+        let file = dir.path().join("agent.yaml");
+        std::fs::write(
+            &file,
+            "dns-upstreams: [\"192.0.2.1\", \"192.0.2.2:5353\"]\n",
+        )
+        .expect("write");
+        args.extend(["--config".into(), file.display().to_string()]);
+        let config = Config::from_args(&args).expect("valid");
+        assert_eq!(
+            config.dns_upstreams,
+            [
+                "192.0.2.1:53".parse::<SocketAddr>().expect("addr"),
+                "192.0.2.2:5353".parse().expect("addr")
+            ]
+        );
+        args.extend(["--dns-upstream".into(), "127.0.0.1:1053,127.0.0.2".into()]);
+        let config = Config::from_args(&args).expect("valid");
+        assert_eq!(
+            config.dns_upstreams,
+            [
+                "127.0.0.1:1053".parse::<SocketAddr>().expect("addr"),
+                "127.0.0.2:53".parse().expect("addr")
+            ],
+            "the flag wins over the file"
+        );
+        args.extend(["--dns-upstream".into(), "resolver.lan".into()]);
+        let error = Config::from_args(&args).expect_err("a name").to_string();
+        assert!(error.contains("dns-upstream"), "{error}");
     }
 }

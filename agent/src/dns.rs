@@ -1,33 +1,67 @@
-//! Service discovery: a DNS server on each node answering for the cluster's services,
-//! the names Kubernetes users expect:
+//! Service discovery: a DNS server on each node, on hickory's server crate, answering the
+//! names Kubernetes users expect and forwarding every other name:
 //!
-//! - `<service>.<namespace>.svc.<domain>` A → the ClusterIP (or, for a headless service,
-//!   the ready endpoints' addresses);
-//! - `_<port>._<tcp|udp>.<service>.<namespace>.svc.<domain>` SRV → the port and the
-//!   service's name, for every named port.
+//! - `<service>.<namespace>.svc.<domain>` A → the ClusterIP, or for a headless service the
+//!   ready endpoints' addresses, each also named `<a-b-c-d>.<service>.<namespace>.svc.<domain>`;
+//! - `_<port>._<tcp|udp>.<service>.<namespace>.svc.<domain>` SRV → for every named port: the
+//!   service's name and port, or for a headless service each endpoint's name and port;
+//! - PTR (`d.c.b.a.in-addr.arpa`) for ClusterIPs (→ the service's name) and ready endpoint
+//!   (pod) addresses (→ `<a-b-c-d>.<service>.<namespace>.svc.<domain>`);
+//! - authoritative for `<domain>`: unknown names are NXDOMAIN and names without the asked
+//!   type NODATA, both with the zone's SOA in the authority section (its minimum is the
+//!   negative-caching time);
+//! - everything else, reverse names it does not know included, goes to the upstream
+//!   resolvers through hickory-resolver, whose cache honours the upstream TTLs.
 //!
-//! Authoritative for `svc.<domain>` only: other names are refused (pods resolve only
-//! cluster names through it; there is no forwarding to upstream resolvers yet). UDP only.
-//! Records are rebuilt from the same Service/Endpoints watch that programs the datapath.
+//! UDP and TCP on the same address. Over UDP an answer larger than 512 bytes, or than the
+//! client's EDNS buffer size, is truncated with the TC bit set so the client asks over TCP.
+//! Records are rebuilt from the same Service/Endpoints watch that programs the datapath and
+//! swapped in whole by [`DnsServer::update`].
 
 use std::{
     collections::HashMap,
+    io,
     net::{Ipv4Addr, SocketAddr},
     str::FromStr as _,
-    sync::{Arc, RwLock},
+    sync::{Arc, Mutex, RwLock},
+    time::Duration,
 };
 
 use berth_api::core::{Endpoints, Service};
 use hickory_proto::{
-    op::{Message, MessageType, OpCode, ResponseCode},
+    op::ResponseCode,
     rr::{
-        Name, RData, Record, RecordType,
-        rdata::{A, SRV},
+        LowerName, Name, RData, Record, RecordType,
+        rdata::{A, NS, PTR, SOA, SRV},
+    },
+    serialize::binary::{BinDecodable as _, BinEncoder},
+    xfer::Protocol,
+};
+use hickory_resolver::config::{NameServerConfig, NameServerConfigGroup, ResolverOpts};
+use hickory_server::{
+    ServerFuture,
+    authority::{
+        AuthLookup, Authority, Catalog, LookupControlFlow, LookupOptions, MessageRequest,
+        MessageResponse, UpdateResult, ZoneType,
+    },
+    server::{Request, RequestHandler, RequestInfo, ResponseHandler, ResponseInfo},
+    store::{
+        forwarder::{ForwardAuthority, ForwardConfig},
+        in_memory::InMemoryAuthority,
     },
 };
 
-/// Answers may be cached this long: short, so endpoint changes show quickly.
+/// Answers may be cached this long: short, so endpoint changes show quickly. Also the
+/// SOA minimum, so a name that does not exist yet is not remembered for longer.
 pub const TTL_SECONDS: u32 = 5;
+/// The largest UDP answer for a client that did not say (EDNS) it takes more (RFC 1035).
+const UDP_PLAIN_LIMIT: u16 = 512;
+/// Idle TCP connections are closed after this long.
+const TCP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one upstream query may take before the next server (or try) is used.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
+/// Answers from upstream kept in the forwarder's cache.
+const UPSTREAM_CACHE_ENTRIES: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DnsError {
@@ -37,29 +71,74 @@ pub enum DnsError {
     Io {
         addr: SocketAddr,
         #[source]
-        source: std::io::Error,
+        source: io::Error,
+    },
+    #[error("forwarding to {upstreams:?}: {reason}")]
+    Forwarder {
+        upstreams: Vec<SocketAddr>,
+        reason: String,
     },
 }
 
-/// Every name the server answers for, by lower-case FQDN.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+/// Every record the server answers with itself: the cluster zone's and the reverse names
+/// of cluster addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Records {
-    a: HashMap<String, Vec<Ipv4Addr>>,
-    srv: HashMap<String, Vec<(u16, String)>>,
+    domain: Name,
+    forward: Vec<Record>,
+    reverse: Vec<Record>,
 }
 
+fn name(text: &str) -> Option<Name> {
+    Name::from_ascii(text).ok().map(|name| name.to_lowercase())
+}
+
+fn domain_name(domain: &str) -> Result<Name, DnsError> {
+    Name::from_ascii(format!("{}.", domain.trim_end_matches('.')))
+        .map(|name| name.to_lowercase())
+        .map_err(|error| DnsError::Domain {
+            domain: domain.to_owned(),
+            reason: error.to_string(),
+        })
+}
+
+/// `198.18.1.5` → `5.1.18.198.in-addr.arpa.`
+fn reverse_name(ip: Ipv4Addr) -> Name {
+    let [a, b, c, d] = ip.octets();
+    name(&format!("{d}.{c}.{b}.{a}.in-addr.arpa.")).unwrap_or_else(Name::root)
+}
+
+fn in_addr_arpa() -> Name {
+    name("in-addr.arpa.").unwrap_or_else(Name::root)
+}
+
+/// A ready endpoint's address and its port numbers by port name.
+type ReadyEndpoint<'a> = (Ipv4Addr, HashMap<&'a str, u16>);
+
 impl Records {
-    /// Builds the records of `services` under `domain` (`cluster.local`).
+    /// Builds the records of `services` under `domain` (`cluster.local`). Services whose
+    /// names are not DNS labels are left out.
     pub fn build(services: &[Service], endpoints: &[Endpoints], domain: &str) -> Records {
-        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-        let ready: HashMap<(&str, &str), Vec<Ipv4Addr>> = endpoints
+        let domain_text = domain.trim_end_matches('.').to_ascii_lowercase();
+        let domain = domain_name(&domain_text).unwrap_or_else(|_| Name::root());
+        let ready: HashMap<(&str, &str), Vec<ReadyEndpoint>> = endpoints
             .iter()
             .map(|e| {
                 let addresses = e
                     .subsets
                     .iter()
-                    .flat_map(|subset| &subset.addresses)
-                    .filter_map(|address| Ipv4Addr::from_str(&address.ip).ok())
+                    .flat_map(|subset| {
+                        let ports: HashMap<&str, u16> = subset
+                            .ports
+                            .iter()
+                            .filter_map(|port| {
+                                Some((port.name.as_str(), u16::try_from(port.port).ok()?))
+                            })
+                            .collect();
+                        subset.addresses.iter().filter_map(move |address| {
+                            Some((Ipv4Addr::from_str(&address.ip).ok()?, ports.clone()))
+                        })
+                    })
                     .collect();
                 (
                     (e.metadata.namespace.as_str(), e.metadata.name.as_str()),
@@ -67,160 +146,389 @@ impl Records {
                 )
             })
             .collect();
-        let mut records = Records::default();
+        let mut records = Records {
+            domain: domain.clone(),
+            forward: Vec::new(),
+            reverse: Vec::new(),
+        };
         for service in services {
             let meta = &service.metadata;
-            let fqdn = format!(
-                "{}.{}.svc.{domain}.",
-                meta.name.to_ascii_lowercase(),
-                meta.namespace.to_ascii_lowercase()
-            );
-            let addresses = match Ipv4Addr::from_str(&service.spec.cluster_ip) {
-                Ok(ip) => vec![ip],
-                Err(_) if service.spec.cluster_ip == "None" => ready
-                    .get(&(meta.namespace.as_str(), meta.name.as_str()))
-                    .cloned()
-                    .unwrap_or_default(),
+            let Some(fqdn) = name(&format!(
+                "{}.{}.svc.{domain_text}.",
+                meta.name, meta.namespace
+            )) else {
+                continue;
+            };
+            let endpoints = ready
+                .get(&(meta.namespace.as_str(), meta.name.as_str()))
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            // Each ready endpoint's own name, `<a-b-c-d>.<service>...`.
+            let endpoint_names: Vec<(Ipv4Addr, Name, &HashMap<&str, u16>)> = endpoints
+                .iter()
+                .filter_map(|(ip, ports)| {
+                    let label = ip.to_string().replace('.', "-");
+                    Some((*ip, name(&format!("{label}.{fqdn}"))?, ports))
+                })
+                .collect();
+            for (ip, endpoint_name, _) in &endpoint_names {
+                records.reverse.push(Record::from_rdata(
+                    reverse_name(*ip),
+                    TTL_SECONDS,
+                    RData::PTR(PTR(endpoint_name.clone())),
+                ));
+            }
+            let headless = match Ipv4Addr::from_str(&service.spec.cluster_ip) {
+                Ok(ip) => {
+                    records.add_a(&fqdn, ip);
+                    records.reverse.push(Record::from_rdata(
+                        reverse_name(ip),
+                        TTL_SECONDS,
+                        RData::PTR(PTR(fqdn.clone())),
+                    ));
+                    false
+                }
+                Err(_) if service.spec.cluster_ip == "None" => {
+                    for (ip, endpoint_name, _) in &endpoint_names {
+                        records.add_a(&fqdn, *ip);
+                        records.add_a(endpoint_name, *ip);
+                    }
+                    true
+                }
                 Err(_) => continue,
             };
             for port in &service.spec.ports {
                 let (Ok(number), false) = (u16::try_from(port.port), port.name.is_empty()) else {
                     continue;
                 };
-                let proto = port.protocol.to_ascii_lowercase();
-                let name = format!("_{}._{proto}.{fqdn}", port.name.to_ascii_lowercase());
-                records
-                    .srv
-                    .entry(name)
-                    .or_default()
-                    .push((number, fqdn.clone()));
+                let Some(srv_name) = name(&format!(
+                    "_{}._{}.{fqdn}",
+                    port.name,
+                    port.protocol.to_ascii_lowercase()
+                )) else {
+                    continue;
+                };
+                let targets: Vec<(Name, u16)> = if headless {
+                    endpoint_names
+                        .iter()
+                        .map(|(_, endpoint_name, ports)| {
+                            let target_port =
+                                ports.get(port.name.as_str()).copied().unwrap_or(number);
+                            (endpoint_name.clone(), target_port)
+                        })
+                        .collect()
+                } else {
+                    vec![(fqdn.clone(), number)]
+                };
+                for (target, target_port) in targets {
+                    records.forward.push(Record::from_rdata(
+                        srv_name.clone(),
+                        TTL_SECONDS,
+                        RData::SRV(SRV::new(0, 100, target_port, target)),
+                    ));
+                }
             }
-            records.a.insert(fqdn, addresses);
         }
         records
     }
 
-    fn knows(&self, name: &str) -> bool {
-        self.a.contains_key(name) || self.srv.contains_key(name)
+    fn add_a(&mut self, owner: &Name, ip: Ipv4Addr) {
+        self.forward.push(Record::from_rdata(
+            owner.clone(),
+            TTL_SECONDS,
+            RData::A(A(ip)),
+        ));
+    }
+
+    /// The cluster zone: these records under an SOA and NS of their own.
+    fn cluster_zone(&self, serial: u32) -> InMemoryAuthority {
+        let domain = &self.domain;
+        let server = Name::from_ascii("ns.dns")
+            .and_then(|label| label.append_domain(domain))
+            .unwrap_or_else(|_| domain.clone());
+        let hostmaster = Name::from_ascii("hostmaster")
+            .and_then(|label| label.append_domain(domain))
+            .unwrap_or_else(|_| domain.clone());
+        let mut zone = zone(domain.clone());
+        let soa = SOA::new(
+            server.clone(),
+            hostmaster,
+            serial,
+            7200,
+            1800,
+            86400,
+            TTL_SECONDS,
+        );
+        zone.upsert_mut(
+            Record::from_rdata(domain.clone(), TTL_SECONDS, RData::SOA(soa)),
+            serial,
+        );
+        zone.upsert_mut(
+            Record::from_rdata(domain.clone(), TTL_SECONDS, RData::NS(NS(server))),
+            serial,
+        );
+        for record in &self.forward {
+            zone.upsert_mut(record.clone(), serial);
+        }
+        zone
+    }
+
+    fn reverse_zone(&self, serial: u32) -> InMemoryAuthority {
+        let mut zone = zone(in_addr_arpa());
+        for record in &self.reverse {
+            zone.upsert_mut(record.clone(), serial);
+        }
+        zone
     }
 }
 
-/// The DNS zone the server is authoritative for: `svc.<domain>.`
-fn zone(domain: &str) -> Result<Name, DnsError> {
-    let text = format!("svc.{}.", domain.trim_end_matches('.'));
-    Name::from_ascii(&text).map_err(|error| DnsError::Domain {
-        domain: domain.to_owned(),
-        reason: error.to_string(),
+fn zone(origin: Name) -> InMemoryAuthority {
+    InMemoryAuthority::empty(origin, ZoneType::Primary, false)
+}
+
+/// A zone whose records are replaced whole; lookups see either the old or the new set.
+struct SwappableZone {
+    origin: LowerName,
+    current: RwLock<Arc<InMemoryAuthority>>,
+    /// Names this zone does not know are left to the next authority (the forwarder)
+    /// instead of being answered NXDOMAIN: the reverse zone only knows cluster addresses.
+    pass_unknown: bool,
+}
+
+impl SwappableZone {
+    fn new(zone: InMemoryAuthority, pass_unknown: bool) -> SwappableZone {
+        SwappableZone {
+            origin: zone.origin().clone(),
+            current: RwLock::new(Arc::new(zone)),
+            pass_unknown,
+        }
+    }
+
+    fn current(&self) -> Arc<InMemoryAuthority> {
+        match self.current.read() {
+            Ok(zone) => zone.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn replace(&self, zone: InMemoryAuthority) {
+        let zone = Arc::new(zone);
+        match self.current.write() {
+            Ok(mut current) => *current = zone,
+            Err(poisoned) => *poisoned.into_inner() = zone,
+        }
+    }
+
+    fn pass_if_unknown(
+        &self,
+        result: LookupControlFlow<AuthLookup>,
+    ) -> LookupControlFlow<AuthLookup> {
+        match result {
+            LookupControlFlow::Continue(Err(error)) | LookupControlFlow::Break(Err(error))
+                if self.pass_unknown && (error.is_nx_domain() || error.is_no_records_found()) =>
+            {
+                LookupControlFlow::Skip
+            }
+            // Answered here: no other authority is consulted.
+            LookupControlFlow::Continue(result) => LookupControlFlow::Break(result),
+            other => other,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Authority for SwappableZone {
+    type Lookup = AuthLookup;
+
+    fn zone_type(&self) -> ZoneType {
+        ZoneType::Primary
+    }
+
+    fn is_axfr_allowed(&self) -> bool {
+        false
+    }
+
+    async fn update(&self, _update: &MessageRequest) -> UpdateResult<bool> {
+        Err(ResponseCode::Refused)
+    }
+
+    fn origin(&self) -> &LowerName {
+        &self.origin
+    }
+
+    async fn lookup(
+        &self,
+        name: &LowerName,
+        rtype: RecordType,
+        lookup_options: LookupOptions,
+    ) -> LookupControlFlow<AuthLookup> {
+        let zone = self.current();
+        self.pass_if_unknown(zone.lookup(name, rtype, lookup_options).await)
+    }
+
+    async fn search(
+        &self,
+        request: RequestInfo<'_>,
+        lookup_options: LookupOptions,
+    ) -> LookupControlFlow<AuthLookup> {
+        let zone = self.current();
+        self.pass_if_unknown(zone.search(request, lookup_options).await)
+    }
+
+    async fn get_nsec_records(
+        &self,
+        name: &LowerName,
+        lookup_options: LookupOptions,
+    ) -> LookupControlFlow<AuthLookup> {
+        self.current().get_nsec_records(name, lookup_options).await
+    }
+}
+
+/// The catalog shared by the UDP loop and the TCP server.
+#[derive(Clone)]
+struct SharedCatalog(Arc<Catalog>);
+
+#[async_trait::async_trait]
+impl RequestHandler for SharedCatalog {
+    async fn handle_request<R: ResponseHandler>(
+        &self,
+        request: &Request,
+        response_handle: R,
+    ) -> ResponseInfo {
+        self.0.handle_request(request, response_handle).await
+    }
+}
+
+/// Encodes a UDP answer within what the client can take, and keeps the bytes for the
+/// sender. hickory's own UDP handler allows 4096 bytes to clients without EDNS; RFC 1035
+/// clients (glibc's default) take 512.
+#[derive(Clone)]
+struct UdpAnswer {
+    limit: u16,
+    bytes: Arc<Mutex<Vec<u8>>>,
+}
+
+#[async_trait::async_trait]
+impl ResponseHandler for UdpAnswer {
+    async fn send_response<'a>(
+        &mut self,
+        response: MessageResponse<
+            '_,
+            'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+        >,
+    ) -> io::Result<ResponseInfo> {
+        let mut buffer = Vec::with_capacity(usize::from(self.limit));
+        let info = {
+            let mut encoder = BinEncoder::new(&mut buffer);
+            encoder.set_max_size(self.limit);
+            response
+                .destructive_emit(&mut encoder)
+                .map_err(io::Error::other)?
+        };
+        match self.bytes.lock() {
+            Ok(mut bytes) => *bytes = buffer,
+            Err(poisoned) => *poisoned.into_inner() = buffer,
+        }
+        Ok(info)
+    }
+}
+
+/// What the server forwards to: upstream resolvers, each asked over UDP and TCP.
+fn forwarder(origin: Name, upstreams: &[SocketAddr]) -> Result<ForwardAuthority, DnsError> {
+    let name_servers: Vec<NameServerConfig> = upstreams
+        .iter()
+        .flat_map(|addr| {
+            [
+                NameServerConfig::new(*addr, Protocol::Udp),
+                NameServerConfig::new(*addr, Protocol::Tcp),
+            ]
+        })
+        .collect();
+    let mut options = ResolverOpts::default();
+    options.cache_size = UPSTREAM_CACHE_ENTRIES;
+    options.timeout = UPSTREAM_TIMEOUT;
+    options.attempts = 2;
+    // Pods ask for fully qualified names (their resolver applied the search list).
+    options.ndots = 0;
+    ForwardAuthority::builder_tokio(ForwardConfig {
+        name_servers: NameServerConfigGroup::from(name_servers),
+        options: Some(options),
     })
-}
-
-/// Answers one DNS query. Returns None for input that is not a DNS message (dropped, as
-/// a resolver would time out on it anyway).
-pub fn answer(records: &Records, zone: &Name, query: &[u8]) -> Option<Vec<u8>> {
-    let request = Message::from_vec(query).ok()?;
-    if request.message_type() != MessageType::Query {
-        return None;
-    }
-    let mut response = Message::new();
-    response
-        .set_id(request.id())
-        .set_message_type(MessageType::Response)
-        .set_op_code(request.op_code())
-        .set_recursion_desired(request.recursion_desired())
-        .set_recursion_available(false);
-    response.add_queries(request.queries().iter().cloned());
-    let [question] = request.queries() else {
-        response.set_response_code(ResponseCode::FormErr);
-        return response.to_vec().ok();
-    };
-    if request.op_code() != OpCode::Query {
-        response.set_response_code(ResponseCode::NotImp);
-        return response.to_vec().ok();
-    }
-    let name = question.name().to_lowercase();
-    if !zone.zone_of(&name) {
-        response.set_response_code(ResponseCode::Refused);
-        return response.to_vec().ok();
-    }
-    response.set_authoritative(true);
-    let key = name.to_ascii();
-    let key = if key.ends_with('.') {
-        key
-    } else {
-        format!("{key}.")
-    };
-    if !records.knows(&key) {
-        response.set_response_code(ResponseCode::NXDomain);
-        return response.to_vec().ok();
-    }
-    match question.query_type() {
-        RecordType::A => {
-            for ip in records.a.get(&key).into_iter().flatten() {
-                response.add_answer(Record::from_rdata(
-                    name.clone(),
-                    TTL_SECONDS,
-                    RData::A(A(*ip)),
-                ));
-            }
-        }
-        RecordType::SRV => {
-            for (port, target) in records.srv.get(&key).into_iter().flatten() {
-                let Ok(target) = Name::from_ascii(target) else {
-                    continue;
-                };
-                response.add_answer(Record::from_rdata(
-                    name.clone(),
-                    TTL_SECONDS,
-                    RData::SRV(SRV::new(0, 100, *port, target)),
-                ));
-            }
-        }
-        // The name exists but has no records of that type (AAAA: IPv4 only).
-        _ => {}
-    }
-    response.set_response_code(ResponseCode::NoError);
-    response.to_vec().ok()
+    .with_origin(origin)
+    .build()
+    .map_err(|reason| DnsError::Forwarder {
+        upstreams: upstreams.to_vec(),
+        reason,
+    })
 }
 
 /// A running DNS server; records are swapped in whole by [`DnsServer::update`].
 pub struct DnsServer {
-    records: Arc<RwLock<Arc<Records>>>,
+    cluster: Arc<SwappableZone>,
+    reverse: Arc<SwappableZone>,
+    domain: Name,
+    serial: Mutex<u32>,
     local_addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
+    udp_task: tokio::task::JoinHandle<()>,
+    tcp: ServerFuture<SharedCatalog>,
 }
 
 impl DnsServer {
-    /// Listens on `addr` (UDP) and answers for `svc.<domain>`.
-    pub async fn start(addr: SocketAddr, domain: &str) -> Result<DnsServer, DnsError> {
-        let zone = zone(domain)?;
+    /// Listens on `addr` (UDP and TCP, the same port), answers for `<domain>` and forwards
+    /// every other name to `upstreams` (none: those names get SERVFAIL).
+    pub async fn start(
+        addr: SocketAddr,
+        domain: &str,
+        upstreams: &[SocketAddr],
+    ) -> Result<DnsServer, DnsError> {
+        let domain = domain_name(domain)?;
+        let empty = Records {
+            domain: domain.clone(),
+            forward: Vec::new(),
+            reverse: Vec::new(),
+        };
+        let cluster = Arc::new(SwappableZone::new(empty.cluster_zone(0), false));
+        let reverse = Arc::new(SwappableZone::new(empty.reverse_zone(0), true));
+        let mut catalog = Catalog::new();
+        catalog.upsert(LowerName::new(&domain), vec![cluster.clone()]);
+        catalog.upsert(
+            LowerName::new(&in_addr_arpa()),
+            vec![
+                reverse.clone(),
+                Arc::new(forwarder(in_addr_arpa(), upstreams)?),
+            ],
+        );
+        catalog.upsert(
+            LowerName::new(&Name::root()),
+            vec![Arc::new(forwarder(Name::root(), upstreams)?)],
+        );
+        let catalog = SharedCatalog(Arc::new(catalog));
+
         let socket = tokio::net::UdpSocket::bind(addr)
             .await
             .map_err(|source| DnsError::Io { addr, source })?;
         let local_addr = socket
             .local_addr()
             .map_err(|source| DnsError::Io { addr, source })?;
-        let records: Arc<RwLock<Arc<Records>>> = Arc::default();
-        let shared = records.clone();
-        let task = tokio::spawn(async move {
-            let mut buffer = vec![0u8; 4096];
-            loop {
-                let Ok((len, peer)) = socket.recv_from(&mut buffer).await else {
-                    continue;
-                };
-                let current = match shared.read() {
-                    Ok(records) => records.clone(),
-                    Err(poisoned) => poisoned.into_inner().clone(),
-                };
-                if let Some(reply) = answer(&current, &zone, &buffer[..len]) {
-                    // A lost reply is retried by the resolver.
-                    let _ = socket.send_to(&reply, peer).await;
-                }
-            }
-        });
+        // The same port over TCP, for truncated answers (and clients that start there).
+        let listener = tokio::net::TcpListener::bind(local_addr)
+            .await
+            .map_err(|source| DnsError::Io { addr, source })?;
+        let mut tcp = ServerFuture::new(catalog.clone());
+        tcp.register_listener(listener, TCP_TIMEOUT);
+        let udp_task = tokio::spawn(serve_udp(Arc::new(socket), catalog));
         Ok(DnsServer {
-            records,
+            cluster,
+            reverse,
+            domain,
+            serial: Mutex::new(0),
             local_addr,
-            task,
+            udp_task,
+            tcp,
         })
     }
 
@@ -230,180 +538,66 @@ impl DnsServer {
 
     /// Replaces every record at once.
     pub fn update(&self, records: Records) {
-        let records = Arc::new(records);
-        match self.records.write() {
-            Ok(mut current) => *current = records,
-            Err(poisoned) => *poisoned.into_inner() = records,
+        let serial = {
+            let mut serial = match self.serial.lock() {
+                Ok(serial) => serial,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            *serial = serial.wrapping_add(1);
+            *serial
+        };
+        if records.domain != self.domain {
+            tracing::warn!(
+                built = %records.domain,
+                served = %self.domain,
+                "DNS records built for another domain; not served"
+            );
+            return;
         }
+        self.cluster.replace(records.cluster_zone(serial));
+        self.reverse.replace(records.reverse_zone(serial));
     }
 }
 
 impl Drop for DnsServer {
     fn drop(&mut self) {
-        self.task.abort();
+        self.udp_task.abort();
+        self.tcp.shutdown_token().cancel();
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use berth_api::{
-        core::{EndpointAddress, EndpointSubset, ServicePort, ServiceSpec},
-        meta::ObjectMeta,
-    };
-    use hickory_proto::op::Query;
-
-    use super::*;
-
-    fn service(name: &str, cluster_ip: &str) -> Service {
-        Service {
-            metadata: ObjectMeta {
-                name: name.into(),
-                namespace: "default".into(),
-                ..ObjectMeta::default()
-            },
-            spec: ServiceSpec {
-                ports: vec![ServicePort {
-                    name: "http".into(),
-                    port: 80,
-                    target_port: None,
-                    node_port: None,
-                    protocol: "TCP".into(),
-                }],
-                cluster_ip: cluster_ip.into(),
-                ..ServiceSpec::default()
-            },
-            ..Service::default()
-        }
-    }
-
-    fn ask(records: &Records, name: &str, kind: RecordType) -> Message {
-        let mut query = Message::new();
-        query
-            .set_id(7)
-            .set_message_type(MessageType::Query)
-            .set_recursion_desired(true)
-            .add_query(Query::query(Name::from_ascii(name).expect("name"), kind));
-        let zone = zone("cluster.local").expect("zone");
-        let reply = answer(records, &zone, &query.to_vec().expect("encode")).expect("a reply");
-        Message::from_vec(&reply).expect("decode")
-    }
-
-    fn records() -> Records {
-        let headless_endpoints = Endpoints {
-            metadata: ObjectMeta {
-                name: "db".into(),
-                namespace: "default".into(),
-                ..ObjectMeta::default()
-            },
-            subsets: vec![EndpointSubset {
-                addresses: vec![EndpointAddress {
-                    ip: "198.18.1.5".into(),
-                    ..EndpointAddress::default()
-                }],
-                ..EndpointSubset::default()
-            }],
-            ..Endpoints::default()
+/// One task per query: a forwarded name may wait on upstream while cluster names are
+/// answered.
+async fn serve_udp(socket: Arc<tokio::net::UdpSocket>, catalog: SharedCatalog) {
+    let mut buffer = vec![0u8; 4096];
+    loop {
+        let Ok((len, peer)) = socket.recv_from(&mut buffer).await else {
+            continue;
         };
-        Records::build(
-            &[service("web", "198.19.0.10"), service("db", "None")],
-            &[headless_endpoints],
-            "cluster.local",
-        )
-    }
-
-    #[test]
-    fn a_records_for_services() {
-        let reply = ask(&records(), "web.default.svc.cluster.local.", RecordType::A);
-        assert_eq!(reply.id(), 7);
-        assert_eq!(reply.response_code(), ResponseCode::NoError);
-        assert!(reply.authoritative());
-        let answers: Vec<String> = reply
-            .answers()
-            .iter()
-            .map(|r| r.data().to_string())
-            .collect();
-        assert_eq!(answers, ["198.19.0.10"]);
-        // Names are case-insensitive.
-        let reply = ask(&records(), "WEB.default.svc.cluster.local.", RecordType::A);
-        assert_eq!(reply.answers().len(), 1);
-    }
-
-    #[test]
-    fn headless_services_answer_with_ready_endpoints() {
-        let reply = ask(&records(), "db.default.svc.cluster.local.", RecordType::A);
-        let answers: Vec<String> = reply
-            .answers()
-            .iter()
-            .map(|r| r.data().to_string())
-            .collect();
-        assert_eq!(answers, ["198.18.1.5"]);
-    }
-
-    #[test]
-    fn srv_records_for_named_ports() {
-        let reply = ask(
-            &records(),
-            "_http._tcp.web.default.svc.cluster.local.",
-            RecordType::SRV,
-        );
-        let [record] = reply.answers() else {
-            panic!("one SRV record: {reply:?}");
+        // Not DNS: dropped, as a resolver would time out on it anyway.
+        let Ok(message) = MessageRequest::from_bytes(&buffer[..len]) else {
+            continue;
         };
-        let RData::SRV(srv) = record.data() else {
-            panic!("not SRV: {record:?}");
+        let limit = match message.edns() {
+            Some(_) => message.max_payload(),
+            None => UDP_PLAIN_LIMIT,
         };
-        assert_eq!(srv.port(), 80);
-        assert_eq!(srv.target().to_ascii(), "web.default.svc.cluster.local.");
-    }
-
-    #[test]
-    fn unknown_names_and_other_zones() {
-        let reply = ask(&records(), "nope.default.svc.cluster.local.", RecordType::A);
-        assert_eq!(reply.response_code(), ResponseCode::NXDomain);
-        let reply = ask(&records(), "example.com.", RecordType::A);
-        assert_eq!(reply.response_code(), ResponseCode::Refused);
-        let reply = ask(
-            &records(),
-            "web.default.svc.cluster.local.",
-            RecordType::AAAA,
-        );
-        assert_eq!(reply.response_code(), ResponseCode::NoError);
-        assert!(reply.answers().is_empty());
-    }
-
-    #[test]
-    fn garbage_gets_no_reply() {
-        let zone = zone("cluster.local").expect("zone");
-        assert!(answer(&records(), &zone, b"not dns").is_none());
-    }
-
-    #[tokio::test]
-    async fn the_server_answers_over_udp() {
-        let server = DnsServer::start("127.0.0.1:0".parse().expect("addr"), "cluster.local")
-            .await
-            .expect("start");
-        server.update(records());
-        let client = tokio::net::UdpSocket::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let mut query = Message::new();
-        query.set_id(9).add_query(Query::query(
-            Name::from_ascii("web.default.svc.cluster.local.").expect("name"),
-            RecordType::A,
-        ));
-        client
-            .send_to(&query.to_vec().expect("encode"), server.local_addr())
-            .await
-            .expect("send");
-        let mut buffer = [0u8; 512];
-        let (len, _) = tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            client.recv_from(&mut buffer),
-        )
-        .await
-        .expect("a reply in time")
-        .expect("recv");
-        let reply = Message::from_vec(&buffer[..len]).expect("decode");
-        assert_eq!(reply.answers().len(), 1);
+        let request = Request::new(message, peer, Protocol::Udp);
+        let (socket, catalog) = (socket.clone(), catalog.clone());
+        tokio::spawn(async move {
+            let answer = UdpAnswer {
+                limit,
+                bytes: Arc::default(),
+            };
+            catalog.handle_request(&request, answer.clone()).await;
+            let bytes = match answer.bytes.lock() {
+                Ok(mut bytes) => std::mem::take(&mut *bytes),
+                Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+            };
+            if !bytes.is_empty() {
+                // A lost reply is retried by the resolver.
+                let _ = socket.send_to(&bytes, peer).await;
+            }
+        });
     }
 }

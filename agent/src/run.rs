@@ -109,7 +109,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         metrics.conntrack_collected.clone(),
     ));
     let (metrics_addr, _metrics_task) = metrics.serve(config.metrics_listen).await?;
-    let dns = DnsServer::start(config.dns_listen, &config.cluster_domain).await?;
+    let dns = DnsServer::start(
+        config.dns_listen,
+        &config.cluster_domain,
+        &config.dns_upstreams,
+    )
+    .await?;
 
     let runtime = DockerRuntime::connect(&config.docker_socket)
         .await

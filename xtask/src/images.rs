@@ -2,6 +2,8 @@
 //!
 //! Each image is `FROM scratch` with two static binaries: berth-echo, and Debian's
 //! busybox-static with a few applet links, so exec probes and `docker exec` have a shell.
+//! `wget` and `nslookup` are links to berth-echo's own clients: busybox-static's wget
+//! crashed inside pods, and its name lookups go through the static glibc's NSS.
 //! Nothing is pulled, so the build works without a registry. An image carries the sha256 of
 //! its inputs as labels; when those match, its build is skipped, so a second run is quick.
 
@@ -27,13 +29,15 @@ const BUSYBOX: &str = "/bin/busybox";
 /// Applets linked to busybox in the image: what exec probes, `docker exec` and debugging a
 /// pod's network by hand use.
 const APPLETS: &[&str] = &[
-    "sh", "cat", "touch", "rm", "ls", "sleep", "wget", "echo", "env", "ps", "ip", "hostname",
+    "sh", "cat", "touch", "rm", "ls", "sleep", "echo", "env", "ps", "ip", "hostname",
 ];
+/// Links to berth-echo, which runs as these clients when called by these names.
+const ECHO_LINKS: &[&str] = &["wget", "nslookup"];
 const MUSL: &str = "x86_64-unknown-linux-musl";
 const GNU: &str = "x86_64-unknown-linux-gnu";
 /// Label holding the sha256 of the echo binary in the image.
 const BINARY_LABEL: &str = "berth.echo.sha256";
-/// Label holding the sha256 of everything else that went in (Dockerfile, busybox).
+/// Label holding the sha256 of everything else that went in (Dockerfile, busybox, links).
 const RECIPE_LABEL: &str = "berth.image.recipe";
 
 #[derive(clap::Args, Default)]
@@ -64,7 +68,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 
     for &(tag, version) in IMAGES {
         let recipe = dockerfile(version, None);
-        let recipe_sha = sha256_bytes(format!("{recipe}\nbusybox {busybox_sha}\n").as_bytes())?;
+        let recipe_sha = sha256_bytes(
+            format!("{recipe}\nbusybox {busybox_sha}\nlinks {APPLETS:?} {ECHO_LINKS:?}\n")
+                .as_bytes(),
+        )?;
         if !args.force && image_labels(tag) == Some(vec![binary_sha.clone(), recipe_sha.clone()]) {
             println!(
                 "images: {tag} is up to date (echo binary {})",
@@ -250,6 +257,10 @@ fn write_context(context: &Path, binary: &Path, dockerfile: &str) -> anyhow::Res
     for applet in APPLETS {
         std::os::unix::fs::symlink("busybox", bin.join(applet))
             .with_context(|| format!("linking the {applet} applet"))?;
+    }
+    for client in ECHO_LINKS {
+        std::os::unix::fs::symlink("berth-echo", bin.join(client))
+            .with_context(|| format!("linking the {client} client"))?;
     }
     // The health files live in /tmp, which an empty image doesn't have.
     let tmp = context.join("rootfs/tmp");

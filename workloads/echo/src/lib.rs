@@ -10,6 +10,7 @@
 //! start a server from a thread that has entered another network namespace (sockets belong
 //! to the namespace they were created in, and threads inherit their creator's).
 
+pub mod client;
 mod http;
 
 use std::{
@@ -596,22 +597,9 @@ fn reply_source(bound: IpAddr, peer: SocketAddr, cache: &mut HashMap<IpAddr, IpA
 
 /// One HTTP GET / on a new connection from the current thread's network namespace.
 pub fn http_get(target: SocketAddrV4) -> Result<Reply, String> {
-    let mut stream = TcpStream::connect_timeout(&SocketAddr::V4(target), Duration::from_secs(2))
-        .map_err(|error| format!("connect {target}: {error}"))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(2)))
+    let response = client::http_fetch(SocketAddr::V4(target), "berth", "/", Duration::from_secs(2))
         .map_err(|error| error.to_string())?;
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: berth\r\nConnection: close\r\n\r\n")
-        .map_err(|error| format!("send to {target}: {error}"))?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .map_err(|error| format!("read from {target}: {error}"))?;
-    let body = response
-        .split("\r\n\r\n")
-        .nth(1)
-        .ok_or_else(|| format!("no HTTP body from {target}: {response:?}"))?;
+    let body = String::from_utf8_lossy(&response.body);
     Reply::parse(body.trim()).ok_or_else(|| format!("not an echo reply from {target}: {body:?}"))
 }
 

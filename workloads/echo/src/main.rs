@@ -1,5 +1,6 @@
 //! The berth-echo binary: serves until SIGTERM or SIGINT, then stops gracefully (answers
-//! what is in flight, closes idle connections, accepts nothing new).
+//! what is in flight, closes idle connections, accepts nothing new). Run through a link
+//! named `wget` or `nslookup` it is that client instead (the image's links).
 
 use std::{
     process::ExitCode,
@@ -8,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use berth_echo::{EchoConfig, EchoServer};
+use berth_echo::{EchoConfig, EchoServer, client};
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -24,8 +25,30 @@ environment: ECHO_PORT (default 8080), POD_NAME (default: hostname), ECHO_VERSIO
   POST /recover   clears both failures set over HTTP
 UDP on the same port answers every datagram with the same line.";
 
+/// The client the binary was run as, by the file name of its path.
+fn run_as_client(program: &str, args: &[String]) -> Option<ExitCode> {
+    let name = std::path::Path::new(program).file_name()?.to_str()?;
+    let result = match name {
+        "wget" => client::wget(args, &client::System::load()),
+        "nslookup" => client::nslookup(args, &client::System::load()).map(|text| print!("{text}")),
+        _ => return None,
+    };
+    Some(match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{name}: {error}");
+            ExitCode::FAILURE
+        }
+    })
+}
+
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args = std::env::args();
+    let program = args.next().unwrap_or_default();
+    let args: Vec<String> = args.collect();
+    if let Some(code) = run_as_client(&program, &args) {
+        return code;
+    }
     if args.iter().any(|arg| arg == "--help" || arg == "-h") {
         println!("{USAGE}");
         return ExitCode::SUCCESS;
