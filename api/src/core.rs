@@ -667,9 +667,6 @@ pub struct ServicePort {
     pub protocol: String,
 }
 
-/// Kubernetes' default NodePort range.
-pub const NODE_PORT_RANGE: std::ops::RangeInclusive<i32> = 30000..=32767;
-
 impl ServiceSpec {
     /// Whether the ports are also served on every node's addresses.
     pub fn has_node_ports(&self) -> bool {
@@ -729,15 +726,9 @@ impl ServiceSpec {
                         &p.child("nodePort"),
                         &format!("nodePort {node_port}/{} is listed twice", port.protocol),
                     );
-                } else if !NODE_PORT_RANGE.contains(&node_port) {
-                    v.error(
-                        &p.child("nodePort"),
-                        &format!(
-                            "must be between {} and {}",
-                            NODE_PORT_RANGE.start(),
-                            NODE_PORT_RANGE.end()
-                        ),
-                    );
+                } else {
+                    // The control plane's range is configured; it checks that one.
+                    v.port(&p.child("nodePort"), node_port);
                 }
             }
         }

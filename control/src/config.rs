@@ -10,7 +10,7 @@ use std::{
 
 use clap::Parser;
 
-use crate::allocation::{Cidr, Ranges};
+use crate::allocation::{Cidr, PortRange, Ranges};
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -36,9 +36,24 @@ pub struct Config {
     pub cluster_cidr: (Ipv4Addr, u8),
 
     /// Range Service clusterIPs are allocated from. Must not overlap the cluster CIDR or
-    /// the nodes' network.
-    #[arg(long, env = "BERTH_SERVICE_CIDR", default_value = "198.18.192.0/18")]
+    /// the nodes' network. May grow across restarts; it may not shrink past a clusterIP
+    /// a Service holds (the server refuses to start).
+    #[arg(
+        long,
+        alias = "service-cluster-ip-range",
+        env = "BERTH_SERVICE_CIDR",
+        default_value = "198.18.192.0/18"
+    )]
     pub service_cidr: Cidr,
+
+    /// Ports Service nodePorts are allocated from, `first-last`. May grow across
+    /// restarts; it may not shrink past a nodePort a Service holds.
+    #[arg(
+        long,
+        env = "BERTH_SERVICE_NODE_PORT_RANGE",
+        default_value_t = PortRange::DEFAULT
+    )]
+    pub service_node_port_range: PortRange,
 
     /// Pool LoadBalancer Services get their external address from (what MetalLB or k3s'
     /// servicelb provide elsewhere); `none` leaves them pending.
@@ -154,6 +169,7 @@ impl Config {
         }
         Ok(Ranges {
             service_cidr: self.service_cidr,
+            node_ports: self.service_node_port_range,
             load_balancer_pool: self.load_balancer_cidr,
         })
     }
@@ -214,6 +230,19 @@ mod tests {
         let none = Config::parse_from(["berth-control", "--load-balancer-cidr", "none"]);
         assert_eq!(none.load_balancer_cidr, None);
         assert!(config.ranges().is_ok());
+        assert_eq!(config.service_node_port_range, PortRange::DEFAULT);
+        let grown = Config::parse_from([
+            "berth-control",
+            "--service-cluster-ip-range",
+            "198.18.192.0/17",
+            "--service-node-port-range",
+            "30000-40000",
+        ]);
+        assert_eq!(grown.service_cidr.to_string(), "198.18.128.0/17");
+        assert_eq!(grown.service_node_port_range.to_string(), "30000-40000");
+        for bad in ["30000", "0-10", "40000-30000", "30000-70000"] {
+            assert!(bad.parse::<PortRange>().is_err(), "{bad}");
+        }
         let clash = Config::parse_from(["berth-control", "--service-cidr", "198.19.0.0/20"]);
         assert_eq!(
             clash.ranges(),

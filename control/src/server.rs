@@ -223,6 +223,13 @@ async fn open_registry(
         .reserve_held_values()
         .await
         .map_err(|e| ServerError::Setup(format!("reserving Service allocations: {e}")))?;
+    let outside = registry
+        .allocations_outside_ranges()
+        .await
+        .map_err(|e| ServerError::Setup(format!("reading Service allocations: {e}")))?;
+    if !outside.is_empty() {
+        return Err(ServerError::Setup(outside.join("; ")));
+    }
     Ok(registry)
 }
 

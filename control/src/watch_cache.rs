@@ -650,7 +650,7 @@ mod tests {
     use berth_api::kinds::PODS;
 
     use crate::{
-        allocation::{Cidr, Ranges},
+        allocation::{Cidr, PortRange, Ranges},
         api::watch::{self, WatchEvent, WatchOptions},
         metrics::Metrics,
         registry::{Registry, key},
@@ -673,6 +673,7 @@ mod tests {
                 network: [10, 96, 0, 0].into(),
                 prefix: 12,
             },
+            node_ports: PortRange::DEFAULT,
             load_balancer_pool: None,
         };
         Fixture {

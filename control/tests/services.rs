@@ -537,3 +537,191 @@ async fn namespaces_exist_before_use_and_take_their_objects_with_them() {
         .await;
     assert_eq!(status, 403, "{body}");
 }
+
+/// A manifest of `count` Services named `{prefix}-{i}`; every second one is a NodePort.
+fn services_manifest(prefix: &str, count: usize) -> String {
+    (0..count)
+        .map(|i| {
+            let type_ = if i % 2 == 0 { "ClusterIP" } else { "NodePort" };
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: {prefix}-{i}}}\nspec:\n  \
+                 type: {type_}\n  selector: {{app: {prefix}-{i}}}\n  ports: [{{port: 80, targetPort: 8080}}]\n"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+/// Every stored Service's clusterIP and nodePorts, checked distinct across Services.
+async fn distinct_values(t: &TestServer) -> (BTreeSet<String>, BTreeSet<i64>, usize) {
+    let (status, list) = t.call(Method::GET, SERVICES, None).await;
+    assert_eq!(status, 200, "{list}");
+    let items = list["items"].as_array().expect("items");
+    let (mut ips, mut ports, mut port_count) = (BTreeSet::new(), BTreeSet::new(), 0);
+    for item in items {
+        let ip = cluster_ip(item);
+        assert!(ips.insert(ip.clone()), "{ip} is held twice");
+        for port in item["spec"]["ports"].as_array().expect("ports") {
+            if let Some(node_port) = port["nodePort"].as_i64() {
+                assert!(
+                    ports.insert(node_port),
+                    "nodePort {node_port} is held twice"
+                );
+                port_count += 1;
+            }
+        }
+    }
+    assert_eq!(ips.len(), items.len(), "every Service has a clusterIP");
+    (ips, ports, port_count)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_manifest_of_2000_services_applies_with_distinct_cluster_ips_and_node_ports() {
+    let t = start_with(&["--no-controllers"]).await;
+    let (status, body) = t.apply(&services_manifest("svc", 2000)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["items"].as_array().map(Vec::len), Some(2000));
+    let (ips, ports, _) = distinct_values(&t).await;
+    assert_eq!((ips.len(), ports.len()), (2000, 1000));
+    let cidr: std::net::Ipv4Addr = "198.18.192.0".parse().expect("ip");
+    for ip in &ips {
+        let ip: std::net::Ipv4Addr = ip.parse().expect("IPv4");
+        assert_eq!(
+            u32::from(ip) >> 14,
+            u32::from(cidr) >> 14,
+            "{ip} in the /18"
+        );
+    }
+    assert!(
+        ports.iter().all(|p| (30000..=32767).contains(p)),
+        "{ports:?}"
+    );
+    // Applied again: nothing is allocated anew.
+    let (status, body) = t.apply(&services_manifest("svc", 2000)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .all(|item| item["action"] == "unchanged"),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_applies_never_give_two_services_one_value() {
+    // 2 x 300 clusterIPs from 1022 addresses: the two applies' runs often meet, and the
+    // loser plans again.
+    let t = start_with(&["--no-controllers", "--service-cidr", "198.18.192.0/22"]).await;
+    let (a, b) = (services_manifest("a", 300), services_manifest("b", 300));
+    let ((status_a, body_a), (status_b, body_b)) = tokio::join!(t.apply(&a), t.apply(&b));
+    assert_eq!((status_a, status_b), (200, 200), "{body_a}\n{body_b}");
+    let (ips, ports, port_count) = distinct_values(&t).await;
+    assert_eq!((ips.len(), ports.len(), port_count), (600, 300, 300));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_range_is_a_500_naming_the_range_and_nothing_of_the_manifest_is_applied() {
+    let flags = [
+        "--no-controllers",
+        "--service-cidr",
+        "198.18.200.0/30",
+        "--service-node-port-range",
+        "30000-30001",
+    ];
+    let t = start_with(&flags).await;
+    let (status, body) = t.apply(&services_manifest("ip", 3)).await;
+    assert_eq!(
+        (status, &body["reason"]),
+        (500, &json!("InternalError")),
+        "{body}"
+    );
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("range 198.18.200.0/30 is full (4 addresses, 2 usable, all allocated)")
+            && message.contains("--service-cidr"),
+        "{message}"
+    );
+    let (_, list) = t.call(Method::GET, SERVICES, None).await;
+    assert_eq!(list["items"], json!([]), "all or nothing");
+
+    // Three NodePorts from two ports, with addresses to spare.
+    let t = t
+        .restart(&[
+            "--no-controllers",
+            "--service-node-port-range",
+            "30000-30001",
+        ])
+        .await;
+    let manifest = services_manifest("port", 6).replace("type: ClusterIP", "type: NodePort");
+    let (status, body) = t.apply(&manifest).await;
+    assert_eq!(status, 500, "{body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("range 30000-30001 is full (2 ports, all allocated)"),
+        "{message}"
+    );
+    // A given port outside the range is the caller's error, with its path.
+    let outside = json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 30002}]});
+    let (status, body) = create(&t, "outside", outside).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(
+        cause(&body),
+        (
+            "spec.ports[0].nodePort".to_owned(),
+            "provided port 30002 is not in the valid range; the range of valid ports is 30000-30001"
+                .to_owned()
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ranges_grow_on_restart_keeping_every_value_and_refuse_to_shrink_past_one() {
+    let small = [
+        "--no-controllers",
+        "--service-cidr",
+        "198.18.200.0/29",
+        "--service-node-port-range",
+        "30000-30002",
+    ];
+    let t = start_with(&small).await;
+    // Six addresses and three ports: all taken.
+    let (status, body) = t.apply(&services_manifest("svc", 6)).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = create(&t, "more", json!({})).await;
+    assert_eq!(status, 500, "{body}");
+    let before = distinct_values(&t).await;
+    assert_eq!((before.0.len(), before.1.len()), (6, 3));
+
+    let grown = [
+        "--no-controllers",
+        "--service-cluster-ip-range",
+        "198.18.200.0/28",
+        "--service-node-port-range",
+        "30000-30009",
+    ];
+    let t = t.restart(&grown).await;
+    assert_eq!(distinct_values(&t).await, before, "every value is kept");
+    let (status, body) = t.apply(&services_manifest("more", 8)).await;
+    assert_eq!(status, 200, "{body}");
+    let (ips, ports, _) = distinct_values(&t).await;
+    assert_eq!((ips.len(), ports.len()), (14, 7));
+    assert!(before.0.is_subset(&ips) && before.1.is_subset(&ports));
+
+    // Back to the small range: seven of the new addresses (.8 to .14) and four of the new
+    // ports would fall outside it.
+    let dir = t.stop().await;
+    let error = berth_control::server::Server::start(&common::config(dir.path(), &small))
+        .await
+        .err()
+        .expect("a shrunk range is refused")
+        .to_string();
+    assert!(
+        error.contains("--service-cidr 198.18.200.0/29 does not hold ClusterIP 198.18.200.")
+            && error.contains("--service-node-port-range 30000-30002 does not hold nodePort 3000")
+            && error.contains("and 6 more")
+            && error.contains("and 3 more"),
+        "{error}"
+    );
+}

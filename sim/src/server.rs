@@ -38,7 +38,8 @@ pub async fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> TestServer {
     }
 }
 
-fn config(dir: &std::path::Path, extra: &[&str]) -> Config {
+/// The configuration of a test server on `dir`, with `extra` flags.
+pub fn config(dir: &std::path::Path, extra: &[&str]) -> Config {
     let data_dir = dir.to_str().expect("utf-8 temp path");
     let mut args = vec![
         "berth-control",
@@ -74,6 +75,11 @@ pub const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/default/deployments";
 impl TestServer {
     /// Stops the server and starts a new one on the same store.
     pub async fn restart(self, extra: &[&str]) -> TestServer {
+        start_in(self.stop().await, extra).await
+    }
+
+    /// Stops the server; its data directory, free for another server to open.
+    pub async fn stop(self) -> tempfile::TempDir {
         let Self {
             server,
             dir,
@@ -82,7 +88,7 @@ impl TestServer {
         // Open connections hold the store until they notice the client is gone.
         drop(client);
         server.shutdown().await;
-        let store = config(dir.path(), extra).store_path();
+        let store = config(dir.path(), &[]).store_path();
         for _ in 0..200 {
             // Opened and closed again: only whether the lock is free.
             if berth_control::store::RedbStore::open(&store).is_ok() {
@@ -90,7 +96,7 @@ impl TestServer {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        start_in(dir, extra).await
+        dir
     }
 
     pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> (u16, Value) {

@@ -272,8 +272,9 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target"))
 }
 
+/// A cluster binary as `up` builds it (release).
 fn binary(name: &str) -> PathBuf {
-    target_dir().join("debug").join(name)
+    target_dir().join("release").join(name)
 }
 
 /// The node's name: this machine's host name made a valid DNS label, like k3s does.
@@ -434,14 +435,19 @@ pub fn up(args: &UpArgs) -> anyhow::Result<()> {
     step("Building the workload images (cargo xtask images)", || {
         images::run(&images::Args::default())
     })?;
-    step("Building berth-control, berth-agent and berthctl", || {
-        run_command(
-            Command::new(env!("CARGO"))
-                .current_dir(workspace_root())
-                .args(["build", "--quiet"])
-                .args(CLUSTER_PACKAGES),
-        )
-    })?;
+    // Release binaries, what a cluster should run: debug ones are many times slower at
+    // programming Services. The first build takes minutes (README): cargo shows progress.
+    step(
+        "Building berth-control, berth-agent and berthctl (release)",
+        || {
+            run_command(
+                Command::new(env!("CARGO"))
+                    .current_dir(workspace_root())
+                    .args(["build", "--release"])
+                    .args(CLUSTER_PACKAGES),
+            )
+        },
+    )?;
 
     let node = match fs::read_to_string(layout.node_name_file()) {
         Ok(name) if !name.trim().is_empty() => name.trim().to_owned(),

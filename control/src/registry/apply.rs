@@ -1,13 +1,11 @@
 //! `berthctl apply`: every object of a manifest created or replaced in one transaction.
 
-use std::collections::BTreeSet;
-
 use berth_api::{ResourceType, kinds::NAMESPACES, manifest::ManifestObject};
 use serde::Serialize;
 use serde_json::Value;
 
 use super::{
-    Error, MAX_RETRIES, Registry, Result, decode_typed, key, name_of, namespace_of,
+    Batch, Error, MAX_RETRIES, Registry, Result, decode_typed, key, name_of, namespace_of,
     strategy::{Strategy, with_strategy},
     typed,
 };
@@ -40,14 +38,14 @@ impl Registry {
         loop {
             // Namespaces this manifest creates: objects may be created in them in the same
             // transaction, before they are in the store.
-            let mut new_namespaces = BTreeSet::new();
+            let mut batch = Batch::default();
             for object in objects
                 .iter()
                 .filter(|o| o.resource_type.kind == NAMESPACES.kind)
             {
                 let name = name_of(&object.decoded.object);
                 if self.read(key(&NAMESPACES, "", name)).await?.is_none() {
-                    new_namespaces.insert(name.to_owned());
+                    batch.new_namespaces.insert(name.to_owned());
                 }
             }
             let mut ops = Vec::new();
@@ -63,7 +61,7 @@ impl Registry {
                     "configured"
                 };
                 let (planned_ops, changed) = with_strategy!(rt, |strategy| {
-                    self.plan_applied(strategy, rt, existing.as_ref(), incoming, &new_namespaces)
+                    self.plan_applied(strategy, rt, existing.as_ref(), incoming, &mut batch)
                         .await
                 })?;
                 results.push(ApplyResult {
@@ -108,7 +106,7 @@ impl Registry {
         rt: &'static ResourceType,
         existing: Option<&KeyValue>,
         incoming: &Value,
-        new_namespaces: &BTreeSet<String>,
+        batch: &mut Batch,
     ) -> Result<(Vec<Op>, bool), Error> {
         let stored: Option<S::Object> = existing.map(decode_typed).transpose()?;
         let planned = self
@@ -117,7 +115,7 @@ impl Registry {
                 rt,
                 existing.zip(stored.as_ref()),
                 typed(strategy, incoming.clone())?,
-                new_namespaces,
+                batch,
             )
             .await?;
         Ok((planned.ops, planned.changed))

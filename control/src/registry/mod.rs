@@ -111,6 +111,16 @@ fn answer<R: Resource>(object: &R, revision: Revision) -> Result<Value> {
     Ok(value)
 }
 
+/// What the objects planned into one store transaction share: later ones see what
+/// earlier ones create or take before any of it is stored.
+#[derive(Debug, Default)]
+struct Batch {
+    /// Namespaces the transaction creates: objects may be created in them.
+    new_namespaces: BTreeSet<String>,
+    /// The values its Services hold.
+    allocations: allocation::Allocations,
+}
+
 /// A planned write of one object: the ops and the object as it will read back.
 struct Planned<R> {
     ops: Vec<Op>,
@@ -245,7 +255,7 @@ impl Registry {
         let mut attempt = 0;
         loop {
             let planned = self
-                .plan(strategy, rt, None, object.clone(), &BTreeSet::new())
+                .plan(strategy, rt, None, object.clone(), &mut Batch::default())
                 .await?;
             match self.commit(planned.ops).await {
                 Ok(revision) => return answer(&planned.object, revision),
@@ -463,7 +473,7 @@ impl Registry {
                 rt,
                 Some((kv, existing)),
                 modified,
-                &BTreeSet::new(),
+                &mut Batch::default(),
             )
             .await?;
         if !planned.changed {
@@ -511,15 +521,15 @@ impl Registry {
 
     /// Fills server-owned fields and computes the store ops for writing `object` over
     /// `existing` (the stored record and its object; None = create). Reads revision
-    /// history, allocations and the namespace; `new_namespaces` are created in the same
-    /// transaction.
+    /// history, allocations and the namespace; `batch` holds what the objects planned
+    /// before into the same transaction create and take.
     async fn plan<S: Strategy>(
         &self,
         strategy: &S,
         rt: &'static ResourceType,
         existing: Option<(&KeyValue, &S::Object)>,
         mut object: S::Object,
-        new_namespaces: &BTreeSet<String>,
+        batch: &mut Batch,
     ) -> Result<Planned<S::Object>> {
         let old = existing.map(|(_, old)| old);
         let meta = object.meta_mut();
@@ -547,10 +557,10 @@ impl Registry {
         }
         let namespace = object.meta().namespace.clone();
         let mut ops = Vec::new();
-        if old.is_none() && rt.namespaced && !new_namespaces.contains(&namespace) {
+        if old.is_none() && rt.namespaced && !batch.new_namespaces.contains(&namespace) {
             ops.push(self.namespace_check(&namespace).await?);
         }
-        ops.extend(strategy.complete(self, old, &mut object).await?);
+        ops.extend(strategy.complete(self, old, &mut object, batch).await?);
         if let Some(old) = old {
             // After the strategy filled in what the server allocates, so re-sending a spec
             // without those fields is no change.

@@ -2,7 +2,7 @@ use berth_api::apps::{Deployment, REVISION_ANNOTATION};
 
 use super::Strategy;
 use crate::{
-    registry::{Registry, Result},
+    registry::{Batch, Registry, Result},
     store::Op,
 };
 
@@ -32,6 +32,7 @@ impl Strategy for DeploymentStrategy {
         registry: &Registry,
         _old: Option<&Deployment>,
         deployment: &mut Deployment,
+        _batch: &mut Batch,
     ) -> Result<Vec<Op>> {
         registry.plan_revision_history(deployment).await
     }

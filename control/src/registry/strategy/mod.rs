@@ -26,7 +26,7 @@ pub(super) use self::{
     pod::PodStrategy,
     service::ServiceStrategy,
 };
-use super::{DeleteOptions, Registry, Result};
+use super::{Batch, DeleteOptions, Registry, Result};
 use crate::store::{Op, Revision};
 
 pub(super) trait Strategy: Sync {
@@ -45,12 +45,14 @@ pub(super) trait Strategy: Sync {
     }
 
     /// Fills what the control plane allocates or records for the write of `object` over
-    /// `old` (None: a create), and returns the store writes that go with it.
+    /// `old` (None: a create), and returns the store writes that go with it; `batch` is
+    /// what earlier objects of the same transaction took.
     fn complete(
         &self,
         _registry: &Registry,
         _old: Option<&Self::Object>,
         _object: &mut Self::Object,
+        _batch: &mut Batch,
     ) -> impl Future<Output = Result<Vec<Op>>> + Send {
         async { Ok(Vec::new()) }
     }

@@ -5,7 +5,7 @@ use berth_api::core::Service;
 use super::Strategy;
 use crate::{
     registry::{
-        Registry, Result,
+        Batch, Registry, Result,
         allocation::{claim_ops, claims},
     },
     store::Op,
@@ -35,8 +35,11 @@ impl Strategy for ServiceStrategy {
         registry: &Registry,
         old: Option<&Service>,
         service: &mut Service,
+        batch: &mut Batch,
     ) -> Result<Vec<Op>> {
-        registry.complete_service(old, service).await?;
+        registry
+            .complete_service(old, service, &mut batch.allocations)
+            .await?;
         let held = old.map(claims).unwrap_or_default();
         Ok(claim_ops(&held, &claims(service), service))
     }
