@@ -3,7 +3,7 @@
 //! one revision and one trip through the store's commit queue, where the same writes
 //! one by one cost a read of the namespace, a task and a commit slot each.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use berth_api::{
     Resource, ResourceType,
@@ -14,7 +14,7 @@ use berth_api::{
 use serde_json::Value;
 
 use super::{
-    Error, MAX_RETRIES, Registry, Result, decode_error, encode, key,
+    Batch, Error, MAX_RETRIES, Registry, Result, decode_error, encode, key,
     strategy::{Strategy, with_strategy},
 };
 use crate::{
@@ -78,16 +78,18 @@ impl Registry {
         rt: &'static ResourceType,
         objects: &[S::Object],
     ) -> Result<Vec<Op>> {
-        let mut checked = BTreeSet::new();
+        // Namespaces already checked count as created by this transaction, so `plan`
+        // adds no second check; the batch also keeps the objects' allocations apart.
+        let mut batch = Batch::default();
         let mut ops = Vec::new();
         for object in objects {
             let namespace = &object.meta().namespace;
-            if rt.namespaced && !checked.contains(namespace) {
+            if rt.namespaced && !batch.new_namespaces.contains(namespace) {
                 ops.push(self.namespace_check(namespace).await?);
-                checked.insert(namespace.clone());
+                batch.new_namespaces.insert(namespace.clone());
             }
             ops.extend(
-                self.plan(strategy, rt, None, object.clone(), &checked)
+                self.plan(strategy, rt, None, object.clone(), &mut batch)
                     .await?
                     .ops,
             );
@@ -264,7 +266,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        allocation::{Cidr, Ranges},
+        allocation::{Cidr, PortRange, Ranges},
         controllers::PODS,
         metrics::Metrics,
         store::{RedbStore, Store},
@@ -279,6 +281,7 @@ mod tests {
                 network: [10, 96, 0, 0].into(),
                 prefix: 12,
             },
+            node_ports: PortRange::DEFAULT,
             load_balancer_pool: None,
         };
         let registry = Registry::new(store, Metrics::new().expect("metrics"), ranges);
