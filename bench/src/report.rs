@@ -17,11 +17,12 @@ use crate::{
 pub const ASSET_DIR: &str = "bench";
 
 /// Why the control plane misses a scale target, where it does (from the measurements).
-const SCALE_GAP: &str = "every pod is a JSON document written three times (created and bound, each \
-    in one transaction with its batch, and reported running), each write read back and decoded by the \
-    controllers' cache and the watch cache, and each sent to its node; propagation is the pod's status write, \
-    the Endpoints write and one delivery per node (HTTP/2 over TLS); all of it on the 2 CPUs the simulated \
-    nodes also use";
+const SCALE_GAP: &str = "in that run every pod was a JSON document written four times (created, bound, \
+    its Scheduled event, reported running) — since then a ReplicaSet's pods and a scheduling pass's bindings \
+    are written in one transaction each and Scheduled events aggregated (see Batched writes, below) — each \
+    write read back and decoded by the controllers' cache and the watch cache, and each sent to its node; \
+    propagation is the pod's status write, the Endpoints write and one delivery per node (HTTP/2 over TLS); \
+    all of it on the 2 CPUs the simulated nodes also use";
 
 /// What the control-plane-at-scale figures come from (from the measurements).
 const SCALE_ANALYSIS: &str = "**Batched writes, side by side.** The table above is from the last full run, \
@@ -792,7 +793,9 @@ fn analysis(md: &mut String, results: &Results) {
             "**New connections.** Berth's VIP sets up less than direct per second because a new flow costs \
              more than an established one: the service lookup, the backend choice, and two connection-tracking \
              entries created (forward and reverse, in an LRU hash map) on the first packet, looked up on every \
-             later one; and the client's own kernel works harder to find a source port for a connection to one \
+             later one (since these runs, a TCP connection's entries start in a separate half-open table and \
+             move to the main one on the client's first ACK: see \
+             [DATAPATH.md](DATAPATH.md#connection-tracking)); and the client's own kernel works harder to find a source port for a connection to one \
              address (the VIP) with thousands of its earlier connections in TIME-WAIT than for connections \
              spread over three pod IPs — direct to one pod IP shows that part. iptables pays the same per-flow \
              setup in conntrack plus the rule walk.\n\n\
