@@ -55,21 +55,25 @@ async fn run(setup: &Setup) {
         .into_iter()
         .find(|container| container.name.contains("_client-"))
         .expect("the client container");
-    let lookup = runtime
-        .exec(
-            &client.id,
-            &[
-                "/bin/busybox".to_owned(),
-                "nslookup".to_owned(),
-                "web.default.svc.cluster.local".to_owned(),
-            ],
-            Duration::from_secs(10),
-        )
+    // The image's own clients, the ones users are told to exec into.
+    let in_client = |command: &[&str]| {
+        let command: Vec<String> = command.iter().map(|part| (*part).to_owned()).collect();
+        let (runtime, id) = (&runtime, &client.id);
+        async move { runtime.exec(id, &command, Duration::from_secs(10)).await }
+    };
+    let lookup = in_client(&["nslookup", "web.default.svc.cluster.local"])
         .await
         .expect("nslookup in the client pod");
     assert!(
         lookup.output.contains(&VIP.to_string()),
         "nslookup web from a pod: {lookup:?}"
+    );
+    let fetched = in_client(&["wget", "-qO-", "http://web.default.svc.cluster.local/"])
+        .await
+        .expect("wget in the client pod");
+    assert!(
+        fetched.output.starts_with("pod=web-"),
+        "wget by the Service's name from a pod: {fetched:?}"
     );
 
     // Restart the agent while the client keeps connecting.

@@ -182,8 +182,8 @@ async fn scenarios(cluster: &mut E2eCluster) -> String {
         .await
         .expect("the client pod's container");
     // By name: the pod's resolver (its resolv.conf names its node's DNS server) answers,
-    // then the pod connects to the answer. Busybox's nslookup, not wget: the image's
-    // static busybox crashes in getaddrinfo.
+    // then the pod connects to the answer (busybox's nslookup here; the image's own
+    // `nslookup` and `wget` are exercised in agent_process.rs).
     let lookup = exec(
         &runtime,
         &client_container,
