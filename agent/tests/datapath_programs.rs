@@ -949,6 +949,34 @@ fn the_sweep_collects_entries_past_their_lifetime() {
 }
 
 #[test]
+fn a_new_connection_on_ports_of_an_expired_one_gets_its_syn_ack_translated() {
+    // One backend, so the new connection's replies have the old one's reverse key.
+    let mut h = Harness::new(vec![web(vec![backend(1, BackendState::Active)])]);
+    let syn = Frame::tcp(CLIENT, (VIP, 80));
+    let backend = parsed(&h.run(program_names::FROM_POD, &syn.build()).1).dst;
+    let mut ack = syn.clone();
+    ack.tcp_flags = 0x10;
+    h.run(program_names::FROM_POD, &ack.build());
+    let mut reset = syn.clone();
+    reset.tcp_flags = 0x14;
+    h.run(program_names::FROM_POD, &reset.build());
+    // The reset connection's entries outlive their lifetime until the agent's sweep.
+    h.age_connections(CT_TIMEOUT_CLOSED + 1);
+    // The client wraps its ports and opens a connection on the same ones.
+    let (_, out) = h.run(program_names::FROM_POD, &syn.build());
+    assert_eq!(parsed(&out).dst, backend);
+    let mut syn_ack = Frame::tcp((backend, 8080), CLIENT);
+    syn_ack.tcp_flags = 0x12;
+    let (_, out) = h.run(program_names::FROM_POD, &syn_ack.build());
+    let p = parsed(&out);
+    assert_eq!(
+        (p.src, p.src_port),
+        (VIP, 80),
+        "the SYN-ACK of the new connection, past the old one's expired entry"
+    );
+}
+
+#[test]
 fn a_tunnelled_connection_moves_to_the_main_table_on_the_clients_ack() {
     let mut h = Harness::new(vec![web(three_backends())]);
     let backend = Ipv4Addr::new(198, 18, 1, 3);

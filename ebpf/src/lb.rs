@@ -532,29 +532,11 @@ pub fn reply(flow: &Flow) -> Option<CtEntry> {
         let entry = unsafe { *pointer };
         // Read here, not before the lookup: traffic of no service skips the clock too.
         let now = now_secs();
-        if ct_expired(entry.state, entry.last_seen_secs, now) {
-            return None;
+        // An expired entry is an old connection's on ports the client now reuses: the
+        // new connection's SYN-ACK is in the half-open table (below), not here.
+        if !ct_expired(entry.state, entry.last_seen_secs, now) {
+            return Some(reply_seen(pointer, entry, flow, now));
         }
-        let state = if entry.state == CT_UDP {
-            CT_UDP_STREAM
-        } else {
-            next_state(entry.state, flow)
-        };
-        // SAFETY: a pointer into the conntrack map.
-        unsafe { touch(pointer, state, now) };
-        if state != entry.state {
-            let client_leg = FlowKey {
-                src_addr: flow.dst_addr,
-                dst_addr: entry.addr,
-                src_port: flow.dst_port,
-                dst_port: entry.port,
-                proto: flow.proto,
-                direction: CT_FORWARD,
-                _pad: 0,
-            };
-            advance_partner(client_leg, state);
-        }
-        return Some(entry);
     }
     // Only a half-open connection's SYN-ACK (or RST) can be in the half-open table:
     // other packets skip the lookup, so traffic of no service pays nothing for it.
@@ -564,4 +546,30 @@ pub fn reply(flow: &Flow) -> Option<CtEntry> {
     // SAFETY: copied out at once (see `service`).
     let entry = unsafe { HALF_OPEN.get(key).copied() }?;
     (!ct_expired(entry.state, entry.last_seen_secs, now_secs())).then_some(entry)
+}
+
+/// Moves a tracked connection's state on for a reply (FIN, RST, the first UDP reply),
+/// in the client's direction too; returns the entry as it was read.
+#[inline(always)]
+fn reply_seen(pointer: *mut CtEntry, entry: CtEntry, flow: &Flow, now: u32) -> CtEntry {
+    let state = if entry.state == CT_UDP {
+        CT_UDP_STREAM
+    } else {
+        next_state(entry.state, flow)
+    };
+    // SAFETY: `pointer` is the conntrack map's value `entry` was read from.
+    unsafe { touch(pointer, state, now) };
+    if state != entry.state {
+        let client_leg = FlowKey {
+            src_addr: flow.dst_addr,
+            dst_addr: entry.addr,
+            src_port: flow.dst_port,
+            dst_port: entry.port,
+            proto: flow.proto,
+            direction: CT_FORWARD,
+            _pad: 0,
+        };
+        advance_partner(client_leg, state);
+    }
+    entry
 }
