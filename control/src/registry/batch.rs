@@ -118,7 +118,7 @@ impl Registry {
             .await
         {
             Ok(stored) => stored,
-            Err(e) => return bindings.iter().map(|_| Err(copy(&e))).collect(),
+            Err(e) => return bindings.iter().map(|_| Err(e.clone())).collect(),
         };
         let mut results: Vec<Result<Revision>> = Vec::with_capacity(bindings.len());
         let mut ops = Vec::with_capacity(bindings.len());
@@ -143,7 +143,7 @@ impl Registry {
             .into_iter()
             .map(|result| match (result, &committed) {
                 (Ok(_), Ok(revision)) => Ok(*revision),
-                (Ok(_), Err(e)) => Err(copy(e)),
+                (Ok(_), Err(e)) => Err(e.clone()),
                 (Err(e), _) => Err(e),
             })
             .collect()
@@ -185,22 +185,6 @@ fn checked<S: Strategy>(_strategy: &S, rt: &ResourceType, object: Value) -> Resu
         .map_err(|e| Error::bad_request(format!("{} {name:?}: {e}", rt.kind)))?;
     berth_api::normalize(&mut typed).map_err(|e| decode_error(rt, &name, e))?;
     Ok(typed)
-}
-
-/// The same error for each of a batch's writes.
-fn copy(error: &Error) -> Error {
-    match error {
-        Error::NotFound { kind, name } => Error::not_found(kind, name),
-        Error::KeyNotFound { key } => Error::KeyNotFound { key: key.clone() },
-        Error::AlreadyExists(m) => Error::AlreadyExists(m.clone()),
-        Error::Conflict(m) => Error::Conflict(m.clone()),
-        Error::Invalid { kind, name, causes } => Error::invalid(kind, name, causes.clone()),
-        Error::BadRequest(m) => Error::BadRequest(m.clone()),
-        Error::TooLarge(m) => Error::TooLarge(m.clone()),
-        Error::Expired(m) => Error::Expired(m.clone()),
-        Error::Forbidden(m) => Error::Forbidden(m.clone()),
-        Error::Internal(m) => Error::Internal(m.clone()),
-    }
 }
 
 /// The op writing `binding` over the stored pod, or why it cannot be.

@@ -6,7 +6,7 @@ use berth_api::{DecodeError, ResourceType, validation::FieldError};
 
 use crate::{store::StoreError, watch_cache::WatchEnd};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     #[error("{kind} {name:?} not found")]
     NotFound { kind: String, name: String },
