@@ -30,6 +30,17 @@ pub struct PodTemplateSpec {
     pub spec: PodSpec,
 }
 
+impl PodTemplateSpec {
+    /// [`template_hash`] of the template's JSON form: the same digest berthctl computes
+    /// from the template it reads.
+    pub fn hash(&self) -> String {
+        // Plain structs and string maps: encoding to a Value cannot fail.
+        serde_json::to_value(self)
+            .map(|template| template_hash(&template))
+            .unwrap_or_default()
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Deployment {

@@ -22,8 +22,8 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     api::watch::{self, WatchOptions},
-    controllers::pod_is_terminating,
     metrics::Metrics,
+    objects::str_at,
     pki::{Pki, node_name_of_certificate},
     registry::{self, DeleteOptions, Registry, name_of, parse_resource_version},
     tokens::BootstrapTokens,
@@ -466,7 +466,7 @@ impl agent_server::Agent for AgentService {
             )));
         }
         // A node may only end deletions the control plane started.
-        if !pod_is_terminating(&pod) {
+        if str_at(&pod, "/metadata/deletionTimestamp").is_empty() {
             return Err(Status::failed_precondition(format!(
                 "pod {}/{} is not being deleted",
                 deletion.namespace, deletion.name

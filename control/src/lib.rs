@@ -9,15 +9,13 @@ mod agent_api;
 use registry::allocation;
 mod api;
 pub mod config;
+mod controllers;
 mod credentials;
-// Public only until the typed-core branches land: they hold items only unit tests use
-// (`Snapshot::from_objects`, `scheduler::choose_node`) or nothing uses (`Registry::ranges`).
-pub mod controllers;
 mod metrics;
 mod node_client;
 mod objects;
 mod pki;
-pub mod registry;
+mod registry;
 pub mod server;
 pub mod store;
 mod tokens;

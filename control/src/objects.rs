@@ -3,7 +3,13 @@
 
 use std::collections::BTreeMap;
 
-use berth_api::ResourceType;
+use berth_api::{
+    Resource, ResourceType,
+    apps::{ControllerRevision, Deployment, ReplicaSet},
+    autoscaling::HorizontalPodAutoscaler,
+    core::{Endpoints, Event, Namespace, Node, Pod, Service},
+    meta::ObjectMeta,
+};
 use serde_json::{Value, json};
 
 use crate::store::{KeyValue, StoreError};
@@ -60,4 +66,161 @@ pub fn name_of(object: &Value) -> &str {
 
 pub fn namespace_of(object: &Value) -> &str {
     str_at(object, "/metadata/namespace")
+}
+
+/// A stored object of any kind, decoded to its kind's type: what the controllers' cache
+/// holds and what they write back. One variant per kind of the kind table, so a key of
+/// the store always decodes to one.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Object {
+    Namespace(Namespace),
+    Pod(Pod),
+    Service(Service),
+    Endpoints(Endpoints),
+    Node(Node),
+    Event(Event),
+    Deployment(Deployment),
+    ReplicaSet(ReplicaSet),
+    ControllerRevision(ControllerRevision),
+    HorizontalPodAutoscaler(HorizontalPodAutoscaler),
+}
+
+/// A kind of [`Object`]: how to get it in and out of the enum, and its entry in the kind
+/// table.
+pub trait Kind: Resource + PartialEq {
+    fn resource_type() -> &'static ResourceType;
+    fn into_object(self) -> Object;
+    fn of(object: &Object) -> Option<&Self>;
+    fn from_object(object: Object) -> Option<Self>;
+    /// Takes `from`'s status, for a write through the `/status` subresource; nothing for
+    /// kinds without one.
+    fn copy_status(&mut self, from: &Self);
+}
+
+macro_rules! kinds {
+    ($($variant:ident => $table:ident $([$status:ident])?),* $(,)?) => {
+        $(
+            impl Kind for $variant {
+                fn resource_type() -> &'static ResourceType {
+                    &berth_api::kinds::$table
+                }
+
+                fn into_object(self) -> Object {
+                    Object::$variant(self)
+                }
+
+                fn of(object: &Object) -> Option<&Self> {
+                    match object {
+                        Object::$variant(typed) => Some(typed),
+                        _ => None,
+                    }
+                }
+
+                fn from_object(object: Object) -> Option<Self> {
+                    match object {
+                        Object::$variant(typed) => Some(typed),
+                        _ => None,
+                    }
+                }
+
+                fn copy_status(&mut self, _from: &Self) {
+                    $(self.$status.clone_from(&_from.$status);)?
+                }
+            }
+        )*
+
+        impl Object {
+            pub fn meta(&self) -> &ObjectMeta {
+                match self {
+                    $(Object::$variant(typed) => typed.meta(),)*
+                }
+            }
+
+            pub fn meta_mut(&mut self) -> &mut ObjectMeta {
+                match self {
+                    $(Object::$variant(typed) => typed.meta_mut(),)*
+                }
+            }
+
+            pub fn resource_type(&self) -> &'static ResourceType {
+                match self {
+                    $(Object::$variant(_) => $variant::resource_type(),)*
+                }
+            }
+
+            /// `bytes` as an object of kind `rt`; None for a kind without a variant.
+            fn decode_as(
+                rt: &ResourceType,
+                bytes: &[u8],
+            ) -> Option<Result<Object, serde_json::Error>> {
+                $(
+                    if rt == $variant::resource_type() {
+                        return Some(serde_json::from_slice(bytes).map(Object::$variant));
+                    }
+                )*
+                None
+            }
+        }
+    };
+}
+
+kinds! {
+    Namespace => NAMESPACES [status],
+    Pod => PODS [status],
+    Service => SERVICES [status],
+    Endpoints => ENDPOINTS,
+    Node => NODES [status],
+    Event => EVENTS,
+    Deployment => DEPLOYMENTS [status],
+    ReplicaSet => REPLICASETS [status],
+    ControllerRevision => CONTROLLER_REVISIONS,
+    HorizontalPodAutoscaler => HPAS [status],
+}
+
+impl Object {
+    /// A test's manifest as an object of kind `rt`.
+    #[cfg(test)]
+    pub fn from_manifest(
+        rt: &ResourceType,
+        manifest: &Value,
+    ) -> Option<Result<Object, serde_json::Error>> {
+        Self::decode_as(rt, manifest.to_string().as_bytes())
+    }
+
+    /// The object stored at `kv`, with its `resourceVersion`; None for keys that hold no
+    /// object (allocations, tokens).
+    pub fn decode(kv: &KeyValue) -> Option<Result<Object, StoreError>> {
+        let rt = kind_of_key(&kv.key)?;
+        let decoded = Self::decode_as(rt, &kv.value)?;
+        Some(
+            decoded
+                .map(|mut object| {
+                    object.meta_mut().resource_version = kv.mod_revision.to_string();
+                    object
+                })
+                .map_err(|e| StoreError::Corrupt(format!("{}: {e}", kv.key))),
+        )
+    }
+
+    pub fn name(&self) -> &str {
+        &self.meta().name
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.meta().namespace
+    }
+
+    pub fn uid(&self) -> &str {
+        &self.meta().uid
+    }
+}
+
+/// The kind whose objects live under `key` (`/<group or core>/<plural>/...`).
+fn kind_of_key(key: &str) -> Option<&'static ResourceType> {
+    let mut segments = key.strip_prefix('/')?.split('/');
+    let group = match segments.next()? {
+        "core" => "",
+        group => group,
+    };
+    berth_api::find_by_plural(group, segments.next()?)
 }

@@ -13,7 +13,7 @@ use std::{
     sync::{Arc, RwLock},
 };
 
-use berth_api::agent::NodeUsage;
+use berth_api::{agent::NodeUsage, core::Pod};
 use serde_json::{Value, json};
 
 use crate::util;
@@ -148,23 +148,17 @@ impl UsageView {
 
     /// The figures of `pod` (an API object), if its node reported them for this very pod,
     /// with its connection rate from every node.
-    pub fn pod(&self, pod: &Value) -> Option<PodFigures> {
-        let str_at = |p: &str| pod.pointer(p).and_then(Value::as_str).unwrap_or_default();
-        let key = format!(
-            "{}/{}",
-            str_at("/metadata/namespace"),
-            str_at("/metadata/name")
-        );
-        let (node, figures) = self.pods.get(&key)?;
-        if node != str_at("/spec/nodeName") || figures.uid != str_at("/metadata/uid") {
+    pub fn pod(&self, pod: &Pod) -> Option<PodFigures> {
+        let meta = &pod.metadata;
+        let (node, figures) = self
+            .pods
+            .get(&format!("{}/{}", meta.namespace, meta.name))?;
+        if *node != pod.spec.node_name || figures.uid != meta.uid {
             return None;
         }
         let mut figures = figures.clone();
-        figures.connections_per_second = self
-            .connections
-            .get(str_at("/status/podIP"))
-            .copied()
-            .unwrap_or(0.0);
+        let ip = pod.status.as_ref().map_or("", |s| s.pod_ip.as_str());
+        figures.connections_per_second = self.connections.get(ip).copied().unwrap_or(0.0);
         Some(figures)
     }
 }
@@ -260,8 +254,11 @@ mod tests {
         other.pods.clear();
         usage.record("n2", &other, 1005);
         let view = usage.view(1010);
-        let pod = json!({"metadata": {"namespace": "default", "name": "web-1", "uid": "u1"},
-            "spec": {"nodeName": "n1"}, "status": {"podIP": "198.19.0.2"}});
+        let pod: Pod = serde_json::from_value(
+            json!({"metadata": {"namespace": "default", "name": "web-1", "uid": "u1"},
+            "spec": {"nodeName": "n1"}, "status": {"podIP": "198.19.0.2"}}),
+        )
+        .expect("a pod");
         let figures = view.pod(&pod).expect("figures");
         assert_eq!(figures.cpu_millicores, 250);
         assert_eq!(figures.connections_per_second, 6.0, "both nodes' rates");
@@ -270,10 +267,10 @@ mod tests {
             "NaN is not a rate"
         );
         let mut elsewhere = pod.clone();
-        elsewhere["spec"]["nodeName"] = json!("n2");
+        elsewhere.spec.node_name = "n2".to_owned();
         assert!(view.pod(&elsewhere).is_none(), "another node's pod");
         let mut replaced = pod.clone();
-        replaced["metadata"]["uid"] = json!("u2");
+        replaced.metadata.uid = "u2".to_owned();
         assert!(view.pod(&replaced).is_none(), "a new pod of the same name");
         assert_eq!(
             usage.view(1000 + MAX_AGE_SECS + 1).nodes.len(),

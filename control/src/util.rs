@@ -1,11 +1,7 @@
-//! Small helpers with one owner each: random identifiers, digests. Timestamps and the
-//! template hash are berth-api's (berthctl needs them too); re-exported for the server's
-//! modules.
+//! Small helpers with one owner each: random identifiers, digests. Timestamps are
+//! berth-api's (berthctl needs them too); re-exported for the server's modules.
 
-pub(crate) use berth_api::{
-    apps::template_hash,
-    time::{parse_rfc3339, rfc3339, rfc3339_now, unix_now},
-};
+pub(crate) use berth_api::time::{parse_rfc3339, rfc3339, rfc3339_now, unix_now};
 use ring::rand::{SecureRandom as _, SystemRandom};
 
 pub fn random_bytes<const N: usize>() -> [u8; N] {

@@ -11,6 +11,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use berth_api::{
+    core::Pod,
     kinds::{NODES, PODS},
     selector::{FieldSelector, Selector},
     validation::check_dns_label,
@@ -135,8 +136,9 @@ async fn pods(
         .iter()
         .filter(|p| name.is_none_or(|wanted| wanted == name_of(p)))
         .filter_map(|pod| {
-            let figures = view.pod(pod)?;
-            let node = view.nodes.get(pod.pointer("/spec/nodeName")?.as_str()?)?;
+            let pod: Pod = serde_json::from_value(pod.clone()).ok()?;
+            let figures = view.pod(&pod)?;
+            let node = view.nodes.get(&pod.spec.node_name)?;
             Some(usage::pod_metrics(&figures, node))
         })
         .collect();

@@ -19,22 +19,18 @@ use std::{
 };
 
 use berth_api::{
-    ResourceType,
+    apps::Deployment,
     autoscaling::{
-        DEFAULT_CPU_UTILIZATION, HorizontalPodAutoscalerSpec, MetricSpec, MetricTarget,
-        NEW_CONNECTIONS_PER_SECOND, ResourceMetricSource, parse_milli_quantity,
+        DEFAULT_CPU_UTILIZATION, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec,
+        HorizontalPodAutoscalerStatus, MetricIdentifier, MetricSpec, MetricStatus, MetricTarget,
+        MetricValueStatus, NEW_CONNECTIONS_PER_SECOND, PodsMetricStatus, ResourceMetricSource,
+        ResourceMetricStatus, parse_milli_quantity,
     },
-    core::{parse_cpu_millis, parse_memory_bytes},
-    meta::LabelSelector,
+    core::{Condition, Pod, parse_cpu_millis, parse_memory_bytes},
 };
-use serde_json::{Value, json};
 
-use super::{
-    Change, Context, DEPLOYMENTS, HPAS, Outcome, PODS, Reconciler, Snapshot, Write, is_kind,
-    pod_is_ready, reference, uid_of,
-};
+use super::{Change, Context, Outcome, Reconciler, Snapshot, Write, pod_is_ready, reference};
 use crate::{
-    registry::{labels_of, name_of, namespace_of},
     usage::{PodFigures, Usage},
     util,
 };
@@ -316,7 +312,7 @@ pub struct Decision {
     pub reason: String,
     /// The metrics' proposal to remember for stabilisation, when there was one.
     pub recommendation: Option<i32>,
-    pub current_metrics: Vec<Value>,
+    pub current_metrics: Vec<MetricStatus>,
     /// (type, status, reason, message) for AbleToScale, ScalingActive, ScalingLimited.
     pub conditions: Vec<(&'static str, &'static str, &'static str, String)>,
 }
@@ -349,20 +345,32 @@ pub fn decide(
         };
         match metric_replicas(current, pods, measure, goal) {
             Ok(proposal) => {
-                let value = json!({
-                    "averageValue": quantity(measure, proposal.average),
-                    "averageUtilization": proposal.utilization,
-                });
-                let mut value = value;
-                if proposal.utilization.is_none()
-                    && let Some(object) = value.as_object_mut()
-                {
-                    object.remove("averageUtilization");
-                }
+                let current = MetricValueStatus {
+                    average_value: Some(quantity(measure, proposal.average)),
+                    average_utilization: proposal
+                        .utilization
+                        .map(|u| i32::try_from(u).unwrap_or(i32::MAX)),
+                };
                 current_metrics.push(if measure == Measure::Connections {
-                    json!({"type": "Pods", "pods": {"metric": {"name": NEW_CONNECTIONS_PER_SECOND}, "current": value}})
+                    MetricStatus {
+                        type_: "Pods".to_owned(),
+                        resource: None,
+                        pods: Some(PodsMetricStatus {
+                            metric: MetricIdentifier {
+                                name: NEW_CONNECTIONS_PER_SECOND.to_owned(),
+                            },
+                            current,
+                        }),
+                    }
                 } else {
-                    json!({"type": "Resource", "resource": {"name": measure_name(measure), "current": value}})
+                    MetricStatus {
+                        type_: "Resource".to_owned(),
+                        resource: Some(ResourceMetricStatus {
+                            name: measure_name(measure).to_owned(),
+                            current,
+                        }),
+                        pods: None,
+                    }
                 });
                 let reason = match (measure, goal) {
                     (Measure::Connections, _) => {
@@ -531,26 +539,17 @@ pub fn stabilize(
     current.max(up).min(down)
 }
 
-fn pod_sample(pod: &Value, figures: Option<PodFigures>) -> PodSample {
-    let phase = pod
-        .pointer("/status/phase")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let node = pod
-        .pointer("/spec/nodeName")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
+fn pod_sample(pod: &Pod, figures: Option<PodFigures>) -> PodSample {
+    let phase = pod.status.as_ref().map_or("", |s| s.phase.as_str());
+    let node = pod.spec.node_name.as_str();
     let request = |resource: &str, parse: fn(&str) -> Result<u64, String>| -> Option<u64> {
-        let containers = pod.pointer("/spec/containers")?.as_array()?;
-        containers.iter().try_fold(0u64, |sum, c| {
-            let quantity = c
-                .pointer(&format!("/resources/requests/{resource}"))?
-                .as_str()?;
+        pod.spec.containers.iter().try_fold(0u64, |sum, c| {
+            let quantity = c.resources.requests.get(resource)?;
             Some(sum + parse(quantity).ok()?)
         })
     };
     PodSample {
-        name: name_of(pod).to_owned(),
+        name: pod.metadata.name.clone(),
         ignored: matches!(phase, "Failed" | "Succeeded"),
         pending: node.is_empty() || matches!(phase, "" | "Pending"),
         ready: pod_is_ready(pod),
@@ -577,60 +576,62 @@ fn windows(spec: &HorizontalPodAutoscalerSpec, ctx: &Context) -> Windows {
 }
 
 /// Conditions with `lastTransitionTime` kept while their status stays the same.
-fn conditions(decision: &Decision, previous: Option<&Value>, now: &str) -> Vec<Value> {
+fn conditions(decision: &Decision, previous: &[Condition], now: &str) -> Vec<Condition> {
     decision
         .conditions
         .iter()
         .map(|(type_, status, reason, message)| {
             let since = previous
-                .and_then(Value::as_array)
-                .and_then(|old| old.iter().find(|c| c["type"] == *type_))
-                .filter(|c| c["status"] == *status)
-                .and_then(|c| c.get("lastTransitionTime").cloned())
-                .unwrap_or_else(|| json!(now));
-            json!({"type": type_, "status": status, "reason": reason, "message": message,
-                "lastTransitionTime": since})
+                .iter()
+                .find(|c| c.type_ == *type_)
+                .filter(|c| c.status == *status)
+                .map_or(now, |c| c.last_transition_time.as_str());
+            Condition {
+                type_: (*type_).to_owned(),
+                status: (*status).to_owned(),
+                reason: (*reason).to_owned(),
+                message: message.clone(),
+                last_transition_time: since.to_owned(),
+                last_heartbeat_time: String::new(),
+            }
         })
         .collect()
 }
 
 impl Reconciler for Autoscaler {
+    type Object = HorizontalPodAutoscaler;
+
     fn name(&self) -> &'static str {
         "autoscaler"
-    }
-
-    fn kind(&self) -> &'static ResourceType {
-        &HPAS
     }
 
     /// Spec changes and autoscalers this process has not evaluated yet (after a
     /// restart); not the autoscaler's own status writes, which would otherwise re-run
     /// it at once instead of every sync period.
     fn affected(&self, change: &Change, _snapshot: &Snapshot) -> Vec<(String, String)> {
-        if !is_kind(change, &HPAS) {
+        let Some(hpa) = change.as_kind::<HorizontalPodAutoscaler>() else {
             return Vec::new();
-        }
-        let object = &change.object;
+        };
         let Ok(mut history) = self.history.lock() else {
             return Vec::new();
         };
         if change.deleted {
-            history.remove(uid_of(object));
+            history.remove(&hpa.metadata.uid);
             return Vec::new();
         }
-        let generation = object
-            .pointer("/metadata/generation")
-            .and_then(Value::as_i64);
-        let observed = object
-            .pointer("/status/observedGeneration")
-            .and_then(Value::as_i64);
-        if generation != observed || !history.contains_key(uid_of(object)) {
-            return vec![(namespace_of(object).to_owned(), name_of(object).to_owned())];
+        let observed = hpa.status.as_ref().map(|s| s.observed_generation);
+        if Some(hpa.metadata.generation) != observed || !history.contains_key(&hpa.metadata.uid) {
+            return vec![change.key()];
         }
         Vec::new()
     }
 
-    fn reconcile(&self, hpa: &Value, snapshot: &Snapshot, ctx: &Context) -> Outcome {
+    fn reconcile(
+        &self,
+        hpa: &HorizontalPodAutoscaler,
+        snapshot: &Snapshot,
+        ctx: &Context,
+    ) -> Outcome {
         let sync = ctx.settings.autoscaler_sync;
         let view = self.usage.view(ctx.now);
         let mut history = match self.history.lock() {
@@ -644,30 +645,26 @@ impl Reconciler for Autoscaler {
 }
 
 fn plan(
-    hpa: &Value,
+    hpa: &HorizontalPodAutoscaler,
     snapshot: &Snapshot,
     ctx: &Context,
     view: &crate::usage::UsageView,
     history: &mut HashMap<String, Vec<(u64, i32)>>,
 ) -> Outcome {
-    let Ok(spec) = serde_json::from_value::<HorizontalPodAutoscalerSpec>(
-        hpa.get("spec").cloned().unwrap_or(json!({})),
-    ) else {
-        return Outcome::default();
-    };
-    let namespace = namespace_of(hpa);
+    let spec = &hpa.spec;
+    let namespace = &hpa.metadata.namespace;
     let now_text = util::rfc3339(ctx.now);
-    let previous = hpa.get("status");
-    let mut status = json!({
-        "observedGeneration": hpa.pointer("/metadata/generation").cloned().unwrap_or(json!(0)),
-        "currentReplicas": 0,
-        "desiredReplicas": 0,
-    });
-    if let Some(last) = previous.and_then(|s| s.get("lastScaleTime")) {
-        status["lastScaleTime"] = last.clone();
-    }
+    let previous = hpa.status.as_ref();
+    let previous_conditions = previous.map_or(&[][..], |s| s.conditions.as_slice());
+    let mut status = HorizontalPodAutoscalerStatus {
+        observed_generation: hpa.metadata.generation,
+        last_scale_time: previous
+            .map(|s| s.last_scale_time.clone())
+            .unwrap_or_default(),
+        ..HorizontalPodAutoscalerStatus::default()
+    };
     let mut writes = Vec::new();
-    let target = snapshot.get(&DEPLOYMENTS, namespace, &spec.scale_target_ref.name);
+    let target = snapshot.get::<Deployment>(namespace, &spec.scale_target_ref.name);
     let Some(deployment) = target else {
         let decision = Decision {
             desired: 0,
@@ -684,58 +681,34 @@ fn plan(
                 ),
             )],
         };
-        status["conditions"] = json!(conditions(
-            &decision,
-            previous.and_then(|s| s.get("conditions")),
-            &now_text
-        ));
+        status.conditions = conditions(&decision, previous_conditions, &now_text);
         return finish(hpa, status, writes, &decision);
     };
-    let current = deployment
-        .pointer("/spec/replicas")
-        .and_then(Value::as_i64)
-        .and_then(|r| i32::try_from(r).ok())
-        .unwrap_or(0);
-    let selector: LabelSelector = deployment
-        .pointer("/spec/selector")
-        .cloned()
-        .and_then(|s| serde_json::from_value(s).ok())
-        .unwrap_or_default();
+    let current = deployment.spec.replicas;
+    let selector = &deployment.spec.selector;
     let pods: Vec<PodSample> = snapshot
-        .list(&PODS, Some(namespace))
-        .filter(|p| !selector.is_empty() && selector.matches(&labels_of(p)))
+        .list::<Pod>(Some(namespace))
+        .filter(|p| !selector.is_empty() && selector.matches(&p.metadata.labels))
         .map(|p| pod_sample(p, view.pod(p)))
         .collect();
     let entries = history
-        .entry(uid_of(hpa).to_owned())
+        .entry(hpa.metadata.uid.clone())
         .or_insert_with(|| vec![(ctx.now, current)]);
-    let windows = windows(&spec, ctx);
-    let decision = decide(&spec, current, &pods, entries, ctx.now, windows);
+    let windows = windows(spec, ctx);
+    let decision = decide(spec, current, &pods, entries, ctx.now, windows);
     if let Some(recommendation) = decision.recommendation {
         let keep = windows.up.max(windows.down);
         entries.retain(|(at, _)| *at > ctx.now.saturating_sub(keep));
         entries.push((ctx.now, recommendation));
     }
-    status["currentReplicas"] = deployment
-        .pointer("/status/replicas")
-        .cloned()
-        .unwrap_or(json!(0));
-    status["desiredReplicas"] = json!(decision.desired);
-    if !decision.current_metrics.is_empty() {
-        status["currentMetrics"] = json!(decision.current_metrics);
-    }
-    status["conditions"] = json!(conditions(
-        &decision,
-        previous.and_then(|s| s.get("conditions")),
-        &now_text
-    ));
+    status.current_replicas = deployment.status.as_ref().map_or(0, |s| s.replicas);
+    status.desired_replicas = decision.desired;
+    status.current_metrics.clone_from(&decision.current_metrics);
+    status.conditions = conditions(&decision, previous_conditions, &now_text);
     if decision.desired != current {
         let mut scaled = deployment.clone();
-        scaled["spec"]["replicas"] = json!(decision.desired);
-        writes.push(Write::Update {
-            rt: &DEPLOYMENTS,
-            object: scaled,
-        });
+        scaled.spec.replicas = decision.desired;
+        writes.push(Write::update(scaled));
         writes.push(Write::Event {
             involved: reference(hpa),
             reason: "SuccessfulRescale".to_owned(),
@@ -745,19 +718,26 @@ fn plan(
             ),
             type_: "Normal",
         });
-        status["lastScaleTime"] = json!(now_text);
+        status.last_scale_time = now_text;
     }
     finish(hpa, status, writes, &decision)
 }
 
 /// Adds the status write when it changed, and a warning event when scaling stopped
 /// working (only on the transition, not every sync).
-fn finish(hpa: &Value, status: Value, mut writes: Vec<Write>, decision: &Decision) -> Outcome {
+fn finish(
+    hpa: &HorizontalPodAutoscaler,
+    status: HorizontalPodAutoscalerStatus,
+    mut writes: Vec<Write>,
+    decision: &Decision,
+) -> Outcome {
     let was_failing = |type_: &str| {
-        hpa.pointer("/status/conditions")
-            .and_then(Value::as_array)
-            .and_then(|c| c.iter().find(|c| c["type"] == type_))
-            .is_some_and(|c| c["status"] == "False")
+        hpa.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == type_)
+                .is_some_and(|c| c.status == "False")
+        })
     };
     for (type_, state, reason, message) in &decision.conditions {
         // ScalingLimited=False is the good case; the others being False is a problem.
@@ -771,13 +751,10 @@ fn finish(hpa: &Value, status: Value, mut writes: Vec<Write>, decision: &Decisio
             });
         }
     }
-    if hpa.get("status") != Some(&status) {
+    if hpa.status.as_ref() != Some(&status) {
         let mut updated = hpa.clone();
-        updated["status"] = status;
-        writes.push(Write::UpdateStatus {
-            rt: &HPAS,
-            object: updated,
-        });
+        updated.status = Some(status);
+        writes.push(Write::update_status(updated));
     }
     Outcome {
         writes,
@@ -787,14 +764,21 @@ fn finish(hpa: &Value, status: Value, mut writes: Vec<Write>, decision: &Decisio
 
 #[cfg(test)]
 mod tests {
+    // Fixtures are manifests, edited field by field as a user edits one (see
+    // `fixtures`): JSON until they are decoded into a snapshot.
+    use serde_json::{Value, json};
+
     use super::*;
+    use crate::{
+        controllers::fixtures::typed,
+        objects::{Kind as _, Object},
+    };
 
     fn spec(min: i32, max: i32, metrics: Value) -> HorizontalPodAutoscalerSpec {
-        serde_json::from_value(json!({
+        typed(json!({
             "scaleTargetRef": {"kind": "Deployment", "name": "web"},
             "minReplicas": min, "maxReplicas": max, "metrics": metrics,
         }))
-        .expect("spec")
     }
 
     fn cpu(percent: i32) -> Value {
@@ -862,8 +846,11 @@ mod tests {
             "cpu resource utilization (percentage of request) above target"
         );
         assert_eq!(
-            d.current_metrics[0]["resource"]["current"]["averageUtilization"],
-            90
+            d.current_metrics[0]
+                .resource
+                .as_ref()
+                .and_then(|r| r.current.average_utilization),
+            Some(90)
         );
     }
 
@@ -887,8 +874,11 @@ mod tests {
         );
         let d = decision(&s, 2, &pods(&[Some((90, 25.0)), Some((90, 35.0))]));
         assert_eq!(
-            d.current_metrics[1]["pods"]["current"]["averageValue"],
-            "30"
+            d.current_metrics[1]
+                .pods
+                .as_ref()
+                .and_then(|p| p.current.average_value.as_deref()),
+            Some("30")
         );
     }
 
@@ -979,11 +969,12 @@ mod tests {
     #[test]
     fn own_status_writes_do_not_retrigger_but_unseen_autoscalers_do() {
         let autoscaler = Autoscaler::new(Usage::default());
-        let hpa = json!({"metadata": {"name": "web", "namespace": "default", "uid": "h1", "generation": 2},
-            "status": {"observedGeneration": 2}});
-        let change = |object: &Value, deleted| Change {
-            key: crate::registry::key(&HPAS, "default", "web"),
-            object: std::sync::Arc::new(object.clone()),
+        let hpa: HorizontalPodAutoscaler = typed(
+            json!({"metadata": {"name": "web", "namespace": "default", "uid": "h1", "generation": 2},
+            "status": {"observedGeneration": 2}}),
+        );
+        let change = |object: &HorizontalPodAutoscaler, deleted| Change {
+            object: std::sync::Arc::new(object.clone().into_object()),
             deleted,
             previous: None,
         };
@@ -1004,7 +995,7 @@ mod tests {
         );
         // A spec change: at once.
         let mut edited = hpa.clone();
-        edited["metadata"]["generation"] = json!(3);
+        edited.metadata.generation = 3;
         assert_eq!(
             autoscaler
                 .affected(&change(&edited, false), &snapshot)
@@ -1026,20 +1017,23 @@ mod tests {
             controllers::Settings,
             usage::{NodeFigures, UsageView},
         };
-        let hpa = json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+        let hpa: HorizontalPodAutoscaler = typed(
+            json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
             "metadata": {"name": "web", "namespace": "default", "uid": "h1", "generation": 1},
             "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "web"}, "minReplicas": 1,
-                "maxReplicas": 10, "metrics": cpu(50)}});
-        let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                "maxReplicas": 10, "metrics": cpu(50)}}),
+        );
+        let deployment: Deployment = typed(json!({"apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {"name": "web", "namespace": "default", "uid": "d1", "resourceVersion": "7"},
             "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
                 "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}},
-            "status": {"replicas": 2}});
+            "status": {"replicas": 2}}));
         let pod = |i: u32| {
-            json!({"apiVersion": "v1", "kind": "Pod",
+            typed::<Pod>(json!({"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": format!("web-{i}"), "namespace": "default", "uid": format!("p{i}"), "labels": {"app": "web"}},
             "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "i", "resources": {"requests": {"cpu": "100m"}}}]},
-            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}})
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}}))
+            .into_object()
         };
         let figures = |i: u32| PodFigures {
             namespace: "default".to_owned(),
@@ -1059,13 +1053,13 @@ mod tests {
                 backends: BTreeMap::new(),
             },
         )]));
-        let snapshot_of = |hpa: &Value, deployment: Value| {
+        let snapshot_of = |hpa: &HorizontalPodAutoscaler, deployment: Deployment| {
             Snapshot::from_objects(
                 vec![
-                    (&HPAS, hpa.clone()),
-                    (&DEPLOYMENTS, deployment),
-                    (&PODS, pod(1)),
-                    (&PODS, pod(2)),
+                    hpa.clone().into_object(),
+                    deployment.into_object(),
+                    pod(1),
+                    pod(2),
                 ],
                 1,
             )
@@ -1078,44 +1072,42 @@ mod tests {
         let mut history = HashMap::new();
         let outcome = plan(&hpa, &snapshot, &ctx, &view, &mut history);
         let [
-            Write::Update { object, .. },
+            Write::Update(Object::Deployment(object)),
             Write::Event { message, .. },
-            Write::UpdateStatus { object: status, .. },
+            Write::UpdateStatus(Object::HorizontalPodAutoscaler(status)),
         ] = outcome.writes.as_slice()
         else {
             panic!("{outcome:?}")
         };
-        assert_eq!(object["spec"]["replicas"], 4);
+        assert_eq!(object.spec.replicas, 4);
         assert_eq!(
-            object["metadata"]["resourceVersion"], "7",
+            object.metadata.resource_version, "7",
             "computed from that version"
         );
         assert_eq!(
             message,
             "New size: 4; reason: cpu resource utilization (percentage of request) above target"
         );
-        assert_eq!(status["status"]["desiredReplicas"], 4);
-        assert_eq!(status["status"]["lastScaleTime"], util::rfc3339(1000));
+        let reported = status.status.as_ref().expect("a status");
+        assert_eq!(reported.desired_replicas, 4);
+        assert_eq!(reported.last_scale_time, util::rfc3339(1000));
 
         // Once the deployment has 4 and the status is written, the same figures change nothing.
         let mut deployment = snapshot
-            .get(&DEPLOYMENTS, "default", "web")
+            .get::<Deployment>("default", "web")
             .expect("d")
             .clone();
-        deployment["spec"]["replicas"] = json!(4);
+        deployment.spec.replicas = 4;
         let hpa = status.clone();
         let snapshot = snapshot_of(&hpa, deployment);
         // The two pods at 90% against 50% propose ceil(2 × 1.8) = 4: the current size.
         let first = plan(&hpa, &snapshot, &ctx, &view, &mut history);
         assert!(
-            first
-                .writes
-                .iter()
-                .all(|w| !matches!(w, Write::Update { .. })),
+            first.writes.iter().all(|w| !matches!(w, Write::Update(_))),
             "{first:?}"
         );
         let settled = match first.writes.as_slice() {
-            [Write::UpdateStatus { object, .. }] => object.clone(),
+            [Write::UpdateStatus(Object::HorizontalPodAutoscaler(object))] => object.clone(),
             [] => hpa.clone(),
             other => panic!("{other:?}"),
         };

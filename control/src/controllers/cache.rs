@@ -6,19 +6,18 @@
 use std::{sync::Arc, time::Duration};
 
 use berth_api::ResourceType;
-use serde::de::DeserializeOwned;
-use serde_json::Value;
 use tokio::sync::{RwLock, mpsc, watch};
 
-use super::index::{Index, Kind};
+use super::index::Index;
 use crate::{
-    registry::{decode_stored, key, prefix},
-    store::{EventKind, Revision, Store, StoreError},
+    objects::{Kind, Object, key, prefix},
+    store::{EventKind, KeyValue, Revision, Store, StoreError},
 };
 
-type Objects = imbl::OrdMap<String, Arc<Value>>;
+type Objects = imbl::OrdMap<String, Arc<Object>>;
 
-/// An immutable view of every object at one revision.
+/// An immutable view of every object at one revision, each decoded once to its kind's
+/// type when the cache applied it.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     /// A persistent map of shared objects: the cache changes its map while reconciles
@@ -34,8 +33,8 @@ pub struct Snapshot {
 impl Snapshot {
     fn new(objects: Objects, revision: Revision) -> Self {
         let mut index = Index::default();
-        for (key, object) in &objects {
-            index.count(Kind::of_key(key), object, true);
+        for object in objects.values() {
+            index.count(object, true);
         }
         Self {
             objects,
@@ -49,67 +48,64 @@ impl Snapshot {
     }
 
     /// Stores `object` under `key`; returns what it replaced.
-    fn insert(&mut self, key: String, object: Arc<Value>) -> Option<Arc<Value>> {
-        let kind = Kind::of_key(&key);
+    fn insert(&mut self, key: String, object: Arc<Object>) -> Option<Arc<Object>> {
         let previous = self.objects.insert(key, Arc::clone(&object));
         // The old version leaves first: a Node keeps its place under the same name.
         if let Some(previous) = &previous {
-            self.index.count(kind, previous, false);
+            self.index.count(previous, false);
         }
-        self.index.count(kind, &object, true);
+        self.index.count(&object, true);
         previous
     }
 
-    fn remove(&mut self, key: &str) -> Option<Arc<Value>> {
+    fn remove(&mut self, key: &str) -> Option<Arc<Object>> {
         let previous = self.objects.remove(key);
         if let Some(previous) = &previous {
-            self.index.count(Kind::of_key(key), previous, false);
+            self.index.count(previous, false);
         }
         previous
     }
 
-    pub fn get(&self, rt: &ResourceType, namespace: &str, name: &str) -> Option<&Value> {
-        self.objects.get(&key(rt, namespace, name)).map(|v| &**v)
+    pub fn get<K: Kind>(&self, namespace: &str, name: &str) -> Option<&K> {
+        self.get_any(K::resource_type(), namespace, name)
+            .and_then(K::of)
     }
 
     /// Objects of a kind, in one namespace or (None) all of them, in key order.
-    pub fn list<'a>(
+    pub fn list<'a, K: Kind>(
+        &'a self,
+        namespace: Option<&str>,
+    ) -> impl Iterator<Item = &'a K> + 'a {
+        self.list_any(K::resource_type(), namespace)
+            .filter_map(K::of)
+    }
+
+    /// [`Self::get`] of a kind known only at run time (an owner reference's).
+    pub fn get_any(&self, rt: &ResourceType, namespace: &str, name: &str) -> Option<&Object> {
+        self.objects.get(&key(rt, namespace, name)).map(|o| &**o)
+    }
+
+    /// [`Self::list`] of a kind known only at run time (every kind of a namespace).
+    pub fn list_any<'a>(
         &'a self,
         rt: &ResourceType,
         namespace: Option<&str>,
-    ) -> impl Iterator<Item = &'a Value> + 'a {
+    ) -> impl Iterator<Item = &'a Object> + 'a {
         let prefix = prefix(rt, namespace);
         self.objects
             .range::<_, String>(prefix.clone()..)
             .take_while(move |(k, _)| k.starts_with(&prefix))
-            .map(|(_, v)| &**v)
+            .map(|(_, o)| &**o)
     }
 
-    /// Typed objects of a kind; objects that do not decode are skipped (they were
-    /// validated on write, so this only happens across incompatible upgrades).
-    pub fn typed<T: DeserializeOwned>(&self, rt: &ResourceType, namespace: Option<&str>) -> Vec<T> {
-        self.list(rt, namespace)
-            .filter_map(|v| T::deserialize(v).ok())
-            .collect()
-    }
-
-    /// For tests and hollow setups: a snapshot from objects, keyed like the store.
-    pub fn from_objects(
-        objects: impl IntoIterator<Item = (&'static ResourceType, Value)>,
-        revision: Revision,
-    ) -> Self {
+    /// For tests: a snapshot from objects, keyed like the store.
+    #[cfg(test)]
+    pub fn from_objects(objects: impl IntoIterator<Item = Object>, revision: Revision) -> Self {
         let objects = objects
             .into_iter()
-            .map(|(rt, v)| {
-                let ns = v
-                    .pointer("/metadata/namespace")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
-                let name = v
-                    .pointer("/metadata/name")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
-                (key(rt, ns, name), Arc::new(v))
+            .map(|object| {
+                let key = key(object.resource_type(), object.namespace(), object.name());
+                (key, Arc::new(object))
             })
             .collect();
         Self::new(objects, revision)
@@ -120,13 +116,32 @@ impl Snapshot {
 /// Objects are shared with the snapshot, and a change with every lane of controllers.
 #[derive(Debug, Clone)]
 pub struct Change {
-    pub key: String,
-    pub object: Arc<Value>,
+    pub object: Arc<Object>,
     pub deleted: bool,
     /// The object as the cache had it before, None if it had not (a creation, or the
     /// first list). It lets a reconciler tell which fields changed: a node's heartbeat
     /// rewrites its status every few seconds, and only some of those writes matter.
-    pub previous: Option<Arc<Value>>,
+    pub previous: Option<Arc<Object>>,
+}
+
+impl Change {
+    /// The changed object, if it is of kind `K`.
+    pub fn as_kind<K: Kind>(&self) -> Option<&K> {
+        K::of(&self.object)
+    }
+
+    /// The object before the change, if there was one and it is of kind `K`.
+    pub fn previous_as<K: Kind>(&self) -> Option<&K> {
+        self.previous.as_deref().and_then(K::of)
+    }
+
+    /// (namespace, name) of the changed object.
+    pub fn key(&self) -> (String, String) {
+        (
+            self.object.namespace().to_owned(),
+            self.object.name().to_owned(),
+        )
+    }
 }
 
 /// Where the cache sends what it applied: one receiver per lane of controllers.
@@ -148,10 +163,9 @@ impl Cache {
         let (revision, _) = watch::channel(initial.revision);
         let all = initial
             .objects
-            .iter()
-            .map(|(k, v)| Change {
-                key: k.clone(),
-                object: Arc::clone(v),
+            .values()
+            .map(|object| Change {
+                object: Arc::clone(object),
                 deleted: false,
                 previous: None,
             })
@@ -222,7 +236,7 @@ impl Cache {
         let mut applied = Vec::with_capacity(events.len());
         for event in events {
             snapshot.revision = event.revision();
-            let Ok(object) = decode_stored(&event.kv) else {
+            let Some(object) = decode(&event.kv) else {
                 continue;
             };
             let deleted = event.kind == EventKind::Delete;
@@ -233,7 +247,6 @@ impl Cache {
                 snapshot.insert(event.kv.key.clone(), Arc::clone(&object))
             };
             applied.push(Change {
-                key: event.kv.key,
                 object,
                 deleted,
                 previous,
@@ -251,15 +264,13 @@ impl Cache {
             .objects
             .iter()
             .filter(|(k, _)| !fresh.objects.contains_key(*k))
-            .map(|(k, v)| Change {
-                key: k.clone(),
+            .map(|(_, v)| Change {
                 object: Arc::clone(v),
                 deleted: true,
                 previous: Some(Arc::clone(v)),
             })
             .collect();
         changes.extend(fresh.objects.iter().map(|(k, v)| Change {
-            key: k.clone(),
             object: Arc::clone(v),
             deleted: false,
             previous: guard.objects.get(k).cloned(),
@@ -289,42 +300,53 @@ async fn list_all(store: &Arc<dyn Store>) -> Result<Snapshot, StoreError> {
         .map_err(|e| StoreError::Backend(e.to_string()))??;
     let objects = kvs
         .iter()
-        .filter_map(|kv| {
-            decode_stored(kv)
-                .ok()
-                .map(|v| (kv.key.clone(), Arc::new(v)))
-        })
+        .filter_map(|kv| decode(kv).map(|object| (kv.key.clone(), Arc::new(object))))
         .collect();
     Ok(Snapshot::new(objects, revision))
 }
 
+/// The object at `kv`; None for keys that hold none. An object that does not decode was
+/// validated on write, so only an incompatible upgrade gets here: it is left out, as if
+/// it were not there, and said so.
+fn decode(kv: &KeyValue) -> Option<Object> {
+    match Object::decode(kv)? {
+        Ok(object) => Some(object),
+        Err(e) => {
+            tracing::warn!("the controllers' cache leaves out an object: {e}");
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use berth_api::core::{Node, Pod, PodStatus};
     use serde_json::json;
 
     use super::*;
-    use crate::controllers::{NODES, PODS};
+    use crate::controllers::fixtures::typed;
 
-    fn node(name: &str, ready: bool) -> Value {
-        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
+    fn node(name: &str, ready: bool) -> Node {
+        typed(
+            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
             "status": {"allocatable": {"cpu": "4", "memory": "8Gi"},
-                "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}})
+                "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}}),
+        )
     }
 
-    fn pod(name: &str, owner: &str, cpu: &str) -> Value {
-        json!({"apiVersion": "v1", "kind": "Pod",
+    fn pod(name: &str, owner: &str, cpu: &str) -> Pod {
+        typed(json!({"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "namespace": "default",
                 "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": owner, "uid": owner, "controller": true}]},
             "spec": {"containers": [{"name": "c", "image": "i",
-                "resources": {"requests": {"cpu": cpu, "memory": "64Mi"}}}]}})
+                "resources": {"requests": {"cpu": cpu, "memory": "64Mi"}}}]}}))
     }
 
     /// Applies `object` (or deletes it) as the cache does, then checks the index kept
     /// up to date change by change against one computed afresh from the same objects.
-    fn step(snapshot: &mut Snapshot, rt: &'static ResourceType, object: Value, delete: bool) {
-        let ns = object["metadata"]["namespace"].as_str().unwrap_or_default();
-        let name = object["metadata"]["name"].as_str().unwrap_or_default();
-        let key = key(rt, ns, name);
+    fn step(snapshot: &mut Snapshot, object: impl Kind, delete: bool) {
+        let object = object.into_object();
+        let key = key(object.resource_type(), object.namespace(), object.name());
         if delete {
             snapshot.remove(&key);
         } else {
@@ -337,23 +359,23 @@ mod tests {
     #[test]
     fn the_index_kept_change_by_change_equals_a_full_recount() {
         let mut snapshot = Snapshot::default();
-        step(&mut snapshot, &NODES, node("a", true), false);
-        step(&mut snapshot, &NODES, node("b", true), false);
-        let pods: Vec<Value> = (0..6)
+        step(&mut snapshot, node("a", true), false);
+        step(&mut snapshot, node("b", true), false);
+        let pods: Vec<Pod> = (0..6)
             .map(|i| pod(&format!("p{i}"), ["rs1", "rs2"][i % 2], "250m"))
             .collect();
         for p in &pods {
-            step(&mut snapshot, &PODS, p.clone(), false);
+            step(&mut snapshot, p.clone(), false);
         }
         // Bound, then running and ready.
         let mut bound = Vec::new();
         for (i, p) in pods.iter().enumerate() {
             let mut p = p.clone();
-            p["spec"]["nodeName"] = json!(["a", "b"][i % 3 % 2]);
-            step(&mut snapshot, &PODS, p.clone(), false);
-            p["status"] = json!({"phase": "Running",
-                "conditions": [{"type": "Ready", "status": "True"}]});
-            step(&mut snapshot, &PODS, p.clone(), false);
+            p.spec.node_name = ["a", "b"][i % 3 % 2].to_owned();
+            step(&mut snapshot, p.clone(), false);
+            p.status = Some(typed::<PodStatus>(json!({"phase": "Running",
+                "conditions": [{"type": "Ready", "status": "True"}]})));
+            step(&mut snapshot, p.clone(), false);
             bound.push(p);
         }
         let index = snapshot.index();
@@ -363,24 +385,26 @@ mod tests {
         assert_eq!(index.spread("rs2").map(|(_, n)| n).sum::<usize>(), 3);
         // One finishes, one is being deleted, one goes, a node changes and one goes.
         let mut done = bound[0].clone();
-        done["status"]["phase"] = json!("Succeeded");
-        step(&mut snapshot, &PODS, done, false);
+        if let Some(status) = done.status.as_mut() {
+            status.phase = "Succeeded".to_owned();
+        }
+        step(&mut snapshot, done, false);
         let mut leaving = bound[1].clone();
-        leaving["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
-        step(&mut snapshot, &PODS, leaving, false);
-        step(&mut snapshot, &PODS, bound[2].clone(), true);
-        step(&mut snapshot, &NODES, node("a", false), false);
-        step(&mut snapshot, &NODES, node("b", true), true);
+        leaving.metadata.deletion_timestamp = "2026-01-01T00:00:00Z".to_owned();
+        step(&mut snapshot, leaving, false);
+        step(&mut snapshot, bound[2].clone(), true);
+        step(&mut snapshot, node("a", false), false);
+        step(&mut snapshot, node("b", true), true);
         let index = snapshot.index();
         assert_eq!(index.replicas("default", "rs1").active, 1);
         assert_eq!(index.replicas("default", "rs2").active, 2);
         assert_eq!(index.nodes().count(), 1);
         // Everything gone: nothing left behind.
         for p in &bound[1..] {
-            step(&mut snapshot, &PODS, p.clone(), true);
+            step(&mut snapshot, p.clone(), true);
         }
-        step(&mut snapshot, &PODS, bound[0].clone(), true);
-        step(&mut snapshot, &NODES, node("a", true), true);
+        step(&mut snapshot, bound[0].clone(), true);
+        step(&mut snapshot, node("a", true), true);
         assert_eq!(snapshot.index(), &Index::default());
     }
 }

@@ -2,16 +2,20 @@
 //! rolling update bounded by maxSurge/maxUnavailable (or Recreate), old ReplicaSets
 //! pruned to revisionHistoryLimit, and the Deployment's status.
 
-use berth_api::ResourceType;
-use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+use berth_api::{
+    apps::{
+        Deployment, DeploymentStatus, PodTemplateSpec, REVISION_ANNOTATION, ReplicaSet,
+        ReplicaSetSpec,
+    },
+    core::{Condition, IntOrString, Pod},
+    meta::ObjectMeta,
+};
 
 use super::{
-    Change, Context, DEPLOYMENTS, Outcome, PODS, REPLICASETS, Reconciler, Snapshot, Write,
-    controller_of, is_kind, owner_reference, uid_of,
-};
-use crate::{
-    registry::{name_of, namespace_of},
-    util,
+    Change, Context, Outcome, Reconciler, Snapshot, Write, controller_of, controller_uid,
+    owner_reference,
 };
 
 pub struct DeploymentController;
@@ -20,40 +24,44 @@ pub struct DeploymentController;
 pub const TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
 
 impl Reconciler for DeploymentController {
+    type Object = Deployment;
+
     fn name(&self) -> &'static str {
         "deployment"
     }
 
-    fn kind(&self) -> &'static ResourceType {
-        &DEPLOYMENTS
-    }
-
     fn affected(&self, change: &Change, _snapshot: &Snapshot) -> Vec<(String, String)> {
-        if is_kind(change, &DEPLOYMENTS) {
-            return vec![(
-                namespace_of(&change.object).to_owned(),
-                name_of(&change.object).to_owned(),
-            )];
+        if change.as_kind::<Deployment>().is_some() {
+            return vec![change.key()];
         }
-        if is_kind(change, &REPLICASETS)
-            && let Some(("Deployment", owner, _)) = controller_of(&change.object)
+        if let Some(rs) = change.as_kind::<ReplicaSet>()
+            && let Some(owner) = controller_of(&rs.metadata)
+            && owner.kind == "Deployment"
         {
-            return vec![(namespace_of(&change.object).to_owned(), owner.to_owned())];
+            return vec![(rs.metadata.namespace.clone(), owner.name.clone())];
         }
         Vec::new()
     }
 
-    fn reconcile(&self, deployment: &Value, snapshot: &Snapshot, _ctx: &Context) -> Outcome {
+    fn reconcile(&self, deployment: &Deployment, snapshot: &Snapshot, _ctx: &Context) -> Outcome {
         Outcome::writes(plan(deployment, snapshot))
     }
 }
 
-fn int(value: &Value, pointer: &str) -> i64 {
-    value.pointer(pointer).and_then(Value::as_i64).unwrap_or(0)
+fn replicas(rs: &ReplicaSet) -> i64 {
+    rs.spec.replicas.into()
+}
+
+fn status_replicas(rs: &ReplicaSet) -> i64 {
+    rs.status.as_ref().map_or(0, |s| s.replicas.into())
+}
+
+fn ready_replicas(rs: &ReplicaSet) -> i64 {
+    rs.status.as_ref().map_or(0, |s| s.ready_replicas.into())
 }
 
 /// An absolute number or a percentage of `total`, rounded up or down.
-fn scaled(value: Option<&Value>, total: i64, round_up: bool, default_percent: i64) -> i64 {
+fn scaled(value: Option<&IntOrString>, total: i64, round_up: bool, default_percent: i64) -> i64 {
     let percent = |p: i64| {
         let exact = total * p;
         if round_up {
@@ -63,84 +71,84 @@ fn scaled(value: Option<&Value>, total: i64, round_up: bool, default_percent: i6
         }
     };
     match value {
-        Some(Value::Number(n)) => n.as_i64().unwrap_or(0),
-        Some(Value::String(s)) => s
+        Some(IntOrString::Int(n)) => (*n).into(),
+        Some(IntOrString::String(s)) => s
             .strip_suffix('%')
             .and_then(|p| p.parse().ok())
             .map_or(0, percent),
-        _ => percent(default_percent),
+        None => percent(default_percent),
     }
 }
 
-fn plan(deployment: &Value, snapshot: &Snapshot) -> Vec<Write> {
-    let namespace = namespace_of(deployment);
-    let uid = uid_of(deployment);
-    let desired = int(deployment, "/spec/replicas");
-    let template = deployment
-        .pointer("/spec/template")
-        .cloned()
-        .unwrap_or(json!({}));
-    let hash = util::template_hash(&template);
-    let new_name = format!("{}-{hash}", name_of(deployment));
+fn plan(deployment: &Deployment, snapshot: &Snapshot) -> Vec<Write> {
+    let namespace = &deployment.metadata.namespace;
+    let uid = &deployment.metadata.uid;
+    let spec = &deployment.spec;
+    let desired = i64::from(spec.replicas);
+    let hash = spec.template.hash();
+    let new_name = format!("{}-{hash}", deployment.metadata.name);
 
-    let mut owned: Vec<&Value> = snapshot
-        .list(&REPLICASETS, Some(namespace))
-        .filter(|rs| controller_of(rs).is_some_and(|(_, _, owner)| owner == uid))
+    let mut owned: Vec<&ReplicaSet> = snapshot
+        .list::<ReplicaSet>(Some(namespace))
+        .filter(|rs| controller_uid(&rs.metadata) == Some(uid.as_str()))
         .collect();
-    owned.sort_by_key(|rs| {
-        rs.pointer("/metadata/creationTimestamp")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned()
+    owned.sort_by(|a, b| {
+        a.metadata
+            .creation_timestamp
+            .cmp(&b.metadata.creation_timestamp)
     });
-    let new_rs = owned.iter().find(|rs| name_of(rs) == new_name).copied();
-    let old: Vec<&Value> = owned
+    let new_rs = owned
         .iter()
-        .filter(|rs| name_of(rs) != new_name)
+        .find(|rs| rs.metadata.name == new_name)
+        .copied();
+    let old: Vec<&ReplicaSet> = owned
+        .iter()
+        .filter(|rs| rs.metadata.name != new_name)
         .copied()
         .collect();
-    let old_replicas: i64 = old.iter().map(|rs| int(rs, "/spec/replicas")).sum();
+    let old_replicas: i64 = old.iter().map(|rs| replicas(rs)).sum();
 
     let Some(new_rs) = new_rs else {
         // First rollout (or nothing old left running) starts at full size.
         let replicas = if old_replicas == 0 { desired } else { 0 };
-        return vec![Write::Create {
-            rt: &REPLICASETS,
-            object: new_replica_set(deployment, &template, &new_name, &hash, replicas),
-        }];
+        return vec![Write::create(new_replica_set(
+            deployment,
+            &spec.template,
+            &new_name,
+            &hash,
+            replicas,
+        ))];
     };
 
-    let set_replicas = |rs: &Value, replicas: i64| {
+    let set_replicas = |rs: &ReplicaSet, replicas: i64| {
         let mut updated = rs.clone();
-        updated["spec"]["replicas"] = json!(replicas);
-        Write::Update {
-            rt: &REPLICASETS,
-            object: updated,
-        }
+        updated.spec.replicas = i32::try_from(replicas).unwrap_or(i32::MAX);
+        Write::update(updated)
     };
-    let new_replicas = int(new_rs, "/spec/replicas");
+    let new_replicas = replicas(new_rs);
     let mut writes = Vec::new();
-    let recreate = deployment
-        .pointer("/spec/strategy/type")
-        .and_then(Value::as_str)
-        == Some("Recreate");
-    if deployment.pointer("/spec/paused").and_then(Value::as_bool) == Some(true) {
+    if spec.paused {
         // Paused: keep everything as it is, report only.
-    } else if recreate {
+    } else if spec.strategy.type_ == "Recreate" {
         if old_replicas > 0 {
             writes.extend(
                 old.iter()
-                    .filter(|rs| int(rs, "/spec/replicas") > 0)
+                    .filter(|rs| replicas(rs) > 0)
                     .map(|rs| set_replicas(rs, 0)),
             );
         } else if old_pods_remaining(snapshot, namespace, &old) == 0 && new_replicas != desired {
             writes.push(set_replicas(new_rs, desired));
         }
     } else {
-        let rolling = deployment.pointer("/spec/strategy/rollingUpdate");
-        let mut surge = scaled(rolling.and_then(|r| r.get("maxSurge")), desired, true, 25);
+        let rolling = spec.strategy.rolling_update.as_ref();
+        let mut surge = scaled(
+            rolling.and_then(|r| r.max_surge.as_ref()),
+            desired,
+            true,
+            25,
+        );
         let unavailable = scaled(
-            rolling.and_then(|r| r.get("maxUnavailable")),
+            rolling.and_then(|r| r.max_unavailable.as_ref()),
             desired,
             false,
             25,
@@ -158,17 +166,14 @@ fn plan(deployment: &Value, snapshot: &Snapshot) -> Vec<Write> {
         }
         // Scale old ReplicaSets down only as far as availability allows; their pods
         // that are not ready count as already unavailable and can go at once.
-        let ready_total: i64 = owned
-            .iter()
-            .map(|rs| int(rs, "/status/readyReplicas"))
-            .sum();
+        let ready_total: i64 = owned.iter().map(|rs| ready_replicas(rs)).sum();
         let mut removable = (ready_total - (desired - unavailable)).max(0);
         for rs in &old {
-            let replicas = int(rs, "/spec/replicas");
+            let replicas = replicas(rs);
             if replicas == 0 {
                 continue;
             }
-            let unready = (replicas - int(rs, "/status/readyReplicas")).max(0);
+            let unready = (replicas - ready_replicas(rs)).max(0);
             let from_ready = (replicas - unready).min(removable);
             removable -= from_ready;
             let remove = (unready + from_ready).min(replicas);
@@ -184,133 +189,156 @@ fn plan(deployment: &Value, snapshot: &Snapshot) -> Vec<Write> {
     writes
 }
 
-fn old_pods_remaining(snapshot: &Snapshot, namespace: &str, old: &[&Value]) -> usize {
+fn old_pods_remaining(snapshot: &Snapshot, namespace: &str, old: &[&ReplicaSet]) -> usize {
     snapshot
-        .list(&PODS, Some(namespace))
+        .list::<Pod>(Some(namespace))
         .filter(|p| {
-            controller_of(p).is_some_and(|(_, _, owner)| old.iter().any(|rs| uid_of(rs) == owner))
+            controller_uid(&p.metadata)
+                .is_some_and(|owner| old.iter().any(|rs| rs.metadata.uid == owner))
         })
         .count()
 }
 
 fn new_replica_set(
-    deployment: &Value,
-    template: &Value,
+    deployment: &Deployment,
+    template: &PodTemplateSpec,
     name: &str,
     hash: &str,
     replicas: i64,
-) -> Value {
+) -> ReplicaSet {
     let mut template = template.clone();
-    template["metadata"]["labels"][TEMPLATE_HASH_LABEL] = json!(hash);
-    let mut selector = deployment
-        .pointer("/spec/selector")
+    template
+        .metadata
+        .labels
+        .insert(TEMPLATE_HASH_LABEL.to_owned(), hash.to_owned());
+    let mut selector = deployment.spec.selector.clone();
+    selector
+        .match_labels
+        .insert(TEMPLATE_HASH_LABEL.to_owned(), hash.to_owned());
+    let revision = deployment
+        .metadata
+        .annotations
+        .get(REVISION_ANNOTATION)
         .cloned()
-        .unwrap_or(json!({}));
-    selector["matchLabels"][TEMPLATE_HASH_LABEL] = json!(hash);
-    let mut labels = template
-        .pointer("/metadata/labels")
-        .cloned()
-        .unwrap_or(json!({}));
-    labels[TEMPLATE_HASH_LABEL] = json!(hash);
-    json!({
-        "apiVersion": "apps/v1",
-        "kind": "ReplicaSet",
-        "metadata": {
-            "name": name,
-            "namespace": namespace_of(deployment),
-            "labels": labels,
-            "annotations": {
-                berth_api::apps::REVISION_ANNOTATION: deployment
-                    .pointer(&format!("/metadata/annotations/{}", berth_api::apps::REVISION_ANNOTATION.replace('/', "~1")))
-                    .cloned()
-                    .unwrap_or(json!("1")),
-            },
-            "ownerReferences": [owner_reference(deployment)],
+        .unwrap_or_else(|| "1".to_owned());
+    ReplicaSet {
+        api_version: "apps/v1".to_owned(),
+        kind: "ReplicaSet".to_owned(),
+        metadata: ObjectMeta {
+            name: name.to_owned(),
+            namespace: deployment.metadata.namespace.clone(),
+            labels: template.metadata.labels.clone(),
+            annotations: BTreeMap::from([(REVISION_ANNOTATION.to_owned(), revision)]),
+            owner_references: vec![owner_reference(deployment)],
+            ..ObjectMeta::default()
         },
-        "spec": {"replicas": replicas, "selector": selector, "template": template},
-    })
+        spec: ReplicaSetSpec {
+            replicas: i32::try_from(replicas).unwrap_or(i32::MAX),
+            selector,
+            template,
+        },
+        status: None,
+    }
 }
 
-fn prune_history(deployment: &Value, old: &[&Value]) -> Vec<Write> {
-    let limit = deployment
-        .pointer("/spec/revisionHistoryLimit")
-        .and_then(Value::as_u64)
-        .unwrap_or(10) as usize;
-    let idle: Vec<&&Value> = old
+fn prune_history(deployment: &Deployment, old: &[&ReplicaSet]) -> Vec<Write> {
+    let limit = usize::try_from(deployment.spec.revision_history_limit).unwrap_or(0);
+    let idle: Vec<&&ReplicaSet> = old
         .iter()
-        .filter(|rs| int(rs, "/spec/replicas") == 0 && int(rs, "/status/replicas") == 0)
+        .filter(|rs| replicas(rs) == 0 && status_replicas(rs) == 0)
         .collect();
     let excess = idle.len().saturating_sub(limit);
     idle.into_iter()
         .take(excess)
-        .map(|rs| Write::Delete {
-            rt: &REPLICASETS,
-            namespace: namespace_of(rs).to_owned(),
-            name: name_of(rs).to_owned(),
-            force: false,
-        })
+        .map(|rs| Write::delete(*rs))
         .collect()
 }
 
-fn status_write(deployment: &Value, new_rs: &Value, owned: &[&Value]) -> Option<Write> {
-    let desired = int(deployment, "/spec/replicas");
-    let replicas: i64 = owned.iter().map(|rs| int(rs, "/status/replicas")).sum();
-    let ready: i64 = owned
-        .iter()
-        .map(|rs| int(rs, "/status/readyReplicas"))
-        .sum();
-    let updated = int(new_rs, "/status/replicas");
+fn status_write(
+    deployment: &Deployment,
+    new_rs: &ReplicaSet,
+    owned: &[&ReplicaSet],
+) -> Option<Write> {
+    let desired = deployment.spec.replicas;
+    let sum = |count: fn(&ReplicaSet) -> i64| -> i32 {
+        i32::try_from(owned.iter().map(|rs| count(rs)).sum::<i64>()).unwrap_or(i32::MAX)
+    };
+    let replicas = sum(status_replicas);
+    let ready = sum(ready_replicas);
+    let updated = i32::try_from(status_replicas(new_rs)).unwrap_or(i32::MAX);
     let available = ready >= desired;
     let complete = available && updated == desired && replicas == desired;
-    let status = json!({
-        "observedGeneration": int(deployment, "/metadata/generation"),
-        "replicas": replicas,
-        "updatedReplicas": updated,
-        "readyReplicas": ready,
-        "availableReplicas": ready,
-        "conditions": [
-            {"type": "Available", "status": if available { "True" } else { "False" },
-             "reason": if available { "MinimumReplicasAvailable" } else { "MinimumReplicasUnavailable" }},
-            {"type": "Progressing", "status": "True",
-             "reason": if complete { "NewReplicaSetAvailable" } else { "ReplicaSetUpdated" }},
+    let condition = |type_: &str, status: &str, reason: &str| Condition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        ..Condition::default()
+    };
+    let status = DeploymentStatus {
+        observed_generation: deployment.metadata.generation,
+        replicas,
+        updated_replicas: updated,
+        ready_replicas: ready,
+        available_replicas: ready,
+        conditions: vec![
+            if available {
+                condition("Available", "True", "MinimumReplicasAvailable")
+            } else {
+                condition("Available", "False", "MinimumReplicasUnavailable")
+            },
+            condition(
+                "Progressing",
+                "True",
+                if complete {
+                    "NewReplicaSetAvailable"
+                } else {
+                    "ReplicaSetUpdated"
+                },
+            ),
         ],
-    });
-    (deployment.get("status") != Some(&status)).then(|| {
+    };
+    (deployment.status.as_ref() != Some(&status)).then(|| {
         let mut object = deployment.clone();
-        object["status"] = status;
-        Write::UpdateStatus {
-            rt: &DEPLOYMENTS,
-            object,
-        }
+        object.status = Some(status);
+        Write::update_status(object)
     })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::controllers::Settings;
+    use serde_json::json;
 
-    fn deployment(image: &str, replicas: i64) -> Value {
-        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+    use super::*;
+    use crate::{
+        controllers::{Settings, fixtures::typed},
+        objects::{Kind as _, Object},
+    };
+
+    fn deployment(image: &str, replicas: i64) -> Deployment {
+        typed(json!({"apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {"name": "web", "namespace": "default", "uid": "d-uid", "generation": 1},
             "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "web"}},
                 "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
-                "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": image}]}}}})
+                "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": image}]}}}}))
     }
 
-    fn replica_set(d: &Value, replicas: i64, ready: i64, created: &str) -> Value {
-        let template = d["spec"]["template"].clone();
-        let hash = util::template_hash(&template);
-        let mut rs = new_replica_set(d, &template, &format!("web-{hash}"), &hash, replicas);
-        rs["metadata"]["uid"] = json!(format!("rs-{hash}"));
-        rs["metadata"]["creationTimestamp"] = json!(created);
-        rs["status"] = json!({"replicas": replicas, "readyReplicas": ready});
+    fn replica_set(d: &Deployment, replicas: i64, ready: i32, created: &str) -> ReplicaSet {
+        let template = &d.spec.template;
+        let hash = template.hash();
+        let mut rs = new_replica_set(d, template, &format!("web-{hash}"), &hash, replicas);
+        rs.metadata.uid = format!("rs-{hash}");
+        rs.metadata.creation_timestamp = created.to_owned();
+        rs.status = Some(berth_api::apps::ReplicaSetStatus {
+            replicas: i32::try_from(replicas).expect("small"),
+            ready_replicas: ready,
+            ..Default::default()
+        });
         rs
     }
 
-    fn run(d: &Value, sets: Vec<Value>) -> Vec<Write> {
-        let mut objects = vec![(&DEPLOYMENTS, d.clone())];
-        objects.extend(sets.into_iter().map(|rs| (&REPLICASETS, rs)));
+    fn run(d: &Deployment, sets: Vec<ReplicaSet>) -> Vec<Write> {
+        let mut objects = vec![d.clone().into_object()];
+        objects.extend(sets.into_iter().map(ReplicaSet::into_object));
         let snapshot = Snapshot::from_objects(objects, 1);
         DeploymentController
             .reconcile(
@@ -326,8 +354,8 @@ mod tests {
 
     fn replicas_of(write: &Write) -> (String, i64) {
         match write {
-            Write::Create { object, .. } | Write::Update { object, .. } => {
-                (name_of(object).to_owned(), int(object, "/spec/replicas"))
+            Write::Create(Object::ReplicaSet(rs)) | Write::Update(Object::ReplicaSet(rs)) => {
+                (rs.metadata.name.clone(), replicas(rs))
             }
             other => panic!("{other:?}"),
         }
@@ -340,12 +368,12 @@ mod tests {
         assert_eq!(writes.len(), 1);
         let (name, replicas) = replicas_of(&writes[0]);
         assert_eq!((name.starts_with("web-"), replicas), (true, 3));
-        let Write::Create { object, .. } = &writes[0] else {
+        let Write::Create(Object::ReplicaSet(rs)) = &writes[0] else {
             panic!()
         };
         assert_eq!(
-            object["spec"]["selector"]["matchLabels"][TEMPLATE_HASH_LABEL],
-            object["metadata"]["labels"][TEMPLATE_HASH_LABEL]
+            rs.spec.selector.match_labels.get(TEMPLATE_HASH_LABEL),
+            rs.metadata.labels.get(TEMPLATE_HASH_LABEL)
         );
     }
 
@@ -386,22 +414,21 @@ mod tests {
         let v2 = deployment("v2", 2);
         let new = replica_set(&v2, 2, 2, "2026-01-01T00:01:00Z");
         let writes = run(&v2, vec![new.clone()]);
-        let [Write::UpdateStatus { object, .. }] = writes.as_slice() else {
+        let [Write::UpdateStatus(Object::Deployment(object))] = writes.as_slice() else {
             panic!("{writes:?}")
         };
-        assert_eq!(object["status"]["readyReplicas"], 2);
-        assert_eq!(
-            object["status"]["conditions"][1]["reason"],
-            "NewReplicaSetAvailable"
-        );
+        let status = object.status.as_ref().expect("a status");
+        assert_eq!(status.ready_replicas, 2);
+        assert_eq!(status.conditions[1].reason, "NewReplicaSetAvailable");
         assert!(run(object, vec![new]).is_empty(), "idempotent");
     }
 
     #[test]
     fn percentages_round_like_kubernetes() {
-        assert_eq!(scaled(Some(&json!("25%")), 10, true, 0), 3);
-        assert_eq!(scaled(Some(&json!("25%")), 10, false, 0), 2);
+        let percent = |p: &str| IntOrString::String(p.to_owned());
+        assert_eq!(scaled(Some(&percent("25%")), 10, true, 0), 3);
+        assert_eq!(scaled(Some(&percent("25%")), 10, false, 0), 2);
         assert_eq!(scaled(None, 4, true, 25), 1);
-        assert_eq!(scaled(Some(&json!(2)), 10, true, 25), 2);
+        assert_eq!(scaled(Some(&IntOrString::Int(2)), 10, true, 25), 2);
     }
 }

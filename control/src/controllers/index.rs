@@ -8,15 +8,13 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{Arc, LazyLock},
+    sync::Arc,
 };
 
-use berth_api::core::{Node, parse_cpu_millis, parse_memory_bytes};
-use serde::Deserialize;
-use serde_json::Value;
+use berth_api::core::{Node, Pod, parse_cpu_millis, parse_memory_bytes};
 
-use super::{controller_of, pod_is_ready, pod_is_terminal, pod_is_terminating};
-use crate::registry::{name_of, namespace_of, prefix};
+use super::{controller_uid, pod_is_ready, pod_is_terminal, pod_is_terminating};
+use crate::objects::Object;
 
 /// What a node offers when its status does not say (hollow or just-joined nodes).
 pub const DEFAULT_CPU_MILLIS: u64 = 4_000;
@@ -42,10 +40,7 @@ pub struct NodeFit {
 }
 
 impl NodeFit {
-    /// None for a Node that does not decode (validated on write, so only across an
-    /// incompatible upgrade): the scheduler leaves it out, as if it were not there.
-    pub fn parse(value: &Value) -> Option<Self> {
-        let node = Node::deserialize(value).ok()?;
+    pub fn parse(node: &Node) -> Self {
         let ready = node.status.as_ref().is_some_and(|s| {
             s.conditions
                 .iter()
@@ -67,13 +62,13 @@ impl NodeFit {
             .and_then(|a| a.get("memory"))
             .and_then(|q| parse_memory_bytes(q).ok())
             .unwrap_or(DEFAULT_MEMORY_BYTES);
-        Some(Self {
-            name: node.metadata.name,
-            labels: node.metadata.labels,
+        Self {
+            name: node.metadata.name.clone(),
+            labels: node.metadata.labels.clone(),
             unfit,
             cpu,
             memory,
-        })
+        }
     }
 }
 
@@ -117,39 +112,24 @@ pub struct Index {
     replicas: HashMap<(String, String), Replicas>,
 }
 
-/// The node a pod is bound to ("" while pending).
-pub fn node_name(pod: &Value) -> &str {
-    pod.pointer("/spec/nodeName")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-}
-
 /// Whether the pod counts against its node's resources: bound and not finished
 /// (a terminating pod still runs, and holds what it asked for until it is gone).
-pub fn holds_resources(pod: &Value) -> bool {
-    !node_name(pod).is_empty() && !pod_is_terminal(pod)
+pub fn holds_resources(pod: &Pod) -> bool {
+    !pod.spec.node_name.is_empty() && !pod_is_terminal(pod)
 }
 
-/// What the pod's containers request: millicores and bytes, read straight from the
-/// stored object (no full decode of each pod).
-pub fn requests_of_value(pod: &Value) -> (u64, u64) {
-    let Some(containers) = pod.pointer("/spec/containers").and_then(Value::as_array) else {
-        return (0, 0);
-    };
-    containers.iter().fold((0, 0), |(cpu, mem), c| {
-        let quantity = |name: &str| {
-            c.pointer("/resources/requests")
-                .and_then(|r| r.get(name))
-                .and_then(Value::as_str)
-        };
+/// What the pod's containers request: millicores and bytes.
+pub fn requests(pod: &Pod) -> (u64, u64) {
+    pod.spec.containers.iter().fold((0, 0), |(cpu, mem), c| {
+        let r = &c.resources.requests;
         (
             cpu.saturating_add(
-                quantity("cpu")
+                r.get("cpu")
                     .and_then(|q| parse_cpu_millis(q).ok())
                     .unwrap_or(0),
             ),
             mem.saturating_add(
-                quantity("memory")
+                r.get("memory")
                     .and_then(|q| parse_memory_bytes(q).ok())
                     .unwrap_or(0),
             ),
@@ -158,28 +138,29 @@ pub fn requests_of_value(pod: &Value) -> (u64, u64) {
 }
 
 impl Index {
-    /// Accounts for `object` of `kind` appearing or going away; a change is the old
-    /// version going and the new one appearing.
-    pub fn count(&mut self, kind: Kind, object: &Value, appearing: bool) {
-        match kind {
-            Kind::Node => {
-                let name = name_of(object);
-                if appearing && let Some(fit) = NodeFit::parse(object) {
-                    self.nodes.insert(name.to_owned(), Arc::new(fit));
+    /// Accounts for `object` appearing or going away; a change is the old version going
+    /// and the new one appearing.
+    pub fn count(&mut self, object: &Object, appearing: bool) {
+        match object {
+            Object::Node(node) => {
+                let name = &node.metadata.name;
+                if appearing {
+                    self.nodes
+                        .insert(name.clone(), Arc::new(NodeFit::parse(node)));
                 } else {
                     self.nodes.remove(name);
                 }
             }
-            Kind::Pod => self.count_pod(object, appearing),
-            Kind::Other => {}
+            Object::Pod(pod) => self.count_pod(pod, appearing),
+            _ => {}
         }
     }
 
-    fn count_pod(&mut self, pod: &Value, appearing: bool) {
-        let owner = controller_of(pod).map(|(_, _, uid)| uid);
+    fn count_pod(&mut self, pod: &Pod, appearing: bool) {
+        let owner = controller_uid(&pod.metadata);
         if holds_resources(pod) {
-            let node = node_name(pod);
-            let (cpu, memory) = requests_of_value(pod);
+            let node = pod.spec.node_name.as_str();
+            let (cpu, memory) = requests(pod);
             let usage = self.usage.entry(node.to_owned()).or_default();
             if appearing {
                 usage.cpu += u128::from(cpu);
@@ -213,7 +194,7 @@ impl Index {
             && !pod_is_terminal(pod)
             && !pod_is_terminating(pod)
         {
-            let key = (namespace_of(pod).to_owned(), uid.to_owned());
+            let key = (pod.metadata.namespace.clone(), uid.to_owned());
             let replicas = self.replicas.entry(key.clone()).or_default();
             let ready = usize::from(pod_is_ready(pod));
             if appearing {
@@ -253,29 +234,5 @@ impl Index {
             .get(&(namespace.to_owned(), uid.to_owned()))
             .copied()
             .unwrap_or_default()
-    }
-}
-
-/// The kinds the index looks at, told apart by key once per change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Node,
-    Pod,
-    Other,
-}
-
-static PREFIXES: LazyLock<[String; 2]> =
-    LazyLock::new(|| [prefix(&super::PODS, None), prefix(&super::NODES, None)]);
-
-impl Kind {
-    pub fn of_key(key: &str) -> Self {
-        let [pods, nodes] = &*PREFIXES;
-        if key.starts_with(pods.as_str()) {
-            Self::Pod
-        } else if key.starts_with(nodes.as_str()) {
-            Self::Node
-        } else {
-            Self::Other
-        }
     }
 }

@@ -13,58 +13,41 @@ use std::{
     net::Ipv4Addr,
 };
 
-use berth_api::{
-    ResourceType,
-    core::{Condition, LoadBalancerIngress, Service, ServiceStatus},
-};
-use serde_json::Value;
+use berth_api::core::{Condition, LoadBalancerIngress, Service, ServiceStatus};
 
-use super::{Change, Context, Outcome, Reconciler, SERVICES, Snapshot, Write, is_kind, reference};
-use crate::{
-    registry::{LOAD_BALANCER_CONDITION, name_of, namespace_of},
-    util,
-};
+use super::{Change, Context, Outcome, Reconciler, Snapshot, Write, reference};
+use crate::{registry::LOAD_BALANCER_CONDITION, util};
 
 pub struct LoadBalancerController;
 
-fn typed(object: &Value) -> Option<Service> {
-    serde_json::from_value(object.clone()).ok()
-}
-
-fn is_load_balancer(object: &Value) -> bool {
-    object.pointer("/spec/type").and_then(Value::as_str) == Some("LoadBalancer")
+fn is_load_balancer(service: &Service) -> bool {
+    service.spec.type_ == "LoadBalancer"
 }
 
 impl Reconciler for LoadBalancerController {
+    type Object = Service;
+
     fn name(&self) -> &'static str {
         "load-balancer"
     }
 
-    fn kind(&self) -> &'static ResourceType {
-        &SERVICES
-    }
-
     fn affected(&self, change: &Change, snapshot: &Snapshot) -> Vec<(String, String)> {
-        if !is_kind(change, &SERVICES) {
+        let Some(service) = change.as_kind::<Service>() else {
             return Vec::new();
-        }
-        if change.deleted || !is_load_balancer(&change.object) {
+        };
+        if change.deleted || !is_load_balancer(service) {
             // An address may have come free (the service went, or stopped being a
             // LoadBalancer, which the registry clears): pending services may take it.
             return snapshot
-                .list(&SERVICES, None)
-                .filter(|s| is_load_balancer(s))
-                .filter(|s| typed(s).is_some_and(|s| s.load_balancer_ips().next().is_none()))
-                .map(|s| (namespace_of(s).to_owned(), name_of(s).to_owned()))
+                .list::<Service>(None)
+                .filter(|s| is_load_balancer(s) && s.load_balancer_ips().next().is_none())
+                .map(|s| (s.metadata.namespace.clone(), s.metadata.name.clone()))
                 .collect();
         }
-        vec![(
-            namespace_of(&change.object).to_owned(),
-            name_of(&change.object).to_owned(),
-        )]
+        vec![change.key()]
     }
 
-    fn reconcile(&self, object: &Value, snapshot: &Snapshot, ctx: &Context) -> Outcome {
+    fn reconcile(&self, object: &Service, snapshot: &Snapshot, ctx: &Context) -> Outcome {
         let mut assigned = assigned_addresses(snapshot);
         reconcile_with(object, &mut assigned, ctx)
     }
@@ -73,7 +56,7 @@ impl Reconciler for LoadBalancerController {
     /// in the batch's table of assigned addresses as they are made.
     fn reconcile_batch(
         &self,
-        objects: &[&Value],
+        objects: &[&Service],
         snapshot: &Snapshot,
         ctx: &Context,
     ) -> Vec<Outcome> {
@@ -90,34 +73,39 @@ type Assigned = BTreeMap<(String, String), (String, Vec<Ipv4Addr>)>;
 
 fn assigned_addresses(snapshot: &Snapshot) -> Assigned {
     snapshot
-        .typed::<Service>(&SERVICES, None)
-        .into_iter()
+        .list::<Service>(None)
         .map(|service| {
             let ips = service
                 .load_balancer_ips()
                 .filter_map(|ip| ip.parse().ok())
                 .collect();
-            let meta = service.metadata;
-            ((meta.namespace, meta.name), (meta.uid, ips))
+            let meta = &service.metadata;
+            (
+                (meta.namespace.clone(), meta.name.clone()),
+                (meta.uid.clone(), ips),
+            )
         })
         .collect()
 }
 
 /// Reconciles one service against `assigned`, which it updates with its own decision so
 /// the next service of a batch sees it.
-fn reconcile_with(object: &Value, assigned: &mut Assigned, ctx: &Context) -> Outcome {
-    let Some(service) = typed(object).filter(|_| is_load_balancer(object)) else {
+fn reconcile_with(service: &Service, assigned: &mut Assigned, ctx: &Context) -> Outcome {
+    if !is_load_balancer(service) {
         return Outcome::default();
-    };
+    }
     let uid = &service.metadata.uid;
     let used: BTreeSet<Ipv4Addr> = assigned
         .values()
         .filter(|(other, _)| other != uid)
         .flat_map(|(_, ips)| ips.iter().copied())
         .collect();
-    let decision = decide(&service, &used, ctx);
+    let decision = decide(service, &used, ctx);
     assigned.insert(
-        (namespace_of(object).to_owned(), name_of(object).to_owned()),
+        (
+            service.metadata.namespace.clone(),
+            service.metadata.name.clone(),
+        ),
         (uid.clone(), decision.iter().copied().collect()),
     );
     let current = service.status.clone().unwrap_or_default();
@@ -158,20 +146,17 @@ fn reconcile_with(object: &Value, assigned: &mut Assigned, ctx: &Context) -> Out
         last_transition_time: util::rfc3339(ctx.now),
         last_heartbeat_time: String::new(),
     });
-    let mut updated = object.clone();
-    updated["status"] = serde_json::to_value(&next).unwrap_or(Value::Null);
+    let mut updated = service.clone();
+    updated.status = Some(next);
     let (event_reason, type_) = if decision.is_ok() {
         ("IPAllocated", "Normal")
     } else {
         ("AllocationFailed", "Warning")
     };
     Outcome::writes(vec![
-        Write::UpdateStatus {
-            rt: &SERVICES,
-            object: updated,
-        },
+        Write::update_status(updated),
         Write::Event {
-            involved: reference(object),
+            involved: reference(service),
             reason: event_reason.to_owned(),
             message,
             type_,
@@ -239,7 +224,10 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::controllers::Settings;
+    use crate::{
+        controllers::{Settings, fixtures::typed},
+        objects::{Kind as _, Object},
+    };
 
     fn ctx(pool: Option<&str>) -> Context {
         Context {
@@ -251,7 +239,7 @@ mod tests {
         }
     }
 
-    fn service(name: &str, wanted: &str, assigned: Option<&str>) -> Value {
+    fn service(name: &str, wanted: &str, assigned: Option<&str>) -> Service {
         let mut object = json!({"apiVersion": "v1", "kind": "Service",
             "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}"), "resourceVersion": "5"},
             "spec": {"type": "LoadBalancer", "clusterIP": "198.18.192.5", "ports": [{"port": 80, "nodePort": 30080}]}});
@@ -263,20 +251,20 @@ mod tests {
                 "conditions": [{"type": LOAD_BALANCER_CONDITION, "status": "True", "reason": "IPAllocated",
                     "message": format!("Assigned IP [{ip:?}]")}]});
         }
-        object
+        typed(object)
     }
 
-    fn snapshot(services: &[&Value]) -> Snapshot {
-        Snapshot::from_objects(services.iter().map(|s| (&SERVICES, (*s).clone())), 1)
+    fn snapshot(services: &[&Service]) -> Snapshot {
+        Snapshot::from_objects(services.iter().map(|s| (*s).clone().into_object()), 1)
     }
 
     fn assigned(outcome: &Outcome) -> Option<String> {
         outcome.writes.iter().find_map(|w| match w {
-            Write::UpdateStatus { object, .. } => Some(
-                object
-                    .pointer("/status/loadBalancer/ingress/0/ip")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
+            Write::UpdateStatus(Object::Service(service)) => Some(
+                service
+                    .load_balancer_ips()
+                    .next()
+                    .unwrap_or_default()
                     .to_owned(),
             ),
             _ => None,
@@ -336,13 +324,16 @@ mod tests {
             message.contains("no load-balancer address pool"),
             "{message}"
         );
-        let Some(Write::UpdateStatus {
-            object: pending, ..
-        }) = outcome.writes.first()
-        else {
+        let Some(Write::UpdateStatus(Object::Service(pending))) = outcome.writes.first() else {
             panic!("a status write: {outcome:?}");
         };
-        assert_eq!(pending["status"]["conditions"][0]["status"], "False");
+        assert_eq!(
+            pending
+                .status
+                .as_ref()
+                .map(|s| s.conditions[0].status.as_str()),
+            Some("False")
+        );
         // Once the condition says so, nothing more is written (no event per resync).
         let again = LoadBalancerController.reconcile(pending, &snapshot(&[pending]), &ctx(None));
         assert_eq!(again, Outcome::default());
@@ -364,7 +355,7 @@ mod tests {
     #[test]
     fn other_types_are_left_alone() {
         let mut web = service("web", "", None);
-        web["spec"]["type"] = json!("ClusterIP");
+        web.spec.type_ = "ClusterIP".to_owned();
         let outcome = LoadBalancerController.reconcile(
             &web,
             &snapshot(&[&web]),

@@ -3,11 +3,17 @@
 //! applies them through the registry, re-queues on conflicts, and waits for the cache
 //! to reflect its writes before looking again, so a reconcile never acts twice on the
 //! same stale state (the reason Kubernetes controllers need "expectations").
+//!
+//! Everything here is typed: the cache holds each object decoded once to its kind's
+//! type, a reconciler reads the types of the kinds it looks at, and its writes are typed
+//! objects the registry stores without decoding them again.
 
 pub mod autoscaler;
 mod cache;
 pub mod deployment;
 pub mod endpoints;
+#[cfg(test)]
+pub(crate) mod fixtures;
 pub mod gc;
 pub mod index;
 pub mod loadbalancer;
@@ -22,8 +28,11 @@ use std::{
     time::Duration,
 };
 
-use berth_api::{ResourceType, core::ObjectReference};
-use serde_json::Value;
+use berth_api::{
+    ResourceType,
+    core::{ObjectReference, Pod},
+    meta::{ObjectMeta, OwnerReference},
+};
 use tokio::{
     sync::{mpsc, watch},
     task::JoinHandle,
@@ -32,35 +41,23 @@ use tokio::{
 
 pub use self::cache::{Cache, Change, Snapshot};
 use crate::{
+    objects::{Kind, Object},
     registry::{
         self, DeleteOptions, Registry,
         batch::{Binding, EventRecord},
-        name_of, namespace_of,
     },
     store::Store,
     util,
-};
-
-pub use berth_api::kinds::{
-    DEPLOYMENTS, ENDPOINTS, HPAS, NAMESPACES, NODES, PODS, REPLICASETS, SERVICES,
 };
 
 /// A write a reconciler asks for. Updates carry the `resourceVersion` they were computed
 /// from, so a write based on stale state fails with a conflict and is retried.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Write {
-    Create {
-        rt: &'static ResourceType,
-        object: Value,
-    },
-    Update {
-        rt: &'static ResourceType,
-        object: Value,
-    },
-    UpdateStatus {
-        rt: &'static ResourceType,
-        object: Value,
-    },
+    Create(Object),
+    Update(Object),
+    /// Only the object's status is written (the `/status` subresource).
+    UpdateStatus(Object),
     Delete {
         rt: &'static ResourceType,
         namespace: String,
@@ -79,6 +76,30 @@ pub enum Write {
         message: String,
         type_: &'static str,
     },
+}
+
+impl Write {
+    pub fn create(object: impl Kind) -> Self {
+        Self::Create(object.into_object())
+    }
+
+    pub fn update(object: impl Kind) -> Self {
+        Self::Update(object.into_object())
+    }
+
+    pub fn update_status(object: impl Kind) -> Self {
+        Self::UpdateStatus(object.into_object())
+    }
+
+    /// Deletes `object` (gracefully, for a pod).
+    pub fn delete<K: Kind>(object: &K) -> Self {
+        Self::Delete {
+            rt: K::resource_type(),
+            namespace: object.meta().namespace.clone(),
+            name: object.meta().name.clone(),
+            force: false,
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -140,18 +161,16 @@ pub struct Context {
 }
 
 pub trait Reconciler: Send + Sync {
-    fn name(&self) -> &'static str;
     /// The kind whose objects `reconcile` is called for.
-    fn kind(&self) -> &'static ResourceType;
-    /// Objects of `kind` (namespace, name) to reconcile after `change`. The default maps
-    /// a change of `kind` to itself.
+    type Object: Kind;
+
+    fn name(&self) -> &'static str;
+    /// Objects of the reconciled kind (namespace, name) to reconcile after `change`. The
+    /// default maps a change of that kind to itself.
     fn affected(&self, change: &Change, snapshot: &Snapshot) -> Vec<(String, String)> {
         let _ = snapshot;
-        if is_kind(change, self.kind()) {
-            vec![(
-                namespace_of(&change.object).to_owned(),
-                name_of(&change.object).to_owned(),
-            )]
+        if change.as_kind::<Self::Object>().is_some() {
+            vec![change.key()]
         } else {
             Vec::new()
         }
@@ -165,7 +184,7 @@ pub trait Reconciler: Send + Sync {
             .flat_map(|change| self.affected(change, snapshot))
             .collect()
     }
-    fn reconcile(&self, object: &Value, snapshot: &Snapshot, ctx: &Context) -> Outcome;
+    fn reconcile(&self, object: &Self::Object, snapshot: &Snapshot, ctx: &Context) -> Outcome;
     /// Reconciles a batch of objects on one snapshot: one outcome per object, in order.
     /// The default reconciles each on its own. A reconciler whose decisions depend on the
     /// ones before it in the batch (the scheduler counts what it has just bound, the
@@ -174,7 +193,7 @@ pub trait Reconciler: Send + Sync {
     /// between two decisions and nobody copies the snapshot to record them.
     fn reconcile_batch(
         &self,
-        objects: &[&Value],
+        objects: &[&Self::Object],
         snapshot: &Snapshot,
         ctx: &Context,
     ) -> Vec<Outcome> {
@@ -185,83 +204,107 @@ pub trait Reconciler: Send + Sync {
     }
 }
 
-pub fn is_kind(change: &Change, rt: &ResourceType) -> bool {
-    change.key.starts_with(&crate::registry::prefix(rt, None))
+/// A [`Reconciler`] of any kind, as a lane runs it: the runtime knows keys, the
+/// reconciler its kind.
+pub trait Controller: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn kind(&self) -> &'static ResourceType;
+    fn affected_batch(&self, changes: &[Change], snapshot: &Snapshot) -> Vec<(String, String)>;
+    /// Reconciles the objects of `keys` the snapshot still has: their keys, and one
+    /// outcome each.
+    fn reconcile_keys(
+        &self,
+        keys: Vec<WorkKey>,
+        snapshot: &Snapshot,
+        ctx: &Context,
+    ) -> (Vec<WorkKey>, Vec<Outcome>);
 }
 
-/// The controller that owns `object`, as (kind, name, uid).
-pub fn controller_of(object: &Value) -> Option<(&str, &str, &str)> {
-    object
-        .pointer("/metadata/ownerReferences")?
-        .as_array()?
-        .iter()
-        .find(|r| r["controller"].as_bool() == Some(true))
-        .map(|r| {
-            (
-                r["kind"].as_str().unwrap_or_default(),
-                r["name"].as_str().unwrap_or_default(),
-                r["uid"].as_str().unwrap_or_default(),
-            )
-        })
-}
+impl<R: Reconciler> Controller for R {
+    fn name(&self) -> &'static str {
+        Reconciler::name(self)
+    }
 
-pub fn uid_of(object: &Value) -> &str {
-    object
-        .pointer("/metadata/uid")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-}
+    fn kind(&self) -> &'static ResourceType {
+        R::Object::resource_type()
+    }
 
-/// What an Event names as its object.
-pub fn reference(object: &Value) -> ObjectReference {
-    let text = |pointer: &str| {
-        object
-            .pointer(pointer)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned()
-    };
-    ObjectReference {
-        api_version: text("/apiVersion"),
-        kind: text("/kind"),
-        name: text("/metadata/name"),
-        namespace: text("/metadata/namespace"),
-        uid: text("/metadata/uid"),
+    fn affected_batch(&self, changes: &[Change], snapshot: &Snapshot) -> Vec<(String, String)> {
+        Reconciler::affected_batch(self, changes, snapshot)
+    }
+
+    fn reconcile_keys(
+        &self,
+        keys: Vec<WorkKey>,
+        snapshot: &Snapshot,
+        ctx: &Context,
+    ) -> (Vec<WorkKey>, Vec<Outcome>) {
+        let (keys, objects): (Vec<WorkKey>, Vec<&R::Object>) = keys
+            .into_iter()
+            .filter_map(|key| {
+                let object = snapshot.get::<R::Object>(&key.1, &key.2)?;
+                Some((key, object))
+            })
+            .unzip();
+        if objects.is_empty() {
+            return (keys, Vec::new());
+        }
+        let outcomes = self.reconcile_batch(&objects, snapshot, ctx);
+        (keys, outcomes)
     }
 }
 
-pub fn owner_reference(owner: &Value) -> Value {
-    serde_json::json!({
-        "apiVersion": owner["apiVersion"],
-        "kind": owner["kind"],
-        "name": name_of(owner),
-        "uid": uid_of(owner),
-        "controller": true,
-    })
+/// The controller that owns an object.
+pub fn controller_of(meta: &ObjectMeta) -> Option<&OwnerReference> {
+    meta.owner_references.iter().find(|r| r.controller)
 }
 
-pub fn pod_is_terminal(pod: &Value) -> bool {
-    matches!(
-        pod.pointer("/status/phase").and_then(Value::as_str),
-        Some("Succeeded" | "Failed")
-    )
+/// The uid of the controller that owns an object.
+pub fn controller_uid(meta: &ObjectMeta) -> Option<&str> {
+    controller_of(meta).map(|owner| owner.uid.as_str())
+}
+
+/// What an Event names as its object.
+pub fn reference<K: Kind>(object: &K) -> ObjectReference {
+    let meta = object.meta();
+    ObjectReference {
+        api_version: K::api_version(),
+        kind: K::KIND.to_owned(),
+        name: meta.name.clone(),
+        namespace: meta.namespace.clone(),
+        uid: meta.uid.clone(),
+    }
+}
+
+/// What an object a controller creates says of the controller that owns it.
+pub fn owner_reference<K: Kind>(owner: &K) -> OwnerReference {
+    let meta = owner.meta();
+    OwnerReference {
+        api_version: K::api_version(),
+        kind: K::KIND.to_owned(),
+        name: meta.name.clone(),
+        uid: meta.uid.clone(),
+        controller: true,
+    }
+}
+
+pub fn pod_is_terminal(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .is_some_and(|s| matches!(s.phase.as_str(), "Succeeded" | "Failed"))
 }
 
 /// Deleted gracefully and waiting for its node to stop it (Kubernetes' deletionTimestamp).
-pub fn pod_is_terminating(pod: &Value) -> bool {
-    pod.pointer("/metadata/deletionTimestamp")
-        .and_then(Value::as_str)
-        .is_some_and(|at| !at.is_empty())
+pub fn pod_is_terminating(pod: &Pod) -> bool {
+    !pod.metadata.deletion_timestamp.is_empty()
 }
 
-pub fn pod_is_ready(pod: &Value) -> bool {
-    pod.pointer("/status/conditions")
-        .and_then(Value::as_array)
-        .is_some_and(|conditions| {
-            conditions
-                .iter()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-        })
+pub fn pod_is_ready(pod: &Pod) -> bool {
+    pod.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+    })
 }
 
 /// Runs the reconcilers until `shutdown` flips.
@@ -270,7 +313,7 @@ pub struct Controllers {
 }
 
 /// Reconcilers that share one loop (see [`Controllers::all`]).
-pub type Lane = Vec<Box<dyn Reconciler>>;
+pub type Lane = Vec<Box<dyn Controller>>;
 
 impl Controllers {
     /// Runs each lane as a loop of its own over one shared cache.
@@ -327,21 +370,22 @@ impl Controllers {
                 Box::new(nodes::NodeLifecycle),
                 Box::new(loadbalancer::LoadBalancerController),
                 Box::new(namespace::NamespaceController),
-                Box::new(gc::GarbageCollector(&PODS)),
-                Box::new(gc::GarbageCollector(&REPLICASETS)),
-                Box::new(gc::GarbageCollector(&ENDPOINTS)),
+                Box::new(gc::GarbageCollector::<Pod>::new()),
+                Box::new(gc::GarbageCollector::<berth_api::apps::ReplicaSet>::new()),
+                Box::new(gc::GarbageCollector::<berth_api::core::Endpoints>::new()),
                 Box::new(autoscaler::Autoscaler::new(usage.clone())),
             ],
         ]
     }
 }
 
-type WorkKey = (usize, String, String);
+/// A reconciler of the lane (its position) and the (namespace, name) of an object.
+pub type WorkKey = (usize, String, String);
 
 struct Runtime {
     registry: Registry,
     cache: Arc<Cache>,
-    reconcilers: Vec<Box<dyn Reconciler>>,
+    reconcilers: Lane,
     settings: Settings,
     requeue: BTreeMap<WorkKey, Instant>,
 }
@@ -436,12 +480,8 @@ impl Runtime {
             if now >= next_resync {
                 next_resync = now + self.settings.resync;
                 for (i, reconciler) in self.reconcilers.iter().enumerate() {
-                    for object in snapshot.list(reconciler.kind(), None) {
-                        queue.insert((
-                            i,
-                            namespace_of(object).to_owned(),
-                            name_of(object).to_owned(),
-                        ));
+                    for object in snapshot.list_any(reconciler.kind(), None) {
+                        queue.insert((i, object.namespace().to_owned(), object.name().to_owned()));
                     }
                 }
             }
@@ -553,36 +593,29 @@ impl Runtime {
             return Vec::new();
         };
         let reconciler = &self.reconcilers[*i];
-        let (keys, objects): (Vec<WorkKey>, Vec<&Value>) = keys
-            .into_iter()
-            .filter_map(|key| {
-                let object = snapshot.get(reconciler.kind(), &key.1, &key.2)?;
-                Some((key, object))
-            })
-            .unzip();
-        if objects.is_empty() {
+        let started = std::time::Instant::now();
+        let (keys, outcomes) = reconciler.reconcile_keys(keys, snapshot, ctx);
+        if keys.is_empty() {
             return Vec::new();
         }
-        let started = std::time::Instant::now();
-        let outcomes = reconciler.reconcile_batch(&objects, snapshot, ctx);
         // A batch shares its setup (the scheduler's per-node sums), so each object is
         // charged an equal part of the whole: the histogram still counts one observation
         // per object, and its sum is the time spent.
-        let each = started.elapsed().as_secs_f64() / objects.len() as f64;
+        let each = started.elapsed().as_secs_f64() / keys.len() as f64;
         let histogram = self
             .registry
             .metrics()
             .reconcile_seconds
             .with_label_values(&[reconciler.name()]);
-        for _ in &objects {
+        for _ in &keys {
             histogram.observe(each);
         }
-        if outcomes.len() != objects.len() {
+        if outcomes.len() != keys.len() {
             tracing::warn!(
                 controller = reconciler.name(),
                 "reconcile_batch returned {} outcomes for {} objects",
                 outcomes.len(),
-                objects.len()
+                keys.len()
             );
         }
         keys.into_iter().zip(outcomes).collect()
@@ -591,16 +624,14 @@ impl Runtime {
     /// Writes an outcome's object writes (a kind's creations in one transaction); its
     /// events wait for the pass's end.
     async fn apply(&self, key: WorkKey, outcome: Outcome) -> Applied {
-        let mut creations: Vec<(&'static ResourceType, Vec<Value>)> = Vec::new();
+        let mut creations: Vec<(&'static ResourceType, Vec<Object>)> = Vec::new();
         let mut events = Vec::new();
         let mut writes = Vec::new();
         for write in outcome.writes {
             match write {
-                Write::Create { rt, object } => {
-                    match creations
-                        .iter_mut()
-                        .find(|(kind, _)| kind.group == rt.group && kind.kind == rt.kind)
-                    {
+                Write::Create(object) => {
+                    let rt = object.resource_type();
+                    match creations.iter_mut().find(|(kind, _)| *kind == rt) {
                         Some((_, objects)) => objects.push(object),
                         None => creations.push((rt, vec![object])),
                     }
@@ -686,28 +717,15 @@ impl Runtime {
 
     /// Applies one write; returns the store revision it produced (0 if none).
     async fn execute(&self, write: Write) -> registry::Result<u64> {
-        let revision_of = |object: &Value| {
-            object
-                .pointer("/metadata/resourceVersion")
-                .and_then(Value::as_str)
-                .and_then(|r| r.parse().ok())
-                .unwrap_or(0)
-        };
         match write {
-            Write::Create { rt, object } => self.registry.create_many(rt, vec![object]).await,
-            // The registry decodes and validates what it writes over the stored object.
-            Write::Update { rt, object } => {
-                Ok(revision_of(&self.registry.update(rt, object).await?))
+            Write::Create(object) => {
+                self.registry
+                    .create_many(object.resource_type(), vec![object])
+                    .await
             }
-            Write::UpdateStatus { rt, object } => {
-                let (ns, name) = (
-                    namespace_of(&object).to_owned(),
-                    name_of(&object).to_owned(),
-                );
-                Ok(revision_of(
-                    &self.registry.update_status(rt, &ns, &name, object).await?,
-                ))
-            }
+            // The registry validates what it writes over the stored object.
+            Write::Update(object) => self.registry.update_object(object).await,
+            Write::UpdateStatus(object) => self.registry.update_status_object(object).await,
             Write::Delete {
                 rt,
                 namespace,
@@ -720,7 +738,7 @@ impl Runtime {
                     DeleteOptions::default()
                 };
                 match self.registry.delete(rt, &namespace, &name, &options).await {
-                    Ok(deleted) => Ok(revision_of(&deleted)),
+                    Ok(deleted) => Ok(registry::written_revision(&deleted)),
                     Err(e) if e.is_not_found() => Ok(0),
                     Err(e) => Err(e),
                 }

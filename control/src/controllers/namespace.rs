@@ -4,37 +4,36 @@
 
 use std::time::Duration;
 
-use berth_api::{RESOURCE_TYPES, ResourceType};
-use serde_json::Value;
+use berth_api::{RESOURCE_TYPES, core::Namespace};
 
-use super::{Change, Context, NAMESPACES, Outcome, Reconciler, Snapshot, Write, is_kind};
-use crate::registry::{name_of, namespace_of};
+use super::{Change, Context, Outcome, Reconciler, Snapshot, Write};
 
 pub struct NamespaceController;
 
-fn is_terminating(namespace: &Value) -> bool {
-    namespace.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating")
+fn is_terminating(namespace: &Namespace) -> bool {
+    namespace
+        .status
+        .as_ref()
+        .is_some_and(|s| s.phase == "Terminating")
 }
 
 impl Reconciler for NamespaceController {
+    type Object = Namespace;
+
     fn name(&self) -> &'static str {
         "namespace"
     }
 
-    fn kind(&self) -> &'static ResourceType {
-        &NAMESPACES
-    }
-
     fn affected(&self, change: &Change, snapshot: &Snapshot) -> Vec<(String, String)> {
-        if is_kind(change, &NAMESPACES) {
-            return vec![(String::new(), name_of(&change.object).to_owned())];
+        if change.as_kind::<Namespace>().is_some() {
+            return vec![change.key()];
         }
         // The last object of a terminating namespace went: the namespace can go.
-        let namespace = namespace_of(&change.object);
+        let namespace = change.object.namespace();
         if change.deleted
             && !namespace.is_empty()
             && snapshot
-                .get(&NAMESPACES, "", namespace)
+                .get::<Namespace>("", namespace)
                 .is_some_and(is_terminating)
         {
             return vec![(String::new(), namespace.to_owned())];
@@ -42,33 +41,28 @@ impl Reconciler for NamespaceController {
         Vec::new()
     }
 
-    fn reconcile(&self, namespace: &Value, snapshot: &Snapshot, _ctx: &Context) -> Outcome {
+    fn reconcile(&self, namespace: &Namespace, snapshot: &Snapshot, _ctx: &Context) -> Outcome {
         if !is_terminating(namespace) {
             return Outcome::default();
         }
-        let name = name_of(namespace);
+        let name = &namespace.metadata.name;
         let contents: Vec<Write> = RESOURCE_TYPES
             .iter()
             .filter(|rt| rt.namespaced)
             .flat_map(|rt| {
                 snapshot
-                    .list(rt, Some(name))
+                    .list_any(rt, Some(name))
                     .map(move |object| Write::Delete {
                         rt,
-                        namespace: name.to_owned(),
-                        name: name_of(object).to_owned(),
+                        namespace: name.clone(),
+                        name: object.name().to_owned(),
                         force: false,
                     })
             })
             .collect();
         if contents.is_empty() {
             // The registry checks emptiness again in the store before deleting.
-            return Outcome::writes(vec![Write::Delete {
-                rt: &NAMESPACES,
-                namespace: String::new(),
-                name: name.to_owned(),
-                force: false,
-            }]);
+            return Outcome::writes(vec![Write::delete(namespace)]);
         }
         Outcome {
             writes: contents,
@@ -82,8 +76,16 @@ impl Reconciler for NamespaceController {
 mod tests {
     use serde_json::json;
 
+    use berth_api::{
+        core::{Pod, Service},
+        kinds::NAMESPACES,
+    };
+
     use super::*;
-    use crate::controllers::{PODS, SERVICES, Settings};
+    use crate::{
+        controllers::{Settings, fixtures::typed},
+        objects::{Kind as _, Object},
+    };
 
     fn ctx() -> Context {
         Context {
@@ -92,22 +94,29 @@ mod tests {
         }
     }
 
-    fn namespace(phase: &str) -> Value {
-        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}, "status": {"phase": phase}})
+    fn namespace(phase: &str) -> Namespace {
+        typed(
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}, "status": {"phase": phase}}),
+        )
+    }
+
+    fn pod(namespace: &str, name: &str) -> Object {
+        typed::<Pod>(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace}}))
+            .into_object()
     }
 
     #[test]
     fn a_terminating_namespace_loses_its_objects_then_itself() {
         let ns = namespace("Terminating");
-        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "shop"}});
-        let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s", "namespace": "shop"}});
-        let elsewhere = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "q", "namespace": "default"}});
+        let svc: Service = typed(
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s", "namespace": "shop"}}),
+        );
         let full = Snapshot::from_objects(
             vec![
-                (&NAMESPACES, ns.clone()),
-                (&PODS, pod),
-                (&SERVICES, svc),
-                (&PODS, elsewhere.clone()),
+                ns.clone().into_object(),
+                pod("shop", "p"),
+                svc.into_object(),
+                pod("default", "q"),
             ],
             1,
         );
@@ -128,7 +137,7 @@ mod tests {
         deleted.sort();
         assert_eq!(deleted, ["pods/shop/p", "services/shop/s"]);
 
-        let empty = Snapshot::from_objects(vec![(&NAMESPACES, ns.clone()), (&PODS, elsewhere)], 1);
+        let empty = Snapshot::from_objects(vec![ns.clone().into_object(), pod("default", "q")], 1);
         let outcome = NamespaceController.reconcile(&ns, &empty, &ctx());
         assert_eq!(
             outcome.writes,
@@ -144,7 +153,7 @@ mod tests {
     #[test]
     fn an_active_namespace_is_left_alone() {
         let ns = namespace("Active");
-        let snapshot = Snapshot::from_objects(vec![(&NAMESPACES, ns.clone())], 1);
+        let snapshot = Snapshot::from_objects(vec![ns.clone().into_object()], 1);
         assert_eq!(
             NamespaceController.reconcile(&ns, &snapshot, &ctx()),
             Outcome::default()

@@ -4,60 +4,60 @@
 
 use std::time::Duration;
 
-use berth_api::ResourceType;
-use serde_json::{Value, json};
-
-use super::{Context, NODES, Outcome, PODS, Reconciler, Snapshot, Write, reference};
-use crate::{
-    registry::{name_of, namespace_of},
-    util,
+use berth_api::{
+    core::{Condition, Node, Pod},
+    kinds::PODS,
 };
+
+use super::{Context, Outcome, Reconciler, Snapshot, Write, reference};
+use crate::util;
 
 pub struct NodeLifecycle;
 
-fn ready_condition(node: &Value) -> Option<&Value> {
-    node.pointer("/status/conditions")?
-        .as_array()?
+fn ready_condition(node: &Node) -> Option<&Condition> {
+    node.status
+        .as_ref()?
+        .conditions
         .iter()
-        .find(|c| c["type"] == "Ready")
+        .find(|c| c.type_ == "Ready")
 }
 
-fn timestamp(condition: &Value, field: &str) -> Option<u64> {
-    condition
-        .get(field)
-        .and_then(Value::as_str)
-        .and_then(util::parse_rfc3339)
+fn timestamp(text: &str) -> Option<u64> {
+    util::parse_rfc3339(text)
 }
 
-fn pods_on<'a>(snapshot: &'a Snapshot, node: &'a Value) -> impl Iterator<Item = &'a Value> {
-    snapshot.list(&PODS, None).filter(move |pod| {
-        pod.pointer("/spec/nodeName").and_then(Value::as_str) == Some(name_of(node))
-    })
+fn pods_on<'a>(snapshot: &'a Snapshot, node: &'a Node) -> impl Iterator<Item = &'a Pod> {
+    snapshot
+        .list::<Pod>(None)
+        .filter(move |pod| pod.spec.node_name == node.metadata.name)
 }
 
 /// The pod with its Ready condition False (reason NodeNotReady), if it was Ready.
-fn marked_not_ready(pod: &Value) -> Option<Value> {
+fn marked_not_ready(pod: &Pod) -> Option<Pod> {
     let mut pod = pod.clone();
     let condition = pod
-        .pointer_mut("/status/conditions")?
-        .as_array_mut()?
+        .status
+        .as_mut()?
+        .conditions
         .iter_mut()
-        .find(|c| c["type"] == "Ready" && c["status"] == "True")?;
-    condition["status"] = json!("False");
-    condition["reason"] = json!("NodeNotReady");
+        .find(|c| c.type_ == "Ready" && c.status == "True")?;
+    *condition = Condition {
+        type_: "Ready".to_owned(),
+        status: "False".to_owned(),
+        reason: "NodeNotReady".to_owned(),
+        ..condition.clone()
+    };
     Some(pod)
 }
 
 impl Reconciler for NodeLifecycle {
+    type Object = Node;
+
     fn name(&self) -> &'static str {
         "node-lifecycle"
     }
 
-    fn kind(&self) -> &'static ResourceType {
-        &NODES
-    }
-
-    fn reconcile(&self, node: &Value, snapshot: &Snapshot, ctx: &Context) -> Outcome {
+    fn reconcile(&self, node: &Node, snapshot: &Snapshot, ctx: &Context) -> Outcome {
         let grace = ctx.settings.node_grace.as_secs();
         let eviction = ctx.settings.pod_eviction_timeout.as_secs();
         let Some(ready) = ready_condition(node) else {
@@ -66,37 +66,38 @@ impl Reconciler for NodeLifecycle {
         };
         let mut writes = Vec::new();
         let observing_since = ctx.settings.observing_since;
-        let heartbeat = timestamp(ready, "lastHeartbeatTime").unwrap_or(0);
-        let status = ready["status"].as_str().unwrap_or("Unknown");
+        let heartbeat = timestamp(&ready.last_heartbeat_time).unwrap_or(0);
+        let status = if ready.status.is_empty() {
+            "Unknown"
+        } else {
+            ready.status.as_str()
+        };
         let silent_for = ctx.now.saturating_sub(heartbeat.max(observing_since));
         let mut requeue = Duration::from_secs(grace.saturating_sub(silent_for).max(1));
         if status == "True" && silent_for > grace {
             let mut updated = node.clone();
-            if let Some(conditions) = updated
-                .pointer_mut("/status/conditions")
-                .and_then(Value::as_array_mut)
-            {
-                for condition in conditions.iter_mut().filter(|c| c["type"] == "Ready") {
-                    *condition = json!({
-                        "type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown",
-                        "message": format!("no heartbeat for {silent_for}s"),
-                        "lastHeartbeatTime": ready.get("lastHeartbeatTime").cloned().unwrap_or(json!("")),
-                        "lastTransitionTime": util::rfc3339(ctx.now),
-                    });
+            if let Some(node_status) = updated.status.as_mut() {
+                for condition in node_status
+                    .conditions
+                    .iter_mut()
+                    .filter(|c| c.type_ == "Ready")
+                {
+                    *condition = Condition {
+                        type_: "Ready".to_owned(),
+                        status: "Unknown".to_owned(),
+                        reason: "NodeStatusUnknown".to_owned(),
+                        message: format!("no heartbeat for {silent_for}s"),
+                        last_heartbeat_time: ready.last_heartbeat_time.clone(),
+                        last_transition_time: util::rfc3339(ctx.now),
+                    };
                 }
             }
-            writes.push(Write::UpdateStatus {
-                rt: &NODES,
-                object: updated,
-            });
+            writes.push(Write::update_status(updated));
             // As Kubernetes does: its pods stop being Ready, so the Services' endpoints
             // drop them now, not at eviction. The agent reports them again when it returns.
             for pod in pods_on(snapshot, node) {
                 if let Some(not_ready) = marked_not_ready(pod) {
-                    writes.push(Write::UpdateStatus {
-                        rt: &PODS,
-                        object: not_ready,
-                    });
+                    writes.push(Write::update_status(not_ready));
                 }
             }
             writes.push(Write::Event {
@@ -104,20 +105,20 @@ impl Reconciler for NodeLifecycle {
                 reason: "NodeNotReady".to_owned(),
                 message: format!(
                     "Node {} stopped posting status for {silent_for}s",
-                    name_of(node)
+                    node.metadata.name
                 ),
                 type_: "Warning",
             });
             requeue = Duration::from_secs(eviction.max(1));
         } else if status != "True" {
-            let since = timestamp(ready, "lastTransitionTime").unwrap_or(heartbeat);
+            let since = timestamp(&ready.last_transition_time).unwrap_or(heartbeat);
             let down_for = ctx.now.saturating_sub(since.max(observing_since));
             if down_for >= eviction {
                 for pod in pods_on(snapshot, node) {
                     writes.push(Write::Delete {
                         rt: &PODS,
-                        namespace: namespace_of(pod).to_owned(),
-                        name: name_of(pod).to_owned(),
+                        namespace: pod.metadata.namespace.clone(),
+                        name: pod.metadata.name.clone(),
                         // The node is gone: no agent will confirm a graceful deletion.
                         force: true,
                     });
@@ -136,13 +137,20 @@ impl Reconciler for NodeLifecycle {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::controllers::Settings;
+    use serde_json::json;
 
-    fn node(status: &str, heartbeat: u64, transition: u64) -> Value {
-        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"},
+    use super::*;
+    use crate::{
+        controllers::{Settings, fixtures::typed},
+        objects::{Kind as _, Object},
+    };
+
+    fn node(status: &str, heartbeat: u64, transition: u64) -> Node {
+        typed(
+            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"},
             "status": {"conditions": [{"type": "Ready", "status": status,
-                "lastHeartbeatTime": util::rfc3339(heartbeat), "lastTransitionTime": util::rfc3339(transition)}]}})
+                "lastHeartbeatTime": util::rfc3339(heartbeat), "lastTransitionTime": util::rfc3339(transition)}]}}),
+        )
     }
 
     fn ctx(now: u64) -> Context {
@@ -156,18 +164,12 @@ mod tests {
         }
     }
 
-    fn with_pod(node: Value) -> Snapshot {
-        Snapshot::from_objects(
-            vec![
-                (&NODES, node),
-                (
-                    &PODS,
-                    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "default"},
-                    "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "i"}]}}),
-                ),
-            ],
-            1,
-        )
+    fn with_pod(node: Node) -> Snapshot {
+        let pod: Pod = typed(
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "default"},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "i"}]}}),
+        );
+        Snapshot::from_objects(vec![node.into_object(), pod.into_object()], 1)
     }
 
     #[test]
@@ -182,10 +184,13 @@ mod tests {
     fn silence_marks_unknown_then_evicts() {
         let n = node("True", 1000, 900);
         let outcome = NodeLifecycle.reconcile(&n, &with_pod(n.clone()), &ctx(1041));
-        let Some(Write::UpdateStatus { object, .. }) = outcome.writes.first() else {
+        let Some(Write::UpdateStatus(Object::Node(object))) = outcome.writes.first() else {
             panic!("{outcome:?}")
         };
-        assert_eq!(object["status"]["conditions"][0]["status"], "Unknown");
+        assert_eq!(
+            ready_condition(object).map(|c| c.status.as_str()),
+            Some("Unknown")
+        );
 
         let unknown = node("Unknown", 1000, 1041);
         let early = NodeLifecycle.reconcile(&unknown, &with_pod(unknown.clone()), &ctx(1060));
@@ -200,22 +205,25 @@ mod tests {
     #[test]
     fn a_silent_nodes_ready_pods_stop_being_ready() {
         let n = node("True", 1000, 900);
-        let mut pod = json!({"apiVersion": "v1", "kind": "Pod",
+        let mut pod: Pod = typed(json!({"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": "p", "namespace": "default"},
             "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "i"}]},
-            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}});
-        let snapshot = Snapshot::from_objects(vec![(&NODES, n.clone()), (&PODS, pod.clone())], 1);
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}}));
+        let snapshot =
+            Snapshot::from_objects(vec![n.clone().into_object(), pod.clone().into_object()], 1);
         let outcome = NodeLifecycle.reconcile(&n, &snapshot, &ctx(1041));
-        let updated: Vec<&Value> = outcome
+        let updated: Vec<&Pod> = outcome
             .writes
             .iter()
             .filter_map(|write| match write {
-                Write::UpdateStatus { rt, object } if rt.kind == "Pod" => Some(object),
+                Write::UpdateStatus(Object::Pod(pod)) => Some(pod),
                 _ => None,
             })
             .collect();
-        pod["status"]["conditions"][0] =
-            json!({"type": "Ready", "status": "False", "reason": "NodeNotReady"});
+        if let Some(status) = pod.status.as_mut() {
+            status.conditions[0] =
+                typed(json!({"type": "Ready", "status": "False", "reason": "NodeNotReady"}));
+        }
         assert_eq!(updated, [&pod]);
     }
 

@@ -2,17 +2,17 @@
 
 use std::collections::BTreeSet;
 
-use berth_api::ResourceType;
-use serde_json::{Value, json};
+use berth_api::{
+    apps::{ReplicaSet, ReplicaSetStatus},
+    core::Pod,
+    meta::ObjectMeta,
+};
 
 use super::{
-    Change, Context, Outcome, PODS, REPLICASETS, Reconciler, Snapshot, Write, controller_of,
-    is_kind, owner_reference, pod_is_ready, pod_is_terminal, pod_is_terminating, uid_of,
+    Change, Context, Outcome, Reconciler, Snapshot, Write, controller_of, controller_uid,
+    owner_reference, pod_is_ready, pod_is_terminal, pod_is_terminating,
 };
-use crate::{
-    registry::{name_of, namespace_of},
-    util,
-};
+use crate::util;
 
 pub struct ReplicaSetController;
 
@@ -27,36 +27,29 @@ const SLOW_START_INITIAL: usize = 100;
 const MAX_BURST: usize = 2_000;
 
 impl Reconciler for ReplicaSetController {
+    type Object = ReplicaSet;
+
     fn name(&self) -> &'static str {
         "replicaset"
     }
 
-    fn kind(&self) -> &'static ResourceType {
-        &REPLICASETS
-    }
-
     fn affected(&self, change: &Change, _snapshot: &Snapshot) -> Vec<(String, String)> {
-        if is_kind(change, &REPLICASETS) {
-            return vec![(
-                namespace_of(&change.object).to_owned(),
-                name_of(&change.object).to_owned(),
-            )];
+        if change.as_kind::<ReplicaSet>().is_some() {
+            return vec![change.key()];
         }
-        if is_kind(change, &PODS)
-            && let Some(("ReplicaSet", owner, _)) = controller_of(&change.object)
+        if let Some(pod) = change.as_kind::<Pod>()
+            && let Some(owner) = controller_of(&pod.metadata)
+            && owner.kind == "ReplicaSet"
         {
-            return vec![(namespace_of(&change.object).to_owned(), owner.to_owned())];
+            return vec![(pod.metadata.namespace.clone(), owner.name.clone())];
         }
         Vec::new()
     }
 
-    fn reconcile(&self, rs: &Value, snapshot: &Snapshot, _ctx: &Context) -> Outcome {
-        let namespace = namespace_of(rs);
-        let uid = uid_of(rs);
-        let desired = rs
-            .pointer("/spec/replicas")
-            .and_then(Value::as_u64)
-            .unwrap_or(0) as usize;
+    fn reconcile(&self, rs: &ReplicaSet, snapshot: &Snapshot, _ctx: &Context) -> Outcome {
+        let namespace = &rs.metadata.namespace;
+        let uid = &rs.metadata.uid;
+        let desired = usize::try_from(rs.spec.replicas).unwrap_or(0);
         // Counted by the snapshot's index: a ReplicaSet looked at after each change of one
         // of its 50,000 pods must not read all of them each time. Only a scale-down,
         // which has to choose, lists them.
@@ -70,63 +63,44 @@ impl Reconciler for ReplicaSetController {
             for _ in 0..missing.min(batch) {
                 let name = free_name(rs, snapshot, &names);
                 names.insert(name.clone());
-                writes.push(Write::Create {
-                    rt: &PODS,
-                    object: new_pod(rs, name),
-                });
+                writes.push(Write::create(new_pod(rs, name)));
             }
             if missing > batch {
                 requeue_after = Some(std::time::Duration::ZERO);
             }
         } else if replicas.active > desired {
-            let mut pods: Vec<&Value> = snapshot
-                .list(&PODS, Some(namespace))
+            let mut pods: Vec<&Pod> = snapshot
+                .list::<Pod>(Some(namespace))
                 .filter(|p| {
                     // Terminating pods are not counted: their replacements start at once,
                     // as Kubernetes' FilterActivePods does.
-                    controller_of(p).is_some_and(|(_, _, owner)| owner == uid)
+                    controller_uid(&p.metadata) == Some(uid.as_str())
                         && !pod_is_terminal(p)
                         && !pod_is_terminating(p)
                 })
                 .collect();
             // Least useful first: unscheduled, then not ready, then the newest.
             pods.sort_by_key(|p| {
-                let scheduled = !p
-                    .pointer("/spec/nodeName")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .is_empty();
-                let created = p
-                    .pointer("/metadata/creationTimestamp")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
                 (
-                    scheduled,
+                    !p.spec.node_name.is_empty(),
                     pod_is_ready(p),
-                    std::cmp::Reverse(created.to_owned()),
+                    std::cmp::Reverse(p.metadata.creation_timestamp.clone()),
                 )
             });
             for pod in &pods[..pods.len().saturating_sub(desired)] {
-                writes.push(Write::Delete {
-                    rt: &PODS,
-                    namespace: namespace.to_owned(),
-                    name: name_of(pod).to_owned(),
-                    force: false,
-                });
+                writes.push(Write::delete(*pod));
             }
         }
-        let status = json!({
-            "observedGeneration": rs.pointer("/metadata/generation").cloned().unwrap_or(json!(0)),
-            "replicas": replicas.active,
-            "readyReplicas": replicas.ready,
-        });
-        if writes.is_empty() && rs.get("status") != Some(&status) {
+        let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
+        let status = ReplicaSetStatus {
+            observed_generation: rs.metadata.generation,
+            replicas: count(replicas.active),
+            ready_replicas: count(replicas.ready),
+        };
+        if writes.is_empty() && rs.status.as_ref() != Some(&status) {
             let mut updated = rs.clone();
-            updated["status"] = status;
-            writes.push(Write::UpdateStatus {
-                rt: &REPLICASETS,
-                object: updated,
-            });
+            updated.status = Some(status);
+            writes.push(Write::update_status(updated));
         }
         Outcome {
             writes,
@@ -139,17 +113,17 @@ impl Reconciler for ReplicaSetController {
 /// reconcile is creating. A million suffixes run out of room fast: at 50,000 replicas a
 /// random one is taken one time in twenty, and a create that fails that way makes the
 /// whole round wait for a retry.
-fn free_name(rs: &Value, snapshot: &Snapshot, creating: &BTreeSet<String>) -> String {
-    let namespace = namespace_of(rs);
+fn free_name(rs: &ReplicaSet, snapshot: &Snapshot, creating: &BTreeSet<String>) -> String {
+    let namespace = &rs.metadata.namespace;
     let candidate = || {
         let suffix = &util::hex(&util::random_bytes::<3>())[..5];
-        format!("{}-{suffix}", name_of(rs))
+        format!("{}-{suffix}", rs.metadata.name)
     };
     let mut name = candidate();
     // Bounded: should every try be taken, the store refuses the create and the
     // ReplicaSet is reconciled again.
     for _ in 0..8 {
-        if snapshot.get(&PODS, namespace, &name).is_none() && !creating.contains(&name) {
+        if snapshot.get::<Pod>(namespace, &name).is_none() && !creating.contains(&name) {
             break;
         }
         name = candidate();
@@ -157,48 +131,55 @@ fn free_name(rs: &Value, snapshot: &Snapshot, creating: &BTreeSet<String>) -> St
     name
 }
 
-fn new_pod(rs: &Value, name: String) -> Value {
-    let template = rs.pointer("/spec/template").cloned().unwrap_or(json!({}));
-    json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": name,
-            "namespace": namespace_of(rs),
-            "labels": template.pointer("/metadata/labels").cloned().unwrap_or(json!({})),
-            "annotations": template.pointer("/metadata/annotations").cloned().unwrap_or(json!({})),
-            "ownerReferences": [owner_reference(rs)],
+fn new_pod(rs: &ReplicaSet, name: String) -> Pod {
+    let template = &rs.spec.template;
+    Pod {
+        api_version: "v1".to_owned(),
+        kind: "Pod".to_owned(),
+        metadata: ObjectMeta {
+            name,
+            namespace: rs.metadata.namespace.clone(),
+            labels: template.metadata.labels.clone(),
+            annotations: template.metadata.annotations.clone(),
+            owner_references: vec![owner_reference(rs)],
+            ..ObjectMeta::default()
         },
-        "spec": template.get("spec").cloned().unwrap_or(json!({})),
-    })
+        spec: template.spec.clone(),
+        status: None,
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::controllers::Settings;
+    use serde_json::json;
 
-    fn rs(replicas: u64) -> Value {
-        json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+    use super::*;
+    use crate::{
+        controllers::{Settings, fixtures::typed},
+        objects::{Kind as _, Object},
+    };
+
+    fn rs(replicas: u64) -> ReplicaSet {
+        typed(json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
             "metadata": {"name": "web-abc", "namespace": "default", "uid": "rs-uid", "generation": 1},
             "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "web"}},
-                "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}})
+                "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}}))
     }
 
-    fn pod(name: &str, node: &str, ready: bool) -> Value {
-        json!({"apiVersion": "v1", "kind": "Pod",
+    fn pod(name: &str, node: &str, ready: bool) -> Pod {
+        typed(json!({"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "namespace": "default", "creationTimestamp": format!("2026-01-01T00:00:0{}Z", name.len() % 10),
                 "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-abc", "uid": "rs-uid", "controller": true}]},
             "spec": {"nodeName": node, "containers": [{"name": "c", "image": "i"}]},
-            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}})
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}}))
     }
 
-    fn run(rs: Value, pods: Vec<Value>) -> Outcome {
-        let mut objects = vec![(&REPLICASETS, rs)];
-        objects.extend(pods.into_iter().map(|p| (&PODS, p)));
+    fn run(rs: ReplicaSet, pods: Vec<Pod>) -> Outcome {
+        let mut objects = vec![rs.into_object()];
+        objects.extend(pods.into_iter().map(Pod::into_object));
         let snapshot = Snapshot::from_objects(objects, 1);
         let rs = snapshot
-            .get(&REPLICASETS, "default", "web-abc")
+            .get::<ReplicaSet>("default", "web-abc")
             .expect("rs")
             .clone();
         ReplicaSetController.reconcile(
@@ -215,16 +196,12 @@ mod tests {
     fn creates_missing_pods_from_the_template() {
         let outcome = run(rs(3), vec![pod("web-abc-1", "n1", true)]);
         assert_eq!(outcome.writes.len(), 2);
-        let Write::Create { object, .. } = &outcome.writes[0] else {
+        let Write::Create(Object::Pod(object)) = &outcome.writes[0] else {
             panic!("{outcome:?}")
         };
-        assert_eq!(object["metadata"]["labels"]["app"], "web");
-        assert_eq!(object["metadata"]["ownerReferences"][0]["uid"], "rs-uid");
-        assert!(
-            object["metadata"]["name"]
-                .as_str()
-                .is_some_and(|n| n.starts_with("web-abc-"))
-        );
+        assert_eq!(object.metadata.labels["app"], "web");
+        assert_eq!(object.metadata.owner_references[0].uid, "rs-uid");
+        assert!(object.metadata.name.starts_with("web-abc-"));
     }
 
     #[test]
@@ -251,12 +228,16 @@ mod tests {
     #[test]
     fn at_the_desired_count_only_status_is_written_once() {
         let outcome = run(rs(2), vec![pod("a", "n1", true), pod("b", "n1", false)]);
-        let [Write::UpdateStatus { object, .. }] = outcome.writes.as_slice() else {
+        let [Write::UpdateStatus(Object::ReplicaSet(object))] = outcome.writes.as_slice() else {
             panic!("{outcome:?}")
         };
         assert_eq!(
-            object["status"],
-            json!({"observedGeneration": 1, "replicas": 2, "readyReplicas": 1})
+            object.status,
+            Some(ReplicaSetStatus {
+                observed_generation: 1,
+                replicas: 2,
+                ready_replicas: 1
+            })
         );
         let outcome = run(
             object.clone(),
@@ -268,12 +249,12 @@ mod tests {
     #[test]
     fn terminating_pods_are_not_counted_nor_deleted_again() {
         let mut leaving = pod("leaving", "n1", true);
-        leaving["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:30Z");
-        leaving["metadata"]["deletionGracePeriodSeconds"] = json!(30);
+        leaving.metadata.deletion_timestamp = "2026-01-01T00:00:30Z".to_owned();
+        leaving.metadata.deletion_grace_period_seconds = Some(30);
         // Its replacement starts at once, as Kubernetes' FilterActivePods has it.
         let outcome = run(rs(2), vec![pod("a", "n1", true), leaving.clone()]);
         assert!(
-            matches!(outcome.writes.as_slice(), [Write::Create { .. }]),
+            matches!(outcome.writes.as_slice(), [Write::Create(_)]),
             "{outcome:?}"
         );
         // Scaling down past it picks among the active pods only.
@@ -294,13 +275,14 @@ mod tests {
             let pods = (0..existing)
                 .map(|i| pod(&format!("web-abc-{i:05x}"), "n1", true))
                 .collect::<Vec<_>>();
-            let mut names: BTreeSet<String> = pods.iter().map(|p| name_of(p).to_owned()).collect();
+            let mut names: BTreeSet<String> =
+                pods.iter().map(|p| p.metadata.name.clone()).collect();
             let outcome = run(rs(50_000), pods);
             let mut created = 0;
             for write in &outcome.writes {
-                if let Write::Create { object, .. } = write {
+                if let Write::Create(object) = write {
                     created += 1;
-                    assert!(names.insert(name_of(object).to_owned()), "{object}");
+                    assert!(names.insert(object.name().to_owned()), "{object:?}");
                 }
             }
             (created, outcome.requeue_after)

@@ -13,19 +13,14 @@ use std::{
     sync::Arc,
 };
 
-use berth_api::{
-    ResourceType,
-    core::{Pod, parse_cpu_millis, parse_memory_bytes},
-};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use berth_api::core::{Condition, Node, Pod, PodStatus};
 
-use super::index::{NodeFit, Unfit, holds_resources, node_name};
+use super::index::{NodeFit, Unfit, holds_resources, requests};
 use super::{
-    Change, Context, NODES, Outcome, PODS, Reconciler, Snapshot, Write, controller_of, is_kind,
-    pod_is_terminal, reference,
+    Change, Context, Outcome, Reconciler, Snapshot, Write, controller_uid, pod_is_terminal,
+    reference,
 };
-use crate::registry::{batch::Binding, name_of, namespace_of};
+use crate::registry::batch::Binding;
 
 pub struct Scheduler;
 
@@ -45,12 +40,10 @@ const REASONS: [&str; 5] = [
 ];
 
 impl Reconciler for Scheduler {
+    type Object = Pod;
+
     fn name(&self) -> &'static str {
         "scheduler"
-    }
-
-    fn kind(&self) -> &'static ResourceType {
-        &PODS
     }
 
     fn affected(&self, change: &Change, snapshot: &Snapshot) -> Vec<(String, String)> {
@@ -64,36 +57,37 @@ impl Reconciler for Scheduler {
         let mut keys = Vec::new();
         let mut wake_all = false;
         for change in changes {
-            if is_kind(change, &PODS) {
+            if let Some(pod) = change.as_kind::<Pod>() {
                 // Freed resources (a bound pod went, or finished): pods waiting for room
                 // may fit now.
                 if change.deleted {
-                    wake_all |= holds_resources(&change.object);
-                } else if pod_is_terminal(&change.object) {
-                    wake_all |= change.previous.as_deref().is_none_or(holds_resources);
-                } else if pending(&change.object) {
-                    keys.push(key(&change.object));
+                    wake_all |= holds_resources(pod);
+                } else if pod_is_terminal(pod) {
+                    wake_all |= change.previous_as::<Pod>().is_none_or(holds_resources);
+                } else if pending(pod) {
+                    keys.push(change.key());
                 }
-            } else if is_kind(change, &NODES) && !change.deleted {
+            } else if let Some(node) = change.as_kind::<Node>()
+                && !change.deleted
+            {
                 // Node heartbeats rewrite the status of every node every few seconds;
                 // only a new node, or a change to what the filters look at, can help.
                 wake_all |= change
-                    .previous
-                    .as_ref()
-                    .is_none_or(|previous| fit_inputs(previous) != fit_inputs(&change.object));
+                    .previous_as::<Node>()
+                    .is_none_or(|previous| fit_inputs(previous) != fit_inputs(node));
             }
         }
         if wake_all {
             return snapshot
-                .list(&PODS, None)
+                .list::<Pod>(None)
                 .filter(|pod| pending(pod))
-                .map(key)
+                .map(|pod| (pod.metadata.namespace.clone(), pod.metadata.name.clone()))
                 .collect();
         }
         keys
     }
 
-    fn reconcile(&self, pod: &Value, snapshot: &Snapshot, ctx: &Context) -> Outcome {
+    fn reconcile(&self, pod: &Pod, snapshot: &Snapshot, ctx: &Context) -> Outcome {
         self.reconcile_batch(&[pod], snapshot, ctx)
             .pop()
             .unwrap_or_default()
@@ -101,37 +95,23 @@ impl Reconciler for Scheduler {
 
     /// Each pod sees the bindings made before it in the batch, through the batch's
     /// [`Cluster`] rather than the store.
-    fn reconcile_batch(
-        &self,
-        pods: &[&Value],
-        snapshot: &Snapshot,
-        _ctx: &Context,
-    ) -> Vec<Outcome> {
-        let typed: Vec<Option<Pod>> = pods
-            .iter()
-            .map(|pod| {
-                if pending(pod) {
-                    Pod::deserialize(*pod).ok()
-                } else {
-                    None
-                }
-            })
-            .collect();
-        if typed.iter().all(Option::is_none) {
+    fn reconcile_batch(&self, pods: &[&Pod], snapshot: &Snapshot, _ctx: &Context) -> Vec<Outcome> {
+        if !pods.iter().any(|pod| pending(pod)) {
             // Bound already (a resync or its own update coming back): nothing to sum.
             return vec![Outcome::default(); pods.len()];
         }
         let owners = pods
             .iter()
-            .zip(&typed)
-            .filter(|(_, typed)| typed.is_some())
-            .filter_map(|(pod, _)| controller_of(pod).map(|(_, _, uid)| uid));
+            .filter(|pod| pending(pod))
+            .filter_map(|pod| controller_uid(&pod.metadata));
         let mut cluster = Cluster::new(snapshot, owners);
         pods.iter()
-            .zip(typed)
-            .map(|(pod, typed)| match typed {
-                Some(typed) => schedule(&mut cluster, &typed, pod),
-                None => Outcome::default(),
+            .map(|pod| {
+                if pending(pod) {
+                    schedule(&mut cluster, pod)
+                } else {
+                    Outcome::default()
+                }
             })
             .collect()
     }
@@ -139,22 +119,19 @@ impl Reconciler for Scheduler {
 
 /// Binds one pending pod to the best node of `cluster` and records it there, or reports
 /// why it fits nowhere.
-fn schedule(cluster: &mut Cluster, typed: &Pod, pod: &Value) -> Outcome {
-    let owner = controller_of(pod).map(|(_, _, uid)| uid);
-    let (cpu, memory) = requests(typed);
-    match cluster.choose(typed, owner) {
+fn schedule(cluster: &mut Cluster, pod: &Pod) -> Outcome {
+    let owner = controller_uid(&pod.metadata);
+    let (cpu, memory) = requests(pod);
+    let (namespace, name) = (&pod.metadata.namespace, &pod.metadata.name);
+    match cluster.choose(pod, owner) {
         Ok(i) => {
             cluster.bind(i, cpu, memory, owner);
             let node = cluster.nodes[i].fit.name.clone();
-            let message = format!(
-                "Successfully assigned {}/{} to {node}",
-                namespace_of(pod),
-                name_of(pod)
-            );
+            let message = format!("Successfully assigned {namespace}/{name} to {node}");
             Outcome::writes(vec![
                 Write::Bind(Binding {
-                    namespace: namespace_of(pod).to_owned(),
-                    name: name_of(pod).to_owned(),
+                    namespace: namespace.clone(),
+                    name: name.clone(),
                     node,
                     resource_version: resource_version(pod),
                 }),
@@ -167,18 +144,23 @@ fn schedule(cluster: &mut Cluster, typed: &Pod, pod: &Value) -> Outcome {
             ])
         }
         Err(reason) => {
-            let already_reported =
-                pod.pointer("/status/message").and_then(Value::as_str) == Some(reason.as_str());
+            let already_reported = pod.status.as_ref().is_some_and(|s| s.message == reason);
             let mut writes = Vec::new();
             if !already_reported {
-                let mut status = pod.clone();
-                status["status"] = json!({"phase": "Pending", "message": reason, "conditions": [
-                    {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": reason}
-                ]});
-                writes.push(Write::UpdateStatus {
-                    rt: &PODS,
-                    object: status,
+                let mut unschedulable = pod.clone();
+                unschedulable.status = Some(PodStatus {
+                    phase: "Pending".to_owned(),
+                    message: reason.clone(),
+                    conditions: vec![Condition {
+                        type_: "PodScheduled".to_owned(),
+                        status: "False".to_owned(),
+                        reason: "Unschedulable".to_owned(),
+                        message: reason.clone(),
+                        ..Condition::default()
+                    }],
+                    ..PodStatus::default()
                 });
+                writes.push(Write::update_status(unschedulable));
                 writes.push(Write::Event {
                     involved: reference(pod),
                     reason: "FailedScheduling".to_owned(),
@@ -196,54 +178,35 @@ fn schedule(cluster: &mut Cluster, typed: &Pod, pod: &Value) -> Outcome {
 }
 
 /// The revision the pod was read at: a binding made on an older one is refused.
-fn resource_version(pod: &Value) -> u64 {
-    pod.pointer("/metadata/resourceVersion")
-        .and_then(Value::as_str)
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(0)
+fn resource_version(pod: &Pod) -> u64 {
+    pod.metadata.resource_version.parse().unwrap_or(0)
 }
 
-fn key(object: &Value) -> (String, String) {
-    (namespace_of(object).to_owned(), name_of(object).to_owned())
-}
-
-fn pending(pod: &Value) -> bool {
-    node_name(pod).is_empty() && !pod_is_terminal(pod)
+fn pending(pod: &Pod) -> bool {
+    pod.spec.node_name.is_empty() && !pod_is_terminal(pod)
 }
 
 /// What the filters read of a node: its Ready status, whether it is cordoned, its labels
 /// and what it offers. A change to anything else (a heartbeat's timestamps) cannot make
 /// a pod fit.
-fn fit_inputs(node: &Value) -> [Option<&Value>; 4] {
-    let ready = node
-        .pointer("/status/conditions")
-        .and_then(Value::as_array)
-        .and_then(|conditions| conditions.iter().find(|c| c["type"] == "Ready"))
-        .and_then(|c| c.get("status"));
-    [
-        ready,
-        node.pointer("/spec/unschedulable"),
-        node.pointer("/metadata/labels"),
-        node.pointer("/status/allocatable"),
-    ]
-}
+type FitInputs<'a> = (
+    Option<&'a str>,
+    bool,
+    &'a BTreeMap<String, String>,
+    Option<&'a BTreeMap<String, String>>,
+);
 
-fn requests(pod: &Pod) -> (u64, u64) {
-    pod.spec.containers.iter().fold((0, 0), |(cpu, mem), c| {
-        let r = &c.resources.requests;
-        (
-            cpu.saturating_add(
-                r.get("cpu")
-                    .and_then(|q| parse_cpu_millis(q).ok())
-                    .unwrap_or(0),
-            ),
-            mem.saturating_add(
-                r.get("memory")
-                    .and_then(|q| parse_memory_bytes(q).ok())
-                    .unwrap_or(0),
-            ),
-        )
-    })
+fn fit_inputs(node: &Node) -> FitInputs<'_> {
+    let status = node.status.as_ref();
+    let ready = status
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+        .map(|c| c.status.as_str());
+    (
+        ready,
+        node.spec.unschedulable,
+        &node.metadata.labels,
+        status.map(|s| &s.allocatable),
+    )
 }
 
 /// One node as the scheduler sees it during a batch: what the filters read of it, shared
@@ -397,24 +360,40 @@ impl Spread {
     }
 }
 
-/// The chosen node's name, or why no node fits (counted per reason, like kube-scheduler).
-pub fn choose_node(pod: &Pod, raw: &Value, snapshot: &Snapshot) -> Result<String, String> {
-    let owner = controller_of(raw).map(|(_, _, uid)| uid);
-    let cluster = Cluster::new(snapshot, owner);
-    cluster
-        .choose(pod, owner)
-        .map(|i| cluster.nodes[i].fit.name.clone())
-}
-
 #[cfg(test)]
 mod tests {
     use berth_api::core::Node;
     use serde_json::json;
 
+    use std::sync::Arc;
+
+    use berth_api::{
+        ResourceType,
+        core::{parse_cpu_millis, parse_memory_bytes},
+        kinds::{NODES, PODS},
+    };
+    // Fixtures are manifests, edited field by field as a user edits one (see
+    // `fixtures`): JSON until they are decoded into a snapshot.
+    use serde_json::Value;
+
     use super::{
-        super::index::{DEFAULT_CPU_MILLIS, DEFAULT_MEMORY_BYTES},
+        super::{
+            controller_of,
+            fixtures::snapshot,
+            index::{DEFAULT_CPU_MILLIS, DEFAULT_MEMORY_BYTES},
+        },
         *,
     };
+    use crate::objects::Object;
+
+    /// The chosen node's name, or why no node fits (counted per reason, like kube-scheduler).
+    fn choose_node(pod: &Pod, snapshot: &Snapshot) -> Result<String, String> {
+        let owner = controller_uid(&pod.metadata);
+        let cluster = Cluster::new(snapshot, owner);
+        cluster
+            .choose(pod, owner)
+            .map(|i| cluster.nodes[i].fit.name.clone())
+    }
 
     fn node_ready(node: &Node) -> bool {
         node.status.as_ref().is_some_and(|s| {
@@ -446,10 +425,9 @@ mod tests {
         objects: Vec<(&'static ResourceType, Value)>,
         name: &str,
     ) -> Result<String, String> {
-        let snapshot = Snapshot::from_objects(objects, 1);
-        let raw = snapshot.get(&PODS, "default", name).expect("pod").clone();
-        let typed: Pod = serde_json::from_value(raw.clone()).expect("typed");
-        choose_node(&typed, &raw, &snapshot)
+        let snapshot = snapshot(objects, 1);
+        let pod = snapshot.get::<Pod>("default", name).expect("pod");
+        choose_node(pod, &snapshot)
     }
 
     #[test]
@@ -502,7 +480,7 @@ mod tests {
 
     #[test]
     fn reconcile_binds_and_is_idempotent() {
-        let snapshot = Snapshot::from_objects(
+        let snapshot = snapshot(
             vec![node("a", true, "4", json!({})), pod("p", "", "100m", "rs")],
             1,
         );
@@ -510,7 +488,7 @@ mod tests {
             now: 0,
             settings: super::super::Settings::default(),
         };
-        let p = snapshot.get(&PODS, "default", "p").expect("pod");
+        let p = snapshot.get::<Pod>("default", "p").expect("pod");
         let outcome = Scheduler.reconcile(p, &snapshot, &ctx);
         let Some(Write::Bind(binding)) = outcome.writes.first() else {
             panic!("{outcome:?}");
@@ -518,7 +496,7 @@ mod tests {
         assert_eq!((binding.name.as_str(), binding.node.as_str()), ("p", "a"));
         // Once bound, nothing more to do.
         let mut bound = p.clone();
-        bound["spec"]["nodeName"] = json!(binding.node);
+        bound.spec.node_name.clone_from(&binding.node);
         assert_eq!(
             Scheduler.reconcile(&bound, &snapshot, &ctx),
             Outcome::default()
@@ -534,8 +512,8 @@ mod tests {
 
     /// Schedules every pending pod of `objects` in one batch: pod name -> node or reason.
     fn schedule_batch(objects: Vec<(&'static ResourceType, Value)>) -> Vec<(String, String)> {
-        let snapshot = Snapshot::from_objects(objects, 1);
-        let pods: Vec<&Value> = snapshot.list(&PODS, None).filter(|p| pending(p)).collect();
+        let snapshot = snapshot(objects, 1);
+        let pods: Vec<&Pod> = snapshot.list::<Pod>(None).filter(|p| pending(p)).collect();
         let outcomes = Scheduler.reconcile_batch(&pods, &snapshot, &ctx());
         assert_eq!(outcomes.len(), pods.len());
         pods.iter()
@@ -543,13 +521,14 @@ mod tests {
             .map(|(pod, outcome)| {
                 let verdict = match outcome.writes.first() {
                     Some(Write::Bind(binding)) => binding.node.clone(),
-                    Some(Write::UpdateStatus { object, .. }) => object["status"]["message"]
-                        .as_str()
-                        .unwrap_or("?")
+                    Some(Write::UpdateStatus(Object::Pod(pod))) => pod
+                        .status
+                        .as_ref()
+                        .map_or("?", |s| s.message.as_str())
                         .to_owned(),
                     other => panic!("{other:?}"),
                 };
-                (name_of(pod).to_owned(), verdict)
+                (pod.metadata.name.clone(), verdict)
             })
             .collect()
     }
@@ -600,16 +579,22 @@ mod tests {
 
     #[test]
     fn an_unschedulable_verdict_is_reported_once_and_retried() {
-        let snapshot = Snapshot::from_objects(
+        let snapshot = snapshot(
             vec![node("a", true, "1", json!({})), pod("p", "", "2", "rs")],
             1,
         );
-        let p = snapshot.get(&PODS, "default", "p").expect("pod");
+        let p = snapshot.get::<Pod>("default", "p").expect("pod");
         let outcome = Scheduler.reconcile(p, &snapshot, &ctx());
-        let Some(Write::UpdateStatus { object, .. }) = outcome.writes.first() else {
+        let Some(Write::UpdateStatus(Object::Pod(object))) = outcome.writes.first() else {
             panic!("{outcome:?}");
         };
-        assert_eq!(object["status"]["conditions"][0]["reason"], "Unschedulable");
+        assert_eq!(
+            object
+                .status
+                .as_ref()
+                .map(|s| s.conditions[0].reason.as_str()),
+            Some("Unschedulable")
+        );
         assert!(matches!(
             outcome.writes.get(1),
             Some(Write::Event { reason, type_: "Warning", .. }) if reason == "FailedScheduling"
@@ -621,42 +606,31 @@ mod tests {
 
     /// The scheduler as it was before batches (every pod and node decoded per decision),
     /// kept as the reference the batch must agree with.
-    fn reference_choose_node(
-        pod: &Pod,
-        raw: &Value,
-        snapshot: &Snapshot,
-    ) -> Result<String, String> {
-        let nodes: Vec<Node> = snapshot.typed(&NODES, None);
+    fn reference_choose_node(pod: &Pod, snapshot: &Snapshot) -> Result<String, String> {
+        let nodes: Vec<&Node> = snapshot.list::<Node>(None).collect();
         if nodes.is_empty() {
             return Err("0 nodes are available: no nodes registered".to_owned());
         }
         let (cpu, memory) = requests(pod);
-        let owner = controller_of(raw).map(|(_, _, uid)| uid.to_owned());
+        let owner = controller_of(&pod.metadata).map(|r| r.uid.clone());
         // Per node: requested CPU, memory, pods of the same owner, all pods.
         let mut used: BTreeMap<String, (u64, u64, usize, usize)> = BTreeMap::new();
-        for other in snapshot.list(&PODS, None) {
-            let node = other
-                .pointer("/spec/nodeName")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
+        for other in snapshot.list::<Pod>(None) {
+            let node = other.spec.node_name.as_str();
             if node.is_empty() || pod_is_terminal(other) {
                 continue;
             }
-            let Ok(typed) = serde_json::from_value::<Pod>(other.clone()) else {
-                continue;
-            };
-            let (c, m) = requests(&typed);
+            let (c, m) = requests(other);
             let entry = used.entry(node.to_owned()).or_default();
             entry.0 += c;
             entry.1 += m;
-            entry.2 += usize::from(
-                owner.is_some() && controller_of(other).map(|(_, _, uid)| uid) == owner.as_deref(),
-            );
+            entry.2 +=
+                usize::from(owner.is_some() && controller_uid(&other.metadata) == owner.as_deref());
             entry.3 += 1;
         }
         let mut rejected: BTreeMap<&str, usize> = BTreeMap::new();
         let mut best: Option<((usize, u64, usize), String)> = None;
-        for node in &nodes {
+        for node in nodes.iter().copied() {
             let name = &node.metadata.name;
             let reason = if !node_ready(node) {
                 Some("node(s) were not ready")
@@ -753,12 +727,12 @@ mod tests {
         // One at a time, each binding written back before the next decision.
         let mut one_by_one = Vec::new();
         for (name, _) in &batch {
-            let snapshot = Snapshot::from_objects(objects.clone(), 1);
-            let raw = snapshot.get(&PODS, "default", name).expect("pod");
-            let typed: Pod = serde_json::from_value(raw.clone()).expect("typed");
-            let verdict =
-                reference_choose_node(&typed, raw, &snapshot).unwrap_or_else(|reason| reason);
-            if let Some(entry) = objects.iter_mut().find(|(_, o)| name_of(o) == name)
+            let snapshot = snapshot(objects.clone(), 1);
+            let pod = snapshot.get::<Pod>("default", name).expect("pod");
+            let verdict = reference_choose_node(pod, &snapshot).unwrap_or_else(|reason| reason);
+            if let Some(entry) = objects
+                .iter_mut()
+                .find(|(_, o)| o["metadata"]["name"] == name.as_str())
                 && !verdict.starts_with("0/")
             {
                 entry.1["spec"]["nodeName"] = json!(verdict);
@@ -796,18 +770,18 @@ mod tests {
         previous: Option<&Value>,
         deleted: bool,
     ) -> Change {
+        let object = super::super::fixtures::object(rt, object.clone());
         Change {
-            key: crate::registry::key(rt, namespace_of(object), name_of(object)),
-            object: Arc::new(object.clone()),
+            object: Arc::new(object),
             deleted,
-            previous: previous.cloned().map(Arc::new),
+            previous: previous.map(|p| Arc::new(super::super::fixtures::object(rt, p.clone()))),
         }
     }
 
     #[test]
     fn heartbeats_do_not_requeue_pending_pods_but_real_node_changes_do() {
         let (_, a) = node("a", true, "4", json!({}));
-        let snapshot = Snapshot::from_objects(
+        let snapshot = snapshot(
             vec![
                 (&NODES, a.clone()),
                 pod("bound", "a", "1", "rs"),
@@ -855,7 +829,7 @@ mod tests {
 
     #[test]
     fn only_pods_that_held_resources_free_room_for_others() {
-        let snapshot = Snapshot::from_objects(
+        let snapshot = snapshot(
             vec![
                 node("a", true, "4", json!({})),
                 pod("waiting", "", "100m", "rs"),

@@ -11,13 +11,13 @@ use berth_api::{
     kinds::{EVENTS, PODS},
     meta::{DEFAULT_NAMESPACE, ObjectMeta},
 };
-use serde_json::Value;
 
 use super::{
-    Batch, Error, MAX_RETRIES, Registry, Result, decode_error, encode, key,
+    Batch, Error, MAX_RETRIES, Registry, Result, decode_error, encode, key, of_kind,
     strategy::{Strategy, with_strategy},
 };
 use crate::{
+    objects::{Kind as _, Object},
     store::{KeyValue, Op, Precondition, Revision, StoreError},
     util,
 };
@@ -48,7 +48,7 @@ impl Registry {
     pub async fn create_many(
         &self,
         rt: &'static ResourceType,
-        objects: Vec<Value>,
+        objects: Vec<Object>,
     ) -> Result<Revision> {
         if objects.is_empty() {
             return Ok(0);
@@ -155,16 +155,13 @@ impl Registry {
     pub async fn record_events(&self, events: Vec<EventRecord>) {
         let rt = &EVENTS;
         let now = util::rfc3339_now();
-        let mut by_namespace: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        let mut by_namespace: BTreeMap<String, Vec<Object>> = BTreeMap::new();
         for record in events {
             let event = event_object(record, &now);
-            match serde_json::to_value(&event) {
-                Ok(object) => by_namespace
-                    .entry(event.metadata.namespace)
-                    .or_default()
-                    .push(object),
-                Err(e) => tracing::warn!("could not encode event {}: {e}", event.reason),
-            }
+            by_namespace
+                .entry(event.metadata.namespace.clone())
+                .or_default()
+                .push(event.into_object());
         }
         let written = futures_util::future::join_all(by_namespace.into_iter().map(
             |(namespace, objects)| async move { (namespace, self.create_many(rt, objects).await) },
@@ -179,10 +176,9 @@ impl Registry {
 }
 
 /// An object a controller built, typed and checked as decoding would.
-fn checked<S: Strategy>(_strategy: &S, rt: &ResourceType, object: Value) -> Result<S::Object> {
-    let name = super::name_of(&object).to_owned();
-    let mut typed: S::Object = serde_json::from_value(object)
-        .map_err(|e| Error::bad_request(format!("{} {name:?}: {e}", rt.kind)))?;
+fn checked<S: Strategy>(strategy: &S, rt: &ResourceType, object: Object) -> Result<S::Object> {
+    let name = object.name().to_owned();
+    let mut typed = of_kind(strategy, object)?;
     berth_api::normalize(&mut typed).map_err(|e| decode_error(rt, &name, e))?;
     Ok(typed)
 }
@@ -251,7 +247,6 @@ mod tests {
     use super::*;
     use crate::{
         allocation::{Cidr, PortRange, Ranges},
-        controllers::PODS,
         metrics::Metrics,
         store::{RedbStore, Store},
     };
@@ -276,10 +271,12 @@ mod tests {
         registry
     }
 
-    fn pod(name: &str) -> Value {
-        json!({"apiVersion": "v1", "kind": "Pod",
+    fn pod(name: &str) -> Object {
+        let pod: Pod = serde_json::from_value(json!({"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "namespace": "default"},
-            "spec": {"containers": [{"name": "c", "image": "i"}]}})
+            "spec": {"containers": [{"name": "c", "image": "i"}]}}))
+        .expect("a pod");
+        pod.into_object()
     }
 
     fn binding(name: &str, node: &str, resource_version: Revision) -> Binding {

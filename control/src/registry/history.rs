@@ -92,9 +92,7 @@ impl Registry {
                 (old.clone(), Precondition::ModRevision(kv.mod_revision))
             }
             None => {
-                let hash = util::template_hash(
-                    &serde_json::to_value(template).map_err(|e| Error::internal(e.to_string()))?,
-                );
+                let hash = template.hash();
                 let revision = ControllerRevision {
                     api_version: "apps/v1".to_owned(),
                     kind: "ControllerRevision".to_owned(),

@@ -28,14 +28,13 @@ use serde_json::{Value, json};
 
 pub use self::{
     allocation::LOAD_BALANCER_CONDITION,
-    apply::ApplyResult,
     error::{Error, Result, decode_error},
-    strategy::pod::DEFAULT_POD_GRACE_SECONDS,
 };
 use self::{
     allocation::Ranges,
     strategy::{Strategy, with_strategy},
 };
+use crate::objects::{Kind as _, Object};
 pub use crate::objects::{decode_stored, key, labels_of, name_of, namespace_of, prefix};
 use crate::{
     metrics::Metrics,
@@ -104,6 +103,24 @@ fn typed<S: Strategy>(_strategy: &S, object: Value) -> Result<S::Object> {
     })
 }
 
+/// `object` as the kind of `strategy`: a controller's write names its kind by variant.
+fn of_kind<S: Strategy>(_strategy: &S, object: Object) -> Result<S::Object> {
+    let kind = object.resource_type().kind;
+    S::Object::from_object(object).ok_or_else(|| {
+        Error::internal(format!(
+            "a {kind} was written as a {}",
+            <S::Object as Resource>::KIND
+        ))
+    })
+}
+
+/// The revision an answer was written at (0 if it does not say).
+pub fn written_revision(answer: &Value) -> Revision {
+    str_at(answer, "/metadata/resourceVersion")
+        .parse()
+        .unwrap_or(0)
+}
+
 /// The object as the API returns it, stamped with the revision that wrote it.
 fn answer<R: Resource>(object: &R, revision: Revision) -> Result<Value> {
     let mut value = serde_json::to_value(object).map_err(|e| Error::internal(e.to_string()))?;
@@ -140,10 +157,6 @@ impl Registry {
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
-    }
-
-    pub fn ranges(&self) -> &Ranges {
-        &self.ranges
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -280,6 +293,40 @@ impl Registry {
                 Ok(object.clone())
             })
             .await
+        })
+    }
+
+    /// [`Self::update`] of a controller's typed object; returns the revision written.
+    pub async fn update_object(&self, object: Object) -> Result<Revision> {
+        let rt = object.resource_type();
+        let wanted = parse_resource_version(&object.meta().resource_version)?;
+        let (namespace, name) = (object.namespace().to_owned(), object.name().to_owned());
+        with_strategy!(rt, |strategy| {
+            let object = of_kind(strategy, object)?;
+            let written = self
+                .read_modify_write(strategy, rt, &namespace, &name, wanted, |_| {
+                    Ok(object.clone())
+                })
+                .await?;
+            Ok(written_revision(&written))
+        })
+    }
+
+    /// [`Self::update_status`] of a controller's typed object; returns the revision
+    /// written.
+    pub async fn update_status_object(&self, object: Object) -> Result<Revision> {
+        let rt = object.resource_type();
+        let wanted = parse_resource_version(&object.meta().resource_version)?;
+        let (namespace, name) = (object.namespace().to_owned(), object.name().to_owned());
+        with_strategy!(rt, |strategy| {
+            let reported = of_kind(strategy, object)?;
+            let written = self
+                .write_raw(strategy, rt, &namespace, &name, wanted, |stored| {
+                    stored.copy_status(&reported);
+                    berth_api::normalize(stored).map_err(|e| decode_error(rt, &name, e))
+                })
+                .await?;
+            Ok(written_revision(&written))
         })
     }
 

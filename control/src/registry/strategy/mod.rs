@@ -16,7 +16,6 @@ mod service;
 
 use std::future::Future;
 
-use berth_api::Resource;
 use serde_json::Value;
 
 pub(super) use self::{
@@ -27,10 +26,13 @@ pub(super) use self::{
     service::ServiceStrategy,
 };
 use super::{Batch, DeleteOptions, Registry, Result};
-use crate::store::{Op, Revision};
+use crate::{
+    objects::Kind,
+    store::{Op, Revision},
+};
 
 pub(super) trait Strategy: Sync {
-    type Object: Resource + PartialEq;
+    type Object: Kind;
 
     /// Server-owned fields of a new object beyond its metadata.
     fn prepare_for_create(&self, _object: &mut Self::Object) {}

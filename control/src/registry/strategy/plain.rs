@@ -2,9 +2,10 @@
 
 use std::marker::PhantomData;
 
-use berth_api::{Resource, apps::ReplicaSet, autoscaling::HorizontalPodAutoscaler, core::Node};
+use berth_api::{apps::ReplicaSet, autoscaling::HorizontalPodAutoscaler, core::Node};
 
 use super::Strategy;
+use crate::objects::Kind;
 
 /// A kind with neither a status subresource nor a spec (Endpoints, Event,
 /// ControllerRevision): every write replaces the whole object.
@@ -16,7 +17,7 @@ impl<R> Plain<R> {
     }
 }
 
-impl<R: Resource + PartialEq> Strategy for Plain<R> {
+impl<R: Kind> Strategy for Plain<R> {
     type Object = R;
 }
 
