@@ -87,29 +87,13 @@ impl Server {
         } else {
             local_addr.ip().to_string()
         };
-
-        let mut names = vec![
-            "localhost".to_owned(),
-            "127.0.0.1".to_owned(),
-            client_host.clone(),
-        ];
-        names.extend(config.tls_sans.iter().cloned());
-        let pki = Pki::load_or_create(&config.pki_dir(), &names)?;
-        let auth = Arc::new(Auth::from_digests(vec![pki.admin_token_digest]));
-        let (scheme, tls) = if config.insecure_http {
-            tracing::warn!("serving plain HTTP: bearer tokens cross the network unencrypted");
-            ("http", None)
-        } else {
-            ("https", Some(tls_acceptor(&pki)?))
-        };
-        let url = format!("{scheme}://{client_host}:{}", local_addr.port());
-        let admin_config = config.admin_config_path();
-        write_admin_config(
-            &admin_config,
-            &url,
-            (!config.insecure_http).then_some(pki.ca_cert_pem.as_str()),
-            pki.new_admin_token.as_deref(),
-        )?;
+        let Identity {
+            pki,
+            auth,
+            tls,
+            url,
+            admin_config,
+        } = Identity::prepare(config, &client_host, local_addr.port())?;
 
         let registry = open_registry(config, &store, &metrics).await?;
         let usage = Usage::default();
@@ -188,6 +172,51 @@ impl Server {
         if let Some(controllers) = self.controllers {
             controllers.join().await;
         }
+    }
+}
+
+/// Who the server is and how clients reach it: its CA and certificates, the admin
+/// token, the TLS acceptor (None for plain HTTP), its URL and the admin.conf written for
+/// it.
+struct Identity {
+    pki: Pki,
+    auth: Arc<Auth>,
+    tls: Option<TlsAcceptor>,
+    url: String,
+    admin_config: PathBuf,
+}
+
+impl Identity {
+    fn prepare(config: &Config, client_host: &str, port: u16) -> Result<Self, ServerError> {
+        let mut names = vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+            client_host.to_owned(),
+        ];
+        names.extend(config.tls_sans.iter().cloned());
+        let pki = Pki::load_or_create(&config.pki_dir(), &names)?;
+        let auth = Arc::new(Auth::from_digests(vec![pki.admin_token_digest]));
+        let (scheme, tls) = if config.insecure_http {
+            tracing::warn!("serving plain HTTP: bearer tokens cross the network unencrypted");
+            ("http", None)
+        } else {
+            ("https", Some(tls_acceptor(&pki)?))
+        };
+        let url = format!("{scheme}://{client_host}:{port}");
+        let admin_config = config.admin_config_path();
+        write_admin_config(
+            &admin_config,
+            &url,
+            (!config.insecure_http).then_some(pki.ca_cert_pem.as_str()),
+            pki.new_admin_token.as_deref(),
+        )?;
+        Ok(Self {
+            pki,
+            auth,
+            tls,
+            url,
+            admin_config,
+        })
     }
 }
 
