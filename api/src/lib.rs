@@ -26,6 +26,7 @@ pub mod manifest;
 pub mod meta;
 mod resource;
 pub mod selector;
+pub mod table;
 pub mod time;
 pub mod validation;
 

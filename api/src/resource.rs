@@ -28,6 +28,10 @@ pub trait Resource:
     /// Whether `status` is owned by controllers through the `/status` subresource, so
     /// writes to the object itself keep the stored status.
     const HAS_STATUS: bool = false;
+    /// Abbreviations kubectl users type (`po`, `deploy`), as discovery lists them.
+    const SHORT_NAMES: &'static [&'static str] = &[];
+    /// Groups of kinds a name like `all` stands for.
+    const CATEGORIES: &'static [&'static str] = &[];
 
     fn meta(&self) -> &ObjectMeta;
     fn meta_mut(&mut self) -> &mut ObjectMeta;
@@ -50,6 +54,7 @@ fn api_version(group: &str, version: &str) -> String {
 
 macro_rules! resource {
     ($ty:ty, group = $group:expr, plural = $plural:expr, namespaced = $ns:expr, status = $status:expr,
+     $(short_names = [$($short:expr),*], )? $(categories = [$($category:expr),*], )?
      |$this:ident, $v:ident| $body:block) => {
         resource!(
             $ty,
@@ -58,11 +63,14 @@ macro_rules! resource {
             plural = $plural,
             namespaced = $ns,
             status = $status,
+            $(short_names = [$($short),*], )?
+            $(categories = [$($category),*], )?
             |$this, $v| $body
         );
     };
     ($ty:ty, group = $group:expr, version = $version:expr, plural = $plural:expr, namespaced = $ns:expr,
-     status = $status:expr, |$this:ident, $v:ident| $body:block) => {
+     status = $status:expr, $(short_names = [$($short:expr),*], )? $(categories = [$($category:expr),*], )?
+     |$this:ident, $v:ident| $body:block) => {
         impl Resource for $ty {
             const GROUP: &'static str = $group;
             const VERSION: &'static str = $version;
@@ -70,6 +78,8 @@ macro_rules! resource {
             const PLURAL: &'static str = $plural;
             const NAMESPACED: bool = $ns;
             const HAS_STATUS: bool = $status;
+            $(const SHORT_NAMES: &'static [&'static str] = &[$($short),*];)?
+            $(const CATEGORIES: &'static [&'static str] = &[$($category),*];)?
 
             fn meta(&self) -> &ObjectMeta {
                 &self.metadata
@@ -97,6 +107,8 @@ resource!(
     plural = "pods",
     namespaced = true,
     status = true,
+    short_names = ["po"],
+    categories = ["all"],
     |this, v| {
         this.spec.validate(v, &FieldPath::root("spec"));
     }
@@ -107,6 +119,8 @@ resource!(
     plural = "services",
     namespaced = true,
     status = true,
+    short_names = ["svc"],
+    categories = ["all"],
     |this, v| {
         this.validate(v);
     }
@@ -117,6 +131,7 @@ resource!(
     plural = "namespaces",
     namespaced = false,
     status = true,
+    short_names = ["ns"],
     |this, v| {
         this.validate(v);
     }
@@ -127,6 +142,7 @@ resource!(
     plural = "endpoints",
     namespaced = true,
     status = false,
+    short_names = ["ep"],
     |this, v| {
         this.validate_subsets(v, &FieldPath::root("subsets"));
     }
@@ -137,6 +153,7 @@ resource!(
     plural = "nodes",
     namespaced = false,
     status = true,
+    short_names = ["no"],
     |this, v| {
         this.spec.validate(v, &FieldPath::root("spec"));
     }
@@ -147,6 +164,7 @@ resource!(
     plural = "events",
     namespaced = true,
     status = false,
+    short_names = ["ev"],
     |this, v| {
         this.validate_body(v);
     }
@@ -157,6 +175,8 @@ resource!(
     plural = "deployments",
     namespaced = true,
     status = true,
+    short_names = ["deploy"],
+    categories = ["all"],
     |this, v| {
         this.spec.validate(v, &FieldPath::root("spec"));
     }
@@ -167,6 +187,8 @@ resource!(
     plural = "replicasets",
     namespaced = true,
     status = true,
+    short_names = ["rs"],
+    categories = ["all"],
     |this, v| {
         this.spec.validate(v, &FieldPath::root("spec"));
     }
@@ -191,6 +213,8 @@ resource!(
     plural = "horizontalpodautoscalers",
     namespaced = true,
     status = true,
+    short_names = ["hpa"],
+    categories = ["all"],
     |this, v| {
         this.spec.validate(v, &FieldPath::root("spec"));
     }
@@ -234,6 +258,8 @@ pub struct ResourceType {
     pub plural: &'static str,
     pub namespaced: bool,
     pub has_status: bool,
+    pub short_names: &'static [&'static str],
+    pub categories: &'static [&'static str],
     decode: fn(Source<'_>) -> Result<Decoded, DecodeError>,
     schema: fn(&mut SchemaGenerator) -> schemars::Schema,
 }
@@ -260,6 +286,8 @@ impl ResourceType {
             plural: R::PLURAL,
             namespaced: R::NAMESPACED,
             has_status: R::HAS_STATUS,
+            short_names: R::SHORT_NAMES,
+            categories: R::CATEGORIES,
             decode: decode::<R>,
             schema: |generator| generator.subschema_for::<R>(),
         }

@@ -206,31 +206,16 @@ impl CtlError {
     }
 }
 
-/// Short names as kubectl knows them.
-const ALIASES: &[(&str, &str)] = &[
-    ("po", "pods"),
-    ("svc", "services"),
-    ("ep", "endpoints"),
-    ("no", "nodes"),
-    ("ev", "events"),
-    ("deploy", "deployments"),
-    ("rs", "replicasets"),
-    ("hpa", "horizontalpodautoscalers"),
-    ("controllerrevision", "controllerrevisions"),
-];
-
 /// The resource type for what a user typed: plural, singular, kind or short name.
 pub fn resolve(kind: &str) -> Result<&'static ResourceType, CtlError> {
     let lower = kind.to_ascii_lowercase();
     // `deployments.apps` and `deployment.apps/web` style names.
     let bare = lower.split_once('.').map_or(lower.as_str(), |(k, _)| k);
-    let plural = ALIASES
-        .iter()
-        .find(|(a, _)| *a == bare)
-        .map_or(bare, |(_, p)| *p);
     RESOURCE_TYPES
         .iter()
-        .find(|t| t.plural == plural || t.kind.eq_ignore_ascii_case(plural))
+        .find(|t| {
+            t.plural == bare || t.kind.eq_ignore_ascii_case(bare) || t.short_names.contains(&bare)
+        })
         .ok_or_else(|| CtlError::UnknownKind {
             kind: kind.to_owned(),
             suggestion: closest_kind(&lower),
@@ -239,22 +224,17 @@ pub fn resolve(kind: &str) -> Result<&'static ResourceType, CtlError> {
 
 /// The known kind name nearest to a mistyped one, when it is near enough to be a typo.
 fn closest_kind(typed: &str) -> Option<String> {
-    let candidates = RESOURCE_TYPES
-        .iter()
-        .flat_map(|t| [t.plural.to_owned(), t.kind.to_ascii_lowercase()])
-        .chain(ALIASES.iter().map(|(a, _)| (*a).to_owned()));
-    let (distance, best) = candidates
-        .map(|c| (edit_distance(typed, &c), c))
+    // Every name of a kind, with the plural it stands for.
+    let candidates = RESOURCE_TYPES.iter().flat_map(|t| {
+        [t.plural.to_owned(), t.kind.to_ascii_lowercase()]
+            .into_iter()
+            .chain(t.short_names.iter().map(|s| (*s).to_owned()))
+            .map(|name| (name, t.plural))
+    });
+    let (distance, plural) = candidates
+        .map(|(name, plural)| (edit_distance(typed, &name), plural))
         .min_by_key(|(d, _)| *d)?;
-    let plural = ALIASES
-        .iter()
-        .find(|(a, _)| *a == best)
-        .map_or(best.clone(), |(_, p)| (*p).to_owned());
-    let plural = RESOURCE_TYPES
-        .iter()
-        .find(|t| t.kind.eq_ignore_ascii_case(&plural))
-        .map_or(plural, |t| t.plural.to_owned());
-    (distance <= typed.len().div_ceil(3).max(2)).then_some(plural)
+    (distance <= typed.len().div_ceil(3).max(2)).then(|| plural.to_owned())
 }
 
 /// Levenshtein distance over bytes (kind names are ASCII).

@@ -25,7 +25,20 @@ use crate::{
     util,
 };
 
+pub const GROUP: &str = "metrics.k8s.io";
+pub const VERSION: &str = "v1beta1";
 pub const PREFIX: &str = "/apis/metrics.k8s.io/v1beta1";
+
+/// The resources of this group version, as discovery lists them (what `kubectl top`
+/// looks for before asking).
+pub fn discovery() -> Vec<Value> {
+    vec![
+        json!({"name": "nodes", "singularName": "", "namespaced": false, "kind": "NodeMetrics",
+            "verbs": ["get", "list"]}),
+        json!({"name": "pods", "singularName": "", "namespaced": true, "kind": "PodMetrics",
+            "verbs": ["get", "list"]}),
+    ]
+}
 
 pub async fn serve(
     State(state): State<ApiState>,

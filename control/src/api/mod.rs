@@ -4,12 +4,14 @@
 //! resolves the kind from berth-api's table, so adding a kind needs no routing change.
 
 pub mod auth;
+mod discovery;
 pub mod error;
 mod metrics_api;
 mod node_proxy;
 mod openapi;
 mod query;
 mod resources;
+mod table;
 mod tokens;
 pub mod watch;
 
@@ -54,6 +56,9 @@ pub struct RequestInfo {
 
 pub fn router(state: ApiState) -> Router {
     Router::new()
+        .route("/api", get(discovery::core_versions))
+        .route("/api/v1", get(discovery::core_resources))
+        .route("/apis", get(discovery::groups))
         .route("/api/{*path}", any(resources::handle))
         .route("/apis/{*path}", any(resources::handle))
         .route(

@@ -17,7 +17,7 @@ use berth_api::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiState, error::ApiError, node_proxy, query::selectors, watch, with_info};
+use super::{ApiState, error::ApiError, node_proxy, query::selectors, table, watch, with_info};
 use crate::registry::{self, DeleteOptions, decode_error, name_of, parse_resource_version};
 
 /// A resource URL taken apart.
@@ -87,6 +87,9 @@ pub async fn handle(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    if let Some(discovery) = super::discovery::group_path(&method, uri.path()) {
+        return discovery;
+    }
     let target = match parse_target(uri.path()) {
         Ok(target) => target,
         Err(e) => return e.into_response(),
@@ -117,7 +120,10 @@ async fn dispatch(
         (&Method::GET, None, None) if is_true(query.get("watch")) => {
             ("watch", watch::start(state, rt, namespace, query).await)
         }
-        (&Method::GET, None, None) => ("list", list(state, rt, namespace.as_deref(), query).await),
+        (&Method::GET, None, None) => (
+            "list",
+            list(state, rt, namespace.as_deref(), query, headers).await,
+        ),
         (&Method::POST, None, None) => {
             let result = async {
                 if rt.namespaced && namespace.is_none() {
@@ -137,7 +143,22 @@ async fn dispatch(
             };
             ("create", result.await)
         }
-        (&Method::GET, Some(name), None) => ("get", replied(registry.get(rt, ns, name).await)),
+        (&Method::GET, Some(name), None) => {
+            let result = async {
+                let object = registry.get(rt, ns, name).await?;
+                Ok(match table::requested(headers) {
+                    Some(version) => {
+                        let revision = object["metadata"]["resourceVersion"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned();
+                        ok_json(table::of(rt, &[object], &revision, version, query))
+                    }
+                    None => ok_json(object),
+                })
+            };
+            ("get", result.await)
+        }
         (&Method::PUT, Some(name), None) => {
             let result = async {
                 let decoded = read_object(rt, headers, body, namespace.as_deref()).await?;
@@ -244,6 +265,53 @@ struct RollbackRequest {
     /// 0 (or absent) means the revision before the current one.
     #[serde(default)]
     to_revision: i64,
+}
+
+/// A subresource as discovery lists it.
+pub(super) struct Subresource {
+    pub name: &'static str,
+    /// The kind it reads and writes, when not the object's own.
+    pub kind: Option<&'static str>,
+    /// Its kind's group and version, when not the object's own.
+    pub group_version: Option<(&'static str, &'static str)>,
+    pub verbs: &'static [&'static str],
+}
+
+/// The subresources `dispatch` serves for `rt`.
+pub(super) fn subresources(rt: &ResourceType) -> Vec<Subresource> {
+    let own = |name, verbs| Subresource {
+        name,
+        kind: None,
+        group_version: None,
+        verbs,
+    };
+    let mut served = Vec::new();
+    if rt.has_status {
+        served.push(own("status", &["get", "update"]));
+    }
+    if is_scalable(rt) {
+        served.push(Subresource {
+            name: "scale",
+            kind: Some("Scale"),
+            group_version: Some(("autoscaling", "v1")),
+            verbs: &["get", "update"],
+        });
+    }
+    match rt.kind {
+        "Deployment" => served.push(own("rollback", &["create"])),
+        "Pod" => {
+            served.push(own("log", &["get"]));
+            served.push(Subresource {
+                name: "exec",
+                kind: Some("PodExecOptions"),
+                group_version: None,
+                verbs: &["create"],
+            });
+        }
+        "Service" => served.push(own("backends", &["get"])),
+        _ => {}
+    }
+    served
 }
 
 fn is_scalable(rt: &ResourceType) -> bool {
@@ -400,9 +468,19 @@ async fn list(
     rt: &'static ResourceType,
     namespace: Option<&str>,
     query: &HashMap<String, String>,
+    headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let (labels, fields) = selectors(query)?;
     let (items, revision) = state.registry.list(rt, namespace, &labels, &fields).await?;
+    if let Some(version) = table::requested(headers) {
+        return Ok(ok_json(table::of(
+            rt,
+            &items,
+            &revision.to_string(),
+            version,
+            query,
+        )));
+    }
     Ok(ok_json(json!({
         "apiVersion": rt.api_version(),
         "kind": format!("{}List", rt.kind),
