@@ -24,6 +24,7 @@ pub mod kinds;
 pub mod kubeconfig;
 pub mod manifest;
 pub mod meta;
+pub mod patch;
 mod resource;
 pub mod selector;
 pub mod table;

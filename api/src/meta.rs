@@ -14,23 +14,43 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 #[serde(rename_all = "camelCase")]
 pub struct ObjectMeta {
     /// Required on objects; empty in pod templates.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub name: String,
     /// Empty for cluster-scoped kinds; filled with `default` for namespaced ones.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub namespace: String,
     /// Set by the server at creation; never changes afterwards.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub uid: String,
     /// The store revision of the object's last write. Sending it back on update asks
     /// for optimistic concurrency: the write fails with a conflict if it is stale.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub resource_version: String,
     /// Bumped by the server whenever `spec` changes.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub generation: i64,
     /// RFC 3339, set by the server.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub creation_timestamp: String,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
@@ -40,11 +60,21 @@ pub struct ObjectMeta {
     pub owner_references: Vec<OwnerReference>,
     /// RFC 3339, set by the server when a graceful deletion starts: the time by which the
     /// object should be gone. Kept across updates; users cannot set or clear it.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub deletion_timestamp: String,
     /// The grace the deletion was given, in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletion_grace_period_seconds: Option<i64>,
+}
+
+/// A string that clients may send as `null` (Go's kubectl writes a zero time, such as a
+/// pod template's `creationTimestamp`, as `null`): read as empty.
+fn nullable<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 fn is_zero(value: &i64) -> bool {

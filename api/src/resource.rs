@@ -233,6 +233,9 @@ pub struct Decoded {
     pub object: Value,
     /// Fields the input had that Berth does not support, by path; they were ignored.
     pub warnings: Vec<String>,
+    /// The paths of those fields, for a client that asks to be refused instead
+    /// (`fieldValidation=Strict`).
+    pub unknown_fields: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -370,7 +373,7 @@ fn decode<R: Resource>(source: Source<'_>) -> Result<Decoded, DecodeError> {
         }
     };
     let mut object = typed?;
-    let warnings = ignored
+    let unknown_fields: Vec<String> = ignored
         .into_iter()
         // Read-only metadata that kubectl round-trips; not worth a warning.
         .filter(|path| {
@@ -379,6 +382,9 @@ fn decode<R: Resource>(source: Source<'_>) -> Result<Decoded, DecodeError> {
                 "metadata.managedFields" | "metadata.selfLink" | "status"
             )
         })
+        .collect();
+    let warnings = unknown_fields
+        .iter()
         .map(|path| format!("{path}: unsupported field, ignored"))
         .collect();
     normalize(&mut object)?;
@@ -386,7 +392,11 @@ fn decode<R: Resource>(source: Source<'_>) -> Result<Decoded, DecodeError> {
         line: None,
         message: e.to_string(),
     })?;
-    Ok(Decoded { object, warnings })
+    Ok(Decoded {
+        object,
+        warnings,
+        unknown_fields,
+    })
 }
 
 /// Checks a typed object and fills its `apiVersion`, `kind` and default namespace: what

@@ -735,3 +735,110 @@ async fn bookmarks_advance_a_filtered_watch() {
     assert_eq!(event["object"]["kind"], "Deployment");
     assert_eq!(rv(&event["object"]), rv(&created));
 }
+
+/// PATCH in Kubernetes' three forms, chosen by Content-Type; `dryRun=All` plans without
+/// writing; `fieldValidation=Strict` refuses unknown fields by name; a patch that breaks
+/// the object is refused with the field and nothing stored changes.
+#[tokio::test]
+async fn patch_in_three_forms_with_dry_run_and_strict_fields() {
+    let t = start().await;
+    let (status, created) = t
+        .call(
+            Method::POST,
+            DEPLOYMENTS,
+            Some(&deployment("web", "echo:1")),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let path = format!("{DEPLOYMENTS}/web");
+    let patch = |query: &str, body: &str, content_type: &'static str| {
+        let (t, path) = (&t, &path);
+        let body = body.to_owned();
+        let query = query.to_owned();
+        async move {
+            let reply = t
+                .client
+                .request(
+                    Method::PATCH,
+                    &format!("{path}{query}"),
+                    Some((body.as_bytes(), content_type)),
+                )
+                .await
+                .expect("request");
+            (reply.status.as_u16(), reply.json().unwrap_or(Value::Null))
+        }
+    };
+    let stored = || async { t.call(Method::GET, &path, None).await.1 };
+
+    let (status, body) = patch(
+        "",
+        r#"{"spec":{"replicas":4}}"#,
+        "application/merge-patch+json",
+    )
+    .await;
+    assert_eq!(
+        (status, &body["spec"]["replicas"]),
+        (200, &json!(4)),
+        "{body}"
+    );
+    let (status, body) = patch(
+        "",
+        r#"[{"op":"add","path":"/metadata/labels/tier","value":"front"}]"#,
+        "application/json-patch+json",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(stored().await["metadata"]["labels"]["tier"], "front");
+    let (status, body) = patch(
+        "",
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"main","image":"echo:2"}]}}}}"#,
+        "application/strategic-merge-patch+json",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let container = &stored().await["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        (&container["image"], &container["ports"][0]["containerPort"]),
+        (&json!("echo:2"), &json!(8080)),
+        "merged into the container of the same name"
+    );
+
+    let before = stored().await;
+    let (status, planned) = patch(
+        "?dryRun=All",
+        r#"{"spec":{"replicas":9}}"#,
+        "application/merge-patch+json",
+    )
+    .await;
+    assert_eq!(
+        (status, &planned["spec"]["replicas"]),
+        (200, &json!(9)),
+        "{planned}"
+    );
+    assert_eq!(stored().await, before, "a dry run writes nothing");
+
+    let (status, refused) = patch(
+        "?fieldValidation=Strict",
+        r#"{"spec":{"surprise":true}}"#,
+        "application/merge-patch+json",
+    )
+    .await;
+    assert_eq!(status, 400, "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(r#"unknown field "spec.surprise""#)),
+        "{refused}"
+    );
+    let (status, invalid) = patch(
+        "",
+        r#"{"spec":{"replicas":-1}}"#,
+        "application/merge-patch+json",
+    )
+    .await;
+    assert_eq!(status, 422, "{invalid}");
+    assert_eq!(invalid["details"]["causes"][0]["field"], "spec.replicas");
+    let (status, unsupported) = patch("", "{}", "application/json").await;
+    assert_eq!(status, 415, "{unsupported}");
+    assert_eq!(stored().await, before, "refused patches change nothing");
+}

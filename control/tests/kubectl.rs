@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 
 use axum::http::Method;
-use common::{DEPLOYMENTS, HollowCluster, TestServer, deployment, eventually, start};
+use common::{DEPLOYMENTS, HollowCluster, TestServer, deployment, eventually, start, start_with};
 
 /// kubectl's output, or None when the binary is absent. Each run gets its own discovery
 /// cache, so no answer of another server is reused.
@@ -162,4 +162,217 @@ async fn kubectl_top_reads_the_agents_figures() {
         Some("n0"),
         "{out}"
     );
+}
+
+const WEB: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: web
+        image: echo:1
+";
+
+/// kubectl's writes, each checked by its effect on the stored object: create and apply
+/// (client-side, the second unchanged), diff (a server dry run that changes nothing),
+/// the three patch types, scale, set image, label, rollout history, undo and restart,
+/// and delete.
+#[tokio::test]
+async fn kubectl_creates_applies_patches_and_rolls_back() {
+    let t = start_with(&[]).await;
+    let cache = tempfile::tempdir().expect("cache dir");
+    let files = tempfile::tempdir().expect("manifest dir");
+    let manifest = files.path().join("web.yaml");
+    std::fs::write(&manifest, WEB).expect("manifest");
+    let manifest = manifest.to_str().expect("utf-8 path");
+    let k = Kubectl {
+        t: &t,
+        cache: cache.path(),
+    };
+    let deployment = || async {
+        let (status, body) = t
+            .call(Method::GET, &format!("{DEPLOYMENTS}/web"), None)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+    let Some(created) = kubectl(&t, cache.path(), &["create", "-f", manifest]).await else {
+        eprintln!("SKIPPED: no kubectl binary on this machine");
+        return;
+    };
+    assert_eq!(
+        created.1.trim(),
+        "deployment.apps/web created",
+        "{}",
+        created.2
+    );
+    assert_eq!(deployment().await["spec"]["replicas"], 2);
+
+    let applied = k.run(&["apply", "-f", manifest]).await;
+    assert_eq!(applied.1, "deployment.apps/web configured", "{}", applied.2);
+    let again = k.run(&["apply", "-f", manifest]).await;
+    assert_eq!(again.1, "deployment.apps/web unchanged", "{}", again.2);
+
+    let bigger = files.path().join("bigger.yaml");
+    std::fs::write(&bigger, WEB.replace("replicas: 2", "replicas: 4")).expect("manifest");
+    let bigger = bigger.to_str().expect("utf-8 path");
+    let (changed, diff, err) = k.run(&["diff", "-f", bigger]).await;
+    assert!(
+        !changed,
+        "kubectl diff exits 1 when there are differences: {err}"
+    );
+    assert!(
+        diff.contains("-  replicas: 2") && diff.contains("+  replicas: 4"),
+        "{diff}"
+    );
+    assert_eq!(
+        deployment().await["spec"]["replicas"],
+        2,
+        "a diff writes nothing"
+    );
+
+    k.ok(&[
+        "patch",
+        "deploy",
+        "web",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"replicas":3}}"#,
+    ])
+    .await;
+    assert_eq!(deployment().await["spec"]["replicas"], 3);
+    k.ok(&[
+        "patch",
+        "deploy",
+        "web",
+        "--type=json",
+        "-p",
+        r#"[{"op":"replace","path":"/spec/minReadySeconds","value":5}]"#,
+    ])
+    .await;
+    assert_eq!(deployment().await["spec"]["minReadySeconds"], 5);
+    k.ok(&[
+        "patch",
+        "deploy",
+        "web",
+        "-p",
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"web","env":[{"name":"MODE","value":"blue"}]}]}}}}"#,
+    ])
+    .await;
+    let container = &deployment().await["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        (
+            container["image"].as_str(),
+            container["env"][0]["value"].as_str()
+        ),
+        (Some("echo:1"), Some("blue")),
+        "a strategic merge keeps the container's other fields"
+    );
+
+    k.ok(&["scale", "deploy", "web", "--replicas=5"]).await;
+    assert_eq!(deployment().await["spec"]["replicas"], 5);
+    k.ok(&["label", "deploy", "web", "tier=front"]).await;
+    assert_eq!(deployment().await["metadata"]["labels"]["tier"], "front");
+    k.ok(&["set", "image", "deploy/web", "web=echo:2"]).await;
+    assert_eq!(
+        deployment().await["spec"]["template"]["spec"]["containers"][0]["image"],
+        "echo:2"
+    );
+    // Each template is a revision once the Deployment controller made its ReplicaSet.
+    eventually("two revisions", || async {
+        let (_, history, _) = k.run(&["rollout", "history", "deploy/web"]).await;
+        let revisions = history
+            .lines()
+            .filter(|l| l.starts_with(char::is_numeric))
+            .count();
+        (revisions >= 2).then_some(())
+    })
+    .await;
+    k.ok(&["rollout", "undo", "deploy/web"]).await;
+    let rolled_back = deployment().await;
+    let container = &rolled_back["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["image"], "echo:1", "{rolled_back}");
+    k.ok(&["rollout", "restart", "deploy/web"]).await;
+    assert!(
+        deployment().await["spec"]["template"]["metadata"]["annotations"]
+            ["kubectl.kubernetes.io/restartedAt"]
+            .is_string()
+    );
+
+    let refused = k
+        .run(&[
+            "patch",
+            "deploy",
+            "web",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"replicas":-1}}"#,
+        ])
+        .await;
+    assert!(
+        !refused.0 && refused.2.contains("spec.replicas"),
+        "{}",
+        refused.2
+    );
+    // kubectl asks for strict field validation: a field Berth does not know is refused,
+    // by name, unless the user settles for a warning.
+    let odd = files.path().join("odd.yaml");
+    std::fs::write(
+        &odd,
+        WEB.replace("name: web\nspec:", "name: odd\nspec:\n  surprise: 1"),
+    )
+    .expect("manifest");
+    let odd = odd.to_str().expect("utf-8 path");
+    let (created, _, err) = k.run(&["create", "-f", odd]).await;
+    assert!(
+        !created && err.contains("unknown field \"spec.surprise\""),
+        "{err}"
+    );
+    let (created, out, err) = k.run(&["create", "--validate=warn", "-f", odd]).await;
+    assert!(
+        created && out == "deployment.apps/odd created",
+        "{out}{err}"
+    );
+    assert!(
+        err.contains("spec.surprise"),
+        "the warning names the field: {err}"
+    );
+
+    let deleted = k.ok(&["delete", "deploy", "web"]).await;
+    assert_eq!(deleted, "deployment.apps \"web\" deleted");
+    let (status, _) = t
+        .call(Method::GET, &format!("{DEPLOYMENTS}/web"), None)
+        .await;
+    assert_eq!(status, 404);
+}
+
+/// kubectl on one server, for tests past the check that the binary exists.
+struct Kubectl<'a> {
+    t: &'a TestServer,
+    cache: &'a Path,
+}
+
+impl Kubectl<'_> {
+    /// (exit code 0, trimmed stdout, stderr).
+    async fn run(&self, args: &[&str]) -> (bool, String, String) {
+        let (ok, out, err) = kubectl(self.t, self.cache, args)
+            .await
+            .expect("kubectl was found before");
+        (ok, out.trim().to_owned(), err)
+    }
+
+    /// Trimmed stdout of a run that must succeed.
+    async fn ok(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.run(args).await;
+        assert!(ok, "kubectl {}: {err}", args.join(" "));
+        out
+    }
 }

@@ -16,7 +16,9 @@ use serde_json::{Value, json};
 use super::{error::ApiError, metrics_api, resources, with_info};
 
 /// What every kind's own path answers to.
-const VERBS: &[&str] = &["create", "delete", "get", "list", "update", "watch"];
+const VERBS: &[&str] = &[
+    "create", "delete", "get", "list", "patch", "update", "watch",
+];
 
 /// `GET /api`: the core group's versions.
 pub async fn core_versions(headers: HeaderMap) -> Response {

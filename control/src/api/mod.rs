@@ -60,7 +60,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1", get(discovery::core_resources))
         .route("/apis", get(discovery::groups))
         .route("/api/{*path}", any(resources::handle))
-        .route("/apis/{*path}", any(resources::handle))
+        .route("/apis/{*path}", any(apis))
         .route(
             &format!("{}/{{*path}}", metrics_api::PREFIX),
             any(metrics_api::serve),
@@ -69,6 +69,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/bootstrap-tokens", get(tokens::list).post(tokens::create))
         .route("/bootstrap-tokens/{id}", delete(tokens::delete))
         .route("/openapi.json", get(openapi::serve))
+        .route("/openapi/v3", get(openapi::v3_index))
+        .route("/openapi/v3/{*path}", get(openapi::v3_group_version))
         .route("/metrics", get(metrics))
         .route("/version", get(version))
         .route("/healthz", get(healthz))
@@ -80,6 +82,22 @@ pub fn router(state: ApiState) -> Router {
         ))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
+}
+
+/// `/apis/...`: a group's or group version's discovery document, or a resource path (the
+/// router cannot tell them apart).
+async fn apis(
+    state: State<ApiState>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    query: axum::extract::Query<std::collections::HashMap<String, String>>,
+    headers: axum::http::HeaderMap,
+    body: Body,
+) -> Response {
+    match discovery::group_path(&method, uri.path()) {
+        Some(document) => document,
+        None => resources::handle(state, method, uri, query, headers, body).await,
+    }
 }
 
 pub(crate) fn with_info(mut response: Response, verb: &'static str, resource: &str) -> Response {

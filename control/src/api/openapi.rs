@@ -3,7 +3,7 @@
 
 use axum::{
     Json,
-    extract::State,
+    extract::{Path, State},
     response::{IntoResponse, Response},
 };
 use berth_api::{RESOURCE_TYPES, ResourceType};
@@ -14,6 +14,68 @@ use super::{ApiState, with_info};
 
 pub async fn serve(State(_state): State<ApiState>) -> Response {
     with_info(Json(document()).into_response(), "get", "openapi")
+}
+
+/// `GET /openapi/v3`: where each group version's document is, as Kubernetes lists them
+/// (kubectl fetches this first, then the documents it needs).
+pub async fn v3_index() -> Response {
+    let paths: Map<String, Value> = group_versions()
+        .into_iter()
+        .filter_map(|path| {
+            let document = v3_document(&path)?;
+            let digest =
+                ring::digest::digest(&ring::digest::SHA256, document.to_string().as_bytes());
+            let hash: String = digest.as_ref()[..8]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            Some((
+                path.clone(),
+                json!({"serverRelativeURL": format!("/openapi/v3/{path}?hash={hash}")}),
+            ))
+        })
+        .collect();
+    with_info(
+        Json(json!({"paths": paths})).into_response(),
+        "get",
+        "openapi",
+    )
+}
+
+/// `GET /openapi/v3/api/v1`, `/openapi/v3/apis/{group}/{version}`: the OpenAPI 3.0
+/// document of one group version.
+pub async fn v3_group_version(Path(path): Path<String>) -> Response {
+    let response = match v3_document(&path) {
+        Some(document) => Json(document).into_response(),
+        None => super::error::ApiError::no_route(format!("no OpenAPI document for {path}"))
+            .into_response(),
+    };
+    with_info(response, "get", "openapi")
+}
+
+/// `api/v1`, `apis/apps/v1`, ...: every group version with kinds.
+fn group_versions() -> Vec<String> {
+    let mut paths: Vec<String> = RESOURCE_TYPES
+        .iter()
+        .map(|rt| rt.group_path().trim_start_matches('/').to_owned())
+        .collect();
+    paths.dedup();
+    paths.sort();
+    paths.dedup();
+    paths
+}
+
+/// The whole document's paths under `/<path>/`, with every schema.
+fn v3_document(path: &str) -> Option<Value> {
+    if !group_versions().iter().any(|known| known == path) {
+        return None;
+    }
+    let mut document = document();
+    let prefix = format!("/{path}/");
+    if let Some(Value::Object(paths)) = document.get_mut("paths") {
+        paths.retain(|route, _| route.starts_with(&prefix));
+    }
+    Some(document)
 }
 
 pub fn document() -> Value {
@@ -116,6 +178,14 @@ pub fn document() -> Value {
         );
     }
     let mut schemas = generator.take_definitions(true);
+    for rt in RESOURCE_TYPES {
+        if let Some(Value::Object(schema)) = schemas.get_mut(rt.kind) {
+            schema.insert(
+                "x-kubernetes-group-version-kind".to_owned(),
+                json!([{"group": rt.group, "version": rt.version, "kind": rt.kind}]),
+            );
+        }
+    }
     schemas.insert(
         "Status".to_owned(),
         json!({
@@ -271,14 +341,29 @@ fn add_paths(paths: &mut Map<String, Value>, rt: &ResourceType, schema: &Value) 
             Vec::new(),
         )
     };
+    // Kubernetes' extensions: clients find a kind's operations by them (kubectl looks
+    // for `fieldValidation` on its PATCH to know the server validates fields).
+    let of_kind = |mut op: Value, action: &str| {
+        op["x-kubernetes-action"] = json!(action);
+        op["x-kubernetes-group-version-kind"] =
+            json!({"group": rt.group, "version": rt.version, "kind": rt.kind});
+        op
+    };
+    let field_validation = json!([{"name": "fieldValidation", "in": "query", "schema": {"type": "string"},
+        "description": "Strict refuses fields Berth does not support, Warn (default) reports them, Ignore drops them"}]);
     let mut list_op = op(&format!("List or watch {}", rt.plural), &list, None);
     list_op["parameters"] = query_params();
+    let mut create = of_kind(
+        op(&format!("Create a {}", rt.kind), schema, Some(schema)),
+        "post",
+    );
+    create["parameters"] = field_validation.clone();
     paths.insert(
         collection,
         json!({
             "parameters": scope,
-            "get": list_op,
-            "post": op(&format!("Create a {}", rt.kind), schema, Some(schema)),
+            "get": of_kind(list_op, "list"),
+            "post": create,
         }),
     );
     let mut item_params = scope.clone();
@@ -286,13 +371,43 @@ fn add_paths(paths: &mut Map<String, Value>, rt: &ResourceType, schema: &Value) 
     let mut delete = op(&format!("Delete a {}", rt.kind), schema, None);
     delete["parameters"] = json!([{"name": "resourceVersion", "in": "query", "schema": {"type": "string"},
         "description": "delete only if this is still the current revision"}]);
+    let mut replace = of_kind(
+        op(
+            &format!(
+                "Replace a {} (409 if metadata.resourceVersion is stale)",
+                rt.kind
+            ),
+            schema,
+            Some(schema),
+        ),
+        "put",
+    );
+    replace["parameters"] = field_validation.clone();
+    let mut patch = of_kind(
+        op(
+            &format!(
+                "Patch a {}: JSON merge, JSON or strategic merge patch",
+                rt.kind
+            ),
+            schema,
+            None,
+        ),
+        "patch",
+    );
+    patch["parameters"] = field_validation;
+    patch["requestBody"] = json!({"required": true, "content": {
+        "application/merge-patch+json": {"schema": {"type": "object"}},
+        "application/strategic-merge-patch+json": {"schema": {"type": "object"}},
+        "application/json-patch+json": {"schema": {"type": "array", "items": {"type": "object"}}},
+    }});
     paths.insert(
         item.clone(),
         json!({
             "parameters": item_params,
-            "get": op(&format!("Read a {}", rt.kind), schema, None),
-            "put": op(&format!("Replace a {} (409 if metadata.resourceVersion is stale)", rt.kind), schema, Some(schema)),
-            "delete": delete,
+            "get": of_kind(op(&format!("Read a {}", rt.kind), schema, None), "get"),
+            "put": replace,
+            "patch": patch,
+            "delete": of_kind(delete, "delete"),
         }),
     );
     if rt.namespaced {

@@ -17,6 +17,8 @@ use berth_api::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+mod patch;
+
 use super::{ApiState, error::ApiError, node_proxy, query::selectors, table, watch, with_info};
 use crate::registry::{self, DeleteOptions, decode_error, name_of, parse_resource_version};
 
@@ -87,9 +89,6 @@ pub async fn handle(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if let Some(discovery) = super::discovery::group_path(&method, uri.path()) {
-        return discovery;
-    }
     let target = match parse_target(uri.path()) {
         Ok(target) => target,
         Err(e) => return e.into_response(),
@@ -135,10 +134,15 @@ async fn dispatch(
                     )));
                 }
                 let decoded = read_object(rt, headers, body, namespace.as_deref()).await?;
-                let created = registry.create(rt, decoded.object).await?;
+                let warnings = checked_fields(query, &decoded)?;
+                let created = if dry_run(query)? {
+                    registry.dry_run(rt, decoded.object).await?
+                } else {
+                    registry.create(rt, decoded.object).await?
+                };
                 Ok(with_warnings(
                     (StatusCode::CREATED, Json(created)).into_response(),
-                    &decoded.warnings,
+                    &warnings,
                 ))
             };
             ("create", result.await)
@@ -168,13 +172,31 @@ async fn dispatch(
                         name_of(&decoded.object)
                     )));
                 }
-                let updated = registry.update(rt, decoded.object).await?;
-                Ok(with_warnings(ok_json(updated), &decoded.warnings))
+                let warnings = checked_fields(query, &decoded)?;
+                let updated = if dry_run(query)? {
+                    registry.dry_run(rt, decoded.object).await?
+                } else {
+                    registry.update(rt, decoded.object).await?
+                };
+                Ok(with_warnings(ok_json(updated), &warnings))
             };
             ("update", result.await)
         }
+        (&Method::PATCH, Some(name), None) => (
+            "patch",
+            patch::object(state, rt, ns, name, headers, query, body).await,
+        ),
+        (&Method::PATCH, Some(name), Some("scale")) if is_scalable(rt) => (
+            "scale",
+            patch::scale(state, rt, ns, name, headers, query, body).await,
+        ),
         (&Method::DELETE, Some(name), None) => {
             let result = async {
+                if dry_run(query)? {
+                    return Err(ApiError::bad_request(
+                        "dryRun is not supported for DELETE: nothing was deleted",
+                    ));
+                }
                 let options = delete_options(query, body).await?;
                 replied(registry.delete(rt, ns, name, &options).await)
             };
@@ -196,22 +218,7 @@ async fn dispatch(
         (&Method::PUT, Some(name), Some("scale")) if is_scalable(rt) => {
             let result = async {
                 let scale: berth_api::apps::Scale = read_json(body, MAX_OBJECT_BYTES).await?;
-                if scale.spec.replicas < 0 {
-                    return Err(ApiError::invalid(
-                        "Scale",
-                        name,
-                        vec![berth_api::validation::FieldError {
-                            field: "spec.replicas".to_owned(),
-                            reason: "must be greater than or equal to 0".to_owned(),
-                        }],
-                    ));
-                }
-                let wanted = parse_resource_version(&scale.metadata.resource_version)?;
-                replied(
-                    registry
-                        .scale(rt, ns, name, scale.spec.replicas, wanted)
-                        .await,
-                )
+                write_scale(state, rt, ns, name, scale, query).await
             };
             ("scale", result.await)
         }
@@ -294,7 +301,7 @@ pub(super) fn subresources(rt: &ResourceType) -> Vec<Subresource> {
             name: "scale",
             kind: Some("Scale"),
             group_version: Some(("autoscaling", "v1")),
-            verbs: &["get", "update"],
+            verbs: &["get", "patch", "update"],
         });
     }
     match rt.kind {
@@ -314,6 +321,78 @@ pub(super) fn subresources(rt: &ResourceType) -> Vec<Subresource> {
     served
 }
 
+/// Sets the replicas `scale` asks for, at its `resourceVersion` if it names one.
+pub(super) async fn write_scale(
+    state: &ApiState,
+    rt: &'static ResourceType,
+    namespace: &str,
+    name: &str,
+    scale: berth_api::apps::Scale,
+    query: &HashMap<String, String>,
+) -> Result<Response, ApiError> {
+    if dry_run(query)? {
+        return Err(ApiError::bad_request(
+            "dryRun is not supported for scale: nothing was changed",
+        ));
+    }
+    if scale.spec.replicas < 0 {
+        return Err(ApiError::invalid(
+            "Scale",
+            name,
+            vec![berth_api::validation::FieldError {
+                field: "spec.replicas".to_owned(),
+                reason: "must be greater than or equal to 0".to_owned(),
+            }],
+        ));
+    }
+    let wanted = parse_resource_version(&scale.metadata.resource_version)?;
+    replied(
+        state
+            .registry
+            .scale(rt, namespace, name, scale.spec.replicas, wanted)
+            .await,
+    )
+}
+
+/// The warnings a write answers with, or its refusal: fields Berth does not support are
+/// warnings by default (`fieldValidation=Warn`), dropped silently with `Ignore`, and
+/// refuse the write with `Strict` (what kubectl asks for unless told `--validate=warn`).
+pub(super) fn checked_fields(
+    query: &HashMap<String, String>,
+    decoded: &Decoded,
+) -> Result<Vec<String>, ApiError> {
+    match query.get("fieldValidation").map(String::as_str) {
+        None | Some("Warn") => Ok(decoded.warnings.clone()),
+        Some("Ignore") => Ok(Vec::new()),
+        Some("Strict") if decoded.unknown_fields.is_empty() => Ok(Vec::new()),
+        Some("Strict") => {
+            let fields: Vec<String> = decoded
+                .unknown_fields
+                .iter()
+                .map(|path| format!("unknown field {path:?}"))
+                .collect();
+            Err(ApiError::bad_request(format!(
+                "strict decoding error: {}",
+                fields.join(", ")
+            )))
+        }
+        Some(other) => Err(ApiError::bad_request(format!(
+            "fieldValidation {other:?}: use Strict, Warn or Ignore"
+        ))),
+    }
+}
+
+/// Whether the request asks for a dry run (`dryRun=All`, the one value Kubernetes knows).
+pub(super) fn dry_run(query: &HashMap<String, String>) -> Result<bool, ApiError> {
+    match query.get("dryRun").map(String::as_str) {
+        None | Some("") => Ok(false),
+        Some("All") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "dryRun {other:?}: the only value is All"
+        ))),
+    }
+}
+
 fn is_scalable(rt: &ResourceType) -> bool {
     matches!(rt.kind, "Deployment" | "ReplicaSet")
 }
@@ -327,12 +406,12 @@ fn replied(result: registry::Result<Value>) -> Result<Response, ApiError> {
     result.map(ok_json).map_err(ApiError::from)
 }
 
-fn ok_json(value: Value) -> Response {
+pub(super) fn ok_json(value: Value) -> Response {
     Json(value).into_response()
 }
 
 /// Unsupported fields are reported the way Kubernetes reports deprecations.
-fn with_warnings(mut response: Response, warnings: &[String]) -> Response {
+pub(super) fn with_warnings(mut response: Response, warnings: &[String]) -> Response {
     for warning in warnings {
         if let Ok(value) = header::HeaderValue::from_str(&format!("299 - {:?}", warning)) {
             response.headers_mut().append(header::WARNING, value);
@@ -341,7 +420,7 @@ fn with_warnings(mut response: Response, warnings: &[String]) -> Response {
     response
 }
 
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+pub(super) async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     axum::body::to_bytes(body, limit).await.map_err(|e| {
         let message = e.to_string();
         if message.contains("length limit") {

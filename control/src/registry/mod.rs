@@ -296,6 +296,33 @@ impl Registry {
         })
     }
 
+    /// What writing `object` (a create or a replace) would store, planned in full —
+    /// validated, server-owned fields set, allocations chosen — and not written:
+    /// Kubernetes' `dryRun=All`, which `kubectl diff` asks for.
+    pub async fn dry_run(&self, rt: &'static ResourceType, object: Value) -> Result<Value> {
+        let (namespace, name) = (
+            namespace_of(&object).to_owned(),
+            name_of(&object).to_owned(),
+        );
+        let existing = self.read(key(rt, &namespace, &name)).await?;
+        with_strategy!(rt, |strategy| {
+            let stored = existing.as_ref().map(decode_typed).transpose()?;
+            let planned = self
+                .plan(
+                    strategy,
+                    rt,
+                    existing.as_ref().zip(stored.as_ref()),
+                    typed(strategy, object)?,
+                    &mut Batch::default(),
+                )
+                .await?;
+            answer(
+                &planned.object,
+                existing.as_ref().map_or(0, |kv| kv.mod_revision),
+            )
+        })
+    }
+
     /// [`Self::update`] of a controller's typed object; returns the revision written.
     pub async fn update_object(&self, object: Object) -> Result<Revision> {
         let rt = object.resource_type();
