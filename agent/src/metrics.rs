@@ -286,6 +286,20 @@ impl AgentMetrics {
             "Connection tracking entries removed by the agent after their lifetime",
         )?;
         registry.register(Box::new(conntrack_collected.clone()))?;
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "berth_agent_build_info",
+                "Always 1; the version of the running agent in its labels",
+            ),
+            &["version"],
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        registry.register(Box::new(build_info))?;
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         registry.register(Box::new(apply_duration.clone()))?;
         registry.register(Box::new(propagation.clone()))?;
         if let Some(datapath) = datapath {

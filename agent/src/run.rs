@@ -176,7 +176,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tokio::spawn(heartbeats(
         client.clone(),
         config.node_address,
-        node_api_addr.port(),
+        Ports {
+            node_api: node_api_addr.port(),
+            metrics: metrics_addr.port(),
+        },
         figures_rx,
     ));
     let (pods_tx, mut pods_rx) = mpsc::channel::<Objects>(16);
@@ -515,16 +518,25 @@ async fn collect_figures(figures: Figures, latest: watch::Sender<Option<(Instant
     }
 }
 
+/// Where this agent serves, as its Node reports it.
+struct Ports {
+    node_api: u16,
+    metrics: u16,
+}
+
 async fn heartbeats(
     client: AgentClient<tonic::transport::Channel>,
     address: std::net::Ipv4Addr,
-    node_api_port: u16,
+    ports: Ports,
     figures: watch::Receiver<Option<(Instant, NodeUsage)>>,
 ) {
     let status = json!({
         "addresses": [{"type": "InternalIP", "address": address.to_string()}],
         "allocatable": allocatable(),
-        "daemonEndpoints": {"agentEndpoint": {"Port": node_api_port}},
+        "daemonEndpoints": {
+            "agentEndpoint": {"Port": ports.node_api},
+            "metricsEndpoint": {"Port": ports.metrics},
+        },
     });
     let body = serde_json::to_vec(&status).unwrap_or_default();
     loop {

@@ -891,6 +891,9 @@ pub struct NodeStatus {
 pub struct NodeDaemonEndpoints {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_endpoint: Option<DaemonEndpoint>,
+    /// Where the agent serves Prometheus metrics, on the same address (Berth's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_endpoint: Option<DaemonEndpoint>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -27,6 +27,12 @@ pub struct Config {
     #[arg(long, env = "BERTH_LISTEN", default_value = "127.0.0.1:6443")]
     pub listen: SocketAddr,
 
+    /// Where to serve `/metrics` and the agents' Prometheus service discovery
+    /// (`/http-sd/agents`) over plain HTTP without authentication, for Prometheus (like
+    /// etcd's `--listen-metrics-urls`); unset: only the authenticated `/metrics` of the API.
+    #[arg(long, env = "BERTH_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Address of the agents' gRPC API (always TLS; mTLS after joining).
     #[arg(long, env = "BERTH_AGENT_LISTEN", default_value = "127.0.0.1:6444")]
     pub agent_listen: SocketAddr,

@@ -9,6 +9,9 @@ use prometheus::{
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
+    /// The process's own figures under their standard names (`process_cpu_seconds_total`,
+    /// ...), apart from the `berth_` prefix of the rest.
+    process: Registry,
     /// `verb` is the API verb (get, list, watch, create, update, delete, apply, scale, ...),
     /// not the HTTP method; `code` is the HTTP status.
     pub request_seconds: HistogramVec,
@@ -99,8 +102,24 @@ impl Metrics {
         registry.register(Box::new(store_commit_seconds.clone()))?;
         registry.register(Box::new(store_revision.clone()))?;
         registry.register(Box::new(store_compacted_revision.clone()))?;
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "build_info",
+                "Always 1; the version of the running control plane in its labels.",
+            ),
+            &["version"],
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        registry.register(Box::new(build_info))?;
+        let process = Registry::new();
+        process.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         Ok(Self {
             registry,
+            process,
             request_seconds,
             watches,
             watch_events,
@@ -117,7 +136,9 @@ impl Metrics {
     /// The text exposition format Prometheus scrapes.
     pub fn render(&self) -> Result<String, prometheus::Error> {
         let mut out = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
+        let mut families = self.registry.gather();
+        families.extend(self.process.gather());
+        TextEncoder::new().encode(&families, &mut out)?;
         String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
     }
 }

@@ -157,6 +157,7 @@ mod tests {
         assert_eq!(node_api_url(Some(&status)), None, "no port reported");
         status.daemon_endpoints = Some(NodeDaemonEndpoints {
             agent_endpoint: Some(DaemonEndpoint { port: 10250 }),
+            metrics_endpoint: None,
         });
         assert_eq!(
             node_api_url(Some(&status)).as_deref(),

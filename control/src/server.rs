@@ -64,6 +64,8 @@ pub struct Server {
     pub admin_config: PathBuf,
     /// The agents' gRPC endpoint, `https://host:port`.
     pub agent_url: String,
+    /// Where `/metrics` and `/http-sd/agents` are served without authentication, if asked.
+    pub metrics_addr: Option<SocketAddr>,
     store: Arc<dyn Store>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -129,14 +131,28 @@ impl Server {
         let (agent, agent_port) =
             serve_agent_api(config, &pki, service, shutdown_rx.clone()).await?;
         let agent_url = format!("https://{client_host}:{agent_port}");
-        let router = api::router(ApiState {
+        let state = ApiState {
             registry,
             metrics: metrics.clone(),
             auth: Some(auth),
             tokens: Some(tokens),
             nodes: Arc::new(NodeClient::new(&pki)),
             usage,
-        });
+        };
+        let mut tasks = Vec::new();
+        let mut metrics_addr = None;
+        if let Some(address) = config.metrics_listen {
+            let (listener, bound) = bind(address, "metrics").await?;
+            let router = api::monitoring::router(state.clone());
+            tasks.push(tokio::spawn(accept_loop(
+                listener,
+                None,
+                router,
+                shutdown_rx.clone(),
+            )));
+            metrics_addr = Some(bound);
+        }
+        let router = api::router(state);
         let accept = tokio::spawn(accept_loop(listener, tls, router, shutdown_rx.clone()));
         let compaction = tokio::spawn(compact_periodically(
             Arc::clone(&store),
@@ -146,14 +162,16 @@ impl Server {
             shutdown_rx,
         ));
         tracing::info!(%url, %agent_url, admin_config = %admin_config.display(), "serving the mesh control API");
+        tasks.extend([accept, compaction, agent]);
         Ok(Self {
             local_addr,
             url,
             admin_config,
             agent_url,
+            metrics_addr,
             store,
             shutdown,
-            tasks: vec![accept, compaction, agent],
+            tasks,
             controllers,
         })
     }

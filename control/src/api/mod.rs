@@ -7,6 +7,7 @@ pub mod auth;
 mod discovery;
 pub mod error;
 mod metrics_api;
+pub mod monitoring;
 mod node_proxy;
 mod openapi;
 mod query;
