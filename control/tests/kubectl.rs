@@ -12,7 +12,18 @@ use common::{DEPLOYMENTS, HollowCluster, TestServer, deployment, eventually, sta
 /// kubectl's output, or None when the binary is absent. Each run gets its own discovery
 /// cache, so no answer of another server is reused.
 async fn kubectl(t: &TestServer, cache: &Path, args: &[&str]) -> Option<(bool, String, String)> {
+    kubectl_with(t, cache, args, &[]).await
+}
+
+/// [`kubectl`] with environment variables (an `EDITOR` for `kubectl edit`).
+async fn kubectl_with(
+    t: &TestServer,
+    cache: &Path,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> Option<(bool, String, String)> {
     let output = tokio::process::Command::new("kubectl")
+        .envs(envs.iter().copied())
         .arg("--kubeconfig")
         .arg(&t.server.admin_config)
         .arg("--cache-dir")
@@ -322,6 +333,30 @@ async fn kubectl_creates_applies_patches_and_rolls_back() {
         "{}",
         refused.2
     );
+    k.ok(&[
+        "wait",
+        "--for=jsonpath={.spec.replicas}=5",
+        "deploy/web",
+        "--timeout=30s",
+    ])
+    .await;
+    // `kubectl edit` with an editor that changes the replicas in the file it is given.
+    let (edited, out, err) = kubectl_with(
+        &t,
+        cache.path(),
+        &["edit", "deploy/web"],
+        &[("EDITOR", "sed -i s/replicas:\\ 5/replicas:\\ 6/")],
+    )
+    .await
+    .expect("kubectl");
+    assert!(edited && out.contains("edited"), "{out}{err}");
+    assert_eq!(deployment().await["spec"]["replicas"], 6);
+    let described = k.ok(&["describe", "deploy", "web"]).await;
+    assert!(
+        described.contains("Replicas:") && described.contains("6 desired"),
+        "{described}"
+    );
+
     // kubectl asks for strict field validation: a field Berth does not know is refused,
     // by name, unless the user settles for a warning.
     let odd = files.path().join("odd.yaml");
