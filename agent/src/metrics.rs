@@ -53,8 +53,17 @@ pub struct DatapathCollector {
     descs: Vec<Desc>,
 }
 
-const SERVICE_LABELS: &[&str] = &["service"];
-const BACKEND_LABELS: &[&str] = &["backend"];
+/// Labels of a service's series, as users filter them. No series is per backend: pod
+/// addresses come and go, and series keyed by them would grow without bound.
+const SERVICE_LABELS: &[&str] = &["namespace", "service", "port"];
+
+/// (namespace, service, port name or number) of a datapath service, which
+/// `services::service_set` names `<namespace>/<service>:<port>`.
+fn service_labels(name: &str) -> [&str; 3] {
+    let (qualified, port) = name.rsplit_once(':').unwrap_or((name, ""));
+    let (namespace, service) = qualified.split_once('/').unwrap_or(("", qualified));
+    [namespace, service, port]
+}
 
 fn family_opts() -> Vec<(Opts, &'static [&'static str])> {
     vec![
@@ -78,27 +87,6 @@ fn family_opts() -> Vec<(Opts, &'static [&'static str])> {
                 "New connections (flows) balanced for a service",
             ),
             SERVICE_LABELS,
-        ),
-        (
-            Opts::new(
-                "berth_datapath_backend_packets_total",
-                "Packets translated to or from a backend",
-            ),
-            BACKEND_LABELS,
-        ),
-        (
-            Opts::new(
-                "berth_datapath_backend_bytes_total",
-                "Bytes translated to or from a backend",
-            ),
-            BACKEND_LABELS,
-        ),
-        (
-            Opts::new(
-                "berth_datapath_backend_connections_total",
-                "New connections sent to a backend",
-            ),
-            BACKEND_LABELS,
         ),
         (
             Opts::new(
@@ -133,24 +121,17 @@ impl DatapathCollector {
             Ok(datapath) => datapath,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let [
-            service_packets,
-            service_bytes,
-            service_connections,
-            backend_packets,
-            backend_bytes,
-            backend_connections,
-            reasons,
-        ]: [IntCounterVec; 7] = family_opts()
-            .into_iter()
-            .map(|(opts, labels)| IntCounterVec::new(opts, labels))
-            .collect::<Result<Vec<_>, _>>()?
-            .try_into()
-            .map_err(|_| prometheus::Error::Msg("metric families changed".into()))?;
+        let [service_packets, service_bytes, service_connections, reasons]: [IntCounterVec; 4] =
+            family_opts()
+                .into_iter()
+                .map(|(opts, labels)| IntCounterVec::new(opts, labels))
+                .collect::<Result<Vec<_>, _>>()?
+                .try_into()
+                .map_err(|_| prometheus::Error::Msg("metric families changed".into()))?;
         // Map read errors leave a family empty for this scrape rather than failing it.
         if let Ok(services) = datapath.service_traffic() {
             for report in services {
-                let labels = [report.key.as_str()];
+                let labels = service_labels(&report.key);
                 service_packets
                     .with_label_values(&labels)
                     .inc_by(report.traffic.packets);
@@ -158,21 +139,6 @@ impl DatapathCollector {
                     .with_label_values(&labels)
                     .inc_by(report.traffic.bytes);
                 service_connections
-                    .with_label_values(&labels)
-                    .inc_by(report.traffic.new_connections);
-            }
-        }
-        if let Ok(backends) = datapath.backend_traffic() {
-            for report in backends {
-                let backend = format!("{}:{}", report.key.0, report.key.1);
-                let labels = [backend.as_str()];
-                backend_packets
-                    .with_label_values(&labels)
-                    .inc_by(report.traffic.packets);
-                backend_bytes
-                    .with_label_values(&labels)
-                    .inc_by(report.traffic.bytes);
-                backend_connections
                     .with_label_values(&labels)
                     .inc_by(report.traffic.new_connections);
             }
@@ -199,9 +165,6 @@ impl DatapathCollector {
             &service_packets,
             &service_bytes,
             &service_connections,
-            &backend_packets,
-            &backend_bytes,
-            &backend_connections,
             &reasons,
         ] {
             families.extend(vec.collect());
@@ -354,5 +317,16 @@ impl AgentMetrics {
             }
         });
         Ok((local, task))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_names_split_into_their_labels() {
+        assert_eq!(service_labels("shop/web:http"), ["shop", "web", "http"]);
+        assert_eq!(service_labels("default/dns:53"), ["default", "dns", "53"]);
     }
 }
