@@ -146,6 +146,8 @@ fn addresses_and_routes_are_added() {
         gateway: None,
         dev: "a0",
         onlink: false,
+        mtu: None,
+        protocol: None,
     };
     net::route_replace(Some(a.name()), &host_route).expect("/32 route");
     // A range via a gateway, then replaced by another.
@@ -155,6 +157,8 @@ fn addresses_and_routes_are_added() {
         gateway: Some(B_ADDR),
         dev: "a0",
         onlink: false,
+        mtu: None,
+        protocol: None,
     };
     net::route_replace(Some(a.name()), &via).expect("route via b");
     via.gateway = Some(Ipv4Addr::new(198, 18, 40, 3));
@@ -166,6 +170,8 @@ fn addresses_and_routes_are_added() {
         gateway: Some(Ipv4Addr::new(169, 254, 1, 1)),
         dev: "b0",
         onlink: true,
+        mtu: None,
+        protocol: None,
     };
     net::route_replace(Some(b.name()), &pod_default).expect("default route");
 

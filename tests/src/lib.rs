@@ -217,6 +217,7 @@ impl Cluster {
             pod_ip: ip,
             host_veth: &host_veth,
             host_netns: Some(&node_ns),
+            mtu: None,
         })
         .unwrap_or_else(|error| panic!("wiring pod {name}: {error}"));
         let server = serve.then(|| {
