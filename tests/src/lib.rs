@@ -304,14 +304,27 @@ pub fn full_checksums(client: &NetNs) {
 
 /// Plugs `ns` into the fabric bridge: `eth0` in `ns` with `addr`/24, `port` on the bridge.
 pub fn plug(fabric: &NetNs, ns: &NetNs, port: &str, addr: Ipv4Addr) {
-    berth_net::veth_add_peer_in(Some(fabric.name()), port, "eth0", ns.name())
+    plug_into(fabric, "br0", ns, port, "eth0", addr);
+}
+
+/// Plugs `ns` into the fabric's `bridge`: `interface` in `ns` with `addr`/24, `port` on
+/// the bridge.
+pub fn plug_into(
+    fabric: &NetNs,
+    bridge: &str,
+    ns: &NetNs,
+    port: &str,
+    interface: &str,
+    addr: Ipv4Addr,
+) {
+    berth_net::veth_add_peer_in(Some(fabric.name()), port, interface, ns.name())
         .expect("underlay veth");
     fabric
-        .ip(&["link", "set", port, "master", "br0"])
+        .ip(&["link", "set", port, "master", bridge])
         .expect("bridge port");
     fabric.ip(&["link", "set", port, "up"]).expect("port up");
-    berth_net::addr_add(Some(ns.name()), "eth0", &format!("{addr}/24")).expect("address");
-    berth_net::link_up(Some(ns.name()), "eth0").expect("eth0 up");
+    berth_net::addr_add(Some(ns.name()), interface, &format!("{addr}/24")).expect("address");
+    berth_net::link_up(Some(ns.name()), interface).expect("link up");
 }
 
 /// One HTTP GET / on a new connection from inside `ns`; the echo server's answer.
