@@ -8,8 +8,8 @@
 
 use aya_ebpf::{
     bindings::{
-        BPF_F_ADJ_ROOM_DECAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_FIXED_GSO,
-        TC_ACT_OK, TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
+        BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_OK, TC_ACT_SHOT,
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
     },
     macros::classifier,
     programs::TcContext,
@@ -62,6 +62,11 @@ fn encap(ctx: &TcContext) -> Option<Reason> {
     if range.flags & POD_RANGE_TUNNEL == 0 || inner.version_ihl >> 4 != 4 {
         return None;
     }
+    // The outer length must fit its 16 bits (IPv4 BIG TCP packets, length 0, do not).
+    let inner_len = u16::from_be(inner.total_len);
+    if inner_len == 0 || inner_len > u16::MAX - IPV4_HLEN as u16 {
+        return Some(Reason::DropRewriteFailed);
+    }
     // Room for the outer header behind the Ethernet header. The kernel marks a GSO
     // packet as IPIP-encapsulated, so it is segmented with both headers; the segments'
     // size stays (the route's MTU already leaves room for the outer header).
@@ -72,13 +77,7 @@ fn encap(ctx: &TcContext) -> Option<Reason> {
     {
         return Some(Reason::DropRewriteFailed);
     }
-    let outer = ipip_header(
-        config.node_addr,
-        range.node_addr,
-        u16::from_be(inner.total_len),
-        inner.tos,
-        0,
-    );
+    let outer = ipip_header(config.node_addr, range.node_addr, inner_len, inner.tos, 0);
     if ctx.store(ETH_HLEN, &outer, 0).is_err() {
         return Some(Reason::DropRewriteFailed);
     }
@@ -118,7 +117,9 @@ fn decap(ctx: &TcContext) -> Option<Reason> {
     if inner.version_ihl >> 4 != 4 || !from_sender || !to_local_pod {
         return Some(Reason::DropTunnelSource);
     }
-    let flags = BPF_F_ADJ_ROOM_DECAP_L3_IPV4 | BPF_F_ADJ_ROOM_FIXED_GSO;
+    // The inner header is IPv4 like the outer one, so no DECAP_L3 flag is needed (and
+    // kernels before 6.3 accept the call).
+    let flags = BPF_F_ADJ_ROOM_FIXED_GSO;
     if ctx
         .adjust_room(-(IPV4_HLEN as i32), BPF_ADJ_ROOM_MAC, u64::from(flags))
         .is_err()
