@@ -282,6 +282,8 @@ pub struct Reconciled {
     pub ranges_removed: usize,
     /// Pod ranges someone else routes already: left as they are, and not routed by Berth.
     pub foreign: Vec<(Ipv4Addr, u8)>,
+    /// Routes the kernel refused (the next pass tries again); the others are made.
+    pub refused: Vec<String>,
 }
 
 impl Reconciled {
@@ -330,7 +332,7 @@ pub fn reconcile(
         if same {
             continue;
         }
-        net::route_replace(
+        let replaced = net::route_replace(
             netns,
             &net::Route {
                 destination: route.destination,
@@ -341,8 +343,11 @@ pub fn reconcile(
                 mtu: route.mtu,
                 protocol: Some(ROUTE_PROTOCOL),
             },
-        )?;
-        done.routes_written += 1;
+        );
+        match replaced {
+            Ok(()) => done.routes_written += 1,
+            Err(error) => done.refused.push(error.to_string()),
+        }
     }
     for route in &ours {
         if !wanted.contains(&(route.destination, route.prefix_len)) {
@@ -393,6 +398,9 @@ pub async fn run(
                         tunnelled = ?plan.tunnelled(),
                         "routes to other nodes' pods updated"
                     );
+                }
+                for error in &done.refused {
+                    tracing::warn!(%error, "a route to a node's pods was refused");
                 }
                 for (addr, prefix) in &done.foreign {
                     tracing::warn!(range = %format!("{addr}/{prefix}"), "a pod range is routed by someone else: left alone");
