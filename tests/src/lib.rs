@@ -2,10 +2,11 @@
 //!
 //! Every node is a network namespace whose `eth0` is plugged into a bridge in a fabric
 //! namespace (the underlay, 198.18.0.0/24, node N at 198.18.0.N); node N's pods get
-//! 198.18.N.0/24 and are wired by the agent's own pod networking (`podnet`). An external
-//! client namespace sits on the same underlay at 198.18.0.100. Each node runs its own
-//! datapath (maps pinned under a bpffs directory of the test), with the TC programs on its
-//! pods' host veths and the XDP program on its `eth0`. Everything is removed when the
+//! 198.18.N.0/24 and are wired by the agent's own pod networking (`podnet`), and the
+//! nodes route each other's pod ranges with the agent's own routing (`routing`). An
+//! external client namespace sits on the same underlay at 198.18.0.100. Each node runs its
+//! own datapath (maps pinned under a bpffs directory of the test), with the TC programs on
+//! its pods' host veths and the XDP program on its `eth0`. Everything is removed when the
 //! [`Cluster`] drops, also when a test fails.
 
 pub mod e2e;
@@ -20,6 +21,7 @@ use std::{
 use berth_agent::{
     datapath::{Datapath, DatapathOptions, Limits, Node, XdpMode},
     podnet,
+    routing::{self, KernelUnderlay, NodeRoute, RoutingMode},
 };
 use berth_echo::{EchoConfig, EchoServer, Reply};
 use berth_testkit::{
@@ -178,18 +180,6 @@ impl Cluster {
                 ns,
             });
         }
-        // Node routes: every other node's pod range through that node.
-        for node in &cluster.nodes {
-            for other in &cluster.nodes {
-                if other.id != node.id {
-                    let range = format!("198.18.{}.0/24", other.id);
-                    let via = other.addr.to_string();
-                    node.ns
-                        .ip(&["route", "replace", &range, "via", &via])
-                        .expect("node route");
-                }
-            }
-        }
         cluster
     }
 
@@ -251,8 +241,9 @@ impl Cluster {
             .collect()
     }
 
-    /// Opens every node's datapath and makes each node's neighbour entries for the other
-    /// nodes valid, as the agent does, so XDP can forward to them at once.
+    /// Opens every node's datapath, routes the other nodes' pod ranges and makes each
+    /// node's neighbour entries for the other nodes valid, as the agent does, so XDP can
+    /// forward to them at once.
     pub fn start_datapaths(&mut self) {
         let ids: Vec<u32> = self.nodes.iter().map(|node| node.id).collect();
         let peers: Vec<Ipv4Addr> = self.nodes.iter().map(|node| node.addr).collect();
@@ -266,6 +257,29 @@ impl Cluster {
                 berth_agent::datapath::resolve_neighbours(&others)
                     .expect("resolving the other nodes' neighbour entries")
             });
+        }
+        self.route_pods();
+    }
+
+    /// Routes every other node's pod range on each node with the agent's routing (all
+    /// nodes share the underlay link: native routes).
+    pub fn route_pods(&mut self) {
+        let routes: Vec<NodeRoute> = self
+            .nodes
+            .iter()
+            .map(|node| NodeRoute {
+                addr: node.addr,
+                pod_cidr: format!("198.18.{}.0/24", node.id)
+                    .parse()
+                    .expect("pod range"),
+            })
+            .collect();
+        for (node, own) in self.nodes.iter_mut().zip(&routes) {
+            let underlay = KernelUnderlay::read(Some(node.ns.name())).expect("node addresses");
+            let plan = routing::plan(own, &routes, RoutingMode::Auto, &underlay);
+            let datapath = std::sync::Mutex::new(node.datapath.take().expect("an open datapath"));
+            routing::reconcile(Some(node.ns.name()), &plan, &datapath).expect("pod routes");
+            node.datapath = Some(datapath.into_inner().unwrap_or_else(|p| p.into_inner()));
         }
     }
 
