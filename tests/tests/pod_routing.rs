@@ -3,7 +3,8 @@
 //! Docker. Nodes 1 and 2 share a link, node 3 sits on another one behind a router that
 //! knows node addresses only; in auto mode node 1 reaches node 2's pods natively and node
 //! 3's through the IPIP tunnel. Bulk TCP both ways (segmentation offload on the veths)
-//! arrives intact over both paths. Needs root and bpffs.
+//! arrives intact over both paths, and the routes follow a node changing address and
+//! leaving. Needs root and bpffs.
 
 use std::{
     io::{Read as _, Write as _},
@@ -308,6 +309,30 @@ fn pods_reach_pods_natively_on_a_shared_link_and_through_the_tunnel_elsewhere() 
     let again = topology.nodes[0].route(&routes);
     assert!(!again.changed_anything(), "{again:?}");
 
+    // Node 2 changes address: node 1's route to its pods follows.
+    let node2 = &topology.nodes[1];
+    node2
+        .ns
+        .ip(&["addr", "add", "198.18.80.22/24", "dev", "eth0"])
+        .expect("node 2's new address");
+    let mut moved = routes.clone();
+    moved[1].addr = Ipv4Addr::new(198, 18, 80, 22);
+    let done = topology.nodes[0].route(&moved);
+    assert_eq!(
+        (done.routes_written, done.ranges_written),
+        (1, 1),
+        "{done:?}"
+    );
+    let shown = topology.nodes[0]
+        .ns
+        .ip(&["route", "show", "proto", "190"])
+        .expect("routes");
+    assert!(
+        shown.contains("198.18.92.0/24 via 198.18.80.22 dev eth0"),
+        "node 1's routes: {shown}"
+    );
+    bulk_echo(&pods[one].ns, pods[two].ip).expect("node 1 to node 2 at its new address");
+
     // A route someone else made to a pod range is left alone; node 2 leaves: its route
     // and range go, the tunnel to node 3 stays.
     let node1 = &topology.nodes[0];
@@ -319,7 +344,7 @@ fn pods_reach_pods_natively_on_a_shared_link_and_through_the_tunnel_elsewhere() 
         addr: Ipv4Addr::new(198, 18, 80, 9),
         pod_cidr: "198.18.99.0/24".parse().expect("cidr"),
     };
-    let done = node1.route(&[routes[0], routes[2], foreign]);
+    let done = node1.route(&[moved[0], moved[2], foreign]);
     assert_eq!(done.foreign, [(Ipv4Addr::new(198, 18, 99, 0), 24)]);
     assert_eq!(
         (done.routes_removed, done.ranges_removed),
