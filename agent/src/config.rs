@@ -10,7 +10,7 @@ use std::{
 use clap::Parser;
 use serde::Deserialize;
 
-use crate::datapath::XdpMode;
+use crate::{datapath::XdpMode, routing::RoutingMode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -69,6 +69,11 @@ struct Args {
     /// How XDP attaches to the external interface: native or generic [default: native].
     #[arg(long, env = "BERTH_AGENT_XDP_MODE")]
     xdp_mode: Option<String>,
+    /// How pods reach pods on other nodes: native (a route via each node, which must
+    /// share a link with this one), encapsulation (IPIP to each node, over any underlay)
+    /// or auto (native to nodes on a connected subnet, IPIP to the others) [default: auto].
+    #[arg(long, env = "BERTH_AGENT_ROUTING_MODE")]
+    routing_mode: Option<String>,
     /// Where the DNS server listens (UDP and TCP) [default: <node address>:53].
     #[arg(long, env = "BERTH_AGENT_DNS_LISTEN")]
     dns_listen: Option<SocketAddr>,
@@ -120,6 +125,8 @@ struct FileConfig {
     external_interface: Option<String>,
     #[serde(alias = "xdp_mode")]
     xdp_mode: Option<String>,
+    #[serde(alias = "routing_mode")]
+    routing_mode: Option<String>,
     #[serde(alias = "dns_listen")]
     dns_listen: Option<SocketAddr>,
     #[serde(alias = "dns_upstreams")]
@@ -148,6 +155,7 @@ pub struct Config {
     pub node_address: Ipv4Addr,
     pub external_interface: Option<String>,
     pub xdp_mode: XdpMode,
+    pub routing_mode: RoutingMode,
     pub dns_listen: SocketAddr,
     /// Upstream resolvers for names outside the cluster domain (never the agent's own
     /// DNS address, which would loop).
@@ -216,6 +224,13 @@ impl Config {
                 });
             }
         };
+        let routing_mode = match args.routing_mode.or(file.routing_mode) {
+            None => RoutingMode::default(),
+            Some(text) => text.parse().map_err(|reason| ConfigError::Invalid {
+                field: "routing-mode",
+                reason,
+            })?,
+        };
         let server = required(args.server.or(file.server), "server")?;
         if !server.starts_with("https://") {
             return Err(ConfigError::Invalid {
@@ -263,6 +278,7 @@ impl Config {
             bootstrap_token_file: args.bootstrap_token_file.or(file.bootstrap_token_file),
             external_interface: args.external_interface.or(file.external_interface),
             xdp_mode,
+            routing_mode,
             dns_listen,
             dns_upstreams,
             cluster_domain: args
@@ -353,6 +369,7 @@ mod tests {
         );
         assert_eq!(config.external_interface, None);
         assert_eq!(config.xdp_mode, XdpMode::Native);
+        assert_eq!(config.routing_mode, RoutingMode::Auto);
     }
 
     #[test]
@@ -361,7 +378,7 @@ mod tests {
         let file = dir.path().join("agent.yaml");
         std::fs::write(
             &file,
-            "external-interface: eth0\nxdp_mode: generic\nnode-name: from-file\nnode-api-listen: 127.0.0.1:11250\n",
+            "external-interface: eth0\nxdp_mode: generic\nnode-name: from-file\nnode-api-listen: 127.0.0.1:11250\nrouting-mode: encapsulation\n",
         )
         .expect("write");
         let mut args: Vec<String> = BASE.iter().map(|s| s.to_string()).collect();
@@ -370,6 +387,10 @@ mod tests {
         assert_eq!(config.external_interface.as_deref(), Some("eth0"));
         assert_eq!(config.xdp_mode, XdpMode::Generic);
         assert_eq!(config.node_name, "n1", "the flag wins over the file");
+        assert_eq!(config.routing_mode, RoutingMode::Encapsulation);
+        args.extend(["--routing-mode".into(), "native".into()]);
+        let config = Config::from_args(&args).expect("valid");
+        assert_eq!(config.routing_mode, RoutingMode::Native);
         assert_eq!(
             config.node_api_listen,
             "127.0.0.1:11250".parse().expect("addr")
@@ -396,6 +417,13 @@ mod tests {
         let error = Config::from_args(&args).expect_err("bad mode").to_string();
         assert!(
             error.contains("xdp-mode") && error.contains("fast"),
+            "{error}"
+        );
+        let mut args: Vec<&str> = BASE.to_vec();
+        args.extend(["--routing-mode", "vxlan"]);
+        let error = Config::from_args(&args).expect_err("bad mode").to_string();
+        assert!(
+            error.contains("routing-mode") && error.contains("vxlan"),
             "{error}"
         );
 

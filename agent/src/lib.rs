@@ -14,6 +14,7 @@ pub mod podnet;
 pub mod pods;
 pub mod probes;
 pub mod readiness;
+pub mod routing;
 pub mod run;
 pub mod runtime;
 pub mod services;

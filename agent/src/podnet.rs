@@ -50,6 +50,9 @@ pub struct PodNetSpec<'a> {
     /// The named namespace the host side lives in; None is the agent's own namespace.
     /// Tests pass a node namespace here.
     pub host_netns: Option<&'a str>,
+    /// The MTU of both ends of the pod's veth; None leaves the kernel's (1500). Lowered
+    /// where pod traffic may cross the tunnel (see [`crate::routing::RoutingMode::pod_mtu`]).
+    pub mtu: Option<u32>,
 }
 
 /// A wired pod; [`PodNetwork::teardown`] undoes it.
@@ -96,7 +99,7 @@ pub fn setup(spec: &PodNetSpec<'_>) -> Result<PodNetwork, PodNetError> {
         host_netns: spec.host_netns.map(str::to_owned),
         pod_netns: pod_netns_name(spec.host_veth),
     };
-    match wire(spec.pid, &network) {
+    match wire(spec.pid, &network, spec.mtu) {
         Ok(()) => Ok(network),
         Err(error) => {
             // Best effort: the wiring error is the one worth reporting.
@@ -106,7 +109,7 @@ pub fn setup(spec: &PodNetSpec<'_>) -> Result<PodNetwork, PodNetError> {
     }
 }
 
-fn wire(pid: u32, network: &PodNetwork) -> Result<(), PodNetError> {
+fn wire(pid: u32, network: &PodNetwork, mtu: Option<u32>) -> Result<(), PodNetError> {
     let step = |step: &'static str| move |source| PodNetError::Net { step, source };
     let host = network.host_netns.as_deref();
     let pod = Some(network.pod_netns.as_str());
@@ -132,6 +135,10 @@ fn wire(pid: u32, network: &PodNetwork) -> Result<(), PodNetError> {
     ] {
         net::sysctl_set(host, &key, value).map_err(step("setting the host veth's sysctls"))?;
     }
+    if let Some(mtu) = mtu {
+        net::link_set_mtu(host, host_veth, mtu).map_err(step("setting the host veth's MTU"))?;
+        net::link_set_mtu(pod, POD_INTERFACE, mtu).map_err(step("setting the pod's MTU"))?;
+    }
     net::link_up(host, host_veth).map_err(step("bringing the host veth up"))?;
     let host_mac = net::link_mac(host, host_veth).map_err(step("reading the host veth's MAC"))?;
 
@@ -147,6 +154,8 @@ fn wire(pid: u32, network: &PodNetwork) -> Result<(), PodNetError> {
         gateway: Some(GATEWAY),
         dev: POD_INTERFACE,
         onlink: true,
+        mtu: None,
+        protocol: None,
     };
     net::route_replace(pod, &default_route).map_err(step("adding the pod's default route"))?;
 
@@ -156,6 +165,8 @@ fn wire(pid: u32, network: &PodNetwork) -> Result<(), PodNetError> {
         gateway: None,
         dev: host_veth,
         onlink: false,
+        mtu: None,
+        protocol: None,
     };
     net::route_replace(host, &pod_route).map_err(step("adding the host route to the pod"))?;
     Ok(())
@@ -215,6 +226,7 @@ mod tests {
             pod_ip: Ipv4Addr::new(198, 18, 1, 2),
             host_veth: "much-too-long-name",
             host_netns: None,
+            mtu: None,
         };
         assert!(matches!(
             setup(&spec),

@@ -34,6 +34,7 @@ use crate::{
     podnet,
     pods::{PodDesired, PodEvent, PodManager, PodManagerConfig, PodReport},
     readiness::LocalReadiness,
+    routing::{self, KernelUnderlay, NodeRoute},
     runtime::DockerRuntime,
     services,
     usage::{self, Collector},
@@ -99,10 +100,51 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .attach_external_interface(interface, config.xdp_mode)
             .with_context(|| format!("attaching XDP to {interface}"))?;
     }
+    // The link holding the node's address carries the traffic to other nodes: the tunnel's
+    // programs go there, and its MTU less the tunnel's overhead is the pods'.
+    let underlay_link = KernelUnderlay::read(None)
+        .context("reading the node's addresses")?
+        .link_of(config.node_address);
+    let pod_mtu = match &underlay_link {
+        Some(link) if config.routing_mode.may_tunnel() => {
+            datapath
+                .attach_underlay_interface(&link.name)
+                .with_context(|| format!("attaching the tunnel's programs to {}", link.name))?;
+            Some(config.routing_mode.pod_mtu(link.mtu))
+        }
+        Some(link) => {
+            datapath
+                .detach_underlay_interface(&link.name)
+                .with_context(|| format!("detaching the tunnel's programs from {}", link.name))?;
+            None
+        }
+        None if config.routing_mode == routing::RoutingMode::Encapsulation => {
+            anyhow::bail!(
+                "no interface holds the node address {}: encapsulation needs it",
+                config.node_address
+            );
+        }
+        None => {
+            tracing::warn!(node_address = %config.node_address, "no interface holds the node address: no tunnel to other nodes");
+            None
+        }
+    };
     let sweeper = datapath
         .conntrack_sweeper()
         .context("opening the conntrack tables for the sweep")?;
     let datapath = Arc::new(Mutex::new(datapath));
+    // None until the control plane's first Node list: routes of a restarted agent stay as
+    // they are until then.
+    let (routes_tx, routes_rx) = watch::channel(None::<Vec<NodeRoute>>);
+    tokio::spawn(routing::run(
+        NodeRoute {
+            addr: config.node_address,
+            pod_cidr,
+        },
+        config.routing_mode,
+        datapath.clone(),
+        routes_rx,
+    ));
     let metrics = AgentMetrics::new(Some(datapath.clone()))?;
     tokio::spawn(sweep_conntrack(
         sweeper,
@@ -137,6 +179,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     )
     .await?;
     let mut pods_config = PodManagerConfig::new(&config.node_name, pod_cidr);
+    pods_config.pod_mtu = pod_mtu;
     pods_config.dns = Some((
         config.dns_listen.ip().to_string(),
         config.cluster_domain.clone(),
@@ -216,6 +259,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Some(objects) = services_rx.recv() => {
                 let received = Instant::now();
                 let nodes: Vec<Node> = objects.of_kind("Node");
+                let node_routes = node_routes(&nodes);
+                routes_tx.send_if_modified(|routes| {
+                    let changed = routes.as_ref() != Some(&node_routes);
+                    *routes = Some(node_routes);
+                    changed
+                });
                 let (set, skipped) = services::service_set(
                     &objects.of_kind::<Service>("Service"),
                     &objects.of_kind::<Endpoints>("Endpoints"),
@@ -258,6 +307,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// The nodes that have an address and a pod range, as routing needs them.
+fn node_routes(nodes: &[Node]) -> Vec<NodeRoute> {
+    nodes
+        .iter()
+        .filter_map(|node| {
+            Some(NodeRoute {
+                addr: services::node_address(node)?,
+                pod_cidr: node.spec.pod_cidr.parse().ok()?,
+            })
+        })
+        .collect()
 }
 
 fn desired_pods(pods: &[Pod]) -> Vec<PodDesired> {

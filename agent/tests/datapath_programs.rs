@@ -10,7 +10,7 @@ use berth_agent::datapath::{
 };
 use berth_ebpf_common::{
     CT_TIMEOUT_CLOSED, CT_TIMEOUT_ESTABLISHED, CT_TIMEOUT_SYN_SENT, CT_TIMEOUT_UDP, CtEntry,
-    FlowKey, Reason, map_names, program_names,
+    FlowKey, POD_RANGE_TUNNEL, PodRange, Reason, map_names, program_names,
 };
 use berth_testkit::{
     PinDir,
@@ -1003,4 +1003,192 @@ fn a_tunnelled_connection_moves_to_the_main_table_on_the_clients_ack() {
         h.run_counting(program_names::FROM_POD, &data, Reason::ReverseTranslated);
     assert!(counted);
     assert_eq!(parsed(&out).src, EXTERNAL_IP);
+}
+
+/// This node's pod range (its backends are there), the peer's tunnelled, and a third
+/// node's on the shared link.
+fn pod_ranges(h: &mut Harness) {
+    let range = |node: Ipv4Addr, flags| PodRange {
+        node_addr: u32::from(node).to_be(),
+        flags,
+    };
+    let ranges = [
+        ((Ipv4Addr::new(198, 18, 1, 0), 24), range(NODE_ADDR, 0)),
+        (
+            (Ipv4Addr::new(198, 18, 2, 0), 24),
+            range(PEER_NODE_ADDR, POD_RANGE_TUNNEL),
+        ),
+        (
+            (Ipv4Addr::new(198, 18, 3, 0), 24),
+            range(Ipv4Addr::new(198, 18, 0, 3), 0),
+        ),
+    ];
+    h.datapath
+        .add_pod_ranges(&ranges.into_iter().collect())
+        .expect("pod ranges");
+}
+
+/// `inner` inside IPIP from `src` to `dst`, as the tunnel puts it on the wire.
+fn in_ipip(src: Ipv4Addr, dst: Ipv4Addr, inner: &[u8]) -> Vec<u8> {
+    let outer = packet::ipv4_packet(src, dst, IPIP, &[], 0x4000, inner);
+    packet::ethernet([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 9], 0x0800, &outer)
+}
+
+#[test]
+fn packets_for_a_tunnelled_pod_range_leave_inside_ipip_to_its_node() {
+    let mut h = Harness::new(vec![web(three_backends())]);
+    pod_ranges(&mut h);
+    let pod = (Ipv4Addr::new(198, 18, 1, 5), 40_000);
+    let to_peer_pod = Frame::tcp(pod, (Ipv4Addr::new(198, 18, 2, 7), 8080));
+    let (verdict, out, counted) = h.run_counting(
+        program_names::TUNNEL_ENCAP,
+        &to_peer_pod.build(),
+        Reason::PodEncapsulated,
+    );
+    assert_eq!((verdict, counted), (TC_ACT_OK, true));
+    assert_eq!(
+        out[..14],
+        to_peer_pod.build()[..14],
+        "the Ethernet header stays"
+    );
+    let outer = parsed(&out);
+    assert_eq!(
+        (outer.src, outer.dst, outer.proto),
+        (NODE_ADDR, PEER_NODE_ADDR, IPIP)
+    );
+    assert!(outer.ip_checksum_ok);
+    assert_eq!(
+        &out[34..],
+        to_peer_pod.ipv4(),
+        "the inner packet is untouched"
+    );
+
+    // Pods of a node on the shared link, other addresses and non-IP frames: untouched
+    // and uncounted.
+    for frame in [
+        Frame::tcp(pod, (Ipv4Addr::new(198, 18, 3, 7), 8080)).build(),
+        Frame::tcp(pod, (Ipv4Addr::new(192, 0, 2, 1), 80)).build(),
+        Frame::tcp(pod, (PEER_NODE_ADDR, 80)).build(),
+    ] {
+        let (verdict, out, counted) =
+            h.run_counting(program_names::TUNNEL_ENCAP, &frame, Reason::PodEncapsulated);
+        assert_eq!((verdict, out, counted), (TC_ACT_OK, frame, false));
+    }
+}
+
+#[test]
+fn ipip_from_a_node_is_unwrapped_only_for_its_pods_traffic_to_pods_here() {
+    let mut h = Harness::new(vec![web(three_backends())]);
+    pod_ranges(&mut h);
+    let here = (Ipv4Addr::new(198, 18, 1, 3), 8080);
+    let peer_pod = (Ipv4Addr::new(198, 18, 2, 7), 40_000);
+    let inner = Frame::tcp(peer_pod, here);
+    let frame = in_ipip(PEER_NODE_ADDR, NODE_ADDR, &inner.ipv4());
+    let (verdict, out, counted) =
+        h.run_counting(program_names::TUNNEL_DECAP, &frame, Reason::PodDecapsulated);
+    assert_eq!((verdict, counted), (TC_ACT_OK, true));
+    let unwrapped: Vec<u8> = frame[..14].iter().chain(&inner.ipv4()).copied().collect();
+    assert_eq!(
+        out, unwrapped,
+        "the outer header is gone, the inner packet untouched"
+    );
+    // The peer node itself (not one of its pods) may reach pods here too.
+    let from_node = Frame::tcp((PEER_NODE_ADDR, 40_000), here);
+    let (verdict, _, counted) = h.run_counting(
+        program_names::TUNNEL_DECAP,
+        &in_ipip(PEER_NODE_ADDR, NODE_ADDR, &from_node.ipv4()),
+        Reason::PodDecapsulated,
+    );
+    assert_eq!((verdict, counted), (TC_ACT_OK, true));
+    // XDP leaves such packets to this program.
+    let (verdict, out, counted) =
+        h.run_counting(program_names::EXTERNAL, &frame, Reason::PassNodeTunnel);
+    assert_eq!((verdict, out, counted), (XDP_PASS, frame.clone(), true));
+
+    for (frame, what) in [
+        (
+            in_ipip(Ipv4Addr::new(198, 18, 99, 9), NODE_ADDR, &inner.ipv4()),
+            "from an address that is no node",
+        ),
+        (
+            in_ipip(PEER_NODE_ADDR, NODE_ADDR, &Frame::tcp(CLIENT, here).ipv4()),
+            "a source that is not the sender's pod (an outside client)",
+        ),
+        (
+            in_ipip(
+                PEER_NODE_ADDR,
+                NODE_ADDR,
+                &Frame::tcp((Ipv4Addr::new(198, 18, 3, 7), 40_000), here).ipv4(),
+            ),
+            "a pod of another node than the sender",
+        ),
+        (
+            in_ipip(
+                PEER_NODE_ADDR,
+                NODE_ADDR,
+                &Frame::tcp(peer_pod, (Ipv4Addr::new(192, 0, 2, 1), 80)).ipv4(),
+            ),
+            "a destination that is no pod here (a relay)",
+        ),
+        (
+            in_ipip(
+                PEER_NODE_ADDR,
+                NODE_ADDR,
+                &Frame::tcp(peer_pod, (Ipv4Addr::new(198, 18, 3, 7), 80)).ipv4(),
+            ),
+            "a pod of another node",
+        ),
+    ] {
+        let (verdict, _, counted) = h.run_counting(
+            program_names::TUNNEL_DECAP,
+            &frame,
+            Reason::DropTunnelSource,
+        );
+        assert_eq!((verdict, counted), (TC_ACT_SHOT, true), "{what}");
+    }
+    // IPIP that is not addressed to this node (north-south, handled by XDP) and plain
+    // packets are none of its business.
+    for frame in [
+        tunnelled(&Frame::tcp(CLIENT, (EXTERNAL_IP, 80)), (here.0, 8080)),
+        inner.build(),
+    ] {
+        let (verdict, out, counted) = h.run_counting(
+            program_names::TUNNEL_DECAP,
+            &frame,
+            Reason::DropTunnelSource,
+        );
+        assert_eq!((verdict, out, counted), (TC_ACT_OK, frame, false));
+    }
+}
+
+#[test]
+fn north_south_wrapped_once_more_to_cross_the_underlay_is_delivered_to_the_backend() {
+    let mut h = Harness::new(vec![web(three_backends())]);
+    pod_ranges(&mut h);
+    // The peer, on another link, wrapped its IPIP to a backend here in one more IPIP
+    // addressed to this node: the underlay routes node addresses only.
+    let backend = Ipv4Addr::new(198, 18, 1, 3);
+    let once = tunnelled(&Frame::tcp(CLIENT, (EXTERNAL_IP, 80)), (backend, 8080));
+    let twice = in_ipip(PEER_NODE_ADDR, NODE_ADDR, &once[14..]);
+    let (verdict, out, counted) =
+        h.run_counting(program_names::EXTERNAL, &twice, Reason::TunnelDelivered);
+    assert_eq!((verdict, counted), (XDP_PASS, true));
+    assert_eq!(out.len(), twice.len() - 40, "both outer headers removed");
+    let p = parsed(&out);
+    assert_eq!((p.src, p.src_port), CLIENT);
+    assert_eq!((p.dst, p.dst_port), (backend, 8080));
+    assert!(p.ip_checksum_ok && p.l4_checksum_ok);
+    // Both headers must come from the same node; otherwise the packet is left to the
+    // tunnel's program, which drops what is not pod traffic from the sender.
+    let mut forged = twice.clone();
+    forged[14 + 20 + 12..14 + 20 + 16].copy_from_slice(&[198, 18, 0, 3]);
+    let (verdict, out, counted) =
+        h.run_counting(program_names::EXTERNAL, &forged, Reason::PassNodeTunnel);
+    assert_eq!((verdict, out, counted), (XDP_PASS, forged.clone(), true));
+    let (verdict, _, counted) = h.run_counting(
+        program_names::TUNNEL_DECAP,
+        &forged,
+        Reason::DropTunnelSource,
+    );
+    assert_eq!((verdict, counted), (TC_ACT_SHOT, true));
 }

@@ -247,6 +247,7 @@ fn echo_container_is_wired_into_the_node_namespace_and_answers() {
             pod_ip: POD_IP,
             host_veth: &host_veth,
             host_netns: Some(&node.0),
+            mtu: None,
         })
         .unwrap_or_else(|error| panic!("wiring the pod: {error}")),
     );

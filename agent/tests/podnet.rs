@@ -111,6 +111,7 @@ fn start_pod(name: &str, ip: Ipv4Addr, node: &str) -> Pod {
             pod_ip: ip,
             host_veth: &host_veth,
             host_netns: Some(node),
+            mtu: None,
         })
         .unwrap_or_else(|error| panic!("wiring {name}: {error}")),
     );
@@ -204,6 +205,7 @@ fn pods_reach_each_other_and_the_node_through_their_veths() {
         pod_ip: POD_B,
         host_veth: &b.network.0.host_veth,
         host_netns: Some(&node.0),
+        mtu: None,
     });
     assert!(matches!(
         again,

@@ -1,13 +1,17 @@
-//! Berth's service datapath: TC programs on pod veths (east-west) and an XDP program on
-//! the node's external interface (north-south). Map layouts live in berth-ebpf-common.
+//! Berth's datapath: TC programs on pod veths (east-west), an XDP program on the node's
+//! external interface (north-south), and TC programs on the underlay interface that carry
+//! pod traffic to nodes on other links inside IPIP. Map layouts live in
+//! berth-ebpf-common.
 #![no_std]
 #![no_main]
 
 mod csum;
+mod ip;
 mod lb;
 mod maps;
 mod route;
 mod tc;
+mod tunnel;
 mod xdp;
 
 #[cfg(not(test))]

@@ -4,11 +4,11 @@
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
 };
 use berth_ebpf_common::{
-    AffinityKey, AffinityValue, Backend, BackendAddr, CtEntry, DatapathConfig, FlowKey, Reason,
-    ServiceKey, ServiceValue, Traffic, defaults,
+    AffinityKey, AffinityValue, Backend, BackendAddr, CtEntry, DatapathConfig, FlowKey, PodRange,
+    Reason, ServiceKey, ServiceValue, Traffic, defaults,
 };
 
 #[map(name = "BERTH_CONFIG")]
@@ -63,6 +63,18 @@ pub static NODES: HashMap<u32, u32> = HashMap::pinned(defaults::MAX_NODES, 0);
 /// a veth has a peer to hand it to), and the only source address its packets may carry.
 #[map(name = "BERTH_POD_IFACES")]
 pub static POD_INTERFACES: HashMap<u32, u32> = HashMap::pinned(defaults::MAX_POD_INTERFACES, 0);
+
+/// Every node's pod range (this node's too) → the node's address and whether its pods
+/// are reached through the tunnel. Keyed by (prefix length, range address in network
+/// order).
+#[map(name = "BERTH_POD_RANGES")]
+pub static POD_RANGES: LpmTrie<u32, PodRange> = LpmTrie::pinned(defaults::MAX_NODES, 0);
+
+/// The pod range holding `addr` (network order), if any.
+#[inline(always)]
+pub fn pod_range(addr: u32) -> Option<PodRange> {
+    POD_RANGES.get(Key::new(32, addr)).copied()
+}
 
 #[map(name = "BERTH_SVC_STATS")]
 pub static SERVICE_STATS: PerCpuArray<Traffic> = PerCpuArray::pinned(defaults::MAX_SERVICES, 0);

@@ -19,13 +19,14 @@ use aya_ebpf::{
 };
 use berth_ebpf_common::{
     BackendAddr, CT_FLAG_REMOTE, CtEntry, DatapathConfig, IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP,
-    Reason, SVC_FLAG_EXTERNAL,
+    POD_RANGE_TUNNEL, Reason, SVC_FLAG_EXTERNAL,
 };
 
 use crate::{
     csum,
+    ip::{Ipv4Header, VERSION_IHL_PLAIN, ipip_header},
     lb::{self, Flow},
-    maps::{LOCAL_BACKENDS, NODES, account, config, count},
+    maps::{LOCAL_BACKENDS, NODES, account, config, count, pod_range},
     route,
 };
 
@@ -94,22 +95,6 @@ struct Parsed {
     l4: usize,
 }
 
-/// The fixed part of an IPv4 header, fields as in the packet (network order).
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Ipv4Header {
-    version_ihl: u8,
-    tos: u8,
-    total_len: u16,
-    id: u16,
-    frag: u16,
-    ttl: u8,
-    proto: u8,
-    check: u16,
-    src_addr: u32,
-    dst_addr: u32,
-}
-
 /// Parses the IPv4 header at `l3` and the ports after it.
 #[inline(always)]
 fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Result<Parsed, Reason> {
@@ -171,6 +156,9 @@ fn external(ctx: &XdpContext) -> (Reason, u32) {
         Err(reason) => return pass(reason),
     };
     if packet.flow.proto == IPPROTO_IPIP {
+        if packet.flow.dst_addr == config.node_addr {
+            return from_node_tunnel(ctx, &packet, &config);
+        }
         return from_tunnel(ctx, &packet, &config);
     }
     let Some(service) = lb::service(&packet.flow) else {
@@ -226,7 +214,10 @@ fn translate_destination(
     write(ctx, packet.l4 + 2, new_port)
 }
 
-/// Sends the untouched packet to the backend's node inside IPIP.
+/// Sends the untouched packet to the backend's node inside IPIP. The outer destination
+/// is the backend itself, its port in the IP id; when the backend's node is on another
+/// link (its pod range is tunnelled), the underlay cannot route a pod address, so that
+/// packet travels inside one more IPIP header addressed to the node.
 #[inline(always)]
 fn to_tunnel(
     ctx: &XdpContext,
@@ -234,7 +225,11 @@ fn to_tunnel(
     config: &DatapathConfig,
     entry: &CtEntry,
 ) -> (Reason, u32) {
-    let outer_len = packet.ip_len.saturating_add(IPV4_HLEN as u16);
+    let node = pod_range(entry.addr)
+        .filter(|range| range.flags & POD_RANGE_TUNNEL != 0)
+        .map(|range| range.node_addr);
+    let headers = if node.is_some() { 2 } else { 1 } * IPV4_HLEN;
+    let outer_len = packet.ip_len.saturating_add(headers as u16);
     let ingress = ctx.ingress_ifindex() as u32;
     // Route first, so an unreachable node leaves the packet unchanged.
     // SAFETY: ctx.ctx is this program's context.
@@ -242,7 +237,7 @@ fn to_tunnel(
         route::lookup(
             ctx.ctx.cast(),
             ingress,
-            (config.node_addr, entry.addr),
+            (config.node_addr, node.unwrap_or(entry.addr)),
             IPPROTO_IPIP,
             outer_len,
         )
@@ -250,31 +245,32 @@ fn to_tunnel(
     let Some(fib) = route else {
         return drop(Reason::DropNoRoute);
     };
-    // SAFETY: growing the headroom by one IPv4 header; pointers are re-derived after.
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(IPV4_HLEN as i32)) } != 0 {
+    // SAFETY: growing the headroom by the outer headers; pointers are re-derived after.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(headers as i32)) } != 0 {
         return drop(Reason::DropRewriteFailed);
     }
-    let outer = [
-        0x4500u16.to_be(),
-        outer_len.to_be(),
-        // The backend's port rides in the id field: the outer header is never fragmented
-        // (DF is set), so the id carries no other meaning (RFC 6864).
-        entry.port,
-        0x4000u16.to_be(),
-        u16::from_be_bytes([64, IPPROTO_IPIP]).to_be(),
-        0,
-        config.node_addr as u16,
-        (config.node_addr >> 16) as u16,
-        entry.addr as u16,
-        (entry.addr >> 16) as u16,
-    ];
-    let mut header = outer;
-    header[5] = csum::ipv4_header(&outer);
+    // The backend's port rides in the id field: the outer header is never fragmented
+    // (DF is set), so the id carries no other meaning (RFC 6864).
+    let to_backend = ipip_header(config.node_addr, entry.addr, packet.ip_len, 0, entry.port);
+    let headers_written = match node {
+        Some(node) => {
+            let to_node = ipip_header(
+                config.node_addr,
+                node,
+                packet.ip_len.saturating_add(IPV4_HLEN as u16),
+                0,
+                0,
+            );
+            write(ctx, ETH_HLEN, to_node).is_some()
+                && write(ctx, ETH_HLEN + IPV4_HLEN, to_backend).is_some()
+        }
+        None => write(ctx, ETH_HLEN, to_backend).is_some(),
+    };
     let ethernet = (fib.dmac, fib.smac, 0x0800u16.to_be());
-    if write(ctx, 0, ethernet.0).is_none()
+    if !headers_written
+        || write(ctx, 0, ethernet.0).is_none()
         || write(ctx, 6, ethernet.1).is_none()
         || write(ctx, 12, ethernet.2).is_none()
-        || write(ctx, ETH_HLEN, header).is_none()
     {
         return drop(Reason::DropRewriteFailed);
     }
@@ -284,6 +280,47 @@ fn to_tunnel(
         // SAFETY: helper without memory arguments; returns XDP_REDIRECT or XDP_ABORTED.
         let action = unsafe { bpf_redirect(fib.ifindex, 0) } as u32;
         (Reason::ForwardedToNode, action)
+    }
+}
+
+/// Removes the outer IPv4 header behind the Ethernet header, which moves up by as much.
+#[inline(always)]
+fn strip_outer_header(ctx: &XdpContext) -> Result<(), (Reason, u32)> {
+    let ethernet = read::<[u8; ETH_HLEN]>(ctx, 0).ok_or(pass(Reason::PassTruncated))?;
+    write(ctx, IPV4_HLEN, ethernet).ok_or(drop(Reason::DropRewriteFailed))?;
+    // SAFETY: shrinking the headroom by the outer header; pointers are re-derived after.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, IPV4_HLEN as i32) } != 0 {
+        return Err(drop(Reason::DropRewriteFailed));
+    }
+    Ok(())
+}
+
+/// IPIP addressed to this node itself: a north-south flow that a node on another link
+/// wrapped once more around its IPIP to a backend here (see [`to_tunnel`]) is unwrapped
+/// to that IPIP and handled as one; anything else is pod traffic of the tunnel, left to
+/// the underlay interface's TC program, which checks and unwraps it.
+#[inline(always)]
+fn from_node_tunnel(ctx: &XdpContext, outer: &Parsed, config: &DatapathConfig) -> (Reason, u32) {
+    // SAFETY: only checked for presence.
+    if unsafe { NODES.get(outer.flow.src_addr) }.is_none() || outer.l4 != ETH_HLEN + IPV4_HLEN {
+        return pass(Reason::PassNodeTunnel);
+    }
+    let Some(inner) = read::<Ipv4Header>(ctx, ETH_HLEN + IPV4_HLEN) else {
+        return pass(Reason::PassTruncated);
+    };
+    if inner.proto != IPPROTO_IPIP
+        || inner.version_ihl != VERSION_IHL_PLAIN
+        || inner.src_addr != outer.flow.src_addr
+    {
+        return pass(Reason::PassNodeTunnel);
+    }
+    if let Err(verdict) = strip_outer_header(ctx) {
+        return verdict;
+    }
+    match parse_ipv4(ctx, ETH_HLEN) {
+        Ok(packet) => from_tunnel(ctx, &packet, config),
+        Err(reason) if reason.is_drop() => drop(reason),
+        Err(reason) => pass(reason),
     }
 }
 
@@ -330,15 +367,8 @@ fn from_tunnel(ctx: &XdpContext, outer: &Parsed, config: &DatapathConfig) -> (Re
     else {
         return drop(Reason::DropTunnelNotBackend);
     };
-    let Some(ethernet) = read::<[u8; ETH_HLEN]>(ctx, 0) else {
-        return pass(Reason::PassTruncated);
-    };
-    if write(ctx, IPV4_HLEN, ethernet).is_none() {
-        return drop(Reason::DropRewriteFailed);
-    }
-    // SAFETY: shrinking the headroom by the outer header; pointers are re-derived after.
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, IPV4_HLEN as i32) } != 0 {
-        return drop(Reason::DropRewriteFailed);
+    if let Err(verdict) = strip_outer_header(ctx) {
+        return verdict;
     }
     let packet = Parsed {
         ip_len: inner.ip_len,

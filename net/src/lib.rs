@@ -21,8 +21,8 @@ use netlink_packet_route::{
     link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
     route::{
-        RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol,
-        RouteScope, RouteType,
+        RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteMetric,
+        RouteProtocol, RouteScope, RouteType,
     },
 };
 
@@ -480,6 +480,11 @@ pub struct Route<'a> {
     pub dev: &'a str,
     /// The gateway counts as on the link even though no address of the link covers it.
     pub onlink: bool,
+    /// The path MTU for the destination (`mtu N`); None leaves the link's.
+    pub mtu: Option<u32>,
+    /// The route's origin (`proto N`): who made it, so that a program removes only the
+    /// routes it made. None is `boot`, what `ip route` sets.
+    pub protocol: Option<u8>,
 }
 
 impl std::fmt::Display for Route<'_> {
@@ -496,6 +501,12 @@ impl std::fmt::Display for Route<'_> {
         if self.onlink {
             write!(f, " onlink")?;
         }
+        if let Some(mtu) = self.mtu {
+            write!(f, " mtu {mtu}")?;
+        }
+        if let Some(protocol) = self.protocol {
+            write!(f, " proto {protocol}")?;
+        }
         Ok(())
     }
 }
@@ -507,9 +518,11 @@ pub fn route_replace(netns: Option<&str>, route: &Route<'_>) -> Result<(), NetEr
     message.header.address_family = AddressFamily::Inet;
     message.header.destination_prefix_length = route.prefix_len;
     message.header.table = RouteHeader::RT_TABLE_MAIN;
-    // What `ip route` sets: "boot" routes, and a route without a gateway reaches only
-    // the link.
-    message.header.protocol = RouteProtocol::Boot;
+    // What `ip route` sets unless told: "boot" routes, and a route without a gateway
+    // reaches only the link.
+    message.header.protocol = route
+        .protocol
+        .map_or(RouteProtocol::Boot, RouteProtocol::from);
     message.header.scope = match route.gateway {
         Some(_) => RouteScope::Universe,
         None => RouteScope::Link,
@@ -533,8 +546,243 @@ pub fn route_replace(netns: Option<&str>, route: &Route<'_>) -> Result<(), NetEr
     message
         .attributes
         .push(RouteAttribute::Oif(link_index(netns, route.dev)?));
+    if let Some(mtu) = route.mtu {
+        message
+            .attributes
+            .push(RouteAttribute::Metrics(vec![RouteMetric::Mtu(mtu)]));
+    }
     let message = RouteNetlinkMessage::NewRoute(message);
     request(netns, &op, message, NLM_F_CREATE | NLM_F_REPLACE).map(drop)
+}
+
+/// An IPv4 route of the main table as the kernel lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InstalledRoute {
+    pub destination: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Option<Ipv4Addr>,
+    pub oif: Option<u32>,
+    pub mtu: Option<u32>,
+    pub protocol: u8,
+}
+
+impl InstalledRoute {
+    fn from_message(message: &RouteMessage) -> Option<Self> {
+        let header = &message.header;
+        if header.address_family != AddressFamily::Inet {
+            return None;
+        }
+        let mut route = InstalledRoute {
+            destination: Ipv4Addr::UNSPECIFIED,
+            prefix_len: header.destination_prefix_length,
+            gateway: None,
+            oif: None,
+            mtu: None,
+            protocol: u8::from(header.protocol),
+        };
+        let mut table = u32::from(header.table);
+        for attribute in &message.attributes {
+            match attribute {
+                RouteAttribute::Destination(RouteAddress::Inet(addr)) => route.destination = *addr,
+                RouteAttribute::Gateway(RouteAddress::Inet(addr)) => route.gateway = Some(*addr),
+                RouteAttribute::Oif(index) => route.oif = Some(*index),
+                RouteAttribute::Table(number) => table = *number,
+                RouteAttribute::Metrics(metrics) => {
+                    for metric in metrics {
+                        if let RouteMetric::Mtu(mtu) = metric {
+                            route.mtu = Some(*mtu);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        (table == u32::from(RouteHeader::RT_TABLE_MAIN)).then_some(route)
+    }
+}
+
+/// The IPv4 routes of the main table of `netns` (or the current namespace), all of them
+/// or those whose origin is `protocol` (`ip route show proto N`).
+pub fn routes(netns: Option<&str>, protocol: Option<u8>) -> Result<Vec<InstalledRoute>, NetError> {
+    let op = match protocol {
+        Some(protocol) => format!("route show proto {protocol}"),
+        None => "route show".to_owned(),
+    };
+    let mut message = RouteMessage::default();
+    message.header.address_family = AddressFamily::Inet;
+    let replies = rtnl(netns, &op)?
+        .dump(RouteNetlinkMessage::GetRoute(message))
+        .map_err(netlink_error(netns, &op))?;
+    Ok(replies
+        .iter()
+        .filter_map(|reply| match reply {
+            RouteNetlinkMessage::NewRoute(message) => InstalledRoute::from_message(message),
+            _ => None,
+        })
+        .filter(|route| protocol.is_none_or(|protocol| route.protocol == protocol))
+        .collect())
+}
+
+/// Deletes the main table's route to `destination/prefix_len` made by `protocol`; a
+/// missing one is not an error.
+pub fn route_delete(
+    netns: Option<&str>,
+    destination: Ipv4Addr,
+    prefix_len: u8,
+    protocol: u8,
+) -> Result<(), NetError> {
+    let op = format!("route delete {destination}/{prefix_len} proto {protocol}");
+    let mut message = RouteMessage::default();
+    message.header.address_family = AddressFamily::Inet;
+    message.header.destination_prefix_length = prefix_len;
+    message.header.table = RouteHeader::RT_TABLE_MAIN;
+    message.header.protocol = RouteProtocol::from(protocol);
+    message.header.scope = RouteScope::NoWhere;
+    message
+        .attributes
+        .push(RouteAttribute::Destination(RouteAddress::Inet(destination)));
+    match request(netns, &op, RouteNetlinkMessage::DelRoute(message), 0) {
+        Ok(_) => Ok(()),
+        Err(NetError::Netlink { source, .. }) if source.raw_os_error() == Some(libc::ESRCH) => {
+            Ok(())
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// Where the kernel would send a packet for `destination`: `ip route get`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteLookup {
+    /// The next hop, when the destination is not on a directly connected link.
+    pub gateway: Option<Ipv4Addr>,
+    pub oif: u32,
+}
+
+pub fn route_get(netns: Option<&str>, destination: Ipv4Addr) -> Result<RouteLookup, NetError> {
+    let op = format!("route get {destination}");
+    let mut message = RouteMessage::default();
+    message.header.address_family = AddressFamily::Inet;
+    message.header.destination_prefix_length = 32;
+    message
+        .attributes
+        .push(RouteAttribute::Destination(RouteAddress::Inet(destination)));
+    let replies = request(netns, &op, RouteNetlinkMessage::GetRoute(message), 0)?;
+    replies
+        .iter()
+        .find_map(|reply| match reply {
+            RouteNetlinkMessage::NewRoute(message) => {
+                let mut gateway = None;
+                let mut oif = None;
+                for attribute in &message.attributes {
+                    match attribute {
+                        RouteAttribute::Gateway(RouteAddress::Inet(addr)) => gateway = Some(*addr),
+                        RouteAttribute::Oif(index) => oif = Some(*index),
+                        _ => {}
+                    }
+                }
+                Some(RouteLookup { gateway, oif: oif? })
+            }
+            _ => None,
+        })
+        .ok_or_else(|| {
+            netlink_error(netns, &op)(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the kernel answered without a route",
+            ))
+        })
+}
+
+/// An IPv4 address of a link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkAddress {
+    pub ifindex: u32,
+    pub addr: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+impl LinkAddress {
+    /// Whether `other` is on this address's subnet (a directly connected peer).
+    pub fn covers(&self, other: Ipv4Addr) -> bool {
+        let mask = u32::MAX
+            .checked_shl(32 - u32::from(self.prefix_len))
+            .unwrap_or(0);
+        u32::from(self.addr) & mask == u32::from(other) & mask
+    }
+}
+
+/// Every IPv4 address of `netns` (or the current namespace): `ip -4 addr show`.
+pub fn addresses(netns: Option<&str>) -> Result<Vec<LinkAddress>, NetError> {
+    let op = "-4 addr show";
+    let mut message = AddressMessage::default();
+    message.header.family = AddressFamily::Inet;
+    let replies = rtnl(netns, op)?
+        .dump(RouteNetlinkMessage::GetAddress(message))
+        .map_err(netlink_error(netns, op))?;
+    Ok(replies
+        .iter()
+        .filter_map(|reply| match reply {
+            RouteNetlinkMessage::NewAddress(message)
+                if message.header.family == AddressFamily::Inet =>
+            {
+                message
+                    .attributes
+                    .iter()
+                    .find_map(|attribute| match attribute {
+                        AddressAttribute::Local(std::net::IpAddr::V4(addr)) => Some(LinkAddress {
+                            ifindex: message.header.index,
+                            addr: *addr,
+                            prefix_len: message.header.prefix_len,
+                        }),
+                        _ => None,
+                    })
+            }
+            _ => None,
+        })
+        .collect())
+}
+
+/// A link's name and MTU, looked up by index.
+pub fn link_by_index(netns: Option<&str>, index: u32) -> Result<(String, u32), NetError> {
+    let op = format!("link show index {index}");
+    let mut message = LinkMessage::default();
+    message.header.index = index;
+    let reply = request(netns, &op, RouteNetlinkMessage::GetLink(message), 0)?
+        .into_iter()
+        .find_map(|reply| match reply {
+            RouteNetlinkMessage::NewLink(link) => Some(link),
+            _ => None,
+        });
+    let name = reply.as_ref().and_then(|link| {
+        link.attributes
+            .iter()
+            .find_map(|attribute| match attribute {
+                LinkAttribute::IfName(name) => Some(name.clone()),
+                _ => None,
+            })
+    });
+    let mtu = reply.as_ref().and_then(|link| {
+        link.attributes
+            .iter()
+            .find_map(|attribute| match attribute {
+                LinkAttribute::Mtu(mtu) => Some(*mtu),
+                _ => None,
+            })
+    });
+    name.zip(mtu).ok_or_else(|| {
+        netlink_error(netns, &op)(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the kernel answered without the link's name and MTU",
+        ))
+    })
+}
+
+/// Sets a link's MTU.
+pub fn link_set_mtu(netns: Option<&str>, link: &str, mtu: u32) -> Result<(), NetError> {
+    let op = format!("link set dev {link} mtu {mtu}");
+    let mut message = LinkMessage::default();
+    message.header.index = link_index(netns, link)?;
+    message.attributes.push(LinkAttribute::Mtu(mtu));
+    request(netns, &op, RouteNetlinkMessage::SetLink(message), 0).map(drop)
 }
 
 /// The interface index of a link, as XDP and TC attachment report it.

@@ -146,6 +146,8 @@ fn addresses_and_routes_are_added() {
         gateway: None,
         dev: "a0",
         onlink: false,
+        mtu: None,
+        protocol: None,
     };
     net::route_replace(Some(a.name()), &host_route).expect("/32 route");
     // A range via a gateway, then replaced by another.
@@ -155,6 +157,8 @@ fn addresses_and_routes_are_added() {
         gateway: Some(B_ADDR),
         dev: "a0",
         onlink: false,
+        mtu: None,
+        protocol: None,
     };
     net::route_replace(Some(a.name()), &via).expect("route via b");
     via.gateway = Some(Ipv4Addr::new(198, 18, 40, 3));
@@ -166,6 +170,8 @@ fn addresses_and_routes_are_added() {
         gateway: Some(Ipv4Addr::new(169, 254, 1, 1)),
         dev: "b0",
         onlink: true,
+        mtu: None,
+        protocol: None,
     };
     net::route_replace(Some(b.name()), &pod_default).expect("default route");
 
@@ -286,4 +292,85 @@ fn sysctls_are_written_in_the_named_namespace() {
     assert_eq!(host_after, host_before);
     let escape = net::sysctl_set(Some(a.name()), "net/../../etc/passwd", "x");
     assert!(escape.is_err(), "paths that leave /proc/sys are refused");
+}
+
+#[test]
+fn marked_routes_are_listed_looked_up_and_deleted() {
+    let (a, _b) = pair();
+    let ns = Some(a.name());
+    const MARK: u8 = 190;
+    let marked = Route {
+        destination: Ipv4Addr::new(198, 18, 43, 0),
+        prefix_len: 24,
+        gateway: Some(B_ADDR),
+        dev: "a0",
+        onlink: false,
+        mtu: Some(1480),
+        protocol: Some(MARK),
+    };
+    net::route_replace(ns, &marked).expect("marked route");
+    let other = Route {
+        destination: Ipv4Addr::new(198, 18, 44, 0),
+        protocol: None,
+        mtu: None,
+        ..marked
+    };
+    net::route_replace(ns, &other).expect("someone else's route");
+    let shown = a.ip(&["route", "show"]).expect("routes");
+    assert!(
+        shown.contains("198.18.43.0/24 via 198.18.40.2 dev a0 proto 190 mtu 1480"),
+        "{shown}"
+    );
+
+    let ours = net::routes(ns, Some(MARK)).expect("marked routes");
+    let index = net::link_index(ns, "a0").expect("index");
+    assert_eq!(
+        ours,
+        [net::InstalledRoute {
+            destination: marked.destination,
+            prefix_len: 24,
+            gateway: Some(B_ADDR),
+            oif: Some(index),
+            mtu: Some(1480),
+            protocol: MARK,
+        }]
+    );
+    let all = net::routes(ns, None).expect("all routes");
+    assert!(
+        all.iter()
+            .any(|r| r.destination == other.destination && r.protocol != MARK)
+    );
+
+    // `ip route get`: a destination on the link has no gateway, one behind a route has.
+    let direct = net::route_get(ns, B_ADDR).expect("route get");
+    assert_eq!((direct.gateway, direct.oif), (None, index));
+    let routed = net::route_get(ns, Ipv4Addr::new(198, 18, 43, 9)).expect("route get");
+    assert_eq!(routed.gateway, Some(B_ADDR));
+    assert!(
+        net::route_get(ns, Ipv4Addr::new(192, 0, 2, 1)).is_err(),
+        "no default route"
+    );
+
+    // The address and its link, as the agent finds its underlay interface.
+    let addresses = net::addresses(ns).expect("addresses");
+    let on_a0 = addresses
+        .iter()
+        .find(|address| address.addr == A_ADDR)
+        .expect("a0's address");
+    assert_eq!((on_a0.ifindex, on_a0.prefix_len), (index, 24));
+    assert!(on_a0.covers(B_ADDR) && !on_a0.covers(Ipv4Addr::new(198, 18, 41, 1)));
+    net::link_set_mtu(ns, "a0", 1400).expect("mtu");
+    assert_eq!(
+        net::link_by_index(ns, index).expect("link"),
+        ("a0".to_owned(), 1400)
+    );
+
+    // Deleting by mark: only the marked route goes; a missing one is no error, and the
+    // mark must match.
+    net::route_delete(ns, other.destination, 24, MARK).expect("not ours: nothing to do");
+    net::route_delete(ns, marked.destination, 24, MARK).expect("delete");
+    net::route_delete(ns, marked.destination, 24, MARK).expect("delete again");
+    assert!(net::routes(ns, Some(MARK)).expect("routes").is_empty());
+    let shown = a.ip(&["route", "show"]).expect("routes");
+    assert!(shown.contains("198.18.44.0/24 via 198.18.40.2"), "{shown}");
 }

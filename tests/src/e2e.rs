@@ -1,11 +1,12 @@
 //! A whole cluster on one machine, for the end-to-end scenarios (`cargo xtask e2e`): three
-//! node namespaces and a control-plane namespace joined by an underlay bridge
-//! (198.18.64.0/24), a client namespace outside the cluster on the same underlay, the real
-//! `berth-control`, one real `berth-agent` per node with its XDP program on the node's
-//! `eth0`, and the real Docker engine. Routes between the nodes' pod ranges are the
-//! harness's job (the agent leaves the underlay's routing to the machine, as a node's
-//! operating system would): once every agent has joined, each node routes every other
-//! node's pod range through that node's underlay address.
+//! node namespaces and a control-plane namespace on an underlay, a client namespace
+//! outside the cluster on it too, the real `berth-control`, one real `berth-agent` per
+//! node with its XDP program on the node's `eth0`, and the real Docker engine. The
+//! underlay is one bridge (198.18.64.0/24) or, with [`Underlay::Routed`], a bridge per
+//! node (198.18.64.0/24 for node 0, the control plane and the client, 198.18.65.0/24 for
+//! node 1, ...) joined by a router namespace: the "physical network", which routes the
+//! bridges' subnets and knows nothing of pods. Routes to the nodes' pod ranges are the
+//! agents' own job.
 //!
 //! Everything the cluster made is removed when it drops, also when a scenario fails:
 //! processes by pid, containers by the run's own node names, pod namespaces the agents
@@ -23,13 +24,38 @@ use berth_agent::runtime::{DockerRuntime, labels};
 use berth_testkit::{PinDir, netns::NetNs, unique_name};
 
 use crate::{
-    full_checksums, node_sysctls, plug,
+    full_checksums, node_sysctls, plug, plug_into,
     process::{Process, RunningPod, binary, remove_node_pods, running_pods},
 };
 
-/// The underlay: node N at 198.18.64.N.
-pub fn node_addr(index: usize) -> Ipv4Addr {
-    Ipv4Addr::new(198, 18, 64, index as u8 + 1)
+/// The underlay: node N at 198.18.64.N+1 on one link, or on its own link 198.18.64+N.0/24.
+pub fn node_addr(index: usize, underlay: Underlay) -> Ipv4Addr {
+    let link = match underlay {
+        Underlay::OneLink => 0,
+        Underlay::Routed => index as u8,
+    };
+    Ipv4Addr::new(198, 18, 64 + link, index as u8 + 1)
+}
+
+/// The router's address on each link of a routed underlay.
+const ROUTER_HOST: u8 = 254;
+
+/// How the nodes are connected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Underlay {
+    /// Every node on one bridge: nodes reach each other directly.
+    OneLink,
+    /// A bridge per node, joined by a router namespace that routes the bridges' subnets
+    /// (node addresses only, never pod ranges): no two nodes share a link.
+    Routed,
+}
+
+/// The cluster's network: the underlay and the agents' `--routing-mode`.
+#[derive(Clone, Copy, Debug)]
+pub struct E2eNetwork {
+    pub underlay: Underlay,
+    /// None leaves the agents' default (auto).
+    pub routing_mode: Option<&'static str>,
 }
 /// The control plane's address on the underlay (its agent API and node-API client side).
 pub const CONTROL_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 64, 10);
@@ -98,33 +124,94 @@ pub struct E2eCluster {
     pub control: Option<Process>,
     pub nodes: Vec<E2eNode>,
     pub options: ControlOptions,
+    pub network: E2eNetwork,
     pub data: tempfile::TempDir,
     pub client: NetNs,
     pub control_ns: NetNs,
+    /// The routed underlay's router.
+    pub router: Option<NetNs>,
     pub fabric: NetNs,
 }
 
 impl E2eCluster {
-    /// The namespaces and the underlay; no process runs yet.
+    /// The namespaces and one underlay link for all; no process runs yet. The agents
+    /// route with their default mode.
     pub fn new(nodes: usize, options: ControlOptions) -> E2eCluster {
+        Self::with_network(
+            nodes,
+            options,
+            E2eNetwork {
+                underlay: Underlay::OneLink,
+                routing_mode: None,
+            },
+        )
+    }
+
+    /// The namespaces and the underlay `network` asks for; no process runs yet.
+    pub fn with_network(nodes: usize, options: ControlOptions, network: E2eNetwork) -> E2eCluster {
         let fabric = NetNs::new("befab").expect("fabric namespace");
-        fabric
-            .ip(&["link", "add", "br0", "type", "bridge"])
-            .expect("bridge");
-        fabric.ip(&["link", "set", "br0", "up"]).expect("bridge up");
+        let links = match network.underlay {
+            Underlay::OneLink => 1,
+            Underlay::Routed => nodes.max(1),
+        };
+        for link in 0..links {
+            let bridge = format!("br{link}");
+            fabric
+                .ip(&["link", "add", &bridge, "type", "bridge"])
+                .expect("bridge");
+            fabric
+                .ip(&["link", "set", &bridge, "up"])
+                .expect("bridge up");
+        }
+        let router = (network.underlay == Underlay::Routed).then(|| {
+            let router = NetNs::new("bertr").expect("router namespace");
+            node_sysctls(&router);
+            for link in 0..links {
+                let addr = Ipv4Addr::new(198, 18, 64 + link as u8, ROUTER_HOST);
+                plug_into(
+                    &fabric,
+                    &format!("br{link}"),
+                    &router,
+                    &format!("r{link}"),
+                    &format!("eth{link}"),
+                    addr,
+                );
+            }
+            router
+        });
+        // Everything off its own link goes through the router.
+        let via_router = |ns: &NetNs, link: u8| {
+            if router.is_some() {
+                let gateway = Ipv4Addr::new(198, 18, 64 + link, ROUTER_HOST).to_string();
+                ns.ip(&["route", "add", "default", "via", &gateway])
+                    .expect("default route via the router");
+            }
+        };
         let control_ns = NetNs::new("bectl").expect("control-plane namespace");
         plug(&fabric, &control_ns, "ctl", CONTROL_ADDR);
+        via_router(&control_ns, 0);
         let client = NetNs::new("becli").expect("client namespace");
         plug(&fabric, &client, "cli", CLIENT_ADDR);
+        via_router(&client, 0);
         full_checksums(&client);
         let nodes = (0..nodes)
             .map(|index| {
                 let ns = NetNs::new(&format!("ben{index}")).expect("node namespace");
                 node_sysctls(&ns);
-                plug(&fabric, &ns, &format!("n{index}"), node_addr(index));
+                let addr = node_addr(index, network.underlay);
+                let link = addr.octets()[2] - 64;
+                plug_into(
+                    &fabric,
+                    &format!("br{link}"),
+                    &ns,
+                    &format!("n{index}"),
+                    "eth0",
+                    addr,
+                );
+                via_router(&ns, link);
                 E2eNode {
                     name: unique_name(&format!("e2e{index}")),
-                    addr: node_addr(index),
+                    addr,
                     state: tempfile::tempdir().expect("state dir"),
                     pins: PinDir::new(&format!("e2e{index}")),
                     ns,
@@ -136,14 +223,16 @@ impl E2eCluster {
             control: None,
             nodes,
             options,
+            network,
             data: tempfile::tempdir().expect("data dir"),
             client,
             control_ns,
+            router,
             fabric,
         }
     }
 
-    /// Starts every process, waits until every node joined, and routes the pod ranges.
+    /// Starts every process and waits until every node joined and is Ready.
     pub async fn start(&mut self) {
         self.start_control().await;
         for index in 0..self.nodes.len() {
@@ -154,7 +243,6 @@ impl E2eCluster {
             assert!(Instant::now() < deadline, "the agents did not join");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        self.route_pod_ranges();
         self.wait_nodes_ready().await;
     }
 
@@ -215,9 +303,11 @@ impl E2eCluster {
 
     pub fn start_agent(&mut self, index: usize) {
         let pki = self.data.path().join("pki");
+        let routing_mode = self.network.routing_mode;
         let node = &mut self.nodes[index];
         // nsenter rather than `ip netns exec`: the latter remounts /sys, hiding bpffs.
-        let child = log_to(&mut Command::new("nsenter"), &format!("agent-{index}"))
+        let mut command = Command::new("nsenter");
+        log_to(&mut command, &format!("agent-{index}"))
             .arg(format!("--net=/run/netns/{}", node.ns.name()))
             .arg(binary("berth-agent"))
             .args(["--node-name", &node.name])
@@ -237,10 +327,37 @@ impl E2eCluster {
             .args(["--external-interface", "eth0"])
             // A veth: native XDP_TX needs a program on the peer too, generic works alone.
             .args(["--xdp-mode", "generic"])
-            .env("RUST_LOG", log_level())
-            .spawn()
-            .expect("starting berth-agent");
+            .env("RUST_LOG", log_level());
+        if let Some(mode) = routing_mode {
+            command.args(["--routing-mode", mode]);
+        }
+        let child = command.spawn().expect("starting berth-agent");
         node.agent = Some(Process(child));
+    }
+
+    /// Cuts node `index` off the underlay: its `eth0` goes down (and with it every route
+    /// through it).
+    pub fn disconnect(&self, index: usize) {
+        self.nodes[index]
+            .ns
+            .ip(&["link", "set", "eth0", "down"])
+            .expect("cutting the node off");
+    }
+
+    /// Plugs node `index` back in; on a routed underlay its default route returns too, as
+    /// the node's own network configuration would restore it.
+    pub fn reconnect(&self, index: usize) {
+        let node = &self.nodes[index];
+        node.ns
+            .ip(&["link", "set", "eth0", "up"])
+            .expect("reconnecting the node");
+        if self.router.is_some() {
+            let [a, b, link, _] = node.addr.octets();
+            let gateway = Ipv4Addr::new(a, b, link, ROUTER_HOST).to_string();
+            node.ns
+                .ip(&["route", "replace", "default", "via", &gateway])
+                .expect("default route via the router");
+        }
     }
 
     /// Kills a node's agent with SIGKILL; its pods and datapath stay.
@@ -248,16 +365,38 @@ impl E2eCluster {
         self.nodes[index].agent = None;
     }
 
-    fn route_pod_ranges(&self) {
-        for node in &self.nodes {
-            for other in &self.nodes {
-                if other.name != node.name {
-                    let range = other.pod_cidr().expect("joined");
+    /// Waits until every node routes every other node's pod range with the agent's
+    /// routes (`proto 190`); each node's route lines.
+    pub async fn wait_pod_routes(&self) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let shown: Vec<String> = self
+                .nodes
+                .iter()
+                .map(|node| {
                     node.ns
-                        .ip(&["route", "replace", &range, "via", &other.addr.to_string()])
-                        .expect("route to another node's pods");
-                }
+                        .ip(&["route", "show", "proto", "190"])
+                        .expect("routes")
+                })
+                .collect();
+            let complete = self.nodes.iter().zip(&shown).all(|(node, routes)| {
+                self.nodes
+                    .iter()
+                    .filter(|other| other.name != node.name)
+                    .all(|other| {
+                        other.pod_cidr().is_some_and(|range| {
+                            routes.lines().any(|line| line.starts_with(&range))
+                        })
+                    })
+            });
+            if complete {
+                return shown;
             }
+            assert!(
+                Instant::now() < deadline,
+                "the agents did not route each other's pod ranges: {shown:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 

@@ -2,10 +2,11 @@
 //!
 //! Every node is a network namespace whose `eth0` is plugged into a bridge in a fabric
 //! namespace (the underlay, 198.18.0.0/24, node N at 198.18.0.N); node N's pods get
-//! 198.18.N.0/24 and are wired by the agent's own pod networking (`podnet`). An external
-//! client namespace sits on the same underlay at 198.18.0.100. Each node runs its own
-//! datapath (maps pinned under a bpffs directory of the test), with the TC programs on its
-//! pods' host veths and the XDP program on its `eth0`. Everything is removed when the
+//! 198.18.N.0/24 and are wired by the agent's own pod networking (`podnet`), and the
+//! nodes route each other's pod ranges with the agent's own routing (`routing`). An
+//! external client namespace sits on the same underlay at 198.18.0.100. Each node runs its
+//! own datapath (maps pinned under a bpffs directory of the test), with the TC programs on
+//! its pods' host veths and the XDP program on its `eth0`. Everything is removed when the
 //! [`Cluster`] drops, also when a test fails.
 
 pub mod e2e;
@@ -20,6 +21,7 @@ use std::{
 use berth_agent::{
     datapath::{Datapath, DatapathOptions, Limits, Node, XdpMode},
     podnet,
+    routing::{self, KernelUnderlay, NodeRoute, RoutingMode},
 };
 use berth_echo::{EchoConfig, EchoServer, Reply};
 use berth_testkit::{
@@ -178,18 +180,6 @@ impl Cluster {
                 ns,
             });
         }
-        // Node routes: every other node's pod range through that node.
-        for node in &cluster.nodes {
-            for other in &cluster.nodes {
-                if other.id != node.id {
-                    let range = format!("198.18.{}.0/24", other.id);
-                    let via = other.addr.to_string();
-                    node.ns
-                        .ip(&["route", "replace", &range, "via", &via])
-                        .expect("node route");
-                }
-            }
-        }
         cluster
     }
 
@@ -217,6 +207,7 @@ impl Cluster {
             pod_ip: ip,
             host_veth: &host_veth,
             host_netns: Some(&node_ns),
+            mtu: None,
         })
         .unwrap_or_else(|error| panic!("wiring pod {name}: {error}"));
         let server = serve.then(|| {
@@ -250,8 +241,9 @@ impl Cluster {
             .collect()
     }
 
-    /// Opens every node's datapath and makes each node's neighbour entries for the other
-    /// nodes valid, as the agent does, so XDP can forward to them at once.
+    /// Opens every node's datapath, routes the other nodes' pod ranges and makes each
+    /// node's neighbour entries for the other nodes valid, as the agent does, so XDP can
+    /// forward to them at once.
     pub fn start_datapaths(&mut self) {
         let ids: Vec<u32> = self.nodes.iter().map(|node| node.id).collect();
         let peers: Vec<Ipv4Addr> = self.nodes.iter().map(|node| node.addr).collect();
@@ -265,6 +257,29 @@ impl Cluster {
                 berth_agent::datapath::resolve_neighbours(&others)
                     .expect("resolving the other nodes' neighbour entries")
             });
+        }
+        self.route_pods();
+    }
+
+    /// Routes every other node's pod range on each node with the agent's routing (all
+    /// nodes share the underlay link: native routes).
+    pub fn route_pods(&mut self) {
+        let routes: Vec<NodeRoute> = self
+            .nodes
+            .iter()
+            .map(|node| NodeRoute {
+                addr: node.addr,
+                pod_cidr: format!("198.18.{}.0/24", node.id)
+                    .parse()
+                    .expect("pod range"),
+            })
+            .collect();
+        for (node, own) in self.nodes.iter_mut().zip(&routes) {
+            let underlay = KernelUnderlay::read(Some(node.ns.name())).expect("node addresses");
+            let plan = routing::plan(own, &routes, RoutingMode::Auto, &underlay);
+            let datapath = std::sync::Mutex::new(node.datapath.take().expect("an open datapath"));
+            routing::reconcile(Some(node.ns.name()), &plan, &datapath).expect("pod routes");
+            node.datapath = Some(datapath.into_inner().unwrap_or_else(|p| p.into_inner()));
         }
     }
 
@@ -303,14 +318,27 @@ pub fn full_checksums(client: &NetNs) {
 
 /// Plugs `ns` into the fabric bridge: `eth0` in `ns` with `addr`/24, `port` on the bridge.
 pub fn plug(fabric: &NetNs, ns: &NetNs, port: &str, addr: Ipv4Addr) {
-    berth_net::veth_add_peer_in(Some(fabric.name()), port, "eth0", ns.name())
+    plug_into(fabric, "br0", ns, port, "eth0", addr);
+}
+
+/// Plugs `ns` into the fabric's `bridge`: `interface` in `ns` with `addr`/24, `port` on
+/// the bridge.
+pub fn plug_into(
+    fabric: &NetNs,
+    bridge: &str,
+    ns: &NetNs,
+    port: &str,
+    interface: &str,
+    addr: Ipv4Addr,
+) {
+    berth_net::veth_add_peer_in(Some(fabric.name()), port, interface, ns.name())
         .expect("underlay veth");
     fabric
-        .ip(&["link", "set", port, "master", "br0"])
+        .ip(&["link", "set", port, "master", bridge])
         .expect("bridge port");
     fabric.ip(&["link", "set", port, "up"]).expect("port up");
-    berth_net::addr_add(Some(ns.name()), "eth0", &format!("{addr}/24")).expect("address");
-    berth_net::link_up(Some(ns.name()), "eth0").expect("eth0 up");
+    berth_net::addr_add(Some(ns.name()), interface, &format!("{addr}/24")).expect("address");
+    berth_net::link_up(Some(ns.name()), interface).expect("link up");
 }
 
 /// One HTTP GET / on a new connection from inside `ns`; the echo server's answer.

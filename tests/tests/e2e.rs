@@ -5,6 +5,11 @@
 //! machine outside the cluster to its NodePort on node 0 — and every failed request is
 //! counted. The report at the end gives, per scenario, requests sent and failed and the
 //! measured detection and recovery times. Needs root, BPF and Docker.
+//!
+//! The scenarios run twice, on a cluster each: nodes on one link with the agents in
+//! native-routing mode, and nodes on links of their own (joined by a router that knows
+//! nothing of pods) in encapsulation mode. The two tests take turns: two clusters at
+//! once would share the machine's two cores and blur the timings.
 
 use std::{
     collections::BTreeSet,
@@ -16,7 +21,10 @@ use std::{
 use berth_agent::runtime::DockerRuntime;
 use berth_tests::{
     Load,
-    e2e::{ControlOptions, E2eCluster, app_container, exec, names, responders, wait_responders},
+    e2e::{
+        ControlOptions, E2eCluster, E2eNetwork, Underlay, app_container, exec, names, responders,
+        wait_responders,
+    },
     get_here,
     process::{WebManifest, pod_netns},
 };
@@ -30,9 +38,36 @@ const PACE: Duration = Duration::from_millis(20);
 /// connection reached it.
 const PRE_STOP_SLEEP: u32 = 2;
 
+/// One cluster at a time (see the module's documentation).
+static ONE_CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread")]
-async fn end_to_end_scenarios() {
-    let cluster = E2eCluster::new(
+async fn end_to_end_scenarios_native_routing() {
+    run_scenarios(
+        "Native routing (nodes on one link)",
+        E2eNetwork {
+            underlay: Underlay::OneLink,
+            routing_mode: Some("native"),
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn end_to_end_scenarios_encapsulation() {
+    run_scenarios(
+        "Encapsulation (each node on a link of its own, joined by a router)",
+        E2eNetwork {
+            underlay: Underlay::Routed,
+            routing_mode: Some("encapsulation"),
+        },
+    )
+    .await;
+}
+
+async fn run_scenarios(title: &str, network: E2eNetwork) {
+    let _turn = ONE_CLUSTER.lock().await;
+    let cluster = E2eCluster::with_network(
         3,
         ControlOptions {
             node_grace_secs: 4,
@@ -40,11 +75,24 @@ async fn end_to_end_scenarios() {
             autoscaler_sync_secs: 2,
             autoscaler_downscale_stabilization_secs: 10,
         },
+        network,
     );
+    let started = Instant::now();
     let report = cluster.run(async |cluster| scenarios(cluster).await).await;
+    let report = format!(
+        "### {title}\n\n{report}\nAll scenarios in {}.\n\n",
+        seconds(started.elapsed())
+    );
     println!("{report}");
+    // Each test adds its section; `cargo xtask e2e` starts from an empty file.
     if let Ok(path) = std::env::var("BERTH_E2E_REPORT") {
-        std::fs::write(&path, &report).unwrap_or_else(|error| panic!("writing {path}: {error}"));
+        use std::io::Write as _;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut file| file.write_all(report.as_bytes()))
+            .unwrap_or_else(|error| panic!("writing {path}: {error}"));
     }
 }
 
@@ -155,6 +203,16 @@ async fn scenarios(cluster: &mut E2eCluster) -> String {
     let started = Instant::now();
     cluster.start().await;
     println!("cluster up in {}", seconds(started.elapsed()));
+    // The agents route each other's pod ranges (the harness adds no route); through the
+    // tunnel, the routes leave room for the IPIP header.
+    let routes = cluster.wait_pod_routes().await;
+    println!("the agents' routes: {routes:?}");
+    let tunnelled = cluster.network.routing_mode == Some("encapsulation");
+    for node_routes in &routes {
+        for line in node_routes.lines() {
+            assert_eq!(line.contains("mtu 1480"), tunnelled, "{line}");
+        }
+    }
 
     // 1. Deploy: reach the service by VIP and DNS name from a pod, by the NodePort from
     // outside; every replica answers.
@@ -199,12 +257,31 @@ async fn scenarios(cluster: &mut E2eCluster) -> String {
     assert_eq!(resolved, VIP, "nslookup web from a pod: {lookup:?}");
     let by_name = responders(&client_ns, SocketAddrV4::new(resolved, 80), 30);
     assert_eq!(by_name, names(&web), "by DNS name from a pod");
+    // Pod to pod, by pod IP, no Service: every replica answers the client pod, those on
+    // other nodes through the agents' routes (native, or the tunnel).
+    let mut direct = BTreeSet::new();
+    for pod in &web {
+        let target = SocketAddrV4::new(pod.ip, 8080);
+        let reply = berth_net::in_netns(&client_ns, move || get_here(target))
+            .expect("netns")
+            .unwrap_or_else(|error| {
+                panic!("pod {} at {target} from the client pod: {error}", pod.name)
+            });
+        direct.insert(reply.pod);
+    }
+    assert_eq!(direct, names(&web), "by pod IP from a pod");
+    let remote = web.iter().filter(|pod| pod.node != client.node).count();
+    assert!(
+        remote > 0,
+        "no replica on another node than the client pod's: {web:?}"
+    );
     let nodes: BTreeSet<&str> = web.iter().map(|pod| pod.node.as_str()).collect();
     let (failed, errors) = report.add(
         "1 deploy 3 replicas",
         traffic,
         format!(
-            "ready in {}; all replicas answer by VIP after {}, by NodePort after {}; on {} nodes",
+            "ready in {}; all replicas answer by VIP after {}, by NodePort after {}; on {} nodes; \
+             by pod IP from the client pod, {remote} of them on other nodes",
             seconds(deployed),
             seconds(by_vip),
             seconds(by_node_port),
@@ -442,10 +519,7 @@ async fn scenarios(cluster: &mut E2eCluster) -> String {
     let traffic = Traffic::start(cluster, &client_ns);
     tokio::time::sleep(Duration::from_secs(1)).await;
     cluster.kill_agent(cut);
-    cluster.nodes[cut]
-        .ns
-        .ip(&["link", "set", "eth0", "down"])
-        .expect("cutting the node off");
+    cluster.disconnect(cut);
     let cut_at = Instant::now();
     // The Endpoints object, polled: what every node's datapath follows. Requests alone
     // measure it coarsely, as each one to the unreachable pod waits out a connect timeout.
@@ -488,10 +562,7 @@ async fn scenarios(cluster: &mut E2eCluster) -> String {
         ),
     );
     println!("node cut failures: {errors:?}");
-    cluster.nodes[cut]
-        .ns
-        .ip(&["link", "set", "eth0", "up"])
-        .expect("reconnecting the node");
+    cluster.reconnect(cut);
     cluster.start_agent(cut);
     cluster.wait_nodes_ready().await;
 

@@ -14,8 +14,8 @@ use crate::{
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Where to write the report (a Markdown table: per scenario, requests sent and
-    /// failed, detection and recovery times).
+    /// Where to write the report (a Markdown table per routing mode: per scenario,
+    /// requests sent and failed, detection and recovery times).
     #[arg(long, default_value = "target/e2e-report.md")]
     report: std::path::PathBuf,
 }
@@ -32,6 +32,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let report = workspace_root().join(&args.report);
     if let Some(dir) = report.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    // Each of the test's clusters (native routing, encapsulation) adds its section.
+    match std::fs::remove_file(&report) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error).with_context(|| format!("removing {}", report.display())),
     }
     println!("==> cargo test -p berth-tests --test e2e");
     let mut command = Command::new(env!("CARGO"));

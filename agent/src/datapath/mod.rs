@@ -29,7 +29,10 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray},
+    maps::{
+        Array, HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray,
+        lpm_trie::{Key as LpmKey, LpmTrie},
+    },
     programs::{
         ProgramError, SchedClassifier, TcAttachType, Xdp,
         links::{FdLink, LinkError, PinnedLink},
@@ -40,7 +43,7 @@ use aya::{
 pub use berth_ebpf_common::Reason;
 use berth_ebpf_common::{
     BACKEND_ACTIVE, BACKEND_FAILED, BACKEND_TERMINATING, Backend, BackendAddr, CT_FORWARD, CtEntry,
-    DatapathConfig, FlowKey, SVC_FLAG_AFFINITY, SVC_FLAG_EXTERNAL, SVC_FLAG_RANDOM,
+    DatapathConfig, FlowKey, PodRange, SVC_FLAG_AFFINITY, SVC_FLAG_EXTERNAL, SVC_FLAG_RANDOM,
     SVC_FLAG_ROUND_ROBIN, ServiceKey, ServiceValue, Traffic, ct_expired, defaults, map_names,
     program_names,
 };
@@ -99,7 +102,7 @@ impl Limits {
         (self.max_connections * 2 / defaults::HALF_OPEN_SHARE).max(2)
     }
 
-    fn map_sizes(&self) -> [(&'static str, u32); 12] {
+    fn map_sizes(&self) -> [(&'static str, u32); 13] {
         [
             (map_names::CONFIG, 1),
             (
@@ -116,6 +119,7 @@ impl Limits {
             (map_names::LOCAL_BACKENDS, self.max_backends),
             (map_names::AFFINITY, self.max_affinity),
             (map_names::NODES, self.max_nodes),
+            (map_names::POD_RANGES, self.max_nodes),
             (map_names::SERVICE_STATS, self.max_services),
             (map_names::BACKEND_STATS, self.max_backends + 1),
         ]
@@ -366,6 +370,10 @@ pub struct Datapath {
     /// Mirror of the in-use backend slots, read back at open.
     live_backends: BTreeMap<u32, Backend>,
     live_nodes: BTreeMap<u32, u32>,
+    /// Every node's pod range → its node and how it is reached (see [`crate::routing`]).
+    pod_ranges: LpmTrie<MapData, u32, PodRange>,
+    /// Mirror of the pod ranges map, by (range address, prefix length), read back at open.
+    live_pod_ranges: BTreeMap<(Ipv4Addr, u8), PodRange>,
     /// Service names by id; names are not stored in the kernel, so after a restart they
     /// are re-learned from the first apply.
     service_names: HashMap<u32, String>,
@@ -444,7 +452,12 @@ impl Datapath {
                 None
             }
         };
-        for program in [program_names::FROM_POD, program_names::TO_POD] {
+        for program in [
+            program_names::FROM_POD,
+            program_names::TO_POD,
+            program_names::TUNNEL_ENCAP,
+            program_names::TUNNEL_DECAP,
+        ] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(program)
                 .ok_or(DatapathError::Missing(program))?
@@ -494,6 +507,9 @@ impl Datapath {
             take(map_names::POD_INTERFACES)?
                 .try_into()
                 .map_err(map_error(map_names::POD_INTERFACES))?;
+        let pod_ranges: LpmTrie<_, u32, PodRange> = take(map_names::POD_RANGES)?
+            .try_into()
+            .map_err(map_error(map_names::POD_RANGES))?;
         let maglev_map = match take(map_names::MAGLEV)? {
             Map::Array(data) => data,
             _ => return Err(DatapathError::Missing(map_names::MAGLEV)),
@@ -531,6 +547,8 @@ impl Datapath {
             live_services: HashMap::new(),
             live_backends: BTreeMap::new(),
             live_nodes: BTreeMap::new(),
+            pod_ranges,
+            live_pod_ranges: BTreeMap::new(),
             service_names: HashMap::new(),
         };
         datapath.read_back()?;
@@ -579,6 +597,13 @@ impl Datapath {
         for entry in self.local_backends.iter() {
             let (addr, id) = entry.map_err(map_error(map_names::LOCAL_BACKENDS))?;
             self.live_local_backends.insert(addr, id);
+        }
+        for entry in self.pod_ranges.iter() {
+            let (key, range) = entry.map_err(map_error(map_names::POD_RANGES))?;
+            let addr = Ipv4Addr::from(u32::from_be(key.data()));
+            // Keys are at most 32 bits long.
+            let prefix = key.prefix_len().min(32) as u8;
+            self.live_pod_ranges.insert((addr, prefix), range);
         }
         Ok(())
     }
@@ -1189,6 +1214,76 @@ impl Datapath {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
                 Err(error) => return Err(map_error(map_names::POD_INTERFACES)(error)),
             }
+        }
+        Ok(())
+    }
+
+    /// Writes every entry of `ranges` (pod range address and prefix length → its node)
+    /// that is not in the map yet or differs; removes nothing (see
+    /// [`Self::retain_pod_ranges`]). Routes towards a range come after its entry, so the
+    /// programs know the range by the time its first packet arrives.
+    pub fn add_pod_ranges(
+        &mut self,
+        ranges: &BTreeMap<(Ipv4Addr, u8), PodRange>,
+    ) -> Result<usize, DatapathError> {
+        let mut written = 0;
+        for (&(addr, prefix), range) in ranges {
+            if self.live_pod_ranges.get(&(addr, prefix)) == Some(range) {
+                continue;
+            }
+            let key = LpmKey::new(u32::from(prefix), u32::from(addr).to_be());
+            self.pod_ranges
+                .insert(&key, range, 0)
+                .map_err(map_error(map_names::POD_RANGES))?;
+            self.live_pod_ranges.insert((addr, prefix), *range);
+            written += 1;
+        }
+        Ok(written)
+    }
+
+    /// Removes the pod ranges that are not in `ranges` (after the routes towards them).
+    pub fn retain_pod_ranges(
+        &mut self,
+        ranges: &BTreeMap<(Ipv4Addr, u8), PodRange>,
+    ) -> Result<usize, DatapathError> {
+        let stale: Vec<(Ipv4Addr, u8)> = self
+            .live_pod_ranges
+            .keys()
+            .filter(|range| !ranges.contains_key(range))
+            .copied()
+            .collect();
+        for (addr, prefix) in &stale {
+            let key = LpmKey::new(u32::from(*prefix), u32::from(*addr).to_be());
+            match self.pod_ranges.remove(&key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(error) => return Err(map_error(map_names::POD_RANGES)(error)),
+            }
+            self.live_pod_ranges.remove(&(*addr, *prefix));
+        }
+        Ok(stale.len())
+    }
+
+    /// The pod ranges map as the programs see it.
+    pub fn pod_ranges(&self) -> &BTreeMap<(Ipv4Addr, u8), PodRange> {
+        &self.live_pod_ranges
+    }
+
+    /// Attaches the tunnel's programs to the node's underlay interface (the one holding
+    /// its address): IPIP around packets leaving for tunnelled pod ranges (egress), and
+    /// off packets from other nodes for this node's pods (ingress).
+    pub fn attach_underlay_interface(&mut self, interface: &str) -> Result<(), DatapathError> {
+        self.attach_tc(interface, program_names::TUNNEL_ENCAP, TcAttachType::Egress)?;
+        self.attach_tc(
+            interface,
+            program_names::TUNNEL_DECAP,
+            TcAttachType::Ingress,
+        )
+    }
+
+    /// Detaches the tunnel's programs (native routing only; a missing link is fine).
+    pub fn detach_underlay_interface(&mut self, interface: &str) -> Result<(), DatapathError> {
+        for suffix in ["ingress", "egress"] {
+            self.unpin_link(&self.link_pin(interface, suffix))?;
         }
         Ok(())
     }

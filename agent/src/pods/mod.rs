@@ -86,6 +86,8 @@ pub struct PodManagerConfig {
     /// The cluster DNS server (the node's) and domain for the pods' resolv.conf; None
     /// leaves the engine's default.
     pub dns: Option<(String, String)>,
+    /// The MTU of the pods' interfaces; None leaves the kernel's.
+    pub pod_mtu: Option<u32>,
     pub backoff: BackoffConfig,
     pub resync_period: Duration,
 }
@@ -98,6 +100,7 @@ impl PodManagerConfig {
             host_netns: None,
             pause_image: DEFAULT_PAUSE_IMAGE.to_owned(),
             dns: None,
+            pod_mtu: None,
             backoff: BackoffConfig::default(),
             resync_period: DEFAULT_RESYNC_PERIOD,
         }
@@ -840,12 +843,14 @@ impl PodManager {
             .ok_or("the pause container exited before its network was wired")?;
         let host_veth = podnet::host_veth_name(uid).map_err(|error| error.to_string())?;
         let host_netns = self.config.host_netns.clone();
+        let pod_mtu = self.config.pod_mtu;
         tokio::task::spawn_blocking(move || {
             let spec = podnet::PodNetSpec {
                 pid,
                 pod_ip: ip,
                 host_veth: &host_veth,
                 host_netns: host_netns.as_deref(),
+                mtu: pod_mtu,
             };
             match podnet::setup(&spec) {
                 Err(podnet::PodNetError::AlreadyWired { .. }) => {

@@ -25,6 +25,9 @@ pub mod map_names {
     pub const REASONS: &str = "BERTH_REASONS";
     pub const POD_INTERFACES: &str = "BERTH_POD_IFACES";
     pub const ROUND_ROBIN: &str = "BERTH_RR";
+    /// Every node's pod range → the node's address: where cross-node pod traffic goes
+    /// and whether it is encapsulated.
+    pub const POD_RANGES: &str = "BERTH_POD_RANGES";
 }
 
 /// Names of the programs in the eBPF object.
@@ -35,6 +38,12 @@ pub mod program_names {
     pub const TO_POD: &str = "berth_to_pod";
     /// XDP on the node's external interface: north-south service traffic.
     pub const EXTERNAL: &str = "berth_external";
+    /// TC egress on the node's underlay interface: IPIP around packets for pods of nodes
+    /// reached through the tunnel.
+    pub const TUNNEL_ENCAP: &str = "berth_tunnel_encap";
+    /// TC ingress on the node's underlay interface: unwraps IPIP from nodes carrying
+    /// their pods' packets for this node's pods.
+    pub const TUNNEL_DECAP: &str = "berth_tunnel_decap";
 }
 
 /// Default sizes. The agent overrides them at load time from its configuration.
@@ -80,6 +89,21 @@ pub struct DatapathConfig {
     /// Zero until the agent has written the config; the programs pass everything until then.
     pub ready: u32,
 }
+
+/// Value of the pod ranges map, an LPM trie keyed by (prefix length, range address in
+/// network order): the node that owns the range.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PodRange {
+    /// The node's underlay address (network order).
+    pub node_addr: u32,
+    /// `POD_RANGE_*` flags.
+    pub flags: u32,
+}
+
+/// The range's node is not on a directly connected link: packets for its pods travel
+/// inside IPIP addressed to the node.
+pub const POD_RANGE_TUNNEL: u32 = 1 << 0;
 
 /// Service lookup key: a frontend address (ClusterIP, NodePort address, LoadBalancer IP).
 #[repr(C)]
@@ -315,10 +339,20 @@ pub enum Reason {
     DropSpoofedSource = 17,
     /// IPIP from a node whose inner destination is not a backend on this node.
     DropTunnelNotBackend = 18,
+    /// A packet for a pod on a node reached through the tunnel, sent inside IPIP.
+    PodEncapsulated = 19,
+    /// IPIP from a node carrying a packet of its pods (or its own) for a pod here,
+    /// unwrapped.
+    PodDecapsulated = 20,
+    /// IPIP addressed to this node, left by XDP to the underlay interface's TC program.
+    PassNodeTunnel = 21,
+    /// IPIP addressed to this node from an address that is not a node, or whose inner
+    /// packet is not from that node's pods or not for a pod of this node.
+    DropTunnelSource = 22,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 19;
+    pub const COUNT: u32 = 23;
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::PassNotIpv4,
         Reason::PassNotTcpUdp,
@@ -339,6 +373,10 @@ impl Reason {
         Reason::DeliveredToPod,
         Reason::DropSpoofedSource,
         Reason::DropTunnelNotBackend,
+        Reason::PodEncapsulated,
+        Reason::PodDecapsulated,
+        Reason::PassNodeTunnel,
+        Reason::DropTunnelSource,
     ];
 
     /// Label used in metrics.
@@ -363,6 +401,10 @@ impl Reason {
             Reason::DeliveredToPod => "delivered_to_pod",
             Reason::DropSpoofedSource => "drop_spoofed_source",
             Reason::DropTunnelNotBackend => "drop_tunnel_not_backend",
+            Reason::PodEncapsulated => "pod_encapsulated",
+            Reason::PodDecapsulated => "pod_decapsulated",
+            Reason::PassNodeTunnel => "pass_node_tunnel",
+            Reason::DropTunnelSource => "drop_tunnel_source",
         }
     }
 
@@ -375,6 +417,7 @@ impl Reason {
                 | Reason::DropNoRoute
                 | Reason::DropSpoofedSource
                 | Reason::DropTunnelNotBackend
+                | Reason::DropTunnelSource
         )
     }
 }
@@ -459,6 +502,8 @@ mod pod {
     unsafe impl aya::Pod for AffinityValue {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Traffic {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for PodRange {}
 }
 
 #[cfg(test)]
@@ -478,6 +523,7 @@ mod tests {
         assert_eq!(size_of::<AffinityKey>(), 8);
         assert_eq!(size_of::<AffinityValue>(), 16);
         assert_eq!(size_of::<Traffic>(), 24);
+        assert_eq!(size_of::<PodRange>(), 8);
     }
 
     #[test]
