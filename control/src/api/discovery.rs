@@ -22,6 +22,9 @@ const VERBS: &[&str] = &[
 
 /// `GET /api`: the core group's versions.
 pub async fn core_versions(headers: HeaderMap) -> Response {
+    if let Some(version) = aggregated_requested(&headers) {
+        return aggregated(&[""], version);
+    }
     // Clients reach the server at the address they used; no other address to offer.
     let address = headers
         .get(header::HOST)
@@ -38,7 +41,11 @@ pub async fn core_versions(headers: HeaderMap) -> Response {
 }
 
 /// `GET /apis`: every named group, with its versions.
-pub async fn groups() -> Response {
+pub async fn groups(headers: HeaderMap) -> Response {
+    if let Some(version) = aggregated_requested(&headers) {
+        let named: Vec<&str> = group_versions().into_keys().collect();
+        return aggregated(&named, version);
+    }
     let groups: Vec<Value> = group_versions()
         .into_iter()
         .map(|(group, versions)| group_object(group, &versions))
@@ -69,6 +76,111 @@ pub fn group_path(method: &Method, path: &str) -> Option<Response> {
         [group, version] => Some(resource_list(group, version)),
         _ => None,
     }
+}
+
+/// The aggregated discovery version (`apidiscovery.k8s.io`) the client asks for first,
+/// if it asks for one before plain JSON: kubectl 1.30+ does, and then needs two requests
+/// (`/api`, `/apis`) instead of one per group version.
+fn aggregated_requested(headers: &HeaderMap) -> Option<&'static str> {
+    let accept = headers.get(header::ACCEPT)?.to_str().ok()?;
+    for choice in accept.split(',') {
+        let mut parts = choice.split(';').map(str::trim);
+        if parts.next() != Some("application/json") {
+            continue;
+        }
+        let params: BTreeMap<&str, &str> = parts.filter_map(|p| p.split_once('=')).collect();
+        match (params.get("g"), params.get("v"), params.get("as")) {
+            (None, None, None) => return None,
+            (Some(&"apidiscovery.k8s.io"), Some(&"v2"), Some(&"APIGroupDiscoveryList")) => {
+                return Some("v2");
+            }
+            (Some(&"apidiscovery.k8s.io"), Some(&"v2beta1"), Some(&"APIGroupDiscoveryList")) => {
+                return Some("v2beta1");
+            }
+            _ => continue,
+        }
+    }
+    None
+}
+
+/// An `APIGroupDiscoveryList` of `groups` ("" is the core group): every group version
+/// with its resources and their subresources, in one document.
+fn aggregated(groups: &[&str], version: &'static str) -> Response {
+    let items: Vec<Value> = groups
+        .iter()
+        .map(|group| {
+            let versions: Vec<&str> = if group.is_empty() {
+                vec!["v1"]
+            } else {
+                group_versions().remove(group).unwrap_or_default()
+            };
+            let versions: Vec<Value> = versions
+                .into_iter()
+                .map(|v| {
+                    let resources: Vec<Value> = if (*group, v) == (metrics_api::GROUP, metrics_api::VERSION)
+                    {
+                        metrics_api::discovery()
+                            .iter()
+                            .map(|r| {
+                                json!({
+                                    "resource": r["name"],
+                                    "responseKind": {"group": group, "version": v, "kind": r["kind"]},
+                                    "scope": if r["namespaced"] == true { "Namespaced" } else { "Cluster" },
+                                    "verbs": r["verbs"],
+                                })
+                            })
+                            .collect()
+                    } else {
+                        RESOURCE_TYPES
+                            .iter()
+                            .filter(|rt| rt.group == *group && rt.version == v)
+                            .map(aggregated_resource)
+                            .collect()
+                    };
+                    json!({"version": v, "resources": resources, "freshness": "Current"})
+                })
+                .collect();
+            json!({"metadata": {"name": group}, "versions": versions})
+        })
+        .collect();
+    let body = json!({
+        "kind": "APIGroupDiscoveryList",
+        "apiVersion": format!("apidiscovery.k8s.io/{version}"),
+        "metadata": {},
+        "items": items,
+    });
+    let mut response = Json(body).into_response();
+    // Clients tell the aggregated form from the plain one by its media type.
+    if let Ok(value) = header::HeaderValue::from_str(&format!(
+        "application/json;g=apidiscovery.k8s.io;v={version};as=APIGroupDiscoveryList"
+    )) {
+        response.headers_mut().insert(header::CONTENT_TYPE, value);
+    }
+    with_info(response, "get", "apis")
+}
+
+fn aggregated_resource(rt: &ResourceType) -> Value {
+    let subresources: Vec<Value> = resources::subresources(rt)
+        .into_iter()
+        .map(|sub| {
+            let (group, version) = sub.group_version.unwrap_or((rt.group, rt.version));
+            json!({
+                "subresource": sub.name,
+                "responseKind": {"group": group, "version": version, "kind": sub.kind.unwrap_or(rt.kind)},
+                "verbs": sub.verbs,
+            })
+        })
+        .collect();
+    json!({
+        "resource": rt.plural,
+        "responseKind": {"group": rt.group, "version": rt.version, "kind": rt.kind},
+        "scope": if rt.namespaced { "Namespaced" } else { "Cluster" },
+        "singularResource": rt.kind.to_ascii_lowercase(),
+        "verbs": VERBS,
+        "shortNames": rt.short_names,
+        "categories": rt.categories,
+        "subresources": subresources,
+    })
 }
 
 fn reply(body: Value, resource: &str) -> Response {
@@ -173,4 +285,52 @@ fn describe(rt: &ResourceType) -> Vec<Value> {
         entry
     }));
     entries
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::to_bytes;
+
+    use super::*;
+
+    fn accept(value: &'static str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ACCEPT, header::HeaderValue::from_static(value));
+        headers
+    }
+
+    #[test]
+    fn kubectl_gets_the_aggregated_form_and_others_the_plain_one() {
+        let kubectl = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";
+        assert_eq!(aggregated_requested(&accept(kubectl)), Some("v2"));
+        assert_eq!(aggregated_requested(&accept("application/json")), None);
+        assert_eq!(aggregated_requested(&HeaderMap::new()), None);
+    }
+
+    #[tokio::test]
+    async fn the_aggregated_document_lists_resources_with_their_subresources() {
+        let response = aggregated(&["apps"], "v2");
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
+        );
+        let body: Value =
+            serde_json::from_slice(&to_bytes(response.into_body(), 1 << 20).await.expect("body"))
+                .expect("JSON");
+        let resources = &body["items"][0]["versions"][0]["resources"];
+        let deployments = resources
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["resource"] == "deployments"))
+            .expect("deployments");
+        assert_eq!(deployments["shortNames"], json!(["deploy"]));
+        assert_eq!(deployments["scope"], "Namespaced");
+        let scale = deployments["subresources"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["subresource"] == "scale"))
+            .expect("scale");
+        assert_eq!(
+            scale["responseKind"],
+            json!({"group": "autoscaling", "version": "v1", "kind": "Scale"})
+        );
+    }
 }
