@@ -36,13 +36,14 @@ pub const DEFAULT_CONFIG: &str = "/var/lib/berth/admin.conf";
     after_help = "Examples:\n  berthctl apply -f app.yaml\n  berthctl get pods -o wide\n  \
                   berthctl describe deployment web\n  berthctl rollout status deployment web\n\n\
                   The server address, CA and token come from the file the control plane \
-                  writes at first start (--kubeconfig, BERTH_CONFIG; default \
-                  /var/lib/berth/admin.conf)."
+                  writes at first start (--kubeconfig, BERTH_CONFIG, else the first file of \
+                  KUBECONFIG as kubectl reads it; default /var/lib/berth/admin.conf)."
 )]
 pub struct Cli {
-    /// Client configuration written by the control plane at first start.
-    #[arg(long, env = "BERTH_CONFIG", default_value = DEFAULT_CONFIG, global = true)]
-    pub kubeconfig: PathBuf,
+    /// Client configuration written by the control plane at first start [default: the
+    /// first file of KUBECONFIG, else /var/lib/berth/admin.conf].
+    #[arg(long, env = "BERTH_CONFIG", global = true)]
+    pub kubeconfig: Option<PathBuf>,
     /// Server address, overriding the one in the configuration (https://host:port).
     #[arg(long, env = "BERTH_SERVER", global = true)]
     pub server: Option<String>,
@@ -297,6 +298,20 @@ pub struct Ctx {
 }
 
 /// The object an API call is about, so errors can name it as kubectl does.
+impl Cli {
+    /// The configuration file: `--kubeconfig` or `BERTH_CONFIG`, else the first file of
+    /// `KUBECONFIG` (a `:`-separated list, as kubectl reads it), else the control plane's
+    /// default.
+    pub fn config_path(&self) -> PathBuf {
+        if let Some(path) = &self.kubeconfig {
+            return path.clone();
+        }
+        std::env::var_os("KUBECONFIG")
+            .and_then(|list| std::env::split_paths(&list).find(|p| !p.as_os_str().is_empty()))
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG))
+    }
+}
+
 #[derive(Clone, Copy)]
 pub struct Target<'a> {
     pub rt: &'a ResourceType,
@@ -305,7 +320,7 @@ pub struct Target<'a> {
 
 impl Ctx {
     fn new(cli: &Cli) -> Result<Self, CtlError> {
-        let config = &cli.kubeconfig;
+        let config = &cli.config_path();
         let file = if config.exists() || cli.server.is_none() {
             Some(Kubeconfig::load(config).map_err(|e| {
                 CtlError::Io(format!(
