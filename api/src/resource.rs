@@ -8,6 +8,7 @@ use serde_json::Value;
 use crate::{
     apps::{ControllerRevision, Deployment, ReplicaSet},
     autoscaling::HorizontalPodAutoscaler,
+    configuration::{ConfigMap, Secret},
     core::{Endpoints, Event, Namespace, Node, Pod, Service},
     meta::{DEFAULT_NAMESPACE, ObjectMeta},
     validation::{FieldError, FieldPath, Validator},
@@ -183,6 +184,26 @@ resource!(
             .validate(v, &FieldPath::root("data").child("spec"));
     }
 );
+resource!(
+    ConfigMap,
+    group = "",
+    plural = "configmaps",
+    namespaced = true,
+    status = false,
+    |this, v| {
+        this.validate(v);
+    }
+);
+resource!(
+    Secret,
+    group = "",
+    plural = "secrets",
+    namespaced = true,
+    status = false,
+    |this, v| {
+        this.validate(v);
+    }
+);
 
 resource!(
     HorizontalPodAutoscaler,
@@ -300,6 +321,8 @@ pub static RESOURCE_TYPES: &[ResourceType] = &[
     ResourceType::of::<ReplicaSet>(),
     ResourceType::of::<ControllerRevision>(),
     ResourceType::of::<HorizontalPodAutoscaler>(),
+    ResourceType::of::<ConfigMap>(),
+    ResourceType::of::<Secret>(),
 ];
 
 pub fn find_by_kind(api_version: &str, kind: &str) -> Option<&'static ResourceType> {

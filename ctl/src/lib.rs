@@ -216,6 +216,7 @@ const ALIASES: &[(&str, &str)] = &[
     ("deploy", "deployments"),
     ("rs", "replicasets"),
     ("hpa", "horizontalpodautoscalers"),
+    ("cm", "configmaps"),
     ("controllerrevision", "controllerrevisions"),
 ];
 
