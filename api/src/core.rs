@@ -108,8 +108,13 @@ pub struct Container {
     pub command: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub working_dir: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<EnvVar>,
+    /// Every key of a ConfigMap or Secret as a variable; `env` wins over these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env_from: Vec<EnvFromSource>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<ContainerPort>,
     #[serde(default, skip_serializing_if = "ResourceRequirements::is_empty")]
@@ -153,11 +158,222 @@ pub struct SleepAction {
     pub seconds: i64,
 }
 
+/// A variable set once, when the container is created: a later change of what
+/// `valueFrom` points at reaches the next container, not this one (as in Kubernetes).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct EnvVar {
     pub name: String,
-    #[serde(default)]
+    /// May reference earlier variables as `$(NAME)`; `$$` is a literal `$`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub value: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from: Option<EnvVarSource>,
+}
+
+/// Exactly one source.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvVarSource {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_key_ref: Option<KeySelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_ref: Option<KeySelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field_ref: Option<ObjectFieldSelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_field_ref: Option<ResourceFieldSelector>,
+}
+
+/// One key of a ConfigMap or Secret in the pod's namespace.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct KeySelector {
+    pub name: String,
+    pub key: String,
+    /// The container starts without the variable when the object or key is missing,
+    /// instead of waiting for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optional: Option<bool>,
+}
+
+/// A field of the pod: one of [`ENV_FIELD_PATHS`], or `metadata.labels['KEY']` /
+/// `metadata.annotations['KEY']`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectFieldSelector {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub api_version: String,
+    pub field_path: String,
+}
+
+/// The fields `env[].valueFrom.fieldRef` may name besides single labels and annotations.
+pub const ENV_FIELD_PATHS: &[&str] = &[
+    "metadata.name",
+    "metadata.namespace",
+    "metadata.uid",
+    "spec.nodeName",
+    "status.podIP",
+];
+
+/// A container's request or limit, in units of `divisor`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceFieldSelector {
+    /// Required in a volume; in `env`, empty means the container itself.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub container_name: String,
+    /// One of [`RESOURCE_FIELDS`].
+    pub resource: String,
+    /// `1` by default; e.g. `1m` for millicores, `1Mi` for mebibytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub divisor: Option<String>,
+}
+
+pub const RESOURCE_FIELDS: &[&str] = &[
+    "limits.cpu",
+    "limits.memory",
+    "requests.cpu",
+    "requests.memory",
+];
+
+/// Exactly one of `configMapRef` or `secretRef`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvFromSource {
+    /// Put before every key to make the variable's name.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub prefix: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_ref: Option<OptionalReference>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<OptionalReference>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct OptionalReference {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optional: Option<bool>,
+}
+
+/// The label or annotation a field path such as `metadata.labels['app']` names:
+/// (`labels` or `annotations`, key).
+pub fn field_path_key(path: &str) -> Option<(&str, &str)> {
+    let (map, rest) = path
+        .strip_prefix("metadata.labels[")
+        .map(|rest| ("labels", rest))
+        .or_else(|| {
+            path.strip_prefix("metadata.annotations[")
+                .map(|rest| ("annotations", rest))
+        })?;
+    let quoted = rest.strip_suffix(']')?;
+    let key = quoted
+        .strip_prefix('\'')
+        .and_then(|k| k.strip_suffix('\''))
+        .or_else(|| quoted.strip_prefix('"').and_then(|k| k.strip_suffix('"')))?;
+    Some((map, key))
+}
+
+/// A divisor of `resource` in its base unit (millicores, bytes).
+pub fn resource_divisor(resource: &str, divisor: Option<&str>) -> Result<u64, String> {
+    let divisor = divisor.unwrap_or("1");
+    let value = if resource.ends_with(".cpu") {
+        parse_cpu_millis(divisor)?
+    } else {
+        parse_memory_bytes(divisor)?
+    };
+    if value == 0 {
+        return Err(format!("divisor {divisor:?} must be more than 0"));
+    }
+    Ok(value)
+}
+
+impl EnvVarSource {
+    fn validate(&self, v: &mut Validator, path: &FieldPath, pod: &PodSpec) {
+        let mut sources = 0;
+        for (field, selector) in [
+            ("configMapKeyRef", &self.config_map_key_ref),
+            ("secretKeyRef", &self.secret_key_ref),
+        ] {
+            if let Some(selector) = selector {
+                sources += 1;
+                let p = path.child(field);
+                v.dns_subdomain(&p.child("name"), &selector.name);
+                if selector.key.is_empty() {
+                    v.error(&p.child("key"), "is required");
+                }
+            }
+        }
+        if let Some(field) = &self.field_ref {
+            sources += 1;
+            let p = path.child("fieldRef").child("fieldPath");
+            if !ENV_FIELD_PATHS.contains(&field.field_path.as_str())
+                && field_path_key(&field.field_path).is_none()
+            {
+                v.error(
+                    &p,
+                    &format!(
+                        "unsupported field path {:?}: use one of {}, metadata.labels['KEY'] or metadata.annotations['KEY']",
+                        field.field_path,
+                        ENV_FIELD_PATHS.join(", ")
+                    ),
+                );
+            }
+        }
+        if let Some(resource) = &self.resource_field_ref {
+            sources += 1;
+            resource.validate(v, &path.child("resourceFieldRef"), pod, false);
+        }
+        if sources != 1 {
+            v.error(
+                path,
+                "must have exactly one of configMapKeyRef, secretKeyRef, fieldRef or resourceFieldRef",
+            );
+        }
+    }
+}
+
+impl ResourceFieldSelector {
+    pub(crate) fn validate(
+        &self,
+        v: &mut Validator,
+        path: &FieldPath,
+        pod: &PodSpec,
+        container_required: bool,
+    ) {
+        if !RESOURCE_FIELDS.contains(&self.resource.as_str()) {
+            v.one_of(&path.child("resource"), &self.resource, RESOURCE_FIELDS);
+        } else if let Err(reason) = resource_divisor(&self.resource, self.divisor.as_deref()) {
+            v.error(&path.child("divisor"), &reason);
+        }
+        if self.container_name.is_empty() {
+            if container_required {
+                v.error(&path.child("containerName"), "is required");
+            }
+        } else if !pod.containers.iter().any(|c| c.name == self.container_name) {
+            v.error(
+                &path.child("containerName"),
+                &format!(
+                    "no container of this pod is named {:?}",
+                    self.container_name
+                ),
+            );
+        }
+    }
+}
+
+impl EnvFromSource {
+    fn validate(&self, v: &mut Validator, path: &FieldPath) {
+        match (&self.config_map_ref, &self.secret_ref) {
+            (Some(reference), None) => {
+                v.dns_subdomain(&path.child("configMapRef").child("name"), &reference.name)
+            }
+            (None, Some(reference)) => {
+                v.dns_subdomain(&path.child("secretRef").child("name"), &reference.name)
+            }
+            _ => v.error(path, "must have exactly one of configMapRef or secretRef"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -326,6 +542,30 @@ pub struct Condition {
 }
 
 impl PodSpec {
+    /// The ConfigMaps and Secrets the pod reads, as (kind, name): what its node may fetch.
+    pub fn config_references(&self) -> BTreeSet<(&'static str, &str)> {
+        let mut references = BTreeSet::new();
+        for container in &self.containers {
+            for source in container.env.iter().filter_map(|e| e.value_from.as_ref()) {
+                if let Some(selector) = &source.config_map_key_ref {
+                    references.insert(("ConfigMap", selector.name.as_str()));
+                }
+                if let Some(selector) = &source.secret_key_ref {
+                    references.insert(("Secret", selector.name.as_str()));
+                }
+            }
+            for source in &container.env_from {
+                if let Some(reference) = &source.config_map_ref {
+                    references.insert(("ConfigMap", reference.name.as_str()));
+                }
+                if let Some(reference) = &source.secret_ref {
+                    references.insert(("Secret", reference.name.as_str()));
+                }
+            }
+        }
+        references
+    }
+
     pub(crate) fn validate(&self, v: &mut Validator, path: &FieldPath) {
         let containers = path.child("containers");
         if self.containers.is_empty() {
@@ -371,12 +611,19 @@ impl PodSpec {
                 }
             }
             for (j, env) in c.env.iter().enumerate() {
+                let ep = p.child("env").index(j);
                 if env.name.is_empty() || env.name.contains('=') {
-                    v.error(
-                        &p.child("env").index(j).child("name"),
-                        "must be non-empty and contain no '='",
-                    );
+                    v.error(&ep.child("name"), "must be non-empty and contain no '='");
                 }
+                if let Some(source) = &env.value_from {
+                    if !env.value.is_empty() {
+                        v.error(&ep.child("valueFrom"), "may not be set together with value");
+                    }
+                    source.validate(v, &ep.child("valueFrom"), self);
+                }
+            }
+            for (j, source) in c.env_from.iter().enumerate() {
+                source.validate(v, &p.child("envFrom").index(j));
             }
             validate_resources(v, &p.child("resources"), &c.resources);
             for (field, probe) in [
@@ -1064,6 +1311,91 @@ spec:
             fields("{preStop: {sleep: {seconds: -1}}}"),
             [format!("{prefix}.sleep.seconds")]
         );
+    }
+
+    fn pod_errors(containers: &str) -> Vec<(String, String)> {
+        let yaml = format!("metadata: {{name: p}}\nspec: {{containers: {containers}}}");
+        match ResourceType::of::<Pod>().decode(Source::Yaml(&yaml)) {
+            Ok(_) => Vec::new(),
+            Err(DecodeError::Invalid { errors }) => {
+                errors.into_iter().map(|e| (e.field, e.reason)).collect()
+            }
+            Err(other) => panic!("malformed: {other}"),
+        }
+    }
+
+    #[test]
+    fn env_sources_are_checked_and_unknown_ones_refused_by_name() {
+        let ok = "[{name: c, image: i, resources: {limits: {cpu: '1'}}, env: [
+            {name: A, valueFrom: {configMapKeyRef: {name: cm, key: a.b}}},
+            {name: B, valueFrom: {secretKeyRef: {name: s, key: k, optional: true}}},
+            {name: C, valueFrom: {fieldRef: {fieldPath: \"metadata.labels['app']\"}}},
+            {name: D, valueFrom: {fieldRef: {fieldPath: status.podIP}}},
+            {name: E, valueFrom: {resourceFieldRef: {resource: limits.cpu, divisor: 1m}}}],
+          envFrom: [{prefix: X_, configMapRef: {name: cm}}, {secretRef: {name: s, optional: true}}]}]";
+        assert_eq!(pod_errors(ok), []);
+        let fields = |containers: &str| -> Vec<String> {
+            pod_errors(containers).into_iter().map(|e| e.0).collect()
+        };
+        let env = "spec.containers[0].env";
+        assert_eq!(
+            fields(
+                "[{name: c, image: i, env: [{name: A, value: x, valueFrom: {fieldRef: {fieldPath: spec.hostname}}}]}]"
+            ),
+            [
+                format!("{env}[0].valueFrom"),
+                format!("{env}[0].valueFrom.fieldRef.fieldPath")
+            ]
+        );
+        assert_eq!(
+            fields(
+                "[{name: c, image: i, env: [{name: A, valueFrom: {resourceFieldRef: {resource: limits.gpu, containerName: x}}}]}]"
+            ),
+            [
+                format!("{env}[0].valueFrom.resourceFieldRef.resource"),
+                format!("{env}[0].valueFrom.resourceFieldRef.containerName")
+            ]
+        );
+        // A source Berth does not know is refused with its path, not ignored.
+        let refused = pod_errors(
+            "[{name: c, image: i, env: [{name: A, valueFrom: {fileKeyRef: {path: x}}}]}]",
+        );
+        assert_eq!(
+            refused[0],
+            (
+                format!("{env}[0].valueFrom.fileKeyRef"),
+                "unsupported env source".to_owned()
+            )
+        );
+        assert_eq!(
+            fields(
+                "[{name: c, image: i, envFrom: [{prefix: X, configMapRef: {name: a}, secretRef: {name: b}}]}]"
+            ),
+            ["spec.containers[0].envFrom[0]"]
+        );
+        assert_eq!(
+            pod_errors("[{name: c, image: i}], initContainers: [{name: i, image: i}]"),
+            [(
+                "spec.initContainers".to_owned(),
+                "init containers are not supported".to_owned()
+            )]
+        );
+    }
+
+    #[test]
+    fn field_paths_name_labels_and_annotations() {
+        assert_eq!(
+            field_path_key("metadata.labels['app']"),
+            Some(("labels", "app"))
+        );
+        assert_eq!(
+            field_path_key("metadata.annotations[\"a/b\"]"),
+            Some(("annotations", "a/b"))
+        );
+        assert_eq!(field_path_key("metadata.labels"), None);
+        assert_eq!(resource_divisor("limits.cpu", Some("1m")), Ok(1));
+        assert_eq!(resource_divisor("limits.memory", Some("1Mi")), Ok(1 << 20));
+        assert!(resource_divisor("limits.memory", Some("0")).is_err());
     }
 
     #[test]

@@ -365,23 +365,129 @@ fn decode<R: Resource>(source: Source<'_>) -> Result<Decoded, DecodeError> {
         }
     };
     let mut object = typed?;
-    let warnings = ignored
-        .into_iter()
+    let mut refused = Vec::new();
+    let mut warnings = Vec::new();
+    for path in ignored {
+        // Option layers show as `?` segments; the user's path has none.
+        let path = path
+            .split('.')
+            .filter(|segment| *segment != "?")
+            .collect::<Vec<_>>()
+            .join(".");
         // Read-only metadata that kubectl round-trips; not worth a warning.
-        .filter(|path| {
-            !matches!(
-                path.as_str(),
-                "metadata.managedFields" | "metadata.selfLink" | "status"
-            )
-        })
-        .map(|path| format!("{path}: unsupported field, ignored"))
-        .collect();
-    normalize(&mut object)?;
+        if matches!(
+            path.as_str(),
+            "metadata.managedFields" | "metadata.selfLink" | "status"
+        ) {
+            continue;
+        }
+        match refusal(&path) {
+            Some(reason) => refused.push(FieldError {
+                field: indexed(&path),
+                reason: reason.to_owned(),
+            }),
+            None => warnings.push(format!("{path}: unsupported field, ignored")),
+        }
+    }
+    match normalize(&mut object) {
+        Ok(()) => {}
+        Err(DecodeError::Invalid { errors }) => refused.extend(errors),
+        Err(other) => return Err(other),
+    }
+    if !refused.is_empty() {
+        return Err(DecodeError::Invalid { errors: refused });
+    }
     let object = serde_json::to_value(&object).map_err(|e| DecodeError::Malformed {
         line: None,
         message: e.to_string(),
     })?;
     Ok(Decoded { object, warnings })
+}
+
+/// Pod fields Berth does not implement and cannot ignore: running the pod without them
+/// would change what the application does (its configuration, its files, what runs
+/// before it), so the object is refused with the field named. Other unknown fields are
+/// warnings. Matched on the last segments of an ignored field's path, in any kind that
+/// holds a pod spec.
+const REFUSED: &[(&[&str], &str)] = &[
+    (&["volumes", "#", "*"], "unsupported volume source"),
+    (&["env", "#", "valueFrom", "*"], "unsupported env source"),
+    (&["envFrom", "#", "*"], "unsupported envFrom source"),
+    (
+        &["volumeMounts", "#", "mountPropagation"],
+        "mount propagation is not supported",
+    ),
+    (
+        &["volumeMounts", "#", "subPathExpr"],
+        "subPathExpr is not supported: use subPath",
+    ),
+    (
+        &["containers", "#", "volumeDevices"],
+        "block devices are not supported",
+    ),
+    (
+        &["containers", "#", "startupProbe"],
+        "startup probes are not supported",
+    ),
+    (
+        &["spec", "initContainers"],
+        "init containers are not supported",
+    ),
+    (
+        &["spec", "ephemeralContainers"],
+        "ephemeral containers are not supported",
+    ),
+    (
+        &["spec", "hostNetwork"],
+        "pods always get a network namespace of their own",
+    ),
+    (
+        &["spec", "hostPID"],
+        "pods always get a PID namespace of their own",
+    ),
+    (
+        &["spec", "hostIPC"],
+        "pods always get an IPC namespace of their own",
+    ),
+    (
+        &["spec", "shareProcessNamespace"],
+        "containers never share a PID namespace",
+    ),
+];
+
+/// Why an ignored field at `path` refuses the object, if it does (see [`REFUSED`]).
+fn refusal(path: &str) -> Option<&'static str> {
+    let segments: Vec<&str> = path.split('.').collect();
+    REFUSED.iter().find_map(|(pattern, reason)| {
+        let tail = segments.len().checked_sub(pattern.len())?;
+        let matches = pattern
+            .iter()
+            .zip(&segments[tail..])
+            .all(|(want, got)| match *want {
+                "#" => got.parse::<usize>().is_ok(),
+                "*" => true,
+                want => want == *got,
+            });
+        // A pod spec is `spec` at the root (Pod) or in a template.
+        let in_pod_spec = pattern[0] != "spec" || tail == 0 || segments[tail - 1] == "template";
+        (matches && in_pod_spec).then_some(*reason)
+    })
+}
+
+/// `spec.containers.0.env` as validation errors spell it: `spec.containers[0].env`.
+fn indexed(path: &str) -> String {
+    let mut out = String::new();
+    for segment in path.split('.') {
+        if segment.parse::<usize>().is_ok() {
+            out.push_str(&format!("[{segment}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(segment);
+        }
+    }
+    out
 }
 
 /// Checks a typed object and fills its `apiVersion`, `kind` and default namespace: what

@@ -26,6 +26,8 @@
 //! restarted.
 
 mod backoff;
+pub mod configs;
+mod env;
 mod spec;
 mod status;
 
@@ -41,10 +43,12 @@ use tokio::{
     task::AbortHandle,
 };
 
+use self::configs::PodConfigs;
 pub use self::{
     backoff::BackoffConfig,
     spec::{
-        ContainerDesired, DEFAULT_TERMINATION_GRACE, PodDesired, PreStop, RestartPolicy, SpecError,
+        ContainerDesired, DEFAULT_TERMINATION_GRACE, EnvFrom, EnvValue, PodDesired, PreStop,
+        RestartPolicy, SpecError,
     },
     status::{ContainerReport, ContainerState, PodPhase, PodReport, Terminated, reason},
 };
@@ -54,8 +58,8 @@ use crate::{
     podnet::{self, PodNetwork},
     probes::{self, ProbeEvent, ProbeKind, ProbeState, ProbeTarget},
     runtime::{
-        ContainerSpec, ContainerSummary, DnsSettings, DockerRuntime, NetworkMode, RuntimeError,
-        labels,
+        ContainerSpec, ContainerSummary, DnsSettings, DockerRuntime, Limits, NetworkMode,
+        RuntimeError, labels,
     },
 };
 
@@ -88,6 +92,9 @@ pub struct PodManagerConfig {
     pub dns: Option<(String, String)>,
     pub backoff: BackoffConfig,
     pub resync_period: Duration,
+    /// The node's CPU and memory: what `limits.*` resource fields read for a container
+    /// without limits.
+    pub allocatable: Limits,
 }
 
 impl PodManagerConfig {
@@ -100,6 +107,7 @@ impl PodManagerConfig {
             dns: None,
             backoff: BackoffConfig::default(),
             resync_period: DEFAULT_RESYNC_PERIOD,
+            allocatable: Limits::default(),
         }
     }
 }
@@ -163,6 +171,10 @@ pub enum ActionKind {
     CreateFailed {
         message: String,
     },
+    /// A ConfigMap, Secret or key the container needs is missing: it waits for it.
+    ConfigError {
+        message: String,
+    },
     PodRemoved,
 }
 
@@ -189,6 +201,7 @@ pub struct PodManager {
     pods: BTreeMap<String, PodState>,
     events: mpsc::UnboundedSender<PodEvent>,
     wake: Arc<Notify>,
+    configs: PodConfigs,
 }
 
 struct PodState {
@@ -296,6 +309,7 @@ impl PodManager {
                 pods: BTreeMap::new(),
                 events,
                 wake: Arc::new(Notify::new()),
+                configs: PodConfigs::default(),
             },
             receiver,
         ))
@@ -303,6 +317,16 @@ impl PodManager {
 
     pub fn config(&self) -> &PodManagerConfig {
         &self.config
+    }
+
+    /// The ConfigMaps and Secrets the manager reads, for whoever keeps them current.
+    pub fn configs(&self) -> PodConfigs {
+        self.configs.clone()
+    }
+
+    /// Wakes [`PodManager::run`] for a pass (a ConfigMap or Secret changed).
+    pub fn waker(&self) -> Arc<Notify> {
+        Arc::clone(&self.wake)
     }
 
     pub fn ipam(&self) -> &Ipam {
@@ -1019,6 +1043,33 @@ impl PodManager {
             return;
         }
         let attempt = next_attempt.unwrap_or(track.restart_count);
+        let resolved = env::resolve(
+            desired,
+            &env::EnvContext {
+                pod: &state.desired,
+                pod_ip,
+                node: &self.config.node,
+                allocatable: self.config.allocatable,
+                configs: &self.configs,
+            },
+        );
+        let env = match resolved {
+            Ok(env) => env,
+            Err(message) => {
+                // Tried again on every pass (and at once when the object arrives).
+                let waiting = (reason::CREATE_CONTAINER_CONFIG_ERROR.to_owned(), message);
+                if track.waiting.as_ref() != Some(&waiting) {
+                    actions.push(action(ActionKind::ConfigError {
+                        message: waiting.1.clone(),
+                    }));
+                }
+                if let Some(attempt) = next_attempt {
+                    track.restart_count = attempt;
+                }
+                track.waiting = Some(waiting);
+                return;
+            }
+        };
         let spec = ContainerSpec {
             pod_namespace: state.desired.namespace.clone(),
             pod_name: state.desired.name.clone(),
@@ -1028,7 +1079,8 @@ impl PodManager {
             image: desired.image.clone(),
             command: desired.command.clone(),
             args: desired.args.clone(),
-            env: desired.env.clone(),
+            working_dir: desired.working_dir.clone(),
+            env,
             limits: desired.limits,
             network: NetworkMode::Container(pause_id),
             extra_labels: BTreeMap::from([

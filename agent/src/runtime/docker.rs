@@ -494,6 +494,7 @@ fn create_body(spec: &ContainerSpec) -> Result<ContainerCreateBody, RuntimeError
         hostname,
         entrypoint: spec.command.clone(),
         cmd: spec.args.clone(),
+        working_dir: spec.working_dir.clone(),
         env: Some(
             spec.env
                 .iter()

@@ -103,6 +103,8 @@ pub struct ContainerSpec {
     pub command: Option<Vec<String>>,
     /// Replaces the image's CMD when set (a Kubernetes container's `args`).
     pub args: Option<Vec<String>>,
+    /// Replaces the image's working directory when set.
+    pub working_dir: Option<String>,
     /// Environment variables in the order given.
     pub env: Vec<(String, String)>,
     pub limits: Limits,
