@@ -146,6 +146,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.dns_listen.ip().to_string(),
         config.cluster_domain.clone(),
     ));
+    pods_config.volumes_dir = config.state_dir.join("pods");
+    pods_config.volumes_dir = config.state_dir.join("pods");
     let (cpus, memory) = node_capacity();
     pods_config.allocatable = crate::runtime::Limits {
         cpu_millis: Some(cpus * 1000),

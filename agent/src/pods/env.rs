@@ -34,7 +34,8 @@ impl EnvContext<'_> {
         }
     }
 
-    fn field(&self, path: &str) -> String {
+    /// A field of the pod as `fieldRef` reads it.
+    pub fn field(&self, path: &str) -> String {
         match path {
             "metadata.name" => self.pod.name.clone(),
             "metadata.namespace" => self.pod.namespace.clone(),

@@ -30,6 +30,7 @@ pub mod configs;
 mod env;
 mod spec;
 mod status;
+mod volumes;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -47,8 +48,8 @@ use self::configs::PodConfigs;
 pub use self::{
     backoff::BackoffConfig,
     spec::{
-        ContainerDesired, DEFAULT_TERMINATION_GRACE, EnvFrom, EnvValue, PodDesired, PreStop,
-        RestartPolicy, SpecError,
+        ContainerDesired, DEFAULT_TERMINATION_GRACE, EnvFrom, EnvValue, MountDesired, PodDesired,
+        PreStop, RestartPolicy, SpecError, VolumeDesired, VolumeSource,
     },
     status::{ContainerReport, ContainerState, PodPhase, PodReport, Terminated, reason},
 };
@@ -95,6 +96,8 @@ pub struct PodManagerConfig {
     /// The node's CPU and memory: what `limits.*` resource fields read for a container
     /// without limits.
     pub allocatable: Limits,
+    /// Where pods' volumes live on the node (`<dir>/<pod uid>/<volume>`).
+    pub volumes_dir: std::path::PathBuf,
 }
 
 impl PodManagerConfig {
@@ -108,6 +111,7 @@ impl PodManagerConfig {
             backoff: BackoffConfig::default(),
             resync_period: DEFAULT_RESYNC_PERIOD,
             allocatable: Limits::default(),
+            volumes_dir: std::env::temp_dir().join("berth-pods").join(node),
         }
     }
 }
@@ -209,6 +213,11 @@ struct PodState {
     sandbox: Option<Sandbox>,
     containers: BTreeMap<String, ContainerTrack>,
     message: String,
+    /// What each file volume holds now.
+    written: BTreeMap<String, volumes::Payload>,
+    /// Why the volumes could not be set up (a missing ConfigMap or Secret): no container
+    /// is created until they are.
+    volume_error: Option<String>,
 }
 
 struct Sandbox {
@@ -555,6 +564,7 @@ impl PodManager {
         for pause in pauses {
             self.stop_and_remove(&pause.id, PAUSE_STOP_GRACE).await;
         }
+        volumes::remove(&self.config.volumes_dir, &uid, &self.runtime).await;
         let action = Action {
             pod: pod.unwrap_or_default(),
             uid: uid.clone(),
@@ -624,6 +634,8 @@ impl PodManager {
             sandbox: None,
             containers: BTreeMap::new(),
             message: String::new(),
+            written: BTreeMap::new(),
+            volume_error: None,
         });
         state.desired = desired.clone();
         let (pauses, mut apps): (Vec<_>, Vec<_>) = containers.into_iter().partition(|container| {
@@ -638,6 +650,7 @@ impl PodManager {
                 apps.clear();
             }
             state.message.clear();
+            self.sync_volumes(&mut state);
             let wanted: BTreeSet<&str> = desired
                 .containers
                 .iter()
@@ -664,6 +677,38 @@ impl PodManager {
                 .retain(|name, _| wanted.contains(name.as_str()));
         }
         self.pods.insert(desired.uid.clone(), state);
+    }
+
+    /// Writes the pod's volumes as they should be now (files following their ConfigMaps
+    /// and Secrets); what fails is kept as the reason its containers wait.
+    fn sync_volumes(&self, state: &mut PodState) {
+        let Some(sandbox) = &state.sandbox else {
+            return;
+        };
+        if state.desired.volumes.is_empty() {
+            state.volume_error = None;
+            return;
+        }
+        let Some(pod_dir) = volumes::pod_dir(&self.config.volumes_dir, &state.desired.uid) else {
+            state.volume_error = Some(format!(
+                "pod uid {:?} is not a path name",
+                state.desired.uid
+            ));
+            return;
+        };
+        let cx = env::EnvContext {
+            pod: &state.desired,
+            pod_ip: sandbox.network.pod_ip,
+            node: &self.config.node,
+            allocatable: self.config.allocatable,
+            configs: &self.configs,
+        };
+        let result =
+            volumes::sync(&pod_dir, &state.desired, &cx, &mut state.written).and_then(|()| {
+                volumes::make_sub_paths(&pod_dir, &state.desired)
+                    .map_err(|e| format!("making a subPath: {e}"))
+            });
+        state.volume_error = result.err();
     }
 
     /// Makes sure the pod has a running pause container with its network wired;
@@ -1043,16 +1088,19 @@ impl PodManager {
             return;
         }
         let attempt = next_attempt.unwrap_or(track.restart_count);
-        let resolved = env::resolve(
-            desired,
-            &env::EnvContext {
-                pod: &state.desired,
-                pod_ip,
-                node: &self.config.node,
-                allocatable: self.config.allocatable,
-                configs: &self.configs,
-            },
-        );
+        let resolved = match &state.volume_error {
+            Some(error) => Err(error.clone()),
+            None => env::resolve(
+                desired,
+                &env::EnvContext {
+                    pod: &state.desired,
+                    pod_ip,
+                    node: &self.config.node,
+                    allocatable: self.config.allocatable,
+                    configs: &self.configs,
+                },
+            ),
+        };
         let env = match resolved {
             Ok(env) => env,
             Err(message) => {
@@ -1081,6 +1129,11 @@ impl PodManager {
             args: desired.args.clone(),
             working_dir: desired.working_dir.clone(),
             env,
+            mounts: volumes::pod_dir(&self.config.volumes_dir, &uid)
+                .map(|pod_dir| {
+                    volumes::mounts(&pod_dir, &state.desired, &self.config.node, desired)
+                })
+                .unwrap_or_default(),
             limits: desired.limits,
             network: NetworkMode::Container(pause_id),
             extra_labels: BTreeMap::from([

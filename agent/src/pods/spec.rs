@@ -55,6 +55,144 @@ pub struct PodDesired {
     /// For `fieldRef`s to `metadata.labels['KEY']` and `metadata.annotations['KEY']`.
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
+    pub volumes: Vec<VolumeDesired>,
+}
+
+/// A volume of the pod (`super::volumes` sets it up).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeDesired {
+    pub name: String,
+    pub source: VolumeSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VolumeSource {
+    /// A ConfigMap's or Secret's keys as files: (key, path, mode) per item, every key at
+    /// its own name when `items` is empty.
+    Keys {
+        kind: ConfigKind,
+        name: String,
+        items: Vec<(String, String, Option<u32>)>,
+        default_mode: u32,
+        optional: bool,
+    },
+    EmptyDir {
+        memory: bool,
+        size_limit: Option<u64>,
+    },
+    /// Pod fields as files: (path, value, mode); a value is a `Field` or `Resource`.
+    DownwardApi {
+        items: Vec<(String, EnvValue, Option<u32>)>,
+        default_mode: u32,
+    },
+}
+
+impl VolumeSource {
+    /// Whether the container only reads it (ConfigMap, Secret and downward API volumes,
+    /// as in Kubernetes).
+    pub fn read_only(&self) -> bool {
+        !matches!(self, VolumeSource::EmptyDir { .. })
+    }
+}
+
+/// A volume of the pod mounted into a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountDesired {
+    pub volume: String,
+    pub path: String,
+    pub read_only: bool,
+    pub sub_path: Option<String>,
+}
+
+/// Kubernetes' default mode of ConfigMap, Secret and downward API files.
+pub const DEFAULT_FILE_MODE: u32 = 0o644;
+
+fn mode(mode: Option<i32>) -> Option<u32> {
+    mode.and_then(|mode| u32::try_from(mode).ok())
+}
+
+fn volume_from_api(volume: &api::Volume) -> Result<VolumeDesired, (String, String)> {
+    let keys =
+        |kind, name: &str, items: &[api::KeyToPath], default_mode, optional: Option<bool>| {
+            VolumeSource::Keys {
+                kind,
+                name: name.to_owned(),
+                items: items
+                    .iter()
+                    .map(|item| (item.key.clone(), item.path.clone(), mode(item.mode)))
+                    .collect(),
+                default_mode: mode(default_mode).unwrap_or(DEFAULT_FILE_MODE),
+                optional: optional == Some(true),
+            }
+        };
+    let source = match (
+        &volume.config_map,
+        &volume.secret,
+        &volume.empty_dir,
+        &volume.downward_api,
+    ) {
+        (Some(source), None, None, None) => keys(
+            ConfigKind::ConfigMap,
+            &source.name,
+            &source.items,
+            source.default_mode,
+            source.optional,
+        ),
+        (None, Some(source), None, None) => keys(
+            ConfigKind::Secret,
+            &source.secret_name,
+            &source.items,
+            source.default_mode,
+            source.optional,
+        ),
+        (None, None, Some(source), None) => VolumeSource::EmptyDir {
+            memory: source.medium == "Memory",
+            size_limit: source
+                .size_limit
+                .as_deref()
+                .map(api::parse_memory_bytes)
+                .transpose()
+                .map_err(|reason| ("emptyDir.sizeLimit".to_owned(), reason))?,
+        },
+        (None, None, None, Some(source)) => VolumeSource::DownwardApi {
+            items: source
+                .items
+                .iter()
+                .map(|item| {
+                    let value = match (&item.field_ref, &item.resource_field_ref) {
+                        (Some(field), None) => EnvValue::Field(field.field_path.clone()),
+                        (None, Some(resource)) => EnvValue::Resource {
+                            container: resource.container_name.clone(),
+                            resource: resource.resource.clone(),
+                            divisor: api::resource_divisor(
+                                &resource.resource,
+                                resource.divisor.as_deref(),
+                            )
+                            .map_err(|reason| ("downwardAPI.items".to_owned(), reason))?,
+                        },
+                        _ => {
+                            return Err((
+                                "downwardAPI.items".to_owned(),
+                                "each needs exactly one of fieldRef or resourceFieldRef".to_owned(),
+                            ));
+                        }
+                    };
+                    Ok((item.path.clone(), value, mode(item.mode)))
+                })
+                .collect::<Result<_, _>>()?,
+            default_mode: mode(source.default_mode).unwrap_or(DEFAULT_FILE_MODE),
+        },
+        _ => {
+            return Err((
+                String::new(),
+                "needs exactly one of configMap, secret, emptyDir or downwardAPI".to_owned(),
+            ));
+        }
+    };
+    Ok(VolumeDesired {
+        name: volume.name.clone(),
+        source,
+    })
 }
 
 /// Where an environment variable's value comes from; resolved when the container is
@@ -111,6 +249,7 @@ pub struct ContainerDesired {
     pub limits: Limits,
     /// For `resourceFieldRef`s to requests.
     pub requests: Limits,
+    pub mounts: Vec<MountDesired>,
     pub probes: ContainerProbes,
     pub pre_stop: Option<PreStop>,
 }
@@ -185,6 +324,32 @@ impl PodDesired {
         if containers.is_empty() {
             return Err(error("spec.containers".to_owned(), "is empty".to_owned()));
         }
+        let volumes = pod
+            .spec
+            .volumes
+            .iter()
+            .enumerate()
+            .map(|(index, volume)| {
+                volume_from_api(volume).map_err(|(field, reason)| {
+                    let field = if field.is_empty() {
+                        format!("spec.volumes[{index}]")
+                    } else {
+                        format!("spec.volumes[{index}].{field}")
+                    };
+                    error(field, reason)
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        for (index, container) in containers.iter().enumerate() {
+            for mount in &container.mounts {
+                if !volumes.iter().any(|volume| volume.name == mount.volume) {
+                    return Err(error(
+                        format!("spec.containers[{index}].volumeMounts"),
+                        format!("no volume {:?}", mount.volume),
+                    ));
+                }
+            }
+        }
         Ok(PodDesired {
             namespace: pod.metadata.namespace.clone(),
             name: pod.metadata.name.clone(),
@@ -195,6 +360,7 @@ impl PodDesired {
             containers,
             labels: pod.metadata.labels.clone(),
             annotations: pod.metadata.annotations.clone(),
+            volumes,
         })
     }
 
@@ -206,6 +372,11 @@ impl PodDesired {
             name: name.to_owned(),
         };
         let mut keys = BTreeSet::new();
+        for volume in &self.volumes {
+            if let VolumeSource::Keys { kind, name, .. } = &volume.source {
+                keys.insert(key(*kind, name));
+            }
+        }
         for container in &self.containers {
             for (_, value) in &container.env {
                 if let EnvValue::Key { kind, name, .. } = value {
@@ -345,6 +516,16 @@ impl ContainerDesired {
                 cpu_millis: cpu_millis.filter(|millis| *millis > 0),
                 memory_bytes: memory_bytes.filter(|bytes| *bytes > 0),
             },
+            mounts: container
+                .volume_mounts
+                .iter()
+                .map(|mount| MountDesired {
+                    volume: mount.name.clone(),
+                    path: mount.mount_path.clone(),
+                    read_only: mount.read_only,
+                    sub_path: (!mount.sub_path.is_empty()).then(|| mount.sub_path.clone()),
+                })
+                .collect(),
             requests: Limits {
                 cpu_millis: requests
                     .get("cpu")
@@ -450,6 +631,21 @@ impl ContainerDesired {
         }
         if let Some(dir) = &self.working_dir {
             hash.field(&[&[0xfe][..], b"workingDir:", dir.as_bytes()].concat());
+        }
+        for mount in &self.mounts {
+            hash.field(
+                &[
+                    &[0xfe][..],
+                    b"mount:",
+                    mount.volume.as_bytes(),
+                    b"/",
+                    mount.path.as_bytes(),
+                    b"/",
+                    mount.sub_path.as_deref().unwrap_or_default().as_bytes(),
+                    if mount.read_only { b"r" } else { b"w" },
+                ]
+                .concat(),
+            );
         }
         for limit in [self.limits.cpu_millis, self.limits.memory_bytes] {
             hash.field(limit.map(|n| n.to_string()).unwrap_or_default().as_bytes());
