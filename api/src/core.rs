@@ -100,6 +100,29 @@ pub struct PodSpec {
     /// Storage the pod's containers mount (`volumeMounts`), by name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<Volume>,
+    /// Not supported: must be empty (read so that a manifest with them is refused by
+    /// name instead of run without them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub init_containers: Vec<Container>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ephemeral_containers: Vec<Container>,
+    /// Not supported: must be false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host_network: bool,
+    #[serde(
+        default,
+        rename = "hostPID",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub host_pid: bool,
+    #[serde(
+        default,
+        rename = "hostIPC",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub host_ipc: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub share_process_namespace: bool,
 }
 
 /// Exactly one source; sources Berth does not know are refused by name.
@@ -402,6 +425,9 @@ pub struct Container {
     pub readiness_probe: Option<Probe>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub liveness_probe: Option<Probe>,
+    /// Not supported: must be absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_probe: Option<Probe>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lifecycle: Option<Lifecycle>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -964,6 +990,50 @@ impl PodSpec {
         }
         if let Some(grace) = self.termination_grace_period_seconds {
             v.non_negative(&path.child("terminationGracePeriodSeconds"), grace);
+        }
+        for (field, present, reason) in [
+            (
+                "initContainers",
+                !self.init_containers.is_empty(),
+                "init containers are not supported",
+            ),
+            (
+                "ephemeralContainers",
+                !self.ephemeral_containers.is_empty(),
+                "ephemeral containers are not supported",
+            ),
+            (
+                "hostNetwork",
+                self.host_network,
+                "pods always get a network namespace of their own",
+            ),
+            (
+                "hostPID",
+                self.host_pid,
+                "pods always get a PID namespace of their own",
+            ),
+            (
+                "hostIPC",
+                self.host_ipc,
+                "pods always get an IPC namespace of their own",
+            ),
+            (
+                "shareProcessNamespace",
+                self.share_process_namespace,
+                "containers never share a PID namespace",
+            ),
+        ] {
+            if present {
+                v.error(&path.child(field), reason);
+            }
+        }
+        for (i, c) in self.containers.iter().enumerate() {
+            if c.startup_probe.is_some() {
+                v.error(
+                    &path.child("containers").index(i).child("startupProbe"),
+                    "startup probes are not supported",
+                );
+            }
         }
         let mut volume_names = BTreeSet::new();
         for (i, volume) in self.volumes.iter().enumerate() {

@@ -404,11 +404,12 @@ fn decode<R: Resource>(source: Source<'_>) -> Result<Decoded, DecodeError> {
     Ok(Decoded { object, warnings })
 }
 
-/// Pod fields Berth does not implement and cannot ignore: running the pod without them
-/// would change what the application does (its configuration, its files, what runs
-/// before it), so the object is refused with the field named. Other unknown fields are
-/// warnings. Matched on the last segments of an ignored field's path, in any kind that
-/// holds a pod spec.
+/// Pod fields Berth does not implement and cannot ignore whatever their value: running
+/// the pod without them would change what the application does (its configuration, its
+/// files), so the object is refused with the field named. Other unknown fields are
+/// warnings; fields that matter only with some values (`hostNetwork: true`,
+/// `initContainers` that are not empty) are typed and checked in `core`. Matched on the
+/// last segments of an ignored field's path, in any kind that holds a pod spec.
 const REFUSED: &[(&[&str], &str)] = &[
     (&["volumes", "#", "*"], "unsupported volume source"),
     (&["env", "#", "valueFrom", "*"], "unsupported env source"),
@@ -425,34 +426,6 @@ const REFUSED: &[(&[&str], &str)] = &[
         &["containers", "#", "volumeDevices"],
         "block devices are not supported",
     ),
-    (
-        &["containers", "#", "startupProbe"],
-        "startup probes are not supported",
-    ),
-    (
-        &["spec", "initContainers"],
-        "init containers are not supported",
-    ),
-    (
-        &["spec", "ephemeralContainers"],
-        "ephemeral containers are not supported",
-    ),
-    (
-        &["spec", "hostNetwork"],
-        "pods always get a network namespace of their own",
-    ),
-    (
-        &["spec", "hostPID"],
-        "pods always get a PID namespace of their own",
-    ),
-    (
-        &["spec", "hostIPC"],
-        "pods always get an IPC namespace of their own",
-    ),
-    (
-        &["spec", "shareProcessNamespace"],
-        "containers never share a PID namespace",
-    ),
 ];
 
 /// Why an ignored field at `path` refuses the object, if it does (see [`REFUSED`]).
@@ -468,9 +441,7 @@ fn refusal(path: &str) -> Option<&'static str> {
                 "*" => true,
                 want => want == *got,
             });
-        // A pod spec is `spec` at the root (Pod) or in a template.
-        let in_pod_spec = pattern[0] != "spec" || tail == 0 || segments[tail - 1] == "template";
-        (matches && in_pod_spec).then_some(*reason)
+        matches.then_some(*reason)
     })
 }
 

@@ -58,6 +58,14 @@ async fn secrets_are_encrypted_in_the_store_and_read_back_after_restart_and_rota
         yaml.contains("password: Y29ycmVjdC1ob3JzZS1iYXR0ZXJ5LXN0YXBsZQ=="),
         "{yaml}"
     );
+    let (ok, table, err) = berthctl(&admin, &["get", "secrets"]).await;
+    assert!(ok, "{err}");
+    let row: Vec<&str> = table
+        .lines()
+        .nth(1)
+        .map(|line| line.split_whitespace().collect())
+        .unwrap_or_default();
+    assert_eq!(row[..3], ["db", "Opaque", "2"], "{table}");
     let (ok, described, err) = berthctl(&admin, &["describe", "secret", "db"]).await;
     assert!(ok, "{err}");
     assert!(described.contains("password:"), "{described}");

@@ -325,6 +325,8 @@ pub fn header(rt: &ResourceType, wide: bool, namespaces: bool) -> Vec<String> {
             &["COUNT"],
         ),
         "ControllerRevision" => (&["NAME", "CONTROLLER", "REVISION", "AGE"], &[]),
+        "ConfigMap" => (&["NAME", "DATA", "AGE"], &[]),
+        "Secret" => (&["NAME", "TYPE", "DATA", "AGE"], &[]),
         "HorizontalPodAutoscaler" => (
             &[
                 "NAME",
@@ -470,6 +472,36 @@ pub fn row(rt: &ResourceType, item: &Value, wide: bool, namespaces: bool) -> Vec
             ],
             vec![],
         ),
+        // How many values, as kubectl counts them (never the values).
+        "ConfigMap" => {
+            let count = |field: &str| {
+                item.get(field)
+                    .and_then(Value::as_object)
+                    .map_or(0, |m| m.len())
+            };
+            (
+                vec![
+                    name,
+                    (count("data") + count("binaryData")).to_string(),
+                    created,
+                ],
+                vec![],
+            )
+        }
+        "Secret" => {
+            let data = item
+                .get("data")
+                .and_then(Value::as_object)
+                .map_or(0, |m| m.len());
+            let type_ = match str_at(item, "/type") {
+                "" => "Opaque",
+                other => other,
+            };
+            (
+                vec![name, type_.to_owned(), data.to_string(), created],
+                vec![],
+            )
+        }
         "ControllerRevision" => {
             let owner = item
                 .pointer("/metadata/ownerReferences/0")
