@@ -366,6 +366,68 @@ mod tests {
     }
 
     #[test]
+    fn a_volume_of_a_missing_object_or_key_is_why_the_pod_waits() {
+        use std::{net::Ipv4Addr, sync::Arc};
+
+        use crate::{
+            pods::configs::{ConfigKind, ConfigValues, Fetched, PodConfigs},
+            runtime::Limits,
+        };
+        let configs = PodConfigs::default();
+        let pod = PodDesired {
+            namespace: "shop".into(),
+            name: "web".into(),
+            ..PodDesired::default()
+        };
+        let cx = EnvContext {
+            pod: &pod,
+            pod_ip: Ipv4Addr::LOCALHOST,
+            node: "n1",
+            allocatable: Limits::default(),
+            configs: &configs,
+        };
+        let mut volume = VolumeDesired {
+            name: "creds".into(),
+            source: VolumeSource::Keys {
+                kind: ConfigKind::Secret,
+                name: "db".into(),
+                items: vec![("password".into(), "pw".into(), Some(0o400))],
+                default_mode: 0o644,
+                optional: false,
+            },
+        };
+        assert_eq!(
+            payload(&volume, &cx),
+            Err("secret \"db\" not found".to_owned())
+        );
+        configs.set(
+            ConfigKey {
+                kind: ConfigKind::Secret,
+                namespace: "shop".into(),
+                name: "db".into(),
+            },
+            Fetched::Found(Arc::new(ConfigValues(BTreeMap::from([(
+                "user".to_owned(),
+                b"admin".to_vec(),
+            )])))),
+        );
+        assert_eq!(
+            payload(&volume, &cx),
+            Err("couldn't find key password in Secret shop/db".to_owned())
+        );
+        if let VolumeSource::Keys { items, .. } = &mut volume.source {
+            items.clear();
+        }
+        assert_eq!(
+            payload(&volume, &cx),
+            Ok(Some(Payload::from([(
+                "user".to_owned(),
+                (b"admin".to_vec(), 0o644)
+            )])))
+        );
+    }
+
+    #[test]
     fn pod_dirs_are_one_plain_component() {
         let root = Path::new("/var/lib/berth/pods");
         assert_eq!(pod_dir(root, "6f1c-aa_2"), Some(root.join("6f1c-aa_2")));
