@@ -86,6 +86,11 @@ impl Server {
             Keyring::load_or_create(&config.encryption_keys_dir())?,
             vec![crate::objects::prefix(&berth_api::kinds::SECRETS, None)],
         ));
+        // A Secret no key here decrypts would break every watch at its first event: say
+        // which key is missing now instead.
+        store
+            .list(&crate::objects::prefix(&berth_api::kinds::SECRETS, None))
+            .map_err(|e| ServerError::Setup(format!("reading the stored Secrets: {e}")))?;
         let metrics = Metrics::new()?;
         let (listener, local_addr) = bind(config.listen, "bound").await?;
         // A wildcard listen address is reached through loopback from this machine.

@@ -115,6 +115,15 @@ async fn secrets_are_encrypted_in_the_store_and_read_back_after_restart_and_rota
         .expect("read")
         .expect("stored");
     assert!(newer.value.starts_with(b"berth:enc:aesgcm:v1:key2:"));
+    drop(raw);
+
+    // Without the key an old Secret was written with, the server says so and stops.
+    std::fs::remove_file(keys.join("key1.key")).expect("remove key1");
+    let refused = berth_control::server::Server::start(&config(data_dir.path(), &[]))
+        .await
+        .err()
+        .expect("no start without key1");
+    assert!(refused.to_string().contains("key1.key"), "{refused}");
 }
 
 #[tokio::test]
