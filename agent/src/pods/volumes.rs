@@ -149,6 +149,13 @@ pub fn sync(
     cx: &EnvContext<'_>,
     written: &mut BTreeMap<String, Payload>,
 ) -> Result<(), String> {
+    // Only root on the node reaches the files (Secret values among them); containers
+    // see their volume directories through the mounts.
+    if !pod_dir.exists() {
+        fs::create_dir_all(pod_dir)
+            .and_then(|()| fs::set_permissions(pod_dir, fs::Permissions::from_mode(0o700)))
+            .map_err(|e| format!("making {}: {e}", pod_dir.display()))?;
+    }
     for volume in &pod.volumes {
         let dir = pod_dir.join(&volume.name);
         match payload(volume, cx)? {
