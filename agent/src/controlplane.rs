@@ -2,18 +2,33 @@
 //! token (the key never leaves the node; the certificate, CA and pod range are kept in the
 //! state directory so a restarted agent does not join again), and watches that survive
 //! reconnects — resumed from the last revision seen, or started over from a snapshot
-//! when the control plane's history no longer reaches back that far.
+//! when the control plane's history no longer reaches back that far — and the
+//! ConfigMaps and Secrets this node's pods use, fetched again every few seconds.
 
-use std::{path::Path, time::Duration};
+use std::{collections::BTreeSet, path::Path, sync::Arc, time::Duration};
 
-use berth_api::agent::{JoinRequest, agent_client::AgentClient};
+use berth_api::{
+    agent::{JoinRequest, PodConfigRequest, agent_client::AgentClient},
+    configuration::{ConfigMap, Secret},
+};
 use berth_watch::{Change, Consumer, Objects, Watched};
 use rcgen::{CertificateParams, DnType, KeyPair};
 use serde_json::Value;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc, watch};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
-use crate::config::Config;
+use crate::{
+    config::Config,
+    pods::{
+        PodDesired,
+        configs::{ConfigKey, ConfigKind, ConfigValues, Fetched, PodConfigs},
+    },
+};
+
+/// How often the ConfigMaps and Secrets in use are fetched again: the bound on how long a
+/// change takes to reach mounted files (the kubelet's default sync is a minute; Berth's
+/// are small clusters).
+pub const CONFIG_REFRESH: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlPlaneError {
@@ -167,4 +182,77 @@ impl Consumer<Value> for Deliver {
 /// serving what it has.
 pub async fn watch(client: AgentClient<Channel>, which: Watched, updates: mpsc::Sender<Objects>) {
     berth_watch::run(client, which, &mut Deliver(updates)).await;
+}
+
+/// Keeps `configs` current with the ConfigMaps and Secrets the desired pods use: fetched
+/// at once when a pod starts using one, then every `every`; `wake` is notified when any
+/// changed, so the pod manager starts a waiting container or rewrites a volume at once.
+/// While the control plane is unreachable the last values stay.
+pub async fn follow_pod_configs(
+    client: AgentClient<Channel>,
+    mut desired: watch::Receiver<Vec<PodDesired>>,
+    configs: PodConfigs,
+    wake: Arc<Notify>,
+    every: Duration,
+) {
+    let mut feeding = true;
+    loop {
+        let keys: BTreeSet<ConfigKey> = desired
+            .borrow_and_update()
+            .iter()
+            .filter(|pod| !pod.terminating)
+            .flat_map(PodDesired::config_keys)
+            .collect();
+        configs.retain(&keys);
+        let mut changed = false;
+        for key in &keys {
+            if let Some(fetched) = fetch(client.clone(), key).await {
+                changed |= configs.set(key.clone(), fetched);
+            }
+        }
+        if changed {
+            wake.notify_one();
+        }
+        tokio::select! {
+            result = desired.changed(), if feeding => feeding = result.is_ok(),
+            () = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// One object as the control plane has it; None when it could not say.
+async fn fetch(mut client: AgentClient<Channel>, key: &ConfigKey) -> Option<Fetched> {
+    let request = PodConfigRequest {
+        kind: key.kind.as_str().to_owned(),
+        namespace: key.namespace.clone(),
+        name: key.name.clone(),
+    };
+    let reply = match client.get_pod_config(request).await {
+        Ok(reply) => reply.into_inner(),
+        Err(status) if status.code() == tonic::Code::NotFound => {
+            return Some(Fetched::Missing(key.not_found()));
+        }
+        // The pod watch can be ahead of what the control plane's store answers for a
+        // moment; the message says which.
+        Err(status) if status.code() == tonic::Code::PermissionDenied => {
+            return Some(Fetched::Missing(status.message().to_owned()));
+        }
+        Err(status) => {
+            tracing::debug!(kind = key.kind.as_str(), namespace = %key.namespace, name = %key.name, %status, "fetching pod config");
+            return None;
+        }
+    };
+    let values = match key.kind {
+        ConfigKind::ConfigMap => serde_json::from_slice::<ConfigMap>(&reply.object_json)
+            .map(|config_map| ConfigValues::from(&config_map)),
+        ConfigKind::Secret => serde_json::from_slice::<Secret>(&reply.object_json)
+            .map(|secret| ConfigValues::from(&secret)),
+    };
+    match values {
+        Ok(values) => Some(Fetched::Found(Arc::new(values))),
+        Err(error) => {
+            tracing::warn!(kind = key.kind.as_str(), namespace = %key.namespace, name = %key.name, %error, "undecodable pod config");
+            None
+        }
+    }
 }

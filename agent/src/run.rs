@@ -56,15 +56,20 @@ fn ready_in_api(pods: &[Pod], uid: &str) -> bool {
         .any(|condition| condition.type_ == "Ready" && condition.status == "True")
 }
 
-/// CPU and memory the node offers, as Kubernetes quantities.
-fn allocatable() -> serde_json::Value {
+/// CPU (cores) and memory (bytes) the node offers.
+fn node_capacity() -> (u64, u64) {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let memory_kib = std::fs::read_to_string("/proc/meminfo")
+    let memory = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|text| usage::meminfo_bytes(&text, "MemTotal"))
-        .unwrap_or(0)
-        / 1024;
-    json!({"cpu": cpus.to_string(), "memory": format!("{memory_kib}Ki")})
+        .unwrap_or(0);
+    (cpus as u64, memory)
+}
+
+/// CPU and memory the node offers, as Kubernetes quantities.
+fn allocatable() -> serde_json::Value {
+    let (cpus, memory) = node_capacity();
+    json!({"cpu": cpus.to_string(), "memory": format!("{}Ki", memory / 1024)})
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -184,7 +189,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.dns_listen.ip().to_string(),
         config.cluster_domain.clone(),
     ));
+    pods_config.volumes_dir = config.state_dir.join("pods");
+    pods_config.volumes_dir = config.state_dir.join("pods");
+    let (cpus, memory) = node_capacity();
+    pods_config.allocatable = crate::runtime::Limits {
+        cpu_millis: Some(cpus * 1000),
+        memory_bytes: Some(memory),
+    };
     let (manager, mut pod_events) = PodManager::new(runtime.clone(), pods_config)?;
+    let (pod_configs, pod_waker) = (manager.configs(), manager.waker());
     // Until the control plane's snapshot arrives, the pods to run are the last ones it
     // sent: a restarted agent must neither tear down healthy pods nor stop restarting
     // crashed ones because the control plane is slow or away.
@@ -195,7 +208,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .unwrap_or_default();
     let (desired_tx, desired_rx) = watch::channel(desired_pods(&remembered));
     let (reports_tx, mut reports_rx) = watch::channel(Vec::<PodReport>::new());
-    tokio::spawn(manager.run(desired_rx, reports_tx, std::future::pending()));
+    tokio::spawn(manager.run(desired_rx.clone(), reports_tx, std::future::pending()));
     tracing::info!(
         node = %config.node_name,
         %node_id,
@@ -224,6 +237,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             metrics: metrics_addr.port(),
         },
         figures_rx,
+    ));
+    tokio::spawn(controlplane::follow_pod_configs(
+        client.clone(),
+        desired_rx,
+        pod_configs,
+        pod_waker,
+        controlplane::CONFIG_REFRESH,
     ));
     let (pods_tx, mut pods_rx) = mpsc::channel::<Objects>(16);
     let (services_tx, mut services_rx) = mpsc::channel::<Objects>(16);

@@ -25,8 +25,9 @@ use berth_agent::{
     ipam::Cidr,
     net, podnet,
     pods::{
-        ActionKind, BackoffConfig, ContainerDesired, ContainerState, PodDesired, PodEvent,
-        PodManager, PodManagerConfig, PodPhase, PodReport, PreStop, RestartPolicy, reason,
+        ActionKind, BackoffConfig, ContainerDesired, ContainerState, EnvValue, PodDesired,
+        PodEvent, PodManager, PodManagerConfig, PodPhase, PodReport, PreStop, RestartPolicy,
+        reason,
     },
     probes::{ProbeAction, ProbeEvent, ProbeKind, ProbeResult, ProbeSpec},
     readiness::LocalReadiness,
@@ -153,8 +154,11 @@ impl TestNode {
                 name: "echo".to_owned(),
                 image: IMAGE_V1.to_owned(),
                 env: vec![
-                    ("POD_NAME".to_owned(), name.to_owned()),
-                    ("GREETING".to_owned(), "hello pod".to_owned()),
+                    ("POD_NAME".to_owned(), EnvValue::Literal(name.to_owned())),
+                    (
+                        "GREETING".to_owned(),
+                        EnvValue::Literal("hello pod".to_owned()),
+                    ),
                 ],
                 limits: Limits {
                     cpu_millis: Some(250),
@@ -162,6 +166,7 @@ impl TestNode {
                 },
                 ..ContainerDesired::default()
             }],
+            ..PodDesired::default()
         }
     }
 

@@ -97,6 +97,308 @@ pub struct PodSpec {
     pub restart_policy: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub termination_grace_period_seconds: Option<i64>,
+    /// Storage the pod's containers mount (`volumeMounts`), by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<Volume>,
+    /// Not supported: must be empty (read so that a manifest with them is refused by
+    /// name instead of run without them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub init_containers: Vec<Container>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ephemeral_containers: Vec<Container>,
+    /// Not supported: must be false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host_network: bool,
+    #[serde(
+        default,
+        rename = "hostPID",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub host_pid: bool,
+    #[serde(
+        default,
+        rename = "hostIPC",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub host_ipc: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub share_process_namespace: bool,
+}
+
+/// Exactly one source; sources Berth does not know are refused by name.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Volume {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<ConfigMapVolumeSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<SecretVolumeSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub empty_dir: Option<EmptyDirVolumeSource>,
+    #[serde(
+        default,
+        rename = "downwardAPI",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub downward_api: Option<DownwardApiVolumeSource>,
+}
+
+/// A ConfigMap's keys as files; they follow changes of the ConfigMap.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigMapVolumeSource {
+    pub name: String,
+    /// Only these keys, at these paths; all keys at their own names when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub items: Vec<KeyToPath>,
+    /// File mode, 0644 by default (octal in YAML: `0400`).
+    #[serde(
+        default,
+        deserialize_with = "file_mode",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub default_mode: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optional: Option<bool>,
+}
+
+/// A Secret's keys as files; they follow changes of the Secret.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretVolumeSource {
+    pub secret_name: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub items: Vec<KeyToPath>,
+    #[serde(
+        default,
+        deserialize_with = "file_mode",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub default_mode: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optional: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct KeyToPath {
+    pub key: String,
+    /// Relative, without `..`.
+    pub path: String,
+    #[serde(
+        default,
+        deserialize_with = "file_mode",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub mode: Option<i32>,
+}
+
+/// An empty directory for the pod's life, shared by its containers: on the node's disk,
+/// or with `medium: Memory` a tmpfs of at most `sizeLimit`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EmptyDirVolumeSource {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub medium: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_limit: Option<String>,
+}
+
+/// Pod fields as files; they follow changes of labels and annotations.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DownwardApiVolumeSource {
+    #[serde(default)]
+    pub items: Vec<DownwardApiVolumeFile>,
+    #[serde(
+        default,
+        deserialize_with = "file_mode",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub default_mode: Option<i32>,
+}
+
+/// Exactly one of `fieldRef` (one of [`DOWNWARD_FIELD_PATHS`], or one label or
+/// annotation) or `resourceFieldRef` (with `containerName`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DownwardApiVolumeFile {
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field_ref: Option<ObjectFieldSelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_field_ref: Option<ResourceFieldSelector>,
+    #[serde(
+        default,
+        deserialize_with = "file_mode",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub mode: Option<i32>,
+}
+
+/// What a downward API file may hold besides one label or annotation: as in Kubernetes,
+/// only what is known before the pod runs.
+pub const DOWNWARD_FIELD_PATHS: &[&str] = &[
+    "metadata.name",
+    "metadata.namespace",
+    "metadata.uid",
+    "metadata.labels",
+    "metadata.annotations",
+];
+
+/// A volume of the pod, mounted into one container.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeMount {
+    pub name: String,
+    /// Absolute, and mounted once per container.
+    pub mount_path: String,
+    /// ConfigMap, Secret and downward API volumes are always read-only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
+    /// A path inside the volume to mount instead of its root (relative, without `..`).
+    /// As in Kubernetes, a file mounted this way from a ConfigMap or Secret does not
+    /// follow changes of the object.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sub_path: String,
+}
+
+/// A relative path without `..`, `.` or empty components: what a volume item or subPath
+/// may be.
+pub fn check_relative_path(path: &str) -> Result<(), String> {
+    if path.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    if path.starts_with('/') {
+        return Err("must be a relative path".to_owned());
+    }
+    if path.split('/').any(|part| part == "..") {
+        return Err("must not contain '..'".to_owned());
+    }
+    if path.split('/').any(|part| part.is_empty() || part == ".") || path.starts_with("..") {
+        return Err("must not contain empty or '.' components or start with '..'".to_owned());
+    }
+    Ok(())
+}
+
+/// A file mode as a number (JSON: `420`), or as YAML 1.1 writes octal, which is what
+/// Kubernetes manifests use (`0400`, read by YAML 1.2 parsers as a string): a leading
+/// `0` or `0o` means octal.
+fn file_mode<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<i32>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Mode {
+        Number(i32),
+        Text(String),
+    }
+    match Option::<Mode>::deserialize(deserializer)? {
+        None => Ok(None),
+        Some(Mode::Number(mode)) => Ok(Some(mode)),
+        Some(Mode::Text(text)) => {
+            let digits = text
+                .strip_prefix("0o")
+                .or_else(|| text.strip_prefix('0'))
+                .filter(|digits| !digits.is_empty())
+                .ok_or_else(|| {
+                    serde::de::Error::custom(format!("{text:?} is not a file mode such as 0644"))
+                })?;
+            i32::from_str_radix(digits, 8).map(Some).map_err(|_| {
+                serde::de::Error::custom(format!("{text:?} is not an octal file mode"))
+            })
+        }
+    }
+}
+
+fn check_mode(v: &mut Validator, path: &FieldPath, mode: Option<i32>) {
+    if let Some(mode) = mode
+        && !(0..=0o777).contains(&mode)
+    {
+        v.error(path, "must be a file mode between 0000 and 0777 (octal)");
+    }
+}
+
+impl Volume {
+    fn validate(&self, v: &mut Validator, path: &FieldPath, pod: &PodSpec) {
+        v.dns_label(&path.child("name"), &self.name);
+        let sources = [
+            self.config_map.is_some(),
+            self.secret.is_some(),
+            self.empty_dir.is_some(),
+            self.downward_api.is_some(),
+        ];
+        if sources.iter().filter(|s| **s).count() != 1 {
+            v.error(
+                path,
+                "must have exactly one source: configMap, secret, emptyDir or downwardAPI",
+            );
+        }
+        let items = |v: &mut Validator, p: &FieldPath, items: &[KeyToPath]| {
+            for (i, item) in items.iter().enumerate() {
+                let ip = p.child("items").index(i);
+                if item.key.is_empty() {
+                    v.error(&ip.child("key"), "is required");
+                }
+                if let Err(reason) = check_relative_path(&item.path) {
+                    v.error(&ip.child("path"), &reason);
+                }
+                check_mode(v, &ip.child("mode"), item.mode);
+            }
+        };
+        if let Some(source) = &self.config_map {
+            let p = path.child("configMap");
+            v.dns_subdomain(&p.child("name"), &source.name);
+            items(v, &p, &source.items);
+            check_mode(v, &p.child("defaultMode"), source.default_mode);
+        }
+        if let Some(source) = &self.secret {
+            let p = path.child("secret");
+            v.dns_subdomain(&p.child("secretName"), &source.secret_name);
+            items(v, &p, &source.items);
+            check_mode(v, &p.child("defaultMode"), source.default_mode);
+        }
+        if let Some(source) = &self.empty_dir {
+            let p = path.child("emptyDir");
+            if !source.medium.is_empty() {
+                v.one_of(&p.child("medium"), &source.medium, &["Memory"]);
+            }
+            if let Some(size) = &source.size_limit
+                && let Err(reason) = parse_memory_bytes(size)
+            {
+                v.error(&p.child("sizeLimit"), &reason);
+            }
+        }
+        if let Some(source) = &self.downward_api {
+            let p = path.child("downwardAPI");
+            check_mode(v, &p.child("defaultMode"), source.default_mode);
+            for (i, item) in source.items.iter().enumerate() {
+                let ip = p.child("items").index(i);
+                if let Err(reason) = check_relative_path(&item.path) {
+                    v.error(&ip.child("path"), &reason);
+                }
+                check_mode(v, &ip.child("mode"), item.mode);
+                match (&item.field_ref, &item.resource_field_ref) {
+                    (Some(field), None) => {
+                        if !DOWNWARD_FIELD_PATHS.contains(&field.field_path.as_str())
+                            && field_path_key(&field.field_path).is_none()
+                        {
+                            v.error(
+                                &ip.child("fieldRef").child("fieldPath"),
+                                &format!(
+                                    "unsupported field path {:?}: use one of {}, metadata.labels['KEY'] or metadata.annotations['KEY']",
+                                    field.field_path,
+                                    DOWNWARD_FIELD_PATHS.join(", ")
+                                ),
+                            );
+                        }
+                    }
+                    (None, Some(resource)) => {
+                        resource.validate(v, &ip.child("resourceFieldRef"), pod, true);
+                    }
+                    _ => v.error(&ip, "must have exactly one of fieldRef or resourceFieldRef"),
+                }
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -108,8 +410,13 @@ pub struct Container {
     pub command: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub working_dir: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<EnvVar>,
+    /// Every key of a ConfigMap or Secret as a variable; `env` wins over these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env_from: Vec<EnvFromSource>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<ContainerPort>,
     #[serde(default, skip_serializing_if = "ResourceRequirements::is_empty")]
@@ -118,8 +425,13 @@ pub struct Container {
     pub readiness_probe: Option<Probe>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub liveness_probe: Option<Probe>,
+    /// Not supported: must be absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_probe: Option<Probe>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lifecycle: Option<Lifecycle>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volume_mounts: Vec<VolumeMount>,
 }
 
 /// Hooks the node runs around a container's life; Berth supports `preStop`.
@@ -153,11 +465,222 @@ pub struct SleepAction {
     pub seconds: i64,
 }
 
+/// A variable set once, when the container is created: a later change of what
+/// `valueFrom` points at reaches the next container, not this one (as in Kubernetes).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct EnvVar {
     pub name: String,
-    #[serde(default)]
+    /// May reference earlier variables as `$(NAME)`; `$$` is a literal `$`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub value: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from: Option<EnvVarSource>,
+}
+
+/// Exactly one source.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvVarSource {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_key_ref: Option<KeySelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_ref: Option<KeySelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field_ref: Option<ObjectFieldSelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_field_ref: Option<ResourceFieldSelector>,
+}
+
+/// One key of a ConfigMap or Secret in the pod's namespace.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct KeySelector {
+    pub name: String,
+    pub key: String,
+    /// The container starts without the variable when the object or key is missing,
+    /// instead of waiting for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optional: Option<bool>,
+}
+
+/// A field of the pod: one of [`ENV_FIELD_PATHS`], or `metadata.labels['KEY']` /
+/// `metadata.annotations['KEY']`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectFieldSelector {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub api_version: String,
+    pub field_path: String,
+}
+
+/// The fields `env[].valueFrom.fieldRef` may name besides single labels and annotations.
+pub const ENV_FIELD_PATHS: &[&str] = &[
+    "metadata.name",
+    "metadata.namespace",
+    "metadata.uid",
+    "spec.nodeName",
+    "status.podIP",
+];
+
+/// A container's request or limit, in units of `divisor`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceFieldSelector {
+    /// Required in a volume; in `env`, empty means the container itself.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub container_name: String,
+    /// One of [`RESOURCE_FIELDS`].
+    pub resource: String,
+    /// `1` by default; e.g. `1m` for millicores, `1Mi` for mebibytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub divisor: Option<String>,
+}
+
+pub const RESOURCE_FIELDS: &[&str] = &[
+    "limits.cpu",
+    "limits.memory",
+    "requests.cpu",
+    "requests.memory",
+];
+
+/// Exactly one of `configMapRef` or `secretRef`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvFromSource {
+    /// Put before every key to make the variable's name.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub prefix: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_ref: Option<OptionalReference>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<OptionalReference>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct OptionalReference {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optional: Option<bool>,
+}
+
+/// The label or annotation a field path such as `metadata.labels['app']` names:
+/// (`labels` or `annotations`, key).
+pub fn field_path_key(path: &str) -> Option<(&str, &str)> {
+    let (map, rest) = path
+        .strip_prefix("metadata.labels[")
+        .map(|rest| ("labels", rest))
+        .or_else(|| {
+            path.strip_prefix("metadata.annotations[")
+                .map(|rest| ("annotations", rest))
+        })?;
+    let quoted = rest.strip_suffix(']')?;
+    let key = quoted
+        .strip_prefix('\'')
+        .and_then(|k| k.strip_suffix('\''))
+        .or_else(|| quoted.strip_prefix('"').and_then(|k| k.strip_suffix('"')))?;
+    Some((map, key))
+}
+
+/// A divisor of `resource` in its base unit (millicores, bytes).
+pub fn resource_divisor(resource: &str, divisor: Option<&str>) -> Result<u64, String> {
+    let divisor = divisor.unwrap_or("1");
+    let value = if resource.ends_with(".cpu") {
+        parse_cpu_millis(divisor)?
+    } else {
+        parse_memory_bytes(divisor)?
+    };
+    if value == 0 {
+        return Err(format!("divisor {divisor:?} must be more than 0"));
+    }
+    Ok(value)
+}
+
+impl EnvVarSource {
+    fn validate(&self, v: &mut Validator, path: &FieldPath, pod: &PodSpec) {
+        let mut sources = 0;
+        for (field, selector) in [
+            ("configMapKeyRef", &self.config_map_key_ref),
+            ("secretKeyRef", &self.secret_key_ref),
+        ] {
+            if let Some(selector) = selector {
+                sources += 1;
+                let p = path.child(field);
+                v.dns_subdomain(&p.child("name"), &selector.name);
+                if selector.key.is_empty() {
+                    v.error(&p.child("key"), "is required");
+                }
+            }
+        }
+        if let Some(field) = &self.field_ref {
+            sources += 1;
+            let p = path.child("fieldRef").child("fieldPath");
+            if !ENV_FIELD_PATHS.contains(&field.field_path.as_str())
+                && field_path_key(&field.field_path).is_none()
+            {
+                v.error(
+                    &p,
+                    &format!(
+                        "unsupported field path {:?}: use one of {}, metadata.labels['KEY'] or metadata.annotations['KEY']",
+                        field.field_path,
+                        ENV_FIELD_PATHS.join(", ")
+                    ),
+                );
+            }
+        }
+        if let Some(resource) = &self.resource_field_ref {
+            sources += 1;
+            resource.validate(v, &path.child("resourceFieldRef"), pod, false);
+        }
+        if sources != 1 {
+            v.error(
+                path,
+                "must have exactly one of configMapKeyRef, secretKeyRef, fieldRef or resourceFieldRef",
+            );
+        }
+    }
+}
+
+impl ResourceFieldSelector {
+    pub(crate) fn validate(
+        &self,
+        v: &mut Validator,
+        path: &FieldPath,
+        pod: &PodSpec,
+        container_required: bool,
+    ) {
+        if !RESOURCE_FIELDS.contains(&self.resource.as_str()) {
+            v.one_of(&path.child("resource"), &self.resource, RESOURCE_FIELDS);
+        } else if let Err(reason) = resource_divisor(&self.resource, self.divisor.as_deref()) {
+            v.error(&path.child("divisor"), &reason);
+        }
+        if self.container_name.is_empty() {
+            if container_required {
+                v.error(&path.child("containerName"), "is required");
+            }
+        } else if !pod.containers.iter().any(|c| c.name == self.container_name) {
+            v.error(
+                &path.child("containerName"),
+                &format!(
+                    "no container of this pod is named {:?}",
+                    self.container_name
+                ),
+            );
+        }
+    }
+}
+
+impl EnvFromSource {
+    fn validate(&self, v: &mut Validator, path: &FieldPath) {
+        match (&self.config_map_ref, &self.secret_ref) {
+            (Some(reference), None) => {
+                v.dns_subdomain(&path.child("configMapRef").child("name"), &reference.name)
+            }
+            (None, Some(reference)) => {
+                v.dns_subdomain(&path.child("secretRef").child("name"), &reference.name)
+            }
+            _ => v.error(path, "must have exactly one of configMapRef or secretRef"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -326,6 +849,38 @@ pub struct Condition {
 }
 
 impl PodSpec {
+    /// The ConfigMaps and Secrets the pod reads, as (kind, name): what its node may fetch.
+    pub fn config_references(&self) -> BTreeSet<(&'static str, &str)> {
+        let mut references = BTreeSet::new();
+        for volume in &self.volumes {
+            if let Some(source) = &volume.config_map {
+                references.insert(("ConfigMap", source.name.as_str()));
+            }
+            if let Some(source) = &volume.secret {
+                references.insert(("Secret", source.secret_name.as_str()));
+            }
+        }
+        for container in &self.containers {
+            for source in container.env.iter().filter_map(|e| e.value_from.as_ref()) {
+                if let Some(selector) = &source.config_map_key_ref {
+                    references.insert(("ConfigMap", selector.name.as_str()));
+                }
+                if let Some(selector) = &source.secret_key_ref {
+                    references.insert(("Secret", selector.name.as_str()));
+                }
+            }
+            for source in &container.env_from {
+                if let Some(reference) = &source.config_map_ref {
+                    references.insert(("ConfigMap", reference.name.as_str()));
+                }
+                if let Some(reference) = &source.secret_ref {
+                    references.insert(("Secret", reference.name.as_str()));
+                }
+            }
+        }
+        references
+    }
+
     pub(crate) fn validate(&self, v: &mut Validator, path: &FieldPath) {
         let containers = path.child("containers");
         if self.containers.is_empty() {
@@ -371,11 +926,38 @@ impl PodSpec {
                 }
             }
             for (j, env) in c.env.iter().enumerate() {
+                let ep = p.child("env").index(j);
                 if env.name.is_empty() || env.name.contains('=') {
+                    v.error(&ep.child("name"), "must be non-empty and contain no '='");
+                }
+                if let Some(source) = &env.value_from {
+                    if !env.value.is_empty() {
+                        v.error(&ep.child("valueFrom"), "may not be set together with value");
+                    }
+                    source.validate(v, &ep.child("valueFrom"), self);
+                }
+            }
+            for (j, source) in c.env_from.iter().enumerate() {
+                source.validate(v, &p.child("envFrom").index(j));
+            }
+            let mut mount_paths = BTreeSet::new();
+            for (j, mount) in c.volume_mounts.iter().enumerate() {
+                let mp = p.child("volumeMounts").index(j);
+                if !self.volumes.iter().any(|volume| volume.name == mount.name) {
                     v.error(
-                        &p.child("env").index(j).child("name"),
-                        "must be non-empty and contain no '='",
+                        &mp.child("name"),
+                        &format!("no volume of this pod is named {:?}", mount.name),
                     );
+                }
+                if !mount.mount_path.starts_with('/') {
+                    v.error(&mp.child("mountPath"), "must be an absolute path");
+                } else if !mount_paths.insert(mount.mount_path.trim_end_matches('/')) {
+                    v.error(&mp.child("mountPath"), "is mounted twice in this container");
+                }
+                if !mount.sub_path.is_empty()
+                    && let Err(reason) = check_relative_path(&mount.sub_path)
+                {
+                    v.error(&mp.child("subPath"), &reason);
                 }
             }
             validate_resources(v, &p.child("resources"), &c.resources);
@@ -408,6 +990,61 @@ impl PodSpec {
         }
         if let Some(grace) = self.termination_grace_period_seconds {
             v.non_negative(&path.child("terminationGracePeriodSeconds"), grace);
+        }
+        for (field, present, reason) in [
+            (
+                "initContainers",
+                !self.init_containers.is_empty(),
+                "init containers are not supported",
+            ),
+            (
+                "ephemeralContainers",
+                !self.ephemeral_containers.is_empty(),
+                "ephemeral containers are not supported",
+            ),
+            (
+                "hostNetwork",
+                self.host_network,
+                "pods always get a network namespace of their own",
+            ),
+            (
+                "hostPID",
+                self.host_pid,
+                "pods always get a PID namespace of their own",
+            ),
+            (
+                "hostIPC",
+                self.host_ipc,
+                "pods always get an IPC namespace of their own",
+            ),
+            (
+                "shareProcessNamespace",
+                self.share_process_namespace,
+                "containers never share a PID namespace",
+            ),
+        ] {
+            if present {
+                v.error(&path.child(field), reason);
+            }
+        }
+        for (i, c) in self.containers.iter().enumerate() {
+            if c.startup_probe.is_some() {
+                v.error(
+                    &path.child("containers").index(i).child("startupProbe"),
+                    "startup probes are not supported",
+                );
+            }
+        }
+        let mut volume_names = BTreeSet::new();
+        for (i, volume) in self.volumes.iter().enumerate() {
+            let vp = path.child("volumes").index(i);
+            if !volume_names.insert(volume.name.as_str()) {
+                v.error(
+                    &vp.child("name"),
+                    &format!("duplicate volume name {:?}", volume.name),
+                );
+            }
+            volume.validate(v, &vp, self);
         }
     }
 }
@@ -1066,6 +1703,165 @@ spec:
         assert_eq!(
             fields("{preStop: {sleep: {seconds: -1}}}"),
             [format!("{prefix}.sleep.seconds")]
+        );
+    }
+
+    fn pod_errors(containers: &str) -> Vec<(String, String)> {
+        let yaml = format!("metadata: {{name: p}}\nspec: {{containers: {containers}}}");
+        match ResourceType::of::<Pod>().decode(Source::Yaml(&yaml)) {
+            Ok(_) => Vec::new(),
+            Err(DecodeError::Invalid { errors }) => {
+                errors.into_iter().map(|e| (e.field, e.reason)).collect()
+            }
+            Err(other) => panic!("malformed: {other}"),
+        }
+    }
+
+    #[test]
+    fn env_sources_are_checked_and_unknown_ones_refused_by_name() {
+        let ok = "[{name: c, image: i, resources: {limits: {cpu: '1'}}, env: [
+            {name: A, valueFrom: {configMapKeyRef: {name: cm, key: a.b}}},
+            {name: B, valueFrom: {secretKeyRef: {name: s, key: k, optional: true}}},
+            {name: C, valueFrom: {fieldRef: {fieldPath: \"metadata.labels['app']\"}}},
+            {name: D, valueFrom: {fieldRef: {fieldPath: status.podIP}}},
+            {name: E, valueFrom: {resourceFieldRef: {resource: limits.cpu, divisor: 1m}}}],
+          envFrom: [{prefix: X_, configMapRef: {name: cm}}, {secretRef: {name: s, optional: true}}]}]";
+        assert_eq!(pod_errors(ok), []);
+        let fields = |containers: &str| -> Vec<String> {
+            pod_errors(containers).into_iter().map(|e| e.0).collect()
+        };
+        let env = "spec.containers[0].env";
+        assert_eq!(
+            fields(
+                "[{name: c, image: i, env: [{name: A, value: x, valueFrom: {fieldRef: {fieldPath: spec.hostname}}}]}]"
+            ),
+            [
+                format!("{env}[0].valueFrom"),
+                format!("{env}[0].valueFrom.fieldRef.fieldPath")
+            ]
+        );
+        assert_eq!(
+            fields(
+                "[{name: c, image: i, env: [{name: A, valueFrom: {resourceFieldRef: {resource: limits.gpu, containerName: x}}}]}]"
+            ),
+            [
+                format!("{env}[0].valueFrom.resourceFieldRef.resource"),
+                format!("{env}[0].valueFrom.resourceFieldRef.containerName")
+            ]
+        );
+        // A source Berth does not know is refused with its path, not ignored.
+        let refused = pod_errors(
+            "[{name: c, image: i, env: [{name: A, valueFrom: {fileKeyRef: {path: x}}}]}]",
+        );
+        assert_eq!(
+            refused[0],
+            (
+                format!("{env}[0].valueFrom.fileKeyRef"),
+                "unsupported env source".to_owned()
+            )
+        );
+        assert_eq!(
+            fields(
+                "[{name: c, image: i, envFrom: [{prefix: X, configMapRef: {name: a}, secretRef: {name: b}}]}]"
+            ),
+            ["spec.containers[0].envFrom[0]"]
+        );
+        assert_eq!(
+            pod_errors("[{name: c, image: i}], initContainers: [{name: i, image: i}]"),
+            [(
+                "spec.initContainers".to_owned(),
+                "init containers are not supported".to_owned()
+            )]
+        );
+    }
+
+    #[test]
+    fn field_paths_name_labels_and_annotations() {
+        assert_eq!(
+            field_path_key("metadata.labels['app']"),
+            Some(("labels", "app"))
+        );
+        assert_eq!(
+            field_path_key("metadata.annotations[\"a/b\"]"),
+            Some(("annotations", "a/b"))
+        );
+        assert_eq!(field_path_key("metadata.labels"), None);
+        assert_eq!(resource_divisor("limits.cpu", Some("1m")), Ok(1));
+        assert_eq!(resource_divisor("limits.memory", Some("1Mi")), Ok(1 << 20));
+        assert!(resource_divisor("limits.memory", Some("0")).is_err());
+    }
+
+    #[test]
+    fn volumes_and_mounts_are_checked_and_unknown_sources_refused() {
+        let pod = |spec: &str| -> Vec<(String, String)> {
+            let yaml = format!("metadata: {{name: p}}\nspec:\n{spec}");
+            match ResourceType::of::<Pod>().decode(Source::Yaml(&yaml)) {
+                Ok(decoded) => {
+                    let pod: Pod = serde_json::from_value(decoded.object).expect("pod");
+                    pod.spec
+                        .volumes
+                        .iter()
+                        .filter_map(|v| v.secret.as_ref()?.default_mode)
+                        .map(|mode| ("mode".to_owned(), format!("{mode:o}")))
+                        .collect()
+                }
+                Err(DecodeError::Invalid { errors }) => {
+                    errors.into_iter().map(|e| (e.field, e.reason)).collect()
+                }
+                Err(other) => panic!("malformed: {other}"),
+            }
+        };
+        let ok = "  containers:
+  - name: c
+    image: i
+    volumeMounts:
+    - {name: config, mountPath: /etc/app, readOnly: true}
+    - {name: creds, mountPath: /etc/creds}
+    - {name: scratch, mountPath: /scratch, subPath: a/b}
+  volumes:
+  - {name: config, configMap: {name: app, items: [{key: k, path: dir/k.conf, mode: 0644}]}}
+  - {name: creds, secret: {secretName: db, defaultMode: 0400}}
+  - {name: scratch, emptyDir: {medium: Memory, sizeLimit: 64Mi}}
+  - {name: info, downwardAPI: {items: [{path: labels, fieldRef: {fieldPath: metadata.labels}},
+      {path: cpu, resourceFieldRef: {containerName: c, resource: limits.cpu}}]}}
+";
+        // YAML's 0400 is octal, as Kubernetes reads it.
+        assert_eq!(pod(ok), [("mode".to_owned(), "400".to_owned())]);
+        let fields = |spec: &str| -> Vec<String> { pod(spec).into_iter().map(|e| e.0).collect() };
+        assert_eq!(
+            fields(
+                "  containers:
+  - name: c
+    image: i
+    volumeMounts:
+    - {name: nope, mountPath: relative, subPath: ../x}
+    - {name: a, mountPath: /a}
+    - {name: a, mountPath: /a/}
+  volumes:
+  - {name: a, emptyDir: {medium: Disk}}
+  - {name: a, configMap: {name: x, items: [{key: k, path: /abs}], defaultMode: 01000}}
+"
+            ),
+            [
+                "spec.containers[0].volumeMounts[0].name",
+                "spec.containers[0].volumeMounts[0].mountPath",
+                "spec.containers[0].volumeMounts[0].subPath",
+                "spec.containers[0].volumeMounts[2].mountPath",
+                "spec.volumes[0].emptyDir.medium",
+                "spec.volumes[1].name",
+                "spec.volumes[1].configMap.items[0].path",
+                "spec.volumes[1].configMap.defaultMode",
+            ]
+        );
+        let refused = pod(
+            "  containers: [{name: c, image: i}]\n  volumes: [{name: data, hostPath: {path: /var}}]\n",
+        );
+        assert_eq!(
+            refused[0],
+            (
+                "spec.volumes[0].hostPath".to_owned(),
+                "unsupported volume source".to_owned()
+            )
         );
     }
 

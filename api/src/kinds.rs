@@ -5,6 +5,7 @@ use crate::{
     ResourceType,
     apps::{ControllerRevision, Deployment, ReplicaSet},
     autoscaling::HorizontalPodAutoscaler,
+    configuration::{ConfigMap, Secret},
     core::{Endpoints, Event, Namespace, Node, Pod, Service},
 };
 
@@ -18,3 +19,5 @@ pub static DEPLOYMENTS: ResourceType = ResourceType::of::<Deployment>();
 pub static REPLICASETS: ResourceType = ResourceType::of::<ReplicaSet>();
 pub static CONTROLLER_REVISIONS: ResourceType = ResourceType::of::<ControllerRevision>();
 pub static HPAS: ResourceType = ResourceType::of::<HorizontalPodAutoscaler>();
+pub static CONFIG_MAPS: ResourceType = ResourceType::of::<ConfigMap>();
+pub static SECRETS: ResourceType = ResourceType::of::<Secret>();

@@ -18,6 +18,7 @@ pub mod node {
 }
 pub mod apps;
 pub mod autoscaling;
+pub mod configuration;
 pub mod core;
 pub mod identity;
 pub mod kinds;

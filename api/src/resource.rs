@@ -8,6 +8,7 @@ use serde_json::Value;
 use crate::{
     apps::{ControllerRevision, Deployment, ReplicaSet},
     autoscaling::HorizontalPodAutoscaler,
+    configuration::{ConfigMap, Secret},
     core::{Endpoints, Event, Namespace, Node, Pod, Service},
     meta::{DEFAULT_NAMESPACE, ObjectMeta},
     validation::{FieldError, FieldPath, Validator},
@@ -205,6 +206,27 @@ resource!(
             .validate(v, &FieldPath::root("data").child("spec"));
     }
 );
+resource!(
+    ConfigMap,
+    group = "",
+    plural = "configmaps",
+    namespaced = true,
+    status = false,
+    short_names = ["cm"],
+    |this, v| {
+        this.validate(v);
+    }
+);
+resource!(
+    Secret,
+    group = "",
+    plural = "secrets",
+    namespaced = true,
+    status = false,
+    |this, v| {
+        this.validate(v);
+    }
+);
 
 resource!(
     HorizontalPodAutoscaler,
@@ -331,6 +353,8 @@ pub static RESOURCE_TYPES: &[ResourceType] = &[
     ResourceType::of::<ReplicaSet>(),
     ResourceType::of::<ControllerRevision>(),
     ResourceType::of::<HorizontalPodAutoscaler>(),
+    ResourceType::of::<ConfigMap>(),
+    ResourceType::of::<Secret>(),
 ];
 
 pub fn find_by_kind(api_version: &str, kind: &str) -> Option<&'static ResourceType> {
@@ -373,21 +397,42 @@ fn decode<R: Resource>(source: Source<'_>) -> Result<Decoded, DecodeError> {
         }
     };
     let mut object = typed?;
-    let unknown_fields: Vec<String> = ignored
-        .into_iter()
+    let mut refused = Vec::new();
+    let mut unknown_fields = Vec::new();
+    for path in ignored {
+        // Option layers show as `?` segments; the user's path has none.
+        let path = path
+            .split('.')
+            .filter(|segment| *segment != "?")
+            .collect::<Vec<_>>()
+            .join(".");
         // Read-only metadata that kubectl round-trips; not worth a warning.
-        .filter(|path| {
-            !matches!(
-                path.as_str(),
-                "metadata.managedFields" | "metadata.selfLink" | "status"
-            )
-        })
-        .collect();
+        if matches!(
+            path.as_str(),
+            "metadata.managedFields" | "metadata.selfLink" | "status"
+        ) {
+            continue;
+        }
+        match refusal(&path) {
+            Some(reason) => refused.push(FieldError {
+                field: indexed(&path),
+                reason: reason.to_owned(),
+            }),
+            None => unknown_fields.push(path),
+        }
+    }
+    match normalize(&mut object) {
+        Ok(()) => {}
+        Err(DecodeError::Invalid { errors }) => refused.extend(errors),
+        Err(other) => return Err(other),
+    }
+    if !refused.is_empty() {
+        return Err(DecodeError::Invalid { errors: refused });
+    }
     let warnings = unknown_fields
         .iter()
         .map(|path| format!("{path}: unsupported field, ignored"))
         .collect();
-    normalize(&mut object)?;
     let object = serde_json::to_value(&object).map_err(|e| DecodeError::Malformed {
         line: None,
         message: e.to_string(),
@@ -397,6 +442,63 @@ fn decode<R: Resource>(source: Source<'_>) -> Result<Decoded, DecodeError> {
         warnings,
         unknown_fields,
     })
+}
+
+/// Pod fields Berth does not implement and cannot ignore whatever their value: running
+/// the pod without them would change what the application does (its configuration, its
+/// files), so the object is refused with the field named. Other unknown fields are
+/// warnings; fields that matter only with some values (`hostNetwork: true`,
+/// `initContainers` that are not empty) are typed and checked in `core`. Matched on the
+/// last segments of an ignored field's path, in any kind that holds a pod spec.
+const REFUSED: &[(&[&str], &str)] = &[
+    (&["volumes", "#", "*"], "unsupported volume source"),
+    (&["env", "#", "valueFrom", "*"], "unsupported env source"),
+    (&["envFrom", "#", "*"], "unsupported envFrom source"),
+    (
+        &["volumeMounts", "#", "mountPropagation"],
+        "mount propagation is not supported",
+    ),
+    (
+        &["volumeMounts", "#", "subPathExpr"],
+        "subPathExpr is not supported: use subPath",
+    ),
+    (
+        &["containers", "#", "volumeDevices"],
+        "block devices are not supported",
+    ),
+];
+
+/// Why an ignored field at `path` refuses the object, if it does (see [`REFUSED`]).
+fn refusal(path: &str) -> Option<&'static str> {
+    let segments: Vec<&str> = path.split('.').collect();
+    REFUSED.iter().find_map(|(pattern, reason)| {
+        let tail = segments.len().checked_sub(pattern.len())?;
+        let matches = pattern
+            .iter()
+            .zip(&segments[tail..])
+            .all(|(want, got)| match *want {
+                "#" => got.parse::<usize>().is_ok(),
+                "*" => true,
+                want => want == *got,
+            });
+        matches.then_some(*reason)
+    })
+}
+
+/// `spec.containers.0.env` as validation errors spell it: `spec.containers[0].env`.
+fn indexed(path: &str) -> String {
+    let mut out = String::new();
+    for segment in path.split('.') {
+        if segment.parse::<usize>().is_ok() {
+            out.push_str(&format!("[{segment}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(segment);
+        }
+    }
+    out
 }
 
 /// Checks a typed object and fills its `apiVersion`, `kind` and default namespace: what

@@ -334,6 +334,8 @@ pub fn columns(rt: &ResourceType) -> Vec<Column> {
             &["Count"],
         ),
         "ControllerRevision" => (&["Name", "Controller", "Revision", "Age"], &[]),
+        "ConfigMap" => (&["Name", "Data", "Age"], &[]),
+        "Secret" => (&["Name", "Type", "Data", "Age"], &[]),
         "HorizontalPodAutoscaler" => (
             &[
                 "Name",
@@ -475,6 +477,35 @@ pub fn cells(rt: &ResourceType, item: &Value) -> Vec<String> {
             ],
             vec![],
         ),
+        "ConfigMap" => {
+            let count = |field: &str| {
+                item.get(field)
+                    .and_then(Value::as_object)
+                    .map_or(0, |m| m.len())
+            };
+            (
+                vec![
+                    name,
+                    (count("data") + count("binaryData")).to_string(),
+                    created,
+                ],
+                vec![],
+            )
+        }
+        "Secret" => {
+            let data = item
+                .get("data")
+                .and_then(Value::as_object)
+                .map_or(0, |m| m.len());
+            let type_ = match str_at(item, "/type") {
+                "" => "Opaque",
+                other => other,
+            };
+            (
+                vec![name, type_.to_owned(), data.to_string(), created],
+                vec![],
+            )
+        }
         "ControllerRevision" => {
             let owner = item
                 .pointer("/metadata/ownerReferences/0")

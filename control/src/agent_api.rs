@@ -1,17 +1,18 @@
 //! The agents' gRPC API (berth.agent.v1): join with a bootstrap token, then mTLS with a
 //! node certificate from the control plane's CA. The node a call acts for is read from
-//! its certificate, so a node can only heartbeat as itself, see its own pods and
-//! report status for pods bound to it.
+//! its certificate, so a node can only heartbeat as itself, see its own pods, read the
+//! ConfigMaps and Secrets they use, and report status for pods bound to it.
 
 use std::{net::Ipv4Addr, pin::Pin, sync::Arc, time::Duration};
 
 use berth_api::{
     agent::{
-        HeartbeatRequest, HeartbeatResponse, JoinRequest, JoinResponse, PodDeletion,
-        PodDeletionAck, PodStatusAck, PodStatusReport, WatchEvent, WatchRequest, agent_server,
-        watch_event::Type,
+        HeartbeatRequest, HeartbeatResponse, JoinRequest, JoinResponse, PodConfigRequest,
+        PodConfigResponse, PodDeletion, PodDeletionAck, PodStatusAck, PodStatusReport, WatchEvent,
+        WatchRequest, agent_server, watch_event::Type,
     },
-    kinds::{ENDPOINTS, NODES, PODS, SERVICES},
+    core::Pod,
+    kinds::{CONFIG_MAPS, ENDPOINTS, NODES, PODS, SECRETS, SERVICES},
     selector::{FieldSelector, Selector},
     validation::check_dns_subdomain,
 };
@@ -485,6 +486,57 @@ impl agent_server::Agent for AgentService {
             Err(e) if e.is_not_found() => Ok(Response::new(PodDeletionAck {})),
             Err(e) => Err(status(e)),
         }
+    }
+
+    async fn get_pod_config(
+        &self,
+        request: Request<PodConfigRequest>,
+    ) -> Result<Response<PodConfigResponse>, Status> {
+        let node = node_of(&request)?;
+        let wanted = request.into_inner();
+        let rt = match wanted.kind.as_str() {
+            "ConfigMap" => &CONFIG_MAPS,
+            "Secret" => &SECRETS,
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "kind {other:?}: a node reads ConfigMaps and Secrets only"
+                )));
+            }
+        };
+        // The node authorizer's rule: only what a pod bound to this node references.
+        let fields = FieldSelector::parse(&format!("spec.nodeName={node}"))
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let (pods, _) = self
+            .registry
+            .list(
+                &PODS,
+                Some(&wanted.namespace),
+                &Selector::default(),
+                &fields,
+            )
+            .await
+            .map_err(status)?;
+        let used = pods.into_iter().any(|pod| {
+            serde_json::from_value::<Pod>(pod).is_ok_and(|pod| {
+                pod.spec
+                    .config_references()
+                    .contains(&(rt.kind, wanted.name.as_str()))
+            })
+        });
+        if !used {
+            return Err(Status::permission_denied(format!(
+                "no pod bound to node {node} uses {} {}/{}",
+                rt.kind, wanted.namespace, wanted.name
+            )));
+        }
+        let object = self
+            .registry
+            .get(rt, &wanted.namespace, &wanted.name)
+            .await
+            .map_err(status)?;
+        let object_json =
+            serde_json::to_vec(&object).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(PodConfigResponse { object_json }))
     }
 }
 

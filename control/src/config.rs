@@ -140,6 +140,12 @@ impl Config {
         self.data_dir.join("state.redb")
     }
 
+    /// The AES keys Secrets are encrypted with in the store (`key<N>.key`; the highest
+    /// `N` encrypts, every one decrypts).
+    pub fn encryption_keys_dir(&self) -> PathBuf {
+        self.data_dir.join("encryption")
+    }
+
     pub fn pki_dir(&self) -> PathBuf {
         self.data_dir.join("pki")
     }

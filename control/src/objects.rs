@@ -7,6 +7,7 @@ use berth_api::{
     Resource, ResourceType,
     apps::{ControllerRevision, Deployment, ReplicaSet},
     autoscaling::HorizontalPodAutoscaler,
+    configuration::{ConfigMap, Secret},
     core::{Endpoints, Event, Namespace, Node, Pod, Service},
     meta::ObjectMeta,
 };
@@ -83,6 +84,8 @@ pub enum Object {
     ReplicaSet(ReplicaSet),
     ControllerRevision(ControllerRevision),
     HorizontalPodAutoscaler(HorizontalPodAutoscaler),
+    ConfigMap(ConfigMap),
+    Secret(Secret),
 }
 
 /// A kind of [`Object`]: how to get it in and out of the enum, and its entry in the kind
@@ -175,6 +178,8 @@ kinds! {
     ReplicaSet => REPLICASETS [status],
     ControllerRevision => CONTROLLER_REVISIONS,
     HorizontalPodAutoscaler => HPAS [status],
+    ConfigMap => CONFIG_MAPS,
+    Secret => SECRETS,
 }
 
 impl Object {

@@ -28,7 +28,7 @@ use crate::{
     node_client::NodeClient,
     pki::{self, Pki},
     registry::Registry,
-    store::{RedbStore, Store},
+    store::{EncryptedStore, Keyring, RedbStore, Store},
     tokens::{BootstrapTokens, TokenError},
     usage::Usage,
 };
@@ -44,6 +44,8 @@ pub enum ServerError {
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Pki(#[from] pki::PkiError),
+    #[error("the Secrets' encryption keys: {0}")]
+    Keyring(#[from] crate::store::KeyringError),
     #[error(transparent)]
     Kubeconfig(#[from] berth_api::kubeconfig::KubeconfigError),
     #[error("TLS setup: {0}")]
@@ -80,7 +82,17 @@ impl Server {
             what: format!("creating {}", config.data_dir.display()),
             source,
         })?;
-        let store: Arc<dyn Store> = Arc::new(RedbStore::open(&config.store_path())?);
+        // Secrets are sealed below everything that reads or writes the store.
+        let store: Arc<dyn Store> = Arc::new(EncryptedStore::new(
+            RedbStore::open(&config.store_path())?,
+            Keyring::load_or_create(&config.encryption_keys_dir())?,
+            vec![crate::objects::prefix(&berth_api::kinds::SECRETS, None)],
+        ));
+        // A Secret no key here decrypts would break every watch at its first event: say
+        // which key is missing now instead.
+        store
+            .list(&crate::objects::prefix(&berth_api::kinds::SECRETS, None))
+            .map_err(|e| ServerError::Setup(format!("reading the stored Secrets: {e}")))?;
         let metrics = Metrics::new()?;
         let (listener, local_addr) = bind(config.listen, "bound").await?;
         // A wildcard listen address is reached through loopback from this machine.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::http::Method;
 use berth_api::agent::{
-    HeartbeatRequest, JoinRequest, PodDeletion, PodStatusReport, WatchRequest,
+    HeartbeatRequest, JoinRequest, PodConfigRequest, PodDeletion, PodStatusReport, WatchRequest,
     agent_client::AgentClient, watch_event::Type,
 };
 use berth_sim::hollow::{HollowHandle, HollowNode};
@@ -345,4 +345,85 @@ async fn unchanged_heartbeats_do_not_rewrite_the_node() {
     let (_, stored) = c.t.call(Method::GET, "/api/v1/nodes/steady", None).await;
     assert_eq!(stored["status"]["addresses"][0]["address"], "198.18.7.2");
     assert_eq!(stored["metadata"]["resourceVersion"], moved.as_str());
+}
+
+/// A node reads the ConfigMaps and Secrets its own pods use and nothing else (Kubernetes'
+/// node authorizer); a used one that does not exist is NOT_FOUND.
+#[tokio::test]
+async fn nodes_read_only_the_config_their_pods_use() {
+    let c = cluster_with(&["--no-controllers"]).await;
+    let (status, body) =
+        c.t.apply(
+            "apiVersion: v1
+kind: ConfigMap
+metadata: {name: app}
+data: {mode: fast}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: other}
+data: {x: y}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: db}
+stringData: {password: hunter2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web}
+spec:
+  nodeName: n1
+  containers:
+  - name: web
+    image: berth/echo:v1
+    env: [{name: MODE, valueFrom: {configMapKeyRef: {name: app, key: mode}}}]
+    envFrom: [{secretRef: {name: db}}, {configMapRef: {name: later}}]
+",
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let c = &c;
+    let join = |name: &'static str| async move {
+        HollowNode::join(&c.t.server.agent_url, &c.ca, &c.token, name)
+            .await
+            .expect("join")
+            .client()
+    };
+    let (n1, n2) = (join("n1").await, join("n2").await);
+    let get = |kind: &str, name: &str| PodConfigRequest {
+        kind: kind.to_owned(),
+        namespace: "default".to_owned(),
+        name: name.to_owned(),
+    };
+    let config_map = n1
+        .clone()
+        .get_pod_config(get("ConfigMap", "app"))
+        .await
+        .expect("n1 reads its pod's ConfigMap")
+        .into_inner();
+    let config_map: Value = serde_json::from_slice(&config_map.object_json).expect("json");
+    assert_eq!(config_map["data"]["mode"], "fast");
+    let secret = n1
+        .clone()
+        .get_pod_config(get("Secret", "db"))
+        .await
+        .expect("n1 reads its pod's Secret")
+        .into_inner();
+    let secret: Value = serde_json::from_slice(&secret.object_json).expect("json");
+    assert_eq!(secret["data"]["password"], "aHVudGVyMg==");
+    for (client, kind, name, code) in [
+        (&n1, "ConfigMap", "other", Code::PermissionDenied),
+        (&n2, "ConfigMap", "app", Code::PermissionDenied),
+        (&n2, "Secret", "db", Code::PermissionDenied),
+        (&n1, "ConfigMap", "later", Code::NotFound),
+        (&n1, "Pod", "web", Code::InvalidArgument),
+    ] {
+        let error = client
+            .clone()
+            .get_pod_config(get(kind, name))
+            .await
+            .expect_err("refused");
+        assert_eq!(error.code(), code, "{kind} {name}: {error}");
+    }
 }

@@ -344,7 +344,7 @@ mod tests {
                 Some("did you mean `apiVersion: apps/v1` and `kind: Deployment`?"),
             ),
             (
-                "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n",
+                "apiVersion: batch/v1\nkind: CronJob\nmetadata: {name: a}\n",
                 None,
             ),
         ] {

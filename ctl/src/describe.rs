@@ -2,7 +2,11 @@
 
 use std::io::Write;
 
-use berth_api::{ResourceType, apps::template_hash};
+use berth_api::{
+    ResourceType,
+    apps::template_hash,
+    configuration::{ConfigMap, Secret},
+};
 use hyper::http::Method;
 use serde_json::Value;
 
@@ -479,6 +483,42 @@ async fn describe_node(ctx: &Ctx, sheet: &mut Sheet, node: &Value) -> Result<(),
     Ok(())
 }
 
+/// A Secret's type and the size of each value, never the values (as kubectl).
+fn describe_secret(sheet: &mut Sheet, object: &Value) {
+    let secret: Secret = serde_json::from_value(object.clone()).unwrap_or_default();
+    sheet.field(0, "Type", secret.secret_type());
+    if secret.immutable == Some(true) {
+        sheet.field(0, "Immutable", "true");
+    }
+    sheet.heading(0, "Data");
+    for (key, value) in &secret.data {
+        sheet.field(0, key, format!("{} bytes", value.0.len()));
+    }
+}
+
+/// A ConfigMap's values: text in full, binary values by size (as kubectl).
+fn describe_config_map(sheet: &mut Sheet, object: &Value) {
+    let config_map: ConfigMap = serde_json::from_value(object.clone()).unwrap_or_default();
+    if config_map.immutable == Some(true) {
+        sheet.field(0, "Immutable", "true");
+    }
+    sheet.heading(0, "Data");
+    for (key, value) in &config_map.data {
+        sheet.text(0, format!("{key}:"));
+        sheet.text(0, "----".to_owned());
+        for line in value.lines() {
+            sheet.text(0, line.to_owned());
+        }
+        sheet.text(0, String::new());
+    }
+    if !config_map.binary_data.is_empty() {
+        sheet.heading(0, "BinaryData");
+        for (key, value) in &config_map.binary_data {
+            sheet.field(0, key, format!("{} bytes", value.0.len()));
+        }
+    }
+}
+
 /// Everything describe shows besides the events.
 async fn describe_object(ctx: &Ctx, rt: &ResourceType, object: &Value) -> Result<String, CtlError> {
     let mut sheet = Sheet::default();
@@ -488,6 +528,8 @@ async fn describe_object(ctx: &Ctx, rt: &ResourceType, object: &Value) -> Result
         "Deployment" => describe_deployment(ctx, &mut sheet, object).await?,
         "Service" => describe_service(ctx, &mut sheet, object).await?,
         "Node" => describe_node(ctx, &mut sheet, object).await?,
+        "Secret" => describe_secret(&mut sheet, object),
+        "ConfigMap" => describe_config_map(&mut sheet, object),
         "ReplicaSet" => {
             sheet.field(
                 0,

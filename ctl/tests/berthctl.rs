@@ -107,7 +107,7 @@ fn row<'a>(table: &'a str, name: &str) -> Option<Vec<&'a str>> {
         .find(|cells| cells.first() == Some(&name))
 }
 
-const APP: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      hostNetwork: true\n      containers: [{name: web, image: 'echo:1'}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {selector: {app: web}, ports: [{port: 80}]}\n";
+const APP: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      priorityClassName: high\n      containers: [{name: web, image: 'echo:1'}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {selector: {app: web}, ports: [{port: 80}]}\n";
 
 #[tokio::test]
 async fn apply_get_scale_undo_events_delete() {
@@ -130,7 +130,7 @@ async fn apply_get_scale_undo_events_delete() {
     );
     assert!(
         run.err.contains(
-            "Warning: deployment.apps/web: spec.template.spec.hostNetwork: unsupported field"
+            "Warning: deployment.apps/web: spec.template.spec.priorityClassName: unsupported field"
         ),
         "{}",
         run.err
@@ -389,7 +389,7 @@ async fn create_refuses_existing_objects() {
         "deployment.apps/web created\nservice/web created\n"
     );
     assert!(
-        run.err.contains("hostNetwork: unsupported field"),
+        run.err.contains("priorityClassName: unsupported field"),
         "{}",
         run.err
     );

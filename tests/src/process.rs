@@ -205,6 +205,8 @@ pub async fn remove_node_pods(name: &str, node: &NetNs) {
             }
             let _ = runtime.remove(&container.id).await;
         }
+        // Memory emptyDirs: tmpfs volumes the engine keeps for the node's pods.
+        let _ = runtime.remove_volumes(&[("berth.node", name)]).await;
     }
     let links = node.ip(&["-o", "link", "show"]).unwrap_or_default();
     for line in links.lines() {

@@ -26,8 +26,11 @@
 //! restarted.
 
 mod backoff;
+pub mod configs;
+mod env;
 mod spec;
 mod status;
+mod volumes;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -41,10 +44,12 @@ use tokio::{
     task::AbortHandle,
 };
 
+use self::configs::PodConfigs;
 pub use self::{
     backoff::BackoffConfig,
     spec::{
-        ContainerDesired, DEFAULT_TERMINATION_GRACE, PodDesired, PreStop, RestartPolicy, SpecError,
+        ContainerDesired, DEFAULT_TERMINATION_GRACE, EnvFrom, EnvValue, MountDesired, PodDesired,
+        PreStop, RestartPolicy, SpecError, VolumeDesired, VolumeSource,
     },
     status::{ContainerReport, ContainerState, PodPhase, PodReport, Terminated, reason},
 };
@@ -54,8 +59,8 @@ use crate::{
     podnet::{self, PodNetwork},
     probes::{self, ProbeEvent, ProbeKind, ProbeState, ProbeTarget},
     runtime::{
-        ContainerSpec, ContainerSummary, DnsSettings, DockerRuntime, NetworkMode, RuntimeError,
-        labels,
+        ContainerSpec, ContainerSummary, DnsSettings, DockerRuntime, Limits, NetworkMode,
+        RuntimeError, labels,
     },
 };
 
@@ -90,6 +95,11 @@ pub struct PodManagerConfig {
     pub pod_mtu: Option<u32>,
     pub backoff: BackoffConfig,
     pub resync_period: Duration,
+    /// The node's CPU and memory: what `limits.*` resource fields read for a container
+    /// without limits.
+    pub allocatable: Limits,
+    /// Where pods' volumes live on the node (`<dir>/<pod uid>/<volume>`).
+    pub volumes_dir: std::path::PathBuf,
 }
 
 impl PodManagerConfig {
@@ -103,6 +113,8 @@ impl PodManagerConfig {
             pod_mtu: None,
             backoff: BackoffConfig::default(),
             resync_period: DEFAULT_RESYNC_PERIOD,
+            allocatable: Limits::default(),
+            volumes_dir: std::env::temp_dir().join("berth-pods").join(node),
         }
     }
 }
@@ -166,6 +178,10 @@ pub enum ActionKind {
     CreateFailed {
         message: String,
     },
+    /// A ConfigMap, Secret or key the container needs is missing: it waits for it.
+    ConfigError {
+        message: String,
+    },
     PodRemoved,
 }
 
@@ -192,6 +208,7 @@ pub struct PodManager {
     pods: BTreeMap<String, PodState>,
     events: mpsc::UnboundedSender<PodEvent>,
     wake: Arc<Notify>,
+    configs: PodConfigs,
 }
 
 struct PodState {
@@ -199,6 +216,11 @@ struct PodState {
     sandbox: Option<Sandbox>,
     containers: BTreeMap<String, ContainerTrack>,
     message: String,
+    /// What each file volume holds now.
+    written: BTreeMap<String, volumes::Payload>,
+    /// Why the volumes could not be set up (a missing ConfigMap or Secret): no container
+    /// is created until they are.
+    volume_error: Option<String>,
 }
 
 struct Sandbox {
@@ -299,6 +321,7 @@ impl PodManager {
                 pods: BTreeMap::new(),
                 events,
                 wake: Arc::new(Notify::new()),
+                configs: PodConfigs::default(),
             },
             receiver,
         ))
@@ -306,6 +329,16 @@ impl PodManager {
 
     pub fn config(&self) -> &PodManagerConfig {
         &self.config
+    }
+
+    /// The ConfigMaps and Secrets the manager reads, for whoever keeps them current.
+    pub fn configs(&self) -> PodConfigs {
+        self.configs.clone()
+    }
+
+    /// Wakes [`PodManager::run`] for a pass (a ConfigMap or Secret changed).
+    pub fn waker(&self) -> Arc<Notify> {
+        Arc::clone(&self.wake)
     }
 
     pub fn ipam(&self) -> &Ipam {
@@ -534,6 +567,7 @@ impl PodManager {
         for pause in pauses {
             self.stop_and_remove(&pause.id, PAUSE_STOP_GRACE).await;
         }
+        volumes::remove(&self.config.volumes_dir, &uid, &self.runtime).await;
         let action = Action {
             pod: pod.unwrap_or_default(),
             uid: uid.clone(),
@@ -603,6 +637,8 @@ impl PodManager {
             sandbox: None,
             containers: BTreeMap::new(),
             message: String::new(),
+            written: BTreeMap::new(),
+            volume_error: None,
         });
         state.desired = desired.clone();
         let (pauses, mut apps): (Vec<_>, Vec<_>) = containers.into_iter().partition(|container| {
@@ -617,6 +653,7 @@ impl PodManager {
                 apps.clear();
             }
             state.message.clear();
+            self.sync_volumes(&mut state);
             let wanted: BTreeSet<&str> = desired
                 .containers
                 .iter()
@@ -643,6 +680,38 @@ impl PodManager {
                 .retain(|name, _| wanted.contains(name.as_str()));
         }
         self.pods.insert(desired.uid.clone(), state);
+    }
+
+    /// Writes the pod's volumes as they should be now (files following their ConfigMaps
+    /// and Secrets); what fails is kept as the reason its containers wait.
+    fn sync_volumes(&self, state: &mut PodState) {
+        let Some(sandbox) = &state.sandbox else {
+            return;
+        };
+        if state.desired.volumes.is_empty() {
+            state.volume_error = None;
+            return;
+        }
+        let Some(pod_dir) = volumes::pod_dir(&self.config.volumes_dir, &state.desired.uid) else {
+            state.volume_error = Some(format!(
+                "pod uid {:?} is not a path name",
+                state.desired.uid
+            ));
+            return;
+        };
+        let cx = env::EnvContext {
+            pod: &state.desired,
+            pod_ip: sandbox.network.pod_ip,
+            node: &self.config.node,
+            allocatable: self.config.allocatable,
+            configs: &self.configs,
+        };
+        let result =
+            volumes::sync(&pod_dir, &state.desired, &cx, &mut state.written).and_then(|()| {
+                volumes::make_sub_paths(&pod_dir, &state.desired)
+                    .map_err(|e| format!("making a subPath: {e}"))
+            });
+        state.volume_error = result.err();
     }
 
     /// Makes sure the pod has a running pause container with its network wired;
@@ -1024,6 +1093,36 @@ impl PodManager {
             return;
         }
         let attempt = next_attempt.unwrap_or(track.restart_count);
+        let resolved = match &state.volume_error {
+            Some(error) => Err(error.clone()),
+            None => env::resolve(
+                desired,
+                &env::EnvContext {
+                    pod: &state.desired,
+                    pod_ip,
+                    node: &self.config.node,
+                    allocatable: self.config.allocatable,
+                    configs: &self.configs,
+                },
+            ),
+        };
+        let env = match resolved {
+            Ok(env) => env,
+            Err(message) => {
+                // Tried again on every pass (and at once when the object arrives).
+                let waiting = (reason::CREATE_CONTAINER_CONFIG_ERROR.to_owned(), message);
+                if track.waiting.as_ref() != Some(&waiting) {
+                    actions.push(action(ActionKind::ConfigError {
+                        message: waiting.1.clone(),
+                    }));
+                }
+                if let Some(attempt) = next_attempt {
+                    track.restart_count = attempt;
+                }
+                track.waiting = Some(waiting);
+                return;
+            }
+        };
         let spec = ContainerSpec {
             pod_namespace: state.desired.namespace.clone(),
             pod_name: state.desired.name.clone(),
@@ -1033,7 +1132,13 @@ impl PodManager {
             image: desired.image.clone(),
             command: desired.command.clone(),
             args: desired.args.clone(),
-            env: desired.env.clone(),
+            working_dir: desired.working_dir.clone(),
+            env,
+            mounts: volumes::pod_dir(&self.config.volumes_dir, &uid)
+                .map(|pod_dir| {
+                    volumes::mounts(&pod_dir, &state.desired, &self.config.node, desired)
+                })
+                .unwrap_or_default(),
             limits: desired.limits,
             network: NetworkMode::Container(pause_id),
             extra_labels: BTreeMap::from([

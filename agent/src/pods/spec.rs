@@ -2,10 +2,14 @@
 //! before the pod manager acts on it (so the manager never meets a quantity string or a
 //! named port).
 
-use std::time::Duration;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
 
 use berth_api::core::{self as api, IntOrString};
 
+use super::configs::{ConfigKey, ConfigKind};
 use crate::{
     probes::{ContainerProbes, ProbeAction, ProbeKind, ProbeSpec},
     runtime::Limits,
@@ -36,7 +40,7 @@ impl RestartPolicy {
 }
 
 /// A pod this node should run.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PodDesired {
     pub namespace: String,
     pub name: String,
@@ -48,6 +52,180 @@ pub struct PodDesired {
     /// no more of it, and then confirms the deletion.
     pub terminating: bool,
     pub containers: Vec<ContainerDesired>,
+    /// For `fieldRef`s to `metadata.labels['KEY']` and `metadata.annotations['KEY']`.
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub volumes: Vec<VolumeDesired>,
+}
+
+/// A volume of the pod (`super::volumes` sets it up).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeDesired {
+    pub name: String,
+    pub source: VolumeSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VolumeSource {
+    /// A ConfigMap's or Secret's keys as files: (key, path, mode) per item, every key at
+    /// its own name when `items` is empty.
+    Keys {
+        kind: ConfigKind,
+        name: String,
+        items: Vec<(String, String, Option<u32>)>,
+        default_mode: u32,
+        optional: bool,
+    },
+    EmptyDir {
+        memory: bool,
+        size_limit: Option<u64>,
+    },
+    /// Pod fields as files: (path, value, mode); a value is a `Field` or `Resource`.
+    DownwardApi {
+        items: Vec<(String, EnvValue, Option<u32>)>,
+        default_mode: u32,
+    },
+}
+
+impl VolumeSource {
+    /// Whether the container only reads it (ConfigMap, Secret and downward API volumes,
+    /// as in Kubernetes).
+    pub fn read_only(&self) -> bool {
+        !matches!(self, VolumeSource::EmptyDir { .. })
+    }
+}
+
+/// A volume of the pod mounted into a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountDesired {
+    pub volume: String,
+    pub path: String,
+    pub read_only: bool,
+    pub sub_path: Option<String>,
+}
+
+/// Kubernetes' default mode of ConfigMap, Secret and downward API files.
+pub const DEFAULT_FILE_MODE: u32 = 0o644;
+
+fn mode(mode: Option<i32>) -> Option<u32> {
+    mode.and_then(|mode| u32::try_from(mode).ok())
+}
+
+fn volume_from_api(volume: &api::Volume) -> Result<VolumeDesired, (String, String)> {
+    let keys =
+        |kind, name: &str, items: &[api::KeyToPath], default_mode, optional: Option<bool>| {
+            VolumeSource::Keys {
+                kind,
+                name: name.to_owned(),
+                items: items
+                    .iter()
+                    .map(|item| (item.key.clone(), item.path.clone(), mode(item.mode)))
+                    .collect(),
+                default_mode: mode(default_mode).unwrap_or(DEFAULT_FILE_MODE),
+                optional: optional == Some(true),
+            }
+        };
+    let source = match (
+        &volume.config_map,
+        &volume.secret,
+        &volume.empty_dir,
+        &volume.downward_api,
+    ) {
+        (Some(source), None, None, None) => keys(
+            ConfigKind::ConfigMap,
+            &source.name,
+            &source.items,
+            source.default_mode,
+            source.optional,
+        ),
+        (None, Some(source), None, None) => keys(
+            ConfigKind::Secret,
+            &source.secret_name,
+            &source.items,
+            source.default_mode,
+            source.optional,
+        ),
+        (None, None, Some(source), None) => VolumeSource::EmptyDir {
+            memory: source.medium == "Memory",
+            size_limit: source
+                .size_limit
+                .as_deref()
+                .map(api::parse_memory_bytes)
+                .transpose()
+                .map_err(|reason| ("emptyDir.sizeLimit".to_owned(), reason))?,
+        },
+        (None, None, None, Some(source)) => VolumeSource::DownwardApi {
+            items: source
+                .items
+                .iter()
+                .map(|item| {
+                    let value = match (&item.field_ref, &item.resource_field_ref) {
+                        (Some(field), None) => EnvValue::Field(field.field_path.clone()),
+                        (None, Some(resource)) => EnvValue::Resource {
+                            container: resource.container_name.clone(),
+                            resource: resource.resource.clone(),
+                            divisor: api::resource_divisor(
+                                &resource.resource,
+                                resource.divisor.as_deref(),
+                            )
+                            .map_err(|reason| ("downwardAPI.items".to_owned(), reason))?,
+                        },
+                        _ => {
+                            return Err((
+                                "downwardAPI.items".to_owned(),
+                                "each needs exactly one of fieldRef or resourceFieldRef".to_owned(),
+                            ));
+                        }
+                    };
+                    Ok((item.path.clone(), value, mode(item.mode)))
+                })
+                .collect::<Result<_, _>>()?,
+            default_mode: mode(source.default_mode).unwrap_or(DEFAULT_FILE_MODE),
+        },
+        _ => {
+            return Err((
+                String::new(),
+                "needs exactly one of configMap, secret, emptyDir or downwardAPI".to_owned(),
+            ));
+        }
+    };
+    Ok(VolumeDesired {
+        name: volume.name.clone(),
+        source,
+    })
+}
+
+/// Where an environment variable's value comes from; resolved when the container is
+/// created (`super::env`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnvValue {
+    /// As written; `$(NAME)` names an earlier variable.
+    Literal(String),
+    /// A key of a ConfigMap or Secret in the pod's namespace.
+    Key {
+        kind: ConfigKind,
+        name: String,
+        key: String,
+        optional: bool,
+    },
+    /// A field of the pod (`metadata.name`, `status.podIP`, ...).
+    Field(String),
+    /// A container's request or limit (`limits.cpu`, ...) in units of `divisor` (of
+    /// millicores or bytes).
+    Resource {
+        container: String,
+        resource: String,
+        divisor: u64,
+    },
+}
+
+/// Every key of a ConfigMap or Secret as a variable, `prefix` first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvFrom {
+    pub prefix: String,
+    pub kind: ConfigKind,
+    pub name: String,
+    pub optional: bool,
 }
 
 /// A container's `lifecycle.preStop` hook.
@@ -65,8 +243,13 @@ pub struct ContainerDesired {
     pub image: String,
     pub command: Option<Vec<String>>,
     pub args: Option<Vec<String>>,
-    pub env: Vec<(String, String)>,
+    pub working_dir: Option<String>,
+    pub env: Vec<(String, EnvValue)>,
+    pub env_from: Vec<EnvFrom>,
     pub limits: Limits,
+    /// For `resourceFieldRef`s to requests.
+    pub requests: Limits,
+    pub mounts: Vec<MountDesired>,
     pub probes: ContainerProbes,
     pub pre_stop: Option<PreStop>,
 }
@@ -141,6 +324,32 @@ impl PodDesired {
         if containers.is_empty() {
             return Err(error("spec.containers".to_owned(), "is empty".to_owned()));
         }
+        let volumes = pod
+            .spec
+            .volumes
+            .iter()
+            .enumerate()
+            .map(|(index, volume)| {
+                volume_from_api(volume).map_err(|(field, reason)| {
+                    let field = if field.is_empty() {
+                        format!("spec.volumes[{index}]")
+                    } else {
+                        format!("spec.volumes[{index}].{field}")
+                    };
+                    error(field, reason)
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        for (index, container) in containers.iter().enumerate() {
+            for mount in &container.mounts {
+                if !volumes.iter().any(|volume| volume.name == mount.volume) {
+                    return Err(error(
+                        format!("spec.containers[{index}].volumeMounts"),
+                        format!("no volume {:?}", mount.volume),
+                    ));
+                }
+            }
+        }
         Ok(PodDesired {
             namespace: pod.metadata.namespace.clone(),
             name: pod.metadata.name.clone(),
@@ -149,8 +358,73 @@ impl PodDesired {
             termination_grace,
             terminating: !pod.metadata.deletion_timestamp.is_empty(),
             containers,
+            labels: pod.metadata.labels.clone(),
+            annotations: pod.metadata.annotations.clone(),
+            volumes,
         })
     }
+
+    /// The ConfigMaps and Secrets the pod reads: what its node fetches for it.
+    pub fn config_keys(&self) -> BTreeSet<ConfigKey> {
+        let key = |kind, name: &str| ConfigKey {
+            kind,
+            namespace: self.namespace.clone(),
+            name: name.to_owned(),
+        };
+        let mut keys = BTreeSet::new();
+        for volume in &self.volumes {
+            if let VolumeSource::Keys { kind, name, .. } = &volume.source {
+                keys.insert(key(*kind, name));
+            }
+        }
+        for container in &self.containers {
+            for (_, value) in &container.env {
+                if let EnvValue::Key { kind, name, .. } = value {
+                    keys.insert(key(*kind, name));
+                }
+            }
+            for from in &container.env_from {
+                keys.insert(key(from.kind, &from.name));
+            }
+        }
+        keys
+    }
+}
+
+fn env_from_api(var: &api::EnvVar) -> Result<EnvValue, (String, String)> {
+    let Some(source) = &var.value_from else {
+        return Ok(EnvValue::Literal(var.value.clone()));
+    };
+    let key = |kind, selector: &api::KeySelector| EnvValue::Key {
+        kind,
+        name: selector.name.clone(),
+        key: selector.key.clone(),
+        optional: selector.optional == Some(true),
+    };
+    Ok(
+        match (
+            &source.config_map_key_ref,
+            &source.secret_key_ref,
+            &source.field_ref,
+            &source.resource_field_ref,
+        ) {
+            (Some(selector), None, None, None) => key(ConfigKind::ConfigMap, selector),
+            (None, Some(selector), None, None) => key(ConfigKind::Secret, selector),
+            (None, None, Some(field), None) => EnvValue::Field(field.field_path.clone()),
+            (None, None, None, Some(resource)) => EnvValue::Resource {
+                container: resource.container_name.clone(),
+                resource: resource.resource.clone(),
+                divisor: api::resource_divisor(&resource.resource, resource.divisor.as_deref())
+                    .map_err(|reason| ("valueFrom.resourceFieldRef.divisor".to_owned(), reason))?,
+            },
+            _ => {
+                return Err((
+                    "valueFrom".to_owned(),
+                    "needs exactly one source".to_owned(),
+                ));
+            }
+        },
+    )
 }
 
 fn pre_stop_from_api(container: &api::Container) -> Result<Option<PreStop>, (String, String)> {
@@ -195,20 +469,70 @@ impl ContainerDesired {
                 .transpose()
                 .map_err(|reason| (field.to_owned(), reason))
         };
+        let requests = &container.resources.requests;
+        let env = container
+            .env
+            .iter()
+            .enumerate()
+            .map(|(index, var)| {
+                env_from_api(var)
+                    .map(|value| (var.name.clone(), value))
+                    .map_err(|(field, reason)| (format!("env[{index}].{field}"), reason))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let env_from = container
+            .env_from
+            .iter()
+            .enumerate()
+            .map(|(index, from)| {
+                let (kind, reference) = match (&from.config_map_ref, &from.secret_ref) {
+                    (Some(reference), None) => (ConfigKind::ConfigMap, reference),
+                    (None, Some(reference)) => (ConfigKind::Secret, reference),
+                    _ => {
+                        return Err((
+                            format!("envFrom[{index}]"),
+                            "needs exactly one of configMapRef or secretRef".to_owned(),
+                        ));
+                    }
+                };
+                Ok(EnvFrom {
+                    prefix: from.prefix.clone(),
+                    kind,
+                    name: reference.name.clone(),
+                    optional: reference.optional == Some(true),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(ContainerDesired {
             name: container.name.clone(),
             image: container.image.clone(),
             command: non_empty(&container.command),
             args: non_empty(&container.args),
-            env: container
-                .env
-                .iter()
-                .map(|var| (var.name.clone(), var.value.clone()))
-                .collect(),
+            working_dir: (!container.working_dir.is_empty()).then(|| container.working_dir.clone()),
+            env,
+            env_from,
             limits: Limits {
                 // A limit of 0 means "none" in a manifest, as in Kubernetes.
                 cpu_millis: cpu_millis.filter(|millis| *millis > 0),
                 memory_bytes: memory_bytes.filter(|bytes| *bytes > 0),
+            },
+            mounts: container
+                .volume_mounts
+                .iter()
+                .map(|mount| MountDesired {
+                    volume: mount.name.clone(),
+                    path: mount.mount_path.clone(),
+                    read_only: mount.read_only,
+                    sub_path: (!mount.sub_path.is_empty()).then(|| mount.sub_path.clone()),
+                })
+                .collect(),
+            requests: Limits {
+                cpu_millis: requests
+                    .get("cpu")
+                    .and_then(|quantity| api::parse_cpu_millis(quantity).ok()),
+                memory_bytes: requests
+                    .get("memory")
+                    .and_then(|quantity| api::parse_memory_bytes(quantity).ok()),
             },
             probes: ContainerProbes {
                 // berth-api has no startup or exec probes yet; the agent's model has both.
@@ -248,7 +572,80 @@ impl ContainerDesired {
         }
         for (key, value) in &self.env {
             hash.field(key.as_bytes());
-            hash.field(value.as_bytes());
+            match value {
+                EnvValue::Literal(value) => hash.field(value.as_bytes()),
+                // 0xfe never occurs in UTF-8: no literal hashes like a source. Literal
+                // variables hash as they did before sources existed, so an upgrade
+                // replaces no container.
+                EnvValue::Key {
+                    kind,
+                    name,
+                    key,
+                    optional,
+                } => hash.field(
+                    &[
+                        &[0xfe][..],
+                        kind.as_str().as_bytes(),
+                        name.as_bytes(),
+                        b"/",
+                        key.as_bytes(),
+                        if *optional { b"?" } else { b"!" },
+                    ]
+                    .concat(),
+                ),
+                EnvValue::Field(path) => {
+                    hash.field(&[&[0xfe][..], b"field:", path.as_bytes()].concat())
+                }
+                EnvValue::Resource {
+                    container,
+                    resource,
+                    divisor,
+                } => hash.field(
+                    &[
+                        &[0xfe][..],
+                        b"resource:",
+                        container.as_bytes(),
+                        b"/",
+                        resource.as_bytes(),
+                        b"/",
+                        divisor.to_string().as_bytes(),
+                    ]
+                    .concat(),
+                ),
+            }
+        }
+        // Hashed only when present, for the same reason.
+        for from in &self.env_from {
+            hash.field(
+                &[
+                    &[0xfe][..],
+                    b"envFrom:",
+                    from.kind.as_str().as_bytes(),
+                    from.name.as_bytes(),
+                    b"/",
+                    from.prefix.as_bytes(),
+                    if from.optional { b"?" } else { b"!" },
+                ]
+                .concat(),
+            );
+        }
+        if let Some(dir) = &self.working_dir {
+            hash.field(&[&[0xfe][..], b"workingDir:", dir.as_bytes()].concat());
+        }
+        for mount in &self.mounts {
+            hash.field(
+                &[
+                    &[0xfe][..],
+                    b"mount:",
+                    mount.volume.as_bytes(),
+                    b"/",
+                    mount.path.as_bytes(),
+                    b"/",
+                    mount.sub_path.as_deref().unwrap_or_default().as_bytes(),
+                    if mount.read_only { b"r" } else { b"w" },
+                ]
+                .concat(),
+            );
         }
         for limit in [self.limits.cpu_millis, self.limits.memory_bytes] {
             hash.field(limit.map(|n| n.to_string()).unwrap_or_default().as_bytes());
@@ -455,6 +852,53 @@ mod tests {
         moved.args = Some(vec!["--port8080".to_owned()]);
         assert_ne!(container.spec_hash(), moved.spec_hash());
         assert_eq!(container.spec_hash().len(), 16);
+    }
+
+    #[test]
+    fn env_sources_are_converted_and_part_of_the_spec_hash() {
+        let mut pod = api_pod();
+        pod.spec.containers[0].env.push(
+            serde_json::from_value(serde_json::json!(
+                {"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "app", "key": "mode"}}}
+            ))
+            .expect("env var"),
+        );
+        pod.spec.containers[0].env_from.push(
+            serde_json::from_value(
+                serde_json::json!({"prefix": "DB_", "secretRef": {"name": "db", "optional": true}}),
+            )
+            .expect("env from"),
+        );
+        let desired = PodDesired::from_api(&pod).expect("convertible");
+        let container = &desired.containers[0];
+        assert_eq!(
+            container.env[1].1,
+            EnvValue::Key {
+                kind: ConfigKind::ConfigMap,
+                name: "app".into(),
+                key: "mode".into(),
+                optional: false
+            }
+        );
+        let keys: Vec<(ConfigKind, String)> = desired
+            .config_keys()
+            .into_iter()
+            .map(|key| (key.kind, key.name))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                (ConfigKind::ConfigMap, "app".to_owned()),
+                (ConfigKind::Secret, "db".to_owned())
+            ]
+        );
+        // A literal with the same text is another spec.
+        let mut literal = container.clone();
+        literal.env[1].1 = EnvValue::Literal("app/mode".into());
+        assert_ne!(literal.spec_hash(), container.spec_hash());
+        let mut without = container.clone();
+        without.env_from.clear();
+        assert_ne!(without.spec_hash(), container.spec_hash());
     }
 
     #[test]

@@ -12,6 +12,8 @@ pub mod reason {
     /// The image is not on this machine (there is no registry to pull from).
     pub const IMAGE_NOT_FOUND: &str = "ImageNotFound";
     pub const CREATE_CONTAINER_ERROR: &str = "CreateContainerError";
+    /// A ConfigMap, Secret or key the container's env or volumes need is missing.
+    pub const CREATE_CONTAINER_CONFIG_ERROR: &str = "CreateContainerConfigError";
     /// The pod's sandbox (pause container and network) could not be set up.
     pub const SANDBOX_ERROR: &str = "SandboxError";
     pub const COMPLETED: &str = "Completed";

@@ -6,19 +6,22 @@ use bollard::{
     API_DEFAULT_VERSION, Docker,
     errors::Error as BollardError,
     exec::{CreateExecOptions, StartExecResults},
-    models::{ContainerCreateBody, HostConfig, RestartPolicy, RestartPolicyNameEnum},
+    models::{
+        ContainerCreateBody, HostConfig, Mount as EngineMount, MountTypeEnum, MountVolumeOptions,
+        MountVolumeOptionsDriverConfig, RestartPolicy, RestartPolicyNameEnum,
+    },
     query_parameters::{
         CreateContainerOptionsBuilder, EventsOptionsBuilder, InspectContainerOptions,
-        KillContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
-        RemoveContainerOptionsBuilder, StartContainerOptions, StatsOptionsBuilder,
-        StopContainerOptionsBuilder,
+        KillContainerOptionsBuilder, ListContainersOptionsBuilder, ListVolumesOptionsBuilder,
+        LogsOptionsBuilder, RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder,
+        StartContainerOptions, StatsOptionsBuilder, StopContainerOptionsBuilder,
     },
 };
 use futures_util::{Stream, StreamExt as _};
 
 use super::{
     ContainerSpec, ContainerStats, ContainerStatus, ContainerSummary, ExecCapture, ExecOutput,
-    Limits, LogOptions, NetworkMode, RuntimeError,
+    Limits, LogOptions, Mount, MountSource, NetworkMode, RuntimeError,
 };
 
 /// Exec output beyond this is dropped: probes only need the exit code, and a chatty
@@ -416,6 +419,39 @@ impl DockerRuntime {
         })
     }
 
+    /// Removes the engine's volumes carrying all of `labels` (a pod's tmpfs volumes);
+    /// ones already gone are not an error.
+    pub async fn remove_volumes(&self, labels: &[(&str, &str)]) -> Result<(), RuntimeError> {
+        let wanted: Vec<String> = labels
+            .iter()
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect();
+        let filters = HashMap::from([("label", wanted)]);
+        let options = ListVolumesOptionsBuilder::new().filters(&filters).build();
+        let volumes = self
+            .docker
+            .list_volumes(Some(options))
+            .await
+            .map_err(|source| RuntimeError::Docker {
+                operation: "volume list",
+                source,
+            })?;
+        for volume in volumes.volumes.unwrap_or_default() {
+            let options = RemoveVolumeOptionsBuilder::new().force(true).build();
+            match self.docker.remove_volume(&volume.name, Some(options)).await {
+                Ok(()) => {}
+                Err(error) if status_code(&error) == Some(404) => {}
+                Err(source) => {
+                    return Err(RuntimeError::Docker {
+                        operation: "volume remove",
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Every container (running or not) carrying all of `labels`.
     pub async fn list_by_labels(
         &self,
@@ -494,6 +530,7 @@ fn create_body(spec: &ContainerSpec) -> Result<ContainerCreateBody, RuntimeError
         hostname,
         entrypoint: spec.command.clone(),
         cmd: spec.args.clone(),
+        working_dir: spec.working_dir.clone(),
         env: Some(
             spec.env
                 .iter()
@@ -516,6 +553,8 @@ fn create_body(spec: &ContainerSpec) -> Result<ContainerCreateBody, RuntimeError
             dns: spec.dns.as_ref().map(|dns| dns.servers.clone()),
             dns_search: spec.dns.as_ref().map(|dns| dns.search.clone()),
             dns_options: spec.dns.as_ref().map(|dns| dns.options.clone()),
+            mounts: (!spec.mounts.is_empty())
+                .then(|| spec.mounts.iter().map(engine_mount).collect()),
             ..HostConfig::default()
         }),
         ..ContainerCreateBody::default()
@@ -544,6 +583,55 @@ fn not_found_or(error: BollardError, container: &str, operation: &'static str) -
 
 fn real_time(time: Option<String>) -> Option<String> {
     time.filter(|time| !time.is_empty() && !time.starts_with(ZERO_TIME_PREFIX))
+}
+
+/// A pod volume as the engine mounts it.
+fn engine_mount(mount: &Mount) -> EngineMount {
+    let (typ, source, volume_options) = match &mount.source {
+        MountSource::Host(path) => (
+            MountTypeEnum::BIND,
+            path.to_string_lossy().into_owned(),
+            None,
+        ),
+        MountSource::Tmpfs {
+            name,
+            size_bytes,
+            sub_path,
+            labels,
+        } => {
+            let mut options = HashMap::from([
+                ("type".to_owned(), "tmpfs".to_owned()),
+                ("device".to_owned(), "tmpfs".to_owned()),
+            ]);
+            // As an emptyDir: anyone in the pod may write.
+            let mut mount_options = vec!["mode=1777".to_owned()];
+            if let Some(size) = size_bytes {
+                mount_options.push(format!("size={size}"));
+            }
+            options.insert("o".to_owned(), mount_options.join(","));
+            (
+                MountTypeEnum::VOLUME,
+                name.clone(),
+                Some(MountVolumeOptions {
+                    labels: Some(labels.clone().into_iter().collect()),
+                    driver_config: Some(MountVolumeOptionsDriverConfig {
+                        name: Some("local".to_owned()),
+                        options: Some(options),
+                    }),
+                    subpath: sub_path.clone(),
+                    ..MountVolumeOptions::default()
+                }),
+            )
+        }
+    };
+    EngineMount {
+        target: Some(mount.target.clone()),
+        source: Some(source),
+        typ: Some(typ),
+        read_only: Some(mount.read_only),
+        volume_options,
+        ..EngineMount::default()
+    }
 }
 
 #[cfg(test)]

@@ -103,6 +103,10 @@ pub struct ContainerSpec {
     pub command: Option<Vec<String>>,
     /// Replaces the image's CMD when set (a Kubernetes container's `args`).
     pub args: Option<Vec<String>>,
+    /// Replaces the image's working directory when set.
+    pub working_dir: Option<String>,
+    /// The pod's volumes this container mounts.
+    pub mounts: Vec<Mount>,
     /// Environment variables in the order given.
     pub env: Vec<(String, String)>,
     pub limits: Limits,
@@ -112,6 +116,33 @@ pub struct ContainerSpec {
     /// The container's resolv.conf; None keeps the engine's default. Containers that join
     /// another's network (app containers in a pod) share that one's resolv.conf.
     pub dns: Option<DnsSettings>,
+}
+
+/// A volume mounted into a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub source: MountSource,
+    /// Absolute, inside the container.
+    pub target: String,
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountSource {
+    /// A directory or file of the node, bind-mounted.
+    Host(std::path::PathBuf),
+    /// A tmpfs the engine keeps as a named volume, so a pod's containers share it: the
+    /// engine mounts it in its own mount namespace, wherever the agent runs. Created
+    /// with the first container that mounts it, removed with the pod
+    /// ([`DockerRuntime::remove_volumes`]).
+    Tmpfs {
+        name: String,
+        size_bytes: Option<u64>,
+        /// A path inside it to mount instead of its root.
+        sub_path: Option<String>,
+        /// Identify the pod, for removal.
+        labels: BTreeMap<String, String>,
+    },
 }
 
 /// What goes into a container's /etc/resolv.conf.

@@ -619,6 +619,10 @@ impl Registry {
                     .clone_from(&old_meta.deletion_timestamp);
                 meta.deletion_grace_period_seconds = old_meta.deletion_grace_period_seconds;
                 strategy.prepare_for_update(&mut object, old);
+                let causes = strategy.validate_update(&object, old);
+                if !causes.is_empty() {
+                    return Err(Error::invalid(rt.kind, &object.meta().name, causes));
+                }
             }
             None => {
                 meta.uid = crate::util::uuid_v4();

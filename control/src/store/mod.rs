@@ -6,9 +6,13 @@
 //! read from a revision onward. Watchers are woken through a channel but always read the
 //! log itself, so a slow watcher can fall behind but never miss or reorder an event.
 
+mod encrypted;
 mod redb;
 
-pub use self::redb::RedbStore;
+pub use self::{
+    encrypted::{EncryptedStore, Keyring, KeyringError},
+    redb::RedbStore,
+};
 
 /// A store-wide, strictly increasing transaction number (Kubernetes' `resourceVersion`).
 pub type Revision = u64;

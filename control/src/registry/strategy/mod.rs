@@ -8,21 +8,26 @@
 //! the hooks, and encodes the result once for the store. Adding a kind is a file here
 //! and an arm in [`with_strategy`].
 
+mod configmap;
 mod deployment;
 mod namespace;
 mod plain;
 pub(super) mod pod;
+mod secret;
 mod service;
 
 use std::future::Future;
 
+use berth_api::validation::{FieldError, FieldPath, Validator};
 use serde_json::Value;
 
 pub(super) use self::{
+    configmap::ConfigMapStrategy,
     deployment::{DeploymentStrategy, revision_of, set_revision},
     namespace::NamespaceStrategy,
     plain::*,
     pod::PodStrategy,
+    secret::SecretStrategy,
     service::ServiceStrategy,
 };
 use super::{Batch, DeleteOptions, Registry, Result};
@@ -40,6 +45,12 @@ pub(super) trait Strategy: Sync {
     /// What an update keeps from the stored object beyond its metadata: the status, for
     /// kinds whose status is written through the `/status` subresource only.
     fn prepare_for_update(&self, _object: &mut Self::Object, _old: &Self::Object) {}
+
+    /// What forbids writing `object` over `old` beyond the kind's own validation (fields
+    /// fixed once set).
+    fn validate_update(&self, _object: &Self::Object, _old: &Self::Object) -> Vec<FieldError> {
+        Vec::new()
+    }
 
     /// Whether `object` asks for something else than `old` did: the generation counts these.
     fn spec_changed(&self, _object: &Self::Object, _old: &Self::Object) -> bool {
@@ -90,6 +101,27 @@ pub(super) trait Strategy: Sync {
     }
 }
 
+/// Kubernetes' rule for ConfigMaps and Secrets marked `immutable`: their values and the
+/// mark itself stay as they are.
+fn immutable_update(old: Option<bool>, new: Option<bool>, values_changed: bool) -> Vec<FieldError> {
+    let mut v = Validator::default();
+    if old == Some(true) {
+        if new != Some(true) {
+            v.error(
+                &FieldPath::root("immutable"),
+                "field is immutable when `immutable` is set",
+            );
+        }
+        if values_changed {
+            v.error(
+                &FieldPath::root("data"),
+                "field is immutable when `immutable` is set",
+            );
+        }
+    }
+    v.into_errors()
+}
+
 /// Runs `$body` with `$strategy` bound to the strategy of kind `$rt`: the kind table of
 /// the registry. A kind missing here is refused as an internal error.
 macro_rules! with_strategy {
@@ -98,6 +130,7 @@ macro_rules! with_strategy {
             Resource as _,
             apps::{ControllerRevision, Deployment, ReplicaSet},
             autoscaling::HorizontalPodAutoscaler,
+            configuration::{ConfigMap, Secret},
             core::{Endpoints, Event, Namespace, Node, Pod, Service},
         };
         use $crate::registry::strategy::*;
@@ -140,6 +173,14 @@ macro_rules! with_strategy {
             }
             ControllerRevision::KIND => {
                 let $strategy = &Plain::<ControllerRevision>::new();
+                $body
+            }
+            ConfigMap::KIND => {
+                let $strategy = &ConfigMapStrategy;
+                $body
+            }
+            Secret::KIND => {
+                let $strategy = &SecretStrategy;
                 $body
             }
             kind => Err($crate::registry::Error::internal(format!(

@@ -1,0 +1,355 @@
+//! A two-tier application configured the Kubernetes way, applied unchanged to the real
+//! binaries (berth-control, berth-agent in a node namespace, Docker): a ConfigMap read as
+//! env and as a mounted file, a Secret read as env and as a file with mode 0400, an
+//! emptyDir shared by two containers of one pod, a Memory emptyDir, downward API files,
+//! and the frontend reaching the backend by the URL its ConfigMap gives. Changing the
+//! ConfigMap changes the mounted file within 10 s without a restart (env stays); a pod
+//! whose ConfigMap is missing waits with CreateContainerConfigError and starts when it
+//! appears. Needs root, BPF and Docker, and the images from `cargo xtask images`.
+
+use std::time::{Duration, Instant};
+
+use berth_agent::runtime::{ContainerSummary, DockerRuntime, ExecOutput};
+use berth_tests::process::Setup;
+use serde_json::Value;
+
+const MANIFEST: &str = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: backend-config}
+data:
+  MODE: fast
+  app.conf: |
+    greeting=hello
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: backend-secret}
+type: Opaque
+stringData:
+  password: s3cret-value
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: backend}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: backend}}
+  template:
+    metadata: {labels: {app: backend, tier: data}}
+    spec:
+      containers:
+        - name: app
+          image: berth/echo:v1
+          ports: [{containerPort: 8080}]
+          resources: {limits: {cpu: 500m, memory: 64Mi}}
+          env:
+            - name: MODE
+              valueFrom: {configMapKeyRef: {name: backend-config, key: MODE}}
+            - name: DB_PASSWORD
+              valueFrom: {secretKeyRef: {name: backend-secret, key: password}}
+            - name: POD_NAME
+              valueFrom: {fieldRef: {fieldPath: metadata.name}}
+            - name: POD_IP
+              valueFrom: {fieldRef: {fieldPath: status.podIP}}
+            - name: TIER
+              valueFrom: {fieldRef: {fieldPath: "metadata.labels['tier']"}}
+            - name: CPU_MILLIS
+              valueFrom: {resourceFieldRef: {resource: limits.cpu, divisor: 1m}}
+            - name: SELF
+              value: "$(POD_NAME)@$(POD_IP)"
+          envFrom:
+            - prefix: CFG_
+              configMapRef: {name: backend-config}
+          volumeMounts:
+            - {name: config, mountPath: /etc/app}
+            - {name: creds, mountPath: /etc/creds, readOnly: true}
+            - {name: shared, mountPath: /shared}
+            - {name: cache, mountPath: /cache}
+            - {name: podinfo, mountPath: /etc/podinfo}
+        - name: sidecar
+          image: berth/echo:v1
+          args: ["--port", "8081"]
+          volumeMounts:
+            - {name: shared, mountPath: /data}
+            - {name: shared, mountPath: /data-sub, subPath: inner}
+      volumes:
+        - name: config
+          configMap: {name: backend-config, items: [{key: app.conf, path: app.conf}]}
+        - name: creds
+          secret: {secretName: backend-secret, defaultMode: 0400}
+        - name: shared
+          emptyDir: {}
+        - name: cache
+          emptyDir: {medium: Memory, sizeLimit: 16Mi}
+        - name: podinfo
+          downwardAPI:
+            items:
+              - {path: labels, fieldRef: {fieldPath: metadata.labels}}
+              - {path: name, fieldRef: {fieldPath: metadata.name}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: backend}
+spec:
+  clusterIP: 198.18.200.20
+  selector: {app: backend}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: frontend-config}
+data:
+  BACKEND_URL: http://backend.default.svc.cluster.local/
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: frontend}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: frontend}}
+  template:
+    metadata: {labels: {app: frontend}}
+    spec:
+      containers:
+        - name: web
+          image: berth/echo:v1
+          envFrom: [{configMapRef: {name: frontend-config}}]
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_configured_two_tier_application_sees_its_config_secrets_and_volumes() {
+    Setup::new("cfg").run(run).await;
+}
+
+struct Pods<'a> {
+    setup: &'a Setup,
+    runtime: DockerRuntime,
+}
+
+impl Pods<'_> {
+    /// The running container `container` of the pod whose name starts with `pod`.
+    async fn container(&self, pod: &str, container: &str) -> ContainerSummary {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let found = self
+                .runtime
+                .list_by_labels(&[
+                    ("berth.node", &self.setup.node),
+                    ("berth.container.name", container),
+                ])
+                .await
+                .expect("containers")
+                .into_iter()
+                .find(|c| {
+                    c.state == "running"
+                        && c.labels
+                            .get("berth.pod.name")
+                            .is_some_and(|name| name.starts_with(pod))
+                });
+            if let Some(found) = found {
+                return found;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no running container {container} of pod {pod}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn exec(&self, container: &ContainerSummary, command: &[&str]) -> ExecOutput {
+        let command: Vec<String> = command.iter().map(|part| (*part).to_owned()).collect();
+        let output = self
+            .runtime
+            .exec(&container.id, &command, Duration::from_secs(10))
+            .await
+            .expect("exec");
+        assert_eq!(output.exit_code, 0, "{command:?}: {output:?}");
+        output
+    }
+
+    /// The pod's object, by name prefix.
+    fn pod(&self, prefix: &str) -> Option<Value> {
+        let listed = self.setup.berthctl(&["get", "pods", "-o", "json"]);
+        let list: Value = serde_json::from_slice(&listed.stdout).ok()?;
+        list["items"].as_array()?.iter().find_map(|pod| {
+            pod["metadata"]["name"]
+                .as_str()
+                .is_some_and(|name| name.starts_with(prefix))
+                .then(|| pod.clone())
+        })
+    }
+}
+
+async fn run(setup: &Setup) {
+    let _control = setup.control_plane().await;
+    let _agent = setup.agent();
+    setup.apply(MANIFEST);
+    setup.wait_running(2).await;
+    let pods = Pods {
+        setup,
+        runtime: DockerRuntime::connect("/var/run/docker.sock")
+            .await
+            .expect("docker"),
+    };
+    let app = pods.container("backend-", "app").await;
+    let sidecar = pods.container("backend-", "sidecar").await;
+    let pod_name = app.labels["berth.pod.name"].clone();
+
+    // Env from the ConfigMap, the Secret, the pod and its resources.
+    let env = pods.exec(&app, &["env"]).await.output;
+    let pod_ip = env
+        .lines()
+        .find_map(|line| line.strip_prefix("POD_IP="))
+        .expect("POD_IP")
+        .to_owned();
+    for expected in [
+        "MODE=fast".to_owned(),
+        "DB_PASSWORD=s3cret-value".to_owned(),
+        "CFG_MODE=fast".to_owned(),
+        format!("POD_NAME={pod_name}"),
+        "TIER=data".to_owned(),
+        "CPU_MILLIS=500".to_owned(),
+        format!("SELF={pod_name}@{pod_ip}"),
+    ] {
+        assert!(
+            env.lines().any(|line| line == expected),
+            "{expected} in {env}"
+        );
+    }
+    assert!(pod_ip.starts_with("198."), "{pod_ip}");
+
+    // Files: the ConfigMap item, the Secret with mode 0400, downward API labels.
+    let conf = pods.exec(&app, &["cat", "/etc/app/app.conf"]).await.output;
+    assert_eq!(conf, "greeting=hello\n");
+    let password = pods
+        .exec(&app, &["cat", "/etc/creds/password"])
+        .await
+        .output;
+    assert_eq!(password, "s3cret-value");
+    let listing = pods
+        .exec(&app, &["ls", "-lL", "/etc/creds/password"])
+        .await
+        .output;
+    assert!(listing.starts_with("-r-------- "), "{listing}");
+    let labels = pods
+        .exec(&app, &["cat", "/etc/podinfo/labels"])
+        .await
+        .output;
+    assert!(labels.contains("app=\"backend\"\n"), "{labels}");
+    assert!(labels.contains("tier=\"data\"\n"), "{labels}");
+    // ConfigMap files are read-only to the container.
+    let written = pods
+        .runtime
+        .exec(
+            &app.id,
+            &["sh".into(), "-c".into(), "echo x > /etc/app/new".into()],
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("exec");
+    assert_ne!(written.exit_code, 0, "{written:?}");
+
+    // One emptyDir, two containers; a subPath of it; a tmpfs.
+    pods.exec(
+        &app,
+        &[
+            "sh",
+            "-c",
+            "echo from-app > /shared/note && mkdir -p /shared/inner && echo deep > /shared/inner/f",
+        ],
+    )
+    .await;
+    assert_eq!(
+        pods.exec(&sidecar, &["cat", "/data/note"]).await.output,
+        "from-app\n"
+    );
+    assert_eq!(
+        pods.exec(&sidecar, &["cat", "/data-sub/f"]).await.output,
+        "deep\n"
+    );
+    let mounts = pods.exec(&app, &["cat", "/proc/mounts"]).await.output;
+    assert!(
+        mounts
+            .lines()
+            .any(|line| line.contains(" /cache tmpfs ") && line.contains("size=16384k")),
+        "{mounts}"
+    );
+
+    // The frontend reaches the backend by the URL its ConfigMap gives.
+    let web = pods.container("frontend-", "web").await;
+    let answer = pods
+        .exec(&web, &["sh", "-c", "wget -qO- \"$BACKEND_URL\""])
+        .await;
+    assert!(answer.output.starts_with("pod=backend-"), "{answer:?}");
+
+    // A changed ConfigMap reaches the mounted file within 10 s, without a restart; env
+    // stays as the container was created with.
+    setup.apply(
+        "apiVersion: v1
+kind: ConfigMap
+metadata: {name: backend-config}
+data:
+  MODE: slow
+  app.conf: |
+    greeting=bonjour
+",
+    );
+    let changed = Instant::now();
+    loop {
+        let conf = pods.exec(&app, &["cat", "/etc/app/app.conf"]).await.output;
+        if conf == "greeting=bonjour\n" {
+            break;
+        }
+        assert_eq!(conf, "greeting=hello\n", "only the old or the new file");
+        assert!(
+            changed.elapsed() < Duration::from_secs(10),
+            "the mounted file did not change within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "ConfigMap change reached the file in {:?}",
+        changed.elapsed()
+    );
+    assert_eq!(
+        pods.container("backend-", "app").await.id,
+        app.id,
+        "no restart"
+    );
+    let env = pods.exec(&app, &["env"]).await.output;
+    assert!(env.lines().any(|line| line == "MODE=fast"), "{env}");
+
+    // A pod whose ConfigMap does not exist waits with the reason, then starts.
+    setup.apply(
+        "apiVersion: v1
+kind: Pod
+metadata: {name: waiting}
+spec:
+  containers:
+    - name: app
+      image: berth/echo:v1
+      env: [{name: X, valueFrom: {configMapKeyRef: {name: later, key: x}}}]
+",
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let waiting = pods.pod("waiting").and_then(|pod| {
+            pod.pointer("/status/containerStatuses/0/state/waiting")
+                .cloned()
+        });
+        if let Some(waiting) = waiting
+            && waiting["reason"] == "CreateContainerConfigError"
+        {
+            assert_eq!(waiting["message"], "configmap \"later\" not found");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no CreateContainerConfigError");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    setup.apply("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: later}\ndata: {x: here}\n");
+    let waiting = pods.container("waiting", "app").await;
+    let env = pods.exec(&waiting, &["env"]).await.output;
+    assert!(env.lines().any(|line| line == "X=here"), "{env}");
+}
