@@ -80,6 +80,28 @@ impl Setup {
             .expect("berthctl")
     }
 
+    /// The machine's kubectl with the admin configuration, in the node namespace where the
+    /// control plane listens; None when no kubectl is installed.
+    pub fn kubectl(&self, args: &[&str]) -> Option<Output> {
+        match Command::new("kubectl")
+            .args(["version", "--client"])
+            .output()
+        {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            _ => {}
+        }
+        let output = Command::new("ip")
+            .args(["netns", "exec", self.ns.name(), "kubectl"])
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .arg("--cache-dir")
+            .arg(self.data.path().join("kubectl-cache"))
+            .args(args)
+            .output()
+            .expect("kubectl");
+        Some(output)
+    }
+
     /// The berthctl command, for callers that read its output as it comes.
     pub fn berthctl_command(&self, kubeconfig: &Path, args: &[&str]) -> Command {
         let mut command = Command::new("ip");

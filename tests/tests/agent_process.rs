@@ -76,6 +76,51 @@ async fn run(setup: &Setup) {
         "wget by the Service's name from a pod: {fetched:?}"
     );
 
+    // kubectl's exec (a WebSocket to the control plane, which runs the command on the
+    // pod's node) and logs.
+    let client_pod = pods
+        .iter()
+        .find(|(name, _)| name.starts_with("client-"))
+        .map(|(name, _)| name.clone())
+        .expect("the client pod");
+    match setup.kubectl(&[
+        "exec",
+        &client_pod,
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    ]) {
+        None => eprintln!("SKIPPED kubectl exec and logs: no kubectl on this machine"),
+        Some(exec) => {
+            let (stdout, stderr) = (
+                String::from_utf8_lossy(&exec.stdout),
+                String::from_utf8_lossy(&exec.stderr),
+            );
+            assert_eq!(exec.status.code(), Some(3), "{stdout}{stderr}");
+            assert_eq!(stdout.trim(), "out", "{stderr}");
+            assert!(stderr.contains("err"), "{stderr}");
+            let logs = setup.kubectl(&["logs", &client_pod]).expect("kubectl");
+            let ours = setup.berthctl(&["logs", &client_pod]);
+            assert!(
+                logs.status.success(),
+                "{}",
+                String::from_utf8_lossy(&logs.stderr)
+            );
+            let first = |output: &std::process::Output| {
+                String::from_utf8_lossy(&output.stdout)
+                    .lines()
+                    .next()
+                    .map(str::to_owned)
+            };
+            assert_eq!(
+                first(&logs),
+                first(&ours),
+                "kubectl and berthctl logs agree"
+            );
+        }
+    }
+
     // Restart the agent while the client keeps connecting.
     let before = container_ids(&setup.node).await;
     let load = Load::start(&client_ns, target);

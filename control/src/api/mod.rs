@@ -93,11 +93,15 @@ async fn apis(
     uri: axum::http::Uri,
     query: axum::extract::Query<std::collections::HashMap<String, String>>,
     headers: axum::http::HeaderMap,
+    upgrade: Result<
+        axum::extract::ws::WebSocketUpgrade,
+        axum::extract::ws::rejection::WebSocketUpgradeRejection,
+    >,
     body: Body,
 ) -> Response {
     match discovery::group_path(&method, uri.path()) {
         Some(document) => document,
-        None => resources::handle(state, method, uri, query, headers, body).await,
+        None => resources::handle(state, method, uri, query, headers, upgrade, body).await,
     }
 }
 

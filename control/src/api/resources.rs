@@ -5,7 +5,10 @@ use std::collections::HashMap;
 use axum::{
     Json,
     body::{Body, Bytes},
-    extract::{Query, State},
+    extract::{
+        Query, State,
+        ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection},
+    },
     http::{HeaderMap, Method, StatusCode, Uri, header},
     response::{IntoResponse, Response},
 };
@@ -87,6 +90,7 @@ pub async fn handle(
     uri: Uri,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
     body: Body,
 ) -> Response {
     let target = match parse_target(uri.path()) {
@@ -94,19 +98,42 @@ pub async fn handle(
         Err(e) => return e.into_response(),
     };
     let resource = target.rt.plural.to_owned();
-    let (verb, result) = dispatch(&state, target, &method, &query, &headers, body).await;
+    let request = Request {
+        method: &method,
+        query: &query,
+        raw_query: uri.query().unwrap_or_default(),
+        headers: &headers,
+        upgrade: upgrade.ok(),
+    };
+    let (verb, result) = dispatch(&state, target, request, body).await;
     let response = result.unwrap_or_else(IntoResponse::into_response);
     with_info(response, verb, &resource)
+}
+
+/// What a request brought besides its target and body.
+struct Request<'a> {
+    method: &'a Method,
+    query: &'a HashMap<String, String>,
+    /// The query as sent, for parameters that repeat (exec's `command`).
+    raw_query: &'a str,
+    headers: &'a HeaderMap,
+    /// Present when the client asked to upgrade to a WebSocket.
+    upgrade: Option<WebSocketUpgrade>,
 }
 
 async fn dispatch(
     state: &ApiState,
     target: Target,
-    method: &Method,
-    query: &HashMap<String, String>,
-    headers: &HeaderMap,
+    request: Request<'_>,
     body: Body,
 ) -> (&'static str, Result<Response, ApiError>) {
+    let Request {
+        method,
+        query,
+        raw_query,
+        headers,
+        upgrade,
+    } = request;
     let Target {
         rt,
         namespace,
@@ -238,6 +265,15 @@ async fn dispatch(
         (&Method::GET, Some(name), Some("log")) if rt.kind == "Pod" => {
             ("log", node_proxy::logs(state, ns, name, query).await)
         }
+        (&Method::GET, Some(name), Some("exec")) if rt.kind == "Pod" => {
+            let result = match upgrade {
+                Some(upgrade) => node_proxy::exec_stream(state, ns, name, raw_query, upgrade).await,
+                None => Err(ApiError::bad_request(
+                    "GET exec is a WebSocket (v5.channel.k8s.io); POST runs a command and returns its output",
+                )),
+            };
+            ("exec", result)
+        }
         (&Method::POST, Some(name), Some("exec")) if rt.kind == "Pod" => {
             let result = async {
                 let request: node_proxy::ExecBody = read_json(body, MAX_OBJECT_BYTES).await?;
@@ -312,7 +348,7 @@ pub(super) fn subresources(rt: &ResourceType) -> Vec<Subresource> {
                 name: "exec",
                 kind: Some("PodExecOptions"),
                 group_version: None,
-                verbs: &["create"],
+                verbs: &["create", "get"],
             });
         }
         "Service" => served.push(own("backends", &["get"])),
