@@ -100,23 +100,29 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .attach_external_interface(interface, config.xdp_mode)
             .with_context(|| format!("attaching XDP to {interface}"))?;
     }
-    // The link holding the node's address carries the traffic to other nodes: the tunnel's
-    // programs go there, and its MTU less the tunnel's overhead is the pods'.
+    // The link holding the node's address carries the traffic to other nodes and out of
+    // the cluster: the tunnel's and the masquerade's programs go there (in native mode
+    // no range is tunnelled), and with a tunnel its MTU less the overhead is the pods'.
     let underlay_link = KernelUnderlay::read(None)
         .context("reading the node's addresses")?
         .link_of(config.node_address);
+    let non_masquerade: Vec<(Ipv4Addr, u8)> = config
+        .non_masquerade_cidrs
+        .iter()
+        .map(|cidr| (cidr.network(), cidr.prefix()))
+        .collect();
+    datapath
+        .masquerade(&non_masquerade)
+        .context("configuring the masquerade")?;
     let pod_mtu = match &underlay_link {
-        Some(link) if config.routing_mode.may_tunnel() => {
-            datapath
-                .attach_underlay_interface(&link.name)
-                .with_context(|| format!("attaching the tunnel's programs to {}", link.name))?;
-            Some(config.routing_mode.pod_mtu(link.mtu))
-        }
         Some(link) => {
             datapath
-                .detach_underlay_interface(&link.name)
-                .with_context(|| format!("detaching the tunnel's programs from {}", link.name))?;
-            None
+                .attach_underlay_interface(&link.name)
+                .with_context(|| format!("attaching the underlay programs to {}", link.name))?;
+            config
+                .routing_mode
+                .may_tunnel()
+                .then(|| config.routing_mode.pod_mtu(link.mtu))
         }
         None if config.routing_mode == routing::RoutingMode::Encapsulation => {
             anyhow::bail!(
@@ -125,7 +131,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             );
         }
         None => {
-            tracing::warn!(node_address = %config.node_address, "no interface holds the node address: no tunnel to other nodes");
+            tracing::warn!(node_address = %config.node_address, "no interface holds the node address: no tunnel to other nodes, no masquerade");
             None
         }
     };

@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
-    maps::Array,
+    maps::{Array, LruHashMap},
 };
 use berth_ebpf_common::{
     AffinityKey, AffinityValue, BACKEND_ACTIVE, BACKEND_FAILED, Backend, CT_CLOSED, CT_CLOSING,
@@ -33,9 +33,9 @@ pub struct Flow {
 }
 
 /// TCP's flag bits (the header's 14th byte).
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
+pub(crate) const TCP_FIN: u8 = 0x01;
+pub(crate) const TCP_SYN: u8 = 0x02;
+pub(crate) const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 
 /// Whether a TCP header's flags byte opens a connection.
@@ -234,7 +234,7 @@ fn next_state(state: u8, flow: &Flow) -> u8 {
 /// # Safety
 /// `entry` must point at a value in a conntrack map.
 #[inline(always)]
-unsafe fn touch(entry: *mut CtEntry, state: u8, now: u32) {
+pub(crate) unsafe fn touch(entry: *mut CtEntry, state: u8, now: u32) {
     // SAFETY: the caller's contract; racing writers store the same kind of value.
     unsafe {
         if (*entry).last_seen_secs != now {
@@ -250,8 +250,8 @@ unsafe fn touch(entry: *mut CtEntry, state: u8, now: u32) {
 /// first UDP reply, seen in this direction), so both age out together. Only on packets
 /// that change a state: a few per connection.
 #[inline(always)]
-fn advance_partner(partner: FlowKey, state: u8) {
-    if let Some(entry) = CT.get_ptr_mut(partner) {
+pub(crate) fn advance_partner(table: &LruHashMap<FlowKey, CtEntry>, partner: FlowKey, state: u8) {
+    if let Some(entry) = table.get_ptr_mut(partner) {
         // SAFETY: a pointer into the conntrack map.
         unsafe {
             if (*entry).state < state {
@@ -329,7 +329,7 @@ pub fn forward(
                 // SAFETY: a pointer into the conntrack map.
                 unsafe { touch(pointer, state, now) };
                 if state != tracked.state && tracked.flags & CT_FLAG_REMOTE == 0 {
-                    advance_partner(reverse_key(flow, &tracked), state);
+                    advance_partner(&CT, reverse_key(flow, &tracked), state);
                 }
                 return Ok(Target {
                     entry: tracked,
@@ -569,7 +569,7 @@ fn reply_seen(pointer: *mut CtEntry, entry: CtEntry, flow: &Flow, now: u32) -> C
             direction: CT_FORWARD,
             _pad: 0,
         };
-        advance_partner(client_leg, state);
+        advance_partner(&CT, client_leg, state);
     }
     entry
 }

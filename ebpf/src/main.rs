@@ -9,6 +9,7 @@ mod csum;
 mod ip;
 mod lb;
 mod maps;
+mod nat;
 mod route;
 mod tc;
 mod tunnel;

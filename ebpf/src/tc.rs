@@ -184,7 +184,7 @@ fn deliver_to_local_pod(ctx: &TcContext) -> Option<i32> {
 
 /// Reads the IPv4 TCP/UDP fields; everything else is a pass (or drop) reason.
 #[inline(always)]
-fn parse(ctx: &TcContext) -> Result<(Flow, usize), Reason> {
+pub(crate) fn parse(ctx: &TcContext) -> Result<(Flow, usize), Reason> {
     let ether_type: u16 = ctx.load(12).map_err(|_| Reason::PassTruncated)?;
     if ether_type != 0x0800u16.to_be() {
         return Err(Reason::PassNotIpv4);
@@ -232,7 +232,7 @@ fn parse(ctx: &TcContext) -> Result<(Flow, usize), Reason> {
 }
 
 #[derive(Clone, Copy)]
-enum Side {
+pub(crate) enum Side {
     Source,
     Destination,
 }
@@ -241,7 +241,7 @@ enum Side {
 /// kernel helpers, which also handle checksum-offloaded (CHECKSUM_PARTIAL) packets from
 /// local pods correctly.
 #[inline(always)]
-fn rewrite(
+pub(crate) fn rewrite(
     ctx: &TcContext,
     l4: usize,
     proto: u8,
