@@ -1344,3 +1344,61 @@ fn masqueraded_flows_expire_and_are_collected() {
         h.run_counting(program_names::TUNNEL_DECAP, &reply, Reason::Unmasqueraded);
     assert_eq!((verdict, out, counted), (TC_ACT_OK, reply, false));
 }
+
+#[test]
+fn a_pod_reaches_itself_through_its_service_and_the_reply_comes_back_translated() {
+    let hairpin = Ipv4Addr::from(u32::from_be(berth_ebpf_common::HAIRPIN_ADDR));
+    assert_eq!(hairpin, Ipv4Addr::new(169, 254, 42, 1));
+    // The pod is the Service's only backend.
+    let itself = BackendSpec {
+        addr: POD,
+        port: 8080,
+        node_id: NODE_ID,
+        state: BackendState::Active,
+    };
+    let mut h = Harness::new(vec![web(vec![itself])]);
+    h.datapath
+        .register_pod_interface("lo", POD)
+        .expect("registering the pod interface");
+    let client = (POD, 40_000);
+    let (verdict, out, counted) = h.run_counting(
+        program_names::FROM_POD,
+        &Frame::tcp(client, (VIP, 80)).build(),
+        Reason::Translated,
+    );
+    assert!(counted && verdict != TC_ACT_SHOT);
+    let sent = parsed(&out);
+    assert_eq!(
+        (sent.src, sent.src_port, sent.dst, sent.dst_port),
+        (hairpin, 40_000, POD, 8080),
+        "from its own address the pod would answer itself inside its namespace"
+    );
+    assert!(sent.ip_checksum_ok && sent.l4_checksum_ok);
+
+    // The pod's answer goes out through its veth and comes back as the Service's.
+    let mut syn_ack = Frame::tcp((POD, 8080), (hairpin, 40_000));
+    syn_ack.tcp_flags = 0x12;
+    let (verdict, out, counted) = h.run_counting(
+        program_names::FROM_POD,
+        &syn_ack.build(),
+        Reason::ReverseTranslated,
+    );
+    assert!(counted && verdict != TC_ACT_SHOT);
+    let back = parsed(&out);
+    assert_eq!(
+        (back.src, back.src_port, back.dst, back.dst_port),
+        (VIP, 80, POD, 40_000)
+    );
+    assert!(back.ip_checksum_ok && back.l4_checksum_ok);
+
+    // The rest of the connection takes the same way, tracked like any other.
+    let (_, out) = h.run(program_names::FROM_POD, &tcp_established(client, (VIP, 80)));
+    let sent = parsed(&out);
+    assert_eq!((sent.src, sent.dst, sent.dst_port), (hairpin, POD, 8080));
+    let (_, out) = h.run(
+        program_names::FROM_POD,
+        &tcp_established((POD, 8080), (hairpin, 40_000)),
+    );
+    assert_eq!(parsed(&out).src, VIP);
+    assert_eq!(h.datapath.tracked_connections().expect("conntrack"), 1);
+}

@@ -7,8 +7,8 @@ use aya_ebpf::{
 use berth_ebpf_common::{
     AffinityKey, AffinityValue, BACKEND_ACTIVE, BACKEND_FAILED, Backend, CT_CLOSED, CT_CLOSING,
     CT_ESTABLISHED, CT_FLAG_REMOTE, CT_FORWARD, CT_REVERSE, CT_SYN_SENT, CT_UDP, CT_UDP_STREAM,
-    CtEntry, DatapathConfig, FlowKey, IPPROTO_TCP, Reason, SVC_FLAG_AFFINITY, SVC_FLAG_RANDOM,
-    SVC_FLAG_ROUND_ROBIN, ServiceKey, ServiceValue, client_hash, ct_expired,
+    CtEntry, DatapathConfig, FlowKey, HAIRPIN_ADDR, IPPROTO_TCP, Reason, SVC_FLAG_AFFINITY,
+    SVC_FLAG_RANDOM, SVC_FLAG_ROUND_ROBIN, ServiceKey, ServiceValue, client_hash, ct_expired,
     defaults::ROUND_ROBIN_WIDTH, flow_hash, maglev_position,
 };
 
@@ -415,13 +415,24 @@ pub fn forward(
     })
 }
 
+/// The source a client's packets reach the backend in `entry` with: the client's own,
+/// or [`HAIRPIN_ADDR`] when the backend is the client itself.
+#[inline(always)]
+pub fn client_source(flow: &Flow, entry: &CtEntry) -> u32 {
+    if entry.addr == flow.src_addr {
+        HAIRPIN_ADDR
+    } else {
+        flow.src_addr
+    }
+}
+
 /// The key of the replies of `flow` (the client's packet before translation) sent to
 /// the backend in `entry`.
 #[inline(always)]
 fn reverse_key(flow: &Flow, entry: &CtEntry) -> FlowKey {
     FlowKey {
         src_addr: entry.addr,
-        dst_addr: flow.src_addr,
+        dst_addr: client_source(flow, entry),
         src_port: entry.port,
         dst_port: flow.src_port,
         proto: flow.proto,
@@ -560,8 +571,14 @@ fn reply_seen(pointer: *mut CtEntry, entry: CtEntry, flow: &Flow, now: u32) -> C
     // SAFETY: `pointer` is the conntrack map's value `entry` was read from.
     unsafe { touch(pointer, state, now) };
     if state != entry.state {
+        // A hairpin reply goes to HAIRPIN_ADDR; its client is the backend itself.
+        let client = if flow.dst_addr == HAIRPIN_ADDR {
+            flow.src_addr
+        } else {
+            flow.dst_addr
+        };
         let client_leg = FlowKey {
-            src_addr: flow.dst_addr,
+            src_addr: client,
             dst_addr: entry.addr,
             src_port: flow.dst_port,
             dst_port: entry.port,

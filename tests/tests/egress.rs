@@ -3,7 +3,8 @@
 //! DNS server for `example.com` (the agent's `--dns-upstream`) and an HTTP server, and no
 //! route back to the pods. A pod resolves `www.example.com` through the node's DNS, and
 //! its request reaches the HTTP server from the node's address (masqueraded by the
-//! datapath) and its answer finds the way back; cluster names still resolve. Needs root,
+//! datapath) and its answer finds the way back; cluster names still resolve; and a pod
+//! reaches itself through its own Service (hairpin). Needs root,
 //! BPF, Docker and the images from `cargo xtask images`.
 
 use std::{
@@ -32,7 +33,7 @@ const WEB: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
 const DNS: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 53);
 
 #[tokio::test(flavor = "multi_thread")]
-async fn pods_reach_outside_names_and_addresses_from_the_node_address() {
+async fn pods_reach_outside_names_and_addresses_from_the_node_address_and_themselves() {
     let setup = Setup::new("egr");
     let outside = NetNs::new("begout").expect("outside namespace");
     // The node's address moves from its loopback to the link out, which makes that link
@@ -187,6 +188,27 @@ async fn run(setup: &Setup, outside: &NetNs) {
     assert!(
         fetched.output.starts_with("pod=web-"),
         "the Service from the pod: {fetched:?}"
+    );
+
+    // Hairpin: the Service's only backend reaches itself through the Service, and its
+    // own answer comes back translated (it sees the Service's loopback source).
+    let backend = PodShell::find(&setup.node, "web-").await;
+    let fetched = backend
+        .run(&["wget", "-qO-", &format!("http://{VIP}/")])
+        .await;
+    let web_ip = setup
+        .running_pods()
+        .into_iter()
+        .find(|(name, _)| name.starts_with("web-"))
+        .map(|(_, ip)| ip)
+        .expect("the web pod");
+    assert!(
+        fetched.exit_code == 0
+            && fetched.output.starts_with("pod=web-")
+            && fetched
+                .output
+                .contains(&format!("addr={web_ip}:8080 client=169.254.42.1:")),
+        "the web pod through its own Service: {fetched:?}"
     );
     drop(web);
     let _ = dns.shutdown_gracefully().await;

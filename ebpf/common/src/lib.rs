@@ -188,6 +188,13 @@ pub struct Backend {
     pub node_id: u32,
 }
 
+/// The source a pod's packets to its own Service carry when the backend chosen is the pod
+/// itself (hairpin), network order of 169.254.42.1 as Cilium's service loopback address:
+/// with its own address as source the pod would answer itself inside its namespace and the
+/// reply would never be translated back. Link-local and assigned nowhere; the pod's
+/// default route takes replies to it out through its veth.
+pub const HAIRPIN_ADDR: u32 = u32::from_be_bytes([169, 254, 42, 1]).to_be();
+
 /// Conntrack key direction: the client-to-service leg (before translation).
 pub const CT_FORWARD: u8 = 1;
 /// Conntrack key direction: replies from a backend (after translation).
