@@ -24,7 +24,7 @@ use crate::{
     config::Config,
     controlplane,
     datapath::{
-        ConntrackSweeper, Datapath, DatapathOptions, Limits, NeighbourKeeper, ServiceSet,
+        self, ConntrackSweeper, Datapath, DatapathOptions, Limits, NeighbourKeeper, ServiceSet,
         monotonic_secs,
     },
     dns::{DnsServer, Records},
@@ -135,6 +135,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             None
         }
     };
+    // The node's own connections to ClusterIPs (a health checker, a host agent) are
+    // balanced at connect() by the socket program on the cgroup v2 root.
+    match datapath::cgroup2_root() {
+        Some(root) => datapath
+            .attach_node_sockets(&root)
+            .with_context(|| format!("attaching the socket program to {}", root.display()))?,
+        None => {
+            tracing::warn!(
+                "no cgroup v2 hierarchy is mounted: the node's own connections to ClusterIPs are not balanced"
+            );
+            datapath
+                .detach_node_sockets()
+                .context("detaching the socket program")?;
+        }
+    }
     let sweeper = datapath
         .conntrack_sweeper()
         .context("opening the conntrack tables for the sweep")?;

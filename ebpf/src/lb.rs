@@ -167,7 +167,7 @@ fn choose(service: &ServiceValue, flow: &Flow, spread: Spread) -> Option<(u32, B
 
 /// Session affinity: reuse the client's backend while it is active and the entry fresh.
 #[inline(always)]
-fn choose_with_affinity(
+pub(crate) fn choose_with_affinity(
     service: &ServiceValue,
     flow: &Flow,
     spread: Spread,

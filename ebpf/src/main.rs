@@ -11,6 +11,7 @@ mod lb;
 mod maps;
 mod nat;
 mod route;
+mod sock;
 mod tc;
 mod tunnel;
 mod xdp;

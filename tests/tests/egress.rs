@@ -4,12 +4,13 @@
 //! route back to the pods. A pod resolves `www.example.com` through the node's DNS, and
 //! its request reaches the HTTP server from the node's address (masqueraded by the
 //! datapath) and its answer finds the way back; cluster names still resolve; and a pod
-//! reaches itself through its own Service (hairpin). Needs root,
+//! reaches itself through its own Service (hairpin), and the node itself reaches the
+//! Service's ClusterIP. Needs root,
 //! BPF, Docker and the images from `cargo xtask images`.
 
 use std::{
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpListener},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -33,7 +34,7 @@ const WEB: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
 const DNS: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 53);
 
 #[tokio::test(flavor = "multi_thread")]
-async fn pods_reach_outside_names_and_addresses_from_the_node_address_and_themselves() {
+async fn pods_reach_the_outside_and_themselves_and_the_node_reaches_cluster_ips() {
     let setup = Setup::new("egr");
     let outside = NetNs::new("begout").expect("outside namespace");
     // The node's address moves from its loopback to the link out, which makes that link
@@ -209,6 +210,15 @@ async fn run(setup: &Setup, outside: &NetNs) {
                 .output
                 .contains(&format!("addr={web_ip}:8080 client=169.254.42.1:")),
         "the web pod through its own Service: {fetched:?}"
+    );
+
+    // The node itself (a process in its network namespace) reaches the ClusterIP: the
+    // socket program connects it to the backend.
+    let target = SocketAddrV4::new(VIP.parse().expect("VIP"), 80);
+    let reply = berth_tests::get(&setup.ns, target).expect("the ClusterIP from the node");
+    assert!(
+        reply.pod.starts_with("web-") && reply.addr == SocketAddr::from((web_ip, 8080)),
+        "the ClusterIP from the node: {reply:?}"
     );
     drop(web);
     let _ = dns.shutdown_gracefully().await;

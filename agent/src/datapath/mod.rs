@@ -34,7 +34,7 @@ use aya::{
         lpm_trie::{Key as LpmKey, LpmTrie},
     },
     programs::{
-        ProgramError, SchedClassifier, TcAttachType, Xdp,
+        CgroupAttachMode, CgroupSockAddr, ProgramError, SchedClassifier, TcAttachType, Xdp,
         links::{FdLink, LinkError, PinnedLink},
         tc::SchedClassifierLink,
         xdp::XdpLink,
@@ -490,6 +490,14 @@ impl Datapath {
             .try_into()
             .map_err(program_error(program_names::EXTERNAL))?;
         xdp.load().map_err(program_error(program_names::EXTERNAL))?;
+        let connect4: &mut CgroupSockAddr = ebpf
+            .program_mut(program_names::CONNECT4)
+            .ok_or(DatapathError::Missing(program_names::CONNECT4))?
+            .try_into()
+            .map_err(program_error(program_names::CONNECT4))?;
+        connect4
+            .load()
+            .map_err(program_error(program_names::CONNECT4))?;
 
         let mut take = |name: &'static str| ebpf.take_map(name).ok_or(DatapathError::Missing(name));
         let config: Array<_, DatapathConfig> = take(map_names::CONFIG)?
@@ -652,6 +660,7 @@ impl Datapath {
             ready: 1,
             flags: self.config_flags,
             _pad: 0,
+            netns_cookie: netns_cookie(),
         };
         let current = self
             .config
@@ -1375,6 +1384,36 @@ impl Datapath {
         Ok(())
     }
 
+    /// Sends the node's own connections to service frontends (sockets of the agent's
+    /// network namespace) straight to a backend: the connect4 program, attached to the
+    /// cgroup v2 directory `cgroup` (the hierarchy's root covers every process; the
+    /// program leaves other namespaces' sockets alone). Attached next to other programs
+    /// there; a restarted agent's replaces its predecessor's.
+    pub fn attach_node_sockets(&mut self, cgroup: &Path) -> Result<(), DatapathError> {
+        let pin = self.link_pin("cgroup", "connect4");
+        let program = program_names::CONNECT4;
+        let directory = fs::File::open(cgroup).map_err(io_error(cgroup))?;
+        let prog: &mut CgroupSockAddr = self
+            .ebpf
+            .program_mut(program)
+            .ok_or(DatapathError::Missing(program))?
+            .try_into()
+            .map_err(program_error(program))?;
+        // Through bpf_link (Linux 5.7 on) a cgroup program always sits next to the
+        // others attached there; the kernel refuses any mode flag with a link.
+        let link_id = prog
+            .attach(&directory, CgroupAttachMode::Single)
+            .map_err(program_error(program))?;
+        let link = prog.take_link(link_id).map_err(program_error(program))?;
+        // Replacing the pin drops the previous agent's link: its program detaches.
+        self.pin_link(link, &pin)
+    }
+
+    /// Detaches the connect4 program (a missing link is fine).
+    pub fn detach_node_sockets(&mut self) -> Result<(), DatapathError> {
+        self.unpin_link(&self.link_pin("cgroup", "connect4"))
+    }
+
     /// Attaches the north-south program to the node's external interface.
     pub fn attach_external_interface(
         &mut self,
@@ -1724,6 +1763,43 @@ impl ConntrackSweeper {
         }
         Ok(collected)
     }
+}
+
+/// The cookie of the calling thread's network namespace (`SO_NETNS_COOKIE`, Linux 5.14),
+/// or 0 where the kernel has none to give.
+fn netns_cookie() -> u64 {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    // SAFETY: plain socket call; the descriptor is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return 0;
+    }
+    let mut cookie = 0u64;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: `cookie` and `len` describe a buffer of the size the option writes.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        )
+    };
+    // SAFETY: closing the descriptor opened above.
+    unsafe { libc::close(fd) };
+    if rc == 0 { cookie } else { 0 }
+}
+
+/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup` on a unified system,
+/// `/sys/fs/cgroup/unified` on a hybrid one), from /proc/self/mountinfo.
+pub fn cgroup2_root() -> Option<PathBuf> {
+    let mounts = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mounts.lines().find_map(|line| {
+        let (mount, fs) = line.split_once(" - ")?;
+        (fs.split_whitespace().next() == Some("cgroup2"))
+            .then(|| mount.split_whitespace().nth(4).map(PathBuf::from))?
+    })
 }
 
 /// CLOCK_MONOTONIC in whole seconds: the clock of the conntrack entries' last-seen times

@@ -48,6 +48,9 @@ pub mod program_names {
     /// TC ingress on the node's underlay interface: unwraps IPIP from nodes carrying
     /// their pods' packets for this node's pods.
     pub const TUNNEL_DECAP: &str = "berth_tunnel_decap";
+    /// cgroup connect4: the node's own connections to service frontends go straight to a
+    /// backend.
+    pub const CONNECT4: &str = "berth_connect4";
 }
 
 /// Default sizes. The agent overrides them at load time from its configuration.
@@ -100,6 +103,10 @@ pub struct DatapathConfig {
     /// `CONFIG_*` flags.
     pub flags: u32,
     pub _pad: u32,
+    /// The cookie of the node's network namespace (`SO_NETNS_COOKIE`): the socket
+    /// program translates connections of that namespace's sockets only (it is attached to
+    /// a cgroup, which spans namespaces). Zero: no socket is translated.
+    pub netns_cookie: u64,
 }
 
 /// Pod traffic leaving the underlay interface for addresses outside every pod range and
@@ -393,10 +400,13 @@ pub enum Reason {
     Unmasqueraded = 24,
     /// A new masqueraded flow found no free node port towards its destination.
     DropMasqueradePorts = 25,
+    /// A connection of the node's own (a socket in its network namespace) to a service
+    /// frontend, sent to a backend at connect().
+    SocketTranslated = 26,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 26;
+    pub const COUNT: u32 = 27;
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::PassNotIpv4,
         Reason::PassNotTcpUdp,
@@ -424,6 +434,7 @@ impl Reason {
         Reason::Masqueraded,
         Reason::Unmasqueraded,
         Reason::DropMasqueradePorts,
+        Reason::SocketTranslated,
     ];
 
     /// Label used in metrics.
@@ -455,6 +466,7 @@ impl Reason {
             Reason::Masqueraded => "masqueraded",
             Reason::Unmasqueraded => "unmasqueraded",
             Reason::DropMasqueradePorts => "drop_masquerade_ports",
+            Reason::SocketTranslated => "socket_translated",
         }
     }
 
@@ -564,7 +576,7 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<DatapathConfig>(), 24);
+        assert_eq!(size_of::<DatapathConfig>(), 32);
         assert_eq!(size_of::<ServiceKey>(), 8);
         assert_eq!(size_of::<ServiceValue>(), 32);
         assert_eq!(size_of::<Backend>(), 12);
