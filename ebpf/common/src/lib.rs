@@ -71,8 +71,9 @@ pub mod defaults {
     /// Ranges in the no-masquerade list.
     pub const MAX_NO_MASQUERADE: u32 = 256;
     /// Masqueraded connections are tracked in a table of this fraction of the
-    /// connection limit (two entries each: out and back).
-    pub const MASQUERADE_SHARE: u32 = 2;
+    /// conntrack table's entries (two entries each: out and back): a quarter, 250,000
+    /// connections to outside the cluster by default.
+    pub const MASQUERADE_SHARE: u32 = 4;
     /// Smallest Maglev table (prime). Larger services get larger tables (200 slots per
     /// backend): the Maglev paper keeps M > 100 * N for near-minimal disruption.
     pub const MAGLEV_MIN_TABLE: u32 = 1_021;
