@@ -1402,3 +1402,28 @@ fn a_pod_reaches_itself_through_its_service_and_the_reply_comes_back_translated(
     assert_eq!(parsed(&out).src, VIP);
     assert_eq!(h.datapath.tracked_connections().expect("conntrack"), 1);
 }
+
+#[test]
+fn masqueraded_flows_keep_their_translation_across_an_agent_restart() {
+    let mut h = masquerading();
+    let pod = (Ipv4Addr::new(198, 18, 1, 5), 40_000);
+    let port = masqueraded(&mut h, &Frame::tcp(pod, OUTSIDE).build());
+    // A new agent opens the pinned maps: until it configures the masquerade itself, the
+    // pinned configuration keeps it on, so the flow's packets stay translated.
+    let options = h.datapath.options().clone();
+    h.datapath = Datapath::open(options).expect("reopening the datapath");
+    assert_eq!(masqueraded(&mut h, &tcp_established(pod, OUTSIDE)), port);
+    let reply = tcp_established(OUTSIDE, (NODE_ADDR, port));
+    let (verdict, out, counted) =
+        h.run_counting(program_names::TUNNEL_DECAP, &reply, Reason::Unmasqueraded);
+    assert_eq!((verdict, counted), (TC_ACT_OK, true));
+    assert_eq!(parsed(&out).dst, pod.0);
+    // The excluded range was read back too: configuring the same list changes nothing.
+    h.datapath
+        .masquerade(&[NOT_MASQUERADED])
+        .expect("masquerade");
+    let excluded = Frame::tcp(pod, (Ipv4Addr::new(198, 18, 200, 10), 80)).build();
+    let (_, out, counted) =
+        h.run_counting(program_names::TUNNEL_ENCAP, &excluded, Reason::Masqueraded);
+    assert_eq!((out, counted), (excluded, false));
+}
