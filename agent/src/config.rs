@@ -10,7 +10,7 @@ use std::{
 use clap::Parser;
 use serde::Deserialize;
 
-use crate::{datapath::XdpMode, routing::RoutingMode};
+use crate::{datapath::XdpMode, ipam::Cidr, routing::RoutingMode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -74,6 +74,16 @@ struct Args {
     /// or auto (native to nodes on a connected subnet, IPIP to the others) [default: auto].
     #[arg(long, env = "BERTH_AGENT_ROUTING_MODE")]
     routing_mode: Option<String>,
+    /// Destination ranges pods' traffic keeps its pod address to, comma-separated or
+    /// repeated; to any other address outside the cluster's pod ranges it leaves with the
+    /// node's address [default: 198.19.0.0/16,198.18.192.0/18, berth-control's default
+    /// --cluster-cidr and --service-cidr].
+    #[arg(
+        long = "non-masquerade-cidr",
+        env = "BERTH_AGENT_NON_MASQUERADE_CIDRS",
+        value_delimiter = ','
+    )]
+    non_masquerade_cidrs: Vec<String>,
     /// Where the DNS server listens (UDP and TCP) [default: <node address>:53].
     #[arg(long, env = "BERTH_AGENT_DNS_LISTEN")]
     dns_listen: Option<SocketAddr>,
@@ -127,6 +137,8 @@ struct FileConfig {
     xdp_mode: Option<String>,
     #[serde(alias = "routing_mode")]
     routing_mode: Option<String>,
+    #[serde(alias = "non_masquerade_cidrs")]
+    non_masquerade_cidrs: Option<Vec<String>>,
     #[serde(alias = "dns_listen")]
     dns_listen: Option<SocketAddr>,
     #[serde(alias = "dns_upstreams")]
@@ -156,6 +168,8 @@ pub struct Config {
     pub external_interface: Option<String>,
     pub xdp_mode: XdpMode,
     pub routing_mode: RoutingMode,
+    /// Destination ranges pods' traffic is not masqueraded to (besides every pod range).
+    pub non_masquerade_cidrs: Vec<Cidr>,
     pub dns_listen: SocketAddr,
     /// Upstream resolvers for names outside the cluster domain (never the agent's own
     /// DNS address, which would loop).
@@ -165,6 +179,12 @@ pub struct Config {
     pub docker_socket: String,
     pub node_api_listen: SocketAddr,
 }
+
+/// The ranges not masqueraded unless configured: berth-control's default `--cluster-cidr`
+/// (pods) and `--service-cidr` (ClusterIPs). A cluster whose control plane has other
+/// ranges configures the agents with them, as kube-proxy's `--cluster-cidr` or Cilium's
+/// `ipv4-native-routing-cidr` are.
+pub const DEFAULT_NON_MASQUERADE_CIDRS: [&str; 2] = ["198.19.0.0/16", "198.18.192.0/18"];
 
 /// The node API's port unless configured: the kubelet's.
 pub const DEFAULT_NODE_API_PORT: u16 = 10250;
@@ -238,6 +258,23 @@ impl Config {
                 reason: format!("{server:?} must be an https:// URL (the agent API is TLS only)"),
             });
         }
+        let non_masquerade = match args.non_masquerade_cidrs {
+            cidrs if !cidrs.is_empty() => cidrs,
+            _ => file
+                .non_masquerade_cidrs
+                .unwrap_or_else(|| DEFAULT_NON_MASQUERADE_CIDRS.map(str::to_owned).to_vec()),
+        };
+        let non_masquerade_cidrs = non_masquerade
+            .iter()
+            .map(|text| {
+                text.trim()
+                    .parse::<Cidr>()
+                    .map_err(|_| ConfigError::Invalid {
+                        field: "non-masquerade-cidr",
+                        reason: format!("{text:?} is not an IPv4 range such as 10.0.0.0/8"),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let dns_listen = args
             .dns_listen
             .or(file.dns_listen)
@@ -279,6 +316,7 @@ impl Config {
             external_interface: args.external_interface.or(file.external_interface),
             xdp_mode,
             routing_mode,
+            non_masquerade_cidrs,
             dns_listen,
             dns_upstreams,
             cluster_domain: args
@@ -370,6 +408,44 @@ mod tests {
         assert_eq!(config.external_interface, None);
         assert_eq!(config.xdp_mode, XdpMode::Native);
         assert_eq!(config.routing_mode, RoutingMode::Auto);
+        let ranges: Vec<String> = config
+            .non_masquerade_cidrs
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(ranges, DEFAULT_NON_MASQUERADE_CIDRS);
+    }
+
+    #[test]
+    fn non_masquerade_ranges_from_flags_or_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("agent.yaml");
+        std::fs::write(&file, "non-masquerade-cidrs: [\"10.0.0.0/8\"]\n").expect("write");
+        let mut args: Vec<String> = BASE.iter().map(|s| s.to_string()).collect();
+        args.extend(["--config".into(), file.display().to_string()]);
+        let config = Config::from_args(&args).expect("valid");
+        assert_eq!(
+            config.non_masquerade_cidrs,
+            ["10.0.0.0/8".parse::<Cidr>().expect("cidr")]
+        );
+        args.extend([
+            "--non-masquerade-cidr".into(),
+            "172.16.0.0/12,192.168.1.7/24".into(),
+        ]);
+        let config = Config::from_args(&args).expect("valid");
+        let ranges: Vec<String> = config
+            .non_masquerade_cidrs
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            ranges,
+            ["172.16.0.0/12", "192.168.1.0/24"],
+            "the flag wins over the file; host bits are cleared"
+        );
+        args.extend(["--non-masquerade-cidr".into(), "10.0.0.0".into()]);
+        let error = Config::from_args(&args).expect_err("no prefix").to_string();
+        assert!(error.contains("non-masquerade-cidr"), "{error}");
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::{
     config::Config,
     controlplane,
     datapath::{
-        ConntrackSweeper, Datapath, DatapathOptions, Limits, NeighbourKeeper, ServiceSet,
+        self, ConntrackSweeper, Datapath, DatapathOptions, Limits, NeighbourKeeper, ServiceSet,
         monotonic_secs,
     },
     dns::{DnsServer, Records},
@@ -105,23 +105,29 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .attach_external_interface(interface, config.xdp_mode)
             .with_context(|| format!("attaching XDP to {interface}"))?;
     }
-    // The link holding the node's address carries the traffic to other nodes: the tunnel's
-    // programs go there, and its MTU less the tunnel's overhead is the pods'.
+    // The link holding the node's address carries the traffic to other nodes and out of
+    // the cluster: the tunnel's and the masquerade's programs go there (in native mode
+    // no range is tunnelled), and with a tunnel its MTU less the overhead is the pods'.
     let underlay_link = KernelUnderlay::read(None)
         .context("reading the node's addresses")?
         .link_of(config.node_address);
+    let non_masquerade: Vec<(Ipv4Addr, u8)> = config
+        .non_masquerade_cidrs
+        .iter()
+        .map(|cidr| (cidr.network(), cidr.prefix()))
+        .collect();
+    datapath
+        .masquerade(&non_masquerade)
+        .context("configuring the masquerade")?;
     let pod_mtu = match &underlay_link {
-        Some(link) if config.routing_mode.may_tunnel() => {
-            datapath
-                .attach_underlay_interface(&link.name)
-                .with_context(|| format!("attaching the tunnel's programs to {}", link.name))?;
-            Some(config.routing_mode.pod_mtu(link.mtu))
-        }
         Some(link) => {
             datapath
-                .detach_underlay_interface(&link.name)
-                .with_context(|| format!("detaching the tunnel's programs from {}", link.name))?;
-            None
+                .attach_underlay_interface(&link.name)
+                .with_context(|| format!("attaching the underlay programs to {}", link.name))?;
+            config
+                .routing_mode
+                .may_tunnel()
+                .then(|| config.routing_mode.pod_mtu(link.mtu))
         }
         None if config.routing_mode == routing::RoutingMode::Encapsulation => {
             anyhow::bail!(
@@ -130,10 +136,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             );
         }
         None => {
-            tracing::warn!(node_address = %config.node_address, "no interface holds the node address: no tunnel to other nodes");
+            tracing::warn!(node_address = %config.node_address, "no interface holds the node address: no tunnel to other nodes, no masquerade");
             None
         }
     };
+    // The node's own connections to ClusterIPs (a health checker, a host agent) are
+    // balanced at connect() by the socket program on the cgroup v2 root.
+    match datapath::cgroup2_root() {
+        Some(root) => datapath
+            .attach_node_sockets(&root)
+            .with_context(|| format!("attaching the socket program to {}", root.display()))?,
+        None => {
+            tracing::warn!(
+                "no cgroup v2 hierarchy is mounted: the node's own connections to ClusterIPs are not balanced"
+            );
+            datapath
+                .detach_node_sockets()
+                .context("detaching the socket program")?;
+        }
+    }
     let sweeper = datapath
         .conntrack_sweeper()
         .context("opening the conntrack tables for the sweep")?;

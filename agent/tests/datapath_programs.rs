@@ -1192,3 +1192,238 @@ fn north_south_wrapped_once_more_to_cross_the_underlay_is_delivered_to_the_backe
     );
     assert_eq!((verdict, counted), (TC_ACT_SHOT, true));
 }
+
+/// An address outside the cluster.
+const OUTSIDE: (Ipv4Addr, u16) = (Ipv4Addr::new(198, 18, 100, 1), 80);
+/// A range the agent is told not to masquerade to (a service range, say).
+const NOT_MASQUERADED: (Ipv4Addr, u8) = (Ipv4Addr::new(198, 18, 200, 0), 24);
+
+/// The pod ranges of [`pod_ranges`], masquerade on, [`NOT_MASQUERADED`] excluded.
+fn masquerading() -> Harness {
+    let mut h = Harness::new(vec![web(three_backends())]);
+    pod_ranges(&mut h);
+    h.datapath
+        .masquerade(&[NOT_MASQUERADED])
+        .expect("masquerade");
+    h
+}
+
+/// Runs the underlay's egress program on a pod's packet that must be masqueraded, and
+/// returns the node port it left with.
+fn masqueraded(h: &mut Harness, frame: &[u8]) -> u16 {
+    let (verdict, out, counted) =
+        h.run_counting(program_names::TUNNEL_ENCAP, frame, Reason::Masqueraded);
+    assert_eq!((verdict, counted), (TC_ACT_OK, true));
+    let sent = parsed(&out);
+    let original = parsed(frame);
+    assert_eq!(
+        (sent.src, sent.dst, sent.dst_port),
+        (NODE_ADDR, original.dst, original.dst_port)
+    );
+    assert!(sent.ip_checksum_ok && sent.l4_checksum_ok);
+    assert!(
+        sent.src_port >= berth_ebpf_common::MASQUERADE_PORT_MIN,
+        "node port {} is in the node's own ephemeral range",
+        sent.src_port
+    );
+    sent.src_port
+}
+
+#[test]
+fn pod_traffic_leaving_the_cluster_takes_the_node_address_and_replies_come_back() {
+    let mut h = masquerading();
+    let pod = (Ipv4Addr::new(198, 18, 1, 5), 40_000);
+    let port = masqueraded(&mut h, &Frame::tcp(pod, OUTSIDE).build());
+    // The connection's next packets keep their node port.
+    assert_eq!(masqueraded(&mut h, &tcp_established(pod, OUTSIDE)), port);
+    // Another pod's flow to the same destination from the same port gets another one.
+    let other_pod = (Ipv4Addr::new(198, 18, 1, 6), 40_000);
+    let other_port = masqueraded(&mut h, &Frame::tcp(other_pod, OUTSIDE).build());
+    assert_ne!(other_port, port, "two pods' flows share a node port");
+
+    // Replies to each node port reach their own pod.
+    for (node_port, (addr, pod_port)) in [(port, pod), (other_port, other_pod)] {
+        let mut reply = Frame::tcp(OUTSIDE, (NODE_ADDR, node_port));
+        reply.tcp_flags = 0x12;
+        let (verdict, out, counted) = h.run_counting(
+            program_names::TUNNEL_DECAP,
+            &reply.build(),
+            Reason::Unmasqueraded,
+        );
+        assert_eq!((verdict, counted), (TC_ACT_OK, true));
+        let back = parsed(&out);
+        assert_eq!(
+            (back.src, back.src_port, back.dst, back.dst_port),
+            (OUTSIDE.0, OUTSIDE.1, addr, pod_port)
+        );
+        assert!(back.ip_checksum_ok && back.l4_checksum_ok);
+    }
+
+    // UDP too, its checksum kept valid.
+    let dns = (Ipv4Addr::new(198, 18, 100, 53), 53);
+    let udp_port = masqueraded(&mut h, &Frame::udp(pod, dns).build());
+    let (verdict, out, counted) = h.run_counting(
+        program_names::TUNNEL_DECAP,
+        &Frame::udp(dns, (NODE_ADDR, udp_port)).build(),
+        Reason::Unmasqueraded,
+    );
+    assert_eq!((verdict, counted), (TC_ACT_OK, true));
+    assert_eq!(parsed(&out).dst, pod.0);
+
+    // Packets to the node's address that answer no masqueraded flow (another source,
+    // a port nobody holds, the node's own connections) pass untouched and uncounted.
+    let unheld = (berth_ebpf_common::MASQUERADE_PORT_MIN..)
+        .find(|candidate| ![port, other_port].contains(candidate))
+        .expect("a free port");
+    for frame in [
+        tcp_established((Ipv4Addr::new(198, 18, 100, 2), 80), (NODE_ADDR, port)),
+        tcp_established(OUTSIDE, (NODE_ADDR, unheld)),
+        tcp_established(OUTSIDE, (NODE_ADDR, 40_000)),
+    ] {
+        let (verdict, out, counted) =
+            h.run_counting(program_names::TUNNEL_DECAP, &frame, Reason::Unmasqueraded);
+        assert_eq!((verdict, out, counted), (TC_ACT_OK, frame, false));
+    }
+}
+
+#[test]
+fn pod_ranges_and_excluded_ranges_are_not_masqueraded() {
+    let mut h = masquerading();
+    let pod = (Ipv4Addr::new(198, 18, 1, 5), 40_000);
+    for frame in [
+        // A pod on this node, a node's pod on the shared link, an excluded range.
+        Frame::tcp(pod, (Ipv4Addr::new(198, 18, 1, 9), 8080)).build(),
+        Frame::tcp(pod, (Ipv4Addr::new(198, 18, 3, 7), 8080)).build(),
+        Frame::tcp(pod, (Ipv4Addr::new(198, 18, 200, 10), 80)).build(),
+        // Not this node's pods: the node itself, another node's pod routed through it.
+        Frame::tcp((NODE_ADDR, 40_000), OUTSIDE).build(),
+        Frame::tcp((Ipv4Addr::new(198, 18, 3, 7), 40_000), OUTSIDE).build(),
+    ] {
+        let (verdict, out, counted) =
+            h.run_counting(program_names::TUNNEL_ENCAP, &frame, Reason::Masqueraded);
+        assert_eq!((verdict, out, counted), (TC_ACT_OK, frame, false));
+    }
+    // A tunnelled pod range: encapsulated, the inner source still the pod's.
+    let to_peer_pod = Frame::tcp(pod, (Ipv4Addr::new(198, 18, 2, 7), 8080));
+    let (verdict, out, counted) = h.run_counting(
+        program_names::TUNNEL_ENCAP,
+        &to_peer_pod.build(),
+        Reason::PodEncapsulated,
+    );
+    assert_eq!((verdict, counted), (TC_ACT_OK, true));
+    assert_eq!(
+        &out[34..],
+        to_peer_pod.ipv4(),
+        "the inner packet is untouched"
+    );
+
+    // Taking a range off the list masquerades it from then on.
+    h.datapath.masquerade(&[]).expect("masquerade");
+    masqueraded(
+        &mut h,
+        &Frame::tcp(pod, (Ipv4Addr::new(198, 18, 200, 10), 80)).build(),
+    );
+}
+
+#[test]
+fn masqueraded_flows_expire_and_are_collected() {
+    let mut h = masquerading();
+    let pod = (Ipv4Addr::new(198, 18, 1, 5), 40_000);
+    let port = masqueraded(&mut h, &Frame::udp(pod, OUTSIDE).build());
+    let mut sweeper = h.datapath.conntrack_sweeper().expect("sweeper");
+    let now = monotonic_secs();
+    assert_eq!(sweeper.sweep(now + 2).expect("sweep"), 0);
+    assert_eq!(
+        sweeper.sweep(now + CT_TIMEOUT_UDP + 2).expect("sweep"),
+        2,
+        "the flow's outgoing and reply entries"
+    );
+    // A reply after that finds nothing to translate.
+    let reply = Frame::udp(OUTSIDE, (NODE_ADDR, port)).build();
+    let (verdict, out, counted) =
+        h.run_counting(program_names::TUNNEL_DECAP, &reply, Reason::Unmasqueraded);
+    assert_eq!((verdict, out, counted), (TC_ACT_OK, reply, false));
+}
+
+#[test]
+fn a_pod_reaches_itself_through_its_service_and_the_reply_comes_back_translated() {
+    let hairpin = Ipv4Addr::from(u32::from_be(berth_ebpf_common::HAIRPIN_ADDR));
+    assert_eq!(hairpin, Ipv4Addr::new(169, 254, 42, 1));
+    // The pod is the Service's only backend.
+    let itself = BackendSpec {
+        addr: POD,
+        port: 8080,
+        node_id: NODE_ID,
+        state: BackendState::Active,
+    };
+    let mut h = Harness::new(vec![web(vec![itself])]);
+    h.datapath
+        .register_pod_interface("lo", POD)
+        .expect("registering the pod interface");
+    let client = (POD, 40_000);
+    let (verdict, out, counted) = h.run_counting(
+        program_names::FROM_POD,
+        &Frame::tcp(client, (VIP, 80)).build(),
+        Reason::Translated,
+    );
+    assert!(counted && verdict != TC_ACT_SHOT);
+    let sent = parsed(&out);
+    assert_eq!(
+        (sent.src, sent.src_port, sent.dst, sent.dst_port),
+        (hairpin, 40_000, POD, 8080),
+        "from its own address the pod would answer itself inside its namespace"
+    );
+    assert!(sent.ip_checksum_ok && sent.l4_checksum_ok);
+
+    // The pod's answer goes out through its veth and comes back as the Service's.
+    let mut syn_ack = Frame::tcp((POD, 8080), (hairpin, 40_000));
+    syn_ack.tcp_flags = 0x12;
+    let (verdict, out, counted) = h.run_counting(
+        program_names::FROM_POD,
+        &syn_ack.build(),
+        Reason::ReverseTranslated,
+    );
+    assert!(counted && verdict != TC_ACT_SHOT);
+    let back = parsed(&out);
+    assert_eq!(
+        (back.src, back.src_port, back.dst, back.dst_port),
+        (VIP, 80, POD, 40_000)
+    );
+    assert!(back.ip_checksum_ok && back.l4_checksum_ok);
+
+    // The rest of the connection takes the same way, tracked like any other.
+    let (_, out) = h.run(program_names::FROM_POD, &tcp_established(client, (VIP, 80)));
+    let sent = parsed(&out);
+    assert_eq!((sent.src, sent.dst, sent.dst_port), (hairpin, POD, 8080));
+    let (_, out) = h.run(
+        program_names::FROM_POD,
+        &tcp_established((POD, 8080), (hairpin, 40_000)),
+    );
+    assert_eq!(parsed(&out).src, VIP);
+    assert_eq!(h.datapath.tracked_connections().expect("conntrack"), 1);
+}
+
+#[test]
+fn masqueraded_flows_keep_their_translation_across_an_agent_restart() {
+    let mut h = masquerading();
+    let pod = (Ipv4Addr::new(198, 18, 1, 5), 40_000);
+    let port = masqueraded(&mut h, &Frame::tcp(pod, OUTSIDE).build());
+    // A new agent opens the pinned maps: until it configures the masquerade itself, the
+    // pinned configuration keeps it on, so the flow's packets stay translated.
+    let options = h.datapath.options().clone();
+    h.datapath = Datapath::open(options).expect("reopening the datapath");
+    assert_eq!(masqueraded(&mut h, &tcp_established(pod, OUTSIDE)), port);
+    let reply = tcp_established(OUTSIDE, (NODE_ADDR, port));
+    let (verdict, out, counted) =
+        h.run_counting(program_names::TUNNEL_DECAP, &reply, Reason::Unmasqueraded);
+    assert_eq!((verdict, counted), (TC_ACT_OK, true));
+    assert_eq!(parsed(&out).dst, pod.0);
+    // The excluded range was read back too: configuring the same list changes nothing.
+    h.datapath
+        .masquerade(&[NOT_MASQUERADED])
+        .expect("masquerade");
+    let excluded = Frame::tcp(pod, (Ipv4Addr::new(198, 18, 200, 10), 80)).build();
+    let (_, out, counted) =
+        h.run_counting(program_names::TUNNEL_ENCAP, &excluded, Reason::Masqueraded);
+    assert_eq!((out, counted), (excluded, false));
+}

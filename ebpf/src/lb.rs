@@ -2,13 +2,13 @@
 
 use aya_ebpf::{
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
-    maps::Array,
+    maps::{Array, LruHashMap},
 };
 use berth_ebpf_common::{
     AffinityKey, AffinityValue, BACKEND_ACTIVE, BACKEND_FAILED, Backend, CT_CLOSED, CT_CLOSING,
     CT_ESTABLISHED, CT_FLAG_REMOTE, CT_FORWARD, CT_REVERSE, CT_SYN_SENT, CT_UDP, CT_UDP_STREAM,
-    CtEntry, DatapathConfig, FlowKey, IPPROTO_TCP, Reason, SVC_FLAG_AFFINITY, SVC_FLAG_RANDOM,
-    SVC_FLAG_ROUND_ROBIN, ServiceKey, ServiceValue, client_hash, ct_expired,
+    CtEntry, DatapathConfig, FlowKey, HAIRPIN_ADDR, IPPROTO_TCP, Reason, SVC_FLAG_AFFINITY,
+    SVC_FLAG_RANDOM, SVC_FLAG_ROUND_ROBIN, ServiceKey, ServiceValue, client_hash, ct_expired,
     defaults::ROUND_ROBIN_WIDTH, flow_hash, maglev_position,
 };
 
@@ -33,9 +33,9 @@ pub struct Flow {
 }
 
 /// TCP's flag bits (the header's 14th byte).
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
+pub(crate) const TCP_FIN: u8 = 0x01;
+pub(crate) const TCP_SYN: u8 = 0x02;
+pub(crate) const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 
 /// Whether a TCP header's flags byte opens a connection.
@@ -167,7 +167,7 @@ fn choose(service: &ServiceValue, flow: &Flow, spread: Spread) -> Option<(u32, B
 
 /// Session affinity: reuse the client's backend while it is active and the entry fresh.
 #[inline(always)]
-fn choose_with_affinity(
+pub(crate) fn choose_with_affinity(
     service: &ServiceValue,
     flow: &Flow,
     spread: Spread,
@@ -234,7 +234,7 @@ fn next_state(state: u8, flow: &Flow) -> u8 {
 /// # Safety
 /// `entry` must point at a value in a conntrack map.
 #[inline(always)]
-unsafe fn touch(entry: *mut CtEntry, state: u8, now: u32) {
+pub(crate) unsafe fn touch(entry: *mut CtEntry, state: u8, now: u32) {
     // SAFETY: the caller's contract; racing writers store the same kind of value.
     unsafe {
         if (*entry).last_seen_secs != now {
@@ -250,8 +250,8 @@ unsafe fn touch(entry: *mut CtEntry, state: u8, now: u32) {
 /// first UDP reply, seen in this direction), so both age out together. Only on packets
 /// that change a state: a few per connection.
 #[inline(always)]
-fn advance_partner(partner: FlowKey, state: u8) {
-    if let Some(entry) = CT.get_ptr_mut(partner) {
+pub(crate) fn advance_partner(table: &LruHashMap<FlowKey, CtEntry>, partner: FlowKey, state: u8) {
+    if let Some(entry) = table.get_ptr_mut(partner) {
         // SAFETY: a pointer into the conntrack map.
         unsafe {
             if (*entry).state < state {
@@ -329,7 +329,7 @@ pub fn forward(
                 // SAFETY: a pointer into the conntrack map.
                 unsafe { touch(pointer, state, now) };
                 if state != tracked.state && tracked.flags & CT_FLAG_REMOTE == 0 {
-                    advance_partner(reverse_key(flow, &tracked), state);
+                    advance_partner(&CT, reverse_key(flow, &tracked), state);
                 }
                 return Ok(Target {
                     entry: tracked,
@@ -415,13 +415,24 @@ pub fn forward(
     })
 }
 
+/// The source a client's packets reach the backend in `entry` with: the client's own,
+/// or [`HAIRPIN_ADDR`] when the backend is the client itself.
+#[inline(always)]
+pub fn client_source(flow: &Flow, entry: &CtEntry) -> u32 {
+    if entry.addr == flow.src_addr {
+        HAIRPIN_ADDR
+    } else {
+        flow.src_addr
+    }
+}
+
 /// The key of the replies of `flow` (the client's packet before translation) sent to
 /// the backend in `entry`.
 #[inline(always)]
 fn reverse_key(flow: &Flow, entry: &CtEntry) -> FlowKey {
     FlowKey {
         src_addr: entry.addr,
-        dst_addr: flow.src_addr,
+        dst_addr: client_source(flow, entry),
         src_port: entry.port,
         dst_port: flow.src_port,
         proto: flow.proto,
@@ -560,8 +571,14 @@ fn reply_seen(pointer: *mut CtEntry, entry: CtEntry, flow: &Flow, now: u32) -> C
     // SAFETY: `pointer` is the conntrack map's value `entry` was read from.
     unsafe { touch(pointer, state, now) };
     if state != entry.state {
+        // A hairpin reply goes to HAIRPIN_ADDR; its client is the backend itself.
+        let client = if flow.dst_addr == HAIRPIN_ADDR {
+            flow.src_addr
+        } else {
+            flow.dst_addr
+        };
         let client_leg = FlowKey {
-            src_addr: flow.dst_addr,
+            src_addr: client,
             dst_addr: entry.addr,
             src_port: flow.dst_port,
             dst_port: entry.port,
@@ -569,7 +586,7 @@ fn reply_seen(pointer: *mut CtEntry, entry: CtEntry, flow: &Flow, now: u32) -> C
             direction: CT_FORWARD,
             _pad: 0,
         };
-        advance_partner(client_leg, state);
+        advance_partner(&CT, client_leg, state);
     }
     entry
 }

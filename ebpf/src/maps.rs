@@ -70,6 +70,28 @@ pub static POD_INTERFACES: HashMap<u32, u32> = HashMap::pinned(defaults::MAX_POD
 #[map(name = "BERTH_POD_RANGES")]
 pub static POD_RANGES: LpmTrie<u32, PodRange> = LpmTrie::pinned(defaults::MAX_NODES, 0);
 
+/// Destination ranges pod traffic is not masqueraded to (the agent's
+/// `--non-masquerade-cidr`), keyed like the pod ranges. The value is unused.
+#[map(name = "BERTH_NO_MASQ")]
+pub static NO_MASQUERADE: LpmTrie<u32, u32> = LpmTrie::pinned(defaults::MAX_NO_MASQUERADE, 0);
+
+/// Masqueraded flows: (pod, destination, ports, `CT_MASQ_OUT`) → the node address and
+/// port the flow leaves with, and (destination, node, ports, `CT_MASQ_IN`) → the pod's
+/// address and port. An LRU of its own, so pods' connections to the outside never evict
+/// service connections.
+#[map(name = "BERTH_MASQ")]
+pub static MASQUERADE: LruHashMap<FlowKey, CtEntry> = LruHashMap::pinned(
+    defaults::MAX_CONNECTIONS * 2 / defaults::MASQUERADE_SHARE,
+    0,
+);
+
+/// Whether pod traffic to `addr` keeps its pod source: `addr` is in the no-masquerade
+/// list or in a pod range (this node's or another's, whether routed or tunnelled).
+#[inline(always)]
+pub fn keeps_pod_source(addr: u32) -> bool {
+    NO_MASQUERADE.get(Key::new(32, addr)).is_some() || POD_RANGES.get(Key::new(32, addr)).is_some()
+}
+
 /// The pod range holding `addr` (network order), if any.
 #[inline(always)]
 pub fn pod_range(addr: u32) -> Option<PodRange> {

@@ -10,7 +10,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use aya_log_ebpf::warn;
-use berth_ebpf_common::{IPPROTO_TCP, IPPROTO_UDP, Reason};
+use berth_ebpf_common::{HAIRPIN_ADDR, IPPROTO_TCP, IPPROTO_UDP, Reason};
 
 use crate::{
     lb::{self, Flow},
@@ -93,6 +93,15 @@ fn from_pod(ctx: &TcContext) -> Reason {
     {
         return Reason::DropRewriteFailed;
     }
+    // Hairpin: the pod reaches itself through its Service. From its own address the
+    // packet would be answered inside the pod, past this program; from HAIRPIN_ADDR the
+    // answer leaves through the veth and is translated back like any backend's.
+    let source = lb::client_source(&flow, &entry);
+    if source != flow.src_addr
+        && rewrite_address(ctx, l4, flow.proto, Side::Source, (flow.src_addr, source)).is_err()
+    {
+        return Reason::DropRewriteFailed;
+    }
     account(&entry, u64::from(ctx.len()), target.new_flow);
     Reason::Translated
 }
@@ -131,6 +140,19 @@ fn reverse(ctx: &TcContext, flow: &Flow, l4: usize) -> Reason {
     let Some(entry) = lb::reply(flow) else {
         return Reason::PassNotService;
     };
+    // A hairpin reply: the client is the backend pod itself.
+    if flow.dst_addr == HAIRPIN_ADDR
+        && rewrite_address(
+            ctx,
+            l4,
+            flow.proto,
+            Side::Destination,
+            (HAIRPIN_ADDR, flow.src_addr),
+        )
+        .is_err()
+    {
+        return Reason::DropRewriteFailed;
+    }
     if rewrite(
         ctx,
         l4,
@@ -184,7 +206,7 @@ fn deliver_to_local_pod(ctx: &TcContext) -> Option<i32> {
 
 /// Reads the IPv4 TCP/UDP fields; everything else is a pass (or drop) reason.
 #[inline(always)]
-fn parse(ctx: &TcContext) -> Result<(Flow, usize), Reason> {
+pub(crate) fn parse(ctx: &TcContext) -> Result<(Flow, usize), Reason> {
     let ether_type: u16 = ctx.load(12).map_err(|_| Reason::PassTruncated)?;
     if ether_type != 0x0800u16.to_be() {
         return Err(Reason::PassNotIpv4);
@@ -232,16 +254,50 @@ fn parse(ctx: &TcContext) -> Result<(Flow, usize), Reason> {
 }
 
 #[derive(Clone, Copy)]
-enum Side {
+pub(crate) enum Side {
     Source,
     Destination,
+}
+
+/// Rewrites one side's address alone (see [`rewrite`]).
+#[inline(always)]
+fn rewrite_address(
+    ctx: &TcContext,
+    l4: usize,
+    proto: u8,
+    side: Side,
+    (old_addr, new_addr): (u32, u32),
+) -> Result<(), i64> {
+    let addr_at = match side {
+        Side::Source => IP_SRC,
+        Side::Destination => IP_DST,
+    };
+    let (check_at, mangled) = l4_checksum(l4, proto);
+    ctx.l4_csum_replace(
+        check_at,
+        u64::from(old_addr),
+        u64::from(new_addr),
+        u64::from(BPF_F_PSEUDO_HDR) | mangled | 4,
+    )?;
+    ctx.l3_csum_replace(IP_CHECK, u64::from(old_addr), u64::from(new_addr), 4)?;
+    ctx.store(addr_at, &new_addr, 0)
+}
+
+/// Where the L4 checksum is, and the flag that keeps a zero UDP checksum ("none") zero.
+#[inline(always)]
+fn l4_checksum(l4: usize, proto: u8) -> (usize, u64) {
+    if proto == IPPROTO_TCP {
+        (l4 + 16, 0)
+    } else {
+        (l4 + 6, u64::from(BPF_F_MARK_MANGLED_0))
+    }
 }
 
 /// Rewrites one side's address and port, fixing the IPv4 and L4 checksums through the
 /// kernel helpers, which also handle checksum-offloaded (CHECKSUM_PARTIAL) packets from
 /// local pods correctly.
 #[inline(always)]
-fn rewrite(
+pub(crate) fn rewrite(
     ctx: &TcContext,
     l4: usize,
     proto: u8,
@@ -249,30 +305,17 @@ fn rewrite(
     (old_addr, new_addr): (u32, u32),
     (old_port, new_port): (u16, u16),
 ) -> Result<(), i64> {
-    let (addr_at, port_at) = match side {
-        Side::Source => (IP_SRC, l4),
-        Side::Destination => (IP_DST, l4 + 2),
+    let port_at = match side {
+        Side::Source => l4,
+        Side::Destination => l4 + 2,
     };
-    let (check_at, mangled) = if proto == IPPROTO_TCP {
-        (l4 + 16, 0)
-    } else {
-        // A zero UDP checksum means "none": the helper leaves it alone.
-        (l4 + 6, u64::from(BPF_F_MARK_MANGLED_0))
-    };
-    ctx.l4_csum_replace(
-        check_at,
-        u64::from(old_addr),
-        u64::from(new_addr),
-        u64::from(BPF_F_PSEUDO_HDR) | mangled | 4,
-    )?;
+    let (check_at, mangled) = l4_checksum(l4, proto);
     ctx.l4_csum_replace(
         check_at,
         u64::from(old_port),
         u64::from(new_port),
         mangled | 2,
     )?;
-    ctx.l3_csum_replace(IP_CHECK, u64::from(old_addr), u64::from(new_addr), 4)?;
-    ctx.store(addr_at, &new_addr, 0)?;
     ctx.store(port_at, &new_port, 0)?;
-    Ok(())
+    rewrite_address(ctx, l4, proto, side, (old_addr, new_addr))
 }

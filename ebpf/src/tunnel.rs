@@ -14,11 +14,12 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use berth_ebpf_common::{IPPROTO_IPIP, POD_RANGE_TUNNEL, Reason};
+use berth_ebpf_common::{DatapathConfig, IPPROTO_IPIP, POD_RANGE_TUNNEL, Reason};
 
 use crate::{
     ip::{Ipv4Header, VERSION_IHL_PLAIN, ipip_header},
     maps::{NODES, config, count, pod_range},
+    nat,
 };
 
 const ETH_HLEN: usize = 14;
@@ -50,13 +51,17 @@ fn ipv4_header(ctx: &TcContext) -> Option<Ipv4Header> {
     ctx.load(ETH_HLEN).ok()
 }
 
+/// Egress of the underlay interface: IPIP for tunnelled pod ranges, then masquerade for
+/// pods' traffic leaving the cluster (see `nat`).
 #[classifier]
 pub fn berth_tunnel_encap(ctx: TcContext) -> i32 {
-    verdict(encap(&ctx))
+    let Some(config) = config() else {
+        return TC_ACT_OK;
+    };
+    verdict(encap(&ctx, &config).or_else(|| nat::masquerade(&ctx, &config)))
 }
 
-fn encap(ctx: &TcContext) -> Option<Reason> {
-    let config = config()?;
+fn encap(ctx: &TcContext, config: &DatapathConfig) -> Option<Reason> {
     let inner = ipv4_header(ctx)?;
     let range = pod_range(inner.dst_addr)?;
     if range.flags & POD_RANGE_TUNNEL == 0 || inner.version_ihl >> 4 != 4 {
@@ -84,17 +89,21 @@ fn encap(ctx: &TcContext) -> Option<Reason> {
     Some(Reason::PodEncapsulated)
 }
 
+/// Ingress of the underlay interface: IPIP from nodes for pods here, then replies to
+/// masqueraded flows.
 #[classifier]
 pub fn berth_tunnel_decap(ctx: TcContext) -> i32 {
-    verdict(decap(&ctx))
+    let Some(config) = config() else {
+        return TC_ACT_OK;
+    };
+    verdict(decap(&ctx, &config).or_else(|| nat::unmasquerade(&ctx, &config)))
 }
 
 /// Unwraps IPIP addressed to this node when it comes from a node (`BERTH_NODES`) and
 /// carries a packet from that node's pods or the node itself to a pod of this node:
 /// the tunnel reaches pods as plain routing between the nodes would, and nobody else can
 /// use it to reach them (or, through this node, anything else).
-fn decap(ctx: &TcContext) -> Option<Reason> {
-    let config = config()?;
+fn decap(ctx: &TcContext, config: &DatapathConfig) -> Option<Reason> {
     let outer = ipv4_header(ctx)?;
     if outer.proto != IPPROTO_IPIP || outer.dst_addr != config.node_addr {
         return None;

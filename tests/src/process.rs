@@ -133,6 +133,11 @@ impl Setup {
     }
 
     pub fn agent(&self) -> Process {
+        self.agent_with(&[])
+    }
+
+    /// The agent with `extra` flags after the ones [`Setup::agent`] passes.
+    pub fn agent_with(&self, extra: &[&str]) -> Process {
         let data = self.data.path();
         let child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", self.ns.name()))
@@ -148,6 +153,7 @@ impl Setup {
             .arg("--pin-dir")
             .arg(self.pins.path())
             .args(["--node-address", NODE_ADDR])
+            .args(extra)
             .spawn()
             .expect("starting berth-agent");
         Process(child)
@@ -285,6 +291,39 @@ pub fn pod_netns(ip: Ipv4Addr) -> String {
         }
     }
     panic!("no pod namespace holds {ip}");
+}
+
+/// The `echo` container of a pod of node `node` (the first whose container name holds
+/// `_<pod_prefix>`), to run the image's own clients in as a user would with exec.
+pub struct PodShell {
+    runtime: DockerRuntime,
+    id: String,
+}
+
+impl PodShell {
+    pub async fn find(node: &str, pod_prefix: &str) -> PodShell {
+        let runtime = DockerRuntime::connect("/var/run/docker.sock")
+            .await
+            .expect("docker");
+        let id = runtime
+            .list_by_labels(&[("berth.node", node), ("berth.container.name", "echo")])
+            .await
+            .expect("containers")
+            .into_iter()
+            .find(|container| container.name.contains(&format!("_{pod_prefix}")))
+            .unwrap_or_else(|| panic!("no {pod_prefix} container on node {node}"))
+            .id;
+        PodShell { runtime, id }
+    }
+
+    /// Runs `command` in the container (15 s at most).
+    pub async fn run(&self, command: &[&str]) -> berth_agent::runtime::ExecOutput {
+        let command: Vec<String> = command.iter().map(|part| (*part).to_owned()).collect();
+        self.runtime
+            .exec(&self.id, &command, Duration::from_secs(15))
+            .await
+            .unwrap_or_else(|error| panic!("{command:?} in the pod: {error}"))
+    }
 }
 
 /// Ids of the node's containers, sorted.

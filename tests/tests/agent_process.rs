@@ -9,10 +9,11 @@ use std::{
     time::Duration,
 };
 
-use berth_agent::runtime::DockerRuntime;
 use berth_tests::{
     Load,
-    process::{Setup, answers_from_every_replica, container_ids, pod_netns, web_manifest},
+    process::{
+        PodShell, Setup, answers_from_every_replica, container_ids, pod_netns, web_manifest,
+    },
 };
 
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 200, 10);
@@ -41,36 +42,19 @@ async fn run(setup: &Setup) {
         assert_eq!(reply.client.ip(), std::net::IpAddr::V4(client_ip));
     }
 
-    // Service discovery from inside a pod: its resolv.conf points at the node's DNS.
-    let runtime = DockerRuntime::connect("/var/run/docker.sock")
-        .await
-        .expect("docker");
-    let client = runtime
-        .list_by_labels(&[
-            ("berth.node", &setup.node),
-            ("berth.container.name", "echo"),
-        ])
-        .await
-        .expect("containers")
-        .into_iter()
-        .find(|container| container.name.contains("_client-"))
-        .expect("the client container");
-    // The image's own clients, the ones users are told to exec into.
-    let in_client = |command: &[&str]| {
-        let command: Vec<String> = command.iter().map(|part| (*part).to_owned()).collect();
-        let (runtime, id) = (&runtime, &client.id);
-        async move { runtime.exec(id, &command, Duration::from_secs(10)).await }
-    };
-    let lookup = in_client(&["nslookup", "web.default.svc.cluster.local"])
-        .await
-        .expect("nslookup in the client pod");
+    // Service discovery from inside a pod: its resolv.conf points at the node's DNS,
+    // with the image's own clients, the ones users are told to exec into.
+    let client = PodShell::find(&setup.node, "client-").await;
+    let lookup = client
+        .run(&["nslookup", "web.default.svc.cluster.local"])
+        .await;
     assert!(
         lookup.output.contains(&VIP.to_string()),
         "nslookup web from a pod: {lookup:?}"
     );
-    let fetched = in_client(&["wget", "-qO-", "http://web.default.svc.cluster.local/"])
-        .await
-        .expect("wget in the client pod");
+    let fetched = client
+        .run(&["wget", "-qO-", "http://web.default.svc.cluster.local/"])
+        .await;
     assert!(
         fetched.output.starts_with("pod=web-"),
         "wget by the Service's name from a pod: {fetched:?}"

@@ -19,7 +19,7 @@ mod neighbours;
 mod slots;
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     fs, io,
     net::Ipv4Addr,
     os::fd::AsFd as _,
@@ -34,7 +34,7 @@ use aya::{
         lpm_trie::{Key as LpmKey, LpmTrie},
     },
     programs::{
-        ProgramError, SchedClassifier, TcAttachType, Xdp,
+        CgroupAttachMode, CgroupSockAddr, ProgramError, SchedClassifier, TcAttachType, Xdp,
         links::{FdLink, LinkError, PinnedLink},
         tc::SchedClassifierLink,
         xdp::XdpLink,
@@ -42,10 +42,10 @@ use aya::{
 };
 pub use berth_ebpf_common::Reason;
 use berth_ebpf_common::{
-    BACKEND_ACTIVE, BACKEND_FAILED, BACKEND_TERMINATING, Backend, BackendAddr, CT_FORWARD, CtEntry,
-    DatapathConfig, FlowKey, PodRange, SVC_FLAG_AFFINITY, SVC_FLAG_EXTERNAL, SVC_FLAG_RANDOM,
-    SVC_FLAG_ROUND_ROBIN, ServiceKey, ServiceValue, Traffic, ct_expired, defaults, map_names,
-    program_names,
+    BACKEND_ACTIVE, BACKEND_FAILED, BACKEND_TERMINATING, Backend, BackendAddr, CONFIG_MASQUERADE,
+    CT_FORWARD, CtEntry, DatapathConfig, FlowKey, PodRange, SVC_FLAG_AFFINITY, SVC_FLAG_EXTERNAL,
+    SVC_FLAG_RANDOM, SVC_FLAG_ROUND_ROBIN, ServiceKey, ServiceValue, Traffic, ct_expired, defaults,
+    map_names, program_names,
 };
 pub use maglev::BackendIdentity;
 pub use model::*;
@@ -102,7 +102,12 @@ impl Limits {
         (self.max_connections * 2 / defaults::HALF_OPEN_SHARE).max(2)
     }
 
-    fn map_sizes(&self) -> [(&'static str, u32); 13] {
+    /// Entries of the masquerade table: an outgoing and a reply entry per connection.
+    fn masquerade_entries(&self) -> u32 {
+        (self.max_connections * 2 / defaults::MASQUERADE_SHARE).max(2)
+    }
+
+    fn map_sizes(&self) -> [(&'static str, u32); 15] {
         [
             (map_names::CONFIG, 1),
             (
@@ -120,6 +125,8 @@ impl Limits {
             (map_names::AFFINITY, self.max_affinity),
             (map_names::NODES, self.max_nodes),
             (map_names::POD_RANGES, self.max_nodes),
+            (map_names::NO_MASQUERADE, defaults::MAX_NO_MASQUERADE),
+            (map_names::MASQUERADE, self.masquerade_entries()),
             (map_names::SERVICE_STATS, self.max_services),
             (map_names::BACKEND_STATS, self.max_backends + 1),
         ]
@@ -374,6 +381,13 @@ pub struct Datapath {
     pod_ranges: LpmTrie<MapData, u32, PodRange>,
     /// Mirror of the pod ranges map, by (range address, prefix length), read back at open.
     live_pod_ranges: BTreeMap<(Ipv4Addr, u8), PodRange>,
+    /// Destination ranges pods' traffic is not masqueraded to.
+    no_masquerade: LpmTrie<MapData, u32, u32>,
+    /// Mirror of the no-masquerade list, read back at open.
+    live_no_masquerade: BTreeSet<(Ipv4Addr, u8)>,
+    /// `CONFIG_*` flags of the config entry; a restarted agent keeps the pinned ones until
+    /// it configures them again, so masqueraded flows keep their translation meanwhile.
+    config_flags: u32,
     /// Service names by id; names are not stored in the kernel, so after a restart they
     /// are re-learned from the first apply.
     service_names: HashMap<u32, String>,
@@ -425,14 +439,19 @@ impl Datapath {
         // Conntrack entries grew a state and a last-seen time: an older agent's table
         // cannot be read by these programs, so it is replaced. Connections it tracked
         // lose their translation, as after a reboot.
-        for table in [map_names::CONNTRACK, map_names::HALF_OPEN] {
+        // The config entry grew flags the same way; the agent rewrites it at once.
+        for (table, value_size) in [
+            (map_names::CONNTRACK, std::mem::size_of::<CtEntry>()),
+            (map_names::HALF_OPEN, std::mem::size_of::<CtEntry>()),
+            (map_names::CONFIG, std::mem::size_of::<DatapathConfig>()),
+        ] {
             let pin = pin_dir.join(table);
             if pin.exists()
                 && MapData::from_pin(&pin)
                     .and_then(|data| data.info())
                     .map_err(map_error(table))?
                     .value_size() as usize
-                    != std::mem::size_of::<CtEntry>()
+                    != value_size
             {
                 fs::remove_file(&pin).map_err(io_error(&pin))?;
             }
@@ -471,6 +490,14 @@ impl Datapath {
             .try_into()
             .map_err(program_error(program_names::EXTERNAL))?;
         xdp.load().map_err(program_error(program_names::EXTERNAL))?;
+        let connect4: &mut CgroupSockAddr = ebpf
+            .program_mut(program_names::CONNECT4)
+            .ok_or(DatapathError::Missing(program_names::CONNECT4))?
+            .try_into()
+            .map_err(program_error(program_names::CONNECT4))?;
+        connect4
+            .load()
+            .map_err(program_error(program_names::CONNECT4))?;
 
         let mut take = |name: &'static str| ebpf.take_map(name).ok_or(DatapathError::Missing(name));
         let config: Array<_, DatapathConfig> = take(map_names::CONFIG)?
@@ -510,6 +537,9 @@ impl Datapath {
         let pod_ranges: LpmTrie<_, u32, PodRange> = take(map_names::POD_RANGES)?
             .try_into()
             .map_err(map_error(map_names::POD_RANGES))?;
+        let no_masquerade: LpmTrie<_, u32, u32> = take(map_names::NO_MASQUERADE)?
+            .try_into()
+            .map_err(map_error(map_names::NO_MASQUERADE))?;
         let maglev_map = match take(map_names::MAGLEV)? {
             Map::Array(data) => data,
             _ => return Err(DatapathError::Missing(map_names::MAGLEV)),
@@ -549,6 +579,9 @@ impl Datapath {
             live_nodes: BTreeMap::new(),
             pod_ranges,
             live_pod_ranges: BTreeMap::new(),
+            no_masquerade,
+            live_no_masquerade: BTreeSet::new(),
+            config_flags: 0,
             service_names: HashMap::new(),
         };
         datapath.read_back()?;
@@ -605,6 +638,17 @@ impl Datapath {
             let prefix = key.prefix_len().min(32) as u8;
             self.live_pod_ranges.insert((addr, prefix), range);
         }
+        for entry in self.no_masquerade.keys() {
+            let key = entry.map_err(map_error(map_names::NO_MASQUERADE))?;
+            let addr = Ipv4Addr::from(u32::from_be(key.data()));
+            self.live_no_masquerade
+                .insert((addr, key.prefix_len().min(32) as u8));
+        }
+        self.config_flags = self
+            .config
+            .get(&0, 0)
+            .map_err(map_error(map_names::CONFIG))?
+            .flags;
         Ok(())
     }
 
@@ -614,6 +658,9 @@ impl Datapath {
             node_id: self.options.node_id,
             node_addr: u32::from(self.options.node_addr).to_be(),
             ready: 1,
+            flags: self.config_flags,
+            _pad: 0,
+            netns_cookie: netns_cookie(),
         };
         let current = self
             .config
@@ -1263,6 +1310,55 @@ impl Datapath {
         Ok(stale.len())
     }
 
+    /// Masquerades pods' TCP and UDP traffic leaving the underlay interface (the tunnel's
+    /// programs, [`Self::attach_underlay_interface`]) for any address outside every pod
+    /// range and the ranges of `except` (address, prefix length), which replace the
+    /// previous list. New ranges are written before masquerading starts and stale ones
+    /// removed after, so no packet is masqueraded that the list excludes.
+    pub fn masquerade(&mut self, except: &[(Ipv4Addr, u8)]) -> Result<(), DatapathError> {
+        let wanted: BTreeSet<(Ipv4Addr, u8)> = except
+            .iter()
+            .map(|&(addr, prefix)| {
+                let prefix = prefix.min(32);
+                let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+                (Ipv4Addr::from(u32::from(addr) & mask), prefix)
+            })
+            .collect();
+        if wanted.len() > defaults::MAX_NO_MASQUERADE as usize {
+            return Err(DatapathError::TooMany {
+                what: "ranges not masqueraded",
+                count: wanted.len(),
+                limit: defaults::MAX_NO_MASQUERADE,
+            });
+        }
+        let key = |(addr, prefix): (Ipv4Addr, u8)| {
+            LpmKey::new(u32::from(prefix), u32::from(addr).to_be())
+        };
+        for range in &wanted {
+            if !self.live_no_masquerade.contains(range) {
+                self.no_masquerade
+                    .insert(&key(*range), 1, 0)
+                    .map_err(map_error(map_names::NO_MASQUERADE))?;
+                self.live_no_masquerade.insert(*range);
+            }
+        }
+        self.config_flags |= CONFIG_MASQUERADE;
+        self.write_config()?;
+        let stale: Vec<(Ipv4Addr, u8)> = self
+            .live_no_masquerade
+            .difference(&wanted)
+            .copied()
+            .collect();
+        for range in stale {
+            match self.no_masquerade.remove(&key(range)) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(error) => return Err(map_error(map_names::NO_MASQUERADE)(error)),
+            }
+            self.live_no_masquerade.remove(&range);
+        }
+        Ok(())
+    }
+
     /// The pod ranges map as the programs see it.
     pub fn pod_ranges(&self) -> &BTreeMap<(Ipv4Addr, u8), PodRange> {
         &self.live_pod_ranges
@@ -1286,6 +1382,36 @@ impl Datapath {
             self.unpin_link(&self.link_pin(interface, suffix))?;
         }
         Ok(())
+    }
+
+    /// Sends the node's own connections to service frontends (sockets of the agent's
+    /// network namespace) straight to a backend: the connect4 program, attached to the
+    /// cgroup v2 directory `cgroup` (the hierarchy's root covers every process; the
+    /// program leaves other namespaces' sockets alone). Attached next to other programs
+    /// there; a restarted agent's replaces its predecessor's.
+    pub fn attach_node_sockets(&mut self, cgroup: &Path) -> Result<(), DatapathError> {
+        let pin = self.link_pin("cgroup", "connect4");
+        let program = program_names::CONNECT4;
+        let directory = fs::File::open(cgroup).map_err(io_error(cgroup))?;
+        let prog: &mut CgroupSockAddr = self
+            .ebpf
+            .program_mut(program)
+            .ok_or(DatapathError::Missing(program))?
+            .try_into()
+            .map_err(program_error(program))?;
+        // Through bpf_link (Linux 5.7 on) a cgroup program always sits next to the
+        // others attached there; the kernel refuses any mode flag with a link.
+        let link_id = prog
+            .attach(&directory, CgroupAttachMode::Single)
+            .map_err(program_error(program))?;
+        let link = prog.take_link(link_id).map_err(program_error(program))?;
+        // Replacing the pin drops the previous agent's link: its program detaches.
+        self.pin_link(link, &pin)
+    }
+
+    /// Detaches the connect4 program (a missing link is fine).
+    pub fn detach_node_sockets(&mut self) -> Result<(), DatapathError> {
+        self.unpin_link(&self.link_pin("cgroup", "connect4"))
     }
 
     /// Attaches the north-south program to the node's external interface.
@@ -1502,6 +1628,7 @@ impl Datapath {
             tables: [
                 (map_names::CONNTRACK, open(map_names::CONNTRACK)?),
                 (map_names::HALF_OPEN, open(map_names::HALF_OPEN)?),
+                (map_names::MASQUERADE, open(map_names::MASQUERADE)?),
             ],
         })
     }
@@ -1593,7 +1720,7 @@ fn interface_name(index: u32) -> Option<String> {
 /// `berth_ebpf_common::ct_timeout_secs`). The programs already treat them as absent;
 /// collecting frees their room for new connections before the LRU has to evict.
 pub struct ConntrackSweeper {
-    tables: [(&'static str, BpfHashMap<MapData, FlowKey, CtEntry>); 2],
+    tables: [(&'static str, BpfHashMap<MapData, FlowKey, CtEntry>); 3],
 }
 
 impl ConntrackSweeper {
@@ -1636,6 +1763,43 @@ impl ConntrackSweeper {
         }
         Ok(collected)
     }
+}
+
+/// The cookie of the calling thread's network namespace (`SO_NETNS_COOKIE`, Linux 5.14),
+/// or 0 where the kernel has none to give.
+fn netns_cookie() -> u64 {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    // SAFETY: plain socket call; the descriptor is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return 0;
+    }
+    let mut cookie = 0u64;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: `cookie` and `len` describe a buffer of the size the option writes.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        )
+    };
+    // SAFETY: closing the descriptor opened above.
+    unsafe { libc::close(fd) };
+    if rc == 0 { cookie } else { 0 }
+}
+
+/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup` on a unified system,
+/// `/sys/fs/cgroup/unified` on a hybrid one), from /proc/self/mountinfo.
+pub fn cgroup2_root() -> Option<PathBuf> {
+    let mounts = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mounts.lines().find_map(|line| {
+        let (mount, fs) = line.split_once(" - ")?;
+        (fs.split_whitespace().next() == Some("cgroup2"))
+            .then(|| mount.split_whitespace().nth(4).map(PathBuf::from))?
+    })
 }
 
 /// CLOCK_MONOTONIC in whole seconds: the clock of the conntrack entries' last-seen times

@@ -28,6 +28,10 @@ pub mod map_names {
     /// Every node's pod range → the node's address: where cross-node pod traffic goes
     /// and whether it is encapsulated.
     pub const POD_RANGES: &str = "BERTH_POD_RANGES";
+    /// Destination ranges pod traffic is not masqueraded to (besides every pod range).
+    pub const NO_MASQUERADE: &str = "BERTH_NO_MASQ";
+    /// Masqueraded flows: the node port each pod flow leaves with, and back.
+    pub const MASQUERADE: &str = "BERTH_MASQ";
 }
 
 /// Names of the programs in the eBPF object.
@@ -44,6 +48,9 @@ pub mod program_names {
     /// TC ingress on the node's underlay interface: unwraps IPIP from nodes carrying
     /// their pods' packets for this node's pods.
     pub const TUNNEL_DECAP: &str = "berth_tunnel_decap";
+    /// cgroup connect4: the node's own connections to service frontends go straight to a
+    /// backend.
+    pub const CONNECT4: &str = "berth_connect4";
 }
 
 /// Default sizes. The agent overrides them at load time from its configuration.
@@ -61,6 +68,12 @@ pub mod defaults {
     pub const ROUND_ROBIN_WIDTH: u32 = 64;
     /// Host-side pod veths on one node the programs may deliver straight into.
     pub const MAX_POD_INTERFACES: u32 = 4_096;
+    /// Ranges in the no-masquerade list.
+    pub const MAX_NO_MASQUERADE: u32 = 256;
+    /// Masqueraded connections are tracked in a table of this fraction of the
+    /// conntrack table's entries (two entries each: out and back): a quarter, 250,000
+    /// connections to outside the cluster by default.
+    pub const MASQUERADE_SHARE: u32 = 4;
     /// Smallest Maglev table (prime). Larger services get larger tables (200 slots per
     /// backend): the Maglev paper keeps M > 100 * N for near-minimal disruption.
     pub const MAGLEV_MIN_TABLE: u32 = 1_021;
@@ -88,7 +101,27 @@ pub struct DatapathConfig {
     pub node_addr: u32,
     /// Zero until the agent has written the config; the programs pass everything until then.
     pub ready: u32,
+    /// `CONFIG_*` flags.
+    pub flags: u32,
+    pub _pad: u32,
+    /// The cookie of the node's network namespace (`SO_NETNS_COOKIE`): the socket
+    /// program translates connections of that namespace's sockets only (it is attached to
+    /// a cgroup, which spans namespaces). Zero: no socket is translated.
+    pub netns_cookie: u64,
 }
+
+/// Pod traffic leaving the underlay interface for addresses outside every pod range and
+/// the no-masquerade list takes the node's address (SNAT).
+pub const CONFIG_MASQUERADE: u32 = 1 << 0;
+
+/// The node ports masqueraded flows are given: above Linux's default ephemeral range
+/// (`ip_local_port_range` 32768-60999), so they never meet the node's own connections.
+pub const MASQUERADE_PORT_MIN: u16 = 61_000;
+/// How many ports from [`MASQUERADE_PORT_MIN`]: up to 65535.
+pub const MASQUERADE_PORTS: u32 = 65_536 - MASQUERADE_PORT_MIN as u32;
+/// Ports tried for a new masqueraded flow before it is dropped
+/// (`drop_masquerade_ports`): only flows to the same destination address and port compete.
+pub const MASQUERADE_PROBES: u32 = 32;
 
 /// Value of the pod ranges map, an LPM trie keyed by (prefix length, range address in
 /// network order): the node that owns the range.
@@ -163,10 +196,23 @@ pub struct Backend {
     pub node_id: u32,
 }
 
+/// The source a pod's packets to its own Service carry when the backend chosen is the pod
+/// itself (hairpin), network order of 169.254.42.1 as Cilium's service loopback address:
+/// with its own address as source the pod would answer itself inside its namespace and the
+/// reply would never be translated back. Link-local and assigned nowhere; the pod's
+/// default route takes replies to it out through its veth.
+pub const HAIRPIN_ADDR: u32 = u32::from_be_bytes([169, 254, 42, 1]).to_be();
+
 /// Conntrack key direction: the client-to-service leg (before translation).
 pub const CT_FORWARD: u8 = 1;
 /// Conntrack key direction: replies from a backend (after translation).
 pub const CT_REVERSE: u8 = 2;
+/// Masquerade key direction: a pod's flow leaving the node (before translation); the
+/// entry holds the node address and port it leaves with.
+pub const CT_MASQ_OUT: u8 = 3;
+/// Masquerade key direction: replies to the node's address and port (before
+/// translation); the entry holds the pod's address and port.
+pub const CT_MASQ_IN: u8 = 4;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -349,10 +395,19 @@ pub enum Reason {
     /// IPIP addressed to this node from an address that is not a node, or whose inner
     /// packet is not from that node's pods or not for a pod of this node.
     DropTunnelSource = 22,
+    /// A pod's packet leaving the node for outside the cluster, given the node's address.
+    Masqueraded = 23,
+    /// A reply to a masqueraded flow, given back the pod's address.
+    Unmasqueraded = 24,
+    /// A new masqueraded flow found no free node port towards its destination.
+    DropMasqueradePorts = 25,
+    /// A connection of the node's own (a socket in its network namespace) to a service
+    /// frontend, sent to a backend at connect().
+    SocketTranslated = 26,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 23;
+    pub const COUNT: u32 = 27;
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::PassNotIpv4,
         Reason::PassNotTcpUdp,
@@ -377,6 +432,10 @@ impl Reason {
         Reason::PodDecapsulated,
         Reason::PassNodeTunnel,
         Reason::DropTunnelSource,
+        Reason::Masqueraded,
+        Reason::Unmasqueraded,
+        Reason::DropMasqueradePorts,
+        Reason::SocketTranslated,
     ];
 
     /// Label used in metrics.
@@ -405,6 +464,10 @@ impl Reason {
             Reason::PodDecapsulated => "pod_decapsulated",
             Reason::PassNodeTunnel => "pass_node_tunnel",
             Reason::DropTunnelSource => "drop_tunnel_source",
+            Reason::Masqueraded => "masqueraded",
+            Reason::Unmasqueraded => "unmasqueraded",
+            Reason::DropMasqueradePorts => "drop_masquerade_ports",
+            Reason::SocketTranslated => "socket_translated",
         }
     }
 
@@ -418,6 +481,7 @@ impl Reason {
                 | Reason::DropSpoofedSource
                 | Reason::DropTunnelNotBackend
                 | Reason::DropTunnelSource
+                | Reason::DropMasqueradePorts
         )
     }
 }
@@ -513,7 +577,7 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<DatapathConfig>(), 16);
+        assert_eq!(size_of::<DatapathConfig>(), 32);
         assert_eq!(size_of::<ServiceKey>(), 8);
         assert_eq!(size_of::<ServiceValue>(), 32);
         assert_eq!(size_of::<Backend>(), 12);

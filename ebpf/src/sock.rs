@@ -1,0 +1,78 @@
+//! The node's own connections to services: a cgroup connect4 program, as Cilium's
+//! socket-level load balancing, chooses the backend when a socket of the node's network
+//! namespace connects to a service frontend and connects it to the backend instead. No
+//! packet of such a connection is ever translated or tracked: the socket talks to the
+//! backend directly. The program is attached to a cgroup, which spans namespaces, so it
+//! leaves alone every socket outside the node's namespace (pods' go through their veths'
+//! programs).
+
+use aya_ebpf::{
+    EbpfContext as _, helpers::bpf_get_netns_cookie, macros::cgroup_sock_addr,
+    programs::SockAddrContext,
+};
+use berth_ebpf_common::{CtEntry, Reason};
+
+use crate::{
+    lb::{self, Flow, Spread},
+    maps::{account, config, count},
+};
+
+/// Verdicts of a cgroup sock_addr program.
+const ALLOW: i32 = 1;
+const REJECT: i32 = 0;
+
+#[cgroup_sock_addr(connect4)]
+pub fn berth_connect4(ctx: SockAddrContext) -> i32 {
+    match connect4(&ctx) {
+        None => ALLOW,
+        Some(reason) => {
+            count(reason);
+            if reason.is_drop() { REJECT } else { ALLOW }
+        }
+    }
+}
+
+/// Rewrites the address a node socket connects to when it is a service frontend; None
+/// for every other connect (passed uncounted: every socket of the machine meets it).
+fn connect4(ctx: &SockAddrContext) -> Option<Reason> {
+    let config = config()?;
+    // SAFETY: the helper reads the program's own context.
+    let cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    if config.netns_cookie == 0 || cookie != config.netns_cookie {
+        return None;
+    }
+    // SAFETY: fields of the program's own context, which the verifier lets connect4 read.
+    let (addr, port, proto) = unsafe {
+        let sock = &*ctx.sock_addr;
+        (sock.user_ip4, sock.user_port, sock.protocol)
+    };
+    // The port is in network order in the low 16 bits.
+    let flow = Flow {
+        src_addr: config.node_addr,
+        dst_addr: addr,
+        src_port: 0,
+        dst_port: port as u16,
+        proto: proto as u8,
+        opens_connection: true,
+        tcp_flags: 0,
+    };
+    let service = lb::service(&flow)?;
+    // A service without backends refuses the connect (EPERM), as kube-proxy rejects it.
+    let Some((backend_id, backend)) = lb::choose_with_affinity(&service, &flow, Spread::RoundRobin)
+    else {
+        return Some(Reason::DropNoBackend);
+    };
+    // SAFETY: fields connect4 may write: the address and port the socket connects to.
+    unsafe {
+        (*ctx.sock_addr).user_ip4 = backend.addr;
+        (*ctx.sock_addr).user_port = u32::from(backend.port);
+    }
+    let entry = CtEntry {
+        backend_id,
+        service_id: service.id,
+        ..CtEntry::default()
+    };
+    // Also this CPU's round-robin turn for the service.
+    account(&entry, 0, true);
+    Some(Reason::SocketTranslated)
+}
