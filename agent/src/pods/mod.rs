@@ -1085,17 +1085,15 @@ impl PodManager {
             }
             self.stop_and_remove(&leftover.id, Duration::ZERO).await;
         }
-        let mut next_attempt = None;
-        let current = observed
-            .first()
-            .copied()
-            .filter(|container| match &track.replacing {
-                Some((id, attempt)) if track.instance.is_none() && *id == container.id => {
-                    next_attempt = Some(*attempt);
-                    false
-                }
-                _ => true,
-            });
+        // A next attempt waiting for its image or config keeps its number, whether the
+        // ended container it replaces is still there or not.
+        let waiting_attempt = track.replacing.clone().filter(|_| track.instance.is_none());
+        let mut next_attempt = waiting_attempt.as_ref().map(|(_, attempt)| *attempt);
+        let current = observed.first().copied().filter(|container| {
+            waiting_attempt
+                .as_ref()
+                .is_none_or(|(id, _)| *id != container.id)
+        });
         match current {
             Some(container) => {
                 if track.instance.as_ref().map(|instance| &instance.id) != Some(&container.id) {
