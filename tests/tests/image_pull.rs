@@ -7,7 +7,8 @@
 //! a private image with a pull Secret runs (Pulled carries the pull's time); a wrong
 //! password gives ErrImagePull then ImagePullBackOff with the registry's message;
 //! `imagePullPolicy: Never` with a missing image says so; the open registry serves
-//! without a Secret. Needs root, BPF, Docker, `docker-registry` and `cargo xtask images`.
+//! without a Secret (the pod names one that does not exist); an image the node has is not
+//! pulled. Needs root, BPF, Docker, `docker-registry` and `cargo xtask images`.
 
 use std::{
     path::{Path, PathBuf},
@@ -253,7 +254,14 @@ apiVersion: v1
 kind: Pod
 metadata: {{name: public}}
 spec:
+  imagePullSecrets: [{{name: no-such-login}}]
   containers: [{{name: app, image: "{open_image}"}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: local}}
+spec:
+  containers: [{{name: app, image: berth/echo:v1}}]
 "#,
         right = docker_config(PASSWORD),
         wrong = docker_config("not-the-password"),
@@ -349,6 +357,7 @@ async fn run(setup: &Setup) {
         };
         last("private") == "Running"
             && last("public") == "Running"
+            && last("local") == "Running"
             && last("wrong-password") == "ImagePullBackOff"
             && last("never") == "ErrImageNeverPull"
     };
@@ -360,7 +369,7 @@ async fn run(setup: &Setup) {
         );
         for pod in get(setup, &["pods"])["items"].as_array().expect("items") {
             let name = pod["metadata"]["name"].as_str().unwrap_or_default();
-            let Some(name) = ["private", "public", "wrong-password", "never"]
+            let Some(name) = ["private", "public", "wrong-password", "never", "local"]
                 .into_iter()
                 .find(|known| *known == name)
             else {
@@ -460,7 +469,8 @@ async fn run(setup: &Setup) {
         "{never_events:?}"
     );
 
-    // The open registry serves without a Secret.
+    // The open registry serves without a Secret (the one named does not exist: pulled
+    // without it, as the kubelet does).
     let public_events = events(setup, "public");
     assert!(
         public_events
@@ -468,5 +478,20 @@ async fn run(setup: &Setup) {
             .any(|(reason, message)| reason == "Pulled"
                 && message.starts_with("Successfully pulled")),
         "{public_events:?}"
+    );
+
+    // IfNotPresent (a tagged image) and the image is there: no pull.
+    let local_events = events(setup, "local");
+    let pulls: Vec<&(String, String)> = local_events
+        .iter()
+        .filter(|(reason, _)| reason.starts_with("Pull"))
+        .collect();
+    assert_eq!(
+        pulls,
+        [&(
+            "Pulled".to_owned(),
+            "Container image \"berth/echo:v1\" already present on machine".to_owned()
+        )],
+        "{local_events:?}"
     );
 }
