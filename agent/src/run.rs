@@ -285,6 +285,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         started,
         config.node_address,
     ));
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    tokio::spawn(record_pod_events(client.clone(), events_rx));
     // Host veths with the east-west programs attached, and their pods' addresses.
     let mut attached: BTreeMap<String, Ipv4Addr> = BTreeMap::new();
     let mut logs = tokio::time::interval(Duration::from_secs(1));
@@ -335,6 +337,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 }
                 if let PodEvent::Action(action) = &event {
                     tracing::info!(?action, "pod");
+                    for kube_event in action.kube_events() {
+                        // The recorder ends only with the process.
+                        let _ = events_tx.send((action.clone(), kube_event));
+                    }
                 }
             }
             Ok(()) = reports_rx.changed() => {
@@ -556,6 +562,31 @@ async fn report_pod_status(
             .into_iter()
             .filter(|r| sent.contains(r) || delivered.contains(r))
             .collect();
+    }
+}
+
+/// Sends the pod manager's events (image pulls) to the control plane in order, on a task
+/// of its own; best effort, as events are: one that cannot be delivered is logged and
+/// dropped.
+async fn record_pod_events(
+    client: AgentClient<tonic::transport::Channel>,
+    mut events: mpsc::UnboundedReceiver<(crate::pods::Action, crate::pods::KubeEvent)>,
+) {
+    while let Some((action, event)) = events.recv().await {
+        let Some((namespace, name)) = action.pod.split_once('/') else {
+            continue;
+        };
+        let request = berth_api::agent::PodEventReport {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            uid: action.uid.clone(),
+            reason: event.reason.to_owned(),
+            message: event.message,
+            r#type: event.type_.to_owned(),
+        };
+        if let Err(status) = client.clone().record_pod_event(request).await {
+            tracing::debug!(pod = %action.pod, reason = event.reason, %status, "pod event not recorded");
+        }
     }
 }
 

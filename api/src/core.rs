@@ -100,6 +100,10 @@ pub struct PodSpec {
     /// Storage the pod's containers mount (`volumeMounts`), by name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<Volume>,
+    /// Secrets of type `kubernetes.io/dockerconfigjson` in the pod's namespace: the
+    /// credentials the node pulls the pod's images with.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
     /// Not supported: must be empty (read so that a manifest with them is refused by
     /// name instead of run without them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -406,6 +410,10 @@ impl Volume {
 pub struct Container {
     pub name: String,
     pub image: String,
+    /// `Always`, `IfNotPresent` or `Never`; empty takes Kubernetes' default (`Always` for
+    /// an image tagged `:latest` or not tagged, `IfNotPresent` otherwise).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub image_pull_policy: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -562,6 +570,15 @@ pub struct OptionalReference {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub optional: Option<bool>,
 }
+
+/// An object of the same namespace, by name.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LocalObjectReference {
+    pub name: String,
+}
+
+/// The values `containers[].imagePullPolicy` may take.
+pub const IMAGE_PULL_POLICIES: &[&str] = &["Always", "IfNotPresent", "Never"];
 
 /// The label or annotation a field path such as `metadata.labels['app']` names:
 /// (`labels` or `annotations`, key).
@@ -852,6 +869,9 @@ impl PodSpec {
     /// The ConfigMaps and Secrets the pod reads, as (kind, name): what its node may fetch.
     pub fn config_references(&self) -> BTreeSet<(&'static str, &str)> {
         let mut references = BTreeSet::new();
+        for secret in &self.image_pull_secrets {
+            references.insert(("Secret", secret.name.as_str()));
+        }
         for volume in &self.volumes {
             if let Some(source) = &volume.config_map {
                 references.insert(("ConfigMap", source.name.as_str()));
@@ -899,6 +919,13 @@ impl PodSpec {
             }
             if c.image.trim().is_empty() {
                 v.error(&p.child("image"), "is required");
+            }
+            if !c.image_pull_policy.is_empty() {
+                v.one_of(
+                    &p.child("imagePullPolicy"),
+                    &c.image_pull_policy,
+                    IMAGE_PULL_POLICIES,
+                );
             }
             let mut port_names = BTreeSet::new();
             for (j, port) in c.ports.iter().enumerate() {
@@ -1045,6 +1072,12 @@ impl PodSpec {
                 );
             }
             volume.validate(v, &vp, self);
+        }
+        for (i, secret) in self.image_pull_secrets.iter().enumerate() {
+            v.dns_subdomain(
+                &path.child("imagePullSecrets").index(i).child("name"),
+                &secret.name,
+            );
         }
     }
 }

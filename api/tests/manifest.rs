@@ -19,6 +19,7 @@ spec:
         - name: web
           image: berth/echo:latest
           imagePullPolicy: Never
+          terminationMessagePath: /dev/termination-log
           ports: [{containerPort: 8080, name: http}]
 ---
 apiVersion: v1
@@ -50,7 +51,7 @@ fn multi_document_yaml_decodes_with_defaults() {
         "TCP"
     );
     let service = &objects[1];
-    assert_eq!((service.document, service.line), (2, 22));
+    assert_eq!((service.document, service.line), (2, 23));
     assert_eq!(service.decoded.object["metadata"]["namespace"], "shop");
 }
 
@@ -67,7 +68,7 @@ fn unsupported_kubernetes_fields_are_warnings_by_name() {
     assert!(
         warnings
             .iter()
-            .any(|w| w.starts_with("spec.template.spec.containers.0.imagePullPolicy:")),
+            .any(|w| w.starts_with("spec.template.spec.containers.0.terminationMessagePath:")),
         "{warnings:?}"
     );
     assert!(objects[1].decoded.warnings.is_empty());

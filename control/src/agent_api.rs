@@ -8,8 +8,8 @@ use std::{net::Ipv4Addr, pin::Pin, sync::Arc, time::Duration};
 use berth_api::{
     agent::{
         HeartbeatRequest, HeartbeatResponse, JoinRequest, JoinResponse, PodConfigRequest,
-        PodConfigResponse, PodDeletion, PodDeletionAck, PodStatusAck, PodStatusReport, WatchEvent,
-        WatchRequest, agent_server, watch_event::Type,
+        PodConfigResponse, PodDeletion, PodDeletionAck, PodEventAck, PodEventReport, PodStatusAck,
+        PodStatusReport, WatchEvent, WatchRequest, agent_server, watch_event::Type,
     },
     core::Pod,
     kinds::{CONFIG_MAPS, ENDPOINTS, NODES, PODS, SECRETS, SERVICES},
@@ -537,6 +537,37 @@ impl agent_server::Agent for AgentService {
         let object_json =
             serde_json::to_vec(&object).map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(PodConfigResponse { object_json }))
+    }
+
+    async fn record_pod_event(
+        &self,
+        request: Request<PodEventReport>,
+    ) -> Result<Response<PodEventAck>, Status> {
+        let node = node_of(&request)?;
+        let report = request.into_inner();
+        if !matches!(report.r#type.as_str(), "Normal" | "Warning") {
+            return Err(Status::invalid_argument(format!(
+                "type {:?}: an event is Normal or Warning",
+                report.r#type
+            )));
+        }
+        let pod = self
+            .registry
+            .get(&PODS, &report.namespace, &report.name)
+            .await
+            .map_err(status)?;
+        if pod.pointer("/spec/nodeName").and_then(Value::as_str) != Some(node.as_str()) {
+            return Err(Status::permission_denied(format!(
+                "pod {}/{} is not bound to node {node}",
+                report.namespace, report.name
+            )));
+        }
+        if pod.pointer("/metadata/uid").and_then(Value::as_str) == Some(report.uid.as_str()) {
+            self.registry
+                .record_event_from(&pod, &report.reason, &report.message, &report.r#type, &node)
+                .await;
+        }
+        Ok(Response::new(PodEventAck {}))
     }
 }
 

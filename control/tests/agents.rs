@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use axum::http::Method;
 use berth_api::agent::{
-    HeartbeatRequest, JoinRequest, PodConfigRequest, PodDeletion, PodStatusReport, WatchRequest,
-    agent_client::AgentClient, watch_event::Type,
+    HeartbeatRequest, JoinRequest, PodConfigRequest, PodDeletion, PodEventReport, PodStatusReport,
+    WatchRequest, agent_client::AgentClient, watch_event::Type,
 };
 use berth_sim::hollow::{HollowHandle, HollowNode};
 use common::{TestServer, eventually, start_with};
@@ -370,10 +370,17 @@ metadata: {name: db}
 stringData: {password: hunter2}
 ---
 apiVersion: v1
+kind: Secret
+metadata: {name: registry-login}
+type: kubernetes.io/dockerconfigjson
+stringData: {.dockerconfigjson: '{\"auths\": {}}'}
+---
+apiVersion: v1
 kind: Pod
 metadata: {name: web}
 spec:
   nodeName: n1
+  imagePullSecrets: [{name: registry-login}]
   containers:
   - name: web
     image: berth/echo:v1
@@ -412,10 +419,15 @@ spec:
         .into_inner();
     let secret: Value = serde_json::from_slice(&secret.object_json).expect("json");
     assert_eq!(secret["data"]["password"], "aHVudGVyMg==");
+    n1.clone()
+        .get_pod_config(get("Secret", "registry-login"))
+        .await
+        .expect("n1 reads its pod's image pull Secret");
     for (client, kind, name, code) in [
         (&n1, "ConfigMap", "other", Code::PermissionDenied),
         (&n2, "ConfigMap", "app", Code::PermissionDenied),
         (&n2, "Secret", "db", Code::PermissionDenied),
+        (&n2, "Secret", "registry-login", Code::PermissionDenied),
         (&n1, "ConfigMap", "later", Code::NotFound),
         (&n1, "Pod", "web", Code::InvalidArgument),
     ] {
@@ -426,4 +438,80 @@ spec:
             .expect_err("refused");
         assert_eq!(error.code(), code, "{kind} {name}: {error}");
     }
+}
+
+#[tokio::test]
+async fn nodes_record_events_only_about_their_own_pods() {
+    let c = cluster_with(&["--no-controllers"]).await;
+    let (status, body) =
+        c.t.apply(
+            "apiVersion: v1
+kind: Pod
+metadata: {name: web}
+spec:
+  nodeName: n1
+  containers: [{name: web, image: berth/echo:v1}]
+",
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, pod) =
+        c.t.call(Method::GET, "/api/v1/namespaces/default/pods/web", None)
+            .await;
+    let uid = pod["metadata"]["uid"].as_str().expect("uid").to_owned();
+    let join = |name: &'static str| {
+        let c = &c;
+        async move {
+            HollowNode::join(&c.t.server.agent_url, &c.ca, &c.token, name)
+                .await
+                .expect("join")
+                .client()
+        }
+    };
+    let (n1, n2) = (join("n1").await, join("n2").await);
+    let event = |uid: &str, reason: &str, type_: &str| PodEventReport {
+        namespace: "default".to_owned(),
+        name: "web".to_owned(),
+        uid: uid.to_owned(),
+        reason: reason.to_owned(),
+        message: format!("{reason} image \"berth/echo:v1\""),
+        r#type: type_.to_owned(),
+    };
+    n1.clone()
+        .record_pod_event(event(&uid, "Pulling", "Normal"))
+        .await
+        .expect("n1 records an event about its pod");
+    // Another pod under the same name: dropped, not refused.
+    n1.clone()
+        .record_pod_event(event("an-old-uid", "Stale", "Normal"))
+        .await
+        .expect("a stale uid is dropped");
+    for (client, report, code) in [
+        (&n2, event(&uid, "Forged", "Normal"), Code::PermissionDenied),
+        (&n1, event(&uid, "Odd", "Loud"), Code::InvalidArgument),
+    ] {
+        let error = client
+            .clone()
+            .record_pod_event(report)
+            .await
+            .expect_err("refused");
+        assert_eq!(error.code(), code, "{error}");
+    }
+    let (_, events) =
+        c.t.call(Method::GET, "/api/v1/namespaces/default/events", None)
+            .await;
+    let recorded: Vec<(&str, &str, &str)> = events["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|event| event["involvedObject"]["name"] == "web")
+        .map(|event| {
+            (
+                event["reason"].as_str().unwrap_or_default(),
+                event["source"].as_str().unwrap_or_default(),
+                event["involvedObject"]["uid"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(recorded, [("Pulling", "n1", uid.as_str())]);
 }

@@ -29,6 +29,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "wrk",
     "nginx-light",
     "haproxy",
+    // The registry the image pull tests push to and pull from (tests/tests/image_pull.rs).
+    "docker-registry",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -28,6 +28,7 @@
 mod backoff;
 pub mod configs;
 mod env;
+pub mod images;
 mod spec;
 mod status;
 mod volumes;
@@ -44,7 +45,6 @@ use tokio::{
     task::AbortHandle,
 };
 
-use self::configs::PodConfigs;
 pub use self::{
     backoff::BackoffConfig,
     spec::{
@@ -53,6 +53,10 @@ pub use self::{
     },
     status::{ContainerReport, ContainerState, PodPhase, PodReport, Terminated, reason},
 };
+use self::{
+    configs::{ConfigKey, ConfigKind, Fetched, PodConfigs},
+    images::{PullOutcome, PullPolicy, PullState, Pulls},
+};
 use crate::{
     ipam::{Cidr, Ipam, IpamError},
     net,
@@ -60,7 +64,7 @@ use crate::{
     probes::{self, ProbeEvent, ProbeKind, ProbeState, ProbeTarget},
     runtime::{
         ContainerSpec, ContainerSummary, DnsSettings, DockerRuntime, Limits, NetworkMode,
-        RuntimeError, labels,
+        RegistryCredentials, RuntimeError, labels, registry_host,
     },
 };
 
@@ -175,6 +179,30 @@ pub enum ActionKind {
         image: String,
         message: String,
     },
+    /// A pull of the image started (on a task of its own).
+    Pulling {
+        image: String,
+    },
+    /// The image is there: pulled in `took`, or None when it was present already.
+    Pulled {
+        image: String,
+        took: Option<Duration>,
+    },
+    /// The pull failed (`ErrImagePull`); `message` is the engine's, with the registry's.
+    PullFailed {
+        image: String,
+        message: String,
+    },
+    /// Waiting before pulling again (`ImagePullBackOff`).
+    PullBackOff {
+        image: String,
+        delay: Duration,
+    },
+    /// `imagePullPolicy: Never` and the image is not on the node (`ErrImageNeverPull`).
+    ImageNeverPull {
+        image: String,
+        message: String,
+    },
     CreateFailed {
         message: String,
     },
@@ -183,6 +211,69 @@ pub enum ActionKind {
         message: String,
     },
     PodRemoved,
+}
+
+/// An event for the control plane, as the kubelet words it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeEvent {
+    /// `Normal` or `Warning`.
+    pub type_: &'static str,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Action {
+    /// The events Kubernetes records for this action (image pulls for now).
+    pub fn kube_events(&self) -> Vec<KubeEvent> {
+        let event = |type_, reason, message| KubeEvent {
+            type_,
+            reason,
+            message,
+        };
+        let error = |reason: &str| event("Warning", "Failed", format!("Error: {reason}"));
+        match &self.kind {
+            ActionKind::Pulling { image } => {
+                vec![event(
+                    "Normal",
+                    "Pulling",
+                    format!("Pulling image {image:?}"),
+                )]
+            }
+            ActionKind::Pulled {
+                image,
+                took: Some(took),
+            } => vec![event(
+                "Normal",
+                "Pulled",
+                format!(
+                    "Successfully pulled image {image:?} in {:.3}s",
+                    took.as_secs_f64()
+                ),
+            )],
+            ActionKind::Pulled { image, took: None } => vec![event(
+                "Normal",
+                "Pulled",
+                format!("Container image {image:?} already present on machine"),
+            )],
+            ActionKind::PullFailed { message, .. } => vec![
+                event("Warning", "Failed", message.clone()),
+                error(reason::ERR_IMAGE_PULL),
+            ],
+            ActionKind::PullBackOff { image, .. } => vec![
+                event(
+                    "Normal",
+                    "BackOff",
+                    format!("Back-off pulling image {image:?}"),
+                ),
+                error(reason::IMAGE_PULL_BACK_OFF),
+            ],
+            ActionKind::ImageNeverPull { message, .. } => vec![
+                event("Warning", "ErrImageNeverPull", message.clone()),
+                error(reason::ERR_IMAGE_NEVER_PULL),
+            ],
+            _ => Vec::new(),
+        }
+    }
 }
 
 /// What comes out of the manager's event channel.
@@ -209,6 +300,7 @@ pub struct PodManager {
     events: mpsc::UnboundedSender<PodEvent>,
     wake: Arc<Notify>,
     configs: PodConfigs,
+    pulls: Pulls,
 }
 
 struct PodState {
@@ -259,6 +351,21 @@ struct ContainerTrack {
     last_backoff: Duration,
     waiting: Option<(String, String)>,
     last_termination: Option<Terminated>,
+    /// Image pulls that failed in a row: the pull back-off's step.
+    pull_step: u32,
+    /// When the last pull failed: the status says ErrImagePull for a resync period before
+    /// it says ImagePullBackOff, so both are seen, as with the kubelet.
+    pull_failed_at: Option<Instant>,
+    /// The ended container (id) this one's next attempt (number) replaces, while that
+    /// attempt waits for its image or config: the ended one stays for its logs and must
+    /// not be taken for the current one.
+    replacing: Option<(String, u32)>,
+}
+
+/// Whether a container's image is there to create it from.
+enum ImageStep {
+    Ready,
+    Wait,
 }
 
 struct Instance {
@@ -322,6 +429,7 @@ impl PodManager {
                 events,
                 wake: Arc::new(Notify::new()),
                 configs: PodConfigs::default(),
+                pulls: Pulls::default(),
             },
             receiver,
         ))
@@ -484,6 +592,13 @@ impl PodManager {
             actions.push(action);
         }
 
+        self.pulls.retain(|(uid, container)| {
+            wanted.get(uid.as_str()).is_some_and(|pod| {
+                pod.containers
+                    .iter()
+                    .any(|desired| &desired.name == container)
+            })
+        });
         for pod in wanted.values() {
             let containers = by_uid.remove(&pod.uid).unwrap_or_default();
             self.sync_pod(pod, containers, &mut actions).await;
@@ -970,9 +1085,15 @@ impl PodManager {
             }
             self.stop_and_remove(&leftover.id, Duration::ZERO).await;
         }
-        let current = observed.first().copied();
-
-        let mut next_attempt = None;
+        // A next attempt waiting for its image or config keeps its number, whether the
+        // ended container it replaces is still there or not.
+        let waiting_attempt = track.replacing.clone().filter(|_| track.instance.is_none());
+        let mut next_attempt = waiting_attempt.as_ref().map(|(_, attempt)| *attempt);
+        let current = observed.first().copied().filter(|container| {
+            waiting_attempt
+                .as_ref()
+                .is_none_or(|(id, _)| *id != container.id)
+        });
         match current {
             Some(container) => {
                 if track.instance.as_ref().map(|instance| &instance.id) != Some(&container.id) {
@@ -1071,6 +1192,7 @@ impl PodManager {
                         self.stop_and_remove(&older.id, Duration::ZERO).await;
                     }
                     next_attempt = Some(instance.attempt.saturating_add(1));
+                    track.replacing = next_attempt.map(|attempt| (container.id.clone(), attempt));
                     track.instance = None;
                     track.next_start = None;
                 }
@@ -1090,6 +1212,22 @@ impl PodManager {
 
         // Create the container (first start, restart or image retry).
         if track.next_start.is_some_and(|at| now < at) {
+            if let Some((reason, message)) = track.waiting.clone()
+                && reason == reason::ERR_IMAGE_PULL
+                && track
+                    .pull_failed_at
+                    .is_none_or(|at| now.saturating_duration_since(at) >= self.config.resync_period)
+            {
+                let delay = track.last_backoff;
+                track.waiting = Some((
+                    reason::IMAGE_PULL_BACK_OFF.to_owned(),
+                    format!("Back-off pulling image {:?}: {message}", desired.image),
+                ));
+                actions.push(action(ActionKind::PullBackOff {
+                    image: desired.image.clone(),
+                    delay,
+                }));
+            }
             return;
         }
         let attempt = next_attempt.unwrap_or(track.restart_count);
@@ -1123,6 +1261,16 @@ impl PodManager {
                 return;
             }
         };
+        // After the config: a container that waits for a Secret does not pull again and
+        // again meanwhile.
+        let mut kinds = Vec::new();
+        let step = self
+            .image_step(&state.desired, desired, track, now, &mut kinds)
+            .await;
+        actions.extend(kinds.into_iter().map(action));
+        if let ImageStep::Wait = step {
+            return;
+        }
         let spec = ContainerSpec {
             pod_namespace: state.desired.namespace.clone(),
             pod_name: state.desired.name.clone(),
@@ -1173,6 +1321,7 @@ impl PodManager {
                 track.restart_count = attempt;
                 track.next_start = None;
                 track.waiting = None;
+                track.replacing = None;
                 actions.push(action(ActionKind::ContainerCreated { id, attempt }));
             }
             Err(error) => {
@@ -1208,6 +1357,114 @@ impl PodManager {
                 actions.push(action(kind));
             }
         }
+    }
+
+    /// Makes sure the container's image is on the node as its pull policy says: present
+    /// already, or pulled on a task of its own (a pass starts it and moves on; the pull
+    /// wakes the manager when done). `Wait` leaves the reason on the container.
+    async fn image_step(
+        &mut self,
+        pod: &PodDesired,
+        desired: &ContainerDesired,
+        track: &mut ContainerTrack,
+        now: Instant,
+        act: &mut Vec<ActionKind>,
+    ) -> ImageStep {
+        let image = desired.image.clone();
+        let key = (pod.uid.clone(), desired.name.clone());
+        match self.pulls.take(&key, &image) {
+            PullState::Running => return ImageStep::Wait,
+            PullState::Done(PullOutcome::Pulled { took }) => {
+                track.pull_step = 0;
+                act.push(ActionKind::Pulled {
+                    image,
+                    took: Some(took),
+                });
+                return ImageStep::Ready;
+            }
+            PullState::Done(PullOutcome::Failed(message)) => {
+                let delay = images::pull_backoff(track.pull_step);
+                track.pull_step = track.pull_step.saturating_add(1);
+                track.last_backoff = delay;
+                track.next_start = Some(now + delay);
+                track.pull_failed_at = Some(now);
+                track.waiting = Some((reason::ERR_IMAGE_PULL.to_owned(), message.clone()));
+                act.push(ActionKind::PullFailed { image, message });
+                return ImageStep::Wait;
+            }
+            PullState::Idle => {}
+        }
+        if desired.pull_policy != PullPolicy::Always {
+            match self.runtime.image_present(&image).await {
+                Ok(true) => {
+                    act.push(ActionKind::Pulled { image, took: None });
+                    return ImageStep::Ready;
+                }
+                Ok(false) if desired.pull_policy == PullPolicy::Never => {
+                    let message = format!(
+                        "Container image {image:?} is not present with pull policy of Never"
+                    );
+                    let waiting = (reason::ERR_IMAGE_NEVER_PULL.to_owned(), message.clone());
+                    if track.waiting.as_ref() != Some(&waiting) {
+                        act.push(ActionKind::ImageNeverPull { image, message });
+                    }
+                    // Looked at again on every pass: an image loaded by hand is used at once.
+                    track.waiting = Some(waiting);
+                    return ImageStep::Wait;
+                }
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::warn!(%image, %error, "inspecting an image; pulling it");
+                }
+            }
+        }
+        let Some(credentials) = self.pull_credentials(pod, &image) else {
+            // A pull Secret not fetched yet: pulling without it would fail and back off.
+            return ImageStep::Wait;
+        };
+        self.pulls.start(
+            key,
+            &image,
+            credentials,
+            self.runtime.clone(),
+            Arc::clone(&self.wake),
+        );
+        track.waiting = Some((reason::CONTAINER_CREATING.to_owned(), String::new()));
+        act.push(ActionKind::Pulling { image });
+        ImageStep::Wait
+    }
+
+    /// The credentials of the pod's pull Secrets for the image's registry: Some(None) when
+    /// none has any (pulled anonymously, as the kubelet does with a missing Secret), None
+    /// while a Secret has not been fetched yet.
+    fn pull_credentials(
+        &self,
+        pod: &PodDesired,
+        image: &str,
+    ) -> Option<Option<RegistryCredentials>> {
+        let host = registry_host(image);
+        for name in &pod.pull_secrets {
+            let key = ConfigKey {
+                kind: ConfigKind::Secret,
+                namespace: pod.namespace.clone(),
+                name: name.clone(),
+            };
+            match self.configs.get(&key)? {
+                Fetched::Found(values) => {
+                    if let Some(credentials) = values
+                        .0
+                        .get(images::DOCKER_CONFIG_JSON_KEY)
+                        .and_then(|config| images::credentials_for(config, host))
+                    {
+                        return Some(Some(credentials));
+                    }
+                }
+                Fetched::Missing(reason) => {
+                    tracing::warn!(pod = %pod.key(), secret = %name, %reason, "image pull secret not available; pulling without it");
+                }
+            }
+        }
+        Some(None)
     }
 
     async fn termination(&self, id: &str, probes: &ProbeState) -> Terminated {

@@ -9,7 +9,10 @@ use std::{
 
 use berth_api::core::{self as api, IntOrString};
 
-use super::configs::{ConfigKey, ConfigKind};
+use super::{
+    configs::{ConfigKey, ConfigKind},
+    images::PullPolicy,
+};
 use crate::{
     probes::{ContainerProbes, ProbeAction, ProbeKind, ProbeSpec},
     runtime::Limits,
@@ -56,6 +59,9 @@ pub struct PodDesired {
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
     pub volumes: Vec<VolumeDesired>,
+    /// `imagePullSecrets`: Secrets in the pod's namespace whose docker config has the
+    /// credentials for the images' registries.
+    pub pull_secrets: Vec<String>,
 }
 
 /// A volume of the pod (`super::volumes` sets it up).
@@ -241,6 +247,8 @@ pub enum PreStop {
 pub struct ContainerDesired {
     pub name: String,
     pub image: String,
+    /// With Kubernetes' default applied.
+    pub pull_policy: PullPolicy,
     pub command: Option<Vec<String>>,
     pub args: Option<Vec<String>>,
     pub working_dir: Option<String>,
@@ -361,6 +369,12 @@ impl PodDesired {
             labels: pod.metadata.labels.clone(),
             annotations: pod.metadata.annotations.clone(),
             volumes,
+            pull_secrets: pod
+                .spec
+                .image_pull_secrets
+                .iter()
+                .map(|secret| secret.name.clone())
+                .collect(),
         })
     }
 
@@ -372,6 +386,9 @@ impl PodDesired {
             name: name.to_owned(),
         };
         let mut keys = BTreeSet::new();
+        for secret in &self.pull_secrets {
+            keys.insert(key(ConfigKind::Secret, secret));
+        }
         for volume in &self.volumes {
             if let VolumeSource::Keys { kind, name, .. } = &volume.source {
                 keys.insert(key(*kind, name));
@@ -506,6 +523,8 @@ impl ContainerDesired {
         Ok(ContainerDesired {
             name: container.name.clone(),
             image: container.image.clone(),
+            pull_policy: PullPolicy::from_api(&container.image_pull_policy, &container.image)
+                .map_err(|reason| ("imagePullPolicy".to_owned(), reason))?,
             command: non_empty(&container.command),
             args: non_empty(&container.args),
             working_dir: (!container.working_dir.is_empty()).then(|| container.working_dir.clone()),
@@ -899,6 +918,29 @@ mod tests {
         let mut without = container.clone();
         without.env_from.clear();
         assert_ne!(without.spec_hash(), container.spec_hash());
+    }
+
+    #[test]
+    fn pull_secrets_are_fetched_and_pull_policies_defaulted() {
+        let mut pod = api_pod();
+        pod.spec.image_pull_secrets = vec![api::LocalObjectReference {
+            name: "registry-login".into(),
+        }];
+        pod.spec.containers[0].image = "198.18.7.2:5000/app".into();
+        let desired = PodDesired::from_api(&pod).expect("convertible");
+        assert_eq!(desired.pull_secrets, ["registry-login"]);
+        assert!(desired.config_keys().contains(&ConfigKey {
+            kind: ConfigKind::Secret,
+            namespace: pod.metadata.namespace.clone(),
+            name: "registry-login".into(),
+        }));
+        assert_eq!(desired.containers[0].pull_policy, PullPolicy::Always);
+        pod.spec.containers[0].image_pull_policy = "Never".into();
+        let never = PodDesired::from_api(&pod).expect("convertible");
+        assert_eq!(never.containers[0].pull_policy, PullPolicy::Never);
+        pod.spec.containers[0].image_pull_policy = "Sometimes".into();
+        let refused = PodDesired::from_api(&pod).expect_err("unknown policy");
+        assert_eq!(refused.field, "spec.containers[0].imagePullPolicy");
     }
 
     #[test]

@@ -9,8 +9,14 @@ use berth_api::core as api;
 pub mod reason {
     pub const CONTAINER_CREATING: &str = "ContainerCreating";
     pub const CRASH_LOOP_BACK_OFF: &str = "CrashLoopBackOff";
-    /// The image is not on this machine (there is no registry to pull from).
+    /// The image went away between its pull (or check) and the container's creation.
     pub const IMAGE_NOT_FOUND: &str = "ImageNotFound";
+    /// The last pull failed; the message is the engine's, with the registry's.
+    pub const ERR_IMAGE_PULL: &str = "ErrImagePull";
+    /// Waiting for the pull back-off to end before pulling again.
+    pub const IMAGE_PULL_BACK_OFF: &str = "ImagePullBackOff";
+    /// `imagePullPolicy: Never` and the image is not on the node.
+    pub const ERR_IMAGE_NEVER_PULL: &str = "ErrImageNeverPull";
     pub const CREATE_CONTAINER_ERROR: &str = "CreateContainerError";
     /// A ConfigMap, Secret or key the container's env or volumes need is missing.
     pub const CREATE_CONTAINER_CONFIG_ERROR: &str = "CreateContainerConfigError";

@@ -4,6 +4,7 @@ use std::{collections::HashMap, time::Duration};
 
 use bollard::{
     API_DEFAULT_VERSION, Docker,
+    auth::DockerCredentials,
     errors::Error as BollardError,
     exec::{CreateExecOptions, StartExecResults},
     models::{
@@ -11,17 +12,19 @@ use bollard::{
         MountVolumeOptionsDriverConfig, RestartPolicy, RestartPolicyNameEnum,
     },
     query_parameters::{
-        CreateContainerOptionsBuilder, EventsOptionsBuilder, InspectContainerOptions,
-        KillContainerOptionsBuilder, ListContainersOptionsBuilder, ListVolumesOptionsBuilder,
-        LogsOptionsBuilder, RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder,
-        StartContainerOptions, StatsOptionsBuilder, StopContainerOptionsBuilder,
+        CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder,
+        InspectContainerOptions, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
+        ListVolumesOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+        RemoveVolumeOptionsBuilder, StartContainerOptions, StatsOptionsBuilder,
+        StopContainerOptionsBuilder,
     },
 };
 use futures_util::{Stream, StreamExt as _};
 
 use super::{
     ContainerSpec, ContainerStats, ContainerStatus, ContainerSummary, ExecCapture, ExecOutput,
-    Limits, LogOptions, Mount, MountSource, NetworkMode, RuntimeError,
+    Limits, LogOptions, Mount, MountSource, NetworkMode, RegistryCredentials, RuntimeError,
+    image_tag,
 };
 
 /// Exec output beyond this is dropped: probes only need the exit code, and a chatty
@@ -66,8 +69,49 @@ impl DockerRuntime {
         }
     }
 
-    /// Fails with [`RuntimeError::ImageNotFound`] when the image isn't on this machine:
-    /// with no registry there is nothing to pull, so that is the error to show.
+    /// Pulls `image` from its registry through the engine (Docker Registry HTTP API v2),
+    /// with `credentials` for that registry if given; an untagged name means `:latest`,
+    /// as in Kubernetes. Fails with the engine's message, which carries the registry's.
+    pub async fn pull_image(
+        &self,
+        image: &str,
+        credentials: Option<&RegistryCredentials>,
+    ) -> Result<(), RuntimeError> {
+        let reference = match image_tag(image) {
+            Some(_) => image.to_owned(),
+            None => format!("{image}:latest"),
+        };
+        let options = CreateImageOptionsBuilder::new()
+            .from_image(&reference)
+            .build();
+        let credentials = credentials.map(|credentials| DockerCredentials {
+            username: Some(credentials.username.clone()),
+            password: Some(credentials.password.clone()),
+            serveraddress: Some(credentials.server.clone()),
+            identitytoken: credentials.identity_token.clone(),
+            ..DockerCredentials::default()
+        });
+        let failed = |message: String| RuntimeError::Pull {
+            image: image.to_owned(),
+            message,
+        };
+        let progress = self.docker.create_image(Some(options), None, credentials);
+        tokio::pin!(progress);
+        while let Some(item) = progress.next().await {
+            let info = item.map_err(|error| failed(engine_message(error)))?;
+            // A failure after the pull started comes as a message in the stream.
+            if let Some(message) = info
+                .error_detail
+                .and_then(|detail| detail.message)
+                .or(info.error)
+            {
+                return Err(failed(message));
+            }
+        }
+        Ok(())
+    }
+
+    /// Fails with [`RuntimeError::ImageNotFound`] when the image isn't on this node.
     pub async fn ensure_image(&self, image: &str) -> Result<(), RuntimeError> {
         if self.image_present(image).await? {
             Ok(())
@@ -559,6 +603,15 @@ fn create_body(spec: &ContainerSpec) -> Result<ContainerCreateBody, RuntimeError
         }),
         ..ContainerCreateBody::default()
     })
+}
+
+/// The engine's own words, without bollard's wrapping.
+fn engine_message(error: BollardError) -> String {
+    match error {
+        BollardError::DockerResponseServerError { message, .. } => message,
+        BollardError::DockerStreamError { error } => error,
+        other => other.to_string(),
+    }
 }
 
 fn status_code(error: &BollardError) -> Option<u16> {

@@ -87,6 +87,51 @@ pub struct LogOptions {
     pub timestamps: bool,
 }
 
+/// Credentials for one registry, as the engine takes them for a pull. `Debug` shows the
+/// registry and user only: these come from Secrets and must not reach a log.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RegistryCredentials {
+    /// The registry's host (and port), as the image names it.
+    pub server: String,
+    pub username: String,
+    pub password: String,
+    /// A token the registry gave in place of a password (`identitytoken`).
+    pub identity_token: Option<String>,
+}
+
+impl std::fmt::Debug for RegistryCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryCredentials")
+            .field("server", &self.server)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Docker Hub, where an image whose name has no registry host comes from.
+pub const DEFAULT_REGISTRY: &str = "docker.io";
+
+/// The registry host an image reference names (`registry.example:5000/app:v1` →
+/// `registry.example:5000`), Docker Hub's for names without one (`nginx`, `library/nginx`),
+/// by the engine's rule: the first part is a host when it has a `.` or `:` or is
+/// `localhost`.
+pub fn registry_host(image: &str) -> &str {
+    match image.split_once('/') {
+        Some((first, _)) if first.contains(['.', ':']) || first == "localhost" => first,
+        _ => DEFAULT_REGISTRY,
+    }
+}
+
+/// Whether the reference names a tag or digest; without one the engine would pull
+/// every tag, and Kubernetes means `:latest`.
+pub fn image_tag(image: &str) -> Option<&str> {
+    if let Some((_, digest)) = image.split_once('@') {
+        return Some(digest);
+    }
+    let last = image.rsplit('/').next().unwrap_or(image);
+    last.split_once(':').map(|(_, tag)| tag)
+}
+
 /// The engine's usual socket.
 pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
 
@@ -309,9 +354,12 @@ pub enum RuntimeError {
         source: bollard::errors::Error,
     },
     #[error(
-        "image {image} is not on this machine, and there is no registry to pull it from: build it locally with `cargo xtask images`"
+        "image {image} is not on this node (Berth's own images are built with `cargo xtask images`)"
     )]
     ImageNotFound { image: String },
+    /// What the engine said, which carries the registry's own message.
+    #[error("failed to pull image {image:?}: {message}")]
+    Pull { image: String, message: String },
     #[error("no container {container}")]
     ContainerNotFound { container: String },
     #[error("a container named {name} already exists")]
@@ -373,6 +421,42 @@ mod tests {
         assert_eq!(
             restarted.docker_name(),
             "berth_node-1_default_web-0_echo_0f8e2a4c_3"
+        );
+    }
+
+    #[test]
+    fn image_references_name_their_registry_and_tag() {
+        assert_eq!(registry_host("nginx"), "docker.io");
+        assert_eq!(registry_host("library/nginx:1.27"), "docker.io");
+        assert_eq!(registry_host("berth/echo:v1"), "docker.io");
+        assert_eq!(
+            registry_host("198.18.7.2:5000/berth/echo:v1"),
+            "198.18.7.2:5000"
+        );
+        assert_eq!(registry_host("registry.example/app"), "registry.example");
+        assert_eq!(registry_host("localhost/app:v1"), "localhost");
+        assert_eq!(image_tag("nginx"), None);
+        assert_eq!(image_tag("198.18.7.2:5000/berth/echo"), None);
+        assert_eq!(image_tag("198.18.7.2:5000/berth/echo:v1"), Some("v1"));
+        assert_eq!(image_tag("app@sha256:abc"), Some("sha256:abc"));
+    }
+
+    #[test]
+    fn credentials_never_show_their_password() {
+        let credentials = RegistryCredentials {
+            server: "r.example".to_owned(),
+            username: "puller".to_owned(),
+            password: "hunter2".to_owned(),
+            identity_token: Some("tok3n".to_owned()),
+        };
+        let shown = format!("{credentials:?}");
+        assert!(
+            shown.contains("puller") && shown.contains("r.example"),
+            "{shown}"
+        );
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("tok3n"),
+            "{shown}"
         );
     }
 

@@ -9,6 +9,19 @@ use crate::{objects::str_at, util};
 impl Registry {
     /// Best effort: an event that fails to write must not fail the action it describes.
     pub async fn record_event(&self, involved: &Value, reason: &str, message: &str, type_: &str) {
+        self.record_event_from(involved, reason, message, type_, "apiserver")
+            .await;
+    }
+
+    /// [`Registry::record_event`] for an event another component saw (a node's agent).
+    pub async fn record_event_from(
+        &self,
+        involved: &Value,
+        reason: &str,
+        message: &str,
+        type_: &str,
+        source: &str,
+    ) {
         let namespace = match namespace_of(involved) {
             "" => berth_api::meta::DEFAULT_NAMESPACE,
             ns => ns,
@@ -33,7 +46,7 @@ impl Registry {
             "type": type_,
             "firstTimestamp": now,
             "lastTimestamp": now,
-            "source": "apiserver",
+            "source": source,
         });
         let result = match EVENTS.decode(Source::Value(event)) {
             Ok(decoded) => self.create(&EVENTS, decoded.object).await.map(drop),
