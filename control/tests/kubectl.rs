@@ -1,12 +1,13 @@
-//! The machine's own kubectl against Berth: discovery, `api-resources`, and `get` with the
-//! columns kubectl users know (Table responses). Skipped, with a message, only where no
-//! kubectl binary is installed.
+//! The machine's own kubectl against Berth: discovery, tables, top, and its writes (create,
+//! apply, diff, patch, scale, rollout, edit, ...), each checked by its effect. Skipped, with
+//! a message, only where no kubectl binary is installed.
 
 mod common;
 
 use std::path::Path;
 
 use axum::http::Method;
+use berth_sim::hollow::PodLoad;
 use common::{DEPLOYMENTS, HollowCluster, TestServer, deployment, eventually, start, start_with};
 
 /// kubectl's output, or None when the binary is absent. Each run gets its own discovery
@@ -149,12 +150,38 @@ async fn kubectl_discovers_the_kinds_and_prints_their_tables() {
 async fn kubectl_top_reads_the_agents_figures() {
     let c = HollowCluster::start(&[]).await;
     let cache = tempfile::tempdir().expect("cache dir");
-    let _n0 = c.node("n0").await;
-    eventually("node figures", || async {
-        let (_, list) =
+    let n0 = c.node("n0").await;
+    let mut one = deployment("web", "echo:1");
+    one["spec"]["replicas"] = 1.into();
+    let (status, body) = c.t.call(Method::POST, DEPLOYMENTS, Some(&one)).await;
+    assert_eq!(status, 201, "{body}");
+    let pod = eventually("a running pod", || async {
+        c.pods()
+            .await
+            .into_iter()
+            .find(|p| p.pointer("/status/podIP").is_some())
+            .and_then(|p| p["metadata"]["name"].as_str().map(str::to_owned))
+    })
+    .await;
+    n0.set_load(
+        "default",
+        &pod,
+        PodLoad {
+            cpu_millicores: 250,
+            memory_bytes: 100 << 20,
+            connections_per_second: 0.0,
+        },
+    );
+    eventually("node and pod figures", || async {
+        let (_, nodes) =
             c.t.call(Method::GET, "/apis/metrics.k8s.io/v1beta1/nodes", None)
                 .await;
-        (list["items"].as_array().map(Vec::len) == Some(1)).then_some(())
+        let (_, pods) =
+            c.t.call(Method::GET, "/apis/metrics.k8s.io/v1beta1/pods", None)
+                .await;
+        (nodes["items"].as_array().map(Vec::len) == Some(1)
+            && pods["items"].as_array().map(Vec::len) == Some(1))
+        .then_some(())
     })
     .await;
     let Some((ok, out, err)) = kubectl(&c.t, cache.path(), &["top", "nodes"]).await else {
@@ -171,6 +198,16 @@ async fn kubectl_top_reads_the_agents_figures() {
     assert_eq!(
         lines.get(1).and_then(|l| l.first()).copied(),
         Some("n0"),
+        "{out}"
+    );
+    let (ok, out, err) = kubectl(&c.t, cache.path(), &["top", "pods"])
+        .await
+        .expect("kubectl");
+    assert!(ok, "{err}");
+    let lines: Vec<Vec<&str>> = out.lines().map(cells).collect();
+    assert_eq!(
+        lines.get(1).map(Vec::as_slice),
+        Some(&[pod.as_str(), "250m", "100Mi"][..]),
         "{out}"
     );
 }
