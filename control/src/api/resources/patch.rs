@@ -87,6 +87,15 @@ fn apply(object: &mut Value, patch: &Value, kind: PatchType) -> Result<(), ApiEr
     }
 }
 
+/// The patch a request carries and its form, from its Content-Type.
+async fn read_patch(headers: &HeaderMap, body: Body) -> Result<(PatchType, Value), ApiError> {
+    let kind = patch_type(headers)?;
+    let bytes = read_body(body, berth_api::MAX_OBJECT_BYTES).await?;
+    let patch = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("patch body: {e}")))?;
+    Ok((kind, patch))
+}
+
 /// `PATCH` of object `name` of kind `rt`.
 pub async fn object(
     state: &ApiState,
@@ -97,10 +106,7 @@ pub async fn object(
     query: &HashMap<String, String>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let kind = patch_type(headers)?;
-    let bytes = read_body(body, berth_api::MAX_OBJECT_BYTES).await?;
-    let patch: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::bad_request(format!("patch body: {e}")))?;
+    let (kind, patch) = read_patch(headers, body).await?;
     let registry = &state.registry;
     let mut attempt = 0;
     loop {
@@ -141,10 +147,7 @@ pub async fn scale(
     query: &HashMap<String, String>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let kind = patch_type(headers)?;
-    let bytes = read_body(body, berth_api::MAX_OBJECT_BYTES).await?;
-    let patch: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::bad_request(format!("patch body: {e}")))?;
+    let (kind, patch) = read_patch(headers, body).await?;
     let mut current = state.registry.get_scale(rt, namespace, name).await?;
     apply(&mut current, &patch, kind)?;
     let scale: berth_api::apps::Scale = serde_json::from_value(current)
