@@ -59,6 +59,10 @@ struct Args {
     /// [default: /sys/fs/bpf/berth/<node>].
     #[arg(long, env = "BERTH_AGENT_PIN_DIR")]
     pin_dir: Option<PathBuf>,
+    /// Where the volumes of PersistentVolumeClaims are kept on this node; the control
+    /// plane's `--local-volume-dir` must be the same [default: /var/lib/berth/volumes].
+    #[arg(long, env = "BERTH_AGENT_LOCAL_VOLUME_DIR")]
+    local_volume_dir: Option<PathBuf>,
     /// The node's address on the network between nodes.
     #[arg(long, env = "BERTH_AGENT_NODE_ADDRESS")]
     node_address: Option<Ipv4Addr>,
@@ -129,6 +133,8 @@ struct FileConfig {
     state_dir: Option<PathBuf>,
     #[serde(alias = "pin_dir")]
     pin_dir: Option<PathBuf>,
+    #[serde(alias = "local_volume_dir")]
+    local_volume_dir: Option<PathBuf>,
     #[serde(alias = "node_address")]
     node_address: Option<Ipv4Addr>,
     #[serde(alias = "external_interface")]
@@ -164,6 +170,7 @@ pub struct Config {
     pub bootstrap_token_file: Option<PathBuf>,
     pub state_dir: PathBuf,
     pub pin_dir: PathBuf,
+    pub local_volume_dir: PathBuf,
     pub node_address: Ipv4Addr,
     pub external_interface: Option<String>,
     pub xdp_mode: XdpMode,
@@ -185,6 +192,9 @@ pub struct Config {
 /// ranges configures the agents with them, as kube-proxy's `--cluster-cidr` or Cilium's
 /// `ipv4-native-routing-cidr` are.
 pub const DEFAULT_NON_MASQUERADE_CIDRS: [&str; 2] = ["198.19.0.0/16", "198.18.192.0/18"];
+
+/// berth-control's default `--local-volume-dir`.
+pub const DEFAULT_LOCAL_VOLUME_DIR: &str = "/var/lib/berth/volumes";
 
 /// The node API's port unless configured: the kubelet's.
 pub const DEFAULT_NODE_API_PORT: u16 = 10250;
@@ -310,6 +320,10 @@ impl Config {
                 .pin_dir
                 .or(file.pin_dir)
                 .unwrap_or_else(|| Path::new("/sys/fs/bpf/berth").join(&node_name)),
+            local_volume_dir: args
+                .local_volume_dir
+                .or(file.local_volume_dir)
+                .unwrap_or_else(|| DEFAULT_LOCAL_VOLUME_DIR.into()),
             server,
             ca_file: required(args.ca_file.or(file.ca_file), "ca-file")?,
             bootstrap_token_file: args.bootstrap_token_file.or(file.bootstrap_token_file),

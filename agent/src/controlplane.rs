@@ -5,11 +5,18 @@
 //! when the control plane's history no longer reaches back that far — and the
 //! ConfigMaps and Secrets this node's pods use, fetched again every few seconds.
 
-use std::{collections::BTreeSet, path::Path, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use berth_api::{
+    Resource as _,
     agent::{JoinRequest, PodConfigRequest, agent_client::AgentClient},
     configuration::{ConfigMap, Secret},
+    storage::PersistentVolume,
 };
 use berth_watch::{Change, Consumer, Objects, Watched};
 use rcgen::{CertificateParams, DnType, KeyPair};
@@ -21,7 +28,7 @@ use crate::{
     config::Config,
     pods::{
         PodDesired,
-        configs::{ConfigKey, ConfigKind, ConfigValues, Fetched, PodConfigs},
+        configs::{ConfigKey, ConfigKind, ConfigValues, Fetched, PodConfigs, VOLUME_PATH_KEY},
     },
 };
 
@@ -29,6 +36,9 @@ use crate::{
 /// change takes to reach mounted files (the kubelet's default sync is a minute; Berth's
 /// are small clusters).
 pub const CONFIG_REFRESH: Duration = Duration::from_secs(2);
+
+/// How often the local volume directory is checked for volumes deleted from the cluster.
+pub const VOLUME_RECLAIM_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlPlaneError {
@@ -220,6 +230,45 @@ pub async fn follow_pod_configs(
     }
 }
 
+/// Removes the directories under `dir` whose volume the control plane no longer has
+/// (a claim's volume goes with its claim when its reclaim policy is `Delete`), every
+/// `every`. Only a definite "not found" removes anything: a volume of another node
+/// sharing the directory, or a control plane that cannot answer, leaves it be.
+pub async fn reclaim_local_volumes(client: AgentClient<Channel>, dir: PathBuf, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let request = PodConfigRequest {
+                kind: PersistentVolume::KIND.to_owned(),
+                namespace: String::new(),
+                name: name.clone(),
+            };
+            match client.clone().get_pod_config(request).await {
+                Err(status) if status.code() == tonic::Code::NotFound => {
+                    match tokio::fs::remove_dir_all(entry.path()).await {
+                        Ok(()) => {
+                            tracing::info!(volume = %name, "removed the data of a deleted volume")
+                        }
+                        Err(error) => {
+                            tracing::warn!(volume = %name, %error, "removing a deleted volume's data")
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
 /// One object as the control plane has it; None when it could not say.
 async fn fetch(mut client: AgentClient<Channel>, key: &ConfigKey) -> Option<Fetched> {
     let request = PodConfigRequest {
@@ -234,7 +283,12 @@ async fn fetch(mut client: AgentClient<Channel>, key: &ConfigKey) -> Option<Fetc
         }
         // The pod watch can be ahead of what the control plane's store answers for a
         // moment; the message says which.
-        Err(status) if status.code() == tonic::Code::PermissionDenied => {
+        Err(status)
+            if matches!(
+                status.code(),
+                tonic::Code::PermissionDenied | tonic::Code::FailedPrecondition
+            ) =>
+        {
             return Some(Fetched::Missing(status.message().to_owned()));
         }
         Err(status) => {
@@ -247,6 +301,12 @@ async fn fetch(mut client: AgentClient<Channel>, key: &ConfigKey) -> Option<Fetc
             .map(|config_map| ConfigValues::from(&config_map)),
         ConfigKind::Secret => serde_json::from_slice::<Secret>(&reply.object_json)
             .map(|secret| ConfigValues::from(&secret)),
+        ConfigKind::PersistentVolumeClaim => {
+            serde_json::from_slice::<PersistentVolume>(&reply.object_json).map(|volume| {
+                let path = volume.spec.local.map(|l| l.path).unwrap_or_default();
+                ConfigValues([(VOLUME_PATH_KEY.to_owned(), path.into_bytes())].into())
+            })
+        }
     };
     match values {
         Ok(values) => Some(Fetched::Found(Arc::new(values))),

@@ -211,7 +211,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.cluster_domain.clone(),
     ));
     pods_config.volumes_dir = config.state_dir.join("pods");
-    pods_config.volumes_dir = config.state_dir.join("pods");
+    pods_config.local_volume_dir = config.local_volume_dir.clone();
     let (cpus, memory) = node_capacity();
     pods_config.allocatable = crate::runtime::Limits {
         cpu_millis: Some(cpus * 1000),
@@ -265,6 +265,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         pod_configs,
         pod_waker,
         controlplane::CONFIG_REFRESH,
+    ));
+    tokio::spawn(controlplane::reclaim_local_volumes(
+        client.clone(),
+        config.local_volume_dir.clone(),
+        controlplane::VOLUME_RECLAIM_EVERY,
     ));
     let (pods_tx, mut pods_rx) = mpsc::channel::<Objects>(16);
     let (services_tx, mut services_rx) = mpsc::channel::<Objects>(16);

@@ -146,6 +146,18 @@ pub struct Volume {
         skip_serializing_if = "Option::is_none"
     )]
     pub downward_api: Option<DownwardApiVolumeSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent_volume_claim: Option<PersistentVolumeClaimVolumeSource>,
+}
+
+/// The volume bound to a claim in the pod's namespace: data that outlives the pod
+/// (see [`crate::storage`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PersistentVolumeClaimVolumeSource {
+    pub claim_name: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
 }
 
 /// A ConfigMap's keys as files; they follow changes of the ConfigMap.
@@ -329,11 +341,18 @@ impl Volume {
             self.secret.is_some(),
             self.empty_dir.is_some(),
             self.downward_api.is_some(),
+            self.persistent_volume_claim.is_some(),
         ];
         if sources.iter().filter(|s| **s).count() != 1 {
             v.error(
                 path,
-                "must have exactly one source: configMap, secret, emptyDir or downwardAPI",
+                "must have exactly one source: configMap, secret, emptyDir, downwardAPI or persistentVolumeClaim",
+            );
+        }
+        if let Some(source) = &self.persistent_volume_claim {
+            v.dns_subdomain(
+                &path.child("persistentVolumeClaim").child("claimName"),
+                &source.claim_name,
             );
         }
         let items = |v: &mut Validator, p: &FieldPath, items: &[KeyToPath]| {
@@ -866,11 +885,23 @@ pub struct Condition {
 }
 
 impl PodSpec {
-    /// The ConfigMaps and Secrets the pod reads, as (kind, name): what its node may fetch.
+    /// The PersistentVolumeClaims its volumes use.
+    pub fn claim_names(&self) -> impl Iterator<Item = &str> {
+        self.volumes
+            .iter()
+            .filter_map(|v| v.persistent_volume_claim.as_ref())
+            .map(|source| source.claim_name.as_str())
+    }
+
+    /// The ConfigMaps, Secrets and PersistentVolumeClaims the pod reads, as (kind, name):
+    /// what its node may fetch.
     pub fn config_references(&self) -> BTreeSet<(&'static str, &str)> {
         let mut references = BTreeSet::new();
         for secret in &self.image_pull_secrets {
             references.insert(("Secret", secret.name.as_str()));
+        }
+        for claim in self.claim_names() {
+            references.insert(("PersistentVolumeClaim", claim));
         }
         for volume in &self.volumes {
             if let Some(source) = &volume.config_map {

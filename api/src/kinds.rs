@@ -7,6 +7,7 @@ use crate::{
     autoscaling::HorizontalPodAutoscaler,
     configuration::{ConfigMap, Secret},
     core::{Endpoints, Event, Namespace, Node, Pod, Service},
+    storage::{PersistentVolume, PersistentVolumeClaim},
 };
 
 pub static NAMESPACES: ResourceType = ResourceType::of::<Namespace>();
@@ -21,3 +22,5 @@ pub static CONTROLLER_REVISIONS: ResourceType = ResourceType::of::<ControllerRev
 pub static HPAS: ResourceType = ResourceType::of::<HorizontalPodAutoscaler>();
 pub static CONFIG_MAPS: ResourceType = ResourceType::of::<ConfigMap>();
 pub static SECRETS: ResourceType = ResourceType::of::<Secret>();
+pub static PERSISTENT_VOLUME_CLAIMS: ResourceType = ResourceType::of::<PersistentVolumeClaim>();
+pub static PERSISTENT_VOLUMES: ResourceType = ResourceType::of::<PersistentVolume>();

@@ -28,6 +28,7 @@ pub mod meta;
 pub mod patch;
 mod resource;
 pub mod selector;
+pub mod storage;
 pub mod table;
 pub mod time;
 pub mod validation;

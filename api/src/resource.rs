@@ -11,6 +11,7 @@ use crate::{
     configuration::{ConfigMap, Secret},
     core::{Endpoints, Event, Namespace, Node, Pod, Service},
     meta::{DEFAULT_NAMESPACE, ObjectMeta},
+    storage::{PersistentVolume, PersistentVolumeClaim},
     validation::{FieldError, FieldPath, Validator},
 };
 
@@ -229,6 +230,29 @@ resource!(
 );
 
 resource!(
+    PersistentVolumeClaim,
+    group = "",
+    plural = "persistentvolumeclaims",
+    namespaced = true,
+    status = true,
+    short_names = ["pvc"],
+    |this, v| {
+        this.validate(v);
+    }
+);
+resource!(
+    PersistentVolume,
+    group = "",
+    plural = "persistentvolumes",
+    namespaced = false,
+    status = true,
+    short_names = ["pv"],
+    |this, v| {
+        this.validate(v);
+    }
+);
+
+resource!(
     HorizontalPodAutoscaler,
     group = "autoscaling",
     version = "v2",
@@ -355,6 +379,8 @@ pub static RESOURCE_TYPES: &[ResourceType] = &[
     ResourceType::of::<HorizontalPodAutoscaler>(),
     ResourceType::of::<ConfigMap>(),
     ResourceType::of::<Secret>(),
+    ResourceType::of::<PersistentVolumeClaim>(),
+    ResourceType::of::<PersistentVolume>(),
 ];
 
 pub fn find_by_kind(api_version: &str, kind: &str) -> Option<&'static ResourceType> {

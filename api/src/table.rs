@@ -336,6 +336,31 @@ pub fn columns(rt: &ResourceType) -> Vec<Column> {
         "ControllerRevision" => (&["Name", "Controller", "Revision", "Age"], &[]),
         "ConfigMap" => (&["Name", "Data", "Age"], &[]),
         "Secret" => (&["Name", "Type", "Data", "Age"], &[]),
+        "PersistentVolumeClaim" => (
+            &[
+                "Name",
+                "Status",
+                "Volume",
+                "Capacity",
+                "Access Modes",
+                "StorageClass",
+                "Age",
+            ],
+            &["VolumeMode"],
+        ),
+        "PersistentVolume" => (
+            &[
+                "Name",
+                "Capacity",
+                "Access Modes",
+                "Reclaim Policy",
+                "Status",
+                "Claim",
+                "StorageClass",
+                "Age",
+            ],
+            &["VolumeMode"],
+        ),
         "HorizontalPodAutoscaler" => (
             &[
                 "Name",
@@ -506,6 +531,44 @@ pub fn cells(rt: &ResourceType, item: &Value) -> Vec<String> {
                 vec![],
             )
         }
+        "PersistentVolumeClaim" => (
+            vec![
+                name,
+                or_none(str_at(item, "/status/phase").to_owned()),
+                str_at(item, "/spec/volumeName").to_owned(),
+                str_at(item, "/status/capacity/storage").to_owned(),
+                access_modes(item.pointer("/status/accessModes")),
+                storage_class(item),
+                created,
+            ],
+            vec![volume_mode(item)],
+        ),
+        "PersistentVolume" => {
+            let claim = match (
+                str_at(item, "/spec/claimRef/namespace"),
+                str_at(item, "/spec/claimRef/name"),
+            ) {
+                (_, "") => String::new(),
+                (namespace, name) => format!("{namespace}/{name}"),
+            };
+            let policy = match str_at(item, "/spec/persistentVolumeReclaimPolicy") {
+                "" => "Retain",
+                policy => policy,
+            };
+            (
+                vec![
+                    name,
+                    str_at(item, "/spec/capacity/storage").to_owned(),
+                    access_modes(item.pointer("/spec/accessModes")),
+                    policy.to_owned(),
+                    str_at(item, "/status/phase").to_owned(),
+                    claim,
+                    storage_class(item),
+                    created,
+                ],
+                vec![volume_mode(item)],
+            )
+        }
         "ControllerRevision" => {
             let owner = item
                 .pointer("/metadata/ownerReferences/0")
@@ -525,6 +588,39 @@ pub fn cells(rt: &ResourceType, item: &Value) -> Vec<String> {
         _ => (vec![name, created], vec![]),
     };
     normal.into_iter().chain(extra).collect()
+}
+
+/// Access modes as kubectl abbreviates them (`RWO,ROX`).
+fn access_modes(modes: Option<&Value>) -> String {
+    let short = |mode: &str| match mode {
+        "ReadWriteOnce" => "RWO".to_owned(),
+        "ReadOnlyMany" => "ROX".to_owned(),
+        "ReadWriteMany" => "RWX".to_owned(),
+        "ReadWriteOncePod" => "RWOP".to_owned(),
+        other => other.to_owned(),
+    };
+    modes
+        .and_then(Value::as_array)
+        .map(|modes| {
+            modes
+                .iter()
+                .filter_map(Value::as_str)
+                .map(short)
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
+}
+
+fn storage_class(item: &Value) -> String {
+    or_none(str_at(item, "/spec/storageClassName").to_owned())
+}
+
+fn volume_mode(item: &Value) -> String {
+    match str_at(item, "/spec/volumeMode") {
+        "" => "Filesystem".to_owned(),
+        mode => mode.to_owned(),
+    }
 }
 
 #[cfg(test)]

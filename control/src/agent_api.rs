@@ -6,14 +6,19 @@
 use std::{net::Ipv4Addr, pin::Pin, sync::Arc, time::Duration};
 
 use berth_api::{
+    Resource as _,
     agent::{
         HeartbeatRequest, HeartbeatResponse, JoinRequest, JoinResponse, PodConfigRequest,
         PodConfigResponse, PodDeletion, PodDeletionAck, PodEventAck, PodEventReport, PodStatusAck,
         PodStatusReport, WatchEvent, WatchRequest, agent_server, watch_event::Type,
     },
     core::Pod,
-    kinds::{CONFIG_MAPS, ENDPOINTS, NODES, PODS, SECRETS, SERVICES},
+    kinds::{
+        CONFIG_MAPS, ENDPOINTS, NODES, PERSISTENT_VOLUME_CLAIMS, PERSISTENT_VOLUMES, PODS, SECRETS,
+        SERVICES,
+    },
     selector::{FieldSelector, Selector},
+    storage::{PersistentVolume, PersistentVolumeClaim},
     validation::check_dns_subdomain,
 };
 use futures_util::Stream;
@@ -166,6 +171,53 @@ fn node_of<T>(request: &Request<T>) -> Result<String, Status> {
 type EventStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send>>;
 
 impl AgentService {
+    /// The volume bound to claim `name`, in place of the claim: what the agent of `node`
+    /// mounts. A claim not bound yet, or bound to a volume on another node, is why the
+    /// pod waits.
+    async fn claimed_volume(&self, node: &str, name: &str, claim: Value) -> Result<Value, Status> {
+        let claim: PersistentVolumeClaim =
+            serde_json::from_value(claim).map_err(|e| Status::internal(e.to_string()))?;
+        if claim.spec.volume_name.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "persistentvolumeclaim {name:?} is not bound yet"
+            )));
+        }
+        let volume = self
+            .registry
+            .get(&PERSISTENT_VOLUMES, "", &claim.spec.volume_name)
+            .await
+            .map_err(status)?;
+        if !is_on(&volume, node)? {
+            return Err(Status::failed_precondition(format!(
+                "persistentvolume {:?} of persistentvolumeclaim {name:?} is not on node {node}",
+                claim.spec.volume_name
+            )));
+        }
+        Ok(volume)
+    }
+
+    /// A volume on `node`: the agent asks whether a directory it keeps still has its
+    /// volume (NotFound: the volume was deleted, the directory can go).
+    async fn local_volume(
+        &self,
+        node: &str,
+        name: &str,
+    ) -> Result<Response<PodConfigResponse>, Status> {
+        let volume = self
+            .registry
+            .get(&PERSISTENT_VOLUMES, "", name)
+            .await
+            .map_err(status)?;
+        if !is_on(&volume, node)? {
+            return Err(Status::permission_denied(format!(
+                "persistentvolume {name:?} is not on node {node}"
+            )));
+        }
+        let object_json =
+            serde_json::to_vec(&volume).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(PodConfigResponse { object_json }))
+    }
+
     async fn watch(
         &self,
         kinds: Vec<&'static berth_api::ResourceType>,
@@ -230,6 +282,17 @@ impl AgentService {
         });
         Ok(Response::new(Box::pin(stream)))
     }
+}
+
+/// Whether the stored PersistentVolume `volume` is pinned to `node` by its node affinity.
+fn is_on(volume: &Value, node: &str) -> Result<bool, Status> {
+    let volume: PersistentVolume =
+        serde_json::from_value(volume.clone()).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(volume
+        .spec
+        .node_affinity
+        .as_ref()
+        .is_some_and(|a| a.required.matches(node, &Default::default())))
 }
 
 /// A Node status as stored (the typed form fills in defaults) with its conditions'
@@ -494,12 +557,16 @@ impl agent_server::Agent for AgentService {
     ) -> Result<Response<PodConfigResponse>, Status> {
         let node = node_of(&request)?;
         let wanted = request.into_inner();
+        if wanted.kind == PersistentVolume::KIND {
+            return self.local_volume(&node, &wanted.name).await;
+        }
         let rt = match wanted.kind.as_str() {
             "ConfigMap" => &CONFIG_MAPS,
             "Secret" => &SECRETS,
+            "PersistentVolumeClaim" => &PERSISTENT_VOLUME_CLAIMS,
             other => {
                 return Err(Status::invalid_argument(format!(
-                    "kind {other:?}: a node reads ConfigMaps and Secrets only"
+                    "kind {other:?}: a node reads ConfigMaps, Secrets, PersistentVolumeClaims and PersistentVolumes only"
                 )));
             }
         };
@@ -529,11 +596,14 @@ impl agent_server::Agent for AgentService {
                 rt.kind, wanted.namespace, wanted.name
             )));
         }
-        let object = self
+        let mut object = self
             .registry
             .get(rt, &wanted.namespace, &wanted.name)
             .await
             .map_err(status)?;
+        if rt == &PERSISTENT_VOLUME_CLAIMS {
+            object = self.claimed_volume(&node, &wanted.name, object).await?;
+        }
         let object_json =
             serde_json::to_vec(&object).map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(PodConfigResponse { object_json }))

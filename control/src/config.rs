@@ -124,6 +124,11 @@ pub struct Config {
     )]
     pub autoscaler_downscale_stabilization_secs: u64,
 
+    /// Where on each node the volumes provisioned for PersistentVolumeClaims are made; the
+    /// agents' `--local-volume-dir` must be the same.
+    #[arg(long, env = "BERTH_LOCAL_VOLUME_DIR", default_value = crate::controllers::DEFAULT_LOCAL_VOLUME_DIR)]
+    pub local_volume_dir: PathBuf,
+
     /// Log filter (tracing-subscriber env-filter syntax).
     #[arg(long, env = "BERTH_LOG", default_value = "info")]
     pub log: String,
@@ -159,6 +164,7 @@ impl Config {
             downscale_stabilization: Duration::from_secs(
                 self.autoscaler_downscale_stabilization_secs,
             ),
+            local_volume_dir: self.local_volume_dir.clone(),
             ..crate::controllers::Settings::default()
         }
     }

@@ -10,6 +10,7 @@ use berth_api::{
     configuration::{ConfigMap, Secret},
     core::{Endpoints, Event, Namespace, Node, Pod, Service},
     meta::ObjectMeta,
+    storage::{PersistentVolume, PersistentVolumeClaim},
 };
 use serde_json::{Value, json};
 
@@ -86,6 +87,8 @@ pub enum Object {
     HorizontalPodAutoscaler(HorizontalPodAutoscaler),
     ConfigMap(ConfigMap),
     Secret(Secret),
+    PersistentVolumeClaim(PersistentVolumeClaim),
+    PersistentVolume(PersistentVolume),
 }
 
 /// A kind of [`Object`]: how to get it in and out of the enum, and its entry in the kind
@@ -180,6 +183,8 @@ kinds! {
     HorizontalPodAutoscaler => HPAS [status],
     ConfigMap => CONFIG_MAPS,
     Secret => SECRETS,
+    PersistentVolumeClaim => PERSISTENT_VOLUME_CLAIMS [status],
+    PersistentVolume => PERSISTENT_VOLUMES [status],
 }
 
 impl Object {

@@ -266,6 +266,8 @@ impl E2eCluster {
                     &format!("{CONTROL_ADDR}:{AGENT_API_PORT}"),
                 ])
                 .args(["--tls-san", &CONTROL_ADDR.to_string()])
+                .arg("--local-volume-dir")
+                .arg(self.data.path().join("volumes"))
                 .args(["--node-grace", &options.node_grace_secs.to_string()])
                 .args([
                     "--pod-eviction-timeout",
@@ -304,6 +306,7 @@ impl E2eCluster {
     pub fn start_agent(&mut self, index: usize) {
         let pki = self.data.path().join("pki");
         let routing_mode = self.network.routing_mode;
+        let local_volume_dir = self.data.path().join("volumes");
         let node = &mut self.nodes[index];
         // nsenter rather than `ip netns exec`: the latter remounts /sys, hiding bpffs.
         let mut command = Command::new("nsenter");
@@ -324,6 +327,10 @@ impl E2eCluster {
             .arg("--pin-dir")
             .arg(node.pins.path())
             .args(["--node-address", &node.addr.to_string()])
+            // The nodes share one machine: one directory holds every node's volumes,
+            // each volume a directory of its own.
+            .arg("--local-volume-dir")
+            .arg(&local_volume_dir)
             .args(["--external-interface", "eth0"])
             // A veth: native XDP_TX needs a program on the peer too, generic works alone.
             .args(["--xdp-mode", "generic"])

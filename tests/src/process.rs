@@ -64,6 +64,12 @@ impl Setup {
         }
     }
 
+    /// Where the node keeps claims' volumes: the test's own directory, given to the
+    /// control plane and the agent alike.
+    pub fn local_volume_dir(&self) -> PathBuf {
+        self.data.path().join("volumes")
+    }
+
     pub fn kubeconfig(&self) -> PathBuf {
         self.data.path().join("admin.conf")
     }
@@ -125,6 +131,8 @@ impl Setup {
                 .arg(self.data.path())
                 .args(["--listen", "127.0.0.1:6443"])
                 .args(["--agent-listen", "127.0.0.1:6444"])
+                .arg("--local-volume-dir")
+                .arg(self.local_volume_dir())
                 .spawn()
                 .expect("starting berth-control"),
         );
@@ -153,6 +161,8 @@ impl Setup {
             .arg("--pin-dir")
             .arg(self.pins.path())
             .args(["--node-address", NODE_ADDR])
+            .arg("--local-volume-dir")
+            .arg(self.local_volume_dir())
             .args(extra)
             .spawn()
             .expect("starting berth-agent");

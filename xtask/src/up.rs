@@ -114,6 +114,10 @@ impl Layout {
     fn agent_state(&self) -> PathBuf {
         self.home.join("agent")
     }
+    /// The node's claims' volumes, under the cluster's home so `down --purge` takes them.
+    fn local_volumes(&self) -> PathBuf {
+        self.home.join("volumes")
+    }
     fn logs(&self) -> PathBuf {
         self.home.join("logs")
     }
@@ -344,7 +348,9 @@ fn start_control(layout: &Layout) -> anyhow::Result<u32> {
             .arg(layout.admin_config())
             .args(["--listen", API_LISTEN])
             .args(["--agent-listen", &format!("{HOST_ADDR}:{AGENT_API_PORT}")])
-            .args(["--tls-san", &HOST_ADDR.to_string()]),
+            .args(["--tls-san", &HOST_ADDR.to_string()])
+            .arg("--local-volume-dir")
+            .arg(layout.local_volumes()),
     )
 }
 
@@ -367,6 +373,8 @@ fn start_agent(layout: &Layout, node: &str) -> anyhow::Result<u32> {
             .arg("--pin-dir")
             .arg(Layout::pin_dir(node))
             .args(["--node-address", &NODE_ADDR.to_string()])
+            .arg("--local-volume-dir")
+            .arg(layout.local_volumes())
             .args(["--external-interface", NODE_LINK])
             // A veth: native XDP_TX needs a program on the peer too, generic works alone.
             .args(["--xdp-mode", "generic"]),

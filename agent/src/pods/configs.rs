@@ -1,4 +1,4 @@
-//! The ConfigMaps and Secrets this node's pods use, as last fetched from the control
+//! The ConfigMaps, Secrets and claims' volumes this node's pods use, as last fetched from the control
 //! plane (`crate::controlplane::follow_pod_configs` keeps it current): what the pod
 //! manager reads when it creates a container (env) and writes a pod's files (volumes).
 //! Shared between the two behind a lock; values stay in memory only.
@@ -14,7 +14,12 @@ use berth_api::configuration::{ConfigMap, Secret};
 pub enum ConfigKind {
     ConfigMap,
     Secret,
+    /// Fetched as the volume bound to the claim, whose one value is [`VOLUME_PATH_KEY`].
+    PersistentVolumeClaim,
 }
+
+/// The value of a fetched claim: its volume's directory on this node.
+pub const VOLUME_PATH_KEY: &str = "path";
 
 impl ConfigKind {
     /// The kind's name in the API.
@@ -22,6 +27,7 @@ impl ConfigKind {
         match self {
             ConfigKind::ConfigMap => "ConfigMap",
             ConfigKind::Secret => "Secret",
+            ConfigKind::PersistentVolumeClaim => "PersistentVolumeClaim",
         }
     }
 
@@ -29,6 +35,7 @@ impl ConfigKind {
         match kind {
             "ConfigMap" => Some(ConfigKind::ConfigMap),
             "Secret" => Some(ConfigKind::Secret),
+            "PersistentVolumeClaim" => Some(ConfigKind::PersistentVolumeClaim),
             _ => None,
         }
     }

@@ -104,6 +104,9 @@ pub struct PodManagerConfig {
     pub allocatable: Limits,
     /// Where pods' volumes live on the node (`<dir>/<pod uid>/<volume>`).
     pub volumes_dir: std::path::PathBuf,
+    /// Where the volumes of PersistentVolumeClaims live (`<dir>/<volume>`): only paths
+    /// directly under it are mounted.
+    pub local_volume_dir: std::path::PathBuf,
 }
 
 impl PodManagerConfig {
@@ -119,6 +122,7 @@ impl PodManagerConfig {
             resync_period: DEFAULT_RESYNC_PERIOD,
             allocatable: Limits::default(),
             volumes_dir: std::env::temp_dir().join("berth-pods").join(node),
+            local_volume_dir: std::env::temp_dir().join("berth-volumes"),
         }
     }
 }
@@ -310,6 +314,8 @@ struct PodState {
     message: String,
     /// What each file volume holds now.
     written: BTreeMap<String, volumes::Payload>,
+    /// Each claim volume's directory, once its claim is bound here.
+    claim_dirs: BTreeMap<String, std::path::PathBuf>,
     /// Why the volumes could not be set up (a missing ConfigMap or Secret): no container
     /// is created until they are.
     volume_error: Option<String>,
@@ -753,6 +759,7 @@ impl PodManager {
             containers: BTreeMap::new(),
             message: String::new(),
             written: BTreeMap::new(),
+            claim_dirs: BTreeMap::new(),
             volume_error: None,
         });
         state.desired = desired.clone();
@@ -821,11 +828,15 @@ impl PodManager {
             allocatable: self.config.allocatable,
             configs: &self.configs,
         };
-        let result =
-            volumes::sync(&pod_dir, &state.desired, &cx, &mut state.written).and_then(|()| {
-                volumes::make_sub_paths(&pod_dir, &state.desired)
-                    .map_err(|e| format!("making a subPath: {e}"))
-            });
+        let mut placed = volumes::Placed {
+            written: &mut state.written,
+            claim_dirs: &mut state.claim_dirs,
+            local_volume_dir: &self.config.local_volume_dir,
+        };
+        let result = volumes::sync(&pod_dir, &state.desired, &cx, &mut placed).and_then(|()| {
+            volumes::make_sub_paths(&pod_dir, &state.desired)
+                .map_err(|e| format!("making a subPath: {e}"))
+        });
         state.volume_error = result.err();
     }
 
@@ -1284,7 +1295,13 @@ impl PodManager {
             env,
             mounts: volumes::pod_dir(&self.config.volumes_dir, &uid)
                 .map(|pod_dir| {
-                    volumes::mounts(&pod_dir, &state.desired, &self.config.node, desired)
+                    volumes::mounts(
+                        &pod_dir,
+                        &state.desired,
+                        &state.claim_dirs,
+                        &self.config.node,
+                        desired,
+                    )
                 })
                 .unwrap_or_default(),
             limits: desired.limits,

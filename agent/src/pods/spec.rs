@@ -91,13 +91,19 @@ pub enum VolumeSource {
         items: Vec<(String, EnvValue, Option<u32>)>,
         default_mode: u32,
     },
+    /// The node-local volume bound to a PersistentVolumeClaim of the pod's namespace.
+    Claim { claim: String, read_only: bool },
 }
 
 impl VolumeSource {
     /// Whether the container only reads it (ConfigMap, Secret and downward API volumes,
-    /// as in Kubernetes).
+    /// as in Kubernetes, and a claim's volume mounted `readOnly`).
     pub fn read_only(&self) -> bool {
-        !matches!(self, VolumeSource::EmptyDir { .. })
+        match self {
+            VolumeSource::EmptyDir { .. } => false,
+            VolumeSource::Claim { read_only, .. } => *read_only,
+            _ => true,
+        }
     }
 }
 
@@ -131,6 +137,15 @@ fn volume_from_api(volume: &api::Volume) -> Result<VolumeDesired, (String, Strin
                 optional: optional == Some(true),
             }
         };
+    if let Some(source) = &volume.persistent_volume_claim {
+        return Ok(VolumeDesired {
+            name: volume.name.clone(),
+            source: VolumeSource::Claim {
+                claim: source.claim_name.clone(),
+                read_only: source.read_only,
+            },
+        });
+    }
     let source = match (
         &volume.config_map,
         &volume.secret,
@@ -191,7 +206,8 @@ fn volume_from_api(volume: &api::Volume) -> Result<VolumeDesired, (String, Strin
         _ => {
             return Err((
                 String::new(),
-                "needs exactly one of configMap, secret, emptyDir or downwardAPI".to_owned(),
+                "needs exactly one of configMap, secret, emptyDir, downwardAPI or persistentVolumeClaim"
+                    .to_owned(),
             ));
         }
     };
@@ -378,7 +394,8 @@ impl PodDesired {
         })
     }
 
-    /// The ConfigMaps and Secrets the pod reads: what its node fetches for it.
+    /// The ConfigMaps, Secrets and claims' volumes the pod reads: what its node fetches
+    /// for it.
     pub fn config_keys(&self) -> BTreeSet<ConfigKey> {
         let key = |kind, name: &str| ConfigKey {
             kind,
@@ -390,8 +407,14 @@ impl PodDesired {
             keys.insert(key(ConfigKind::Secret, secret));
         }
         for volume in &self.volumes {
-            if let VolumeSource::Keys { kind, name, .. } = &volume.source {
-                keys.insert(key(*kind, name));
+            match &volume.source {
+                VolumeSource::Keys { kind, name, .. } => {
+                    keys.insert(key(*kind, name));
+                }
+                VolumeSource::Claim { claim, .. } => {
+                    keys.insert(key(ConfigKind::PersistentVolumeClaim, claim));
+                }
+                _ => {}
             }
         }
         for container in &self.containers {

@@ -11,7 +11,12 @@
 //!   container sees the old files or the new ones, never a mix; a change of the object
 //!   is written on the agent's next pass after it is fetched.
 //!
-//! Everything goes when the pod does ([`remove`]).
+//! - `persistentVolumeClaim` is the directory of the claim's volume, directly under the
+//!   node's local volume directory (made when first used, 0777 like the
+//!   local-path-provisioner's): it stays when the pod goes, and goes when the volume is
+//!   deleted (`crate::controlplane::reclaim_local_volumes`).
+//!
+//! Everything else goes when the pod does ([`remove`]).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -23,7 +28,7 @@ use std::{
 
 use super::{
     PodDesired,
-    configs::ConfigKey,
+    configs::{ConfigKey, ConfigKind, VOLUME_PATH_KEY},
     env::EnvContext,
     spec::{EnvValue, VolumeDesired, VolumeSource},
 };
@@ -53,7 +58,7 @@ fn tmpfs_name(uid: &str, volume: &str) -> String {
 /// Secret or key that is not optional is the reason the pod waits.
 pub fn payload(volume: &VolumeDesired, cx: &EnvContext<'_>) -> Result<Option<Payload>, String> {
     match &volume.source {
-        VolumeSource::EmptyDir { .. } => Ok(None),
+        VolumeSource::EmptyDir { .. } | VolumeSource::Claim { .. } => Ok(None),
         VolumeSource::Keys {
             kind,
             name,
@@ -140,14 +145,53 @@ fn downward_field(pod: &PodDesired, field: &str, cx: &EnvContext<'_>) -> String 
         .collect()
 }
 
+/// What a pod's volumes are on the node, kept between passes.
+pub struct Placed<'a> {
+    /// Each file volume's last payload, so unchanged files are not written again.
+    pub written: &'a mut BTreeMap<String, Payload>,
+    /// Each claim volume's directory.
+    pub claim_dirs: &'a mut BTreeMap<String, PathBuf>,
+    /// The only directory claims' volumes may be in.
+    pub local_volume_dir: &'a Path,
+}
+
+/// The directory of a claim's volume, as the control plane gave it: one directly under
+/// `local_volume_dir`, never anywhere else on the node. None while the claim waits.
+fn claim_dir(claim: &str, cx: &EnvContext<'_>, local_volume_dir: &Path) -> Result<PathBuf, String> {
+    let key = ConfigKey {
+        kind: ConfigKind::PersistentVolumeClaim,
+        namespace: cx.pod.namespace.clone(),
+        name: claim.to_owned(),
+    };
+    let values = cx.configs.values(&key)?;
+    let path = values
+        .0
+        .get(VOLUME_PATH_KEY)
+        .map(|path| PathBuf::from(String::from_utf8_lossy(path).into_owned()))
+        .unwrap_or_default();
+    let plain = path.parent() == Some(local_volume_dir)
+        && path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .is_some_and(|name| !name.starts_with('.'));
+    if !plain {
+        return Err(format!(
+            "the volume of persistentvolumeclaim {claim:?} is at {}, not under this node's local volume directory {}",
+            path.display(),
+            local_volume_dir.display()
+        ));
+    }
+    Ok(path)
+}
+
 /// Makes the host side of every volume of `pod` that is not a tmpfs: emptyDir
-/// directories (kept as they are once made) and the files of the others (written when
-/// they differ from `written`, which remembers each volume's last payload).
+/// directories and claims' volumes (kept as they are once made) and the files of the
+/// others (written when they differ from what was last written).
 pub fn sync(
     pod_dir: &Path,
     pod: &PodDesired,
     cx: &EnvContext<'_>,
-    written: &mut BTreeMap<String, Payload>,
+    placed: &mut Placed<'_>,
 ) -> Result<(), String> {
     // Only root on the node reaches the files (Secret values among them); containers
     // see their volume directories through the mounts.
@@ -157,6 +201,17 @@ pub fn sync(
             .map_err(|e| format!("making {}: {e}", pod_dir.display()))?;
     }
     for volume in &pod.volumes {
+        if let VolumeSource::Claim { claim, .. } = &volume.source {
+            let dir = claim_dir(claim, cx, placed.local_volume_dir)?;
+            if !dir.exists() {
+                // Like local-path-provisioner's: any user of any container may write.
+                fs::create_dir_all(&dir)
+                    .and_then(|()| fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)))
+                    .map_err(|e| format!("making the volume of claim {claim}: {e}"))?;
+            }
+            placed.claim_dirs.insert(volume.name.clone(), dir);
+            continue;
+        }
         let dir = pod_dir.join(&volume.name);
         match payload(volume, cx)? {
             None => {
@@ -169,10 +224,10 @@ pub fn sync(
                 }
             }
             Some(files) => {
-                if written.get(&volume.name) != Some(&files) {
+                if placed.written.get(&volume.name) != Some(&files) {
                     write_atomically(&dir, &files)
                         .map_err(|e| format!("writing volume {}: {e}", volume.name))?;
-                    written.insert(volume.name.clone(), files);
+                    placed.written.insert(volume.name.clone(), files);
                 }
             }
         }
@@ -180,10 +235,12 @@ pub fn sync(
     Ok(())
 }
 
-/// The engine mounts of `container`'s volume mounts.
+/// The engine mounts of `container`'s volume mounts; `claim_dirs` are the claims'
+/// volumes [`sync`] placed.
 pub fn mounts(
     pod_dir: &Path,
     pod: &PodDesired,
+    claim_dirs: &BTreeMap<String, PathBuf>,
     node: &str,
     container: &super::ContainerDesired,
 ) -> Vec<Mount> {
@@ -206,6 +263,13 @@ pub fn mounts(
                         (labels::POD_UID.to_owned(), pod.uid.clone()),
                     ]),
                 },
+                VolumeSource::Claim { .. } => {
+                    let mut path = claim_dirs.get(&volume.name)?.clone();
+                    if let Some(sub_path) = &mount.sub_path {
+                        path.push(sub_path);
+                    }
+                    MountSource::Host(path)
+                }
                 _ => {
                     let mut path = pod_dir.join(&volume.name);
                     if let Some(sub_path) = &mount.sub_path {

@@ -21,6 +21,7 @@ pub mod namespace;
 pub mod nodes;
 pub mod replicaset;
 pub mod scheduler;
+pub mod volumes;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -118,6 +119,10 @@ impl Outcome {
     }
 }
 
+/// Where nodes keep provisioned volumes unless configured otherwise (the agent's default
+/// too).
+pub const DEFAULT_LOCAL_VOLUME_DIR: &str = "/var/lib/berth/volumes";
+
 /// Timing knobs (tests shrink them) and the LoadBalancer pool.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -138,6 +143,9 @@ pub struct Settings {
     pub autoscaler_sync: Duration,
     /// Scale-down stabilisation window of autoscalers that do not set one.
     pub downscale_stabilization: Duration,
+    /// Where on a node the volumes provisioned for claims are made (each agent keeps
+    /// them under its own `--local-volume-dir`, which must match).
+    pub local_volume_dir: std::path::PathBuf,
 }
 
 impl Default for Settings {
@@ -150,6 +158,7 @@ impl Default for Settings {
             observing_since: 0,
             autoscaler_sync: Duration::from_secs(15),
             downscale_stabilization: Duration::from_secs(300),
+            local_volume_dir: DEFAULT_LOCAL_VOLUME_DIR.into(),
         }
     }
 }
@@ -370,6 +379,8 @@ impl Controllers {
                 Box::new(nodes::NodeLifecycle),
                 Box::new(loadbalancer::LoadBalancerController),
                 Box::new(namespace::NamespaceController),
+                Box::new(volumes::VolumeBinder),
+                Box::new(volumes::VolumeReclaimer),
                 Box::new(gc::GarbageCollector::<Pod>::new()),
                 Box::new(gc::GarbageCollector::<berth_api::apps::ReplicaSet>::new()),
                 Box::new(gc::GarbageCollector::<berth_api::core::Endpoints>::new()),

@@ -1,5 +1,5 @@
-//! Binds pending pods to nodes: filter (ready, schedulable, node selector, free CPU and
-//! memory), then score (fewest pods of the same owner, then least requested).
+//! Binds pending pods to nodes: filter (ready, schedulable, node selector, the node of
+//! the pod's persistent volumes, free CPU and memory), then score (fewest pods of the same owner, then least requested).
 //!
 //! Pods are scheduled a batch at a time on one snapshot. A [`Cluster`] reads every node
 //! and what is bound to it from the snapshot's index (kept up to date as pods come and
@@ -13,7 +13,10 @@ use std::{
     sync::Arc,
 };
 
-use berth_api::core::{Condition, Node, Pod, PodStatus};
+use berth_api::{
+    core::{Condition, Node, Pod, PodStatus},
+    storage::{NodeSelector, PersistentVolume, PersistentVolumeClaim},
+};
 
 use super::index::{NodeFit, Unfit, holds_resources, requests};
 use super::{
@@ -29,12 +32,14 @@ pub struct Scheduler;
 const NOT_READY: usize = 0;
 const UNSCHEDULABLE: usize = 1;
 const SELECTOR: usize = 2;
-const CPU: usize = 3;
-const MEMORY: usize = 4;
-const REASONS: [&str; 5] = [
+const VOLUME_NODE: usize = 3;
+const CPU: usize = 4;
+const MEMORY: usize = 5;
+const REASONS: [&str; 6] = [
     "node(s) were not ready",
     "node(s) were unschedulable",
     "node(s) didn't match the pod's node selector",
+    "node(s) had volume node affinity conflict",
     "node(s) had insufficient cpu",
     "node(s) had insufficient memory",
 ];
@@ -67,6 +72,11 @@ impl Reconciler for Scheduler {
                 } else if pending(pod) {
                     keys.push(change.key());
                 }
+            } else if change.as_kind::<PersistentVolumeClaim>().is_some()
+                || change.as_kind::<PersistentVolume>().is_some()
+            {
+                // A claim a pod waits for may have appeared or been bound.
+                wake_all = true;
             } else if let Some(node) = change.as_kind::<Node>()
                 && !change.deleted
             {
@@ -108,7 +118,7 @@ impl Reconciler for Scheduler {
         pods.iter()
             .map(|pod| {
                 if pending(pod) {
-                    schedule(&mut cluster, pod)
+                    schedule(&mut cluster, pod, snapshot)
                 } else {
                     Outcome::default()
                 }
@@ -119,11 +129,13 @@ impl Reconciler for Scheduler {
 
 /// Binds one pending pod to the best node of `cluster` and records it there, or reports
 /// why it fits nowhere.
-fn schedule(cluster: &mut Cluster, pod: &Pod) -> Outcome {
+fn schedule(cluster: &mut Cluster, pod: &Pod, snapshot: &Snapshot) -> Outcome {
     let owner = controller_uid(&pod.metadata);
     let (cpu, memory) = requests(pod);
     let (namespace, name) = (&pod.metadata.namespace, &pod.metadata.name);
-    match cluster.choose(pod, owner) {
+    let chosen =
+        volume_nodes(pod, snapshot).and_then(|volumes| cluster.choose(pod, owner, &volumes));
+    match chosen {
         Ok(i) => {
             cluster.bind(i, cpu, memory, owner);
             let node = cluster.nodes[i].fit.name.clone();
@@ -178,6 +190,31 @@ fn schedule(cluster: &mut Cluster, pod: &Pod) -> Outcome {
 }
 
 /// The revision the pod was read at: a binding made on an older one is refused.
+/// Where the pod's bound claims' volumes are (a node-local volume is used only on its
+/// node), or why the pod cannot be placed yet: a claim that does not exist. An unbound
+/// claim constrains nothing: its volume is made where the pod goes.
+fn volume_nodes<'a>(pod: &Pod, snapshot: &'a Snapshot) -> Result<Vec<&'a NodeSelector>, String> {
+    let mut selectors = Vec::new();
+    for claim_name in pod.spec.claim_names() {
+        let claim = snapshot
+            .get::<PersistentVolumeClaim>(&pod.metadata.namespace, claim_name)
+            .ok_or_else(|| format!("persistentvolumeclaim {claim_name:?} not found"))?;
+        if claim.spec.volume_name.is_empty() {
+            continue;
+        }
+        let volume = snapshot
+            .get::<PersistentVolume>("", &claim.spec.volume_name)
+            .ok_or_else(|| {
+                format!(
+                    "persistentvolume {:?} of persistentvolumeclaim {claim_name:?} not found",
+                    claim.spec.volume_name
+                )
+            })?;
+        selectors.extend(volume.spec.node_affinity.as_ref().map(|a| &a.required));
+    }
+    Ok(selectors)
+}
+
 fn resource_version(pod: &Pod) -> u64 {
     pod.metadata.resource_version.parse().unwrap_or(0)
 }
@@ -268,7 +305,12 @@ impl Cluster {
 
     /// The index of the best node for `pod` (of controller `owner`), or why none fits,
     /// counted per reason like kube-scheduler.
-    fn choose(&self, pod: &Pod, owner: Option<&str>) -> Result<usize, String> {
+    fn choose(
+        &self,
+        pod: &Pod,
+        owner: Option<&str>,
+        volumes: &[&NodeSelector],
+    ) -> Result<usize, String> {
         if self.nodes.is_empty() {
             return Err("0 nodes are available: no nodes registered".to_owned());
         }
@@ -296,6 +338,8 @@ impl Cluster {
                 })
             } else if !selector.iter().all(|(k, v)| fit.labels.get(k) == Some(v)) {
                 Some(SELECTOR)
+            } else if !volumes.iter().all(|v| v.matches(&fit.name, &fit.labels)) {
+                Some(VOLUME_NODE)
             } else if wanted_cpu > fit.cpu {
                 Some(CPU)
             } else if wanted_memory > fit.memory {
@@ -391,7 +435,7 @@ mod tests {
         let owner = controller_uid(&pod.metadata);
         let cluster = Cluster::new(snapshot, owner);
         cluster
-            .choose(pod, owner)
+            .choose(pod, owner, &[])
             .map(|i| cluster.nodes[i].fit.name.clone())
     }
 

@@ -15,6 +15,7 @@ mod plain;
 pub(super) mod pod;
 mod secret;
 mod service;
+mod storage;
 
 use std::future::Future;
 
@@ -29,6 +30,7 @@ pub(super) use self::{
     pod::PodStrategy,
     secret::SecretStrategy,
     service::ServiceStrategy,
+    storage::{PersistentVolumeClaimStrategy, PersistentVolumeStrategy},
 };
 use super::{Batch, DeleteOptions, Registry, Result};
 use crate::{
@@ -132,6 +134,7 @@ macro_rules! with_strategy {
             autoscaling::HorizontalPodAutoscaler,
             configuration::{ConfigMap, Secret},
             core::{Endpoints, Event, Namespace, Node, Pod, Service},
+            storage::{PersistentVolume, PersistentVolumeClaim},
         };
         use $crate::registry::strategy::*;
         match $rt.kind {
@@ -181,6 +184,14 @@ macro_rules! with_strategy {
             }
             Secret::KIND => {
                 let $strategy = &SecretStrategy;
+                $body
+            }
+            PersistentVolumeClaim::KIND => {
+                let $strategy = &PersistentVolumeClaimStrategy;
+                $body
+            }
+            PersistentVolume::KIND => {
+                let $strategy = &PersistentVolumeStrategy;
                 $body
             }
             kind => Err($crate::registry::Error::internal(format!(
