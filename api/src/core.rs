@@ -148,7 +148,33 @@ pub struct Volume {
     pub downward_api: Option<DownwardApiVolumeSource>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub persistent_volume_claim: Option<PersistentVolumeClaimVolumeSource>,
+    /// Refused unless the cluster's admin allows the path (berth-control
+    /// `--allow-host-path`): it reaches past the pod into the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_path: Option<HostPathVolumeSource>,
 }
+
+/// A file or directory of the node.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct HostPathVolumeSource {
+    /// Absolute, without `..`.
+    pub path: String,
+    /// What must be at `path` before the pod starts: one of [`HOST_PATH_TYPES`]; empty
+    /// checks nothing.
+    #[serde(default, rename = "type", skip_serializing_if = "String::is_empty")]
+    pub type_: String,
+}
+
+/// Kubernetes' hostPath types.
+pub const HOST_PATH_TYPES: &[&str] = &[
+    "DirectoryOrCreate",
+    "Directory",
+    "FileOrCreate",
+    "File",
+    "Socket",
+    "CharDevice",
+    "BlockDevice",
+];
 
 /// The volume bound to a claim in the pod's namespace: data that outlives the pod
 /// (see [`crate::storage`]).
@@ -342,12 +368,22 @@ impl Volume {
             self.empty_dir.is_some(),
             self.downward_api.is_some(),
             self.persistent_volume_claim.is_some(),
+            self.host_path.is_some(),
         ];
         if sources.iter().filter(|s| **s).count() != 1 {
             v.error(
                 path,
-                "must have exactly one source: configMap, secret, emptyDir, downwardAPI or persistentVolumeClaim",
+                "must have exactly one source: configMap, secret, emptyDir, downwardAPI, persistentVolumeClaim or hostPath",
             );
+        }
+        if let Some(source) = &self.host_path {
+            let p = path.child("hostPath");
+            if !source.path.starts_with('/') || source.path.split('/').any(|part| part == "..") {
+                v.error(&p.child("path"), "must be an absolute path without '..'");
+            }
+            if !source.type_.is_empty() {
+                v.one_of(&p.child("type"), &source.type_, HOST_PATH_TYPES);
+            }
         }
         if let Some(source) = &self.persistent_volume_claim {
             v.dns_subdomain(
@@ -1918,12 +1954,12 @@ spec:
             ]
         );
         let refused = pod(
-            "  containers: [{name: c, image: i}]\n  volumes: [{name: data, hostPath: {path: /var}}]\n",
+            "  containers: [{name: c, image: i}]\n  volumes: [{name: data, nfs: {server: s, path: /}}]\n",
         );
         assert_eq!(
             refused[0],
             (
-                "spec.volumes[0].hostPath".to_owned(),
+                "spec.volumes[0].nfs".to_owned(),
                 "unsupported volume source".to_owned()
             )
         );

@@ -129,6 +129,15 @@ pub struct Config {
     #[arg(long, env = "BERTH_LOCAL_VOLUME_DIR", default_value = crate::controllers::DEFAULT_LOCAL_VOLUME_DIR)]
     pub local_volume_dir: PathBuf,
 
+    /// Node paths hostPath volumes may name, each with everything under it
+    /// (comma-separated); none by default, so every hostPath volume is refused.
+    #[arg(
+        long = "allow-host-path",
+        env = "BERTH_ALLOW_HOST_PATH",
+        value_delimiter = ','
+    )]
+    pub allow_host_paths: Vec<PathBuf>,
+
     /// Log filter (tracing-subscriber env-filter syntax).
     #[arg(long, env = "BERTH_LOG", default_value = "info")]
     pub log: String,

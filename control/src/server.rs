@@ -273,7 +273,11 @@ async fn open_registry(
     metrics: &Metrics,
 ) -> Result<Registry, ServerError> {
     let ranges = config.ranges().map_err(ServerError::Setup)?;
-    let registry = Registry::new(Arc::clone(store), metrics.clone(), ranges);
+    let registry = Registry::new(Arc::clone(store), metrics.clone(), ranges).with_admission(
+        crate::registry::Admission {
+            host_path_prefixes: config.allow_host_paths.clone(),
+        },
+    );
     registry
         .ensure_namespace(berth_api::meta::DEFAULT_NAMESPACE)
         .await

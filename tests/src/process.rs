@@ -123,6 +123,11 @@ impl Setup {
     /// Starts the control plane in the node namespace (REST on 127.0.0.1:6443, agent API
     /// on :6444) and waits for its admin.conf.
     pub async fn control_plane(&self) -> Process {
+        self.control_plane_with(&[]).await
+    }
+
+    /// The control plane with `extra` flags after the ones [`Setup::control_plane`] passes.
+    pub async fn control_plane_with(&self, extra: &[&str]) -> Process {
         let control = Process(
             Command::new("ip")
                 .args(["netns", "exec", self.ns.name()])
@@ -133,6 +138,7 @@ impl Setup {
                 .args(["--agent-listen", "127.0.0.1:6444"])
                 .arg("--local-volume-dir")
                 .arg(self.local_volume_dir())
+                .args(extra)
                 .spawn()
                 .expect("starting berth-control"),
         );

@@ -2,8 +2,9 @@
 //! namespace, Docker): a pod that uses a claim gets a node-local volume once it is
 //! scheduled, the data it writes survives deleting and recreating the pod, and deleting
 //! the claim deletes the volume and then its directory on the node. A pod whose claim
-//! does not exist stays Pending with the reason. Needs root, BPF and Docker, and the
-//! images from `cargo xtask images`.
+//! does not exist stays Pending with the reason. A hostPath volume is refused unless the
+//! admin allows its path, and mounts the node's directory when allowed. Needs root, BPF
+//! and Docker, and the images from `cargo xtask images`.
 
 use std::time::{Duration, Instant};
 
@@ -94,7 +95,9 @@ async fn sh(runtime: &DockerRuntime, container: &ContainerSummary, script: &str)
 }
 
 async fn run(setup: &Setup) {
-    let _control = setup.control_plane().await;
+    let allowed = setup.data.path().join("host");
+    let allow = format!("--allow-host-path={}", allowed.display());
+    let _control = setup.control_plane_with(&[&allow]).await;
     let _agent = setup.agent();
     let runtime = DockerRuntime::connect("/var/run/docker.sock")
         .await

@@ -4,6 +4,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
     time::Duration,
 };
 
@@ -93,6 +94,9 @@ pub enum VolumeSource {
     },
     /// The node-local volume bound to a PersistentVolumeClaim of the pod's namespace.
     Claim { claim: String, read_only: bool },
+    /// A path of the node, which the control plane's admin allowed; `type_` is what must
+    /// be there (Kubernetes' hostPath types, empty: anything).
+    HostPath { path: PathBuf, type_: String },
 }
 
 impl VolumeSource {
@@ -100,7 +104,7 @@ impl VolumeSource {
     /// as in Kubernetes, and a claim's volume mounted `readOnly`).
     pub fn read_only(&self) -> bool {
         match self {
-            VolumeSource::EmptyDir { .. } => false,
+            VolumeSource::EmptyDir { .. } | VolumeSource::HostPath { .. } => false,
             VolumeSource::Claim { read_only, .. } => *read_only,
             _ => true,
         }
@@ -137,6 +141,15 @@ fn volume_from_api(volume: &api::Volume) -> Result<VolumeDesired, (String, Strin
                 optional: optional == Some(true),
             }
         };
+    if let Some(source) = &volume.host_path {
+        return Ok(VolumeDesired {
+            name: volume.name.clone(),
+            source: VolumeSource::HostPath {
+                path: PathBuf::from(&source.path),
+                type_: source.type_.clone(),
+            },
+        });
+    }
     if let Some(source) = &volume.persistent_volume_claim {
         return Ok(VolumeDesired {
             name: volume.name.clone(),

@@ -16,6 +16,9 @@
 //!   local-path-provisioner's): it stays when the pod goes, and goes when the volume is
 //!   deleted (`crate::controlplane::reclaim_local_volumes`).
 //!
+//! - `hostPath` is the node's own path, checked (or made) as its type says; the control
+//!   plane admitted it only under a path its admin allows.
+//!
 //! Everything else goes when the pod does ([`remove`]).
 
 use std::{
@@ -58,7 +61,9 @@ fn tmpfs_name(uid: &str, volume: &str) -> String {
 /// Secret or key that is not optional is the reason the pod waits.
 pub fn payload(volume: &VolumeDesired, cx: &EnvContext<'_>) -> Result<Option<Payload>, String> {
     match &volume.source {
-        VolumeSource::EmptyDir { .. } | VolumeSource::Claim { .. } => Ok(None),
+        VolumeSource::EmptyDir { .. }
+        | VolumeSource::Claim { .. }
+        | VolumeSource::HostPath { .. } => Ok(None),
         VolumeSource::Keys {
             kind,
             name,
@@ -212,6 +217,11 @@ pub fn sync(
             placed.claim_dirs.insert(volume.name.clone(), dir);
             continue;
         }
+        if let VolumeSource::HostPath { path, type_ } = &volume.source {
+            check_host_path(path, type_)
+                .map_err(|reason| format!("hostPath volume {}: {reason}", volume.name))?;
+            continue;
+        }
         let dir = pod_dir.join(&volume.name);
         match payload(volume, cx)? {
             None => {
@@ -233,6 +243,36 @@ pub fn sync(
         }
     }
     Ok(())
+}
+
+/// Makes sure what hostPath `type_` asks for is at `path`, making it for the `OrCreate`
+/// types as the kubelet does (a directory 0755, an empty file 0644).
+fn check_host_path(path: &Path, type_: &str) -> Result<(), String> {
+    use std::os::unix::fs::FileTypeExt as _;
+    let found = fs::metadata(path).map(|m| m.file_type());
+    let is = |wanted: fn(&fs::FileType) -> bool, what: &str| match &found {
+        Ok(t) if wanted(t) => Ok(()),
+        Ok(_) => Err(format!("{} is not a {what}", path.display())),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    };
+    match type_ {
+        "" => Ok(()),
+        "DirectoryOrCreate" if found.is_err() => fs::create_dir_all(path)
+            .and_then(|()| fs::set_permissions(path, fs::Permissions::from_mode(0o755)))
+            .map_err(|e| format!("making {}: {e}", path.display())),
+        "FileOrCreate" if found.is_err() => fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|_| fs::set_permissions(path, fs::Permissions::from_mode(0o644)))
+            .map_err(|e| format!("making {}: {e}", path.display())),
+        "Directory" | "DirectoryOrCreate" => is(fs::FileType::is_dir, "directory"),
+        "File" | "FileOrCreate" => is(fs::FileType::is_file, "file"),
+        "Socket" => is(fs::FileType::is_socket, "socket"),
+        "CharDevice" => is(fs::FileType::is_char_device, "character device"),
+        "BlockDevice" => is(fs::FileType::is_block_device, "block device"),
+        other => Err(format!("unknown hostPath type {other:?}")),
+    }
 }
 
 /// The engine mounts of `container`'s volume mounts; `claim_dirs` are the claims'
@@ -263,6 +303,13 @@ pub fn mounts(
                         (labels::POD_UID.to_owned(), pod.uid.clone()),
                     ]),
                 },
+                VolumeSource::HostPath { path, .. } => {
+                    let mut path = path.clone();
+                    if let Some(sub_path) = &mount.sub_path {
+                        path.push(sub_path);
+                    }
+                    MountSource::Host(path)
+                }
                 VolumeSource::Claim { .. } => {
                     let mut path = claim_dirs.get(&volume.name)?.clone();
                     if let Some(sub_path) = &mount.sub_path {

@@ -51,7 +51,58 @@ pub struct Registry {
     store: Arc<dyn Store>,
     metrics: Metrics,
     ranges: Arc<Ranges>,
+    admission: Arc<Admission>,
     watch_cache: Arc<WatchCache>,
+}
+
+/// What the cluster's admin allows pods beyond the API's own rules.
+#[derive(Debug, Clone, Default)]
+pub struct Admission {
+    /// Node paths (each with everything under it) hostPath volumes may name; empty, the
+    /// default, refuses every hostPath volume.
+    pub host_path_prefixes: Vec<std::path::PathBuf>,
+}
+
+impl Admission {
+    /// The fields of `spec` (at `path`) the admin does not allow.
+    fn pod_spec(
+        &self,
+        spec: &berth_api::core::PodSpec,
+        path: &berth_api::validation::FieldPath,
+    ) -> Vec<berth_api::validation::FieldError> {
+        let mut v = berth_api::validation::Validator::default();
+        for (i, volume) in spec.volumes.iter().enumerate() {
+            let Some(host_path) = &volume.host_path else {
+                continue;
+            };
+            let node_path = std::path::Path::new(&host_path.path);
+            if self
+                .host_path_prefixes
+                .iter()
+                .any(|prefix| node_path.starts_with(prefix))
+            {
+                continue;
+            }
+            let allowed = if self.host_path_prefixes.is_empty() {
+                "none is allowed".to_owned()
+            } else {
+                let prefixes: Vec<String> = self
+                    .host_path_prefixes
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect();
+                format!("only paths under {} are allowed", prefixes.join(", "))
+            };
+            v.error(
+                &path.child("volumes").index(i).child("hostPath").child("path"),
+                &format!(
+                    "hostPath volume {:?} is not allowed: {allowed} (berth-control --allow-host-path)",
+                    host_path.path
+                ),
+            );
+        }
+        v.into_errors()
+    }
 }
 
 /// `resourceVersion` as a client sent it: empty means "no precondition".
@@ -152,6 +203,30 @@ impl Registry {
             store,
             metrics,
             ranges: Arc::new(ranges),
+            admission: Arc::default(),
+        }
+    }
+
+    /// The registry with what the admin allows pods (every hostPath refused otherwise).
+    pub fn with_admission(mut self, admission: Admission) -> Self {
+        self.admission = Arc::new(admission);
+        self
+    }
+
+    /// Refuses a pod spec (of `kind` `name`, at `path`) using what the admin does not
+    /// allow.
+    fn admit_pod_spec(
+        &self,
+        kind: &str,
+        name: &str,
+        spec: &berth_api::core::PodSpec,
+        path: &berth_api::validation::FieldPath,
+    ) -> Result<()> {
+        let refused = self.admission.pod_spec(spec, path);
+        if refused.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::invalid(kind, name, refused))
         }
     }
 

@@ -1,4 +1,8 @@
-use berth_api::apps::{Deployment, REVISION_ANNOTATION};
+use berth_api::{
+    Resource as _,
+    apps::{Deployment, REVISION_ANNOTATION},
+    validation::FieldPath,
+};
 
 use super::Strategy;
 use crate::{
@@ -34,6 +38,13 @@ impl Strategy for DeploymentStrategy {
         deployment: &mut Deployment,
         _batch: &mut Batch,
     ) -> Result<Vec<Op>> {
+        // Refused here rather than pod by pod once its ReplicaSet runs.
+        registry.admit_pod_spec(
+            Deployment::KIND,
+            &deployment.metadata.name,
+            &deployment.spec.template.spec,
+            &FieldPath::root("spec").child("template").child("spec"),
+        )?;
         registry.plan_revision_history(deployment).await
     }
 

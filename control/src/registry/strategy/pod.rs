@@ -1,7 +1,10 @@
-use berth_api::core::Pod;
+use berth_api::{Resource as _, core::Pod, validation::FieldPath};
 
 use super::Strategy;
-use crate::registry::DeleteOptions;
+use crate::{
+    registry::{Batch, DeleteOptions, Registry, Result},
+    store::Op,
+};
 
 /// Kubernetes' default `terminationGracePeriodSeconds`.
 pub const DEFAULT_POD_GRACE_SECONDS: i64 = 30;
@@ -21,6 +24,22 @@ impl Strategy for PodStrategy {
 
     fn spec_changed(&self, pod: &Pod, old: &Pod) -> bool {
         pod.spec != old.spec
+    }
+
+    async fn complete(
+        &self,
+        registry: &Registry,
+        _old: Option<&Pod>,
+        pod: &mut Pod,
+        _batch: &mut Batch,
+    ) -> Result<Vec<Op>> {
+        registry.admit_pod_spec(
+            Pod::KIND,
+            &pod.metadata.name,
+            &pod.spec,
+            &FieldPath::root("spec"),
+        )?;
+        Ok(Vec::new())
     }
 
     /// A pod's deletion waits for its node to stop it, unless no node runs it (unbound,
