@@ -152,6 +152,54 @@ pub struct Volume {
     /// `--allow-host-path`): it reaches past the pod into the node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_path: Option<HostPathVolumeSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub projected: Option<ProjectedVolumeSource>,
+}
+
+/// Several ConfigMaps, Secrets and downward API fields as the files of one directory.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProjectedVolumeSource {
+    #[serde(default)]
+    pub sources: Vec<VolumeProjection>,
+    #[serde(
+        default,
+        deserialize_with = "file_mode",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub default_mode: Option<i32>,
+}
+
+/// Exactly one source of a projected volume.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeProjection {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<KeysProjection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<KeysProjection>,
+    #[serde(
+        default,
+        rename = "downwardAPI",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub downward_api: Option<DownwardApiProjection>,
+}
+
+/// A ConfigMap's or Secret's keys in a projected volume (the mode is the volume's).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct KeysProjection {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub items: Vec<KeyToPath>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optional: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DownwardApiProjection {
+    #[serde(default)]
+    pub items: Vec<DownwardApiVolumeFile>,
 }
 
 /// A file or directory of the node.
@@ -369,11 +417,12 @@ impl Volume {
             self.downward_api.is_some(),
             self.persistent_volume_claim.is_some(),
             self.host_path.is_some(),
+            self.projected.is_some(),
         ];
         if sources.iter().filter(|s| **s).count() != 1 {
             v.error(
                 path,
-                "must have exactly one source: configMap, secret, emptyDir, downwardAPI, persistentVolumeClaim or hostPath",
+                "must have exactly one source: configMap, secret, emptyDir, downwardAPI, persistentVolumeClaim, hostPath or projected",
             );
         }
         if let Some(source) = &self.host_path {
@@ -426,36 +475,76 @@ impl Volume {
                 v.error(&p.child("sizeLimit"), &reason);
             }
         }
+        if let Some(source) = &self.projected {
+            let p = path.child("projected");
+            check_mode(v, &p.child("defaultMode"), source.default_mode);
+            for (i, projection) in source.sources.iter().enumerate() {
+                let sp = p.child("sources").index(i);
+                let parts = [
+                    projection.config_map.is_some(),
+                    projection.secret.is_some(),
+                    projection.downward_api.is_some(),
+                ];
+                if parts.iter().filter(|s| **s).count() != 1 {
+                    v.error(
+                        &sp,
+                        "must have exactly one of configMap, secret or downwardAPI",
+                    );
+                }
+                for (field, keys) in [
+                    ("configMap", &projection.config_map),
+                    ("secret", &projection.secret),
+                ] {
+                    if let Some(keys) = keys {
+                        v.dns_subdomain(&sp.child(field).child("name"), &keys.name);
+                        items(v, &sp.child(field), &keys.items);
+                    }
+                }
+                if let Some(downward) = &projection.downward_api {
+                    downward_items(v, &sp.child("downwardAPI"), &downward.items, pod);
+                }
+            }
+        }
         if let Some(source) = &self.downward_api {
             let p = path.child("downwardAPI");
             check_mode(v, &p.child("defaultMode"), source.default_mode);
-            for (i, item) in source.items.iter().enumerate() {
-                let ip = p.child("items").index(i);
-                if let Err(reason) = check_relative_path(&item.path) {
-                    v.error(&ip.child("path"), &reason);
-                }
-                check_mode(v, &ip.child("mode"), item.mode);
-                match (&item.field_ref, &item.resource_field_ref) {
-                    (Some(field), None) => {
-                        if !DOWNWARD_FIELD_PATHS.contains(&field.field_path.as_str())
-                            && field_path_key(&field.field_path).is_none()
-                        {
-                            v.error(
-                                &ip.child("fieldRef").child("fieldPath"),
-                                &format!(
-                                    "unsupported field path {:?}: use one of {}, metadata.labels['KEY'] or metadata.annotations['KEY']",
-                                    field.field_path,
-                                    DOWNWARD_FIELD_PATHS.join(", ")
-                                ),
-                            );
-                        }
-                    }
-                    (None, Some(resource)) => {
-                        resource.validate(v, &ip.child("resourceFieldRef"), pod, true);
-                    }
-                    _ => v.error(&ip, "must have exactly one of fieldRef or resourceFieldRef"),
+            downward_items(v, &p, &source.items, pod);
+        }
+    }
+}
+
+/// The items of a downward API volume or projection at `p`.
+fn downward_items(
+    v: &mut Validator,
+    p: &FieldPath,
+    items: &[DownwardApiVolumeFile],
+    pod: &PodSpec,
+) {
+    for (i, item) in items.iter().enumerate() {
+        let ip = p.child("items").index(i);
+        if let Err(reason) = check_relative_path(&item.path) {
+            v.error(&ip.child("path"), &reason);
+        }
+        check_mode(v, &ip.child("mode"), item.mode);
+        match (&item.field_ref, &item.resource_field_ref) {
+            (Some(field), None) => {
+                if !DOWNWARD_FIELD_PATHS.contains(&field.field_path.as_str())
+                    && field_path_key(&field.field_path).is_none()
+                {
+                    v.error(
+                        &ip.child("fieldRef").child("fieldPath"),
+                        &format!(
+                            "unsupported field path {:?}: use one of {}, metadata.labels['KEY'] or metadata.annotations['KEY']",
+                            field.field_path,
+                            DOWNWARD_FIELD_PATHS.join(", ")
+                        ),
+                    );
                 }
             }
+            (None, Some(resource)) => {
+                resource.validate(v, &ip.child("resourceFieldRef"), pod, true);
+            }
+            _ => v.error(&ip, "must have exactly one of fieldRef or resourceFieldRef"),
         }
     }
 }
@@ -940,6 +1029,14 @@ impl PodSpec {
             references.insert(("PersistentVolumeClaim", claim));
         }
         for volume in &self.volumes {
+            for projection in volume.projected.iter().flat_map(|p| &p.sources) {
+                if let Some(source) = &projection.config_map {
+                    references.insert(("ConfigMap", source.name.as_str()));
+                }
+                if let Some(source) = &projection.secret {
+                    references.insert(("Secret", source.name.as_str()));
+                }
+            }
             if let Some(source) = &volume.config_map {
                 references.insert(("ConfigMap", source.name.as_str()));
             }
@@ -1961,6 +2058,16 @@ spec:
             (
                 "spec.volumes[0].nfs".to_owned(),
                 "unsupported volume source".to_owned()
+            )
+        );
+        let refused = pod(
+            "  containers: [{name: c, image: i}]\n  volumes: [{name: t, projected: {sources: [{serviceAccountToken: {path: token}}]}}]\n",
+        );
+        assert_eq!(
+            refused[0],
+            (
+                "spec.volumes[0].projected.sources[0].serviceAccountToken".to_owned(),
+                "unsupported projected volume source".to_owned()
             )
         );
     }

@@ -478,6 +478,10 @@ fn decode<R: Resource>(source: Source<'_>) -> Result<Decoded, DecodeError> {
 /// last segments of an ignored field's path, in any kind that holds a pod spec.
 const REFUSED: &[(&[&str], &str)] = &[
     (&["volumes", "#", "*"], "unsupported volume source"),
+    (
+        &["projected", "sources", "#", "*"],
+        "unsupported projected volume source",
+    ),
     (&["env", "#", "valueFrom", "*"], "unsupported env source"),
     (&["envFrom", "#", "*"], "unsupported envFrom source"),
     (

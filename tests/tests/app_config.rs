@@ -1,11 +1,11 @@
 //! A two-tier application configured the Kubernetes way, applied unchanged to the real
 //! binaries (berth-control, berth-agent in a node namespace, Docker): a ConfigMap read as
 //! env and as a mounted file, a Secret read as env and as a file with mode 0400, an
-//! emptyDir shared by two containers of one pod, a Memory emptyDir, downward API files,
-//! and the frontend reaching the backend by the URL its ConfigMap gives. Changing the
-//! ConfigMap changes the mounted file within 10 s without a restart (env stays); a pod
-//! whose ConfigMap is missing waits with CreateContainerConfigError and starts when it
-//! appears. Needs root, BPF and Docker, and the images from `cargo xtask images`.
+//! emptyDir shared by two containers of one pod, a Memory emptyDir, downward API files, a
+//! projected volume of all three, and the frontend reaching the backend by the URL its
+//! ConfigMap gives. Changing the ConfigMap changes the mounted files within 10 s without a
+//! restart (env stays); a pod whose ConfigMap is missing waits with
+//! CreateContainerConfigError and starts when it appears. Needs root, BPF and Docker, and the images from `cargo xtask images`.
 
 use std::time::{Duration, Instant};
 
@@ -67,6 +67,7 @@ spec:
             - {name: shared, mountPath: /shared}
             - {name: cache, mountPath: /cache}
             - {name: podinfo, mountPath: /etc/podinfo}
+            - {name: bundle, mountPath: /etc/bundle}
         - name: sidecar
           image: berth/echo:v1
           args: ["--port", "8081"]
@@ -87,6 +88,13 @@ spec:
             items:
               - {path: labels, fieldRef: {fieldPath: metadata.labels}}
               - {path: name, fieldRef: {fieldPath: metadata.name}}
+        - name: bundle
+          projected:
+            defaultMode: 0440
+            sources:
+              - configMap: {name: backend-config, items: [{key: app.conf, path: conf/app.conf}]}
+              - secret: {name: backend-secret, items: [{key: password, path: creds/password}]}
+              - downwardAPI: {items: [{path: labels, fieldRef: {fieldPath: metadata.labels}}]}
 ---
 apiVersion: v1
 kind: Service
@@ -239,6 +247,27 @@ async fn run(setup: &Setup) {
         .output;
     assert!(labels.contains("app=\"backend\"\n"), "{labels}");
     assert!(labels.contains("tier=\"data\"\n"), "{labels}");
+    // One projected directory of a ConfigMap key, a Secret key and the pod's labels.
+    assert_eq!(
+        pods.exec(&app, &["cat", "/etc/bundle/conf/app.conf"])
+            .await
+            .output,
+        "greeting=hello\n"
+    );
+    assert_eq!(
+        pods.exec(&app, &["cat", "/etc/bundle/creds/password"])
+            .await
+            .output,
+        "s3cret-value"
+    );
+    let bundled = pods.exec(&app, &["cat", "/etc/bundle/labels"]).await.output;
+    assert!(bundled.contains("app=\"backend\"\n"), "{bundled}");
+    let listing = pods
+        .exec(&app, &["ls", "-lL", "/etc/bundle/creds/password"])
+        .await
+        .output;
+    assert!(listing.starts_with("-r--r----- "), "{listing}");
+
     // ConfigMap files are read-only to the container.
     let written = pods
         .runtime
@@ -313,6 +342,21 @@ data:
         "ConfigMap change reached the file in {:?}",
         changed.elapsed()
     );
+    // The projected copy follows too (written in the same pass, just after).
+    loop {
+        let bundled = pods
+            .exec(&app, &["cat", "/etc/bundle/conf/app.conf"])
+            .await
+            .output;
+        if bundled == "greeting=bonjour\n" {
+            break;
+        }
+        assert!(
+            changed.elapsed() < Duration::from_secs(10),
+            "the projected file did not change within 10 s: {bundled}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert_eq!(
         pods.container("backend-", "app").await.id,
         app.id,

@@ -94,6 +94,8 @@ pub enum VolumeSource {
     },
     /// The node-local volume bound to a PersistentVolumeClaim of the pod's namespace.
     Claim { claim: String, read_only: bool },
+    /// Several `Keys` and `DownwardApi` sources as the files of one directory.
+    Projected { sources: Vec<VolumeSource> },
     /// A path of the node, which the control plane's admin allowed; `type_` is what must
     /// be there (Kubernetes' hostPath types, empty: anything).
     HostPath { path: PathBuf, type_: String },
@@ -127,6 +129,34 @@ fn mode(mode: Option<i32>) -> Option<u32> {
     mode.and_then(|mode| u32::try_from(mode).ok())
 }
 
+/// A downward API volume's or projection's items as (path, value, mode).
+fn downward_items(
+    items: &[api::DownwardApiVolumeFile],
+    field: &str,
+) -> Result<Vec<(String, EnvValue, Option<u32>)>, (String, String)> {
+    items
+        .iter()
+        .map(|item| {
+            let value = match (&item.field_ref, &item.resource_field_ref) {
+                (Some(field_ref), None) => EnvValue::Field(field_ref.field_path.clone()),
+                (None, Some(resource)) => EnvValue::Resource {
+                    container: resource.container_name.clone(),
+                    resource: resource.resource.clone(),
+                    divisor: api::resource_divisor(&resource.resource, resource.divisor.as_deref())
+                        .map_err(|reason| (field.to_owned(), reason))?,
+                },
+                _ => {
+                    return Err((
+                        field.to_owned(),
+                        "each needs exactly one of fieldRef or resourceFieldRef".to_owned(),
+                    ));
+                }
+            };
+            Ok((item.path.clone(), value, mode(item.mode)))
+        })
+        .collect()
+}
+
 fn volume_from_api(volume: &api::Volume) -> Result<VolumeDesired, (String, String)> {
     let keys =
         |kind, name: &str, items: &[api::KeyToPath], default_mode, optional: Option<bool>| {
@@ -148,6 +178,46 @@ fn volume_from_api(volume: &api::Volume) -> Result<VolumeDesired, (String, Strin
                 path: PathBuf::from(&source.path),
                 type_: source.type_.clone(),
             },
+        });
+    }
+    if let Some(projected) = &volume.projected {
+        let default_mode = mode(projected.default_mode).unwrap_or(DEFAULT_FILE_MODE);
+        let keys = |kind, source: &api::KeysProjection| VolumeSource::Keys {
+            kind,
+            name: source.name.clone(),
+            items: source
+                .items
+                .iter()
+                .map(|item| (item.key.clone(), item.path.clone(), mode(item.mode)))
+                .collect(),
+            default_mode,
+            optional: source.optional == Some(true),
+        };
+        let sources = projected
+            .sources
+            .iter()
+            .map(|projection| {
+                match (
+                    &projection.config_map,
+                    &projection.secret,
+                    &projection.downward_api,
+                ) {
+                    (Some(source), None, None) => Ok(keys(ConfigKind::ConfigMap, source)),
+                    (None, Some(source), None) => Ok(keys(ConfigKind::Secret, source)),
+                    (None, None, Some(source)) => Ok(VolumeSource::DownwardApi {
+                        items: downward_items(&source.items, "projected.sources.downwardAPI")?,
+                        default_mode,
+                    }),
+                    _ => Err((
+                        "projected.sources".to_owned(),
+                        "each needs exactly one of configMap, secret or downwardAPI".to_owned(),
+                    )),
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        return Ok(VolumeDesired {
+            name: volume.name.clone(),
+            source: VolumeSource::Projected { sources },
         });
     }
     if let Some(source) = &volume.persistent_volume_claim {
@@ -189,31 +259,7 @@ fn volume_from_api(volume: &api::Volume) -> Result<VolumeDesired, (String, Strin
                 .map_err(|reason| ("emptyDir.sizeLimit".to_owned(), reason))?,
         },
         (None, None, None, Some(source)) => VolumeSource::DownwardApi {
-            items: source
-                .items
-                .iter()
-                .map(|item| {
-                    let value = match (&item.field_ref, &item.resource_field_ref) {
-                        (Some(field), None) => EnvValue::Field(field.field_path.clone()),
-                        (None, Some(resource)) => EnvValue::Resource {
-                            container: resource.container_name.clone(),
-                            resource: resource.resource.clone(),
-                            divisor: api::resource_divisor(
-                                &resource.resource,
-                                resource.divisor.as_deref(),
-                            )
-                            .map_err(|reason| ("downwardAPI.items".to_owned(), reason))?,
-                        },
-                        _ => {
-                            return Err((
-                                "downwardAPI.items".to_owned(),
-                                "each needs exactly one of fieldRef or resourceFieldRef".to_owned(),
-                            ));
-                        }
-                    };
-                    Ok((item.path.clone(), value, mode(item.mode)))
-                })
-                .collect::<Result<_, _>>()?,
+            items: downward_items(&source.items, "downwardAPI.items")?,
             default_mode: mode(source.default_mode).unwrap_or(DEFAULT_FILE_MODE),
         },
         _ => {
@@ -418,6 +464,15 @@ impl PodDesired {
         let mut keys = BTreeSet::new();
         for secret in &self.pull_secrets {
             keys.insert(key(ConfigKind::Secret, secret));
+        }
+        let projected = self.volumes.iter().flat_map(|volume| match &volume.source {
+            VolumeSource::Projected { sources } => sources.as_slice(),
+            _ => &[],
+        });
+        for source in projected {
+            if let VolumeSource::Keys { kind, name, .. } = source {
+                keys.insert(key(*kind, name));
+            }
         }
         for volume in &self.volumes {
             match &volume.source {

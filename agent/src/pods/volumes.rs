@@ -4,7 +4,7 @@
 //!   `medium: Memory` a tmpfs the engine keeps as a named volume of the pod instead
 //!   (`MountSource::Tmpfs`), so every container of the pod shares it wherever the agent's
 //!   own mount namespace is.
-//! - `configMap`, `secret` and `downwardAPI` volumes are files the agent writes the way
+//! - `configMap`, `secret`, `downwardAPI` and `projected` volumes are files the agent writes the way
 //!   the kubelet's atomic writer does: each version in a timestamped directory
 //!   (`..<seconds>.<nanoseconds>`), a `..data` symlink to the current one swapped by one
 //!   `rename(2)`, and each top-level name a symlink into `..data`. A reader inside the
@@ -60,7 +60,19 @@ fn tmpfs_name(uid: &str, volume: &str) -> String {
 /// The files `volume` should hold now; Ok(None) for an emptyDir. A missing ConfigMap,
 /// Secret or key that is not optional is the reason the pod waits.
 pub fn payload(volume: &VolumeDesired, cx: &EnvContext<'_>) -> Result<Option<Payload>, String> {
-    match &volume.source {
+    source_payload(&volume.source, cx)
+}
+
+fn source_payload(source: &VolumeSource, cx: &EnvContext<'_>) -> Result<Option<Payload>, String> {
+    match source {
+        VolumeSource::Projected { sources } => {
+            // Kubernetes writes the sources in order: a later one's path wins.
+            let mut files = Payload::new();
+            for source in sources {
+                files.extend(source_payload(source, cx)?.unwrap_or_default());
+            }
+            Ok(Some(files))
+        }
         VolumeSource::EmptyDir { .. }
         | VolumeSource::Claim { .. }
         | VolumeSource::HostPath { .. } => Ok(None),
