@@ -89,7 +89,7 @@ pub enum VolumeSource {
     },
     /// Pod fields as files: (path, value, mode); a value is a `Field` or `Resource`.
     DownwardApi {
-        items: Vec<(String, EnvValue, Option<u32>)>,
+        items: Vec<DownwardItem>,
         default_mode: u32,
     },
     /// The node-local volume bound to a PersistentVolumeClaim of the pod's namespace.
@@ -129,11 +129,14 @@ fn mode(mode: Option<i32>) -> Option<u32> {
     mode.and_then(|mode| u32::try_from(mode).ok())
 }
 
-/// A downward API volume's or projection's items as (path, value, mode).
+/// A downward API file: (path, value, mode); a value is a `Field` or `Resource`.
+pub type DownwardItem = (String, EnvValue, Option<u32>);
+
+/// A downward API volume's or projection's items.
 fn downward_items(
     items: &[api::DownwardApiVolumeFile],
     field: &str,
-) -> Result<Vec<(String, EnvValue, Option<u32>)>, (String, String)> {
+) -> Result<Vec<DownwardItem>, (String, String)> {
     items
         .iter()
         .map(|item| {
