@@ -469,10 +469,15 @@ impl Volume {
             if !source.medium.is_empty() {
                 v.one_of(&p.child("medium"), &source.medium, &["Memory"]);
             }
-            if let Some(size) = &source.size_limit
-                && let Err(reason) = parse_memory_bytes(size)
-            {
-                v.error(&p.child("sizeLimit"), &reason);
+            if let Some(size) = &source.size_limit {
+                if let Err(reason) = parse_memory_bytes(size) {
+                    v.error(&p.child("sizeLimit"), &reason);
+                } else if source.medium.is_empty() {
+                    v.warn(
+                        &p.child("sizeLimit"),
+                        "not enforced for an emptyDir on the node's disk (only with medium: Memory)",
+                    );
+                }
             }
         }
         if let Some(source) = &self.projected {
@@ -2069,6 +2074,18 @@ spec:
                 "spec.volumes[0].projected.sources[0].serviceAccountToken".to_owned(),
                 "unsupported projected volume source".to_owned()
             )
+        );
+    }
+
+    #[test]
+    fn a_disk_size_limit_is_accepted_with_a_warning_that_it_is_not_enforced() {
+        let yaml = "metadata: {name: p}\nspec:\n  containers: [{name: c, image: i}]\n  volumes: [{name: d, emptyDir: {sizeLimit: 1Gi}}, {name: m, emptyDir: {medium: Memory, sizeLimit: 1Gi}}]\n";
+        let decoded = ResourceType::of::<Pod>()
+            .decode(Source::Yaml(yaml))
+            .expect("valid");
+        assert_eq!(
+            decoded.warnings,
+            ["spec.volumes[0].emptyDir.sizeLimit: not enforced for an emptyDir on the node's disk (only with medium: Memory)"]
         );
     }
 

@@ -447,17 +447,21 @@ fn decode<R: Resource>(source: Source<'_>) -> Result<Decoded, DecodeError> {
             None => unknown_fields.push(path),
         }
     }
-    match normalize(&mut object) {
-        Ok(()) => {}
-        Err(DecodeError::Invalid { errors }) => refused.extend(errors),
+    let field_warnings = match normalize_with_warnings(&mut object) {
+        Ok(warnings) => warnings,
+        Err(DecodeError::Invalid { errors }) => {
+            refused.extend(errors);
+            Vec::new()
+        }
         Err(other) => return Err(other),
-    }
+    };
     if !refused.is_empty() {
         return Err(DecodeError::Invalid { errors: refused });
     }
     let warnings = unknown_fields
         .iter()
         .map(|path| format!("{path}: unsupported field, ignored"))
+        .chain(field_warnings)
         .collect();
     let object = serde_json::to_value(&object).map_err(|e| DecodeError::Malformed {
         line: None,
@@ -534,6 +538,11 @@ fn indexed(path: &str) -> String {
 /// Checks a typed object and fills its `apiVersion`, `kind` and default namespace: what
 /// decoding does, for an object already typed.
 pub fn normalize<R: Resource>(object: &mut R) -> Result<(), DecodeError> {
+    normalize_with_warnings(object).map(drop)
+}
+
+/// [`normalize`], and the warnings of fields it accepts but does not act on in full.
+fn normalize_with_warnings<R: Resource>(object: &mut R) -> Result<Vec<String>, DecodeError> {
     let mut v = Validator::default();
     let (api_version, kind) = object.type_meta_mut();
     if !api_version.is_empty() && *api_version != R::api_version() {
@@ -562,9 +571,9 @@ pub fn normalize<R: Resource>(object: &mut R) -> Result<(), DecodeError> {
         .meta()
         .validate(R::NAMESPACED, &mut v, &FieldPath::root("metadata"));
     object.validate_body(&mut v);
-    let errors = v.into_errors();
+    let (errors, warnings) = v.into_parts();
     if errors.is_empty() {
-        Ok(())
+        Ok(warnings)
     } else {
         Err(DecodeError::Invalid { errors })
     }

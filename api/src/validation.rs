@@ -55,10 +55,12 @@ impl fmt::Display for FieldError {
     }
 }
 
-/// Collects errors; the `check` helpers encode the Kubernetes naming rules once.
+/// Collects errors, and warnings about fields accepted but not acted on in full; the
+/// `check` helpers encode the Kubernetes naming rules once.
 #[derive(Debug, Default)]
 pub struct Validator {
     errors: Vec<FieldError>,
+    warnings: Vec<String>,
 }
 
 const DNS_LABEL_MAX: usize = 63;
@@ -68,6 +70,15 @@ const LABEL_VALUE_MAX: usize = 63;
 impl Validator {
     pub fn into_errors(self) -> Vec<FieldError> {
         self.errors
+    }
+
+    /// The errors, then the warnings as a client shows them (`path: reason`).
+    pub fn into_parts(self) -> (Vec<FieldError>, Vec<String>) {
+        (self.errors, self.warnings)
+    }
+
+    pub fn warn(&mut self, path: &FieldPath, reason: &str) {
+        self.warnings.push(format!("{path}: {reason}"));
     }
 
     pub fn error(&mut self, path: &FieldPath, reason: &str) {
