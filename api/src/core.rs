@@ -2085,7 +2085,9 @@ spec:
             .expect("valid");
         assert_eq!(
             decoded.warnings,
-            ["spec.volumes[0].emptyDir.sizeLimit: not enforced for an emptyDir on the node's disk (only with medium: Memory)"]
+            [
+                "spec.volumes[0].emptyDir.sizeLimit: not enforced for an emptyDir on the node's disk (only with medium: Memory)"
+            ]
         );
     }
 

@@ -53,6 +53,11 @@ pub struct AgentService {
     /// reporting the same and the stored heartbeat is fresh, a heartbeat needs neither a
     /// store read nor a write. Lost on restart, when the first heartbeats take the long way.
     confirmed: Mutex<std::collections::HashMap<String, ConfirmedStatus>>,
+    /// A node whose agent heartbeated within this long is live: no other may join under
+    /// its name.
+    node_grace: Duration,
+    /// Names no node may take: the control plane's own (its certificate's names).
+    reserved_names: Vec<String>,
 }
 
 struct ConfirmedStatus {
@@ -86,7 +91,117 @@ impl AgentService {
             // a silent node.
             status_refresh: node_grace / 4,
             confirmed: Mutex::default(),
+            node_grace,
+            reserved_names: vec!["localhost".to_owned()],
         }
+    }
+
+    /// The pod range of `node`, from what joins handed out (read from the store the first
+    /// time).
+    async fn pod_cidr_of(&self, node: &str) -> Result<Option<crate::allocation::Cidr>, Status> {
+        let mut allocated = self.join_lock.lock().await;
+        let cidrs = self.known_pod_cidrs(&mut allocated).await?;
+        Ok(cidrs
+            .by_node
+            .get(node)
+            .and_then(|cidr| cidr.parse::<crate::allocation::Cidr>().ok()))
+    }
+
+    /// Refuses node addresses other nodes' traffic could not reach the node at: not
+    /// IPv4, loopback, unspecified, multicast or broadcast.
+    fn check_addresses(node: &str, reported: &Value) -> Result<(), Status> {
+        let addresses = reported
+            .get("addresses")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        for address in addresses {
+            let text = address["address"].as_str().unwrap_or_default();
+            let refused = match text.parse::<Ipv4Addr>() {
+                Err(_) => Some("not an IPv4 address"),
+                Ok(ip) if ip.is_loopback() || ip.is_unspecified() => {
+                    Some("a loopback or unspecified address")
+                }
+                Ok(ip) if ip.is_multicast() || ip.is_broadcast() => {
+                    Some("a multicast or broadcast address")
+                }
+                Ok(_) => None,
+            };
+            if let Some(reason) = refused {
+                return Err(Status::invalid_argument(format!(
+                    "node {node} reports address {text:?}: {reason}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Also refuses joins under `names` (the control plane's server names), besides
+    /// `localhost`.
+    pub fn with_reserved_names(mut self, names: impl IntoIterator<Item = String>) -> Self {
+        self.reserved_names.extend(names);
+        self
+    }
+
+    /// Why a node may not join as `name`: a name of the control plane, or the name of a
+    /// Node whose agent is heartbeating (a second machine must not take over its pods and
+    /// its Service traffic).
+    async fn refuse_join_name(&self, name: &str) -> Result<(), Status> {
+        if self
+            .reserved_names
+            .iter()
+            .any(|reserved| reserved.eq_ignore_ascii_case(name))
+        {
+            return Err(Status::invalid_argument(format!(
+                "node_name {name:?} is a name of the control plane: a node cannot join under it"
+            )));
+        }
+        let node = match self.registry.get(&NODES, "", name).await {
+            Ok(node) => node,
+            Err(e) if e.is_not_found() => return Ok(()),
+            Err(e) => return Err(status(e)),
+        };
+        let heartbeat = node
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .and_then(|c| {
+                c.iter()
+                    .find(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+            .and_then(|c| c["lastHeartbeatTime"].as_str())
+            .and_then(util::parse_rfc3339);
+        if let Some(at) = heartbeat {
+            let age = util::unix_now().saturating_sub(at);
+            if age < self.node_grace.as_secs() {
+                return Err(Status::already_exists(format!(
+                    "node {name} is live (its agent reported {age} s ago): another node cannot join under its name; delete the Node or wait until it is not ready"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The pod ranges handed out. Read from the store once; afterwards joins keep the map
+    /// current, so a join costs no listing of every node (thousands of nodes joining at
+    /// once).
+    async fn known_pod_cidrs<'a>(
+        &self,
+        allocated: &'a mut Option<PodCidrs>,
+    ) -> Result<&'a mut PodCidrs, Status> {
+        if allocated.is_none() {
+            let mut cidrs = PodCidrs::default();
+            for n in self.registry.list_all(&NODES).await.map_err(status)? {
+                if let Some(cidr) = n.pointer("/spec/podCIDR").and_then(Value::as_str)
+                    && !cidr.is_empty()
+                {
+                    cidrs.insert(name_of(&n), cidr);
+                }
+            }
+            *allocated = Some(cidrs);
+        }
+        allocated
+            .as_mut()
+            .ok_or_else(|| Status::internal("pod ranges not loaded"))
     }
 
     /// A free /24 of the cluster range, or the node's own if it has one. Called under
@@ -96,22 +211,7 @@ impl AgentService {
         node: &str,
         allocated: &mut Option<PodCidrs>,
     ) -> Result<String, Status> {
-        // Read from the store once; afterwards joins keep the map current, so a join
-        // costs no listing of every node (thousands of nodes joining at once).
-        let cidrs = match allocated {
-            Some(cidrs) => cidrs,
-            None => {
-                let mut cidrs = PodCidrs::default();
-                for n in self.registry.list_all(&NODES).await.map_err(status)? {
-                    if let Some(cidr) = n.pointer("/spec/podCIDR").and_then(Value::as_str)
-                        && !cidr.is_empty()
-                    {
-                        cidrs.insert(name_of(&n), cidr);
-                    }
-                }
-                allocated.insert(cidrs)
-            }
-        };
+        let cidrs = self.known_pod_cidrs(allocated).await?;
         if let Some(existing) = cidrs.by_node.get(node) {
             return Ok(existing.clone());
         }
@@ -315,6 +415,7 @@ impl agent_server::Agent for AgentService {
         }
         check_dns_subdomain(&request.node_name)
             .map_err(|reason| Status::invalid_argument(format!("node_name: {reason}")))?;
+        self.refuse_join_name(&request.node_name).await?;
         let certificate_pem = self
             .pki
             .sign_node_csr(&request.csr_pem, &request.node_name)
@@ -380,6 +481,7 @@ impl agent_server::Agent for AgentService {
             serde_json::from_slice(&request.get_ref().status_json)
                 .map_err(|e| Status::invalid_argument(format!("status_json: {e}")))?
         };
+        Self::check_addresses(&node, &reported)?;
         let current = self.registry.get(&NODES, "", &node).await.map_err(status)?;
         let now = util::rfc3339_now();
         let was_ready = current
@@ -473,6 +575,25 @@ impl agent_server::Agent for AgentService {
         let report = request.into_inner();
         let pod_status: Value = serde_json::from_slice(&report.status_json)
             .map_err(|e| Status::invalid_argument(format!("status_json: {e}")))?;
+        // The Endpoints controller publishes what a node says its pods' addresses are:
+        // only addresses of the node's own pod range, or it could draw any Service's
+        // traffic anywhere.
+        if let Some(ip) = pod_status.get("podIP").and_then(Value::as_str)
+            && !ip.is_empty()
+        {
+            let range = self.pod_cidr_of(&node).await?;
+            let inside = ip
+                .parse::<Ipv4Addr>()
+                .is_ok_and(|ip| range.is_some_and(|cidr| cidr.contains(ip)));
+            if !inside {
+                return Err(Status::permission_denied(format!(
+                    "podIP {ip} of pod {}/{} is outside node {node}'s pod range {}",
+                    report.namespace,
+                    report.name,
+                    range.map_or_else(|| "(none)".to_owned(), |c| c.to_string())
+                )));
+            }
+        }
         let bound_here = |pod: &Value| {
             if pod.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node.as_str()) {
                 Ok(())

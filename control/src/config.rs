@@ -138,6 +138,16 @@ pub struct Config {
     )]
     pub allow_host_paths: Vec<PathBuf>,
 
+    /// Seconds the first bootstrap token (`pki/bootstrap-token`) joins nodes for, from
+    /// when it was made, like kubeadm's `--token-ttl`; 0: it never expires. Make more
+    /// with `berthctl token create`.
+    #[arg(
+        long = "bootstrap-token-ttl",
+        env = "BERTH_BOOTSTRAP_TOKEN_TTL",
+        default_value_t = 86_400
+    )]
+    pub bootstrap_token_ttl_secs: u64,
+
     /// Log filter (tracing-subscriber env-filter syntax).
     #[arg(long, env = "BERTH_LOG", default_value = "info")]
     pub log: String,

@@ -46,6 +46,9 @@ pub struct Pki {
     ca_key_pem: String,
     /// Shared secret nodes present to join (like k3s' node token); 0600 in the PKI dir.
     pub bootstrap_token: String,
+    /// When it was made (its file's modification time, Unix seconds): its expiry counts
+    /// from then.
+    pub bootstrap_token_issued: u64,
     pub server_cert_pem: String,
     pub server_key_pem: String,
     /// SHA-256 of the admin token; the token itself is only in admin.conf.
@@ -158,10 +161,16 @@ impl Pki {
             write_private(&bootstrap_path, token.as_bytes())?;
             token
         };
+        let bootstrap_token_issued = fs::metadata(&bootstrap_path)
+            .and_then(|m| m.modified())
+            .map_err(io(&bootstrap_path))?
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         Ok(Self {
             ca_cert_pem,
             ca_key_pem,
             bootstrap_token,
+            bootstrap_token_issued,
             server_cert_pem: server_cert.pem(),
             server_key_pem,
             admin_token_digest,

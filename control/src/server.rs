@@ -129,6 +129,8 @@ impl Server {
         let tokens = Arc::new(BootstrapTokens::load(
             &config.pki_dir(),
             &pki.bootstrap_token,
+            (config.bootstrap_token_ttl_secs > 0)
+                .then(|| pki.bootstrap_token_issued + config.bootstrap_token_ttl_secs),
         )?);
         let pki = Arc::new(pki);
         let service = AgentService::new(
@@ -139,7 +141,8 @@ impl Server {
             config.cluster_cidr,
             usage.clone(),
             Duration::from_secs(config.node_grace_secs),
-        );
+        )
+        .with_reserved_names(config.tls_sans.iter().cloned());
         let (agent, agent_port) =
             serve_agent_api(config, &pki, service, shutdown_rx.clone()).await?;
         let agent_url = format!("https://{client_host}:{agent_port}");

@@ -1,5 +1,6 @@
 //! Bootstrap tokens: what a node agent presents to join. The first one is created with
-//! the PKI (`pki/bootstrap-token`) and never expires; more are created through the API
+//! the PKI (`pki/bootstrap-token`) and expires like kubeadm's, 24 h after it was made
+//! unless configured otherwise (`--bootstrap-token-ttl`); more are created through the API
 //! (`berthctl token create`), each with an optional expiry, and kept in
 //! `pki/bootstrap-tokens.json` so they survive a restart.
 //!
@@ -57,6 +58,8 @@ impl TokenRecord {
 pub struct BootstrapTokens {
     path: PathBuf,
     initial: Auth,
+    /// Unix seconds the initial token stops joining at; None: never.
+    initial_expires: Option<u64>,
     records: Mutex<Vec<TokenRecord>>,
 }
 
@@ -72,8 +75,13 @@ fn random_string<const N: usize>() -> String {
 }
 
 impl BootstrapTokens {
-    /// Loads the created tokens from `pki_dir`; `initial` is the token from the PKI.
-    pub fn load(pki_dir: &Path, initial: &str) -> Result<Self, TokenError> {
+    /// Loads the created tokens from `pki_dir`; `initial` is the token from the PKI,
+    /// accepted until `initial_expires` (Unix seconds; None: always).
+    pub fn load(
+        pki_dir: &Path,
+        initial: &str,
+        initial_expires: Option<u64>,
+    ) -> Result<Self, TokenError> {
         let path = pki_dir.join(FILE);
         let records = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| TokenError::Invalid {
@@ -92,6 +100,7 @@ impl BootstrapTokens {
         Ok(Self {
             path,
             initial: Auth::from_digests(vec![Auth::digest(initial)]),
+            initial_expires,
             records: Mutex::new(records),
         })
     }
@@ -178,12 +187,12 @@ impl BootstrapTokens {
         Ok(())
     }
 
-    /// True for the initial token and any created one that has not expired.
+    /// True for the initial token and any created one, until they expire.
     pub fn accepts(&self, token: &str) -> bool {
-        if self.initial.accepts(token) {
-            return true;
-        }
         let now = util::unix_now();
+        if self.initial.accepts(token) {
+            return self.initial_expires.is_none_or(|at| now < at);
+        }
         let Some((id, _)) = token.split_once('.') else {
             return false;
         };
@@ -205,7 +214,7 @@ mod tests {
     #[test]
     fn created_tokens_join_until_deleted_or_expired_and_survive_a_reload() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let tokens = BootstrapTokens::load(dir.path(), "initial").expect("load");
+        let tokens = BootstrapTokens::load(dir.path(), "initial", None).expect("load");
         assert!(tokens.accepts("initial"));
         let (token, record) = tokens.create(3600, "for node-2").expect("create");
         assert!(token.starts_with(&format!("{}.", record.id)) && token.len() == 23);
@@ -213,7 +222,7 @@ mod tests {
         assert!(!tokens.accepts(&format!("{}.aaaaaaaaaaaaaaaa", record.id)));
         assert!(!tokens.accepts("made.up"));
 
-        let reloaded = BootstrapTokens::load(dir.path(), "initial").expect("reload");
+        let reloaded = BootstrapTokens::load(dir.path(), "initial", None).expect("reload");
         assert!(reloaded.accepts(&token));
         assert_eq!(reloaded.list().len(), 1);
         assert!(reloaded.list()[0].digest.is_empty());
@@ -223,6 +232,16 @@ mod tests {
             reloaded.delete(&record.id),
             Err(TokenError::NotFound(_))
         ));
+    }
+
+    #[test]
+    fn the_initial_token_expires_too() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let now = util::unix_now();
+        let valid = BootstrapTokens::load(dir.path(), "initial", Some(now + 60)).expect("load");
+        assert!(valid.accepts("initial"));
+        let expired = BootstrapTokens::load(dir.path(), "initial", Some(now - 1)).expect("load");
+        assert!(!expired.accepts("initial"));
     }
 
     #[test]
@@ -241,7 +260,7 @@ mod tests {
             serde_json::to_vec(std::slice::from_ref(&stale)).expect("json"),
         )
         .expect("write");
-        let tokens = BootstrapTokens::load(dir.path(), "initial").expect("load");
+        let tokens = BootstrapTokens::load(dir.path(), "initial", None).expect("load");
         assert!(!tokens.accepts(token));
         assert!(tokens.list().is_empty());
         let fresh = TokenRecord {
@@ -253,7 +272,7 @@ mod tests {
             serde_json::to_vec(&[fresh]).expect("json"),
         )
         .expect("write");
-        let tokens = BootstrapTokens::load(dir.path(), "initial").expect("load");
+        let tokens = BootstrapTokens::load(dir.path(), "initial", None).expect("load");
         assert!(tokens.accepts(token));
     }
 }

@@ -171,9 +171,21 @@ async fn hollow_nodes_run_a_deployment_and_fail_over() {
         .into_iter()
         .find(|p| p["spec"]["nodeName"] == "n1")
         .expect("a pod on n1");
-    let denied = HollowNode::join(&c.t.server.agent_url, &c.ca, &c.token, "n0")
-        .await
-        .expect("second join of n0 reuses its CIDR")
+    // Nobody joins under the name of a live node, nor under the control plane's.
+    for (name, code) in [
+        ("n0", Code::AlreadyExists),
+        ("localhost", Code::InvalidArgument),
+    ] {
+        let refused = HollowNode::join(&c.t.server.agent_url, &c.ca, &c.token, name)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("a second join as {name}"));
+        let berth_sim::hollow::HollowError::Rpc(status) = refused else {
+            panic!("{refused}");
+        };
+        assert_eq!(status.code(), code, "{status:?}");
+    }
+    let denied = n0
         .client()
         .report_pod_status(PodStatusReport {
             namespace: "default".to_owned(),
@@ -186,6 +198,26 @@ async fn hollow_nodes_run_a_deployment_and_fail_over() {
         .await
         .expect_err("n0 reporting for n1");
     assert_eq!(denied.code(), Code::PermissionDenied);
+    // Nor give its own pod an address outside its pod range.
+    let own = c
+        .pods()
+        .await
+        .into_iter()
+        .find(|p| p["spec"]["nodeName"] == "n0")
+        .expect("a pod on n0");
+    let spoofed = n0
+        .client()
+        .report_pod_status(PodStatusReport {
+            namespace: "default".to_owned(),
+            name: own["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            status_json: b"{\"phase\": \"Running\", \"podIP\": \"198.18.0.99\"}".to_vec(),
+        })
+        .await
+        .expect_err("an address outside n0's range");
+    assert_eq!(spoofed.code(), Code::PermissionDenied, "{spoofed:?}");
     // Nor end another node's pod's deletion, nor one the control plane did not start.
     let deletion = |pod: &Value| PodDeletion {
         namespace: "default".to_owned(),
@@ -198,13 +230,8 @@ async fn hollow_nodes_run_a_deployment_and_fail_over() {
             .unwrap_or_default()
             .to_owned(),
     };
-    let n1_client = HollowNode::join(&c.t.server.agent_url, &c.ca, &c.token, "n1")
-        .await
-        .expect("second join of n1 reuses its CIDR")
-        .client();
-    let denied = HollowNode::join(&c.t.server.agent_url, &c.ca, &c.token, "n0")
-        .await
-        .expect("join")
+    let n1_client = n1.client();
+    let denied = n0
         .client()
         .confirm_pod_deletion(deletion(&foreign))
         .await
@@ -229,6 +256,21 @@ async fn hollow_nodes_run_a_deployment_and_fail_over() {
         (pods.len() == 6 && live == 6 && running == 6).then_some(())
     })
     .await;
+}
+
+/// The first bootstrap token expires like kubeadm's (`--bootstrap-token-ttl`).
+#[tokio::test]
+async fn an_expired_bootstrap_token_cannot_join() {
+    let c = cluster_with(&["--bootstrap-token-ttl", "1"]).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let refused = HollowNode::join(&c.t.server.agent_url, &c.ca, &c.token, "late")
+        .await
+        .err()
+        .expect("a join with an expired token");
+    let berth_sim::hollow::HollowError::Rpc(status) = refused else {
+        panic!("{refused}");
+    };
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
 }
 
 #[tokio::test]
@@ -345,6 +387,17 @@ async fn unchanged_heartbeats_do_not_rewrite_the_node() {
     let (_, stored) = c.t.call(Method::GET, "/api/v1/nodes/steady", None).await;
     assert_eq!(stored["status"]["addresses"][0]["address"], "198.18.7.2");
     assert_eq!(stored["metadata"]["resourceVersion"], moved.as_str());
+    // An address nobody could reach the node at is refused; the stored one stays.
+    for address in ["127.0.0.1", "0.0.0.0", "224.0.0.1", "node-a"] {
+        let refused = node
+            .client()
+            .heartbeat(heartbeat(address))
+            .await
+            .expect_err(address);
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    }
+    let (_, stored) = c.t.call(Method::GET, "/api/v1/nodes/steady", None).await;
+    assert_eq!(stored["status"]["addresses"][0]["address"], "198.18.7.2");
 }
 
 /// A node reads the ConfigMaps and Secrets its own pods use and nothing else (Kubernetes'

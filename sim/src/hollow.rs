@@ -229,6 +229,7 @@ impl HollowNode {
         Ok(HollowHandle {
             name: node.name.clone(),
             pod_cidr: node.pod_cidr.clone(),
+            client: node.client.clone(),
             stats,
             timeline,
             loads: Arc::clone(&node.loads),
@@ -241,6 +242,7 @@ impl HollowNode {
 pub struct HollowHandle {
     pub name: String,
     pub pod_cidr: String,
+    client: AgentClient<Channel>,
     stats: Arc<Mutex<HollowStats>>,
     timeline: Arc<Mutex<Timeline>>,
     loads: Arc<Mutex<Loads>>,
@@ -248,6 +250,11 @@ pub struct HollowHandle {
 }
 
 impl HollowHandle {
+    /// The node's own agent API client (its certificate).
+    pub fn client(&self) -> AgentClient<Channel> {
+        self.client.clone()
+    }
+
     pub fn stats(&self) -> HollowStats {
         self.stats.lock().map(|s| s.clone()).unwrap_or_default()
     }
