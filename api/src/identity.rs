@@ -19,3 +19,15 @@ pub fn name_in_role(der: &[u8], organization: &str) -> Option<String> {
     let name = subject.iter_common_name().next()?.as_str().ok()?;
     in_role.then(|| name.to_owned())
 }
+
+/// The serial number of a DER certificate, in lower-case hex: what the control plane
+/// records for the one certificate of each node it accepts.
+pub fn serial_of(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(
+        cert.raw_serial()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    )
+}

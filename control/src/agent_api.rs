@@ -58,6 +58,8 @@ pub struct AgentService {
     node_grace: Duration,
     /// Names no node may take: the control plane's own (its certificate's names).
     reserved_names: Vec<String>,
+    /// Each Node's accepted certificate, refreshed from the store.
+    known_nodes: Arc<KnownNodes>,
 }
 
 struct ConfirmedStatus {
@@ -78,7 +80,13 @@ impl AgentService {
         usage: Usage,
         node_grace: Duration,
     ) -> Self {
+        let known_nodes = Arc::new(KnownNodes::default());
+        tokio::spawn(refresh_known_nodes(
+            registry.clone(),
+            Arc::downgrade(&known_nodes),
+        ));
         Self {
+            known_nodes,
             registry,
             metrics,
             pki,
@@ -94,6 +102,28 @@ impl AgentService {
             node_grace,
             reserved_names: vec!["localhost".to_owned()],
         }
+    }
+
+    /// The node calling: the name in its client certificate, if that certificate is the
+    /// one its Node accepts (a deleted Node's, or one replaced by a later join, is not).
+    async fn identity<T>(&self, request: &Request<T>) -> Result<String, Status> {
+        self.caller(request).await.map(|caller| caller.name)
+    }
+
+    /// [`Self::identity`], with the certificate's serial.
+    async fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        let der = request
+            .peer_certs()
+            .and_then(|certs| certs.first().cloned())
+            .ok_or_else(|| {
+                Status::unauthenticated("a node client certificate is required (call Join first)")
+            })?;
+        let name = node_name_of_certificate(&der).ok_or_else(|| {
+            Status::unauthenticated("the client certificate is not a node's (call Join first)")
+        })?;
+        let serial = berth_api::identity::serial_of(&der);
+        check_node_certificate(&self.registry, &self.known_nodes, &name, serial.as_deref()).await?;
+        Ok(Caller { name, serial })
     }
 
     /// The pod range of `node`, from what joins handed out (read from the store the first
@@ -259,13 +289,102 @@ fn status(error: registry::Error) -> Status {
 }
 
 /// The node name from the verified client certificate.
-fn node_of<T>(request: &Request<T>) -> Result<String, Status> {
-    request
-        .peer_certs()
-        .and_then(|certs| certs.first().and_then(|der| node_name_of_certificate(der)))
-        .ok_or_else(|| {
-            Status::unauthenticated("a node client certificate is required (call Join first)")
-        })
+/// The annotation of a Node that holds the serial number of the one certificate its
+/// agent may call with (the last one it joined with).
+pub const CERTIFICATE_SERIAL_ANNOTATION: &str = "berth.io/certificate-serial";
+
+/// How often the Nodes' recorded certificates are read again: how long a deleted Node's
+/// certificate may still be accepted.
+const KNOWN_NODES_REFRESH: Duration = Duration::from_secs(2);
+
+/// Node name → the serial of the certificate it accepts (None: a Node that joined
+/// before serials were recorded, which accepts any certificate with its name).
+type KnownNodes = std::sync::RwLock<std::collections::HashMap<String, Option<String>>>;
+
+fn recorded_serial(node: &Value) -> Option<String> {
+    node.pointer("/metadata/annotations")
+        .and_then(|a| a.get(CERTIFICATE_SERIAL_ANNOTATION))
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+}
+
+/// Keeps `known` equal to the Nodes in the store, until the service holding it is gone.
+async fn refresh_known_nodes(registry: Registry, known: std::sync::Weak<KnownNodes>) {
+    loop {
+        let listed = registry.list_all(&NODES).await;
+        let Some(known) = known.upgrade() else {
+            return;
+        };
+        if let Ok(nodes) = listed {
+            let current = nodes
+                .iter()
+                .map(|n| (name_of(n).to_owned(), recorded_serial(n)))
+                .collect();
+            *known
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = current;
+        }
+        drop(known);
+        tokio::time::sleep(KNOWN_NODES_REFRESH).await;
+    }
+}
+
+/// Whether the node `name`'s certificate with `serial` is the one its Node accepts:
+/// Err(why not) for a deleted Node or a replaced certificate.
+async fn check_node_certificate(
+    registry: &Registry,
+    known: &KnownNodes,
+    name: &str,
+    serial: Option<&str>,
+) -> Result<(), Status> {
+    let cached = known
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(name)
+        .cloned();
+    // Not in the last listing: deleted, or joined since; the store says which.
+    let recorded = match cached {
+        Some(recorded) => recorded,
+        None => match registry.get(&NODES, "", name).await {
+            Ok(node) => {
+                let recorded = recorded_serial(&node);
+                known
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(name.to_owned(), recorded.clone());
+                recorded
+            }
+            Err(e) if e.is_not_found() => {
+                return Err(Status::unauthenticated(format!(
+                    "node {name} no longer exists: its certificate is not accepted; the agent must join again"
+                )));
+            }
+            Err(e) => return Err(status(e)),
+        },
+    };
+    match recorded {
+        Some(recorded) if serial != Some(recorded.as_str()) => Err(Status::unauthenticated(
+            format!("this certificate of node {name} was replaced when the node joined again"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A node calling, by its certificate.
+struct Caller {
+    name: String,
+    serial: Option<String>,
+}
+
+/// A watch stream's state: its events, and whose it is, checked again as it runs so the
+/// watch of a deleted node ends within seconds.
+struct Watching {
+    rx: tokio::sync::mpsc::Receiver<watch::WatchEvent>,
+    caller: Caller,
+    registry: Registry,
+    known: Arc<KnownNodes>,
+    check: tokio::time::Interval,
+    ended: bool,
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send>>;
@@ -320,6 +439,7 @@ impl AgentService {
 
     async fn watch(
         &self,
+        caller: Caller,
         kinds: Vec<&'static berth_api::ResourceType>,
         fields: FieldSelector,
         resource_version: &str,
@@ -351,8 +471,36 @@ impl AgentService {
             }
             Err(e) => return Err(status(e)),
         };
-        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-            let event = rx.recv().await?;
+        let watching = Watching {
+            rx,
+            caller,
+            registry: self.registry.clone(),
+            known: Arc::clone(&self.known_nodes),
+            check: tokio::time::interval(KNOWN_NODES_REFRESH),
+            ended: false,
+        };
+        let stream = futures_util::stream::unfold(watching, |mut w| async move {
+            if w.ended {
+                return None;
+            }
+            let event = loop {
+                tokio::select! {
+                    event = w.rx.recv() => break event?,
+                    _ = w.check.tick() => {
+                        let checked = check_node_certificate(
+                            &w.registry,
+                            &w.known,
+                            &w.caller.name,
+                            w.caller.serial.as_deref(),
+                        )
+                        .await;
+                        if let Err(refused) = checked {
+                            w.ended = true;
+                            return Some((Err(refused), w));
+                        }
+                    }
+                }
+            };
             let type_ = match event.type_ {
                 "ADDED" => Type::Added,
                 "MODIFIED" => Type::Modified,
@@ -378,7 +526,7 @@ impl AgentService {
                 resource_version,
                 object_json,
             };
-            Some((Ok(message), rx))
+            Some((Ok(message), w))
         });
         Ok(Response::new(Box::pin(stream)))
     }
@@ -416,7 +564,7 @@ impl agent_server::Agent for AgentService {
         check_dns_subdomain(&request.node_name)
             .map_err(|reason| Status::invalid_argument(format!("node_name: {reason}")))?;
         self.refuse_join_name(&request.node_name).await?;
-        let certificate_pem = self
+        let (certificate_pem, serial) = self
             .pki
             .sign_node_csr(&request.csr_pem, &request.node_name)
             .map_err(|e| Status::invalid_argument(format!("csr_pem: {e}")))?;
@@ -424,18 +572,19 @@ impl agent_server::Agent for AgentService {
         let pod_cidr = self
             .pod_cidr_for(&request.node_name, &mut allocated)
             .await?;
+        // The Node records the new certificate: from now on only it is accepted.
         let existing = self.registry.get(&NODES, "", &request.node_name).await;
         match existing {
-            Ok(node)
-                if node.pointer("/spec/podCIDR").and_then(Value::as_str)
-                    == Some(pod_cidr.as_str()) => {}
             Ok(mut node) => {
                 node["spec"]["podCIDR"] = json!(pod_cidr);
+                node["metadata"]["annotations"][CERTIFICATE_SERIAL_ANNOTATION] = json!(serial);
                 self.registry.update(&NODES, node).await.map_err(status)?;
             }
             Err(e) if e.is_not_found() => {
                 let node = json!({"apiVersion": "v1", "kind": "Node",
-                    "metadata": {"name": request.node_name}, "spec": {"podCIDR": pod_cidr}});
+                    "metadata": {"name": request.node_name,
+                        "annotations": {CERTIFICATE_SERIAL_ANNOTATION: serial}},
+                    "spec": {"podCIDR": pod_cidr}});
                 let decoded = NODES
                     .decode(berth_api::Source::Value(node))
                     .map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -446,6 +595,10 @@ impl agent_server::Agent for AgentService {
             }
             Err(e) => return Err(status(e)),
         }
+        self.known_nodes
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(request.node_name.clone(), Some(serial));
         // A node that joins again may have been deleted and made anew without a status:
         // its next heartbeat must write one.
         self.confirmed.lock().await.remove(&request.node_name);
@@ -461,7 +614,7 @@ impl agent_server::Agent for AgentService {
         &self,
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
-        let node = node_of(&request)?;
+        let node = self.identity(&request).await?;
         let fresh = |stored_heartbeat: u64| {
             util::unix_now().saturating_sub(stored_heartbeat) < self.status_refresh.as_secs()
         };
@@ -543,11 +696,16 @@ impl agent_server::Agent for AgentService {
         &self,
         request: Request<WatchRequest>,
     ) -> Result<Response<EventStream>, Status> {
-        let node = node_of(&request)?;
-        let fields = FieldSelector::parse(&format!("spec.nodeName={node}"))
+        let caller = self.caller(&request).await?;
+        let fields = FieldSelector::parse(&format!("spec.nodeName={}", caller.name))
             .map_err(|e| Status::internal(e.to_string()))?;
-        self.watch(vec![&PODS], fields, &request.get_ref().resource_version)
-            .await
+        self.watch(
+            caller,
+            vec![&PODS],
+            fields,
+            &request.get_ref().resource_version,
+        )
+        .await
     }
 
     type WatchServicesStream = EventStream;
@@ -556,10 +714,11 @@ impl agent_server::Agent for AgentService {
         &self,
         request: Request<WatchRequest>,
     ) -> Result<Response<EventStream>, Status> {
-        node_of(&request)?;
+        let caller = self.caller(&request).await?;
         // Nodes too: agents place endpoints on nodes by their pod ranges and send
         // north-south flows to other nodes' addresses.
         self.watch(
+            caller,
             vec![&SERVICES, &ENDPOINTS, &NODES],
             FieldSelector::default(),
             &request.get_ref().resource_version,
@@ -571,7 +730,7 @@ impl agent_server::Agent for AgentService {
         &self,
         request: Request<PodStatusReport>,
     ) -> Result<Response<PodStatusAck>, Status> {
-        let node = node_of(&request)?;
+        let node = self.identity(&request).await?;
         let report = request.into_inner();
         let pod_status: Value = serde_json::from_slice(&report.status_json)
             .map_err(|e| Status::invalid_argument(format!("status_json: {e}")))?;
@@ -627,7 +786,7 @@ impl agent_server::Agent for AgentService {
         &self,
         request: Request<PodDeletion>,
     ) -> Result<Response<PodDeletionAck>, Status> {
-        let node = node_of(&request)?;
+        let node = self.identity(&request).await?;
         let deletion = request.into_inner();
         let pod = match self
             .registry
@@ -676,7 +835,7 @@ impl agent_server::Agent for AgentService {
         &self,
         request: Request<PodConfigRequest>,
     ) -> Result<Response<PodConfigResponse>, Status> {
-        let node = node_of(&request)?;
+        let node = self.identity(&request).await?;
         let wanted = request.into_inner();
         if wanted.kind == PersistentVolume::KIND {
             return self.local_volume(&node, &wanted.name).await;
@@ -734,7 +893,7 @@ impl agent_server::Agent for AgentService {
         &self,
         request: Request<PodEventReport>,
     ) -> Result<Response<PodEventAck>, Status> {
-        let node = node_of(&request)?;
+        let node = self.identity(&request).await?;
         let report = request.into_inner();
         if !matches!(report.r#type.as_str(), "Normal" | "Warning") {
             return Err(Status::invalid_argument(format!(

@@ -14,7 +14,7 @@ use std::{
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 
 use berth_api::identity;
@@ -186,9 +186,21 @@ impl Pki {
     /// for is replaced: the certificate names exactly `node_name`, as its CN (what the
     /// agent API reads) and as its one DNS name (what the control plane verifies when it
     /// calls the node's API, whatever address it dials). It is good for both ends of TLS.
-    pub fn sign_node_csr(&self, csr_pem: &str, node_name: &str) -> Result<String, PkiError> {
+    /// A certificate for node `node_name` on the key of `csr_pem`, with a random serial
+    /// number (returned in hex beside the PEM): the Node records it, so a certificate
+    /// of a node that joined again, or was deleted, is told apart from the current one.
+    pub fn sign_node_csr(
+        &self,
+        csr_pem: &str,
+        node_name: &str,
+    ) -> Result<(String, String), PkiError> {
         let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
+        // Positive in DER: the top bit clear.
+        let mut serial = util::random_bytes::<16>();
+        serial[0] &= 0x7f;
+        serial[0] |= 0x01;
+        params.serial_number = Some(SerialNumber::from_slice(&serial));
         params
             .distinguished_name
             .push(DnType::CommonName, node_name);
@@ -210,7 +222,7 @@ impl Pki {
             params,
             public_key: csr.public_key,
         };
-        Ok(request.signed_by(&issuer)?.pem())
+        Ok((request.signed_by(&issuer)?.pem(), util::hex(&serial)))
     }
 }
 
@@ -282,7 +294,9 @@ mod tests {
             .serialize_request(&key)
             .and_then(|csr| csr.pem())
             .expect("csr");
-        let cert = der(&pki.sign_node_csr(&csr, "node-1").expect("signed"));
+        let (pem, serial) = pki.sign_node_csr(&csr, "node-1").expect("signed");
+        let cert = der(&pem);
+        assert_eq!(identity::serial_of(&cert), Some(serial));
         assert_eq!(node_name_of_certificate(&cert).as_deref(), Some("node-1"));
         let (_, parsed) = x509_parser::parse_x509_certificate(&cert).expect("x509");
         let usage = parsed

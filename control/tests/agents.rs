@@ -258,6 +258,61 @@ async fn hollow_nodes_run_a_deployment_and_fail_over() {
     .await;
 }
 
+/// A deleted Node's certificate is refused within seconds, also by the watches it holds
+/// open.
+#[tokio::test]
+async fn a_deleted_nodes_certificate_is_refused_within_seconds() {
+    let c = cluster_with(&["--no-controllers"]).await;
+    let node = HollowNode::join(&c.t.server.agent_url, &c.ca, &c.token, "gone")
+        .await
+        .expect("join");
+    let mut client = node.client();
+    let mut watch = client
+        .watch_services(WatchRequest::default())
+        .await
+        .expect("watch")
+        .into_inner();
+    let heartbeat = || HeartbeatRequest {
+        status_json: b"{}".to_vec(),
+        usage: None,
+    };
+    client.heartbeat(heartbeat()).await.expect("heartbeat");
+    let (status, _) = c.t.call(Method::DELETE, "/api/v1/nodes/gone", None).await;
+    assert_eq!(status, 200);
+    let deleted = std::time::Instant::now();
+    let refused = loop {
+        match client.heartbeat(heartbeat()).await {
+            Err(refused) => break refused,
+            Ok(_) => {
+                assert!(
+                    deleted.elapsed() < Duration::from_secs(5),
+                    "heartbeats still accepted 5 s after the Node's deletion"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    println!("heartbeats refused after {:?}", deleted.elapsed());
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match watch.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(status) => return Some(status),
+            }
+        }
+    })
+    .await
+    .expect("the watch ends within 5 s");
+    let status = ended.expect("ended with an error");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    println!(
+        "the watch of the deleted node ended after {:?}",
+        deleted.elapsed()
+    );
+}
+
 /// The first bootstrap token expires like kubeadm's (`--bootstrap-token-ttl`).
 #[tokio::test]
 async fn an_expired_bootstrap_token_cannot_join() {
