@@ -7,6 +7,7 @@ use crate::{
     autoscaling::HorizontalPodAutoscaler,
     configuration::{ConfigMap, Secret},
     core::{Endpoints, Event, Namespace, Node, Pod, Service},
+    rbac::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
 };
 
 pub static NAMESPACES: ResourceType = ResourceType::of::<Namespace>();
@@ -21,3 +22,7 @@ pub static CONTROLLER_REVISIONS: ResourceType = ResourceType::of::<ControllerRev
 pub static HPAS: ResourceType = ResourceType::of::<HorizontalPodAutoscaler>();
 pub static CONFIG_MAPS: ResourceType = ResourceType::of::<ConfigMap>();
 pub static SECRETS: ResourceType = ResourceType::of::<Secret>();
+pub static ROLES: ResourceType = ResourceType::of::<Role>();
+pub static CLUSTER_ROLES: ResourceType = ResourceType::of::<ClusterRole>();
+pub static ROLE_BINDINGS: ResourceType = ResourceType::of::<RoleBinding>();
+pub static CLUSTER_ROLE_BINDINGS: ResourceType = ResourceType::of::<ClusterRoleBinding>();

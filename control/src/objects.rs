@@ -10,6 +10,7 @@ use berth_api::{
     configuration::{ConfigMap, Secret},
     core::{Endpoints, Event, Namespace, Node, Pod, Service},
     meta::ObjectMeta,
+    rbac::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
 };
 use serde_json::{Value, json};
 
@@ -86,6 +87,10 @@ pub enum Object {
     HorizontalPodAutoscaler(HorizontalPodAutoscaler),
     ConfigMap(ConfigMap),
     Secret(Secret),
+    Role(Role),
+    ClusterRole(ClusterRole),
+    RoleBinding(RoleBinding),
+    ClusterRoleBinding(ClusterRoleBinding),
 }
 
 /// A kind of [`Object`]: how to get it in and out of the enum, and its entry in the kind
@@ -180,6 +185,10 @@ kinds! {
     HorizontalPodAutoscaler => HPAS [status],
     ConfigMap => CONFIG_MAPS,
     Secret => SECRETS,
+    Role => ROLES,
+    ClusterRole => CLUSTER_ROLES,
+    RoleBinding => ROLE_BINDINGS,
+    ClusterRoleBinding => CLUSTER_ROLE_BINDINGS,
 }
 
 impl Object {

@@ -205,6 +205,30 @@ impl Pki {
     }
 }
 
+/// Issues a client certificate and key for `user` in `groups` (CN and O, as Kubernetes
+/// reads them), signed with the CA stored in `dir`; nothing else in `dir` changes.
+pub fn sign_user(dir: &Path, user: &str, groups: &[String]) -> Result<(String, String), PkiError> {
+    let ca_key_path = dir.join(CA_KEY);
+    let key_pem = fs::read_to_string(&ca_key_path).map_err(io(&ca_key_path))?;
+    let ca_key = KeyPair::from_pem(&key_pem).map_err(|e| PkiError::Invalid {
+        path: ca_key_path.clone(),
+        reason: e.to_string(),
+    })?;
+    let issuer = Issuer::new(ca_params()?, ca_key);
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name.push(DnType::CommonName, user);
+    for group in groups {
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, group.as_str());
+    }
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
 /// The node name a node certificate was issued for: its CN, if its O says it is a node's.
 pub fn node_name_of_certificate(der: &[u8]) -> Option<String> {
     identity::name_in_role(der, NODE_ORGANIZATION)

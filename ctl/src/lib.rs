@@ -339,6 +339,7 @@ impl Ctx {
                 server: String::new(),
                 ca_pem: None,
                 token: None,
+                client_certificate: None,
             },
         };
         let origin = match &cli.server {

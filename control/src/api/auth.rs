@@ -1,4 +1,12 @@
-//! Bearer-token authentication, on unless the operator turns it off explicitly.
+//! Authentication then authorization, once per request, before any handler runs (as
+//! Kubernetes' WithAuthentication and WithAuthorization filters): a bearer token or the
+//! client certificate the TLS handshake verified names the user; RBAC decides on the
+//! request's attributes. On unless the operator turns authentication off explicitly.
+//!
+//! `/apply` carries objects of many kinds, so it is authorized per object by its handler
+//! with [`authorize`]; every other path here.
+
+use std::collections::HashMap;
 
 use axum::{
     extract::{Request, State},
@@ -8,19 +16,29 @@ use axum::{
 };
 
 use super::{ApiState, error::ApiError};
+use crate::{authn::UserInfo, authz::Attributes};
 
 /// Paths a load balancer or supervisor probes without credentials.
 const UNAUTHENTICATED: &[&str] = &["/healthz", "/readyz"];
 
-pub async fn require_token(
+/// Authorized per object by its handler.
+const APPLY: &str = "/apply";
+
+/// The user of the connection's verified client certificate, if it presented one; put
+/// on each request by the HTTPS listener.
+#[derive(Clone, Debug, Default)]
+pub struct PeerUser(pub Option<UserInfo>);
+
+pub async fn authenticate_and_authorize(
     State(state): State<ApiState>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     let Some(auth) = &state.auth else {
         return next.run(request).await;
     };
-    if UNAUTHENTICATED.contains(&request.uri().path()) {
+    let path = request.uri().path().to_owned();
+    if UNAUTHENTICATED.contains(&path.as_str()) {
         return next.run(request).await;
     }
     let token = request
@@ -29,15 +47,51 @@ pub async fn require_token(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    match token {
-        Some(token) if auth.accepts(token) => next.run(request).await,
-        _ => {
-            let mut response = ApiError::unauthorized().into_response();
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
-            response
+    // A token presented decides, as in Kubernetes: a wrong one is refused even over a
+    // connection with a certificate.
+    let user = match token {
+        Some(token) => auth.token(token),
+        None => request
+            .extensions()
+            .get::<PeerUser>()
+            .and_then(|peer| peer.0.clone()),
+    };
+    let Some(user) = user else {
+        let mut response = ApiError::unauthorized().into_response();
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        return response;
+    };
+    if path != APPLY {
+        let query: HashMap<String, String> =
+            form_urlencoded::parse(request.uri().query().unwrap_or_default().as_bytes())
+                .into_owned()
+                .collect();
+        let attributes = Attributes::of_request(request.method(), &path, &query);
+        if let Err(refusal) = authorize(&state, Some(&user), &attributes).await {
+            return refusal.into_response();
         }
+    }
+    request.extensions_mut().insert(user);
+    next.run(request).await
+}
+
+/// Whether `user` may do what `attributes` say: Ok, or the 403 (or the error reading the
+/// roles) to answer with. With authentication off there is no user and everything is
+/// allowed.
+pub async fn authorize(
+    state: &ApiState,
+    user: Option<&UserInfo>,
+    attributes: &Attributes,
+) -> Result<(), ApiError> {
+    let Some(user) = user else {
+        return Ok(());
+    };
+    if state.authorizer.authorize(user, attributes).await? {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(attributes, &user.name))
     }
 }

@@ -3,6 +3,7 @@
 //! Resource paths (`/api/v1/...`, `/apis/apps/v1/...`) are routed by one handler that
 //! resolves the kind from berth-api's table, so adding a kind needs no routing change.
 
+mod access_review;
 pub mod auth;
 mod discovery;
 pub mod error;
@@ -32,14 +33,16 @@ use serde_json::json;
 use crate::{metrics::Metrics, registry::Registry};
 
 use self::error::ApiError;
-pub use crate::credentials::Auth;
 
 #[derive(Clone)]
 pub struct ApiState {
     pub registry: Registry,
     pub metrics: Metrics,
-    /// None only when the operator explicitly turned authentication off.
-    pub auth: Option<Arc<Auth>>,
+    /// Who a request is from; None only when the operator explicitly turned
+    /// authentication (and so authorization) off.
+    pub auth: Option<Arc<crate::authn::Authenticator>>,
+    /// What a user may do.
+    pub authorizer: crate::authz::Rbac,
     /// The node bootstrap tokens; None serves no `/bootstrap-tokens`.
     pub tokens: Option<Arc<crate::tokens::BootstrapTokens>>,
     /// Calls nodes' agents for logs, exec and datapath views.
@@ -61,6 +64,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1", get(discovery::core_resources))
         .route("/apis", get(discovery::groups))
         .route("/api/{*path}", any(resources::handle))
+        .route(
+            "/apis/authorization.k8s.io/v1/{review}",
+            post(access_review::serve),
+        )
         .route("/apis/{*path}", any(apis))
         .route(
             &format!("{}/{{*path}}", metrics_api::PREFIX),
@@ -79,7 +86,7 @@ pub fn router(state: ApiState) -> Router {
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             state.clone(),
-            auth::require_token,
+            auth::authenticate_and_authorize,
         ))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)

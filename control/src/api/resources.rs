@@ -467,7 +467,7 @@ pub(super) async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiErro
     })
 }
 
-async fn read_json<T: serde::de::DeserializeOwned>(
+pub(super) async fn read_json<T: serde::de::DeserializeOwned>(
     body: Body,
     limit: usize,
 ) -> Result<T, ApiError> {
@@ -608,6 +608,7 @@ async fn list(
 pub async fn apply(
     State(state): State<ApiState>,
     Query(query): Query<HashMap<String, String>>,
+    user: Option<axum::Extension<crate::authn::UserInfo>>,
     body: Body,
 ) -> Response {
     let result = async {
@@ -615,6 +616,23 @@ pub async fn apply(
         let text = std::str::from_utf8(&bytes)
             .map_err(|_| ApiError::bad_request("manifest is not UTF-8"))?;
         let objects = manifest::parse(text).map_err(manifest_errors)?;
+        // Applying creates what is missing and changes what exists: both verbs are
+        // needed on every object's resource, checked before anything is written.
+        let user = user.as_ref().map(|axum::Extension(user)| user);
+        for object in &objects {
+            let rt = object.resource_type;
+            for verb in ["create", "patch"] {
+                let attributes = crate::authz::Attributes::Resource {
+                    verb: verb.to_owned(),
+                    group: rt.group.to_owned(),
+                    resource: rt.plural.to_owned(),
+                    subresource: String::new(),
+                    namespace: registry::namespace_of(&object.decoded.object).to_owned(),
+                    name: name_of(&object.decoded.object).to_owned(),
+                };
+                super::auth::authorize(&state, user, &attributes).await?;
+            }
+        }
         let dry_run = is_true(query.get("dryRun"));
         let results = state.registry.apply(objects, dry_run).await?;
         Ok::<_, ApiError>(ok_json(json!({

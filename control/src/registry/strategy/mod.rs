@@ -132,6 +132,7 @@ macro_rules! with_strategy {
             autoscaling::HorizontalPodAutoscaler,
             configuration::{ConfigMap, Secret},
             core::{Endpoints, Event, Namespace, Node, Pod, Service},
+            rbac::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
         };
         use $crate::registry::strategy::*;
         match $rt.kind {
@@ -181,6 +182,22 @@ macro_rules! with_strategy {
             }
             Secret::KIND => {
                 let $strategy = &SecretStrategy;
+                $body
+            }
+            Role::KIND => {
+                let $strategy = &Plain::<Role>::new();
+                $body
+            }
+            ClusterRole::KIND => {
+                let $strategy = &Plain::<ClusterRole>::new();
+                $body
+            }
+            RoleBinding::KIND => {
+                let $strategy = &Plain::<RoleBinding>::new();
+                $body
+            }
+            ClusterRoleBinding::KIND => {
+                let $strategy = &Plain::<ClusterRoleBinding>::new();
                 $body
             }
             kind => Err($crate::registry::Error::internal(format!(
