@@ -8,13 +8,15 @@
 //! and `edit` into `admin`, as in Kubernetes.
 
 use berth_api::{
-    ResourceType, Source,
-    kinds::{CLUSTER_ROLE_BINDINGS, CLUSTER_ROLES},
-    rbac::{AUTHENTICATED_GROUP, MASTERS_GROUP},
+    Source,
+    rbac::{AUTHENTICATED_GROUP, ClusterRole, ClusterRoleBinding, MASTERS_GROUP},
 };
 use serde_json::{Value, json};
 
-use crate::registry::{self, Registry};
+use crate::{
+    objects::Kind,
+    registry::{self, Registry},
+};
 
 const READ: &[&str] = &["get", "list", "watch"];
 const WRITE: &[&str] = &["create", "delete", "deletecollection", "patch", "update"];
@@ -235,39 +237,45 @@ pub fn cluster_role_bindings() -> Vec<Value> {
     ]
 }
 
-/// Creates the default roles and bindings that do not exist.
+/// Creates the default roles and bindings that do not exist: the missing roles in one
+/// transaction, then the missing bindings in another.
 pub async fn ensure_defaults(registry: &Registry) -> registry::Result<()> {
-    let kinds: [(&'static ResourceType, Vec<Value>); 2] = [
-        (&CLUSTER_ROLES, cluster_roles()),
-        (&CLUSTER_ROLE_BINDINGS, cluster_role_bindings()),
-    ];
-    for (rt, objects) in kinds {
-        for object in objects {
-            let name = object["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            match registry.get(rt, "", &name).await {
-                Ok(_) => continue,
-                Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(e),
-            }
-            let decoded = rt
-                .decode(Source::Value(object))
-                .map_err(|e| registry::decode_error(rt, &name, e))?;
-            match registry.create(rt, decoded.object).await {
-                Ok(_) => {}
-                // Another replica made it first.
-                Err(e) if e.is_conflict() => {}
-                Err(e) => return Err(e),
-            }
+    ensure::<ClusterRole>(registry, cluster_roles()).await?;
+    ensure::<ClusterRoleBinding>(registry, cluster_role_bindings()).await
+}
+
+async fn ensure<K: Kind>(registry: &Registry, objects: Vec<Value>) -> registry::Result<()> {
+    let rt = K::resource_type();
+    let mut missing = Vec::new();
+    for object in objects {
+        let name = object["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        match registry.get(rt, "", &name).await {
+            Ok(_) => continue,
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e),
         }
+        let decoded = rt
+            .decode(Source::Value(object))
+            .map_err(|e| registry::decode_error(rt, &name, e))?;
+        let typed: K = serde_json::from_value(decoded.object)
+            .map_err(|e| registry::Error::internal(format!("default {name}: {e}")))?;
+        missing.push(typed.into_object());
     }
-    Ok(())
+    match registry.create_many(rt, missing).await {
+        Ok(_) => Ok(()),
+        // Another replica made them first.
+        Err(e) if e.is_conflict() => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use berth_api::kinds::{CLUSTER_ROLE_BINDINGS, CLUSTER_ROLES};
+
     use super::*;
 
     #[test]

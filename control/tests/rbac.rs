@@ -353,7 +353,116 @@ async fn each_user_may_do_what_their_roles_allow_and_nothing_else() {
         "{refusal}"
     );
 
+    berthctl_can_i(&cluster).await;
     can_i(&cluster, &carol_conf).await;
+}
+
+/// `berthctl auth can-i` answers as the requests above were answered: `yes` and success,
+/// or `no` and failure (exit 1).
+async fn berthctl_can_i(cluster: &Cluster) {
+    let admin = &cluster.t.server.admin_config;
+    for (token, args, yes) in [
+        ("view-token", &["list", "configmaps", "-n", "a"][..], true),
+        ("view-token", &["watch", "configmaps", "-n", "a"][..], true),
+        ("view-token", &["get", "configmaps/cm", "-n", "a"][..], true),
+        ("view-token", &["list", "configmaps", "-n", "b"][..], false),
+        (
+            "view-token",
+            &["create", "configmaps", "-n", "a"][..],
+            false,
+        ),
+        (
+            "view-token",
+            &["delete", "configmaps", "-n", "a"][..],
+            false,
+        ),
+        (
+            "view-token",
+            &["create", "pods", "--subresource", "exec", "-n", "b"][..],
+            false,
+        ),
+        (
+            "view-token",
+            &["get", "pods", "--subresource", "log", "-n", "b"][..],
+            false,
+        ),
+        (
+            "view-token",
+            &["get", "pods", "--subresource", "log", "-n", "a"][..],
+            true,
+        ),
+        ("view-token", &["list", "secrets", "-n", "a"][..], false),
+        ("view-token", &["list", "nodes"][..], false),
+        ("edit-token", &["create", "configmaps", "-n", "a"][..], true),
+        ("edit-token", &["list", "secrets", "-n", "a"][..], true),
+        (
+            "edit-token",
+            &["create", "configmaps", "-n", "b"][..],
+            false,
+        ),
+        (
+            "edit-token",
+            &["create", "rolebindings", "-n", "a"][..],
+            false,
+        ),
+        (
+            "admin-token",
+            &["create", "rolebindings", "-n", "a"][..],
+            true,
+        ),
+        ("admin-token", &["list", "configmaps", "-n", "b"][..], false),
+        ("root-token", &["list", "configmaps", "-n", "b"][..], true),
+        ("root-token", &["list", "nodes"][..], true),
+        (
+            "nobody-token",
+            &["list", "configmaps", "-n", "a"][..],
+            false,
+        ),
+        ("nobody-token", &["get", "/api"][..], true),
+        ("nobody-token", &["get", "/metrics"][..], false),
+        ("metrics-token", &["get", "/metrics"][..], true),
+        ("metrics-token", &["list", "nodes"][..], false),
+        (
+            "metrics-token",
+            &["list", "configmaps", "-n", "a"][..],
+            false,
+        ),
+    ] {
+        let mut full = vec!["--token", token, "auth", "can-i"];
+        full.extend_from_slice(args);
+        let (ok, out, err) = common::berthctl(admin, &full).await;
+        let want = if yes { "yes" } else { "no" };
+        assert_eq!(
+            (ok, out.trim()),
+            (yes, want),
+            "berthctl auth can-i {} as {token}: {err}",
+            args.join(" ")
+        );
+    }
+    let (ok, out, err) = common::berthctl(
+        admin,
+        &[
+            "--token",
+            "view-token",
+            "auth",
+            "can-i",
+            "--list",
+            "-n",
+            "a",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(out.starts_with("Resources"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("configmaps ") && l.ends_with("[get list watch]")),
+        "{out}"
+    );
+    assert!(
+        out.lines().any(|l| l.contains("/api/*")),
+        "discovery for every user: {out}"
+    );
 }
 
 /// kubectl's own answers (`auth can-i`, exit 0 for yes, 1 for no), as the requests above
