@@ -337,10 +337,27 @@ async fn each_user_may_do_what_their_roles_allow_and_nothing_else() {
 
     // A client certificate from `berth-control kubeconfig user`: CN the user, O its
     // groups; group team-a is bound to view in a.
-    let config = common::config(cluster.t.dir.path(), &[]);
-    let kubeconfig =
-        berth_control::server::user_kubeconfig(&config, "carol", &["team-a".to_owned()])
-            .expect("kubeconfig");
+    let made = tokio::process::Command::new(env!("CARGO_BIN_EXE_berth-control"))
+        .args([
+            "kubeconfig",
+            "user",
+            "--client-name",
+            "carol",
+            "--org",
+            "team-a",
+        ])
+        .arg("--data-dir")
+        .arg(cluster.t.dir.path())
+        .env_remove("BERTH_ADMIN_CONFIG")
+        .output()
+        .await
+        .expect("berth-control runs");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let kubeconfig = String::from_utf8(made.stdout).expect("utf-8");
     let carol_conf = cluster.t.dir.path().join("carol.conf");
     std::fs::write(&carol_conf, &kubeconfig).expect("write kubeconfig");
     let carol = Client::from_kubeconfig(&carol_conf).expect("client with a certificate");
