@@ -153,6 +153,90 @@ impl PolicyRule {
     }
 }
 
+/// The rules of `wanted` that `held` does not cover, each as a simple rule (one verb,
+/// group, resource, name or URL), as Kubernetes' escalation check compares them
+/// (pkg/registry/rbac/validation/policy_comparator.go): a user may grant only what they
+/// hold.
+pub fn uncovered(held: &[PolicyRule], wanted: &[PolicyRule]) -> Vec<PolicyRule> {
+    let mut missing = Vec::new();
+    for rule in wanted {
+        for simple in breakdown(rule) {
+            if !held.iter().any(|owner| covers(owner, &simple)) && !missing.contains(&simple) {
+                missing.push(simple);
+            }
+        }
+    }
+    missing
+}
+
+fn breakdown(rule: &PolicyRule) -> Vec<PolicyRule> {
+    let one = |s: &String| vec![s.clone()];
+    let mut simple = Vec::new();
+    for group in &rule.api_groups {
+        for resource in &rule.resources {
+            for verb in &rule.verbs {
+                let base = PolicyRule {
+                    verbs: one(verb),
+                    api_groups: one(group),
+                    resources: one(resource),
+                    ..PolicyRule::default()
+                };
+                if rule.resource_names.is_empty() {
+                    simple.push(base);
+                } else {
+                    for name in &rule.resource_names {
+                        simple.push(PolicyRule {
+                            resource_names: one(name),
+                            ..base.clone()
+                        });
+                    }
+                }
+            }
+        }
+    }
+    for url in &rule.non_resource_urls {
+        for verb in &rule.verbs {
+            simple.push(PolicyRule {
+                verbs: one(verb),
+                non_resource_urls: one(url),
+                ..PolicyRule::default()
+            });
+        }
+    }
+    simple
+}
+
+fn covers(owner: &PolicyRule, simple: &PolicyRule) -> bool {
+    let all = |set: &[String], wanted: &[String]| {
+        set.iter().any(|s| s == "*") || wanted.iter().all(|w| set.contains(w))
+    };
+    let resources = owner.resources.iter().any(|r| r == "*")
+        || simple.resources.iter().all(|wanted| {
+            owner.resources.contains(wanted)
+                || wanted
+                    .split_once('/')
+                    .is_some_and(|(_, sub)| owner.resources.contains(&format!("*/{sub}")))
+        });
+    let urls = simple.non_resource_urls.iter().all(|wanted| {
+        owner.non_resource_urls.iter().any(|url| {
+            url == wanted
+                || url
+                    .strip_suffix('*')
+                    .is_some_and(|prefix| wanted.starts_with(prefix))
+        })
+    });
+    let names = if simple.resource_names.is_empty() {
+        owner.resource_names.is_empty()
+    } else {
+        owner.resource_names.is_empty() || all(&owner.resource_names, &simple.resource_names)
+    };
+    all(&owner.verbs, &simple.verbs)
+        && all(&owner.api_groups, &simple.api_groups)
+        && resources
+        && urls
+        && names
+}
+
 fn validate_rules(rules: &[PolicyRule], v: &mut Validator, cluster: bool) {
     for (i, rule) in rules.iter().enumerate() {
         rule.validate(v, &FieldPath::root("rules").index(i), cluster);
@@ -511,6 +595,52 @@ mod tests {
         assert!(metrics.allows_url("get", "/debug/pprof"));
         assert!(!metrics.allows_url("get", "/metricsx"));
         assert!(!metrics.allows_url("post", "/metrics"));
+    }
+
+    #[test]
+    fn a_rule_is_covered_only_by_rules_holding_all_of_it() {
+        let held = vec![
+            rule(&["get", "list"], &[""], &["pods", "pods/log"], &[]),
+            rule(&["get"], &[""], &["configmaps"], &["one"]),
+            rule(&["*"], &["apps"], &["*/scale"], &[]),
+        ];
+        assert!(uncovered(&held, &[rule(&["get"], &[""], &["pods", "pods/log"], &[])]).is_empty());
+        assert!(uncovered(&held, &[rule(&["get"], &[""], &["configmaps"], &["one"])]).is_empty());
+        assert!(
+            uncovered(
+                &held,
+                &[rule(&["update"], &["apps"], &["deployments/scale"], &[])]
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            uncovered(&held, &[rule(&["get", "create"], &[""], &["pods"], &[])]),
+            [rule(&["create"], &[""], &["pods"], &[])]
+        );
+        // Held for one name only: not for every name.
+        assert_eq!(
+            uncovered(&held, &[rule(&["get"], &[""], &["configmaps"], &[])]),
+            [rule(&["get"], &[""], &["configmaps"], &[])]
+        );
+        assert_eq!(
+            uncovered(&held, &[rule(&["get"], &["*"], &["pods"], &[])]).len(),
+            1
+        );
+        let admin = vec![
+            rule(&["*"], &["*"], &["*"], &[]),
+            PolicyRule {
+                verbs: vec!["*".to_owned()],
+                non_resource_urls: vec!["*".to_owned()],
+                ..PolicyRule::default()
+            },
+        ];
+        let metrics = PolicyRule {
+            verbs: vec!["get".to_owned()],
+            non_resource_urls: vec!["/metrics".to_owned()],
+            ..PolicyRule::default()
+        };
+        assert!(uncovered(&admin, std::slice::from_ref(&metrics)).is_empty());
+        assert_eq!(uncovered(&held, std::slice::from_ref(&metrics)), [metrics]);
     }
 
     #[test]

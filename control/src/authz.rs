@@ -9,7 +9,10 @@ use std::collections::HashMap;
 use axum::http::Method;
 use berth_api::{
     kinds::{CLUSTER_ROLE_BINDINGS, CLUSTER_ROLES, ROLE_BINDINGS, ROLES},
-    rbac::{ClusterRole, ClusterRoleBinding, MASTERS_GROUP, PolicyRule, Role, RoleBinding},
+    rbac::{
+        ClusterRole, ClusterRoleBinding, GROUP, MASTERS_GROUP, PolicyRule, Role, RoleBinding,
+        RoleRef, uncovered,
+    },
     selector::{FieldSelector, Selector},
 };
 use serde::de::DeserializeOwned;
@@ -272,6 +275,158 @@ impl Rbac {
             Err(e) => Err(e),
         }
     }
+
+    /// Why writing `object` (a Role, ClusterRole or binding; `old` the stored one for an
+    /// update) would grant more than `user` holds, if it would — Kubernetes' escalation
+    /// check: a role's rules must be held by its author unless they may `escalate` on it;
+    /// a binding's role must be held by its author unless they may `bind` it. Members of
+    /// `system:masters` may grant anything; a write that leaves the rules (the role
+    /// reference and subjects) as they were grants nothing new.
+    pub async fn escalation(
+        &self,
+        user: &UserInfo,
+        rt: &berth_api::ResourceType,
+        object: &Value,
+        old: Option<&Value>,
+    ) -> registry::Result<Option<String>> {
+        if rt.group != GROUP || user.in_group(MASTERS_GROUP) {
+            return Ok(None);
+        }
+        let unchanged = |fields: &[&str]| {
+            old.is_some_and(|old| fields.iter().all(|f| old.get(*f) == object.get(*f)))
+        };
+        let namespace = crate::objects::namespace_of(object);
+        let name = crate::objects::name_of(object);
+        let may = |verb: &str, resource: &str, name: &str| Attributes::Resource {
+            verb: verb.to_owned(),
+            group: GROUP.to_owned(),
+            resource: resource.to_owned(),
+            subresource: String::new(),
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        };
+        let wanted: Vec<PolicyRule> = match rt.kind {
+            "Role" | "ClusterRole" => {
+                if unchanged(&["rules", "aggregationRule"])
+                    || self
+                        .authorize(user, &may("escalate", rt.plural, name))
+                        .await?
+                {
+                    return Ok(None);
+                }
+                let mut wanted: Vec<PolicyRule> =
+                    decode(object.get("rules").cloned().unwrap_or(Value::Null))?;
+                // An aggregation rule gathers whatever roles it selects: only someone who
+                // holds everything may set one.
+                if object.get("aggregationRule").is_some_and(|r| !r.is_null())
+                    && !unchanged(&["aggregationRule"])
+                {
+                    wanted.extend(full_authority());
+                }
+                wanted
+            }
+            "RoleBinding" | "ClusterRoleBinding" => {
+                if unchanged(&["roleRef", "subjects"]) {
+                    return Ok(None);
+                }
+                let role_ref: RoleRef =
+                    decode(object.get("roleRef").cloned().unwrap_or(Value::Null))?;
+                let resource = if role_ref.kind == "Role" {
+                    "roles"
+                } else {
+                    "clusterroles"
+                };
+                if self
+                    .authorize(user, &may("bind", resource, &role_ref.name))
+                    .await?
+                {
+                    return Ok(None);
+                }
+                let role = if role_ref.kind == "Role" {
+                    self.get::<Role>(&ROLES, namespace, &role_ref.name)
+                        .await?
+                        .map(|r| r.rules)
+                } else {
+                    self.get::<ClusterRole>(&CLUSTER_ROLES, "", &role_ref.name)
+                        .await?
+                        .map(|r| r.rules)
+                };
+                match role {
+                    Some(rules) => rules,
+                    None => {
+                        return Ok(Some(format!(
+                            "{} {:?} not found: a binding to it cannot be checked against \
+                             what user {:?} holds",
+                            role_ref.kind, role_ref.name, user.name
+                        )));
+                    }
+                }
+            }
+            _ => return Ok(None),
+        };
+        let held = self.rules(user, namespace).await?;
+        let missing = uncovered(&held, &wanted);
+        if missing.is_empty() {
+            return Ok(None);
+        }
+        let groups: Vec<String> = user.groups.iter().map(|g| format!("{g:?}")).collect();
+        let rules: Vec<String> = missing.iter().map(compact).collect();
+        Ok(Some(format!(
+            "user {:?} (groups=[{}]) is attempting to grant RBAC permissions not currently held:\n{}",
+            user.name,
+            groups.join(" "),
+            rules.join("\n")
+        )))
+    }
+}
+
+/// Every verb on everything: what setting an aggregation rule needs, and what anyone
+/// may do with authentication off.
+pub fn full_authority() -> Vec<PolicyRule> {
+    let every = || vec!["*".to_owned()];
+    vec![
+        PolicyRule {
+            verbs: every(),
+            api_groups: every(),
+            resources: every(),
+            ..PolicyRule::default()
+        },
+        PolicyRule {
+            verbs: every(),
+            non_resource_urls: every(),
+            ..PolicyRule::default()
+        },
+    ]
+}
+
+/// A rule as Kubernetes prints it in an escalation refusal:
+/// `{APIGroups:[""], Resources:["pods"], Verbs:["create"]}`.
+fn compact(rule: &PolicyRule) -> String {
+    let list = |items: &[String]| {
+        items
+            .iter()
+            .map(|i| format!("{i:?}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut parts = Vec::new();
+    if !rule.api_groups.is_empty() {
+        parts.push(format!("APIGroups:[{}]", list(&rule.api_groups)));
+    }
+    if !rule.resources.is_empty() {
+        parts.push(format!("Resources:[{}]", list(&rule.resources)));
+    }
+    if !rule.resource_names.is_empty() {
+        parts.push(format!("ResourceNames:[{}]", list(&rule.resource_names)));
+    }
+    if !rule.non_resource_urls.is_empty() {
+        parts.push(format!(
+            "NonResourceURLs:[{}]",
+            list(&rule.non_resource_urls)
+        ));
+    }
+    parts.push(format!("Verbs:[{}]", list(&rule.verbs)));
+    format!("{{{}}}", parts.join(", "))
 }
 
 fn decode<T: DeserializeOwned>(object: Value) -> registry::Result<T> {

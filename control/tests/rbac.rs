@@ -372,6 +372,162 @@ async fn each_user_may_do_what_their_roles_allow_and_nothing_else() {
 
     berthctl_can_i(&cluster).await;
     can_i(&cluster, &carol_conf).await;
+    escalation(&cluster).await;
+}
+
+fn role(name: &str, resources: &[&str], verbs: &[&str]) -> Value {
+    json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": name},
+        "rules": [{"apiGroups": [""], "resources": resources, "verbs": verbs}],
+    })
+}
+
+/// A user may grant only what they hold, unless they may `bind` (or `escalate`), as in
+/// Kubernetes: through POST, PATCH and /apply alike.
+async fn escalation(cluster: &Cluster) {
+    const ROLES: &str = "/apis/rbac.authorization.k8s.io/v1/namespaces/a/roles";
+    const BINDINGS: &str = "/apis/rbac.authorization.k8s.io/v1/namespaces/a/rolebindings";
+    let nsadmin = cluster.as_user(Some("admin-token"));
+    expect(
+        &nsadmin,
+        "nsadmin",
+        &[
+            // Held through admin (edit reads secrets).
+            (
+                Method::POST,
+                ROLES,
+                Some(role("secret-reader", &["secrets"], &["get"])),
+                201,
+            ),
+            (
+                Method::POST,
+                BINDINGS,
+                Some(binding("RoleBinding", "to-edit", "User", "x", "edit")),
+                201,
+            ),
+            // Not held: nodes, and cluster-admin's rules.
+            (
+                Method::POST,
+                ROLES,
+                Some(role("node-lister", &["nodes"], &["list"])),
+                403,
+            ),
+            (
+                Method::POST,
+                BINDINGS,
+                Some(binding(
+                    "RoleBinding",
+                    "to-root",
+                    "User",
+                    "x",
+                    "cluster-admin",
+                )),
+                403,
+            ),
+        ],
+    )
+    .await;
+    let (_, refusal) = status(
+        &nsadmin,
+        Method::POST,
+        ROLES,
+        Some(role("node-lister", &["nodes"], &["list"])),
+    )
+    .await;
+    assert_eq!(
+        refusal["message"],
+        "roles.rbac.authorization.k8s.io \"node-lister\" is forbidden: user \"nsadmin\" \
+         (groups=[\"system:authenticated\"]) is attempting to grant RBAC permissions not \
+         currently held:\n{APIGroups:[\"\"], Resources:[\"nodes\"], Verbs:[\"list\"]}"
+    );
+    // A patch adding a rule not held is refused the same way; one keeping the rules is not.
+    let merge = |patch: Value| {
+        let nsadmin = &nsadmin;
+        async move {
+            nsadmin
+                .request(
+                    Method::PATCH,
+                    &format!("{ROLES}/secret-reader"),
+                    Some((patch.to_string().as_bytes(), "application/merge-patch+json")),
+                )
+                .await
+                .expect("patch")
+                .status
+                .as_u16()
+        }
+    };
+    let escalating =
+        json!({"rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["list"]}]});
+    assert_eq!(merge(escalating).await, 403);
+    assert_eq!(
+        merge(json!({"metadata": {"labels": {"team": "a"}}})).await,
+        200
+    );
+    // /apply checks each object too.
+    let manifest = "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: applied\n  namespace: a\nrules:\n- apiGroups: [\"\"]\n  resources: [nodes]\n  verbs: [list]\n";
+    let reply = nsadmin
+        .request(
+            Method::POST,
+            "/apply",
+            Some((manifest.as_bytes(), "application/yaml")),
+        )
+        .await
+        .expect("apply");
+    assert_eq!(reply.status.as_u16(), 403, "{:?}", reply.json());
+
+    // `bind` on cluster-admin lets nsadmin bind it in a without holding it.
+    cluster
+        .admin(
+            Method::POST,
+            "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+            json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRole",
+                "metadata": {"name": "root-binder"},
+                "rules": [{"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterroles"],
+                           "verbs": ["bind"], "resourceNames": ["cluster-admin"]}],
+            }),
+        )
+        .await;
+    cluster
+        .admin(
+            Method::POST,
+            BINDINGS,
+            binding(
+                "RoleBinding",
+                "nsadmin-binds",
+                "User",
+                "nsadmin",
+                "root-binder",
+            ),
+        )
+        .await;
+    let (code, reply) = status(
+        &nsadmin,
+        Method::POST,
+        BINDINGS,
+        Some(binding(
+            "RoleBinding",
+            "to-root",
+            "User",
+            "x",
+            "cluster-admin",
+        )),
+    )
+    .await;
+    assert_eq!(code, 201, "{reply}");
+    // cluster-admin (through a group) holds everything, so may grant anything.
+    let root = cluster.as_user(Some("root-token"));
+    let (code, reply) = status(
+        &root,
+        Method::POST,
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/b/roles",
+        Some(role("node-lister", &["nodes"], &["list"])),
+    )
+    .await;
+    assert_eq!(code, 201, "{reply}");
 }
 
 /// `berthctl auth can-i` answers as the requests above were answered: `yes` and success,

@@ -12,7 +12,7 @@ use axum::{
 use berth_api::{
     MAX_OBJECT_BYTES,
     rbac::{
-        AUTHORIZATION_GROUP, NonResourceRule, PolicyRule, ResourceRule, SelfSubjectAccessReview,
+        AUTHORIZATION_GROUP, NonResourceRule, ResourceRule, SelfSubjectAccessReview,
         SelfSubjectRulesReview, SubjectAccessReviewStatus, SubjectRulesReviewStatus,
     },
 };
@@ -150,22 +150,7 @@ async fn rules(
     let rules = match user {
         Some(user) => state.authorizer.rules(user, &review.spec.namespace).await?,
         // Authentication off: anyone may do anything.
-        None => {
-            let every = || vec!["*".to_owned()];
-            vec![
-                PolicyRule {
-                    verbs: every(),
-                    api_groups: every(),
-                    resources: every(),
-                    ..PolicyRule::default()
-                },
-                PolicyRule {
-                    verbs: every(),
-                    non_resource_urls: every(),
-                    ..PolicyRule::default()
-                },
-            ]
-        }
+        None => crate::authz::full_authority(),
     };
     let mut status = SubjectRulesReviewStatus::default();
     for rule in rules {

@@ -95,3 +95,51 @@ pub async fn authorize(
         Err(ApiError::forbidden(attributes, &user.name))
     }
 }
+
+/// Refuses writing `object` (`old`: what it replaces) if it is an RBAC object granting
+/// more than `user` holds (see `Rbac::escalation`): 403 naming the rules not held.
+pub async fn check_escalation(
+    state: &ApiState,
+    user: Option<&UserInfo>,
+    rt: &berth_api::ResourceType,
+    object: &serde_json::Value,
+    old: Option<&serde_json::Value>,
+) -> Result<(), ApiError> {
+    let Some(user) = user else {
+        return Ok(());
+    };
+    match state.authorizer.escalation(user, rt, object, old).await? {
+        None => Ok(()),
+        Some(why) => {
+            let name = crate::objects::name_of(object);
+            Err(ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "Forbidden",
+                format!("{}.{} {name:?} is forbidden: {why}", rt.plural, rt.group),
+            )
+            .with_details(super::error::Details {
+                name: name.to_owned(),
+                kind: rt.plural.to_owned(),
+                causes: Vec::new(),
+            }))
+        }
+    }
+}
+
+/// The stored object `check_escalation` compares a write of an RBAC kind with; None for
+/// other kinds (nothing to read) and for an object not stored yet.
+pub async fn stored_rbac_object(
+    state: &ApiState,
+    rt: &'static berth_api::ResourceType,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<serde_json::Value>, ApiError> {
+    if rt.group != berth_api::rbac::GROUP {
+        return Ok(None);
+    }
+    match state.registry.get(rt, namespace, name).await {
+        Ok(object) => Ok(Some(object)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}

@@ -98,7 +98,7 @@ async fn apis(
     state: State<ApiState>,
     method: axum::http::Method,
     uri: axum::http::Uri,
-    query: axum::extract::Query<std::collections::HashMap<String, String>>,
+    user: Option<axum::Extension<crate::authn::UserInfo>>,
     headers: axum::http::HeaderMap,
     upgrade: Result<
         axum::extract::ws::WebSocketUpgrade,
@@ -108,7 +108,7 @@ async fn apis(
 ) -> Response {
     match discovery::group_path(&method, uri.path()) {
         Some(document) => document,
-        None => resources::handle(state, method, uri, query, headers, upgrade, body).await,
+        None => resources::handle(state, method, uri, user, headers, upgrade, body).await,
     }
 }
 

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use axum::{
-    Json,
+    Extension, Json,
     body::{Body, Bytes},
     extract::{
         Query, State,
@@ -22,7 +22,15 @@ use serde_json::{Value, json};
 
 mod patch;
 
-use super::{ApiState, error::ApiError, node_proxy, query::selectors, table, watch, with_info};
+use super::{
+    ApiState,
+    auth::{check_escalation, stored_rbac_object},
+    error::ApiError,
+    node_proxy,
+    query::selectors,
+    table, watch, with_info,
+};
+use crate::authn::UserInfo;
 use crate::registry::{self, DeleteOptions, decode_error, name_of, parse_resource_version};
 
 /// A resource URL taken apart.
@@ -88,7 +96,7 @@ pub async fn handle(
     State(state): State<ApiState>,
     method: Method,
     uri: Uri,
-    Query(query): Query<HashMap<String, String>>,
+    user: Option<Extension<UserInfo>>,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
     body: Body,
@@ -98,8 +106,13 @@ pub async fn handle(
         Err(e) => return e.into_response(),
     };
     let resource = target.rt.plural.to_owned();
+    let query: HashMap<String, String> =
+        form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
+            .into_owned()
+            .collect();
     let request = Request {
         method: &method,
+        user: user.as_ref().map(|Extension(user)| user),
         query: &query,
         raw_query: uri.query().unwrap_or_default(),
         headers: &headers,
@@ -113,6 +126,8 @@ pub async fn handle(
 /// What a request brought besides its target and body.
 struct Request<'a> {
     method: &'a Method,
+    /// None only with authentication off.
+    user: Option<&'a UserInfo>,
     query: &'a HashMap<String, String>,
     /// The query as sent, for parameters that repeat (exec's `command`).
     raw_query: &'a str,
@@ -129,6 +144,7 @@ async fn dispatch(
 ) -> (&'static str, Result<Response, ApiError>) {
     let Request {
         method,
+        user,
         query,
         raw_query,
         headers,
@@ -162,6 +178,7 @@ async fn dispatch(
                 }
                 let decoded = read_object(rt, headers, body, namespace.as_deref()).await?;
                 let warnings = checked_fields(query, &decoded)?;
+                check_escalation(state, user, rt, &decoded.object, None).await?;
                 let created = if dry_run(query)? {
                     registry.dry_run(rt, decoded.object).await?
                 } else {
@@ -200,6 +217,8 @@ async fn dispatch(
                     )));
                 }
                 let warnings = checked_fields(query, &decoded)?;
+                let old = stored_rbac_object(state, rt, ns, name).await?;
+                check_escalation(state, user, rt, &decoded.object, old.as_ref()).await?;
                 let updated = if dry_run(query)? {
                     registry.dry_run(rt, decoded.object).await?
                 } else {
@@ -211,7 +230,7 @@ async fn dispatch(
         }
         (&Method::PATCH, Some(name), None) => (
             "patch",
-            patch::object(state, rt, ns, name, headers, query, body).await,
+            patch::object(state, rt, (ns, name), user, (headers, query), body).await,
         ),
         (&Method::PATCH, Some(name), Some("scale")) if is_scalable(rt) => (
             "scale",
@@ -632,6 +651,14 @@ pub async fn apply(
                 };
                 super::auth::authorize(&state, user, &attributes).await?;
             }
+            let old = stored_rbac_object(
+                &state,
+                rt,
+                registry::namespace_of(&object.decoded.object),
+                name_of(&object.decoded.object),
+            )
+            .await?;
+            check_escalation(&state, user, rt, &object.decoded.object, old.as_ref()).await?;
         }
         let dry_run = is_true(query.get("dryRun"));
         let results = state.registry.apply(objects, dry_run).await?;
