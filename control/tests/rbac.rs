@@ -518,6 +518,28 @@ async fn escalation(cluster: &Cluster) {
     )
     .await;
     assert_eq!(code, 201, "{reply}");
+    // A binding's role is fixed once it is created, as in Kubernetes.
+    let reply = cluster
+        .t
+        .client
+        .request(
+            Method::PATCH,
+            &format!("{BINDINGS}/viewers"),
+            Some((
+                json!({"roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"}})
+                    .to_string()
+                    .as_bytes(),
+                "application/merge-patch+json",
+            )),
+        )
+        .await
+        .expect("patch");
+    let refusal = reply.json().expect("a Status");
+    assert_eq!(reply.status.as_u16(), 422, "{refusal}");
+    assert_eq!(
+        refusal["details"]["causes"][0]["field"], "roleRef",
+        "{refusal}"
+    );
     // cluster-admin (through a group) holds everything, so may grant anything.
     let root = cluster.as_user(Some("root-token"));
     let (code, reply) = status(

@@ -13,6 +13,7 @@ mod deployment;
 mod namespace;
 mod plain;
 pub(super) mod pod;
+mod rbac;
 mod secret;
 mod service;
 
@@ -27,6 +28,7 @@ pub(super) use self::{
     namespace::NamespaceStrategy,
     plain::*,
     pod::PodStrategy,
+    rbac::{ClusterRoleBindingStrategy, RoleBindingStrategy},
     secret::SecretStrategy,
     service::ServiceStrategy,
 };
@@ -193,11 +195,11 @@ macro_rules! with_strategy {
                 $body
             }
             RoleBinding::KIND => {
-                let $strategy = &Plain::<RoleBinding>::new();
+                let $strategy = &RoleBindingStrategy;
                 $body
             }
             ClusterRoleBinding::KIND => {
-                let $strategy = &Plain::<ClusterRoleBinding>::new();
+                let $strategy = &ClusterRoleBindingStrategy;
                 $body
             }
             kind => Err($crate::registry::Error::internal(format!(
