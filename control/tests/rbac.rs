@@ -830,6 +830,152 @@ async fn can_i(cluster: &Cluster, carol_conf: &Path) {
             .any(|l| l.starts_with("configmaps ") && l.contains("[get list watch]")),
         "{listed}"
     );
+    // Impersonation (`--as`): the admin may act as anyone; an unbound user may not.
+    for (args, want, code) in [
+        (
+            &[
+                "auth",
+                "can-i",
+                "list",
+                "configmaps",
+                "-n",
+                "a",
+                "--as",
+                "viewer",
+            ][..],
+            "yes",
+            0,
+        ),
+        (
+            &[
+                "auth",
+                "can-i",
+                "list",
+                "configmaps",
+                "-n",
+                "b",
+                "--as",
+                "viewer",
+            ][..],
+            "no",
+            1,
+        ),
+        (
+            &[
+                "auth",
+                "can-i",
+                "list",
+                "configmaps",
+                "-n",
+                "a",
+                "--as",
+                "x",
+                "--as-group",
+                "team-a",
+            ][..],
+            "yes",
+            0,
+        ),
+    ] {
+        let output = kubectl(&admin, None, args).await.expect("kubectl runs");
+        assert_eq!(
+            (
+                String::from_utf8_lossy(&output.stdout).trim(),
+                output.status.code()
+            ),
+            (want, Some(code)),
+            "kubectl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let output = kubectl(
+        &admin,
+        Some("nobody-token"),
+        &["get", "configmaps", "-n", "a", "--as", "viewer"],
+    )
+    .await
+    .expect("kubectl runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success()
+            && stderr.contains(
+                r#"users "viewer" is forbidden: User "nobody" cannot impersonate resource "users" in API group "" at the cluster scope"#
+            ),
+        "{stderr}"
+    );
+    // kubectl's typed `create role|rolebinding|clusterrolebinding` (sent as protobuf).
+    for args in [
+        &[
+            "create",
+            "role",
+            "pod-reader",
+            "--verb=get,list",
+            "--resource=pods",
+            "-n",
+            "a",
+        ][..],
+        &[
+            "create",
+            "rolebinding",
+            "dave-reads",
+            "--role=pod-reader",
+            "--user=dave",
+            "-n",
+            "a",
+        ][..],
+        &[
+            "create",
+            "clusterrolebinding",
+            "dave-views",
+            "--clusterrole=view",
+            "--user=dave",
+        ][..],
+    ] {
+        let output = kubectl(&admin, None, args).await.expect("kubectl runs");
+        assert!(
+            output.status.success(),
+            "kubectl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let output = kubectl(
+        &admin,
+        None,
+        &["get", "rolebindings", "-n", "a", "-o", "wide"],
+    )
+    .await
+    .expect("kubectl runs");
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        table.lines().any(|l| l.starts_with("dave-reads")
+            && l.contains("Role/pod-reader")
+            && l.contains("dave")),
+        "{table}"
+    );
+    for (args, want) in [
+        (
+            &["auth", "can-i", "list", "pods", "-n", "a", "--as", "dave"][..],
+            "yes",
+        ),
+        (
+            &["auth", "can-i", "list", "pods", "-n", "b", "--as", "dave"][..],
+            "yes",
+        ),
+        (
+            &["auth", "can-i", "delete", "pods", "-n", "a", "--as", "dave"][..],
+            "no",
+        ),
+    ] {
+        let output = kubectl(&admin, None, args).await.expect("kubectl runs");
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout).trim(),
+            want,
+            "kubectl {}",
+            args.join(" ")
+        );
+    }
     // The certificate user's kubeconfig works for kubectl too.
     let output = kubectl(
         carol_conf,

@@ -6,7 +6,7 @@ use axum::{
     Extension, Json,
     body::Body,
     extract::{Path, State},
-    http::{HeaderMap, StatusCode, header},
+    http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
 };
 use berth_api::{
@@ -25,10 +25,6 @@ pub enum Review {
     Access,
     Rules,
 }
-
-/// kubectl sends its typed requests (`auth can-i`'s among them) as protobuf; it reads the
-/// JSON answer.
-const PROTOBUF: &str = "application/vnd.kubernetes.protobuf";
 
 impl Review {
     fn kind(self) -> &'static str {
@@ -65,17 +61,14 @@ pub async fn serve(
     };
     let user = user.as_ref().map(|Extension(user)| user);
     let state = &state;
-    let protobuf = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with(PROTOBUF));
+    let protobuf = super::protobuf::is_protobuf(&headers);
     let result = async {
         let bytes = read_body(body, MAX_OBJECT_BYTES).await?;
         let malformed = || ApiError::bad_request(format!("request body: not a {}", review.kind()));
         match review {
             Review::Access => {
                 let review = if protobuf {
-                    proto::access_review(&bytes).ok_or_else(malformed)?
+                    super::protobuf::access_review(&bytes).ok_or_else(malformed)?
                 } else {
                     serde_json::from_slice(&bytes)
                         .map_err(|e| ApiError::bad_request(format!("request body: {e}")))?
@@ -84,7 +77,7 @@ pub async fn serve(
             }
             Review::Rules => {
                 let review = if protobuf {
-                    proto::rules_review(&bytes).ok_or_else(malformed)?
+                    super::protobuf::rules_review(&bytes).ok_or_else(malformed)?
                 } else {
                     serde_json::from_slice(&bytes)
                         .map_err(|e| ApiError::bad_request(format!("request body: {e}")))?
@@ -172,126 +165,4 @@ async fn rules(
     review.kind = "SelfSubjectRulesReview".to_owned();
     review.status = Some(status);
     Ok((StatusCode::CREATED, Json(review)).into_response())
-}
-
-/// The two reviews in Kubernetes' protobuf encoding: the `k8s\0` magic, a
-/// runtime.Unknown whose field 2 holds the object; the object's spec is its field 2.
-mod proto {
-    use berth_api::rbac::{
-        NonResourceAttributes, ResourceAttributes, SelfSubjectAccessReview,
-        SelfSubjectAccessReviewSpec, SelfSubjectRulesReview, SelfSubjectRulesReviewSpec,
-    };
-
-    /// The length-delimited and varint fields of one message, by number; None when the
-    /// bytes are not a protobuf message.
-    fn fields(mut bytes: &[u8]) -> Option<Vec<(u64, &[u8])>> {
-        let mut out = Vec::new();
-        while !bytes.is_empty() {
-            let key = varint(&mut bytes)?;
-            match key & 7 {
-                0 => {
-                    varint(&mut bytes)?;
-                }
-                2 => {
-                    let len = usize::try_from(varint(&mut bytes)?).ok()?;
-                    let value = bytes.get(..len)?;
-                    bytes = bytes.get(len..)?;
-                    out.push((key >> 3, value));
-                }
-                _ => return None,
-            }
-        }
-        Some(out)
-    }
-
-    fn varint(bytes: &mut &[u8]) -> Option<u64> {
-        let mut value = 0u64;
-        for shift in (0..64).step_by(7) {
-            let (&byte, rest) = bytes.split_first()?;
-            *bytes = rest;
-            value |= u64::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                return Some(value);
-            }
-        }
-        None
-    }
-
-    fn field(fields: &[(u64, &[u8])], number: u64) -> Option<Vec<u8>> {
-        fields
-            .iter()
-            .find(|(n, _)| *n == number)
-            .map(|(_, v)| v.to_vec())
-    }
-
-    fn text(fields: &[(u64, &[u8])], number: u64) -> String {
-        field(fields, number)
-            .map(|v| String::from_utf8_lossy(&v).into_owned())
-            .unwrap_or_default()
-    }
-
-    /// The object's spec fields.
-    fn spec(bytes: &[u8]) -> Option<Vec<(u64, Vec<u8>)>> {
-        let unknown = fields(bytes.strip_prefix(b"k8s\0")?)?;
-        let raw = field(&unknown, 2)?;
-        let object = fields(&raw)?;
-        let spec = field(&object, 2).unwrap_or_default();
-        Some(
-            fields(&spec)?
-                .into_iter()
-                .map(|(n, v)| (n, v.to_vec()))
-                .collect(),
-        )
-    }
-
-    fn borrowed(owned: &[(u64, Vec<u8>)]) -> Vec<(u64, &[u8])> {
-        owned.iter().map(|(n, v)| (*n, v.as_slice())).collect()
-    }
-
-    pub fn access_review(bytes: &[u8]) -> Option<SelfSubjectAccessReview> {
-        let spec = spec(bytes)?;
-        let spec = borrowed(&spec);
-        let resource_attributes = match field(&spec, 1) {
-            Some(raw) => {
-                let f = fields(&raw)?;
-                Some(ResourceAttributes {
-                    namespace: text(&f, 1),
-                    verb: text(&f, 2),
-                    group: text(&f, 3),
-                    version: text(&f, 4),
-                    resource: text(&f, 5),
-                    subresource: text(&f, 6),
-                    name: text(&f, 7),
-                })
-            }
-            None => None,
-        };
-        let non_resource_attributes = match field(&spec, 2) {
-            Some(raw) => {
-                let f = fields(&raw)?;
-                Some(NonResourceAttributes {
-                    path: text(&f, 1),
-                    verb: text(&f, 2),
-                })
-            }
-            None => None,
-        };
-        Some(SelfSubjectAccessReview {
-            spec: SelfSubjectAccessReviewSpec {
-                resource_attributes,
-                non_resource_attributes,
-            },
-            ..SelfSubjectAccessReview::default()
-        })
-    }
-
-    pub fn rules_review(bytes: &[u8]) -> Option<SelfSubjectRulesReview> {
-        let spec = spec(bytes)?;
-        Some(SelfSubjectRulesReview {
-            spec: SelfSubjectRulesReviewSpec {
-                namespace: text(&borrowed(&spec), 1),
-            },
-            ..SelfSubjectRulesReview::default()
-        })
-    }
 }

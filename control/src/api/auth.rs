@@ -64,6 +64,10 @@ pub async fn authenticate_and_authorize(
         );
         return response;
     };
+    let user = match impersonated(&state, user, request.headers()).await {
+        Ok(user) => user,
+        Err(refusal) => return refusal.into_response(),
+    };
     if path != APPLY {
         let query: HashMap<String, String> =
             form_urlencoded::parse(request.uri().query().unwrap_or_default().as_bytes())
@@ -76,6 +80,52 @@ pub async fn authenticate_and_authorize(
     }
     request.extensions_mut().insert(user);
     next.run(request).await
+}
+
+/// The user a request acts as: `user`, or the one its `Impersonate-User` (and
+/// `Impersonate-Group`) headers name if `user` may `impersonate` that user and each of
+/// those groups, as kubectl's `--as` and `--as-group` ask.
+async fn impersonated(
+    state: &ApiState,
+    user: UserInfo,
+    headers: &header::HeaderMap,
+) -> Result<UserInfo, ApiError> {
+    let values = |name: &str| -> Result<Vec<String>, ApiError> {
+        headers
+            .get_all(name)
+            .iter()
+            .map(|v| {
+                v.to_str()
+                    .map(str::to_owned)
+                    .map_err(|_| ApiError::bad_request(format!("{name}: not text")))
+            })
+            .collect()
+    };
+    let users = values("Impersonate-User")?;
+    let groups = values("Impersonate-Group")?;
+    let name = match users.as_slice() {
+        [] if groups.is_empty() => return Ok(user),
+        [] => {
+            return Err(ApiError::bad_request(
+                "Impersonate-Group needs Impersonate-User",
+            ));
+        }
+        [name] => name.clone(),
+        _ => return Err(ApiError::bad_request("one Impersonate-User at most")),
+    };
+    let may = |resource: &str, name: &str| Attributes::Resource {
+        verb: "impersonate".to_owned(),
+        group: String::new(),
+        resource: resource.to_owned(),
+        subresource: String::new(),
+        namespace: String::new(),
+        name: name.to_owned(),
+    };
+    authorize(state, Some(&user), &may("users", &name)).await?;
+    for group in &groups {
+        authorize(state, Some(&user), &may("groups", group)).await?;
+    }
+    Ok(UserInfo::new(&name, groups))
 }
 
 /// Whether `user` may do what `attributes` say: Ok, or the 403 (or the error reading the

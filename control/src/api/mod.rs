@@ -11,6 +11,7 @@ mod metrics_api;
 pub mod monitoring;
 mod node_proxy;
 mod openapi;
+mod protobuf;
 mod query;
 mod resources;
 mod table;

@@ -502,45 +502,62 @@ async fn read_object(
     body: Body,
     namespace: Option<&str>,
 ) -> Result<Decoded, ApiError> {
+    #[derive(Deserialize, Default)]
+    struct Probe {
+        #[serde(default)]
+        metadata: ProbeMeta,
+    }
+    #[derive(Deserialize, Default)]
+    struct ProbeMeta {
+        #[serde(default)]
+        namespace: String,
+    }
     let bytes = read_body(body, MAX_OBJECT_BYTES).await?;
     let yaml = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("yaml"));
     let text;
-    let source = if yaml {
+    // The object and the namespace its body names (before defaulting).
+    let (source, sent_namespace) = if super::protobuf::is_protobuf(headers) {
+        let object =
+            super::protobuf::rbac_object(&rt.api_version(), rt.kind, &bytes).ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "UnsupportedMediaType",
+                    format!(
+                        "{} bodies are read as JSON or YAML (protobuf only for RBAC kinds)",
+                        rt.kind
+                    ),
+                )
+            })?;
+        let sent = crate::objects::namespace_of(&object).to_owned();
+        (Source::Value(object), sent)
+    } else if yaml {
         text =
             std::str::from_utf8(&bytes).map_err(|_| ApiError::bad_request("body is not UTF-8"))?;
-        Source::Yaml(text)
+        let probe: Probe = match namespace {
+            Some(_) => serde_norway::from_slice(&bytes).unwrap_or_default(),
+            None => Probe::default(),
+        };
+        (Source::Yaml(text), probe.metadata.namespace)
     } else {
-        Source::Json(&bytes)
+        let probe: Probe = match namespace {
+            Some(_) => serde_json::from_slice(&bytes).unwrap_or_default(),
+            None => Probe::default(),
+        };
+        (Source::Json(&bytes), probe.metadata.namespace)
     };
     let name_hint = "(body)";
     let mut decoded = rt
         .decode(source)
         .map_err(|e| decode_error(rt, name_hint, e))?;
     if let Some(path_ns) = namespace {
-        #[derive(Deserialize, Default)]
-        struct Probe {
-            #[serde(default)]
-            metadata: ProbeMeta,
-        }
-        #[derive(Deserialize, Default)]
-        struct ProbeMeta {
-            #[serde(default)]
-            namespace: String,
-        }
-        let probe: Probe = if yaml {
-            serde_norway::from_slice(&bytes).unwrap_or_default()
-        } else {
-            serde_json::from_slice(&bytes).unwrap_or_default()
-        };
-        if probe.metadata.namespace.is_empty() {
+        if sent_namespace.is_empty() {
             decoded.object["metadata"]["namespace"] = json!(path_ns);
-        } else if probe.metadata.namespace != path_ns {
+        } else if sent_namespace != path_ns {
             return Err(ApiError::bad_request(format!(
-                "metadata.namespace {:?} does not match the URL's namespace {path_ns:?}",
-                probe.metadata.namespace
+                "metadata.namespace {sent_namespace:?} does not match the URL's namespace {path_ns:?}"
             )));
         }
     }
