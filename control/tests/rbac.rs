@@ -904,8 +904,16 @@ async fn can_i(cluster: &Cluster, carol_conf: &Path) {
             ),
         "{stderr}"
     );
-    // kubectl's typed `create role|rolebinding|clusterrolebinding` (sent as protobuf).
+    // kubectl's typed `create role|clusterrole|rolebinding|clusterrolebinding` (sent as
+    // protobuf).
     for args in [
+        &[
+            "create",
+            "clusterrole",
+            "node-reader",
+            "--verb=get",
+            "--resource=nodes",
+        ][..],
         &[
             "create",
             "role",
