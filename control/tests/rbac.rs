@@ -373,6 +373,89 @@ async fn each_user_may_do_what_their_roles_allow_and_nothing_else() {
     berthctl_can_i(&cluster).await;
     can_i(&cluster, &carol_conf).await;
     escalation(&cluster).await;
+    prometheus_scrapes_with_the_metrics_token(&cluster).await;
+}
+
+/// The machine's Prometheus scrapes the HTTPS API's /metrics with the token allowed
+/// only that path (its requests elsewhere were refused above). Skipped where Prometheus
+/// is absent.
+async fn prometheus_scrapes_with_the_metrics_token(cluster: &Cluster) {
+    let dir = tempfile::tempdir().expect("prometheus dir");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "metrics-token").expect("token file");
+    let ca = cluster.t.dir.path().join("pki").join("ca.crt");
+    let target = cluster
+        .t
+        .server
+        .url
+        .strip_prefix("https://")
+        .expect("an https URL")
+        .to_owned();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global: {{scrape_interval: 1s}}
+scrape_configs:
+  - job_name: berth
+    scheme: https
+    tls_config: {{ca_file: {ca:?}}}
+    authorization: {{credentials_file: {token_file:?}}}
+    static_configs: [{{targets: [{target:?}]}}]
+"
+        ),
+    )
+    .expect("prometheus.yml");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let child = tokio::process::Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn();
+    let _child = match child {
+        Ok(child) => child,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!("SKIPPED the Prometheus scrape: no prometheus on this machine");
+            return;
+        }
+        Err(e) => panic!("starting prometheus: {e}"),
+    };
+    let prometheus = Client::new(berth_api::kubeconfig::ClientSettings {
+        server: format!("http://127.0.0.1:{port}"),
+        ca_pem: None,
+        token: None,
+        client_certificate: None,
+    })
+    .expect("client");
+    // Prometheus' own samples of the control plane: the target is up and its request
+    // counts were read.
+    let query = |expr: &'static str| {
+        let prometheus = &prometheus;
+        async move {
+            let path = format!("/api/v1/query?query={}", berth_ctl::encode(expr));
+            let reply = prometheus.request(Method::GET, &path, None).await.ok()?;
+            let result = reply.json().ok()?["data"]["result"].as_array()?.clone();
+            (!result.is_empty()).then_some(result)
+        }
+    };
+    let up = eventually("Prometheus scraping /metrics", || {
+        query(r#"up{job="berth"} == 1"#)
+    })
+    .await;
+    assert_eq!(up.len(), 1, "{up:?}");
+    eventually("request counts scraped", || {
+        query(r#"berth_apiserver_request_duration_seconds_count{job="berth"}"#)
+    })
+    .await;
 }
 
 fn role(name: &str, resources: &[&str], verbs: &[&str]) -> Value {
