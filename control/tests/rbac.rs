@@ -913,6 +913,21 @@ async fn can_i(cluster: &Cluster, carol_conf: &Path) {
             .any(|l| l.starts_with("configmaps ") && l.contains("[get list watch]")),
         "{listed}"
     );
+    // Discovery lists the RBAC kinds and the reviews.
+    let output = kubectl(&admin, None, &["api-resources", "-o", "name"])
+        .await
+        .expect("kubectl runs");
+    let names = String::from_utf8_lossy(&output.stdout);
+    for name in [
+        "roles.rbac.authorization.k8s.io",
+        "clusterroles.rbac.authorization.k8s.io",
+        "rolebindings.rbac.authorization.k8s.io",
+        "clusterrolebindings.rbac.authorization.k8s.io",
+        "selfsubjectaccessreviews.authorization.k8s.io",
+        "selfsubjectrulesreviews.authorization.k8s.io",
+    ] {
+        assert!(names.lines().any(|l| l == name), "{name} in {names}");
+    }
     // Impersonation (`--as`): the admin may act as anyone; an unbound user may not.
     for (args, want, code) in [
         (

@@ -42,6 +42,17 @@ impl Review {
     }
 }
 
+/// The reviews as discovery lists them (`kubectl api-resources`).
+pub fn discovery() -> Vec<serde_json::Value> {
+    [Review::Access, Review::Rules]
+        .into_iter()
+        .map(|review| {
+            serde_json::json!({"name": review.plural(), "singularName": "", "namespaced": false,
+                "kind": review.kind(), "verbs": ["create"]})
+        })
+        .collect()
+}
+
 /// `POST /apis/authorization.k8s.io/v1/<review>`.
 pub async fn serve(
     State(state): State<ApiState>,
