@@ -58,7 +58,8 @@ impl Attributes {
         let mut parts = rest;
         if let ["namespaces", ns, tail @ ..] = rest {
             namespace = ns;
-            if !tail.is_empty() {
+            // A namespace's own subresources stay the namespace's, as in Kubernetes.
+            if !matches!(tail, [] | ["status" | "finalize", ..]) {
                 parts = tail;
             }
         }
@@ -497,6 +498,10 @@ mod tests {
         assert_eq!(
             attributes(Method::DELETE, "/api/v1/namespaces/a", &[]),
             resource("delete", "", "namespaces", "", "a", "a")
+        );
+        assert_eq!(
+            attributes(Method::PUT, "/api/v1/namespaces/a/status", &[]),
+            resource("update", "", "namespaces", "status", "a", "a")
         );
         assert_eq!(
             attributes(Method::DELETE, "/api/v1/namespaces/a/configmaps", &[]),

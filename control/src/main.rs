@@ -15,7 +15,7 @@ enum KubeconfigCommand {
         /// The user name.
         #[arg(long)]
         client_name: String,
-        /// A group of the user; repeat for more.
+        /// The user's group (one at most).
         #[arg(long = "org")]
         orgs: Vec<String>,
         /// The control plane's data directory.
