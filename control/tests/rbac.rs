@@ -737,9 +737,12 @@ async fn berthctl_can_i(cluster: &Cluster) {
             .any(|l| l.starts_with("configmaps ") && l.ends_with("[get list watch]")),
         "{out}"
     );
+    let line_of = |wanted: &str| out.lines().position(|l| l.contains(wanted));
+    let (resources, urls) = (line_of("configmaps "), line_of("/api/*"));
+    // Discovery for every user; resource rules first, as kubectl lists them.
     assert!(
-        out.lines().any(|l| l.contains("/api/*")),
-        "discovery for every user: {out}"
+        resources.is_some() && urls.is_some() && resources < urls,
+        "{out}"
     );
 }
 

@@ -165,21 +165,26 @@ async fn list(ctx: &Ctx, args: &CanIArgs, out: &mut dyn Write) -> Result<(), Ctl
             }
         }
     }
+    // Resource rules first, then non-resource ones, each sorted, as kubectl prints them.
+    rows.sort();
+    rows.dedup();
+    let mut urls = Vec::new();
     for rule in review
         .pointer("/status/nonResourceRules")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
     {
-        rows.push(vec![
+        urls.push(vec![
             String::new(),
             bracketed(&strings(rule, "nonResourceURLs")),
             "[]".to_owned(),
             bracketed(&strings(rule, "verbs")),
         ]);
     }
-    rows.sort();
-    rows.dedup();
+    urls.sort();
+    urls.dedup();
+    rows.extend(urls);
     let mut table = vec![vec![
         "Resources".to_owned(),
         "Non-Resource URLs".to_owned(),
