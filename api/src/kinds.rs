@@ -7,6 +7,7 @@ use crate::{
     autoscaling::HorizontalPodAutoscaler,
     configuration::{ConfigMap, Secret},
     core::{Endpoints, Event, Namespace, Node, Pod, Service},
+    rbac::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
     storage::{PersistentVolume, PersistentVolumeClaim},
 };
 
@@ -24,3 +25,7 @@ pub static CONFIG_MAPS: ResourceType = ResourceType::of::<ConfigMap>();
 pub static SECRETS: ResourceType = ResourceType::of::<Secret>();
 pub static PERSISTENT_VOLUME_CLAIMS: ResourceType = ResourceType::of::<PersistentVolumeClaim>();
 pub static PERSISTENT_VOLUMES: ResourceType = ResourceType::of::<PersistentVolume>();
+pub static ROLES: ResourceType = ResourceType::of::<Role>();
+pub static CLUSTER_ROLES: ResourceType = ResourceType::of::<ClusterRole>();
+pub static ROLE_BINDINGS: ResourceType = ResourceType::of::<RoleBinding>();
+pub static CLUSTER_ROLE_BINDINGS: ResourceType = ResourceType::of::<ClusterRoleBinding>();

@@ -50,10 +50,17 @@ pub struct NamedUser {
     pub user: User,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct User {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub token: String,
+    /// Base64 of a client certificate PEM the cluster CA signed (CN = user, O = groups).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub client_certificate_data: String,
+    /// Base64 of its private key PEM.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub client_key_data: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,6 +81,8 @@ pub struct ClientSettings {
     pub server: String,
     pub ca_pem: Option<String>,
     pub token: Option<String>,
+    /// A client certificate and its key (PEM), to authenticate with instead of a token.
+    pub client_certificate: Option<(String, String)>,
 }
 
 impl Kubeconfig {
@@ -95,6 +104,7 @@ impl Kubeconfig {
                 name: "admin".to_owned(),
                 user: User {
                     token: token.unwrap_or_default().to_owned(),
+                    ..User::default()
                 },
             }],
             contexts: vec![NamedContext {
@@ -106,6 +116,23 @@ impl Kubeconfig {
             }],
             current_context: NAME.to_owned(),
         }
+    }
+
+    /// A configuration for `user` authenticating with a client certificate.
+    pub fn with_certificate(
+        server: &str,
+        ca_pem: Option<&str>,
+        user: &str,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> Self {
+        let mut config = Self::new(server, ca_pem, None);
+        let b64 = |pem: &str| base64::engine::general_purpose::STANDARD.encode(pem);
+        config.users[0].name = user.to_owned();
+        config.users[0].user.client_certificate_data = b64(cert_pem);
+        config.users[0].user.client_key_data = b64(key_pem);
+        config.contexts[0].context.user = user.to_owned();
+        config
     }
 
     pub fn load(path: &Path) -> Result<Self, KubeconfigError> {
@@ -154,9 +181,23 @@ impl Kubeconfig {
                 )
             }
         };
+        let pem = |field: &str, data: &str| -> Result<String, KubeconfigError> {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(data)
+                .map_err(|e| invalid(format!("{field}: {e}")))?;
+            String::from_utf8(bytes).map_err(|_| invalid(format!("{field} is not PEM")))
+        };
+        let client_certificate = match user.map(|u| &u.user) {
+            Some(u) if !u.client_certificate_data.is_empty() => Some((
+                pem("client-certificate-data", &u.client_certificate_data)?,
+                pem("client-key-data", &u.client_key_data)?,
+            )),
+            _ => None,
+        };
         Ok(ClientSettings {
             server: cluster.cluster.server.clone(),
             ca_pem,
+            client_certificate,
             token: user.map(|u| u.user.token.clone()).filter(|t| !t.is_empty()),
         })
     }

@@ -94,10 +94,24 @@ pub struct OwnerReference {
 
 impl ObjectMeta {
     /// Checks what a client may set; server-owned fields are overwritten, not checked.
-    pub(crate) fn validate(&self, namespaced: bool, v: &mut Validator, path: &FieldPath) {
+    pub(crate) fn validate(
+        &self,
+        namespaced: bool,
+        path_segment_name: bool,
+        v: &mut Validator,
+        path: &FieldPath,
+    ) {
         let name_path = path.child("name");
         if self.name.is_empty() {
             v.error(&name_path, "is required");
+        } else if path_segment_name {
+            // Kubernetes' rule for RBAC names: anything that stays one URL path segment.
+            if matches!(self.name.as_str(), "." | "..") || self.name.contains(['/', '%']) {
+                v.error(
+                    &name_path,
+                    "may not be '.' or '..' and may not contain '/' or '%'",
+                );
+            }
         } else {
             v.dns_subdomain(&name_path, &self.name);
         }

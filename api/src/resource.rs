@@ -11,6 +11,7 @@ use crate::{
     configuration::{ConfigMap, Secret},
     core::{Endpoints, Event, Namespace, Node, Pod, Service},
     meta::{DEFAULT_NAMESPACE, ObjectMeta},
+    rbac::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
     storage::{PersistentVolume, PersistentVolumeClaim},
     validation::{FieldError, FieldPath, Validator},
 };
@@ -34,6 +35,8 @@ pub trait Resource:
     const SHORT_NAMES: &'static [&'static str] = &[];
     /// Groups of kinds a name like `all` stands for.
     const CATEGORIES: &'static [&'static str] = &[];
+    /// Names are path segments (RBAC's `system:discovery`) rather than DNS subdomains.
+    const PATH_SEGMENT_NAMES: bool = false;
 
     fn meta(&self) -> &ObjectMeta;
     fn meta_mut(&mut self) -> &mut ObjectMeta;
@@ -57,6 +60,7 @@ fn api_version(group: &str, version: &str) -> String {
 macro_rules! resource {
     ($ty:ty, group = $group:expr, plural = $plural:expr, namespaced = $ns:expr, status = $status:expr,
      $(short_names = [$($short:expr),*], )? $(categories = [$($category:expr),*], )?
+     $(path_segment_names = $segments:expr, )?
      |$this:ident, $v:ident| $body:block) => {
         resource!(
             $ty,
@@ -67,11 +71,13 @@ macro_rules! resource {
             status = $status,
             $(short_names = [$($short),*], )?
             $(categories = [$($category),*], )?
+            $(path_segment_names = $segments, )?
             |$this, $v| $body
         );
     };
     ($ty:ty, group = $group:expr, version = $version:expr, plural = $plural:expr, namespaced = $ns:expr,
      status = $status:expr, $(short_names = [$($short:expr),*], )? $(categories = [$($category:expr),*], )?
+     $(path_segment_names = $segments:expr, )?
      |$this:ident, $v:ident| $body:block) => {
         impl Resource for $ty {
             const GROUP: &'static str = $group;
@@ -82,6 +88,7 @@ macro_rules! resource {
             const HAS_STATUS: bool = $status;
             $(const SHORT_NAMES: &'static [&'static str] = &[$($short),*];)?
             $(const CATEGORIES: &'static [&'static str] = &[$($category),*];)?
+            $(const PATH_SEGMENT_NAMES: bool = $segments;)?
 
             fn meta(&self) -> &ObjectMeta {
                 &self.metadata
@@ -266,6 +273,51 @@ resource!(
     }
 );
 
+resource!(
+    Role,
+    group = crate::rbac::GROUP,
+    plural = "roles",
+    namespaced = true,
+    status = false,
+    path_segment_names = true,
+    |this, v| {
+        this.validate(v);
+    }
+);
+resource!(
+    ClusterRole,
+    group = crate::rbac::GROUP,
+    plural = "clusterroles",
+    namespaced = false,
+    status = false,
+    path_segment_names = true,
+    |this, v| {
+        this.validate(v);
+    }
+);
+resource!(
+    RoleBinding,
+    group = crate::rbac::GROUP,
+    plural = "rolebindings",
+    namespaced = true,
+    status = false,
+    path_segment_names = true,
+    |this, v| {
+        this.validate(v);
+    }
+);
+resource!(
+    ClusterRoleBinding,
+    group = crate::rbac::GROUP,
+    plural = "clusterrolebindings",
+    namespaced = false,
+    status = false,
+    path_segment_names = true,
+    |this, v| {
+        this.validate(v);
+    }
+);
+
 /// Where a document to decode comes from; errors carry a line when the source has lines.
 pub enum Source<'a> {
     Json(&'a [u8]),
@@ -381,6 +433,10 @@ pub static RESOURCE_TYPES: &[ResourceType] = &[
     ResourceType::of::<Secret>(),
     ResourceType::of::<PersistentVolumeClaim>(),
     ResourceType::of::<PersistentVolume>(),
+    ResourceType::of::<Role>(),
+    ResourceType::of::<ClusterRole>(),
+    ResourceType::of::<RoleBinding>(),
+    ResourceType::of::<ClusterRoleBinding>(),
 ];
 
 pub fn find_by_kind(api_version: &str, kind: &str) -> Option<&'static ResourceType> {
@@ -567,9 +623,12 @@ fn normalize_with_warnings<R: Resource>(object: &mut R) -> Result<Vec<String>, D
     if R::NAMESPACED && meta.namespace.is_empty() {
         meta.namespace = DEFAULT_NAMESPACE.to_owned();
     }
-    object
-        .meta()
-        .validate(R::NAMESPACED, &mut v, &FieldPath::root("metadata"));
+    object.meta().validate(
+        R::NAMESPACED,
+        R::PATH_SEGMENT_NAMES,
+        &mut v,
+        &FieldPath::root("metadata"),
+    );
     object.validate_body(&mut v);
     let (errors, warnings) = v.into_parts();
     if errors.is_empty() {

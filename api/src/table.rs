@@ -373,6 +373,11 @@ pub fn columns(rt: &ResourceType) -> Vec<Column> {
             ],
             &[],
         ),
+        "Role" | "ClusterRole" => (&["Name", "Created At"], &[]),
+        "RoleBinding" | "ClusterRoleBinding" => (
+            &["Name", "Role", "Age"],
+            &["Users", "Groups", "ServiceAccounts"],
+        ),
         _ => (&["Name", "Age"], &[]),
     };
     normal
@@ -583,6 +588,42 @@ pub fn cells(rt: &ResourceType, item: &Value) -> Vec<String> {
             (
                 vec![name, owner, int_at(item, "/revision").to_string(), created],
                 vec![],
+            )
+        }
+        "Role" | "ClusterRole" => (
+            vec![name, str_at(item, "/metadata/creationTimestamp").to_owned()],
+            vec![],
+        ),
+        "RoleBinding" | "ClusterRoleBinding" => {
+            let subjects = |kind: &str| {
+                let names: Vec<String> = item
+                    .get("subjects")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter(|s| str_at(s, "/kind") == kind)
+                    .map(|s| match str_at(s, "/namespace") {
+                        "" => str_at(s, "/name").to_owned(),
+                        ns => format!("{ns}/{}", str_at(s, "/name")),
+                    })
+                    .collect();
+                names.join(", ")
+            };
+            (
+                vec![
+                    name,
+                    format!(
+                        "{}/{}",
+                        str_at(item, "/roleRef/kind"),
+                        str_at(item, "/roleRef/name")
+                    ),
+                    created,
+                ],
+                vec![
+                    subjects("User"),
+                    subjects("Group"),
+                    subjects("ServiceAccount"),
+                ],
             )
         }
         _ => (vec![name, created], vec![]),

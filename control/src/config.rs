@@ -70,6 +70,11 @@ pub struct Config {
     #[arg(long = "tls-san", env = "BERTH_TLS_SAN", value_delimiter = ',')]
     pub tls_sans: Vec<String>,
 
+    /// Users of static bearer tokens, one per line: `token,user,uid[,"group1,group2"]`
+    /// (kube-apiserver's format). Read at start; only the tokens' digests are kept.
+    #[arg(long, env = "BERTH_TOKEN_AUTH_FILE")]
+    pub token_auth_file: Option<PathBuf>,
+
     /// Serve plain HTTP instead of HTTPS. Tokens then cross the network in clear text.
     #[arg(long, env = "BERTH_INSECURE_HTTP")]
     pub insecure_http: bool,

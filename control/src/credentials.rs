@@ -26,6 +26,11 @@ impl Auth {
             found | constant_time_eq(known, &presented)
         })
     }
+
+    /// Compares two digests in constant time.
+    pub fn digests_equal(a: &[u8; 32], b: &[u8; 32]) -> bool {
+        constant_time_eq(a, b)
+    }
 }
 
 fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {

@@ -8,6 +8,8 @@ mod agent_api;
 /// Where the allocation ranges and keys are, for configuration and controllers.
 use registry::allocation;
 mod api;
+mod authn;
+mod authz;
 pub mod config;
 mod controllers;
 mod credentials;
@@ -15,6 +17,7 @@ mod metrics;
 mod node_client;
 mod objects;
 mod pki;
+mod policy;
 mod registry;
 pub mod server;
 pub mod store;

@@ -1,9 +1,44 @@
+use std::path::PathBuf;
+
 use anyhow::Context as _;
 use berth_control::{config::Config, server::Server};
 use clap::Parser as _;
 
+/// `berth-control kubeconfig user`: a kubeconfig for a new user, after kubeadm's command
+/// of that name. Run on the control plane's machine: it signs with the CA in the data
+/// directory.
+#[derive(Debug, clap::Parser)]
+#[command(name = "berth-control kubeconfig")]
+enum KubeconfigCommand {
+    /// Prints a kubeconfig whose client certificate names the user (CN) and groups (O).
+    User {
+        /// The user name.
+        #[arg(long)]
+        client_name: String,
+        /// The user's group (one at most).
+        #[arg(long = "org")]
+        orgs: Vec<String>,
+        /// The control plane's data directory.
+        #[arg(long, env = "BERTH_DATA_DIR", default_value = "/var/lib/berth")]
+        data_dir: PathBuf,
+    },
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("kubeconfig") {
+        let KubeconfigCommand::User {
+            client_name,
+            orgs,
+            data_dir,
+        } = KubeconfigCommand::parse_from(std::env::args().skip(1));
+        let mut config = Config::parse_from(["berth-control"]);
+        config.data_dir = data_dir;
+        let yaml = berth_control::server::user_kubeconfig(&config, &client_name, &orgs)
+            .context("making the kubeconfig")?;
+        print!("{yaml}");
+        return Ok(());
+    }
     let config = Config::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&config.log).context("--log")?)

@@ -10,6 +10,7 @@ use berth_api::{
     configuration::{ConfigMap, Secret},
     core::{Endpoints, Event, Namespace, Node, Pod, Service},
     meta::ObjectMeta,
+    rbac::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
     storage::{PersistentVolume, PersistentVolumeClaim},
 };
 use serde_json::{Value, json};
@@ -89,6 +90,10 @@ pub enum Object {
     Secret(Secret),
     PersistentVolumeClaim(PersistentVolumeClaim),
     PersistentVolume(PersistentVolume),
+    Role(Role),
+    ClusterRole(ClusterRole),
+    RoleBinding(RoleBinding),
+    ClusterRoleBinding(ClusterRoleBinding),
 }
 
 /// A kind of [`Object`]: how to get it in and out of the enum, and its entry in the kind
@@ -185,6 +190,10 @@ kinds! {
     Secret => SECRETS,
     PersistentVolumeClaim => PERSISTENT_VOLUME_CLAIMS [status],
     PersistentVolume => PERSISTENT_VOLUMES [status],
+    Role => ROLES,
+    ClusterRole => CLUSTER_ROLES,
+    RoleBinding => ROLE_BINDINGS,
+    ClusterRoleBinding => CLUSTER_ROLE_BINDINGS,
 }
 
 impl Object {

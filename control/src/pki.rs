@@ -32,6 +32,12 @@ pub enum PkiError {
     Rcgen(#[from] rcgen::Error),
     #[error("{path}: {reason}")]
     Invalid { path: PathBuf, reason: String },
+    #[error(
+        "{0:?} names nodes or the control plane on the agent and node APIs: not a group to give a user"
+    )]
+    Reserved(String),
+    #[error("{0} groups asked for: a certificate made here names one group (O) at most")]
+    OneGroup(usize),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
@@ -226,6 +232,43 @@ impl Pki {
     }
 }
 
+/// Issues a client certificate and key for `user` in `groups` (CN and O, as Kubernetes
+/// reads them), signed with the CA stored in `dir`; nothing else in `dir` changes. One
+/// group at most: rcgen's distinguished names hold one value per attribute type.
+///
+/// The organisations of node and control-plane certificates are refused: they are not
+/// RBAC groups but identities on the agent and node APIs, which RBAC does not guard.
+pub fn sign_user(dir: &Path, user: &str, groups: &[String]) -> Result<(String, String), PkiError> {
+    if let Some(reserved) = groups
+        .iter()
+        .find(|g| [NODE_ORGANIZATION, CONTROL_PLANE_ORGANIZATION].contains(&g.as_str()))
+    {
+        return Err(PkiError::Reserved(reserved.clone()));
+    }
+    if groups.len() > 1 {
+        return Err(PkiError::OneGroup(groups.len()));
+    }
+    let ca_key_path = dir.join(CA_KEY);
+    let key_pem = fs::read_to_string(&ca_key_path).map_err(io(&ca_key_path))?;
+    let ca_key = KeyPair::from_pem(&key_pem).map_err(|e| PkiError::Invalid {
+        path: ca_key_path.clone(),
+        reason: e.to_string(),
+    })?;
+    let issuer = Issuer::new(ca_params()?, ca_key);
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name.push(DnType::CommonName, user);
+    for group in groups {
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, group.as_str());
+    }
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
 /// The node name a node certificate was issued for: its CN, if its O says it is a node's.
 pub fn node_name_of_certificate(der: &[u8]) -> Option<String> {
     identity::name_in_role(der, NODE_ORGANIZATION)
@@ -281,6 +324,27 @@ mod tests {
         CertificateDer::from_pem_slice(pem.as_bytes())
             .expect("a PEM certificate")
             .to_vec()
+    }
+
+    #[test]
+    fn user_certificates_name_the_user_and_groups_but_never_a_node() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Pki::load_or_create(dir.path(), &["127.0.0.1".to_owned()]).expect("pki");
+        let (cert, _key) = sign_user(dir.path(), "alice", &["team-a".to_owned()]).expect("signed");
+        let user = crate::authn::user_of_certificate(&der(&cert)).expect("a user");
+        assert_eq!(user.name, "alice");
+        assert_eq!(user.groups, ["team-a", "system:authenticated"]);
+        assert!(matches!(
+            sign_user(dir.path(), "bob", &["a".to_owned(), "b".to_owned()]),
+            Err(PkiError::OneGroup(2))
+        ));
+        assert_eq!(node_name_of_certificate(&der(&cert)), None);
+        for reserved in [NODE_ORGANIZATION, CONTROL_PLANE_ORGANIZATION] {
+            assert!(matches!(
+                sign_user(dir.path(), "n1", &[reserved.to_owned()]),
+                Err(PkiError::Reserved(_))
+            ));
+        }
     }
 
     #[test]

@@ -21,7 +21,8 @@ use berth_api::{agent::agent_server::AgentServer, kubeconfig::Kubeconfig};
 
 use crate::{
     agent_api::AgentService,
-    api::{self, ApiState, Auth},
+    api::{self, ApiState, auth::PeerUser},
+    authn::{self, Authenticator},
     config::Config,
     controllers::Controllers,
     metrics::Metrics,
@@ -54,6 +55,8 @@ pub enum ServerError {
     Tokens(#[from] TokenError),
     #[error("{0}")]
     Setup(String),
+    #[error(transparent)]
+    Authn(#[from] authn::AuthnError),
     #[error("metrics setup: {0}")]
     Metrics(#[from] prometheus::Error),
 }
@@ -110,6 +113,9 @@ impl Server {
         } = Identity::prepare(config, &client_host, local_addr.port())?;
 
         let registry = open_registry(config, &store, &metrics).await?;
+        crate::policy::ensure_defaults(&registry)
+            .await
+            .map_err(|e| ServerError::Setup(format!("creating the default roles: {e}")))?;
         let usage = Usage::default();
         let (shutdown, shutdown_rx) = watch::channel(false);
         let controllers = if config.no_controllers {
@@ -147,6 +153,7 @@ impl Server {
             serve_agent_api(config, &pki, service, shutdown_rx.clone()).await?;
         let agent_url = format!("https://{client_host}:{agent_port}");
         let state = ApiState {
+            authorizer: crate::authz::Rbac::new(registry.clone()),
             registry,
             metrics: metrics.clone(),
             auth: Some(auth),
@@ -213,7 +220,7 @@ impl Server {
 /// it.
 struct Identity {
     pki: Pki,
-    auth: Arc<Auth>,
+    auth: Arc<Authenticator>,
     tls: Option<TlsAcceptor>,
     url: String,
     admin_config: PathBuf,
@@ -228,7 +235,10 @@ impl Identity {
         ];
         names.extend(config.tls_sans.iter().cloned());
         let pki = Pki::load_or_create(&config.pki_dir(), &names)?;
-        let auth = Arc::new(Auth::from_digests(vec![pki.admin_token_digest]));
+        let auth = Arc::new(Authenticator::new(
+            pki.admin_token_digest,
+            config.token_auth_file.as_deref(),
+        )?);
         let (scheme, tls) = if config.insecure_http {
             tracing::warn!("serving plain HTTP: bearer tokens cross the network unencrypted");
             ("http", None)
@@ -251,6 +261,22 @@ impl Identity {
             admin_config,
         })
     }
+}
+
+/// A kubeconfig for `user` in `groups` (`berth-control kubeconfig user`, after kubeadm's
+/// command of that name): the server and CA of `admin_config`, and a client certificate
+/// the cluster CA in `config`'s data directory signs now.
+pub fn user_kubeconfig(
+    config: &Config,
+    user: &str,
+    groups: &[String],
+) -> Result<String, ServerError> {
+    let admin = Kubeconfig::load(&config.admin_config_path())?.settings()?;
+    let (cert, key) = pki::sign_user(&config.pki_dir(), user, groups)?;
+    Ok(
+        Kubeconfig::with_certificate(&admin.server, admin.ca_pem.as_deref(), user, &cert, &key)
+            .to_yaml()?,
+    )
 }
 
 /// Binds `address`; `name` says which listener in errors.
@@ -346,11 +372,30 @@ fn tls_acceptor(pki: &Pki) -> Result<TlsAcceptor, ServerError> {
     ))
     .with_safe_default_protocol_versions()
     .map_err(|e| tls(&e))?
-    .with_no_client_auth()
+    .with_client_cert_verifier(client_verifier(pki)?)
     .with_single_cert(certs, key)
     .map_err(|e| tls(&e))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Client certificates the cluster CA signed name a user (CN) and groups (O); one is
+/// optional, so bearer tokens keep working over connections without one.
+fn client_verifier(
+    pki: &Pki,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, ServerError> {
+    let tls = |e: &dyn std::fmt::Display| ServerError::Tls(e.to_string());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pki.ca_cert_pem.as_bytes()) {
+        roots.add(cert.map_err(|e| tls(&e))?).map_err(|e| tls(&e))?;
+    }
+    rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| tls(&e))
 }
 
 /// Writes admin.conf with this start's address. The token is only known when it was
@@ -403,13 +448,29 @@ async fn accept_loop(
             },
             _ = shutdown.changed() => return,
         };
-        let service = TowerToHyperService::new(router.clone());
+        let router = router.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
             let builder = auto::Builder::new(TokioExecutor::new());
             let result = match tls {
                 Some(tls) => match tls.accept(stream).await {
                     Ok(stream) => {
+                        // The handshake verified the certificate against the cluster CA.
+                        let peer = PeerUser(
+                            stream
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|certs| certs.first())
+                                .and_then(|cert| authn::user_of_certificate(cert)),
+                        );
+                        let service = TowerToHyperService::new(tower::ServiceExt::map_request(
+                            router,
+                            move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                                request.extensions_mut().insert(peer.clone());
+                                request
+                            },
+                        ));
                         builder
                             .serve_connection_with_upgrades(TokioIo::new(stream), service)
                             .await
@@ -421,7 +482,10 @@ async fn accept_loop(
                 },
                 None => {
                     builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .serve_connection_with_upgrades(
+                            TokioIo::new(stream),
+                            TowerToHyperService::new(router),
+                        )
                         .await
                 }
             };

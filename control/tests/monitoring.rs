@@ -118,6 +118,7 @@ scrape_configs:
             server: format!("http://127.0.0.1:{port}"),
             ca_pem: None,
             token: None,
+            client_certificate: None,
         })
         .expect("client");
         Some(Self {
@@ -172,6 +173,7 @@ async fn prometheus_has_data_for_every_panel_and_recording_rule() {
         server: format!("http://{metrics}"),
         ca_pem: None,
         token: None,
+        client_certificate: None,
     })
     .expect("client")
     .request(Method::GET, "/http-sd/agents", None)

@@ -94,8 +94,20 @@ impl Client {
             ))
             .with_safe_default_protocol_versions()
             .map_err(|e| ClientError::Tls(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_root_certificates(roots);
+            let config = match &settings.client_certificate {
+                Some((cert, key)) => {
+                    let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| ClientError::Tls(format!("client certificate: {e}")))?;
+                    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes())
+                        .map_err(|e| ClientError::Tls(format!("client key: {e}")))?;
+                    config
+                        .with_client_auth_cert(chain, key)
+                        .map_err(|e| ClientError::Tls(e.to_string()))?
+                }
+                None => config.with_no_client_auth(),
+            };
             let name =
                 ServerName::try_from(host.clone()).map_err(|e| ClientError::Tls(e.to_string()))?;
             Some((TlsConnector::from(Arc::new(config)), name))

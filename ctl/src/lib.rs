@@ -6,6 +6,7 @@
 //! verb is a variant in [`Command`] and an arm in [`run`].
 
 mod apply;
+mod auth;
 pub mod client;
 mod cluster;
 mod describe;
@@ -92,6 +93,11 @@ pub enum Command {
     Token {
         #[command(subcommand)]
         action: cluster::Token,
+    },
+    /// Whether you may do something (`auth can-i`), as the server's RBAC answers.
+    Auth {
+        #[command(subcommand)]
+        action: auth::Auth,
     },
     Completion(CompletionArgs),
 }
@@ -188,6 +194,9 @@ pub enum CtlError {
     /// `exec`: the command ran and failed; berthctl exits with its code.
     #[error("command terminated with exit code {0}")]
     CommandExited(i32),
+    /// `auth can-i` answered no (printed already): exit 1 with nothing more to say.
+    #[error("no")]
+    Denied,
 }
 
 fn did_you_mean(suggestion: &Option<String>) -> String {
@@ -202,6 +211,7 @@ impl CtlError {
     pub fn render(&self) -> String {
         match self {
             Self::Server { .. } => self.to_string(),
+            Self::Denied => String::new(),
             _ => format!("error: {self}"),
         }
     }
@@ -339,6 +349,7 @@ impl Ctx {
                 server: String::new(),
                 ca_pem: None,
                 token: None,
+                client_certificate: None,
             },
         };
         let origin = match &cli.server {
@@ -553,6 +564,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(
         Command::Logs(args) => node::logs(&ctx, &args, out).await,
         Command::Exec(args) => node::exec(&ctx, &args, out, err).await,
         Command::Token { action } => cluster::token(&ctx, action, out).await,
+        Command::Auth { action } => auth::run(&ctx, action, out, err).await,
         Command::Completion(_) => Ok(()),
     }
 }

@@ -23,6 +23,8 @@ async fn main() -> std::process::ExitCode {
             eprintln!("command terminated with exit code {code}");
             std::process::ExitCode::from(u8::try_from(code & 0xff).unwrap_or(1))
         }
+        // `auth can-i` said no on stdout; 1 is the answer, not an error.
+        Err(CtlError::Denied) => std::process::ExitCode::FAILURE,
         Err(error) => {
             eprintln!("{}", error.render());
             std::process::ExitCode::FAILURE

@@ -1,4 +1,12 @@
-//! Bearer-token authentication, on unless the operator turns it off explicitly.
+//! Authentication then authorization, once per request, before any handler runs (as
+//! Kubernetes' WithAuthentication and WithAuthorization filters): a bearer token or the
+//! client certificate the TLS handshake verified names the user; RBAC decides on the
+//! request's attributes. On unless the operator turns authentication off explicitly.
+//!
+//! `/apply` carries objects of many kinds, so it is authorized per object by its handler
+//! with [`authorize`]; every other path here.
+
+use std::collections::HashMap;
 
 use axum::{
     extract::{Request, State},
@@ -8,19 +16,29 @@ use axum::{
 };
 
 use super::{ApiState, error::ApiError};
+use crate::{authn::UserInfo, authz::Attributes};
 
 /// Paths a load balancer or supervisor probes without credentials.
 const UNAUTHENTICATED: &[&str] = &["/healthz", "/readyz"];
 
-pub async fn require_token(
+/// Authorized per object by its handler.
+const APPLY: &str = "/apply";
+
+/// The user of the connection's verified client certificate, if it presented one; put
+/// on each request by the HTTPS listener.
+#[derive(Clone, Debug, Default)]
+pub struct PeerUser(pub Option<UserInfo>);
+
+pub async fn authenticate_and_authorize(
     State(state): State<ApiState>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     let Some(auth) = &state.auth else {
         return next.run(request).await;
     };
-    if UNAUTHENTICATED.contains(&request.uri().path()) {
+    let path = request.uri().path().to_owned();
+    if UNAUTHENTICATED.contains(&path.as_str()) {
         return next.run(request).await;
     }
     let token = request
@@ -29,15 +47,149 @@ pub async fn require_token(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    match token {
-        Some(token) if auth.accepts(token) => next.run(request).await,
-        _ => {
-            let mut response = ApiError::unauthorized().into_response();
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
-            response
+    // A token presented decides, as in Kubernetes: a wrong one is refused even over a
+    // connection with a certificate.
+    let user = match token {
+        Some(token) => auth.token(token),
+        None => request
+            .extensions()
+            .get::<PeerUser>()
+            .and_then(|peer| peer.0.clone()),
+    };
+    let Some(user) = user else {
+        let mut response = ApiError::unauthorized().into_response();
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        return response;
+    };
+    let user = match impersonated(&state, user, request.headers()).await {
+        Ok(user) => user,
+        Err(refusal) => return refusal.into_response(),
+    };
+    if path != APPLY {
+        let query: HashMap<String, String> =
+            form_urlencoded::parse(request.uri().query().unwrap_or_default().as_bytes())
+                .into_owned()
+                .collect();
+        let attributes = Attributes::of_request(request.method(), &path, &query);
+        if let Err(refusal) = authorize(&state, Some(&user), &attributes).await {
+            return refusal.into_response();
         }
+    }
+    request.extensions_mut().insert(user);
+    next.run(request).await
+}
+
+/// The user a request acts as: `user`, or the one its `Impersonate-User` (and
+/// `Impersonate-Group`) headers name if `user` may `impersonate` that user and each of
+/// those groups, as kubectl's `--as` and `--as-group` ask.
+async fn impersonated(
+    state: &ApiState,
+    user: UserInfo,
+    headers: &header::HeaderMap,
+) -> Result<UserInfo, ApiError> {
+    let values = |name: &str| -> Result<Vec<String>, ApiError> {
+        headers
+            .get_all(name)
+            .iter()
+            .map(|v| {
+                v.to_str()
+                    .map(str::to_owned)
+                    .map_err(|_| ApiError::bad_request(format!("{name}: not text")))
+            })
+            .collect()
+    };
+    let users = values("Impersonate-User")?;
+    let groups = values("Impersonate-Group")?;
+    let name = match users.as_slice() {
+        [] if groups.is_empty() => return Ok(user),
+        [] => {
+            return Err(ApiError::bad_request(
+                "Impersonate-Group needs Impersonate-User",
+            ));
+        }
+        [name] => name.clone(),
+        _ => return Err(ApiError::bad_request("one Impersonate-User at most")),
+    };
+    let may = |resource: &str, name: &str| Attributes::Resource {
+        verb: "impersonate".to_owned(),
+        group: String::new(),
+        resource: resource.to_owned(),
+        subresource: String::new(),
+        namespace: String::new(),
+        name: name.to_owned(),
+    };
+    authorize(state, Some(&user), &may("users", &name)).await?;
+    for group in &groups {
+        authorize(state, Some(&user), &may("groups", group)).await?;
+    }
+    Ok(UserInfo::new(&name, groups))
+}
+
+/// Whether `user` may do what `attributes` say: Ok, or the 403 (or the error reading the
+/// roles) to answer with. With authentication off there is no user and everything is
+/// allowed.
+pub async fn authorize(
+    state: &ApiState,
+    user: Option<&UserInfo>,
+    attributes: &Attributes,
+) -> Result<(), ApiError> {
+    let Some(user) = user else {
+        return Ok(());
+    };
+    if state.authorizer.authorize(user, attributes).await? {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(attributes, &user.name))
+    }
+}
+
+/// Refuses writing `object` (`old`: what it replaces) if it is an RBAC object granting
+/// more than `user` holds (see `Rbac::escalation`): 403 naming the rules not held.
+pub async fn check_escalation(
+    state: &ApiState,
+    user: Option<&UserInfo>,
+    rt: &berth_api::ResourceType,
+    object: &serde_json::Value,
+    old: Option<&serde_json::Value>,
+) -> Result<(), ApiError> {
+    let Some(user) = user else {
+        return Ok(());
+    };
+    match state.authorizer.escalation(user, rt, object, old).await? {
+        None => Ok(()),
+        Some(why) => {
+            let name = crate::objects::name_of(object);
+            Err(ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "Forbidden",
+                format!("{}.{} {name:?} is forbidden: {why}", rt.plural, rt.group),
+            )
+            .with_details(super::error::Details {
+                name: name.to_owned(),
+                kind: rt.plural.to_owned(),
+                causes: Vec::new(),
+            }))
+        }
+    }
+}
+
+/// The stored object `check_escalation` compares a write of an RBAC kind with; None for
+/// other kinds (nothing to read) and for an object not stored yet.
+pub async fn stored_rbac_object(
+    state: &ApiState,
+    rt: &'static berth_api::ResourceType,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<serde_json::Value>, ApiError> {
+    if rt.group != berth_api::rbac::GROUP {
+        return Ok(None);
+    }
+    match state.registry.get(rt, namespace, name).await {
+        Ok(object) => Ok(Some(object)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }

@@ -13,7 +13,34 @@ use axum::{
 use berth_api::{RESOURCE_TYPES, ResourceType};
 use serde_json::{Value, json};
 
-use super::{error::ApiError, metrics_api, resources, with_info};
+use super::{access_review, error::ApiError, metrics_api, resources, with_info};
+
+/// A group version's resources as discovery lists them.
+type Resources = fn() -> Vec<Value>;
+
+/// Group versions served beside the kind table's, with their resources as discovery
+/// lists them: metrics.k8s.io (read-only figures) and authorization.k8s.io (reviews that
+/// are created, never stored).
+const SERVED_APART: &[(&str, &str, Resources)] = &[
+    (
+        metrics_api::GROUP,
+        metrics_api::VERSION,
+        metrics_api::discovery,
+    ),
+    (
+        berth_api::rbac::AUTHORIZATION_GROUP,
+        "v1",
+        access_review::discovery,
+    ),
+];
+
+/// The resources of a group version served apart from the kind table, if it is one.
+fn served_apart(group: &str, version: &str) -> Option<Vec<Value>> {
+    SERVED_APART
+        .iter()
+        .find(|(g, v, _)| (*g, *v) == (group, version))
+        .map(|(_, _, resources)| resources())
+}
 
 /// What every kind's own path answers to.
 const VERBS: &[&str] = &[
@@ -117,9 +144,8 @@ fn aggregated(groups: &[&str], version: &'static str) -> Response {
             let versions: Vec<Value> = versions
                 .into_iter()
                 .map(|v| {
-                    let resources: Vec<Value> = if (*group, v) == (metrics_api::GROUP, metrics_api::VERSION)
-                    {
-                        metrics_api::discovery()
+                    let resources: Vec<Value> = if let Some(apart) = served_apart(group, v) {
+                        apart
                             .iter()
                             .map(|r| {
                                 json!({
@@ -204,10 +230,9 @@ fn group_versions() -> BTreeMap<&'static str, Vec<&'static str>> {
             versions.push(rt.version);
         }
     }
-    groups
-        .entry(metrics_api::GROUP)
-        .or_default()
-        .push(metrics_api::VERSION);
+    for (group, version, _) in SERVED_APART {
+        groups.entry(group).or_default().push(version);
+    }
     groups
 }
 
@@ -231,8 +256,8 @@ fn resource_list(group: &str, version: &str) -> Response {
     } else {
         format!("{group}/{version}")
     };
-    let resources: Vec<Value> = if (group, version) == (metrics_api::GROUP, metrics_api::VERSION) {
-        metrics_api::discovery()
+    let resources: Vec<Value> = if let Some(apart) = served_apart(group, version) {
+        apart
     } else {
         RESOURCE_TYPES
             .iter()

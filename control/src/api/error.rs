@@ -87,6 +87,24 @@ impl ApiError {
         )
     }
 
+    /// 403 in Kubernetes' shape: the message says who may not do what, the details name
+    /// the resource (as `kind`, as Kubernetes does) and the object.
+    pub fn forbidden(attributes: &crate::authz::Attributes, user: &str) -> Self {
+        let mut error = Self::new(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            attributes.forbidden_message(user),
+        );
+        if let crate::authz::Attributes::Resource { resource, name, .. } = attributes {
+            error = error.with_details(Details {
+                name: name.clone(),
+                kind: resource.clone(),
+                causes: Vec::new(),
+            });
+        }
+        error
+    }
+
     pub fn too_large(limit: usize) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -3,6 +3,7 @@
 //! Resource paths (`/api/v1/...`, `/apis/apps/v1/...`) are routed by one handler that
 //! resolves the kind from berth-api's table, so adding a kind needs no routing change.
 
+mod access_review;
 pub mod auth;
 mod discovery;
 pub mod error;
@@ -10,6 +11,7 @@ mod metrics_api;
 pub mod monitoring;
 mod node_proxy;
 mod openapi;
+mod protobuf;
 mod query;
 mod resources;
 mod table;
@@ -32,14 +34,16 @@ use serde_json::json;
 use crate::{metrics::Metrics, registry::Registry};
 
 use self::error::ApiError;
-pub use crate::credentials::Auth;
 
 #[derive(Clone)]
 pub struct ApiState {
     pub registry: Registry,
     pub metrics: Metrics,
-    /// None only when the operator explicitly turned authentication off.
-    pub auth: Option<Arc<Auth>>,
+    /// Who a request is from; None only when the operator explicitly turned
+    /// authentication (and so authorization) off.
+    pub auth: Option<Arc<crate::authn::Authenticator>>,
+    /// What a user may do.
+    pub authorizer: crate::authz::Rbac,
     /// The node bootstrap tokens; None serves no `/bootstrap-tokens`.
     pub tokens: Option<Arc<crate::tokens::BootstrapTokens>>,
     /// Calls nodes' agents for logs, exec and datapath views.
@@ -61,6 +65,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1", get(discovery::core_resources))
         .route("/apis", get(discovery::groups))
         .route("/api/{*path}", any(resources::handle))
+        .route(
+            "/apis/authorization.k8s.io/v1/{review}",
+            post(access_review::serve),
+        )
         .route("/apis/{*path}", any(apis))
         .route(
             &format!("{}/{{*path}}", metrics_api::PREFIX),
@@ -79,7 +87,7 @@ pub fn router(state: ApiState) -> Router {
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             state.clone(),
-            auth::require_token,
+            auth::authenticate_and_authorize,
         ))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
@@ -91,7 +99,7 @@ async fn apis(
     state: State<ApiState>,
     method: axum::http::Method,
     uri: axum::http::Uri,
-    query: axum::extract::Query<std::collections::HashMap<String, String>>,
+    user: Option<axum::Extension<crate::authn::UserInfo>>,
     headers: axum::http::HeaderMap,
     upgrade: Result<
         axum::extract::ws::WebSocketUpgrade,
@@ -101,7 +109,7 @@ async fn apis(
 ) -> Response {
     match discovery::group_path(&method, uri.path()) {
         Some(document) => document,
-        None => resources::handle(state, method, uri, query, headers, upgrade, body).await,
+        None => resources::handle(state, method, uri, user, headers, upgrade, body).await,
     }
 }
 

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use axum::{
-    Json,
+    Extension, Json,
     body::{Body, Bytes},
     extract::{
         Query, State,
@@ -22,7 +22,15 @@ use serde_json::{Value, json};
 
 mod patch;
 
-use super::{ApiState, error::ApiError, node_proxy, query::selectors, table, watch, with_info};
+use super::{
+    ApiState,
+    auth::{check_escalation, stored_rbac_object},
+    error::ApiError,
+    node_proxy,
+    query::selectors,
+    table, watch, with_info,
+};
+use crate::authn::UserInfo;
 use crate::registry::{self, DeleteOptions, decode_error, name_of, parse_resource_version};
 
 /// A resource URL taken apart.
@@ -88,7 +96,7 @@ pub async fn handle(
     State(state): State<ApiState>,
     method: Method,
     uri: Uri,
-    Query(query): Query<HashMap<String, String>>,
+    user: Option<Extension<UserInfo>>,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
     body: Body,
@@ -98,8 +106,13 @@ pub async fn handle(
         Err(e) => return e.into_response(),
     };
     let resource = target.rt.plural.to_owned();
+    let query: HashMap<String, String> =
+        form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
+            .into_owned()
+            .collect();
     let request = Request {
         method: &method,
+        user: user.as_ref().map(|Extension(user)| user),
         query: &query,
         raw_query: uri.query().unwrap_or_default(),
         headers: &headers,
@@ -113,6 +126,8 @@ pub async fn handle(
 /// What a request brought besides its target and body.
 struct Request<'a> {
     method: &'a Method,
+    /// None only with authentication off.
+    user: Option<&'a UserInfo>,
     query: &'a HashMap<String, String>,
     /// The query as sent, for parameters that repeat (exec's `command`).
     raw_query: &'a str,
@@ -129,6 +144,7 @@ async fn dispatch(
 ) -> (&'static str, Result<Response, ApiError>) {
     let Request {
         method,
+        user,
         query,
         raw_query,
         headers,
@@ -162,6 +178,7 @@ async fn dispatch(
                 }
                 let decoded = read_object(rt, headers, body, namespace.as_deref()).await?;
                 let warnings = checked_fields(query, &decoded)?;
+                check_escalation(state, user, rt, &decoded.object, None).await?;
                 let created = if dry_run(query)? {
                     registry.dry_run(rt, decoded.object).await?
                 } else {
@@ -200,6 +217,8 @@ async fn dispatch(
                     )));
                 }
                 let warnings = checked_fields(query, &decoded)?;
+                let old = stored_rbac_object(state, rt, ns, name).await?;
+                check_escalation(state, user, rt, &decoded.object, old.as_ref()).await?;
                 let updated = if dry_run(query)? {
                     registry.dry_run(rt, decoded.object).await?
                 } else {
@@ -211,7 +230,7 @@ async fn dispatch(
         }
         (&Method::PATCH, Some(name), None) => (
             "patch",
-            patch::object(state, rt, ns, name, headers, query, body).await,
+            patch::object(state, rt, (ns, name), user, (headers, query), body).await,
         ),
         (&Method::PATCH, Some(name), Some("scale")) if is_scalable(rt) => (
             "scale",
@@ -467,7 +486,7 @@ pub(super) async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiErro
     })
 }
 
-async fn read_json<T: serde::de::DeserializeOwned>(
+pub(super) async fn read_json<T: serde::de::DeserializeOwned>(
     body: Body,
     limit: usize,
 ) -> Result<T, ApiError> {
@@ -483,45 +502,62 @@ async fn read_object(
     body: Body,
     namespace: Option<&str>,
 ) -> Result<Decoded, ApiError> {
+    #[derive(Deserialize, Default)]
+    struct Probe {
+        #[serde(default)]
+        metadata: ProbeMeta,
+    }
+    #[derive(Deserialize, Default)]
+    struct ProbeMeta {
+        #[serde(default)]
+        namespace: String,
+    }
     let bytes = read_body(body, MAX_OBJECT_BYTES).await?;
     let yaml = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("yaml"));
     let text;
-    let source = if yaml {
+    // The object and the namespace its body names (before defaulting).
+    let (source, sent_namespace) = if super::protobuf::is_protobuf(headers) {
+        let object =
+            super::protobuf::rbac_object(&rt.api_version(), rt.kind, &bytes).ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "UnsupportedMediaType",
+                    format!(
+                        "{} bodies are read as JSON or YAML (protobuf only for RBAC kinds)",
+                        rt.kind
+                    ),
+                )
+            })?;
+        let sent = crate::objects::namespace_of(&object).to_owned();
+        (Source::Value(object), sent)
+    } else if yaml {
         text =
             std::str::from_utf8(&bytes).map_err(|_| ApiError::bad_request("body is not UTF-8"))?;
-        Source::Yaml(text)
+        let probe: Probe = match namespace {
+            Some(_) => serde_norway::from_slice(&bytes).unwrap_or_default(),
+            None => Probe::default(),
+        };
+        (Source::Yaml(text), probe.metadata.namespace)
     } else {
-        Source::Json(&bytes)
+        let probe: Probe = match namespace {
+            Some(_) => serde_json::from_slice(&bytes).unwrap_or_default(),
+            None => Probe::default(),
+        };
+        (Source::Json(&bytes), probe.metadata.namespace)
     };
     let name_hint = "(body)";
     let mut decoded = rt
         .decode(source)
         .map_err(|e| decode_error(rt, name_hint, e))?;
     if let Some(path_ns) = namespace {
-        #[derive(Deserialize, Default)]
-        struct Probe {
-            #[serde(default)]
-            metadata: ProbeMeta,
-        }
-        #[derive(Deserialize, Default)]
-        struct ProbeMeta {
-            #[serde(default)]
-            namespace: String,
-        }
-        let probe: Probe = if yaml {
-            serde_norway::from_slice(&bytes).unwrap_or_default()
-        } else {
-            serde_json::from_slice(&bytes).unwrap_or_default()
-        };
-        if probe.metadata.namespace.is_empty() {
+        if sent_namespace.is_empty() {
             decoded.object["metadata"]["namespace"] = json!(path_ns);
-        } else if probe.metadata.namespace != path_ns {
+        } else if sent_namespace != path_ns {
             return Err(ApiError::bad_request(format!(
-                "metadata.namespace {:?} does not match the URL's namespace {path_ns:?}",
-                probe.metadata.namespace
+                "metadata.namespace {sent_namespace:?} does not match the URL's namespace {path_ns:?}"
             )));
         }
     }
@@ -608,6 +644,7 @@ async fn list(
 pub async fn apply(
     State(state): State<ApiState>,
     Query(query): Query<HashMap<String, String>>,
+    user: Option<axum::Extension<crate::authn::UserInfo>>,
     body: Body,
 ) -> Response {
     let result = async {
@@ -615,6 +652,31 @@ pub async fn apply(
         let text = std::str::from_utf8(&bytes)
             .map_err(|_| ApiError::bad_request("manifest is not UTF-8"))?;
         let objects = manifest::parse(text).map_err(manifest_errors)?;
+        // Applying creates what is missing and changes what exists: both verbs are
+        // needed on every object's resource, checked before anything is written.
+        let user = user.as_ref().map(|axum::Extension(user)| user);
+        for object in &objects {
+            let rt = object.resource_type;
+            for verb in ["create", "patch"] {
+                let attributes = crate::authz::Attributes::Resource {
+                    verb: verb.to_owned(),
+                    group: rt.group.to_owned(),
+                    resource: rt.plural.to_owned(),
+                    subresource: String::new(),
+                    namespace: registry::namespace_of(&object.decoded.object).to_owned(),
+                    name: name_of(&object.decoded.object).to_owned(),
+                };
+                super::auth::authorize(&state, user, &attributes).await?;
+            }
+            let old = stored_rbac_object(
+                &state,
+                rt,
+                registry::namespace_of(&object.decoded.object),
+                name_of(&object.decoded.object),
+            )
+            .await?;
+            check_escalation(&state, user, rt, &object.decoded.object, old.as_ref()).await?;
+        }
         let dry_run = is_true(query.get("dryRun"));
         let results = state.registry.apply(objects, dry_run).await?;
         Ok::<_, ApiError>(ok_json(json!({

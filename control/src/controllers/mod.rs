@@ -8,6 +8,7 @@
 //! type, a reconciler reads the types of the kinds it looks at, and its writes are typed
 //! objects the registry stores without decoding them again.
 
+pub mod aggregation;
 pub mod autoscaler;
 mod cache;
 pub mod deployment;
@@ -385,6 +386,7 @@ impl Controllers {
                 Box::new(gc::GarbageCollector::<berth_api::apps::ReplicaSet>::new()),
                 Box::new(gc::GarbageCollector::<berth_api::core::Endpoints>::new()),
                 Box::new(autoscaler::Autoscaler::new(usage.clone())),
+                Box::new(aggregation::AggregationController),
             ],
         ]
     }

@@ -17,7 +17,8 @@ use serde_json::Value;
 
 use super::{checked_fields, dry_run, ok_json, read_body, with_warnings, write_scale};
 use crate::{
-    api::{ApiState, error::ApiError},
+    api::{ApiState, auth::check_escalation, error::ApiError},
+    authn::UserInfo,
     registry::decode_error,
 };
 
@@ -100,10 +101,9 @@ async fn read_patch(headers: &HeaderMap, body: Body) -> Result<(PatchType, Value
 pub async fn object(
     state: &ApiState,
     rt: &'static ResourceType,
-    namespace: &str,
-    name: &str,
-    headers: &HeaderMap,
-    query: &HashMap<String, String>,
+    (namespace, name): (&str, &str),
+    user: Option<&UserInfo>,
+    (headers, query): (&HeaderMap, &HashMap<String, String>),
     body: Body,
 ) -> Result<Response, ApiError> {
     let (kind, patch) = read_patch(headers, body).await?;
@@ -111,6 +111,8 @@ pub async fn object(
     let mut attempt = 0;
     loop {
         let mut object = registry.get(rt, namespace, name).await?;
+        // Only an RBAC object's write is compared with what it replaces.
+        let old = (rt.group == berth_api::rbac::GROUP).then(|| object.clone());
         let read_at = object["metadata"]["resourceVersion"].clone();
         apply(&mut object, &patch, kind)?;
         // A patch that names its own resourceVersion asks for that one precisely.
@@ -124,6 +126,7 @@ pub async fn object(
             .decode(Source::Value(object))
             .map_err(|e| decode_error(rt, name, e))?;
         let warnings = checked_fields(query, &decoded)?;
+        check_escalation(state, user, rt, &decoded.object, old.as_ref()).await?;
         if dry_run(query)? {
             let planned = registry.dry_run(rt, decoded.object).await?;
             return Ok(with_warnings(ok_json(planned), &warnings));

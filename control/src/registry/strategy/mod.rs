@@ -13,6 +13,7 @@ mod deployment;
 mod namespace;
 mod plain;
 pub(super) mod pod;
+mod rbac;
 mod secret;
 mod service;
 mod storage;
@@ -28,6 +29,7 @@ pub(super) use self::{
     namespace::NamespaceStrategy,
     plain::*,
     pod::PodStrategy,
+    rbac::{ClusterRoleBindingStrategy, RoleBindingStrategy},
     secret::SecretStrategy,
     service::ServiceStrategy,
     storage::{PersistentVolumeClaimStrategy, PersistentVolumeStrategy},
@@ -134,6 +136,7 @@ macro_rules! with_strategy {
             autoscaling::HorizontalPodAutoscaler,
             configuration::{ConfigMap, Secret},
             core::{Endpoints, Event, Namespace, Node, Pod, Service},
+            rbac::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
             storage::{PersistentVolume, PersistentVolumeClaim},
         };
         use $crate::registry::strategy::*;
@@ -192,6 +195,22 @@ macro_rules! with_strategy {
             }
             PersistentVolume::KIND => {
                 let $strategy = &PersistentVolumeStrategy;
+                $body
+            }
+            Role::KIND => {
+                let $strategy = &Plain::<Role>::new();
+                $body
+            }
+            ClusterRole::KIND => {
+                let $strategy = &Plain::<ClusterRole>::new();
+                $body
+            }
+            RoleBinding::KIND => {
+                let $strategy = &RoleBindingStrategy;
+                $body
+            }
+            ClusterRoleBinding::KIND => {
+                let $strategy = &ClusterRoleBindingStrategy;
                 $body
             }
             kind => Err($crate::registry::Error::internal(format!(
