@@ -8,6 +8,19 @@ pub fn rfc3339_now() -> String {
     rfc3339(unix_now())
 }
 
+/// Now with microseconds (`2026-11-24T14:22:40.123456Z`), as audit events stamp times.
+pub fn rfc3339_micros_now() -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let seconds = rfc3339(now.as_secs());
+    format!(
+        "{}.{:06}Z",
+        seconds.trim_end_matches('Z'),
+        now.subsec_micros()
+    )
+}
+
 pub fn rfc3339(unix_secs: u64) -> String {
     let days = (unix_secs / 86_400) as i64;
     let rem = unix_secs % 86_400;

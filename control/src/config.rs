@@ -153,6 +153,24 @@ pub struct Config {
     )]
     pub bootstrap_token_ttl_secs: u64,
 
+    /// Where to write the audit log, one JSON line per request (audit.k8s.io/v1 Event);
+    /// unset: no audit log.
+    #[arg(long, env = "BERTH_AUDIT_LOG_PATH")]
+    pub audit_log_path: Option<PathBuf>,
+
+    /// The audit policy (kube-apiserver's audit.k8s.io/v1 Policy file); unset: every
+    /// request at level Metadata.
+    #[arg(long, env = "BERTH_AUDIT_POLICY_FILE")]
+    pub audit_policy_file: Option<PathBuf>,
+
+    /// Megabytes the audit log grows to before it is rotated.
+    #[arg(long, env = "BERTH_AUDIT_LOG_MAXSIZE", default_value_t = 100)]
+    pub audit_log_maxsize: u64,
+
+    /// Rotated audit logs to keep.
+    #[arg(long, env = "BERTH_AUDIT_LOG_MAXBACKUP", default_value_t = 5)]
+    pub audit_log_maxbackup: u32,
+
     /// Log filter (tracing-subscriber env-filter syntax).
     #[arg(long, env = "BERTH_LOG", default_value = "info")]
     pub log: String,

@@ -8,6 +8,7 @@ mod agent_api;
 /// Where the allocation ranges and keys are, for configuration and controllers.
 use registry::allocation;
 mod api;
+mod audit;
 mod authn;
 mod authz;
 pub mod config;

@@ -59,6 +59,26 @@ pub enum ServerError {
     Authn(#[from] authn::AuthnError),
     #[error("metrics setup: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("audit log: {0}")]
+    Audit(#[from] crate::audit::AuditError),
+}
+
+/// The audit log the configuration asks for, if any; a bad policy file stops the start.
+fn open_audit_log(config: &Config) -> Result<Option<Arc<crate::audit::AuditLog>>, ServerError> {
+    let Some(path) = &config.audit_log_path else {
+        return Ok(None);
+    };
+    let policy = match &config.audit_policy_file {
+        Some(file) => crate::audit::Policy::load(file)?,
+        None => crate::audit::Policy::default(),
+    };
+    let log = crate::audit::AuditLog::open(
+        path,
+        policy,
+        config.audit_log_maxsize.saturating_mul(1 << 20),
+        config.audit_log_maxbackup,
+    )?;
+    Ok(Some(Arc::new(log)))
 }
 
 /// A running server; dropping it does not stop it, `shutdown` does.
@@ -160,6 +180,7 @@ impl Server {
             tokens: Some(tokens),
             nodes: Arc::new(NodeClient::new(&pki)),
             usage,
+            audit: open_audit_log(config)?,
         };
         let mut tasks = Vec::new();
         let mut metrics_addr = None;

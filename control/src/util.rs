@@ -1,7 +1,9 @@
 //! Small helpers with one owner each: random identifiers, digests. Timestamps are
 //! berth-api's (berthctl needs them too); re-exported for the server's modules.
 
-pub(crate) use berth_api::time::{parse_rfc3339, rfc3339, rfc3339_now, unix_now};
+pub(crate) use berth_api::time::{
+    parse_rfc3339, rfc3339, rfc3339_micros_now, rfc3339_now, unix_now,
+};
 use ring::rand::{SecureRandom as _, SystemRandom};
 
 pub fn random_bytes<const N: usize>() -> [u8; N] {

@@ -64,9 +64,9 @@ pub async fn authenticate_and_authorize(
         );
         return response;
     };
-    let user = match impersonated(&state, user, request.headers()).await {
+    let user = match impersonated(&state, user.clone(), request.headers()).await {
         Ok(user) => user,
-        Err(refusal) => return refusal.into_response(),
+        Err(refusal) => return with_user(refusal.into_response(), user),
     };
     if path != APPLY {
         let query: HashMap<String, String> =
@@ -75,11 +75,17 @@ pub async fn authenticate_and_authorize(
                 .collect();
         let attributes = Attributes::of_request(request.method(), &path, &query);
         if let Err(refusal) = authorize(&state, Some(&user), &attributes).await {
-            return refusal.into_response();
+            return with_user(refusal.into_response(), user);
         }
     }
-    request.extensions_mut().insert(user);
-    next.run(request).await
+    request.extensions_mut().insert(user.clone());
+    with_user(next.run(request).await, user)
+}
+
+/// The response, marked with who asked: what the audit log records.
+fn with_user(mut response: Response, user: UserInfo) -> Response {
+    response.extensions_mut().insert(user);
+    response
 }
 
 /// The user a request acts as: `user`, or the one its `Impersonate-User` (and

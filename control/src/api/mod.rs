@@ -31,7 +31,7 @@ use axum::{
 };
 use serde_json::json;
 
-use crate::{metrics::Metrics, registry::Registry};
+use crate::{metrics::Metrics, registry::Registry, util};
 
 use self::error::ApiError;
 
@@ -50,6 +50,8 @@ pub struct ApiState {
     pub nodes: Arc<crate::node_client::NodeClient>,
     /// Load figures from the agents, served under metrics.k8s.io.
     pub usage: crate::usage::Usage,
+    /// Where each request is recorded; None: no audit log.
+    pub audit: Option<Arc<crate::audit::AuditLog>>,
 }
 
 /// How a request is labelled in metrics; handlers attach it to their response.
@@ -90,7 +92,68 @@ pub fn router(state: ApiState) -> Router {
             auth::authenticate_and_authorize,
         ))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(middleware::from_fn_with_state(state.clone(), audit))
         .with_state(state)
+}
+
+/// Records the request in the audit log at the level its policy gives, once answered.
+/// The body is kept for the log only when a `Request` level could want it.
+async fn audit(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    use crate::audit::{Level, Record, body_may_be_logged};
+    let Some(log) = state.audit.clone() else {
+        return next.run(request).await;
+    };
+    let received = util::rfc3339_micros_now();
+    let path = request.uri().path().to_owned();
+    let uri = request.uri().to_string();
+    let query: std::collections::HashMap<String, String> =
+        form_urlencoded::parse(request.uri().query().unwrap_or_default().as_bytes())
+            .into_owned()
+            .collect();
+    let attributes = crate::authz::Attributes::of_request(request.method(), &path, &query);
+    let user_agent = request
+        .headers()
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let wants_body = matches!(
+        *request.method(),
+        axum::http::Method::POST | axum::http::Method::PUT | axum::http::Method::PATCH
+    ) && body_may_be_logged(&path, &attributes);
+    let (request, body) = if wants_body {
+        let (parts, body) = request.into_parts();
+        match axum::body::to_bytes(body, berth_api::MAX_OBJECT_BYTES * 4).await {
+            Ok(bytes) => {
+                let logged = serde_json::from_slice::<serde_json::Value>(&bytes).ok();
+                (Request::from_parts(parts, Body::from(bytes)), logged)
+            }
+            Err(_) => {
+                return ApiError::too_large(berth_api::MAX_OBJECT_BYTES * 4).into_response();
+            }
+        }
+    } else {
+        (request, None)
+    };
+    let response = next.run(request).await;
+    let user = response.extensions().get::<crate::authn::UserInfo>();
+    let level = log.policy.level(user, &attributes);
+    if level != Level::None {
+        log.record(
+            level,
+            &Record {
+                id: util::uuid_v4(),
+                uri: &uri,
+                user_agent: user_agent.as_deref(),
+                user,
+                attributes: &attributes,
+                code: response.status().as_u16(),
+                received,
+                completed: util::rfc3339_micros_now(),
+                body,
+            },
+        );
+    }
+    response
 }
 
 /// `/apis/...`: a group's or group version's discovery document, or a resource path (the
