@@ -7,6 +7,7 @@ use crate::{
     autoscaling::HorizontalPodAutoscaler,
     configuration::{ConfigMap, Secret},
     core::{Endpoints, Event, Namespace, Node, Pod, Service},
+    policy::LimitRange,
     rbac::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
     storage::{PersistentVolume, PersistentVolumeClaim},
 };
@@ -29,3 +30,4 @@ pub static ROLES: ResourceType = ResourceType::of::<Role>();
 pub static CLUSTER_ROLES: ResourceType = ResourceType::of::<ClusterRole>();
 pub static ROLE_BINDINGS: ResourceType = ResourceType::of::<RoleBinding>();
 pub static CLUSTER_ROLE_BINDINGS: ResourceType = ResourceType::of::<ClusterRoleBinding>();
+pub static LIMIT_RANGES: ResourceType = ResourceType::of::<LimitRange>();

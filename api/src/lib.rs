@@ -26,6 +26,7 @@ pub mod kubeconfig;
 pub mod manifest;
 pub mod meta;
 pub mod patch;
+pub mod policy;
 pub mod rbac;
 mod resource;
 pub mod selector;

@@ -11,6 +11,7 @@ use crate::{
     configuration::{ConfigMap, Secret},
     core::{Endpoints, Event, Namespace, Node, Pod, Service},
     meta::{DEFAULT_NAMESPACE, ObjectMeta},
+    policy::LimitRange,
     rbac::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
     storage::{PersistentVolume, PersistentVolumeClaim},
     validation::{FieldError, FieldPath, Validator},
@@ -237,6 +238,17 @@ resource!(
 );
 
 resource!(
+    LimitRange,
+    group = "",
+    plural = "limitranges",
+    namespaced = true,
+    status = false,
+    short_names = ["limits"],
+    |this, v| {
+        this.validate(v);
+    }
+);
+resource!(
     PersistentVolumeClaim,
     group = "",
     plural = "persistentvolumeclaims",
@@ -433,6 +445,7 @@ pub static RESOURCE_TYPES: &[ResourceType] = &[
     ResourceType::of::<Secret>(),
     ResourceType::of::<PersistentVolumeClaim>(),
     ResourceType::of::<PersistentVolume>(),
+    ResourceType::of::<LimitRange>(),
     ResourceType::of::<Role>(),
     ResourceType::of::<ClusterRole>(),
     ResourceType::of::<RoleBinding>(),

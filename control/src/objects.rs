@@ -10,6 +10,7 @@ use berth_api::{
     configuration::{ConfigMap, Secret},
     core::{Endpoints, Event, Namespace, Node, Pod, Service},
     meta::ObjectMeta,
+    policy::LimitRange,
     rbac::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
     storage::{PersistentVolume, PersistentVolumeClaim},
 };
@@ -90,6 +91,7 @@ pub enum Object {
     Secret(Secret),
     PersistentVolumeClaim(PersistentVolumeClaim),
     PersistentVolume(PersistentVolume),
+    LimitRange(LimitRange),
     Role(Role),
     ClusterRole(ClusterRole),
     RoleBinding(RoleBinding),
@@ -190,6 +192,7 @@ kinds! {
     Secret => SECRETS,
     PersistentVolumeClaim => PERSISTENT_VOLUME_CLAIMS [status],
     PersistentVolume => PERSISTENT_VOLUMES [status],
+    LimitRange => LIMIT_RANGES,
     Role => ROLES,
     ClusterRole => CLUSTER_ROLES,
     RoleBinding => ROLE_BINDINGS,

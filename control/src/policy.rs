@@ -147,6 +147,7 @@ pub fn cluster_roles() -> Vec<Value> {
                         "namespaces/status",
                         "persistentvolumeclaims",
                         "persistentvolumeclaims/status",
+                        "limitranges",
                     ],
                 ),
                 rule(

@@ -842,3 +842,56 @@ async fn patch_in_three_forms_with_dry_run_and_strict_fields() {
     assert_eq!(status, 415, "{unsupported}");
     assert_eq!(stored().await, before, "refused patches change nothing");
 }
+
+/// A namespace's LimitRange gives new pods its defaults and refuses those outside its
+/// bounds, with Kubernetes' words.
+#[tokio::test]
+async fn limit_ranges_default_and_bound_new_pods() {
+    let t = start().await;
+    let (status, body) = t
+        .apply(
+            "apiVersion: v1
+kind: LimitRange
+metadata: {name: bounds}
+spec:
+  limits:
+    - type: Container
+      default: {cpu: 200m, memory: 128Mi}
+      defaultRequest: {cpu: 100m}
+      max: {memory: 256Mi}
+",
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let pod = |name: &str, resources: Value| {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+               "spec": {"containers": [{"name": "c", "image": "echo:1", "resources": resources}]}})
+    };
+    let (status, created) = t
+        .call(
+            Method::POST,
+            "/api/v1/namespaces/default/pods",
+            Some(&pod("plain", json!({}))),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let resources = &created["spec"]["containers"][0]["resources"];
+    assert_eq!(resources["limits"], json!({"cpu": "200m", "memory": "128Mi"}));
+    assert_eq!(resources["requests"], json!({"cpu": "100m", "memory": "128Mi"}));
+    let (status, refused) = t
+        .call(
+            Method::POST,
+            "/api/v1/namespaces/default/pods",
+            Some(&pod("big", json!({"limits": {"memory": "1Gi"}}))),
+        )
+        .await;
+    assert_eq!(status, 403, "{refused}");
+    assert_eq!(
+        refused["message"],
+        "pods \"big\" is forbidden: maximum memory usage per Container is 256Mi, but limit is 1Gi"
+    );
+    let (status, _) = t
+        .call(Method::GET, "/api/v1/namespaces/default/pods/big", None)
+        .await;
+    assert_eq!(status, 404, "nothing stored");
+}

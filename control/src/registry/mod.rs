@@ -213,6 +213,84 @@ impl Registry {
         self
     }
 
+    /// The LimitRanges of a new pod's namespace, as Kubernetes' LimitRanger admission
+    /// applies them: each container without a limit or request gets the default, then
+    /// every container must lie within the bounds (403 naming them otherwise).
+    async fn apply_limit_ranges(&self, pod: &mut berth_api::core::Pod) -> Result<()> {
+        use berth_api::{
+            kinds::LIMIT_RANGES,
+            policy::{LimitRange, quantity},
+        };
+        let (ranges, _) = self
+            .list(
+                &LIMIT_RANGES,
+                Some(&pod.metadata.namespace),
+                &Selector::default(),
+                &FieldSelector::default(),
+            )
+            .await?;
+        let mut refusals = Vec::new();
+        for range in ranges {
+            let range: LimitRange = serde_json::from_value(range)
+                .map_err(|e| Error::internal(format!("a stored LimitRange: {e}")))?;
+            for item in range.spec.limits.iter().filter(|i| i.type_ == "Container") {
+                for container in &mut pod.spec.containers {
+                    let resources = &mut container.resources;
+                    for (resource, value) in &item.default {
+                        resources
+                            .limits
+                            .entry(resource.clone())
+                            .or_insert_with(|| value.clone());
+                    }
+                    // Without a defaultRequest, the default limit is the request too.
+                    for (resource, value) in item.default.iter().chain(&item.default_request) {
+                        let value = item.default_request.get(resource).unwrap_or(value);
+                        resources
+                            .requests
+                            .entry(resource.clone())
+                            .or_insert_with(|| value.clone());
+                    }
+                    let amount = |r: &str, text: Option<&String>| {
+                        text.and_then(|t| quantity(r, t).ok().map(|q| (q, t.clone())))
+                    };
+                    for (resource, min) in &item.min {
+                        let floor = quantity(resource, min).unwrap_or(0);
+                        match amount(resource, resources.requests.get(resource)) {
+                            None => refusals.push(format!(
+                                "minimum {resource} usage per Container is {min}. No request is specified"
+                            )),
+                            Some((q, text)) if q < floor => refusals.push(format!(
+                                "minimum {resource} usage per Container is {min}, but request is {text}"
+                            )),
+                            Some(_) => {}
+                        }
+                    }
+                    for (resource, max) in &item.max {
+                        let ceiling = quantity(resource, max).unwrap_or(u64::MAX);
+                        match amount(resource, resources.limits.get(resource)) {
+                            None => refusals.push(format!(
+                                "maximum {resource} usage per Container is {max}. No limit is specified"
+                            )),
+                            Some((q, text)) if q > ceiling => refusals.push(format!(
+                                "maximum {resource} usage per Container is {max}, but limit is {text}"
+                            )),
+                            Some(_) => {}
+                        }
+                    }
+                }
+            }
+        }
+        if refusals.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Forbidden(format!(
+                "pods {:?} is forbidden: {}",
+                pod.metadata.name,
+                refusals.join(", ")
+            )))
+        }
+    }
+
     /// Refuses a pod spec (of `kind` `name`, at `path`) using what the admin does not
     /// allow.
     fn admit_pod_spec(

@@ -136,6 +136,7 @@ macro_rules! with_strategy {
             autoscaling::HorizontalPodAutoscaler,
             configuration::{ConfigMap, Secret},
             core::{Endpoints, Event, Namespace, Node, Pod, Service},
+            policy::LimitRange,
             rbac::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
             storage::{PersistentVolume, PersistentVolumeClaim},
         };
@@ -195,6 +196,10 @@ macro_rules! with_strategy {
             }
             PersistentVolume::KIND => {
                 let $strategy = &PersistentVolumeStrategy;
+                $body
+            }
+            LimitRange::KIND => {
+                let $strategy = &Plain::<LimitRange>::new();
                 $body
             }
             Role::KIND => {

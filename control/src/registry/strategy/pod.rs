@@ -29,10 +29,13 @@ impl Strategy for PodStrategy {
     async fn complete(
         &self,
         registry: &Registry,
-        _old: Option<&Pod>,
+        old: Option<&Pod>,
         pod: &mut Pod,
         _batch: &mut Batch,
     ) -> Result<Vec<Op>> {
+        if old.is_none() {
+            registry.apply_limit_ranges(pod).await?;
+        }
         registry.admit_pod_spec(
             Pod::KIND,
             &pod.metadata.name,
