@@ -7,7 +7,7 @@ use crate::{
     autoscaling::HorizontalPodAutoscaler,
     configuration::{ConfigMap, Secret},
     core::{Endpoints, Event, Namespace, Node, Pod, Service},
-    policy::LimitRange,
+    policy::{LimitRange, ResourceQuota},
     rbac::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
     storage::{PersistentVolume, PersistentVolumeClaim},
 };
@@ -31,3 +31,4 @@ pub static CLUSTER_ROLES: ResourceType = ResourceType::of::<ClusterRole>();
 pub static ROLE_BINDINGS: ResourceType = ResourceType::of::<RoleBinding>();
 pub static CLUSTER_ROLE_BINDINGS: ResourceType = ResourceType::of::<ClusterRoleBinding>();
 pub static LIMIT_RANGES: ResourceType = ResourceType::of::<LimitRange>();
+pub static RESOURCE_QUOTAS: ResourceType = ResourceType::of::<ResourceQuota>();

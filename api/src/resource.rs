@@ -11,7 +11,7 @@ use crate::{
     configuration::{ConfigMap, Secret},
     core::{Endpoints, Event, Namespace, Node, Pod, Service},
     meta::{DEFAULT_NAMESPACE, ObjectMeta},
-    policy::LimitRange,
+    policy::{LimitRange, ResourceQuota},
     rbac::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
     storage::{PersistentVolume, PersistentVolumeClaim},
     validation::{FieldError, FieldPath, Validator},
@@ -238,6 +238,17 @@ resource!(
 );
 
 resource!(
+    ResourceQuota,
+    group = "",
+    plural = "resourcequotas",
+    namespaced = true,
+    status = true,
+    short_names = ["quota"],
+    |this, v| {
+        this.validate(v);
+    }
+);
+resource!(
     LimitRange,
     group = "",
     plural = "limitranges",
@@ -446,6 +457,7 @@ pub static RESOURCE_TYPES: &[ResourceType] = &[
     ResourceType::of::<PersistentVolumeClaim>(),
     ResourceType::of::<PersistentVolume>(),
     ResourceType::of::<LimitRange>(),
+    ResourceType::of::<ResourceQuota>(),
     ResourceType::of::<Role>(),
     ResourceType::of::<ClusterRole>(),
     ResourceType::of::<RoleBinding>(),

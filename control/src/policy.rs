@@ -148,6 +148,8 @@ pub fn cluster_roles() -> Vec<Value> {
                         "persistentvolumeclaims",
                         "persistentvolumeclaims/status",
                         "limitranges",
+                        "resourcequotas",
+                        "resourcequotas/status",
                     ],
                 ),
                 rule(

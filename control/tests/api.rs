@@ -876,8 +876,14 @@ spec:
         .await;
     assert_eq!(status, 201, "{created}");
     let resources = &created["spec"]["containers"][0]["resources"];
-    assert_eq!(resources["limits"], json!({"cpu": "200m", "memory": "128Mi"}));
-    assert_eq!(resources["requests"], json!({"cpu": "100m", "memory": "128Mi"}));
+    assert_eq!(
+        resources["limits"],
+        json!({"cpu": "200m", "memory": "128Mi"})
+    );
+    assert_eq!(
+        resources["requests"],
+        json!({"cpu": "100m", "memory": "128Mi"})
+    );
     let (status, refused) = t
         .call(
             Method::POST,
@@ -894,4 +900,100 @@ spec:
         .call(Method::GET, "/api/v1/namespaces/default/pods/big", None)
         .await;
     assert_eq!(status, 404, "nothing stored");
+}
+
+/// A ResourceQuota refuses the create that would exceed it, naming itself and the
+/// amounts, also when 20 creates race; its status shows the usage.
+#[tokio::test]
+async fn quotas_refuse_what_would_exceed_them_even_under_concurrent_creates() {
+    // Controllers on, for the quota's status; no node, so the pods stay pending.
+    let t = start_with(&[]).await;
+    let (status, body) = t
+        .apply(
+            "apiVersion: v1
+kind: Namespace
+metadata: {name: team}
+---
+apiVersion: v1
+kind: ResourceQuota
+metadata: {name: compute, namespace: team}
+spec:
+  hard: {pods: \"3\", requests.cpu: \"1\"}
+",
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let pod = |name: String, cpu: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+               "spec": {"containers": [{"name": "c", "image": "echo:1",
+                        "resources": {"requests": {"cpu": cpu}}}]}})
+    };
+    let creates = (0..20).map(|i| {
+        let body = pod(format!("p{i}"), "100m");
+        let client = &t.client;
+        async move {
+            client
+                .json(Method::POST, "/api/v1/namespaces/team/pods", Some(&body))
+                .await
+                .expect("request")
+        }
+    });
+    let answers = futures_util::future::join_all(creates).await;
+    let created = answers.iter().filter(|(s, _)| s.as_u16() == 201).count();
+    assert_eq!(created, 3, "{answers:?}");
+    for (status, body) in answers.iter().filter(|(s, _)| s.as_u16() != 201) {
+        assert_eq!(status.as_u16(), 403, "{body}");
+        let message = body["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(
+                "exceeded quota: compute, requested: pods=1, used: pods=3, limited: pods=3"
+            ),
+            "{message}"
+        );
+    }
+
+    // CPU: 2 × 400m fit in 1, a third does not.
+    let (status, body) = t
+        .apply(
+            "apiVersion: v1
+kind: Namespace
+metadata: {name: cpu}
+---
+apiVersion: v1
+kind: ResourceQuota
+metadata: {name: cores, namespace: cpu}
+spec:
+  hard: {requests.cpu: \"1\"}
+",
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    for (i, want) in [201, 201, 403].into_iter().enumerate() {
+        let (status, body) = t
+            .call(
+                Method::POST,
+                "/api/v1/namespaces/cpu/pods",
+                Some(&pod(format!("c{i}"), "400m")),
+            )
+            .await;
+        assert_eq!(status, want, "{body}");
+        if want == 403 {
+            assert_eq!(
+                body["message"],
+                "pods \"c2\" is forbidden: exceeded quota: cores, requested: requests.cpu=400m, used: requests.cpu=800m, limited: requests.cpu=1"
+            );
+        }
+    }
+    // Usage in status, from the quota controller.
+    common::eventually("the quota's usage in its status", || async {
+        let (_, quota) = t
+            .call(
+                Method::GET,
+                "/api/v1/namespaces/team/resourcequotas/compute",
+                None,
+            )
+            .await;
+        (quota["status"]["used"] == json!({"pods": "3", "requests.cpu": "300m"})).then_some(())
+    })
+    .await;
 }

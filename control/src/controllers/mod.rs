@@ -20,6 +20,7 @@ pub mod index;
 pub mod loadbalancer;
 pub mod namespace;
 pub mod nodes;
+pub mod quota;
 pub mod replicaset;
 pub mod scheduler;
 pub mod volumes;
@@ -381,6 +382,7 @@ impl Controllers {
                 Box::new(loadbalancer::LoadBalancerController),
                 Box::new(namespace::NamespaceController),
                 Box::new(volumes::VolumeBinder),
+                Box::new(quota::QuotaController),
                 Box::new(volumes::VolumeReclaimer),
                 Box::new(gc::GarbageCollector::<Pod>::new()),
                 Box::new(gc::GarbageCollector::<berth_api::apps::ReplicaSet>::new()),

@@ -58,6 +58,7 @@ impl Registry {
                 .into_iter()
                 .map(|object| checked(strategy, rt, object))
                 .collect::<Result<Vec<_>>>()?;
+            let _counted = self.quota_guard(rt).await;
             let mut attempt = 0;
             loop {
                 let ops = self.plan_creations(strategy, rt, &objects).await?;

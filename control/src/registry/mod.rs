@@ -15,10 +15,14 @@ mod error;
 mod events;
 mod history;
 mod namespace;
+pub(crate) mod quota;
 mod scale;
 mod strategy;
 
-use std::{collections::BTreeSet, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use berth_api::{
     MAX_OBJECT_BYTES, Resource, ResourceType,
@@ -52,6 +56,8 @@ pub struct Registry {
     metrics: Metrics,
     ranges: Arc<Ranges>,
     admission: Arc<Admission>,
+    /// Held while a create of a kind quotas count is planned and committed.
+    quota_lock: Arc<tokio::sync::Mutex<()>>,
     watch_cache: Arc<WatchCache>,
 }
 
@@ -185,6 +191,8 @@ fn answer<R: Resource>(object: &R, revision: Revision) -> Result<Value> {
 struct Batch {
     /// Namespaces the transaction creates: objects may be created in them.
     new_namespaces: BTreeSet<String>,
+    /// What the objects planned so far take of each namespace's quotas.
+    quota_planned: BTreeMap<String, quota::Usage>,
     /// The values its Services hold.
     allocations: allocation::Allocations,
 }
@@ -204,6 +212,16 @@ impl Registry {
             metrics,
             ranges: Arc::new(ranges),
             admission: Arc::default(),
+            quota_lock: Arc::default(),
+        }
+    }
+
+    /// The quota lock, for a create of a kind quotas count.
+    async fn quota_guard(&self, rt: &ResourceType) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        if berth_api::policy::QUOTA_COUNTED.contains(&rt.plural) {
+            Some(self.quota_lock.lock().await)
+        } else {
+            None
         }
     }
 
@@ -418,6 +436,7 @@ impl Registry {
         rt: &'static ResourceType,
         object: S::Object,
     ) -> Result<Value> {
+        let _counted = self.quota_guard(rt).await;
         let mut attempt = 0;
         loop {
             let planned = self

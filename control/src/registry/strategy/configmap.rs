@@ -1,3 +1,7 @@
+use crate::{
+    registry::{Batch, Registry, Result},
+    store::Op,
+};
 use berth_api::{configuration::ConfigMap, validation::FieldError};
 
 use super::{Strategy, immutable_update};
@@ -6,6 +10,19 @@ pub(in crate::registry) struct ConfigMapStrategy;
 
 impl Strategy for ConfigMapStrategy {
     type Object = ConfigMap;
+
+    async fn complete(
+        &self,
+        registry: &Registry,
+        old: Option<&ConfigMap>,
+        object: &mut ConfigMap,
+        batch: &mut Batch,
+    ) -> Result<Vec<Op>> {
+        if old.is_none() {
+            super::admit_count(registry, "configmaps", object, batch).await?;
+        }
+        Ok(Vec::new())
+    }
 
     fn validate_update(&self, object: &ConfigMap, old: &ConfigMap) -> Vec<FieldError> {
         immutable_update(

@@ -105,6 +105,25 @@ pub(super) trait Strategy: Sync {
     }
 }
 
+/// Counts a new object of kind `plural` against its namespace's quotas.
+async fn admit_count<K: Kind>(
+    registry: &Registry,
+    plural: &str,
+    object: &K,
+    batch: &mut Batch,
+) -> Result<()> {
+    let meta = object.meta();
+    registry
+        .admit_quota(
+            plural,
+            &meta.name,
+            &meta.namespace,
+            [(plural.to_owned(), 1)].into(),
+            batch,
+        )
+        .await
+}
+
 /// Kubernetes' rule for ConfigMaps and Secrets marked `immutable`: their values and the
 /// mark itself stay as they are.
 fn immutable_update(old: Option<bool>, new: Option<bool>, values_changed: bool) -> Vec<FieldError> {
@@ -136,7 +155,7 @@ macro_rules! with_strategy {
             autoscaling::HorizontalPodAutoscaler,
             configuration::{ConfigMap, Secret},
             core::{Endpoints, Event, Namespace, Node, Pod, Service},
-            policy::LimitRange,
+            policy::{LimitRange, ResourceQuota},
             rbac::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
             storage::{PersistentVolume, PersistentVolumeClaim},
         };
@@ -200,6 +219,10 @@ macro_rules! with_strategy {
             }
             LimitRange::KIND => {
                 let $strategy = &Plain::<LimitRange>::new();
+                $body
+            }
+            ResourceQuota::KIND => {
+                let $strategy = &ResourceQuotaStrategy;
                 $body
             }
             Role::KIND => {

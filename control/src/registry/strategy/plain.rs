@@ -2,7 +2,9 @@
 
 use std::marker::PhantomData;
 
-use berth_api::{apps::ReplicaSet, autoscaling::HorizontalPodAutoscaler, core::Node};
+use berth_api::{
+    apps::ReplicaSet, autoscaling::HorizontalPodAutoscaler, core::Node, policy::ResourceQuota,
+};
 
 use super::Strategy;
 use crate::objects::Kind;
@@ -48,3 +50,4 @@ macro_rules! status_and_spec {
 status_and_spec!(NodeStrategy, Node);
 status_and_spec!(ReplicaSetStrategy, ReplicaSet);
 status_and_spec!(HorizontalPodAutoscalerStrategy, HorizontalPodAutoscaler);
+status_and_spec!(ResourceQuotaStrategy, ResourceQuota);

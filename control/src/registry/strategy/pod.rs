@@ -31,10 +31,20 @@ impl Strategy for PodStrategy {
         registry: &Registry,
         old: Option<&Pod>,
         pod: &mut Pod,
-        _batch: &mut Batch,
+        batch: &mut Batch,
     ) -> Result<Vec<Op>> {
         if old.is_none() {
             registry.apply_limit_ranges(pod).await?;
+            let namespace = pod.metadata.namespace.clone();
+            registry
+                .admit_quota(
+                    "pods",
+                    &pod.metadata.name,
+                    &namespace,
+                    crate::registry::quota::pod_usage(pod),
+                    batch,
+                )
+                .await?;
         }
         registry.admit_pod_spec(
             Pod::KIND,

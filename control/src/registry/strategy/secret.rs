@@ -1,3 +1,7 @@
+use crate::{
+    registry::{Batch, Registry, Result},
+    store::Op,
+};
 use berth_api::{
     configuration::Secret,
     validation::{FieldError, FieldPath, Validator},
@@ -12,6 +16,19 @@ pub(in crate::registry) struct SecretStrategy;
 
 impl Strategy for SecretStrategy {
     type Object = Secret;
+
+    async fn complete(
+        &self,
+        registry: &Registry,
+        old: Option<&Secret>,
+        object: &mut Secret,
+        batch: &mut Batch,
+    ) -> Result<Vec<Op>> {
+        if old.is_none() {
+            super::admit_count(registry, "secrets", object, batch).await?;
+        }
+        Ok(Vec::new())
+    }
 
     fn prepare_for_create(&self, secret: &mut Secret) {
         secret.fold_string_data();

@@ -37,6 +37,9 @@ impl Strategy for ServiceStrategy {
         service: &mut Service,
         batch: &mut Batch,
     ) -> Result<Vec<Op>> {
+        if old.is_none() {
+            super::admit_count(registry, "services", service, batch).await?;
+        }
         registry
             .complete_service(old, service, &mut batch.allocations)
             .await?;

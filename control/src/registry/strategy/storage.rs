@@ -1,3 +1,7 @@
+use crate::{
+    registry::{Batch, Registry, Result},
+    store::Op,
+};
 use berth_api::{
     storage::{LOCAL_STORAGE_CLASS, PersistentVolume, PersistentVolumeClaim},
     validation::{FieldError, FieldPath, Validator},
@@ -62,6 +66,19 @@ impl Strategy for PersistentVolumeClaimStrategy {
             );
         }
         v.into_errors()
+    }
+
+    async fn complete(
+        &self,
+        registry: &Registry,
+        old: Option<&PersistentVolumeClaim>,
+        object: &mut PersistentVolumeClaim,
+        batch: &mut Batch,
+    ) -> Result<Vec<Op>> {
+        if old.is_none() {
+            super::admit_count(registry, "persistentvolumeclaims", object, batch).await?;
+        }
+        Ok(Vec::new())
     }
 
     fn spec_changed(&self, claim: &PersistentVolumeClaim, old: &PersistentVolumeClaim) -> bool {
