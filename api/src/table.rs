@@ -703,6 +703,29 @@ mod tests {
     }
 
     #[test]
+    fn claims_and_volumes_read_like_kubectl() {
+        let claims = crate::find_by_plural("", "persistentvolumeclaims").expect("a kind");
+        let claim = json!({"metadata": {"name": "data"},
+            "spec": {"storageClassName": "local", "volumeName": "pvc-1"},
+            "status": {"phase": "Bound", "capacity": {"storage": "1Gi"},
+                       "accessModes": ["ReadWriteOnce"]}});
+        let row = cells(claims, &claim);
+        assert_eq!(row[..6], ["data", "Bound", "pvc-1", "1Gi", "RWO", "local"]);
+        assert_eq!(row[7], "Filesystem");
+        let volumes = crate::find_by_plural("", "persistentvolumes").expect("a kind");
+        let volume = json!({"metadata": {"name": "pvc-1"},
+            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                     "persistentVolumeReclaimPolicy": "Delete", "storageClassName": "local",
+                     "claimRef": {"namespace": "db", "name": "data"}},
+            "status": {"phase": "Bound"}});
+        let row = cells(volumes, &volume);
+        assert_eq!(
+            row[..7],
+            ["pvc-1", "1Gi", "RWO", "Delete", "Bound", "db/data", "local"]
+        );
+    }
+
+    #[test]
     fn every_kind_has_a_cell_per_column() {
         for rt in crate::RESOURCE_TYPES {
             assert_eq!(
