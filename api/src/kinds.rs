@@ -2,6 +2,7 @@
 //! its objects, a watch on it) rather than every kind.
 
 use crate::{
+    accounts::ServiceAccount,
     ResourceType,
     apps::{ControllerRevision, Deployment, ReplicaSet},
     autoscaling::HorizontalPodAutoscaler,
@@ -32,3 +33,4 @@ pub static ROLE_BINDINGS: ResourceType = ResourceType::of::<RoleBinding>();
 pub static CLUSTER_ROLE_BINDINGS: ResourceType = ResourceType::of::<ClusterRoleBinding>();
 pub static LIMIT_RANGES: ResourceType = ResourceType::of::<LimitRange>();
 pub static RESOURCE_QUOTAS: ResourceType = ResourceType::of::<ResourceQuota>();
+pub static SERVICE_ACCOUNTS: ResourceType = ResourceType::of::<ServiceAccount>();
