@@ -2,8 +2,8 @@
 //! its objects, a watch on it) rather than every kind.
 
 use crate::{
-    accounts::ServiceAccount,
     ResourceType,
+    accounts::ServiceAccount,
     apps::{ControllerRevision, Deployment, ReplicaSet},
     autoscaling::HorizontalPodAutoscaler,
     configuration::{ConfigMap, Secret},

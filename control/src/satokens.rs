@@ -168,7 +168,10 @@ mod tests {
         // Another key (another cluster) did not sign it; the same key file reloads.
         let other = tempfile::tempdir().expect("dir");
         let stranger = TokenSigner::load_or_create(other.path()).expect("key");
-        assert_eq!(stranger.verify(&token, 150, ISSUER), Err(TokenError::Signature));
+        assert_eq!(
+            stranger.verify(&token, 150, ISSUER),
+            Err(TokenError::Signature)
+        );
         let reloaded = TokenSigner::load_or_create(dir.path()).expect("key");
         assert!(reloaded.verify(&token, 150, ISSUER).is_ok());
         let mut tampered = token.clone();
