@@ -3,6 +3,7 @@
 
 use crate::{
     ResourceType,
+    accounts::ServiceAccount,
     apps::{ControllerRevision, Deployment, ReplicaSet},
     autoscaling::HorizontalPodAutoscaler,
     configuration::{ConfigMap, Secret},
@@ -32,3 +33,4 @@ pub static ROLE_BINDINGS: ResourceType = ResourceType::of::<RoleBinding>();
 pub static CLUSTER_ROLE_BINDINGS: ResourceType = ResourceType::of::<ClusterRoleBinding>();
 pub static LIMIT_RANGES: ResourceType = ResourceType::of::<LimitRange>();
 pub static RESOURCE_QUOTAS: ResourceType = ResourceType::of::<ResourceQuota>();
+pub static SERVICE_ACCOUNTS: ResourceType = ResourceType::of::<ServiceAccount>();

@@ -16,6 +16,7 @@ pub mod node {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("berth.node.v1");
 }
+pub mod accounts;
 pub mod apps;
 pub mod autoscaling;
 pub mod configuration;

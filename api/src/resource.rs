@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
 use crate::{
+    accounts::ServiceAccount,
     apps::{ControllerRevision, Deployment, ReplicaSet},
     autoscaling::HorizontalPodAutoscaler,
     configuration::{ConfigMap, Secret},
@@ -238,6 +239,17 @@ resource!(
 );
 
 resource!(
+    ServiceAccount,
+    group = "",
+    plural = "serviceaccounts",
+    namespaced = true,
+    status = false,
+    short_names = ["sa"],
+    |this, v| {
+        this.validate(v);
+    }
+);
+resource!(
     ResourceQuota,
     group = "",
     plural = "resourcequotas",
@@ -458,6 +470,7 @@ pub static RESOURCE_TYPES: &[ResourceType] = &[
     ResourceType::of::<PersistentVolume>(),
     ResourceType::of::<LimitRange>(),
     ResourceType::of::<ResourceQuota>(),
+    ResourceType::of::<ServiceAccount>(),
     ResourceType::of::<Role>(),
     ResourceType::of::<ClusterRole>(),
     ResourceType::of::<RoleBinding>(),

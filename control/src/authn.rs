@@ -54,6 +54,8 @@ pub enum AuthnError {
 /// stands for.
 pub struct Authenticator {
     tokens: Vec<([u8; 32], UserInfo)>,
+    /// Signs and checks ServiceAccount tokens.
+    service_accounts: Option<crate::satokens::TokenSigner>,
 }
 
 /// The admin token's user.
@@ -83,7 +85,21 @@ impl Authenticator {
                     .map(|(token, user)| (Auth::digest(&token), user)),
             );
         }
-        Ok(Self { tokens })
+        Ok(Self {
+            tokens,
+            service_accounts: None,
+        })
+    }
+
+    /// Also accepts ServiceAccount tokens signed by `signer` (and issues them with it).
+    pub fn with_service_account_tokens(mut self, signer: crate::satokens::TokenSigner) -> Self {
+        self.service_accounts = Some(signer);
+        self
+    }
+
+    /// The ServiceAccount token signer, when tokens are served.
+    pub fn service_account_tokens(&self) -> Option<&crate::satokens::TokenSigner> {
+        self.service_accounts.as_ref()
     }
 
     /// The user `token` belongs to. Every digest is compared in full so timing says

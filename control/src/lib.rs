@@ -20,6 +20,7 @@ mod objects;
 mod pki;
 mod policy;
 mod registry;
+mod satokens;
 pub mod server;
 pub mod store;
 mod tokens;

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use berth_api::{
     Resource, ResourceType,
+    accounts::ServiceAccount,
     apps::{ControllerRevision, Deployment, ReplicaSet},
     autoscaling::HorizontalPodAutoscaler,
     configuration::{ConfigMap, Secret},
@@ -93,6 +94,7 @@ pub enum Object {
     PersistentVolume(PersistentVolume),
     LimitRange(LimitRange),
     ResourceQuota(ResourceQuota),
+    ServiceAccount(ServiceAccount),
     Role(Role),
     ClusterRole(ClusterRole),
     RoleBinding(RoleBinding),
@@ -195,6 +197,7 @@ kinds! {
     PersistentVolume => PERSISTENT_VOLUMES [status],
     LimitRange => LIMIT_RANGES,
     ResourceQuota => RESOURCE_QUOTAS [status],
+    ServiceAccount => SERVICE_ACCOUNTS,
     Role => ROLES,
     ClusterRole => CLUSTER_ROLES,
     RoleBinding => ROLE_BINDINGS,

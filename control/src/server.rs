@@ -256,10 +256,12 @@ impl Identity {
         ];
         names.extend(config.tls_sans.iter().cloned());
         let pki = Pki::load_or_create(&config.pki_dir(), &names)?;
-        let auth = Arc::new(Authenticator::new(
-            pki.admin_token_digest,
-            config.token_auth_file.as_deref(),
-        )?);
+        let auth = Arc::new(
+            Authenticator::new(pki.admin_token_digest, config.token_auth_file.as_deref())?
+                .with_service_account_tokens(crate::satokens::TokenSigner::load_or_create(
+                    &config.pki_dir(),
+                )?),
+        );
         let (scheme, tls) = if config.insecure_http {
             tracing::warn!("serving plain HTTP: bearer tokens cross the network unencrypted");
             ("http", None)

@@ -413,7 +413,89 @@ async fn each_user_may_do_what_their_roles_allow_and_nothing_else() {
     can_i(&cluster, &carol_conf).await;
     escalation(&cluster).await;
     prometheus_scrapes_with_the_metrics_token(&cluster).await;
+    service_account_tokens(&cluster).await;
     audit_log(&cluster).await;
+}
+
+/// A ServiceAccount's token (TokenRequest) authenticates as
+/// `system:serviceaccount:NS:NAME`: refused until a binding names the ServiceAccount,
+/// allowed after, refused again (401) once the ServiceAccount is gone.
+async fn service_account_tokens(cluster: &Cluster) {
+    cluster
+        .admin(
+            Method::POST,
+            "/api/v1/namespaces/a/serviceaccounts",
+            json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "app"}}),
+        )
+        .await;
+    let requested = cluster
+        .admin(
+            Method::POST,
+            "/api/v1/namespaces/a/serviceaccounts/app/token",
+            json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                   "spec": {"expirationSeconds": 600}}),
+        )
+        .await;
+    assert_eq!(requested["kind"], "TokenRequest");
+    let token = requested["status"]["token"]
+        .as_str()
+        .expect("a token")
+        .to_owned();
+    assert!(requested["status"]["expirationTimestamp"].is_string());
+    let app = cluster.as_user(Some(&token));
+    let (code, refusal) = status(&app, Method::GET, CM_A, None).await;
+    assert_eq!(code, 403, "{refusal}");
+    assert!(
+        refusal["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(r#"User "system:serviceaccount:a:app""#)),
+        "{refusal}"
+    );
+    cluster
+        .admin(
+            Method::POST,
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/a/rolebindings",
+            json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "RoleBinding",
+                "metadata": {"name": "app-view"},
+                "subjects": [{"kind": "ServiceAccount", "name": "app", "namespace": "a"}],
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+            }),
+        )
+        .await;
+    expect(
+        &app,
+        "app",
+        &[
+            (Method::GET, CM_A, None, 200),
+            (Method::GET, CM_B, None, 403),
+        ],
+    )
+    .await;
+    // A token for another audience, or with its signature changed, is no token at all.
+    let other = cluster
+        .admin(
+            Method::POST,
+            "/api/v1/namespaces/a/serviceaccounts/app/token",
+            json!({"spec": {"audiences": ["vault"]}}),
+        )
+        .await;
+    let vault = other["status"]["token"]
+        .as_str()
+        .expect("a token")
+        .to_owned();
+    let (code, _) = status(&cluster.as_user(Some(&vault)), Method::GET, CM_A, None).await;
+    assert_eq!(code, 401);
+    cluster
+        .admin(
+            Method::DELETE,
+            "/api/v1/namespaces/a/serviceaccounts/app",
+            json!({}),
+        )
+        .await;
+    let (code, _) = status(&app, Method::GET, CM_A, None).await;
+    assert_eq!(code, 401, "the ServiceAccount is gone");
 }
 
 /// Every request of the matrix has its line in the audit log (the policy logs all at

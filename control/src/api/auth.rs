@@ -50,6 +50,9 @@ pub async fn authenticate_and_authorize(
     // A token presented decides, as in Kubernetes: a wrong one is refused even over a
     // connection with a certificate.
     let user = match token {
+        Some(token) if crate::satokens::looks_like_jwt(token) => {
+            service_account_user(&state, auth, token).await
+        }
         Some(token) => auth.token(token),
         None => request
             .extensions()
@@ -80,6 +83,56 @@ pub async fn authenticate_and_authorize(
     }
     request.extensions_mut().insert(user.clone());
     with_user(next.run(request).await, user)
+}
+
+/// The ServiceAccount a token stands for, if it is one of ours, in its lifetime, for the
+/// API server, and the ServiceAccount (and the pod it is bound to) still exist as they
+/// were when it was issued.
+async fn service_account_user(
+    state: &ApiState,
+    auth: &crate::authn::Authenticator,
+    token: &str,
+) -> Option<UserInfo> {
+    use berth_api::{
+        accounts::{API_AUDIENCE, user_name},
+        kinds::{PODS, SERVICE_ACCOUNTS},
+    };
+    let claims = auth
+        .service_account_tokens()?
+        .verify(token, crate::util::unix_now(), API_AUDIENCE)
+        .ok()?;
+    let k = &claims.kubernetes;
+    let uid_of = |object: &serde_json::Value| {
+        object
+            .pointer("/metadata/uid")
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned)
+    };
+    let account = state
+        .registry
+        .get(&SERVICE_ACCOUNTS, &k.namespace, &k.serviceaccount.name)
+        .await
+        .ok()?;
+    if uid_of(&account)? != k.serviceaccount.uid {
+        return None;
+    }
+    if let Some(pod) = &k.pod {
+        let bound = state
+            .registry
+            .get(&PODS, &k.namespace, &pod.name)
+            .await
+            .ok()?;
+        if uid_of(&bound)? != pod.uid {
+            return None;
+        }
+    }
+    Some(UserInfo::new(
+        &user_name(&k.namespace, &k.serviceaccount.name),
+        [
+            "system:serviceaccounts".to_owned(),
+            format!("system:serviceaccounts:{}", k.namespace),
+        ],
+    ))
 }
 
 /// The response, marked with who asked: what the audit log records.

@@ -15,6 +15,7 @@ mod protobuf;
 mod query;
 mod resources;
 mod table;
+mod token_request;
 mod tokens;
 pub mod watch;
 

@@ -281,6 +281,19 @@ async fn dispatch(
             };
             ("rollback", result.await)
         }
+        (&Method::POST, Some(name), Some("token")) if rt.kind == "ServiceAccount" => {
+            let result = async {
+                let bytes = read_body(body, MAX_OBJECT_BYTES).await?;
+                let request = if bytes.iter().all(u8::is_ascii_whitespace) {
+                    berth_api::accounts::TokenRequest::default()
+                } else {
+                    serde_json::from_slice(&bytes)
+                        .map_err(|e| ApiError::bad_request(format!("request body: {e}")))?
+                };
+                super::token_request::issue(state, ns, name, request).await
+            };
+            ("token", result.await)
+        }
         (&Method::GET, Some(name), Some("log")) if rt.kind == "Pod" => {
             ("log", node_proxy::logs(state, ns, name, query).await)
         }
@@ -371,6 +384,12 @@ pub(super) fn subresources(rt: &ResourceType) -> Vec<Subresource> {
             });
         }
         "Service" => served.push(own("backends", &["get"])),
+        "ServiceAccount" => served.push(Subresource {
+            name: "token",
+            kind: Some("TokenRequest"),
+            group_version: Some(("authentication.k8s.io", "v1")),
+            verbs: &["create"],
+        }),
         _ => {}
     }
     served

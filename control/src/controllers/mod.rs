@@ -23,6 +23,7 @@ pub mod nodes;
 pub mod quota;
 pub mod replicaset;
 pub mod scheduler;
+pub mod serviceaccounts;
 pub mod volumes;
 
 use std::{
@@ -383,6 +384,7 @@ impl Controllers {
                 Box::new(namespace::NamespaceController),
                 Box::new(volumes::VolumeBinder),
                 Box::new(quota::QuotaController),
+                Box::new(serviceaccounts::ServiceAccountController),
                 Box::new(volumes::VolumeReclaimer),
                 Box::new(gc::GarbageCollector::<Pod>::new()),
                 Box::new(gc::GarbageCollector::<berth_api::apps::ReplicaSet>::new()),

@@ -151,6 +151,7 @@ macro_rules! with_strategy {
     ($rt:expr, |$strategy:ident| $body:expr) => {{
         use berth_api::{
             Resource as _,
+            accounts::ServiceAccount,
             apps::{ControllerRevision, Deployment, ReplicaSet},
             autoscaling::HorizontalPodAutoscaler,
             configuration::{ConfigMap, Secret},
@@ -223,6 +224,10 @@ macro_rules! with_strategy {
             }
             ResourceQuota::KIND => {
                 let $strategy = &ResourceQuotaStrategy;
+                $body
+            }
+            ServiceAccount::KIND => {
+                let $strategy = &Plain::<ServiceAccount>::new();
                 $body
             }
             Role::KIND => {
