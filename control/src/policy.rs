@@ -106,6 +106,7 @@ pub fn cluster_roles() -> Vec<Value> {
                         "configmaps",
                         "secrets",
                         "persistentvolumeclaims",
+                        "serviceaccounts",
                     ],
                 ),
                 rule(
@@ -150,6 +151,7 @@ pub fn cluster_roles() -> Vec<Value> {
                         "limitranges",
                         "resourcequotas",
                         "resourcequotas/status",
+                        "serviceaccounts",
                     ],
                 ),
                 rule(
