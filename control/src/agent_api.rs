@@ -432,9 +432,7 @@ impl AgentService {
                 "persistentvolume {name:?} is not on node {node}"
             )));
         }
-        let object_json =
-            serde_json::to_vec(&volume).map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(PodConfigResponse { object_json }))
+        config_reply(&volume)
     }
 
     async fn watch(
@@ -530,6 +528,12 @@ impl AgentService {
         });
         Ok(Response::new(Box::pin(stream)))
     }
+}
+
+/// `object` as the answer to `GetPodConfig`.
+fn config_reply(object: &Value) -> Result<Response<PodConfigResponse>, Status> {
+    let object_json = serde_json::to_vec(object).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(Response::new(PodConfigResponse { object_json }))
 }
 
 /// Whether the stored PersistentVolume `volume` is pinned to `node` by its node affinity.
@@ -884,9 +888,7 @@ impl agent_server::Agent for AgentService {
         if rt == &PERSISTENT_VOLUME_CLAIMS {
             object = self.claimed_volume(&node, &wanted.name, object).await?;
         }
-        let object_json =
-            serde_json::to_vec(&object).map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(PodConfigResponse { object_json }))
+        config_reply(&object)
     }
 
     async fn record_pod_event(

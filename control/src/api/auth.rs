@@ -97,23 +97,19 @@ async fn service_account_user(
         accounts::{API_AUDIENCE, user_name},
         kinds::{PODS, SERVICE_ACCOUNTS},
     };
+
+    use crate::objects::str_at;
     let claims = auth
         .service_account_tokens()?
         .verify(token, crate::util::unix_now(), API_AUDIENCE)
         .ok()?;
     let k = &claims.kubernetes;
-    let uid_of = |object: &serde_json::Value| {
-        object
-            .pointer("/metadata/uid")
-            .and_then(serde_json::Value::as_str)
-            .map(str::to_owned)
-    };
     let account = state
         .registry
         .get(&SERVICE_ACCOUNTS, &k.namespace, &k.serviceaccount.name)
         .await
         .ok()?;
-    if uid_of(&account)? != k.serviceaccount.uid {
+    if str_at(&account, "/metadata/uid") != k.serviceaccount.uid {
         return None;
     }
     if let Some(pod) = &k.pod {
@@ -122,7 +118,7 @@ async fn service_account_user(
             .get(&PODS, &k.namespace, &pod.name)
             .await
             .ok()?;
-        if uid_of(&bound)? != pod.uid {
+        if str_at(&bound, "/metadata/uid") != pod.uid {
             return None;
         }
     }

@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use super::{ApiState, error::ApiError};
 use crate::{
+    objects::str_at,
     satokens::{Claims, ISSUER, KubernetesClaims, ObjectClaim},
     util,
 };
@@ -23,11 +24,7 @@ const DEFAULT_SECONDS: i64 = 3600;
 const MIN_SECONDS: i64 = 600;
 
 fn uid_of(object: &Value) -> String {
-    object
-        .pointer("/metadata/uid")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned()
+    str_at(object, "/metadata/uid").to_owned()
 }
 
 pub(super) async fn issue(
