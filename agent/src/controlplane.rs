@@ -6,7 +6,7 @@
 //! ConfigMaps and Secrets this node's pods use, fetched again every few seconds.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -14,21 +14,27 @@ use std::{
 
 use berth_api::{
     Resource as _,
-    agent::{JoinRequest, PodConfigRequest, agent_client::AgentClient},
+    agent::{JoinRequest, PodConfigRequest, PodTokenRequest, agent_client::AgentClient},
     configuration::{ConfigMap, Secret},
     storage::PersistentVolume,
 };
 use berth_watch::{Change, Consumer, Objects, Watched};
 use rcgen::{CertificateParams, DnType, KeyPair};
 use serde_json::Value;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::{
+    sync::{Notify, mpsc, watch},
+    time::Instant,
+};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 use crate::{
     config::Config,
     pods::{
         PodDesired,
-        configs::{ConfigKey, ConfigKind, ConfigValues, Fetched, PodConfigs, VOLUME_PATH_KEY},
+        configs::{
+            ConfigKey, ConfigKind, ConfigValues, Fetched, PodConfigs, Token, TokenKey,
+            VOLUME_PATH_KEY,
+        },
     },
 };
 
@@ -206,18 +212,36 @@ pub async fn follow_pod_configs(
     every: Duration,
 ) {
     let mut feeding = true;
+    // When each token held is due to be replaced.
+    let mut refresh_at: BTreeMap<TokenKey, Instant> = BTreeMap::new();
     loop {
-        let keys: BTreeSet<ConfigKey> = desired
-            .borrow_and_update()
-            .iter()
-            .filter(|pod| !pod.terminating)
-            .flat_map(PodDesired::config_keys)
-            .collect();
-        configs.retain(&keys);
+        let (keys, tokens): (BTreeSet<ConfigKey>, BTreeSet<TokenKey>) = {
+            let pods = desired.borrow_and_update();
+            let live = || pods.iter().filter(|pod| !pod.terminating);
+            (
+                live().flat_map(PodDesired::config_keys).collect(),
+                live().flat_map(PodDesired::token_keys).collect(),
+            )
+        };
+        configs.retain(&keys, &tokens);
+        refresh_at.retain(|key, _| tokens.contains(key));
         let mut changed = false;
         for key in &keys {
             if let Some(fetched) = fetch(client.clone(), key).await {
                 changed |= configs.set(key.clone(), fetched);
+            }
+        }
+        for key in &tokens {
+            if refresh_at.get(key).is_some_and(|at| Instant::now() < *at) {
+                continue;
+            }
+            match request_token(client.clone(), key).await {
+                Some(Ok((token, refresh))) => {
+                    refresh_at.insert(key.clone(), refresh);
+                    changed |= configs.set_token(key.clone(), Ok(token));
+                }
+                Some(Err(reason)) => changed |= configs.set_token(key.clone(), Err(reason)),
+                None => {}
             }
         }
         if changed {
@@ -265,6 +289,47 @@ pub async fn reclaim_local_volumes(client: AgentClient<Channel>, dir: PathBuf, e
                 }
                 _ => {}
             }
+        }
+    }
+}
+
+/// A token for `key` and when to replace it (as the kubelet: after 80 % of its lifetime,
+/// or a day), or why the control plane refused one; None when it could not say.
+async fn request_token(
+    mut client: AgentClient<Channel>,
+    key: &TokenKey,
+) -> Option<Result<(Token, Instant), String>> {
+    let request = PodTokenRequest {
+        namespace: key.namespace.clone(),
+        pod_name: key.pod.clone(),
+        pod_uid: key.uid.clone(),
+        audience: key.audience.clone(),
+        expiration_seconds: key.expiration_seconds,
+    };
+    match client.request_pod_token(request).await {
+        Ok(reply) => {
+            let reply = reply.into_inner();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let lifetime = reply.expiration_unix.saturating_sub(now);
+            let refresh = Duration::from_secs((lifetime * 4 / 5).min(24 * 3600));
+            Some(Ok((
+                Token(reply.token.into_bytes().into()),
+                Instant::now() + refresh,
+            )))
+        }
+        Err(status)
+            if matches!(
+                status.code(),
+                tonic::Code::NotFound | tonic::Code::PermissionDenied
+            ) =>
+        {
+            Some(Err(status.message().to_owned()))
+        }
+        Err(status) => {
+            tracing::debug!(namespace = %key.namespace, pod = %key.pod, %status, "requesting a ServiceAccount token");
+            None
         }
     }
 }

@@ -127,6 +127,17 @@ pub struct PodSpec {
     pub host_ipc: bool,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub share_process_namespace: bool,
+    /// The ServiceAccount the pod runs as (its token is projected into the containers):
+    /// `default` when unset.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub service_account_name: String,
+    /// The deprecated alias of `serviceAccountName`, kept equal to it as Kubernetes does.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub service_account: String,
+    /// Whether the ServiceAccount's token is mounted; the ServiceAccount's own setting
+    /// (default true) when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub automount_service_account_token: Option<bool>,
 }
 
 /// Exactly one source; sources Berth does not know are refused by name.
@@ -184,7 +195,26 @@ pub struct VolumeProjection {
         skip_serializing_if = "Option::is_none"
     )]
     pub downward_api: Option<DownwardApiProjection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_token: Option<ServiceAccountTokenProjection>,
 }
+
+/// A token of the pod's ServiceAccount, bound to the pod, that its node refreshes
+/// before it expires.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceAccountTokenProjection {
+    /// Who the token is for; the API server when empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub audience: String,
+    /// Requested lifetime; one hour when unset, at least 10 minutes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expiration_seconds: Option<i64>,
+    pub path: String,
+}
+
+/// The shortest and longest lifetime a projected token may ask for (Kubernetes').
+pub const TOKEN_EXPIRATION_SECONDS: std::ops::RangeInclusive<i64> = 600..=(1 << 32);
 
 /// A ConfigMap's or Secret's keys in a projected volume (the mode is the volume's).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -489,12 +519,27 @@ impl Volume {
                     projection.config_map.is_some(),
                     projection.secret.is_some(),
                     projection.downward_api.is_some(),
+                    projection.service_account_token.is_some(),
                 ];
                 if parts.iter().filter(|s| **s).count() != 1 {
                     v.error(
                         &sp,
-                        "must have exactly one of configMap, secret or downwardAPI",
+                        "must have exactly one of configMap, secret, downwardAPI or serviceAccountToken",
                     );
+                }
+                if let Some(token) = &projection.service_account_token {
+                    let tp = sp.child("serviceAccountToken");
+                    if let Err(reason) = check_relative_path(&token.path) {
+                        v.error(&tp.child("path"), &reason);
+                    }
+                    if let Some(seconds) = token.expiration_seconds
+                        && !TOKEN_EXPIRATION_SECONDS.contains(&seconds)
+                    {
+                        v.error(
+                            &tp.child("expirationSeconds"),
+                            "must be at least 600 (10 minutes) and at most 4294967296",
+                        );
+                    }
                 }
                 for (field, keys) in [
                     ("configMap", &projection.config_map),
@@ -1246,6 +1291,21 @@ impl PodSpec {
             v.dns_subdomain(
                 &path.child("imagePullSecrets").index(i).child("name"),
                 &secret.name,
+            );
+        }
+        if !self.service_account_name.is_empty() {
+            v.dns_subdomain(
+                &path.child("serviceAccountName"),
+                &self.service_account_name,
+            );
+        }
+        if !self.service_account.is_empty()
+            && !self.service_account_name.is_empty()
+            && self.service_account != self.service_account_name
+        {
+            v.error(
+                &path.child("serviceAccount"),
+                "must be the same as serviceAccountName (its deprecated alias)",
             );
         }
     }
@@ -2066,12 +2126,12 @@ spec:
             )
         );
         let refused = pod(
-            "  containers: [{name: c, image: i}]\n  volumes: [{name: t, projected: {sources: [{serviceAccountToken: {path: token}}]}}]\n",
+            "  containers: [{name: c, image: i}]\n  volumes: [{name: t, projected: {sources: [{clusterTrustBundle: {path: ca}}]}}]\n",
         );
         assert_eq!(
             refused[0],
             (
-                "spec.volumes[0].projected.sources[0].serviceAccountToken".to_owned(),
+                "spec.volumes[0].projected.sources[0].clusterTrustBundle".to_owned(),
                 "unsupported projected volume source".to_owned()
             )
         );

@@ -10,12 +10,13 @@ use berth_api::{
     agent::{
         HeartbeatRequest, HeartbeatResponse, JoinRequest, JoinResponse, PodConfigRequest,
         PodConfigResponse, PodDeletion, PodDeletionAck, PodEventAck, PodEventReport, PodStatusAck,
-        PodStatusReport, WatchEvent, WatchRequest, agent_server, watch_event::Type,
+        PodStatusReport, PodTokenRequest, PodTokenResponse, WatchEvent, WatchRequest, agent_server,
+        watch_event::Type,
     },
     core::Pod,
     kinds::{
         CONFIG_MAPS, ENDPOINTS, NODES, PERSISTENT_VOLUME_CLAIMS, PERSISTENT_VOLUMES, PODS, SECRETS,
-        SERVICES,
+        SERVICE_ACCOUNTS, SERVICES,
     },
     selector::{FieldSelector, Selector},
     storage::{PersistentVolume, PersistentVolumeClaim},
@@ -60,6 +61,8 @@ pub struct AgentService {
     reserved_names: Vec<String>,
     /// Each Node's accepted certificate, refreshed from the store.
     known_nodes: Arc<KnownNodes>,
+    /// Signs the ServiceAccount tokens projected into pods; None issues none.
+    token_signer: Option<Arc<crate::satokens::TokenSigner>>,
 }
 
 struct ConfirmedStatus {
@@ -101,6 +104,7 @@ impl AgentService {
             confirmed: Mutex::default(),
             node_grace,
             reserved_names: vec!["localhost".to_owned()],
+            token_signer: None,
         }
     }
 
@@ -168,6 +172,12 @@ impl AgentService {
 
     /// Also refuses joins under `names` (the control plane's server names), besides
     /// `localhost`.
+    /// Issues pods' ServiceAccount tokens signed by `signer`.
+    pub fn with_token_signer(mut self, signer: Arc<crate::satokens::TokenSigner>) -> Self {
+        self.token_signer = Some(signer);
+        self
+    }
+
     pub fn with_reserved_names(mut self, names: impl IntoIterator<Item = String>) -> Self {
         self.reserved_names.extend(names);
         self
@@ -889,6 +899,64 @@ impl agent_server::Agent for AgentService {
             object = self.claimed_volume(&node, &wanted.name, object).await?;
         }
         config_reply(&object)
+    }
+
+    async fn request_pod_token(
+        &self,
+        request: Request<PodTokenRequest>,
+    ) -> Result<Response<PodTokenResponse>, Status> {
+        use crate::satokens::ObjectClaim;
+        let node = self.identity(&request).await?;
+        let wanted = request.into_inner();
+        let signer = self.token_signer.as_ref().ok_or_else(|| {
+            Status::unavailable("this control plane issues no ServiceAccount tokens")
+        })?;
+        let pod = self
+            .registry
+            .get(&PODS, &wanted.namespace, &wanted.pod_name)
+            .await
+            .map_err(status)?;
+        // The node authorizer's rule: a token only for a pod of this node, as it is now.
+        if str_at(&pod, "/spec/nodeName") != node || str_at(&pod, "/metadata/uid") != wanted.pod_uid
+        {
+            return Err(Status::permission_denied(format!(
+                "pod {}/{} (uid {}) is not bound to node {node}",
+                wanted.namespace, wanted.pod_name, wanted.pod_uid
+            )));
+        }
+        let account_name = match str_at(&pod, "/spec/serviceAccountName") {
+            "" => berth_api::accounts::DEFAULT_SERVICE_ACCOUNT,
+            name => name,
+        };
+        let account = self
+            .registry
+            .get(&SERVICE_ACCOUNTS, &wanted.namespace, account_name)
+            .await
+            .map_err(status)?;
+        let audience = if wanted.audience.is_empty() {
+            berth_api::accounts::API_AUDIENCE.to_owned()
+        } else {
+            wanted.audience
+        };
+        let asked = (wanted.expiration_seconds != 0).then_some(wanted.expiration_seconds);
+        let (token, expires) = signer.grant(
+            &wanted.namespace,
+            ObjectClaim {
+                name: account_name.to_owned(),
+                uid: str_at(&account, "/metadata/uid").to_owned(),
+            },
+            Some(ObjectClaim {
+                name: wanted.pod_name,
+                uid: wanted.pod_uid,
+            }),
+            vec![audience],
+            util::unix_now(),
+            crate::satokens::lifetime(asked),
+        );
+        Ok(Response::new(PodTokenResponse {
+            token,
+            expiration_unix: expires,
+        }))
     }
 
     async fn record_pod_event(

@@ -55,7 +55,7 @@ pub enum AuthnError {
 pub struct Authenticator {
     tokens: Vec<([u8; 32], UserInfo)>,
     /// Signs and checks ServiceAccount tokens.
-    service_accounts: Option<crate::satokens::TokenSigner>,
+    service_accounts: Option<std::sync::Arc<crate::satokens::TokenSigner>>,
 }
 
 /// The admin token's user.
@@ -93,12 +93,12 @@ impl Authenticator {
 
     /// Also accepts ServiceAccount tokens signed by `signer` (and issues them with it).
     pub fn with_service_account_tokens(mut self, signer: crate::satokens::TokenSigner) -> Self {
-        self.service_accounts = Some(signer);
+        self.service_accounts = Some(std::sync::Arc::new(signer));
         self
     }
 
     /// The ServiceAccount token signer, when tokens are served.
-    pub fn service_account_tokens(&self) -> Option<&crate::satokens::TokenSigner> {
+    pub fn service_account_tokens(&self) -> Option<&std::sync::Arc<crate::satokens::TokenSigner>> {
         self.service_accounts.as_ref()
     }
 

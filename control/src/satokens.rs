@@ -20,6 +20,16 @@ use crate::pki::{self, PkiError};
 pub const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 const KEY_FILE: &str = "sa.key";
 
+/// The lifetime a token asked for `asked` seconds gets: Kubernetes' default of an hour,
+/// and within the bounds projected tokens may ask for.
+pub fn lifetime(asked: Option<i64>) -> u64 {
+    let bounds = berth_api::core::TOKEN_EXPIRATION_SECONDS;
+    asked
+        .unwrap_or(3600)
+        .clamp(*bounds.start(), *bounds.end())
+        .unsigned_abs()
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TokenError {
     #[error("not a JWT")]
@@ -93,6 +103,34 @@ impl TokenSigner {
         let signed = format!("{header}.{body}");
         let signature = URL_SAFE_NO_PAD.encode(self.key.sign(signed.as_bytes()));
         format!("{signed}.{signature}")
+    }
+
+    /// A token of ServiceAccount `account` in `namespace` (bound to `pod`, if any) for
+    /// `audiences`, valid from `now` for `seconds`; with its expiry (Unix seconds).
+    pub fn grant(
+        &self,
+        namespace: &str,
+        account: ObjectClaim,
+        pod: Option<ObjectClaim>,
+        audiences: Vec<String>,
+        now: u64,
+        seconds: u64,
+    ) -> (String, u64) {
+        let expires = now.saturating_add(seconds);
+        let claims = Claims {
+            iss: ISSUER.to_owned(),
+            sub: berth_api::accounts::user_name(namespace, &account.name),
+            aud: audiences,
+            exp: expires,
+            iat: now,
+            nbf: now,
+            kubernetes: KubernetesClaims {
+                namespace: namespace.to_owned(),
+                serviceaccount: account,
+                pod,
+            },
+        };
+        (self.issue(&claims), expires)
     }
 
     /// The claims of `token` if this control plane signed it, it is within its lifetime

@@ -146,7 +146,10 @@ impl Server {
                     registry.clone(),
                     Arc::clone(&store),
                     Controllers::all(&usage),
-                    config.controller_settings(),
+                    crate::controllers::Settings {
+                        root_ca_pem: Some(pki.ca_cert_pem.as_str().into()),
+                        ..config.controller_settings()
+                    },
                     shutdown_rx.clone(),
                 )
                 .await?,
@@ -169,6 +172,10 @@ impl Server {
             Duration::from_secs(config.node_grace_secs),
         )
         .with_reserved_names(config.tls_sans.iter().cloned());
+        let service = match auth.service_account_tokens() {
+            Some(signer) => service.with_token_signer(Arc::clone(signer)),
+            None => service,
+        };
         let (agent, agent_port) =
             serve_agent_api(config, &pki, service, shutdown_rx.clone()).await?;
         let agent_url = format!("https://{client_host}:{agent_port}");

@@ -473,6 +473,26 @@ async fn service_account_tokens(cluster: &Cluster) {
         ],
     )
     .await;
+    // `berthctl create token` prints a token alone, for scripts; it works the same.
+    let (ok, out, err) = common::berthctl(
+        &cluster.t.server.admin_config,
+        &["create", "token", "app", "-n", "a", "--duration", "15m"],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let printed = out.trim();
+    assert!(
+        printed.starts_with("eyJ") && !printed.contains(char::is_whitespace),
+        "{out}"
+    );
+    let (code, _) = status(&cluster.as_user(Some(printed)), Method::GET, CM_A, None).await;
+    assert_eq!(code, 200);
+    let (ok, _, err) = common::berthctl(
+        &cluster.t.server.admin_config,
+        &["create", "token", "nobody", "-n", "a"],
+    )
+    .await;
+    assert!(!ok && err.contains(r#""nobody" not found"#), "{err}");
     // A token for another audience, or with its signature changed, is no token at all.
     let other = cluster
         .admin(

@@ -33,11 +33,19 @@ pub struct ApplyArgs {
     pub dry_run: Option<String>,
 }
 
-/// Create the objects in the manifests; fails for any that already exists.
+/// Create the objects in the manifests (fails for any that already exists), or a
+/// ServiceAccount token (`create token`).
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:\n  berthctl create -f app.yaml\n  \
-                        berthctl create -f manifests/\n  cat app.yaml | berthctl create -f -")]
+#[command(
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    after_help = "Examples:\n  berthctl create -f app.yaml\n  \
+                        berthctl create -f manifests/\n  cat app.yaml | berthctl create -f -\n  \
+                        berthctl create token builder -n ci --duration 10m"
+)]
 pub struct CreateArgs {
+    #[command(subcommand)]
+    pub what: Option<crate::auth::CreateWhat>,
     #[command(flatten)]
     pub files: Files,
 }
@@ -283,6 +291,9 @@ pub async fn create(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Result<(), CtlError> {
+    if let Some(what) = args.what {
+        return crate::auth::create(ctx, what, out).await;
+    }
     let documents = load(ctx, &args.files)?;
     let mut failures = Vec::new();
     for doc in documents {

@@ -8,7 +8,7 @@ use std::io::Write;
 use hyper::http::Method;
 use serde_json::{Value, json};
 
-use crate::{CtlError, Ctx, emit, output, resolve};
+use crate::{CtlError, Ctx, Target, emit, output, resolve, str_at};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Auth {
@@ -23,6 +23,66 @@ pub enum Auth {
                       Exits 0 for yes, 1 for no."
     )]
     CanI(CanIArgs),
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum CreateWhat {
+    /// A token of a ServiceAccount (a TokenRequest), printed alone on stdout.
+    #[command(after_help = "Examples:\n  berthctl create token default\n  \
+                            berthctl create token builder -n ci --duration 10m\n  \
+                            berthctl create token builder --audience https://vault.example\n  \
+                            berthctl create token default --bound-object-kind Pod --bound-object-name web-0\n\n\
+                            The token is valid until it expires or its ServiceAccount (or the bound\n\
+                            pod) is deleted; the server grants 10 minutes at least.")]
+    Token {
+        /// The ServiceAccount, in the namespace of -n.
+        service_account: String,
+        /// Who the token is for (repeatable); the API server when none.
+        #[arg(long)]
+        audience: Vec<String>,
+        /// How long it is valid (e.g. 10m, 1h, 2d); the server's default (1h) when unset.
+        #[arg(long, value_parser = crate::rollout::parse_duration)]
+        duration: Option<std::time::Duration>,
+        /// A kind the token is bound to: Pod.
+        #[arg(long, requires = "bound_object_name", value_parser = ["Pod"])]
+        bound_object_kind: Option<String>,
+        /// The name of the object the token is bound to: it stops working when that goes.
+        #[arg(long, requires = "bound_object_kind")]
+        bound_object_name: Option<String>,
+    },
+}
+
+/// `create token`: the token alone on stdout, so scripts can capture it.
+pub async fn create(ctx: &Ctx, what: CreateWhat, out: &mut dyn Write) -> Result<(), CtlError> {
+    let CreateWhat::Token {
+        service_account,
+        audience,
+        duration,
+        bound_object_kind,
+        bound_object_name,
+    } = what;
+    let mut spec = json!({"audiences": audience});
+    if let Some(duration) = duration {
+        spec["expirationSeconds"] = json!(duration.as_secs());
+    }
+    if let (Some(kind), Some(name)) = (bound_object_kind, bound_object_name) {
+        spec["boundObjectRef"] = json!({"kind": kind, "apiVersion": "v1", "name": name});
+    }
+    let body =
+        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec});
+    let path = format!(
+        "/api/v1/namespaces/{}/serviceaccounts/{service_account}/token",
+        ctx.namespace()
+    );
+    let target = Target {
+        rt: &berth_api::kinds::SERVICE_ACCOUNTS,
+        name: &service_account,
+    };
+    let reply = ctx
+        .call(Method::POST, &path, Some(&body), Some(target))
+        .await?;
+    emit(out, str_at(&reply, "/status/token"));
+    Ok(())
 }
 
 #[derive(Debug, clap::Args)]

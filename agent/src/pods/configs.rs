@@ -103,13 +103,37 @@ pub enum Fetched {
     Missing(String),
 }
 
-/// The last fetched state of each object in use; a key absent is not fetched yet.
+/// A ServiceAccount token one of the pod's volumes holds.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TokenKey {
+    pub namespace: String,
+    pub pod: String,
+    pub uid: String,
+    pub audience: String,
+    pub expiration_seconds: i64,
+}
+
+/// A token as last granted. `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(pub Arc<[u8]>);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Token({} bytes)", self.0.len())
+    }
+}
+
+/// The last fetched state of each object and token in use; a key absent is not fetched
+/// yet.
 #[derive(Debug, Clone, Default)]
-pub struct PodConfigs(Arc<RwLock<BTreeMap<ConfigKey, Fetched>>>);
+pub struct PodConfigs {
+    objects: Arc<RwLock<BTreeMap<ConfigKey, Fetched>>>,
+    tokens: Arc<RwLock<BTreeMap<TokenKey, Result<Token, String>>>>,
+}
 
 impl PodConfigs {
     pub fn get(&self, key: &ConfigKey) -> Option<Fetched> {
-        self.0
+        self.objects
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .get(key)
@@ -118,16 +142,45 @@ impl PodConfigs {
 
     /// Records a fetch; whether it changed what is known.
     pub fn set(&self, key: ConfigKey, fetched: Fetched) -> bool {
-        let mut map = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        let mut map = self.objects.write().unwrap_or_else(PoisonError::into_inner);
         map.insert(key, fetched.clone()) != Some(fetched)
     }
 
     /// Forgets what no pod uses any more.
-    pub fn retain(&self, used: &BTreeSet<ConfigKey>) {
-        self.0
+    pub fn retain(&self, used: &BTreeSet<ConfigKey>, used_tokens: &BTreeSet<TokenKey>) {
+        self.objects
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .retain(|key, _| used.contains(key));
+        self.tokens
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|key, _| used_tokens.contains(key));
+    }
+
+    /// Records a token granted, or why none was; whether that changed what is known. A
+    /// refusal does not replace a token already held: the pod keeps it until it expires.
+    pub fn set_token(&self, key: TokenKey, granted: Result<Token, String>) -> bool {
+        let mut map = self.tokens.write().unwrap_or_else(PoisonError::into_inner);
+        if granted.is_err() && matches!(map.get(&key), Some(Ok(_))) {
+            return false;
+        }
+        map.insert(key, granted.clone()) != Some(granted)
+    }
+
+    /// The token for `key`, or why there is none yet.
+    pub fn token(&self, key: &TokenKey) -> Result<Token, String> {
+        self.tokens
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| {
+                Err(format!(
+                    "waiting for a token of pod {}'s ServiceAccount",
+                    key.pod
+                ))
+            })
     }
 
     /// The values of `key`, or the reason there are none (not fetched yet counts as not

@@ -11,7 +11,7 @@ use std::{
 use berth_api::core::{self as api, IntOrString};
 
 use super::{
-    configs::{ConfigKey, ConfigKind},
+    configs::{ConfigKey, ConfigKind, TokenKey},
     images::PullPolicy,
 };
 use crate::{
@@ -94,8 +94,17 @@ pub enum VolumeSource {
     },
     /// The node-local volume bound to a PersistentVolumeClaim of the pod's namespace.
     Claim { claim: String, read_only: bool },
-    /// Several `Keys` and `DownwardApi` sources as the files of one directory.
+    /// Several `Keys`, `DownwardApi` and `Token` sources as the files of one directory.
     Projected { sources: Vec<VolumeSource> },
+    /// A token of the pod's ServiceAccount bound to the pod (projected only), refreshed
+    /// before it expires.
+    Token {
+        audience: String,
+        /// 0: the control plane's default lifetime.
+        expiration_seconds: i64,
+        path: String,
+        mode: u32,
+    },
     /// A path of the node, which the control plane's admin allowed; `type_` is what must
     /// be there (Kubernetes' hostPath types, empty: anything).
     HostPath { path: PathBuf, type_: String },
@@ -204,16 +213,26 @@ fn volume_from_api(volume: &api::Volume) -> Result<VolumeDesired, (String, Strin
                     &projection.config_map,
                     &projection.secret,
                     &projection.downward_api,
+                    &projection.service_account_token,
                 ) {
-                    (Some(source), None, None) => Ok(keys(ConfigKind::ConfigMap, source)),
-                    (None, Some(source), None) => Ok(keys(ConfigKind::Secret, source)),
-                    (None, None, Some(source)) => Ok(VolumeSource::DownwardApi {
+                    (Some(source), None, None, None) => Ok(keys(ConfigKind::ConfigMap, source)),
+                    (None, Some(source), None, None) => Ok(keys(ConfigKind::Secret, source)),
+                    (None, None, Some(source), None) => Ok(VolumeSource::DownwardApi {
                         items: downward_items(&source.items, "projected.sources.downwardAPI")?,
                         default_mode,
                     }),
+                    (None, None, None, Some(token)) => Ok(VolumeSource::Token {
+                        audience: token.audience.clone(),
+                        expiration_seconds: token.expiration_seconds.unwrap_or(0),
+                        path: token.path.clone(),
+                        // Kubernetes' token file is readable by its owner only when the
+                        // volume says nothing.
+                        mode: mode(projected.default_mode).unwrap_or(0o600),
+                    }),
                     _ => Err((
                         "projected.sources".to_owned(),
-                        "each needs exactly one of configMap, secret or downwardAPI".to_owned(),
+                        "each needs exactly one of configMap, secret, downwardAPI or serviceAccountToken"
+                            .to_owned(),
                     )),
                 }
             })
@@ -454,6 +473,36 @@ impl PodDesired {
                 .map(|secret| secret.name.clone())
                 .collect(),
         })
+    }
+
+    /// The ServiceAccount tokens the pod's volumes hold: what its node asks for and
+    /// refreshes.
+    pub fn token_keys(&self) -> BTreeSet<TokenKey> {
+        self.volumes
+            .iter()
+            .flat_map(|volume| match &volume.source {
+                VolumeSource::Projected { sources } => sources.as_slice(),
+                _ => &[],
+            })
+            .filter_map(|source| match source {
+                VolumeSource::Token {
+                    audience,
+                    expiration_seconds,
+                    ..
+                } => Some(self.token_key(audience, *expiration_seconds)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn token_key(&self, audience: &str, expiration_seconds: i64) -> TokenKey {
+        TokenKey {
+            namespace: self.namespace.clone(),
+            pod: self.name.clone(),
+            uid: self.uid.clone(),
+            audience: audience.to_owned(),
+            expiration_seconds,
+        }
     }
 
     /// The ConfigMaps, Secrets and claims' volumes the pod reads: what its node fetches

@@ -76,6 +76,17 @@ fn source_payload(source: &VolumeSource, cx: &EnvContext<'_>) -> Result<Option<P
         VolumeSource::EmptyDir { .. }
         | VolumeSource::Claim { .. }
         | VolumeSource::HostPath { .. } => Ok(None),
+        VolumeSource::Token {
+            audience,
+            expiration_seconds,
+            path,
+            mode,
+        } => {
+            let token = cx
+                .configs
+                .token(&cx.pod.token_key(audience, *expiration_seconds))?;
+            Ok(Some([(path.clone(), (token.0.to_vec(), *mode))].into()))
+        }
         VolumeSource::Keys {
             kind,
             name,

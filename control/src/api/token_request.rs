@@ -7,21 +7,13 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use berth_api::{
-    accounts::{API_AUDIENCE, TokenRequest, TokenRequestStatus, user_name},
+    accounts::{API_AUDIENCE, TokenRequest, TokenRequestStatus},
     kinds::{PODS, SERVICE_ACCOUNTS},
 };
 use serde_json::Value;
 
 use super::{ApiState, error::ApiError};
-use crate::{
-    objects::str_at,
-    satokens::{Claims, ISSUER, KubernetesClaims, ObjectClaim},
-    util,
-};
-
-/// Kubernetes' default lifetime, and the shortest it grants.
-const DEFAULT_SECONDS: i64 = 3600;
-const MIN_SECONDS: i64 = 600;
+use crate::{objects::str_at, satokens::ObjectClaim, util};
 
 fn uid_of(object: &Value) -> String {
     str_at(object, "/metadata/uid").to_owned()
@@ -42,11 +34,7 @@ pub(super) async fn issue(
         .registry
         .get(&SERVICE_ACCOUNTS, namespace, name)
         .await?;
-    let seconds = request
-        .spec
-        .expiration_seconds
-        .unwrap_or(DEFAULT_SECONDS)
-        .max(MIN_SECONDS);
+    let seconds = crate::satokens::lifetime(request.spec.expiration_seconds);
     let pod = match &request.spec.bound_object_ref {
         None => None,
         Some(bound) if bound.kind == "Pod" => {
@@ -74,31 +62,26 @@ pub(super) async fn issue(
         request.spec.audiences = vec![API_AUDIENCE.to_owned()];
     }
     let now = util::unix_now();
-    let expires = now.saturating_add(seconds.unsigned_abs());
-    let claims = Claims {
-        iss: ISSUER.to_owned(),
-        sub: user_name(namespace, name),
-        aud: request.spec.audiences.clone(),
-        exp: expires,
-        iat: now,
-        nbf: now,
-        kubernetes: KubernetesClaims {
-            namespace: namespace.to_owned(),
-            serviceaccount: ObjectClaim {
-                name: name.to_owned(),
-                uid: uid_of(&account),
-            },
-            pod,
-        },
+    let account = ObjectClaim {
+        name: name.to_owned(),
+        uid: uid_of(&account),
     };
+    let (token, expires) = signer.grant(
+        namespace,
+        account,
+        pod,
+        request.spec.audiences.clone(),
+        now,
+        seconds,
+    );
     request.api_version = "authentication.k8s.io/v1".to_owned();
     request.kind = "TokenRequest".to_owned();
     request.metadata.name = name.to_owned();
     request.metadata.namespace = namespace.to_owned();
     request.metadata.creation_timestamp = util::rfc3339(now);
-    request.spec.expiration_seconds = Some(seconds);
+    request.spec.expiration_seconds = i64::try_from(seconds).ok();
     request.status = Some(TokenRequestStatus {
-        token: signer.issue(&claims),
+        token,
         expiration_timestamp: util::rfc3339(expires),
     });
     Ok((StatusCode::CREATED, Json(request)).into_response())

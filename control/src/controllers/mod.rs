@@ -149,6 +149,9 @@ pub struct Settings {
     /// Where on a node the volumes provisioned for claims are made (each agent keeps
     /// them under its own `--local-volume-dir`, which must match).
     pub local_volume_dir: std::path::PathBuf,
+    /// The cluster CA (PEM) each namespace's `kube-root-ca.crt` ConfigMap holds; None
+    /// publishes none.
+    pub root_ca_pem: Option<std::sync::Arc<str>>,
 }
 
 impl Default for Settings {
@@ -162,6 +165,7 @@ impl Default for Settings {
             autoscaler_sync: Duration::from_secs(15),
             downscale_stabilization: Duration::from_secs(300),
             local_volume_dir: DEFAULT_LOCAL_VOLUME_DIR.into(),
+            root_ca_pem: None,
         }
     }
 }
@@ -385,6 +389,7 @@ impl Controllers {
                 Box::new(volumes::VolumeBinder),
                 Box::new(quota::QuotaController),
                 Box::new(serviceaccounts::ServiceAccountController),
+                Box::new(serviceaccounts::RootCaPublisher),
                 Box::new(volumes::VolumeReclaimer),
                 Box::new(gc::GarbageCollector::<Pod>::new()),
                 Box::new(gc::GarbageCollector::<berth_api::apps::ReplicaSet>::new()),

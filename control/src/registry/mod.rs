@@ -231,6 +231,35 @@ impl Registry {
         self
     }
 
+    /// Kubernetes' ServiceAccount admission on a new pod (see
+    /// [`berth_api::accounts::admit_service_account`]). An account that does not exist
+    /// yet is not a refusal: the pod waits on its node for the token, as for a missing
+    /// ConfigMap, so a pod made right after its namespace does not fail on the race with
+    /// the serviceaccount controller.
+    async fn admit_service_account(&self, pod: &mut berth_api::core::Pod) -> Result<()> {
+        use berth_api::{accounts::ServiceAccount, kinds::SERVICE_ACCOUNTS};
+        let spec = &pod.spec;
+        let name = [&spec.service_account_name, &spec.service_account]
+            .into_iter()
+            .find(|n| !n.is_empty())
+            .map_or(berth_api::accounts::DEFAULT_SERVICE_ACCOUNT, String::as_str);
+        let automount = match self
+            .get(&SERVICE_ACCOUNTS, &pod.metadata.namespace, name)
+            .await
+        {
+            Ok(account) => {
+                serde_json::from_value::<ServiceAccount>(account)
+                    .map_err(|e| Error::internal(format!("a stored ServiceAccount: {e}")))?
+                    .automount_service_account_token
+            }
+            Err(e) if e.is_not_found() => None,
+            Err(e) => return Err(e),
+        };
+        let suffix = &crate::util::hex(&crate::util::random_bytes::<3>())[..5];
+        berth_api::accounts::admit_service_account(&mut pod.spec, automount, suffix);
+        Ok(())
+    }
+
     /// The LimitRanges of a new pod's namespace, as Kubernetes' LimitRanger admission
     /// applies them: each container without a limit or request gets the default, then
     /// every container must lie within the bounds (403 naming them otherwise).
