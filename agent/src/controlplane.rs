@@ -293,8 +293,13 @@ pub async fn reclaim_local_volumes(client: AgentClient<Channel>, dir: PathBuf, e
     }
 }
 
-/// A token for `key` and when to replace it (as the kubelet: after 80 % of its lifetime,
-/// or a day), or why the control plane refused one; None when it could not say.
+/// When a token valid for `lifetime` seconds from now is replaced: as the kubelet, after
+/// 80 % of its lifetime, and at least daily.
+fn token_refresh_after(lifetime: u64) -> Duration {
+    Duration::from_secs((lifetime.saturating_mul(4) / 5).min(24 * 3600))
+}
+
+/// A token for `key` and when to replace it (see [`token_refresh_after`]), or why the control plane refused one; None when it could not say.
 async fn request_token(
     mut client: AgentClient<Channel>,
     key: &TokenKey,
@@ -313,10 +318,9 @@ async fn request_token(
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
             let lifetime = reply.expiration_unix.saturating_sub(now);
-            let refresh = Duration::from_secs((lifetime * 4 / 5).min(24 * 3600));
             Some(Ok((
                 Token(reply.token.into_bytes().into()),
-                Instant::now() + refresh,
+                Instant::now() + token_refresh_after(lifetime),
             )))
         }
         Err(status)
@@ -379,5 +383,21 @@ async fn fetch(mut client: AgentClient<Channel>, key: &ConfigKey) -> Option<Fetc
             tracing::warn!(kind = key.kind.as_str(), namespace = %key.namespace, name = %key.name, %error, "undecodable pod config");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_replaced_after_four_fifths_of_their_life_and_at_least_daily() {
+        assert_eq!(token_refresh_after(3607), Duration::from_secs(2885));
+        assert_eq!(token_refresh_after(600), Duration::from_secs(480));
+        assert_eq!(
+            token_refresh_after(7 * 24 * 3600),
+            Duration::from_secs(24 * 3600)
+        );
+        assert_eq!(token_refresh_after(0), Duration::ZERO);
     }
 }

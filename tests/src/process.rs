@@ -203,7 +203,15 @@ impl Setup {
             if pods.len() == count {
                 return pods;
             }
-            assert!(Instant::now() < deadline, "pods not running: {pods:?}");
+            if Instant::now() >= deadline {
+                let described = self.berthctl(&["describe", "pods"]);
+                panic!(
+                    "{} pods running, not {count}: {pods:?}\n{}{}",
+                    pods.len(),
+                    String::from_utf8_lossy(&described.stdout),
+                    String::from_utf8_lossy(&described.stderr)
+                );
+            }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }

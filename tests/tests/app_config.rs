@@ -5,7 +5,9 @@
 //! projected volume of all three, and the frontend reaching the backend by the URL its
 //! ConfigMap gives. Changing the ConfigMap changes the mounted files within 10 s without a
 //! restart (env stays); a pod whose ConfigMap is missing waits with
-//! CreateContainerConfigError and starts when it appears. Needs root, BPF and Docker, and the images from `cargo xtask images`.
+//! CreateContainerConfigError and starts when it appears. Each pod's ServiceAccount
+//! token, read from its projected file, authenticates as the ServiceAccount once bound,
+//! and not after the pod is deleted. Needs root, BPF and Docker, and the images from `cargo xtask images`.
 
 use std::time::{Duration, Instant};
 
@@ -396,4 +398,84 @@ spec:
     let waiting = pods.container("waiting", "app").await;
     let env = pods.exec(&waiting, &["env"]).await.output;
     assert!(env.lines().any(|line| line == "X=here"), "{env}");
+
+    service_account_token(setup, &pods).await;
+}
+
+/// Every pod has its ServiceAccount's token, the cluster CA and its namespace at
+/// Kubernetes' path; the token read from that file authenticates as the ServiceAccount
+/// (refused until a RoleBinding names it, allowed after) and stops working when its pod
+/// is deleted.
+async fn service_account_token(setup: &Setup, pods: &Pods<'_>) {
+    const DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+    let app = pods.container("backend-", "app").await;
+    let pod_name = app.labels["berth.pod.name"].clone();
+    let token = pods
+        .exec(&app, &["cat", &format!("{DIR}/token")])
+        .await
+        .output;
+    let namespace = pods
+        .exec(&app, &["cat", &format!("{DIR}/namespace")])
+        .await
+        .output;
+    assert_eq!(namespace, "default");
+    let ca = pods
+        .exec(&app, &["cat", &format!("{DIR}/ca.crt")])
+        .await
+        .output;
+    let published = setup.berthctl(&["get", "configmap", "kube-root-ca.crt", "-o", "json"]);
+    let published: Value = serde_json::from_slice(&published.stdout).expect("kube-root-ca.crt");
+    assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"), "{ca}");
+    assert_eq!(published["data"]["ca.crt"], ca.as_str());
+
+    let as_pod = |args: &[&str]| {
+        let mut full = vec!["--token", token.trim()];
+        full.extend_from_slice(args);
+        setup.berthctl(&full)
+    };
+    let refused = as_pod(&["get", "configmaps"]);
+    let said = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert!(
+        !refused.status.success() && said.contains("system:serviceaccount:default:default"),
+        "{said}"
+    );
+    setup.apply(
+        "apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: default-view}
+subjects: [{kind: ServiceAccount, name: default, namespace: default}]
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: view}
+",
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let listed = as_pod(&["get", "configmaps"]);
+        if listed.status.success() {
+            let out = String::from_utf8_lossy(&listed.stdout).into_owned();
+            assert!(out.contains("backend-config"), "{out}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the bound token is still refused"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // The token is bound to its pod: gone with it.
+    let deleted = setup.berthctl(&["delete", "pod", &pod_name, "--grace-period=1"]);
+    assert!(deleted.status.success(), "{deleted:?}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let after = as_pod(&["get", "configmaps"]);
+        let said = String::from_utf8_lossy(&after.stderr).into_owned();
+        if !after.status.success() && said.to_lowercase().contains("unauthorized") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the token of deleted pod {pod_name} still works: {said}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
