@@ -14,7 +14,10 @@ use std::{
 
 use berth_api::{
     Resource as _,
-    agent::{JoinRequest, PodConfigRequest, PodTokenRequest, agent_client::AgentClient},
+    agent::{
+        JoinRequest, PodConfigRequest, PodTokenRequest, RenewCertificateRequest,
+        agent_client::AgentClient,
+    },
     configuration::{ConfigMap, Secret},
     storage::PersistentVolume,
 };
@@ -70,6 +73,13 @@ pub enum ControlPlaneError {
     Join(tonic::Status),
     #[error("server address {0:?} is not a valid URL")]
     Url(String),
+    #[error(
+        "the node certificate {} has expired: give the agent a bootstrap token (--bootstrap-token-file) to join again",
+        .0.display()
+    )]
+    Expired(PathBuf),
+    #[error("renewing the node certificate: {0}")]
+    Renew(tonic::Status),
 }
 
 /// What the node holds after joining.
@@ -130,6 +140,15 @@ pub async fn connect(config: &Config) -> Result<Membership, ControlPlaneError> {
     let endpoint = Channel::from_shared(config.server.clone())
         .map_err(|_| ControlPlaneError::Url(config.server.clone()))?
         .connect_timeout(Duration::from_secs(5));
+    finish_renewal(dir)?;
+    if cert_path.exists() && certificate_expired(&read(&cert_path)?) {
+        // Only a join can bring the node back; without a token it stays out, saying why.
+        if config.bootstrap_token_file.is_none() {
+            return Err(ControlPlaneError::Expired(cert_path));
+        }
+        tracing::warn!(path = %cert_path.display(), "the node certificate expired: joining again");
+        let _ = std::fs::remove_file(&cert_path);
+    }
     if !(key_path.exists() && cert_path.exists() && cidr_path.exists()) {
         let token_file = config
             .bootstrap_token_file
@@ -165,6 +184,9 @@ pub async fn connect(config: &Config) -> Result<Membership, ControlPlaneError> {
     }
     let (cert_pem, key_pem) = (read(&cert_path)?, read(&key_path)?);
     let identity = Identity::from_pem(&cert_pem, &key_pem);
+    if let Some((_, not_after)) = berth_api::identity::validity_of_pem(&cert_pem) {
+        tracing::info!(expires = %berth_api::time::rfc3339(not_after.max(0).unsigned_abs()), "node certificate");
+    }
     let channel = endpoint
         .tls_config(tls.identity(identity))
         .map_err(transport)?
@@ -176,6 +198,95 @@ pub async fn connect(config: &Config) -> Result<Membership, ControlPlaneError> {
         key_pem,
         ca_pem,
     })
+}
+
+/// Where a renewal writes the new key and certificate before putting them in place.
+fn renewed_paths(dir: &Path) -> (PathBuf, PathBuf) {
+    (dir.join("node.key.new"), dir.join("node.crt.new"))
+}
+
+/// Whether a certificate's validity has ended (or cannot be read).
+fn certificate_expired(cert_pem: &str) -> bool {
+    berth_api::identity::validity_of_pem(cert_pem)
+        .is_none_or(|(_, not_after)| not_after <= berth_api::time::unix_now() as i64)
+}
+
+/// Completes a renewal that stopped between writing the new key and certificate and
+/// putting them in place: both new files, or neither, replace the old ones.
+fn finish_renewal(dir: &Path) -> Result<(), ControlPlaneError> {
+    let (key_new, cert_new) = renewed_paths(dir);
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ControlPlaneError::Io { path, source }
+    };
+    match (key_new.exists(), cert_new.exists()) {
+        (true, true) => {
+            std::fs::rename(&key_new, dir.join("node.key")).map_err(io(&key_new))?;
+            std::fs::rename(&cert_new, dir.join("node.crt")).map_err(io(&cert_new))?;
+        }
+        // Only a key: the certificate for it never arrived.
+        (true, false) => std::fs::remove_file(&key_new).map_err(io(&key_new))?,
+        // A certificate whose key was put in place already: finish.
+        (false, true) => std::fs::rename(&cert_new, dir.join("node.crt")).map_err(io(&cert_new))?,
+        (false, false) => {}
+    }
+    Ok(())
+}
+
+/// When a certificate valid from `not_before` to `not_after` is renewed: after 80 % of
+/// its lifetime, as the kubelet's rotation does (it picks 70–90 %).
+fn renewal_time(not_before: i64, not_after: i64) -> i64 {
+    not_before + (not_after - not_before) * 4 / 5
+}
+
+/// Waits until the node certificate is due, then trades a new key's CSR for a new
+/// certificate and stores both in the state directory; returns once they are stored
+/// (the caller starts the agent again on them). Failures are retried every 10 s.
+pub async fn renew_certificate(
+    config: &Config,
+    membership: &Membership,
+) -> Result<(), ControlPlaneError> {
+    let Some((not_before, not_after)) = berth_api::identity::validity_of_pem(&membership.cert_pem)
+    else {
+        return std::future::pending().await;
+    };
+    let due = renewal_time(not_before, not_after);
+    let wait = due
+        .saturating_sub(berth_api::time::unix_now() as i64)
+        .max(0);
+    tokio::time::sleep(Duration::from_secs(wait.unsigned_abs())).await;
+    let dir = &config.state_dir;
+    loop {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, config.node_name.as_str());
+        let csr_pem = params.serialize_request(&key)?.pem()?;
+        let mut client = AgentClient::new(membership.channel.clone());
+        match client
+            .renew_certificate(RenewCertificateRequest { csr_pem })
+            .await
+        {
+            Ok(renewed) => {
+                let renewed = renewed.into_inner();
+                let (key_new, cert_new) = renewed_paths(dir);
+                write_private(&key_new, &key.serialize_pem())?;
+                write_private(&cert_new, &renewed.certificate_pem)?;
+                finish_renewal(dir)?;
+                tracing::info!(node = %config.node_name, "node certificate renewed");
+                return Ok(());
+            }
+            // Refused for good: this node is not a member any more.
+            Err(status) if status.code() == tonic::Code::Unauthenticated => {
+                return Err(ControlPlaneError::Renew(status));
+            }
+            Err(status) => {
+                tracing::warn!(%status, "renewing the node certificate; trying again in 10 s");
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
+        }
+    }
 }
 
 /// Delivers the full object set whenever it changes, as long as `run` listens.
@@ -389,6 +500,38 @@ async fn fetch(mut client: AgentClient<Channel>, key: &ConfigKey) -> Option<Fetc
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn certificates_are_renewed_after_four_fifths_of_their_life() {
+        assert_eq!(renewal_time(1000, 2000), 1800);
+        assert_eq!(renewal_time(0, 365 * 86_400), 292 * 86_400);
+    }
+
+    #[test]
+    fn an_interrupted_renewal_is_finished_or_undone() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = |name: &str| dir.path().join(name);
+        let read = |name: &str| std::fs::read_to_string(path(name)).ok();
+        for (name, text) in [("node.key", "old key"), ("node.crt", "old cert")] {
+            std::fs::write(path(name), text).expect("write");
+        }
+        // Only a new key: the certificate never came, the old pair stays.
+        std::fs::write(path("node.key.new"), "new key").expect("write");
+        finish_renewal(dir.path()).expect("finish");
+        assert_eq!(
+            (read("node.key"), read("node.crt"), read("node.key.new")),
+            (Some("old key".into()), Some("old cert".into()), None)
+        );
+        // Both: both replace the old ones.
+        std::fs::write(path("node.key.new"), "new key").expect("write");
+        std::fs::write(path("node.crt.new"), "new cert").expect("write");
+        finish_renewal(dir.path()).expect("finish");
+        assert_eq!(
+            (read("node.key"), read("node.crt")),
+            (Some("new key".into()), Some("new cert".into()))
+        );
+        assert!(read("node.key.new").is_none() && read("node.crt.new").is_none());
+    }
 
     #[test]
     fn tokens_are_replaced_after_four_fifths_of_their_life_and_at_least_daily() {

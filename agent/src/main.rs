@@ -25,7 +25,19 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(berth_agent::run::run(config)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(berth_agent::run::Ended::CertificateRenewed) => {
+            // The same program with the same arguments and pid, on the new certificate:
+            // what a supervisor's restart would do, without needing one.
+            use std::os::unix::process::CommandExt as _;
+            let mut args = std::env::args_os();
+            let mut again = std::process::Command::new("/proc/self/exe");
+            if let Some(name) = args.next() {
+                again.arg0(name);
+            }
+            let error = again.args(args).exec();
+            eprintln!("berth-agent: starting again with the renewed certificate: {error}");
+            ExitCode::FAILURE
+        }
         Err(error) => {
             eprintln!("berth-agent: {error:#}");
             ExitCode::FAILURE

@@ -72,7 +72,16 @@ fn allocatable() -> serde_json::Value {
     json!({"cpu": cpus.to_string(), "memory": format!("{}Ki", memory / 1024)})
 }
 
-pub async fn run(config: Config) -> anyhow::Result<()> {
+/// Why the agent stopped without an error.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// The node certificate was renewed and stored: the agent must start again to use
+    /// it everywhere (the node API's server certificate and every connection to the
+    /// control plane). A restart leaves containers and the datapath untouched.
+    CertificateRenewed,
+}
+
+pub async fn run(config: Config) -> anyhow::Result<Ended> {
     let started = Instant::now();
     let membership = controlplane::connect(&config)
         .await
@@ -296,8 +305,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut attached: BTreeMap<String, Ipv4Addr> = BTreeMap::new();
     let mut logs = tokio::time::interval(Duration::from_secs(1));
     let neighbours = NeighbourKeeper::start().context("following the neighbour table")?;
+    let renewal = controlplane::renew_certificate(&config, &membership);
+    tokio::pin!(renewal);
     loop {
         tokio::select! {
+            renewed = &mut renewal => {
+                renewed.context("the node certificate")?;
+                return Ok(Ended::CertificateRenewed);
+            }
             Some(objects) = pods_rx.recv() => {
                 let pods: Vec<Pod> = objects.of_kind("Pod");
                 remember(&pods_file, &pods);

@@ -31,3 +31,24 @@ pub fn serial_of(der: &[u8]) -> Option<String> {
             .collect(),
     )
 }
+
+/// A DER certificate's validity, Unix seconds (not before, not after).
+pub fn validity_of(der: &[u8]) -> Option<(i64, i64)> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let validity = cert.validity();
+    Some((
+        validity.not_before.timestamp(),
+        validity.not_after.timestamp(),
+    ))
+}
+
+/// The DER of the first certificate of a PEM text.
+pub fn der_of_pem(pem: &str) -> Option<Vec<u8>> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
+    Some(pem.contents)
+}
+
+/// [`validity_of`] the first certificate of a PEM text.
+pub fn validity_of_pem(pem: &str) -> Option<(i64, i64)> {
+    validity_of(&der_of_pem(pem)?)
+}

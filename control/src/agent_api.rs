@@ -10,8 +10,8 @@ use berth_api::{
     agent::{
         HeartbeatRequest, HeartbeatResponse, JoinRequest, JoinResponse, PodConfigRequest,
         PodConfigResponse, PodDeletion, PodDeletionAck, PodEventAck, PodEventReport, PodStatusAck,
-        PodStatusReport, PodTokenRequest, PodTokenResponse, WatchEvent, WatchRequest, agent_server,
-        watch_event::Type,
+        PodStatusReport, PodTokenRequest, PodTokenResponse, RenewCertificateRequest, WatchEvent,
+        WatchRequest, agent_server, watch_event::Type,
     },
     core::Pod,
     kinds::{
@@ -63,6 +63,8 @@ pub struct AgentService {
     known_nodes: Arc<KnownNodes>,
     /// Signs the ServiceAccount tokens projected into pods; None issues none.
     token_signer: Option<Arc<crate::satokens::TokenSigner>>,
+    /// How long node certificates are valid.
+    certificate_validity: Duration,
 }
 
 struct ConfirmedStatus {
@@ -105,6 +107,7 @@ impl AgentService {
             node_grace,
             reserved_names: vec!["localhost".to_owned()],
             token_signer: None,
+            certificate_validity: Duration::from_secs(365 * 86_400),
         }
     }
 
@@ -125,6 +128,15 @@ impl AgentService {
         let name = node_name_of_certificate(&der).ok_or_else(|| {
             Status::unauthenticated("the client certificate is not a node's (call Join first)")
         })?;
+        // TLS checked the validity when the connection was made; a connection may
+        // outlive it.
+        let expired = berth_api::identity::validity_of(&der)
+            .is_none_or(|(_, not_after)| not_after <= util::unix_now() as i64);
+        if expired {
+            return Err(Status::unauthenticated(format!(
+                "the certificate of node {name} has expired: the agent must renew it before expiry, or join again"
+            )));
+        }
         let serial = berth_api::identity::serial_of(&der);
         check_node_certificate(&self.registry, &self.known_nodes, &name, serial.as_deref()).await?;
         Ok(Caller { name, serial })
@@ -172,6 +184,12 @@ impl AgentService {
 
     /// Also refuses joins under `names` (the control plane's server names), besides
     /// `localhost`.
+    /// Node certificates are valid for `validity`.
+    pub fn with_certificate_validity(mut self, validity: Duration) -> Self {
+        self.certificate_validity = validity;
+        self
+    }
+
     /// Issues pods' ServiceAccount tokens signed by `signer`.
     pub fn with_token_signer(mut self, signer: Arc<crate::satokens::TokenSigner>) -> Self {
         self.token_signer = Some(signer);
@@ -580,7 +598,11 @@ impl agent_server::Agent for AgentService {
         self.refuse_join_name(&request.node_name).await?;
         let (certificate_pem, serial) = self
             .pki
-            .sign_node_csr(&request.csr_pem, &request.node_name)
+            .sign_node_csr(
+                &request.csr_pem,
+                &request.node_name,
+                self.certificate_validity,
+            )
             .map_err(|e| Status::invalid_argument(format!("csr_pem: {e}")))?;
         let mut allocated = self.join_lock.lock().await;
         let pod_cidr = self
@@ -899,6 +921,33 @@ impl agent_server::Agent for AgentService {
             object = self.claimed_volume(&node, &wanted.name, object).await?;
         }
         config_reply(&object)
+    }
+
+    async fn renew_certificate(
+        &self,
+        request: Request<RenewCertificateRequest>,
+    ) -> Result<Response<JoinResponse>, Status> {
+        let node = self.identity(&request).await?;
+        let (certificate_pem, serial) = self
+            .pki
+            .sign_node_csr(&request.get_ref().csr_pem, &node, self.certificate_validity)
+            .map_err(|e| Status::invalid_argument(format!("csr_pem: {e}")))?;
+        // Serialized with joins: the Node's recorded certificate is changed by both.
+        let _joining = self.join_lock.lock().await;
+        let mut stored = self.registry.get(&NODES, "", &node).await.map_err(status)?;
+        let pod_cidr = str_at(&stored, "/spec/podCIDR").to_owned();
+        stored["metadata"]["annotations"][CERTIFICATE_SERIAL_ANNOTATION] = json!(serial);
+        self.registry.update(&NODES, stored).await.map_err(status)?;
+        self.known_nodes
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(node.clone(), Some(serial));
+        tracing::info!(%node, "node certificate renewed");
+        Ok(Response::new(JoinResponse {
+            certificate_pem,
+            ca_pem: self.pki.ca_cert_pem.clone(),
+            pod_cidr,
+        }))
     }
 
     async fn request_pod_token(

@@ -143,6 +143,16 @@ pub struct Config {
     )]
     pub allow_host_paths: Vec<PathBuf>,
 
+    /// Seconds a node certificate is valid (kubeadm's one year by default); agents renew
+    /// theirs after 80 % of that.
+    #[arg(
+        long = "node-certificate-validity",
+        env = "BERTH_NODE_CERTIFICATE_VALIDITY",
+        default_value_t = 365 * 86_400,
+        value_parser = clap::value_parser!(u64).range(60..)
+    )]
+    pub node_certificate_validity_secs: u64,
+
     /// Seconds the first bootstrap token (`pki/bootstrap-token`) joins nodes for, from
     /// when it was made, like kubeadm's `--token-ttl`; 0: it never expires. Make more
     /// with `berthctl token create`.

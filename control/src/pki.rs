@@ -195,13 +195,19 @@ impl Pki {
     /// A certificate for node `node_name` on the key of `csr_pem`, with a random serial
     /// number (returned in hex beside the PEM): the Node records it, so a certificate
     /// of a node that joined again, or was deleted, is told apart from the current one.
+    ///
+    /// It is valid from a minute ago (clocks differ a little) for `validity`.
     pub fn sign_node_csr(
         &self,
         csr_pem: &str,
         node_name: &str,
+        validity: std::time::Duration,
     ) -> Result<(String, String), PkiError> {
         let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::minutes(1);
+        params.not_after = now + validity;
         // Positive in DER: the top bit clear.
         let mut serial = util::random_bytes::<16>();
         serial[0] &= 0x7f;
@@ -358,7 +364,9 @@ mod tests {
             .serialize_request(&key)
             .and_then(|csr| csr.pem())
             .expect("csr");
-        let (pem, serial) = pki.sign_node_csr(&csr, "node-1").expect("signed");
+        let (pem, serial) = pki
+            .sign_node_csr(&csr, "node-1", std::time::Duration::from_secs(3600))
+            .expect("signed");
         let cert = der(&pem);
         assert_eq!(identity::serial_of(&cert), Some(serial));
         assert_eq!(node_name_of_certificate(&cert).as_deref(), Some("node-1"));

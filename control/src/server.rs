@@ -171,7 +171,8 @@ impl Server {
             usage.clone(),
             Duration::from_secs(config.node_grace_secs),
         )
-        .with_reserved_names(config.tls_sans.iter().cloned());
+        .with_reserved_names(config.tls_sans.iter().cloned())
+        .with_certificate_validity(Duration::from_secs(config.node_certificate_validity_secs));
         let service = match auth.service_account_tokens() {
             Some(signer) => service.with_token_signer(Arc::clone(signer)),
             None => service,

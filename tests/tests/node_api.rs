@@ -3,7 +3,8 @@
 //! namespace. Logs (plain, --tail, -f, --previous after a crash), exec with its exit
 //! code, `get endpoints` with the live backends of each node's datapath (and a pod made
 //! unready leaving them), and the errors: unknown pod, unknown container, no token,
-//! unreachable server, unreachable node. Needs root, BPF, Docker and the images from
+//! unreachable server, unreachable node; the agent renewing its node certificate before
+//! it expires. Needs root, BPF, Docker and the images from
 //! `cargo xtask images`.
 
 use std::{
@@ -14,7 +15,10 @@ use std::{
 };
 
 use berth_agent::runtime::DockerRuntime;
-use berth_api::node::{ServiceBackendsRequest, node_client::NodeClient};
+use berth_api::{
+    agent::{HeartbeatRequest, agent_client::AgentClient},
+    node::{ServiceBackendsRequest, node_client::NodeClient},
+};
 use berth_tests::process::{NODE_ADDR, Process, Setup, web_manifest};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
@@ -63,8 +67,11 @@ async fn logs_exec_and_live_endpoints_through_the_control_plane() {
 }
 
 async fn run(setup: &Setup) {
-    let _control = setup.control_plane().await;
-    let agent = setup.agent();
+    // Node certificates valid for a minute: the agent renews its own during the test.
+    let _control = setup
+        .control_plane_with(&["--node-certificate-validity", "60"])
+        .await;
+    let mut agent = setup.agent();
     setup.apply(MANIFEST);
     setup.apply(&web_manifest(2, "198.18.200.20", false));
     let pods = setup.wait_running(3).await;
@@ -291,6 +298,8 @@ async fn run(setup: &Setup) {
         stderr(&unreachable)
     );
 
+    renewal(setup, &mut agent, &ca).await;
+
     // The node's agent is gone: the error names the node.
     drop(agent);
     let down = setup.berthctl(&["logs", "talker"]);
@@ -300,6 +309,90 @@ async fn run(setup: &Setup) {
         "{}",
         stderr(&down)
     );
+}
+
+/// The agent renews its certificate after 80 % of its minute and starts again on it (the
+/// same process), leaving its containers be; the Node records the new certificate, the
+/// node API serves it, and the old one is refused by the control plane.
+async fn renewal(setup: &Setup, agent: &mut Process, ca: &str) {
+    let read = |name: &str| std::fs::read_to_string(setup.state.path().join(name)).expect("PEM");
+    let (old_cert, old_key) = (read("node.crt"), read("node.key"));
+    let containers = berth_tests::process::container_ids(&setup.node).await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while read("node.crt") == old_cert {
+        assert!(
+            Instant::now() < deadline,
+            "the node certificate was not renewed"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        agent.0.try_wait().expect("the agent's state").is_none(),
+        "the agent started again in the same process"
+    );
+    let new_cert = read("node.crt");
+    let der = berth_api::identity::der_of_pem(&new_cert).expect("PEM");
+    let serial = berth_api::identity::serial_of(&der).expect("a serial");
+    let node = setup.berthctl(&["get", "node", &setup.node, "-o", "json"]);
+    let node: serde_json::Value = serde_json::from_slice(&node.stdout).expect("the Node");
+    assert_eq!(
+        node["metadata"]["annotations"]["berth.io/certificate-serial"],
+        serial.as_str()
+    );
+    // The control plane reaches the node API on its new certificate.
+    until(
+        setup,
+        &["exec", "talker", "--", "echo", "renewed"],
+        "exec after the renewal",
+        |o| o.status.success() && stdout(o) == "renewed\n",
+    )
+    .await;
+    until(
+        setup,
+        &["get", "node", &setup.node],
+        "the node ready after the renewal",
+        |o| stdout(o).contains(" Ready "),
+    )
+    .await;
+    assert_eq!(
+        berth_tests::process::container_ids(&setup.node).await,
+        containers,
+        "the restarted agent kept its containers"
+    );
+    let old = Identity::from_pem(old_cert, old_key);
+    assert_eq!(
+        call_agent_api(setup, ca, old),
+        Err(tonic::Code::Unauthenticated),
+        "the replaced certificate"
+    );
+}
+
+/// Calls the control plane's agent API as a node with `identity`, from the node's
+/// namespace: the answer's code.
+fn call_agent_api(setup: &Setup, ca: &str, identity: Identity) -> Result<(), tonic::Code> {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .identity(identity);
+    berth_net::in_netns(setup.ns.name(), move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let channel = Endpoint::from_static("https://127.0.0.1:6444")
+                .tls_config(tls)
+                .expect("tls")
+                .connect()
+                .await
+                .map_err(|_| tonic::Code::Unavailable)?;
+            AgentClient::new(channel)
+                .heartbeat(HeartbeatRequest::default())
+                .await
+                .map(|_| ())
+                .map_err(|status| status.code())
+        })
+    })
+    .expect("the node namespace")
 }
 
 /// Calls the agent's node API directly (from the node's namespace) with `identity` as the
