@@ -462,6 +462,41 @@ roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: view}
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
+    // A pod of a ServiceAccount that does not exist yet waits for it.
+    setup.apply(
+        "apiVersion: v1
+kind: Pod
+metadata: {name: robot}
+spec:
+  serviceAccountName: robot
+  containers: [{name: app, image: berth/echo:v1}]
+",
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let robot = pods.pod("robot").unwrap_or_default();
+        let waiting = &robot["status"]["containerStatuses"][0]["state"]["waiting"];
+        if waiting["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("\"robot\" not found"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not waiting for its ServiceAccount: {robot}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    setup.apply("apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: robot}\n");
+    let robot = pods.container("robot", "app").await;
+    let token = pods
+        .exec(&robot, &["cat", &format!("{DIR}/token")])
+        .await
+        .output;
+    let whoami = setup.berthctl(&["--token", token.trim(), "auth", "can-i", "get", "pods"]);
+    assert_eq!(String::from_utf8_lossy(&whoami.stdout).trim(), "no");
+
     // The token is bound to its pod: gone with it.
     let deleted = setup.berthctl(&["delete", "pod", &pod_name, "--grace-period=1"]);
     assert!(deleted.status.success(), "{deleted:?}");
