@@ -138,6 +138,9 @@ pub struct PodSpec {
     /// (default true) when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub automount_service_account_token: Option<bool>,
+    /// What every container runs as, unless it says otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<crate::security::PodSecurityContext>,
 }
 
 /// Exactly one source; sources Berth does not know are refused by name.
@@ -634,6 +637,8 @@ pub struct Container {
     pub lifecycle: Option<Lifecycle>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volume_mounts: Vec<VolumeMount>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<crate::security::SecurityContext>,
 }
 
 /// Hooks the node runs around a container's life; Berth supports `preStop`.
@@ -1213,6 +1218,12 @@ impl PodSpec {
             if let Some(pre_stop) = c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()) {
                 pre_stop.validate(v, &p.child("lifecycle").child("preStop"));
             }
+            if let Some(context) = &c.security_context {
+                context.validate(v, &p.child("securityContext"));
+            }
+        }
+        if let Some(context) = &self.security_context {
+            context.validate(v, &path.child("securityContext"));
         }
         if !self.restart_policy.is_empty() {
             v.one_of(

@@ -30,6 +30,7 @@ pub mod patch;
 pub mod policy;
 pub mod rbac;
 mod resource;
+pub mod security;
 pub mod selector;
 pub mod storage;
 pub mod table;

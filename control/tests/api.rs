@@ -902,6 +902,81 @@ spec:
     assert_eq!(status, 404, "nothing stored");
 }
 
+/// Pod Security admission: a namespace without a level is `baseline` (no privileged
+/// containers, no capabilities beyond the runtime's defaults); `restricted` also asks for
+/// non-root, no escalation and every capability dropped; `privileged` allows anything.
+/// Each refusal names the level and every violating field.
+#[tokio::test]
+async fn namespaces_enforce_their_pod_security_level() {
+    let t = start().await;
+    for (name, level) in [("open", "privileged"), ("locked", "restricted")] {
+        let (status, body) = t
+            .apply(&format!(
+                "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}, labels: {{pod-security.kubernetes.io/enforce: {level}}}}}\n"
+            ))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let pod = |name: &str, security: Value| {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+               "spec": {"containers": [{"name": "c", "image": "echo:1", "securityContext": security}]}})
+    };
+    let create = |namespace: &'static str, body: Value| {
+        let t = &t;
+        async move {
+            t.call(
+                Method::POST,
+                &format!("/api/v1/namespaces/{namespace}/pods"),
+                Some(&body),
+            )
+            .await
+        }
+    };
+    let privileged = json!({"privileged": true});
+    let (status, refused) = create("default", pod("root", privileged.clone())).await;
+    assert_eq!(status, 403, "{refused}");
+    assert_eq!(
+        refused["message"],
+        "pods \"root\" is forbidden: violates PodSecurity \"baseline\": spec.containers[0].securityContext.privileged: privileged containers are not allowed in a baseline namespace"
+    );
+    let (status, body) = create("open", pod("root", privileged)).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, refused) = create("locked", pod("plain", json!({}))).await;
+    assert_eq!(status, 403, "{refused}");
+    let message = refused["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("violates PodSecurity \"restricted\"")
+            && message.contains("capabilities.drop: must include ALL")
+            && message.contains("runAsNonRoot: must be true"),
+        "{message}"
+    );
+    let hardened = json!({"runAsNonRoot": true, "runAsUser": 1000, "allowPrivilegeEscalation": false,
+                          "capabilities": {"drop": ["ALL"]}});
+    let (status, body) = create("locked", pod("hardened", hardened)).await;
+    assert_eq!(status, 201, "{body}");
+    // A field that cannot mean anything is an invalid pod, by field.
+    let (status, invalid) = create(
+        "open",
+        pod(
+            "odd",
+            json!({"runAsUser": -1, "capabilities": {"add": ["CAP_NET_ADMIN"]}}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 422, "{invalid}");
+    let fields: Vec<&str> = invalid["details"]["causes"]
+        .as_array()
+        .map(|causes| causes.iter().filter_map(|c| c["field"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        fields,
+        [
+            "spec.containers[0].securityContext.runAsUser",
+            "spec.containers[0].securityContext.capabilities.add[0]"
+        ]
+    );
+}
+
 /// A ResourceQuota refuses the create that would exceed it, naming itself and the
 /// amounts, also when 20 creates race; its status shows the usage.
 #[tokio::test]

@@ -7,7 +7,9 @@
 //! restart (env stays); a pod whose ConfigMap is missing waits with
 //! CreateContainerConfigError and starts when it appears. Each pod's ServiceAccount
 //! token, read from its projected file, authenticates as the ServiceAccount once bound,
-//! and not after the pod is deleted. Needs root, BPF and Docker, and the images from `cargo xtask images`.
+//! and not after the pod is deleted. Containers run with NET_RAW dropped,
+//! no-new-privileges, a pids limit and a log cap, as their securityContext's user with a
+//! read-only root when asked; runAsNonRoot keeps a root image from starting. Needs root, BPF and Docker, and the images from `cargo xtask images`.
 
 use std::time::{Duration, Instant};
 
@@ -400,6 +402,87 @@ spec:
     assert!(env.lines().any(|line| line == "X=here"), "{env}");
 
     service_account_token(setup, &pods).await;
+    confinement(setup, &pods).await;
+}
+
+/// What the engine holds every container to (NET_RAW dropped, no-new-privileges, a pids
+/// limit, a log size cap), and the pod's securityContext: its user, a read-only root,
+/// and runAsNonRoot refusing to start an image that runs as root.
+async fn confinement(setup: &Setup, pods: &Pods<'_>) {
+    let app = pods.container("backend-", "app").await;
+    let inspected = std::process::Command::new("docker")
+        .args(["inspect", "--format", "{{json .HostConfig}}", &app.id])
+        .output()
+        .expect("docker inspect");
+    let host: Value = serde_json::from_slice(&inspected.stdout).expect("HostConfig");
+    assert_eq!(host["CapDrop"], serde_json::json!(["NET_RAW"]), "{host}");
+    assert_eq!(
+        host["SecurityOpt"],
+        serde_json::json!(["no-new-privileges"])
+    );
+    assert_eq!(host["PidsLimit"], 4096);
+    assert_eq!(
+        host["LogConfig"],
+        serde_json::json!({"Type": "json-file", "Config": {"max-size": "10485760", "max-file": "5"}})
+    );
+
+    setup.apply(
+        "apiVersion: v1
+kind: Pod
+metadata: {name: as-root}
+spec:
+  securityContext: {runAsNonRoot: true}
+  containers: [{name: app, image: berth/echo:v1}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: as-user}
+spec:
+  securityContext: {runAsNonRoot: true, runAsUser: 1000, runAsGroup: 3000}
+  containers:
+    - name: app
+      image: berth/echo:v1
+      securityContext: {readOnlyRootFilesystem: true}
+",
+    );
+    let user = pods.container("as-user", "app").await;
+    let status = pods.exec(&user, &["cat", "/proc/self/status"]).await.output;
+    let ids = |field: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(field))
+            .and_then(|ids| ids.split_whitespace().next())
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        (ids("Uid:"), ids("Gid:")),
+        (Some("1000".into()), Some("3000".into())),
+        "{status}"
+    );
+    let written = pods
+        .runtime
+        .exec(
+            &user.id,
+            &["touch".to_owned(), "/x".to_owned()],
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("exec");
+    assert_ne!(written.exit_code, 0, "a read-only root: {written:?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let pod = pods.pod("as-root").unwrap_or_default();
+        let waiting = &pod["status"]["containerStatuses"][0]["state"]["waiting"];
+        if waiting["reason"] == "CreateContainerConfigError" {
+            assert_eq!(
+                waiting["message"],
+                "container has runAsNonRoot and image will run as root (pod: \"default/as-root\", container: app)"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "as-root is not refused: {pod}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// Every pod has its ServiceAccount's token, the cluster CA and its namespace at

@@ -63,8 +63,8 @@ use crate::{
     podnet::{self, PodNetwork},
     probes::{self, ProbeEvent, ProbeKind, ProbeState, ProbeTarget},
     runtime::{
-        ContainerSpec, ContainerSummary, DnsSettings, DockerRuntime, Limits, NetworkMode,
-        RegistryCredentials, RuntimeError, labels, registry_host,
+        Confinement, ContainerSpec, ContainerSummary, DnsSettings, DockerRuntime, Limits,
+        NetworkMode, RegistryCredentials, RuntimeError, labels, registry_host,
     },
 };
 
@@ -107,7 +107,18 @@ pub struct PodManagerConfig {
     /// Where the volumes of PersistentVolumeClaims live (`<dir>/<volume>`): only paths
     /// directly under it are mounted.
     pub local_volume_dir: std::path::PathBuf,
+    /// The most processes a container may have (the kubelet's `podPidsLimit`, per
+    /// container here); None: no limit.
+    pub pids_limit: Option<i64>,
+    /// Each container's log rotation: (bytes per file, files kept), the kubelet's
+    /// `containerLogMaxSize` and `containerLogMaxFiles`.
+    pub log_rotation: Option<(u64, u32)>,
 }
+
+/// Default of [`PodManagerConfig::pids_limit`]: a fork bomb stops there, not at the node's.
+pub const DEFAULT_PIDS_LIMIT: i64 = 4096;
+/// Default of [`PodManagerConfig::log_rotation`]: the kubelet's 10 MiB and 5 files.
+pub const DEFAULT_LOG_ROTATION: (u64, u32) = (10 << 20, 5);
 
 impl PodManagerConfig {
     pub fn new(node: &str, pod_cidr: Cidr) -> Self {
@@ -123,6 +134,8 @@ impl PodManagerConfig {
             allocatable: Limits::default(),
             volumes_dir: std::env::temp_dir().join("berth-pods").join(node),
             local_volume_dir: std::env::temp_dir().join("berth-volumes"),
+            pids_limit: Some(DEFAULT_PIDS_LIMIT),
+            log_rotation: Some(DEFAULT_LOG_ROTATION),
         }
     }
 }
@@ -133,6 +146,25 @@ pub enum PodError {
     List(#[source] RuntimeError),
     #[error("invalid pod manager configuration: {0}")]
     Config(#[source] IpamError),
+}
+
+/// Marks a container waiting with CreateContainerConfigError for `message` (tried again
+/// on every pass, and at once when a missing object arrives); the action to report when
+/// that is news.
+fn waits_for_config(
+    track: &mut ContainerTrack,
+    next_attempt: Option<u32>,
+    message: String,
+) -> Option<ActionKind> {
+    let waiting = (reason::CREATE_CONTAINER_CONFIG_ERROR.to_owned(), message);
+    let news = (track.waiting.as_ref() != Some(&waiting)).then(|| ActionKind::ConfigError {
+        message: waiting.1.clone(),
+    });
+    if let Some(attempt) = next_attempt {
+        track.restart_count = attempt;
+    }
+    track.waiting = Some(waiting);
+    news
 }
 
 /// Something the manager did or saw, for logs, events and the control plane.
@@ -1026,6 +1058,48 @@ impl PodManager {
         }
     }
 
+    /// With `runAsNonRoot`, the user the container would run as must be known and not 0
+    /// (the kubelet's check, in its words): Err(why) otherwise, which keeps it waiting
+    /// with CreateContainerConfigError. The image is on the node by now.
+    async fn check_non_root(
+        &self,
+        pod: &PodDesired,
+        container: &ContainerDesired,
+    ) -> Result<(), String> {
+        let security = &container.security;
+        if !security.run_as_non_root {
+            return Ok(());
+        }
+        let whose = format!("(pod: {:?}, container: {})", pod.key(), container.name);
+        let uid = match security.run_as_user {
+            Some(uid) => uid,
+            None => {
+                let user = self
+                    .runtime
+                    .image_user(&container.image)
+                    .await
+                    .map_err(|error| error.to_string())?;
+                let name = user.split(':').next().unwrap_or_default();
+                match name {
+                    "" | "root" => 0,
+                    _ => name.parse::<i64>().map_err(|_| {
+                        format!(
+                            "container has runAsNonRoot and image has non-numeric user ({name}), cannot verify user is non-root {whose}"
+                        )
+                    })?,
+                }
+            }
+        };
+        if uid != 0 {
+            return Ok(());
+        }
+        Err(if security.run_as_user.is_some() {
+            format!("container's runAsUser breaks non-root policy {whose}")
+        } else {
+            format!("container has runAsNonRoot and image will run as root {whose}")
+        })
+    }
+
     /// Wires the pause container's namespace; a stale host veth of the same pod (left by
     /// a crash) is removed and the wiring tried once more.
     async fn wire(&self, pause_id: &str, uid: &str, ip: Ipv4Addr) -> Result<PodNetwork, String> {
@@ -1258,17 +1332,7 @@ impl PodManager {
         let env = match resolved {
             Ok(env) => env,
             Err(message) => {
-                // Tried again on every pass (and at once when the object arrives).
-                let waiting = (reason::CREATE_CONTAINER_CONFIG_ERROR.to_owned(), message);
-                if track.waiting.as_ref() != Some(&waiting) {
-                    actions.push(action(ActionKind::ConfigError {
-                        message: waiting.1.clone(),
-                    }));
-                }
-                if let Some(attempt) = next_attempt {
-                    track.restart_count = attempt;
-                }
-                track.waiting = Some(waiting);
+                actions.extend(waits_for_config(track, next_attempt, message).map(action));
                 return;
             }
         };
@@ -1280,6 +1344,11 @@ impl PodManager {
             .await;
         actions.extend(kinds.into_iter().map(action));
         if let ImageStep::Wait = step {
+            return;
+        }
+        // After the image step: the image says who the container would run as.
+        if let Err(message) = self.check_non_root(&state.desired, desired).await {
+            actions.extend(waits_for_config(track, next_attempt, message).map(action));
             return;
         }
         let spec = ContainerSpec {
@@ -1312,6 +1381,11 @@ impl PodManager {
             ]),
             // In the pause container's network, it shares that one's resolv.conf.
             dns: None,
+            confinement: Confinement {
+                pids_limit: self.config.pids_limit,
+                log_rotation: self.config.log_rotation,
+                ..Confinement::of(&desired.security)
+            },
         };
         match self.runtime.create_and_start(&spec).await {
             Ok(id) => {

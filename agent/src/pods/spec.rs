@@ -8,7 +8,10 @@ use std::{
     time::Duration,
 };
 
-use berth_api::core::{self as api, IntOrString};
+use berth_api::{
+    core::{self as api, IntOrString},
+    security::Effective,
+};
 
 use super::{
     configs::{ConfigKey, ConfigKind, TokenKey},
@@ -357,6 +360,8 @@ pub struct ContainerDesired {
     pub mounts: Vec<MountDesired>,
     pub probes: ContainerProbes,
     pub pre_stop: Option<PreStop>,
+    /// Who it runs as and what it may do (its securityContext over its pod's).
+    pub security: Effective,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -421,7 +426,7 @@ impl PodDesired {
             .iter()
             .enumerate()
             .map(|(index, container)| {
-                ContainerDesired::from_api(container).map_err(|(field, reason)| {
+                ContainerDesired::from_api(&pod.spec, container).map_err(|(field, reason)| {
                     error(format!("spec.containers[{index}].{field}"), reason)
                 })
             })
@@ -609,7 +614,7 @@ fn pre_stop_from_api(container: &api::Container) -> Result<Option<PreStop>, (Str
 }
 
 impl ContainerDesired {
-    fn from_api(container: &api::Container) -> Result<Self, (String, String)> {
+    fn from_api(pod: &api::PodSpec, container: &api::Container) -> Result<Self, (String, String)> {
         let non_empty = |list: &Vec<String>| (!list.is_empty()).then(|| list.clone());
         let limits = &container.resources.limits;
         let cpu_millis = limits
@@ -711,6 +716,7 @@ impl ContainerDesired {
                 )?,
             },
             pre_stop: pre_stop_from_api(container)?,
+            security: Effective::of(pod, container),
         })
     }
 
@@ -811,6 +817,17 @@ impl ContainerDesired {
         }
         for limit in [self.limits.cpu_millis, self.limits.memory_bytes] {
             hash.field(limit.map(|n| n.to_string()).unwrap_or_default().as_bytes());
+        }
+        // Hashed only when set, so containers from before keep their hash.
+        if self.security != Effective::default() {
+            hash.field(
+                &[
+                    &[0xfe][..],
+                    b"security:",
+                    format!("{:?}", self.security).as_bytes(),
+                ]
+                .concat(),
+            );
         }
         format!("{:016x}", hash.0)
     }

@@ -8,8 +8,8 @@ use bollard::{
     errors::Error as BollardError,
     exec::{CreateExecOptions, StartExecResults},
     models::{
-        ContainerCreateBody, HostConfig, Mount as EngineMount, MountTypeEnum, MountVolumeOptions,
-        MountVolumeOptionsDriverConfig, RestartPolicy, RestartPolicyNameEnum,
+        ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount as EngineMount, MountTypeEnum,
+        MountVolumeOptions, MountVolumeOptionsDriverConfig, RestartPolicy, RestartPolicyNameEnum,
     },
     query_parameters::{
         CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder,
@@ -56,6 +56,22 @@ impl DockerRuntime {
         // also the first request: a dead engine fails here, not in the middle of a pod.
         let docker = docker.negotiate_version().await.map_err(connect_error)?;
         Ok(DockerRuntime { docker })
+    }
+
+    /// The user an image runs as when nothing says otherwise (its `USER`; empty: root).
+    pub async fn image_user(&self, image: &str) -> Result<String, RuntimeError> {
+        let inspected =
+            self.docker
+                .inspect_image(image)
+                .await
+                .map_err(|source| RuntimeError::Docker {
+                    operation: "image inspect",
+                    source,
+                })?;
+        Ok(inspected
+            .config
+            .and_then(|config| config.user)
+            .unwrap_or_default())
     }
 
     pub async fn image_present(&self, image: &str) -> Result<bool, RuntimeError> {
@@ -560,6 +576,7 @@ fn create_body(spec: &ContainerSpec) -> Result<ContainerCreateBody, RuntimeError
         .memory_bytes
         .map(|bytes| i64::try_from(bytes).map_err(|_| too_big("memory")))
         .transpose()?;
+    let confinement = &spec.confinement;
     let (network_mode, hostname) = match &spec.network {
         // As in Kubernetes, a pod's hostname is its name (at most one DNS label long).
         NetworkMode::None => (
@@ -599,8 +616,26 @@ fn create_body(spec: &ContainerSpec) -> Result<ContainerCreateBody, RuntimeError
             dns_options: spec.dns.as_ref().map(|dns| dns.options.clone()),
             mounts: (!spec.mounts.is_empty())
                 .then(|| spec.mounts.iter().map(engine_mount).collect()),
+            privileged: Some(confinement.privileged),
+            readonly_rootfs: Some(confinement.read_only_root),
+            security_opt: confinement
+                .no_new_privileges
+                .then(|| vec!["no-new-privileges".to_owned()]),
+            cap_add: (!confinement.cap_add.is_empty()).then(|| confinement.cap_add.clone()),
+            cap_drop: (!confinement.cap_drop.is_empty()).then(|| confinement.cap_drop.clone()),
+            pids_limit: confinement.pids_limit,
+            log_config: confinement
+                .log_rotation
+                .map(|(bytes, files)| HostConfigLogConfig {
+                    typ: Some("json-file".to_owned()),
+                    config: Some(HashMap::from([
+                        ("max-size".to_owned(), bytes.to_string()),
+                        ("max-file".to_owned(), files.to_string()),
+                    ])),
+                }),
             ..HostConfig::default()
         }),
+        user: confinement.user.clone(),
         ..ContainerCreateBody::default()
     })
 }

@@ -161,6 +161,53 @@ pub struct ContainerSpec {
     /// The container's resolv.conf; None keeps the engine's default. Containers that join
     /// another's network (app containers in a pod) share that one's resolv.conf.
     pub dns: Option<DnsSettings>,
+    pub confinement: Confinement,
+}
+
+/// What the engine confines a container to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Confinement {
+    /// `uid` or `uid:gid`; None runs as the image's user.
+    pub user: Option<String>,
+    pub read_only_root: bool,
+    pub no_new_privileges: bool,
+    pub privileged: bool,
+    pub cap_add: Vec<String>,
+    pub cap_drop: Vec<String>,
+    /// None leaves the engine's default (no limit).
+    pub pids_limit: Option<i64>,
+    /// The json-file log driver's rotation: (bytes per file, files kept); None leaves the
+    /// engine's logging as configured.
+    pub log_rotation: Option<(u64, u32)>,
+}
+
+impl Confinement {
+    /// The engine's settings for `security`; NET_RAW is dropped unless the container is
+    /// privileged or adds it (Kubernetes' restricted profile drops it; raw sockets let a
+    /// pod forge packets on its network).
+    pub fn of(security: &berth_api::security::Effective) -> Self {
+        let user = security.run_as_user.map(|uid| match security.run_as_group {
+            Some(gid) => format!("{uid}:{gid}"),
+            None => uid.to_string(),
+        });
+        let mut cap_drop = security.drop.clone();
+        let keeps_raw = security.privileged
+            || security.add.iter().any(|c| c == "NET_RAW")
+            || cap_drop.iter().any(|c| c == "ALL" || c == "NET_RAW");
+        if !keeps_raw {
+            cap_drop.push("NET_RAW".to_owned());
+        }
+        Confinement {
+            user,
+            read_only_root: security.read_only_root_filesystem,
+            no_new_privileges: !security.allow_privilege_escalation,
+            privileged: security.privileged,
+            cap_add: security.add.clone(),
+            cap_drop,
+            pids_limit: None,
+            log_rotation: None,
+        }
+    }
 }
 
 /// A volume mounted into a container.

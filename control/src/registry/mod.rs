@@ -260,6 +260,45 @@ impl Registry {
         Ok(())
     }
 
+    /// Kubernetes' Pod Security admission on a new pod: the level its namespace's
+    /// `pod-security.kubernetes.io/enforce` label names (Berth's default, `baseline`,
+    /// without one) must be met, else 403 naming each violation.
+    async fn admit_pod_security(&self, pod: &berth_api::core::Pod) -> Result<()> {
+        use berth_api::{
+            kinds::NAMESPACES,
+            security::{DEFAULT_LEVEL, ENFORCE_LABEL, Level, violations},
+        };
+        let namespace = match self.get(&NAMESPACES, "", &pod.metadata.namespace).await {
+            Ok(namespace) => namespace,
+            // The namespace check of the write names a missing namespace.
+            Err(e) if e.is_not_found() => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let label = namespace
+            .pointer("/metadata/labels")
+            .and_then(|labels| labels.get(ENFORCE_LABEL))
+            .and_then(Value::as_str);
+        let level = match label {
+            None => DEFAULT_LEVEL,
+            Some(text) => Level::parse(text).ok_or_else(|| {
+                Error::Forbidden(format!(
+                    "pods {:?} is forbidden: namespace {:?} has label {ENFORCE_LABEL}={text:?}, not one of privileged, baseline, restricted",
+                    pod.metadata.name, pod.metadata.namespace
+                ))
+            })?,
+        };
+        let found = violations(level, &pod.spec);
+        if found.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Forbidden(format!(
+            "pods {:?} is forbidden: violates PodSecurity {:?}: {}",
+            pod.metadata.name,
+            level.as_str(),
+            found.join("; ")
+        )))
+    }
+
     /// The LimitRanges of a new pod's namespace, as Kubernetes' LimitRanger admission
     /// applies them: each container without a limit or request gets the default, then
     /// every container must lie within the bounds (403 naming them otherwise).

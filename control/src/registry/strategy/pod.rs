@@ -34,6 +34,7 @@ impl Strategy for PodStrategy {
         batch: &mut Batch,
     ) -> Result<Vec<Op>> {
         if old.is_none() {
+            registry.admit_pod_security(pod).await?;
             registry.admit_service_account(pod).await?;
             registry.apply_limit_ranges(pod).await?;
             let namespace = pod.metadata.namespace.clone();
