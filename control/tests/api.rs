@@ -902,6 +902,54 @@ spec:
     assert_eq!(status, 404, "nothing stored");
 }
 
+/// `limit` and `continue`: a list in pages, each with the token of the next and the
+/// count of what remains, ending with a page without a token; a token not from this
+/// server is a 400.
+#[tokio::test]
+async fn lists_come_in_pages() {
+    let t = start().await;
+    for i in 0..7 {
+        let (status, body) = t
+            .apply(&format!(
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: page-{i}}}\ndata: {{n: \"{i}\"}}\n"
+            ))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let mut names = Vec::new();
+    let mut path = "/api/v1/namespaces/default/configmaps?limit=3".to_owned();
+    let mut remaining = Vec::new();
+    loop {
+        let (status, list) = t.call(Method::GET, &path, None).await;
+        assert_eq!(status, 200, "{list}");
+        let items = list["items"].as_array().cloned().unwrap_or_default();
+        assert!(items.len() <= 3, "{list}");
+        names.extend(
+            items
+                .iter()
+                .filter_map(|i| i["metadata"]["name"].as_str().map(str::to_owned)),
+        );
+        match list["metadata"]["continue"].as_str() {
+            Some(token) => {
+                remaining.push(list["metadata"]["remainingItemCount"].clone());
+                path = format!("/api/v1/namespaces/default/configmaps?limit=3&continue={token}");
+            }
+            None => break,
+        }
+    }
+    let expected: Vec<String> = (0..7).map(|i| format!("page-{i}")).collect();
+    assert_eq!(names, expected);
+    assert_eq!(remaining, [json!(4), json!(1)]);
+    let (status, refused) = t
+        .call(
+            Method::GET,
+            "/api/v1/namespaces/default/configmaps?limit=3&continue=nonsense",
+            None,
+        )
+        .await;
+    assert_eq!(status, 400, "{refused}");
+}
+
 /// Pod Security admission: a namespace without a level is `baseline` (no privileged
 /// containers, no capabilities beyond the runtime's defaults); `restricted` also asks for
 /// non-root, no escalation and every capability dropped; `privileged` allows anything.

@@ -27,7 +27,7 @@ use super::{
     auth::{check_escalation, stored_rbac_object},
     error::ApiError,
     node_proxy,
-    query::selectors,
+    query::{Page, selectors},
     table, watch, with_info,
 };
 use crate::authn::UserInfo;
@@ -641,20 +641,32 @@ async fn list(
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let (labels, fields) = selectors(query)?;
+    let page = Page::parse(query)?;
     let (items, revision) = state.registry.list(rt, namespace, &labels, &fields).await?;
+    let keyed = items
+        .into_iter()
+        .map(|item| {
+            let key = crate::objects::key(rt, registry::namespace_of(&item), name_of(&item));
+            (key, item)
+        })
+        .collect();
+    let (items, next) = page.cut(keyed);
+    // Each page reads the store as it is when asked: later pages may show changes made
+    // after the first (Kubernetes serves them all at the first page's revision).
+    let mut metadata = json!({"resourceVersion": revision.to_string()});
+    if let Some((token, remaining)) = next {
+        metadata["continue"] = json!(token);
+        metadata["remainingItemCount"] = json!(remaining);
+    }
     if let Some(version) = table::requested(headers) {
-        return Ok(ok_json(table::of(
-            rt,
-            &items,
-            &revision.to_string(),
-            version,
-            query,
-        )));
+        let mut table = table::of(rt, &items, &revision.to_string(), version, query);
+        table["metadata"] = metadata;
+        return Ok(ok_json(table));
     }
     Ok(ok_json(json!({
         "apiVersion": rt.api_version(),
         "kind": format!("{}List", rt.kind),
-        "metadata": {"resourceVersion": revision.to_string()},
+        "metadata": metadata,
         "items": items,
     })))
 }
