@@ -69,6 +69,10 @@ pub struct ObjectMeta {
     /// The grace the deletion was given, in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletion_grace_period_seconds: Option<i64>,
+    /// Who owns which fields (server-side apply); kept by the server across writes that
+    /// leave it out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub managed_fields: Vec<crate::managed::ManagedFieldsEntry>,
 }
 
 /// A string that clients may send as `null` (Go's kubectl writes a zero time, such as a

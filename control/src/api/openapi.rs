@@ -386,7 +386,7 @@ fn add_paths(paths: &mut Map<String, Value>, rt: &ResourceType, schema: &Value) 
     let mut patch = of_kind(
         op(
             &format!(
-                "Patch a {}: JSON merge, JSON or strategic merge patch",
+                "Patch a {}: JSON merge, JSON or strategic merge patch, or server-side apply",
                 rt.kind
             ),
             schema,
@@ -394,11 +394,23 @@ fn add_paths(paths: &mut Map<String, Value>, rt: &ResourceType, schema: &Value) 
         ),
         "patch",
     );
-    patch["parameters"] = field_validation;
+    let mut patch_params = field_validation;
+    if let Value::Array(params) = &mut patch_params {
+        params.extend([
+            json!({"name": "fieldManager", "in": "query", "schema": {"type": "string"},
+                "description": "who owns the fields the write sets (required for apply)"}),
+            json!({"name": "force", "in": "query", "schema": {"type": "boolean"},
+                "description": "apply: take fields other managers own instead of a 409 Conflict"}),
+            json!({"name": "dryRun", "in": "query", "schema": {"type": "string"},
+                "description": "All: validate and answer what would be stored, write nothing"}),
+        ]);
+    }
+    patch["parameters"] = patch_params;
     patch["requestBody"] = json!({"required": true, "content": {
         "application/merge-patch+json": {"schema": {"type": "object"}},
         "application/strategic-merge-patch+json": {"schema": {"type": "object"}},
         "application/json-patch+json": {"schema": {"type": "array", "items": {"type": "object"}}},
+        "application/apply-patch+yaml": {"schema": {"type": "object"}},
     }});
     paths.insert(
         item.clone(),
