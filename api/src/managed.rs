@@ -667,6 +667,73 @@ fn remove(
     }
 }
 
+/// Removes from `config` the fields at `paths` (dotted, list items by their index in
+/// `object`, the merged object the paths were found in): fields the server does not
+/// store are no one's to own.
+pub fn without_paths(config: &mut Value, object: &Value, paths: &[String]) {
+    for path in paths {
+        let segments: Vec<&str> = path.split('.').collect();
+        remove_at(config, object, &segments, (None, None));
+    }
+}
+
+fn remove_at(
+    config: &mut Value,
+    object: &Value,
+    segments: &[&str],
+    (parent, field): (Option<&str>, Option<&str>),
+) {
+    let [first, rest @ ..] = segments else {
+        return;
+    };
+    match (config, object) {
+        (Value::Object(config), Value::Object(object)) => {
+            if rest.is_empty() {
+                config.remove(*first);
+            } else if let (Some(c), Some(o)) = (config.get_mut(*first), object.get(*first)) {
+                remove_at(c, o, rest, (field, Some(first)));
+            }
+        }
+        (Value::Array(config), Value::Array(object)) => {
+            let Some(item) = first.parse::<usize>().ok().and_then(|i| object.get(i)) else {
+                return;
+            };
+            let at = match field.and_then(|f| list_map_keys(parent, f)) {
+                Some(keys) => {
+                    let wanted = item_element(keys, item);
+                    config
+                        .iter()
+                        .position(|c| wanted.is_some() && item_element(keys, c) == wanted)
+                }
+                // A list owned whole is the configuration's own, item for item.
+                None => first.parse::<usize>().ok().filter(|i| *i < config.len()),
+            };
+            let Some(at) = at else {
+                return;
+            };
+            if rest.is_empty() {
+                config.remove(at);
+            } else {
+                remove_at(&mut config[at], item, rest, (None, field));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Whether two lists of entries give every manager the same fields (times aside).
+pub fn same_owners(a: &[ManagedFieldsEntry], b: &[ManagedFieldsEntry]) -> bool {
+    let key = |e: &ManagedFieldsEntry| {
+        (
+            e.manager.clone(),
+            e.operation.clone(),
+            e.subresource.clone(),
+            e.fields_v1.clone(),
+        )
+    };
+    a.len() == b.len() && a.iter().map(key).eq(b.iter().map(key))
+}
+
 /// Server-side apply of `config` by `writer` to `live` (None: the object does not exist
 /// yet), whose entries are `entries`. Ok: the object to write and its entries (the same
 /// as `live`'s when nothing changes); Err: the conflicts, unless `force` moved them.
@@ -850,6 +917,27 @@ mod tests {
         .expect("forced");
         assert_eq!(forced["spec"]["replicas"], 3);
         assert_eq!(moved.len(), 1, "bob owned nothing else: {moved:?}");
+    }
+
+    #[test]
+    fn paths_the_server_dropped_leave_the_configuration() {
+        let mut config = json!({"spec": {"template": {"spec": {"containers": [
+            {"name": "web", "image": "echo:1", "surprise": 1}], "priorityClassName": "high"}}}});
+        let merged = json!({"spec": {"template": {"spec": {"containers": [
+            {"name": "side", "image": "side:1"},
+            {"name": "web", "image": "echo:1", "surprise": 1}], "priorityClassName": "high"}}}});
+        without_paths(
+            &mut config,
+            &merged,
+            &[
+                "spec.template.spec.containers.1.surprise".to_owned(),
+                "spec.template.spec.priorityClassName".to_owned(),
+            ],
+        );
+        assert_eq!(
+            config,
+            json!({"spec": {"template": {"spec": {"containers": [{"name": "web", "image": "echo:1"}]}}}})
+        );
     }
 
     #[test]

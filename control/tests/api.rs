@@ -4,7 +4,7 @@ mod common;
 
 use axum::http::Method;
 use berth_ctl::client::Client;
-use common::{DEPLOYMENTS, deployment, rv, start, start_with};
+use common::{DEPLOYMENTS, LIMIT_RANGE, deployment, rv, start, start_with};
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -848,20 +848,7 @@ async fn patch_in_three_forms_with_dry_run_and_strict_fields() {
 #[tokio::test]
 async fn limit_ranges_default_and_bound_new_pods() {
     let t = start().await;
-    let (status, body) = t
-        .apply(
-            "apiVersion: v1
-kind: LimitRange
-metadata: {name: bounds}
-spec:
-  limits:
-    - type: Container
-      default: {cpu: 200m, memory: 128Mi}
-      defaultRequest: {cpu: 100m}
-      max: {memory: 256Mi}
-",
-        )
-        .await;
+    let (status, body) = t.apply(LIMIT_RANGE).await;
     assert_eq!(status, 200, "{body}");
     let pod = |name: &str, resources: Value| {
         json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},

@@ -396,7 +396,33 @@ async fn kubectl_creates_applies_patches_and_rolls_back() {
     .await
     .expect("kubectl");
     assert!(edited && out.contains("edited"), "{out}{err}");
-    assert_eq!(deployment().await["spec"]["replicas"], 6);
+    let edited = deployment().await;
+    assert_eq!(edited["spec"]["replicas"], 6);
+    // Each of kubectl's writes is recorded under the field manager it names.
+    let managers: Vec<&str> = edited["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["manager"].as_str())
+        .collect();
+    let owner = |m: &str| {
+        edited["metadata"]["managedFields"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["manager"] == m)
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        owner("kubectl-edit")["fieldsV1"]["f:spec"]["f:replicas"],
+        serde_json::json!({}),
+        "{managers:?}"
+    );
+    assert!(
+        managers.contains(&"kubectl-client-side-apply") && managers.contains(&"kubectl-create"),
+        "{managers:?}"
+    );
     let described = k.ok(&["describe", "deploy", "web"]).await;
     assert!(
         described.contains("Replicas:") && described.contains("6 desired"),

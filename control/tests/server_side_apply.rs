@@ -4,7 +4,7 @@
 mod common;
 
 use axum::http::Method;
-use common::{DEPLOYMENTS, TestServer, deployment, start};
+use common::{DEPLOYMENTS, LIMIT_RANGE, TestServer, deployment, start};
 use serde_json::{Value, json};
 
 const APPLY: &str = "application/apply-patch+yaml";
@@ -292,4 +292,51 @@ async fn ordinary_writes_record_their_manager_and_keep_the_others() {
     let entries = &stored(&t).await["metadata"]["managedFields"];
     assert_eq!(entries.as_array().map(Vec::len), Some(1), "{entries}");
     assert_eq!(entries[0]["manager"], "someone");
+}
+
+#[tokio::test]
+async fn applies_are_validated_and_admitted_like_other_writes() {
+    let t = start().await;
+    let (status, body) = t.apply(LIMIT_RANGE).await;
+    assert_eq!(status, 200, "{body}");
+    let pod = |name: &str, memory: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  containers:\n    - name: c\n      image: echo:1\n      resources: {{limits: {{memory: {memory}}}}}\n"
+        )
+    };
+    let pods = "/api/v1/namespaces/default/pods";
+    let (status, created) = patch(
+        &t,
+        &format!("{pods}/small?fieldManager=alice"),
+        &pod("small", "64Mi"),
+        APPLY,
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(
+        created["spec"]["containers"][0]["resources"]["limits"],
+        json!({"cpu": "200m", "memory": "64Mi"}),
+        "the LimitRange's default is added"
+    );
+    let (status, refused) = patch(
+        &t,
+        &format!("{pods}/big?fieldManager=alice"),
+        &pod("big", "1Gi"),
+        APPLY,
+    )
+    .await;
+    assert_eq!(status, 403, "{refused}");
+    let (status, _) = t.call(Method::GET, &format!("{pods}/big"), None).await;
+    assert_eq!(status, 404, "nothing stored");
+
+    let alice = format!("{DEPLOYMENTS}/web?fieldManager=alice");
+    let (status, invalid) = patch(
+        &t,
+        &alice,
+        &web(2, false, false).replace("replicas: 2", "replicas: -1"),
+        APPLY,
+    )
+    .await;
+    assert_eq!(status, 422, "{invalid}");
+    assert_eq!(invalid["details"]["causes"][0]["field"], "spec.replicas");
 }

@@ -205,14 +205,28 @@ async fn server_side_apply(
         let read_at = live
             .as_ref()
             .map(|l| l["metadata"]["resourceVersion"].clone());
-        let (mut object, entries) = apply_config(rt, live.as_ref(), &config, &manager, force)?;
+        // Fields the server does not store are no one's: found in the merged object
+        // (whatever the owners), then left out of the configuration that is applied.
+        let (merged, _) = apply_config(rt, live.as_ref(), &config, &manager, true)?;
+        let probe = rt
+            .decode(Source::Value(merged.clone()))
+            .map_err(|e| decode_error(rt, name, e))?;
+        let warnings = checked_fields(query, &probe)?;
+        let mut stored_config = config.clone();
+        managed::without_paths(&mut stored_config, &merged, &probe.unknown_fields);
+        let (mut object, entries) =
+            apply_config(rt, live.as_ref(), &stored_config, &manager, force)?;
         object["metadata"]["managedFields"] = json!(entries);
         let pinned =
             live.is_some() && read_at.as_ref() != Some(&object["metadata"]["resourceVersion"]);
         let decoded = rt
             .decode(Source::Value(object))
             .map_err(|e| decode_error(rt, name, e))?;
-        let warnings = checked_fields(query, &decoded)?;
+        if let Some(live) = &live
+            && unchanged(live, &decoded.object)
+        {
+            return Ok(with_warnings(ok_json(live.clone()), &warnings));
+        }
         let old = live.as_ref().filter(|_| rt.group == berth_api::rbac::GROUP);
         check_escalation(state, user, rt, &decoded.object, old).await?;
         let code = match live {
@@ -243,6 +257,19 @@ async fn server_side_apply(
             &warnings,
         ));
     }
+}
+
+/// Whether the apply that produced `object` leaves `live` as it is: the same object and
+/// the same owners, the entries' times aside (a value the server normalises differs from
+/// the configuration's until decoded, so the apply alone cannot tell).
+fn unchanged(live: &Value, object: &Value) -> bool {
+    if !managed::same_owners(&managed::entries_of(live), &managed::entries_of(object)) {
+        return false;
+    }
+    let mut candidate = object.clone();
+    candidate["metadata"]["managedFields"] = live["metadata"]["managedFields"].clone();
+    candidate["metadata"]["resourceVersion"] = live["metadata"]["resourceVersion"].clone();
+    candidate == *live
 }
 
 /// Checks an applied configuration names what the URL names (filling in what it leaves
