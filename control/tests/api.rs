@@ -690,6 +690,26 @@ async fn openapi_document_describes_the_api() {
         schemas["Deployment"]
     );
     assert!(schemas.get("Status").is_some());
+    // What server-side apply clients read: keyed lists and their keys, the rest atomic.
+    let ports = &schemas["Container"]["properties"]["ports"];
+    assert_eq!(ports["x-kubernetes-list-type"], "map", "{ports}");
+    assert_eq!(
+        ports["x-kubernetes-list-map-keys"],
+        json!(["containerPort", "protocol"])
+    );
+    let args = &schemas["Container"]["properties"]["args"];
+    assert_eq!(args["x-kubernetes-list-type"], "atomic", "{args}");
+    assert_eq!(
+        schemas["ServiceSpec"]["properties"]["ports"]["x-kubernetes-list-map-keys"],
+        json!(["port", "protocol"])
+    );
+    let patch = &doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"];
+    assert!(
+        patch["requestBody"]["content"]
+            .get("application/apply-patch+yaml")
+            .is_some(),
+        "{patch}"
+    );
     // Every $ref resolves inside the document.
     let text = doc.to_string();
     for reference in text.split("\"$ref\":\"#/components/schemas/").skip(1) {

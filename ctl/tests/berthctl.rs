@@ -415,7 +415,10 @@ async fn apply_server_side_owns_fields_and_reports_conflicts() {
         run.ok().out,
         "deployment.apps/web serverside-applied\nservice/web serverside-applied\n"
     );
-    let first = ctl(admin, "get deployment web -o json").await.ok().json();
+    let first = ctl(admin, "get deployment web -o json --show-managed-fields")
+        .await
+        .ok()
+        .json();
     let entry = &first["metadata"]["managedFields"][0];
     assert_eq!(
         (&entry["manager"], &entry["operation"]),
@@ -424,6 +427,10 @@ async fn apply_server_side_owns_fields_and_reports_conflicts() {
     );
     berthctl(admin, &apply).await.ok();
     let again = ctl(admin, "get deployment web -o json").await.ok().json();
+    assert!(
+        again["metadata"].get("managedFields").is_none(),
+        "left out unless asked, as kubectl: {again}"
+    );
     assert_eq!(
         again["metadata"]["resourceVersion"], first["metadata"]["resourceVersion"],
         "the same manifest again writes nothing"
