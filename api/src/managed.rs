@@ -45,6 +45,26 @@ pub struct ManagedFieldsEntry {
 }
 
 impl ManagedFieldsEntry {
+    /// What makes the entry one Kubernetes would refuse: (field, reason).
+    pub fn problems(&self) -> Vec<(&'static str, &'static str)> {
+        let mut problems = Vec::new();
+        if self.manager.len() > 128 {
+            problems.push(("manager", "must be at most 128 characters"));
+        }
+        if !matches!(self.operation.as_str(), APPLY | UPDATE) {
+            problems.push(("operation", "must be Apply or Update"));
+        }
+        if self.fields_type != FIELDS_V1 {
+            problems.push(("fieldsType", "must be FieldsV1"));
+        } else if FieldSet::from_fields_v1(&self.fields_v1).is_none() {
+            problems.push((
+                "fieldsV1",
+                "must be a FieldsV1 set (f:, k:, v:, i: and . keys)",
+            ));
+        }
+        problems
+    }
+
     fn same_manager(&self, other: &ManagedFieldsEntry) -> bool {
         self.manager == other.manager
             && self.operation == other.operation

@@ -144,6 +144,12 @@ impl ObjectMeta {
                 &format!("total size must be at most {MAX_ANNOTATIONS_BYTES} bytes"),
             );
         }
+        for (i, entry) in self.managed_fields.iter().enumerate() {
+            let p = path.child("managedFields").index(i);
+            for problem in entry.problems() {
+                v.error(&p.child(problem.0), problem.1);
+            }
+        }
     }
 }
 

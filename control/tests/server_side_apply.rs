@@ -292,6 +292,15 @@ async fn ordinary_writes_record_their_manager_and_keep_the_others() {
     let entries = &stored(&t).await["metadata"]["managedFields"];
     assert_eq!(entries.as_array().map(Vec::len), Some(1), "{entries}");
     assert_eq!(entries[0]["manager"], "someone");
+    forged["metadata"]["managedFields"][0]["operation"] = json!("Steal");
+    let (status, refused) = t
+        .call(Method::PUT, &format!("{DEPLOYMENTS}/web"), Some(&forged))
+        .await;
+    assert_eq!(status, 422, "{refused}");
+    assert_eq!(
+        refused["details"]["causes"][0]["field"],
+        "metadata.managedFields[0].operation"
+    );
 }
 
 #[tokio::test]
