@@ -538,6 +538,41 @@ async fn kubectl_applies_server_side_with_conflicts() {
     ])
     .await;
     assert_eq!(deployment().await["spec"]["replicas"], 2);
+
+    // An object kubectl applied client-side moves to server-side apply.
+    let csa = files.path().join("csa.yaml");
+    std::fs::write(&csa, WEB.replacen("name: web\n", "name: csa\n", 1)).expect("manifest");
+    let csa = csa.to_str().expect("utf-8 path");
+    assert_eq!(
+        k.ok(&["apply", "-f", csa]).await,
+        "deployment.apps/csa created"
+    );
+    assert_eq!(
+        k.ok(&["apply", "--server-side", "-f", csa]).await,
+        "deployment.apps/csa serverside-applied"
+    );
+    let (_, moved) = t
+        .call(Method::GET, &format!("{DEPLOYMENTS}/csa"), None)
+        .await;
+    let managers: Vec<(&str, &str)> = moved["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            (
+                e["manager"].as_str().unwrap_or_default(),
+                e["operation"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    // kubectl moved the client-side apply's fields to its server-side manager, and the
+    // last-applied annotation to `kubectl-last-applied`, with a JSON patch of them.
+    assert_eq!(
+        managers,
+        [("kubectl", "Apply"), ("kubectl-last-applied", "Apply")],
+        "{}",
+        moved["metadata"]["managedFields"]
+    );
 }
 
 /// kubectl on one server, for tests past the check that the binary exists.
