@@ -582,10 +582,7 @@ impl agent_server::Agent for AgentService {
             Ok(mut node) => {
                 node["spec"]["podCIDR"] = json!(pod_cidr);
                 node["metadata"]["annotations"][CERTIFICATE_SERIAL_ANNOTATION] = json!(serial);
-                self.registry
-                    .update(&NODES, node, None)
-                    .await
-                    .map_err(status)?;
+                self.registry.update(&NODES, node).await.map_err(status)?;
             }
             Err(e) if e.is_not_found() => {
                 let node = json!({"apiVersion": "v1", "kind": "Node",
@@ -596,7 +593,7 @@ impl agent_server::Agent for AgentService {
                     .decode(berth_api::Source::Value(node))
                     .map_err(|e| Status::invalid_argument(e.to_string()))?;
                 self.registry
-                    .create(&NODES, decoded.object, None)
+                    .create(&NODES, decoded.object)
                     .await
                     .map_err(status)?;
             }

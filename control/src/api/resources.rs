@@ -188,7 +188,7 @@ async fn dispatch(
                         .await?
                 } else {
                     registry
-                        .create(rt, decoded.object, manager.as_ref())
+                        .create_by(rt, decoded.object, manager.as_ref())
                         .await?
                 };
                 Ok(with_warnings(
@@ -233,7 +233,7 @@ async fn dispatch(
                         .await?
                 } else {
                     registry
-                        .update(rt, decoded.object, manager.as_ref())
+                        .update_by(rt, decoded.object, manager.as_ref())
                         .await?
                 };
                 Ok(with_warnings(ok_json(updated), &warnings))

@@ -49,7 +49,7 @@ impl Registry {
             "source": source,
         });
         let result = match EVENTS.decode(Source::Value(event)) {
-            Ok(decoded) => self.create(&EVENTS, decoded.object, None).await.map(drop),
+            Ok(decoded) => self.create(&EVENTS, decoded.object).await.map(drop),
             Err(e) => Err(Error::internal(e.to_string())),
         };
         if let Err(e) = result {

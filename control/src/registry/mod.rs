@@ -431,9 +431,13 @@ impl Registry {
         Ok((items, revision))
     }
 
-    /// Creates `object`, decoded and validated as `rt` by the caller; `manager` (if any)
-    /// is recorded as the owner of its fields.
-    pub async fn create(
+    /// Creates `object`, decoded and validated as `rt` by the caller.
+    pub async fn create(&self, rt: &'static ResourceType, object: Value) -> Result<Value> {
+        self.create_by(rt, object, None).await
+    }
+
+    /// [`Self::create`], `manager` (if any) recorded as the owner of the object's fields.
+    pub async fn create_by(
         &self,
         rt: &'static ResourceType,
         object: Value,
@@ -476,8 +480,12 @@ impl Registry {
 
     /// Replaces an object. With `metadata.resourceVersion` set, the write only happens if
     /// that is still the stored revision (409 otherwise); without, the last writer wins.
-    /// `manager` (if any) is recorded as the owner of what the update changes.
-    pub async fn update(
+    pub async fn update(&self, rt: &'static ResourceType, object: Value) -> Result<Value> {
+        self.update_by(rt, object, None).await
+    }
+
+    /// [`Self::update`], `manager` (if any) recorded as the owner of what it changes.
+    pub async fn update_by(
         &self,
         rt: &'static ResourceType,
         object: Value,

@@ -31,7 +31,7 @@ impl Registry {
             .decode(Source::Value(json!({"metadata": {"name": name}})))
             .map_err(|e| decode_error(&NAMESPACES, name, e))?
             .object;
-        match self.create(&NAMESPACES, object, None).await {
+        match self.create(&NAMESPACES, object).await {
             Ok(_) | Err(Error::AlreadyExists(_)) => Ok(()),
             Err(e) => Err(e),
         }

@@ -164,7 +164,10 @@ pub async fn object(
                 .await?;
             return Ok(with_warnings(ok_json(planned), &warnings));
         }
-        match registry.update(rt, decoded.object, manager.as_ref()).await {
+        match registry
+            .update_by(rt, decoded.object, manager.as_ref())
+            .await
+        {
             Ok(updated) => return Ok(with_warnings(ok_json(updated), &warnings)),
             Err(e) if e.is_conflict() && !pinned && attempt + 1 < MAX_ATTEMPTS => attempt += 1,
             Err(e) => return Err(ApiError::from(e)),
@@ -222,7 +225,9 @@ async fn server_side_apply(
         let decoded = rt
             .decode(Source::Value(object))
             .map_err(|e| decode_error(rt, name, e))?;
+        // A configuration naming a stale resourceVersion goes on to its 409.
         if let Some(live) = &live
+            && !pinned
             && unchanged(live, &decoded.object)
         {
             return Ok(with_warnings(ok_json(live.clone()), &warnings));
@@ -241,8 +246,8 @@ async fn server_side_apply(
             ));
         }
         let written = match &live {
-            Some(_) => registry.update(rt, decoded.object, None).await,
-            None => registry.create(rt, decoded.object, None).await,
+            Some(_) => registry.update(rt, decoded.object).await,
+            None => registry.create(rt, decoded.object).await,
         };
         let written = match written {
             Ok(written) => written,
