@@ -144,6 +144,16 @@ async fn apply_creates_owns_prunes_and_changes_nothing_when_repeated() {
         "the server's metadata is no one's"
     );
 
+    let mut watch = t
+        .client
+        .watch(&format!(
+            "{DEPLOYMENTS}?watch=true&resourceVersion={}",
+            object["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap_or_default()
+        ))
+        .await
+        .expect("watch");
     let (status, again) = patch(&t, &alice, &web(2, true, true), APPLY).await;
     assert_eq!(status, 200, "{again}");
     assert_eq!(
@@ -154,6 +164,15 @@ async fn apply_creates_owns_prunes_and_changes_nothing_when_repeated() {
 
     let (status, pruned) = patch(&t, &alice, &web(2, false, false), APPLY).await;
     assert_eq!(status, 200, "{pruned}");
+    let event = watch.next().await.expect("read").expect("event");
+    assert_eq!(
+        (
+            &event["type"],
+            &event["object"]["metadata"]["resourceVersion"]
+        ),
+        (&json!("MODIFIED"), &pruned["metadata"]["resourceVersion"]),
+        "the first event after the repeated apply is the next one's: {event}"
+    );
     let object = stored(&t).await;
     assert_eq!(
         object["metadata"]["labels"],
