@@ -24,6 +24,7 @@ pub mod core;
 pub mod identity;
 pub mod kinds;
 pub mod kubeconfig;
+pub mod managed;
 pub mod manifest;
 pub mod meta;
 pub mod patch;

@@ -69,6 +69,10 @@ pub struct ObjectMeta {
     /// The grace the deletion was given, in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletion_grace_period_seconds: Option<i64>,
+    /// Who owns which fields (server-side apply); kept by the server across writes that
+    /// leave it out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub managed_fields: Vec<crate::managed::ManagedFieldsEntry>,
 }
 
 /// A string that clients may send as `null` (Go's kubectl writes a zero time, such as a
@@ -139,6 +143,12 @@ impl ObjectMeta {
                 &annotations,
                 &format!("total size must be at most {MAX_ANNOTATIONS_BYTES} bytes"),
             );
+        }
+        for (i, entry) in self.managed_fields.iter().enumerate() {
+            let p = path.child("managedFields").index(i);
+            for problem in entry.problems() {
+                v.error(&p.child(problem.0), problem.1);
+            }
         }
     }
 }

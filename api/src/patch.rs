@@ -13,22 +13,36 @@ pub enum PatchError {
     Invalid { path: String, message: String },
 }
 
-/// The key that identifies an item of the list `field`, itself in the map reached
-/// through `parent` (the field holding that map): Kubernetes' `patchMergeKey` tags.
-fn merge_key(parent: Option<&str>, field: &str) -> Option<&'static str> {
+/// The keys that identify an item of the list `field`, itself in the map reached through
+/// `parent` (the field holding that map): Kubernetes' `x-kubernetes-list-map-keys`, whose
+/// first is the strategic merge's `patchMergeKey`. Server-side apply names items by all
+/// of them (`k:{"containerPort":80,"protocol":"TCP"}`).
+pub fn list_map_keys(parent: Option<&str>, field: &str) -> Option<&'static [&'static str]> {
     Some(match (parent, field) {
-        (_, "containers" | "initContainers" | "ephemeralContainers") => "name",
-        (Some("containers" | "initContainers" | "ephemeralContainers"), "ports") => "containerPort",
-        (Some("spec"), "ports") => "port",
-        (_, "env" | "volumes" | "imagePullSecrets") => "name",
-        (_, "hostAliases") => "ip",
-        (_, "volumeMounts") => "mountPath",
-        (_, "volumeDevices") => "devicePath",
-        (_, "ownerReferences") => "uid",
-        (_, "conditions") => "type",
-        (_, "topologySpreadConstraints") => "topologyKey",
+        (_, "containers" | "initContainers" | "ephemeralContainers") => &["name"],
+        (Some("containers" | "initContainers" | "ephemeralContainers"), "ports") => {
+            &["containerPort", "protocol"]
+        }
+        (Some("spec"), "ports") => &["port", "protocol"],
+        (_, "env" | "volumes" | "imagePullSecrets") => &["name"],
+        (_, "hostAliases") => &["ip"],
+        (_, "volumeMounts") => &["mountPath"],
+        (_, "volumeDevices") => &["devicePath"],
+        (_, "ownerReferences") => &["uid"],
+        (_, "conditions") => &["type"],
+        (_, "topologySpreadConstraints") => &["topologyKey", "whenUnsatisfiable"],
         _ => return None,
     })
+}
+
+/// The value a list-map key has when an item leaves it out (Kubernetes' defaults).
+pub fn list_map_key_default(key: &str) -> Option<&'static str> {
+    (key == "protocol").then_some("TCP")
+}
+
+/// The strategic merge key of the list `field` (see [`list_map_keys`]).
+fn merge_key(parent: Option<&str>, field: &str) -> Option<&'static str> {
+    list_map_keys(parent, field).and_then(|keys| keys.first().copied())
 }
 
 /// Applies `patch` to `target` in place.

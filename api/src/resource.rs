@@ -527,10 +527,7 @@ fn decode<R: Resource>(source: Source<'_>) -> Result<Decoded, DecodeError> {
             .collect::<Vec<_>>()
             .join(".");
         // Read-only metadata that kubectl round-trips; not worth a warning.
-        if matches!(
-            path.as_str(),
-            "metadata.managedFields" | "metadata.selfLink" | "status"
-        ) {
+        if matches!(path.as_str(), "metadata.selfLink" | "status") {
             continue;
         }
         match refusal(&path) {

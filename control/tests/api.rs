@@ -4,7 +4,7 @@ mod common;
 
 use axum::http::Method;
 use berth_ctl::client::Client;
-use common::{DEPLOYMENTS, deployment, rv, start, start_with};
+use common::{DEPLOYMENTS, LIMIT_RANGE, deployment, rv, start, start_with};
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -690,6 +690,26 @@ async fn openapi_document_describes_the_api() {
         schemas["Deployment"]
     );
     assert!(schemas.get("Status").is_some());
+    // What server-side apply clients read: keyed lists and their keys, the rest atomic.
+    let ports = &schemas["Container"]["properties"]["ports"];
+    assert_eq!(ports["x-kubernetes-list-type"], "map", "{ports}");
+    assert_eq!(
+        ports["x-kubernetes-list-map-keys"],
+        json!(["containerPort", "protocol"])
+    );
+    let args = &schemas["Container"]["properties"]["args"];
+    assert_eq!(args["x-kubernetes-list-type"], "atomic", "{args}");
+    assert_eq!(
+        schemas["ServiceSpec"]["properties"]["ports"]["x-kubernetes-list-map-keys"],
+        json!(["port", "protocol"])
+    );
+    let patch = &doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"];
+    assert!(
+        patch["requestBody"]["content"]
+            .get("application/apply-patch+yaml")
+            .is_some(),
+        "{patch}"
+    );
     // Every $ref resolves inside the document.
     let text = doc.to_string();
     for reference in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
@@ -848,20 +868,7 @@ async fn patch_in_three_forms_with_dry_run_and_strict_fields() {
 #[tokio::test]
 async fn limit_ranges_default_and_bound_new_pods() {
     let t = start().await;
-    let (status, body) = t
-        .apply(
-            "apiVersion: v1
-kind: LimitRange
-metadata: {name: bounds}
-spec:
-  limits:
-    - type: Container
-      default: {cpu: 200m, memory: 128Mi}
-      defaultRequest: {cpu: 100m}
-      max: {memory: 256Mi}
-",
-        )
-        .await;
+    let (status, body) = t.apply(LIMIT_RANGE).await;
     assert_eq!(status, 200, "{body}");
     let pod = |name: &str, resources: Value| {
         json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},

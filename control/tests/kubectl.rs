@@ -9,6 +9,7 @@ use std::path::Path;
 use axum::http::Method;
 use berth_sim::hollow::PodLoad;
 use common::{DEPLOYMENTS, HollowCluster, TestServer, deployment, eventually, start, start_with};
+use serde_json::json;
 
 /// kubectl's output, or None when the binary is absent. Each run gets its own discovery
 /// cache, so no answer of another server is reused.
@@ -229,6 +230,22 @@ spec:
         image: echo:1
 ";
 
+/// [`WEB`] written into `dir`; its path.
+fn web_manifest(dir: &Path) -> String {
+    let manifest = dir.join("web.yaml");
+    std::fs::write(&manifest, WEB).expect("manifest");
+    manifest.to_str().expect("utf-8 path").to_owned()
+}
+
+/// The Deployment `web` as stored.
+async fn stored_web(t: &TestServer) -> serde_json::Value {
+    let (status, body) = t
+        .call(Method::GET, &format!("{DEPLOYMENTS}/web"), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
 /// kubectl's writes, each checked by its effect on the stored object: create and apply
 /// (client-side, the second unchanged), diff (a server dry run that changes nothing),
 /// the three patch types, scale, set image, label, rollout history, undo and restart,
@@ -238,20 +255,12 @@ async fn kubectl_creates_applies_patches_and_rolls_back() {
     let t = start_with(&[]).await;
     let cache = tempfile::tempdir().expect("cache dir");
     let files = tempfile::tempdir().expect("manifest dir");
-    let manifest = files.path().join("web.yaml");
-    std::fs::write(&manifest, WEB).expect("manifest");
-    let manifest = manifest.to_str().expect("utf-8 path");
+    let manifest = &web_manifest(files.path());
     let k = Kubectl {
         t: &t,
         cache: cache.path(),
     };
-    let deployment = || async {
-        let (status, body) = t
-            .call(Method::GET, &format!("{DEPLOYMENTS}/web"), None)
-            .await;
-        assert_eq!(status, 200, "{body}");
-        body
-    };
+    let deployment = || stored_web(&t);
     let Some(created) = kubectl(&t, cache.path(), &["create", "-f", manifest]).await else {
         eprintln!("SKIPPED: no kubectl binary on this machine");
         return;
@@ -387,7 +396,33 @@ async fn kubectl_creates_applies_patches_and_rolls_back() {
     .await
     .expect("kubectl");
     assert!(edited && out.contains("edited"), "{out}{err}");
-    assert_eq!(deployment().await["spec"]["replicas"], 6);
+    let edited = deployment().await;
+    assert_eq!(edited["spec"]["replicas"], 6);
+    // Each of kubectl's writes is recorded under the field manager it names.
+    let managers: Vec<&str> = edited["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["manager"].as_str())
+        .collect();
+    let owner = |m: &str| {
+        edited["metadata"]["managedFields"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["manager"] == m)
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        owner("kubectl-edit")["fieldsV1"]["f:spec"]["f:replicas"],
+        serde_json::json!({}),
+        "{managers:?}"
+    );
+    assert!(
+        managers.contains(&"kubectl-client-side-apply") && managers.contains(&"kubectl-create"),
+        "{managers:?}"
+    );
     let described = k.ok(&["describe", "deploy", "web"]).await;
     assert!(
         described.contains("Replicas:") && described.contains("6 desired"),
@@ -424,6 +459,120 @@ async fn kubectl_creates_applies_patches_and_rolls_back() {
         .call(Method::GET, &format!("{DEPLOYMENTS}/web"), None)
         .await;
     assert_eq!(status, 404);
+}
+
+/// `kubectl apply --server-side`: the first run creates, the second changes nothing
+/// (the resourceVersion stays); after `kubectl scale` the replicas are kubectl's scale
+/// manager's, so applying other replicas is refused naming that manager and the field,
+/// until `--force-conflicts` takes them.
+#[tokio::test]
+async fn kubectl_applies_server_side_with_conflicts() {
+    let t = start_with(&[]).await;
+    let cache = tempfile::tempdir().expect("cache dir");
+    let files = tempfile::tempdir().expect("manifest dir");
+    let manifest = &web_manifest(files.path());
+    let k = Kubectl {
+        t: &t,
+        cache: cache.path(),
+    };
+    let deployment = || stored_web(&t);
+    let apply = ["apply", "--server-side", "-f", manifest];
+    let Some((ok, out, err)) = kubectl(&t, cache.path(), &apply).await else {
+        eprintln!("SKIPPED: no kubectl binary on this machine");
+        return;
+    };
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.trim(),
+        "deployment.apps/web serverside-applied",
+        "{err}"
+    );
+    let first = deployment().await;
+    assert_eq!(first["spec"]["replicas"], 2);
+    let owner = &first["metadata"]["managedFields"][0];
+    assert_eq!(
+        (&owner["manager"], &owner["operation"]),
+        (&json!("kubectl"), &json!("Apply")),
+        "{owner}"
+    );
+    // The controllers write the new Deployment's status for a while: an apply that writes
+    // nothing answers with the revision read just before it, once they are done.
+    let mut unchanged = false;
+    for _ in 0..20 {
+        let before = deployment().await["metadata"]["resourceVersion"].clone();
+        let answered = k
+            .ok(&[
+                "apply",
+                "--server-side",
+                "-f",
+                manifest,
+                "-o",
+                "jsonpath={.metadata.resourceVersion}",
+            ])
+            .await;
+        if json!(answered) == before {
+            unchanged = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(unchanged, "applying the same manifest again writes nothing");
+
+    k.ok(&["scale", "deployment", "web", "--replicas=5"]).await;
+    assert_eq!(deployment().await["spec"]["replicas"], 5);
+    let (ok, _, err) = k.run(&apply).await;
+    assert!(!ok, "the manifest's replicas conflict with kubectl scale's");
+    assert!(
+        err.contains(
+            r#"Apply failed with 1 conflict: conflict with "kubectl" with subresource "scale" using apps/v1"#
+        ) && err.contains(".spec.replicas"),
+        "{err}"
+    );
+    assert_eq!(deployment().await["spec"]["replicas"], 5, "nothing written");
+    k.ok(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        manifest,
+    ])
+    .await;
+    assert_eq!(deployment().await["spec"]["replicas"], 2);
+
+    // An object kubectl applied client-side moves to server-side apply.
+    let csa = files.path().join("csa.yaml");
+    std::fs::write(&csa, WEB.replacen("name: web\n", "name: csa\n", 1)).expect("manifest");
+    let csa = csa.to_str().expect("utf-8 path");
+    assert_eq!(
+        k.ok(&["apply", "-f", csa]).await,
+        "deployment.apps/csa created"
+    );
+    assert_eq!(
+        k.ok(&["apply", "--server-side", "-f", csa]).await,
+        "deployment.apps/csa serverside-applied"
+    );
+    let (_, moved) = t
+        .call(Method::GET, &format!("{DEPLOYMENTS}/csa"), None)
+        .await;
+    let managers: Vec<(&str, &str)> = moved["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            (
+                e["manager"].as_str().unwrap_or_default(),
+                e["operation"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    // kubectl moved the client-side apply's fields to its server-side manager, and the
+    // last-applied annotation to `kubectl-last-applied`, with a JSON patch of them.
+    assert_eq!(
+        managers,
+        [("kubectl", "Apply"), ("kubectl-last-applied", "Apply")],
+        "{}",
+        moved["metadata"]["managedFields"]
+    );
 }
 
 /// kubectl on one server, for tests past the check that the binary exists.

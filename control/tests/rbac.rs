@@ -20,6 +20,7 @@ admin-token,nsadmin,3
 root-token,root,4,\"ops,other\"
 nobody-token,nobody,5
 metrics-token,prometheus,6
+patcher-token,patcher,7
 ";
 
 struct Cluster {
@@ -414,7 +415,67 @@ async fn each_user_may_do_what_their_roles_allow_and_nothing_else() {
     escalation(&cluster).await;
     prometheus_scrapes_with_the_metrics_token(&cluster).await;
     service_account_tokens(&cluster).await;
+    server_side_apply_is_patch_or_create(&cluster).await;
     audit_log(&cluster).await;
+}
+
+/// A server-side apply is a `patch`; one that creates the object is also a `create`.
+async fn server_side_apply_is_patch_or_create(cluster: &Cluster) {
+    cluster
+        .admin(
+            Method::POST,
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/b/roles",
+            role("patch-config", &["configmaps"], &["get", "patch"]),
+        )
+        .await;
+    cluster
+        .admin(
+            Method::POST,
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/b/rolebindings",
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": {"name": "patcher"},
+                "subjects": [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": "patcher"}],
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "patch-config"}}),
+        )
+        .await;
+    let patcher = cluster.as_user(Some("patcher-token"));
+    let apply = |name: &str| {
+        let path = format!("{CM_B}/{name}?fieldManager=patcher");
+        let body = format!(
+            "kind: ConfigMap\napiVersion: v1\nmetadata: {{name: {name}}}\ndata: {{k: applied}}\n"
+        );
+        let patcher = &patcher;
+        async move {
+            let reply = patcher
+                .request(
+                    Method::PATCH,
+                    &path,
+                    Some((body.as_bytes(), "application/apply-patch+yaml")),
+                )
+                .await
+                .expect("request");
+            (reply.status.as_u16(), reply.json().unwrap_or(Value::Null))
+        }
+    };
+    let (code, applied) = apply("cm").await;
+    assert_eq!(
+        (code, &applied["data"]["k"]),
+        (200, &json!("applied")),
+        "{applied}"
+    );
+    let (code, refused) = apply("new-cm").await;
+    assert_eq!(code, 403, "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(r#"User "patcher" cannot create resource "configmaps""#)),
+        "{refused}"
+    );
+    let (code, _) = cluster
+        .t
+        .call(Method::GET, &format!("{CM_B}/new-cm"), None)
+        .await;
+    assert_eq!(code, 404, "nothing created");
 }
 
 /// A ServiceAccount's token (TokenRequest) authenticates as

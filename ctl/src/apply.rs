@@ -14,16 +14,18 @@ use hyper::http::Method;
 use serde::Deserialize as _;
 use serde_json::{Value, json};
 
-use super::{CtlError, Ctx, Target, closest_kind, emit, kind_ref, resolve, str_at};
+use super::{CtlError, Ctx, Target, closest_kind, emit, encode, kind_ref, resolve, str_at};
 
 /// Create or update every object in the manifests (all or nothing).
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "Examples:\n  berthctl apply -f app.yaml\n  berthctl apply -f manifests/\n  \
                         berthctl apply -f manifests/ -R\n  cat app.yaml | berthctl apply -f -\n  \
-                        berthctl apply -f app.yaml --dry-run\n\n\
+                        berthctl apply -f app.yaml --dry-run\n  \
+                        berthctl apply -f app.yaml --server-side --field-manager ci\n\n\
                         Objects without a namespace go to -n NAMESPACE (default: default). All \
-                        objects of all files are written in one transaction."
+                        objects of all files are written in one transaction, except with \
+                        --server-side (one server-side apply per object, as kubectl's)."
 )]
 pub struct ApplyArgs {
     #[command(flatten)]
@@ -31,6 +33,17 @@ pub struct ApplyArgs {
     /// Validate and report what would change without writing anything.
     #[arg(long, num_args = 0..=1, default_missing_value = "server", value_parser = ["server", "client", "none"])]
     pub dry_run: Option<String>,
+    /// Kubernetes' server-side apply: the manifest's fields become --field-manager's, and
+    /// fields it applied before and leaves out now are removed.
+    #[arg(long)]
+    pub server_side: bool,
+    /// With --server-side: take fields another manager set to other values instead of
+    /// failing with the conflict.
+    #[arg(long, requires = "server_side")]
+    pub force_conflicts: bool,
+    /// With --server-side: the manager the applied fields are recorded for.
+    #[arg(long, requires = "server_side", default_value = "berthctl")]
+    pub field_manager: String,
 }
 
 /// Create the objects in the manifests (fails for any that already exists), or a
@@ -251,6 +264,27 @@ pub async fn apply(
 ) -> Result<(), CtlError> {
     let documents = load(ctx, &args.files)?;
     let dry_run = matches!(args.dry_run.as_deref(), Some("server" | "client"));
+    if args.server_side {
+        let mut query = format!(
+            "?fieldManager={}&force={}",
+            encode(&args.field_manager),
+            args.force_conflicts
+        );
+        if dry_run {
+            query.push_str("&dryRun=All");
+        }
+        let send = Send {
+            method: Method::PATCH,
+            query,
+            content_type: "application/apply-patch+yaml",
+            done: if dry_run {
+                "serverside-applied (server dry run)"
+            } else {
+                "serverside-applied"
+            },
+        };
+        return send_each(ctx, documents, &send, out, err).await;
+    }
     let body = Value::Array(documents.into_iter().map(|d| d.object).collect());
     let path = if dry_run {
         "/apply?dryRun=true"
@@ -295,6 +329,34 @@ pub async fn create(
         return crate::auth::create(ctx, what, out).await;
     }
     let documents = load(ctx, &args.files)?;
+    let send = Send {
+        method: Method::POST,
+        query: String::new(),
+        content_type: "application/json",
+        done: "created",
+    };
+    send_each(ctx, documents, &send, out, err).await
+}
+
+/// How [`send_each`] sends each object.
+struct Send {
+    /// POST to the collection, or any other method to the object's own path.
+    method: Method,
+    query: String,
+    content_type: &'static str,
+    /// What the output says was done.
+    done: &'static str,
+}
+
+/// Sends every object in its own request; like kubectl, every object is tried, every
+/// failure reported, and the command fails if any did.
+async fn send_each(
+    ctx: &Ctx,
+    documents: Vec<Document>,
+    send: &Send,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<(), CtlError> {
     let mut failures = Vec::new();
     for doc in documents {
         let Some(rt) = find_by_kind(
@@ -308,12 +370,20 @@ pub async fn create(
             "" => ctx.namespace().to_owned(),
             ns => ns.to_owned(),
         };
-        let path = Ctx::collection(rt, Some(&namespace));
+        let mut path = Ctx::collection(rt, Some(&namespace));
+        if send.method != Method::POST {
+            path = format!("{path}/{name}");
+        }
+        path.push_str(&send.query);
         let bytes = serde_json::to_vec(&doc.object)
             .map_err(|e| CtlError::Io(format!("encoding {}: {e}", doc.source)))?;
         let reply = ctx
             .client()
-            .request(Method::POST, &path, Some((&bytes, "application/json")))
+            .request(
+                send.method.clone(),
+                &path,
+                Some((&bytes, send.content_type)),
+            )
             .await
             .map_err(|e| ctx.transport(e))?;
         for warning in reply.headers.get_all(hyper::http::header::WARNING) {
@@ -325,18 +395,52 @@ pub async fn create(
             let _ = writeln!(err, "Warning: {}/{name}: {text}", kind_ref(rt));
         }
         if reply.status.is_success() {
-            emit(out, &format!("{}/{name} created", kind_ref(rt)));
+            emit(out, &format!("{}/{name} {}", kind_ref(rt), send.done));
         } else {
             let body = reply.json().unwrap_or(Value::Null);
-            failures.push(ctx.failure(reply.status, &body, Some(Target { rt, name: &name })));
+            failures.push(apply_failure(
+                ctx,
+                reply.status,
+                &body,
+                Target { rt, name: &name },
+            ));
         }
     }
-    // Like kubectl: every object is tried, every failure reported, exit 1 if any failed.
     let last = failures.pop();
     for failure in failures {
         let _ = writeln!(err, "{}", failure.render());
     }
     last.map_or(Ok(()), Err)
+}
+
+/// A failed write; a server-side apply's conflicts say how to resolve them.
+fn apply_failure(
+    ctx: &Ctx,
+    status: hyper::http::StatusCode,
+    body: &Value,
+    target: Target<'_>,
+) -> CtlError {
+    let conflicts = body
+        .pointer("/details/causes")
+        .and_then(Value::as_array)
+        .is_some_and(|causes| {
+            causes
+                .iter()
+                .any(|c| str_at(c, "/reason") == "FieldManagerConflict")
+        });
+    if !conflicts {
+        return ctx.failure(status, body, Some(target));
+    }
+    CtlError::Server {
+        reason: "Conflict".to_owned(),
+        message: format!(
+            "{}/{}: {}\n  these fields are another manager's: leave them out of the manifest, or \
+             take them with --force-conflicts",
+            kind_ref(target.rt),
+            target.name,
+            str_at(body, "/message")
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -41,6 +41,27 @@ pub struct GetArgs {
     /// After listing, print changes as they happen (until interrupted).
     #[arg(short = 'w', long)]
     pub watch: bool,
+    /// With -o yaml|json: keep metadata.managedFields (left out by default, as kubectl).
+    #[arg(long)]
+    pub show_managed_fields: bool,
+}
+
+/// `value` (an object or a list of them) as `-o yaml|json` prints it: without
+/// `metadata.managedFields` unless `--show-managed-fields`.
+fn shown(mut value: Value, args: &GetArgs) -> Value {
+    if args.show_managed_fields {
+        return value;
+    }
+    let strip = |object: &mut Value| {
+        if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.remove("managedFields");
+        }
+    };
+    match value.get_mut("items").and_then(Value::as_array_mut) {
+        Some(items) => items.iter_mut().for_each(strip),
+        None => strip(&mut value),
+    }
+    value
 }
 
 /// `deploy/web svc/db` or `deploy web db`: (type, name) pairs; no names for a list.
@@ -118,7 +139,7 @@ pub async fn run(
                 [one] if names.len() == 1 => one.clone(),
                 _ => output::list_of(items.clone(), &resource_version),
             };
-            emit(out, &output::serialize(&value, f)?);
+            emit(out, &output::serialize(&shown(value, &args), f)?);
         }
         Some(Format::Name) => {
             for item in &items {
@@ -171,7 +192,7 @@ pub async fn run(
         |_, object| {
             match format {
                 Some(f @ (Format::Json | Format::Yaml)) => {
-                    let text = output::serialize(object, f)?;
+                    let text = output::serialize(&shown(object.clone(), &args), f)?;
                     emit(
                         out,
                         &if f == Format::Yaml {
@@ -268,7 +289,7 @@ async fn several(
         Some(f @ (Format::Json | Format::Yaml)) => {
             emit(
                 out,
-                &output::serialize(&output::list_of(everything, ""), f)?,
+                &output::serialize(&shown(output::list_of(everything, ""), args), f)?,
             );
         }
         Some(Format::Wide) | None if !printed => {

@@ -401,6 +401,67 @@ async fn create_refuses_existing_objects() {
         ]);
 }
 
+/// `apply --server-side`: the manifest's fields become the manager's (`berthctl` unless
+/// `--field-manager`), the same manifest again writes nothing, and another manager's
+/// field is a conflict until `--force-conflicts` takes it.
+#[tokio::test]
+async fn apply_server_side_owns_fields_and_reports_conflicts() {
+    let t = start().await;
+    let admin = &t.server.admin_config;
+    let manifest = write(t.dir.path(), "app.yaml", APP);
+    let apply = ["apply", "--server-side", "-f", manifest.as_str()];
+    let run = berthctl(admin, &apply).await;
+    assert_eq!(
+        run.ok().out,
+        "deployment.apps/web serverside-applied\nservice/web serverside-applied\n"
+    );
+    let first = ctl(admin, "get deployment web -o json --show-managed-fields")
+        .await
+        .ok()
+        .json();
+    let entry = &first["metadata"]["managedFields"][0];
+    assert_eq!(
+        (&entry["manager"], &entry["operation"]),
+        (&Value::from("berthctl"), &Value::from("Apply")),
+        "{entry}"
+    );
+    berthctl(admin, &apply).await.ok();
+    let again = ctl(admin, "get deployment web -o json").await.ok().json();
+    assert!(
+        again["metadata"].get("managedFields").is_none(),
+        "left out unless asked, as kubectl: {again}"
+    );
+    assert_eq!(
+        again["metadata"]["resourceVersion"], first["metadata"]["resourceVersion"],
+        "the same manifest again writes nothing"
+    );
+
+    let scaled = write(
+        t.dir.path(),
+        "scaled.yaml",
+        &APP.replace("replicas: 2", "replicas: 5"),
+    );
+    let by_ops = [
+        "apply",
+        "--server-side",
+        "--field-manager",
+        "ops",
+        "-f",
+        scaled.as_str(),
+    ];
+    berthctl(admin, &by_ops).await.fails_with(&[
+        "deployment.apps/web: Apply failed with 1 conflict: conflict with \"berthctl\": .spec.replicas",
+        "--force-conflicts",
+    ]);
+    let forced = [&by_ops[..4], &["--force-conflicts"], &by_ops[4..]].concat();
+    berthctl(admin, &forced).await.ok();
+    let taken = ctl(admin, "get deployment web -o json").await.ok().json();
+    assert_eq!(taken["spec"]["replicas"], 5);
+    berthctl(admin, &apply)
+        .await
+        .fails_with(&["conflict with \"ops\": .spec.replicas"]);
+}
+
 type Lines = tokio::io::Lines<BufReader<tokio::process::ChildStdout>>;
 
 async fn next(lines: &mut Lines) -> String {

@@ -6,7 +6,7 @@ use axum::{
     extract::{Path, State},
     response::{IntoResponse, Response},
 };
-use berth_api::{RESOURCE_TYPES, ResourceType};
+use berth_api::{RESOURCE_TYPES, ResourceType, patch::list_map_keys};
 use schemars::generate::SchemaSettings;
 use serde_json::{Map, Value, json};
 
@@ -178,6 +178,7 @@ pub fn document() -> Value {
         );
     }
     let mut schemas = generator.take_definitions(true);
+    mark_lists(&mut schemas);
     for rt in RESOURCE_TYPES {
         if let Some(Value::Object(schema)) = schemas.get_mut(rt.kind) {
             schema.insert(
@@ -215,6 +216,42 @@ pub fn document() -> Value {
         "security": [{"bearer": []}],
         "paths": paths,
     })
+}
+
+/// Kubernetes' list extensions, which kubectl and server-side apply clients read: a list
+/// whose items have keys is a `map` list with its keys (and merges by the first in a
+/// strategic merge patch), every other list is `atomic` (replaced whole).
+fn mark_lists(schemas: &mut Map<String, Value>) {
+    for (name, schema) in schemas.iter_mut() {
+        // The field holding the definition's map, where a key depends on it.
+        let parent = match name.as_str() {
+            "Container" => Some("containers"),
+            name if name.ends_with("Spec") => Some("spec"),
+            _ => None,
+        };
+        let Some(Value::Object(properties)) = schema.get_mut("properties") else {
+            continue;
+        };
+        for (field, property) in properties.iter_mut() {
+            let Value::Object(property) = property else {
+                continue;
+            };
+            if property.get("type") != Some(&json!("array")) {
+                continue;
+            }
+            match list_map_keys(parent, field) {
+                Some(keys) => {
+                    property.insert("x-kubernetes-list-type".to_owned(), json!("map"));
+                    property.insert("x-kubernetes-list-map-keys".to_owned(), json!(keys));
+                    property.insert("x-kubernetes-patch-merge-key".to_owned(), json!(keys[0]));
+                    property.insert("x-kubernetes-patch-strategy".to_owned(), json!("merge"));
+                }
+                None => {
+                    property.insert("x-kubernetes-list-type".to_owned(), json!("atomic"));
+                }
+            }
+        }
+    }
 }
 
 fn param(name: &str) -> Value {
@@ -386,7 +423,7 @@ fn add_paths(paths: &mut Map<String, Value>, rt: &ResourceType, schema: &Value) 
     let mut patch = of_kind(
         op(
             &format!(
-                "Patch a {}: JSON merge, JSON or strategic merge patch",
+                "Patch a {}: JSON merge, JSON or strategic merge patch, or server-side apply",
                 rt.kind
             ),
             schema,
@@ -394,11 +431,23 @@ fn add_paths(paths: &mut Map<String, Value>, rt: &ResourceType, schema: &Value) 
         ),
         "patch",
     );
-    patch["parameters"] = field_validation;
+    let mut patch_params = field_validation;
+    if let Value::Array(params) = &mut patch_params {
+        params.extend([
+            json!({"name": "fieldManager", "in": "query", "schema": {"type": "string"},
+                "description": "who owns the fields the write sets (required for apply)"}),
+            json!({"name": "force", "in": "query", "schema": {"type": "boolean"},
+                "description": "apply: take fields other managers own instead of a 409 Conflict"}),
+            json!({"name": "dryRun", "in": "query", "schema": {"type": "string"},
+                "description": "All: validate and answer what would be stored, write nothing"}),
+        ]);
+    }
+    patch["parameters"] = patch_params;
     patch["requestBody"] = json!({"required": true, "content": {
         "application/merge-patch+json": {"schema": {"type": "object"}},
         "application/strategic-merge-patch+json": {"schema": {"type": "object"}},
         "application/json-patch+json": {"schema": {"type": "array", "items": {"type": "object"}}},
+        "application/apply-patch+yaml": {"schema": {"type": "object"}},
     }});
     paths.insert(
         item.clone(),

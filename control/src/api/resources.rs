@@ -31,7 +31,9 @@ use super::{
     table, watch, with_info,
 };
 use crate::authn::UserInfo;
-use crate::registry::{self, DeleteOptions, decode_error, name_of, parse_resource_version};
+use crate::registry::{
+    self, DeleteOptions, FieldManager, decode_error, name_of, parse_resource_version,
+};
 
 /// A resource URL taken apart.
 #[derive(Debug)]
@@ -179,10 +181,15 @@ async fn dispatch(
                 let decoded = read_object(rt, headers, body, namespace.as_deref()).await?;
                 let warnings = checked_fields(query, &decoded)?;
                 check_escalation(state, user, rt, &decoded.object, None).await?;
+                let manager = field_manager(query, headers, "")?;
                 let created = if dry_run(query)? {
-                    registry.dry_run(rt, decoded.object).await?
+                    registry
+                        .dry_run(rt, decoded.object, manager.as_ref())
+                        .await?
                 } else {
-                    registry.create(rt, decoded.object).await?
+                    registry
+                        .create_by(rt, decoded.object, manager.as_ref())
+                        .await?
                 };
                 Ok(with_warnings(
                     (StatusCode::CREATED, Json(created)).into_response(),
@@ -219,10 +226,15 @@ async fn dispatch(
                 let warnings = checked_fields(query, &decoded)?;
                 let old = stored_rbac_object(state, rt, ns, name).await?;
                 check_escalation(state, user, rt, &decoded.object, old.as_ref()).await?;
+                let manager = field_manager(query, headers, "")?;
                 let updated = if dry_run(query)? {
-                    registry.dry_run(rt, decoded.object).await?
+                    registry
+                        .dry_run(rt, decoded.object, manager.as_ref())
+                        .await?
                 } else {
-                    registry.update(rt, decoded.object).await?
+                    registry
+                        .update_by(rt, decoded.object, manager.as_ref())
+                        .await?
                 };
                 Ok(with_warnings(ok_json(updated), &warnings))
             };
@@ -264,7 +276,7 @@ async fn dispatch(
         (&Method::PUT, Some(name), Some("scale")) if is_scalable(rt) => {
             let result = async {
                 let scale: berth_api::apps::Scale = read_json(body, MAX_OBJECT_BYTES).await?;
-                write_scale(state, rt, ns, name, scale, query).await
+                write_scale(state, rt, (ns, name), scale, (headers, query)).await
             };
             ("scale", result.await)
         }
@@ -399,10 +411,9 @@ pub(super) fn subresources(rt: &ResourceType) -> Vec<Subresource> {
 pub(super) async fn write_scale(
     state: &ApiState,
     rt: &'static ResourceType,
-    namespace: &str,
-    name: &str,
+    (namespace, name): (&str, &str),
     scale: berth_api::apps::Scale,
-    query: &HashMap<String, String>,
+    (headers, query): (&HeaderMap, &HashMap<String, String>),
 ) -> Result<Response, ApiError> {
     if dry_run(query)? {
         return Err(ApiError::bad_request(
@@ -420,12 +431,51 @@ pub(super) async fn write_scale(
         ));
     }
     let wanted = parse_resource_version(&scale.metadata.resource_version)?;
+    let manager = field_manager(query, headers, "scale")?;
     replied(
         state
             .registry
-            .scale(rt, namespace, name, scale.spec.replicas, wanted)
+            .scale(
+                rt,
+                namespace,
+                name,
+                (scale.spec.replicas, wanted),
+                manager.as_ref(),
+            )
             .await,
     )
+}
+
+/// The longest `fieldManager` Kubernetes accepts.
+const MAX_FIELD_MANAGER: usize = 128;
+
+/// Who a write is recorded for in `metadata.managedFields`: the `fieldManager` query
+/// parameter, or as Kubernetes defaults it, the User-Agent up to its first `/`
+/// (`kubectl/v1.32.4 (linux/amd64) ...` → `kubectl`). None when neither says.
+pub(super) fn field_manager(
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+    subresource: &'static str,
+) -> Result<Option<FieldManager>, ApiError> {
+    let name = match query.get("fieldManager").filter(|m| !m.is_empty()) {
+        Some(name) => {
+            if name.len() > MAX_FIELD_MANAGER || name.chars().any(char::is_control) {
+                return Err(ApiError::bad_request(format!(
+                    "fieldManager: must be at most {MAX_FIELD_MANAGER} printable characters"
+                )));
+            }
+            name.clone()
+        }
+        None => {
+            let agent = headers
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            let prefix = agent.split('/').next().unwrap_or_default().trim();
+            prefix.chars().take(MAX_FIELD_MANAGER).collect()
+        }
+    };
+    Ok((!name.is_empty()).then_some(FieldManager { name, subresource }))
 }
 
 /// The warnings a write answers with, or its refusal: fields Berth does not support are
@@ -471,7 +521,7 @@ fn is_scalable(rt: &ResourceType) -> bool {
     matches!(rt.kind, "Deployment" | "ReplicaSet")
 }
 
-fn is_true(value: Option<&String>) -> bool {
+pub(super) fn is_true(value: Option<&String>) -> bool {
     value.is_some_and(|v| matches!(v.as_str(), "true" | "1"))
 }
 

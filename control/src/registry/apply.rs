@@ -116,6 +116,7 @@ impl Registry {
                 existing.zip(stored.as_ref()),
                 typed(strategy, incoming.clone())?,
                 batch,
+                None,
             )
             .await?;
         Ok((planned.ops, planned.changed))

@@ -90,7 +90,7 @@ impl Registry {
                 batch.new_namespaces.insert(namespace.clone());
             }
             ops.extend(
-                self.plan(strategy, rt, None, object.clone(), &mut batch)
+                self.plan(strategy, rt, None, object.clone(), &mut batch, None)
                     .await?
                     .ops,
             );

@@ -179,7 +179,7 @@ impl Registry {
             let mut modified = existing.clone();
             modified.spec.template = target.data.clone();
             match self
-                .write_over(&DeploymentStrategy, rt, &kv, &existing, modified)
+                .write_over(&DeploymentStrategy, rt, (&kv, &existing), modified, None)
                 .await
             {
                 Ok(object) => break (object, target.revision),

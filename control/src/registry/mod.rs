@@ -185,6 +185,15 @@ fn answer<R: Resource>(object: &R, revision: Revision) -> Result<Value> {
     Ok(value)
 }
 
+/// Who makes a write through the API, for `metadata.managedFields`: Kubernetes'
+/// `fieldManager` (an `Update` entry owning what the write changed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldManager {
+    pub name: String,
+    /// Empty, or the subresource written through (`scale`).
+    pub subresource: &'static str,
+}
+
 /// What the objects planned into one store transaction share: later ones see what
 /// earlier ones create or take before any of it is stored.
 #[derive(Debug, Default)]
@@ -492,9 +501,19 @@ impl Registry {
 
     /// Creates `object`, decoded and validated as `rt` by the caller.
     pub async fn create(&self, rt: &'static ResourceType, object: Value) -> Result<Value> {
+        self.create_by(rt, object, None).await
+    }
+
+    /// [`Self::create`], `manager` (if any) recorded as the owner of the object's fields.
+    pub async fn create_by(
+        &self,
+        rt: &'static ResourceType,
+        object: Value,
+        manager: Option<&FieldManager>,
+    ) -> Result<Value> {
         with_strategy!(rt, |strategy| {
             let object = typed(strategy, object)?;
-            self.create_typed(strategy, rt, object).await
+            self.create_typed(strategy, rt, object, manager).await
         })
     }
 
@@ -503,12 +522,20 @@ impl Registry {
         strategy: &S,
         rt: &'static ResourceType,
         object: S::Object,
+        manager: Option<&FieldManager>,
     ) -> Result<Value> {
         let _counted = self.quota_guard(rt).await;
         let mut attempt = 0;
         loop {
             let planned = self
-                .plan(strategy, rt, None, object.clone(), &mut Batch::default())
+                .plan(
+                    strategy,
+                    rt,
+                    None,
+                    object.clone(),
+                    &mut Batch::default(),
+                    manager,
+                )
                 .await?;
             match self.commit(planned.ops).await {
                 Ok(revision) => return answer(&planned.object, revision),
@@ -522,6 +549,16 @@ impl Registry {
     /// Replaces an object. With `metadata.resourceVersion` set, the write only happens if
     /// that is still the stored revision (409 otherwise); without, the last writer wins.
     pub async fn update(&self, rt: &'static ResourceType, object: Value) -> Result<Value> {
+        self.update_by(rt, object, None).await
+    }
+
+    /// [`Self::update`], `manager` (if any) recorded as the owner of what it changes.
+    pub async fn update_by(
+        &self,
+        rt: &'static ResourceType,
+        object: Value,
+        manager: Option<&FieldManager>,
+    ) -> Result<Value> {
         let wanted = parse_resource_version(str_at(&object, "/metadata/resourceVersion"))?;
         let (namespace, name) = (
             namespace_of(&object).to_owned(),
@@ -529,7 +566,7 @@ impl Registry {
         );
         with_strategy!(rt, |strategy| {
             let object = typed(strategy, object)?;
-            self.read_modify_write(strategy, rt, &namespace, &name, wanted, |_| {
+            self.read_modify_write(strategy, rt, (&namespace, &name), wanted, manager, |_| {
                 Ok(object.clone())
             })
             .await
@@ -539,7 +576,12 @@ impl Registry {
     /// What writing `object` (a create or a replace) would store, planned in full —
     /// validated, server-owned fields set, allocations chosen — and not written:
     /// Kubernetes' `dryRun=All`, which `kubectl diff` asks for.
-    pub async fn dry_run(&self, rt: &'static ResourceType, object: Value) -> Result<Value> {
+    pub async fn dry_run(
+        &self,
+        rt: &'static ResourceType,
+        object: Value,
+        manager: Option<&FieldManager>,
+    ) -> Result<Value> {
         let (namespace, name) = (
             namespace_of(&object).to_owned(),
             name_of(&object).to_owned(),
@@ -554,6 +596,7 @@ impl Registry {
                     existing.as_ref().zip(stored.as_ref()),
                     typed(strategy, object)?,
                     &mut Batch::default(),
+                    manager,
                 )
                 .await?;
             answer(
@@ -571,7 +614,7 @@ impl Registry {
         with_strategy!(rt, |strategy| {
             let object = of_kind(strategy, object)?;
             let written = self
-                .read_modify_write(strategy, rt, &namespace, &name, wanted, |_| {
+                .read_modify_write(strategy, rt, (&namespace, &name), wanted, None, |_| {
                     Ok(object.clone())
                 })
                 .await?;
@@ -731,9 +774,9 @@ impl Registry {
         &self,
         strategy: &S,
         rt: &'static ResourceType,
-        namespace: &str,
-        name: &str,
+        (namespace, name): (&str, &str),
         wanted: Option<Revision>,
+        manager: Option<&FieldManager>,
         mut modify: impl FnMut(&S::Object) -> Result<S::Object>,
     ) -> Result<Value> {
         let mut attempt = 0;
@@ -754,7 +797,7 @@ impl Registry {
             let existing: S::Object = decode_typed(&kv)?;
             let modified = modify(&existing)?;
             match self
-                .write_over(strategy, rt, &kv, &existing, modified)
+                .write_over(strategy, rt, (&kv, &existing), modified, manager)
                 .await
             {
                 Err(e) if e.is_conflict() && wanted.is_none() && attempt < MAX_RETRIES => {
@@ -770,9 +813,9 @@ impl Registry {
         &self,
         strategy: &S,
         rt: &'static ResourceType,
-        kv: &KeyValue,
-        existing: &S::Object,
+        (kv, existing): (&KeyValue, &S::Object),
         mut modified: S::Object,
+        manager: Option<&FieldManager>,
     ) -> Result<Value> {
         let (namespace, name) = (&existing.meta().namespace, &existing.meta().name);
         berth_api::normalize(&mut modified).map_err(|e| decode_error(rt, name, e))?;
@@ -788,6 +831,7 @@ impl Registry {
                 Some((kv, existing)),
                 modified,
                 &mut Batch::default(),
+                manager,
             )
             .await?;
         if !planned.changed {
@@ -836,7 +880,8 @@ impl Registry {
     /// Fills server-owned fields and computes the store ops for writing `object` over
     /// `existing` (the stored record and its object; None = create). Reads revision
     /// history, allocations and the namespace; `batch` holds what the objects planned
-    /// before into the same transaction create and take.
+    /// before into the same transaction create and take. `metadata.managedFields` is kept
+    /// from `existing` when the write leaves it out, and `manager`'s write recorded in it.
     async fn plan<S: Strategy>(
         &self,
         strategy: &S,
@@ -844,6 +889,7 @@ impl Registry {
         existing: Option<(&KeyValue, &S::Object)>,
         mut object: S::Object,
         batch: &mut Batch,
+        manager: Option<&FieldManager>,
     ) -> Result<Planned<S::Object>> {
         let old = existing.map(|(_, old)| old);
         let meta = object.meta_mut();
@@ -858,6 +904,11 @@ impl Registry {
                 meta.deletion_timestamp
                     .clone_from(&old_meta.deletion_timestamp);
                 meta.deletion_grace_period_seconds = old_meta.deletion_grace_period_seconds;
+                // As Kubernetes: a write that sends managedFields replaces them, one that
+                // leaves them out keeps them.
+                if meta.managed_fields.is_empty() {
+                    meta.managed_fields.clone_from(&old_meta.managed_fields);
+                }
                 strategy.prepare_for_update(&mut object, old);
                 let causes = strategy.validate_update(&object, old);
                 if !causes.is_empty() {
@@ -886,6 +937,9 @@ impl Registry {
             object.meta_mut().generation =
                 generation + i64::from(strategy.spec_changed(&object, old));
         }
+        if let Some(manager) = manager {
+            record_manager(rt, old, &mut object, manager)?;
+        }
         let changed = match old {
             Some(old) => {
                 let mut old = old.clone();
@@ -912,6 +966,35 @@ impl Registry {
             changed,
         })
     }
+}
+
+/// Records `manager`'s write of `object` over `old` (None: a create) in the object's
+/// managedFields: what the write changed becomes the manager's.
+fn record_manager<R: Resource>(
+    rt: &ResourceType,
+    old: Option<&R>,
+    object: &mut R,
+    manager: &FieldManager,
+) -> Result<()> {
+    let value =
+        |object: &R| serde_json::to_value(object).map_err(|e| Error::internal(e.to_string()));
+    let old = old.map(value).transpose()?;
+    let api_version = rt.api_version();
+    let time = crate::util::rfc3339_now();
+    let writer = berth_api::managed::Writer {
+        manager: &manager.name,
+        api_version: &api_version,
+        subresource: manager.subresource,
+        time: &time,
+    };
+    let entries = berth_api::managed::record_update(
+        old.as_ref(),
+        &value(object)?,
+        &object.meta().managed_fields,
+        &writer,
+    );
+    object.meta_mut().managed_fields = entries;
+    Ok(())
 }
 
 /// How a DELETE was asked for: the preconditions and the grace (Kubernetes' DeleteOptions).

@@ -7,7 +7,7 @@ use berth_api::{
 use serde_json::{Value, json};
 
 use super::{
-    Error, Registry, Result, name_of, namespace_of,
+    Error, FieldManager, Registry, Result, name_of, namespace_of,
     strategy::{DeploymentStrategy, ReplicaSetStrategy, Strategy},
 };
 use crate::{objects::str_at, store::Revision};
@@ -36,17 +36,29 @@ impl Registry {
         rt: &'static ResourceType,
         namespace: &str,
         name: &str,
-        replicas: i32,
-        wanted: Option<Revision>,
+        (replicas, wanted): (i32, Option<Revision>),
+        manager: Option<&FieldManager>,
     ) -> Result<Value> {
         let scaled = match rt.kind {
             Deployment::KIND => {
-                self.scale_typed(&DeploymentStrategy, rt, namespace, name, replicas, wanted)
-                    .await?
+                self.scale_typed(
+                    &DeploymentStrategy,
+                    rt,
+                    (namespace, name),
+                    (replicas, wanted),
+                    manager,
+                )
+                .await?
             }
             ReplicaSet::KIND => {
-                self.scale_typed(&ReplicaSetStrategy, rt, namespace, name, replicas, wanted)
-                    .await?
+                self.scale_typed(
+                    &ReplicaSetStrategy,
+                    rt,
+                    (namespace, name),
+                    (replicas, wanted),
+                    manager,
+                )
+                .await?
             }
             kind => {
                 return Err(Error::bad_request(format!(
@@ -61,22 +73,28 @@ impl Registry {
         &self,
         strategy: &S,
         rt: &'static ResourceType,
-        namespace: &str,
-        name: &str,
-        replicas: i32,
-        wanted: Option<Revision>,
+        (namespace, name): (&str, &str),
+        (replicas, wanted): (i32, Option<Revision>),
+        manager: Option<&FieldManager>,
     ) -> Result<Value>
     where
         S::Object: Scalable,
     {
         let mut previous = 0;
         let object = self
-            .read_modify_write(strategy, rt, namespace, name, wanted, |existing| {
-                let mut object = existing.clone();
-                previous = *object.replicas_mut();
-                *object.replicas_mut() = replicas;
-                Ok(object)
-            })
+            .read_modify_write(
+                strategy,
+                rt,
+                (namespace, name),
+                wanted,
+                manager,
+                |existing| {
+                    let mut object = existing.clone();
+                    previous = *object.replicas_mut();
+                    *object.replicas_mut() = replicas;
+                    Ok(object)
+                },
+            )
             .await?;
         if replicas != previous {
             let message = format!(

@@ -25,3 +25,16 @@ pub async fn berthctl(admin: &std::path::Path, args: &[&str]) -> (bool, String, 
         String::from_utf8_lossy(&err).into_owned(),
     )
 }
+
+/// A LimitRange for the default namespace: containers get 200m CPU and 128Mi limits and
+/// a 100m CPU request by default, and at most 256Mi.
+pub const LIMIT_RANGE: &str = "apiVersion: v1
+kind: LimitRange
+metadata: {name: bounds}
+spec:
+  limits:
+    - type: Container
+      default: {cpu: 200m, memory: 128Mi}
+      defaultRequest: {cpu: 100m}
+      max: {memory: 256Mi}
+";
