@@ -182,8 +182,6 @@ impl AgentService {
         Ok(())
     }
 
-    /// Also refuses joins under `names` (the control plane's server names), besides
-    /// `localhost`.
     /// Node certificates are valid for `validity`.
     pub fn with_certificate_validity(mut self, validity: Duration) -> Self {
         self.certificate_validity = validity;
@@ -196,6 +194,8 @@ impl AgentService {
         self
     }
 
+    /// Also refuses joins under `names` (the control plane's server names), besides
+    /// `localhost`.
     pub fn with_reserved_names(mut self, names: impl IntoIterator<Item = String>) -> Self {
         self.reserved_names.extend(names);
         self

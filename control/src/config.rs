@@ -143,6 +143,15 @@ pub struct Config {
     )]
     pub allow_host_paths: Vec<PathBuf>,
 
+    /// Seconds an Event is kept after it last happened (kube-apiserver's `--event-ttl`).
+    #[arg(
+        long = "event-ttl",
+        env = "BERTH_EVENT_TTL",
+        default_value_t = 3600,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub event_ttl_secs: u64,
+
     /// Seconds a node certificate is valid (kubeadm's one year by default); agents renew
     /// theirs after 80 % of that.
     #[arg(
@@ -217,6 +226,7 @@ impl Config {
                 self.autoscaler_downscale_stabilization_secs,
             ),
             local_volume_dir: self.local_volume_dir.clone(),
+            event_ttl: Duration::from_secs(self.event_ttl_secs),
             ..crate::controllers::Settings::default()
         }
     }

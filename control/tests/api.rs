@@ -4,7 +4,7 @@ mod common;
 
 use axum::http::Method;
 use berth_ctl::client::Client;
-use common::{DEPLOYMENTS, LIMIT_RANGE, deployment, rv, start, start_with};
+use common::{DEPLOYMENTS, LIMIT_RANGE, deployment, eventually, rv, start, start_with};
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -907,6 +907,48 @@ async fn limit_ranges_default_and_bound_new_pods() {
         .call(Method::GET, "/api/v1/namespaces/default/pods/big", None)
         .await;
     assert_eq!(status, 404, "nothing stored");
+}
+
+/// Events expire `--event-ttl` seconds after they last happened (the event controller
+/// deletes them); a newer event stays.
+#[tokio::test]
+async fn events_expire_after_their_ttl() {
+    let t = start_with(&["--event-ttl", "2"]).await;
+    let event = |name: &str, at: &str| {
+        json!({"apiVersion": "v1", "kind": "Event", "metadata": {"name": name},
+               "involvedObject": {"kind": "Pod", "namespace": "default", "name": "web"},
+               "reason": "Tested", "message": "m", "type": "Normal",
+               "firstTimestamp": at, "lastTimestamp": at})
+    };
+    let now = berth_api::time::rfc3339_now();
+    for (name, at) in [("old", "2020-01-01T00:00:00Z"), ("new", now.as_str())] {
+        let (status, body) = t
+            .call(
+                Method::POST,
+                "/api/v1/namespaces/default/events",
+                Some(&event(name, at)),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    eventually("the old event gone", async || {
+        let (status, _) = t
+            .call(Method::GET, "/api/v1/namespaces/default/events/old", None)
+            .await;
+        (status == 404).then_some(())
+    })
+    .await;
+    let (status, _) = t
+        .call(Method::GET, "/api/v1/namespaces/default/events/new", None)
+        .await;
+    assert_eq!(status, 200, "the new one is kept for now");
+    eventually("the new event gone after its TTL", async || {
+        let (status, _) = t
+            .call(Method::GET, "/api/v1/namespaces/default/events/new", None)
+            .await;
+        (status == 404).then_some(())
+    })
+    .await;
 }
 
 /// `limit` and `continue`: a list in pages, each with the token of the next and the

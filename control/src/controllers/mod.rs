@@ -13,6 +13,7 @@ pub mod autoscaler;
 mod cache;
 pub mod deployment;
 pub mod endpoints;
+pub mod events;
 #[cfg(test)]
 pub(crate) mod fixtures;
 pub mod gc;
@@ -152,6 +153,8 @@ pub struct Settings {
     /// The cluster CA (PEM) each namespace's `kube-root-ca.crt` ConfigMap holds; None
     /// publishes none.
     pub root_ca_pem: Option<std::sync::Arc<str>>,
+    /// How long an Event is kept after it last happened.
+    pub event_ttl: Duration,
 }
 
 impl Default for Settings {
@@ -166,6 +169,7 @@ impl Default for Settings {
             downscale_stabilization: Duration::from_secs(300),
             local_volume_dir: DEFAULT_LOCAL_VOLUME_DIR.into(),
             root_ca_pem: None,
+            event_ttl: Duration::from_secs(3600),
         }
     }
 }
@@ -390,6 +394,7 @@ impl Controllers {
                 Box::new(quota::QuotaController),
                 Box::new(serviceaccounts::ServiceAccountController),
                 Box::new(serviceaccounts::RootCaPublisher),
+                Box::new(events::EventExpiry),
                 Box::new(volumes::VolumeReclaimer),
                 Box::new(gc::GarbageCollector::<Pod>::new()),
                 Box::new(gc::GarbageCollector::<berth_api::apps::ReplicaSet>::new()),
