@@ -56,7 +56,15 @@ pub fn parse_rfc3339(text: &str) -> Option<u64> {
         .splitn(3, ':')
         .map(|p| p.split('.').next().unwrap_or(p).parse::<u64>());
     let (hh, mm, ss) = (time.next()?.ok()?, time.next()?.ok()?, time.next()?.ok()?);
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
+    // RFC 3339 years have four digits: a larger one (written through an object's status,
+    // say) would overflow the arithmetic below.
+    if !(0..=9999).contains(&y)
+        || !(1..=12).contains(&m)
+        || !(1..=31).contains(&d)
+        || hh > 23
+        || mm > 59
+        || ss > 60
+    {
         return None;
     }
     let days = days_from_civil(y, m, d);
@@ -84,6 +92,18 @@ pub fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn years_past_four_digits_are_not_timestamps() {
+        assert_eq!(parse_rfc3339("9999-12-31T23:59:59Z"), Some(253_402_300_799));
+        for text in [
+            "10000-01-01T00:00:00Z",
+            "9223372036854775807-01-01T00:00:00Z",
+            "-1-01-01T00:00:00Z",
+        ] {
+            assert_eq!(parse_rfc3339(text), None, "{text}");
+        }
+    }
 
     #[test]
     fn timestamps() {

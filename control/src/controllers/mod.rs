@@ -358,6 +358,7 @@ impl Controllers {
                     reconcilers,
                     settings: settings.clone(),
                     requeue: BTreeMap::new(),
+                    panics: BTreeMap::new(),
                 };
                 tokio::spawn(runtime.run(rx, shutdown.clone()))
             })
@@ -415,7 +416,13 @@ struct Runtime {
     reconcilers: Lane,
     settings: Settings,
     requeue: BTreeMap<WorkKey, Instant>,
+    /// Objects whose reconcile panicked, with how many times in a row: looked at again
+    /// after a back-off that doubles each time.
+    panics: BTreeMap<WorkKey, u32>,
 }
+
+/// The longest wait before an object whose reconcile keeps panicking is tried again.
+const PANIC_BACKOFF_MAX: Duration = Duration::from_secs(300);
 
 /// What came of one outcome's writes.
 struct Applied {
@@ -534,14 +541,31 @@ impl Runtime {
         // The queue is ordered by reconciler first, so each one's work is a contiguous
         // batch, planned on the same snapshot.
         let mut planned: Vec<(WorkKey, Outcome)> = Vec::new();
+        let mut panicked: Vec<WorkKey> = Vec::new();
         let mut batch: Vec<WorkKey> = Vec::new();
         for key in queue {
             if batch.last().is_some_and(|last| last.0 != key.0) {
-                planned.extend(self.reconcile_batch(std::mem::take(&mut batch), &snapshot, &ctx));
+                let (outcomes, failed) =
+                    self.reconcile_batch(std::mem::take(&mut batch), &snapshot, &ctx);
+                planned.extend(outcomes);
+                panicked.extend(failed);
             }
             batch.push(key);
         }
-        planned.extend(self.reconcile_batch(batch, &snapshot, &ctx));
+        let (outcomes, failed) = self.reconcile_batch(batch, &snapshot, &ctx);
+        planned.extend(outcomes);
+        panicked.extend(failed);
+        for (key, _) in &planned {
+            self.panics.remove(key);
+        }
+        for key in panicked {
+            let times = self.panics.entry(key.clone()).or_default();
+            *times = times.saturating_add(1);
+            let delay = Duration::from_secs(1)
+                .saturating_mul(1 << (*times - 1).min(16))
+                .min(PANIC_BACKOFF_MAX);
+            self.requeue_after(key, Some(delay));
+        }
         // Let go of the snapshot before waiting for the writes: the cache copies its
         // whole map on its next change while anyone still holds the old one.
         drop(snapshot);
@@ -609,21 +633,58 @@ impl Runtime {
         });
     }
 
-    /// Reconciles keys of one reconciler (objects gone from the snapshot are skipped).
+    /// Reconciles keys of one reconciler (objects gone from the snapshot are skipped);
+    /// also the keys whose reconcile panicked. A panic is one object's problem (a value
+    /// no one expected): it is caught, logged and counted, and the batch's other objects
+    /// are reconciled one by one so they go on.
     fn reconcile_batch(
         &self,
         keys: Vec<WorkKey>,
         snapshot: &Snapshot,
         ctx: &Context,
-    ) -> Vec<(WorkKey, Outcome)> {
+    ) -> (Vec<(WorkKey, Outcome)>, Vec<WorkKey>) {
         let Some((i, _, _)) = keys.first() else {
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         };
         let reconciler = &self.reconcilers[*i];
         let started = std::time::Instant::now();
-        let (keys, outcomes) = reconciler.reconcile_keys(keys, snapshot, ctx);
+        let reconcile = |keys: Vec<WorkKey>| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                reconciler.reconcile_keys(keys, snapshot, ctx)
+            }))
+        };
+        let mut panicked = Vec::new();
+        let (keys, outcomes) = match reconcile(keys.clone()) {
+            Ok(done) => done,
+            Err(_) => {
+                let (mut done_keys, mut done) = (Vec::new(), Vec::new());
+                for key in keys {
+                    match reconcile(vec![key.clone()]) {
+                        Ok((k, o)) => {
+                            done_keys.extend(k);
+                            done.extend(o);
+                        }
+                        Err(payload) => {
+                            let message = payload
+                                .downcast_ref::<&str>()
+                                .map(|m| (*m).to_owned())
+                                .or_else(|| payload.downcast_ref::<String>().cloned())
+                                .unwrap_or_default();
+                            tracing::error!(controller = reconciler.name(), object = %format!("{}/{}", key.1, key.2), %message, "reconcile panicked; trying again later");
+                            self.registry
+                                .metrics()
+                                .reconciles
+                                .with_label_values(&[reconciler.name(), "panic"])
+                                .inc();
+                            panicked.push(key);
+                        }
+                    }
+                }
+                (done_keys, done)
+            }
+        };
         if keys.is_empty() {
-            return Vec::new();
+            return (Vec::new(), panicked);
         }
         // A batch shares its setup (the scheduler's per-node sums), so each object is
         // charged an equal part of the whole: the histogram still counts one observation
@@ -645,7 +706,7 @@ impl Runtime {
                 keys.len()
             );
         }
-        keys.into_iter().zip(outcomes).collect()
+        (keys.into_iter().zip(outcomes).collect(), panicked)
     }
 
     /// Writes an outcome's object writes (a kind's creations in one transaction); its
@@ -799,6 +860,106 @@ impl Runtime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Marks every ConfigMap it sees, and panics on the one named `bad`.
+    struct PanicsOnBad;
+
+    impl Reconciler for PanicsOnBad {
+        type Object = berth_api::configuration::ConfigMap;
+
+        fn name(&self) -> &'static str {
+            "panics-on-bad"
+        }
+
+        fn affected(&self, change: &Change, _snapshot: &Snapshot) -> Vec<(String, String)> {
+            match change.as_kind::<Self::Object>() {
+                Some(_) if !change.deleted => vec![change.key()],
+                _ => Vec::new(),
+            }
+        }
+
+        fn reconcile(&self, map: &Self::Object, _snapshot: &Snapshot, _ctx: &Context) -> Outcome {
+            assert_ne!(map.metadata.name, "bad", "a value no one expected");
+            if map.metadata.annotations.contains_key("seen") {
+                return Outcome::default();
+            }
+            let mut seen = map.clone();
+            seen.metadata
+                .annotations
+                .insert("seen".into(), "yes".into());
+            Outcome::writes(vec![Write::update(seen)])
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_reconcile_is_counted_and_retried_while_the_others_go_on() {
+        use crate::{
+            allocation::{Cidr, PortRange, Ranges},
+            metrics::Metrics,
+            store::RedbStore,
+        };
+        let dir = tempfile::tempdir().expect("dir");
+        let store: Arc<dyn Store> =
+            Arc::new(RedbStore::open(&dir.path().join("store.redb")).expect("store"));
+        let ranges = Ranges {
+            service_cidr: Cidr {
+                network: [10, 96, 0, 0].into(),
+                prefix: 12,
+            },
+            node_ports: PortRange::DEFAULT,
+            load_balancer_pool: None,
+        };
+        let registry = Registry::new(Arc::clone(&store), Metrics::new().expect("metrics"), ranges);
+        registry
+            .ensure_namespace("default")
+            .await
+            .expect("namespace");
+        for name in ["a", "bad", "c"] {
+            let map = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": name, "namespace": "default"}, "data": {"k": "v"}});
+            registry
+                .create(&berth_api::kinds::CONFIG_MAPS, map)
+                .await
+                .expect("created");
+        }
+        let (_stop, shutdown) = watch::channel(false);
+        let _controllers = Controllers::start(
+            registry.clone(),
+            store,
+            vec![vec![Box::new(PanicsOnBad)]],
+            Settings::default(),
+            shutdown,
+        )
+        .await
+        .expect("controllers");
+        let panics = || {
+            registry
+                .metrics()
+                .reconciles
+                .with_label_values(&["panics-on-bad", "panic"])
+                .get()
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let seen = futures_util::future::join_all(
+                ["a", "c"]
+                    .map(|name| registry.get(&berth_api::kinds::CONFIG_MAPS, "default", name)),
+            )
+            .await
+            .into_iter()
+            .all(|map| map.is_ok_and(|m| m["metadata"]["annotations"]["seen"] == "yes"));
+            // Tried again after its back-off, and counted each time.
+            if seen && panics() >= 2 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "seen: {seen}, panics: {}",
+                panics()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 
     fn scheduled(pod: &str, namespace: &str) -> EventRecord {
         EventRecord {
