@@ -28,7 +28,7 @@ use super::{
     error::ApiError,
     node_proxy,
     query::selectors,
-    table, watch, with_info,
+    streaming, table, watch, with_info,
 };
 use crate::authn::UserInfo;
 use crate::registry::{self, DeleteOptions, decode_error, name_of, parse_resource_version};
@@ -297,14 +297,42 @@ async fn dispatch(
         (&Method::GET, Some(name), Some("log")) if rt.kind == "Pod" => {
             ("log", node_proxy::logs(state, ns, name, query).await)
         }
-        (&Method::GET, Some(name), Some("exec")) if rt.kind == "Pod" => {
+        (&Method::GET, Some(name), Some(sub @ ("exec" | "attach"))) if rt.kind == "Pod" => {
+            let result = async {
+                let options = streaming::StreamOptions::parse(raw_query)?;
+                if sub == "exec" && options.command.first().is_none_or(String::is_empty) {
+                    return Err(ApiError::bad_request("command: must name a program to run"));
+                }
+                let Some(upgrade) = upgrade else {
+                    return Err(ApiError::bad_request(format!(
+                        "GET {sub} is a WebSocket (v5.channel.k8s.io){}",
+                        if sub == "exec" {
+                            "; POST runs a command and returns its output"
+                        } else {
+                            ""
+                        }
+                    )));
+                };
+                let options = if sub == "attach" {
+                    streaming::StreamOptions {
+                        command: Vec::new(),
+                        ..options
+                    }
+                } else {
+                    options
+                };
+                streaming::session(state, ns, name, options, upgrade).await
+            };
+            (if sub == "exec" { "exec" } else { "attach" }, result.await)
+        }
+        (&Method::GET, Some(name), Some("portforward")) if rt.kind == "Pod" => {
             let result = match upgrade {
-                Some(upgrade) => node_proxy::exec_stream(state, ns, name, raw_query, upgrade).await,
+                Some(upgrade) => streaming::port_forward(state, ns, name, upgrade).await,
                 None => Err(ApiError::bad_request(
-                    "GET exec is a WebSocket (v5.channel.k8s.io); POST runs a command and returns its output",
+                    "port forwarding is a WebSocket carrying SPDY/3.1 (SPDY/3.1+portforward.k8s.io)",
                 )),
             };
-            ("exec", result)
+            ("portforward", result)
         }
         (&Method::POST, Some(name), Some("exec")) if rt.kind == "Pod" => {
             let result = async {
@@ -379,6 +407,18 @@ pub(super) fn subresources(rt: &ResourceType) -> Vec<Subresource> {
             served.push(Subresource {
                 name: "exec",
                 kind: Some("PodExecOptions"),
+                group_version: None,
+                verbs: &["create", "get"],
+            });
+            served.push(Subresource {
+                name: "attach",
+                kind: Some("PodAttachOptions"),
+                group_version: None,
+                verbs: &["create", "get"],
+            });
+            served.push(Subresource {
+                name: "portforward",
+                kind: Some("PodPortForwardOptions"),
                 group_version: None,
                 verbs: &["create", "get"],
             });
