@@ -14,6 +14,7 @@ mod get;
 mod node;
 mod output;
 mod rollout;
+mod session;
 mod top;
 
 use std::{io::Write, path::PathBuf};
@@ -86,6 +87,7 @@ pub enum Command {
     },
     Logs(node::LogsArgs),
     Exec(node::ExecArgs),
+    Attach(node::AttachArgs),
     /// Create, list and delete the bootstrap tokens node agents join with.
     #[command(after_help = "Examples:\n  berthctl token create --ttl 2h\n  \
                             berthctl token list\n  berthctl token delete abcdef\n\n\
@@ -563,6 +565,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(
         Command::Top { what } => top::run(&ctx, what, out, err).await,
         Command::Logs(args) => node::logs(&ctx, &args, out).await,
         Command::Exec(args) => node::exec(&ctx, &args, out, err).await,
+        Command::Attach(args) => node::attach(&ctx, &args, out, err).await,
         Command::Token { action } => cluster::token(&ctx, action, out).await,
         Command::Auth { action } => auth::run(&ctx, action, out, err).await,
         Command::Completion(_) => Ok(()),

@@ -11,7 +11,7 @@ use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{Ipv4Addr, SocketAddrV4},
     os::fd::FromRawFd as _,
-    process::{Child, Stdio},
+    process::{Child, Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
 };
@@ -121,12 +121,23 @@ async fn run(setup: &Setup) {
         .find(|(name, _)| name.starts_with("web-"))
         .map(|(name, _)| name.clone())
         .expect("a web pod");
+    let kubeconfig = setup.kubeconfig();
+    let berthctl = |args: &[&str]| Some(setup.berthctl_command(&kubeconfig, args));
+    let kubectl = |args: &[&str]| setup.kubectl_command(args);
+    let mut clients: Vec<(&str, &ClientCommand)> = vec![("berthctl", &berthctl)];
     if setup.kubectl_command(&["version"]).is_some() {
-        exec_through_a_terminal(setup, &client_pod);
-        exec_with_piped_input(setup, &client_pod);
-        attach(setup);
-        logs_follow(setup);
-        port_forward(setup, &web_pod);
+        clients.push(("kubectl", &kubectl));
+    } else {
+        eprintln!("SKIPPED kubectl exec -it, attach, port-forward, logs -f: no kubectl");
+    }
+    for (name, client) in clients {
+        exec_through_a_terminal(client(&["exec", "-it", &client_pod, "--", "sh"]), name);
+        exec_with_piped_input(client(&["exec", "-i", &client_pod, "--", "cat"]), name);
+        attach(client(&["attach", "ticker"]), name);
+        if name == "kubectl" {
+            logs_follow(setup);
+            port_forward(setup, &web_pod);
+        }
     }
 
     // Restart the agent while the client keeps connecting.
@@ -150,6 +161,10 @@ async fn run(setup: &Setup) {
     );
     drop(agent);
 }
+
+/// A client's command line (kubectl's or berthctl's) for the arguments; None when the
+/// client is not installed.
+type ClientCommand<'a> = dyn Fn(&[&str]) -> Option<Command> + 'a;
 
 const TICKER: &str = "
 apiVersion: v1
@@ -237,19 +252,17 @@ fn open_pty() -> (File, File) {
     unsafe { (File::from_raw_fd(primary), File::from_raw_fd(secondary)) }
 }
 
-/// `kubectl exec -it POD -- sh` on a real terminal: a typed command's output comes back
+/// `exec -it POD -- sh` (kubectl's or berthctl's) on a real terminal: a typed command's output comes back
 /// (computed by the shell, so not the terminal's echo), and `exit 3` is kubectl's exit
 /// code.
-fn exec_through_a_terminal(setup: &Setup, pod: &str) {
+fn exec_through_a_terminal(command: Option<Command>, client: &str) {
     let (mut primary, secondary) = open_pty();
-    let mut command = setup
-        .kubectl_command(&["exec", "-it", pod, "--", "sh"])
-        .expect("kubectl");
+    let mut command = command.expect("client");
     command
         .stdin(Stdio::from(secondary.try_clone().expect("pty")))
         .stdout(Stdio::from(secondary.try_clone().expect("pty")))
         .stderr(Stdio::from(secondary));
-    let mut child = command.spawn().expect("kubectl exec -it");
+    let mut child = command.spawn().expect("exec -it");
     // The command holds the only secondary descriptors now: reads of the primary end
     // when kubectl does.
     drop(command);
@@ -273,7 +286,7 @@ fn exec_through_a_terminal(setup: &Setup, pod: &str) {
             let left = deadline.saturating_duration_since(Instant::now());
             match output.recv_timeout(left) {
                 Ok(chunk) => screen.push_str(&chunk),
-                Err(_) => panic!("kubectl exec -it: no {text:?} on the terminal: {screen:?}"),
+                Err(_) => panic!("{client} exec -it: no {text:?} on the terminal: {screen:?}"),
             }
         }
     };
@@ -282,31 +295,30 @@ fn exec_through_a_terminal(setup: &Setup, pod: &str) {
         .expect("type");
     wait_for("hello-42 /dev/pts/", &mut screen);
     primary.write_all(b"exit 3\n").expect("type");
-    let code = exit_code(&mut child, Duration::from_secs(30), "kubectl exec -it");
+    let code = exit_code(&mut child, Duration::from_secs(30), "exec -it");
     assert_eq!(
         code,
         Some(3),
-        "kubectl exec -it exits with the shell's code: {screen:?}"
+        "{client} exec -it exits with the shell's code: {screen:?}"
     );
 }
 
-/// `kubectl exec -i POD -- cat` with piped input: what is piped comes back, and the end
+/// `exec -i POD -- cat` with piped input: what is piped comes back, and the end
 /// of the input ends the command.
-fn exec_with_piped_input(setup: &Setup, pod: &str) {
-    let mut child = setup
-        .kubectl_command(&["exec", "-i", pod, "--", "cat"])
-        .expect("kubectl")
+fn exec_with_piped_input(command: Option<Command>, client: &str) {
+    let mut child = command
+        .expect("client")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("kubectl exec -i");
+        .expect("exec -i");
     let mut stdin = child.stdin.take().expect("stdin");
     stdin
         .write_all(b"first piped line\nsecond piped line\n")
         .expect("pipe");
     drop(stdin);
-    let code = exit_code(&mut child, Duration::from_secs(30), "kubectl exec -i cat");
+    let code = exit_code(&mut child, Duration::from_secs(30), "exec -i cat");
     let mut stdout = String::new();
     let mut stderr = String::new();
     let _ = child
@@ -319,31 +331,33 @@ fn exec_with_piped_input(setup: &Setup, pod: &str) {
         .take()
         .expect("stderr")
         .read_to_string(&mut stderr);
-    assert_eq!(code, Some(0), "{stderr}");
-    assert_eq!(stdout, "first piped line\nsecond piped line\n", "{stderr}");
+    assert_eq!(code, Some(0), "{client}: {stderr}");
+    assert_eq!(
+        stdout, "first piped line\nsecond piped line\n",
+        "{client}: {stderr}"
+    );
 }
 
-/// `kubectl attach ticker`: the container's own output from now on.
-fn attach(setup: &Setup) {
-    let mut child = setup
-        .kubectl_command(&["attach", "ticker"])
-        .expect("kubectl")
+/// `attach ticker`: the container's own output from now on.
+fn attach(command: Option<Command>, client: &str) {
+    let mut child = command
+        .expect("client")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .expect("kubectl attach");
+        .expect("attach");
     let lines = lines_of(child.stdout.take().expect("stdout"));
     let _kubectl = Process(child);
-    let first = wait_line(&lines, Duration::from_secs(20), "kubectl attach", |line| {
+    let first = wait_line(&lines, Duration::from_secs(20), client, |line| {
         line.starts_with("tick ")
     });
-    let next = wait_line(&lines, Duration::from_secs(5), "kubectl attach", |line| {
+    let next = wait_line(&lines, Duration::from_secs(5), client, |line| {
         line.starts_with("tick ")
     });
     assert_eq!(
         tick_number(&next),
         tick_number(&first) + 1,
-        "attach streams each new line: {first:?}, {next:?}"
+        "{client} attach streams each new line: {first:?}, {next:?}"
     );
 }
 

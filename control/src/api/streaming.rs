@@ -17,6 +17,7 @@ use axum::{
     extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code},
     response::Response,
 };
+use berth_api::channels::{self, CLOSE, ERROR, RESIZE, STDERR, STDIN, STDOUT};
 use berth_api::node::{
     ContainerRef, PortForwardInput, PortForwardOpen, SessionInput, SessionOpen, TerminalSize,
     node_client::NodeClient as GrpcClient, port_forward_input, session_input, session_output,
@@ -36,15 +37,8 @@ use crate::{
     spdy::{self, Frame, FrameReader, FrameWriter},
 };
 
-/// The channel subprotocols this server speaks, preferred first. In both a binary
-/// message's first byte is its channel; v5 adds channel 255, "this channel is closed".
-const CHANNEL_PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
-const STDIN: u8 = 0;
-const STDOUT: u8 = 1;
-const STDERR: u8 = 2;
-const ERROR: u8 = 3;
-const RESIZE: u8 = 4;
-const CLOSE: u8 = 255;
+/// The channel subprotocols this server speaks, preferred first.
+const CHANNEL_PROTOCOLS: [&str; 2] = [channels::PROTOCOL_V5, channels::PROTOCOL_V4];
 
 type NodeClient = GrpcClient<tonic::transport::Channel>;
 
@@ -127,10 +121,7 @@ fn client_message(frame: &[u8]) -> ClientMessage {
 }
 
 fn channel_frame(channel: u8, data: &[u8]) -> Message {
-    let mut frame = Vec::with_capacity(1 + data.len());
-    frame.push(channel);
-    frame.extend_from_slice(data);
-    Message::Binary(frame.into())
+    Message::Binary(channels::frame(channel, data).into())
 }
 
 /// The Status kubectl reads an exec's end from: Success, or the exit code as Kubernetes
