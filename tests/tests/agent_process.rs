@@ -134,9 +134,17 @@ async fn run(setup: &Setup) {
         exec_through_a_terminal(client(&["exec", "-it", &client_pod, "--", "sh"]), name);
         exec_with_piped_input(client(&["exec", "-i", &client_pod, "--", "cat"]), name);
         attach(client(&["attach", "ticker"]), name);
+        let local = if name == "kubectl" { 18080 } else { 18081 };
+        let mapping = format!("{local}:8080");
+        let target = format!("pod/{web_pod}");
+        port_forward(
+            client(&["port-forward", &target, &mapping]),
+            (setup, local),
+            &web_pod,
+            name,
+        );
         if name == "kubectl" {
             logs_follow(setup);
-            port_forward(setup, &web_pod);
         }
     }
 
@@ -391,34 +399,31 @@ fn logs_follow(setup: &Setup) {
     }
 }
 
-/// `kubectl port-forward pod/WEB 18080:8080`: HTTP requests to 127.0.0.1:18080 (in the
-/// node namespace, where kubectl runs) are answered by that pod, which sees them come
-/// from its own loopback — the connection is made inside the pod's network namespace.
-fn port_forward(setup: &Setup, pod: &str) {
-    let target = format!("pod/{pod}");
-    let mut child = setup
-        .kubectl_command(&["port-forward", &target, "18080:8080"])
-        .expect("kubectl")
+/// `port-forward pod/WEB LOCAL:8080` (kubectl's or berthctl's): HTTP requests to
+/// 127.0.0.1:LOCAL (in the node namespace, where the clients run) are answered by that
+/// pod, which sees them come from its own loopback — the connection is made inside the
+/// pod's network namespace.
+fn port_forward(command: Option<Command>, (setup, local): (&Setup, u16), pod: &str, client: &str) {
+    let mut child = command
+        .expect("client")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("kubectl port-forward");
+        .expect("port-forward");
     let lines = lines_of(child.stdout.take().expect("stdout"));
     let errors = lines_of(child.stderr.take().expect("stderr"));
-    let _kubectl = Process(child);
-    wait_line(
-        &lines,
-        Duration::from_secs(20),
-        "kubectl port-forward",
-        |line| line.starts_with("Forwarding from 127.0.0.1:18080 -> 8080"),
-    );
-    let local = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 18080);
+    let _client = Process(child);
+    let forwarding = format!("Forwarding from 127.0.0.1:{local} -> 8080");
+    wait_line(&lines, Duration::from_secs(20), client, |line| {
+        line.starts_with(&forwarding)
+    });
+    let local = SocketAddrV4::new(Ipv4Addr::LOCALHOST, local);
     for attempt in 0..3 {
         let reply = get(&setup.ns, local).unwrap_or_else(|error| {
             let errors: Vec<String> = errors.try_iter().collect();
-            panic!("request {attempt} through port-forward: {error}; kubectl: {errors:?}")
+            panic!("request {attempt} through {client} port-forward: {error}; stderr: {errors:?}")
         });
-        assert_eq!(reply.pod, pod, "the forwarded pod answers");
+        assert_eq!(reply.pod, pod, "{client}: the forwarded pod answers");
         assert!(
             reply.client.ip().is_loopback(),
             "the pod sees its own loopback as the client: {reply:?}"

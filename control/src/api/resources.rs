@@ -327,7 +327,7 @@ async fn dispatch(
         }
         (&Method::GET, Some(name), Some("portforward")) if rt.kind == "Pod" => {
             let result = match upgrade {
-                Some(upgrade) => streaming::port_forward(state, ns, name, upgrade).await,
+                Some(upgrade) => streaming::port_forward(state, ns, name, query, upgrade).await,
                 None => Err(ApiError::bad_request(
                     "port forwarding is a WebSocket carrying SPDY/3.1 (SPDY/3.1+portforward.k8s.io)",
                 )),

@@ -139,6 +139,14 @@ pub fn exec_status(exit_code: i64, command: &str) -> Value {
     })
 }
 
+/// A normal closure (1000): kubectl reads a close without a code as an error.
+fn normal_close() -> Message {
+    Message::Close(Some(CloseFrame {
+        code: close_code::NORMAL,
+        reason: "".into(),
+    }))
+}
+
 fn failure(message: &str) -> Value {
     json!({"metadata": {}, "status": "Failure", "message": message})
 }
@@ -249,12 +257,7 @@ async fn finish(sink: &mut SplitSink<WebSocket, Message>, status: &Value) {
     let _ = sink
         .send(channel_frame(ERROR, status.to_string().as_bytes()))
         .await;
-    let _ = sink
-        .send(Message::Close(Some(CloseFrame {
-            code: close_code::NORMAL,
-            reason: "".into(),
-        })))
-        .await;
+    let _ = sink.send(normal_close()).await;
 }
 
 /// A channel's receiving end as a stream (what tokio-stream's `ReceiverStream` is): a
@@ -273,27 +276,197 @@ impl<T> Stream for ReceiverStream<T> {
     }
 }
 
-/// `GET .../pods/{name}/portforward` upgraded to a WebSocket carrying SPDY/3.1. kubectl
-/// opens an error stream and a data stream per local connection (same `requestID`); the
-/// pair's data flows through one node API `PortForward` call, and a failure to connect
-/// is written on the error stream, as the kubelet does.
+/// `GET .../pods/{name}/portforward` upgraded to a WebSocket. kubectl 1.32 asks for
+/// SPDY/3.1 tunnelled in it: an error stream and a data stream per local connection
+/// (same `requestID`), the pair's data through one node API `PortForward` call, and a
+/// failure to connect written on the error stream, as the kubelet does. Asked with
+/// `v4.channel.k8s.io` and `ports=P[,P...]` (the kubelet's WebSocket form, berthctl's),
+/// the socket carries one connection per port: data on channel 2i, errors on 2i+1, each
+/// channel's first message the port (16 bits, little-endian).
 pub async fn port_forward(
     state: &ApiState,
     namespace: &str,
     name: &str,
+    query: &HashMap<String, String>,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    let upgrade = upgrade.protocols([PORT_FORWARD_PROTOCOL]);
-    if upgrade.selected_protocol().is_none() {
-        return Err(ApiError::bad_request(format!(
-            "port forwarding is SPDY/3.1 in a WebSocket: subprotocol {PORT_FORWARD_PROTOCOL}"
-        )));
-    }
+    let upgrade = upgrade.protocols([PORT_FORWARD_PROTOCOL, channels::PROTOCOL_V4]);
+    let spdy = match upgrade.selected_protocol().and_then(|p| p.to_str().ok()) {
+        Some(PORT_FORWARD_PROTOCOL) => true,
+        Some(_) => false,
+        None => {
+            return Err(ApiError::bad_request(format!(
+                "port forwarding is SPDY/3.1 in a WebSocket (subprotocol {PORT_FORWARD_PROTOCOL}) or {} channels",
+                channels::PROTOCOL_V4
+            )));
+        }
+    };
+    let ports = if spdy {
+        Vec::new()
+    } else {
+        forwarded_ports(query.get("ports").map(String::as_str).unwrap_or_default())?
+    };
     let target = pod_target(state, namespace, name).await?;
     let client = state.nodes.connect(&target.node).await?;
     let node_name = target.node_name;
     let pod = target.container;
-    Ok(upgrade.on_upgrade(move |socket| forward_session(socket, client, pod, node_name)))
+    Ok(upgrade.on_upgrade(move |socket| async move {
+        if spdy {
+            forward_session(socket, client, pod, node_name).await;
+        } else {
+            forward_channels(socket, client, pod, ports, node_name).await;
+        }
+    }))
+}
+
+/// `ports=8080,9090`: the ports of a channel port-forward.
+fn forwarded_ports(list: &str) -> Result<Vec<u16>, ApiError> {
+    let ports: Vec<u16> = list
+        .split(',')
+        .filter(|port| !port.is_empty())
+        .map(|port| {
+            port.trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|port| *port > 0)
+                .ok_or_else(|| ApiError::bad_request(format!("ports: {port:?} is not a port")))
+        })
+        .collect::<Result<_, _>>()?;
+    if ports.is_empty() {
+        return Err(ApiError::bad_request(
+            "ports: at least one port is required",
+        ));
+    }
+    Ok(ports)
+}
+
+fn port_prefix(channel: u8, port: u16) -> Message {
+    channel_frame(channel, &port.to_le_bytes())
+}
+
+/// The channel form: one connection per port, for the socket's life.
+async fn forward_channels(
+    socket: WebSocket,
+    client: NodeClient,
+    pod: ContainerRef,
+    ports: Vec<u16>,
+    node: String,
+) {
+    let (mut sink, mut source) = socket.split();
+    let (outgoing, mut queue) = mpsc::channel::<Message>(64);
+    let mut to_pod = Vec::new();
+    let mut tasks = Vec::new();
+    for (index, port) in ports.iter().enumerate() {
+        let Ok(data_channel) = u8::try_from(index * 2) else {
+            break;
+        };
+        let error_channel = data_channel + 1;
+        let _ = outgoing.send(port_prefix(data_channel, *port)).await;
+        let _ = outgoing.send(port_prefix(error_channel, *port)).await;
+        let (sender, inputs) = mpsc::channel(16);
+        let _ = sender
+            .send(PortForwardInput {
+                input: Some(port_forward_input::Input::Open(PortForwardOpen {
+                    pod: Some(pod.clone()),
+                    port: u32::from(*port),
+                })),
+            })
+            .await;
+        to_pod.push(Some(sender));
+        tasks.push(tokio::spawn(forward_channel(
+            client.clone(),
+            inputs,
+            outgoing.clone(),
+            (data_channel, error_channel),
+            node.clone(),
+        )));
+    }
+    drop(outgoing);
+    let reader = async {
+        while let Some(Ok(message)) = source.next().await {
+            let Message::Binary(bytes) = message else {
+                if matches!(message, Message::Close(_)) {
+                    break;
+                }
+                continue;
+            };
+            let Some((&channel, data)) = bytes.split_first() else {
+                continue;
+            };
+            let index = usize::from(channel / 2);
+            if channel % 2 != 0 || data.is_empty() {
+                continue;
+            }
+            if let Some(Some(sender)) = to_pod.get(index) {
+                let input = port_forward_input::Input::Data(data.to_vec());
+                if sender
+                    .send(PortForwardInput { input: Some(input) })
+                    .await
+                    .is_err()
+                {
+                    to_pod[index] = None;
+                }
+            }
+        }
+    };
+    let writer = async {
+        while let Some(message) = queue.recv().await {
+            if sink.send(message).await.is_err() {
+                return;
+            }
+        }
+        // Every port's connection has ended.
+        let _ = sink.send(normal_close()).await;
+    };
+    // Either side ending ends the socket: the client leaving, or every pod connection.
+    tokio::select! {
+        () = reader => {}
+        () = writer => {}
+    }
+    for task in tasks {
+        task.abort();
+    }
+}
+
+/// One port of the channel form: the pod's data on the data channel, a failure on the
+/// error channel.
+async fn forward_channel(
+    mut client: NodeClient,
+    inputs: mpsc::Receiver<PortForwardInput>,
+    outgoing: mpsc::Sender<Message>,
+    (data_channel, error_channel): (u8, u8),
+    node: String,
+) {
+    let opened = client
+        .port_forward(tonic::Request::new(ReceiverStream(inputs)))
+        .await;
+    let failure = match opened {
+        Ok(outputs) => {
+            let mut outputs = outputs.into_inner();
+            let mut failure = None;
+            while let Some(output) = outputs.next().await {
+                match output {
+                    Ok(output) => {
+                        let data = channel_frame(data_channel, &output.data);
+                        if outgoing.send(data).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(status) => {
+                        failure = Some(from_node(&node, &status).to_string());
+                        break;
+                    }
+                }
+            }
+            failure
+        }
+        Err(status) => Some(from_node(&node, &status).to_string()),
+    };
+    if let Some(failure) = failure {
+        let _ = outgoing
+            .send(channel_frame(error_channel, failure.as_bytes()))
+            .await;
+    }
 }
 
 /// What the session sends kubectl, encoded in order by one writer (header compression
@@ -339,12 +512,7 @@ async fn forward_session(socket: WebSocket, client: NodeClient, pod: ContainerRe
                 return;
             }
         }
-        let _ = sink
-            .send(Message::Close(Some(CloseFrame {
-                code: close_code::NORMAL,
-                reason: "".into(),
-            })))
-            .await;
+        let _ = sink.send(normal_close()).await;
     });
     let mut reader = FrameReader::default();
     let mut connections: HashMap<String, Connection> = HashMap::new();
