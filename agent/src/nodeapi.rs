@@ -431,7 +431,14 @@ impl Node for NodeApi {
         let runtime = self.runtime.clone();
         let mut session_output = session.output;
         tokio::spawn(async move {
-            while let Some(chunk) = session_output.next().await {
+            loop {
+                // A caller gone (the user's connection closed) ends the session now, not
+                // at the process's next output.
+                let chunk = tokio::select! {
+                    chunk = session_output.next() => chunk,
+                    () = sender.closed() => None,
+                };
+                let Some(chunk) = chunk else { break };
                 let message = match chunk {
                     Ok(SessionChunk::Stdout(data)) => output(session_output::Output::Stdout(data)),
                     Ok(SessionChunk::Stderr(data)) => output(session_output::Output::Stderr(data)),
@@ -442,6 +449,10 @@ impl Node for NodeApi {
                     feeder.abort();
                     return;
                 }
+            }
+            if sender.is_closed() {
+                feeder.abort();
+                return;
             }
             let end = match exec_id {
                 Some(exec) => match runtime.exec_exit_code(&exec).await {
@@ -517,7 +528,11 @@ impl Node for NodeApi {
         tokio::spawn(async move {
             let mut buffer = vec![0u8; PORT_FORWARD_CHUNK];
             loop {
-                let message = match reader.read(&mut buffer).await {
+                let read = tokio::select! {
+                    read = reader.read(&mut buffer) => read,
+                    () = sender.closed() => break,
+                };
+                let message = match read {
                     Ok(0) => break,
                     Ok(read) => Ok(PortForwardOutput {
                         data: buffer[..read].to_vec(),

@@ -201,7 +201,9 @@ pub async fn session(
                     return;
                 }
             };
-            // kubectl's messages to the process, until it closes the socket.
+            // kubectl's messages to the process, until it closes the socket; then the
+            // session ends (dropping the node's stream cancels it there).
+            let (gone, mut client_gone) = tokio::sync::oneshot::channel::<()>();
             tokio::spawn(async move {
                 while let Some(Ok(message)) = source.next().await {
                     let input = match message {
@@ -211,17 +213,26 @@ pub async fn session(
                             ClientMessage::CloseStdin => session_input::Input::CloseStdin(true),
                             ClientMessage::Ignored => continue,
                         },
-                        Message::Close(_) => break,
+                        Message::Close(_) => {
+                            let _ = gone.send(());
+                            return;
+                        }
                         _ => continue,
                     };
                     let message = SessionInput { input: Some(input) };
-                    if inputs.send(message).await.is_err() {
-                        break;
-                    }
+                    // The node may stop reading input (its end of file) while output
+                    // still comes: keep reading the socket for its close.
+                    let _ = inputs.send(message).await;
                 }
+                let _ = gone.send(());
             });
             let mut status = failure("the node ended the session without an exit status");
-            while let Some(output) = outputs.next().await {
+            loop {
+                let output = tokio::select! {
+                    output = outputs.next() => output,
+                    _ = &mut client_gone => return,
+                };
+                let Some(output) = output else { break };
                 let output = output.map(|output| output.output);
                 let sent = match output {
                     Ok(Some(session_output::Output::Stdout(data))) => {
