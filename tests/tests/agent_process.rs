@@ -143,6 +143,12 @@ async fn run(setup: &Setup) {
             &web_pod,
             name,
         );
+        let refused = format!("{}:9", local + 10);
+        port_forward_refused(
+            client(&["port-forward", &target, &refused]),
+            (setup, local + 10),
+            name,
+        );
         if name == "kubectl" {
             logs_follow(setup);
         }
@@ -429,4 +435,29 @@ fn port_forward(command: Option<Command>, (setup, local): (&Setup, u16), pod: &s
             "the pod sees its own loopback as the client: {reply:?}"
         );
     }
+}
+
+/// Forwarding to a port nothing listens on: the client reports the pod's refusal.
+fn port_forward_refused(command: Option<Command>, (setup, local): (&Setup, u16), client: &str) {
+    let mut child = command
+        .expect("client")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("port-forward");
+    let lines = lines_of(child.stdout.take().expect("stdout"));
+    let errors = lines_of(child.stderr.take().expect("stderr"));
+    let _client = Process(child);
+    let forwarding = format!("Forwarding from 127.0.0.1:{local} -> 9");
+    wait_line(&lines, Duration::from_secs(20), client, |line| {
+        line.starts_with(&forwarding)
+    });
+    let answer = get(&setup.ns, SocketAddrV4::new(Ipv4Addr::LOCALHOST, local));
+    assert!(
+        answer.is_err(),
+        "{client}: nothing listens on port 9: {answer:?}"
+    );
+    wait_line(&errors, Duration::from_secs(10), client, |line| {
+        line.contains("error forwarding port 9") && line.contains("refused")
+    });
 }
