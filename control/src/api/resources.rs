@@ -297,33 +297,15 @@ async fn dispatch(
         (&Method::GET, Some(name), Some("log")) if rt.kind == "Pod" => {
             ("log", node_proxy::logs(state, ns, name, query).await)
         }
-        (&Method::GET, Some(name), Some(sub @ ("exec" | "attach"))) if rt.kind == "Pod" => {
-            let result = async {
-                let options = streaming::StreamOptions::parse(raw_query)?;
-                if sub == "exec" && options.command.first().is_none_or(String::is_empty) {
-                    return Err(ApiError::bad_request("command: must name a program to run"));
-                }
-                let Some(upgrade) = upgrade else {
-                    return Err(ApiError::bad_request(format!(
-                        "GET {sub} is a WebSocket (v5.channel.k8s.io){}",
-                        if sub == "exec" {
-                            "; POST runs a command and returns its output"
-                        } else {
-                            ""
-                        }
-                    )));
-                };
-                let options = if sub == "attach" {
-                    streaming::StreamOptions {
-                        command: Vec::new(),
-                        ..options
-                    }
-                } else {
-                    options
-                };
-                streaming::session(state, ns, name, options, upgrade).await
-            };
-            (if sub == "exec" { "exec" } else { "attach" }, result.await)
+        (&Method::GET, Some(name), Some("exec")) if rt.kind == "Pod" => {
+            let kind = streaming::SessionKind::Exec;
+            let result = streaming::session(state, ns, name, kind, raw_query, upgrade).await;
+            ("exec", result)
+        }
+        (&Method::GET, Some(name), Some("attach")) if rt.kind == "Pod" => {
+            let kind = streaming::SessionKind::Attach;
+            let result = streaming::session(state, ns, name, kind, raw_query, upgrade).await;
+            ("attach", result)
         }
         (&Method::GET, Some(name), Some("portforward")) if rt.kind == "Pod" => {
             let result = match upgrade {

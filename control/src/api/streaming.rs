@@ -151,21 +151,42 @@ fn failure(message: &str) -> Value {
     json!({"metadata": {}, "status": "Failure", "message": message})
 }
 
-/// `GET .../pods/{name}/exec?command=...` (exec) or `.../attach` (no command) upgraded
-/// to a channel WebSocket: standard input, output, error and terminal resizes go both
-/// ways until the process ends (exec: its exit code is the closing Status) or the
-/// container stops (attach).
+/// Which session a WebSocket GET asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionKind {
+    Exec,
+    Attach,
+}
+
+/// `GET .../pods/{name}/exec?command=...` or `.../attach` upgraded to a channel
+/// WebSocket: standard input, output, error and terminal resizes go both ways until the
+/// process ends (exec: its exit code is the closing Status) or the container stops
+/// (attach).
 pub async fn session(
     state: &ApiState,
     namespace: &str,
     name: &str,
-    options: StreamOptions,
-    upgrade: WebSocketUpgrade,
+    kind: SessionKind,
+    raw_query: &str,
+    upgrade: Option<WebSocketUpgrade>,
 ) -> Result<Response, ApiError> {
-    let attach = options.command.is_empty();
-    if !attach && options.command[0].is_empty() {
-        return Err(ApiError::bad_request("command: must name a program to run"));
+    let mut options = StreamOptions::parse(raw_query)?;
+    match kind {
+        SessionKind::Exec if options.command.first().is_none_or(String::is_empty) => {
+            return Err(ApiError::bad_request("command: must name a program to run"));
+        }
+        SessionKind::Exec => {}
+        // An attach runs nothing: a command in its query is not its business.
+        SessionKind::Attach => options.command.clear(),
     }
+    let Some(upgrade) = upgrade else {
+        return Err(ApiError::bad_request(match kind {
+            SessionKind::Exec => {
+                "GET exec is a WebSocket (v5.channel.k8s.io); POST runs a command and returns its output"
+            }
+            SessionKind::Attach => "attach is a WebSocket (v5.channel.k8s.io)",
+        }));
+    };
     // Before the upgrade, so a missing pod or node is an HTTP error kubectl reports.
     let target = target(state, namespace, name, options.container.as_deref()).await?;
     let mut client = state.nodes.connect(&target.node).await?;
