@@ -1,6 +1,8 @@
 //! The node API (berth.node.v1): what the control plane asks of this node for a user —
-//! a container's logs, a command run in a container, and the backends the datapath
-//! really serves a service with. The kubelet's port, behind the API server's proxy.
+//! a container's logs, a command run in a container (to its end, or interactively),
+//! an attach to a container, a TCP connection to a pod's port, and the backends the
+//! datapath really serves a service with. The kubelet's port, behind the API server's
+//! proxy.
 //!
 //! It is served over TLS with the node certificate (which names the node as a DNS name:
 //! the control plane checks that name, whichever address it dials) and accepts only
@@ -18,21 +20,30 @@ use std::{
 use berth_api::{
     identity::{CONTROL_PLANE_ORGANIZATION, name_in_role},
     node::{
-        ContainerRef, ExecRequest, ExecResponse, LogChunk, LogsRequest, ServiceBackendsRequest,
-        ServiceBackendsResponse, ServicePortBackends,
+        ContainerRef, ExecRequest, ExecResponse, LogChunk, LogsRequest, PortForwardInput,
+        PortForwardOutput, ServiceBackendsRequest, ServiceBackendsResponse, ServicePortBackends,
+        SessionEnd, SessionInput, SessionOutput, TerminalSize,
         node_server::{Node, NodeServer},
+        port_forward_input, session_input, session_output,
     },
 };
 use futures_util::{Stream, StreamExt as _};
-use tokio::{net::TcpListener, sync::watch};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpListener,
+    sync::{mpsc, watch},
+};
 use tonic::{
-    Request, Response, Status,
+    Request, Response, Status, Streaming,
     transport::{Certificate, Identity, Server, ServerTlsConfig},
 };
 
 use crate::{
     datapath::{Datapath, ServiceSet},
-    runtime::{ContainerSummary, DockerRuntime, LogOptions, RuntimeError, labels},
+    runtime::{
+        ContainerSummary, DockerRuntime, LogOptions, RuntimeError, SessionChunk, SessionStreams,
+        labels,
+    },
 };
 
 /// Commands given no timeout get this long.
@@ -41,6 +52,10 @@ pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(60);
 pub const MAX_EXEC_TIMEOUT: Duration = Duration::from_secs(600);
 /// Output of one exec kept beyond this is dropped (and said to be).
 pub const MAX_EXEC_OUTPUT: usize = 1 << 20;
+/// A pod's port that does not accept a connection within this long is an error.
+const PORT_FORWARD_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bytes read from a forwarded connection per message.
+const PORT_FORWARD_CHUNK: usize = 32 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeApiError {
@@ -142,6 +157,83 @@ impl NodeApi {
     }
 }
 
+impl NodeApi {
+    /// The current attempt of the container, which must be running (exec, attach).
+    async fn running(&self, container: &ContainerRef) -> Result<ContainerSummary, Status> {
+        let attempts = self.attempts(container).await?;
+        let current = pick_attempt(&attempts, false, container)?;
+        if current.state != "running" {
+            return Err(Status::failed_precondition(format!(
+                "container {:?} in pod {:?} is not running (it is {})",
+                container.container,
+                pod_of(container),
+                current.state
+            )));
+        }
+        Ok(current.clone())
+    }
+
+    /// The pid of the pod's sandbox (pause) container, which holds its network
+    /// namespace: the container that carries the pod's address.
+    async fn sandbox_pid(&self, pod: &ContainerRef) -> Result<u32, Status> {
+        if pod.pod_uid.is_empty() {
+            return Err(Status::invalid_argument("pod.pod_uid is empty"));
+        }
+        let found = self
+            .runtime
+            .list_by_labels(&[(labels::NODE, &self.node), (labels::POD_UID, &pod.pod_uid)])
+            .await
+            .map_err(runtime_status)?;
+        let sandbox = found
+            .iter()
+            .find(|summary| summary.labels.contains_key(labels::POD_IP))
+            .ok_or_else(|| {
+                Status::failed_precondition(format!(
+                    "pod {:?} has no sandbox on this node",
+                    pod_of(pod)
+                ))
+            })?;
+        let status = self
+            .runtime
+            .inspect(&sandbox.id)
+            .await
+            .map_err(runtime_status)?;
+        status.pid.filter(|pid| *pid > 0).ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "the sandbox of pod {:?} is not running",
+                pod_of(pod)
+            ))
+        })
+    }
+}
+
+/// The first message of a client stream, which must be the opening one.
+async fn opening<T, O>(
+    inputs: &mut Streaming<T>,
+    open: impl FnOnce(T) -> Option<O>,
+) -> Result<O, Status> {
+    inputs
+        .message()
+        .await?
+        .and_then(open)
+        .ok_or_else(|| Status::invalid_argument("the first message must open the stream"))
+}
+
+/// A terminal size as the engine takes it; Kubernetes clients send 16-bit sizes.
+fn terminal_size(size: &TerminalSize) -> (u16, u16) {
+    let clamp = |n: u32| u16::try_from(n).unwrap_or(u16::MAX);
+    (clamp(size.width), clamp(size.height))
+}
+
+fn receiver_stream<T: Send + 'static>(
+    receiver: mpsc::Receiver<Result<T, Status>>,
+) -> Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>> {
+    let mut receiver = receiver;
+    Box::pin(futures_util::stream::poll_fn(move |context| {
+        receiver.poll_recv(context)
+    }))
+}
+
 fn attempt_of(container: &ContainerSummary) -> u64 {
     container
         .labels
@@ -214,10 +306,20 @@ fn is_port_of(port_name: &str, namespace: &str, name: &str) -> bool {
 }
 
 type LogStream = Pin<Box<dyn Stream<Item = Result<LogChunk, Status>> + Send>>;
+type SessionStream = Pin<Box<dyn Stream<Item = Result<SessionOutput, Status>> + Send>>;
+type PortForwardStream = Pin<Box<dyn Stream<Item = Result<PortForwardOutput, Status>> + Send>>;
+
+fn output(output: session_output::Output) -> Result<SessionOutput, Status> {
+    Ok(SessionOutput {
+        output: Some(output),
+    })
+}
 
 #[tonic::async_trait]
 impl Node for NodeApi {
     type LogsStream = LogStream;
+    type SessionStream = SessionStream;
+    type PortForwardStream = PortForwardStream;
 
     async fn logs(&self, request: Request<LogsRequest>) -> Result<Response<LogStream>, Status> {
         require_control_plane(&request)?;
@@ -245,16 +347,7 @@ impl Node for NodeApi {
         if request.command.is_empty() {
             return Err(Status::invalid_argument("command is empty"));
         }
-        let attempts = self.attempts(&container).await?;
-        let current = pick_attempt(&attempts, false, &container)?;
-        if current.state != "running" {
-            return Err(Status::failed_precondition(format!(
-                "container {:?} in pod {:?} is not running (it is {})",
-                container.container,
-                pod_of(&container),
-                current.state
-            )));
-        }
+        let current = self.running(&container).await?;
         let timeout = match request.timeout_seconds {
             0 => DEFAULT_EXEC_TIMEOUT,
             seconds => Duration::from_secs(u64::from(seconds)).min(MAX_EXEC_TIMEOUT),
@@ -270,6 +363,192 @@ impl Node for NodeApi {
             stderr: captured.stderr,
             truncated: captured.truncated,
         }))
+    }
+
+    async fn session(
+        &self,
+        request: Request<Streaming<SessionInput>>,
+    ) -> Result<Response<SessionStream>, Status> {
+        require_control_plane(&request)?;
+        let mut inputs = request.into_inner();
+        let open = opening(&mut inputs, |input| match input.input {
+            Some(session_input::Input::Open(open)) => Some(open),
+            _ => None,
+        })
+        .await?;
+        let container = open.container.unwrap_or_default();
+        let current = self.running(&container).await?;
+        let streams = SessionStreams {
+            stdin: open.stdin,
+            stdout: open.stdout,
+            stderr: open.stderr,
+            tty: open.tty,
+        };
+        let size = open.size.as_ref().map(terminal_size);
+        let session = if open.command.is_empty() {
+            self.runtime.attach(&current.id, streams).await
+        } else {
+            self.runtime
+                .exec_session(&current.id, &open.command, streams, size)
+                .await
+        }
+        .map_err(runtime_status)?;
+        let exec_id = session.exec_id.clone();
+
+        // Input: written to the process as it comes; the caller's end of the stream (or
+        // an explicit close) is the process's end of file.
+        let runtime = self.runtime.clone();
+        let container_id = current.id.clone();
+        let resize_target = exec_id.clone();
+        let mut input = session.input;
+        let feeder = tokio::spawn(async move {
+            while let Ok(Some(message)) = inputs.message().await {
+                match message.input {
+                    Some(session_input::Input::Stdin(data)) => {
+                        if input.write_all(&data).await.is_err() {
+                            break;
+                        }
+                        let _ = input.flush().await;
+                    }
+                    Some(session_input::Input::Resize(size)) => {
+                        let (width, height) = terminal_size(&size);
+                        let resized = match &resize_target {
+                            Some(exec) => runtime.resize_exec(exec, width, height).await,
+                            None => runtime.resize_container(&container_id, width, height).await,
+                        };
+                        if let Err(error) = resized {
+                            tracing::debug!(%error, "terminal resize");
+                        }
+                    }
+                    Some(session_input::Input::CloseStdin(true)) => break,
+                    _ => {}
+                }
+            }
+            let _ = input.shutdown().await;
+        });
+
+        let (sender, receiver) = mpsc::channel(16);
+        let runtime = self.runtime.clone();
+        let mut session_output = session.output;
+        tokio::spawn(async move {
+            loop {
+                // A caller gone (the user's connection closed) ends the session now, not
+                // at the process's next output.
+                let chunk = tokio::select! {
+                    chunk = session_output.next() => chunk,
+                    () = sender.closed() => None,
+                };
+                let Some(chunk) = chunk else { break };
+                let message = match chunk {
+                    Ok(SessionChunk::Stdout(data)) => output(session_output::Output::Stdout(data)),
+                    Ok(SessionChunk::Stderr(data)) => output(session_output::Output::Stderr(data)),
+                    Err(error) => Err(runtime_status(error)),
+                };
+                let failed = message.is_err();
+                if sender.send(message).await.is_err() || failed {
+                    feeder.abort();
+                    return;
+                }
+            }
+            if sender.is_closed() {
+                feeder.abort();
+                return;
+            }
+            let end = match exec_id {
+                Some(exec) => match runtime.exec_exit_code(&exec).await {
+                    Ok(code) => output(session_output::Output::End(SessionEnd {
+                        exit_code: Some(code),
+                    })),
+                    Err(error) => Err(runtime_status(error)),
+                },
+                None => output(session_output::Output::End(SessionEnd { exit_code: None })),
+            };
+            let _ = sender.send(end).await;
+            feeder.abort();
+        });
+        Ok(Response::new(receiver_stream(receiver)))
+    }
+
+    async fn port_forward(
+        &self,
+        request: Request<Streaming<PortForwardInput>>,
+    ) -> Result<Response<PortForwardStream>, Status> {
+        require_control_plane(&request)?;
+        let mut inputs = request.into_inner();
+        let open = opening(&mut inputs, |input| match input.input {
+            Some(port_forward_input::Input::Open(open)) => Some(open),
+            _ => None,
+        })
+        .await?;
+        let pod = open.pod.unwrap_or_default();
+        let port = u16::try_from(open.port)
+            .ok()
+            .filter(|port| *port > 0)
+            .ok_or_else(|| {
+                Status::invalid_argument(format!("port {} is not a TCP port", open.port))
+            })?;
+        let pid = self.sandbox_pid(&pod).await?;
+        // Inside the pod's namespace, as the kubelet does: its loopback is reachable too.
+        let path = std::path::PathBuf::from(format!("/proc/{pid}/ns/net"));
+        let connected = tokio::task::spawn_blocking(move || {
+            berth_net::in_netns_at(&path, || {
+                let target = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port));
+                std::net::TcpStream::connect_timeout(&target, PORT_FORWARD_CONNECT_TIMEOUT)
+            })
+        })
+        .await
+        .map_err(|error| Status::internal(format!("port forward task: {error}")))?
+        .map_err(|error| Status::internal(error.to_string()))?
+        .and_then(|stream| {
+            stream.set_nonblocking(true)?;
+            tokio::net::TcpStream::from_std(stream)
+        })
+        .map_err(|error| {
+            Status::unavailable(format!(
+                "error forwarding port {port} to pod {}: {error}",
+                pod_of(&pod)
+            ))
+        })?;
+        let (mut reader, mut writer) = connected.into_split();
+        let feeder = tokio::spawn(async move {
+            while let Ok(Some(message)) = inputs.message().await {
+                match message.input {
+                    Some(port_forward_input::Input::Data(data))
+                        if writer.write_all(&data).await.is_err() =>
+                    {
+                        return;
+                    }
+                    Some(port_forward_input::Input::CloseWrite(true)) => break,
+                    _ => {}
+                }
+            }
+            let _ = writer.shutdown().await;
+        });
+        let (sender, receiver) = mpsc::channel(16);
+        tokio::spawn(async move {
+            let mut buffer = vec![0u8; PORT_FORWARD_CHUNK];
+            loop {
+                let read = tokio::select! {
+                    read = reader.read(&mut buffer) => read,
+                    () = sender.closed() => break,
+                };
+                let message = match read {
+                    Ok(0) => break,
+                    Ok(read) => Ok(PortForwardOutput {
+                        data: buffer[..read].to_vec(),
+                    }),
+                    Err(error) => Err(Status::aborted(format!("reading from the pod: {error}"))),
+                };
+                let failed = message.is_err();
+                if sender.send(message).await.is_err() || failed {
+                    break;
+                }
+            }
+            // The pod's side is done; the caller's side may still be sending, which goes
+            // nowhere once the stream ends.
+            feeder.abort();
+        });
+        Ok(Response::new(receiver_stream(receiver)))
     }
 
     async fn service_backends(

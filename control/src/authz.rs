@@ -71,8 +71,9 @@ impl Attributes {
             .is_some_and(|v| matches!(v.as_str(), "true" | "1"));
         let verb = match *method {
             // exec runs a command whichever way it is asked (kubectl's WebSocket GET or a
-            // POST), so it needs the verb a POST needs: `create` on pods/exec.
-            _ if subresource == "exec" => "create",
+            // POST), so it needs the verb a POST needs: `create` on pods/exec; attach and
+            // port forwarding too, as in Kubernetes.
+            _ if matches!(subresource, "exec" | "attach" | "portforward") => "create",
             Method::GET | Method::HEAD if name.is_empty() && watch => "watch",
             Method::GET | Method::HEAD if name.is_empty() => "list",
             Method::GET | Method::HEAD => "get",
@@ -483,6 +484,16 @@ mod tests {
             attributes(Method::GET, "/api/v1/namespaces/b/pods/web/exec", &[]),
             resource("create", "", "pods", "exec", "b", "web")
         );
+        for subresource in ["attach", "portforward"] {
+            assert_eq!(
+                attributes(
+                    Method::GET,
+                    &format!("/api/v1/namespaces/b/pods/web/{subresource}"),
+                    &[]
+                ),
+                resource("create", "", "pods", subresource, "b", "web")
+            );
+        }
         assert_eq!(
             attributes(Method::GET, "/api/v1/namespaces/b/pods/web/log", &[]),
             resource("get", "", "pods", "log", "b", "web")

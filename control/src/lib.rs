@@ -22,6 +22,7 @@ mod policy;
 mod registry;
 mod satokens;
 pub mod server;
+mod spdy;
 pub mod store;
 mod tokens;
 mod usage;

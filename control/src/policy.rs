@@ -95,7 +95,11 @@ pub fn cluster_roles() -> Vec<Value> {
             "system:aggregate-to-edit",
             bootstrap_labels(&[(&view_to_edit, "true")]),
             vec![
-                rule(&["create"], &[""], &["pods/exec"]),
+                rule(
+                    &["create"],
+                    &[""],
+                    &["pods/exec", "pods/attach", "pods/portforward"],
+                ),
                 rule(
                     &[READ, WRITE].concat(),
                     &[""],

@@ -228,6 +228,8 @@ async fn each_user_may_do_what_their_roles_allow_and_nothing_else() {
             forbidden(Method::DELETE, "/api/v1/namespaces/a/configmaps/cm"),
             forbidden(Method::POST, "/api/v1/namespaces/b/pods/web/exec"),
             forbidden(Method::GET, "/api/v1/namespaces/b/pods/web/exec"),
+            forbidden(Method::GET, "/api/v1/namespaces/a/pods/web/attach"),
+            forbidden(Method::GET, "/api/v1/namespaces/a/pods/web/portforward"),
             forbidden(Method::GET, "/api/v1/namespaces/b/pods/web/log"),
             forbidden(Method::GET, "/api/v1/nodes"),
             forbidden(Method::GET, "/metrics"),
@@ -956,6 +958,21 @@ async fn berthctl_can_i(cluster: &Cluster) {
         (
             "edit-token",
             &["create", "rolebindings", "-n", "a"][..],
+            false,
+        ),
+        (
+            "edit-token",
+            &["create", "pods", "--subresource", "attach", "-n", "a"][..],
+            true,
+        ),
+        (
+            "edit-token",
+            &["create", "pods", "--subresource", "portforward", "-n", "a"][..],
+            true,
+        ),
+        (
+            "view-token",
+            &["create", "pods", "--subresource", "portforward", "-n", "a"][..],
             false,
         ),
         (

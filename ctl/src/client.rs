@@ -136,6 +136,60 @@ impl Client {
         path: &str,
         body: Option<(&[u8], &str)>,
     ) -> Result<hyper::Response<Incoming>, ClientError> {
+        self.send_with(method, path, body, &[]).await
+    }
+
+    /// Opens a WebSocket at `path` (a GET with the RFC 6455 handshake) offering the
+    /// subprotocols `protocols`: the upgraded connection and the protocol the server
+    /// chose, or the server's answer when it did not switch protocols.
+    pub async fn websocket(
+        &self,
+        path: &str,
+        protocols: &[&str],
+    ) -> Result<Result<(hyper::upgrade::Upgraded, String), Reply>, ClientError> {
+        use base64::Engine as _;
+        // The key only has to be fresh, so caches cannot answer for the server.
+        let nonce = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|since| since.as_nanos())
+            .unwrap_or_default()
+            ^ u128::from(std::process::id());
+        let key = base64::engine::general_purpose::STANDARD.encode(nonce.to_le_bytes());
+        let headers = [
+            (header::CONNECTION, "Upgrade".to_owned()),
+            (header::UPGRADE, "websocket".to_owned()),
+            (header::SEC_WEBSOCKET_VERSION, "13".to_owned()),
+            (header::SEC_WEBSOCKET_KEY, key),
+            (header::SEC_WEBSOCKET_PROTOCOL, protocols.join(", ")),
+        ];
+        let response = self.send_with(Method::GET, path, None, &headers).await?;
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            let status = response.status();
+            let headers = response.headers().clone();
+            let body = response.into_body().collect().await?.to_bytes();
+            return Ok(Err(Reply {
+                status,
+                headers,
+                body,
+            }));
+        }
+        let protocol = response
+            .headers()
+            .get(header::SEC_WEBSOCKET_PROTOCOL)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let upgraded = hyper::upgrade::on(response).await?;
+        Ok(Ok((upgraded, protocol)))
+    }
+
+    async fn send_with(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&[u8], &str)>,
+        headers: &[(header::HeaderName, String)],
+    ) -> Result<hyper::Response<Incoming>, ClientError> {
         let addr = format!("{}:{}", self.host, self.port);
         let tcp = TcpStream::connect(&addr)
             .await
@@ -150,6 +204,9 @@ impl Client {
         if let Some(token) = &self.token {
             request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
         }
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
         let (bytes, content_type) = body.unwrap_or((b"", "application/json"));
         let request = request
             .header(header::CONTENT_TYPE, content_type)
@@ -162,13 +219,13 @@ impl Client {
                     .map_err(|e| ClientError::Tls(e.to_string()))?;
                 let (mut sender, connection) =
                     hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-                tokio::spawn(connection);
+                tokio::spawn(connection.with_upgrades());
                 Ok(sender.send_request(request).await?)
             }
             None => {
                 let (mut sender, connection) =
                     hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-                tokio::spawn(connection);
+                tokio::spawn(connection.with_upgrades());
                 Ok(sender.send_request(request).await?)
             }
         }

@@ -10,10 +10,12 @@ mod auth;
 pub mod client;
 mod cluster;
 mod describe;
+mod forward;
 mod get;
 mod node;
 mod output;
 mod rollout;
+mod session;
 mod top;
 
 use std::{io::Write, path::PathBuf};
@@ -86,6 +88,8 @@ pub enum Command {
     },
     Logs(node::LogsArgs),
     Exec(node::ExecArgs),
+    Attach(node::AttachArgs),
+    PortForward(forward::PortForwardArgs),
     /// Create, list and delete the bootstrap tokens node agents join with.
     #[command(after_help = "Examples:\n  berthctl token create --ttl 2h\n  \
                             berthctl token list\n  berthctl token delete abcdef\n\n\
@@ -563,6 +567,8 @@ pub async fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(
         Command::Top { what } => top::run(&ctx, what, out, err).await,
         Command::Logs(args) => node::logs(&ctx, &args, out).await,
         Command::Exec(args) => node::exec(&ctx, &args, out, err).await,
+        Command::Attach(args) => node::attach(&ctx, &args, out, err).await,
+        Command::PortForward(args) => forward::run(&ctx, &args, out, err).await,
         Command::Token { action } => cluster::token(&ctx, action, out).await,
         Command::Auth { action } => auth::run(&ctx, action, out, err).await,
         Command::Completion(_) => Ok(()),

@@ -8,7 +8,7 @@ use http_body_util::BodyExt as _;
 use hyper::http::Method;
 use serde_json::{Value, json};
 
-use super::{CtlError, Ctx, encode, output, resolve, str_at};
+use super::{CtlError, Ctx, encode, output, resolve, session, str_at};
 
 /// Print a container's logs.
 #[derive(Debug, Args)]
@@ -34,23 +34,68 @@ pub struct LogsArgs {
     pub timestamps: bool,
 }
 
-/// Run a command in a container (no stdin or terminal); exits with its exit code.
+/// Run a command in a container; exits with its exit code.
 #[derive(Debug, Args)]
 #[command(
     after_help = "Examples:\n  berthctl exec web-7d4b9-x2k1p -- cat /etc/resolv.conf\n  \
-                        berthctl exec web-7d4b9-x2k1p -c echo -- sh -c 'exit 3'"
+                        berthctl exec web-7d4b9-x2k1p -c echo -- sh -c 'exit 3'\n  \
+                        berthctl exec -it web-7d4b9-x2k1p -- sh\n  \
+                        echo hello | berthctl exec -i web-7d4b9-x2k1p -- cat"
 )]
 pub struct ExecArgs {
     pub pod: String,
     /// The container; may be left out when the pod has one.
     #[arg(short = 'c', long)]
     pub container: Option<String>,
-    /// Give up on the command after this many seconds [default: the node's, 60].
+    #[command(flatten)]
+    pub stdio: StdioArgs,
+    /// Without -i or -t: give up on the command after this many seconds [default: the
+    /// node's, 60].
     #[arg(long)]
     pub timeout: Option<u32>,
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
+}
+
+/// Attach to the standard streams of a container's own process.
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  berthctl attach ticker-0\n  \
+                        berthctl attach web-7d4b9-x2k1p -c echo")]
+pub struct AttachArgs {
+    pub pod: String,
+    /// The container; may be left out when the pod has one.
+    #[arg(short = 'c', long)]
+    pub container: Option<String>,
+    #[command(flatten)]
+    pub stdio: StdioArgs,
+}
+
+/// Standard input and a terminal, for `exec` and `attach`.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct StdioArgs {
+    /// Pass standard input (its end is the process's end of file).
+    #[arg(short = 'i', long)]
+    pub stdin: bool,
+    /// A terminal (with -i: interactive; keys go through as typed).
+    #[arg(short = 't', long)]
+    pub tty: bool,
+}
+
+/// Prints the container's output from now on until it stops or berthctl is interrupted.
+pub async fn attach(
+    ctx: &Ctx,
+    args: &AttachArgs,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<(), CtlError> {
+    let path = format!("{}/attach", ctx.object_path(resolve("pods")?, &args.pod));
+    let streams = session::Streams {
+        stdin: args.stdio.stdin,
+        tty: args.stdio.tty,
+    };
+    let query = session::query(&[], args.container.as_deref(), streams);
+    session::run(ctx, &format!("{path}?{query}"), streams, out, err).await
 }
 
 /// The query of a log request.
@@ -125,6 +170,15 @@ pub async fn exec(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Result<(), CtlError> {
+    let path = format!("{}/exec", ctx.object_path(resolve("pods")?, &args.pod));
+    if args.stdio.stdin || args.stdio.tty {
+        let streams = session::Streams {
+            stdin: args.stdio.stdin,
+            tty: args.stdio.tty,
+        };
+        let query = session::query(&args.command, args.container.as_deref(), streams);
+        return session::run(ctx, &format!("{path}?{query}"), streams, out, err).await;
+    }
     let mut request = json!({"command": args.command});
     if let Some(container) = &args.container {
         request["container"] = json!(container);
@@ -132,7 +186,6 @@ pub async fn exec(
     if let Some(timeout) = args.timeout {
         request["timeoutSeconds"] = json!(timeout);
     }
-    let path = format!("{}/exec", ctx.object_path(resolve("pods")?, &args.pod));
     let result = ctx.call(Method::POST, &path, Some(&request), None).await?;
     // Output is best effort: a closed pipe must not hide the exit code.
     let _ = out.write_all(str_at(&result, "/stdout").as_bytes());

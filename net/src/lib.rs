@@ -996,13 +996,18 @@ pub fn sysctl_set(netns: Option<&str>, key: &str, value: &str) -> Result<(), Net
 /// Moves the calling thread into the named network namespace. Only for threads that
 /// exist to work in that namespace and end afterwards (see [`in_netns`]).
 pub fn enter_netns(name: &str) -> Result<(), NetError> {
+    enter_netns_at(&std::path::Path::new("/run/netns").join(name))
+}
+
+/// Moves the calling thread into the network namespace of a namespace file (a name in
+/// /run/netns, or a process's `/proc/PID/ns/net`). Same rule as [`enter_netns`].
+pub fn enter_netns_at(path: &std::path::Path) -> Result<(), NetError> {
     use std::os::fd::AsRawFd as _;
     let enter_error = |source| NetError::EnterNetns {
-        name: name.to_owned(),
+        name: path.display().to_string(),
         source,
     };
-    let netns =
-        std::fs::File::open(std::path::Path::new("/run/netns").join(name)).map_err(enter_error)?;
+    let netns = std::fs::File::open(path).map_err(enter_error)?;
     // SAFETY: `netns` is an open namespace file for the duration of the call; setns
     // changes only the calling thread's network namespace.
     let entered = unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) };
@@ -1021,10 +1026,19 @@ where
     T: Send,
     F: FnOnce() -> T + Send,
 {
+    in_netns_at(&std::path::Path::new("/run/netns").join(name), f)
+}
+
+/// [`in_netns`] for a namespace file given by its path (`/proc/PID/ns/net`).
+pub fn in_netns_at<T, F>(path: &std::path::Path, f: F) -> Result<T, NetError>
+where
+    T: Send,
+    F: FnOnce() -> T + Send,
+{
     let joined = std::thread::scope(|scope| {
         scope
             .spawn(move || {
-                enter_netns(name)?;
+                enter_netns_at(path)?;
                 Ok(f())
             })
             .join()

@@ -89,6 +89,13 @@ impl Setup {
     /// The machine's kubectl with the admin configuration, in the node namespace where the
     /// control plane listens; None when no kubectl is installed.
     pub fn kubectl(&self, args: &[&str]) -> Option<Output> {
+        let output = self.kubectl_command(args)?.output().expect("kubectl");
+        Some(output)
+    }
+
+    /// The kubectl command of [`Setup::kubectl`], for callers that feed its input or read
+    /// its output as it comes; None when no kubectl is installed.
+    pub fn kubectl_command(&self, args: &[&str]) -> Option<Command> {
         match Command::new("kubectl")
             .args(["version", "--client"])
             .output()
@@ -96,16 +103,15 @@ impl Setup {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
             _ => {}
         }
-        let output = Command::new("ip")
+        let mut command = Command::new("ip");
+        command
             .args(["netns", "exec", self.ns.name(), "kubectl"])
             .arg("--kubeconfig")
             .arg(self.kubeconfig())
             .arg("--cache-dir")
             .arg(self.data.path().join("kubectl-cache"))
-            .args(args)
-            .output()
-            .expect("kubectl");
-        Some(output)
+            .args(args);
+        Some(command)
     }
 
     /// The berthctl command, for callers that read its output as it comes.

@@ -5,12 +5,14 @@ use std::{collections::HashMap, time::Duration};
 use bollard::{
     API_DEFAULT_VERSION, Docker,
     auth::DockerCredentials,
+    container::LogOutput,
     errors::Error as BollardError,
-    exec::{CreateExecOptions, StartExecResults},
+    exec::{CreateExecOptions, StartExecOptions, StartExecResults},
     models::{
         ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount as EngineMount, MountTypeEnum,
         MountVolumeOptions, MountVolumeOptionsDriverConfig, RestartPolicy, RestartPolicyNameEnum,
     },
+    query_parameters::{AttachContainerOptions, ResizeContainerTTYOptions, ResizeExecOptions},
     query_parameters::{
         CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder,
         InspectContainerOptions, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
@@ -24,7 +26,7 @@ use futures_util::{Stream, StreamExt as _};
 use super::{
     ContainerSpec, ContainerStats, ContainerStatus, ContainerSummary, ExecCapture, ExecOutput,
     Limits, LogOptions, Mount, MountSource, NetworkMode, RegistryCredentials, RuntimeError,
-    image_tag,
+    Session, SessionChunk, SessionStreams, image_tag,
 };
 
 /// Exec output beyond this is dropped: probes only need the exit code, and a chatty
@@ -348,14 +350,47 @@ impl DockerRuntime {
         command: &[String],
         max_bytes: usize,
     ) -> Result<ExecCapture, RuntimeError> {
+        let streams = SessionStreams {
+            stdout: true,
+            stderr: true,
+            ..SessionStreams::default()
+        };
+        let session = self.exec_session(container, command, streams, None).await?;
+        let mut output = session.output;
+        let mut captured = ExecCapture::default();
+        // The stream ends when the command does.
+        while let Some(chunk) = output.next().await {
+            captured.push(chunk?, max_bytes);
+        }
+        let exec = session.exec_id.ok_or(RuntimeError::Incomplete {
+            operation: "exec start",
+            missing: "the exec id",
+        })?;
+        captured.exit_code = self.exec_exit_code(&exec).await?;
+        Ok(captured)
+    }
+
+    /// Starts `command` in the running container with the standard streams `streams`
+    /// asks for, and leaves it running: the caller feeds its input and reads its output
+    /// until it ends, then asks [`DockerRuntime::exec_exit_code`]. `size` is the
+    /// terminal's first size (width, height), set before any output is read.
+    pub async fn exec_session(
+        &self,
+        container: &str,
+        command: &[String],
+        streams: SessionStreams,
+        size: Option<(u16, u16)>,
+    ) -> Result<Session, RuntimeError> {
         if command.is_empty() {
             return Err(RuntimeError::InvalidSpec(
                 "exec command is empty".to_owned(),
             ));
         }
         let options = CreateExecOptions {
-            attach_stdout: Some(true),
-            attach_stderr: Some(true),
+            attach_stdin: Some(streams.stdin),
+            attach_stdout: Some(streams.stdout),
+            attach_stderr: Some(streams.stderr && !streams.tty),
+            tty: Some(streams.tty),
             cmd: Some(command.to_vec()),
             ..CreateExecOptions::default()
         };
@@ -366,39 +401,117 @@ impl DockerRuntime {
             .map_err(|error| not_found_or(error, container, "exec create"))?;
         let started = self
             .docker
-            .start_exec(&created.id, None)
+            .start_exec(
+                &created.id,
+                Some(StartExecOptions {
+                    detach: false,
+                    tty: streams.tty,
+                    output_capacity: None,
+                }),
+            )
             .await
             .map_err(|source| RuntimeError::Docker {
                 operation: "exec start",
                 source,
             })?;
-        let mut captured = ExecCapture::default();
-        if let StartExecResults::Attached {
-            output: mut stream, ..
-        } = started
-        {
-            // The stream ends when the command does.
-            while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|source| RuntimeError::Docker {
-                    operation: "exec output",
-                    source,
-                })?;
-                captured.push(chunk, max_bytes);
-            }
+        let StartExecResults::Attached { output, input } = started else {
+            return Err(RuntimeError::Incomplete {
+                operation: "exec start",
+                missing: "the attached streams",
+            });
+        };
+        if let (true, Some((width, height))) = (streams.tty, size) {
+            self.resize_exec(&created.id, width, height).await?;
         }
-        let inspected = self
-            .docker
-            .inspect_exec(&created.id)
+        Ok(Session {
+            output: session_output(output, "exec output"),
+            input,
+            exec_id: Some(created.id),
+        })
+    }
+
+    /// Sets the terminal size of a running exec.
+    pub async fn resize_exec(
+        &self,
+        exec: &str,
+        width: u16,
+        height: u16,
+    ) -> Result<(), RuntimeError> {
+        self.docker
+            .resize_exec(
+                exec,
+                ResizeExecOptions {
+                    h: i32::from(height),
+                    w: i32::from(width),
+                },
+            )
             .await
             .map_err(|source| RuntimeError::Docker {
-                operation: "exec inspect",
+                operation: "exec resize",
                 source,
-            })?;
-        captured.exit_code = inspected.exit_code.ok_or(RuntimeError::Incomplete {
+            })
+    }
+
+    /// The exit code of an exec whose output has ended.
+    pub async fn exec_exit_code(&self, exec: &str) -> Result<i64, RuntimeError> {
+        let inspected =
+            self.docker
+                .inspect_exec(exec)
+                .await
+                .map_err(|source| RuntimeError::Docker {
+                    operation: "exec inspect",
+                    source,
+                })?;
+        inspected.exit_code.ok_or(RuntimeError::Incomplete {
             operation: "exec inspect",
             missing: "the exit code",
-        })?;
-        Ok(captured)
+        })
+    }
+
+    /// Attaches to the standard streams of the container's own process, from now on
+    /// (no past output). Its input reaches the process only if the container was
+    /// created with its standard input open.
+    pub async fn attach(
+        &self,
+        container: &str,
+        streams: SessionStreams,
+    ) -> Result<Session, RuntimeError> {
+        let options = AttachContainerOptions {
+            stream: true,
+            stdin: streams.stdin,
+            stdout: streams.stdout,
+            stderr: streams.stderr,
+            ..AttachContainerOptions::default()
+        };
+        let attached = self
+            .docker
+            .attach_container(container, Some(options))
+            .await
+            .map_err(|error| not_found_or(error, container, "container attach"))?;
+        Ok(Session {
+            output: session_output(attached.output, "attach output"),
+            input: attached.input,
+            exec_id: None,
+        })
+    }
+
+    /// Sets the terminal size of a container started with a terminal.
+    pub async fn resize_container(
+        &self,
+        container: &str,
+        width: u16,
+        height: u16,
+    ) -> Result<(), RuntimeError> {
+        self.docker
+            .resize_container_tty(
+                container,
+                ResizeContainerTTYOptions {
+                    h: i32::from(height),
+                    w: i32::from(width),
+                },
+            )
+            .await
+            .map_err(|error| not_found_or(error, container, "container resize"))
     }
 
     /// The container's output as the engine keeps it (both streams, in order), ending
@@ -638,6 +751,25 @@ fn create_body(spec: &ContainerSpec) -> Result<ContainerCreateBody, RuntimeError
         user: confinement.user.clone(),
         ..ContainerCreateBody::default()
     })
+}
+
+/// A hijacked connection's frames as session output: standard error apart, everything
+/// else (console output of a terminal included) as standard output.
+fn session_output(
+    output: std::pin::Pin<Box<dyn Stream<Item = Result<LogOutput, BollardError>> + Send>>,
+    operation: &'static str,
+) -> std::pin::Pin<Box<dyn Stream<Item = Result<SessionChunk, RuntimeError>> + Send>> {
+    Box::pin(output.filter_map(move |chunk| {
+        let mapped = match chunk {
+            Ok(LogOutput::StdErr { message }) => Some(Ok(SessionChunk::Stderr(message.to_vec()))),
+            Ok(LogOutput::StdIn { .. }) => None,
+            Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
+                Some(Ok(SessionChunk::Stdout(message.to_vec())))
+            }
+            Err(source) => Some(Err(RuntimeError::Docker { operation, source })),
+        };
+        std::future::ready(mapped)
+    }))
 }
 
 /// The engine's own words, without bollard's wrapping.

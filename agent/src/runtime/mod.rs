@@ -60,11 +60,12 @@ pub struct ExecCapture {
 }
 
 impl ExecCapture {
-    /// Keeps what fits of one chunk of output; stdin echoes and console output count as
-    /// standard output.
-    fn push(&mut self, chunk: bollard::container::LogOutput, max_bytes: usize) {
-        let is_stderr = matches!(chunk, bollard::container::LogOutput::StdErr { .. });
-        let bytes = chunk.into_bytes();
+    /// Keeps what fits of one chunk of output.
+    fn push(&mut self, chunk: SessionChunk, max_bytes: usize) {
+        let (is_stderr, bytes) = match chunk {
+            SessionChunk::Stdout(bytes) => (false, bytes),
+            SessionChunk::Stderr(bytes) => (true, bytes),
+        };
         let room = max_bytes.saturating_sub(self.interleaved.len());
         let kept = &bytes[..bytes.len().min(room)];
         self.truncated |= kept.len() < bytes.len();
@@ -75,6 +76,36 @@ impl ExecCapture {
             self.stdout.extend_from_slice(kept);
         }
     }
+}
+
+/// Which standard streams a session ([`DockerRuntime::exec_session`],
+/// [`DockerRuntime::attach`]) connects, and whether through a terminal.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionStreams {
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+    pub tty: bool,
+}
+
+/// Output of a session; with a terminal, everything is standard output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionChunk {
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+}
+
+/// A live session with a container's standard streams. The output ends when the
+/// process does (exec) or when the container stops or detaches us (attach); dropping
+/// `input` or shutting it down is the process's end of file on standard input.
+pub struct Session {
+    pub output: std::pin::Pin<
+        Box<dyn futures_util::Stream<Item = Result<SessionChunk, RuntimeError>> + Send>,
+    >,
+    pub input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+    /// The exec's id (its terminal size and exit code are asked by it); None for an
+    /// attach.
+    pub exec_id: Option<String>,
 }
 
 /// Which part of a container's output [`DockerRuntime::logs`] returns.

@@ -14,6 +14,7 @@ mod openapi;
 mod protobuf;
 mod query;
 mod resources;
+mod streaming;
 mod table;
 mod token_request;
 mod tokens;

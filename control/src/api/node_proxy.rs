@@ -1,13 +1,13 @@
 //! What the API answers by asking a node's agent (through `crate::node_client`), the way
 //! the Kubernetes API server proxies to the kubelet: a pod's container logs and exec,
-//! and the backends each node's datapath actually serves a service with.
+//! and the backends each node's datapath actually serves a service with (the streaming
+//! exec, attach and port forwarding are in `super::streaming`).
 
 use std::{collections::HashMap, time::Duration};
 
 use axum::{
     Json,
     body::{Body, Bytes},
-    extract::ws::{CloseFrame, Message, WebSocketUpgrade, close_code},
     http::{StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -27,21 +27,20 @@ use crate::node_client::from_node;
 const BACKENDS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The container of a pod that a request is about, and the node it runs on.
-struct Target {
-    node: Value,
-    node_name: String,
-    container: ContainerRef,
+pub(super) struct Target {
+    pub node: Value,
+    pub node_name: String,
+    /// For a request about the whole pod (port forwarding), `container` is empty.
+    pub container: ContainerRef,
 }
 
-async fn target(
+pub(super) async fn target(
     state: &ApiState,
     namespace: &str,
     pod_name: &str,
     container: Option<&str>,
 ) -> Result<Target, ApiError> {
-    let stored = state.registry.get(&PODS, namespace, pod_name).await?;
-    let pod: Pod = serde_json::from_value(stored)
-        .map_err(|e| ApiError::internal(format!("stored pod: {e}")))?;
+    let pod = stored_pod(state, namespace, pod_name).await?;
     let names: Vec<&str> = pod
         .spec
         .containers
@@ -49,6 +48,31 @@ async fn target(
         .map(|c| c.name.as_str())
         .collect();
     let container = choose_container(pod_name, &names, container)?;
+    locate(state, namespace, pod_name, &pod, container).await
+}
+
+/// The pod and its node, for what concerns the pod as a whole.
+pub(super) async fn pod_target(
+    state: &ApiState,
+    namespace: &str,
+    pod_name: &str,
+) -> Result<Target, ApiError> {
+    let pod = stored_pod(state, namespace, pod_name).await?;
+    locate(state, namespace, pod_name, &pod, String::new()).await
+}
+
+async fn stored_pod(state: &ApiState, namespace: &str, pod_name: &str) -> Result<Pod, ApiError> {
+    let stored = state.registry.get(&PODS, namespace, pod_name).await?;
+    serde_json::from_value(stored).map_err(|e| ApiError::internal(format!("stored pod: {e}")))
+}
+
+async fn locate(
+    state: &ApiState,
+    namespace: &str,
+    pod_name: &str,
+    pod: &Pod,
+    container: String,
+) -> Result<Target, ApiError> {
     if pod.spec.node_name.is_empty() {
         return Err(ApiError::bad_request(format!(
             "pod {pod_name:?} is not scheduled to a node yet"
@@ -166,98 +190,6 @@ pub struct ExecBody {
     pub container: Option<String>,
     #[serde(default)]
     pub timeout_seconds: Option<u32>,
-}
-
-/// The subprotocols of Kubernetes' exec streams this server speaks: a binary frame's
-/// first byte is its channel (1 stdout, 2 stderr, 3 the final Status).
-const EXEC_PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
-
-/// `GET .../pods/{name}/exec?command=...&container=...` upgraded to a WebSocket, as
-/// kubectl exec speaks it: the command runs to its end, its output comes on the stdout
-/// and stderr channels, and its exit code as the Status on the error channel (kubectl
-/// exits with it). Interactive sessions (stdin, a terminal) are refused before the
-/// upgrade, with the reason.
-pub async fn exec_stream(
-    state: &ApiState,
-    namespace: &str,
-    name: &str,
-    raw_query: &str,
-    upgrade: WebSocketUpgrade,
-) -> Result<Response, ApiError> {
-    let mut command = Vec::new();
-    let mut container = None;
-    for (key, value) in form_urlencoded::parse(raw_query.as_bytes()) {
-        match (key.as_ref(), value.as_ref()) {
-            ("command", part) => command.push(part.to_owned()),
-            ("container", c) if !c.is_empty() => container = Some(c.to_owned()),
-            ("stdin" | "tty", "true" | "1") => {
-                return Err(ApiError::bad_request(
-                    "interactive exec (stdin, a terminal) is not supported yet: run the command without -i and -t",
-                ));
-            }
-            _ => {}
-        }
-    }
-    if command.first().is_none_or(String::is_empty) {
-        return Err(ApiError::bad_request("command: must name a program to run"));
-    }
-    // Before the upgrade, so a missing pod or node is an HTTP error kubectl reports.
-    let target = target(state, namespace, name, container.as_deref()).await?;
-    let mut client = state.nodes.connect(&target.node).await?;
-    let node_name = target.node_name.clone();
-    let upgrade = upgrade.protocols(EXEC_PROTOCOLS);
-    Ok(upgrade.on_upgrade(move |mut socket| async move {
-        let shown = command.join(" ");
-        let result = client
-            .exec(ExecRequest {
-                container: Some(target.container),
-                command,
-                timeout_seconds: 0,
-            })
-            .await;
-        let status = match result {
-            Ok(reply) => {
-                let reply = reply.into_inner();
-                for (channel, output) in [(1u8, &reply.stdout), (2, &reply.stderr)] {
-                    if !output.is_empty() {
-                        let mut frame = vec![channel];
-                        frame.extend_from_slice(output);
-                        let _ = socket.send(Message::Binary(frame.into())).await;
-                    }
-                }
-                exec_status(reply.exit_code, &shown)
-            }
-            Err(status) => {
-                let error = from_node(&node_name, &status);
-                json!({"metadata": {}, "status": "Failure", "message": error.to_string()})
-            }
-        };
-        let mut frame = vec![3u8];
-        frame.extend_from_slice(status.to_string().as_bytes());
-        let _ = socket.send(Message::Binary(frame.into())).await;
-        // A normal closure (1000): kubectl reads a close without a code as an error.
-        let _ = socket
-            .send(Message::Close(Some(CloseFrame {
-                code: close_code::NORMAL,
-                reason: "".into(),
-            })))
-            .await;
-    }))
-}
-
-/// The Status kubectl reads an exec's end from: Success, or the exit code as Kubernetes
-/// reports it (`NonZeroExitCode` with an `ExitCode` cause).
-fn exec_status(exit_code: i64, command: &str) -> Value {
-    if exit_code == 0 {
-        return json!({"metadata": {}, "status": "Success"});
-    }
-    json!({
-        "metadata": {},
-        "status": "Failure",
-        "message": format!("command terminated with non-zero exit code: error executing command [{command}], exit code {exit_code}"),
-        "reason": "NonZeroExitCode",
-        "details": {"causes": [{"reason": "ExitCode", "message": exit_code.to_string()}]},
-    })
 }
 
 /// `POST .../pods/{name}/exec`: runs the command to its end and returns its exit code

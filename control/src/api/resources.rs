@@ -28,7 +28,7 @@ use super::{
     error::ApiError,
     node_proxy,
     query::{Page, selectors},
-    table, watch, with_info,
+    streaming, table, watch, with_info,
 };
 use crate::authn::UserInfo;
 use crate::registry::{
@@ -310,13 +310,23 @@ async fn dispatch(
             ("log", node_proxy::logs(state, ns, name, query).await)
         }
         (&Method::GET, Some(name), Some("exec")) if rt.kind == "Pod" => {
+            let kind = streaming::SessionKind::Exec;
+            let result = streaming::session(state, ns, name, kind, raw_query, upgrade).await;
+            ("exec", result)
+        }
+        (&Method::GET, Some(name), Some("attach")) if rt.kind == "Pod" => {
+            let kind = streaming::SessionKind::Attach;
+            let result = streaming::session(state, ns, name, kind, raw_query, upgrade).await;
+            ("attach", result)
+        }
+        (&Method::GET, Some(name), Some("portforward")) if rt.kind == "Pod" => {
             let result = match upgrade {
-                Some(upgrade) => node_proxy::exec_stream(state, ns, name, raw_query, upgrade).await,
+                Some(upgrade) => streaming::port_forward(state, ns, name, query, upgrade).await,
                 None => Err(ApiError::bad_request(
-                    "GET exec is a WebSocket (v5.channel.k8s.io); POST runs a command and returns its output",
+                    "port forwarding is a WebSocket carrying SPDY/3.1 (SPDY/3.1+portforward.k8s.io)",
                 )),
             };
-            ("exec", result)
+            ("portforward", result)
         }
         (&Method::POST, Some(name), Some("exec")) if rt.kind == "Pod" => {
             let result = async {
@@ -391,6 +401,18 @@ pub(super) fn subresources(rt: &ResourceType) -> Vec<Subresource> {
             served.push(Subresource {
                 name: "exec",
                 kind: Some("PodExecOptions"),
+                group_version: None,
+                verbs: &["create", "get"],
+            });
+            served.push(Subresource {
+                name: "attach",
+                kind: Some("PodAttachOptions"),
+                group_version: None,
+                verbs: &["create", "get"],
+            });
+            served.push(Subresource {
+                name: "portforward",
+                kind: Some("PodPortForwardOptions"),
                 group_version: None,
                 verbs: &["create", "get"],
             });
