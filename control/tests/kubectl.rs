@@ -1,5 +1,6 @@
 //! The machine's own kubectl against Berth: discovery, tables, top, and its writes (create,
-//! apply, diff, patch, scale, rollout, edit, ...), each checked by its effect. Skipped, with
+//! apply, diff, patch, scale, rollout, edit, annotate, wait, output formats, orphaning
+//! deletes, ...), each checked by its effect. Skipped, with
 //! a message, only where no kubectl binary is installed.
 
 mod common;
@@ -576,6 +577,119 @@ async fn kubectl_applies_server_side_with_conflicts() {
 }
 
 /// kubectl on one server, for tests past the check that the binary exists.
+/// What kubectl does around a rollout on a cluster whose pods run (a hollow node):
+/// `rollout status` and `wait --for=condition=Available` end when the Deployment is
+/// ready, `rollout pause` holds a new template back until `rollout resume`, `annotate`,
+/// the output formats users script with (`-o yaml|json|custom-columns|go-template`), and
+/// `delete --cascade=orphan` leaving the ReplicaSets without their owner.
+#[tokio::test]
+async fn kubectl_follows_rollouts_and_prints_what_users_ask() {
+    let c = HollowCluster::start(&[]).await;
+    let cache = tempfile::tempdir().expect("cache dir");
+    let _n0 = c.node("n0").await;
+    let (status, body) = c
+        .t
+        .call(Method::POST, DEPLOYMENTS, Some(&deployment("web", "echo:1")))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let Some((ok, out, err)) = kubectl(
+        &c.t,
+        cache.path(),
+        &["rollout", "status", "deploy/web", "--timeout=60s"],
+    )
+    .await
+    else {
+        eprintln!("SKIPPED: no kubectl binary on this machine");
+        return;
+    };
+    assert!(
+        ok && out.contains("successfully rolled out"),
+        "{out}{err}"
+    );
+    let k = Kubectl {
+        t: &c.t,
+        cache: cache.path(),
+    };
+    k.ok(&[
+        "wait",
+        "--for=condition=Available",
+        "deploy/web",
+        "--timeout=30s",
+    ])
+    .await;
+    let replica_sets = || async {
+        let (_, list) =
+            c.t.call(Method::GET, "/apis/apps/v1/namespaces/default/replicasets", None)
+                .await;
+        list["items"].as_array().cloned().unwrap_or_default()
+    };
+    assert_eq!(replica_sets().await.len(), 1);
+
+    // Paused, a new template makes no ReplicaSet; resumed, it does.
+    k.ok(&["rollout", "pause", "deploy/web"]).await;
+    assert_eq!(stored_web(&c.t).await["spec"]["paused"], true);
+    k.ok(&["set", "image", "deploy/web", "main=echo:2"]).await;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_eq!(replica_sets().await.len(), 1, "no rollout while paused");
+    k.ok(&["rollout", "resume", "deploy/web"]).await;
+    eventually("the new ReplicaSet", || async {
+        (replica_sets().await.len() == 2).then_some(())
+    })
+    .await;
+    let (ok, out, err) = k
+        .run(&["rollout", "status", "deploy/web", "--timeout=60s"])
+        .await;
+    assert!(ok && out.contains("successfully rolled out"), "{out}{err}");
+
+    k.ok(&["annotate", "deploy", "web", "team=payments"]).await;
+    assert_eq!(
+        stored_web(&c.t).await["metadata"]["annotations"]["team"],
+        "payments"
+    );
+    let yaml = k.ok(&["get", "deploy", "web", "-o", "yaml"]).await;
+    let from_yaml: serde_json::Value = serde_norway::from_str(&yaml).expect("YAML");
+    assert_eq!(from_yaml["metadata"]["annotations"]["team"], "payments");
+    let json = k.ok(&["get", "deploy", "web", "-o", "json"]).await;
+    let from_json: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(from_json["spec"]["template"]["spec"]["containers"][0]["image"], "echo:2");
+    let columns = k
+        .ok(&[
+            "get",
+            "deploy",
+            "-o",
+            "custom-columns=NAME:.metadata.name,IMAGE:.spec.template.spec.containers[0].image",
+        ])
+        .await;
+    let rows: Vec<Vec<&str>> = columns.lines().map(cells).collect();
+    assert_eq!(rows, [vec!["NAME", "IMAGE"], vec!["web", "echo:2"]], "{columns}");
+    let templated = k
+        .ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "go-template={{.metadata.name}}={{.spec.replicas}}",
+        ])
+        .await;
+    assert_eq!(templated, "web=2");
+
+    // Orphaned: the Deployment goes, its ReplicaSets stay, owned by nobody.
+    k.ok(&["delete", "deploy", "web", "--cascade=orphan"]).await;
+    let (status, _) = c
+        .t
+        .call(Method::GET, &format!("{DEPLOYMENTS}/web"), None)
+        .await;
+    assert_eq!(status, 404);
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let left = replica_sets().await;
+    assert_eq!(left.len(), 2, "the garbage collector left them");
+    assert!(
+        left.iter()
+            .all(|rs| rs["metadata"].get("ownerReferences").is_none()),
+        "{left:?}"
+    );
+}
+
 struct Kubectl<'a> {
     t: &'a TestServer,
     cache: &'a Path,

@@ -698,10 +698,28 @@ async fn delete_options(
         .and_then(Value::as_str)
         .filter(|uid| !uid.is_empty())
         .map(str::to_owned);
+    let policy = query
+        .get("propagationPolicy")
+        .map(String::as_str)
+        .or_else(|| body.get("propagationPolicy").and_then(Value::as_str));
+    // Foreground is served as Background: the owner goes at once and the garbage
+    // collector deletes the dependents right after (Kubernetes would keep the owner,
+    // marked, until they are gone).
+    let orphan_dependents = match policy {
+        None => body.get("orphanDependents").and_then(Value::as_bool) == Some(true),
+        Some("Orphan") => true,
+        Some("Background" | "Foreground") => false,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "propagationPolicy {other:?}: must be Orphan, Background or Foreground"
+            )));
+        }
+    };
     Ok(DeleteOptions {
         resource_version,
         uid,
         grace_period_seconds,
+        orphan_dependents,
     })
 }
 

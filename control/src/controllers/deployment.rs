@@ -109,6 +109,11 @@ fn plan(deployment: &Deployment, snapshot: &Snapshot) -> Vec<Write> {
     let old_replicas: i64 = old.iter().map(|rs| replicas(rs)).sum();
 
     let Some(new_rs) = new_rs else {
+        // Paused, a new template waits: Kubernetes makes no ReplicaSet for it until the
+        // Deployment is resumed.
+        if spec.paused {
+            return Vec::new();
+        }
         // First rollout (or nothing old left running) starts at full size.
         let replicas = if old_replicas == 0 { desired } else { 0 };
         return vec![Write::create(new_replica_set(
@@ -407,6 +412,17 @@ mod tests {
                 .collect::<Vec<_>>(),
             [2]
         );
+    }
+
+    #[test]
+    fn a_paused_deployment_holds_a_new_template_back() {
+        let v1 = deployment("v1", 3);
+        let mut v2 = deployment("v2", 3);
+        v2.spec.paused = true;
+        let old = replica_set(&v1, 3, 3, "2026-01-01T00:00:00Z");
+        assert!(run(&v2, vec![old.clone()]).is_empty());
+        v2.spec.paused = false;
+        assert_eq!(replicas_of(&run(&v2, vec![old])[0]).1, 0, "resumed: the new one at 0");
     }
 
     #[test]

@@ -754,6 +754,9 @@ impl Registry {
                 precondition: Precondition::ModRevision(wanted.unwrap_or(kv.mod_revision)),
             }];
             ops.extend(strategy.delete_ops(self, &object).await?);
+            if options.orphan_dependents {
+                ops.extend(self.orphan_ops(namespace, uid).await?);
+            }
             match self.commit(ops).await {
                 // The revision of the deletion, as the DELETED watch event carries it.
                 Ok(revision) => return answer(&object, revision),
@@ -765,6 +768,42 @@ impl Registry {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// The writes that take the owner `uid` out of the ownerReferences of its dependents
+    /// in `namespace`, each conditional on the dependent as read (a concurrent change
+    /// makes the delete plan again).
+    async fn orphan_ops(&self, namespace: &str, uid: &str) -> Result<Vec<Op>> {
+        let mut ops = Vec::new();
+        for rt in OWNED_KINDS {
+            for kv in self.read_prefix(prefix(rt, Some(namespace))).await? {
+                let mut object: Value = serde_json::from_slice(&kv.value)
+                    .map_err(|e| Error::internal(format!("{}: {e}", kv.key)))?;
+                let Some(owners) = object
+                    .pointer_mut("/metadata/ownerReferences")
+                    .and_then(Value::as_array_mut)
+                else {
+                    continue;
+                };
+                let before = owners.len();
+                owners.retain(|owner| owner["uid"] != uid);
+                if owners.len() == before {
+                    continue;
+                }
+                if owners.is_empty()
+                    && let Some(meta) = object["metadata"].as_object_mut()
+                {
+                    meta.remove("ownerReferences");
+                }
+                ops.push(Op::Put {
+                    key: kv.key.clone(),
+                    value: serde_json::to_vec(&object)
+                        .map_err(|e| Error::internal(e.to_string()))?,
+                    precondition: Precondition::ModRevision(kv.mod_revision),
+                });
+            }
+        }
+        Ok(ops)
     }
 
     /// Reads the object, lets `modify` produce the new version, and writes it with the
@@ -1003,7 +1042,18 @@ pub struct DeleteOptions {
     pub resource_version: Option<Revision>,
     pub uid: Option<String>,
     pub grace_period_seconds: Option<i64>,
+    /// `propagationPolicy: Orphan`: the dependents stay, without their reference to the
+    /// deleted owner (otherwise the garbage collector deletes them after it).
+    pub orphan_dependents: bool,
 }
+
+/// The kinds the garbage collector deletes with their owner: what an orphaning delete
+/// leaves behind.
+const OWNED_KINDS: [&ResourceType; 3] = [
+    &berth_api::kinds::REPLICA_SETS,
+    &berth_api::kinds::PODS,
+    &berth_api::kinds::ENDPOINTS,
+];
 
 impl DeleteOptions {
     /// Gone at once, whatever the pod's grace: for what no agent will confirm.
