@@ -29,6 +29,7 @@ pub mod managed;
 pub mod manifest;
 pub mod meta;
 pub mod patch;
+pub mod podsecurity;
 pub mod policy;
 pub mod rbac;
 mod resource;

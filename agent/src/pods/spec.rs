@@ -10,7 +10,7 @@ use std::{
 
 use berth_api::{
     core::{self as api, IntOrString},
-    security::Effective,
+    podsecurity::Effective,
 };
 
 use super::{

@@ -216,7 +216,7 @@ impl Confinement {
     /// The engine's settings for `security`; NET_RAW is dropped unless the container is
     /// privileged or adds it (Kubernetes' restricted profile drops it; raw sockets let a
     /// pod forge packets on its network).
-    pub fn of(security: &berth_api::security::Effective) -> Self {
+    pub fn of(security: &berth_api::podsecurity::Effective) -> Self {
         let user = security.run_as_user.map(|uid| match security.run_as_group {
             Some(gid) => format!("{uid}:{gid}"),
             None => uid.to_string(),

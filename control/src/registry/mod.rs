@@ -275,7 +275,8 @@ impl Registry {
     async fn admit_pod_security(&self, pod: &berth_api::core::Pod) -> Result<()> {
         use berth_api::{
             kinds::NAMESPACES,
-            security::{DEFAULT_LEVEL, ENFORCE_LABEL, Level, violations},
+            podsecurity::violations,
+            security::{DEFAULT_LEVEL, ENFORCE_LABEL, Level},
         };
         let namespace = match self.get(&NAMESPACES, "", &pod.metadata.namespace).await {
             Ok(namespace) => namespace,
