@@ -587,9 +587,12 @@ async fn kubectl_follows_rollouts_and_prints_what_users_ask() {
     let c = HollowCluster::start(&[]).await;
     let cache = tempfile::tempdir().expect("cache dir");
     let _n0 = c.node("n0").await;
-    let (status, body) = c
-        .t
-        .call(Method::POST, DEPLOYMENTS, Some(&deployment("web", "echo:1")))
+    let (status, body) =
+        c.t.call(
+            Method::POST,
+            DEPLOYMENTS,
+            Some(&deployment("web", "echo:1")),
+        )
         .await;
     assert_eq!(status, 201, "{body}");
     let Some((ok, out, err)) = kubectl(
@@ -602,10 +605,7 @@ async fn kubectl_follows_rollouts_and_prints_what_users_ask() {
         eprintln!("SKIPPED: no kubectl binary on this machine");
         return;
     };
-    assert!(
-        ok && out.contains("successfully rolled out"),
-        "{out}{err}"
-    );
+    assert!(ok && out.contains("successfully rolled out"), "{out}{err}");
     let k = Kubectl {
         t: &c.t,
         cache: cache.path(),
@@ -619,8 +619,12 @@ async fn kubectl_follows_rollouts_and_prints_what_users_ask() {
     .await;
     let replica_sets = || async {
         let (_, list) =
-            c.t.call(Method::GET, "/apis/apps/v1/namespaces/default/replicasets", None)
-                .await;
+            c.t.call(
+                Method::GET,
+                "/apis/apps/v1/namespaces/default/replicasets",
+                None,
+            )
+            .await;
         list["items"].as_array().cloned().unwrap_or_default()
     };
     assert_eq!(replica_sets().await.len(), 1);
@@ -651,7 +655,10 @@ async fn kubectl_follows_rollouts_and_prints_what_users_ask() {
     assert_eq!(from_yaml["metadata"]["annotations"]["team"], "payments");
     let json = k.ok(&["get", "deploy", "web", "-o", "json"]).await;
     let from_json: serde_json::Value = serde_json::from_str(&json).expect("JSON");
-    assert_eq!(from_json["spec"]["template"]["spec"]["containers"][0]["image"], "echo:2");
+    assert_eq!(
+        from_json["spec"]["template"]["spec"]["containers"][0]["image"],
+        "echo:2"
+    );
     let columns = k
         .ok(&[
             "get",
@@ -661,7 +668,11 @@ async fn kubectl_follows_rollouts_and_prints_what_users_ask() {
         ])
         .await;
     let rows: Vec<Vec<&str>> = columns.lines().map(cells).collect();
-    assert_eq!(rows, [vec!["NAME", "IMAGE"], vec!["web", "echo:2"]], "{columns}");
+    assert_eq!(
+        rows,
+        [vec!["NAME", "IMAGE"], vec!["web", "echo:2"]],
+        "{columns}"
+    );
     let templated = k
         .ok(&[
             "get",
@@ -675,10 +686,9 @@ async fn kubectl_follows_rollouts_and_prints_what_users_ask() {
 
     // Orphaned: the Deployment goes, its ReplicaSets stay, owned by nobody.
     k.ok(&["delete", "deploy", "web", "--cascade=orphan"]).await;
-    let (status, _) = c
-        .t
-        .call(Method::GET, &format!("{DEPLOYMENTS}/web"), None)
-        .await;
+    let (status, _) =
+        c.t.call(Method::GET, &format!("{DEPLOYMENTS}/web"), None)
+            .await;
     assert_eq!(status, 404);
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     let left = replica_sets().await;

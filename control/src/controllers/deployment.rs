@@ -422,7 +422,11 @@ mod tests {
         let old = replica_set(&v1, 3, 3, "2026-01-01T00:00:00Z");
         assert!(run(&v2, vec![old.clone()]).is_empty());
         v2.spec.paused = false;
-        assert_eq!(replicas_of(&run(&v2, vec![old])[0]).1, 0, "resumed: the new one at 0");
+        assert_eq!(
+            replicas_of(&run(&v2, vec![old])[0]).1,
+            0,
+            "resumed: the new one at 0"
+        );
     }
 
     #[test]

@@ -1051,7 +1051,7 @@ pub struct DeleteOptions {
 /// The kinds the garbage collector deletes with their owner: what an orphaning delete
 /// leaves behind.
 const OWNED_KINDS: [&ResourceType; 3] = [
-    &berth_api::kinds::REPLICA_SETS,
+    &berth_api::kinds::REPLICASETS,
     &berth_api::kinds::PODS,
     &berth_api::kinds::ENDPOINTS,
 ];
