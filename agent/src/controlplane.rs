@@ -155,12 +155,7 @@ pub async fn connect(config: &Config) -> Result<Membership, ControlPlaneError> {
             .as_ref()
             .ok_or(ControlPlaneError::NoToken)?;
         let token = read(token_file)?.trim().to_owned();
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, config.node_name.as_str());
-        let csr_pem = params.serialize_request(&key)?.pem()?;
+        let (key, csr_pem) = new_key_and_csr(&config.node_name)?;
         let anonymous = endpoint
             .clone()
             .tls_config(tls.clone())
@@ -198,6 +193,18 @@ pub async fn connect(config: &Config) -> Result<Membership, ControlPlaneError> {
         key_pem,
         ca_pem,
     })
+}
+
+/// A new node key and the certificate request for it (PEM), naming the node; the key
+/// never leaves the node.
+fn new_key_and_csr(node_name: &str) -> Result<(KeyPair, String), ControlPlaneError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, node_name);
+    let csr_pem = params.serialize_request(&key)?.pem()?;
+    Ok((key, csr_pem))
 }
 
 /// Where a renewal writes the new key and certificate before putting them in place.
@@ -257,12 +264,7 @@ pub async fn renew_certificate(
     tokio::time::sleep(Duration::from_secs(wait.unsigned_abs())).await;
     let dir = &config.state_dir;
     loop {
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, config.node_name.as_str());
-        let csr_pem = params.serialize_request(&key)?.pem()?;
+        let (key, csr_pem) = new_key_and_csr(&config.node_name)?;
         let mut client = AgentClient::new(membership.channel.clone());
         match client
             .renew_certificate(RenewCertificateRequest { csr_pem })

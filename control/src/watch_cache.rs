@@ -665,20 +665,10 @@ mod tests {
 
     fn fixture() -> Fixture {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store: Arc<dyn Store> =
-            Arc::new(RedbStore::open(&dir.path().join("store.redb")).expect("store"));
-        let metrics = Metrics::new().expect("metrics");
-        let ranges = Ranges {
-            service_cidr: Cidr {
-                network: [10, 96, 0, 0].into(),
-                prefix: 12,
-            },
-            node_ports: PortRange::DEFAULT,
-            load_balancer_pool: None,
-        };
+        let registry = Registry::for_tests(dir.path());
         Fixture {
-            registry: Registry::new(store, metrics.clone(), ranges),
-            metrics,
+            metrics: registry.metrics().clone(),
+            registry,
             _dir: dir,
         }
     }

@@ -405,11 +405,14 @@ fn logs_follow(setup: &Setup) {
     }
 }
 
-/// `port-forward pod/WEB LOCAL:8080` (kubectl's or berthctl's): HTTP requests to
-/// 127.0.0.1:LOCAL (in the node namespace, where the clients run) are answered by that
-/// pod, which sees them come from its own loopback — the connection is made inside the
-/// pod's network namespace.
-fn port_forward(command: Option<Command>, (setup, local): (&Setup, u16), pod: &str, client: &str) {
+/// Starts a port-forward client and waits until it says it forwards `local` to `remote`:
+/// the running client (stopped when dropped) and its stderr lines.
+fn start_forwarding(
+    command: Option<Command>,
+    local: u16,
+    remote: u16,
+    client: &str,
+) -> (Process, std::sync::mpsc::Receiver<String>) {
     let mut child = command
         .expect("client")
         .stdout(Stdio::piped())
@@ -418,11 +421,20 @@ fn port_forward(command: Option<Command>, (setup, local): (&Setup, u16), pod: &s
         .expect("port-forward");
     let lines = lines_of(child.stdout.take().expect("stdout"));
     let errors = lines_of(child.stderr.take().expect("stderr"));
-    let _client = Process(child);
-    let forwarding = format!("Forwarding from 127.0.0.1:{local} -> 8080");
+    let running = Process(child);
+    let forwarding = format!("Forwarding from 127.0.0.1:{local} -> {remote}");
     wait_line(&lines, Duration::from_secs(20), client, |line| {
         line.starts_with(&forwarding)
     });
+    (running, errors)
+}
+
+/// `port-forward pod/WEB LOCAL:8080` (kubectl's or berthctl's): HTTP requests to
+/// 127.0.0.1:LOCAL (in the node namespace, where the clients run) are answered by that
+/// pod, which sees them come from its own loopback — the connection is made inside the
+/// pod's network namespace.
+fn port_forward(command: Option<Command>, (setup, local): (&Setup, u16), pod: &str, client: &str) {
+    let (_client, errors) = start_forwarding(command, local, 8080, client);
     let local = SocketAddrV4::new(Ipv4Addr::LOCALHOST, local);
     for attempt in 0..3 {
         let reply = get(&setup.ns, local).unwrap_or_else(|error| {
@@ -439,19 +451,7 @@ fn port_forward(command: Option<Command>, (setup, local): (&Setup, u16), pod: &s
 
 /// Forwarding to a port nothing listens on: the client reports the pod's refusal.
 fn port_forward_refused(command: Option<Command>, (setup, local): (&Setup, u16), client: &str) {
-    let mut child = command
-        .expect("client")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("port-forward");
-    let lines = lines_of(child.stdout.take().expect("stdout"));
-    let errors = lines_of(child.stderr.take().expect("stderr"));
-    let _client = Process(child);
-    let forwarding = format!("Forwarding from 127.0.0.1:{local} -> 9");
-    wait_line(&lines, Duration::from_secs(20), client, |line| {
-        line.starts_with(&forwarding)
-    });
+    let (_client, errors) = start_forwarding(command, local, 9, client);
     let answer = get(&setup.ns, SocketAddrV4::new(Ipv4Addr::LOCALHOST, local));
     assert!(
         answer.is_err(),

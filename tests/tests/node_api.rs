@@ -367,44 +367,12 @@ async fn renewal(setup: &Setup, agent: &mut Process, ca: &str) {
     );
 }
 
-/// Calls the control plane's agent API as a node with `identity`, from the node's
-/// namespace: the answer's code.
-fn call_agent_api(setup: &Setup, ca: &str, identity: Identity) -> Result<(), tonic::Code> {
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca))
-        .identity(identity);
-    berth_net::in_netns(setup.ns.name(), move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        runtime.block_on(async move {
-            let channel = Endpoint::from_static("https://127.0.0.1:6444")
-                .tls_config(tls)
-                .expect("tls")
-                .connect()
-                .await
-                .map_err(|_| tonic::Code::Unavailable)?;
-            AgentClient::new(channel)
-                .heartbeat(HeartbeatRequest::default())
-                .await
-                .map(|_| ())
-                .map_err(|status| status.code())
-        })
-    })
-    .expect("the node namespace")
-}
-
-/// Calls the agent's node API directly (from the node's namespace) with `identity` as the
-/// client certificate: the answer's code, or Unavailable when TLS refused the connection.
-fn call_node_api(setup: &Setup, ca: &str, identity: Option<Identity>) -> Result<(), tonic::Code> {
-    let mut tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca))
-        .domain_name(setup.node.clone());
-    if let Some(identity) = identity {
-        tls = tls.identity(identity);
-    }
-    let url = format!("https://{NODE_ADDR}:10250");
+/// Connects from the node's namespace to `url` with `tls` and makes `call` on the channel:
+/// its answer's code, or Unavailable when TLS refused the connection.
+fn call_from_node<F>(setup: &Setup, url: String, tls: ClientTlsConfig, call: F) -> Result<(), tonic::Code>
+where
+    F: AsyncFnOnce(tonic::transport::Channel) -> Result<(), tonic::Status> + Send + 'static,
+{
     berth_net::in_netns(setup.ns.name(), move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -418,15 +386,40 @@ fn call_node_api(setup: &Setup, ca: &str, identity: Option<Identity>) -> Result<
                 .connect()
                 .await
                 .map_err(|_| tonic::Code::Unavailable)?;
-            NodeClient::new(channel)
-                .service_backends(ServiceBackendsRequest {
-                    namespace: "default".into(),
-                    name: "web".into(),
-                })
-                .await
-                .map(|_| ())
-                .map_err(|status| status.code())
+            call(channel).await.map_err(|status| status.code())
         })
     })
     .expect("the node namespace")
+}
+
+/// Calls the control plane's agent API as a node with `identity`: the answer's code.
+fn call_agent_api(setup: &Setup, ca: &str, identity: Identity) -> Result<(), tonic::Code> {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .identity(identity);
+    call_from_node(setup, "https://127.0.0.1:6444".to_owned(), tls, async |channel| {
+        AgentClient::new(channel)
+            .heartbeat(HeartbeatRequest::default())
+            .await
+            .map(|_| ())
+    })
+}
+
+/// Calls the agent's node API directly with `identity` as the client certificate.
+fn call_node_api(setup: &Setup, ca: &str, identity: Option<Identity>) -> Result<(), tonic::Code> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .domain_name(setup.node.clone());
+    if let Some(identity) = identity {
+        tls = tls.identity(identity);
+    }
+    call_from_node(setup, format!("https://{NODE_ADDR}:10250"), tls, async |channel| {
+        NodeClient::new(channel)
+            .service_backends(ServiceBackendsRequest {
+                namespace: "default".into(),
+                name: "web".into(),
+            })
+            .await
+            .map(|_| ())
+    })
 }

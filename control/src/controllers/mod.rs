@@ -893,23 +893,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_reconcile_is_counted_and_retried_while_the_others_go_on() {
-        use crate::{
-            allocation::{Cidr, PortRange, Ranges},
-            metrics::Metrics,
-            store::RedbStore,
-        };
         let dir = tempfile::tempdir().expect("dir");
-        let store: Arc<dyn Store> =
-            Arc::new(RedbStore::open(&dir.path().join("store.redb")).expect("store"));
-        let ranges = Ranges {
-            service_cidr: Cidr {
-                network: [10, 96, 0, 0].into(),
-                prefix: 12,
-            },
-            node_ports: PortRange::DEFAULT,
-            load_balancer_pool: None,
-        };
-        let registry = Registry::new(Arc::clone(&store), Metrics::new().expect("metrics"), ranges);
+        let registry = Registry::for_tests(dir.path());
+        let store = Arc::clone(registry.store());
         registry
             .ensure_namespace("default")
             .await

@@ -254,17 +254,7 @@ mod tests {
 
     /// A registry over a fresh store, with the `default` namespace.
     async fn registry(dir: &tempfile::TempDir) -> Registry {
-        let store: Arc<dyn Store> =
-            Arc::new(RedbStore::open(&dir.path().join("store.redb")).expect("store"));
-        let ranges = Ranges {
-            service_cidr: Cidr {
-                network: [10, 96, 0, 0].into(),
-                prefix: 12,
-            },
-            node_ports: PortRange::DEFAULT,
-            load_balancer_pool: None,
-        };
-        let registry = Registry::new(store, Metrics::new().expect("metrics"), ranges);
+        let registry = Registry::for_tests(dir.path());
         registry
             .ensure_namespace("default")
             .await

@@ -404,6 +404,26 @@ impl Registry {
         }
     }
 
+    /// A registry over a new store in `dir`, with the Service ranges the tests use.
+    #[cfg(test)]
+    pub(crate) fn for_tests(dir: &std::path::Path) -> Self {
+        use crate::{
+            allocation::{Cidr, PortRange, Ranges},
+            store::RedbStore,
+        };
+        let store: Arc<dyn Store> =
+            Arc::new(RedbStore::open(&dir.join("store.redb")).expect("store"));
+        let ranges = Ranges {
+            service_cidr: Cidr {
+                network: [10, 96, 0, 0].into(),
+                prefix: 12,
+            },
+            node_ports: PortRange::DEFAULT,
+            load_balancer_pool: None,
+        };
+        Registry::new(store, Metrics::new().expect("metrics"), ranges)
+    }
+
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }
