@@ -650,11 +650,10 @@ mod tests {
     use berth_api::kinds::PODS;
 
     use crate::{
-        allocation::{Cidr, PortRange, Ranges},
         api::watch::{self, WatchEvent, WatchOptions},
         metrics::Metrics,
         registry::{Registry, key},
-        store::{Op, Precondition, RedbStore, Revision, Store, StoreError},
+        store::{Op, Precondition, Revision, StoreError},
     };
 
     struct Fixture {

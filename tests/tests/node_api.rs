@@ -369,7 +369,12 @@ async fn renewal(setup: &Setup, agent: &mut Process, ca: &str) {
 
 /// Connects from the node's namespace to `url` with `tls` and makes `call` on the channel:
 /// its answer's code, or Unavailable when TLS refused the connection.
-fn call_from_node<F>(setup: &Setup, url: String, tls: ClientTlsConfig, call: F) -> Result<(), tonic::Code>
+fn call_from_node<F>(
+    setup: &Setup,
+    url: String,
+    tls: ClientTlsConfig,
+    call: F,
+) -> Result<(), tonic::Code>
 where
     F: AsyncFnOnce(tonic::transport::Channel) -> Result<(), tonic::Status> + Send + 'static,
 {
@@ -397,12 +402,17 @@ fn call_agent_api(setup: &Setup, ca: &str, identity: Identity) -> Result<(), ton
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca))
         .identity(identity);
-    call_from_node(setup, "https://127.0.0.1:6444".to_owned(), tls, async |channel| {
-        AgentClient::new(channel)
-            .heartbeat(HeartbeatRequest::default())
-            .await
-            .map(|_| ())
-    })
+    call_from_node(
+        setup,
+        "https://127.0.0.1:6444".to_owned(),
+        tls,
+        async |channel| {
+            AgentClient::new(channel)
+                .heartbeat(HeartbeatRequest::default())
+                .await
+                .map(|_| ())
+        },
+    )
 }
 
 /// Calls the agent's node API directly with `identity` as the client certificate.
@@ -413,13 +423,18 @@ fn call_node_api(setup: &Setup, ca: &str, identity: Option<Identity>) -> Result<
     if let Some(identity) = identity {
         tls = tls.identity(identity);
     }
-    call_from_node(setup, format!("https://{NODE_ADDR}:10250"), tls, async |channel| {
-        NodeClient::new(channel)
-            .service_backends(ServiceBackendsRequest {
-                namespace: "default".into(),
-                name: "web".into(),
-            })
-            .await
-            .map(|_| ())
-    })
+    call_from_node(
+        setup,
+        format!("https://{NODE_ADDR}:10250"),
+        tls,
+        async |channel| {
+            NodeClient::new(channel)
+                .service_backends(ServiceBackendsRequest {
+                    namespace: "default".into(),
+                    name: "web".into(),
+                })
+                .await
+                .map(|_| ())
+        },
+    )
 }

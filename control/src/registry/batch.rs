@@ -241,16 +241,9 @@ fn event_object(record: EventRecord, now: &str) -> Event {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use serde_json::json;
 
     use super::*;
-    use crate::{
-        allocation::{Cidr, PortRange, Ranges},
-        metrics::Metrics,
-        store::{RedbStore, Store},
-    };
 
     /// A registry over a fresh store, with the `default` namespace.
     async fn registry(dir: &tempfile::TempDir) -> Registry {
