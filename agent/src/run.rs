@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::{
     config::Config,
-    controlplane,
+    controlplane::{self, ControlPlaneError, Membership},
     datapath::{
         self, ConntrackSweeper, Datapath, DatapathOptions, Limits, NeighbourKeeper, ServiceSet,
         monotonic_secs,
@@ -32,7 +32,7 @@ use crate::{
     metrics::AgentMetrics,
     nodeapi::{NodeApi, NodeApiTls},
     podnet,
-    pods::{PodDesired, PodEvent, PodManager, PodManagerConfig, PodReport},
+    pods::{BackoffConfig, PodDesired, PodEvent, PodManager, PodManagerConfig, PodReport},
     readiness::LocalReadiness,
     routing::{self, KernelUnderlay, NodeRoute},
     runtime::DockerRuntime,
@@ -83,7 +83,7 @@ pub enum Ended {
 
 pub async fn run(config: Config) -> anyhow::Result<Ended> {
     let started = Instant::now();
-    let membership = controlplane::connect(&config)
+    let membership = connect_when_reachable(&config)
         .await
         .context("connecting to the control plane")?;
     let pod_cidr: Cidr = membership
@@ -221,6 +221,8 @@ pub async fn run(config: Config) -> anyhow::Result<Ended> {
     ));
     pods_config.volumes_dir = config.state_dir.join("pods");
     pods_config.local_volume_dir = config.local_volume_dir.clone();
+    pods_config.pids_limit = config.container_pids_limit;
+    pods_config.log_rotation = Some(config.container_log_rotation);
     let (cpus, memory) = node_capacity();
     pods_config.allocatable = crate::runtime::Limits {
         cpu_millis: Some(cpus * 1000),
@@ -372,6 +374,29 @@ pub async fn run(config: Config) -> anyhow::Result<Ended> {
                     datapath.flush_logs();
                 }
             }
+        }
+    }
+}
+
+/// Joins or reconnects, waiting out a control plane that does not answer yet (nodes and
+/// the control plane start in any order, as kubelets and their API server do); a refusal
+/// (a bad token, an expired certificate) ends the agent at once.
+async fn connect_when_reachable(config: &Config) -> Result<Membership, ControlPlaneError> {
+    let backoff = BackoffConfig {
+        base: Duration::from_millis(500),
+        cap: Duration::from_secs(30),
+        ..BackoffConfig::default()
+    };
+    let mut attempt = 0;
+    loop {
+        match controlplane::connect(config).await {
+            Err(error) if error.is_unreachable() => {
+                attempt += 1;
+                let wait = backoff.delay(attempt);
+                tracing::warn!(%error, retry_in = ?wait, "the control plane does not answer yet");
+                tokio::time::sleep(wait).await;
+            }
+            result => return result,
         }
     }
 }
