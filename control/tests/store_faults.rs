@@ -1,0 +1,172 @@
+//! A full disk under the real server process: `/readyz` fails with the reason, writes are
+//! refused with a Status naming the store file, reads go on, and once space is freed
+//! writes succeed again without a restart, with every acknowledged write kept (also
+//! across a restart).
+
+mod common;
+
+use axum::http::Method;
+use berth_ctl::client::Client;
+use berth_testkit::smallfs::SmallFs;
+use serde_json::{Value, json};
+
+use common::{ServerProcess, eventually, rv};
+
+const CONFIGMAPS: &str = "/api/v1/namespaces/default/configmaps";
+
+fn configmap(name: &str, bytes: usize) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name},
+        "data": {"blob": "x".repeat(bytes)},
+    })
+}
+
+/// Status and body text of a GET.
+async fn text(client: &Client, path: &str) -> (u16, String) {
+    let reply = client
+        .request(Method::GET, path, None)
+        .await
+        .expect("request");
+    (
+        reply.status.as_u16(),
+        String::from_utf8_lossy(&reply.body).into_owned(),
+    )
+}
+
+/// The value of an unlabelled series on `/metrics`.
+async fn metric(client: &Client, name: &str) -> String {
+    let (status, body) = text(client, "/metrics").await;
+    assert_eq!(status, 200, "{body}");
+    body.lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_full_disk_fails_readiness_refuses_writes_and_recovers_without_loss() {
+    let fs = SmallFs::mount("store-faults", 16 << 20);
+    let admin = fs.path().join("admin.conf");
+    let server = ServerProcess::start(fs.path());
+    let client = Client::from_kubeconfig(&admin).expect("client");
+
+    let mut acknowledged = Vec::new();
+    for i in 0..10 {
+        let name = format!("before-{i}");
+        let (status, created) = client
+            .json(Method::POST, CONFIGMAPS, Some(&configmap(&name, 1000)))
+            .await
+            .expect("create");
+        assert_eq!(status.as_u16(), 201, "{created}");
+        acknowledged.push((name, rv(&created)));
+    }
+    assert_eq!(text(&client, "/readyz").await, (200, "ok".to_owned()));
+    let (status, verbose) = text(&client, "/readyz?verbose").await;
+    assert_eq!(status, 200);
+    assert!(verbose.contains("[+]store ok"), "{verbose}");
+    assert_eq!(metric(&client, "berth_store_healthy").await, "1");
+    assert_eq!(metric(&client, "berth_store_faults_total").await, "0");
+
+    // Disk full: 512 KiB objects until one does not fit in what the file has free inside.
+    fs.fill("filler");
+    let mut refused = None;
+    for i in 0..64 {
+        let name = format!("big-{i}");
+        let (status, body) = client
+            .json(
+                Method::POST,
+                CONFIGMAPS,
+                Some(&configmap(&name, 512 * 1024)),
+            )
+            .await
+            .expect("create");
+        if status.as_u16() == 201 {
+            acknowledged.push((name, rv(&body)));
+        } else {
+            refused = Some((name, status.as_u16(), body));
+            break;
+        }
+    }
+    let (refused_name, status, body) = refused.expect("a write is refused on a full disk");
+    assert_eq!(status, 507, "{body}");
+    assert_eq!(body["reason"], "InsufficientStorage", "{body}");
+    let message = body["message"].as_str().expect("message");
+    assert!(
+        message.contains("state.redb") && message.contains("No space left on device"),
+        "{message}"
+    );
+
+    let (status, readiness) = text(&client, "/readyz").await;
+    assert_eq!(status, 503, "{readiness}");
+    assert!(
+        readiness.contains("[-]store failed: store ") && readiness.contains("state.redb"),
+        "{readiness}"
+    );
+    assert_eq!(text(&client, "/healthz").await, (200, "ok".to_owned()));
+    // Refused even when small: the store waits for recovery to prove the file writable.
+    let (status, body) = client
+        .json(Method::POST, CONFIGMAPS, Some(&configmap("small", 10)))
+        .await
+        .expect("create");
+    assert_eq!(status.as_u16(), 507, "{body}");
+    assert_eq!(metric(&client, "berth_store_healthy").await, "0");
+    assert_eq!(metric(&client, "berth_store_faults_total").await, "1");
+    // Reads go on: once recovery has reopened the file, straight from the store.
+    eventually("a read while the disk is full", || async {
+        let (status, _) = client
+            .json(Method::GET, &format!("{CONFIGMAPS}/before-0"), None)
+            .await
+            .ok()?;
+        (status.as_u16() == 200).then_some(())
+    })
+    .await;
+    let (status, list) = client
+        .json(Method::GET, CONFIGMAPS, None)
+        .await
+        .expect("list");
+    assert_eq!(status.as_u16(), 200, "{list}");
+
+    std::fs::remove_file(fs.path().join("filler")).expect("free the space");
+    eventually("/readyz ok once space is freed", || async {
+        (text(&client, "/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+    let (status, created) = client
+        .json(Method::POST, CONFIGMAPS, Some(&configmap("after", 1000)))
+        .await
+        .expect("create after recovery");
+    assert_eq!(status.as_u16(), 201, "{created}");
+    acknowledged.push(("after".to_owned(), rv(&created)));
+    assert_eq!(metric(&client, "berth_store_healthy").await, "1");
+    assert_eq!(metric(&client, "berth_store_faults_total").await, "1");
+
+    let check = async |client: &Client, when: &str| {
+        for (name, resource_version) in &acknowledged {
+            let (status, object) = client
+                .json(Method::GET, &format!("{CONFIGMAPS}/{name}"), None)
+                .await
+                .expect("get");
+            assert_eq!(status.as_u16(), 200, "{name} lost {when}: {object}");
+            assert_eq!(rv(&object), *resource_version, "{name} {when}");
+        }
+        let (status, _) = client
+            .json(Method::GET, &format!("{CONFIGMAPS}/{refused_name}"), None)
+            .await
+            .expect("get");
+        assert_eq!(
+            status.as_u16(),
+            404,
+            "the refused write was not applied ({when})"
+        );
+    };
+    check(&client, "after recovery").await;
+
+    server.kill_9();
+    let _server = ServerProcess::start(fs.path());
+    // admin.conf was rewritten with the new port.
+    let client = Client::from_kubeconfig(&admin).expect("client after restart");
+    check(&client, "after a restart").await;
+    assert_eq!(text(&client, "/readyz").await, (200, "ok".to_owned()));
+}
