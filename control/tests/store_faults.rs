@@ -133,12 +133,36 @@ async fn a_full_disk_fails_readiness_refuses_writes_and_recovers_without_loss() 
         (text(&client, "/readyz").await.0 == 200).then_some(())
     })
     .await;
+    // Watches work across the reopen: one from the revision listed now sees the next write.
+    let (status, list) = client
+        .json(Method::GET, CONFIGMAPS, None)
+        .await
+        .expect("list");
+    assert_eq!(status.as_u16(), 200, "{list}");
+    let mut watch = client
+        .watch(&format!(
+            "{CONFIGMAPS}?watch=true&resourceVersion={}",
+            rv(&list)
+        ))
+        .await
+        .expect("watch");
+    assert_eq!(watch.status.as_u16(), 200);
     let (status, created) = client
         .json(Method::POST, CONFIGMAPS, Some(&configmap("after", 1000)))
         .await
         .expect("create after recovery");
     assert_eq!(status.as_u16(), 201, "{created}");
     acknowledged.push(("after".to_owned(), rv(&created)));
+    let event = tokio::time::timeout(std::time::Duration::from_secs(30), watch.next())
+        .await
+        .expect("an event within 30 s (a generous bound on a shared machine)")
+        .expect("read the watch")
+        .expect("the watch stays open");
+    assert_eq!(
+        (&event["type"], &event["object"]["metadata"]["name"]),
+        (&json!("ADDED"), &json!("after")),
+        "{event}"
+    );
     assert_eq!(metric(&client, "berth_store_healthy").await, "1");
     assert_eq!(metric(&client, "berth_store_faults_total").await, "1");
 
