@@ -6,7 +6,7 @@ use axum::http::Method;
 use berth_ctl::client::Client;
 use serde_json::json;
 
-use common::ServerProcess;
+use common::{ServerProcess, assert_acknowledged, rv};
 
 fn node(name: &str) -> serde_json::Value {
     json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}, "spec": {"podCIDR": "198.18.0.0/24"}})
@@ -26,10 +26,7 @@ async fn acknowledged_writes_survive_kill_9() {
             .await
             .expect("create");
         assert_eq!(status.as_u16(), 201, "{created}");
-        acknowledged.push((
-            format!("n{i}"),
-            created["metadata"]["resourceVersion"].clone(),
-        ));
+        acknowledged.push((format!("n{i}"), rv(&created)));
     }
     first.kill_9();
 
@@ -37,28 +34,14 @@ async fn acknowledged_writes_survive_kill_9() {
     // admin.conf was rewritten with the new port; the token and CA are unchanged.
     let client = Client::from_kubeconfig(&admin).expect("client after restart");
     assert!(second.url.starts_with("https://127.0.0.1:"));
-    for (name, resource_version) in &acknowledged {
-        let (status, node) = client
-            .json(Method::GET, &format!("/api/v1/nodes/{name}"), None)
-            .await
-            .expect("get");
-        assert_eq!(status.as_u16(), 200, "{name} lost: {node}");
-        assert_eq!(&node["metadata"]["resourceVersion"], resource_version);
-    }
+    assert_acknowledged(&client, "/api/v1/nodes", &acknowledged, "after kill -9").await;
     let (status, later) = client
         .json(Method::POST, "/api/v1/nodes", Some(&node("after")))
         .await
         .expect("create after restart");
     assert_eq!(status.as_u16(), 201);
-    let last: u64 = acknowledged
-        .last()
-        .and_then(|(_, rv)| rv.as_str())
-        .and_then(|rv| rv.parse().ok())
-        .expect("revision");
-    let after: u64 = later["metadata"]["resourceVersion"]
-        .as_str()
-        .and_then(|rv| rv.parse().ok())
-        .expect("revision");
+    let last = acknowledged.last().map(|(_, rv)| *rv).expect("revision");
+    let after = rv(&later);
     assert!(
         after > last,
         "revisions keep increasing across a crash: {after} <= {last}"

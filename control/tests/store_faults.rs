@@ -10,7 +10,7 @@ use berth_ctl::client::Client;
 use berth_testkit::smallfs::SmallFs;
 use serde_json::{Value, json};
 
-use common::{ServerProcess, eventually, rv};
+use common::{ServerProcess, assert_acknowledged, eventually, rv};
 
 const CONFIGMAPS: &str = "/api/v1/namespaces/default/configmaps";
 
@@ -33,6 +33,16 @@ async fn text(client: &Client, path: &str) -> (u16, String) {
         reply.status.as_u16(),
         String::from_utf8_lossy(&reply.body).into_owned(),
     )
+}
+
+/// The ConfigMaps, which must answer.
+async fn list(client: &Client) -> Value {
+    let (status, list) = client
+        .json(Method::GET, CONFIGMAPS, None)
+        .await
+        .expect("list");
+    assert_eq!(status.as_u16(), 200, "{list}");
+    list
 }
 
 /// The value of an unlabelled series on `/metrics`.
@@ -122,11 +132,7 @@ async fn a_full_disk_fails_readiness_refuses_writes_and_recovers_without_loss() 
         (status.as_u16() == 200).then_some(())
     })
     .await;
-    let (status, list) = client
-        .json(Method::GET, CONFIGMAPS, None)
-        .await
-        .expect("list");
-    assert_eq!(status.as_u16(), 200, "{list}");
+    list(&client).await;
 
     std::fs::remove_file(fs.path().join("filler")).expect("free the space");
     eventually("/readyz ok once space is freed", || async {
@@ -134,11 +140,7 @@ async fn a_full_disk_fails_readiness_refuses_writes_and_recovers_without_loss() 
     })
     .await;
     // Watches work across the reopen: one from the revision listed now sees the next write.
-    let (status, list) = client
-        .json(Method::GET, CONFIGMAPS, None)
-        .await
-        .expect("list");
-    assert_eq!(status.as_u16(), 200, "{list}");
+    let list = list(&client).await;
     let mut watch = client
         .watch(&format!(
             "{CONFIGMAPS}?watch=true&resourceVersion={}",
@@ -167,14 +169,7 @@ async fn a_full_disk_fails_readiness_refuses_writes_and_recovers_without_loss() 
     assert_eq!(metric(&client, "berth_store_faults_total").await, "1");
 
     let check = async |client: &Client, when: &str| {
-        for (name, resource_version) in &acknowledged {
-            let (status, object) = client
-                .json(Method::GET, &format!("{CONFIGMAPS}/{name}"), None)
-                .await
-                .expect("get");
-            assert_eq!(status.as_u16(), 200, "{name} lost {when}: {object}");
-            assert_eq!(rv(&object), *resource_version, "{name} {when}");
-        }
+        assert_acknowledged(client, CONFIGMAPS, &acknowledged, when).await;
         let (status, _) = client
             .json(Method::GET, &format!("{CONFIGMAPS}/{refused_name}"), None)
             .await

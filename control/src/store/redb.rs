@@ -103,10 +103,7 @@ fn open_database(path: &Path) -> Result<(Database, Revision)> {
         txn.open_table(KV).map_err(backend)?;
         txn.open_table(LOG).map_err(backend)?;
         let meta = txn.open_table(META).map_err(backend)?;
-        meta.get(META_REVISION)
-            .map_err(backend)?
-            .map(|g| g.value())
-            .unwrap_or(0)
+        meta_value(&meta, META_REVISION)?
     };
     txn.commit().map_err(backend)?;
     Ok((db, revision))
@@ -307,11 +304,7 @@ impl Shared {
                 let mut meta = txn.open_table(META).map_err(backend)?;
                 let mut kv = txn.open_table(KV).map_err(backend)?;
                 let mut log = txn.open_table(LOG).map_err(backend)?;
-                let first = meta
-                    .get(META_REVISION)
-                    .map_err(backend)?
-                    .map(|g| g.value())
-                    .unwrap_or(0);
+                let first = meta_value(&meta, META_REVISION)?;
                 let mut revision = first;
                 for ops in transactions {
                     // Check every precondition before writing anything, so a failed
@@ -347,11 +340,7 @@ impl Shared {
         self.with_db(|db| {
             let txn = db.begin_read().map_err(backend)?;
             let meta = txn.open_table(META).map_err(backend)?;
-            Ok(meta
-                .get(name)
-                .map_err(backend)?
-                .map(|g| g.value())
-                .unwrap_or(0))
+            meta_value(&meta, name)
         })
     }
 }
@@ -373,16 +362,21 @@ fn recover(shared: &Weak<Shared>) {
     }
 }
 
+/// A counter of the meta table; 0 until first written.
+fn meta_value(meta: &impl ReadableTable<&'static str, u64>, name: &str) -> Result<u64> {
+    Ok(meta
+        .get(name)
+        .map_err(backend)?
+        .map(|g| g.value())
+        .unwrap_or(0))
+}
+
 /// A write that allocates a page and commits with fsync; returns the revision.
 fn probe(db: &Database) -> Result<Revision> {
     let txn = db.begin_write().map_err(backend)?;
     let revision = {
         let mut meta = txn.open_table(META).map_err(backend)?;
-        let probes = meta
-            .get(META_PROBE)
-            .map_err(backend)?
-            .map(|g| g.value())
-            .unwrap_or(0);
+        let probes = meta_value(&meta, META_PROBE)?;
         meta.insert(META_PROBE, probes.wrapping_add(1))
             .map_err(backend)?;
         meta.get(META_REVISION)
@@ -607,11 +601,7 @@ impl Store for RedbStore {
             let txn = db.begin_read().map_err(backend)?;
             let kv = txn.open_table(KV).map_err(backend)?;
             let meta = txn.open_table(META).map_err(backend)?;
-            let revision = meta
-                .get(META_REVISION)
-                .map_err(backend)?
-                .map(|g| g.value())
-                .unwrap_or(0);
+            let revision = meta_value(&meta, META_REVISION)?;
             let mut out = Vec::new();
             for entry in kv.range(prefix..).map_err(backend)? {
                 let (key, value) = entry.map_err(backend)?;
@@ -671,11 +661,7 @@ impl Store for RedbStore {
         self.shared.with_db(|db| {
             let txn = db.begin_read().map_err(backend)?;
             let meta = txn.open_table(META).map_err(backend)?;
-            let compacted = meta
-                .get(META_COMPACTED)
-                .map_err(backend)?
-                .map(|g| g.value())
-                .unwrap_or(0);
+            let compacted = meta_value(&meta, META_COMPACTED)?;
             if after < compacted {
                 return Err(StoreError::Compacted {
                     requested: after,
@@ -709,16 +695,8 @@ impl Store for RedbStore {
             let txn = db.begin_write().map_err(backend)?;
             {
                 let mut meta = txn.open_table(META).map_err(backend)?;
-                let current = meta
-                    .get(META_REVISION)
-                    .map_err(backend)?
-                    .map(|g| g.value())
-                    .unwrap_or(0);
-                let compacted = meta
-                    .get(META_COMPACTED)
-                    .map_err(backend)?
-                    .map(|g| g.value())
-                    .unwrap_or(0);
+                let current = meta_value(&meta, META_REVISION)?;
+                let compacted = meta_value(&meta, META_COMPACTED)?;
                 let target = revision.min(current);
                 if target <= compacted {
                     return Ok(());

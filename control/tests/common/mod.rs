@@ -93,3 +93,25 @@ impl Drop for ServerProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Asserts each `(name, resourceVersion)` is under `collection` with that resourceVersion
+/// (a write acknowledged `when` is still there).
+pub async fn assert_acknowledged(
+    client: &berth_ctl::client::Client,
+    collection: &str,
+    acknowledged: &[(String, u64)],
+    when: &str,
+) {
+    for (name, resource_version) in acknowledged {
+        let (status, object) = client
+            .json(
+                axum::http::Method::GET,
+                &format!("{collection}/{name}"),
+                None,
+            )
+            .await
+            .expect("get");
+        assert_eq!(status.as_u16(), 200, "{name} lost {when}: {object}");
+        assert_eq!(rv(&object), *resource_version, "{name} {when}");
+    }
+}
