@@ -97,16 +97,28 @@ fn backend(error: impl Into<redb::Error>) -> StoreError {
 /// returns the database and its revision.
 fn open_database(path: &Path) -> Result<(Database, Revision)> {
     let db = Database::create(path).map_err(backend)?;
+    // A file that has its tables is only read: a reopen on a full disk must not need a
+    // write to give reads back.
+    let existing = {
+        let txn = db.begin_read().map_err(backend)?;
+        match txn.open_table(META) {
+            Ok(meta) => Some(meta_value(&meta, META_REVISION)?),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(backend(e)),
+        }
+    };
+    if let Some(revision) = existing {
+        return Ok((db, revision));
+    }
     let txn = db.begin_write().map_err(backend)?;
-    let revision = {
+    {
         // Creating the tables up front lets read transactions assume they exist.
         txn.open_table(KV).map_err(backend)?;
         txn.open_table(LOG).map_err(backend)?;
-        let meta = txn.open_table(META).map_err(backend)?;
-        meta_value(&meta, META_REVISION)?
-    };
+        txn.open_table(META).map_err(backend)?;
+    }
     txn.commit().map_err(backend)?;
-    Ok((db, revision))
+    Ok((db, 0))
 }
 
 impl RedbStore {
@@ -388,7 +400,7 @@ fn probe(db: &Database) -> Result<Revision> {
     Ok(revision)
 }
 
-/// Bytes an unprivileged writer may still use on the filesystem holding `dir`.
+/// Bytes this process may still write on the filesystem holding `dir`.
 fn free_bytes(dir: &Path) -> std::io::Result<u64> {
     use std::os::unix::ffi::OsStrExt as _;
     let path = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
@@ -401,7 +413,12 @@ fn free_bytes(dir: &Path) -> std::io::Result<u64> {
     }
     // SAFETY: statvfs returned 0, so it filled `stat`.
     let stat = unsafe { stat.assume_init() };
-    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    // Root may write into the blocks a filesystem reserves (ext4's 5 %): counting only
+    // the unreserved ones would keep the store refusing writes long after space is freed.
+    let blocks = if root { stat.f_bfree } else { stat.f_bavail };
+    Ok(blocks.saturating_mul(stat.f_frsize))
 }
 
 fn encode_kv(create: Revision, modified: Revision, value: &[u8]) -> Vec<u8> {
