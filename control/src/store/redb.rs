@@ -860,4 +860,56 @@ mod tests {
         }
         assert_eq!(store.revision().expect("revision"), after);
     }
+
+    #[test]
+    fn concurrent_writers_hitting_a_full_disk_get_an_answer_that_holds() {
+        let fs = SmallFs::mount("store-group", 8 << 20);
+        let path = fs.path().join("state.redb");
+        let store = Arc::new(RedbStore::open(&path).expect("open"));
+        fs.fill("filler");
+        // Group commits: several writers until each is refused.
+        let writers: Vec<_> = (0..4)
+            .map(|writer| {
+                let store = Arc::clone(&store);
+                std::thread::spawn(move || {
+                    let (mut acknowledged, mut refused) = (Vec::new(), Vec::new());
+                    for i in 0..200 {
+                        let key = format!("/w{writer}/{i}");
+                        match store.commit(put(&key, vec![5; 64 * 1024])) {
+                            Ok(revision) => acknowledged.push((key, revision)),
+                            Err(StoreError::Faulted(_)) => {
+                                refused.push(key);
+                                if refused.len() == 3 {
+                                    break;
+                                }
+                            }
+                            Err(e) => panic!("{key}: {e}"),
+                        }
+                    }
+                    (acknowledged, refused)
+                })
+            })
+            .collect();
+        let (mut acknowledged, mut refused) = (Vec::new(), Vec::new());
+        for writer in writers {
+            let (a, r) = writer.join().expect("writer");
+            acknowledged.extend(a);
+            refused.extend(r);
+        }
+        assert_eq!(refused.len(), 12, "every writer was refused in the end");
+        std::fs::remove_file(fs.path().join("filler")).expect("free the space");
+        eventually("recovery", || store.health().fault.is_none());
+        drop(store);
+        let store = RedbStore::open(&path).expect("open again");
+        for (key, revision) in &acknowledged {
+            let kv = store
+                .get(key)
+                .expect("get")
+                .expect("acknowledged write present");
+            assert_eq!(kv.mod_revision, *revision);
+        }
+        for key in &refused {
+            assert!(store.get(key).expect("get").is_none(), "{key} was refused");
+        }
+    }
 }
