@@ -1,7 +1,8 @@
 //! A full disk under the real server process: `/readyz` fails with the reason, writes are
 //! refused with a Status naming the store file, reads go on, and once space is freed
 //! writes succeed again without a restart, with every acknowledged write kept (also
-//! across a restart).
+//! across a restart). Then another I/O error than a full disk: the store file may not
+//! grow (RLIMIT_FSIZE).
 
 mod common;
 
@@ -55,8 +56,51 @@ async fn metric(client: &Client, name: &str) -> String {
         .to_owned()
 }
 
+/// Sets the server's soft file size limit (`prlimit`); the hard one stays unlimited, so
+/// the soft one can be lifted again without CAP_SYS_RESOURCE (which this host lacks).
+fn limit_file_size(pid: u32, limit: &str) {
+    let status = std::process::Command::new("prlimit")
+        .args([
+            "--pid",
+            &pid.to_string(),
+            &format!("--fsize={limit}:unlimited"),
+        ])
+        .status()
+        .expect("run prlimit");
+    assert!(status.success(), "prlimit --fsize={limit}");
+}
+
+/// Creates 512 KiB ConfigMaps named `prefix-N` until one is refused: the acknowledged
+/// ones go to `acknowledged`; returns the refused one's name, status and body.
+async fn fill_until_refused(
+    client: &Client,
+    prefix: &str,
+    acknowledged: &mut Vec<(String, u64)>,
+) -> (String, u16, Value) {
+    for i in 0..64 {
+        let name = format!("{prefix}-{i}");
+        let (status, body) = client
+            .json(
+                Method::POST,
+                CONFIGMAPS,
+                Some(&configmap(&name, 512 * 1024)),
+            )
+            .await
+            .expect("create");
+        if status.as_u16() != 201 {
+            return (name, status.as_u16(), body);
+        }
+        acknowledged.push((name, rv(&body)));
+    }
+    panic!("no {prefix} write was refused");
+}
+
 #[tokio::test]
 async fn a_full_disk_fails_readiness_refuses_writes_and_recovers_without_loss() {
+    // Ignored dispositions survive exec: a server over its file size limit gets EFBIG
+    // instead of being killed by SIGXFSZ (this process sets no such limit).
+    // SAFETY: setting a signal's disposition to SIG_IGN installs no handler.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
     let fs = SmallFs::mount("store-faults", 16 << 20);
     let admin = fs.path().join("admin.conf");
     let server = ServerProcess::start(fs.path());
@@ -79,27 +123,9 @@ async fn a_full_disk_fails_readiness_refuses_writes_and_recovers_without_loss() 
     assert_eq!(metric(&client, "berth_store_healthy").await, "1");
     assert_eq!(metric(&client, "berth_store_faults_total").await, "0");
 
-    // Disk full: 512 KiB objects until one does not fit in what the file has free inside.
+    // Disk full: big objects until one does not fit in what the file has free inside.
     fs.fill("filler");
-    let mut refused = None;
-    for i in 0..64 {
-        let name = format!("big-{i}");
-        let (status, body) = client
-            .json(
-                Method::POST,
-                CONFIGMAPS,
-                Some(&configmap(&name, 512 * 1024)),
-            )
-            .await
-            .expect("create");
-        if status.as_u16() == 201 {
-            acknowledged.push((name, rv(&body)));
-        } else {
-            refused = Some((name, status.as_u16(), body));
-            break;
-        }
-    }
-    let (refused_name, status, body) = refused.expect("a write is refused on a full disk");
+    let (refused_name, status, body) = fill_until_refused(&client, "big", &mut acknowledged).await;
     assert_eq!(status, 507, "{body}");
     assert_eq!(body["reason"], "InsufficientStorage", "{body}");
     let message = body["message"].as_str().expect("message");
@@ -168,24 +194,66 @@ async fn a_full_disk_fails_readiness_refuses_writes_and_recovers_without_loss() 
     assert_eq!(metric(&client, "berth_store_healthy").await, "1");
     assert_eq!(metric(&client, "berth_store_faults_total").await, "1");
 
-    let check = async |client: &Client, when: &str| {
-        assert_acknowledged(client, CONFIGMAPS, &acknowledged, when).await;
-        let (status, _) = client
-            .json(Method::GET, &format!("{CONFIGMAPS}/{refused_name}"), None)
-            .await
-            .expect("get");
-        assert_eq!(
-            status.as_u16(),
-            404,
-            "the refused write was not applied ({when})"
-        );
-    };
-    check(&client, "after recovery").await;
+    let mut refused = vec![refused_name];
+    let check =
+        async |client: &Client, acknowledged: &[(String, u64)], refused: &[String], when: &str| {
+            assert_acknowledged(client, CONFIGMAPS, acknowledged, when).await;
+            for name in refused {
+                let (status, _) = client
+                    .json(Method::GET, &format!("{CONFIGMAPS}/{name}"), None)
+                    .await
+                    .expect("get");
+                assert_eq!(
+                    status.as_u16(),
+                    404,
+                    "the refused {name} was applied ({when})"
+                );
+            }
+        };
+    check(&client, &acknowledged, &refused, "after recovery").await;
 
     server.kill_9();
-    let _server = ServerProcess::start(fs.path());
+    let server = ServerProcess::start(fs.path());
     // admin.conf was rewritten with the new port.
     let client = Client::from_kubeconfig(&admin).expect("client after restart");
-    check(&client, "after a restart").await;
+    check(&client, &acknowledged, &refused, "after a restart").await;
+    assert_eq!(text(&client, "/readyz").await, (200, "ok".to_owned()));
+
+    // The file may not grow: EFBIG, an I/O error that is not a full disk, is a 503.
+    let size = std::fs::metadata(fs.path().join("state.redb"))
+        .expect("the store file")
+        .len();
+    limit_file_size(server.pid(), &size.to_string());
+    let (name, status, body) = fill_until_refused(&client, "grow", &mut acknowledged).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["reason"], "ServiceUnavailable", "{body}");
+    let message = body["message"].as_str().expect("message");
+    assert!(
+        message.contains("state.redb") && message.contains("File too large"),
+        "{message}"
+    );
+    refused.push(name);
+    limit_file_size(server.pid(), "unlimited");
+    // Recovery clears the fault once its probe commits; until then writes are refused.
+    let created = eventually("a write once the file may grow again", || async {
+        let (status, body) = client
+            .json(
+                Method::POST,
+                CONFIGMAPS,
+                Some(&configmap("grown", 512 * 1024)),
+            )
+            .await
+            .expect("create");
+        (status.as_u16() == 201).then_some(body)
+    })
+    .await;
+    acknowledged.push(("grown".to_owned(), rv(&created)));
+    check(
+        &client,
+        &acknowledged,
+        &refused,
+        "after the file size limit is lifted",
+    )
+    .await;
     assert_eq!(text(&client, "/readyz").await, (200, "ok".to_owned()));
 }

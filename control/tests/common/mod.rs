@@ -80,6 +80,10 @@ impl ServerProcess {
         Self { child, url }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL: no shutdown code runs.
     pub fn kill_9(mut self) {
         self.child.kill().expect("SIGKILL");
