@@ -37,10 +37,14 @@ use crate::{
     routing::{self, KernelUnderlay, NodeRoute},
     runtime::DockerRuntime,
     services,
+    statefile::StateFile,
     usage::{self, Collector},
 };
 
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
+
+/// How often a state file write that failed (a full disk) is tried again.
+const STATE_RETRY: Duration = Duration::from_secs(5);
 
 /// After a start, how long a pod the control plane knows as ready is not reported
 /// unready: an adopted container's probes have not run yet, and reporting it unready would
@@ -233,8 +237,12 @@ pub async fn run(config: Config) -> anyhow::Result<Ended> {
     // Until the control plane's snapshot arrives, the pods to run are the last ones it
     // sent: a restarted agent must neither tear down healthy pods nor stop restarting
     // crashed ones because the control plane is slow or away.
-    let pods_file = config.state_dir.join("pods.json");
-    let remembered: Vec<Pod> = std::fs::read(&pods_file)
+    let mut pods_file = StateFile::new(
+        config.state_dir.join("pods.json"),
+        metrics.state_write_failures.clone(),
+        metrics.state_saved.clone(),
+    );
+    let remembered: Vec<Pod> = std::fs::read(pods_file.path())
         .ok()
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
         .unwrap_or_default();
@@ -306,6 +314,7 @@ pub async fn run(config: Config) -> anyhow::Result<Ended> {
     // Host veths with the east-west programs attached, and their pods' addresses.
     let mut attached: BTreeMap<String, Ipv4Addr> = BTreeMap::new();
     let mut logs = tokio::time::interval(Duration::from_secs(1));
+    let mut state_retry = tokio::time::interval(STATE_RETRY);
     let neighbours = NeighbourKeeper::start().context("following the neighbour table")?;
     let renewal = controlplane::renew_certificate(&config, &membership);
     tokio::pin!(renewal);
@@ -317,7 +326,7 @@ pub async fn run(config: Config) -> anyhow::Result<Ended> {
             }
             Some(objects) = pods_rx.recv() => {
                 let pods: Vec<Pod> = objects.of_kind("Pod");
-                remember(&pods_file, &pods);
+                remember(&mut pods_file, &pods);
                 desired_tx.send_replace(desired_pods(&pods));
                 api_pods_tx.send_replace(pods);
             }
@@ -374,6 +383,9 @@ pub async fn run(config: Config) -> anyhow::Result<Ended> {
                     datapath.flush_logs();
                 }
             }
+            _ = state_retry.tick(), if !pods_file.is_saved() => {
+                pods_file.retry();
+            }
         }
     }
 }
@@ -426,16 +438,11 @@ fn desired_pods(pods: &[Pod]) -> Vec<PodDesired> {
         .collect()
 }
 
-/// Keeps the last pods the control plane sent, written atomically (temp file, rename).
-fn remember(path: &std::path::Path, pods: &[Pod]) {
-    let Ok(bytes) = serde_json::to_vec(pods) else {
-        return;
-    };
-    let temporary = path.with_extension("json.tmp");
-    let written =
-        std::fs::write(&temporary, bytes).and_then(|()| std::fs::rename(&temporary, path));
-    if let Err(error) = written {
-        tracing::warn!(path = %path.display(), %error, "could not keep the node's pods");
+/// Keeps the last pods the control plane sent for the agent's next start.
+fn remember(file: &mut StateFile, pods: &[Pod]) {
+    match serde_json::to_vec(pods) {
+        Ok(bytes) => file.save(bytes),
+        Err(error) => tracing::warn!(%error, "could not encode the node's pods"),
     }
 }
 
