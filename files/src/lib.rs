@@ -189,7 +189,13 @@ mod tests {
             assert_eq!(euid, 0, "mounting a tmpfs needs root: run as root");
             let dir = tempfile::tempdir().expect("tempdir");
             let status = Command::new("mount")
-                .args(["-t", "tmpfs", "-o", "size=64k,mode=0700", "berth-files-test"])
+                .args([
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    "size=64k,mode=0700",
+                    "berth-files-test",
+                ])
                 .arg(dir.path())
                 .status()
                 .expect("running mount");
