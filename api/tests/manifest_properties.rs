@@ -192,7 +192,8 @@ fn mutation() -> impl Strategy<Value = Mutation> {
     prop_oneof![
         any::<usize>().prop_map(Mutation::Remove),
         (any::<usize>(), replacement()).prop_map(|(at, v)| Mutation::Replace(at, v)),
-        (any::<usize>(), 1..200usize, any::<bool>()).prop_map(|(at, d, a)| Mutation::Nest(at, d, a)),
+        (any::<usize>(), 1..200usize, any::<bool>())
+            .prop_map(|(at, d, a)| Mutation::Nest(at, d, a)),
         (any::<usize>(), "[a-zA-Z]{1,16}", replacement())
             .prop_map(|(at, k, v)| Mutation::Add(at, k, v)),
     ]
