@@ -1404,6 +1404,44 @@ fn a_pod_reaches_itself_through_its_service_and_the_reply_comes_back_translated(
 }
 
 #[test]
+fn a_packet_from_outside_with_a_pods_address_leaves_its_hairpin_replies_alone() {
+    // Found by datapath_properties.rs: XDP filed the replies of a flow whose client is
+    // the chosen backend under the hairpin address, though it keeps the source.
+    let hairpin = Ipv4Addr::from(u32::from_be(berth_ebpf_common::HAIRPIN_ADDR));
+    let itself = BackendSpec {
+        addr: POD,
+        port: 8080,
+        node_id: NODE_ID,
+        state: BackendState::Active,
+    };
+    let mut h = Harness::new(vec![web(vec![itself])]);
+    h.datapath
+        .register_pod_interface("lo", POD)
+        .expect("registering the pod interface");
+    let client = (POD, 40_000);
+    let (_, out) = h.run(
+        program_names::FROM_POD,
+        &Frame::tcp(client, (VIP, 80)).build(),
+    );
+    assert_eq!(parsed(&out).src, hairpin, "the pod reaches itself");
+    // The same address and port from outside, to the external frontend (spoofed).
+    let (verdict, out) = h.run(
+        program_names::EXTERNAL,
+        &Frame::tcp(client, (EXTERNAL_IP, 80)).build(),
+    );
+    assert_eq!((verdict, parsed(&out).dst), (XDP_PASS, POD));
+    // The pod's answer to its own connection still comes from the ClusterIP.
+    let mut syn_ack = Frame::tcp((POD, 8080), (hairpin, 40_000));
+    syn_ack.tcp_flags = 0x12;
+    let (_, out) = h.run(program_names::FROM_POD, &syn_ack.build());
+    let back = parsed(&out);
+    assert_eq!(
+        (back.src, back.src_port, back.dst, back.dst_port),
+        (VIP, 80, POD, 40_000)
+    );
+}
+
+#[test]
 fn masqueraded_flows_keep_their_translation_across_an_agent_restart() {
     let mut h = masquerading();
     let pod = (Ipv4Addr::new(198, 18, 1, 5), 40_000);

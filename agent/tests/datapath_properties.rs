@@ -534,19 +534,9 @@ impl Harness {
                 program != program_names::EXTERNAL || new_from == from,
                 "XDP rewrote the source"
             );
-            // The replies are expected from the backend to the client as translated. XDP
-            // keeps the client's address but files a client that is the backend itself
-            // under the hairpin address, as the TC programs do: such a packet from
-            // outside (a pod's address, spoofed) re-points that pod's hairpin replies to
-            // the external frontend. Modelled here as the programs behave; a known gap.
-            let client = if new_from.0 == new_to.0 {
-                (hairpin, from.1)
-            } else {
-                new_from
-            };
             self.flows
                 .0
-                .entry((before.proto, client, new_to))
+                .entry((before.proto, new_from, new_to))
                 .or_default()
                 .insert(to);
         } else if new_from != from
