@@ -12,6 +12,8 @@
 //! One datapath for the whole run (loading it is the slow part); cases: `PROPTEST_CASES`
 //! (default below). Needs root and bpffs.
 
+mod common;
+
 use std::{
     cell::RefCell,
     collections::{HashMap, HashSet},
@@ -20,8 +22,7 @@ use std::{
 };
 
 use berth_agent::datapath::{
-    Algorithm, BackendSpec, BackendState, Datapath, DatapathOptions, Frontend, Limits, Node,
-    Protocol, Service, ServiceSet,
+    Algorithm, BackendSpec, BackendState, Datapath, Frontend, Protocol, Service,
 };
 use berth_ebpf_common::{HAIRPIN_ADDR, Reason, program_names};
 use berth_testkit::{
@@ -29,6 +30,7 @@ use berth_testkit::{
     packet::{self, Frame, ICMP, TCP, UDP},
     programs,
 };
+use common::{NODE_ID, TC_ACT_OK, TC_ACT_SHOT, XDP_DROP, XDP_PASS};
 use proptest::{
     prelude::*,
     test_runner::{Config, TestCaseError, TestRunner},
@@ -37,18 +39,11 @@ use proptest::{
 /// Cases unless `PROPTEST_CASES` says otherwise: a few seconds.
 const DEFAULT_CASES: u32 = 10_000;
 
-const NODE_ID: u32 = 1;
-const NODE_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
-const PEER_NODE_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 const WEB_VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
 const WEB_EXTERNAL: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 10);
 const DNS_VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 53);
 const DEAD_VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 99);
 const DEAD_EXTERNAL: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 99);
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
 
 fn backend(addr: [u8; 4], port: u16, node_id: u32, state: BackendState) -> BackendSpec {
     BackendSpec {
@@ -356,37 +351,8 @@ struct Harness {
 impl Harness {
     fn new() -> Self {
         let pins = PinDir::new("prop");
-        let mut datapath = Datapath::open(DatapathOptions {
-            pin_dir: pins.path().to_path_buf(),
-            node_id: NODE_ID,
-            node_addr: NODE_ADDR,
-            limits: Limits {
-                max_services: 64,
-                max_backends: 256,
-                max_connections: 4096,
-                max_affinity: 1024,
-                max_nodes: 16,
-                maglev_min_table: 1021,
-                maglev_pool_slots: 1 << 16,
-            },
-        })
-        .expect("loading the datapath");
         let services = services();
-        datapath
-            .apply(&ServiceSet {
-                services: services.clone(),
-                nodes: vec![
-                    Node {
-                        id: NODE_ID,
-                        addr: NODE_ADDR,
-                    },
-                    Node {
-                        id: 2,
-                        addr: PEER_NODE_ADDR,
-                    },
-                ],
-            })
-            .expect("applying services");
+        let datapath = common::open(&pins, services.clone());
         Harness {
             datapath,
             services,
@@ -566,19 +532,16 @@ impl Harness {
     }
 }
 
+/// The first failure is reported as it is, not shrunk: it depends on the flows tracked
+/// before it, which every replay changes, so shrinking would report some other packet.
 fn config() -> Config {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(DEFAULT_CASES);
-    Config {
-        cases,
-        // A failure depends on the flows tracked before it, and every replay changes
-        // them: shrinking would report some other packet. The first failure is reported.
-        max_shrink_iters: 0,
-        failure_persistence: None,
-        ..Config::default()
+    let mut config = Config::default();
+    if std::env::var_os("PROPTEST_CASES").is_none() {
+        config.cases = DEFAULT_CASES;
     }
+    config.max_shrink_iters = 0;
+    config.failure_persistence = None;
+    config
 }
 
 #[test]

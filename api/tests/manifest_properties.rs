@@ -18,15 +18,11 @@ use serde_json::{Value, json};
 const DEFAULT_CASES: u32 = 512;
 
 fn config() -> Config {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(DEFAULT_CASES);
-    Config {
-        cases,
-        max_shrink_iters: 2048,
-        ..Config::default()
-    }
+    let cases = match std::env::var_os("PROPTEST_CASES") {
+        Some(_) => Config::default().cases,
+        None => DEFAULT_CASES,
+    };
+    Config::with_cases(cases)
 }
 
 /// Valid objects of the kinds users write most, with most of their fields set.
