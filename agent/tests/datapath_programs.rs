@@ -99,12 +99,7 @@ impl Harness {
     }
 
     fn reason(&self, reason: Reason) -> u64 {
-        self.datapath
-            .reasons()
-            .expect("reading reasons")
-            .into_iter()
-            .find(|(r, _)| *r == reason)
-            .map_or(0, |(_, count)| count)
+        common::counted(&self.datapath, reason)
     }
 
     /// Runs `program` and returns the verdict, the output, and whether `reason` was

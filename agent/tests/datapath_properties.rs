@@ -372,12 +372,7 @@ impl Harness {
     }
 
     fn counted(&self, reason: Reason) -> u64 {
-        self.datapath
-            .reasons()
-            .expect("reading reasons")
-            .into_iter()
-            .find(|(r, _)| *r == reason)
-            .map_or(0, |(_, count)| count)
+        common::counted(&self.datapath, reason)
     }
 
     /// The Service with a frontend at `to` for `proto` (external ones only for XDP).

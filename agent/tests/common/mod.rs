@@ -4,6 +4,7 @@
 use std::net::Ipv4Addr;
 
 use berth_agent::datapath::{Datapath, DatapathOptions, Limits, Node, Service, ServiceSet};
+use berth_ebpf_common::Reason;
 use berth_testkit::PinDir;
 
 pub const NODE_ID: u32 = 1;
@@ -50,4 +51,14 @@ pub fn open(pins: &PinDir, services: Vec<Service>) -> Datapath {
     .expect("loading the datapath");
     datapath.apply(&set(services)).expect("applying services");
     datapath
+}
+
+/// How many packets the programs counted for `reason` so far, on every CPU.
+pub fn counted(datapath: &Datapath, reason: Reason) -> u64 {
+    datapath
+        .reasons()
+        .expect("reading reasons")
+        .into_iter()
+        .find(|(r, _)| *r == reason)
+        .map_or(0, |(_, count)| count)
 }
