@@ -114,7 +114,11 @@ mod tests {
             .map(|entry| entry.expect("entry").file_name())
             .collect();
         names.sort();
-        assert_eq!(names, ["filler", "pods.json"], "no partial temporary file left");
+        assert_eq!(
+            names,
+            ["filler", "pods.json"],
+            "no partial temporary file left"
+        );
 
         std::fs::remove_file(fs.path().join("filler")).expect("free the space");
         assert!(file.retry());

@@ -119,7 +119,7 @@ fn sync_directory(directory: &Path) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use std::process::Command;
+    use berth_testkit::smallfs::SmallFs;
 
     use super::*;
 
@@ -177,56 +177,13 @@ mod tests {
         assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
     }
 
-    /// A tmpfs of a few pages mounted on a temporary directory, unmounted on drop.
-    struct SmallFilesystem {
-        dir: tempfile::TempDir,
-    }
-
-    impl SmallFilesystem {
-        fn new() -> Self {
-            // SAFETY: geteuid has no preconditions.
-            let euid = unsafe { libc::geteuid() };
-            assert_eq!(euid, 0, "mounting a tmpfs needs root: run as root");
-            let dir = tempfile::tempdir().expect("tempdir");
-            let status = Command::new("mount")
-                .args([
-                    "-t",
-                    "tmpfs",
-                    "-o",
-                    "size=64k,mode=0700",
-                    "berth-files-test",
-                ])
-                .arg(dir.path())
-                .status()
-                .expect("running mount");
-            assert!(status.success(), "mount -t tmpfs: {status}");
-            SmallFilesystem { dir }
-        }
-    }
-
-    impl Drop for SmallFilesystem {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(self.dir.path()).status();
-        }
-    }
-
     #[test]
     fn a_full_disk_leaves_the_old_content_and_no_temporary() {
-        let fs = SmallFilesystem::new();
-        let dir = fs.dir.path();
+        let fs = SmallFs::mount("files", 64 * 1024);
+        let dir = fs.path();
         let path = dir.join("state.json");
         write_private(&path, b"old").expect("first write");
-        // Fill what is left of the filesystem.
-        let filler = dir.join("filler");
-        let mut file = File::create(&filler).expect("filler");
-        let page = [0u8; 4096];
-        let full = loop {
-            if let Err(error) = file.write_all(&page) {
-                break error;
-            }
-        };
-        assert_eq!(full.raw_os_error(), Some(libc::ENOSPC), "{full}");
-        drop(file);
+        fs.fill("filler");
 
         let error = write_private(&path, &[7u8; 16 * 1024]).expect_err("no space");
         assert_eq!(error.raw_os_error(), Some(libc::ENOSPC), "{error}");
@@ -234,7 +191,7 @@ mod tests {
         assert_eq!(names(dir), ["filler", "state.json"], "no temporary left");
 
         // Space freed: the next write goes through.
-        fs::remove_file(&filler).expect("free space");
+        fs::remove_file(dir.join("filler")).expect("free space");
         write_private(&path, &[7u8; 16 * 1024]).expect("write after freeing");
         assert_eq!(fs::read(&path).expect("read").len(), 16 * 1024);
     }
