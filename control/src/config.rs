@@ -190,6 +190,75 @@ pub struct Config {
     #[arg(long, env = "BERTH_AUDIT_LOG_MAXBACKUP", default_value_t = 5)]
     pub audit_log_maxbackup: u32,
 
+    /// Connections the API listener holds at once (the metrics listener has as many of
+    /// its own). When full, the oldest connection still in its TLS handshake is closed to
+    /// make room; when every one is established, new ones are closed at once.
+    #[arg(
+        long,
+        env = "BERTH_MAX_CONNECTIONS",
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub max_connections: u64,
+
+    /// Connections the agents' gRPC listener holds at once, apart from the API's, so a
+    /// flood of API clients cannot keep the agents out.
+    #[arg(
+        long,
+        env = "BERTH_AGENT_MAX_CONNECTIONS",
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub agent_max_connections: u64,
+
+    /// Seconds a client has to finish the TLS handshake, on both listeners.
+    #[arg(
+        long = "tls-handshake-timeout",
+        env = "BERTH_TLS_HANDSHAKE_TIMEOUT",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub tls_handshake_timeout_secs: u64,
+
+    /// Seconds a client has to send an HTTP/1 request's headers once it starts one.
+    #[arg(
+        long = "header-read-timeout",
+        env = "BERTH_HEADER_READ_TIMEOUT",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub header_read_timeout_secs: u64,
+
+    /// Seconds an API connection may stay open with no request in flight (an open watch
+    /// or exec keeps it busy).
+    #[arg(
+        long = "idle-timeout",
+        env = "BERTH_IDLE_TIMEOUT",
+        default_value_t = 90,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub idle_timeout_secs: u64,
+
+    /// API requests one user may have in flight at once; more are answered 429 with
+    /// Retry-After. Watches, exec, attach, port forwarding, followed logs and proxies are
+    /// long-running and not counted (like kube-apiserver's priority and fairness).
+    #[arg(
+        long,
+        env = "BERTH_MAX_REQUESTS_INFLIGHT_PER_USER",
+        default_value_t = 100,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub max_requests_inflight_per_user: u64,
+
+    /// Watches one user may hold open at once; more are answered 429.
+    #[arg(
+        long,
+        env = "BERTH_MAX_WATCHES_PER_USER",
+        default_value_t = 1_000,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub max_watches_per_user: u64,
+
     /// Log filter (tracing-subscriber env-filter syntax).
     #[arg(long, env = "BERTH_LOG", default_value = "info")]
     pub log: String,
@@ -252,6 +321,24 @@ impl Config {
             node_ports: self.service_node_port_range,
             load_balancer_pool: self.load_balancer_cidr,
         })
+    }
+
+    /// The limits of a listener holding `max` connections.
+    pub fn connection_limits(&self, max: u64) -> crate::limits::ConnectionLimits {
+        crate::limits::ConnectionLimits {
+            max: usize::try_from(max).unwrap_or(usize::MAX),
+            handshake_timeout: Duration::from_secs(self.tls_handshake_timeout_secs),
+            header_read_timeout: Duration::from_secs(self.header_read_timeout_secs),
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+        }
+    }
+
+    pub fn request_limits(&self) -> crate::limits::RequestLimits {
+        let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        crate::limits::RequestLimits {
+            inflight_per_user: size(self.max_requests_inflight_per_user),
+            watches_per_user: size(self.max_watches_per_user),
+        }
     }
 
     pub fn compaction_interval(&self) -> Duration {

@@ -14,6 +14,7 @@ mod authz;
 pub mod config;
 mod controllers;
 mod credentials;
+pub mod limits;
 mod metrics;
 mod node_client;
 mod objects;

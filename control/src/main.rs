@@ -44,6 +44,11 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&config.log).context("--log")?)
         .with_writer(std::io::stderr)
         .init();
+    // Connections, not the default 1,024 descriptors, should bound what clients hold.
+    match berth_control::limits::raise_open_files_limit() {
+        Ok(files) => tracing::debug!(files, "open files limit"),
+        Err(e) => tracing::warn!("raising the open files limit: {e}"),
+    }
     let server = Server::start(&config)
         .await
         .context("starting the control plane")?;

@@ -34,6 +34,11 @@ pub struct Metrics {
     pub reconcile_seconds: HistogramVec,
     /// `result`: `scheduled` or `unschedulable`.
     pub scheduling_attempts: IntCounterVec,
+    /// Per listener (`api`, `agent`, `metrics`).
+    pub connections: ConnectionMetrics,
+    /// API requests answered 429 because their user was over a limit; `reason` names
+    /// the limit (`inflight`, `watches`).
+    pub rejected_requests: IntCounterVec,
 }
 
 impl Metrics {
@@ -104,6 +109,15 @@ impl Metrics {
             ),
             &["result"],
         )?;
+        let connections = ConnectionMetrics::new(&registry)?;
+        let rejected_requests = IntCounterVec::new(
+            Opts::new(
+                "apiserver_rejected_requests_total",
+                "Requests answered 429 because their user was over a limit, by limit.",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(rejected_requests.clone()))?;
         registry.register(Box::new(request_seconds.clone()))?;
         registry.register(Box::new(store_size_bytes.clone()))?;
         registry.register(Box::new(reconciles.clone()))?;
@@ -146,6 +160,8 @@ impl Metrics {
             reconciles,
             reconcile_seconds,
             scheduling_attempts,
+            connections,
+            rejected_requests,
         })
     }
 
@@ -175,5 +191,55 @@ impl Metrics {
         families.extend(self.process.gather());
         TextEncoder::new().encode(&families, &mut out)?;
         String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
+    }
+}
+
+/// The connection metrics of every listener; `listener` is one of a few fixed names.
+#[derive(Clone)]
+pub struct ConnectionMetrics {
+    pub open: IntGaugeVec,
+    pub rejected: IntCounterVec,
+    pub shed: IntCounterVec,
+    /// `phase`: `handshake` (the TLS handshake took too long) or `idle`.
+    pub timed_out: IntCounterVec,
+}
+
+impl ConnectionMetrics {
+    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let open = IntGaugeVec::new(
+            Opts::new("connections_open", "Connections open, by listener."),
+            &["listener"],
+        )?;
+        let rejected = IntCounterVec::new(
+            Opts::new(
+                "connections_rejected_total",
+                "Connections closed at once because the listener was full of established ones.",
+            ),
+            &["listener"],
+        )?;
+        let shed = IntCounterVec::new(
+            Opts::new(
+                "connections_shed_total",
+                "Connections still in their TLS handshake closed to make room for a new one.",
+            ),
+            &["listener"],
+        )?;
+        let timed_out = IntCounterVec::new(
+            Opts::new(
+                "connections_timed_out_total",
+                "Connections closed by the server's timeouts, by listener and phase.",
+            ),
+            &["listener", "phase"],
+        )?;
+        registry.register(Box::new(open.clone()))?;
+        registry.register(Box::new(rejected.clone()))?;
+        registry.register(Box::new(shed.clone()))?;
+        registry.register(Box::new(timed_out.clone()))?;
+        Ok(Self {
+            open,
+            rejected,
+            shed,
+            timed_out,
+        })
     }
 }

@@ -9,12 +9,16 @@ use std::{
 };
 
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
     service::TowerToHyperService,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
-use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::watch,
+    task::JoinHandle,
+};
 use tokio_rustls::TlsAcceptor;
 
 use berth_api::{agent::agent_server::AgentServer, kubeconfig::Kubeconfig};
@@ -25,6 +29,7 @@ use crate::{
     authn::{self, Authenticator},
     config::Config,
     controllers::Controllers,
+    limits::{Activity, Admitted, ConnectionLimiter, ConnectionLimits, Tracked},
     metrics::Metrics,
     node_client::NodeClient,
     pki::{self, Pki},
@@ -178,7 +183,7 @@ impl Server {
             None => service,
         };
         let (agent, agent_port) =
-            serve_agent_api(config, &pki, service, shutdown_rx.clone()).await?;
+            serve_agent_api(config, &pki, service, &metrics, shutdown_rx.clone()).await?;
         let agent_url = format!("https://{client_host}:{agent_port}");
         let state = ApiState {
             authorizer: crate::authz::Rbac::new(registry.clone()),
@@ -189,22 +194,37 @@ impl Server {
             nodes: Arc::new(NodeClient::new(&pki)),
             usage,
             audit: open_audit_log(config)?,
+            user_limits: crate::limits::UserLimiter::new(
+                config.request_limits(),
+                metrics.rejected_requests.clone(),
+            ),
         };
         let mut tasks = Vec::new();
         let mut metrics_addr = None;
         if let Some(address) = config.metrics_listen {
             let (listener, bound) = bind(address, "metrics").await?;
             let router = api::monitoring::router(state.clone());
-            tasks.push(tokio::spawn(accept_loop(
+            let limits = config.connection_limits(config.max_connections);
+            tasks.push(tokio::spawn(serve_api(
                 listener,
                 None,
                 router,
+                ConnectionLimiter::new("metrics", limits.max, metrics.connections.clone()),
+                limits,
                 shutdown_rx.clone(),
             )));
             metrics_addr = Some(bound);
         }
         let router = api::router(state);
-        let accept = tokio::spawn(accept_loop(listener, tls, router, shutdown_rx.clone()));
+        let limits = config.connection_limits(config.max_connections);
+        let accept = tokio::spawn(serve_api(
+            listener,
+            tls,
+            router,
+            ConnectionLimiter::new("api", limits.max, metrics.connections.clone()),
+            limits,
+            shutdown_rx.clone(),
+        ));
         let compaction = tokio::spawn(compact_periodically(
             Arc::clone(&store),
             metrics,
@@ -274,7 +294,7 @@ impl Identity {
             tracing::warn!("serving plain HTTP: bearer tokens cross the network unencrypted");
             ("http", None)
         } else {
-            ("https", Some(tls_acceptor(&pki)?))
+            ("https", Some(tls_acceptor(&pki, &[b"h2", b"http/1.1"])?))
         };
         let url = format!("{scheme}://{client_host}:{port}");
         let admin_config = config.admin_config_path();
@@ -356,39 +376,72 @@ async fn open_registry(
     Ok(registry)
 }
 
+/// Deadline of one unary agent API call (watches are streams and not bounded by it).
+const AGENT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Calls one agent connection runs at once: an agent has a few watches and a heartbeat.
+const AGENT_CONCURRENCY_PER_CONNECTION: usize = 64;
+/// Handshaken agent connections waiting for the gRPC server to take them.
+const AGENT_ACCEPT_QUEUE: usize = 128;
+
 /// Serves the agents' gRPC API over mutual TLS until shutdown; returns its task and port.
+/// The listener has its own connection cap and TLS handshake timeout, so no API client
+/// can keep agents out; keepalive pings find agents that went away.
 async fn serve_agent_api(
     config: &Config,
     pki: &Pki,
     service: AgentService,
+    metrics: &Metrics,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(JoinHandle<()>, u16), ServerError> {
     let (listener, address) = bind(config.agent_listen, "agent API").await?;
-    let tls = tonic::transport::ServerTlsConfig::new()
-        .identity(tonic::transport::Identity::from_pem(
-            &pki.server_cert_pem,
-            &pki.server_key_pem,
-        ))
-        .client_ca_root(tonic::transport::Certificate::from_pem(&pki.ca_cert_pem))
-        // Join is the one call made before the node has a certificate.
-        .client_auth_optional(true);
+    // The TLS handshake is ours, not tonic's, so a connection in it can be shed.
+    let tls = tls_acceptor(pki, &[b"h2"])?;
+    let limits = config.connection_limits(config.agent_max_connections);
+    let limiter = ConnectionLimiter::new("agent", limits.max, metrics.connections.clone());
     let server = tonic::transport::Server::builder()
-        .tls_config(tls)
-        .map_err(|e| ServerError::Tls(e.to_string()))?
+        .timeout(AGENT_CALL_TIMEOUT)
+        .concurrency_limit_per_connection(AGENT_CONCURRENCY_PER_CONNECTION)
+        .max_concurrent_streams(u32::try_from(AGENT_CONCURRENCY_PER_CONNECTION).ok())
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
         .add_service(AgentServer::new(service));
+    // Bounded: when the server falls behind, handshakes wait instead of piling up.
+    let (handshaken, mut incoming) = tokio::sync::mpsc::channel(AGENT_ACCEPT_QUEUE);
+    let accept = accept_loop(
+        listener,
+        limiter.clone(),
+        shutdown.clone(),
+        move |admitted, peer| {
+            let (tls, limiter, handshaken) = (tls.clone(), limiter.clone(), handshaken.clone());
+            tokio::spawn(async move {
+                if let Some(stream) =
+                    handshake(&tls, admitted, &limiter, limits.handshake_timeout, peer).await
+                {
+                    let _ = handshaken.send(stream).await;
+                }
+            });
+        },
+    );
     let task = tokio::spawn(async move {
-        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        let incoming = futures_util::stream::poll_fn(move |cx| {
+            incoming
+                .poll_recv(cx)
+                .map(|stream| stream.map(Ok::<_, std::io::Error>))
+        });
         let stop = async move {
             let _ = shutdown.changed().await;
         };
-        if let Err(e) = server.serve_with_incoming_shutdown(incoming, stop).await {
+        let serve = server.serve_with_incoming_shutdown(incoming, stop);
+        let (served, ()) = tokio::join!(serve, accept);
+        if let Err(e) = served {
             tracing::error!("agent API stopped: {e}");
         }
     });
     Ok((task, address.port()))
 }
 
-fn tls_acceptor(pki: &Pki) -> Result<TlsAcceptor, ServerError> {
+/// The server side of TLS with the cluster's certificate, offering `alpn`.
+fn tls_acceptor(pki: &Pki, alpn: &[&[u8]]) -> Result<TlsAcceptor, ServerError> {
     let tls = |e: &dyn std::fmt::Display| ServerError::Tls(e.to_string());
     let certs: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(pki.server_cert_pem.as_bytes())
@@ -406,7 +459,7 @@ fn tls_acceptor(pki: &Pki) -> Result<TlsAcceptor, ServerError> {
     .with_client_cert_verifier(client_verifier(pki)?)
     .with_single_cert(certs, key)
     .map_err(|e| tls(&e))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
@@ -460,11 +513,13 @@ fn write_admin_config(
     Ok(())
 }
 
+/// Accepts `listener`'s connections until shutdown, each admitted by `limiter` and
+/// handed to `serve` with its peer's address.
 async fn accept_loop(
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
-    router: axum::Router,
+    limiter: ConnectionLimiter,
     mut shutdown: watch::Receiver<bool>,
+    mut serve: impl FnMut(Admitted<TcpStream>, SocketAddr),
 ) {
     loop {
         let (stream, peer) = tokio::select! {
@@ -472,58 +527,154 @@ async fn accept_loop(
                 Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    tracing::warn!(listener = limiter.name(), "accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
             _ = shutdown.changed() => return,
         };
-        let router = router.clone();
-        let tls = tls.clone();
+        match limiter.admit(stream) {
+            Some(admitted) => serve(admitted, peer),
+            None => tracing::debug!(%peer, listener = limiter.name(), "full: connection refused"),
+        }
+    }
+}
+
+/// The TLS stream of an admitted connection; None when its handshake failed, took
+/// longer than `timeout`, or was shed to make room for a newer connection.
+async fn handshake(
+    tls: &TlsAcceptor,
+    admitted: Admitted<TcpStream>,
+    limiter: &ConnectionLimiter,
+    timeout: Duration,
+    peer: SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<Tracked<TcpStream>>> {
+    let Admitted { io, shed } = admitted;
+    tokio::select! {
+        result = tokio::time::timeout(timeout, tls.accept(io)) => match result {
+            Ok(Ok(stream)) => {
+                limiter.established(stream.get_ref().0);
+                Some(stream)
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, "TLS handshake failed: {e}");
+                None
+            }
+            Err(_) => {
+                limiter.timed_out("handshake");
+                tracing::debug!(%peer, "TLS handshake timed out");
+                None
+            }
+        },
+        Ok(()) = shed => {
+            tracing::debug!(%peer, "shed during its TLS handshake: the listener is full");
+            None
+        }
+    }
+}
+
+/// Serves the API's HTTPS (or plain HTTP) connections until shutdown.
+async fn serve_api(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    router: axum::Router,
+    limiter: ConnectionLimiter,
+    limits: ConnectionLimits,
+    shutdown: watch::Receiver<bool>,
+) {
+    let serve = |admitted: Admitted<TcpStream>, peer: SocketAddr| {
+        let (router, tls, limiter) = (router.clone(), tls.clone(), limiter.clone());
         tokio::spawn(async move {
-            let builder = auto::Builder::new(TokioExecutor::new());
-            let result = match tls {
-                Some(tls) => match tls.accept(stream).await {
-                    Ok(stream) => {
-                        // The handshake verified the certificate against the cluster CA.
-                        let peer = PeerUser(
-                            stream
-                                .get_ref()
-                                .1
-                                .peer_certificates()
-                                .and_then(|certs| certs.first())
-                                .and_then(|cert| authn::user_of_certificate(cert)),
-                        );
-                        let service = TowerToHyperService::new(tower::ServiceExt::map_request(
-                            router,
-                            move |mut request: axum::http::Request<hyper::body::Incoming>| {
-                                request.extensions_mut().insert(peer.clone());
-                                request
-                            },
-                        ));
-                        builder
-                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                            .await
-                    }
-                    Err(e) => {
-                        tracing::debug!(%peer, "TLS handshake failed: {e}");
-                        return;
-                    }
-                },
-                None => {
-                    builder
-                        .serve_connection_with_upgrades(
-                            TokioIo::new(stream),
-                            TowerToHyperService::new(router),
-                        )
-                        .await
-                }
+            let Some(tls) = tls else {
+                limiter.established(&admitted.io);
+                return serve_http(admitted.io, None, router, &limiter, limits, peer).await;
             };
+            let Some(stream) =
+                handshake(&tls, admitted, &limiter, limits.handshake_timeout, peer).await
+            else {
+                return;
+            };
+            // The handshake verified the certificate against the cluster CA.
+            let user = PeerUser(
+                stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|certs| certs.first())
+                    .and_then(|cert| authn::user_of_certificate(cert)),
+            );
+            serve_http(stream, Some(user), router, &limiter, limits, peer).await;
+        });
+    };
+    accept_loop(listener, limiter.clone(), shutdown, serve).await;
+}
+
+/// HTTP/2 pings to find dead peers of connections with requests (watches) in flight.
+const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Streams one HTTP/2 connection may have open: kube-apiserver's default
+/// (`--http2-max-streams-per-connection`), as kubectl and client-go multiplex watches.
+const HTTP2_MAX_STREAMS: u32 = 1000;
+
+/// Serves HTTP on one connection until the client closes it, its headers take longer
+/// than the header-read timeout, or it has no request in flight for the idle timeout.
+async fn serve_http<I>(
+    io: I,
+    user: Option<PeerUser>,
+    router: axum::Router,
+    limiter: &ConnectionLimiter,
+    limits: ConnectionLimits,
+    peer: SocketAddr,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Activity::default();
+    let service = {
+        let activity = activity.clone();
+        tower::service_fn(move |mut request: axum::http::Request<hyper::body::Incoming>| {
+            if let Some(user) = &user {
+                request.extensions_mut().insert(user.clone());
+            }
+            let busy = activity.start();
+            let router = router.clone();
+            async move {
+                let response = tower::ServiceExt::oneshot(router, request).await?;
+                Ok::<_, std::convert::Infallible>(crate::limits::hold_until_sent(response, busy))
+            }
+        })
+    };
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(HTTP2_KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(HTTP2_KEEPALIVE_TIMEOUT)
+        .max_concurrent_streams(HTTP2_MAX_STREAMS);
+    let connection = builder
+        .serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => {
             if let Err(e) = result {
                 tracing::debug!(%peer, "connection ended: {e}");
             }
-        });
+            return;
+        }
+        () = activity.idle_for(limits.idle_timeout) => {}
+    }
+    limiter.timed_out("idle");
+    connection.as_mut().graceful_shutdown();
+    // A client that ignores the shutdown (no close after GOAWAY) is cut off.
+    if tokio::time::timeout(limits.header_read_timeout, connection)
+        .await
+        .is_err()
+    {
+        tracing::debug!(%peer, "connection closed without waiting for the client");
     }
 }
 

@@ -16,7 +16,11 @@ use axum::{
 };
 
 use super::{ApiState, error::ApiError};
-use crate::{authn::UserInfo, authz::Attributes};
+use crate::{
+    authn::UserInfo,
+    authz::Attributes,
+    limits::{Refused, RequestClass},
+};
 
 /// Paths a load balancer or supervisor probes without credentials.
 const UNAUTHENTICATED: &[&str] = &["/healthz", "/readyz"];
@@ -71,18 +75,45 @@ pub async fn authenticate_and_authorize(
         Ok(user) => user,
         Err(refusal) => return with_user(refusal.into_response(), user),
     };
-    if path != APPLY {
-        let query: HashMap<String, String> =
-            form_urlencoded::parse(request.uri().query().unwrap_or_default().as_bytes())
-                .into_owned()
-                .collect();
-        let attributes = Attributes::of_request(request.method(), &path, &query);
-        if let Err(refusal) = authorize(&state, Some(&user), &attributes).await {
-            return with_user(refusal.into_response(), user);
-        }
+    let query: HashMap<String, String> =
+        form_urlencoded::parse(request.uri().query().unwrap_or_default().as_bytes())
+            .into_owned()
+            .collect();
+    let attributes = Attributes::of_request(request.method(), &path, &query);
+    if path != APPLY
+        && let Err(refusal) = authorize(&state, Some(&user), &attributes).await
+    {
+        return with_user(refusal.into_response(), user);
     }
+    // After authentication, as Kubernetes' priority and fairness: the limits are per
+    // user, and a request refused by RBAC holds nothing.
+    let permit = match state
+        .user_limits
+        .acquire(&user.name, RequestClass::of(&attributes, &query))
+    {
+        Ok(permit) => permit,
+        Err(refused) => return with_user(too_many_requests(refused, &user.name), user),
+    };
     request.extensions_mut().insert(user.clone());
-    with_user(next.run(request).await, user)
+    let response = next.run(request).await;
+    // Until the body is sent (a watch's: until the stream ends), not only the headers.
+    with_user(crate::limits::hold_until_sent(response, permit), user)
+}
+
+/// 429 with Retry-After, as kube-apiserver answers a request its priority and fairness
+/// rejects.
+fn too_many_requests(refused: Refused, user: &str) -> Response {
+    let mut response = ApiError::new(
+        axum::http::StatusCode::TOO_MANY_REQUESTS,
+        "TooManyRequests",
+        refused.message(user),
+    )
+    .into_response();
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        header::HeaderValue::from_static("1"),
+    );
+    response
 }
 
 /// The ServiceAccount a token stands for, if it is one of ours, in its lifetime, for the

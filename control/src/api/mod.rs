@@ -54,6 +54,8 @@ pub struct ApiState {
     pub usage: crate::usage::Usage,
     /// Where each request is recorded; None: no audit log.
     pub audit: Option<Arc<crate::audit::AuditLog>>,
+    /// Requests in flight and watches open per user.
+    pub user_limits: crate::limits::UserLimiter,
 }
 
 /// How a request is labelled in metrics; handlers attach it to their response.
