@@ -142,7 +142,14 @@ pub async fn connect(config: &Config) -> Result<Membership, ControlPlaneError> {
     };
     let endpoint = Channel::from_shared(config.server.clone())
         .map_err(|_| ControlPlaneError::Url(config.server.clone()))?
-        .connect_timeout(Duration::from_secs(5));
+        .connect_timeout(Duration::from_secs(5))
+        // The watches are long-lived streams over one connection: pings find a control
+        // plane that went away (or a dropped NAT entry) within a minute instead of the
+        // kernel's hours, and the agent reconnects.
+        .tcp_keepalive(Some(Duration::from_secs(60)))
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(true);
     finish_renewal(dir)?;
     if cert_path.exists() && certificate_expired(&read(&cert_path)?) {
         // Only a join can bring the node back; without a token it stays out, saying why.

@@ -56,6 +56,14 @@ pub const MAX_EXEC_OUTPUT: usize = 1 << 20;
 const PORT_FORWARD_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bytes read from a forwarded connection per message.
 const PORT_FORWARD_CHUNK: usize = 32 * 1024;
+/// Time the control plane has to finish the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Calls one connection runs at once: the control plane opens one connection per node
+/// and multiplexes every user's logs, exec and port forwarding over it.
+const CONCURRENCY_PER_CONNECTION: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeApiError {
@@ -115,8 +123,17 @@ impl NodeApi {
         let tls = ServerTlsConfig::new()
             .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem))
             .client_ca_root(Certificate::from_pem(&tls.ca_pem))
-            .client_auth_optional(false);
+            .client_auth_optional(false)
+            .timeout(TLS_HANDSHAKE_TIMEOUT);
+        // Only the control plane calls here (mutual TLS), but a stuck or vanished peer
+        // must not hold a connection or a call for ever: logs and exec are streams, so
+        // no per-call deadline, and keepalive pings find peers that went away.
         let server = Server::builder()
+            .tcp_keepalive(Some(TCP_KEEPALIVE))
+            .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
+            .concurrency_limit_per_connection(CONCURRENCY_PER_CONNECTION)
+            .max_concurrent_streams(u32::try_from(CONCURRENCY_PER_CONNECTION).ok())
             .tls_config(tls)
             .map_err(NodeApiError::Tls)?
             .add_service(NodeServer::new(self));

@@ -51,6 +51,9 @@ const STATE_RETRY: Duration = Duration::from_secs(5);
 /// take it out of every node's endpoints (resetting its connections) for nothing. Long
 /// enough for the first probes (period 1 s, timeout 1 s) to decide.
 const ADOPTION_GRACE: Duration = Duration::from_secs(5);
+/// Kubernetes Events waiting to be sent to the control plane (client-go's recorder
+/// queues 1,000 too).
+const POD_EVENT_QUEUE: usize = 1000;
 
 fn ready_in_api(pods: &[Pod], uid: &str) -> bool {
     pods.iter()
@@ -309,7 +312,10 @@ pub async fn run(config: Config) -> anyhow::Result<Ended> {
         started,
         config.node_address,
     ));
-    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    // Bounded, and an Event that finds it full is dropped: Events are best-effort (as
+    // client-go's recorder drops them when its queue is full), and a control plane that
+    // is away must not make the agent's memory grow with every pod action meanwhile.
+    let (events_tx, events_rx) = mpsc::channel(POD_EVENT_QUEUE);
     tokio::spawn(record_pod_events(client.clone(), events_rx));
     // Host veths with the east-west programs attached, and their pods' addresses.
     let mut attached: BTreeMap<String, Ipv4Addr> = BTreeMap::new();
@@ -369,8 +375,11 @@ pub async fn run(config: Config) -> anyhow::Result<Ended> {
                 if let PodEvent::Action(action) = &event {
                     tracing::info!(?action, "pod");
                     for kube_event in action.kube_events() {
-                        // The recorder ends only with the process.
-                        let _ = events_tx.send((action.clone(), kube_event));
+                        if let Err(mpsc::error::TrySendError::Full((_, dropped))) =
+                            events_tx.try_send((action.clone(), kube_event))
+                        {
+                            tracing::debug!(pod = %action.pod, reason = dropped.reason, "pod event dropped: the queue to the control plane is full");
+                        }
                     }
                 }
             }
@@ -622,7 +631,7 @@ async fn report_pod_status(
 /// dropped.
 async fn record_pod_events(
     client: AgentClient<tonic::transport::Channel>,
-    mut events: mpsc::UnboundedReceiver<(crate::pods::Action, crate::pods::KubeEvent)>,
+    mut events: mpsc::Receiver<(crate::pods::Action, crate::pods::KubeEvent)>,
 ) {
     while let Some((action, event)) = events.recv().await {
         let Some((namespace, name)) = action.pod.split_once('/') else {

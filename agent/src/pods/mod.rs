@@ -457,6 +457,11 @@ impl PodManager {
         config: PodManagerConfig,
     ) -> Result<(Self, mpsc::UnboundedReceiver<PodEvent>), PodError> {
         let ipam = Ipam::new(config.pod_cidr).map_err(PodError::Config)?;
+        // Unbounded on purpose: the probes report from a synchronous callback that cannot
+        // wait, and a readiness change dropped would leave the datapath sending traffic
+        // to a pod that failed its probe. What is queued is bounded by the work that
+        // made it (one event per pod action or probe transition), and the agent's main
+        // loop drains it continually.
         let (events, receiver) = mpsc::unbounded_channel();
         Ok((
             PodManager {

@@ -346,6 +346,11 @@ impl Controllers {
         shutdown: watch::Receiver<bool>,
     ) -> Result<Self, crate::store::StoreError> {
         settings.observing_since = util::unix_now();
+        // Unbounded on purpose: a bound would make the cache's reflector wait for the
+        // slowest lane, holding every other lane's view of the store behind it, and a
+        // lane must see every change batch (dropping one would miss an object). The
+        // batches are shared (`Arc`) with the cache, so a lagging lane holds references,
+        // and the store's write rate, which the API's per-user limits bound, bounds them.
         let (senders, receivers): (Vec<_>, Vec<_>) =
             lanes.iter().map(|_| mpsc::unbounded_channel()).unzip();
         let cache = Cache::start(store, senders).await?;
