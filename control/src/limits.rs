@@ -10,8 +10,8 @@ use std::{
     time::Duration,
 };
 
-use prometheus::IntCounterVec;
 use crate::metrics::ConnectionMetrics;
+use prometheus::IntCounterVec;
 
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
@@ -520,7 +520,10 @@ mod tests {
         assert!(limiter.admit(()).is_none());
         assert_eq!(metrics.rejected.with_label_values(&["api"]).get(), 1);
         drop(a);
-        assert!(limiter.admit(()).is_some(), "a closed connection frees its slot");
+        assert!(
+            limiter.admit(()).is_some(),
+            "a closed connection frees its slot"
+        );
     }
 
     #[test]
@@ -621,7 +624,11 @@ mod tests {
         );
         assert_eq!(class("GET", "/api/v1/pods", &[]), RequestClass::Short);
         assert_eq!(
-            class("GET", "/api/v1/namespaces/d/pods/p/log", &[("follow", "true")]),
+            class(
+                "GET",
+                "/api/v1/namespaces/d/pods/p/log",
+                &[("follow", "true")]
+            ),
             RequestClass::LongRunning
         );
         assert_eq!(

@@ -632,17 +632,21 @@ async fn serve_http<I>(
     let activity = Activity::default();
     let service = {
         let activity = activity.clone();
-        tower::service_fn(move |mut request: axum::http::Request<hyper::body::Incoming>| {
-            if let Some(user) = &user {
-                request.extensions_mut().insert(user.clone());
-            }
-            let busy = activity.start();
-            let router = router.clone();
-            async move {
-                let response = tower::ServiceExt::oneshot(router, request).await?;
-                Ok::<_, std::convert::Infallible>(crate::limits::hold_until_sent(response, busy))
-            }
-        })
+        tower::service_fn(
+            move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                if let Some(user) = &user {
+                    request.extensions_mut().insert(user.clone());
+                }
+                let busy = activity.start();
+                let router = router.clone();
+                async move {
+                    let response = tower::ServiceExt::oneshot(router, request).await?;
+                    Ok::<_, std::convert::Infallible>(crate::limits::hold_until_sent(
+                        response, busy,
+                    ))
+                }
+            },
+        )
     };
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -655,8 +659,8 @@ async fn serve_http<I>(
         .keep_alive_interval(HTTP2_KEEPALIVE_INTERVAL)
         .keep_alive_timeout(HTTP2_KEEPALIVE_TIMEOUT)
         .max_concurrent_streams(HTTP2_MAX_STREAMS);
-    let connection = builder
-        .serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
+    let connection =
+        builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
     tokio::pin!(connection);
     tokio::select! {
         result = connection.as_mut() => {

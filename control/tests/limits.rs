@@ -144,7 +144,12 @@ struct Holder(Child);
 impl Holder {
     fn start(to: SocketAddr, count: usize, source: u8) -> Self {
         let child = Command::new(std::env::current_exe().expect("the test binary"))
-            .args(["--exact", "hold_idle_connections", "--ignored", "--nocapture"])
+            .args([
+                "--exact",
+                "hold_idle_connections",
+                "--ignored",
+                "--nocapture",
+            ])
             .env(HOLDER, format!("{to},{count},{source}"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -288,8 +293,10 @@ async fn flood_of_idle_connections(server: &Server, ca: &str, token: &str) {
     let metrics = metrics(&admin).await;
     for shed in ["api", "agent"] {
         assert!(
-            counter(&metrics, &format!("berth_connections_shed_total{{listener=\"{shed}\"}}"))
-                >= 1.0,
+            counter(
+                &metrics,
+                &format!("berth_connections_shed_total{{listener=\"{shed}\"}}")
+            ) >= 1.0,
             "{shed} listener shed none:\n{metrics}"
         );
     }
@@ -335,7 +342,10 @@ async fn noisy_client(server: &Server, ca: &str, token: &str) {
         watches.push(watch);
     }
     let fourth = tls
-        .request("GET /api/v1/namespaces/default/configmaps?watch=true HTTP/1.1\r\n", "noisy-token")
+        .request(
+            "GET /api/v1/namespaces/default/configmaps?watch=true HTTP/1.1\r\n",
+            "noisy-token",
+        )
         .await;
     assert_too_many(
         &fourth,
@@ -360,7 +370,10 @@ async fn noisy_client(server: &Server, ca: &str, token: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     let refused = loop {
         let answer = tls
-            .request("GET /api/v1/namespaces/default/configmaps HTTP/1.1\r\n", "noisy-token")
+            .request(
+                "GET /api/v1/namespaces/default/configmaps HTTP/1.1\r\n",
+                "noisy-token",
+            )
             .await;
         if answer.starts_with("HTTP/1.1 429") || Instant::now() > deadline {
             break answer;
@@ -416,7 +429,10 @@ async fn noisy_client(server: &Server, ca: &str, token: &str) {
         if status.as_u16() == 200 {
             break;
         }
-        assert!(Instant::now() < deadline, "the noisy user's slots never came back");
+        assert!(
+            Instant::now() < deadline,
+            "the noisy user's slots never came back"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     drop(watches);
@@ -425,10 +441,15 @@ async fn noisy_client(server: &Server, ca: &str, token: &str) {
 fn assert_too_many(answer: &str, message: &str) {
     assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
     assert!(
-        answer.to_ascii_lowercase().contains("\r\nretry-after: 1\r\n"),
+        answer
+            .to_ascii_lowercase()
+            .contains("\r\nretry-after: 1\r\n"),
         "{answer}"
     );
-    assert!(answer.contains("\"reason\":\"TooManyRequests\""), "{answer}");
+    assert!(
+        answer.contains("\"reason\":\"TooManyRequests\""),
+        "{answer}"
+    );
     assert!(answer.contains(message), "{answer}");
 }
 
@@ -480,7 +501,8 @@ async fn send(
     token: &str,
     headers: &str,
 ) {
-    let request = format!("{line}Host: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n{headers}\r\n");
+    let request =
+        format!("{line}Host: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n{headers}\r\n");
     stream
         .write_all(request.as_bytes())
         .await

@@ -109,10 +109,9 @@ fn too_many_requests(refused: Refused, user: &str) -> Response {
         refused.message(user),
     )
     .into_response();
-    response.headers_mut().insert(
-        header::RETRY_AFTER,
-        header::HeaderValue::from_static("1"),
-    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
     response
 }
 
