@@ -220,7 +220,8 @@ pub struct Config {
     )]
     pub tls_handshake_timeout_secs: u64,
 
-    /// Seconds a client has to send an HTTP/1 request's headers once it starts one.
+    /// Seconds a client has to send an HTTP/1 request's headers (also the longest an
+    /// HTTP/1 connection waits for its next request).
     #[arg(
         long = "header-read-timeout",
         env = "BERTH_HEADER_READ_TIMEOUT",

@@ -25,7 +25,8 @@ pub struct ConnectionLimits {
     pub max: usize,
     /// Time a client has to finish the TLS handshake.
     pub handshake_timeout: Duration,
-    /// Time a client has to send a request's headers (HTTP/1).
+    /// Time a client has to send a request's headers (HTTP/1; hyper also runs it while a
+    /// connection waits for its next request).
     pub header_read_timeout: Duration,
     /// Time a connection may stay open with no request in flight.
     pub idle_timeout: Duration,
@@ -70,8 +71,12 @@ pub struct Admitted<T> {
 impl ConnectionLimiter {
     pub fn new(name: &'static str, max: usize, metrics: ConnectionMetrics) -> Self {
         metrics.open.with_label_values(&[name]).set(0);
+        // Every series from the start, so rates and alerts see a zero, not nothing.
         for counter in [&metrics.rejected, &metrics.shed] {
             counter.with_label_values(&[name]);
+        }
+        for phase in ["handshake", "idle"] {
+            metrics.timed_out.with_label_values(&[name, phase]);
         }
         Self {
             name,
