@@ -113,7 +113,7 @@ impl ConnectionLimiter {
         Some(Admitted {
             io: Tracked {
                 inner: io,
-                _slot: Slot {
+                slot: Slot {
                     limiter: self.clone(),
                     id,
                 },
@@ -124,7 +124,7 @@ impl ConnectionLimiter {
 
     /// The connection finished its handshake: it is no longer shed for newcomers.
     pub fn established<T>(&self, io: &Tracked<T>) {
-        self.lock().handshaking.remove(&io._slot.id);
+        self.lock().handshaking.remove(&io.slot.id);
     }
 
     pub fn timed_out(&self, phase: &'static str) {
@@ -165,7 +165,7 @@ impl Drop for Slot {
 /// goes (a TLS stream, an upgraded exec stream, tonic's connection).
 pub struct Tracked<T> {
     inner: T,
-    _slot: Slot,
+    slot: Slot,
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
@@ -282,16 +282,38 @@ impl Drop for Busy {
 
 /// `response` with `held` dropped only once its body is sent or abandoned: a watch
 /// holds it until its stream ends, not only until its headers.
-pub fn hold_until_sent<T: Send + 'static>(
+pub fn hold_until_sent<T: Send + Unpin + 'static>(
     response: axum::response::Response,
     held: T,
 ) -> axum::response::Response {
-    response.map(|body| {
-        axum::body::Body::new(http_body_util::BodyExt::map_frame(body, move |frame| {
-            let _held = &held;
-            frame
-        }))
-    })
+    response.map(|body| axum::body::Body::new(Held { body, _held: held }))
+}
+
+/// A body that keeps something alive as long as it is; its size is the inner body's, so
+/// HTTP/1 answers keep their Content-Length.
+struct Held<T> {
+    body: axum::body::Body,
+    _held: T,
+}
+
+impl<T: Unpin> hyper::body::Body for Held<T> {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// The per-user limits on API requests.

@@ -71,6 +71,10 @@ impl NodeClient {
         let channel = Endpoint::from_shared(url.clone())
             .map_err(|e| NodeError::Internal(format!("node {name:?} address {url}: {e}")))?
             .connect_timeout(CONNECT_TIMEOUT)
+            // Followed logs, exec and port forwarding are long streams: pings find a
+            // node that went away instead of leaving the user's stream hanging.
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(20))
             .tls_config(tls)
             .map_err(|e| NodeError::Internal(format!("node API TLS: {e}")))?
             .connect()

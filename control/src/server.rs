@@ -330,18 +330,33 @@ pub fn user_kubeconfig(
     )
 }
 
+/// Connections the kernel completes and queues for a listener before the server accepts
+/// them (capped by net.core.somaxconn, as Go servers ask for): a burst of connections
+/// waits in the queue instead of being retried by the clients seconds later.
+const LISTEN_BACKLOG: u32 = 4096;
+
 /// Binds `address`; `name` says which listener in errors.
 async fn bind(address: SocketAddr, name: &str) -> Result<(TcpListener, SocketAddr), ServerError> {
-    let listener = TcpListener::bind(address)
-        .await
-        .map_err(|source| ServerError::Io {
-            what: format!("binding {address}"),
-            source,
-        })?;
-    let local_addr = listener.local_addr().map_err(|source| ServerError::Io {
-        what: format!("reading the {name} address"),
-        source,
-    })?;
+    let io = |what: String| move |source| ServerError::Io { what, source };
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(io(format!("creating the {name} socket")))?;
+    // A restarted server binds its port again while old connections are in TIME_WAIT.
+    socket
+        .set_reuseaddr(true)
+        .map_err(io(format!("setting SO_REUSEADDR on the {name} socket")))?;
+    socket
+        .bind(address)
+        .map_err(io(format!("binding {address}")))?;
+    let listener = socket
+        .listen(LISTEN_BACKLOG)
+        .map_err(io(format!("listening on {address}")))?;
+    let local_addr = listener
+        .local_addr()
+        .map_err(io(format!("reading the {name} address")))?;
     Ok((listener, local_addr))
 }
 
