@@ -54,7 +54,6 @@ async fn main() -> anyhow::Result<()> {
         .context("starting the control plane")?;
     // One machine-readable line on stdout: supervisors and tests learn the address from it.
     println!("listening on {}", server.url);
-    println!("agent API on {}", server.agent_url);
     tokio::signal::ctrl_c()
         .await
         .context("waiting for a signal")?;

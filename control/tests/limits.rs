@@ -66,21 +66,39 @@ impl Server {
             .arg("--token-auth-file")
             .arg(&tokens)
             .args(["--listen", "127.0.0.1:0", "--agent-listen", "127.0.0.1:0"])
-            .args(["--log", "warn"])
+            // The start line names the agents' address.
+            .args(["--log", "warn,berth_control::server=info"])
+            .env("NO_COLOR", "1")
             .args(FLAGS)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("spawn berth-control");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let mut line = |prefix: &str| {
-            let line = lines.next().expect("a line").expect("read a line");
-            line.strip_prefix(prefix)
-                .unwrap_or_else(|| panic!("expected {prefix:?}, got {line:?}"))
-                .to_owned()
-        };
-        let url = line("listening on ");
-        let agent_url = line("agent API on ");
+        // Read on (and passed on) for as long as the server runs, so it never blocks
+        // on a full pipe.
+        let stderr = child.stderr.take().expect("stderr");
+        let (agent_url_tx, agent_url_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                if let Some((_, rest)) = line.split_once("agent_url=") {
+                    let url = rest.split_whitespace().next().unwrap_or_default();
+                    let _ = agent_url_tx.send(url.to_owned());
+                }
+            }
+        });
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read the address line");
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        let agent_url = agent_url_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the agents' address in the start line");
         Self {
             child,
             url,
