@@ -393,8 +393,10 @@ async fn open_registry(
 
 /// Deadline of one unary agent API call (watches are streams and not bounded by it).
 const AGENT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
-/// Calls one agent connection runs at once: an agent has a few watches and a heartbeat.
-const AGENT_CONCURRENCY_PER_CONNECTION: usize = 64;
+/// Calls one agent connection runs at once (more wait): an agent holds a few watches and
+/// makes its heartbeats, status reports, events and a config fetch per object its pods
+/// use; a node cannot take more of the server than this.
+const AGENT_CONCURRENCY_PER_CONNECTION: usize = 256;
 /// Handshaken agent connections waiting for the gRPC server to take them.
 const AGENT_ACCEPT_QUEUE: usize = 128;
 
