@@ -1,7 +1,8 @@
 //! Connection and request limits against the real server process (its file descriptors
 //! are counted in /proc): 20,000 connections that never start TLS lock neither API
 //! clients nor agents out and are closed by the handshake timeout; a user over its
-//! in-flight or watch limit gets 429 while other users and the agents are answered.
+//! in-flight or watch limit gets 429 while other users and the agents are answered;
+//! idle and slow connections are closed, watches' connections are not.
 //! The flood's client ends are held by child processes of this test binary.
 
 use std::{
@@ -30,6 +31,8 @@ const FLAGS: &[&str] = &[
     "30",
     "--idle-timeout",
     "3",
+    "--header-read-timeout",
+    "2",
     "--agent-max-connections",
     "1000",
     "--max-requests-inflight-per-user",
@@ -269,6 +272,52 @@ async fn limits_hold_against_a_flood_and_a_noisy_client() {
 
     flood_of_idle_connections(&server, &ca, &token).await;
     noisy_client(&server, &ca, &token).await;
+    slow_and_idle_clients(&server).await;
+}
+
+/// A connection that sends no request is closed after the idle timeout, one that sends
+/// half its headers after the header-read timeout; a watch's connection stays open.
+async fn slow_and_idle_clients(server: &Server) {
+    let tls = Tls::new(server);
+    let mut watch = tls.connect().await;
+    send(
+        &mut watch,
+        "GET /api/v1/namespaces/default/configmaps?watch=true HTTP/1.1\r\n",
+        "quiet-token",
+        "",
+    )
+    .await;
+    assert!(head(&mut watch).await.starts_with("HTTP/1.1 200"));
+    let mut idle = tls.connect().await;
+    let mut slow = tls.connect().await;
+    slow.write_all(b"GET /api/v1/namespaces HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .await
+        .expect("half the headers");
+    // Generous: the timeouts are 3 s and 2 s.
+    for (what, stream) in [("idle", &mut idle), ("slow", &mut slow)] {
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(15), stream.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0) | Err(_))),
+            "the {what} connection is still open: {read:?}"
+        );
+    }
+    // Longer than the idle timeout since the watch started: it is busy, not idle.
+    let mut buf = [0u8; 1];
+    let open = tokio::time::timeout(Duration::from_secs(1), watch.read(&mut buf)).await;
+    assert!(
+        !matches!(open, Ok(Ok(0) | Err(_))),
+        "the watch's connection ended: {open:?}"
+    );
+    let admin = Client::from_kubeconfig(&server.admin()).expect("admin client");
+    let metrics = metrics(&admin).await;
+    assert!(
+        counter(
+            &metrics,
+            "berth_connections_timed_out_total{listener=\"api\",phase=\"idle\"}"
+        ) >= 1.0,
+        "{metrics}"
+    );
 }
 
 /// 20,000 connections to the API (twice its 10,000 default cap) and 2,000 to the agent
