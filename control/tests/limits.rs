@@ -13,10 +13,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod common;
+
 use axum::http::Method;
 use berth_api::kubeconfig::Kubeconfig;
 use berth_ctl::client::Client;
 use berth_sim::hollow::HollowNode;
+use common::ServerProcess;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpSocket, TcpStream},
@@ -50,9 +53,9 @@ const ANSWER_BOUND: Duration = Duration::from_secs(1);
 
 const TOKENS: &str = "noisy-token,noisy,1,system:masters\nquiet-token,quiet,2,system:masters\n";
 
-/// The server process, killed on drop.
+/// The server process with the test's flags and token users, and its directory.
 struct Server {
-    child: Child,
+    process: ServerProcess,
     url: String,
     agent_url: String,
     dir: tempfile::TempDir,
@@ -63,49 +66,13 @@ impl Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let tokens = dir.path().join("tokens.csv");
         std::fs::write(&tokens, TOKENS).expect("token file");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_berth-control"))
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .arg("--token-auth-file")
-            .arg(&tokens)
-            .args(["--listen", "127.0.0.1:0", "--agent-listen", "127.0.0.1:0"])
-            // The start line names the agents' address.
-            .args(["--log", "warn,berth_control::server=info"])
-            .env("NO_COLOR", "1")
-            .args(FLAGS)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn berth-control");
-        // Read on (and passed on) for as long as the server runs, so it never blocks
-        // on a full pipe.
-        let stderr = child.stderr.take().expect("stderr");
-        let (agent_url_tx, agent_url_rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("{line}");
-                if let Some((_, rest)) = line.split_once("agent_url=") {
-                    let url = rest.split_whitespace().next().unwrap_or_default();
-                    let _ = agent_url_tx.send(url.to_owned());
-                }
-            }
-        });
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("read the address line");
-        let url = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
-        let agent_url = agent_url_rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("the agents' address in the start line");
+        let mut flags = vec!["--token-auth-file", tokens.to_str().expect("utf-8 path")];
+        flags.extend(FLAGS);
+        let process = ServerProcess::start_with(&dir.path().join("data"), &flags);
         Self {
-            child,
-            url,
-            agent_url,
+            url: process.url.clone(),
+            agent_url: process.agent_url.clone(),
+            process,
             dir,
         }
     }
@@ -127,7 +94,7 @@ impl Server {
 
     /// The server's open file descriptors.
     fn fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+        std::fs::read_dir(format!("/proc/{}/fd", self.process.pid()))
             .expect("/proc/PID/fd")
             .count()
     }
@@ -140,13 +107,6 @@ impl Server {
             .expect("settings");
         settings.token = Some(token.to_owned());
         Client::new(settings).expect("client")
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -48,10 +48,17 @@ spec:
 pub struct ServerProcess {
     child: Child,
     pub url: String,
+    /// The agents' gRPC API, `https://127.0.0.1:PORT`.
+    pub agent_url: String,
 }
 
 impl ServerProcess {
     pub fn start(data_dir: &Path) -> Self {
+        Self::start_with(data_dir, &[])
+    }
+
+    /// With `extra` flags after the test's own.
+    pub fn start_with(data_dir: &Path, extra: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_berth-control"))
             .arg("--data-dir")
             .arg(data_dir)
@@ -60,13 +67,29 @@ impl ServerProcess {
                 "127.0.0.1:0",
                 "--agent-listen",
                 "127.0.0.1:0",
+                // Its start line names the agents' address.
                 "--log",
-                "warn",
+                "warn,berth_control::server=info",
             ])
+            .args(extra)
+            .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("spawn berth-control");
+        // Read on (and passed on) for as long as the server runs, so it never blocks on
+        // a full pipe.
+        let stderr = child.stderr.take().expect("stderr");
+        let (agent_url_tx, agent_url_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                if let Some((_, rest)) = line.split_once("agent_url=") {
+                    let url = rest.split_whitespace().next().unwrap_or_default();
+                    let _ = agent_url_tx.send(url.to_owned());
+                }
+            }
+        });
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
         BufReader::new(stdout)
@@ -77,7 +100,14 @@ impl ServerProcess {
             .strip_prefix("listening on ")
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .to_owned();
-        Self { child, url }
+        let agent_url = agent_url_rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the agents' address in the start line");
+        Self {
+            child,
+            url,
+            agent_url,
+        }
     }
 
     pub fn pid(&self) -> u32 {
