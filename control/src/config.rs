@@ -411,6 +411,15 @@ mod tests {
         for bad in ["30000", "0-10", "40000-30000", "30000-70000"] {
             assert!(bad.parse::<PortRange>().is_err(), "{bad}");
         }
+        let limits = config.connection_limits(config.max_connections);
+        assert_eq!(limits.max, 10_000);
+        assert_eq!(limits.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(config.request_limits().inflight_per_user, 100);
+        assert_eq!(config.request_limits().watches_per_user, 1_000);
+        assert!(
+            Config::try_parse_from(["berth-control", "--max-requests-inflight-per-user", "0"])
+                .is_err()
+        );
         let clash = Config::parse_from(["berth-control", "--service-cidr", "198.19.0.0/20"]);
         assert_eq!(
             clash.ranges(),
