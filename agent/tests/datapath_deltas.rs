@@ -195,8 +195,14 @@ fn per_service_changes_leave_the_maps_a_full_apply_leaves() {
 
     // A frontend moving from one service to another in one batch.
     let (from, to) = ("default/svc-1:80", "default/svc-2:80");
-    let mut giver = services.get(from).cloned().unwrap_or_else(|| service(1, &mut draws));
-    let mut taker = services.get(to).cloned().unwrap_or_else(|| service(2, &mut draws));
+    let mut giver = services
+        .get(from)
+        .cloned()
+        .unwrap_or_else(|| service(1, &mut draws));
+    let mut taker = services
+        .get(to)
+        .cloned()
+        .unwrap_or_else(|| service(2, &mut draws));
     let moved = giver.frontends[0];
     giver.frontends[0].addr = Ipv4Addr::new(198, 19, 1, 1);
     taker.frontends.push(moved);

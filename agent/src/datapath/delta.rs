@@ -342,7 +342,8 @@ impl Datapath {
             ));
         }
         build_tables(&mut services);
-        let (pool, kept) = self.place_tables(&mut services, |id| self.live_by_id.get(&id).copied())?;
+        let (pool, kept) =
+            self.place_tables(&mut services, |id| self.live_by_id.get(&id).copied())?;
         let retiring = services
             .iter()
             .map(|service| service.id)

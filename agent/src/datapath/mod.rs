@@ -975,7 +975,11 @@ impl Datapath {
             services.push(self.plan_service(
                 service,
                 id,
-                |key| merged.get(key).is_some_and(|m| m.state == BackendState::Active),
+                |key| {
+                    merged
+                        .get(key)
+                        .is_some_and(|m| m.state == BackendState::Active)
+                },
                 &backend_ids,
                 live_tables.get(&id),
             ));
@@ -1030,7 +1034,8 @@ impl Datapath {
         let table_hash = maglev::fingerprint(&identities, size);
         // Building a table is the costly part of a plan: skip it when the live one was
         // built from the same backends (one change among 10,000 services stays cheap).
-        let unchanged = live.is_some_and(|live| live.table_hash == table_hash && live.table_size == size);
+        let unchanged =
+            live.is_some_and(|live| live.table_hash == table_hash && live.table_size == size);
         // Tables are built after planning, on every core.
         let pending_table = (!unchanged).then(|| MaglevInput {
             backend_ids: active.iter().map(|(_, id)| *id).collect(),
@@ -1155,8 +1160,11 @@ impl Datapath {
         };
         // 1. Backends the new tables refer to, and the local ones, where tunnelled
         // north-south flows may be delivered.
-        let by_id: HashMap<u32, (Ipv4Addr, u16)> =
-            plan.backend_ids.iter().map(|(key, id)| (*id, *key)).collect();
+        let by_id: HashMap<u32, (Ipv4Addr, u16)> = plan
+            .backend_ids
+            .iter()
+            .map(|(key, id)| (*id, *key))
+            .collect();
         let mut local_backends = HashSet::new();
         for (id, backend) in &plan.backends {
             let key = by_id[id];
@@ -1718,6 +1726,11 @@ impl Datapath {
                 })
             })
             .collect()
+    }
+
+    /// The services as last written (by [`Self::apply`] or [`Self::update`]), by name.
+    pub fn services(&self) -> impl Iterator<Item = &Service> {
+        self.desired.services()
     }
 
     /// Service frontends (address, port, protocol) in the services map.
