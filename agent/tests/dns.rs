@@ -460,12 +460,27 @@ async fn one_service_changes_in_place_and_the_others_stay() {
         addresses(&dns, "web.default.svc.cluster.local.").await,
         ["198.19.0.10"]
     );
-    let gone = ask(dns.local_addr(), "5.1.18.198.in-addr.arpa.", RecordType::PTR).await;
+    let gone = ask(
+        dns.local_addr(),
+        "5.1.18.198.in-addr.arpa.",
+        RecordType::PTR,
+    )
+    .await;
     assert!(data(&gone).is_empty(), "{gone:?}");
-    let came = ask(dns.local_addr(), "6.1.18.198.in-addr.arpa.", RecordType::PTR).await;
+    let came = ask(
+        dns.local_addr(),
+        "6.1.18.198.in-addr.arpa.",
+        RecordType::PTR,
+    )
+    .await;
     assert_eq!(data(&came), ["198-18-1-6.db.default.svc.cluster.local."]);
     // The Service deleted: its name goes.
     dns.replace(&after, &Records::new(domain)).await;
-    let reply = ask(dns.local_addr(), "db.default.svc.cluster.local.", RecordType::A).await;
+    let reply = ask(
+        dns.local_addr(),
+        "db.default.svc.cluster.local.",
+        RecordType::A,
+    )
+    .await;
     assert_eq!(reply.response_code(), ResponseCode::NXDomain);
 }

@@ -661,7 +661,12 @@ async fn memory_run(
     say("scale: starting a berth-agent to program them");
     let agent_started = Instant::now();
     let (mut agent, _state, pins) = start_agent(&ns, &control)?;
-    wait_programmed(&mut agent, services, agent_started + Duration::from_secs(300)).await?;
+    wait_programmed(
+        &mut agent,
+        services,
+        agent_started + Duration::from_secs(300),
+    )
+    .await?;
     let agent_programmed_secs = agent_started.elapsed().as_secs_f64();
     // Settled: what it holds while serving them, not the peak of the first apply.
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -267,6 +267,16 @@ impl ApplyReport {
     }
 }
 
+/// Every entry of a hash map, read from the kernel.
+fn entries<K: aya::Pod, V: aya::Pod>(
+    map: &BpfHashMap<MapData, K, V>,
+    name: &'static str,
+) -> Result<Vec<(K, V)>, DatapathError> {
+    map.iter()
+        .map(|entry| entry.map_err(map_error(name)))
+        .collect()
+}
+
 fn check_count(what: &'static str, count: usize, limit: u32) -> Result<(), DatapathError> {
     if count > limit as usize {
         return Err(DatapathError::TooMany { what, count, limit });
@@ -758,14 +768,10 @@ impl Datapath {
             self.live_backends.insert(id, backend);
             self.live_backend_ids.insert(backend_key(&backend), id);
         }
-        for entry in self.nodes.iter() {
-            let (addr, id) = entry.map_err(map_error(map_names::NODES))?;
-            self.live_nodes.insert(addr, id);
-        }
-        for entry in self.local_backends.iter() {
-            let (addr, id) = entry.map_err(map_error(map_names::LOCAL_BACKENDS))?;
-            self.live_local_backends.insert(addr, id);
-        }
+        self.live_nodes
+            .extend(entries(&self.nodes, map_names::NODES)?);
+        self.live_local_backends
+            .extend(entries(&self.local_backends, map_names::LOCAL_BACKENDS)?);
         for entry in self.pod_ranges.iter() {
             let (key, range) = entry.map_err(map_error(map_names::POD_RANGES))?;
             let addr = Ipv4Addr::from(u32::from_be(key.data()));
@@ -1837,14 +1843,9 @@ impl Datapath {
                 dump.backends.insert(id, backend);
             }
         }
-        for entry in self.local_backends.iter() {
-            let (addr, id) = entry.map_err(map_error(map_names::LOCAL_BACKENDS))?;
-            dump.local_backends.insert(addr, id);
-        }
-        for entry in self.nodes.iter() {
-            let (addr, id) = entry.map_err(map_error(map_names::NODES))?;
-            dump.nodes.insert(addr, id);
-        }
+        dump.local_backends
+            .extend(entries(&self.local_backends, map_names::LOCAL_BACKENDS)?);
+        dump.nodes.extend(entries(&self.nodes, map_names::NODES)?);
         Ok(dump)
     }
 

@@ -37,10 +37,17 @@ pub struct Arrival {
     /// The agent's CPU time over the arrival.
     pub agent_cpu_secs: f64,
     pub agent_rss_bytes: u64,
+    /// Of which the process's own (anonymous) memory, and the BPF maps' pages it
+    /// mapped and wrote (shared memory: the Maglev tables and round-robin lists).
+    pub agent_rss_anon_bytes: u64,
+    pub agent_rss_shmem_bytes: u64,
     pub changes: usize,
     /// Upper bounds of the histogram buckets holding the 50th and 99th percentile.
     pub change_p50_secs: f64,
     pub change_p99_secs: f64,
+    /// The same for `berth_datapath_apply_duration_seconds` over the changes (one write).
+    pub apply_p50_secs: f64,
+    pub apply_p99_secs: f64,
 }
 
 pub fn run(
@@ -48,9 +55,9 @@ pub fn run(
     endpoints_per_service: usize,
     say: &(dyn Fn(&str) + Sync),
 ) -> anyhow::Result<Arrival> {
-    in_cluster_namespace(|ns| async move {
-        arrival(ns, services, endpoints_per_service, say).await
-    })
+    in_cluster_namespace(
+        |ns| async move { arrival(ns, services, endpoints_per_service, say).await },
+    )
 }
 
 fn objects(index: usize, endpoints: usize, generation: usize) -> [Value; 2] {
@@ -113,6 +120,10 @@ async fn arrival(
     let agent_cpu = process_cpu_time(agent.pid()).saturating_sub(cpu_before);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let agent_rss = rss_bytes(agent.pid());
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid()))
+        .context("the agent's /proc status")?;
+    let field = |name| berth_agent::usage::meminfo_bytes(&status, name).unwrap_or(0);
+    let (rss_anon, rss_shmem) = (field("RssAnon"), field("RssShmem"));
     say(&format!(
         "arrival: applied in {:.1} s, programmed after {:.1} s, agent {} MiB",
         applying.as_secs_f64(),
@@ -120,7 +131,7 @@ async fn arrival(
         agent_rss >> 20
     ));
 
-    let before = buckets(&http_get(&metrics, "/metrics").await?);
+    let before = http_get(&metrics, "/metrics").await?;
     for change in 0..CHANGES {
         let index = change * 7919 % services;
         let manifest = Value::Array(objects(index, endpoints, change + 1)[1..].to_vec());
@@ -129,14 +140,9 @@ async fn arrival(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let after = buckets(&http_get(&metrics, "/metrics").await?);
-    let counts: Vec<(f64, f64)> = after
-        .iter()
-        .map(|(bound, count)| {
-            let earlier = before.iter().find(|(b, _)| b == bound).map_or(0.0, |(_, c)| *c);
-            (*bound, count - earlier)
-        })
-        .collect();
+    let after = http_get(&metrics, "/metrics").await?;
+    let propagation = difference(&before, &after, "berth_datapath_propagation_seconds");
+    let apply = difference(&before, &after, "berth_datapath_apply_duration_seconds");
     Ok(Arrival {
         services,
         endpoints_per_service: endpoints,
@@ -145,17 +151,37 @@ async fn arrival(
         after_last_apply_secs: (programmed - applying).as_secs_f64(),
         agent_cpu_secs: agent_cpu.as_secs_f64(),
         agent_rss_bytes: agent_rss,
+        agent_rss_anon_bytes: rss_anon,
+        agent_rss_shmem_bytes: rss_shmem,
         changes: CHANGES,
-        change_p50_secs: quantile_bound(&counts, 0.5),
-        change_p99_secs: quantile_bound(&counts, 0.99),
+        change_p50_secs: quantile_bound(&propagation, 0.5),
+        change_p99_secs: quantile_bound(&propagation, 0.99),
+        apply_p50_secs: quantile_bound(&apply, 0.5),
+        apply_p99_secs: quantile_bound(&apply, 0.99),
     })
 }
 
-/// The propagation histogram's cumulative buckets: (upper bound, count).
-fn buckets(metrics: &str) -> Vec<(f64, f64)> {
+/// What histogram `name` counted between two scrapes: its cumulative buckets.
+fn difference(before: &str, after: &str, name: &str) -> Vec<(f64, f64)> {
+    let before = buckets(before, name);
+    buckets(after, name)
+        .into_iter()
+        .map(|(bound, count)| {
+            let earlier = before
+                .iter()
+                .find(|(b, _)| *b == bound)
+                .map_or(0.0, |(_, c)| *c);
+            (bound, count - earlier)
+        })
+        .collect()
+}
+
+/// Histogram `name`'s cumulative buckets: (upper bound, count).
+fn buckets(metrics: &str, name: &str) -> Vec<(f64, f64)> {
+    let prefix = format!("{name}_bucket{{le=\"");
     metrics
         .lines()
-        .filter_map(|line| line.strip_prefix("berth_datapath_propagation_seconds_bucket{le=\""))
+        .filter_map(|line| line.strip_prefix(prefix.as_str()))
         .filter_map(|rest| {
             let (bound, count) = rest.split_once("\"} ")?;
             let bound = if bound == "+Inf" {
@@ -187,7 +213,7 @@ mod tests {
                     berth_datapath_propagation_seconds_bucket{le=\"0.005\"} 98\n\
                     berth_datapath_propagation_seconds_bucket{le=\"0.01\"} 100\n\
                     berth_datapath_propagation_seconds_bucket{le=\"+Inf\"} 100\n";
-        let counts = buckets(text);
+        let counts = buckets(text, "berth_datapath_propagation_seconds");
         assert_eq!(counts.len(), 4);
         assert_eq!(quantile_bound(&counts, 0.5), 0.005);
         assert_eq!(quantile_bound(&counts, 0.99), 0.01);
