@@ -19,7 +19,7 @@ use std::{
 
 use berth_api::{
     agent::agent_client::AgentClient,
-    core::{Endpoints, Node as ApiNode, Service as ApiService},
+    core::{Endpoints, LB_ALGORITHM_ANNOTATION, Node as ApiNode, Service as ApiService},
     meta::ObjectMeta,
 };
 use berth_watch::{Change, Consumer, Objects, WatchObject, Watched};
@@ -48,6 +48,23 @@ pub enum ClusterObject {
     Node(Arc<ApiNode>),
 }
 
+/// Keeps of an object's metadata only what the agent reads: its name and the annotation
+/// that picks a Service's algorithm. The rest (field managers, labels, other
+/// annotations) would be most of what 10,000 Services and their Endpoints hold.
+fn slim(metadata: &mut ObjectMeta) {
+    let algorithm = metadata.annotations.remove(LB_ALGORITHM_ANNOTATION);
+    *metadata = ObjectMeta {
+        name: std::mem::take(&mut metadata.name),
+        namespace: std::mem::take(&mut metadata.namespace),
+        ..ObjectMeta::default()
+    };
+    if let Some(algorithm) = algorithm {
+        metadata
+            .annotations
+            .insert(LB_ALGORITHM_ANNOTATION.to_owned(), algorithm);
+    }
+}
+
 fn key_of(metadata: &ObjectMeta) -> String {
     format!("{}/{}", metadata.namespace, metadata.name)
 }
@@ -61,18 +78,19 @@ impl WatchObject for ClusterObject {
             "Node" => serde_json::from_slice(json).map(|n| Self::Node(Arc::new(n))),
             _ => return None,
         };
-        let object = match parsed {
+        let mut object = match parsed {
             Ok(object) => object,
             Err(error) => {
                 tracing::warn!(kind, %error, "undecodable object in the Services watch");
                 return None;
             }
         };
-        let metadata = match &object {
-            Self::Service(service) => &service.metadata,
-            Self::Endpoints(endpoints) => &endpoints.metadata,
-            Self::Node(node) => &node.metadata,
+        let metadata = match &mut object {
+            Self::Service(service) => &mut Arc::make_mut(service).metadata,
+            Self::Endpoints(endpoints) => &mut Arc::make_mut(endpoints).metadata,
+            Self::Node(node) => &mut Arc::make_mut(node).metadata,
         };
+        slim(metadata);
         let key = (!metadata.name.is_empty()).then(|| key_of(metadata))?;
         Some((key, object))
     }

@@ -724,6 +724,7 @@ async fn wait_programmed(
 ) -> anyhow::Result<()> {
     loop {
         agent.check_running()?;
+        check_interrupted()?;
         if programmed_services(&format!("{NODE_ADDR}:9102")).await >= services {
             return Ok(());
         }

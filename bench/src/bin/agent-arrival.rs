@@ -16,6 +16,8 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // Ctrl-C stops the run between steps, and the processes it started go with it.
+    berth_bench::procs::catch_interrupts();
     let arrival = berth_bench::scale::arrival::run(args.services, args.endpoints, &|line| {
         eprintln!("{line}")
     })?;

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use super::{
     Control, http_get, in_cluster_namespace, log_path, rss_bytes, start_agent, wait_programmed,
 };
-use crate::procs::process_cpu_time;
+use crate::procs::{check_interrupted, process_cpu_time};
 use berth_tests::process::NODE_ADDR;
 
 /// Services per manifest.
@@ -37,10 +37,10 @@ pub struct Arrival {
     /// The agent's CPU time over the arrival.
     pub agent_cpu_secs: f64,
     pub agent_rss_bytes: u64,
-    /// Of which the process's own (anonymous) memory, and the BPF maps' pages it
-    /// mapped and wrote (shared memory: the Maglev tables and round-robin lists).
+    /// Of which the process's own (anonymous) memory, and file-backed pages: its
+    /// executable and the BPF maps it maps (the Maglev pool and round-robin lists).
     pub agent_rss_anon_bytes: u64,
-    pub agent_rss_shmem_bytes: u64,
+    pub agent_rss_file_bytes: u64,
     pub changes: usize,
     /// Upper bounds of the histogram buckets holding the 50th and 99th percentile.
     pub change_p50_secs: f64,
@@ -106,6 +106,7 @@ async fn arrival(
     ));
     let started = Instant::now();
     for first in (0..services).step_by(MANIFEST) {
+        check_interrupted()?;
         let manifest: Vec<Value> = (first..(first + MANIFEST).min(services))
             .flat_map(|index| objects(index, endpoints, 0))
             .collect();
@@ -123,7 +124,7 @@ async fn arrival(
     let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid()))
         .context("the agent's /proc status")?;
     let field = |name| berth_agent::usage::meminfo_bytes(&status, name).unwrap_or(0);
-    let (rss_anon, rss_shmem) = (field("RssAnon"), field("RssShmem"));
+    let (rss_anon, rss_file) = (field("RssAnon"), field("RssFile"));
     say(&format!(
         "arrival: applied in {:.1} s, programmed after {:.1} s, agent {} MiB",
         applying.as_secs_f64(),
@@ -152,7 +153,7 @@ async fn arrival(
         agent_cpu_secs: agent_cpu.as_secs_f64(),
         agent_rss_bytes: agent_rss,
         agent_rss_anon_bytes: rss_anon,
-        agent_rss_shmem_bytes: rss_shmem,
+        agent_rss_file_bytes: rss_file,
         changes: CHANGES,
         change_p50_secs: quantile_bound(&propagation, 0.5),
         change_p99_secs: quantile_bound(&propagation, 0.99),
