@@ -10,7 +10,12 @@ use std::{
 use clap::Parser;
 use serde::Deserialize;
 
-use crate::{datapath::XdpMode, ipam::Cidr, routing::RoutingMode};
+use crate::{
+    datapath::XdpMode,
+    ipam::Cidr,
+    pods::{DEFAULT_LOG_ROTATION, DEFAULT_PIDS_LIMIT},
+    routing::RoutingMode,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -116,6 +121,22 @@ struct Args {
     /// listens [default: <node address>:10250].
     #[arg(long, env = "BERTH_AGENT_NODE_API_LISTEN")]
     node_api_listen: Option<SocketAddr>,
+    /// The most processes each container may run (the kubelet's podPidsLimit, per
+    /// container); 0: no limit [default: 4096].
+    #[arg(
+        long,
+        env = "BERTH_AGENT_CONTAINER_PIDS_LIMIT",
+        allow_negative_numbers = true
+    )]
+    container_pids_limit: Option<i64>,
+    /// The size at which a container's log file is rotated, a quantity such as 10Mi (the
+    /// kubelet's containerLogMaxSize) [default: 10Mi].
+    #[arg(long, env = "BERTH_AGENT_CONTAINER_LOG_MAX_SIZE")]
+    container_log_max_size: Option<String>,
+    /// The log files kept per container, the one being written included; at least 2 (the
+    /// kubelet's containerLogMaxFiles) [default: 5].
+    #[arg(long, env = "BERTH_AGENT_CONTAINER_LOG_MAX_FILES")]
+    container_log_max_files: Option<u32>,
 }
 
 /// The same settings as the file spells them.
@@ -159,6 +180,12 @@ struct FileConfig {
     docker_socket: Option<String>,
     #[serde(alias = "node_api_listen")]
     node_api_listen: Option<SocketAddr>,
+    #[serde(alias = "container_pids_limit")]
+    container_pids_limit: Option<i64>,
+    #[serde(alias = "container_log_max_size")]
+    container_log_max_size: Option<String>,
+    #[serde(alias = "container_log_max_files")]
+    container_log_max_files: Option<u32>,
 }
 
 /// The resolved configuration.
@@ -185,6 +212,10 @@ pub struct Config {
     pub metrics_listen: SocketAddr,
     pub docker_socket: String,
     pub node_api_listen: SocketAddr,
+    /// None: containers may start any number of processes.
+    pub container_pids_limit: Option<i64>,
+    /// Each container's log rotation: (bytes per file, files kept).
+    pub container_log_rotation: (u64, u32),
 }
 
 /// The ranges not masqueraded unless configured: berth-control's default `--cluster-cidr`
@@ -311,7 +342,44 @@ impl Config {
             .into_iter()
             .filter(|upstream| *upstream != dns_listen)
             .collect();
+        let container_pids_limit = match args
+            .container_pids_limit
+            .or(file.container_pids_limit)
+            .unwrap_or(DEFAULT_PIDS_LIMIT)
+        {
+            0 => None,
+            limit if limit > 0 => Some(limit),
+            limit => {
+                return Err(ConfigError::Invalid {
+                    field: "container-pids-limit",
+                    reason: format!("{limit} is negative; 0 means no limit"),
+                });
+            }
+        };
+        let log_max_size = match args.container_log_max_size.or(file.container_log_max_size) {
+            None => DEFAULT_LOG_ROTATION.0,
+            Some(text) => berth_api::core::parse_memory_bytes(text.trim())
+                .ok()
+                .filter(|bytes| *bytes > 0)
+                .ok_or_else(|| ConfigError::Invalid {
+                    field: "container-log-max-size",
+                    reason: format!("{text:?} is not a positive size such as 10Mi"),
+                })?,
+        };
+        let log_max_files = args
+            .container_log_max_files
+            .or(file.container_log_max_files)
+            .unwrap_or(DEFAULT_LOG_ROTATION.1);
+        if log_max_files < 2 {
+            // With one file, rotation truncates what `logs` just showed.
+            return Err(ConfigError::Invalid {
+                field: "container-log-max-files",
+                reason: format!("{log_max_files} is less than 2"),
+            });
+        }
         Ok(Config {
+            container_pids_limit,
+            container_log_rotation: (log_max_size, log_max_files),
             state_dir: args
                 .state_dir
                 .or(file.state_dir)
@@ -428,6 +496,43 @@ mod tests {
             .map(ToString::to_string)
             .collect();
         assert_eq!(ranges, DEFAULT_NON_MASQUERADE_CIDRS);
+        assert_eq!(config.container_pids_limit, Some(DEFAULT_PIDS_LIMIT));
+        assert_eq!(config.container_log_rotation, DEFAULT_LOG_ROTATION);
+    }
+
+    #[test]
+    fn container_limits_from_flags_and_their_mistakes_named() {
+        let with = |extra: &[&str]| {
+            let mut args: Vec<&str> = BASE.to_vec();
+            args.extend(extra);
+            Config::from_args(&args)
+        };
+        let config = with(&[
+            "--container-pids-limit",
+            "0",
+            "--container-log-max-size",
+            "16Ki",
+            "--container-log-max-files",
+            "2",
+        ])
+        .expect("valid");
+        assert_eq!(config.container_pids_limit, None, "0 is no limit");
+        assert_eq!(config.container_log_rotation, (16 << 10, 2));
+        for (extra, field) in [
+            (["--container-pids-limit", "-1"], "container-pids-limit"),
+            (["--container-log-max-size", "0"], "container-log-max-size"),
+            (
+                ["--container-log-max-size", "ten"],
+                "container-log-max-size",
+            ),
+            (
+                ["--container-log-max-files", "1"],
+                "container-log-max-files",
+            ),
+        ] {
+            let error = with(&extra).expect_err("refused").to_string();
+            assert!(error.starts_with(field), "{extra:?}: {error}");
+        }
     }
 
     #[test]

@@ -82,6 +82,17 @@ pub enum ControlPlaneError {
     Renew(tonic::Status),
 }
 
+impl ControlPlaneError {
+    /// The control plane could not be reached or is not serving yet: worth trying again.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            ControlPlaneError::Transport { .. } => true,
+            ControlPlaneError::Join(status) => status.code() == tonic::Code::Unavailable,
+            _ => false,
+        }
+    }
+}
+
 /// What the node holds after joining.
 #[derive(Debug, Clone)]
 pub struct Membership {

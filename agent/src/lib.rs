@@ -20,4 +20,5 @@ pub mod routing;
 pub mod run;
 pub mod runtime;
 pub mod services;
+pub mod statefile;
 pub mod usage;

@@ -222,6 +222,10 @@ pub struct AgentMetrics {
     pub propagation: Histogram,
     /// Conntrack entries collected by the agent's sweep after their lifetime.
     pub conntrack_collected: IntCounter,
+    /// Failed writes of the agent's state file (pods.json), each retried.
+    pub state_write_failures: IntCounter,
+    /// 1 when the state file holds the latest state, 0 while a write is pending a retry.
+    pub state_saved: IntGauge,
 }
 
 impl AgentMetrics {
@@ -249,6 +253,16 @@ impl AgentMetrics {
             "Connection tracking entries removed by the agent after their lifetime",
         )?;
         registry.register(Box::new(conntrack_collected.clone()))?;
+        let state_write_failures = IntCounter::new(
+            "berth_agent_state_write_failures_total",
+            "Failed writes of the agent's state file (the last pods sent), each retried",
+        )?;
+        let state_saved = IntGauge::new(
+            "berth_agent_state_saved",
+            "1 when the agent's state file holds the latest state, 0 while a write waits for a retry",
+        )?;
+        registry.register(Box::new(state_write_failures.clone()))?;
+        registry.register(Box::new(state_saved.clone()))?;
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "berth_agent_build_info",
@@ -273,6 +287,8 @@ impl AgentMetrics {
             apply_duration,
             propagation,
             conntrack_collected,
+            state_write_failures,
+            state_saved,
         })
     }
 

@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, watch};
 use crate::{
     cluster::{self, ClusterEvent, ClusterState, Update},
     config::Config,
-    controlplane,
+    controlplane::{self, ControlPlaneError, Membership},
     datapath::{
         self, ConntrackSweeper, Datapath, DatapathOptions, Limits, NeighbourKeeper, monotonic_secs,
     },
@@ -32,16 +32,20 @@ use crate::{
     metrics::AgentMetrics,
     nodeapi::{NodeApi, NodeApiTls},
     podnet,
-    pods::{PodDesired, PodEvent, PodManager, PodManagerConfig, PodReport},
+    pods::{BackoffConfig, PodDesired, PodEvent, PodManager, PodManagerConfig, PodReport},
     programmer::{Programmer, Work},
     readiness::{self, LocalReadiness},
     routing::{self, KernelUnderlay, NodeRoute},
     runtime::DockerRuntime,
     services,
+    statefile::StateFile,
     usage::{self, Collector},
 };
 
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
+
+/// How often a state file write that failed (a full disk) is tried again.
+const STATE_RETRY: Duration = Duration::from_secs(5);
 
 /// After a start, how long a pod the control plane knows as ready is not reported
 /// unready: an adopted container's probes have not run yet, and reporting it unready would
@@ -84,7 +88,7 @@ pub enum Ended {
 
 pub async fn run(config: Config) -> anyhow::Result<Ended> {
     let started = Instant::now();
-    let membership = controlplane::connect(&config)
+    let membership = connect_when_reachable(&config)
         .await
         .context("connecting to the control plane")?;
     let pod_cidr: Cidr = membership
@@ -215,6 +219,8 @@ pub async fn run(config: Config) -> anyhow::Result<Ended> {
     ));
     pods_config.volumes_dir = config.state_dir.join("pods");
     pods_config.local_volume_dir = config.local_volume_dir.clone();
+    pods_config.pids_limit = config.container_pids_limit;
+    pods_config.log_rotation = Some(config.container_log_rotation);
     let (cpus, memory) = node_capacity();
     pods_config.allocatable = crate::runtime::Limits {
         cpu_millis: Some(cpus * 1000),
@@ -225,8 +231,12 @@ pub async fn run(config: Config) -> anyhow::Result<Ended> {
     // Until the control plane's snapshot arrives, the pods to run are the last ones it
     // sent: a restarted agent must neither tear down healthy pods nor stop restarting
     // crashed ones because the control plane is slow or away.
-    let pods_file = config.state_dir.join("pods.json");
-    let remembered: Vec<Pod> = std::fs::read(&pods_file)
+    let mut pods_file = StateFile::new(
+        config.state_dir.join("pods.json"),
+        metrics.state_write_failures.clone(),
+        metrics.state_saved.clone(),
+    );
+    let remembered: Vec<Pod> = std::fs::read(pods_file.path())
         .ok()
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
         .unwrap_or_default();
@@ -296,6 +306,7 @@ pub async fn run(config: Config) -> anyhow::Result<Ended> {
     // Host veths with the east-west programs attached, and their pods' addresses.
     let mut attached: BTreeMap<String, Ipv4Addr> = BTreeMap::new();
     let mut logs = tokio::time::interval(Duration::from_secs(1));
+    let mut state_retry = tokio::time::interval(STATE_RETRY);
     let neighbours = NeighbourKeeper::start().context("following the neighbour table")?;
     let renewal = controlplane::renew_certificate(&config, &membership);
     tokio::pin!(renewal);
@@ -307,7 +318,7 @@ pub async fn run(config: Config) -> anyhow::Result<Ended> {
             }
             Some(objects) = pods_rx.recv() => {
                 let pods: Vec<Pod> = objects.of_kind("Pod");
-                remember(&pods_file, &pods);
+                remember(&mut pods_file, &pods);
                 desired_tx.send_replace(desired_pods(&pods));
                 api_pods_tx.send_replace(pods);
             }
@@ -377,6 +388,32 @@ pub async fn run(config: Config) -> anyhow::Result<Ended> {
                     datapath.flush_logs();
                 }
             }
+            _ = state_retry.tick(), if !pods_file.is_saved() => {
+                pods_file.retry();
+            }
+        }
+    }
+}
+
+/// Joins or reconnects, waiting out a control plane that does not answer yet (nodes and
+/// the control plane start in any order, as kubelets and their API server do); a refusal
+/// (a bad token, an expired certificate) ends the agent at once.
+async fn connect_when_reachable(config: &Config) -> Result<Membership, ControlPlaneError> {
+    let backoff = BackoffConfig {
+        base: Duration::from_millis(500),
+        cap: Duration::from_secs(30),
+        ..BackoffConfig::default()
+    };
+    let mut attempt = 0;
+    loop {
+        match controlplane::connect(config).await {
+            Err(error) if error.is_unreachable() => {
+                attempt += 1;
+                let wait = backoff.delay(attempt);
+                tracing::warn!(%error, retry_in = ?wait, "the control plane does not answer yet");
+                tokio::time::sleep(wait).await;
+            }
+            result => return result,
         }
     }
 }
@@ -405,16 +442,11 @@ fn desired_pods(pods: &[Pod]) -> Vec<PodDesired> {
         .collect()
 }
 
-/// Keeps the last pods the control plane sent, written atomically (temp file, rename).
-fn remember(path: &std::path::Path, pods: &[Pod]) {
-    let Ok(bytes) = serde_json::to_vec(pods) else {
-        return;
-    };
-    let temporary = path.with_extension("json.tmp");
-    let written =
-        std::fs::write(&temporary, bytes).and_then(|()| std::fs::rename(&temporary, path));
-    if let Err(error) = written {
-        tracing::warn!(path = %path.display(), %error, "could not keep the node's pods");
+/// Keeps the last pods the control plane sent for the agent's next start.
+fn remember(file: &mut StateFile, pods: &[Pod]) {
+    match serde_json::to_vec(pods) {
+        Ok(bytes) => file.save(bytes),
+        Err(error) => tracing::warn!(%error, "could not encode the node's pods"),
     }
 }
 

@@ -8,6 +8,7 @@ use crate::{
     autoscaling::HorizontalPodAutoscaler,
     configuration::{ConfigMap, Secret},
     core::{Endpoints, Event, Namespace, Node, Pod, Service},
+    discovery::EndpointSlice,
     policy::{LimitRange, ResourceQuota},
     rbac::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
     storage::{PersistentVolume, PersistentVolumeClaim},
@@ -17,6 +18,7 @@ pub static NAMESPACES: ResourceType = ResourceType::of::<Namespace>();
 pub static PODS: ResourceType = ResourceType::of::<Pod>();
 pub static SERVICES: ResourceType = ResourceType::of::<Service>();
 pub static ENDPOINTS: ResourceType = ResourceType::of::<Endpoints>();
+pub static ENDPOINT_SLICES: ResourceType = ResourceType::of::<EndpointSlice>();
 pub static NODES: ResourceType = ResourceType::of::<Node>();
 pub static EVENTS: ResourceType = ResourceType::of::<Event>();
 pub static DEPLOYMENTS: ResourceType = ResourceType::of::<Deployment>();

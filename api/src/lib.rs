@@ -22,6 +22,7 @@ pub mod autoscaling;
 pub mod channels;
 pub mod configuration;
 pub mod core;
+pub mod discovery;
 pub mod identity;
 pub mod kinds;
 pub mod kubeconfig;

@@ -11,6 +11,7 @@ use crate::{
     autoscaling::HorizontalPodAutoscaler,
     configuration::{ConfigMap, Secret},
     core::{Endpoints, Event, Namespace, Node, Pod, Service},
+    discovery::EndpointSlice,
     meta::{DEFAULT_NAMESPACE, ObjectMeta},
     policy::{LimitRange, ResourceQuota},
     rbac::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
@@ -331,6 +332,16 @@ resource!(
     }
 );
 resource!(
+    EndpointSlice,
+    group = crate::discovery::GROUP,
+    plural = "endpointslices",
+    namespaced = true,
+    status = false,
+    |this, v| {
+        this.validate(v);
+    }
+);
+resource!(
     RoleBinding,
     group = crate::rbac::GROUP,
     plural = "rolebindings",
@@ -458,6 +469,7 @@ pub static RESOURCE_TYPES: &[ResourceType] = &[
     ResourceType::of::<Pod>(),
     ResourceType::of::<Service>(),
     ResourceType::of::<Endpoints>(),
+    ResourceType::of::<EndpointSlice>(),
     ResourceType::of::<Node>(),
     ResourceType::of::<Event>(),
     ResourceType::of::<Deployment>(),

@@ -202,6 +202,34 @@ pub fn node_address(node: &Value, type_: &str) -> String {
 }
 
 /// `10.0.0.1:80,10.0.0.2:80 + 3 more...` as kubectl shortens it.
+/// kubectl's PORTS of a slice: the numbers, `<unset>` for a port without one.
+fn slice_ports(slice: &Value) -> String {
+    let ports: Vec<String> = slice
+        .pointer("/ports")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|port| match port.get("port").and_then(Value::as_i64) {
+            Some(number) => number.to_string(),
+            None => "<unset>".to_owned(),
+        })
+        .collect();
+    or_none(ports.join(","))
+}
+
+/// kubectl's ENDPOINTS of a slice: the first three addresses, then how many more.
+fn slice_addresses(slice: &Value) -> String {
+    let all: Vec<&str> = slice
+        .pointer("/endpoints")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .flat_map(|endpoint| endpoint["addresses"].as_array().into_iter().flatten())
+        .filter_map(Value::as_str)
+        .collect();
+    abbreviated(&all)
+}
+
 fn endpoints_summary(endpoints: &Value) -> String {
     let mut all = Vec::new();
     for subset in endpoints
@@ -226,10 +254,22 @@ fn endpoints_summary(endpoints: &Value) -> String {
             }
         }
     }
+    abbreviated(&all)
+}
+
+/// At most three items, then how many more, as kubectl abbreviates endpoint lists.
+fn abbreviated<S: AsRef<str>>(all: &[S]) -> String {
+    let joined = |items: &[S]| {
+        items
+            .iter()
+            .map(AsRef::as_ref)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
     match all.len() {
         0 => "<none>".to_owned(),
-        n if n > 3 => format!("{} + {} more...", all[..3].join(","), n - 3),
-        _ => all.join(","),
+        n if n > 3 => format!("{} + {} more...", joined(&all[..3]), n - 3),
+        _ => joined(all),
     }
 }
 
@@ -325,6 +365,7 @@ pub fn columns(rt: &ResourceType) -> Vec<Column> {
             &["Selector"],
         ),
         "Endpoints" => (&["Name", "Endpoints", "Age"], &[]),
+        "EndpointSlice" => (&["Name", "AddressType", "Ports", "Endpoints", "Age"], &[]),
         "Node" => (
             &["Name", "Status", "Age"],
             &["Internal-IP", "Pod-CIDR", "CPU", "Memory"],
@@ -465,6 +506,16 @@ pub fn cells(rt: &ResourceType, item: &Value) -> Vec<String> {
             )
         }
         "Endpoints" => (vec![name, endpoints_summary(item), created], vec![]),
+        "EndpointSlice" => (
+            vec![
+                name,
+                str_at(item, "/addressType").to_owned(),
+                slice_ports(item),
+                slice_addresses(item),
+                created,
+            ],
+            vec![],
+        ),
         "Node" => (
             vec![name, node_status(item), created],
             vec![

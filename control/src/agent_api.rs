@@ -313,6 +313,9 @@ fn status(error: registry::Error) -> Status {
         E::Conflict(_) | E::AlreadyExists(_) => Status::aborted(message),
         E::Expired(_) => Status::out_of_range(message),
         E::TooLarge(_) | E::Internal(_) => Status::internal(message),
+        // The agent retries either; the code says whether waiting may help by itself.
+        E::StoreUnavailable { no_space: true, .. } => Status::resource_exhausted(message),
+        E::StoreUnavailable { .. } => Status::unavailable(message),
     }
 }
 
@@ -1059,6 +1062,20 @@ mod tests {
             (E::Forbidden("not yours".into()), Code::PermissionDenied),
             (E::Expired("compacted".into()), Code::OutOfRange),
             (E::internal("broken"), Code::Internal),
+            (
+                E::StoreUnavailable {
+                    message: "disk full".into(),
+                    no_space: true,
+                },
+                Code::ResourceExhausted,
+            ),
+            (
+                E::StoreUnavailable {
+                    message: "i/o error".into(),
+                    no_space: false,
+                },
+                Code::Unavailable,
+            ),
         ];
         for (error, code) in cases {
             let message = error.to_string();

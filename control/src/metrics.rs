@@ -21,6 +21,10 @@ pub struct Metrics {
     pub store_revision: IntGauge,
     pub store_compacted_revision: IntGauge,
     pub store_size_bytes: IntGauge,
+    /// Times the store went from taking writes to refusing them (an I/O error).
+    pub store_faults: prometheus::IntCounter,
+    /// 1 while the store takes writes, 0 while it refuses them after a fault.
+    pub store_healthy: IntGauge,
     /// Per controller: `result` is `success`, or `error` when a write failed (the object
     /// is reconciled again shortly).
     pub reconciles: IntCounterVec,
@@ -68,6 +72,14 @@ impl Metrics {
             "History at and below this revision has been compacted.",
         )?;
         let store_size_bytes = IntGauge::new("store_size_bytes", "Bytes the store takes on disk.")?;
+        let store_faults = prometheus::IntCounter::new(
+            "store_faults_total",
+            "Times the store's file failed an I/O call and writes were refused until it recovered.",
+        )?;
+        let store_healthy = IntGauge::new(
+            "store_healthy",
+            "1 while the store takes writes, 0 while it refuses them after an I/O error.",
+        )?;
         let reconciles = IntCounterVec::new(
             Opts::new(
                 "controller_reconciles_total",
@@ -102,6 +114,8 @@ impl Metrics {
         registry.register(Box::new(store_commit_seconds.clone()))?;
         registry.register(Box::new(store_revision.clone()))?;
         registry.register(Box::new(store_compacted_revision.clone()))?;
+        registry.register(Box::new(store_faults.clone()))?;
+        registry.register(Box::new(store_healthy.clone()))?;
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "build_info",
@@ -127,10 +141,31 @@ impl Metrics {
             store_revision,
             store_compacted_revision,
             store_size_bytes,
+            store_faults,
+            store_healthy,
             reconciles,
             reconcile_seconds,
             scheduling_attempts,
         })
+    }
+
+    /// The store's figures as of now, set just before a scrape renders them.
+    pub fn observe_store(&self, store: &dyn crate::store::Store) {
+        if let Ok(revision) = store.revision() {
+            self.store_revision
+                .set(i64::try_from(revision).unwrap_or(i64::MAX));
+        }
+        if let Ok(revision) = store.compacted_revision() {
+            self.store_compacted_revision
+                .set(i64::try_from(revision).unwrap_or(i64::MAX));
+        }
+        let health = store.health();
+        self.store_healthy.set(i64::from(health.fault.is_none()));
+        // The store counts its faults itself (it has no metrics); catch the counter up.
+        let counted = self.store_faults.get();
+        if health.faults_total > counted {
+            self.store_faults.inc_by(health.faults_total - counted);
+        }
     }
 
     /// The text exposition format Prometheus scrapes.

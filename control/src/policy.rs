@@ -179,6 +179,7 @@ pub fn cluster_roles() -> Vec<Value> {
                         "horizontalpodautoscalers/status",
                     ],
                 ),
+                rule(READ, &["discovery.k8s.io"], &["endpointslices"]),
                 rule(READ, &["metrics.k8s.io"], &["pods"]),
             ],
             None,

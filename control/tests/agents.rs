@@ -370,7 +370,7 @@ async fn watches_resync_after_compaction() {
 #[tokio::test]
 async fn many_hollow_nodes() {
     const NODES: usize = 20;
-    const REPLICAS: u32 = 100;
+    const REPLICAS: u32 = 160;
     // Default node grace: heartbeats are store writes, so they stay infrequent here.
     let c = cluster_with(&[]).await;
     let mut nodes = Vec::new();
@@ -389,9 +389,29 @@ async fn many_hollow_nodes() {
     .await;
     let per_node: Vec<usize> = nodes.iter().map(|n| n.stats().pods.len()).collect();
     assert!(
-        per_node.iter().all(|n| *n == 5),
+        per_node.iter().all(|n| *n == 8),
         "spread evenly: {per_node:?}"
     );
+    // The Service's endpoints come in slices of at most 100 (discovery.k8s.io/v1).
+    let path = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices?labelSelector=kubernetes.io%2Fservice-name%3Dweb";
+    let sizes = eventually("every replica in a ready endpoint of a slice", || async {
+        let (_, list) = c.t.call(Method::GET, path, None).await;
+        let slices = list["items"].as_array().cloned().unwrap_or_default();
+        let ready = |slice: &Value| {
+            slice["endpoints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|e| e["conditions"]["ready"] == true)
+                .count()
+        };
+        let sizes: Vec<usize> = slices.iter().map(ready).collect();
+        (sizes.iter().sum::<usize>() == REPLICAS as usize).then_some(sizes)
+    })
+    .await;
+    let mut sizes = sizes;
+    sizes.sort_unstable();
+    assert_eq!(sizes, [60, 100]);
 }
 
 /// A heartbeat that changes nothing but the time is not written while the stored one is

@@ -1,64 +1,12 @@
 //! Acknowledged writes survive `kill -9` of the real server process.
 
-use std::{
-    io::{BufRead as _, BufReader},
-    path::Path,
-    process::{Child, Command, Stdio},
-};
+mod common;
 
 use axum::http::Method;
 use berth_ctl::client::Client;
 use serde_json::json;
 
-/// Kills the child on drop, so a failing assertion never leaves a server behind.
-struct ServerProcess {
-    child: Child,
-    url: String,
-}
-
-impl ServerProcess {
-    fn start(data_dir: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_berth-control"))
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--agent-listen",
-                "127.0.0.1:0",
-                "--log",
-                "warn",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn berth-control");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read the address line");
-        let url = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
-        Self { child, url }
-    }
-
-    /// SIGKILL: no shutdown code runs.
-    fn kill_9(mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reap");
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::{ServerProcess, assert_acknowledged, rv};
 
 fn node(name: &str) -> serde_json::Value {
     json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}, "spec": {"podCIDR": "198.18.0.0/24"}})
@@ -78,10 +26,7 @@ async fn acknowledged_writes_survive_kill_9() {
             .await
             .expect("create");
         assert_eq!(status.as_u16(), 201, "{created}");
-        acknowledged.push((
-            format!("n{i}"),
-            created["metadata"]["resourceVersion"].clone(),
-        ));
+        acknowledged.push((format!("n{i}"), rv(&created)));
     }
     first.kill_9();
 
@@ -89,28 +34,14 @@ async fn acknowledged_writes_survive_kill_9() {
     // admin.conf was rewritten with the new port; the token and CA are unchanged.
     let client = Client::from_kubeconfig(&admin).expect("client after restart");
     assert!(second.url.starts_with("https://127.0.0.1:"));
-    for (name, resource_version) in &acknowledged {
-        let (status, node) = client
-            .json(Method::GET, &format!("/api/v1/nodes/{name}"), None)
-            .await
-            .expect("get");
-        assert_eq!(status.as_u16(), 200, "{name} lost: {node}");
-        assert_eq!(&node["metadata"]["resourceVersion"], resource_version);
-    }
+    assert_acknowledged(&client, "/api/v1/nodes", &acknowledged, "after kill -9").await;
     let (status, later) = client
         .json(Method::POST, "/api/v1/nodes", Some(&node("after")))
         .await
         .expect("create after restart");
     assert_eq!(status.as_u16(), 201);
-    let last: u64 = acknowledged
-        .last()
-        .and_then(|(_, rv)| rv.as_str())
-        .and_then(|rv| rv.parse().ok())
-        .expect("revision");
-    let after: u64 = later["metadata"]["resourceVersion"]
-        .as_str()
-        .and_then(|rv| rv.parse().ok())
-        .expect("revision");
+    let last = acknowledged.last().map(|(_, rv)| *rv).expect("revision");
+    let after = rv(&later);
     assert!(
         after > last,
         "revisions keep increasing across a crash: {after} <= {last}"

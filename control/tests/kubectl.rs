@@ -76,6 +76,7 @@ async fn kubectl_discovers_the_kinds_and_prints_their_tables() {
         "deployments.apps",
         "replicasets.apps",
         "horizontalpodautoscalers.autoscaling",
+        "endpointslices.discovery.k8s.io",
         "pods.metrics.k8s.io",
     ] {
         assert!(names.lines().any(|l| l == kind), "{kind} in:\n{names}");
@@ -138,6 +139,32 @@ async fn kubectl_discovers_the_kinds_and_prints_their_tables() {
         .await
         .expect("kubectl");
     assert_eq!(replicas, "2");
+
+    let slice = serde_json::json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "web-manual", "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["198.18.1.2"]}, {"addresses": ["198.18.1.3"]}],
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]});
+    let (status, created) = t
+        .call(
+            Method::POST,
+            "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices",
+            Some(&slice),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let slices = run(&["get", "endpointslices"]).await.expect("kubectl");
+    let lines: Vec<Vec<&str>> = slices.lines().map(cells).collect();
+    assert_eq!(
+        lines.first().map(Vec::as_slice),
+        Some(&["NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS", "AGE"][..]),
+        "{slices}"
+    );
+    assert_eq!(
+        lines.get(1).map(|l| &l[..4]),
+        Some(&["web-manual", "IPv4", "8080", "198.18.1.2,198.18.1.3"][..]),
+        "{slices}"
+    );
 
     let everything = run(&["get", "all", "-A"]).await.expect("kubectl");
     assert!(

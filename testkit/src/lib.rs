@@ -5,6 +5,7 @@
 pub mod netns;
 pub mod packet;
 pub mod programs;
+pub mod smallfs;
 
 use std::{
     path::{Path, PathBuf},

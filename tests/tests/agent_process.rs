@@ -405,14 +405,17 @@ fn logs_follow(setup: &Setup) {
     }
 }
 
-/// Starts a port-forward client and waits until it says it forwards `local` to `remote`:
-/// the running client (stopped when dropped) and its stderr lines.
-fn start_forwarding(
-    command: Option<Command>,
-    local: u16,
-    remote: u16,
-    client: &str,
-) -> (Process, std::sync::mpsc::Receiver<String>) {
+/// A running port-forward client (stopped when dropped) and its output.
+struct Forwarding {
+    _client: Process,
+    /// Read until the client ends: kubectl writes a line per connection there, and a Go
+    /// program writing to a pipe nobody reads dies of SIGPIPE.
+    _lines: std::sync::mpsc::Receiver<String>,
+    errors: std::sync::mpsc::Receiver<String>,
+}
+
+/// Starts a port-forward client and waits until it says it forwards `local` to `remote`.
+fn start_forwarding(command: Option<Command>, local: u16, remote: u16, client: &str) -> Forwarding {
     let mut child = command
         .expect("client")
         .stdout(Stdio::piped())
@@ -426,7 +429,11 @@ fn start_forwarding(
     wait_line(&lines, Duration::from_secs(20), client, |line| {
         line.starts_with(&forwarding)
     });
-    (running, errors)
+    Forwarding {
+        _client: running,
+        _lines: lines,
+        errors,
+    }
 }
 
 /// `port-forward pod/WEB LOCAL:8080` (kubectl's or berthctl's): HTTP requests to
@@ -434,11 +441,11 @@ fn start_forwarding(
 /// pod, which sees them come from its own loopback — the connection is made inside the
 /// pod's network namespace.
 fn port_forward(command: Option<Command>, (setup, local): (&Setup, u16), pod: &str, client: &str) {
-    let (_client, errors) = start_forwarding(command, local, 8080, client);
+    let forwarding = start_forwarding(command, local, 8080, client);
     let local = SocketAddrV4::new(Ipv4Addr::LOCALHOST, local);
     for attempt in 0..3 {
         let reply = get(&setup.ns, local).unwrap_or_else(|error| {
-            let errors: Vec<String> = errors.try_iter().collect();
+            let errors: Vec<String> = forwarding.errors.try_iter().collect();
             panic!("request {attempt} through {client} port-forward: {error}; stderr: {errors:?}")
         });
         assert_eq!(reply.pod, pod, "{client}: the forwarded pod answers");
@@ -451,13 +458,16 @@ fn port_forward(command: Option<Command>, (setup, local): (&Setup, u16), pod: &s
 
 /// Forwarding to a port nothing listens on: the client reports the pod's refusal.
 fn port_forward_refused(command: Option<Command>, (setup, local): (&Setup, u16), client: &str) {
-    let (_client, errors) = start_forwarding(command, local, 9, client);
+    let forwarding = start_forwarding(command, local, 9, client);
     let answer = get(&setup.ns, SocketAddrV4::new(Ipv4Addr::LOCALHOST, local));
     assert!(
         answer.is_err(),
         "{client}: nothing listens on port 9: {answer:?}"
     );
-    wait_line(&errors, Duration::from_secs(10), client, |line| {
-        line.contains("error forwarding port 9") && line.contains("refused")
-    });
+    wait_line(
+        &forwarding.errors,
+        Duration::from_secs(10),
+        client,
+        |line| line.contains("error forwarding port 9") && line.contains("refused"),
+    );
 }

@@ -8,7 +8,7 @@
 //! CreateContainerConfigError and starts when it appears. Each pod's ServiceAccount
 //! token, read from its projected file, authenticates as the ServiceAccount once bound,
 //! and not after the pod is deleted. Containers run with NET_RAW dropped,
-//! no-new-privileges, a pids limit and a log cap, as their securityContext's user with a
+//! no-new-privileges, a pids limit and a log cap (`berthctl logs` reads across its rotation), as their securityContext's user with a
 //! read-only root when asked; runAsNonRoot keeps a root image from starting. Needs root, BPF and Docker, and the images from `cargo xtask images`.
 
 use std::time::{Duration, Instant};
@@ -196,7 +196,13 @@ impl Pods<'_> {
 
 async fn run(setup: &Setup) {
     let _control = setup.control_plane().await;
-    let _agent = setup.agent();
+    // A small log cap, so one pod's output rotates its log within the test.
+    let _agent = setup.agent_with(&[
+        "--container-log-max-size",
+        "16Ki",
+        "--container-log-max-files",
+        "2",
+    ]);
     setup.apply(MANIFEST);
     setup.wait_running(2).await;
     let pods = Pods {
@@ -423,8 +429,9 @@ async fn confinement(setup: &Setup, pods: &Pods<'_>) {
     assert_eq!(host["PidsLimit"], 4096);
     assert_eq!(
         host["LogConfig"],
-        serde_json::json!({"Type": "json-file", "Config": {"max-size": "10485760", "max-file": "5"}})
+        serde_json::json!({"Type": "json-file", "Config": {"max-size": "16384", "max-file": "2"}})
     );
+    logs_across_rotation(setup, pods).await;
 
     setup.apply(
         "apiVersion: v1
@@ -483,6 +490,63 @@ spec:
         assert!(Instant::now() < deadline, "as-root is not refused: {pod}");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// A container that wrote past its log cap: `berthctl logs` reads the files the engine
+/// kept, the rotated one and the current one, as one stream in order, ending with the
+/// last line written; `--tail` counts from that end.
+async fn logs_across_rotation(setup: &Setup, pods: &Pods<'_>) {
+    const LINES: u64 = 3000;
+    setup.apply(&format!(
+        "apiVersion: v1
+kind: Pod
+metadata: {{name: chatty}}
+spec:
+  containers: [{{name: app, image: berth/echo:v1, args: [--log-lines, \"{LINES}\"]}}]
+"
+    ));
+    let chatty = pods.container("chatty", "app").await;
+    let last = format!("log line {LINES} of {LINES}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let all = loop {
+        let all = setup.berthctl(&["logs", "chatty"]);
+        let text = String::from_utf8_lossy(&all.stdout).into_owned();
+        if text.lines().last() == Some(last.as_str()) {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the last line is not logged: {all:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let numbers: Vec<u64> = all
+        .lines()
+        .filter_map(|line| line.strip_prefix("log line "))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+        .collect();
+    let first = numbers.first().copied().unwrap_or(0);
+    assert!(first > 1, "the oldest lines were rotated away: {first}");
+    assert!(
+        numbers.windows(2).all(|pair| pair[1] == pair[0] + 1),
+        "the kept files read as one stream without gaps"
+    );
+    let log_path = std::process::Command::new("docker")
+        .args(["inspect", "--format", "{{.LogPath}}", &chatty.id])
+        .output()
+        .expect("docker inspect");
+    let log_path = String::from_utf8_lossy(&log_path.stdout).trim().to_owned();
+    assert!(
+        std::path::Path::new(&format!("{log_path}.1")).exists(),
+        "a rotated file next to {log_path}"
+    );
+    let tail = setup.berthctl(&["logs", "chatty", "--tail", "2"]);
+    assert_eq!(
+        String::from_utf8_lossy(&tail.stdout),
+        format!("log line {} of {LINES}\n{last}\n", LINES - 1)
+    );
+    let deleted = setup.berthctl(&["delete", "pod", "chatty", "--grace-period=1"]);
+    assert!(deleted.status.success(), "{deleted:?}");
 }
 
 /// Every pod has its ServiceAccount's token, the cluster CA and its namespace at

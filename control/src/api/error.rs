@@ -179,6 +179,16 @@ impl From<registry::Error> for ApiError {
             ),
             E::Expired(_) => Self::expired(message),
             E::Forbidden(_) => Self::new(StatusCode::FORBIDDEN, "Forbidden", message),
+            E::StoreUnavailable { no_space: true, .. } => Self::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "InsufficientStorage",
+                message,
+            ),
+            E::StoreUnavailable { .. } => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                message,
+            ),
             E::Internal(_) => Self::internal(message),
         }
     }
@@ -248,6 +258,22 @@ mod tests {
             (E::Expired("gone".into()), 410, "Expired"),
             (E::Forbidden("no".into()), 403, "Forbidden"),
             (E::internal("broken"), 500, "InternalError"),
+            (
+                E::StoreUnavailable {
+                    message: "full".into(),
+                    no_space: true,
+                },
+                507,
+                "InsufficientStorage",
+            ),
+            (
+                E::StoreUnavailable {
+                    message: "i/o".into(),
+                    no_space: false,
+                },
+                503,
+                "ServiceUnavailable",
+            ),
         ];
         for (error, code, reason) in cases {
             let message = error.to_string();

@@ -87,7 +87,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/metrics", get(metrics))
         .route("/version", get(version))
         .route("/healthz", get(healthz))
-        .route("/readyz", get(healthz))
+        .route("/readyz", get(readyz))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -214,18 +214,7 @@ fn method_verb(method: &axum::http::Method) -> &'static str {
 }
 
 async fn metrics(State(state): State<ApiState>) -> Response {
-    if let Ok(revision) = state.registry.store().revision() {
-        state
-            .metrics
-            .store_revision
-            .set(i64::try_from(revision).unwrap_or(i64::MAX));
-    }
-    if let Ok(revision) = state.registry.store().compacted_revision() {
-        state
-            .metrics
-            .store_compacted_revision
-            .set(i64::try_from(revision).unwrap_or(i64::MAX));
-    }
+    state.metrics.observe_store(state.registry.store().as_ref());
     let response = match state.metrics.render() {
         Ok(text) => {
             let mut response = Body::from(text).into_response();
@@ -248,8 +237,32 @@ async fn version() -> Response {
     )
 }
 
+/// Liveness: the process serves requests. A failing store does not make it so much as
+/// restarting would help.
 async fn healthz() -> Response {
     with_info((StatusCode::OK, "ok").into_response(), "get", "healthz")
+}
+
+/// Readiness, in Kubernetes' `/readyz` shape: `ok`, or one `[+]`/`[-]` line per check
+/// (always when one fails, or with `?verbose`) and 503 when any fails.
+async fn readyz(
+    State(state): State<ApiState>,
+    query: axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let health = state.registry.store().health();
+    let verbose = query.contains_key("verbose");
+    let response = match health.fault {
+        None if !verbose => (StatusCode::OK, "ok".to_owned()),
+        None => (
+            StatusCode::OK,
+            "[+]ping ok\n[+]store ok\nreadyz check passed\n".to_owned(),
+        ),
+        Some(fault) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("[+]ping ok\n[-]store failed: {fault}\nreadyz check failed\n"),
+        ),
+    };
+    with_info(response.into_response(), "get", "readyz")
 }
 
 async fn not_found(request: Request) -> Response {

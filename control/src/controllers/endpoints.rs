@@ -33,12 +33,7 @@ impl Reconciler for EndpointsController {
     fn affected(&self, change: &Change, snapshot: &Snapshot) -> Vec<(String, String)> {
         if let Some(pod) = change.as_kind::<Pod>() {
             // A pod whose labels changed away from a selector is caught by the resync.
-            let ns = &pod.metadata.namespace;
-            return snapshot
-                .list::<Service>(Some(ns))
-                .filter(|s| selects(&s.spec.selector, pod))
-                .map(|s| (ns.clone(), s.metadata.name.clone()))
-                .collect();
+            return selecting(pod, snapshot);
         }
         if change.as_kind::<Service>().is_some() || change.as_kind::<Endpoints>().is_some() {
             // For Endpoints: someone else edited ours, put them back.
@@ -48,51 +43,28 @@ impl Reconciler for EndpointsController {
     }
 
     fn reconcile(&self, service: &Service, snapshot: &Snapshot, _ctx: &Context) -> Outcome {
-        let selector = &service.spec.selector;
-        if selector.is_empty() {
+        let Some(selected) = select(service, snapshot) else {
             // Without a selector the user manages Endpoints by hand.
             return Outcome::default();
-        }
+        };
         let ns = &service.metadata.namespace;
-        let mut ready = Vec::new();
-        let mut not_ready = Vec::new();
-        let mut pods: Vec<&Pod> = Vec::new();
-        for pod in snapshot.list::<Pod>(Some(ns)) {
-            let ip = pod.status.as_ref().map_or("", |s| s.pod_ip.as_str());
-            if !selects(selector, pod) || ip.is_empty() || pod_is_terminal(pod) {
-                continue;
-            }
-            let mut address = EndpointAddress {
-                ip: ip.to_owned(),
-                node_name: pod.spec.node_name.clone(),
-                target_pod: pod.metadata.name.clone(),
-                terminating: false,
-            };
-            if pod_is_terminating(pod) {
-                // Out of the ready addresses at once, so every node stops sending it new
-                // connections while the pod's preStop hook and grace run.
-                address.terminating = true;
-                not_ready.push(address)
-            } else if pod_is_ready(pod) {
-                ready.push(address)
+        let (mut ready, mut not_ready) = (Vec::new(), Vec::new());
+        for endpoint in selected.endpoints {
+            if endpoint.ready && !endpoint.address.terminating {
+                ready.push(endpoint.address);
             } else {
-                not_ready.push(address)
+                // A terminating pod is out of the ready addresses at once, so every node
+                // stops sending it new connections while its preStop hook and grace run.
+                not_ready.push(endpoint.address);
             }
-            pods.push(pod);
         }
-        let ports: Vec<EndpointPort> = service
-            .spec
-            .ports
-            .iter()
-            .filter_map(|p| resolve_port(p, &pods))
-            .collect();
         let subsets = if ready.is_empty() && not_ready.is_empty() {
             Vec::new()
         } else {
             vec![EndpointSubset {
                 addresses: ready,
                 not_ready_addresses: not_ready,
-                ports,
+                ports: selected.ports,
             }]
         };
         let write = match snapshot.get::<Endpoints>(ns, &service.metadata.name) {
@@ -117,6 +89,66 @@ impl Reconciler for EndpointsController {
         };
         Outcome::writes(vec![write])
     }
+}
+
+/// A pod a Service selects, as its endpoint.
+pub struct SelectedEndpoint {
+    pub address: EndpointAddress,
+    /// The pod's Ready condition (a terminating pod may still be ready: serving).
+    pub ready: bool,
+    pub pod_uid: String,
+}
+
+/// What a Service's selector finds: its endpoints in pod-name order and its ports with
+/// their targets resolved.
+pub struct Selected {
+    pub endpoints: Vec<SelectedEndpoint>,
+    pub ports: Vec<EndpointPort>,
+}
+
+/// The pods `service` selects that have an address and are not finished; None for a
+/// Service without a selector, whose endpoints the user manages.
+pub fn select(service: &Service, snapshot: &Snapshot) -> Option<Selected> {
+    let selector = &service.spec.selector;
+    if selector.is_empty() {
+        return None;
+    }
+    let mut endpoints = Vec::new();
+    let mut pods: Vec<&Pod> = Vec::new();
+    for pod in snapshot.list::<Pod>(Some(&service.metadata.namespace)) {
+        let ip = pod.status.as_ref().map_or("", |s| s.pod_ip.as_str());
+        if !selects(selector, pod) || ip.is_empty() || pod_is_terminal(pod) {
+            continue;
+        }
+        endpoints.push(SelectedEndpoint {
+            address: EndpointAddress {
+                ip: ip.to_owned(),
+                node_name: pod.spec.node_name.clone(),
+                target_pod: pod.metadata.name.clone(),
+                terminating: pod_is_terminating(pod),
+            },
+            ready: pod_is_ready(pod),
+            pod_uid: pod.metadata.uid.clone(),
+        });
+        pods.push(pod);
+    }
+    let ports = service
+        .spec
+        .ports
+        .iter()
+        .filter_map(|p| resolve_port(p, &pods))
+        .collect();
+    Some(Selected { endpoints, ports })
+}
+
+/// The Services in `pod`'s namespace whose selector picks it.
+pub fn selecting(pod: &Pod, snapshot: &Snapshot) -> Vec<(String, String)> {
+    let ns = &pod.metadata.namespace;
+    snapshot
+        .list::<Service>(Some(ns))
+        .filter(|s| selects(&s.spec.selector, pod))
+        .map(|s| (ns.clone(), s.metadata.name.clone()))
+        .collect()
 }
 
 /// A service port's target: its own number, a number, or a named container port.

@@ -13,6 +13,7 @@ pub mod autoscaler;
 mod cache;
 pub mod deployment;
 pub mod endpoints;
+pub mod endpointslices;
 pub mod events;
 #[cfg(test)]
 pub(crate) mod fixtures;
@@ -383,7 +384,10 @@ impl Controllers {
     /// and scheduled fewer pods a second).
     pub fn all(usage: &crate::usage::Usage) -> Vec<Lane> {
         vec![
-            vec![Box::new(endpoints::EndpointsController)],
+            vec![
+                Box::new(endpoints::EndpointsController),
+                Box::new(endpointslices::EndpointSliceController),
+            ],
             vec![
                 Box::new(deployment::DeploymentController),
                 Box::new(replicaset::ReplicaSetController),
@@ -400,6 +404,7 @@ impl Controllers {
                 Box::new(gc::GarbageCollector::<Pod>::new()),
                 Box::new(gc::GarbageCollector::<berth_api::apps::ReplicaSet>::new()),
                 Box::new(gc::GarbageCollector::<berth_api::core::Endpoints>::new()),
+                Box::new(gc::GarbageCollector::<berth_api::discovery::EndpointSlice>::new()),
                 Box::new(autoscaler::Autoscaler::new(usage.clone())),
                 Box::new(aggregation::AggregationController),
             ],

@@ -35,6 +35,10 @@ pub enum Error {
     /// it, a create in a terminating namespace).
     #[error("{0}")]
     Forbidden(String),
+    /// The store's file failed an I/O call: writes are refused until it recovers.
+    /// `no_space`: the filesystem is full or over quota.
+    #[error("{message}")]
+    StoreUnavailable { message: String, no_space: bool },
     #[error("{0}")]
     Internal(String),
 }
@@ -100,6 +104,10 @@ impl From<&StoreError> for Error {
             StoreError::AlreadyExists { .. } => Self::AlreadyExists(message),
             StoreError::NotFound { key } => Self::KeyNotFound { key: key.clone() },
             StoreError::Compacted { .. } => Self::Expired(message),
+            StoreError::Faulted(fault) => Self::StoreUnavailable {
+                message: format!("{message}; writes are refused until the store recovers"),
+                no_space: fault.no_space,
+            },
             StoreError::Backend(_) | StoreError::Corrupt(_) => Self::Internal(message),
         }
     }

@@ -1070,10 +1070,11 @@ pub struct DeleteOptions {
 
 /// The kinds the garbage collector deletes with their owner: what an orphaning delete
 /// leaves behind.
-const OWNED_KINDS: [&ResourceType; 3] = [
+const OWNED_KINDS: [&ResourceType; 4] = [
     &berth_api::kinds::REPLICASETS,
     &berth_api::kinds::PODS,
     &berth_api::kinds::ENDPOINTS,
+    &berth_api::kinds::ENDPOINT_SLICES,
 ];
 
 impl DeleteOptions {

@@ -281,6 +281,10 @@ impl Store for EncryptedStore {
     fn subscribe(&self) -> tokio::sync::watch::Receiver<Revision> {
         self.inner.subscribe()
     }
+
+    fn health(&self) -> super::Health {
+        self.inner.health()
+    }
 }
 
 #[cfg(test)]

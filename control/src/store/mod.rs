@@ -103,6 +103,28 @@ pub enum StoreError {
     Backend(String),
     #[error("corrupt store record for {0}")]
     Corrupt(String),
+    /// The store's file failed an I/O call: writes are refused until it recovers.
+    #[error(transparent)]
+    Faulted(StoreFault),
+}
+
+/// Why the store is not accepting writes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("store {}: {cause}", path.display())]
+pub struct StoreFault {
+    pub path: std::path::PathBuf,
+    pub cause: String,
+    /// The filesystem is full or over quota (ENOSPC, EDQUOT), not otherwise broken.
+    pub no_space: bool,
+}
+
+/// Whether the store takes writes, and how often it stopped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Health {
+    /// Set while writes are refused.
+    pub fault: Option<StoreFault>,
+    /// Faults since the process started (each healthy → faulted transition once).
+    pub faults_total: u64,
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -127,4 +149,6 @@ pub trait Store: Send + Sync + 'static {
     fn size_bytes(&self) -> Result<u64>;
     /// Woken with the latest revision after every commit.
     fn subscribe(&self) -> tokio::sync::watch::Receiver<Revision>;
+    /// Whether writes are accepted now; readiness reports it.
+    fn health(&self) -> Health;
 }

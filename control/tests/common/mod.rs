@@ -2,7 +2,11 @@
 
 #![allow(dead_code, unused_imports)]
 
-use std::io::Write as _;
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    path::Path,
+    process::{Child, Command, Stdio},
+};
 
 pub use berth_sim::server::*;
 use clap::Parser as _;
@@ -38,3 +42,80 @@ spec:
       defaultRequest: {cpu: 100m}
       max: {memory: 256Mi}
 ";
+
+/// The real `berth-control` binary on `data_dir`; killed on drop, so a failing assertion
+/// never leaves a server behind.
+pub struct ServerProcess {
+    child: Child,
+    pub url: String,
+}
+
+impl ServerProcess {
+    pub fn start(data_dir: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_berth-control"))
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--agent-listen",
+                "127.0.0.1:0",
+                "--log",
+                "warn",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn berth-control");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the address line");
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        Self { child, url }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill_9(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Asserts each `(name, resourceVersion)` is under `collection` with that resourceVersion
+/// (a write acknowledged `when` is still there).
+pub async fn assert_acknowledged(
+    client: &berth_ctl::client::Client,
+    collection: &str,
+    acknowledged: &[(String, u64)],
+    when: &str,
+) {
+    for (name, resource_version) in acknowledged {
+        let (status, object) = client
+            .json(
+                axum::http::Method::GET,
+                &format!("{collection}/{name}"),
+                None,
+            )
+            .await
+            .expect("get");
+        assert_eq!(status.as_u16(), 200, "{name} lost {when}: {object}");
+        assert_eq!(rv(&object), *resource_version, "{name} {when}");
+    }
+}

@@ -81,6 +81,9 @@ pub struct EchoConfig {
     pub version: String,
     pub unhealthy_file: PathBuf,
     pub unready_file: PathBuf,
+    /// Numbered lines written to stdout at start (as agnhost's logs-generator does), so
+    /// tests can fill a container's log past its rotation size.
+    pub log_lines: u64,
 }
 
 impl EchoConfig {
@@ -93,6 +96,7 @@ impl EchoConfig {
             version: DEFAULT_VERSION.to_owned(),
             unhealthy_file: PathBuf::from(UNHEALTHY_FILE),
             unready_file: PathBuf::from(UNREADY_FILE),
+            log_lines: 0,
         }
     }
 
@@ -109,6 +113,7 @@ impl EchoConfig {
             None => DEFAULT_PORT,
         };
         let mut bind = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        let mut log_lines = 0;
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
             let (flag, inline) = match arg.split_once('=') {
@@ -135,6 +140,14 @@ impl EchoConfig {
                         reason: format!("{error}"),
                     })?;
                 }
+                "--log-lines" => {
+                    let text = value("log lines")?;
+                    log_lines = text.trim().parse().map_err(|error| EchoError::InvalidArg {
+                        what: "log lines",
+                        value: text.clone(),
+                        reason: format!("{error}"),
+                    })?;
+                }
                 _ => return Err(EchoError::UnknownArg(arg)),
             }
         }
@@ -157,6 +170,7 @@ impl EchoConfig {
             version,
             unhealthy_file: PathBuf::from(UNHEALTHY_FILE),
             unready_file: PathBuf::from(UNREADY_FILE),
+            log_lines,
         })
     }
 }
@@ -636,6 +650,11 @@ mod tests {
                 .expect("valid config");
         assert_eq!(config.port, 81);
         assert_eq!(config.bind, IpAddr::V4(Ipv4Addr::LOCALHOST));
+        assert_eq!(config.log_lines, 0);
+        let config = EchoConfig::from_args_and_env(args(&["--log-lines", "2000"]), &env)
+            .expect("valid config");
+        assert_eq!(config.log_lines, 2000);
+        assert!(EchoConfig::from_args_and_env(args(&["--log-lines", "-1"]), &env).is_err());
     }
 
     #[test]

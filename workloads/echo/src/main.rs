@@ -17,7 +17,8 @@ extern "C" fn request_stop(_signal: libc::c_int) {
     STOP.store(true, Ordering::Relaxed);
 }
 
-const USAGE: &str = "usage: berth-echo [--port N] [--bind ADDR]
+const USAGE: &str = "usage: berth-echo [--port N] [--bind ADDR] [--log-lines N]
+  --log-lines N   write N numbered lines to stdout at start (`log line 1 of N`)
 environment: ECHO_PORT (default 8080), POD_NAME (default: hostname), ECHO_VERSION (default v1)
   GET /           one line: pod=.. addr=.. client=.. version=..
   GET /healthz    200 ok, or 503 after POST /fail/live or while /tmp/berth-unhealthy exists
@@ -40,6 +41,18 @@ fn run_as_client(program: &str, args: &[String]) -> Option<ExitCode> {
             ExitCode::FAILURE
         }
     })
+}
+
+fn write_log_lines(count: u64) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    for line in 1..=count {
+        // Nobody reading stdout is no reason to stop serving.
+        if writeln!(out, "log line {line} of {count}").is_err() {
+            return;
+        }
+    }
+    let _ = out.flush();
 }
 
 fn main() -> ExitCode {
@@ -69,7 +82,11 @@ fn main() -> ExitCode {
             libc::signal(signal, handler);
         }
     }
-    let (pod, version) = (config.pod_name.clone(), config.version.clone());
+    let (pod, version, log_lines) = (
+        config.pod_name.clone(),
+        config.version.clone(),
+        config.log_lines,
+    );
     let server = match EchoServer::bind(config) {
         Ok(server) => server,
         Err(error) => {
@@ -81,6 +98,7 @@ fn main() -> ExitCode {
         "berth-echo: pod {pod} version {version} serving HTTP and UDP on {}",
         server.local_addr()
     );
+    write_log_lines(log_lines);
     while !STOP.load(Ordering::Relaxed) {
         thread::sleep(Duration::from_millis(100));
     }

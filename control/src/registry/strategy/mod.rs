@@ -156,6 +156,7 @@ macro_rules! with_strategy {
             autoscaling::HorizontalPodAutoscaler,
             configuration::{ConfigMap, Secret},
             core::{Endpoints, Event, Namespace, Node, Pod, Service},
+            discovery::EndpointSlice,
             policy::{LimitRange, ResourceQuota},
             rbac::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
             storage::{PersistentVolume, PersistentVolumeClaim},
@@ -192,6 +193,10 @@ macro_rules! with_strategy {
             }
             Endpoints::KIND => {
                 let $strategy = &Plain::<Endpoints>::new();
+                $body
+            }
+            EndpointSlice::KIND => {
+                let $strategy = &Plain::<EndpointSlice>::new();
                 $body
             }
             Event::KIND => {
