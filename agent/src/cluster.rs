@@ -8,12 +8,10 @@
 //! whole ([`Update::Resync`]).
 
 use std::{
+    cell::Cell,
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::Arc,
     time::Instant,
 };
 
@@ -32,12 +30,16 @@ use crate::{
     services::{self, NodeView},
 };
 
-/// Objects decoded from watch events since the process started: one per event, whatever
-/// the number of objects held (the unit tests check it).
-static DECODED: AtomicU64 = AtomicU64::new(0);
+thread_local! {
+    /// Objects decoded from watch events on this thread: one per event, whatever the
+    /// number of objects held. The unit tests check it; per thread, so tests running
+    /// side by side do not count each other's.
+    static DECODED: Cell<u64> = const { Cell::new(0) };
+}
 
+/// Objects decoded on this thread so far.
 pub fn objects_decoded() -> u64 {
-    DECODED.load(Ordering::Relaxed)
+    DECODED.get()
 }
 
 /// One object of the Services watch, parsed.
@@ -71,7 +73,7 @@ fn key_of(metadata: &ObjectMeta) -> String {
 
 impl WatchObject for ClusterObject {
     fn decode(kind: &str, json: &[u8]) -> Option<(String, Self)> {
-        DECODED.fetch_add(1, Ordering::Relaxed);
+        DECODED.set(DECODED.get() + 1);
         let parsed = match kind {
             "Service" => serde_json::from_slice(json).map(|s| Self::Service(Arc::new(s))),
             "Endpoints" => serde_json::from_slice(json).map(|e| Self::Endpoints(Arc::new(e))),
