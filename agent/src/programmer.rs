@@ -44,8 +44,10 @@ impl Programmer {
     }
 
     pub fn send(&self, work: Work, received: Option<Instant>) {
-        // The thread only ends with the process (a panic is logged by the runtime).
-        let _ = self.work.send((work, received));
+        // The thread only ends with the process, or by a bug (its panic is printed).
+        if self.work.send((work, received)).is_err() {
+            tracing::error!("the datapath thread has stopped: changes are not programmed");
+        }
     }
 }
 
