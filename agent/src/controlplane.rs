@@ -113,27 +113,19 @@ fn read(path: &Path) -> Result<String, ControlPlaneError> {
     })
 }
 
+/// Replaces `path` whole, readable by the agent only (`berth_files::write_private`).
 fn write_private(path: &Path, contents: &str) -> Result<(), ControlPlaneError> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let io = |source| ControlPlaneError::Io {
+    berth_files::write_private(path, contents.as_bytes()).map_err(|source| ControlPlaneError::Io {
         path: path.to_path_buf(),
         source,
-    };
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io)?;
-    std::io::Write::write_all(&mut file, contents.as_bytes()).map_err(io)
+    })
 }
 
 /// Joins the cluster (or reuses an earlier join) and opens an mTLS channel. The channel
 /// connects lazily, so an unreachable control plane does not stop the agent from starting.
 pub async fn connect(config: &Config) -> Result<Membership, ControlPlaneError> {
     let dir = &config.state_dir;
-    std::fs::create_dir_all(dir).map_err(|source| ControlPlaneError::Io {
+    berth_files::private_dir(dir).map_err(|source| ControlPlaneError::Io {
         path: dir.clone(),
         source,
     })?;
@@ -239,13 +231,15 @@ fn finish_renewal(dir: &Path) -> Result<(), ControlPlaneError> {
     };
     match (key_new.exists(), cert_new.exists()) {
         (true, true) => {
-            std::fs::rename(&key_new, dir.join("node.key")).map_err(io(&key_new))?;
-            std::fs::rename(&cert_new, dir.join("node.crt")).map_err(io(&cert_new))?;
+            berth_files::replace(&key_new, &dir.join("node.key")).map_err(io(&key_new))?;
+            berth_files::replace(&cert_new, &dir.join("node.crt")).map_err(io(&cert_new))?;
         }
         // Only a key: the certificate for it never arrived.
         (true, false) => std::fs::remove_file(&key_new).map_err(io(&key_new))?,
         // A certificate whose key was put in place already: finish.
-        (false, true) => std::fs::rename(&cert_new, dir.join("node.crt")).map_err(io(&cert_new))?,
+        (false, true) => {
+            berth_files::replace(&cert_new, &dir.join("node.crt")).map_err(io(&cert_new))?
+        }
         (false, false) => {}
     }
     Ok(())

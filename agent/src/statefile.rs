@@ -45,7 +45,9 @@ impl StateFile {
             return true;
         };
         let failing = self.saved.get() == 0;
-        match write_replacing(&self.path, contents) {
+        // 0600 (pod specs carry environment values), the old contents or the new, and
+        // no temporary file left behind to take space from the next attempt.
+        match berth_files::write_private(&self.path, contents) {
             Ok(()) => {
                 if failing {
                     tracing::info!(path = %self.path.display(), "state file written again");
@@ -78,21 +80,6 @@ impl StateFile {
     }
 }
 
-/// Writes a temporary file next to `path` and renames it over `path`, so the file is
-/// either the old contents or the new. A failed write leaves no temporary file behind to
-/// take space from the next attempt.
-fn write_replacing(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    let mut temporary = path.as_os_str().to_owned();
-    temporary.push(".tmp");
-    let temporary = PathBuf::from(temporary);
-    let written =
-        std::fs::write(&temporary, contents).and_then(|()| std::fs::rename(&temporary, path));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&temporary);
-    }
-    written
-}
-
 #[cfg(test)]
 mod tests {
     use berth_testkit::smallfs::SmallFs;
@@ -122,8 +109,14 @@ mod tests {
         );
         assert!(!file.retry(), "still full");
         assert_eq!(failures.get(), 2);
-        assert!(
-            !fs.path().join("pods.json.tmp").exists(),
+        let mut names: Vec<_> = std::fs::read_dir(fs.path())
+            .expect("read_dir")
+            .map(|entry| entry.expect("entry").file_name())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["filler", "pods.json"],
             "no partial temporary file left"
         );
 

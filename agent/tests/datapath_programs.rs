@@ -1,12 +1,13 @@
 //! The datapath programs run on hand-built packets with BPF_PROG_TEST_RUN: one test per
 //! behaviour, before any interface is involved. Needs root and bpffs.
 
+mod common;
+
 use std::{net::Ipv4Addr, time::Duration};
 
 use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 use berth_agent::datapath::{
-    Algorithm, BackendSpec, BackendState, Datapath, DatapathOptions, Frontend, Limits, Node,
-    Protocol, Service, ServiceSet, monotonic_secs,
+    Algorithm, BackendSpec, BackendState, Datapath, Frontend, Protocol, Service, monotonic_secs,
 };
 use berth_ebpf_common::{
     CT_TIMEOUT_CLOSED, CT_TIMEOUT_ESTABLISHED, CT_TIMEOUT_SYN_SENT, CT_TIMEOUT_UDP, CtEntry,
@@ -17,17 +18,11 @@ use berth_testkit::{
     packet::{self, Frame, ICMP, IPIP, Parsed},
     programs,
 };
+use common::*;
 
-const NODE_ID: u32 = 1;
-const NODE_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
-const PEER_NODE_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
 const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 10);
 const CLIENT: (Ipv4Addr, u16) = (Ipv4Addr::new(198, 18, 10, 5), 40_000);
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
 
 fn backend(last: u8, state: BackendState) -> BackendSpec {
     BackendSpec {
@@ -61,22 +56,6 @@ fn web(backends: Vec<BackendSpec>) -> Service {
     }
 }
 
-fn set(services: Vec<Service>) -> ServiceSet {
-    ServiceSet {
-        services,
-        nodes: vec![
-            Node {
-                id: NODE_ID,
-                addr: NODE_ADDR,
-            },
-            Node {
-                id: 2,
-                addr: PEER_NODE_ADDR,
-            },
-        ],
-    }
-}
-
 struct Harness {
     datapath: Datapath,
     // Dropped after the datapath, so its maps are unpinned last.
@@ -86,22 +65,7 @@ struct Harness {
 impl Harness {
     fn new(services: Vec<Service>) -> Self {
         let pins = PinDir::new("prog");
-        let mut datapath = Datapath::open(DatapathOptions {
-            pin_dir: pins.path().to_path_buf(),
-            node_id: NODE_ID,
-            node_addr: NODE_ADDR,
-            limits: Limits {
-                max_services: 64,
-                max_backends: 256,
-                max_connections: 4096,
-                max_affinity: 1024,
-                max_nodes: 16,
-                maglev_min_table: 1021,
-                maglev_pool_slots: 1 << 16,
-            },
-        })
-        .expect("loading the datapath");
-        datapath.apply(&set(services)).expect("applying services");
+        let datapath = common::open(&pins, services);
         Harness { datapath, pins }
     }
 
@@ -135,12 +99,7 @@ impl Harness {
     }
 
     fn reason(&self, reason: Reason) -> u64 {
-        self.datapath
-            .reasons()
-            .expect("reading reasons")
-            .into_iter()
-            .find(|(r, _)| *r == reason)
-            .map_or(0, |(_, count)| count)
+        common::counted(&self.datapath, reason)
     }
 
     /// Runs `program` and returns the verdict, the output, and whether `reason` was
@@ -1345,11 +1304,9 @@ fn masqueraded_flows_expire_and_are_collected() {
     assert_eq!((verdict, out, counted), (TC_ACT_OK, reply, false));
 }
 
-#[test]
-fn a_pod_reaches_itself_through_its_service_and_the_reply_comes_back_translated() {
-    let hairpin = Ipv4Addr::from(u32::from_be(berth_ebpf_common::HAIRPIN_ADDR));
-    assert_eq!(hairpin, Ipv4Addr::new(169, 254, 42, 1));
-    // The pod is the Service's only backend.
+/// A datapath whose one Service has the pod as its only backend (its interface
+/// registered), and the hairpin address.
+fn pod_behind_its_own_service() -> (Harness, Ipv4Addr) {
     let itself = BackendSpec {
         addr: POD,
         port: 8080,
@@ -1360,6 +1317,14 @@ fn a_pod_reaches_itself_through_its_service_and_the_reply_comes_back_translated(
     h.datapath
         .register_pod_interface("lo", POD)
         .expect("registering the pod interface");
+    let hairpin = Ipv4Addr::from(u32::from_be(berth_ebpf_common::HAIRPIN_ADDR));
+    (h, hairpin)
+}
+
+#[test]
+fn a_pod_reaches_itself_through_its_service_and_the_reply_comes_back_translated() {
+    let (mut h, hairpin) = pod_behind_its_own_service();
+    assert_eq!(hairpin, Ipv4Addr::new(169, 254, 42, 1));
     let client = (POD, 40_000);
     let (verdict, out, counted) = h.run_counting(
         program_names::FROM_POD,
@@ -1401,6 +1366,34 @@ fn a_pod_reaches_itself_through_its_service_and_the_reply_comes_back_translated(
     );
     assert_eq!(parsed(&out).src, VIP);
     assert_eq!(h.datapath.tracked_connections().expect("conntrack"), 1);
+}
+
+#[test]
+fn a_packet_from_outside_with_a_pods_address_leaves_its_hairpin_replies_alone() {
+    // Found by datapath_properties.rs: XDP filed the replies of a flow whose client is
+    // the chosen backend under the hairpin address, though it keeps the source.
+    let (mut h, hairpin) = pod_behind_its_own_service();
+    let client = (POD, 40_000);
+    let (_, out) = h.run(
+        program_names::FROM_POD,
+        &Frame::tcp(client, (VIP, 80)).build(),
+    );
+    assert_eq!(parsed(&out).src, hairpin, "the pod reaches itself");
+    // The same address and port from outside, to the external frontend (spoofed).
+    let (verdict, out) = h.run(
+        program_names::EXTERNAL,
+        &Frame::tcp(client, (EXTERNAL_IP, 80)).build(),
+    );
+    assert_eq!((verdict, parsed(&out).dst), (XDP_PASS, POD));
+    // The pod's answer to its own connection still comes from the ClusterIP.
+    let mut syn_ack = Frame::tcp((POD, 8080), (hairpin, 40_000));
+    syn_ack.tcp_flags = 0x12;
+    let (_, out) = h.run(program_names::FROM_POD, &syn_ack.build());
+    let back = parsed(&out);
+    assert_eq!(
+        (back.src, back.src_port, back.dst, back.dst_port),
+        (VIP, 80, POD, 40_000)
+    );
 }
 
 #[test]

@@ -201,8 +201,10 @@ struct DocError {
 }
 
 impl DocError {
+    /// Without a line from the parser (a missing `kind`, an error serde_norway cannot
+    /// place), the error points at the document's first line: every error says where.
     fn at(self, document: usize, doc_line: usize) -> ManifestError {
-        let absolute = self.line.map(|l| doc_line + l.saturating_sub(1));
+        let absolute = Some(doc_line + self.line.unwrap_or(1).saturating_sub(1));
         match self.error {
             DecodeError::Invalid { errors } => ManifestError::Invalid {
                 document,

@@ -6,9 +6,7 @@
 
 use std::{
     fs,
-    io::Write as _,
     net::IpAddr,
-    os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
 };
 
@@ -96,8 +94,7 @@ impl Pki {
     /// Loads the CA and token from `dir`, creating them the first time, and issues a
     /// serving certificate for `names` (DNS names or IP addresses).
     pub fn load_or_create(dir: &Path, names: &[String]) -> Result<Self, PkiError> {
-        fs::create_dir_all(dir).map_err(io(dir))?;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io(dir))?;
+        berth_files::private_dir(dir).map_err(io(dir))?;
         let (ca_key_path, ca_cert_path) = (dir.join(CA_KEY), dir.join(CA_CERT));
         let (ca_key, ca_cert_pem) = if ca_key_path.exists() && ca_cert_path.exists() {
             let key_pem = fs::read_to_string(&ca_key_path).map_err(io(&ca_key_path))?;
@@ -113,7 +110,7 @@ impl Pki {
             let key = KeyPair::generate()?;
             let cert = ca_params()?.self_signed(&key)?;
             write_private(&ca_key_path, key.serialize_pem().as_bytes())?;
-            fs::write(&ca_cert_path, cert.pem()).map_err(io(&ca_cert_path))?;
+            write_private(&ca_cert_path, cert.pem().as_bytes())?;
             (key, cert.pem())
         };
         let ca_key_pem = ca_key.serialize_pem();
@@ -138,7 +135,7 @@ impl Pki {
         let server_key_pem = server_key.serialize_pem();
         write_private(&dir.join(SERVER_KEY), server_key_pem.as_bytes())?;
         let server_cert_path = dir.join(SERVER_CERT);
-        fs::write(&server_cert_path, server_cert.pem()).map_err(io(&server_cert_path))?;
+        write_private(&server_cert_path, server_cert.pem().as_bytes())?;
 
         let (node_client_cert_pem, node_client_key_pem) = control_plane_client(&issuer)?;
 
@@ -307,17 +304,10 @@ pub(crate) fn parse_hex32(text: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-/// Creates the file readable by its owner only, before any secret is written into it.
+/// Replaces `path` with `data`, readable by its owner only, whole or not at all
+/// (`berth_files::write_private`), with the path in the error.
 pub fn write_private(path: &Path, data: &[u8]) -> Result<(), PkiError> {
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io(path))?;
-    file.write_all(data).map_err(io(path))?;
-    file.sync_all().map_err(io(path))
+    berth_files::write_private(path, data).map_err(io(path))
 }
 
 #[cfg(test)]

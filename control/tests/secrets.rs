@@ -39,9 +39,50 @@ async fn stored_data(server: &TestServer, name: &str) -> serde_json::Value {
     secret["data"].clone()
 }
 
+/// Every file under `dir` is 0600 and every directory 0700 (`dir` itself included), and
+/// the secrets named are among them.
+fn assert_private(dir: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |path: &std::path::Path| {
+        std::fs::metadata(path)
+            .expect("metadata")
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    assert_eq!(mode(dir), 0o700, "{}", dir.display());
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(next) = pending.pop() {
+        for entry in std::fs::read_dir(&next).expect("read_dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                assert_eq!(mode(&path), 0o700, "{}", path.display());
+                pending.push(path);
+            } else {
+                assert_eq!(mode(&path), 0o600, "{}", path.display());
+            }
+        }
+    }
+    for secret in [
+        "state.redb",
+        "admin.conf",
+        "pki/ca.key",
+        "pki/server.key",
+        "pki/bootstrap-token",
+        "encryption/key1.key",
+    ] {
+        assert!(dir.join(secret).is_file(), "{secret} is there");
+    }
+}
+
 #[tokio::test]
-async fn secrets_are_encrypted_in_the_store_and_read_back_after_restart_and_rotation() {
-    let server = start().await;
+async fn secrets_are_encrypted_in_a_private_store_and_read_back_after_restart_and_rotation() {
+    use std::os::unix::fs::PermissionsExt as _;
+    // A data directory anyone may read, as the default umask makes it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let server = start_in(dir, &["--no-controllers"]).await;
+    assert_private(server.dir.path());
     let (status, body) = server.apply(SECRET).await;
     assert_eq!(status, 200, "{body}");
     let secret = json!({"data": stored_data(&server, "db").await});
@@ -94,9 +135,13 @@ async fn secrets_are_encrypted_in_the_store_and_read_back_after_restart_and_rota
     assert!(stored.value.starts_with(b"berth:enc:aesgcm:v1:key1:"));
     drop(raw);
 
-    // A restart reads it back.
+    // A restart reads it back, and narrows what an older version left readable.
+    for older in [&store_path, &data_dir.path().join("admin.conf")] {
+        std::fs::set_permissions(older, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
     let server = start_in(data_dir, &["--no-controllers"]).await;
     assert_eq!(stored_data(&server, "db").await, secret["data"]);
+    assert_private(server.dir.path());
 
     // A rotated key: the old Secret still reads, a new one is sealed with the new key.
     let data_dir = server.stop().await;

@@ -30,6 +30,11 @@ pub struct Flow {
     pub opens_connection: bool,
     /// The TCP header's flags byte (0 for UDP).
     pub tcp_flags: u8,
+    /// Whether a packet whose backend is its own client leaves with [`HAIRPIN_ADDR`] as
+    /// its source (the TC programs), so its replies come back addressed there. XDP keeps
+    /// every source: such a packet from outside is spoofed, and filing its replies under
+    /// the hairpin address would re-point that pod's own hairpin connection.
+    pub hairpins: bool,
 }
 
 /// TCP's flag bits (the header's 14th byte).
@@ -416,10 +421,10 @@ pub fn forward(
 }
 
 /// The source a client's packets reach the backend in `entry` with: the client's own,
-/// or [`HAIRPIN_ADDR`] when the backend is the client itself.
+/// or [`HAIRPIN_ADDR`] when the backend is the client itself and the program hairpins.
 #[inline(always)]
 pub fn client_source(flow: &Flow, entry: &CtEntry) -> u32 {
-    if entry.addr == flow.src_addr {
+    if flow.hairpins && entry.addr == flow.src_addr {
         HAIRPIN_ADDR
     } else {
         flow.src_addr

@@ -55,6 +55,7 @@ fn connect4(ctx: &SockAddrContext) -> Option<Reason> {
         proto: proto as u8,
         opens_connection: true,
         tcp_flags: 0,
+        hairpins: false,
     };
     let service = lb::service(&flow)?;
     // A service without backends refuses the connect (EPERM), as kube-proxy rejects it.

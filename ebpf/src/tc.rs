@@ -248,6 +248,7 @@ pub(crate) fn parse(ctx: &TcContext) -> Result<(Flow, usize), Reason> {
             proto,
             opens_connection: lb::opens_connection(proto, tcp_flags),
             tcp_flags,
+            hairpins: true,
         },
         l4,
     ))

@@ -134,6 +134,7 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Result<Parsed, Reason> {
             proto,
             opens_connection: lb::opens_connection(proto, tcp_flags),
             tcp_flags,
+            hairpins: false,
         },
         l3,
         l4,

@@ -2,12 +2,27 @@
 
 use aya::{
     Ebpf,
-    programs::{Program, SchedClassifier, TestRun as _, TestRunOptions, Xdp},
+    programs::{Program, ProgramError, SchedClassifier, TestRun as _, TestRunOptions, Xdp},
 };
 
 /// Runs the TC or XDP program `name` once on `frame`: its return code and the frame it
 /// put out.
 pub fn test_run(ebpf: &mut Ebpf, name: &str, frame: &[u8]) -> (u32, Vec<u8>) {
+    try_test_run(ebpf, name, frame).unwrap_or_else(|error| {
+        panic!(
+            "BPF_PROG_TEST_RUN of {name} on {} bytes: {error}",
+            frame.len()
+        )
+    })
+}
+
+/// [`test_run`], with the kernel's refusal of a frame (too short for the program type,
+/// for example) as an error instead of a panic: for tests that feed arbitrary bytes.
+pub fn try_test_run(
+    ebpf: &mut Ebpf,
+    name: &str,
+    frame: &[u8],
+) -> Result<(u32, Vec<u8>), ProgramError> {
     let mut out = vec![0u8; frame.len() + 512];
     let options = TestRunOptions {
         data_in: Some(frame),
@@ -21,14 +36,8 @@ pub fn test_run(ebpf: &mut Ebpf, name: &str, frame: &[u8]) -> (u32, Vec<u8>) {
     } else {
         let tc: &SchedClassifier = program.try_into().expect("tc program");
         tc.test_run(options)
-    }
-    .unwrap_or_else(|error| {
-        panic!(
-            "BPF_PROG_TEST_RUN of {name} on {} bytes: {error}",
-            frame.len()
-        )
-    });
+    }?;
     let (return_value, size) = (result.return_value, result.data_size_out as usize);
     out.truncate(size);
-    (return_value, out)
+    Ok((return_value, out))
 }

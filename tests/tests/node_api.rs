@@ -330,6 +330,15 @@ async fn renewal(setup: &Setup, agent: &mut Process, ca: &str) {
         agent.0.try_wait().expect("the agent's state").is_none(),
         "the agent started again in the same process"
     );
+    // The node's key, certificate, pod range and pods are its own.
+    let mode = |name: &str| {
+        let metadata = std::fs::metadata(setup.state.path().join(name)).expect("metadata");
+        std::os::unix::fs::PermissionsExt::mode(&metadata.permissions()) & 0o777
+    };
+    assert_eq!(mode(""), 0o700, "the state directory");
+    for name in ["node.key", "node.crt", "pod-cidr", "pods.json"] {
+        assert_eq!(mode(name), 0o600, "{name}");
+    }
     let new_cert = read("node.crt");
     let der = berth_api::identity::der_of_pem(&new_cert).expect("PEM");
     let serial = berth_api::identity::serial_of(&der).expect("a serial");

@@ -105,6 +105,8 @@ pub async fn open(
         let deadline = tokio::time::sleep(options.timeout);
         tokio::pin!(deadline);
         'stream: {
+            // By value: each object is freed once the connection has taken it, so the
+            // initial state shrinks as the client reads it.
             for event in initial {
                 if !feed.send(event).await {
                     break 'stream;

@@ -18,7 +18,6 @@
 use std::{
     collections::BTreeMap,
     fs,
-    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
 };
 
@@ -66,8 +65,7 @@ impl Keyring {
     /// Loads the keys of `dir`, creating the directory (0700) and `key1.key` (0600) the
     /// first time.
     pub fn load_or_create(dir: &Path) -> Result<Self, KeyringError> {
-        fs::create_dir_all(dir).map_err(io(dir))?;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io(dir))?;
+        berth_files::private_dir(dir).map_err(io(dir))?;
         if Self::numbers(dir)?.is_empty() {
             Self::rotate(dir)?;
         }
@@ -289,6 +287,8 @@ impl Store for EncryptedStore {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
     use super::*;
     use crate::store::{Precondition, RedbStore};
 

@@ -123,6 +123,9 @@ fn open_database(path: &Path) -> Result<(Database, Revision)> {
 
 impl RedbStore {
     pub fn open(path: &Path) -> Result<Self> {
+        // 0600 in a 0700 directory before redb writes a byte: the store holds every object.
+        berth_files::create_private(path)
+            .map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?;
         let (db, revision) = open_database(path).map_err(|e| with_path(e, path))?;
         let (notify, _) = watch::channel(revision);
         Ok(Self {
