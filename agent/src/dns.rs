@@ -15,8 +15,10 @@
 //!
 //! UDP and TCP on the same address. Over UDP an answer larger than 512 bytes, or than the
 //! client's EDNS buffer size, is truncated with the TC bit set so the client asks over TCP.
-//! Records are rebuilt from the same Service/Endpoints watch that programs the datapath and
-//! swapped in whole by [`DnsServer::update`].
+//! Records come from the same Service/Endpoints watch that programs the datapath: a change
+//! to one Service or its Endpoints replaces that service's records in place
+//! ([`DnsServer::replace`]); a resync builds them all and swaps them in whole
+//! ([`DnsServer::update`]).
 
 use std::{
     collections::HashMap,
@@ -31,7 +33,7 @@ use berth_api::core::{Endpoints, Service};
 use hickory_proto::{
     op::ResponseCode,
     rr::{
-        LowerName, Name, RData, Record, RecordType,
+        LowerName, Name, RData, Record, RecordSet, RecordType, RrKey,
         rdata::{A, NS, PTR, SOA, SRV},
     },
     serialize::binary::{BinDecodable as _, BinEncoder},
@@ -116,120 +118,148 @@ fn in_addr_arpa() -> Name {
 type ReadyEndpoint<'a> = (Ipv4Addr, HashMap<&'a str, u16>);
 
 impl Records {
+    /// No records, under `domain` (`cluster.local`).
+    pub fn new(domain: &str) -> Records {
+        Records {
+            domain: domain_name(domain).unwrap_or_else(|_| Name::root()),
+            forward: Vec::new(),
+            reverse: Vec::new(),
+        }
+    }
+
     /// Builds the records of `services` under `domain` (`cluster.local`). Services whose
     /// names are not DNS labels are left out.
     pub fn build(services: &[Service], endpoints: &[Endpoints], domain: &str) -> Records {
-        let domain_text = domain.trim_end_matches('.').to_ascii_lowercase();
-        let domain = domain_name(&domain_text).unwrap_or_else(|_| Name::root());
-        let ready: HashMap<(&str, &str), Vec<ReadyEndpoint>> = endpoints
+        let by_name: HashMap<(&str, &str), &Endpoints> = endpoints
             .iter()
-            .map(|e| {
-                let addresses = e
-                    .subsets
-                    .iter()
-                    .flat_map(|subset| {
-                        let ports: HashMap<&str, u16> = subset
-                            .ports
-                            .iter()
-                            .filter_map(|port| {
-                                Some((port.name.as_str(), u16::try_from(port.port).ok()?))
-                            })
-                            .collect();
-                        subset.addresses.iter().filter_map(move |address| {
-                            Some((Ipv4Addr::from_str(&address.ip).ok()?, ports.clone()))
-                        })
-                    })
-                    .collect();
-                (
-                    (e.metadata.namespace.as_str(), e.metadata.name.as_str()),
-                    addresses,
-                )
-            })
+            .map(|e| ((e.metadata.namespace.as_str(), e.metadata.name.as_str()), e))
             .collect();
-        let mut records = Records {
-            domain: domain.clone(),
-            forward: Vec::new(),
-            reverse: Vec::new(),
-        };
+        let mut records = Records::new(domain);
         for service in services {
             let meta = &service.metadata;
-            let Some(fqdn) = name(&format!(
-                "{}.{}.svc.{domain_text}.",
-                meta.name, meta.namespace
+            records.add_service(
+                service,
+                by_name
+                    .get(&(meta.namespace.as_str(), meta.name.as_str()))
+                    .copied(),
+            );
+        }
+        records
+    }
+
+    /// How many records these are.
+    pub fn len(&self) -> usize {
+        self.forward.len() + self.reverse.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds `other`'s records to these.
+    pub fn extend(&mut self, other: Records) {
+        self.forward.extend(other.forward);
+        self.reverse.extend(other.reverse);
+    }
+
+    /// The records of one Service, given its Endpoints: what
+    /// [`DnsServer::replace`] takes out and puts in when either changes.
+    pub fn of_service(service: &Service, endpoints: Option<&Endpoints>, domain: &str) -> Records {
+        let mut records = Records::new(domain);
+        records.add_service(service, endpoints);
+        records
+    }
+
+    fn add_service(&mut self, service: &Service, endpoints: Option<&Endpoints>) {
+        let records = self;
+        let domain_text = records.domain.to_ascii();
+        let domain_text = domain_text.trim_end_matches('.');
+        // Each ready endpoint's address and its port numbers by port name.
+        let endpoints: Vec<ReadyEndpoint> = endpoints
+            .into_iter()
+            .flat_map(|e| &e.subsets)
+            .flat_map(|subset| {
+                let ports: HashMap<&str, u16> = subset
+                    .ports
+                    .iter()
+                    .filter_map(|port| Some((port.name.as_str(), u16::try_from(port.port).ok()?)))
+                    .collect();
+                subset.addresses.iter().filter_map(move |address| {
+                    Some((Ipv4Addr::from_str(&address.ip).ok()?, ports.clone()))
+                })
+            })
+            .collect();
+        let meta = &service.metadata;
+        let Some(fqdn) = name(&format!(
+            "{}.{}.svc.{domain_text}.",
+            meta.name, meta.namespace
+        )) else {
+            return;
+        };
+        // Each ready endpoint's own name, `<a-b-c-d>.<service>...`.
+        let endpoint_names: Vec<(Ipv4Addr, Name, &HashMap<&str, u16>)> = endpoints
+            .iter()
+            .filter_map(|(ip, ports)| {
+                let label = ip.to_string().replace('.', "-");
+                Some((*ip, name(&format!("{label}.{fqdn}"))?, ports))
+            })
+            .collect();
+        for (ip, endpoint_name, _) in &endpoint_names {
+            records.reverse.push(Record::from_rdata(
+                reverse_name(*ip),
+                TTL_SECONDS,
+                RData::PTR(PTR(endpoint_name.clone())),
+            ));
+        }
+        let headless = match Ipv4Addr::from_str(&service.spec.cluster_ip) {
+            Ok(ip) => {
+                records.add_a(&fqdn, ip);
+                records.reverse.push(Record::from_rdata(
+                    reverse_name(ip),
+                    TTL_SECONDS,
+                    RData::PTR(PTR(fqdn.clone())),
+                ));
+                false
+            }
+            Err(_) if service.spec.cluster_ip == "None" => {
+                for (ip, endpoint_name, _) in &endpoint_names {
+                    records.add_a(&fqdn, *ip);
+                    records.add_a(endpoint_name, *ip);
+                }
+                true
+            }
+            Err(_) => return,
+        };
+        for port in &service.spec.ports {
+            let (Ok(number), false) = (u16::try_from(port.port), port.name.is_empty()) else {
+                continue;
+            };
+            let Some(srv_name) = name(&format!(
+                "_{}._{}.{fqdn}",
+                port.name,
+                port.protocol.to_ascii_lowercase()
             )) else {
                 continue;
             };
-            let endpoints = ready
-                .get(&(meta.namespace.as_str(), meta.name.as_str()))
-                .map(Vec::as_slice)
-                .unwrap_or_default();
-            // Each ready endpoint's own name, `<a-b-c-d>.<service>...`.
-            let endpoint_names: Vec<(Ipv4Addr, Name, &HashMap<&str, u16>)> = endpoints
-                .iter()
-                .filter_map(|(ip, ports)| {
-                    let label = ip.to_string().replace('.', "-");
-                    Some((*ip, name(&format!("{label}.{fqdn}"))?, ports))
-                })
-                .collect();
-            for (ip, endpoint_name, _) in &endpoint_names {
-                records.reverse.push(Record::from_rdata(
-                    reverse_name(*ip),
+            let targets: Vec<(Name, u16)> = if headless {
+                endpoint_names
+                    .iter()
+                    .map(|(_, endpoint_name, ports)| {
+                        let target_port = ports.get(port.name.as_str()).copied().unwrap_or(number);
+                        (endpoint_name.clone(), target_port)
+                    })
+                    .collect()
+            } else {
+                vec![(fqdn.clone(), number)]
+            };
+            for (target, target_port) in targets {
+                records.forward.push(Record::from_rdata(
+                    srv_name.clone(),
                     TTL_SECONDS,
-                    RData::PTR(PTR(endpoint_name.clone())),
+                    RData::SRV(SRV::new(0, 100, target_port, target)),
                 ));
             }
-            let headless = match Ipv4Addr::from_str(&service.spec.cluster_ip) {
-                Ok(ip) => {
-                    records.add_a(&fqdn, ip);
-                    records.reverse.push(Record::from_rdata(
-                        reverse_name(ip),
-                        TTL_SECONDS,
-                        RData::PTR(PTR(fqdn.clone())),
-                    ));
-                    false
-                }
-                Err(_) if service.spec.cluster_ip == "None" => {
-                    for (ip, endpoint_name, _) in &endpoint_names {
-                        records.add_a(&fqdn, *ip);
-                        records.add_a(endpoint_name, *ip);
-                    }
-                    true
-                }
-                Err(_) => continue,
-            };
-            for port in &service.spec.ports {
-                let (Ok(number), false) = (u16::try_from(port.port), port.name.is_empty()) else {
-                    continue;
-                };
-                let Some(srv_name) = name(&format!(
-                    "_{}._{}.{fqdn}",
-                    port.name,
-                    port.protocol.to_ascii_lowercase()
-                )) else {
-                    continue;
-                };
-                let targets: Vec<(Name, u16)> = if headless {
-                    endpoint_names
-                        .iter()
-                        .map(|(_, endpoint_name, ports)| {
-                            let target_port =
-                                ports.get(port.name.as_str()).copied().unwrap_or(number);
-                            (endpoint_name.clone(), target_port)
-                        })
-                        .collect()
-                } else {
-                    vec![(fqdn.clone(), number)]
-                };
-                for (target, target_port) in targets {
-                    records.forward.push(Record::from_rdata(
-                        srv_name.clone(),
-                        TTL_SECONDS,
-                        RData::SRV(SRV::new(0, 100, target_port, target)),
-                    ));
-                }
-            }
         }
-        records
     }
 
     fn add_a(&mut self, owner: &Name, ip: Ipv4Addr) {
@@ -308,6 +338,35 @@ impl SwappableZone {
         match self.current.read() {
             Ok(zone) => zone.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Takes `old` out of the live zone and puts `new` in, in place: the records of
+    /// other services stay untouched (each service's records are its own: their names
+    /// or data hold its name).
+    async fn edit(&self, old: &[Record], new: &[Record], serial: u32) {
+        let zone = self.current();
+        let mut records = zone.records_mut().await;
+        for record in old {
+            let key = RrKey::new(LowerName::new(record.name()), record.record_type());
+            if let Some(set) = records.get_mut(&key) {
+                let set = Arc::make_mut(set);
+                set.remove(record, serial);
+                if set.is_empty() {
+                    records.remove(&key);
+                }
+            }
+        }
+        for record in new {
+            let key = RrKey::new(LowerName::new(record.name()), record.record_type());
+            let set = records.entry(key).or_insert_with(|| {
+                Arc::new(RecordSet::new(
+                    record.name().clone(),
+                    record.record_type(),
+                    serial,
+                ))
+            });
+            Arc::make_mut(set).insert(record.clone(), serial);
         }
     }
 
@@ -536,16 +595,31 @@ impl DnsServer {
         self.local_addr
     }
 
-    /// Replaces every record at once.
-    pub fn update(&self, records: Records) {
-        let serial = {
-            let mut serial = match self.serial.lock() {
-                Ok(serial) => serial,
-                Err(poisoned) => poisoned.into_inner(),
-            };
-            *serial = serial.wrapping_add(1);
-            *serial
+    fn next_serial(&self) -> u32 {
+        let mut serial = match self.serial.lock() {
+            Ok(serial) => serial,
+            Err(poisoned) => poisoned.into_inner(),
         };
+        *serial = serial.wrapping_add(1);
+        *serial
+    }
+
+    /// Replaces one service's records (`old`, as built from its previous Service and
+    /// Endpoints) with `new`, leaving every other record as it is: a change costs the
+    /// records of one service, not a rebuild of the zones.
+    pub async fn replace(&self, old: &Records, new: &Records) {
+        if new.domain != self.domain || old.domain != self.domain {
+            tracing::warn!(built = %new.domain, served = %self.domain, "DNS records built for another domain; not served");
+            return;
+        }
+        let serial = self.next_serial();
+        self.cluster.edit(&old.forward, &new.forward, serial).await;
+        self.reverse.edit(&old.reverse, &new.reverse, serial).await;
+    }
+
+    /// Replaces every record at once (at the start and on a resync).
+    pub fn update(&self, records: Records) {
+        let serial = self.next_serial();
         if records.domain != self.domain {
             tracing::warn!(
                 built = %records.domain,

@@ -3,6 +3,7 @@
 
 pub use berth_net as net;
 
+pub mod cluster;
 pub mod config;
 pub mod controlplane;
 pub mod datapath;
@@ -13,6 +14,7 @@ pub mod nodeapi;
 pub mod podnet;
 pub mod pods;
 pub mod probes;
+pub mod programmer;
 pub mod readiness;
 pub mod routing;
 pub mod run;

@@ -31,7 +31,7 @@ use futures_util::{Stream, StreamExt as _};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpListener,
-    sync::{mpsc, watch},
+    sync::mpsc,
 };
 use tonic::{
     Request, Response, Status, Streaming,
@@ -39,7 +39,7 @@ use tonic::{
 };
 
 use crate::{
-    datapath::{Datapath, ServiceSet},
+    datapath::Datapath,
     runtime::{
         ContainerSummary, DockerRuntime, LogOptions, RuntimeError, SessionChunk, SessionStreams,
         labels,
@@ -88,22 +88,14 @@ pub struct NodeApiTls {
 pub struct NodeApi {
     runtime: DockerRuntime,
     node: String,
-    /// What the datapath was last told to serve (readiness applied).
-    services: watch::Receiver<ServiceSet>,
     datapath: Arc<Mutex<Datapath>>,
 }
 
 impl NodeApi {
-    pub fn new(
-        runtime: DockerRuntime,
-        node: &str,
-        services: watch::Receiver<ServiceSet>,
-        datapath: Arc<Mutex<Datapath>>,
-    ) -> Self {
+    pub fn new(runtime: DockerRuntime, node: &str, datapath: Arc<Mutex<Datapath>>) -> Self {
         NodeApi {
             runtime,
             node: node.to_owned(),
-            services,
             datapath,
         }
     }
@@ -574,15 +566,14 @@ impl Node for NodeApi {
     ) -> Result<Response<ServiceBackendsResponse>, Status> {
         require_control_plane(&request)?;
         let request = request.into_inner();
-        let set = self.services.borrow().clone();
         let datapath = match self.datapath.lock() {
             Ok(datapath) => datapath,
             Err(poisoned) => poisoned.into_inner(),
         };
         let mut ports = Vec::new();
-        for service in set
-            .services
-            .iter()
+        // What the datapath serves (readiness applied), as last written.
+        for service in datapath
+            .services()
             .filter(|service| is_port_of(&service.name, &request.namespace, &request.name))
         {
             let Some(frontend) = service.frontends.first() else {

@@ -5,7 +5,8 @@
 //! control plane").
 //!
 //! The agent feeds every [`PodEvent`] to [`LocalReadiness::observe`]; when it returns
-//! true, it re-applies `overlay(&services)` to the datapath.
+//! true, it writes again the services with a backend whose readiness flipped, each
+//! [`mark`]ed; every service change on its way to the datapath is marked the same way.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -13,7 +14,7 @@ use std::{
 };
 
 use crate::{
-    datapath::{BackendState, ServiceSet},
+    datapath::{BackendState, Service, ServiceSet},
     pods::{Action, ActionKind, PodEvent},
     probes::{ProbeKind, ProbeResult},
 };
@@ -116,16 +117,21 @@ impl LocalReadiness {
     pub fn overlay(&self, services: &ServiceSet) -> ServiceSet {
         let unready = self.addresses();
         let mut set = services.clone();
-        for backend in set
-            .services
-            .iter_mut()
-            .flat_map(|service| service.backends.iter_mut())
-        {
-            if unready.contains(&backend.addr) {
-                backend.state = backend.state.max(BackendState::Failed);
-            }
+        for service in &mut set.services {
+            mark(&unready, service);
         }
         set
+    }
+}
+
+/// One service's backends at `unready` addresses marked Failed (see
+/// [`LocalReadiness::overlay`]): how each changed service is overlaid on its way to the
+/// datapath.
+pub fn mark(unready: &BTreeSet<Ipv4Addr>, service: &mut Service) {
+    for backend in &mut service.backends {
+        if unready.contains(&backend.addr) {
+            backend.state = backend.state.max(BackendState::Failed);
+        }
     }
 }
 

@@ -14,26 +14,27 @@ use std::{
 use anyhow::Context as _;
 use berth_api::{
     agent::{HeartbeatRequest, NodeUsage, PodDeletion, PodStatusReport, agent_client::AgentClient},
-    core::{Endpoints, Node, Pod, Service},
+    core::{Node, Pod},
 };
 use berth_watch::{Objects, Watched};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
 use crate::{
+    cluster::{self, ClusterEvent, ClusterState, Update},
     config::Config,
     controlplane::{self, ControlPlaneError, Membership},
     datapath::{
-        self, ConntrackSweeper, Datapath, DatapathOptions, Limits, NeighbourKeeper, ServiceSet,
-        monotonic_secs,
+        self, ConntrackSweeper, Datapath, DatapathOptions, Limits, NeighbourKeeper, monotonic_secs,
     },
-    dns::{DnsServer, Records},
+    dns::DnsServer,
     ipam::Cidr,
     metrics::AgentMetrics,
     nodeapi::{NodeApi, NodeApiTls},
     podnet,
     pods::{BackoffConfig, PodDesired, PodEvent, PodManager, PodManagerConfig, PodReport},
-    readiness::LocalReadiness,
+    programmer::{Programmer, Work},
+    readiness::{self, LocalReadiness},
     routing::{self, KernelUnderlay, NodeRoute},
     runtime::DockerRuntime,
     services,
@@ -203,23 +204,16 @@ pub async fn run(config: Config) -> anyhow::Result<Ended> {
     let runtime = DockerRuntime::connect(&config.docker_socket)
         .await
         .context("connecting to the Docker engine")?;
-    // What the datapath serves, readiness applied, for the node API's live views.
-    let (applied_tx, applied_rx) = watch::channel(ServiceSet::default());
-    let node_api_addr = NodeApi::new(
-        runtime.clone(),
-        &config.node_name,
-        applied_rx,
-        datapath.clone(),
-    )
-    .serve(
-        config.node_api_listen,
-        &NodeApiTls {
-            cert_pem: membership.cert_pem.clone(),
-            key_pem: membership.key_pem.clone(),
-            ca_pem: membership.ca_pem.clone(),
-        },
-    )
-    .await?;
+    let node_api_addr = NodeApi::new(runtime.clone(), &config.node_name, datapath.clone())
+        .serve(
+            config.node_api_listen,
+            &NodeApiTls {
+                cert_pem: membership.cert_pem.clone(),
+                key_pem: membership.key_pem.clone(),
+                ca_pem: membership.ca_pem.clone(),
+            },
+        )
+        .await?;
     let mut pods_config = PodManagerConfig::new(&config.node_name, pod_cidr);
     pods_config.pod_mtu = pod_mtu;
     pods_config.dns = Some((
@@ -294,16 +288,14 @@ pub async fn run(config: Config) -> anyhow::Result<Ended> {
         controlplane::VOLUME_RECLAIM_EVERY,
     ));
     let (pods_tx, mut pods_rx) = mpsc::channel::<Objects>(16);
-    let (services_tx, mut services_rx) = mpsc::channel::<Objects>(16);
+    let (services_tx, mut services_rx) = mpsc::channel(1024);
     tokio::spawn(controlplane::watch(client.clone(), Watched::Pods, pods_tx));
-    tokio::spawn(controlplane::watch(
-        client.clone(),
-        Watched::Services,
-        services_tx,
-    ));
+    tokio::spawn(cluster::follow(client.clone(), services_tx));
 
     let mut readiness = LocalReadiness::default();
-    let mut cluster: Option<(ServiceSet, Vec<Node>)> = None;
+    let mut cluster = ClusterState::new(&config.node_name, &config.cluster_domain);
+    let programmer = Programmer::start(datapath.clone(), metrics.clone())
+        .context("starting the datapath thread")?;
     let (api_pods_tx, api_pods_rx) = watch::channel(remembered);
     tokio::spawn(report_pod_status(
         client.clone(),
@@ -336,41 +328,54 @@ pub async fn run(config: Config) -> anyhow::Result<Ended> {
                 desired_tx.send_replace(desired_pods(&pods));
                 api_pods_tx.send_replace(pods);
             }
-            Some(objects) = services_rx.recv() => {
-                let received = Instant::now();
-                let nodes: Vec<Node> = objects.of_kind("Node");
-                let node_routes = node_routes(&nodes);
-                routes_tx.send_if_modified(|routes| {
-                    let changed = routes.as_ref() != Some(&node_routes);
-                    *routes = Some(node_routes);
-                    changed
-                });
-                let (set, skipped) = services::service_set(
-                    &objects.of_kind::<Service>("Service"),
-                    &objects.of_kind::<Endpoints>("Endpoints"),
-                    &nodes,
-                    &config.node_name,
-                );
-                for skip in skipped {
-                    tracing::debug!(object = %skip.object, reason = %skip.reason, "not served");
+            Some((event, received)) = services_rx.recv() => {
+                let node_event = matches!(&event, ClusterEvent::Changed { key, .. } if key.starts_with("Node "));
+                let resync = matches!(event, ClusterEvent::Snapshot(_));
+                match cluster.apply(event) {
+                    Update::Resync { set, records } => {
+                        dns.update(records);
+                        warm_neighbours(&neighbours, &set.nodes, config.node_address);
+                        programmer.send(Work::Resync(readiness.overlay(&set)), Some(received));
+                    }
+                    Update::Changes { mut services, dns: records, nodes } => {
+                        for (before, after) in &records {
+                            dns.replace(before, after).await;
+                        }
+                        if let Some(nodes) = nodes {
+                            warm_neighbours(&neighbours, &nodes, config.node_address);
+                            programmer.send(Work::Nodes(nodes), None);
+                        }
+                        if !services.is_empty() {
+                            let unready = readiness.addresses();
+                            services.values_mut().flatten().for_each(|s| readiness::mark(&unready, s));
+                            programmer.send(Work::Changes(services), Some(received));
+                        }
+                    }
                 }
-                dns.update(Records::build(
-                    &objects.of_kind::<Service>("Service"),
-                    &objects.of_kind::<Endpoints>("Endpoints"),
-                    &config.cluster_domain,
-                ));
-                let changed_nodes = cluster.as_ref().is_none_or(|(old, _)| old.nodes != set.nodes);
-                apply(&datapath, &metrics, &readiness.overlay(&set), Some(received), &applied_tx);
-                if changed_nodes {
-                    warm_neighbours(&neighbours, &set, config.node_address);
+                if resync || node_event {
+                    let node_routes = node_routes(cluster.nodes());
+                    routes_tx.send_if_modified(|routes| {
+                        let changed = routes.as_ref() != Some(&node_routes);
+                        *routes = Some(node_routes);
+                        changed
+                    });
                 }
-                cluster = Some((set, nodes));
             }
             Some(event) = pod_events.recv() => {
-                if readiness.observe(&event)
-                    && let Some((set, _)) = &cluster
-                {
-                    apply(&datapath, &metrics, &readiness.overlay(set), None, &applied_tx);
+                let before = readiness.addresses();
+                if readiness.observe(&event) {
+                    // Only the services with a backend whose local readiness flipped.
+                    let after = readiness.addresses();
+                    let flipped = before.symmetric_difference(&after).copied().collect();
+                    let services = cluster
+                        .services_at(&flipped)
+                        .into_iter()
+                        .map(|mut service| {
+                            readiness::mark(&after, &mut service);
+                            (service.name.clone(), Some(service))
+                        })
+                        .collect();
+                    programmer.send(Work::Changes(services), None);
                 }
                 if let PodEvent::Action(action) = &event {
                     tracing::info!(?action, "pod");
@@ -423,9 +428,8 @@ async fn connect_when_reachable(config: &Config) -> Result<Membership, ControlPl
 }
 
 /// The nodes that have an address and a pod range, as routing needs them.
-fn node_routes(nodes: &[Node]) -> Vec<NodeRoute> {
+fn node_routes<'a>(nodes: impl Iterator<Item = &'a Node>) -> Vec<NodeRoute> {
     nodes
-        .iter()
         .filter_map(|node| {
             Some(NodeRoute {
                 addr: services::node_address(node)?,
@@ -452,35 +456,6 @@ fn remember(file: &mut StateFile, pods: &[Pod]) {
     match serde_json::to_vec(pods) {
         Ok(bytes) => file.save(bytes),
         Err(error) => tracing::warn!(%error, "could not encode the node's pods"),
-    }
-}
-
-fn apply(
-    datapath: &Arc<Mutex<Datapath>>,
-    metrics: &AgentMetrics,
-    set: &ServiceSet,
-    received: Option<Instant>,
-    applied: &watch::Sender<ServiceSet>,
-) {
-    let mut datapath = match datapath.lock() {
-        Ok(datapath) => datapath,
-        Err(poisoned) => poisoned.into_inner(),
-    };
-    match datapath.apply(set) {
-        Ok(report) => {
-            metrics.apply_duration.observe(report.elapsed.as_secs_f64());
-            if let Some(received) = received {
-                metrics
-                    .propagation
-                    .observe(received.elapsed().as_secs_f64());
-            }
-            if report.changed_anything() {
-                tracing::info!(?report, "datapath updated");
-            }
-            applied.send_replace(set.clone());
-        }
-        // The previous state stays programmed; the next change tries again.
-        Err(error) => tracing::error!(%error, "datapath update refused"),
     }
 }
 
@@ -547,9 +522,9 @@ async fn sweep_conntrack(sweeper: ConntrackSweeper, collected: prometheus::IntCo
     }
 }
 
-fn warm_neighbours(keeper: &NeighbourKeeper, set: &ServiceSet, own: std::net::Ipv4Addr) {
+fn warm_neighbours(keeper: &NeighbourKeeper, nodes: &[datapath::Node], own: std::net::Ipv4Addr) {
     keeper.set_peers(
-        set.nodes
+        nodes
             .iter()
             .map(|node| node.addr)
             .filter(|addr| *addr != own),

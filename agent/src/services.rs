@@ -4,8 +4,9 @@
 //! algorithm the service's annotation asks for, every endpoint with its node, and
 //! not-ready endpoints marked failed so their flows move at once.
 //!
-//! A pure function of its input: the agent calls it on every change and lets
-//! [`Datapath::apply`](crate::datapath::Datapath::apply) work out what differs.
+//! Pure functions of their input: the agent computes one Service's ports when it or its
+//! Endpoints change ([`service_ports`]), and every Service's only when the [`NodeView`]
+//! changes; [`service_set`] is the whole set at once.
 
 use std::{collections::HashMap, net::Ipv4Addr, str::FromStr as _, time::Duration};
 
@@ -77,6 +78,63 @@ fn object_name(namespace: &str, name: &str) -> String {
     format!("{namespace}/{name}")
 }
 
+/// What the services' datapath entries need from the Nodes: their datapath ids and
+/// addresses, their pod ranges (to place endpoints without a nodeName) and the addresses
+/// this node answers NodePorts on. Services are recomputed only when it changes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeView {
+    /// The nodes with an address, in order.
+    pub nodes: Vec<Node>,
+    ids_by_name: HashMap<String, u32>,
+    /// (network, mask, node id) of each pod range.
+    ranges: Vec<(u32, u32, u32)>,
+    own_addresses: Vec<Ipv4Addr>,
+    skipped: Vec<Skipped>,
+}
+
+impl NodeView {
+    /// The view of node `me` on `nodes`.
+    pub fn new<'a>(nodes: impl IntoIterator<Item = &'a ApiNode>, me: &str) -> NodeView {
+        let mut view = NodeView::default();
+        for node in nodes {
+            if node.metadata.name == me {
+                view.own_addresses = node_addresses(node);
+            }
+            let Some(id) = node_id(node) else {
+                view.skipped.push(Skipped {
+                    object: format!("node {}", node.metadata.name),
+                    reason: "it has no pod range (spec.podCIDR) yet".into(),
+                });
+                continue;
+            };
+            view.ids_by_name.insert(node.metadata.name.clone(), id);
+            if let Some((network, prefix)) = parse_cidr(&node.spec.pod_cidr) {
+                let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+                view.ranges.push((u32::from(network), mask, id));
+            }
+            if let Some(addr) = node_address(node) {
+                view.nodes.push(Node { id, addr });
+            }
+        }
+        view.nodes.sort_unstable();
+        view
+    }
+
+    /// The Nodes that cannot be used, and why.
+    pub fn skipped(&self) -> &[Skipped] {
+        &self.skipped
+    }
+
+    fn node_of(&self, ip: Ipv4Addr, node_name: &str) -> Option<u32> {
+        self.ids_by_name.get(node_name).copied().or_else(|| {
+            self.ranges
+                .iter()
+                .find(|(network, mask, _)| u32::from(ip) & mask == *network)
+                .map(|(_, _, id)| *id)
+        })
+    }
+}
+
 /// Builds what node `me` should serve.
 pub fn service_set(
     services: &[ApiService],
@@ -84,204 +142,183 @@ pub fn service_set(
     nodes: &[ApiNode],
     me: &str,
 ) -> (ServiceSet, Vec<Skipped>) {
-    let mut skipped = Vec::new();
-    let mut datapath_nodes = Vec::new();
-    // Pod ranges, to place endpoints whose nodeName is missing.
-    let mut ranges: Vec<(u32, u32, u32)> = Vec::new();
-    let mut ids_by_name: HashMap<&str, u32> = HashMap::new();
-    for node in nodes {
-        let Some(id) = node_id(node) else {
-            skipped.push(Skipped {
-                object: format!("node {}", node.metadata.name),
-                reason: "it has no pod range (spec.podCIDR) yet".into(),
-            });
-            continue;
-        };
-        ids_by_name.insert(node.metadata.name.as_str(), id);
-        if let Some((network, prefix)) = parse_cidr(&node.spec.pod_cidr) {
-            let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
-            ranges.push((u32::from(network), mask, id));
-        }
-        if let Some(addr) = node_address(node) {
-            datapath_nodes.push(Node { id, addr });
-        }
-    }
-    datapath_nodes.sort_unstable();
-    let own_addresses = nodes
-        .iter()
-        .find(|node| node.metadata.name == me)
-        .map(node_addresses)
-        .unwrap_or_default();
-    let node_of = |ip: Ipv4Addr, node_name: &str| -> Option<u32> {
-        ids_by_name.get(node_name).copied().or_else(|| {
-            ranges
-                .iter()
-                .find(|(network, mask, _)| u32::from(ip) & mask == *network)
-                .map(|(_, _, id)| *id)
-        })
-    };
+    let view = NodeView::new(nodes, me);
+    let mut skipped = view.skipped().to_vec();
     let endpoints_by_name: HashMap<(&str, &str), &Endpoints> = endpoints
         .iter()
         .map(|e| ((e.metadata.namespace.as_str(), e.metadata.name.as_str()), e))
         .collect();
-
     let mut out = Vec::new();
     for service in services {
         let meta = &service.metadata;
-        let name = object_name(&meta.namespace, &meta.name);
-        let spec = &service.spec;
-        let cluster_ip = match spec.cluster_ip.as_str() {
-            "" | "None" => None,
-            ip => match Ipv4Addr::from_str(ip) {
-                Ok(ip) => Some(ip),
-                Err(_) => {
-                    skipped.push(Skipped {
-                        object: format!("service {name}"),
-                        reason: format!("clusterIP {ip:?} is not an IPv4 address"),
-                    });
-                    None
-                }
-            },
-        };
-        let affinity = (spec.session_affinity == "ClientIP").then_some(DEFAULT_AFFINITY_TIMEOUT);
-        let algorithm = match service.lb_algorithm() {
-            "random" => Algorithm::Random,
-            _ => Algorithm::Maglev,
-        };
-        let mut load_balancer_ips = Vec::new();
-        if spec.type_ == "LoadBalancer" {
-            for ip in service.load_balancer_ips() {
-                match Ipv4Addr::from_str(ip) {
-                    Ok(ip) => load_balancer_ips.push(ip),
-                    Err(_) => skipped.push(Skipped {
-                        object: format!("service {name}"),
-                        reason: format!("load-balancer address {ip:?} is not an IPv4 address"),
-                    }),
-                }
-            }
-        }
-        let subsets = endpoints_by_name
+        let endpoints = endpoints_by_name
             .get(&(meta.namespace.as_str(), meta.name.as_str()))
-            .map(|e| e.subsets.as_slice())
-            .unwrap_or_default();
-        for port in &spec.ports {
-            let port_label = if port.name.is_empty() {
-                port.port.to_string()
-            } else {
-                port.name.clone()
-            };
-            let object = format!("service {name} port {port_label}");
-            let Some(protocol) = protocol(&port.protocol) else {
-                skipped.push(Skipped {
-                    object,
-                    reason: format!(
-                        "protocol {} is not supported (TCP and UDP are)",
-                        port.protocol
-                    ),
-                });
-                continue;
-            };
-            let Ok(service_port) = u16::try_from(port.port) else {
-                skipped.push(Skipped {
-                    object,
-                    reason: format!("port {} is out of range", port.port),
-                });
-                continue;
-            };
-            let mut frontends = Vec::new();
-            if let Some(ip) = cluster_ip {
-                frontends.push(Frontend {
-                    addr: ip,
-                    port: service_port,
-                    protocol,
-                    external: false,
-                });
-            }
-            // Served on every node, like the NodePorts: any node answers from outside.
-            for addr in &load_balancer_ips {
-                frontends.push(Frontend {
-                    addr: *addr,
-                    port: service_port,
-                    protocol,
-                    external: true,
-                });
-            }
-            if spec.has_node_ports()
-                && let Some(node_port) = port.node_port.and_then(|p| u16::try_from(p).ok())
-            {
-                for addr in &own_addresses {
-                    frontends.push(Frontend {
-                        addr: *addr,
-                        port: node_port,
-                        protocol,
-                        external: true,
-                    });
-                }
-            }
-            if frontends.is_empty() {
-                // Headless or not yet allocated: nothing for the datapath to answer on.
-                continue;
-            }
-            let mut backends = Vec::new();
-            for subset in subsets {
-                // The endpoint port: by name when the service port is named, else the
-                // subset's only port (targetPort resolved by the endpoints controller).
-                let target = subset
-                    .ports
-                    .iter()
-                    .find(|p| p.name == port.name && protocol_matches(&p.protocol, protocol))
-                    .or_else(|| (subset.ports.len() == 1).then(|| &subset.ports[0]))
-                    .and_then(|p| u16::try_from(p.port).ok())
-                    .or_else(|| match port.target_port {
-                        Some(IntOrString::Int(n)) => u16::try_from(n).ok(),
-                        _ => None,
-                    });
-                let Some(target) = target else { continue };
-                for (list, not_ready) in [
-                    (&subset.addresses, BackendState::Active),
-                    (&subset.not_ready_addresses, BackendState::Failed),
-                ] {
-                    for address in list {
-                        let state = if address.terminating {
-                            BackendState::Terminating
-                        } else {
-                            not_ready
-                        };
-                        let Ok(ip) = Ipv4Addr::from_str(&address.ip) else {
-                            continue;
-                        };
-                        let Some(node_id) = node_of(ip, &address.node_name) else {
-                            skipped.push(Skipped {
-                                object: format!("{object} endpoint {ip}"),
-                                reason: "no known node runs it".into(),
-                            });
-                            continue;
-                        };
-                        backends.push(BackendSpec {
-                            addr: ip,
-                            port: target,
-                            node_id,
-                            state,
-                        });
-                    }
-                }
-            }
-            out.push(Service {
-                name: format!("{name}:{port_label}"),
-                frontends,
-                backends,
-                algorithm,
-                affinity_timeout: affinity,
-            });
-        }
+            .copied();
+        out.extend(service_ports(service, endpoints, &view, &mut skipped));
     }
     (
         ServiceSet {
             services: out,
-            nodes: datapath_nodes,
+            nodes: view.nodes,
         },
         skipped,
     )
+}
+
+/// The datapath services (one per port) of one Service and its Endpoints, as node
+/// `view` sees them; what cannot be served goes to `skipped`.
+pub fn service_ports(
+    service: &ApiService,
+    endpoints: Option<&Endpoints>,
+    view: &NodeView,
+    skipped: &mut Vec<Skipped>,
+) -> Vec<Service> {
+    let mut out = Vec::new();
+    let meta = &service.metadata;
+    let name = object_name(&meta.namespace, &meta.name);
+    let spec = &service.spec;
+    let cluster_ip = match spec.cluster_ip.as_str() {
+        "" | "None" => None,
+        ip => match Ipv4Addr::from_str(ip) {
+            Ok(ip) => Some(ip),
+            Err(_) => {
+                skipped.push(Skipped {
+                    object: format!("service {name}"),
+                    reason: format!("clusterIP {ip:?} is not an IPv4 address"),
+                });
+                None
+            }
+        },
+    };
+    let affinity = (spec.session_affinity == "ClientIP").then_some(DEFAULT_AFFINITY_TIMEOUT);
+    let algorithm = match service.lb_algorithm() {
+        "random" => Algorithm::Random,
+        _ => Algorithm::Maglev,
+    };
+    let mut load_balancer_ips = Vec::new();
+    if spec.type_ == "LoadBalancer" {
+        for ip in service.load_balancer_ips() {
+            match Ipv4Addr::from_str(ip) {
+                Ok(ip) => load_balancer_ips.push(ip),
+                Err(_) => skipped.push(Skipped {
+                    object: format!("service {name}"),
+                    reason: format!("load-balancer address {ip:?} is not an IPv4 address"),
+                }),
+            }
+        }
+    }
+    let subsets = endpoints.map(|e| e.subsets.as_slice()).unwrap_or_default();
+    for port in &spec.ports {
+        let port_label = if port.name.is_empty() {
+            port.port.to_string()
+        } else {
+            port.name.clone()
+        };
+        let object = format!("service {name} port {port_label}");
+        let Some(protocol) = protocol(&port.protocol) else {
+            skipped.push(Skipped {
+                object,
+                reason: format!(
+                    "protocol {} is not supported (TCP and UDP are)",
+                    port.protocol
+                ),
+            });
+            continue;
+        };
+        let Ok(service_port) = u16::try_from(port.port) else {
+            skipped.push(Skipped {
+                object,
+                reason: format!("port {} is out of range", port.port),
+            });
+            continue;
+        };
+        let mut frontends = Vec::new();
+        if let Some(ip) = cluster_ip {
+            frontends.push(Frontend {
+                addr: ip,
+                port: service_port,
+                protocol,
+                external: false,
+            });
+        }
+        // Served on every node, like the NodePorts: any node answers from outside.
+        for addr in &load_balancer_ips {
+            frontends.push(Frontend {
+                addr: *addr,
+                port: service_port,
+                protocol,
+                external: true,
+            });
+        }
+        if spec.has_node_ports()
+            && let Some(node_port) = port.node_port.and_then(|p| u16::try_from(p).ok())
+        {
+            for addr in &view.own_addresses {
+                frontends.push(Frontend {
+                    addr: *addr,
+                    port: node_port,
+                    protocol,
+                    external: true,
+                });
+            }
+        }
+        if frontends.is_empty() {
+            // Headless or not yet allocated: nothing for the datapath to answer on.
+            continue;
+        }
+        let mut backends = Vec::new();
+        for subset in subsets {
+            // The endpoint port: by name when the service port is named, else the
+            // subset's only port (targetPort resolved by the endpoints controller).
+            let target = subset
+                .ports
+                .iter()
+                .find(|p| p.name == port.name && protocol_matches(&p.protocol, protocol))
+                .or_else(|| (subset.ports.len() == 1).then(|| &subset.ports[0]))
+                .and_then(|p| u16::try_from(p.port).ok())
+                .or_else(|| match port.target_port {
+                    Some(IntOrString::Int(n)) => u16::try_from(n).ok(),
+                    _ => None,
+                });
+            let Some(target) = target else { continue };
+            for (list, not_ready) in [
+                (&subset.addresses, BackendState::Active),
+                (&subset.not_ready_addresses, BackendState::Failed),
+            ] {
+                for address in list {
+                    let state = if address.terminating {
+                        BackendState::Terminating
+                    } else {
+                        not_ready
+                    };
+                    let Ok(ip) = Ipv4Addr::from_str(&address.ip) else {
+                        continue;
+                    };
+                    let Some(node_id) = view.node_of(ip, &address.node_name) else {
+                        skipped.push(Skipped {
+                            object: format!("{object} endpoint {ip}"),
+                            reason: "no known node runs it".into(),
+                        });
+                        continue;
+                    };
+                    backends.push(BackendSpec {
+                        addr: ip,
+                        port: target,
+                        node_id,
+                        state,
+                    });
+                }
+            }
+        }
+        out.push(Service {
+            name: format!("{name}:{port_label}"),
+            frontends,
+            backends,
+            algorithm,
+            affinity_timeout: affinity,
+        });
+    }
+    out
 }
 
 fn protocol_matches(name: &str, protocol: Protocol) -> bool {

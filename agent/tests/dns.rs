@@ -434,3 +434,53 @@ async fn updates_replace_the_records() {
     .await;
     assert_eq!(reply.response_code(), ResponseCode::NXDomain);
 }
+
+#[tokio::test]
+async fn one_service_changes_in_place_and_the_others_stay() {
+    let dns = cluster_dns(&[]).await;
+    let domain = "cluster.local";
+    let before = Records::of_service(
+        &service("db", "None"),
+        Some(&endpoints("db", &[Ipv4Addr::new(198, 18, 1, 5)])),
+        domain,
+    );
+    // db's endpoint moves; web is not touched.
+    let moved = [Ipv4Addr::new(198, 18, 1, 6), Ipv4Addr::new(198, 18, 1, 8)];
+    let after = Records::of_service(
+        &service("db", "None"),
+        Some(&endpoints("db", &moved)),
+        domain,
+    );
+    dns.replace(&before, &after).await;
+    assert_eq!(
+        addresses(&dns, "db.default.svc.cluster.local.").await,
+        ["198.18.1.6", "198.18.1.8"]
+    );
+    assert_eq!(
+        addresses(&dns, "web.default.svc.cluster.local.").await,
+        ["198.19.0.10"]
+    );
+    let gone = ask(
+        dns.local_addr(),
+        "5.1.18.198.in-addr.arpa.",
+        RecordType::PTR,
+    )
+    .await;
+    assert!(data(&gone).is_empty(), "{gone:?}");
+    let came = ask(
+        dns.local_addr(),
+        "6.1.18.198.in-addr.arpa.",
+        RecordType::PTR,
+    )
+    .await;
+    assert_eq!(data(&came), ["198-18-1-6.db.default.svc.cluster.local."]);
+    // The Service deleted: its name goes.
+    dns.replace(&after, &Records::new(domain)).await;
+    let reply = ask(
+        dns.local_addr(),
+        "db.default.svc.cluster.local.",
+        RecordType::A,
+    )
+    .await;
+    assert_eq!(reply.response_code(), ResponseCode::NXDomain);
+}

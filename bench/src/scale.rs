@@ -36,6 +36,8 @@ use hyper::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+pub mod arrival;
+
 use crate::procs::{Guarded, check_interrupted, machine_cpu, process_cpu_time};
 
 /// A real agent's heartbeat period (agent/src/run.rs).
@@ -657,37 +659,14 @@ async fn memory_run(
     let control_rss = control.rss();
 
     say("scale: starting a berth-agent to program them");
-    let state = tempfile::tempdir().context("agent state directory")?;
-    let pins = PinDir::new("bscale");
-    // nsenter, not `ip netns exec`: the latter hides /sys/fs/bpf, where the agent pins.
-    let mut command = Command::new("nsenter");
-    command
-        .arg(format!("--net=/run/netns/{ns}"))
-        .arg(binary("berth-agent"))
-        .args(["--node-name", "agent-0"])
-        .args(["--server", "https://127.0.0.1:6444"])
-        .arg("--ca-file")
-        .arg(control.data.path().join("pki/ca.crt"))
-        .arg("--bootstrap-token-file")
-        .arg(control.data.path().join("pki/bootstrap-token"))
-        .arg("--state-dir")
-        .arg(state.path())
-        .arg("--pin-dir")
-        .arg(pins.path())
-        .args(["--node-address", NODE_ADDR]);
     let agent_started = Instant::now();
-    let mut agent = Guarded::spawn("berth-agent", command, &log_path("agent"))?;
-    let deadline = agent_started + Duration::from_secs(300);
-    loop {
-        agent.check_running()?;
-        if programmed_services(&format!("{NODE_ADDR}:9102")).await >= services {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("the agent did not program {services} Services within 300 s");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (mut agent, _state, pins) = start_agent(&ns, &control)?;
+    wait_programmed(
+        &mut agent,
+        services,
+        agent_started + Duration::from_secs(300),
+    )
+    .await?;
     let agent_programmed_secs = agent_started.elapsed().as_secs_f64();
     // Settled: what it holds while serving them, not the peak of the first apply.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -706,6 +685,54 @@ async fn memory_run(
         agent_rss_bytes: agent_rss,
         agent_programmed_secs,
     })
+}
+
+/// A berth-agent in `ns` joined to `control` as node `agent-0`, with its state and pin
+/// directories (removed when dropped).
+fn start_agent(
+    ns: &str,
+    control: &Control,
+) -> anyhow::Result<(Guarded, tempfile::TempDir, PinDir)> {
+    let state = tempfile::tempdir().context("agent state directory")?;
+    let pins = PinDir::new("bscale");
+    // nsenter, not `ip netns exec`: the latter hides /sys/fs/bpf, where the agent pins.
+    let mut command = Command::new("nsenter");
+    command
+        .arg(format!("--net=/run/netns/{ns}"))
+        .arg(binary("berth-agent"))
+        .args(["--node-name", "agent-0"])
+        .args(["--server", "https://127.0.0.1:6444"])
+        .arg("--ca-file")
+        .arg(control.data.path().join("pki/ca.crt"))
+        .arg("--bootstrap-token-file")
+        .arg(control.data.path().join("pki/bootstrap-token"))
+        .arg("--state-dir")
+        .arg(state.path())
+        .arg("--pin-dir")
+        .arg(pins.path())
+        .args(["--node-address", NODE_ADDR]);
+    let agent = Guarded::spawn("berth-agent", command, &log_path("agent"))?;
+    Ok((agent, state, pins))
+}
+
+/// Waits until the agent's datapath serves `services` Services (by the frontends it
+/// reports; one per Service here), checking every 100 ms.
+async fn wait_programmed(
+    agent: &mut Guarded,
+    services: usize,
+    deadline: Instant,
+) -> anyhow::Result<()> {
+    loop {
+        agent.check_running()?;
+        check_interrupted()?;
+        if programmed_services(&format!("{NODE_ADDR}:9102")).await >= services {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the agent did not program {services} Services in time");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Services in the agent's datapath, from its /metrics (0 while it does not answer).

@@ -489,7 +489,7 @@ struct BriefAddress {
 }
 
 impl WatchObject for ReadyAddresses {
-    fn decode(json: &[u8]) -> Option<(String, Self)> {
+    fn decode(_kind: &str, json: &[u8]) -> Option<(String, Self)> {
         let brief: Brief = serde_json::from_slice(json).ok()?;
         let ready = brief
             .subsets

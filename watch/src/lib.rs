@@ -33,13 +33,14 @@ pub enum Watched {
 /// What a watch keeps of an object, decoded from an event's JSON.
 pub trait WatchObject: Sized + Send + Sync {
     /// The object's `namespace/name` (namespace empty for cluster-scoped kinds) and what
-    /// is kept of it; `None` for JSON that is not an object with a name.
-    fn decode(json: &[u8]) -> Option<(String, Self)>;
+    /// is kept of it, from an event's kind and JSON; `None` for JSON that is not an
+    /// object with a name (or not of a kind this type keeps).
+    fn decode(kind: &str, json: &[u8]) -> Option<(String, Self)>;
 }
 
 /// The whole object, as the agent keeps it.
 impl WatchObject for Value {
-    fn decode(json: &[u8]) -> Option<(String, Self)> {
+    fn decode(_kind: &str, json: &[u8]) -> Option<(String, Self)> {
         let object: Value = serde_json::from_slice(json).ok()?;
         let name = object.pointer("/metadata/name")?.as_str()?;
         let namespace = object
@@ -146,7 +147,7 @@ impl<T: WatchObject> WatchState<T> {
         let kind = event.r#type();
         match kind {
             Type::Added | Type::Modified | Type::Deleted => {
-                let Some((name, object)) = T::decode(&event.object_json) else {
+                let Some((name, object)) = T::decode(&event.kind, &event.object_json) else {
                     tracing::warn!(kind = event.kind, "undecodable object in watch");
                     return Step::Nothing;
                 };

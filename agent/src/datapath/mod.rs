@@ -12,6 +12,7 @@
 //! rebuilds its bookkeeping from them, and atomically replaces the programs behind the
 //! pinned links, so traffic keeps flowing while the agent is away and while it returns.
 
+mod delta;
 pub mod maglev;
 mod mmap;
 mod model;
@@ -266,6 +267,116 @@ impl ApplyReport {
     }
 }
 
+/// Every entry of a hash map, read from the kernel.
+fn entries<K: aya::Pod, V: aya::Pod>(
+    map: &BpfHashMap<MapData, K, V>,
+    name: &'static str,
+) -> Result<Vec<(K, V)>, DatapathError> {
+    map.iter()
+        .map(|entry| entry.map_err(map_error(name)))
+        .collect()
+}
+
+fn check_count(what: &'static str, count: usize, limit: u32) -> Result<(), DatapathError> {
+    if count > limit as usize {
+        return Err(DatapathError::TooMany { what, count, limit });
+    }
+    Ok(())
+}
+
+/// What every service must have, whatever the others hold.
+fn check_service(service: &Service) -> Result<(), DatapathError> {
+    let invalid = |reason: String| DatapathError::InvalidService {
+        service: service.name.clone(),
+        reason,
+    };
+    if service.frontends.is_empty() {
+        return Err(invalid("it has no frontend address".into()));
+    }
+    if let Some(frontend) = service.frontends.iter().find(|f| f.port == 0) {
+        return Err(invalid(format!("frontend {frontend} has port 0")));
+    }
+    if let Some(backend) = service.backends.iter().find(|b| b.port == 0) {
+        return Err(invalid(format!("backend {} has port 0", backend.addr)));
+    }
+    Ok(())
+}
+
+/// Folds one service's view of a backend into the merged backends: every service must
+/// place it on the same node, and the most cautious state wins (Failed over Terminating
+/// over Active).
+fn merge_backend(
+    merged: &mut BTreeMap<(Ipv4Addr, u16), BackendSpec>,
+    backend: &BackendSpec,
+) -> Result<(), DatapathError> {
+    match merged.get_mut(&(backend.addr, backend.port)) {
+        None => {
+            merged.insert((backend.addr, backend.port), *backend);
+        }
+        Some(existing) => {
+            if existing.node_id != backend.node_id {
+                return Err(DatapathError::BackendNodeConflict {
+                    addr: backend.addr,
+                    port: backend.port,
+                    first: existing.node_id,
+                    second: backend.node_id,
+                });
+            }
+            existing.state = existing.state.max(backend.state);
+        }
+    }
+    Ok(())
+}
+
+fn backend_value(spec: &BackendSpec) -> Backend {
+    Backend {
+        addr: u32::from(spec.addr).to_be(),
+        port: spec.port.to_be(),
+        state: match spec.state {
+            BackendState::Active => BACKEND_ACTIVE,
+            BackendState::Terminating => BACKEND_TERMINATING,
+            BackendState::Failed => BACKEND_FAILED,
+        },
+        _pad: 0,
+        node_id: spec.node_id,
+    }
+}
+
+/// A backend's address and port, as the planner keys it.
+fn backend_key(backend: &Backend) -> (Ipv4Addr, u16) {
+    (
+        Ipv4Addr::from(u32::from_be(backend.addr)),
+        u16::from_be(backend.port),
+    )
+}
+
+fn local_address(backend: &Backend) -> BackendAddr {
+    BackendAddr {
+        addr: backend.addr,
+        port: backend.port,
+        _pad: 0,
+    }
+}
+
+/// The lowest id in `range`, from `cursor` on, that is neither `taken` nor `live`; when
+/// every one is, the lowest that is not `taken` (an id being freed now). `cursor` moves
+/// past the ids found taken, so a run of allocations scans the range once.
+fn lowest_free(
+    range: std::ops::Range<u32>,
+    cursor: &mut u32,
+    taken: impl Fn(u32) -> bool,
+    live: impl Fn(u32) -> bool,
+) -> u32 {
+    let start = (*cursor).max(range.start);
+    match (start..range.end).find(|id| !taken(*id) && !live(*id)) {
+        Some(id) => {
+            *cursor = id + 1;
+            id
+        }
+        None => (range.start..).find(|id| !taken(*id)).unwrap_or(range.end),
+    }
+}
+
 /// How the XDP program is attached to the external interface.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum XdpMode {
@@ -281,6 +392,16 @@ pub enum XdpMode {
 pub struct TrafficReport<K> {
     pub key: K,
     pub traffic: Traffic,
+}
+
+/// The service maps' contents (see [`Datapath::dump`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MapsDump {
+    /// Each frontend's entry, its Maglev table (backend ids) and round-robin list.
+    pub services: BTreeMap<ServiceKey, (ServiceValue, Vec<u32>, Vec<u32>)>,
+    pub backends: BTreeMap<u32, Backend>,
+    pub local_backends: BTreeMap<BackendAddr, u32>,
+    pub nodes: BTreeMap<u32, u32>,
 }
 
 struct PlannedService {
@@ -343,7 +464,6 @@ struct Plan {
     retiring: Vec<(u32, u32)>,
     backends: BTreeMap<u32, Backend>,
     backend_ids: HashMap<(Ipv4Addr, u16), u32>,
-    nodes: BTreeMap<u32, u32>,
 }
 
 pub struct Datapath {
@@ -391,6 +511,22 @@ pub struct Datapath {
     /// Service names by id; names are not stored in the kernel, so after a restart they
     /// are re-learned from the first apply.
     service_names: HashMap<u32, String>,
+    /// The same, by name.
+    service_ids: HashMap<String, u32>,
+    /// Each written service's entry (without the per-frontend external flag), by id.
+    live_by_id: HashMap<u32, ServiceValue>,
+    /// Backend ids by address and port, for the backends in `live_backends`.
+    live_backend_ids: HashMap<(Ipv4Addr, u16), u32>,
+    /// Every id below these is in use: searches for a free id start here.
+    backend_id_floor: u32,
+    service_id_floor: u32,
+    /// The services as last written, with the indexes a per-service change needs.
+    desired: delta::Desired,
+    /// The nodes as last written.
+    node_list: Vec<Node>,
+    /// Whether a full apply has made the mirror and `desired` agree; until then (a
+    /// restarted agent) changes are applied as a full apply.
+    synced: bool,
 }
 
 impl Datapath {
@@ -583,6 +719,14 @@ impl Datapath {
             live_no_masquerade: BTreeSet::new(),
             config_flags: 0,
             service_names: HashMap::new(),
+            service_ids: HashMap::new(),
+            live_by_id: HashMap::new(),
+            live_backend_ids: HashMap::new(),
+            backend_id_floor: 1,
+            service_id_floor: 0,
+            desired: delta::Desired::default(),
+            node_list: Vec::new(),
+            synced: false,
         };
         datapath.read_back()?;
         datapath.forget_vanished_pod_interfaces()?;
@@ -622,15 +766,12 @@ impl Datapath {
             }
             free_run = 0;
             self.live_backends.insert(id, backend);
+            self.live_backend_ids.insert(backend_key(&backend), id);
         }
-        for entry in self.nodes.iter() {
-            let (addr, id) = entry.map_err(map_error(map_names::NODES))?;
-            self.live_nodes.insert(addr, id);
-        }
-        for entry in self.local_backends.iter() {
-            let (addr, id) = entry.map_err(map_error(map_names::LOCAL_BACKENDS))?;
-            self.live_local_backends.insert(addr, id);
-        }
+        self.live_nodes
+            .extend(entries(&self.nodes, map_names::NODES)?);
+        self.live_local_backends
+            .extend(entries(&self.local_backends, map_names::LOCAL_BACKENDS)?);
         for entry in self.pod_ranges.iter() {
             let (key, range) = entry.map_err(map_error(map_names::POD_RANGES))?;
             let addr = Ipv4Addr::from(u32::from_be(key.data()));
@@ -674,54 +815,70 @@ impl Datapath {
         Ok(())
     }
 
-    /// Makes the maps serve exactly `set`. Validation errors leave the maps untouched.
+    /// Makes the maps serve exactly `set`: a full re-plan against the maps' mirror, for
+    /// the start and for resyncs ([`Self::update`] carries single changes). Validation
+    /// errors leave the maps untouched.
     pub fn apply(&mut self, set: &ServiceSet) -> Result<ApplyReport, DatapathError> {
         let started = Instant::now();
         let plan = self.plan(set)?;
-        let mut report = self.write(plan)?;
+        self.set_nodes(&set.nodes)?;
+        let mut report = self.write(plan, set)?;
         report.elapsed = started.elapsed();
         Ok(report)
+    }
+
+    /// Makes the nodes map hold exactly `nodes` (north-south traffic is tunnelled to them,
+    /// IPIP accepted from them).
+    pub fn set_nodes(&mut self, nodes: &[Node]) -> Result<(), DatapathError> {
+        check_count("nodes", nodes.len(), self.options.limits.max_nodes)?;
+        let wanted: BTreeMap<u32, u32> = nodes
+            .iter()
+            .map(|node| (u32::from(node.addr).to_be(), node.id))
+            .collect();
+        for (addr, id) in &wanted {
+            if self.live_nodes.get(addr) != Some(id) {
+                self.nodes
+                    .insert(addr, id, 0)
+                    .map_err(map_error(map_names::NODES))?;
+                self.live_nodes.insert(*addr, *id);
+            }
+        }
+        let stale: Vec<u32> = self
+            .live_nodes
+            .keys()
+            .filter(|addr| !wanted.contains_key(addr))
+            .copied()
+            .collect();
+        for addr in stale {
+            match self.nodes.remove(&addr) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(error) => return Err(map_error(map_names::NODES)(error)),
+            }
+            self.live_nodes.remove(&addr);
+        }
+        self.node_list = nodes.to_vec();
+        Ok(())
     }
 
     /// Phase one: every id, entry and table, computed without touching the kernel.
     fn plan(&self, set: &ServiceSet) -> Result<Plan, DatapathError> {
         let limits = self.options.limits;
-        if set.services.len() > limits.max_services as usize {
-            return Err(DatapathError::TooMany {
-                what: "services",
-                count: set.services.len(),
-                limit: limits.max_services,
-            });
-        }
-        if set.nodes.len() > limits.max_nodes as usize {
-            return Err(DatapathError::TooMany {
-                what: "nodes",
-                count: set.nodes.len(),
-                limit: limits.max_nodes,
-            });
-        }
+        check_count("services", set.services.len(), limits.max_services)?;
+        check_count("nodes", set.nodes.len(), limits.max_nodes)?;
+        // In name order, as per-service changes are planned: both then hand out ids and
+        // table slots alike.
+        let mut ordered: Vec<&Service> = set.services.iter().collect();
+        ordered.sort_by(|a, b| a.name.cmp(&b.name));
         let mut owners: HashMap<ServiceKey, &str> = HashMap::new();
-        let mut names = HashSet::new();
-        for service in &set.services {
-            if !names.insert(service.name.as_str()) {
+        for (index, service) in ordered.iter().enumerate() {
+            if index > 0 && ordered[index - 1].name == service.name {
                 return Err(DatapathError::InvalidService {
                     service: service.name.clone(),
                     reason: "the name is used by two services".into(),
                 });
             }
-            if service.frontends.is_empty() {
-                return Err(DatapathError::InvalidService {
-                    service: service.name.clone(),
-                    reason: "it has no frontend address".into(),
-                });
-            }
+            check_service(service)?;
             for frontend in &service.frontends {
-                if frontend.port == 0 {
-                    return Err(DatapathError::InvalidService {
-                        service: service.name.clone(),
-                        reason: format!("frontend {frontend} has port 0"),
-                    });
-                }
                 if let Some(first) = owners.insert(service_key(frontend), &service.name)
                     && first != service.name
                 {
@@ -732,128 +889,61 @@ impl Datapath {
                     });
                 }
             }
-            for backend in &service.backends {
-                if backend.port == 0 {
-                    return Err(DatapathError::InvalidService {
-                        service: service.name.clone(),
-                        reason: format!("backend {} has port 0", backend.addr),
-                    });
-                }
-            }
         }
-        if owners.len() > (limits.max_services * Limits::FRONTENDS_PER_SERVICE) as usize {
-            return Err(DatapathError::TooMany {
-                what: "frontends",
-                count: owners.len(),
-                limit: limits.max_services * Limits::FRONTENDS_PER_SERVICE,
-            });
-        }
+        check_count(
+            "frontends",
+            owners.len(),
+            limits.max_services * Limits::FRONTENDS_PER_SERVICE,
+        )?;
 
         // Backends: one id per address and port, shared by the services that use it.
         let mut merged: BTreeMap<(Ipv4Addr, u16), BackendSpec> = BTreeMap::new();
-        for backend in set.services.iter().flat_map(|s| &s.backends) {
-            match merged.get_mut(&(backend.addr, backend.port)) {
-                None => {
-                    merged.insert((backend.addr, backend.port), *backend);
-                }
-                Some(existing) => {
-                    if existing.node_id != backend.node_id {
-                        return Err(DatapathError::BackendNodeConflict {
-                            addr: backend.addr,
-                            port: backend.port,
-                            first: existing.node_id,
-                            second: backend.node_id,
-                        });
-                    }
-                    // The most cautious state wins (Failed over Terminating over Active).
-                    existing.state = existing.state.max(backend.state);
-                }
-            }
+        for backend in ordered.iter().flat_map(|s| &s.backends) {
+            merge_backend(&mut merged, backend)?;
         }
-        if merged.len() > limits.max_backends as usize {
-            return Err(DatapathError::TooMany {
-                what: "backends",
-                count: merged.len(),
-                limit: limits.max_backends,
-            });
-        }
-        let live_ids: HashMap<(Ipv4Addr, u16), u32> = self
-            .live_backends
-            .iter()
-            .map(|(id, backend)| {
-                (
-                    (
-                        Ipv4Addr::from(u32::from_be(backend.addr)),
-                        u16::from_be(backend.port),
-                    ),
-                    *id,
-                )
-            })
-            .collect();
+        check_count("backends", merged.len(), limits.max_backends)?;
         let mut backend_ids = HashMap::new();
         let mut used_ids: HashSet<u32> = HashSet::new();
         for key in merged.keys() {
-            if let Some(id) = live_ids.get(key) {
+            if let Some(id) = self.live_backend_ids.get(key) {
                 backend_ids.insert(*key, *id);
                 used_ids.insert(*id);
             }
         }
         // New backends avoid ids still live for a backend being removed, so a tracked
         // flow never silently lands on a different backend that inherited its id.
-        let mut next_id = 1u32;
+        let mut cursor = self.backend_id_floor;
         let mut backends = BTreeMap::new();
         for (key, spec) in &merged {
             let id = match backend_ids.get(key) {
                 Some(id) => *id,
                 None => {
-                    while used_ids.contains(&next_id) || self.live_backends.contains_key(&next_id) {
-                        next_id += 1;
-                    }
-                    if next_id > limits.max_backends {
-                        // All fresh ids taken: fall back to ids being freed now.
-                        next_id = 1;
-                        while used_ids.contains(&next_id) {
-                            next_id += 1;
-                        }
-                    }
-                    backend_ids.insert(*key, next_id);
-                    used_ids.insert(next_id);
-                    next_id
+                    let id = lowest_free(
+                        1..limits.max_backends + 1,
+                        &mut cursor,
+                        |id| used_ids.contains(&id),
+                        |id| self.live_backends.contains_key(&id),
+                    );
+                    backend_ids.insert(*key, id);
+                    used_ids.insert(id);
+                    id
                 }
             };
-            backends.insert(
-                id,
-                Backend {
-                    addr: u32::from(spec.addr).to_be(),
-                    port: spec.port.to_be(),
-                    state: match spec.state {
-                        BackendState::Active => BACKEND_ACTIVE,
-                        BackendState::Terminating => BACKEND_TERMINATING,
-                        BackendState::Failed => BACKEND_FAILED,
-                    },
-                    _pad: 0,
-                    node_id: spec.node_id,
-                },
-            );
+            backends.insert(id, backend_value(spec));
         }
 
         // Service ids: keep the id a service had (by name, else by a frontend it still
         // has), so its counters and tables carry on.
-        let mut service_ids: Vec<Option<u32>> = vec![None; set.services.len()];
+        let mut service_ids: Vec<Option<u32>> = vec![None; ordered.len()];
         let mut claimed: HashSet<u32> = HashSet::new();
-        let by_name: HashMap<&str, u32> = self
-            .service_names
-            .iter()
-            .map(|(id, name)| (name.as_str(), *id))
-            .collect();
-        for (index, service) in set.services.iter().enumerate() {
-            if let Some(id) = by_name.get(service.name.as_str())
+        for (index, service) in ordered.iter().enumerate() {
+            if let Some(id) = self.service_ids.get(service.name.as_str())
                 && claimed.insert(*id)
             {
                 service_ids[index] = Some(*id);
             }
         }
-        for (index, service) in set.services.iter().enumerate() {
+        for (index, service) in ordered.iter().enumerate() {
             if service_ids[index].is_some() {
                 continue;
             }
@@ -872,134 +962,166 @@ impl Datapath {
             .values()
             .map(|value| (value.id, *value))
             .collect();
-        let live_service_ids: HashSet<u32> = self.live_services.values().map(|v| v.id).collect();
-        let mut next_service_id = 0u32;
-        let mut services = Vec::with_capacity(set.services.len());
-        for (index, service) in set.services.iter().enumerate() {
+        let mut cursor = self.service_id_floor;
+        let mut services = Vec::with_capacity(ordered.len());
+        for (index, service) in ordered.iter().enumerate() {
             let id = match service_ids[index] {
                 Some(id) => id,
                 None => {
-                    while claimed.contains(&next_service_id)
-                        || (live_service_ids.contains(&next_service_id)
-                            && next_service_id < limits.max_services)
-                    {
-                        next_service_id += 1;
-                    }
-                    if next_service_id >= limits.max_services {
-                        next_service_id = 0;
-                        while claimed.contains(&next_service_id) {
-                            next_service_id += 1;
-                        }
-                    }
-                    claimed.insert(next_service_id);
-                    next_service_id
+                    let id = lowest_free(
+                        0..limits.max_services,
+                        &mut cursor,
+                        |id| claimed.contains(&id),
+                        |id| live_tables.contains_key(&id),
+                    );
+                    claimed.insert(id);
+                    id
                 }
             };
-            let mut active: Vec<(BackendIdentity, u32)> = service
-                .backends
-                .iter()
-                .filter(|backend| {
+            services.push(self.plan_service(
+                service,
+                id,
+                |key| {
                     merged
-                        .get(&(backend.addr, backend.port))
-                        .is_some_and(|merged| merged.state == BackendState::Active)
-                })
-                .map(|backend| {
-                    let identity = BackendIdentity {
-                        addr: backend.addr,
-                        port: backend.port,
-                    };
-                    (identity, backend_ids[&(backend.addr, backend.port)])
-                })
-                .collect();
-            active.sort_unstable();
-            active.dedup();
-            let identities: Vec<BackendIdentity> = active.iter().map(|(i, _)| *i).collect();
-            let size = if identities.is_empty() {
-                0
-            } else {
-                maglev::table_size(identities.len(), limits.maglev_min_table)
-            };
-            let table_hash = maglev::fingerprint(&identities, size);
-            // Building a table is the costly part of a plan: skip it when the live one was
-            // built from the same backends (one change among 10,000 services stays cheap).
-            let unchanged = live_tables
-                .get(&id)
-                .is_some_and(|live| live.table_hash == table_hash && live.table_size == size);
-            // Tables are built after this loop, on every core.
-            let pending_table = (!unchanged).then(|| MaglevInput {
-                backend_ids: active.iter().map(|(_, id)| *id).collect(),
-                identities: identities.clone(),
-                size,
-            });
-            let mut flags = 0;
-            if service.algorithm == Algorithm::Random {
-                flags |= SVC_FLAG_RANDOM;
-            }
-            // East-west flows of a Maglev service cycle through its backends (the
-            // programs keep Maglev for north-south); affinity keeps its client hash.
-            let round_robin: Vec<u32> = if service.algorithm == Algorithm::Maglev
-                && service.affinity_timeout.is_none()
-                && !active.is_empty()
-                && active.len() <= defaults::ROUND_ROBIN_WIDTH as usize
-            {
-                flags |= SVC_FLAG_ROUND_ROBIN;
-                active.iter().map(|(_, id)| *id).collect()
-            } else {
-                Vec::new()
-            };
-            let mut affinity_timeout_secs = 0;
-            if let Some(timeout) = service.affinity_timeout {
-                flags |= SVC_FLAG_AFFINITY;
-                affinity_timeout_secs = u32::try_from(timeout.as_secs()).unwrap_or(u32::MAX).max(1);
-            }
-            let value = ServiceValue {
-                id,
-                backend_count: identities.len() as u32,
-                table_offset: 0,
-                table_size: size,
-                flags,
-                affinity_timeout_secs,
-                table_hash,
-                _pad: 0,
-            };
-            // Each frontend carries its own external flag: a ClusterIP never answers on
-            // the external interface even when the service also has a NodePort.
-            let mut keys: Vec<(ServiceKey, u32)> = service
-                .frontends
-                .iter()
-                .map(|frontend| {
-                    let external = if frontend.external {
-                        SVC_FLAG_EXTERNAL
-                    } else {
-                        0
-                    };
-                    (service_key(frontend), external)
-                })
-                .collect();
-            keys.sort_unstable();
-            keys.dedup();
-            services.push(PlannedService {
-                name: service.name.clone(),
-                id,
-                keys,
-                value,
-                table: Vec::new(),
-                pending_table,
-                write_table: false,
-                round_robin,
-            });
+                        .get(key)
+                        .is_some_and(|m| m.state == BackendState::Active)
+                },
+                &backend_ids,
+                live_tables.get(&id),
+            ));
         }
         build_tables(&mut services);
+        let (pool, kept) = self.place_tables(&mut services, |id| live_tables.get(&id).copied())?;
+        let retiring = live_tables
+            .values()
+            .filter(|live| live.table_size > 0 && !kept.contains(&live.id))
+            .map(|live| (live.table_offset, live.table_size))
+            .collect();
+        Ok(Plan {
+            services,
+            pool,
+            retiring,
+            backends,
+            backend_ids,
+        })
+    }
 
-        // Tables: keep a live table that is already right, else carve a new one. Slots of
-        // tables retired by the previous apply are free again now.
+    /// One service's entries under id `id`: its table is built from the backends
+    /// `active` says receive new flows (the merged state of every service's view).
+    fn plan_service(
+        &self,
+        service: &Service,
+        id: u32,
+        active: impl Fn(&(Ipv4Addr, u16)) -> bool,
+        backend_ids: &HashMap<(Ipv4Addr, u16), u32>,
+        live: Option<&ServiceValue>,
+    ) -> PlannedService {
+        let limits = self.options.limits;
+        let mut active: Vec<(BackendIdentity, u32)> = service
+            .backends
+            .iter()
+            .filter(|backend| active(&(backend.addr, backend.port)))
+            .filter_map(|backend| {
+                let identity = BackendIdentity {
+                    addr: backend.addr,
+                    port: backend.port,
+                };
+                Some((identity, *backend_ids.get(&(backend.addr, backend.port))?))
+            })
+            .collect();
+        active.sort_unstable();
+        active.dedup();
+        let identities: Vec<BackendIdentity> = active.iter().map(|(i, _)| *i).collect();
+        let size = if identities.is_empty() {
+            0
+        } else {
+            maglev::table_size(identities.len(), limits.maglev_min_table)
+        };
+        let table_hash = maglev::fingerprint(&identities, size);
+        // Building a table is the costly part of a plan: skip it when the live one was
+        // built from the same backends (one change among 10,000 services stays cheap).
+        let unchanged =
+            live.is_some_and(|live| live.table_hash == table_hash && live.table_size == size);
+        // Tables are built after planning, on every core.
+        let pending_table = (!unchanged).then(|| MaglevInput {
+            backend_ids: active.iter().map(|(_, id)| *id).collect(),
+            identities: identities.clone(),
+            size,
+        });
+        let mut flags = 0;
+        if service.algorithm == Algorithm::Random {
+            flags |= SVC_FLAG_RANDOM;
+        }
+        // East-west flows of a Maglev service cycle through its backends (the
+        // programs keep Maglev for north-south); affinity keeps its client hash.
+        let round_robin: Vec<u32> = if service.algorithm == Algorithm::Maglev
+            && service.affinity_timeout.is_none()
+            && !active.is_empty()
+            && active.len() <= defaults::ROUND_ROBIN_WIDTH as usize
+        {
+            flags |= SVC_FLAG_ROUND_ROBIN;
+            active.iter().map(|(_, id)| *id).collect()
+        } else {
+            Vec::new()
+        };
+        let mut affinity_timeout_secs = 0;
+        if let Some(timeout) = service.affinity_timeout {
+            flags |= SVC_FLAG_AFFINITY;
+            affinity_timeout_secs = u32::try_from(timeout.as_secs()).unwrap_or(u32::MAX).max(1);
+        }
+        let value = ServiceValue {
+            id,
+            backend_count: identities.len() as u32,
+            table_offset: 0,
+            table_size: size,
+            flags,
+            affinity_timeout_secs,
+            table_hash,
+            _pad: 0,
+        };
+        // Each frontend carries its own external flag: a ClusterIP never answers on
+        // the external interface even when the service also has a NodePort.
+        let mut keys: Vec<(ServiceKey, u32)> = service
+            .frontends
+            .iter()
+            .map(|frontend| {
+                let external = if frontend.external {
+                    SVC_FLAG_EXTERNAL
+                } else {
+                    0
+                };
+                (service_key(frontend), external)
+            })
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        PlannedService {
+            name: service.name.clone(),
+            id,
+            keys,
+            value,
+            table: Vec::new(),
+            pending_table,
+            write_table: false,
+            round_robin,
+        }
+    }
+
+    /// Tables: keep a live table that is already right, else carve a new one. Slots of
+    /// tables retired by the previous write are free again now. Returns the pool after
+    /// this plan and the ids whose live table stays.
+    fn place_tables(
+        &self,
+        services: &mut [PlannedService],
+        live_table: impl Fn(u32) -> Option<ServiceValue>,
+    ) -> Result<(slots::SlotPool, HashSet<u32>), DatapathError> {
         let mut pool = self.pool.clone();
         for (offset, size) in &self.retiring {
             pool.release(*offset, *size);
         }
         let mut kept = HashSet::new();
-        for service in &mut services {
-            let live = live_tables.get(&service.id);
+        for service in services {
+            let live = live_table(service.id);
             match live {
                 Some(live)
                     if live.table_hash == service.value.table_hash
@@ -1033,109 +1155,40 @@ impl Datapath {
                 }
             }
         }
-        let retiring = live_tables
-            .values()
-            .filter(|live| live.table_size > 0 && !kept.contains(&live.id))
-            .map(|live| (live.table_offset, live.table_size))
-            .collect();
-        let nodes = set
-            .nodes
-            .iter()
-            .map(|node| (u32::from(node.addr).to_be(), node.id))
-            .collect();
-        Ok(Plan {
-            services,
-            pool,
-            retiring,
-            backends,
-            backend_ids,
-            nodes,
-        })
+        Ok((pool, kept))
     }
 
     /// Phase two: write the plan in an order that keeps every service consistent.
-    fn write(&mut self, plan: Plan) -> Result<ApplyReport, DatapathError> {
+    fn write(&mut self, plan: Plan, set: &ServiceSet) -> Result<ApplyReport, DatapathError> {
         let mut report = ApplyReport {
             services: plan.services.len(),
             ..ApplyReport::default()
         };
-        for (addr, id) in &plan.nodes {
-            if self.live_nodes.get(addr) != Some(id) {
-                self.nodes
-                    .insert(addr, id, 0)
-                    .map_err(map_error(map_names::NODES))?;
-                self.live_nodes.insert(*addr, *id);
-            }
-        }
-
-        // 1. Backends the new tables refer to.
-        for (id, backend) in &plan.backends {
-            if self.live_backends.get(id) != Some(backend) {
-                self.backends
-                    .set(*id, backend, 0)
-                    .map_err(map_error(map_names::BACKENDS))?;
-                self.live_backends.insert(*id, *backend);
-                report.backends_written += 1;
-            }
-        }
-        // The local ones, where tunnelled north-south flows may be delivered.
-        let local_backends: HashMap<BackendAddr, u32> = plan
-            .backends
+        // 1. Backends the new tables refer to, and the local ones, where tunnelled
+        // north-south flows may be delivered.
+        let by_id: HashMap<u32, (Ipv4Addr, u16)> = plan
+            .backend_ids
             .iter()
-            .filter(|(_, backend)| backend.node_id == self.options.node_id)
-            .map(|(id, backend)| {
-                let addr = BackendAddr {
-                    addr: backend.addr,
-                    port: backend.port,
-                    _pad: 0,
-                };
-                (addr, *id)
-            })
+            .map(|(key, id)| (*id, *key))
             .collect();
-        for (addr, id) in &local_backends {
-            if self.live_local_backends.get(addr) != Some(id) {
-                self.local_backends
-                    .insert(addr, id, 0)
-                    .map_err(map_error(map_names::LOCAL_BACKENDS))?;
-                self.live_local_backends.insert(*addr, *id);
+        let mut local_backends = HashSet::new();
+        for (id, backend) in &plan.backends {
+            let key = by_id[id];
+            self.write_backend(key, *id, *backend, &mut report)?;
+            if backend.node_id == self.options.node_id {
+                local_backends.insert(local_address(backend));
+                self.write_local_backend(local_address(backend), *id)?;
             }
         }
 
         // 2 and 3. Rebuilt tables into fresh slots, then the entries that switch to them.
         let mut wanted_keys = HashSet::new();
-        let mut names = HashMap::new();
-        let mut round_robin = HashMap::with_capacity(plan.services.len());
         for service in &plan.services {
-            if service.write_table {
-                self.maglev
-                    .write(service.value.table_offset as usize, &service.table);
-                report.tables_written += 1;
-            }
-            if !service.round_robin.is_empty() {
-                if self.live_round_robin.get(&service.id) != Some(&service.round_robin) {
-                    let list = service.id * defaults::ROUND_ROBIN_WIDTH;
-                    self.round_robin.write(list as usize, &service.round_robin);
-                }
-                round_robin.insert(service.id, service.round_robin.clone());
-            }
-            for (key, external) in &service.keys {
-                let value = ServiceValue {
-                    flags: service.value.flags | external,
-                    ..service.value
-                };
-                wanted_keys.insert(*key);
-                if self.live_services.get(key) != Some(&value) {
-                    self.services
-                        .insert(key, value, 0)
-                        .map_err(map_error(map_names::SERVICES))?;
-                    self.live_services.insert(*key, value);
-                    report.frontends_written += 1;
-                }
-            }
-            names.insert(service.id, service.name.clone());
+            self.write_service(service, &mut report)?;
+            wanted_keys.extend(service.keys.iter().map(|(key, _)| *key));
         }
 
-        // 4. Frontends, backends and nodes that are gone.
+        // 4. Frontends and backends that are gone.
         let stale_keys: Vec<ServiceKey> = self
             .live_services
             .keys()
@@ -1143,12 +1196,7 @@ impl Datapath {
             .copied()
             .collect();
         for key in stale_keys {
-            match self.services.remove(&key) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(error) => return Err(map_error(map_names::SERVICES)(error)),
-            }
-            self.live_services.remove(&key);
-            report.frontends_removed += 1;
+            self.remove_frontend(&key, &mut report)?;
         }
         let stale_backends: Vec<u32> = self
             .live_backends
@@ -1157,48 +1205,148 @@ impl Datapath {
             .copied()
             .collect();
         for id in stale_backends {
-            self.backends
-                .set(id, Backend::default(), 0)
-                .map_err(map_error(map_names::BACKENDS))?;
-            self.live_backends.remove(&id);
-            report.backends_removed += 1;
+            self.remove_backend(id, &mut report)?;
         }
         let stale_local: Vec<BackendAddr> = self
             .live_local_backends
             .keys()
-            .filter(|addr| !local_backends.contains_key(addr))
+            .filter(|addr| !local_backends.contains(addr))
             .copied()
             .collect();
         for addr in stale_local {
-            match self.local_backends.remove(&addr) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(error) => return Err(map_error(map_names::LOCAL_BACKENDS)(error)),
-            }
-            self.live_local_backends.remove(&addr);
+            self.remove_local_backend(&addr)?;
         }
-        let stale_nodes: Vec<u32> = self
-            .live_nodes
-            .keys()
-            .filter(|addr| !plan.nodes.contains_key(addr))
-            .copied()
-            .collect();
-        for addr in stale_nodes {
-            match self.nodes.remove(&addr) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(error) => return Err(map_error(map_names::NODES)(error)),
-            }
-            self.live_nodes.remove(&addr);
-        }
-        self.service_names = names;
-        self.live_round_robin = round_robin;
+        let planned: HashSet<u32> = plan.services.iter().map(|service| service.id).collect();
+        self.service_names.retain(|id, _| planned.contains(id));
+        self.service_ids.retain(|_, id| planned.contains(id));
+        self.live_round_robin.retain(|id, _| planned.contains(id));
+        self.live_by_id.retain(|id, _| planned.contains(id));
         self.pool = plan.pool;
         self.retiring = plan.retiring;
+        self.desired = delta::Desired::of(set);
+        self.synced = true;
+        self.backend_id_floor = 1;
+        self.service_id_floor = 0;
+        self.refresh_floors();
         debug_assert!(
             plan.backend_ids
                 .values()
                 .all(|id| self.live_backends.contains_key(id))
         );
         Ok(report)
+    }
+
+    /// Writes one service's rebuilt table, its round-robin list and its frontend entries,
+    /// in that order.
+    fn write_service(
+        &mut self,
+        service: &PlannedService,
+        report: &mut ApplyReport,
+    ) -> Result<(), DatapathError> {
+        if service.write_table {
+            self.maglev
+                .write(service.value.table_offset as usize, &service.table);
+            report.tables_written += 1;
+        }
+        if service.round_robin.is_empty() {
+            self.live_round_robin.remove(&service.id);
+        } else if self.live_round_robin.get(&service.id) != Some(&service.round_robin) {
+            let list = service.id * defaults::ROUND_ROBIN_WIDTH;
+            self.round_robin.write(list as usize, &service.round_robin);
+            self.live_round_robin
+                .insert(service.id, service.round_robin.clone());
+        }
+        for (key, external) in &service.keys {
+            let value = ServiceValue {
+                flags: service.value.flags | external,
+                ..service.value
+            };
+            if self.live_services.get(key) != Some(&value) {
+                self.services
+                    .insert(key, value, 0)
+                    .map_err(map_error(map_names::SERVICES))?;
+                self.live_services.insert(*key, value);
+                report.frontends_written += 1;
+            }
+        }
+        self.live_by_id.insert(service.id, service.value);
+        self.service_names.insert(service.id, service.name.clone());
+        self.service_ids.insert(service.name.clone(), service.id);
+        Ok(())
+    }
+
+    fn remove_frontend(
+        &mut self,
+        key: &ServiceKey,
+        report: &mut ApplyReport,
+    ) -> Result<(), DatapathError> {
+        match self.services.remove(key) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(error) => return Err(map_error(map_names::SERVICES)(error)),
+        }
+        self.live_services.remove(key);
+        report.frontends_removed += 1;
+        Ok(())
+    }
+
+    fn write_backend(
+        &mut self,
+        key: (Ipv4Addr, u16),
+        id: u32,
+        backend: Backend,
+        report: &mut ApplyReport,
+    ) -> Result<(), DatapathError> {
+        if self.live_backends.get(&id) != Some(&backend) {
+            self.backends
+                .set(id, backend, 0)
+                .map_err(map_error(map_names::BACKENDS))?;
+            self.live_backends.insert(id, backend);
+            report.backends_written += 1;
+        }
+        self.live_backend_ids.insert(key, id);
+        Ok(())
+    }
+
+    fn remove_backend(&mut self, id: u32, report: &mut ApplyReport) -> Result<(), DatapathError> {
+        self.backends
+            .set(id, Backend::default(), 0)
+            .map_err(map_error(map_names::BACKENDS))?;
+        if let Some(backend) = self.live_backends.remove(&id) {
+            self.live_backend_ids.remove(&backend_key(&backend));
+        }
+        self.backend_id_floor = self.backend_id_floor.min(id);
+        report.backends_removed += 1;
+        Ok(())
+    }
+
+    fn write_local_backend(&mut self, addr: BackendAddr, id: u32) -> Result<(), DatapathError> {
+        if self.live_local_backends.get(&addr) != Some(&id) {
+            self.local_backends
+                .insert(addr, id, 0)
+                .map_err(map_error(map_names::LOCAL_BACKENDS))?;
+            self.live_local_backends.insert(addr, id);
+        }
+        Ok(())
+    }
+
+    fn remove_local_backend(&mut self, addr: &BackendAddr) -> Result<(), DatapathError> {
+        match self.local_backends.remove(addr) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(error) => return Err(map_error(map_names::LOCAL_BACKENDS)(error)),
+        }
+        self.live_local_backends.remove(addr);
+        Ok(())
+    }
+
+    /// Moves the id floors up past the ids in use: every id below a floor is taken, so
+    /// a search for a free one starts there.
+    fn refresh_floors(&mut self) {
+        while self.live_backends.contains_key(&self.backend_id_floor) {
+            self.backend_id_floor += 1;
+        }
+        while self.live_by_id.contains_key(&self.service_id_floor) {
+            self.service_id_floor += 1;
+        }
     }
 
     /// Attaches the east-west programs to a pod's host-side veth: translation of packets
@@ -1586,6 +1734,11 @@ impl Datapath {
             .collect()
     }
 
+    /// The services as last written (by [`Self::apply`] or [`Self::update`]), by name.
+    pub fn services(&self) -> impl Iterator<Item = &Service> {
+        self.desired.services()
+    }
+
     /// Service frontends (address, port, protocol) in the services map.
     pub fn frontend_count(&self) -> usize {
         self.live_services.len()
@@ -1660,6 +1813,40 @@ impl Datapath {
             ));
         }
         Ok(Some(table))
+    }
+
+    /// What the kernel's service maps hold, read back from them (not from the mirror):
+    /// every frontend entry with its table's and round-robin list's contents, every
+    /// backend slot in use, the local backends and the nodes. Tests compare two of them.
+    pub fn dump(&self) -> Result<MapsDump, DatapathError> {
+        let mut dump = MapsDump::default();
+        for entry in self.services.iter() {
+            let (key, value) = entry.map_err(map_error(map_names::SERVICES))?;
+            let table = self
+                .maglev
+                .read(value.table_offset as usize, value.table_size as usize);
+            let round_robin = if value.flags & SVC_FLAG_ROUND_ROBIN != 0 {
+                let list = value.id * defaults::ROUND_ROBIN_WIDTH;
+                self.round_robin
+                    .read(list as usize, value.backend_count as usize)
+            } else {
+                Vec::new()
+            };
+            dump.services.insert(key, (value, table, round_robin));
+        }
+        for id in 1..=self.options.limits.max_backends {
+            let backend = self
+                .backends
+                .get(&id, 0)
+                .map_err(map_error(map_names::BACKENDS))?;
+            if backend != Backend::default() {
+                dump.backends.insert(id, backend);
+            }
+        }
+        dump.local_backends
+            .extend(entries(&self.local_backends, map_names::LOCAL_BACKENDS)?);
+        dump.nodes.extend(entries(&self.nodes, map_names::NODES)?);
+        Ok(dump)
     }
 
     /// Direct access to the loaded programs (tests run them with BPF_PROG_TEST_RUN).

@@ -1,0 +1,559 @@
+//! The agent's typed view of the cluster's Services, Endpoints and Nodes, kept current
+//! one watch event at a time. Each object is parsed once, when its event arrives
+//! ([`ClusterObject`] is what the watch keeps); a Service or Endpoints change recomputes
+//! that one Service's datapath ports and DNS records, and hands on only what differs
+//! ([`Update::Changes`]); a Node change recomputes every Service only when what the
+//! services depend on ([`NodeView`]) changed, which heartbeats do not. A new snapshot
+//! (the first one, or a resync after the control plane's history ran out) is handed on
+//! whole ([`Update::Resync`]).
+
+use std::{
+    cell::Cell,
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    sync::Arc,
+    time::Instant,
+};
+
+use berth_api::{
+    agent::agent_client::AgentClient,
+    core::{Endpoints, LB_ALGORITHM_ANNOTATION, Node as ApiNode, Service as ApiService},
+    meta::ObjectMeta,
+};
+use berth_watch::{Change, Consumer, Objects, WatchObject, Watched};
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+
+use crate::{
+    datapath::{Node, Service, ServiceSet},
+    dns::Records,
+    services::{self, NodeView},
+};
+
+thread_local! {
+    /// Objects decoded from watch events on this thread: one per event, whatever the
+    /// number of objects held. The unit tests check it; per thread, so tests running
+    /// side by side do not count each other's.
+    static DECODED: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Objects decoded on this thread so far.
+pub fn objects_decoded() -> u64 {
+    DECODED.get()
+}
+
+/// One object of the Services watch, parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClusterObject {
+    Service(Arc<ApiService>),
+    Endpoints(Arc<Endpoints>),
+    Node(Arc<ApiNode>),
+}
+
+/// Keeps of an object's metadata only what the agent reads: its name and the annotation
+/// that picks a Service's algorithm. The rest (field managers, labels, other
+/// annotations) would be most of what 10,000 Services and their Endpoints hold.
+fn slim(metadata: &mut ObjectMeta) {
+    let algorithm = metadata.annotations.remove(LB_ALGORITHM_ANNOTATION);
+    *metadata = ObjectMeta {
+        name: std::mem::take(&mut metadata.name),
+        namespace: std::mem::take(&mut metadata.namespace),
+        ..ObjectMeta::default()
+    };
+    if let Some(algorithm) = algorithm {
+        metadata
+            .annotations
+            .insert(LB_ALGORITHM_ANNOTATION.to_owned(), algorithm);
+    }
+}
+
+fn key_of(metadata: &ObjectMeta) -> String {
+    format!("{}/{}", metadata.namespace, metadata.name)
+}
+
+impl WatchObject for ClusterObject {
+    fn decode(kind: &str, json: &[u8]) -> Option<(String, Self)> {
+        DECODED.set(DECODED.get() + 1);
+        let parsed = match kind {
+            "Service" => serde_json::from_slice(json).map(|s| Self::Service(Arc::new(s))),
+            "Endpoints" => serde_json::from_slice(json).map(|e| Self::Endpoints(Arc::new(e))),
+            "Node" => serde_json::from_slice(json).map(|n| Self::Node(Arc::new(n))),
+            _ => return None,
+        };
+        let mut object = match parsed {
+            Ok(object) => object,
+            Err(error) => {
+                tracing::warn!(kind, %error, "undecodable object in the Services watch");
+                return None;
+            }
+        };
+        let metadata = match &mut object {
+            Self::Service(service) => &mut Arc::make_mut(service).metadata,
+            Self::Endpoints(endpoints) => &mut Arc::make_mut(endpoints).metadata,
+            Self::Node(node) => &mut Arc::make_mut(node).metadata,
+        };
+        slim(metadata);
+        let key = (!metadata.name.is_empty()).then(|| key_of(metadata))?;
+        Some((key, object))
+    }
+}
+
+/// What the Services watch delivers: a whole snapshot, or one object's change (its key
+/// is `Kind namespace/name`; `None`: deleted), with when it arrived.
+#[derive(Debug)]
+pub enum ClusterEvent {
+    Snapshot(BTreeMap<String, ClusterObject>),
+    Changed {
+        key: String,
+        object: Option<ClusterObject>,
+    },
+}
+
+impl ClusterEvent {
+    /// The event for one change of the watch's objects.
+    fn of(objects: &Objects<ClusterObject>, change: Change<ClusterObject>) -> ClusterEvent {
+        match change {
+            // Only here is the whole map copied (its objects are shared, not cloned).
+            Change::Snapshot { .. } => ClusterEvent::Snapshot(objects.by_key.clone()),
+            Change::Applied { key } => {
+                let object = objects.by_key.get(&key).cloned();
+                ClusterEvent::Changed { key, object }
+            }
+            Change::Deleted { key, .. } => ClusterEvent::Changed { key, object: None },
+        }
+    }
+}
+
+struct Deliver(mpsc::Sender<(ClusterEvent, Instant)>);
+
+impl Consumer<ClusterObject> for Deliver {
+    async fn changed(
+        &mut self,
+        objects: &Objects<ClusterObject>,
+        change: Change<ClusterObject>,
+    ) -> bool {
+        let received = Instant::now();
+        self.0
+            .send((ClusterEvent::of(objects, change), received))
+            .await
+            .is_ok()
+    }
+
+    fn wanted(&self) -> bool {
+        !self.0.is_closed()
+    }
+}
+
+/// Follows the Services watch (Services, Endpoints, Nodes) for as long as `updates` has
+/// a receiver.
+pub async fn follow(client: AgentClient<Channel>, updates: mpsc::Sender<(ClusterEvent, Instant)>) {
+    berth_watch::run(client, Watched::Services, &mut Deliver(updates)).await;
+}
+
+/// What a watch event changes for the datapath and DNS.
+#[derive(Debug)]
+pub enum Update {
+    /// Everything, from a new snapshot: a full apply and new zones.
+    Resync { set: ServiceSet, records: Records },
+    Changes {
+        /// Datapath services (one per Service port) to write, by name; `None`: gone.
+        services: BTreeMap<String, Option<Service>>,
+        /// Each changed Service's DNS records before and after.
+        dns: Vec<(Records, Records)>,
+        /// The datapath's nodes, when they changed.
+        nodes: Option<Vec<Node>>,
+    },
+}
+
+/// The typed objects and what was computed from them.
+#[derive(Debug, Default)]
+pub struct ClusterState {
+    me: String,
+    domain: String,
+    services: BTreeMap<String, Arc<ApiService>>,
+    endpoints: BTreeMap<String, Arc<Endpoints>>,
+    nodes: BTreeMap<String, Arc<ApiNode>>,
+    view: NodeView,
+    /// Each Service's datapath ports as last computed (before the readiness overlay).
+    ports: BTreeMap<String, Vec<Service>>,
+    /// How many times one Service's ports were computed (the unit tests check it).
+    computed: u64,
+}
+
+impl ClusterState {
+    /// The state of node `me`, whose DNS answers for `domain`.
+    pub fn new(me: &str, domain: &str) -> ClusterState {
+        ClusterState {
+            me: me.to_owned(),
+            domain: domain.to_owned(),
+            ..ClusterState::default()
+        }
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = &ApiNode> {
+        self.nodes.values().map(|node| node.as_ref())
+    }
+
+    /// Every datapath service (before the readiness overlay).
+    pub fn service_set(&self) -> ServiceSet {
+        ServiceSet {
+            services: self.ports.values().flatten().cloned().collect(),
+            nodes: self.view.nodes.clone(),
+        }
+    }
+
+    /// The datapath services with a backend at one of `addresses`.
+    pub fn services_at(&self, addresses: &BTreeSet<Ipv4Addr>) -> Vec<Service> {
+        self.ports
+            .values()
+            .flatten()
+            .filter(|service| {
+                service
+                    .backends
+                    .iter()
+                    .any(|backend| addresses.contains(&backend.addr))
+            })
+            .cloned()
+            .collect()
+    }
+
+    pub fn computed(&self) -> u64 {
+        self.computed
+    }
+
+    pub fn apply(&mut self, event: ClusterEvent) -> Update {
+        match event {
+            ClusterEvent::Snapshot(objects) => self.resync(objects),
+            ClusterEvent::Changed { key, object } => self.change(&key, object),
+        }
+    }
+
+    fn resync(&mut self, objects: BTreeMap<String, ClusterObject>) -> Update {
+        self.services.clear();
+        self.endpoints.clear();
+        self.nodes.clear();
+        for (key, object) in objects {
+            let name = key.split_once(' ').map_or(key.as_str(), |(_, name)| name);
+            match object {
+                ClusterObject::Service(service) => {
+                    self.services.insert(name.to_owned(), service);
+                }
+                ClusterObject::Endpoints(endpoints) => {
+                    self.endpoints.insert(name.to_owned(), endpoints);
+                }
+                ClusterObject::Node(node) => {
+                    self.nodes.insert(name.to_owned(), node);
+                }
+            }
+        }
+        self.view = NodeView::new(self.nodes(), &self.me);
+        self.log_skipped_nodes();
+        self.ports.clear();
+        let names: Vec<String> = self.services.keys().cloned().collect();
+        for name in &names {
+            let ports = self.compute(name);
+            self.ports.insert(name.clone(), ports);
+        }
+        let mut records = Records::new(&self.domain);
+        for name in &names {
+            records.extend(self.records_of(name));
+        }
+        Update::Resync {
+            set: self.service_set(),
+            records,
+        }
+    }
+
+    fn change(&mut self, key: &str, object: Option<ClusterObject>) -> Update {
+        let (kind, name) = key.split_once(' ').unwrap_or(("", key));
+        let mut services = BTreeMap::new();
+        let mut dns = Vec::new();
+        let mut nodes = None;
+        match (kind, object) {
+            ("Node", object) => {
+                match object {
+                    Some(ClusterObject::Node(node)) => self.nodes.insert(name.to_owned(), node),
+                    _ => self.nodes.remove(name),
+                };
+                let view = NodeView::new(self.nodes(), &self.me);
+                if view != self.view {
+                    if view.nodes != self.view.nodes {
+                        nodes = Some(view.nodes.clone());
+                    }
+                    self.view = view;
+                    self.log_skipped_nodes();
+                    let names: Vec<String> = self.services.keys().cloned().collect();
+                    for name in names {
+                        self.recompute(&name, &mut services);
+                    }
+                }
+            }
+            (_, object) => {
+                let before = self.records_of(name);
+                match object {
+                    Some(ClusterObject::Service(service)) => {
+                        self.services.insert(name.to_owned(), service);
+                    }
+                    Some(ClusterObject::Endpoints(endpoints)) => {
+                        self.endpoints.insert(name.to_owned(), endpoints);
+                    }
+                    _ if kind == "Service" => {
+                        self.services.remove(name);
+                    }
+                    _ => {
+                        self.endpoints.remove(name);
+                    }
+                }
+                self.recompute(name, &mut services);
+                let after = self.records_of(name);
+                if before != after {
+                    dns.push((before, after));
+                }
+            }
+        }
+        Update::Changes {
+            services,
+            dns,
+            nodes,
+        }
+    }
+
+    /// Computes one Service's ports again and adds what differs to `changes`.
+    fn recompute(&mut self, name: &str, changes: &mut BTreeMap<String, Option<Service>>) {
+        let new = if self.services.contains_key(name) {
+            self.compute(name)
+        } else {
+            Vec::new()
+        };
+        let old = self.ports.remove(name).unwrap_or_default();
+        for port in &old {
+            if !new.iter().any(|n| n.name == port.name) {
+                changes.insert(port.name.clone(), None);
+            }
+        }
+        for port in &new {
+            if !old.contains(port) {
+                changes.insert(port.name.clone(), Some(port.clone()));
+            }
+        }
+        if !new.is_empty() {
+            self.ports.insert(name.to_owned(), new);
+        }
+    }
+
+    fn compute(&mut self, name: &str) -> Vec<Service> {
+        let Some(service) = self.services.get(name) else {
+            return Vec::new();
+        };
+        self.computed += 1;
+        let mut skipped = Vec::new();
+        let ports = services::service_ports(
+            service,
+            self.endpoints.get(name).map(|e| e.as_ref()),
+            &self.view,
+            &mut skipped,
+        );
+        for skip in skipped {
+            tracing::debug!(object = %skip.object, reason = %skip.reason, "not served");
+        }
+        ports
+    }
+
+    /// The DNS records of one Service as the state holds it (none without the Service).
+    fn records_of(&self, name: &str) -> Records {
+        match self.services.get(name) {
+            Some(service) => Records::of_service(
+                service,
+                self.endpoints.get(name).map(|e| e.as_ref()),
+                &self.domain,
+            ),
+            None => Records::new(&self.domain),
+        }
+    }
+
+    fn log_skipped_nodes(&self) {
+        for skip in self.view.skipped() {
+            tracing::debug!(object = %skip.object, reason = %skip.reason, "not served");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use berth_api::agent::{WatchEvent, watch_event::Type};
+    use berth_watch::{Step, WatchState};
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    fn event(type_: Type, kind: &str, revision: u64, object: Value) -> WatchEvent {
+        WatchEvent {
+            r#type: type_.into(),
+            kind: kind.to_owned(),
+            resource_version: revision.to_string(),
+            object_json: object.to_string().into_bytes(),
+        }
+    }
+
+    fn service(index: u32) -> Value {
+        json!({
+            "metadata": {"namespace": "default", "name": format!("web-{index}")},
+            "spec": {
+                "clusterIP": format!("198.19.{}.{}", index / 250, index % 250 + 1),
+                "type": "NodePort",
+                "ports": [{"name": "http", "port": 80, "nodePort": 30000 + index}],
+            },
+        })
+    }
+
+    fn endpoints(index: u32, hosts: u32) -> Value {
+        let addresses: Vec<Value> = (0..hosts)
+            .map(|host| json!({"ip": format!("198.18.1.{}", host + 2), "nodeName": "n1"}))
+            .collect();
+        json!({
+            "metadata": {"namespace": "default", "name": format!("web-{index}")},
+            "subsets": [{"addresses": addresses, "ports": [{"name": "http", "port": 8080}]}],
+        })
+    }
+
+    fn node(name: &str, address: &str, cidr: &str, load: u32) -> Value {
+        json!({
+            "metadata": {"name": name},
+            "spec": {"podCIDR": cidr},
+            // What a heartbeat changes: nothing the datapath uses.
+            "status": {"addresses": [{"type": "InternalIP", "address": address}],
+                       "allocatable": {"cpu": load.to_string()}},
+        })
+    }
+
+    /// Feeds one event through the watch protocol and the state.
+    fn feed(
+        watch: &mut WatchState<ClusterObject>,
+        state: &mut ClusterState,
+        event: &WatchEvent,
+    ) -> Option<Update> {
+        match watch.event(event) {
+            Step::Changed(change) => Some(state.apply(ClusterEvent::of(watch.live(), change))),
+            _ => None,
+        }
+    }
+
+    fn changed_services(update: Option<Update>) -> BTreeMap<String, Option<Service>> {
+        match update {
+            Some(Update::Changes { services, .. }) => services,
+            other => panic!("changes expected: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn each_event_is_parsed_once_and_recomputes_one_service() {
+        const SERVICES: u32 = 200;
+        let mut watch = WatchState::<ClusterObject>::default();
+        let mut state = ClusterState::new("n1", "cluster.local");
+        let decoded = objects_decoded();
+        let _ = watch.request();
+        let mut revision = 0;
+        let mut next = || {
+            revision += 1;
+            revision
+        };
+        let nodes = [
+            node("n1", "198.18.0.1", "198.18.1.0/24", 1),
+            node("n2", "198.18.0.2", "198.18.2.0/24", 1),
+        ];
+        for object in nodes {
+            feed(
+                &mut watch,
+                &mut state,
+                &event(Type::Added, "Node", next(), object),
+            );
+        }
+        for index in 0..SERVICES {
+            feed(
+                &mut watch,
+                &mut state,
+                &event(Type::Added, "Service", next(), service(index)),
+            );
+            feed(
+                &mut watch,
+                &mut state,
+                &event(Type::Added, "Endpoints", next(), endpoints(index, 3)),
+            );
+        }
+        let synced = event(Type::Synced, "", next(), Value::Null);
+        let Some(Update::Resync { set, .. }) = feed(&mut watch, &mut state, &synced) else {
+            panic!("a snapshot");
+        };
+        assert_eq!(set.services.len(), SERVICES as usize);
+        assert_eq!(objects_decoded() - decoded, u64::from(2 + 2 * SERVICES));
+        assert_eq!(state.computed(), u64::from(SERVICES));
+
+        // One Endpoints change: one object parsed, one service computed, its port handed on.
+        let change = event(Type::Modified, "Endpoints", next(), endpoints(7, 4));
+        let services = changed_services(feed(&mut watch, &mut state, &change));
+        assert_eq!(objects_decoded() - decoded, u64::from(3 + 2 * SERVICES));
+        assert_eq!(state.computed(), u64::from(SERVICES + 1));
+        let names: Vec<&String> = services.keys().collect();
+        assert_eq!(names, ["default/web-7:http"]);
+        let backends = services["default/web-7:http"]
+            .as_ref()
+            .map(|s| s.backends.len());
+        assert_eq!(backends, Some(4));
+
+        // A heartbeat's Node change: nothing the services depend on.
+        let heartbeat = event(
+            Type::Modified,
+            "Node",
+            next(),
+            node("n2", "198.18.0.2", "198.18.2.0/24", 2),
+        );
+        assert!(changed_services(feed(&mut watch, &mut state, &heartbeat)).is_empty());
+        assert_eq!(state.computed(), u64::from(SERVICES + 1));
+
+        // This node's address changes: every NodePort changes, every service is computed.
+        let moved = event(
+            Type::Modified,
+            "Node",
+            next(),
+            node("n1", "198.18.0.9", "198.18.1.0/24", 1),
+        );
+        let services = changed_services(feed(&mut watch, &mut state, &moved));
+        assert_eq!(services.len(), SERVICES as usize);
+        assert_eq!(state.computed(), u64::from(2 * SERVICES + 1));
+
+        // A deleted Service: its port goes, nothing else is computed.
+        let deleted = event(Type::Deleted, "Service", next(), service(3));
+        let services = changed_services(feed(&mut watch, &mut state, &deleted));
+        assert_eq!(
+            services.into_iter().collect::<Vec<_>>(),
+            [("default/web-3:http".to_owned(), None)]
+        );
+        assert_eq!(state.computed(), u64::from(2 * SERVICES + 1));
+    }
+
+    #[test]
+    fn dns_records_follow_one_service_at_a_time() {
+        let mut watch = WatchState::<ClusterObject>::default();
+        let mut state = ClusterState::new("n1", "cluster.local");
+        let _ = watch.request();
+        feed(
+            &mut watch,
+            &mut state,
+            &event(Type::Added, "Service", 1, service(1)),
+        );
+        feed(
+            &mut watch,
+            &mut state,
+            &event(Type::Synced, "", 2, Value::Null),
+        );
+        let change = event(Type::Added, "Endpoints", 3, endpoints(1, 2));
+        let Some(Update::Changes { dns, .. }) = feed(&mut watch, &mut state, &change) else {
+            panic!("changes expected");
+        };
+        // The ClusterIP's records stay; the two endpoints' reverse names come.
+        let [(before, after)] = dns.as_slice() else {
+            panic!("one service's records: {dns:?}");
+        };
+        assert_eq!(after.len(), before.len() + 2, "{before:?} / {after:?}");
+    }
+}
