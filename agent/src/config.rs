@@ -121,6 +121,10 @@ struct Args {
     /// listens [default: <node address>:10250].
     #[arg(long, env = "BERTH_AGENT_NODE_API_LISTEN")]
     node_api_listen: Option<SocketAddr>,
+    /// The most connections the node API holds open; more wait until one closes
+    /// [default: 1000].
+    #[arg(long, env = "BERTH_AGENT_NODE_API_MAX_CONNECTIONS")]
+    node_api_max_connections: Option<usize>,
     /// The most processes each container may run (the kubelet's podPidsLimit, per
     /// container); 0: no limit [default: 4096].
     #[arg(
@@ -180,6 +184,8 @@ struct FileConfig {
     docker_socket: Option<String>,
     #[serde(alias = "node_api_listen")]
     node_api_listen: Option<SocketAddr>,
+    #[serde(alias = "node_api_max_connections")]
+    node_api_max_connections: Option<usize>,
     #[serde(alias = "container_pids_limit")]
     container_pids_limit: Option<i64>,
     #[serde(alias = "container_log_max_size")]
@@ -212,6 +218,7 @@ pub struct Config {
     pub metrics_listen: SocketAddr,
     pub docker_socket: String,
     pub node_api_listen: SocketAddr,
+    pub node_api_max_connections: usize,
     /// None: containers may start any number of processes.
     pub container_pids_limit: Option<i64>,
     /// Each container's log rotation: (bytes per file, files kept).
@@ -226,6 +233,9 @@ pub const DEFAULT_NON_MASQUERADE_CIDRS: [&str; 2] = ["198.19.0.0/16", "198.18.19
 
 /// berth-control's default `--local-volume-dir`.
 pub const DEFAULT_LOCAL_VOLUME_DIR: &str = "/var/lib/berth/volumes";
+
+/// The most connections the node API holds unless configured.
+pub const DEFAULT_NODE_API_MAX_CONNECTIONS: usize = 1000;
 
 /// The node API's port unless configured: the kubelet's.
 pub const DEFAULT_NODE_API_PORT: u16 = 10250;
@@ -377,7 +387,18 @@ impl Config {
                 reason: format!("{log_max_files} is less than 2"),
             });
         }
+        let node_api_max_connections = args
+            .node_api_max_connections
+            .or(file.node_api_max_connections)
+            .unwrap_or(DEFAULT_NODE_API_MAX_CONNECTIONS);
+        if node_api_max_connections == 0 {
+            return Err(ConfigError::Invalid {
+                field: "node-api-max-connections",
+                reason: "must be at least 1".into(),
+            });
+        }
         Ok(Config {
+            node_api_max_connections,
             container_pids_limit,
             container_log_rotation: (log_max_size, log_max_files),
             state_dir: args
@@ -498,6 +519,10 @@ mod tests {
         assert_eq!(ranges, DEFAULT_NON_MASQUERADE_CIDRS);
         assert_eq!(config.container_pids_limit, Some(DEFAULT_PIDS_LIMIT));
         assert_eq!(config.container_log_rotation, DEFAULT_LOG_ROTATION);
+        assert_eq!(
+            config.node_api_max_connections,
+            DEFAULT_NODE_API_MAX_CONNECTIONS
+        );
     }
 
     #[test]
@@ -528,6 +553,10 @@ mod tests {
             (
                 ["--container-log-max-files", "1"],
                 "container-log-max-files",
+            ),
+            (
+                ["--node-api-max-connections", "0"],
+                "node-api-max-connections",
             ),
         ] {
             let error = with(&extra).expect_err("refused").to_string();

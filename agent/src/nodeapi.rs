@@ -101,10 +101,14 @@ impl NodeApi {
     }
 
     /// Binds `addr` and serves until the runtime ends; returns the bound address.
+    /// Serves until the process ends, with at most `max_connections` connections open:
+    /// past it, new ones wait in the listen backlog until one closes (a connection that
+    /// never finishes TLS is closed after the handshake timeout).
     pub async fn serve(
         self,
         addr: SocketAddr,
         tls: &NodeApiTls,
+        max_connections: usize,
     ) -> Result<SocketAddr, NodeApiError> {
         let listener = TcpListener::bind(addr)
             .await
@@ -121,7 +125,6 @@ impl NodeApi {
         // must not hold a connection or a call for ever: logs and exec are streams, so
         // no per-call deadline, and keepalive pings find peers that went away.
         let server = Server::builder()
-            .tcp_keepalive(Some(TCP_KEEPALIVE))
             .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
             .concurrency_limit_per_connection(CONCURRENCY_PER_CONNECTION)
@@ -130,7 +133,7 @@ impl NodeApi {
             .map_err(NodeApiError::Tls)?
             .add_service(NodeServer::new(self));
         tokio::spawn(async move {
-            let incoming = tonic::transport::server::TcpIncoming::from(listener);
+            let incoming = capped_incoming(listener, max_connections);
             if let Err(error) = server.serve_with_incoming(incoming).await {
                 tracing::error!(%error, "the node API stopped");
             }
@@ -601,6 +604,82 @@ impl Node for NodeApi {
             });
         }
         Ok(Response::new(ServiceBackendsResponse { ports }))
+    }
+}
+
+/// Accepted connections, each holding one of `max` slots until it closes: the listener
+/// accepts only when a slot is free.
+fn capped_incoming(
+    listener: TcpListener,
+    max: usize,
+) -> impl Stream<Item = Result<Capped, std::io::Error>> {
+    let slots = Arc::new(tokio::sync::Semaphore::new(max));
+    futures_util::stream::unfold((listener, slots), |(listener, slots)| async move {
+        loop {
+            let slot = Arc::clone(&slots).acquire_owned().await.ok()?;
+            match listener.accept().await {
+                Ok((io, _)) => {
+                    // Finds control planes that vanished without closing; best effort.
+                    let _ = socket2::SockRef::from(&io)
+                        .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE));
+                    let _ = io.set_nodelay(true);
+                    return Some((Ok(Capped { io, _slot: slot }), (listener, slots)));
+                }
+                Err(error) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%error, "node API: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    })
+}
+
+/// A node API connection and the slot it holds.
+struct Capped {
+    io: tokio::net::TcpStream,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl tokio::io::AsyncRead for Capped {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Capped {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+impl tonic::transport::server::Connected for Capped {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
     }
 }
 

@@ -212,6 +212,7 @@ pub async fn run(config: Config) -> anyhow::Result<Ended> {
                 key_pem: membership.key_pem.clone(),
                 ca_pem: membership.ca_pem.clone(),
             },
+            config.node_api_max_connections,
         )
         .await?;
     let mut pods_config = PodManagerConfig::new(&config.node_name, pod_cidr);

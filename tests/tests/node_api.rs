@@ -71,7 +71,7 @@ async fn run(setup: &Setup) {
     let _control = setup
         .control_plane_with(&["--node-certificate-validity", "60"])
         .await;
-    let mut agent = setup.agent();
+    let mut agent = setup.agent_with(&["--node-api-max-connections", "3"]);
     setup.apply(MANIFEST);
     setup.apply(&web_manifest(2, "198.18.200.20", false));
     let pods = setup.wait_running(3).await;
@@ -242,11 +242,37 @@ async fn run(setup: &Setup) {
         read(setup.state.path().join("node.crt")),
         read(setup.state.path().join("node.key")),
     );
-    let as_node = call_node_api(setup, &ca, Some(node_identity));
+    let as_node = call_node_api(setup, &ca, Some(node_identity.clone()));
     assert_eq!(
         as_node,
         Err(tonic::Code::PermissionDenied),
         "with a node's certificate"
+    );
+    // At most 3 connections (this agent's --node-api-max-connections): connections that
+    // never start TLS fill them, and a call waits (past its 3 s, well within the 10 s
+    // handshake timeout) until they close; then it is answered again.
+    let idle: Vec<std::net::TcpStream> = (0..3)
+        .map(|_| {
+            berth_net::in_netns(setup.ns.name(), || {
+                std::net::TcpStream::connect((NODE_ADDR, 10250))
+            })
+            .expect("the node namespace")
+            .expect("a TCP connection to the node API")
+        })
+        .collect();
+    let waiting = call_node_api_within(
+        setup,
+        &ca,
+        Some(node_identity.clone()),
+        Duration::from_secs(3),
+    );
+    assert_eq!(waiting, Err(tonic::Code::DeadlineExceeded), "at the cap");
+    drop(idle);
+    let answered = call_node_api(setup, &ca, Some(node_identity));
+    assert_eq!(
+        answered,
+        Err(tonic::Code::PermissionDenied),
+        "answered once the idle connections closed"
     );
     let anonymous = call_node_api(setup, &ca, None);
     assert!(
@@ -377,11 +403,12 @@ async fn renewal(setup: &Setup, agent: &mut Process, ca: &str) {
 }
 
 /// Connects from the node's namespace to `url` with `tls` and makes `call` on the channel:
-/// its answer's code, or Unavailable when TLS refused the connection.
+/// its answer's code, Unavailable when TLS refused the connection, DeadlineExceeded when
+/// nothing answered within `deadline`.
 fn call_from_node<F>(
     setup: &Setup,
     url: String,
-    tls: ClientTlsConfig,
+    (tls, deadline): (ClientTlsConfig, Duration),
     call: F,
 ) -> Result<(), tonic::Code>
 where
@@ -393,14 +420,19 @@ where
             .build()
             .expect("runtime");
         runtime.block_on(async move {
-            let channel = Endpoint::from_shared(url)
-                .expect("url")
-                .tls_config(tls)
-                .expect("tls")
-                .connect()
+            let answer = async move {
+                let channel = Endpoint::from_shared(url)
+                    .expect("url")
+                    .tls_config(tls)
+                    .expect("tls")
+                    .connect()
+                    .await
+                    .map_err(|_| tonic::Code::Unavailable)?;
+                call(channel).await.map_err(|status| status.code())
+            };
+            tokio::time::timeout(deadline, answer)
                 .await
-                .map_err(|_| tonic::Code::Unavailable)?;
-            call(channel).await.map_err(|status| status.code())
+                .unwrap_or(Err(tonic::Code::DeadlineExceeded))
         })
     })
     .expect("the node namespace")
@@ -414,7 +446,7 @@ fn call_agent_api(setup: &Setup, ca: &str, identity: Identity) -> Result<(), ton
     call_from_node(
         setup,
         "https://127.0.0.1:6444".to_owned(),
-        tls,
+        (tls, CALL_DEADLINE),
         async |channel| {
             AgentClient::new(channel)
                 .heartbeat(HeartbeatRequest::default())
@@ -424,8 +456,20 @@ fn call_agent_api(setup: &Setup, ca: &str, identity: Identity) -> Result<(), ton
     )
 }
 
+/// How long a direct call may take before the test calls it unanswered.
+const CALL_DEADLINE: Duration = Duration::from_secs(30);
+
 /// Calls the agent's node API directly with `identity` as the client certificate.
 fn call_node_api(setup: &Setup, ca: &str, identity: Option<Identity>) -> Result<(), tonic::Code> {
+    call_node_api_within(setup, ca, identity, CALL_DEADLINE)
+}
+
+fn call_node_api_within(
+    setup: &Setup,
+    ca: &str,
+    identity: Option<Identity>,
+    deadline: Duration,
+) -> Result<(), tonic::Code> {
     let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca))
         .domain_name(setup.node.clone());
@@ -435,7 +479,7 @@ fn call_node_api(setup: &Setup, ca: &str, identity: Option<Identity>) -> Result<
     call_from_node(
         setup,
         format!("https://{NODE_ADDR}:10250"),
-        tls,
+        (tls, deadline),
         async |channel| {
             NodeClient::new(channel)
                 .service_backends(ServiceBackendsRequest {
