@@ -34,7 +34,7 @@ use crate::{
     node_client::NodeClient,
     pki::{self, Pki},
     registry::Registry,
-    store::{EncryptedStore, Keyring, RedbStore, Store},
+    store::{EncryptedStore, EtcdStore, Keyring, RedbStore, Store},
     tokens::{BootstrapTokens, TokenError},
     usage::Usage,
 };
@@ -111,11 +111,20 @@ impl Server {
             source,
         })?;
         // Secrets are sealed below everything that reads or writes the store.
-        let store: Arc<dyn Store> = Arc::new(EncryptedStore::new(
-            RedbStore::open(&config.store_path())?,
-            Keyring::load_or_create(&config.encryption_keys_dir())?,
-            vec![crate::objects::prefix(&berth_api::kinds::SECRETS, None)],
-        ));
+        let keyring = Keyring::load_or_create(&config.encryption_keys_dir())?;
+        let sealed = vec![crate::objects::prefix(&berth_api::kinds::SECRETS, None)];
+        let store: Arc<dyn Store> = match config.etcd() {
+            Some(etcd) => Arc::new(EncryptedStore::new(
+                EtcdStore::connect(etcd)?,
+                keyring,
+                sealed,
+            )),
+            None => Arc::new(EncryptedStore::new(
+                RedbStore::open(&config.store_path())?,
+                keyring,
+                sealed,
+            )),
+        };
         // A Secret no key here decrypts would break every watch at its first event: say
         // which key is missing now instead.
         store

@@ -18,8 +18,7 @@ use redb::{Database, ReadableDatabase as _, ReadableTable, TableDefinition};
 use tokio::sync::watch;
 
 use super::{
-    Event, EventKind, Health, KeyValue, Op, Precondition, Result, Revision, Store, StoreError,
-    StoreFault,
+    Event, EventKind, Health, KeyValue, Op, Result, Revision, Store, StoreError, StoreFault,
 };
 
 /// key → create revision (u64 LE) ‖ mod revision (u64 LE) ‖ value
@@ -516,7 +515,7 @@ fn check_all(kv: &impl ReadableTable<&'static str, &'static [u8]>, ops: &[Op]) -
             Some(state) => state.clone(),
             None => read_kv(kv, key)?,
         };
-        check(key, precondition, existing.as_ref())?;
+        super::check(key, precondition, existing.as_ref())?;
         let after = match op {
             // The revision is not known yet; a later op in the same transaction may
             // still require presence, which is all that is checked against it.
@@ -584,26 +583,6 @@ fn read_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
 
 fn write_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn check(key: &str, precondition: Precondition, existing: Option<&KeyValue>) -> Result<()> {
-    match (precondition, existing) {
-        (Precondition::Always, _) => Ok(()),
-        (Precondition::Absent, None) => Ok(()),
-        (Precondition::Absent, Some(_)) => Err(StoreError::AlreadyExists {
-            key: key.to_owned(),
-        }),
-        (Precondition::Present, Some(_)) => Ok(()),
-        (Precondition::Present, None) => Err(StoreError::NotFound {
-            key: key.to_owned(),
-        }),
-        (Precondition::ModRevision(expected), Some(kv)) if kv.mod_revision == expected => Ok(()),
-        (Precondition::ModRevision(expected), found) => Err(StoreError::Conflict {
-            key: key.to_owned(),
-            expected,
-            found: found.map(|kv| kv.mod_revision),
-        }),
-    }
 }
 
 impl Store for RedbStore {
