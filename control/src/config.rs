@@ -110,6 +110,17 @@ pub struct Config {
     #[arg(long, env = "BERTH_ETCD_KEYFILE", requires = "etcd_certfile")]
     pub etcd_keyfile: Option<PathBuf>,
 
+    /// Seconds of the etcd lease the elected leader among the control planes on one etcd
+    /// holds (it renews it four times a lease and steps down after two thirds of a lease
+    /// without a renewal); the scheduler and controllers run on the leader only.
+    #[arg(
+        long = "leader-elect-lease-duration",
+        env = "BERTH_LEADER_ELECT_LEASE_DURATION",
+        default_value_t = 15,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub leader_lease_secs: u64,
+
     /// Store revisions of watch history to keep; older history is compacted.
     #[arg(long, env = "BERTH_HISTORY_REVISIONS", default_value_t = 100_000)]
     pub history_revisions: u64,

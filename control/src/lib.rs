@@ -11,6 +11,7 @@ mod api;
 mod audit;
 mod authn;
 mod authz;
+mod cluster_files;
 pub mod config;
 mod controllers;
 mod credentials;

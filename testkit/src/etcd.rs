@@ -113,8 +113,9 @@ impl EtcdMember {
             .args(["--initial-cluster", &self.initial_cluster])
             .args(["--initial-cluster-state", "new"])
             .args(["--initial-cluster-token", "berth-test"])
-            // Elections within a second or two on this slow, shared machine.
-            .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
+            // Quick elections, and a minimum lease TTL of 1 s (etcd derives it from the
+            // election timeout) for the leader-election tests.
+            .args(["--heartbeat-interval", "100", "--election-timeout", "500"])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -32,6 +32,8 @@ use super::{
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Keys per range request when listing: bounded responses whatever the list's size.
 const LIST_PAGE: i64 = 1_000;
+/// Pause before a request that met a dead member is sent again.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// Pause before the history watch is opened again after it failed.
 const WATCH_RETRY: Duration = Duration::from_millis(500);
 
@@ -57,10 +59,33 @@ impl EtcdConfig {
 
 /// The store on etcd. Blocking like every `Store`: requests run on a runtime of its own,
 /// so callers on any thread (async or not) may wait for them.
+#[derive(Clone)]
 pub struct EtcdStore {
     shared: Arc<Shared>,
-    /// Taken only when dropped.
-    runtime: Option<Runtime>,
+    runtime: Arc<OwnedRuntime>,
+    /// Set on the handle the elected controllers write through.
+    fence: Option<Fence>,
+}
+
+/// A write fence: the transaction proceeds only while `key` is held by `lease`, so a
+/// control plane that lost its leadership (and so its lease) cannot write any more.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    key: Vec<u8>,
+    lease: i64,
+}
+
+/// The client's runtime, shut down without blocking when the last handle goes.
+struct OwnedRuntime(Option<Runtime>);
+
+impl Drop for OwnedRuntime {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which panics when the store is dropped on an async
+        // thread; its tasks (the history watch) need no orderly end.
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 struct Shared {
@@ -118,7 +143,7 @@ impl EtcdStore {
             notify,
             state: Mutex::new(FaultState::default()),
         });
-        let start = shared.call(&runtime, |mut client, key| async move {
+        let start = shared.call(&runtime, Retry::Reads, |mut client, key| async move {
             let response = client
                 .get(key, Some(GetOptions::new().with_count_only()))
                 .await?;
@@ -133,24 +158,167 @@ impl EtcdStore {
         runtime.spawn(watch_history(Arc::clone(&shared)));
         Ok(Self {
             shared,
-            runtime: Some(runtime),
+            runtime: Arc::new(OwnedRuntime(Some(runtime))),
+            fence: None,
         })
     }
 
     fn runtime(&self) -> Result<&Runtime> {
         self.runtime
+            .0
             .as_ref()
             .ok_or_else(|| StoreError::Backend("the etcd client was shut down".to_owned()))
     }
+
+    /// The same store, writing only while `term` lasts.
+    pub fn fenced(&self, term: &Term) -> Self {
+        Self {
+            fence: Some(term.fence.clone()),
+            ..self.clone()
+        }
+    }
+
+    /// Leader election among the control planes sharing this etcd, under `name`.
+    pub fn elector(&self, name: &str, identity: String, lease: Duration) -> Elector {
+        Elector {
+            client: self.shared.client.clone(),
+            key: format!("{}:leases/{name}", self.shared.config.prefix).into_bytes(),
+            identity,
+            lease,
+        }
+    }
 }
 
-impl Drop for EtcdStore {
-    fn drop(&mut self) {
-        // Dropping a runtime blocks, which panics when the store is dropped on an async
-        // thread; its tasks (the history watch) need no orderly end.
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
+/// Campaigns for one leadership with an etcd lease: the leader is whoever created the
+/// election key under its lease; the key goes when the lease expires, and the next
+/// campaigner creates it.
+pub struct Elector {
+    client: Client,
+    key: Vec<u8>,
+    identity: String,
+    lease: Duration,
+}
+
+/// One tenure as leader.
+#[derive(Debug, Clone)]
+pub struct Term {
+    fence: Fence,
+    /// The lease etcd granted, which may be longer than asked (etcd's minimum follows
+    /// its election timeout).
+    lease: Duration,
+}
+
+impl Elector {
+    /// Waits until this instance is the leader.
+    pub async fn acquire(&self) -> Result<Term, etcd_client::Error> {
+        let mut client = self.client.clone();
+        let ttl = i64::try_from(self.lease.as_secs().max(1)).unwrap_or(i64::MAX);
+        loop {
+            let granted = client.lease_grant(ttl, None).await?;
+            let lease = granted.id();
+            let txn = Txn::new()
+                .when([Compare::create_revision(self.key.clone(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(
+                    self.key.clone(),
+                    self.identity.clone(),
+                    Some(etcd_client::PutOptions::new().with_lease(lease)),
+                )])
+                .or_else([TxnOp::get(self.key.clone(), None)]);
+            let response = client.txn(txn).await?;
+            if response.succeeded() {
+                return Ok(Term {
+                    fence: Fence {
+                        key: self.key.clone(),
+                        lease,
+                    },
+                    lease: Duration::from_secs(u64::try_from(granted.ttl()).unwrap_or(1).max(1)),
+                });
+            }
+            // Somebody leads: the lease granted for nothing goes, and the campaign
+            // waits for the key to go (the leader resigned or its lease expired).
+            let _ = client.lease_revoke(lease).await;
+            let held_at = response
+                .op_responses()
+                .iter()
+                .find_map(|r| match r {
+                    TxnOpResponse::Get(found) => found.kvs().first().map(|kv| kv.mod_revision()),
+                    _ => None,
+                })
+                .unwrap_or(0);
+            if held_at == 0 {
+                continue;
+            }
+            let options = WatchOptions::new().with_start_revision(held_at + 1);
+            let mut stream = client.watch(self.key.clone(), Some(options)).await?;
+            'watch: while let Some(message) = stream.message().await? {
+                if message.canceled() || message.compact_revision() > 0 {
+                    break;
+                }
+                for event in message.events() {
+                    if event.event_type() == EventType::Delete {
+                        break 'watch;
+                    }
+                }
+            }
         }
+    }
+
+    /// Keeps the lease alive until it is lost; returns then. Steps down (returns) once no
+    /// renewal has succeeded for two thirds of the lease, before the lease can expire
+    /// and another instance take over, so two leaders never act at once.
+    pub async fn hold(&self, term: &Term) {
+        let renew_every = term.lease / 4;
+        let deadline = term.lease * 2 / 3;
+        let mut last_renewed = tokio::time::Instant::now();
+        let mut client = self.client.clone();
+        let mut keeper = None;
+        loop {
+            tokio::time::sleep(renew_every).await;
+            if keeper.is_none() {
+                keeper = tokio::time::timeout(
+                    deadline,
+                    client.lease_keep_alive(term.fence.lease),
+                )
+                .await
+                .ok()
+                .and_then(Result::ok);
+            }
+            let renewed = match keeper.as_mut() {
+                Some((sender, responses)) => {
+                    let round = async {
+                        sender.keep_alive().await?;
+                        responses.message().await
+                    };
+                    match tokio::time::timeout(renew_every.max(Duration::from_millis(100)), round).await {
+                        Ok(Ok(Some(answer))) if answer.ttl() > 0 => true,
+                        Ok(Ok(Some(_))) => {
+                            tracing::warn!("the controller lease expired: stepping down");
+                            return;
+                        }
+                        _ => {
+                            keeper = None;
+                            false
+                        }
+                    }
+                }
+                None => false,
+            };
+            if renewed {
+                last_renewed = tokio::time::Instant::now();
+            } else if last_renewed.elapsed() >= deadline {
+                tracing::warn!(
+                    "the controller lease was not renewed for {} ms: stepping down",
+                    last_renewed.elapsed().as_millis()
+                );
+                return;
+            }
+        }
+    }
+
+    /// Gives the leadership up at once (a clean shutdown), so the next leader need not
+    /// wait for the lease to expire.
+    pub async fn resign(&self, term: &Term) {
+        let _ = self.client.clone().lease_revoke(term.fence.lease).await;
     }
 }
 
@@ -213,14 +381,35 @@ impl Shared {
     }
 
     /// One request to etcd with a client of its own (clients are cheap handles on one
-    /// connection pool); an unreachable cluster marks the store faulted until a request
-    /// succeeds again.
-    fn call<T, F>(&self, runtime: &Runtime, request: impl FnOnce(Client, Vec<u8>) -> F) -> Result<T>
+    /// connection pool). The pool spreads requests over the members, so a request that
+    /// met a dead member is sent again (to another): any request if it never reached
+    /// etcd, a read also when etcd answered "unavailable". An unreachable cluster marks
+    /// the store faulted until a request succeeds again.
+    fn call<T, F>(
+        &self,
+        runtime: &Runtime,
+        retry: Retry,
+        request: impl Fn(Client, Vec<u8>) -> F + Send + 'static,
+    ) -> Result<T>
     where
         T: Send + 'static,
         F: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
     {
-        let future = request(self.client.clone(), self.key(""));
+        let client = self.client.clone();
+        let key = self.key("");
+        let attempts = 2 * self.config.endpoints.len() + 1;
+        let future = async move {
+            let mut attempt = 1;
+            loop {
+                match request(client.clone(), key.clone()).await {
+                    Err(e) if attempt < attempts && retry.allows(&e) => {
+                        attempt += 1;
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                    }
+                    outcome => return outcome,
+                }
+            }
+        };
         let outcome = match wait_for(runtime, future) {
             Some(result) => result.map_err(|e| self.classify(e)),
             None => Err(StoreError::Faulted(self.fault(
@@ -344,11 +533,11 @@ impl Shared {
             .with_prev_key()
             .with_progress_notify()
             .with_start_revision(from_revision(from));
-        let mut stream = client.watch(self.key(""), Some(options)).await?;
+        let mut stream = client.watch(self.key("/"), Some(options)).await?;
         while let Some(response) = stream.message().await? {
             if response.compact_revision() > 0 {
                 let now = client
-                    .get(self.key(""), Some(GetOptions::new().with_count_only()))
+                    .get(self.key("/"), Some(GetOptions::new().with_count_only()))
                     .await?;
                 tracing::warn!(
                     "etcd compacted revision {} before this instance read it; watchers list again",
@@ -395,6 +584,29 @@ async fn watch_history(shared: Arc<Shared>) {
             tracing::warn!("store history watch on {}: {e}", shared.config.url());
         }
         tokio::time::sleep(WATCH_RETRY).await;
+    }
+}
+
+/// Which failed requests may be sent again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Reads: sending them twice changes nothing.
+    Reads,
+    /// Writes: only if etcd never got them (the connection was not made).
+    Writes,
+}
+
+impl Retry {
+    fn allows(self, error: &etcd_client::Error) -> bool {
+        use etcd_client::Error as E;
+        let unsent = |message: &str| message.contains("connect");
+        match error {
+            E::TransportError(e) => unsent(&e.to_string()) || self == Self::Reads,
+            E::GRpcStatus(status) if status.code() == tonic::Code::Unavailable => {
+                self == Self::Reads || unsent(status.message())
+            }
+            _ => false,
+        }
     }
 }
 
@@ -445,8 +657,9 @@ impl Store for EtcdStore {
     fn get(&self, key: &str) -> Result<Option<KeyValue>> {
         let shared = &self.shared;
         let full = shared.key(key);
-        let kvs = shared.call(self.runtime()?, |mut client, _| async move {
-            Ok(client.get(full, None).await?.take_kvs())
+        let kvs = shared.call(self.runtime()?, Retry::Reads, move |mut client, _| {
+            let full = full.clone();
+            async move { Ok(client.get(full, None).await?.take_kvs()) }
         })?;
         kvs.first().map(|kv| shared.key_value(kv)).transpose()
     }
@@ -463,12 +676,15 @@ impl Store for EtcdStore {
         loop {
             let end = end.clone();
             let page_from = from.clone();
-            let mut response = shared.call(runtime, move |mut client, _| async move {
-                let mut options = GetOptions::new().with_range(end).with_limit(LIST_PAGE);
+            let mut response = shared.call(runtime, Retry::Reads, move |mut client, _| {
+                let mut options = GetOptions::new()
+                    .with_range(end.clone())
+                    .with_limit(LIST_PAGE);
                 if revision > 0 {
                     options = options.with_revision(from_revision(revision));
                 }
-                client.get(page_from, Some(options)).await
+                let page_from = page_from.clone();
+                async move { client.get(page_from, Some(options)).await }
             })?;
             if revision == 0 {
                 revision = header_revision(response.header());
@@ -527,9 +743,13 @@ impl Store for EtcdStore {
             .iter()
             .map(|(key, _)| TxnOp::get(shared.key(key), None))
             .collect();
+        if let Some(fence) = &self.fence {
+            compares.push(Compare::lease(fence.key.clone(), CompareOp::Equal, fence.lease));
+        }
         let txn = Txn::new().when(compares).and_then(writes).or_else(reads);
-        let response = shared.call(self.runtime()?, |mut client, _| async move {
-            client.txn(txn).await
+        let response = shared.call(self.runtime()?, Retry::Writes, move |mut client, _| {
+            let txn = txn.clone();
+            async move { client.txn(txn).await }
         })?;
         let revision = header_revision(response.header());
         if !response.succeeded() {
@@ -544,9 +764,14 @@ impl Store for EtcdStore {
                 };
                 check(key, *precondition, existing.as_ref())?;
             }
-            return Err(StoreError::Backend(
-                "etcd refused the transaction's preconditions".to_owned(),
-            ));
+            return Err(match &self.fence {
+                Some(fence) => StoreError::Fenced {
+                    key: String::from_utf8_lossy(&fence.key).into_owned(),
+                },
+                None => StoreError::Backend(
+                    "etcd refused the transaction's preconditions".to_owned(),
+                ),
+            });
         }
         let deleted = response
             .op_responses()
@@ -605,7 +830,7 @@ impl Store for EtcdStore {
             }
             target
         };
-        let compacted = shared.call(self.runtime()?, move |mut client, _| async move {
+        let compacted = shared.call(self.runtime()?, Retry::Reads, move |mut client, _| async move {
             match client.compact(from_revision(target), None).await {
                 Ok(_) => Ok(()),
                 // Another instance compacted as far already.
@@ -628,7 +853,7 @@ impl Store for EtcdStore {
 
     fn revision(&self) -> Result<Revision> {
         self.shared
-            .call(self.runtime()?, |mut client, key| async move {
+            .call(self.runtime()?, Retry::Reads, |mut client, key| async move {
                 let response = client
                     .get(key, Some(GetOptions::new().with_count_only()))
                     .await?;
@@ -642,7 +867,7 @@ impl Store for EtcdStore {
 
     fn size_bytes(&self) -> Result<u64> {
         self.shared
-            .call(self.runtime()?, |mut client, _| async move {
+            .call(self.runtime()?, Retry::Reads, |mut client, _| async move {
                 Ok(u64::try_from(client.status().await?.db_size()).unwrap_or(0))
             })
     }

@@ -12,7 +12,7 @@ mod redb;
 
 pub use self::{
     encrypted::{EncryptedStore, Keyring, KeyringError},
-    etcd::{EtcdConfig, EtcdStore},
+    etcd::{Elector, EtcdConfig, EtcdStore, Term},
     redb::RedbStore,
 };
 
@@ -105,6 +105,9 @@ pub enum StoreError {
     Backend(String),
     #[error("corrupt store record for {0}")]
     Corrupt(String),
+    /// A write of the elected controllers after this control plane lost the leadership.
+    #[error("writes are fenced: this control plane no longer holds the leadership {key}")]
+    Fenced { key: String },
     /// The store's file failed an I/O call: writes are refused until it recovers.
     #[error(transparent)]
     Faulted(StoreFault),
