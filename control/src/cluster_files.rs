@@ -94,15 +94,13 @@ fn read_all(config: &Config) -> Result<BTreeMap<String, String>, ClusterFilesErr
     let mut files = BTreeMap::new();
     for path in paths {
         let content = fs::read(&path).map_err(io(&path))?;
-        let name = path
-            .strip_prefix(data_dir)
-            .map_err(|_| {
-                ClusterFilesError::Outside(format!(
-                    "{} is outside the data directory",
-                    path.display()
-                ))
-            })?;
-        files.insert(name.to_string_lossy().into_owned(), STANDARD.encode(content));
+        let name = path.strip_prefix(data_dir).map_err(|_| {
+            ClusterFilesError::Outside(format!("{} is outside the data directory", path.display()))
+        })?;
+        files.insert(
+            name.to_string_lossy().into_owned(),
+            STANDARD.encode(content),
+        );
     }
     Ok(files)
 }

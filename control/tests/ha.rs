@@ -3,7 +3,8 @@
 //! elected leader runs the scheduler and controllers. The leader is killed with SIGKILL
 //! under a steady stream of writes: another instance takes over (the time is printed),
 //! every acknowledged write is still there with its resourceVersion, every pod is bound
-//! once; then an etcd member is killed and writes go on.
+//! once; the next leader is frozen (SIGSTOP, as if cut off) and, running again, steps
+//! down without writing; then an etcd member is killed and writes go on.
 
 mod common;
 
@@ -82,12 +83,23 @@ async fn scale(client: &Client, replicas: u32) {
     );
 }
 
+/// `kill -STOP`/`-CONT` of a process this test started, by pid.
+fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill {signal} {pid}");
+}
+
 async fn all_bound(client: &Client, replicas: usize) -> Option<()> {
     let pods = pods(client).await;
     (pods.len() == replicas
-        && pods
-            .iter()
-            .all(|p| p["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty())))
+        && pods.iter().all(|p| {
+            p["spec"]["nodeName"]
+                .as_str()
+                .is_some_and(|n| !n.is_empty())
+        }))
     .then_some(())
 }
 
@@ -172,7 +184,11 @@ async fn three_control_planes_survive_the_leader_and_an_etcd_member_dying() {
                 let name = format!("w{i}");
                 let map = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"i": i.to_string()}});
                 match via_third
-                    .json(Method::POST, "/api/v1/namespaces/default/configmaps", Some(&map))
+                    .json(
+                        Method::POST,
+                        "/api/v1/namespaces/default/configmaps",
+                        Some(&map),
+                    )
                     .await
                 {
                     Ok((status, created)) if status.as_u16() == 201 => {
@@ -219,6 +235,28 @@ async fn three_control_planes_survive_the_leader_and_an_etcd_member_dying() {
         acted.as_millis()
     );
 
+    // The new leader is cut off (SIGSTOP: it can neither renew its lease nor notice):
+    // the remaining instance takes over and scales up; when the old leader runs again it
+    // steps down, and nothing it still had in flight is written (its lease fences it).
+    let (cut_off, other) = if new_leader == 1 {
+        (&second, &clients[2])
+    } else {
+        (&third, &clients[1])
+    };
+    signal(cut_off.server.pid(), "-STOP");
+    eventually("the remaining control plane leads", || async {
+        is_leader(other).await.filter(|l| *l).map(|_| ())
+    })
+    .await;
+    scale(other, 30).await;
+    eventually("30 pods bound by the third leader", || all_bound(other, 30)).await;
+    signal(cut_off.server.pid(), "-CONT");
+    let resumed = &clients[new_leader];
+    eventually("the resumed old leader steps down", || async {
+        is_leader(resumed).await.filter(|l| !*l).map(|_| ())
+    })
+    .await;
+
     // One etcd member dies: writes go on (through both surviving instances).
     etcd.members[0].kill();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -229,7 +267,11 @@ async fn three_control_planes_survive_the_leader_and_an_etcd_member_dying() {
         "HA: {} writes acknowledged, {failed} refused during the failovers",
         acknowledged.len()
     );
-    assert!(acknowledged.len() > 20, "the writes went on: {}", acknowledged.len());
+    assert!(
+        acknowledged.len() > 20,
+        "the writes went on: {}",
+        acknowledged.len()
+    );
     assert_acknowledged(
         via_second,
         "/api/v1/namespaces/default/configmaps",
@@ -241,7 +283,11 @@ async fn three_control_planes_survive_the_leader_and_an_etcd_member_dying() {
         let map = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("after-{i}")}});
         let (status, body) = eventually("a write with one etcd member down", || async {
             let (status, body) = c
-                .json(Method::POST, "/api/v1/namespaces/default/configmaps", Some(&map))
+                .json(
+                    Method::POST,
+                    "/api/v1/namespaces/default/configmaps",
+                    Some(&map),
+                )
                 .await
                 .ok()?;
             (status.as_u16() == 201).then_some((status, body))
@@ -260,12 +306,11 @@ async fn three_control_planes_survive_the_leader_and_an_etcd_member_dying() {
     for event in events["items"].as_array().into_iter().flatten() {
         if event["reason"] == "Scheduled" {
             let pod = event["involvedObject"]["name"].as_str().unwrap_or_default();
-            *scheduled.entry(pod.to_owned()).or_default() +=
-                event["count"].as_u64().unwrap_or(1);
+            *scheduled.entry(pod.to_owned()).or_default() += event["count"].as_u64().unwrap_or(1);
         }
     }
     let pods = pods(via_second).await;
-    assert_eq!(pods.len(), 20);
+    assert_eq!(pods.len(), 30);
     for pod in &pods {
         let name = pod["metadata"]["name"].as_str().unwrap_or_default();
         assert_eq!(

@@ -427,3 +427,49 @@ fn eventually(mut done: impl FnMut() -> bool) -> bool {
     }
     false
 }
+
+/// Leader election on etcd: one leader at a time, the next one elected when the first
+/// resigns; the deposed leader's fenced writes are refused, even though its handle still
+/// works and its preconditions hold.
+#[test]
+fn etcd_leadership_fences_a_deposed_leaders_writes() {
+    let backend = Backend::etcd();
+    let Backend::Etcd(cluster) = &backend else {
+        unreachable!("an etcd backend")
+    };
+    let store = EtcdStore::connect(EtcdConfig {
+        endpoints: cluster.endpoints(),
+        prefix: "/berth".to_owned(),
+        ca_file: None,
+        client_cert: None,
+    })
+    .expect("connect");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let lease = std::time::Duration::from_secs(1);
+    let first = store.elector("controllers", "first".to_owned(), lease);
+    let second = store.elector("controllers", "second".to_owned(), lease);
+    let term = runtime.block_on(first.acquire()).expect("first is elected");
+    let fenced = store.fenced(&term);
+    fenced
+        .commit(vec![put("/by-leader", "1", Precondition::Absent)])
+        .expect("the leader writes");
+    // The second campaigns while the first leads: it waits.
+    let campaign = runtime.spawn(async move { second.acquire().await });
+    thread::sleep(std::time::Duration::from_millis(500));
+    assert!(!campaign.is_finished(), "two leaders at once");
+    runtime.block_on(first.resign(&term));
+    let next = runtime
+        .block_on(campaign)
+        .expect("join")
+        .expect("the second is elected once the first resigned");
+    let refused = fenced.commit(vec![put("/by-old-leader", "1", Precondition::Absent)]);
+    assert!(
+        matches!(refused, Err(StoreError::Fenced { .. })),
+        "{refused:?}"
+    );
+    assert!(store.get("/by-old-leader").expect("get").is_none());
+    store
+        .fenced(&next)
+        .commit(vec![put("/by-new-leader", "1", Precondition::Absent)])
+        .expect("the new leader writes");
+}

@@ -217,7 +217,11 @@ impl Elector {
             let granted = client.lease_grant(ttl, None).await?;
             let lease = granted.id();
             let txn = Txn::new()
-                .when([Compare::create_revision(self.key.clone(), CompareOp::Equal, 0)])
+                .when([Compare::create_revision(
+                    self.key.clone(),
+                    CompareOp::Equal,
+                    0,
+                )])
                 .and_then([TxnOp::put(
                     self.key.clone(),
                     self.identity.clone(),
@@ -275,13 +279,10 @@ impl Elector {
         loop {
             tokio::time::sleep(renew_every).await;
             if keeper.is_none() {
-                keeper = tokio::time::timeout(
-                    deadline,
-                    client.lease_keep_alive(term.fence.lease),
-                )
-                .await
-                .ok()
-                .and_then(Result::ok);
+                keeper = tokio::time::timeout(deadline, client.lease_keep_alive(term.fence.lease))
+                    .await
+                    .ok()
+                    .and_then(Result::ok);
             }
             let renewed = match keeper.as_mut() {
                 Some((sender, responses)) => {
@@ -289,7 +290,9 @@ impl Elector {
                         sender.keep_alive().await?;
                         responses.message().await
                     };
-                    match tokio::time::timeout(renew_every.max(Duration::from_millis(100)), round).await {
+                    match tokio::time::timeout(renew_every.max(Duration::from_millis(100)), round)
+                        .await
+                    {
                         Ok(Ok(Some(answer))) if answer.ttl() > 0 => true,
                         Ok(Ok(Some(_))) => {
                             tracing::warn!("the controller lease expired: stepping down");
@@ -744,7 +747,11 @@ impl Store for EtcdStore {
             .map(|(key, _)| TxnOp::get(shared.key(key), None))
             .collect();
         if let Some(fence) = &self.fence {
-            compares.push(Compare::lease(fence.key.clone(), CompareOp::Equal, fence.lease));
+            compares.push(Compare::lease(
+                fence.key.clone(),
+                CompareOp::Equal,
+                fence.lease,
+            ));
         }
         let txn = Txn::new().when(compares).and_then(writes).or_else(reads);
         let response = shared.call(self.runtime()?, Retry::Writes, move |mut client, _| {
@@ -768,9 +775,9 @@ impl Store for EtcdStore {
                 Some(fence) => StoreError::Fenced {
                     key: String::from_utf8_lossy(&fence.key).into_owned(),
                 },
-                None => StoreError::Backend(
-                    "etcd refused the transaction's preconditions".to_owned(),
-                ),
+                None => {
+                    StoreError::Backend("etcd refused the transaction's preconditions".to_owned())
+                }
             });
         }
         let deleted = response
@@ -830,18 +837,22 @@ impl Store for EtcdStore {
             }
             target
         };
-        let compacted = shared.call(self.runtime()?, Retry::Reads, move |mut client, _| async move {
-            match client.compact(from_revision(target), None).await {
-                Ok(_) => Ok(()),
-                // Another instance compacted as far already.
-                Err(etcd_client::Error::GRpcStatus(status))
-                    if status.message().contains("compacted") =>
-                {
-                    Ok(())
+        let compacted = shared.call(
+            self.runtime()?,
+            Retry::Reads,
+            move |mut client, _| async move {
+                match client.compact(from_revision(target), None).await {
+                    Ok(_) => Ok(()),
+                    // Another instance compacted as far already.
+                    Err(etcd_client::Error::GRpcStatus(status))
+                        if status.message().contains("compacted") =>
+                    {
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
                 }
-                Err(e) => Err(e),
-            }
-        });
+            },
+        );
         compacted?;
         let mut log = lock(&shared.log);
         while log.events.front().is_some_and(|e| e.revision() <= target) {
@@ -852,13 +863,16 @@ impl Store for EtcdStore {
     }
 
     fn revision(&self) -> Result<Revision> {
-        self.shared
-            .call(self.runtime()?, Retry::Reads, |mut client, key| async move {
+        self.shared.call(
+            self.runtime()?,
+            Retry::Reads,
+            |mut client, key| async move {
                 let response = client
                     .get(key, Some(GetOptions::new().with_count_only()))
                     .await?;
                 Ok(header_revision(response.header()))
-            })
+            },
+        )
     }
 
     fn compacted_revision(&self) -> Result<Revision> {
