@@ -744,6 +744,7 @@ mod tests {
     use berth_testkit::smallfs::SmallFs;
 
     use super::*;
+    use crate::store::Precondition;
 
     fn put(key: &str, value: Vec<u8>) -> Vec<Op> {
         vec![Op::Put {
