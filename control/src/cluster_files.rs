@@ -21,7 +21,7 @@ use crate::{
 };
 
 /// The store key of the shared files.
-const KEY: &str = "/cluster/files";
+pub(crate) const KEY: &str = "/cluster/files";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterFilesError {
@@ -80,7 +80,7 @@ pub fn publish(store: &dyn Store, config: &Config) -> Result<(), ClusterFilesErr
 }
 
 /// The shared files, by path relative to the data directory.
-fn read_all(config: &Config) -> Result<BTreeMap<String, String>, ClusterFilesError> {
+pub(crate) fn read_all(config: &Config) -> Result<BTreeMap<String, String>, ClusterFilesError> {
     let data_dir = &config.data_dir;
     let mut paths: Vec<PathBuf> = crate::pki::SHARED_FILES
         .iter()
@@ -105,7 +105,7 @@ fn read_all(config: &Config) -> Result<BTreeMap<String, String>, ClusterFilesErr
     Ok(files)
 }
 
-fn write(data_dir: &Path, name: &str, content: &[u8]) -> Result<(), ClusterFilesError> {
+pub(crate) fn write(data_dir: &Path, name: &str, content: &[u8]) -> Result<(), ClusterFilesError> {
     let relative = Path::new(name);
     if relative.is_absolute()
         || relative

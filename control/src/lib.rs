@@ -24,6 +24,7 @@ mod policy;
 mod registry;
 mod satokens;
 pub mod server;
+pub mod snapshot;
 mod spdy;
 pub mod store;
 mod tokens;

@@ -241,6 +241,7 @@ impl Server {
                 config.request_limits(),
                 metrics.rejected_requests.clone(),
             ),
+            config: Arc::new(config.clone()),
         };
         let mut metrics_addr = None;
         if let Some(address) = config.metrics_listen {

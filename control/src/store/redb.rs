@@ -140,6 +140,31 @@ impl RedbStore {
     }
 }
 
+impl RedbStore {
+    /// Makes an empty store start after `revision`, with all history up to it compacted:
+    /// a restored cluster's revisions continue above every resourceVersion a client may
+    /// hold from before, and any watch from such a version starts over from a list.
+    pub fn start_after(&self, revision: Revision) -> Result<()> {
+        let _writer = lock(&self.shared.writer);
+        self.shared.with_db(|db| {
+            let txn = db.begin_write().map_err(backend)?;
+            {
+                let mut meta = txn.open_table(META).map_err(backend)?;
+                if meta_value(&meta, META_REVISION)? != 0 {
+                    return Err(StoreError::Backend(
+                        "the store is not empty: a snapshot is restored into a new one".to_owned(),
+                    ));
+                }
+                meta.insert(META_REVISION, revision).map_err(backend)?;
+                meta.insert(META_COMPACTED, revision).map_err(backend)?;
+            }
+            txn.commit().map_err(backend)
+        })?;
+        self.shared.notify.send_replace(revision);
+        Ok(())
+    }
+}
+
 fn with_path(error: StoreError, path: &Path) -> StoreError {
     match error {
         StoreError::Faulted(fault) => StoreError::Faulted(StoreFault {
