@@ -16,6 +16,8 @@ pub struct EtcdMember {
     client: SocketAddr,
     peer: SocketAddr,
     initial_cluster: String,
+    /// The network namespace it runs in; None: this process's.
+    netns: Option<String>,
     child: Option<Child>,
 }
 
@@ -35,6 +37,12 @@ fn free_port() -> SocketAddr {
 impl EtcdCluster {
     /// Starts `size` members and waits until each answers on its client port.
     pub fn start(size: usize) -> Self {
+        Self::start_in(None, size)
+    }
+
+    /// The same, in network namespace `netns` (its loopback), for control planes that run
+    /// there.
+    pub fn start_in(netns: Option<&str>, size: usize) -> Self {
         let root = std::env::temp_dir().join(crate::unique_name("etcd"));
         std::fs::create_dir_all(&root).expect("etcd data root");
         let addresses: Vec<(String, SocketAddr, SocketAddr)> = (0..size)
@@ -54,6 +62,7 @@ impl EtcdCluster {
                     client,
                     peer,
                     initial_cluster: initial_cluster.clone(),
+                    netns: netns.map(str::to_owned),
                     child: None,
                 })
                 .collect(),
@@ -103,7 +112,15 @@ impl EtcdMember {
         let log = std::fs::File::create(self.data_dir.with_extension("log")).expect("etcd log");
         let client = format!("http://{}", self.client);
         let peer = format!("http://{}", self.peer);
-        let child = Command::new("etcd")
+        let mut command = match &self.netns {
+            Some(netns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", netns, "etcd"]);
+                command
+            }
+            None => Command::new("etcd"),
+        };
+        let child = command
             .args(["--name", &self.name, "--data-dir"])
             .arg(&self.data_dir)
             .args(["--listen-client-urls", &client])
@@ -137,7 +154,16 @@ impl EtcdMember {
     /// until the client port accepts connections.
     pub fn wait_until_serving(&self) {
         let started = Instant::now();
-        while TcpStream::connect_timeout(&self.client, Duration::from_millis(200)).is_err() {
+        let client = self.client;
+        let serving = || {
+            let connect =
+                move || TcpStream::connect_timeout(&client, Duration::from_millis(200)).is_ok();
+            match &self.netns {
+                Some(netns) => berth_net::in_netns(netns, connect).unwrap_or(false),
+                None => connect(),
+            }
+        };
+        while !serving() {
             assert!(
                 started.elapsed() < Duration::from_secs(60),
                 "etcd member {} did not open {} (log: {})",
