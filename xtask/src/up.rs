@@ -8,6 +8,11 @@
 //! the cluster and reaches services through the node's address like any client: Berth
 //! creates that one link and attaches nothing to the host's own interfaces.
 //!
+//! `cargo xtask up --ha` runs the control plane highly available instead: three etcd
+//! members (Debian's etcd-server; clients on 127.0.0.1:2379, :2389, :2399) and three
+//! control planes on them (APIs on 127.0.0.1:6443, :6453, :6463; agent APIs on the link's
+//! host address, ports 6444, 6454, 6464); the agent knows all three.
+//!
 //! Everything lives under one directory (`--home`, default /var/lib/berth): the control
 //! plane's store and PKI, the agent's state, logs, pid files, and `admin.conf`, which is
 //! where berthctl looks by default.
@@ -87,7 +92,18 @@ pub struct UpArgs {
     /// Where the cluster keeps its data, logs and client configuration.
     #[arg(long, env = "BERTH_HOME", default_value = "/var/lib/berth")]
     home: PathBuf,
+    /// Three etcd members and three control planes on them (one elected leader runs the
+    /// controllers) instead of one control plane on its embedded store.
+    #[arg(long)]
+    ha: bool,
 }
+
+/// Control planes (and etcd members) of `up --ha`.
+const HA_INSTANCES: usize = 3;
+/// Ports of instance `i` are these plus 10 × i.
+const ETCD_CLIENT_PORT: u16 = 2379;
+const ETCD_PEER_PORT: u16 = 2380;
+const API_PORT: u16 = 6443;
 
 #[derive(clap::Args)]
 pub struct DownArgs {
@@ -107,6 +123,17 @@ struct Layout {
 impl Layout {
     fn control_data(&self) -> PathBuf {
         self.home.join("control")
+    }
+    /// Control plane `i` of `up --ha` (the first one is the plain control plane's).
+    fn control_data_of(&self, i: usize) -> PathBuf {
+        if i == 0 {
+            self.control_data()
+        } else {
+            self.home.join(format!("control-{i}"))
+        }
+    }
+    fn etcd_data(&self, i: usize) -> PathBuf {
+        self.home.join(format!("etcd-{i}"))
     }
     fn admin_config(&self) -> PathBuf {
         self.home.join("admin.conf")
@@ -138,27 +165,62 @@ impl Layout {
 /// A process `up` starts and `down` stops, remembered by a pid file.
 #[derive(Clone, Copy)]
 struct Component {
+    /// Its pid and log files' name.
+    name: &'static str,
     /// The binary, also what /proc/<pid>/cmdline must name for the pid to still be ours.
     binary: &'static str,
     what: &'static str,
 }
 
 const CONTROL: Component = Component {
+    name: "berth-control",
     binary: "berth-control",
     what: "control plane",
 };
 const AGENT: Component = Component {
+    name: "berth-agent",
     binary: "berth-agent",
     what: "node agent",
 };
+/// `up --ha`'s control planes; the first is [`CONTROL`].
+const CONTROLS: [Component; HA_INSTANCES] = [
+    CONTROL,
+    Component {
+        name: "berth-control-1",
+        binary: "berth-control",
+        what: "control plane 1",
+    },
+    Component {
+        name: "berth-control-2",
+        binary: "berth-control",
+        what: "control plane 2",
+    },
+];
+const ETCD: [Component; HA_INSTANCES] = [
+    Component {
+        name: "etcd-0",
+        binary: "etcd",
+        what: "etcd member 0",
+    },
+    Component {
+        name: "etcd-1",
+        binary: "etcd",
+        what: "etcd member 1",
+    },
+    Component {
+        name: "etcd-2",
+        binary: "etcd",
+        what: "etcd member 2",
+    },
+];
 
 impl Component {
     fn pid_file(self, layout: &Layout) -> PathBuf {
-        layout.run().join(format!("{}.pid", self.binary))
+        layout.run().join(format!("{}.pid", self.name))
     }
 
     fn log(self, layout: &Layout) -> PathBuf {
-        layout.logs().join(format!("{}.log", self.binary))
+        layout.logs().join(format!("{}.log", self.name))
     }
 
     /// The pid of the running process, when the pid file names one that is still running
@@ -354,7 +416,72 @@ fn start_control(layout: &Layout) -> anyhow::Result<u32> {
     )
 }
 
-fn start_agent(layout: &Layout, node: &str) -> anyhow::Result<u32> {
+/// Port `base` of HA instance `i`.
+fn ha_port(base: u16, i: usize) -> u16 {
+    base + 10 * u16::try_from(i).unwrap_or(0)
+}
+
+fn etcd_store_url() -> String {
+    let members: Vec<String> = (0..HA_INSTANCES)
+        .map(|i| format!("127.0.0.1:{}", ha_port(ETCD_CLIENT_PORT, i)))
+        .collect();
+    format!("etcd://{}", members.join(","))
+}
+
+fn start_etcd(layout: &Layout, i: usize) -> anyhow::Result<u32> {
+    let cluster: Vec<String> = (0..HA_INSTANCES)
+        .map(|m| format!("m{m}=http://127.0.0.1:{}", ha_port(ETCD_PEER_PORT, m)))
+        .collect();
+    let client = format!("http://127.0.0.1:{}", ha_port(ETCD_CLIENT_PORT, i));
+    let peer = format!("http://127.0.0.1:{}", ha_port(ETCD_PEER_PORT, i));
+    ETCD[i].start(
+        layout,
+        Command::new("etcd")
+            .args(["--name", &format!("m{i}"), "--data-dir"])
+            .arg(layout.etcd_data(i))
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &cluster.join(",")])
+            .args(["--initial-cluster-state", "new"])
+            .args(["--initial-cluster-token", "berth"]),
+    )
+}
+
+/// Control plane `i` of `up --ha`; the first writes admin.conf where berthctl looks,
+/// the others beside their data (every one accepts its token).
+fn start_ha_control(layout: &Layout, i: usize) -> anyhow::Result<u32> {
+    let data = layout.control_data_of(i);
+    let admin = if i == 0 {
+        layout.admin_config()
+    } else {
+        data.join("admin.conf")
+    };
+    CONTROLS[i].start(
+        layout,
+        Command::new(binary(CONTROL.binary))
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--admin-config")
+            .arg(admin)
+            .args(["--store", &etcd_store_url()])
+            .args(["--listen", &format!("127.0.0.1:{}", ha_port(API_PORT, i))])
+            .args([
+                "--agent-listen",
+                &format!("{HOST_ADDR}:{}", ha_port(AGENT_API_PORT, i)),
+            ])
+            .args(["--tls-san", &HOST_ADDR.to_string()])
+            .arg("--local-volume-dir")
+            .arg(layout.local_volumes()),
+    )
+}
+
+fn start_agent(layout: &Layout, node: &str, ha: bool) -> anyhow::Result<u32> {
+    let instances = if ha { HA_INSTANCES } else { 1 };
+    let servers: Vec<String> = (0..instances)
+        .map(|i| format!("https://{HOST_ADDR}:{}", ha_port(AGENT_API_PORT, i)))
+        .collect();
     let pki = layout.control_data().join("pki");
     // nsenter rather than `ip netns exec`: the latter remounts /sys, hiding bpffs.
     AGENT.start(
@@ -363,7 +490,7 @@ fn start_agent(layout: &Layout, node: &str) -> anyhow::Result<u32> {
             .arg(format!("--net=/run/netns/{NODE_NETNS}"))
             .arg(binary(AGENT.binary))
             .args(["--node-name", node])
-            .args(["--server", &format!("https://{HOST_ADDR}:{AGENT_API_PORT}")])
+            .args(["--server", &servers.join(",")])
             .arg("--ca-file")
             .arg(pki.join("ca.crt"))
             .arg("--bootstrap-token-file")
@@ -463,7 +590,13 @@ pub fn up(args: &UpArgs) -> anyhow::Result<()> {
     };
     let control_pid = CONTROL.running(&layout);
     let agent_pid = AGENT.running(&layout);
+    let all_running = !args.ha
+        || CONTROLS
+            .iter()
+            .chain(&ETCD)
+            .all(|c| c.running(&layout).is_some());
     if let (Some(control_pid), Some(agent_pid)) = (control_pid, agent_pid)
+        && all_running
         && berth_net::netns_exists(NODE_NETNS)
         && berth_echo::http_get(SocketAddrV4::new(NODE_ADDR, DEMO_NODE_PORT)).is_ok()
     {
@@ -488,30 +621,37 @@ pub fn up(args: &UpArgs) -> anyhow::Result<()> {
             Ok(())
         },
     )?;
-    step(
-        &format!(
-            "Control plane (API https://{API_LISTEN}, data in {})",
-            layout.control_data().display()
-        ),
-        || {
-            match control_pid {
-                Some(pid) => println!("    already running (pid {pid})"),
-                None => println!("    started (pid {})", start_control(&layout)?),
-            }
-            let api: SocketAddr = API_LISTEN.parse()?;
-            CONTROL.wait(&layout, Duration::from_secs(60), || {
-                layout.admin_config().exists()
-                    && layout.control_data().join("pki/bootstrap-token").exists()
-                    && tcp_answers(api)
-            })
-        },
-    )?;
+    if args.ha {
+        start_ha_control_planes(&layout)?;
+    } else {
+        step(
+            &format!(
+                "Control plane (API https://{API_LISTEN}, data in {})",
+                layout.control_data().display()
+            ),
+            || {
+                match control_pid {
+                    Some(pid) => println!("    already running (pid {pid})"),
+                    None => println!("    started (pid {})", start_control(&layout)?),
+                }
+                let api: SocketAddr = API_LISTEN.parse()?;
+                CONTROL.wait(&layout, Duration::from_secs(60), || {
+                    layout.admin_config().exists()
+                        && layout.control_data().join("pki/bootstrap-token").exists()
+                        && tcp_answers(api)
+                })
+            },
+        )?;
+    }
     step(
         &format!("Node agent for node {node} in {NODE_NETNS}"),
         || {
             match agent_pid {
                 Some(pid) => println!("    already running (pid {pid})"),
-                None => println!("    started (pid {})", start_agent(&layout, &node)?),
+                None => println!(
+                    "    started (pid {})",
+                    start_agent(&layout, &node, args.ha)?
+                ),
             }
             let metrics = SocketAddr::from((NODE_ADDR, AGENT_METRICS_PORT));
             AGENT.wait(&layout, Duration::from_secs(60), || tcp_answers(metrics))
@@ -534,7 +674,64 @@ pub fn up(args: &UpArgs) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64(),
         replicas.join(", ")
     );
+    if args.ha {
+        let apis: Vec<String> = (0..HA_INSTANCES)
+            .map(|i| format!("https://127.0.0.1:{}", ha_port(API_PORT, i)))
+            .collect();
+        println!(
+            "Highly available: {HA_INSTANCES} control planes ({}) on etcd ({}); one leader runs \
+             the controllers, any of them answers berthctl (`--server`).",
+            apis.join(", "),
+            etcd_store_url()
+        );
+    }
     print_next_steps(&layout);
+    Ok(())
+}
+
+/// `up --ha`: the etcd members, then the control planes, the first alone so that it
+/// publishes the cluster's CA and keys before the others take them.
+fn start_ha_control_planes(layout: &Layout) -> anyhow::Result<()> {
+    step(
+        &format!("etcd: {HA_INSTANCES} members ({})", etcd_store_url()),
+        || {
+            for (i, member) in ETCD.iter().enumerate() {
+                match member.running(layout) {
+                    Some(pid) => println!("    {} already running (pid {pid})", member.what),
+                    None => println!(
+                        "    {} started (pid {})",
+                        member.what,
+                        start_etcd(layout, i)?
+                    ),
+                }
+            }
+            for (i, member) in ETCD.iter().enumerate() {
+                let client = SocketAddr::from(([127, 0, 0, 1], ha_port(ETCD_CLIENT_PORT, i)));
+                member.wait(layout, Duration::from_secs(60), || tcp_answers(client))?;
+            }
+            Ok(())
+        },
+    )?;
+    for (i, control) in CONTROLS.iter().enumerate() {
+        let api = SocketAddr::from(([127, 0, 0, 1], ha_port(API_PORT, i)));
+        step(
+            &format!(
+                "{} on etcd (API https://{api}, data in {})",
+                control.what,
+                layout.control_data_of(i).display()
+            ),
+            || {
+                match control.running(layout) {
+                    Some(pid) => println!("    already running (pid {pid})"),
+                    None => println!("    started (pid {})", start_ha_control(layout, i)?),
+                }
+                let data = layout.control_data_of(i);
+                control.wait(layout, Duration::from_secs(60), || {
+                    data.join("pki/bootstrap-token").exists() && tcp_answers(api)
+                })
+            },
+        )?;
+    }
     Ok(())
 }
 
@@ -635,6 +832,12 @@ pub fn down(args: &DownArgs) -> anyhow::Result<()> {
     match CONTROL.stop(&layout)? {
         Some(pid) => println!("stopped the control plane (pid {pid})"),
         None => println!("the control plane was not running"),
+    }
+    // `up --ha`'s other control planes and the etcd members under them, if it ran.
+    for component in CONTROLS[1..].iter().chain(&ETCD) {
+        if let Some(pid) = component.stop(&layout)? {
+            println!("stopped {} (pid {pid})", component.what);
+        }
     }
     if args.purge {
         if layout.home.exists() {

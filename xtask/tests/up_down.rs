@@ -1,7 +1,9 @@
 //! The README's first command: `cargo xtask up` brings up a one-node cluster whose demo
 //! service answers from all three replicas through the eBPF datapath, a second `up`
 //! changes nothing, and `cargo xtask down` leaves no process, container, namespace, link
-//! or pinned map behind. Needs root, BPF and Docker, like the rest of the privileged tests.
+//! or pinned map behind; then the same with `cargo xtask up --ha` (three etcd members,
+//! three control planes), whose leader is killed. Needs root, BPF and Docker, like the
+//! rest of the privileged tests.
 
 use std::{
     collections::BTreeSet,
@@ -157,4 +159,91 @@ fn up_serves_the_demo_from_every_replica_and_down_leaves_nothing() {
         .filter(|ns| berth_net::netns_exists(ns))
         .collect();
     assert!(left.is_empty(), "pod namespaces left: {left:?}");
+
+    highly_available_up_survives_the_leader_and_down_leaves_nothing();
+}
+
+fn berthctl(server: &str, args: &[&str]) -> Output {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    Command::new(target.join("release/berthctl"))
+        .arg("--kubeconfig")
+        .arg(home().join("admin.conf"))
+        .args(["--server", server])
+        .args(args)
+        .output()
+        .expect("berthctl")
+}
+
+/// `up --ha` (after the plain cluster is gone, on the same names): three etcd members and
+/// three control planes; the first control plane (the leader) killed with SIGKILL, the
+/// demo keeps answering, a scale-up through another control plane reaches the node; then
+/// `down --purge` stops all seven processes.
+fn highly_available_up_survives_the_leader_and_down_leaves_nothing() {
+    let mut teardown = Teardown { done: false };
+    let up = cargo_xtask(&["up", "--ha"]);
+    assert!(up.status.success(), "cargo xtask up --ha failed");
+    let printed = String::from_utf8_lossy(&up.stdout);
+    assert!(
+        printed.contains("Highly available: 3 control planes"),
+        "{printed}"
+    );
+    let pids: Vec<u32> = [
+        "berth-control.pid",
+        "berth-control-1.pid",
+        "berth-control-2.pid",
+        "etcd-0.pid",
+        "etcd-1.pid",
+        "etcd-2.pid",
+        "berth-agent.pid",
+    ]
+    .iter()
+    .map(|file| pid(file))
+    .collect();
+
+    // The first control plane leads (it started first); it dies.
+    let killed = Command::new("kill")
+        .args(["-KILL", &pids[0].to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    for _ in 0..20 {
+        assert!(
+            berth_echo::http_get(DEMO).is_ok(),
+            "the demo stopped answering"
+        );
+    }
+    let scaled = berthctl(
+        "https://127.0.0.1:6453",
+        &["scale", "deployment", "echo", "--replicas", "4"],
+    );
+    assert!(
+        scaled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&scaled.stderr)
+    );
+    let mut replicas = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while replicas.len() < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "replicas answering after the leader died: {replicas:?}"
+        );
+        if let Ok(reply) = berth_echo::http_get(DEMO) {
+            replicas.insert(reply.pod);
+        }
+    }
+
+    teardown.done = true;
+    let down = cargo_xtask(&["down", "--purge"]);
+    assert!(down.status.success(), "cargo xtask down failed");
+    for pid in pids {
+        let alive = fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmd| !cmd.is_empty());
+        assert!(!alive, "process {pid} is still running");
+    }
+    assert!(!home().exists(), "--purge left {}", home().display());
 }
