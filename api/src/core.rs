@@ -82,6 +82,29 @@ pub struct Pod {
     pub status: Option<PodStatus>,
 }
 
+impl Pod {
+    /// Succeeded or Failed: its containers are done for good.
+    pub fn is_terminal(&self) -> bool {
+        self.status
+            .as_ref()
+            .is_some_and(|s| matches!(s.phase.as_str(), "Succeeded" | "Failed"))
+    }
+
+    /// Deleted gracefully and waiting for its node to stop it (Kubernetes'
+    /// deletionTimestamp).
+    pub fn is_terminating(&self) -> bool {
+        !self.metadata.deletion_timestamp.is_empty()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PodSpec {

@@ -23,6 +23,7 @@ pub mod channels;
 pub mod configuration;
 pub mod core;
 pub mod discovery;
+pub mod disruption;
 pub mod identity;
 pub mod kinds;
 pub mod kubeconfig;
