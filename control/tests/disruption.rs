@@ -1,0 +1,266 @@
+//! PodDisruptionBudgets, the Eviction subresource, `berthctl cordon|uncordon|drain` and
+//! DaemonSets over hollow nodes, on one cluster shared by the scenarios.
+
+mod common;
+
+use axum::http::Method;
+use common::{HollowCluster, berthctl, eventually};
+use serde_json::{Value, json};
+
+/// The zookeeper budget of the Kubernetes docs ("Specifying a Disruption Budget for your
+/// Application"), as users write it.
+const ZK_PDB: &str = "apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: zk-pdb
+spec:
+  minAvailable: 2
+  selector:
+    matchLabels:
+      app: zookeeper
+";
+
+const ZOOKEEPER: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata: {name: zk}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: zookeeper}}
+  template:
+    metadata: {labels: {app: zookeeper}}
+    spec: {containers: [{name: zk, image: 'echo:1'}]}
+";
+
+const WEB: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec: {containers: [{name: web, image: 'echo:1'}]}
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {name: web}
+spec:
+  maxUnavailable: 1
+  selector: {matchLabels: {app: web}}
+";
+
+const PDBS: &str = "/apis/policy/v1/namespaces/default/poddisruptionbudgets";
+
+fn ready(pod: &Value) -> bool {
+    pod.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+        && pod.pointer("/metadata/deletionTimestamp").is_none()
+}
+
+fn name(object: &Value) -> String {
+    object["metadata"]["name"].as_str().unwrap_or_default().to_owned()
+}
+
+/// Ready pods labelled app=`app`.
+async fn ready_pods(c: &HollowCluster, app: &str) -> Vec<Value> {
+    c.pods()
+        .await
+        .into_iter()
+        .filter(|p| p["metadata"]["labels"]["app"] == app && ready(p))
+        .collect()
+}
+
+async fn budget(c: &HollowCluster, name: &str) -> Value {
+    c.t.call(Method::GET, &format!("{PDBS}/{name}"), None).await.1
+}
+
+/// Waits until `app` has `n` ready pods and budget `pdb` allows `allowed` disruptions.
+async fn settled(c: &HollowCluster, app: &str, n: usize, pdb: &str, allowed: i64) {
+    eventually(&format!("{n} ready {app} pods, {allowed} disruption(s) allowed by {pdb}"), || async {
+        let pods = ready_pods(c, app).await;
+        let all = c.pods().await.into_iter().filter(|p| p["metadata"]["labels"]["app"] == app).count();
+        let status = budget(c, pdb).await;
+        (pods.len() == n && all == n && status["status"]["disruptionsAllowed"] == allowed).then_some(())
+    })
+    .await;
+}
+
+async fn evict(c: &HollowCluster, pod: &str) -> (u16, Value) {
+    let body = json!({"apiVersion": "policy/v1", "kind": "Eviction",
+        "metadata": {"name": pod, "namespace": "default"}});
+    c.t.call(
+        Method::POST,
+        &format!("/api/v1/namespaces/default/pods/{pod}/eviction"),
+        Some(&body),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn disruption_budgets_evictions_drains_and_daemon_sets() {
+    let c = HollowCluster::start(&[]).await;
+    let _nodes = [c.node("n1").await, c.node("n2").await, c.node("n3").await];
+    let admin = c.t.server.admin_config.clone();
+
+    cordon_and_uncordon(&c, &admin).await;
+    concurrent_evictions_respect_the_budget(&c).await;
+    drain_waits_for_the_budget(&c, &admin).await;
+}
+
+async fn unschedulable(c: &HollowCluster, node: &str) -> bool {
+    c.t.call(Method::GET, &format!("/api/v1/nodes/{node}"), None)
+        .await
+        .1["spec"]["unschedulable"]
+        == true
+}
+
+async fn cordon_and_uncordon(c: &HollowCluster, admin: &std::path::Path) {
+    let (ok, out, err) = berthctl(admin, &["cordon", "n3"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "node/n3 cordoned");
+    assert!(unschedulable(c, "n3").await);
+    let (ok, out, _) = berthctl(admin, &["cordon", "n3"]).await;
+    assert!(ok);
+    assert_eq!(out.trim(), "node/n3 already cordoned");
+    let (_, table, _) = berthctl(admin, &["get", "nodes"]).await;
+    assert!(
+        table.lines().any(|l| l.starts_with("n3") && l.contains("SchedulingDisabled")),
+        "{table}"
+    );
+    let (ok, out, err) = berthctl(admin, &["uncordon", "n3"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "node/n3 uncordoned");
+    assert!(!unschedulable(c, "n3").await);
+    let (ok, _, err) = berthctl(admin, &["cordon", "nowhere"]).await;
+    assert!(!ok);
+    assert!(err.contains("nodes \"nowhere\" not found"), "{err}");
+}
+
+async fn concurrent_evictions_respect_the_budget(c: &HollowCluster) {
+    let (status, body) = c.t.apply(WEB).await;
+    assert_eq!(status, 200, "{body}");
+    settled(c, "web", 3, "web", 1).await;
+    let status = budget(c, "web").await["status"].clone();
+    assert_eq!(
+        (
+            &status["currentHealthy"],
+            &status["desiredHealthy"],
+            &status["expectedPods"]
+        ),
+        (&json!(3), &json!(2), &json!(3))
+    );
+    let pods = ready_pods(c, "web").await;
+    let (a, b) = (name(&pods[0]), name(&pods[1]));
+    let ((status_a, body_a), (status_b, body_b)) = tokio::join!(evict(c, &a), evict(c, &b));
+    let mut statuses = [status_a, status_b];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [201, 429], "{body_a}\n{body_b}");
+    let refused = if status_a == 429 { &body_a } else { &body_b };
+    assert_eq!(refused["reason"], "TooManyRequests");
+    assert_eq!(
+        refused["message"],
+        "Cannot evict pod as it would violate the pod's disruption budget."
+    );
+    // The count is the budget's as the winner left it (Kubernetes' message too).
+    assert!(
+        refused["details"]["causes"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("The disruption budget web needs 2 healthy pods and has")),
+        "{refused}"
+    );
+    // The replacement runs and the budget allows one again.
+    settled(c, "web", 3, "web", 1).await;
+    let table = c
+        .t
+        .client
+        .request(Method::GET, PDBS, None)
+        .await
+        .expect("list");
+    assert!(table.status.is_success());
+}
+
+async fn drain_waits_for_the_budget(c: &HollowCluster, admin: &std::path::Path) {
+    let (status, body) = c.t.apply(&format!("{ZOOKEEPER}---\n{ZK_PDB}")).await;
+    assert_eq!(status, 200, "{body}");
+    settled(c, "zookeeper", 2, "zk-pdb", 0).await;
+    let (_, table, _) = berthctl(admin, &["get", "pdb"]).await;
+    let header = table.lines().next().unwrap_or_default();
+    assert!(
+        header.starts_with("NAME")
+            && header.contains("MIN AVAILABLE")
+            && header.contains("MAX UNAVAILABLE")
+            && header.contains("ALLOWED DISRUPTIONS"),
+        "{table}"
+    );
+    assert!(
+        table.lines().any(|l| l.split_whitespace().take(4).eq(["zk-pdb", "2", "N/A", "0"])),
+        "{table}"
+    );
+    let zk = ready_pods(c, "zookeeper").await;
+    let victim = name(&zk[0]);
+    let node = zk[0]["spec"]["nodeName"].as_str().expect("bound").to_owned();
+
+    // The budget refuses: the drain says so, gives up at its timeout, and the pod stays.
+    let (ok, out, err) = berthctl(admin, &["drain", &node, "--timeout", "8s"]).await;
+    assert!(!ok, "{out}");
+    assert!(out.contains(&format!("node/{node} cordoned")), "{out}");
+    assert!(
+        out.contains(&format!(
+            "pod default/{victim} waits: Cannot evict pod as it would violate the pod's disruption budget. The disruption budget zk-pdb needs 2 healthy pods and has 2 currently"
+        )),
+        "{out}"
+    );
+    assert!(err.contains("drain did not complete within 8s"), "{err}");
+    let (status, pod) = c
+        .t
+        .call(Method::GET, &format!("/api/v1/namespaces/default/pods/{victim}"), None)
+        .await;
+    assert_eq!(status, 200);
+    assert!(ready(&pod), "{pod}");
+
+    // A third replica, Ready elsewhere (the node is cordoned), lets the budget spare one.
+    let (status, body) = c
+        .t
+        .call(
+            Method::PUT,
+            "/apis/apps/v1/namespaces/default/deployments/zk/scale",
+            Some(&json!({"spec": {"replicas": 3}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (ok, out, err) = berthctl(admin, &["drain", &node, "--timeout", "60s"]).await;
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains(&format!("pod/{victim} evicted")), "{out}");
+    assert!(out.trim_end().ends_with(&format!("node/{node} drained")), "{out}");
+    let left: Vec<String> = c
+        .pods()
+        .await
+        .iter()
+        .filter(|p| p["spec"]["nodeName"] == node.as_str())
+        .map(name)
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    settled(c, "zookeeper", 3, "zk-pdb", 1).await;
+
+    // A pod no controller manages needs --force.
+    let bare = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "bare"},
+        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "echo:1"}]}});
+    let (status, body) = c
+        .t
+        .call(Method::POST, "/api/v1/namespaces/default/pods", Some(&bare))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (ok, _, err) = berthctl(admin, &["drain", &node]).await;
+    assert!(!ok);
+    assert!(
+        err.contains("cannot delete Pods that declare no controller (use --force to override): default/bare"),
+        "{err}"
+    );
+    let (ok, out, err) = berthctl(admin, &["drain", &node, "--force", "--timeout", "60s"]).await;
+    assert!(ok, "{out}\n{err}");
+    assert!(err.contains("Warning: deleting Pods that declare no controller: default/bare"), "{err}");
+    let (ok, _, err) = berthctl(admin, &["uncordon", &node]).await;
+    assert!(ok, "{err}");
+}
