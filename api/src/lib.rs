@@ -34,6 +34,7 @@ pub mod podsecurity;
 pub mod policy;
 pub mod rbac;
 mod resource;
+pub mod scheduling;
 pub mod security;
 pub mod selector;
 pub mod storage;
