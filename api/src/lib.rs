@@ -35,6 +35,7 @@ pub mod podsecurity;
 pub mod policy;
 pub mod rbac;
 mod resource;
+pub mod scheduling;
 pub mod security;
 pub mod selector;
 pub mod storage;
