@@ -69,7 +69,7 @@ pub enum Command {
     Describe(describe::DescribeArgs),
     Delete(DeleteArgs),
     Scale(rollout::ScaleArgs),
-    /// Follow, list and undo Deployment rollouts (status, history, undo).
+    /// Follow, list and undo Deployment and DaemonSet rollouts (status, history, undo).
     #[command(after_help = "Examples:\n  berthctl rollout status deployment web\n  \
                             berthctl rollout history deployment web\n  \
                             berthctl rollout undo deployment web --to-revision 2")]

@@ -11,6 +11,7 @@
 pub mod aggregation;
 pub mod autoscaler;
 mod cache;
+pub mod daemonset;
 pub mod deployment;
 pub mod disruption;
 pub mod endpoints;
@@ -390,6 +391,7 @@ impl Controllers {
             vec![
                 Box::new(deployment::DeploymentController),
                 Box::new(replicaset::ReplicaSetController),
+                Box::new(daemonset::DaemonSetController),
                 Box::new(disruption::DisruptionController),
                 Box::new(scheduler::Scheduler),
                 Box::new(nodes::NodeLifecycle),
