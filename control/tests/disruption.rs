@@ -51,6 +51,58 @@ spec:
 
 const PDBS: &str = "/apis/policy/v1/namespaces/default/poddisruptionbudgets";
 
+/// The DaemonSet of the Kubernetes docs ("DaemonSet", "Create a DaemonSet"), as written
+/// there. Berth makes no kube-system namespace of its own (the test makes it) and admits
+/// hostPath volumes only under the paths `--allow-host-path` names.
+const FLUENTD: &str = "apiVersion: apps/v1
+kind: DaemonSet
+metadata:
+  name: fluentd-elasticsearch
+  namespace: kube-system
+  labels:
+    k8s-app: fluentd-logging
+spec:
+  selector:
+    matchLabels:
+      name: fluentd-elasticsearch
+  template:
+    metadata:
+      labels:
+        name: fluentd-elasticsearch
+    spec:
+      tolerations:
+      # these tolerations are to have the daemonset runnable on control plane nodes
+      # remove them if your control plane nodes should not run pods
+      - key: node-role.kubernetes.io/control-plane
+        operator: Exists
+        effect: NoSchedule
+      - key: node-role.kubernetes.io/master
+        operator: Exists
+        effect: NoSchedule
+      containers:
+      - name: fluentd-elasticsearch
+        image: quay.io/fluentd_elasticsearch/fluentd:v2.5.2
+        resources:
+          limits:
+            memory: 200Mi
+          requests:
+            cpu: 100m
+            memory: 200Mi
+        volumeMounts:
+        - name: varlog
+          mountPath: /var/log
+      # it may be desirable to set a high priority class to ensure that a DaemonSet Pod
+      # preempts running Pods
+      # priorityClassName: important
+      terminationGracePeriodSeconds: 30
+      volumes:
+      - name: varlog
+        hostPath:
+          path: /var/log
+";
+
+const FLUENTD_PATH: &str = "/apis/apps/v1/namespaces/kube-system/daemonsets/fluentd-elasticsearch";
+
 fn ready(pod: &Value) -> bool {
     pod.pointer("/status/conditions")
         .and_then(Value::as_array)
@@ -99,13 +151,17 @@ async fn evict(c: &HollowCluster, pod: &str) -> (u16, Value) {
 
 #[tokio::test]
 async fn disruption_budgets_evictions_drains_and_daemon_sets() {
-    let c = HollowCluster::start(&[]).await;
-    let _nodes = [c.node("n1").await, c.node("n2").await, c.node("n3").await];
+    // The fluentd DaemonSet mounts the node's /var/log, which Berth refuses unless allowed.
+    let c = HollowCluster::start(&["--allow-host-path", "/var/log"]).await;
+    let nodes = [c.node("n1").await, c.node("n2").await, c.node("n3").await];
     let admin = c.t.server.admin_config.clone();
 
     cordon_and_uncordon(&c, &admin).await;
     concurrent_evictions_respect_the_budget(&c).await;
     drain_waits_for_the_budget(&c, &admin).await;
+    daemon_set_follows_nodes(&c, &admin).await;
+    daemon_set_rolls_node_by_node_and_back(&c, &admin).await;
+    drop(nodes);
 }
 
 async fn unschedulable(c: &HollowCluster, node: &str) -> bool {
@@ -263,4 +319,163 @@ async fn drain_waits_for_the_budget(c: &HollowCluster, admin: &std::path::Path) 
     assert!(err.contains("Warning: deleting Pods that declare no controller: default/bare"), "{err}");
     let (ok, _, err) = berthctl(admin, &["uncordon", &node]).await;
     assert!(ok, "{err}");
+}
+
+/// The DaemonSet's pods that are not going: (node, image, ready).
+async fn daemon_pods(c: &HollowCluster) -> Vec<(String, String, bool)> {
+    let (_, list) = c
+        .t
+        .call(Method::GET, "/api/v1/namespaces/kube-system/pods", None)
+        .await;
+    let mut pods: Vec<(String, String, bool)> = list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p.pointer("/metadata/deletionTimestamp").is_none())
+        .map(|p| {
+            (
+                p["spec"]["nodeName"].as_str().unwrap_or_default().to_owned(),
+                p["spec"]["containers"][0]["image"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                ready(p),
+            )
+        })
+        .collect();
+    pods.sort();
+    pods
+}
+
+/// One ready pod of `image` on each of `nodes` and nowhere else, and the status saying so.
+async fn daemons_on(c: &HollowCluster, nodes: &[&str], image: &str) {
+    eventually(&format!("a ready {image} daemon on each of {nodes:?}"), || async {
+        let pods = daemon_pods(c).await;
+        let want: Vec<(String, String, bool)> = nodes
+            .iter()
+            .map(|n| ((*n).to_owned(), image.to_owned(), true))
+            .collect();
+        let status = c.t.call(Method::GET, FLUENTD_PATH, None).await.1["status"].clone();
+        let n = json!(nodes.len());
+        (pods == want
+            && status["desiredNumberScheduled"] == n
+            && status["numberReady"] == n
+            && status["updatedNumberScheduled"] == n)
+            .then_some(())
+    })
+    .await;
+}
+
+async fn daemon_set_follows_nodes(c: &HollowCluster, admin: &std::path::Path) {
+    let (status, body) = c
+        .t
+        .apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: kube-system}\n")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = c.t.apply(FLUENTD).await;
+    assert_eq!(status, 200, "{body}");
+    let image = "quay.io/fluentd_elasticsearch/fluentd:v2.5.2";
+    daemons_on(c, &["n1", "n2", "n3"], image).await;
+    let (_, table, _) = berthctl(admin, &["get", "ds", "-n", "kube-system"]).await;
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["NAME", "DESIRED", "CURRENT", "READY", "UP-TO-DATE", "AVAILABLE", "NODE", "SELECTOR", "AGE"],
+        "{table}"
+    );
+    let row: Vec<&str> = lines.next().unwrap_or_default().split_whitespace().collect();
+    assert_eq!(
+        row[..7],
+        ["fluentd-elasticsearch", "3", "3", "3", "3", "3", "<none>"],
+        "{table}"
+    );
+    // Each pod carries the tolerations every daemon pod gets.
+    let (_, list) = c
+        .t
+        .call(Method::GET, "/api/v1/namespaces/kube-system/pods", None)
+        .await;
+    let tolerations = list["items"][0]["spec"]["tolerations"].to_string();
+    for key in [
+        "not-ready",
+        "unreachable",
+        "disk-pressure",
+        "memory-pressure",
+        "pid-pressure",
+        "unschedulable",
+    ] {
+        assert!(
+            tolerations.contains(&format!("node.kubernetes.io/{key}")),
+            "{tolerations}"
+        );
+    }
+
+    // A drain refuses while daemon pods run, and leaves them with --ignore-daemonsets.
+    let (ok, _, err) = berthctl(admin, &["drain", "n1"]).await;
+    assert!(!ok);
+    assert!(
+        err.contains("cannot delete DaemonSet-managed Pods (use --ignore-daemonsets to ignore): kube-system/fluentd-elasticsearch-"),
+        "{err}"
+    );
+    let (ok, out, err) = berthctl(
+        admin,
+        &["drain", "n1", "--ignore-daemonsets", "--timeout", "90s"],
+    )
+    .await;
+    assert!(ok, "{out}\n{err}");
+    assert!(
+        err.contains("Warning: ignoring DaemonSet-managed Pods: kube-system/fluentd-elasticsearch-"),
+        "{err}"
+    );
+    daemons_on(c, &["n1", "n2", "n3"], image).await;
+    let (ok, _, err) = berthctl(admin, &["uncordon", "n1"]).await;
+    assert!(ok, "{err}");
+
+    // A node that joins gets its pod; one that goes takes its pod with it.
+    let n4 = c.node("n4").await;
+    daemons_on(c, &["n1", "n2", "n3", "n4"], image).await;
+    drop(n4);
+    let (status, body) = c.t.call(Method::DELETE, "/api/v1/nodes/n4", None).await;
+    assert_eq!(status, 200, "{body}");
+    daemons_on(c, &["n1", "n2", "n3"], image).await;
+}
+
+async fn daemon_set_rolls_node_by_node_and_back(c: &HollowCluster, admin: &std::path::Path) {
+    let old = "quay.io/fluentd_elasticsearch/fluentd:v2.5.2";
+    let new = "quay.io/fluentd_elasticsearch/fluentd:v2.5.3";
+    let (status, body) = c.t.apply(&FLUENTD.replace(old, new)).await;
+    assert_eq!(status, 200, "{body}");
+    // maxUnavailable 1 (the default): never more than one node without a ready daemon,
+    // checked at every look until all run the new image.
+    eventually("every daemon on the new image", || async {
+        let pods = daemon_pods(c).await;
+        let served: std::collections::BTreeSet<&str> = pods
+            .iter()
+            .filter(|(_, _, ready)| *ready)
+            .map(|(node, _, _)| node.as_str())
+            .collect();
+        assert!(served.len() >= 2, "{pods:?}");
+        (pods.len() == 3 && pods.iter().all(|(_, image, ready)| image == new && *ready))
+            .then_some(())
+    })
+    .await;
+    daemons_on(c, &["n1", "n2", "n3"], new).await;
+    let ds = ["daemonset", "fluentd-elasticsearch", "-n", "kube-system"];
+    let (ok, out, err) =
+        berthctl(admin, &[&["rollout", "status"][..], &ds, &["--timeout", "60s"]].concat()).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("daemon set \"fluentd-elasticsearch\" successfully rolled out"),
+        "{out}"
+    );
+    let (ok, out, err) = berthctl(admin, &[&["rollout", "history"][..], &ds].concat()).await;
+    assert!(ok, "{err}");
+    assert!(out.contains(old) && out.contains(new), "{out}");
+    let (ok, out, err) = berthctl(admin, &[&["rollout", "undo"][..], &ds].concat()).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("daemonset.apps/fluentd-elasticsearch rolled back"),
+        "{out}"
+    );
+    daemons_on(c, &["n1", "n2", "n3"], old).await;
 }
