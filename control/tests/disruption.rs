@@ -161,6 +161,7 @@ async fn disruption_budgets_evictions_drains_and_daemon_sets() {
     drain_waits_for_the_budget(&c, &admin).await;
     daemon_set_follows_nodes(&c, &admin).await;
     daemon_set_rolls_node_by_node_and_back(&c, &admin).await;
+    kubectl_cordons_and_drains(&c, &admin).await;
     drop(nodes);
 }
 
@@ -478,4 +479,81 @@ async fn daemon_set_rolls_node_by_node_and_back(c: &HollowCluster, admin: &std::
         "{out}"
     );
     daemons_on(c, &["n1", "n2", "n3"], old).await;
+}
+
+/// The machine's kubectl, or None when it has none.
+async fn kubectl(admin: &std::path::Path, args: &[&str]) -> Option<(bool, String, String)> {
+    let cache = tempfile::tempdir().expect("cache dir");
+    let output = tokio::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(admin)
+        .arg("--cache-dir")
+        .arg(cache.path())
+        .args(args)
+        .output()
+        .await;
+    match output {
+        Ok(output) => Some((
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => panic!("running kubectl: {e}"),
+    }
+}
+
+/// kubectl cordons with a strategic merge patch of spec.unschedulable and drains through
+/// the Eviction API, retrying while zk-pdb refuses.
+async fn kubectl_cordons_and_drains(c: &HollowCluster, admin: &std::path::Path) {
+    let Some((ok, out, err)) = kubectl(admin, &["cordon", "n2"]).await else {
+        eprintln!("SKIPPED: no kubectl binary on this machine");
+        return;
+    };
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "node/n2 cordoned");
+    assert!(unschedulable(c, "n2").await);
+    let (ok, out, err) = kubectl(admin, &["uncordon", "n2"]).await.expect("kubectl");
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "node/n2 uncordoned");
+    assert!(!unschedulable(c, "n2").await);
+
+    // Back to 2 zookeepers: zk-pdb allows no disruption.
+    let scale = |replicas: i64| async move {
+        let (status, body) = c
+            .t
+            .call(
+                Method::PUT,
+                "/apis/apps/v1/namespaces/default/deployments/zk/scale",
+                Some(&json!({"spec": {"replicas": replicas}})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    };
+    scale(2).await;
+    settled(c, "zookeeper", 2, "zk-pdb", 0).await;
+    let zk = ready_pods(c, "zookeeper").await;
+    let node = zk[0]["spec"]["nodeName"].as_str().expect("bound").to_owned();
+    let drain = [
+        "drain",
+        node.as_str(),
+        "--ignore-daemonsets",
+        "--delete-emptydir-data",
+    ];
+    let (ok, _, err) = kubectl(admin, &[&drain[..], &["--timeout=8s"]].concat())
+        .await
+        .expect("kubectl");
+    assert!(!ok);
+    assert!(
+        err.contains("Cannot evict pod as it would violate the pod's disruption budget."),
+        "{err}"
+    );
+    scale(3).await;
+    let (ok, out, err) = kubectl(admin, &[&drain[..], &["--timeout=60s"]].concat())
+        .await
+        .expect("kubectl");
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains(&format!("node/{node} drained")), "{out}");
+    let (ok, _, err) = kubectl(admin, &["uncordon", &node]).await.expect("kubectl");
+    assert!(ok, "{err}");
 }
