@@ -190,7 +190,11 @@ impl DeploymentSpec {
 }
 
 /// An absolute count or a percentage; returns the number when it parses.
-pub(crate) fn check_int_or_percent(v: &mut Validator, path: &FieldPath, value: &IntOrString) -> Option<i64> {
+pub(crate) fn check_int_or_percent(
+    v: &mut Validator,
+    path: &FieldPath,
+    value: &IntOrString,
+) -> Option<i64> {
     match value {
         IntOrString::Int(n) => {
             v.non_negative(path, (*n).into());

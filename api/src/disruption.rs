@@ -135,3 +135,38 @@ pub struct Eviction {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delete_options: Option<serde_json::Value>,
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::{Source, find_by_kind};
+
+    /// What decoding `yaml` as a budget reports; empty when it is valid.
+    fn errors(yaml: &str) -> String {
+        let rt = find_by_kind("policy/v1", "PodDisruptionBudget").expect("served");
+        rt.decode(Source::Yaml(yaml))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_budget_says_one_bound_well() {
+        let head = "apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {name: b}\nspec:\n";
+        assert_eq!(
+            errors(&format!("{head}  minAvailable: 50%\n  selector: {{}}\n")),
+            ""
+        );
+        let both = errors(&format!("{head}  minAvailable: 1\n  maxUnavailable: 1\n"));
+        assert!(
+            both.contains("spec.minAvailable: minAvailable and maxUnavailable cannot both be set"),
+            "{both}"
+        );
+        let percent = errors(&format!("{head}  maxUnavailable: 150%\n"));
+        assert!(percent.contains("spec.maxUnavailable"), "{percent}");
+        let policy = errors(&format!("{head}  unhealthyPodEvictionPolicy: Sometimes\n"));
+        assert!(
+            policy.contains("spec.unhealthyPodEvictionPolicy"),
+            "{policy}"
+        );
+    }
+}

@@ -106,12 +106,18 @@ const FLUENTD_PATH: &str = "/apis/apps/v1/namespaces/kube-system/daemonsets/flue
 fn ready(pod: &Value) -> bool {
     pod.pointer("/status/conditions")
         .and_then(Value::as_array)
-        .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+        .is_some_and(|c| {
+            c.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
         && pod.pointer("/metadata/deletionTimestamp").is_none()
 }
 
 fn name(object: &Value) -> String {
-    object["metadata"]["name"].as_str().unwrap_or_default().to_owned()
+    object["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// Ready pods labelled app=`app`.
@@ -124,17 +130,28 @@ async fn ready_pods(c: &HollowCluster, app: &str) -> Vec<Value> {
 }
 
 async fn budget(c: &HollowCluster, name: &str) -> Value {
-    c.t.call(Method::GET, &format!("{PDBS}/{name}"), None).await.1
+    c.t.call(Method::GET, &format!("{PDBS}/{name}"), None)
+        .await
+        .1
 }
 
 /// Waits until `app` has `n` ready pods and budget `pdb` allows `allowed` disruptions.
 async fn settled(c: &HollowCluster, app: &str, n: usize, pdb: &str, allowed: i64) {
-    eventually(&format!("{n} ready {app} pods, {allowed} disruption(s) allowed by {pdb}"), || async {
-        let pods = ready_pods(c, app).await;
-        let all = c.pods().await.into_iter().filter(|p| p["metadata"]["labels"]["app"] == app).count();
-        let status = budget(c, pdb).await;
-        (pods.len() == n && all == n && status["status"]["disruptionsAllowed"] == allowed).then_some(())
-    })
+    eventually(
+        &format!("{n} ready {app} pods, {allowed} disruption(s) allowed by {pdb}"),
+        || async {
+            let pods = ready_pods(c, app).await;
+            let all = c
+                .pods()
+                .await
+                .into_iter()
+                .filter(|p| p["metadata"]["labels"]["app"] == app)
+                .count();
+            let status = budget(c, pdb).await;
+            (pods.len() == n && all == n && status["status"]["disruptionsAllowed"] == allowed)
+                .then_some(())
+        },
+    )
     .await;
 }
 
@@ -182,7 +199,9 @@ async fn cordon_and_uncordon(c: &HollowCluster, admin: &std::path::Path) {
     assert_eq!(out.trim(), "node/n3 already cordoned");
     let (_, table, _) = berthctl(admin, &["get", "nodes"]).await;
     assert!(
-        table.lines().any(|l| l.starts_with("n3") && l.contains("SchedulingDisabled")),
+        table
+            .lines()
+            .any(|l| l.starts_with("n3") && l.contains("SchedulingDisabled")),
         "{table}"
     );
     let (ok, out, err) = berthctl(admin, &["uncordon", "n3"]).await;
@@ -223,17 +242,18 @@ async fn concurrent_evictions_respect_the_budget(c: &HollowCluster) {
     assert!(
         refused["details"]["causes"][0]["message"]
             .as_str()
-            .is_some_and(|m| m.starts_with("The disruption budget web needs 2 healthy pods and has")),
+            .is_some_and(
+                |m| m.starts_with("The disruption budget web needs 2 healthy pods and has")
+            ),
         "{refused}"
     );
     // The replacement runs and the budget allows one again.
     settled(c, "web", 3, "web", 1).await;
-    let table = c
-        .t
-        .client
-        .request(Method::GET, PDBS, None)
-        .await
-        .expect("list");
+    let table =
+        c.t.client
+            .request(Method::GET, PDBS, None)
+            .await
+            .expect("list");
     assert!(table.status.is_success());
 }
 
@@ -251,12 +271,17 @@ async fn drain_waits_for_the_budget(c: &HollowCluster, admin: &std::path::Path) 
         "{table}"
     );
     assert!(
-        table.lines().any(|l| l.split_whitespace().take(4).eq(["zk-pdb", "2", "N/A", "0"])),
+        table
+            .lines()
+            .any(|l| l.split_whitespace().take(4).eq(["zk-pdb", "2", "N/A", "0"])),
         "{table}"
     );
     let zk = ready_pods(c, "zookeeper").await;
     let victim = name(&zk[0]);
-    let node = zk[0]["spec"]["nodeName"].as_str().expect("bound").to_owned();
+    let node = zk[0]["spec"]["nodeName"]
+        .as_str()
+        .expect("bound")
+        .to_owned();
 
     // The budget refuses: the drain says so, gives up at its timeout, and the pod stays.
     let (ok, out, err) = berthctl(admin, &["drain", &node, "--timeout", "8s"]).await;
@@ -269,17 +294,19 @@ async fn drain_waits_for_the_budget(c: &HollowCluster, admin: &std::path::Path) 
         "{out}"
     );
     assert!(err.contains("drain did not complete within 8s"), "{err}");
-    let (status, pod) = c
-        .t
-        .call(Method::GET, &format!("/api/v1/namespaces/default/pods/{victim}"), None)
+    let (status, pod) =
+        c.t.call(
+            Method::GET,
+            &format!("/api/v1/namespaces/default/pods/{victim}"),
+            None,
+        )
         .await;
     assert_eq!(status, 200);
     assert!(ready(&pod), "{pod}");
 
     // A third replica, Ready elsewhere (the node is cordoned), lets the budget spare one.
-    let (status, body) = c
-        .t
-        .call(
+    let (status, body) =
+        c.t.call(
             Method::PUT,
             "/apis/apps/v1/namespaces/default/deployments/zk/scale",
             Some(&json!({"spec": {"replicas": 3}})),
@@ -289,7 +316,10 @@ async fn drain_waits_for_the_budget(c: &HollowCluster, admin: &std::path::Path) 
     let (ok, out, err) = berthctl(admin, &["drain", &node, "--timeout", "60s"]).await;
     assert!(ok, "{out}\n{err}");
     assert!(out.contains(&format!("pod/{victim} evicted")), "{out}");
-    assert!(out.trim_end().ends_with(&format!("node/{node} drained")), "{out}");
+    assert!(
+        out.trim_end().ends_with(&format!("node/{node} drained")),
+        "{out}"
+    );
     let left: Vec<String> = c
         .pods()
         .await
@@ -304,30 +334,33 @@ async fn drain_waits_for_the_budget(c: &HollowCluster, admin: &std::path::Path) 
     let bare = json!({"apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": "bare"},
         "spec": {"nodeName": node, "containers": [{"name": "c", "image": "echo:1"}]}});
-    let (status, body) = c
-        .t
-        .call(Method::POST, "/api/v1/namespaces/default/pods", Some(&bare))
-        .await;
+    let (status, body) =
+        c.t.call(Method::POST, "/api/v1/namespaces/default/pods", Some(&bare))
+            .await;
     assert_eq!(status, 201, "{body}");
     let (ok, _, err) = berthctl(admin, &["drain", &node]).await;
     assert!(!ok);
     assert!(
-        err.contains("cannot delete Pods that declare no controller (use --force to override): default/bare"),
+        err.contains(
+            "cannot delete Pods that declare no controller (use --force to override): default/bare"
+        ),
         "{err}"
     );
     let (ok, out, err) = berthctl(admin, &["drain", &node, "--force", "--timeout", "60s"]).await;
     assert!(ok, "{out}\n{err}");
-    assert!(err.contains("Warning: deleting Pods that declare no controller: default/bare"), "{err}");
+    assert!(
+        err.contains("Warning: deleting Pods that declare no controller: default/bare"),
+        "{err}"
+    );
     let (ok, _, err) = berthctl(admin, &["uncordon", &node]).await;
     assert!(ok, "{err}");
 }
 
 /// The DaemonSet's pods that are not going: (node, image, ready).
 async fn daemon_pods(c: &HollowCluster) -> Vec<(String, String, bool)> {
-    let (_, list) = c
-        .t
-        .call(Method::GET, "/api/v1/namespaces/kube-system/pods", None)
-        .await;
+    let (_, list) =
+        c.t.call(Method::GET, "/api/v1/namespaces/kube-system/pods", None)
+            .await;
     let mut pods: Vec<(String, String, bool)> = list["items"]
         .as_array()
         .into_iter()
@@ -335,7 +368,10 @@ async fn daemon_pods(c: &HollowCluster) -> Vec<(String, String, bool)> {
         .filter(|p| p.pointer("/metadata/deletionTimestamp").is_none())
         .map(|p| {
             (
-                p["spec"]["nodeName"].as_str().unwrap_or_default().to_owned(),
+                p["spec"]["nodeName"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
                 p["spec"]["containers"][0]["image"]
                     .as_str()
                     .unwrap_or_default()
@@ -350,28 +386,30 @@ async fn daemon_pods(c: &HollowCluster) -> Vec<(String, String, bool)> {
 
 /// One ready pod of `image` on each of `nodes` and nowhere else, and the status saying so.
 async fn daemons_on(c: &HollowCluster, nodes: &[&str], image: &str) {
-    eventually(&format!("a ready {image} daemon on each of {nodes:?}"), || async {
-        let pods = daemon_pods(c).await;
-        let want: Vec<(String, String, bool)> = nodes
-            .iter()
-            .map(|n| ((*n).to_owned(), image.to_owned(), true))
-            .collect();
-        let status = c.t.call(Method::GET, FLUENTD_PATH, None).await.1["status"].clone();
-        let n = json!(nodes.len());
-        (pods == want
-            && status["desiredNumberScheduled"] == n
-            && status["numberReady"] == n
-            && status["updatedNumberScheduled"] == n)
-            .then_some(())
-    })
+    eventually(
+        &format!("a ready {image} daemon on each of {nodes:?}"),
+        || async {
+            let pods = daemon_pods(c).await;
+            let want: Vec<(String, String, bool)> = nodes
+                .iter()
+                .map(|n| ((*n).to_owned(), image.to_owned(), true))
+                .collect();
+            let status = c.t.call(Method::GET, FLUENTD_PATH, None).await.1["status"].clone();
+            let n = json!(nodes.len());
+            (pods == want
+                && status["desiredNumberScheduled"] == n
+                && status["numberReady"] == n
+                && status["updatedNumberScheduled"] == n)
+                .then_some(())
+        },
+    )
     .await;
 }
 
 async fn daemon_set_follows_nodes(c: &HollowCluster, admin: &std::path::Path) {
-    let (status, body) = c
-        .t
-        .apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: kube-system}\n")
-        .await;
+    let (status, body) =
+        c.t.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: kube-system}\n")
+            .await;
     assert_eq!(status, 200, "{body}");
     let (status, body) = c.t.apply(FLUENTD).await;
     assert_eq!(status, 200, "{body}");
@@ -379,23 +417,40 @@ async fn daemon_set_follows_nodes(c: &HollowCluster, admin: &std::path::Path) {
     daemons_on(c, &["n1", "n2", "n3"], image).await;
     let (_, table, _) = berthctl(admin, &["get", "ds", "-n", "kube-system"]).await;
     let mut lines = table.lines();
-    let header: Vec<&str> = lines.next().unwrap_or_default().split_whitespace().collect();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
     assert_eq!(
         header,
-        ["NAME", "DESIRED", "CURRENT", "READY", "UP-TO-DATE", "AVAILABLE", "NODE", "SELECTOR", "AGE"],
+        [
+            "NAME",
+            "DESIRED",
+            "CURRENT",
+            "READY",
+            "UP-TO-DATE",
+            "AVAILABLE",
+            "NODE",
+            "SELECTOR",
+            "AGE"
+        ],
         "{table}"
     );
-    let row: Vec<&str> = lines.next().unwrap_or_default().split_whitespace().collect();
+    let row: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
     assert_eq!(
         row[..7],
         ["fluentd-elasticsearch", "3", "3", "3", "3", "3", "<none>"],
         "{table}"
     );
     // Each pod carries the tolerations every daemon pod gets.
-    let (_, list) = c
-        .t
-        .call(Method::GET, "/api/v1/namespaces/kube-system/pods", None)
-        .await;
+    let (_, list) =
+        c.t.call(Method::GET, "/api/v1/namespaces/kube-system/pods", None)
+            .await;
     let tolerations = list["items"][0]["spec"]["tolerations"].to_string();
     for key in [
         "not-ready",
@@ -425,7 +480,9 @@ async fn daemon_set_follows_nodes(c: &HollowCluster, admin: &std::path::Path) {
     .await;
     assert!(ok, "{out}\n{err}");
     assert!(
-        err.contains("Warning: ignoring DaemonSet-managed Pods: kube-system/fluentd-elasticsearch-"),
+        err.contains(
+            "Warning: ignoring DaemonSet-managed Pods: kube-system/fluentd-elasticsearch-"
+        ),
         "{err}"
     );
     daemons_on(c, &["n1", "n2", "n3"], image).await;
@@ -462,8 +519,11 @@ async fn daemon_set_rolls_node_by_node_and_back(c: &HollowCluster, admin: &std::
     .await;
     daemons_on(c, &["n1", "n2", "n3"], new).await;
     let ds = ["daemonset", "fluentd-elasticsearch", "-n", "kube-system"];
-    let (ok, out, err) =
-        berthctl(admin, &[&["rollout", "status"][..], &ds, &["--timeout", "60s"]].concat()).await;
+    let (ok, out, err) = berthctl(
+        admin,
+        &[&["rollout", "status"][..], &ds, &["--timeout", "60s"]].concat(),
+    )
+    .await;
     assert!(ok, "{err}");
     assert!(
         out.contains("daemon set \"fluentd-elasticsearch\" successfully rolled out"),
@@ -520,9 +580,8 @@ async fn kubectl_cordons_and_drains(c: &HollowCluster, admin: &std::path::Path) 
 
     // Back to 2 zookeepers: zk-pdb allows no disruption.
     let scale = |replicas: i64| async move {
-        let (status, body) = c
-            .t
-            .call(
+        let (status, body) =
+            c.t.call(
                 Method::PUT,
                 "/apis/apps/v1/namespaces/default/deployments/zk/scale",
                 Some(&json!({"spec": {"replicas": replicas}})),
@@ -533,7 +592,10 @@ async fn kubectl_cordons_and_drains(c: &HollowCluster, admin: &std::path::Path) 
     scale(2).await;
     settled(c, "zookeeper", 2, "zk-pdb", 0).await;
     let zk = ready_pods(c, "zookeeper").await;
-    let node = zk[0]["spec"]["nodeName"].as_str().expect("bound").to_owned();
+    let node = zk[0]["spec"]["nodeName"]
+        .as_str()
+        .expect("bound")
+        .to_owned();
     let drain = [
         "drain",
         node.as_str(),

@@ -24,12 +24,14 @@ pub struct CordonArgs {
 
 /// Evict every pod of a node (after cordoning it), honouring PodDisruptionBudgets.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:\n  berthctl drain node-1 --ignore-daemonsets\n  \
+#[command(
+    after_help = "Examples:\n  berthctl drain node-1 --ignore-daemonsets\n  \
                         berthctl drain node-1 --ignore-daemonsets --timeout 5m\n\n\
                         Pods are evicted, not deleted: an eviction a PodDisruptionBudget \
                         refuses is retried every 5s, saying which budget it waits for. \
                         DaemonSet pods and mirror pods stay. Exits 1 when --timeout passes \
-                        with pods left; the node stays cordoned (berthctl uncordon NODE).")]
+                        with pods left; the node stays cordoned (berthctl uncordon NODE)."
+)]
 pub struct DrainArgs {
     pub node: String,
     /// Give up after this long (e.g. 90s, 5m); 0 waits forever.
@@ -60,7 +62,11 @@ pub async fn cordon(
     let path = Ctx::collection(rt, None) + "/" + node;
     let target = Target { rt, name: node };
     let current = ctx.call(Method::GET, &path, None, Some(target)).await?;
-    let word = if unschedulable { "cordoned" } else { "uncordoned" };
+    let word = if unschedulable {
+        "cordoned"
+    } else {
+        "uncordoned"
+    };
     if (current.pointer("/spec/unschedulable") == Some(&Value::Bool(true))) == unschedulable {
         emit(out, &format!("node/{node} already {word}"));
         return Ok(());
@@ -125,7 +131,8 @@ pub async fn drain(
             None,
         )
         .await?;
-    let (evictees, refusals, warnings) = select(list["items"].as_array().map_or(&[][..], |v| v), args);
+    let (evictees, refusals, warnings) =
+        select(list["items"].as_array().map_or(&[][..], |v| v), args);
     for warning in &warnings {
         let _ = writeln!(err, "Warning: {warning}");
     }
@@ -186,7 +193,9 @@ fn select(pods: &[Value], args: &DrainArgs) -> (Vec<Evictee>, Vec<String>, Vec<S
                     .push(label);
             } else {
                 refused
-                    .entry("cannot delete DaemonSet-managed Pods (use --ignore-daemonsets to ignore)")
+                    .entry(
+                        "cannot delete DaemonSet-managed Pods (use --ignore-daemonsets to ignore)",
+                    )
                     .or_default()
                     .push(label);
             }
@@ -200,7 +209,9 @@ fn select(pods: &[Value], args: &DrainArgs) -> (Vec<Evictee>, Vec<String>, Vec<S
                     .push(label.clone());
             } else {
                 refused
-                    .entry("cannot delete Pods that declare no controller (use --force to override)")
+                    .entry(
+                        "cannot delete Pods that declare no controller (use --force to override)",
+                    )
                     .or_default()
                     .push(label.clone());
                 continue;
@@ -259,7 +270,11 @@ async fn evict_all(
             emit(out, &format!("evicting pod {}", pod.label()));
             let (status, reply) = ctx
                 .client()
-                .json(Method::POST, &format!("{}/eviction", pod.path()), Some(&body))
+                .json(
+                    Method::POST,
+                    &format!("{}/eviction", pod.path()),
+                    Some(&body),
+                )
                 .await
                 .map_err(|e| ctx.transport(e))?;
             match status {

@@ -321,8 +321,10 @@ async fn dispatch(
                 registry.evict(ns, name, &options).await?;
                 Ok((
                     StatusCode::CREATED,
-                    Json(json!({"apiVersion": "v1", "kind": "Status", "status": "Success",
-                        "metadata": {}, "code": 201})),
+                    Json(
+                        json!({"apiVersion": "v1", "kind": "Status", "status": "Success",
+                        "metadata": {}, "code": 201}),
+                    ),
                 )
                     .into_response())
             };

@@ -98,9 +98,11 @@ impl Reconciler for DaemonSetController {
             }
         }
         if every {
-            keys.extend(snapshot.list::<DaemonSet>(None).map(|ds| {
-                (ds.metadata.namespace.clone(), ds.metadata.name.clone())
-            }));
+            keys.extend(
+                snapshot
+                    .list::<DaemonSet>(None)
+                    .map(|ds| (ds.metadata.namespace.clone(), ds.metadata.name.clone())),
+            );
         }
         keys
     }
@@ -275,5 +277,215 @@ fn new_pod(ds: &DaemonSet, name: String, node: &str, spec: &PodSpec, hash: &str)
         },
         spec,
         status: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::{
+        controllers::{Settings, fixtures::typed},
+        objects::Object,
+    };
+
+    fn ds(strategy: Value, node_selector: Value) -> DaemonSet {
+        typed(json!({"apiVersion": "apps/v1", "kind": "DaemonSet",
+            "metadata": {"name": "agent", "namespace": "default", "uid": "ds", "generation": 3},
+            "spec": {"selector": {"matchLabels": {"app": "agent"}}, "updateStrategy": strategy,
+                "template": {"metadata": {"labels": {"app": "agent"}},
+                    "spec": {"nodeSelector": node_selector, "containers": [{"name": "c", "image": "v2"}]}}}}))
+    }
+
+    fn node(name: &str, labels: Value, taints: Value) -> Node {
+        typed(json!({"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "labels": labels}, "spec": {"taints": taints}}))
+    }
+
+    /// A pod of `ds` on `node`, of the current template or an old one.
+    fn pod(ds: &DaemonSet, name: &str, node: &str, current: bool, ready: bool) -> Pod {
+        let hash = if current {
+            ds.spec.template.hash()
+        } else {
+            "old".to_owned()
+        };
+        typed(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default",
+                "labels": {"app": "agent", REVISION_HASH_LABEL: hash},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "agent", "uid": "ds", "controller": true}]},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "i"}]},
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}}))
+    }
+
+    fn nodes(n: usize) -> Vec<Node> {
+        (1..=n)
+            .map(|i| node(&format!("n{i}"), json!({}), json!([])))
+            .collect()
+    }
+
+    fn run(ds: &DaemonSet, nodes: Vec<Node>, pods: Vec<Pod>) -> Outcome {
+        let mut objects = vec![ds.clone().into_object()];
+        objects.extend(nodes.into_iter().map(Node::into_object));
+        objects.extend(pods.into_iter().map(Pod::into_object));
+        let snapshot = Snapshot::from_objects(objects, 1);
+        DaemonSetController.reconcile(
+            ds,
+            &snapshot,
+            &Context {
+                now: 0,
+                settings: Settings::default(),
+            },
+        )
+    }
+
+    /// (created on node, deleted pod name, forced) of an outcome.
+    fn changes(outcome: &Outcome) -> (Vec<String>, Vec<(String, bool)>) {
+        let mut created = Vec::new();
+        let mut deleted = Vec::new();
+        for write in &outcome.writes {
+            match write {
+                Write::Create(Object::Pod(pod)) => created.push(pod.spec.node_name.clone()),
+                Write::Delete { name, force, .. } => deleted.push((name.clone(), *force)),
+                _ => {}
+            }
+        }
+        created.sort();
+        deleted.sort();
+        (created, deleted)
+    }
+
+    #[test]
+    fn one_pod_per_eligible_node_with_the_daemon_tolerations() {
+        let ds = ds(json!({}), json!({"role": "edge"}));
+        let edge = json!({"role": "edge"});
+        let cluster = vec![
+            node("a", edge.clone(), json!([])),
+            node("b", json!({}), json!([])),
+            // Cordoned, and tainted so by the node lifecycle controller: daemons go anyway.
+            node(
+                "c",
+                edge.clone(),
+                json!([{"key": TAINT_UNSCHEDULABLE, "effect": NO_SCHEDULE}]),
+            ),
+            node(
+                "d",
+                edge,
+                json!([{"key": "dedicated", "effect": NO_SCHEDULE}]),
+            ),
+        ];
+        let outcome = run(&ds, cluster, Vec::new());
+        let (created, deleted) = changes(&outcome);
+        assert_eq!(created, ["a", "c"]);
+        assert!(deleted.is_empty());
+        let Write::Create(Object::Pod(pod)) = &outcome.writes[0] else {
+            panic!("{outcome:?}")
+        };
+        assert_eq!(pod.metadata.owner_references[0].uid, "ds");
+        assert_eq!(
+            pod.metadata.labels.get(REVISION_HASH_LABEL),
+            Some(&ds.spec.template.hash())
+        );
+        assert_eq!(pod.spec.tolerations.len(), DAEMON_TOLERATIONS.len());
+    }
+
+    #[test]
+    fn pods_leave_nodes_that_no_longer_fit_or_are_gone() {
+        let ds = ds(json!({}), json!({}));
+        let pods = vec![
+            pod(&ds, "on-n1", "n1", true, true),
+            pod(&ds, "on-gone", "gone", true, true),
+            pod(&ds, "on-tainted", "n2", true, true),
+        ];
+        let cluster = vec![
+            node("n1", json!({}), json!([])),
+            node("n2", json!({}), json!([{"key": "k", "effect": NO_EXECUTE}])),
+        ];
+        let (created, deleted) = changes(&run(&ds, cluster, pods));
+        assert!(created.is_empty());
+        assert_eq!(
+            deleted,
+            [
+                ("on-gone".to_owned(), true),
+                ("on-tainted".to_owned(), false)
+            ]
+        );
+    }
+
+    #[test]
+    fn rolling_update_replaces_within_max_unavailable_in_node_order() {
+        let rolling = ds(
+            json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 2}}),
+            json!({}),
+        );
+        let old: Vec<Pod> = (1..=4)
+            .map(|i| pod(&rolling, &format!("p{i}"), &format!("n{i}"), false, true))
+            .collect();
+        let (_, deleted) = changes(&run(&rolling, nodes(4), old.clone()));
+        assert_eq!(
+            deleted,
+            [("p1".to_owned(), false), ("p2".to_owned(), false)]
+        );
+        // One node already without a ready daemon: one more may go.
+        let mut busy = old.clone();
+        busy[0] = pod(&rolling, "p1", "n1", true, false);
+        let (_, deleted) = changes(&run(&rolling, nodes(4), busy));
+        assert_eq!(deleted, [("p2".to_owned(), false)]);
+        // The default is 1.
+        let default = ds(json!({}), json!({}));
+        let old: Vec<Pod> = (1..=4)
+            .map(|i| pod(&default, &format!("p{i}"), &format!("n{i}"), false, true))
+            .collect();
+        let (_, deleted) = changes(&run(&default, nodes(4), old));
+        assert_eq!(deleted, [("p1".to_owned(), false)]);
+    }
+
+    #[test]
+    fn max_surge_starts_the_new_pod_beside_the_old_one() {
+        let surge = ds(
+            json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}),
+            json!({}),
+        );
+        let old = vec![
+            pod(&surge, "p1", "n1", false, true),
+            pod(&surge, "p2", "n2", false, true),
+        ];
+        let (created, deleted) = changes(&run(&surge, nodes(2), old.clone()));
+        assert_eq!((created, deleted), (vec!["n1".to_owned()], Vec::new()));
+        // The new pod ready: the old one goes, and the next node surges.
+        let mut pods = old;
+        pods.push(pod(&surge, "p1-new", "n1", true, true));
+        let (created, deleted) = changes(&run(&surge, nodes(2), pods));
+        assert_eq!(created, ["n2"]);
+        assert_eq!(deleted, [("p1".to_owned(), false)]);
+    }
+
+    #[test]
+    fn on_delete_keeps_old_pods_and_fills_empty_nodes_with_the_new_template() {
+        let on_delete = ds(json!({"type": "OnDelete"}), json!({}));
+        let pods = vec![pod(&on_delete, "p1", "n1", false, true)];
+        let outcome = run(&on_delete, nodes(2), pods.clone());
+        let (created, deleted) = changes(&outcome);
+        assert_eq!((created, deleted), (vec!["n2".to_owned()], Vec::new()));
+        // Settled: the status says one of two nodes runs the current template.
+        let mut pods = pods;
+        pods.push(pod(&on_delete, "p2", "n2", true, true));
+        let outcome = run(&on_delete, nodes(2), pods);
+        let [Write::UpdateStatus(Object::DaemonSet(updated))] = outcome.writes.as_slice() else {
+            panic!("{outcome:?}")
+        };
+        assert_eq!(
+            updated.status,
+            Some(DaemonSetStatus {
+                observed_generation: 3,
+                desired_number_scheduled: 2,
+                current_number_scheduled: 2,
+                number_misscheduled: 0,
+                number_ready: 2,
+                updated_number_scheduled: 1,
+                number_available: 2,
+                number_unavailable: 0,
+            })
+        );
     }
 }

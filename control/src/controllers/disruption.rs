@@ -57,7 +57,12 @@ impl Reconciler for DisruptionController {
             .collect()
     }
 
-    fn reconcile(&self, budget: &PodDisruptionBudget, snapshot: &Snapshot, ctx: &Context) -> Outcome {
+    fn reconcile(
+        &self,
+        budget: &PodDisruptionBudget,
+        snapshot: &Snapshot,
+        ctx: &Context,
+    ) -> Outcome {
         let pods: Vec<&Pod> = snapshot
             .list::<Pod>(Some(&budget.metadata.namespace))
             .filter(|pod| budget.selects(&pod.metadata.labels))
@@ -231,9 +236,11 @@ mod tests {
     };
 
     fn budget(spec: serde_json::Value) -> PodDisruptionBudget {
-        typed(json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+        typed(
+            json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
             "metadata": {"name": "web", "namespace": "default", "uid": "pdb", "generation": 2},
-            "spec": spec}))
+            "spec": spec}),
+        )
     }
 
     fn pod(name: &str, ready: bool) -> Pod {

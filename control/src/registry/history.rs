@@ -3,13 +3,13 @@
 //! annotation, so `rollout history` lists them and `rollout undo` puts one back.
 
 use berth_api::{
+    ResourceType,
+    apps::{DaemonSet, Deployment},
+};
+use berth_api::{
     apps::{ControllerRevision, REVISION_ANNOTATION},
     kinds::CONTROLLER_REVISIONS,
     meta::{ObjectMeta, OwnerReference},
-};
-use berth_api::{
-    ResourceType,
-    apps::{DaemonSet, Deployment},
 };
 use serde_json::Value;
 
@@ -136,8 +136,7 @@ impl Registry {
             precondition,
         }];
         // Keep `revisionHistoryLimit` old revisions besides the current one.
-        let limit = usize::try_from(deployment.history_limit())
-            .unwrap_or(DEFAULT_HISTORY_LIMIT);
+        let limit = usize::try_from(deployment.history_limit()).unwrap_or(DEFAULT_HISTORY_LIMIT);
         let old: Vec<&(KeyValue, ControllerRevision)> = history
             .iter()
             .enumerate()

@@ -60,7 +60,6 @@ impl Templated for DaemonSet {
 /// template admitted when written and recorded as a revision it owns.
 pub(in crate::registry) struct TemplatedStrategy<T>(std::marker::PhantomData<T>);
 
-
 /// The status of a templated kind, which `/status` owns.
 pub(in crate::registry) trait HasStatus {
     fn clear_status(&mut self);
