@@ -62,9 +62,8 @@ impl Registry {
                 }
             };
             match spend(&budget, &pod)? {
-                Spend::Free => return self.delete(&PODS, namespace, name, options).await,
-                Spend::One(updated) => match self.commit(budget_write(&budget_kv, &updated)?).await
-                {
+                None => return self.delete(&PODS, namespace, name, options).await,
+                Some(updated) => match self.commit(budget_write(&budget_kv, &updated)?).await {
                     Ok(_) => return self.delete(&PODS, namespace, name, options).await,
                     // Another eviction (or the disruption controller) wrote the budget
                     // since it was read: decide again on what it says now.
@@ -76,16 +75,10 @@ impl Registry {
     }
 }
 
-/// What evicting `pod` costs `budget`.
-enum Spend {
-    /// Nothing: the pod does not count as healthy and the policy lets it go.
-    Free,
-    /// One allowed disruption: the budget as it is to be written.
-    One(PodDisruptionBudget),
-}
-
-/// Kubernetes' checkAndDecrement and its rules for pods that are not Ready.
-fn spend(budget: &PodDisruptionBudget, pod: &Pod) -> Result<Spend> {
+/// What evicting `pod` costs `budget` (Kubernetes' checkAndDecrement and its rules for
+/// pods that are not Ready): one allowed disruption, as the budget to be written, or
+/// None when the pod does not count as healthy and the policy lets it go for free.
+fn spend(budget: &PodDisruptionBudget, pod: &Pod) -> Result<Option<PodDisruptionBudget>> {
     let name = &budget.metadata.name;
     let status = budget.status.clone().unwrap_or_default();
     let refused = |cause: String| Error::TooManyRequests {
@@ -102,7 +95,7 @@ fn spend(budget: &PodDisruptionBudget, pod: &Pod) -> Result<Spend> {
         let healthy_budget =
             status.current_healthy >= status.desired_healthy && status.desired_healthy > 0;
         if always || healthy_budget {
-            return Ok(Spend::Free);
+            return Ok(None);
         }
     }
     if status.disruptions_allowed < 0 {
@@ -123,7 +116,7 @@ fn spend(budget: &PodDisruptionBudget, pod: &Pod) -> Result<Spend> {
         .disrupted_pods
         .insert(pod.metadata.name.clone(), util::rfc3339_now());
     updated.status = Some(status);
-    Ok(Spend::One(updated))
+    Ok(Some(updated))
 }
 
 /// The budget written over its stored revision, or not at all.
