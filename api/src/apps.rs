@@ -159,33 +159,52 @@ impl DeploymentSpec {
             self.min_ready_seconds.into(),
         );
         validate_selected_template(v, path, &self.selector, &self.template);
-        let strategy = path.child("strategy");
-        v.one_of(
-            &strategy.child("type"),
-            &self.strategy.type_,
-            &["RollingUpdate", "Recreate"],
+        let strategy = &self.strategy;
+        // Kubernetes' defaults: 25% each.
+        check_strategy(
+            v,
+            &path.child("strategy"),
+            (&strategy.type_, &["RollingUpdate", "Recreate"]),
+            strategy.rolling_update.as_ref(),
+            [25, 25],
         );
-        if let Some(rolling) = &self.strategy.rolling_update {
-            let rp = strategy.child("rollingUpdate");
-            if self.strategy.type_ != "RollingUpdate" {
-                v.error(&rp, "may only be set when type is RollingUpdate");
-            }
-            let surge = rolling
-                .max_surge
-                .as_ref()
-                .map(|s| check_int_or_percent(v, &rp.child("maxSurge"), s));
-            let unavailable = rolling
-                .max_unavailable
-                .as_ref()
-                .map(|u| check_int_or_percent(v, &rp.child("maxUnavailable"), u));
-            // Both zero means a rollout can never make progress.
-            if surge == Some(Some(0)) && unavailable == Some(Some(0)) {
-                v.error(
-                    &rp.child("maxUnavailable"),
-                    "may not be 0 when maxSurge is 0",
-                );
-            }
-        }
+    }
+}
+
+/// Checks an update strategy at `path`: its type one of `types`, `rollingUpdate` only with
+/// type RollingUpdate, each bound a number or a percentage, and not both 0 (a rollout
+/// that could never make progress). `defaults`: what an absent maxSurge and
+/// maxUnavailable mean.
+fn check_strategy(
+    v: &mut Validator,
+    path: &FieldPath,
+    (type_, types): (&str, &[&str]),
+    rolling: Option<&RollingUpdate>,
+    defaults: [i64; 2],
+) {
+    v.one_of(&path.child("type"), type_, types);
+    let Some(rolling) = rolling else {
+        return;
+    };
+    let rp = path.child("rollingUpdate");
+    if type_ != "RollingUpdate" {
+        v.error(&rp, "may only be set when type is RollingUpdate");
+    }
+    let surge = rolling
+        .max_surge
+        .as_ref()
+        .map(|s| check_int_or_percent(v, &rp.child("maxSurge"), s));
+    let unavailable = rolling
+        .max_unavailable
+        .as_ref()
+        .map(|u| check_int_or_percent(v, &rp.child("maxUnavailable"), u));
+    let zero =
+        |bound: Option<Option<i64>>, default: i64| bound.map_or(default, |b| b.unwrap_or(-1)) == 0;
+    if zero(surge, defaults[0]) && zero(unavailable, defaults[1]) {
+        v.error(
+            &rp.child("maxUnavailable"),
+            "may not be 0 when maxSurge is 0",
+        );
     }
 }
 
@@ -389,33 +408,15 @@ impl DaemonSetSpec {
             self.min_ready_seconds.into(),
         );
         validate_selected_template(v, path, &self.selector, &self.template);
-        let strategy = path.child("updateStrategy");
-        v.one_of(
-            &strategy.child("type"),
-            &self.update_strategy.type_,
-            &["RollingUpdate", "OnDelete"],
+        let strategy = &self.update_strategy;
+        // Kubernetes' defaults: maxSurge 0, maxUnavailable 1.
+        check_strategy(
+            v,
+            &path.child("updateStrategy"),
+            (&strategy.type_, &["RollingUpdate", "OnDelete"]),
+            strategy.rolling_update.as_ref(),
+            [0, 1],
         );
-        if let Some(rolling) = &self.update_strategy.rolling_update {
-            let rp = strategy.child("rollingUpdate");
-            if self.update_strategy.type_ != "RollingUpdate" {
-                v.error(&rp, "may only be set when type is RollingUpdate");
-            }
-            let surge = rolling
-                .max_surge
-                .as_ref()
-                .map(|s| check_int_or_percent(v, &rp.child("maxSurge"), s));
-            let unavailable = rolling
-                .max_unavailable
-                .as_ref()
-                .map(|u| check_int_or_percent(v, &rp.child("maxUnavailable"), u));
-            // maxUnavailable defaults to 1, maxSurge to 0, as in Kubernetes.
-            if surge.flatten().unwrap_or(0) == 0 && unavailable.flatten().unwrap_or(1) == 0 {
-                v.error(
-                    &rp.child("maxUnavailable"),
-                    "may not be 0 when maxSurge is 0",
-                );
-            }
-        }
     }
 }
 

@@ -544,23 +544,7 @@ async fn daemon_set_rolls_node_by_node_and_back(c: &HollowCluster, admin: &std::
 /// The machine's kubectl, or None when it has none.
 async fn kubectl(admin: &std::path::Path, args: &[&str]) -> Option<(bool, String, String)> {
     let cache = tempfile::tempdir().expect("cache dir");
-    let output = tokio::process::Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(admin)
-        .arg("--cache-dir")
-        .arg(cache.path())
-        .args(args)
-        .output()
-        .await;
-    match output {
-        Ok(output) => Some((
-            output.status.success(),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => panic!("running kubectl: {e}"),
-    }
+    common::kubectl_as(admin, cache.path(), args, &[]).await
 }
 
 /// kubectl cordons with a strategic merge patch of spec.unschedulable and drains through

@@ -22,39 +22,27 @@ pub(in crate::registry) trait Templated: Kind {
     fn history_limit(&self) -> i32;
 }
 
-impl Templated for Deployment {
-    type Strategy = TemplatedStrategy<Deployment>;
-    const STRATEGY: Self::Strategy = TemplatedStrategy(std::marker::PhantomData);
+macro_rules! templated {
+    ($($kind:ty),*) => {$(
+        impl Templated for $kind {
+            type Strategy = TemplatedStrategy<$kind>;
+            const STRATEGY: Self::Strategy = TemplatedStrategy(std::marker::PhantomData);
 
-    fn template(&self) -> &PodTemplateSpec {
-        &self.spec.template
-    }
+            fn template(&self) -> &PodTemplateSpec {
+                &self.spec.template
+            }
 
-    fn template_mut(&mut self) -> &mut PodTemplateSpec {
-        &mut self.spec.template
-    }
+            fn template_mut(&mut self) -> &mut PodTemplateSpec {
+                &mut self.spec.template
+            }
 
-    fn history_limit(&self) -> i32 {
-        self.spec.revision_history_limit
-    }
+            fn history_limit(&self) -> i32 {
+                self.spec.revision_history_limit
+            }
+        }
+    )*};
 }
-
-impl Templated for DaemonSet {
-    type Strategy = TemplatedStrategy<DaemonSet>;
-    const STRATEGY: Self::Strategy = TemplatedStrategy(std::marker::PhantomData);
-
-    fn template(&self) -> &PodTemplateSpec {
-        &self.spec.template
-    }
-
-    fn template_mut(&mut self) -> &mut PodTemplateSpec {
-        &mut self.spec.template
-    }
-
-    fn history_limit(&self) -> i32 {
-        self.spec.revision_history_limit
-    }
-}
+templated!(Deployment, DaemonSet);
 
 /// The strategy of a [`Templated`] kind: its status through `/status` only, its pod
 /// template admitted when written and recorded as a revision it owns.
