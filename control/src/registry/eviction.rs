@@ -127,3 +127,73 @@ fn budget_write(kv: &KeyValue, budget: &PodDisruptionBudget) -> Result<Vec<Op>> 
         precondition: Precondition::ModRevision(kv.mod_revision),
     }])
 }
+
+#[cfg(test)]
+mod tests {
+    use berth_api::disruption::PodDisruptionBudgetStatus;
+    use serde_json::json;
+
+    use super::*;
+
+    fn budget(policy: Option<&str>, allowed: i32, observed: i64) -> PodDisruptionBudget {
+        let mut budget: PodDisruptionBudget = serde_json::from_value(json!({
+            "metadata": {"name": "zk-pdb", "generation": 2},
+            "spec": {"minAvailable": 2, "selector": {}, "unhealthyPodEvictionPolicy": policy}}))
+        .expect("a budget");
+        budget.status = Some(PodDisruptionBudgetStatus {
+            observed_generation: observed,
+            disruptions_allowed: allowed,
+            current_healthy: 2 + allowed,
+            desired_healthy: 2,
+            ..PodDisruptionBudgetStatus::default()
+        });
+        budget
+    }
+
+    fn pod(ready: bool) -> Pod {
+        serde_json::from_value(json!({"metadata": {"name": "zk-0"},
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}}))
+        .expect("a pod")
+    }
+
+    fn refusal(result: Result<Option<PodDisruptionBudget>>) -> String {
+        match result {
+            Err(Error::TooManyRequests { message, cause }) => {
+                assert_eq!(message, EVICTION_REFUSED);
+                cause
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_ready_pod_spends_an_allowed_disruption_or_is_refused() {
+        let spent = spend(&budget(None, 1, 2), &pod(true))
+            .expect("allowed")
+            .expect("spends one");
+        let status = spent.status.expect("status");
+        assert_eq!(status.disruptions_allowed, 0);
+        assert!(status.disrupted_pods.contains_key("zk-0"));
+        assert_eq!(
+            refusal(spend(&budget(None, 0, 2), &pod(true))),
+            "The disruption budget zk-pdb needs 2 healthy pods and has 2 currently"
+        );
+        // A budget the controller has not caught up with refuses everything.
+        assert!(refusal(spend(&budget(None, 1, 1), &pod(true))).contains("still being processed"));
+    }
+
+    #[test]
+    fn a_pod_that_is_not_ready_goes_free_while_the_budget_is_met_or_always_allowed() {
+        assert_eq!(spend(&budget(None, 0, 2), &pod(false)).expect("free"), None);
+        let mut short = budget(None, 0, 2);
+        if let Some(status) = short.status.as_mut() {
+            status.current_healthy = 1;
+        }
+        refusal(spend(&short, &pod(false)));
+        let mut always = budget(Some("AlwaysAllow"), 0, 2);
+        if let Some(status) = always.status.as_mut() {
+            status.current_healthy = 1;
+        }
+        assert_eq!(spend(&always, &pod(false)).expect("free"), None);
+    }
+}
