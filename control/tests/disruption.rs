@@ -602,4 +602,51 @@ async fn kubectl_cordons_and_drains(c: &HollowCluster, admin: &std::path::Path) 
     assert!(out.contains(&format!("node/{node} drained")), "{out}");
     let (ok, _, err) = kubectl(admin, &["uncordon", &node]).await.expect("kubectl");
     assert!(ok, "{err}");
+
+    // kubectl reads the new kinds' tables and follows a DaemonSet's rollout.
+    let (ok, out, err) = kubectl(admin, &["get", "pdb", "zk-pdb"])
+        .await
+        .expect("kubectl");
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with("NAME     MIN AVAILABLE   MAX UNAVAILABLE   ALLOWED DISRUPTIONS   AGE"),
+        "{out}"
+    );
+    let (ok, out, err) = kubectl(admin, &["get", "ds", "-n", "kube-system"])
+        .await
+        .expect("kubectl");
+    assert!(ok, "{err}");
+    assert!(out.contains("NODE SELECTOR"), "{out}");
+    let (ok, out, err) = kubectl(
+        admin,
+        &[
+            "rollout",
+            "status",
+            "daemonset/fluentd-elasticsearch",
+            "-n",
+            "kube-system",
+            "--timeout=60s",
+        ],
+    )
+    .await
+    .expect("kubectl");
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("daemon set \"fluentd-elasticsearch\" successfully rolled out"),
+        "{out}"
+    );
+    let (ok, out, err) = kubectl(
+        admin,
+        &[
+            "rollout",
+            "history",
+            "daemonset/fluentd-elasticsearch",
+            "-n",
+            "kube-system",
+        ],
+    )
+    .await
+    .expect("kubectl");
+    assert!(ok, "{err}");
+    assert!(out.contains("REVISION"), "{out}");
 }
