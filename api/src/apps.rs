@@ -150,15 +150,13 @@ pub struct DeploymentStatus {
 impl DeploymentSpec {
     pub(crate) fn validate(&self, v: &mut Validator, path: &FieldPath) {
         v.non_negative(&path.child("replicas"), self.replicas.into());
-        v.non_negative(
-            &path.child("revisionHistoryLimit"),
-            self.revision_history_limit.into(),
+        validate_rolled_out(
+            v,
+            path,
+            (self.revision_history_limit, self.min_ready_seconds),
+            &self.selector,
+            &self.template,
         );
-        v.non_negative(
-            &path.child("minReadySeconds"),
-            self.min_ready_seconds.into(),
-        );
-        validate_selected_template(v, path, &self.selector, &self.template);
         let strategy = &self.strategy;
         // Kubernetes' defaults: 25% each.
         check_strategy(
@@ -169,6 +167,23 @@ impl DeploymentSpec {
             [25, 25],
         );
     }
+}
+
+/// What Deployments and DaemonSets share: the history and readiness bounds, and a
+/// template their selector selects.
+fn validate_rolled_out(
+    v: &mut Validator,
+    path: &FieldPath,
+    (revision_history_limit, min_ready_seconds): (i32, i32),
+    selector: &LabelSelector,
+    template: &PodTemplateSpec,
+) {
+    v.non_negative(
+        &path.child("revisionHistoryLimit"),
+        revision_history_limit.into(),
+    );
+    v.non_negative(&path.child("minReadySeconds"), min_ready_seconds.into());
+    validate_selected_template(v, path, selector, template);
 }
 
 /// Checks an update strategy at `path`: its type one of `types`, `rollingUpdate` only with
@@ -399,15 +414,13 @@ pub struct DaemonSetStatus {
 
 impl DaemonSetSpec {
     pub(crate) fn validate(&self, v: &mut Validator, path: &FieldPath) {
-        v.non_negative(
-            &path.child("revisionHistoryLimit"),
-            self.revision_history_limit.into(),
+        validate_rolled_out(
+            v,
+            path,
+            (self.revision_history_limit, self.min_ready_seconds),
+            &self.selector,
+            &self.template,
         );
-        v.non_negative(
-            &path.child("minReadySeconds"),
-            self.min_ready_seconds.into(),
-        );
-        validate_selected_template(v, path, &self.selector, &self.template);
         let strategy = &self.update_strategy;
         // Kubernetes' defaults: maxSurge 0, maxUnavailable 1.
         check_strategy(
