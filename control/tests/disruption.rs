@@ -490,8 +490,14 @@ async fn daemon_set_follows_nodes(c: &HollowCluster, admin: &std::path::Path) {
     assert!(ok, "{err}");
 
     // A node that joins gets its pod; one that goes takes its pod with it.
+    let joined = std::time::Instant::now();
     let n4 = c.node("n4").await;
     daemons_on(c, &["n1", "n2", "n3", "n4"], image).await;
+    // A figure for the record, not an assertion.
+    eprintln!(
+        "n4's daemon pod Ready {:?} after n4 began to join",
+        joined.elapsed()
+    );
     drop(n4);
     let (status, body) = c.t.call(Method::DELETE, "/api/v1/nodes/n4", None).await;
     assert_eq!(status, 200, "{body}");
