@@ -350,7 +350,7 @@ mod tests {
             metadata: meta("", name),
             spec: NodeSpec {
                 pod_cidr: cidr.into(),
-                unschedulable: false,
+                ..NodeSpec::default()
             },
             status: Some(NodeStatus {
                 addresses: vec![NodeAddress {

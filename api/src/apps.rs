@@ -1,4 +1,4 @@
-//! Workload kinds (`apiVersion: apps/v1`): Deployment, ReplicaSet, ControllerRevision,
+//! Workload kinds (`apiVersion: apps/v1`): Deployment, ReplicaSet, DaemonSet, ControllerRevision,
 //! and the Scale subresource.
 
 use schemars::JsonSchema;
@@ -150,47 +150,85 @@ pub struct DeploymentStatus {
 impl DeploymentSpec {
     pub(crate) fn validate(&self, v: &mut Validator, path: &FieldPath) {
         v.non_negative(&path.child("replicas"), self.replicas.into());
-        v.non_negative(
-            &path.child("revisionHistoryLimit"),
-            self.revision_history_limit.into(),
+        validate_rolled_out(
+            v,
+            path,
+            (self.revision_history_limit, self.min_ready_seconds),
+            &self.selector,
+            &self.template,
         );
-        v.non_negative(
-            &path.child("minReadySeconds"),
-            self.min_ready_seconds.into(),
+        let strategy = &self.strategy;
+        // Kubernetes' defaults: 25% each.
+        check_strategy(
+            v,
+            &path.child("strategy"),
+            (&strategy.type_, &["RollingUpdate", "Recreate"]),
+            strategy.rolling_update.as_ref(),
+            [25, 25],
         );
-        validate_selected_template(v, path, &self.selector, &self.template);
-        let strategy = path.child("strategy");
-        v.one_of(
-            &strategy.child("type"),
-            &self.strategy.type_,
-            &["RollingUpdate", "Recreate"],
+    }
+}
+
+/// What Deployments and DaemonSets share: the history and readiness bounds, and a
+/// template their selector selects.
+fn validate_rolled_out(
+    v: &mut Validator,
+    path: &FieldPath,
+    (revision_history_limit, min_ready_seconds): (i32, i32),
+    selector: &LabelSelector,
+    template: &PodTemplateSpec,
+) {
+    v.non_negative(
+        &path.child("revisionHistoryLimit"),
+        revision_history_limit.into(),
+    );
+    v.non_negative(&path.child("minReadySeconds"), min_ready_seconds.into());
+    validate_selected_template(v, path, selector, template);
+}
+
+/// Checks an update strategy at `path`: its type one of `types`, `rollingUpdate` only with
+/// type RollingUpdate, each bound a number or a percentage, and not both 0 (a rollout
+/// that could never make progress). `defaults`: what an absent maxSurge and
+/// maxUnavailable mean.
+fn check_strategy(
+    v: &mut Validator,
+    path: &FieldPath,
+    (type_, types): (&str, &[&str]),
+    rolling: Option<&RollingUpdate>,
+    defaults: [i64; 2],
+) {
+    v.one_of(&path.child("type"), type_, types);
+    let Some(rolling) = rolling else {
+        return;
+    };
+    let rp = path.child("rollingUpdate");
+    if type_ != "RollingUpdate" {
+        v.error(&rp, "may only be set when type is RollingUpdate");
+    }
+    let surge = rolling
+        .max_surge
+        .as_ref()
+        .map(|s| check_int_or_percent(v, &rp.child("maxSurge"), s));
+    let unavailable = rolling
+        .max_unavailable
+        .as_ref()
+        .map(|u| check_int_or_percent(v, &rp.child("maxUnavailable"), u));
+    let zero =
+        |bound: Option<Option<i64>>, default: i64| bound.map_or(default, |b| b.unwrap_or(-1)) == 0;
+    if zero(surge, defaults[0]) && zero(unavailable, defaults[1]) {
+        v.error(
+            &rp.child("maxUnavailable"),
+            "may not be 0 when maxSurge is 0",
         );
-        if let Some(rolling) = &self.strategy.rolling_update {
-            let rp = strategy.child("rollingUpdate");
-            if self.strategy.type_ != "RollingUpdate" {
-                v.error(&rp, "may only be set when type is RollingUpdate");
-            }
-            let surge = rolling
-                .max_surge
-                .as_ref()
-                .map(|s| check_int_or_percent(v, &rp.child("maxSurge"), s));
-            let unavailable = rolling
-                .max_unavailable
-                .as_ref()
-                .map(|u| check_int_or_percent(v, &rp.child("maxUnavailable"), u));
-            // Both zero means a rollout can never make progress.
-            if surge == Some(Some(0)) && unavailable == Some(Some(0)) {
-                v.error(
-                    &rp.child("maxUnavailable"),
-                    "may not be 0 when maxSurge is 0",
-                );
-            }
-        }
     }
 }
 
 /// An absolute count or a percentage; returns the number when it parses.
-fn check_int_or_percent(v: &mut Validator, path: &FieldPath, value: &IntOrString) -> Option<i64> {
+pub(crate) fn check_int_or_percent(
+    v: &mut Validator,
+    path: &FieldPath,
+    value: &IntOrString,
+) -> Option<i64> {
     match value {
         IntOrString::Int(n) => {
             v.non_negative(path, (*n).into());
@@ -281,6 +319,117 @@ impl ReplicaSetSpec {
     pub(crate) fn validate(&self, v: &mut Validator, path: &FieldPath) {
         v.non_negative(&path.child("replicas"), self.replicas.into());
         validate_selected_template(v, path, &self.selector, &self.template);
+    }
+}
+
+// ---------------------------------------------------------------------------- DaemonSet
+
+/// One pod per eligible node.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DaemonSet {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: DaemonSetSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<DaemonSetStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DaemonSetSpec {
+    #[serde(default)]
+    pub selector: LabelSelector,
+    #[serde(default)]
+    pub template: PodTemplateSpec,
+    #[serde(default)]
+    pub update_strategy: DaemonSetUpdateStrategy,
+    #[serde(default)]
+    pub min_ready_seconds: i32,
+    /// How many old templates `rollout undo` can go back to.
+    #[serde(default = "ten")]
+    pub revision_history_limit: i32,
+}
+
+impl Default for DaemonSetSpec {
+    fn default() -> Self {
+        Self {
+            selector: LabelSelector::default(),
+            template: PodTemplateSpec::default(),
+            update_strategy: DaemonSetUpdateStrategy::default(),
+            min_ready_seconds: 0,
+            revision_history_limit: ten(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DaemonSetUpdateStrategy {
+    /// `RollingUpdate` (default) or `OnDelete` (a pod takes the new template only when
+    /// someone deletes it).
+    #[serde(rename = "type", default = "rolling_update")]
+    pub type_: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolling_update: Option<RollingUpdate>,
+}
+
+impl Default for DaemonSetUpdateStrategy {
+    fn default() -> Self {
+        Self {
+            type_: rolling_update(),
+            rolling_update: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DaemonSetStatus {
+    #[serde(default)]
+    pub observed_generation: i64,
+    /// Nodes that should run the pod.
+    #[serde(default)]
+    pub desired_number_scheduled: i32,
+    /// Nodes that should run the pod and do.
+    #[serde(default)]
+    pub current_number_scheduled: i32,
+    /// Nodes that run the pod and should not.
+    #[serde(default)]
+    pub number_misscheduled: i32,
+    #[serde(default)]
+    pub number_ready: i32,
+    #[serde(default)]
+    pub updated_number_scheduled: i32,
+    #[serde(default)]
+    pub number_available: i32,
+    #[serde(default)]
+    pub number_unavailable: i32,
+}
+
+impl DaemonSetSpec {
+    pub(crate) fn validate(&self, v: &mut Validator, path: &FieldPath) {
+        validate_rolled_out(
+            v,
+            path,
+            (self.revision_history_limit, self.min_ready_seconds),
+            &self.selector,
+            &self.template,
+        );
+        let strategy = &self.update_strategy;
+        // Kubernetes' defaults: maxSurge 0, maxUnavailable 1.
+        check_strategy(
+            v,
+            &path.child("updateStrategy"),
+            (&strategy.type_, &["RollingUpdate", "OnDelete"]),
+            strategy.rolling_update.as_ref(),
+            [0, 1],
+        );
     }
 }
 

@@ -82,6 +82,29 @@ pub struct Pod {
     pub status: Option<PodStatus>,
 }
 
+impl Pod {
+    /// Succeeded or Failed: its containers are done for good.
+    pub fn is_terminal(&self) -> bool {
+        self.status
+            .as_ref()
+            .is_some_and(|s| matches!(s.phase.as_str(), "Succeeded" | "Failed"))
+    }
+
+    /// Deleted gracefully and waiting for its node to stop it (Kubernetes'
+    /// deletionTimestamp).
+    pub fn is_terminating(&self) -> bool {
+        !self.metadata.deletion_timestamp.is_empty()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PodSpec {
@@ -92,6 +115,13 @@ pub struct PodSpec {
     pub node_name: String,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
+    /// Node taints the pod may be scheduled onto (or stay on).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<crate::scheduling::Toleration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<crate::scheduling::Affinity>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topology_spread_constraints: Vec<crate::scheduling::TopologySpreadConstraint>,
     /// `Always` (default), `OnFailure` or `Never`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub restart_policy: String,
@@ -1243,6 +1273,7 @@ impl PodSpec {
         if let Some(grace) = self.termination_grace_period_seconds {
             v.non_negative(&path.child("terminationGracePeriodSeconds"), grace);
         }
+        crate::scheduling::validate_pod_placement(self, v, path);
         for (field, present, reason) in [
             (
                 "initContainers",
@@ -1778,6 +1809,8 @@ pub struct NodeSpec {
     pub pod_cidr: String,
     #[serde(default)]
     pub unschedulable: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub taints: Vec<crate::scheduling::Taint>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -1825,6 +1858,7 @@ impl NodeSpec {
         if !self.pod_cidr.is_empty() {
             v.ipv4_cidr(&path.child("podCIDR"), &self.pod_cidr);
         }
+        crate::scheduling::validate_taints(&self.taints, v, &path.child("taints"));
     }
 }
 

@@ -21,8 +21,9 @@ use crate::{
 
 /// The storage class of node-local volumes, the only one and the default.
 pub const LOCAL_STORAGE_CLASS: &str = "local";
-/// The node label every node answers to in a volume's node affinity: its name.
-pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
+pub use crate::scheduling::{
+    HOSTNAME_LABEL, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
+};
 const ACCESS_MODES: &[&str] = &["ReadWriteOnce"];
 const RECLAIM_POLICIES: &[&str] = &["Delete", "Retain"];
 
@@ -177,97 +178,6 @@ pub struct LocalVolumeSource {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct VolumeNodeAffinity {
     pub required: NodeSelector,
-}
-
-/// Nodes whose labels match any of the terms.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct NodeSelector {
-    pub node_selector_terms: Vec<NodeSelectorTerm>,
-}
-
-/// Nodes whose labels match all of the expressions.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct NodeSelectorTerm {
-    #[serde(default)]
-    pub match_expressions: Vec<NodeSelectorRequirement>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-pub struct NodeSelectorRequirement {
-    pub key: String,
-    /// `In`, `NotIn`, `Exists` or `DoesNotExist`.
-    pub operator: String,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub values: Vec<String>,
-}
-
-impl NodeSelector {
-    /// Requires the node named `node`.
-    pub fn hostname(node: &str) -> Self {
-        NodeSelector {
-            node_selector_terms: vec![NodeSelectorTerm {
-                match_expressions: vec![NodeSelectorRequirement {
-                    key: HOSTNAME_LABEL.to_owned(),
-                    operator: "In".to_owned(),
-                    values: vec![node.to_owned()],
-                }],
-            }],
-        }
-    }
-
-    /// Whether the node `name` with `labels` is selected; [`HOSTNAME_LABEL`] is its name.
-    pub fn matches(&self, name: &str, labels: &BTreeMap<String, String>) -> bool {
-        let value = |key: &str| {
-            if key == HOSTNAME_LABEL {
-                Some(name)
-            } else {
-                labels.get(key).map(String::as_str)
-            }
-        };
-        self.node_selector_terms.iter().any(|term| {
-            term.match_expressions.iter().all(|r| {
-                let value = value(&r.key);
-                match r.operator.as_str() {
-                    "In" => value.is_some_and(|v| r.values.iter().any(|w| w == v)),
-                    "NotIn" => value.is_none_or(|v| r.values.iter().all(|w| w != v)),
-                    "Exists" => value.is_some(),
-                    "DoesNotExist" => value.is_none(),
-                    _ => false,
-                }
-            })
-        })
-    }
-
-    fn validate(&self, v: &mut Validator, path: &FieldPath) {
-        let terms = path.child("nodeSelectorTerms");
-        if self.node_selector_terms.is_empty() {
-            v.error(&terms, "must have at least one term");
-        }
-        for (i, term) in self.node_selector_terms.iter().enumerate() {
-            for (j, r) in term.match_expressions.iter().enumerate() {
-                let p = terms.index(i).child("matchExpressions").index(j);
-                v.label_key(&p.child("key"), &r.key);
-                v.one_of(
-                    &p.child("operator"),
-                    &r.operator,
-                    &["In", "NotIn", "Exists", "DoesNotExist"],
-                );
-                let wants_values = matches!(r.operator.as_str(), "In" | "NotIn");
-                if wants_values == r.values.is_empty() {
-                    v.error(
-                        &p.child("values"),
-                        if wants_values {
-                            "must not be empty for In and NotIn"
-                        } else {
-                            "must be empty for Exists and DoesNotExist"
-                        },
-                    );
-                }
-            }
-        }
-    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -353,6 +353,29 @@ pub fn columns(rt: &ResourceType) -> Vec<Column> {
             &["Name", "Desired", "Current", "Ready", "Age"],
             &["Containers", "Images", "Selector"],
         ),
+        "DaemonSet" => (
+            &[
+                "Name",
+                "Desired",
+                "Current",
+                "Ready",
+                "Up-to-date",
+                "Available",
+                "Node Selector",
+                "Age",
+            ],
+            &["Containers", "Images", "Selector"],
+        ),
+        "PodDisruptionBudget" => (
+            &[
+                "Name",
+                "Min Available",
+                "Max Unavailable",
+                "Allowed Disruptions",
+                "Age",
+            ],
+            &[],
+        ),
         "Service" => (
             &[
                 "Name",
@@ -479,6 +502,43 @@ pub fn cells(rt: &ResourceType, item: &Value) -> Vec<String> {
                     images,
                     or_none(pairs(item.pointer("/spec/selector/matchLabels"))),
                 ],
+            )
+        }
+        "DaemonSet" => {
+            let (names, images) = containers(item, "/spec/template/spec/containers");
+            (
+                vec![
+                    name,
+                    int_at(item, "/status/desiredNumberScheduled").to_string(),
+                    int_at(item, "/status/currentNumberScheduled").to_string(),
+                    int_at(item, "/status/numberReady").to_string(),
+                    int_at(item, "/status/updatedNumberScheduled").to_string(),
+                    int_at(item, "/status/numberAvailable").to_string(),
+                    or_none(pairs(item.pointer("/spec/template/spec/nodeSelector"))),
+                    created,
+                ],
+                vec![
+                    names,
+                    images,
+                    or_none(pairs(item.pointer("/spec/selector/matchLabels"))),
+                ],
+            )
+        }
+        "PodDisruptionBudget" => {
+            let bound = |pointer: &str| match item.pointer(pointer) {
+                Some(Value::Number(n)) => n.to_string(),
+                Some(Value::String(s)) => s.clone(),
+                _ => "N/A".to_owned(),
+            };
+            (
+                vec![
+                    name,
+                    bound("/spec/minAvailable"),
+                    bound("/spec/maxUnavailable"),
+                    int_at(item, "/status/disruptionsAllowed").to_string(),
+                    created,
+                ],
+                vec![],
             )
         }
         "Service" => {

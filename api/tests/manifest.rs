@@ -14,7 +14,7 @@ spec:
     metadata:
       labels: {app: web}
     spec:
-      affinity: {}
+      priorityClassName: high
       containers:
         - name: web
           image: berth/echo:latest
@@ -62,7 +62,7 @@ fn unsupported_kubernetes_fields_are_warnings_by_name() {
     assert!(
         warnings
             .iter()
-            .any(|w| w.starts_with("spec.template.spec.affinity:")),
+            .any(|w| w.starts_with("spec.template.spec.priorityClassName:")),
         "{warnings:?}"
     );
     assert!(
@@ -75,7 +75,7 @@ fn unsupported_kubernetes_fields_are_warnings_by_name() {
     // Unknown fields are dropped from the canonical object, not stored.
     assert!(
         objects[0].decoded.object["spec"]["template"]["spec"]
-            .get("affinity")
+            .get("priorityClassName")
             .is_none()
     );
 }

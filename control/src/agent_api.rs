@@ -315,7 +315,7 @@ fn status(error: registry::Error) -> Status {
         E::TooLarge(_) | E::Internal(_) => Status::internal(message),
         // The agent retries either; the code says whether waiting may help by itself.
         E::StoreUnavailable { no_space: true, .. } => Status::resource_exhausted(message),
-        E::StoreUnavailable { .. } => Status::unavailable(message),
+        E::StoreUnavailable { .. } | E::TooManyRequests { .. } => Status::unavailable(message),
     }
 }
 

@@ -98,7 +98,12 @@ pub fn cluster_roles() -> Vec<Value> {
                 rule(
                     &["create"],
                     &[""],
-                    &["pods/exec", "pods/attach", "pods/portforward"],
+                    &[
+                        "pods/exec",
+                        "pods/attach",
+                        "pods/portforward",
+                        "pods/eviction",
+                    ],
                 ),
                 rule(
                     &[READ, WRITE].concat(),
@@ -122,7 +127,14 @@ pub fn cluster_roles() -> Vec<Value> {
                         "deployments/rollback",
                         "replicasets",
                         "replicasets/scale",
+                        "daemonsets",
+                        "daemonsets/rollback",
                     ],
+                ),
+                rule(
+                    &[READ, WRITE].concat(),
+                    &["policy"],
+                    &["poddisruptionbudgets"],
                 ),
                 rule(
                     &[READ, WRITE].concat(),
@@ -168,8 +180,15 @@ pub fn cluster_roles() -> Vec<Value> {
                         "replicasets",
                         "replicasets/scale",
                         "replicasets/status",
+                        "daemonsets",
+                        "daemonsets/status",
                         "controllerrevisions",
                     ],
+                ),
+                rule(
+                    READ,
+                    &["policy"],
+                    &["poddisruptionbudgets", "poddisruptionbudgets/status"],
                 ),
                 rule(
                     READ,

@@ -25,24 +25,7 @@ async fn kubectl_with(
     args: &[&str],
     envs: &[(&str, &str)],
 ) -> Option<(bool, String, String)> {
-    let output = tokio::process::Command::new("kubectl")
-        .envs(envs.iter().copied())
-        .arg("--kubeconfig")
-        .arg(&t.server.admin_config)
-        .arg("--cache-dir")
-        .arg(cache)
-        .args(args)
-        .output()
-        .await;
-    match output {
-        Ok(output) => Some((
-            output.status.success(),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => panic!("running kubectl: {e}"),
-    }
+    common::kubectl_as(&t.server.admin_config, cache, args, envs).await
 }
 
 /// Columns of a printed table, split on kubectl's runs of spaces.

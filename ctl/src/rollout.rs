@@ -1,4 +1,4 @@
-//! `scale` and `rollout status|history|undo` for Deployments.
+//! `scale` and `rollout status|history|undo` for Deployments and DaemonSets.
 
 use std::{io::Write, time::Duration};
 
@@ -27,7 +27,7 @@ pub struct ScaleArgs {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Rollout {
-    /// Wait until a Deployment's rollout has finished, showing its progress.
+    /// Wait until a Deployment's or DaemonSet's rollout has finished, showing its progress.
     #[command(after_help = "Examples:\n  berthctl rollout status deployment web\n  \
                             berthctl rollout status deploy/web --timeout 2m\n\n\
                             Exits 0 when the rollout is complete, 1 when the timeout passes.")]
@@ -41,7 +41,7 @@ pub enum Rollout {
         #[arg(short, long, default_value_t = true, action = clap::ArgAction::Set)]
         watch: bool,
     },
-    /// List a Deployment's revisions, or show one.
+    /// List a Deployment's or DaemonSet's revisions, or show one.
     #[command(
         after_help = "Examples:\n  berthctl rollout history deployment web\n  \
                             berthctl rollout history deployment web --revision 2\n\n\
@@ -55,9 +55,10 @@ pub enum Rollout {
         #[arg(long)]
         revision: Option<i64>,
     },
-    /// Roll a Deployment back to the previous revision or to --to-revision.
+    /// Roll a Deployment or DaemonSet back to the previous revision or to --to-revision.
     #[command(after_help = "Examples:\n  berthctl rollout undo deployment web\n  \
-                            berthctl rollout undo deployment web --to-revision 1")]
+                            berthctl rollout undo deployment web --to-revision 1\n  \
+                            berthctl rollout undo daemonset fluentd")]
     Undo {
         kind: String,
         name: Option<String>,
@@ -103,12 +104,12 @@ fn deployment_target(
     Ok((resolve(kind)?, name))
 }
 
-fn only_deployments(rt: &ResourceType) -> Result<(), CtlError> {
-    if rt.kind == "Deployment" {
+fn with_rollouts(rt: &ResourceType) -> Result<(), CtlError> {
+    if matches!(rt.kind, "Deployment" | "DaemonSet") {
         Ok(())
     } else {
         Err(CtlError::Usage(format!(
-            "rollout works on deployments, not {}",
+            "rollout works on deployments and daemonsets, not {}",
             rt.plural
         )))
     }
@@ -150,7 +151,7 @@ pub async fn run(ctx: &Ctx, action: Rollout, out: &mut dyn Write) -> Result<(), 
             watch,
         } => {
             let (rt, name) = deployment_target(&kind, name.as_deref())?;
-            only_deployments(rt)?;
+            with_rollouts(rt)?;
             let wait = status(ctx, rt, &name, watch, out);
             if timeout.is_zero() {
                 wait.await
@@ -166,7 +167,7 @@ pub async fn run(ctx: &Ctx, action: Rollout, out: &mut dyn Write) -> Result<(), 
             revision,
         } => {
             let (rt, name) = deployment_target(&kind, name.as_deref())?;
-            only_deployments(rt)?;
+            with_rollouts(rt)?;
             history(ctx, rt, &name, revision, out).await
         }
         Rollout::Undo {
@@ -175,7 +176,7 @@ pub async fn run(ctx: &Ctx, action: Rollout, out: &mut dyn Write) -> Result<(), 
             to_revision,
         } => {
             let (rt, name) = deployment_target(&kind, name.as_deref())?;
-            only_deployments(rt)?;
+            with_rollouts(rt)?;
             let path = format!("{}/rollback", ctx.object_path(rt, &name));
             let target = Target { rt, name: &name };
             let object = ctx
@@ -200,7 +201,45 @@ pub async fn run(ctx: &Ctx, action: Rollout, out: &mut dyn Write) -> Result<(), 
 }
 
 /// kubectl's rollout status messages; None when the rollout is complete.
-fn progress(name: &str, d: &Value) -> Option<String> {
+fn progress(rt: &ResourceType, name: &str, object: &Value) -> Option<String> {
+    if rt.kind == "DaemonSet" {
+        daemon_set_progress(name, object)
+    } else {
+        deployment_progress(name, object)
+    }
+}
+
+/// kubectl's words for a rollout that is complete.
+fn rolled_out(rt: &ResourceType, name: &str) -> String {
+    match rt.kind {
+        "DaemonSet" => format!("daemon set {name:?} successfully rolled out"),
+        _ => format!("deployment {name:?} successfully rolled out"),
+    }
+}
+
+fn daemon_set_progress(name: &str, d: &Value) -> Option<String> {
+    if int_at(d, "/status/observedGeneration") < int_at(d, "/metadata/generation") {
+        return Some("Waiting for daemon set spec update to be observed...".to_owned());
+    }
+    let desired = int_at(d, "/status/desiredNumberScheduled");
+    let updated = int_at(d, "/status/updatedNumberScheduled");
+    let available = int_at(d, "/status/numberAvailable");
+    if updated < desired {
+        Some(format!(
+            "Waiting for daemon set {name:?} rollout to finish: {updated} out of {desired} new \
+             pods have been updated..."
+        ))
+    } else if available < desired {
+        Some(format!(
+            "Waiting for daemon set {name:?} rollout to finish: {available} of {desired} updated \
+             pods are available..."
+        ))
+    } else {
+        None
+    }
+}
+
+fn deployment_progress(name: &str, d: &Value) -> Option<String> {
     if int_at(d, "/status/observedGeneration") < int_at(d, "/metadata/generation") {
         return Some("Waiting for deployment spec update to be observed...".to_owned());
     }
@@ -243,10 +282,10 @@ async fn status(
     let current = ctx
         .call(Method::GET, &ctx.object_path(rt, name), None, Some(target))
         .await?;
-    let mut last = progress(name, &current);
+    let mut last = progress(rt, name, &current);
     match &last {
         None => {
-            emit(out, &format!("deployment {name:?} successfully rolled out"));
+            emit(out, &rolled_out(rt, name));
             return Ok(());
         }
         Some(message) => emit(out, message),
@@ -266,13 +305,14 @@ async fn status(
         |kind, object| {
             if kind == "DELETED" {
                 return Err(CtlError::Usage(format!(
-                    "deployment {name:?} was deleted while waiting for its rollout"
+                    "{} {name:?} was deleted while waiting for its rollout",
+                    rt.kind.to_ascii_lowercase()
                 )));
             }
-            let now = progress(name, object);
+            let now = progress(rt, name, object);
             match &now {
                 None => {
-                    emit(out, &format!("deployment {name:?} successfully rolled out"));
+                    emit(out, &rolled_out(rt, name));
                     return Ok(Flow::Done);
                 }
                 Some(message) if Some(message) != last.as_ref() => emit(out, message),
@@ -293,7 +333,7 @@ async fn history(
     out: &mut dyn Write,
 ) -> Result<(), CtlError> {
     let target = Target { rt, name };
-    let deployment = ctx
+    let owner = ctx
         .call(Method::GET, &ctx.object_path(rt, name), None, Some(target))
         .await?;
     let revisions_rt = resolve("controllerrevisions")?;
@@ -305,7 +345,7 @@ async fn history(
             None,
         )
         .await?;
-    let uid = str_at(&deployment, "/metadata/uid");
+    let uid = str_at(&owner, "/metadata/uid");
     let mut revisions: Vec<Value> = list["items"]
         .as_array()
         .into_iter()
@@ -338,7 +378,8 @@ async fn history(
                 .map(|r| int_at(r, "/revision").to_string())
                 .collect();
             return Err(CtlError::Usage(format!(
-                "unable to find revision {wanted} of deployment {name:?}; it has {}",
+                "unable to find revision {wanted} of {} {name:?}; it has {}",
+                rt.kind.to_ascii_lowercase(),
                 known.join(", ")
             )));
         };

@@ -11,7 +11,9 @@
 pub mod aggregation;
 pub mod autoscaler;
 mod cache;
+pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod endpoints;
 pub mod endpointslices;
 pub mod events;
@@ -310,22 +312,15 @@ pub fn owner_reference<K: Kind>(owner: &K) -> OwnerReference {
 }
 
 pub fn pod_is_terminal(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .is_some_and(|s| matches!(s.phase.as_str(), "Succeeded" | "Failed"))
+    pod.is_terminal()
 }
 
-/// Deleted gracefully and waiting for its node to stop it (Kubernetes' deletionTimestamp).
 pub fn pod_is_terminating(pod: &Pod) -> bool {
-    !pod.metadata.deletion_timestamp.is_empty()
+    pod.is_terminating()
 }
 
 pub fn pod_is_ready(pod: &Pod) -> bool {
-    pod.status.as_ref().is_some_and(|s| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True")
-    })
+    pod.is_ready()
 }
 
 /// Runs the reconcilers until `shutdown` flips.
@@ -396,6 +391,8 @@ impl Controllers {
             vec![
                 Box::new(deployment::DeploymentController),
                 Box::new(replicaset::ReplicaSetController),
+                Box::new(daemonset::DaemonSetController),
+                Box::new(disruption::DisruptionController),
                 Box::new(scheduler::Scheduler),
                 Box::new(nodes::NodeLifecycle),
                 Box::new(loadbalancer::LoadBalancerController),

@@ -1,17 +1,21 @@
-//! Deployment revision history: each pod template a Deployment had is kept as a
-//! ControllerRevision it owns, numbered by the `deployment.kubernetes.io/revision`
+//! Revision history of Deployments and DaemonSets: each pod template one had is kept as
+//! a ControllerRevision it owns, numbered by the `deployment.kubernetes.io/revision`
 //! annotation, so `rollout history` lists them and `rollout undo` puts one back.
 
 use berth_api::{
-    apps::{ControllerRevision, Deployment, REVISION_ANNOTATION},
-    kinds::{CONTROLLER_REVISIONS, DEPLOYMENTS},
+    ResourceType,
+    apps::{DaemonSet, Deployment},
+};
+use berth_api::{
+    apps::{ControllerRevision, REVISION_ANNOTATION},
+    kinds::CONTROLLER_REVISIONS,
     meta::{ObjectMeta, OwnerReference},
 };
 use serde_json::Value;
 
 use super::{
     Error, MAX_RETRIES, Registry, Result, decode_typed, encode, key, prefix,
-    strategy::{DeploymentStrategy, revision_of, set_revision},
+    strategy::{Templated, revision_of, set_revision},
 };
 use crate::{
     store::{KeyValue, Op, Precondition},
@@ -49,9 +53,9 @@ impl Registry {
         Ok(out)
     }
 
-    /// The ops deleting the revision history of `deployment`, which goes with it.
-    pub(super) async fn history_deletion(&self, deployment: &Deployment) -> Result<Vec<Op>> {
-        let meta = &deployment.metadata;
+    /// The ops deleting the revision history of `owner`, which goes with it.
+    pub(super) async fn history_deletion(&self, owner: &impl Templated) -> Result<Vec<Op>> {
+        let meta = owner.meta();
         Ok(self
             .controller_revisions(&meta.namespace, &meta.uid)
             .await?
@@ -63,19 +67,19 @@ impl Registry {
             .collect())
     }
 
-    /// Records the Deployment's pod template as a ControllerRevision when it is new, or
+    /// Records the owner's pod template as a ControllerRevision when it is new, or
     /// renumbers the matching old one (a rollback, or re-applying an old template), and
     /// prunes history past `revisionHistoryLimit`. Sets the revision annotation.
-    pub(super) async fn plan_revision_history(
+    pub(super) async fn plan_revision_history<T: Templated>(
         &self,
-        deployment: &mut Deployment,
+        deployment: &mut T,
     ) -> Result<Vec<Op>> {
         let (namespace, name, uid) = (
-            deployment.metadata.namespace.clone(),
-            deployment.metadata.name.clone(),
-            deployment.metadata.uid.clone(),
+            deployment.meta().namespace.clone(),
+            deployment.meta().name.clone(),
+            deployment.meta().uid.clone(),
         );
-        let template = &deployment.spec.template;
+        let template = deployment.template();
         let history = self.controller_revisions(&namespace, &uid).await?;
         let current = revision_of(deployment);
         if history
@@ -104,8 +108,8 @@ impl Registry {
                         generation: 1,
                         labels: template.metadata.labels.clone(),
                         owner_references: vec![OwnerReference {
-                            api_version: "apps/v1".to_owned(),
-                            kind: "Deployment".to_owned(),
+                            api_version: T::api_version(),
+                            kind: T::KIND.to_owned(),
                             name: name.clone(),
                             uid: uid.clone(),
                             controller: true,
@@ -119,7 +123,7 @@ impl Registry {
             }
         };
         revision.revision = next;
-        if let Some(cause) = deployment.metadata.annotations.get(CHANGE_CAUSE) {
+        if let Some(cause) = deployment.meta().annotations.get(CHANGE_CAUSE) {
             revision
                 .metadata
                 .annotations
@@ -132,8 +136,7 @@ impl Registry {
             precondition,
         }];
         // Keep `revisionHistoryLimit` old revisions besides the current one.
-        let limit = usize::try_from(deployment.spec.revision_history_limit)
-            .unwrap_or(DEFAULT_HISTORY_LIMIT);
+        let limit = usize::try_from(deployment.history_limit()).unwrap_or(DEFAULT_HISTORY_LIMIT);
         let old: Vec<&(KeyValue, ControllerRevision)> = history
             .iter()
             .enumerate()
@@ -152,16 +155,44 @@ impl Registry {
 
     /// `rollout undo`: puts back the pod template of `to_revision`, or of the revision
     /// before the current one when 0. The restored template becomes the newest revision.
-    pub async fn rollback(&self, namespace: &str, name: &str, to_revision: i64) -> Result<Value> {
-        let rt = &DEPLOYMENTS;
+    pub async fn rollback(
+        &self,
+        rt: &'static ResourceType,
+        namespace: &str,
+        name: &str,
+        to_revision: i64,
+    ) -> Result<Value> {
+        match rt.kind {
+            "Deployment" => {
+                self.rollback_typed::<Deployment>(namespace, name, to_revision)
+                    .await
+            }
+            "DaemonSet" => {
+                self.rollback_typed::<DaemonSet>(namespace, name, to_revision)
+                    .await
+            }
+            kind => Err(Error::bad_request(format!(
+                "{kind} has no revision history to roll back"
+            ))),
+        }
+    }
+
+    async fn rollback_typed<T: Templated>(
+        &self,
+        namespace: &str,
+        name: &str,
+        to_revision: i64,
+    ) -> Result<Value> {
+        let rt = T::resource_type();
+        let kind = T::KIND.to_ascii_lowercase();
         let mut attempt = 0;
         let (object, chosen) = loop {
             let Some(kv) = self.read(key(rt, namespace, name)).await? else {
                 return Err(Error::not_found(rt.kind, name));
             };
-            let existing: Deployment = decode_typed(&kv)?;
+            let existing: T = decode_typed(&kv)?;
             let history = self
-                .controller_revisions(namespace, &existing.metadata.uid)
+                .controller_revisions(namespace, &existing.meta().uid)
                 .await?;
             let current = revision_of(&existing);
             let target = if to_revision == 0 {
@@ -171,15 +202,15 @@ impl Registry {
             };
             let Some((_, target)) = target else {
                 return Err(Error::bad_request(if to_revision == 0 {
-                    format!("deployment {name:?} has no previous revision to roll back to")
+                    format!("{kind} {name:?} has no previous revision to roll back to")
                 } else {
-                    format!("deployment {name:?} has no revision {to_revision}")
+                    format!("{kind} {name:?} has no revision {to_revision}")
                 }));
             };
             let mut modified = existing.clone();
-            modified.spec.template = target.data.clone();
+            *modified.template_mut() = target.data.clone();
             match self
-                .write_over(&DeploymentStrategy, rt, (&kv, &existing), modified, None)
+                .write_over(&T::STRATEGY, rt, (&kv, &existing), modified, None)
                 .await
             {
                 Ok(object) => break (object, target.revision),
@@ -195,7 +226,7 @@ impl Registry {
             .to_owned();
         self.record_event(
             &object,
-            "DeploymentRollback",
+            &format!("{}Rollback", T::KIND),
             &format!("Rolled back to the template of revision {chosen}, now revision {now}"),
             "Normal",
         )

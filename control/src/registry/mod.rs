@@ -13,6 +13,7 @@ mod apply;
 pub mod batch;
 mod error;
 mod events;
+mod eviction;
 mod history;
 mod namespace;
 pub(crate) mod quota;

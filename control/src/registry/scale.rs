@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use super::{
     Error, FieldManager, Registry, Result, name_of, namespace_of,
-    strategy::{DeploymentStrategy, ReplicaSetStrategy, Strategy},
+    strategy::{ReplicaSetStrategy, Strategy, Templated as _},
 };
 use crate::{objects::str_at, store::Revision};
 
@@ -42,7 +42,7 @@ impl Registry {
         let scaled = match rt.kind {
             Deployment::KIND => {
                 self.scale_typed(
-                    &DeploymentStrategy,
+                    &Deployment::STRATEGY,
                     rt,
                     (namespace, name),
                     (replicas, wanted),

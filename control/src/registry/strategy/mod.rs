@@ -25,7 +25,7 @@ use serde_json::Value;
 
 pub(super) use self::{
     configmap::ConfigMapStrategy,
-    deployment::{DeploymentStrategy, revision_of, set_revision},
+    deployment::{Templated, revision_of, set_revision},
     namespace::NamespaceStrategy,
     plain::*,
     pod::PodStrategy,
@@ -152,11 +152,12 @@ macro_rules! with_strategy {
         use berth_api::{
             Resource as _,
             accounts::ServiceAccount,
-            apps::{ControllerRevision, Deployment, ReplicaSet},
+            apps::{ControllerRevision, DaemonSet, Deployment, ReplicaSet},
             autoscaling::HorizontalPodAutoscaler,
             configuration::{ConfigMap, Secret},
             core::{Endpoints, Event, Namespace, Node, Pod, Service},
             discovery::EndpointSlice,
+            disruption::PodDisruptionBudget,
             policy::{LimitRange, ResourceQuota},
             rbac::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
             storage::{PersistentVolume, PersistentVolumeClaim},
@@ -176,7 +177,7 @@ macro_rules! with_strategy {
                 $body
             }
             Deployment::KIND => {
-                let $strategy = &DeploymentStrategy;
+                let $strategy = &Deployment::STRATEGY;
                 $body
             }
             Node::KIND => {
@@ -185,6 +186,14 @@ macro_rules! with_strategy {
             }
             ReplicaSet::KIND => {
                 let $strategy = &ReplicaSetStrategy;
+                $body
+            }
+            DaemonSet::KIND => {
+                let $strategy = &DaemonSet::STRATEGY;
+                $body
+            }
+            PodDisruptionBudget::KIND => {
+                let $strategy = &PodDisruptionBudgetStrategy;
                 $body
             }
             HorizontalPodAutoscaler::KIND => {

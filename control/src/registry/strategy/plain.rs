@@ -3,7 +3,8 @@
 use std::marker::PhantomData;
 
 use berth_api::{
-    apps::ReplicaSet, autoscaling::HorizontalPodAutoscaler, core::Node, policy::ResourceQuota,
+    apps::ReplicaSet, autoscaling::HorizontalPodAutoscaler, core::Node,
+    disruption::PodDisruptionBudget, policy::ResourceQuota,
 };
 
 use super::Strategy;
@@ -51,3 +52,4 @@ status_and_spec!(NodeStrategy, Node);
 status_and_spec!(ReplicaSetStrategy, ReplicaSet);
 status_and_spec!(HorizontalPodAutoscalerStrategy, HorizontalPodAutoscaler);
 status_and_spec!(ResourceQuotaStrategy, ResourceQuota);
+status_and_spec!(PodDisruptionBudgetStrategy, PodDisruptionBudget);
