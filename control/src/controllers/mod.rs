@@ -22,6 +22,7 @@ pub mod index;
 pub mod loadbalancer;
 pub mod namespace;
 pub mod nodes;
+pub mod placement;
 pub mod quota;
 pub mod replicaset;
 pub mod scheduler;
