@@ -41,7 +41,8 @@ struct Placement {
 }
 
 impl Placement {
-    async fn patch_node(&self, name: &str, patch: Value) {
+    /// A JSON merge patch of the object at `path`.
+    async fn merge_patch(&self, path: &str, patch: Value) {
         let body = serde_json::to_vec(&patch).expect("json");
         let reply = self
             .c
@@ -49,12 +50,17 @@ impl Placement {
             .client
             .request(
                 Method::PATCH,
-                &format!("/api/v1/nodes/{name}"),
+                path,
                 Some((&body, "application/merge-patch+json")),
             )
             .await
             .expect("patch");
-        assert_eq!(reply.status.as_u16(), 200, "{:?}", reply.body);
+        assert_eq!(reply.status.as_u16(), 200, "{path}: {:?}", reply.body);
+    }
+
+    async fn patch_node(&self, name: &str, patch: Value) {
+        self.merge_patch(&format!("/api/v1/nodes/{name}"), patch)
+            .await;
     }
 
     async fn apply(&self, manifest: &str) {
@@ -204,19 +210,11 @@ impl Placement {
     }
 
     async fn scale(&self, deployment: &str, replicas: u32) {
-        let body = serde_json::to_vec(&json!({"spec": {"replicas": replicas}})).expect("json");
-        let reply = self
-            .c
-            .t
-            .client
-            .request(
-                Method::PATCH,
-                &format!("/apis/apps/v1/namespaces/default/deployments/{deployment}"),
-                Some((&body, "application/merge-patch+json")),
-            )
-            .await
-            .expect("patch");
-        assert_eq!(reply.status.as_u16(), 200, "{:?}", reply.body);
+        self.merge_patch(
+            &format!("/apis/apps/v1/namespaces/default/deployments/{deployment}"),
+            json!({"spec": {"replicas": replicas}}),
+        )
+        .await;
     }
 
     async fn delete(&self, path: &str) {
@@ -497,8 +495,19 @@ async fn taints_repel_and_tolerations_admit(p: &Placement) {
     assert_eq!(p.node_of("default", "tolerant").await, "n0");
     let expected = "0/8 nodes are available: 1 node(s) had untolerated taint {dedicated: gpu}, 7 node(s) didn't match Pod's node affinity/selector.";
     assert_eq!(p.unschedulable("default", "plain").await, expected);
-    p.described("default", "plain", &[expected, "FailedScheduling"])
-        .await;
+    p.described(
+        "default",
+        "plain",
+        &[
+            expected,
+            "FailedScheduling",
+            "kubernetes.io/hostname=n0",
+            "node.kubernetes.io/unreachable:NoExecute op=Exists for 77s",
+        ],
+    )
+    .await;
+    let (ok, out, err) = berthctl(&p.c.t.server.admin_config, &["describe", "node", "n0"]).await;
+    assert!(ok && out.contains("dedicated=gpu:NoSchedule"), "{out}{err}");
     // The taint goes: the pending pod is placed.
     if by_kubectl {
         p.kubectl(&["taint", "nodes", "n0", "dedicated=gpu:NoSchedule-"])

@@ -270,17 +270,7 @@ impl Placement {
         key: &str,
         snapshot: &Snapshot,
     ) -> usize {
-        let node_rules = (
-            &pod.spec.node_selector,
-            pod.spec
-                .affinity
-                .as_ref()
-                .and_then(|a| a.node_affinity.as_ref())
-                .and_then(|a| {
-                    a.required_during_scheduling_ignored_during_execution
-                        .as_ref()
-                }),
-        );
+        let node_rules = (&pod.spec.node_selector, pod.spec.required_node_affinity());
         let id = format!(
             "{}|{}|{key}|{}",
             pod.metadata.namespace,

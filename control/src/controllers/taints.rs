@@ -222,6 +222,18 @@ mod tests {
             evicted(&n, &[pods[1].clone(), pods[3].clone()], 1030),
             (vec!["brief".to_owned()], None)
         );
+        // A control plane restarted at 2000 counts a toleration's seconds from then.
+        let taint: Taint =
+            serde_json::from_value(json!({"key": "k", "value": "v", "effect": "NoExecute",
+                "timeAdded": util::rfc3339(1000)}))
+            .expect("taint");
+        assert_eq!(eviction_time(&pods[1], [&taint], 0), Some(1030));
+        assert_eq!(eviction_time(&pods[1], [&taint], 2000), Some(2030));
+        assert_eq!(
+            eviction_time(&pods[3], [&taint], 0),
+            None,
+            "no seconds: stays"
+        );
         let untainted = node(json!([{"key": "k", "effect": "NoSchedule"}]));
         assert_eq!(evicted(&untainted, &pods, 5000), (vec![], None));
     }
