@@ -1887,9 +1887,18 @@ pub struct Event {
     pub first_timestamp: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub last_timestamp: String,
-    /// Which component wrote it (`apiserver`, `scheduler`, an agent's node name).
+    /// Which component wrote it (`apiserver`; `berth-agent` with its node as host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<EventSource>,
+}
+
+/// Kubernetes' `EventSource`: an object, which kubectl decodes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct EventSource {
     #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub source: String,
+    pub component: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub host: String,
 }
 
 fn one() -> i32 {

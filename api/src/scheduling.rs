@@ -600,14 +600,18 @@ impl PodSpec {
             .iter()
             .all(|(k, v)| node_label(name, labels, k) == Some(v.as_str()))
             && self
-                .affinity
-                .as_ref()
-                .and_then(|a| a.node_affinity.as_ref())
-                .and_then(|a| {
-                    a.required_during_scheduling_ignored_during_execution
-                        .as_ref()
-                })
+                .required_node_affinity()
                 .is_none_or(|required| required.matches(name, labels))
+    }
+
+    /// `affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution`.
+    pub fn required_node_affinity(&self) -> Option<&NodeSelector> {
+        self.affinity
+            .as_ref()?
+            .node_affinity
+            .as_ref()?
+            .required_during_scheduling_ignored_during_execution
+            .as_ref()
     }
 }
 

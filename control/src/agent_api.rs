@@ -1036,7 +1036,13 @@ impl agent_server::Agent for AgentService {
         }
         if pod.pointer("/metadata/uid").and_then(Value::as_str) == Some(report.uid.as_str()) {
             self.registry
-                .record_event_from(&pod, &report.reason, &report.message, &report.r#type, &node)
+                .record_event_from(
+                    &pod,
+                    &report.reason,
+                    &report.message,
+                    &report.r#type,
+                    ("berth-agent", &node),
+                )
                 .await;
         }
         Ok(Response::new(PodEventAck {}))

@@ -24,10 +24,12 @@ pub mod index;
 pub mod loadbalancer;
 pub mod namespace;
 pub mod nodes;
+pub mod placement;
 pub mod quota;
 pub mod replicaset;
 pub mod scheduler;
 pub mod serviceaccounts;
+pub mod taints;
 pub mod volumes;
 
 use std::{
@@ -135,8 +137,6 @@ pub const DEFAULT_LOCAL_VOLUME_DIR: &str = "/var/lib/berth/volumes";
 pub struct Settings {
     /// A node whose last heartbeat is older than this is marked `Ready=Unknown`.
     pub node_grace: Duration,
-    /// Pods on a node not ready for this long are deleted (and so rescheduled).
-    pub pod_eviction_timeout: Duration,
     /// Everything is reconciled again this often, to heal missed mappings.
     pub resync: Duration,
     /// Where LoadBalancer Services get their addresses; None leaves them pending.
@@ -164,7 +164,6 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             node_grace: Duration::from_secs(40),
-            pod_eviction_timeout: Duration::from_secs(60),
             resync: Duration::from_secs(60),
             load_balancer_pool: None,
             observing_since: 0,
@@ -395,6 +394,7 @@ impl Controllers {
                 Box::new(disruption::DisruptionController),
                 Box::new(scheduler::Scheduler),
                 Box::new(nodes::NodeLifecycle),
+                Box::new(taints::TaintManager),
                 Box::new(loadbalancer::LoadBalancerController),
                 Box::new(namespace::NamespaceController),
                 Box::new(volumes::VolumeBinder),
