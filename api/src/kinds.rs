@@ -6,6 +6,7 @@ use crate::{
     accounts::ServiceAccount,
     apps::{ControllerRevision, Deployment, ReplicaSet},
     autoscaling::HorizontalPodAutoscaler,
+    batch::{CronJob, Job},
     configuration::{ConfigMap, Secret},
     core::{Endpoints, Event, Namespace, Node, Pod, Service},
     discovery::EndpointSlice,
@@ -25,6 +26,8 @@ pub static DEPLOYMENTS: ResourceType = ResourceType::of::<Deployment>();
 pub static REPLICASETS: ResourceType = ResourceType::of::<ReplicaSet>();
 pub static CONTROLLER_REVISIONS: ResourceType = ResourceType::of::<ControllerRevision>();
 pub static HPAS: ResourceType = ResourceType::of::<HorizontalPodAutoscaler>();
+pub static JOBS: ResourceType = ResourceType::of::<Job>();
+pub static CRON_JOBS: ResourceType = ResourceType::of::<CronJob>();
 pub static CONFIG_MAPS: ResourceType = ResourceType::of::<ConfigMap>();
 pub static SECRETS: ResourceType = ResourceType::of::<Secret>();
 pub static PERSISTENT_VOLUME_CLAIMS: ResourceType = ResourceType::of::<PersistentVolumeClaim>();

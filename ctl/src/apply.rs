@@ -459,7 +459,7 @@ mod tests {
                 Some("did you mean `apiVersion: apps/v1` and `kind: Deployment`?"),
             ),
             (
-                "apiVersion: batch/v1\nkind: CronJob\nmetadata: {name: a}\n",
+                "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: a}\n",
                 None,
             ),
         ] {

@@ -11,6 +11,7 @@
 pub mod aggregation;
 pub mod autoscaler;
 mod cache;
+pub mod cronjob;
 pub mod deployment;
 pub mod endpoints;
 pub mod endpointslices;
@@ -19,6 +20,7 @@ pub mod events;
 pub(crate) mod fixtures;
 pub mod gc;
 pub mod index;
+pub mod job;
 pub mod loadbalancer;
 pub mod namespace;
 pub mod nodes;
@@ -396,6 +398,8 @@ impl Controllers {
             vec![
                 Box::new(deployment::DeploymentController),
                 Box::new(replicaset::ReplicaSetController),
+                Box::new(job::JobController),
+                Box::new(cronjob::CronJobController),
                 Box::new(scheduler::Scheduler),
                 Box::new(nodes::NodeLifecycle),
                 Box::new(loadbalancer::LoadBalancerController),
@@ -408,6 +412,7 @@ impl Controllers {
                 Box::new(volumes::VolumeReclaimer),
                 Box::new(gc::GarbageCollector::<Pod>::new()),
                 Box::new(gc::GarbageCollector::<berth_api::apps::ReplicaSet>::new()),
+                Box::new(gc::GarbageCollector::<berth_api::batch::Job>::new()),
                 Box::new(gc::GarbageCollector::<berth_api::core::Endpoints>::new()),
                 Box::new(gc::GarbageCollector::<berth_api::discovery::EndpointSlice>::new()),
                 Box::new(autoscaler::Autoscaler::new(usage.clone())),
