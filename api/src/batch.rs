@@ -145,9 +145,11 @@ impl Job {
 
     /// The type (`Complete` or `Failed`) of the condition that ended the Job, if one did.
     pub fn finished(&self) -> Option<&Condition> {
-        self.status.as_ref()?.conditions.iter().find(|c| {
-            (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True"
-        })
+        self.status
+            .as_ref()?
+            .conditions
+            .iter()
+            .find(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
     }
 
     /// Fills what the server owns of a new Job (or keeps it on an update): the default
@@ -217,10 +219,15 @@ impl JobSpec {
         let restart = template.child("spec").child("restartPolicy");
         match self.template.spec.restart_policy.as_str() {
             "OnFailure" | "Never" => {}
-            "" => v.error(&restart, "Required value: valid values: \"OnFailure\", \"Never\""),
+            "" => v.error(
+                &restart,
+                "Required value: valid values: \"OnFailure\", \"Never\"",
+            ),
             other => v.error(
                 &restart,
-                &format!("Unsupported value: {other:?}: supported values: \"OnFailure\", \"Never\""),
+                &format!(
+                    "Unsupported value: {other:?}: supported values: \"OnFailure\", \"Never\""
+                ),
             ),
         }
         let labels = template.child("metadata").child("labels");

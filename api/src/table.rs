@@ -311,7 +311,8 @@ fn job_duration(job: &Value) -> String {
     let Some(start) = time::parse_rfc3339(str_at(job, "/status/startTime")) else {
         return String::new();
     };
-    let end = time::parse_rfc3339(str_at(job, "/status/completionTime")).unwrap_or_else(time::unix_now);
+    let end =
+        time::parse_rfc3339(str_at(job, "/status/completionTime")).unwrap_or_else(time::unix_now);
     human_duration(end as i64 - start as i64)
 }
 

@@ -12,6 +12,7 @@ mod cluster;
 mod describe;
 mod forward;
 mod get;
+mod jobs;
 mod node;
 mod output;
 mod rollout;

@@ -560,7 +560,11 @@ async fn run_to_end(
             .iter()
             .enumerate()
             .map(|(i, (container, ending))| {
-                let code = if crashed && i == 0 { 1 } else { ending.exit_code };
+                let code = if crashed && i == 0 {
+                    1
+                } else {
+                    ending.exit_code
+                };
                 (container.clone(), code)
             })
             .collect();

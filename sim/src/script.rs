@@ -130,11 +130,21 @@ mod tests {
     #[test]
     fn scripts_take_their_sleeps_and_end_with_their_exit_code() {
         assert_eq!(run(&["sh", "-c", "sleep 2; exit 3"]), (2, 3));
-        assert_eq!(run(&["/bin/sh", "-c", "date; echo Hello from the Kubernetes cluster"]), (0, 0));
+        assert_eq!(
+            run(&[
+                "/bin/sh",
+                "-c",
+                "date; echo Hello from the Kubernetes cluster"
+            ]),
+            (0, 0)
+        );
         assert_eq!(run(&["bash", "-c", "sleep 1 && false"]), (1, 1));
         assert_eq!(run(&["sh", "-c", "false && sleep 5 || exit 4"]), (0, 4));
         assert_eq!(run(&["sh", "-c", "true || exit 4\nsleep 1"]), (1, 0));
-        assert_eq!(run(&["perl", "-Mbignum=bpi", "-wle", "print bpi(2000)"]), (0, 0));
+        assert_eq!(
+            run(&["perl", "-Mbignum=bpi", "-wle", "print bpi(2000)"]),
+            (0, 0)
+        );
         assert_eq!(run(&["sleep", "7"]), (7, 0));
         assert_eq!(run(&[]), (0, 0));
     }

@@ -68,7 +68,10 @@ impl Reconciler for CronJobController {
                 Some("Complete") => {
                     let done = job.status.as_ref().and_then(|s| s.completion_time.clone());
                     if done.as_deref().and_then(parse_rfc3339)
-                        > status.last_successful_time.as_deref().and_then(parse_rfc3339)
+                        > status
+                            .last_successful_time
+                            .as_deref()
+                            .and_then(parse_rfc3339)
                     {
                         status.last_successful_time = done;
                     }
@@ -92,16 +95,19 @@ impl Reconciler for CronJobController {
             }
         }
 
-        let schedule = match Schedule::parse(
-            &cron_job.spec.schedule,
-            cron_job.spec.time_zone.as_deref(),
-        ) {
-            Ok(schedule) => schedule,
-            Err(error) => {
-                writes.push(event(cron_job, "Warning", "UnparseableSchedule", &error.to_string()));
-                return finish(cron_job, status, writes, None);
-            }
-        };
+        let schedule =
+            match Schedule::parse(&cron_job.spec.schedule, cron_job.spec.time_zone.as_deref()) {
+                Ok(schedule) => schedule,
+                Err(error) => {
+                    writes.push(event(
+                        cron_job,
+                        "Warning",
+                        "UnparseableSchedule",
+                        &error.to_string(),
+                    ));
+                    return finish(cron_job, status, writes, None);
+                }
+            };
         let next = |after: u64| {
             schedule
                 .next_after(after)
@@ -331,7 +337,11 @@ mod tests {
         assert_eq!(status.last_schedule_time, Some(rfc3339(T0)));
         assert_eq!(outcome.requeue_after, Some(Duration::from_secs(57)));
         // Looked at again in the same minute: nothing new.
-        let again = run(updated, vec![job(&format!("hello-{}", T0 / 60), T0, None)], T0 + 10);
+        let again = run(
+            updated,
+            vec![job(&format!("hello-{}", T0 / 60), T0, None)],
+            T0 + 10,
+        );
         assert!(created(&again).is_empty(), "{again:?}");
     }
 
@@ -371,7 +381,10 @@ mod tests {
         assert!(created(&outcome).is_empty(), "{outcome:?}");
         // Without a deadline it starts (the most recent missed run only).
         late.spec.starting_deadline_seconds = None;
-        assert_eq!(created(&run(&late, vec![], T0)), [format!("hello-{}", top / 60)]);
+        assert_eq!(
+            created(&run(&late, vec![], T0)),
+            [format!("hello-{}", top / 60)]
+        );
     }
 
     #[test]
@@ -407,7 +420,11 @@ mod tests {
         let status = updated.status.clone().expect("status");
         assert_eq!(status.last_successful_time, Some(rfc3339(T0 - 195)));
         assert_eq!(
-            status.active.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+            status
+                .active
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect::<Vec<_>>(),
             ["r"]
         );
     }

@@ -55,7 +55,12 @@ impl Reconciler for JobController {
             .list::<Pod>(Some(&job.metadata.namespace))
             .filter(|p| controller_uid(&p.metadata) == Some(uid))
             .collect();
-        let phase = |p: &Pod| p.status.as_ref().map_or("", |s| s.phase.as_str()).to_owned();
+        let phase = |p: &Pod| {
+            p.status
+                .as_ref()
+                .map_or("", |s| s.phase.as_str())
+                .to_owned()
+        };
         let active: Vec<&Pod> = pods
             .iter()
             .copied()
@@ -117,7 +122,14 @@ impl Reconciler for JobController {
             for pod in &active {
                 writes.push(Write::delete(*pod));
             }
-            set_condition(&mut status, "Suspended", "True", "JobSuspended", "Job suspended", now);
+            set_condition(
+                &mut status,
+                "Suspended",
+                "True",
+                "JobSuspended",
+                "Job suspended",
+                now,
+            );
             status.start_time = None;
             return finish(job, status, writes, None);
         }
@@ -126,7 +138,14 @@ impl Reconciler for JobController {
             .iter()
             .any(|c| c.type_ == "Suspended" && c.status == "True")
         {
-            set_condition(&mut status, "Suspended", "False", "JobResumed", "Job resumed", now);
+            set_condition(
+                &mut status,
+                "Suspended",
+                "False",
+                "JobResumed",
+                "Job resumed",
+                now,
+            );
         }
         let start = match status.start_time.as_deref().and_then(parse_rfc3339) {
             Some(start) => start,
@@ -150,10 +169,16 @@ impl Reconciler for JobController {
         let failure = if let Some(deadline) = job.spec.active_deadline_seconds
             && now >= start.saturating_add(u64::try_from(deadline).unwrap_or(0))
         {
-            Some(("DeadlineExceeded", "Job was active longer than specified deadline"))
+            Some((
+                "DeadlineExceeded",
+                "Job was active longer than specified deadline",
+            ))
         } else if i64::from(status.failed) + i64::from(restarts) > i64::from(job.spec.backoff_limit)
         {
-            Some(("BackoffLimitExceeded", "Job has reached the specified backoff limit"))
+            Some((
+                "BackoffLimitExceeded",
+                "Job has reached the specified backoff limit",
+            ))
         } else {
             None
         };
@@ -491,7 +516,11 @@ mod tests {
 
     #[test]
     fn starts_parallelism_pods_labelled_and_owned_by_the_job() {
-        let outcome = run(&job(json!({"completions": 5, "parallelism": 2})), vec![], T0);
+        let outcome = run(
+            &job(json!({"completions": 5, "parallelism": 2})),
+            vec![],
+            T0,
+        );
         let pods = created(&outcome);
         assert_eq!(pods.len(), 2);
         let labels = &pods[0].metadata.labels;
@@ -523,7 +552,10 @@ mod tests {
             run(&job, two, T0 + 20).requeue_after,
             Some(Duration::from_secs(10))
         );
-        assert_eq!(backoff_left(&vec![&pod("x", "Failed", None, T0); 12], T0), 360);
+        assert_eq!(
+            backoff_left(&vec![&pod("x", "Failed", None, T0); 12], T0),
+            360
+        );
     }
 
     #[test]
@@ -539,7 +571,11 @@ mod tests {
         let s = status(&outcome);
         assert_eq!(s.succeeded, 2);
         assert_eq!(s.completion_time, Some(rfc3339(T0 + 10)));
-        assert!(s.conditions.iter().any(|c| c.type_ == "Complete" && c.status == "True"));
+        assert!(
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Complete" && c.status == "True")
+        );
         let mut finished = job.clone();
         finished.status = Some(s);
         let outcome = run(&finished, done(), T0 + 20);
@@ -565,10 +601,17 @@ mod tests {
             T0 + 100,
         );
         let s = status(&outcome);
-        let failed = s.conditions.iter().find(|c| c.type_ == "Failed").expect("Failed");
+        let failed = s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Failed")
+            .expect("Failed");
         assert_eq!(failed.reason, "BackoffLimitExceeded");
         assert!(
-            outcome.writes.iter().any(|w| matches!(w, Write::Delete { name, .. } if name == "c")),
+            outcome
+                .writes
+                .iter()
+                .any(|w| matches!(w, Write::Delete { name, .. } if name == "c")),
             "the running pod is stopped"
         );
 
@@ -582,7 +625,10 @@ mod tests {
         let outcome = run(&deadline, vec![pod("a", "Running", None, 0)], T0 + 30);
         let s = status(&outcome);
         assert_eq!(
-            s.conditions.iter().find(|c| c.type_ == "Failed").map(|c| c.reason.as_str()),
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == "Failed")
+                .map(|c| c.reason.as_str()),
             Some("DeadlineExceeded")
         );
     }
@@ -590,7 +636,11 @@ mod tests {
     #[test]
     fn indexed_jobs_run_each_index_once_with_its_hostname() {
         let job = job(json!({"completions": 4, "parallelism": 2, "completionMode": "Indexed"}));
-        let pods = created(&run(&job, vec![pod("pi-0-x", "Succeeded", Some(0), T0)], T0));
+        let pods = created(&run(
+            &job,
+            vec![pod("pi-0-x", "Succeeded", Some(0), T0)],
+            T0,
+        ));
         let indexes: Vec<(&str, &str)> = pods
             .iter()
             .map(|p| {
@@ -602,7 +652,10 @@ mod tests {
             .collect();
         assert_eq!(indexes, [("1", "pi-1"), ("2", "pi-2")]);
         let env = &pods[0].spec.containers[0].env;
-        assert!(env.iter().any(|e| e.name == COMPLETION_INDEX_ENV && e.value == "1"));
+        assert!(
+            env.iter()
+                .any(|e| e.name == COMPLETION_INDEX_ENV && e.value == "1")
+        );
         let outcome = run(
             &job,
             vec![
@@ -623,7 +676,16 @@ mod tests {
         let outcome = run(&job, vec![pod("a", "Running", None, 0)], T0);
         assert!(created(&outcome).is_empty());
         let s = status(&outcome);
-        assert!(s.conditions.iter().any(|c| c.type_ == "Suspended" && c.status == "True"));
-        assert!(outcome.writes.iter().any(|w| matches!(w, Write::Delete { name, .. } if name == "a")));
+        assert!(
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Suspended" && c.status == "True")
+        );
+        assert!(
+            outcome
+                .writes
+                .iter()
+                .any(|w| matches!(w, Write::Delete { name, .. } if name == "a"))
+        );
     }
 }
