@@ -288,8 +288,10 @@ pub struct CronJobSpec {
     pub concurrency_policy: String,
     #[serde(default)]
     pub suspend: bool,
+    /// Boxed: the template is most of a CronJob, which the controllers' object enum
+    /// would otherwise size every object by.
     #[serde(default)]
-    pub job_template: JobTemplateSpec,
+    pub job_template: Box<JobTemplateSpec>,
     #[serde(default = "three")]
     pub successful_jobs_history_limit: i32,
     #[serde(default = "one")]
@@ -304,7 +306,7 @@ impl Default for CronJobSpec {
             starting_deadline_seconds: None,
             concurrency_policy: allow(),
             suspend: false,
-            job_template: JobTemplateSpec::default(),
+            job_template: Box::default(),
             successful_jobs_history_limit: three(),
             failed_jobs_history_limit: one(),
         }

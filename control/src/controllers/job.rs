@@ -552,10 +552,7 @@ mod tests {
             run(&job, two, T0 + 20).requeue_after,
             Some(Duration::from_secs(10))
         );
-        assert_eq!(
-            backoff_left(&vec![&pod("x", "Failed", None, T0); 12], T0),
-            360
-        );
+        assert_eq!(backoff_left(&[&pod("x", "Failed", None, T0); 12], T0), 360);
     }
 
     #[test]
