@@ -99,7 +99,7 @@ impl Reconciler for CronJobController {
             match Schedule::parse(&cron_job.spec.schedule, cron_job.spec.time_zone.as_deref()) {
                 Ok(schedule) => schedule,
                 Err(error) => {
-                    writes.push(event(
+                    writes.push(Write::event(
                         cron_job,
                         "Warning",
                         "UnparseableSchedule",
@@ -129,7 +129,7 @@ impl Reconciler for CronJobController {
         }
         let (missed, too_many) = schedule.fired_between(earliest, now, MAX_MISSED);
         if too_many {
-            writes.push(event(
+            writes.push(Write::event(
                 cron_job,
                 "Warning",
                 "TooManyMissedTimes",
@@ -159,7 +159,7 @@ impl Reconciler for CronJobController {
                 for active in &status.active {
                     if let Some(job) = jobs.iter().find(|j| j.metadata.uid == active.uid) {
                         writes.push(Write::delete(*job));
-                        writes.push(event(
+                        writes.push(Write::event(
                             cron_job,
                             "Normal",
                             "SuccessfulDelete",
@@ -172,7 +172,7 @@ impl Reconciler for CronJobController {
             _ => {}
         }
         let job = new_job(cron_job, name, scheduled);
-        writes.push(event(
+        writes.push(Write::event(
             cron_job,
             "Normal",
             "SuccessfulCreate",
@@ -233,15 +233,6 @@ fn finish(
     Outcome {
         writes,
         requeue_after,
-    }
-}
-
-fn event(cron_job: &CronJob, type_: &'static str, reason: &str, message: &str) -> Write {
-    Write::Event {
-        involved: reference(cron_job),
-        reason: reason.to_owned(),
-        message: message.to_owned(),
-        type_,
     }
 }
 

@@ -14,7 +14,7 @@ use berth_api::{
 
 use super::{
     Change, Context, Outcome, Reconciler, Snapshot, Write, controller_of, controller_uid,
-    owner_reference, pod_is_ready, pod_is_terminating, reference,
+    owner_reference, pod_is_ready, pod_is_terminating,
 };
 use crate::util;
 
@@ -187,7 +187,7 @@ impl Reconciler for JobController {
                 writes.push(Write::delete(*pod));
             }
             set_condition(&mut status, "Failed", "True", reason, message, now);
-            writes.push(event(job, "Warning", reason, message));
+            writes.push(Write::event(job, "Warning", reason, message));
             return finish(job, status, writes, ttl_requeue(job));
         }
         if let Some(deadline) = job.spec.active_deadline_seconds {
@@ -208,7 +208,7 @@ impl Reconciler for JobController {
             }
             status.completion_time = Some(rfc3339(now));
             set_condition(&mut status, "Complete", "True", "", "", now);
-            writes.push(event(job, "Normal", "Completed", "Job completed"));
+            writes.push(Write::event(job, "Normal", "Completed", "Job completed"));
             return finish(job, status, writes, ttl_requeue(job));
         }
 
@@ -257,7 +257,7 @@ impl Reconciler for JobController {
                 free.truncate(wanted - active.len());
                 for index in free {
                     let pod = new_pod(job, index);
-                    writes.push(event(
+                    writes.push(Write::event(
                         job,
                         "Normal",
                         "SuccessfulCreate",
@@ -297,15 +297,6 @@ fn finish(
     Outcome {
         writes,
         requeue_after,
-    }
-}
-
-fn event(job: &Job, type_: &'static str, reason: &str, message: &str) -> Write {
-    Write::Event {
-        involved: reference(job),
-        reason: reason.to_owned(),
-        message: message.to_owned(),
-        type_,
     }
 }
 

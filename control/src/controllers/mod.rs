@@ -99,6 +99,16 @@ impl Write {
         Self::UpdateStatus(object.into_object())
     }
 
+    /// An Event about `object`.
+    pub fn event<K: Kind>(object: &K, type_: &'static str, reason: &str, message: &str) -> Self {
+        Self::Event {
+            involved: reference(object),
+            reason: reason.to_owned(),
+            message: message.to_owned(),
+            type_,
+        }
+    }
+
     /// Deletes `object` (gracefully, for a pod).
     pub fn delete<K: Kind>(object: &K) -> Self {
         Self::Delete {
