@@ -519,6 +519,75 @@ mod tests {
         }
     }
 
+    fn job_errors(yaml: &str) -> Vec<String> {
+        match crate::kinds::JOBS.decode(crate::Source::Yaml(yaml)) {
+            Ok(_) => Vec::new(),
+            Err(crate::DecodeError::Invalid { errors }) => {
+                errors.iter().map(ToString::to_string).collect()
+            }
+            Err(other) => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn jobs_are_refused_by_field_as_kubernetes_refuses_them() {
+        let job = |spec: &str, policy: &str| {
+            format!(
+                "apiVersion: batch/v1\nkind: Job\nmetadata: {{name: j}}\nspec:\n{spec}  template:\n    spec:\n{policy}      containers: [{{name: c, image: i}}]\n"
+            )
+        };
+        assert!(job_errors(&job("", "      restartPolicy: Never\n")).is_empty());
+        let refused = |spec: &str, policy: &str, field: &str| {
+            let errors = job_errors(&job(spec, policy));
+            assert!(
+                errors.iter().any(|e| e.starts_with(field)),
+                "{field} not in {errors:?}"
+            );
+        };
+        refused("", "", "spec.template.spec.restartPolicy");
+        refused(
+            "",
+            "      restartPolicy: Always\n",
+            "spec.template.spec.restartPolicy",
+        );
+        let never = "      restartPolicy: Never\n";
+        refused("  completionMode: Indexed\n", never, "spec.completions");
+        refused(
+            "  completionMode: Sometimes\n",
+            never,
+            "spec.completionMode",
+        );
+        refused("  backoffLimit: -1\n", never, "spec.backoffLimit");
+        refused(
+            "  activeDeadlineSeconds: 0\n",
+            never,
+            "spec.activeDeadlineSeconds",
+        );
+        refused("  manualSelector: true\n", never, "spec.selector");
+    }
+
+    #[test]
+    fn a_new_job_selects_its_pods_by_its_uid() {
+        let mut job = Job::default();
+        job.metadata.name = "pi".to_owned();
+        job.metadata.uid = "u1".to_owned();
+        job.set_defaults();
+        assert_eq!(
+            (job.spec.completions, job.spec.parallelism),
+            (Some(1), Some(1))
+        );
+        let labels = &job.spec.template.metadata.labels;
+        assert_eq!(labels[CONTROLLER_UID_LABEL], "u1");
+        assert_eq!(labels[LEGACY_JOB_NAME_LABEL], "pi");
+        let selector = job.spec.selector.clone().expect("selector");
+        assert!(selector.matches(labels));
+        // A work queue: parallelism without completions stays so.
+        let mut queue = Job::default();
+        queue.spec.parallelism = Some(3);
+        queue.set_defaults();
+        assert_eq!(queue.spec.completions, None);
+    }
+
     #[test]
     fn missed_runs_are_counted_up_to_a_limit() {
         let schedule = Schedule::parse("* * * * *", None).expect("valid");

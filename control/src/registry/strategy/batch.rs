@@ -111,3 +111,29 @@ impl Strategy for CronJobStrategy {
         Ok(Vec::new())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_keeps_its_generated_selector_and_its_pod_template() {
+        let mut old = Job::default();
+        old.metadata.name = "pi".into();
+        old.metadata.uid = "u1".into();
+        old.spec.template.spec.restart_policy = "Never".into();
+        JobStrategy.prepare_for_create(&mut old);
+        // Re-applied as written (no selector, no generated labels): the same Job.
+        let mut again = Job::default();
+        again.metadata = old.metadata.clone();
+        again.spec.template.spec.restart_policy = "Never".into();
+        JobStrategy.prepare_for_update(&mut again, &old);
+        assert_eq!(again.spec, old.spec);
+        assert_eq!(JobStrategy.validate_update(&again, &old), []);
+        // Other pods: refused.
+        let mut changed = again.clone();
+        changed.spec.template.spec.restart_policy = "OnFailure".into();
+        let errors = JobStrategy.validate_update(&changed, &old);
+        assert_eq!(errors[0].field, "spec.template");
+    }
+}
