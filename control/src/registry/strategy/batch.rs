@@ -124,8 +124,10 @@ mod tests {
         old.spec.template.spec.restart_policy = "Never".into();
         JobStrategy.prepare_for_create(&mut old);
         // Re-applied as written (no selector, no generated labels): the same Job.
-        let mut again = Job::default();
-        again.metadata = old.metadata.clone();
+        let mut again = Job {
+            metadata: old.metadata.clone(),
+            ..Job::default()
+        };
         again.spec.template.spec.restart_policy = "Never".into();
         JobStrategy.prepare_for_update(&mut again, &old);
         assert_eq!(again.spec, old.spec);
