@@ -6,6 +6,7 @@ use crate::{
     accounts::ServiceAccount,
     apps::{ControllerRevision, DaemonSet, Deployment, ReplicaSet},
     autoscaling::HorizontalPodAutoscaler,
+    batch::{CronJob, Job},
     configuration::{ConfigMap, Secret},
     core::{Endpoints, Event, Namespace, Node, Pod, Service},
     discovery::EndpointSlice,
@@ -28,6 +29,8 @@ pub static DAEMON_SETS: ResourceType = ResourceType::of::<DaemonSet>();
 pub static CONTROLLER_REVISIONS: ResourceType = ResourceType::of::<ControllerRevision>();
 pub static HPAS: ResourceType = ResourceType::of::<HorizontalPodAutoscaler>();
 pub static PDBS: ResourceType = ResourceType::of::<PodDisruptionBudget>();
+pub static JOBS: ResourceType = ResourceType::of::<Job>();
+pub static CRON_JOBS: ResourceType = ResourceType::of::<CronJob>();
 pub static CONFIG_MAPS: ResourceType = ResourceType::of::<ConfigMap>();
 pub static SECRETS: ResourceType = ResourceType::of::<Secret>();
 pub static PERSISTENT_VOLUME_CLAIMS: ResourceType = ResourceType::of::<PersistentVolumeClaim>();

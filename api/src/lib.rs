@@ -19,6 +19,7 @@ pub mod node {
 pub mod accounts;
 pub mod apps;
 pub mod autoscaling;
+pub mod batch;
 pub mod channels;
 pub mod configuration;
 pub mod core;

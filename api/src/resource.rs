@@ -9,6 +9,7 @@ use crate::{
     accounts::ServiceAccount,
     apps::{ControllerRevision, DaemonSet, Deployment, ReplicaSet},
     autoscaling::HorizontalPodAutoscaler,
+    batch::{CronJob, Job},
     configuration::{ConfigMap, Secret},
     core::{Endpoints, Event, Namespace, Node, Pod, Service},
     discovery::EndpointSlice,
@@ -335,6 +336,30 @@ resource!(
 );
 
 resource!(
+    Job,
+    group = "batch",
+    plural = "jobs",
+    namespaced = true,
+    status = true,
+    categories = ["all"],
+    |this, v| {
+        this.spec.validate(v, &FieldPath::root("spec"));
+    }
+);
+resource!(
+    CronJob,
+    group = "batch",
+    plural = "cronjobs",
+    namespaced = true,
+    status = true,
+    short_names = ["cj"],
+    categories = ["all"],
+    |this, v| {
+        this.validate(v);
+    }
+);
+
+resource!(
     Role,
     group = crate::rbac::GROUP,
     plural = "roles",
@@ -503,6 +528,8 @@ pub static RESOURCE_TYPES: &[ResourceType] = &[
     ResourceType::of::<ControllerRevision>(),
     ResourceType::of::<HorizontalPodAutoscaler>(),
     ResourceType::of::<PodDisruptionBudget>(),
+    ResourceType::of::<Job>(),
+    ResourceType::of::<CronJob>(),
     ResourceType::of::<ConfigMap>(),
     ResourceType::of::<Secret>(),
     ResourceType::of::<PersistentVolumeClaim>(),

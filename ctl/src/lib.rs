@@ -13,6 +13,7 @@ mod describe;
 mod drain;
 mod forward;
 mod get;
+mod jobs;
 mod node;
 mod output;
 mod rollout;

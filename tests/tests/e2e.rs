@@ -593,7 +593,82 @@ async fn scenarios(cluster: &mut E2eCluster) -> String {
         times,
     });
 
+    // 10. Jobs in real containers (the image's busybox shell): three completions two at
+    // a time, each pod Succeeded; a pod exiting 3 fails its Job (backoffLimit 0).
+    let started = Instant::now();
+    cluster.apply(JOBS);
+    let count = wait_job(cluster, "count", "Complete").await;
+    assert_eq!(count["status"]["succeeded"], 3, "{count}");
+    let fail = wait_job(cluster, "fail", "Failed").await;
+    assert_eq!(fail["status"]["failed"], 1, "{fail}");
+    let pods: serde_json::Value = serde_json::from_str(&cluster.berthctl_ok(&[
+        "get",
+        "pods",
+        "-l",
+        "job-name=fail",
+        "-o",
+        "json",
+    ]))
+    .expect("pods as JSON");
+    let pod = &pods["items"][0];
+    assert_eq!(pod["status"]["phase"], "Failed", "{pod}");
+    assert_eq!(
+        pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"], 3,
+        "{pod}"
+    );
+    let times = format!("both finished {} after apply", seconds(started.elapsed()));
+    println!("scenario 10 jobs: {times}");
+    report.rows.push(Row {
+        scenario: "10 jobs",
+        sent: 0,
+        failed: 0,
+        times,
+    });
+
     report.render()
+}
+
+/// Two Jobs whose pods run the echo image's busybox shell.
+const JOBS: &str = r#"apiVersion: batch/v1
+kind: Job
+metadata: {name: count}
+spec:
+  completions: 3
+  parallelism: 2
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{name: count, image: "berth/echo:v1", command: [/bin/busybox, sh, -c, "sleep 1; exit 0"]}]
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: fail}
+spec:
+  backoffLimit: 0
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{name: fail, image: "berth/echo:v1", command: [/bin/busybox, sh, -c, "exit 3"]}]
+"#;
+
+/// Job `name` once its condition `type_` (`Complete`, `Failed`) is true (2 minutes at
+/// most).
+async fn wait_job(cluster: &E2eCluster, name: &str, type_: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let output = cluster.berthctl(&["get", "job", name, "-o", "json"]);
+        let job: serde_json::Value =
+            serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null);
+        let done = job["status"]["conditions"].as_array().is_some_and(|c| {
+            c.iter()
+                .any(|c| c["type"] == type_ && c["status"] == "True")
+        });
+        if done {
+            return job;
+        }
+        assert!(Instant::now() < deadline, "job {name} not {type_}: {job}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// A HorizontalPodAutoscaler for `web`: 10 new connections per second per pod, 2 to 6

@@ -12,6 +12,7 @@ pub mod aggregation;
 pub mod autoscaler;
 mod cache;
 pub mod daemonset;
+pub mod cronjob;
 pub mod deployment;
 pub mod disruption;
 pub mod endpoints;
@@ -21,6 +22,7 @@ pub mod events;
 pub(crate) mod fixtures;
 pub mod gc;
 pub mod index;
+pub mod job;
 pub mod loadbalancer;
 pub mod namespace;
 pub mod nodes;
@@ -99,6 +101,16 @@ impl Write {
 
     pub fn update_status(object: impl Kind) -> Self {
         Self::UpdateStatus(object.into_object())
+    }
+
+    /// An Event about `object`.
+    pub fn event<K: Kind>(object: &K, type_: &'static str, reason: &str, message: &str) -> Self {
+        Self::Event {
+            involved: reference(object),
+            reason: reason.to_owned(),
+            message: message.to_owned(),
+            type_,
+        }
     }
 
     /// Deletes `object` (gracefully, for a pod).
@@ -392,6 +404,8 @@ impl Controllers {
                 Box::new(replicaset::ReplicaSetController),
                 Box::new(daemonset::DaemonSetController),
                 Box::new(disruption::DisruptionController),
+                Box::new(job::JobController),
+                Box::new(cronjob::CronJobController),
                 Box::new(scheduler::Scheduler),
                 Box::new(nodes::NodeLifecycle),
                 Box::new(taints::TaintManager),
@@ -405,6 +419,7 @@ impl Controllers {
                 Box::new(volumes::VolumeReclaimer),
                 Box::new(gc::GarbageCollector::<Pod>::new()),
                 Box::new(gc::GarbageCollector::<berth_api::apps::ReplicaSet>::new()),
+                Box::new(gc::GarbageCollector::<berth_api::batch::Job>::new()),
                 Box::new(gc::GarbageCollector::<berth_api::core::Endpoints>::new()),
                 Box::new(gc::GarbageCollector::<berth_api::discovery::EndpointSlice>::new()),
                 Box::new(autoscaler::Autoscaler::new(usage.clone())),

@@ -8,6 +8,7 @@
 //! the hooks, and encodes the result once for the store. Adding a kind is a file here
 //! and an arm in [`with_strategy`].
 
+mod batch;
 mod configmap;
 mod deployment;
 mod namespace;
@@ -24,6 +25,7 @@ use berth_api::validation::{FieldError, FieldPath, Validator};
 use serde_json::Value;
 
 pub(super) use self::{
+    batch::{CronJobStrategy, JobStrategy},
     configmap::ConfigMapStrategy,
     deployment::{Templated, revision_of, set_revision},
     namespace::NamespaceStrategy,
@@ -154,6 +156,7 @@ macro_rules! with_strategy {
             accounts::ServiceAccount,
             apps::{ControllerRevision, DaemonSet, Deployment, ReplicaSet},
             autoscaling::HorizontalPodAutoscaler,
+            batch::{CronJob, Job},
             configuration::{ConfigMap, Secret},
             core::{Endpoints, Event, Namespace, Node, Pod, Service},
             discovery::EndpointSlice,
@@ -198,6 +201,14 @@ macro_rules! with_strategy {
             }
             HorizontalPodAutoscaler::KIND => {
                 let $strategy = &HorizontalPodAutoscalerStrategy;
+                $body
+            }
+            Job::KIND => {
+                let $strategy = &JobStrategy;
+                $body
+            }
+            CronJob::KIND => {
+                let $strategy = &CronJobStrategy;
                 $body
             }
             Endpoints::KIND => {
