@@ -141,6 +141,13 @@ pub struct PodSpec {
     /// What every container runs as, unless it says otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security_context: Option<crate::security::PodSecurityContext>,
+    /// The pod's host name (the pod's name when unset); with `subdomain`, also its DNS
+    /// name `<hostname>.<subdomain>.<namespace>.svc.<domain>` through the headless
+    /// Service named `subdomain`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub hostname: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub subdomain: String,
 }
 
 /// Exactly one source; sources Berth does not know are refused by name.
@@ -1234,6 +1241,13 @@ impl PodSpec {
         }
         if !self.node_name.is_empty() {
             v.dns_subdomain(&path.child("nodeName"), &self.node_name);
+        }
+        // Each is one label of a DNS name.
+        if !self.hostname.is_empty() {
+            v.dns_label(&path.child("hostname"), &self.hostname);
+        }
+        if !self.subdomain.is_empty() {
+            v.dns_label(&path.child("subdomain"), &self.subdomain);
         }
         for (key, value) in &self.node_selector {
             let p = path.child("nodeSelector").key(key);

@@ -4,7 +4,7 @@
 use crate::{
     ResourceType,
     accounts::ServiceAccount,
-    apps::{ControllerRevision, Deployment, ReplicaSet},
+    apps::{ControllerRevision, Deployment, ReplicaSet, StatefulSet},
     autoscaling::HorizontalPodAutoscaler,
     configuration::{ConfigMap, Secret},
     core::{Endpoints, Event, Namespace, Node, Pod, Service},
@@ -23,6 +23,7 @@ pub static NODES: ResourceType = ResourceType::of::<Node>();
 pub static EVENTS: ResourceType = ResourceType::of::<Event>();
 pub static DEPLOYMENTS: ResourceType = ResourceType::of::<Deployment>();
 pub static REPLICASETS: ResourceType = ResourceType::of::<ReplicaSet>();
+pub static STATEFULSETS: ResourceType = ResourceType::of::<StatefulSet>();
 pub static CONTROLLER_REVISIONS: ResourceType = ResourceType::of::<ControllerRevision>();
 pub static HPAS: ResourceType = ResourceType::of::<HorizontalPodAutoscaler>();
 pub static CONFIG_MAPS: ResourceType = ResourceType::of::<ConfigMap>();

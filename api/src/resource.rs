@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::{
     accounts::ServiceAccount,
-    apps::{ControllerRevision, Deployment, ReplicaSet},
+    apps::{ControllerRevision, Deployment, ReplicaSet, StatefulSet},
     autoscaling::HorizontalPodAutoscaler,
     configuration::{ConfigMap, Secret},
     core::{Endpoints, Event, Namespace, Node, Pod, Service},
@@ -188,6 +188,18 @@ resource!(
     namespaced = true,
     status = true,
     short_names = ["deploy"],
+    categories = ["all"],
+    |this, v| {
+        this.spec.validate(v, &FieldPath::root("spec"));
+    }
+);
+resource!(
+    StatefulSet,
+    group = "apps",
+    plural = "statefulsets",
+    namespaced = true,
+    status = true,
+    short_names = ["sts"],
     categories = ["all"],
     |this, v| {
         this.spec.validate(v, &FieldPath::root("spec"));
@@ -474,6 +486,7 @@ pub static RESOURCE_TYPES: &[ResourceType] = &[
     ResourceType::of::<Event>(),
     ResourceType::of::<Deployment>(),
     ResourceType::of::<ReplicaSet>(),
+    ResourceType::of::<StatefulSet>(),
     ResourceType::of::<ControllerRevision>(),
     ResourceType::of::<HorizontalPodAutoscaler>(),
     ResourceType::of::<ConfigMap>(),

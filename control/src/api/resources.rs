@@ -280,7 +280,7 @@ async fn dispatch(
             };
             ("scale", result.await)
         }
-        (&Method::POST, Some(name), Some("rollback")) if rt.kind == "Deployment" => {
+        (&Method::POST, Some(name), Some("rollback")) if has_history(rt) => {
             let result = async {
                 let bytes = read_body(body, MAX_OBJECT_BYTES).await?;
                 let request: RollbackRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -289,7 +289,7 @@ async fn dispatch(
                     serde_json::from_slice(&bytes)
                         .map_err(|e| ApiError::bad_request(format!("request body: {e}")))?
                 };
-                replied(registry.rollback(ns, name, request.to_revision).await)
+                replied(registry.rollback(rt, ns, name, request.to_revision).await)
             };
             ("rollback", result.await)
         }
@@ -395,7 +395,7 @@ pub(super) fn subresources(rt: &ResourceType) -> Vec<Subresource> {
         });
     }
     match rt.kind {
-        "Deployment" => served.push(own("rollback", &["create"])),
+        "Deployment" | "StatefulSet" => served.push(own("rollback", &["create"])),
         "Pod" => {
             served.push(own("log", &["get"]));
             served.push(Subresource {
@@ -540,7 +540,12 @@ pub(super) fn dry_run(query: &HashMap<String, String>) -> Result<bool, ApiError>
 }
 
 fn is_scalable(rt: &ResourceType) -> bool {
-    matches!(rt.kind, "Deployment" | "ReplicaSet")
+    matches!(rt.kind, "Deployment" | "ReplicaSet" | "StatefulSet")
+}
+
+/// Kinds whose templates the API server keeps as ControllerRevisions.
+fn has_history(rt: &ResourceType) -> bool {
+    matches!(rt.kind, "Deployment" | "StatefulSet")
 }
 
 pub(super) fn is_true(value: Option<&String>) -> bool {

@@ -16,6 +16,7 @@ pub(super) mod pod;
 mod rbac;
 mod secret;
 mod service;
+mod statefulset;
 mod storage;
 
 use std::future::Future;
@@ -32,6 +33,7 @@ pub(super) use self::{
     rbac::{ClusterRoleBindingStrategy, RoleBindingStrategy},
     secret::SecretStrategy,
     service::ServiceStrategy,
+    statefulset::StatefulSetStrategy,
     storage::{PersistentVolumeClaimStrategy, PersistentVolumeStrategy},
 };
 use super::{Batch, DeleteOptions, Registry, Result};
@@ -152,7 +154,7 @@ macro_rules! with_strategy {
         use berth_api::{
             Resource as _,
             accounts::ServiceAccount,
-            apps::{ControllerRevision, Deployment, ReplicaSet},
+            apps::{ControllerRevision, Deployment, ReplicaSet, StatefulSet},
             autoscaling::HorizontalPodAutoscaler,
             configuration::{ConfigMap, Secret},
             core::{Endpoints, Event, Namespace, Node, Pod, Service},
@@ -185,6 +187,10 @@ macro_rules! with_strategy {
             }
             ReplicaSet::KIND => {
                 let $strategy = &ReplicaSetStrategy;
+                $body
+            }
+            StatefulSet::KIND => {
+                let $strategy = &StatefulSetStrategy;
                 $body
             }
             HorizontalPodAutoscaler::KIND => {
