@@ -518,7 +518,10 @@ impl StatefulSetSpec {
             );
         }
         if let Some(ordinals) = &self.ordinals {
-            v.non_negative(&path.child("ordinals").child("start"), ordinals.start.into());
+            v.non_negative(
+                &path.child("ordinals").child("start"),
+                ordinals.start.into(),
+            );
         }
         let templates = path.child("volumeClaimTemplates");
         let mut names = std::collections::BTreeSet::new();

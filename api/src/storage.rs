@@ -424,7 +424,10 @@ mod tests {
         let invalid = "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: data}\nspec:\n  accessModes: [ReadWriteMany]\n  storageClassName: fast\n  resources: {requests: {}}\n";
         assert_eq!(
             errors::<PersistentVolumeClaim>(invalid),
-            ["spec.accessModes[0]", "spec.resources.requests[\"storage\"]"],
+            [
+                "spec.accessModes[0]",
+                "spec.resources.requests[\"storage\"]"
+            ],
             "an unknown class is only a warning: the claim waits, as in Kubernetes"
         );
     }

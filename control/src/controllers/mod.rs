@@ -26,6 +26,7 @@ pub mod quota;
 pub mod replicaset;
 pub mod scheduler;
 pub mod serviceaccounts;
+pub mod statefulset;
 pub mod volumes;
 
 use std::{
@@ -396,6 +397,7 @@ impl Controllers {
             vec![
                 Box::new(deployment::DeploymentController),
                 Box::new(replicaset::ReplicaSetController),
+                Box::new(statefulset::StatefulSetController),
                 Box::new(scheduler::Scheduler),
                 Box::new(nodes::NodeLifecycle),
                 Box::new(loadbalancer::LoadBalancerController),
@@ -408,6 +410,9 @@ impl Controllers {
                 Box::new(volumes::VolumeReclaimer),
                 Box::new(gc::GarbageCollector::<Pod>::new()),
                 Box::new(gc::GarbageCollector::<berth_api::apps::ReplicaSet>::new()),
+                Box::new(gc::GarbageCollector::<
+                    berth_api::storage::PersistentVolumeClaim,
+                >::new()),
                 Box::new(gc::GarbageCollector::<berth_api::core::Endpoints>::new()),
                 Box::new(gc::GarbageCollector::<berth_api::discovery::EndpointSlice>::new()),
                 Box::new(autoscaler::Autoscaler::new(usage.clone())),

@@ -75,10 +75,7 @@ impl WithHistory for StatefulSet {
 }
 
 /// The revision `object` runs: its own record, or the newest of `history`.
-fn current_revision<K: WithHistory>(
-    object: &K,
-    history: &[(KeyValue, ControllerRevision)],
-) -> i64 {
+fn current_revision<K: WithHistory>(object: &K, history: &[(KeyValue, ControllerRevision)]) -> i64 {
     object
         .recorded_revision()
         .unwrap_or_else(|| history.last().map_or(0, |(_, r)| r.revision))
@@ -227,14 +224,26 @@ impl Registry {
     ) -> Result<Value> {
         match rt.kind {
             "Deployment" => {
-                self.rollback_typed(&super::strategy::DeploymentStrategy, rt, (namespace, name), to_revision)
-                    .await
+                self.rollback_typed(
+                    &super::strategy::DeploymentStrategy,
+                    rt,
+                    (namespace, name),
+                    to_revision,
+                )
+                .await
             }
             "StatefulSet" => {
-                self.rollback_typed(&super::strategy::StatefulSetStrategy, rt, (namespace, name), to_revision)
-                    .await
+                self.rollback_typed(
+                    &super::strategy::StatefulSetStrategy,
+                    rt,
+                    (namespace, name),
+                    to_revision,
+                )
+                .await
             }
-            kind => Err(Error::bad_request(format!("{kind} has no rollback subresource"))),
+            kind => Err(Error::bad_request(format!(
+                "{kind} has no rollback subresource"
+            ))),
         }
     }
 
