@@ -106,6 +106,16 @@ pub struct Selected {
     pub ports: Vec<EndpointPort>,
 }
 
+/// The name a pod has under `service` (Kubernetes' rule): its `hostname`, when its
+/// `subdomain` names the Service; none otherwise.
+fn dns_hostname<'a>(service: &Service, pod: &'a Pod) -> &'a str {
+    if pod.spec.subdomain == service.metadata.name {
+        &pod.spec.hostname
+    } else {
+        ""
+    }
+}
+
 /// The pods `service` selects that have an address and are not finished; None for a
 /// Service without a selector, whose endpoints the user manages.
 pub fn select(service: &Service, snapshot: &Snapshot) -> Option<Selected> {
@@ -125,6 +135,7 @@ pub fn select(service: &Service, snapshot: &Snapshot) -> Option<Selected> {
                 ip: ip.to_owned(),
                 node_name: pod.spec.node_name.clone(),
                 target_pod: pod.metadata.name.clone(),
+                hostname: dns_hostname(service, pod).to_owned(),
                 terminating: pod_is_terminating(pod),
             },
             ready: pod_is_ready(pod),
@@ -194,6 +205,7 @@ mod tests {
             ip: ip.to_owned(),
             node_name: "n1".to_owned(),
             target_pod: pod.to_owned(),
+            hostname: String::new(),
             terminating,
         }
     }
