@@ -464,6 +464,28 @@ impl StatefulSet {
 }
 
 impl StatefulSetSpec {
+    /// The pod spec of the pod `pod_name`: the template's, with a volume per claim
+    /// template (named as the template, replacing a pod volume of that name) of the
+    /// pod's claim `<template>-<pod>`.
+    pub fn pod_spec(&self, template: &PodTemplateSpec, pod_name: &str) -> crate::core::PodSpec {
+        let mut spec = template.spec.clone();
+        for claim in &self.volume_claim_templates {
+            let volume = crate::core::Volume {
+                name: claim.metadata.name.clone(),
+                persistent_volume_claim: Some(crate::core::PersistentVolumeClaimVolumeSource {
+                    claim_name: format!("{}-{pod_name}", claim.metadata.name),
+                    read_only: false,
+                }),
+                ..crate::core::Volume::default()
+            };
+            match spec.volumes.iter_mut().find(|v| v.name == volume.name) {
+                Some(existing) => *existing = volume,
+                None => spec.volumes.push(volume),
+            }
+        }
+        spec
+    }
+
     pub(crate) fn validate(&self, v: &mut Validator, path: &FieldPath) {
         v.non_negative(&path.child("replicas"), self.replicas.into());
         v.non_negative(
@@ -477,7 +499,12 @@ impl StatefulSetSpec {
         if self.selector.is_empty() {
             v.error(&path.child("selector"), "is required");
         }
-        validate_selected_template(v, path, &self.selector, &self.template);
+        // Checked as the pods will be: with their claims' volumes, which mounts name.
+        let template = PodTemplateSpec {
+            metadata: self.template.metadata.clone(),
+            spec: self.pod_spec(&self.template, "pod"),
+        };
+        validate_selected_template(v, path, &self.selector, &template);
         if !self.service_name.is_empty() {
             v.dns_label(&path.child("serviceName"), &self.service_name);
         }

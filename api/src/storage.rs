@@ -137,6 +137,16 @@ impl PersistentVolumeClaim {
             .unwrap_or(0)
     }
 
+    /// Whether Berth can make the claim's volume: its class is the local one (or unset,
+    /// which means that). A claim of another class waits, Pending, as a Kubernetes claim
+    /// of a class no provisioner serves does.
+    pub fn is_provisionable(&self) -> bool {
+        self.spec
+            .storage_class_name
+            .as_deref()
+            .is_none_or(|class| class == LOCAL_STORAGE_CLASS)
+    }
+
     pub fn is_bound(&self) -> bool {
         self.status.as_ref().is_some_and(|s| s.phase == "Bound")
     }

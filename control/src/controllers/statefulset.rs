@@ -16,7 +16,7 @@ use berth_api::{
         CONTROLLER_REVISION_HASH_LABEL, ControllerRevision, POD_INDEX_LABEL, POD_NAME_LABEL,
         PodTemplateSpec, StatefulSet, StatefulSetStatus,
     },
-    core::{PersistentVolumeClaimVolumeSource, Pod, Volume},
+    core::Pod,
     meta::ObjectMeta,
     storage::PersistentVolumeClaim,
     time::parse_rfc3339,
@@ -373,24 +373,9 @@ fn new_pod(
     labels.insert(POD_NAME_LABEL.to_owned(), name.clone());
     labels.insert(POD_INDEX_LABEL.to_owned(), ordinal.to_string());
     labels.insert(CONTROLLER_REVISION_HASH_LABEL.to_owned(), revision);
-    let mut spec = template.spec.clone();
+    let mut spec = set.spec.pod_spec(template, &name);
     spec.hostname = name.clone();
     spec.subdomain = set.spec.service_name.clone();
-    for claim in &set.spec.volume_claim_templates {
-        let volume = Volume {
-            name: claim.metadata.name.clone(),
-            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                claim_name: claim_name(claim, set, ordinal),
-                read_only: false,
-            }),
-            ..Volume::default()
-        };
-        // A template's claim takes the place of a pod volume of the same name.
-        match spec.volumes.iter_mut().find(|v| v.name == volume.name) {
-            Some(existing) => *existing = volume,
-            None => spec.volumes.push(volume),
-        }
-    }
     Pod {
         api_version: "v1".to_owned(),
         kind: "Pod".to_owned(),

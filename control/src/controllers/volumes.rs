@@ -88,14 +88,7 @@ impl Reconciler for VolumeBinder {
         if !claim.metadata.deletion_timestamp.is_empty() {
             return Outcome::default();
         }
-        // Only the local class has a provisioner; a claim of another stays Pending,
-        // as it would in Kubernetes with no provisioner for its class.
-        let provisioned = claim
-            .spec
-            .storage_class_name
-            .as_deref()
-            .is_none_or(|class| class == LOCAL_STORAGE_CLASS);
-        if claim.spec.volume_name.is_empty() && !provisioned {
+        if claim.spec.volume_name.is_empty() && !claim.is_provisionable() {
             return claim_phase(claim, "Pending", None);
         }
         if claim.spec.volume_name.is_empty() {
