@@ -7,7 +7,7 @@
 mod common;
 
 use axum::http::Method;
-use common::{HollowCluster, eventually};
+use common::{HollowCluster, berthctl, eventually};
 use serde_json::{Value, json};
 
 fn manifest(namespace: &str, policy: &str, replicas: u32) -> String {
@@ -421,15 +421,51 @@ async fn ordered_ready(c: &HollowCluster) {
         "not complete below the partition"
     );
 
+    let admin = &c.t.server.admin_config;
+    let (ok, out, err) = berthctl(
+        admin,
+        &[
+            "rollout",
+            "status",
+            "statefulset/web",
+            "-n",
+            ns,
+            "--timeout",
+            "60s",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("partitioned roll out complete: 2 new pods have been updated"),
+        "{out}"
+    );
+    let (ok, out, err) = berthctl(admin, &["get", "statefulsets", "-n", ns]).await;
+    assert!(ok, "{err}");
+    let header: Vec<&str> = out
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(header, ["NAME", "READY", "AGE"], "{out}");
+    assert!(
+        out.lines()
+            .nth(1)
+            .is_some_and(|row| row.starts_with("web") && row.contains("3/3")),
+        "{out}"
+    );
+    let (ok, out, err) =
+        berthctl(admin, &["rollout", "history", "statefulset/web", "-n", ns]).await;
+    assert!(
+        ok && out.contains("echo:1") && out.contains("echo:2"),
+        "{out}{err}"
+    );
+
     // `rollout undo`: the old template back, and the updated pods with it.
-    let (status, body) =
-        c.t.call(
-            Method::POST,
-            &format!("{}/rollback", set_path(ns)),
-            Some(&json!({})),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    let (ok, out, err) = berthctl(admin, &["rollout", "undo", "statefulset/web", "-n", ns]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("rolled back"), "{out}");
     eventually("all back at the old revision", || async {
         let status = set_status(c, ns).await;
         let back = revisions(c, ns)
