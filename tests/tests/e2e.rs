@@ -214,9 +214,9 @@ spec:
           readinessProbe: {httpGet: {path: /readyz, port: 8080}, periodSeconds: 1}
 ";
 
-/// Each StatefulSet pod resolves by its own name (`db-1.db.default.svc.cluster.local`,
-/// and the shorter `db-1.db.default.svc` through the search path) from another pod,
-/// through the DNS server of that pod's node, and calls itself by its name.
+/// Each StatefulSet pod resolves by its own name (`db-1.db.default.svc.cluster.local`)
+/// from another pod, through the DNS server of that pod's node, answers at the shorter
+/// `db-1.db.default.svc` (the search path), and calls itself by its name.
 async fn stateful_pods_resolve_by_name(
     cluster: &E2eCluster,
     runtime: &DockerRuntime,
@@ -244,25 +244,30 @@ async fn stateful_pods_resolve_by_name(
             .next_back()
     };
     for pod in &pods {
-        for name in [
-            format!("{}.db.default.svc.cluster.local", pod.name),
-            format!("{}.db.default.svc", pod.name),
-        ] {
-            // The agents learn the endpoints a moment after the pods turn ready.
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                let resolved = resolve(&name).await;
-                if resolved == Some(pod.ip) {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "{name} from a pod: {resolved:?}, not {}",
-                    pod.ip
-                );
-                tokio::time::sleep(Duration::from_millis(500)).await;
+        let name = format!("{}.db.default.svc.cluster.local", pod.name);
+        // The agents learn the endpoints a moment after the pods turn ready.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let resolved = resolve(&name).await;
+            if resolved == Some(pod.ip) {
+                break;
             }
+            assert!(
+                Instant::now() < deadline,
+                "{name} from a pod: {resolved:?}, not {}",
+                pod.ip
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
+        // The shorter name through the pod's search path (the image's own resolver,
+        // which searches as the C library does; busybox's nslookup does not), and the
+        // pod answers on it.
+        let url = format!("http://{}.db.default.svc:8080/", pod.name);
+        let fetched = exec(runtime, client_container, &["wget", "-qO-", &url]).await;
+        assert!(
+            fetched.starts_with(&format!("pod={}", pod.name)),
+            "{url} from a pod: {fetched:?}"
+        );
         let container = app_container(runtime, &pod.name)
             .await
             .expect("the pod's container");

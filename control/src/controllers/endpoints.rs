@@ -293,4 +293,37 @@ mod tests {
             [address("198.18.1.3", "b", true)]
         );
     }
+
+    #[test]
+    fn a_pod_has_its_hostname_under_the_service_it_names_as_subdomain() {
+        let service = |name: &str| -> Service {
+            typed(json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": name, "namespace": "default", "uid": name},
+                "spec": {"clusterIP": "None", "selector": {"app": "web"}, "ports": [{"port": 80}]}}))
+        };
+        let mut named = pod("web-0", "198.18.1.2", true, "web");
+        named.spec.hostname = "web-0".to_owned();
+        named.spec.subdomain = "nginx".to_owned();
+        let snapshot = Snapshot::from_objects(
+            vec![
+                service("nginx").into_object(),
+                service("other").into_object(),
+                named.into_object(),
+            ],
+            1,
+        );
+        let ctx = Context {
+            now: 0,
+            settings: Settings::default(),
+        };
+        let hostname = |name: &str| {
+            let outcome = EndpointsController.reconcile(&service(name), &snapshot, &ctx);
+            let [Write::Create(Object::Endpoints(object))] = outcome.writes.as_slice() else {
+                panic!("{outcome:?}")
+            };
+            object.subsets[0].addresses[0].hostname.clone()
+        };
+        assert_eq!(hostname("nginx"), "web-0");
+        assert_eq!(hostname("other"), "", "not its subdomain");
+    }
 }

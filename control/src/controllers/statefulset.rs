@@ -130,7 +130,11 @@ fn plan(set: &StatefulSet, snapshot: &Snapshot, now: u64) -> Outcome {
 
     let mut writes = Vec::new();
     let mut requeue_after = None;
-    let mut waiting_for_time = false;
+    // Ready pods become available with time alone: nothing else wakes the set then.
+    let waiting_for_time = min_ready > 0
+        && pods
+            .values()
+            .any(|p| pod_is_ready(p) && !is_available(p, min_ready, now));
     let event = |reason: &str, message: String| Write::Event {
         involved: reference(set),
         reason: reason.to_owned(),
@@ -198,9 +202,6 @@ fn plan(set: &StatefulSet, snapshot: &Snapshot, now: u64) -> Outcome {
             continue;
         }
         if ordered && !is_available(pod, min_ready, now) {
-            if pod_is_ready(pod) {
-                waiting_for_time = true;
-            }
             blocked = true;
         }
     }

@@ -32,47 +32,42 @@ pub(super) trait WithHistory: Kind {
     fn record_revision(&mut self, revision: i64);
 }
 
-impl WithHistory for Deployment {
-    fn template(&self) -> &PodTemplateSpec {
-        &self.spec.template
-    }
+/// Both kinds keep their template and history limit in the same places; what differs is
+/// where the running revision is recorded.
+macro_rules! with_history {
+    ($kind:ty, |$this:ident| $recorded:expr, |$object:ident, $revision:ident| $record:expr) => {
+        impl WithHistory for $kind {
+            fn template(&self) -> &PodTemplateSpec {
+                &self.spec.template
+            }
 
-    fn template_mut(&mut self) -> &mut PodTemplateSpec {
-        &mut self.spec.template
-    }
+            fn template_mut(&mut self) -> &mut PodTemplateSpec {
+                &mut self.spec.template
+            }
 
-    fn history_limit(&self) -> i32 {
-        self.spec.revision_history_limit
-    }
+            fn history_limit(&self) -> i32 {
+                self.spec.revision_history_limit
+            }
 
-    fn recorded_revision(&self) -> Option<i64> {
-        Some(revision_of(self))
-    }
+            fn recorded_revision(&self) -> Option<i64> {
+                let $this = self;
+                $recorded
+            }
 
-    fn record_revision(&mut self, revision: i64) {
-        set_revision(self, revision);
-    }
+            fn record_revision(&mut self, $revision: i64) {
+                let $object = self;
+                $record
+            }
+        }
+    };
 }
 
-impl WithHistory for StatefulSet {
-    fn template(&self) -> &PodTemplateSpec {
-        &self.spec.template
-    }
-
-    fn template_mut(&mut self) -> &mut PodTemplateSpec {
-        &mut self.spec.template
-    }
-
-    fn history_limit(&self) -> i32 {
-        self.spec.revision_history_limit
-    }
-
-    fn recorded_revision(&self) -> Option<i64> {
-        None
-    }
-
-    fn record_revision(&mut self, _revision: i64) {}
-}
+with_history!(
+    Deployment,
+    |deployment| Some(revision_of(deployment)),
+    |deployment, revision| set_revision(deployment, revision)
+);
+with_history!(StatefulSet, |_set| None, |_set, _revision| {});
 
 /// The revision `object` runs: its own record, or the newest of `history`.
 fn current_revision<K: WithHistory>(object: &K, history: &[(KeyValue, ControllerRevision)]) -> i64 {
