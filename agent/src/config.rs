@@ -47,7 +47,9 @@ struct Args {
     /// This node's name in the cluster [default: the host name].
     #[arg(long, env = "BERTH_AGENT_NODE_NAME")]
     node_name: Option<String>,
-    /// The control plane's agent API (gRPC over TLS).
+    /// The control plane's agent API (gRPC over TLS); with several control planes on
+    /// etcd, each one's, comma-separated: the agent uses the first that answers and moves
+    /// to another when it stops answering.
     #[arg(long, env = "BERTH_AGENT_SERVER")]
     server: Option<String>,
     /// The control plane's CA certificate (PEM).
@@ -198,7 +200,8 @@ struct FileConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub node_name: String,
-    pub server: String,
+    /// The control planes' agent API URLs, in order of preference.
+    pub servers: Vec<String>,
     pub ca_file: PathBuf,
     pub bootstrap_token_file: Option<PathBuf>,
     pub state_dir: PathBuf,
@@ -303,10 +306,22 @@ impl Config {
             })?,
         };
         let server = required(args.server.or(file.server), "server")?;
-        if !server.starts_with("https://") {
+        let servers: Vec<String> = server
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if servers.is_empty() {
             return Err(ConfigError::Invalid {
                 field: "server",
-                reason: format!("{server:?} must be an https:// URL (the agent API is TLS only)"),
+                reason: "no URL given".to_owned(),
+            });
+        }
+        if let Some(url) = servers.iter().find(|url| !url.starts_with("https://")) {
+            return Err(ConfigError::Invalid {
+                field: "server",
+                reason: format!("{url:?} must be an https:// URL (the agent API is TLS only)"),
             });
         }
         let non_masquerade = match args.non_masquerade_cidrs {
@@ -413,7 +428,7 @@ impl Config {
                 .local_volume_dir
                 .or(file.local_volume_dir)
                 .unwrap_or_else(|| DEFAULT_LOCAL_VOLUME_DIR.into()),
-            server,
+            servers,
             ca_file: required(args.ca_file.or(file.ca_file), "ca-file")?,
             bootstrap_token_file: args.bootstrap_token_file.or(file.bootstrap_token_file),
             external_interface: args.external_interface.or(file.external_interface),
@@ -495,10 +510,31 @@ mod tests {
     ];
 
     #[test]
+    fn several_control_planes_in_order_each_https() {
+        let with = |servers: &str| {
+            let mut args: Vec<&str> = BASE.to_vec();
+            args[4] = servers;
+            Config::from_args(args)
+        };
+        assert_eq!(
+            with("https://a:6444, https://b:6444")
+                .map(|c| c.servers)
+                .ok(),
+            Some(vec![
+                "https://a:6444".to_owned(),
+                "https://b:6444".to_owned()
+            ])
+        );
+        assert!(with("https://a:6444,http://b:6444").is_err());
+        assert!(with(",").is_err());
+    }
+
+    #[test]
     fn defaults_follow_the_node() {
         let config = Config::from_args(BASE).expect("valid");
         assert_eq!(config.pin_dir, Path::new("/sys/fs/bpf/berth/n1"));
         assert_eq!(config.state_dir, Path::new("/var/lib/berth/agent/n1"));
+        assert_eq!(config.servers, ["https://198.18.0.254:6444"]);
         assert_eq!(config.dns_listen, "198.18.0.1:53".parse().expect("addr"));
         assert_eq!(
             config.metrics_listen,

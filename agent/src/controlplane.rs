@@ -136,20 +136,30 @@ pub async fn connect(config: &Config) -> Result<Membership, ControlPlaneError> {
     );
     let ca_pem = read(&config.ca_file)?;
     let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca_pem));
-    let transport = |source| ControlPlaneError::Transport {
-        server: config.server.clone(),
-        source,
+    let transport = |server: &str| {
+        let server = server.to_owned();
+        move |source| ControlPlaneError::Transport { server, source }
     };
-    let endpoint = Channel::from_shared(config.server.clone())
-        .map_err(|_| ControlPlaneError::Url(config.server.clone()))?
-        .connect_timeout(Duration::from_secs(5))
-        // The watches are long-lived streams over one connection: pings find a control
-        // plane that went away (or a dropped NAT entry) within a minute instead of the
-        // kernel's hours, and the agent reconnects.
-        .tcp_keepalive(Some(Duration::from_secs(60)))
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(20))
-        .keep_alive_while_idle(true);
+    let endpoints = config
+        .servers
+        .iter()
+        .map(|url| {
+            Channel::from_shared(url.clone())
+                .map_err(|_| ControlPlaneError::Url(url.clone()))
+                .map(|endpoint| {
+                    endpoint
+                        .connect_timeout(Duration::from_secs(5))
+                        // The watches are long-lived streams over one connection: pings
+                        // find a control plane that went away (or a dropped NAT entry)
+                        // within a minute instead of the kernel's hours, and the agent
+                        // reconnects.
+                        .tcp_keepalive(Some(Duration::from_secs(60)))
+                        .http2_keep_alive_interval(Duration::from_secs(30))
+                        .keep_alive_timeout(Duration::from_secs(20))
+                        .keep_alive_while_idle(true)
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     finish_renewal(dir)?;
     if cert_path.exists() && certificate_expired(&read(&cert_path)?) {
         // Only a join can bring the node back; without a token it stays out, saying why.
@@ -166,13 +176,30 @@ pub async fn connect(config: &Config) -> Result<Membership, ControlPlaneError> {
             .ok_or(ControlPlaneError::NoToken)?;
         let token = read(token_file)?.trim().to_owned();
         let (key, csr_pem) = new_key_and_csr(&config.node_name)?;
-        let anonymous = endpoint
-            .clone()
-            .tls_config(tls.clone())
-            .map_err(transport)?
-            .connect()
-            .await
-            .map_err(transport)?;
+        // The first control plane that answers.
+        let mut anonymous = None;
+        let mut unreachable = None;
+        for (url, endpoint) in config.servers.iter().zip(&endpoints) {
+            let connected = endpoint
+                .clone()
+                .tls_config(tls.clone())
+                .map_err(transport(url))?
+                .connect()
+                .await
+                .map_err(transport(url));
+            match connected {
+                Ok(channel) => {
+                    anonymous = Some(channel);
+                    break;
+                }
+                Err(e) => unreachable = Some(e),
+            }
+        }
+        let anonymous = match (anonymous, unreachable) {
+            (Some(channel), _) => channel,
+            (None, Some(e)) => return Err(e),
+            (None, None) => return Err(ControlPlaneError::Url(String::new())),
+        };
         let joined = AgentClient::new(anonymous)
             .join(JoinRequest {
                 bootstrap_token: token,
@@ -192,10 +219,19 @@ pub async fn connect(config: &Config) -> Result<Membership, ControlPlaneError> {
     if let Some((_, not_after)) = berth_api::identity::validity_of_pem(&cert_pem) {
         tracing::info!(expires = %berth_api::time::rfc3339(not_after.max(0).unsigned_abs()), "node certificate");
     }
-    let channel = endpoint
-        .tls_config(tls.identity(identity))
-        .map_err(transport)?
-        .connect_lazy();
+    let tls = tls.identity(identity);
+    let endpoints = config
+        .servers
+        .iter()
+        .zip(endpoints)
+        .map(|(url, endpoint)| {
+            endpoint
+                .tls_config(tls.clone())
+                .map(|endpoint| (url.clone(), endpoint))
+                .map_err(transport(url))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let channel = crate::failover::channel(endpoints);
     Ok(Membership {
         pod_cidr: read(&cidr_path)?.trim().to_owned(),
         channel,

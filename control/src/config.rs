@@ -83,6 +83,44 @@ pub struct Config {
     #[arg(long, env = "BERTH_ADMIN_CONFIG")]
     pub admin_config: Option<PathBuf>,
 
+    /// Where the cluster's state lives: `embedded` (a file in the data directory, for one
+    /// control plane) or `etcd://HOST:PORT[,HOST:PORT...]` (an etcd v3 cluster that
+    /// several control planes share).
+    #[arg(long, env = "BERTH_STORE", default_value = "embedded", value_parser = parse_store)]
+    pub store: StoreLocation,
+
+    /// The key prefix Berth's objects live under in etcd.
+    #[arg(long, env = "BERTH_ETCD_PREFIX", default_value = "/berth")]
+    pub etcd_prefix: String,
+
+    /// CA certificate (PEM) that signed the etcd members' certificates: TLS to etcd.
+    #[arg(long, env = "BERTH_ETCD_CAFILE")]
+    pub etcd_cafile: Option<PathBuf>,
+
+    /// Client certificate (PEM) for etcd members that require one; with --etcd-keyfile.
+    #[arg(
+        long,
+        env = "BERTH_ETCD_CERTFILE",
+        requires = "etcd_keyfile",
+        requires = "etcd_cafile"
+    )]
+    pub etcd_certfile: Option<PathBuf>,
+
+    /// Key (PEM) of --etcd-certfile.
+    #[arg(long, env = "BERTH_ETCD_KEYFILE", requires = "etcd_certfile")]
+    pub etcd_keyfile: Option<PathBuf>,
+
+    /// Seconds of the etcd lease the elected leader among the control planes on one etcd
+    /// holds (it renews it four times a lease and steps down after two thirds of a lease
+    /// without a renewal); the scheduler and controllers run on the leader only.
+    #[arg(
+        long = "leader-elect-lease-duration",
+        env = "BERTH_LEADER_ELECT_LEASE_DURATION",
+        default_value_t = 15,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub leader_lease_secs: u64,
+
     /// Store revisions of watch history to keep; older history is compacted.
     #[arg(long, env = "BERTH_HISTORY_REVISIONS", default_value_t = 100_000)]
     pub history_revisions: u64,
@@ -276,6 +314,19 @@ impl Config {
         self.data_dir.join("state.redb")
     }
 
+    /// How to reach etcd, when the store is there.
+    pub fn etcd(&self) -> Option<crate::store::EtcdConfig> {
+        let StoreLocation::Etcd(endpoints) = &self.store else {
+            return None;
+        };
+        Some(crate::store::EtcdConfig {
+            endpoints: endpoints.clone(),
+            prefix: self.etcd_prefix.clone(),
+            ca_file: self.etcd_cafile.clone(),
+            client_cert: self.etcd_certfile.clone().zip(self.etcd_keyfile.clone()),
+        })
+    }
+
     /// The AES keys Secrets are encrypted with in the store (`key<N>.key`; the highest
     /// `N` encrypts, every one decrypts).
     pub fn encryption_keys_dir(&self) -> PathBuf {
@@ -347,6 +398,36 @@ impl Config {
     }
 }
 
+/// Where the store is (`--store`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    Embedded,
+    /// `host:port` of each etcd member.
+    Etcd(Vec<String>),
+}
+
+fn parse_store(text: &str) -> Result<StoreLocation, String> {
+    if text == "embedded" {
+        return Ok(StoreLocation::Embedded);
+    }
+    let members = text
+        .strip_prefix("etcd://")
+        .ok_or("expected `embedded` or etcd://HOST:PORT[,HOST:PORT...]")?;
+    let endpoints = members
+        .split(',')
+        .map(|member| {
+            let (host, port) = member
+                .rsplit_once(':')
+                .ok_or_else(|| format!("etcd member {member:?}: expected HOST:PORT"))?;
+            if host.is_empty() || port.parse::<u16>().is_err() {
+                return Err(format!("etcd member {member:?}: expected HOST:PORT"));
+            }
+            Ok(member.to_owned())
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(StoreLocation::Etcd(endpoints))
+}
+
 fn parse_pool(text: &str) -> Result<Option<Cidr>, String> {
     match text {
         "" | "none" => Ok(None),
@@ -387,6 +468,30 @@ mod tests {
             PathBuf::from("/tmp/x/admin.conf")
         );
         assert!(!config.insecure_http);
+        assert_eq!(config.store, StoreLocation::Embedded);
+        assert_eq!(config.etcd(), None);
+        let etcd = Config::parse_from([
+            "berth-control",
+            "--store",
+            "etcd://127.0.0.1:2379,[::1]:2379",
+        ]);
+        assert_eq!(
+            etcd.etcd().map(|e| (e.url(), e.prefix)),
+            Some((
+                "etcd://127.0.0.1:2379,[::1]:2379".to_owned(),
+                "/berth".to_owned()
+            ))
+        );
+        for bad in [
+            "etcd",
+            "etcd://",
+            "etcd://a",
+            "etcd://a:x",
+            "etcd://:1",
+            "mysql://a:1",
+        ] {
+            assert!(parse_store(bad).is_err(), "{bad}");
+        }
         assert_eq!(config.cluster_cidr, (Ipv4Addr::new(198, 19, 0, 0), 16));
         assert!(parse_cidr("10.1.2.3/16").is_ok_and(|c| c == (Ipv4Addr::new(10, 1, 0, 0), 16)));
         assert!(parse_cidr("10.0.0.0/28").is_err());

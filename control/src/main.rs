@@ -24,8 +24,43 @@ enum KubeconfigCommand {
     },
 }
 
+/// `berth-control snapshot restore FILE`: a new cluster from `berthctl snapshot save`'s
+/// file, in a new data directory (or an empty etcd prefix), before the server starts.
+#[derive(Debug, clap::Parser)]
+#[command(name = "berth-control snapshot")]
+enum SnapshotCommand {
+    /// Restores every object and the cluster's CA, tokens and keys; then start
+    /// berth-control with the same --data-dir (and --store).
+    Restore {
+        /// The file `berthctl snapshot save` wrote.
+        file: PathBuf,
+        #[command(flatten)]
+        config: Config,
+    },
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("snapshot") {
+        let SnapshotCommand::Restore { file, config } =
+            SnapshotCommand::parse_from(std::env::args().skip(1));
+        let text = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+        let snapshot: berth_control::snapshot::Snapshot = serde_json::from_slice(&text)
+            .with_context(|| format!("{}: not a Berth snapshot", file.display()))?;
+        // The etcd client runs on a runtime of its own, which may not start inside this one.
+        let restored = tokio::task::spawn_blocking(move || {
+            berth_control::snapshot::restore(&snapshot, &config).map(|n| (n, config.data_dir))
+        })
+        .await
+        .context("restoring")?
+        .context("restoring the snapshot")?;
+        println!(
+            "Restored {} keys and the cluster's CA, tokens and keys into {}",
+            restored.0,
+            restored.1.display()
+        );
+        return Ok(());
+    }
     if std::env::args().nth(1).as_deref() == Some("kubeconfig") {
         let KubeconfigCommand::User {
             client_name,

@@ -25,6 +25,11 @@ pub struct Metrics {
     pub store_faults: prometheus::IntCounter,
     /// 1 while the store takes writes, 0 while it refuses them after a fault.
     pub store_healthy: IntGauge,
+    /// 1 while this control plane runs the scheduler and controllers (always, on the
+    /// embedded store; the elected one, on etcd).
+    pub leader: IntGauge,
+    /// Times this control plane became the leader.
+    pub leader_elections: prometheus::IntCounter,
     /// Per controller: `result` is `success`, or `error` when a write failed (the object
     /// is reconciled again shortly).
     pub reconciles: IntCounterVec,
@@ -85,6 +90,14 @@ impl Metrics {
             "store_healthy",
             "1 while the store takes writes, 0 while it refuses them after an I/O error.",
         )?;
+        let leader = IntGauge::new(
+            "leader",
+            "1 while this control plane runs the scheduler and controllers (the elected leader).",
+        )?;
+        let leader_elections = prometheus::IntCounter::new(
+            "leader_elections_total",
+            "Times this control plane was elected leader and started the controllers.",
+        )?;
         let reconciles = IntCounterVec::new(
             Opts::new(
                 "controller_reconciles_total",
@@ -130,6 +143,8 @@ impl Metrics {
         registry.register(Box::new(store_compacted_revision.clone()))?;
         registry.register(Box::new(store_faults.clone()))?;
         registry.register(Box::new(store_healthy.clone()))?;
+        registry.register(Box::new(leader.clone()))?;
+        registry.register(Box::new(leader_elections.clone()))?;
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "build_info",
@@ -157,6 +172,8 @@ impl Metrics {
             store_size_bytes,
             store_faults,
             store_healthy,
+            leader,
+            leader_elections,
             reconciles,
             reconcile_seconds,
             scheduling_attempts,

@@ -72,6 +72,9 @@ const SERVER_CERT: &str = "server.crt";
 const SERVER_KEY: &str = "server.key";
 const ADMIN_TOKEN_DIGEST: &str = "admin-token.sha256";
 const BOOTSTRAP_TOKEN: &str = "bootstrap-token";
+/// What every control plane of one cluster holds the same (the serving certificate is
+/// each one's own, for its own addresses).
+pub(crate) const SHARED_FILES: &[&str] = &[CA_CERT, CA_KEY, ADMIN_TOKEN_DIGEST, BOOTSTRAP_TOKEN];
 pub use berth_api::identity::{CONTROL_PLANE_ORGANIZATION, NODE_ORGANIZATION};
 
 /// The CA's identity; rebuilt identically at each start to sign with the stored key.

@@ -18,7 +18,7 @@ use crate::pki::{self, PkiError};
 
 /// The issuer of Berth's tokens (their `iss`).
 pub const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
-const KEY_FILE: &str = "sa.key";
+pub(crate) const KEY_FILE: &str = "sa.key";
 
 /// The lifetime a token asked for `asked` seconds gets: Kubernetes' default of an hour,
 /// and within the bounds projected tokens may ask for.

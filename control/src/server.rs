@@ -34,7 +34,7 @@ use crate::{
     node_client::NodeClient,
     pki::{self, Pki},
     registry::Registry,
-    store::{EncryptedStore, Keyring, RedbStore, Store},
+    store::{Elector, EncryptedStore, EtcdStore, Keyring, RedbStore, Store},
     tokens::{BootstrapTokens, TokenError},
     usage::Usage,
 };
@@ -48,6 +48,8 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    ClusterFiles(#[from] crate::cluster_files::ClusterFilesError),
     #[error(transparent)]
     Pki(#[from] pki::PkiError),
     #[error("the Secrets' encryption keys: {0}")]
@@ -111,11 +113,22 @@ impl Server {
             source,
         })?;
         // Secrets are sealed below everything that reads or writes the store.
-        let store: Arc<dyn Store> = Arc::new(EncryptedStore::new(
-            RedbStore::open(&config.store_path())?,
-            Keyring::load_or_create(&config.encryption_keys_dir())?,
-            vec![crate::objects::prefix(&berth_api::kinds::SECRETS, None)],
-        ));
+        let sealed = vec![crate::objects::prefix(&berth_api::kinds::SECRETS, None)];
+        let etcd = config.etcd().map(EtcdStore::connect).transpose()?;
+        // Before anything reads the CA or the keys: they must be the cluster's.
+        let shared_files_taken = match &etcd {
+            Some(etcd) => crate::cluster_files::take(etcd, config)?,
+            None => true,
+        };
+        let keyring = Keyring::load_or_create(&config.encryption_keys_dir())?;
+        let store: Arc<dyn Store> = match &etcd {
+            Some(etcd) => Arc::new(EncryptedStore::new(etcd.clone(), keyring, sealed.clone())),
+            None => Arc::new(EncryptedStore::new(
+                RedbStore::open(&config.store_path())?,
+                keyring,
+                sealed.clone(),
+            )),
+        };
         // A Secret no key here decrypts would break every watch at its first event: say
         // which key is missing now instead.
         store
@@ -136,6 +149,9 @@ impl Server {
             url,
             admin_config,
         } = Identity::prepare(config, &client_host, local_addr.port())?;
+        if let Some(etcd) = etcd.as_ref().filter(|_| !shared_files_taken) {
+            crate::cluster_files::publish(etcd, config)?;
+        }
 
         let registry = open_registry(config, &store, &metrics).await?;
         crate::policy::ensure_defaults(&registry)
@@ -143,22 +159,49 @@ impl Server {
             .map_err(|e| ServerError::Setup(format!("creating the default roles: {e}")))?;
         let usage = Usage::default();
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let controllers = if config.no_controllers {
-            None
-        } else {
-            Some(
-                Controllers::start(
-                    registry.clone(),
-                    Arc::clone(&store),
-                    Controllers::all(&usage),
-                    crate::controllers::Settings {
-                        root_ca_pem: Some(pki.ca_cert_pem.as_str().into()),
-                        ..config.controller_settings()
+        let settings = crate::controllers::Settings {
+            root_ca_pem: Some(pki.ca_cert_pem.as_str().into()),
+            ..config.controller_settings()
+        };
+        let mut tasks = Vec::new();
+        let controllers = match (&etcd, config.no_controllers) {
+            (_, true) => None,
+            (Some(etcd), false) => {
+                let identity = format!("{}@{local_addr}", std::process::id());
+                let elector = etcd.elector(
+                    "controllers",
+                    identity,
+                    Duration::from_secs(config.leader_lease_secs),
+                );
+                tasks.push(tokio::spawn(lead(
+                    Leadership {
+                        elector,
+                        etcd: etcd.clone(),
+                        keys_dir: config.encryption_keys_dir(),
+                        sealed,
+                        registry: registry.clone(),
+                        usage: usage.clone(),
+                        settings,
+                        metrics: metrics.clone(),
                     },
                     shutdown_rx.clone(),
+                )));
+                None
+            }
+            (None, false) => {
+                metrics.leader.set(1);
+                metrics.leader_elections.inc();
+                Some(
+                    Controllers::start(
+                        registry.clone(),
+                        Arc::clone(&store),
+                        Controllers::all(&usage),
+                        settings,
+                        shutdown_rx.clone(),
+                    )
+                    .await?,
                 )
-                .await?,
-            )
+            }
         };
         let tokens = Arc::new(BootstrapTokens::load(
             &config.pki_dir(),
@@ -198,8 +241,8 @@ impl Server {
                 config.request_limits(),
                 metrics.rejected_requests.clone(),
             ),
+            config: Arc::new(config.clone()),
         };
-        let mut tasks = Vec::new();
         let mut metrics_addr = None;
         if let Some(address) = config.metrics_listen {
             let (listener, bound) = bind(address, "metrics").await?;
@@ -362,6 +405,95 @@ async fn bind(address: SocketAddr, name: &str) -> Result<(TcpListener, SocketAdd
 
 /// The registry over `store`, with what must hold before anything is served: the
 /// `default` namespace, and the allocations of Services stored before they were kept.
+/// What the elected leader runs the controllers with.
+struct Leadership {
+    elector: Elector,
+    etcd: EtcdStore,
+    keys_dir: std::path::PathBuf,
+    sealed: Vec<String>,
+    registry: Registry,
+    usage: Usage,
+    settings: crate::controllers::Settings,
+    metrics: Metrics,
+}
+
+/// Campaigns for the leadership; while elected, runs the scheduler and controllers,
+/// writing through a store fenced by the leadership's lease; stops them when the lease
+/// is lost (and campaigns again), resigns at shutdown so the next leader need not wait
+/// for the lease to expire.
+async fn lead(leadership: Leadership, mut shutdown: watch::Receiver<bool>) {
+    let Leadership {
+        elector,
+        etcd,
+        keys_dir,
+        sealed,
+        registry,
+        usage,
+        settings,
+        metrics,
+    } = leadership;
+    loop {
+        let term = tokio::select! {
+            term = elector.acquire() => term,
+            _ = shutdown.changed() => return,
+        };
+        let term = match term {
+            Ok(term) => term,
+            Err(e) => {
+                tracing::warn!("campaigning for the controller leadership: {e}");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = shutdown.changed() => return,
+                }
+            }
+        };
+        let started = async {
+            let keyring = Keyring::load_or_create(&keys_dir)
+                .map_err(|e| format!("the Secrets' encryption keys: {e}"))?;
+            let fenced: Arc<dyn Store> = Arc::new(EncryptedStore::new(
+                etcd.fenced(&term),
+                keyring,
+                sealed.clone(),
+            ));
+            let (stop, stop_rx) = watch::channel(false);
+            let controllers = Controllers::start(
+                registry.writing_to(Arc::clone(&fenced)),
+                fenced,
+                Controllers::all(&usage),
+                settings.clone(),
+                stop_rx,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            Ok::<_, String>((stop, controllers))
+        }
+        .await;
+        let (stop, controllers) = match started {
+            Ok(running) => running,
+            Err(e) => {
+                tracing::warn!("starting the controllers as the leader: {e}");
+                elector.resign(&term).await;
+                continue;
+            }
+        };
+        tracing::info!("elected leader: running the scheduler and controllers");
+        metrics.leader.set(1);
+        metrics.leader_elections.inc();
+        let shutting_down = tokio::select! {
+            () = elector.hold(&term) => false,
+            _ = shutdown.changed() => true,
+        };
+        let _ = stop.send(true);
+        controllers.join().await;
+        metrics.leader.set(0);
+        if shutting_down {
+            elector.resign(&term).await;
+            return;
+        }
+        tracing::warn!("lost the leadership: the scheduler and controllers stopped");
+    }
+}
+
 async fn open_registry(
     config: &Config,
     store: &Arc<dyn Store>,
@@ -512,8 +644,9 @@ fn write_admin_config(
         None if path.exists() => Kubeconfig::load(path)?.settings()?.token,
         None => {
             tracing::warn!(
-                "{} is missing and the admin token is only stored hashed; delete pki/admin-token.sha256 \
-                 and restart to issue a new one",
+                "{} is missing and the admin token is only stored hashed: with several control \
+                 planes on etcd, use the admin.conf the first one wrote (every one accepts it); \
+                 alone, delete pki/admin-token.sha256 and restart to issue a new token",
                 path.display()
             );
             return Ok(());

@@ -96,3 +96,33 @@ pub async fn token(ctx: &Ctx, action: Token, out: &mut dyn Write) -> Result<(), 
     }
     Ok(())
 }
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Snapshot {
+    /// Save every object and the cluster's CA, tokens and keys to FILE (cluster-admin
+    /// only). Restore it into a new data directory with `berth-control snapshot restore`.
+    #[command(
+        after_help = "Examples:\n  berthctl snapshot save /backup/berth-$(date +%F).json\n\n\
+                            The file holds Secrets and the CA's private key in the clear: \
+                            keep it like the CA key."
+    )]
+    Save { file: std::path::PathBuf },
+}
+
+pub async fn snapshot(ctx: &Ctx, action: Snapshot, out: &mut dyn Write) -> Result<(), CtlError> {
+    let Snapshot::Save { file } = action;
+    let snapshot = ctx.call(Method::GET, "/snapshot", None, None).await?;
+    let text = serde_json::to_vec(&snapshot).map_err(|e| CtlError::Io(e.to_string()))?;
+    berth_files::write_private(&file, &text)
+        .map_err(|e| CtlError::Io(format!("{}: {e}", file.display())))?;
+    let objects = snapshot["items"].as_array().map_or(0, Vec::len);
+    let revision = snapshot["revision"].as_u64().unwrap_or(0);
+    emit(
+        out,
+        &format!(
+            "Saved {objects} keys at revision {revision} and the cluster's CA, tokens and keys to {}",
+            file.display()
+        ),
+    );
+    Ok(())
+}

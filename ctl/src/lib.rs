@@ -103,6 +103,11 @@ pub enum Command {
         #[command(subcommand)]
         action: auth::Auth,
     },
+    /// Back up the cluster: every object and its CA, tokens and keys (`snapshot save`).
+    Snapshot {
+        #[command(subcommand)]
+        action: cluster::Snapshot,
+    },
     Completion(CompletionArgs),
 }
 
@@ -571,6 +576,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(
         Command::PortForward(args) => forward::run(&ctx, &args, out, err).await,
         Command::Token { action } => cluster::token(&ctx, action, out).await,
         Command::Auth { action } => auth::run(&ctx, action, out, err).await,
+        Command::Snapshot { action } => cluster::snapshot(&ctx, action, out).await,
         Command::Completion(_) => Ok(()),
     }
 }

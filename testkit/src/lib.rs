@@ -2,6 +2,7 @@
 //! network namespaces that act as nodes and pods, and bpffs directories that are removed
 //! when the test ends, also when it fails.
 
+pub mod etcd;
 pub mod netns;
 pub mod packet;
 pub mod programs;

@@ -158,12 +158,17 @@ impl Setup {
 
     /// The agent with `extra` flags after the ones [`Setup::agent`] passes.
     pub fn agent_with(&self, extra: &[&str]) -> Process {
+        self.agent_of("https://127.0.0.1:6444", extra)
+    }
+
+    /// The agent of the control plane(s) at `servers` (`--server`).
+    pub fn agent_of(&self, servers: &str, extra: &[&str]) -> Process {
         let data = self.data.path();
         let child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", self.ns.name()))
             .arg(binary("berth-agent"))
             .args(["--node-name", &self.node])
-            .args(["--server", "https://127.0.0.1:6444"])
+            .args(["--server", servers])
             .arg("--ca-file")
             .arg(data.join("pki/ca.crt"))
             .arg("--bootstrap-token-file")

@@ -23,6 +23,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "iptables",
     "busybox-static",
     "protobuf-compiler",
+    // protobuf's well-known types, which etcd's API (the etcd-client crate) imports.
+    "libprotobuf-dev",
     "prometheus",
     "curl",
     // The benchmark's client, backends and userspace proxy (cargo xtask bench).
@@ -31,6 +33,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "haproxy",
     // The registry the image pull tests push to and pull from (tests/tests/image_pull.rs).
     "docker-registry",
+    // The store tests run against a real etcd (control/tests/store.rs).
+    "etcd-server",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -56,6 +56,9 @@ pub struct ApiState {
     pub audit: Option<Arc<crate::audit::AuditLog>>,
     /// Requests in flight and watches open per user.
     pub user_limits: crate::limits::UserLimiter,
+    /// The settings the server started with (a snapshot reads the cluster's files from
+    /// its data directory).
+    pub config: Arc<crate::config::Config>,
 }
 
 /// How a request is labelled in metrics; handlers attach it to their response.
@@ -87,6 +90,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/openapi/v3", get(openapi::v3_index))
         .route("/openapi/v3/{*path}", get(openapi::v3_group_version))
         .route("/metrics", get(metrics))
+        .route("/snapshot", get(snapshot))
         .route("/version", get(version))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -229,6 +233,21 @@ async fn metrics(State(state): State<ApiState>) -> Response {
         Err(e) => ApiError::internal(format!("rendering metrics: {e}")).into_response(),
     };
     with_info(response, "get", "metrics")
+}
+
+/// `berthctl snapshot save`: every object and the cluster's CA, tokens and keys
+/// (cluster-admin only: it holds Secrets and the CA key in the clear).
+async fn snapshot(State(state): State<ApiState>) -> Response {
+    let store = Arc::clone(state.registry.store());
+    let config = Arc::clone(&state.config);
+    let taken =
+        tokio::task::spawn_blocking(move || crate::snapshot::take(store.as_ref(), &config)).await;
+    let response = match taken {
+        Ok(Ok(snapshot)) => Json(snapshot).into_response(),
+        Ok(Err(e)) => ApiError::internal(format!("taking the snapshot: {e}")).into_response(),
+        Err(e) => ApiError::internal(format!("taking the snapshot: {e}")).into_response(),
+    };
+    with_info(response, "get", "snapshot")
 }
 
 async fn version() -> Response {

@@ -108,6 +108,7 @@ impl From<&StoreError> for Error {
                 message: format!("{message}; writes are refused until the store recovers"),
                 no_space: fault.no_space,
             },
+            StoreError::Fenced { .. } => Self::Conflict(message),
             StoreError::Backend(_) | StoreError::Corrupt(_) => Self::Internal(message),
         }
     }

@@ -234,6 +234,15 @@ impl Registry {
         }
     }
 
+    /// The same registry (and watch cache) writing through `store`: the elected
+    /// controllers' writes go through a store fenced by their leadership.
+    pub fn writing_to(&self, store: Arc<dyn Store>) -> Self {
+        Self {
+            store,
+            ..self.clone()
+        }
+    }
+
     /// The registry with what the admin allows pods (every hostPath refused otherwise).
     pub fn with_admission(mut self, admission: Admission) -> Self {
         self.admission = Arc::new(admission);

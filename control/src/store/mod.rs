@@ -7,10 +7,12 @@
 //! log itself, so a slow watcher can fall behind but never miss or reorder an event.
 
 mod encrypted;
+mod etcd;
 mod redb;
 
 pub use self::{
     encrypted::{EncryptedStore, Keyring, KeyringError},
+    etcd::{Elector, EtcdConfig, EtcdStore, Term},
     redb::RedbStore,
 };
 
@@ -103,6 +105,9 @@ pub enum StoreError {
     Backend(String),
     #[error("corrupt store record for {0}")]
     Corrupt(String),
+    /// A write of the elected controllers after this control plane lost the leadership.
+    #[error("writes are fenced: this control plane no longer holds the leadership {key}")]
+    Fenced { key: String },
     /// The store's file failed an I/O call: writes are refused until it recovers.
     #[error(transparent)]
     Faulted(StoreFault),
@@ -151,4 +156,30 @@ pub trait Store: Send + Sync + 'static {
     fn subscribe(&self) -> tokio::sync::watch::Receiver<Revision>;
     /// Whether writes are accepted now; readiness reports it.
     fn health(&self) -> Health;
+}
+
+/// Whether `precondition` holds for `key`, whose current state is `existing`; the error
+/// every backend returns when it does not.
+pub(crate) fn check(
+    key: &str,
+    precondition: Precondition,
+    existing: Option<&KeyValue>,
+) -> Result<()> {
+    match (precondition, existing) {
+        (Precondition::Always, _) => Ok(()),
+        (Precondition::Absent, None) => Ok(()),
+        (Precondition::Absent, Some(_)) => Err(StoreError::AlreadyExists {
+            key: key.to_owned(),
+        }),
+        (Precondition::Present, Some(_)) => Ok(()),
+        (Precondition::Present, None) => Err(StoreError::NotFound {
+            key: key.to_owned(),
+        }),
+        (Precondition::ModRevision(expected), Some(kv)) if kv.mod_revision == expected => Ok(()),
+        (Precondition::ModRevision(expected), found) => Err(StoreError::Conflict {
+            key: key.to_owned(),
+            expected,
+            found: found.map(|kv| kv.mod_revision),
+        }),
+    }
 }

@@ -18,8 +18,7 @@ use redb::{Database, ReadableDatabase as _, ReadableTable, TableDefinition};
 use tokio::sync::watch;
 
 use super::{
-    Event, EventKind, Health, KeyValue, Op, Precondition, Result, Revision, Store, StoreError,
-    StoreFault,
+    Event, EventKind, Health, KeyValue, Op, Result, Revision, Store, StoreError, StoreFault,
 };
 
 /// key → create revision (u64 LE) ‖ mod revision (u64 LE) ‖ value
@@ -138,6 +137,31 @@ impl RedbStore {
                 state: Mutex::new(FaultState::default()),
             }),
         })
+    }
+}
+
+impl RedbStore {
+    /// Makes an empty store start after `revision`, with all history up to it compacted:
+    /// a restored cluster's revisions continue above every resourceVersion a client may
+    /// hold from before, and any watch from such a version starts over from a list.
+    pub fn start_after(&self, revision: Revision) -> Result<()> {
+        let _writer = lock(&self.shared.writer);
+        self.shared.with_db(|db| {
+            let txn = db.begin_write().map_err(backend)?;
+            {
+                let mut meta = txn.open_table(META).map_err(backend)?;
+                if meta_value(&meta, META_REVISION)? != 0 {
+                    return Err(StoreError::Backend(
+                        "the store is not empty: a snapshot is restored into a new one".to_owned(),
+                    ));
+                }
+                meta.insert(META_REVISION, revision).map_err(backend)?;
+                meta.insert(META_COMPACTED, revision).map_err(backend)?;
+            }
+            txn.commit().map_err(backend)
+        })?;
+        self.shared.notify.send_replace(revision);
+        Ok(())
     }
 }
 
@@ -516,7 +540,7 @@ fn check_all(kv: &impl ReadableTable<&'static str, &'static [u8]>, ops: &[Op]) -
             Some(state) => state.clone(),
             None => read_kv(kv, key)?,
         };
-        check(key, precondition, existing.as_ref())?;
+        super::check(key, precondition, existing.as_ref())?;
         let after = match op {
             // The revision is not known yet; a later op in the same transaction may
             // still require presence, which is all that is checked against it.
@@ -584,26 +608,6 @@ fn read_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
 
 fn write_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn check(key: &str, precondition: Precondition, existing: Option<&KeyValue>) -> Result<()> {
-    match (precondition, existing) {
-        (Precondition::Always, _) => Ok(()),
-        (Precondition::Absent, None) => Ok(()),
-        (Precondition::Absent, Some(_)) => Err(StoreError::AlreadyExists {
-            key: key.to_owned(),
-        }),
-        (Precondition::Present, Some(_)) => Ok(()),
-        (Precondition::Present, None) => Err(StoreError::NotFound {
-            key: key.to_owned(),
-        }),
-        (Precondition::ModRevision(expected), Some(kv)) if kv.mod_revision == expected => Ok(()),
-        (Precondition::ModRevision(expected), found) => Err(StoreError::Conflict {
-            key: key.to_owned(),
-            expected,
-            found: found.map(|kv| kv.mod_revision),
-        }),
-    }
 }
 
 impl Store for RedbStore {
@@ -765,6 +769,7 @@ mod tests {
     use berth_testkit::smallfs::SmallFs;
 
     use super::*;
+    use crate::store::Precondition;
 
     fn put(key: &str, value: Vec<u8>) -> Vec<Op> {
         vec![Op::Put {
