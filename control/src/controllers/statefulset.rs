@@ -218,14 +218,7 @@ fn plan(set: &StatefulSet, snapshot: &Snapshot, now: u64) -> Outcome {
         if ordered {
             let settled = !blocked && !condemned.iter().any(|p| pod_is_terminating(p));
             if settled && let Some(pod) = condemned.first() {
-                writes.push(Write::delete(*pod));
-                writes.push(event(
-                    "SuccessfulDelete",
-                    format!(
-                        "delete Pod {} in StatefulSet {} successful",
-                        pod.metadata.name, set.metadata.name
-                    ),
-                ));
+                writes.extend(delete_pod(set, pod));
             }
         } else {
             for pod in condemned.iter().filter(|p| !pod_is_terminating(p)) {
@@ -281,14 +274,7 @@ fn plan(set: &StatefulSet, snapshot: &Snapshot, now: u64) -> Outcome {
             .filter(|(o, _)| in_range(o) && **o >= partition)
             .find(|(_, p)| revision_of(p) != update);
         if let Some((_, pod)) = outdated {
-            writes.push(Write::delete(*pod));
-            writes.push(event(
-                "SuccessfulDelete",
-                format!(
-                    "delete Pod {} in StatefulSet {} successful",
-                    pod.metadata.name, set.metadata.name
-                ),
-            ));
+            writes.extend(delete_pod(set, pod));
         }
     }
 
@@ -308,6 +294,22 @@ fn plan(set: &StatefulSet, snapshot: &Snapshot, now: u64) -> Outcome {
         writes,
         requeue_after,
     }
+}
+
+/// Deletes `pod` and says so on the set, as Kubernetes' controller does.
+fn delete_pod(set: &StatefulSet, pod: &Pod) -> [Write; 2] {
+    [
+        Write::delete(pod),
+        Write::Event {
+            involved: reference(set),
+            reason: "SuccessfulDelete".to_owned(),
+            message: format!(
+                "delete Pod {} in StatefulSet {} successful",
+                pod.metadata.name, set.metadata.name
+            ),
+            type_: "Normal",
+        },
+    ]
 }
 
 /// The template of a pod made now: the current revision's below the partition of a
