@@ -388,6 +388,7 @@ mod tests {
             ip: ip.into(),
             node_name: node.into(),
             target_pod: String::new(),
+            hostname: String::new(),
             terminating: false,
         }
     }

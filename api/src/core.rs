@@ -1762,6 +1762,10 @@ pub struct EndpointAddress {
     pub node_name: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub target_pod: String,
+    /// The pod's `hostname` when its `subdomain` is this Service: its DNS name is then
+    /// `<hostname>.<service>.<namespace>.svc.<domain>`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub hostname: String,
     /// The pod is shutting down (it has a deletionTimestamp), as an EndpointSlice's
     /// `terminating` condition says: listed under notReadyAddresses, its established
     /// connections drain and new ones go elsewhere.

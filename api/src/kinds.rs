@@ -4,7 +4,7 @@
 use crate::{
     ResourceType,
     accounts::ServiceAccount,
-    apps::{ControllerRevision, DaemonSet, Deployment, ReplicaSet},
+    apps::{ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet},
     autoscaling::HorizontalPodAutoscaler,
     batch::{CronJob, Job},
     configuration::{ConfigMap, Secret},
@@ -26,6 +26,7 @@ pub static EVENTS: ResourceType = ResourceType::of::<Event>();
 pub static DEPLOYMENTS: ResourceType = ResourceType::of::<Deployment>();
 pub static REPLICASETS: ResourceType = ResourceType::of::<ReplicaSet>();
 pub static DAEMON_SETS: ResourceType = ResourceType::of::<DaemonSet>();
+pub static STATEFULSETS: ResourceType = ResourceType::of::<StatefulSet>();
 pub static CONTROLLER_REVISIONS: ResourceType = ResourceType::of::<ControllerRevision>();
 pub static HPAS: ResourceType = ResourceType::of::<HorizontalPodAutoscaler>();
 pub static PDBS: ResourceType = ResourceType::of::<PodDisruptionBudget>();

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::{
     accounts::ServiceAccount,
-    apps::{ControllerRevision, DaemonSet, Deployment, ReplicaSet},
+    apps::{ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet},
     autoscaling::HorizontalPodAutoscaler,
     batch::{CronJob, Job},
     configuration::{ConfigMap, Secret},
@@ -202,6 +202,18 @@ resource!(
     namespaced = true,
     status = true,
     short_names = ["ds"],
+    categories = ["all"],
+    |this, v| {
+        this.spec.validate(v, &FieldPath::root("spec"));
+    }
+);
+resource!(
+    StatefulSet,
+    group = "apps",
+    plural = "statefulsets",
+    namespaced = true,
+    status = true,
+    short_names = ["sts"],
     categories = ["all"],
     |this, v| {
         this.spec.validate(v, &FieldPath::root("spec"));
@@ -525,6 +537,7 @@ pub static RESOURCE_TYPES: &[ResourceType] = &[
     ResourceType::of::<Deployment>(),
     ResourceType::of::<ReplicaSet>(),
     ResourceType::of::<DaemonSet>(),
+    ResourceType::of::<StatefulSet>(),
     ResourceType::of::<ControllerRevision>(),
     ResourceType::of::<HorizontalPodAutoscaler>(),
     ResourceType::of::<PodDisruptionBudget>(),

@@ -84,7 +84,11 @@ pub struct PersistentVolumeClaimStatus {
 
 impl PersistentVolumeClaim {
     pub(crate) fn validate(&self, v: &mut Validator) {
-        let spec = FieldPath::root("spec");
+        self.validate_spec(v, &FieldPath::root("spec"));
+    }
+
+    /// The spec's rules at `spec`: also those of a StatefulSet's claim templates.
+    pub(crate) fn validate_spec(&self, v: &mut Validator, spec: &FieldPath) {
         access_modes(v, &spec.child("accessModes"), &self.spec.access_modes);
         let requests = spec.child("resources").child("requests");
         match self.spec.resources.requests.get("storage") {
@@ -102,8 +106,19 @@ impl PersistentVolumeClaim {
                 "not supported: a local volume is not limited in size",
             );
         }
+        // A claim may name a class the cluster does not provision, as in Kubernetes
+        // (where it waits for one to appear): it is kept, Pending, with a warning.
         if let Some(class) = &self.spec.storage_class_name {
-            storage_class(v, &spec.child("storageClassName"), class);
+            let path = spec.child("storageClassName");
+            v.dns_subdomain(&path, class);
+            if class != LOCAL_STORAGE_CLASS {
+                v.warn(
+                    &path,
+                    &format!(
+                        "no storage class {class:?}: Berth provisions node-local volumes of class {LOCAL_STORAGE_CLASS:?}; the claim stays Pending"
+                    ),
+                );
+            }
         }
         if let Some(mode) = &self.spec.volume_mode {
             v.one_of(&spec.child("volumeMode"), mode, &["Filesystem"]);
@@ -121,6 +136,16 @@ impl PersistentVolumeClaim {
             .get("storage")
             .and_then(|size| parse_memory_bytes(size).ok())
             .unwrap_or(0)
+    }
+
+    /// Whether Berth can make the claim's volume: its class is the local one (or unset,
+    /// which means that). A claim of another class waits, Pending, as a Kubernetes claim
+    /// of a class no provisioner serves does.
+    pub fn is_provisionable(&self) -> bool {
+        self.spec
+            .storage_class_name
+            .as_deref()
+            .is_none_or(|class| class == LOCAL_STORAGE_CLASS)
     }
 
     pub fn is_bound(&self) -> bool {
@@ -321,9 +346,9 @@ mod tests {
             errors::<PersistentVolumeClaim>(invalid),
             [
                 "spec.accessModes[0]",
-                "spec.resources.requests[\"storage\"]",
-                "spec.storageClassName"
-            ]
+                "spec.resources.requests[\"storage\"]"
+            ],
+            "an unknown class is only a warning: the claim waits, as in Kubernetes"
         );
     }
 

@@ -417,6 +417,7 @@ pub fn columns(rt: &ResourceType) -> Vec<Column> {
             ],
             &[],
         ),
+        "StatefulSet" => (&["Name", "Ready", "Age"], &["Containers", "Images"]),
         "Service" => (
             &[
                 "Name",
@@ -542,6 +543,21 @@ pub fn cells(rt: &ResourceType, item: &Value) -> Vec<String> {
                     images,
                     or_none(pairs(item.pointer("/spec/selector/matchLabels"))),
                 ],
+            )
+        }
+        "StatefulSet" => {
+            let (names, images) = containers(item, "/spec/template/spec/containers");
+            (
+                vec![
+                    name,
+                    format!(
+                        "{}/{}",
+                        int_at(item, "/status/readyReplicas"),
+                        int_at(item, "/spec/replicas")
+                    ),
+                    created,
+                ],
+                vec![names, images],
             )
         }
         "ReplicaSet" => {
@@ -920,6 +936,23 @@ mod tests {
             pod_summary(&pod),
             ("1/2".to_owned(), "CrashLoopBackOff".to_owned(), 3)
         );
+    }
+
+    #[test]
+    fn statefulsets_read_like_kubectl() {
+        let sets = crate::find_by_plural("apps", "statefulsets").expect("a kind");
+        let names: Vec<&str> = columns(sets)
+            .iter()
+            .filter(|c| !c.wide)
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(names, ["Name", "Ready", "Age"]);
+        let set = json!({"metadata": {"name": "web"}, "spec": {"replicas": 3,
+            "template": {"spec": {"containers": [{"name": "nginx", "image": "nginx:1"}]}}},
+            "status": {"readyReplicas": 2}});
+        let row = cells(sets, &set);
+        assert_eq!(row[..2], ["web", "2/3"]);
+        assert_eq!(row[3..], ["nginx", "nginx:1"]);
     }
 
     #[test]

@@ -424,7 +424,7 @@ pub(super) fn subresources(rt: &ResourceType) -> Vec<Subresource> {
         });
     }
     match rt.kind {
-        "Deployment" | "DaemonSet" => served.push(own("rollback", &["create"])),
+        "Deployment" | "DaemonSet" | "StatefulSet" => served.push(own("rollback", &["create"])),
         "Pod" => {
             served.push(own("log", &["get"]));
             served.push(Subresource {
@@ -575,7 +575,12 @@ pub(super) fn dry_run(query: &HashMap<String, String>) -> Result<bool, ApiError>
 }
 
 fn is_scalable(rt: &ResourceType) -> bool {
-    matches!(rt.kind, "Deployment" | "ReplicaSet")
+    matches!(rt.kind, "Deployment" | "ReplicaSet" | "StatefulSet")
+}
+
+/// Kinds whose templates the API server keeps as ControllerRevisions.
+fn has_history(rt: &ResourceType) -> bool {
+    matches!(rt.kind, "Deployment" | "StatefulSet")
 }
 
 pub(super) fn is_true(value: Option<&String>) -> bool {

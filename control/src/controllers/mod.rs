@@ -32,6 +32,7 @@ pub mod replicaset;
 pub mod scheduler;
 pub mod serviceaccounts;
 pub mod taints;
+pub mod statefulset;
 pub mod volumes;
 
 use std::{
@@ -406,6 +407,7 @@ impl Controllers {
                 Box::new(disruption::DisruptionController),
                 Box::new(job::JobController),
                 Box::new(cronjob::CronJobController),
+                Box::new(statefulset::StatefulSetController),
                 Box::new(scheduler::Scheduler),
                 Box::new(nodes::NodeLifecycle),
                 Box::new(taints::TaintManager),
@@ -420,6 +422,9 @@ impl Controllers {
                 Box::new(gc::GarbageCollector::<Pod>::new()),
                 Box::new(gc::GarbageCollector::<berth_api::apps::ReplicaSet>::new()),
                 Box::new(gc::GarbageCollector::<berth_api::batch::Job>::new()),
+                Box::new(gc::GarbageCollector::<
+                    berth_api::storage::PersistentVolumeClaim,
+                >::new()),
                 Box::new(gc::GarbageCollector::<berth_api::core::Endpoints>::new()),
                 Box::new(gc::GarbageCollector::<berth_api::discovery::EndpointSlice>::new()),
                 Box::new(autoscaler::Autoscaler::new(usage.clone())),

@@ -206,8 +206,9 @@ fn schedule(cluster: &mut Cluster, pod: &Pod, snapshot: &Snapshot) -> Outcome {
 
 /// The revision the pod was read at: a binding made on an older one is refused.
 /// Where the pod's bound claims' volumes are (a node-local volume is used only on its
-/// node), or why the pod cannot be placed yet: a claim that does not exist. An unbound
-/// claim constrains nothing: its volume is made where the pod goes.
+/// node), or why the pod cannot be placed yet: a claim that does not exist, or whose
+/// volume nobody can make. An unbound claim constrains nothing else: its volume is made
+/// where the pod goes.
 fn volume_nodes<'a>(pod: &Pod, snapshot: &'a Snapshot) -> Result<Vec<&'a NodeSelector>, String> {
     let mut selectors = Vec::new();
     for claim_name in pod.spec.claim_names() {
@@ -215,6 +216,13 @@ fn volume_nodes<'a>(pod: &Pod, snapshot: &'a Snapshot) -> Result<Vec<&'a NodeSel
             .get::<PersistentVolumeClaim>(&pod.metadata.namespace, claim_name)
             .ok_or_else(|| format!("persistentvolumeclaim {claim_name:?} not found"))?;
         if claim.spec.volume_name.is_empty() {
+            if !claim.is_provisionable() {
+                return Err(format!(
+                    "persistentvolumeclaim {claim_name:?} is of storage class {:?}, which no provisioner serves (Berth provisions class {:?})",
+                    claim.spec.storage_class_name.as_deref().unwrap_or_default(),
+                    berth_api::storage::LOCAL_STORAGE_CLASS
+                ));
+            }
             continue;
         }
         let volume = snapshot

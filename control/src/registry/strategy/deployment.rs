@@ -6,20 +6,16 @@ use berth_api::{
 use super::Strategy;
 use crate::{
     objects::Kind,
-    registry::{Batch, Registry, Result},
+    registry::{Batch, Registry, Result, history::WithHistory},
     store::Op,
 };
 
 /// A kind that keeps each of its pod templates as a ControllerRevision it owns
 /// (Deployment, DaemonSet), for `rollout history` and `rollout undo`.
-pub(in crate::registry) trait Templated: Kind {
+pub(in crate::registry) trait Templated: WithHistory {
     /// Its strategy, for a rollback's write.
     type Strategy: Strategy<Object = Self> + Sync;
     const STRATEGY: Self::Strategy;
-
-    fn template(&self) -> &PodTemplateSpec;
-    fn template_mut(&mut self) -> &mut PodTemplateSpec;
-    fn history_limit(&self) -> i32;
 }
 
 macro_rules! templated {
@@ -27,18 +23,6 @@ macro_rules! templated {
         impl Templated for $kind {
             type Strategy = TemplatedStrategy<$kind>;
             const STRATEGY: Self::Strategy = TemplatedStrategy(std::marker::PhantomData);
-
-            fn template(&self) -> &PodTemplateSpec {
-                &self.spec.template
-            }
-
-            fn template_mut(&mut self) -> &mut PodTemplateSpec {
-                &mut self.spec.template
-            }
-
-            fn history_limit(&self) -> i32 {
-                self.spec.revision_history_limit
-            }
         }
     )*};
 }

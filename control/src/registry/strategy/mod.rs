@@ -17,6 +17,7 @@ pub(super) mod pod;
 mod rbac;
 mod secret;
 mod service;
+mod statefulset;
 mod storage;
 
 use std::future::Future;
@@ -34,6 +35,7 @@ pub(super) use self::{
     rbac::{ClusterRoleBindingStrategy, RoleBindingStrategy},
     secret::SecretStrategy,
     service::ServiceStrategy,
+    statefulset::StatefulSetStrategy,
     storage::{PersistentVolumeClaimStrategy, PersistentVolumeStrategy},
 };
 use super::{Batch, DeleteOptions, Registry, Result};
@@ -154,7 +156,7 @@ macro_rules! with_strategy {
         use berth_api::{
             Resource as _,
             accounts::ServiceAccount,
-            apps::{ControllerRevision, DaemonSet, Deployment, ReplicaSet},
+            apps::{ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet},
             autoscaling::HorizontalPodAutoscaler,
             batch::{CronJob, Job},
             configuration::{ConfigMap, Secret},
@@ -197,6 +199,10 @@ macro_rules! with_strategy {
             }
             PodDisruptionBudget::KIND => {
                 let $strategy = &PodDisruptionBudgetStrategy;
+                $body
+            }
+            StatefulSet::KIND => {
+                let $strategy = &StatefulSetStrategy;
                 $body
             }
             HorizontalPodAutoscaler::KIND => {
