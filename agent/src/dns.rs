@@ -2,7 +2,9 @@
 //! names Kubernetes users expect and forwarding every other name:
 //!
 //! - `<service>.<namespace>.svc.<domain>` A → the ClusterIP, or for a headless service the
-//!   ready endpoints' addresses, each also named `<a-b-c-d>.<service>.<namespace>.svc.<domain>`;
+//!   ready endpoints' addresses, each also named `<a-b-c-d>.<service>.<namespace>.svc.<domain>`,
+//!   or `<hostname>.<service>.<namespace>.svc.<domain>` when the endpoint has a hostname (a
+//!   pod whose `subdomain` is the service, such as a StatefulSet's `web-0`);
 //! - `_<port>._<tcp|udp>.<service>.<namespace>.svc.<domain>` SRV → for every named port: the
 //!   service's name and port, or for a headless service each endpoint's name and port;
 //! - PTR (`d.c.b.a.in-addr.arpa`) for ClusterIPs (→ the service's name) and ready endpoint
@@ -114,8 +116,9 @@ fn in_addr_arpa() -> Name {
     name("in-addr.arpa.").unwrap_or_else(Name::root)
 }
 
-/// A ready endpoint's address and its port numbers by port name.
-type ReadyEndpoint<'a> = (Ipv4Addr, HashMap<&'a str, u16>);
+/// A ready endpoint's address, its hostname (may be empty) and its port numbers by port
+/// name.
+type ReadyEndpoint<'a> = (Ipv4Addr, &'a str, HashMap<&'a str, u16>);
 
 impl Records {
     /// No records, under `domain` (`cluster.local`).
@@ -185,7 +188,11 @@ impl Records {
                     .filter_map(|port| Some((port.name.as_str(), u16::try_from(port.port).ok()?)))
                     .collect();
                 subset.addresses.iter().filter_map(move |address| {
-                    Some((Ipv4Addr::from_str(&address.ip).ok()?, ports.clone()))
+                    Some((
+                        Ipv4Addr::from_str(&address.ip).ok()?,
+                        address.hostname.as_str(),
+                        ports.clone(),
+                    ))
                 })
             })
             .collect();
@@ -196,11 +203,16 @@ impl Records {
         )) else {
             return;
         };
-        // Each ready endpoint's own name, `<a-b-c-d>.<service>...`.
+        // Each ready endpoint's own name: `<hostname>.<service>...` when it has a hostname
+        // (CoreDNS' rule), `<a-b-c-d>.<service>...` otherwise.
         let endpoint_names: Vec<(Ipv4Addr, Name, &HashMap<&str, u16>)> = endpoints
             .iter()
-            .filter_map(|(ip, ports)| {
-                let label = ip.to_string().replace('.', "-");
+            .filter_map(|(ip, hostname, ports)| {
+                let label = if hostname.is_empty() {
+                    ip.to_string().replace('.', "-")
+                } else {
+                    (*hostname).to_owned()
+                };
                 Some((*ip, name(&format!("{label}.{fqdn}"))?, ports))
             })
             .collect();

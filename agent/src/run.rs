@@ -101,7 +101,7 @@ pub async fn run(config: Config) -> anyhow::Result<Ended> {
     let node_id = services::node_id(&Node {
         spec: berth_api::core::NodeSpec {
             pod_cidr: membership.pod_cidr.clone(),
-            unschedulable: false,
+            ..berth_api::core::NodeSpec::default()
         },
         ..Node::default()
     })

@@ -350,7 +350,7 @@ mod tests {
             metadata: meta("", name),
             spec: NodeSpec {
                 pod_cidr: cidr.into(),
-                unschedulable: false,
+                ..NodeSpec::default()
             },
             status: Some(NodeStatus {
                 addresses: vec![NodeAddress {
@@ -388,6 +388,7 @@ mod tests {
             ip: ip.into(),
             node_name: node.into(),
             target_pod: String::new(),
+            hostname: String::new(),
             terminating: false,
         }
     }

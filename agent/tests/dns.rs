@@ -85,6 +85,15 @@ fn endpoints(name: &str, ips: &[Ipv4Addr]) -> Endpoints {
     }
 }
 
+/// Endpoints of pods with hostnames under the Service (a StatefulSet's pods).
+fn stateful_endpoints(name: &str, pods: &[(Ipv4Addr, &str)]) -> Endpoints {
+    let mut endpoints = endpoints(name, &pods.iter().map(|(ip, _)| *ip).collect::<Vec<_>>());
+    for (address, (_, hostname)) in endpoints.subsets[0].addresses.iter_mut().zip(pods) {
+        address.hostname = (*hostname).to_owned();
+    }
+    endpoints
+}
+
 fn records() -> Records {
     let many: Vec<Ipv4Addr> = (1..=MANY).map(|n| Ipv4Addr::new(198, 18, 2, n)).collect();
     Records::build(
@@ -92,11 +101,19 @@ fn records() -> Records {
             service("web", "198.19.0.10"),
             service("db", "None"),
             service("big", "None"),
+            service("nginx", "None"),
         ],
         &[
             endpoints("web", &[Ipv4Addr::new(198, 18, 1, 7)]),
             endpoints("db", &[Ipv4Addr::new(198, 18, 1, 5)]),
             endpoints("big", &many),
+            stateful_endpoints(
+                "nginx",
+                &[
+                    (Ipv4Addr::new(198, 18, 1, 20), "web-0"),
+                    (Ipv4Addr::new(198, 18, 1, 21), "web-1"),
+                ],
+            ),
         ],
         "cluster.local",
     )
@@ -323,6 +340,41 @@ async fn negative_answers_carry_the_soa() {
     assert_eq!(reply.response_code(), ResponseCode::NoError);
     assert!(reply.answers().is_empty());
     assert!(soa(&reply), "SOA in the authority section: {reply:?}");
+}
+
+#[tokio::test]
+async fn pods_with_hostnames_answer_by_them() {
+    let dns = cluster_dns(&[]).await;
+    assert_eq!(
+        addresses(&dns, "web-1.nginx.default.svc.cluster.local.").await,
+        ["198.18.1.21"]
+    );
+    assert_eq!(
+        addresses(&dns, "web-0.nginx.default.svc.cluster.local.").await,
+        ["198.18.1.20"]
+    );
+    let mut all = addresses(&dns, "nginx.default.svc.cluster.local.").await;
+    all.sort();
+    assert_eq!(all, ["198.18.1.20", "198.18.1.21"]);
+    let reply = ask(
+        dns.local_addr(),
+        "20.1.18.198.in-addr.arpa.",
+        RecordType::PTR,
+    )
+    .await;
+    assert_eq!(data(&reply), ["web-0.nginx.default.svc.cluster.local."]);
+    let reply = ask(
+        dns.local_addr(),
+        "_http._tcp.nginx.default.svc.cluster.local.",
+        RecordType::SRV,
+    )
+    .await;
+    let mut targets: Vec<String> = data(&reply);
+    targets.sort();
+    assert!(
+        targets[0].ends_with("web-0.nginx.default.svc.cluster.local."),
+        "{targets:?}"
+    );
 }
 
 #[tokio::test]

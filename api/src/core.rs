@@ -82,6 +82,29 @@ pub struct Pod {
     pub status: Option<PodStatus>,
 }
 
+impl Pod {
+    /// Succeeded or Failed: its containers are done for good.
+    pub fn is_terminal(&self) -> bool {
+        self.status
+            .as_ref()
+            .is_some_and(|s| matches!(s.phase.as_str(), "Succeeded" | "Failed"))
+    }
+
+    /// Deleted gracefully and waiting for its node to stop it (Kubernetes'
+    /// deletionTimestamp).
+    pub fn is_terminating(&self) -> bool {
+        !self.metadata.deletion_timestamp.is_empty()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PodSpec {
@@ -92,6 +115,13 @@ pub struct PodSpec {
     pub node_name: String,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
+    /// Node taints the pod may be scheduled onto (or stay on).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<crate::scheduling::Toleration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<crate::scheduling::Affinity>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topology_spread_constraints: Vec<crate::scheduling::TopologySpreadConstraint>,
     /// `Always` (default), `OnFailure` or `Never`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub restart_policy: String,
@@ -141,6 +171,13 @@ pub struct PodSpec {
     /// What every container runs as, unless it says otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security_context: Option<crate::security::PodSecurityContext>,
+    /// The pod's host name (the pod's name when unset); with `subdomain`, also its DNS
+    /// name `<hostname>.<subdomain>.<namespace>.svc.<domain>` through the headless
+    /// Service named `subdomain`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub hostname: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub subdomain: String,
 }
 
 /// Exactly one source; sources Berth does not know are refused by name.
@@ -1235,6 +1272,13 @@ impl PodSpec {
         if !self.node_name.is_empty() {
             v.dns_subdomain(&path.child("nodeName"), &self.node_name);
         }
+        // Each is one label of a DNS name.
+        if !self.hostname.is_empty() {
+            v.dns_label(&path.child("hostname"), &self.hostname);
+        }
+        if !self.subdomain.is_empty() {
+            v.dns_label(&path.child("subdomain"), &self.subdomain);
+        }
         for (key, value) in &self.node_selector {
             let p = path.child("nodeSelector").key(key);
             v.label_key(&p, key);
@@ -1243,6 +1287,7 @@ impl PodSpec {
         if let Some(grace) = self.termination_grace_period_seconds {
             v.non_negative(&path.child("terminationGracePeriodSeconds"), grace);
         }
+        crate::scheduling::validate_pod_placement(self, v, path);
         for (field, present, reason) in [
             (
                 "initContainers",
@@ -1717,6 +1762,10 @@ pub struct EndpointAddress {
     pub node_name: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub target_pod: String,
+    /// The pod's `hostname` when its `subdomain` is this Service: its DNS name is then
+    /// `<hostname>.<service>.<namespace>.svc.<domain>`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub hostname: String,
     /// The pod is shutting down (it has a deletionTimestamp), as an EndpointSlice's
     /// `terminating` condition says: listed under notReadyAddresses, its established
     /// connections drain and new ones go elsewhere.
@@ -1778,6 +1827,8 @@ pub struct NodeSpec {
     pub pod_cidr: String,
     #[serde(default)]
     pub unschedulable: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub taints: Vec<crate::scheduling::Taint>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -1825,6 +1876,7 @@ impl NodeSpec {
         if !self.pod_cidr.is_empty() {
             v.ipv4_cidr(&path.child("podCIDR"), &self.pod_cidr);
         }
+        crate::scheduling::validate_taints(&self.taints, v, &path.child("taints"));
     }
 }
 
@@ -1853,9 +1905,18 @@ pub struct Event {
     pub first_timestamp: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub last_timestamp: String,
-    /// Which component wrote it (`apiserver`, `scheduler`, an agent's node name).
+    /// Which component wrote it (`apiserver`; `berth-agent` with its node as host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<EventSource>,
+}
+
+/// Kubernetes' `EventSource`: an object, which kubectl decodes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct EventSource {
     #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub source: String,
+    pub component: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub host: String,
 }
 
 fn one() -> i32 {

@@ -55,6 +55,9 @@ pub struct Endpoint {
     pub node_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_ref: Option<ObjectReference>,
+    /// The pod's `hostname` when its `subdomain` is this Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
 }
 
 /// Unset means unknown; consumers read an unknown `ready` as ready (Kubernetes' rule).

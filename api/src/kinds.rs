@@ -4,11 +4,13 @@
 use crate::{
     ResourceType,
     accounts::ServiceAccount,
-    apps::{ControllerRevision, Deployment, ReplicaSet},
+    apps::{ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet},
     autoscaling::HorizontalPodAutoscaler,
+    batch::{CronJob, Job},
     configuration::{ConfigMap, Secret},
     core::{Endpoints, Event, Namespace, Node, Pod, Service},
     discovery::EndpointSlice,
+    disruption::PodDisruptionBudget,
     policy::{LimitRange, ResourceQuota},
     rbac::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
     storage::{PersistentVolume, PersistentVolumeClaim},
@@ -23,8 +25,13 @@ pub static NODES: ResourceType = ResourceType::of::<Node>();
 pub static EVENTS: ResourceType = ResourceType::of::<Event>();
 pub static DEPLOYMENTS: ResourceType = ResourceType::of::<Deployment>();
 pub static REPLICASETS: ResourceType = ResourceType::of::<ReplicaSet>();
+pub static DAEMON_SETS: ResourceType = ResourceType::of::<DaemonSet>();
+pub static STATEFULSETS: ResourceType = ResourceType::of::<StatefulSet>();
 pub static CONTROLLER_REVISIONS: ResourceType = ResourceType::of::<ControllerRevision>();
 pub static HPAS: ResourceType = ResourceType::of::<HorizontalPodAutoscaler>();
+pub static PDBS: ResourceType = ResourceType::of::<PodDisruptionBudget>();
+pub static JOBS: ResourceType = ResourceType::of::<Job>();
+pub static CRON_JOBS: ResourceType = ResourceType::of::<CronJob>();
 pub static CONFIG_MAPS: ResourceType = ResourceType::of::<ConfigMap>();
 pub static SECRETS: ResourceType = ResourceType::of::<Secret>();
 pub static PERSISTENT_VOLUME_CLAIMS: ResourceType = ResourceType::of::<PersistentVolumeClaim>();

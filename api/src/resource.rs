@@ -7,11 +7,13 @@ use serde_json::Value;
 
 use crate::{
     accounts::ServiceAccount,
-    apps::{ControllerRevision, Deployment, ReplicaSet},
+    apps::{ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet},
     autoscaling::HorizontalPodAutoscaler,
+    batch::{CronJob, Job},
     configuration::{ConfigMap, Secret},
     core::{Endpoints, Event, Namespace, Node, Pod, Service},
     discovery::EndpointSlice,
+    disruption::PodDisruptionBudget,
     meta::{DEFAULT_NAMESPACE, ObjectMeta},
     policy::{LimitRange, ResourceQuota},
     rbac::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
@@ -194,6 +196,30 @@ resource!(
     }
 );
 resource!(
+    DaemonSet,
+    group = "apps",
+    plural = "daemonsets",
+    namespaced = true,
+    status = true,
+    short_names = ["ds"],
+    categories = ["all"],
+    |this, v| {
+        this.spec.validate(v, &FieldPath::root("spec"));
+    }
+);
+resource!(
+    StatefulSet,
+    group = "apps",
+    plural = "statefulsets",
+    namespaced = true,
+    status = true,
+    short_names = ["sts"],
+    categories = ["all"],
+    |this, v| {
+        this.spec.validate(v, &FieldPath::root("spec"));
+    }
+);
+resource!(
     ReplicaSet,
     group = "apps",
     plural = "replicasets",
@@ -306,6 +332,42 @@ resource!(
     categories = ["all"],
     |this, v| {
         this.spec.validate(v, &FieldPath::root("spec"));
+    }
+);
+
+resource!(
+    PodDisruptionBudget,
+    group = crate::disruption::GROUP,
+    plural = "poddisruptionbudgets",
+    namespaced = true,
+    status = true,
+    short_names = ["pdb"],
+    |this, v| {
+        this.validate(v);
+    }
+);
+
+resource!(
+    Job,
+    group = "batch",
+    plural = "jobs",
+    namespaced = true,
+    status = true,
+    categories = ["all"],
+    |this, v| {
+        this.spec.validate(v, &FieldPath::root("spec"));
+    }
+);
+resource!(
+    CronJob,
+    group = "batch",
+    plural = "cronjobs",
+    namespaced = true,
+    status = true,
+    short_names = ["cj"],
+    categories = ["all"],
+    |this, v| {
+        this.validate(v);
     }
 );
 
@@ -474,8 +536,13 @@ pub static RESOURCE_TYPES: &[ResourceType] = &[
     ResourceType::of::<Event>(),
     ResourceType::of::<Deployment>(),
     ResourceType::of::<ReplicaSet>(),
+    ResourceType::of::<DaemonSet>(),
+    ResourceType::of::<StatefulSet>(),
     ResourceType::of::<ControllerRevision>(),
     ResourceType::of::<HorizontalPodAutoscaler>(),
+    ResourceType::of::<PodDisruptionBudget>(),
+    ResourceType::of::<Job>(),
+    ResourceType::of::<CronJob>(),
     ResourceType::of::<ConfigMap>(),
     ResourceType::of::<Secret>(),
     ResourceType::of::<PersistentVolumeClaim>(),

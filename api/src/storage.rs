@@ -21,8 +21,9 @@ use crate::{
 
 /// The storage class of node-local volumes, the only one and the default.
 pub const LOCAL_STORAGE_CLASS: &str = "local";
-/// The node label every node answers to in a volume's node affinity: its name.
-pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
+pub use crate::scheduling::{
+    HOSTNAME_LABEL, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
+};
 const ACCESS_MODES: &[&str] = &["ReadWriteOnce"];
 const RECLAIM_POLICIES: &[&str] = &["Delete", "Retain"];
 
@@ -83,7 +84,11 @@ pub struct PersistentVolumeClaimStatus {
 
 impl PersistentVolumeClaim {
     pub(crate) fn validate(&self, v: &mut Validator) {
-        let spec = FieldPath::root("spec");
+        self.validate_spec(v, &FieldPath::root("spec"));
+    }
+
+    /// The spec's rules at `spec`: also those of a StatefulSet's claim templates.
+    pub(crate) fn validate_spec(&self, v: &mut Validator, spec: &FieldPath) {
         access_modes(v, &spec.child("accessModes"), &self.spec.access_modes);
         let requests = spec.child("resources").child("requests");
         match self.spec.resources.requests.get("storage") {
@@ -101,8 +106,19 @@ impl PersistentVolumeClaim {
                 "not supported: a local volume is not limited in size",
             );
         }
+        // A claim may name a class the cluster does not provision, as in Kubernetes
+        // (where it waits for one to appear): it is kept, Pending, with a warning.
         if let Some(class) = &self.spec.storage_class_name {
-            storage_class(v, &spec.child("storageClassName"), class);
+            let path = spec.child("storageClassName");
+            v.dns_subdomain(&path, class);
+            if class != LOCAL_STORAGE_CLASS {
+                v.warn(
+                    &path,
+                    &format!(
+                        "no storage class {class:?}: Berth provisions node-local volumes of class {LOCAL_STORAGE_CLASS:?}; the claim stays Pending"
+                    ),
+                );
+            }
         }
         if let Some(mode) = &self.spec.volume_mode {
             v.one_of(&spec.child("volumeMode"), mode, &["Filesystem"]);
@@ -120,6 +136,16 @@ impl PersistentVolumeClaim {
             .get("storage")
             .and_then(|size| parse_memory_bytes(size).ok())
             .unwrap_or(0)
+    }
+
+    /// Whether Berth can make the claim's volume: its class is the local one (or unset,
+    /// which means that). A claim of another class waits, Pending, as a Kubernetes claim
+    /// of a class no provisioner serves does.
+    pub fn is_provisionable(&self) -> bool {
+        self.spec
+            .storage_class_name
+            .as_deref()
+            .is_none_or(|class| class == LOCAL_STORAGE_CLASS)
     }
 
     pub fn is_bound(&self) -> bool {
@@ -177,97 +203,6 @@ pub struct LocalVolumeSource {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct VolumeNodeAffinity {
     pub required: NodeSelector,
-}
-
-/// Nodes whose labels match any of the terms.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct NodeSelector {
-    pub node_selector_terms: Vec<NodeSelectorTerm>,
-}
-
-/// Nodes whose labels match all of the expressions.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct NodeSelectorTerm {
-    #[serde(default)]
-    pub match_expressions: Vec<NodeSelectorRequirement>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-pub struct NodeSelectorRequirement {
-    pub key: String,
-    /// `In`, `NotIn`, `Exists` or `DoesNotExist`.
-    pub operator: String,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub values: Vec<String>,
-}
-
-impl NodeSelector {
-    /// Requires the node named `node`.
-    pub fn hostname(node: &str) -> Self {
-        NodeSelector {
-            node_selector_terms: vec![NodeSelectorTerm {
-                match_expressions: vec![NodeSelectorRequirement {
-                    key: HOSTNAME_LABEL.to_owned(),
-                    operator: "In".to_owned(),
-                    values: vec![node.to_owned()],
-                }],
-            }],
-        }
-    }
-
-    /// Whether the node `name` with `labels` is selected; [`HOSTNAME_LABEL`] is its name.
-    pub fn matches(&self, name: &str, labels: &BTreeMap<String, String>) -> bool {
-        let value = |key: &str| {
-            if key == HOSTNAME_LABEL {
-                Some(name)
-            } else {
-                labels.get(key).map(String::as_str)
-            }
-        };
-        self.node_selector_terms.iter().any(|term| {
-            term.match_expressions.iter().all(|r| {
-                let value = value(&r.key);
-                match r.operator.as_str() {
-                    "In" => value.is_some_and(|v| r.values.iter().any(|w| w == v)),
-                    "NotIn" => value.is_none_or(|v| r.values.iter().all(|w| w != v)),
-                    "Exists" => value.is_some(),
-                    "DoesNotExist" => value.is_none(),
-                    _ => false,
-                }
-            })
-        })
-    }
-
-    fn validate(&self, v: &mut Validator, path: &FieldPath) {
-        let terms = path.child("nodeSelectorTerms");
-        if self.node_selector_terms.is_empty() {
-            v.error(&terms, "must have at least one term");
-        }
-        for (i, term) in self.node_selector_terms.iter().enumerate() {
-            for (j, r) in term.match_expressions.iter().enumerate() {
-                let p = terms.index(i).child("matchExpressions").index(j);
-                v.label_key(&p.child("key"), &r.key);
-                v.one_of(
-                    &p.child("operator"),
-                    &r.operator,
-                    &["In", "NotIn", "Exists", "DoesNotExist"],
-                );
-                let wants_values = matches!(r.operator.as_str(), "In" | "NotIn");
-                if wants_values == r.values.is_empty() {
-                    v.error(
-                        &p.child("values"),
-                        if wants_values {
-                            "must not be empty for In and NotIn"
-                        } else {
-                            "must be empty for Exists and DoesNotExist"
-                        },
-                    );
-                }
-            }
-        }
-    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -411,9 +346,9 @@ mod tests {
             errors::<PersistentVolumeClaim>(invalid),
             [
                 "spec.accessModes[0]",
-                "spec.resources.requests[\"storage\"]",
-                "spec.storageClassName"
-            ]
+                "spec.resources.requests[\"storage\"]"
+            ],
+            "an unknown class is only a warning: the claim waits, as in Kubernetes"
         );
     }
 

@@ -275,6 +275,47 @@ fn abbreviated<S: AsRef<str>>(all: &[S]) -> String {
 
 /// `cpu: 90%/50%, new_connections_per_second: 12/10` as kubectl prints an autoscaler's
 /// targets: the current figure (`<unknown>` before the first evaluation) over the target.
+/// kubectl's Job STATUS: the condition that ended it, else whether it is suspended or
+/// running.
+fn job_status(job: &Value) -> &'static str {
+    if condition(job, "Complete") == "True" {
+        "Complete"
+    } else if condition(job, "Failed") == "True" {
+        "Failed"
+    } else if !str_at(job, "/metadata/deletionTimestamp").is_empty() {
+        "Terminating"
+    } else if condition(job, "Suspended") == "True" {
+        "Suspended"
+    } else {
+        "Running"
+    }
+}
+
+/// `succeeded/completions`, or for a work queue (no completions) `succeeded/1 of
+/// parallelism`.
+fn job_completions(job: &Value) -> String {
+    let succeeded = int_at(job, "/status/succeeded");
+    match job.pointer("/spec/completions").and_then(Value::as_i64) {
+        Some(completions) => format!("{succeeded}/{completions}"),
+        None => format!(
+            "{succeeded}/1 of {}",
+            job.pointer("/spec/parallelism")
+                .and_then(Value::as_i64)
+                .unwrap_or(1)
+        ),
+    }
+}
+
+/// From the start to the completion, or to now while it runs.
+fn job_duration(job: &Value) -> String {
+    let Some(start) = time::parse_rfc3339(str_at(job, "/status/startTime")) else {
+        return String::new();
+    };
+    let end =
+        time::parse_rfc3339(str_at(job, "/status/completionTime")).unwrap_or_else(time::unix_now);
+    human_duration(end as i64 - start as i64)
+}
+
 fn autoscaler_targets(hpa: &Value) -> String {
     let metrics = hpa
         .pointer("/spec/metrics")
@@ -353,6 +394,30 @@ pub fn columns(rt: &ResourceType) -> Vec<Column> {
             &["Name", "Desired", "Current", "Ready", "Age"],
             &["Containers", "Images", "Selector"],
         ),
+        "DaemonSet" => (
+            &[
+                "Name",
+                "Desired",
+                "Current",
+                "Ready",
+                "Up-to-date",
+                "Available",
+                "Node Selector",
+                "Age",
+            ],
+            &["Containers", "Images", "Selector"],
+        ),
+        "PodDisruptionBudget" => (
+            &[
+                "Name",
+                "Min Available",
+                "Max Unavailable",
+                "Allowed Disruptions",
+                "Age",
+            ],
+            &[],
+        ),
+        "StatefulSet" => (&["Name", "Ready", "Age"], &["Containers", "Images"]),
         "Service" => (
             &[
                 "Name",
@@ -414,6 +479,22 @@ pub fn columns(rt: &ResourceType) -> Vec<Column> {
             ],
             &[],
         ),
+        "Job" => (
+            &["Name", "Status", "Completions", "Duration", "Age"],
+            &["Containers", "Images", "Selector"],
+        ),
+        "CronJob" => (
+            &[
+                "Name",
+                "Schedule",
+                "Timezone",
+                "Suspend",
+                "Active",
+                "Last Schedule",
+                "Age",
+            ],
+            &["Containers", "Images", "Selector"],
+        ),
         "Role" | "ClusterRole" => (&["Name", "Created At"], &[]),
         "RoleBinding" | "ClusterRoleBinding" => (
             &["Name", "Role", "Age"],
@@ -464,6 +545,21 @@ pub fn cells(rt: &ResourceType, item: &Value) -> Vec<String> {
                 ],
             )
         }
+        "StatefulSet" => {
+            let (names, images) = containers(item, "/spec/template/spec/containers");
+            (
+                vec![
+                    name,
+                    format!(
+                        "{}/{}",
+                        int_at(item, "/status/readyReplicas"),
+                        int_at(item, "/spec/replicas")
+                    ),
+                    created,
+                ],
+                vec![names, images],
+            )
+        }
         "ReplicaSet" => {
             let (names, images) = containers(item, "/spec/template/spec/containers");
             (
@@ -479,6 +575,43 @@ pub fn cells(rt: &ResourceType, item: &Value) -> Vec<String> {
                     images,
                     or_none(pairs(item.pointer("/spec/selector/matchLabels"))),
                 ],
+            )
+        }
+        "DaemonSet" => {
+            let (names, images) = containers(item, "/spec/template/spec/containers");
+            (
+                vec![
+                    name,
+                    int_at(item, "/status/desiredNumberScheduled").to_string(),
+                    int_at(item, "/status/currentNumberScheduled").to_string(),
+                    int_at(item, "/status/numberReady").to_string(),
+                    int_at(item, "/status/updatedNumberScheduled").to_string(),
+                    int_at(item, "/status/numberAvailable").to_string(),
+                    or_none(pairs(item.pointer("/spec/template/spec/nodeSelector"))),
+                    created,
+                ],
+                vec![
+                    names,
+                    images,
+                    or_none(pairs(item.pointer("/spec/selector/matchLabels"))),
+                ],
+            )
+        }
+        "PodDisruptionBudget" => {
+            let bound = |pointer: &str| match item.pointer(pointer) {
+                Some(Value::Number(n)) => n.to_string(),
+                Some(Value::String(s)) => s.clone(),
+                _ => "N/A".to_owned(),
+            };
+            (
+                vec![
+                    name,
+                    bound("/spec/minAvailable"),
+                    bound("/spec/maxUnavailable"),
+                    int_at(item, "/status/disruptionsAllowed").to_string(),
+                    created,
+                ],
+                vec![],
             )
         }
         "Service" => {
@@ -539,6 +672,58 @@ pub fn cells(rt: &ResourceType, item: &Value) -> Vec<String> {
             ],
             vec![int_at(item, "/count").max(1).to_string()],
         ),
+        "Job" => {
+            let (names, images) = containers(item, "/spec/template/spec/containers");
+            (
+                vec![
+                    name,
+                    job_status(item).to_owned(),
+                    job_completions(item),
+                    job_duration(item),
+                    created,
+                ],
+                vec![
+                    names,
+                    images,
+                    or_none(pairs(item.pointer("/spec/selector/matchLabels"))),
+                ],
+            )
+        }
+        "CronJob" => {
+            let (names, images) =
+                containers(item, "/spec/jobTemplate/spec/template/spec/containers");
+            let last = if str_at(item, "/status/lastScheduleTime").is_empty() {
+                "<none>".to_owned()
+            } else {
+                age(item, "/status/lastScheduleTime")
+            };
+            (
+                vec![
+                    name,
+                    str_at(item, "/spec/schedule").to_owned(),
+                    or_none(str_at(item, "/spec/timeZone").to_owned()),
+                    if item.pointer("/spec/suspend").and_then(Value::as_bool) == Some(true) {
+                        "True"
+                    } else {
+                        "False"
+                    }
+                    .to_owned(),
+                    item.pointer("/status/active")
+                        .and_then(Value::as_array)
+                        .map_or(0, Vec::len)
+                        .to_string(),
+                    last,
+                    created,
+                ],
+                vec![
+                    names,
+                    images,
+                    or_none(pairs(
+                        item.pointer("/spec/jobTemplate/spec/selector/matchLabels"),
+                    )),
+                ],
+            )
+        }
         "HorizontalPodAutoscaler" => (
             vec![
                 name,
@@ -751,6 +936,23 @@ mod tests {
             pod_summary(&pod),
             ("1/2".to_owned(), "CrashLoopBackOff".to_owned(), 3)
         );
+    }
+
+    #[test]
+    fn statefulsets_read_like_kubectl() {
+        let sets = crate::find_by_plural("apps", "statefulsets").expect("a kind");
+        let names: Vec<&str> = columns(sets)
+            .iter()
+            .filter(|c| !c.wide)
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(names, ["Name", "Ready", "Age"]);
+        let set = json!({"metadata": {"name": "web"}, "spec": {"replicas": 3,
+            "template": {"spec": {"containers": [{"name": "nginx", "image": "nginx:1"}]}}},
+            "status": {"readyReplicas": 2}});
+        let row = cells(sets, &set);
+        assert_eq!(row[..2], ["web", "2/3"]);
+        assert_eq!(row[3..], ["nginx", "nginx:1"]);
     }
 
     #[test]

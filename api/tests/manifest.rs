@@ -14,7 +14,7 @@ spec:
     metadata:
       labels: {app: web}
     spec:
-      affinity: {}
+      priorityClassName: high
       containers:
         - name: web
           image: berth/echo:latest
@@ -62,7 +62,7 @@ fn unsupported_kubernetes_fields_are_warnings_by_name() {
     assert!(
         warnings
             .iter()
-            .any(|w| w.starts_with("spec.template.spec.affinity:")),
+            .any(|w| w.starts_with("spec.template.spec.priorityClassName:")),
         "{warnings:?}"
     );
     assert!(
@@ -75,7 +75,7 @@ fn unsupported_kubernetes_fields_are_warnings_by_name() {
     // Unknown fields are dropped from the canonical object, not stored.
     assert!(
         objects[0].decoded.object["spec"]["template"]["spec"]
-            .get("affinity")
+            .get("priorityClassName")
             .is_none()
     );
 }
@@ -157,11 +157,11 @@ fn syntax_and_type_errors_name_document_and_line() {
 
 #[test]
 fn unknown_kind_lists_the_supported_ones() {
-    let errors = parse("apiVersion: batch/v1\nkind: CronJob\nmetadata: {name: x}\n")
+    let errors = parse("apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: x}\n")
         .expect_err("unsupported");
     let message = errors[0].to_string();
     assert!(
-        message.contains("batch/v1 CronJob is not supported"),
+        message.contains("networking.k8s.io/v1 Ingress is not supported"),
         "{message}"
     );
     assert!(message.contains("apps/v1 Deployment"), "{message}");

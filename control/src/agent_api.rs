@@ -315,7 +315,7 @@ fn status(error: registry::Error) -> Status {
         E::TooLarge(_) | E::Internal(_) => Status::internal(message),
         // The agent retries either; the code says whether waiting may help by itself.
         E::StoreUnavailable { no_space: true, .. } => Status::resource_exhausted(message),
-        E::StoreUnavailable { .. } => Status::unavailable(message),
+        E::StoreUnavailable { .. } | E::TooManyRequests { .. } => Status::unavailable(message),
     }
 }
 
@@ -1036,7 +1036,13 @@ impl agent_server::Agent for AgentService {
         }
         if pod.pointer("/metadata/uid").and_then(Value::as_str) == Some(report.uid.as_str()) {
             self.registry
-                .record_event_from(&pod, &report.reason, &report.message, &report.r#type, &node)
+                .record_event_from(
+                    &pod,
+                    &report.reason,
+                    &report.message,
+                    &report.r#type,
+                    ("berth-agent", &node),
+                )
                 .await;
         }
         Ok(Response::new(PodEventAck {}))

@@ -142,11 +142,15 @@ pub struct Config {
     #[arg(long = "node-grace", env = "BERTH_NODE_GRACE", default_value_t = 40)]
     pub node_grace_secs: u64,
 
-    /// Seconds a node may be not ready before its pods are deleted and rescheduled.
+    /// Seconds a pod stays on a node that is not ready or unreachable before it is
+    /// deleted and rescheduled: the `tolerationSeconds` of the `NoExecute` tolerations
+    /// for `node.kubernetes.io/not-ready` and `node.kubernetes.io/unreachable` admission
+    /// gives every pod that has none of its own (Kubernetes'
+    /// `--default-not-ready-toleration-seconds`).
     #[arg(
         long = "pod-eviction-timeout",
         env = "BERTH_POD_EVICTION_TIMEOUT",
-        default_value_t = 60
+        default_value_t = 300
     )]
     pub pod_eviction_timeout_secs: u64,
 
@@ -340,7 +344,6 @@ impl Config {
     pub fn controller_settings(&self) -> crate::controllers::Settings {
         crate::controllers::Settings {
             node_grace: Duration::from_secs(self.node_grace_secs),
-            pod_eviction_timeout: Duration::from_secs(self.pod_eviction_timeout_secs),
             load_balancer_pool: self.load_balancer_cidr,
             autoscaler_sync: Duration::from_secs(self.autoscaler_sync_secs.max(1)),
             downscale_stabilization: Duration::from_secs(

@@ -503,6 +503,8 @@ async fn open_registry(
     let registry = Registry::new(Arc::clone(store), metrics.clone(), ranges).with_admission(
         crate::registry::Admission {
             host_path_prefixes: config.allow_host_paths.clone(),
+            default_toleration_seconds: i64::try_from(config.pod_eviction_timeout_secs)
+                .unwrap_or(i64::MAX),
         },
     );
     registry

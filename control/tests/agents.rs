@@ -637,7 +637,7 @@ spec:
         .map(|event| {
             (
                 event["reason"].as_str().unwrap_or_default(),
-                event["source"].as_str().unwrap_or_default(),
+                event["source"]["host"].as_str().unwrap_or_default(),
                 event["involvedObject"]["uid"].as_str().unwrap_or_default(),
             )
         })

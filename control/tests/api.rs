@@ -404,7 +404,7 @@ spec:
   template:
     metadata: {labels: {app: shop}}
     spec:
-      tolerations: []
+      priorityClassName: default
       containers: [{name: main, image: "shop:1", ports: [{containerPort: 8080, name: http}]}]
 ---
 apiVersion: v1
@@ -429,7 +429,7 @@ async fn apply_is_idempotent_atomic_and_warns() {
     assert_eq!(actions, ["created", "created"]);
     assert_eq!(
         body["items"][0]["warnings"][0],
-        "spec.template.spec.tolerations: unsupported field, ignored"
+        "spec.template.spec.priorityClassName: unsupported field, ignored"
     );
 
     let (_, again) = t.apply(APP_V1).await;

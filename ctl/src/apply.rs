@@ -46,15 +46,16 @@ pub struct ApplyArgs {
     pub field_manager: String,
 }
 
-/// Create the objects in the manifests (fails for any that already exists), or a
-/// ServiceAccount token (`create token`).
+/// Create the objects in the manifests (fails for any that already exists), a
+/// ServiceAccount token (`create token`), or a Job from a CronJob (`create job`).
 #[derive(Debug, clap::Args)]
 #[command(
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true,
     after_help = "Examples:\n  berthctl create -f app.yaml\n  \
                         berthctl create -f manifests/\n  cat app.yaml | berthctl create -f -\n  \
-                        berthctl create token builder -n ci --duration 10m"
+                        berthctl create token builder -n ci --duration 10m\n  \
+                        berthctl create job backup-now --from=cronjob/backup"
 )]
 pub struct CreateArgs {
     #[command(subcommand)]
@@ -459,7 +460,7 @@ mod tests {
                 Some("did you mean `apiVersion: apps/v1` and `kind: Deployment`?"),
             ),
             (
-                "apiVersion: batch/v1\nkind: CronJob\nmetadata: {name: a}\n",
+                "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: a}\n",
                 None,
             ),
         ] {

@@ -50,17 +50,37 @@ pub enum CreateWhat {
         #[arg(long, requires = "bound_object_kind")]
         bound_object_name: Option<String>,
     },
+    /// A Job made from a CronJob's job template now, whatever its schedule.
+    #[command(after_help = "Examples:\n  berthctl create job backup-now --from=cronjob/backup")]
+    Job {
+        /// The new Job's name.
+        name: String,
+        /// Where its template comes from: `cronjob/NAME`.
+        #[arg(long)]
+        from: String,
+    },
 }
 
-/// `create token`: the token alone on stdout, so scripts can capture it.
+/// `create token`: the token alone on stdout, so scripts can capture it; `create job`.
 pub async fn create(ctx: &Ctx, what: CreateWhat, out: &mut dyn Write) -> Result<(), CtlError> {
-    let CreateWhat::Token {
-        service_account,
-        audience,
-        duration,
-        bound_object_kind,
-        bound_object_name,
-    } = what;
+    let (service_account, audience, duration, bound_object_kind, bound_object_name) = match what {
+        CreateWhat::Token {
+            service_account,
+            audience,
+            duration,
+            bound_object_kind,
+            bound_object_name,
+        } => (
+            service_account,
+            audience,
+            duration,
+            bound_object_kind,
+            bound_object_name,
+        ),
+        CreateWhat::Job { name, from } => {
+            return crate::jobs::create_from(ctx, &name, &from, out).await;
+        }
+    };
     let mut spec = json!({"audiences": audience});
     if let Some(duration) = duration {
         spec["expirationSeconds"] = json!(duration.as_secs());

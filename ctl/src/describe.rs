@@ -233,7 +233,49 @@ async fn describe_pod(ctx: &Ctx, sheet: &mut Sheet, pod: &Value) -> Result<(), C
     }
     containers(sheet, 0, &pod["spec"]);
     conditions(sheet, pod);
+    let selectors: Vec<String> = pod
+        .pointer("/spec/nodeSelector")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+        .collect();
+    sheet.field(0, "Node-Selectors", selectors.join("\n"));
+    let tolerations: Vec<String> = pod
+        .pointer("/spec/tolerations")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(toleration)
+        .collect();
+    sheet.field(0, "Tolerations", tolerations.join("\n"));
     Ok(())
+}
+
+/// A toleration as kubectl prints it: `key=value:Effect op=Exists for 300s`.
+fn toleration(t: &Value) -> String {
+    let mut text = str_at(t, "/key").to_owned();
+    if !str_at(t, "/value").is_empty() {
+        text = format!("{text}={}", str_at(t, "/value"));
+    }
+    if !str_at(t, "/effect").is_empty() {
+        text = format!("{text}:{}", str_at(t, "/effect"));
+    }
+    if str_at(t, "/operator") == "Exists" {
+        text = format!("{text} op=Exists");
+    }
+    if let Some(seconds) = t.get("tolerationSeconds").and_then(Value::as_i64) {
+        text = format!("{text} for {seconds}s");
+    }
+    text
+}
+
+/// A taint as kubectl prints it: `key=value:Effect`.
+fn taint(t: &Value) -> String {
+    match str_at(t, "/value") {
+        "" => format!("{}:{}", str_at(t, "/key"), str_at(t, "/effect")),
+        value => format!("{}={value}:{}", str_at(t, "/key"), str_at(t, "/effect")),
+    }
 }
 
 async fn describe_deployment(
@@ -416,6 +458,14 @@ async fn describe_service(ctx: &Ctx, sheet: &mut Sheet, service: &Value) -> Resu
 async fn describe_node(ctx: &Ctx, sheet: &mut Sheet, node: &Value) -> Result<(), CtlError> {
     sheet.field(0, "Status", output::node_status(node));
     sheet.field(0, "PodCIDR", str_at(node, "/spec/podCIDR"));
+    let taints: Vec<String> = node
+        .pointer("/spec/taints")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(taint)
+        .collect();
+    sheet.field(0, "Taints", taints.join("\n"));
     sheet.field(
         0,
         "Unschedulable",

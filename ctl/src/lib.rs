@@ -10,8 +10,10 @@ mod auth;
 pub mod client;
 mod cluster;
 mod describe;
+mod drain;
 mod forward;
 mod get;
+mod jobs;
 mod node;
 mod output;
 mod rollout;
@@ -68,7 +70,7 @@ pub enum Command {
     Describe(describe::DescribeArgs),
     Delete(DeleteArgs),
     Scale(rollout::ScaleArgs),
-    /// Follow, list and undo Deployment rollouts (status, history, undo).
+    /// Follow, list and undo Deployment and DaemonSet rollouts (status, history, undo).
     #[command(after_help = "Examples:\n  berthctl rollout status deployment web\n  \
                             berthctl rollout history deployment web\n  \
                             berthctl rollout undo deployment web --to-revision 2")]
@@ -86,6 +88,11 @@ pub enum Command {
         #[command(subcommand)]
         what: top::Top,
     },
+    Cordon(drain::CordonArgs),
+    /// Mark a node schedulable again.
+    #[command(after_help = "Examples:\n  berthctl uncordon node-1")]
+    Uncordon(drain::CordonArgs),
+    Drain(drain::DrainArgs),
     Logs(node::LogsArgs),
     Exec(node::ExecArgs),
     Attach(node::AttachArgs),
@@ -570,6 +577,9 @@ pub async fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(
         Command::Rollout { action } => rollout::run(&ctx, action, out).await,
         Command::Events(args) => describe::events(&ctx, args, out, err).await,
         Command::Top { what } => top::run(&ctx, what, out, err).await,
+        Command::Cordon(args) => drain::cordon(&ctx, &args.node, true, out).await,
+        Command::Uncordon(args) => drain::cordon(&ctx, &args.node, false, out).await,
+        Command::Drain(args) => drain::drain(&ctx, &args, out, err).await,
         Command::Logs(args) => node::logs(&ctx, &args, out).await,
         Command::Exec(args) => node::exec(&ctx, &args, out, err).await,
         Command::Attach(args) => node::attach(&ctx, &args, out, err).await,

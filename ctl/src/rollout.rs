@@ -1,4 +1,4 @@
-//! `scale` and `rollout status|history|undo` for Deployments.
+//! `scale` and `rollout status|history|undo` for Deployments, DaemonSets and StatefulSets.
 
 use std::{io::Write, time::Duration};
 
@@ -11,14 +11,15 @@ use super::{CtlError, Ctx, Flow, Target, emit, encode, int_at, kind_ref, output,
 const REVISION: &str = "/metadata/annotations/deployment.kubernetes.io~1revision";
 const CHANGE_CAUSE: &str = "/metadata/annotations/kubernetes.io~1change-cause";
 
-/// Set the number of replicas of a Deployment or ReplicaSet.
+/// Set the number of replicas of a Deployment, ReplicaSet or StatefulSet.
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "Examples:\n  berthctl scale deployment web --replicas 5\n  \
-                        berthctl scale deploy/web --replicas 0"
+                        berthctl scale deploy/web --replicas 0\n  \
+                        berthctl scale statefulset/db --replicas 3"
 )]
 pub struct ScaleArgs {
-    /// deployment or replicaset, or KIND/NAME.
+    /// deployment, replicaset or statefulset, or KIND/NAME.
     pub kind: String,
     pub name: Option<String>,
     #[arg(long)]
@@ -27,9 +28,11 @@ pub struct ScaleArgs {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Rollout {
-    /// Wait until a Deployment's rollout has finished, showing its progress.
+    /// Wait until a Deployment's, DaemonSet's or StatefulSet's rollout has finished, showing
+    /// its progress.
     #[command(after_help = "Examples:\n  berthctl rollout status deployment web\n  \
-                            berthctl rollout status deploy/web --timeout 2m\n\n\
+                            berthctl rollout status deploy/web --timeout 2m\n  \
+                            berthctl rollout status statefulset/db\n\n\
                             Exits 0 when the rollout is complete, 1 when the timeout passes.")]
     Status {
         kind: String,
@@ -41,7 +44,7 @@ pub enum Rollout {
         #[arg(short, long, default_value_t = true, action = clap::ArgAction::Set)]
         watch: bool,
     },
-    /// List a Deployment's revisions, or show one.
+    /// List a Deployment's, DaemonSet's or StatefulSet's revisions, or show one.
     #[command(
         after_help = "Examples:\n  berthctl rollout history deployment web\n  \
                             berthctl rollout history deployment web --revision 2\n\n\
@@ -55,9 +58,12 @@ pub enum Rollout {
         #[arg(long)]
         revision: Option<i64>,
     },
-    /// Roll a Deployment back to the previous revision or to --to-revision.
+    /// Roll a Deployment, DaemonSet or StatefulSet back to the previous revision or to
+    /// --to-revision.
     #[command(after_help = "Examples:\n  berthctl rollout undo deployment web\n  \
-                            berthctl rollout undo deployment web --to-revision 1")]
+                            berthctl rollout undo deployment web --to-revision 1\n  \
+                            berthctl rollout undo daemonset fluentd\n  \
+                            berthctl rollout undo statefulset/db")]
     Undo {
         kind: String,
         name: Option<String>,
@@ -103,12 +109,13 @@ fn deployment_target(
     Ok((resolve(kind)?, name))
 }
 
-fn only_deployments(rt: &ResourceType) -> Result<(), CtlError> {
-    if rt.kind == "Deployment" {
+/// The kinds with rollouts: those whose templates the server keeps as revisions.
+fn only_rollouts(rt: &ResourceType) -> Result<(), CtlError> {
+    if matches!(rt.kind, "Deployment" | "DaemonSet" | "StatefulSet") {
         Ok(())
     } else {
         Err(CtlError::Usage(format!(
-            "rollout works on deployments, not {}",
+            "rollout works on deployments, daemonsets and statefulsets, not {}",
             rt.plural
         )))
     }
@@ -116,9 +123,9 @@ fn only_deployments(rt: &ResourceType) -> Result<(), CtlError> {
 
 pub async fn scale(ctx: &Ctx, args: ScaleArgs, out: &mut dyn Write) -> Result<(), CtlError> {
     let (rt, name) = deployment_target(&args.kind, args.name.as_deref())?;
-    if !matches!(rt.kind, "Deployment" | "ReplicaSet") {
+    if !matches!(rt.kind, "Deployment" | "ReplicaSet" | "StatefulSet") {
         return Err(CtlError::Usage(format!(
-            "{} cannot be scaled; scale deployments or replicasets",
+            "{} cannot be scaled; scale deployments, replicasets or statefulsets",
             rt.plural
         )));
     }
@@ -150,7 +157,7 @@ pub async fn run(ctx: &Ctx, action: Rollout, out: &mut dyn Write) -> Result<(), 
             watch,
         } => {
             let (rt, name) = deployment_target(&kind, name.as_deref())?;
-            only_deployments(rt)?;
+            only_rollouts(rt)?;
             let wait = status(ctx, rt, &name, watch, out);
             if timeout.is_zero() {
                 wait.await
@@ -166,7 +173,7 @@ pub async fn run(ctx: &Ctx, action: Rollout, out: &mut dyn Write) -> Result<(), 
             revision,
         } => {
             let (rt, name) = deployment_target(&kind, name.as_deref())?;
-            only_deployments(rt)?;
+            only_rollouts(rt)?;
             history(ctx, rt, &name, revision, out).await
         }
         Rollout::Undo {
@@ -175,7 +182,7 @@ pub async fn run(ctx: &Ctx, action: Rollout, out: &mut dyn Write) -> Result<(), 
             to_revision,
         } => {
             let (rt, name) = deployment_target(&kind, name.as_deref())?;
-            only_deployments(rt)?;
+            only_rollouts(rt)?;
             let path = format!("{}/rollback", ctx.object_path(rt, &name));
             let target = Target { rt, name: &name };
             let object = ctx
@@ -186,21 +193,111 @@ pub async fn run(ctx: &Ctx, action: Rollout, out: &mut dyn Write) -> Result<(), 
                     Some(target),
                 )
                 .await?;
+            let revision = str_at(&object, REVISION);
             emit(
                 out,
-                &format!(
-                    "{}/{name} rolled back (now revision {})",
-                    kind_ref(rt),
-                    str_at(&object, REVISION)
-                ),
+                &if revision.is_empty() {
+                    format!("{}/{name} rolled back", kind_ref(rt))
+                } else {
+                    format!(
+                        "{}/{name} rolled back (now revision {revision})",
+                        kind_ref(rt)
+                    )
+                },
             );
             Ok(())
         }
     }
 }
 
-/// kubectl's rollout status messages; None when the rollout is complete.
-fn progress(name: &str, d: &Value) -> Option<String> {
+/// kubectl's rollout status messages: Ok(the final one) when the rollout is complete,
+/// Err(where it is) while it is not.
+fn progress(rt: &ResourceType, name: &str, object: &Value) -> Result<String, String> {
+    match rt.kind {
+        "StatefulSet" => return statefulset_progress(object),
+        "DaemonSet" => {
+            return daemon_set_progress(name, object).map_or_else(
+                || Ok(format!("daemon set {name:?} successfully rolled out")),
+                Err,
+            );
+        }
+        _ => {}
+    }
+    deployment_progress(name, object).map_or_else(
+        || Ok(format!("deployment {name:?} successfully rolled out")),
+        Err,
+    )
+}
+
+/// kubectl's StatefulSet status viewer.
+fn statefulset_progress(s: &Value) -> Result<String, String> {
+    if int_at(s, "/status/observedGeneration") < int_at(s, "/metadata/generation") {
+        return Err("Waiting for statefulset spec update to be observed...".to_owned());
+    }
+    let desired = s
+        .pointer("/spec/replicas")
+        .and_then(Value::as_i64)
+        .unwrap_or(1);
+    let ready = int_at(s, "/status/readyReplicas");
+    if ready < desired {
+        return Err(format!(
+            "Waiting for {} pods to be ready...",
+            desired - ready
+        ));
+    }
+    let update = str_at(s, "/status/updateRevision");
+    if let Some(partition) = s
+        .pointer("/spec/updateStrategy/rollingUpdate/partition")
+        .and_then(Value::as_i64)
+    {
+        let updated = int_at(s, "/status/updatedReplicas");
+        let wanted = (desired - partition).max(0);
+        return if updated < wanted {
+            Err(format!(
+                "Waiting for partitioned roll out to finish: {updated} out of {wanted} new pods have been updated..."
+            ))
+        } else {
+            Ok(format!(
+                "partitioned roll out complete: {updated} new pods have been updated..."
+            ))
+        };
+    }
+    if update != str_at(s, "/status/currentRevision") {
+        return Err(format!(
+            "waiting for statefulset rolling update to complete {} pods at revision {update}...",
+            int_at(s, "/status/updatedReplicas")
+        ));
+    }
+    Ok(format!(
+        "statefulset rolling update complete {} pods at revision {update}...",
+        int_at(s, "/status/currentReplicas")
+    ))
+}
+
+/// kubectl's Deployment status messages; None when the rollout is complete.
+fn daemon_set_progress(name: &str, d: &Value) -> Option<String> {
+    if int_at(d, "/status/observedGeneration") < int_at(d, "/metadata/generation") {
+        return Some("Waiting for daemon set spec update to be observed...".to_owned());
+    }
+    let desired = int_at(d, "/status/desiredNumberScheduled");
+    let updated = int_at(d, "/status/updatedNumberScheduled");
+    let available = int_at(d, "/status/numberAvailable");
+    if updated < desired {
+        Some(format!(
+            "Waiting for daemon set {name:?} rollout to finish: {updated} out of {desired} new \
+             pods have been updated..."
+        ))
+    } else if available < desired {
+        Some(format!(
+            "Waiting for daemon set {name:?} rollout to finish: {available} of {desired} updated \
+             pods are available..."
+        ))
+    } else {
+        None
+    }
+}
+
+fn deployment_progress(name: &str, d: &Value) -> Option<String> {
     if int_at(d, "/status/observedGeneration") < int_at(d, "/metadata/generation") {
         return Some("Waiting for deployment spec update to be observed...".to_owned());
     }
@@ -243,14 +340,21 @@ async fn status(
     let current = ctx
         .call(Method::GET, &ctx.object_path(rt, name), None, Some(target))
         .await?;
-    let mut last = progress(name, &current);
-    match &last {
-        None => {
-            emit(out, &format!("deployment {name:?} successfully rolled out"));
+    if rt.kind == "StatefulSet" && str_at(&current, "/spec/updateStrategy/type") == "OnDelete" {
+        return Err(CtlError::Usage(
+            "rollout status is only available for RollingUpdate strategy type".to_owned(),
+        ));
+    }
+    let mut last = match progress(rt, name, &current) {
+        Ok(done) => {
+            emit(out, &done);
             return Ok(());
         }
-        Some(message) => emit(out, message),
-    }
+        Err(message) => {
+            emit(out, &message);
+            message
+        }
+    };
     if !watch {
         return Err(CtlError::Usage("the rollout has not finished".to_owned()));
     }
@@ -266,20 +370,23 @@ async fn status(
         |kind, object| {
             if kind == "DELETED" {
                 return Err(CtlError::Usage(format!(
-                    "deployment {name:?} was deleted while waiting for its rollout"
+                    "{} {name:?} was deleted while waiting for its rollout",
+                    rt.kind.to_lowercase()
                 )));
             }
-            let now = progress(name, object);
-            match &now {
-                None => {
-                    emit(out, &format!("deployment {name:?} successfully rolled out"));
-                    return Ok(Flow::Done);
+            match progress(rt, name, object) {
+                Ok(done) => {
+                    emit(out, &done);
+                    Ok(Flow::Done)
                 }
-                Some(message) if Some(message) != last.as_ref() => emit(out, message),
-                Some(_) => {}
+                Err(message) => {
+                    if message != last {
+                        emit(out, &message);
+                        last = message;
+                    }
+                    Ok(Flow::Continue)
+                }
             }
-            last = now;
-            Ok(Flow::Continue)
         },
     )
     .await
@@ -293,7 +400,7 @@ async fn history(
     out: &mut dyn Write,
 ) -> Result<(), CtlError> {
     let target = Target { rt, name };
-    let deployment = ctx
+    let owner = ctx
         .call(Method::GET, &ctx.object_path(rt, name), None, Some(target))
         .await?;
     let revisions_rt = resolve("controllerrevisions")?;
@@ -305,7 +412,7 @@ async fn history(
             None,
         )
         .await?;
-    let uid = str_at(&deployment, "/metadata/uid");
+    let uid = str_at(&owner, "/metadata/uid");
     let mut revisions: Vec<Value> = list["items"]
         .as_array()
         .into_iter()
@@ -338,7 +445,8 @@ async fn history(
                 .map(|r| int_at(r, "/revision").to_string())
                 .collect();
             return Err(CtlError::Usage(format!(
-                "unable to find revision {wanted} of deployment {name:?}; it has {}",
+                "unable to find revision {wanted} of {} {name:?}; it has {}",
+                rt.kind.to_ascii_lowercase(),
                 known.join(", ")
             )));
         };

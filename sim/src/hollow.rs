@@ -2,7 +2,9 @@
 //! They speak the real agent gRPC API — bootstrap-token join with a CSR, mTLS,
 //! heartbeats, pod and service watches with resume — but run no containers and load
 //! no programs: a pod is "running" as soon as it is reported so, with an address from
-//! the node's pod CIDR. Their load figures are whatever a test sets per pod.
+//! the node's pod CIDR. Their load figures are whatever a test sets per pod. A pod whose
+//! `restartPolicy` is `Never` or `OnFailure` (a Job's) ends as its command says
+//! ([`crate::script`]); one under `Always` runs until it is deleted.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -20,6 +22,8 @@ use rcgen::{CertificateParams, DnType, KeyPair};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+use crate::script::{self, Ending};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HollowError {
@@ -82,6 +86,8 @@ pub struct HollowNode {
     heartbeat_every: Duration,
     /// `namespace/name` of Endpoints whose ready addresses go into the timeline.
     tracked_endpoints: BTreeSet<String>,
+    /// How many of the next containers to end exit with 1 whatever their command says.
+    crashes: Arc<Mutex<usize>>,
 }
 
 impl HollowNode {
@@ -123,6 +129,7 @@ impl HollowNode {
             loads: Arc::default(),
             heartbeat_every: Duration::from_secs(1),
             tracked_endpoints: BTreeSet::new(),
+            crashes: Arc::default(),
         })
     }
 
@@ -233,6 +240,7 @@ impl HollowNode {
             stats,
             timeline,
             loads: Arc::clone(&node.loads),
+            crashes: Arc::clone(&node.crashes),
             tasks: vec![heartbeat, pods, services],
         })
     }
@@ -246,6 +254,7 @@ pub struct HollowHandle {
     stats: Arc<Mutex<HollowStats>>,
     timeline: Arc<Mutex<Timeline>>,
     loads: Arc<Mutex<Loads>>,
+    crashes: Arc<Mutex<usize>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -295,6 +304,12 @@ impl HollowHandle {
         })
     }
 
+    /// Makes the next `count` containers to end on this node exit with code 1, whatever
+    /// their command says (a crash the workload did not plan, as a node sees one).
+    pub fn crash_next(&self, count: usize) {
+        update(&self.crashes, |crashes| *crashes += count);
+    }
+
     /// Makes the pod report `load` with every heartbeat from now on (once it runs here).
     pub fn set_load(&self, namespace: &str, name: &str, load: PodLoad) {
         if let Ok(mut loads) = self.loads.lock() {
@@ -334,6 +349,7 @@ async fn run_pods(
         stats,
         timeline,
         next_host: 2,
+        runs: BTreeMap::new(),
     };
     berth_watch::run::<Value, _>(client, Watched::Pods, &mut pods).await;
 }
@@ -343,6 +359,16 @@ struct PodsWatch {
     stats: Arc<Mutex<HollowStats>>,
     timeline: Arc<Mutex<Timeline>>,
     next_host: u32,
+    /// `namespace/name` → the task running a pod that ends to its end.
+    runs: BTreeMap<String, JoinHandle<()>>,
+}
+
+impl Drop for PodsWatch {
+    fn drop(&mut self) {
+        for run in self.runs.values() {
+            run.abort();
+        }
+    }
 }
 
 impl Consumer<Value> for PodsWatch {
@@ -368,6 +394,9 @@ impl Consumer<Value> for PodsWatch {
             }
             Change::Deleted { key, .. } => {
                 let key = object_key(&key);
+                if let Some(run) = self.runs.remove(key) {
+                    run.abort();
+                }
                 update(&self.stats, |s| {
                     s.pods.remove(key);
                 });
@@ -399,6 +428,9 @@ impl PodsWatch {
             .and_then(Value::as_str)
             .is_some_and(|at| !at.is_empty())
         {
+            if let Some(run) = self.runs.remove(key) {
+                run.abort();
+            }
             let deletion = PodDeletion {
                 namespace: namespace.to_owned(),
                 name: name.to_owned(),
@@ -451,7 +483,124 @@ impl PodsWatch {
             update(&self.stats, |s| {
                 s.pods.insert(key.to_owned(), ip.to_string());
             });
+            let restart_policy = pod
+                .pointer("/spec/restartPolicy")
+                .and_then(Value::as_str)
+                .unwrap_or("Always");
+            if matches!(restart_policy, "Never" | "OnFailure") {
+                let run = tokio::spawn(run_to_end(
+                    Arc::clone(node),
+                    (namespace.to_owned(), name.to_owned()),
+                    containers(pod),
+                    ip,
+                    restart_policy == "OnFailure",
+                ));
+                if let Some(earlier) = self.runs.insert(key.to_owned(), run) {
+                    earlier.abort();
+                }
+            }
         }
+    }
+}
+
+/// Each container's name and how it ends.
+fn containers(pod: &Value) -> Vec<(String, Ending)> {
+    let words = |container: &Value, field: &str| -> Vec<String> {
+        container[field]
+            .as_array()
+            .map(|words| {
+                words
+                    .iter()
+                    .filter_map(|w| w.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    pod.pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .map(|containers| {
+            containers
+                .iter()
+                .map(|c| {
+                    (
+                        c["name"].as_str().unwrap_or_default().to_owned(),
+                        script::ending(&words(c, "command"), &words(c, "args")),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Runs a pod's containers to their end and reports it: Succeeded when all exited 0,
+/// else Failed, or under `OnFailure` restarted in place (a second later, counted in
+/// `restartCount`) until they succeed.
+async fn run_to_end(
+    node: Arc<HollowNode>,
+    (namespace, name): (String, String),
+    containers: Vec<(String, Ending)>,
+    ip: Ipv4Addr,
+    restart_on_failure: bool,
+) {
+    let mut restarts = 0u32;
+    loop {
+        let longest = containers.iter().map(|(_, e)| e.after).max();
+        tokio::time::sleep(longest.unwrap_or_default()).await;
+        let crashed = node
+            .crashes
+            .lock()
+            .map(|mut crashes| {
+                let crashed = *crashes > 0;
+                *crashes = crashes.saturating_sub(1);
+                crashed
+            })
+            .unwrap_or(false);
+        let finished_at = berth_api::time::rfc3339_now();
+        let ended: Vec<(String, i32)> = containers
+            .iter()
+            .enumerate()
+            .map(|(i, (container, ending))| {
+                let code = if crashed && i == 0 {
+                    1
+                } else {
+                    ending.exit_code
+                };
+                (container.clone(), code)
+            })
+            .collect();
+        let failed = ended.iter().any(|(_, code)| *code != 0);
+        let terminated = |code: i32| {
+            json!({"terminated": {"exitCode": code,
+                "reason": if code == 0 { "Completed" } else { "Error" },
+                "finishedAt": finished_at}})
+        };
+        let status = if failed && restart_on_failure {
+            restarts += 1;
+            json!({"phase": "Running", "podIP": ip.to_string(), "hostIP": node.gateway().to_string(),
+                "conditions": [{"type": "Ready", "status": "True"}],
+                "containerStatuses": ended.iter().map(|(container, code)| json!({
+                    "name": container, "ready": true, "started": true, "restartCount": restarts,
+                    "state": {"running": {}}, "lastState": terminated(*code)})).collect::<Vec<_>>()})
+        } else {
+            json!({"phase": if failed { "Failed" } else { "Succeeded" },
+                "podIP": ip.to_string(), "hostIP": node.gateway().to_string(),
+                "conditions": [{"type": "Ready", "status": "False"}],
+                "containerStatuses": ended.iter().map(|(container, code)| json!({
+                    "name": container, "restartCount": restarts,
+                    "state": terminated(*code)})).collect::<Vec<_>>()})
+        };
+        let report = PodStatusReport {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            status_json: serde_json::to_vec(&status).unwrap_or_default(),
+        };
+        if let Err(e) = node.client().report_pod_status(report).await {
+            tracing::debug!(pod = %format!("{namespace}/{name}"), "reporting the end failed: {e}");
+        }
+        if !(failed && restart_on_failure) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

@@ -3,4 +3,5 @@
 //! starts a real control plane on ephemeral ports with a client from its admin.conf.
 
 pub mod hollow;
+pub mod script;
 pub mod server;

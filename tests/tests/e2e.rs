@@ -188,6 +188,97 @@ fn manifest(replicas: u32, image: &str) -> String {
     .render()
 }
 
+/// A StatefulSet under its headless Service: pods `db-0`..`db-2`.
+const STATEFUL: &str = "apiVersion: v1
+kind: Service
+metadata: {name: db}
+spec:
+  clusterIP: None
+  selector: {app: db}
+  ports: [{name: http, port: 8080}]
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db}
+spec:
+  serviceName: db
+  replicas: 3
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec:
+      containers:
+        - name: echo
+          image: berth/echo:v1
+          ports: [{containerPort: 8080}]
+          readinessProbe: {httpGet: {path: /readyz, port: 8080}, periodSeconds: 1}
+";
+
+/// Each StatefulSet pod resolves by its own name (`db-1.db.default.svc.cluster.local`)
+/// from another pod, through the DNS server of that pod's node, answers at the shorter
+/// `db-1.db.default.svc` (the search path), and calls itself by its name.
+async fn stateful_pods_resolve_by_name(
+    cluster: &E2eCluster,
+    runtime: &DockerRuntime,
+    client_container: &str,
+) {
+    let started = Instant::now();
+    cluster.apply(STATEFUL);
+    let pods = cluster.wait_ready("db-", 3, Duration::from_secs(180)).await;
+    println!(
+        "statefulset db ready in {} on {:?}",
+        seconds(started.elapsed()),
+        pods.iter().map(|p| &p.node).collect::<Vec<_>>()
+    );
+    let resolve = async |name: &str| -> Option<Ipv4Addr> {
+        let lookup = exec(
+            runtime,
+            client_container,
+            &["/bin/busybox", "nslookup", name],
+        )
+        .await;
+        lookup
+            .lines()
+            .filter_map(|line| line.strip_prefix("Address:"))
+            .filter_map(|address| address.trim().parse().ok())
+            .next_back()
+    };
+    for pod in &pods {
+        let name = format!("{}.db.default.svc.cluster.local", pod.name);
+        // The agents learn the endpoints a moment after the pods turn ready.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let resolved = resolve(&name).await;
+            if resolved == Some(pod.ip) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} from a pod: {resolved:?}, not {}",
+                pod.ip
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        // The shorter name through the pod's search path (the image's own resolver,
+        // which searches as the C library does; busybox's nslookup does not), and the
+        // pod answers on it.
+        let url = format!("http://{}.db.default.svc:8080/", pod.name);
+        let fetched = exec(runtime, client_container, &["wget", "-qO-", &url]).await;
+        assert!(
+            fetched.starts_with(&format!("pod={}", pod.name)),
+            "{url} from a pod: {fetched:?}"
+        );
+        let container = app_container(runtime, &pod.name)
+            .await
+            .expect("the pod's container");
+        let hostname = exec(runtime, &container, &["/bin/busybox", "hostname"]).await;
+        assert_eq!(hostname.trim(), pod.name, "the pod's host name");
+    }
+    cluster.berthctl_ok(&["delete", "statefulset", "db"]);
+    cluster.berthctl_ok(&["delete", "service", "db"]);
+    cluster.wait_ready("db-", 0, Duration::from_secs(120)).await;
+}
+
 fn seconds(duration: Duration) -> String {
     format!("{:.1} s", duration.as_secs_f64())
 }
@@ -257,6 +348,7 @@ async fn scenarios(cluster: &mut E2eCluster) -> String {
     assert_eq!(resolved, VIP, "nslookup web from a pod: {lookup:?}");
     let by_name = responders(&client_ns, SocketAddrV4::new(resolved, 80), 30);
     assert_eq!(by_name, names(&web), "by DNS name from a pod");
+    stateful_pods_resolve_by_name(cluster, &runtime, &client_container).await;
     // Pod to pod, by pod IP, no Service: every replica answers the client pod, those on
     // other nodes through the agents' routes (native, or the tunnel).
     let mut direct = BTreeSet::new();
@@ -593,7 +685,82 @@ async fn scenarios(cluster: &mut E2eCluster) -> String {
         times,
     });
 
+    // 10. Jobs in real containers (the image's busybox shell): three completions two at
+    // a time, each pod Succeeded; a pod exiting 3 fails its Job (backoffLimit 0).
+    let started = Instant::now();
+    cluster.apply(JOBS);
+    let count = wait_job(cluster, "count", "Complete").await;
+    assert_eq!(count["status"]["succeeded"], 3, "{count}");
+    let fail = wait_job(cluster, "fail", "Failed").await;
+    assert_eq!(fail["status"]["failed"], 1, "{fail}");
+    let pods: serde_json::Value = serde_json::from_str(&cluster.berthctl_ok(&[
+        "get",
+        "pods",
+        "-l",
+        "job-name=fail",
+        "-o",
+        "json",
+    ]))
+    .expect("pods as JSON");
+    let pod = &pods["items"][0];
+    assert_eq!(pod["status"]["phase"], "Failed", "{pod}");
+    assert_eq!(
+        pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"], 3,
+        "{pod}"
+    );
+    let times = format!("both finished {} after apply", seconds(started.elapsed()));
+    println!("scenario 10 jobs: {times}");
+    report.rows.push(Row {
+        scenario: "10 jobs",
+        sent: 0,
+        failed: 0,
+        times,
+    });
+
     report.render()
+}
+
+/// Two Jobs whose pods run the echo image's busybox shell.
+const JOBS: &str = r#"apiVersion: batch/v1
+kind: Job
+metadata: {name: count}
+spec:
+  completions: 3
+  parallelism: 2
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{name: count, image: "berth/echo:v1", command: [/bin/busybox, sh, -c, "sleep 1; exit 0"]}]
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: fail}
+spec:
+  backoffLimit: 0
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{name: fail, image: "berth/echo:v1", command: [/bin/busybox, sh, -c, "exit 3"]}]
+"#;
+
+/// Job `name` once its condition `type_` (`Complete`, `Failed`) is true (2 minutes at
+/// most).
+async fn wait_job(cluster: &E2eCluster, name: &str, type_: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let output = cluster.berthctl(&["get", "job", name, "-o", "json"]);
+        let job: serde_json::Value =
+            serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null);
+        let done = job["status"]["conditions"].as_array().is_some_and(|c| {
+            c.iter()
+                .any(|c| c["type"] == type_ && c["status"] == "True")
+        });
+        if done {
+            return job;
+        }
+        assert!(Instant::now() < deadline, "job {name} not {type_}: {job}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// A HorizontalPodAutoscaler for `web`: 10 new connections per second per pod, 2 to 6

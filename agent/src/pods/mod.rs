@@ -1039,6 +1039,13 @@ impl PodManager {
                     ],
                     options: vec!["ndots:5".to_owned()],
                 }),
+            hostname: pod.hostname.clone(),
+            domainname: match &self.config.dns {
+                Some((_, domain)) if !pod.subdomain.is_empty() => {
+                    format!("{}.{domain}", pod.subdomain)
+                }
+                _ => String::new(),
+            },
             ..ContainerSpec::default()
         };
         let pause_id = match self.runtime.create_and_start(&spec).await {
@@ -1384,8 +1391,11 @@ impl PodManager {
                 (labels::ATTEMPT.to_owned(), attempt.to_string()),
                 (labels::SPEC_HASH.to_owned(), hash.clone()),
             ]),
-            // In the pause container's network, it shares that one's resolv.conf.
+            // In the pause container's network, it shares that one's resolv.conf and
+            // host name.
             dns: None,
+            hostname: String::new(),
+            domainname: String::new(),
             confinement: Confinement {
                 pids_limit: self.config.pids_limit,
                 log_rotation: self.config.log_rotation,

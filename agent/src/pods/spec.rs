@@ -66,6 +66,11 @@ pub struct PodDesired {
     /// `imagePullSecrets`: Secrets in the pod's namespace whose docker config has the
     /// credentials for the images' registries.
     pub pull_secrets: Vec<String>,
+    /// The pod's host name: its `hostname`, or its name (Kubernetes' rule).
+    pub hostname: String,
+    /// `<subdomain>.<namespace>.svc` when the pod has a `subdomain`, so that the host's
+    /// full name is the one the cluster DNS answers for it (the cluster domain follows).
+    pub subdomain: String,
 }
 
 /// A volume of the pod (`super::volumes` sets it up).
@@ -477,6 +482,16 @@ impl PodDesired {
                 .iter()
                 .map(|secret| secret.name.clone())
                 .collect(),
+            hostname: if pod.spec.hostname.is_empty() {
+                pod.metadata.name.clone()
+            } else {
+                pod.spec.hostname.clone()
+            },
+            subdomain: if pod.spec.subdomain.is_empty() {
+                String::new()
+            } else {
+                format!("{}.{}.svc", pod.spec.subdomain, pod.metadata.namespace)
+            },
         })
     }
 

@@ -691,17 +691,30 @@ fn create_body(spec: &ContainerSpec) -> Result<ContainerCreateBody, RuntimeError
         .transpose()?;
     let confinement = &spec.confinement;
     let (network_mode, hostname) = match &spec.network {
-        // As in Kubernetes, a pod's hostname is its name (at most one DNS label long).
+        // As in Kubernetes, a pod's hostname is its `hostname` or else its name (at most
+        // one DNS label long).
         NetworkMode::None => (
             "none".to_owned(),
-            Some(spec.pod_name.chars().take(63).collect()),
+            Some(
+                if spec.hostname.is_empty() {
+                    &spec.pod_name
+                } else {
+                    &spec.hostname
+                }
+                .chars()
+                .take(63)
+                .collect(),
+            ),
         ),
         // The engine refuses a hostname here: the container takes its namespace owner's.
         NetworkMode::Container(owner) => (format!("container:{owner}"), None),
     };
+    let domainname =
+        (hostname.is_some() && !spec.domainname.is_empty()).then(|| spec.domainname.clone());
     Ok(ContainerCreateBody {
         image: Some(spec.image.clone()),
         hostname,
+        domainname,
         entrypoint: spec.command.clone(),
         cmd: spec.args.clone(),
         working_dir: spec.working_dir.clone(),

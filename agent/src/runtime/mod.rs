@@ -193,6 +193,11 @@ pub struct ContainerSpec {
     /// another's network (app containers in a pod) share that one's resolv.conf.
     pub dns: Option<DnsSettings>,
     pub confinement: Confinement,
+    /// The host name of a container with a network of its own (the pod's pause
+    /// container); the pod's name when empty.
+    pub hostname: String,
+    /// Its domain, making `hostname -f` `<hostname>.<domainname>`; none when empty.
+    pub domainname: String,
 }
 
 /// What the engine confines a container to.

@@ -189,6 +189,18 @@ impl From<registry::Error> for ApiError {
                 "ServiceUnavailable",
                 message,
             ),
+            E::TooManyRequests { cause, .. } => {
+                Self::new(StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", message).with_details(
+                    Details {
+                        causes: vec![Cause {
+                            field: String::new(),
+                            message: cause,
+                            reason: "DisruptionBudget",
+                        }],
+                        ..Details::default()
+                    },
+                )
+            }
             E::Internal(_) => Self::internal(message),
         }
     }

@@ -89,7 +89,7 @@ pub fn document() -> Value {
         .unwrap_or(Value::Null);
     for rt in RESOURCE_TYPES
         .iter()
-        .filter(|rt| matches!(rt.kind, "Deployment" | "ReplicaSet"))
+        .filter(|rt| matches!(rt.kind, "Deployment" | "ReplicaSet" | "StatefulSet"))
     {
         let path = format!(
             "{}/namespaces/{{namespace}}/{}/{{name}}/scale",
@@ -105,20 +105,25 @@ pub fn document() -> Value {
             }),
         );
     }
-    paths.insert(
-        "/apis/apps/v1/namespaces/{namespace}/deployments/{name}/rollback".to_owned(),
-        json!({
-            "parameters": [param("namespace"), param("name")],
-            "post": {
-                "summary": "Roll a Deployment back to an earlier pod template (rollout undo)",
-                "requestBody": {"content": {"application/json": {"schema": {
-                    "type": "object",
-                    "properties": {"toRevision": {"type": "integer", "description": "0 or absent: the previous revision"}},
-                }}}},
-                "responses": responses(&json!({"$ref": "#/components/schemas/Deployment"})),
-            },
-        }),
-    );
+    for (plural, kind) in [
+        ("deployments", "Deployment"),
+        ("statefulsets", "StatefulSet"),
+    ] {
+        paths.insert(
+            format!("/apis/apps/v1/namespaces/{{namespace}}/{plural}/{{name}}/rollback"),
+            json!({
+                "parameters": [param("namespace"), param("name")],
+                "post": {
+                    "summary": format!("Roll a {kind} back to an earlier pod template (rollout undo)"),
+                    "requestBody": {"content": {"application/json": {"schema": {
+                        "type": "object",
+                        "properties": {"toRevision": {"type": "integer", "description": "0 or absent: the previous revision"}},
+                    }}}},
+                    "responses": responses(&json!({"$ref": format!("#/components/schemas/{kind}")})),
+                },
+            }),
+        );
+    }
     add_node_paths(&mut paths);
     paths.insert(
         "/apply".to_owned(),

@@ -280,7 +280,7 @@ async fn dispatch(
             };
             ("scale", result.await)
         }
-        (&Method::POST, Some(name), Some("rollback")) if rt.kind == "Deployment" => {
+        (&Method::POST, Some(name), Some("rollback")) if has_history(rt) => {
             let result = async {
                 let bytes = read_body(body, MAX_OBJECT_BYTES).await?;
                 let request: RollbackRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -289,7 +289,7 @@ async fn dispatch(
                     serde_json::from_slice(&bytes)
                         .map_err(|e| ApiError::bad_request(format!("request body: {e}")))?
                 };
-                replied(registry.rollback(ns, name, request.to_revision).await)
+                replied(registry.rollback(rt, ns, name, request.to_revision).await)
             };
             ("rollback", result.await)
         }
@@ -305,6 +305,30 @@ async fn dispatch(
                 super::token_request::issue(state, ns, name, request).await
             };
             ("token", result.await)
+        }
+        (&Method::POST, Some(name), Some("eviction")) if rt.kind == "Pod" => {
+            let result = async {
+                let eviction: berth_api::disruption::Eviction =
+                    read_json(body, MAX_OBJECT_BYTES).await?;
+                if !eviction.metadata.name.is_empty() && eviction.metadata.name != name {
+                    return Err(ApiError::bad_request(format!(
+                        "the Eviction's metadata.name {:?} does not match the pod {name:?} of the URL",
+                        eviction.metadata.name
+                    )));
+                }
+                let body = eviction.delete_options.unwrap_or(Value::Null);
+                let options = options_of(query, &body)?;
+                registry.evict(ns, name, &options).await?;
+                Ok((
+                    StatusCode::CREATED,
+                    Json(
+                        json!({"apiVersion": "v1", "kind": "Status", "status": "Success",
+                        "metadata": {}, "code": 201}),
+                    ),
+                )
+                    .into_response())
+            };
+            ("evict", result.await)
         }
         (&Method::GET, Some(name), Some("log")) if rt.kind == "Pod" => {
             ("log", node_proxy::logs(state, ns, name, query).await)
@@ -356,6 +380,11 @@ async fn dispatch(
     }
 }
 
+/// Kinds whose pod templates are kept as revisions `rollout undo` goes back to.
+fn has_history(rt: &ResourceType) -> bool {
+    matches!(rt.kind, "Deployment" | "DaemonSet")
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct RollbackRequest {
@@ -395,9 +424,15 @@ pub(super) fn subresources(rt: &ResourceType) -> Vec<Subresource> {
         });
     }
     match rt.kind {
-        "Deployment" => served.push(own("rollback", &["create"])),
+        "Deployment" | "DaemonSet" | "StatefulSet" => served.push(own("rollback", &["create"])),
         "Pod" => {
             served.push(own("log", &["get"]));
+            served.push(Subresource {
+                name: "eviction",
+                kind: Some("Eviction"),
+                group_version: Some(("policy", "v1")),
+                verbs: &["create"],
+            });
             served.push(Subresource {
                 name: "exec",
                 kind: Some("PodExecOptions"),
@@ -540,7 +575,12 @@ pub(super) fn dry_run(query: &HashMap<String, String>) -> Result<bool, ApiError>
 }
 
 fn is_scalable(rt: &ResourceType) -> bool {
-    matches!(rt.kind, "Deployment" | "ReplicaSet")
+    matches!(rt.kind, "Deployment" | "ReplicaSet" | "StatefulSet")
+}
+
+/// Kinds whose templates the API server keeps as ControllerRevisions.
+fn has_history(rt: &ResourceType) -> bool {
+    matches!(rt.kind, "Deployment" | "StatefulSet")
 }
 
 pub(super) fn is_true(value: Option<&String>) -> bool {
@@ -669,6 +709,12 @@ async fn delete_options(
         serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::bad_request(format!("DeleteOptions: {e}")))?
     };
+    options_of(query, &body)
+}
+
+/// DeleteOptions from the query and a body already read (an Eviction's
+/// `deleteOptions`); the query wins.
+fn options_of(query: &HashMap<String, String>, body: &Value) -> Result<DeleteOptions, ApiError> {
     let resource_version = match query.get("resourceVersion") {
         Some(rv) => parse_resource_version(rv)?,
         None => parse_resource_version(

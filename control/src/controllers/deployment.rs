@@ -61,7 +61,12 @@ fn ready_replicas(rs: &ReplicaSet) -> i64 {
 }
 
 /// An absolute number or a percentage of `total`, rounded up or down.
-fn scaled(value: Option<&IntOrString>, total: i64, round_up: bool, default_percent: i64) -> i64 {
+pub(super) fn scaled(
+    value: Option<&IntOrString>,
+    total: i64,
+    round_up: bool,
+    default_percent: i64,
+) -> i64 {
     let percent = |p: i64| {
         let exact = total * p;
         if round_up {

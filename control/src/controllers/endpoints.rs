@@ -106,6 +106,16 @@ pub struct Selected {
     pub ports: Vec<EndpointPort>,
 }
 
+/// The name a pod has under `service` (Kubernetes' rule): its `hostname`, when its
+/// `subdomain` names the Service; none otherwise.
+fn dns_hostname<'a>(service: &Service, pod: &'a Pod) -> &'a str {
+    if pod.spec.subdomain == service.metadata.name {
+        &pod.spec.hostname
+    } else {
+        ""
+    }
+}
+
 /// The pods `service` selects that have an address and are not finished; None for a
 /// Service without a selector, whose endpoints the user manages.
 pub fn select(service: &Service, snapshot: &Snapshot) -> Option<Selected> {
@@ -125,6 +135,7 @@ pub fn select(service: &Service, snapshot: &Snapshot) -> Option<Selected> {
                 ip: ip.to_owned(),
                 node_name: pod.spec.node_name.clone(),
                 target_pod: pod.metadata.name.clone(),
+                hostname: dns_hostname(service, pod).to_owned(),
                 terminating: pod_is_terminating(pod),
             },
             ready: pod_is_ready(pod),
@@ -194,6 +205,7 @@ mod tests {
             ip: ip.to_owned(),
             node_name: "n1".to_owned(),
             target_pod: pod.to_owned(),
+            hostname: String::new(),
             terminating,
         }
     }
@@ -280,5 +292,38 @@ mod tests {
             subset.not_ready_addresses,
             [address("198.18.1.3", "b", true)]
         );
+    }
+
+    #[test]
+    fn a_pod_has_its_hostname_under_the_service_it_names_as_subdomain() {
+        let service = |name: &str| -> Service {
+            typed(json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": name, "namespace": "default", "uid": name},
+                "spec": {"clusterIP": "None", "selector": {"app": "web"}, "ports": [{"port": 80}]}}))
+        };
+        let mut named = pod("web-0", "198.18.1.2", true, "web");
+        named.spec.hostname = "web-0".to_owned();
+        named.spec.subdomain = "nginx".to_owned();
+        let snapshot = Snapshot::from_objects(
+            vec![
+                service("nginx").into_object(),
+                service("other").into_object(),
+                named.into_object(),
+            ],
+            1,
+        );
+        let ctx = Context {
+            now: 0,
+            settings: Settings::default(),
+        };
+        let hostname = |name: &str| {
+            let outcome = EndpointsController.reconcile(&service(name), &snapshot, &ctx);
+            let [Write::Create(Object::Endpoints(object))] = outcome.writes.as_slice() else {
+                panic!("{outcome:?}")
+            };
+            object.subsets[0].addresses[0].hostname.clone()
+        };
+        assert_eq!(hostname("nginx"), "web-0");
+        assert_eq!(hostname("other"), "", "not its subdomain");
     }
 }

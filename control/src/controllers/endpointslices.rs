@@ -183,6 +183,7 @@ fn endpoint_of(selected: SelectedEndpoint) -> Endpoint {
             terminating: Some(terminating),
         },
         node_name: Some(selected.address.node_name).filter(|n| !n.is_empty()),
+        hostname: Some(selected.address.hostname).filter(|h| !h.is_empty()),
         target_ref: Some(ObjectReference {
             api_version: String::new(),
             kind: "Pod".to_owned(),

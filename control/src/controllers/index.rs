@@ -11,7 +11,10 @@ use std::{
     sync::Arc,
 };
 
-use berth_api::core::{Node, Pod, parse_cpu_millis, parse_memory_bytes};
+use berth_api::{
+    core::{Node, Pod, parse_cpu_millis, parse_memory_bytes},
+    scheduling::Taint,
+};
 
 use super::{controller_uid, pod_is_ready, pod_is_terminal, pod_is_terminating};
 use crate::objects::Object;
@@ -20,23 +23,20 @@ use crate::objects::Object;
 pub const DEFAULT_CPU_MILLIS: u64 = 4_000;
 pub const DEFAULT_MEMORY_BYTES: u64 = 8 << 30;
 
-/// Why no pod fits a node whatever it asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unfit {
-    NotReady,
-    Unschedulable,
-}
-
 /// What the scheduler's filters read of a Node, parsed once per change of the Node
 /// rather than once per scheduling pass.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeFit {
     pub name: String,
     pub labels: BTreeMap<String, String>,
-    pub unfit: Option<Unfit>,
+    /// Its Ready condition is True.
+    pub ready: bool,
+    /// Cordoned (`spec.unschedulable`).
+    pub unschedulable: bool,
     /// Allocatable millicores and bytes.
     pub cpu: u64,
     pub memory: u64,
+    pub taints: Vec<Taint>,
 }
 
 impl NodeFit {
@@ -46,13 +46,6 @@ impl NodeFit {
                 .iter()
                 .any(|c| c.type_ == "Ready" && c.status == "True")
         });
-        let unfit = if !ready {
-            Some(Unfit::NotReady)
-        } else if node.spec.unschedulable {
-            Some(Unfit::Unschedulable)
-        } else {
-            None
-        };
         let allocatable = node.status.as_ref().map(|s| &s.allocatable);
         let cpu = allocatable
             .and_then(|a| a.get("cpu"))
@@ -65,9 +58,11 @@ impl NodeFit {
         Self {
             name: node.metadata.name.clone(),
             labels: node.metadata.labels.clone(),
-            unfit,
+            ready,
+            unschedulable: node.spec.unschedulable,
             cpu,
             memory,
+            taints: node.spec.taints.clone(),
         }
     }
 }
@@ -110,12 +105,26 @@ pub struct Index {
     /// Per namespace and controller uid: its replicas (a ReplicaSet counts the pods of
     /// its own namespace only).
     replicas: HashMap<(String, String), Replicas>,
+    /// How many pods holding resources have required pod anti-affinity: while there are
+    /// none, no pod need be checked against other pods' terms.
+    anti_affinity: usize,
 }
 
 /// Whether the pod counts against its node's resources: bound and not finished
 /// (a terminating pod still runs, and holds what it asked for until it is gone).
 pub fn holds_resources(pod: &Pod) -> bool {
     !pod.spec.node_name.is_empty() && !pod_is_terminal(pod)
+}
+
+fn has_required_anti_affinity(pod: &Pod) -> bool {
+    pod.spec
+        .affinity
+        .as_ref()
+        .and_then(|a| a.pod_anti_affinity.as_ref())
+        .is_some_and(|a| {
+            !a.required_during_scheduling_ignored_during_execution
+                .is_empty()
+        })
 }
 
 /// What the pod's containers request: millicores and bytes.
@@ -159,6 +168,13 @@ impl Index {
     fn count_pod(&mut self, pod: &Pod, appearing: bool) {
         let owner = controller_uid(&pod.metadata);
         if holds_resources(pod) {
+            if has_required_anti_affinity(pod) {
+                self.anti_affinity = if appearing {
+                    self.anti_affinity + 1
+                } else {
+                    self.anti_affinity.saturating_sub(1)
+                };
+            }
             let node = pod.spec.node_name.as_str();
             let (cpu, memory) = requests(pod);
             let usage = self.usage.entry(node.to_owned()).or_default();
@@ -226,6 +242,11 @@ impl Index {
             .into_iter()
             .flatten()
             .map(|(node, count)| (node.as_str(), *count))
+    }
+
+    /// Whether some pod holding resources has required pod anti-affinity.
+    pub fn has_anti_affinity(&self) -> bool {
+        self.anti_affinity > 0
     }
 
     /// The replicas of controller `uid` in `namespace`.

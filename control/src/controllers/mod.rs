@@ -11,7 +11,10 @@
 pub mod aggregation;
 pub mod autoscaler;
 mod cache;
+pub mod daemonset;
+pub mod cronjob;
 pub mod deployment;
+pub mod disruption;
 pub mod endpoints;
 pub mod endpointslices;
 pub mod events;
@@ -19,13 +22,17 @@ pub mod events;
 pub(crate) mod fixtures;
 pub mod gc;
 pub mod index;
+pub mod job;
 pub mod loadbalancer;
 pub mod namespace;
 pub mod nodes;
+pub mod placement;
 pub mod quota;
 pub mod replicaset;
 pub mod scheduler;
 pub mod serviceaccounts;
+pub mod taints;
+pub mod statefulset;
 pub mod volumes;
 
 use std::{
@@ -97,6 +104,16 @@ impl Write {
         Self::UpdateStatus(object.into_object())
     }
 
+    /// An Event about `object`.
+    pub fn event<K: Kind>(object: &K, type_: &'static str, reason: &str, message: &str) -> Self {
+        Self::Event {
+            involved: reference(object),
+            reason: reason.to_owned(),
+            message: message.to_owned(),
+            type_,
+        }
+    }
+
     /// Deletes `object` (gracefully, for a pod).
     pub fn delete<K: Kind>(object: &K) -> Self {
         Self::Delete {
@@ -133,8 +150,6 @@ pub const DEFAULT_LOCAL_VOLUME_DIR: &str = "/var/lib/berth/volumes";
 pub struct Settings {
     /// A node whose last heartbeat is older than this is marked `Ready=Unknown`.
     pub node_grace: Duration,
-    /// Pods on a node not ready for this long are deleted (and so rescheduled).
-    pub pod_eviction_timeout: Duration,
     /// Everything is reconciled again this often, to heal missed mappings.
     pub resync: Duration,
     /// Where LoadBalancer Services get their addresses; None leaves them pending.
@@ -162,7 +177,6 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             node_grace: Duration::from_secs(40),
-            pod_eviction_timeout: Duration::from_secs(60),
             resync: Duration::from_secs(60),
             load_balancer_pool: None,
             observing_since: 0,
@@ -310,22 +324,15 @@ pub fn owner_reference<K: Kind>(owner: &K) -> OwnerReference {
 }
 
 pub fn pod_is_terminal(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .is_some_and(|s| matches!(s.phase.as_str(), "Succeeded" | "Failed"))
+    pod.is_terminal()
 }
 
-/// Deleted gracefully and waiting for its node to stop it (Kubernetes' deletionTimestamp).
 pub fn pod_is_terminating(pod: &Pod) -> bool {
-    !pod.metadata.deletion_timestamp.is_empty()
+    pod.is_terminating()
 }
 
 pub fn pod_is_ready(pod: &Pod) -> bool {
-    pod.status.as_ref().is_some_and(|s| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True")
-    })
+    pod.is_ready()
 }
 
 /// Runs the reconcilers until `shutdown` flips.
@@ -396,8 +403,14 @@ impl Controllers {
             vec![
                 Box::new(deployment::DeploymentController),
                 Box::new(replicaset::ReplicaSetController),
+                Box::new(daemonset::DaemonSetController),
+                Box::new(disruption::DisruptionController),
+                Box::new(job::JobController),
+                Box::new(cronjob::CronJobController),
+                Box::new(statefulset::StatefulSetController),
                 Box::new(scheduler::Scheduler),
                 Box::new(nodes::NodeLifecycle),
+                Box::new(taints::TaintManager),
                 Box::new(loadbalancer::LoadBalancerController),
                 Box::new(namespace::NamespaceController),
                 Box::new(volumes::VolumeBinder),
@@ -408,6 +421,10 @@ impl Controllers {
                 Box::new(volumes::VolumeReclaimer),
                 Box::new(gc::GarbageCollector::<Pod>::new()),
                 Box::new(gc::GarbageCollector::<berth_api::apps::ReplicaSet>::new()),
+                Box::new(gc::GarbageCollector::<berth_api::batch::Job>::new()),
+                Box::new(gc::GarbageCollector::<
+                    berth_api::storage::PersistentVolumeClaim,
+                >::new()),
                 Box::new(gc::GarbageCollector::<berth_api::core::Endpoints>::new()),
                 Box::new(gc::GarbageCollector::<berth_api::discovery::EndpointSlice>::new()),
                 Box::new(autoscaler::Autoscaler::new(usage.clone())),

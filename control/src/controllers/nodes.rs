@@ -1,12 +1,18 @@
-//! Node lifecycle: a node whose agent stopped heartbeating is marked `Ready=Unknown`;
-//! after the eviction timeout its pods are deleted so their ReplicaSets replace them
-//! on live nodes.
+//! Node lifecycle: a node whose agent stopped heartbeating is marked `Ready=Unknown`,
+//! and a node is tainted the Kubernetes way while it is not ready
+//! (`node.kubernetes.io/not-ready`, Ready False) or unreachable
+//! (`node.kubernetes.io/unreachable`, Ready Unknown), `NoSchedule` and `NoExecute`, and
+//! while it is cordoned (`node.kubernetes.io/unschedulable:NoSchedule`). Its pods are
+//! then evicted by the taint manager ([`super::taints`]) when their tolerations run out:
+//! the default ones admission gives every pod last `--pod-eviction-timeout`.
 
 use std::time::Duration;
 
 use berth_api::{
     core::{Condition, Node, Pod},
-    kinds::PODS,
+    scheduling::{
+        NO_EXECUTE, NO_SCHEDULE, TAINT_NOT_READY, TAINT_UNREACHABLE, TAINT_UNSCHEDULABLE, Taint,
+    },
 };
 
 use super::{Context, Outcome, Reconciler, Snapshot, Write, reference};
@@ -26,7 +32,7 @@ fn timestamp(text: &str) -> Option<u64> {
     util::parse_rfc3339(text)
 }
 
-fn pods_on<'a>(snapshot: &'a Snapshot, node: &'a Node) -> impl Iterator<Item = &'a Pod> {
+pub(super) fn pods_on<'a>(snapshot: &'a Snapshot, node: &'a Node) -> impl Iterator<Item = &'a Pod> {
     snapshot
         .list::<Pod>(None)
         .filter(move |pod| pod.spec.node_name == node.metadata.name)
@@ -50,6 +56,48 @@ fn marked_not_ready(pod: &Pod) -> Option<Pod> {
     Some(pod)
 }
 
+/// The taints this controller owns.
+const LIFECYCLE_TAINTS: [&str; 3] = [TAINT_NOT_READY, TAINT_UNREACHABLE, TAINT_UNSCHEDULABLE];
+
+/// The node's taints as its Ready status (None: never reported) and cordon want them:
+/// the taints of others kept, this controller's added (`NoExecute` ones stamped with
+/// `now`: tolerations count from then) or kept as they are, or removed.
+fn lifecycle_taints(node: &Node, ready: Option<&str>, now: u64) -> Vec<Taint> {
+    let mut wanted: Vec<(&str, &str)> = Vec::new();
+    let down = match ready {
+        Some("False") => Some(TAINT_NOT_READY),
+        Some("True") | None => None,
+        Some(_) => Some(TAINT_UNREACHABLE),
+    };
+    if let Some(key) = down {
+        wanted.extend([(key, NO_SCHEDULE), (key, NO_EXECUTE)]);
+    }
+    if node.spec.unschedulable {
+        wanted.push((TAINT_UNSCHEDULABLE, NO_SCHEDULE));
+    }
+    let mut taints: Vec<Taint> = node
+        .spec
+        .taints
+        .iter()
+        .filter(|t| {
+            !LIFECYCLE_TAINTS.contains(&t.key.as_str())
+                || wanted.contains(&(t.key.as_str(), t.effect.as_str()))
+        })
+        .cloned()
+        .collect();
+    for (key, effect) in wanted {
+        if !taints.iter().any(|t| t.key == key && t.effect == effect) {
+            taints.push(Taint {
+                key: key.to_owned(),
+                value: String::new(),
+                effect: effect.to_owned(),
+                time_added: (effect == NO_EXECUTE).then(|| util::rfc3339(now)),
+            });
+        }
+    }
+    taints
+}
+
 impl Reconciler for NodeLifecycle {
     type Object = Node;
 
@@ -59,10 +107,15 @@ impl Reconciler for NodeLifecycle {
 
     fn reconcile(&self, node: &Node, snapshot: &Snapshot, ctx: &Context) -> Outcome {
         let grace = ctx.settings.node_grace.as_secs();
-        let eviction = ctx.settings.pod_eviction_timeout.as_secs();
         let Some(ready) = ready_condition(node) else {
-            // Never reported: nothing to judge yet.
-            return Outcome::default();
+            // Never reported: nothing to judge yet but its cordon.
+            let taints = lifecycle_taints(node, None, ctx.now);
+            if taints == node.spec.taints {
+                return Outcome::default();
+            }
+            let mut tainted = node.clone();
+            tainted.spec.taints = taints;
+            return Outcome::writes(vec![Write::update(tainted)]);
         };
         let mut writes = Vec::new();
         let observing_since = ctx.settings.observing_since;
@@ -73,7 +126,7 @@ impl Reconciler for NodeLifecycle {
             ready.status.as_str()
         };
         let silent_for = ctx.now.saturating_sub(heartbeat.max(observing_since));
-        let mut requeue = Duration::from_secs(grace.saturating_sub(silent_for).max(1));
+        let requeue = Duration::from_secs(grace.saturating_sub(silent_for).max(1));
         if status == "True" && silent_for > grace {
             let mut updated = node.clone();
             if let Some(node_status) = updated.status.as_mut() {
@@ -92,6 +145,7 @@ impl Reconciler for NodeLifecycle {
                     };
                 }
             }
+            // The taints follow once the status is stored: the change brings it back here.
             writes.push(Write::update_status(updated));
             // As Kubernetes does: its pods stop being Ready, so the Services' endpoints
             // drop them now, not at eviction. The agent reports them again when it returns.
@@ -109,23 +163,12 @@ impl Reconciler for NodeLifecycle {
                 ),
                 type_: "Warning",
             });
-            requeue = Duration::from_secs(eviction.max(1));
-        } else if status != "True" {
-            let since = timestamp(&ready.last_transition_time).unwrap_or(heartbeat);
-            let down_for = ctx.now.saturating_sub(since.max(observing_since));
-            if down_for >= eviction {
-                for pod in pods_on(snapshot, node) {
-                    writes.push(Write::Delete {
-                        rt: &PODS,
-                        namespace: pod.metadata.namespace.clone(),
-                        name: pod.metadata.name.clone(),
-                        // The node is gone: no agent will confirm a graceful deletion.
-                        force: true,
-                    });
-                }
-                requeue = Duration::from_secs(eviction.max(1));
-            } else {
-                requeue = Duration::from_secs((eviction - down_for).max(1));
+        } else {
+            let taints = lifecycle_taints(node, Some(status), ctx.now);
+            if taints != node.spec.taints {
+                let mut tainted = node.clone();
+                tainted.spec.taints = taints;
+                writes.push(Write::update(tainted));
             }
         }
         Outcome {
@@ -158,7 +201,6 @@ mod tests {
             now,
             settings: Settings {
                 node_grace: Duration::from_secs(40),
-                pod_eviction_timeout: Duration::from_secs(60),
                 ..Settings::default()
             },
         }
@@ -180,8 +222,33 @@ mod tests {
         assert_eq!(outcome.requeue_after, Some(Duration::from_secs(30)));
     }
 
+    /// The taints `outcome` writes on the node, as (key, effect, stamped).
+    fn written_taints(outcome: &Outcome) -> Vec<(String, String, bool)> {
+        outcome
+            .writes
+            .iter()
+            .find_map(|w| match w {
+                Write::Update(Object::Node(node)) => Some(
+                    node.spec
+                        .taints
+                        .iter()
+                        .map(|t| (t.key.clone(), t.effect.clone(), t.time_added.is_some()))
+                        .collect(),
+                ),
+                _ => None,
+            })
+            .unwrap_or_default()
+    }
+
+    fn taints(pairs: &[(&str, &str)]) -> Vec<(String, String, bool)> {
+        pairs
+            .iter()
+            .map(|(k, e)| ((*k).to_owned(), (*e).to_owned(), *e == NO_EXECUTE))
+            .collect()
+    }
+
     #[test]
-    fn silence_marks_unknown_then_evicts() {
+    fn silence_marks_unknown_then_taints_unreachable() {
         let n = node("True", 1000, 900);
         let outcome = NodeLifecycle.reconcile(&n, &with_pod(n.clone()), &ctx(1041));
         let Some(Write::UpdateStatus(Object::Node(object))) = outcome.writes.first() else {
@@ -193,12 +260,55 @@ mod tests {
         );
 
         let unknown = node("Unknown", 1000, 1041);
-        let early = NodeLifecycle.reconcile(&unknown, &with_pod(unknown.clone()), &ctx(1060));
-        assert!(early.writes.is_empty(), "not yet past the eviction timeout");
-        let late = NodeLifecycle.reconcile(&unknown, &with_pod(unknown.clone()), &ctx(1101));
+        let outcome = NodeLifecycle.reconcile(&unknown, &with_pod(unknown.clone()), &ctx(1042));
+        assert_eq!(
+            written_taints(&outcome),
+            taints(&[
+                (TAINT_UNREACHABLE, NO_SCHEDULE),
+                (TAINT_UNREACHABLE, NO_EXECUTE)
+            ])
+        );
         assert!(
-            matches!(late.writes.as_slice(), [Write::Delete { name, .. }] if name == "p"),
-            "{late:?}"
+            !outcome
+                .writes
+                .iter()
+                .any(|w| matches!(w, Write::Delete { .. })),
+            "eviction is the taint manager's, by tolerations"
+        );
+
+        // Not ready (the agent says so) replaces unreachable; ready again clears them; a
+        // user's taint stays throughout.
+        let mut down = node("False", 1100, 1100);
+        down.spec.taints = vec![Taint {
+            key: "dedicated".to_owned(),
+            value: "db".to_owned(),
+            effect: NO_SCHEDULE.to_owned(),
+            time_added: None,
+        }];
+        let outcome = NodeLifecycle.reconcile(&down, &with_pod(down.clone()), &ctx(1101));
+        assert_eq!(
+            written_taints(&outcome),
+            [
+                ("dedicated".to_owned(), NO_SCHEDULE.to_owned(), false),
+                (TAINT_NOT_READY.to_owned(), NO_SCHEDULE.to_owned(), false),
+                (TAINT_NOT_READY.to_owned(), NO_EXECUTE.to_owned(), true),
+            ]
+        );
+        let mut up = node("True", 1200, 1200);
+        up.spec.taints = lifecycle_taints(&down, Some("False"), 1101);
+        up.spec.unschedulable = true;
+        let outcome = NodeLifecycle.reconcile(&up, &with_pod(up.clone()), &ctx(1201));
+        assert_eq!(
+            written_taints(&outcome),
+            [
+                ("dedicated".to_owned(), NO_SCHEDULE.to_owned(), false),
+                (
+                    TAINT_UNSCHEDULABLE.to_owned(),
+                    NO_SCHEDULE.to_owned(),
+                    false
+                ),
+            ],
+            "cordoned"
         );
     }
 
@@ -235,16 +345,11 @@ mod tests {
         let n = node("True", 1000, 900);
         let outcome = NodeLifecycle.reconcile(&n, &with_pod(n.clone()), &restarted);
         assert!(outcome.writes.is_empty(), "{outcome:?}");
-
-        // A node already Unknown before the restart is not evicted at once either.
-        let unknown = node("Unknown", 1000, 1041);
-        let outcome = NodeLifecycle.reconcile(&unknown, &with_pod(unknown.clone()), &restarted);
-        assert!(outcome.writes.is_empty(), "{outcome:?}");
-        restarted.now = 2061;
-        let outcome = NodeLifecycle.reconcile(&unknown, &with_pod(unknown.clone()), &restarted);
+        restarted.now = 2041;
+        let outcome = NodeLifecycle.reconcile(&n, &with_pod(n.clone()), &restarted);
         assert!(
-            !outcome.writes.is_empty(),
-            "evicted once the timeout passed since the restart"
+            matches!(outcome.writes.first(), Some(Write::UpdateStatus(_))),
+            "silent for a full grace period since the restart: {outcome:?}"
         );
     }
 }

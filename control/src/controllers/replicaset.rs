@@ -61,7 +61,7 @@ impl Reconciler for ReplicaSetController {
             let batch = replicas.active.clamp(SLOW_START_INITIAL, MAX_BURST);
             let mut names = BTreeSet::new();
             for _ in 0..missing.min(batch) {
-                let name = free_name(rs, snapshot, &names);
+                let name = free_name(namespace, &rs.metadata.name, snapshot, &names);
                 names.insert(name.clone());
                 writes.push(Write::create(new_pod(rs, name)));
             }
@@ -109,15 +109,19 @@ impl Reconciler for ReplicaSetController {
     }
 }
 
-/// `<replicaset>-<5 hex digits>`, not taken by a pod the cache knows nor by one this
+/// `<owner>-<5 hex digits>`, not taken by a pod the cache knows nor by one this
 /// reconcile is creating. A million suffixes run out of room fast: at 50,000 replicas a
 /// random one is taken one time in twenty, and a create that fails that way makes the
 /// whole round wait for a retry.
-fn free_name(rs: &ReplicaSet, snapshot: &Snapshot, creating: &BTreeSet<String>) -> String {
-    let namespace = &rs.metadata.namespace;
+pub(super) fn free_name(
+    namespace: &str,
+    owner: &str,
+    snapshot: &Snapshot,
+    creating: &BTreeSet<String>,
+) -> String {
     let candidate = || {
         let suffix = &util::hex(&util::random_bytes::<3>())[..5];
-        format!("{}-{suffix}", rs.metadata.name)
+        format!("{owner}-{suffix}")
     };
     let mut name = candidate();
     // Bounded: should every try be taken, the store refuses the create and the

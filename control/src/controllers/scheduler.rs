@@ -1,12 +1,22 @@
-//! Binds pending pods to nodes: filter (ready, schedulable, node selector, the node of
-//! the pod's persistent volumes, free CPU and memory), then score (fewest pods of the same owner, then least requested).
+//! Binds pending pods to nodes, as kube-scheduler does: filter, then score.
+//!
+//! Filters, in order (a node is counted under the first it fails): ready, schedulable
+//! (`spec.unschedulable`), node selector and required node affinity, `NoSchedule` and
+//! `NoExecute` taints the pod does not tolerate, the node of the pod's persistent
+//! volumes, free CPU and memory, topology spread constraints (`DoNotSchedule`), other
+//! pods' required anti-affinity, the pod's required pod affinity and anti-affinity.
+//! Scores, compared in order: fewest untolerated `PreferNoSchedule` taints, highest
+//! preferred node affinity weight, highest preferred pod (anti-)affinity score, fewest
+//! matching pods in the `ScheduleAnyway` spread domains, fewest pods of the same owner,
+//! then the least requested node.
 //!
 //! Pods are scheduled a batch at a time on one snapshot. A [`Cluster`] reads every node
 //! and what is bound to it from the snapshot's index (kept up to date as pods come and
 //! go, like kube-scheduler's cache) once per batch; each binding decided in the batch is
 //! then added to those sums (kube-scheduler's "assume"), so the next pod sees it without
 //! waiting for the store, and one decision costs one pass over the nodes, not a pass
-//! over every pod of the cluster.
+//! over every pod of the cluster. Rules that look at other pods are counted per batch
+//! and topology domain (see [`super::placement`]), only when some pod has them.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -15,10 +25,15 @@ use std::{
 
 use berth_api::{
     core::{Condition, Node, Pod, PodStatus},
+    scheduling::{
+        NO_EXECUTE, NO_SCHEDULE, PREFER_NO_SCHEDULE, TAINT_NOT_READY, TAINT_UNREACHABLE,
+        TAINT_UNSCHEDULABLE, Taint, Toleration, untolerated,
+    },
     storage::{NodeSelector, PersistentVolume, PersistentVolumeClaim},
 };
 
-use super::index::{NodeFit, Unfit, holds_resources, requests};
+use super::index::{NodeFit, holds_resources, requests};
+use super::placement::{Placement, Rules, has_rules};
 use super::{
     Change, Context, Outcome, Reconciler, Snapshot, Write, controller_uid, pod_is_terminal,
     reference,
@@ -27,21 +42,21 @@ use crate::registry::batch::Binding;
 
 pub struct Scheduler;
 
-/// Why a node was filtered out, in the order the filters run, worded as kube-scheduler
-/// words them.
+/// Why a node was filtered out, worded as kube-scheduler words it (taints and the rules
+/// of [`super::placement`] carry their own words).
 const NOT_READY: usize = 0;
 const UNSCHEDULABLE: usize = 1;
-const SELECTOR: usize = 2;
+const NODE_AFFINITY: usize = 2;
 const VOLUME_NODE: usize = 3;
 const CPU: usize = 4;
 const MEMORY: usize = 5;
 const REASONS: [&str; 6] = [
     "node(s) were not ready",
     "node(s) were unschedulable",
-    "node(s) didn't match the pod's node selector",
+    "node(s) didn't match Pod's node affinity/selector",
     "node(s) had volume node affinity conflict",
-    "node(s) had insufficient cpu",
-    "node(s) had insufficient memory",
+    "Insufficient cpu",
+    "Insufficient memory",
 ];
 
 impl Reconciler for Scheduler {
@@ -133,11 +148,11 @@ fn schedule(cluster: &mut Cluster, pod: &Pod, snapshot: &Snapshot) -> Outcome {
     let owner = controller_uid(&pod.metadata);
     let (cpu, memory) = requests(pod);
     let (namespace, name) = (&pod.metadata.namespace, &pod.metadata.name);
-    let chosen =
-        volume_nodes(pod, snapshot).and_then(|volumes| cluster.choose(pod, owner, &volumes));
+    let chosen = volume_nodes(pod, snapshot)
+        .and_then(|volumes| cluster.choose(pod, owner, &volumes, snapshot));
     match chosen {
         Ok(i) => {
-            cluster.bind(i, cpu, memory, owner);
+            cluster.bind(i, pod, cpu, memory, owner, snapshot);
             let node = cluster.nodes[i].fit.name.clone();
             let message = format!("Successfully assigned {namespace}/{name} to {node}");
             Outcome::writes(vec![
@@ -191,8 +206,9 @@ fn schedule(cluster: &mut Cluster, pod: &Pod, snapshot: &Snapshot) -> Outcome {
 
 /// The revision the pod was read at: a binding made on an older one is refused.
 /// Where the pod's bound claims' volumes are (a node-local volume is used only on its
-/// node), or why the pod cannot be placed yet: a claim that does not exist. An unbound
-/// claim constrains nothing: its volume is made where the pod goes.
+/// node), or why the pod cannot be placed yet: a claim that does not exist, or whose
+/// volume nobody can make. An unbound claim constrains nothing else: its volume is made
+/// where the pod goes.
 fn volume_nodes<'a>(pod: &Pod, snapshot: &'a Snapshot) -> Result<Vec<&'a NodeSelector>, String> {
     let mut selectors = Vec::new();
     for claim_name in pod.spec.claim_names() {
@@ -200,6 +216,13 @@ fn volume_nodes<'a>(pod: &Pod, snapshot: &'a Snapshot) -> Result<Vec<&'a NodeSel
             .get::<PersistentVolumeClaim>(&pod.metadata.namespace, claim_name)
             .ok_or_else(|| format!("persistentvolumeclaim {claim_name:?} not found"))?;
         if claim.spec.volume_name.is_empty() {
+            if !claim.is_provisionable() {
+                return Err(format!(
+                    "persistentvolumeclaim {claim_name:?} is of storage class {:?}, which no provisioner serves (Berth provisions class {:?})",
+                    claim.spec.storage_class_name.as_deref().unwrap_or_default(),
+                    berth_api::storage::LOCAL_STORAGE_CLASS
+                ));
+            }
             continue;
         }
         let volume = snapshot
@@ -223,13 +246,14 @@ fn pending(pod: &Pod) -> bool {
     pod.spec.node_name.is_empty() && !pod_is_terminal(pod)
 }
 
-/// What the filters read of a node: its Ready status, whether it is cordoned, its labels
-/// and what it offers. A change to anything else (a heartbeat's timestamps) cannot make
-/// a pod fit.
+/// What the filters read of a node: its Ready status, whether it is cordoned, its labels,
+/// taints and what it offers. A change to anything else (a heartbeat's timestamps)
+/// cannot make a pod fit.
 type FitInputs<'a> = (
     Option<&'a str>,
     bool,
     &'a BTreeMap<String, String>,
+    &'a [Taint],
     Option<&'a BTreeMap<String, String>>,
 );
 
@@ -242,6 +266,7 @@ fn fit_inputs(node: &Node) -> FitInputs<'_> {
         ready,
         node.spec.unschedulable,
         &node.metadata.labels,
+        &node.spec.taints,
         status.map(|s| &s.allocatable),
     )
 }
@@ -263,6 +288,91 @@ pub struct Cluster {
     /// Per owner uid, its pods per node. Only the owners of the pods being scheduled are
     /// counted: no other count is ever asked for.
     owners: HashMap<String, Spread>,
+    /// Some bound pod has required anti-affinity: every pod is checked against it.
+    anti_affinity: bool,
+    /// Pod affinity and spread counts, made when the first pod needing them comes.
+    placement: Option<Placement>,
+}
+
+/// Why a node was filtered out for one pod.
+enum Rejection<'a> {
+    Fixed(usize),
+    Taint(&'a Taint),
+    Rule(super::placement::Broken),
+}
+
+/// What a pod asks of the node-level filters and scores, read once per decision.
+struct Asks<'a> {
+    pod: &'a Pod,
+    tolerations: &'a [Toleration],
+    /// It tolerates the taints of nodes that are not ready (DaemonSet pods do).
+    enters_not_ready: bool,
+    enters_cordoned: bool,
+    preferred: &'a [berth_api::scheduling::PreferredSchedulingTerm],
+}
+
+impl<'a> Asks<'a> {
+    fn new(pod: &'a Pod) -> Self {
+        let tolerations = pod.spec.tolerations.as_slice();
+        let tolerates = |key: &str| {
+            let taint = Taint {
+                key: key.to_owned(),
+                effect: NO_SCHEDULE.to_owned(),
+                ..Taint::default()
+            };
+            tolerations.iter().any(|t| t.tolerates(&taint))
+        };
+        Self {
+            pod,
+            tolerations,
+            enters_not_ready: !tolerations.is_empty()
+                && tolerates(TAINT_NOT_READY)
+                && tolerates(TAINT_UNREACHABLE),
+            enters_cordoned: !tolerations.is_empty() && tolerates(TAINT_UNSCHEDULABLE),
+            preferred: pod
+                .spec
+                .affinity
+                .as_ref()
+                .and_then(|a| a.node_affinity.as_ref())
+                .map_or(&[][..], |a| {
+                    &a.preferred_during_scheduling_ignored_during_execution
+                }),
+        }
+    }
+
+    /// The node-level filters a node fails, resources aside.
+    fn reject(&self, fit: &'a NodeFit) -> Option<Rejection<'a>> {
+        if !fit.ready && !self.enters_not_ready {
+            return Some(Rejection::Fixed(NOT_READY));
+        }
+        if fit.unschedulable && !self.enters_cordoned {
+            return Some(Rejection::Fixed(UNSCHEDULABLE));
+        }
+        if !self.pod.spec.selects_node(&fit.name, &fit.labels) {
+            return Some(Rejection::Fixed(NODE_AFFINITY));
+        }
+        if fit.taints.is_empty() {
+            return None;
+        }
+        untolerated(&fit.taints, self.tolerations, &[NO_SCHEDULE, NO_EXECUTE]).map(Rejection::Taint)
+    }
+
+    /// (untolerated `PreferNoSchedule` taints, preferred node affinity weight)
+    fn node_score(&self, fit: &NodeFit) -> (usize, i64) {
+        let soft_taints = fit
+            .taints
+            .iter()
+            .filter(|t| t.effect == PREFER_NO_SCHEDULE)
+            .filter(|t| !self.tolerations.iter().any(|o| o.tolerates(t)))
+            .count();
+        let weight = self
+            .preferred
+            .iter()
+            .filter(|term| term.preference.matches(&fit.name, &fit.labels))
+            .map(|term| i64::from(term.weight))
+            .sum();
+        (soft_taints, weight)
+    }
 }
 
 impl Cluster {
@@ -300,29 +410,53 @@ impl Cluster {
                 (uid.to_owned(), Spread(spread))
             })
             .collect();
-        Self { nodes, owners }
+        Self {
+            nodes,
+            owners,
+            anti_affinity: index.has_anti_affinity(),
+            placement: None,
+        }
+    }
+
+    /// The rules of `pod` that look at other pods, if it has any or other pods' terms
+    /// may concern it.
+    fn rules(&mut self, pod: &Pod, snapshot: &Snapshot) -> Option<Rules> {
+        if !has_rules(pod) && !self.anti_affinity && self.placement.is_none() {
+            return None;
+        }
+        let nodes = &self.nodes;
+        let placement = self.placement.get_or_insert_with(|| {
+            Placement::new(nodes.iter().map(|n| Arc::clone(&n.fit)).collect(), snapshot)
+        });
+        Some(placement.rules(pod, snapshot)).filter(|rules| !rules.is_empty())
     }
 
     /// The index of the best node for `pod` (of controller `owner`), or why none fits,
     /// counted per reason like kube-scheduler.
     fn choose(
-        &self,
+        &mut self,
         pod: &Pod,
         owner: Option<&str>,
         volumes: &[&NodeSelector],
+        snapshot: &Snapshot,
     ) -> Result<usize, String> {
         if self.nodes.is_empty() {
             return Err("0 nodes are available: no nodes registered".to_owned());
         }
+        let rules = self.rules(pod, snapshot);
+        let rules = rules.as_ref().zip(self.placement.as_ref());
+        let asks = Asks::new(pod);
         let (cpu, memory) = requests(pod);
         let mut same_owner = owner
             .and_then(|uid| self.owners.get(uid))
             .map_or(&[][..], |spread| spread.0.as_slice())
             .iter()
             .peekable();
-        let selector = &pod.spec.node_selector;
         let mut rejected = [0usize; REASONS.len()];
-        let mut best: Option<((usize, u64, usize), usize)> = None;
+        // Taints and pod rules: worded per case, counted only when they reject.
+        let mut worded: BTreeMap<String, usize> = BTreeMap::new();
+        type Score = (usize, i64, i64, usize, usize, u64, usize);
+        let mut best: Option<(Score, usize)> = None;
         for (i, node) in self.nodes.iter().enumerate() {
             // The owner's counts are in node order: step along with the nodes.
             let same = same_owner
@@ -331,45 +465,75 @@ impl Cluster {
             let wanted_cpu = node.used_cpu.saturating_add(cpu);
             let wanted_memory = node.used_memory.saturating_add(memory);
             let fit = &node.fit;
-            let reason = if let Some(unfit) = fit.unfit {
-                Some(match unfit {
-                    Unfit::NotReady => NOT_READY,
-                    Unfit::Unschedulable => UNSCHEDULABLE,
-                })
-            } else if !selector.iter().all(|(k, v)| fit.labels.get(k) == Some(v)) {
-                Some(SELECTOR)
-            } else if !volumes.iter().all(|v| v.matches(&fit.name, &fit.labels)) {
-                Some(VOLUME_NODE)
-            } else if wanted_cpu > fit.cpu {
-                Some(CPU)
-            } else if wanted_memory > fit.memory {
-                Some(MEMORY)
-            } else {
-                None
-            };
-            if let Some(reason) = reason {
-                rejected[reason] += 1;
-                continue;
+            let rejection = asks.reject(fit).or_else(|| {
+                if !volumes.iter().all(|v| v.matches(&fit.name, &fit.labels)) {
+                    Some(Rejection::Fixed(VOLUME_NODE))
+                } else if wanted_cpu > fit.cpu {
+                    Some(Rejection::Fixed(CPU))
+                } else if wanted_memory > fit.memory {
+                    Some(Rejection::Fixed(MEMORY))
+                } else {
+                    rules
+                        .and_then(|(rules, placement)| placement.filter(rules, i))
+                        .map(Rejection::Rule)
+                }
+            });
+            match rejection {
+                Some(Rejection::Fixed(reason)) => {
+                    rejected[reason] += 1;
+                    continue;
+                }
+                Some(Rejection::Taint(taint)) => {
+                    *worded
+                        .entry(format!(
+                            "node(s) had untolerated taint {}",
+                            taint.describe()
+                        ))
+                        .or_default() += 1;
+                    continue;
+                }
+                Some(Rejection::Rule(broken)) => {
+                    *worded.entry(broken.reason().to_owned()).or_default() += 1;
+                    continue;
+                }
+                None => {}
             }
+            let (soft_taints, node_weight) = if fit.taints.is_empty() && asks.preferred.is_empty() {
+                (0, 0)
+            } else {
+                asks.node_score(fit)
+            };
+            let (pod_weight, crowding) = rules.map_or((0, 0), |(rules, placement)| {
+                (placement.preference(rules, i), placement.crowding(rules, i))
+            });
             // Spread replicas first, then prefer the emptier node (in thousandths).
             let load = (wanted_cpu.saturating_mul(1000) / fit.cpu.max(1))
                 .max(wanted_memory.saturating_mul(1000) / fit.memory.max(1));
-            let score = (same, load, node.pods);
+            let score = (
+                soft_taints,
+                -node_weight,
+                -pod_weight,
+                crowding,
+                same,
+                load,
+                node.pods,
+            );
             if best.as_ref().is_none_or(|(s, _)| score < *s) {
                 best = Some((score, i));
             }
         }
         best.map(|(_, i)| i).ok_or_else(|| {
-            // Sorted by wording, as they always were.
-            let counted: BTreeMap<&str, usize> = REASONS
+            // Sorted as kube-scheduler sorts them: by the counted text.
+            let mut reasons: Vec<String> = REASONS
                 .iter()
                 .zip(rejected)
                 .filter(|(_, n)| *n > 0)
-                .map(|(r, n)| (*r, n))
+                .map(|(r, n)| format!("{n} {r}"))
+                .chain(worded.iter().map(|(r, n)| format!("{n} {r}")))
                 .collect();
-            let reasons: Vec<String> = counted.iter().map(|(r, n)| format!("{n} {r}")).collect();
+            reasons.sort();
             format!(
-                "0/{} nodes are available: {}",
+                "0/{} nodes are available: {}.",
                 self.nodes.len(),
                 reasons.join(", ")
             )
@@ -377,7 +541,15 @@ impl Cluster {
     }
 
     /// Records a binding decided in this batch, before the store has it.
-    fn bind(&mut self, i: usize, cpu: u64, memory: u64, owner: Option<&str>) {
+    fn bind(
+        &mut self,
+        i: usize,
+        pod: &Pod,
+        cpu: u64,
+        memory: u64,
+        owner: Option<&str>,
+        snapshot: &Snapshot,
+    ) {
         let Some(node) = self.nodes.get_mut(i) else {
             return;
         };
@@ -386,6 +558,9 @@ impl Cluster {
         node.pods += 1;
         if let Some(spread) = owner.and_then(|uid| self.owners.get_mut(uid)) {
             spread.add(i);
+        }
+        if let Some(placement) = &mut self.placement {
+            placement.bind(pod, i, snapshot);
         }
     }
 }
@@ -433,9 +608,9 @@ mod tests {
     /// The chosen node's name, or why no node fits (counted per reason, like kube-scheduler).
     fn choose_node(pod: &Pod, snapshot: &Snapshot) -> Result<String, String> {
         let owner = controller_uid(&pod.metadata);
-        let cluster = Cluster::new(snapshot, owner);
+        let mut cluster = Cluster::new(snapshot, owner);
         cluster
-            .choose(pod, owner, &[])
+            .choose(pod, owner, &[], snapshot)
             .map(|i| cluster.nodes[i].fit.name.clone())
     }
 
@@ -503,23 +678,251 @@ mod tests {
 
     #[test]
     fn filters_explain_why_nothing_fits() {
-        let objects = vec![
-            node("down", false, "4", json!({})),
-            node("small", true, "1", json!({})),
+        let mut objects = vec![
+            node("down", false, "4", json!({"zone": "a"})),
+            node("small", true, "1", json!({"zone": "a"})),
             node("wrong", true, "8", json!({"zone": "b"})),
+            node("gpu1", true, "8", json!({"zone": "a"})),
+            node("gpu2", true, "8", json!({"zone": "a"})),
             pod("hog", "small", "800m", "x"),
             pod("p", "", "500m", "rs"),
         ];
-        let mut objects = objects;
-        objects[4].1["spec"]["nodeSelector"] = json!({"zone": "a"});
-        let reason = schedule(objects, "p").expect_err("nothing fits");
-        assert!(reason.starts_with("0/3 nodes are available"), "{reason}");
-        assert!(reason.contains("1 node(s) were not ready"), "{reason}");
-        assert!(reason.contains("node selector"), "{reason}");
-        assert!(
-            reason.contains("insufficient cpu") || reason.contains("node selector"),
-            "{reason}"
+        for gpu in &mut objects[3..5] {
+            gpu.1["spec"]["taints"] =
+                json!([{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}]);
+        }
+        objects[6].1["spec"]["nodeSelector"] = json!({"zone": "a"});
+        assert_eq!(
+            schedule(objects.clone(), "p"),
+            Err("0/5 nodes are available: 1 Insufficient cpu, 1 node(s) didn't match Pod's node affinity/selector, 1 node(s) were not ready, 2 node(s) had untolerated taint {dedicated: gpu}.".to_owned())
         );
+        objects[6].1["spec"]["tolerations"] = json!([{"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}]);
+        assert_eq!(schedule(objects, "p"), Ok("gpu1".to_owned()), "tolerated");
+    }
+
+    /// Pods of `owner` with `spec` merged in, pending.
+    fn pods_with(owner: &str, count: usize, spec: &Value) -> Vec<(&'static ResourceType, Value)> {
+        (0..count)
+            .map(|i| {
+                let mut p = pod(&format!("{owner}-{i:02}"), "", "10m", owner);
+                p.1["metadata"]["labels"] = json!({"app": owner});
+                for (key, value) in spec.as_object().into_iter().flatten() {
+                    p.1["spec"][key] = value.clone();
+                }
+                p
+            })
+            .collect()
+    }
+
+    fn zones(count: usize, per_zone: usize) -> Vec<(&'static ResourceType, Value)> {
+        (0..count * per_zone)
+            .map(|i| {
+                node(
+                    &format!("n{i:02}"),
+                    true,
+                    "64",
+                    json!({"topology.kubernetes.io/zone": format!("z{}", i % count)}),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn no_execute_taints_filter_and_prefer_no_schedule_scores() {
+        let mut objects = vec![
+            node("a", true, "4", json!({})),
+            node("b", true, "4", json!({})),
+            node("c", true, "4", json!({})),
+            pod("p", "", "100m", "rs"),
+        ];
+        objects[0].1["spec"]["taints"] = json!([{"key": "k", "effect": "NoExecute"}]);
+        objects[1].1["spec"]["taints"] = json!([{"key": "k", "effect": "PreferNoSchedule"}]);
+        // c is busier, but b's soft taint weighs more than load.
+        objects.push(pod("busy", "c", "3", "x"));
+        assert_eq!(schedule(objects.clone(), "p"), Ok("c".to_owned()));
+        objects[3].1["spec"]["tolerations"] = json!([{"key": "k", "operator": "Exists"}]);
+        assert_eq!(
+            schedule(objects, "p"),
+            Ok("a".to_owned()),
+            "all tolerated: least loaded"
+        );
+    }
+
+    #[test]
+    fn a_cordoned_node_admits_only_pods_tolerating_its_taint() {
+        let mut objects = vec![node("a", true, "4", json!({})), pod("p", "", "100m", "rs")];
+        objects[0].1["spec"]["unschedulable"] = json!(true);
+        assert_eq!(
+            schedule(objects.clone(), "p"),
+            Err("0/1 nodes are available: 1 node(s) were unschedulable.".to_owned())
+        );
+        objects[1].1["spec"]["tolerations"] = json!([{"key": "node.kubernetes.io/unschedulable", "operator": "Exists", "effect": "NoSchedule"}]);
+        assert_eq!(schedule(objects, "p"), Ok("a".to_owned()));
+    }
+
+    #[test]
+    fn node_affinity_required_filters_and_preferred_weights_choose() {
+        let mut objects = vec![
+            node("a", true, "4", json!({"disk": "hdd", "gen": "3"})),
+            node("b", true, "4", json!({"disk": "ssd", "gen": "5"})),
+            node("c", true, "4", json!({"disk": "ssd", "gen": "7"})),
+            pod("busy", "c", "2", "x"),
+            pod("p", "", "100m", "rs"),
+        ];
+        objects[4].1["spec"]["affinity"] = json!({"nodeAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "gen", "operator": "Gt", "values": ["4"]}]}]},
+        "preferredDuringSchedulingIgnoredDuringExecution": [
+            {"weight": 10, "preference": {"matchExpressions": [{"key": "gen", "operator": "In", "values": ["7"]}]}},
+            {"weight": 5, "preference": {"matchExpressions": [{"key": "disk", "operator": "In", "values": ["ssd"]}]}},
+        ]}});
+        assert_eq!(
+            schedule(objects.clone(), "p"),
+            Ok("c".to_owned()),
+            "heaviest preference"
+        );
+        objects[4].1["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+            ["nodeSelectorTerms"][0]["matchExpressions"][0]["values"] = json!(["9"]);
+        assert_eq!(
+            schedule(objects, "p"),
+            Err(
+                "0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector."
+                    .to_owned()
+            )
+        );
+    }
+
+    #[test]
+    fn required_anti_affinity_never_co_locates_and_says_so_when_full() {
+        let anti = json!({"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"labelSelector": {"matchLabels": {"app": "web"}}, "topologyKey": "kubernetes.io/hostname"}]}}});
+        let mut objects = zones(2, 2);
+        objects.extend(pods_with("web", 5, &anti));
+        let batch = schedule_batch(objects);
+        let nodes: Vec<&str> = batch.iter().map(|(_, v)| v.as_str()).collect();
+        assert_eq!(nodes[..4], ["n00", "n01", "n02", "n03"], "{batch:?}");
+        assert_eq!(
+            nodes[4],
+            "0/4 nodes are available: 4 node(s) didn't satisfy existing pods anti-affinity rules."
+        );
+        // Symmetric: a pod the bound pods' terms select stays off their nodes too.
+        let mut objects = zones(2, 1);
+        objects.push(pod("held", "n00", "10m", "other"));
+        objects[2].1["metadata"]["labels"] = json!({"app": "db"});
+        objects[2].1["spec"]["affinity"] = json!({"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"labelSelector": {"matchLabels": {"app": "web"}}, "topologyKey": "topology.kubernetes.io/zone"}]}});
+        objects.extend(pods_with("web", 2, &json!({})));
+        let batch = schedule_batch(objects);
+        assert_eq!(batch[0].1, "n01");
+        assert_eq!(
+            batch[1].1, "n01",
+            "the zone of the pod holding the term is out; the other is not"
+        );
+    }
+
+    #[test]
+    fn pod_affinity_follows_its_target_by_zone() {
+        let mut objects = zones(3, 2);
+        let mut target = pod("cache", "n04", "10m", "x");
+        target.1["metadata"]["labels"] = json!({"security": "S1"});
+        let affinity = json!({"affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"labelSelector": {"matchExpressions": [{"key": "security", "operator": "In", "values": ["S1"]}]},
+             "topologyKey": "topology.kubernetes.io/zone"}]}}});
+        objects.extend(pods_with("app", 4, &affinity));
+        let without = schedule_batch(objects.clone());
+        assert!(
+            without
+                .iter()
+                .all(|(_, v)| v.ends_with("6 node(s) didn't match pod affinity rules.")),
+            "{without:?}"
+        );
+        objects.push(target);
+        let batch = schedule_batch(objects);
+        // n04 is in z1 (i % 3 == 1), with n01.
+        assert!(
+            batch.iter().all(|(_, v)| v == "n01" || v == "n04"),
+            "{batch:?}"
+        );
+        // Preferred anti-affinity spreads what it can.
+        let prefer = json!({"affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+            {"weight": 100, "podAffinityTerm": {"labelSelector": {"matchLabels": {"app": "solo"}},
+             "topologyKey": "topology.kubernetes.io/zone"}}]}}});
+        let mut objects = zones(3, 2);
+        objects.extend(pods_with("solo", 3, &prefer));
+        let batch = schedule_batch(objects);
+        let zones_used: std::collections::BTreeSet<String> = batch
+            .iter()
+            .map(|(_, node)| {
+                let i: usize = node[1..].parse().expect("node number");
+                format!("z{}", i % 3)
+            })
+            .collect();
+        assert_eq!(zones_used.len(), 3, "{batch:?}");
+    }
+
+    #[test]
+    fn topology_spread_keeps_max_skew_across_zones() {
+        let spread = json!({"topologySpreadConstraints": [{"maxSkew": 1,
+            "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule",
+            "labelSelector": {"matchLabels": {"app": "web"}}}]});
+        // z0 has one node, z1 three: the owner spread alone would fill z1.
+        let mut objects = vec![
+            node(
+                "a",
+                true,
+                "64",
+                json!({"topology.kubernetes.io/zone": "z0"}),
+            ),
+            node(
+                "b",
+                true,
+                "64",
+                json!({"topology.kubernetes.io/zone": "z1"}),
+            ),
+            node(
+                "c",
+                true,
+                "64",
+                json!({"topology.kubernetes.io/zone": "z1"}),
+            ),
+            node(
+                "d",
+                true,
+                "64",
+                json!({"topology.kubernetes.io/zone": "z1"}),
+            ),
+            node("nolabel", true, "64", json!({})),
+        ];
+        objects.extend(pods_with("web", 8, &spread));
+        let batch = schedule_batch(objects.clone());
+        let mut per_zone = [0usize; 2];
+        for (_, node) in &batch {
+            match node.as_str() {
+                "a" => per_zone[0] += 1,
+                "b" | "c" | "d" => per_zone[1] += 1,
+                other => panic!("{other}: {batch:?}"),
+            }
+        }
+        assert_eq!(per_zone, [4, 4], "{batch:?}");
+        // z0 full: the skew would break, and the unlabelled node cannot count.
+        objects[0].1["status"]["allocatable"]["cpu"] = json!("30m");
+        let batch = schedule_batch(objects.clone());
+        let placed = batch.iter().filter(|(_, v)| !v.starts_with("0/")).count();
+        assert_eq!(placed, 7, "z0 holds 3, so z1 stops at 4: {batch:?}");
+        assert_eq!(
+            batch.last().map(|(_, v)| v.as_str()),
+            Some(
+                "0/5 nodes are available: 1 Insufficient cpu, 1 node(s) didn't match pod topology spread constraints (missing required label), 3 node(s) didn't match pod topology spread constraints."
+            )
+        );
+        // ScheduleAnyway only prefers.
+        let soft = json!({"topologySpreadConstraints": [{"maxSkew": 1,
+            "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": {"app": "web"}}}]});
+        let mut objects: Vec<_> = objects.into_iter().take(5).collect();
+        objects.extend(pods_with("web", 8, &soft));
+        let batch = schedule_batch(objects);
+        assert!(batch.iter().all(|(_, v)| !v.starts_with("0/")), "{batch:?}");
     }
 
     #[test]
@@ -613,10 +1016,7 @@ mod tests {
             verdicts(&[
                 ("p1", "a"),
                 ("p2", "a"),
-                (
-                    "p3",
-                    "0/1 nodes are available: 1 node(s) had insufficient cpu"
-                ),
+                ("p3", "0/1 nodes are available: 1 Insufficient cpu."),
             ])
         );
     }
@@ -686,7 +1086,7 @@ mod tests {
                 .iter()
                 .all(|(k, v)| node.metadata.labels.get(k) == Some(v))
             {
-                Some("node(s) didn't match the pod's node selector")
+                Some("node(s) didn't match Pod's node affinity/selector")
             } else {
                 None
             };
@@ -706,13 +1106,11 @@ mod tests {
             let (used_cpu, used_mem, same_owner, pods) =
                 used.get(name).copied().unwrap_or_default();
             if used_cpu + cpu > cap_cpu {
-                *rejected.entry("node(s) had insufficient cpu").or_default() += 1;
+                *rejected.entry("Insufficient cpu").or_default() += 1;
                 continue;
             }
             if used_mem + memory > cap_mem {
-                *rejected
-                    .entry("node(s) had insufficient memory")
-                    .or_default() += 1;
+                *rejected.entry("Insufficient memory").or_default() += 1;
                 continue;
             }
             // Spread replicas first, then prefer the emptier node (in thousandths).
@@ -724,9 +1122,11 @@ mod tests {
             }
         }
         best.map(|(_, name)| name).ok_or_else(|| {
-            let reasons: Vec<String> = rejected.iter().map(|(r, n)| format!("{n} {r}")).collect();
+            let mut reasons: Vec<String> =
+                rejected.iter().map(|(r, n)| format!("{n} {r}")).collect();
+            reasons.sort();
             format!(
-                "0/{} nodes are available: {}",
+                "0/{} nodes are available: {}.",
                 nodes.len(),
                 reasons.join(", ")
             )
@@ -784,7 +1184,7 @@ mod tests {
             one_by_one.push((name.clone(), verdict));
         }
         assert_eq!(batch, one_by_one);
-        for full in ["insufficient cpu", "insufficient memory"] {
+        for full in ["Insufficient cpu", "Insufficient memory"] {
             assert!(
                 batch.iter().any(|(_, v)| v.contains(full)),
                 "some pod finds no room, {full}: {batch:?}"

@@ -88,6 +88,9 @@ impl Reconciler for VolumeBinder {
         if !claim.metadata.deletion_timestamp.is_empty() {
             return Outcome::default();
         }
+        if claim.spec.volume_name.is_empty() && !claim.is_provisionable() {
+            return claim_phase(claim, "Pending", None);
+        }
         if claim.spec.volume_name.is_empty() {
             return match first_consumer_node(claim, snapshot) {
                 Some(node) => provision(claim, node, snapshot, ctx),

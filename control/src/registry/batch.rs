@@ -235,7 +235,10 @@ fn event_object(record: EventRecord, now: &str) -> Event {
         count: record.count,
         first_timestamp: now.to_owned(),
         last_timestamp: now.to_owned(),
-        source: "apiserver".to_owned(),
+        source: Some(berth_api::core::EventSource {
+            component: "apiserver".to_owned(),
+            host: String::new(),
+        }),
     }
 }
 

@@ -39,6 +39,10 @@ pub enum Error {
     /// `no_space`: the filesystem is full or over quota.
     #[error("{message}")]
     StoreUnavailable { message: String, no_space: bool },
+    /// Refused for now; the same request may succeed later (an eviction a disruption
+    /// budget does not allow yet). `cause` says what it waits for.
+    #[error("{message}")]
+    TooManyRequests { message: String, cause: String },
     #[error("{0}")]
     Internal(String),
 }

@@ -9,18 +9,19 @@ use crate::{objects::str_at, util};
 impl Registry {
     /// Best effort: an event that fails to write must not fail the action it describes.
     pub async fn record_event(&self, involved: &Value, reason: &str, message: &str, type_: &str) {
-        self.record_event_from(involved, reason, message, type_, "apiserver")
+        self.record_event_from(involved, reason, message, type_, ("apiserver", ""))
             .await;
     }
 
-    /// [`Registry::record_event`] for an event another component saw (a node's agent).
+    /// [`Registry::record_event`] for an event another component saw (a node's agent):
+    /// `source` is its (component, host).
     pub async fn record_event_from(
         &self,
         involved: &Value,
         reason: &str,
         message: &str,
         type_: &str,
-        source: &str,
+        source: (&str, &str),
     ) {
         let namespace = match namespace_of(involved) {
             "" => berth_api::meta::DEFAULT_NAMESPACE,
@@ -46,7 +47,7 @@ impl Registry {
             "type": type_,
             "firstTimestamp": now,
             "lastTimestamp": now,
-            "source": source,
+            "source": {"component": source.0, "host": source.1},
         });
         let result = match EVENTS.decode(Source::Value(event)) {
             Ok(decoded) => self.create(&EVENTS, decoded.object).await.map(drop),

@@ -1,22 +1,82 @@
-//! Deployment revision history: each pod template a Deployment had is kept as a
-//! ControllerRevision it owns, numbered by the `deployment.kubernetes.io/revision`
-//! annotation, so `rollout history` lists them and `rollout undo` puts one back.
+//! Revision history of Deployments and StatefulSets: each pod template one had is kept
+//! as a ControllerRevision it owns (named `<owner>-<template hash>`), so `rollout
+//! history` lists them and `rollout undo` puts one back. A Deployment also carries the
+//! number of the revision it runs in its `deployment.kubernetes.io/revision` annotation;
+//! a StatefulSet runs its newest.
 
 use berth_api::{
-    apps::{ControllerRevision, Deployment, REVISION_ANNOTATION},
-    kinds::{CONTROLLER_REVISIONS, DEPLOYMENTS},
+    Resource as _, ResourceType,
+    apps::{ControllerRevision, DaemonSet, Deployment, PodTemplateSpec, StatefulSet},
+    kinds::CONTROLLER_REVISIONS,
     meta::{ObjectMeta, OwnerReference},
 };
 use serde_json::Value;
 
 use super::{
     Error, MAX_RETRIES, Registry, Result, decode_typed, encode, key, prefix,
-    strategy::{DeploymentStrategy, revision_of, set_revision},
+    strategy::{Strategy, Templated as _, revision_of, set_revision},
 };
 use crate::{
+    objects::Kind,
     store::{KeyValue, Op, Precondition},
     util,
 };
+
+/// A kind whose pod templates are kept as ControllerRevisions.
+pub(super) trait WithHistory: Kind {
+    fn template(&self) -> &PodTemplateSpec;
+    fn template_mut(&mut self) -> &mut PodTemplateSpec;
+    fn history_limit(&self) -> i32;
+    /// The revision the object says it runs, when it records one itself.
+    fn recorded_revision(&self) -> Option<i64>;
+    fn record_revision(&mut self, revision: i64);
+}
+
+/// Both kinds keep their template and history limit in the same places; what differs is
+/// where the running revision is recorded.
+macro_rules! with_history {
+    ($kind:ty, |$this:ident| $recorded:expr, |$object:ident, $revision:ident| $record:expr) => {
+        impl WithHistory for $kind {
+            fn template(&self) -> &PodTemplateSpec {
+                &self.spec.template
+            }
+
+            fn template_mut(&mut self) -> &mut PodTemplateSpec {
+                &mut self.spec.template
+            }
+
+            fn history_limit(&self) -> i32 {
+                self.spec.revision_history_limit
+            }
+
+            fn recorded_revision(&self) -> Option<i64> {
+                let $this = self;
+                $recorded
+            }
+
+            fn record_revision(&mut self, $revision: i64) {
+                let $object = self;
+                $record
+            }
+        }
+    };
+}
+
+with_history!(
+    Deployment,
+    |deployment| Some(revision_of(deployment)),
+    |deployment, revision| set_revision(deployment, revision)
+);
+// Like Kubernetes' DaemonSets and StatefulSets, they run their newest revision.
+with_history!(DaemonSet, |_set| None, |_set, _revision| {});
+with_history!(StatefulSet, |_set| None, |_set, _revision| {});
+
+/// The revision `object` runs: its own record, or the newest of `history`.
+fn current_revision<K: WithHistory>(object: &K, history: &[(KeyValue, ControllerRevision)]) -> i64 {
+    object
+        .recorded_revision()
+        .unwrap_or_else(|| history.last().map_or(0, |(_, r)| r.revision))
+}
 
 /// `rollout history` shows why each revision was made, as kubectl does.
 const CHANGE_CAUSE: &str = "kubernetes.io/change-cause";
@@ -49,9 +109,9 @@ impl Registry {
         Ok(out)
     }
 
-    /// The ops deleting the revision history of `deployment`, which goes with it.
-    pub(super) async fn history_deletion(&self, deployment: &Deployment) -> Result<Vec<Op>> {
-        let meta = &deployment.metadata;
+    /// The ops deleting the revision history of `owner`, which goes with it.
+    pub(super) async fn history_deletion(&self, owner: &impl Kind) -> Result<Vec<Op>> {
+        let meta = owner.meta();
         Ok(self
             .controller_revisions(&meta.namespace, &meta.uid)
             .await?
@@ -63,21 +123,22 @@ impl Registry {
             .collect())
     }
 
-    /// Records the Deployment's pod template as a ControllerRevision when it is new, or
+    /// Records the owner's pod template as a ControllerRevision when it is new, or
     /// renumbers the matching old one (a rollback, or re-applying an old template), and
-    /// prunes history past `revisionHistoryLimit`. Sets the revision annotation.
-    pub(super) async fn plan_revision_history(
+    /// prunes history past `revisionHistoryLimit`. Sets a Deployment's revision
+    /// annotation.
+    pub(super) async fn plan_revision_history<K: WithHistory>(
         &self,
-        deployment: &mut Deployment,
+        owner: &mut K,
     ) -> Result<Vec<Op>> {
         let (namespace, name, uid) = (
-            deployment.metadata.namespace.clone(),
-            deployment.metadata.name.clone(),
-            deployment.metadata.uid.clone(),
+            owner.meta().namespace.clone(),
+            owner.meta().name.clone(),
+            owner.meta().uid.clone(),
         );
-        let template = &deployment.spec.template;
+        let template = owner.template();
         let history = self.controller_revisions(&namespace, &uid).await?;
-        let current = revision_of(deployment);
+        let current = current_revision(owner, &history);
         if history
             .iter()
             .any(|(_, r)| r.revision == current && r.data == *template)
@@ -105,7 +166,7 @@ impl Registry {
                         labels: template.metadata.labels.clone(),
                         owner_references: vec![OwnerReference {
                             api_version: "apps/v1".to_owned(),
-                            kind: "Deployment".to_owned(),
+                            kind: K::KIND.to_owned(),
                             name: name.clone(),
                             uid: uid.clone(),
                             controller: true,
@@ -119,21 +180,20 @@ impl Registry {
             }
         };
         revision.revision = next;
-        if let Some(cause) = deployment.metadata.annotations.get(CHANGE_CAUSE) {
+        if let Some(cause) = owner.meta().annotations.get(CHANGE_CAUSE) {
             revision
                 .metadata
                 .annotations
                 .insert(CHANGE_CAUSE.to_owned(), cause.clone());
         }
-        set_revision(deployment, next);
+        owner.record_revision(next);
         let mut ops = vec![Op::Put {
             key: key(&CONTROLLER_REVISIONS, &namespace, &revision.metadata.name),
             value: encode(&revision)?,
             precondition,
         }];
         // Keep `revisionHistoryLimit` old revisions besides the current one.
-        let limit = usize::try_from(deployment.spec.revision_history_limit)
-            .unwrap_or(DEFAULT_HISTORY_LIMIT);
+        let limit = usize::try_from(owner.history_limit()).unwrap_or(DEFAULT_HISTORY_LIMIT);
         let old: Vec<&(KeyValue, ControllerRevision)> = history
             .iter()
             .enumerate()
@@ -152,18 +212,58 @@ impl Registry {
 
     /// `rollout undo`: puts back the pod template of `to_revision`, or of the revision
     /// before the current one when 0. The restored template becomes the newest revision.
-    pub async fn rollback(&self, namespace: &str, name: &str, to_revision: i64) -> Result<Value> {
-        let rt = &DEPLOYMENTS;
+    pub async fn rollback(
+        &self,
+        rt: &'static ResourceType,
+        namespace: &str,
+        name: &str,
+        to_revision: i64,
+    ) -> Result<Value> {
+        match rt.kind {
+            "Deployment" => {
+                self.rollback_typed(&Deployment::STRATEGY, rt, (namespace, name), to_revision)
+                    .await
+            }
+            "DaemonSet" => {
+                self.rollback_typed(&DaemonSet::STRATEGY, rt, (namespace, name), to_revision)
+                    .await
+            }
+            "StatefulSet" => {
+                self.rollback_typed(
+                    &super::strategy::StatefulSetStrategy,
+                    rt,
+                    (namespace, name),
+                    to_revision,
+                )
+                .await
+            }
+            kind => Err(Error::bad_request(format!(
+                "{kind} has no rollback subresource"
+            ))),
+        }
+    }
+
+    async fn rollback_typed<S: Strategy>(
+        &self,
+        strategy: &S,
+        rt: &'static ResourceType,
+        (namespace, name): (&str, &str),
+        to_revision: i64,
+    ) -> Result<Value>
+    where
+        S::Object: WithHistory,
+    {
+        let what = rt.kind.to_lowercase();
         let mut attempt = 0;
-        let (object, chosen) = loop {
+        let (object, chosen, now) = loop {
             let Some(kv) = self.read(key(rt, namespace, name)).await? else {
                 return Err(Error::not_found(rt.kind, name));
             };
-            let existing: Deployment = decode_typed(&kv)?;
+            let existing: S::Object = decode_typed(&kv)?;
             let history = self
-                .controller_revisions(namespace, &existing.metadata.uid)
+                .controller_revisions(namespace, &existing.meta().uid)
                 .await?;
-            let current = revision_of(&existing);
+            let current = current_revision(&existing, &history);
             let target = if to_revision == 0 {
                 history.iter().rev().find(|(_, r)| r.revision < current)
             } else {
@@ -171,31 +271,27 @@ impl Registry {
             };
             let Some((_, target)) = target else {
                 return Err(Error::bad_request(if to_revision == 0 {
-                    format!("deployment {name:?} has no previous revision to roll back to")
+                    format!("{what} {name:?} has no previous revision to roll back to")
                 } else {
-                    format!("deployment {name:?} has no revision {to_revision}")
+                    format!("{what} {name:?} has no revision {to_revision}")
                 }));
             };
+            // The restored template is renumbered past the newest.
+            let now = history.last().map_or(0, |(_, r)| r.revision).max(current) + 1;
             let mut modified = existing.clone();
-            modified.spec.template = target.data.clone();
+            *modified.template_mut() = target.data.clone();
             match self
-                .write_over(&DeploymentStrategy, rt, (&kv, &existing), modified, None)
+                .write_over(strategy, rt, (&kv, &existing), modified, None)
                 .await
             {
-                Ok(object) => break (object, target.revision),
+                Ok(object) => break (object, target.revision, now),
                 Err(e) if e.is_conflict() && attempt < MAX_RETRIES => attempt += 1,
                 Err(e) => return Err(e),
             }
         };
-        let now = object
-            .pointer("/metadata/annotations")
-            .and_then(|a| a.get(REVISION_ANNOTATION))
-            .and_then(Value::as_str)
-            .unwrap_or("0")
-            .to_owned();
         self.record_event(
             &object,
-            "DeploymentRollback",
+            &format!("{}Rollback", rt.kind),
             &format!("Rolled back to the template of revision {chosen}, now revision {now}"),
             "Normal",
         )

@@ -13,6 +13,7 @@ mod apply;
 pub mod batch;
 mod error;
 mod events;
+mod eviction;
 mod history;
 mod namespace;
 pub(crate) mod quota;
@@ -61,15 +62,53 @@ pub struct Registry {
     watch_cache: Arc<WatchCache>,
 }
 
-/// What the cluster's admin allows pods beyond the API's own rules.
-#[derive(Debug, Clone, Default)]
+/// What the cluster's admin allows pods beyond the API's own rules, and gives them.
+#[derive(Debug, Clone)]
 pub struct Admission {
     /// Node paths (each with everything under it) hostPath volumes may name; empty, the
     /// default, refuses every hostPath volume.
     pub host_path_prefixes: Vec<std::path::PathBuf>,
+    /// The `tolerationSeconds` of the not-ready and unreachable `NoExecute` tolerations
+    /// a new pod gets when it has none of its own: how long it stays on a node that went
+    /// down (`--pod-eviction-timeout`).
+    pub default_toleration_seconds: i64,
+}
+
+impl Default for Admission {
+    fn default() -> Self {
+        Self {
+            host_path_prefixes: Vec::new(),
+            // Kubernetes' default.
+            default_toleration_seconds: 300,
+        }
+    }
 }
 
 impl Admission {
+    /// Kubernetes' DefaultTolerationSeconds admission: a pod that does not tolerate a
+    /// node being not ready or unreachable (`NoExecute`) does for this long.
+    fn default_tolerations(&self, spec: &mut berth_api::core::PodSpec) {
+        use berth_api::scheduling::{
+            NO_EXECUTE, TAINT_NOT_READY, TAINT_UNREACHABLE, Taint, Toleration,
+        };
+        for key in [TAINT_NOT_READY, TAINT_UNREACHABLE] {
+            let taint = Taint {
+                key: key.to_owned(),
+                effect: NO_EXECUTE.to_owned(),
+                ..Taint::default()
+            };
+            if !spec.tolerations.iter().any(|t| t.tolerates(&taint)) {
+                spec.tolerations.push(Toleration {
+                    key: key.to_owned(),
+                    operator: "Exists".to_owned(),
+                    value: String::new(),
+                    effect: NO_EXECUTE.to_owned(),
+                    toleration_seconds: Some(self.default_toleration_seconds),
+                });
+            }
+        }
+    }
+
     /// The fields of `spec` (at `path`) the admin does not allow.
     fn pod_spec(
         &self,
@@ -394,6 +433,11 @@ impl Registry {
                 refusals.join(", ")
             )))
         }
+    }
+
+    /// The default tolerations of a new pod (see [`Admission`]).
+    fn admit_default_tolerations(&self, pod: &mut berth_api::core::Pod) {
+        self.admission.default_tolerations(&mut pod.spec);
     }
 
     /// Refuses a pod spec (of `kind` `name`, at `path`) using what the admin does not

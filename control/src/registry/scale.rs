@@ -1,14 +1,14 @@
-//! The `/scale` subresource of Deployments and ReplicaSets.
+//! The `/scale` subresource of Deployments, ReplicaSets and StatefulSets.
 
 use berth_api::{
     Resource, ResourceType,
-    apps::{Deployment, ReplicaSet},
+    apps::{Deployment, ReplicaSet, StatefulSet},
 };
 use serde_json::{Value, json};
 
 use super::{
     Error, FieldManager, Registry, Result, name_of, namespace_of,
-    strategy::{DeploymentStrategy, ReplicaSetStrategy, Strategy},
+    strategy::{ReplicaSetStrategy, StatefulSetStrategy, Strategy, Templated as _},
 };
 use crate::{objects::str_at, store::Revision};
 
@@ -23,6 +23,12 @@ impl Scalable for Deployment {
     }
 }
 
+impl Scalable for StatefulSet {
+    fn replicas_mut(&mut self) -> &mut i32 {
+        &mut self.spec.replicas
+    }
+}
+
 impl Scalable for ReplicaSet {
     fn replicas_mut(&mut self) -> &mut i32 {
         &mut self.spec.replicas
@@ -30,7 +36,8 @@ impl Scalable for ReplicaSet {
 }
 
 impl Registry {
-    /// Sets `spec.replicas` of a Deployment or ReplicaSet; returns the `Scale` view.
+    /// Sets `spec.replicas` of a Deployment, ReplicaSet or StatefulSet; returns the
+    /// `Scale` view.
     pub async fn scale(
         &self,
         rt: &'static ResourceType,
@@ -42,7 +49,7 @@ impl Registry {
         let scaled = match rt.kind {
             Deployment::KIND => {
                 self.scale_typed(
-                    &DeploymentStrategy,
+                    &Deployment::STRATEGY,
                     rt,
                     (namespace, name),
                     (replicas, wanted),
@@ -53,6 +60,16 @@ impl Registry {
             ReplicaSet::KIND => {
                 self.scale_typed(
                     &ReplicaSetStrategy,
+                    rt,
+                    (namespace, name),
+                    (replicas, wanted),
+                    manager,
+                )
+                .await?
+            }
+            StatefulSet::KIND => {
+                self.scale_typed(
+                    &StatefulSetStrategy,
                     rt,
                     (namespace, name),
                     (replicas, wanted),

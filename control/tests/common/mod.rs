@@ -30,6 +30,35 @@ pub async fn berthctl(admin: &std::path::Path, args: &[&str]) -> (bool, String, 
     )
 }
 
+/// The machine's kubectl with `admin` as its kubeconfig and `cache` as its discovery
+/// cache (one per server, so no answer of another server is reused): (exit 0, stdout,
+/// stderr), or None when no kubectl binary is installed.
+pub async fn kubectl_as(
+    admin: &Path,
+    cache: &Path,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> Option<(bool, String, String)> {
+    let output = tokio::process::Command::new("kubectl")
+        .envs(envs.iter().copied())
+        .arg("--kubeconfig")
+        .arg(admin)
+        .arg("--cache-dir")
+        .arg(cache)
+        .args(args)
+        .output()
+        .await;
+    match output {
+        Ok(output) => Some((
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => panic!("running kubectl: {e}"),
+    }
+}
+
 /// A LimitRange for the default namespace: containers get 200m CPU and 128Mi limits and
 /// a 100m CPU request by default, and at most 256Mi.
 pub const LIMIT_RANGE: &str = "apiVersion: v1

@@ -1,73 +1,118 @@
 use berth_api::{
-    Resource as _,
-    apps::{Deployment, REVISION_ANNOTATION},
+    apps::{DaemonSet, Deployment, PodTemplateSpec, REVISION_ANNOTATION},
     validation::FieldPath,
 };
 
 use super::Strategy;
 use crate::{
-    registry::{Batch, Registry, Result},
+    objects::Kind,
+    registry::{Batch, Registry, Result, history::WithHistory},
     store::Op,
 };
 
-/// A Deployment keeps each of its pod templates as a revision it owns.
-pub(in crate::registry) struct DeploymentStrategy;
+/// A kind that keeps each of its pod templates as a ControllerRevision it owns
+/// (Deployment, DaemonSet), for `rollout history` and `rollout undo`.
+pub(in crate::registry) trait Templated: WithHistory {
+    /// Its strategy, for a rollback's write.
+    type Strategy: Strategy<Object = Self> + Sync;
+    const STRATEGY: Self::Strategy;
+}
 
-impl Strategy for DeploymentStrategy {
-    type Object = Deployment;
+macro_rules! templated {
+    ($($kind:ty),*) => {$(
+        impl Templated for $kind {
+            type Strategy = TemplatedStrategy<$kind>;
+            const STRATEGY: Self::Strategy = TemplatedStrategy(std::marker::PhantomData);
+        }
+    )*};
+}
+templated!(Deployment, DaemonSet);
 
-    fn prepare_for_create(&self, deployment: &mut Deployment) {
-        deployment.status = None;
+/// The strategy of a [`Templated`] kind: its status through `/status` only, its pod
+/// template admitted when written and recorded as a revision it owns.
+pub(in crate::registry) struct TemplatedStrategy<T>(std::marker::PhantomData<T>);
+
+/// The status of a templated kind, which `/status` owns.
+pub(in crate::registry) trait HasStatus {
+    fn clear_status(&mut self);
+    fn keep_status(&mut self, old: &Self);
+    fn spec_differs(&self, old: &Self) -> bool;
+}
+
+macro_rules! has_status {
+    ($($kind:ty),*) => {$(
+        impl HasStatus for $kind {
+            fn clear_status(&mut self) {
+                self.status = None;
+            }
+
+            fn keep_status(&mut self, old: &Self) {
+                self.status = old.status.clone();
+            }
+
+            fn spec_differs(&self, old: &Self) -> bool {
+                self.spec != old.spec
+            }
+        }
+    )*};
+}
+has_status!(Deployment, DaemonSet);
+
+impl<T: Templated + HasStatus> Strategy for TemplatedStrategy<T> {
+    type Object = T;
+
+    fn prepare_for_create(&self, object: &mut T) {
+        object.clear_status();
     }
 
     /// The revision annotation is server-owned: the stored one stays unless a new
     /// revision is cut.
-    fn prepare_for_update(&self, deployment: &mut Deployment, old: &Deployment) {
-        deployment.status = old.status.clone();
-        set_revision(deployment, revision_of(old));
+    fn prepare_for_update(&self, object: &mut T, old: &T) {
+        object.keep_status(old);
+        set_revision(object, revision_of(old));
     }
 
-    fn spec_changed(&self, deployment: &Deployment, old: &Deployment) -> bool {
-        deployment.spec != old.spec
+    fn spec_changed(&self, object: &T, old: &T) -> bool {
+        object.spec_differs(old)
     }
 
     async fn complete(
         &self,
         registry: &Registry,
-        _old: Option<&Deployment>,
-        deployment: &mut Deployment,
+        _old: Option<&T>,
+        object: &mut T,
         _batch: &mut Batch,
     ) -> Result<Vec<Op>> {
-        // Refused here rather than pod by pod once its ReplicaSet runs.
+        // Refused here rather than pod by pod once its controller runs.
         registry.admit_pod_spec(
-            Deployment::KIND,
-            &deployment.metadata.name,
-            &deployment.spec.template.spec,
+            T::KIND,
+            &object.meta().name,
+            &object.template().spec,
             &FieldPath::root("spec").child("template").child("spec"),
         )?;
-        registry.plan_revision_history(deployment).await
+        registry.plan_revision_history(object).await
     }
 
-    /// Revision history is owned by its Deployment and goes with it.
-    async fn delete_ops(&self, registry: &Registry, deployment: &Deployment) -> Result<Vec<Op>> {
-        registry.history_deletion(deployment).await
+    /// Revision history is owned by its object and goes with it.
+    async fn delete_ops(&self, registry: &Registry, object: &T) -> Result<Vec<Op>> {
+        registry.history_deletion(object).await
     }
 }
 
-/// The revision of the template `deployment` runs, from its annotation (0: none yet).
-pub(in crate::registry) fn revision_of(deployment: &Deployment) -> i64 {
-    deployment
-        .metadata
+/// The revision of the template `object` runs, from its annotation (0: none yet).
+pub(in crate::registry) fn revision_of(object: &impl Kind) -> i64 {
+    object
+        .meta()
         .annotations
         .get(REVISION_ANNOTATION)
         .and_then(|r| r.parse().ok())
         .unwrap_or(0)
 }
 
-pub(in crate::registry) fn set_revision(deployment: &mut Deployment, revision: i64) {
+pub(in crate::registry) fn set_revision(object: &mut impl Kind, revision: i64) {
     if revision != 0 {
-        deployment
-            .metadata
+        object
+            .meta_mut()
             .annotations
             .insert(REVISION_ANNOTATION.to_owned(), revision.to_string());
     }
@@ -79,15 +124,16 @@ mod tests {
 
     #[test]
     fn an_update_keeps_the_stored_revision_unless_none_is_stored() {
+        let strategy = Deployment::STRATEGY;
         let mut stored = Deployment::default();
         set_revision(&mut stored, 3);
         let mut update = Deployment::default();
         set_revision(&mut update, 7);
-        DeploymentStrategy.prepare_for_update(&mut update, &stored);
+        strategy.prepare_for_update(&mut update, &stored);
         assert_eq!(revision_of(&update), 3);
         let mut first = Deployment::default();
         set_revision(&mut first, 7);
-        DeploymentStrategy.prepare_for_update(&mut first, &Deployment::default());
+        strategy.prepare_for_update(&mut first, &Deployment::default());
         assert_eq!(revision_of(&first), 7, "0 means none: the given one stays");
     }
 }

@@ -8,6 +8,7 @@
 //! the hooks, and encodes the result once for the store. Adding a kind is a file here
 //! and an arm in [`with_strategy`].
 
+mod batch;
 mod configmap;
 mod deployment;
 mod namespace;
@@ -16,6 +17,7 @@ pub(super) mod pod;
 mod rbac;
 mod secret;
 mod service;
+mod statefulset;
 mod storage;
 
 use std::future::Future;
@@ -24,14 +26,16 @@ use berth_api::validation::{FieldError, FieldPath, Validator};
 use serde_json::Value;
 
 pub(super) use self::{
+    batch::{CronJobStrategy, JobStrategy},
     configmap::ConfigMapStrategy,
-    deployment::{DeploymentStrategy, revision_of, set_revision},
+    deployment::{Templated, revision_of, set_revision},
     namespace::NamespaceStrategy,
     plain::*,
     pod::PodStrategy,
     rbac::{ClusterRoleBindingStrategy, RoleBindingStrategy},
     secret::SecretStrategy,
     service::ServiceStrategy,
+    statefulset::StatefulSetStrategy,
     storage::{PersistentVolumeClaimStrategy, PersistentVolumeStrategy},
 };
 use super::{Batch, DeleteOptions, Registry, Result};
@@ -152,11 +156,13 @@ macro_rules! with_strategy {
         use berth_api::{
             Resource as _,
             accounts::ServiceAccount,
-            apps::{ControllerRevision, Deployment, ReplicaSet},
+            apps::{ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet},
             autoscaling::HorizontalPodAutoscaler,
+            batch::{CronJob, Job},
             configuration::{ConfigMap, Secret},
             core::{Endpoints, Event, Namespace, Node, Pod, Service},
             discovery::EndpointSlice,
+            disruption::PodDisruptionBudget,
             policy::{LimitRange, ResourceQuota},
             rbac::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
             storage::{PersistentVolume, PersistentVolumeClaim},
@@ -176,7 +182,7 @@ macro_rules! with_strategy {
                 $body
             }
             Deployment::KIND => {
-                let $strategy = &DeploymentStrategy;
+                let $strategy = &Deployment::STRATEGY;
                 $body
             }
             Node::KIND => {
@@ -187,8 +193,28 @@ macro_rules! with_strategy {
                 let $strategy = &ReplicaSetStrategy;
                 $body
             }
+            DaemonSet::KIND => {
+                let $strategy = &DaemonSet::STRATEGY;
+                $body
+            }
+            PodDisruptionBudget::KIND => {
+                let $strategy = &PodDisruptionBudgetStrategy;
+                $body
+            }
+            StatefulSet::KIND => {
+                let $strategy = &StatefulSetStrategy;
+                $body
+            }
             HorizontalPodAutoscaler::KIND => {
                 let $strategy = &HorizontalPodAutoscalerStrategy;
+                $body
+            }
+            Job::KIND => {
+                let $strategy = &JobStrategy;
+                $body
+            }
+            CronJob::KIND => {
+                let $strategy = &CronJobStrategy;
                 $body
             }
             Endpoints::KIND => {

@@ -3,7 +3,8 @@
 use std::marker::PhantomData;
 
 use berth_api::{
-    apps::ReplicaSet, autoscaling::HorizontalPodAutoscaler, core::Node, policy::ResourceQuota,
+    apps::ReplicaSet, autoscaling::HorizontalPodAutoscaler, core::Node,
+    disruption::PodDisruptionBudget, policy::ResourceQuota,
 };
 
 use super::Strategy;
@@ -47,7 +48,44 @@ macro_rules! status_and_spec {
     };
 }
 
-status_and_spec!(NodeStrategy, Node);
+/// Nodes: status through `/status` only; a `NoExecute` taint is stamped with the time it
+/// was added (tolerations count from then), as Kubernetes' API server does.
+pub(in crate::registry) struct NodeStrategy;
+
+impl Strategy for NodeStrategy {
+    type Object = Node;
+
+    fn prepare_for_create(&self, node: &mut Node) {
+        node.status = None;
+        stamp_no_execute(node, None);
+    }
+
+    fn prepare_for_update(&self, node: &mut Node, old: &Node) {
+        node.status = old.status.clone();
+        stamp_no_execute(node, Some(old));
+    }
+
+    fn spec_changed(&self, node: &Node, old: &Node) -> bool {
+        node.spec != old.spec
+    }
+}
+
+/// Gives each `NoExecute` taint without `timeAdded` the one it had in `old`, or now.
+fn stamp_no_execute(node: &mut Node, old: Option<&Node>) {
+    use berth_api::scheduling::NO_EXECUTE;
+    for taint in &mut node.spec.taints {
+        if taint.effect != NO_EXECUTE || taint.time_added.is_some() {
+            continue;
+        }
+        let before = old
+            .into_iter()
+            .flat_map(|o| &o.spec.taints)
+            .find(|t| t.key == taint.key && t.value == taint.value && t.effect == taint.effect)
+            .and_then(|t| t.time_added.clone());
+        taint.time_added = Some(before.unwrap_or_else(berth_api::time::rfc3339_now));
+    }
+}
 status_and_spec!(ReplicaSetStrategy, ReplicaSet);
 status_and_spec!(HorizontalPodAutoscalerStrategy, HorizontalPodAutoscaler);
 status_and_spec!(ResourceQuotaStrategy, ResourceQuota);
+status_and_spec!(PodDisruptionBudgetStrategy, PodDisruptionBudget);

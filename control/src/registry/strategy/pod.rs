@@ -36,6 +36,7 @@ impl Strategy for PodStrategy {
         if old.is_none() {
             registry.admit_pod_security(pod).await?;
             registry.admit_service_account(pod).await?;
+            registry.admit_default_tolerations(pod);
             registry.apply_limit_ranges(pod).await?;
             let namespace = pod.metadata.namespace.clone();
             registry
