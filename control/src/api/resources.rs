@@ -382,7 +382,7 @@ async fn dispatch(
 
 /// Kinds whose pod templates are kept as revisions `rollout undo` goes back to.
 fn has_history(rt: &ResourceType) -> bool {
-    matches!(rt.kind, "Deployment" | "DaemonSet")
+    matches!(rt.kind, "Deployment" | "DaemonSet" | "StatefulSet")
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -576,11 +576,6 @@ pub(super) fn dry_run(query: &HashMap<String, String>) -> Result<bool, ApiError>
 
 fn is_scalable(rt: &ResourceType) -> bool {
     matches!(rt.kind, "Deployment" | "ReplicaSet" | "StatefulSet")
-}
-
-/// Kinds whose templates the API server keeps as ControllerRevisions.
-fn has_history(rt: &ResourceType) -> bool {
-    matches!(rt.kind, "Deployment" | "StatefulSet")
 }
 
 pub(super) fn is_true(value: Option<&String>) -> bool {

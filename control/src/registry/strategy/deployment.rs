@@ -1,5 +1,5 @@
 use berth_api::{
-    apps::{DaemonSet, Deployment, PodTemplateSpec, REVISION_ANNOTATION},
+    apps::{DaemonSet, Deployment, REVISION_ANNOTATION},
     validation::FieldPath,
 };
 
