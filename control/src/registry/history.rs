@@ -1,12 +1,12 @@
-//! Revision history of Deployments and StatefulSets: each pod template one had is kept
+//! Revision history of Deployments, DaemonSets and StatefulSets: each pod template one had is kept
 //! as a ControllerRevision it owns (named `<owner>-<template hash>`), so `rollout
 //! history` lists them and `rollout undo` puts one back. A Deployment also carries the
 //! number of the revision it runs in its `deployment.kubernetes.io/revision` annotation;
-//! a StatefulSet runs its newest.
+//! DaemonSets and StatefulSets run their newest.
 
 use berth_api::{
     Resource as _, ResourceType,
-    apps::{ControllerRevision, DaemonSet, Deployment, PodTemplateSpec, StatefulSet},
+    apps::{ControllerRevision, DaemonSet, Deployment},
     kinds::CONTROLLER_REVISIONS,
     meta::{ObjectMeta, OwnerReference},
 };
@@ -14,62 +14,13 @@ use serde_json::Value;
 
 use super::{
     Error, MAX_RETRIES, Registry, Result, decode_typed, encode, key, prefix,
-    strategy::{Strategy, Templated as _, revision_of, set_revision},
+    strategy::{Strategy, Templated as _, WithHistory},
 };
 use crate::{
     objects::Kind,
     store::{KeyValue, Op, Precondition},
     util,
 };
-
-/// A kind whose pod templates are kept as ControllerRevisions.
-pub(super) trait WithHistory: Kind {
-    fn template(&self) -> &PodTemplateSpec;
-    fn template_mut(&mut self) -> &mut PodTemplateSpec;
-    fn history_limit(&self) -> i32;
-    /// The revision the object says it runs, when it records one itself.
-    fn recorded_revision(&self) -> Option<i64>;
-    fn record_revision(&mut self, revision: i64);
-}
-
-/// Both kinds keep their template and history limit in the same places; what differs is
-/// where the running revision is recorded.
-macro_rules! with_history {
-    ($kind:ty, |$this:ident| $recorded:expr, |$object:ident, $revision:ident| $record:expr) => {
-        impl WithHistory for $kind {
-            fn template(&self) -> &PodTemplateSpec {
-                &self.spec.template
-            }
-
-            fn template_mut(&mut self) -> &mut PodTemplateSpec {
-                &mut self.spec.template
-            }
-
-            fn history_limit(&self) -> i32 {
-                self.spec.revision_history_limit
-            }
-
-            fn recorded_revision(&self) -> Option<i64> {
-                let $this = self;
-                $recorded
-            }
-
-            fn record_revision(&mut self, $revision: i64) {
-                let $object = self;
-                $record
-            }
-        }
-    };
-}
-
-with_history!(
-    Deployment,
-    |deployment| Some(revision_of(deployment)),
-    |deployment, revision| set_revision(deployment, revision)
-);
-// Like Kubernetes' DaemonSets and StatefulSets, they run their newest revision.
-with_history!(DaemonSet, |_set| None, |_set, _revision| {});
-with_history!(StatefulSet, |_set| None, |_set, _revision| {});
 
 /// The revision `object` runs: its own record, or the newest of `history`.
 fn current_revision<K: WithHistory>(object: &K, history: &[(KeyValue, ControllerRevision)]) -> i64 {

@@ -1,14 +1,63 @@
 use berth_api::{
-    apps::{DaemonSet, Deployment, REVISION_ANNOTATION},
+    apps::{DaemonSet, Deployment, PodTemplateSpec, REVISION_ANNOTATION, StatefulSet},
     validation::FieldPath,
 };
 
 use super::Strategy;
 use crate::{
     objects::Kind,
-    registry::{Batch, Registry, Result, history::WithHistory},
+    registry::{Batch, Registry, Result},
     store::Op,
 };
+
+/// A kind whose pod templates are kept as ControllerRevisions.
+pub(in crate::registry) trait WithHistory: Kind {
+    fn template(&self) -> &PodTemplateSpec;
+    fn template_mut(&mut self) -> &mut PodTemplateSpec;
+    fn history_limit(&self) -> i32;
+    /// The revision the object says it runs, when it records one itself.
+    fn recorded_revision(&self) -> Option<i64>;
+    fn record_revision(&mut self, revision: i64);
+}
+
+/// Both kinds keep their template and history limit in the same places; what differs is
+/// where the running revision is recorded.
+macro_rules! with_history {
+    ($kind:ty, |$this:ident| $recorded:expr, |$object:ident, $revision:ident| $record:expr) => {
+        impl WithHistory for $kind {
+            fn template(&self) -> &PodTemplateSpec {
+                &self.spec.template
+            }
+
+            fn template_mut(&mut self) -> &mut PodTemplateSpec {
+                &mut self.spec.template
+            }
+
+            fn history_limit(&self) -> i32 {
+                self.spec.revision_history_limit
+            }
+
+            fn recorded_revision(&self) -> Option<i64> {
+                let $this = self;
+                $recorded
+            }
+
+            fn record_revision(&mut self, $revision: i64) {
+                let $object = self;
+                $record
+            }
+        }
+    };
+}
+
+with_history!(
+    Deployment,
+    |deployment| Some(revision_of(deployment)),
+    |deployment, revision| set_revision(deployment, revision)
+);
+// Like Kubernetes' DaemonSets and StatefulSets, they run their newest revision.
+with_history!(DaemonSet, |_set| None, |_set, _revision| {});
+with_history!(StatefulSet, |_set| None, |_set, _revision| {});
 
 /// A kind that keeps each of its pod templates as a ControllerRevision it owns
 /// (Deployment, DaemonSet), for `rollout history` and `rollout undo`.

@@ -28,7 +28,7 @@ use serde_json::Value;
 pub(super) use self::{
     batch::{CronJobStrategy, JobStrategy},
     configmap::ConfigMapStrategy,
-    deployment::{Templated, revision_of, set_revision},
+    deployment::{Templated, WithHistory},
     namespace::NamespaceStrategy,
     plain::*,
     pod::PodStrategy,
