@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     meta::ObjectMeta,
+    scheduling::{NO_EXECUTE, NO_SCHEDULE, NodeSelector, Taint, node_label, untolerated},
     validation::{FieldPath, Validator},
 };
 
@@ -1287,7 +1288,7 @@ impl PodSpec {
         if let Some(grace) = self.termination_grace_period_seconds {
             v.non_negative(&path.child("terminationGracePeriodSeconds"), grace);
         }
-        crate::scheduling::validate_pod_placement(self, v, path);
+        validate_pod_placement(self, v, path);
         for (field, present, reason) in [
             (
                 "initContainers",
@@ -1955,6 +1956,89 @@ impl Event {
                 &["Normal", "Warning"],
             );
         }
+    }
+}
+
+// ---------------------------------------------------------------------------- placement
+// The pod spec's placement fields (their types are in `scheduling`) checked against
+// nodes.
+
+/// The placement fields of a pod spec: `tolerations`, `affinity`,
+/// `topologySpreadConstraints`.
+pub(crate) fn validate_pod_placement(spec: &PodSpec, v: &mut Validator, path: &FieldPath) {
+    for (i, toleration) in spec.tolerations.iter().enumerate() {
+        toleration.validate(v, &path.child("tolerations").index(i));
+    }
+    if let Some(affinity) = &spec.affinity {
+        affinity.validate(v, &path.child("affinity"));
+    }
+    let constraints = path.child("topologySpreadConstraints");
+    for (i, constraint) in spec.topology_spread_constraints.iter().enumerate() {
+        let p = constraints.index(i);
+        constraint.validate(v, &p);
+        if spec.topology_spread_constraints[..i].iter().any(|c| {
+            c.topology_key == constraint.topology_key
+                && c.when_unsatisfiable == constraint.when_unsatisfiable
+        }) {
+            v.error(
+                &p,
+                &format!(
+                    "duplicate constraint for topologyKey {:?} and whenUnsatisfiable {:?}",
+                    constraint.topology_key, constraint.when_unsatisfiable
+                ),
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------- the predicate
+
+/// Why a pod may not run on a node, worded as kube-scheduler words it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Misfit {
+    #[error("node(s) didn't match Pod's node affinity/selector")]
+    NodeAffinity,
+    #[error("node(s) had untolerated taint {}", .0.describe())]
+    Taint(Taint),
+}
+
+/// Whether a pod with `spec` may run on `node` as far as its node selector, its required
+/// node affinity and the node's `NoSchedule` and `NoExecute` taints go; why not if not.
+/// Resources, readiness and other pods are the scheduler's business.
+pub fn node_admits(spec: &PodSpec, node: &Node) -> Result<(), Misfit> {
+    if !spec.selects_node(&node.metadata.name, &node.metadata.labels) {
+        return Err(Misfit::NodeAffinity);
+    }
+    match untolerated(
+        &node.spec.taints,
+        &spec.tolerations,
+        &[NO_SCHEDULE, NO_EXECUTE],
+    ) {
+        Some(taint) => Err(Misfit::Taint(taint.clone())),
+        None => Ok(()),
+    }
+}
+
+impl PodSpec {
+    /// Whether the node `name` with `labels` passes the pod's `nodeSelector` and its
+    /// required node affinity.
+    pub fn selects_node(&self, name: &str, labels: &BTreeMap<String, String>) -> bool {
+        self.node_selector
+            .iter()
+            .all(|(k, v)| node_label(name, labels, k) == Some(v.as_str()))
+            && self
+                .required_node_affinity()
+                .is_none_or(|required| required.matches(name, labels))
+    }
+
+    /// `affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution`.
+    pub fn required_node_affinity(&self) -> Option<&NodeSelector> {
+        self.affinity
+            .as_ref()?
+            .node_affinity
+            .as_ref()?
+            .required_during_scheduling_ignored_during_execution
+            .as_ref()
     }
 }
 

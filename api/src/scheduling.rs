@@ -1,7 +1,8 @@
 //! Where a pod may run, in Kubernetes' terms: node selectors and node affinity, taints
 //! and tolerations, pod affinity and anti-affinity, topology spread constraints.
 //!
-//! [`node_admits`] is the part of the scheduler's verdict that depends on the pod's spec
+//! [`crate::core::node_admits`] (beside `PodSpec`, whose fields these types are) is the
+//! part of the scheduler's verdict that depends on the pod's spec
 //! and one node alone (node selector, required node affinity, `NoSchedule` and
 //! `NoExecute` taints): what the scheduler filters on, and what a DaemonSet asks to
 //! find the nodes its pods belong on.
@@ -12,7 +13,6 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    core::{Node, PodSpec},
     meta::LabelSelector,
     validation::{FieldPath, Validator},
 };
@@ -116,7 +116,7 @@ impl Toleration {
         }
     }
 
-    fn validate(&self, v: &mut Validator, path: &FieldPath) {
+    pub(crate) fn validate(&self, v: &mut Validator, path: &FieldPath) {
         if !self.key.is_empty() {
             v.label_key(&path.child("key"), &self.key);
         }
@@ -474,7 +474,7 @@ fn weight(v: &mut Validator, path: &FieldPath, weight: i32) {
 }
 
 impl Affinity {
-    fn validate(&self, v: &mut Validator, path: &FieldPath) {
+    pub(crate) fn validate(&self, v: &mut Validator, path: &FieldPath) {
         if let Some(node) = &self.node_affinity {
             let path = path.child("nodeAffinity");
             if let Some(required) = &node.required_during_scheduling_ignored_during_execution {
@@ -504,7 +504,7 @@ impl Affinity {
 }
 
 impl TopologySpreadConstraint {
-    fn validate(&self, v: &mut Validator, path: &FieldPath) {
+    pub(crate) fn validate(&self, v: &mut Validator, path: &FieldPath) {
         if self.max_skew < 1 {
             v.error(&path.child("maxSkew"), "must be greater than 0");
         }
@@ -536,90 +536,12 @@ impl TopologySpreadConstraint {
     }
 }
 
-/// The placement fields of a pod spec: `tolerations`, `affinity`,
-/// `topologySpreadConstraints`.
-pub(crate) fn validate_pod_placement(spec: &PodSpec, v: &mut Validator, path: &FieldPath) {
-    for (i, toleration) in spec.tolerations.iter().enumerate() {
-        toleration.validate(v, &path.child("tolerations").index(i));
-    }
-    if let Some(affinity) = &spec.affinity {
-        affinity.validate(v, &path.child("affinity"));
-    }
-    let constraints = path.child("topologySpreadConstraints");
-    for (i, constraint) in spec.topology_spread_constraints.iter().enumerate() {
-        let p = constraints.index(i);
-        constraint.validate(v, &p);
-        if spec.topology_spread_constraints[..i].iter().any(|c| {
-            c.topology_key == constraint.topology_key
-                && c.when_unsatisfiable == constraint.when_unsatisfiable
-        }) {
-            v.error(
-                &p,
-                &format!(
-                    "duplicate constraint for topologyKey {:?} and whenUnsatisfiable {:?}",
-                    constraint.topology_key, constraint.when_unsatisfiable
-                ),
-            );
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------- the predicate
-
-/// Why a pod may not run on a node, worded as kube-scheduler words it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Misfit {
-    #[error("node(s) didn't match Pod's node affinity/selector")]
-    NodeAffinity,
-    #[error("node(s) had untolerated taint {}", .0.describe())]
-    Taint(Taint),
-}
-
-/// Whether a pod with `spec` may run on `node` as far as its node selector, its required
-/// node affinity and the node's `NoSchedule` and `NoExecute` taints go; why not if not.
-/// Resources, readiness and other pods are the scheduler's business.
-pub fn node_admits(spec: &PodSpec, node: &Node) -> Result<(), Misfit> {
-    if !spec.selects_node(&node.metadata.name, &node.metadata.labels) {
-        return Err(Misfit::NodeAffinity);
-    }
-    match untolerated(
-        &node.spec.taints,
-        &spec.tolerations,
-        &[NO_SCHEDULE, NO_EXECUTE],
-    ) {
-        Some(taint) => Err(Misfit::Taint(taint.clone())),
-        None => Ok(()),
-    }
-}
-
-impl PodSpec {
-    /// Whether the node `name` with `labels` passes the pod's `nodeSelector` and its
-    /// required node affinity.
-    pub fn selects_node(&self, name: &str, labels: &BTreeMap<String, String>) -> bool {
-        self.node_selector
-            .iter()
-            .all(|(k, v)| node_label(name, labels, k) == Some(v.as_str()))
-            && self
-                .required_node_affinity()
-                .is_none_or(|required| required.matches(name, labels))
-    }
-
-    /// `affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution`.
-    pub fn required_node_affinity(&self) -> Option<&NodeSelector> {
-        self.affinity
-            .as_ref()?
-            .node_affinity
-            .as_ref()?
-            .required_during_scheduling_ignored_during_execution
-            .as_ref()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::core::{Misfit, Node, PodSpec, node_admits, validate_pod_placement};
 
     fn node(value: serde_json::Value) -> Node {
         serde_json::from_value(value).expect("node")

@@ -9,11 +9,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use berth_api::{
     apps::{DaemonSet, DaemonSetStatus},
-    core::{IntOrString, Node, Pod, PodSpec},
+    core::{IntOrString, Node, Pod, PodSpec, node_admits},
     meta::ObjectMeta,
     scheduling::{
         NO_EXECUTE, NO_SCHEDULE, TAINT_NOT_READY, TAINT_UNREACHABLE, TAINT_UNSCHEDULABLE,
-        Toleration, node_admits,
+        Toleration,
     },
 };
 

@@ -11,8 +11,8 @@
 pub mod aggregation;
 pub mod autoscaler;
 mod cache;
-pub mod daemonset;
 pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
 pub mod disruption;
 pub mod endpoints;
@@ -31,8 +31,8 @@ pub mod quota;
 pub mod replicaset;
 pub mod scheduler;
 pub mod serviceaccounts;
-pub mod taints;
 pub mod statefulset;
+pub mod taints;
 pub mod volumes;
 
 use std::{
