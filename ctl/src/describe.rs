@@ -570,6 +570,16 @@ fn describe_config_map(sheet: &mut Sheet, object: &Value) {
 }
 
 /// Everything describe shows besides the events.
+/// An Event's `From`, as kubectl shows its `source`: the component, and the host when
+/// there is one.
+fn event_source(event: &Value) -> String {
+    let component = str_at(event, "/source/component");
+    match str_at(event, "/source/host") {
+        "" => component.to_owned(),
+        host => format!("{component}, {host}"),
+    }
+}
+
 async fn describe_object(ctx: &Ctx, rt: &ResourceType, object: &Value) -> Result<String, CtlError> {
     let mut sheet = Sheet::default();
     metadata(&mut sheet, rt, object);
@@ -675,7 +685,7 @@ fn events_section(events: &[Value]) -> String {
             str_at(e, "/type").to_owned(),
             str_at(e, "/reason").to_owned(),
             age,
-            str_at(e, "/source").to_owned(),
+            event_source(e),
             str_at(e, "/message").to_owned(),
         ]
     }));
