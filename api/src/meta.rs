@@ -9,6 +9,9 @@ use crate::validation::{FieldPath, Validator};
 
 /// The namespace objects land in when a manifest names none.
 pub const DEFAULT_NAMESPACE: &str = "default";
+/// The namespaces every cluster has from its first start and that may not be deleted,
+/// as in Kubernetes (manifests such as DaemonSets for node daemons name `kube-system`).
+pub const SYSTEM_NAMESPACES: &[&str] = &[DEFAULT_NAMESPACE, "kube-system", "kube-public"];
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -507,10 +507,12 @@ async fn open_registry(
                 .unwrap_or(i64::MAX),
         },
     );
-    registry
-        .ensure_namespace(berth_api::meta::DEFAULT_NAMESPACE)
-        .await
-        .map_err(|e| ServerError::Setup(format!("creating the default namespace: {e}")))?;
+    for namespace in berth_api::meta::SYSTEM_NAMESPACES {
+        registry
+            .ensure_namespace(namespace)
+            .await
+            .map_err(|e| ServerError::Setup(format!("creating namespace {namespace}: {e}")))?;
+    }
     registry
         .reserve_held_values()
         .await

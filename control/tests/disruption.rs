@@ -52,8 +52,8 @@ spec:
 const PDBS: &str = "/apis/policy/v1/namespaces/default/poddisruptionbudgets";
 
 /// The DaemonSet of the Kubernetes docs ("DaemonSet", "Create a DaemonSet"), as written
-/// there. Berth makes no kube-system namespace of its own (the test makes it) and admits
-/// hostPath volumes only under the paths `--allow-host-path` names.
+/// there, into the kube-system namespace every cluster has. Berth admits hostPath volumes
+/// only under the paths `--allow-host-path` names.
 const FLUENTD: &str = "apiVersion: apps/v1
 kind: DaemonSet
 metadata:
@@ -407,10 +407,6 @@ async fn daemons_on(c: &HollowCluster, nodes: &[&str], image: &str) {
 }
 
 async fn daemon_set_follows_nodes(c: &HollowCluster, admin: &std::path::Path) {
-    let (status, body) =
-        c.t.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: kube-system}\n")
-            .await;
-    assert_eq!(status, 200, "{body}");
     let (status, body) = c.t.apply(FLUENTD).await;
     assert_eq!(status, 200, "{body}");
     let image = "quay.io/fluentd_elasticsearch/fluentd:v2.5.2";

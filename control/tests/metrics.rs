@@ -38,10 +38,10 @@ async fn metrics_have_request_latency_by_verb_resource_and_code_and_pass_promtoo
         r#"berth_apiserver_request_duration_seconds_count{code="404",resource="deployments",verb="get"} 1"#,
         r#"berth_apiserver_request_duration_seconds_count{code="200",resource="deployments",verb="list"} 1"#,
         "berth_store_commit_duration_seconds_bucket",
-        // Revision 1 creates the `default` namespace, 2 the default ClusterRoles and 3
-        // their bindings; the Deployment and its first ControllerRevision are one
-        // transaction.
-        "berth_store_revision 4",
+        // Revisions 1–3 create the `default`, `kube-system` and `kube-public`
+        // namespaces, 4 the default ClusterRoles and 5 their bindings; the Deployment
+        // and its first ControllerRevision are one transaction.
+        "berth_store_revision 6",
         "berth_store_size_bytes ",
     ] {
         assert!(text.contains(series), "missing {series} in\n{text}");

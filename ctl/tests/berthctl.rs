@@ -898,7 +898,11 @@ async fn namespaces_through_the_generic_commands() {
         .skip(1)
         .filter_map(|l| l.split_whitespace().next())
         .collect();
-    assert_eq!(names, ["default", "shop"], "{out}");
+    assert_eq!(
+        names,
+        ["default", "kube-public", "kube-system", "shop"],
+        "{out}"
+    );
 
     let run = berthctl(&admin, &["delete", "namespace", "shop"]).await;
     assert_eq!(run.ok().out.trim(), "namespace/shop deleted");

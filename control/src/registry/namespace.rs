@@ -6,7 +6,7 @@ use berth_api::{
     RESOURCE_TYPES, Source,
     core::{Namespace, NamespaceStatus},
     kinds::NAMESPACES,
-    meta::DEFAULT_NAMESPACE,
+    meta::SYSTEM_NAMESPACES,
 };
 use serde_json::json;
 
@@ -61,7 +61,7 @@ impl Registry {
         name: &str,
         wanted: Option<Revision>,
     ) -> Result<Option<serde_json::Value>> {
-        if name == DEFAULT_NAMESPACE {
+        if SYSTEM_NAMESPACES.contains(&name) {
             return Err(Error::Forbidden(format!(
                 "namespaces {name:?} is forbidden: this namespace may not be deleted"
             )));
