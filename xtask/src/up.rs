@@ -9,7 +9,8 @@
 //! creates that one link and attaches nothing to the host's own interfaces.
 //!
 //! `cargo xtask up --ha` runs the control plane highly available instead: three etcd
-//! members (Debian's etcd-server; clients on 127.0.0.1:2379, :2389, :2399) and three
+//! members (Debian's etcd-server; clients on 127.0.0.1:12379, :12389, :12399, clear of a
+//! packaged etcd on 2379) and three
 //! control planes on them (APIs on 127.0.0.1:6443, :6453, :6463; agent APIs on the link's
 //! host address, ports 6444, 6454, 6464); the agent knows all three.
 //!
@@ -101,8 +102,8 @@ pub struct UpArgs {
 /// Control planes (and etcd members) of `up --ha`.
 const HA_INSTANCES: usize = 3;
 /// Ports of instance `i` are these plus 10 × i.
-const ETCD_CLIENT_PORT: u16 = 2379;
-const ETCD_PEER_PORT: u16 = 2380;
+const ETCD_CLIENT_PORT: u16 = 12379;
+const ETCD_PEER_PORT: u16 = 12380;
 const API_PORT: u16 = 6443;
 
 #[derive(clap::Args)]
