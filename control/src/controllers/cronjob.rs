@@ -14,8 +14,8 @@ use berth_api::{
 };
 
 use super::{
-    Change, Context, Outcome, Reconciler, Snapshot, Write, controller_of, controller_uid,
-    owner_reference, reference,
+    Change, Context, Outcome, Reconciler, Snapshot, Write, controller_uid, owner_reference,
+    reference, self_or_owner,
 };
 
 pub struct CronJobController;
@@ -32,16 +32,7 @@ impl Reconciler for CronJobController {
     }
 
     fn affected(&self, change: &Change, _snapshot: &Snapshot) -> Vec<(String, String)> {
-        if change.as_kind::<CronJob>().is_some() {
-            return vec![change.key()];
-        }
-        if let Some(job) = change.as_kind::<Job>()
-            && let Some(owner) = controller_of(&job.metadata)
-            && owner.kind == "CronJob"
-        {
-            return vec![(job.metadata.namespace.clone(), owner.name.clone())];
-        }
-        Vec::new()
+        self_or_owner::<CronJob, Job>(change)
     }
 
     fn reconcile(&self, cron_job: &CronJob, snapshot: &Snapshot, ctx: &Context) -> Outcome {

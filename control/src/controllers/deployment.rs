@@ -14,8 +14,8 @@ use berth_api::{
 };
 
 use super::{
-    Change, Context, Outcome, Reconciler, Snapshot, Write, controller_of, controller_uid,
-    owner_reference,
+    Change, Context, Outcome, Reconciler, Snapshot, Write, controller_uid, owner_reference,
+    self_or_owner,
 };
 
 pub struct DeploymentController;
@@ -31,16 +31,7 @@ impl Reconciler for DeploymentController {
     }
 
     fn affected(&self, change: &Change, _snapshot: &Snapshot) -> Vec<(String, String)> {
-        if change.as_kind::<Deployment>().is_some() {
-            return vec![change.key()];
-        }
-        if let Some(rs) = change.as_kind::<ReplicaSet>()
-            && let Some(owner) = controller_of(&rs.metadata)
-            && owner.kind == "Deployment"
-        {
-            return vec![(rs.metadata.namespace.clone(), owner.name.clone())];
-        }
-        Vec::new()
+        self_or_owner::<Deployment, ReplicaSet>(change)
     }
 
     fn reconcile(&self, deployment: &Deployment, snapshot: &Snapshot, _ctx: &Context) -> Outcome {

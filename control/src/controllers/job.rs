@@ -13,8 +13,8 @@ use berth_api::{
 };
 
 use super::{
-    Change, Context, Outcome, Reconciler, Snapshot, Write, controller_of, controller_uid,
-    owner_reference, pod_is_ready, pod_is_terminating,
+    Change, Context, Outcome, Reconciler, Snapshot, Write, controller_uid, owner_reference,
+    pod_is_ready, pod_is_terminating, self_or_owner,
 };
 use crate::util;
 
@@ -33,16 +33,7 @@ impl Reconciler for JobController {
     }
 
     fn affected(&self, change: &Change, _snapshot: &Snapshot) -> Vec<(String, String)> {
-        if change.as_kind::<Job>().is_some() {
-            return vec![change.key()];
-        }
-        if let Some(pod) = change.as_kind::<Pod>()
-            && let Some(owner) = controller_of(&pod.metadata)
-            && owner.kind == "Job"
-        {
-            return vec![(pod.metadata.namespace.clone(), owner.name.clone())];
-        }
-        Vec::new()
+        self_or_owner::<Job, Pod>(change)
     }
 
     fn reconcile(&self, job: &Job, snapshot: &Snapshot, ctx: &Context) -> Outcome {

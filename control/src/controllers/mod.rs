@@ -294,6 +294,21 @@ pub fn controller_of(meta: &ObjectMeta) -> Option<&OwnerReference> {
     meta.owner_references.iter().find(|r| r.controller)
 }
 
+/// The objects of kind `O` a change concerns, for a controller of `O` that owns objects
+/// of kind `C`: the changed `O` itself, or the `O` controlling a changed `C`.
+pub fn self_or_owner<O: Kind, C: Kind>(change: &Change) -> Vec<(String, String)> {
+    if change.as_kind::<O>().is_some() {
+        return vec![change.key()];
+    }
+    if let Some(owned) = change.as_kind::<C>()
+        && let Some(owner) = controller_of(owned.meta())
+        && owner.kind == O::KIND
+    {
+        return vec![(owned.meta().namespace.clone(), owner.name.clone())];
+    }
+    Vec::new()
+}
+
 /// The uid of the controller that owns an object.
 pub fn controller_uid(meta: &ObjectMeta) -> Option<&str> {
     controller_of(meta).map(|owner| owner.uid.as_str())

@@ -23,8 +23,8 @@ use berth_api::{
 };
 
 use super::{
-    Change, Context, Outcome, Reconciler, Snapshot, Write, controller_of, controller_uid,
-    owner_reference, pod_is_ready, pod_is_terminal, pod_is_terminating, reference,
+    Change, Context, Outcome, Reconciler, Snapshot, Write, controller_uid, owner_reference,
+    pod_is_ready, pod_is_terminal, pod_is_terminating, reference, self_or_owner,
 };
 
 pub struct StatefulSetController;
@@ -37,16 +37,7 @@ impl Reconciler for StatefulSetController {
     }
 
     fn affected(&self, change: &Change, _snapshot: &Snapshot) -> Vec<(String, String)> {
-        if change.as_kind::<StatefulSet>().is_some() {
-            return vec![change.key()];
-        }
-        if let Some(pod) = change.as_kind::<Pod>()
-            && let Some(owner) = controller_of(&pod.metadata)
-            && owner.kind == "StatefulSet"
-        {
-            return vec![(pod.metadata.namespace.clone(), owner.name.clone())];
-        }
-        Vec::new()
+        self_or_owner::<StatefulSet, Pod>(change)
     }
 
     fn reconcile(&self, set: &StatefulSet, snapshot: &Snapshot, ctx: &Context) -> Outcome {
