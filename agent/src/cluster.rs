@@ -21,6 +21,7 @@ use berth_api::{
     meta::ObjectMeta,
 };
 use berth_watch::{Change, Consumer, Objects, WatchObject, Watched};
+use prometheus::IntCounterVec;
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
@@ -124,7 +125,7 @@ impl ClusterEvent {
     }
 }
 
-struct Deliver(mpsc::Sender<(ClusterEvent, Instant)>);
+struct Deliver(mpsc::Sender<(ClusterEvent, Instant)>, IntCounterVec);
 
 impl Consumer<ClusterObject> for Deliver {
     async fn changed(
@@ -142,12 +143,20 @@ impl Consumer<ClusterObject> for Deliver {
     fn wanted(&self) -> bool {
         !self.0.is_closed()
     }
+
+    fn stream_started(&mut self, resumed: bool) {
+        crate::controlplane::count_stream(&self.1, "services", resumed);
+    }
 }
 
 /// Follows the Services watch (Services, Endpoints, Nodes) for as long as `updates` has
-/// a receiver.
-pub async fn follow(client: AgentClient<Channel>, updates: mpsc::Sender<(ClusterEvent, Instant)>) {
-    berth_watch::run(client, Watched::Services, &mut Deliver(updates)).await;
+/// a receiver; its streams are counted in `streams`.
+pub async fn follow(
+    client: AgentClient<Channel>,
+    updates: mpsc::Sender<(ClusterEvent, Instant)>,
+    streams: IntCounterVec,
+) {
+    berth_watch::run(client, Watched::Services, &mut Deliver(updates, streams)).await;
 }
 
 /// What a watch event changes for the datapath and DNS.

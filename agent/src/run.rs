@@ -16,7 +16,7 @@ use berth_api::{
     agent::{HeartbeatRequest, NodeUsage, PodDeletion, PodStatusReport, agent_client::AgentClient},
     core::{Node, Pod},
 };
-use berth_watch::{Objects, Watched};
+use berth_watch::Objects;
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
@@ -290,8 +290,16 @@ pub async fn run(config: Config) -> anyhow::Result<Ended> {
     ));
     let (pods_tx, mut pods_rx) = mpsc::channel::<Objects>(16);
     let (services_tx, mut services_rx) = mpsc::channel(1024);
-    tokio::spawn(controlplane::watch(client.clone(), Watched::Pods, pods_tx));
-    tokio::spawn(cluster::follow(client.clone(), services_tx));
+    tokio::spawn(controlplane::watch_pods(
+        client.clone(),
+        pods_tx,
+        metrics.watch_streams.clone(),
+    ));
+    tokio::spawn(cluster::follow(
+        client.clone(),
+        services_tx,
+        metrics.watch_streams.clone(),
+    ));
 
     let mut readiness = LocalReadiness::default();
     let mut cluster = ClusterState::new(&config.node_name, &config.cluster_domain);
