@@ -19,6 +19,7 @@ pub mod scale;
 pub mod scale_report;
 pub mod servers;
 pub mod services;
+pub mod store;
 pub mod svg;
 pub mod topology;
 pub mod wrk;

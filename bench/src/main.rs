@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use berth_bench::{failover, procs, report, run, scale};
+use berth_bench::{failover, procs, report, run, scale, store};
 use clap::Parser;
 
 #[derive(Parser)]
@@ -15,13 +15,13 @@ use clap::Parser;
 struct Args {
     /// Parts to run, comma separated: datapath (the load rounds; it programs the services
     /// too), programming (programming time only), failover, scale (the control plane with
-    /// simulated nodes). The figures of parts left out are kept from
+    /// simulated nodes), store (the scale figures on etcd against embedded). The figures of parts left out are kept from
     /// <out>/bench/results.json, so one part can be rerun alone.
     #[arg(
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "datapath,programming,failover,scale"
+        default_value = "datapath,programming,failover,scale,store"
     )]
     parts: Vec<Part>,
     /// Cluster sizes of the scale part, comma separated (default 1000,5000; smoke 20).
@@ -30,6 +30,12 @@ struct Args {
     /// Pods the scale part schedules (default 50000; smoke 200).
     #[arg(long)]
     scale_pods: Option<usize>,
+    /// Simulated nodes of the store part (default 200; smoke 20).
+    #[arg(long)]
+    store_nodes: Option<usize>,
+    /// Pods the store part schedules on each store (default 10000; smoke 200).
+    #[arg(long)]
+    store_pods: Option<usize>,
     /// Repetitions of each failover trial (default 5; smoke 1, Berth's defaults only).
     #[arg(long)]
     failover_reps: Option<u32>,
@@ -84,6 +90,7 @@ enum Part {
     Programming,
     Failover,
     Scale,
+    Store,
 }
 
 /// The results of an earlier run in `out`, to keep the figures of the parts not rerun.
@@ -148,6 +155,7 @@ fn main() -> anyhow::Result<()> {
                 Part::Programming,
                 Part::Failover,
                 Part::Scale,
+                Part::Store,
             ]
             .into_iter()
             .all(has)
@@ -161,6 +169,7 @@ fn main() -> anyhow::Result<()> {
             runs: Vec::new(),
             failover: None,
             scale: None,
+            store: None,
         });
     if has(Part::Datapath) || has(Part::Programming) {
         let workdir = std::env::temp_dir().join(format!("berth-bench-{}", std::process::id()));
@@ -169,6 +178,7 @@ fn main() -> anyhow::Result<()> {
             results = run::Results {
                 failover: results.failover.take(),
                 scale: results.scale.take(),
+                store: results.store.take(),
                 ..fresh
             };
         } else {
@@ -197,6 +207,21 @@ fn main() -> anyhow::Result<()> {
             Ok(figures) => results.scale = Some(figures),
             Err(error) if failed.is_some() => eprintln!("the scale part: {error:#}"),
             Err(error) => failed = Some(error.context("the scale part")),
+        }
+    }
+    if has(Part::Store) {
+        let say = |text: &str| println!("[{:>6.1} s] {text}", started.elapsed().as_secs_f64());
+        let mut options = store::options(args.smoke);
+        if let Some(nodes) = args.store_nodes {
+            options.nodes = nodes;
+        }
+        if let Some(pods) = args.store_pods {
+            options.scale.pods = pods;
+        }
+        match store::run(&options, &say) {
+            Ok(figures) => results.store = Some(figures),
+            Err(error) if failed.is_some() => eprintln!("the store part: {error:#}"),
+            Err(error) => failed = Some(error.context("the store part")),
         }
     }
     if failed.is_some() {

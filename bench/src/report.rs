@@ -627,6 +627,9 @@ pub fn markdown(results: &Results, command: &str) -> String {
     if let Some(scale) = &results.scale {
         crate::scale_report::section(&mut md, scale, ASSET_DIR, SCALE_ANALYSIS);
     }
+    if let Some(store) = &results.store {
+        crate::store::section(&mut md, store);
+    }
 
     // Method.
     let _ = writeln!(md, "## How it is measured\n");

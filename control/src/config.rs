@@ -494,7 +494,10 @@ mod tests {
             "https://a:1/api",
             "ftp://a:1",
         ] {
-            assert!(parse_endpoint(bad).expect_err("refused").contains(bad), "{bad}");
+            assert!(
+                parse_endpoint(bad).expect_err("refused").contains(bad),
+                "{bad}"
+            );
         }
         assert_eq!(
             config.admin_config_path(),
