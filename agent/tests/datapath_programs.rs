@@ -191,7 +191,10 @@ fn the_counters_read_in_batches_are_each_backends_and_services_own() {
         })
         .collect();
     expected.sort();
-    assert_eq!(by_backend, expected, "every backend, with its own new flows");
+    assert_eq!(
+        by_backend, expected,
+        "every backend, with its own new flows"
+    );
     assert_eq!(h.new_connections(), 30, "the service's counter");
 }
 
