@@ -31,7 +31,7 @@ use std::{
     time::Duration,
 };
 
-use berth_api::core::{Endpoints, Service};
+use berth_api::core::{Endpoints as ApiEndpoints, Service};
 use hickory_proto::{
     op::ResponseCode,
     rr::{
@@ -54,6 +54,8 @@ use hickory_server::{
         in_memory::InMemoryAuthority,
     },
 };
+
+use crate::endpoints::Endpoints;
 
 /// Answers may be cached this long: short, so endpoint changes show quickly. Also the
 /// SOA minimum, so a name that does not exist yet is not remembered for longer.
@@ -127,19 +129,23 @@ impl Records {
 
     /// Builds the records of `services` under `domain` (`cluster.local`). Services whose
     /// names are not DNS labels are left out.
-    pub fn build(services: &[Service], endpoints: &[Endpoints], domain: &str) -> Records {
-        let by_name: HashMap<(&str, &str), &Endpoints> = endpoints
+    pub fn build(services: &[Service], endpoints: &[ApiEndpoints], domain: &str) -> Records {
+        let by_name: HashMap<(&str, &str), Endpoints> = endpoints
             .iter()
-            .map(|e| ((e.metadata.namespace.as_str(), e.metadata.name.as_str()), e))
+            .map(|e| {
+                let meta = &e.metadata;
+                (
+                    (meta.namespace.as_str(), meta.name.as_str()),
+                    Endpoints::from(e),
+                )
+            })
             .collect();
         let mut records = Records::new(domain);
         for service in services {
             let meta = &service.metadata;
             records.add_service(
                 service,
-                by_name
-                    .get(&(meta.namespace.as_str(), meta.name.as_str()))
-                    .copied(),
+                by_name.get(&(meta.namespace.as_str(), meta.name.as_str())),
             );
         }
         records
@@ -180,15 +186,12 @@ impl Records {
                 let ports: HashMap<&str, u16> = subset
                     .ports
                     .iter()
-                    .filter_map(|port| Some((port.name.as_str(), u16::try_from(port.port).ok()?)))
+                    .filter_map(|port| Some((&*port.name, u16::try_from(port.port).ok()?)))
                     .collect();
-                subset.addresses.iter().filter_map(move |address| {
-                    Some((
-                        Ipv4Addr::from_str(&address.ip).ok()?,
-                        address.hostname.as_str(),
-                        ports.clone(),
-                    ))
-                })
+                subset
+                    .addresses
+                    .iter()
+                    .map(move |address| (address.ip, &*address.hostname, ports.clone()))
             })
             .collect();
         let meta = &service.metadata;
