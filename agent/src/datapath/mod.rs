@@ -1229,9 +1229,17 @@ impl Datapath {
             .map(|(key, id)| (*id, *key))
             .collect();
         let mut local_backends = HashSet::new();
+        let changed: Vec<(u32, Backend)> = plan
+            .backends
+            .iter()
+            .filter(|(id, backend)| self.live_backends.get(id) != Some(backend))
+            .map(|(id, backend)| (*id, *backend))
+            .collect();
+        self.write_backend_entries(&changed)?;
+        report.backends_written += changed.len();
+        self.live_backends.extend(changed);
         for (id, backend) in &plan.backends {
-            let key = by_id[id];
-            self.write_backend(key, *id, *backend, &mut report)?;
+            self.live_backend_ids.insert(by_id[id], *id);
             if backend.node_id == self.options.node_id {
                 local_backends.insert(local_address(backend));
                 self.write_local_backend(local_address(backend), *id)?;
@@ -1361,6 +1369,38 @@ impl Datapath {
             report.backends_written += 1;
         }
         self.live_backend_ids.insert(key, id);
+        Ok(())
+    }
+
+    /// Writes backend entries (id, entry) into the backends array: in batches of
+    /// `BPF_MAP_UPDATE_BATCH` (a resync writes 100,000), or one by one where the kernel
+    /// has no batch update. The mirror is the caller's to update.
+    fn write_backend_entries(&mut self, entries: &[(u32, Backend)]) -> Result<(), DatapathError> {
+        use aya::maps::IterableMap as _;
+        let mut written = 0;
+        if entries.len() > 1 {
+            let (ids, values): (Vec<u32>, Vec<Backend>) = entries.iter().copied().unzip();
+            let fd = self.backends.map().fd().as_fd();
+            for (ids, values) in ids
+                .chunks(BATCH as usize)
+                .zip(values.chunks(BATCH as usize))
+            {
+                match batch::update(fd, ids, values) {
+                    Ok(()) => written += ids.len(),
+                    Err((_, error)) if batch::unsupported(&error) => break,
+                    Err((_, error)) => {
+                        return Err(batch_error(map_names::BACKENDS, "bpf_map_update_batch")(
+                            error,
+                        ));
+                    }
+                }
+            }
+        }
+        for (id, backend) in &entries[written..] {
+            self.backends
+                .set(*id, *backend, 0)
+                .map_err(map_error(map_names::BACKENDS))?;
+        }
         Ok(())
     }
 
