@@ -374,24 +374,32 @@ impl SwappableZone {
     }
 }
 
+/// What the server's own zones answer alike: primary, no transfers, the origin they hold
+/// (`update`, async, cannot be generated inside `async_trait`'s impl).
+macro_rules! read_only_primary {
+    () => {
+        type Lookup = AuthLookup;
+
+        fn zone_type(&self) -> ZoneType {
+            ZoneType::Primary
+        }
+
+        fn is_axfr_allowed(&self) -> bool {
+            false
+        }
+
+        fn origin(&self) -> &LowerName {
+            &self.origin
+        }
+    };
+}
+
 #[async_trait::async_trait]
 impl Authority for SwappableZone {
-    type Lookup = AuthLookup;
-
-    fn zone_type(&self) -> ZoneType {
-        ZoneType::Primary
-    }
-
-    fn is_axfr_allowed(&self) -> bool {
-        false
-    }
+    read_only_primary!();
 
     async fn update(&self, _update: &MessageRequest) -> UpdateResult<bool> {
         Err(ResponseCode::Refused)
-    }
-
-    fn origin(&self) -> &LowerName {
-        &self.origin
     }
 
     async fn lookup(
@@ -537,22 +545,10 @@ fn address_of_reverse_name(name: &Name) -> Option<Ipv4Addr> {
 
 #[async_trait::async_trait]
 impl Authority for ReverseZone {
-    type Lookup = AuthLookup;
-
-    fn zone_type(&self) -> ZoneType {
-        ZoneType::Primary
-    }
-
-    fn is_axfr_allowed(&self) -> bool {
-        false
-    }
+    read_only_primary!();
 
     async fn update(&self, _update: &MessageRequest) -> UpdateResult<bool> {
         Err(ResponseCode::Refused)
-    }
-
-    fn origin(&self) -> &LowerName {
-        &self.origin
     }
 
     async fn lookup(

@@ -102,40 +102,16 @@ impl From<&ApiEndpoints> for Endpoints {
 
 #[cfg(test)]
 mod tests {
-    use berth_api::core::EndpointSubset;
-
     use super::*;
-
-    fn address(ip: &str, node: &str) -> EndpointAddress {
-        EndpointAddress {
-            ip: ip.into(),
-            node_name: node.into(),
-            ..EndpointAddress::default()
-        }
-    }
 
     #[test]
     fn addresses_are_parsed_and_node_names_shared() {
-        let api = ApiEndpoints {
-            subsets: vec![EndpointSubset {
-                addresses: vec![
-                    address("198.18.1.2", "n1"),
-                    address("fd00::2", "n1"),
-                    address("198.18.1.3", "n1"),
-                ],
-                not_ready_addresses: vec![EndpointAddress {
-                    hostname: "web-0".into(),
-                    terminating: true,
-                    ..address("198.18.2.4", "n2")
-                }],
-                ports: vec![EndpointPort {
-                    name: "http".into(),
-                    port: 8080,
-                    protocol: "TCP".into(),
-                }],
-            }],
-            ..ApiEndpoints::default()
-        };
+        let mut api = crate::services::tests::web_endpoints();
+        api.subsets[0].addresses.push(EndpointAddress {
+            ip: "fd00::2".into(),
+            ..EndpointAddress::default()
+        });
+        api.subsets[0].not_ready_addresses[1].hostname = "web-0".into();
         let endpoints = Endpoints::from(&api);
         let [subset] = endpoints.subsets.as_slice() else {
             panic!("one subset: {endpoints:?}");
@@ -143,23 +119,18 @@ mod tests {
         let ips: Vec<Ipv4Addr> = subset.addresses.iter().map(|a| a.ip).collect();
         assert_eq!(
             ips,
-            [Ipv4Addr::new(198, 18, 1, 2), Ipv4Addr::new(198, 18, 1, 3)],
+            [Ipv4Addr::new(198, 18, 1, 2), Ipv4Addr::new(198, 18, 2, 2)],
             "the IPv6 address is left out"
         );
+        let [first, second] = subset.not_ready_addresses.as_slice() else {
+            panic!("two not-ready addresses: {subset:?}");
+        };
         assert!(
-            Arc::ptr_eq(
-                &subset.addresses[0].node_name,
-                &subset.addresses[1].node_name
-            ),
+            Arc::ptr_eq(&first.node_name, &second.node_name),
             "one copy of a node's name"
         );
-        let not_ready = &subset.not_ready_addresses[0];
         assert_eq!(
-            (
-                &*not_ready.node_name,
-                &*not_ready.hostname,
-                not_ready.terminating
-            ),
+            (&*second.node_name, &*second.hostname, second.terminating),
             ("n2", "web-0", true)
         );
         assert_eq!(

@@ -333,7 +333,7 @@ fn protocol_matches(name: &str, protocol: Protocol) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use berth_api::{
         core::{
             EndpointAddress, EndpointPort, EndpointSubset, NodeAddress, NodeSpec, NodeStatus,
@@ -400,7 +400,7 @@ mod tests {
         }
     }
 
-    fn web_endpoints() -> ApiEndpoints {
+    pub(crate) fn web_endpoints() -> ApiEndpoints {
         ApiEndpoints {
             metadata: meta("default", "web"),
             subsets: vec![EndpointSubset {
