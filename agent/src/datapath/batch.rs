@@ -91,7 +91,7 @@ pub fn lookup_array<V: Pod + Default>(
     values: &mut Vec<V>,
 ) -> io::Result<u32> {
     assert!(
-        per_key == 1 || size_of::<V>() % 8 == 0,
+        per_key == 1 || size_of::<V>().is_multiple_of(8),
         "per-CPU values are laid out on 8 bytes"
     );
     let mut keys = vec![0u32; count as usize];

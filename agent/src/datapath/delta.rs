@@ -20,6 +20,9 @@ use super::{
     lowest_free, merge_backend, service_key, slots,
 };
 
+/// A service using a backend (its name, shared by all its backends) and its view of it.
+type User = (Arc<str>, BackendSpec);
+
 /// The services as last written, indexed for per-service planning.
 #[derive(Debug, Default)]
 pub(super) struct Desired {
@@ -29,7 +32,7 @@ pub(super) struct Desired {
     /// Every service's view of each backend, by address and port: the service's name
     /// shared by its backends, and room for one user (most backends have one), as
     /// 100,000 backends each hold an entry.
-    users: HashMap<(Ipv4Addr, u16), Vec<(Arc<str>, BackendSpec)>>,
+    users: HashMap<(Ipv4Addr, u16), Vec<User>>,
 }
 
 impl Desired {
