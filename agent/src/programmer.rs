@@ -94,14 +94,10 @@ impl Batch {
     }
 
     /// How many services the batch writes.
-    pub fn len(&self) -> usize {
+    pub fn services(&self) -> usize {
         self.full
             .as_ref()
             .map_or(self.changes.len(), |set| set.services.len())
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0 && self.nodes.is_none()
     }
 
     /// Writes the batch. Returns one report per write.
@@ -143,7 +139,7 @@ fn run(
             batch.add(work, received);
         }
         let arrivals = std::mem::take(&mut batch.received);
-        let large = batch.len() > RELEASE_AFTER;
+        let large = batch.services() > RELEASE_AFTER;
         let results = {
             let mut datapath = match datapath.lock() {
                 Ok(datapath) => datapath,
@@ -222,6 +218,7 @@ mod tests {
         batch.add(Work::Nodes(Vec::new()), None);
         assert!(batch.full.is_none());
         assert_eq!(batch.changes.len(), 2);
+        assert_eq!(batch.services(), 2);
         assert_eq!(
             batch.changes["a"].as_ref().map(|s| s.frontends[0].port),
             Some(81)
@@ -250,5 +247,6 @@ mod tests {
             .map(|set| set.services.iter().map(|s| s.name.as_str()).collect())
             .unwrap_or_default();
         assert_eq!(names, ["b", "d"]);
+        assert_eq!(batch.services(), 2, "a resync writes its set's services");
     }
 }
