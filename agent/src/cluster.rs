@@ -17,7 +17,9 @@ use std::{
 
 use berth_api::{
     agent::agent_client::AgentClient,
-    core::{Endpoints, LB_ALGORITHM_ANNOTATION, Node as ApiNode, Service as ApiService},
+    core::{
+        Endpoints as ApiEndpoints, LB_ALGORITHM_ANNOTATION, Node as ApiNode, Service as ApiService,
+    },
     meta::ObjectMeta,
 };
 use berth_watch::{Change, Consumer, Objects, WatchObject, Watched};
@@ -28,6 +30,7 @@ use tonic::transport::Channel;
 use crate::{
     datapath::{Node, Service, ServiceSet},
     dns::Records,
+    endpoints::Endpoints,
     services::{self, NodeView},
 };
 
@@ -75,26 +78,32 @@ fn key_of(metadata: &ObjectMeta) -> String {
 impl WatchObject for ClusterObject {
     fn decode(kind: &str, json: &[u8]) -> Option<(String, Self)> {
         DECODED.set(DECODED.get() + 1);
-        let parsed = match kind {
-            "Service" => serde_json::from_slice(json).map(|s| Self::Service(Arc::new(s))),
-            "Endpoints" => serde_json::from_slice(json).map(|e| Self::Endpoints(Arc::new(e))),
-            "Node" => serde_json::from_slice(json).map(|n| Self::Node(Arc::new(n))),
+        let undecodable = |error: serde_json::Error| {
+            tracing::warn!(kind, %error, "undecodable object in the Services watch");
+        };
+        let (metadata, object) = match kind {
+            "Service" => {
+                let mut service: ApiService =
+                    serde_json::from_slice(json).map_err(undecodable).ok()?;
+                slim(&mut service.metadata);
+                (service.metadata.clone(), Self::Service(Arc::new(service)))
+            }
+            // Kept in the agent's own form: the API object's strings are most of its size,
+            // and of its metadata only the name (in the key) is read.
+            "Endpoints" => {
+                let endpoints: ApiEndpoints =
+                    serde_json::from_slice(json).map_err(undecodable).ok()?;
+                let compact = Endpoints::from(&endpoints);
+                (endpoints.metadata, Self::Endpoints(Arc::new(compact)))
+            }
+            "Node" => {
+                let mut node: ApiNode = serde_json::from_slice(json).map_err(undecodable).ok()?;
+                slim(&mut node.metadata);
+                (node.metadata.clone(), Self::Node(Arc::new(node)))
+            }
             _ => return None,
         };
-        let mut object = match parsed {
-            Ok(object) => object,
-            Err(error) => {
-                tracing::warn!(kind, %error, "undecodable object in the Services watch");
-                return None;
-            }
-        };
-        let metadata = match &mut object {
-            Self::Service(service) => &mut Arc::make_mut(service).metadata,
-            Self::Endpoints(endpoints) => &mut Arc::make_mut(endpoints).metadata,
-            Self::Node(node) => &mut Arc::make_mut(node).metadata,
-        };
-        slim(metadata);
-        let key = (!metadata.name.is_empty()).then(|| key_of(metadata))?;
+        let key = (!metadata.name.is_empty()).then(|| key_of(&metadata))?;
         Some((key, object))
     }
 }

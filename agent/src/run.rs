@@ -25,7 +25,8 @@ use crate::{
     config::Config,
     controlplane::{self, ControlPlaneError, Membership},
     datapath::{
-        self, ConntrackSweeper, Datapath, DatapathOptions, Limits, NeighbourKeeper, monotonic_secs,
+        self, ConntrackSweeper, Datapath, DatapathOptions, Limits, NeighbourKeeper, TrafficReader,
+        monotonic_secs,
     },
     dns::DnsServer,
     ipam::Cidr,
@@ -262,7 +263,12 @@ pub async fn run(config: Config) -> anyhow::Result<Ended> {
     tokio::spawn(collect_figures(
         Figures {
             runtime,
-            datapath: datapath.clone(),
+            traffic: datapath
+                .lock()
+                .map_err(|_| anyhow::anyhow!("the datapath's lock is poisoned"))?
+                .traffic_reader()
+                .map(Arc::new)
+                .context("opening the backends' counters")?,
             node: config.node_name.clone(),
         },
         figures_tx,
@@ -667,7 +673,7 @@ async fn confirm_deletions(
 /// Where the heartbeat's load figures come from.
 struct Figures {
     runtime: DockerRuntime,
-    datapath: Arc<Mutex<Datapath>>,
+    traffic: Arc<TrafficReader>,
     node: String,
 }
 
@@ -681,10 +687,13 @@ const FIGURES_MAX_AGE: Duration = Duration::from_secs(10);
 async fn collect_figures(figures: Figures, latest: watch::Sender<Option<(Instant, NodeUsage)>>) {
     let mut collector = Collector::default();
     loop {
-        let traffic = match figures.datapath.lock() {
-            Ok(datapath) => datapath.backend_traffic().ok(),
-            Err(_) => None,
-        };
+        // Off the event loop and without the datapath's lock: 100,000 backends' counters
+        // take a while to read, and a change would wait for them.
+        let reader = figures.traffic.clone();
+        let traffic = tokio::task::spawn_blocking(move || reader.backend_traffic())
+            .await
+            .ok()
+            .and_then(Result::ok);
         let usage = collector
             .collect(&figures.runtime, &figures.node, traffic.as_deref())
             .await;
