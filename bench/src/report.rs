@@ -350,7 +350,8 @@ pub fn markdown(results: &Results, command: &str) -> String {
         results.started,
         ((results.elapsed_secs
             + results.failover.as_ref().map_or(0.0, |f| f.elapsed_secs)
-            + results.scale.as_ref().map_or(0.0, |s| s.elapsed_secs))
+            + results.scale.as_ref().map_or(0.0, |s| s.elapsed_secs)
+            + results.agents.as_ref().map_or(0.0, |a| a.elapsed_secs))
             / 60.0)
             .ceil()
     );
@@ -626,6 +627,9 @@ pub fn markdown(results: &Results, command: &str) -> String {
     }
     if let Some(scale) = &results.scale {
         crate::scale_report::section(&mut md, scale, ASSET_DIR, SCALE_ANALYSIS);
+    }
+    if let Some(agents) = &results.agents {
+        crate::agents_report::section(&mut md, agents);
     }
 
     // Method.
