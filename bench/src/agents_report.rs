@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use crate::{
     agents::{AgentsResults, SERVICE_MAPS},
+    report::thousands,
     scale::percentile,
 };
 
@@ -14,6 +15,8 @@ const EACH_AGENT_P99_MS: f64 = 10.0;
 const LAST_AGENT_P99_MS: f64 = 100.0;
 const OWN_MEMORY_TARGET: u64 = 64_000_000;
 
+/// Entries of Cilium's load-balancer maps by default (`--bpf-lb-map-max`).
+const CILIUM_LB_MAP_MAX: usize = 65_536;
 /// Cilium's Maglev table size (M) by default.
 const CILIUM_MAGLEV_M: u64 = 16_381;
 /// Bytes of Cilium's lb4 entries (bpf/lib/common.h): `lb4_key` and `lb4_service` (the
@@ -82,7 +85,7 @@ pub fn section(md: &mut String, results: &AgentsResults) {
          figures, with `cargo xtask bench -- --parts agents` (`--agents N`, `--agents-services S`).\n",
         results.binaries,
         std::thread::available_parallelism().map_or(0, usize::from),
-        results.services,
+        thousands(results.services),
         results.endpoints_per_service,
         results.manifest,
         results.changes.len(),
@@ -135,7 +138,7 @@ pub fn section(md: &mut String, results: &AgentsResults) {
     let _ = writeln!(
         md,
         "| every agent has all {} Services programmed within 60 s of the last apply | {} after the last apply's answer ({} applying) | {} |",
-        results.services,
+        thousands(results.services),
         after_last.map_or_else(
             || format!("not all within {:.0} s", results.arrival_limit_secs),
             |s| format!("{s:.1} s")
@@ -165,7 +168,7 @@ pub fn section(md: &mut String, results: &AgentsResults) {
     let _ = writeln!(
         md,
         "| agent memory, its own share ≤ 64 MB with {} Services × {} endpoints | the largest agent's RssAnon {} | {} |\n",
-        results.services,
+        thousands(results.services),
         results.endpoints_per_service,
         mib(own),
         verdict(own <= OWN_MEMORY_TARGET)
@@ -243,6 +246,7 @@ pub fn section(md: &mut String, results: &AgentsResults) {
         .map(|agent| agent.bpf_service_bytes)
         .max()
         .unwrap_or(0);
+    let service_entries = results.services * (1 + results.endpoints_per_service);
     let _ = writeln!(
         md,
         "**BPF maps beside Cilium's** for the same {} Services × {} backends. Berth's Services' maps: {} per agent, \
@@ -256,17 +260,23 @@ pub fn section(md: &mut String, results: &AgentsResults) {
          `lb4_backend` 12 B) and one `cilium_lb4_reverse_nat` entry per Service (`__u16` + `lb4_reverse_nat` 6 B) \
          ([bpf/lib/common.h](https://github.com/cilium/cilium/blob/main/bpf/lib/common.h)): {} together. That is \
          the entries' bytes only: the kernel's per-element overhead comes on top, and Cilium's hash maps are \
-         preallocated at their limits ([eBPF maps](https://docs.cilium.io/en/stable/network/ebpf/maps/): 64k \
-         entries for the load balancer by default, fewer than the {} service-map entries these Services need, so \
-         `--bpf-lb-map-max` would have to be raised).\n",
-        results.services,
+         preallocated at their limits ([eBPF maps](https://docs.cilium.io/en/stable/network/ebpf/maps/): 65,536 \
+         entries for the load balancer by default){}.\n",
+        thousands(results.services),
         results.endpoints_per_service,
         mib(service_bpf),
         CILIUM_MAGLEV_M,
         mib(maglev),
         mib(entries),
         mib(maglev + entries),
-        results.services * (1 + results.endpoints_per_service),
+        if service_entries > CILIUM_LB_MAP_MAX {
+            format!(
+                "; these Services need {} service-map entries, so `--bpf-lb-map-max` would have to be raised",
+                thousands(service_entries)
+            )
+        } else {
+            String::new()
+        },
     );
     let _ = writeln!(md, "{HISTORY}\n");
 }

@@ -118,7 +118,7 @@ fn programming_detail(results: &Results, mode: Mode, services: usize, step: Step
         .unwrap_or_default()
 }
 
-fn thousands(n: usize) -> String {
+pub fn thousands(n: usize) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
