@@ -367,7 +367,11 @@ fn objects(
 /// none twice while `change < services`.
 fn changed_service(change: usize, services: usize) -> usize {
     const STRIDE: usize = 7919;
-    let stride = if services % STRIDE == 0 { 1 } else { STRIDE };
+    let stride = if services.is_multiple_of(STRIDE) {
+        1
+    } else {
+        STRIDE
+    };
     change * stride % services
 }
 
