@@ -7,6 +7,7 @@ use crate::{
     agents::{AgentsResults, SERVICE_MAPS},
     report::thousands,
     scale::percentile,
+    scale_report::{mib, ms},
 };
 
 /// Issue 25's "Done means" 1–3.
@@ -25,23 +26,6 @@ const CILIUM_MAGLEV_M: u64 = 16_381;
 const CILIUM_SERVICE_ENTRY: u64 = 12 + 12;
 const CILIUM_BACKEND_ENTRY: u64 = 4 + 12;
 const CILIUM_REVERSE_NAT_ENTRY: u64 = 2 + 6;
-
-fn mib(bytes: u64) -> String {
-    let mib = bytes as f64 / f64::from(1 << 20);
-    if mib < 10.0 {
-        format!("{mib:.1} MiB")
-    } else {
-        format!("{mib:.0} MiB")
-    }
-}
-
-fn ms(value: f64) -> String {
-    if value >= 1000.0 {
-        format!("{:.2} s", value / 1e3)
-    } else {
-        format!("{value:.1} ms")
-    }
-}
 
 fn secs(value: Option<f64>, limit: f64) -> String {
     value.map_or_else(
