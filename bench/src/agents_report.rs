@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use crate::{
     agents::{AgentsResults, SERVICE_MAPS},
-    report::thousands,
+    figures::thousands,
     scale::percentile,
     scale_report::{mib, ms},
 };

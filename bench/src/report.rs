@@ -6,7 +6,7 @@ use anyhow::Context as _;
 
 use crate::{
     Mode,
-    figures::{median, seconds},
+    figures::{median, seconds, thousands},
     programming::Step,
     run::{Results, RunRecord},
     svg::{self, BarChart, COLORS, Series},
@@ -116,18 +116,6 @@ fn programming_detail(results: &Results, mode: Mode, services: usize, step: Step
         .find(|r| r.mode == mode && r.services == services && r.step == step)
         .map(|r| r.detail.clone())
         .unwrap_or_default()
-}
-
-pub fn thousands(n: usize) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 fn rate(value: f64) -> String {
