@@ -31,7 +31,7 @@ struct Args {
     #[arg(long)]
     scale_pods: Option<usize>,
     /// Real agents the agents part runs, each in a node namespace of its own (default: as
-    /// many as the machine's available memory holds at 1 GiB each, at least 10; smoke 2).
+    /// many as the machine's available memory holds at 1.5 GiB each, at least 10; smoke 2).
     #[arg(long)]
     agents: Option<usize>,
     /// Services the agents part applies, 10 endpoints each (default 10000; smoke 200).
