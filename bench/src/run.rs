@@ -76,6 +76,9 @@ pub struct Results {
     /// The control plane on etcd against embedded (absent without that part).
     #[serde(default)]
     pub store: Option<crate::store::StoreResults>,
+    /// Real agents while Services arrive and change (absent without that part).
+    #[serde(default)]
+    pub agents: Option<crate::agents::AgentsResults>,
 }
 
 /// Nodes of the topology: direct first, then per service count eBPF, iptables, HAProxy.
@@ -257,5 +260,6 @@ pub fn run(parameters: &Parameters, workdir: PathBuf, load: bool) -> anyhow::Res
         failover: None,
         scale: None,
         store: None,
+        agents: None,
     })
 }

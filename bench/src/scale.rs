@@ -36,8 +36,6 @@ use hyper::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-pub mod arrival;
-
 use crate::procs::{Guarded, check_interrupted, machine_cpu, process_cpu_time};
 
 /// A real agent's heartbeat period (agent/src/run.rs).
@@ -209,11 +207,21 @@ where
     ns.ip(&["addr", "add", &format!("{NODE_ADDR}/32"), "dev", "lo"])
         .map_err(|error| anyhow::anyhow!("node address: {error}"))?;
     let name = ns.name().to_owned();
+    in_namespace(&name, || body(name.clone()))
+}
+
+/// Runs `body` on a runtime whose threads are all in network namespace `name`.
+pub fn in_namespace<T, F, Fut>(name: &str, body: F) -> anyhow::Result<T>
+where
+    F: FnOnce() -> Fut + Send,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+    T: Send,
+{
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
-                berth_net::enter_netns(&name)?;
-                let entering = name.clone();
+                berth_net::enter_netns(name)?;
+                let entering = name.to_owned();
                 let runtime = tokio::runtime::Builder::new_multi_thread()
                     .enable_all()
                     .on_thread_start(move || {
@@ -223,10 +231,15 @@ where
                     })
                     .build()
                     .context("starting tokio")?;
-                runtime.block_on(body(name.clone()))
+                runtime.block_on(body())
             })
             .join()
-            .map_err(|_| anyhow::anyhow!("the scale benchmark's thread panicked"))?
+            .map_err(|panic| {
+                anyhow::anyhow!(
+                    "the benchmark's thread in {name} panicked: {}",
+                    crate::procs::panic_message(panic.as_ref())
+                )
+            })?
     })
 }
 
@@ -300,20 +313,29 @@ impl Control {
 
     /// A write that must succeed.
     async fn write(&self, method: Method, path: &str, body: &Value) -> anyhow::Result<Value> {
-        let (status, reply) = self
-            .client
-            .json(method, path, Some(body))
-            .await
-            .with_context(|| path.to_owned())?;
-        if !status.is_success() {
-            bail!("{path}: {status}: {}", reply["message"]);
-        }
-        Ok(reply)
+        write(&self.client, method, path, body).await
     }
 }
 
+/// A write to the control plane that must succeed; its answer.
+pub async fn write(
+    client: &Client,
+    method: Method,
+    path: &str,
+    body: &Value,
+) -> anyhow::Result<Value> {
+    let (status, reply) = client
+        .json(method, path, Some(body))
+        .await
+        .with_context(|| path.to_owned())?;
+    if !status.is_success() {
+        bail!("{path}: {status}: {}", reply["message"]);
+    }
+    Ok(reply)
+}
+
 /// `VmRSS` of a process, in bytes (0 once it is gone).
-fn rss_bytes(pid: u32) -> u64 {
+pub fn rss_bytes(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|status| berth_agent::usage::meminfo_bytes(&status, "VmRSS"))

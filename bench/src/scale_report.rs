@@ -13,11 +13,17 @@ const PROPAGATION_NODES: usize = 1_000;
 const SCHEDULING_TARGET: f64 = 5_000.0;
 const PROPAGATION_TARGET_MS: f64 = 100.0;
 
-pub(crate) fn mib(bytes: u64) -> String {
-    format!("{} MiB", (bytes as f64 / f64::from(1 << 20)).round())
+/// Mebibytes, with a decimal below 10.
+pub fn mib(bytes: u64) -> String {
+    let mib = bytes as f64 / f64::from(1 << 20);
+    if mib < 10.0 {
+        format!("{mib:.1} MiB")
+    } else {
+        format!("{mib:.0} MiB")
+    }
 }
 
-pub(crate) fn ms(value: f64) -> String {
+pub fn ms(value: f64) -> String {
     if value >= 1000.0 {
         format!("{:.2} s", value / 1e3)
     } else {
