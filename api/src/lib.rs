@@ -31,6 +31,7 @@ pub mod kubeconfig;
 pub mod managed;
 pub mod manifest;
 pub mod meta;
+pub mod networking;
 pub mod patch;
 pub mod podsecurity;
 pub mod policy;
