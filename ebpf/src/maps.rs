@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use berth_ebpf_common::{
     AffinityKey, AffinityValue, Backend, BackendAddr, CtEntry, DatapathConfig, FlowKey, PodRange,
-    Reason, ServiceKey, ServiceValue, Traffic, defaults,
+    PolicyKey, Reason, ServiceKey, ServiceValue, Traffic, defaults,
 };
 
 #[map(name = "BERTH_CONFIG")]
@@ -84,6 +84,21 @@ pub static MASQUERADE: LruHashMap<FlowKey, CtEntry> = LruHashMap::pinned(
     defaults::MAX_CONNECTIONS * 2 / defaults::MASQUERADE_SHARE,
     0,
 );
+
+/// Addresses → identities: every pod of the cluster as a /32, and the ranges the
+/// policies' ipBlocks name (and their exceptions), so the longest match of an address is
+/// the most specific thing a policy can say about it. Keyed like the pod ranges.
+#[map(name = "BERTH_IPCACHE")]
+pub static IPCACHE: LpmTrie<u32, u32> = LpmTrie::pinned(defaults::MAX_IPCACHE, 0);
+
+/// Each pod of this node that some NetworkPolicy selects (by address, network order) →
+/// the `ENDPOINT_*_ISOLATED` directions. A pod absent here is not isolated at all.
+#[map(name = "BERTH_POLICY_EPS")]
+pub static POLICY_ENDPOINTS: HashMap<u32, u32> = HashMap::pinned(defaults::MAX_POD_INTERFACES, 0);
+
+/// What the isolated pods allow: see `PolicyKey`. The value is unused.
+#[map(name = "BERTH_POLICY")]
+pub static POLICY: LpmTrie<PolicyKey, u32> = LpmTrie::pinned(defaults::MAX_POLICY_ENTRIES, 0);
 
 /// Whether pod traffic to `addr` keeps its pod source: `addr` is in the no-masquerade
 /// list or in a pod range (this node's or another's, whether routed or tunnelled).
