@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod nodeapi;
 pub mod podnet;
 pub mod pods;
+pub mod policy;
 pub mod probes;
 pub mod programmer;
 pub mod readiness;

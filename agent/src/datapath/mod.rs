@@ -17,6 +17,7 @@ pub mod maglev;
 mod mmap;
 mod model;
 mod neighbours;
+mod policy;
 mod slots;
 
 use std::{
@@ -51,6 +52,7 @@ use berth_ebpf_common::{
 pub use maglev::BackendIdentity;
 pub use model::*;
 pub use neighbours::{NeighbourKeeper, resolve_neighbours};
+pub use policy::PolicyMaps;
 
 /// The eBPF object built from ../ebpf by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/berth"));
@@ -1764,6 +1766,11 @@ impl Datapath {
             }
         }
         Ok(count)
+    }
+
+    /// The NetworkPolicy maps, for writing compiled policies (`crate::policy`).
+    pub fn policy_maps(&self) -> Result<PolicyMaps, DatapathError> {
+        PolicyMaps::open(&self.options.pin_dir)
     }
 
     /// A handle on the conntrack tables of its own, for collecting expired entries
