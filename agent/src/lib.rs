@@ -8,6 +8,7 @@ pub mod config;
 pub mod controlplane;
 pub mod datapath;
 pub mod dns;
+pub mod enforcer;
 pub mod failover;
 pub mod ipam;
 pub mod metrics;

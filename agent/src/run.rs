@@ -28,6 +28,7 @@ use crate::{
         self, ConntrackSweeper, Datapath, DatapathOptions, Limits, NeighbourKeeper, monotonic_secs,
     },
     dns::DnsServer,
+    enforcer,
     ipam::Cidr,
     metrics::AgentMetrics,
     nodeapi::{NodeApi, NodeApiTls},
@@ -175,6 +176,9 @@ pub async fn run(config: Config) -> anyhow::Result<Ended> {
     let sweeper = datapath
         .conntrack_sweeper()
         .context("opening the conntrack tables for the sweep")?;
+    let policy_maps = datapath
+        .policy_maps()
+        .context("opening the NetworkPolicy maps")?;
     let datapath = Arc::new(Mutex::new(datapath));
     // None until the control plane's first Node list: routes of a restarted agent stay as
     // they are until then.
@@ -292,6 +296,14 @@ pub async fn run(config: Config) -> anyhow::Result<Ended> {
     let (services_tx, mut services_rx) = mpsc::channel(1024);
     tokio::spawn(controlplane::watch(client.clone(), Watched::Pods, pods_tx));
     tokio::spawn(cluster::follow(client.clone(), services_tx));
+    tokio::spawn(enforcer::enforce(
+        client.clone(),
+        policy_maps,
+        enforcer::NodeSelf {
+            name: config.node_name.clone(),
+            addrs: vec![config.node_address],
+        },
+    ));
 
     let mut readiness = LocalReadiness::default();
     let mut cluster = ClusterState::new(&config.node_name, &config.cluster_domain);

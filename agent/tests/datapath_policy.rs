@@ -36,10 +36,12 @@ const REMOTE_BACKEND: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 40);
 /// ClusterIPs: the server's, and the remote backend's.
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 20);
 const REMOTE_VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 21);
+/// The server's LoadBalancer address (north-south, `berth_external`).
+const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 20);
 /// Outside the cluster: in the ipBlock, in its exception, and elsewhere.
 const IN_BLOCK: Ipv4Addr = Ipv4Addr::new(198, 19, 140, 1);
 const IN_EXCEPTION: Ipv4Addr = Ipv4Addr::new(198, 19, 130, 1);
-const OUTSIDE: Ipv4Addr = Ipv4Addr::new(198, 19, 200, 7);
+const OUTSIDE: Ipv4Addr = Ipv4Addr::new(198, 19, 100, 7);
 
 fn pod(namespace: &str, ip: Ipv4Addr, node: &str, labels: &[(&str, &str)]) -> Pod {
     let mut pod = Pod {
@@ -129,14 +131,19 @@ fn plan(policies: &[NetworkPolicy]) -> PolicyPlan {
 }
 
 fn service(name: &str, vip: Ipv4Addr, backend: Ipv4Addr, port: u16, node_id: u32) -> Service {
+    let frontend = |addr, external| Frontend {
+        addr,
+        port: 80,
+        protocol: Protocol::Tcp,
+        external,
+    };
+    let mut frontends = vec![frontend(vip, false)];
+    if vip == VIP {
+        frontends.push(frontend(EXTERNAL_IP, true));
+    }
     Service {
         name: name.into(),
-        frontends: vec![Frontend {
-            addr: vip,
-            port: 80,
-            protocol: Protocol::Tcp,
-            external: false,
-        }],
+        frontends,
         backends: vec![BackendSpec {
             addr: backend,
             port,
@@ -258,6 +265,24 @@ fn through_a_service_the_chosen_backend_decides() {
         let translated = packet::parse(&out).expect("an IPv4 frame");
         assert_eq!((translated.dst, translated.dst_port), (SERVER, 80));
         // As the node's stack delivers it to the server's veth.
+        let (verdict, _, dropped) = h.run_bytes(program_names::TO_POD, &out);
+        assert_eq!(
+            (verdict == TC_ACT_OK, dropped),
+            (allowed, !allowed),
+            "{client}"
+        );
+    }
+}
+
+#[test]
+fn north_south_the_local_backend_decides_after_translation() {
+    let mut h = Harness::new();
+    for (client, allowed) in [(IN_BLOCK, true), (OUTSIDE, false)] {
+        let frame = tcp((client, 43_000), (EXTERNAL_IP, 80)).build();
+        let (verdict, out) =
+            programs::test_run(h.datapath.ebpf_mut(), program_names::EXTERNAL, &frame);
+        assert_eq!(verdict, XDP_PASS, "to the stack, translated");
+        assert_eq!(packet::parse(&out).expect("an IPv4 frame").dst, SERVER);
         let (verdict, _, dropped) = h.run_bytes(program_names::TO_POD, &out);
         assert_eq!(
             (verdict == TC_ACT_OK, dropped),

@@ -15,8 +15,8 @@ use berth_api::{
     },
     core::Pod,
     kinds::{
-        CONFIG_MAPS, ENDPOINTS, NODES, PERSISTENT_VOLUME_CLAIMS, PERSISTENT_VOLUMES, PODS, SECRETS,
-        SERVICE_ACCOUNTS, SERVICES,
+        CONFIG_MAPS, ENDPOINTS, NAMESPACES, NETWORK_POLICIES, NODES, PERSISTENT_VOLUME_CLAIMS,
+        PERSISTENT_VOLUMES, PODS, SECRETS, SERVICE_ACCOUNTS, SERVICES,
     },
     selector::{FieldSelector, Selector},
     storage::{PersistentVolume, PersistentVolumeClaim},
@@ -759,6 +759,24 @@ impl agent_server::Agent for AgentService {
         self.watch(
             caller,
             vec![&SERVICES, &ENDPOINTS, &NODES],
+            FieldSelector::default(),
+            &request.get_ref().resource_version,
+        )
+        .await
+    }
+
+    type WatchPoliciesStream = EventStream;
+
+    async fn watch_policies(
+        &self,
+        request: Request<WatchRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let caller = self.caller(&request).await?;
+        // Every node's pods: a policy's peers are pods anywhere, known by their labels
+        // and addresses.
+        self.watch(
+            caller,
+            vec![&NETWORK_POLICIES, &NAMESPACES, &PODS],
             FieldSelector::default(),
             &request.get_ref().resource_version,
         )

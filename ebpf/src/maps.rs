@@ -100,6 +100,16 @@ pub static POLICY_ENDPOINTS: HashMap<u32, u32> = HashMap::pinned(defaults::MAX_P
 #[map(name = "BERTH_POLICY")]
 pub static POLICY: LpmTrie<PolicyKey, u32> = LpmTrie::pinned(defaults::MAX_POLICY_ENTRIES, 0);
 
+/// The replies of flows pods opened (`CT_POLICY_REPLY` keys), what lets them into pods
+/// their policies isolate. Every pod's flows are recorded, so a pod that becomes isolated
+/// keeps the replies of connections it already had. An LRU of its own, so pods' flows
+/// never evict service connections; entries past their lifetime count as absent.
+#[map(name = "BERTH_POLICY_CT")]
+pub static POLICY_CT: LruHashMap<FlowKey, CtEntry> = LruHashMap::pinned(
+    defaults::MAX_CONNECTIONS * 2 / defaults::MASQUERADE_SHARE,
+    0,
+);
+
 /// Whether pod traffic to `addr` keeps its pod source: `addr` is in the no-masquerade
 /// list or in a pod range (this node's or another's, whether routed or tunnelled).
 #[inline(always)]

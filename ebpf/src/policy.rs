@@ -12,7 +12,7 @@ use berth_ebpf_common::{
 
 use crate::{
     lb::{Flow, now_secs, touch},
-    maps::{CT, IPCACHE, POLICY, POLICY_ENDPOINTS},
+    maps::{IPCACHE, POLICY, POLICY_CT, POLICY_ENDPOINTS},
 };
 
 /// The key a flow's replies arrive with at the pod that opened it.
@@ -41,7 +41,7 @@ pub fn track_opened(flow: &Flow) {
     let key = reply_key(flow);
     let now = now_secs();
     let state = if tcp { CT_ESTABLISHED } else { CT_UDP_STREAM };
-    if !tcp && let Some(entry) = CT.get_ptr_mut(key) {
+    if !tcp && let Some(entry) = POLICY_CT.get_ptr_mut(key) {
         // SAFETY: a pointer into the conntrack map.
         unsafe { touch(entry, state, now) };
         return;
@@ -51,7 +51,7 @@ pub fn track_opened(flow: &Flow) {
         last_seen_secs: now,
         ..CtEntry::default()
     };
-    let _ = CT.insert(key, entry, 0);
+    let _ = POLICY_CT.insert(key, entry, 0);
 }
 
 /// Whether a packet may enter the pod it is addressed to (`flow` as it is delivered,
@@ -66,7 +66,7 @@ pub fn ingress(flow: &Flow) -> Result<(), Reason> {
     if flags & ENDPOINT_INGRESS_ISOLATED == 0 || flow.src_addr == HAIRPIN_ADDR {
         return Ok(());
     }
-    if let Some(entry) = CT.get_ptr_mut(FlowKey {
+    if let Some(entry) = POLICY_CT.get_ptr_mut(FlowKey {
         src_addr: flow.src_addr,
         dst_addr: flow.dst_addr,
         src_port: flow.src_port,

@@ -110,7 +110,7 @@ impl Limits {
         (self.max_connections * 2 / defaults::MASQUERADE_SHARE).max(2)
     }
 
-    fn map_sizes(&self) -> [(&'static str, u32); 15] {
+    fn map_sizes(&self) -> [(&'static str, u32); 16] {
         [
             (map_names::CONFIG, 1),
             (
@@ -130,6 +130,8 @@ impl Limits {
             (map_names::POD_RANGES, self.max_nodes),
             (map_names::NO_MASQUERADE, defaults::MAX_NO_MASQUERADE),
             (map_names::MASQUERADE, self.masquerade_entries()),
+            // One entry per flow a pod opened, as many as masqueraded connections.
+            (map_names::POLICY_CONNTRACK, self.masquerade_entries()),
             (map_names::SERVICE_STATS, self.max_services),
             (map_names::BACKEND_STATS, self.max_backends + 1),
         ]

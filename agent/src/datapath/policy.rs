@@ -82,23 +82,31 @@ impl PolicyMaps {
     }
 
     /// Makes the maps hold `plan`. Allows go in before the identities that use them and
-    /// before any pod is isolated; isolation is lifted before allows go out.
+    /// before any pod is isolated; isolation is lifted before allows go out. What was
+    /// written is remembered write by write, so after a failure the next call picks up
+    /// from what the maps hold.
     pub fn apply(&mut self, plan: &PolicyPlan) -> Result<(), DatapathError> {
         let wanted_policy: BTreeSet<(u32, PolicyKey)> = plan
             .ingress
             .iter()
             .flat_map(|(endpoint, allows)| allows.iter().map(|a| policy_key(*endpoint, a)))
             .collect();
-        for (prefix, key) in wanted_policy.difference(&self.live_policy) {
+        let adds: Vec<_> = wanted_policy
+            .difference(&self.live_policy)
+            .copied()
+            .collect();
+        for (prefix, key) in adds {
             self.policy
-                .insert(&Key::new(*prefix, *key), 1, 0)
+                .insert(&Key::new(prefix, key), 1, 0)
                 .map_err(map_error(map_names::POLICY))?;
+            self.live_policy.insert((prefix, key));
         }
         for (cidr, id) in &plan.ipcache {
             if self.live_ipcache.get(cidr) != Some(id) {
                 self.ipcache
                     .insert(&lpm_key(*cidr), *id, 0)
                     .map_err(map_error(map_names::IPCACHE))?;
+                self.live_ipcache.insert(*cidr, *id);
             }
         }
         for (addr, flags) in &plan.endpoints {
@@ -106,30 +114,44 @@ impl PolicyMaps {
                 self.endpoints
                     .insert(u32::from(*addr).to_be(), *flags, 0)
                     .map_err(map_error(map_names::POLICY_ENDPOINTS))?;
+                self.live_endpoints.insert(*addr, *flags);
             }
         }
-        for addr in self.live_endpoints.keys() {
-            if !plan.endpoints.contains_key(addr) {
-                self.endpoints
-                    .remove(&u32::from(*addr).to_be())
-                    .map_err(map_error(map_names::POLICY_ENDPOINTS))?;
-            }
+        let gone: Vec<Ipv4Addr> = self
+            .live_endpoints
+            .keys()
+            .filter(|addr| !plan.endpoints.contains_key(addr))
+            .copied()
+            .collect();
+        for addr in gone {
+            self.endpoints
+                .remove(&u32::from(addr).to_be())
+                .map_err(map_error(map_names::POLICY_ENDPOINTS))?;
+            self.live_endpoints.remove(&addr);
         }
-        for cidr in self.live_ipcache.keys() {
-            if !plan.ipcache.contains_key(cidr) {
-                self.ipcache
-                    .remove(&lpm_key(*cidr))
-                    .map_err(map_error(map_names::IPCACHE))?;
-            }
+        let gone: Vec<Cidr> = self
+            .live_ipcache
+            .keys()
+            .filter(|cidr| !plan.ipcache.contains_key(cidr))
+            .copied()
+            .collect();
+        for cidr in gone {
+            self.ipcache
+                .remove(&lpm_key(cidr))
+                .map_err(map_error(map_names::IPCACHE))?;
+            self.live_ipcache.remove(&cidr);
         }
-        for (prefix, key) in self.live_policy.difference(&wanted_policy) {
+        let gone: Vec<_> = self
+            .live_policy
+            .difference(&wanted_policy)
+            .copied()
+            .collect();
+        for (prefix, key) in gone {
             self.policy
-                .remove(&Key::new(*prefix, *key))
+                .remove(&Key::new(prefix, key))
                 .map_err(map_error(map_names::POLICY))?;
+            self.live_policy.remove(&(prefix, key));
         }
-        self.live_ipcache = plan.ipcache.clone();
-        self.live_endpoints = plan.endpoints.clone();
-        self.live_policy = wanted_policy;
         Ok(())
     }
 

@@ -38,6 +38,8 @@ pub mod map_names {
     pub const POLICY_ENDPOINTS: &str = "BERTH_POLICY_EPS";
     /// (endpoint, identity, direction, protocol, port prefix) → allowed.
     pub const POLICY: &str = "BERTH_POLICY";
+    /// Replies of flows pods opened ([`crate::CT_POLICY_REPLY`] keys).
+    pub const POLICY_CONNTRACK: &str = "BERTH_POLICY_CT";
 }
 
 /// Names of the programs in the eBPF object.
@@ -213,9 +215,10 @@ pub struct Backend {
 /// default route takes replies to it out through its veth.
 pub const HAIRPIN_ADDR: u32 = u32::from_be_bytes([169, 254, 42, 1]).to_be();
 
-/// Conntrack key direction: the reply leg of a flow a pod opened, keyed as its replies
-/// arrive (source: the address the pod sent to, before any translation). Written as the
-/// flow leaves its pod; what lets replies into a pod whose policies isolate it.
+/// Key direction of the policy conntrack (`BERTH_POLICY_CT`): the reply leg of a flow a
+/// pod opened, keyed as its replies arrive (source: the address the pod sent to, before
+/// any translation). Written as the flow leaves its pod; what lets replies into a pod
+/// whose policies isolate it.
 pub const CT_POLICY_REPLY: u8 = 5;
 
 /// Identities (Cilium's model): what the policy map is keyed by instead of addresses.
