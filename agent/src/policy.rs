@@ -344,7 +344,9 @@ fn port_blocks(first: u16, last: u16) -> Vec<(u16, u32)> {
 #[cfg(test)]
 mod tests {
     use berth_api::{
+        Source,
         core::{Container, ContainerPort, PodStatus},
+        decode_typed,
         meta::ObjectMeta,
     };
     use berth_ebpf_common::IDENTITY_WORLD;
@@ -388,24 +390,14 @@ mod tests {
         pod
     }
 
-    fn namespace(name: &str, l: &[(&str, &str)]) -> Namespace {
-        Namespace {
-            metadata: ObjectMeta {
-                name: name.to_owned(),
-                labels: labels(l),
-                ..ObjectMeta::default()
-            },
-            ..Namespace::default()
-        }
-    }
-
     /// A policy read from its YAML, through the API's own decoding.
     fn policy(yaml: &str) -> NetworkPolicy {
-        let rt = berth_api::find_by_kind("networking.k8s.io/v1", "NetworkPolicy").expect("kind");
-        let decoded = rt
-            .decode(berth_api::Source::Yaml(yaml))
-            .expect("a valid policy");
-        serde_json::from_value(decoded.object).expect("typed")
+        decode_typed(Source::Yaml(yaml)).expect("a valid policy")
+    }
+
+    fn namespace(name: &str, team: &str) -> Namespace {
+        let yaml = format!("metadata: {{name: {name}, labels: {{team: {team}}}}}");
+        decode_typed(Source::Yaml(&yaml)).expect("a valid namespace")
     }
 
     /// The cluster of the tests: namespace a (the server, on this node; a second server
@@ -443,10 +435,7 @@ mod tests {
                 pod("b", "client", CLIENT.octets(), "n2", &[("role", "client")]),
                 pod("b", "other", OTHER.octets(), NODE, &[("role", "other")]),
             ],
-            namespaces: vec![
-                namespace("a", &[("team", "a")]),
-                namespace("b", &[("team", "b")]),
-            ],
+            namespaces: vec![namespace("a", "a"), namespace("b", "b")],
         }
     }
 

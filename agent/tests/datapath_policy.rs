@@ -6,14 +6,16 @@
 
 mod common;
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::net::Ipv4Addr;
 
 use berth_agent::{
     datapath::{Algorithm, BackendSpec, BackendState, Frontend, PolicyMaps, Protocol, Service},
     policy::{Identities, PolicyInput, PolicyPlan, compile},
 };
 use berth_api::{
+    Source,
     core::{Container, ContainerPort, Namespace, Pod, PodStatus},
+    decode_typed,
     meta::ObjectMeta,
     networking::NetworkPolicy,
 };
@@ -75,22 +77,12 @@ fn pod(namespace: &str, ip: Ipv4Addr, node: &str, labels: &[(&str, &str)]) -> Po
 }
 
 fn namespace(name: &str, team: &str) -> Namespace {
-    Namespace {
-        metadata: ObjectMeta {
-            name: name.to_owned(),
-            labels: BTreeMap::from([("team".to_owned(), team.to_owned())]),
-            ..ObjectMeta::default()
-        },
-        ..Namespace::default()
-    }
+    let yaml = format!("metadata: {{name: {name}, labels: {{team: {team}}}}}");
+    decode_typed(Source::Yaml(&yaml)).expect("a valid namespace")
 }
 
 fn policy(yaml: &str) -> NetworkPolicy {
-    let rt = berth_api::find_by_kind("networking.k8s.io/v1", "NetworkPolicy").expect("kind");
-    let decoded = rt
-        .decode(berth_api::Source::Yaml(yaml))
-        .expect("a valid policy");
-    serde_json::from_value(decoded.object).expect("typed")
+    decode_typed(Source::Yaml(yaml)).expect("a valid policy")
 }
 
 /// Namespace a: default-deny ingress; b's role=client pods on TCP 80; the named port
@@ -199,6 +191,22 @@ impl Harness {
         (verdict, out, dropped)
     }
 
+    /// Checks that a translated `frame` is let into its pod (or dropped for the policy)
+    /// as the node's stack delivers it.
+    fn assert_delivered(&mut self, frame: &[u8], allowed: bool) {
+        let (verdict, _, dropped) = self.run_bytes(program_names::TO_POD, frame);
+        let seen = packet::parse(frame).expect("an IPv4 frame");
+        assert_eq!(
+            (verdict == TC_ACT_OK, dropped),
+            (allowed, !allowed),
+            "{}:{} -> {}:{}",
+            seen.src,
+            seen.src_port,
+            seen.dst,
+            seen.dst_port
+        );
+    }
+
     /// Whether `frame` is let into its destination pod through the node's stack.
     fn enters(&mut self, frame: &Frame) -> bool {
         self.run(program_names::TO_POD, frame).0 == TC_ACT_OK
@@ -265,12 +273,7 @@ fn through_a_service_the_chosen_backend_decides() {
         let translated = packet::parse(&out).expect("an IPv4 frame");
         assert_eq!((translated.dst, translated.dst_port), (SERVER, 80));
         // As the node's stack delivers it to the server's veth.
-        let (verdict, _, dropped) = h.run_bytes(program_names::TO_POD, &out);
-        assert_eq!(
-            (verdict == TC_ACT_OK, dropped),
-            (allowed, !allowed),
-            "{client}"
-        );
+        h.assert_delivered(&out, allowed);
     }
 }
 
@@ -283,12 +286,7 @@ fn north_south_the_local_backend_decides_after_translation() {
             programs::test_run(h.datapath.ebpf_mut(), program_names::EXTERNAL, &frame);
         assert_eq!(verdict, XDP_PASS, "to the stack, translated");
         assert_eq!(packet::parse(&out).expect("an IPv4 frame").dst, SERVER);
-        let (verdict, _, dropped) = h.run_bytes(program_names::TO_POD, &out);
-        assert_eq!(
-            (verdict == TC_ACT_OK, dropped),
-            (allowed, !allowed),
-            "{client}"
-        );
+        h.assert_delivered(&out, allowed);
     }
 }
 

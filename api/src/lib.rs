@@ -47,5 +47,5 @@ pub mod validation;
 
 pub use resource::{
     DecodeError, Decoded, MAX_OBJECT_BYTES, RESOURCE_TYPES, Resource, ResourceType, Source,
-    TypeMeta, find_by_kind, find_by_plural, normalize,
+    TypeMeta, decode_typed, find_by_kind, find_by_plural, normalize,
 };

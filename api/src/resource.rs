@@ -719,6 +719,16 @@ fn indexed(path: &str) -> String {
     out
 }
 
+/// Parses, defaults and validates one object of kind `R` (as [`ResourceType::decode`]
+/// does), typed.
+pub fn decode_typed<R: Resource>(source: Source<'_>) -> Result<R, DecodeError> {
+    let decoded = decode::<R>(source)?;
+    serde_json::from_value(decoded.object).map_err(|e| DecodeError::Malformed {
+        line: None,
+        message: e.to_string(),
+    })
+}
+
 /// Checks a typed object and fills its `apiVersion`, `kind` and default namespace: what
 /// decoding does, for an object already typed.
 pub fn normalize<R: Resource>(object: &mut R) -> Result<(), DecodeError> {

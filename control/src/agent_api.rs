@@ -466,6 +466,22 @@ impl AgentService {
         config_reply(&volume)
     }
 
+    /// A watch of every object of `kinds`, for the caller of `request`.
+    async fn watch_all(
+        &self,
+        request: &Request<WatchRequest>,
+        kinds: Vec<&'static berth_api::ResourceType>,
+    ) -> Result<Response<EventStream>, Status> {
+        let caller = self.caller(request).await?;
+        self.watch(
+            caller,
+            kinds,
+            FieldSelector::default(),
+            &request.get_ref().resource_version,
+        )
+        .await
+    }
+
     async fn watch(
         &self,
         caller: Caller,
@@ -753,16 +769,10 @@ impl agent_server::Agent for AgentService {
         &self,
         request: Request<WatchRequest>,
     ) -> Result<Response<EventStream>, Status> {
-        let caller = self.caller(&request).await?;
         // Nodes too: agents place endpoints on nodes by their pod ranges and send
         // north-south flows to other nodes' addresses.
-        self.watch(
-            caller,
-            vec![&SERVICES, &ENDPOINTS, &NODES],
-            FieldSelector::default(),
-            &request.get_ref().resource_version,
-        )
-        .await
+        self.watch_all(&request, vec![&SERVICES, &ENDPOINTS, &NODES])
+            .await
     }
 
     type WatchPoliciesStream = EventStream;
@@ -771,16 +781,10 @@ impl agent_server::Agent for AgentService {
         &self,
         request: Request<WatchRequest>,
     ) -> Result<Response<EventStream>, Status> {
-        let caller = self.caller(&request).await?;
         // Every node's pods: a policy's peers are pods anywhere, known by their labels
         // and addresses.
-        self.watch(
-            caller,
-            vec![&NETWORK_POLICIES, &NAMESPACES, &PODS],
-            FieldSelector::default(),
-            &request.get_ref().resource_version,
-        )
-        .await
+        self.watch_all(&request, vec![&NETWORK_POLICIES, &NAMESPACES, &PODS])
+            .await
     }
 
     async fn report_pod_status(
