@@ -343,12 +343,7 @@ fn port_blocks(first: u16, last: u16) -> Vec<(u16, u32)> {
 
 #[cfg(test)]
 mod tests {
-    use berth_api::{
-        Source,
-        core::{Container, ContainerPort, PodStatus},
-        decode_typed,
-        meta::ObjectMeta,
-    };
+    use berth_api::{Source, decode_typed};
     use berth_ebpf_common::IDENTITY_WORLD;
 
     use super::*;
@@ -362,32 +357,13 @@ mod tests {
             .collect()
     }
 
-    fn pod(namespace: &str, name: &str, ip: [u8; 4], node: &str, l: &[(&str, &str)]) -> Pod {
-        let mut pod = Pod {
-            metadata: ObjectMeta {
-                name: name.to_owned(),
-                namespace: namespace.to_owned(),
-                labels: labels(l),
-                ..ObjectMeta::default()
-            },
-            status: Some(PodStatus {
-                phase: "Running".to_owned(),
-                pod_ip: Ipv4Addr::from(ip).to_string(),
-                ..PodStatus::default()
-            }),
-            ..Pod::default()
-        };
-        pod.spec.node_name = node.to_owned();
-        pod.spec.containers.push(Container {
-            name: "c".to_owned(),
-            ports: vec![ContainerPort {
-                name: "http".to_owned(),
-                container_port: 8080,
-                protocol: "TCP".to_owned(),
-            }],
-            ..Container::default()
-        });
-        pod
+    /// A running pod with a container port `http` (8080/TCP); `labels` a YAML map.
+    fn pod(namespace: &str, name: &str, ip: [u8; 4], node: &str, labels: &str) -> Pod {
+        let ip = Ipv4Addr::from(ip);
+        let yaml = format!(
+            "metadata: {{name: {name}, namespace: {namespace}, labels: {labels}}}\nspec: {{nodeName: {node}, containers: [{{name: c, image: echo, ports: [{{name: http, containerPort: 8080}}]}}]}}\nstatus: {{phase: Running, podIP: {ip}}}"
+        );
+        decode_typed(Source::Yaml(&yaml)).expect("a valid pod")
     }
 
     /// A policy read from its YAML, through the API's own decoding.
@@ -417,23 +393,17 @@ mod tests {
     fn cluster() -> Cluster {
         Cluster {
             pods: vec![
-                pod("a", "server", SERVER.octets(), NODE, &[("app", "server")]),
-                pod(
-                    "a",
-                    "remote",
-                    REMOTE_SERVER.octets(),
-                    "n2",
-                    &[("app", "server")],
-                ),
+                pod("a", "server", SERVER.octets(), NODE, "{app: server}"),
+                pod("a", "remote", REMOTE_SERVER.octets(), "n2", "{app: server}"),
                 pod(
                     "a",
                     "neighbour",
                     NEIGHBOUR.octets(),
                     NODE,
-                    &[("app", "neighbour")],
+                    "{app: neighbour}",
                 ),
-                pod("b", "client", CLIENT.octets(), "n2", &[("role", "client")]),
-                pod("b", "other", OTHER.octets(), NODE, &[("role", "other")]),
+                pod("b", "client", CLIENT.octets(), "n2", "{role: client}"),
+                pod("b", "other", OTHER.octets(), NODE, "{role: other}"),
             ],
             namespaces: vec![namespace("a", "a"), namespace("b", "b")],
         }

@@ -14,9 +14,8 @@ use berth_agent::{
 };
 use berth_api::{
     Source,
-    core::{Container, ContainerPort, Namespace, Pod, PodStatus},
+    core::{Namespace, Pod},
     decode_typed,
-    meta::ObjectMeta,
     networking::NetworkPolicy,
 };
 use berth_ebpf_common::{Reason, program_names};
@@ -45,35 +44,12 @@ const IN_BLOCK: Ipv4Addr = Ipv4Addr::new(198, 19, 140, 1);
 const IN_EXCEPTION: Ipv4Addr = Ipv4Addr::new(198, 19, 130, 1);
 const OUTSIDE: Ipv4Addr = Ipv4Addr::new(198, 19, 100, 7);
 
-fn pod(namespace: &str, ip: Ipv4Addr, node: &str, labels: &[(&str, &str)]) -> Pod {
-    let mut pod = Pod {
-        metadata: ObjectMeta {
-            name: format!("pod-{ip}"),
-            namespace: namespace.to_owned(),
-            labels: labels
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-            ..ObjectMeta::default()
-        },
-        status: Some(PodStatus {
-            phase: "Running".to_owned(),
-            pod_ip: ip.to_string(),
-            ..PodStatus::default()
-        }),
-        ..Pod::default()
-    };
-    pod.spec.node_name = node.to_owned();
-    pod.spec.containers.push(Container {
-        name: "web".to_owned(),
-        ports: vec![ContainerPort {
-            name: "admin".to_owned(),
-            container_port: 9090,
-            protocol: "TCP".to_owned(),
-        }],
-        ..Container::default()
-    });
-    pod
+/// A running pod with a container port `admin` (9090/TCP); `labels` a YAML map.
+fn pod(namespace: &str, ip: Ipv4Addr, node: &str, labels: &str) -> Pod {
+    let yaml = format!(
+        "metadata: {{name: pod-{ip}, namespace: {namespace}, labels: {labels}}}\nspec: {{nodeName: {node}, containers: [{{name: web, image: echo, ports: [{{name: admin, containerPort: 9090}}]}}]}}\nstatus: {{phase: Running, podIP: {ip}}}"
+    );
+    decode_typed(Source::Yaml(&yaml)).expect("a valid pod")
 }
 
 fn namespace(name: &str, team: &str) -> Namespace {
@@ -104,10 +80,10 @@ fn policies() -> Vec<NetworkPolicy> {
 
 fn plan(policies: &[NetworkPolicy]) -> PolicyPlan {
     let pods = [
-        pod("a", SERVER, NODE, &[("app", "server")]),
-        pod("b", CLIENT, "elsewhere", &[("role", "client")]),
-        pod("b", OTHER, "elsewhere", &[("role", "other")]),
-        pod("b", REMOTE_BACKEND, "elsewhere", &[("app", "api")]),
+        pod("a", SERVER, NODE, "{app: server}"),
+        pod("b", CLIENT, "elsewhere", "{role: client}"),
+        pod("b", OTHER, "elsewhere", "{role: other}"),
+        pod("b", REMOTE_BACKEND, "elsewhere", "{app: api}"),
     ];
     let namespaces = [namespace("a", "a"), namespace("b", "b")];
     compile(

@@ -179,6 +179,22 @@ async fn run(setup: &Setup) {
     setup.apply(ALLOW_CLIENTS);
     let took = until(&trusted, &by_ip, true, open).await;
     eprintln!("the allow rule in effect after {took:?}");
+    // Stored with Kubernetes' default policyTypes, listed with kubectl's columns.
+    let stored = setup.berthctl(&["get", "networkpolicy", "clients", "-n", "a", "-o", "json"]);
+    let stored: serde_json::Value = serde_json::from_slice(&stored.stdout).expect("JSON");
+    assert_eq!(
+        stored["spec"]["policyTypes"],
+        serde_json::json!(["Ingress"])
+    );
+    let listed = setup.berthctl(&["get", "netpol", "-n", "a"]);
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    let rows: Vec<Vec<&str>> = listed
+        .lines()
+        .map(|line| line.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows[0], ["NAME", "POD-SELECTOR", "AGE"], "{listed}");
+    assert_eq!(rows[1][..2], ["clients", "app=web"], "{listed}");
+    assert_eq!(rows[2][..2], ["deny", "<none>"], "{listed}");
     // Through the ClusterIP too: the backend's policy decides after translation, and the
     // node's readiness probes still reach the server (it stays an endpoint).
     assert!(reaches(&trusted, &by_vip).await, "role=client by ClusterIP");
