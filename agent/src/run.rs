@@ -29,6 +29,7 @@ use crate::{
         monotonic_secs,
     },
     dns::DnsServer,
+    enforcer,
     ipam::Cidr,
     metrics::AgentMetrics,
     nodeapi::{NodeApi, NodeApiTls},
@@ -176,6 +177,9 @@ pub async fn run(config: Config) -> anyhow::Result<Ended> {
     let sweeper = datapath
         .conntrack_sweeper()
         .context("opening the conntrack tables for the sweep")?;
+    let policy_maps = datapath
+        .policy_maps()
+        .context("opening the NetworkPolicy maps")?;
     let datapath = Arc::new(Mutex::new(datapath));
     // None until the control plane's first Node list: routes of a restarted agent stay as
     // they are until then.
@@ -305,6 +309,14 @@ pub async fn run(config: Config) -> anyhow::Result<Ended> {
         client.clone(),
         services_tx,
         metrics.watch_streams.clone(),
+    ));
+    tokio::spawn(enforcer::enforce(
+        client.clone(),
+        policy_maps,
+        enforcer::NodeSelf {
+            name: config.node_name.clone(),
+            addrs: vec![config.node_address],
+        },
     ));
 
     let mut readiness = LocalReadiness::default();

@@ -28,6 +28,8 @@ pub enum Watched {
     Pods,
     /// All Services, Endpoints and Nodes.
     Services,
+    /// All NetworkPolicies, Namespaces and Pods.
+    Policies,
 }
 
 /// What a watch keeps of an object, decoded from an event's JSON.
@@ -270,6 +272,7 @@ where
         let response = match which {
             Watched::Pods => client.watch_pods(request).await,
             Watched::Services => client.watch_services(request).await,
+            Watched::Policies => client.watch_policies(request).await,
         };
         let mut stream = match response {
             Ok(response) => {

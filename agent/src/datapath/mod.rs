@@ -18,6 +18,7 @@ pub mod maglev;
 mod mmap;
 mod model;
 mod neighbours;
+mod policy;
 mod slots;
 
 use std::{
@@ -52,6 +53,7 @@ use berth_ebpf_common::{
 pub use maglev::BackendIdentity;
 pub use model::*;
 pub use neighbours::{NeighbourKeeper, resolve_neighbours};
+pub use policy::PolicyMaps;
 
 /// The eBPF object built from ../ebpf by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/berth"));
@@ -109,7 +111,7 @@ impl Limits {
         (self.max_connections * 2 / defaults::MASQUERADE_SHARE).max(2)
     }
 
-    fn map_sizes(&self) -> [(&'static str, u32); 15] {
+    fn map_sizes(&self) -> [(&'static str, u32); 16] {
         [
             (map_names::CONFIG, 1),
             (
@@ -129,6 +131,8 @@ impl Limits {
             (map_names::POD_RANGES, self.max_nodes),
             (map_names::NO_MASQUERADE, defaults::MAX_NO_MASQUERADE),
             (map_names::MASQUERADE, self.masquerade_entries()),
+            // One entry per flow a pod opened, as many as masqueraded connections.
+            (map_names::POLICY_CONNTRACK, self.masquerade_entries()),
             (map_names::SERVICE_STATS, self.max_services),
             (map_names::BACKEND_STATS, self.max_backends + 1),
         ]
@@ -1865,6 +1869,11 @@ impl Datapath {
             }
         }
         Ok(count)
+    }
+
+    /// The NetworkPolicy maps, for writing compiled policies (`crate::policy`).
+    pub fn policy_maps(&self) -> Result<PolicyMaps, DatapathError> {
+        PolicyMaps::open(&self.options.pin_dir)
     }
 
     /// A handle on the conntrack tables of its own, for collecting expired entries
