@@ -99,6 +99,12 @@ pub struct Config {
     #[arg(long, env = "BERTH_ETCD_PREFIX", default_value = "/berth")]
     pub etcd_prefix: String,
 
+    /// The etcd members' `--max-txn-ops` (etcd's default 128): the control plane writes
+    /// batches of objects (a ReplicaSet's pods, a scheduling pass's bindings) in
+    /// transactions of at most that many operations.
+    #[arg(long, env = "BERTH_ETCD_MAX_TXN_OPS", default_value_t = 128, value_parser = clap::value_parser!(u32).range(2..))]
+    pub etcd_max_txn_ops: u32,
+
     /// CA certificate (PEM) that signed the etcd members' certificates: TLS to etcd.
     #[arg(long, env = "BERTH_ETCD_CAFILE")]
     pub etcd_cafile: Option<PathBuf>,
@@ -334,6 +340,7 @@ impl Config {
             prefix: self.etcd_prefix.clone(),
             ca_file: self.etcd_cafile.clone(),
             client_cert: self.etcd_certfile.clone().zip(self.etcd_keyfile.clone()),
+            max_txn_ops: usize::try_from(self.etcd_max_txn_ops).unwrap_or(usize::MAX),
         })
     }
 

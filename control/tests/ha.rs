@@ -326,8 +326,13 @@ async fn three_control_planes_survive_the_leader_and_an_etcd_member_dying() {
         is_leader(other).await.filter(|l| *l).map(|_| ())
     })
     .await;
-    scale(other, 30).await;
-    eventually("30 pods bound by the third leader", || all_bound(other, 30)).await;
+    // 270 new pods: the ReplicaSet's and the scheduler's batches outgrow one etcd
+    // transaction (128 operations by default) and are split to fit.
+    scale(other, 300).await;
+    eventually("300 pods bound by the third leader", || {
+        all_bound(other, 300)
+    })
+    .await;
     signal(cut_off.server.pid(), "-CONT");
     let resumed = &clients[new_leader];
     eventually("the resumed old leader steps down", || async {
@@ -403,7 +408,7 @@ async fn three_control_planes_survive_the_leader_and_an_etcd_member_dying() {
         }
     }
     let pods = pods(via_second).await;
-    assert_eq!(pods.len(), 30);
+    assert_eq!(pods.len(), 300);
     for pod in &pods {
         let name = pod["metadata"]["name"].as_str().unwrap_or_default();
         assert_eq!(

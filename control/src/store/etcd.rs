@@ -48,6 +48,8 @@ pub struct EtcdConfig {
     /// client's certificate and key if the members require client certificates.
     pub ca_file: Option<PathBuf>,
     pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// The members' `--max-txn-ops`: the most operations etcd takes in one transaction.
+    pub max_txn_ops: usize,
 }
 
 impl EtcdConfig {
@@ -709,6 +711,15 @@ impl Store for EtcdStore {
 
     fn commit(&self, ops: Vec<Op>) -> Result<Revision> {
         let shared = &self.shared;
+        if ops.len() > shared.config.max_txn_ops {
+            return Err(StoreError::Backend(format!(
+                "one transaction of {} operations: etcd takes at most {} (its --max-txn-ops, \
+                 and this control plane's --etcd-max-txn-ops); raise both, or write in \
+                 smaller parts",
+                ops.len(),
+                shared.config.max_txn_ops
+            )));
+        }
         let mut compares = Vec::new();
         let mut writes = Vec::new();
         // Read back on failure, to say which precondition failed.
@@ -888,6 +899,10 @@ impl Store for EtcdStore {
 
     fn subscribe(&self) -> watch::Receiver<Revision> {
         self.shared.notify.subscribe()
+    }
+
+    fn max_ops_per_commit(&self) -> usize {
+        self.shared.config.max_txn_ops
     }
 
     fn health(&self) -> Health {
