@@ -711,13 +711,13 @@ impl Store for EtcdStore {
 
     fn commit(&self, ops: Vec<Op>) -> Result<Revision> {
         let shared = &self.shared;
-        if ops.len() > shared.config.max_txn_ops {
+        if ops.len() > self.max_ops_per_commit() {
             return Err(StoreError::Backend(format!(
                 "one transaction of {} operations: etcd takes at most {} (its --max-txn-ops, \
                  and this control plane's --etcd-max-txn-ops); raise both, or write in \
                  smaller parts",
                 ops.len(),
-                shared.config.max_txn_ops
+                self.max_ops_per_commit()
             )));
         }
         let mut compares = Vec::new();
@@ -901,8 +901,9 @@ impl Store for EtcdStore {
         self.shared.notify.subscribe()
     }
 
+    /// A fenced writer's transactions also compare its lease: one operation less.
     fn max_ops_per_commit(&self) -> usize {
-        self.shared.config.max_txn_ops
+        self.shared.config.max_txn_ops - usize::from(self.fence.is_some())
     }
 
     fn health(&self) -> Health {
