@@ -30,6 +30,8 @@ fn smoke_run_writes_the_report_and_charts() {
         "| scheduling ≥ 5,000 pods/s",
         "| endpoint propagation p99 under 100 ms",
         "## Real agents while Services arrive and change",
+        "## Control plane on etcd against the embedded store",
+        "| etcd (3 members) |",
     ] {
         assert!(
             report.contains(section),
