@@ -5,17 +5,31 @@
 //! it) and, through the ClusterIP, the translation to the backend first. Default-deny
 //! ingress in `a` shuts both clients out, by pod IP and by ClusterIP; a rule for b's
 //! role=client pods on the server's named port lets exactly that one back in; deleting
-//! the policies opens `a` again. Needs root, BPF, Docker and the images from
-//! `cargo xtask images`.
+//! the policies opens `a` again. Then egress: the node's only way out is a link to an
+//! "outside" namespace holding two servers; default-deny egress in namespace `c` with
+//! an ipBlock whose exception is one of them lets c's pod reach the other one (its
+//! flow masqueraded on the way out) and nothing else — not the second server, not the
+//! pod in `a`. Needs root, BPF, Docker and the images from `cargo xtask images`.
 
 use std::{
-    net::Ipv4Addr,
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, TcpListener},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
-use berth_tests::process::{PodShell, Setup, running_pods};
+use berth_testkit::netns::{NetNs, veth_between};
+use berth_tests::process::{NODE_ADDR, PodShell, Setup, running_pods};
 
 const VIP: &str = "198.18.201.10";
+/// The outside namespace's end of the node's link.
+const OUTSIDE_ROUTER: &str = "198.18.0.2";
+/// Outside servers: the one c's policy lets its pods reach, and its exception.
+const ALLOWED: Ipv4Addr = Ipv4Addr::new(198, 18, 110, 1);
+const EXCEPTED: Ipv4Addr = Ipv4Addr::new(198, 18, 110, 2);
 
 const NAMESPACES: &str = "
 apiVersion: v1
@@ -96,17 +110,117 @@ spec:
       ports: [{protocol: TCP, port: http}]
 ";
 
+const PROBER: &str = "
+apiVersion: v1
+kind: Namespace
+metadata: {name: c, labels: {team: c}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: prober, namespace: c}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: prober}}
+  template:
+    metadata: {labels: {app: prober}}
+    spec:
+      containers: [{name: echo, image: berth/echo:v1}]
+";
+
+const EGRESS: &str = "
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: egress, namespace: c}
+spec:
+  podSelector: {}
+  policyTypes: [Egress]
+  egress:
+    - to: [{ipBlock: {cidr: 198.18.110.0/24, except: [198.18.110.2/32]}}]
+";
+
 #[tokio::test(flavor = "multi_thread")]
 async fn default_deny_shuts_namespaces_out_and_a_rule_lets_its_pods_in() {
     let setup = Setup::new("npol");
+    let outside = NetNs::new("bnpout").expect("outside namespace");
+    // The node's address moves from its loopback to the link out, which makes that link
+    // the node's underlay interface (where the agent masquerades).
+    setup
+        .ns
+        .ip(&["addr", "del", &format!("{NODE_ADDR}/32"), "dev", "lo"])
+        .expect("node address off lo");
+    veth_between(
+        &setup.ns,
+        "uplink",
+        Some(&format!("{NODE_ADDR}/24")),
+        &outside,
+        "downlink",
+        Some(&format!("{OUTSIDE_ROUTER}/24")),
+    )
+    .expect("link out");
+    setup
+        .ns
+        .ip(&["route", "add", "default", "via", OUTSIDE_ROUTER])
+        .expect("default route");
+    let _servers = [ALLOWED, EXCEPTED].map(|addr| {
+        outside
+            .ip(&["addr", "add", &format!("{addr}/32"), "dev", "lo"])
+            .expect("outside address");
+        Outside::start(&outside, addr)
+    });
     setup.run(run).await;
 }
 
+/// An HTTP server outside the cluster on port 80 that answers `outside=<its address>`.
+struct Outside {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Outside {
+    fn start(outside: &NetNs, addr: Ipv4Addr) -> Outside {
+        let listener = outside.run(|| TcpListener::bind((addr, 80)).expect("bind"));
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                let Ok((mut stream, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                let _ = stream.set_nonblocking(false);
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let _ = stream.read(&mut [0u8; 1024]);
+                let body = format!("outside={addr}\n");
+                let _ = write!(
+                    stream,
+                    "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        Outside {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// Whether `shell`'s pod gets an answer from `url` (the echo image's wget gives up after
-/// 5 s without one).
+/// 5 s without one): from the web server in `a`, or from an outside server.
 async fn reaches(shell: &PodShell, url: &str) -> bool {
     let fetched = shell.run(&["wget", "-qO-", url]).await;
-    fetched.exit_code == 0 && fetched.output.starts_with("pod=web-")
+    fetched.exit_code == 0
+        && (fetched.output.starts_with("pod=web-") || fetched.output.starts_with("outside="))
 }
 
 /// Waits (up to `limit`) until `shell` reaching `url` is `wanted`; how long it took.
@@ -221,4 +335,44 @@ async fn run(setup: &Setup) {
         reaches(&stranger, &by_vip).await,
         "by ClusterIP, policies gone"
     );
+
+    egress_to_an_outside_server(setup, &by_ip).await;
+}
+
+/// Default-deny egress in `c` with an ipBlock exception to one outside server.
+async fn egress_to_an_outside_server(setup: &Setup, web: &str) {
+    setup.apply(PROBER);
+    running_in(setup, "c", 1).await;
+    let prober = PodShell::find(&setup.node, "prober-").await;
+    let allowed = format!("http://{ALLOWED}/");
+    let excepted = format!("http://{EXCEPTED}/");
+    let open = Duration::from_secs(30);
+    for url in [&allowed, &excepted, web] {
+        until(&prober, url, true, open).await;
+    }
+    setup.apply(EGRESS);
+    let took = until(&prober, &excepted, false, open).await;
+    eprintln!("default-deny egress in effect after {took:?}");
+    let fetched = prober.run(&["wget", "-qO-", &allowed]).await;
+    assert_eq!(
+        (fetched.exit_code, fetched.output.trim()),
+        (0, format!("outside={ALLOWED}").as_str()),
+        "the ipBlock's server, masqueraded and answered: {fetched:?}"
+    );
+    assert!(
+        !reaches(&prober, web).await,
+        "a pod, under default-deny egress"
+    );
+    assert!(
+        !reaches(&prober, &format!("http://{VIP}/")).await,
+        "a pod through its ClusterIP"
+    );
+    assert!(
+        !reaches(&prober, &excepted).await,
+        "the ipBlock's exception"
+    );
+    let deleted = setup.berthctl(&["delete", "networkpolicy", "egress", "-n", "c"]);
+    assert!(deleted.status.success(), "delete egress");
+    let took = until(&prober, web, true, open).await;
+    eprintln!("egress isolation lifted after {took:?}");
 }
