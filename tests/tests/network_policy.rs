@@ -215,6 +215,21 @@ impl Drop for Outside {
     }
 }
 
+/// The agent's /metrics, fetched from inside the node's namespace.
+fn scrape_agent(setup: &Setup) -> String {
+    let mut stream = setup.ns.run(|| {
+        std::net::TcpStream::connect((NODE_ADDR.parse::<Ipv4Addr>().expect("address"), 9102))
+            .expect("the agent's metrics endpoint")
+    });
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(stream, "GET /metrics HTTP/1.0\r\n\r\n").expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    response
+}
+
 /// Whether `shell`'s pod gets an answer from `url` (the echo image's wget gives up after
 /// 5 s without one): from the web server in `a`, or from an outside server.
 async fn reaches(shell: &PodShell, url: &str) -> bool {
