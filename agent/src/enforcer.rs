@@ -239,6 +239,7 @@ pub async fn log_drops(mut log: RingBuf<MapData>, names: SharedPolicyNames) {
 /// One drop as a line: direction, pod, source, destination, port, and the policy it
 /// was counted under; the peer named too when it is a pod.
 pub fn describe_drop(drop: &PolicyDrop, names: &PolicyNames) -> String {
+    let flow = &drop.flow;
     let addr = |a: u32| Ipv4Addr::from(u32::from_be(a));
     let endpoint = addr(drop.endpoint);
     let pod = names
@@ -253,12 +254,12 @@ pub fn describe_drop(drop: &PolicyDrop, names: &PolicyNames) -> String {
             _ => format!("{a}:{port}"),
         }
     };
-    let proto = match drop.proto {
+    let proto = match flow.proto {
         IPPROTO_TCP => "TCP".to_owned(),
         IPPROTO_UDP => "UDP".to_owned(),
         other => other.to_string(),
     };
-    let direction = if drop.direction == POLICY_INGRESS {
+    let direction = if flow.direction == POLICY_INGRESS {
         "ingress"
     } else {
         "egress"
@@ -269,14 +270,14 @@ pub fn describe_drop(drop: &PolicyDrop, names: &PolicyNames) -> String {
         .map_or_else(|| "-".to_owned(), |(ns, name)| format!("{ns}/{name}"));
     format!(
         "NetworkPolicy dropped {direction} of pod {pod}: {} -> {} {proto} (policy {policy})",
-        side(drop.src_addr, drop.src_port),
-        side(drop.dst_addr, drop.dst_port),
+        side(flow.src_addr, flow.src_port),
+        side(flow.dst_addr, flow.dst_port),
     )
 }
 
 #[cfg(test)]
 mod tests {
-    use berth_ebpf_common::POLICY_EGRESS;
+    use berth_ebpf_common::{FlowKey, POLICY_EGRESS};
 
     use super::*;
 
@@ -290,27 +291,31 @@ mod tests {
             ]),
         };
         let drop = PolicyDrop {
-            src_addr: u32::from(Ipv4Addr::new(10, 0, 1, 5)).to_be(),
-            dst_addr: u32::from(Ipv4Addr::new(198, 18, 0, 9)).to_be(),
-            src_port: 40_000u16.to_be(),
-            dst_port: 443u16.to_be(),
-            proto: IPPROTO_TCP,
-            direction: POLICY_EGRESS,
+            flow: FlowKey {
+                src_addr: u32::from(Ipv4Addr::new(10, 0, 1, 5)).to_be(),
+                dst_addr: u32::from(Ipv4Addr::new(198, 18, 0, 9)).to_be(),
+                src_port: 40_000u16.to_be(),
+                dst_port: 443u16.to_be(),
+                proto: IPPROTO_TCP,
+                direction: POLICY_EGRESS,
+                _pad: 0,
+            },
             endpoint: u32::from(Ipv4Addr::new(10, 0, 1, 5)).to_be(),
             policy: 3,
-            ..PolicyDrop::default()
         };
         assert_eq!(
             describe_drop(&drop, &names),
             "NetworkPolicy dropped egress of pod c/client: 10.0.1.5:40000 -> 198.18.0.9:443 TCP (policy c/lock)"
         );
         let into_server = PolicyDrop {
-            dst_addr: u32::from(Ipv4Addr::new(10, 0, 2, 7)).to_be(),
-            dst_port: 80u16.to_be(),
-            direction: POLICY_INGRESS,
+            flow: FlowKey {
+                dst_addr: u32::from(Ipv4Addr::new(10, 0, 2, 7)).to_be(),
+                dst_port: 80u16.to_be(),
+                direction: POLICY_INGRESS,
+                ..drop.flow
+            },
             endpoint: u32::from(Ipv4Addr::new(10, 0, 2, 7)).to_be(),
             policy: 9,
-            ..drop
         };
         assert_eq!(
             describe_drop(&into_server, &names),

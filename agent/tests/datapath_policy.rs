@@ -469,7 +469,7 @@ fn dropped_flows_are_reported_within_a_budget() {
     while let Some(item) = log.next() {
         records.push(policy_drop(&item).expect("a whole record"));
     }
-    let first = records.first().expect("at least one record");
+    let first = &records.first().expect("at least one record").flow;
     assert_eq!(
         (
             Ipv4Addr::from(u32::from_be(first.src_addr)),

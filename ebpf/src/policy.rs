@@ -20,41 +20,25 @@ use crate::{
     },
 };
 
-/// A policy conntrack key: `direction` is `CT_POLICY_IN` (packets entering the pod at
-/// `dst`) or `CT_POLICY_OUT` (packets leaving the pod at `src`).
+/// A policy conntrack key of `flow`'s own packets, or (`reply`) of its replies:
+/// `direction` is `CT_POLICY_IN` (packets entering the pod at the key's destination) or
+/// `CT_POLICY_OUT` (packets leaving the pod at its source).
 #[inline(always)]
-fn key(src: (u32, u16), dst: (u32, u16), proto: u8, direction: u8) -> FlowKey {
+fn flow_key(flow: &Flow, direction: u8, reply: bool) -> FlowKey {
+    let (near, far) = (
+        (flow.src_addr, flow.src_port),
+        (flow.dst_addr, flow.dst_port),
+    );
+    let (src, dst) = if reply { (far, near) } else { (near, far) };
     FlowKey {
         src_addr: src.0,
         dst_addr: dst.0,
         src_port: src.1,
         dst_port: dst.1,
-        proto,
+        proto: flow.proto,
         direction,
         _pad: 0,
     }
-}
-
-/// The key of a flow's packets themselves, entering or leaving its pod.
-#[inline(always)]
-fn own_key(flow: &Flow, direction: u8) -> FlowKey {
-    key(
-        (flow.src_addr, flow.src_port),
-        (flow.dst_addr, flow.dst_port),
-        flow.proto,
-        direction,
-    )
-}
-
-/// The key of a flow's replies, leaving or entering the pod at the other end.
-#[inline(always)]
-fn reply_key(flow: &Flow, direction: u8) -> FlowKey {
-    key(
-        (flow.dst_addr, flow.dst_port),
-        (flow.src_addr, flow.src_port),
-        flow.proto,
-        direction,
-    )
 }
 
 /// The state policy entries live in: a day for TCP, two minutes of silence for UDP.
@@ -128,7 +112,7 @@ fn track_opened(flow: &Flow) {
     if tcp && !flow.opens_connection {
         return;
     }
-    let key = reply_key(flow, CT_POLICY_IN);
+    let key = flow_key(flow, CT_POLICY_IN, true);
     if !tcp && let Some(entry) = POLICY_CT.get_ptr_mut(key) {
         // SAFETY: a pointer into the conntrack map.
         unsafe { touch(entry, CT_UDP_STREAM, now_secs()) };
@@ -213,13 +197,10 @@ fn denied(flow: &Flow, direction: u8, endpoint: u32, policy: u32) {
         (*budget).sent += 1;
     }
     let record = PolicyDrop {
-        src_addr: flow.src_addr,
-        dst_addr: flow.dst_addr,
-        src_port: flow.src_port,
-        dst_port: flow.dst_port,
-        proto: flow.proto,
-        direction,
-        _pad: 0,
+        flow: FlowKey {
+            direction,
+            ..flow_key(flow, direction, false)
+        },
         endpoint,
         policy,
     };
@@ -240,7 +221,7 @@ pub fn ingress(flow: &Flow) -> Result<(), Reason> {
     if !isolated && !answers {
         return Ok(());
     }
-    let seen = tracked(own_key(flow, CT_POLICY_IN), endpoint.revision);
+    let seen = tracked(flow_key(flow, CT_POLICY_IN, false), endpoint.revision);
     if isolated && seen.is_none() {
         match verdict(
             flow.dst_addr,
@@ -251,7 +232,7 @@ pub fn ingress(flow: &Flow) -> Result<(), Reason> {
         ) {
             Some(policy) => {
                 count_verdict(policy, POLICY_INGRESS, true);
-                remember(own_key(flow, CT_POLICY_IN), Some(endpoint.revision));
+                remember(flow_key(flow, CT_POLICY_IN, false), Some(endpoint.revision));
             }
             None => {
                 denied(flow, POLICY_INGRESS, flow.dst_addr, endpoint.ingress_policy);
@@ -263,7 +244,7 @@ pub fn ingress(flow: &Flow) -> Result<(), Reason> {
     // recorded: the flow's own egress entry lets it out, checked at each revision.
     let opened_by_pod = seen.is_some_and(|flags| flags & CT_FLAG_POLICY_RULE == 0);
     if answers && !opened_by_pod {
-        let reply = reply_key(flow, CT_POLICY_OUT);
+        let reply = flow_key(flow, CT_POLICY_OUT, true);
         if tracked(reply, endpoint.revision).is_none() {
             remember(reply, None);
         }
@@ -284,7 +265,7 @@ impl Egress {
             return Egress(None);
         };
         if endpoint.flags & ENDPOINT_EGRESS_ISOLATED == 0
-            || tracked(own_key(flow, CT_POLICY_OUT), endpoint.revision).is_some()
+            || tracked(flow_key(flow, CT_POLICY_OUT, false), endpoint.revision).is_some()
         {
             return Egress(None);
         }
@@ -315,7 +296,10 @@ impl Egress {
         match policy {
             Some(policy) => {
                 count_verdict(policy, POLICY_EGRESS, true);
-                remember(own_key(flow, CT_POLICY_OUT), Some(endpoint.revision));
+                remember(
+                    flow_key(flow, CT_POLICY_OUT, false),
+                    Some(endpoint.revision),
+                );
                 Ok(())
             }
             None => {

@@ -13,21 +13,18 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, TcpListener},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    net::Ipv4Addr,
     time::{Duration, Instant},
 };
 
-use berth_testkit::netns::{NetNs, veth_between};
-use berth_tests::process::{NODE_ADDR, PodShell, Setup, running_pods};
+use berth_testkit::netns::NetNs;
+use berth_tests::process::{NODE_ADDR, OutsideServer, PodShell, Setup, running_pods};
 
 const VIP: &str = "198.18.201.10";
 /// The outside namespace's end of the node's link.
 const OUTSIDE_ROUTER: &str = "198.18.0.2";
-/// Outside servers: the one c's policy lets its pods reach, and its exception.
+/// Outside servers (`OutsideServer`: answering `client=<address>`): the one c's policy
+/// lets its pods reach, and its exception.
 const ALLOWED: Ipv4Addr = Ipv4Addr::new(198, 18, 110, 1);
 const EXCEPTED: Ipv4Addr = Ipv4Addr::new(198, 18, 110, 2);
 
@@ -142,77 +139,14 @@ spec:
 async fn default_deny_shuts_namespaces_out_and_a_rule_lets_its_pods_in() {
     let setup = Setup::new("npol");
     let outside = NetNs::new("bnpout").expect("outside namespace");
-    // The node's address moves from its loopback to the link out, which makes that link
-    // the node's underlay interface (where the agent masquerades).
-    setup
-        .ns
-        .ip(&["addr", "del", &format!("{NODE_ADDR}/32"), "dev", "lo"])
-        .expect("node address off lo");
-    veth_between(
-        &setup.ns,
-        "uplink",
-        Some(&format!("{NODE_ADDR}/24")),
-        &outside,
-        "downlink",
-        Some(&format!("{OUTSIDE_ROUTER}/24")),
-    )
-    .expect("link out");
-    setup
-        .ns
-        .ip(&["route", "add", "default", "via", OUTSIDE_ROUTER])
-        .expect("default route");
+    setup.link_out(&outside, OUTSIDE_ROUTER);
     let _servers = [ALLOWED, EXCEPTED].map(|addr| {
         outside
             .ip(&["addr", "add", &format!("{addr}/32"), "dev", "lo"])
             .expect("outside address");
-        Outside::start(&outside, addr)
+        OutsideServer::start(&outside, addr)
     });
     setup.run(run).await;
-}
-
-/// An HTTP server outside the cluster on port 80 that answers `outside=<its address>`.
-struct Outside {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Outside {
-    fn start(outside: &NetNs, addr: Ipv4Addr) -> Outside {
-        let listener = outside.run(|| TcpListener::bind((addr, 80)).expect("bind"));
-        listener.set_nonblocking(true).expect("nonblocking");
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = stop.clone();
-        let thread = std::thread::spawn(move || {
-            while !stopped.load(Ordering::Relaxed) {
-                let Ok((mut stream, _)) = listener.accept() else {
-                    std::thread::sleep(Duration::from_millis(20));
-                    continue;
-                };
-                let _ = stream.set_nonblocking(false);
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-                let _ = stream.read(&mut [0u8; 1024]);
-                let body = format!("outside={addr}\n");
-                let _ = write!(
-                    stream,
-                    "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-            }
-        });
-        Outside {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Outside {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
 }
 
 /// The agent's /metrics, fetched from inside the node's namespace.
@@ -235,7 +169,7 @@ fn scrape_agent(setup: &Setup) -> String {
 async fn reaches(shell: &PodShell, url: &str) -> bool {
     let fetched = shell.run(&["wget", "-qO-", url]).await;
     fetched.exit_code == 0
-        && (fetched.output.starts_with("pod=web-") || fetched.output.starts_with("outside="))
+        && (fetched.output.starts_with("pod=web-") || fetched.output.starts_with("client="))
 }
 
 /// Waits (up to `limit`) until `shell` reaching `url` is `wanted`; how long it took.
@@ -371,8 +305,8 @@ async fn egress_to_an_outside_server(setup: &Setup, web: &str) {
     let fetched = prober.run(&["wget", "-qO-", &allowed]).await;
     assert_eq!(
         (fetched.exit_code, fetched.output.trim()),
-        (0, format!("outside={ALLOWED}").as_str()),
-        "the ipBlock's server, masqueraded and answered: {fetched:?}"
+        (0, format!("client={NODE_ADDR}").as_str()),
+        "the ipBlock's server answers, and sees the node's address: {fetched:?}"
     );
     assert!(
         !reaches(&prober, web).await,
@@ -386,6 +320,30 @@ async fn egress_to_an_outside_server(setup: &Setup, web: &str) {
         !reaches(&prober, &excepted).await,
         "the ipBlock's exception"
     );
+    // The node's DNS server is the node: always reachable.
+    let lookup = prober.run(&["nslookup", "web.a.svc.cluster.local"]).await;
+    assert!(
+        lookup.output.contains(VIP),
+        "the node's DNS under default-deny egress: {lookup:?}"
+    );
+    // Counted on the agent's /metrics under the policy, by direction and verdict.
+    let metrics = scrape_agent(setup);
+    let counted = |verdict: &str| {
+        let labels = [
+            "namespace=\"c\"",
+            "policy=\"egress\"",
+            "direction=\"egress\"",
+            &format!("verdict=\"{verdict}\""),
+        ];
+        metrics
+            .lines()
+            .filter(|line| line.starts_with("berth_datapath_policy_verdicts_total{"))
+            .find(|line| labels.iter().all(|label| line.contains(label)))
+            .and_then(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {verdict} series of c/egress in:\n{metrics}"))
+    };
+    assert!(counted("deny") >= 3, "three refused connections at least");
+    assert!(counted("allow") >= 1, "the allowed server");
     let deleted = setup.berthctl(&["delete", "networkpolicy", "egress", "-n", "c"]);
     assert!(deleted.status.success(), "delete egress");
     let took = until(&prober, web, true, open).await;

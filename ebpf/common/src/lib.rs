@@ -293,14 +293,10 @@ pub struct PolicyVerdicts {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PolicyDrop {
-    pub src_addr: u32,
-    pub dst_addr: u32,
-    pub src_port: u16,
-    pub dst_port: u16,
-    pub proto: u8,
-    /// [`POLICY_INGRESS`] or [`POLICY_EGRESS`].
-    pub direction: u8,
-    pub _pad: u16,
+    /// The packet's addresses, ports and protocol as the policy saw them (an egress
+    /// drop through a Service: the chosen backend); `direction` is [`POLICY_INGRESS`] or
+    /// [`POLICY_EGRESS`].
+    pub flow: FlowKey,
     /// The pod whose policy dropped it (network order).
     pub endpoint: u32,
     /// The policy id it was counted under.
