@@ -455,6 +455,16 @@ fn established_flows_pass_on_the_connection_table_until_a_change_revokes_them() 
     // The drop is counted under the policy that isolates the pod.
     let lock = plan(&without_rules).endpoints[&EGRESS_POD].egress_policy;
     assert_eq!(counters.read(lock).expect("read").egress_denied, 1);
+    // The removed policy's id, given to a new policy, counts from zero again.
+    let mut renamed = without_rules;
+    renamed.push(policy(&format!(
+        "{}  podSelector: {{}}\n  egress:\n  - to: [{{ipBlock: {{cidr: 198.19.200.0/24}}}}]\n",
+        head("c", "successor")
+    )));
+    let successor = plan(&renamed);
+    assert_eq!(successor.policies[&rules].1, "successor");
+    h.maps.apply(&successor).expect("apply");
+    assert_eq!(counters.read(rules).expect("read"), Default::default());
 }
 
 #[test]

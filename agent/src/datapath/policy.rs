@@ -176,11 +176,11 @@ impl PolicyMaps {
     /// was written is remembered write by write, so after a failure the next call picks
     /// up from what the maps hold.
     pub fn apply(&mut self, plan: &PolicyPlan) -> Result<(), DatapathError> {
+        // An id new to this writer may have counted for another policy (one deleted
+        // since, or the previous agent's): it starts again from zero.
         for (id, name) in &plan.policies {
             if self.live_policies.get(id) != Some(name) {
-                if self.live_policies.contains_key(id) {
-                    self.counters.zero(*id)?;
-                }
+                self.counters.zero(*id)?;
                 self.live_policies.insert(*id, name.clone());
             }
         }
