@@ -574,6 +574,22 @@ async fn scenarios(title: &str, cluster: &mut E2eCluster) {
         }
     };
     expect("role=client on port 80", &clients, &targets, clients_rule).await;
+    // describe lists the pods the rule isolates, on both nodes, with their addresses.
+    let described = cluster.berthctl_ok(&["describe", "networkpolicy", "clients", "-n", "a"]);
+    assert!(
+        described.contains("Selected Pods:  (2 in total)"),
+        "{described}"
+    );
+    for pod in [web0, web1] {
+        assert!(
+            described.lines().any(|line| {
+                line.split_whitespace().collect::<Vec<_>>()
+                    == ["a", pod.name.as_str(), &pod.ip.to_string()]
+            }),
+            "{} in\n{described}",
+            pod.name
+        );
+    }
 
     // The named port: the stranger on `alt` (8080) only, the client as before.
     cluster.apply(ALLOW_ALT);
