@@ -974,41 +974,23 @@ async fn delete_pods_gracefully_or_by_force() {
         .fails_with(&["--grace-period"]);
 }
 
-const POLICIES: &str = "apiVersion: v1
-kind: Namespace
-metadata: {name: other}
----
-apiVersion: apps/v1
+/// A Deployment of `replicas` echo pods labelled `app: NAME`.
+fn deployment(name: &str, namespace: &str, replicas: u32) -> String {
+    format!(
+        "apiVersion: apps/v1
 kind: Deployment
-metadata: {name: web}
+metadata: {{name: {name}, namespace: {namespace}}}
 spec:
-  replicas: 2
-  selector: {matchLabels: {app: web}}
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: {name}}}}}
   template:
-    metadata: {labels: {app: web}}
-    spec: {containers: [{name: web, image: 'berth/echo:v1'}]}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: db}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: db}}
-  template:
-    metadata: {labels: {app: db}}
-    spec: {containers: [{name: db, image: 'berth/echo:v1'}]}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: web, namespace: other}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: web}}
-  template:
-    metadata: {labels: {app: web}}
-    spec: {containers: [{name: web, image: 'berth/echo:v1'}]}
----
-apiVersion: networking.k8s.io/v1
+    metadata: {{labels: {{app: {name}}}}}
+    spec: {{containers: [{{name: {name}, image: 'berth/echo:v1'}}]}}
+"
+    )
+}
+
+const POLICIES: &str = "apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {name: web}
 spec:
@@ -1048,7 +1030,15 @@ async fn pod_ips(admin: &Path, namespace: &str, prefix: &str) -> Vec<(String, St
 async fn describe_networkpolicy_summarises_the_spec_and_lists_the_pods_it_selects() {
     let c = Cluster::start(1).await;
     let admin = c.admin();
-    let manifest = write(c.t.dir.path(), "policies.yaml", POLICIES);
+    let manifest = [
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: other}\n".to_owned(),
+        deployment("web", "default", 2),
+        deployment("db", "default", 1),
+        deployment("web", "other", 1),
+        POLICIES.to_owned(),
+    ]
+    .join("---\n");
+    let manifest = write(c.t.dir.path(), "policies.yaml", &manifest);
     berthctl(admin, &["apply", "-f", &manifest]).await.ok();
     for (deployment, namespace) in [("web", "default"), ("db", "default"), ("web", "other")] {
         ctl(

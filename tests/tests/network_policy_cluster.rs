@@ -147,33 +147,24 @@ spec:
   policyTypes: [Ingress]
 ";
 
-/// b's role=client pods, on port 80 only.
-const ALLOW_CLIENTS: &str = "
+/// A policy `name` of `a` letting b's pods with `labels` (a YAML flow map's entries) into
+/// the servers on `port` (a number or a name).
+fn allow(name: &str, labels: &str, port: &str) -> String {
+    format!(
+        "
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
-metadata: {name: clients, namespace: a}
+metadata: {{name: {name}, namespace: a}}
 spec:
-  podSelector: {matchLabels: {app: web}}
+  podSelector: {{matchLabels: {{app: web}}}}
   ingress:
     - from:
-        - namespaceSelector: {matchLabels: {team: b}}
-          podSelector: {matchLabels: {role: client}}
-      ports: [{protocol: TCP, port: 80}]
-";
-
-/// b's stranger, on the servers' port named `alt` only.
-const ALLOW_ALT: &str = "
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: alt, namespace: a}
-spec:
-  podSelector: {matchLabels: {app: web}}
-  ingress:
-    - from:
-        - namespaceSelector: {matchLabels: {team: b}}
-          podSelector: {matchLabels: {app: stranger}}
-      ports: [{port: alt}]
-";
+        - namespaceSelector: {{matchLabels: {{team: b}}}}
+          podSelector: {{matchLabels: {{{labels}}}}}
+      ports: [{{protocol: TCP, port: {port}}}]
+"
+    )
+}
 
 /// A running pod of the test: where it runs and the namespace to connect from.
 #[derive(Debug, Clone)]
@@ -565,7 +556,7 @@ async fn scenarios(title: &str, cluster: &mut E2eCluster) {
 
     // b's role=client pods on port 80: the client only, on port 80 only; not b's other
     // pod, not c's role=client pod.
-    cluster.apply(ALLOW_CLIENTS);
+    cluster.apply(&allow("clients", "role: client", "80"));
     let clients_rule = |from: &TestPod, to: &Target| {
         if from.name == "client" && !to.label.ends_with(":8080") {
             server_of(to)
@@ -592,7 +583,7 @@ async fn scenarios(title: &str, cluster: &mut E2eCluster) {
     }
 
     // The named port: the stranger on `alt` (8080) only, the client as before.
-    cluster.apply(ALLOW_ALT);
+    cluster.apply(&allow("alt", "app: stranger", "alt"));
     expect(
         "the stranger on the named port alt",
         &clients,
