@@ -588,6 +588,32 @@ fn policy_rule(
     }
 }
 
+/// One direction of a NetworkPolicy's spec summary: its rules (each rule's ports and
+/// peers) when the policy isolates that direction, None when it does not.
+fn policy_direction(
+    sheet: &mut Sheet,
+    rules: Option<&[(&[NetworkPolicyPort], &[NetworkPolicyPeer])]>,
+    (direction, side, unrestricted): (&str, &str, &str),
+) {
+    let Some(rules) = rules else {
+        sheet.text(2, format!("Not affecting {direction} traffic"));
+        return;
+    };
+    sheet.text(2, format!("Allowing {direction} traffic:"));
+    if rules.is_empty() {
+        sheet.text(
+            4,
+            format!("<none> (Selected pods are isolated for {direction} connectivity)"),
+        );
+    }
+    for (i, (ports, peers)) in rules.iter().enumerate() {
+        if i > 0 {
+            sheet.text(4, "----------".to_owned());
+        }
+        policy_rule(sheet, ports, peers, (side, unrestricted));
+    }
+}
+
 /// kubectl's spec summary of a NetworkPolicy, then the pods it selects now (its
 /// namespace's pods its podSelector matches, finished ones left out) with their
 /// addresses: the pods the agents isolate.
@@ -605,42 +631,26 @@ async fn describe_network_policy(
         selector(&spec.pod_selector)
     };
     sheet.text(2, format!("PodSelector:     {pods}"));
-    if policy.isolates(INGRESS) {
-        sheet.text(2, "Allowing ingress traffic:".to_owned());
-        if spec.ingress.is_empty() {
-            sheet.text(
-                4,
-                "<none> (Selected pods are isolated for ingress connectivity)".to_owned(),
-            );
-        }
-        for (i, rule) in spec.ingress.iter().enumerate() {
-            if i > 0 {
-                sheet.text(4, "----------".to_owned());
-            }
-            let side = ("From", "traffic not restricted by source");
-            policy_rule(sheet, &rule.ports, &rule.from, side);
-        }
-    } else {
-        sheet.text(2, "Not affecting ingress traffic".to_owned());
-    }
-    if policy.isolates(EGRESS) {
-        sheet.text(2, "Allowing egress traffic:".to_owned());
-        if spec.egress.is_empty() {
-            sheet.text(
-                4,
-                "<none> (Selected pods are isolated for egress connectivity)".to_owned(),
-            );
-        }
-        for (i, rule) in spec.egress.iter().enumerate() {
-            if i > 0 {
-                sheet.text(4, "----------".to_owned());
-            }
-            let side = ("To", "traffic not restricted by destination");
-            policy_rule(sheet, &rule.ports, &rule.to, side);
-        }
-    } else {
-        sheet.text(2, "Not affecting egress traffic".to_owned());
-    }
+    let ingress: Vec<_> = spec
+        .ingress
+        .iter()
+        .map(|rule| (&rule.ports[..], &rule.from[..]))
+        .collect();
+    let egress: Vec<_> = spec
+        .egress
+        .iter()
+        .map(|rule| (&rule.ports[..], &rule.to[..]))
+        .collect();
+    policy_direction(
+        sheet,
+        policy.isolates(INGRESS).then_some(&ingress[..]),
+        ("ingress", "From", "traffic not restricted by source"),
+    );
+    policy_direction(
+        sheet,
+        policy.isolates(EGRESS).then_some(&egress[..]),
+        ("egress", "To", "traffic not restricted by destination"),
+    );
     sheet.text(
         2,
         format!("Policy Types: {}", policy.policy_types().join(", ")),
