@@ -844,6 +844,7 @@ async fn help_has_examples_and_completions_generate() {
         vec!["get"],
         vec!["describe"],
         vec!["delete"],
+        vec!["label"],
         vec!["scale"],
         vec!["rollout"],
         vec!["rollout", "status"],
@@ -1138,4 +1139,53 @@ async fn describe_networkpolicy_summarises_the_spec_and_lists_the_pods_it_select
     let mut wanted = in_default(&[web, db].concat());
     wanted.sort();
     assert_eq!(selected(out), wanted, "{out}");
+}
+
+#[tokio::test]
+async fn label_sets_overwrites_and_removes_labels() {
+    let t = start().await;
+    let admin = &t.server.admin_config;
+    let manifest = write(
+        t.dir.path(),
+        "ns.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: team-a}\n",
+    );
+    berthctl(admin, &["apply", "-f", &manifest]).await.ok();
+    let labels = |out: &str| -> Value {
+        serde_json::from_str::<Value>(out).expect("JSON")["metadata"]["labels"].clone()
+    };
+
+    let run = ctl(admin, "label namespace team-a team=a tier=web").await;
+    assert_eq!(run.ok().out, "namespace/team-a labeled\n");
+    let run = ctl(admin, "get namespace team-a -o json").await;
+    assert_eq!(labels(&run.ok().out)["team"], "a");
+    assert_eq!(labels(&run.out)["tier"], "web");
+
+    // Another value for an existing label needs --overwrite; the same value is no change.
+    ctl(admin, "label namespace team-a team=b")
+        .await
+        .fails_with(&["'team' already has a value (a), and --overwrite is false"]);
+    let run = ctl(admin, "label ns/team-a team=a").await;
+    assert_eq!(run.ok().out, "namespace/team-a not labeled\n");
+    let run = ctl(admin, "label namespace team-a team=b --overwrite").await;
+    assert_eq!(run.ok().out, "namespace/team-a labeled\n");
+
+    let run = ctl(admin, "label namespace team-a tier-").await;
+    assert_eq!(run.ok().out, "namespace/team-a unlabeled\n");
+    let run = ctl(admin, "get namespace team-a -o json").await;
+    assert_eq!(labels(&run.ok().out)["team"], "b");
+    assert_eq!(labels(&run.out).get("tier"), None);
+
+    ctl(admin, "label namespace team-a team")
+        .await
+        .fails_with(&[
+            "invalid label change \"team\": use KEY=VALUE to set a label or KEY- to remove it",
+        ]);
+    ctl(admin, "label namespace nowhere team=a")
+        .await
+        .fails_with(&["NotFound", "nowhere"]);
+    // The server checks the value.
+    ctl(admin, "label namespace team-a team=not/valid --overwrite")
+        .await
+        .fails_with(&["metadata.labels"]);
 }

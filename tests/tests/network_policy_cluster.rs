@@ -11,7 +11,7 @@
 //! Default-deny ingress in `a` shuts everyone out; a rule for b's `role=client` pods on
 //! port 80 lets exactly that pod in, on port 80 only; a named-port rule lets the stranger
 //! in on `alt` only. Relabelling the client moves it out of the rule and back in; the
-//! time from the PATCH's answer (berthctl apply returning) to the first connection showing
+//! time from the PATCH's answer (`berthctl label` returning) to the first connection showing
 //! the new verdict is measured on the client's node and on the other one, and printed.
 //! Needs root, BPF, Docker and the images from `cargo xtask images`.
 
@@ -436,13 +436,14 @@ struct Shown {
     after_start: Duration,
 }
 
-/// Re-applies `manifest` (the relabelled pod) with berthctl, with probers from `client`
-/// to each of `servers` on port 80 running; when each server showed the verdict `wanted`.
+/// Relabels `client` with `berthctl label` (`change`: `role=client` or `role-`), with
+/// probers from it to each of `servers` on port 80 running; when each server showed the
+/// verdict `wanted`.
 async fn relabel(
     cluster: &E2eCluster,
     client: &TestPod,
     servers: &[&TestPod],
-    manifest: &str,
+    change: &str,
     wanted: bool,
 ) -> Vec<Shown> {
     let probers: Vec<Prober> = servers
@@ -460,7 +461,7 @@ async fn relabel(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let sent = Instant::now();
-    cluster.apply(manifest);
+    cluster.berthctl_ok(&["label", "pod", &client.name, change, "-n", "b"]);
     let answered = Instant::now();
     let deadline = answered + Duration::from_secs(10);
     loop {
@@ -502,13 +503,11 @@ async fn scenarios(title: &str, cluster: &mut E2eCluster) {
     cluster.wait_pod_routes().await;
     let nodes: Vec<String> = cluster.nodes.iter().map(|node| node.name.clone()).collect();
     cluster.apply(NAMESPACES);
-    let client_labels = "app: client, role: client";
-    let client_manifest = |labels: &str| client("client", "b", &nodes[0], labels);
     cluster.apply(&format!(
         "{}---{}---{}---{}---{}---{SERVICE}",
         server("web-0", &nodes[0]),
         server("web-1", &nodes[1]),
-        client_manifest(client_labels),
+        client("client", "b", &nodes[0], "app: client, role: client"),
         client("stranger", "b", &nodes[0], "app: stranger"),
         client("outsider", "c", &nodes[1], "role: client"),
     ));
@@ -603,26 +602,8 @@ async fn scenarios(title: &str, cluster: &mut E2eCluster) {
     let mut out_times = Vec::new();
     let mut in_times = Vec::new();
     for _ in 0..RELABEL_ROUNDS {
-        out_times.push(
-            relabel(
-                cluster,
-                trusted,
-                &[web0, web1],
-                &client_manifest("app: client"),
-                false,
-            )
-            .await,
-        );
-        in_times.push(
-            relabel(
-                cluster,
-                trusted,
-                &[web0, web1],
-                &client_manifest(client_labels),
-                true,
-            )
-            .await,
-        );
+        out_times.push(relabel(cluster, trusted, &[web0, web1], "role-", false).await);
+        in_times.push(relabel(cluster, trusted, &[web0, web1], "role=client", true).await);
     }
     let show = |times: &[Vec<Shown>], node: usize| {
         times
