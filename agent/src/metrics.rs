@@ -14,7 +14,10 @@ use prometheus::{
     proto::MetricFamily,
 };
 
-use crate::datapath::Datapath;
+use crate::{
+    datapath::{Datapath, PolicyCounters},
+    enforcer::SharedPolicyNames,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -176,6 +179,58 @@ impl DatapathCollector {
     }
 }
 
+/// The NetworkPolicy verdict counters, one series per policy, direction and verdict
+/// (policies come and go with their series; nothing is per pod or per address).
+pub struct PolicyCollector {
+    counters: PolicyCounters,
+    names: SharedPolicyNames,
+    descs: Vec<Desc>,
+}
+
+fn policy_verdicts() -> Result<IntCounterVec, prometheus::Error> {
+    IntCounterVec::new(
+        Opts::new(
+            "berth_datapath_policy_verdicts_total",
+            "NetworkPolicy verdicts: new flows a policy's rules allowed, and packets dropped \
+             for pods a policy isolates (counted under the first isolating policy by name)",
+        ),
+        &["namespace", "policy", "direction", "verdict"],
+    )
+}
+
+impl Collector for PolicyCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let Ok(verdicts) = policy_verdicts() else {
+            return Vec::new();
+        };
+        let names = match self.names.read() {
+            Ok(names) => names,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        for (id, (namespace, policy)) in &names.policies {
+            // A read error leaves the policy out of this scrape rather than failing it.
+            let Ok(counted) = self.counters.read(*id) else {
+                continue;
+            };
+            for (direction, verdict, count) in [
+                ("ingress", "allow", counted.ingress_allowed),
+                ("ingress", "deny", counted.ingress_denied),
+                ("egress", "allow", counted.egress_allowed),
+                ("egress", "deny", counted.egress_denied),
+            ] {
+                verdicts
+                    .with_label_values(&[namespace, policy, direction, verdict])
+                    .inc_by(count);
+            }
+        }
+        verdicts.collect()
+    }
+}
+
 fn gauges() -> Result<(IntGauge, IntGaugeVec, IntGauge), prometheus::Error> {
     Ok((
         IntGauge::new(
@@ -303,6 +358,22 @@ impl AgentMetrics {
             state_saved,
             watch_streams,
         })
+    }
+
+    /// Adds the NetworkPolicy verdict counters, named as the policy enforcer last
+    /// compiled them.
+    pub fn register_policies(
+        &self,
+        counters: PolicyCounters,
+        names: SharedPolicyNames,
+    ) -> Result<(), MetricsError> {
+        let descs = policy_verdicts()?.desc().into_iter().cloned().collect();
+        self.registry.register(Box::new(PolicyCollector {
+            counters,
+            names,
+            descs,
+        }))?;
+        Ok(())
     }
 
     /// The Prometheus text exposition of everything registered.

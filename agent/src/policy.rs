@@ -1,7 +1,8 @@
 //! NetworkPolicies compiled for one node's datapath (Cilium's model): every set of pods
 //! with the same namespace and labels gets a numeric identity, every pod address maps to
 //! its identity (the ipcache), and each pod of this node that a policy isolates gets the
-//! (identity, protocol, port range) entries its policies allow.
+//! (identity, protocol, port range) entries its policies allow, per direction: the
+//! peers it may be reached from (ingress) and the peers it may reach (egress).
 //!
 //! Identities are this agent's own numbers: a verdict only ever compares an identity
 //! from this node's ipcache with this node's policy entries, never a number carried from
@@ -24,7 +25,7 @@ use berth_api::{
 use berth_ebpf_common::{
     ENDPOINT_EGRESS_ISOLATED, ENDPOINT_INGRESS_ISOLATED, IDENTITY_ANY, IDENTITY_FIRST_CIDR,
     IDENTITY_FIRST_POD, IDENTITY_HOST, IPPROTO_TCP, IPPROTO_UDP, POLICY_PREFIX_ANY_PORT,
-    POLICY_PREFIX_ANY_PROTO, POLICY_PREFIX_FULL,
+    POLICY_PREFIX_ANY_PROTO, POLICY_PREFIX_FULL, defaults,
 };
 
 /// The label Kubernetes gives every namespace, so `namespaceSelector` can name one.
@@ -33,16 +34,35 @@ pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 /// An address range: network address and prefix length.
 pub type Cidr = (Ipv4Addr, u8);
 
+/// What one isolated pod allows in a direction: each entry with the id of the policy
+/// whose rule allows it (the smallest, when several do).
+pub type Allows = BTreeMap<Allow, u32>;
+
 /// What the datapath holds for the policies: see the module's comment.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PolicyPlan {
     /// Address range → identity: pods as /32s, and the ranges the policies' ipBlocks
     /// name (a pod's /32 wins over a range of the same address).
     pub ipcache: BTreeMap<Cidr, u32>,
-    /// Each isolated pod of this node (by address) → `ENDPOINT_*_ISOLATED` flags.
-    pub endpoints: BTreeMap<Ipv4Addr, u32>,
-    /// What each isolated pod lets in.
-    pub ingress: BTreeMap<Ipv4Addr, BTreeSet<Allow>>,
+    /// Each isolated pod of this node (by address) → how it is isolated.
+    pub endpoints: BTreeMap<Ipv4Addr, Endpoint>,
+    /// What each pod isolated for ingress lets in (peer: the source).
+    pub ingress: BTreeMap<Ipv4Addr, Allows>,
+    /// What each pod isolated for egress lets out (peer: the destination).
+    pub egress: BTreeMap<Ipv4Addr, Allows>,
+    /// Policy id → (namespace, name), for the verdict counters and the drop log.
+    pub policies: BTreeMap<u32, (String, String)>,
+}
+
+/// How one pod of this node is isolated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Endpoint {
+    /// `ENDPOINT_*_ISOLATED` bits.
+    pub flags: u32,
+    /// The policy its denied packets are counted under, per direction: the first (by
+    /// namespace and name) that isolates it there; 0 when none does.
+    pub ingress_policy: u32,
+    pub egress_policy: u32,
 }
 
 /// One policy entry: a peer identity on a protocol (0: any) and a port range given as
@@ -72,13 +92,14 @@ impl Allow {
 }
 
 /// Identity numbers, kept between compilations so a pod keeps its number while its
-/// labels do.
+/// labels do; and the policies' ids of the verdict counters.
 #[derive(Debug, Default)]
 pub struct Identities {
     pods: BTreeMap<(String, BTreeMap<String, String>), u32>,
     cidrs: BTreeMap<Cidr, u32>,
     next_pod: u32,
     next_cidr: u32,
+    policies: BTreeMap<(String, String), u32>,
 }
 
 impl Identities {
@@ -103,10 +124,28 @@ impl Identities {
         })
     }
 
-    /// Forgets the numbers no pod or range uses any more (they are not given out again).
-    fn retain(&mut self, used: &BTreeSet<u32>) {
+    /// The policy's counter id: kept while the policy exists; a deleted policy's id goes
+    /// to the next new policy (the map writer zeroes its counters first). 0 (not
+    /// counted) once every id of the counter map is taken.
+    fn policy(&mut self, namespace: &str, name: &str) -> u32 {
+        let key = (namespace.to_owned(), name.to_owned());
+        if let Some(id) = self.policies.get(&key) {
+            return *id;
+        }
+        let taken: BTreeSet<u32> = self.policies.values().copied().collect();
+        let Some(id) = (1..defaults::MAX_POLICIES).find(|id| !taken.contains(id)) else {
+            return 0;
+        };
+        self.policies.insert(key, id);
+        id
+    }
+
+    /// Forgets the numbers no pod or range uses any more (they are not given out again),
+    /// and the ids of policies that are gone.
+    fn retain(&mut self, used: &BTreeSet<u32>, policies: &BTreeMap<u32, (String, String)>) {
         self.pods.retain(|_, id| used.contains(id));
         self.cidrs.retain(|_, id| used.contains(id));
+        self.policies.retain(|_, id| policies.contains_key(id));
     }
 }
 
@@ -128,6 +167,15 @@ fn pod_addr(pod: &Pod) -> Option<Ipv4Addr> {
     pod.status.as_ref()?.pod_ip.parse().ok()
 }
 
+/// One rule of either direction, as the compilation reads it.
+struct Rule<'a> {
+    peers: &'a [NetworkPolicyPeer],
+    ports: &'a [NetworkPolicyPort],
+}
+
+/// The pods of the cluster with an address, by identity: (namespace, labels, the pods).
+type PeerPods<'a> = BTreeMap<u32, (&'a str, &'a BTreeMap<String, String>, Vec<&'a Pod>)>;
+
 /// Compiles the policies for this node. Idempotent: the same input and identities give
 /// the same plan.
 pub fn compile(input: &PolicyInput<'_>, ids: &mut Identities) -> PolicyPlan {
@@ -147,25 +195,31 @@ pub fn compile(input: &PolicyInput<'_>, ids: &mut Identities) -> PolicyPlan {
         })
     };
 
-    // Identities of the pods that have an address: (namespace, labels) by number.
-    let mut peers: BTreeMap<u32, (&str, &BTreeMap<String, String>)> = BTreeMap::new();
+    // Identities of the pods that have an address: (namespace, labels, pods) by number.
+    let mut peers: PeerPods<'_> = BTreeMap::new();
     for pod in input.pods {
         let Some(addr) = pod_addr(pod) else { continue };
         let meta = &pod.metadata;
         let id = ids.pod(&meta.namespace, &meta.labels);
-        peers.insert(id, (meta.namespace.as_str(), &meta.labels));
+        peers
+            .entry(id)
+            .or_insert_with(|| (meta.namespace.as_str(), &meta.labels, Vec::new()))
+            .2
+            .push(pod);
         plan.ipcache.insert((addr, 32), id);
     }
     for addr in input.host_addrs {
         plan.ipcache.insert((*addr, 32), IDENTITY_HOST);
     }
-    // Every range an ipBlock names, exceptions included, so an excepted address finds
-    // its exception as its longest match.
+    // Every range an ipBlock names (sources and destinations), exceptions included, so
+    // an excepted address finds its exception as its longest match.
     let blocks = input
         .policies
         .iter()
-        .flat_map(|p| &p.spec.ingress)
-        .flat_map(|rule| &rule.from)
+        .flat_map(|p| {
+            let from = p.spec.ingress.iter().flat_map(|rule| &rule.from);
+            from.chain(p.spec.egress.iter().flat_map(|rule| &rule.to))
+        })
         .filter_map(|peer| peer.ip_block.as_ref());
     for block in blocks {
         for text in std::iter::once(&block.cidr).chain(&block.except) {
@@ -181,6 +235,16 @@ pub fn compile(input: &PolicyInput<'_>, ids: &mut Identities) -> PolicyPlan {
         .filter(|(_, id)| **id >= IDENTITY_FIRST_CIDR)
         .map(|(cidr, id)| (*cidr, *id))
         .collect();
+    // Sorted by namespace and name: the first isolating policy is the same on every node.
+    let mut policies: Vec<&NetworkPolicy> = input.policies.iter().collect();
+    policies.sort_by(|a, b| {
+        (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name))
+    });
+    let context = Context {
+        peers: &peers,
+        ranges: &ranges,
+        namespace_labels: &labels_of,
+    };
 
     for pod in input.pods {
         if pod.spec.node_name != input.node_name {
@@ -188,131 +252,209 @@ pub fn compile(input: &PolicyInput<'_>, ids: &mut Identities) -> PolicyPlan {
         }
         let Some(addr) = pod_addr(pod) else { continue };
         let meta = &pod.metadata;
-        let selecting = input.policies.iter().filter(|p| {
+        let selecting = policies.iter().filter(|p| {
             p.metadata.namespace == meta.namespace && selects(&p.spec.pod_selector, &meta.labels)
         });
-        let mut flags = 0;
-        let mut allowed = BTreeSet::new();
+        let mut endpoint = Endpoint::default();
+        let (mut ingress, mut egress) = (Allows::new(), Allows::new());
         for policy in selecting {
+            let meta = &policy.metadata;
+            let id = ids.policy(&meta.namespace, &meta.name);
+            plan.policies
+                .insert(id, (meta.namespace.clone(), meta.name.clone()));
+            if policy.isolates(INGRESS) {
+                if endpoint.flags & ENDPOINT_INGRESS_ISOLATED == 0 {
+                    endpoint.ingress_policy = id;
+                }
+                endpoint.flags |= ENDPOINT_INGRESS_ISOLATED;
+                for rule in &policy.spec.ingress {
+                    let rule = Rule {
+                        peers: &rule.from,
+                        ports: &rule.ports,
+                    };
+                    context.add(&mut ingress, &rule, policy, id, Peer::Source(pod));
+                }
+            }
             if policy.isolates(EGRESS) {
-                flags |= ENDPOINT_EGRESS_ISOLATED;
-            }
-            if !policy.isolates(INGRESS) {
-                continue;
-            }
-            flags |= ENDPOINT_INGRESS_ISOLATED;
-            for rule in &policy.spec.ingress {
-                let identities: BTreeSet<u32> = if rule.from.is_empty() {
-                    BTreeSet::from([IDENTITY_ANY])
-                } else {
-                    rule.from
-                        .iter()
-                        .flat_map(|peer| {
-                            peer_identities(
-                                peer,
-                                &policy.metadata.namespace,
-                                &peers,
-                                &ranges,
-                                &labels_of,
-                            )
-                        })
-                        .collect()
-                };
-                let ports = if rule.ports.is_empty() {
-                    vec![(0, 0, POLICY_PREFIX_ANY_PROTO)]
-                } else {
-                    rule.ports
-                        .iter()
-                        .flat_map(|p| port_entries(p, pod))
-                        .collect()
-                };
-                for identity in &identities {
-                    for (proto, port, prefix_len) in &ports {
-                        allowed.insert(Allow {
-                            identity: *identity,
-                            proto: *proto,
-                            port: *port,
-                            prefix_len: *prefix_len,
-                        });
-                    }
+                if endpoint.flags & ENDPOINT_EGRESS_ISOLATED == 0 {
+                    endpoint.egress_policy = id;
+                }
+                endpoint.flags |= ENDPOINT_EGRESS_ISOLATED;
+                for rule in &policy.spec.egress {
+                    let rule = Rule {
+                        peers: &rule.to,
+                        ports: &rule.ports,
+                    };
+                    context.add(&mut egress, &rule, policy, id, Peer::Destination);
                 }
             }
         }
-        if flags != 0 {
-            plan.endpoints.insert(addr, flags);
+        if endpoint.flags != 0 {
+            plan.endpoints.insert(addr, endpoint);
         }
-        if flags & ENDPOINT_INGRESS_ISOLATED != 0 {
-            plan.ingress.insert(addr, allowed);
+        if endpoint.flags & ENDPOINT_INGRESS_ISOLATED != 0 {
+            plan.ingress.insert(addr, ingress);
+        }
+        if endpoint.flags & ENDPOINT_EGRESS_ISOLATED != 0 {
+            plan.egress.insert(addr, egress);
         }
     }
+    plan.policies.remove(&0);
     let used: BTreeSet<u32> = plan.ipcache.values().copied().collect();
-    ids.retain(&used);
+    ids.retain(&used, &plan.policies);
     plan
 }
 
-/// The identities one peer of a rule selects: pods by their namespace and labels, or the
-/// ranges inside an ipBlock and outside its exceptions.
-fn peer_identities(
-    peer: &NetworkPolicyPeer,
-    policy_namespace: &str,
-    pods: &BTreeMap<u32, (&str, &BTreeMap<String, String>)>,
-    ranges: &[(Cidr, u32)],
-    namespace_labels: &dyn Fn(&str) -> BTreeMap<String, String>,
-) -> Vec<u32> {
-    if let Some(block) = &peer.ip_block {
-        let Some(outer) = parse_cidr(&block.cidr) else {
-            return Vec::new();
+/// Whose ports a rule's named ports are: the isolated pod's own (ingress: the port it
+/// is reached on), or each destination pod's (egress).
+#[derive(Clone, Copy)]
+enum Peer<'a> {
+    Source(&'a Pod),
+    Destination,
+}
+
+/// What the rules of every policy are compiled against.
+struct Context<'a> {
+    peers: &'a PeerPods<'a>,
+    ranges: &'a [(Cidr, u32)],
+    namespace_labels: &'a dyn Fn(&str) -> BTreeMap<String, String>,
+}
+
+impl Context<'_> {
+    /// Adds one rule's entries to `allows`, under policy `id`.
+    fn add(
+        &self,
+        allows: &mut Allows,
+        rule: &Rule<'_>,
+        policy: &NetworkPolicy,
+        id: u32,
+        peer: Peer<'_>,
+    ) {
+        let identities: BTreeSet<u32> = if rule.peers.is_empty() {
+            BTreeSet::from([IDENTITY_ANY])
+        } else {
+            rule.peers
+                .iter()
+                .flat_map(|p| self.peer_identities(p, &policy.metadata.namespace))
+                .collect()
         };
-        let excepts: Vec<Cidr> = block.except.iter().filter_map(|e| parse_cidr(e)).collect();
-        return ranges
-            .iter()
-            .filter(|(cidr, _)| {
-                cidr_contains(outer, *cidr) && !excepts.iter().any(|e| cidr_contains(*e, *cidr))
-            })
-            .map(|(_, id)| *id)
-            .collect();
-    }
-    pods.iter()
-        .filter(|(_, (namespace, labels))| {
-            let in_namespace = match &peer.namespace_selector {
-                None => *namespace == policy_namespace,
-                Some(selector) => selects(selector, &namespace_labels(namespace)),
+        let mut add = |identity: u32, (proto, port, prefix_len): (u8, u16, u32)| {
+            let allow = Allow {
+                identity,
+                proto,
+                port,
+                prefix_len,
             };
-            in_namespace
-                && peer
-                    .pod_selector
-                    .as_ref()
-                    .is_none_or(|selector| selects(selector, labels))
-        })
-        .map(|(id, _)| *id)
+            let entry = allows.entry(allow).or_insert(id);
+            *entry = (*entry).min(id);
+        };
+        if rule.ports.is_empty() {
+            for identity in &identities {
+                add(*identity, (0, 0, POLICY_PREFIX_ANY_PROTO));
+            }
+            return;
+        }
+        for port in rule.ports {
+            // A destination's named port is each destination pod's own number: the
+            // entries go to the identities of the pods that have it.
+            if let (Peer::Destination, Some(IntOrString::String(name))) = (peer, &port.port) {
+                for (identity, (_, _, pods)) in self.peers {
+                    if !identities.contains(identity) && !identities.contains(&IDENTITY_ANY) {
+                        continue;
+                    }
+                    for entry in pods.iter().flat_map(|pod| named_port(port, name, pod)) {
+                        add(*identity, entry);
+                    }
+                }
+                continue;
+            }
+            let own = match peer {
+                Peer::Source(pod) => Some(pod),
+                Peer::Destination => None,
+            };
+            for entry in port_entries(port, own) {
+                for identity in &identities {
+                    add(*identity, entry);
+                }
+            }
+        }
+    }
+
+    /// The identities one peer of a rule selects: pods by their namespace and labels, or
+    /// the ranges inside an ipBlock and outside its exceptions.
+    fn peer_identities(&self, peer: &NetworkPolicyPeer, policy_namespace: &str) -> Vec<u32> {
+        if let Some(block) = &peer.ip_block {
+            let Some(outer) = parse_cidr(&block.cidr) else {
+                return Vec::new();
+            };
+            let excepts: Vec<Cidr> = block.except.iter().filter_map(|e| parse_cidr(e)).collect();
+            return self
+                .ranges
+                .iter()
+                .filter(|(cidr, _)| {
+                    cidr_contains(outer, *cidr) && !excepts.iter().any(|e| cidr_contains(*e, *cidr))
+                })
+                .map(|(_, id)| *id)
+                .collect();
+        }
+        self.peers
+            .iter()
+            .filter(|(_, (namespace, labels, _))| {
+                let in_namespace = match &peer.namespace_selector {
+                    None => *namespace == policy_namespace,
+                    Some(selector) => selects(selector, &(self.namespace_labels)(namespace)),
+                };
+                in_namespace
+                    && peer
+                        .pod_selector
+                        .as_ref()
+                        .is_none_or(|selector| selects(selector, labels))
+            })
+            .map(|(id, _)| *id)
+            .collect()
+    }
+}
+
+fn protocol_number(port: &NetworkPolicyPort) -> u8 {
+    match port.protocol() {
+        "UDP" => IPPROTO_UDP,
+        _ => IPPROTO_TCP,
+    }
+}
+
+fn port_number(n: i32) -> Option<u16> {
+    u16::try_from(n).ok().filter(|n| *n != 0)
+}
+
+/// The entries of a named port of a rule on `pod`: its container ports of that name and
+/// protocol (none if it has none).
+fn named_port(port: &NetworkPolicyPort, name: &str, pod: &Pod) -> Vec<(u8, u16, u32)> {
+    let proto = protocol_number(port);
+    pod.spec
+        .containers
+        .iter()
+        .flat_map(|c| &c.ports)
+        .filter(|p| p.name == name && p.protocol == port.protocol())
+        .filter_map(|p| port_number(p.container_port))
+        .map(|p| (proto, p, POLICY_PREFIX_FULL))
         .collect()
 }
 
-/// (protocol, first port, prefix length) entries of one port of a rule, for `pod`: a
-/// named port is the pod's container port of that name and protocol (none if it has
-/// none); a range is split into aligned power-of-two blocks.
-fn port_entries(port: &NetworkPolicyPort, pod: &Pod) -> Vec<(u8, u16, u32)> {
-    let proto = match port.protocol() {
-        "UDP" => IPPROTO_UDP,
-        _ => IPPROTO_TCP,
-    };
-    let number = |n: i32| u16::try_from(n).ok().filter(|n| *n != 0);
+/// (protocol, first port, prefix length) entries of one port of a rule: a named port is
+/// `pod`'s (the isolated pod's own, for ingress); a range is split into aligned
+/// power-of-two blocks.
+fn port_entries(port: &NetworkPolicyPort, pod: Option<&Pod>) -> Vec<(u8, u16, u32)> {
+    let proto = protocol_number(port);
     match &port.port {
         None => vec![(proto, 0, POLICY_PREFIX_ANY_PORT)],
-        Some(IntOrString::String(name)) => pod
-            .spec
-            .containers
-            .iter()
-            .flat_map(|c| &c.ports)
-            .filter(|p| p.name == *name && p.protocol == port.protocol())
-            .filter_map(|p| number(p.container_port))
-            .map(|p| (proto, p, POLICY_PREFIX_FULL))
-            .collect(),
+        Some(IntOrString::String(name)) => {
+            pod.map_or_else(Vec::new, |pod| named_port(port, name, pod))
+        }
         Some(IntOrString::Int(first)) => {
-            let Some(first) = number(*first) else {
+            let Some(first) = port_number(*first) else {
                 return Vec::new();
             };
-            let last = port.end_port.and_then(number).unwrap_or(first);
+            let last = port.end_port.and_then(port_number).unwrap_or(first);
             port_blocks(first, last)
                 .into_iter()
                 .map(|(start, bits)| (proto, start, POLICY_PREFIX_ANY_PORT + bits))
@@ -426,27 +568,36 @@ mod tests {
         )
     }
 
-    /// The verdict the datapath reaches for a TCP/UDP packet from `src` to `dst`'s
-    /// `port`, read from the plan as the programs read the maps.
+    /// The verdict the datapath reaches for a new TCP/UDP flow from `src` to `dst`'s
+    /// `port`, read from the plan as the programs read the maps: `dst`'s ingress and
+    /// `src`'s egress.
     fn verdict(plan: &PolicyPlan, src: Ipv4Addr, dst: Ipv4Addr, proto: u8, port: u16) -> bool {
-        let Some(flags) = plan.endpoints.get(&dst) else {
-            return true;
+        let identity = |addr: Ipv4Addr| {
+            plan.ipcache
+                .iter()
+                .filter(|((net, len), _)| cidr_contains((*net, *len), (addr, 32)))
+                .max_by_key(|((_, len), _)| *len)
+                .map_or(IDENTITY_WORLD, |(_, id)| *id)
         };
-        if flags & ENDPOINT_INGRESS_ISOLATED == 0 {
-            return true;
-        }
-        let identity = plan
-            .ipcache
-            .iter()
-            .filter(|((net, len), _)| cidr_contains((*net, *len), (src, 32)))
-            .max_by_key(|((_, len), _)| *len)
-            .map_or(IDENTITY_WORLD, |(_, id)| *id);
-        if identity == IDENTITY_HOST {
-            return true;
-        }
-        plan.ingress.get(&dst).into_iter().flatten().any(|allow| {
-            allow.covers(identity, proto, port) || allow.covers(IDENTITY_ANY, proto, port)
-        })
+        let lets =
+            |isolated: u32, pod: Ipv4Addr, peer: Ipv4Addr, allows: &BTreeMap<Ipv4Addr, Allows>| {
+                let flags = plan.endpoints.get(&pod).map_or(0, |e| e.flags);
+                if flags & isolated == 0 {
+                    return true;
+                }
+                let peer = identity(peer);
+                peer == IDENTITY_HOST
+                    || allows
+                        .get(&pod)
+                        .into_iter()
+                        .flat_map(|a| a.keys())
+                        .any(|allow| {
+                            allow.covers(peer, proto, port)
+                                || allow.covers(IDENTITY_ANY, proto, port)
+                        })
+            };
+        lets(ENDPOINT_EGRESS_ISOLATED, src, dst, &plan.egress)
+            && lets(ENDPOINT_INGRESS_ISOLATED, dst, src, &plan.ingress)
     }
 
     const HEAD: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: a}\nspec:\n";
@@ -465,8 +616,10 @@ mod tests {
     fn default_deny_isolates_every_selected_pod_of_this_node_only() {
         let deny = policy(&format!("{HEAD}  podSelector: {{}}\n"));
         let plan = compile_with(&cluster(), &[deny], &mut Identities::default());
+        let flags: BTreeMap<Ipv4Addr, u32> =
+            plan.endpoints.iter().map(|(a, e)| (*a, e.flags)).collect();
         assert_eq!(
-            plan.endpoints,
+            flags,
             BTreeMap::from([
                 (SERVER, ENDPOINT_INGRESS_ISOLATED),
                 (NEIGHBOUR, ENDPOINT_INGRESS_ISOLATED)
@@ -486,10 +639,13 @@ mod tests {
             "{HEAD}  podSelector: {{}}\n  policyTypes: [Egress]\n  ingress:\n  - ports: [{{port: 1}}]\n"
         ));
         let plan = compile_with(&cluster(), &[egress_only], &mut Identities::default());
-        assert_eq!(plan.endpoints[&SERVER], ENDPOINT_EGRESS_ISOLATED);
+        assert_eq!(plan.endpoints[&SERVER].flags, ENDPOINT_EGRESS_ISOLATED);
         // Ingress rules of a policy that does not isolate ingress are ignored.
         assert!(plan.ingress.is_empty());
         assert!(verdict(&plan, CLIENT, SERVER, IPPROTO_TCP, 80));
+        // No egress rule: the server reaches nothing but the node.
+        assert!(!verdict(&plan, SERVER, CLIENT, IPPROTO_TCP, 80));
+        assert!(verdict(&plan, SERVER, HOST, IPPROTO_TCP, 10250));
     }
 
     #[test]
@@ -654,14 +810,19 @@ mod tests {
             "{HEAD}  podSelector: {{}}\n  ingress:\n  - {{}}\n"
         ));
         let plan = compile_with(&cluster(), &[any], &mut Identities::default());
+        let id = plan.endpoints[&SERVER].ingress_policy;
+        assert_eq!(plan.policies[&id], ("a".to_owned(), "p".to_owned()));
         assert_eq!(
             plan.ingress[&SERVER],
-            BTreeSet::from([Allow {
-                identity: IDENTITY_ANY,
-                proto: 0,
-                port: 0,
-                prefix_len: POLICY_PREFIX_ANY_PROTO
-            }])
+            BTreeMap::from([(
+                Allow {
+                    identity: IDENTITY_ANY,
+                    proto: 0,
+                    port: 0,
+                    prefix_len: POLICY_PREFIX_ANY_PROTO
+                },
+                id
+            )])
         );
         assert!(verdict(
             &plan,
@@ -670,5 +831,86 @@ mod tests {
             IPPROTO_UDP,
             9
         ));
+    }
+
+    #[test]
+    fn egress_rules_allow_what_the_pod_may_reach() {
+        let egress = policy(&format!(
+            "{HEAD}  podSelector: {{matchLabels: {{app: server}}}}\n  policyTypes: [Egress]\n  egress:\n  - to:\n    - namespaceSelector: {{matchLabels: {{team: b}}}}\n      podSelector: {{matchLabels: {{role: client}}}}\n    ports: [{{port: http}}]\n  - to: [{{ipBlock: {{cidr: 198.19.0.0/16, except: [198.19.5.0/24]}}}}]\n    ports: [{{protocol: UDP, port: 5000, endPort: 5003}}]\n"
+        ));
+        let plan = compile_with(&cluster(), &[egress], &mut Identities::default());
+        assert_eq!(plan.endpoints[&SERVER].flags, ENDPOINT_EGRESS_ISOLATED);
+        assert!(!plan.endpoints.contains_key(&NEIGHBOUR), "not selected");
+        // The named port is the destination pod's: the client's http is 8080/TCP.
+        assert!(verdict(&plan, SERVER, CLIENT, IPPROTO_TCP, 8080));
+        assert!(!verdict(&plan, SERVER, CLIENT, IPPROTO_TCP, 80));
+        assert!(
+            !verdict(&plan, SERVER, OTHER, IPPROTO_TCP, 8080),
+            "not role=client"
+        );
+        // Egress ipBlocks are in the ipcache, their exceptions too.
+        let at = |last: [u8; 2]| Ipv4Addr::new(198, 19, last[0], last[1]);
+        assert!(plan.ipcache.contains_key(&(at([0, 0]), 16)));
+        for port in [5000, 5003] {
+            assert!(verdict(&plan, SERVER, at([7, 1]), IPPROTO_UDP, port));
+        }
+        assert!(!verdict(&plan, SERVER, at([7, 1]), IPPROTO_UDP, 5004));
+        assert!(!verdict(&plan, SERVER, at([5, 9]), IPPROTO_UDP, 5000));
+        let elsewhere = Ipv4Addr::new(203, 0, 113, 1);
+        assert!(!verdict(&plan, SERVER, elsewhere, IPPROTO_UDP, 5000));
+        // Ingress is not isolated by an egress-only policy.
+        assert!(verdict(&plan, OTHER, SERVER, IPPROTO_TCP, 80));
+    }
+
+    #[test]
+    fn egress_named_ports_follow_each_destination_and_any_peer_means_every_pod() {
+        let mut cluster = cluster();
+        // The remote server names its http port 9000.
+        let yaml = "metadata: {name: remote2, namespace: a, labels: {app: api}}\nspec: {nodeName: n2, containers: [{name: c, image: echo, ports: [{name: http, containerPort: 9000}]}]}\nstatus: {phase: Running, podIP: 10.0.2.50}";
+        cluster
+            .pods
+            .push(decode_typed(Source::Yaml(yaml)).expect("a valid pod"));
+        let api = Ipv4Addr::new(10, 0, 2, 50);
+        let egress = policy(&format!(
+            "{HEAD}  podSelector: {{matchLabels: {{app: server}}}}\n  policyTypes: [Egress]\n  egress:\n  - ports: [{{port: http}}]\n"
+        ));
+        let plan = compile_with(&cluster, &[egress], &mut Identities::default());
+        assert!(verdict(&plan, SERVER, api, IPPROTO_TCP, 9000));
+        assert!(
+            !verdict(&plan, SERVER, api, IPPROTO_TCP, 8080),
+            "api's http is 9000"
+        );
+        assert!(verdict(&plan, SERVER, CLIENT, IPPROTO_TCP, 8080));
+        assert!(!verdict(&plan, SERVER, CLIENT, IPPROTO_TCP, 9000));
+    }
+
+    #[test]
+    fn policies_get_counter_ids_and_drops_count_under_the_first_isolating_one() {
+        let deny = policy(&format!(
+            "{HEAD}  podSelector: {{}}\n  policyTypes: [Ingress, Egress]\n"
+        ));
+        let mut web = policy(&format!(
+            "{HEAD}  podSelector: {{matchLabels: {{app: server}}}}\n  ingress:\n  - ports: [{{port: 80}}]\n"
+        ));
+        web.metadata.name = "web".to_owned();
+        let mut ids = Identities::default();
+        let plan = compile_with(&cluster(), &[web.clone(), deny.clone()], &mut ids);
+        let names: BTreeSet<&str> = plan.policies.values().map(|(_, n)| n.as_str()).collect();
+        assert_eq!(names, BTreeSet::from(["p", "web"]));
+        let server = plan.endpoints[&SERVER];
+        assert_eq!(
+            plan.policies[&server.ingress_policy].1, "p",
+            "p sorts before web"
+        );
+        assert_eq!(plan.policies[&server.egress_policy].1, "p");
+        let web_id = *plan.ingress[&SERVER].values().next().expect("web's entry");
+        assert_eq!(plan.policies[&web_id].1, "web");
+        // A deleted policy's id goes to the next new one.
+        let plan = compile_with(&cluster(), std::slice::from_ref(&deny), &mut ids);
+        assert_eq!(plan.policies.len(), 1);
+        let mut other = web;
+        other.metadata.name = "other".to_owned();
+        let plan = compile_with(&cluster(), &[deny, other], &mut ids);
+        assert_eq!(plan.policies[&web_id].1, "other");
     }
 }

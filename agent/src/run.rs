@@ -180,6 +180,10 @@ pub async fn run(config: Config) -> anyhow::Result<Ended> {
     let policy_maps = datapath
         .policy_maps()
         .context("opening the NetworkPolicy maps")?;
+    let policy_counters = datapath
+        .policy_counters()
+        .context("opening the NetworkPolicy verdict counters")?;
+    let policy_log = datapath.take_policy_log();
     let datapath = Arc::new(Mutex::new(datapath));
     // None until the control plane's first Node list: routes of a restarted agent stay as
     // they are until then.
@@ -194,6 +198,11 @@ pub async fn run(config: Config) -> anyhow::Result<Ended> {
         routes_rx,
     ));
     let metrics = AgentMetrics::new(Some(datapath.clone()))?;
+    let policy_names = enforcer::SharedPolicyNames::default();
+    metrics.register_policies(policy_counters, policy_names.clone())?;
+    if let Some(log) = policy_log {
+        tokio::spawn(enforcer::log_drops(log, policy_names.clone()));
+    }
     tokio::spawn(sweep_conntrack(
         sweeper,
         metrics.conntrack_collected.clone(),
@@ -317,6 +326,7 @@ pub async fn run(config: Config) -> anyhow::Result<Ended> {
             name: config.node_name.clone(),
             addrs: vec![config.node_address],
         },
+        policy_names.clone(),
     ));
 
     let mut readiness = LocalReadiness::default();

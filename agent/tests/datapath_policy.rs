@@ -1,15 +1,17 @@
 //! NetworkPolicy in the datapath, run with BPF_PROG_TEST_RUN: policies compiled by the
 //! agent (`berth_agent::policy`) from typed pods, namespaces and policies, written with
 //! `PolicyMaps`, and packets through `berth_to_pod` (every delivery into a pod through
-//! the node's stack) and `berth_from_pod` (flows a pod opens, service translation).
-//! Needs root and bpffs.
+//! the node's stack) and `berth_from_pod` (flows a pod opens, its egress policy, service
+//! translation). Needs root and bpffs.
 
 mod common;
 
 use std::net::Ipv4Addr;
 
 use berth_agent::{
-    datapath::{Algorithm, BackendSpec, BackendState, Frontend, PolicyMaps, Protocol, Service},
+    datapath::{
+        Algorithm, BackendSpec, BackendState, Frontend, PolicyMaps, Protocol, Service, policy_drop,
+    },
     policy::{Identities, PolicyInput, PolicyPlan, compile},
 };
 use berth_api::{
@@ -18,7 +20,7 @@ use berth_api::{
     decode_typed,
     networking::NetworkPolicy,
 };
-use berth_ebpf_common::{Reason, program_names};
+use berth_ebpf_common::{POLICY_EGRESS, Reason, program_names};
 use berth_testkit::{
     PinDir,
     packet::{self, Frame},
@@ -43,6 +45,8 @@ const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 20);
 const IN_BLOCK: Ipv4Addr = Ipv4Addr::new(198, 19, 140, 1);
 const IN_EXCEPTION: Ipv4Addr = Ipv4Addr::new(198, 19, 130, 1);
 const OUTSIDE: Ipv4Addr = Ipv4Addr::new(198, 19, 100, 7);
+/// Namespace c, on this node: isolated both ways, with the egress rules below.
+const EGRESS_POD: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 50);
 
 /// A running pod with a container port `admin` (9090/TCP); `labels` a YAML map.
 fn pod(namespace: &str, ip: Ipv4Addr, node: &str, labels: &str) -> Pod {
@@ -61,19 +65,32 @@ fn policy(yaml: &str) -> NetworkPolicy {
     decode_typed(Source::Yaml(yaml)).expect("a valid policy")
 }
 
+fn head(namespace: &str, name: &str) -> String {
+    format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n"
+    )
+}
+
 /// Namespace a: default-deny ingress; b's role=client pods on TCP 80; the named port
 /// `admin` from the namespace's own pods; a range from outside, but not its exception.
+/// Namespace c: default-deny both ways (`lock`), and `rules`: in from b's role=client
+/// pods on 8080; out to them on TCP 80, to a's server on TCP 80, and to a range but not
+/// its exception.
 fn policies() -> Vec<NetworkPolicy> {
-    let head = |name: &str| {
-        format!(
-            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: a}}\nspec:\n"
-        )
-    };
+    let head = |name: &str| head("a", name);
     vec![
         policy(&format!("{}  podSelector: {{}}\n", head("deny"))),
         policy(&format!(
             "{}  podSelector: {{matchLabels: {{app: server}}}}\n  ingress:\n  - from:\n    - namespaceSelector: {{matchLabels: {{team: b}}}}\n      podSelector: {{matchLabels: {{role: client}}}}\n    ports: [{{protocol: TCP, port: 80}}]\n  - from: [{{podSelector: {{}}}}]\n    ports: [{{port: admin}}]\n  - from: [{{ipBlock: {{cidr: 198.19.128.0/17, except: [198.19.130.0/24]}}}}]\n",
             head("web")
+        )),
+        policy(&format!(
+            "{}  podSelector: {{}}\n  policyTypes: [Ingress, Egress]\n",
+            self::head("c", "lock")
+        )),
+        policy(&format!(
+            "{}  podSelector: {{}}\n  ingress:\n  - from: [{{namespaceSelector: {{matchLabels: {{team: b}}}}, podSelector: {{matchLabels: {{role: client}}}}}}]\n    ports: [{{port: 8080}}]\n  egress:\n  - to: [{{namespaceSelector: {{matchLabels: {{team: b}}}}, podSelector: {{matchLabels: {{role: client}}}}}}]\n    ports: [{{protocol: TCP, port: 80}}]\n  - to: [{{namespaceSelector: {{matchLabels: {{team: a}}}}, podSelector: {{matchLabels: {{app: server}}}}}}]\n    ports: [{{port: 80}}]\n  - to: [{{ipBlock: {{cidr: 198.19.128.0/17, except: [198.19.130.0/24]}}}}]\n",
+            self::head("c", "rules")
         )),
     ]
 }
@@ -84,8 +101,13 @@ fn plan(policies: &[NetworkPolicy]) -> PolicyPlan {
         pod("b", CLIENT, "elsewhere", "{role: client}"),
         pod("b", OTHER, "elsewhere", "{role: other}"),
         pod("b", REMOTE_BACKEND, "elsewhere", "{app: api}"),
+        pod("c", EGRESS_POD, NODE, "{app: egress}"),
     ];
-    let namespaces = [namespace("a", "a"), namespace("b", "b")];
+    let namespaces = [
+        namespace("a", "a"),
+        namespace("b", "b"),
+        namespace("c", "c"),
+    ];
     compile(
         &PolicyInput {
             node_name: NODE,
@@ -156,9 +178,13 @@ impl Harness {
     }
 
     fn run_bytes(&mut self, program: &str, frame: &[u8]) -> (u32, Vec<u8>, bool) {
-        let before = counted(&self.datapath, Reason::DropPolicyIngress);
+        let drops = |datapath: &berth_agent::datapath::Datapath| {
+            counted(datapath, Reason::DropPolicyIngress)
+                + counted(datapath, Reason::DropPolicyEgress)
+        };
+        let before = drops(&self.datapath);
         let (verdict, out) = programs::test_run(self.datapath.ebpf_mut(), program, frame);
-        let dropped = counted(&self.datapath, Reason::DropPolicyIngress) == before + 1;
+        let dropped = drops(&self.datapath) == before + 1;
         assert_eq!(
             verdict == TC_ACT_SHOT,
             dropped,
@@ -186,6 +212,11 @@ impl Harness {
     /// Whether `frame` is let into its destination pod through the node's stack.
     fn enters(&mut self, frame: &Frame) -> bool {
         self.run(program_names::TO_POD, frame).0 == TC_ACT_OK
+    }
+
+    /// Whether `frame` is let out of its source pod.
+    fn leaves(&mut self, frame: &Frame) -> bool {
+        self.run(program_names::FROM_POD, frame).0 == TC_ACT_OK
     }
 }
 
@@ -302,4 +333,152 @@ fn removing_the_policies_lifts_isolation_and_a_new_agent_cleans_up() {
     reopened.apply(&plan(&[])).expect("apply");
     assert!(h.enters(&denied));
     assert!(h.enters(&tcp((CLIENT, 42_001), (SERVER, 80))));
+}
+
+fn ack(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Frame {
+    let mut frame = tcp(src, dst);
+    frame.tcp_flags = 0x10;
+    frame
+}
+
+#[test]
+fn egress_lets_out_what_the_rules_allow_only() {
+    let mut h = Harness::new();
+    assert!(h.leaves(&tcp((EGRESS_POD, 40_000), (CLIENT, 80))));
+    assert!(
+        !h.leaves(&tcp((EGRESS_POD, 40_001), (CLIENT, 81))),
+        "port 80 only"
+    );
+    assert!(
+        !h.leaves(&Frame::udp((EGRESS_POD, 40_002), (CLIENT, 80))),
+        "TCP only"
+    );
+    assert!(
+        !h.leaves(&tcp((EGRESS_POD, 40_003), (OTHER, 80))),
+        "not role=client"
+    );
+    // The node itself is always reachable.
+    assert!(h.leaves(&tcp((EGRESS_POD, 40_004), (NODE_ADDR, 10_250))));
+    // A pod isolated for ingress only reaches anything.
+    assert!(h.leaves(&tcp((SERVER, 40_005), (OTHER, 22))));
+}
+
+#[test]
+fn egress_ip_blocks_let_their_range_out_but_not_its_exception() {
+    let mut h = Harness::new();
+    assert!(h.leaves(&tcp((EGRESS_POD, 40_000), (IN_BLOCK, 443))));
+    assert!(h.leaves(&Frame::udp((EGRESS_POD, 40_000), (IN_BLOCK, 53))));
+    assert!(!h.leaves(&tcp((EGRESS_POD, 40_001), (IN_EXCEPTION, 443))));
+    assert!(!h.leaves(&tcp((EGRESS_POD, 40_002), (OUTSIDE, 443))));
+}
+
+#[test]
+fn replies_pass_both_ways_and_nothing_else_does() {
+    let mut h = Harness::new();
+    // A flow the pod opened: its replies enter, though the pod is isolated for ingress.
+    assert!(h.leaves(&tcp((EGRESS_POD, 41_000), (CLIENT, 80))));
+    let mut syn_ack = tcp((CLIENT, 80), (EGRESS_POD, 41_000));
+    syn_ack.tcp_flags = 0x12;
+    assert!(h.enters(&syn_ack));
+    assert!(
+        !h.enters(&tcp((CLIENT, 80), (EGRESS_POD, 41_001))),
+        "not a reply"
+    );
+    // A flow the pod accepted (its ingress rule): its replies leave, though no egress
+    // rule lets the pod reach the client's port.
+    assert!(h.enters(&tcp((CLIENT, 42_000), (EGRESS_POD, 8080))));
+    let mut answer = tcp((EGRESS_POD, 8080), (CLIENT, 42_000));
+    answer.tcp_flags = 0x12;
+    assert!(h.leaves(&answer));
+    assert!(h.leaves(&ack((EGRESS_POD, 8080), (CLIENT, 42_000))));
+    assert!(
+        !h.leaves(&ack((EGRESS_POD, 8080), (CLIENT, 42_001))),
+        "not a reply of an accepted flow"
+    );
+}
+
+#[test]
+fn through_a_cluster_ip_egress_is_checked_against_the_chosen_backend() {
+    let mut h = Harness::new();
+    let (verdict, out, dropped) = h.run(
+        program_names::FROM_POD,
+        &tcp((EGRESS_POD, 44_000), (VIP, 80)),
+    );
+    assert_eq!((verdict, dropped), (TC_ACT_OK, false));
+    let translated = packet::parse(&out).expect("an IPv4 frame");
+    assert_eq!((translated.dst, translated.dst_port), (SERVER, 80));
+    // Same frontend port, but the backend (b's api pod on 8080) is not allowed.
+    let (verdict, _, dropped) = h.run(
+        program_names::FROM_POD,
+        &tcp((EGRESS_POD, 44_001), (REMOTE_VIP, 80)),
+    );
+    assert_eq!((verdict, dropped), (TC_ACT_SHOT, true));
+}
+
+#[test]
+fn established_flows_pass_on_the_connection_table_until_a_change_revokes_them() {
+    let mut h = Harness::new();
+    let all = policies();
+    let plan_all = plan(&all);
+    let rules = plan_all
+        .policies
+        .iter()
+        .find(|(_, (_, name))| name == "rules")
+        .map(|(id, _)| *id)
+        .expect("rules has a counter id");
+    let counters = h.datapath.policy_counters().expect("counters");
+    assert!(h.leaves(&tcp((EGRESS_POD, 45_000), (CLIENT, 80))));
+    for _ in 0..3 {
+        assert!(h.leaves(&ack((EGRESS_POD, 45_000), (CLIENT, 80))));
+    }
+    // Counted once, as the new flow it was; later packets took the connection table.
+    assert_eq!(counters.read(rules).expect("read").egress_allowed, 1);
+    // A change that still allows the flow keeps it: the revision moves on, the flow is
+    // checked again and passes.
+    let before = h.maps.revision(EGRESS_POD).expect("isolated");
+    let mut more = all.clone();
+    more.push(policy(&format!(
+        "{}  podSelector: {{}}\n  egress:\n  - to: [{{ipBlock: {{cidr: 198.19.200.0/24}}}}]\n",
+        head("c", "extra")
+    )));
+    h.maps.apply(&plan(&more)).expect("apply");
+    assert_ne!(h.maps.revision(EGRESS_POD), Some(before));
+    assert!(h.leaves(&ack((EGRESS_POD, 45_000), (CLIENT, 80))));
+    // Removing the rule cuts the established flow at its next packet.
+    let without_rules: Vec<_> = all
+        .iter()
+        .filter(|p| p.metadata.name != "rules")
+        .cloned()
+        .collect();
+    h.maps.apply(&plan(&without_rules)).expect("apply");
+    assert!(!h.leaves(&ack((EGRESS_POD, 45_000), (CLIENT, 80))));
+    // The drop is counted under the policy that isolates the pod.
+    let lock = plan(&without_rules).endpoints[&EGRESS_POD].egress_policy;
+    assert_eq!(counters.read(lock).expect("read").egress_denied, 1);
+}
+
+#[test]
+fn dropped_flows_are_reported_within_a_budget() {
+    let mut h = Harness::new();
+    let mut log = h.datapath.take_policy_log().expect("the drop log");
+    let sent = 200;
+    for port in 0..sent {
+        assert!(!h.leaves(&tcp((EGRESS_POD, 46_000 + port), (OUTSIDE, 443))));
+    }
+    let mut records = Vec::new();
+    while let Some(item) = log.next() {
+        records.push(policy_drop(&item).expect("a whole record"));
+    }
+    let first = &records.first().expect("at least one record").flow;
+    assert_eq!(
+        (
+            Ipv4Addr::from(u32::from_be(first.src_addr)),
+            Ipv4Addr::from(u32::from_be(first.dst_addr)),
+            u16::from_be(first.dst_port),
+            first.direction,
+        ),
+        (EGRESS_POD, OUTSIDE, 443, POLICY_EGRESS)
+    );
+    // Ten a second per CPU: the 200 drops of a few milliseconds are mostly counted only.
+    assert!(records.len() < 100, "{} records", records.len());
 }

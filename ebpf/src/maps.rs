@@ -4,11 +4,12 @@
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
 };
 use berth_ebpf_common::{
-    AffinityKey, AffinityValue, Backend, BackendAddr, CtEntry, DatapathConfig, FlowKey, PodRange,
-    PolicyKey, Reason, ServiceKey, ServiceValue, Traffic, defaults,
+    AffinityKey, AffinityValue, Backend, BackendAddr, CtEntry, DatapathConfig, EndpointPolicy,
+    FlowKey, LogBudget, PodRange, PolicyKey, PolicyVerdicts, Reason, ServiceKey, ServiceValue,
+    Traffic, defaults,
 };
 
 #[map(name = "BERTH_CONFIG")]
@@ -92,23 +93,41 @@ pub static MASQUERADE: LruHashMap<FlowKey, CtEntry> = LruHashMap::pinned(
 pub static IPCACHE: LpmTrie<u32, u32> = LpmTrie::pinned(defaults::MAX_IPCACHE, 0);
 
 /// Each pod of this node that some NetworkPolicy selects (by address, network order) →
-/// the `ENDPOINT_*_ISOLATED` directions. A pod absent here is not isolated at all.
+/// the directions it is isolated in, its revision and the policies its drops count
+/// under. A pod absent here is not isolated at all.
 #[map(name = "BERTH_POLICY_EPS")]
-pub static POLICY_ENDPOINTS: HashMap<u32, u32> = HashMap::pinned(defaults::MAX_POD_INTERFACES, 0);
+pub static POLICY_ENDPOINTS: HashMap<u32, EndpointPolicy> =
+    HashMap::pinned(defaults::MAX_POD_INTERFACES, 0);
 
-/// What the isolated pods allow: see `PolicyKey`. The value is unused.
+/// What the isolated pods allow: see `PolicyKey`. The value is the id of the policy
+/// whose rule allows it, for the verdict counters.
 #[map(name = "BERTH_POLICY")]
 pub static POLICY: LpmTrie<PolicyKey, u32> = LpmTrie::pinned(defaults::MAX_POLICY_ENTRIES, 0);
 
-/// The replies of flows pods opened (`CT_POLICY_REPLY` keys), what lets them into pods
-/// their policies isolate. Every pod's flows are recorded, so a pod that becomes isolated
-/// keeps the replies of connections it already had. An LRU of its own, so pods' flows
-/// never evict service connections; entries past their lifetime count as absent.
+/// Flows the policies let through (`CT_POLICY_IN` and `CT_POLICY_OUT` keys): the
+/// replies of flows pods opened (of every pod, so a pod that becomes isolated keeps the
+/// replies of connections it already had), the replies of flows egress-isolated pods
+/// accepted, and the flows isolated pods' rules allowed, so their later packets cost one
+/// lookup. An LRU of its own, so pods' flows never evict service connections; entries
+/// past their lifetime count as absent.
 #[map(name = "BERTH_POLICY_CT")]
 pub static POLICY_CT: LruHashMap<FlowKey, CtEntry> = LruHashMap::pinned(
     defaults::MAX_CONNECTIONS * 2 / defaults::MASQUERADE_SHARE,
     0,
 );
+
+/// Verdicts per policy id (see `PolicyVerdicts`).
+#[map(name = "BERTH_POLICY_STATS")]
+pub static POLICY_STATS: PerCpuArray<PolicyVerdicts> =
+    PerCpuArray::pinned(defaults::MAX_POLICIES, 0);
+
+/// Dropped flows for the agent to print (`PolicyDrop` records), rate-limited per CPU by
+/// `POLICY_LOG_BUDGET`. Not pinned: only the agent that loaded the programs reads it.
+#[map(name = "BERTH_POLICY_LOG")]
+pub static POLICY_LOG: RingBuf = RingBuf::with_byte_size(defaults::POLICY_LOG_BYTES, 0);
+
+#[map(name = "BERTH_POLICY_LOG_BUDGET")]
+pub static POLICY_LOG_BUDGET: PerCpuArray<LogBudget> = PerCpuArray::with_max_entries(1, 0);
 
 /// Whether pod traffic to `addr` keeps its pod source: `addr` is in the no-masquerade
 /// list or in a pod range (this node's or another's, whether routed or tunnelled).

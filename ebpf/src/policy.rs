@@ -1,113 +1,316 @@
-//! NetworkPolicy at the door of each pod on this node (Cilium's model): the source
-//! address gives an identity (ipcache), and the destination pod's policy entries say
-//! whether that identity may reach the port. Replies of flows a pod opened pass through
-//! the connection table, whatever its policies say.
+//! NetworkPolicy at the door of each pod on this node (Cilium's model): the peer's
+//! address gives an identity (ipcache), and the pod's policy entries say whether that
+//! identity may reach the port — the source for packets entering the pod, the
+//! destination (after service translation) for packets leaving it. A flow once allowed
+//! is remembered in the policy conntrack, so its later packets cost one lookup; replies
+//! of flows a pod opened, or accepted, pass whatever its policies say.
 
 use aya_ebpf::maps::lpm_trie::Key;
 use berth_ebpf_common::{
-    CT_ESTABLISHED, CT_POLICY_REPLY, CT_UDP_STREAM, CtEntry, ENDPOINT_INGRESS_ISOLATED, FlowKey,
-    HAIRPIN_ADDR, IDENTITY_ANY, IDENTITY_HOST, IDENTITY_WORLD, IPPROTO_TCP, POLICY_INGRESS,
-    POLICY_PREFIX_FULL, PolicyKey, Reason, ct_expired,
+    CT_ESTABLISHED, CT_FLAG_POLICY_RULE, CT_POLICY_IN, CT_POLICY_OUT, CT_UDP_STREAM, CtEntry,
+    ENDPOINT_EGRESS_ISOLATED, ENDPOINT_INGRESS_ISOLATED, EndpointPolicy, FlowKey, HAIRPIN_ADDR,
+    IDENTITY_ANY, IDENTITY_HOST, IDENTITY_WORLD, IPPROTO_TCP, POLICY_EGRESS, POLICY_INGRESS,
+    POLICY_LOG_PER_SECOND, POLICY_PREFIX_FULL, PolicyDrop, PolicyKey, Reason, ct_expired,
 };
 
 use crate::{
     lb::{Flow, now_secs, touch},
-    maps::{IPCACHE, POLICY, POLICY_CT, POLICY_ENDPOINTS},
+    maps::{
+        IPCACHE, POLICY, POLICY_CT, POLICY_ENDPOINTS, POLICY_LOG, POLICY_LOG_BUDGET, POLICY_STATS,
+    },
 };
 
-/// The key a flow's replies arrive with at the pod that opened it.
+/// A policy conntrack key of `flow`'s own packets, or (`reply`) of its replies:
+/// `direction` is `CT_POLICY_IN` (packets entering the pod at the key's destination) or
+/// `CT_POLICY_OUT` (packets leaving the pod at its source).
 #[inline(always)]
-fn reply_key(flow: &Flow) -> FlowKey {
+fn flow_key(flow: &Flow, direction: u8, reply: bool) -> FlowKey {
+    let (near, far) = (
+        (flow.src_addr, flow.src_port),
+        (flow.dst_addr, flow.dst_port),
+    );
+    let (src, dst) = if reply { (far, near) } else { (near, far) };
     FlowKey {
-        src_addr: flow.dst_addr,
-        dst_addr: flow.src_addr,
-        src_port: flow.dst_port,
-        dst_port: flow.src_port,
+        src_addr: src.0,
+        dst_addr: dst.0,
+        src_port: src.1,
+        dst_port: dst.1,
         proto: flow.proto,
-        direction: CT_POLICY_REPLY,
+        direction,
         _pad: 0,
     }
 }
 
-/// Records a flow leaving a pod (before any translation), so its replies pass the pod's
-/// ingress policy: on a TCP SYN, and on UDP packets (kept fresh by them; at most one
-/// write a second per flow).
+/// The state policy entries live in: a day for TCP, two minutes of silence for UDP.
 #[inline(always)]
-pub fn track_opened(flow: &Flow) {
-    let tcp = flow.proto == IPPROTO_TCP;
-    if tcp && !flow.opens_connection {
-        return;
+fn state_of(proto: u8) -> u8 {
+    if proto == IPPROTO_TCP {
+        CT_ESTABLISHED
+    } else {
+        CT_UDP_STREAM
     }
-    let key = reply_key(flow);
+}
+
+/// The isolation of the pod at `addr`, if some policy selects it.
+#[inline(always)]
+fn endpoint(addr: u32) -> Option<EndpointPolicy> {
+    // SAFETY: copied out at once; the agent replaces whole entries.
+    unsafe { POLICY_ENDPOINTS.get(addr) }.copied()
+}
+
+/// Whether the policy conntrack lets this packet through: an entry alive, and either a
+/// reply's or allowed by a rule at the endpoint's current revision. Refreshes it, and
+/// returns its flags.
+#[inline(always)]
+fn tracked(key: FlowKey, revision: u32) -> Option<u8> {
+    let entry = POLICY_CT.get_ptr_mut(key)?;
+    // SAFETY: a pointer into the conntrack map, read at once.
+    let (state, last_seen, flags, allowed_at) = unsafe {
+        (
+            (*entry).state,
+            (*entry).last_seen_secs,
+            (*entry).flags,
+            (*entry).backend_id,
+        )
+    };
     let now = now_secs();
-    let state = if tcp { CT_ESTABLISHED } else { CT_UDP_STREAM };
-    if !tcp && let Some(entry) = POLICY_CT.get_ptr_mut(key) {
-        // SAFETY: a pointer into the conntrack map.
-        unsafe { touch(entry, state, now) };
-        return;
+    if ct_expired(state, last_seen, now)
+        || (flags & CT_FLAG_POLICY_RULE != 0 && allowed_at != revision)
+    {
+        return None;
     }
+    // SAFETY: as above.
+    unsafe { touch(entry, state, now) };
+    Some(flags)
+}
+
+/// Remembers a flow as let through: by a rule at `revision` (checked again when it
+/// moves on), or as a reply (`None`, held while the flow lives).
+#[inline(always)]
+fn remember(key: FlowKey, revision: Option<u32>) {
     let entry = CtEntry {
-        state,
-        last_seen_secs: now,
+        state: state_of(key.proto),
+        flags: if revision.is_some() {
+            CT_FLAG_POLICY_RULE
+        } else {
+            0
+        },
+        backend_id: revision.unwrap_or(0),
+        last_seen_secs: now_secs(),
         ..CtEntry::default()
     };
     let _ = POLICY_CT.insert(key, entry, 0);
 }
 
-/// Whether a packet may enter the pod it is addressed to (`flow` as it is delivered,
-/// after any translation): Err(reason) when the pod's policies isolate it for ingress
-/// and neither a rule nor a flow the pod opened lets it in.
+/// Records a flow leaving a pod (before any translation), so its replies pass the pod's
+/// ingress policy: on a TCP SYN, and on UDP packets (kept fresh by them; at most one
+/// write a second per flow). Every pod's, isolated or not, so a pod that becomes
+/// isolated keeps the replies of the connections it has.
 #[inline(always)]
-pub fn ingress(flow: &Flow) -> Result<(), Reason> {
-    // SAFETY: copied out at once; the agent replaces whole entries.
-    let Some(flags) = (unsafe { POLICY_ENDPOINTS.get(flow.dst_addr) }).copied() else {
-        return Ok(());
-    };
-    if flags & ENDPOINT_INGRESS_ISOLATED == 0 || flow.src_addr == HAIRPIN_ADDR {
-        return Ok(());
+fn track_opened(flow: &Flow) {
+    let tcp = flow.proto == IPPROTO_TCP;
+    if tcp && !flow.opens_connection {
+        return;
     }
-    if let Some(entry) = POLICY_CT.get_ptr_mut(FlowKey {
-        src_addr: flow.src_addr,
-        dst_addr: flow.dst_addr,
-        src_port: flow.src_port,
-        dst_port: flow.dst_port,
-        proto: flow.proto,
-        direction: CT_POLICY_REPLY,
-        _pad: 0,
-    }) {
-        // SAFETY: a pointer into the conntrack map, read at once.
-        let (state, last_seen) = unsafe { ((*entry).state, (*entry).last_seen_secs) };
-        let now = now_secs();
-        if !ct_expired(state, last_seen, now) {
-            // SAFETY: as above.
-            unsafe { touch(entry, state, now) };
-            return Ok(());
-        }
+    let key = flow_key(flow, CT_POLICY_IN, true);
+    if !tcp && let Some(entry) = POLICY_CT.get_ptr_mut(key) {
+        // SAFETY: a pointer into the conntrack map.
+        unsafe { touch(entry, CT_UDP_STREAM, now_secs()) };
+        return;
     }
-    let identity = IPCACHE
-        .get(Key::new(32, flow.src_addr))
-        .copied()
-        .unwrap_or(IDENTITY_WORLD);
-    if identity == IDENTITY_HOST || allows(flow, identity) || allows(flow, IDENTITY_ANY) {
-        return Ok(());
-    }
-    Err(Reason::DropPolicyIngress)
+    remember(key, None);
 }
 
-/// Whether the destination pod has an entry for `identity` covering the flow's protocol
-/// and port (longest prefix: the rule for every protocol, one protocol, or a port range).
+/// The pod's entry for `identity` covering the flow's protocol and the peer's port
+/// (longest prefix: the rule for every protocol, one protocol, or a port range): the id
+/// of the policy that allows it.
 #[inline(always)]
-fn allows(flow: &Flow, identity: u32) -> bool {
+fn rule(endpoint: u32, identity: u32, direction: u8, proto: u8, port: u16) -> Option<u32> {
     POLICY
         .get(Key::new(
             POLICY_PREFIX_FULL,
             PolicyKey {
-                endpoint: flow.dst_addr,
+                endpoint,
                 identity,
-                direction: POLICY_INGRESS,
-                proto: flow.proto,
-                port: flow.dst_port,
+                direction,
+                proto,
+                port,
             },
         ))
-        .is_some()
+        .copied()
+}
+
+/// The verdict of an isolated pod's rules on a new flow with `peer` on the peer's
+/// `port`: the allowing policy's id, or None. The host is always allowed (kubelet's
+/// probes, and their answers), under no policy (0).
+#[inline(always)]
+fn verdict(endpoint: u32, peer: u32, direction: u8, proto: u8, port: u16) -> Option<u32> {
+    let identity = IPCACHE
+        .get(Key::new(32, peer))
+        .copied()
+        .unwrap_or(IDENTITY_WORLD);
+    if identity == IDENTITY_HOST {
+        return Some(0);
+    }
+    rule(endpoint, identity, direction, proto, port)
+        .or_else(|| rule(endpoint, IDENTITY_ANY, direction, proto, port))
+}
+
+/// Counts a verdict under `policy` (0: none).
+#[inline(always)]
+fn count_verdict(policy: u32, direction: u8, allowed: bool) {
+    if policy == 0 {
+        return;
+    }
+    if let Some(verdicts) = POLICY_STATS.get_ptr_mut(policy) {
+        // SAFETY: per-CPU slot; programs on this CPU run to completion without
+        // preemption by another program touching the same slot.
+        unsafe {
+            match (direction == POLICY_INGRESS, allowed) {
+                (true, true) => (*verdicts).ingress_allowed += 1,
+                (true, false) => (*verdicts).ingress_denied += 1,
+                (false, true) => (*verdicts).egress_allowed += 1,
+                (false, false) => (*verdicts).egress_denied += 1,
+            }
+        }
+    }
+}
+
+/// Counts a drop and reports it to the agent, within this CPU's budget of records a
+/// second (the rest are counted only).
+#[inline(always)]
+fn denied(flow: &Flow, direction: u8, endpoint: u32, policy: u32) {
+    count_verdict(policy, direction, false);
+    let Some(budget) = POLICY_LOG_BUDGET.get_ptr_mut(0) else {
+        return;
+    };
+    let now = now_secs();
+    // SAFETY: per-CPU slot, as in `count_verdict`.
+    unsafe {
+        if (*budget).second != now {
+            (*budget).second = now;
+            (*budget).sent = 0;
+        }
+        if (*budget).sent >= POLICY_LOG_PER_SECOND {
+            return;
+        }
+        (*budget).sent += 1;
+    }
+    let record = PolicyDrop {
+        flow: FlowKey {
+            direction,
+            ..flow_key(flow, direction, false)
+        },
+        endpoint,
+        policy,
+    };
+    let _ = POLICY_LOG.output::<PolicyDrop>(&record, 0);
+}
+
+/// Whether a packet may enter the pod it is addressed to (`flow` as it is delivered,
+/// after any translation): Err(reason) when the pod's policies isolate it for ingress
+/// and neither a rule nor a flow the pod opened lets it in. A pod isolated for egress
+/// gets the replies of what it accepts let out.
+#[inline(always)]
+pub fn ingress(flow: &Flow) -> Result<(), Reason> {
+    let Some(endpoint) = endpoint(flow.dst_addr) else {
+        return Ok(());
+    };
+    let isolated = endpoint.flags & ENDPOINT_INGRESS_ISOLATED != 0 && flow.src_addr != HAIRPIN_ADDR;
+    let answers = endpoint.flags & ENDPOINT_EGRESS_ISOLATED != 0;
+    if !isolated && !answers {
+        return Ok(());
+    }
+    let seen = tracked(flow_key(flow, CT_POLICY_IN, false), endpoint.revision);
+    if isolated && seen.is_none() {
+        match verdict(
+            flow.dst_addr,
+            flow.src_addr,
+            POLICY_INGRESS,
+            flow.proto,
+            flow.dst_port,
+        ) {
+            Some(policy) => {
+                count_verdict(policy, POLICY_INGRESS, true);
+                remember(flow_key(flow, CT_POLICY_IN, false), Some(endpoint.revision));
+            }
+            None => {
+                denied(flow, POLICY_INGRESS, flow.dst_addr, endpoint.ingress_policy);
+                return Err(Reason::DropPolicyIngress);
+            }
+        }
+    }
+    // A reply of a flow the pod opened (an entry without a rule) needs no answer
+    // recorded: the flow's own egress entry lets it out, checked at each revision.
+    let opened_by_pod = seen.is_some_and(|flags| flags & CT_FLAG_POLICY_RULE == 0);
+    if answers && !opened_by_pod {
+        let reply = flow_key(flow, CT_POLICY_OUT, true);
+        if tracked(reply, endpoint.revision).is_none() {
+            remember(reply, None);
+        }
+    }
+    Ok(())
+}
+
+/// The egress check of a packet leaving a pod, taken before translation: `None` when
+/// the pod is not isolated for egress or the flow is already let out (one hash lookup
+/// for a pod no policy selects, two for an isolated pod's established flow).
+#[derive(Clone, Copy)]
+pub struct Egress(Option<EndpointPolicy>);
+
+impl Egress {
+    #[inline(always)]
+    pub fn of(flow: &Flow) -> Self {
+        let Some(endpoint) = endpoint(flow.src_addr) else {
+            return Egress(None);
+        };
+        if endpoint.flags & ENDPOINT_EGRESS_ISOLATED == 0
+            || tracked(flow_key(flow, CT_POLICY_OUT, false), endpoint.revision).is_some()
+        {
+            return Egress(None);
+        }
+        Egress(Some(endpoint))
+    }
+
+    /// Whether `flow` (as it left the pod) may go on to `dst` (the chosen backend through
+    /// a Service, or what the pod addressed), and if so records it for its replies
+    /// ([`track_opened`]). Err(reason) when no rule allows it; the pod reaching itself
+    /// through its own Service is always let out.
+    #[inline(always)]
+    pub fn let_out(self, flow: &Flow, dst: (u32, u16)) -> Result<(), Reason> {
+        self.check(flow, dst)?;
+        track_opened(flow);
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn check(self, flow: &Flow, dst: (u32, u16)) -> Result<(), Reason> {
+        let Some(endpoint) = self.0 else {
+            return Ok(());
+        };
+        let policy = if dst.0 == flow.src_addr || dst.0 == HAIRPIN_ADDR {
+            Some(0)
+        } else {
+            verdict(flow.src_addr, dst.0, POLICY_EGRESS, flow.proto, dst.1)
+        };
+        match policy {
+            Some(policy) => {
+                count_verdict(policy, POLICY_EGRESS, true);
+                remember(
+                    flow_key(flow, CT_POLICY_OUT, false),
+                    Some(endpoint.revision),
+                );
+                Ok(())
+            }
+            None => {
+                let seen = Flow {
+                    dst_addr: dst.0,
+                    dst_port: dst.1,
+                    ..*flow
+                };
+                denied(&seen, POLICY_EGRESS, flow.src_addr, endpoint.egress_policy);
+                Err(Reason::DropPolicyEgress)
+            }
+        }
+    }
 }

@@ -64,9 +64,12 @@ fn from_pod(ctx: &TcContext) -> Reason {
         Ok(parsed) => parsed,
         Err(reason) => return reason,
     };
-    // Before translation: a reply comes back from the address the pod addressed.
-    policy::track_opened(&flow);
+    // Taken before translation: a flow already let out costs one lookup here.
+    let egress = policy::Egress::of(&flow);
     let Some(service) = lb::service(&flow) else {
+        if let Err(reason) = egress.let_out(&flow, (flow.dst_addr, flow.dst_port)) {
+            return reason;
+        }
         return reverse(ctx, &flow, l4);
     };
     let target = match lb::forward(&service, &flow, &config, lb::Spread::RoundRobin) {
@@ -80,6 +83,10 @@ fn from_pod(ctx: &TcContext) -> Reason {
         }
     };
     let entry = target.entry;
+    // The egress policy decides on the chosen backend, as the ingress policy does.
+    if let Err(reason) = egress.let_out(&flow, (entry.addr, entry.port)) {
+        return reason;
+    }
     // Replies come back through this node whatever node the backend is on: the client
     // pod's veth (remote backend) or the backend's own veth (local backend).
     lb::track_reply(&flow, &entry, target.reply);

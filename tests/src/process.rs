@@ -4,9 +4,14 @@
 //! containers and the pod namespaces the agent named.
 
 use std::{
-    net::Ipv4Addr,
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpListener},
     path::{Path, PathBuf},
     process::{Child, Command, Output},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -62,6 +67,28 @@ impl Setup {
             pins: PinDir::new(prefix),
             ns,
         }
+    }
+
+    /// Makes a link to `outside` (whose end is `router`, on a /24 with the node) the
+    /// node's only way out: the node's address moves from its loopback to the link, which
+    /// makes that link the node's underlay interface (where the agent masquerades), and
+    /// the default route goes through it.
+    pub fn link_out(&self, outside: &NetNs, router: &str) {
+        self.ns
+            .ip(&["addr", "del", &format!("{NODE_ADDR}/32"), "dev", "lo"])
+            .expect("node address off lo");
+        berth_testkit::netns::veth_between(
+            &self.ns,
+            "uplink",
+            Some(&format!("{NODE_ADDR}/24")),
+            outside,
+            "downlink",
+            Some(&format!("{router}/24")),
+        )
+        .expect("link out");
+        self.ns
+            .ip(&["route", "add", "default", "via", router])
+            .expect("default route");
     }
 
     /// Where the node keeps claims' volumes: the test's own directory, given to the
@@ -518,4 +545,55 @@ pub fn answers_from_every_replica(
         }
     }
     seen.into_values().collect()
+}
+
+/// An HTTP server outside the cluster (in a namespace a test made) on port 80 of `addr`
+/// that answers `client=<the address it sees the client at>`, and records it.
+pub struct OutsideServer {
+    pub clients: Arc<Mutex<Vec<SocketAddr>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl OutsideServer {
+    pub fn start(outside: &NetNs, addr: Ipv4Addr) -> OutsideServer {
+        let listener = outside.run(|| TcpListener::bind((addr, 80)).expect("bind web"));
+        listener.set_nonblocking(true).expect("nonblocking");
+        let clients = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (seen, stopped) = (clients.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                let Ok((mut stream, peer)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                let _ = stream.set_nonblocking(false);
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut request = [0u8; 1024];
+                let _ = stream.read(&mut request);
+                seen.lock().expect("clients").push(peer);
+                let body = format!("client={}\n", peer.ip());
+                let _ = write!(
+                    stream,
+                    "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        OutsideServer {
+            clients,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for OutsideServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }

@@ -9,17 +9,13 @@
 //! BPF, Docker and the images from `cargo xtask images`.
 
 use std::{
-    io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::Arc,
     time::Duration,
 };
 
-use berth_testkit::netns::{NetNs, veth_between};
-use berth_tests::process::{NODE_ADDR, PodShell, Setup, web_manifest};
+use berth_testkit::netns::NetNs;
+use berth_tests::process::{NODE_ADDR, OutsideServer, PodShell, Setup, web_manifest};
 use hickory_proto::rr::{LowerName, Name, RData, Record, rdata::A};
 use hickory_server::{
     ServerFuture,
@@ -37,25 +33,7 @@ const DNS: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 53);
 async fn pods_reach_the_outside_and_themselves_and_the_node_reaches_cluster_ips() {
     let setup = Setup::new("egr");
     let outside = NetNs::new("begout").expect("outside namespace");
-    // The node's address moves from its loopback to the link out, which makes that link
-    // the node's underlay interface (where the agent masquerades).
-    setup
-        .ns
-        .ip(&["addr", "del", &format!("{NODE_ADDR}/32"), "dev", "lo"])
-        .expect("node address off lo");
-    veth_between(
-        &setup.ns,
-        "uplink",
-        Some(&format!("{NODE_ADDR}/24")),
-        &outside,
-        "downlink",
-        Some(&format!("{OUTSIDE_ROUTER}/24")),
-    )
-    .expect("link out");
-    setup
-        .ns
-        .ip(&["route", "add", "default", "via", OUTSIDE_ROUTER])
-        .expect("default route");
+    setup.link_out(&outside, OUTSIDE_ROUTER);
     for addr in [WEB, DNS] {
         outside
             .ip(&["addr", "add", &format!("{addr}/32"), "dev", "lo"])
@@ -94,60 +72,9 @@ fn upstream(outside: &NetNs) -> ServerFuture<Catalog> {
     server
 }
 
-/// An HTTP server in the outside namespace on port 80 that answers with the address it
-/// sees the client at, and records it.
-struct WebServer {
-    clients: Arc<Mutex<Vec<SocketAddr>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl WebServer {
-    fn start(outside: &NetNs) -> WebServer {
-        let listener = outside.run(|| TcpListener::bind((WEB, 80)).expect("bind web"));
-        listener.set_nonblocking(true).expect("nonblocking");
-        let clients = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (seen, stopped) = (clients.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            while !stopped.load(Ordering::Relaxed) {
-                let Ok((mut stream, peer)) = listener.accept() else {
-                    std::thread::sleep(Duration::from_millis(20));
-                    continue;
-                };
-                let _ = stream.set_nonblocking(false);
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-                let mut request = [0u8; 1024];
-                let _ = stream.read(&mut request);
-                seen.lock().expect("clients").push(peer);
-                let body = format!("client={}\n", peer.ip());
-                let _ = write!(
-                    stream,
-                    "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-            }
-        });
-        WebServer {
-            clients,
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for WebServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
 async fn run(setup: &Setup, outside: &NetNs) {
     let mut dns = upstream(outside);
-    let web = WebServer::start(outside);
+    let web = OutsideServer::start(outside, WEB);
     let _control = setup.control_plane().await;
     let _agent = setup.agent_with(&["--dns-upstream", &DNS.to_string()]);
 

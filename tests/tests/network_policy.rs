@@ -5,17 +5,28 @@
 //! it) and, through the ClusterIP, the translation to the backend first. Default-deny
 //! ingress in `a` shuts both clients out, by pod IP and by ClusterIP; a rule for b's
 //! role=client pods on the server's named port lets exactly that one back in; deleting
-//! the policies opens `a` again. Needs root, BPF, Docker and the images from
-//! `cargo xtask images`.
+//! the policies opens `a` again. Then egress: the node's only way out is a link to an
+//! "outside" namespace holding two servers; default-deny egress in namespace `c` with
+//! an ipBlock whose exception is one of them lets c's pod reach the other one (its
+//! flow masqueraded on the way out) and nothing else — not the second server, not the
+//! pod in `a`. Needs root, BPF, Docker and the images from `cargo xtask images`.
 
 use std::{
+    io::{Read as _, Write as _},
     net::Ipv4Addr,
     time::{Duration, Instant},
 };
 
-use berth_tests::process::{PodShell, Setup, running_pods};
+use berth_testkit::netns::NetNs;
+use berth_tests::process::{NODE_ADDR, OutsideServer, PodShell, Setup, running_pods};
 
 const VIP: &str = "198.18.201.10";
+/// The outside namespace's end of the node's link.
+const OUTSIDE_ROUTER: &str = "198.18.0.2";
+/// Outside servers (`OutsideServer`: answering `client=<address>`): the one c's policy
+/// lets its pods reach, and its exception.
+const ALLOWED: Ipv4Addr = Ipv4Addr::new(198, 18, 110, 1);
+const EXCEPTED: Ipv4Addr = Ipv4Addr::new(198, 18, 110, 2);
 
 const NAMESPACES: &str = "
 apiVersion: v1
@@ -96,17 +107,69 @@ spec:
       ports: [{protocol: TCP, port: http}]
 ";
 
+const PROBER: &str = "
+apiVersion: v1
+kind: Namespace
+metadata: {name: c, labels: {team: c}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: prober, namespace: c}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: prober}}
+  template:
+    metadata: {labels: {app: prober}}
+    spec:
+      containers: [{name: echo, image: berth/echo:v1}]
+";
+
+const EGRESS: &str = "
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: egress, namespace: c}
+spec:
+  podSelector: {}
+  policyTypes: [Egress]
+  egress:
+    - to: [{ipBlock: {cidr: 198.18.110.0/24, except: [198.18.110.2/32]}}]
+";
+
 #[tokio::test(flavor = "multi_thread")]
 async fn default_deny_shuts_namespaces_out_and_a_rule_lets_its_pods_in() {
     let setup = Setup::new("npol");
+    let outside = NetNs::new("bnpout").expect("outside namespace");
+    setup.link_out(&outside, OUTSIDE_ROUTER);
+    let _servers = [ALLOWED, EXCEPTED].map(|addr| {
+        outside
+            .ip(&["addr", "add", &format!("{addr}/32"), "dev", "lo"])
+            .expect("outside address");
+        OutsideServer::start(&outside, addr)
+    });
     setup.run(run).await;
 }
 
+/// The agent's /metrics, fetched from inside the node's namespace.
+fn scrape_agent(setup: &Setup) -> String {
+    let mut stream = setup.ns.run(|| {
+        std::net::TcpStream::connect((NODE_ADDR.parse::<Ipv4Addr>().expect("address"), 9102))
+            .expect("the agent's metrics endpoint")
+    });
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(stream, "GET /metrics HTTP/1.0\r\n\r\n").expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    response
+}
+
 /// Whether `shell`'s pod gets an answer from `url` (the echo image's wget gives up after
-/// 5 s without one).
+/// 5 s without one): from the web server in `a`, or from an outside server.
 async fn reaches(shell: &PodShell, url: &str) -> bool {
     let fetched = shell.run(&["wget", "-qO-", url]).await;
-    fetched.exit_code == 0 && fetched.output.starts_with("pod=web-")
+    fetched.exit_code == 0
+        && (fetched.output.starts_with("pod=web-") || fetched.output.starts_with("client="))
 }
 
 /// Waits (up to `limit`) until `shell` reaching `url` is `wanted`; how long it took.
@@ -221,4 +284,68 @@ async fn run(setup: &Setup) {
         reaches(&stranger, &by_vip).await,
         "by ClusterIP, policies gone"
     );
+
+    egress_to_an_outside_server(setup, &by_ip).await;
+}
+
+/// Default-deny egress in `c` with an ipBlock exception to one outside server.
+async fn egress_to_an_outside_server(setup: &Setup, web: &str) {
+    setup.apply(PROBER);
+    running_in(setup, "c", 1).await;
+    let prober = PodShell::find(&setup.node, "prober-").await;
+    let allowed = format!("http://{ALLOWED}/");
+    let excepted = format!("http://{EXCEPTED}/");
+    let open = Duration::from_secs(30);
+    for url in [&allowed, &excepted, web] {
+        until(&prober, url, true, open).await;
+    }
+    setup.apply(EGRESS);
+    let took = until(&prober, &excepted, false, open).await;
+    eprintln!("default-deny egress in effect after {took:?}");
+    let fetched = prober.run(&["wget", "-qO-", &allowed]).await;
+    assert_eq!(
+        (fetched.exit_code, fetched.output.trim()),
+        (0, format!("client={NODE_ADDR}").as_str()),
+        "the ipBlock's server answers, and sees the node's address: {fetched:?}"
+    );
+    assert!(
+        !reaches(&prober, web).await,
+        "a pod, under default-deny egress"
+    );
+    assert!(
+        !reaches(&prober, &format!("http://{VIP}/")).await,
+        "a pod through its ClusterIP"
+    );
+    assert!(
+        !reaches(&prober, &excepted).await,
+        "the ipBlock's exception"
+    );
+    // The node's DNS server is the node: always reachable.
+    let lookup = prober.run(&["nslookup", "web.a.svc.cluster.local"]).await;
+    assert!(
+        lookup.output.contains(VIP),
+        "the node's DNS under default-deny egress: {lookup:?}"
+    );
+    // Counted on the agent's /metrics under the policy, by direction and verdict.
+    let metrics = scrape_agent(setup);
+    let counted = |verdict: &str| {
+        let labels = [
+            "namespace=\"c\"",
+            "policy=\"egress\"",
+            "direction=\"egress\"",
+            &format!("verdict=\"{verdict}\""),
+        ];
+        metrics
+            .lines()
+            .filter(|line| line.starts_with("berth_datapath_policy_verdicts_total{"))
+            .find(|line| labels.iter().all(|label| line.contains(label)))
+            .and_then(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {verdict} series of c/egress in:\n{metrics}"))
+    };
+    assert!(counted("deny") >= 3, "three refused connections at least");
+    assert!(counted("allow") >= 1, "the allowed server");
+    let deleted = setup.berthctl(&["delete", "networkpolicy", "egress", "-n", "c"]);
+    assert!(deleted.status.success(), "delete egress");
+    let took = until(&prober, web, true, open).await;
+    eprintln!("egress isolation lifted after {took:?}");
 }

@@ -53,7 +53,7 @@ use berth_ebpf_common::{
 pub use maglev::BackendIdentity;
 pub use model::*;
 pub use neighbours::{NeighbourKeeper, resolve_neighbours};
-pub use policy::PolicyMaps;
+pub use policy::{PolicyCounters, PolicyMaps, policy_drop};
 
 /// The eBPF object built from ../ebpf by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/berth"));
@@ -645,6 +645,12 @@ impl Datapath {
             (map_names::CONNTRACK, std::mem::size_of::<CtEntry>()),
             (map_names::HALF_OPEN, std::mem::size_of::<CtEntry>()),
             (map_names::CONFIG, std::mem::size_of::<DatapathConfig>()),
+            // Grew a revision and the policies drops count under; the agent rewrites it
+            // as soon as its first compilation is in (pods are not isolated until then).
+            (
+                map_names::POLICY_ENDPOINTS,
+                std::mem::size_of::<berth_ebpf_common::EndpointPolicy>(),
+            ),
         ] {
             let pin = pin_dir.join(table);
             if pin.exists()
@@ -1874,6 +1880,17 @@ impl Datapath {
     /// The NetworkPolicy maps, for writing compiled policies (`crate::policy`).
     pub fn policy_maps(&self) -> Result<PolicyMaps, DatapathError> {
         PolicyMaps::open(&self.options.pin_dir)
+    }
+
+    /// The per-policy verdict counters, for the metrics.
+    pub fn policy_counters(&self) -> Result<PolicyCounters, DatapathError> {
+        PolicyCounters::open(&self.options.pin_dir)
+    }
+
+    /// The ring buffer the programs report policy drops through; the first call takes it.
+    pub fn take_policy_log(&mut self) -> Option<aya::maps::RingBuf<MapData>> {
+        let map = self.ebpf.take_map(map_names::POLICY_LOG)?;
+        aya::maps::RingBuf::try_from(map).ok()
     }
 
     /// A handle on the conntrack tables of its own, for collecting expired entries

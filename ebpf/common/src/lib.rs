@@ -38,8 +38,15 @@ pub mod map_names {
     pub const POLICY_ENDPOINTS: &str = "BERTH_POLICY_EPS";
     /// (endpoint, identity, direction, protocol, port prefix) → allowed.
     pub const POLICY: &str = "BERTH_POLICY";
-    /// Replies of flows pods opened ([`crate::CT_POLICY_REPLY`] keys).
+    /// Flows the policies let into or out of pods ([`crate::CT_POLICY_IN`] and
+    /// [`crate::CT_POLICY_OUT`] keys).
     pub const POLICY_CONNTRACK: &str = "BERTH_POLICY_CT";
+    /// Per policy id: new flows allowed and packets denied, per direction.
+    pub const POLICY_STATS: &str = "BERTH_POLICY_STATS";
+    /// Records of dropped flows, at most [`crate::POLICY_LOG_PER_SECOND`] a second per CPU.
+    pub const POLICY_LOG: &str = "BERTH_POLICY_LOG";
+    /// Per CPU: the second and count of the policy drop records sent in it.
+    pub const POLICY_LOG_BUDGET: &str = "BERTH_POLICY_LOG_BUDGET";
 }
 
 /// Names of the programs in the eBPF object.
@@ -89,6 +96,10 @@ pub mod defaults {
     pub const MAX_IPCACHE: u32 = 65_536;
     /// Policy entries of all endpoints of a node together.
     pub const MAX_POLICY_ENTRIES: u32 = 65_536;
+    /// NetworkPolicies a node counts verdicts for (policy ids; 0 is "no policy").
+    pub const MAX_POLICIES: u32 = 16_384;
+    /// Bytes of the ring buffer the programs report policy drops through.
+    pub const POLICY_LOG_BYTES: u32 = 64 * 1024;
     /// Slots in the pool all tables are carved from (u32 each, two per map entry):
     /// 128 MiB, enough for 10,000 services of 10 backends (2,048 slots each) with a third
     /// to spare for rebuilding tables.
@@ -215,11 +226,20 @@ pub struct Backend {
 /// default route takes replies to it out through its veth.
 pub const HAIRPIN_ADDR: u32 = u32::from_be_bytes([169, 254, 42, 1]).to_be();
 
-/// Key direction of the policy conntrack (`BERTH_POLICY_CT`): the reply leg of a flow a
-/// pod opened, keyed as its replies arrive (source: the address the pod sent to, before
-/// any translation). Written as the flow leaves its pod; what lets replies into a pod
-/// whose policies isolate it.
-pub const CT_POLICY_REPLY: u8 = 5;
+/// Key direction of the policy conntrack (`BERTH_POLICY_CT`): packets entering a pod,
+/// keyed as they arrive (source: the peer as the pod sees it, before any translation of
+/// the pod's own flows). Written for the replies of every flow a pod opens, and for the
+/// flows an ingress-isolated pod's rules let in.
+pub const CT_POLICY_IN: u8 = 5;
+/// Key direction of the policy conntrack: packets leaving a pod, keyed as they leave it
+/// (destination: what the pod addressed, before service translation). Written for the
+/// flows an egress-isolated pod's rules let out, and for the replies of flows such a pod
+/// accepted.
+pub const CT_POLICY_OUT: u8 = 6;
+/// Policy conntrack flag: the entry was allowed by a rule at the endpoint's
+/// [`EndpointPolicy::revision`] held in `CtEntry::backend_id`, and is checked again once
+/// the revision moves on. Entries without it (replies) hold while their flow lives.
+pub const CT_FLAG_POLICY_RULE: u8 = 1 << 1;
 
 /// Identities (Cilium's model): what the policy map is keyed by instead of addresses.
 /// Any peer: the key of a rule that allows every source.
@@ -236,10 +256,63 @@ pub const IDENTITY_FIRST_CIDR: u32 = 1 << 24;
 
 /// Policy key direction: traffic into the endpoint.
 pub const POLICY_INGRESS: u8 = 1;
+/// Policy key direction: traffic out of the endpoint (the peer is the destination).
+pub const POLICY_EGRESS: u8 = 2;
 /// Endpoint flag: some policy isolates the pod for ingress.
 pub const ENDPOINT_INGRESS_ISOLATED: u32 = 1 << 0;
-/// Endpoint flag: some policy isolates the pod for egress (not enforced yet).
+/// Endpoint flag: some policy isolates the pod for egress.
 pub const ENDPOINT_EGRESS_ISOLATED: u32 = 1 << 1;
+
+/// Value of the policy endpoints map: how a pod of this node is isolated.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointPolicy {
+    /// `ENDPOINT_*_ISOLATED` bits.
+    pub flags: u32,
+    /// Moves on whenever what the pod allows changes: flows a rule allowed under an
+    /// older revision are checked again on their next packet.
+    pub revision: u32,
+    /// The policy id denied packets are counted under, per direction (the first policy,
+    /// by namespace and name, that isolates the pod in it).
+    pub ingress_policy: u32,
+    pub egress_policy: u32,
+}
+
+/// Verdict counters of one policy id (per CPU): new flows its rules allowed, packets
+/// dropped for pods it isolates, per direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyVerdicts {
+    pub ingress_allowed: u64,
+    pub ingress_denied: u64,
+    pub egress_allowed: u64,
+    pub egress_denied: u64,
+}
+
+/// A dropped flow, reported through the policy log ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyDrop {
+    /// The packet's addresses, ports and protocol as the policy saw them (an egress
+    /// drop through a Service: the chosen backend); `direction` is [`POLICY_INGRESS`] or
+    /// [`POLICY_EGRESS`].
+    pub flow: FlowKey,
+    /// The pod whose policy dropped it (network order).
+    pub endpoint: u32,
+    /// The policy id it was counted under.
+    pub policy: u32,
+}
+
+/// Policy drop records each CPU sends a second at most; the rest are only counted.
+pub const POLICY_LOG_PER_SECOND: u32 = 10;
+
+/// Per-CPU budget of the policy drop records: the second it is for and the records sent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogBudget {
+    pub second: u32,
+    pub sent: u32,
+}
 
 /// Key of the policy map (an LPM trie): the endpoint's address and the peer's identity
 /// and direction always match in full ([`POLICY_PREFIX_ANY_PROTO`] bits); a rule for one
@@ -466,10 +539,14 @@ pub enum Reason {
     /// A packet for a pod its NetworkPolicies isolate for ingress that no rule allows
     /// and that is not a reply of a flow the pod opened.
     DropPolicyIngress = 27,
+    /// A packet leaving a pod its NetworkPolicies isolate for egress that no rule allows
+    /// (checked against the chosen backend through a Service) and that is not a reply
+    /// of a flow the pod accepted.
+    DropPolicyEgress = 28,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 28;
+    pub const COUNT: u32 = 29;
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::PassNotIpv4,
         Reason::PassNotTcpUdp,
@@ -499,6 +576,7 @@ impl Reason {
         Reason::DropMasqueradePorts,
         Reason::SocketTranslated,
         Reason::DropPolicyIngress,
+        Reason::DropPolicyEgress,
     ];
 
     /// Label used in metrics.
@@ -532,6 +610,7 @@ impl Reason {
             Reason::DropMasqueradePorts => "drop_masquerade_ports",
             Reason::SocketTranslated => "socket_translated",
             Reason::DropPolicyIngress => "drop_policy_ingress",
+            Reason::DropPolicyEgress => "drop_policy_egress",
         }
     }
 
@@ -547,6 +626,7 @@ impl Reason {
                 | Reason::DropTunnelSource
                 | Reason::DropMasqueradePorts
                 | Reason::DropPolicyIngress
+                | Reason::DropPolicyEgress
         )
     }
 }
@@ -635,6 +715,14 @@ mod pod {
     unsafe impl aya::Pod for PodRange {}
     // SAFETY: as above.
     unsafe impl aya::Pod for PolicyKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for EndpointPolicy {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for PolicyVerdicts {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for PolicyDrop {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for LogBudget {}
 }
 
 #[cfg(test)]
@@ -656,6 +744,10 @@ mod tests {
         assert_eq!(size_of::<Traffic>(), 24);
         assert_eq!(size_of::<PodRange>(), 8);
         assert_eq!(size_of::<PolicyKey>() as u32 * 8, POLICY_PREFIX_FULL);
+        assert_eq!(size_of::<EndpointPolicy>(), 16);
+        assert_eq!(size_of::<PolicyVerdicts>(), 32);
+        assert_eq!(size_of::<PolicyDrop>(), 24);
+        assert_eq!(size_of::<LogBudget>(), 8);
     }
 
     #[test]
