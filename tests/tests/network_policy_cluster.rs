@@ -26,6 +26,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use berth_echo::{EchoConfig, EchoServer};
 use berth_tests::e2e::{ControlOptions, E2eCluster, E2eNetwork, Underlay};
 use serde_json::Value;
 
@@ -652,5 +653,79 @@ async fn scenarios(title: &str, cluster: &mut E2eCluster) {
         }
     })
     .await;
+
+    egress_to_an_outside_server(cluster, [outsider, trusted, stranger], &server_of).await;
     println!("[{title}] all scenarios in {:?}", started.elapsed());
+}
+
+/// Servers outside the cluster, in the client namespace on the underlay (node 0's link):
+/// the one c's egress policy lets its pods reach, and its ipBlock's exception.
+const OUTSIDE: Ipv4Addr = Ipv4Addr::new(198, 18, 64, 100);
+const EXCEPTED: Ipv4Addr = Ipv4Addr::new(198, 18, 64, 101);
+
+const EGRESS: &str = "
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: egress, namespace: c}
+spec:
+  podSelector: {}
+  policyTypes: [Egress]
+  egress:
+    - to: [{ipBlock: {cidr: 198.18.64.0/24, except: [198.18.64.101/32]}}]
+";
+
+/// Default-deny egress in `c` with an ipBlock exception: c's pod (on node 1) reaches the
+/// outside server in the block (masqueraded on its way out) and nothing else — not the
+/// excepted server, not b's pods on node 0, which are not isolated for ingress; b's
+/// pod, whose namespace has no egress policy, still reaches everything.
+async fn egress_to_an_outside_server(
+    cluster: &E2eCluster,
+    [outsider, trusted, stranger]: [&TestPod; 3],
+    server_of: &dyn Fn(&Target) -> BTreeSet<String>,
+) {
+    cluster
+        .client
+        .ip(&["addr", "add", &format!("{EXCEPTED}/24"), "dev", "eth0"])
+        .expect("the excepted server's address");
+    let _servers = [(OUTSIDE, "outside-100"), (EXCEPTED, "outside-101")].map(|(addr, name)| {
+        let config = EchoConfig {
+            bind: addr.into(),
+            port: 80,
+            ..EchoConfig::loopback(name)
+        };
+        cluster
+            .client
+            .run(move || EchoServer::bind(config))
+            .unwrap_or_else(|error| panic!("the outside server at {addr}: {error}"))
+    });
+    let target = |label, ip, port| Target {
+        label,
+        addr: SocketAddrV4::new(ip, port),
+        tries: 1,
+    };
+    let targets = [
+        target("outside-100:80", OUTSIDE, 80),
+        target("outside-101:80", EXCEPTED, 80),
+        target("client:8080", trusted.ip, 8080),
+        target("stranger:8080", stranger.ip, 8080),
+    ];
+    let clients = [outsider, trusted];
+    expect("no egress policy", &clients, &targets, |_, to| {
+        server_of(to)
+    })
+    .await;
+    cluster.apply(EGRESS);
+    expect(
+        "default-deny egress in c",
+        &clients,
+        &targets,
+        |from, to| {
+            if from.name != "outsider" || to.label == "outside-100:80" {
+                server_of(to)
+            } else {
+                BTreeSet::new()
+            }
+        },
+    )
+    .await;
 }
