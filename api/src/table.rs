@@ -107,7 +107,7 @@ pub fn joined(value: Option<&Value>, between: &str, separator: &str) -> String {
 
 /// A label selector as kubectl prints one (`FormatLabelSelector`): `app=db,tier in
 /// (a,b),!legacy`; `<none>` when it selects everything.
-fn selector_text(selector: Option<&Value>) -> String {
+pub fn selector_text(selector: Option<&Value>) -> String {
     let labels = pairs(selector.and_then(|s| s.get("matchLabels")));
     let expressions = selector
         .and_then(|s| s.get("matchExpressions"))

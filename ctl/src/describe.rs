@@ -6,13 +6,16 @@ use berth_api::{
     ResourceType,
     apps::template_hash,
     configuration::{ConfigMap, Secret},
+    core::{IntOrString, Pod},
+    meta::LabelSelector,
+    networking::{self, EGRESS, INGRESS, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort},
 };
 use hyper::http::Method;
 use serde_json::Value;
 
 use super::{
     CtlError, Ctx, Target, emit, encode, int_at,
-    output::{self, age, joined, pairs},
+    output::{self, age, joined, pairs, selector_text},
     resolve, str_at,
 };
 
@@ -109,11 +112,13 @@ fn metadata(sheet: &mut Sheet, rt: &ResourceType, object: &Value) {
     if rt.namespaced {
         sheet.field(0, "Namespace", str_at(object, "/metadata/namespace"));
     }
-    sheet.field(
-        0,
-        "CreationTimestamp",
-        str_at(object, "/metadata/creationTimestamp"),
-    );
+    // kubectl's describer names the field so for NetworkPolicies.
+    let created = if rt.kind == "NetworkPolicy" {
+        "Created on"
+    } else {
+        "CreationTimestamp"
+    };
+    sheet.field(0, created, str_at(object, "/metadata/creationTimestamp"));
     sheet.field(0, "Labels", map_lines(object.pointer("/metadata/labels")));
     sheet.field(
         0,
@@ -533,6 +538,165 @@ async fn describe_node(ctx: &Ctx, sheet: &mut Sheet, node: &Value) -> Result<(),
     Ok(())
 }
 
+/// A selector as kubectl's `FormatLabelSelector` prints it.
+fn selector(selector: &LabelSelector) -> String {
+    selector_text(serde_json::to_value(selector).ok().as_ref())
+}
+
+/// A rule's ports and peers, as kubectl's describer lists them under "Allowing ingress
+/// traffic" (`From`) and "Allowing egress traffic" (`To`).
+fn policy_rule(
+    sheet: &mut Sheet,
+    ports: &[NetworkPolicyPort],
+    peers: &[NetworkPolicyPeer],
+    (side, unrestricted): (&str, &str),
+) {
+    if ports.is_empty() {
+        sheet.text(
+            4,
+            "To Port: <any> (traffic allowed to all ports)".to_owned(),
+        );
+    }
+    for port in ports {
+        let number = match &port.port {
+            None => "<any>".to_owned(),
+            Some(IntOrString::Int(number)) => number.to_string(),
+            Some(IntOrString::String(name)) => name.clone(),
+        };
+        let range = match port.end_port {
+            Some(end) => format!("{number}-{end}"),
+            None => number,
+        };
+        sheet.text(4, format!("To Port: {range}/{}", port.protocol()));
+    }
+    if peers.is_empty() {
+        sheet.text(4, format!("{side}: <any> ({unrestricted})"));
+    }
+    for peer in peers {
+        sheet.text(4, format!("{side}:"));
+        if let Some(namespaces) = &peer.namespace_selector {
+            sheet.text(6, format!("NamespaceSelector: {}", selector(namespaces)));
+        }
+        if let Some(pods) = &peer.pod_selector {
+            sheet.text(6, format!("PodSelector: {}", selector(pods)));
+        }
+        if let Some(block) = &peer.ip_block {
+            sheet.text(6, "IPBlock:".to_owned());
+            sheet.text(8, format!("CIDR: {}", block.cidr));
+            sheet.text(8, format!("Except: {}", block.except.join(", ")));
+        }
+    }
+}
+
+/// One direction of a NetworkPolicy's spec summary: its rules (each rule's ports and
+/// peers) when the policy isolates that direction, None when it does not.
+fn policy_direction(
+    sheet: &mut Sheet,
+    rules: Option<&[(&[NetworkPolicyPort], &[NetworkPolicyPeer])]>,
+    (direction, side, unrestricted): (&str, &str, &str),
+) {
+    let Some(rules) = rules else {
+        sheet.text(2, format!("Not affecting {direction} traffic"));
+        return;
+    };
+    sheet.text(2, format!("Allowing {direction} traffic:"));
+    if rules.is_empty() {
+        sheet.text(
+            4,
+            format!("<none> (Selected pods are isolated for {direction} connectivity)"),
+        );
+    }
+    for (i, (ports, peers)) in rules.iter().enumerate() {
+        if i > 0 {
+            sheet.text(4, "----------".to_owned());
+        }
+        policy_rule(sheet, ports, peers, (side, unrestricted));
+    }
+}
+
+/// kubectl's spec summary of a NetworkPolicy, then the pods it selects now (its
+/// namespace's pods its podSelector matches, finished ones left out) with their
+/// addresses: the pods the agents isolate.
+async fn describe_network_policy(
+    ctx: &Ctx,
+    sheet: &mut Sheet,
+    object: &Value,
+) -> Result<(), CtlError> {
+    let policy: NetworkPolicy = serde_json::from_value(object.clone()).unwrap_or_default();
+    let spec = &policy.spec;
+    sheet.heading(0, "Spec:");
+    let pods = if spec.pod_selector.is_empty() {
+        "<none> (Allowing the specific traffic to all pods in this namespace)".to_owned()
+    } else {
+        selector(&spec.pod_selector)
+    };
+    sheet.text(2, format!("PodSelector:     {pods}"));
+    let ingress: Vec<_> = spec
+        .ingress
+        .iter()
+        .map(|rule| (&rule.ports[..], &rule.from[..]))
+        .collect();
+    let egress: Vec<_> = spec
+        .egress
+        .iter()
+        .map(|rule| (&rule.ports[..], &rule.to[..]))
+        .collect();
+    policy_direction(
+        sheet,
+        policy.isolates(INGRESS).then_some(&ingress[..]),
+        ("ingress", "From", "traffic not restricted by source"),
+    );
+    policy_direction(
+        sheet,
+        policy.isolates(EGRESS).then_some(&egress[..]),
+        ("egress", "To", "traffic not restricted by destination"),
+    );
+    sheet.text(
+        2,
+        format!("Policy Types: {}", policy.policy_types().join(", ")),
+    );
+
+    let namespace = policy.metadata.namespace.as_str();
+    let list = ctx
+        .call(
+            Method::GET,
+            &Ctx::collection(resolve("pods")?, Some(namespace)),
+            None,
+            None,
+        )
+        .await?;
+    let selected: Vec<Pod> = list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|item| serde_json::from_value::<Pod>(item.clone()).ok())
+        .filter(|pod| {
+            !pod.is_terminal() && networking::selects(&spec.pod_selector, &pod.metadata.labels)
+        })
+        .collect();
+    sheet.heading(0, &format!("Selected Pods:  ({} in total)", selected.len()));
+    if !selected.is_empty() {
+        let mut rows = vec![["Namespace", "Name", "IP"].map(str::to_owned).to_vec()];
+        rows.extend(selected.iter().map(|pod| {
+            let ip = pod
+                .status
+                .as_ref()
+                .map(|status| status.pod_ip.clone())
+                .filter(|ip| !ip.is_empty())
+                .unwrap_or_else(|| "<none>".to_owned());
+            vec![
+                pod.metadata.namespace.clone(),
+                pod.metadata.name.clone(),
+                ip,
+            ]
+        }));
+        for line in output::table(&rows).lines() {
+            sheet.text(2, line.to_owned());
+        }
+    }
+    Ok(())
+}
+
 /// A Secret's type and the size of each value, never the values (as kubectl).
 fn describe_secret(sheet: &mut Sheet, object: &Value) {
     let secret: Secret = serde_json::from_value(object.clone()).unwrap_or_default();
@@ -588,6 +752,7 @@ async fn describe_object(ctx: &Ctx, rt: &ResourceType, object: &Value) -> Result
         "Deployment" => describe_deployment(ctx, &mut sheet, object).await?,
         "Service" => describe_service(ctx, &mut sheet, object).await?,
         "Node" => describe_node(ctx, &mut sheet, object).await?,
+        "NetworkPolicy" => describe_network_policy(ctx, &mut sheet, object).await?,
         "Secret" => describe_secret(&mut sheet, object),
         "ConfigMap" => describe_config_map(&mut sheet, object),
         "ReplicaSet" => {

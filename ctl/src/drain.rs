@@ -71,21 +71,8 @@ pub async fn cordon(
         emit(out, &format!("node/{node} already {word}"));
         return Ok(());
     }
-    let patch = serde_json::to_vec(&json!({"spec": {"unschedulable": unschedulable}}))
-        .map_err(|e| CtlError::Io(e.to_string()))?;
-    let reply = ctx
-        .client()
-        .request(
-            Method::PATCH,
-            &path,
-            Some((&patch, "application/merge-patch+json")),
-        )
-        .await
-        .map_err(|e| ctx.transport(e))?;
-    if !reply.status.is_success() {
-        let body = reply.json().unwrap_or(Value::Null);
-        return Err(ctx.failure(reply.status, &body, Some(target)));
-    }
+    let patch = json!({"spec": {"unschedulable": unschedulable}});
+    ctx.merge_patch(&path, &patch, target).await?;
     emit(out, &format!("node/{node} {word}"));
     Ok(())
 }

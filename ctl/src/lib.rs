@@ -14,6 +14,7 @@ mod drain;
 mod forward;
 mod get;
 mod jobs;
+mod label;
 mod node;
 mod output;
 mod rollout;
@@ -70,6 +71,7 @@ pub enum Command {
     Get(get::GetArgs),
     Describe(describe::DescribeArgs),
     Delete(DeleteArgs),
+    Label(label::LabelArgs),
     Scale(rollout::ScaleArgs),
     /// Follow, list and undo Deployment and DaemonSet rollouts (status, history, undo).
     #[command(after_help = "Examples:\n  berthctl rollout status deployment web\n  \
@@ -460,6 +462,32 @@ impl Ctx {
         }
     }
 
+    /// A JSON merge patch (`application/merge-patch+json`) of the object at `path`; the
+    /// object as the server stored it.
+    pub async fn merge_patch(
+        &self,
+        path: &str,
+        patch: &Value,
+        target: Target<'_>,
+    ) -> Result<Value, CtlError> {
+        let patch = serde_json::to_vec(patch).map_err(|e| CtlError::Io(e.to_string()))?;
+        let reply = self
+            .client
+            .request(
+                Method::PATCH,
+                path,
+                Some((&patch, "application/merge-patch+json")),
+            )
+            .await
+            .map_err(|e| self.transport(e))?;
+        let body = reply.json().unwrap_or(Value::Null);
+        if reply.status.is_success() {
+            Ok(body)
+        } else {
+            Err(self.failure(reply.status, &body, Some(target)))
+        }
+    }
+
     pub fn failure(
         &self,
         status: StatusCode,
@@ -590,6 +618,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(
         Command::Get(args) => get::run(&ctx, args, out, err).await,
         Command::Describe(args) => describe::run(&ctx, args, out, err).await,
         Command::Delete(args) => delete(&ctx, args, out).await,
+        Command::Label(args) => label::run(&ctx, args, out).await,
         Command::Scale(args) => rollout::scale(&ctx, args, out).await,
         Command::Rollout { action } => rollout::run(&ctx, action, out).await,
         Command::Events(args) => describe::events(&ctx, args, out, err).await,

@@ -15,7 +15,9 @@ pub enum Format {
     Name,
 }
 
-pub use berth_api::table::{age, human_duration, joined, node_status, pairs, pod_summary};
+pub use berth_api::table::{
+    age, human_duration, joined, node_status, pairs, pod_summary, selector_text,
+};
 
 /// The column headers of `rt`'s table.
 pub fn header(rt: &ResourceType, wide: bool, namespaces: bool) -> Vec<String> {

@@ -844,6 +844,7 @@ async fn help_has_examples_and_completions_generate() {
         vec!["get"],
         vec!["describe"],
         vec!["delete"],
+        vec!["label"],
         vec!["scale"],
         vec!["rollout"],
         vec!["rollout", "status"],
@@ -972,4 +973,219 @@ async fn delete_pods_gracefully_or_by_force() {
     berthctl(&admin, &["delete", "pod", "x", "--grace-period=-2"])
         .await
         .fails_with(&["--grace-period"]);
+}
+
+/// A Deployment of `replicas` echo pods labelled `app: NAME`.
+fn deployment(name: &str, namespace: &str, replicas: u32) -> String {
+    format!(
+        "apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec: {{containers: [{{name: {name}, image: 'berth/echo:v1'}}]}}
+"
+    )
+}
+
+const POLICIES: &str = "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  policyTypes: [Ingress, Egress]
+  ingress:
+    - from:
+        - namespaceSelector: {matchLabels: {team: b}}
+          podSelector: {matchLabels: {role: client}}
+      ports: [{port: 80}, {port: http}, {protocol: UDP, port: 32000, endPort: 32768}]
+    - {}
+  egress:
+    - to: [{ipBlock: {cidr: 198.18.0.0/15, except: [198.18.1.0/24]}}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny}
+spec:
+  podSelector: {}
+";
+
+/// The pods (name → IP) of `namespace` whose names start with `prefix`, from `get pods -o
+/// wide`.
+async fn pod_ips(admin: &Path, namespace: &str, prefix: &str) -> Vec<(String, String)> {
+    let run = berthctl(admin, &["get", "pods", "-o", "wide", "-n", namespace]).await;
+    run.ok()
+        .out
+        .lines()
+        .skip(1)
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .filter(|cells| cells[0].starts_with(prefix))
+        .map(|cells| (cells[0].to_owned(), cells[5].to_owned()))
+        .collect()
+}
+
+#[tokio::test]
+async fn describe_networkpolicy_summarises_the_spec_and_lists_the_pods_it_selects() {
+    let c = Cluster::start(1).await;
+    let admin = c.admin();
+    let manifest = [
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: other}\n".to_owned(),
+        deployment("web", "default", 2),
+        deployment("db", "default", 1),
+        deployment("web", "other", 1),
+        POLICIES.to_owned(),
+    ]
+    .join("---\n");
+    let manifest = write(c.t.dir.path(), "policies.yaml", &manifest);
+    berthctl(admin, &["apply", "-f", &manifest]).await.ok();
+    for (deployment, namespace) in [("web", "default"), ("db", "default"), ("web", "other")] {
+        ctl(
+            admin,
+            &format!("rollout status deploy/{deployment} -n {namespace} --timeout 60s"),
+        )
+        .await
+        .ok();
+    }
+    let web = pod_ips(admin, "default", "web-").await;
+    let db = pod_ips(admin, "default", "db-").await;
+    let elsewhere = pod_ips(admin, "other", "web-").await;
+    assert_eq!((web.len(), db.len(), elsewhere.len()), (2, 1, 1));
+
+    let run = ctl(admin, "describe networkpolicy web").await;
+    let out = &run.ok().out;
+    let spec = out
+        .split("Spec:\n")
+        .nth(1)
+        .and_then(|rest| rest.split("Selected Pods:").next())
+        .unwrap_or_else(|| panic!("a spec section in\n{out}"));
+    assert_eq!(
+        spec,
+        "  PodSelector:     app=web
+  Allowing ingress traffic:
+    To Port: 80/TCP
+    To Port: http/TCP
+    To Port: 32000-32768/UDP
+    From:
+      NamespaceSelector: team=b
+      PodSelector: role=client
+    ----------
+    To Port: <any> (traffic allowed to all ports)
+    From: <any> (traffic not restricted by source)
+  Allowing egress traffic:
+    To Port: <any> (traffic allowed to all ports)
+    To:
+      IPBlock:
+        CIDR: 198.18.0.0/15
+        Except: 198.18.1.0/24
+  Policy Types: Ingress, Egress
+",
+        "{out}"
+    );
+    for field in ["Name:", "Namespace:", "Created on:", "Labels:", "Events:"] {
+        assert!(
+            out.lines().any(|line| line.starts_with(field)),
+            "{field} in\n{out}"
+        );
+    }
+    // Exactly the web pods of its own namespace, with their addresses.
+    let selected = |out: &str| -> Vec<(String, String, String)> {
+        let section = out
+            .split("Selected Pods:")
+            .nth(1)
+            .and_then(|rest| rest.split("Events:").next())
+            .unwrap_or_default();
+        section
+            .lines()
+            .skip(2)
+            .map(|line| line.split_whitespace().collect::<Vec<_>>())
+            .filter(|cells| cells.len() == 3)
+            .map(|cells| {
+                (
+                    cells[0].to_owned(),
+                    cells[1].to_owned(),
+                    cells[2].to_owned(),
+                )
+            })
+            .collect()
+    };
+    let in_default = |pods: &[(String, String)]| -> Vec<(String, String, String)> {
+        pods.iter()
+            .map(|(name, ip)| ("default".to_owned(), name.clone(), ip.clone()))
+            .collect()
+    };
+    assert!(
+        out.contains("Selected Pods:  (2 in total)\n  Namespace"),
+        "{out}"
+    );
+    let mut wanted = in_default(&web);
+    wanted.sort();
+    assert_eq!(selected(out), wanted, "{out}");
+
+    // An empty podSelector: every pod of the namespace, isolated for ingress only.
+    let run = ctl(admin, "describe netpol deny").await;
+    let out = &run.ok().out;
+    for line in [
+        "  PodSelector:     <none> (Allowing the specific traffic to all pods in this namespace)",
+        "  Allowing ingress traffic:\n    <none> (Selected pods are isolated for ingress connectivity)",
+        "  Not affecting egress traffic",
+        "  Policy Types: Ingress",
+        "Selected Pods:  (3 in total)",
+    ] {
+        assert!(out.contains(line), "{line:?} in\n{out}");
+    }
+    let mut wanted = in_default(&[web, db].concat());
+    wanted.sort();
+    assert_eq!(selected(out), wanted, "{out}");
+}
+
+#[tokio::test]
+async fn label_sets_overwrites_and_removes_labels() {
+    let t = start().await;
+    let admin = &t.server.admin_config;
+    let manifest = write(
+        t.dir.path(),
+        "ns.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: team-a}\n",
+    );
+    berthctl(admin, &["apply", "-f", &manifest]).await.ok();
+    let labels = |out: &str| -> Value {
+        serde_json::from_str::<Value>(out).expect("JSON")["metadata"]["labels"].clone()
+    };
+
+    let run = ctl(admin, "label namespace team-a team=a tier=web").await;
+    assert_eq!(run.ok().out, "namespace/team-a labeled\n");
+    let run = ctl(admin, "get namespace team-a -o json").await;
+    assert_eq!(labels(&run.ok().out)["team"], "a");
+    assert_eq!(labels(&run.out)["tier"], "web");
+
+    // Another value for an existing label needs --overwrite; the same value is no change.
+    ctl(admin, "label namespace team-a team=b")
+        .await
+        .fails_with(&["'team' already has a value (a), and --overwrite is false"]);
+    let run = ctl(admin, "label ns/team-a team=a").await;
+    assert_eq!(run.ok().out, "namespace/team-a not labeled\n");
+    let run = ctl(admin, "label namespace team-a team=b --overwrite").await;
+    assert_eq!(run.ok().out, "namespace/team-a labeled\n");
+
+    let run = ctl(admin, "label namespace team-a tier-").await;
+    assert_eq!(run.ok().out, "namespace/team-a unlabeled\n");
+    let run = ctl(admin, "get namespace team-a -o json").await;
+    assert_eq!(labels(&run.ok().out)["team"], "b");
+    assert_eq!(labels(&run.out).get("tier"), None);
+
+    ctl(admin, "label namespace team-a team")
+        .await
+        .fails_with(&[
+            "invalid label change \"team\": use KEY=VALUE to set a label or KEY- to remove it",
+        ]);
+    ctl(admin, "label namespace nowhere team=a")
+        .await
+        .fails_with(&["NotFound", "nowhere"]);
+    // The server checks the value.
+    ctl(admin, "label namespace team-a team=not/valid --overwrite")
+        .await
+        .fails_with(&["metadata.labels"]);
 }
