@@ -1,6 +1,6 @@
-//! The agent's typed view of the cluster's Services, Endpoints and Nodes, kept current
-//! one watch event at a time. Each object is parsed once, when its event arrives
-//! ([`ClusterObject`] is what the watch keeps); a Service or Endpoints change recomputes
+//! The agent's typed view of the cluster's Services, EndpointSlices and Nodes, kept
+//! current one watch event at a time. Each object is parsed once, when its event arrives
+//! ([`ClusterObject`] is what the watch keeps); a Service or EndpointSlice change recomputes
 //! that one Service's datapath ports and DNS records, and hands on only what differs
 //! ([`Update::Changes`]); a Node change recomputes every Service only when what the
 //! services depend on ([`NodeView`]) changed, which heartbeats do not. A new snapshot
@@ -9,7 +9,7 @@
 
 use std::{
     cell::Cell,
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::Ipv4Addr,
     sync::Arc,
     time::Instant,
@@ -17,9 +17,8 @@ use std::{
 
 use berth_api::{
     agent::agent_client::AgentClient,
-    core::{
-        Endpoints as ApiEndpoints, LB_ALGORITHM_ANNOTATION, Node as ApiNode, Service as ApiService,
-    },
+    core::{LB_ALGORITHM_ANNOTATION, Node as ApiNode, Service as ApiService},
+    discovery::EndpointSlice,
     meta::ObjectMeta,
 };
 use berth_watch::{Change, Consumer, Objects, WatchObject, Watched};
@@ -30,7 +29,7 @@ use tonic::transport::Channel;
 use crate::{
     datapath::{Node, Service, ServiceSet},
     dns::Records,
-    endpoints::Endpoints,
+    endpoints::{Endpoints, Subset},
     services::{self, NodeView},
 };
 
@@ -50,7 +49,11 @@ pub fn objects_decoded() -> u64 {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClusterObject {
     Service(Arc<ApiService>),
-    Endpoints(Arc<Endpoints>),
+    /// One EndpointSlice: the Service it belongs to (`namespace/name`) and its endpoints.
+    EndpointSlice {
+        service: Box<str>,
+        subset: Arc<Subset>,
+    },
     Node(Arc<ApiNode>),
 }
 
@@ -89,12 +92,17 @@ impl WatchObject for ClusterObject {
                 (service.metadata.clone(), Self::Service(Arc::new(service)))
             }
             // Kept in the agent's own form: the API object's strings are most of its size,
-            // and of its metadata only the name (in the key) is read.
-            "Endpoints" => {
-                let endpoints: ApiEndpoints =
+            // and of its metadata only the name (in the key) and the Service's are read.
+            // A slice that names no Service serves none (Kubernetes' proxies skip it too).
+            "EndpointSlice" => {
+                let slice: EndpointSlice =
                     serde_json::from_slice(json).map_err(undecodable).ok()?;
-                let compact = Endpoints::from(&endpoints);
-                (endpoints.metadata, Self::Endpoints(Arc::new(compact)))
+                let service = slice.service_name()?;
+                let object = Self::EndpointSlice {
+                    service: format!("{}/{service}", slice.metadata.namespace).into(),
+                    subset: Arc::new(Subset::from(&slice)),
+                };
+                (slice.metadata, object)
             }
             "Node" => {
                 let mut node: ApiNode = serde_json::from_slice(json).map_err(undecodable).ok()?;
@@ -158,14 +166,19 @@ impl Consumer<ClusterObject> for Deliver {
     }
 }
 
-/// Follows the Services watch (Services, Endpoints, Nodes) for as long as `updates` has
+/// Follows the Services watch (Services, EndpointSlices, Nodes) for as long as `updates` has
 /// a receiver; its streams are counted in `streams`.
 pub async fn follow(
     client: AgentClient<Channel>,
     updates: mpsc::Sender<(ClusterEvent, Instant)>,
     streams: IntCounterVec,
 ) {
-    berth_watch::run(client, Watched::Services, &mut Deliver(updates, streams)).await;
+    berth_watch::run(
+        client,
+        Watched::ServiceSlices,
+        &mut Deliver(updates, streams),
+    )
+    .await;
 }
 
 /// What a watch event changes for the datapath and DNS.
@@ -189,7 +202,10 @@ pub struct ClusterState {
     me: String,
     domain: String,
     services: BTreeMap<String, Arc<ApiService>>,
-    endpoints: BTreeMap<String, Arc<Endpoints>>,
+    /// Each Service's endpoints, from its slices.
+    endpoints: BTreeMap<String, Endpoints>,
+    /// The Service of each slice (`namespace/name` of both): where a deleted slice was.
+    slice_services: HashMap<Box<str>, Box<str>>,
     nodes: BTreeMap<String, Arc<ApiNode>>,
     view: NodeView,
     /// Each Service's datapath ports as last computed (before the readiness overlay).
@@ -249,6 +265,7 @@ impl ClusterState {
     fn resync(&mut self, objects: BTreeMap<String, ClusterObject>) -> Update {
         self.services.clear();
         self.endpoints.clear();
+        self.slice_services.clear();
         self.nodes.clear();
         for (key, object) in objects {
             let name = key.split_once(' ').map_or(key.as_str(), |(_, name)| name);
@@ -256,8 +273,8 @@ impl ClusterState {
                 ClusterObject::Service(service) => {
                     self.services.insert(name.to_owned(), service);
                 }
-                ClusterObject::Endpoints(endpoints) => {
-                    self.endpoints.insert(name.to_owned(), endpoints);
+                ClusterObject::EndpointSlice { service, subset } => {
+                    self.set_slice(name, Some((service, subset)));
                 }
                 ClusterObject::Node(node) => {
                     self.nodes.insert(name.to_owned(), node);
@@ -306,26 +323,48 @@ impl ClusterState {
                     }
                 }
             }
-            (_, object) => {
-                let before = self.records_of(name);
-                match object {
-                    Some(ClusterObject::Service(service)) => {
-                        self.services.insert(name.to_owned(), service);
+            (kind, object) => {
+                // The Services whose endpoints or spec changed: a slice's (its old one's
+                // too, if it moved to another), or the Service itself.
+                let mut changed = Vec::new();
+                let records: Vec<Records> = match (kind, object) {
+                    ("EndpointSlice", object) => {
+                        let slice = object.and_then(|object| match object {
+                            ClusterObject::EndpointSlice { service, subset } => {
+                                Some((service, subset))
+                            }
+                            _ => None,
+                        });
+                        changed.extend(self.slice_services.get(name).map(|s| s.to_string()));
+                        if let Some((service, _)) = &slice
+                            && !changed.iter().any(|s| **s == **service)
+                        {
+                            changed.push(service.to_string());
+                        }
+                        let before = changed.iter().map(|s| self.records_of(s)).collect();
+                        self.set_slice(name, slice);
+                        before
                     }
-                    Some(ClusterObject::Endpoints(endpoints)) => {
-                        self.endpoints.insert(name.to_owned(), endpoints);
+                    (_, object) => {
+                        changed.push(name.to_owned());
+                        let before = vec![self.records_of(name)];
+                        match object {
+                            Some(ClusterObject::Service(service)) => {
+                                self.services.insert(name.to_owned(), service);
+                            }
+                            _ => {
+                                self.services.remove(name);
+                            }
+                        }
+                        before
                     }
-                    _ if kind == "Service" => {
-                        self.services.remove(name);
+                };
+                for (service, before) in changed.iter().zip(records) {
+                    self.recompute(service, &mut services);
+                    let after = self.records_of(service);
+                    if before != after {
+                        dns.push((before, after));
                     }
-                    _ => {
-                        self.endpoints.remove(name);
-                    }
-                }
-                self.recompute(name, &mut services);
-                let after = self.records_of(name);
-                if before != after {
-                    dns.push((before, after));
                 }
             }
         }
@@ -333,6 +372,33 @@ impl ClusterState {
             services,
             dns,
             nodes,
+        }
+    }
+
+    /// Puts slice `name` (`namespace/name`) in its Service's endpoints, in place of what
+    /// it held before, wherever that was (`None`: the slice is gone).
+    fn set_slice(&mut self, name: &str, slice: Option<(Box<str>, Arc<Subset>)>) {
+        let slice_name = name.split_once('/').map_or(name, |(_, name)| name);
+        let moved_from = match &slice {
+            Some((service, _)) => self
+                .slice_services
+                .insert(name.into(), service.clone())
+                .filter(|old| old != service),
+            None => self.slice_services.remove(name),
+        };
+        if let Some(old) = moved_from
+            && let Some(endpoints) = self.endpoints.get_mut(&*old)
+        {
+            endpoints.set_slice(slice_name, None);
+            if endpoints.is_empty() {
+                self.endpoints.remove(&*old);
+            }
+        }
+        if let Some((service, subset)) = slice {
+            self.endpoints
+                .entry(service.into())
+                .or_default()
+                .set_slice(slice_name, Some(subset));
         }
     }
 
@@ -365,12 +431,8 @@ impl ClusterState {
         };
         self.computed += 1;
         let mut skipped = Vec::new();
-        let ports = services::service_ports(
-            service,
-            self.endpoints.get(name).map(|e| e.as_ref()),
-            &self.view,
-            &mut skipped,
-        );
+        let ports =
+            services::service_ports(service, self.endpoints.get(name), &self.view, &mut skipped);
         for skip in skipped {
             tracing::debug!(object = %skip.object, reason = %skip.reason, "not served");
         }
@@ -380,11 +442,7 @@ impl ClusterState {
     /// The DNS records of one Service as the state holds it (none without the Service).
     fn records_of(&self, name: &str) -> Records {
         match self.services.get(name) {
-            Some(service) => Records::of_service(
-                service,
-                self.endpoints.get(name).map(|e| e.as_ref()),
-                &self.domain,
-            ),
+            Some(service) => Records::of_service(service, self.endpoints.get(name), &self.domain),
             None => Records::new(&self.domain),
         }
     }
@@ -424,14 +482,25 @@ mod tests {
         })
     }
 
-    fn endpoints(index: u32, hosts: u32) -> Value {
-        let addresses: Vec<Value> = (0..hosts)
-            .map(|host| json!({"ip": format!("198.18.1.{}", host + 2), "nodeName": "n1"}))
+    /// Slice `slice` of Service `web-{index}`: `hosts` ready endpoints from `first`.
+    fn endpoints_slice(index: u32, slice: u32, first: u32, hosts: u32) -> Value {
+        let endpoints: Vec<Value> = (first..first + hosts)
+            .map(|host| {
+                json!({"addresses": [format!("198.18.1.{}", host + 2)], "nodeName": "n1",
+                       "conditions": {"ready": true}})
+            })
             .collect();
         json!({
-            "metadata": {"namespace": "default", "name": format!("web-{index}")},
-            "subsets": [{"addresses": addresses, "ports": [{"name": "http", "port": 8080}]}],
+            "metadata": {"namespace": "default", "name": format!("web-{index}-{slice}"),
+                         "labels": {"kubernetes.io/service-name": format!("web-{index}")}},
+            "addressType": "IPv4",
+            "endpoints": endpoints,
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
         })
+    }
+
+    fn endpoints(index: u32, hosts: u32) -> Value {
+        endpoints_slice(index, 0, 0, hosts)
     }
 
     fn node(name: &str, address: &str, cidr: &str, load: u32) -> Value {
@@ -495,7 +564,7 @@ mod tests {
             feed(
                 &mut watch,
                 &mut state,
-                &event(Type::Added, "Endpoints", next(), endpoints(index, 3)),
+                &event(Type::Added, "EndpointSlice", next(), endpoints(index, 3)),
             );
         }
         let synced = event(Type::Synced, "", next(), Value::Null);
@@ -506,8 +575,8 @@ mod tests {
         assert_eq!(objects_decoded() - decoded, u64::from(2 + 2 * SERVICES));
         assert_eq!(state.computed(), u64::from(SERVICES));
 
-        // One Endpoints change: one object parsed, one service computed, its port handed on.
-        let change = event(Type::Modified, "Endpoints", next(), endpoints(7, 4));
+        // One slice's change: one object parsed, one service computed, its port handed on.
+        let change = event(Type::Modified, "EndpointSlice", next(), endpoints(7, 4));
         let services = changed_services(feed(&mut watch, &mut state, &change));
         assert_eq!(objects_decoded() - decoded, u64::from(3 + 2 * SERVICES));
         assert_eq!(state.computed(), u64::from(SERVICES + 1));
@@ -549,6 +618,95 @@ mod tests {
         assert_eq!(state.computed(), u64::from(2 * SERVICES + 1));
     }
 
+    /// The backends of the one port a change hands on.
+    fn backends(update: Option<Update>) -> Vec<(Ipv4Addr, crate::datapath::BackendState)> {
+        let services = changed_services(update);
+        let [(_, Some(service))] = services.iter().collect::<Vec<_>>()[..] else {
+            panic!("one changed port: {services:?}");
+        };
+        service.backends.iter().map(|b| (b.addr, b.state)).collect()
+    }
+
+    #[test]
+    fn a_services_slices_add_up_and_each_changes_alone() {
+        use crate::datapath::BackendState::{Active, Failed, Terminating};
+        let mut watch = WatchState::<ClusterObject>::default();
+        let mut state = ClusterState::new("n1", "cluster.local");
+        let _ = watch.request();
+        let mut revision = 0;
+        let mut send = |type_, kind, object| {
+            revision += 1;
+            feed(
+                &mut watch,
+                &mut state,
+                &event(type_, kind, revision, object),
+            )
+        };
+        send(
+            Type::Added,
+            "Node",
+            node("n1", "198.18.0.1", "198.18.1.0/24", 1),
+        );
+        send(Type::Added, "Service", service(1));
+        send(Type::Added, "EndpointSlice", endpoints_slice(1, 0, 0, 2));
+        let Some(Update::Resync { set, .. }) = send(Type::Synced, "", Value::Null) else {
+            panic!("a snapshot");
+        };
+        assert_eq!(set.services[0].backends.len(), 2);
+
+        // A second slice adds to the first.
+        let added = send(Type::Added, "EndpointSlice", endpoints_slice(1, 1, 2, 2));
+        let ip = |host: u8| Ipv4Addr::new(198, 18, 1, host + 2);
+        assert_eq!(
+            backends(added),
+            [
+                (ip(0), Active),
+                (ip(1), Active),
+                (ip(2), Active),
+                (ip(3), Active)
+            ]
+        );
+
+        // Conditions: not ready fails at once; terminating drains, serving or not; unset
+        // ready is ready.
+        let mut slice = endpoints_slice(1, 1, 2, 4);
+        slice["endpoints"][0]["conditions"] = json!({"ready": false});
+        slice["endpoints"][1]["conditions"] =
+            json!({"ready": false, "serving": true, "terminating": true});
+        slice["endpoints"][2]["conditions"] = json!({});
+        slice["endpoints"][3]["conditions"] =
+            json!({"ready": false, "serving": false, "terminating": true});
+        let changed = send(Type::Modified, "EndpointSlice", slice);
+        assert_eq!(
+            backends(changed),
+            [
+                (ip(0), Active),
+                (ip(1), Active),
+                (ip(4), Active),
+                (ip(2), Failed),
+                (ip(3), Terminating),
+                (ip(5), Terminating),
+            ]
+        );
+
+        // The first slice deleted: the second's endpoints stay.
+        let deleted = send(Type::Deleted, "EndpointSlice", endpoints_slice(1, 0, 0, 2));
+        assert_eq!(
+            backends(deleted),
+            [
+                (ip(4), Active),
+                (ip(2), Failed),
+                (ip(3), Terminating),
+                (ip(5), Terminating)
+            ]
+        );
+
+        // A slice without the Service's label serves nothing.
+        let mut stray = endpoints_slice(1, 7, 9, 1);
+        stray["metadata"]["labels"] = json!({});
+        assert!(send(Type::Added, "EndpointSlice", stray).is_none());
+    }
+
     #[test]
     fn dns_records_follow_one_service_at_a_time() {
         let mut watch = WatchState::<ClusterObject>::default();
@@ -564,7 +722,7 @@ mod tests {
             &mut state,
             &event(Type::Synced, "", 2, Value::Null),
         );
-        let change = event(Type::Added, "Endpoints", 3, endpoints(1, 2));
+        let change = event(Type::Added, "EndpointSlice", 3, endpoints(1, 2));
         let Some(Update::Changes { dns, .. }) = feed(&mut watch, &mut state, &change) else {
             panic!("changes expected");
         };

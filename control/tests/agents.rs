@@ -355,6 +355,7 @@ async fn watches_resync_after_compaction() {
     let mut stale = client
         .watch_pods(WatchRequest {
             resource_version: "1".to_owned(),
+            ..WatchRequest::default()
         })
         .await
         .expect("watch")
