@@ -208,10 +208,11 @@ pub struct ClusterState {
     slice_services: HashMap<Box<str>, Box<str>>,
     nodes: BTreeMap<String, Arc<ApiNode>>,
     view: NodeView,
-    /// Each Service's datapath ports as last computed (before the readiness overlay).
-    ports: BTreeMap<String, Vec<Service>>,
-    /// How many times one Service's ports were computed (the unit tests check it).
-    computed: u64,
+    /// How many times one Service's ports were computed (the unit tests check it). The
+    /// ports are not kept: the datapath keeps what it wrote, and a change computes the
+    /// Service's ports before and after (a few microseconds) rather than holding 10,000
+    /// Services' backends twice.
+    computed: Cell<u64>,
 }
 
 impl ClusterState {
@@ -231,28 +232,41 @@ impl ClusterState {
     /// Every datapath service (before the readiness overlay).
     pub fn service_set(&self) -> ServiceSet {
         ServiceSet {
-            services: self.ports.values().flatten().cloned().collect(),
+            services: self
+                .services
+                .keys()
+                .flat_map(|name| self.compute(name))
+                .collect(),
             nodes: self.view.nodes.clone(),
         }
     }
 
-    /// The datapath services with a backend at one of `addresses`.
+    /// The datapath services with a backend at one of `addresses`: the ports of the
+    /// Services with an endpoint there.
     pub fn services_at(&self, addresses: &BTreeSet<Ipv4Addr>) -> Vec<Service> {
-        self.ports
-            .values()
-            .flatten()
+        self.endpoints
+            .iter()
+            .filter(|(_, endpoints)| {
+                endpoints.subsets.iter().any(|subset| {
+                    subset
+                        .addresses
+                        .iter()
+                        .chain(&subset.not_ready_addresses)
+                        .any(|address| addresses.contains(&address.ip))
+                })
+            })
+            .flat_map(|(name, _)| self.compute(name))
             .filter(|service| {
                 service
                     .backends
                     .iter()
                     .any(|backend| addresses.contains(&backend.addr))
             })
-            .cloned()
             .collect()
     }
 
     pub fn computed(&self) -> u64 {
-        self.computed
+        self.computed.get()
     }
 
     pub fn apply(&mut self, event: ClusterEvent) -> Update {
@@ -283,14 +297,8 @@ impl ClusterState {
         }
         self.view = NodeView::new(self.nodes(), &self.me);
         self.log_skipped_nodes();
-        self.ports.clear();
-        let names: Vec<String> = self.services.keys().cloned().collect();
-        for name in &names {
-            let ports = self.compute(name);
-            self.ports.insert(name.clone(), ports);
-        }
         let mut records = Records::new(&self.domain);
-        for name in &names {
+        for name in self.services.keys() {
             records.extend(self.records_of(name));
         }
         Update::Resync {
@@ -315,11 +323,13 @@ impl ClusterState {
                     if view.nodes != self.view.nodes {
                         nodes = Some(view.nodes.clone());
                     }
+                    let names: Vec<String> = self.services.keys().cloned().collect();
+                    let old: Vec<Vec<Service>> =
+                        names.iter().map(|name| self.compute(name)).collect();
                     self.view = view;
                     self.log_skipped_nodes();
-                    let names: Vec<String> = self.services.keys().cloned().collect();
-                    for name in names {
-                        self.recompute(&name, &mut services);
+                    for (name, old) in names.iter().zip(old) {
+                        self.recompute(name, old, &mut services);
                     }
                 }
             }
@@ -327,7 +337,7 @@ impl ClusterState {
                 // The Services whose endpoints or spec changed: a slice's (its old one's
                 // too, if it moved to another), or the Service itself.
                 let mut changed = Vec::new();
-                let records: Vec<Records> = match (kind, object) {
+                let before: Vec<(Records, Vec<Service>)> = match (kind, object) {
                     ("EndpointSlice", object) => {
                         let slice = object.and_then(|object| match object {
                             ClusterObject::EndpointSlice { service, subset } => {
@@ -341,13 +351,13 @@ impl ClusterState {
                         {
                             changed.push(service.to_string());
                         }
-                        let before = changed.iter().map(|s| self.records_of(s)).collect();
+                        let before = changed.iter().map(|s| self.before(s)).collect();
                         self.set_slice(name, slice);
                         before
                     }
                     (_, object) => {
                         changed.push(name.to_owned());
-                        let before = vec![self.records_of(name)];
+                        let before = vec![self.before(name)];
                         match object {
                             Some(ClusterObject::Service(service)) => {
                                 self.services.insert(name.to_owned(), service);
@@ -359,11 +369,11 @@ impl ClusterState {
                         before
                     }
                 };
-                for (service, before) in changed.iter().zip(records) {
-                    self.recompute(service, &mut services);
+                for (service, (records, ports)) in changed.iter().zip(before) {
+                    self.recompute(service, ports, &mut services);
                     let after = self.records_of(service);
-                    if before != after {
-                        dns.push((before, after));
+                    if records != after {
+                        dns.push((records, after));
                     }
                 }
             }
@@ -402,34 +412,37 @@ impl ClusterState {
         }
     }
 
-    /// Computes one Service's ports again and adds what differs to `changes`.
-    fn recompute(&mut self, name: &str, changes: &mut BTreeMap<String, Option<Service>>) {
-        let new = if self.services.contains_key(name) {
-            self.compute(name)
-        } else {
-            Vec::new()
-        };
-        let old = self.ports.remove(name).unwrap_or_default();
+    /// A Service's DNS records and datapath ports before a change.
+    fn before(&self, name: &str) -> (Records, Vec<Service>) {
+        (self.records_of(name), self.compute(name))
+    }
+
+    /// Computes one Service's ports again and adds what differs from `old` to `changes`.
+    fn recompute(
+        &self,
+        name: &str,
+        old: Vec<Service>,
+        changes: &mut BTreeMap<String, Option<Service>>,
+    ) {
+        let new = self.compute(name);
         for port in &old {
             if !new.iter().any(|n| n.name == port.name) {
                 changes.insert(port.name.clone(), None);
             }
         }
-        for port in &new {
-            if !old.contains(port) {
-                changes.insert(port.name.clone(), Some(port.clone()));
+        for port in new {
+            if !old.contains(&port) {
+                changes.insert(port.name.clone(), Some(port));
             }
-        }
-        if !new.is_empty() {
-            self.ports.insert(name.to_owned(), new);
         }
     }
 
-    fn compute(&mut self, name: &str) -> Vec<Service> {
+    /// One Service's datapath ports as the state holds it (none without the Service).
+    fn compute(&self, name: &str) -> Vec<Service> {
         let Some(service) = self.services.get(name) else {
             return Vec::new();
         };
-        self.computed += 1;
+        self.computed.set(self.computed.get() + 1);
         let mut skipped = Vec::new();
         let ports =
             services::service_ports(service, self.endpoints.get(name), &self.view, &mut skipped);
@@ -575,11 +588,12 @@ mod tests {
         assert_eq!(objects_decoded() - decoded, u64::from(2 + 2 * SERVICES));
         assert_eq!(state.computed(), u64::from(SERVICES));
 
-        // One slice's change: one object parsed, one service computed, its port handed on.
+        // One slice's change: one object parsed, one service computed (before and after),
+        // its port handed on.
         let change = event(Type::Modified, "EndpointSlice", next(), endpoints(7, 4));
         let services = changed_services(feed(&mut watch, &mut state, &change));
         assert_eq!(objects_decoded() - decoded, u64::from(3 + 2 * SERVICES));
-        assert_eq!(state.computed(), u64::from(SERVICES + 1));
+        assert_eq!(state.computed(), u64::from(SERVICES + 2));
         let names: Vec<&String> = services.keys().collect();
         assert_eq!(names, ["default/web-7:http"]);
         let backends = services["default/web-7:http"]
@@ -595,7 +609,7 @@ mod tests {
             node("n2", "198.18.0.2", "198.18.2.0/24", 2),
         );
         assert!(changed_services(feed(&mut watch, &mut state, &heartbeat)).is_empty());
-        assert_eq!(state.computed(), u64::from(SERVICES + 1));
+        assert_eq!(state.computed(), u64::from(SERVICES + 2));
 
         // This node's address changes: every NodePort changes, every service is computed.
         let moved = event(
@@ -606,7 +620,7 @@ mod tests {
         );
         let services = changed_services(feed(&mut watch, &mut state, &moved));
         assert_eq!(services.len(), SERVICES as usize);
-        assert_eq!(state.computed(), u64::from(2 * SERVICES + 1));
+        assert_eq!(state.computed(), u64::from(3 * SERVICES + 2));
 
         // A deleted Service: its port goes, nothing else is computed.
         let deleted = event(Type::Deleted, "Service", next(), service(3));
@@ -615,7 +629,7 @@ mod tests {
             services.into_iter().collect::<Vec<_>>(),
             [("default/web-3:http".to_owned(), None)]
         );
-        assert_eq!(state.computed(), u64::from(2 * SERVICES + 1));
+        assert_eq!(state.computed(), u64::from(3 * SERVICES + 3));
     }
 
     /// The backends of the one port a change hands on.
