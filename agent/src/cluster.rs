@@ -17,7 +17,7 @@ use std::{
 
 use berth_api::{
     agent::agent_client::AgentClient,
-    core::{LB_ALGORITHM_ANNOTATION, Node as ApiNode, Service as ApiService},
+    core::{Node as ApiNode, Service as ApiService},
     discovery::EndpointSlice,
     meta::ObjectMeta,
 };
@@ -30,7 +30,7 @@ use crate::{
     datapath::{Node, Service, ServiceSet},
     dns::Records,
     endpoints::{Endpoints, Subset},
-    services::{self, NodeView},
+    services::{self, KeptService, NodeView},
 };
 
 thread_local! {
@@ -48,7 +48,7 @@ pub fn objects_decoded() -> u64 {
 /// One object of the Services watch, parsed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClusterObject {
-    Service(Arc<ApiService>),
+    Service(Arc<KeptService>),
     /// One EndpointSlice: the Service it belongs to (`namespace/name`) and its endpoints.
     EndpointSlice {
         service: Box<str>,
@@ -57,21 +57,14 @@ pub enum ClusterObject {
     Node(Arc<ApiNode>),
 }
 
-/// Keeps of an object's metadata only what the agent reads: its name and the annotation
-/// that picks a Service's algorithm. The rest (field managers, labels, other
-/// annotations) would be most of what 10,000 Services and their Endpoints hold.
+/// Keeps of a Node's metadata only what the agent reads: its name. The rest (field
+/// managers, labels, annotations) would be most of what the Nodes hold.
 fn slim(metadata: &mut ObjectMeta) {
-    let algorithm = metadata.annotations.remove(LB_ALGORITHM_ANNOTATION);
     *metadata = ObjectMeta {
         name: std::mem::take(&mut metadata.name),
         namespace: std::mem::take(&mut metadata.namespace),
         ..ObjectMeta::default()
     };
-    if let Some(algorithm) = algorithm {
-        metadata
-            .annotations
-            .insert(LB_ALGORITHM_ANNOTATION.to_owned(), algorithm);
-    }
 }
 
 fn key_of(metadata: &ObjectMeta) -> String {
@@ -86,10 +79,9 @@ impl WatchObject for ClusterObject {
         };
         let (metadata, object) = match kind {
             "Service" => {
-                let mut service: ApiService =
-                    serde_json::from_slice(json).map_err(undecodable).ok()?;
-                slim(&mut service.metadata);
-                (service.metadata.clone(), Self::Service(Arc::new(service)))
+                let service: ApiService = serde_json::from_slice(json).map_err(undecodable).ok()?;
+                let kept = KeptService::from(&service);
+                (service.metadata, Self::Service(Arc::new(kept)))
             }
             // Kept in the agent's own form: the API object's strings are most of its size,
             // and of its metadata only the name (in the key) and the Service's are read.
@@ -201,7 +193,7 @@ pub enum Update {
 pub struct ClusterState {
     me: String,
     domain: String,
-    services: BTreeMap<String, Arc<ApiService>>,
+    services: BTreeMap<String, Arc<KeptService>>,
     /// Each Service's endpoints, from its slices.
     endpoints: BTreeMap<String, Endpoints>,
     /// The Service of each slice (`namespace/name` of both): where a deleted slice was.

@@ -184,16 +184,3 @@ async fn the_agents_own_heap_with_ten_thousand_services_stays_under_64_mb() {
         mib(after - start)
     );
 }
-
-#[test]
-fn sizes() {
-    println!(
-        "ApiService {} ObjectMeta {} ServiceSpec {} ClusterObject {} Service {} Subset {}",
-        size_of::<berth_api::core::Service>(),
-        size_of::<berth_api::meta::ObjectMeta>(),
-        size_of::<berth_api::core::ServiceSpec>(),
-        size_of::<ClusterObject>(),
-        size_of::<berth_agent::datapath::Service>(),
-        size_of::<berth_agent::endpoints::Subset>(),
-    );
-}
