@@ -231,4 +231,79 @@ mod tests {
             ("http", 8080)
         );
     }
+
+    #[test]
+    fn a_slice_is_one_subset_and_only_ipv4_slices_serve() {
+        use berth_api::discovery::{Endpoint, EndpointConditions, EndpointPort};
+        let endpoint = |ip: &str, ready: Option<bool>| Endpoint {
+            addresses: vec![ip.into()],
+            conditions: EndpointConditions {
+                ready,
+                ..EndpointConditions::default()
+            },
+            node_name: Some("n1".into()),
+            hostname: Some("web-0".into()),
+            ..Endpoint::default()
+        };
+        let mut slice = EndpointSlice {
+            metadata: berth_api::meta::ObjectMeta {
+                name: "web-0".into(),
+                ..Default::default()
+            },
+            address_type: "IPv4".into(),
+            endpoints: vec![
+                endpoint("198.18.1.2", None),
+                endpoint("198.18.1.3", Some(false)),
+            ],
+            ports: vec![
+                EndpointPort {
+                    name: Some("http".into()),
+                    port: Some(8080),
+                    ..EndpointPort::default()
+                },
+                // Every port: nothing to map a Service port to.
+                EndpointPort::default(),
+            ],
+            ..EndpointSlice::default()
+        };
+        let subset = Subset::from(&slice);
+        assert_eq!(&*subset.slice, "web-0");
+        let ready: Vec<Ipv4Addr> = subset.addresses.iter().map(|a| a.ip).collect();
+        assert_eq!(
+            ready,
+            [Ipv4Addr::new(198, 18, 1, 2)],
+            "unset ready is ready"
+        );
+        assert_eq!(
+            subset.not_ready_addresses[0].ip,
+            Ipv4Addr::new(198, 18, 1, 3)
+        );
+        assert_eq!(&*subset.addresses[0].hostname, "web-0");
+        assert_eq!(subset.ports.len(), 1);
+        assert_eq!(
+            (&*subset.ports[0].protocol, subset.ports[0].port),
+            ("TCP", 8080)
+        );
+
+        slice.address_type = "IPv6".into();
+        let ipv6 = Subset::from(&slice);
+        assert!(ipv6.addresses.is_empty() && ipv6.not_ready_addresses.is_empty());
+
+        // Slices replace their own subset only, in name order.
+        let mut endpoints = Endpoints::default();
+        let named = |name: &str| {
+            Arc::new(Subset {
+                slice: name.into(),
+                ..Subset::default()
+            })
+        };
+        endpoints.set_slice("web-1", Some(named("web-1")));
+        endpoints.set_slice("web-0", Some(Arc::new(subset)));
+        endpoints.set_slice("web-1", Some(named("web-1")));
+        let names: Vec<&str> = endpoints.subsets.iter().map(|s| &*s.slice).collect();
+        assert_eq!(names, ["web-0", "web-1"]);
+        endpoints.set_slice("web-0", None);
+        let names: Vec<&str> = endpoints.subsets.iter().map(|s| &*s.slice).collect();
+        assert_eq!(names, ["web-1"]);
+    }
 }
