@@ -437,7 +437,10 @@ async fn many_hollow_nodes() {
         "web's two slices at least: {kinds:?}"
     );
     assert!(!kinds.contains_key("Endpoints"), "{kinds:?}");
-    assert!(kinds.contains_key("Service") && kinds.contains_key("Node"), "{kinds:?}");
+    assert!(
+        kinds.contains_key("Service") && kinds.contains_key("Node"),
+        "{kinds:?}"
+    );
 }
 
 /// A heartbeat that changes nothing but the time is not written while the stored one is
