@@ -1,6 +1,6 @@
-//! The agent's typed view of the cluster's Services, Endpoints and Nodes, kept current
-//! one watch event at a time. Each object is parsed once, when its event arrives
-//! ([`ClusterObject`] is what the watch keeps); a Service or Endpoints change recomputes
+//! The agent's typed view of the cluster's Services, EndpointSlices and Nodes, kept
+//! current one watch event at a time. Each object is parsed once, when its event arrives
+//! ([`ClusterObject`] is what the watch keeps); a Service or EndpointSlice change recomputes
 //! that one Service's datapath ports and DNS records, and hands on only what differs
 //! ([`Update::Changes`]); a Node change recomputes every Service only when what the
 //! services depend on ([`NodeView`]) changed, which heartbeats do not. A new snapshot
@@ -9,7 +9,7 @@
 
 use std::{
     cell::Cell,
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::Ipv4Addr,
     sync::Arc,
     time::Instant,
@@ -17,9 +17,8 @@ use std::{
 
 use berth_api::{
     agent::agent_client::AgentClient,
-    core::{
-        Endpoints as ApiEndpoints, LB_ALGORITHM_ANNOTATION, Node as ApiNode, Service as ApiService,
-    },
+    core::{Node as ApiNode, Service as ApiService},
+    discovery::EndpointSlice,
     meta::ObjectMeta,
 };
 use berth_watch::{Change, Consumer, Objects, WatchObject, Watched};
@@ -30,8 +29,8 @@ use tonic::transport::Channel;
 use crate::{
     datapath::{Node, Service, ServiceSet},
     dns::Records,
-    endpoints::Endpoints,
-    services::{self, NodeView},
+    endpoints::{Endpoints, Subset},
+    services::{self, KeptService, NodeView},
 };
 
 thread_local! {
@@ -49,26 +48,23 @@ pub fn objects_decoded() -> u64 {
 /// One object of the Services watch, parsed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClusterObject {
-    Service(Arc<ApiService>),
-    Endpoints(Arc<Endpoints>),
+    Service(Arc<KeptService>),
+    /// One EndpointSlice: the Service it belongs to (`namespace/name`) and its endpoints.
+    EndpointSlice {
+        service: Box<str>,
+        subset: Arc<Subset>,
+    },
     Node(Arc<ApiNode>),
 }
 
-/// Keeps of an object's metadata only what the agent reads: its name and the annotation
-/// that picks a Service's algorithm. The rest (field managers, labels, other
-/// annotations) would be most of what 10,000 Services and their Endpoints hold.
+/// Keeps of a Node's metadata only what the agent reads: its name. The rest (field
+/// managers, labels, annotations) would be most of what the Nodes hold.
 fn slim(metadata: &mut ObjectMeta) {
-    let algorithm = metadata.annotations.remove(LB_ALGORITHM_ANNOTATION);
     *metadata = ObjectMeta {
         name: std::mem::take(&mut metadata.name),
         namespace: std::mem::take(&mut metadata.namespace),
         ..ObjectMeta::default()
     };
-    if let Some(algorithm) = algorithm {
-        metadata
-            .annotations
-            .insert(LB_ALGORITHM_ANNOTATION.to_owned(), algorithm);
-    }
 }
 
 fn key_of(metadata: &ObjectMeta) -> String {
@@ -83,18 +79,22 @@ impl WatchObject for ClusterObject {
         };
         let (metadata, object) = match kind {
             "Service" => {
-                let mut service: ApiService =
-                    serde_json::from_slice(json).map_err(undecodable).ok()?;
-                slim(&mut service.metadata);
-                (service.metadata.clone(), Self::Service(Arc::new(service)))
+                let service: ApiService = serde_json::from_slice(json).map_err(undecodable).ok()?;
+                let kept = KeptService::from(&service);
+                (service.metadata, Self::Service(Arc::new(kept)))
             }
             // Kept in the agent's own form: the API object's strings are most of its size,
-            // and of its metadata only the name (in the key) is read.
-            "Endpoints" => {
-                let endpoints: ApiEndpoints =
+            // and of its metadata only the name (in the key) and the Service's are read.
+            // A slice that names no Service serves none (Kubernetes' proxies skip it too).
+            "EndpointSlice" => {
+                let slice: EndpointSlice =
                     serde_json::from_slice(json).map_err(undecodable).ok()?;
-                let compact = Endpoints::from(&endpoints);
-                (endpoints.metadata, Self::Endpoints(Arc::new(compact)))
+                let service = slice.service_name()?;
+                let object = Self::EndpointSlice {
+                    service: format!("{}/{service}", slice.metadata.namespace).into(),
+                    subset: Arc::new(Subset::from(&slice)),
+                };
+                (slice.metadata, object)
             }
             "Node" => {
                 let mut node: ApiNode = serde_json::from_slice(json).map_err(undecodable).ok()?;
@@ -158,14 +158,19 @@ impl Consumer<ClusterObject> for Deliver {
     }
 }
 
-/// Follows the Services watch (Services, Endpoints, Nodes) for as long as `updates` has
+/// Follows the Services watch (Services, EndpointSlices, Nodes) for as long as `updates` has
 /// a receiver; its streams are counted in `streams`.
 pub async fn follow(
     client: AgentClient<Channel>,
     updates: mpsc::Sender<(ClusterEvent, Instant)>,
     streams: IntCounterVec,
 ) {
-    berth_watch::run(client, Watched::Services, &mut Deliver(updates, streams)).await;
+    berth_watch::run(
+        client,
+        Watched::ServiceSlices,
+        &mut Deliver(updates, streams),
+    )
+    .await;
 }
 
 /// What a watch event changes for the datapath and DNS.
@@ -188,14 +193,18 @@ pub enum Update {
 pub struct ClusterState {
     me: String,
     domain: String,
-    services: BTreeMap<String, Arc<ApiService>>,
-    endpoints: BTreeMap<String, Arc<Endpoints>>,
+    services: BTreeMap<String, Arc<KeptService>>,
+    /// Each Service's endpoints, from its slices.
+    endpoints: BTreeMap<String, Endpoints>,
+    /// The Service of each slice (`namespace/name` of both): where a deleted slice was.
+    slice_services: HashMap<Box<str>, Box<str>>,
     nodes: BTreeMap<String, Arc<ApiNode>>,
     view: NodeView,
-    /// Each Service's datapath ports as last computed (before the readiness overlay).
-    ports: BTreeMap<String, Vec<Service>>,
-    /// How many times one Service's ports were computed (the unit tests check it).
-    computed: u64,
+    /// How many times one Service's ports were computed (the unit tests check it). The
+    /// ports are not kept: the datapath keeps what it wrote, and a change computes the
+    /// Service's ports before and after (a few microseconds) rather than holding 10,000
+    /// Services' backends twice.
+    computed: Cell<u64>,
 }
 
 impl ClusterState {
@@ -215,28 +224,41 @@ impl ClusterState {
     /// Every datapath service (before the readiness overlay).
     pub fn service_set(&self) -> ServiceSet {
         ServiceSet {
-            services: self.ports.values().flatten().cloned().collect(),
+            services: self
+                .services
+                .keys()
+                .flat_map(|name| self.compute(name))
+                .collect(),
             nodes: self.view.nodes.clone(),
         }
     }
 
-    /// The datapath services with a backend at one of `addresses`.
+    /// The datapath services with a backend at one of `addresses`: the ports of the
+    /// Services with an endpoint there.
     pub fn services_at(&self, addresses: &BTreeSet<Ipv4Addr>) -> Vec<Service> {
-        self.ports
-            .values()
-            .flatten()
+        self.endpoints
+            .iter()
+            .filter(|(_, endpoints)| {
+                endpoints.subsets.iter().any(|subset| {
+                    subset
+                        .addresses
+                        .iter()
+                        .chain(&subset.not_ready_addresses)
+                        .any(|address| addresses.contains(&address.ip))
+                })
+            })
+            .flat_map(|(name, _)| self.compute(name))
             .filter(|service| {
                 service
                     .backends
                     .iter()
                     .any(|backend| addresses.contains(&backend.addr))
             })
-            .cloned()
             .collect()
     }
 
     pub fn computed(&self) -> u64 {
-        self.computed
+        self.computed.get()
     }
 
     pub fn apply(&mut self, event: ClusterEvent) -> Update {
@@ -249,6 +271,7 @@ impl ClusterState {
     fn resync(&mut self, objects: BTreeMap<String, ClusterObject>) -> Update {
         self.services.clear();
         self.endpoints.clear();
+        self.slice_services.clear();
         self.nodes.clear();
         for (key, object) in objects {
             let name = key.split_once(' ').map_or(key.as_str(), |(_, name)| name);
@@ -256,8 +279,8 @@ impl ClusterState {
                 ClusterObject::Service(service) => {
                     self.services.insert(name.to_owned(), service);
                 }
-                ClusterObject::Endpoints(endpoints) => {
-                    self.endpoints.insert(name.to_owned(), endpoints);
+                ClusterObject::EndpointSlice { service, subset } => {
+                    self.set_slice(name, Some((service, subset)));
                 }
                 ClusterObject::Node(node) => {
                     self.nodes.insert(name.to_owned(), node);
@@ -266,14 +289,8 @@ impl ClusterState {
         }
         self.view = NodeView::new(self.nodes(), &self.me);
         self.log_skipped_nodes();
-        self.ports.clear();
-        let names: Vec<String> = self.services.keys().cloned().collect();
-        for name in &names {
-            let ports = self.compute(name);
-            self.ports.insert(name.clone(), ports);
-        }
         let mut records = Records::new(&self.domain);
-        for name in &names {
+        for name in self.services.keys() {
             records.extend(self.records_of(name));
         }
         Update::Resync {
@@ -298,34 +315,58 @@ impl ClusterState {
                     if view.nodes != self.view.nodes {
                         nodes = Some(view.nodes.clone());
                     }
+                    let names: Vec<String> = self.services.keys().cloned().collect();
+                    let old: Vec<Vec<Service>> =
+                        names.iter().map(|name| self.compute(name)).collect();
                     self.view = view;
                     self.log_skipped_nodes();
-                    let names: Vec<String> = self.services.keys().cloned().collect();
-                    for name in names {
-                        self.recompute(&name, &mut services);
+                    for (name, old) in names.iter().zip(old) {
+                        self.recompute(name, old, &mut services);
                     }
                 }
             }
-            (_, object) => {
-                let before = self.records_of(name);
-                match object {
-                    Some(ClusterObject::Service(service)) => {
-                        self.services.insert(name.to_owned(), service);
+            (kind, object) => {
+                // The Services whose endpoints or spec changed: a slice's (its old one's
+                // too, if it moved to another), or the Service itself.
+                let mut changed = Vec::new();
+                let before: Vec<(Records, Vec<Service>)> = match (kind, object) {
+                    ("EndpointSlice", object) => {
+                        let slice = object.and_then(|object| match object {
+                            ClusterObject::EndpointSlice { service, subset } => {
+                                Some((service, subset))
+                            }
+                            _ => None,
+                        });
+                        changed.extend(self.slice_services.get(name).map(|s| s.to_string()));
+                        if let Some((service, _)) = &slice
+                            && !changed.iter().any(|s| **s == **service)
+                        {
+                            changed.push(service.to_string());
+                        }
+                        let before = changed.iter().map(|s| self.before(s)).collect();
+                        self.set_slice(name, slice);
+                        before
                     }
-                    Some(ClusterObject::Endpoints(endpoints)) => {
-                        self.endpoints.insert(name.to_owned(), endpoints);
+                    (_, object) => {
+                        changed.push(name.to_owned());
+                        let before = vec![self.before(name)];
+                        match object {
+                            Some(ClusterObject::Service(service)) => {
+                                self.services.insert(name.to_owned(), service);
+                            }
+                            _ => {
+                                self.services.remove(name);
+                            }
+                        }
+                        before
                     }
-                    _ if kind == "Service" => {
-                        self.services.remove(name);
+                };
+                for (service, (records, ports)) in changed.iter().zip(before) {
+                    self.recompute(service, ports, &mut services);
+                    let after = self.records_of(service);
+                    if records != after {
+                        dns.push((records, after));
                     }
-                    _ => {
-                        self.endpoints.remove(name);
-                    }
-                }
-                self.recompute(name, &mut services);
-                let after = self.records_of(name);
-                if before != after {
-                    dns.push((before, after));
                 }
             }
         }
@@ -336,41 +377,67 @@ impl ClusterState {
         }
     }
 
-    /// Computes one Service's ports again and adds what differs to `changes`.
-    fn recompute(&mut self, name: &str, changes: &mut BTreeMap<String, Option<Service>>) {
-        let new = if self.services.contains_key(name) {
-            self.compute(name)
-        } else {
-            Vec::new()
+    /// Puts slice `name` (`namespace/name`) in its Service's endpoints, in place of what
+    /// it held before, wherever that was (`None`: the slice is gone).
+    fn set_slice(&mut self, name: &str, slice: Option<(Box<str>, Arc<Subset>)>) {
+        let slice_name = name.split_once('/').map_or(name, |(_, name)| name);
+        let moved_from = match &slice {
+            Some((service, _)) => self
+                .slice_services
+                .insert(name.into(), service.clone())
+                .filter(|old| old != service),
+            None => self.slice_services.remove(name),
         };
-        let old = self.ports.remove(name).unwrap_or_default();
+        if let Some(old) = moved_from
+            && let Some(endpoints) = self.endpoints.get_mut(&*old)
+        {
+            endpoints.set_slice(slice_name, None);
+            if endpoints.is_empty() {
+                self.endpoints.remove(&*old);
+            }
+        }
+        if let Some((service, subset)) = slice {
+            self.endpoints
+                .entry(service.into())
+                .or_default()
+                .set_slice(slice_name, Some(subset));
+        }
+    }
+
+    /// A Service's DNS records and datapath ports before a change.
+    fn before(&self, name: &str) -> (Records, Vec<Service>) {
+        (self.records_of(name), self.compute(name))
+    }
+
+    /// Computes one Service's ports again and adds what differs from `old` to `changes`.
+    fn recompute(
+        &self,
+        name: &str,
+        old: Vec<Service>,
+        changes: &mut BTreeMap<String, Option<Service>>,
+    ) {
+        let new = self.compute(name);
         for port in &old {
             if !new.iter().any(|n| n.name == port.name) {
                 changes.insert(port.name.clone(), None);
             }
         }
-        for port in &new {
-            if !old.contains(port) {
-                changes.insert(port.name.clone(), Some(port.clone()));
+        for port in new {
+            if !old.contains(&port) {
+                changes.insert(port.name.clone(), Some(port));
             }
-        }
-        if !new.is_empty() {
-            self.ports.insert(name.to_owned(), new);
         }
     }
 
-    fn compute(&mut self, name: &str) -> Vec<Service> {
+    /// One Service's datapath ports as the state holds it (none without the Service).
+    fn compute(&self, name: &str) -> Vec<Service> {
         let Some(service) = self.services.get(name) else {
             return Vec::new();
         };
-        self.computed += 1;
+        self.computed.set(self.computed.get() + 1);
         let mut skipped = Vec::new();
-        let ports = services::service_ports(
-            service,
-            self.endpoints.get(name).map(|e| e.as_ref()),
-            &self.view,
-            &mut skipped,
-        );
+        let ports =
+            services::service_ports(service, self.endpoints.get(name), &self.view, &mut skipped);
         for skip in skipped {
             tracing::debug!(object = %skip.object, reason = %skip.reason, "not served");
         }
@@ -380,11 +447,7 @@ impl ClusterState {
     /// The DNS records of one Service as the state holds it (none without the Service).
     fn records_of(&self, name: &str) -> Records {
         match self.services.get(name) {
-            Some(service) => Records::of_service(
-                service,
-                self.endpoints.get(name).map(|e| e.as_ref()),
-                &self.domain,
-            ),
+            Some(service) => Records::of_service(service, self.endpoints.get(name), &self.domain),
             None => Records::new(&self.domain),
         }
     }
@@ -424,14 +487,25 @@ mod tests {
         })
     }
 
-    fn endpoints(index: u32, hosts: u32) -> Value {
-        let addresses: Vec<Value> = (0..hosts)
-            .map(|host| json!({"ip": format!("198.18.1.{}", host + 2), "nodeName": "n1"}))
+    /// Slice `slice` of Service `web-{index}`: `hosts` ready endpoints from `first`.
+    fn endpoints_slice(index: u32, slice: u32, first: u32, hosts: u32) -> Value {
+        let endpoints: Vec<Value> = (first..first + hosts)
+            .map(|host| {
+                json!({"addresses": [format!("198.18.1.{}", host + 2)], "nodeName": "n1",
+                       "conditions": {"ready": true}})
+            })
             .collect();
         json!({
-            "metadata": {"namespace": "default", "name": format!("web-{index}")},
-            "subsets": [{"addresses": addresses, "ports": [{"name": "http", "port": 8080}]}],
+            "metadata": {"namespace": "default", "name": format!("web-{index}-{slice}"),
+                         "labels": {"kubernetes.io/service-name": format!("web-{index}")}},
+            "addressType": "IPv4",
+            "endpoints": endpoints,
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
         })
+    }
+
+    fn endpoints(index: u32, hosts: u32) -> Value {
+        endpoints_slice(index, 0, 0, hosts)
     }
 
     fn node(name: &str, address: &str, cidr: &str, load: u32) -> Value {
@@ -495,7 +569,7 @@ mod tests {
             feed(
                 &mut watch,
                 &mut state,
-                &event(Type::Added, "Endpoints", next(), endpoints(index, 3)),
+                &event(Type::Added, "EndpointSlice", next(), endpoints(index, 3)),
             );
         }
         let synced = event(Type::Synced, "", next(), Value::Null);
@@ -506,11 +580,12 @@ mod tests {
         assert_eq!(objects_decoded() - decoded, u64::from(2 + 2 * SERVICES));
         assert_eq!(state.computed(), u64::from(SERVICES));
 
-        // One Endpoints change: one object parsed, one service computed, its port handed on.
-        let change = event(Type::Modified, "Endpoints", next(), endpoints(7, 4));
+        // One slice's change: one object parsed, one service computed (before and after),
+        // its port handed on.
+        let change = event(Type::Modified, "EndpointSlice", next(), endpoints(7, 4));
         let services = changed_services(feed(&mut watch, &mut state, &change));
         assert_eq!(objects_decoded() - decoded, u64::from(3 + 2 * SERVICES));
-        assert_eq!(state.computed(), u64::from(SERVICES + 1));
+        assert_eq!(state.computed(), u64::from(SERVICES + 2));
         let names: Vec<&String> = services.keys().collect();
         assert_eq!(names, ["default/web-7:http"]);
         let backends = services["default/web-7:http"]
@@ -526,7 +601,7 @@ mod tests {
             node("n2", "198.18.0.2", "198.18.2.0/24", 2),
         );
         assert!(changed_services(feed(&mut watch, &mut state, &heartbeat)).is_empty());
-        assert_eq!(state.computed(), u64::from(SERVICES + 1));
+        assert_eq!(state.computed(), u64::from(SERVICES + 2));
 
         // This node's address changes: every NodePort changes, every service is computed.
         let moved = event(
@@ -537,7 +612,7 @@ mod tests {
         );
         let services = changed_services(feed(&mut watch, &mut state, &moved));
         assert_eq!(services.len(), SERVICES as usize);
-        assert_eq!(state.computed(), u64::from(2 * SERVICES + 1));
+        assert_eq!(state.computed(), u64::from(3 * SERVICES + 2));
 
         // A deleted Service: its port goes, nothing else is computed.
         let deleted = event(Type::Deleted, "Service", next(), service(3));
@@ -546,7 +621,96 @@ mod tests {
             services.into_iter().collect::<Vec<_>>(),
             [("default/web-3:http".to_owned(), None)]
         );
-        assert_eq!(state.computed(), u64::from(2 * SERVICES + 1));
+        assert_eq!(state.computed(), u64::from(3 * SERVICES + 3));
+    }
+
+    /// The backends of the one port a change hands on.
+    fn backends(update: Option<Update>) -> Vec<(Ipv4Addr, crate::datapath::BackendState)> {
+        let services = changed_services(update);
+        let [(_, Some(service))] = services.iter().collect::<Vec<_>>()[..] else {
+            panic!("one changed port: {services:?}");
+        };
+        service.backends.iter().map(|b| (b.addr, b.state)).collect()
+    }
+
+    #[test]
+    fn a_services_slices_add_up_and_each_changes_alone() {
+        use crate::datapath::BackendState::{Active, Failed, Terminating};
+        let mut watch = WatchState::<ClusterObject>::default();
+        let mut state = ClusterState::new("n1", "cluster.local");
+        let _ = watch.request();
+        let mut revision = 0;
+        let mut send = |type_, kind, object| {
+            revision += 1;
+            feed(
+                &mut watch,
+                &mut state,
+                &event(type_, kind, revision, object),
+            )
+        };
+        send(
+            Type::Added,
+            "Node",
+            node("n1", "198.18.0.1", "198.18.1.0/24", 1),
+        );
+        send(Type::Added, "Service", service(1));
+        send(Type::Added, "EndpointSlice", endpoints_slice(1, 0, 0, 2));
+        let Some(Update::Resync { set, .. }) = send(Type::Synced, "", Value::Null) else {
+            panic!("a snapshot");
+        };
+        assert_eq!(set.services[0].backends.len(), 2);
+
+        // A second slice adds to the first.
+        let added = send(Type::Added, "EndpointSlice", endpoints_slice(1, 1, 2, 2));
+        let ip = |host: u8| Ipv4Addr::new(198, 18, 1, host + 2);
+        assert_eq!(
+            backends(added),
+            [
+                (ip(0), Active),
+                (ip(1), Active),
+                (ip(2), Active),
+                (ip(3), Active)
+            ]
+        );
+
+        // Conditions: not ready fails at once; terminating drains, serving or not; unset
+        // ready is ready.
+        let mut slice = endpoints_slice(1, 1, 2, 4);
+        slice["endpoints"][0]["conditions"] = json!({"ready": false});
+        slice["endpoints"][1]["conditions"] =
+            json!({"ready": false, "serving": true, "terminating": true});
+        slice["endpoints"][2]["conditions"] = json!({});
+        slice["endpoints"][3]["conditions"] =
+            json!({"ready": false, "serving": false, "terminating": true});
+        let changed = send(Type::Modified, "EndpointSlice", slice);
+        assert_eq!(
+            backends(changed),
+            [
+                (ip(0), Active),
+                (ip(1), Active),
+                (ip(4), Active),
+                (ip(2), Failed),
+                (ip(3), Terminating),
+                (ip(5), Terminating),
+            ]
+        );
+
+        // The first slice deleted: the second's endpoints stay.
+        let deleted = send(Type::Deleted, "EndpointSlice", endpoints_slice(1, 0, 0, 2));
+        assert_eq!(
+            backends(deleted),
+            [
+                (ip(4), Active),
+                (ip(2), Failed),
+                (ip(3), Terminating),
+                (ip(5), Terminating)
+            ]
+        );
+
+        // A slice without the Service's label serves nothing.
+        let mut stray = endpoints_slice(1, 7, 9, 1);
+        stray["metadata"]["labels"] = json!({});
+        assert!(send(Type::Added, "EndpointSlice", stray).is_none());
     }
 
     #[test]
@@ -564,7 +728,7 @@ mod tests {
             &mut state,
             &event(Type::Synced, "", 2, Value::Null),
         );
-        let change = event(Type::Added, "Endpoints", 3, endpoints(1, 2));
+        let change = event(Type::Added, "EndpointSlice", 3, endpoints(1, 2));
         let Some(Update::Changes { dns, .. }) = feed(&mut watch, &mut state, &change) else {
             panic!("changes expected");
         };

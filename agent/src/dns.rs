@@ -55,7 +55,7 @@ use hickory_server::{
     },
 };
 
-use crate::endpoints::Endpoints;
+use crate::{endpoints::Endpoints, services::KeptService};
 
 /// Answers may be cached this long: short, so endpoint changes show quickly. Also the
 /// SOA minimum, so a name that does not exist yet is not remembered for longer.
@@ -144,7 +144,7 @@ impl Records {
         for service in services {
             let meta = &service.metadata;
             records.add_service(
-                service,
+                &KeptService::from(service),
                 by_name.get(&(meta.namespace.as_str(), meta.name.as_str())),
             );
         }
@@ -168,13 +168,17 @@ impl Records {
 
     /// The records of one Service, given its Endpoints: what
     /// [`DnsServer::replace`] takes out and puts in when either changes.
-    pub fn of_service(service: &Service, endpoints: Option<&Endpoints>, domain: &str) -> Records {
+    pub fn of_service(
+        service: &KeptService,
+        endpoints: Option<&Endpoints>,
+        domain: &str,
+    ) -> Records {
         let mut records = Records::new(domain);
         records.add_service(service, endpoints);
         records
     }
 
-    fn add_service(&mut self, service: &Service, endpoints: Option<&Endpoints>) {
+    fn add_service(&mut self, service: &KeptService, endpoints: Option<&Endpoints>) {
         let records = self;
         let domain_text = records.domain.to_ascii();
         let domain_text = domain_text.trim_end_matches('.');
@@ -194,10 +198,9 @@ impl Records {
                     .map(move |address| (address.ip, &*address.hostname, ports.clone()))
             })
             .collect();
-        let meta = &service.metadata;
         let Some(fqdn) = name(&format!(
             "{}.{}.svc.{domain_text}.",
-            meta.name, meta.namespace
+            service.name, service.namespace
         )) else {
             return;
         };
@@ -219,13 +222,13 @@ impl Records {
                 .reverse
                 .push((*ip, endpoint_name.to_ascii().into_boxed_str()));
         }
-        let headless = match Ipv4Addr::from_str(&service.spec.cluster_ip) {
+        let headless = match Ipv4Addr::from_str(&service.cluster_ip) {
             Ok(ip) => {
                 records.add_a(&fqdn, ip);
                 records.reverse.push((ip, fqdn.to_ascii().into_boxed_str()));
                 false
             }
-            Err(_) if service.spec.cluster_ip == "None" => {
+            Err(_) if &*service.cluster_ip == "None" => {
                 for (ip, endpoint_name, _) in &endpoint_names {
                     records.add_a(&fqdn, *ip);
                     records.add_a(endpoint_name, *ip);
@@ -234,7 +237,7 @@ impl Records {
             }
             Err(_) => return,
         };
-        for port in &service.spec.ports {
+        for port in &service.ports {
             let (Ok(number), false) = (u16::try_from(port.port), port.name.is_empty()) else {
                 continue;
             };
@@ -249,7 +252,7 @@ impl Records {
                 endpoint_names
                     .iter()
                     .map(|(_, endpoint_name, ports)| {
-                        let target_port = ports.get(port.name.as_str()).copied().unwrap_or(number);
+                        let target_port = ports.get(&*port.name).copied().unwrap_or(number);
                         (endpoint_name.clone(), target_port)
                     })
                     .collect()

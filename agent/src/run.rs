@@ -375,9 +375,7 @@ pub async fn run(config: Config) -> anyhow::Result<Ended> {
                         programmer.send(Work::Resync(readiness.overlay(&set)), Some(received));
                     }
                     Update::Changes { mut services, dns: records, nodes } => {
-                        for (before, after) in &records {
-                            dns.replace(before, after).await;
-                        }
+                        // The datapath first: its thread writes while the zones are edited.
                         if let Some(nodes) = nodes {
                             warm_neighbours(&neighbours, &nodes, config.node_address);
                             programmer.send(Work::Nodes(nodes), None);
@@ -386,6 +384,9 @@ pub async fn run(config: Config) -> anyhow::Result<Ended> {
                             let unready = readiness.addresses();
                             services.values_mut().flatten().for_each(|s| readiness::mark(&unready, s));
                             programmer.send(Work::Changes(services), Some(received));
+                        }
+                        for (before, after) in &records {
+                            dns.replace(before, after).await;
                         }
                     }
                 }

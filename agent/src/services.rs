@@ -21,6 +21,67 @@ use crate::{
     endpoints::Endpoints,
 };
 
+/// What the agent keeps of a Service: what its datapath ports and DNS records read, and
+/// nothing else of the API object (whose decoded form, empty fields included, took about
+/// a kilobyte a Service).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeptService {
+    pub namespace: Box<str>,
+    pub name: Box<str>,
+    /// `spec.clusterIP` as given: an address, `None` (headless) or empty.
+    pub cluster_ip: Box<str>,
+    /// Types NodePort and LoadBalancer: also served on the node's addresses.
+    pub node_ports: bool,
+    /// Type LoadBalancer's addresses (`status.loadBalancer.ingress`).
+    pub load_balancer_ips: Box<[Box<str>]>,
+    pub client_ip_affinity: bool,
+    pub algorithm: Algorithm,
+    pub ports: Box<[KeptPort]>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeptPort {
+    pub name: Box<str>,
+    pub port: i32,
+    pub target_port: Option<IntOrString>,
+    pub node_port: Option<i32>,
+    pub protocol: Box<str>,
+}
+
+impl From<&ApiService> for KeptService {
+    fn from(service: &ApiService) -> Self {
+        let spec = &service.spec;
+        let load_balancer_ips = if spec.type_ == "LoadBalancer" {
+            service.load_balancer_ips().map(Box::from).collect()
+        } else {
+            Box::default()
+        };
+        KeptService {
+            namespace: service.metadata.namespace.as_str().into(),
+            name: service.metadata.name.as_str().into(),
+            cluster_ip: spec.cluster_ip.as_str().into(),
+            node_ports: spec.has_node_ports(),
+            load_balancer_ips,
+            client_ip_affinity: spec.session_affinity == "ClientIP",
+            algorithm: match service.lb_algorithm() {
+                "random" => Algorithm::Random,
+                _ => Algorithm::Maglev,
+            },
+            ports: spec
+                .ports
+                .iter()
+                .map(|port| KeptPort {
+                    name: port.name.as_str().into(),
+                    port: port.port,
+                    target_port: port.target_port.clone(),
+                    node_port: port.node_port,
+                    protocol: port.protocol.as_str().into(),
+                })
+                .collect(),
+        }
+    }
+}
+
 /// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds`.
 pub const DEFAULT_AFFINITY_TIMEOUT: Duration = Duration::from_secs(10_800);
 
@@ -163,7 +224,12 @@ pub fn service_set(
     for service in services {
         let meta = &service.metadata;
         let endpoints = endpoints_by_name.get(&(meta.namespace.as_str(), meta.name.as_str()));
-        out.extend(service_ports(service, endpoints, &view, &mut skipped));
+        out.extend(service_ports(
+            &KeptService::from(service),
+            endpoints,
+            &view,
+            &mut skipped,
+        ));
     }
     (
         ServiceSet {
@@ -177,16 +243,14 @@ pub fn service_set(
 /// The datapath services (one per port) of one Service and its Endpoints, as node
 /// `view` sees them; what cannot be served goes to `skipped`.
 pub fn service_ports(
-    service: &ApiService,
+    service: &KeptService,
     endpoints: Option<&Endpoints>,
     view: &NodeView,
     skipped: &mut Vec<Skipped>,
 ) -> Vec<Service> {
     let mut out = Vec::new();
-    let meta = &service.metadata;
-    let name = object_name(&meta.namespace, &meta.name);
-    let spec = &service.spec;
-    let cluster_ip = match spec.cluster_ip.as_str() {
+    let name = object_name(&service.namespace, &service.name);
+    let cluster_ip = match &*service.cluster_ip {
         "" | "None" => None,
         ip => match Ipv4Addr::from_str(ip) {
             Ok(ip) => Some(ip),
@@ -199,29 +263,26 @@ pub fn service_ports(
             }
         },
     };
-    let affinity = (spec.session_affinity == "ClientIP").then_some(DEFAULT_AFFINITY_TIMEOUT);
-    let algorithm = match service.lb_algorithm() {
-        "random" => Algorithm::Random,
-        _ => Algorithm::Maglev,
-    };
+    let affinity = service
+        .client_ip_affinity
+        .then_some(DEFAULT_AFFINITY_TIMEOUT);
+    let algorithm = service.algorithm;
     let mut load_balancer_ips = Vec::new();
-    if spec.type_ == "LoadBalancer" {
-        for ip in service.load_balancer_ips() {
-            match Ipv4Addr::from_str(ip) {
-                Ok(ip) => load_balancer_ips.push(ip),
-                Err(_) => skipped.push(Skipped {
-                    object: format!("service {name}"),
-                    reason: format!("load-balancer address {ip:?} is not an IPv4 address"),
-                }),
-            }
+    for ip in &service.load_balancer_ips {
+        match Ipv4Addr::from_str(ip) {
+            Ok(ip) => load_balancer_ips.push(ip),
+            Err(_) => skipped.push(Skipped {
+                object: format!("service {name}"),
+                reason: format!("load-balancer address {ip:?} is not an IPv4 address"),
+            }),
         }
     }
     let subsets = endpoints.map(|e| e.subsets.as_slice()).unwrap_or_default();
-    for port in &spec.ports {
+    for port in &service.ports {
         let port_label = if port.name.is_empty() {
             port.port.to_string()
         } else {
-            port.name.clone()
+            port.name.to_string()
         };
         let object = format!("service {name} port {port_label}");
         let Some(protocol) = protocol(&port.protocol) else {
@@ -259,7 +320,7 @@ pub fn service_ports(
                 external: true,
             });
         }
-        if spec.has_node_ports()
+        if service.node_ports
             && let Some(node_port) = port.node_port.and_then(|p| u16::try_from(p).ok())
         {
             for addr in &view.own_addresses {

@@ -3,14 +3,14 @@
 //! as the failover part), joined to the real berth-control.
 //!
 //! - **arrival**: S Services (ClusterIP, one port, an explicit clusterIP so the benchmark
-//!   knows each one's key in the datapath) and their Endpoints (10 addresses each, on the
-//!   nodes in turn) applied through `/apply` in manifests of 100 Services with their
-//!   Endpoints, one after the other. A Service is programmed on an agent once the agent's
+//!   knows each one's key in the datapath) and their EndpointSlices (10 addresses each,
+//!   on the nodes in turn; the agents' datapath feeds from slices) applied through
+//!   `/apply` in manifests of 100 Services with their slices, one after the other. A Service is programmed on an agent once the agent's
 //!   pinned `BERTH_SERVICES` map holds its frontend with all its backends
 //!   (`backend_count`); figures: from the first apply, and from the last apply's answer,
 //!   until each agent has every Service programmed (checked every [`ARRIVAL_POLL`]).
-//! - **changes**: single Endpoints changes, one at a time, each to a Service of its own:
-//!   one address replaced by a new one. Each agent's frontend entry of
+//! - **changes**: single EndpointSlice changes, one at a time, each to a Service of its
+//!   own: one address replaced by a new one. Each agent's frontend entry of
 //!   that Service is read in a loop from before the apply is sent; it changes when the
 //!   agent switches the Service to its rebuilt Maglev table, the last of the Service's
 //!   writes. Figures: from the apply's answer (the write committed in the store) to that
@@ -322,8 +322,8 @@ fn key(index: usize) -> ServiceKey {
     })
 }
 
-/// Service `index` of `services` and its Endpoints: `endpoints` addresses of its own, on
-/// `node`; `changed` replaces the first by an address no Service had (past every
+/// Service `index` of `services` and its EndpointSlice: `endpoints` addresses of its own,
+/// on `node`; `changed` replaces the first by an address no Service had (past every
 /// Service's), as a pod replaced by a new one. An address on two nodes would be refused.
 fn objects(
     index: usize,
@@ -341,7 +341,8 @@ fn objects(
                 index * endpoints + e
             };
             json!({
-                "ip": format!("10.{}.{}.{}", 64 + n / 65_536, n / 256 % 256, n % 256),
+                "addresses": [format!("10.{}.{}.{}", 64 + n / 65_536, n / 256 % 256, n % 256)],
+                "conditions": {"ready": true, "serving": true, "terminating": false},
                 "nodeName": node,
             })
         })
@@ -356,9 +357,12 @@ fn objects(
             },
         }),
         json!({
-            "apiVersion": "v1", "kind": "Endpoints",
-            "metadata": {"name": name, "namespace": "default"},
-            "subsets": [{"addresses": addresses, "ports": [{"port": 8080}]}],
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": format!("{name}-0"), "namespace": "default",
+                         "labels": {"kubernetes.io/service-name": name}},
+            "addressType": "IPv4",
+            "endpoints": addresses,
+            "ports": [{"port": 8080, "protocol": "TCP"}],
         }),
     ]
 }
@@ -524,7 +528,7 @@ async fn measure(
         .map(|(after, before)| (after - before) / IDLE.as_secs_f64())
         .collect();
     say(&format!(
-        "agents: {} Endpoints changes, one at a time",
+        "agents: {} EndpointSlice changes, one at a time",
         options.changes
     ));
     let cpu_before = cpu_secs(&agents);
@@ -556,7 +560,7 @@ async fn measure(
         let sent = Instant::now();
         crate::scale::write(&client, Method::POST, "/apply", &manifest)
             .await
-            .with_context(|| format!("changing the Endpoints of Service {index}"))?;
+            .with_context(|| format!("changing the EndpointSlice of Service {index}"))?;
         let answered = Instant::now();
         let seen = seen.await.context("the change poller")?;
         changes.push(Change {
@@ -744,11 +748,11 @@ mod tests {
     #[test]
     fn a_change_replaces_one_address_by_one_no_service_had() {
         let addresses = |index, changed| -> Vec<String> {
-            objects(index, 10, 100, changed, "n")[1]["subsets"][0]["addresses"]
+            objects(index, 10, 100, changed, "n")[1]["endpoints"]
                 .as_array()
-                .expect("addresses")
+                .expect("endpoints")
                 .iter()
-                .map(|address| address["ip"].as_str().expect("ip").to_owned())
+                .map(|endpoint| endpoint["addresses"][0].as_str().expect("ip").to_owned())
                 .collect()
         };
         let (before, after) = (addresses(7, false), addresses(7, true));

@@ -61,9 +61,9 @@ pub fn section(md: &mut String, results: &AgentsResults) {
         md,
         "{n} real berth-agents ({} builds), each in a node network namespace of its own on a routed underlay (a \
          link per node), joined to the real berth-control (berth-tests' `E2eCluster`, as the failover part), all \
-         on this machine's {} CPUs. While they run, {} Services (ClusterIP, one port) and their Endpoints ({} \
-         addresses each, on the nodes in turn) are applied through `/apply` in manifests of {} Services with their \
-         Endpoints, one after the other; then {} single Endpoints changes, one at a time. Run {} ({:.0} minutes); \
+         on this machine's {} CPUs. While they run, {} Services (ClusterIP, one port) and their EndpointSlices \
+         ({} addresses each, on the nodes in turn) are applied through `/apply` in manifests of {} Services with \
+         their slices, one after the other; then {} single EndpointSlice changes, one at a time. Run {} ({:.0} minutes); \
          the machine's CPUs were {:.0}% busy over the arrival and {:.0}% over the changes — everything on it: the \
          agents, the control plane, the benchmark and any other work. Rerun it alone, keeping the other parts' \
          figures, with `cargo xtask bench -- --parts agents` (`--agents N`, `--agents-services S`).\n",
@@ -132,7 +132,7 @@ pub fn section(md: &mut String, results: &AgentsResults) {
     );
     let _ = writeln!(
         md,
-        "| one Endpoints change: p99 ≤ 10 ms on each agent | the worst agent's p99 {} (the best's {}){} | {} |",
+        "| one endpoints change: p99 ≤ 10 ms on each agent | the worst agent's p99 {} (the best's {}){} | {} |",
         ms(worst_p99),
         ms(per_agent_p99.iter().copied().fold(f64::INFINITY, f64::min)),
         if missed > 0 {
@@ -144,7 +144,7 @@ pub fn section(md: &mut String, results: &AgentsResults) {
     );
     let _ = writeln!(
         md,
-        "| one Endpoints change: p99 ≤ 100 ms to the last of the {n} agents | p99 {} (p50 {}) | {} |",
+        "| one endpoints change: p99 ≤ 100 ms to the last of the {n} agents | p99 {} (p50 {}) | {} |",
         ms(last_p99),
         ms(percentile(&last, 0.5)),
         verdict(missed == 0 && last_p99 <= LAST_AGENT_P99_MS)

@@ -15,8 +15,8 @@ use berth_api::{
     },
     core::Pod,
     kinds::{
-        CONFIG_MAPS, ENDPOINTS, NAMESPACES, NETWORK_POLICIES, NODES, PERSISTENT_VOLUME_CLAIMS,
-        PERSISTENT_VOLUMES, PODS, SECRETS, SERVICE_ACCOUNTS, SERVICES,
+        CONFIG_MAPS, ENDPOINT_SLICES, ENDPOINTS, NAMESPACES, NETWORK_POLICIES, NODES,
+        PERSISTENT_VOLUME_CLAIMS, PERSISTENT_VOLUMES, PODS, SECRETS, SERVICE_ACCOUNTS, SERVICES,
     },
     selector::{FieldSelector, Selector},
     storage::{PersistentVolume, PersistentVolumeClaim},
@@ -770,8 +770,14 @@ impl agent_server::Agent for AgentService {
         request: Request<WatchRequest>,
     ) -> Result<Response<EventStream>, Status> {
         // Nodes too: agents place endpoints on nodes by their pod ranges and send
-        // north-south flows to other nodes' addresses.
-        self.watch_all(&request, vec![&SERVICES, &ENDPOINTS, &NODES])
+        // north-south flows to other nodes' addresses. Agents ask for EndpointSlices;
+        // the simulated nodes (and older agents) still read Endpoints.
+        let endpoints = if request.get_ref().endpoint_slices {
+            &ENDPOINT_SLICES
+        } else {
+            &ENDPOINTS
+        };
+        self.watch_all(&request, vec![&SERVICES, endpoints, &NODES])
             .await
     }
 

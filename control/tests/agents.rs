@@ -355,6 +355,7 @@ async fn watches_resync_after_compaction() {
     let mut stale = client
         .watch_pods(WatchRequest {
             resource_version: "1".to_owned(),
+            ..WatchRequest::default()
         })
         .await
         .expect("watch")
@@ -412,6 +413,34 @@ async fn many_hollow_nodes() {
     let mut sizes = sizes;
     sizes.sort_unstable();
     assert_eq!(sizes, [60, 100]);
+
+    // The agents' Services watch: the slices in place of the Endpoints.
+    let mut watch = nodes[0]
+        .client()
+        .watch_services(WatchRequest {
+            endpoint_slices: true,
+            ..WatchRequest::default()
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut kinds = std::collections::BTreeMap::<String, usize>::new();
+    loop {
+        let event = watch.message().await.expect("read").expect("event");
+        if event.r#type() != Type::Added {
+            break;
+        }
+        *kinds.entry(event.kind).or_default() += 1;
+    }
+    assert!(
+        kinds.get("EndpointSlice").is_some_and(|n| *n >= 2),
+        "web's two slices at least: {kinds:?}"
+    );
+    assert!(!kinds.contains_key("Endpoints"), "{kinds:?}");
+    assert!(
+        kinds.contains_key("Service") && kinds.contains_key("Node"),
+        "{kinds:?}"
+    );
 }
 
 /// A heartbeat that changes nothing but the time is not written while the stored one is

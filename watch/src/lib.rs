@@ -1,5 +1,5 @@
 //! berth-watch: the client side of the agent API's watches (`WatchPods`,
-//! `WatchServices`), written once for the agent and the simulated nodes.
+//! `WatchServices`, `WatchPolicies`), written once for the agent and the simulated nodes.
 //!
 //! A watch resumes from the last revision it saw; when the control plane's history no
 //! longer reaches back that far (EXPIRED) it starts over from a snapshot. A snapshot is
@@ -28,6 +28,8 @@ pub enum Watched {
     Pods,
     /// All Services, Endpoints and Nodes.
     Services,
+    /// All Services, EndpointSlices and Nodes: what the agent's datapath and DNS use.
+    ServiceSlices,
     /// All NetworkPolicies, Namespaces and Pods.
     Policies,
 }
@@ -130,6 +132,7 @@ impl<T: WatchObject> WatchState<T> {
         }
         WatchRequest {
             resource_version: self.resource_version.clone(),
+            endpoint_slices: false,
         }
     }
 
@@ -267,11 +270,12 @@ where
         if !consumer.wanted() {
             return;
         }
-        let request = state.request();
+        let mut request = state.request();
+        request.endpoint_slices = which == Watched::ServiceSlices;
         let resumed = !request.resource_version.is_empty();
         let response = match which {
             Watched::Pods => client.watch_pods(request).await,
-            Watched::Services => client.watch_services(request).await,
+            Watched::Services | Watched::ServiceSlices => client.watch_services(request).await,
             Watched::Policies => client.watch_policies(request).await,
         };
         let mut stream = match response {
