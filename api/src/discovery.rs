@@ -19,6 +19,9 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
 /// What the control plane's slices say in [`MANAGED_BY_LABEL`].
 pub const MANAGED_BY: &str = "endpointslice-controller.berth.dev";
+/// What [`MANAGED_BY_LABEL`] says on the slices mirrored from the Endpoints a user
+/// writes for a Service without a selector (Kubernetes' mirroring controller).
+pub const MIRRORED_BY: &str = "endpointslicemirroring-controller.berth.dev";
 /// The most endpoints the controller puts in one slice (Kubernetes' default
 /// `--max-endpoints-per-slice`).
 pub const MAX_ENDPOINTS_PER_SLICE: usize = 100;

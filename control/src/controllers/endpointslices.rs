@@ -3,7 +3,9 @@
 //! does, an endpoint stays in the slice it is in while it exists, new ones fill the
 //! slices that have room before a new slice is made, and only slices whose content
 //! changed are written: one pod turning ready rewrites one slice, not the Service's
-//! whole list.
+//! whole list. A Service without a selector gets its slices mirrored from the Endpoints
+//! its user writes (Kubernetes' mirroring controller), one group of slices per distinct
+//! port list, so the nodes, which read slices, serve those too.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -11,10 +13,10 @@ use std::{
 };
 
 use berth_api::{
-    core::{ObjectReference, Pod, Service},
+    core::{self, EndpointAddress, Endpoints, ObjectReference, Pod, Service},
     discovery::{
         Endpoint, EndpointConditions, EndpointPort, EndpointSlice, MANAGED_BY, MANAGED_BY_LABEL,
-        MAX_ENDPOINTS_PER_SLICE, SERVICE_NAME_LABEL,
+        MAX_ENDPOINTS_PER_SLICE, MIRRORED_BY, SERVICE_NAME_LABEL,
     },
     meta::ObjectMeta,
 };
@@ -38,12 +40,13 @@ impl Reconciler for EndpointSliceController {
         if let Some(pod) = change.as_kind::<Pod>() {
             return selecting(pod, snapshot);
         }
-        if change.as_kind::<Service>().is_some() {
+        if change.as_kind::<Service>().is_some() || change.as_kind::<Endpoints>().is_some() {
+            // Endpoints: a Service without a selector mirrors its user's.
             return vec![change.key()];
         }
         if let Some(slice) = change.as_kind::<EndpointSlice>() {
             // Someone else edited or deleted one of ours: put it back.
-            if is_ours(slice)
+            if managed_by(slice).is_some()
                 && let Some(service) = slice.service_name()
             {
                 return vec![(slice.metadata.namespace.clone(), service.to_owned())];
@@ -53,46 +56,132 @@ impl Reconciler for EndpointSliceController {
     }
 
     fn reconcile(&self, service: &Service, snapshot: &Snapshot, _ctx: &Context) -> Outcome {
-        let Some(selected) = select(service, snapshot) else {
-            return Outcome::default();
-        };
         let ns = &service.metadata.namespace;
         let name = &service.metadata.name;
-        let current: Vec<&EndpointSlice> = snapshot
-            .list::<EndpointSlice>(Some(ns))
-            .filter(|slice| is_ours(slice) && slice.service_name() == Some(name.as_str()))
-            .collect();
-        let plan = plan(&current, selected);
-        let mut writes = Vec::new();
-        let mut taken: BTreeSet<String> = current.iter().map(|s| s.metadata.name.clone()).collect();
-        for (existing, endpoints, ports) in plan.keep {
-            if existing.endpoints != endpoints || existing.ports != ports {
-                let mut updated = existing.clone();
-                updated.endpoints = endpoints;
-                updated.ports = ports;
-                writes.push(Write::update(updated));
+        let (mut selected_slices, mut mirrored_slices) = (Vec::new(), Vec::new());
+        for slice in snapshot.list::<EndpointSlice>(Some(ns)) {
+            if slice.service_name() != Some(name.as_str()) {
+                continue;
+            }
+            match managed_by(slice) {
+                Some(MANAGED_BY) => selected_slices.push(slice),
+                Some(_) => mirrored_slices.push(slice),
+                None => {}
             }
         }
-        for existing in plan.delete {
-            writes.push(Write::delete(existing));
-        }
-        for (endpoints, ports) in plan.create {
-            let slice_name = free_name(name, &mut taken);
-            writes.push(Write::create(new_slice(
-                service, slice_name, endpoints, ports,
-            )));
-        }
+        let mut taken: BTreeSet<String> = selected_slices
+            .iter()
+            .chain(&mirrored_slices)
+            .map(|s| s.metadata.name.clone())
+            .collect();
+        let mut writes = Vec::new();
+        // A Service that gained or lost its selector drops the other kind's slices.
+        let stale = match select(service, snapshot) {
+            Some(selected) => {
+                let plan = plan(&selected_slices, selected);
+                write_plan(service, plan, MANAGED_BY, &mut taken, &mut writes);
+                mirrored_slices
+            }
+            None => {
+                let user_endpoints = snapshot.get::<Endpoints>(ns, name);
+                let groups = user_endpoints.map(mirrored_groups).unwrap_or_default();
+                let mut left = mirrored_slices;
+                for (ports, endpoints) in groups {
+                    let as_sliced: Vec<EndpointPort> = ports.iter().map(slice_port).collect();
+                    let (group, rest): (Vec<&EndpointSlice>, Vec<&EndpointSlice>) =
+                        left.into_iter().partition(|slice| slice.ports == as_sliced);
+                    left = rest;
+                    let plan = plan(&group, Selected { endpoints, ports });
+                    write_plan(service, plan, MIRRORED_BY, &mut taken, &mut writes);
+                }
+                left.extend(selected_slices);
+                left
+            }
+        };
+        writes.extend(stale.into_iter().map(Write::delete));
         Outcome::writes(writes)
     }
 }
 
-fn is_ours(slice: &EndpointSlice) -> bool {
-    slice
-        .metadata
-        .labels
-        .get(MANAGED_BY_LABEL)
-        .map(String::as_str)
-        == Some(MANAGED_BY)
+/// The writes that carry out `plan` for `service`'s slices managed by `manager`.
+fn write_plan(
+    service: &Service,
+    plan: Plan<'_>,
+    manager: &str,
+    taken: &mut BTreeSet<String>,
+    writes: &mut Vec<Write>,
+) {
+    for (existing, endpoints, ports) in plan.keep {
+        if existing.endpoints != endpoints || existing.ports != ports {
+            let mut updated = existing.clone();
+            updated.endpoints = endpoints;
+            updated.ports = ports;
+            writes.push(Write::update(updated));
+        }
+    }
+    for existing in plan.delete {
+        writes.push(Write::delete(existing));
+    }
+    for (endpoints, ports) in plan.create {
+        let slice_name = free_name(&service.metadata.name, taken);
+        writes.push(Write::create(new_slice(
+            service, slice_name, endpoints, ports, manager,
+        )));
+    }
+}
+
+/// Which of the control plane's controllers manages `slice`, if one does.
+fn managed_by(slice: &EndpointSlice) -> Option<&'static str> {
+    match slice.metadata.labels.get(MANAGED_BY_LABEL)?.as_str() {
+        MANAGED_BY => Some(MANAGED_BY),
+        MIRRORED_BY => Some(MIRRORED_BY),
+        _ => None,
+    }
+}
+
+/// A user's Endpoints as slices' contents: the addresses of its subsets grouped by their
+/// port lists (an address listed twice in a group counts once, ready if listed ready).
+type MirroredGroup = (Vec<core::EndpointPort>, Vec<SelectedEndpoint>);
+
+fn mirrored_groups(user: &Endpoints) -> Vec<MirroredGroup> {
+    let mut groups: BTreeMap<
+        String,
+        (Vec<core::EndpointPort>, BTreeMap<String, SelectedEndpoint>),
+    > = BTreeMap::new();
+    for subset in &user.subsets {
+        let key = serde_json::to_string(&subset.ports).unwrap_or_default();
+        let (_, endpoints) = groups
+            .entry(key)
+            .or_insert_with(|| (subset.ports.clone(), BTreeMap::new()));
+        let listed = subset
+            .addresses
+            .iter()
+            .map(|address| (address, true))
+            .chain(
+                subset
+                    .not_ready_addresses
+                    .iter()
+                    .map(|address| (address, false)),
+            );
+        for (address, ready) in listed {
+            let endpoint = endpoints
+                .entry(address.ip.clone())
+                .or_insert_with(|| mirrored_endpoint(address, ready));
+            endpoint.ready |= ready;
+        }
+    }
+    groups
+        .into_values()
+        .map(|(ports, endpoints)| (ports, endpoints.into_values().collect()))
+        .collect()
+}
+
+fn mirrored_endpoint(address: &EndpointAddress, ready: bool) -> SelectedEndpoint {
+    SelectedEndpoint {
+        address: address.clone(),
+        ready,
+        pod_uid: String::new(),
+    }
 }
 
 /// What to do with a Service's slices: each kept slice with its new content, the slices
@@ -104,17 +193,17 @@ struct Plan<'a> {
     create: Vec<(Vec<Endpoint>, Vec<EndpointPort>)>,
 }
 
+fn slice_port(port: &core::EndpointPort) -> EndpointPort {
+    EndpointPort {
+        name: Some(port.name.clone()),
+        port: Some(port.port),
+        protocol: Some(port.protocol.clone()),
+        app_protocol: None,
+    }
+}
+
 fn plan<'a>(current: &[&'a EndpointSlice], selected: Selected) -> Plan<'a> {
-    let ports: Vec<EndpointPort> = selected
-        .ports
-        .iter()
-        .map(|port| EndpointPort {
-            name: Some(port.name.clone()),
-            port: Some(port.port),
-            protocol: Some(port.protocol.clone()),
-            app_protocol: None,
-        })
-        .collect();
+    let ports: Vec<EndpointPort> = selected.ports.iter().map(slice_port).collect();
     let mut wanted: BTreeMap<String, Endpoint> = selected
         .endpoints
         .into_iter()
@@ -184,7 +273,7 @@ fn endpoint_of(selected: SelectedEndpoint) -> Endpoint {
         },
         node_name: Some(selected.address.node_name).filter(|n| !n.is_empty()),
         hostname: Some(selected.address.hostname).filter(|h| !h.is_empty()),
-        target_ref: Some(ObjectReference {
+        target_ref: (!selected.address.target_pod.is_empty()).then(|| ObjectReference {
             api_version: String::new(),
             kind: "Pod".to_owned(),
             name: selected.address.target_pod,
@@ -209,10 +298,11 @@ fn new_slice(
     name: String,
     endpoints: Vec<Endpoint>,
     ports: Vec<EndpointPort>,
+    manager: &str,
 ) -> EndpointSlice {
     let mut labels = service.metadata.labels.clone();
     labels.insert(SERVICE_NAME_LABEL.to_owned(), service.metadata.name.clone());
-    labels.insert(MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned());
+    labels.insert(MANAGED_BY_LABEL.to_owned(), manager.to_owned());
     EndpointSlice {
         api_version: "discovery.k8s.io/v1".to_owned(),
         kind: "EndpointSlice".to_owned(),
@@ -331,6 +421,84 @@ mod tests {
         apply(&mut slices, &filled);
         let sizes: Vec<usize> = slices.values().map(|s| s.endpoints.len()).collect();
         assert_eq!(sizes, [100, 100]);
+    }
+
+    #[test]
+    fn a_service_without_a_selector_mirrors_its_users_endpoints() {
+        let mut service = service();
+        service.spec.selector.clear();
+        let user: Endpoints = typed(json!({"apiVersion": "v1", "kind": "Endpoints",
+        "metadata": {"name": "web", "namespace": "default"},
+        "subsets": [
+            {"addresses": [{"ip": "198.18.9.1"}, {"ip": "198.18.9.2"}],
+             "notReadyAddresses": [{"ip": "198.18.9.3"}],
+             "ports": [{"name": "http", "port": 8080}]},
+            {"addresses": [{"ip": "198.18.9.4"}], "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}]}
+        ]}));
+        let run = |service: &Service,
+                   user: Option<&Endpoints>,
+                   slices: &BTreeMap<String, EndpointSlice>| {
+            let objects: Vec<Object> = std::iter::once(service.clone().into_object())
+                .chain(user.cloned().map(Endpoints::into_object))
+                .chain(slices.values().cloned().map(EndpointSlice::into_object))
+                .collect();
+            EndpointSliceController.reconcile(service, &Snapshot::from_objects(objects, 1), &ctx())
+        };
+        let mut slices = BTreeMap::new();
+        let first = run(&service, Some(&user), &slices);
+        apply(&mut slices, &first);
+        assert_eq!(slices.len(), 2, "one group per port list: {slices:?}");
+        for slice in slices.values() {
+            assert_eq!(slice.metadata.labels[MANAGED_BY_LABEL], MIRRORED_BY);
+            assert_eq!(slice.service_name(), Some("web"));
+        }
+        let http = slices
+            .values()
+            .find(|slice| slice.ports[0].port == Some(8080))
+            .expect("the http group");
+        let ready: Vec<(&str, Option<bool>)> = http
+            .endpoints
+            .iter()
+            .map(|e| (e.addresses[0].as_str(), e.conditions.ready))
+            .collect();
+        assert_eq!(
+            ready,
+            [
+                ("198.18.9.1", Some(true)),
+                ("198.18.9.2", Some(true)),
+                ("198.18.9.3", Some(false))
+            ]
+        );
+        assert!(http.endpoints[0].target_ref.is_none());
+        assert_eq!(
+            run(&service, Some(&user), &slices),
+            Outcome::default(),
+            "idempotent"
+        );
+
+        // The user's edit changes one group's slice only.
+        let mut edited = user.clone();
+        edited.subsets[0].addresses.pop();
+        let one = run(&service, Some(&edited), &slices);
+        assert_eq!(one.writes.len(), 1, "{one:?}");
+        apply(&mut slices, &one);
+
+        // Deleting the Endpoints deletes the mirrored slices.
+        let gone = run(&service, None, &slices);
+        apply(&mut slices, &gone);
+        assert!(slices.is_empty(), "{slices:?}");
+
+        // A Service that gains a selector drops the mirrored slices for its own.
+        let mirrored = run(&service, Some(&user), &slices);
+        apply(&mut slices, &mirrored);
+        let selecting = run(&super::tests::service(), Some(&user), &slices);
+        apply(&mut slices, &selecting);
+        assert!(
+            slices
+                .values()
+                .all(|s| s.metadata.labels[MANAGED_BY_LABEL] == MANAGED_BY),
+            "{slices:?}"
+        );
     }
 
     #[test]
