@@ -88,6 +88,27 @@ pub fn program_all(
                 topology.open_fresh_datapath(index)?;
             }
             Mode::Ebpf => program_ebpf(topology, index, &set, reps, &mut records, progress)?,
+            Mode::EbpfPerPacket | Mode::EbpfPolicies => {
+                check_interrupted()?;
+                topology.open_fresh_datapath(index)?;
+                topology.apply_ebpf(index, &set)?;
+                if mode == Mode::EbpfPolicies {
+                    let written = topology.apply_policies(index)?;
+                    progress(&format!(
+                        "Berth eBPF, {count} services: {} NetworkPolicies over {} pods, {} policy entries",
+                        written.policies, written.pods, written.policy_entries
+                    ));
+                }
+                let (client, addr, port) = measured(topology, index);
+                wait_serving(
+                    &topology.cluster,
+                    client,
+                    addr,
+                    port,
+                    Duration::from_secs(5),
+                )
+                .with_context(|| format!("{} serving the measured service", mode.label()))?;
+            }
             Mode::Iptables => {
                 program_iptables(topology, index, &set, reps, &mut records, progress)?
             }

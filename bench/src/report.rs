@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use crate::{
     Mode,
     figures::{median, seconds, thousands},
+    policies,
     programming::Step,
     run::{Results, RunRecord},
     svg::{self, BarChart, COLORS, Series},
@@ -142,7 +143,8 @@ const SERVICE_MODES: [Mode; 3] = [Mode::Ebpf, Mode::Iptables, Mode::Haproxy];
 
 fn mode_color(mode: Mode) -> &'static str {
     match mode {
-        Mode::Ebpf => COLORS[0],
+        Mode::Ebpf | Mode::EbpfPolicies => COLORS[0],
+        Mode::EbpfPerPacket => COLORS[5],
         Mode::Iptables => COLORS[1],
         Mode::Haproxy => COLORS[2],
         Mode::Direct => COLORS[4],
@@ -501,6 +503,10 @@ pub fn markdown(results: &Results, command: &str) -> String {
         for n in counts {
             rows.push((mode, *n));
         }
+        if mode == Mode::Ebpf {
+            rows.push((Mode::EbpfPerPacket, min_n));
+            rows.push((Mode::EbpfPolicies, min_n));
+        }
     }
     for (mode, n) in &rows {
         if let Some(s) = summarize(runs, Kind::KeepAlive, *mode, *n) {
@@ -561,6 +567,7 @@ pub fn markdown(results: &Results, command: &str) -> String {
         md,
         "\n![New connections per second]({ASSET_DIR}/connections.svg)\n"
     );
+    connection_targets(&mut md, results);
 
     // Programming.
     let _ = writeln!(md, "## Programming time\n");
@@ -718,6 +725,115 @@ pub fn markdown(results: &Results, command: &str) -> String {
     }
     let _ = writeln!(md, "\n</details>");
     md
+}
+
+/// Each round's ratio of `mode`'s new connections/s to `reference`'s (the two measured
+/// within a minute of each other), sorted.
+fn round_ratios(runs: &[RunRecord], mode: (Mode, usize), reference: (Mode, usize)) -> Vec<f64> {
+    let rate = |round: u32, (mode, n): (Mode, usize)| {
+        runs.iter()
+            .find(|r| {
+                r.round == round
+                    && r.kind == Kind::NewConnections
+                    && r.mode == mode
+                    && (!mode.has_services() || r.services == n)
+            })
+            .map(|r| r.wrk.requests_per_sec)
+    };
+    let mut rounds: Vec<u32> = runs.iter().map(|r| r.round).collect();
+    rounds.dedup();
+    let mut ratios: Vec<f64> = rounds
+        .into_iter()
+        .filter_map(|round| Some(rate(round, mode)? / rate(round, reference)?))
+        .filter(|ratio| ratio.is_finite())
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    ratios
+}
+
+/// The new-connection targets of issues 25 and 22: a ClusterIP against direct at the
+/// smallest and largest service counts, and with 1,000 NetworkPolicies against without.
+fn connection_targets(md: &mut String, results: &Results) {
+    let runs = &results.runs;
+    let counts = &results.parameters.services;
+    let min_n = counts.iter().copied().min().unwrap_or(0);
+    let max_n = counts.iter().copied().max().unwrap_or(0);
+    let nc = |mode: Mode, n: usize| summarize(runs, Kind::NewConnections, mode, n);
+    let mut rows = Vec::new();
+    let mut push = |what: String, mode: (Mode, usize), reference: (Mode, usize)| {
+        if let (Some(a), Some(b)) = (nc(mode.0, mode.1), nc(reference.0, reference.1)) {
+            rows.push((what, a, b, round_ratios(runs, mode, reference)));
+        }
+    };
+    let direct = (Mode::Direct, 0);
+    for n in [min_n, max_n] {
+        push(
+            format!(
+                "ClusterIP at {} services ÷ direct (3 pod IPs)",
+                thousands(n)
+            ),
+            (Mode::Ebpf, n),
+            direct,
+        );
+        if n == max_n {
+            break;
+        }
+    }
+    push(
+        format!(
+            "ClusterIP with {} NetworkPolicies ÷ without ({} services)",
+            thousands(policies::POLICIES),
+            thousands(min_n)
+        ),
+        (Mode::EbpfPolicies, min_n),
+        (Mode::Ebpf, min_n),
+    );
+    push(
+        format!(
+            "per-packet translation only ÷ direct ({} services)",
+            thousands(min_n)
+        ),
+        (Mode::EbpfPerPacket, min_n),
+        direct,
+    );
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "### New connections through a ClusterIP (issues 25 and 22)\n"
+    );
+    let _ = writeln!(
+        md,
+        "Goal: at least 0.95 for the first three rows. Ratio of the medians above, and the lowest and highest \
+         of the rounds' own ratios (both measured within a minute of each other in each round). The policies: \
+         one isolates the three backends and lets in TCP to their port from pods labelled `role: client` in any \
+         namespace (the client and 500 other pods, each its own identity); {} others select other labels in \
+         {} other namespaces, over {} pods in all, half of them on the measured node (isolated there too). \
+         Compiled by the agent's policy compiler and written by its map writer.\n",
+        thousands(policies::POLICIES - 1),
+        policies::NAMESPACES,
+        thousands(policies::PODS)
+    );
+    let _ = writeln!(
+        md,
+        "| comparison | connections/s | against | ratio | rounds' ratios |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|");
+    for (what, a, b, ratios) in rows {
+        let range = match (ratios.first(), ratios.last()) {
+            (Some(lo), Some(hi)) => format!("{lo:.2}–{hi:.2}"),
+            _ => "–".into(),
+        };
+        let _ = writeln!(
+            md,
+            "| {what} | {} | {} | {} | {range} |",
+            rate(a.rate),
+            rate(b.rate),
+            ratio(a.rate, b.rate)
+        );
+    }
+    md.push('\n');
 }
 
 /// Where the gaps come from: the figures that explain them, computed from this run; the
