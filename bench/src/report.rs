@@ -536,8 +536,8 @@ pub fn markdown(results: &Results, command: &str) -> String {
     let _ = writeln!(md, "## New connections per second\n");
     let _ = writeln!(
         md,
-        "The same load with `Connection: close`: every request opens a TCP connection, so a new flow is set up \
-         (service lookup, backend choice, connection tracking) per request.\n"
+        "The same load with `Connection: close`: every request opens a TCP connection, so each request pays a connection's setup \
+         (for a ClusterIP: the service lookup and backend choice, and whatever the path keeps per connection).\n"
     );
     let _ = writeln!(
         md,
@@ -892,6 +892,44 @@ fn analysis(md: &mut String, results: &Results) {
             cpus = results.machine.cpus,
         );
     }
+    let per_flow = (
+        nc(Mode::Direct, 0),
+        nc(Mode::DirectOne, 0),
+        nc(Mode::DirectEbpfAttached, 0),
+        nc(Mode::EbpfPerPacket, min_n),
+        nc(Mode::Ebpf, min_n),
+        nc(Mode::EbpfPolicies, min_n),
+    );
+    if let (Some(direct), Some(one), Some(attached), Some(packet), Some(socket), Some(policies)) =
+        per_flow
+    {
+        let _ = writeln!(
+            md,
+            "**New connections.** CPU per new connection (medians): direct {:.1} µs; direct to one pod IP \
+             {:.1} µs; direct with Berth's programs attached to the veths {:.1} µs; through a ClusterIP \
+             translated per packet (the client's namespace not registered with the socket program) {:.1} µs; \
+             through a ClusterIP set up at `connect()` {:.1} µs; the same with {} NetworkPolicies {:.1} µs. \
+             Translated per packet, a new connection pays the service lookup on every packet of the client's \
+             veth, a forward and a reverse conntrack entry written (the half-open table first, then the main \
+             one), a DNAT of every request packet and an SNAT of every reply, and the client's kernel picks \
+             its source port among its recent connections to one address, the VIP. At `connect()` the socket \
+             program chooses the backend once and the socket connects to it, so none of that remains \
+             ([DATAPATH.md](DATAPATH.md#connections-set-up-at-connect)): {:.1} µs less per connection in \
+             this run. What remains above direct is what the veths' programs do on every packet whatever it \
+             is (parse, the anti-spoofing check, the service and connection-table lookups that miss, the \
+             policy lookups, the redirect past the node's stack) — the attached-only row shows it — plus \
+             the socket program's choice at each `connect()`. With policies, the backends' veths also look \
+             up the client's identity and the backend's entries on each packet (an LPM trie each).\n",
+            direct.cpu_us,
+            one.cpu_us,
+            attached.cpu_us,
+            packet.cpu_us,
+            socket.cpu_us,
+            thousands(policies::POLICIES),
+            policies.cpu_us,
+            packet.cpu_us - socket.cpu_us,
+        );
+    }
     if let (Some(e1), Some(e2), Some(i1), Some(i2)) = (
         nc(Mode::Ebpf, min_n),
         nc(Mode::Ebpf, max_n),
@@ -901,16 +939,7 @@ fn analysis(md: &mut String, results: &Results) {
         let pct = |a: f64, b: f64| (b / a - 1.0) * 100.0;
         let _ = writeln!(
             md,
-            "**New connections.** Berth's VIP sets up less than direct per second because a new flow costs \
-             more than an established one: the service lookup, the backend choice, and two connection-tracking \
-             entries created (forward and reverse, in an LRU hash map) on the first packet, looked up on every \
-             later one (since these runs, a TCP connection's entries start in a separate half-open table and \
-             move to the main one on the client's first ACK: see \
-             [DATAPATH.md](DATAPATH.md#connection-tracking)); and the client's own kernel works harder to find a source port for a connection to one \
-             address (the VIP) with thousands of its earlier connections in TIME-WAIT than for connections \
-             spread over three pod IPs — direct to one pod IP shows that part. iptables pays the same per-flow \
-             setup in conntrack plus the rule walk.\n\n\
-             **Service count.** Berth finds a service with one hash lookup whatever the count; kube-proxy's \
+            "**Service count.** Berth finds a service with one hash lookup whatever the count; kube-proxy's \
              KUBE-SERVICES chain is a list that the first packet of every connection walks until its service's \
              rule (half of it for the service measured here), while established connections skip the nat table \
              (conntrack remembers the translation). CPU per new connection, {} → {} services: Berth {:.1} → {:.1} µs \
