@@ -1478,10 +1478,7 @@ impl Datapath {
         interface: &str,
         pod_addr: Ipv4Addr,
     ) -> Result<(), DatapathError> {
-        let index = interface_index(interface).ok_or_else(|| DatapathError::Io {
-            path: PathBuf::from("/sys/class/net").join(interface),
-            source: io::Error::from(io::ErrorKind::NotFound),
-        })?;
+        let index = existing_interface_index(interface)?;
         self.pod_interfaces
             .insert(index, u32::from(pod_addr).to_be(), 0)
             .map_err(map_error(map_names::POD_INTERFACES))
@@ -1514,10 +1511,7 @@ impl Datapath {
         interface: &str,
         pod_addr: Ipv4Addr,
     ) -> Result<(), DatapathError> {
-        let ifindex = interface_index(interface).ok_or_else(|| DatapathError::Io {
-            path: PathBuf::from("/sys/class/net").join(interface),
-            source: io::Error::from(io::ErrorKind::NotFound),
-        })?;
+        let ifindex = existing_interface_index(interface)?;
         let cookie = berth_net::in_netns_at(netns, netns_cookie)?;
         if cookie == 0 {
             return Err(DatapathError::Io {
@@ -2057,6 +2051,14 @@ fn on_bpffs(dir: &Path) -> bool {
     let rc = unsafe { libc::statfs(path.as_ptr(), stat.as_mut_ptr()) };
     // SAFETY: statfs returned 0, so it initialised `stat`.
     rc == 0 && unsafe { stat.assume_init() }.f_type == BPF_FS_MAGIC
+}
+
+/// [`interface_index`] of an interface that must exist.
+fn existing_interface_index(name: &str) -> Result<u32, DatapathError> {
+    interface_index(name).ok_or_else(|| DatapathError::Io {
+        path: PathBuf::from("/sys/class/net").join(name),
+        source: io::Error::from(io::ErrorKind::NotFound),
+    })
 }
 
 fn interface_index(name: &str) -> Option<u32> {
