@@ -46,7 +46,8 @@ fn connect4(ctx: &SockAddrContext) -> Option<Reason> {
         let sock = &*ctx.sock_addr;
         (sock.user_ip4, sock.user_port, sock.protocol)
     };
-    let client = if config.netns_cookie != 0 && cookie == config.netns_cookie {
+    let node = config.netns_cookie != 0 && cookie == config.netns_cookie;
+    let client = if node {
         config.node_addr
     } else {
         // A pod's UDP stays with the per-packet path: its replies may come from the
@@ -71,10 +72,13 @@ fn connect4(ctx: &SockAddrContext) -> Option<Reason> {
         hairpins: false,
     };
     let service = lb::service(&flow)?;
-    // A service without backends refuses the connect (EPERM), as kube-proxy rejects it.
+    // A service without backends refuses the node's connect (EPERM), as kube-proxy
+    // rejects it. A pod's is left to its veth's per-packet path, as before this program
+    // served pods: its SYN is dropped there and retransmitted, so a client that connects
+    // just before the first backend is programmed still gets through.
     let Some((backend_id, backend)) = lb::choose_with_affinity(&service, &flow, Spread::RoundRobin)
     else {
-        return Some(Reason::DropNoBackend);
+        return node.then_some(Reason::DropNoBackend);
     };
     // SAFETY: fields connect4 may write: the address and port the socket connects to.
     unsafe {
