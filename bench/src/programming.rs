@@ -233,21 +233,14 @@ fn program_iptables(
     progress: &mut dyn FnMut(&str),
 ) -> anyhow::Result<()> {
     let count = set.len();
-    let (client, addr, port) = measured(topology, index);
     let full = kubeproxy::full_sync(set);
     let rules = kubeproxy::nat_rule_count(set);
     for _ in 0..reps {
         check_interrupted()?;
         topology.iptables_reset(index)?;
         let elapsed = topology.iptables_restore(index, &full, true)?;
-        wait_serving(
-            &topology.cluster,
-            client,
-            addr,
-            port,
-            Duration::from_secs(5),
-        )
-        .context("iptables serving the measured service after restore")?;
+        serving_measured(topology, index)
+            .context("iptables serving the measured service after restore")?;
         progress(&format!(
             "iptables, {count} services: full restore {:.3} s ({rules} nat rules)",
             secs(elapsed)
@@ -285,12 +278,5 @@ fn program_iptables(
             }
         }
     }
-    wait_serving(
-        &topology.cluster,
-        client,
-        addr,
-        port,
-        Duration::from_secs(5),
-    )?;
-    Ok(())
+    serving_measured(topology, index)
 }
