@@ -7,6 +7,7 @@
 use std::{
     collections::BTreeMap,
     net::Ipv4Addr,
+    path::Path,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -498,7 +499,8 @@ fn remember(file: &mut StateFile, pods: &[Pod]) {
 }
 
 /// Keeps the east-west programs on exactly the veths of the pods that have a network,
-/// each registered with its pod's address (anti-spoofing).
+/// each registered with its pod's address (anti-spoofing), and the pods' namespaces
+/// registered with the socket program (their TCP connections to Services).
 /// Attaching an interface that is already attached (a restarted agent, whose links are
 /// pinned) replaces the program behind its link, which is harmless.
 fn attach_pod_programs(
@@ -518,10 +520,16 @@ fn attach_pod_programs(
         Err(poisoned) => poisoned.into_inner(),
     };
     for (veth, pod_ip) in &wanted {
-        if attached.get(veth) != Some(pod_ip)
-            && let Err(error) = datapath.attach_pod_interface(veth, *pod_ip)
-        {
+        if attached.get(veth) == Some(pod_ip) {
+            continue;
+        }
+        if let Err(error) = datapath.attach_pod_interface(veth, *pod_ip) {
             tracing::error!(%veth, %error, "attaching the datapath to a pod");
+        }
+        // Without it the pod's connections to Services are still translated per packet.
+        let netns = Path::new("/run/netns").join(podnet::pod_netns_name(veth));
+        if let Err(error) = datapath.register_pod_sockets(&netns, veth, *pod_ip) {
+            tracing::warn!(%veth, %error, "the pod's connections to Services are translated per packet");
         }
     }
     for veth in attached.keys().filter(|veth| !wanted.contains_key(*veth)) {

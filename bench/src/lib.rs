@@ -13,6 +13,7 @@ pub mod failover;
 pub mod failover_report;
 pub mod figures;
 pub mod kubeproxy;
+pub mod policies;
 pub mod procs;
 pub mod programming;
 pub mod report;
@@ -39,8 +40,14 @@ pub enum Mode {
     /// Like `Direct`, on a node whose pod veths run Berth's programs with no service to
     /// translate: what the programs cost on traffic they only inspect (a diagnostic).
     DirectEbpfAttached,
-    /// A ClusterIP served by Berth's TC programs on the pod veths.
+    /// A ClusterIP served by Berth: the socket program at the client's `connect()`, the
+    /// TC programs on the pod veths for everything else.
     Ebpf,
+    /// The same with the per-packet translation alone (the client pod's namespace not
+    /// registered with the socket program), as before it existed: what it saves.
+    EbpfPerPacket,
+    /// `Ebpf` with 1,000 NetworkPolicies in place, the backends isolated ([`policies`]).
+    EbpfPolicies,
     /// A ClusterIP served by kube-proxy-shaped iptables rules (iptables-legacy).
     Iptables,
     /// A ClusterIP served by HAProxy (TCP mode) in the node's namespace.
@@ -54,6 +61,8 @@ impl Mode {
             Mode::DirectOne => "direct (1 pod IP)",
             Mode::DirectEbpfAttached => "direct, Berth programs attached",
             Mode::Ebpf => "Berth eBPF",
+            Mode::EbpfPerPacket => "Berth eBPF, per-packet translation only",
+            Mode::EbpfPolicies => "Berth eBPF, 1,000 NetworkPolicies",
             Mode::Iptables => "iptables (kube-proxy)",
             Mode::Haproxy => "HAProxy",
         }

@@ -77,6 +77,11 @@ impl Cgroup {
         Ok(Cgroup { dir, v2 })
     }
 
+    /// The cgroup's directory when it is a cgroup v2 one (where BPF programs attach).
+    pub fn v2_dir(&self) -> Option<&Path> {
+        self.v2.then_some(self.dir.as_path())
+    }
+
     pub fn procs_file(&self) -> PathBuf {
         self.dir.join("cgroup.procs")
     }

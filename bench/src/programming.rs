@@ -88,6 +88,20 @@ pub fn program_all(
                 topology.open_fresh_datapath(index)?;
             }
             Mode::Ebpf => program_ebpf(topology, index, &set, reps, &mut records, progress)?,
+            Mode::EbpfPerPacket | Mode::EbpfPolicies => {
+                check_interrupted()?;
+                topology.open_fresh_datapath(index)?;
+                topology.apply_ebpf(index, &set)?;
+                if mode == Mode::EbpfPolicies {
+                    let written = topology.apply_policies(index)?;
+                    progress(&format!(
+                        "Berth eBPF, {count} services: {} NetworkPolicies over {} pods, {} policy entries",
+                        written.policies, written.pods, written.policy_entries
+                    ));
+                }
+                serving_measured(topology, index)
+                    .with_context(|| format!("{} serving the measured service", mode.label()))?;
+            }
             Mode::Iptables => {
                 program_iptables(topology, index, &set, reps, &mut records, progress)?
             }
@@ -117,6 +131,19 @@ fn measured(topology: &Topology, index: usize) -> (usize, std::net::Ipv4Addr, u1
     (bed.client_index, addr, port)
 }
 
+/// Waits until the bed's measured service answers its client (5 s at most).
+fn serving_measured(topology: &Topology, index: usize) -> anyhow::Result<()> {
+    let (client, addr, port) = measured(topology, index);
+    wait_serving(
+        &topology.cluster,
+        client,
+        addr,
+        port,
+        Duration::from_secs(5),
+    )?;
+    Ok(())
+}
+
 fn program_ebpf(
     topology: &mut Topology,
     index: usize,
@@ -126,19 +153,12 @@ fn program_ebpf(
     progress: &mut dyn FnMut(&str),
 ) -> anyhow::Result<()> {
     let count = set.len();
-    let (client, addr, port) = measured(topology, index);
     for _ in 0..reps {
         check_interrupted()?;
         let opened = topology.open_fresh_datapath(index)?;
         let report = topology.apply_ebpf(index, set)?;
-        wait_serving(
-            &topology.cluster,
-            client,
-            addr,
-            port,
-            Duration::from_secs(5),
-        )
-        .context("Berth serving the measured service after apply")?;
+        serving_measured(topology, index)
+            .context("Berth serving the measured service after apply")?;
         progress(&format!(
             "Berth eBPF, {count} services: open {:.3} s, apply {:.3} s ({} frontends, {} tables, {} backends)",
             secs(opened),
@@ -201,14 +221,7 @@ fn program_ebpf(
             });
         }
     }
-    wait_serving(
-        &topology.cluster,
-        client,
-        addr,
-        port,
-        Duration::from_secs(5),
-    )?;
-    Ok(())
+    serving_measured(topology, index)
 }
 
 fn program_iptables(
@@ -220,21 +233,14 @@ fn program_iptables(
     progress: &mut dyn FnMut(&str),
 ) -> anyhow::Result<()> {
     let count = set.len();
-    let (client, addr, port) = measured(topology, index);
     let full = kubeproxy::full_sync(set);
     let rules = kubeproxy::nat_rule_count(set);
     for _ in 0..reps {
         check_interrupted()?;
         topology.iptables_reset(index)?;
         let elapsed = topology.iptables_restore(index, &full, true)?;
-        wait_serving(
-            &topology.cluster,
-            client,
-            addr,
-            port,
-            Duration::from_secs(5),
-        )
-        .context("iptables serving the measured service after restore")?;
+        serving_measured(topology, index)
+            .context("iptables serving the measured service after restore")?;
         progress(&format!(
             "iptables, {count} services: full restore {:.3} s ({rules} nat rules)",
             secs(elapsed)
@@ -272,12 +278,5 @@ fn program_iptables(
             }
         }
     }
-    wait_serving(
-        &topology.cluster,
-        client,
-        addr,
-        port,
-        Duration::from_secs(5),
-    )?;
-    Ok(())
+    serving_measured(topology, index)
 }

@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use crate::{
     Mode,
     figures::{median, seconds, thousands},
+    policies,
     programming::Step,
     run::{Results, RunRecord},
     svg::{self, BarChart, COLORS, Series},
@@ -142,7 +143,8 @@ const SERVICE_MODES: [Mode; 3] = [Mode::Ebpf, Mode::Iptables, Mode::Haproxy];
 
 fn mode_color(mode: Mode) -> &'static str {
     match mode {
-        Mode::Ebpf => COLORS[0],
+        Mode::Ebpf | Mode::EbpfPolicies => COLORS[0],
+        Mode::EbpfPerPacket => COLORS[5],
         Mode::Iptables => COLORS[1],
         Mode::Haproxy => COLORS[2],
         Mode::Direct => COLORS[4],
@@ -501,6 +503,10 @@ pub fn markdown(results: &Results, command: &str) -> String {
         for n in counts {
             rows.push((mode, *n));
         }
+        if mode == Mode::Ebpf {
+            rows.push((Mode::EbpfPerPacket, min_n));
+            rows.push((Mode::EbpfPolicies, min_n));
+        }
     }
     for (mode, n) in &rows {
         if let Some(s) = summarize(runs, Kind::KeepAlive, *mode, *n) {
@@ -530,8 +536,8 @@ pub fn markdown(results: &Results, command: &str) -> String {
     let _ = writeln!(md, "## New connections per second\n");
     let _ = writeln!(
         md,
-        "The same load with `Connection: close`: every request opens a TCP connection, so a new flow is set up \
-         (service lookup, backend choice, connection tracking) per request.\n"
+        "The same load with `Connection: close`: every request opens a TCP connection, so each request pays a connection's setup \
+         (for a ClusterIP: the service lookup and backend choice, and whatever the path keeps per connection).\n"
     );
     let _ = writeln!(
         md,
@@ -561,6 +567,7 @@ pub fn markdown(results: &Results, command: &str) -> String {
         md,
         "\n![New connections per second]({ASSET_DIR}/connections.svg)\n"
     );
+    connection_targets(&mut md, results);
 
     // Programming.
     let _ = writeln!(md, "## Programming time\n");
@@ -720,6 +727,115 @@ pub fn markdown(results: &Results, command: &str) -> String {
     md
 }
 
+/// Each round's ratio of `mode`'s new connections/s to `reference`'s (the two measured
+/// within a minute of each other), sorted.
+fn round_ratios(runs: &[RunRecord], mode: (Mode, usize), reference: (Mode, usize)) -> Vec<f64> {
+    let rate = |round: u32, (mode, n): (Mode, usize)| {
+        runs.iter()
+            .find(|r| {
+                r.round == round
+                    && r.kind == Kind::NewConnections
+                    && r.mode == mode
+                    && (!mode.has_services() || r.services == n)
+            })
+            .map(|r| r.wrk.requests_per_sec)
+    };
+    let mut rounds: Vec<u32> = runs.iter().map(|r| r.round).collect();
+    rounds.dedup();
+    let mut ratios: Vec<f64> = rounds
+        .into_iter()
+        .filter_map(|round| Some(rate(round, mode)? / rate(round, reference)?))
+        .filter(|ratio| ratio.is_finite())
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    ratios
+}
+
+/// The new-connection targets of issues 25 and 22: a ClusterIP against direct at the
+/// smallest and largest service counts, and with 1,000 NetworkPolicies against without.
+fn connection_targets(md: &mut String, results: &Results) {
+    let runs = &results.runs;
+    let counts = &results.parameters.services;
+    let min_n = counts.iter().copied().min().unwrap_or(0);
+    let max_n = counts.iter().copied().max().unwrap_or(0);
+    let nc = |mode: Mode, n: usize| summarize(runs, Kind::NewConnections, mode, n);
+    let mut rows = Vec::new();
+    let mut push = |what: String, mode: (Mode, usize), reference: (Mode, usize)| {
+        if let (Some(a), Some(b)) = (nc(mode.0, mode.1), nc(reference.0, reference.1)) {
+            rows.push((what, a, b, round_ratios(runs, mode, reference)));
+        }
+    };
+    let direct = (Mode::Direct, 0);
+    for n in [min_n, max_n] {
+        push(
+            format!(
+                "ClusterIP at {} services ÷ direct (3 pod IPs)",
+                thousands(n)
+            ),
+            (Mode::Ebpf, n),
+            direct,
+        );
+        if n == max_n {
+            break;
+        }
+    }
+    push(
+        format!(
+            "ClusterIP with {} NetworkPolicies ÷ without ({} services)",
+            thousands(policies::POLICIES),
+            thousands(min_n)
+        ),
+        (Mode::EbpfPolicies, min_n),
+        (Mode::Ebpf, min_n),
+    );
+    push(
+        format!(
+            "per-packet translation only ÷ direct ({} services)",
+            thousands(min_n)
+        ),
+        (Mode::EbpfPerPacket, min_n),
+        direct,
+    );
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "### New connections through a ClusterIP (issues 25 and 22)\n"
+    );
+    let _ = writeln!(
+        md,
+        "Goal: at least 0.95 for the first three rows. Ratio of the medians above, and the lowest and highest \
+         of the rounds' own ratios (both measured within a minute of each other in each round). The policies: \
+         one isolates the three backends and lets in TCP to their port from pods labelled `role: client` in any \
+         namespace (the client and 500 other pods, each its own identity); {} others select other labels in \
+         {} other namespaces, over {} pods in all, half of them on the measured node (isolated there too). \
+         Compiled by the agent's policy compiler and written by its map writer.\n",
+        thousands(policies::POLICIES - 1),
+        policies::NAMESPACES,
+        thousands(policies::PODS)
+    );
+    let _ = writeln!(
+        md,
+        "| comparison | connections/s | against | ratio | rounds' ratios |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|");
+    for (what, a, b, ratios) in rows {
+        let range = match (ratios.first(), ratios.last()) {
+            (Some(lo), Some(hi)) => format!("{lo:.2}–{hi:.2}"),
+            _ => "–".into(),
+        };
+        let _ = writeln!(
+            md,
+            "| {what} | {} | {} | {} | {range} |",
+            rate(a.rate),
+            rate(b.rate),
+            ratio(a.rate, b.rate)
+        );
+    }
+    md.push('\n');
+}
+
 /// Where the gaps come from: the figures that explain them, computed from this run; the
 /// explanations are what the code and the kernel do (see the comments in bench/src).
 fn analysis(md: &mut String, results: &Results) {
@@ -776,6 +892,44 @@ fn analysis(md: &mut String, results: &Results) {
             cpus = results.machine.cpus,
         );
     }
+    let per_flow = (
+        nc(Mode::Direct, 0),
+        nc(Mode::DirectOne, 0),
+        nc(Mode::DirectEbpfAttached, 0),
+        nc(Mode::EbpfPerPacket, min_n),
+        nc(Mode::Ebpf, min_n),
+        nc(Mode::EbpfPolicies, min_n),
+    );
+    if let (Some(direct), Some(one), Some(attached), Some(packet), Some(socket), Some(policies)) =
+        per_flow
+    {
+        let _ = writeln!(
+            md,
+            "**New connections.** CPU per new connection (medians): direct {:.1} µs; direct to one pod IP \
+             {:.1} µs; direct with Berth's programs attached to the veths {:.1} µs; through a ClusterIP \
+             translated per packet (the client's namespace not registered with the socket program) {:.1} µs; \
+             through a ClusterIP set up at `connect()` {:.1} µs; the same with {} NetworkPolicies {:.1} µs. \
+             Translated per packet, a new connection pays the service lookup on every packet of the client's \
+             veth, a forward and a reverse conntrack entry written (the half-open table first, then the main \
+             one), a DNAT of every request packet and an SNAT of every reply, and the client's kernel picks \
+             its source port among its recent connections to one address, the VIP. At `connect()` the socket \
+             program chooses the backend once and the socket connects to it, so none of that remains \
+             ([DATAPATH.md](DATAPATH.md#connections-set-up-at-connect)): {:.1} µs less per connection in \
+             this run. What remains above direct is what the veths' programs do on every packet whatever it \
+             is (parse, the anti-spoofing check, the service and connection-table lookups that miss, the \
+             policy lookups, the redirect past the node's stack) — the attached-only row shows it — plus \
+             the socket program's choice at each `connect()`. With policies, the backends' veths also look \
+             up the client's identity and the backend's entries on each packet (an LPM trie each).\n",
+            direct.cpu_us,
+            one.cpu_us,
+            attached.cpu_us,
+            packet.cpu_us,
+            socket.cpu_us,
+            thousands(policies::POLICIES),
+            policies.cpu_us,
+            packet.cpu_us - socket.cpu_us,
+        );
+    }
     if let (Some(e1), Some(e2), Some(i1), Some(i2)) = (
         nc(Mode::Ebpf, min_n),
         nc(Mode::Ebpf, max_n),
@@ -785,16 +939,7 @@ fn analysis(md: &mut String, results: &Results) {
         let pct = |a: f64, b: f64| (b / a - 1.0) * 100.0;
         let _ = writeln!(
             md,
-            "**New connections.** Berth's VIP sets up less than direct per second because a new flow costs \
-             more than an established one: the service lookup, the backend choice, and two connection-tracking \
-             entries created (forward and reverse, in an LRU hash map) on the first packet, looked up on every \
-             later one (since these runs, a TCP connection's entries start in a separate half-open table and \
-             move to the main one on the client's first ACK: see \
-             [DATAPATH.md](DATAPATH.md#connection-tracking)); and the client's own kernel works harder to find a source port for a connection to one \
-             address (the VIP) with thousands of its earlier connections in TIME-WAIT than for connections \
-             spread over three pod IPs — direct to one pod IP shows that part. iptables pays the same per-flow \
-             setup in conntrack plus the rule walk.\n\n\
-             **Service count.** Berth finds a service with one hash lookup whatever the count; kube-proxy's \
+            "**Service count.** Berth finds a service with one hash lookup whatever the count; kube-proxy's \
              KUBE-SERVICES chain is a list that the first packet of every connection walks until its service's \
              rule (half of it for the service measured here), while established connections skip the nat table \
              (conntrack remembers the translation). CPU per new connection, {} → {} services: Berth {:.1} → {:.1} µs \

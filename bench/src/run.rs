@@ -81,12 +81,19 @@ pub struct Results {
     pub agents: Option<crate::agents::AgentsResults>,
 }
 
-/// Nodes of the topology: direct first, then per service count eBPF, iptables, HAProxy.
+/// Nodes of the topology: direct first, then per service count eBPF, iptables, HAProxy;
+/// at the smallest count also Berth with per-packet translation only and Berth with
+/// NetworkPolicies, each beside Berth at that count.
 pub fn layout(services: &[usize]) -> Vec<(Mode, usize)> {
     let mut layout = vec![(Mode::Direct, 0), (Mode::DirectEbpfAttached, 0)];
+    let smallest = services.iter().copied().min();
     for count in services {
         for mode in [Mode::Ebpf, Mode::Iptables, Mode::Haproxy] {
             layout.push((mode, *count));
+        }
+        if Some(*count) == smallest {
+            layout.push((Mode::EbpfPerPacket, *count));
+            layout.push((Mode::EbpfPolicies, *count));
         }
     }
     layout

@@ -19,7 +19,7 @@ use berth_agent::datapath::{ApplyReport, Datapath, Limits};
 use berth_tests::Cluster;
 
 use crate::{
-    Mode, kubeproxy,
+    Mode, kubeproxy, policies,
     procs::{self, Cgroup, Guarded},
     servers,
     services::{self, Svc},
@@ -232,7 +232,58 @@ impl Topology {
         node.limits = Limits::default();
         let started = Instant::now();
         node.open_datapath(&veths);
-        Ok(started.elapsed())
+        let opened = started.elapsed();
+        if matches!(
+            self.beds[bed].mode,
+            Mode::Ebpf | Mode::EbpfPolicies | Mode::DirectEbpfAttached
+        ) {
+            self.attach_socket_program(bed)?;
+        }
+        Ok(opened)
+    }
+
+    /// Registers the bed's pods with its datapath's socket program and attaches that to
+    /// the benchmark's cgroup, where the client runs, as the agent does on the cgroup v2
+    /// root: the client's connects to a ClusterIP go straight to a backend.
+    fn attach_socket_program(&mut self, bed: usize) -> anyhow::Result<()> {
+        let node_id = self.beds[bed].node_id;
+        let pods: Vec<(String, String, Ipv4Addr)> = self
+            .cluster
+            .pods
+            .iter()
+            .filter(|pod| pod.node_id == node_id)
+            .map(|pod| (pod.ns.name().to_owned(), pod.host_veth.clone(), pod.ip))
+            .collect();
+        let cgroup = self
+            .cgroup
+            .v2_dir()
+            .context("the socket program needs the cgroup v2 hierarchy")?
+            .to_path_buf();
+        self.cluster
+            .node(node_id)
+            .balance_pod_sockets(&pods, &cgroup)
+            .context("attaching the socket program")
+    }
+
+    /// Puts the NetworkPolicies of [`policies`] in place on the bed's node, its backends
+    /// isolated and its client let in.
+    pub fn apply_policies(&mut self, bed: usize) -> anyhow::Result<policies::Written> {
+        let node_id = self.beds[bed].node_id;
+        let client = self.cluster.pods[self.beds[bed].client_index].ip;
+        let backends: Vec<Ipv4Addr> = self.beds[bed]
+            .backends
+            .iter()
+            .map(|(addr, _)| *addr)
+            .collect();
+        let node = self.cluster.node(node_id);
+        policies::apply(
+            node.pins.path(),
+            &format!("n{node_id}"),
+            node.addr,
+            client,
+            &backends,
+            BACKEND_PORT,
+        )
     }
 
     /// Programs `set` into the bed's datapath.

@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use berth_ebpf_common::{
     AffinityKey, AffinityValue, Backend, BackendAddr, CtEntry, DatapathConfig, EndpointPolicy,
-    FlowKey, LogBudget, PodRange, PolicyKey, PolicyVerdicts, Reason, ServiceKey, ServiceValue,
-    Traffic, defaults,
+    FlowKey, LogBudget, PodNetns, PodRange, PolicyKey, PolicyVerdicts, Reason, ServiceKey,
+    ServiceValue, Traffic, defaults,
 };
 
 #[map(name = "BERTH_CONFIG")]
@@ -64,6 +64,11 @@ pub static NODES: HashMap<u32, u32> = HashMap::pinned(defaults::MAX_NODES, 0);
 /// a veth has a peer to hand it to), and the only source address its packets may carry.
 #[map(name = "BERTH_POD_IFACES")]
 pub static POD_INTERFACES: HashMap<u32, u32> = HashMap::pinned(defaults::MAX_POD_INTERFACES, 0);
+
+/// The network namespace of every pod on this node (its cookie) → the pod: the sockets
+/// whose TCP `connect()` to a service frontend `berth_connect4` sends to a backend.
+#[map(name = "BERTH_POD_NETNS")]
+pub static POD_NETNS: HashMap<u64, PodNetns> = HashMap::pinned(defaults::MAX_POD_INTERFACES, 0);
 
 /// Every node's pod range (this node's too) → the node's address and whether its pods
 /// are reached through the tunnel. Keyed by (prefix length, range address in network

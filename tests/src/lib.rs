@@ -15,11 +15,12 @@ pub mod process;
 use std::{
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
+    path::Path,
     time::Duration,
 };
 
 use berth_agent::{
-    datapath::{Datapath, DatapathOptions, Limits, Node, XdpMode},
+    datapath::{Datapath, DatapathError, DatapathOptions, Limits, Node, XdpMode},
     podnet,
     routing::{self, KernelUnderlay, NodeRoute, RoutingMode},
 };
@@ -138,6 +139,25 @@ impl SimNode {
 
     pub fn datapath(&mut self) -> &mut Datapath {
         self.datapath.as_mut().expect("the node's datapath is open")
+    }
+
+    /// Registers pods (network namespace name under /run/netns, host-side veth, address)
+    /// with the node's socket program and attaches it to the cgroup v2 directory
+    /// `cgroup`, as the agent does on the hierarchy's root: TCP connects to a ClusterIP
+    /// from those pods' processes in that cgroup go straight to a backend.
+    pub fn balance_pod_sockets(
+        &mut self,
+        pods: &[(String, String, Ipv4Addr)],
+        cgroup: &Path,
+    ) -> Result<(), DatapathError> {
+        let datapath = self.datapath.as_mut().expect("the node's datapath is open");
+        // The veths' indexes are the node namespace's.
+        self.ns.run(move || {
+            for (netns, veth, addr) in pods {
+                datapath.register_pod_sockets(&Path::new("/run/netns").join(netns), veth, *addr)?;
+            }
+            datapath.attach_node_sockets(cgroup)
+        })
     }
 }
 

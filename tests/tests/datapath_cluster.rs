@@ -255,3 +255,75 @@ fn reopening_the_datapath_from_bpffs_drops_no_connection() {
         );
     }
 }
+
+/// The cgroup v2 directory this test process runs in: where the socket program must be
+/// attached to see its sockets.
+fn own_cgroup() -> std::path::PathBuf {
+    let root = berth_agent::datapath::cgroup2_root().expect("a cgroup v2 hierarchy is mounted");
+    let own = std::fs::read_to_string("/proc/self/cgroup").expect("reading /proc/self/cgroup");
+    let path = own
+        .lines()
+        .find_map(|line| line.strip_prefix("0::"))
+        .expect("a cgroup v2 entry in /proc/self/cgroup");
+    root.join(path.trim_start_matches('/'))
+}
+
+#[test]
+fn a_pods_connect_to_a_cluster_ip_goes_straight_to_a_backend() {
+    let mut cluster = cluster();
+    apply_everywhere(&mut cluster, &[]);
+    let client = cluster.pod("client");
+    let (client_ip, registration) = (
+        client.ip,
+        vec![(
+            client.ns.name().to_owned(),
+            client.host_veth.clone(),
+            client.ip,
+        )],
+    );
+    cluster
+        .node(1)
+        .balance_pod_sockets(&registration, &own_cgroup())
+        .expect("registering the client pod with the socket program");
+    let socket_before = reason(&mut cluster, 1, Reason::SocketTranslated);
+    let packets_before = reason(&mut cluster, 1, Reason::Translated);
+
+    let mut seen = BTreeSet::new();
+    for _ in 0..40 {
+        let reply = get(&cluster.pod("client").ns, SocketAddrV4::new(VIP, 80))
+            .unwrap_or_else(|error| panic!("pod to ClusterIP: {error}"));
+        assert_eq!(
+            reply.client.ip(),
+            std::net::IpAddr::V4(client_ip),
+            "the backend sees the pod"
+        );
+        seen.insert(reply.pod);
+    }
+    // Round robin over the four backends, two of them on the other node.
+    assert_eq!(seen, BACKENDS.iter().map(|b| b.to_string()).collect());
+    assert_eq!(
+        reason(&mut cluster, 1, Reason::SocketTranslated) - socket_before,
+        40,
+        "every connect was translated by the socket program"
+    );
+    assert_eq!(
+        reason(&mut cluster, 1, Reason::Translated),
+        packets_before,
+        "no packet of those connections was translated"
+    );
+
+    // A pod no longer on the node (its veth detached) is forgotten: its connects are
+    // left alone.
+    let veth = cluster.pod("client").host_veth.clone();
+    cluster
+        .node(1)
+        .datapath()
+        .detach_pod_interface(&veth)
+        .expect("detaching the client's veth");
+    let socket_before = reason(&mut cluster, 1, Reason::SocketTranslated);
+    let _ = get(&cluster.pod("client").ns, SocketAddrV4::new(VIP, 80));
+    assert_eq!(
+        reason(&mut cluster, 1, Reason::SocketTranslated),
+        socket_before
+    );
+}

@@ -4,8 +4,8 @@
 //! route back to the pods. A pod resolves `www.example.com` through the node's DNS, and
 //! its request reaches the HTTP server from the node's address (masqueraded by the
 //! datapath) and its answer finds the way back; cluster names still resolve; and a pod
-//! reaches itself through its own Service (hairpin), and the node itself reaches the
-//! Service's ClusterIP. Needs root,
+//! reaches itself through its own Service (hairpin, set up at connect()), and the node
+//! itself reaches the Service's ClusterIP. Needs root,
 //! BPF, Docker and the images from `cargo xtask images`.
 
 use std::{
@@ -118,8 +118,9 @@ async fn run(setup: &Setup, outside: &NetNs) {
         "the Service from the pod: {fetched:?}"
     );
 
-    // Hairpin: the Service's only backend reaches itself through the Service, and its
-    // own answer comes back translated (it sees the Service's loopback source).
+    // Hairpin: the Service's only backend reaches itself through the Service. The socket
+    // program connects it to its own address at connect(), so it sees itself as the
+    // client (the per-packet path would show the hairpin address 169.254.42.1).
     let backend = PodShell::find(&setup.node, "web-").await;
     let fetched = backend
         .run(&["wget", "-qO-", &format!("http://{VIP}/")])
@@ -135,7 +136,7 @@ async fn run(setup: &Setup, outside: &NetNs) {
             && fetched.output.starts_with("pod=web-")
             && fetched
                 .output
-                .contains(&format!("addr={web_ip}:8080 client=169.254.42.1:")),
+                .contains(&format!("addr={web_ip}:8080 client={web_ip}:")),
         "the web pod through its own Service: {fetched:?}"
     );
 

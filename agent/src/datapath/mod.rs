@@ -46,9 +46,9 @@ use aya::{
 pub use berth_ebpf_common::Reason;
 use berth_ebpf_common::{
     BACKEND_ACTIVE, BACKEND_FAILED, BACKEND_TERMINATING, Backend, BackendAddr, CONFIG_MASQUERADE,
-    CT_FORWARD, CtEntry, DatapathConfig, FlowKey, PodRange, SVC_FLAG_AFFINITY, SVC_FLAG_EXTERNAL,
-    SVC_FLAG_RANDOM, SVC_FLAG_ROUND_ROBIN, ServiceKey, ServiceValue, Traffic, ct_expired, defaults,
-    map_names, program_names,
+    CT_FORWARD, CtEntry, DatapathConfig, FlowKey, PodNetns, PodRange, SVC_FLAG_AFFINITY,
+    SVC_FLAG_EXTERNAL, SVC_FLAG_RANDOM, SVC_FLAG_ROUND_ROBIN, ServiceKey, ServiceValue, Traffic,
+    ct_expired, defaults, map_names, program_names,
 };
 pub use maglev::BackendIdentity;
 pub use model::*;
@@ -548,6 +548,8 @@ pub struct Datapath {
     reasons: PerCpuArray<MapData, u64>,
     /// Host-side ifindex of each pod veth the programs are attached to → the pod's address.
     pod_interfaces: BpfHashMap<MapData, u32, u32>,
+    /// Each pod's network namespace cookie → the pod (address, host-side veth).
+    pod_netns: BpfHashMap<MapData, u64, PodNetns>,
     maglev: mmap::MappedArray,
     round_robin: mmap::MappedArray,
     /// What each service id's round-robin list holds; empty after a restart, so every
@@ -738,6 +740,9 @@ impl Datapath {
             take(map_names::POD_INTERFACES)?
                 .try_into()
                 .map_err(map_error(map_names::POD_INTERFACES))?;
+        let pod_netns: BpfHashMap<_, u64, PodNetns> = take(map_names::POD_NETNS)?
+            .try_into()
+            .map_err(map_error(map_names::POD_NETNS))?;
         let pod_ranges: LpmTrie<_, u32, PodRange> = take(map_names::POD_RANGES)?
             .try_into()
             .map_err(map_error(map_names::POD_RANGES))?;
@@ -771,6 +776,7 @@ impl Datapath {
             service_stats,
             reasons,
             pod_interfaces,
+            pod_netns,
             maglev,
             round_robin,
             live_round_robin: HashMap::new(),
@@ -1478,10 +1484,7 @@ impl Datapath {
         interface: &str,
         pod_addr: Ipv4Addr,
     ) -> Result<(), DatapathError> {
-        let index = interface_index(interface).ok_or_else(|| DatapathError::Io {
-            path: PathBuf::from("/sys/class/net").join(interface),
-            source: io::Error::from(io::ErrorKind::NotFound),
-        })?;
+        let index = existing_interface_index(interface)?;
         self.pod_interfaces
             .insert(index, u32::from(pod_addr).to_be(), 0)
             .map_err(map_error(map_names::POD_INTERFACES))
@@ -1497,8 +1500,63 @@ impl Datapath {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
                 Err(error) => return Err(map_error(map_names::POD_INTERFACES)(error)),
             }
+            self.forget_pod_sockets(|pod| pod.ifindex == index)?;
         }
         self.forget_vanished_pod_interfaces()
+    }
+
+    /// Sends the TCP connections a pod's sockets open to service frontends straight to a
+    /// backend at `connect()` (the socket program, see [`Self::attach_node_sockets`]),
+    /// instead of translating each packet on the pod's veth: registers the pod's network
+    /// namespace (the file `netns`, e.g. /run/netns/NAME) with its address and its
+    /// host-side veth `interface`, whose removal ([`Self::detach_pod_interface`], or its
+    /// disappearance) forgets it again.
+    pub fn register_pod_sockets(
+        &mut self,
+        netns: &Path,
+        interface: &str,
+        pod_addr: Ipv4Addr,
+    ) -> Result<(), DatapathError> {
+        let ifindex = existing_interface_index(interface)?;
+        let cookie = berth_net::in_netns_at(netns, netns_cookie)?;
+        if cookie == 0 {
+            return Err(DatapathError::Io {
+                path: netns.to_path_buf(),
+                source: io::Error::other(
+                    "the kernel gives no cookie for this network namespace (SO_NETNS_COOKIE needs Linux 5.14)",
+                ),
+            });
+        }
+        // A pod moved to another namespace under the same veth leaves its old entry.
+        self.forget_pod_sockets(|pod| pod.ifindex == ifindex)?;
+        let pod = PodNetns {
+            addr: u32::from(pod_addr).to_be(),
+            ifindex,
+        };
+        self.pod_netns
+            .insert(cookie, pod, 0)
+            .map_err(map_error(map_names::POD_NETNS))
+    }
+
+    /// Removes the pod namespaces `gone` picks from the socket program's map.
+    fn forget_pod_sockets(
+        &mut self,
+        gone: impl Fn(&PodNetns) -> bool,
+    ) -> Result<(), DatapathError> {
+        let stale: Vec<u64> = self
+            .pod_netns
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, pod)| gone(pod))
+            .map(|(cookie, _)| cookie)
+            .collect();
+        for cookie in stale {
+            match self.pod_netns.remove(&cookie) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(error) => return Err(map_error(map_names::POD_NETNS)(error)),
+            }
+        }
+        Ok(())
     }
 
     /// Drops registered pod veths that no longer exist (removed with their pod while the
@@ -1517,7 +1575,7 @@ impl Datapath {
                 Err(error) => return Err(map_error(map_names::POD_INTERFACES)(error)),
             }
         }
-        Ok(())
+        self.forget_pod_sockets(|pod| interface_name(pod.ifindex).is_none())
     }
 
     /// Writes every entry of `ranges` (pod range address and prefix length → its node)
@@ -1640,10 +1698,11 @@ impl Datapath {
     }
 
     /// Sends the node's own connections to service frontends (sockets of the agent's
-    /// network namespace) straight to a backend: the connect4 program, attached to the
-    /// cgroup v2 directory `cgroup` (the hierarchy's root covers every process; the
-    /// program leaves other namespaces' sockets alone). Attached next to other programs
-    /// there; a restarted agent's replaces its predecessor's.
+    /// network namespace), and the TCP connections of the pods registered with
+    /// [`Self::register_pod_sockets`], straight to a backend: the connect4 program,
+    /// attached to the cgroup v2 directory `cgroup` (the hierarchy's root covers every
+    /// process; the program leaves other namespaces' sockets alone). Attached next to
+    /// other programs there; a restarted agent's replaces its predecessor's.
     pub fn attach_node_sockets(&mut self, cgroup: &Path) -> Result<(), DatapathError> {
         let pin = self.link_pin("cgroup", "connect4");
         let program = program_names::CONNECT4;
@@ -2009,6 +2068,14 @@ fn on_bpffs(dir: &Path) -> bool {
     let rc = unsafe { libc::statfs(path.as_ptr(), stat.as_mut_ptr()) };
     // SAFETY: statfs returned 0, so it initialised `stat`.
     rc == 0 && unsafe { stat.assume_init() }.f_type == BPF_FS_MAGIC
+}
+
+/// [`interface_index`] of an interface that must exist.
+fn existing_interface_index(name: &str) -> Result<u32, DatapathError> {
+    interface_index(name).ok_or_else(|| DatapathError::Io {
+        path: PathBuf::from("/sys/class/net").join(name),
+        source: io::Error::from(io::ErrorKind::NotFound),
+    })
 }
 
 fn interface_index(name: &str) -> Option<u32> {

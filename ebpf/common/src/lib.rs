@@ -24,6 +24,8 @@ pub mod map_names {
     pub const BACKEND_STATS: &str = "BERTH_BE_STATS";
     pub const REASONS: &str = "BERTH_REASONS";
     pub const POD_INTERFACES: &str = "BERTH_POD_IFACES";
+    /// Pod network namespaces (their cookies) → the pod: whose `connect()` is translated.
+    pub const POD_NETNS: &str = "BERTH_POD_NETNS";
     pub const ROUND_ROBIN: &str = "BERTH_RR";
     /// Every node's pod range → the node's address: where cross-node pod traffic goes
     /// and whether it is encapsulated.
@@ -63,8 +65,8 @@ pub mod program_names {
     /// TC ingress on the node's underlay interface: unwraps IPIP from nodes carrying
     /// their pods' packets for this node's pods.
     pub const TUNNEL_DECAP: &str = "berth_tunnel_decap";
-    /// cgroup connect4: the node's own connections to service frontends go straight to a
-    /// backend.
+    /// cgroup connect4: the node's own and its pods' TCP connections to service frontends
+    /// go straight to a backend.
     pub const CONNECT4: &str = "berth_connect4";
 }
 
@@ -155,6 +157,17 @@ pub struct PodRange {
     pub node_addr: u32,
     /// `POD_RANGE_*` flags.
     pub flags: u32,
+}
+
+/// Value of the pod network namespaces map, keyed by the namespace's cookie
+/// (`SO_NETNS_COOKIE`): the pod whose sockets live there.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PodNetns {
+    /// The pod's address (network order): the client of its connections.
+    pub addr: u32,
+    /// Its host-side veth, whose removal takes the entry with it.
+    pub ifindex: u32,
 }
 
 /// The range's node is not on a directly connected link: packets for its pods travel
@@ -713,6 +726,8 @@ mod pod {
     unsafe impl aya::Pod for Traffic {}
     // SAFETY: as above.
     unsafe impl aya::Pod for PodRange {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for PodNetns {}
     // SAFETY: as above.
     unsafe impl aya::Pod for PolicyKey {}
     // SAFETY: as above.
