@@ -401,6 +401,11 @@ async fn check_node_certificate(
     }
 }
 
+/// How long an agent's watch holds a Node change back to send it together with the
+/// Node's next changes and other Nodes' (see `api::watch::Held`): a new Node reaches the
+/// other agents this much later, and its creation and first status go as one event.
+const NODE_HOLD: Duration = Duration::from_millis(250);
+
 /// A node calling, by its certificate.
 struct Caller {
     name: String,
@@ -474,6 +479,9 @@ impl AgentService {
         resource_version: &str,
     ) -> Result<Response<EventStream>, Status> {
         let from = parse_resource_version(resource_version).map_err(status)?;
+        // The Services watch: every agent lists everything. Not the pods watch, whose
+        // nodes each list their own.
+        let share_list = fields == FieldSelector::default();
         let options = WatchOptions {
             kinds,
             namespace: None,
@@ -485,6 +493,8 @@ impl AgentService {
             timeout: watch::default_timeout(),
             // Agents use Nodes for their pod ranges and addresses, never their heartbeats.
             skip_heartbeats: true,
+            share_list,
+            hold_nodes: Some(NODE_HOLD),
         };
         let rx = match watch::open(&self.registry, &self.metrics, options).await {
             Ok(rx) => rx,
