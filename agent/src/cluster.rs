@@ -17,16 +17,20 @@ use std::{
 
 use berth_api::{
     agent::agent_client::AgentClient,
-    core::{Endpoints, LB_ALGORITHM_ANNOTATION, Node as ApiNode, Service as ApiService},
+    core::{
+        Endpoints as ApiEndpoints, LB_ALGORITHM_ANNOTATION, Node as ApiNode, Service as ApiService,
+    },
     meta::ObjectMeta,
 };
 use berth_watch::{Change, Consumer, Objects, WatchObject, Watched};
+use prometheus::IntCounterVec;
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
 use crate::{
     datapath::{Node, Service, ServiceSet},
     dns::Records,
+    endpoints::Endpoints,
     services::{self, NodeView},
 };
 
@@ -74,26 +78,32 @@ fn key_of(metadata: &ObjectMeta) -> String {
 impl WatchObject for ClusterObject {
     fn decode(kind: &str, json: &[u8]) -> Option<(String, Self)> {
         DECODED.set(DECODED.get() + 1);
-        let parsed = match kind {
-            "Service" => serde_json::from_slice(json).map(|s| Self::Service(Arc::new(s))),
-            "Endpoints" => serde_json::from_slice(json).map(|e| Self::Endpoints(Arc::new(e))),
-            "Node" => serde_json::from_slice(json).map(|n| Self::Node(Arc::new(n))),
+        let undecodable = |error: serde_json::Error| {
+            tracing::warn!(kind, %error, "undecodable object in the Services watch");
+        };
+        let (metadata, object) = match kind {
+            "Service" => {
+                let mut service: ApiService =
+                    serde_json::from_slice(json).map_err(undecodable).ok()?;
+                slim(&mut service.metadata);
+                (service.metadata.clone(), Self::Service(Arc::new(service)))
+            }
+            // Kept in the agent's own form: the API object's strings are most of its size,
+            // and of its metadata only the name (in the key) is read.
+            "Endpoints" => {
+                let endpoints: ApiEndpoints =
+                    serde_json::from_slice(json).map_err(undecodable).ok()?;
+                let compact = Endpoints::from(&endpoints);
+                (endpoints.metadata, Self::Endpoints(Arc::new(compact)))
+            }
+            "Node" => {
+                let mut node: ApiNode = serde_json::from_slice(json).map_err(undecodable).ok()?;
+                slim(&mut node.metadata);
+                (node.metadata.clone(), Self::Node(Arc::new(node)))
+            }
             _ => return None,
         };
-        let mut object = match parsed {
-            Ok(object) => object,
-            Err(error) => {
-                tracing::warn!(kind, %error, "undecodable object in the Services watch");
-                return None;
-            }
-        };
-        let metadata = match &mut object {
-            Self::Service(service) => &mut Arc::make_mut(service).metadata,
-            Self::Endpoints(endpoints) => &mut Arc::make_mut(endpoints).metadata,
-            Self::Node(node) => &mut Arc::make_mut(node).metadata,
-        };
-        slim(metadata);
-        let key = (!metadata.name.is_empty()).then(|| key_of(metadata))?;
+        let key = (!metadata.name.is_empty()).then(|| key_of(&metadata))?;
         Some((key, object))
     }
 }
@@ -124,7 +134,7 @@ impl ClusterEvent {
     }
 }
 
-struct Deliver(mpsc::Sender<(ClusterEvent, Instant)>);
+struct Deliver(mpsc::Sender<(ClusterEvent, Instant)>, IntCounterVec);
 
 impl Consumer<ClusterObject> for Deliver {
     async fn changed(
@@ -142,12 +152,20 @@ impl Consumer<ClusterObject> for Deliver {
     fn wanted(&self) -> bool {
         !self.0.is_closed()
     }
+
+    fn stream_started(&mut self, resumed: bool) {
+        crate::controlplane::count_stream(&self.1, "services", resumed);
+    }
 }
 
 /// Follows the Services watch (Services, Endpoints, Nodes) for as long as `updates` has
-/// a receiver.
-pub async fn follow(client: AgentClient<Channel>, updates: mpsc::Sender<(ClusterEvent, Instant)>) {
-    berth_watch::run(client, Watched::Services, &mut Deliver(updates)).await;
+/// a receiver; its streams are counted in `streams`.
+pub async fn follow(
+    client: AgentClient<Channel>,
+    updates: mpsc::Sender<(ClusterEvent, Instant)>,
+    streams: IntCounterVec,
+) {
+    berth_watch::run(client, Watched::Services, &mut Deliver(updates, streams)).await;
 }
 
 /// What a watch event changes for the datapath and DNS.

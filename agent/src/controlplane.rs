@@ -22,6 +22,7 @@ use berth_api::{
     storage::PersistentVolume,
 };
 use berth_watch::{Change, Consumer, Objects, Watched};
+use prometheus::IntCounterVec;
 use rcgen::{CertificateParams, DnType, KeyPair};
 use serde_json::Value;
 use tokio::{
@@ -339,8 +340,9 @@ pub async fn renew_certificate(
     }
 }
 
-/// Delivers the full object set whenever it changes, as long as `run` listens.
-struct Deliver(mpsc::Sender<Objects>);
+/// Delivers the full object set whenever it changes, as long as `run` listens; counts
+/// the watch's streams in `streams` (see [`count_stream`]).
+struct Deliver(mpsc::Sender<Objects>, IntCounterVec);
 
 impl Consumer<Value> for Deliver {
     async fn changed(&mut self, objects: &Objects, _change: Change<Value>) -> bool {
@@ -350,6 +352,16 @@ impl Consumer<Value> for Deliver {
     fn wanted(&self) -> bool {
         !self.0.is_closed()
     }
+
+    fn stream_started(&mut self, resumed: bool) {
+        count_stream(&self.1, "pods", resumed);
+    }
+}
+
+/// Counts a started watch stream in `berth_agent_watch_streams_total`.
+pub fn count_stream(streams: &IntCounterVec, watch: &str, resumed: bool) {
+    let start = if resumed { "resumed" } else { "snapshot" };
+    streams.with_label_values(&[watch, start]).inc();
 }
 
 /// Runs a watch for as long as `updates` has a receiver, sending the full object set
@@ -357,8 +369,12 @@ impl Consumer<Value> for Deliver {
 /// the first snapshot nothing is sent, so a consumer never acts on a partial view; while
 /// the control plane is unreachable nothing is sent either, and the consumer keeps
 /// serving what it has.
-pub async fn watch(client: AgentClient<Channel>, which: Watched, updates: mpsc::Sender<Objects>) {
-    berth_watch::run(client, which, &mut Deliver(updates)).await;
+pub async fn watch_pods(
+    client: AgentClient<Channel>,
+    updates: mpsc::Sender<Objects>,
+    streams: IntCounterVec,
+) {
+    berth_watch::run(client, Watched::Pods, &mut Deliver(updates, streams)).await;
 }
 
 /// Keeps `configs` current with the ConfigMaps and Secrets the desired pods use: fetched

@@ -31,7 +31,7 @@ use std::{
     time::Duration,
 };
 
-use berth_api::core::{Endpoints, Service};
+use berth_api::core::{Endpoints as ApiEndpoints, Service};
 use hickory_proto::{
     op::ResponseCode,
     rr::{
@@ -45,8 +45,8 @@ use hickory_resolver::config::{NameServerConfig, NameServerConfigGroup, Resolver
 use hickory_server::{
     ServerFuture,
     authority::{
-        AuthLookup, Authority, Catalog, LookupControlFlow, LookupOptions, MessageRequest,
-        MessageResponse, UpdateResult, ZoneType,
+        AuthLookup, Authority, Catalog, LookupControlFlow, LookupOptions, LookupRecords,
+        MessageRequest, MessageResponse, UpdateResult, ZoneType,
     },
     server::{Request, RequestHandler, RequestInfo, ResponseHandler, ResponseInfo},
     store::{
@@ -54,6 +54,8 @@ use hickory_server::{
         in_memory::InMemoryAuthority,
     },
 };
+
+use crate::endpoints::Endpoints;
 
 /// Answers may be cached this long: short, so endpoint changes show quickly. Also the
 /// SOA minimum, so a name that does not exist yet is not remembered for longer.
@@ -90,7 +92,8 @@ pub enum DnsError {
 pub struct Records {
     domain: Name,
     forward: Vec<Record>,
-    reverse: Vec<Record>,
+    /// Reverse names: an address and the name it points to, fully qualified.
+    reverse: Vec<(Ipv4Addr, Box<str>)>,
 }
 
 fn name(text: &str) -> Option<Name> {
@@ -104,12 +107,6 @@ fn domain_name(domain: &str) -> Result<Name, DnsError> {
             domain: domain.to_owned(),
             reason: error.to_string(),
         })
-}
-
-/// `198.18.1.5` → `5.1.18.198.in-addr.arpa.`
-fn reverse_name(ip: Ipv4Addr) -> Name {
-    let [a, b, c, d] = ip.octets();
-    name(&format!("{d}.{c}.{b}.{a}.in-addr.arpa.")).unwrap_or_else(Name::root)
 }
 
 fn in_addr_arpa() -> Name {
@@ -132,19 +129,23 @@ impl Records {
 
     /// Builds the records of `services` under `domain` (`cluster.local`). Services whose
     /// names are not DNS labels are left out.
-    pub fn build(services: &[Service], endpoints: &[Endpoints], domain: &str) -> Records {
-        let by_name: HashMap<(&str, &str), &Endpoints> = endpoints
+    pub fn build(services: &[Service], endpoints: &[ApiEndpoints], domain: &str) -> Records {
+        let by_name: HashMap<(&str, &str), Endpoints> = endpoints
             .iter()
-            .map(|e| ((e.metadata.namespace.as_str(), e.metadata.name.as_str()), e))
+            .map(|e| {
+                let meta = &e.metadata;
+                (
+                    (meta.namespace.as_str(), meta.name.as_str()),
+                    Endpoints::from(e),
+                )
+            })
             .collect();
         let mut records = Records::new(domain);
         for service in services {
             let meta = &service.metadata;
             records.add_service(
                 service,
-                by_name
-                    .get(&(meta.namespace.as_str(), meta.name.as_str()))
-                    .copied(),
+                by_name.get(&(meta.namespace.as_str(), meta.name.as_str())),
             );
         }
         records
@@ -185,15 +186,12 @@ impl Records {
                 let ports: HashMap<&str, u16> = subset
                     .ports
                     .iter()
-                    .filter_map(|port| Some((port.name.as_str(), u16::try_from(port.port).ok()?)))
+                    .filter_map(|port| Some((&*port.name, u16::try_from(port.port).ok()?)))
                     .collect();
-                subset.addresses.iter().filter_map(move |address| {
-                    Some((
-                        Ipv4Addr::from_str(&address.ip).ok()?,
-                        address.hostname.as_str(),
-                        ports.clone(),
-                    ))
-                })
+                subset
+                    .addresses
+                    .iter()
+                    .map(move |address| (address.ip, &*address.hostname, ports.clone()))
             })
             .collect();
         let meta = &service.metadata;
@@ -217,20 +215,14 @@ impl Records {
             })
             .collect();
         for (ip, endpoint_name, _) in &endpoint_names {
-            records.reverse.push(Record::from_rdata(
-                reverse_name(*ip),
-                TTL_SECONDS,
-                RData::PTR(PTR(endpoint_name.clone())),
-            ));
+            records
+                .reverse
+                .push((*ip, endpoint_name.to_ascii().into_boxed_str()));
         }
         let headless = match Ipv4Addr::from_str(&service.spec.cluster_ip) {
             Ok(ip) => {
                 records.add_a(&fqdn, ip);
-                records.reverse.push(Record::from_rdata(
-                    reverse_name(ip),
-                    TTL_SECONDS,
-                    RData::PTR(PTR(fqdn.clone())),
-                ));
+                records.reverse.push((ip, fqdn.to_ascii().into_boxed_str()));
                 false
             }
             Err(_) if service.spec.cluster_ip == "None" => {
@@ -309,16 +301,10 @@ impl Records {
             Record::from_rdata(domain.clone(), TTL_SECONDS, RData::NS(NS(server))),
             serial,
         );
+        let records = zone.records_get_mut();
         for record in &self.forward {
-            zone.upsert_mut(record.clone(), serial);
-        }
-        zone
-    }
-
-    fn reverse_zone(&self, serial: u32) -> InMemoryAuthority {
-        let mut zone = zone(in_addr_arpa());
-        for record in &self.reverse {
-            zone.upsert_mut(record.clone(), serial);
+            let key = RrKey::new(LowerName::new(record.name()), record.record_type());
+            insert(records, key, record.clone(), serial);
         }
         zone
     }
@@ -332,17 +318,13 @@ fn zone(origin: Name) -> InMemoryAuthority {
 struct SwappableZone {
     origin: LowerName,
     current: RwLock<Arc<InMemoryAuthority>>,
-    /// Names this zone does not know are left to the next authority (the forwarder)
-    /// instead of being answered NXDOMAIN: the reverse zone only knows cluster addresses.
-    pass_unknown: bool,
 }
 
 impl SwappableZone {
-    fn new(zone: InMemoryAuthority, pass_unknown: bool) -> SwappableZone {
+    fn new(zone: InMemoryAuthority) -> SwappableZone {
         SwappableZone {
             origin: zone.origin().clone(),
             current: RwLock::new(Arc::new(zone)),
-            pass_unknown,
         }
     }
 
@@ -371,14 +353,7 @@ impl SwappableZone {
         }
         for record in new {
             let key = RrKey::new(LowerName::new(record.name()), record.record_type());
-            let set = records.entry(key).or_insert_with(|| {
-                Arc::new(RecordSet::new(
-                    record.name().clone(),
-                    record.record_type(),
-                    serial,
-                ))
-            });
-            Arc::make_mut(set).insert(record.clone(), serial);
+            insert(&mut records, key, record.clone(), serial);
         }
     }
 
@@ -390,41 +365,41 @@ impl SwappableZone {
         }
     }
 
-    fn pass_if_unknown(
-        &self,
-        result: LookupControlFlow<AuthLookup>,
-    ) -> LookupControlFlow<AuthLookup> {
+    /// Answered here: no other authority is consulted.
+    fn answered(result: LookupControlFlow<AuthLookup>) -> LookupControlFlow<AuthLookup> {
         match result {
-            LookupControlFlow::Continue(Err(error)) | LookupControlFlow::Break(Err(error))
-                if self.pass_unknown && (error.is_nx_domain() || error.is_no_records_found()) =>
-            {
-                LookupControlFlow::Skip
-            }
-            // Answered here: no other authority is consulted.
             LookupControlFlow::Continue(result) => LookupControlFlow::Break(result),
             other => other,
         }
     }
 }
 
+/// What the server's own zones answer alike: primary, no transfers, the origin they hold
+/// (`update`, async, cannot be generated inside `async_trait`'s impl).
+macro_rules! read_only_primary {
+    () => {
+        type Lookup = AuthLookup;
+
+        fn zone_type(&self) -> ZoneType {
+            ZoneType::Primary
+        }
+
+        fn is_axfr_allowed(&self) -> bool {
+            false
+        }
+
+        fn origin(&self) -> &LowerName {
+            &self.origin
+        }
+    };
+}
+
 #[async_trait::async_trait]
 impl Authority for SwappableZone {
-    type Lookup = AuthLookup;
-
-    fn zone_type(&self) -> ZoneType {
-        ZoneType::Primary
-    }
-
-    fn is_axfr_allowed(&self) -> bool {
-        false
-    }
+    read_only_primary!();
 
     async fn update(&self, _update: &MessageRequest) -> UpdateResult<bool> {
         Err(ResponseCode::Refused)
-    }
-
-    fn origin(&self) -> &LowerName {
-        &self.origin
     }
 
     async fn lookup(
@@ -434,7 +409,7 @@ impl Authority for SwappableZone {
         lookup_options: LookupOptions,
     ) -> LookupControlFlow<AuthLookup> {
         let zone = self.current();
-        self.pass_if_unknown(zone.lookup(name, rtype, lookup_options).await)
+        Self::answered(zone.lookup(name, rtype, lookup_options).await)
     }
 
     async fn search(
@@ -443,7 +418,7 @@ impl Authority for SwappableZone {
         lookup_options: LookupOptions,
     ) -> LookupControlFlow<AuthLookup> {
         let zone = self.current();
-        self.pass_if_unknown(zone.search(request, lookup_options).await)
+        Self::answered(zone.search(request, lookup_options).await)
     }
 
     async fn get_nsec_records(
@@ -452,6 +427,167 @@ impl Authority for SwappableZone {
         lookup_options: LookupOptions,
     ) -> LookupControlFlow<AuthLookup> {
         self.current().get_nsec_records(name, lookup_options).await
+    }
+}
+
+/// Puts `record` into the zone's set for `key`. A new set holds exactly its one record:
+/// hickory's `RecordSet::new` followed by an insert reserves room for four, which for the
+/// 10,000 Services' names was most of the zone's memory.
+fn insert(
+    records: &mut std::collections::BTreeMap<RrKey, Arc<RecordSet>>,
+    key: RrKey,
+    record: Record,
+    serial: u32,
+) {
+    match records.entry(key) {
+        std::collections::btree_map::Entry::Occupied(mut set) => {
+            Arc::make_mut(set.get_mut()).insert(record, serial);
+        }
+        std::collections::btree_map::Entry::Vacant(slot) => {
+            slot.insert(Arc::new(RecordSet::from(record)));
+        }
+    }
+}
+
+/// The reverse names of cluster addresses (ClusterIPs and ready endpoints), kept as
+/// address → names and answered by building the PTR records per query: as hickory
+/// records in a zone, 100,000 endpoints' names took about 600 bytes each. Names it does
+/// not know are left to the next authority (the forwarder).
+struct ReverseZone {
+    origin: LowerName,
+    names: RwLock<HashMap<Ipv4Addr, Vec<Box<str>>>>,
+}
+
+impl ReverseZone {
+    fn new() -> ReverseZone {
+        ReverseZone {
+            origin: LowerName::new(&in_addr_arpa()),
+            names: RwLock::default(),
+        }
+    }
+
+    fn names(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Ipv4Addr, Vec<Box<str>>>> {
+        match self.names.write() {
+            Ok(names) => names,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    fn add(names: &mut HashMap<Ipv4Addr, Vec<Box<str>>>, ip: Ipv4Addr, name: &str) {
+        let list = names.entry(ip).or_insert_with(|| Vec::with_capacity(1));
+        if !list.iter().any(|known| **known == *name) {
+            list.push(name.into());
+        }
+    }
+
+    /// Takes `old` out and puts `new` in (one service's names).
+    fn edit(&self, old: &[(Ipv4Addr, Box<str>)], new: &[(Ipv4Addr, Box<str>)]) {
+        let mut names = self.names();
+        for (ip, name) in old {
+            if let Some(list) = names.get_mut(ip) {
+                list.retain(|known| known != name);
+                if list.is_empty() {
+                    names.remove(ip);
+                }
+            }
+        }
+        for (ip, name) in new {
+            Self::add(&mut names, *ip, name);
+        }
+    }
+
+    fn replace(&self, all: &[(Ipv4Addr, Box<str>)]) {
+        let mut fresh = HashMap::with_capacity(all.len());
+        for (ip, name) in all {
+            Self::add(&mut fresh, *ip, name);
+        }
+        *self.names() = fresh;
+    }
+
+    /// The PTR records of `name` (`d.c.b.a.in-addr.arpa.`), if it is a cluster address.
+    fn records(&self, name: &LowerName) -> Option<RecordSet> {
+        let ip = address_of_reverse_name(&Name::from(name))?;
+        let names = match self.names.read() {
+            Ok(names) => names,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut set: Option<RecordSet> = None;
+        for target in names.get(&ip)? {
+            let Ok(target) = Name::from_ascii(target) else {
+                continue;
+            };
+            let record = Record::from_rdata(Name::from(name), TTL_SECONDS, RData::PTR(PTR(target)));
+            match &mut set {
+                Some(set) => {
+                    set.insert(record, 0);
+                }
+                None => set = Some(RecordSet::from(record)),
+            }
+        }
+        set
+    }
+}
+
+/// `5.1.18.198.in-addr.arpa.` → `198.18.1.5`; None for any other name.
+fn address_of_reverse_name(name: &Name) -> Option<Ipv4Addr> {
+    let text = name.to_lowercase().to_ascii();
+    let octets = text
+        .trim_end_matches('.')
+        .strip_suffix(".in-addr.arpa")?
+        .split('.')
+        .map(|part| part.parse::<u8>().ok())
+        .collect::<Option<Vec<u8>>>()?;
+    let [d, c, b, a] = octets.as_slice() else {
+        return None;
+    };
+    Some(Ipv4Addr::new(*a, *b, *c, *d))
+}
+
+#[async_trait::async_trait]
+impl Authority for ReverseZone {
+    read_only_primary!();
+
+    async fn update(&self, _update: &MessageRequest) -> UpdateResult<bool> {
+        Err(ResponseCode::Refused)
+    }
+
+    async fn lookup(
+        &self,
+        name: &LowerName,
+        rtype: RecordType,
+        lookup_options: LookupOptions,
+    ) -> LookupControlFlow<AuthLookup> {
+        if !matches!(rtype, RecordType::PTR | RecordType::ANY) {
+            return LookupControlFlow::Skip;
+        }
+        match self.records(name) {
+            Some(set) => LookupControlFlow::Break(Ok(AuthLookup::answers(
+                LookupRecords::new(lookup_options, Arc::new(set)),
+                None,
+            ))),
+            None => LookupControlFlow::Skip,
+        }
+    }
+
+    async fn search(
+        &self,
+        request: RequestInfo<'_>,
+        lookup_options: LookupOptions,
+    ) -> LookupControlFlow<AuthLookup> {
+        self.lookup(
+            request.query.name(),
+            request.query.query_type(),
+            lookup_options,
+        )
+        .await
+    }
+
+    async fn get_nsec_records(
+        &self,
+        _name: &LowerName,
+        _lookup_options: LookupOptions,
+    ) -> LookupControlFlow<AuthLookup> {
+        LookupControlFlow::Skip
     }
 }
 
@@ -540,7 +676,7 @@ fn forwarder(origin: Name, upstreams: &[SocketAddr]) -> Result<ForwardAuthority,
 /// A running DNS server; records are swapped in whole by [`DnsServer::update`].
 pub struct DnsServer {
     cluster: Arc<SwappableZone>,
-    reverse: Arc<SwappableZone>,
+    reverse: Arc<ReverseZone>,
     domain: Name,
     serial: Mutex<u32>,
     local_addr: SocketAddr,
@@ -562,8 +698,8 @@ impl DnsServer {
             forward: Vec::new(),
             reverse: Vec::new(),
         };
-        let cluster = Arc::new(SwappableZone::new(empty.cluster_zone(0), false));
-        let reverse = Arc::new(SwappableZone::new(empty.reverse_zone(0), true));
+        let cluster = Arc::new(SwappableZone::new(empty.cluster_zone(0)));
+        let reverse = Arc::new(ReverseZone::new());
         let mut catalog = Catalog::new();
         catalog.upsert(LowerName::new(&domain), vec![cluster.clone()]);
         catalog.upsert(
@@ -626,7 +762,7 @@ impl DnsServer {
         }
         let serial = self.next_serial();
         self.cluster.edit(&old.forward, &new.forward, serial).await;
-        self.reverse.edit(&old.reverse, &new.reverse, serial).await;
+        self.reverse.edit(&old.reverse, &new.reverse);
     }
 
     /// Replaces every record at once (at the start and on a resync).
@@ -641,7 +777,7 @@ impl DnsServer {
             return;
         }
         self.cluster.replace(records.cluster_zone(serial));
-        self.reverse.replace(records.reverse_zone(serial));
+        self.reverse.replace(&records.reverse);
     }
 }
 
@@ -685,5 +821,76 @@ async fn serve_udp(socket: Arc<tokio::net::UdpSocket>, catalog: SharedCatalog) {
                 let _ = socket.send_to(&bytes, peer).await;
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ptr_targets(zone: &ReverseZone, name: &str) -> Vec<String> {
+        let name = LowerName::new(&Name::from_ascii(name).expect("name"));
+        let mut targets: Vec<String> = zone
+            .records(&name)
+            .map(|set| {
+                set.records_without_rrsigs()
+                    .filter_map(|record| match record.data() {
+                        RData::PTR(PTR(target)) => Some(target.to_ascii()),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        targets.sort();
+        targets
+    }
+
+    #[test]
+    fn reverse_names_are_parsed_as_addresses() {
+        let parse = |text: &str| address_of_reverse_name(&Name::from_ascii(text).expect("name"));
+        assert_eq!(
+            parse("5.1.18.198.in-addr.arpa."),
+            Some(Ipv4Addr::new(198, 18, 1, 5))
+        );
+        assert_eq!(
+            parse("5.1.18.198.IN-ADDR.ARPA"),
+            Some(Ipv4Addr::new(198, 18, 1, 5))
+        );
+        assert_eq!(
+            parse("1.18.198.in-addr.arpa."),
+            None,
+            "a network, not an address"
+        );
+        assert_eq!(parse("300.1.18.198.in-addr.arpa."), None);
+        assert_eq!(parse("web.default.svc.cluster.local."), None);
+    }
+
+    #[test]
+    fn an_address_of_two_services_keeps_the_name_of_the_one_left() {
+        let zone = ReverseZone::new();
+        let ip = Ipv4Addr::new(198, 18, 1, 5);
+        let web: Vec<(Ipv4Addr, Box<str>)> =
+            vec![(ip, "198-18-1-5.web.default.svc.cluster.local.".into())];
+        let api: Vec<(Ipv4Addr, Box<str>)> =
+            vec![(ip, "198-18-1-5.api.default.svc.cluster.local.".into())];
+        zone.replace(&[web.clone(), api.clone()].concat());
+        assert_eq!(
+            ptr_targets(&zone, "5.1.18.198.in-addr.arpa."),
+            [
+                "198-18-1-5.api.default.svc.cluster.local.",
+                "198-18-1-5.web.default.svc.cluster.local."
+            ]
+        );
+        zone.edit(&web, &[]);
+        assert_eq!(
+            ptr_targets(&zone, "5.1.18.198.in-addr.arpa."),
+            ["198-18-1-5.api.default.svc.cluster.local."]
+        );
+        zone.edit(&api, &[]);
+        assert!(ptr_targets(&zone, "5.1.18.198.in-addr.arpa.").is_empty());
+        assert!(
+            zone.names().is_empty(),
+            "nothing kept for a forgotten address"
+        );
     }
 }

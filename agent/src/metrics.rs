@@ -226,6 +226,9 @@ pub struct AgentMetrics {
     pub state_write_failures: IntCounter,
     /// 1 when the state file holds the latest state, 0 while a write is pending a retry.
     pub state_saved: IntGauge,
+    /// Watch streams started, by watch and by whether they resumed or started from a
+    /// snapshot: every snapshot after a watch's first is a full resync.
+    pub watch_streams: IntCounterVec,
 }
 
 impl AgentMetrics {
@@ -263,6 +266,15 @@ impl AgentMetrics {
         )?;
         registry.register(Box::new(state_write_failures.clone()))?;
         registry.register(Box::new(state_saved.clone()))?;
+        let watch_streams = IntCounterVec::new(
+            Opts::new(
+                "berth_agent_watch_streams_total",
+                "Watch streams started from the control plane, by watch (pods, services) and \
+                 start (resumed from the last revision, or snapshot: the first, or a resync)",
+            ),
+            &["watch", "start"],
+        )?;
+        registry.register(Box::new(watch_streams.clone()))?;
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "berth_agent_build_info",
@@ -289,6 +301,7 @@ impl AgentMetrics {
             conntrack_collected,
             state_write_failures,
             state_saved,
+            watch_streams,
         })
     }
 

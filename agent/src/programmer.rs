@@ -15,6 +15,12 @@ use crate::{
     metrics::AgentMetrics,
 };
 
+/// Services in one write above which the memory its plan took is handed back to the
+/// kernel: each service's Maglev table is built in a 64 KiB buffer (16,381 slots), and
+/// glibc keeps what a large batch freed, spread over the arenas of the threads that
+/// built the tables, for the rest of the process's life.
+const RELEASE_AFTER: usize = 64;
+
 /// Work for the datapath thread.
 #[derive(Debug)]
 pub enum Work {
@@ -87,6 +93,13 @@ impl Batch {
         self.received.extend(received);
     }
 
+    /// How many services the batch writes.
+    pub fn services(&self) -> usize {
+        self.full
+            .as_ref()
+            .map_or(self.changes.len(), |set| set.services.len())
+    }
+
     /// Writes the batch. Returns one report per write.
     pub fn write(self, datapath: &mut Datapath) -> Vec<Result<ApplyReport, DatapathError>> {
         if let Some(set) = self.full {
@@ -126,6 +139,7 @@ fn run(
             batch.add(work, received);
         }
         let arrivals = std::mem::take(&mut batch.received);
+        let large = batch.services() > RELEASE_AFTER;
         let results = {
             let mut datapath = match datapath.lock() {
                 Ok(datapath) => datapath,
@@ -150,6 +164,18 @@ fn run(
                 .propagation
                 .observe(received.elapsed().as_secs_f64());
         }
+        if large {
+            release_freed_memory();
+        }
+    }
+}
+
+/// Returns the allocator's free pages to the kernel.
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks glibc's own free lists; it takes the arenas' locks.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -192,6 +218,7 @@ mod tests {
         batch.add(Work::Nodes(Vec::new()), None);
         assert!(batch.full.is_none());
         assert_eq!(batch.changes.len(), 2);
+        assert_eq!(batch.services(), 2);
         assert_eq!(
             batch.changes["a"].as_ref().map(|s| s.frontends[0].port),
             Some(81)
@@ -220,5 +247,6 @@ mod tests {
             .map(|set| set.services.iter().map(|s| s.name.as_str()).collect())
             .unwrap_or_default();
         assert_eq!(names, ["b", "d"]);
+        assert_eq!(batch.services(), 2, "a resync writes its set's services");
     }
 }

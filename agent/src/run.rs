@@ -16,7 +16,7 @@ use berth_api::{
     agent::{HeartbeatRequest, NodeUsage, PodDeletion, PodStatusReport, agent_client::AgentClient},
     core::{Node, Pod},
 };
-use berth_watch::{Objects, Watched};
+use berth_watch::Objects;
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
@@ -25,9 +25,11 @@ use crate::{
     config::Config,
     controlplane::{self, ControlPlaneError, Membership},
     datapath::{
-        self, ConntrackSweeper, Datapath, DatapathOptions, Limits, NeighbourKeeper, monotonic_secs,
+        self, ConntrackSweeper, Datapath, DatapathOptions, Limits, NeighbourKeeper, TrafficReader,
+        monotonic_secs,
     },
     dns::DnsServer,
+    enforcer,
     ipam::Cidr,
     metrics::AgentMetrics,
     nodeapi::{NodeApi, NodeApiTls},
@@ -175,6 +177,9 @@ pub async fn run(config: Config) -> anyhow::Result<Ended> {
     let sweeper = datapath
         .conntrack_sweeper()
         .context("opening the conntrack tables for the sweep")?;
+    let policy_maps = datapath
+        .policy_maps()
+        .context("opening the NetworkPolicy maps")?;
     let datapath = Arc::new(Mutex::new(datapath));
     // None until the control plane's first Node list: routes of a restarted agent stay as
     // they are until then.
@@ -262,7 +267,12 @@ pub async fn run(config: Config) -> anyhow::Result<Ended> {
     tokio::spawn(collect_figures(
         Figures {
             runtime,
-            datapath: datapath.clone(),
+            traffic: datapath
+                .lock()
+                .map_err(|_| anyhow::anyhow!("the datapath's lock is poisoned"))?
+                .traffic_reader()
+                .map(Arc::new)
+                .context("opening the backends' counters")?,
             node: config.node_name.clone(),
         },
         figures_tx,
@@ -290,8 +300,24 @@ pub async fn run(config: Config) -> anyhow::Result<Ended> {
     ));
     let (pods_tx, mut pods_rx) = mpsc::channel::<Objects>(16);
     let (services_tx, mut services_rx) = mpsc::channel(1024);
-    tokio::spawn(controlplane::watch(client.clone(), Watched::Pods, pods_tx));
-    tokio::spawn(cluster::follow(client.clone(), services_tx));
+    tokio::spawn(controlplane::watch_pods(
+        client.clone(),
+        pods_tx,
+        metrics.watch_streams.clone(),
+    ));
+    tokio::spawn(cluster::follow(
+        client.clone(),
+        services_tx,
+        metrics.watch_streams.clone(),
+    ));
+    tokio::spawn(enforcer::enforce(
+        client.clone(),
+        policy_maps,
+        enforcer::NodeSelf {
+            name: config.node_name.clone(),
+            addrs: vec![config.node_address],
+        },
+    ));
 
     let mut readiness = LocalReadiness::default();
     let mut cluster = ClusterState::new(&config.node_name, &config.cluster_domain);
@@ -659,7 +685,7 @@ async fn confirm_deletions(
 /// Where the heartbeat's load figures come from.
 struct Figures {
     runtime: DockerRuntime,
-    datapath: Arc<Mutex<Datapath>>,
+    traffic: Arc<TrafficReader>,
     node: String,
 }
 
@@ -673,10 +699,13 @@ const FIGURES_MAX_AGE: Duration = Duration::from_secs(10);
 async fn collect_figures(figures: Figures, latest: watch::Sender<Option<(Instant, NodeUsage)>>) {
     let mut collector = Collector::default();
     loop {
-        let traffic = match figures.datapath.lock() {
-            Ok(datapath) => datapath.backend_traffic().ok(),
-            Err(_) => None,
-        };
+        // Off the event loop and without the datapath's lock: 100,000 backends' counters
+        // take a while to read, and a change would wait for them.
+        let reader = figures.traffic.clone();
+        let traffic = tokio::task::spawn_blocking(move || reader.backend_traffic())
+            .await
+            .ok()
+            .and_then(Result::ok);
         let usage = collector
             .collect(&figures.runtime, &figures.node, traffic.as_deref())
             .await;

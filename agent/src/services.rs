@@ -10,10 +10,15 @@
 
 use std::{collections::HashMap, net::Ipv4Addr, str::FromStr as _, time::Duration};
 
-use berth_api::core::{Endpoints, IntOrString, Node as ApiNode, Service as ApiService};
+use berth_api::core::{
+    Endpoints as ApiEndpoints, IntOrString, Node as ApiNode, Service as ApiService,
+};
 
-use crate::datapath::{
-    Algorithm, BackendSpec, BackendState, Frontend, Node, Protocol, Service, ServiceSet,
+use crate::{
+    datapath::{
+        Algorithm, BackendSpec, BackendState, Frontend, Node, Protocol, Service, ServiceSet,
+    },
+    endpoints::Endpoints,
 };
 
 /// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds`.
@@ -138,22 +143,26 @@ impl NodeView {
 /// Builds what node `me` should serve.
 pub fn service_set(
     services: &[ApiService],
-    endpoints: &[Endpoints],
+    endpoints: &[ApiEndpoints],
     nodes: &[ApiNode],
     me: &str,
 ) -> (ServiceSet, Vec<Skipped>) {
     let view = NodeView::new(nodes, me);
     let mut skipped = view.skipped().to_vec();
-    let endpoints_by_name: HashMap<(&str, &str), &Endpoints> = endpoints
+    let endpoints_by_name: HashMap<(&str, &str), Endpoints> = endpoints
         .iter()
-        .map(|e| ((e.metadata.namespace.as_str(), e.metadata.name.as_str()), e))
+        .map(|e| {
+            let meta = &e.metadata;
+            (
+                (meta.namespace.as_str(), meta.name.as_str()),
+                Endpoints::from(e),
+            )
+        })
         .collect();
     let mut out = Vec::new();
     for service in services {
         let meta = &service.metadata;
-        let endpoints = endpoints_by_name
-            .get(&(meta.namespace.as_str(), meta.name.as_str()))
-            .copied();
+        let endpoints = endpoints_by_name.get(&(meta.namespace.as_str(), meta.name.as_str()));
         out.extend(service_ports(service, endpoints, &view, &mut skipped));
     }
     (
@@ -273,7 +282,7 @@ pub fn service_ports(
             let target = subset
                 .ports
                 .iter()
-                .find(|p| p.name == port.name && protocol_matches(&p.protocol, protocol))
+                .find(|p| *p.name == *port.name && protocol_matches(&p.protocol, protocol))
                 .or_else(|| (subset.ports.len() == 1).then(|| &subset.ports[0]))
                 .and_then(|p| u16::try_from(p.port).ok())
                 .or_else(|| match port.target_port {
@@ -291,9 +300,7 @@ pub fn service_ports(
                     } else {
                         not_ready
                     };
-                    let Ok(ip) = Ipv4Addr::from_str(&address.ip) else {
-                        continue;
-                    };
+                    let ip = address.ip;
                     let Some(node_id) = view.node_of(ip, &address.node_name) else {
                         skipped.push(Skipped {
                             object: format!("{object} endpoint {ip}"),
@@ -326,7 +333,7 @@ fn protocol_matches(name: &str, protocol: Protocol) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use berth_api::{
         core::{
             EndpointAddress, EndpointPort, EndpointSubset, NodeAddress, NodeSpec, NodeStatus,
@@ -393,8 +400,8 @@ mod tests {
         }
     }
 
-    fn web_endpoints() -> Endpoints {
-        Endpoints {
+    pub(crate) fn web_endpoints() -> ApiEndpoints {
+        ApiEndpoints {
             metadata: meta("default", "web"),
             subsets: vec![EndpointSubset {
                 addresses: vec![address("198.18.1.2", "n1"), address("198.18.2.2", "")],
@@ -411,7 +418,7 @@ mod tests {
                     protocol: "TCP".into(),
                 }],
             }],
-            ..Endpoints::default()
+            ..ApiEndpoints::default()
         }
     }
 

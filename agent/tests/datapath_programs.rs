@@ -172,6 +172,33 @@ fn established_flow_keeps_its_backend() {
 }
 
 #[test]
+fn the_counters_read_in_batches_are_each_backends_and_services_own() {
+    let mut h = Harness::new(vec![web(three_backends())]);
+    let flows = h.open_flows(41_000..41_030);
+    let reader = h.datapath.traffic_reader().expect("traffic reader");
+    let mut by_backend: Vec<(Ipv4Addr, u64)> = reader
+        .backend_traffic()
+        .expect("backend traffic")
+        .iter()
+        .map(|report| (report.key.0, report.traffic.new_connections))
+        .collect();
+    by_backend.sort();
+    let mut expected: Vec<(Ipv4Addr, u64)> = three_backends()
+        .iter()
+        .map(|b| {
+            let opened = flows.iter().filter(|(_, dst)| *dst == b.addr).count();
+            (b.addr, opened as u64)
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(
+        by_backend, expected,
+        "every backend, with its own new flows"
+    );
+    assert_eq!(h.new_connections(), 30, "the service's counter");
+}
+
+#[test]
 fn reply_from_backend_is_reverse_translated_to_the_vip() {
     let mut h = Harness::new(vec![web(three_backends())]);
     let out = h

@@ -493,14 +493,14 @@ async fn one_service_changes_in_place_and_the_others_stay() {
     let domain = "cluster.local";
     let before = Records::of_service(
         &service("db", "None"),
-        Some(&endpoints("db", &[Ipv4Addr::new(198, 18, 1, 5)])),
+        Some(&(&endpoints("db", &[Ipv4Addr::new(198, 18, 1, 5)])).into()),
         domain,
     );
     // db's endpoint moves; web is not touched.
     let moved = [Ipv4Addr::new(198, 18, 1, 6), Ipv4Addr::new(198, 18, 1, 8)];
     let after = Records::of_service(
         &service("db", "None"),
-        Some(&endpoints("db", &moved)),
+        Some(&(&endpoints("db", &moved)).into()),
         domain,
     );
     dns.replace(&before, &after).await;

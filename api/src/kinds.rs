@@ -11,6 +11,7 @@ use crate::{
     core::{Endpoints, Event, Namespace, Node, Pod, Service},
     discovery::EndpointSlice,
     disruption::PodDisruptionBudget,
+    networking::NetworkPolicy,
     policy::{LimitRange, ResourceQuota},
     rbac::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
     storage::{PersistentVolume, PersistentVolumeClaim},
@@ -30,6 +31,7 @@ pub static STATEFULSETS: ResourceType = ResourceType::of::<StatefulSet>();
 pub static CONTROLLER_REVISIONS: ResourceType = ResourceType::of::<ControllerRevision>();
 pub static HPAS: ResourceType = ResourceType::of::<HorizontalPodAutoscaler>();
 pub static PDBS: ResourceType = ResourceType::of::<PodDisruptionBudget>();
+pub static NETWORK_POLICIES: ResourceType = ResourceType::of::<NetworkPolicy>();
 pub static JOBS: ResourceType = ResourceType::of::<Job>();
 pub static CRON_JOBS: ResourceType = ResourceType::of::<CronJob>();
 pub static CONFIG_MAPS: ResourceType = ResourceType::of::<ConfigMap>();

@@ -42,7 +42,21 @@ pub struct Cluster {
     /// Base64 of the CA certificate PEM, as kubectl expects it.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub certificate_authority_data: String,
+    /// kubectl's cluster extensions; Berth's [`FAILOVER_EXTENSION`] lists the other
+    /// control planes' addresses (kubectl keeps and ignores it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extensions: Vec<NamedExtension>,
 }
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NamedExtension {
+    pub name: String,
+    pub extension: serde_json::Value,
+}
+
+/// The cluster extension naming the control planes to try when `server` is unreachable:
+/// `{"servers": ["https://host:port", ...]}`.
+pub const FAILOVER_EXTENSION: &str = "berth.dev/failover-servers";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NamedUser {
@@ -75,10 +89,19 @@ pub struct Context {
     pub user: String,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FailoverServers {
+    servers: Vec<String>,
+}
+
 /// What a client needs, resolved from the current context.
 #[derive(Debug, Clone)]
 pub struct ClientSettings {
     pub server: String,
+    /// Other control planes of the same cluster, tried in order when `server` cannot be
+    /// reached.
+    pub failover_servers: Vec<String>,
     pub ca_pem: Option<String>,
     pub token: Option<String>,
     /// A client certificate and its key (PEM), to authenticate with instead of a token.
@@ -98,6 +121,7 @@ impl Kubeconfig {
                     certificate_authority_data: ca_pem
                         .map(|pem| base64::engine::general_purpose::STANDARD.encode(pem))
                         .unwrap_or_default(),
+                    extensions: Vec::new(),
                 },
             }],
             users: vec![NamedUser {
@@ -116,6 +140,23 @@ impl Kubeconfig {
             }],
             current_context: NAME.to_owned(),
         }
+    }
+
+    /// The same configuration naming `servers` as the control planes to fail over to.
+    pub fn with_failover_servers(mut self, servers: &[String]) -> Self {
+        for named in &mut self.clusters {
+            named
+                .cluster
+                .extensions
+                .retain(|e| e.name != FAILOVER_EXTENSION);
+            if !servers.is_empty() {
+                named.cluster.extensions.push(NamedExtension {
+                    name: FAILOVER_EXTENSION.to_owned(),
+                    extension: serde_json::json!({ "servers": servers }),
+                });
+            }
+        }
+        self
     }
 
     /// A configuration for `user` authenticating with a client certificate.
@@ -194,11 +235,58 @@ impl Kubeconfig {
             )),
             _ => None,
         };
+        let failover_servers = match cluster
+            .cluster
+            .extensions
+            .iter()
+            .find(|e| e.name == FAILOVER_EXTENSION)
+        {
+            Some(named) => {
+                serde_json::from_value::<FailoverServers>(named.extension.clone())
+                    .map_err(|e| invalid(format!("extension {FAILOVER_EXTENSION}: {e}")))?
+                    .servers
+            }
+            None => Vec::new(),
+        };
         Ok(ClientSettings {
             server: cluster.cluster.server.clone(),
+            failover_servers,
             ca_pem,
             client_certificate,
             token: user.map(|u| u.user.token.clone()).filter(|t| !t.is_empty()),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failover_servers_travel_in_a_cluster_extension() {
+        let servers = vec!["https://198.18.0.2:6443".to_owned()];
+        let config = Kubeconfig::new("https://198.18.0.1:6443", None, Some("t"))
+            .with_failover_servers(&servers);
+        let yaml = config.to_yaml().expect("yaml");
+        assert!(yaml.contains(FAILOVER_EXTENSION), "{yaml}");
+        let read: Kubeconfig = serde_norway::from_str(&yaml).expect("parse");
+        let settings = read.settings().expect("settings");
+        assert_eq!(settings.server, "https://198.18.0.1:6443");
+        assert_eq!(settings.failover_servers, servers);
+        let without = read.with_failover_servers(&[]);
+        assert!(
+            without
+                .settings()
+                .expect("settings")
+                .failover_servers
+                .is_empty()
+        );
+
+        let broken = yaml.replace("servers:", "hosts:");
+        let error = serde_norway::from_str::<Kubeconfig>(&broken)
+            .expect("parse")
+            .settings()
+            .expect_err("refused");
+        assert!(error.to_string().contains(FAILOVER_EXTENSION), "{error}");
     }
 }

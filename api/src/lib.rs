@@ -31,6 +31,7 @@ pub mod kubeconfig;
 pub mod managed;
 pub mod manifest;
 pub mod meta;
+pub mod networking;
 pub mod patch;
 pub mod podsecurity;
 pub mod policy;
@@ -46,5 +47,5 @@ pub mod validation;
 
 pub use resource::{
     DecodeError, Decoded, MAX_OBJECT_BYTES, RESOURCE_TYPES, Resource, ResourceType, Source,
-    TypeMeta, find_by_kind, find_by_plural, normalize,
+    TypeMeta, decode_typed, find_by_kind, find_by_plural, normalize,
 };

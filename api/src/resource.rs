@@ -15,6 +15,7 @@ use crate::{
     discovery::EndpointSlice,
     disruption::PodDisruptionBudget,
     meta::{DEFAULT_NAMESPACE, ObjectMeta},
+    networking::NetworkPolicy,
     policy::{LimitRange, ResourceQuota},
     rbac::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
     storage::{PersistentVolume, PersistentVolumeClaim},
@@ -348,6 +349,18 @@ resource!(
 );
 
 resource!(
+    NetworkPolicy,
+    group = crate::networking::GROUP,
+    plural = "networkpolicies",
+    namespaced = true,
+    status = false,
+    short_names = ["netpol"],
+    |this, v| {
+        this.validate(v);
+    }
+);
+
+resource!(
     Job,
     group = "batch",
     plural = "jobs",
@@ -541,6 +554,7 @@ pub static RESOURCE_TYPES: &[ResourceType] = &[
     ResourceType::of::<ControllerRevision>(),
     ResourceType::of::<HorizontalPodAutoscaler>(),
     ResourceType::of::<PodDisruptionBudget>(),
+    ResourceType::of::<NetworkPolicy>(),
     ResourceType::of::<Job>(),
     ResourceType::of::<CronJob>(),
     ResourceType::of::<ConfigMap>(),
@@ -703,6 +717,16 @@ fn indexed(path: &str) -> String {
         }
     }
     out
+}
+
+/// Parses, defaults and validates one object of kind `R` (as [`ResourceType::decode`]
+/// does), typed.
+pub fn decode_typed<R: Resource>(source: Source<'_>) -> Result<R, DecodeError> {
+    let decoded = decode::<R>(source)?;
+    serde_json::from_value(decoded.object).map_err(|e| DecodeError::Malformed {
+        line: None,
+        message: e.to_string(),
+    })
 }
 
 /// Checks a typed object and fills its `apiVersion`, `kind` and default namespace: what

@@ -105,6 +105,38 @@ pub fn joined(value: Option<&Value>, between: &str, separator: &str) -> String {
         .unwrap_or_default()
 }
 
+/// A label selector as kubectl prints one (`FormatLabelSelector`): `app=db,tier in
+/// (a,b),!legacy`; `<none>` when it selects everything.
+fn selector_text(selector: Option<&Value>) -> String {
+    let labels = pairs(selector.and_then(|s| s.get("matchLabels")));
+    let expressions = selector
+        .and_then(|s| s.get("matchExpressions"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|req| {
+            let key = str_at(req, "/key");
+            let values: Vec<&str> = req
+                .get("values")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            match str_at(req, "/operator") {
+                "In" => format!("{key} in ({})", values.join(",")),
+                "NotIn" => format!("{key} notin ({})", values.join(",")),
+                "DoesNotExist" => format!("!{key}"),
+                _ => key.to_owned(),
+            }
+        });
+    let parts: Vec<String> = std::iter::once(labels)
+        .filter(|l| !l.is_empty())
+        .chain(expressions)
+        .collect();
+    or_none(parts.join(","))
+}
+
 fn containers(item: &Value, pointer: &str) -> (String, String) {
     let list = item
         .pointer(pointer)
@@ -418,6 +450,7 @@ pub fn columns(rt: &ResourceType) -> Vec<Column> {
             &[],
         ),
         "StatefulSet" => (&["Name", "Ready", "Age"], &["Containers", "Images"]),
+        "NetworkPolicy" => (&["Name", "Pod-Selector", "Age"], &[]),
         "Service" => (
             &[
                 "Name",
@@ -597,6 +630,14 @@ pub fn cells(rt: &ResourceType, item: &Value) -> Vec<String> {
                 ],
             )
         }
+        "NetworkPolicy" => (
+            vec![
+                name,
+                selector_text(item.pointer("/spec/podSelector")),
+                created,
+            ],
+            vec![],
+        ),
         "PodDisruptionBudget" => {
             let bound = |pointer: &str| match item.pointer(pointer) {
                 Some(Value::Number(n)) => n.to_string(),
@@ -953,6 +994,21 @@ mod tests {
         let row = cells(sets, &set);
         assert_eq!(row[..2], ["web", "2/3"]);
         assert_eq!(row[3..], ["nginx", "nginx:1"]);
+    }
+
+    #[test]
+    fn network_policies_read_like_kubectl() {
+        let policies =
+            crate::find_by_plural("networking.k8s.io", "networkpolicies").expect("a kind");
+        let names: Vec<&str> = columns(policies).iter().map(|c| c.name).collect();
+        assert_eq!(names, ["Name", "Pod-Selector", "Age"]);
+        let all = json!({"metadata": {"name": "deny"}, "spec": {"podSelector": {}}});
+        assert_eq!(cells(policies, &all)[..2], ["deny", "<none>"]);
+        let some = json!({"metadata": {"name": "db"}, "spec": {"podSelector": {
+            "matchLabels": {"app": "db"},
+            "matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]},
+                                 {"key": "legacy", "operator": "DoesNotExist"}]}}});
+        assert_eq!(cells(policies, &some)[1], "app=db,tier in (a,b),!legacy");
     }
 
     #[test]

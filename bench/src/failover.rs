@@ -219,7 +219,7 @@ pub struct Options {
 }
 
 /// The build profile of the binaries next to this one ("release" under `cargo xtask bench`).
-fn profile() -> String {
+pub fn profile() -> String {
     std::env::current_exe()
         .ok()
         .and_then(|exe| Some(exe.parent()?.file_name()?.to_string_lossy().into_owned()))
@@ -254,12 +254,10 @@ pub fn run(options: &Options, say: &dyn Fn(&str)) -> anyhow::Result<FailoverResu
         })
     }))
     .map_err(|panic| {
-        let message = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-            .unwrap_or_default();
-        anyhow::anyhow!("the failover cluster failed: {message}")
+        anyhow::anyhow!(
+            "the failover cluster failed: {}",
+            crate::procs::panic_message(panic.as_ref())
+        )
     })??;
     Ok(FailoverResults {
         smoke: options.smoke,

@@ -23,3 +23,16 @@ pub fn seconds(value: f64) -> String {
         format!("{value:.2} s")
     }
 }
+
+/// `n` with a comma between each group of three digits.
+pub fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}

@@ -7,6 +7,8 @@
 //! (a b c … a b c …) so slow drifts of the machine hit every mode alike, take medians, and
 //! write docs/BENCHMARKS.md with SVG charts and the raw results.
 
+pub mod agents;
+pub mod agents_report;
 pub mod failover;
 pub mod failover_report;
 pub mod figures;
@@ -19,6 +21,7 @@ pub mod scale;
 pub mod scale_report;
 pub mod servers;
 pub mod services;
+pub mod store;
 pub mod svg;
 pub mod topology;
 pub mod wrk;

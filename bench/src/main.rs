@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use berth_bench::{failover, procs, report, run, scale};
+use berth_bench::{agents, failover, procs, report, run, scale, store};
 use clap::Parser;
 
 #[derive(Parser)]
@@ -15,13 +15,14 @@ use clap::Parser;
 struct Args {
     /// Parts to run, comma separated: datapath (the load rounds; it programs the services
     /// too), programming (programming time only), failover, scale (the control plane with
-    /// simulated nodes). The figures of parts left out are kept from
+    /// simulated nodes), store (the scale figures on etcd against embedded), agents (real
+    /// agents while Services arrive and change). The figures of parts left out are kept from
     /// <out>/bench/results.json, so one part can be rerun alone.
     #[arg(
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "datapath,programming,failover,scale"
+        default_value = "datapath,programming,failover,scale,store,agents"
     )]
     parts: Vec<Part>,
     /// Cluster sizes of the scale part, comma separated (default 1000,5000; smoke 20).
@@ -30,6 +31,19 @@ struct Args {
     /// Pods the scale part schedules (default 50000; smoke 200).
     #[arg(long)]
     scale_pods: Option<usize>,
+    /// Simulated nodes of the store part (default 200; smoke 20).
+    #[arg(long)]
+    store_nodes: Option<usize>,
+    /// Pods the store part schedules on each store (default 10000; smoke 200).
+    #[arg(long)]
+    store_pods: Option<usize>,
+    /// Real agents the agents part runs, each in a node namespace of its own (default: as
+    /// many as the machine's available memory holds at 1.5 GiB each, at least 10; smoke 2).
+    #[arg(long)]
+    agents: Option<usize>,
+    /// Services the agents part applies, 10 endpoints each (default 10000; smoke 200).
+    #[arg(long)]
+    agents_services: Option<usize>,
     /// Repetitions of each failover trial (default 5; smoke 1, Berth's defaults only).
     #[arg(long)]
     failover_reps: Option<u32>,
@@ -84,6 +98,8 @@ enum Part {
     Programming,
     Failover,
     Scale,
+    Store,
+    Agents,
 }
 
 /// The results of an earlier run in `out`, to keep the figures of the parts not rerun.
@@ -148,6 +164,8 @@ fn main() -> anyhow::Result<()> {
                 Part::Programming,
                 Part::Failover,
                 Part::Scale,
+                Part::Store,
+                Part::Agents,
             ]
             .into_iter()
             .all(has)
@@ -161,6 +179,8 @@ fn main() -> anyhow::Result<()> {
             runs: Vec::new(),
             failover: None,
             scale: None,
+            store: None,
+            agents: None,
         });
     if has(Part::Datapath) || has(Part::Programming) {
         let workdir = std::env::temp_dir().join(format!("berth-bench-{}", std::process::id()));
@@ -169,6 +189,8 @@ fn main() -> anyhow::Result<()> {
             results = run::Results {
                 failover: results.failover.take(),
                 scale: results.scale.take(),
+                store: results.store.take(),
+                agents: results.agents.take(),
                 ..fresh
             };
         } else {
@@ -197,6 +219,31 @@ fn main() -> anyhow::Result<()> {
             Ok(figures) => results.scale = Some(figures),
             Err(error) if failed.is_some() => eprintln!("the scale part: {error:#}"),
             Err(error) => failed = Some(error.context("the scale part")),
+        }
+    }
+    if has(Part::Store) {
+        let say = |text: &str| println!("[{:>6.1} s] {text}", started.elapsed().as_secs_f64());
+        let mut options = store::options(args.smoke);
+        if let Some(nodes) = args.store_nodes {
+            options.nodes = nodes;
+        }
+        if let Some(pods) = args.store_pods {
+            options.scale.pods = pods;
+        }
+        match store::run(&options, &say) {
+            Ok(figures) => results.store = Some(figures),
+            Err(error) if failed.is_some() => eprintln!("the store part: {error:#}"),
+            Err(error) => failed = Some(error.context("the store part")),
+        }
+    }
+    if has(Part::Agents) {
+        let say = |text: &str| println!("[{:>6.1} s] {text}", started.elapsed().as_secs_f64());
+        match agents::options(args.smoke, args.agents, args.agents_services)
+            .and_then(|options| agents::run(&options, &say))
+        {
+            Ok(figures) => results.agents = Some(figures),
+            Err(error) if failed.is_some() => eprintln!("the agents part: {error:#}"),
+            Err(error) => failed = Some(error.context("the agents part")),
         }
     }
     if failed.is_some() {

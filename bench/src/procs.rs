@@ -376,3 +376,12 @@ pub fn first_line(program: &str, args: &[&str]) -> String {
 pub fn now_utc() -> String {
     first_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"])
 }
+
+/// What a panic said (the harnesses report failures by panicking).
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_default()
+}

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 
 use crate::{
     Mode,
-    figures::{median, seconds},
+    figures::{median, seconds, thousands},
     programming::Step,
     run::{Results, RunRecord},
     svg::{self, BarChart, COLORS, Series},
@@ -116,18 +116,6 @@ fn programming_detail(results: &Results, mode: Mode, services: usize, step: Step
         .find(|r| r.mode == mode && r.services == services && r.step == step)
         .map(|r| r.detail.clone())
         .unwrap_or_default()
-}
-
-fn thousands(n: usize) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 fn rate(value: f64) -> String {
@@ -350,7 +338,8 @@ pub fn markdown(results: &Results, command: &str) -> String {
         results.started,
         ((results.elapsed_secs
             + results.failover.as_ref().map_or(0.0, |f| f.elapsed_secs)
-            + results.scale.as_ref().map_or(0.0, |s| s.elapsed_secs))
+            + results.scale.as_ref().map_or(0.0, |s| s.elapsed_secs)
+            + results.agents.as_ref().map_or(0.0, |a| a.elapsed_secs))
             / 60.0)
             .ceil()
     );
@@ -626,6 +615,12 @@ pub fn markdown(results: &Results, command: &str) -> String {
     }
     if let Some(scale) = &results.scale {
         crate::scale_report::section(&mut md, scale, ASSET_DIR, SCALE_ANALYSIS);
+    }
+    if let Some(store) = &results.store {
+        crate::store::section(&mut md, store);
+    }
+    if let Some(agents) = &results.agents {
+        crate::agents_report::section(&mut md, agents);
     }
 
     // Method.

@@ -73,6 +73,12 @@ pub struct Results {
     /// The control plane at scale (absent without that part).
     #[serde(default)]
     pub scale: Option<crate::scale::ScaleResults>,
+    /// The control plane on etcd against embedded (absent without that part).
+    #[serde(default)]
+    pub store: Option<crate::store::StoreResults>,
+    /// Real agents while Services arrive and change (absent without that part).
+    #[serde(default)]
+    pub agents: Option<crate::agents::AgentsResults>,
 }
 
 /// Nodes of the topology: direct first, then per service count eBPF, iptables, HAProxy.
@@ -253,5 +259,7 @@ pub fn run(parameters: &Parameters, workdir: PathBuf, load: bool) -> anyhow::Res
         runs,
         failover: None,
         scale: None,
+        store: None,
+        agents: None,
     })
 }

@@ -36,8 +36,6 @@ use hyper::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-pub mod arrival;
-
 use crate::procs::{Guarded, check_interrupted, machine_cpu, process_cpu_time};
 
 /// A real agent's heartbeat period (agent/src/run.rs).
@@ -199,7 +197,7 @@ pub fn run(options: &Options, say: &(dyn Fn(&str) + Sync)) -> anyhow::Result<Sca
 /// Runs `body` on a runtime whose threads are all in a fresh network namespace, so the
 /// control plane, the hollow nodes and the agent talk over that namespace's loopback;
 /// the namespace is deleted afterwards, also on failure.
-fn in_cluster_namespace<T, F, Fut>(body: F) -> anyhow::Result<T>
+pub(crate) fn in_cluster_namespace<T, F, Fut>(body: F) -> anyhow::Result<T>
 where
     F: FnOnce(String) -> Fut + Send,
     Fut: std::future::Future<Output = anyhow::Result<T>>,
@@ -209,11 +207,21 @@ where
     ns.ip(&["addr", "add", &format!("{NODE_ADDR}/32"), "dev", "lo"])
         .map_err(|error| anyhow::anyhow!("node address: {error}"))?;
     let name = ns.name().to_owned();
+    in_namespace(&name, || body(name.clone()))
+}
+
+/// Runs `body` on a runtime whose threads are all in network namespace `name`.
+pub fn in_namespace<T, F, Fut>(name: &str, body: F) -> anyhow::Result<T>
+where
+    F: FnOnce() -> Fut + Send,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+    T: Send,
+{
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
-                berth_net::enter_netns(&name)?;
-                let entering = name.clone();
+                berth_net::enter_netns(name)?;
+                let entering = name.to_owned();
                 let runtime = tokio::runtime::Builder::new_multi_thread()
                     .enable_all()
                     .on_thread_start(move || {
@@ -223,15 +231,20 @@ where
                     })
                     .build()
                     .context("starting tokio")?;
-                runtime.block_on(body(name.clone()))
+                runtime.block_on(body())
             })
             .join()
-            .map_err(|_| anyhow::anyhow!("the scale benchmark's thread panicked"))?
+            .map_err(|panic| {
+                anyhow::anyhow!(
+                    "the benchmark's thread in {name} panicked: {}",
+                    crate::procs::panic_message(panic.as_ref())
+                )
+            })?
     })
 }
 
 /// The control plane of one run, killed when dropped.
-struct Control {
+pub(crate) struct Control {
     process: Guarded,
     data: tempfile::TempDir,
     client: Client,
@@ -239,6 +252,15 @@ struct Control {
 
 impl Control {
     async fn start(ns: &str, log: &Path) -> anyhow::Result<Control> {
+        Self::start_with(ns, log, &[]).await
+    }
+
+    /// With `extra` arguments (another store).
+    pub(crate) async fn start_with(
+        ns: &str,
+        log: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Control> {
         let data = tempfile::tempdir().context("data directory")?;
         let mut command = Command::new("ip");
         command
@@ -249,7 +271,8 @@ impl Control {
             .args(["--listen", "127.0.0.1:6443"])
             .args(["--agent-listen", "127.0.0.1:6444"])
             .args(["--cluster-cidr", CLUSTER_CIDR])
-            .args(["--log", "warn"]);
+            .args(["--log", "warn"])
+            .args(extra);
         let mut process = Guarded::spawn("berth-control", command, log)?;
         let admin = data.path().join("admin.conf");
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -290,27 +313,36 @@ impl Control {
 
     /// A write that must succeed.
     async fn write(&self, method: Method, path: &str, body: &Value) -> anyhow::Result<Value> {
-        let (status, reply) = self
-            .client
-            .json(method, path, Some(body))
-            .await
-            .with_context(|| path.to_owned())?;
-        if !status.is_success() {
-            bail!("{path}: {status}: {}", reply["message"]);
-        }
-        Ok(reply)
+        write(&self.client, method, path, body).await
     }
 }
 
+/// A write to the control plane that must succeed; its answer.
+pub async fn write(
+    client: &Client,
+    method: Method,
+    path: &str,
+    body: &Value,
+) -> anyhow::Result<Value> {
+    let (status, reply) = client
+        .json(method, path, Some(body))
+        .await
+        .with_context(|| path.to_owned())?;
+    if !status.is_success() {
+        bail!("{path}: {status}: {}", reply["message"]);
+    }
+    Ok(reply)
+}
+
 /// `VmRSS` of a process, in bytes (0 once it is gone).
-fn rss_bytes(pid: u32) -> u64 {
+pub fn rss_bytes(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|status| berth_agent::usage::meminfo_bytes(&status, "VmRSS"))
         .unwrap_or(0)
 }
 
-fn log_path(name: &str) -> std::path::PathBuf {
+pub(crate) fn log_path(name: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("berth-bench-{}-{name}.log", std::process::id()))
 }
 
@@ -357,17 +389,27 @@ async fn cluster_run(
     options: &Options,
     say: &(dyn Fn(&str) + Sync),
 ) -> anyhow::Result<ClusterRun> {
-    let control = Control::start(&ns, &log_path(&format!("control-{nodes}"))).await?;
+    let log = log_path(&format!("control-{nodes}"));
+    cluster_run_on(&Control::start(&ns, &log).await?, nodes, options, say).await
+}
+
+/// One cluster's figures on `control`, a control plane just started.
+pub(crate) async fn cluster_run_on(
+    control: &Control,
+    nodes: usize,
+    options: &Options,
+    say: &(dyn Fn(&str) + Sync),
+) -> anyhow::Result<ClusterRun> {
     say(&format!(
         "scale: {nodes} nodes: control plane up, joining hollow nodes"
     ));
     let joining = Instant::now();
-    let hollow = join_nodes(&control, nodes, say).await?;
+    let hollow = join_nodes(control, nodes, say).await?;
     let join_secs = joining.elapsed().as_secs_f64();
     let joined_rss = control.rss();
-    let propagation = propagation(&control, &hollow, options.propagation_pods, say).await?;
+    let propagation = propagation(control, &hollow, options.propagation_pods, say).await?;
     let after_propagation = control.rss();
-    let scheduling = scheduling(&control, &hollow, options, say).await?;
+    let scheduling = scheduling(control, &hollow, options, say).await?;
     let after_scheduling = control.rss();
     say(&format!(
         "scale: {nodes} nodes: {:.0} pods/s; propagation p50 {:.1} ms, p99 {:.1} ms to every node; control plane {} MiB",
@@ -377,7 +419,6 @@ async fn cluster_run(
         after_scheduling >> 20
     ));
     drop(hollow);
-    drop(control);
     Ok(ClusterRun {
         nodes,
         join_secs,

@@ -13,11 +13,17 @@ const PROPAGATION_NODES: usize = 1_000;
 const SCHEDULING_TARGET: f64 = 5_000.0;
 const PROPAGATION_TARGET_MS: f64 = 100.0;
 
-fn mib(bytes: u64) -> String {
-    format!("{} MiB", (bytes as f64 / f64::from(1 << 20)).round())
+/// Mebibytes, with a decimal below 10.
+pub fn mib(bytes: u64) -> String {
+    let mib = bytes as f64 / f64::from(1 << 20);
+    if mib < 10.0 {
+        format!("{mib:.1} MiB")
+    } else {
+        format!("{mib:.0} MiB")
+    }
 }
 
-fn ms(value: f64) -> String {
+pub fn ms(value: f64) -> String {
     if value >= 1000.0 {
         format!("{:.2} s", value / 1e3)
     } else {
@@ -40,7 +46,7 @@ fn complete(run: &ClusterRun) -> bool {
 
 /// The control plane's CPU time per pod scheduled, in milliseconds, and the share of the
 /// machine's CPU time that was busy; None for results from before they were measured.
-fn cpu_use(s: &Scheduling) -> Option<(f64, f64)> {
+pub(crate) fn cpu_use(s: &Scheduling) -> Option<(f64, f64)> {
     (s.arrived > 0 && s.machine_total_secs > 0.0).then(|| {
         (
             s.control_cpu_secs * 1e3 / s.arrived as f64,

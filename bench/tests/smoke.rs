@@ -29,6 +29,9 @@ fn smoke_run_writes_the_report_and_charts() {
         "## Control plane at scale",
         "| scheduling ≥ 5,000 pods/s",
         "| endpoint propagation p99 under 100 ms",
+        "## Real agents while Services arrive and change",
+        "## Control plane on etcd against the embedded store",
+        "| etcd (3 members) |",
     ] {
         assert!(
             report.contains(section),
@@ -77,4 +80,6 @@ fn smoke_run_writes_the_report_and_charts() {
         scale.memory.services, 100,
         "the agent programmed the smoke run's Services"
     );
+    let agents = results.agents.expect("real agents figures");
+    assert_eq!(agents.missed(), 0, "every agent wrote every change");
 }

@@ -15,8 +15,8 @@ use berth_api::{
     },
     core::Pod,
     kinds::{
-        CONFIG_MAPS, ENDPOINTS, NODES, PERSISTENT_VOLUME_CLAIMS, PERSISTENT_VOLUMES, PODS, SECRETS,
-        SERVICE_ACCOUNTS, SERVICES,
+        CONFIG_MAPS, ENDPOINTS, NAMESPACES, NETWORK_POLICIES, NODES, PERSISTENT_VOLUME_CLAIMS,
+        PERSISTENT_VOLUMES, PODS, SECRETS, SERVICE_ACCOUNTS, SERVICES,
     },
     selector::{FieldSelector, Selector},
     storage::{PersistentVolume, PersistentVolumeClaim},
@@ -471,6 +471,22 @@ impl AgentService {
         config_reply(&volume)
     }
 
+    /// A watch of every object of `kinds`, for the caller of `request`.
+    async fn watch_all(
+        &self,
+        request: &Request<WatchRequest>,
+        kinds: Vec<&'static berth_api::ResourceType>,
+    ) -> Result<Response<EventStream>, Status> {
+        let caller = self.caller(request).await?;
+        self.watch(
+            caller,
+            kinds,
+            FieldSelector::default(),
+            &request.get_ref().resource_version,
+        )
+        .await
+    }
+
     async fn watch(
         &self,
         caller: Caller,
@@ -763,16 +779,22 @@ impl agent_server::Agent for AgentService {
         &self,
         request: Request<WatchRequest>,
     ) -> Result<Response<EventStream>, Status> {
-        let caller = self.caller(&request).await?;
         // Nodes too: agents place endpoints on nodes by their pod ranges and send
         // north-south flows to other nodes' addresses.
-        self.watch(
-            caller,
-            vec![&SERVICES, &ENDPOINTS, &NODES],
-            FieldSelector::default(),
-            &request.get_ref().resource_version,
-        )
-        .await
+        self.watch_all(&request, vec![&SERVICES, &ENDPOINTS, &NODES])
+            .await
+    }
+
+    type WatchPoliciesStream = EventStream;
+
+    async fn watch_policies(
+        &self,
+        request: Request<WatchRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        // Every node's pods: a policy's peers are pods anywhere, known by their labels
+        // and addresses.
+        self.watch_all(&request, vec![&NETWORK_POLICIES, &NAMESPACES, &PODS])
+            .await
     }
 
     async fn report_pod_status(

@@ -70,6 +70,12 @@ pub struct Config {
     #[arg(long = "tls-san", env = "BERTH_TLS_SAN", value_delimiter = ',')]
     pub tls_sans: Vec<String>,
 
+    /// Every control plane's API address of this cluster (https://host:port,
+    /// comma-separated), written into admin.conf after this one's own so berthctl fails
+    /// over between them; with one control plane, leave it out.
+    #[arg(long, env = "BERTH_CONTROL_PLANE_ENDPOINTS", value_delimiter = ',', value_parser = parse_endpoint)]
+    pub control_plane_endpoints: Vec<String>,
+
     /// Users of static bearer tokens, one per line: `token,user,uid[,"group1,group2"]`
     /// (kube-apiserver's format). Read at start; only the tokens' digests are kept.
     #[arg(long, env = "BERTH_TOKEN_AUTH_FILE")]
@@ -92,6 +98,12 @@ pub struct Config {
     /// The key prefix Berth's objects live under in etcd.
     #[arg(long, env = "BERTH_ETCD_PREFIX", default_value = "/berth")]
     pub etcd_prefix: String,
+
+    /// The etcd members' `--max-txn-ops` (etcd's default 128): the control plane writes
+    /// batches of objects (a ReplicaSet's pods, a scheduling pass's bindings) in
+    /// transactions of at most that many operations.
+    #[arg(long, env = "BERTH_ETCD_MAX_TXN_OPS", default_value_t = 128, value_parser = clap::value_parser!(u32).range(2..))]
+    pub etcd_max_txn_ops: u32,
 
     /// CA certificate (PEM) that signed the etcd members' certificates: TLS to etcd.
     #[arg(long, env = "BERTH_ETCD_CAFILE")]
@@ -328,6 +340,7 @@ impl Config {
             prefix: self.etcd_prefix.clone(),
             ca_file: self.etcd_cafile.clone(),
             client_cert: self.etcd_certfile.clone().zip(self.etcd_keyfile.clone()),
+            max_txn_ops: usize::try_from(self.etcd_max_txn_ops).unwrap_or(usize::MAX),
         })
     }
 
@@ -431,6 +444,18 @@ fn parse_store(text: &str) -> Result<StoreLocation, String> {
     Ok(StoreLocation::Etcd(endpoints))
 }
 
+/// `https://host:port` (or `http://` with `--insecure-http`), as admin.conf's `server`.
+fn parse_endpoint(text: &str) -> Result<String, String> {
+    let expected = || format!("{text:?}: expected https://HOST:PORT");
+    let uri: hyper::Uri = text.parse().map_err(|_| expected())?;
+    let scheme_ok = matches!(uri.scheme_str(), Some("https" | "http"));
+    let bare = uri.path_and_query().is_none_or(|p| p.as_str() == "/");
+    if !scheme_ok || uri.host().is_none() || uri.port_u16().is_none() || !bare {
+        return Err(expected());
+    }
+    Ok(text.trim_end_matches('/').to_owned())
+}
+
 fn parse_pool(text: &str) -> Result<Option<Cidr>, String> {
     match text {
         "" | "none" => Ok(None),
@@ -466,6 +491,21 @@ mod tests {
             "a.example,198.18.0.1",
         ]);
         assert_eq!(config.tls_sans, ["a.example", "198.18.0.1"]);
+        assert_eq!(
+            parse_endpoint("https://198.18.0.1:6443/"),
+            Ok("https://198.18.0.1:6443".to_owned())
+        );
+        for bad in [
+            "198.18.0.1:6443",
+            "https://a.example",
+            "https://a:1/api",
+            "ftp://a:1",
+        ] {
+            assert!(
+                parse_endpoint(bad).expect_err("refused").contains(bad),
+                "{bad}"
+            );
+        }
         assert_eq!(
             config.admin_config_path(),
             PathBuf::from("/tmp/x/admin.conf")

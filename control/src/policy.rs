@@ -141,6 +141,11 @@ pub fn cluster_roles() -> Vec<Value> {
                 ),
                 rule(
                     &[READ, WRITE].concat(),
+                    &["networking.k8s.io"],
+                    &["networkpolicies"],
+                ),
+                rule(
+                    &[READ, WRITE].concat(),
                     &["autoscaling"],
                     &["horizontalpodautoscalers"],
                 ),
@@ -197,6 +202,7 @@ pub fn cluster_roles() -> Vec<Value> {
                     &["policy"],
                     &["poddisruptionbudgets", "poddisruptionbudgets/status"],
                 ),
+                rule(READ, &["networking.k8s.io"], &["networkpolicies"]),
                 rule(
                     READ,
                     &["autoscaling"],

@@ -204,6 +204,7 @@ impl Server {
             }
         };
         let tokens = Arc::new(BootstrapTokens::load(
+            Arc::clone(&store),
             &config.pki_dir(),
             &pki.bootstrap_token,
             (config.bootstrap_token_ttl_secs > 0)
@@ -341,9 +342,16 @@ impl Identity {
         };
         let url = format!("{scheme}://{client_host}:{port}");
         let admin_config = config.admin_config_path();
+        let failover: Vec<String> = config
+            .control_plane_endpoints
+            .iter()
+            .filter(|endpoint| endpoint.trim_end_matches('/') != url)
+            .cloned()
+            .collect();
         write_admin_config(
             &admin_config,
             &url,
+            &failover,
             (!config.insecure_http).then_some(pki.ca_cert_pem.as_str()),
             pki.new_admin_token.as_deref(),
         )?;
@@ -640,6 +648,7 @@ fn client_verifier(
 fn write_admin_config(
     path: &Path,
     url: &str,
+    failover: &[String],
     ca_pem: Option<&str>,
     new_token: Option<&str>,
 ) -> Result<(), ServerError> {
@@ -656,7 +665,9 @@ fn write_admin_config(
             return Ok(());
         }
     };
-    let yaml = Kubeconfig::new(url, ca_pem, token.as_deref()).to_yaml()?;
+    let yaml = Kubeconfig::new(url, ca_pem, token.as_deref())
+        .with_failover_servers(failover)
+        .to_yaml()?;
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|source| ServerError::Io {
             what: format!("creating {}", parent.display()),

@@ -116,6 +116,7 @@ scrape_configs:
         };
         let client = Client::new(ClientSettings {
             server: format!("http://127.0.0.1:{port}"),
+            failover_servers: Vec::new(),
             ca_pem: None,
             token: None,
             client_certificate: None,
@@ -171,6 +172,7 @@ async fn prometheus_has_data_for_every_panel_and_recording_rule() {
             .expect("watch");
     let sd = Client::new(ClientSettings {
         server: format!("http://{metrics}"),
+        failover_servers: Vec::new(),
         ca_pem: None,
         token: None,
         client_certificate: None,

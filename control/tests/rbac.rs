@@ -708,6 +708,7 @@ scrape_configs:
     };
     let prometheus = Client::new(berth_api::kubeconfig::ClientSettings {
         server: format!("http://127.0.0.1:{port}"),
+        failover_servers: Vec::new(),
         ca_pem: None,
         token: None,
         client_certificate: None,

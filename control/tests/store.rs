@@ -45,6 +45,7 @@ impl Backend {
                     prefix: "/berth".to_owned(),
                     ca_file: None,
                     client_cert: None,
+                    max_txn_ops: 128,
                 })
                 .expect("connect to etcd"),
             ),
@@ -442,6 +443,7 @@ fn etcd_leadership_fences_a_deposed_leaders_writes() {
         prefix: "/berth".to_owned(),
         ca_file: None,
         client_cert: None,
+        max_txn_ops: 128,
     })
     .expect("connect");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");

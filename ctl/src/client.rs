@@ -1,7 +1,16 @@
 //! A small HTTPS client for the control API, configured from admin.conf: what berthctl
 //! and the tests use. One connection per request keeps it simple; watches hold theirs.
+//! With several control planes (admin.conf's failover servers) a request that cannot
+//! connect to one goes to the next, and the client stays with the one that answered.
 
-use std::{path::Path, sync::Arc};
+use std::{
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::{Bytes, Incoming};
@@ -11,6 +20,7 @@ use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject as _};
 use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+use tokio_util::either::Either;
 
 use berth_api::kubeconfig::{ClientSettings, Kubeconfig, KubeconfigError};
 
@@ -36,11 +46,57 @@ pub enum ClientError {
 }
 
 pub struct Client {
+    /// The control planes, in the configuration's order; at least one.
+    endpoints: Vec<Endpoint>,
+    /// The endpoint that answered last: where the next request goes first.
+    current: AtomicUsize,
+    token: Option<String>,
+    tls: Option<TlsConnector>,
+}
+
+struct Endpoint {
     host: String,
     port: u16,
-    token: Option<String>,
-    tls: Option<(TlsConnector, ServerName<'static>)>,
+    /// The name its certificate must carry (https only).
+    tls_name: Option<ServerName<'static>>,
 }
+
+impl Endpoint {
+    fn parse(server: &str, https: bool) -> Result<Self, ClientError> {
+        let bad = || ClientError::BadServer(server.to_owned());
+        let rest = server
+            .strip_prefix(if https { "https://" } else { "http://" })
+            .ok_or_else(bad)?;
+        let (host, port) = rest
+            .trim_end_matches('/')
+            .rsplit_once(':')
+            .ok_or_else(bad)?;
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let tls_name = https
+            .then(|| {
+                ServerName::try_from(host.clone()).map_err(|e| ClientError::Tls(e.to_string()))
+            })
+            .transpose()?;
+        Ok(Self {
+            host,
+            port,
+            tls_name,
+        })
+    }
+
+    fn addr(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+/// How long one control plane of several gets to accept a connection and finish the TLS
+/// handshake before the next is tried: a frozen or cut-off host accepts TCP in its kernel
+/// and then never answers.
+const FAILOVER_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A response read in full.
 #[derive(Debug)]
@@ -62,23 +118,17 @@ impl Client {
     }
 
     pub fn new(settings: ClientSettings) -> Result<Self, ClientError> {
-        let bad = || ClientError::BadServer(settings.server.clone());
-        let (https, rest) = if let Some(rest) = settings.server.strip_prefix("https://") {
-            (true, rest)
-        } else if let Some(rest) = settings.server.strip_prefix("http://") {
-            (false, rest)
+        let https = if settings.server.starts_with("https://") {
+            true
+        } else if settings.server.starts_with("http://") {
+            false
         } else {
-            return Err(bad());
+            return Err(ClientError::BadServer(settings.server.clone()));
         };
-        let (host, port) = rest
-            .trim_end_matches('/')
-            .rsplit_once(':')
-            .ok_or_else(bad)?;
-        let port: u16 = port.parse().map_err(|_| bad())?;
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
+        let endpoints = std::iter::once(&settings.server)
+            .chain(&settings.failover_servers)
+            .map(|server| Endpoint::parse(server, https))
+            .collect::<Result<Vec<_>, _>>()?;
         let tls = if https {
             let mut roots = rustls::RootCertStore::empty();
             let pem = settings.ca_pem.as_deref().ok_or_else(|| {
@@ -108,18 +158,21 @@ impl Client {
                 }
                 None => config.with_no_client_auth(),
             };
-            let name =
-                ServerName::try_from(host.clone()).map_err(|e| ClientError::Tls(e.to_string()))?;
-            Some((TlsConnector::from(Arc::new(config)), name))
+            Some(TlsConnector::from(Arc::new(config)))
         } else {
             None
         };
         Ok(Self {
-            host,
-            port,
+            endpoints,
+            current: AtomicUsize::new(0),
             token: settings.token,
             tls,
         })
+    }
+
+    /// Every control plane this client knows, the configured server first.
+    pub fn servers(&self) -> usize {
+        self.endpoints.len()
     }
 
     /// The same client with another token (or none): for testing authentication.
@@ -190,13 +243,8 @@ impl Client {
         body: Option<(&[u8], &str)>,
         headers: &[(header::HeaderName, String)],
     ) -> Result<hyper::Response<Incoming>, ClientError> {
-        let addr = format!("{}:{}", self.host, self.port);
-        let tcp = TcpStream::connect(&addr)
-            .await
-            .map_err(|source| ClientError::Connect {
-                addr: addr.clone(),
-                source,
-            })?;
+        let (endpoint, io) = self.connect().await?;
+        let addr = endpoint.addr();
         let mut request = Request::builder()
             .method(method)
             .uri(path)
@@ -211,23 +259,61 @@ impl Client {
         let request = request
             .header(header::CONTENT_TYPE, content_type)
             .body(Full::new(Bytes::copy_from_slice(bytes)))?;
-        match &self.tls {
-            Some((connector, name)) => {
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await?;
+        tokio::spawn(connection.with_upgrades());
+        Ok(sender.send_request(request).await?)
+    }
+
+    /// A connection to the first control plane that takes one, starting with the one that
+    /// answered last; nothing has been sent yet, so trying another is always safe. The
+    /// error is the last one's when none does.
+    async fn connect(&self) -> Result<(&Endpoint, TokioIo<Connection>), ClientError> {
+        let first = self.current.load(Ordering::Relaxed);
+        let count = self.endpoints.len();
+        let mut last_error = None;
+        for i in (first..first + count).map(|i| i % count) {
+            let endpoint = &self.endpoints[i];
+            let attempt = self.connect_to(endpoint);
+            let outcome = if count > 1 {
+                tokio::time::timeout(FAILOVER_CONNECT_TIMEOUT, attempt)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(ClientError::Connect {
+                            addr: endpoint.addr(),
+                            source: std::io::ErrorKind::TimedOut.into(),
+                        })
+                    })
+            } else {
+                attempt.await
+            };
+            match outcome {
+                Ok(io) => {
+                    self.current.store(i, Ordering::Relaxed);
+                    return Ok((endpoint, TokioIo::new(io)));
+                }
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| ClientError::BadServer(String::new())))
+    }
+
+    async fn connect_to(&self, endpoint: &Endpoint) -> Result<Connection, ClientError> {
+        let addr = endpoint.addr();
+        let tcp = TcpStream::connect(&addr)
+            .await
+            .map_err(|source| ClientError::Connect {
+                addr: addr.clone(),
+                source,
+            })?;
+        match (&self.tls, &endpoint.tls_name) {
+            (Some(connector), Some(name)) => {
                 let stream = connector
                     .connect(name.clone(), tcp)
                     .await
                     .map_err(|e| ClientError::Tls(e.to_string()))?;
-                let (mut sender, connection) =
-                    hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-                tokio::spawn(connection.with_upgrades());
-                Ok(sender.send_request(request).await?)
+                Ok(Either::Right(stream))
             }
-            None => {
-                let (mut sender, connection) =
-                    hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-                tokio::spawn(connection.with_upgrades());
-                Ok(sender.send_request(request).await?)
-            }
+            _ => Ok(Either::Left(tcp)),
         }
     }
 
@@ -281,6 +367,9 @@ impl Client {
         })
     }
 }
+
+/// One connection to a control plane, TLS or not.
+type Connection = Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
 
 pub struct Watch {
     pub status: StatusCode,

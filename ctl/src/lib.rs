@@ -49,7 +49,8 @@ pub struct Cli {
     /// first file of KUBECONFIG, else /var/lib/berth/admin.conf].
     #[arg(long, env = "BERTH_CONFIG", global = true)]
     pub kubeconfig: Option<PathBuf>,
-    /// Server address, overriding the one in the configuration (https://host:port).
+    /// Server address, overriding the one in the configuration (https://host:port);
+    /// several control planes of one cluster comma-separated, tried in order.
     #[arg(long, env = "BERTH_SERVER", global = true)]
     pub server: Option<String>,
     /// Bearer token, overriding the one in the configuration.
@@ -363,14 +364,17 @@ impl Ctx {
                 .map_err(|e| CtlError::Io(format!("{}: {e}", config.display())))?,
             None => berth_api::kubeconfig::ClientSettings {
                 server: String::new(),
+                failover_servers: Vec::new(),
                 ca_pem: None,
                 token: None,
                 client_certificate: None,
             },
         };
         let origin = match &cli.server {
-            Some(server) => {
-                settings.server.clone_from(server);
+            Some(servers) => {
+                let mut servers = servers.split(',').map(str::trim).map(str::to_owned);
+                settings.server = servers.next().unwrap_or_default();
+                settings.failover_servers = servers.collect();
                 "--server/BERTH_SERVER".to_owned()
             }
             None => config.display().to_string(),
@@ -383,7 +387,11 @@ impl Ctx {
         } else {
             config.display().to_string()
         };
-        let server = settings.server.clone();
+        let server = std::iter::once(&settings.server)
+            .chain(&settings.failover_servers)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
         Ok(Self {
             client: Client::new(settings)?,
             namespace: cli.namespace.clone(),
@@ -506,7 +514,8 @@ pub enum Flow {
 impl Ctx {
     /// Follows the watch of `collection` (with `query`) from `resource_version`,
     /// handing each ADDED, MODIFIED and DELETED event to `on_event` until it says Done.
-    /// A watch ends at the server's timeout; the next resumes where it stopped.
+    /// A watch ends at the server's timeout; the next resumes where it stopped. So does
+    /// one whose control plane went away, at another when there are several.
     pub async fn follow(
         &self,
         collection: &str,
@@ -530,7 +539,15 @@ impl Ctx {
                 let body = watch.next().await.ok().flatten().unwrap_or(Value::Null);
                 return Err(self.failure(watch.status, &body, target));
             }
-            while let Some(event) = watch.next().await.map_err(|e| self.transport(e))? {
+            loop {
+                let event = match watch.next().await {
+                    Ok(Some(event)) => event,
+                    Ok(None) => break,
+                    // Cut off mid-stream: resume from the last version seen (at another
+                    // control plane if this one is gone; if none answers, that error).
+                    Err(_) if self.client.servers() > 1 => break,
+                    Err(e) => return Err(self.transport(e)),
+                };
                 let object = &event["object"];
                 match event["type"].as_str().unwrap_or_default() {
                     "ERROR" => return Err(self.failure(watch.status, object, target)),

@@ -10,6 +10,7 @@ mod ip;
 mod lb;
 mod maps;
 mod nat;
+mod policy;
 mod route;
 mod sock;
 mod tc;

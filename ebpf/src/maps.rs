@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use berth_ebpf_common::{
     AffinityKey, AffinityValue, Backend, BackendAddr, CtEntry, DatapathConfig, FlowKey, PodRange,
-    Reason, ServiceKey, ServiceValue, Traffic, defaults,
+    PolicyKey, Reason, ServiceKey, ServiceValue, Traffic, defaults,
 };
 
 #[map(name = "BERTH_CONFIG")]
@@ -81,6 +81,31 @@ pub static NO_MASQUERADE: LpmTrie<u32, u32> = LpmTrie::pinned(defaults::MAX_NO_M
 /// service connections.
 #[map(name = "BERTH_MASQ")]
 pub static MASQUERADE: LruHashMap<FlowKey, CtEntry> = LruHashMap::pinned(
+    defaults::MAX_CONNECTIONS * 2 / defaults::MASQUERADE_SHARE,
+    0,
+);
+
+/// Addresses → identities: every pod of the cluster as a /32, and the ranges the
+/// policies' ipBlocks name (and their exceptions), so the longest match of an address is
+/// the most specific thing a policy can say about it. Keyed like the pod ranges.
+#[map(name = "BERTH_IPCACHE")]
+pub static IPCACHE: LpmTrie<u32, u32> = LpmTrie::pinned(defaults::MAX_IPCACHE, 0);
+
+/// Each pod of this node that some NetworkPolicy selects (by address, network order) →
+/// the `ENDPOINT_*_ISOLATED` directions. A pod absent here is not isolated at all.
+#[map(name = "BERTH_POLICY_EPS")]
+pub static POLICY_ENDPOINTS: HashMap<u32, u32> = HashMap::pinned(defaults::MAX_POD_INTERFACES, 0);
+
+/// What the isolated pods allow: see `PolicyKey`. The value is unused.
+#[map(name = "BERTH_POLICY")]
+pub static POLICY: LpmTrie<PolicyKey, u32> = LpmTrie::pinned(defaults::MAX_POLICY_ENTRIES, 0);
+
+/// The replies of flows pods opened (`CT_POLICY_REPLY` keys), what lets them into pods
+/// their policies isolate. Every pod's flows are recorded, so a pod that becomes isolated
+/// keeps the replies of connections it already had. An LRU of its own, so pods' flows
+/// never evict service connections; entries past their lifetime count as absent.
+#[map(name = "BERTH_POLICY_CT")]
+pub static POLICY_CT: LruHashMap<FlowKey, CtEntry> = LruHashMap::pinned(
     defaults::MAX_CONNECTIONS * 2 / defaults::MASQUERADE_SHARE,
     0,
 );

@@ -15,7 +15,7 @@ use berth_ebpf_common::{HAIRPIN_ADDR, IPPROTO_TCP, IPPROTO_UDP, Reason};
 use crate::{
     lb::{self, Flow},
     maps::{POD_INTERFACES, account, config, count},
-    route,
+    policy, route,
 };
 
 const ETH_HLEN: usize = 14;
@@ -64,6 +64,8 @@ fn from_pod(ctx: &TcContext) -> Reason {
         Ok(parsed) => parsed,
         Err(reason) => return reason,
     };
+    // Before translation: a reply comes back from the address the pod addressed.
+    policy::track_opened(&flow);
     let Some(service) = lb::service(&flow) else {
         return reverse(ctx, &flow, l4);
     };
@@ -124,13 +126,31 @@ fn spoofed(ctx: &TcContext) -> bool {
     }
 }
 
+/// Every packet the node's stack delivers into a pod passes here: from other nodes (in
+/// either routing mode), from outside through a NodePort or LoadBalancer address, from
+/// the node itself, and from pods of this node when the shortcut past the stack is not
+/// taken. So the pod's ingress policy is checked here, on the packet as the pod will see
+/// it (after a reply's translation back to its frontend).
 fn to_pod(ctx: &TcContext) -> Reason {
     if config().is_none() {
         return Reason::PassNotConfigured;
     }
-    match parse(ctx) {
-        Ok((flow, l4)) => reverse(ctx, &flow, l4),
-        Err(reason) => reason,
+    let (flow, l4) = match parse(ctx) {
+        Ok(parsed) => parsed,
+        Err(reason) => return reason,
+    };
+    let reason = reverse(ctx, &flow, l4);
+    let delivered = if reason == Reason::ReverseTranslated {
+        match parse(ctx) {
+            Ok((rewritten, _)) => rewritten,
+            Err(reason) => return reason,
+        }
+    } else {
+        flow
+    };
+    match policy::ingress(&delivered) {
+        Ok(()) => reason,
+        Err(drop) => drop,
     }
 }
 
@@ -192,6 +212,14 @@ fn deliver_to_local_pod(ctx: &TcContext) -> Option<i32> {
     // SAFETY: ctx.skb.skb is this program's context.
     let fib = unsafe { route::lookup(ctx.skb.skb.cast(), ingress, (src, dst), proto, 0) }?;
     POD_INTERFACES.get_ptr(fib.ifindex)?;
+    // The destination pod's ingress policy, on the packet as it will arrive (after its
+    // translation). Packets that are not TCP or UDP are not checked (see DATAPATH.md).
+    if let Ok((flow, _)) = parse(ctx)
+        && let Err(reason) = policy::ingress(&flow)
+    {
+        count(reason);
+        return Some(TC_ACT_SHOT);
+    }
     // A router's hop: TTL down by one, the header checksum adjusted to match.
     let decremented = u16::from_ne_bytes([ttl - 1, proto]);
     ctx.l3_csum_replace(IP_CHECK, u64::from(ttl_proto), u64::from(decremented), 2)

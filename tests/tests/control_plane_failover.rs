@@ -1,8 +1,9 @@
 //! An agent with two control planes on one etcd (`--server a,b`): the one it uses is
 //! killed with SIGKILL while a client pod sends steady traffic through a Service; no
 //! request fails, the agent moves to the other control plane, its node stays Ready, and
-//! a pod scheduled afterwards (through the other control plane) runs on it. Real
-//! binaries, real Docker, a real etcd; needs root and BPF.
+//! a pod scheduled afterwards (through the other control plane) runs on it, and its
+//! watches resumed there from their last revision (no full resync). Real binaries, real
+//! Docker, a real etcd; needs root and BPF.
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
@@ -10,6 +11,8 @@ use std::{
     process::Command,
     time::{Duration, Instant},
 };
+
+use std::io::{Read as _, Write as _};
 
 use berth_testkit::etcd::EtcdCluster;
 use berth_tests::{
@@ -132,4 +135,43 @@ async fn run(setup: &Setup) {
     );
     assert!(ok > 10, "only {ok} requests answered");
     assert_eq!(failed, 0, "failed requests across the failover: {errors:?}");
+
+    // Both watches went on at the second control plane from where they were: one
+    // snapshot each (the first), and at least one resumed stream.
+    let metrics = agent_metrics(setup);
+    for watch in ["pods", "services"] {
+        let streams = |start: &str| {
+            let series =
+                format!("berth_agent_watch_streams_total{{start=\"{start}\",watch=\"{watch}\"}} ");
+            metrics
+                .lines()
+                .find_map(|line| line.strip_prefix(&series))
+                .and_then(|value| value.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        println!(
+            "control plane failover: the agent's {watch} watch: {} snapshot(s), {} resumed stream(s)",
+            streams("snapshot"),
+            streams("resumed")
+        );
+        assert_eq!(streams("snapshot"), 1, "{watch}: a resync:\n{metrics}");
+        assert!(
+            streams("resumed") >= 1,
+            "{watch}: never resumed:\n{metrics}"
+        );
+    }
+}
+
+/// The agent's /metrics, read inside the node's namespace.
+fn agent_metrics(setup: &Setup) -> String {
+    setup.ns.run(|| {
+        let mut stream =
+            std::net::TcpStream::connect((berth_tests::process::NODE_ADDR, 9102)).expect("connect");
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: agent\r\n\r\n")
+            .expect("request");
+        let mut text = String::new();
+        stream.read_to_string(&mut text).expect("metrics");
+        text
+    })
 }

@@ -28,6 +28,8 @@ pub enum Watched {
     Pods,
     /// All Services, Endpoints and Nodes.
     Services,
+    /// All NetworkPolicies, Namespaces and Pods.
+    Policies,
 }
 
 /// What a watch keeps of an object, decoded from an event's JSON.
@@ -213,6 +215,10 @@ pub trait Consumer<T>: Send {
     fn wanted(&self) -> bool {
         true
     }
+
+    /// A stream started: `resumed` when from the last revision seen, otherwise from a
+    /// snapshot (the first one, or a resync when the history was gone).
+    fn stream_started(&mut self, _resumed: bool) {}
 }
 
 /// Reconnect delays: 200 ms doubling to 5 s, each drawn from its upper half.
@@ -262,12 +268,17 @@ where
             return;
         }
         let request = state.request();
+        let resumed = !request.resource_version.is_empty();
         let response = match which {
             Watched::Pods => client.watch_pods(request).await,
             Watched::Services => client.watch_services(request).await,
+            Watched::Policies => client.watch_policies(request).await,
         };
         let mut stream = match response {
-            Ok(response) => response.into_inner(),
+            Ok(response) => {
+                consumer.stream_started(resumed);
+                response.into_inner()
+            }
             Err(status) => {
                 let delay = backoff.delay();
                 tracing::warn!(?which, %status, "watch failed; retrying in {delay:?}");

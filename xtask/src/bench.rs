@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: the benchmark of issue 8 — Berth's eBPF datapath against the
 //! limit (direct to pod IPs), kube-proxy-shaped iptables and HAProxy, programming time
-//! against iptables-restore, and failover on the end-to-end cluster against Kubernetes'
-//! probe defaults — run in one go on this machine. Writes docs/BENCHMARKS.md,
+//! against iptables-restore, failover on the end-to-end cluster against Kubernetes'
+//! probe defaults, the control plane with simulated nodes, and real agents while 10,000
+//! Services arrive and change — run in one go on this machine. Writes docs/BENCHMARKS.md,
 //! docs/bench/*.svg and docs/bench/results.json. `--smoke` is the short version (written to
 //! a temporary directory unless `--out` is given); `cargo xtask bench -- --parts failover`
 //! reruns one part and keeps the others' figures.
@@ -32,8 +33,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     // The machine, and the workload images the failover part's cluster runs.
     prepare()?;
     let root = workspace_root();
-    // The failover part runs the control plane and the agents: release builds, as users
-    // would, found next to berth-bench.
+    // The failover and agents parts run the control plane and the agents: release builds,
+    // as users would, found next to berth-bench.
     println!(
         "==> cargo build --release -p berth-bench -p berth-control -p berth-agent -p berth-ctl"
     );

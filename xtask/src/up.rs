@@ -473,9 +473,18 @@ fn start_ha_control(layout: &Layout, i: usize) -> anyhow::Result<u32> {
                 &format!("{HOST_ADDR}:{}", ha_port(AGENT_API_PORT, i)),
             ])
             .args(["--tls-san", &HOST_ADDR.to_string()])
+            .args(["--control-plane-endpoints", &ha_api_servers().join(",")])
             .arg("--local-volume-dir")
             .arg(layout.local_volumes()),
     )
+}
+
+/// The API address of each `up --ha` control plane: admin.conf lists them all, so
+/// berthctl goes on when one is down.
+fn ha_api_servers() -> Vec<String> {
+    (0..HA_INSTANCES)
+        .map(|i| format!("https://127.0.0.1:{}", ha_port(API_PORT, i)))
+        .collect()
 }
 
 fn start_agent(layout: &Layout, node: &str, ha: bool) -> anyhow::Result<u32> {

@@ -8,6 +8,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::Ipv4Addr,
+    sync::Arc,
     time::Instant,
 };
 
@@ -19,14 +20,19 @@ use super::{
     lowest_free, merge_backend, service_key, slots,
 };
 
+/// A service using a backend (its name, shared by all its backends) and its view of it.
+type User = (Arc<str>, BackendSpec);
+
 /// The services as last written, indexed for per-service planning.
 #[derive(Debug, Default)]
 pub(super) struct Desired {
     services: BTreeMap<String, Service>,
     /// Which service each frontend belongs to.
     owners: HashMap<ServiceKey, String>,
-    /// Every service's view of each backend, by address and port.
-    users: HashMap<(Ipv4Addr, u16), Vec<(String, BackendSpec)>>,
+    /// Every service's view of each backend, by address and port: the service's name
+    /// shared by its backends, and room for one user (most backends have one), as
+    /// 100,000 backends each hold an entry.
+    users: HashMap<(Ipv4Addr, u16), Vec<User>>,
 }
 
 impl Desired {
@@ -48,11 +54,12 @@ impl Desired {
             self.owners
                 .insert(service_key(frontend), service.name.clone());
         }
+        let name: Arc<str> = Arc::from(service.name.as_str());
         for backend in &service.backends {
             self.users
                 .entry((backend.addr, backend.port))
-                .or_default()
-                .push((service.name.clone(), *backend));
+                .or_insert_with(|| Vec::with_capacity(1))
+                .push((name.clone(), *backend));
         }
         self.services.insert(service.name.clone(), service);
     }
@@ -70,7 +77,7 @@ impl Desired {
         for backend in &service.backends {
             let key = (backend.addr, backend.port);
             if let Some(users) = self.users.get_mut(&key) {
-                users.retain(|(user, _)| user != name);
+                users.retain(|(user, _)| **user != *name);
                 if users.is_empty() {
                     self.users.remove(&key);
                 }
@@ -212,7 +219,7 @@ impl Datapath {
                 .get(key)
                 .into_iter()
                 .flatten()
-                .filter(|(user, _)| !changes.contains_key(user.as_str()));
+                .filter(|(user, _)| !changes.contains_key(&**user));
             for (_, spec) in others.clone() {
                 merge_backend(&mut merged, spec)?;
             }
@@ -228,7 +235,7 @@ impl Datapath {
                 .get(key)
                 .is_some_and(|spec| spec.state == BackendState::Active);
             if was_active != is_active {
-                affected.extend(others.map(|(user, _)| user.as_str()));
+                affected.extend(others.map(|(user, _)| &**user));
             }
         }
         let vanishing: HashSet<u32> = touched

@@ -12,11 +12,13 @@
 //! rebuilds its bookkeeping from them, and atomically replaces the programs behind the
 //! pinned links, so traffic keeps flowing while the agent is away and while it returns.
 
+mod batch;
 mod delta;
 pub mod maglev;
 mod mmap;
 mod model;
 mod neighbours;
+mod policy;
 mod slots;
 
 use std::{
@@ -51,6 +53,7 @@ use berth_ebpf_common::{
 pub use maglev::BackendIdentity;
 pub use model::*;
 pub use neighbours::{NeighbourKeeper, resolve_neighbours};
+pub use policy::PolicyMaps;
 
 /// The eBPF object built from ../ebpf by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/berth"));
@@ -108,7 +111,7 @@ impl Limits {
         (self.max_connections * 2 / defaults::MASQUERADE_SHARE).max(2)
     }
 
-    fn map_sizes(&self) -> [(&'static str, u32); 15] {
+    fn map_sizes(&self) -> [(&'static str, u32); 16] {
         [
             (map_names::CONFIG, 1),
             (
@@ -128,6 +131,8 @@ impl Limits {
             (map_names::POD_RANGES, self.max_nodes),
             (map_names::NO_MASQUERADE, defaults::MAX_NO_MASQUERADE),
             (map_names::MASQUERADE, self.masquerade_entries()),
+            // One entry per flow a pod opened, as many as masqueraded connections.
+            (map_names::POLICY_CONNTRACK, self.masquerade_entries()),
             (map_names::SERVICE_STATS, self.max_services),
             (map_names::BACKEND_STATS, self.max_backends + 1),
         ]
@@ -231,6 +236,67 @@ pub enum DatapathError {
 
 fn map_error(map: &'static str) -> impl FnOnce(MapError) -> DatapathError {
     move |source| DatapathError::Map { map, source }
+}
+
+/// A failed batch call as the map error aya would give for one entry.
+fn batch_error(map: &'static str, call: &'static str) -> impl FnOnce(io::Error) -> DatapathError {
+    move |io_error| DatapathError::Map {
+        map,
+        source: MapError::SyscallError(aya::sys::SyscallError { call, io_error }),
+    }
+}
+
+/// Entries read or written in one batch call.
+const BATCH: u32 = 4096;
+
+/// Each key's traffic summed over CPUs, from the batch values of a per-CPU array.
+fn sum_per_cpu(values: &[Traffic], cpus: usize) -> impl Iterator<Item = Traffic> + '_ {
+    values.chunks(cpus.max(1)).map(|per_cpu| {
+        per_cpu.iter().fold(Traffic::default(), |sum, cpu| Traffic {
+            packets: sum.packets + cpu.packets,
+            bytes: sum.bytes + cpu.bytes,
+            new_connections: sum.new_connections + cpu.new_connections,
+        })
+    })
+}
+
+/// The traffic of keys `first..first + count` of a per-CPU stats array, summed over
+/// CPUs: in batches, or one key at a time where the kernel has no batch lookup.
+fn read_traffic(
+    map: &PerCpuArray<MapData, Traffic>,
+    name: &'static str,
+    first: u32,
+    count: u32,
+) -> Result<Vec<Traffic>, DatapathError> {
+    use aya::maps::IterableMap as _;
+    let cpus = aya::util::nr_cpus().map_err(|(_, error)| batch_error(name, "nr_cpus")(error))?;
+    let fd = map.map().fd().as_fd();
+    let mut out = Vec::with_capacity(count as usize);
+    let mut values = Vec::new();
+    let mut next = first;
+    let end = first.saturating_add(count);
+    while next < end {
+        let want = (end - next).min(BATCH);
+        match batch::lookup_array(fd, next, want, cpus, &mut values) {
+            Ok(0) => break,
+            Ok(read) => {
+                out.extend(sum_per_cpu(&values, cpus));
+                next += read;
+            }
+            Err(error) if batch::unsupported(&error) => {
+                for index in next..end {
+                    match Datapath::traffic(map, index) {
+                        Ok(traffic) => out.push(traffic),
+                        Err(MapError::OutOfBounds { .. }) => break,
+                        Err(error) => return Err(map_error(name)(error)),
+                    }
+                }
+                break;
+            }
+            Err(error) => return Err(batch_error(name, "bpf_map_lookup_batch")(error)),
+        }
+    }
+    Ok(out)
 }
 
 fn program_error(program: &'static str) -> impl FnOnce(ProgramError) -> DatapathError {
@@ -479,7 +545,6 @@ pub struct Datapath {
     /// Mirror of the local backends map, read back at open.
     live_local_backends: HashMap<BackendAddr, u32>,
     service_stats: PerCpuArray<MapData, Traffic>,
-    backend_stats: PerCpuArray<MapData, Traffic>,
     reasons: PerCpuArray<MapData, u64>,
     /// Host-side ifindex of each pod veth the programs are attached to → the pod's address.
     pod_interfaces: BpfHashMap<MapData, u32, u32>,
@@ -660,9 +725,6 @@ impl Datapath {
         let service_stats: PerCpuArray<_, Traffic> = take(map_names::SERVICE_STATS)?
             .try_into()
             .map_err(map_error(map_names::SERVICE_STATS))?;
-        let backend_stats: PerCpuArray<_, Traffic> = take(map_names::BACKEND_STATS)?
-            .try_into()
-            .map_err(map_error(map_names::BACKEND_STATS))?;
         let reasons: PerCpuArray<_, u64> = take(map_names::REASONS)?
             .try_into()
             .map_err(map_error(map_names::REASONS))?;
@@ -701,7 +763,6 @@ impl Datapath {
             local_backends,
             live_local_backends: HashMap::new(),
             service_stats,
-            backend_stats,
             reasons,
             pod_interfaces,
             maglev,
@@ -1172,9 +1233,17 @@ impl Datapath {
             .map(|(key, id)| (*id, *key))
             .collect();
         let mut local_backends = HashSet::new();
+        let changed: Vec<(u32, Backend)> = plan
+            .backends
+            .iter()
+            .filter(|(id, backend)| self.live_backends.get(id) != Some(backend))
+            .map(|(id, backend)| (*id, *backend))
+            .collect();
+        self.write_backend_entries(&changed)?;
+        report.backends_written += changed.len();
+        self.live_backends.extend(changed);
         for (id, backend) in &plan.backends {
-            let key = by_id[id];
-            self.write_backend(key, *id, *backend, &mut report)?;
+            self.live_backend_ids.insert(by_id[id], *id);
             if backend.node_id == self.options.node_id {
                 local_backends.insert(local_address(backend));
                 self.write_local_backend(local_address(backend), *id)?;
@@ -1304,6 +1373,38 @@ impl Datapath {
             report.backends_written += 1;
         }
         self.live_backend_ids.insert(key, id);
+        Ok(())
+    }
+
+    /// Writes backend entries (id, entry) into the backends array: in batches of
+    /// `BPF_MAP_UPDATE_BATCH` (a resync writes 100,000), or one by one where the kernel
+    /// has no batch update. The mirror is the caller's to update.
+    fn write_backend_entries(&mut self, entries: &[(u32, Backend)]) -> Result<(), DatapathError> {
+        use aya::maps::IterableMap as _;
+        let mut written = 0;
+        if entries.len() > 1 {
+            let (ids, values): (Vec<u32>, Vec<Backend>) = entries.iter().copied().unzip();
+            let fd = self.backends.map().fd().as_fd();
+            for (ids, values) in ids
+                .chunks(BATCH as usize)
+                .zip(values.chunks(BATCH as usize))
+            {
+                match batch::update(fd, ids, values) {
+                    Ok(()) => written += ids.len(),
+                    Err((_, error)) if batch::unsupported(&error) => break,
+                    Err((_, error)) => {
+                        return Err(batch_error(map_names::BACKENDS, "bpf_map_update_batch")(
+                            error,
+                        ));
+                    }
+                }
+            }
+        }
+        for (id, backend) in &entries[written..] {
+            self.backends
+                .set(*id, *backend, 0)
+                .map_err(map_error(map_names::BACKENDS))?;
+        }
         Ok(())
     }
 
@@ -1702,36 +1803,40 @@ impl Datapath {
         }))
     }
 
-    /// Traffic per service (by name), summed over CPUs.
+    /// Traffic per service (by name), summed over CPUs: the stats of every id up to the
+    /// highest in use read in batches.
     pub fn service_traffic(&self) -> Result<Vec<TrafficReport<String>>, DatapathError> {
+        let Some(last) = self.service_names.keys().max() else {
+            return Ok(Vec::new());
+        };
+        let traffic = read_traffic(&self.service_stats, map_names::SERVICE_STATS, 0, last + 1)?;
         let mut ids: Vec<(&u32, &String)> = self.service_names.iter().collect();
         ids.sort();
-        ids.into_iter()
-            .map(|(id, name)| {
-                Ok(TrafficReport {
+        Ok(ids
+            .into_iter()
+            .filter_map(|(id, name)| {
+                Some(TrafficReport {
                     key: name.clone(),
-                    traffic: Self::traffic(&self.service_stats, *id)
-                        .map_err(map_error(map_names::SERVICE_STATS))?,
+                    traffic: *traffic.get(*id as usize)?,
                 })
             })
-            .collect()
+            .collect())
     }
 
-    /// Traffic per backend address, summed over CPUs.
-    pub fn backend_traffic(&self) -> Result<Vec<TrafficReport<(Ipv4Addr, u16)>>, DatapathError> {
-        self.live_backends
-            .iter()
-            .map(|(id, backend)| {
-                Ok(TrafficReport {
-                    key: (
-                        Ipv4Addr::from(u32::from_be(backend.addr)),
-                        u16::from_be(backend.port),
-                    ),
-                    traffic: Self::traffic(&self.backend_stats, *id)
-                        .map_err(map_error(map_names::BACKEND_STATS))?,
-                })
-            })
-            .collect()
+    /// A reader of the backends' counters of its own (see [`TrafficReader`]).
+    pub fn traffic_reader(&self) -> Result<TrafficReader, DatapathError> {
+        let path = |name: &'static str| self.options.pin_dir.join(name);
+        let backends = MapData::from_pin(path(map_names::BACKENDS))
+            .and_then(|data| Array::try_from(Map::Array(data)))
+            .map_err(map_error(map_names::BACKENDS))?;
+        let stats = MapData::from_pin(path(map_names::BACKEND_STATS))
+            .and_then(|data| PerCpuArray::try_from(Map::PerCpuArray(data)))
+            .map_err(map_error(map_names::BACKEND_STATS))?;
+        Ok(TrafficReader {
+            backends,
+            stats,
+            max_backends: self.options.limits.max_backends,
+        })
     }
 
     /// The services as last written (by [`Self::apply`] or [`Self::update`]), by name.
@@ -1764,6 +1869,11 @@ impl Datapath {
             }
         }
         Ok(count)
+    }
+
+    /// The NetworkPolicy maps, for writing compiled policies (`crate::policy`).
+    pub fn policy_maps(&self) -> Result<PolicyMaps, DatapathError> {
+        PolicyMaps::open(&self.options.pin_dir)
     }
 
     /// A handle on the conntrack tables of its own, for collecting expired entries
@@ -1901,6 +2011,77 @@ fn interface_name(index: u32) -> Option<String> {
     // SAFETY: on success the buffer holds a NUL-terminated name.
     let name = unsafe { std::ffi::CStr::from_ptr(buffer.as_ptr()) };
     Some(name.to_string_lossy().into_owned())
+}
+
+/// Reads every backend's traffic counters from handles of its own on the pinned maps,
+/// in batches: the heartbeat's figures (100,000 backends at 10,000 Services) never hold
+/// the datapath, whose lock every change waits for. A backend written while it reads
+/// shows up on the next reading.
+pub struct TrafficReader {
+    backends: Array<MapData, Backend>,
+    stats: PerCpuArray<MapData, Traffic>,
+    max_backends: u32,
+}
+
+impl TrafficReader {
+    /// Traffic per backend in use (address and port), summed over CPUs. As at the
+    /// datapath's start, the scan of ids (allocated from the bottom) stops after a long
+    /// run of free ones.
+    pub fn backend_traffic(&self) -> Result<Vec<TrafficReport<(Ipv4Addr, u16)>>, DatapathError> {
+        use aya::maps::IterableMap as _;
+        let fd = self.backends.map().fd().as_fd();
+        let mut reports = Vec::new();
+        let mut backends: Vec<Backend> = Vec::new();
+        let mut free_run = 0u32;
+        let mut first = 1u32;
+        while first <= self.max_backends && free_run <= 4096 {
+            let want = (self.max_backends + 1 - first).min(BATCH);
+            let read = match batch::lookup_array(fd, first, want, 1, &mut backends) {
+                Ok(read) => read,
+                Err(error) if batch::unsupported(&error) => {
+                    backends.clear();
+                    for id in first..first + want {
+                        backends.push(
+                            self.backends
+                                .get(&id, 0)
+                                .map_err(map_error(map_names::BACKENDS))?,
+                        );
+                    }
+                    want
+                }
+                Err(error) => {
+                    return Err(batch_error(map_names::BACKENDS, "bpf_map_lookup_batch")(
+                        error,
+                    ));
+                }
+            };
+            if read == 0 {
+                break;
+            }
+            let in_use = backends.iter().any(|backend| backend.state != 0);
+            let traffic = if in_use {
+                read_traffic(&self.stats, map_names::BACKEND_STATS, first, read)?
+            } else {
+                Vec::new()
+            };
+            for (backend, traffic) in backends
+                .iter()
+                .zip(traffic.iter().chain(std::iter::repeat(&Traffic::default())))
+            {
+                if backend.state == 0 {
+                    free_run += 1;
+                    continue;
+                }
+                free_run = 0;
+                reports.push(TrafficReport {
+                    key: backend_key(backend),
+                    traffic: *traffic,
+                });
+            }
+            first += read;
+        }
+        Ok(reports)
+    }
 }
 
 /// Collects the conntrack entries past their lifetime (see

@@ -12,6 +12,8 @@ pub const NODE_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 pub const PEER_NODE_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 pub const TC_ACT_OK: u32 = 0;
 pub const TC_ACT_SHOT: u32 = 2;
+// Not every test binary runs the XDP program to a drop.
+#[allow(dead_code)]
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 

@@ -358,4 +358,19 @@ mod tests {
             json!({"group": "autoscaling", "version": "v1", "kind": "Scale"})
         );
     }
+
+    #[tokio::test]
+    async fn network_policies_are_discovered_in_their_group() {
+        let response = aggregated(&["networking.k8s.io"], "v2");
+        let body: Value =
+            serde_json::from_slice(&to_bytes(response.into_body(), 1 << 20).await.expect("body"))
+                .expect("JSON");
+        let group = &body["items"][0];
+        assert_eq!(group["metadata"]["name"], "networking.k8s.io");
+        let resource = &group["versions"][0]["resources"][0];
+        assert_eq!(resource["resource"], "networkpolicies");
+        assert_eq!(resource["shortNames"], json!(["netpol"]));
+        assert_eq!(resource["scope"], "Namespaced");
+        assert_eq!(group["versions"][0]["version"], "v1");
+    }
 }

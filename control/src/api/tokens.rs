@@ -64,8 +64,10 @@ pub async fn create(State(state): State<ApiState>, body: axum::body::Bytes) -> R
 }
 
 pub async fn list(State(state): State<ApiState>) -> Response {
-    let result = tokens(&state)
-        .map(|t| Json(json!({"kind": "BootstrapTokenList", "items": t.list()})).into_response());
+    let result = tokens(&state).and_then(|t| {
+        let items = t.list().map_err(token_error)?;
+        Ok(Json(json!({"kind": "BootstrapTokenList", "items": items})).into_response())
+    });
     with_info(
         result.unwrap_or_else(IntoResponse::into_response),
         "list",

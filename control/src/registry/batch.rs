@@ -43,9 +43,27 @@ pub struct EventRecord {
 
 impl Registry {
     /// Creates every object of `objects` in one transaction: all of them or none (a name
-    /// taken meanwhile fails the batch, and its controller plans it again). Returns the
-    /// revision written, 0 for no objects.
+    /// taken meanwhile fails the batch, and its controller plans it again) — or, on a
+    /// store that takes fewer operations per transaction than that needs (etcd), in
+    /// transactions of as many as fit, one after the other, stopping at the first that
+    /// fails. Returns the last revision written, 0 for no objects.
     pub async fn create_many(
+        &self,
+        rt: &'static ResourceType,
+        mut objects: Vec<Object>,
+    ) -> Result<Revision> {
+        // A namespace check and one or two operations an object fit in half the limit.
+        let per_commit = (self.store.max_ops_per_commit() / 2).max(1);
+        let mut revision = 0;
+        while !objects.is_empty() {
+            let rest = objects.split_off(per_commit.min(objects.len()));
+            revision = self.create_in_one_commit(rt, objects).await?;
+            objects = rest;
+        }
+        Ok(revision)
+    }
+
+    async fn create_in_one_commit(
         &self,
         rt: &'static ResourceType,
         objects: Vec<Object>,
@@ -103,8 +121,18 @@ impl Registry {
     /// is not decoded and validated again — the node is one the store holds. A pod that
     /// changed since the scheduler read it, or is bound already, gets a conflict of its
     /// own and the others are bound; should one change between this read and the commit,
-    /// the whole batch gets the conflict. One result per binding, in order.
+    /// the whole batch gets the conflict. One result per binding, in order. A store that
+    /// takes fewer operations per transaction than there are bindings (etcd) gets them in
+    /// several transactions.
     pub async fn bind_many(&self, bindings: &[Binding]) -> Vec<Result<Revision>> {
+        let mut results = Vec::with_capacity(bindings.len());
+        for chunk in bindings.chunks(self.store.max_ops_per_commit().max(1)) {
+            results.extend(self.bind_in_one_commit(chunk).await);
+        }
+        results
+    }
+
+    async fn bind_in_one_commit(&self, bindings: &[Binding]) -> Vec<Result<Revision>> {
         let rt = &PODS;
         let keys: Vec<String> = bindings
             .iter()

@@ -283,6 +283,10 @@ impl Store for EncryptedStore {
     fn health(&self) -> super::Health {
         self.inner.health()
     }
+
+    fn max_ops_per_commit(&self) -> usize {
+        self.inner.max_ops_per_commit()
+    }
 }
 
 #[cfg(test)]

@@ -48,6 +48,8 @@ pub struct EtcdConfig {
     /// client's certificate and key if the members require client certificates.
     pub ca_file: Option<PathBuf>,
     pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// The members' `--max-txn-ops`: the most operations etcd takes in one transaction.
+    pub max_txn_ops: usize,
 }
 
 impl EtcdConfig {
@@ -709,6 +711,15 @@ impl Store for EtcdStore {
 
     fn commit(&self, ops: Vec<Op>) -> Result<Revision> {
         let shared = &self.shared;
+        if ops.len() > self.max_ops_per_commit() {
+            return Err(StoreError::Backend(format!(
+                "one transaction of {} operations: etcd takes at most {} (its --max-txn-ops, \
+                 and this control plane's --etcd-max-txn-ops); raise both, or write in \
+                 smaller parts",
+                ops.len(),
+                self.max_ops_per_commit()
+            )));
+        }
         let mut compares = Vec::new();
         let mut writes = Vec::new();
         // Read back on failure, to say which precondition failed.
@@ -888,6 +899,11 @@ impl Store for EtcdStore {
 
     fn subscribe(&self) -> watch::Receiver<Revision> {
         self.shared.notify.subscribe()
+    }
+
+    /// A fenced writer's transactions also compare its lease: one operation less.
+    fn max_ops_per_commit(&self) -> usize {
+        self.shared.config.max_txn_ops - usize::from(self.fence.is_some())
     }
 
     fn health(&self) -> Health {

@@ -156,6 +156,12 @@ pub trait Store: Send + Sync + 'static {
     fn subscribe(&self) -> tokio::sync::watch::Receiver<Revision>;
     /// Whether writes are accepted now; readiness reports it.
     fn health(&self) -> Health;
+
+    /// The most operations one [`Store::commit`] may hold: etcd refuses larger
+    /// transactions (its `--max-txn-ops`), so writers of many objects split them to fit.
+    fn max_ops_per_commit(&self) -> usize {
+        usize::MAX
+    }
 }
 
 /// Whether `precondition` holds for `key`, whose current state is `existing`; the error

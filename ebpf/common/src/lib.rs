@@ -32,6 +32,14 @@ pub mod map_names {
     pub const NO_MASQUERADE: &str = "BERTH_NO_MASQ";
     /// Masqueraded flows: the node port each pod flow leaves with, and back.
     pub const MASQUERADE: &str = "BERTH_MASQ";
+    /// Address (LPM: pod /32s, the ranges policies name) → identity.
+    pub const IPCACHE: &str = "BERTH_IPCACHE";
+    /// Local pod address → which directions its policies isolate it in.
+    pub const POLICY_ENDPOINTS: &str = "BERTH_POLICY_EPS";
+    /// (endpoint, identity, direction, protocol, port prefix) → allowed.
+    pub const POLICY: &str = "BERTH_POLICY";
+    /// Replies of flows pods opened ([`crate::CT_POLICY_REPLY`] keys).
+    pub const POLICY_CONNTRACK: &str = "BERTH_POLICY_CT";
 }
 
 /// Names of the programs in the eBPF object.
@@ -77,6 +85,10 @@ pub mod defaults {
     /// Smallest Maglev table (prime). Larger services get larger tables (200 slots per
     /// backend): the Maglev paper keeps M > 100 * N for near-minimal disruption.
     pub const MAGLEV_MIN_TABLE: u32 = 1_021;
+    /// Entries of the ipcache: every pod of the cluster, and the ranges policies name.
+    pub const MAX_IPCACHE: u32 = 65_536;
+    /// Policy entries of all endpoints of a node together.
+    pub const MAX_POLICY_ENTRIES: u32 = 65_536;
     /// Slots in the pool all tables are carved from (u32 each, two per map entry):
     /// 128 MiB, enough for 10,000 services of 10 backends (2,048 slots each) with a third
     /// to spare for rebuilding tables.
@@ -202,6 +214,53 @@ pub struct Backend {
 /// reply would never be translated back. Link-local and assigned nowhere; the pod's
 /// default route takes replies to it out through its veth.
 pub const HAIRPIN_ADDR: u32 = u32::from_be_bytes([169, 254, 42, 1]).to_be();
+
+/// Key direction of the policy conntrack (`BERTH_POLICY_CT`): the reply leg of a flow a
+/// pod opened, keyed as its replies arrive (source: the address the pod sent to, before
+/// any translation). Written as the flow leaves its pod; what lets replies into a pod
+/// whose policies isolate it.
+pub const CT_POLICY_REPLY: u8 = 5;
+
+/// Identities (Cilium's model): what the policy map is keyed by instead of addresses.
+/// Any peer: the key of a rule that allows every source.
+pub const IDENTITY_ANY: u32 = 0;
+/// This node itself (its addresses): always allowed in, as kubelet probes need.
+pub const IDENTITY_HOST: u32 = 1;
+/// An address in no entry of the ipcache.
+pub const IDENTITY_WORLD: u32 = 2;
+/// First identity of a (namespace, labels) set of pods.
+pub const IDENTITY_FIRST_POD: u32 = 256;
+/// First identity of an address range a policy names (ipBlock), node-local like
+/// Cilium's CIDR identities.
+pub const IDENTITY_FIRST_CIDR: u32 = 1 << 24;
+
+/// Policy key direction: traffic into the endpoint.
+pub const POLICY_INGRESS: u8 = 1;
+/// Endpoint flag: some policy isolates the pod for ingress.
+pub const ENDPOINT_INGRESS_ISOLATED: u32 = 1 << 0;
+/// Endpoint flag: some policy isolates the pod for egress (not enforced yet).
+pub const ENDPOINT_EGRESS_ISOLATED: u32 = 1 << 1;
+
+/// Key of the policy map (an LPM trie): the endpoint's address and the peer's identity
+/// and direction always match in full ([`POLICY_PREFIX_ANY_PROTO`] bits); a rule for one
+/// protocol adds its 8 bits, a port range the port's leading bits (up to
+/// [`POLICY_PREFIX_FULL`]). Port in network order, so its leading bits come first.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyKey {
+    /// The pod's IPv4 address, network order.
+    pub endpoint: u32,
+    pub identity: u32,
+    pub direction: u8,
+    pub proto: u8,
+    pub port: u16,
+}
+
+/// Prefix lengths of [`PolicyKey`]: every protocol and port; one protocol, every port;
+/// one port.
+pub const POLICY_PREFIX_ANY_PROTO: u32 = 72;
+pub const POLICY_PREFIX_ANY_PORT: u32 = 80;
+pub const POLICY_PREFIX_FULL: u32 = 96;
 
 /// Conntrack key direction: the client-to-service leg (before translation).
 pub const CT_FORWARD: u8 = 1;
@@ -404,10 +463,13 @@ pub enum Reason {
     /// A connection of the node's own (a socket in its network namespace) to a service
     /// frontend, sent to a backend at connect().
     SocketTranslated = 26,
+    /// A packet for a pod its NetworkPolicies isolate for ingress that no rule allows
+    /// and that is not a reply of a flow the pod opened.
+    DropPolicyIngress = 27,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 27;
+    pub const COUNT: u32 = 28;
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::PassNotIpv4,
         Reason::PassNotTcpUdp,
@@ -436,6 +498,7 @@ impl Reason {
         Reason::Unmasqueraded,
         Reason::DropMasqueradePorts,
         Reason::SocketTranslated,
+        Reason::DropPolicyIngress,
     ];
 
     /// Label used in metrics.
@@ -468,6 +531,7 @@ impl Reason {
             Reason::Unmasqueraded => "unmasqueraded",
             Reason::DropMasqueradePorts => "drop_masquerade_ports",
             Reason::SocketTranslated => "socket_translated",
+            Reason::DropPolicyIngress => "drop_policy_ingress",
         }
     }
 
@@ -482,6 +546,7 @@ impl Reason {
                 | Reason::DropTunnelNotBackend
                 | Reason::DropTunnelSource
                 | Reason::DropMasqueradePorts
+                | Reason::DropPolicyIngress
         )
     }
 }
@@ -568,6 +633,8 @@ mod pod {
     unsafe impl aya::Pod for Traffic {}
     // SAFETY: as above.
     unsafe impl aya::Pod for PodRange {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for PolicyKey {}
 }
 
 #[cfg(test)]
@@ -588,6 +655,7 @@ mod tests {
         assert_eq!(size_of::<AffinityValue>(), 16);
         assert_eq!(size_of::<Traffic>(), 24);
         assert_eq!(size_of::<PodRange>(), 8);
+        assert_eq!(size_of::<PolicyKey>() as u32 * 8, POLICY_PREFIX_FULL);
     }
 
     #[test]

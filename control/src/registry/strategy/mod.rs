@@ -163,6 +163,7 @@ macro_rules! with_strategy {
             core::{Endpoints, Event, Namespace, Node, Pod, Service},
             discovery::EndpointSlice,
             disruption::PodDisruptionBudget,
+            networking::NetworkPolicy,
             policy::{LimitRange, ResourceQuota},
             rbac::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
             storage::{PersistentVolume, PersistentVolumeClaim},
@@ -199,6 +200,10 @@ macro_rules! with_strategy {
             }
             PodDisruptionBudget::KIND => {
                 let $strategy = &PodDisruptionBudgetStrategy;
+                $body
+            }
+            NetworkPolicy::KIND => {
+                let $strategy = &NetworkPolicyStrategy;
                 $body
             }
             StatefulSet::KIND => {

@@ -4,7 +4,7 @@ use std::marker::PhantomData;
 
 use berth_api::{
     apps::ReplicaSet, autoscaling::HorizontalPodAutoscaler, core::Node,
-    disruption::PodDisruptionBudget, policy::ResourceQuota,
+    disruption::PodDisruptionBudget, networking::NetworkPolicy, policy::ResourceQuota,
 };
 
 use super::Strategy;
@@ -89,3 +89,23 @@ status_and_spec!(ReplicaSetStrategy, ReplicaSet);
 status_and_spec!(HorizontalPodAutoscalerStrategy, HorizontalPodAutoscaler);
 status_and_spec!(ResourceQuotaStrategy, ResourceQuota);
 status_and_spec!(PodDisruptionBudgetStrategy, PodDisruptionBudget);
+
+/// NetworkPolicies: stored with `policyTypes` filled in, as Kubernetes defaults it, so
+/// what a reader sees is what the agents enforce.
+pub(in crate::registry) struct NetworkPolicyStrategy;
+
+impl Strategy for NetworkPolicyStrategy {
+    type Object = NetworkPolicy;
+
+    fn prepare_for_create(&self, policy: &mut NetworkPolicy) {
+        policy.default_policy_types();
+    }
+
+    fn prepare_for_update(&self, policy: &mut NetworkPolicy, _old: &NetworkPolicy) {
+        policy.default_policy_types();
+    }
+
+    fn spec_changed(&self, policy: &NetworkPolicy, old: &NetworkPolicy) -> bool {
+        policy.spec != old.spec
+    }
+}

@@ -1,0 +1,305 @@
+//! NetworkPolicy in the datapath, run with BPF_PROG_TEST_RUN: policies compiled by the
+//! agent (`berth_agent::policy`) from typed pods, namespaces and policies, written with
+//! `PolicyMaps`, and packets through `berth_to_pod` (every delivery into a pod through
+//! the node's stack) and `berth_from_pod` (flows a pod opens, service translation).
+//! Needs root and bpffs.
+
+mod common;
+
+use std::net::Ipv4Addr;
+
+use berth_agent::{
+    datapath::{Algorithm, BackendSpec, BackendState, Frontend, PolicyMaps, Protocol, Service},
+    policy::{Identities, PolicyInput, PolicyPlan, compile},
+};
+use berth_api::{
+    Source,
+    core::{Namespace, Pod},
+    decode_typed,
+    networking::NetworkPolicy,
+};
+use berth_ebpf_common::{Reason, program_names};
+use berth_testkit::{
+    PinDir,
+    packet::{self, Frame},
+    programs,
+};
+use common::*;
+
+const NODE: &str = "policy-node";
+/// Namespace a: the server on this node, isolated by the policies below.
+const SERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 10);
+/// Namespace b, on another node: role=client, and a pod without the role.
+const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 20);
+const OTHER: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 30);
+/// A backend on another node, behind `REMOTE_VIP`.
+const REMOTE_BACKEND: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 40);
+/// ClusterIPs: the server's, and the remote backend's.
+const VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 20);
+const REMOTE_VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 21);
+/// The server's LoadBalancer address (north-south, `berth_external`).
+const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 20);
+/// Outside the cluster: in the ipBlock, in its exception, and elsewhere.
+const IN_BLOCK: Ipv4Addr = Ipv4Addr::new(198, 19, 140, 1);
+const IN_EXCEPTION: Ipv4Addr = Ipv4Addr::new(198, 19, 130, 1);
+const OUTSIDE: Ipv4Addr = Ipv4Addr::new(198, 19, 100, 7);
+
+/// A running pod with a container port `admin` (9090/TCP); `labels` a YAML map.
+fn pod(namespace: &str, ip: Ipv4Addr, node: &str, labels: &str) -> Pod {
+    let yaml = format!(
+        "metadata: {{name: pod-{ip}, namespace: {namespace}, labels: {labels}}}\nspec: {{nodeName: {node}, containers: [{{name: web, image: echo, ports: [{{name: admin, containerPort: 9090}}]}}]}}\nstatus: {{phase: Running, podIP: {ip}}}"
+    );
+    decode_typed(Source::Yaml(&yaml)).expect("a valid pod")
+}
+
+fn namespace(name: &str, team: &str) -> Namespace {
+    let yaml = format!("metadata: {{name: {name}, labels: {{team: {team}}}}}");
+    decode_typed(Source::Yaml(&yaml)).expect("a valid namespace")
+}
+
+fn policy(yaml: &str) -> NetworkPolicy {
+    decode_typed(Source::Yaml(yaml)).expect("a valid policy")
+}
+
+/// Namespace a: default-deny ingress; b's role=client pods on TCP 80; the named port
+/// `admin` from the namespace's own pods; a range from outside, but not its exception.
+fn policies() -> Vec<NetworkPolicy> {
+    let head = |name: &str| {
+        format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: a}}\nspec:\n"
+        )
+    };
+    vec![
+        policy(&format!("{}  podSelector: {{}}\n", head("deny"))),
+        policy(&format!(
+            "{}  podSelector: {{matchLabels: {{app: server}}}}\n  ingress:\n  - from:\n    - namespaceSelector: {{matchLabels: {{team: b}}}}\n      podSelector: {{matchLabels: {{role: client}}}}\n    ports: [{{protocol: TCP, port: 80}}]\n  - from: [{{podSelector: {{}}}}]\n    ports: [{{port: admin}}]\n  - from: [{{ipBlock: {{cidr: 198.19.128.0/17, except: [198.19.130.0/24]}}}}]\n",
+            head("web")
+        )),
+    ]
+}
+
+fn plan(policies: &[NetworkPolicy]) -> PolicyPlan {
+    let pods = [
+        pod("a", SERVER, NODE, "{app: server}"),
+        pod("b", CLIENT, "elsewhere", "{role: client}"),
+        pod("b", OTHER, "elsewhere", "{role: other}"),
+        pod("b", REMOTE_BACKEND, "elsewhere", "{app: api}"),
+    ];
+    let namespaces = [namespace("a", "a"), namespace("b", "b")];
+    compile(
+        &PolicyInput {
+            node_name: NODE,
+            host_addrs: &[NODE_ADDR],
+            pods: &pods,
+            namespaces: &namespaces,
+            policies,
+        },
+        &mut Identities::default(),
+    )
+}
+
+fn service(name: &str, vip: Ipv4Addr, backend: Ipv4Addr, port: u16, node_id: u32) -> Service {
+    let frontend = |addr, external| Frontend {
+        addr,
+        port: 80,
+        protocol: Protocol::Tcp,
+        external,
+    };
+    let mut frontends = vec![frontend(vip, false)];
+    if vip == VIP {
+        frontends.push(frontend(EXTERNAL_IP, true));
+    }
+    Service {
+        name: name.into(),
+        frontends,
+        backends: vec![BackendSpec {
+            addr: backend,
+            port,
+            node_id,
+            state: BackendState::Active,
+        }],
+        algorithm: Algorithm::Maglev,
+        affinity_timeout: None,
+    }
+}
+
+struct Harness {
+    datapath: berth_agent::datapath::Datapath,
+    maps: PolicyMaps,
+    _pins: PinDir,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let pins = PinDir::new("policy");
+        let datapath = common::open(
+            &pins,
+            vec![
+                service("a/web:80", VIP, SERVER, 80, NODE_ID),
+                service("b/api:80", REMOTE_VIP, REMOTE_BACKEND, 8080, 2),
+            ],
+        );
+        let mut maps = datapath.policy_maps().expect("policy maps");
+        maps.apply(&plan(&policies()))
+            .expect("writing the policies");
+        Harness {
+            datapath,
+            maps,
+            _pins: pins,
+        }
+    }
+
+    /// Runs `frame` through `program`: its verdict and output, and whether the packet
+    /// was counted as a policy drop.
+    fn run(&mut self, program: &str, frame: &Frame) -> (u32, Vec<u8>, bool) {
+        self.run_bytes(program, &frame.build())
+    }
+
+    fn run_bytes(&mut self, program: &str, frame: &[u8]) -> (u32, Vec<u8>, bool) {
+        let before = counted(&self.datapath, Reason::DropPolicyIngress);
+        let (verdict, out) = programs::test_run(self.datapath.ebpf_mut(), program, frame);
+        let dropped = counted(&self.datapath, Reason::DropPolicyIngress) == before + 1;
+        assert_eq!(
+            verdict == TC_ACT_SHOT,
+            dropped,
+            "a shot packet is a policy drop here"
+        );
+        (verdict, out, dropped)
+    }
+
+    /// Checks that a translated `frame` is let into its pod (or dropped for the policy)
+    /// as the node's stack delivers it.
+    fn assert_delivered(&mut self, frame: &[u8], allowed: bool) {
+        let (verdict, _, dropped) = self.run_bytes(program_names::TO_POD, frame);
+        let seen = packet::parse(frame).expect("an IPv4 frame");
+        assert_eq!(
+            (verdict == TC_ACT_OK, dropped),
+            (allowed, !allowed),
+            "{}:{} -> {}:{}",
+            seen.src,
+            seen.src_port,
+            seen.dst,
+            seen.dst_port
+        );
+    }
+
+    /// Whether `frame` is let into its destination pod through the node's stack.
+    fn enters(&mut self, frame: &Frame) -> bool {
+        self.run(program_names::TO_POD, frame).0 == TC_ACT_OK
+    }
+}
+
+fn tcp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Frame {
+    Frame::tcp(src, dst)
+}
+
+#[test]
+fn an_allowed_peer_enters_on_its_port_only() {
+    let mut h = Harness::new();
+    assert!(h.enters(&tcp((CLIENT, 40_000), (SERVER, 80))));
+    assert!(
+        !h.enters(&tcp((CLIENT, 40_001), (SERVER, 81))),
+        "port 80 only"
+    );
+    assert!(
+        !h.enters(&Frame::udp((CLIENT, 40_002), (SERVER, 80))),
+        "TCP only"
+    );
+    assert!(
+        !h.enters(&tcp((OTHER, 40_000), (SERVER, 80))),
+        "not role=client"
+    );
+    // Through the named port: the server's `admin` (9090) from a's own pods only.
+    assert!(!h.enters(&tcp((CLIENT, 40_003), (SERVER, 9090))));
+    // The node itself (kubelet's probes) is always let in.
+    assert!(h.enters(&tcp((NODE_ADDR, 50_000), (SERVER, 8443))));
+    // A pod no policy selects is not isolated.
+    assert!(h.enters(&tcp((SERVER, 40_000), (OTHER, 22))));
+}
+
+#[test]
+fn ip_blocks_let_their_range_in_but_not_its_exception() {
+    let mut h = Harness::new();
+    assert!(h.enters(&tcp((IN_BLOCK, 40_000), (SERVER, 22))));
+    assert!(!h.enters(&tcp((IN_EXCEPTION, 40_000), (SERVER, 22))));
+    assert!(!h.enters(&tcp((OUTSIDE, 40_000), (SERVER, 22))));
+}
+
+#[test]
+fn replies_of_a_flow_the_pod_opened_pass() {
+    let mut h = Harness::new();
+    let (verdict, _, _) = h.run(
+        program_names::FROM_POD,
+        &tcp((SERVER, 45_000), (OUTSIDE, 443)),
+    );
+    assert_eq!(verdict, TC_ACT_OK);
+    let mut syn_ack = tcp((OUTSIDE, 443), (SERVER, 45_000));
+    syn_ack.tcp_flags = 0x12;
+    assert!(h.enters(&syn_ack));
+    // The same peer to another port of the pod is a new flow, and denied.
+    assert!(!h.enters(&tcp((OUTSIDE, 443), (SERVER, 45_001))));
+}
+
+#[test]
+fn through_a_service_the_chosen_backend_decides() {
+    let mut h = Harness::new();
+    for (client, allowed) in [(CLIENT, true), (OTHER, false)] {
+        let (verdict, out, _) = h.run(program_names::FROM_POD, &tcp((client, 41_000), (VIP, 80)));
+        assert_eq!(verdict, TC_ACT_OK);
+        let translated = packet::parse(&out).expect("an IPv4 frame");
+        assert_eq!((translated.dst, translated.dst_port), (SERVER, 80));
+        // As the node's stack delivers it to the server's veth.
+        h.assert_delivered(&out, allowed);
+    }
+}
+
+#[test]
+fn north_south_the_local_backend_decides_after_translation() {
+    let mut h = Harness::new();
+    for (client, allowed) in [(IN_BLOCK, true), (OUTSIDE, false)] {
+        let frame = tcp((client, 43_000), (EXTERNAL_IP, 80)).build();
+        let (verdict, out) =
+            programs::test_run(h.datapath.ebpf_mut(), program_names::EXTERNAL, &frame);
+        assert_eq!(verdict, XDP_PASS, "to the stack, translated");
+        assert_eq!(packet::parse(&out).expect("an IPv4 frame").dst, SERVER);
+        h.assert_delivered(&out, allowed);
+    }
+}
+
+#[test]
+fn replies_through_a_service_pass_after_their_translation_back() {
+    let mut h = Harness::new();
+    let (verdict, out, _) = h.run(
+        program_names::FROM_POD,
+        &tcp((SERVER, 46_000), (REMOTE_VIP, 80)),
+    );
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(
+        packet::parse(&out).expect("an IPv4 frame").dst,
+        REMOTE_BACKEND
+    );
+    let mut reply = tcp((REMOTE_BACKEND, 8080), (SERVER, 46_000));
+    reply.tcp_flags = 0x12;
+    let (verdict, out, _) = h.run(program_names::TO_POD, &reply);
+    assert_eq!(verdict, TC_ACT_OK);
+    let restored = packet::parse(&out).expect("an IPv4 frame");
+    assert_eq!((restored.src, restored.src_port), (REMOTE_VIP, 80));
+    // The backend opening a flow of its own to the server is not a reply.
+    assert!(!h.enters(&tcp((REMOTE_BACKEND, 8080), (SERVER, 46_001))));
+}
+
+#[test]
+fn removing_the_policies_lifts_isolation_and_a_new_agent_cleans_up() {
+    let mut h = Harness::new();
+    let denied = tcp((OTHER, 42_000), (SERVER, 80));
+    assert!(!h.enters(&denied));
+    // Only the deny policy left: the allow rules go, the client is denied too.
+    h.maps.apply(&plan(&policies()[..1])).expect("apply");
+    assert!(!h.enters(&tcp((CLIENT, 42_001), (SERVER, 80))));
+    // A restarted agent finds the maps as they are and writes what it computes.
+    let mut reopened = h.datapath.policy_maps().expect("policy maps");
+    assert_eq!(reopened.policy_entries(), 0);
+    reopened.apply(&plan(&[])).expect("apply");
+    assert!(h.enters(&denied));
+    assert!(h.enters(&tcp((CLIENT, 42_001), (SERVER, 80))));
+}
