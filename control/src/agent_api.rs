@@ -276,12 +276,17 @@ impl AgentService {
         let (base, len) = self.cluster_cidr;
         let base = u32::from(base);
         let subnets = 1u32 << (24u8.saturating_sub(len)).min(16);
-        let free = (0..subnets)
-            .map(|i| format!("{}/24", Ipv4Addr::from(base + (i << 8))))
-            .find(|c| !cidrs.used.contains(c))
+        // From where the last search ended: scanning from the start made each of
+        // thousands of joins in a row pass every range handed out before it.
+        let from = cidrs.next.min(subnets);
+        let (at, free) = (from..subnets)
+            .chain(0..from)
+            .map(|i| (i, format!("{}/24", Ipv4Addr::from(base + (i << 8)))))
+            .find(|(_, c)| !cidrs.used.contains(c))
             .ok_or_else(|| {
                 Status::resource_exhausted("the cluster CIDR has no free /24 for another node")
             })?;
+        cidrs.next = at + 1;
         cidrs.insert(node, &free);
         Ok(free)
     }
@@ -293,6 +298,8 @@ impl AgentService {
 struct PodCidrs {
     by_node: std::collections::HashMap<String, String>,
     used: std::collections::HashSet<String>,
+    /// Where the search for a free range starts: after the last one handed out.
+    next: u32,
 }
 
 impl PodCidrs {
@@ -564,9 +571,12 @@ impl AgentService {
                 "BOOKMARK" => Type::Bookmark,
                 _ => Type::Expired,
             };
+            // Not `Value::pointer`: it allocates per path segment, and this runs for every
+            // message to every agent (each join's Node goes to thousands of them).
             let resource_version = event
                 .object
-                .pointer("/metadata/resourceVersion")
+                .get("metadata")
+                .and_then(|metadata| metadata.get("resourceVersion"))
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_owned();

@@ -281,6 +281,19 @@ impl Subscription {
         }
     }
 
+    /// Whether the next call to [`Self::next`] can go on from where this subscription
+    /// is: it was not ended, and if it lagged, the window still holds its position.
+    pub fn can_go_on(&self) -> bool {
+        match self.stop.get() {
+            None => true,
+            Some(Stop::End(_)) => false,
+            Some(Stop::Lagging) => self
+                .cache
+                .upgrade()
+                .is_some_and(|cache| self.next_seq >= cache.lock().first_seq),
+        }
+    }
+
     /// Nothing is waiting: a revision the cache reported as fanned out before this
     /// returned true is safe to bookmark.
     pub fn is_idle(&self) -> bool {

@@ -101,6 +101,11 @@ pub async fn open(
         fields: options.fields,
         skip_heartbeats: options.skip_heartbeats,
     });
+    // Taken before the initial state is sent, not after: sending thousands of objects to
+    // a busy client (every agent lists every Node) can outlast the cache's window, and a
+    // watcher that starts behind it reads and decodes the log by itself. Events queued
+    // meanwhile wait in the subscription (past its queue, in the window).
+    let early = cache.subscribe(Arc::clone(&filter), last).ok().flatten();
     let (tx, rx) = mpsc::channel::<WatchEvent>(64);
     let feed = Feed {
         tx,
@@ -125,18 +130,25 @@ pub async fn open(
                 break 'stream;
             }
             let mut reported = last;
-            let Some(subscription) = catch_up(
-                &feed,
-                store,
-                &cache,
-                wake,
-                last,
-                &mut reported,
-                deadline.as_mut(),
-            )
-            .await
-            else {
-                break 'stream;
+            let subscription = match early {
+                Some(early) if early.can_go_on() => early,
+                // Fell out of the window meanwhile (or none was taken): from the log.
+                _ => {
+                    let Some(subscription) = catch_up(
+                        &feed,
+                        store,
+                        &cache,
+                        wake,
+                        last,
+                        &mut reported,
+                        deadline.as_mut(),
+                    )
+                    .await
+                    else {
+                        break 'stream;
+                    };
+                    subscription
+                }
             };
             follow(
                 &feed,
@@ -243,8 +255,8 @@ impl Feed {
 }
 
 /// A resume point older than the cache's window: reads the log from `last` until the
-/// cache takes the watcher (the initial state is attached right after it is sent, so
-/// this is rare). None when the watch ended meanwhile.
+/// cache takes the watcher (a watch that lists is subscribed before it sends what it
+/// listed, so this is rare). None when the watch ended meanwhile.
 async fn catch_up(
     feed: &Feed,
     store: Arc<dyn Store>,
