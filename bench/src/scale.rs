@@ -406,6 +406,12 @@ pub(crate) async fn cluster_run_on(
     let joining = Instant::now();
     let hollow = join_nodes(control, nodes, say).await?;
     let join_secs = joining.elapsed().as_secs_f64();
+    // A watch that fell out of the control plane's window lists everything again: at
+    // thousands of nodes, these relists are what turns joining worse than quadratic.
+    let resyncs: usize = hollow.iter().map(HollowHandle::resyncs).sum();
+    say(&format!(
+        "scale: {nodes} nodes joined in {join_secs:.1} s; their watches started over {resyncs} times"
+    ));
     let joined_rss = control.rss();
     let propagation = propagation(control, &hollow, options.propagation_pods, say).await?;
     let after_propagation = control.rss();

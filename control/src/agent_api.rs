@@ -276,12 +276,17 @@ impl AgentService {
         let (base, len) = self.cluster_cidr;
         let base = u32::from(base);
         let subnets = 1u32 << (24u8.saturating_sub(len)).min(16);
-        let free = (0..subnets)
-            .map(|i| format!("{}/24", Ipv4Addr::from(base + (i << 8))))
-            .find(|c| !cidrs.used.contains(c))
+        // From where the last search ended: scanning from the start made each of
+        // thousands of joins in a row pass every range handed out before it.
+        let from = cidrs.next.min(subnets);
+        let (at, free) = (from..subnets)
+            .chain(0..from)
+            .map(|i| (i, format!("{}/24", Ipv4Addr::from(base + (i << 8)))))
+            .find(|(_, c)| !cidrs.used.contains(c))
             .ok_or_else(|| {
                 Status::resource_exhausted("the cluster CIDR has no free /24 for another node")
             })?;
+        cidrs.next = at + 1;
         cidrs.insert(node, &free);
         Ok(free)
     }
@@ -293,6 +298,8 @@ impl AgentService {
 struct PodCidrs {
     by_node: std::collections::HashMap<String, String>,
     used: std::collections::HashSet<String>,
+    /// Where the search for a free range starts: after the last one handed out.
+    next: u32,
 }
 
 impl PodCidrs {
@@ -401,6 +408,11 @@ async fn check_node_certificate(
     }
 }
 
+/// How long an agent's watch holds a Node change back to send it together with the
+/// Node's next changes and other Nodes' (see `api::watch::Held`): a new Node reaches the
+/// other agents this much later, and its creation and first status go as one event.
+const NODE_HOLD: Duration = Duration::from_millis(250);
+
 /// A node calling, by its certificate.
 struct Caller {
     name: String,
@@ -490,6 +502,9 @@ impl AgentService {
         resource_version: &str,
     ) -> Result<Response<EventStream>, Status> {
         let from = parse_resource_version(resource_version).map_err(status)?;
+        // The Services watch: every agent lists everything. Not the pods watch, whose
+        // nodes each list their own.
+        let share_list = fields == FieldSelector::default();
         let options = WatchOptions {
             kinds,
             namespace: None,
@@ -501,6 +516,8 @@ impl AgentService {
             timeout: watch::default_timeout(),
             // Agents use Nodes for their pod ranges and addresses, never their heartbeats.
             skip_heartbeats: true,
+            share_list,
+            hold_nodes: Some(NODE_HOLD),
         };
         let rx = match watch::open(&self.registry, &self.metrics, options).await {
             Ok(rx) => rx,
@@ -554,9 +571,12 @@ impl AgentService {
                 "BOOKMARK" => Type::Bookmark,
                 _ => Type::Expired,
             };
+            // Not `Value::pointer`: it allocates per path segment, and this runs for every
+            // message to every agent (each join's Node goes to thousands of them).
             let resource_version = event
                 .object
-                .pointer("/metadata/resourceVersion")
+                .get("metadata")
+                .and_then(|metadata| metadata.get("resourceVersion"))
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_owned();

@@ -4,6 +4,12 @@ use anyhow::Context as _;
 use berth_control::{config::Config, server::Server};
 use clap::Parser as _;
 
+/// The control plane allocates and frees many small values per object it reads or
+/// writes (JSON trees, keys, messages) on every worker thread; with glibc's malloc that
+/// was a fifth of its CPU while scheduling on 1,000 nodes (docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// `berth-control kubeconfig user`: a kubeconfig for a new user, after kubeadm's command
 /// of that name. Run on the control plane's machine: it signs with the CA in the data
 /// directory.

@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::{
     objects::{decode_stored, labels_of, prefix},
-    store::{Event, EventKind, Revision, Store, StoreError},
+    store::{Event, EventKind, KeyValue, Revision, Store, StoreError},
 };
 
 /// Revisions read from the log per batch; bounds memory for a reader far behind.
@@ -203,6 +203,9 @@ pub struct WatchCache {
     /// Dropped with the cache, which ends the fan-out task (it holds no strong reference,
     /// so a stopped server releases its store).
     stop: watch::Sender<()>,
+    /// Objects the agents' watches listed, by key: each stored version decoded and
+    /// encoded once for all of them (see [`WatchCache::listed`]).
+    listed: Mutex<HashMap<String, (Revision, Arc<SharedObject>)>>,
 }
 
 #[derive(Default)]
@@ -278,6 +281,19 @@ impl Subscription {
         }
     }
 
+    /// Whether the next call to [`Self::next`] can go on from where this subscription
+    /// is: it was not ended, and if it lagged, the window still holds its position.
+    pub fn can_go_on(&self) -> bool {
+        match self.stop.get() {
+            None => true,
+            Some(Stop::End(_)) => false,
+            Some(Stop::Lagging) => self
+                .cache
+                .upgrade()
+                .is_some_and(|cache| self.next_seq >= cache.lock().first_seq),
+        }
+    }
+
     /// Nothing is waiting: a revision the cache reported as fanned out before this
     /// returned true is safe to bookmark.
     pub fn is_idle(&self) -> bool {
@@ -318,7 +334,42 @@ impl WatchCache {
             inner: Mutex::new(Inner::default()),
             progress: watch::channel(0).0,
             stop: watch::channel(()).0,
+            listed: Mutex::default(),
         })
+    }
+
+    /// A listed object as watchers get it. Every agent lists every Service, Endpoints and
+    /// Node when its watch starts: when thousands of nodes join, decoding and encoding
+    /// each of them again for every agent made joining grow with the square of the node
+    /// count. A version once decoded is kept until a later one or its deletion passes
+    /// through the fan-out; an older one found only costs a decode.
+    pub fn listed(&self, kv: &KeyValue) -> Result<Arc<SharedObject>, StoreError> {
+        if let Some((revision, object)) = lock(&self.listed).get(&kv.key)
+            && *revision == kv.mod_revision
+        {
+            return Ok(Arc::clone(object));
+        }
+        let object = SharedObject::new(decode_stored(kv)?);
+        lock(&self.listed).insert(kv.key.clone(), (kv.mod_revision, Arc::clone(&object)));
+        Ok(object)
+    }
+
+    /// Keeps [`Self::listed`]'s objects current with the events fanned out: a changed
+    /// object's latest version replaces the one kept, a deleted one's is dropped.
+    fn relist(&self, events: &[Arc<CachedEvent>]) {
+        let mut listed = lock(&self.listed);
+        if listed.is_empty() {
+            return;
+        }
+        for event in events {
+            if event.type_ == "DELETED" {
+                listed.remove(&event.key);
+            } else if let Some(kept) = listed.get_mut(&event.key)
+                && kept.0 < event.revision
+            {
+                *kept = (event.revision, Arc::clone(&event.object));
+            }
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -371,6 +422,7 @@ impl WatchCache {
 
     /// Queues a batch (in revision order) to the watchers that want each event.
     fn publish(&self, events: Vec<Arc<CachedEvent>>, through: Revision) {
+        self.relist(&events);
         let mut inner = self.lock();
         let mut stopped: Vec<(u64, Option<Stop>)> = Vec::new();
         let first_seq = inner.next_seq;
@@ -696,6 +748,8 @@ mod tests {
                 synced_marker: false,
                 timeout: watch::default_timeout(),
                 skip_heartbeats: false,
+                share_list: false,
+                hold_nodes: None,
             };
             watch::open(&self.registry, &self.metrics, options)
                 .await
@@ -1006,6 +1060,8 @@ mod tests {
             synced_marker: false,
             timeout: watch::default_timeout(),
             skip_heartbeats: false,
+            share_list: false,
+            hold_nodes: None,
         };
         let refused = watch::open(&f.registry, &f.metrics, options).await;
         assert!(
@@ -1074,5 +1130,78 @@ mod tests {
             !marked("ADDED", node("6", "t5", "198.18.7.2")),
             "a new node is news"
         );
+    }
+
+    /// The agents' Services watch: what it lists is decoded once for every such watch
+    /// and kept current by the fan-out; a Node change holds the stream back, and the
+    /// batch goes with each Node once, at its last place, followed by what came after.
+    #[tokio::test]
+    async fn agents_watches_share_their_lists_and_get_each_node_once_per_batch() {
+        use berth_api::kinds::NODES;
+        let f = fixture();
+        let node = |name: &str, cidr: &str| Op::Put {
+            key: key(&NODES, "", name),
+            value: serde_json::to_vec(&json!({"apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": name}, "spec": {"podCIDR": cidr}}))
+            .expect("json"),
+            precondition: Precondition::Always,
+        };
+        let first = f.commit(vec![node("a", "10.0.0.0/24")]).await;
+        let open = || async {
+            let options = WatchOptions {
+                kinds: vec![&NODES, &PODS],
+                namespace: None,
+                labels: Selector::default(),
+                fields: FieldSelector::default(),
+                from: None,
+                bookmarks: true,
+                synced_marker: true,
+                timeout: watch::default_timeout(),
+                skip_heartbeats: true,
+                share_list: true,
+                // Long enough for the commits below on a busy machine: the batch is
+                // what is checked, not how long it waits.
+                hold_nodes: Some(Duration::from_secs(3)),
+            };
+            watch::open(&f.registry, &f.metrics, options)
+                .await
+                .expect("watch")
+        };
+        let (mut one, mut two) = (open().await, open().await);
+        let (listed_one, listed_two) = (next(&mut one).await, next(&mut two).await);
+        assert_eq!(seen(&listed_one), ("ADDED", "a".to_owned(), first));
+        assert!(
+            Arc::ptr_eq(&listed_one.object, &listed_two.object),
+            "both watches list the same decoded Node"
+        );
+        for rx in [&mut one, &mut two] {
+            assert_eq!(next(rx).await.type_, "SYNCED");
+        }
+        f.attached(2).await;
+
+        let b_created = f.commit(vec![node("b", "10.0.1.0/24")]).await;
+        let b_changed = f.commit(vec![node("b", "10.0.2.0/24")]).await;
+        let a_changed = f.commit(vec![node("a", "10.0.3.0/24")]).await;
+        let pod_added = f.commit(vec![pod("p1", None)]).await;
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            got.push(next(&mut one).await);
+        }
+        assert_eq!(
+            got.iter().map(seen).collect::<Vec<_>>(),
+            vec![
+                ("ADDED", "b".to_owned(), b_changed),
+                ("MODIFIED", "a".to_owned(), a_changed),
+                ("ADDED", "p1".to_owned(), pod_added),
+            ],
+            "b created at {b_created}: its two changes go as one, new, in its last state"
+        );
+        assert_eq!(got[0].object["spec"]["podCIDR"], "10.0.2.0/24");
+
+        // A watch starting now lists the objects the fan-out decoded.
+        let mut three = open().await;
+        let a_listed = next(&mut three).await;
+        assert_eq!(seen(&a_listed), ("ADDED", "a".to_owned(), a_changed));
+        assert!(Arc::ptr_eq(&a_listed.object, &got[1].object));
     }
 }

@@ -280,6 +280,11 @@ impl HollowHandle {
             .unwrap_or(0)
     }
 
+    /// Times its watches started over from a snapshot (without copying the stats).
+    pub fn resyncs(&self) -> usize {
+        self.stats.lock().map(|s| s.resyncs).unwrap_or(0)
+    }
+
     /// Whether `address` has reached this node in a tracked Endpoints.
     pub fn has_endpoint(&self, address: &str) -> bool {
         self.endpoint_seen_at(address).is_some()

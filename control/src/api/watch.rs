@@ -12,6 +12,7 @@ use axum::{
 };
 use berth_api::{
     ResourceType,
+    kinds::NODES,
     selector::{FieldSelector, Selector},
 };
 use prometheus::IntCounter;
@@ -24,6 +25,7 @@ use tokio::{
 use super::{ApiState, error::ApiError, query::selectors};
 use crate::{
     metrics::Metrics,
+    objects::labels_of,
     registry::{self, Registry, parse_resource_version, prefix},
     store::{Revision, Store, StoreError},
     watch_cache::{BATCH, CachedEvent, Filter, SharedObject, Subscription, WatchCache},
@@ -62,6 +64,12 @@ pub struct WatchOptions {
     pub timeout: Duration,
     /// Leave out Node changes that only moved heartbeat times (the agents' watch).
     pub skip_heartbeats: bool,
+    /// List the current state from objects decoded once for every such watch (the agents'
+    /// Services watch: see [`WatchCache::listed`]).
+    pub share_list: bool,
+    /// Hold a Node change back this long, with whatever follows it, and send each Node's
+    /// latest state once (the agents' watch): see [`Held`].
+    pub hold_nodes: Option<Duration>,
 }
 
 /// Starts a watch; events arrive on the returned channel until it is dropped, the
@@ -93,6 +101,11 @@ pub async fn open(
         fields: options.fields,
         skip_heartbeats: options.skip_heartbeats,
     });
+    // Taken before the initial state is sent, not after: sending thousands of objects to
+    // a busy client (every agent lists every Node) can outlast the cache's window, and a
+    // watcher that starts behind it reads and decodes the log by itself. Events queued
+    // meanwhile wait in the subscription (past its queue, in the window).
+    let early = cache.subscribe(Arc::clone(&filter), last).ok().flatten();
     let (tx, rx) = mpsc::channel::<WatchEvent>(64);
     let feed = Feed {
         tx,
@@ -117,20 +130,35 @@ pub async fn open(
                 break 'stream;
             }
             let mut reported = last;
-            let Some(subscription) = catch_up(
-                &feed,
-                store,
-                &cache,
-                wake,
-                last,
-                &mut reported,
-                deadline.as_mut(),
-            )
-            .await
-            else {
-                break 'stream;
+            let subscription = match early {
+                Some(early) if early.can_go_on() => early,
+                // Fell out of the window meanwhile (or none was taken): from the log.
+                _ => {
+                    let Some(subscription) = catch_up(
+                        &feed,
+                        store,
+                        &cache,
+                        wake,
+                        last,
+                        &mut reported,
+                        deadline.as_mut(),
+                    )
+                    .await
+                    else {
+                        break 'stream;
+                    };
+                    subscription
+                }
             };
-            follow(&feed, subscription, options.bookmarks, reported, deadline).await;
+            follow(
+                &feed,
+                subscription,
+                options.bookmarks,
+                options.hold_nodes,
+                reported,
+                deadline,
+            )
+            .await;
         }
         gauge.dec();
     });
@@ -156,6 +184,29 @@ async fn initial_state(
                 .into());
             }
             starts.extend(options.kinds.iter().map(|rt| (*rt, revision)));
+        }
+        None if options.share_list => {
+            let cache = registry.watch_cache();
+            for rt in &options.kinds {
+                let store = Arc::clone(registry.store());
+                let prefix = prefix(rt, options.namespace.as_deref());
+                let (kvs, revision) = tokio::task::spawn_blocking(move || store.list(&prefix))
+                    .await
+                    .map_err(|e| registry::Error::internal(e.to_string()))??;
+                for kv in &kvs {
+                    let object = cache.listed(kv)?;
+                    if options.labels.matches(&labels_of(&object))
+                        && options.fields.matches(&object)
+                    {
+                        initial.push(WatchEvent {
+                            type_: "ADDED",
+                            kind: rt.kind,
+                            object,
+                        });
+                    }
+                }
+                starts.push((*rt, revision));
+            }
         }
         None => {
             for rt in &options.kinds {
@@ -204,8 +255,8 @@ impl Feed {
 }
 
 /// A resume point older than the cache's window: reads the log from `last` until the
-/// cache takes the watcher (the initial state is attached right after it is sent, so
-/// this is rare). None when the watch ended meanwhile.
+/// cache takes the watcher (a watch that lists is subscribed before it sends what it
+/// listed, so this is rare). None when the watch ended meanwhile.
 async fn catch_up(
     feed: &Feed,
     store: Arc<dyn Store>,
@@ -270,12 +321,15 @@ async fn follow(
     feed: &Feed,
     mut subscription: Subscription,
     bookmarks: bool,
+    hold_nodes: Option<Duration>,
     mut reported: Revision,
     mut deadline: Pin<&mut Sleep>,
 ) {
     let mut progress = subscription.progress();
     let mut next_bookmark = tokio::time::Instant::now();
+    let mut held: Option<Held> = None;
     loop {
+        let release = held.as_ref().map(|h| h.until);
         tokio::select! {
             // Events first: a bookmark must not overtake one that is waiting.
             biased;
@@ -284,6 +338,21 @@ async fn follow(
                     let Some(rt) = feed.filter.kind_of(&event) else {
                         continue;
                     };
+                    if let Some(hold) = hold_nodes
+                        && (held.is_some() || rt.kind == NODES.kind)
+                    {
+                        let batch = held.get_or_insert_with(|| Held::new(hold));
+                        batch.events.push((event, rt));
+                        // A steady stream of events must not keep the batch from going.
+                        if !batch.due() {
+                            continue;
+                        }
+                        let Some(sent) = release_held(feed, held.take()).await else {
+                            return;
+                        };
+                        reported = reported.max(sent);
+                        continue;
+                    }
                     if !feed.send(delivered(&event, rt)).await {
                         return;
                     }
@@ -295,7 +364,14 @@ async fn follow(
                     return;
                 }
             },
-            Some(revision) = progressed(&mut progress, reported, next_bookmark), if bookmarks => {
+            () = sleep_until_some(release) => {
+                let Some(sent) = release_held(feed, held.take()).await else {
+                    return;
+                };
+                reported = reported.max(sent);
+            }
+            // Not while events are held: the bookmark's revision would pass them.
+            Some(revision) = progressed(&mut progress, reported, next_bookmark), if bookmarks && held.is_none() => {
                 // Everything up to `revision` was queued before it was reported, so an
                 // empty queue means none of it is still on its way.
                 if subscription.is_idle() {
@@ -309,6 +385,85 @@ async fn follow(
             () = feed.tx.closed() => return,
             () = &mut deadline => return,
         }
+    }
+}
+
+/// Events held back behind a Node change (the agents' watch). When thousands of nodes
+/// join, each new Node is written twice within moments — created by its join, then its
+/// first status — and every agent wants it: sent as they come, that is two messages per
+/// join to every agent. Held for a moment, the batch goes out with each Node once, in its
+/// latest state at its latest place (watch consumers act on the state, not the steps;
+/// one that resumes after a break gets no less than the latest state either), and
+/// together, so the connection sends it in few writes.
+struct Held {
+    until: tokio::time::Instant,
+    events: Vec<(Arc<CachedEvent>, &'static ResourceType)>,
+}
+
+/// Events held at most: past this many the batch goes at once.
+const HELD_AT_MOST: usize = 4096;
+
+impl Held {
+    fn new(hold: Duration) -> Self {
+        Self {
+            until: tokio::time::Instant::now() + hold,
+            events: Vec::new(),
+        }
+    }
+
+    fn due(&self) -> bool {
+        self.events.len() >= HELD_AT_MOST || tokio::time::Instant::now() >= self.until
+    }
+
+    /// The events to send, in order, each with the type to send it as: a Node's event
+    /// only where no later one of the same Node follows, as ADDED if the batch created it.
+    fn coalesced(self) -> Vec<(Arc<CachedEvent>, &'static ResourceType, &'static str)> {
+        let mut later: HashMap<String, usize> = HashMap::new();
+        let mut kept: Vec<(Arc<CachedEvent>, &'static ResourceType, &'static str)> = Vec::new();
+        for (event, rt) in self.events.into_iter().rev() {
+            let type_ = event.type_;
+            if rt.kind != NODES.kind {
+                kept.push((event, rt, type_));
+                continue;
+            }
+            match later.get(&event.key) {
+                // Created in this batch and changed after: new to the watcher.
+                Some(&at) if type_ == "ADDED" && kept[at].2 == "MODIFIED" => {
+                    kept[at].2 = "ADDED";
+                }
+                Some(_) => {}
+                None => {
+                    later.insert(event.key.clone(), kept.len());
+                    kept.push((event, rt, type_));
+                }
+            }
+        }
+        kept.reverse();
+        kept
+    }
+}
+
+/// Sends what was held; the revision of its last event, or None once the watcher is gone.
+async fn release_held(feed: &Feed, held: Option<Held>) -> Option<Revision> {
+    let mut last = 0;
+    for (event, rt, type_) in held.map(Held::coalesced).unwrap_or_default() {
+        let message = WatchEvent {
+            type_,
+            ..delivered(&event, rt)
+        };
+        if !feed.send(message).await {
+            return None;
+        }
+        last = event.revision;
+    }
+    Some(last)
+}
+
+/// Sleeps until `until`, or forever without one (a `select!` branch that is off).
+async fn sleep_until_some(until: Option<tokio::time::Instant>) {
+    match until {
+        Some(until) => tokio::time::sleep_until(until).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -377,6 +532,8 @@ pub async fn start(
             .and_then(|t| t.parse().ok())
             .map_or(DEFAULT_TIMEOUT, Duration::from_secs),
         skip_heartbeats: false,
+        share_list: false,
+        hold_nodes: None,
     };
     let rx = open(&state.registry, &state.metrics, options).await?;
     let api_version = rt.api_version();
