@@ -23,7 +23,7 @@ fn agents_part_programs_every_service_on_every_agent_and_sees_every_change() {
     for line in [
         "## Real agents while Services arrive and change",
         "| every agent has all 200 Services programmed within 60 s of the last apply |",
-        "| one Endpoints change: p99 ≤ 100 ms to the last of the 2 agents |",
+        "| one endpoints change: p99 ≤ 100 ms to the last of the 2 agents |",
         "**BPF maps beside Cilium's**",
     ] {
         assert!(report.contains(line), "{line:?} missing from:\n{report}");
