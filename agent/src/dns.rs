@@ -23,7 +23,7 @@
 //! ([`DnsServer::update`]).
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap},
     io,
     net::{Ipv4Addr, SocketAddr},
     str::FromStr as _,
@@ -92,8 +92,34 @@ pub enum DnsError {
 pub struct Records {
     domain: Name,
     forward: Vec<Record>,
-    /// Reverse names: an address and the name it points to, fully qualified.
-    reverse: Vec<(Ipv4Addr, Box<str>)>,
+    /// Reverse names: an address and the name it points to.
+    reverse: Vec<(Ipv4Addr, ReverseName)>,
+}
+
+/// The name an address points to, kept in parts so that a service's addresses share
+/// its name: 10,000 Services × 10 endpoints are 110,000 reverse names, which as a
+/// string each (and a list per address) were a fifth of the agent's heap (issue 25).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum ReverseName {
+    /// This name, fully qualified: a ClusterIP's service, or an endpoint's hostname
+    /// under its service.
+    Exact(Arc<str>),
+    /// `<a-b-c-d>.` and then this service's name: an endpoint without a hostname, named
+    /// after its own address.
+    Dashed(Arc<str>),
+}
+
+impl ReverseName {
+    /// The fully qualified name, for the address `ip` it is kept under.
+    fn text(&self, ip: Ipv4Addr) -> String {
+        match self {
+            ReverseName::Exact(name) => name.to_string(),
+            ReverseName::Dashed(service) => {
+                let [a, b, c, d] = ip.octets();
+                format!("{a}-{b}-{c}-{d}.{service}")
+            }
+        }
+    }
 }
 
 fn name(text: &str) -> Option<Name> {
@@ -206,30 +232,35 @@ impl Records {
         };
         // Each ready endpoint's own name: `<hostname>.<service>...` when it has a hostname
         // (CoreDNS' rule), `<a-b-c-d>.<service>...` otherwise.
-        let endpoint_names: Vec<(Ipv4Addr, Name, &HashMap<&str, u16>)> = endpoints
+        let endpoint_names: Vec<(Ipv4Addr, Name, &HashMap<&str, u16>, bool)> = endpoints
             .iter()
             .filter_map(|(ip, hostname, ports)| {
-                let label = if hostname.is_empty() {
+                let dashed = hostname.is_empty();
+                let label = if dashed {
                     ip.to_string().replace('.', "-")
                 } else {
                     (*hostname).to_owned()
                 };
-                Some((*ip, name(&format!("{label}.{fqdn}"))?, ports))
+                Some((*ip, name(&format!("{label}.{fqdn}"))?, ports, dashed))
             })
             .collect();
-        for (ip, endpoint_name, _) in &endpoint_names {
-            records
-                .reverse
-                .push((*ip, endpoint_name.to_ascii().into_boxed_str()));
+        let service_name: Arc<str> = fqdn.to_ascii().into();
+        for (ip, endpoint_name, _, dashed) in &endpoint_names {
+            let reverse = if *dashed {
+                ReverseName::Dashed(service_name.clone())
+            } else {
+                ReverseName::Exact(endpoint_name.to_ascii().into())
+            };
+            records.reverse.push((*ip, reverse));
         }
         let headless = match Ipv4Addr::from_str(&service.cluster_ip) {
             Ok(ip) => {
                 records.add_a(&fqdn, ip);
-                records.reverse.push((ip, fqdn.to_ascii().into_boxed_str()));
+                records.reverse.push((ip, ReverseName::Exact(service_name)));
                 false
             }
             Err(_) if &*service.cluster_ip == "None" => {
-                for (ip, endpoint_name, _) in &endpoint_names {
+                for (ip, endpoint_name, _, _) in &endpoint_names {
                     records.add_a(&fqdn, *ip);
                     records.add_a(endpoint_name, *ip);
                 }
@@ -251,7 +282,7 @@ impl Records {
             let targets: Vec<(Name, u16)> = if headless {
                 endpoint_names
                     .iter()
-                    .map(|(_, endpoint_name, ports)| {
+                    .map(|(_, endpoint_name, ports, _)| {
                         let target_port = ports.get(&*port.name).copied().unwrap_or(number);
                         (endpoint_name.clone(), target_port)
                     })
@@ -453,12 +484,14 @@ fn insert(
 }
 
 /// The reverse names of cluster addresses (ClusterIPs and ready endpoints), kept as
-/// address → names and answered by building the PTR records per query: as hickory
-/// records in a zone, 100,000 endpoints' names took about 600 bytes each. Names it does
-/// not know are left to the next authority (the forwarder).
+/// (address, name) pairs in order and answered by building the PTR records per query: as
+/// hickory records in a zone, 100,000 endpoints' names took about 600 bytes each; as a
+/// list of strings per address, about 100. An address's names are one range of the set,
+/// and a pair is in it once however often it is added. Names it does not know are left
+/// to the next authority (the forwarder).
 struct ReverseZone {
     origin: LowerName,
-    names: RwLock<HashMap<Ipv4Addr, Vec<Box<str>>>>,
+    names: RwLock<BTreeSet<(Ipv4Addr, ReverseName)>>,
 }
 
 impl ReverseZone {
@@ -469,41 +502,25 @@ impl ReverseZone {
         }
     }
 
-    fn names(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Ipv4Addr, Vec<Box<str>>>> {
+    fn names(&self) -> std::sync::RwLockWriteGuard<'_, BTreeSet<(Ipv4Addr, ReverseName)>> {
         match self.names.write() {
             Ok(names) => names,
             Err(poisoned) => poisoned.into_inner(),
         }
     }
 
-    fn add(names: &mut HashMap<Ipv4Addr, Vec<Box<str>>>, ip: Ipv4Addr, name: &str) {
-        let list = names.entry(ip).or_insert_with(|| Vec::with_capacity(1));
-        if !list.iter().any(|known| **known == *name) {
-            list.push(name.into());
-        }
-    }
-
     /// Takes `old` out and puts `new` in (one service's names).
-    fn edit(&self, old: &[(Ipv4Addr, Box<str>)], new: &[(Ipv4Addr, Box<str>)]) {
+    fn edit(&self, old: &[(Ipv4Addr, ReverseName)], new: &[(Ipv4Addr, ReverseName)]) {
         let mut names = self.names();
-        for (ip, name) in old {
-            if let Some(list) = names.get_mut(ip) {
-                list.retain(|known| known != name);
-                if list.is_empty() {
-                    names.remove(ip);
-                }
-            }
+        for pair in old {
+            names.remove(pair);
         }
-        for (ip, name) in new {
-            Self::add(&mut names, *ip, name);
-        }
+        names.extend(new.iter().cloned());
     }
 
-    fn replace(&self, all: &[(Ipv4Addr, Box<str>)]) {
-        let mut fresh = HashMap::with_capacity(all.len());
-        for (ip, name) in all {
-            Self::add(&mut fresh, *ip, name);
-        }
+    fn replace(&self, all: &[(Ipv4Addr, ReverseName)]) {
+        // Built from the sorted whole, the set's nodes are full.
+        let fresh: BTreeSet<(Ipv4Addr, ReverseName)> = all.iter().cloned().collect();
         *self.names() = fresh;
     }
 
@@ -514,9 +531,11 @@ impl ReverseZone {
             Ok(names) => names,
             Err(poisoned) => poisoned.into_inner(),
         };
+        // The least name sorts first: the address's range starts there.
+        let first = (ip, ReverseName::Exact(Arc::from("")));
         let mut set: Option<RecordSet> = None;
-        for target in names.get(&ip)? {
-            let Ok(target) = Name::from_ascii(target) else {
+        for (_, target) in names.range(first..).take_while(|(at, _)| *at == ip) {
+            let Ok(target) = Name::from_ascii(target.text(ip)) else {
                 continue;
             };
             let record = Record::from_rdata(Name::from(name), TTL_SECONDS, RData::PTR(PTR(target)));
@@ -872,10 +891,14 @@ mod tests {
     fn an_address_of_two_services_keeps_the_name_of_the_one_left() {
         let zone = ReverseZone::new();
         let ip = Ipv4Addr::new(198, 18, 1, 5);
-        let web: Vec<(Ipv4Addr, Box<str>)> =
-            vec![(ip, "198-18-1-5.web.default.svc.cluster.local.".into())];
-        let api: Vec<(Ipv4Addr, Box<str>)> =
-            vec![(ip, "198-18-1-5.api.default.svc.cluster.local.".into())];
+        let web = vec![(
+            ip,
+            ReverseName::Dashed("web.default.svc.cluster.local.".into()),
+        )];
+        let api = vec![(
+            ip,
+            ReverseName::Exact("198-18-1-5.api.default.svc.cluster.local.".into()),
+        )];
         zone.replace(&[web.clone(), api.clone()].concat());
         assert_eq!(
             ptr_targets(&zone, "5.1.18.198.in-addr.arpa."),

@@ -7,7 +7,7 @@
 use std::{
     collections::BTreeMap,
     sync::{Arc, Mutex, mpsc},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use crate::{
@@ -15,11 +15,16 @@ use crate::{
     metrics::AgentMetrics,
 };
 
-/// Services in one write above which the memory its plan took is handed back to the
-/// kernel: each service's Maglev table is built in a 64 KiB buffer (16,381 slots), and
-/// glibc keeps what a large batch freed, spread over the arenas of the threads that
-/// built the tables, for the rest of the process's life.
+/// Services written since the allocator last handed freed memory back to the kernel
+/// above which it does so once the changes pause ([`QUIET`]): each service's Maglev
+/// table is built in a 64 KiB buffer (16,381 slots), its watch event decoded and its DNS
+/// names rebuilt on other threads, and glibc keeps what those freed, spread over the
+/// arenas of the threads that freed it, for the rest of the process's life.
 const RELEASE_AFTER: usize = 64;
+
+/// How long without work counts as the end of a burst of changes: the release waits for
+/// it, so it neither delays a change in a burst nor runs once per batch of one.
+const QUIET: Duration = Duration::from_secs(1);
 
 /// Work for the datapath thread.
 #[derive(Debug)]
@@ -132,14 +137,30 @@ fn run(
     metrics: &AgentMetrics,
     queue: &mpsc::Receiver<(Work, Option<Instant>)>,
 ) {
-    while let Ok((work, received)) = queue.recv() {
+    // Services written since the last release.
+    let mut unreleased = 0;
+    loop {
+        let next = if unreleased > RELEASE_AFTER {
+            queue.recv_timeout(QUIET)
+        } else {
+            queue.recv().map_err(mpsc::RecvTimeoutError::from)
+        };
+        let (work, received) = match next {
+            Ok(next) => next,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                release_freed_memory();
+                unreleased = 0;
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        };
         let mut batch = Batch::default();
         batch.add(work, received);
         while let Ok((work, received)) = queue.try_recv() {
             batch.add(work, received);
         }
         let arrivals = std::mem::take(&mut batch.received);
-        let large = batch.services() > RELEASE_AFTER;
+        unreleased += batch.services();
         let results = {
             let mut datapath = match datapath.lock() {
                 Ok(datapath) => datapath,
@@ -163,9 +184,6 @@ fn run(
             metrics
                 .propagation
                 .observe(received.elapsed().as_secs_f64());
-        }
-        if large {
-            release_freed_memory();
         }
     }
 }
