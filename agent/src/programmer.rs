@@ -188,6 +188,20 @@ fn run(
     }
 }
 
+/// Keeps glibc's malloc to one arena for every thread. With one per thread that
+/// allocated (up to eight times the CPUs), what a burst freed stayed spread over arenas
+/// that other threads' allocations never reuse: with 10,000 Services × 10 endpoints the
+/// agent's RssAnon was 87 MiB with them and 80 MiB with one (issue 25, one agent, once
+/// the changes paused). The agent allocates little outside bursts of changes, so one
+/// arena's lock costs nothing measurable. Called before any thread starts.
+pub fn limit_malloc_arenas() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets a parameter of glibc's malloc; no other thread runs yet.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
 /// Returns the allocator's free pages to the kernel.
 fn release_freed_memory() {
     #[cfg(target_env = "gnu")]
