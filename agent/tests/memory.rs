@@ -6,8 +6,8 @@
 //! the 64 MB on the heap alone. With the reverse DNS names kept per service and
 //! one backend user kept in place, the heap counted here went from 51.5 to 42.8 MiB;
 //! the process's RssAnon adds malloc's headers and what it keeps of freed memory, the
-//! runtime and what the heartbeat reads (about 80 MiB for one agent in the agents
-//! benchmark, docs/BENCHMARKS.md). Needs root and bpffs (the datapath is loaded for real).
+//! runtime and what the heartbeat reads (72–75 MiB per agent in the agents benchmark,
+//! docs/BENCHMARKS.md). Needs root and bpffs (the datapath is loaded for real).
 
 use std::{
     alloc::{GlobalAlloc, Layout, System},
