@@ -18,8 +18,8 @@ use crate::{
 /// Services written since the allocator last handed freed memory back to the kernel
 /// above which it does so once the changes pause ([`QUIET`]): each service's Maglev
 /// table is built in a 64 KiB buffer (16,381 slots), its watch event decoded and its DNS
-/// names rebuilt on other threads, and glibc keeps what those freed, spread over the
-/// arenas of the threads that freed it, for the rest of the process's life.
+/// names rebuilt on other threads, and glibc keeps what those freed in its heap, for
+/// the rest of the process's life, unless asked to give it back.
 const RELEASE_AFTER: usize = 64;
 
 /// How long without work counts as the end of a burst of changes: the release waits for
