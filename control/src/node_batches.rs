@@ -86,6 +86,8 @@ impl Follower {
                     return Some(batch);
                 }
                 Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                    // From the newest on: what is queued is older than what it sends now.
+                    self.rx = self.rx.resubscribe();
                     let complete = self.feed.complete();
                     self.at = complete.to;
                     return Some(complete);
@@ -491,7 +493,7 @@ mod tests {
         assert!(nodes.complete);
         assert_eq!(caught_up.to, 23);
         assert_eq!(nodes.nodes[0].addresses[0].address, "198.18.1.3");
-        // What remains queued is older than what it sent: nothing more.
+        // What was queued is older than what it sent: the next batch follows on.
         feed.take(vec![("b".to_owned(), None)], 24);
         let next = slow.next().await.expect("a batch");
         assert_eq!((next.from, next.to), (23, 24));
