@@ -497,20 +497,18 @@ async fn nodes_reach_agents_in_shared_batches() {
     // A node joins: its record reaches the watch in a batch, with its address once its
     // first status is written.
     let b = c.node_with_heartbeat("b", Duration::from_secs(1)).await;
-    let mut nodes_rv = complete.resource_version.clone();
-    loop {
+    let nodes_rv = loop {
         let event = watch.message().await.expect("read").expect("event");
         if event.r#type() != Type::Nodes {
             continue;
         }
-        nodes_rv = event.resource_version.clone();
         let batch = NodeBatch::decode(event.object_json.as_slice()).expect("a NodeBatch");
         assert!(!batch.complete);
         assert!(batch.nodes.iter().all(|n| n.name == "b"), "{batch:?}");
         if batch.nodes.iter().any(|n| !n.addresses.is_empty()) {
-            break;
+            break event.resource_version;
         }
-    }
+    };
     eventually("node a's watch to hold node b", async || {
         a.stats().services.contains("Node /b").then_some(())
     })
