@@ -30,6 +30,7 @@ use tonic::{Request, Response, Status};
 use crate::{
     api::watch::{self, WatchOptions},
     metrics::Metrics,
+    node_batches::{self, Follower, NodeBatches},
     objects::str_at,
     pki::{Pki, node_name_of_certificate},
     registry::{self, DeleteOptions, Registry, name_of, parse_resource_version},
@@ -65,6 +66,9 @@ pub struct AgentService {
     token_signer: Option<Arc<crate::satokens::TokenSigner>>,
     /// How long node certificates are valid.
     certificate_validity: Duration,
+    /// The Nodes as agents read them, in batches shared by the agents' Services watches:
+    /// started by the first watch that asks for them.
+    node_batches: tokio::sync::OnceCell<Arc<NodeBatches>>,
 }
 
 struct ConfirmedStatus {
@@ -108,6 +112,7 @@ impl AgentService {
             reserved_names: vec!["localhost".to_owned()],
             token_signer: None,
             certificate_validity: Duration::from_secs(365 * 86_400),
+            node_batches: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -408,11 +413,6 @@ async fn check_node_certificate(
     }
 }
 
-/// How long an agent's watch holds a Node change back to send it together with the
-/// Node's next changes and other Nodes' (see `api::watch::Held`): a new Node reaches the
-/// other agents this much later, and its creation and first status go as one event.
-const NODE_HOLD: Duration = Duration::from_millis(250);
-
 /// A node calling, by its certificate.
 struct Caller {
     name: String,
@@ -423,6 +423,9 @@ struct Caller {
 /// watch of a deleted node ends within seconds.
 struct Watching {
     rx: tokio::sync::mpsc::Receiver<watch::WatchEvent>,
+    /// Node batches to send first, and as they come (a watch with `node_batches`).
+    first_nodes: Option<Arc<node_batches::Batch>>,
+    nodes: Option<Follower>,
     caller: Caller,
     registry: Registry,
     known: Arc<KnownNodes>,
@@ -490,16 +493,20 @@ impl AgentService {
             kinds,
             FieldSelector::default(),
             &request.get_ref().resource_version,
+            None,
         )
         .await
     }
 
+    /// A watch of `kinds` for `caller`; with `nodes`, the Node batches to send besides
+    /// (the first of them before anything else).
     async fn watch(
         &self,
         caller: Caller,
         kinds: Vec<&'static berth_api::ResourceType>,
         fields: FieldSelector,
         resource_version: &str,
+        nodes: Option<(Option<Arc<node_batches::Batch>>, Follower)>,
     ) -> Result<Response<EventStream>, Status> {
         let from = parse_resource_version(resource_version).map_err(status)?;
         // The Services watch: every agent lists everything. Not the pods watch, whose
@@ -517,7 +524,8 @@ impl AgentService {
             // Agents use Nodes for their pod ranges and addresses, never their heartbeats.
             skip_heartbeats: true,
             share_list,
-            hold_nodes: Some(NODE_HOLD),
+            // Batched apart when the watch takes Node batches (then it has no Nodes).
+            hold_nodes: Some(node_batches::NODE_HOLD),
         };
         let rx = match watch::open(&self.registry, &self.metrics, options).await {
             Ok(rx) => rx,
@@ -533,8 +541,11 @@ impl AgentService {
             }
             Err(e) => return Err(status(e)),
         };
+        let (first_nodes, nodes) = nodes.unzip();
         let watching = Watching {
             rx,
+            first_nodes: first_nodes.flatten(),
+            nodes,
             caller,
             registry: self.registry.clone(),
             known: Arc::clone(&self.known_nodes),
@@ -545,9 +556,17 @@ impl AgentService {
             if w.ended {
                 return None;
             }
+            if let Some(batch) = w.first_nodes.take() {
+                return Some((Ok(nodes_message(&batch)), w));
+            }
             let event = loop {
                 tokio::select! {
                     event = w.rx.recv() => break event?,
+                    batch = next_batch(&mut w.nodes) => match batch {
+                        Some(batch) => return Some((Ok(nodes_message(&batch)), w)),
+                        // The control plane is stopping: the other events end too.
+                        None => w.nodes = None,
+                    },
                     _ = w.check.tick() => {
                         let checked = check_node_certificate(
                             &w.registry,
@@ -594,6 +613,24 @@ impl AgentService {
             Some((Ok(message), w))
         });
         Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// The next Node batch of a watch that takes them; never, for one that does not.
+async fn next_batch(nodes: &mut Option<Follower>) -> Option<Arc<node_batches::Batch>> {
+    match nodes {
+        Some(follower) => follower.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A Node batch as the agent gets it: its encoding as it is, shared by every watch.
+fn nodes_message(batch: &node_batches::Batch) -> WatchEvent {
+    WatchEvent {
+        r#type: Type::Nodes.into(),
+        kind: NODES.kind.to_owned(),
+        resource_version: batch.to.to_string(),
+        object_json: batch.encoded.clone(),
     }
 }
 
@@ -779,6 +816,7 @@ impl agent_server::Agent for AgentService {
             vec![&PODS],
             fields,
             &request.get_ref().resource_version,
+            None,
         )
         .await
     }
@@ -797,8 +835,37 @@ impl agent_server::Agent for AgentService {
         } else {
             &ENDPOINTS
         };
-        self.watch_all(&request, vec![&SERVICES, endpoints, &NODES])
+        if !request.get_ref().node_batches {
+            return self
+                .watch_all(&request, vec![&SERVICES, endpoints, &NODES])
+                .await;
+        }
+        let caller = self.caller(&request).await?;
+        let WatchRequest {
+            resource_version,
+            nodes_resource_version,
+            ..
+        } = request.into_inner();
+        // A snapshot gets every Node; a resumed watch the changes since its last batch.
+        let resume = if resource_version.is_empty() {
+            None
+        } else {
+            parse_resource_version(&nodes_resource_version).map_err(status)?
+        };
+        let feed = self
+            .node_batches
+            .get_or_try_init(|| NodeBatches::start(&self.registry))
             .await
+            .map_err(status)?;
+        let nodes = feed.follow(resume);
+        self.watch(
+            caller,
+            vec![&SERVICES, endpoints],
+            FieldSelector::default(),
+            &resource_version,
+            Some(nodes),
+        )
+        .await
     }
 
     type WatchPoliciesStream = EventStream;

@@ -17,6 +17,7 @@ mod controllers;
 mod credentials;
 pub mod limits;
 mod metrics;
+mod node_batches;
 mod node_client;
 mod objects;
 mod pki;

@@ -443,6 +443,138 @@ async fn many_hollow_nodes() {
     );
 }
 
+/// With `node_batches` the Services watch sends Nodes as batches of what agents read of
+/// them: every Node in one message first, then each interval's changes, resumed from
+/// their own revision; the hollow nodes (the watch client shared with the agent) keep
+/// the Nodes from them.
+#[tokio::test]
+async fn nodes_reach_agents_in_shared_batches() {
+    use berth_api::agent::NodeBatch;
+    use prost::Message as _;
+
+    let c = cluster_with(&["--node-grace", "40"]).await;
+    let a = c.node_with_heartbeat("a", Duration::from_secs(1)).await;
+    let batches = WatchRequest {
+        node_batches: true,
+        ..WatchRequest::default()
+    };
+    let mut watch = a
+        .client()
+        .watch_services(batches.clone())
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut firsts = Vec::new();
+    let synced = loop {
+        let event = watch.message().await.expect("read").expect("event");
+        if event.r#type() == Type::Synced {
+            break event.resource_version;
+        }
+        firsts.push(event);
+    };
+    assert!(
+        firsts
+            .iter()
+            .all(|e| e.kind != "Node" || e.r#type() == Type::Nodes),
+        "no Node goes as an event of its own"
+    );
+    let complete = firsts
+        .iter()
+        .find(|e| e.r#type() == Type::Nodes)
+        .expect("the Nodes first");
+    let nodes = NodeBatch::decode(complete.object_json.as_slice()).expect("a NodeBatch");
+    assert!(nodes.complete);
+    assert_eq!(nodes.nodes.len(), 1);
+    assert_eq!(
+        (
+            nodes.nodes[0].name.as_str(),
+            nodes.nodes[0].pod_cidr.as_str()
+        ),
+        ("a", a.pod_cidr.as_str())
+    );
+    assert_eq!(nodes.nodes[0].addresses[0].r#type, "InternalIP");
+
+    // A node joins: its record reaches the watch in a batch, with its address once its
+    // first status is written.
+    let b = c.node_with_heartbeat("b", Duration::from_secs(1)).await;
+    let nodes_rv = loop {
+        let event = watch.message().await.expect("read").expect("event");
+        if event.r#type() != Type::Nodes {
+            continue;
+        }
+        let batch = NodeBatch::decode(event.object_json.as_slice()).expect("a NodeBatch");
+        assert!(!batch.complete);
+        assert!(batch.nodes.iter().all(|n| n.name == "b"), "{batch:?}");
+        if batch.nodes.iter().any(|n| !n.addresses.is_empty()) {
+            break event.resource_version;
+        }
+    };
+    eventually("node a's watch to hold node b", async || {
+        a.stats().services.contains("Node /b").then_some(())
+    })
+    .await;
+
+    // Resumed from both revisions: no Nodes first; b's deletion comes as a batch.
+    drop(watch);
+    let mut resumed = a
+        .client()
+        .watch_services(WatchRequest {
+            resource_version: synced.clone(),
+            nodes_resource_version: nodes_rv,
+            ..batches.clone()
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    drop(b);
+    let (status, _) = c.t.call(Method::DELETE, "/api/v1/nodes/b", None).await;
+    assert_eq!(status, 200);
+    let event = loop {
+        let event = resumed.message().await.expect("read").expect("event");
+        if event.r#type() == Type::Nodes {
+            break event;
+        }
+    };
+    let batch = NodeBatch::decode(event.object_json.as_slice()).expect("a NodeBatch");
+    assert!(!batch.complete, "resumed, not listed again: {batch:?}");
+    assert_eq!(
+        batch
+            .nodes
+            .iter()
+            .map(|n| (n.name.as_str(), n.deleted))
+            .collect::<Vec<_>>(),
+        [("b", true)]
+    );
+    eventually("node a's watch to drop node b", async || {
+        (!a.stats().services.contains("Node /b")).then_some(())
+    })
+    .await;
+
+    // Resumed from before what the batches reach back: every Node at once.
+    let mut old = a
+        .client()
+        .watch_services(WatchRequest {
+            resource_version: synced,
+            nodes_resource_version: "1".to_owned(),
+            ..batches
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let event = old.message().await.expect("read").expect("event");
+    assert_eq!(event.r#type(), Type::Nodes);
+    let batch = NodeBatch::decode(event.object_json.as_slice()).expect("a NodeBatch");
+    assert!(batch.complete);
+    assert_eq!(
+        batch
+            .nodes
+            .iter()
+            .map(|n| n.name.as_str())
+            .collect::<Vec<_>>(),
+        ["a"]
+    );
+}
+
 /// A heartbeat that changes nothing but the time is not written while the stored one is
 /// fresh (every Node write goes to every agent), and a changed status is written at once.
 #[tokio::test]

@@ -14,7 +14,7 @@ use std::{
 };
 
 use berth_api::agent::{
-    BackendRate, ContainerUsage, HeartbeatRequest, JoinRequest, NodeUsage, PodDeletion,
+    BackendRate, ContainerUsage, HeartbeatRequest, JoinRequest, NodeRecord, NodeUsage, PodDeletion,
     PodStatusReport, PodUsage, agent_client::AgentClient,
 };
 use berth_watch::{Change, Consumer, Objects, WatchObject, Watched};
@@ -614,6 +614,7 @@ async fn run_to_end(
 /// each Endpoints change a thousand times; parsed whole, that work (each agent's own, on
 /// its own machine in a real cluster) took the CPUs the measured control plane shares
 /// with them.
+#[derive(PartialEq)]
 struct ReadyAddresses(Vec<String>);
 
 #[derive(serde::Deserialize)]
@@ -655,6 +656,15 @@ impl WatchObject for ReadyAddresses {
             format!("{}/{}", brief.metadata.namespace, brief.metadata.name),
             Self(ready),
         ))
+    }
+
+    /// Nothing of a Node: its record, decoded from the batch already, is not made JSON.
+    fn from_node(record: &NodeRecord) -> Option<(String, Self)> {
+        Some((format!("/{}", record.name), Self(Vec::new())))
+    }
+
+    fn same(&self, other: &Self) -> bool {
+        self == other
     }
 }
 

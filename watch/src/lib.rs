@@ -7,6 +7,12 @@
 //! and while the control plane is unreachable it keeps what it has. Reconnects back off
 //! (200 ms doubling to 5 s) with jitter, so a thousand nodes do not come back in step.
 //!
+//! The Services watch asks for Nodes as batches (`node_batches`): the control plane
+//! gathers Node changes for a moment and sends each batch, encoded once, to every agent,
+//! with only what agents read of a Node ([`NodeRecord`]); a batch's Nodes reach the
+//! consumer as one change each, like the other kinds' events. They resume from a
+//! revision of their own (`nodes_resource_version`).
+//!
 //! [`WatchState`] is the protocol without the network (tested on hand-made events);
 //! [`run`] drives it over a gRPC client and hands every change to a [`Consumer`].
 
@@ -17,8 +23,11 @@ use std::{
     time::Duration,
 };
 
-use berth_api::agent::{WatchEvent, WatchRequest, agent_client::AgentClient, watch_event::Type};
-use serde_json::Value;
+use berth_api::agent::{
+    NodeBatch, NodeRecord, WatchEvent, WatchRequest, agent_client::AgentClient, watch_event::Type,
+};
+use prost::Message as _;
+use serde_json::{Value, json};
 use tonic::transport::Channel;
 
 /// Which watch.
@@ -40,6 +49,37 @@ pub trait WatchObject: Sized + Send + Sync {
     /// is kept of it, from an event's kind and JSON; `None` for JSON that is not an
     /// object with a name (or not of a kind this type keeps).
     fn decode(kind: &str, json: &[u8]) -> Option<(String, Self)>;
+
+    /// A Node as a batch carries it: by default, the record as a Node's JSON (what it
+    /// holds of the Node: name, pod range, addresses) through [`Self::decode`].
+    fn from_node(record: &NodeRecord) -> Option<(String, Self)> {
+        Self::decode("Node", &node_json(record))
+    }
+
+    /// Whether two objects are the same to the consumer: a complete batch that replaces
+    /// the Nodes of a live view reports only those that are not. By default none are
+    /// (every Node is reported).
+    fn same(&self, _other: &Self) -> bool {
+        false
+    }
+}
+
+/// A Node batch's record as a Node's JSON.
+pub fn node_json(record: &NodeRecord) -> Vec<u8> {
+    let addresses: Vec<Value> = record
+        .addresses
+        .iter()
+        .map(|a| json!({"type": a.r#type, "address": a.address}))
+        .collect();
+    json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": record.name},
+        "spec": {"podCIDR": record.pod_cidr},
+        "status": {"addresses": addresses},
+    })
+    .to_string()
+    .into_bytes()
 }
 
 /// The whole object, as the agent keeps it.
@@ -52,6 +92,10 @@ impl WatchObject for Value {
             .and_then(Value::as_str)
             .unwrap_or_default();
         Some((format!("{namespace}/{name}"), object))
+    }
+
+    fn same(&self, other: &Self) -> bool {
+        self == other
     }
 }
 
@@ -96,6 +140,8 @@ pub enum Change<T> {
 #[derive(Debug, PartialEq)]
 pub enum Step<T> {
     Changed(Change<T>),
+    /// Several objects changed (a batch of Nodes), each once.
+    ChangedMany(Vec<Change<T>>),
     Nothing,
     /// History is gone: end this stream and watch again from a snapshot.
     StartOver,
@@ -106,6 +152,8 @@ pub enum Step<T> {
 #[derive(Debug)]
 pub struct WatchState<T> {
     resource_version: String,
+    /// Of the last Node batch (see the module's documentation).
+    nodes_resource_version: String,
     live: Objects<T>,
     /// Objects of a snapshot being received; swapped in at SYNCED.
     pending: Option<Objects<T>>,
@@ -116,6 +164,7 @@ impl<T> Default for WatchState<T> {
     fn default() -> Self {
         Self {
             resource_version: String::new(),
+            nodes_resource_version: String::new(),
             live: Objects::default(),
             pending: None,
             snapshots: 0,
@@ -132,7 +181,8 @@ impl<T: WatchObject> WatchState<T> {
         }
         WatchRequest {
             resource_version: self.resource_version.clone(),
-            endpoint_slices: false,
+            nodes_resource_version: self.nodes_resource_version.clone(),
+            ..WatchRequest::default()
         }
     }
 
@@ -146,6 +196,9 @@ impl<T: WatchObject> WatchState<T> {
     }
 
     pub fn event(&mut self, event: &WatchEvent) -> Step<T> {
+        if event.r#type() == Type::Nodes {
+            return self.nodes(event);
+        }
         if !event.resource_version.is_empty() {
             self.resource_version.clone_from(&event.resource_version);
         }
@@ -191,7 +244,68 @@ impl<T: WatchObject> WatchState<T> {
                 self.resource_version.clear();
                 Step::StartOver
             }
-            Type::Bookmark | Type::Unspecified => Step::Nothing,
+            Type::Bookmark | Type::Unspecified | Type::Nodes => Step::Nothing,
+        }
+    }
+
+    /// A batch of Node changes: into the snapshot being collected, or into the live
+    /// objects, one change per Node.
+    fn nodes(&mut self, event: &WatchEvent) -> Step<T> {
+        let Ok(batch) = NodeBatch::decode(event.object_json.as_slice()) else {
+            // Nodes would be missing from here on: start over from a snapshot.
+            tracing::warn!("undecodable Node batch in watch; starting over");
+            self.resource_version.clear();
+            self.nodes_resource_version.clear();
+            return Step::StartOver;
+        };
+        self.nodes_resource_version
+            .clone_from(&event.resource_version);
+        let collecting = self.pending.is_some();
+        let objects = self.pending.as_mut().unwrap_or(&mut self.live);
+        let mut changes = Vec::new();
+        let mut listed = std::collections::BTreeSet::new();
+        for record in &batch.nodes {
+            let key = format!("Node /{}", record.name);
+            if record.deleted {
+                if let Some(object) = objects.by_key.remove(&key) {
+                    changes.push(Change::Deleted { key, object });
+                }
+                continue;
+            }
+            let Some((_, object)) = T::from_node(record) else {
+                tracing::warn!(node = %record.name, "undecodable Node in a batch");
+                continue;
+            };
+            if batch.complete {
+                listed.insert(key.clone());
+            }
+            let same = objects
+                .by_key
+                .get(&key)
+                .is_some_and(|held| held.same(&object));
+            objects.by_key.insert(key.clone(), object);
+            if !same {
+                changes.push(Change::Applied { key });
+            }
+        }
+        if batch.complete {
+            let gone: Vec<String> = objects
+                .by_key
+                .range("Node ".to_owned()..)
+                .take_while(|(key, _)| key.starts_with("Node "))
+                .filter(|(key, _)| !listed.contains(*key))
+                .map(|(key, _)| key.clone())
+                .collect();
+            for key in gone {
+                if let Some(object) = objects.by_key.remove(&key) {
+                    changes.push(Change::Deleted { key, object });
+                }
+            }
+        }
+        if collecting || changes.is_empty() {
+            Step::Nothing
+        } else {
+            Step::ChangedMany(changes)
         }
     }
 
@@ -264,6 +378,8 @@ where
     T: WatchObject,
     C: Consumer<T>,
 {
+    // Big enough for a complete Node batch of tens of thousands of Nodes.
+    client = client.max_decoding_message_size(64 << 20);
     let mut state = WatchState::<T>::default();
     let mut backoff = Backoff::new();
     loop {
@@ -272,6 +388,7 @@ where
         }
         let mut request = state.request();
         request.endpoint_slices = which == Watched::ServiceSlices;
+        request.node_batches = matches!(which, Watched::Services | Watched::ServiceSlices);
         let resumed = !request.resource_version.is_empty();
         let response = match which {
             Watched::Pods => client.watch_pods(request).await,
@@ -305,6 +422,13 @@ where
                 Step::Changed(change) => {
                     if !consumer.changed(state.live(), change).await {
                         return;
+                    }
+                }
+                Step::ChangedMany(changes) => {
+                    for change in changes {
+                        if !consumer.changed(state.live(), change).await {
+                            return;
+                        }
                     }
                 }
                 Step::Nothing => {}
@@ -471,6 +595,137 @@ mod tests {
         );
         assert_eq!(keys(&state), ["Pod default/a"]);
         assert_eq!(state.resource_version(), "7");
+    }
+
+    fn nodes(rv: &str, complete: bool, records: Vec<NodeRecord>) -> WatchEvent {
+        WatchEvent {
+            r#type: Type::Nodes.into(),
+            kind: "Node".to_owned(),
+            resource_version: rv.to_owned(),
+            object_json: NodeBatch {
+                complete,
+                nodes: records,
+            }
+            .encode_to_vec(),
+        }
+    }
+
+    fn node(name: &str, address: &str) -> NodeRecord {
+        NodeRecord {
+            name: name.to_owned(),
+            pod_cidr: "10.244.0.0/24".to_owned(),
+            addresses: vec![berth_api::agent::NodeAddress {
+                r#type: "InternalIP".to_owned(),
+                address: address.to_owned(),
+            }],
+            deleted: false,
+        }
+    }
+
+    fn gone(name: &str) -> NodeRecord {
+        NodeRecord {
+            name: name.to_owned(),
+            deleted: true,
+            ..NodeRecord::default()
+        }
+    }
+
+    fn applied_keys(step: Step<Value>) -> Vec<String> {
+        match step {
+            Step::ChangedMany(changes) => changes
+                .into_iter()
+                .map(|change| match change {
+                    Change::Applied { key } => key,
+                    Change::Deleted { key, .. } => format!("-{key}"),
+                    Change::Snapshot { .. } => "snapshot".to_owned(),
+                })
+                .collect(),
+            other => panic!("not several changes: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn node_batches_are_nodes_resumed_from_their_own_revision() {
+        let mut state = WatchState::<Value>::default();
+        state.request();
+        // The complete batch of a snapshot goes into it, as the other kinds' objects.
+        assert_eq!(
+            state.event(&nodes("7", true, vec![node("n1", "198.18.0.1")])),
+            Step::Nothing
+        );
+        state.event(&event(Type::Added, "4", Some(pod("a"))));
+        assert_eq!(
+            state.event(&event(Type::Synced, "5", None)),
+            Step::Changed(Change::Snapshot { resync: false })
+        );
+        assert_eq!(keys(&state), ["Node /n1", "Pod default/a"]);
+        assert_eq!(
+            state.live().by_key["Node /n1"],
+            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"},
+                   "spec": {"podCIDR": "10.244.0.0/24"},
+                   "status": {"addresses": [{"type": "InternalIP", "address": "198.18.0.1"}]}})
+        );
+        // A batch: one change per Node.
+        let step = state.event(&nodes(
+            "9",
+            false,
+            vec![node("n2", "198.18.0.2"), gone("n1")],
+        ));
+        assert_eq!(applied_keys(step), ["Node /n2", "-Node /n1"]);
+        state.ended();
+        let request = state.request();
+        assert_eq!(
+            (
+                request.resource_version.as_str(),
+                request.nodes_resource_version.as_str()
+            ),
+            ("5", "9")
+        );
+        // A complete batch to a live view: only what differs, and the Nodes not in it go.
+        let step = state.event(&nodes(
+            "12",
+            true,
+            vec![node("n2", "198.18.0.2"), node("n3", "198.18.0.3")],
+        ));
+        assert_eq!(applied_keys(step), ["Node /n3"]);
+        let step = state.event(&nodes("13", true, vec![node("n3", "198.18.0.3")]));
+        assert_eq!(applied_keys(step), ["-Node /n2"]);
+        assert_eq!(keys(&state), ["Node /n3", "Pod default/a"]);
+        // Nothing new: no change at all.
+        assert_eq!(
+            state.event(&nodes("14", true, vec![node("n3", "198.18.0.3")])),
+            Step::Nothing
+        );
+    }
+
+    #[test]
+    fn a_node_record_as_json_is_a_node_with_what_agents_read() {
+        let node: berth_api::core::Node =
+            serde_json::from_slice(&node_json(&node("n1", "198.18.0.1"))).expect("a Node");
+        assert_eq!(node.metadata.name, "n1");
+        assert_eq!(node.spec.pod_cidr, "10.244.0.0/24");
+        let addresses = node.status.expect("a status").addresses;
+        assert_eq!(
+            (addresses[0].type_.as_str(), addresses[0].address.as_str()),
+            ("InternalIP", "198.18.0.1")
+        );
+    }
+
+    #[test]
+    fn an_undecodable_node_batch_starts_over_from_a_snapshot() {
+        let mut state = synced();
+        let mut broken = nodes("6", false, Vec::new());
+        broken.object_json = b"\xff\xff".to_vec();
+        assert_eq!(state.event(&broken), Step::StartOver);
+        state.ended();
+        let request = state.request();
+        assert_eq!(
+            (
+                request.resource_version.as_str(),
+                request.nodes_resource_version.as_str()
+            ),
+            ("", "")
+        );
     }
 
     #[test]
