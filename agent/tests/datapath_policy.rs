@@ -124,6 +124,15 @@ fn plan(policies: &[NetworkPolicy]) -> PolicyPlan {
     )
 }
 
+/// The counter id `plan` gives the policy `name`.
+fn counter_id(plan: &PolicyPlan, name: &str) -> u32 {
+    plan.policies
+        .iter()
+        .find(|(_, (_, policy))| policy == name)
+        .map(|(id, _)| *id)
+        .unwrap_or_else(|| panic!("{name} has a counter id"))
+}
+
 fn service(name: &str, vip: Ipv4Addr, backend: Ipv4Addr, port: u16, node_id: u32) -> Service {
     let frontend = |addr, external| Frontend {
         addr,
@@ -447,13 +456,7 @@ fn through_a_cluster_ip_egress_is_checked_against_the_chosen_backend() {
 fn established_flows_pass_on_the_connection_table_until_a_change_revokes_them() {
     let mut h = Harness::new();
     let all = policies();
-    let plan_all = plan(&all);
-    let rules = plan_all
-        .policies
-        .iter()
-        .find(|(_, (_, name))| name == "rules")
-        .map(|(id, _)| *id)
-        .expect("rules has a counter id");
+    let rules = counter_id(&plan(&all), "rules");
     let counters = h.datapath.policy_counters().expect("counters");
     assert!(h.leaves(&tcp((EGRESS_POD, 45_000), (CLIENT, 80))));
     for _ in 0..3 {
@@ -525,12 +528,7 @@ fn dropped_flows_are_reported_within_a_budget() {
 fn a_peer_s_next_connections_pass_on_its_verdict_until_a_change_revokes_it() {
     let mut h = Harness::new();
     let all = policies();
-    let web = plan(&all)
-        .policies
-        .iter()
-        .find(|(_, (_, name))| name == "web")
-        .map(|(id, _)| *id)
-        .expect("web has a counter id");
+    let web = counter_id(&plan(&all), "web");
     let counters = h.datapath.policy_counters().expect("counters");
     // Three connections from the client to the server (isolated for ingress only): the
     // first one's verdict is kept for the peer and the port, and serves the others.
