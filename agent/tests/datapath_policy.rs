@@ -8,6 +8,7 @@ mod common;
 
 use std::net::Ipv4Addr;
 
+use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 use berth_agent::{
     datapath::{
         Algorithm, BackendSpec, BackendState, Frontend, PolicyMaps, Protocol, Service, policy_drop,
@@ -20,7 +21,10 @@ use berth_api::{
     decode_typed,
     networking::NetworkPolicy,
 };
-use berth_ebpf_common::{POLICY_EGRESS, Reason, program_names};
+use berth_ebpf_common::{
+    CT_POLICY_IN, CT_POLICY_IN_PEER, CtEntry, FlowKey, POLICY_EGRESS, Reason, map_names,
+    program_names,
+};
 use berth_testkit::{
     PinDir,
     packet::{self, Frame},
@@ -120,6 +124,15 @@ fn plan(policies: &[NetworkPolicy]) -> PolicyPlan {
     )
 }
 
+/// The counter id `plan` gives the policy `name`.
+fn counter_id(plan: &PolicyPlan, name: &str) -> u32 {
+    plan.policies
+        .iter()
+        .find(|(_, (_, policy))| policy == name)
+        .map(|(id, _)| *id)
+        .unwrap_or_else(|| panic!("{name} has a counter id"))
+}
+
 fn service(name: &str, vip: Ipv4Addr, backend: Ipv4Addr, port: u16, node_id: u32) -> Service {
     let frontend = |addr, external| Frontend {
         addr,
@@ -148,7 +161,7 @@ fn service(name: &str, vip: Ipv4Addr, backend: Ipv4Addr, port: u16, node_id: u32
 struct Harness {
     datapath: berth_agent::datapath::Datapath,
     maps: PolicyMaps,
-    _pins: PinDir,
+    pins: PinDir,
 }
 
 impl Harness {
@@ -167,7 +180,7 @@ impl Harness {
         Harness {
             datapath,
             maps,
-            _pins: pins,
+            pins,
         }
     }
 
@@ -212,6 +225,30 @@ impl Harness {
     /// Whether `frame` is let into its destination pod through the node's stack.
     fn enters(&mut self, frame: &Frame) -> bool {
         self.run(program_names::TO_POD, frame).0 == TC_ACT_OK
+    }
+
+    /// The policy conntrack's keys of flows into `pod`: (peer, peer's port, pod's port,
+    /// direction).
+    fn entries_into(&self, pod: Ipv4Addr) -> Vec<(Ipv4Addr, u16, u16, u8)> {
+        let data = MapData::from_pin(self.pins.path().join(map_names::POLICY_CONNTRACK))
+            .expect("pinned policy conntrack");
+        let table: BpfHashMap<_, FlowKey, CtEntry> =
+            BpfHashMap::try_from(Map::LruHashMap(data)).expect("policy conntrack");
+        let mut keys: Vec<_> = table
+            .keys()
+            .map(|key| key.expect("key"))
+            .filter(|key| key.dst_addr == u32::from(pod).to_be())
+            .map(|key| {
+                (
+                    Ipv4Addr::from(u32::from_be(key.src_addr)),
+                    u16::from_be(key.src_port),
+                    u16::from_be(key.dst_port),
+                    key.direction,
+                )
+            })
+            .collect();
+        keys.sort();
+        keys
     }
 
     /// Whether `frame` is let out of its source pod.
@@ -419,13 +456,7 @@ fn through_a_cluster_ip_egress_is_checked_against_the_chosen_backend() {
 fn established_flows_pass_on_the_connection_table_until_a_change_revokes_them() {
     let mut h = Harness::new();
     let all = policies();
-    let plan_all = plan(&all);
-    let rules = plan_all
-        .policies
-        .iter()
-        .find(|(_, (_, name))| name == "rules")
-        .map(|(id, _)| *id)
-        .expect("rules has a counter id");
+    let rules = counter_id(&plan(&all), "rules");
     let counters = h.datapath.policy_counters().expect("counters");
     assert!(h.leaves(&tcp((EGRESS_POD, 45_000), (CLIENT, 80))));
     for _ in 0..3 {
@@ -491,4 +522,47 @@ fn dropped_flows_are_reported_within_a_budget() {
     );
     // Ten a second per CPU: the 200 drops of a few milliseconds are mostly counted only.
     assert!(records.len() < 100, "{} records", records.len());
+}
+
+#[test]
+fn a_peer_s_next_connections_pass_on_its_verdict_until_a_change_revokes_it() {
+    let mut h = Harness::new();
+    let all = policies();
+    let web = counter_id(&plan(&all), "web");
+    let counters = h.datapath.policy_counters().expect("counters");
+    // Three connections from the client to the server (isolated for ingress only): the
+    // first one's verdict is kept for the peer and the port, and serves the others.
+    for port in [47_000, 47_001, 47_002] {
+        assert!(h.enters(&tcp((CLIENT, port), (SERVER, 80))));
+        assert!(h.enters(&ack((CLIENT, port), (SERVER, 80))));
+    }
+    assert_eq!(
+        h.entries_into(SERVER),
+        vec![(CLIENT, 0, 80, CT_POLICY_IN_PEER)],
+        "one entry for the peer and the port, none per connection"
+    );
+    // Each connection's SYN counts, the packets after it do not.
+    assert_eq!(counters.read(web).expect("read").ingress_allowed, 3);
+    // Another port, another peer: verdicts of their own.
+    assert!(!h.enters(&tcp((CLIENT, 47_003), (SERVER, 81))));
+    assert!(!h.enters(&tcp((OTHER, 47_000), (SERVER, 80))));
+    // A pod isolated for egress too keeps an entry per flow (its replies need them).
+    assert!(h.enters(&tcp((CLIENT, 47_004), (EGRESS_POD, 8080))));
+    assert_eq!(
+        h.entries_into(EGRESS_POD),
+        vec![(CLIENT, 47_004, 8080, CT_POLICY_IN)]
+    );
+    // A change that still allows the peer keeps its connections.
+    let mut more = all.clone();
+    more.push(policy(&format!(
+        "{}  podSelector: {{}}\n  ingress:\n  - from: [{{ipBlock: {{cidr: 198.19.200.0/24}}}}]\n",
+        head("a", "extra")
+    )));
+    h.maps.apply(&plan(&more)).expect("apply");
+    assert!(h.enters(&ack((CLIENT, 47_001), (SERVER, 80))));
+    // Removing the rule cuts the established connections at their next packet, and
+    // refuses the peer's new ones.
+    h.maps.apply(&plan(&all[..1])).expect("apply");
+    assert!(!h.enters(&ack((CLIENT, 47_000), (SERVER, 80))));
+    assert!(!h.enters(&tcp((CLIENT, 47_005), (SERVER, 80))));
 }

@@ -919,7 +919,9 @@ fn analysis(md: &mut String, results: &Results) {
              is (parse, the anti-spoofing check, the service and connection-table lookups that miss, the \
              policy lookups, the redirect past the node's stack) — the attached-only row shows it — plus \
              the socket program's choice at each `connect()`. With policies, the backends' veths also look \
-             up the client's identity and the backend's entries on each packet (an LPM trie each).\n",
+             up the backend's isolation and the client's verdict on each packet (a hash lookup each); the \
+             client's identity and the backend's rules (an LPM trie each) only for a peer and port not seen \
+             since the policies last changed ([DATAPATH.md](DATAPATH.md#networkpolicy)).\n",
             direct.cpu_us,
             one.cpu_us,
             attached.cpu_us,

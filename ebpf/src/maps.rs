@@ -112,7 +112,8 @@ pub static POLICY: LpmTrie<PolicyKey, u32> = LpmTrie::pinned(defaults::MAX_POLIC
 /// Flows the policies let through (`CT_POLICY_IN` and `CT_POLICY_OUT` keys): the
 /// replies of flows pods opened (of every pod, so a pod that becomes isolated keeps the
 /// replies of connections it already had), the replies of flows egress-isolated pods
-/// accepted, and the flows isolated pods' rules allowed, so their later packets cost one
+/// accepted, and the flows isolated pods' rules allowed (for TCP into a pod isolated for
+/// ingress only: the verdict per peer address and port), so their later packets cost one
 /// lookup. An LRU of its own, so pods' flows never evict service connections; entries
 /// past their lifetime count as absent.
 #[map(name = "BERTH_POLICY_CT")]

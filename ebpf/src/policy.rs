@@ -7,10 +7,11 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use berth_ebpf_common::{
-    CT_ESTABLISHED, CT_FLAG_POLICY_RULE, CT_POLICY_IN, CT_POLICY_OUT, CT_UDP_STREAM, CtEntry,
-    ENDPOINT_EGRESS_ISOLATED, ENDPOINT_INGRESS_ISOLATED, EndpointPolicy, FlowKey, HAIRPIN_ADDR,
-    IDENTITY_ANY, IDENTITY_HOST, IDENTITY_WORLD, IPPROTO_TCP, POLICY_EGRESS, POLICY_INGRESS,
-    POLICY_LOG_PER_SECOND, POLICY_PREFIX_FULL, PolicyDrop, PolicyKey, Reason, ct_expired,
+    CT_ESTABLISHED, CT_FLAG_POLICY_RULE, CT_POLICY_IN, CT_POLICY_IN_PEER, CT_POLICY_OUT,
+    CT_UDP_STREAM, CtEntry, ENDPOINT_EGRESS_ISOLATED, ENDPOINT_INGRESS_ISOLATED, EndpointPolicy,
+    FlowKey, HAIRPIN_ADDR, IDENTITY_ANY, IDENTITY_HOST, IDENTITY_WORLD, IPPROTO_TCP, POLICY_EGRESS,
+    POLICY_INGRESS, POLICY_LOG_PER_SECOND, POLICY_PREFIX_FULL, PolicyDrop, PolicyKey, Reason,
+    ct_expired,
 };
 
 use crate::{
@@ -41,6 +42,16 @@ fn flow_key(flow: &Flow, direction: u8, reply: bool) -> FlowKey {
     }
 }
 
+/// The key of an ingress-isolated pod's verdict on TCP from `flow`'s source address to
+/// its destination port, whatever the source port (see `CT_POLICY_IN_PEER`).
+#[inline(always)]
+fn peer_key(flow: &Flow) -> FlowKey {
+    FlowKey {
+        src_port: 0,
+        ..flow_key(flow, CT_POLICY_IN_PEER, false)
+    }
+}
+
 /// The state policy entries live in: a day for TCP, two minutes of silence for UDP.
 #[inline(always)]
 fn state_of(proto: u8) -> u8 {
@@ -60,17 +71,18 @@ fn endpoint(addr: u32) -> Option<EndpointPolicy> {
 
 /// Whether the policy conntrack lets this packet through: an entry alive, and either a
 /// reply's or allowed by a rule at the endpoint's current revision. Refreshes it, and
-/// returns its flags.
+/// returns its flags and the policy id it holds (0: none).
 #[inline(always)]
-fn tracked(key: FlowKey, revision: u32) -> Option<u8> {
+fn tracked(key: FlowKey, revision: u32) -> Option<(u8, u32)> {
     let entry = POLICY_CT.get_ptr_mut(key)?;
     // SAFETY: a pointer into the conntrack map, read at once.
-    let (state, last_seen, flags, allowed_at) = unsafe {
+    let (state, last_seen, flags, allowed_at, policy) = unsafe {
         (
             (*entry).state,
             (*entry).last_seen_secs,
             (*entry).flags,
             (*entry).backend_id,
+            (*entry).service_id,
         )
     };
     let now = now_secs();
@@ -81,13 +93,14 @@ fn tracked(key: FlowKey, revision: u32) -> Option<u8> {
     }
     // SAFETY: as above.
     unsafe { touch(entry, state, now) };
-    Some(flags)
+    Some((flags, policy))
 }
 
 /// Remembers a flow as let through: by a rule at `revision` (checked again when it
-/// moves on), or as a reply (`None`, held while the flow lives).
+/// moves on), or as a reply (`None`, held while the flow lives); `policy` is the id a
+/// peer's verdict counts its connections under (0 for the other keys).
 #[inline(always)]
-fn remember(key: FlowKey, revision: Option<u32>) {
+fn remember(key: FlowKey, revision: Option<u32>, policy: u32) {
     let entry = CtEntry {
         state: state_of(key.proto),
         flags: if revision.is_some() {
@@ -96,6 +109,7 @@ fn remember(key: FlowKey, revision: Option<u32>) {
             0
         },
         backend_id: revision.unwrap_or(0),
+        service_id: policy,
         last_seen_secs: now_secs(),
         ..CtEntry::default()
     };
@@ -118,7 +132,7 @@ fn track_opened(flow: &Flow) {
         unsafe { touch(entry, CT_UDP_STREAM, now_secs()) };
         return;
     }
-    remember(key, None);
+    remember(key, None, 0);
 }
 
 /// The pod's entry for `identity` covering the flow's protocol and the peer's port
@@ -221,6 +235,17 @@ pub fn ingress(flow: &Flow) -> Result<(), Reason> {
     if !isolated && !answers {
         return Ok(());
     }
+    // TCP into a pod isolated for ingress only is let in on its peer's verdict: a peer's
+    // next connection to the port costs one lookup and writes nothing. A pod isolated for
+    // egress too keeps an entry per flow, whose flags say whether a packet answers a flow
+    // the pod opened (below).
+    let by_peer = isolated && !answers && flow.proto == IPPROTO_TCP;
+    if by_peer && let Some((_, policy)) = tracked(peer_key(flow), endpoint.revision) {
+        if flow.opens_connection {
+            count_verdict(policy, POLICY_INGRESS, true);
+        }
+        return Ok(());
+    }
     let seen = tracked(flow_key(flow, CT_POLICY_IN, false), endpoint.revision);
     if isolated && seen.is_none() {
         match verdict(
@@ -232,7 +257,15 @@ pub fn ingress(flow: &Flow) -> Result<(), Reason> {
         ) {
             Some(policy) => {
                 count_verdict(policy, POLICY_INGRESS, true);
-                remember(flow_key(flow, CT_POLICY_IN, false), Some(endpoint.revision));
+                if by_peer {
+                    remember(peer_key(flow), Some(endpoint.revision), policy);
+                } else {
+                    remember(
+                        flow_key(flow, CT_POLICY_IN, false),
+                        Some(endpoint.revision),
+                        0,
+                    );
+                }
             }
             None => {
                 denied(flow, POLICY_INGRESS, flow.dst_addr, endpoint.ingress_policy);
@@ -242,11 +275,11 @@ pub fn ingress(flow: &Flow) -> Result<(), Reason> {
     }
     // A reply of a flow the pod opened (an entry without a rule) needs no answer
     // recorded: the flow's own egress entry lets it out, checked at each revision.
-    let opened_by_pod = seen.is_some_and(|flags| flags & CT_FLAG_POLICY_RULE == 0);
+    let opened_by_pod = seen.is_some_and(|(flags, _)| flags & CT_FLAG_POLICY_RULE == 0);
     if answers && !opened_by_pod {
         let reply = flow_key(flow, CT_POLICY_OUT, true);
         if tracked(reply, endpoint.revision).is_none() {
-            remember(reply, None);
+            remember(reply, None, 0);
         }
     }
     Ok(())
@@ -299,6 +332,7 @@ impl Egress {
                 remember(
                     flow_key(flow, CT_POLICY_OUT, false),
                     Some(endpoint.revision),
+                    0,
                 );
                 Ok(())
             }

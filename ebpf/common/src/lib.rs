@@ -242,13 +242,23 @@ pub const HAIRPIN_ADDR: u32 = u32::from_be_bytes([169, 254, 42, 1]).to_be();
 /// Key direction of the policy conntrack (`BERTH_POLICY_CT`): packets entering a pod,
 /// keyed as they arrive (source: the peer as the pod sees it, before any translation of
 /// the pod's own flows). Written for the replies of every flow a pod opens, and for the
-/// flows an ingress-isolated pod's rules let in.
+/// flows an ingress-isolated pod's rules let in (TCP into a pod isolated for ingress
+/// only is kept per peer instead: [`CT_POLICY_IN_PEER`]).
 pub const CT_POLICY_IN: u8 = 5;
 /// Key direction of the policy conntrack: packets leaving a pod, keyed as they leave it
 /// (destination: what the pod addressed, before service translation). Written for the
 /// flows an egress-isolated pod's rules let out, and for the replies of flows such a pod
 /// accepted.
 pub const CT_POLICY_OUT: u8 = 6;
+/// Key direction of the policy conntrack: an ingress-isolated pod's verdict on TCP from
+/// one peer address to one of its ports (source port 0), shared by every connection
+/// between them, so a peer's next connection costs one lookup instead of the ipcache's
+/// and the policy map's LPM lookups and an entry of its own. Always a rule's entry
+/// ([`CT_FLAG_POLICY_RULE`], checked again when the revision moves on); the id of the
+/// allowing policy in `CtEntry::service_id`, counted on each connection's SYN. A verdict
+/// depends on nothing else: the peer's identity comes from its address, and any change
+/// of an identity gives every pod of the node a new revision.
+pub const CT_POLICY_IN_PEER: u8 = 7;
 /// Policy conntrack flag: the entry was allowed by a rule at the endpoint's
 /// [`EndpointPolicy::revision`] held in `CtEntry::backend_id`, and is checked again once
 /// the revision moves on. Entries without it (replies) hold while their flow lives.
