@@ -181,7 +181,8 @@ pub struct AgentFigures {
     pub bpf_service_bytes: u64,
     /// The agent's own share of the changes: its `berth_datapath_propagation_seconds`
     /// buckets over them (upper bound in seconds, changes up to it), from the watch
-    /// event's arrival at the agent to the maps written. Empty when /metrics did not answer.
+    /// event's arrival at the agent to the maps written; `+Inf` is `f64::MAX`. Empty when
+    /// /metrics did not answer.
     #[serde(default)]
     pub own_buckets: Vec<(f64, u64)>,
 }
@@ -668,14 +669,14 @@ async fn propagation_buckets(
 }
 
 /// A histogram's cumulative buckets in Prometheus' text format: (upper bound, count),
-/// `+Inf` last.
+/// `+Inf` last as `f64::MAX` (JSON has no infinity: the results file would not read back).
 fn histogram_buckets(text: &str, name: &str) -> Vec<(f64, u64)> {
     let prefix = format!("{name}_bucket{{le=\"");
     text.lines()
         .filter_map(|line| {
             let (le, count) = line.strip_prefix(&prefix)?.split_once("\"} ")?;
             let le = match le {
-                "+Inf" => f64::INFINITY,
+                "+Inf" => f64::MAX,
                 le => le.parse().ok()?,
             };
             Some((le, count.trim().parse().ok()?))
@@ -836,18 +837,16 @@ mod tests {
             )
         };
         let before = histogram_buckets(&text([10, 20, 20]), PROPAGATION);
-        assert_eq!(before, [(0.001, 10), (0.01, 20), (f64::INFINITY, 20)]);
+        assert_eq!(before, [(0.001, 10), (0.01, 20), (f64::MAX, 20)]);
         let after = histogram_buckets(&text([100, 198, 200]), PROPAGATION);
         let between = bucket_difference(&before, &after);
-        assert_eq!(between, [(0.001, 90), (0.01, 178), (f64::INFINITY, 180)]);
-        assert_eq!(bucket_quantile(&between, 0.5), Some(0.01));
-        assert_eq!(bucket_quantile(&between, 0.99), Some(f64::INFINITY));
-        assert_eq!(bucket_quantile(&between, 0.4), Some(0.001));
+        assert_eq!(between, [(0.001, 90), (0.01, 178), (f64::MAX, 180)]);
+        // 90 of 180 up to 1 ms, 178 up to 10 ms.
+        assert_eq!(bucket_quantile(&between, 0.5), Some(0.001));
+        assert_eq!(bucket_quantile(&between, 0.9), Some(0.01));
+        assert_eq!(bucket_quantile(&between, 0.99), Some(f64::MAX));
         assert_eq!(bucket_difference(&before, &[]), []);
-        assert_eq!(
-            bucket_quantile(&[(0.001, 0), (f64::INFINITY, 0)], 0.99),
-            None
-        );
+        assert_eq!(bucket_quantile(&[(0.001, 0), (f64::MAX, 0)], 0.99), None);
     }
 
     #[test]
