@@ -42,7 +42,7 @@ use crate::{
     runtime::DockerRuntime,
     services,
     statefile::StateFile,
-    usage::{self, Collector},
+    usage::{self, BackendRates, Collector},
 };
 
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
@@ -717,16 +717,24 @@ const FIGURES_MAX_AGE: Duration = Duration::from_secs(10);
 /// heartbeat must not wait for.
 async fn collect_figures(figures: Figures, latest: watch::Sender<Option<(Instant, NodeUsage)>>) {
     let mut collector = Collector::default();
+    let rates = Arc::new(Mutex::new(BackendRates::default()));
     loop {
         // Off the event loop and without the datapath's lock: 100,000 backends' counters
-        // take a while to read, and a change would wait for them.
-        let reader = figures.traffic.clone();
-        let traffic = tokio::task::spawn_blocking(move || reader.backend_traffic())
-            .await
-            .ok()
-            .and_then(Result::ok);
+        // take a while to read and sum, and a change would wait for them.
+        let (reader, rates) = (figures.traffic.clone(), rates.clone());
+        let backends = tokio::task::spawn_blocking(move || {
+            let traffic = reader.backend_traffic().ok()?;
+            let mut rates = match rates.lock() {
+                Ok(rates) => rates,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            rates.next(&traffic)
+        })
+        .await
+        .ok()
+        .flatten();
         let usage = collector
-            .collect(&figures.runtime, &figures.node, traffic.as_deref())
+            .collect(&figures.runtime, &figures.node, backends)
             .await;
         if let Some(usage) = usage
             && latest.send(Some((Instant::now(), usage))).is_err()

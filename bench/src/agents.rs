@@ -56,6 +56,10 @@ const CHANGE_POLL: Duration = Duration::from_micros(200);
 const CHANGE_LIMIT: Duration = Duration::from_secs(30);
 /// Agent CPU time idle is measured over this long, to take it out of the changes' CPU.
 const IDLE: Duration = Duration::from_secs(5);
+/// Where each agent serves /metrics: its node address's default port.
+const METRICS_PORT: u16 = 9102;
+/// The agent's histogram from a watch event's arrival to the maps written.
+const PROPAGATION: &str = "berth_datapath_propagation_seconds";
 /// Memory the default agent count reserves per agent, 1.5 GiB: its BPF maps (460 MiB at
 /// the default limits, whatever the Service count) and its heap with 10,000 Services
 /// (367 MiB for a debug build in the first measurements), with room to spare.
@@ -175,6 +179,12 @@ pub struct AgentFigures {
     pub bpf_bytes: u64,
     /// Of which the maps in [`SERVICE_MAPS`].
     pub bpf_service_bytes: u64,
+    /// The agent's own share of the changes: its `berth_datapath_propagation_seconds`
+    /// buckets over them (upper bound in seconds, changes up to it), from the watch
+    /// event's arrival at the agent to the maps written; `+Inf` is `f64::MAX`. Empty when
+    /// /metrics did not answer.
+    #[serde(default)]
+    pub own_buckets: Vec<(f64, u64)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -285,6 +295,7 @@ pub fn run(options: &Options, say: &(dyn Fn(&str) + Sync)) -> anyhow::Result<Age
 /// One agent as the benchmark sees it.
 struct Agent {
     node: String,
+    addr: Ipv4Addr,
     pid: u32,
     pins: std::path::PathBuf,
     services: ServiceMap,
@@ -418,6 +429,7 @@ async fn measure(
                 .context("an agent that was not started")?;
             Ok(Agent {
                 node: node.name.clone(),
+                addr: node.addr,
                 pid,
                 pins: node.pins.path().to_path_buf(),
                 services: ServiceMap::open(node.pins.path())?,
@@ -520,6 +532,7 @@ async fn measure(
         .collect::<anyhow::Result<Vec<_>>>()?;
 
     // Idle, then the changes.
+    let buckets_before = propagation_buckets(&agents, say).await;
     let idle_before = cpu_secs(&agents);
     tokio::time::sleep(IDLE).await;
     let idle: Vec<f64> = cpu_secs(&agents)
@@ -589,6 +602,12 @@ async fn measure(
             ((after - before - idle * changing).max(0.0)) * 1e3 / options.changes.max(1) as f64
         })
         .collect();
+    let own_buckets: Vec<Vec<(f64, u64)>> = propagation_buckets(&agents, say)
+        .await
+        .iter()
+        .zip(&buckets_before)
+        .map(|(after, before)| bucket_difference(before, after))
+        .collect();
 
     let figures = agents
         .iter()
@@ -606,6 +625,7 @@ async fn measure(
                 bpf_bytes_joined: joined_bpf[i],
                 bpf_bytes,
                 bpf_service_bytes,
+                own_buckets: own_buckets[i].clone(),
             }
         })
         .collect();
@@ -624,6 +644,71 @@ async fn measure(
         agents: figures,
         changes,
     })
+}
+
+/// Each agent's [`PROPAGATION`] buckets (empty for one whose /metrics did not answer).
+async fn propagation_buckets(
+    agents: &[Agent],
+    say: &(dyn Fn(&str) + Sync),
+) -> Vec<Vec<(f64, u64)>> {
+    let mut all = Vec::with_capacity(agents.len());
+    for agent in agents {
+        let address = format!("{}:{METRICS_PORT}", agent.addr);
+        all.push(match crate::scale::http_get(&address, "/metrics").await {
+            Ok(text) => histogram_buckets(&text, PROPAGATION),
+            Err(error) => {
+                say(&format!(
+                    "agents: {}'s /metrics did not answer: {error:#}",
+                    agent.node
+                ));
+                Vec::new()
+            }
+        });
+    }
+    all
+}
+
+/// A histogram's cumulative buckets in Prometheus' text format: (upper bound, count),
+/// `+Inf` last as `f64::MAX` (JSON has no infinity: the results file would not read back).
+fn histogram_buckets(text: &str, name: &str) -> Vec<(f64, u64)> {
+    let prefix = format!("{name}_bucket{{le=\"");
+    text.lines()
+        .filter_map(|line| {
+            let (le, count) = line.strip_prefix(&prefix)?.split_once("\"} ")?;
+            let le = match le {
+                "+Inf" => f64::MAX,
+                le => le.parse().ok()?,
+            };
+            Some((le, count.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// What was observed between two readings of a histogram's buckets (none when either
+/// is missing or their bounds differ).
+fn bucket_difference(before: &[(f64, u64)], after: &[(f64, u64)]) -> Vec<(f64, u64)> {
+    if before.len() != after.len() || before.iter().zip(after).any(|(b, a)| b.0 != a.0) {
+        return Vec::new();
+    }
+    before
+        .iter()
+        .zip(after)
+        .map(|((le, before), (_, after))| (*le, after.saturating_sub(*before)))
+        .collect()
+}
+
+/// The upper bound of the bucket the `q` quantile (0..1) falls in; None without
+/// observations.
+pub fn bucket_quantile(buckets: &[(f64, u64)], q: f64) -> Option<f64> {
+    let total = buckets.last()?.1;
+    if total == 0 {
+        return None;
+    }
+    let rank = ((q * total as f64).ceil() as u64).max(1);
+    buckets
+        .iter()
+        .find(|(_, count)| *count >= rank)
+        .map(|(le, _)| *le)
 }
 
 /// Whether an agent serves Service `key` with all its `endpoints`.
@@ -736,6 +821,32 @@ mod tests {
         assert_eq!(map_fdinfo(map), Some((42, 1_837_408)));
         let file = "pos:\t0\nflags:\t0100002\nmnt_id:\t29\nino:\t4242\n";
         assert_eq!(map_fdinfo(file), None);
+    }
+
+    #[test]
+    fn a_histogram_read_twice_gives_what_was_observed_between() {
+        let text = |counts: [u64; 3]| {
+            format!(
+                "# TYPE berth_datapath_propagation_seconds histogram\n\
+                 berth_datapath_propagation_seconds_bucket{{le=\"0.001\"}} {}\n\
+                 berth_datapath_propagation_seconds_bucket{{le=\"0.01\"}} {}\n\
+                 berth_datapath_propagation_seconds_bucket{{le=\"+Inf\"}} {}\n\
+                 berth_datapath_propagation_seconds_sum 1.5\n\
+                 berth_datapath_apply_duration_seconds_bucket{{le=\"0.001\"}} 7\n",
+                counts[0], counts[1], counts[2]
+            )
+        };
+        let before = histogram_buckets(&text([10, 20, 20]), PROPAGATION);
+        assert_eq!(before, [(0.001, 10), (0.01, 20), (f64::MAX, 20)]);
+        let after = histogram_buckets(&text([100, 198, 200]), PROPAGATION);
+        let between = bucket_difference(&before, &after);
+        assert_eq!(between, [(0.001, 90), (0.01, 178), (f64::MAX, 180)]);
+        // 90 of 180 up to 1 ms, 178 up to 10 ms.
+        assert_eq!(bucket_quantile(&between, 0.5), Some(0.001));
+        assert_eq!(bucket_quantile(&between, 0.9), Some(0.01));
+        assert_eq!(bucket_quantile(&between, 0.99), Some(f64::MAX));
+        assert_eq!(bucket_difference(&before, &[]), []);
+        assert_eq!(bucket_quantile(&[(0.001, 0), (f64::MAX, 0)], 0.99), None);
     }
 
     #[test]

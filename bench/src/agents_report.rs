@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use crate::{
-    agents::{AgentsResults, SERVICE_MAPS},
+    agents::{AgentsResults, SERVICE_MAPS, bucket_quantile},
     figures::thousands,
     scale::percentile,
     scale_report::{mib, ms},
@@ -48,6 +48,33 @@ pub fn cilium_bytes(services: u64, endpoints: u64) -> (u64, u64) {
     (maglev, entries)
 }
 
+/// `≤ p50 / ≤ p99` of an agent's own buckets over the changes.
+fn in_agent(buckets: &[(f64, u64)]) -> String {
+    let bound = |q| match bucket_quantile(buckets, q) {
+        Some(le) if le < f64::MAX => format!("≤ {}", ms(le * 1e3)),
+        Some(_) => format!(
+            "> {}",
+            ms(buckets.iter().rev().nth(1).map_or(0.0, |b| b.0 * 1e3))
+        ),
+        None => "–".to_owned(),
+    };
+    format!("{} / {}", bound(0.5), bound(0.99))
+}
+
+/// Every agent's own buckets added up (bucket by bucket; agents whose bounds differ from
+/// the first's are left out).
+fn all_buckets(results: &AgentsResults) -> Vec<(f64, u64)> {
+    let mut all: Vec<(f64, u64)> = Vec::new();
+    for buckets in results.agents.iter().map(|a| &a.own_buckets) {
+        if all.is_empty() {
+            all.clone_from(buckets);
+        } else if all.len() == buckets.len() && all.iter().zip(buckets).all(|(a, b)| a.0 == b.0) {
+            all.iter_mut().zip(buckets).for_each(|(a, b)| a.1 += b.1);
+        }
+    }
+    all
+}
+
 pub fn section(md: &mut String, results: &AgentsResults) {
     let n = results.agents.len();
     let _ = writeln!(md, "## Real agents while Services arrive and change\n");
@@ -88,7 +115,9 @@ pub fn section(md: &mut String, results: &AgentsResults) {
          Maglev table, its last write for the change — read in a loop every 0.2 ms from before the apply is sent \
          (a change written before the answer arrived counts 0). This is the control plane's revision to the maps \
          end to end; the agent's own `berth_datapath_propagation_seconds` starts later, at the watch event's \
-         arrival at the agent.\n\
+         arrival at the agent: **in the agent** is its buckets over the changes (read from each agent's \
+         /metrics before and after them), the bucket's upper bound the p50 and p99 fall in; the rest of the time \
+         is the control plane's fan-out and the watch's stream to the agent.\n\
          - **CPU per change**: the agent's CPU time over the changes, less its idle rate (measured over 5 s \
          before) over as long, per change.\n\
          - **memory**, once every Service is programmed: the agent's own (`RssAnon`), its file-backed pages \
@@ -161,14 +190,14 @@ pub fn section(md: &mut String, results: &AgentsResults) {
     // A row per agent, then all of them.
     let _ = writeln!(
         md,
-        "| agent | all programmed: from the first apply (after the last) | CPU over the arrival | one change: p50 / p99 | CPU per change | own memory (RssAnon) | file-backed (RssFile) | BPF maps: all (joined) | BPF maps: the Services' |"
+        "| agent | all programmed: from the first apply (after the last) | CPU over the arrival | one change: p50 / p99 | of which in the agent: p50 / p99 | CPU per change | own memory (RssAnon) | file-backed (RssFile) | BPF maps: all (joined) | BPF maps: the Services' |"
     );
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (i, agent) in results.agents.iter().enumerate() {
         let changes = results.agent_ms(i);
         let _ = writeln!(
             md,
-            "| {} | {}{} | {:.1} s | {} / {} | {:.2} ms | {} | {} | {} ({}) | {} |",
+            "| {} | {}{} | {:.1} s | {} / {} | {} | {:.2} ms | {} | {} | {} ({}) | {} |",
             i + 1,
             secs(agent.programmed_secs, results.arrival_limit_secs),
             agent.programmed_secs.map_or_else(String::new, |s| format!(
@@ -178,6 +207,7 @@ pub fn section(md: &mut String, results: &AgentsResults) {
             agent.arrival_cpu_secs,
             ms(percentile(&changes, 0.5)),
             ms(percentile(&changes, 0.99)),
+            in_agent(&agent.own_buckets),
             agent.change_cpu_ms,
             mib(agent.rss_anon_bytes),
             mib(agent.rss_file_bytes),
@@ -192,7 +222,7 @@ pub fn section(md: &mut String, results: &AgentsResults) {
     };
     let _ = writeln!(
         md,
-        "| **all {n}** (mean, or every change × agent) | {} | {:.1} s | {} / {} | {:.2} ms | {} | {} | {} | {} |",
+        "| **all {n}** (mean, or every change × agent) | {} | {:.1} s | {} / {} | {} | {:.2} ms | {} | {} | {} | {} |",
         after_last.map_or_else(
             || "not all".to_owned(),
             |s| format!("{:.1} s ({s:.1} s)", s + results.applying_secs)
@@ -200,6 +230,7 @@ pub fn section(md: &mut String, results: &AgentsResults) {
         mean(&|a| a.arrival_cpu_secs),
         ms(percentile(&all, 0.5)),
         ms(percentile(&all, 0.99)),
+        in_agent(&all_buckets(results)),
         mean(&|a| a.change_cpu_ms),
         mib(mean(&|a| a.rss_anon_bytes as f64) as u64),
         mib(mean(&|a| a.rss_file_bytes as f64) as u64),
@@ -279,6 +310,17 @@ taking ≤ 10 ms / ≤ 500 ms (p50 / p99, from the watch event's arrival at the 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_agents_own_share_is_given_by_bucket_bounds() {
+        let buckets = [(0.001, 60), (0.01, 99), (0.1, 100), (f64::MAX, 100)];
+        assert_eq!(in_agent(&buckets), "≤ 1.0 ms / ≤ 10.0 ms");
+        assert_eq!(
+            in_agent(&[(0.001, 1), (f64::MAX, 2)]),
+            "≤ 1.0 ms / > 1.0 ms"
+        );
+        assert_eq!(in_agent(&[]), "– / –");
+    }
 
     #[test]
     fn cilium_needs_a_maglev_table_of_m_ids_per_service() {

@@ -793,7 +793,7 @@ async fn programmed_services(metrics: &str) -> usize {
         .map_or(0, |value| value as usize)
 }
 
-async fn http_get(address: &str, path: &str) -> anyhow::Result<String> {
+pub(crate) async fn http_get(address: &str, path: &str) -> anyhow::Result<String> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut stream = tokio::time::timeout(
         Duration::from_secs(2),

@@ -48,6 +48,12 @@ fn agents_part_programs_every_service_on_every_agent_and_sees_every_change() {
             agent.bpf_bytes > agent.bpf_service_bytes,
             "the Services' maps are a part of all its maps: {agent:?}"
         );
+        assert!(
+            agent.own_buckets.last().map_or(0, |(_, count)| *count) >= 20,
+            "{}'s own share of every change was read from its /metrics: {:?}",
+            agent.node,
+            agent.own_buckets
+        );
     }
     assert_eq!(agents.missed(), 0, "every agent wrote every change");
 }
