@@ -106,6 +106,12 @@ impl WatchObject for ClusterObject {
         let key = (!metadata.name.is_empty()).then(|| key_of(&metadata))?;
         Some((key, object))
     }
+
+    // A complete Node batch after a gap then reports only the Nodes that changed, not
+    // every Node (each a recomputation of the node view).
+    fn same(&self, other: &Self) -> bool {
+        self == other
+    }
 }
 
 /// What the Services watch delivers: a whole snapshot, or one object's change (its key
@@ -473,6 +479,7 @@ mod tests {
             kind: kind.to_owned(),
             resource_version: revision.to_string(),
             object_json: object.to_string().into_bytes(),
+            node_batch: Vec::new(),
         }
     }
 

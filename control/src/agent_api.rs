@@ -609,6 +609,7 @@ impl AgentService {
                 kind: event.kind.to_owned(),
                 resource_version,
                 object_json,
+                node_batch: Vec::new(),
             };
             Some((Ok(message), w))
         });
@@ -630,7 +631,8 @@ fn nodes_message(batch: &node_batches::Batch) -> WatchEvent {
         r#type: Type::Nodes.into(),
         kind: NODES.kind.to_owned(),
         resource_version: batch.to.to_string(),
-        object_json: batch.encoded.clone(),
+        node_batch: batch.encoded.clone(),
+        ..WatchEvent::default()
     }
 }
 

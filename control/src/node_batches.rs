@@ -40,7 +40,7 @@ pub const NODE_HOLD: Duration = Duration::from_millis(250);
 /// Batches kept for streams that are behind: one further behind gets a complete batch.
 const KEPT: usize = 256;
 
-/// Node changes, encoded as the `object_json` of a NODES event.
+/// Node changes, encoded as the `node_batch` of a NODES event.
 #[derive(Debug)]
 pub struct Batch {
     /// The batch holds every change of what agents read of the Nodes after `from` up to

@@ -251,7 +251,7 @@ impl<T: WatchObject> WatchState<T> {
     /// A batch of Node changes: into the snapshot being collected, or into the live
     /// objects, one change per Node.
     fn nodes(&mut self, event: &WatchEvent) -> Step<T> {
-        let Ok(batch) = NodeBatch::decode(event.object_json.as_slice()) else {
+        let Ok(batch) = NodeBatch::decode(event.node_batch.as_slice()) else {
             // Nodes would be missing from here on: start over from a snapshot.
             tracing::warn!("undecodable Node batch in watch; starting over");
             self.resource_version.clear();
@@ -454,6 +454,7 @@ mod tests {
             object_json: object
                 .map(|o| o.to_string().into_bytes())
                 .unwrap_or_default(),
+            node_batch: Vec::new(),
         }
     }
 
@@ -602,11 +603,12 @@ mod tests {
             r#type: Type::Nodes.into(),
             kind: "Node".to_owned(),
             resource_version: rv.to_owned(),
-            object_json: NodeBatch {
+            node_batch: NodeBatch {
                 complete,
                 nodes: records,
             }
             .encode_to_vec(),
+            ..WatchEvent::default()
         }
     }
 
@@ -715,7 +717,7 @@ mod tests {
     fn an_undecodable_node_batch_starts_over_from_a_snapshot() {
         let mut state = synced();
         let mut broken = nodes("6", false, Vec::new());
-        broken.object_json = b"\xff\xff".to_vec();
+        broken.node_batch = b"\xff\xff".to_vec();
         assert_eq!(state.event(&broken), Step::StartOver);
         state.ended();
         let request = state.request();
