@@ -482,7 +482,7 @@ async fn nodes_reach_agents_in_shared_batches() {
         .iter()
         .find(|e| e.r#type() == Type::Nodes)
         .expect("the Nodes first");
-    let nodes = NodeBatch::decode(complete.object_json.as_slice()).expect("a NodeBatch");
+    let nodes = NodeBatch::decode(complete.node_batch.as_slice()).expect("a NodeBatch");
     assert!(nodes.complete);
     assert_eq!(nodes.nodes.len(), 1);
     assert_eq!(
@@ -502,7 +502,7 @@ async fn nodes_reach_agents_in_shared_batches() {
         if event.r#type() != Type::Nodes {
             continue;
         }
-        let batch = NodeBatch::decode(event.object_json.as_slice()).expect("a NodeBatch");
+        let batch = NodeBatch::decode(event.node_batch.as_slice()).expect("a NodeBatch");
         assert!(!batch.complete);
         assert!(batch.nodes.iter().all(|n| n.name == "b"), "{batch:?}");
         if batch.nodes.iter().any(|n| !n.addresses.is_empty()) {
@@ -535,7 +535,7 @@ async fn nodes_reach_agents_in_shared_batches() {
             break event;
         }
     };
-    let batch = NodeBatch::decode(event.object_json.as_slice()).expect("a NodeBatch");
+    let batch = NodeBatch::decode(event.node_batch.as_slice()).expect("a NodeBatch");
     assert!(!batch.complete, "resumed, not listed again: {batch:?}");
     assert_eq!(
         batch
@@ -563,7 +563,7 @@ async fn nodes_reach_agents_in_shared_batches() {
         .into_inner();
     let event = old.message().await.expect("read").expect("event");
     assert_eq!(event.r#type(), Type::Nodes);
-    let batch = NodeBatch::decode(event.object_json.as_slice()).expect("a NodeBatch");
+    let batch = NodeBatch::decode(event.node_batch.as_slice()).expect("a NodeBatch");
     assert!(batch.complete);
     assert_eq!(
         batch
