@@ -10,6 +10,7 @@ mod ip;
 mod lb;
 mod maps;
 mod nat;
+mod packet;
 mod policy;
 mod route;
 mod sock;

@@ -13,9 +13,10 @@ use aya_log_ebpf::warn;
 use berth_ebpf_common::{HAIRPIN_ADDR, IPPROTO_TCP, IPPROTO_UDP, Reason};
 
 use crate::{
+    ip::Ipv4Header,
     lb::{self, Flow},
     maps::{POD_INTERFACES, account, config, count},
-    policy, route,
+    packet, policy, route,
 };
 
 const ETH_HLEN: usize = 14;
@@ -127,8 +128,11 @@ fn spoofed(ctx: &TcContext) -> bool {
     let Some(pod_addr) = (unsafe { POD_INTERFACES.get(ingress) }).copied() else {
         return false;
     };
-    match (ctx.load::<u16>(12), ctx.load::<u32>(IP_SRC)) {
-        (Ok(ether_type), Ok(src)) => ether_type == 0x0800u16.to_be() && src != pod_addr,
+    match (
+        packet::read::<u16>(ctx, 12),
+        packet::read::<u32>(ctx, IP_SRC),
+    ) {
+        (Some(ether_type), Some(src)) => ether_type == 0x0800u16.to_be() && src != pod_addr,
         _ => false,
     }
 }
@@ -207,10 +211,9 @@ fn reverse(ctx: &TcContext, flow: &Flow, l4: usize) -> Reason {
 /// replies arriving from other nodes.
 #[inline(always)]
 fn deliver_to_local_pod(ctx: &TcContext) -> Option<i32> {
-    let src: u32 = ctx.load(IP_SRC).ok()?;
-    let dst: u32 = ctx.load(IP_DST).ok()?;
-    let ttl_proto: u16 = ctx.load(IP_TTL).ok()?;
-    let [ttl, proto] = ttl_proto.to_ne_bytes();
+    let ip: Ipv4Header = packet::read(ctx, ETH_HLEN)?;
+    let (src, dst, ttl, proto) = (ip.src_addr, ip.dst_addr, ip.ttl, ip.proto);
+    let ttl_proto = u16::from_ne_bytes([ttl, proto]);
     if ttl <= 1 {
         return None;
     }
@@ -232,8 +235,10 @@ fn deliver_to_local_pod(ctx: &TcContext) -> Option<i32> {
     ctx.l3_csum_replace(IP_CHECK, u64::from(ttl_proto), u64::from(decremented), 2)
         .ok()?;
     ctx.store(IP_TTL, &decremented, 0).ok()?;
-    ctx.store(0, &fib.dmac, 0).ok()?;
-    ctx.store(6, &fib.smac, 0).ok()?;
+    let [d0, d1, d2, d3, d4, d5] = fib.dmac;
+    let [s0, s1, s2, s3, s4, s5] = fib.smac;
+    let macs = [d0, d1, d2, d3, d4, d5, s0, s1, s2, s3, s4, s5];
+    ctx.store(0, &macs, 0).ok()?;
     count(Reason::DeliveredToPod);
     // SAFETY: helper without memory arguments; returns TC_ACT_REDIRECT or TC_ACT_SHOT.
     Some(unsafe { bpf_redirect_peer(fib.ifindex, 0) } as i32)
@@ -242,20 +247,19 @@ fn deliver_to_local_pod(ctx: &TcContext) -> Option<i32> {
 /// Reads the IPv4 TCP/UDP fields; everything else is a pass (or drop) reason.
 #[inline(always)]
 pub(crate) fn parse(ctx: &TcContext) -> Result<(Flow, usize), Reason> {
-    let ether_type: u16 = ctx.load(12).map_err(|_| Reason::PassTruncated)?;
+    let ether_type: u16 = packet::read(ctx, 12).ok_or(Reason::PassTruncated)?;
     if ether_type != 0x0800u16.to_be() {
         return Err(Reason::PassNotIpv4);
     }
-    let version_ihl: u8 = ctx.load(ETH_HLEN).map_err(|_| Reason::PassTruncated)?;
-    let header_len = usize::from(version_ihl & 0x0f) * 4;
-    if version_ihl >> 4 != 4 || header_len < 20 {
+    let ip: Ipv4Header = packet::read(ctx, ETH_HLEN).ok_or(Reason::PassTruncated)?;
+    let header_len = usize::from(ip.version_ihl & 0x0f) * 4;
+    if ip.version_ihl >> 4 != 4 || header_len < 20 {
         return Err(Reason::DropBadIpHeader);
     }
-    let frag: u16 = ctx.load(ETH_HLEN + 6).map_err(|_| Reason::PassTruncated)?;
-    if u16::from_be(frag) & 0x3fff != 0 {
+    if u16::from_be(ip.frag) & 0x3fff != 0 {
         return Err(Reason::PassFragment);
     }
-    let proto: u8 = ctx.load(ETH_HLEN + 9).map_err(|_| Reason::PassTruncated)?;
+    let proto = ip.proto;
     let l4 = ETH_HLEN + header_len;
     let l4_needed = match proto {
         IPPROTO_TCP => 20,
@@ -265,12 +269,10 @@ pub(crate) fn parse(ctx: &TcContext) -> Result<(Flow, usize), Reason> {
     if (ctx.len() as usize) < l4 + l4_needed {
         return Err(Reason::PassTruncated);
     }
-    let src_addr: u32 = ctx.load(IP_SRC).map_err(|_| Reason::PassTruncated)?;
-    let dst_addr: u32 = ctx.load(IP_DST).map_err(|_| Reason::PassTruncated)?;
-    let src_port: u16 = ctx.load(l4).map_err(|_| Reason::PassTruncated)?;
-    let dst_port: u16 = ctx.load(l4 + 2).map_err(|_| Reason::PassTruncated)?;
+    let (src_addr, dst_addr) = (ip.src_addr, ip.dst_addr);
+    let [src_port, dst_port]: [u16; 2] = packet::read(ctx, l4).ok_or(Reason::PassTruncated)?;
     let tcp_flags: u8 = if proto == IPPROTO_TCP {
-        ctx.load(l4 + 13).map_err(|_| Reason::PassTruncated)?
+        packet::read(ctx, l4 + 13).ok_or(Reason::PassTruncated)?
     } else {
         0
     };
