@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 
 use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 use berth_agent::{
@@ -27,8 +27,9 @@ use berth_ebpf_common::{
 };
 use berth_testkit::{
     PinDir,
+    netns::NetNs,
     packet::{self, Frame},
-    programs,
+    programs, unique_name,
 };
 use common::*;
 
@@ -565,4 +566,94 @@ fn a_peer_s_next_connections_pass_on_its_verdict_until_a_change_revokes_it() {
     h.maps.apply(&plan(&all[..1])).expect("apply");
     assert!(!h.enters(&ack((CLIENT, 47_000), (SERVER, 80))));
     assert!(!h.enters(&tcp((CLIENT, 47_005), (SERVER, 80))));
+}
+
+/// A pod's namespace behind a veth whose host side is in this test's namespace, as the
+/// agent wires pods: the peer's namespace id is what the policy finds the pod's sockets
+/// by. Dropping it deletes the namespace and with it the veth pair.
+struct PodNamespace {
+    netns: NetNs,
+    host_veth: String,
+}
+
+impl PodNamespace {
+    fn new(addresses: &[Ipv4Addr]) -> Self {
+        let netns = NetNs::new("polsk").expect("pod namespace");
+        let host_veth = unique_name("psk");
+        let peer = unique_name("psp");
+        berth_net::veth_add(None, &host_veth, &peer).expect("veth");
+        let wired = berth_net::link_set_netns(None, &peer, netns.name())
+            .and_then(|()| berth_net::link_up(None, &host_veth));
+        if let Err(error) = wired {
+            let _ = berth_net::link_delete(None, &host_veth);
+            panic!("wiring the pod's veth: {error}");
+        }
+        for address in addresses {
+            berth_net::addr_add(Some(netns.name()), "lo", &format!("{address}/32"))
+                .expect("address");
+        }
+        PodNamespace { netns, host_veth }
+    }
+
+    /// A TCP connection inside the namespace from `client` to `server` (a listener
+    /// there): the three sockets, kept open while they are held.
+    fn connect(
+        &self,
+        client: (Ipv4Addr, u16),
+        server: (Ipv4Addr, u16),
+    ) -> (TcpListener, socket2::Socket, TcpStream) {
+        self.netns.run(|| {
+            let listener = TcpListener::bind(server).expect("listener");
+            let socket = socket2::Socket::new(
+                socket2::Domain::IPV4,
+                socket2::Type::STREAM,
+                Some(socket2::Protocol::TCP),
+            )
+            .expect("socket");
+            socket
+                .bind(&SocketAddr::from(client).into())
+                .expect("bind the client");
+            socket
+                .connect(&SocketAddr::from(server).into())
+                .expect("connect");
+            let (accepted, _) = listener.accept().expect("accept");
+            (listener, socket, accepted)
+        })
+    }
+}
+
+/// TCP replies of a connection the pod opened before any policy selected it — nothing
+/// recorded them, as only selected pods' connections are recorded — pass on the pod's
+/// socket of that connection, and are recorded then. Neither a connection the pod has
+/// no socket of nor one it accepted on a port it listens on passes that way.
+#[test]
+fn replies_of_a_connection_the_pod_opened_before_its_isolation_pass_on_its_socket() {
+    let mut h = Harness::new();
+    let pod = PodNamespace::new(&[SERVER, OUTSIDE]);
+    h.datapath
+        .register_pod_interface(&pod.host_veth, SERVER)
+        .expect("register the pod's veth");
+    let veth = berth_net::link_index(None, &pod.host_veth).expect("veth index");
+    let opened = pod.connect((SERVER, 45_100), (OUTSIDE, 443));
+    let accepted = pod.connect((OUTSIDE, 46_100), (SERVER, 7_000));
+    let mut enters = |frame: &Frame| {
+        let (verdict, _) = programs::test_run_on(
+            h.datapath.ebpf_mut(),
+            program_names::TO_POD,
+            &frame.build(),
+            veth,
+        );
+        verdict == TC_ACT_OK
+    };
+    assert!(enters(&ack((OUTSIDE, 443), (SERVER, 45_100))));
+    assert!(!enters(&ack((OUTSIDE, 443), (SERVER, 45_101))));
+    assert!(!enters(&ack((OUTSIDE, 46_100), (SERVER, 7_000))));
+    // A connection's first packet is never a reply.
+    assert!(!enters(&tcp((OUTSIDE, 443), (SERVER, 45_100))));
+    assert!(
+        h.entries_into(SERVER)
+            .contains(&(OUTSIDE, 443, 45_100, CT_POLICY_IN)),
+        "the reply is recorded once its socket vouched for it"
+    );
+    drop((opened, accepted));
 }

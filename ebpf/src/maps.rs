@@ -65,6 +65,12 @@ pub static NODES: HashMap<u32, u32> = HashMap::pinned(defaults::MAX_NODES, 0);
 #[map(name = "BERTH_POD_IFACES")]
 pub static POD_INTERFACES: HashMap<u32, u32> = HashMap::pinned(defaults::MAX_POD_INTERFACES, 0);
 
+/// Host-side ifindex of every pod veth on this node → the id this node's namespace knows
+/// the pod's network namespace by (the veth's link netnsid): where the policy looks for
+/// the pod's own sockets (see `policy::opened_by_pod`).
+#[map(name = "BERTH_POD_NSIDS")]
+pub static POD_NSIDS: HashMap<u32, u32> = HashMap::pinned(defaults::MAX_POD_INTERFACES, 0);
+
 /// The network namespace of every pod on this node (its cookie) → the pod: the sockets
 /// whose TCP `connect()` to a service frontend `berth_connect4` sends to a backend.
 #[map(name = "BERTH_POD_NETNS")]
@@ -110,8 +116,9 @@ pub static POLICY_ENDPOINTS: HashMap<u32, EndpointPolicy> =
 pub static POLICY: LpmTrie<PolicyKey, u32> = LpmTrie::pinned(defaults::MAX_POLICY_ENTRIES, 0);
 
 /// Flows the policies let through (`CT_POLICY_IN` and `CT_POLICY_OUT` keys): the
-/// replies of flows pods opened (of every pod, so a pod that becomes isolated keeps the
-/// replies of connections it already had), the replies of flows egress-isolated pods
+/// replies of flows pods opened (TCP: of pods some policy selects, and of connections a
+/// pod opened before it became isolated once their first reply is found among its
+/// sockets; UDP: of every pod, so a pod that becomes isolated keeps them), the replies of flows egress-isolated pods
 /// accepted, and the flows isolated pods' rules allowed (for TCP into a pod isolated for
 /// ingress only: the verdict per peer address and port), so their later packets cost one
 /// lookup. An LRU of its own, so pods' flows never evict service connections; entries

@@ -5,7 +5,14 @@
 //! is remembered in the policy conntrack, so its later packets cost one lookup; replies
 //! of flows a pod opened, or accepted, pass whatever its policies say.
 
-use aya_ebpf::maps::lpm_trie::Key;
+use aya_ebpf::{
+    bindings::{
+        bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
+    },
+    helpers::{bpf_sk_lookup_tcp, bpf_sk_release},
+    maps::lpm_trie::Key,
+    programs::TcContext,
+};
 use berth_ebpf_common::{
     CT_ESTABLISHED, CT_FLAG_POLICY_RULE, CT_POLICY_IN, CT_POLICY_IN_PEER, CT_POLICY_OUT,
     CT_UDP_STREAM, CtEntry, ENDPOINT_EGRESS_ISOLATED, ENDPOINT_INGRESS_ISOLATED, EndpointPolicy,
@@ -17,7 +24,8 @@ use berth_ebpf_common::{
 use crate::{
     lb::{Flow, now_secs, touch},
     maps::{
-        IPCACHE, POLICY, POLICY_CT, POLICY_ENDPOINTS, POLICY_LOG, POLICY_LOG_BUDGET, POLICY_STATS,
+        IPCACHE, POD_NSIDS, POLICY, POLICY_CT, POLICY_ENDPOINTS, POLICY_LOG, POLICY_LOG_BUDGET,
+        POLICY_STATS,
     },
 };
 
@@ -51,6 +59,9 @@ fn peer_key(flow: &Flow) -> FlowKey {
         ..flow_key(flow, CT_POLICY_IN_PEER, false)
     }
 }
+
+/// A listening socket's state (include/net/tcp_states.h).
+const TCP_LISTEN: u32 = 10;
 
 /// The state policy entries live in: a day for TCP, two minutes of silence for UDP.
 #[inline(always)]
@@ -118,8 +129,7 @@ fn remember(key: FlowKey, revision: Option<u32>, policy: u32) {
 
 /// Records a flow leaving a pod (before any translation), so its replies pass the pod's
 /// ingress policy: on a TCP SYN, and on UDP packets (kept fresh by them; at most one
-/// write a second per flow). Every pod's, isolated or not, so a pod that becomes
-/// isolated keeps the replies of the connections it has.
+/// write a second per flow).
 #[inline(always)]
 fn track_opened(flow: &Flow) {
     let tcp = flow.proto == IPPROTO_TCP;
@@ -222,11 +232,11 @@ fn denied(flow: &Flow, direction: u8, endpoint: u32, policy: u32) {
 }
 
 /// Whether a packet may enter the pod it is addressed to (`flow` as it is delivered,
-/// after any translation): Err(reason) when the pod's policies isolate it for ingress
-/// and neither a rule nor a flow the pod opened lets it in. A pod isolated for egress
-/// gets the replies of what it accepts let out.
+/// after any translation; `pod_ifindex` the pod's host-side veth): Err(reason) when the
+/// pod's policies isolate it for ingress and neither a rule nor a flow the pod opened
+/// lets it in. A pod isolated for egress gets the replies of what it accepts let out.
 #[inline(always)]
-pub fn ingress(flow: &Flow) -> Result<(), Reason> {
+pub fn ingress(ctx: &TcContext, flow: &Flow, pod_ifindex: u32) -> Result<(), Reason> {
     let Some(endpoint) = endpoint(flow.dst_addr) else {
         return Ok(());
     };
@@ -247,6 +257,9 @@ pub fn ingress(flow: &Flow) -> Result<(), Reason> {
         return Ok(());
     }
     let seen = tracked(flow_key(flow, CT_POLICY_IN, false), endpoint.revision);
+    // A reply of a flow the pod opened (an entry without a rule) needs no answer
+    // recorded: the flow's own egress entry lets it out, checked at each revision.
+    let mut opened_by_pod = seen.is_some_and(|(flags, _)| flags & CT_FLAG_POLICY_RULE == 0);
     if isolated && seen.is_none() {
         match verdict(
             flow.dst_addr,
@@ -267,15 +280,18 @@ pub fn ingress(flow: &Flow) -> Result<(), Reason> {
                     );
                 }
             }
+            // A TCP connection the pod opened before any policy selected it has no
+            // record (see `Egress::let_out`): its pod's sockets say whether it is one.
+            None if replies_to_pod(ctx, flow, pod_ifindex) => {
+                remember(flow_key(flow, CT_POLICY_IN, false), None, 0);
+                opened_by_pod = true;
+            }
             None => {
                 denied(flow, POLICY_INGRESS, flow.dst_addr, endpoint.ingress_policy);
                 return Err(Reason::DropPolicyIngress);
             }
         }
     }
-    // A reply of a flow the pod opened (an entry without a rule) needs no answer
-    // recorded: the flow's own egress entry lets it out, checked at each revision.
-    let opened_by_pod = seen.is_some_and(|(flags, _)| flags & CT_FLAG_POLICY_RULE == 0);
     if answers && !opened_by_pod {
         let reply = flow_key(flow, CT_POLICY_OUT, true);
         if tracked(reply, endpoint.revision).is_none() {
@@ -285,40 +301,109 @@ pub fn ingress(flow: &Flow) -> Result<(), Reason> {
     Ok(())
 }
 
+/// Whether a TCP packet entering the pod behind host veth `pod_ifindex` belongs to a
+/// connection the pod opened: its network namespace holds a socket of exactly this
+/// connection, and nothing there listens on the pod's port (with a listener the
+/// connection may have been accepted, which only the rules may let in). A connection's
+/// first packet (SYN) is never a reply.
+#[inline(always)]
+fn replies_to_pod(ctx: &TcContext, flow: &Flow, pod_ifindex: u32) -> bool {
+    if flow.proto != IPPROTO_TCP || flow.opens_connection {
+        return false;
+    }
+    // SAFETY: copied out at once.
+    let Some(nsid) = (unsafe { POD_NSIDS.get(pod_ifindex) }).copied() else {
+        return false;
+    };
+    let local = (flow.dst_addr, flow.dst_port);
+    let connected = socket_state(ctx, nsid, (flow.src_addr, flow.src_port), local)
+        .is_some_and(|state| state != TCP_LISTEN);
+    // Without a socket of its own, a peer of (0.0.0.0, 0) finds the listener, if any.
+    connected && socket_state(ctx, nsid, (0, 0), local).is_none()
+}
+
+/// The state of the TCP socket in the namespace `nsid` a packet from `peer` to `local`
+/// (addresses and ports in network order) is delivered to: a connected socket's, else
+/// the listener's on `local`; None if there is neither.
+#[inline(always)]
+fn socket_state(ctx: &TcContext, nsid: u32, peer: (u32, u16), local: (u32, u16)) -> Option<u32> {
+    let mut tuple = bpf_sock_tuple {
+        __bindgen_anon_1: bpf_sock_tuple__bindgen_ty_1 {
+            ipv4: bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
+                saddr: peer.0,
+                daddr: local.0,
+                sport: peer.1,
+                dport: local.1,
+            },
+        },
+    };
+    // SAFETY: ctx is this program's context and `tuple` an initialised IPv4 tuple of the
+    // size given; a socket found is released below before anything else happens.
+    let socket = unsafe {
+        bpf_sk_lookup_tcp(
+            ctx.skb.skb.cast(),
+            &mut tuple,
+            size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>() as u32,
+            u64::from(nsid),
+            0,
+        )
+    };
+    if socket.is_null() {
+        return None;
+    }
+    // SAFETY: a socket the lookup returned, read before its release.
+    let state = unsafe { (*socket).state };
+    // SAFETY: releases the reference the lookup took.
+    unsafe { bpf_sk_release(socket.cast()) };
+    Some(state)
+}
+
 /// The egress check of a packet leaving a pod, taken before translation: `None` when
 /// the pod is not isolated for egress or the flow is already let out (one hash lookup
 /// for a pod no policy selects, two for an isolated pod's established flow).
 #[derive(Clone, Copy)]
-pub struct Egress(Option<EndpointPolicy>);
+pub struct Egress {
+    isolated: Option<EndpointPolicy>,
+    /// Some policy selects the pod (any direction): its TCP replies are recorded.
+    selected: bool,
+}
 
 impl Egress {
     #[inline(always)]
     pub fn of(flow: &Flow) -> Self {
         let Some(endpoint) = endpoint(flow.src_addr) else {
-            return Egress(None);
+            return Egress {
+                isolated: None,
+                selected: false,
+            };
         };
-        if endpoint.flags & ENDPOINT_EGRESS_ISOLATED == 0
-            || tracked(flow_key(flow, CT_POLICY_OUT, false), endpoint.revision).is_some()
-        {
-            return Egress(None);
+        let let_out = endpoint.flags & ENDPOINT_EGRESS_ISOLATED == 0
+            || tracked(flow_key(flow, CT_POLICY_OUT, false), endpoint.revision).is_some();
+        Egress {
+            isolated: (!let_out).then_some(endpoint),
+            selected: true,
         }
-        Egress(Some(endpoint))
     }
 
     /// Whether `flow` (as it left the pod) may go on to `dst` (the chosen backend through
     /// a Service, or what the pod addressed), and if so records it for its replies
-    /// ([`track_opened`]). Err(reason) when no rule allows it; the pod reaching itself
-    /// through its own Service is always let out.
+    /// ([`track_opened`]): every pod's UDP flows, and the TCP connections of pods some
+    /// policy selects. Recording every pod's connections would cost each new connection a
+    /// write; the replies of a connection opened before its pod became isolated are
+    /// recognised by the pod's socket instead (`replies_to_pod`). Err(reason) when no
+    /// rule allows it; the pod reaching itself through its own Service is always let out.
     #[inline(always)]
     pub fn let_out(self, flow: &Flow, dst: (u32, u16)) -> Result<(), Reason> {
         self.check(flow, dst)?;
-        track_opened(flow);
+        if self.selected || flow.proto != IPPROTO_TCP {
+            track_opened(flow);
+        }
         Ok(())
     }
 
     #[inline(always)]
     fn check(self, flow: &Flow, dst: (u32, u16)) -> Result<(), Reason> {
-        let Some(endpoint) = self.0 else {
+        let Some(endpoint) = self.isolated else {
             return Ok(());
         };
         let policy = if dst.0 == flow.src_addr || dst.0 == HAIRPIN_ADDR {

@@ -159,7 +159,9 @@ fn to_pod(ctx: &TcContext) -> Reason {
     } else {
         flow
     };
-    match policy::ingress(&delivered) {
+    // SAFETY: reading a field of the program's own context.
+    let pod_ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    match policy::ingress(ctx, &delivered, pod_ifindex) {
         Ok(()) => reason,
         Err(drop) => drop,
     }
@@ -225,7 +227,7 @@ fn deliver_to_local_pod(ctx: &TcContext) -> Option<i32> {
     // The destination pod's ingress policy, on the packet as it will arrive (after its
     // translation). Packets that are not TCP or UDP are not checked (see DATAPATH.md).
     if let Ok((flow, _)) = parse(ctx)
-        && let Err(reason) = policy::ingress(&flow)
+        && let Err(reason) = policy::ingress(ctx, &flow, fib.ifindex)
     {
         count(reason);
         return Some(TC_ACT_SHOT);

@@ -808,6 +808,20 @@ pub fn link_mac(netns: Option<&str>, link: &str) -> Result<[u8; 6], NetError> {
         })
 }
 
+/// The id this namespace knows the namespace of `link`'s peer by (the other end of a
+/// veth, when it is in another namespace): what BPF socket look-ups name a namespace
+/// by. None for a link whose peer is in this namespace, or that has no peer.
+pub fn link_peer_netnsid(netns: Option<&str>, link: &str) -> Result<Option<u32>, NetError> {
+    let message = link_get(netns, link)?;
+    Ok(message
+        .attributes
+        .iter()
+        .find_map(|attribute| match attribute {
+            LinkAttribute::LinkNetNsId(id) => u32::try_from(*id).ok(),
+            _ => None,
+        }))
+}
+
 fn format_mac(mac: [u8; 6]) -> String {
     mac.iter()
         .map(|byte| format!("{byte:02x}"))

@@ -23,10 +23,37 @@ pub fn try_test_run(
     name: &str,
     frame: &[u8],
 ) -> Result<(u32, Vec<u8>), ProgramError> {
+    run(ebpf, name, frame, None)
+}
+
+/// [`test_run`] of a TC program as if `frame` crossed the interface `ifindex` (of this
+/// thread's namespace): the program sees it as the packet's device.
+pub fn test_run_on(ebpf: &mut Ebpf, name: &str, frame: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
+    run(ebpf, name, frame, Some(ifindex)).unwrap_or_else(|error| {
+        panic!("BPF_PROG_TEST_RUN of {name} on interface {ifindex}: {error}")
+    })
+}
+
+/// Where `struct __sk_buff` holds `ifindex`: the context passed in ends there, as the
+/// kernel takes a shorter context and requires the fields it does not set to be zero.
+const SKB_IFINDEX_END: usize = 44;
+
+fn run(
+    ebpf: &mut Ebpf,
+    name: &str,
+    frame: &[u8],
+    ifindex: Option<u32>,
+) -> Result<(u32, Vec<u8>), ProgramError> {
     let mut out = vec![0u8; frame.len() + 512];
+    let context = ifindex.map(|ifindex| {
+        let mut skb = [0u8; SKB_IFINDEX_END];
+        skb[SKB_IFINDEX_END - 4..].copy_from_slice(&ifindex.to_ne_bytes());
+        skb
+    });
     let options = TestRunOptions {
         data_in: Some(frame),
         data_out: Some(&mut out),
+        ctx_in: context.as_ref().map(|skb| skb.as_slice()),
         ..TestRunOptions::default()
     };
     let program = ebpf.program(name).expect("program exists");

@@ -238,6 +238,18 @@ fn map_error(map: &'static str) -> impl FnOnce(MapError) -> DatapathError {
     move |source| DatapathError::Map { map, source }
 }
 
+/// Removes `key` from a hash map; a key already absent is fine.
+fn forget<K: aya::Pod, V: aya::Pod>(
+    map: &mut BpfHashMap<MapData, K, V>,
+    key: K,
+    name: &'static str,
+) -> Result<(), DatapathError> {
+    match map.remove(&key) {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(error) => Err(map_error(name)(error)),
+    }
+}
+
 /// A failed batch call as the map error aya would give for one entry.
 fn batch_error(map: &'static str, call: &'static str) -> impl FnOnce(io::Error) -> DatapathError {
     move |io_error| DatapathError::Map {
@@ -548,6 +560,7 @@ pub struct Datapath {
     reasons: PerCpuArray<MapData, u64>,
     /// Host-side ifindex of each pod veth the programs are attached to → the pod's address.
     pod_interfaces: BpfHashMap<MapData, u32, u32>,
+    pod_nsids: BpfHashMap<MapData, u32, u32>,
     /// Each pod's network namespace cookie → the pod (address, host-side veth).
     pod_netns: BpfHashMap<MapData, u64, PodNetns>,
     maglev: mmap::MappedArray,
@@ -740,6 +753,9 @@ impl Datapath {
             take(map_names::POD_INTERFACES)?
                 .try_into()
                 .map_err(map_error(map_names::POD_INTERFACES))?;
+        let pod_nsids: BpfHashMap<_, u32, u32> = take(map_names::POD_NSIDS)?
+            .try_into()
+            .map_err(map_error(map_names::POD_NSIDS))?;
         let pod_netns: BpfHashMap<_, u64, PodNetns> = take(map_names::POD_NETNS)?
             .try_into()
             .map_err(map_error(map_names::POD_NETNS))?;
@@ -776,6 +792,7 @@ impl Datapath {
             service_stats,
             reasons,
             pod_interfaces,
+            pod_nsids,
             pod_netns,
             maglev,
             round_robin,
@@ -1496,6 +1513,13 @@ impl Datapath {
         pod_addr: Ipv4Addr,
     ) -> Result<(), DatapathError> {
         let index = existing_interface_index(interface)?;
+        match berth_net::link_peer_netnsid(None, interface)? {
+            Some(nsid) => self
+                .pod_nsids
+                .insert(index, nsid, 0)
+                .map_err(map_error(map_names::POD_NSIDS))?,
+            None => forget(&mut self.pod_nsids, index, map_names::POD_NSIDS)?,
+        }
         self.pod_interfaces
             .insert(index, u32::from(pod_addr).to_be(), 0)
             .map_err(map_error(map_names::POD_INTERFACES))
@@ -1507,10 +1531,8 @@ impl Datapath {
             self.unpin_link(&self.link_pin(interface, suffix))?;
         }
         if let Some(index) = interface_index(interface) {
-            match self.pod_interfaces.remove(&index) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(error) => return Err(map_error(map_names::POD_INTERFACES)(error)),
-            }
+            forget(&mut self.pod_interfaces, index, map_names::POD_INTERFACES)?;
+            forget(&mut self.pod_nsids, index, map_names::POD_NSIDS)?;
             self.forget_pod_sockets(|pod| pod.ifindex == index)?;
         }
         self.forget_vanished_pod_interfaces()
@@ -1581,10 +1603,16 @@ impl Datapath {
             .filter(|index| interface_name(*index).is_none())
             .collect();
         for index in vanished {
-            match self.pod_interfaces.remove(&index) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(error) => return Err(map_error(map_names::POD_INTERFACES)(error)),
-            }
+            forget(&mut self.pod_interfaces, index, map_names::POD_INTERFACES)?;
+        }
+        let vanished: Vec<u32> = self
+            .pod_nsids
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|index| interface_name(*index).is_none())
+            .collect();
+        for index in vanished {
+            forget(&mut self.pod_nsids, index, map_names::POD_NSIDS)?;
         }
         self.forget_pod_sockets(|pod| interface_name(pod.ifindex).is_none())
     }

@@ -24,6 +24,8 @@ pub mod map_names {
     pub const BACKEND_STATS: &str = "BERTH_BE_STATS";
     pub const REASONS: &str = "BERTH_REASONS";
     pub const POD_INTERFACES: &str = "BERTH_POD_IFACES";
+    /// Pod veths → the id of the pod's namespace: where the policy finds its sockets.
+    pub const POD_NSIDS: &str = "BERTH_POD_NSIDS";
     /// Pod network namespaces (their cookies) → the pod: whose `connect()` is translated.
     pub const POD_NETNS: &str = "BERTH_POD_NETNS";
     pub const ROUND_ROBIN: &str = "BERTH_RR";
