@@ -4,11 +4,12 @@
 
 use aya_ebpf::programs::TcContext;
 
-/// The `T` at `offset` in the packet. Headers past the linear data (rare: the kernel's
-/// own packets keep their headers linear) are pulled in first; None if the packet is
-/// shorter than `offset` plus a `T`.
+/// The `T` (a u8, u16 or u32: an aggregate read would compile to a copy loop the verifier
+/// cannot follow into packet memory) at `offset` in the packet. Headers past the linear
+/// data (rare: the kernel's own packets keep their headers linear) are pulled in first;
+/// None if the packet is shorter than `offset` plus a `T`.
 #[inline(always)]
-pub fn read<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
+pub fn read<T: Scalar>(ctx: &TcContext, offset: usize) -> Option<T> {
     if let Some(value) = linear(ctx, offset) {
         return Some(value);
     }
@@ -20,8 +21,14 @@ pub fn read<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
     linear(ctx, offset)
 }
 
+/// What [`read`] reads.
+pub trait Scalar: Copy {}
+impl Scalar for u8 {}
+impl Scalar for u16 {}
+impl Scalar for u32 {}
+
 #[inline(always)]
-fn linear<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
+fn linear<T: Scalar>(ctx: &TcContext, offset: usize) -> Option<T> {
     let start = ctx.data();
     if start + offset + size_of::<T>() > ctx.data_end() {
         return None;

@@ -1,11 +1,7 @@
 //! The node's routing table, seen from the programs.
 
 use aya_ebpf::{
-    bindings::{
-        BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams, bpf_fib_lookup__bindgen_ty_1,
-        bpf_fib_lookup__bindgen_ty_2, bpf_fib_lookup__bindgen_ty_3, bpf_fib_lookup__bindgen_ty_4,
-        bpf_fib_lookup__bindgen_ty_5,
-    },
+    bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams},
     helpers::bpf_fib_lookup,
 };
 
@@ -26,26 +22,30 @@ pub unsafe fn lookup(
     proto: u8,
     tot_len: u16,
 ) -> Option<FibParams> {
-    // Every byte written field by field: `mem::zeroed()` compiled to a call of a byte-wise
-    // memset loop (64 iterations on every packet handed to a local pod).
-    let mut fib = FibParams {
-        family: AF_INET,
-        l4_protocol: proto,
-        sport: 0,
-        dport: 0,
-        __bindgen_anon_1: bpf_fib_lookup__bindgen_ty_1 { tot_len },
-        ifindex: ingress_ifindex,
-        __bindgen_anon_2: bpf_fib_lookup__bindgen_ty_2 { flowinfo: 0 },
-        __bindgen_anon_3: bpf_fib_lookup__bindgen_ty_3 {
-            ipv6_src: [src, 0, 0, 0],
-        },
-        __bindgen_anon_4: bpf_fib_lookup__bindgen_ty_4 {
-            ipv6_dst: [dst, 0, 0, 0],
-        },
-        __bindgen_anon_5: bpf_fib_lookup__bindgen_ty_5 { tbid: 0 },
-        smac: [0; 6],
-        dmac: [0; 6],
-    };
+    // Built from eight words: `mem::zeroed()` or a struct literal compiled to calls of a
+    // byte-wise memset loop (64 iterations on every packet handed to a local pod).
+    let [t0, t1] = tot_len.to_ne_bytes();
+    let [i0, i1, i2, i3] = ingress_ifindex.to_ne_bytes();
+    let [s0, s1, s2, s3] = src.to_ne_bytes();
+    let [d0, d1, d2, d3] = dst.to_ne_bytes();
+    let words: [u64; 8] = [
+        // family, l4_protocol, sport, dport, tot_len
+        u64::from_ne_bytes([AF_INET, proto, 0, 0, 0, 0, t0, t1]),
+        // ifindex, tos and flowinfo
+        u64::from_ne_bytes([i0, i1, i2, i3, 0, 0, 0, 0]),
+        // the IPv4 source, then the rest of an IPv6 one
+        u64::from_ne_bytes([s0, s1, s2, s3, 0, 0, 0, 0]),
+        0,
+        // the IPv4 destination, then the rest of an IPv6 one
+        u64::from_ne_bytes([d0, d1, d2, d3, 0, 0, 0, 0]),
+        0,
+        // VLAN or table id, then the MAC addresses the lookup fills in
+        0,
+        0,
+    ];
+    // SAFETY: bpf_fib_lookup is 64 bytes of plain integers (repr(C), no padding the kernel
+    // reads), laid out as the words above.
+    let mut fib: FibParams = unsafe { core::mem::transmute(words) };
     // SAFETY: ctx is the program's context (caller's contract) and fib a properly sized
     // request on the stack.
     let rc = unsafe { bpf_fib_lookup(ctx, &mut fib, size_of::<FibParams>() as i32, 0) };

@@ -13,7 +13,6 @@ use aya_log_ebpf::warn;
 use berth_ebpf_common::{HAIRPIN_ADDR, IPPROTO_TCP, IPPROTO_UDP, Reason};
 
 use crate::{
-    ip::Ipv4Header,
     lb::{self, Flow},
     maps::{POD_INTERFACES, account, config, count},
     packet, policy, route,
@@ -213,9 +212,10 @@ fn reverse(ctx: &TcContext, flow: &Flow, l4: usize) -> Reason {
 /// replies arriving from other nodes.
 #[inline(always)]
 fn deliver_to_local_pod(ctx: &TcContext) -> Option<i32> {
-    let ip: Ipv4Header = packet::read(ctx, ETH_HLEN)?;
-    let (src, dst, ttl, proto) = (ip.src_addr, ip.dst_addr, ip.ttl, ip.proto);
-    let ttl_proto = u16::from_ne_bytes([ttl, proto]);
+    let src: u32 = packet::read(ctx, IP_SRC)?;
+    let dst: u32 = packet::read(ctx, IP_DST)?;
+    let ttl_proto: u16 = packet::read(ctx, IP_TTL)?;
+    let [ttl, proto] = ttl_proto.to_ne_bytes();
     if ttl <= 1 {
         return None;
     }
@@ -253,15 +253,16 @@ pub(crate) fn parse(ctx: &TcContext) -> Result<(Flow, usize), Reason> {
     if ether_type != 0x0800u16.to_be() {
         return Err(Reason::PassNotIpv4);
     }
-    let ip: Ipv4Header = packet::read(ctx, ETH_HLEN).ok_or(Reason::PassTruncated)?;
-    let header_len = usize::from(ip.version_ihl & 0x0f) * 4;
-    if ip.version_ihl >> 4 != 4 || header_len < 20 {
+    let version_ihl: u8 = packet::read(ctx, ETH_HLEN).ok_or(Reason::PassTruncated)?;
+    let header_len = usize::from(version_ihl & 0x0f) * 4;
+    if version_ihl >> 4 != 4 || header_len < 20 {
         return Err(Reason::DropBadIpHeader);
     }
-    if u16::from_be(ip.frag) & 0x3fff != 0 {
+    let frag: u16 = packet::read(ctx, ETH_HLEN + 6).ok_or(Reason::PassTruncated)?;
+    if u16::from_be(frag) & 0x3fff != 0 {
         return Err(Reason::PassFragment);
     }
-    let proto = ip.proto;
+    let proto: u8 = packet::read(ctx, ETH_HLEN + 9).ok_or(Reason::PassTruncated)?;
     let l4 = ETH_HLEN + header_len;
     let l4_needed = match proto {
         IPPROTO_TCP => 20,
@@ -271,8 +272,12 @@ pub(crate) fn parse(ctx: &TcContext) -> Result<(Flow, usize), Reason> {
     if (ctx.len() as usize) < l4 + l4_needed {
         return Err(Reason::PassTruncated);
     }
-    let (src_addr, dst_addr) = (ip.src_addr, ip.dst_addr);
-    let [src_port, dst_port]: [u16; 2] = packet::read(ctx, l4).ok_or(Reason::PassTruncated)?;
+    let src_addr: u32 = packet::read(ctx, IP_SRC).ok_or(Reason::PassTruncated)?;
+    let dst_addr: u32 = packet::read(ctx, IP_DST).ok_or(Reason::PassTruncated)?;
+    // Both ports in one read, each kept in network order as the maps' keys hold them.
+    let ports: u32 = packet::read(ctx, l4).ok_or(Reason::PassTruncated)?;
+    let [s0, s1, d0, d1] = ports.to_ne_bytes();
+    let (src_port, dst_port) = (u16::from_ne_bytes([s0, s1]), u16::from_ne_bytes([d0, d1]));
     let tcp_flags: u8 = if proto == IPPROTO_TCP {
         packet::read(ctx, l4 + 13).ok_or(Reason::PassTruncated)?
     } else {
