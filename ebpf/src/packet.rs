@@ -4,8 +4,9 @@
 
 use aya_ebpf::programs::TcContext;
 
-/// The `T` (a u8, u16 or u32: an aggregate read would compile to a copy loop the verifier
-/// cannot follow into packet memory) at `offset` in the packet. Headers past the linear
+/// The `T` (a u16 or u32: an aggregate read would compile to a copy loop the verifier
+/// cannot follow into packet memory, and a byte's bounds check to a comparison it takes
+/// no range from) at `offset` in the packet. Headers past the linear
 /// data (rare: the kernel's own packets keep their headers linear) are pulled in first;
 /// None if the packet is shorter than `offset` plus a `T`.
 #[inline(always)]
@@ -23,7 +24,6 @@ pub fn read<T: Scalar>(ctx: &TcContext, offset: usize) -> Option<T> {
 
 /// What [`read`] reads.
 pub trait Scalar: Copy {}
-impl Scalar for u8 {}
 impl Scalar for u16 {}
 impl Scalar for u32 {}
 

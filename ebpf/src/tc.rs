@@ -253,7 +253,8 @@ pub(crate) fn parse(ctx: &TcContext) -> Result<(Flow, usize), Reason> {
     if ether_type != 0x0800u16.to_be() {
         return Err(Reason::PassNotIpv4);
     }
-    let version_ihl: u8 = packet::read(ctx, ETH_HLEN).ok_or(Reason::PassTruncated)?;
+    let version_tos: u16 = packet::read(ctx, ETH_HLEN).ok_or(Reason::PassTruncated)?;
+    let [version_ihl, _] = version_tos.to_ne_bytes();
     let header_len = usize::from(version_ihl & 0x0f) * 4;
     if version_ihl >> 4 != 4 || header_len < 20 {
         return Err(Reason::DropBadIpHeader);
@@ -262,7 +263,8 @@ pub(crate) fn parse(ctx: &TcContext) -> Result<(Flow, usize), Reason> {
     if u16::from_be(frag) & 0x3fff != 0 {
         return Err(Reason::PassFragment);
     }
-    let proto: u8 = packet::read(ctx, ETH_HLEN + 9).ok_or(Reason::PassTruncated)?;
+    let ttl_proto: u16 = packet::read(ctx, IP_TTL).ok_or(Reason::PassTruncated)?;
+    let [_, proto] = ttl_proto.to_ne_bytes();
     let l4 = ETH_HLEN + header_len;
     let l4_needed = match proto {
         IPPROTO_TCP => 20,
@@ -279,7 +281,8 @@ pub(crate) fn parse(ctx: &TcContext) -> Result<(Flow, usize), Reason> {
     let [s0, s1, d0, d1] = ports.to_ne_bytes();
     let (src_port, dst_port) = (u16::from_ne_bytes([s0, s1]), u16::from_ne_bytes([d0, d1]));
     let tcp_flags: u8 = if proto == IPPROTO_TCP {
-        packet::read(ctx, l4 + 13).ok_or(Reason::PassTruncated)?
+        let offset_flags: u16 = packet::read(ctx, l4 + 12).ok_or(Reason::PassTruncated)?;
+        offset_flags.to_ne_bytes()[1]
     } else {
         0
     };
