@@ -645,11 +645,11 @@ fn replies_of_a_connection_the_pod_opened_before_its_isolation_pass_on_its_socke
         );
         verdict == TC_ACT_OK
     };
+    // A connection's first packet is never a reply.
+    assert!(!enters(&tcp((OUTSIDE, 443), (SERVER, 45_100))));
     assert!(enters(&ack((OUTSIDE, 443), (SERVER, 45_100))));
     assert!(!enters(&ack((OUTSIDE, 443), (SERVER, 45_101))));
     assert!(!enters(&ack((OUTSIDE, 46_100), (SERVER, 7_000))));
-    // A connection's first packet is never a reply.
-    assert!(!enters(&tcp((OUTSIDE, 443), (SERVER, 45_100))));
     assert!(
         h.entries_into(SERVER)
             .contains(&(OUTSIDE, 443, 45_100, CT_POLICY_IN)),
