@@ -246,6 +246,9 @@ fn forget<K: aya::Pod, V: aya::Pod>(
 ) -> Result<(), DatapathError> {
     match map.remove(&key) {
         Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(error)) if error.io_error.kind() == io::ErrorKind::NotFound => {
+            Ok(())
+        }
         Err(error) => Err(map_error(name)(error)),
     }
 }
