@@ -5,6 +5,8 @@ use aya_ebpf::{
     helpers::bpf_fib_lookup,
 };
 
+use core::{mem::MaybeUninit, ptr::write_volatile};
+
 const AF_INET: u8 = 2;
 
 /// Routes an IPv4 packet as the node would forward it: egress interface and the MAC
@@ -23,7 +25,7 @@ pub unsafe fn lookup(
     tot_len: u16,
 ) -> Option<FibParams> {
     // Built from eight words: `mem::zeroed()` or a struct literal compiled to calls of a
-    // byte-wise memset loop (64 iterations on every packet handed to a local pod).
+    // byte-wise memset loop (up to 64 iterations on every packet handed to a local pod).
     let [t0, t1] = tot_len.to_ne_bytes();
     let [i0, i1, i2, i3] = ingress_ifindex.to_ne_bytes();
     let [s0, s1, s2, s3] = src.to_ne_bytes();
@@ -43,9 +45,16 @@ pub unsafe fn lookup(
         0,
         0,
     ];
-    // SAFETY: bpf_fib_lookup is 64 bytes of plain integers (repr(C), no padding the kernel
-    // reads), laid out as the words above.
-    let mut fib: FibParams = unsafe { core::mem::transmute(words) };
+    // Volatile stores: plain ones of the zero words were merged into a memset call again.
+    let mut request = MaybeUninit::<[u64; 8]>::uninit();
+    let slots = request.as_mut_ptr().cast::<u64>();
+    for (index, word) in words.into_iter().enumerate() {
+        // SAFETY: `index` < 8, inside `request`.
+        unsafe { write_volatile(slots.add(index), word) };
+    }
+    // SAFETY: every word was written above; bpf_fib_lookup is 64 bytes of plain integers
+    // (repr(C)), laid out as those words.
+    let mut fib: FibParams = unsafe { core::mem::transmute(request.assume_init()) };
     // SAFETY: ctx is the program's context (caller's contract) and fib a properly sized
     // request on the stack.
     let rc = unsafe { bpf_fib_lookup(ctx, &mut fib, size_of::<FibParams>() as i32, 0) };
