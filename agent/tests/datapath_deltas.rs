@@ -240,3 +240,63 @@ fn an_invalid_change_is_refused_and_leaves_the_maps_alone() {
     );
     assert_eq!(datapath.dump().expect("dump"), before);
 }
+
+/// A Service per entry of `firsts`, each with 16 endpoints on this node: Service `i`'s
+/// on ports from `firsts[i]`.
+fn local_services(firsts: &[u16]) -> BTreeMap<String, Service> {
+    firsts
+        .iter()
+        .enumerate()
+        .map(|(index, first)| {
+            let service = Service {
+                name: format!("default/full-{index}:80"),
+                frontends: vec![Frontend {
+                    addr: Ipv4Addr::new(198, 19, 2, index as u8 + 1),
+                    port: 80,
+                    protocol: Protocol::Tcp,
+                    external: false,
+                }],
+                backends: (0..16)
+                    .map(|offset| BackendSpec {
+                        addr: Ipv4Addr::new(198, 18, 1, 2),
+                        port: first + offset,
+                        node_id: OWN_NODE,
+                        state: BackendState::Active,
+                    })
+                    .collect(),
+                algorithm: Algorithm::Maglev,
+                affinity_timeout: None,
+            };
+            (service.name.clone(), service)
+        })
+        .collect()
+}
+
+/// With as many endpoints on this node as the backend limit allows (a full table of
+/// local endpoints), a change that replaces some of them applies, per Service and in
+/// full: the endpoints leaving make room before the new ones are written.
+#[test]
+fn at_the_backend_limit_replacing_local_endpoints_applies() {
+    let (pins_delta, pins_full) = (PinDir::new("deltas-limit"), PinDir::new("full-limit"));
+    let (mut by_delta, mut by_full) = (open(&pins_delta), open(&pins_full));
+    // 16 Services × 16 endpoints: the limit of 256.
+    let firsts: Vec<u16> = (0..16).map(|index| 10_000 + index * 16).collect();
+    let services = local_services(&firsts);
+    by_delta.apply(&set(&services)).expect("filling the table");
+    by_full.apply(&set(&services)).expect("filling the table");
+    let mut replaced = firsts.clone();
+    replaced[3] = 20_000;
+    let services = local_services(&replaced);
+    let name = "default/full-3:80".to_owned();
+    by_delta
+        .update(&BTreeMap::from([(
+            name.clone(),
+            Some(services[&name].clone()),
+        )]))
+        .expect("replacing a Service's endpoints at the limit");
+    by_full
+        .apply(&set(&services))
+        .expect("replacing a Service's endpoints at the limit, in full");
+    assert_same(&by_delta, &by_full, "endpoints replaced at the limit");
+    assert_eq!(by_full.dump().expect("dump").local_backends.len(), 256);
+}

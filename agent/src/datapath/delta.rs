@@ -416,13 +416,27 @@ impl Datapath {
         })
     }
 
-    /// Writes a batch in the order of a full apply: backends, tables and the entries that
-    /// switch to them, then what is gone.
+    /// Writes a batch in the order of a full apply: gone local endpoints, backends, tables
+    /// and the entries that switch to them, then what else is gone.
     fn write_changes(&mut self, plan: DeltaPlan) -> Result<ApplyReport, DatapathError> {
         let mut report = ApplyReport {
             services: plan.services.len(),
             ..ApplyReport::default()
         };
+        // Local endpoints that are gone leave first, as in a full apply.
+        for (key, entry) in &plan.backends {
+            if entry.is_none()
+                && let Some(backend) = self
+                    .live_backend_ids
+                    .get(key)
+                    .and_then(|id| self.live_backends.get(id))
+            {
+                let local = local_address(backend);
+                if self.live_local_backends.contains_key(&local) {
+                    self.remove_local_backend(&local)?;
+                }
+            }
+        }
         for (key, entry) in &plan.backends {
             if let Some((id, backend)) = entry {
                 self.write_backend(*key, *id, *backend, &mut report)?;
@@ -455,12 +469,6 @@ impl Datapath {
             if entry.is_none()
                 && let Some(id) = self.live_backend_ids.get(key).copied()
             {
-                if let Some(backend) = self.live_backends.get(&id) {
-                    let local = local_address(backend);
-                    if self.live_local_backends.contains_key(&local) {
-                        self.remove_local_backend(&local)?;
-                    }
-                }
                 self.remove_backend(id, &mut report)?;
             }
         }

@@ -1264,7 +1264,23 @@ impl Datapath {
             .iter()
             .map(|(key, id)| (*id, *key))
             .collect();
-        let mut local_backends = HashSet::new();
+        let local_backends: HashSet<BackendAddr> = plan
+            .backends
+            .values()
+            .filter(|backend| backend.node_id == self.options.node_id)
+            .map(local_address)
+            .collect();
+        // Gone first: a full table takes no new entry before old ones leave, and an
+        // endpoint on its way out has no tunnelled flows to wait for.
+        let stale_local: Vec<BackendAddr> = self
+            .live_local_backends
+            .keys()
+            .filter(|addr| !local_backends.contains(addr))
+            .copied()
+            .collect();
+        for addr in stale_local {
+            self.remove_local_backend(&addr)?;
+        }
         let changed: Vec<(u32, Backend)> = plan
             .backends
             .iter()
@@ -1277,7 +1293,6 @@ impl Datapath {
         for (id, backend) in &plan.backends {
             self.live_backend_ids.insert(by_id[id], *id);
             if backend.node_id == self.options.node_id {
-                local_backends.insert(local_address(backend));
                 self.write_local_backend(local_address(backend), *id)?;
             }
         }
@@ -1307,15 +1322,6 @@ impl Datapath {
             .collect();
         for id in stale_backends {
             self.remove_backend(id, &mut report)?;
-        }
-        let stale_local: Vec<BackendAddr> = self
-            .live_local_backends
-            .keys()
-            .filter(|addr| !local_backends.contains(addr))
-            .copied()
-            .collect();
-        for addr in stale_local {
-            self.remove_local_backend(&addr)?;
         }
         let planned: HashSet<u32> = plan.services.iter().map(|service| service.id).collect();
         self.service_names.retain(|id, _| planned.contains(id));
