@@ -423,6 +423,12 @@ impl Datapath {
             services: plan.services.len(),
             ..ApplyReport::default()
         };
+        let reassigned: HashSet<u32> = plan
+            .backends
+            .values()
+            .flatten()
+            .map(|(id, _)| *id)
+            .collect();
         // Local endpoints that are gone leave first, as in a full apply.
         for (key, entry) in &plan.backends {
             if entry.is_none()
@@ -469,7 +475,13 @@ impl Datapath {
             if entry.is_none()
                 && let Some(id) = self.live_backend_ids.get(key).copied()
             {
-                self.remove_backend(id, &mut report)?;
+                if reassigned.contains(&id) {
+                    // A new endpoint of this batch has the id now (a full table has no
+                    // other): only the old endpoint's name for it goes.
+                    self.live_backend_ids.remove(key);
+                } else {
+                    self.remove_backend(id, &mut report)?;
+                }
             }
         }
         for (name, new) in plan.changes {
