@@ -253,6 +253,22 @@ fn forget<K: aya::Pod, V: aya::Pod>(
     }
 }
 
+/// Removes the entries of a map keyed by interface index whose interface is gone.
+fn forget_vanished_interfaces(
+    map: &mut BpfHashMap<MapData, u32, u32>,
+    name: &'static str,
+) -> Result<(), DatapathError> {
+    let vanished: Vec<u32> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|index| interface_name(*index).is_none())
+        .collect();
+    for index in vanished {
+        forget(map, index, name)?;
+    }
+    Ok(())
+}
+
 /// A failed batch call as the map error aya would give for one entry.
 fn batch_error(map: &'static str, call: &'static str) -> impl FnOnce(io::Error) -> DatapathError {
     move |io_error| DatapathError::Map {
@@ -1605,24 +1621,8 @@ impl Datapath {
     /// agent was away, or before it could detach), so a later interface reusing the
     /// index is never mistaken for a pod's veth.
     fn forget_vanished_pod_interfaces(&mut self) -> Result<(), DatapathError> {
-        let vanished: Vec<u32> = self
-            .pod_interfaces
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|index| interface_name(*index).is_none())
-            .collect();
-        for index in vanished {
-            forget(&mut self.pod_interfaces, index, map_names::POD_INTERFACES)?;
-        }
-        let vanished: Vec<u32> = self
-            .pod_nsids
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|index| interface_name(*index).is_none())
-            .collect();
-        for index in vanished {
-            forget(&mut self.pod_nsids, index, map_names::POD_NSIDS)?;
-        }
+        forget_vanished_interfaces(&mut self.pod_interfaces, map_names::POD_INTERFACES)?;
+        forget_vanished_interfaces(&mut self.pod_nsids, map_names::POD_NSIDS)?;
         self.forget_pod_sockets(|pod| interface_name(pod.ifindex).is_none())
     }
 
