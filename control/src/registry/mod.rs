@@ -705,7 +705,7 @@ impl Registry {
         with_strategy!(rt, |strategy| {
             let reported = of_kind(strategy, object)?;
             let (_, revision) = self
-                .write_stored(strategy, rt, &namespace, &name, wanted, |stored| {
+                .write_raw(strategy, rt, &namespace, &name, wanted, |stored| {
                     stored.copy_status(&reported);
                     berth_api::normalize(stored).map_err(|e| decode_error(rt, &name, e))
                 })
@@ -746,6 +746,7 @@ impl Registry {
                 Ok(())
             })
             .await
+            .and_then(|(object, revision)| answer(&object, revision))
         })
     }
 
@@ -764,7 +765,7 @@ impl Registry {
     ) -> Result<Revision> {
         let rt = &berth_api::kinds::PODS;
         let (_, revision) = self
-            .write_stored(&strategy::PodStrategy, rt, namespace, name, None, |pod| {
+            .write_raw(&strategy::PodStrategy, rt, namespace, name, None, |pod| {
                 if pod.spec.node_name != node {
                     return Err(Error::Forbidden(format!(
                         "pod {namespace}/{name} is not bound to node {node}"
@@ -833,7 +834,8 @@ impl Registry {
                         meta.deletion_grace_period_seconds = Some(grace);
                         Ok(())
                     })
-                    .await;
+                    .await
+                    .and_then(|(object, revision)| answer(&object, revision));
             }
             let mut ops = vec![Op::Delete {
                 key: kv.key.clone(),
@@ -968,25 +970,9 @@ impl Registry {
 
     /// Like `read_modify_write` but `modify` changes the stored object in place,
     /// bypassing the metadata and status merge (the status subresource owns status only,
-    /// a deletion owns its timestamps).
+    /// a deletion owns its timestamps). Returns the object as written and its revision
+    /// (a writer that answers the API makes its answer with [`answer`]).
     async fn write_raw<S: Strategy>(
-        &self,
-        strategy: &S,
-        rt: &'static ResourceType,
-        namespace: &str,
-        name: &str,
-        wanted: Option<Revision>,
-        modify: impl Fn(&mut S::Object) -> Result<()>,
-    ) -> Result<Value> {
-        let (object, revision) = self
-            .write_stored(strategy, rt, namespace, name, wanted, modify)
-            .await?;
-        answer(&object, revision)
-    }
-
-    /// [`Self::write_raw`] for a writer that needs no answer: the object as written and
-    /// its revision.
-    async fn write_stored<S: Strategy>(
         &self,
         strategy: &S,
         rt: &'static ResourceType,
