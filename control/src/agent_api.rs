@@ -888,13 +888,16 @@ impl agent_server::Agent for AgentService {
     ) -> Result<Response<PodStatusAck>, Status> {
         let node = self.identity(&request).await?;
         let report = request.into_inner();
-        let pod_status: Value = serde_json::from_slice(&report.status_json)
-            .map_err(|e| Status::invalid_argument(format!("status_json: {e}")))?;
+        let pod_status: Option<berth_api::core::PodStatus> =
+            serde_json::from_slice(&report.status_json)
+                .map_err(|e| Status::invalid_argument(format!("status_json: {e}")))?;
         // The Endpoints controller publishes what a node says its pods' addresses are:
         // only addresses of the node's own pod range, or it could draw any Service's
         // traffic anywhere.
-        if let Some(ip) = pod_status.get("podIP").and_then(Value::as_str)
-            && !ip.is_empty()
+        if let Some(ip) = pod_status
+            .as_ref()
+            .map(|status| status.pod_ip.as_str())
+            .filter(|ip| !ip.is_empty())
         {
             let range = self.pod_cidr_of(&node).await?;
             let inside = ip
@@ -909,32 +912,13 @@ impl agent_server::Agent for AgentService {
                 )));
             }
         }
-        let bound_here = |pod: &Value| {
-            if pod.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node.as_str()) {
-                Ok(())
-            } else {
-                Err(registry::Error::Forbidden(format!(
-                    "pod {}/{} is not bound to node {node}",
-                    report.namespace, report.name
-                )))
-            }
-        };
-        let updated = self
+        let revision = self
             .registry
-            .update_status_checked(
-                &PODS,
-                &report.namespace,
-                &report.name,
-                json!({"status": pod_status}),
-                bound_here,
-            )
+            .report_pod_status(&node, &report.namespace, &report.name, pod_status)
             .await
             .map_err(status)?;
         Ok(Response::new(PodStatusAck {
-            resource_version: updated["metadata"]["resourceVersion"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
+            resource_version: revision.to_string(),
         }))
     }
 

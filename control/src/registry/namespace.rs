@@ -85,7 +85,8 @@ impl Registry {
                         Ok(())
                     },
                 )
-                .await?;
+                .await
+                .and_then(|(namespace, revision)| super::answer(&namespace, revision))?;
             return Ok(Some(terminating));
         }
         for rt in RESOURCE_TYPES.iter().filter(|rt| rt.namespaced) {
