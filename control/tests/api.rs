@@ -553,6 +553,77 @@ async fn scale_records_an_event() {
     assert_eq!(events[0]["involvedObject"]["kind"], "Deployment");
 }
 
+/// `kubectl scale` sends a merge patch without a resourceVersion: a controller writing
+/// the Deployment's status at the same time is no conflict for it (Kubernetes retries
+/// such a patch on fresh state); a patch naming a stale resourceVersion still is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_patches_are_not_refused_for_concurrent_status_writes() {
+    let t = start().await;
+    let (status, _) = t
+        .call(
+            Method::POST,
+            DEPLOYMENTS,
+            Some(&deployment("web", "echo:1")),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let item = format!("{DEPLOYMENTS}/web");
+    let scale_path = format!("{item}/scale");
+    let patch = |body: Value| {
+        let (client, path) = (&t.client, &scale_path);
+        async move {
+            let body = body.to_string();
+            let reply = client
+                .request(
+                    Method::PATCH,
+                    path,
+                    Some((body.as_bytes(), "application/merge-patch+json")),
+                )
+                .await
+                .expect("patch scale");
+            (
+                reply.status.as_u16(),
+                String::from_utf8_lossy(&reply.body).into_owned(),
+            )
+        }
+    };
+
+    let (done, mut stopped) = tokio::sync::watch::channel(false);
+    let status_writer = {
+        let client = Client::from_kubeconfig(&t.server.admin_config).expect("client");
+        let item = item.clone();
+        tokio::spawn(async move {
+            let mut written = 0u32;
+            while !*stopped.borrow_and_update() {
+                let (_, mut web) = client.json(Method::GET, &item, None).await.expect("get");
+                written += 1;
+                web["status"]["observedGeneration"] = json!(written);
+                let status_path = format!("{item}/status");
+                // A conflict with a scale patch is this writer's to lose, not the patch's.
+                let _ = client.json(Method::PUT, &status_path, Some(&web)).await;
+            }
+            written
+        })
+    };
+    let mut refused = Vec::new();
+    for replicas in 1..=60 {
+        let (status, body) = patch(json!({"spec": {"replicas": replicas}})).await;
+        if status != 200 {
+            refused.push(format!("{replicas}: {status} {body}"));
+        }
+    }
+    let _ = done.send(true);
+    let status_writes = status_writer.await.expect("status writer");
+    assert!(refused.is_empty(), "scale patches refused: {refused:#?}");
+    assert!(status_writes > 1, "the status writer ran: {status_writes}");
+    let (_, web) = t.call(Method::GET, &item, None).await;
+    assert_eq!(web["spec"]["replicas"], 60);
+
+    let (status, body) =
+        patch(json!({"metadata": {"resourceVersion": "1"}, "spec": {"replicas": 2}})).await;
+    assert_eq!(status, 409, "{body}");
+}
+
 #[tokio::test]
 async fn rollout_undo_restores_the_previous_template() {
     let t = start().await;

@@ -391,8 +391,14 @@ pub async fn scale(
 ) -> Result<Response, ApiError> {
     let (kind, patch) = read_patch(headers, body).await?;
     let mut current = state.registry.get_scale(rt, namespace, name).await?;
+    let read_at = current["metadata"]["resourceVersion"].clone();
     apply(&mut current, &patch, kind)?;
-    let scale: berth_api::apps::Scale = serde_json::from_value(current)
+    let mut scale: berth_api::apps::Scale = serde_json::from_value(current)
         .map_err(|e| ApiError::bad_request(format!("the patched Scale: {e}")))?;
+    // Only a resourceVersion the patch itself names is a precondition: the one read here
+    // would turn a controller's concurrent status write into a 409 for the patch.
+    if read_at == Value::String(scale.metadata.resource_version.clone()) {
+        scale.metadata.resource_version.clear();
+    }
     write_scale(state, rt, (namespace, name), scale, (headers, query)).await
 }
