@@ -9,6 +9,7 @@
 
 pub mod agents;
 pub mod agents_report;
+pub mod connect_loop;
 pub mod failover;
 pub mod failover_report;
 pub mod figures;

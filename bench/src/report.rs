@@ -729,12 +729,17 @@ pub fn markdown(results: &Results, command: &str) -> String {
 
 /// Each round's ratio of `mode`'s new connections/s to `reference`'s (the two measured
 /// within a minute of each other), sorted.
-fn round_ratios(runs: &[RunRecord], mode: (Mode, usize), reference: (Mode, usize)) -> Vec<f64> {
+fn round_ratios(
+    runs: &[RunRecord],
+    kind: Kind,
+    mode: (Mode, usize),
+    reference: (Mode, usize),
+) -> Vec<f64> {
     let rate = |round: u32, (mode, n): (Mode, usize)| {
         runs.iter()
             .find(|r| {
                 r.round == round
-                    && r.kind == Kind::NewConnections
+                    && r.kind == kind
                     && r.mode == mode
                     && (!mode.has_services() || r.services == n)
             })
@@ -758,27 +763,47 @@ fn connection_targets(md: &mut String, results: &Results) {
     let counts = &results.parameters.services;
     let min_n = counts.iter().copied().min().unwrap_or(0);
     let max_n = counts.iter().copied().max().unwrap_or(0);
-    let nc = |mode: Mode, n: usize| summarize(runs, Kind::NewConnections, mode, n);
     let mut rows = Vec::new();
-    let mut push = |what: String, mode: (Mode, usize), reference: (Mode, usize)| {
-        if let (Some(a), Some(b)) = (nc(mode.0, mode.1), nc(reference.0, reference.1)) {
-            rows.push((what, a, b, round_ratios(runs, mode, reference)));
+    let mut push_of = |kind: Kind, what: String, mode: (Mode, usize), reference: (Mode, usize)| {
+        let nc = |(mode, n): (Mode, usize)| summarize(runs, kind, mode, n);
+        if let (Some(a), Some(b)) = (nc(mode), nc(reference)) {
+            rows.push((what, a, b, round_ratios(runs, kind, mode, reference)));
         }
     };
     let direct = (Mode::Direct, 0);
-    for n in [min_n, max_n] {
-        push(
-            format!(
-                "ClusterIP at {} services ÷ direct (3 pod IPs)",
-                thousands(n)
-            ),
-            (Mode::Ebpf, n),
-            direct,
-        );
-        if n == max_n {
-            break;
+    let service_counts = if min_n == max_n {
+        vec![min_n]
+    } else {
+        vec![min_n, max_n]
+    };
+    for (kind, client) in [
+        (Kind::NewConnections, "wrk"),
+        (
+            Kind::SpreadConnections,
+            "each connection to the next backend",
+        ),
+    ] {
+        for n in &service_counts {
+            push_of(
+                kind,
+                format!(
+                    "ClusterIP at {} services ÷ direct (3 pod IPs), {client}",
+                    thousands(*n)
+                ),
+                (Mode::Ebpf, *n),
+                direct,
+            );
         }
     }
+    push_of(
+        Kind::SpreadConnections,
+        "direct, Berth programs attached ÷ direct, each connection to the next backend".into(),
+        (Mode::DirectEbpfAttached, 0),
+        direct,
+    );
+    let mut push = |what: String, mode: (Mode, usize), reference: (Mode, usize)| {
+        push_of(Kind::NewConnections, what, mode, reference)
+    };
     push(
         format!(
             "ClusterIP with {} NetworkPolicies ÷ without ({} services)",
@@ -805,12 +830,20 @@ fn connection_targets(md: &mut String, results: &Results) {
     );
     let _ = writeln!(
         md,
-        "Goal: at least 0.95 for the first three rows. Ratio of the medians above, and the lowest and highest \
-         of the rounds' own ratios (both measured within a minute of each other in each round). The policies: \
+        "Goal: at least 0.95 for the ClusterIP rows and the policies row. Ratio of the medians, and the lowest \
+         and highest of the rounds' own ratios (both measured within a minute of each other in each round). \
+         Two clients, each the same for the direct and the ClusterIP runs it compares: *wrk* (the tables above) \
+         gives each of its threads one address for the whole run, so its direct threads each keep one backend, \
+         while through the ClusterIP each thread's next connection goes to the next backend; *each connection to \
+         the next backend* is berth-bench's own closed-loop client (`berth-connect-loop`, {} threads, one \
+         connection each at a time, `Connection: close`), whose threads send each connection to the next of the \
+         three pod IPs in turn, as the ClusterIP's load balancer does — so its two runs differ in the path alone. \
+         The policies: \
          one isolates the three backends and lets in TCP to their port from pods labelled `role: client` in any \
          namespace (the client and 500 other pods, each its own identity); {} others select other labels in \
          {} other namespaces, over {} pods in all, half of them on the measured node (isolated there too). \
          Compiled by the agent's policy compiler and written by its map writer.\n",
+        results.parameters.threads,
         thousands(policies::POLICIES - 1),
         policies::NAMESPACES,
         thousands(policies::PODS)

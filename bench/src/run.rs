@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    Mode,
+    Mode, connect_loop,
     procs::{self, check_interrupted, first_line, now_utc},
     programming,
     topology::Topology,
@@ -99,6 +99,20 @@ pub fn layout(services: &[usize]) -> Vec<(Mode, usize)> {
     layout
 }
 
+/// The loads of a round, in order.
+const KINDS: [Kind; 3] = [
+    Kind::KeepAlive,
+    Kind::NewConnections,
+    Kind::SpreadConnections,
+];
+
+/// Whether a round sends `kind` to `mode`: the spread client only where it tells the
+/// ClusterIP's cost per new connection from the client's shape.
+fn runs_with(kind: Kind, mode: Mode) -> bool {
+    kind != Kind::SpreadConnections
+        || matches!(mode, Mode::Direct | Mode::DirectEbpfAttached | Mode::Ebpf)
+}
+
 /// (bed index, mode) pairs a round visits, in order.
 fn targets(topology: &Topology) -> Vec<(usize, Mode)> {
     let mut targets = Vec::new();
@@ -175,6 +189,15 @@ pub fn run(parameters: &Parameters, workdir: PathBuf, load: bool) -> anyhow::Res
     let load = |topology: &Topology, bed: usize, mode: Mode, kind: Kind, duration: Duration| {
         let bed = topology.bed(bed);
         let targets = bed.targets(mode);
+        if kind == Kind::SpreadConnections {
+            return connect_loop::run(
+                &bed.client_netns,
+                &targets,
+                parameters.threads,
+                duration,
+                &topology.cgroup,
+            );
+        }
         wrk::run(
             &wrk::Load {
                 netns: &bed.client_netns,
@@ -206,11 +229,20 @@ pub fn run(parameters: &Parameters, workdir: PathBuf, load: bool) -> anyhow::Res
         );
     }
 
-    let total = targets.len() * 2 * parameters.rounds as usize;
+    let per_round: usize = KINDS
+        .iter()
+        .map(|kind| {
+            targets
+                .iter()
+                .filter(|(_, mode)| runs_with(*kind, *mode))
+                .count()
+        })
+        .sum();
+    let total = per_round * parameters.rounds as usize;
     let mut runs = Vec::new();
     for round in 1..=parameters.rounds {
-        for kind in [Kind::KeepAlive, Kind::NewConnections] {
-            for (bed, mode) in &targets {
+        for kind in KINDS {
+            for (bed, mode) in targets.iter().filter(|(_, mode)| runs_with(kind, *mode)) {
                 check_interrupted()?;
                 let services = topology.bed(*bed).services;
                 let cpu_before = topology.cgroup.usage()? + procs::ksoftirqd_time();

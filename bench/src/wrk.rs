@@ -101,6 +101,10 @@ pub enum Kind {
     KeepAlive,
     /// `Connection: close`: every request is a new TCP connection.
     NewConnections,
+    /// Every request a new TCP connection from berth-bench's own client
+    /// ([`crate::connect_loop`]), each to the next target in turn: direct and VIP clients
+    /// of one shape.
+    SpreadConnections,
 }
 
 impl Kind {
@@ -108,6 +112,7 @@ impl Kind {
         match self {
             Kind::KeepAlive => "keep-alive",
             Kind::NewConnections => "new connections",
+            Kind::SpreadConnections => "new connections, each to the next backend",
         }
     }
 }
