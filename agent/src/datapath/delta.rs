@@ -298,6 +298,9 @@ impl Datapath {
         )?;
         let mut backend_ids: HashMap<(Ipv4Addr, u16), u32> = HashMap::new();
         let mut assigned: HashSet<u32> = HashSet::new();
+        // Ids assigned here that no live backend holds: with the live ones, how many of
+        // the table's ids are in use.
+        let mut assigned_unused = 0usize;
         let mut cursor = self.backend_id_floor;
         let mut backends = BTreeMap::new();
         for key in &touched {
@@ -307,7 +310,23 @@ impl Datapath {
             };
             let id = match self.live_backend_ids.get(key) {
                 Some(id) => *id,
+                // At the limit the only ids left are those the batch's vanishing endpoints
+                // give up: the lowest of them, without walking every live id (100,000 by
+                // default) to learn that no other is free.
+                None if self.live_backends.len() + assigned_unused
+                    >= limits.max_backends as usize =>
+                {
+                    let id = vanishing
+                        .iter()
+                        .copied()
+                        .filter(|id| !assigned.contains(id))
+                        .min()
+                        .unwrap_or(limits.max_backends + 1);
+                    assigned.insert(id);
+                    id
+                }
                 None => {
+                    assigned_unused += 1;
                     let id = lowest_free(
                         1..limits.max_backends + 1,
                         &mut cursor,
