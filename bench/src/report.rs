@@ -34,7 +34,7 @@ const SCALE_ANALYSIS: &str = "**Batched writes, side by side.** The table above 
     to 1,796 pods/s, endpoint propagation p99 to every node from 97.0 ms to 71.8 ms, and its memory after \
     the pods from 1408 MiB to 1499 MiB. The profile below is from before that change.\n\n\
     **Where the time goes.** A profile of berth-control while it scheduled pods on \
-    1,000 nodes (perf, this machine): the controllers' own decisions — scheduler, ReplicaSet, garbage \
+    1,000 nodes (perf, the machine of earlier rounds): the controllers' own decisions — scheduler, ReplicaSet, garbage \
     collector, Endpoints — are about 5% of its CPU; the rest is writing and serving: a fifth the store's \
     commits (redb's commit and its fsync), a fifth the registry's writes (each pod created, bound, its \
     event, its status report: typed round trips and JSON), a tenth the rest of the nodes' gRPC calls \
@@ -649,7 +649,7 @@ pub fn markdown(results: &Results, command: &str) -> String {
          direct client on a node where Berth's programs are attached (nothing to translate, same shortcut); *iptables (kube-proxy)* — \
          KUBE-SERVICES → KUBE-SVC-* (`statistic --mode random`) → KUBE-SEP-* (DNAT), plus kube-proxy's filter \
          rules, loaded into iptables-legacy (iptables-nft needed 6.8 s for 1,000 services and did not finish 10,000 \
-         in 45 minutes on this machine, see the notes); *HAProxy* — TCP mode, round robin, one `listen` per \
+         in 45 minutes on the machine of earlier rounds, see the notes); *HAProxy* — TCP mode, round robin, one `listen` per \
          service, in the node namespace with the VIPs local.\n\
          - **Services**: N services with a VIP each; the measured one sits in the middle of the list (a linear rule \
          walk passes half the others), the rest have {} endpoints each.\n\
@@ -657,9 +657,12 @@ pub fn markdown(results: &Results, command: &str) -> String {
          path. One connection per thread by default, because wrk assigns addresses per thread: with several \
          connections per thread, each direct thread talks to one backend only and its requests reach that server \
          in batches (one wakeup serves many), a pattern no VIP can reproduce — it spreads each thread's \
-         connections over all backends. In trial runs on this machine, with the same programs, Berth's VIP \
+         connections over all backends. In trial runs on the machine of earlier rounds, with the same programs, Berth's VIP \
          measured 0.86 × direct with 3 threads × 10 connections and 1.19 × direct with 30 × 1: the difference \
-         came from the client's shape, not from the path. Rounds interleave the paths (a b c … a b c …) so drifts of the machine hit all of them alike; tables \
+         came from the client's shape, not from the path. New connections are measured with wrk and, for \
+         direct and the ClusterIP, with berth-bench's own client as well (`berth-connect-loop`: as many threads, one \
+         connection each at a time, each connection to the next address in turn; see New connections through a \
+         ClusterIP). Rounds interleave the paths (a b c … a b c …) so drifts of the machine hit all of them alike; tables \
          show medians.\n\
          - **CPU per request**: CPU time of the benchmark's cgroup (wrk, nginx, HAProxy) plus the kernel's softirq \
          threads, over the run, divided by the requests. This kernel has no IRQ time accounting, so the network \

@@ -170,19 +170,6 @@ pub fn run(options: &Options, say: &(dyn Fn(&str) + Sync)) -> anyhow::Result<Sca
             cluster_run(ns, nodes, options, say).await
         })?);
     }
-    if std::env::var_os("LOCAL_SKIP_MEMORY").is_some() {
-        for c in &clusters {
-            say(&format!(
-                "LOCAL: {} nodes {} pods {:.1} pods/s cpu {:.3} s = {:.3} ms/pod",
-                c.nodes,
-                c.scheduling.arrived,
-                c.scheduling.pods_per_second,
-                c.scheduling.control_cpu_secs,
-                c.scheduling.control_cpu_secs * 1000.0 / c.scheduling.arrived as f64
-            ));
-        }
-        std::process::exit(0);
-    }
     let memory = in_cluster_namespace(|ns| async move { memory_run(ns, options, say).await })?;
     Ok(ScaleResults {
         smoke: options.smoke,
