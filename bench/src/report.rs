@@ -26,10 +26,9 @@ const SCALE_GAP: &str = "in that run every pod was a JSON document written four 
     all of it on the 2 CPUs the simulated nodes also use";
 
 /// What the control-plane-at-scale figures come from (from the measurements).
-const SCALE_ANALYSIS: &str = "**Batched writes, side by side.** The table above is from the last full run, \
-    before a ReplicaSet's pods and a scheduling pass's bindings were written in one transaction each and \
-    Scheduled events aggregated. Both builds then ran the 1,000-node part one after the other on this \
-    machine (2026-12-05; commit 73c09f5, then the change; `berth-bench --parts scale --scale-nodes 1000`): \
+const SCALE_ANALYSIS: &str = "**Batched writes, side by side.** Before a ReplicaSet's pods and a \
+    scheduling pass's bindings were written in one transaction each and Scheduled events aggregated, both \
+    builds ran the 1,000-node part one after the other on the machine of earlier rounds (2026-12-05; commit 73c09f5, then the change; `berth-bench --parts scale --scale-nodes 1000`): \
     the control plane's CPU per scheduled pod went from 1.83 ms to 0.80 ms (0.44 times), scheduling from 478 \
     to 1,796 pods/s, endpoint propagation p99 to every node from 97.0 ms to 71.8 ms, and its memory after \
     the pods from 1408 MiB to 1499 MiB. The profile below is from before that change.\n\n\
