@@ -243,6 +243,24 @@ struct Batch {
     quota_planned: BTreeMap<String, quota::Usage>,
     /// The values its Services hold.
     allocations: allocation::Allocations,
+    /// What admission read from the store for its objects.
+    reads: AdmissionReads,
+}
+
+/// What admission reads of a namespace, read once per transaction: a ReplicaSet's batch
+/// of pods reads its Namespace, ServiceAccount, LimitRanges and quotas once, not once per
+/// pod. A retried transaction is planned on a new batch, so it reads them again.
+#[derive(Debug, Default)]
+struct AdmissionReads {
+    /// Each Namespace read, None when it does not exist.
+    namespaces: BTreeMap<String, Option<Value>>,
+    /// Each ServiceAccount's `automountServiceAccountToken` by (namespace, name), None
+    /// when unset or when the account does not exist.
+    automount: BTreeMap<(String, String), Option<bool>>,
+    limit_ranges: BTreeMap<String, Vec<berth_api::policy::LimitRange>>,
+    quotas: BTreeMap<String, Vec<berth_api::policy::ResourceQuota>>,
+    /// What each namespace uses in the store, without what the transaction plans.
+    usage: BTreeMap<String, quota::Usage>,
 }
 
 /// A planned write of one object: the ops and the object as it will read back.
@@ -293,24 +311,33 @@ impl Registry {
     /// yet is not a refusal: the pod waits on its node for the token, as for a missing
     /// ConfigMap, so a pod made right after its namespace does not fail on the race with
     /// the serviceaccount controller.
-    async fn admit_service_account(&self, pod: &mut berth_api::core::Pod) -> Result<()> {
+    async fn admit_service_account(
+        &self,
+        pod: &mut berth_api::core::Pod,
+        batch: &mut Batch,
+    ) -> Result<()> {
         use berth_api::{accounts::ServiceAccount, kinds::SERVICE_ACCOUNTS};
         let spec = &pod.spec;
         let name = [&spec.service_account_name, &spec.service_account]
             .into_iter()
             .find(|n| !n.is_empty())
             .map_or(berth_api::accounts::DEFAULT_SERVICE_ACCOUNT, String::as_str);
-        let automount = match self
-            .get(&SERVICE_ACCOUNTS, &pod.metadata.namespace, name)
-            .await
-        {
-            Ok(account) => {
-                serde_json::from_value::<ServiceAccount>(account)
-                    .map_err(|e| Error::internal(format!("a stored ServiceAccount: {e}")))?
-                    .automount_service_account_token
+        let account = (pod.metadata.namespace.clone(), name.to_owned());
+        let automount = match batch.reads.automount.get(&account) {
+            Some(automount) => *automount,
+            None => {
+                let automount = match self.get(&SERVICE_ACCOUNTS, &account.0, &account.1).await {
+                    Ok(stored) => {
+                        serde_json::from_value::<ServiceAccount>(stored)
+                            .map_err(|e| Error::internal(format!("a stored ServiceAccount: {e}")))?
+                            .automount_service_account_token
+                    }
+                    Err(e) if e.is_not_found() => None,
+                    Err(e) => return Err(e),
+                };
+                batch.reads.automount.insert(account, automount);
+                automount
             }
-            Err(e) if e.is_not_found() => None,
-            Err(e) => return Err(e),
         };
         let suffix = &crate::util::hex(&crate::util::random_bytes::<3>())[..5];
         berth_api::accounts::admit_service_account(&mut pod.spec, automount, suffix);
@@ -320,17 +347,28 @@ impl Registry {
     /// Kubernetes' Pod Security admission on a new pod: the level its namespace's
     /// `pod-security.kubernetes.io/enforce` label names (Berth's default, `baseline`,
     /// without one) must be met, else 403 naming each violation.
-    async fn admit_pod_security(&self, pod: &berth_api::core::Pod) -> Result<()> {
+    async fn admit_pod_security(
+        &self,
+        pod: &berth_api::core::Pod,
+        batch: &mut Batch,
+    ) -> Result<()> {
         use berth_api::{
             kinds::NAMESPACES,
             podsecurity::violations,
             security::{DEFAULT_LEVEL, ENFORCE_LABEL, Level},
         };
-        let namespace = match self.get(&NAMESPACES, "", &pod.metadata.namespace).await {
-            Ok(namespace) => namespace,
-            // The namespace check of the write names a missing namespace.
-            Err(e) if e.is_not_found() => return Ok(()),
-            Err(e) => return Err(e),
+        let name = &pod.metadata.namespace;
+        if !batch.reads.namespaces.contains_key(name) {
+            let namespace = match self.get(&NAMESPACES, "", name).await {
+                Ok(namespace) => Some(namespace),
+                Err(e) if e.is_not_found() => None,
+                Err(e) => return Err(e),
+            };
+            batch.reads.namespaces.insert(name.clone(), namespace);
+        }
+        // The namespace check of the write names a missing namespace.
+        let Some(Some(namespace)) = batch.reads.namespaces.get(name) else {
+            return Ok(());
         };
         let label = namespace
             .pointer("/metadata/labels")
@@ -360,23 +398,41 @@ impl Registry {
     /// The LimitRanges of a new pod's namespace, as Kubernetes' LimitRanger admission
     /// applies them: each container without a limit or request gets the default, then
     /// every container must lie within the bounds (403 naming them otherwise).
-    async fn apply_limit_ranges(&self, pod: &mut berth_api::core::Pod) -> Result<()> {
+    async fn apply_limit_ranges(
+        &self,
+        pod: &mut berth_api::core::Pod,
+        batch: &mut Batch,
+    ) -> Result<()> {
         use berth_api::{
             kinds::LIMIT_RANGES,
             policy::{LimitRange, quantity},
         };
-        let (ranges, _) = self
-            .list(
-                &LIMIT_RANGES,
-                Some(&pod.metadata.namespace),
-                &Selector::default(),
-                &FieldSelector::default(),
-            )
-            .await?;
+        let namespace = &pod.metadata.namespace;
+        if !batch.reads.limit_ranges.contains_key(namespace) {
+            let (stored, _) = self
+                .list(
+                    &LIMIT_RANGES,
+                    Some(namespace),
+                    &Selector::default(),
+                    &FieldSelector::default(),
+                )
+                .await?;
+            let ranges = stored
+                .into_iter()
+                .map(|range| {
+                    serde_json::from_value::<LimitRange>(range)
+                        .map_err(|e| Error::internal(format!("a stored LimitRange: {e}")))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            batch.reads.limit_ranges.insert(namespace.clone(), ranges);
+        }
+        let ranges = batch
+            .reads
+            .limit_ranges
+            .get(namespace)
+            .map_or(&[][..], Vec::as_slice);
         let mut refusals = Vec::new();
         for range in ranges {
-            let range: LimitRange = serde_json::from_value(range)
-                .map_err(|e| Error::internal(format!("a stored LimitRange: {e}")))?;
             for item in range.spec.limits.iter().filter(|i| i.type_ == "Container") {
                 for container in &mut pod.spec.containers {
                     let resources = &mut container.resources;

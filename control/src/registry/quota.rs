@@ -104,15 +104,22 @@ impl Registry {
         requested: Usage,
         batch: &mut Batch,
     ) -> Result<()> {
-        let quotas = self.quotas(namespace).await?;
-        if quotas.is_empty() {
-            return Ok(());
+        if !batch.reads.quotas.contains_key(namespace) {
+            let quotas = self.quotas(namespace).await?;
+            batch.reads.quotas.insert(namespace.to_owned(), quotas);
         }
-        let mut used = self.namespace_usage(namespace).await?;
+        let Some(quotas) = batch.reads.quotas.get(namespace).filter(|q| !q.is_empty()) else {
+            return Ok(());
+        };
+        if !batch.reads.usage.contains_key(namespace) {
+            let usage = self.namespace_usage(namespace).await?;
+            batch.reads.usage.insert(namespace.to_owned(), usage);
+        }
+        let mut used = batch.reads.usage.get(namespace).cloned().unwrap_or_default();
         for (resource, amount) in batch.quota_planned.get(namespace).into_iter().flatten() {
             *used.entry(resource.clone()).or_default() += amount;
         }
-        for quota in &quotas {
+        for quota in quotas {
             let mut over = Vec::new();
             for (resource, hard) in &quota.spec.hard {
                 let canonical = canonical_quota_resource(resource);

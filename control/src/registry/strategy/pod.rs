@@ -34,10 +34,10 @@ impl Strategy for PodStrategy {
         batch: &mut Batch,
     ) -> Result<Vec<Op>> {
         if old.is_none() {
-            registry.admit_pod_security(pod).await?;
-            registry.admit_service_account(pod).await?;
+            registry.admit_pod_security(pod, batch).await?;
+            registry.admit_service_account(pod, batch).await?;
             registry.admit_default_tolerations(pod);
-            registry.apply_limit_ranges(pod).await?;
+            registry.apply_limit_ranges(pod, batch).await?;
             let namespace = pod.metadata.namespace.clone();
             registry
                 .admit_quota(
