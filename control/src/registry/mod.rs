@@ -560,10 +560,17 @@ impl Registry {
 
     async fn commit(&self, ops: Vec<Op>) -> Result<Revision> {
         let timer = self.metrics.store_commit_seconds.start_timer();
-        let store = Arc::clone(&self.store);
-        let result = tokio::task::spawn_blocking(move || store.commit(ops))
+        let (sender, committed) = tokio::sync::oneshot::channel();
+        Arc::clone(&self.store).commit_then(
+            ops,
+            Box::new(move |result| {
+                // The writer may have gone (its request was cancelled): nothing to tell.
+                let _ = sender.send(result);
+            }),
+        );
+        let result = committed
             .await
-            .map_err(|e| Error::internal(format!("store task failed: {e}")))?
+            .map_err(|_| Error::internal("the store dropped a commit without an answer"))?
             .map_err(|e| match e {
                 // Another write took the same address or port first: plan again.
                 StoreError::AlreadyExists { key } if allocation::is_allocation_key(&key) => {

@@ -115,7 +115,12 @@ impl Registry {
             let usage = self.namespace_usage(namespace).await?;
             batch.reads.usage.insert(namespace.to_owned(), usage);
         }
-        let mut used = batch.reads.usage.get(namespace).cloned().unwrap_or_default();
+        let mut used = batch
+            .reads
+            .usage
+            .get(namespace)
+            .cloned()
+            .unwrap_or_default();
         for (resource, amount) in batch.quota_planned.get(namespace).into_iter().flatten() {
             *used.entry(resource.clone()).or_default() += amount;
         }

@@ -19,6 +19,7 @@ use std::{
     collections::BTreeMap,
     fs,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use base64::{Engine as _, engine::general_purpose::STANDARD};
@@ -27,7 +28,7 @@ use ring::{
     rand::{SecureRandom as _, SystemRandom},
 };
 
-use super::{Event, KeyValue, Op, Result, Revision, Store, StoreError};
+use super::{CommitDone, Event, KeyValue, Op, Result, Revision, Store, StoreError};
 
 const MAGIC: &str = "berth:enc:aesgcm:v1:";
 const KEY_SUFFIX: &str = ".key";
@@ -188,15 +189,33 @@ impl Keyring {
 
 /// `inner` with the values of keys under `prefixes` encrypted by `keyring`.
 pub struct EncryptedStore {
-    inner: Box<dyn Store>,
+    inner: Arc<dyn Store>,
     keyring: Keyring,
     prefixes: Vec<String>,
 }
 
 impl EncryptedStore {
+    /// `ops` with the values this store encrypts sealed.
+    fn seal_ops(&self, ops: Vec<Op>) -> Result<Vec<Op>> {
+        ops.into_iter()
+            .map(|op| match op {
+                Op::Put {
+                    key,
+                    value,
+                    precondition,
+                } if self.encrypts(&key) => Ok(Op::Put {
+                    value: self.keyring.seal(&key, &value)?,
+                    key,
+                    precondition,
+                }),
+                op => Ok(op),
+            })
+            .collect()
+    }
+
     pub fn new(inner: impl Store, keyring: Keyring, prefixes: Vec<String>) -> Self {
         Self {
-            inner: Box::new(inner),
+            inner: Arc::new(inner),
             keyring,
             prefixes,
         }
@@ -229,22 +248,14 @@ impl Store for EncryptedStore {
     }
 
     fn commit(&self, ops: Vec<Op>) -> Result<Revision> {
-        let ops = ops
-            .into_iter()
-            .map(|op| match op {
-                Op::Put {
-                    key,
-                    value,
-                    precondition,
-                } if self.encrypts(&key) => Ok(Op::Put {
-                    value: self.keyring.seal(&key, &value)?,
-                    key,
-                    precondition,
-                }),
-                op => Ok(op),
-            })
-            .collect::<Result<_>>()?;
-        self.inner.commit(ops)
+        self.inner.commit(self.seal_ops(ops)?)
+    }
+
+    fn commit_then(self: Arc<Self>, ops: Vec<Op>, done: CommitDone) {
+        match self.seal_ops(ops) {
+            Ok(ops) => Arc::clone(&self.inner).commit_then(ops, done),
+            Err(e) => done(Err(e)),
+        }
     }
 
     fn events_after(&self, after: Revision, limit: usize) -> Result<Vec<Event>> {

@@ -6,6 +6,8 @@
 //! read from a revision onward. Watchers are woken through a channel but always read the
 //! log itself, so a slow watcher can fall behind but never miss or reorder an event.
 
+use std::sync::Arc;
+
 mod encrypted;
 mod etcd;
 mod redb;
@@ -134,6 +136,9 @@ pub struct Health {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// Where [`Store::commit_then`] sends a commit's result.
+pub type CommitDone = Box<dyn FnOnce(Result<Revision>) + Send>;
+
 /// Blocking by design (redb transactions are synchronous); the API layer calls it from
 /// `spawn_blocking` for writes, which wait for fsync.
 pub trait Store: Send + Sync + 'static {
@@ -143,6 +148,13 @@ pub trait Store: Send + Sync + 'static {
     /// Applies all ops atomically as one revision, or none of them. Returns the new
     /// revision; durable when this returns.
     fn commit(&self, ops: Vec<Op>) -> Result<Revision>;
+    /// Commits like [`Store::commit`] without a thread waiting for it: `done` gets the
+    /// result once it is durable (or refused). Called from the async runtime; this
+    /// default commits on one of its blocking threads.
+    fn commit_then(self: Arc<Self>, ops: Vec<Op>, done: CommitDone) {
+        tokio::task::spawn_blocking(move || done(self.commit(ops)));
+    }
+
     /// Events with revision greater than `after`, oldest first, at most `limit` revisions'
     /// worth (a revision's events are never split).
     fn events_after(&self, after: Revision, limit: usize) -> Result<Vec<Event>>;

@@ -10,7 +10,10 @@
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak},
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -18,7 +21,8 @@ use redb::{Database, ReadableDatabase as _, ReadableTable, TableDefinition};
 use tokio::sync::watch;
 
 use super::{
-    Event, EventKind, Health, KeyValue, Op, Result, Revision, Store, StoreError, StoreFault,
+    CommitDone, Event, EventKind, Health, KeyValue, Op, Result, Revision, Store, StoreError,
+    StoreFault,
 };
 
 /// key → create revision (u64 LE) ‖ mod revision (u64 LE) ‖ value
@@ -51,6 +55,8 @@ struct Shared {
     notify: watch::Sender<Revision>,
     /// Transactions waiting for the next group commit.
     queue: Mutex<Vec<Arc<Slot>>>,
+    /// A blocking thread is committing queued transactions that have no writer waiting.
+    draining: AtomicBool,
     /// Held by the thread committing a group, and by recovery.
     writer: Mutex<()>,
     state: Mutex<FaultState>,
@@ -133,6 +139,7 @@ impl RedbStore {
                 db: RwLock::new(Some(Arc::new(db))),
                 notify,
                 queue: Mutex::new(Vec::new()),
+                draining: AtomicBool::new(false),
                 writer: Mutex::new(()),
                 state: Mutex::new(FaultState::default()),
             }),
@@ -328,6 +335,50 @@ impl Shared {
         *write_lock(&self.db) = Some(Arc::new(db));
         tracing::info!("store {} reopened", self.path.display());
         Ok(())
+    }
+
+    /// Commits every queued transaction as one group and answers each. The caller holds
+    /// the writer lock.
+    fn commit_queued(self: &Arc<Self>) {
+        let group: Vec<Arc<Slot>> = std::mem::take(&mut *lock(&self.queue));
+        if group.is_empty() {
+            return;
+        }
+        let transactions: Vec<Vec<Op>> = group
+            .iter()
+            .map(|s| lock(&s.ops).take().unwrap_or_default())
+            .collect();
+        let results = match self.commit_group(transactions) {
+            Ok(results) => results,
+            // The whole group failed: none of it is acknowledged.
+            Err(e) => {
+                let error = |e: &StoreError| match e {
+                    StoreError::Faulted(fault) => StoreError::Faulted(fault.clone()),
+                    other => StoreError::Backend(other.to_string()),
+                };
+                group.iter().map(|_| Err(error(&e))).collect()
+            }
+        };
+        for (member, result) in group.iter().zip(results) {
+            member.answer(result);
+        }
+    }
+
+    /// Commits queued transactions until the queue stays empty (see
+    /// [`Store::commit_then`]).
+    fn drain(self: &Arc<Self>) {
+        loop {
+            {
+                let _writer = lock(&self.writer);
+                self.commit_queued();
+            }
+            self.draining.store(false, Ordering::SeqCst);
+            // A transaction queued after the last group but before the flag went down
+            // found a drainer running: take it, unless a new drainer already did.
+            if lock(&self.queue).is_empty() || self.draining.swap(true, Ordering::SeqCst) {
+                return;
+            }
+        }
     }
 
     /// Applies each transaction whose preconditions hold as its own revision, all in one
@@ -591,9 +642,29 @@ fn apply(
     Ok(())
 }
 
+/// A queued transaction and where its result goes: to `done`, or kept in `result` for
+/// the writer waiting on it.
 struct Slot {
     ops: Mutex<Option<Vec<Op>>>,
+    done: Mutex<Option<CommitDone>>,
     result: Mutex<Option<Result<Revision>>>,
+}
+
+impl Slot {
+    fn new(ops: Vec<Op>, done: Option<CommitDone>) -> Self {
+        Self {
+            ops: Mutex::new(Some(ops)),
+            done: Mutex::new(done),
+            result: Mutex::new(None),
+        }
+    }
+
+    fn answer(&self, result: Result<Revision>) {
+        match lock(&self.done).take() {
+            Some(done) => done(result),
+            None => *lock(&self.result) = Some(result),
+        }
+    }
 }
 
 /// Locks ignoring poisoning: the guarded data stays consistent because every critical
@@ -645,40 +716,35 @@ impl Store for RedbStore {
     fn commit(&self, ops: Vec<Op>) -> Result<Revision> {
         let shared = &self.shared;
         shared.refuse_writes_if_faulted()?;
-        let slot = Arc::new(Slot {
-            ops: Mutex::new(Some(ops)),
-            result: Mutex::new(None),
-        });
+        let slot = Arc::new(Slot::new(ops, None));
         lock(&shared.queue).push(Arc::clone(&slot));
         let _writer = lock(&shared.writer);
         if let Some(result) = lock(&slot.result).take() {
             // An earlier writer committed this transaction with its group.
             return result;
         }
-        let group: Vec<Arc<Slot>> = std::mem::take(&mut *lock(&shared.queue));
-        let transactions: Vec<Vec<Op>> = group
-            .iter()
-            .map(|s| lock(&s.ops).take().unwrap_or_default())
-            .collect();
-        let results = match shared.commit_group(transactions) {
-            Ok(results) => results,
-            // The whole group failed: none of it is acknowledged.
-            Err(e) => {
-                let error = |e: &StoreError| match e {
-                    StoreError::Faulted(fault) => StoreError::Faulted(fault.clone()),
-                    other => StoreError::Backend(other.to_string()),
-                };
-                group.iter().map(|_| Err(error(&e))).collect()
-            }
-        };
-        for (member, result) in group.iter().zip(results) {
-            *lock(&member.result) = Some(result);
-        }
+        shared.commit_queued();
         lock(&slot.result).take().unwrap_or_else(|| {
             Err(StoreError::Backend(
                 "transaction lost from its commit group".to_owned(),
             ))
         })
+    }
+
+    /// Queues the transaction for the next group commit; one blocking thread at a time
+    /// commits the queue, so thousands of writers in flight (the nodes' pod status
+    /// reports) hold no thread each while they wait, and a large transaction queued
+    /// behind them is in the next group instead of behind them in the runtime's pool.
+    fn commit_then(self: Arc<Self>, ops: Vec<Op>, done: CommitDone) {
+        let shared = Arc::clone(&self.shared);
+        if let Err(e) = shared.refuse_writes_if_faulted() {
+            done(Err(e));
+            return;
+        }
+        lock(&shared.queue).push(Arc::new(Slot::new(ops, Some(done))));
+        if !shared.draining.swap(true, Ordering::SeqCst) {
+            tokio::task::spawn_blocking(move || shared.drain());
+        }
     }
 
     fn events_after(&self, after: Revision, limit: usize) -> Result<Vec<Event>> {
@@ -919,5 +985,74 @@ mod tests {
         for key in &refused {
             assert!(store.get(key).expect("get").is_none(), "{key} was refused");
         }
+    }
+
+    /// Queued writers (no thread each) and blocking writers share the group commits;
+    /// each transaction gets a revision of its own, and a failed precondition fails only
+    /// its own transaction.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queued_and_blocking_writers_each_get_their_own_revision() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(RedbStore::open(&dir.path().join("state.redb")).expect("open"));
+        let queued = (0..300).map(|i| {
+            let (sender, answer) = tokio::sync::oneshot::channel();
+            Arc::clone(&store).commit_then(
+                put(&format!("/queued/{i}"), vec![1; 100]),
+                Box::new(move |result| {
+                    let _ = sender.send(result);
+                }),
+            );
+            answer
+        });
+        let queued: Vec<_> = queued.collect();
+        let blocking: Vec<_> = (0..4)
+            .map(|writer| {
+                let store = Arc::clone(&store);
+                tokio::task::spawn_blocking(move || {
+                    (0..20)
+                        .map(|i| {
+                            store.commit(put(&format!("/blocking/{writer}/{i}"), vec![2; 100]))
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let (refused_sender, refused) = tokio::sync::oneshot::channel();
+        Arc::clone(&store).commit_then(
+            vec![Op::Put {
+                key: "/queued/0".to_owned(),
+                value: vec![3],
+                precondition: Precondition::Absent,
+            }],
+            Box::new(move |result| {
+                let _ = refused_sender.send(result);
+            }),
+        );
+        let mut revisions = std::collections::BTreeSet::new();
+        for answer in queued {
+            let revision = answer.await.expect("answered").expect("committed");
+            assert!(
+                revisions.insert(revision),
+                "revision {revision} given twice"
+            );
+        }
+        for writer in blocking {
+            for result in writer.await.expect("writer") {
+                let revision = result.expect("committed");
+                assert!(
+                    revisions.insert(revision),
+                    "revision {revision} given twice"
+                );
+            }
+        }
+        let refusal = refused.await.expect("answered");
+        assert!(
+            matches!(refusal, Err(StoreError::AlreadyExists { .. })),
+            "{refusal:?}"
+        );
+        assert_eq!(revisions.len(), 380);
+        assert_eq!(store.revision().expect("revision"), 380);
+        assert_eq!(store.list("/queued/").expect("list").0.len(), 300);
+        assert_eq!(store.list("/blocking/").expect("list").0.len(), 80);
     }
 }
