@@ -85,6 +85,9 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&config.log).context("--log")?)
         .with_writer(std::io::stderr)
         .init();
+    if let Err(e) = berth_control::limits::disable_transparent_huge_pages() {
+        tracing::warn!("turning transparent huge pages off: {e}");
+    }
     // Connections, not the default 1,024 descriptors, should bound what clients hold.
     match berth_control::limits::raise_open_files_limit() {
         Ok(files) => tracing::debug!(files, "open files limit"),
