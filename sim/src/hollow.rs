@@ -659,8 +659,8 @@ impl WatchObject for ReadyAddresses {
     }
 
     /// Nothing of a Node: its record, decoded from the batch already, is not made JSON.
-    fn from_node(record: &NodeRecord) -> Option<(String, Self)> {
-        Some((format!("/{}", record.name), Self(Vec::new())))
+    fn from_node(_record: &NodeRecord) -> Option<Self> {
+        Some(Self(Vec::new()))
     }
 
     fn same(&self, other: &Self) -> bool {

@@ -17,7 +17,7 @@
 //! [`run`] drives it over a gRPC client and hands every change to a [`Consumer`].
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, btree_map::Entry},
     future::Future,
     hash::{BuildHasher as _, Hasher as _, RandomState},
     time::Duration,
@@ -52,8 +52,8 @@ pub trait WatchObject: Sized + Send + Sync {
 
     /// A Node as a batch carries it: by default, the record as a Node's JSON (what it
     /// holds of the Node: name, pod range, addresses) through [`Self::decode`].
-    fn from_node(record: &NodeRecord) -> Option<(String, Self)> {
-        Self::decode("Node", &node_json(record))
+    fn from_node(record: &NodeRecord) -> Option<Self> {
+        Self::decode("Node", &node_json(record)).map(|(_, object)| object)
     }
 
     /// Whether two objects are the same to the consumer: a complete batch that replaces
@@ -98,6 +98,10 @@ impl WatchObject for Value {
         self == other
     }
 }
+
+/// The keys of Nodes in [`Objects`]: `Node /name`, from the first to just past the last.
+const NODE_KEYS_FROM: &str = "Node /";
+const NODE_KEYS_TO: &str = "Node 0";
 
 /// Objects by `Kind namespace/name`, kept current by a watch.
 #[derive(Debug, Clone, PartialEq)]
@@ -263,44 +267,56 @@ impl<T: WatchObject> WatchState<T> {
         let collecting = self.pending.is_some();
         let objects = self.pending.as_mut().unwrap_or(&mut self.live);
         let mut changes = Vec::new();
-        let mut listed = std::collections::BTreeSet::new();
+        // A complete batch replaces every Node: those it does not list are gone. Each
+        // agent gets every Node of the cluster this way when it starts, and every batch
+        // goes to every agent, so a record costs one look-up here.
+        let mut unlisted = if batch.complete {
+            let mut nodes = objects.by_key.split_off(NODE_KEYS_FROM);
+            let mut after = nodes.split_off(NODE_KEYS_TO);
+            objects.by_key.append(&mut after);
+            nodes
+        } else {
+            BTreeMap::new()
+        };
         for record in &batch.nodes {
-            let key = format!("Node /{}", record.name);
+            let key = format!("{NODE_KEYS_FROM}{}", record.name);
             if record.deleted {
                 if let Some(object) = objects.by_key.remove(&key) {
                     changes.push(Change::Deleted { key, object });
                 }
                 continue;
             }
-            let Some((_, object)) = T::from_node(record) else {
+            let Some(object) = T::from_node(record) else {
                 tracing::warn!(node = %record.name, "undecodable Node in a batch");
                 continue;
             };
-            if batch.complete {
-                listed.insert(key.clone());
-            }
-            let same = objects
-                .by_key
-                .get(&key)
-                .is_some_and(|held| held.same(&object));
-            objects.by_key.insert(key.clone(), object);
-            if !same {
-                changes.push(Change::Applied { key });
-            }
-        }
-        if batch.complete {
-            let gone: Vec<String> = objects
-                .by_key
-                .range("Node ".to_owned()..)
-                .take_while(|(key, _)| key.starts_with("Node "))
-                .filter(|(key, _)| !listed.contains(*key))
-                .map(|(key, _)| key.clone())
-                .collect();
-            for key in gone {
-                if let Some(object) = objects.by_key.remove(&key) {
-                    changes.push(Change::Deleted { key, object });
+            let held = if batch.complete {
+                unlisted.remove(&key)
+            } else {
+                None
+            };
+            match objects.by_key.entry(key) {
+                Entry::Occupied(mut entry) => {
+                    let same = entry.get().same(&object);
+                    entry.insert(object);
+                    if !same {
+                        changes.push(Change::Applied {
+                            key: entry.key().clone(),
+                        });
+                    }
+                }
+                Entry::Vacant(entry) => {
+                    let same = held.is_some_and(|held| held.same(&object));
+                    let key = (!same).then(|| entry.key().clone());
+                    entry.insert(object);
+                    if let Some(key) = key {
+                        changes.push(Change::Applied { key });
+                    }
                 }
             }
+        }
+        for (key, object) in unlisted {
+            changes.push(Change::Deleted { key, object });
         }
         if collecting || changes.is_empty() {
             Step::Nothing
