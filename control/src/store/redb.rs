@@ -367,12 +367,20 @@ impl Shared {
     /// Commits queued transactions until the queue stays empty (see
     /// [`Store::commit_then`]).
     fn drain(self: &Arc<Self>) {
+        /// Lowers the flag however a round ends, a panic included, so the next write
+        /// starts another drainer instead of waiting for one that is gone.
+        struct Lower<'a>(&'a AtomicBool);
+        impl Drop for Lower<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::SeqCst);
+            }
+        }
         loop {
             {
+                let _lower = Lower(&self.draining);
                 let _writer = lock(&self.writer);
                 self.commit_queued();
             }
-            self.draining.store(false, Ordering::SeqCst);
             // A transaction queued after the last group but before the flag went down
             // found a drainer running: take it, unless a new drainer already did.
             if lock(&self.queue).is_empty() || self.draining.swap(true, Ordering::SeqCst) {
